@@ -1,0 +1,27 @@
+# The two commands of the README:
+#   make demo   - set up .venv and run the main job (a quick REST benchmark on embedded data)
+#   make test   - set up .venv and run the test suite
+# PyTorch is pinned to the build that also has a working torchvision (needed by the WILDS
+# extra); both wheels are resolved by pip from the local package index on our machines.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
+
+.PHONY: install demo test lint
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH_PINS) -e ".[dev,bench,wilds]"
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: $(VENV)/.installed
+	$(VENV)/bin/rest-fair bench --quick
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -q
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check rest_fair tests examples benchmarks
