@@ -1,0 +1,255 @@
+"""Network architectures used by :class:`rest_fair.RESTClassifier`.
+
+All models are plain :mod:`torch.nn` code (no torchvision), so the core package works
+without it. Every model takes ``input_shape`` (the shape of one sample) and
+``n_classes`` and returns logits.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["MLP", "MODULE_NAMES", "ResNet18", "SmallCNN", "build_module"]
+
+MODULE_NAMES = ("auto", "mlp", "cnn", "resnet18")
+
+_UNKNOWN_MODULE = (
+    "module must be one of {names}, an nn.Module subclass, a callable returning an nn.Module "
+    "or an nn.Module instance; got {value!r}."
+)
+_IMAGE_SHAPE = (
+    "module={name!r} needs image inputs of shape (n_samples, channels, height, width); "
+    "got samples of shape {shape}."
+)
+
+
+class MLP(nn.Module):
+    """Multi-layer perceptron with ReLU activations.
+
+    Parameters
+    ----------
+    input_shape : tuple of int
+        Shape of one sample; it is flattened.
+    n_classes : int
+        Number of output logits.
+    hidden_layer_sizes : sequence of int, default=(100, 100, 100)
+        Widths of the hidden layers (the DFA/LfF Colored-MNIST MLP is 3 x 100).
+    """
+
+    def __init__(
+        self,
+        input_shape: Sequence[int],
+        n_classes: int,
+        *,
+        hidden_layer_sizes: Sequence[int] = (100, 100, 100),
+    ) -> None:
+        super().__init__()
+        n_in = math.prod(input_shape)
+        layers: list[nn.Module] = [nn.Flatten()]
+        for width in hidden_layer_sizes:
+            layers += [nn.Linear(n_in, int(width)), nn.ReLU()]
+            n_in = int(width)
+        layers.append(nn.Linear(n_in, n_classes))
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+
+class SmallCNN(nn.Module):
+    """The 3-layer CNN of the REST paper's Colored-MNIST runs.
+
+    Conv(k=4, s=2) -> BN -> ReLU three times (64/128/256 channels by default), global
+    average pooling and a linear classifier.
+
+    Parameters
+    ----------
+    input_shape : tuple of int
+        ``(channels, height, width)`` of one sample.
+    n_classes : int
+        Number of output logits.
+    widths : sequence of int, default=(64, 128, 256)
+        Channels of the convolutions.
+    kernel_size : int, default=4
+    stride : int, default=2
+    """
+
+    def __init__(
+        self,
+        input_shape: Sequence[int],
+        n_classes: int,
+        *,
+        widths: Sequence[int] = (64, 128, 256),
+        kernel_size: int = 4,
+        stride: int = 2,
+    ) -> None:
+        super().__init__()
+        if len(input_shape) != 3:
+            raise ValueError(_IMAGE_SHAPE.format(name="cnn", shape=tuple(input_shape)))
+        channels = input_shape[0]
+        layers: list[nn.Module] = []
+        for width in widths:
+            layers += [
+                nn.Conv2d(channels, int(width), kernel_size, stride=stride, padding=1),
+                nn.BatchNorm2d(int(width)),
+                nn.ReLU(),
+            ]
+            channels = int(width)
+        layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Linear(channels, n_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+class _BasicBlock(nn.Module):
+    def __init__(self, n_in: int, n_out: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(n_in, n_out, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(n_out)
+        self.conv2 = nn.Conv2d(n_out, n_out, 3, stride=1, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(n_out)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or n_in != n_out:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(n_in, n_out, 1, stride=stride, bias=False), nn.BatchNorm2d(n_out)
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return torch.relu(out + self.shortcut(x))
+
+
+class ResNet18(nn.Module):
+    """ResNet-18 in plain PyTorch (no torchvision dependency).
+
+    Parameters
+    ----------
+    input_shape : tuple of int
+        ``(channels, height, width)`` of one sample.
+    n_classes : int
+        Number of output logits.
+    width : int, default=64
+        Channels of the first stage; stages use ``width * (1, 2, 4, 8)``.
+    stem : {"auto", "cifar", "imagenet"}, default="auto"
+        ``"cifar"`` is a 3x3 stride-1 convolution without max-pooling (for images up to
+        64 pixels); ``"imagenet"`` the 7x7 stride-2 convolution plus max-pooling.
+        ``"auto"`` picks ``"cifar"`` for images of at most 64 pixels per side.
+    """
+
+    def __init__(
+        self,
+        input_shape: Sequence[int],
+        n_classes: int,
+        *,
+        width: int = 64,
+        stem: str = "auto",
+    ) -> None:
+        super().__init__()
+        if len(input_shape) != 3:
+            raise ValueError(_IMAGE_SHAPE.format(name="resnet18", shape=tuple(input_shape)))
+        channels, height, width_px = input_shape
+        if stem == "auto":
+            stem = "cifar" if max(height, width_px) <= 64 else "imagenet"
+        if stem == "cifar":
+            self.stem = nn.Sequential(
+                nn.Conv2d(channels, width, 3, stride=1, padding=1, bias=False),
+                nn.BatchNorm2d(width),
+                nn.ReLU(),
+            )
+        elif stem == "imagenet":
+            self.stem = nn.Sequential(
+                nn.Conv2d(channels, width, 7, stride=2, padding=3, bias=False),
+                nn.BatchNorm2d(width),
+                nn.ReLU(),
+                nn.MaxPool2d(3, stride=2, padding=1),
+            )
+        else:
+            raise ValueError(f"stem must be 'auto', 'cifar' or 'imagenet'; got {stem!r}.")
+        blocks: list[nn.Module] = []
+        n_in = width
+        for stage, mult in enumerate((1, 2, 4, 8)):
+            n_out = width * mult
+            for block in range(2):
+                stride = 2 if (stage > 0 and block == 0) else 1
+                blocks.append(_BasicBlock(n_in, n_out, stride))
+                n_in = n_out
+        self.blocks = nn.Sequential(*blocks)
+        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.fc = nn.Linear(n_in, n_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.pool(self.blocks(self.stem(x))))
+
+
+_BUILTIN: dict[str, type[nn.Module]] = {"mlp": MLP, "cnn": SmallCNN, "resnet18": ResNet18}
+
+
+def build_module(
+    module: str | type[nn.Module] | Callable[..., nn.Module] | nn.Module,
+    *,
+    input_shape: Sequence[int],
+    n_classes: int,
+    module_params: dict[str, Any] | None = None,
+) -> nn.Module:
+    """Instantiate the network requested by ``RESTClassifier(module=...)``.
+
+    Parameters
+    ----------
+    module : str, nn.Module class, callable or nn.Module instance
+        ``"auto"`` is an :class:`MLP` for flat samples and :class:`SmallCNN` for images
+        (samples of 3 dimensions). A class or callable is called with ``module_params``
+        plus ``input_shape`` and ``n_classes`` when its signature accepts them. An instance
+        is deep-copied so that the user's object is never trained in place.
+    input_shape : tuple of int
+        Shape of one sample.
+    n_classes : int
+        Number of classes.
+    module_params : dict or None
+        Keyword arguments for the module.
+
+    Returns
+    -------
+    nn.Module
+    """
+    import copy
+
+    params = dict(module_params or {})
+    input_shape = tuple(int(s) for s in input_shape)
+    if isinstance(module, str):
+        name = module
+        if name == "auto":
+            name = "cnn" if len(input_shape) == 3 else "mlp"
+        if name not in _BUILTIN:
+            raise ValueError(_UNKNOWN_MODULE.format(names=MODULE_NAMES, value=module))
+        return _BUILTIN[name](input_shape, n_classes, **params)
+    if isinstance(module, nn.Module):
+        if params:
+            raise ValueError("module_params cannot be used with an nn.Module instance.")
+        return copy.deepcopy(module)
+    if callable(module):
+        try:
+            signature = inspect.signature(module)
+            accepted = signature.parameters
+            has_var_kw = any(p.kind is p.VAR_KEYWORD for p in accepted.values())
+        except (TypeError, ValueError):
+            accepted, has_var_kw = {}, False
+        if "input_shape" in accepted or has_var_kw:
+            params.setdefault("input_shape", input_shape)
+        if "n_classes" in accepted or has_var_kw:
+            params.setdefault("n_classes", n_classes)
+        built = module(**params)
+        if not isinstance(built, nn.Module):
+            raise TypeError(
+                f"module factory {module!r} returned {type(built).__name__}, not an nn.Module."
+            )
+        return built
+    raise ValueError(_UNKNOWN_MODULE.format(names=MODULE_NAMES, value=module))
