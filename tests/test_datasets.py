@@ -1,0 +1,156 @@
+"""Colored MNIST / Colored Digits construction (numpy only, no torch needed)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.stats import chi2_contingency
+
+from rest_fair.datasets import (
+    PALETTE,
+    colorize,
+    load_mnist_5k,
+    make_colored_digits,
+    make_colored_mnist,
+    n_conflicting,
+)
+
+
+@pytest.fixture(scope="module")
+def mnist():
+    return make_colored_mnist(conflict_ratio=0.01, random_state=3)
+
+
+def test_mnist_5k_is_real_mnist():
+    images, labels = load_mnist_5k()
+    assert images.shape == (5000, 28, 28) and images.dtype == np.uint8
+    assert np.bincount(labels).tolist() == [500] * 10
+    assert images.max() == 255 and images.min() == 0
+
+
+def test_shapes_dtypes_and_sizes(mnist):
+    for split, n in (("train", 3500), ("valid", 500), ("test", 1000)):
+        X, y, bias, conflict, group = mnist.split(split)
+        assert X.shape == (n, 3, 28, 28) and X.dtype == np.float32
+        assert 0.0 <= X.min() and X.max() <= 1.0
+        assert y.shape == bias.shape == conflict.shape == group.shape == (n,)
+        assert conflict.dtype == bool
+        np.testing.assert_array_equal(conflict, bias != y)
+        np.testing.assert_array_equal(group, y * 10 + bias)
+        # stratified: same number of each digit
+        assert len(set(np.bincount(y).tolist())) == 1
+    assert mnist.image_shape == (3, 28, 28)
+
+
+@pytest.mark.parametrize("ratio", [0.005, 0.01, 0.02, 0.05])
+def test_exact_conflicting_share(ratio):
+    data = make_colored_digits(conflict_ratio=ratio, random_state=1)
+    expected = n_conflicting(ratio, len(data.y_train))
+    assert int(data.conflict_train.sum()) == expected
+    assert expected == int(np.floor(ratio * len(data.y_train) + 0.5))
+
+
+def test_n_conflicting_rounds_half_up():
+    assert [n_conflicting(r, 3500) for r in (0.005, 0.01, 0.02, 0.05)] == [18, 35, 70, 175]
+    assert n_conflicting(0.0, 100) == 0
+
+
+def test_training_colours_follow_protocol(mnist):
+    y, bias, conflict = mnist.y_train, mnist.bias_train, mnist.conflict_train
+    np.testing.assert_array_equal(bias[~conflict], y[~conflict])
+    assert np.all(bias[conflict] != y[conflict])
+    # each image is painted with exactly its palette colour: pixel = grey * colour
+    X = mnist.X_train
+    for i in np.flatnonzero(conflict)[:5]:
+        bright = X[i].max(axis=0) > 0.5
+        colour = X[i][:, bright] / X[i][:, bright].max(axis=0, keepdims=True)
+        expected = PALETTE[bias[i]] / PALETTE[bias[i]].max()
+        np.testing.assert_allclose(colour.mean(axis=1), expected, atol=1e-5)
+
+
+def test_eval_splits_are_unbiased(mnist):
+    for split in ("valid", "test"):
+        _, y, bias, conflict, _ = mnist.split(split)
+        table = np.zeros((10, 10), int)
+        np.add.at(table, (y, bias), 1)
+        # every label appears in every colour, equally often
+        assert table.min() == table.max() == len(y) // 100
+        assert conflict.mean() == pytest.approx(0.9)
+
+
+def test_iid_colours_independent_of_label_chi_square():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 10, size=2000)
+    images = rng.random((2000, 4, 4)).astype(np.float32)
+    _, bias, _ = colorize(images, labels, conflict_ratio=None, random_state=0)
+    table = np.zeros((10, 10), int)
+    np.add.at(table, (labels, bias), 1)
+    assert chi2_contingency(table).pvalue > 0.01
+    # and the biased mode is strongly dependent
+    _, bias_b, _ = colorize(images, labels, conflict_ratio=0.05, random_state=0)
+    table_b = np.zeros((10, 10), int)
+    np.add.at(table_b, (labels, bias_b), 1)
+    assert chi2_contingency(table_b).pvalue < 1e-10
+
+
+def test_conflicting_colours_spread_over_other_colours():
+    labels = np.zeros(5000, dtype=int)
+    images = np.ones((5000, 2, 2), np.float32)
+    _, bias, conflict = colorize(images, labels, conflict_ratio=0.5, random_state=0)
+    counts = np.bincount(bias[conflict], minlength=10)
+    assert counts[0] == 0
+    assert counts[1:].min() > 0.7 * counts[1:].mean()
+
+
+def test_seed_determinism_and_sensitivity():
+    a = make_colored_digits(conflict_ratio=0.02, random_state=5)
+    b = make_colored_digits(conflict_ratio=0.02, random_state=5)
+    c = make_colored_digits(conflict_ratio=0.02, random_state=6)
+    for split in ("train", "valid", "test"):
+        for x, y in zip(a.split(split), b.split(split), strict=True):
+            np.testing.assert_array_equal(x, y)
+    assert not np.array_equal(a.bias_test, c.bias_test) or not np.array_equal(
+        a.y_train, c.y_train
+    )
+    assert not np.array_equal(a.conflict_train, c.conflict_train)
+
+
+def test_digits_variant_upsampling_and_fraction_sizes():
+    data = make_colored_digits(conflict_ratio=0.01, image_size=16, random_state=0)
+    assert data.X_train.shape[1:] == (3, 16, 16)
+    assert sum(len(data.split(s).y) for s in ("train", "valid", "test")) == 1797
+    assert (len(data.y_valid), len(data.y_test)) == (180, 359)
+    assert data.source == "digits" and "digits" in repr(data)
+    sub = make_colored_mnist(conflict_ratio=0.02, split_sizes=(1000, 200, 300), random_state=0)
+    assert (len(sub.y_train), len(sub.y_valid), len(sub.y_test)) == (1000, 200, 300)
+    assert int(sub.conflict_train.sum()) == 20
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"conflict_ratio": 1.5}, "conflict_ratio"),
+        ({"conflict_ratio": "1pct"}, "conflict_ratio"),
+        ({"split_sizes": (0.5, 0.5)}, "split_sizes"),
+        ({"split_sizes": (0.5, 0.4, 0.3)}, "split_sizes"),
+        ({"split_sizes": (3000, 500, 1000)}, "split_sizes"),
+        ({"image_size": 0}, "image_size"),
+        ({"palette": np.ones((10, 4))}, "palette"),
+        ({"palette": np.full((10, 3), 2.0)}, "palette"),
+    ],
+)
+def test_bad_input_is_named(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        make_colored_digits(**kwargs)
+
+
+def test_split_name_checked(mnist):
+    with pytest.raises(ValueError, match="split"):
+        mnist.split("validation")
+
+
+def test_colorize_checks_labels():
+    with pytest.raises(ValueError, match="labels"):
+        colorize(np.zeros((3, 2, 2)), [0, 1, 12], conflict_ratio=0.1)
+    with pytest.raises(ValueError, match="images"):
+        colorize(np.zeros((3, 4)), [0, 1, 2], conflict_ratio=0.1)
