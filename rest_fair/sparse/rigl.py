@@ -1,0 +1,149 @@
+"""The RigL / SET topology update: prune the smallest weights, regrow as many elsewhere.
+
+At each update every masked layer
+
+1. *prunes* ``k = ceil(f_t * n_active)`` of its active weights, those with the smallest
+   ``|w|``;
+2. *regrows* ``k`` positions that are inactive after pruning: those with the largest
+   ``|gradient|`` of the dense gradient of the current batch (RigL, Evci et al. 2020) or
+   uniformly random ones (SET, Mocanu et al. 2018).
+
+Regrown weights start at exactly zero and their optimizer state (momentum, Adam moments) is
+reset, so the active count of every layer is unchanged and density stays at target.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .masks import MaskSet
+
+__all__ = ["REGROW_MODES", "prune_and_regrow", "update_topology"]
+
+REGROW_MODES = ("gradient", "random")
+_NO_GRADIENT = (
+    "regrow='gradient' needs the dense gradient of weight {!r}; call the update after "
+    "backward() and before the gradients are cleared."
+)
+
+
+@torch.no_grad()
+def prune_and_regrow(
+    weight: torch.Tensor,
+    mask: torch.Tensor,
+    k: int,
+    *,
+    regrow: str = "gradient",
+    grad: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """New mask of one layer after dropping and regrowing ``k`` weights.
+
+    Parameters
+    ----------
+    weight : Tensor
+        The layer's weights.
+    mask : bool Tensor
+        Its current mask, same shape.
+    k : int
+        How many active weights to replace (clipped to the number of active weights).
+    regrow : {"gradient", "random"}
+        RigL (largest ``|grad|``) or SET (uniformly random) regrowth.
+    grad : Tensor, optional
+        Dense gradient of the weights; required for ``regrow="gradient"``.
+    generator : torch.Generator, optional
+        CPU generator for ``regrow="random"``.
+
+    Returns
+    -------
+    new_mask : bool Tensor
+        Same shape as ``mask`` with the same number of active positions.
+    dropped, grown : LongTensor
+        Flat indices of the pruned and of the regrown positions (a position may be in both:
+        RigL lets a just-pruned weight be regrown, at zero).
+    """
+    if regrow not in REGROW_MODES:
+        raise ValueError(f"regrow must be one of {REGROW_MODES}; got {regrow!r}.")
+    flat_mask = mask.reshape(-1)
+    n_active = int(flat_mask.sum())
+    k = min(int(k), n_active)
+    empty = torch.empty(0, dtype=torch.long, device=mask.device)
+    if k <= 0:
+        return mask.clone(), empty, empty
+
+    magnitude = weight.detach().reshape(-1).abs().float()
+    magnitude = magnitude.masked_fill(~flat_mask, math.inf)
+    dropped = torch.topk(magnitude, k, largest=False, sorted=False).indices
+    new_mask = flat_mask.clone()
+    new_mask[dropped] = False
+
+    if regrow == "gradient":
+        if grad is None:
+            raise ValueError(_NO_GRADIENT.format(tuple(weight.shape)))
+        score = grad.detach().reshape(-1).abs().float()
+    else:
+        score = torch.rand(flat_mask.numel(), generator=generator).to(mask.device)
+    score = score.masked_fill(new_mask, -math.inf)
+    grown = torch.topk(score, k, largest=True, sorted=False).indices
+    new_mask[grown] = True
+    return new_mask.view_as(mask), dropped, grown
+
+
+@torch.no_grad()
+def update_topology(
+    masks: MaskSet,
+    fraction: float,
+    *,
+    regrow: str = "gradient",
+    optimizer: torch.optim.Optimizer | None = None,
+    generator: torch.Generator | None = None,
+) -> int:
+    """Prune-and-regrow every masked layer with drop fraction ``fraction``.
+
+    Parameters
+    ----------
+    masks : MaskSet
+        Masks and weights; updated in place.
+    fraction : float
+        ``f_t``; each layer replaces ``ceil(f_t * n_active)`` weights.
+    regrow : {"gradient", "random"}
+        RigL or SET regrowth.
+    optimizer : torch.optim.Optimizer, optional
+        Its per-weight state of regrown positions is reset to zero.
+    generator : torch.Generator, optional
+        CPU generator for random regrowth.
+
+    Returns
+    -------
+    int
+        Number of weights that changed from inactive to active over all layers.
+    """
+    changed = 0
+    for name in masks.names:
+        param = masks.params[name]
+        mask = masks.mask(name)
+        n_active = int(mask.sum())
+        k = math.ceil(fraction * n_active)
+        if k == 0 or n_active == mask.numel():
+            continue  # a dense layer has nothing to exchange
+        new_mask, _, grown = prune_and_regrow(
+            param, mask, k, regrow=regrow, grad=param.grad, generator=generator
+        )
+        changed += int((new_mask & ~mask).sum())
+        masks.set_mask(name, new_mask)
+        param.view(-1)[grown] = 0.0
+        if optimizer is not None:
+            _reset_state(optimizer, param, grown)
+    masks.apply_()
+    return changed
+
+
+def _reset_state(
+    optimizer: torch.optim.Optimizer, param: torch.Tensor, index: torch.Tensor
+) -> None:
+    state = optimizer.state.get(param, {})
+    for value in state.values():
+        if torch.is_tensor(value) and value.shape == param.shape:
+            value.view(-1)[index] = 0
