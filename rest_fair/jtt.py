@@ -1,0 +1,85 @@
+"""Group-label-free minority inference: Just Train Twice (Liu et al., ICML 2021).
+
+A short identification model is trained by plain ERM; the training samples it gets wrong
+form the *error set*, which REST then upweights as if it were the minority group.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+__all__ = ["identification_params", "identify_errors", "overlap_report"]
+
+
+def identification_params(est: Any, *, seed: int) -> dict:
+    """Parameters of the identification model: the estimator's, trained by short ERM.
+
+    It keeps the architecture, sparsity and optimiser, but draws no reweighting, holds no
+    validation split (the last epoch is used) and trains for ``jtt_epochs`` epochs at a
+    constant learning rate.
+    """
+    return {
+        "infer_groups": None,
+        "upweight": None,
+        "objective": "erm",
+        "max_epochs": est.jtt_epochs,
+        "validation_fraction": 0.0,
+        "lr_scheduler": "constant",
+        "callbacks": None,
+        "verbose": 0,
+        "random_state": seed,
+    }
+
+
+def identify_errors(est: Any, X: Any, y: np.ndarray, *, seed: int) -> np.ndarray:
+    """Boolean mask of the training samples the identification model misclassifies.
+
+    Parameters
+    ----------
+    est : RESTClassifier
+        The estimator being fitted (its parameters are copied).
+    X : array-like, sparse matrix or torch Dataset
+        Training inputs.
+    y : ndarray
+        Training labels (original values).
+    seed : int
+        Seed of the identification model.
+
+    Returns
+    -------
+    ndarray of bool, shape (n_samples,)
+    """
+    from sklearn.base import clone
+
+    model = clone(est).set_params(**identification_params(est, seed=seed))
+    model.fit(X, y)
+    return np.asarray(model.predict(X) != y)
+
+
+def overlap_report(inferred: np.ndarray, minority: np.ndarray) -> dict:
+    """How well an inferred error set matches the true minority samples.
+
+    Parameters
+    ----------
+    inferred, minority : array-like of bool
+        Inferred error set and true minority membership of the same samples.
+
+    Returns
+    -------
+    dict
+        ``n_inferred``, ``n_minority``, ``precision`` (share of the error set that is
+        minority), ``recall`` (share of the minority found) and ``base_rate`` (minority share
+        overall: the precision of a random guess).
+    """
+    inferred = np.asarray(inferred, dtype=bool)
+    minority = np.asarray(minority, dtype=bool)
+    hits = int((inferred & minority).sum())
+    return {
+        "n_inferred": int(inferred.sum()),
+        "n_minority": int(minority.sum()),
+        "precision": hits / inferred.sum() if inferred.any() else float("nan"),
+        "recall": hits / minority.sum() if minority.any() else float("nan"),
+        "base_rate": float(minority.mean()),
+    }
