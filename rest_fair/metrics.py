@@ -1,17 +1,46 @@
 """Group metrics: worst-group accuracy and per-group accuracies.
 
-These light-weight numpy functions are what the training loop uses for model selection;
-fairlearn-based reports build on them.
+These light-weight numpy functions are what the training loop uses for model selection.
+On top of them:
+
+- :func:`make_worst_group_scorer` -- a scikit-learn scorer for ``GridSearchCV`` /
+  ``cross_validate`` that receives ``groups`` through metadata routing;
+- :func:`fairness_report` -- a fairlearn ``MetricFrame`` with a readable summary
+  (defined in :mod:`rest_fair.fairness`, re-exported here, imported lazily).
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 import numpy as np
 from numpy.typing import ArrayLike
 
-__all__ = ["group_accuracies", "worst_group_accuracy"]
+if TYPE_CHECKING:  # imported lazily at run time (fairlearn, pandas)
+    from .fairness import FairnessReport, fairness_report
+
+__all__ = [
+    "FairnessReport",
+    "fairness_report",
+    "group_accuracies",
+    "make_worst_group_scorer",
+    "worst_group_accuracy",
+    "worst_group_accuracy_score",
+]
 
 _LENGTH_MISMATCH = "y_true, y_pred and groups must have the same length; got {}."
+_GROUPS_NOT_ROUTED = (
+    "The worst-group accuracy scorer received no `groups`. Enable metadata routing with "
+    "sklearn.set_config(enable_metadata_routing=True), build the scorer with "
+    "make_worst_group_scorer() and pass groups to the search, e.g. "
+    "GridSearchCV(...).fit(X, y, groups=groups) or cross_validate(..., params={'groups': groups})."
+)
+_ROUTING_DISABLED = (
+    "make_worst_group_scorer needs scikit-learn metadata routing, otherwise `groups` never "
+    "reaches the scorer (nor the estimator's fit). Call "
+    "sklearn.set_config(enable_metadata_routing=True) first."
+)
+_LAZY = {"FairnessReport", "fairness_report"}
 
 
 def group_accuracies(y_true: ArrayLike, y_pred: ArrayLike, groups: ArrayLike) -> dict:
@@ -59,6 +88,74 @@ def worst_group_accuracy(y_true: ArrayLike, y_pred: ArrayLike, groups: ArrayLike
     if not accs:
         raise ValueError("worst_group_accuracy needs at least one sample.")
     return float(min(accs.values()))
+
+
+def worst_group_accuracy_score(
+    y_true: ArrayLike, y_pred: ArrayLike, *, groups: ArrayLike | None = None
+) -> float:
+    """Worst-group accuracy with ``groups`` as a keyword, for use as a scorer's metric.
+
+    Same value as :func:`worst_group_accuracy`, but raises a clear error when
+    ``groups`` is missing, which is what happens when scikit-learn does not route it.
+
+    Parameters
+    ----------
+    y_true, y_pred : array-like of shape (n_samples,)
+        True and predicted labels.
+    groups : array-like of shape (n_samples,)
+        Group label of each sample. Required.
+
+    Returns
+    -------
+    float
+    """
+    if groups is None:
+        raise ValueError(_GROUPS_NOT_ROUTED)
+    return worst_group_accuracy(y_true, y_pred, groups)
+
+
+def make_worst_group_scorer() -> Any:
+    """Scikit-learn scorer for worst-group accuracy that requests ``groups``.
+
+    Use it in :class:`~sklearn.model_selection.GridSearchCV`,
+    :func:`~sklearn.model_selection.cross_validate` and friends. Metadata routing must
+    be enabled; the groups passed to the search are then sliced per fold and sent to
+    this scorer. To make the *estimator* see them as well, request them on it:
+    ``RESTClassifier(...).set_fit_request(groups=True)``. Without routing,
+    ``GridSearchCV(...).fit(X, y, groups=g)`` sends ``g`` only to the CV splitter and
+    fits a group-blind model.
+
+    Returns
+    -------
+    scorer : callable
+        ``scorer(estimator, X, y, groups=...)``; greater is better.
+
+    Raises
+    ------
+    RuntimeError
+        If metadata routing is not enabled.
+
+    Examples
+    --------
+    >>> import sklearn
+    >>> sklearn.set_config(enable_metadata_routing=True)
+    >>> scorer = make_worst_group_scorer()
+    >>> sklearn.set_config(enable_metadata_routing=False)
+    """
+    from sklearn import get_config
+    from sklearn.metrics import make_scorer
+
+    if not get_config().get("enable_metadata_routing", False):
+        raise RuntimeError(_ROUTING_DISABLED)
+    return make_scorer(worst_group_accuracy_score).set_score_request(groups=True)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        from . import fairness
+
+        return getattr(fairness, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _factorize(values: np.ndarray) -> tuple[np.ndarray, list]:

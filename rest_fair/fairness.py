@@ -1,0 +1,325 @@
+"""Fairness reports: a fairlearn ``MetricFrame`` per group plus a readable summary.
+
+All per-group numbers are computed by :class:`fairlearn.metrics.MetricFrame` with
+scikit-learn / fairlearn metric functions; this module only chooses the metrics a
+fairness reviewer expects and lays the result out.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from numpy.typing import ArrayLike
+
+__all__ = ["FairnessReport", "fairness_report"]
+
+_NEED_PRED = "Pass either a fitted `estimator` and `X`, or `y_pred`; got neither."
+_BOTH_PRED = "Pass either `estimator` (with `X`) or `y_pred`, not both."
+_NEED_X = "`X` is required to predict with `estimator`."
+_NEED_Y = "`y` (the true labels) is required."
+_LENGTHS = "y, y_pred and groups must have the same number of samples; got {}."
+_BAD_POS_LABEL = "pos_label={!r} is not one of the labels {}."
+
+#: Metrics where a larger value is better (the worst group is the minimum).
+_HIGHER_IS_BETTER = {"accuracy", "balanced_accuracy", "true_positive_rate"}
+#: Metrics where a larger value is worse (the worst group is the maximum).
+_LOWER_IS_BETTER = {"false_positive_rate"}
+
+
+@dataclass
+class FairnessReport:
+    """Per-group metrics of a classifier, as returned by :func:`fairness_report`.
+
+    Attributes
+    ----------
+    frame : fairlearn.metrics.MetricFrame
+        The fairlearn object: ``frame.overall``, ``frame.by_group``,
+        ``frame.difference()``, ``frame.ratio()`` etc.
+    summary : pandas.DataFrame
+        One row per rate metric: ``overall``, ``group_min``, ``group_max``,
+        ``difference`` (max - min over groups), ``ratio`` (min / max) and
+        ``worst_group`` (the group with the worst value: minimum for accuracies and
+        TPR, maximum for FPR, empty for selection rate).
+    worst_group : object
+        Group with the lowest accuracy (a tuple when there are several sensitive
+        columns).
+    worst_group_accuracy : float
+        Its accuracy.
+    disparities : dict
+        Standard fairness gaps derived from ``frame`` (binary tasks only):
+        ``demographic_parity_difference``, ``demographic_parity_ratio``,
+        ``equalized_odds_difference``, ``equal_opportunity_difference``,
+        ``accuracy_difference``.
+    pos_label : object or None
+        Positive label for the rate metrics; ``None`` for multiclass tasks.
+    """
+
+    frame: Any
+    summary: pd.DataFrame
+    worst_group: Any
+    worst_group_accuracy: float
+    disparities: dict = field(default_factory=dict)
+    pos_label: Any = None
+
+    @property
+    def by_group(self) -> pd.DataFrame:
+        """Per-group table (``frame.by_group``)."""
+        return self.frame.by_group
+
+    @property
+    def overall(self) -> pd.Series:
+        """Metrics on all samples (``frame.overall``)."""
+        return self.frame.overall
+
+    def to_text(self, *, digits: int = 3) -> str:
+        """Readable multi-line summary: overall, by group, worst group, largest gaps."""
+        with pd.option_context("display.width", 120, "display.max_columns", 20):
+            by_group = self.by_group.copy()
+            if "count" in by_group:
+                by_group["count"] = by_group["count"].astype(int)
+            lines = [
+                "Overall:",
+                _indent(self.overall.drop(labels="count", errors="ignore").round(digits)),
+                "",
+                "By group:",
+                _indent(by_group.round(digits)),
+                "",
+                f"Worst group (accuracy): {_group_name(self.worst_group, self.frame)} "
+                f"with accuracy {self.worst_group_accuracy:.{digits}f}",
+                "",
+                "Largest gaps between groups:",
+                _indent(self.summary.round(digits)),
+            ]
+            if self.disparities:
+                lines += ["", "Disparities:"]
+                lines += [f"  {k}: {v:.{digits}f}" for k, v in self.disparities.items()]
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.to_text()
+
+
+def fairness_report(
+    estimator: Any = None,
+    X: Any = None,
+    y: ArrayLike | None = None,
+    *,
+    groups: Any,
+    y_pred: ArrayLike | None = None,
+    pos_label: Any = None,
+    sample_weight: ArrayLike | None = None,
+) -> FairnessReport:
+    """Per-group accuracy, counts and error rates of a classifier, via fairlearn.
+
+    Parameters
+    ----------
+    estimator : fitted classifier, optional
+        Used to predict ``X`` when ``y_pred`` is not given.
+    X : array-like, optional
+        Inputs for ``estimator.predict``.
+    y : array-like of shape (n_samples,)
+        True labels.
+    groups : array-like of shape (n_samples,) or (n_samples, n_features), DataFrame or dict
+        Sensitive feature(s). Several columns give intersectional groups (one row of
+        ``by_group`` per combination present).
+    y_pred : array-like of shape (n_samples,), optional
+        Predicted labels, instead of ``estimator`` and ``X``.
+    pos_label : label, optional
+        Positive class for selection rate, TPR and FPR on binary tasks. Default:
+        ``estimator.classes_[1]`` when available, else the larger of the two labels.
+    sample_weight : array-like of shape (n_samples,), optional
+        Sample weights passed to every metric (``count`` stays a plain count).
+
+    Returns
+    -------
+    FairnessReport
+        ``report.frame`` is the :class:`fairlearn.metrics.MetricFrame`; ``str(report)``
+        is a readable summary.
+
+    Notes
+    -----
+    Metrics: ``accuracy``, ``balanced_accuracy`` and ``count`` always; for binary tasks
+    also ``selection_rate``, ``true_positive_rate`` and ``false_positive_rate``. A
+    group without positives (negatives) has an undefined TPR (FPR), reported as NaN
+    instead of fairlearn's 0 so that groups defined by the label do not show fake gaps.
+    """
+    from fairlearn.metrics import MetricFrame
+
+    y_true, y_hat = _predictions(estimator, X, y, y_pred)
+    sensitive = _sensitive(groups)
+    n = len(y_true)
+    n_sensitive = len(sensitive)
+    if not (n == len(y_hat) == n_sensitive):
+        raise ValueError(_LENGTHS.format((n, len(y_hat), n_sensitive)))
+
+    labels = np.unique(np.concatenate([y_true, y_hat]))
+    binary = len(labels) <= 2
+    if binary:
+        pos_label = _pos_label(pos_label, estimator, labels)
+    else:
+        pos_label = None
+    metrics = _metric_functions(pos_label if binary else None)
+    sample_params = None
+    if sample_weight is not None:
+        w = np.asarray(sample_weight, dtype=float)
+        sample_params = {name: {"sample_weight": w} for name in metrics if name != "count"}
+
+    with warnings.catch_warnings():
+        # balanced accuracy of a single-class group warns; its value (recall) is fine
+        warnings.filterwarnings("ignore", message=".*y_pred contains classes not in y_true.*")
+        warnings.filterwarnings("ignore", message=".*A single label was found in.*")
+        frame = MetricFrame(
+            metrics=metrics,
+            y_true=y_true,
+            y_pred=y_hat,
+            sensitive_features=sensitive,
+            sample_params=sample_params,
+        )
+    summary = _summary(frame)
+    accuracy = frame.by_group["accuracy"]
+    worst = accuracy.idxmin()
+    disparities = _disparities(frame) if binary else {}
+    return FairnessReport(
+        frame=frame,
+        summary=summary,
+        worst_group=worst,
+        worst_group_accuracy=float(accuracy.loc[worst]),
+        disparities=disparities,
+        pos_label=pos_label,
+    )
+
+
+def _predictions(
+    estimator: Any, X: Any, y: ArrayLike | None, y_pred: ArrayLike | None
+) -> tuple[np.ndarray, np.ndarray]:
+    if y is None:
+        raise ValueError(_NEED_Y)
+    if y_pred is not None and estimator is not None:
+        raise ValueError(_BOTH_PRED)
+    if y_pred is None:
+        if estimator is None:
+            raise ValueError(_NEED_PRED)
+        if X is None:
+            raise ValueError(_NEED_X)
+        y_pred = estimator.predict(X)
+    return np.asarray(y).ravel(), np.asarray(y_pred).ravel()
+
+
+def _sensitive(groups: Any) -> Any:
+    if isinstance(groups, (pd.Series, pd.DataFrame)):
+        return groups.reset_index(drop=True)
+    if isinstance(groups, Mapping):
+        return pd.DataFrame({k: np.asarray(v) for k, v in groups.items()})
+    arr = np.asarray(groups)
+    if arr.ndim == 2 and arr.shape[1] == 1:
+        arr = arr[:, 0]
+    if arr.ndim == 2:
+        return pd.DataFrame(arr, columns=[f"sensitive_feature_{i}" for i in range(arr.shape[1])])
+    return pd.Series(arr, name="group")
+
+
+def _pos_label(pos_label: Any, estimator: Any, labels: np.ndarray) -> Any:
+    if pos_label is None:
+        classes = getattr(estimator, "classes_", None)
+        if classes is not None and len(classes) == 2:
+            return classes[1]
+        return labels.max()
+    if pos_label not in set(labels.tolist()) and len(labels) == 2:
+        raise ValueError(_BAD_POS_LABEL.format(pos_label, labels.tolist()))
+    return pos_label
+
+
+def _metric_functions(pos_label: Any) -> dict[str, Callable]:
+    from fairlearn.metrics import (
+        count,
+        false_positive_rate,
+        selection_rate,
+        true_positive_rate,
+    )
+    from sklearn.metrics import accuracy_score, balanced_accuracy_score
+
+    metrics: dict[str, Callable] = {
+        "accuracy": accuracy_score,
+        "balanced_accuracy": balanced_accuracy_score,
+    }
+    if pos_label is not None:
+
+        def selection(y_true, y_pred, sample_weight=None):
+            return selection_rate(y_true, y_pred, pos_label=pos_label, sample_weight=sample_weight)
+
+        def tpr(y_true, y_pred, sample_weight=None):
+            if not np.any(np.asarray(y_true) == pos_label):
+                return np.nan
+            return true_positive_rate(
+                y_true, y_pred, pos_label=pos_label, sample_weight=sample_weight
+            )
+
+        def fpr(y_true, y_pred, sample_weight=None):
+            if np.all(np.asarray(y_true) == pos_label):
+                return np.nan
+            return false_positive_rate(
+                y_true, y_pred, pos_label=pos_label, sample_weight=sample_weight
+            )
+
+        metrics.update(
+            {"selection_rate": selection, "true_positive_rate": tpr, "false_positive_rate": fpr}
+        )
+    metrics["count"] = count
+    return metrics
+
+
+def _summary(frame: Any) -> pd.DataFrame:
+    by_group = frame.by_group.drop(columns="count")
+    overall = frame.overall.drop(labels="count")
+    table = pd.DataFrame(
+        {
+            "overall": overall,
+            "group_min": frame.group_min().drop(labels="count"),
+            "group_max": frame.group_max().drop(labels="count"),
+            "difference": frame.difference().drop(labels="count"),
+            "ratio": frame.ratio().drop(labels="count"),
+        }
+    )
+    worst = {}
+    for name in table.index:
+        column = by_group[name].dropna()
+        if column.empty:
+            worst[name] = None
+        elif name in _HIGHER_IS_BETTER:
+            worst[name] = _group_name(column.idxmin(), frame)
+        elif name in _LOWER_IS_BETTER:
+            worst[name] = _group_name(column.idxmax(), frame)
+        else:
+            worst[name] = ""
+    table["worst_group"] = pd.Series(worst)
+    return table
+
+
+def _disparities(frame: Any) -> dict[str, float]:
+    diff = frame.difference()
+    ratio = frame.ratio()
+    return {
+        "accuracy_difference": float(diff["accuracy"]),
+        "demographic_parity_difference": float(diff["selection_rate"]),
+        "demographic_parity_ratio": float(ratio["selection_rate"]),
+        "equal_opportunity_difference": float(diff["true_positive_rate"]),
+        "equalized_odds_difference": float(
+            np.nanmax([diff["true_positive_rate"], diff["false_positive_rate"]])
+        ),
+    }
+
+
+def _group_name(group: Any, frame: Any) -> str:
+    names = list(frame.sensitive_levels)
+    if isinstance(group, tuple) and len(names) == len(group):
+        return ", ".join(f"{n}={v}" for n, v in zip(names, group, strict=True))
+    return str(group)
+
+
+def _indent(obj: Any) -> str:
+    return "\n".join("  " + line for line in obj.to_string().splitlines())

@@ -1,0 +1,83 @@
+"""WILDS integration: load WILDS datasets, train :class:`rest_fair.RESTClassifier` on
+them, compute the official metrics and write leaderboard files.
+
+Needs the optional extra ``pip install 'rest-fair[wilds]'`` (wilds 2.0.0, torchvision,
+pillow). Importing this package does not import ``wilds`` or ``torchvision``; they are
+imported on first use, with ``wilds``' background PyPI version check disabled (see
+:func:`rest_fair.wilds.import_wilds`).
+
+Typical use::
+
+    from rest_fair import RESTClassifier
+    from rest_fair.wilds import load_wilds, split_wilds, wilds_eval, write_submission
+
+    dataset = load_wilds("waterbirds", root_dir="data")
+    parts = split_wilds(dataset, image_size=64)
+    train, val, test = parts["train"], parts["val"], parts["test"]
+    clf = RESTClassifier(module="resnet18").fit(
+        train.X, train.y, groups=train.groups, validation_data=val.validation_data()
+    )
+    results = wilds_eval(test, clf.predict(test.X))   # acc_wg, adj_acc_avg, acc_y:...
+    write_submission({"val": clf.predict(val.X), "test": clf.predict(test.X)},
+                     dataset=dataset, out_dir="submission", seed=0)
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__all__ = [
+    "DATASETS",
+    "PUBLISHED",
+    "WILDSImageDataset",
+    "WILDSSplit",
+    "comparison_table",
+    "dataset_spec",
+    "default_image_transform",
+    "expected_layout",
+    "from_wilds",
+    "import_wilds",
+    "load_wilds",
+    "make_synthetic_layout",
+    "read_predictions",
+    "split_wilds",
+    "submission_filename",
+    "to_markdown",
+    "wilds_eval",
+    "wilds_grouper",
+    "write_submission",
+]
+
+_WHERE = {
+    "DATASETS": "datasets",
+    "dataset_spec": "datasets",
+    "expected_layout": "datasets",
+    "load_wilds": "datasets",
+    "WILDSImageDataset": "adapter",
+    "WILDSSplit": "adapter",
+    "default_image_transform": "adapter",
+    "from_wilds": "adapter",
+    "split_wilds": "adapter",
+    "wilds_grouper": "adapter",
+    "wilds_eval": "metrics",
+    "read_predictions": "submission",
+    "submission_filename": "submission",
+    "write_submission": "submission",
+    "PUBLISHED": "leaderboard",
+    "comparison_table": "leaderboard",
+    "to_markdown": "leaderboard",
+    "make_synthetic_layout": "synthetic",
+    "import_wilds": "_compat",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WHERE:
+        module = importlib.import_module(f"{__name__}.{_WHERE[name]}")
+        return getattr(module, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -1,0 +1,228 @@
+"""Loading WILDS datasets from disk, with clear errors and no surprise network access."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ._compat import import_wilds_module
+
+__all__ = ["DATASETS", "DatasetSpec", "dataset_spec", "expected_layout", "load_wilds"]
+
+_UNKNOWN = "Unknown WILDS dataset {name!r}; supported here: {names}."
+_MISSING_DATA = (
+    "The WILDS {name} data was not found (missing: {missing}).\n"
+    "Expected layout under root_dir={root}:\n{layout}\n"
+    "Download it from https://wilds.stanford.edu/downloads (or call "
+    "load_wilds(..., download=True) with network access) and unpack it there. "
+    "If you unpacked the archive yourself, make sure the version file "
+    "{release} exists (it may be empty)."
+)
+_DOWNLOAD_TIMEOUT_S = 60.0
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """What rest_fair knows about one WILDS dataset.
+
+    Attributes
+    ----------
+    name : str
+        WILDS name (``dataset.dataset_name``), e.g. ``"celebA"``.
+    module, class_name : str
+        Where the ``WILDSDataset`` subclass lives.
+    modality : {"image", "text"}
+        What ``get_input`` returns: a PIL image or a string.
+    group_fields : tuple of str
+        Metadata fields whose combinations define the training groups, as in the
+        WILDS/GroupDRO setups (Waterbirds: background x y; CelebA: male x y;
+        CivilComments: black x y, the "label x Black" setting of the WILDS paper).
+    required : tuple of str
+        Paths, relative to the data directory, that must exist.
+    layout : str
+        Human-readable description of the files.
+    """
+
+    name: str
+    module: str
+    class_name: str
+    modality: str
+    group_fields: tuple[str, ...]
+    required: tuple[str, ...]
+    layout: str
+    version: str = "1.0"
+
+    @property
+    def dirname(self) -> str:
+        """Name of the data directory under ``root_dir``, e.g. ``waterbirds_v1.0``."""
+        return f"{self.name}_v{self.version}"
+
+    @property
+    def release_file(self) -> str:
+        """Name of the version file WILDS looks for."""
+        return f"RELEASE_v{self.version}.txt"
+
+
+DATASETS: dict[str, DatasetSpec] = {
+    "waterbirds": DatasetSpec(
+        name="waterbirds",
+        module="wilds.datasets.waterbirds_dataset",
+        class_name="WaterbirdsDataset",
+        modality="image",
+        group_fields=("background", "y"),
+        required=("metadata.csv",),
+        layout=(
+            "  waterbirds_v1.0/RELEASE_v1.0.txt\n"
+            "  waterbirds_v1.0/metadata.csv   columns img_filename, y (0 landbird / 1 waterbird),"
+            " split (0 train / 1 val / 2 test), place (0 land / 1 water)\n"
+            "  waterbirds_v1.0/<img_filename>  the images"
+        ),
+    ),
+    "celebA": DatasetSpec(
+        name="celebA",
+        module="wilds.datasets.celebA_dataset",
+        class_name="CelebADataset",
+        modality="image",
+        group_fields=("male", "y"),
+        required=("list_attr_celeba.csv", "list_eval_partition.csv", "img_align_celeba"),
+        layout=(
+            "  celebA_v1.0/RELEASE_v1.0.txt\n"
+            "  celebA_v1.0/list_attr_celeba.csv     image_id + the 40 attributes valued -1/1"
+            " (Blond_Hair is the label, Male the spurious attribute)\n"
+            "  celebA_v1.0/list_eval_partition.csv  image_id, partition (0/1/2), same row order\n"
+            "  celebA_v1.0/img_align_celeba/<image_id>  the images"
+        ),
+    ),
+    "civilcomments": DatasetSpec(
+        name="civilcomments",
+        module="wilds.datasets.civilcomments_dataset",
+        class_name="CivilCommentsDataset",
+        modality="text",
+        group_fields=("black", "y"),
+        required=("all_data_with_identities.csv",),
+        layout=(
+            "  civilcomments_v1.0/RELEASE_v1.0.txt\n"
+            "  civilcomments_v1.0/all_data_with_identities.csv  first column the index;"
+            " comment_text, split (train/val/test), toxicity, the identities male, female,"
+            " LGBTQ, christian, muslim, other_religions, black, white and identity_any,"
+            " severe_toxicity, obscene, threat, insult, identity_attack, sexual_explicit"
+        ),
+    ),
+}
+_ALIASES = {key.lower(): key for key in DATASETS}
+
+
+def dataset_spec(name: str | Any) -> DatasetSpec:
+    """The :class:`DatasetSpec` of a dataset name (case-insensitive) or WILDS dataset.
+
+    Parameters
+    ----------
+    name : str or WILDSDataset
+        ``"waterbirds"``, ``"celebA"`` (or ``"celeba"``), ``"civilcomments"``, or a
+        dataset object, whose ``dataset_name`` is used.
+
+    Returns
+    -------
+    DatasetSpec
+    """
+    key = getattr(name, "dataset_name", name)
+    if not isinstance(key, str) or key.lower() not in _ALIASES:
+        raise ValueError(_UNKNOWN.format(name=key, names=sorted(DATASETS)))
+    return DATASETS[_ALIASES[key.lower()]]
+
+
+def expected_layout(name: str, root_dir: str | os.PathLike) -> str:
+    """Description of the files :func:`load_wilds` needs for ``name`` under ``root_dir``."""
+    spec = dataset_spec(name)
+    return f"{Path(root_dir) / spec.dirname}:\n{spec.layout}"
+
+
+def load_wilds(name: str, root_dir: str | os.PathLike, *, download: bool = False) -> Any:
+    """Load a WILDS dataset from ``root_dir`` with the real ``wilds`` package.
+
+    Parameters
+    ----------
+    name : {"waterbirds", "celebA", "civilcomments"}
+        Dataset name (case-insensitive).
+    root_dir : path
+        Folder that contains ``<name>_v1.0/`` (the WILDS ``root_dir``).
+    download : bool, default=False
+        Let WILDS download the archive when the data is missing (network, several
+        GB for CelebA). With ``False`` (default) nothing is fetched and missing data
+        raises :class:`FileNotFoundError` at once.
+
+    Returns
+    -------
+    wilds.datasets.wilds_dataset.WILDSDataset
+
+    Raises
+    ------
+    FileNotFoundError
+        When files are missing and ``download=False``; the message names every
+        missing path and the full expected layout.
+    ImportError
+        When ``wilds`` (or the torchvision its dataset modules import) is missing.
+    """
+    spec = dataset_spec(name)
+    root = Path(root_dir).expanduser()
+    missing = _missing_files(spec, root)
+    if missing and not download:
+        raise FileNotFoundError(
+            _MISSING_DATA.format(
+                name=spec.name,
+                missing=", ".join(str(p) for p in missing),
+                root=root,
+                layout=spec.layout,
+                release=root / spec.dirname / spec.release_file,
+            )
+        )
+    module = import_wilds_module(spec.module)
+    dataset_class = getattr(module, spec.class_name)
+    timeout = _socket_timeout(_DOWNLOAD_TIMEOUT_S) if missing else contextlib.nullcontext()
+    with timeout, _pandas_compat(spec), warnings.catch_warnings():
+        # wilds wraps read-only pandas arrays in tensors; harmless, but noisy
+        warnings.filterwarnings("ignore", message=".*NumPy array is not writable.*")
+        return dataset_class(root_dir=str(root), download=bool(download and missing))
+
+
+def _missing_files(spec: DatasetSpec, root: Path) -> list[Path]:
+    data_dir = root / spec.dirname
+    paths = [data_dir / spec.release_file] + [data_dir / rel for rel in spec.required]
+    return [p for p in paths if not p.exists()]
+
+
+@contextlib.contextmanager
+def _pandas_compat(spec: DatasetSpec) -> Iterator[None]:
+    """Let wilds' CivilComments loader run under pandas 3.
+
+    wilds 2.0.0 writes integer split ids into the string column ``split``; with
+    pandas >= 3 inferring the ``str`` dtype that raises ``TypeError``. Reading the
+    CSV with object columns (``future.infer_string=False``) restores the old
+    behaviour; the option is deprecated in pandas 3 and its warning silenced here.
+    """
+    import pandas as pd
+
+    if spec.modality != "text" or int(pd.__version__.split(".")[0]) < 3:
+        yield
+        return
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*future.infer_string.*")
+        with pd.option_context("future.infer_string", False):
+            yield
+
+
+@contextlib.contextmanager
+def _socket_timeout(seconds: float) -> Iterator[None]:
+    """Bound every socket operation while WILDS downloads, so offline runs fail fast."""
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(seconds)
+    try:
+        yield
+    finally:
+        socket.setdefaulttimeout(previous)
