@@ -79,7 +79,7 @@ def _validate_xy(est: Any, X: Any, y: Any) -> tuple[Any, np.ndarray]:
         est,
         X,
         y,
-        accept_sparse=("csr", "csc", "coo"),
+        accept_sparse="csr",
         allow_nd=True,
         dtype=(np.float32, np.float64),
     )
@@ -127,7 +127,7 @@ def _eval_set(
     groups_val = validation_data[2] if len(validation_data) == 3 else None
     if not is_torch_dataset(X_val):
         X_val = validate_data(
-            est, X_val, reset=False, accept_sparse=("csr", "csc", "coo"), allow_nd=True,
+            est, X_val, reset=False, accept_sparse="csr", allow_nd=True,
             dtype=(np.float32, np.float64),
         )
     n = len(X_val) if is_torch_dataset(X_val) else _num_samples(X_val)

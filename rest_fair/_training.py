@@ -214,7 +214,7 @@ def train(
             loss_sum += loss.detach() * len(idx)
             seen += len(idx)
             if callbacks:
-                lv = float(loss)
+                lv = float(loss.detach())
                 for cb in callbacks:
                     cb.on_batch_end(est, step, lv)
 

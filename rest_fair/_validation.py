@@ -190,5 +190,5 @@ def check_sample_weight(sample_weight: Any, n_samples: int) -> np.ndarray:
         raise ValueError(BAD_SAMPLE_WEIGHT.format(problem=f"found {int((sw < 0).sum())} "
                                                   "negative values"))
     if not np.any(sw > 0):
-        raise ValueError(BAD_SAMPLE_WEIGHT.format(problem="all weights are 0"))
+        raise ValueError(BAD_SAMPLE_WEIGHT.format(problem="all sample weights are zero"))
     return sw

@@ -238,7 +238,7 @@ scipy.sparse matrix, DataFrame, or torch Dataset
             self,
             X,
             reset=False,
-            accept_sparse=("csr", "csc", "coo"),
+            accept_sparse="csr",
             allow_nd=True,
             dtype=(np.float32, np.float64),
         )
@@ -264,6 +264,7 @@ scipy.sparse matrix, DataFrame, or torch Dataset
 
     def predict(self, X: Any) -> np.ndarray:
         """Predicted class labels."""
+        check_is_fitted(self, "module_")
         return self.classes_[np.argmax(self.predict_logits(X), axis=1)]
 
     # ------------------------------------------------------------------ reports

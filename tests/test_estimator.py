@@ -1,0 +1,328 @@
+"""RESTClassifier: behaviour, inputs, errors, model selection, reweighting, devices."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+import torch
+from scipy import stats
+from sklearn.base import clone
+from sklearn.datasets import make_classification
+from sklearn.model_selection import GridSearchCV
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+import rest_fair._training as training
+from rest_fair import RESTClassifier
+from rest_fair.callbacks import Callback, EarlyStopping
+from rest_fair.reweighting import cell_weights, draw_indices, sample_weights_for
+
+FAST = dict(max_epochs=8, batch_size=64, lr=0.05, random_state=0, device="cpu",
+            module_params={"hidden_layer_sizes": (32, 32)})
+
+
+@pytest.fixture(scope="module")
+def data():
+    X, y = make_classification(600, 12, n_informative=6, n_classes=3, random_state=0)
+    groups = np.where(X[:, 0] > 0.8, "minority", "majority")
+    return X.astype(np.float32), y, groups
+
+
+def _clf(**params) -> RESTClassifier:
+    return RESTClassifier(**{**FAST, **params})
+
+
+# ----------------------------------------------------------------- basic behaviour
+def test_fit_predict_and_fitted_attributes(data):
+    X, y, g = data
+    clf = _clf(sparsity=0.9).fit(X, y, groups=g)
+    assert clf.score(X, y) > 0.6
+    proba = clf.predict_proba(X)
+    assert proba.shape == (len(X), 3) and np.allclose(proba.sum(1), 1)
+    assert list(clf.classes_) == [0, 1, 2] and clf.n_features_in_ == 12
+    assert clf.groups_ == ["majority", "minority"]
+    assert len(clf.history_) == 8
+    assert set(clf.history_[0]) >= {"epoch", "train_loss", "valid_loss", "valid_acc",
+                                    "valid_worst_group_acc", "density", "lr", "dur",
+                                    "n_topology_updates"}
+    report = clf.sparsity_report()
+    assert (report["n_active"].sum() / report["n_weights"].sum()) == pytest.approx(0.1, abs=0.01)
+    params = dict(clf.module_.named_parameters())
+    for name, mask in clf.masks_.items():
+        assert torch.all(params[name].detach()[~mask] == 0)
+    assert clf.n_topology_updates_ > 0
+
+
+def test_dense_has_no_masks(data):
+    X, y, _ = data
+    clf = _clf(sparsity=0.0).fit(X, y)
+    assert clf.masks_ == {} and clf.history_[-1]["density"] == 1.0
+
+
+def test_same_seed_same_predictions_and_global_rng_untouched(data):
+    X, y, g = data
+    state = torch.random.get_rng_state()
+    p1 = _clf().fit(X, y, groups=g).predict_proba(X)
+    assert torch.equal(state, torch.random.get_rng_state())
+    p2 = _clf().fit(X, y, groups=g).predict_proba(X)
+    p3 = _clf(random_state=1).fit(X, y, groups=g).predict_proba(X)
+    assert np.array_equal(p1, p2)
+    assert not np.array_equal(p1, p3)
+
+
+def test_best_checkpoint_is_restored(data):
+    X, y, g = data
+    X_val, y_val, g_val = X[:150], y[:150], g[:150]
+    clf = _clf(max_epochs=10, lr=0.2).fit(X[150:], y[150:], groups=g[150:],
+                                          validation_data=(X_val, y_val, g_val))
+    keys = [(h["valid_worst_group_acc"], h["valid_acc"]) for h in clf.history_]
+    best = max(range(len(keys)), key=lambda i: (keys[i], -i))
+    assert clf.best_epoch_ == best + 1
+    assert [h["best"] for h in clf.history_].count(True) >= 1
+    pred = clf.predict(X_val)
+    assert np.mean(pred == y_val) == pytest.approx(clf.history_[best]["valid_acc"])
+
+
+def test_clone_pickle_pipeline_gridsearch(data):
+    X, y, g = data
+    clf = _clf()
+    assert clone(clf).get_params() == clf.get_params()
+    clf.fit(X, y, groups=g)
+    restored = pickle.loads(pickle.dumps(clf))
+    assert np.array_equal(restored.predict_proba(X), clf.predict_proba(X))
+    pipe = make_pipeline(StandardScaler(), _clf())
+    pipe.fit(X, y, restclassifier__groups=g)
+    assert pipe.named_steps["restclassifier"].groups_ == ["majority", "minority"]
+    search = GridSearchCV(_clf(max_epochs=3), {"sparsity": [0.0, 0.8]}, cv=2).fit(X, y)
+    assert search.best_params_["sparsity"] in (0.0, 0.8)
+
+
+# --------------------------------------------------------------------- inputs
+def test_string_labels_dataframe_and_intersectional_groups(data):
+    X, y, g = data
+    frame = pd.DataFrame(X, columns=[f"f{i}" for i in range(12)])
+    labels = np.array(["cat", "dog", "eel"])[y]
+    sensitive = pd.DataFrame({"a": g, "b": (X[:, 1] > 0).astype(int)})
+    clf = _clf().fit(frame, labels, groups=sensitive)
+    assert list(clf.feature_names_in_) == list(frame.columns)
+    assert set(clf.predict(frame)) <= {"cat", "dog", "eel"}
+    assert ("minority", 1) in clf.groups_ and len(clf.groups_) == 4
+
+
+def test_sparse_input_and_torch_dataset(data):
+    X, y, _ = data
+    dense = _clf().fit(X, y)
+    from_sparse = _clf().fit(sp.csr_matrix(X), y)
+    np.testing.assert_allclose(from_sparse.predict_proba(sp.csr_matrix(X)),
+                               dense.predict_proba(X), atol=1e-5)
+
+    class Items(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(X)
+
+        def __getitem__(self, i):
+            return torch.from_numpy(X[i]), int(y[i]), {"meta": i}
+
+    from_dataset = _clf().fit(Items(), y)
+    np.testing.assert_allclose(from_dataset.predict_proba(Items()), dense.predict_proba(X),
+                               atol=1e-5)
+
+
+def test_images_with_cnn():
+    rng = np.random.default_rng(0)
+    X = rng.random((120, 3, 12, 12), dtype=np.float32)
+    y = (X[:, 0].mean((1, 2)) > X[:, 1].mean((1, 2))).astype(int)
+    clf = _clf(module="auto", max_epochs=3, module_params=None).fit(X, y)
+    assert type(clf.module_).__name__ == "SmallCNN"
+    assert clf.predict(X).shape == (120,)
+    assert clf.input_shape_ == (3, 12, 12)
+
+
+def test_user_module_factory(data):
+    X, y, _ = data
+
+    def factory(input_shape, n_classes, width=8):
+        return torch.nn.Sequential(torch.nn.Linear(input_shape[0], width), torch.nn.ReLU(),
+                                   torch.nn.Linear(width, n_classes))
+
+    clf = _clf(module=factory, module_params={"width": 16}).fit(X, y)
+    assert clf.module_[0].out_features == 16
+    assert set(clf.masks_) == {"0.weight", "2.weight"}
+
+
+# --------------------------------------------------------------------- errors
+@pytest.mark.parametrize(
+    ("params", "match"),
+    [
+        ({"sparsity": 1.0}, "sparsity must be a number in \\[0, 1\\)"),
+        ({"sparsity": -0.1}, "sparsity"),
+        ({"sparse_init": "random"}, "sparse_init must be one of"),
+        ({"regrow": "magnitude"}, "regrow must be one of"),
+        ({"optimizer": "lbfgs"}, "optimizer must be one of"),
+        ({"upweight": "inverse"}, "upweight must be one of"),
+        ({"upweight": -2.0}, "upweight"),
+        ({"reweight": "both"}, "reweight must be one of"),
+        ({"module": "transformer"}, "module must be one of"),
+        ({"device": "tpu"}, "device must be"),
+        ({"max_epochs": 0}, "max_epochs"),
+        ({"update_interval": "often"}, "update_interval"),
+        ({"lr_scheduler": "step"}, "lr_scheduler must be one of"),
+    ],
+)
+def test_bad_parameters_name_the_problem(data, params, match):
+    X, y, _ = data
+    with pytest.raises(ValueError, match=match):
+        _clf(**params).fit(X, y)
+
+
+def test_bad_inputs_name_the_problem(data):
+    X, y, g = data
+    bad = X.copy()
+    bad[3, 2] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        _clf().fit(bad, y)
+    bad[3, 2] = np.inf
+    with pytest.raises(ValueError, match="infinity"):
+        _clf().fit(bad, y)
+    with pytest.raises(ValueError, match="y has 599 samples but X has 600"):
+        _clf().fit(X, y[:-1])
+    with pytest.raises(ValueError, match="groups has 10 samples but X has 600"):
+        _clf().fit(X, y, groups=g[:10])
+    with pytest.raises(ValueError, match="sample_weight has 5 samples"):
+        _clf().fit(X, y, sample_weight=np.ones(5))
+    with pytest.raises(ValueError, match="negative"):
+        _clf().fit(X, y, sample_weight=-np.ones(600))
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        _clf().fit(X, np.zeros(600))
+    with pytest.raises(ValueError, match="missing values"):
+        _clf().fit(X, y, groups=np.where(g == "minority", None, g))
+    with pytest.raises(ValueError, match="no weight for groups"):
+        _clf(upweight={"majority": 1.0}).fit(X, y, groups=g)
+    with pytest.raises(ValueError, match="validation_data"):
+        _clf().fit(X, y, validation_data=X)
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        if torch.cuda.is_available():
+            pytest.skip("CUDA is available here")
+        _clf(device="cuda").fit(X, y)
+
+
+def test_inputs_are_not_modified(data):
+    X, y, g = data
+    X0, y0, g0, w = X.copy(), y.copy(), g.copy(), np.ones(len(y))
+    _clf().fit(X, y, groups=g, sample_weight=w)
+    assert np.array_equal(X, X0) and np.array_equal(y, y0) and np.array_equal(g, g0)
+    assert np.array_equal(w, np.ones(len(y)))
+
+
+# ------------------------------------------------------------------ reweighting
+def test_lambda_semantics_balanced_and_dict():
+    y = np.array([0] * 90 + [0] * 10 + [1] * 80 + [1] * 20)
+    g = np.array([0] * 90 + [1] * 10 + [1] * 80 + [0] * 20)
+    w = cell_weights(y, g, ["a", "b"], 30.0)
+    assert w == {(0, 0): 1.0, (0, 1): 30.0, (1, 0): 30.0, (1, 1): 1.0}
+    bal = sample_weights_for(y, g, cell_weights(y, g, ["a", "b"], "balanced"))
+    share_b = bal[g == 1].sum() / bal.sum()
+    assert share_b == pytest.approx(0.5)
+    w = cell_weights(y, g, ["a", "b"], {"a": 1.0, "b": 4.0})
+    assert w[(0, 1)] == 4.0 and w[(1, 0)] == 1.0
+
+
+def test_sampler_draws_groups_with_requested_frequency():
+    # 950 aligned, 50 conflicting, lambda = 10 -> expected conflicting share 500 / 1450
+    y = np.zeros(1000, dtype=int)
+    g = np.r_[np.zeros(950, dtype=int), np.ones(50, dtype=int)]
+    weights = sample_weights_for(y, g, cell_weights(y, g, [0, 1], 10.0))
+    draws = draw_indices(weights, 200_000, generator=torch.Generator().manual_seed(0)).numpy()
+    observed = np.bincount(g[draws], minlength=2)
+    expected = 200_000 * np.array([950, 500]) / 1450
+    assert stats.chisquare(observed, expected).pvalue > 1e-3
+    # and a wrong frequency (lambda ignored, i.e. 1) is firmly rejected
+    assert stats.chisquare(observed, 200_000 * np.array([0.95, 0.05])).pvalue < 1e-12
+
+
+@pytest.mark.parametrize("lam", [1.0, 10.0, 80.0])
+def test_lambda_reaches_the_training_loop(data, monkeypatch, lam):
+    X, y, _ = data
+    conflict = np.zeros(len(y), dtype=bool)
+    conflict[::20] = True  # 5 % "conflicting"
+    drawn = []
+    real = training.draw_indices
+
+    def spy(weights, n, *, generator):
+        idx = real(weights, n, generator=generator)
+        drawn.append(idx.numpy())
+        return idx
+
+    monkeypatch.setattr(training, "draw_indices", spy)
+    clf = _clf(upweight=lam, validation_fraction=0.0, max_epochs=20).fit(X, y, groups=conflict)
+    if lam == 1.0:
+        assert drawn == []  # equal weights: plain shuffling, no sampler
+        return
+    share = conflict[np.concatenate(drawn)].mean()
+    n_c = conflict.sum()
+    expected = lam * n_c / (len(y) - n_c + lam * n_c)
+    assert share == pytest.approx(expected, rel=0.1)
+    assert {w for (_, grp), w in clf.group_weights_.items() if grp} == {lam}
+
+
+def test_loss_reweighting_uses_weights_not_sampler(data, monkeypatch):
+    X, y, g = data
+    monkeypatch.setattr(training, "draw_indices", lambda *a, **k: pytest.fail("sampler used"))
+    clf = _clf(reweight="loss").fit(X, y, groups=g)
+    assert clf.score(X, y) > 0.5
+
+
+# --------------------------------------------------------------------- callbacks
+def test_callbacks_and_early_stopping(data):
+    X, y, _ = data
+
+    class Count(Callback):
+        def on_train_begin(self, estimator, **kw):
+            self.steps = 0
+
+        def on_batch_end(self, estimator, step, loss, **kw):
+            self.steps = step
+
+    counter = Count()
+    stop = EarlyStopping(monitor="valid_acc", patience=1, threshold=1.0)
+    clf = _clf(max_epochs=20, callbacks=[counter, stop]).fit(X, y)
+    assert len(clf.history_) == 2  # no epoch improves by more than 1.0
+    assert counter.steps == 2 * len(range(0, 540, 64))
+
+
+def test_verbose_shows_progress(data, capsys):
+    X, y, _ = data
+    _clf(max_epochs=2, verbose=1).fit(X, y)
+    assert "REST" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------- CUDA
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.mark.cuda
+@cuda
+def test_cuda_fit_matches_cpu_and_pickles_to_cpu(data):
+    X, y, g = data
+    gpu = _clf(device="cuda").fit(X, y, groups=g)
+    assert next(gpu.module_.parameters()).is_cuda
+    cpu = _clf(device="cpu").fit(X, y, groups=g)
+    assert np.mean(gpu.predict(X) == cpu.predict(X)) > 0.9
+    restored = pickle.loads(pickle.dumps(gpu))
+    assert next(restored.module_.parameters()).device.type == "cpu"
+    np.testing.assert_allclose(restored.predict_proba(X), gpu.predict_proba(X), atol=1e-4)
+
+
+@pytest.mark.cuda
+@cuda
+def test_cuda_images_and_dataset_path():
+    rng = np.random.default_rng(0)
+    X = rng.random((256, 3, 16, 16), dtype=np.float32)
+    y = (X[:, 0].mean((1, 2)) > 0.5).astype(int)
+    ds = torch.utils.data.TensorDataset(torch.from_numpy(X), torch.from_numpy(y))
+    clf = _clf(device="cuda", module="cnn", module_params=None, max_epochs=2).fit(ds, y)
+    assert clf.predict(ds).shape == (256,)

@@ -1,0 +1,249 @@
+"""The sparse engine: ERK densities, masks, prune-and-regrow, schedules."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from rest_fair.sparse import (
+    DropSchedule,
+    DynamicSparsity,
+    MaskSet,
+    active_counts,
+    erk_densities,
+    maskable_parameters,
+    prune_and_regrow,
+    uniform_densities,
+    update_topology,
+)
+
+SHAPES = {
+    "conv1": (64, 3, 4, 4),
+    "conv2": (128, 64, 4, 4),
+    "conv3": (256, 128, 4, 4),
+    "fc": (10, 256),
+}
+
+
+def _total(shapes, densities):
+    return sum(densities[n] * math.prod(s) for n, s in shapes.items())
+
+
+def test_erk_matches_formula_and_target():
+    density = 0.1
+    d = erk_densities(SHAPES, density)
+    n_total = sum(math.prod(s) for s in SHAPES.values())
+    assert _total(SHAPES, d) == pytest.approx(density * n_total, rel=1e-12)
+    dense = [n for n in SHAPES if d[n] == 1.0]
+    sparse = [n for n in SHAPES if d[n] < 1.0]
+    # re-solve eps by hand from the layers that stayed sparse
+    budget = density * n_total - sum(math.prod(SHAPES[n]) for n in dense)
+    eps = budget / sum(sum(SHAPES[n]) for n in sparse)  # raw * numel == sum(shape)
+    for n in sparse:
+        assert d[n] == pytest.approx(eps * sum(SHAPES[n]) / math.prod(SHAPES[n]), rel=1e-12)
+
+
+def test_erk_makes_small_layers_dense_and_resolves():
+    shapes = {"tiny": (10, 3), "big": (1000, 1000)}
+    d = erk_densities(shapes, 0.05)
+    assert d["tiny"] == 1.0  # eps * 13/30 would exceed 1
+    assert d["big"] == pytest.approx((0.05 * 1_000_030 - 30) / 1_000_000)
+    assert _total(shapes, d) == pytest.approx(0.05 * 1_000_030)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    shapes=st.lists(
+        st.tuples(st.integers(1, 300), st.integers(1, 300)), min_size=1, max_size=6
+    ),
+    density=st.floats(0.001, 1.0),
+)
+def test_erk_property(shapes, density):
+    shapes = {f"l{i}": s for i, s in enumerate(shapes)}
+    d = erk_densities(shapes, density)
+    assert all(0 < v <= 1.0 + 1e-12 for v in d.values())
+    n_total = sum(math.prod(s) for s in shapes.values())
+    assert _total(shapes, d) == pytest.approx(density * n_total, rel=1e-9)
+
+
+def test_uniform_densities():
+    assert set(uniform_densities(SHAPES, 0.2).values()) == {0.2}
+    with pytest.raises(ValueError, match="density"):
+        uniform_densities(SHAPES, 0.0)
+
+
+def _net() -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(),
+        nn.Linear(8 * 6 * 6, 64), nn.ReLU(), nn.Linear(64, 5),
+    )
+
+
+def test_maskable_parameters_are_conv_and_linear_weights_only():
+    names = [n for n, _ in maskable_parameters(_net())]
+    assert names == ["0.weight", "4.weight", "6.weight"]
+
+
+@pytest.mark.parametrize("distribution", ["erk", "uniform"])
+def test_random_masks_have_exact_counts_and_zero_weights(distribution):
+    net = _net()
+    masks = MaskSet.random(net, density=0.2, distribution=distribution,
+                           generator=torch.Generator().manual_seed(0))
+    masks.apply_()
+    shapes = {n: tuple(p.shape) for n, p in maskable_parameters(net)}
+    fn = erk_densities if distribution == "erk" else uniform_densities
+    expected = active_counts(shapes, fn(shapes, 0.2))
+    assert masks.n_active() == expected
+    for name, p in masks.params.items():
+        assert torch.all(p[~masks.mask(name)] == 0)
+    assert net[1].weight.abs().sum() > 0  # BatchNorm untouched
+
+
+def test_prune_removes_smallest_active_and_rigl_regrows_largest_gradient():
+    weight = torch.tensor([5.0, -0.1, 3.0, 0.2, -4.0, 0.0, 0.0, 0.0])
+    mask = torch.tensor([1, 1, 1, 1, 1, 0, 0, 0], dtype=torch.bool)
+    grad = torch.tensor([0.0, 0.0, 0.0, 0.0, 0.0, -9.0, 1.0, 7.0])
+    new, dropped, grown = prune_and_regrow(weight, mask, 2, regrow="gradient", grad=grad)
+    assert set(dropped.tolist()) == {1, 3}  # |w| = 0.1 and 0.2 are the smallest active
+    assert set(grown.tolist()) == {5, 7}  # |grad| = 9 and 7 are the largest inactive
+    assert new.tolist() == [True, False, True, False, True, True, False, True]
+    assert int(new.sum()) == int(mask.sum())
+
+
+def test_rigl_can_regrow_a_just_pruned_weight_if_its_gradient_is_largest():
+    weight = torch.tensor([1.0, 2.0, 0.0])
+    mask = torch.tensor([True, True, False])
+    grad = torch.tensor([50.0, 0.0, 1.0])
+    new, dropped, grown = prune_and_regrow(weight, mask, 1, regrow="gradient", grad=grad)
+    assert dropped.tolist() == [0] and grown.tolist() == [0]
+    assert new.tolist() == [True, True, False]
+
+
+def test_set_regrows_random_inactive_positions_reproducibly():
+    weight = torch.randn(1000)
+    mask = torch.zeros(1000, dtype=torch.bool)
+    mask[:100] = True
+    outs = [
+        prune_and_regrow(weight, mask, 30, regrow="random",
+                         generator=torch.Generator().manual_seed(7))
+        for _ in range(2)
+    ]
+    assert torch.equal(outs[0][0], outs[1][0])
+    new, dropped, grown = outs[0]
+    assert int(new.sum()) == 100
+    assert bool(torch.all(~mask[grown] | torch.isin(grown, dropped)))
+    assert grown.max() >= 100  # not merely the pruned slots back
+
+
+def test_gradient_regrow_needs_gradient():
+    with pytest.raises(ValueError, match="gradient"):
+        prune_and_regrow(torch.ones(4), torch.tensor([1, 1, 0, 0]).bool(), 1, regrow="gradient")
+
+
+def test_update_topology_keeps_counts_zeroes_and_resets_optimizer_state():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(20, 50), nn.ReLU(), nn.Linear(50, 4))
+    masks = MaskSet.random(net, density=0.3, generator=torch.Generator().manual_seed(1))
+    masks.apply_()
+    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    x, y = torch.randn(64, 20), torch.randint(0, 4, (64,))
+    for _ in range(3):
+        opt.zero_grad()
+        nn.functional.cross_entropy(net(x), y).backward()
+        opt.step()
+        masks.apply_()
+    before = {n: m.clone() for n, m in masks._bool.items()}
+    counts = masks.n_active()
+    changed = update_topology(masks, 0.3, regrow="gradient", optimizer=opt)
+    assert changed > 0
+    assert masks.n_active() == counts
+    for name, p in masks.params.items():
+        m = masks.mask(name)
+        assert torch.all(p[~m] == 0)
+        regrown = m & ~before[name]
+        assert torch.all(p[regrown] == 0)
+        assert torch.all(opt.state[p]["momentum_buffer"][regrown] == 0)
+
+
+def test_dense_layers_are_left_alone():
+    net = nn.Sequential(nn.Linear(3, 2))
+    masks = MaskSet(dict(maskable_parameters(net)), {"0.weight": torch.ones(2, 3, dtype=bool)})
+    w = net[0].weight.detach().clone()
+    net[0].weight.grad = torch.randn(2, 3)
+    assert update_topology(masks, 0.5) == 0
+    assert torch.equal(net[0].weight.detach(), w)
+
+
+def test_cosine_schedule_values():
+    s = DropSchedule(0.5, 1000, "cosine")
+    assert s(0) == pytest.approx(0.5)
+    assert s(500) == pytest.approx(0.25)
+    assert s(250) == pytest.approx(0.25 * (1 + math.cos(math.pi / 4)))
+    assert s(1000) == pytest.approx(0.0, abs=1e-12)
+    assert s(1001) == 0.0
+    values = [s(t) for t in range(0, 1001, 50)]
+    assert all(a >= b for a, b in itertools.pairwise(values))
+    assert DropSchedule(0.3, 10, "constant")(5) == 0.3
+    with pytest.raises(ValueError, match="drop schedule"):
+        DropSchedule(0.3, 10, "linear")
+
+
+def test_engine_during_training_keeps_exact_density():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(30, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(),
+                        nn.Linear(64, 3))
+    masks = MaskSet.random(net, density=0.1, generator=torch.Generator().manual_seed(0))
+    masks.apply_()
+    counts = masks.n_active()
+    engine = DynamicSparsity(masks, schedule=DropSchedule(0.5, 60), update_interval=5,
+                             regrow="gradient")
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    x, y = torch.randn(256, 30), torch.randint(0, 3, (256,))
+    changed_masks = 0
+    for step in range(1, 81):
+        opt.zero_grad()
+        nn.functional.cross_entropy(net(x), y).backward()
+        opt.step()
+        prev = {n: m.clone() for n, m in masks._bool.items()}
+        updated = engine.after_step(step, opt)
+        assert updated == (step % 5 == 0 and step < 60)
+        changed_masks += any(not torch.equal(prev[n], masks.mask(n)) for n in prev)
+        assert masks.n_active() == counts
+        for name, p in masks.params.items():
+            assert torch.all(p[~masks.mask(name)] == 0)
+    assert engine.n_updates == 11 and changed_masks == 11
+    assert masks.density() == pytest.approx(sum(counts.values()) / sum(
+        m.numel() for m in masks._bool.values()))
+
+
+@torch.no_grad()
+def test_rescale_init_preserves_signal():
+    torch.manual_seed(0)
+    net = nn.Sequential(*[nn.Linear(400, 400, bias=False) for _ in range(4)])
+    x = torch.randn(512, 400)
+    dense_std = float(net(x).std())
+    masks = MaskSet.random(net, density=0.05, distribution="uniform",
+                           generator=torch.Generator().manual_seed(0))
+    masks.apply_()
+    silent_std = float(net(x).std())
+    masks.rescale_init_()
+    rescaled_std = float(net(x).std())
+    assert silent_std < 0.01 * dense_std
+    assert rescaled_std == pytest.approx(dense_std, rel=0.3)
+
+
+def test_random_masks_are_reproducible_and_seed_dependent():
+    def masks(seed):
+        net = nn.Sequential(nn.Linear(50, 50))
+        return MaskSet.random(net, density=0.2,
+                              generator=torch.Generator().manual_seed(seed)).to_dict()
+    assert torch.equal(masks(3)["0.weight"], masks(3)["0.weight"])
+    assert not torch.equal(masks(3)["0.weight"], masks(4)["0.weight"])
+    assert np.isclose(float(masks(3)["0.weight"].float().mean()), 0.2)
