@@ -186,9 +186,17 @@ def fit_estimator(
                 g_train = np.zeros(len(errors), dtype=np.int64)
             est.inferred_groups_ = np.zeros(n, dtype=bool)
             est.inferred_groups_[train_idx] = errors
+            est.inferred_groups_overlap_ = None
+            if groups is not None:
+                from .jtt import overlap_report
+                from .reweighting import minority_mask
+
+                truth = minority_mask(y_train, group_codes[train_idx])
+                est.inferred_groups_overlap_ = overlap_report(errors, truth)
         else:
             g_train, train_group_labels = group_codes[train_idx], group_labels
             est.inferred_groups_ = None
+            est.inferred_groups_overlap_ = None
 
         weights = cell_weights(y_train, g_train, train_group_labels, est.upweight)
         per_sample = sample_weights_for(y_train, g_train, weights)

@@ -60,8 +60,10 @@ class RESTClassifier(ClassifierMixin, BaseEstimator):
     groupdro_eta : float, default=0.01
         Step size of GroupDRO's group-weight update.
     infer_groups : None or "jtt", default=None
-        With ``"jtt"`` and ``groups=None``, a short identification model is trained first
-        and its misclassified training samples form the group to upweight (JTT).
+        With ``"jtt"``, a short identification model is trained first and its misclassified
+        training samples form the group to upweight (JTT, Liu et al. 2021), so no group
+        labels are needed for training. ``groups``, if given, then serve only for model
+        selection on the held-out validation split and for ``inferred_groups_overlap_``.
     jtt_epochs : int, default=5
         Epochs of the JTT identification model.
     module : str, nn.Module class, callable or instance, default="auto"
@@ -128,7 +130,12 @@ class RESTClassifier(ClassifierMixin, BaseEstimator):
     group_weight_history_ : list of list of float or None
         GroupDRO's group weights at the end of each epoch (``objective="groupdro"``).
     inferred_groups_ : ndarray of bool or None
-        With ``infer_groups="jtt"``, which training samples formed the error set.
+        With ``infer_groups="jtt"``, which samples of ``X`` formed the error set (samples
+        held out for validation are ``False``).
+    inferred_groups_overlap_ : dict or None
+        With ``infer_groups="jtt"`` and ``groups`` given (used then for validation only), how
+        the error set overlaps the true minority (samples outside the most frequent group of
+        their class): ``precision``, ``recall``, ``base_rate``, counts.
     """
 
     def __init__(

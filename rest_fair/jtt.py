@@ -79,7 +79,7 @@ def overlap_report(inferred: np.ndarray, minority: np.ndarray) -> dict:
     return {
         "n_inferred": int(inferred.sum()),
         "n_minority": int(minority.sum()),
-        "precision": hits / inferred.sum() if inferred.any() else float("nan"),
-        "recall": hits / minority.sum() if minority.any() else float("nan"),
+        "precision": hits / int(inferred.sum()) if inferred.any() else float("nan"),
+        "recall": hits / int(minority.sum()) if minority.any() else float("nan"),
         "base_rate": float(minority.mean()),
     }

@@ -14,7 +14,14 @@ from numbers import Real
 import numpy as np
 import torch
 
-__all__ = ["REWEIGHT_MODES", "cell_weights", "draw_indices", "sample_weights_for"]
+__all__ = [
+    "REWEIGHT_MODES",
+    "aligned_groups",
+    "cell_weights",
+    "draw_indices",
+    "minority_mask",
+    "sample_weights_for",
+]
 
 REWEIGHT_MODES = ("sampler", "loss")
 
@@ -81,15 +88,36 @@ def cell_weights(
         lam = float(upweight)
         if not np.isfinite(lam) or lam <= 0:
             raise ValueError(_BAD_UPWEIGHT.format(upweight))
-        weights = {}
-        for c in sorted({c for c, _ in cells}):
-            in_class = [(i, cell) for i, cell in enumerate(cells) if cell[0] == c]
-            aligned = max(in_class, key=lambda item: (counts[item[0]], -item[0]))[1]
-            for _, cell in in_class:
-                weights[cell] = 1.0 if cell == aligned else lam
+        aligned = aligned_groups(y_codes, group_codes)
+        weights = {(c, g): 1.0 if aligned[c] == g else lam for c, g in cells}
     else:
         raise ValueError(_BAD_UPWEIGHT.format(upweight))
     return weights
+
+
+def aligned_groups(y_codes: np.ndarray, group_codes: np.ndarray) -> dict[int, int]:
+    """The most frequent group of each class (ties: the smallest group code).
+
+    Parameters
+    ----------
+    y_codes, group_codes : ndarray of int
+        Class and group index of each sample.
+
+    Returns
+    -------
+    dict of int to int
+        Class code -> code of its aligned (majority) group.
+    """
+    table = np.zeros((int(y_codes.max()) + 1, int(group_codes.max()) + 1), dtype=np.int64)
+    np.add.at(table, (y_codes, group_codes), 1)
+    return {int(c): int(np.argmax(table[c])) for c in np.unique(y_codes)}
+
+
+def minority_mask(y_codes: np.ndarray, group_codes: np.ndarray) -> np.ndarray:
+    """Whether each sample lies outside the aligned group of its class."""
+    aligned = aligned_groups(y_codes, group_codes)
+    return np.array([aligned[c] != g for c, g in zip(y_codes, group_codes, strict=True)],
+                    dtype=bool)
 
 
 def sample_weights_for(

@@ -1,0 +1,107 @@
+"""Group-label-free REST (JTT) and GroupDRO."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import rest_fair.jtt as jtt
+from rest_fair import RESTClassifier
+from rest_fair.jtt import overlap_report
+from rest_fair.reweighting import minority_mask
+
+
+def _spurious(n=1200, minority=0.05, seed=0):
+    """Binary task with a strong, easy spurious feature that disagrees with y on `minority`."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, n)
+    conflict = rng.random(n) < minority
+    s = np.where(conflict, 1 - y, y)
+    core = (2 * y - 1) * 0.6 + rng.normal(0, 1.0, n)  # weak, noisy true signal
+    X = np.column_stack([core, 3.0 * (2 * s - 1) + rng.normal(0, 0.1, n),
+                         rng.normal(0, 1, (n, 4))]).astype(np.float32)
+    return X, y, conflict
+
+
+FAST = dict(module_params={"hidden_layer_sizes": (32,)}, batch_size=64, lr=0.05,
+            random_state=0, device="cpu")
+
+
+def test_error_set_is_the_identification_models_mistakes(monkeypatch):
+    X, y, _ = _spurious()
+    seen = {}
+    real = jtt.identify_errors
+
+    def spy(est, X_, y_, *, seed):
+        errors = real(est, X_, y_, seed=seed)
+        # the same identification model, refitted, makes exactly these mistakes
+        from sklearn.base import clone
+        model = clone(est).set_params(**jtt.identification_params(est, seed=seed)).fit(X_, y_)
+        seen["expected"] = model.predict(X_) != y_
+        seen["errors"] = errors
+        return errors
+
+    monkeypatch.setattr(jtt, "identify_errors", spy)
+    clf = RESTClassifier(infer_groups="jtt", jtt_epochs=2, upweight=20.0, sparsity=0.5,
+                         max_epochs=3, validation_fraction=0.0, **FAST).fit(X, y)
+    assert np.array_equal(seen["errors"], seen["expected"])
+    assert np.array_equal(clf.inferred_groups_, seen["errors"])
+    assert 0 < clf.inferred_groups_.sum() < len(y)
+    # the error set is the upweighted group
+    assert clf.groups_ == [False, True]
+    assert {w for (_, g), w in clf.group_weights_.items() if g} == {20.0}
+
+
+def test_error_set_is_enriched_in_the_true_minority():
+    X, y, conflict = _spurious()
+    clf = RESTClassifier(infer_groups="jtt", jtt_epochs=3, upweight=20.0, sparsity=0.8,
+                         max_epochs=4, **FAST).fit(X, y, groups=conflict)
+    report = clf.inferred_groups_overlap_
+    assert report["base_rate"] == pytest.approx(conflict.mean(), abs=0.01)
+    assert report["precision"] > 5 * report["base_rate"]
+    assert report["recall"] > 0.5
+
+
+def test_overlap_report_by_hand():
+    inferred = np.array([1, 1, 0, 0, 1, 0], dtype=bool)
+    truth = np.array([1, 0, 0, 1, 1, 0], dtype=bool)
+    r = overlap_report(inferred, truth)
+    assert r == {"n_inferred": 3, "n_minority": 3, "precision": 2 / 3, "recall": 2 / 3,
+                 "base_rate": 0.5}
+    y = np.array([0, 0, 0, 1, 1, 1])
+    g = np.array([0, 0, 1, 1, 1, 0])
+    assert minority_mask(y, g).tolist() == [False, False, True, False, False, True]
+
+
+def test_groupdro_moves_weight_to_the_worst_group():
+    X, y, conflict = _spurious(minority=0.1)
+    clf = RESTClassifier(objective="groupdro", groupdro_eta=0.05, upweight=None,
+                         sparsity=0.0, max_epochs=6, **FAST).fit(X, y, groups=conflict)
+    history = np.array(clf.group_weight_history_)
+    assert history.shape == (6, 2)
+    assert np.allclose(history.sum(1), 1.0)
+    # the conflicting group (index 1, label True) has the higher loss and gains weight
+    assert history[-1, 1] > 0.5 and history[-1, 1] > history[0, 1] - 1e-9
+    erm = RESTClassifier(objective="erm", upweight=None, sparsity=0.0, max_epochs=6,
+                         **FAST).fit(X, y, groups=conflict)
+    dro_acc = np.mean(clf.predict(X[conflict]) == y[conflict])
+    erm_acc = np.mean(erm.predict(X[conflict]) == y[conflict])
+    assert dro_acc > erm_acc
+
+
+@pytest.mark.parametrize("params", [
+    {"objective": "groupdro", "upweight": None},
+    {"infer_groups": "jtt", "jtt_epochs": 1, "upweight": 10.0},
+])
+def test_robust_modes_work_sparse(params):
+    X, y, conflict = _spurious(n=600)
+    clf = RESTClassifier(sparsity=0.9, max_epochs=3, **FAST, **params).fit(X, y, groups=conflict)
+    report = clf.sparsity_report()
+    assert report["n_active"].sum() / report["n_weights"].sum() == pytest.approx(0.1, abs=0.02)
+    assert clf.predict(X).shape == (600,)
+
+
+def test_plain_none_groups_is_one_group():
+    X, y, _ = _spurious(n=300)
+    clf = RESTClassifier(max_epochs=2, **FAST).fit(X, y)
+    assert clf.groups_ == [0] and clf.inferred_groups_ is None
