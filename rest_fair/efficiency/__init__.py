@@ -1,0 +1,26 @@
+"""Make sparsity pay: FLOPs accounting, real sparse inference and compressed model files.
+
+- :func:`efficiency_report` counts parameters and inference/training FLOPs of a masked
+  network, per layer and in total, also as fractions of the dense network.
+- :func:`export_sparse` turns a masked network into one whose sparse linear layers are
+  compressed (CSR) and computed with sparse matrix products.
+- :func:`save` / :func:`load` write and read compressed, pickle-free model files.
+"""
+
+from __future__ import annotations
+
+from .export import SparseExport, SparseLinearChain, export_sparse, module_nbytes
+from .flops import efficiency_report
+from .serialization import FORMAT_VERSION, ModelFileError, load, save
+
+__all__ = [
+    "FORMAT_VERSION",
+    "ModelFileError",
+    "SparseExport",
+    "SparseLinearChain",
+    "efficiency_report",
+    "export_sparse",
+    "load",
+    "module_nbytes",
+    "save",
+]

@@ -1,0 +1,436 @@
+"""Real sparse inference: compress the sparse linear layers of a masked network.
+
+:func:`export_sparse` copies a network and replaces each sparse ``nn.Linear`` (density at
+or below a threshold) by a compressed-sparse-row (CSR) matrix with int32 indices, built
+from the **mask** (active weights that happen to be exactly zero, as RigL regrows them,
+are kept as stored zeros), and computed with ``torch.addmm(bias, W_csr, X_t)``: the
+activations ``X_t`` are kept feature-major (one row per feature, one column per sample)
+so that the sparse matrix is the left operand. Inside an ``nn.Sequential``, consecutive
+linear layers with element-wise activations between them form one *chain* that is
+transposed once on entry and once on exit; dead neurons between two layers of a chain
+are removed:
+
+- a neuron whose incoming row is empty outputs the constant ``act(bias)``; its
+  contribution is folded into the next layer's bias and the neuron is dropped;
+- a neuron whose outgoing column in the next layer is empty is never read, so it is
+  dropped.
+
+Denser linear layers inside a chain are computed densely in the same feature-major
+layout; convolutions and every other layer stay as they are (their masks are applied to
+the weights). Predictions equal those of the masked network up to float rounding.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from collections import OrderedDict
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+from .flops import _check_masks
+
+__all__ = ["SparseExport", "SparseLinearChain", "export_sparse", "module_nbytes"]
+
+_BAD_THRESHOLD = "density_threshold must be a float in [0, 1]; got {value!r}."
+_BAD_THREADS = "num_threads must be a positive int or None; got {value!r}."
+_BAD_MASK_DTYPE = "mask {key!r} must be a bool tensor; got dtype {dtype}."
+
+# Modules that act element-wise (and identically on any layout) in evaluation mode.
+ELEMENTWISE = (
+    nn.Identity,
+    nn.ReLU,
+    nn.ReLU6,
+    nn.LeakyReLU,
+    nn.ELU,
+    nn.SELU,
+    nn.CELU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Mish,
+    nn.Tanh,
+    nn.Sigmoid,
+    nn.Hardtanh,
+    nn.Hardswish,
+    nn.Hardsigmoid,
+    nn.Softplus,
+    nn.Dropout,
+)
+
+
+def _csr(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, size) -> torch.Tensor:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.sparse_csr_tensor(crow, col, values, size=size, check_invariants=False)
+
+
+class _FeatureMajorLinear(nn.Module):
+    """``y_t = W @ x_t + b[:, None]`` on feature-major activations (CSR or dense ``W``)."""
+
+    def __init__(self, weight: torch.Tensor, mask: torch.Tensor, bias, *, sparse: bool) -> None:
+        super().__init__()
+        self.out_features, self.in_features = (int(s) for s in weight.shape)
+        self.sparse = bool(sparse)
+        if self.sparse:
+            counts = mask.sum(dim=1)
+            crow = torch.zeros(self.out_features + 1, dtype=torch.int32, device=weight.device)
+            crow[1:] = torch.cumsum(counts, 0).to(torch.int32)
+            # nonzero() and boolean indexing both walk the mask in row-major order, so the
+            # column indices and the values line up, sorted within each row.
+            col = mask.nonzero()[:, 1].to(torch.int32).contiguous()
+            self.register_buffer("crow_indices", crow)
+            self.register_buffer("col_indices", col)
+            self.register_buffer("values", weight[mask].contiguous())
+        else:
+            self.register_buffer("weight", (weight * mask).contiguous())
+        bias_col = None if bias is None else bias.reshape(-1, 1).contiguous()
+        self.register_buffer("bias", bias_col)
+        self._matrix: torch.Tensor | None = None
+
+    @property
+    def nnz(self) -> int:
+        return int(self.values.numel()) if self.sparse else int(self.weight.numel())
+
+    def matrix(self) -> torch.Tensor:
+        """The weight matrix used in the product (a CSR tensor when sparse)."""
+        if not self.sparse:
+            return self.weight
+        if self._matrix is None:
+            self._matrix = _csr(
+                self.crow_indices,
+                self.col_indices,
+                self.values,
+                (self.out_features, self.in_features),
+            )
+        return self._matrix
+
+    def _apply(self, fn, recurse=True):
+        self._matrix = None
+        return super()._apply(fn, recurse)
+
+    def __getstate__(self):
+        state = super().__getstate__().copy()
+        state["_matrix"] = None
+        return state
+
+    def forward(self, x_t: torch.Tensor) -> torch.Tensor:
+        if self.bias is None:
+            return torch.mm(self.matrix(), x_t)
+        return torch.addmm(self.bias, self.matrix(), x_t)
+
+    def extra_repr(self) -> str:
+        kind = f"csr, nnz={self.nnz}" if self.sparse else "dense"
+        return f"in_features={self.in_features}, out_features={self.out_features}, {kind}"
+
+
+class SparseLinearChain(nn.Module):
+    """Linear layers and element-wise activations computed on feature-major activations.
+
+    The input ``(..., in_features)`` is transposed once to ``(in_features, n)``, every
+    step works on that layout, and the result is transposed back to
+    ``(..., out_features)``.
+
+    Parameters
+    ----------
+    steps : list of nn.Module
+        ``_FeatureMajorLinear`` layers and element-wise modules, in order.
+    """
+
+    def __init__(self, steps: list[nn.Module]) -> None:
+        super().__init__()
+        self.steps = nn.ModuleList(steps)
+        linears = [s for s in steps if isinstance(s, _FeatureMajorLinear)]
+        self.in_features = linears[0].in_features
+        self.out_features = linears[-1].out_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lead = x.shape[:-1]
+        h = x.reshape(-1, self.in_features).t()
+        for step in self.steps:
+            h = step(h)
+        return h.t().reshape(*lead, self.out_features)
+
+
+class SparseExport(nn.Module):
+    """Wrapper returned by :func:`export_sparse`.
+
+    Parameters
+    ----------
+    module : nn.Module
+        The converted network.
+    num_threads : int or None
+        Torch CPU threads used during ``forward`` (restored afterwards); ``None`` keeps
+        the current setting.
+    """
+
+    def __init__(self, module: nn.Module, num_threads: int | None = None) -> None:
+        super().__init__()
+        self.module = module
+        self.num_threads = num_threads
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = self.num_threads
+        previous = torch.get_num_threads()
+        if n is None or n == previous:
+            return self.module(x)
+        torch.set_num_threads(n)
+        try:
+            return self.module(x)
+        finally:
+            torch.set_num_threads(previous)
+
+
+def module_nbytes(module: nn.Module) -> int:
+    """Bytes of all parameters and buffers of ``module`` (CSR values plus indices).
+
+    Parameters
+    ----------
+    module : nn.Module
+
+    Returns
+    -------
+    int
+    """
+    seen: set[int] = set()
+    total = 0
+    for tensor in [*module.parameters(), *module.buffers()]:
+        if tensor is None or id(tensor) in seen:
+            continue
+        seen.add(id(tensor))
+        total += tensor.numel() * tensor.element_size()
+    return total
+
+
+def _join(prefix: str, leaf: str) -> str:
+    return f"{prefix}.{leaf}" if prefix else leaf
+
+
+def _elementwise(sub: nn.Module) -> bool:
+    return type(sub) in ELEMENTWISE
+
+
+def _plain_linear(sub: nn.Module) -> bool:
+    # Subclasses (e.g. the out-projection of nn.MultiheadAttention) may be used through
+    # their weights directly rather than their forward, so they are left alone.
+    return type(sub) is nn.Linear
+
+
+def _remove_dead(layers: list[dict], acts: list[list[nn.Module]]) -> None:
+    """Drop dead neurons between consecutive layers of a chain, in place.
+
+    ``layers[j]`` holds dense masked ``weight``, ``mask`` and ``bias``; ``acts[j]`` the
+    element-wise modules between layer ``j`` and ``j + 1``.
+    """
+
+    def drop(j: int, keep: torch.Tensor) -> None:
+        layer, nxt = layers[j], layers[j + 1]
+        layer["weight"] = layer["weight"][keep]
+        layer["mask"] = layer["mask"][keep]
+        layer["bias"] = layer["bias"][keep]
+        nxt["weight"] = nxt["weight"][:, keep]
+        nxt["mask"] = nxt["mask"][:, keep]
+
+    # Forward: empty rows output act(bias), a constant; fold it into the next bias.
+    for j in range(len(layers) - 1):
+        layer, nxt = layers[j], layers[j + 1]
+        empty = ~layer["mask"].any(dim=1)
+        if empty.all():
+            empty[0] = False  # keep one neuron so every product keeps a valid shape
+        if not empty.any():
+            continue
+        const = layer["bias"][empty]
+        for act in acts[j]:
+            const = act(const)
+        nxt["bias"] = nxt["bias"] + nxt["weight"][:, empty] @ const
+        drop(j, ~empty)
+    # Backward: neurons whose outgoing column is empty are never read.
+    for j in range(len(layers) - 2, -1, -1):
+        unused = ~layers[j + 1]["mask"].any(dim=0)
+        if unused.all():
+            unused[0] = False
+        if unused.any():
+            drop(j, ~unused)
+
+
+def _build_chain(
+    linears: list[nn.Linear],
+    acts: list[list[nn.Module]],
+    tail: list[nn.Module],
+    masks: Mapping[str, torch.Tensor],
+    names: list[str],
+    threshold: float,
+    remove_dead: bool,
+) -> SparseLinearChain:
+    layers = []
+    for lin, name in zip(linears, names, strict=True):
+        weight = lin.weight.detach()
+        mask = masks.get(_join(name, "weight"))
+        if mask is None:
+            mask = torch.ones_like(weight, dtype=torch.bool)
+        mask = mask.to(weight.device)
+        density = float(mask.float().mean()) if mask.numel() else 1.0
+        has_bias = lin.bias is not None
+        bias = lin.bias.detach().clone() if has_bias else weight.new_zeros(weight.shape[0])
+        layers.append(
+            {
+                "weight": weight * mask,
+                "mask": mask,
+                "bias": bias,
+                "has_bias": has_bias,
+                "sparse": density <= threshold,
+            }
+        )
+    if remove_dead and len(layers) > 1:
+        with torch.no_grad():
+            _remove_dead(layers, acts)
+    steps: list[nn.Module] = []
+    for j, layer in enumerate(layers):
+        # A layer without bias only gets one when dead-neuron folding gave it one.
+        bias = layer["bias"]
+        if not layer["has_bias"] and not bool(bias.ne(0).any()):
+            bias = None
+        steps.append(
+            _FeatureMajorLinear(layer["weight"], layer["mask"], bias, sparse=layer["sparse"])
+        )
+        if j < len(acts):
+            steps.extend(acts[j])
+    steps.extend(tail)
+    return SparseLinearChain(steps)
+
+
+def _convert_sequential(
+    seq: nn.Sequential,
+    prefix: str,
+    masks: Mapping[str, torch.Tensor],
+    density: Mapping[str, float],
+    threshold: float,
+    remove_dead: bool,
+) -> set[str]:
+    """Replace chains in ``seq`` in place; return the names of the converted linears."""
+    items = list(seq._modules.items())
+    new: list[tuple[str, nn.Module]] = []
+    done: set[str] = set()
+    i = 0
+    while i < len(items):
+        key, sub = items[i]
+        name = f"{prefix}{key}"
+        if not (_plain_linear(sub) and density.get(name, 1.0) <= threshold):
+            new.append((key, sub))
+            i += 1
+            continue
+        # A chain starts at a sparse linear and runs through linears and activations.
+        linears, names, acts, pending = [sub], [name], [], []
+        k = i + 1
+        while k < len(items):
+            k_key, k_sub = items[k]
+            if _elementwise(k_sub):
+                pending.append(k_sub)
+            elif _plain_linear(k_sub):
+                acts.append(pending)
+                pending = []
+                linears.append(k_sub)
+                names.append(f"{prefix}{k_key}")
+            else:
+                break
+            k += 1
+        chain = _build_chain(linears, acts, pending, masks, names, threshold, remove_dead)
+        new.append((key, chain))
+        done.update(names)
+        i = k
+    seq._modules = OrderedDict(new)
+    return done
+
+
+def export_sparse(
+    module: nn.Module,
+    masks: Mapping[str, torch.Tensor] | None,
+    *,
+    density_threshold: float = 0.2,
+    num_threads: int | None = None,
+    remove_dead: bool = True,
+) -> SparseExport:
+    """Copy a masked network into one that computes its sparse linear layers sparsely.
+
+    Parameters
+    ----------
+    module : nn.Module
+        The trained network; it is not modified.
+    masks : dict of str to bool tensor, or None
+        Parameter name -> mask (as ``RESTClassifier.masks_``). Weights without a mask are
+        dense.
+    density_threshold : float, default=0.2
+        Linear layers whose mask density is at or below it become CSR layers. Near a
+        density of 0.2 sparse and dense products take about the same time on CPU.
+    num_threads : int or None, default=None
+        Torch CPU threads for ``forward`` of the exported model (the previous setting is
+        restored after each call). For batches of a few samples on a shared host one
+        thread is often as fast as more. ``None`` keeps the process setting.
+    remove_dead : bool, default=True
+        Remove dead neurons between consecutive layers of a chain.
+
+    Returns
+    -------
+    SparseExport
+        An ``nn.Module`` in evaluation mode. Its ``module`` attribute is the converted
+        copy; :func:`module_nbytes` gives its weight bytes.
+
+    Notes
+    -----
+    The CSR tensors use int32 indices (``torch.sparse_csr_tensor`` with
+    ``crow_indices``/``col_indices`` of dtype int32; ``torch.mm`` and ``torch.addmm``
+    accept them on CPU with torch 2.14). ``F.linear`` with a CSR weight and COO tensors
+    are avoided: both are several times slower.
+    """
+    if isinstance(density_threshold, bool) or not isinstance(density_threshold, (int, float)):
+        raise ValueError(_BAD_THRESHOLD.format(value=density_threshold))
+    if not 0.0 <= float(density_threshold) <= 1.0:
+        raise ValueError(_BAD_THRESHOLD.format(value=density_threshold))
+    if num_threads is not None and (
+        isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1
+    ):
+        raise ValueError(_BAD_THREADS.format(value=num_threads))
+    masks = dict(masks or {})
+    _check_masks(module, masks)
+    for key, mask in masks.items():
+        if mask.dtype != torch.bool:
+            raise TypeError(_BAD_MASK_DTYPE.format(key=key, dtype=mask.dtype))
+    threshold = float(density_threshold)
+
+    exported = copy.deepcopy(module)
+    exported.eval()
+    params = dict(exported.named_parameters())
+    with torch.no_grad():
+        for key, mask in masks.items():
+            params[key].mul_(mask.to(params[key].device))
+    density = {
+        key.rpartition(".")[0]: float(mask.float().mean()) if mask.numel() else 1.0
+        for key, mask in masks.items()
+        if key.rpartition(".")[2] == "weight"
+    }
+
+    converted: set[str] = set()
+    for name, sub in list(exported.named_modules()):
+        if isinstance(sub, nn.Sequential):
+            prefix = f"{name}." if name else ""
+            converted |= _convert_sequential(
+                sub, prefix, masks, density, threshold, remove_dead
+            )
+    # Remaining sparse linears (outside any Sequential) are replaced one by one.
+    for name, sub in list(exported.named_modules()):
+        if not name or name in converted or not _plain_linear(sub):
+            continue
+        if density.get(name, 1.0) > threshold:
+            continue
+        parent_name, _, attr = name.rpartition(".")
+        parent = exported.get_submodule(parent_name) if parent_name else exported
+        chain = _build_chain([sub], [], [], masks, [name], threshold, remove_dead)
+        if isinstance(parent, nn.Sequential):  # pragma: no cover - handled above
+            continue
+        setattr(parent, attr, chain)
+    if _plain_linear(exported) and density.get("", 1.0) <= threshold:
+        exported = _build_chain([exported], [], [], masks, [""], threshold, remove_dead)
+    wrapper = SparseExport(exported, num_threads=num_threads)
+    wrapper.eval()
+    return wrapper

@@ -1,0 +1,289 @@
+"""Parameter and FLOPs accounting for masked (sparse) networks.
+
+Conventions
+-----------
+- One multiply-add counts as **2 FLOPs**. Only the weight products of linear and
+  convolution layers are counted; bias additions, normalisation, activations, pooling
+  and residual additions are ignored (they grow with the activations, not the weights,
+  and are below 1 % of the total for the models of :mod:`rest_fair.models`).
+- A linear layer costs ``2 * active_weights`` per output position (one position for a
+  flat input, more when the input has extra leading dimensions); a convolution costs
+  ``2 * active_weights * H_out * W_out`` (grouped and 1-D/3-D convolutions likewise, with
+  the number of output positions). Output shapes come from one forward pass of a dummy
+  sample of ``input_shape`` through the network in evaluation mode.
+- Training follows RigL (Evci et al., 2020, appendix H): a sparse training step costs
+  about 3x the sparse forward pass (forward, gradient of the activations, gradient of the
+  weights). A topology update with gradient regrowth computes the weight gradient
+  densely once: its step costs ``2 f_S + f_D`` instead of ``3 f_S``. Amortized over the
+  updates this gives, per sample,
+  ``3 f_S + (f_D - f_S) * n_topology_updates / n_train_steps`` (or ``/ update_interval``).
+  Random regrowth (SET) needs no dense gradient. The dense baseline costs ``3 f_D``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import nn
+
+__all__ = ["efficiency_report", "layer_shapes"]
+
+_BAD_MASK_KEY = (
+    "masks has key {key!r}, which is not a parameter of the module "
+    "(expected names as in module.named_parameters())."
+)
+_BAD_MASK_SHAPE = "mask {key!r} has shape {mask}, but the parameter has shape {param}."
+_BAD_INTERVAL = "update_interval must be a positive int or None; got {value!r}."
+_BAD_STEPS = "{name} must be a non-negative int or None; got {value!r}."
+_BAD_REGROW = "regrow must be 'gradient' or 'random'; got {value!r}."
+_NEED_STEPS = "n_topology_updates needs n_train_steps (the number of optimizer steps)."
+
+_COLUMNS = [
+    "layer",
+    "kind",
+    "shape",
+    "params_dense",
+    "params_active",
+    "density",
+    "inference_flops_dense",
+    "inference_flops",
+    "inference_flops_fraction",
+    "training_flops_dense",
+    "training_flops",
+    "training_flops_fraction",
+]
+
+
+def _check_masks(module: nn.Module, masks: Mapping[str, torch.Tensor]) -> None:
+    params = dict(module.named_parameters())
+    for key, mask in masks.items():
+        if key not in params:
+            raise KeyError(_BAD_MASK_KEY.format(key=key))
+        if tuple(mask.shape) != tuple(params[key].shape):
+            raise ValueError(
+                _BAD_MASK_SHAPE.format(
+                    key=key, mask=tuple(mask.shape), param=tuple(params[key].shape)
+                )
+            )
+
+
+def layer_shapes(module: nn.Module, input_shape: Sequence[int]) -> dict[str, int]:
+    """Number of output positions of every linear and convolution layer for one sample.
+
+    Parameters
+    ----------
+    module : nn.Module
+        The network; it is run once in evaluation mode on a zero sample and its
+        training mode is restored afterwards.
+    input_shape : tuple of int
+        Shape of one sample (without the batch dimension).
+
+    Returns
+    -------
+    dict
+        Module name -> number of output positions per sample (``H_out * W_out`` for a
+        2-D convolution, the product of the extra leading dimensions for a linear layer).
+    """
+    positions: dict[str, int] = {}
+    handles = []
+
+    def make_hook(name: str, n_out: int):
+        def hook(_mod, _inp, out):
+            positions[name] = positions.get(name, 0) + out.numel() // n_out
+
+        return hook
+
+    for name, sub in module.named_modules():
+        if isinstance(sub, nn.Linear):
+            handles.append(sub.register_forward_hook(make_hook(name, sub.out_features)))
+        elif isinstance(sub, nn.modules.conv._ConvNd):
+            handles.append(sub.register_forward_hook(make_hook(name, sub.out_channels)))
+    first = next(iter(module.parameters()), None)
+    device = first.device if first is not None else torch.device("cpu")
+    dtype = first.dtype if first is not None and first.is_floating_point() else torch.float32
+    was_training = module.training
+    try:
+        module.eval()
+        with torch.no_grad():
+            module(torch.zeros((1, *(int(s) for s in input_shape)), device=device, dtype=dtype))
+    finally:
+        module.train(was_training)
+        for handle in handles:
+            handle.remove()
+    return positions
+
+
+def efficiency_report(
+    module: nn.Module,
+    masks: Mapping[str, torch.Tensor] | None,
+    input_shape: Sequence[int],
+    *,
+    update_interval: int | None = None,
+    n_topology_updates: int | None = None,
+    n_train_steps: int | None = None,
+    batch_size: int | None = None,
+    regrow: str = "gradient",
+):
+    """Parameters and FLOPs of a masked network, per layer and in total.
+
+    Parameters
+    ----------
+    module : nn.Module
+        The network (inactive weights need not be zero: only the masks are read).
+    masks : dict of str to bool tensor, or None
+        Parameter name (as in ``module.named_parameters()``) -> mask. Weights without a
+        mask are dense. ``None`` or ``{}`` describes the dense network.
+    input_shape : tuple of int
+        Shape of one sample.
+    update_interval : int or None, default=None
+        Steps between topology updates, used to amortize their dense gradient when
+        ``n_topology_updates`` is not given. ``None`` and no ``n_topology_updates``
+        means no topology update is counted.
+    n_topology_updates : int or None, default=None
+        Number of topology updates actually made (e.g. the sum of
+        ``history_[i]["n_topology_updates"]``); needs ``n_train_steps``.
+    n_train_steps : int or None, default=None
+        Number of optimizer steps of the run.
+    batch_size : int or None, default=None
+        Samples per step. With ``n_train_steps`` it adds the columns
+        ``training_flops_run`` and ``training_flops_run_dense`` (whole run).
+    regrow : {"gradient", "random"}, default="gradient"
+        ``"gradient"`` (RigL) pays one dense weight gradient per update, ``"random"``
+        (SET) does not.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per linear/convolution layer, one row ``"(other)"`` for remaining
+        parameters (normalisation etc., dense, no FLOPs counted) when there are any,
+        and a final row ``"total"``. FLOPs are per sample (multiply-add = 2 FLOPs);
+        ``*_fraction`` columns are sparse / dense. ``df.attrs`` holds the conventions
+        and the amortized update rate.
+
+    Examples
+    --------
+    >>> from rest_fair.models import build_module
+    >>> net = build_module("mlp", input_shape=(4,), n_classes=2,
+    ...                    module_params={"hidden_layer_sizes": (3,)})
+    >>> efficiency_report(net, {}, (4,)).loc["total", "inference_flops"]
+    36
+    """
+    import pandas as pd
+
+    masks = dict(masks or {})
+    _check_masks(module, masks)
+    if regrow not in ("gradient", "random"):
+        raise ValueError(_BAD_REGROW.format(value=regrow))
+    if update_interval is not None and (
+        isinstance(update_interval, bool)
+        or not isinstance(update_interval, int)
+        or update_interval < 1
+    ):
+        raise ValueError(_BAD_INTERVAL.format(value=update_interval))
+    for name, value in (
+        ("n_topology_updates", n_topology_updates),
+        ("n_train_steps", n_train_steps),
+        ("batch_size", batch_size),
+    ):
+        bad = isinstance(value, bool) or not isinstance(value, int) or value < 0
+        if value is not None and bad:
+            raise ValueError(_BAD_STEPS.format(name=name, value=value))
+    if n_topology_updates is not None:
+        if not n_train_steps:
+            raise ValueError(_NEED_STEPS)
+        update_rate = n_topology_updates / n_train_steps
+    elif update_interval is not None:
+        update_rate = 1.0 / update_interval
+    else:
+        update_rate = 0.0
+    if regrow == "random":
+        update_rate_dense = 0.0
+    else:
+        update_rate_dense = update_rate
+
+    positions = layer_shapes(module, input_shape)
+    rows = []
+    counted: set[str] = set()
+    for name, sub in module.named_modules():
+        if not isinstance(sub, (nn.Linear, nn.modules.conv._ConvNd)):
+            continue
+        weight_name = f"{name}.weight" if name else "weight"
+        weight = sub.weight
+        n_weight = weight.numel()
+        mask = masks.get(weight_name)
+        n_active = int(mask.sum()) if mask is not None else n_weight
+        n_bias = sub.bias.numel() if sub.bias is not None else 0
+        counted.update({weight_name} | ({f"{name}.bias" if name else "bias"} if n_bias else set()))
+        pos = positions.get(name, 0)
+        f_dense = 2 * n_weight * pos
+        f_sparse = 2 * n_active * pos
+        train_dense = 3 * f_dense
+        train_sparse = 3 * f_sparse + (f_dense - f_sparse) * update_rate_dense
+        rows.append(
+            {
+                "layer": name,
+                "kind": type(sub).__name__,
+                "shape": tuple(weight.shape),
+                "params_dense": n_weight + n_bias,
+                "params_active": n_active + n_bias,
+                "inference_flops_dense": f_dense,
+                "inference_flops": f_sparse,
+                "training_flops_dense": train_dense,
+                "training_flops": train_sparse,
+            }
+        )
+    other = [p for n, p in module.named_parameters() if n not in counted]
+    if other:
+        n_other = sum(p.numel() for p in other)
+        n_other_active = n_other
+        for n, p in module.named_parameters():
+            if n not in counted and n in masks:
+                n_other_active -= p.numel() - int(masks[n].sum())
+        rows.append(
+            {
+                "layer": "(other)",
+                "kind": "other",
+                "shape": (),
+                "params_dense": n_other,
+                "params_active": n_other_active,
+                "inference_flops_dense": 0,
+                "inference_flops": 0,
+                "training_flops_dense": 0,
+                "training_flops": 0,
+            }
+        )
+    total = {"layer": "total", "kind": "total", "shape": ()}
+    for key in (
+        "params_dense",
+        "params_active",
+        "inference_flops_dense",
+        "inference_flops",
+        "training_flops_dense",
+        "training_flops",
+    ):
+        total[key] = sum(r[key] for r in rows)
+    rows.append(total)
+    for r in rows:
+        r["density"] = r["params_active"] / r["params_dense"] if r["params_dense"] else math.nan
+        for what in ("inference_flops", "training_flops"):
+            dense = r[f"{what}_dense"]
+            r[f"{what}_fraction"] = r[what] / dense if dense else math.nan
+    frame = pd.DataFrame(rows, columns=_COLUMNS).set_index("layer", drop=False)
+    frame.index.name = None
+    if n_train_steps is not None and batch_size is not None:
+        frame["training_flops_run"] = frame["training_flops"] * n_train_steps * batch_size
+        frame["training_flops_run_dense"] = (
+            frame["training_flops_dense"] * n_train_steps * batch_size
+        )
+    frame.attrs.update(
+        {
+            "flops_convention": "multiply-add = 2 FLOPs; weight products of Linear/Conv only",
+            "training_convention": "RigL: 3 f_S per sample + (f_D - f_S) per dense-gradient update",
+            "topology_update_rate": update_rate,
+            "regrow": regrow,
+            "input_shape": tuple(int(s) for s in input_shape),
+        }
+    )
+    return frame

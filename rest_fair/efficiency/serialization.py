@@ -1,0 +1,469 @@
+"""Compressed, pickle-free model files.
+
+A file is a zip archive of ``.npy`` arrays (numpy's ``.npz`` layout, deflate-compressed)
+read with ``allow_pickle=False``: loading never executes code from the file. It holds
+
+- ``__header__``: UTF-8 JSON with the format name and version, what the file holds (a
+  fitted :class:`~rest_fair.RESTClassifier` or a module with masks), constructor
+  parameters and fitted attributes as plain JSON values, and how each tensor is encoded;
+- one or more arrays per tensor: masked weights store only their **active** values plus
+  the mask, as a packed bitmap (``np.packbits``, 1 bit per weight) or, when smaller at
+  very low density, as CSR indices (uint16 columns where they fit); other tensors are
+  stored as they are;
+- ``__sha256__``: SHA-256 of the header and every array (name, dtype, shape, bytes), so
+  a truncated, corrupted or edited file is refused with :class:`ModelFileError`.
+
+The checksum detects corruption and careless edits, not a forger who recomputes it; the
+safety of loading untrusted files comes from the format itself (no pickle, no imports
+named by the file, only the built-in networks of :mod:`rest_fair.models` are rebuilt).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import io
+import json
+import os
+import warnings
+import zipfile
+import zlib
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "ModelFileError", "load", "save"]
+
+FORMAT_NAME = "rest_fair.model"
+FORMAT_VERSION = 1
+
+_ZIP_MAGIC = b"PK\x03\x04"
+_NOT_OURS = (
+    "{path} is not a rest_fair model file: it does not start with a zip signature "
+    "(a pickle, torch or other file?). It was not loaded; no code from it was run."
+)
+_CORRUPT = "{path} is corrupted or truncated and cannot be read ({error})."
+_BAD_CHECKSUM = (
+    "{path} failed its SHA-256 check: the file was modified or damaged after it was saved."
+)
+_BAD_HEADER = "{path} has no valid rest_fair header ({error})."
+_NEWER = "{path} uses format version {version}; this rest_fair reads versions <= {ours}."
+_BAD_PAYLOAD = "{path} holds an inconsistent tensor {name!r}: {error}."
+_BAD_OBJECT = (
+    "save() takes a fitted RESTClassifier or a tuple (module, masks, metadata); "
+    "got {type}."
+)
+_NOT_FITTED = "the RESTClassifier is not fitted; there is nothing to save."
+_CUSTOM_MODULE = (
+    "cannot save a RESTClassifier whose module parameter is {value!r}: only the built-in "
+    "names ('auto', 'mlp', 'cnn', 'resnet18') can be rebuilt without running code from "
+    "the file. Use pickle/joblib for this estimator, or save (clf.module_, clf.masks_, "
+    "metadata) and pass module= to load()."
+)
+_NOT_JSON = "cannot save {what}: value of type {type} is not a plain JSON-able value."
+_NEED_MODULE = (
+    "{path} holds the weights of a {cls} without a built-in architecture; pass "
+    "load(path, module=<an instance of it>) to load them."
+)
+_BAD_DTYPE = "unsupported tensor dtype {dtype} in {path}."
+_BAD_METADATA = "metadata must be a dict of plain JSON-able values or None; got {type}."
+
+_BUILTIN_MODULES = ("auto", "mlp", "cnn", "resnet18")
+_DTYPES = {
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "float32": torch.float32,
+    "float64": torch.float64,
+    "int8": torch.int8,
+    "uint8": torch.uint8,
+    "int16": torch.int16,
+    "int32": torch.int32,
+    "int64": torch.int64,
+    "bool": torch.bool,
+}
+_ESSENTIAL = ("classes_", "n_features_in_", "input_shape_", "module_", "masks_")
+
+
+class ModelFileError(ValueError):
+    """A model file is not a rest_fair file, is damaged, or cannot be loaded safely."""
+
+
+# ----------------------------------------------------------------- plain JSON values
+def _to_json(value: Any, what: str) -> Any:
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, (int, float)):
+        return value
+    if isinstance(value, np.generic):
+        return _to_json(value.item(), what)
+    if isinstance(value, torch.device):
+        return {"__device__": str(value)}
+    if isinstance(value, tuple):
+        return {"__tuple__": [_to_json(v, what) for v in value]}
+    if isinstance(value, list):
+        return [_to_json(v, what) for v in value]
+    if isinstance(value, np.ndarray):
+        return {"__ndarray__": [_to_json(v, what) for v in value.tolist()],
+                "dtype": value.dtype.str if value.dtype != object else "object"}
+    if isinstance(value, Mapping):
+        if all(isinstance(k, str) and not k.startswith("__") for k in value):
+            return {k: _to_json(v, what) for k, v in value.items()}
+        return {"__dict__": [[_to_json(k, what), _to_json(v, what)] for k, v in value.items()]}
+    raise TypeError(_NOT_JSON.format(what=what, type=type(value).__name__))
+
+
+def _from_json(value: Any) -> Any:
+    if isinstance(value, list):
+        return [_from_json(v) for v in value]
+    if not isinstance(value, dict):
+        return value
+    if "__tuple__" in value:
+        return tuple(_from_json(v) for v in value["__tuple__"])
+    if "__dict__" in value:
+        return {_hashable(_from_json(k)): _from_json(v) for k, v in value["__dict__"]}
+    if "__device__" in value:
+        return torch.device(value["__device__"])
+    if "__ndarray__" in value:
+        data = _from_json(value["__ndarray__"])
+        dtype = value.get("dtype", "object")
+        return np.array(data, dtype=object if dtype == "object" else np.dtype(dtype))
+    return {k: _from_json(v) for k, v in value.items()}
+
+
+def _hashable(key: Any) -> Any:
+    return tuple(_hashable(k) for k in key) if isinstance(key, list) else key
+
+
+# --------------------------------------------------------------- tensor encodings
+def _dtype_name(tensor: torch.Tensor) -> str:
+    return str(tensor.dtype).removeprefix("torch.")
+
+
+def _to_numpy(tensor: torch.Tensor) -> np.ndarray:
+    tensor = tensor.detach().cpu().contiguous()
+    if tensor.dtype == torch.bfloat16:
+        tensor = tensor.view(torch.int16)
+    return tensor.numpy()
+
+
+def _encode(
+    name: str, tensor: torch.Tensor, mask: torch.Tensor | None, index: int
+) -> tuple[dict, dict[str, np.ndarray]]:
+    entry: dict[str, Any] = {
+        "name": name,
+        "dtype": _dtype_name(tensor),
+        "shape": list(tensor.shape),
+    }
+    key = f"t{index}"
+    if mask is None:
+        entry["encoding"] = "dense"
+        return entry, {f"{key}.data": _to_numpy(tensor)}
+    mask_np = mask.detach().cpu().numpy().astype(bool)
+    flat = tensor.detach().cpu().reshape(-1)
+    values = _to_numpy(flat[torch.from_numpy(mask_np.reshape(-1))])
+    arrays = {f"{key}.values": values}
+    n = mask_np.size
+    nnz = int(mask_np.sum())
+    rows = tensor.shape[0] if tensor.dim() >= 1 else 1
+    cols = n // rows if rows else 0
+    col_dtype = np.uint16 if cols <= np.iinfo(np.uint16).max + 1 else np.uint32
+    csr_bytes = (rows + 1) * 4 + nnz * np.dtype(col_dtype).itemsize
+    if csr_bytes < (n + 7) // 8:
+        m2 = mask_np.reshape(rows, cols)
+        crow = np.zeros(rows + 1, dtype=np.uint32)
+        crow[1:] = np.cumsum(m2.sum(axis=1))
+        arrays[f"{key}.crow"] = crow
+        arrays[f"{key}.col"] = np.nonzero(m2)[1].astype(col_dtype)
+        entry["encoding"] = "csr"
+    else:
+        arrays[f"{key}.bitmap"] = np.packbits(mask_np.reshape(-1))
+        entry["encoding"] = "bitmap"
+    entry["nnz"] = nnz
+    return entry, arrays
+
+
+def _decode(entry: dict, arrays: Mapping[str, np.ndarray], key: str, path: str):
+    name = entry["name"]
+    dtype_name = entry["dtype"]
+    if dtype_name not in _DTYPES:
+        raise ModelFileError(_BAD_DTYPE.format(dtype=dtype_name, path=path))
+    dtype = _DTYPES[dtype_name]
+    shape = tuple(int(s) for s in entry["shape"])
+    n = int(np.prod(shape, dtype=np.int64)) if shape else 1
+
+    def tensor_of(arr: np.ndarray) -> torch.Tensor:
+        t = torch.from_numpy(np.array(arr, copy=True))
+        return t.view(torch.bfloat16) if dtype == torch.bfloat16 else t.to(dtype)
+
+    def fail(error: str) -> ModelFileError:
+        return ModelFileError(_BAD_PAYLOAD.format(path=path, name=name, error=error))
+
+    encoding = entry.get("encoding")
+    if encoding == "dense":
+        data = arrays[f"{key}.data"]
+        if data.size != n:
+            raise fail(f"{data.size} values for shape {shape}")
+        return tensor_of(data).reshape(shape), None
+    values = arrays[f"{key}.values"]
+    if encoding == "bitmap":
+        bits = arrays[f"{key}.bitmap"]
+        if bits.dtype != np.uint8 or bits.size != (n + 7) // 8:
+            raise fail("bitmap of the wrong size")
+        mask = np.unpackbits(bits, count=n).astype(bool)
+    elif encoding == "csr":
+        crow = arrays[f"{key}.crow"].astype(np.int64)
+        col = arrays[f"{key}.col"].astype(np.int64)
+        rows = shape[0] if shape else 1
+        cols = n // rows if rows else 0
+        if (
+            crow.size != rows + 1
+            or crow[0] != 0
+            or crow[-1] != col.size
+            or np.any(np.diff(crow) < 0)
+            or (col.size and (col.min() < 0 or col.max() >= cols))
+        ):
+            raise fail("invalid CSR indices")
+        mask = np.zeros(n, dtype=bool)
+        row_of = np.repeat(np.arange(rows, dtype=np.int64), np.diff(crow))
+        mask[row_of * cols + col] = True
+    else:
+        raise fail(f"unknown encoding {encoding!r}")
+    if int(mask.sum()) != values.size or values.size != int(entry.get("nnz", -1)):
+        raise fail("mask and values disagree")
+    mask_t = torch.from_numpy(mask)
+    full = torch.zeros(n, dtype=dtype)
+    full[mask_t] = tensor_of(values)
+    return full.reshape(shape), mask_t.reshape(shape)
+
+
+def _digest(header_bytes: bytes, arrays: Mapping[str, np.ndarray]) -> str:
+    h = hashlib.sha256()
+    h.update(header_bytes)
+    for name in sorted(arrays):
+        arr = np.ascontiguousarray(arrays[name])
+        h.update(name.encode())
+        h.update(arr.dtype.str.encode())
+        h.update(repr(arr.shape).encode())
+        h.update(arr.tobytes())
+    return h.hexdigest()
+
+
+# ------------------------------------------------------------------------- saving
+def _estimator_payload(est: Any) -> tuple[nn.Module, dict, dict, dict[str, np.ndarray]]:
+    if not hasattr(est, "module_"):
+        raise ValueError(_NOT_FITTED)
+    params = est.get_params(deep=False)
+    if not (isinstance(params.get("module"), str) and params["module"] in _BUILTIN_MODULES):
+        raise ValueError(_CUSTOM_MODULE.format(value=params.get("module")))
+    header: dict[str, Any] = {"kind": "estimator", "class": type(est).__name__}
+    header["params"] = {k: _to_json(v, f"parameter {k!r}") for k, v in params.items()}
+    attrs: dict[str, Any] = {}
+    arrays: dict[str, np.ndarray] = {}
+    skipped = []
+    for name, value in vars(est).items():
+        if not name.endswith("_") or name.startswith("_") or name in ("module_", "masks_"):
+            continue
+        if isinstance(value, np.ndarray) and value.dtype != object:
+            member = f"attr.{len(arrays)}"
+            arrays[member] = value
+            attrs[name] = {"__array__": member}
+            continue
+        try:
+            attrs[name] = _to_json(value, f"fitted attribute {name!r}")
+        except TypeError:
+            if name in _ESSENTIAL:
+                raise
+            skipped.append(name)
+    if skipped:
+        warnings.warn(
+            f"fitted attributes not saved (not plain values): {sorted(skipped)}",
+            UserWarning,
+            stacklevel=3,
+        )
+    header["attributes"] = attrs
+    return est.module_, dict(est.masks_), header, arrays
+
+
+def save(obj: Any, path: str | os.PathLike) -> int:
+    """Write a fitted estimator, or a module with its masks, to a compressed file.
+
+    Parameters
+    ----------
+    obj : RESTClassifier or tuple (module, masks, metadata)
+        A fitted :class:`~rest_fair.RESTClassifier` (its ``module`` parameter must be a
+        built-in name), or ``(module, masks, metadata)`` with ``masks`` a dict of bool
+        tensors (or ``None``) and ``metadata`` a dict of plain JSON-able values (or
+        ``None``). If ``metadata`` holds ``"module"`` (a built-in name),
+        ``"input_shape"``, ``"n_classes"`` and optionally ``"module_params"``,
+        :func:`load` rebuilds the module by itself.
+    path : str or path-like
+        Destination file (conventionally ``*.rest``).
+
+    Returns
+    -------
+    int
+        Size of the written file in bytes.
+    """
+    from .flops import _check_masks
+
+    arrays: dict[str, np.ndarray] = {}
+    if isinstance(obj, tuple) and len(obj) == 3 and isinstance(obj[0], nn.Module):
+        module, masks, metadata = obj
+        masks = dict(masks or {})
+        if metadata is not None and not isinstance(metadata, Mapping):
+            raise TypeError(_BAD_METADATA.format(type=type(metadata).__name__))
+        header: dict[str, Any] = {
+            "kind": "module",
+            "class": f"{type(module).__module__}.{type(module).__qualname__}",
+            "metadata": _to_json(dict(metadata or {}), "metadata"),
+        }
+    elif hasattr(obj, "get_params") and hasattr(obj, "fit"):
+        module, masks, header, arrays = _estimator_payload(obj)
+    else:
+        raise TypeError(_BAD_OBJECT.format(type=type(obj).__name__))
+    _check_masks(module, masks)
+    header = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, **header}
+    entries = []
+    for index, (name, tensor) in enumerate(module.state_dict().items()):
+        entry, arrs = _encode(name, tensor, masks.get(name), index)
+        entries.append(entry)
+        arrays.update(arrs)
+    header["tensors"] = entries
+    header["masks"] = sorted(masks)
+    header_bytes = json.dumps(header, sort_keys=True, allow_nan=True).encode("utf-8")
+    digest = _digest(header_bytes, arrays)
+    arrays["__header__"] = np.frombuffer(header_bytes, dtype=np.uint8)
+    arrays["__sha256__"] = np.frombuffer(digest.encode("ascii"), dtype=np.uint8)
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    data = buffer.getvalue()
+    with open(path, "wb") as fh:
+        fh.write(data)
+    return len(data)
+
+
+# ------------------------------------------------------------------------ loading
+def _read(path: str) -> tuple[dict, dict[str, np.ndarray]]:
+    with open(path, "rb") as fh:
+        start = fh.read(4)
+    if start != _ZIP_MAGIC:
+        raise ModelFileError(_NOT_OURS.format(path=path))
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {name: npz[name] for name in npz.files}
+    except (zipfile.BadZipFile, zlib.error, ValueError, OSError, EOFError, KeyError) as exc:
+        raise ModelFileError(_CORRUPT.format(path=path, error=exc)) from exc
+    try:
+        header_bytes = arrays.pop("__header__").tobytes()
+        digest = arrays.pop("__sha256__").tobytes().decode("ascii")
+    except (KeyError, UnicodeDecodeError) as exc:
+        raise ModelFileError(_BAD_HEADER.format(path=path, error=exc)) from exc
+    if _digest(header_bytes, arrays) != digest:
+        raise ModelFileError(_BAD_CHECKSUM.format(path=path))
+    try:
+        header = json.loads(header_bytes.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelFileError(_BAD_HEADER.format(path=path, error=exc)) from exc
+    if not isinstance(header, dict) or header.get("format") != FORMAT_NAME:
+        raise ModelFileError(_BAD_HEADER.format(path=path, error="wrong format name"))
+    version = header.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise ModelFileError(_NEWER.format(path=path, version=version, ours=FORMAT_VERSION))
+    return header, arrays
+
+
+def load(path: str | os.PathLike, *, module: nn.Module | None = None) -> Any:
+    """Read a file written by :func:`save`.
+
+    No code from the file is executed: arrays are read with ``allow_pickle=False``, the
+    header is JSON, and only the built-in networks of :mod:`rest_fair.models` are rebuilt.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The file.
+    module : nn.Module or None, default=None
+        For a file holding a module whose architecture is not built-in: an instance to
+        receive the weights (a deep copy is loaded and returned).
+
+    Returns
+    -------
+    RESTClassifier or tuple (module, masks, metadata)
+        What was saved; an estimator comes back fitted, on the CPU, in evaluation mode.
+
+    Raises
+    ------
+    ModelFileError
+        If the file is not a rest_fair model file, is truncated, fails its checksum, or
+        is inconsistent.
+    """
+    from ..models import build_module
+
+    path = os.fspath(path)
+    header, arrays = _read(path)
+    state: dict[str, torch.Tensor] = {}
+    masks: dict[str, torch.Tensor] = {}
+    try:
+        for index, entry in enumerate(header["tensors"]):
+            tensor, mask = _decode(entry, arrays, f"t{index}", path)
+            state[entry["name"]] = tensor
+            if mask is not None:
+                masks[entry["name"]] = mask
+        kind = header["kind"]
+    except (KeyError, TypeError, ValueError) as exc:
+        if isinstance(exc, ModelFileError):
+            raise
+        raise ModelFileError(_BAD_HEADER.format(path=path, error=exc)) from exc
+
+    if kind == "module":
+        metadata = _from_json(header.get("metadata", {}))
+        if module is not None:
+            net = copy.deepcopy(module)
+        elif isinstance(metadata.get("module"), str) and metadata["module"] in _BUILTIN_MODULES:
+            net = build_module(
+                metadata["module"],
+                input_shape=tuple(metadata["input_shape"]),
+                n_classes=int(metadata["n_classes"]),
+                module_params=metadata.get("module_params"),
+            )
+        else:
+            raise ModelFileError(_NEED_MODULE.format(path=path, cls=header.get("class")))
+        net.load_state_dict(state, strict=True)
+        net.eval()
+        return net, masks, metadata
+    if kind != "estimator":
+        raise ModelFileError(_BAD_HEADER.format(path=path, error=f"unknown kind {kind!r}"))
+
+    from ..estimator import RESTClassifier
+
+    params = {k: _from_json(v) for k, v in header["params"].items()}
+    if not (isinstance(params.get("module"), str) and params["module"] in _BUILTIN_MODULES):
+        raise ModelFileError(_CUSTOM_MODULE.format(value=params.get("module")))
+    est = RESTClassifier(**params)
+    for name, value in header["attributes"].items():
+        if isinstance(value, dict) and "__array__" in value:
+            if value["__array__"] not in arrays:
+                raise ModelFileError(_BAD_HEADER.format(path=path, error=f"no array for {name}"))
+            setattr(est, name, arrays[value["__array__"]])
+        else:
+            setattr(est, name, _from_json(value))
+    missing = [name for name in _ESSENTIAL[:3] if not hasattr(est, name)]
+    if missing:
+        raise ModelFileError(_BAD_HEADER.format(path=path, error=f"missing {missing}"))
+    if module is not None:
+        net = copy.deepcopy(module)
+    else:
+        net = build_module(
+            params["module"],
+            input_shape=tuple(est.input_shape_),
+            n_classes=len(est.classes_),
+            module_params=params.get("module_params"),
+        )
+    net.load_state_dict(state, strict=True)
+    net.eval()
+    est.module_ = net
+    est.masks_ = masks
+    return est

@@ -1,0 +1,112 @@
+"""FLOPs and parameter accounting (rest_fair.efficiency.flops), checked by hand."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from rest_fair.efficiency import efficiency_report
+from rest_fair.models import build_module
+
+
+class _Tiny(nn.Module):
+    """conv 1->2 (3x3) on 1x5x5, BN, flatten (18), linear 18->4, ReLU, linear 4->3."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 2, 3)
+        self.bn = nn.BatchNorm2d(2)
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(18, 4), nn.ReLU(), nn.Linear(4, 3))
+
+    def forward(self, x):
+        return self.head(torch.relu(self.bn(self.conv(x))))
+
+
+def _tiny_masks(net):
+    conv = torch.zeros(2, 1, 3, 3, dtype=torch.bool)
+    conv.view(-1)[[0, 3, 7, 9, 17]] = True  # 5 active of 18
+    lin = torch.zeros(4, 18, dtype=torch.bool)
+    lin.view(-1)[torch.arange(0, 72, 7)[:10]] = True  # 10 active of 72
+    return {"conv.weight": conv, "head.1.weight": lin}
+
+
+def test_hand_counted_network():
+    net = _Tiny()
+    report = efficiency_report(net, _tiny_masks(net), (1, 5, 5), update_interval=10)
+    # conv: 18 weights x 9 output positions (3x3), 5 active; multiply-add = 2 FLOPs
+    assert report.loc["conv", "inference_flops_dense"] == 2 * 18 * 9 == 324
+    assert report.loc["conv", "inference_flops"] == 2 * 5 * 9 == 90
+    assert report.loc["head.1", "inference_flops_dense"] == 144
+    assert report.loc["head.1", "inference_flops"] == 20
+    assert report.loc["head.3", "inference_flops"] == 24  # no mask: dense
+    total = report.loc["total"]
+    assert total["inference_flops_dense"] == 324 + 144 + 24 == 492
+    assert total["inference_flops"] == 90 + 20 + 24 == 134
+    assert total["inference_flops_fraction"] == pytest.approx(134 / 492)
+    # parameters: conv 18+2, linear 72+4, linear 12+3, BN 2+2 ("(other)" row)
+    assert report.loc["conv", "params_dense"] == 20
+    assert report.loc["conv", "params_active"] == 7
+    assert report.loc["head.1", "params_active"] == 14
+    assert report.loc["(other)", "params_dense"] == 4
+    assert total["params_dense"] == 20 + 76 + 15 + 4 == 115
+    assert total["params_active"] == 7 + 14 + 15 + 4 == 40
+    # RigL: 3 f_S per sample + (f_D - f_S) once every 10 steps
+    assert total["training_flops"] == pytest.approx(3 * 134 + (492 - 134) / 10)  # 437.8
+    assert total["training_flops_dense"] == 3 * 492
+    assert total["training_flops_fraction"] == pytest.approx(437.8 / 1476)
+
+
+def test_measured_updates_and_run_totals():
+    net = _Tiny()
+    report = efficiency_report(
+        net, _tiny_masks(net), (1, 5, 5), n_topology_updates=3, n_train_steps=30, batch_size=8
+    )
+    total = report.loc["total"]
+    assert total["training_flops"] == pytest.approx(437.8)
+    assert total["training_flops_run"] == pytest.approx(437.8 * 30 * 8)
+    assert total["training_flops_run_dense"] == 1476 * 30 * 8
+    assert report.attrs["topology_update_rate"] == pytest.approx(0.1)
+
+
+def test_random_regrowth_needs_no_dense_gradient_and_no_updates():
+    net = _Tiny()
+    masks = _tiny_masks(net)
+    random = efficiency_report(net, masks, (1, 5, 5), update_interval=10, regrow="random")
+    none = efficiency_report(net, masks, (1, 5, 5))
+    assert random.loc["total", "training_flops"] == 3 * 134
+    assert none.loc["total", "training_flops"] == 3 * 134
+
+
+def test_dense_network_and_mode_restored():
+    net = build_module("mlp", input_shape=(6,), n_classes=2,
+                       module_params={"hidden_layer_sizes": (5,)})
+    net.train()
+    report = efficiency_report(net, None, (6,))
+    assert net.training
+    assert report.loc["total", "inference_flops"] == 2 * (6 * 5 + 5 * 2)
+    assert report.loc["total", "density"] == 1.0
+    assert report.loc["total", "inference_flops_fraction"] == 1.0
+    assert list(report["layer"]) == ["layers.1", "layers.3", "total"]
+
+
+def test_linear_on_sequences_counts_positions():
+    net = nn.Sequential(nn.Linear(4, 3))
+    report = efficiency_report(net, {}, (7, 4))  # 7 positions per sample
+    assert report.loc["0", "inference_flops"] == 2 * 12 * 7
+
+
+def test_errors():
+    net = _Tiny()
+    with pytest.raises(KeyError, match="not a parameter"):
+        efficiency_report(net, {"nope.weight": torch.ones(1, dtype=torch.bool)}, (1, 5, 5))
+    with pytest.raises(ValueError, match="has shape"):
+        efficiency_report(net, {"conv.weight": torch.ones(3, dtype=torch.bool)}, (1, 5, 5))
+    with pytest.raises(ValueError, match="update_interval"):
+        efficiency_report(net, {}, (1, 5, 5), update_interval=0)
+    with pytest.raises(ValueError, match="n_train_steps"):
+        efficiency_report(net, {}, (1, 5, 5), n_topology_updates=3)
+    with pytest.raises(ValueError, match="regrow"):
+        efficiency_report(net, {}, (1, 5, 5), regrow="magic")
+    assert math.isnan(efficiency_report(nn.Sequential(nn.ReLU()), {}, (3,))
+                      .loc["total", "density"])

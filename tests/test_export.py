@@ -1,0 +1,147 @@
+"""Real sparse inference (rest_fair.efficiency.export): equivalence with the masked model."""
+
+import copy
+import pickle
+
+import pytest
+import torch
+from torch import nn
+
+from rest_fair.efficiency import SparseLinearChain, export_sparse, module_nbytes
+from rest_fair.efficiency.export import _FeatureMajorLinear
+from rest_fair.models import build_module
+
+
+def _random_masks(net, densities, generator):
+    names = [n for n, p in net.named_parameters() if n.endswith("weight") and p.dim() >= 2]
+    return {
+        n: torch.rand(dict(net.named_parameters())[n].shape, generator=generator) < d
+        for n, d in zip(names, densities, strict=True)
+    }
+
+
+def _masked_copy(net, masks):
+    ref = copy.deepcopy(net).eval()
+    with torch.no_grad():
+        for name, p in ref.named_parameters():
+            if name in masks:
+                p.mul_(masks[name])
+    return ref
+
+
+def _linears(export):
+    return [m for m in export.modules() if isinstance(m, _FeatureMajorLinear)]
+
+
+@pytest.mark.parametrize("density", [0.5, 0.2, 0.05, 0.01])
+def test_mlp_predictions_match_masked_model(density):
+    g = torch.Generator().manual_seed(0)
+    net = build_module("mlp", input_shape=(1, 8, 8), n_classes=5,
+                       module_params={"hidden_layer_sizes": (96, 64)})
+    masks = _random_masks(net, [density, density, max(density, 0.3)], g)
+    # Inactive weights of the given module are left non-zero: the export must mask them.
+    export = export_sparse(net, masks)
+    x = torch.randn(17, 1, 8, 8, generator=g)
+    with torch.no_grad():
+        expected = _masked_copy(net, masks)(x)
+        got = export(x)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    chains = [m for m in export.modules() if isinstance(m, SparseLinearChain)]
+    if density <= 0.2:
+        assert len(chains) == 1  # one chain, transposed once at entry and exit
+        assert _linears(export)[0].sparse
+        assert module_nbytes(export) < module_nbytes(net)
+    else:
+        assert chains == []  # the denser first layer stays an nn.Linear
+
+
+def test_regrown_zero_weights_and_dead_neurons():
+    g = torch.Generator().manual_seed(1)
+    net = nn.Sequential(
+        nn.Flatten(), nn.Linear(30, 40), nn.Tanh(), nn.Linear(40, 20), nn.GELU(),
+        nn.Dropout(0.5), nn.Linear(20, 6),
+    )
+    masks = _random_masks(net, [0.7, 0.7, 0.7], g)  # no empty row or column by chance
+    masks["1.weight"][:7] = False  # dead rows: act(bias) != 0 must go into the next bias
+    masks["3.weight"][:, 30:] = False  # neurons 30..39 of layer 1 are never read
+    masks["3.weight"][5] = False  # a dead row in the middle layer
+    masks["6.weight"][:, :4] = False  # neurons 0..3 of layer 3 never read
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            if name in masks:
+                # regrown weights: active but exactly zero
+                p[masks[name] & (torch.rand(p.shape, generator=g) < 0.3)] = 0.0
+            if name.endswith("bias"):
+                p.add_(0.5)
+    export = export_sparse(net, masks, density_threshold=1.0)  # every layer CSR
+    lin = _linears(export)
+    assert all(layer.sparse for layer in lin)
+    assert [layer.out_features for layer in lin] == [40 - 7 - 10, 20 - 1 - 4, 6]
+    # stored entries come from the mask: regrown zeros are kept
+    assert lin[0].nnz == int(masks["1.weight"][7:30].sum())
+    assert lin[0].col_indices.dtype == torch.int32
+    assert lin[0].crow_indices.dtype == torch.int32
+    x = torch.randn(9, 30, generator=g)
+    with torch.no_grad():
+        torch.testing.assert_close(export(x), _masked_copy(net, masks)(x), rtol=1e-5, atol=1e-5)
+
+
+def test_entirely_empty_layer_and_no_bias():
+    net = nn.Sequential(nn.Linear(5, 4, bias=False), nn.ReLU(), nn.Linear(4, 3, bias=False))
+    masks = {"0.weight": torch.zeros(4, 5, dtype=torch.bool),
+             "2.weight": torch.rand(3, 4) < 0.5}
+    export = export_sparse(net, masks)
+    x = torch.randn(4, 5)
+    with torch.no_grad():
+        torch.testing.assert_close(export(x), _masked_copy(net, masks)(x))
+
+
+def test_extra_leading_dimensions_and_custom_module():
+    g = torch.Generator().manual_seed(2)
+    net = build_module("cnn", input_shape=(3, 16, 16), n_classes=4,
+                       module_params={"widths": (8, 16)})
+    names = [n for n, p in net.named_parameters() if p.dim() >= 2]
+    masks = {n: torch.rand(dict(net.named_parameters())[n].shape, generator=g) < 0.1
+             for n in names}
+    export = export_sparse(net, masks)
+    assert isinstance(export.module.classifier, SparseLinearChain)
+    assert isinstance(export.module.features[0], nn.Conv2d)  # convolutions stay dense
+    x = torch.randn(3, 3, 16, 16, generator=g)
+    with torch.no_grad():
+        torch.testing.assert_close(export(x), _masked_copy(net, masks)(x), rtol=1e-5, atol=1e-5)
+    seq = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 2))
+    smask = {"0.weight": torch.rand(8, 6, generator=g) < 0.2}
+    z = torch.randn(2, 5, 6, generator=g)
+    with torch.no_grad():
+        torch.testing.assert_close(export_sparse(seq, smask)(z), _masked_copy(seq, smask)(z))
+
+
+def test_threads_copies_and_original_untouched():
+    g = torch.Generator().manual_seed(3)
+    net = build_module("mlp", input_shape=(12,), n_classes=3,
+                       module_params={"hidden_layer_sizes": (16,)})
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    masks = _random_masks(net, [0.1, 0.1], g)
+    export = export_sparse(net, masks, num_threads=1)
+    threads = torch.get_num_threads()
+    x = torch.randn(5, 12, generator=g)
+    with torch.no_grad():
+        out = export(x)
+        assert torch.get_num_threads() == threads
+        torch.testing.assert_close(copy.deepcopy(export)(x), out)
+        torch.testing.assert_close(pickle.loads(pickle.dumps(export))(x), out)
+        torch.testing.assert_close(export.to(torch.float64)(x.double()).float(), out)
+    for key, value in net.state_dict().items():
+        assert torch.equal(value, before[key])
+
+
+def test_errors():
+    net = nn.Sequential(nn.Linear(3, 2))
+    with pytest.raises(ValueError, match="density_threshold"):
+        export_sparse(net, {}, density_threshold=1.5)
+    with pytest.raises(ValueError, match="num_threads"):
+        export_sparse(net, {}, num_threads=0)
+    with pytest.raises(KeyError, match="not a parameter"):
+        export_sparse(net, {"x.weight": torch.ones(2, 3, dtype=torch.bool)})
+    with pytest.raises(TypeError, match="bool"):
+        export_sparse(net, {"0.weight": torch.ones(2, 3)})

@@ -1,0 +1,188 @@
+"""Compressed, pickle-free model files (rest_fair.efficiency.serialization)."""
+
+import io
+import os
+import pickle
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+
+from rest_fair.efficiency import ModelFileError, load, save
+from rest_fair.models import build_module
+
+META = {"module": "mlp", "input_shape": (20,), "n_classes": 3,
+        "module_params": {"hidden_layer_sizes": (256, 128)}, "note": "x"}
+
+
+def _masked_mlp(density, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    net = build_module("mlp", input_shape=(20,), n_classes=3,
+                       module_params={"hidden_layer_sizes": (256, 128)})
+    masks = {}
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            if name.endswith("weight"):
+                masks[name] = torch.rand(p.shape, generator=g) < density
+                p.mul_(masks[name])
+                p[masks[name] & (torch.rand(p.shape, generator=g) < 0.2)] = 0.0  # regrown
+    return net, masks
+
+
+def _state_equal(a, b):
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+@pytest.mark.parametrize("density", [0.5, 0.05, 0.002])
+def test_module_round_trip(tmp_path, density):
+    net, masks = _masked_mlp(density)
+    path = tmp_path / "m.rest"
+    size = save((net, masks, META), path)
+    assert size == os.path.getsize(path)
+    net2, masks2, meta2 = load(path)
+    assert _state_equal(net, net2)
+    assert masks2.keys() == masks.keys()
+    assert all(torch.equal(masks2[k], masks[k]) for k in masks)
+    assert meta2 == META
+    # an instance of the architecture may be given instead
+    net3, _, _ = load(path, module=build_module("mlp", input_shape=(20,), n_classes=3,
+                                                module_params={"hidden_layer_sizes": (256, 128)}))
+    assert _state_equal(net, net3)
+
+
+def test_compressed_file_is_small(tmp_path):
+    torch.manual_seed(0)
+    dense = build_module("mlp", input_shape=(20,), n_classes=3,
+                         module_params={"hidden_layer_sizes": (256, 128)})
+    dense_size = save((dense, None, None), tmp_path / "dense.rest")
+    state_bytes = sum(t.numel() * t.element_size() for t in dense.state_dict().values())
+    assert dense_size > 0.8 * state_bytes
+    net, masks = _masked_mlp(0.01)
+    sparse_size = save((net, masks, None), tmp_path / "sparse.rest")
+    assert sparse_size < 0.06 * dense_size
+    net, masks = _masked_mlp(0.1)
+    assert save((net, masks, None), tmp_path / "s10.rest") < 0.2 * dense_size
+
+
+def test_unknown_architecture_needs_module(tmp_path):
+    net, masks = _masked_mlp(0.1)
+    save((net, masks, {"what": 1}), tmp_path / "m.rest")
+    with pytest.raises(ModelFileError, match="pass load"):
+        load(tmp_path / "m.rest")
+
+
+class _RunsCode:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_refuses_pickle_that_runs_code(tmp_path):
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.rest"
+    with open(evil, "wb") as fh:
+        pickle.dump({"state_dict": _RunsCode(marker)}, fh)
+    with pytest.raises(ModelFileError, match="not a rest_fair model file"):
+        load(evil)
+    # the same payload hidden in a zip/npz member (an object array is a pickle)
+    evil_npz = tmp_path / "evil_npz.rest"
+    np.savez(evil_npz, __header__=np.array([_RunsCode(marker)], dtype=object))
+    os.replace(str(evil_npz) + ".npz", evil_npz)
+    with pytest.raises(ModelFileError):
+        load(evil_npz)
+    # a torch.save file is a zip holding a pickle
+    evil_pt = tmp_path / "evil.pt"
+    torch.save({"x": _RunsCode(marker)}, evil_pt)
+    with pytest.raises(ModelFileError):
+        load(evil_pt)
+    assert not marker.exists()
+
+
+def test_refuses_truncated_and_tampered(tmp_path):
+    net, masks = _masked_mlp(0.1)
+    path = tmp_path / "m.rest"
+    save((net, masks, META), path)
+    data = path.read_bytes()
+    truncated = tmp_path / "t.rest"
+    truncated.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ModelFileError, match="corrupted or truncated"):
+        load(truncated)
+    flipped = tmp_path / "f.rest"
+    middle = len(data) // 2
+    flipped.write_bytes(data[:middle] + bytes([data[middle] ^ 0xFF]) + data[middle + 1:])
+    with pytest.raises(ModelFileError):
+        load(flipped)
+    # a valid zip whose arrays were edited (zip CRCs fine): caught by the SHA-256
+    with np.load(path, allow_pickle=False) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    values = next(k for k in arrays if k.endswith(".values"))
+    arrays[values] = arrays[values] * 2
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    edited = tmp_path / "e.rest"
+    edited.write_bytes(buf.getvalue())
+    assert zipfile.is_zipfile(edited)
+    with pytest.raises(ModelFileError, match="SHA-256"):
+        load(edited)
+
+
+def test_bad_inputs(tmp_path):
+    with pytest.raises(TypeError, match="save"):
+        save("not a model", tmp_path / "x.rest")
+    net, _ = _masked_mlp(0.5)
+    with pytest.raises(TypeError, match="JSON"):
+        save((net, None, {"f": object()}), tmp_path / "x.rest")
+
+
+# ----------------------------------------------------------------- the estimator
+def _fitted(**kw):
+    from rest_fair import RESTClassifier
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(120, 10)).astype(np.float32)
+    y = np.array(["a", "b", "c"])[(X[:, 0] > 0).astype(int) + (X[:, 1] > 1).astype(int)]
+    groups = (X[:, 2] > 0).astype(int)
+    params = {"sparsity": 0.9, "module": "mlp", "module_params": {"hidden_layer_sizes": (64,)},
+              "max_epochs": 2, "batch_size": 32, "random_state": 0, "device": "cpu"}
+    params.update(kw)
+    return RESTClassifier(**params).fit(X, y, groups=groups), X
+
+
+def test_estimator_round_trip(tmp_path):
+    clf, X = _fitted()
+    path = tmp_path / "clf.rest"
+    save(clf, path)
+    loaded = load(path)
+    assert type(loaded).__name__ == "RESTClassifier"
+    assert loaded.get_params() == clf.get_params()
+    np.testing.assert_array_equal(loaded.classes_, clf.classes_)
+    assert loaded.input_shape_ == clf.input_shape_
+    assert loaded.n_features_in_ == clf.n_features_in_
+    assert _state_equal(loaded.module_, clf.module_)
+    assert all(torch.equal(loaded.masks_[k], clf.masks_[k]) for k in clf.masks_)
+    np.testing.assert_array_equal(loaded.predict(X), clf.predict(X))
+    np.testing.assert_allclose(loaded.predict_proba(X), clf.predict_proba(X))
+    assert loaded.history_ == clf.history_
+
+
+def test_estimator_pickle_still_works():
+    clf, X = _fitted()
+    again = pickle.loads(pickle.dumps(clf))
+    np.testing.assert_array_equal(again.predict(X), clf.predict(X))
+
+
+def test_estimator_with_custom_module_is_refused(tmp_path):
+    from rest_fair.models import MLP
+
+    clf, _ = _fitted(module=MLP, module_params={"hidden_layer_sizes": (8,)})
+    with pytest.raises(ValueError, match="built-in names"):
+        save(clf, tmp_path / "c.rest")
+    from rest_fair import RESTClassifier
+
+    with pytest.raises(ValueError, match="not fitted"):
+        save(RESTClassifier(), tmp_path / "c.rest")
