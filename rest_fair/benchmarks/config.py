@@ -1,0 +1,215 @@
+"""Sweep configuration, presets and run identities of ``rest-fair bench``."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from .methods import get_method
+
+__all__ = ["PRESETS", "BenchConfig", "RunSpec", "preset"]
+
+DATASETS = ("mnist_5k", "digits")
+
+_UNKNOWN_PRESET = "Unknown preset {name!r}; available: {names}."
+_BAD_FIELD = "{field} {detail}; got {value!r}."
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSpec:
+    """One training run of a sweep (a cell of the grid for one seed)."""
+
+    method: str
+    ratio: float
+    sparsity: float
+    seed: int
+    config_hash: str
+
+    @property
+    def run_id(self) -> str:
+        """Stable key of the run in the results file."""
+        return (
+            f"{self.method}|ratio={self.ratio:g}|sparsity={self.sparsity:g}|seed={self.seed}"
+            f"|{self.config_hash}"
+        )
+
+
+@dataclasses.dataclass
+class BenchConfig:
+    """Everything that defines a benchmark sweep.
+
+    Parameters
+    ----------
+    dataset : {"mnist_5k", "digits"}
+        Colored MNIST from the 5k bundled digits, or Colored Digits (8x8, for tests).
+    ratios : sequence of float
+        Shares of bias-conflicting training samples.
+    sparsities : sequence of float
+        Sparsity grid; a method runs once per sparsity (0 = dense variant).
+    seeds : sequence of int
+        Training seeds (weights, masks, sampling). The data set is fixed by ``data_seed``.
+    methods : sequence of str
+        Keys of :data:`rest_fair.benchmarks.methods.METHODS`.
+    max_epochs, batch_size, lr : training budget of every run.
+    module : str
+        ``"cnn"`` (the paper's small CNN) or ``"mlp"``.
+    module_params : dict or None
+        E.g. ``{"widths": [32, 64, 128]}`` for a thinner CNN.
+    image_size : int or None
+        Resize the images (None keeps 28 for MNIST, 8 for digits).
+    split_sizes : three numbers or None
+        Train/valid/test sizes; None uses the data set's default.
+    data_seed : int
+        Seed of the data set construction (splits, colours).
+    upweight : float, str or None
+        Override of the ratio-dependent lambda (None: 10/30/50/80 for 0.5/1/2/5 %).
+    extra_params : dict
+        Any further :class:`RESTClassifier` parameters (e.g. ``{"jtt_epochs": 2}``).
+    device : str
+        Passed to the estimator.
+    """
+
+    dataset: str = "mnist_5k"
+    ratios: Sequence[float] = (0.01,)
+    sparsities: Sequence[float] = (0.0, 0.9)
+    seeds: Sequence[int] = (0,)
+    methods: Sequence[str] = ("erm", "rest")
+    max_epochs: int = 10
+    batch_size: int = 256
+    lr: float = 0.01
+    module: str = "cnn"
+    module_params: dict | None = None
+    image_size: int | None = None
+    split_sizes: Sequence[float] | None = None
+    data_seed: int = 0
+    upweight: Any = None
+    extra_params: dict = dataclasses.field(default_factory=dict)
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        self.ratios = tuple(float(r) for r in self.ratios)
+        self.sparsities = tuple(float(s) for s in self.sparsities)
+        self.seeds = tuple(int(s) for s in self.seeds)
+        self.methods = tuple(self.methods)
+        if self.split_sizes is not None:
+            self.split_sizes = tuple(self.split_sizes)
+        if self.dataset not in DATASETS:
+            raise ValueError(_BAD_FIELD.format(field="dataset", detail=f"must be one of "
+                                               f"{DATASETS}", value=self.dataset))
+        for field, values, ok, detail in (
+            ("ratios", self.ratios, lambda r: 0 < r < 1, "must be shares in (0, 1)"),
+            ("sparsities", self.sparsities, lambda s: 0 <= s < 1, "must be in [0, 1)"),
+            ("seeds", self.seeds, lambda s: s >= 0, "must be non-negative"),
+        ):
+            if not values or not all(ok(v) for v in values):
+                raise ValueError(_BAD_FIELD.format(field=field, detail=detail, value=values))
+        if not self.methods:
+            raise ValueError(_BAD_FIELD.format(field="methods", detail="is empty", value=()))
+        for name in self.methods:
+            get_method(name)
+        if int(self.max_epochs) < 1:
+            raise ValueError(
+                _BAD_FIELD.format(field="max_epochs", detail="must be >= 1", value=self.max_epochs)
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dictionary of the configuration."""
+        return json.loads(json.dumps(dataclasses.asdict(self), default=list))
+
+    def common_hash(self) -> str:
+        """Hash of what every run shares (not the grid): changing it re-runs everything."""
+        shared = self.to_dict()
+        for key in ("ratios", "sparsities", "seeds", "methods"):
+            shared.pop(key)
+        text = json.dumps(shared, sort_keys=True)
+        return hashlib.sha1(text.encode()).hexdigest()[:10]
+
+    def runs(self) -> list[RunSpec]:
+        """Every run of the sweep, in a stable order (ratio, method, sparsity, seed)."""
+        digest = self.common_hash()
+        return [
+            RunSpec(method, ratio, sparsity, seed, digest)
+            for ratio in self.ratios
+            for method in self.methods
+            for sparsity in self.sparsities
+            for seed in self.seeds
+        ]
+
+
+#: Named configurations. ``quick`` is the README demo (about 2 minutes on 2 CPU cores);
+#: ``paper`` mirrors the REST paper's grid (hours on a CPU); ``medium`` is the larger run
+#: documented in docs/benchmarks.md; ``tiny`` is a seconds-long smoke run.
+PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": {
+        "dataset": "digits",
+        "ratios": (0.05,),
+        "sparsities": (0.0, 0.9),
+        "seeds": (0,),
+        "methods": ("erm", "rest"),
+        "max_epochs": 3,
+        "batch_size": 128,
+        "lr": 0.05,
+        "module": "mlp",
+        "module_params": {"hidden_layer_sizes": [64, 64]},
+    },
+    "quick": {
+        "dataset": "mnist_5k",
+        "ratios": (0.01,),
+        "sparsities": (0.0, 0.9),
+        "seeds": (0, 1, 2),
+        "methods": ("erm", "rest"),
+        "max_epochs": 40,
+        "batch_size": 128,
+        "lr": 0.05,
+        "module": "mlp",
+        "module_params": None,
+    },
+    "medium": {
+        "dataset": "mnist_5k",
+        "ratios": (0.005, 0.01, 0.02, 0.05),
+        "sparsities": (0.0, 0.9, 0.99),
+        "seeds": (41, 42, 43),
+        "methods": ("erm", "rest"),
+        "max_epochs": 40,
+        "batch_size": 128,
+        "lr": 0.05,
+        "module": "mlp",
+        "module_params": None,
+    },
+    "paper": {
+        "dataset": "mnist_5k",
+        "ratios": (0.005, 0.01, 0.02, 0.05),
+        "sparsities": (0.0, 0.9, 0.99, 0.995),
+        "seeds": (41, 42, 43),
+        "methods": ("erm", "rest", "jtt", "groupdro"),
+        "max_epochs": 100,
+        "batch_size": 256,
+        "lr": 0.01,
+        "module": "cnn",
+        "module_params": None,
+    },
+}
+
+
+def preset(name: str, **overrides: Any) -> BenchConfig:
+    """A :class:`BenchConfig` from a named preset, with fields overridden.
+
+    Parameters
+    ----------
+    name : str
+        Key of :data:`PRESETS`.
+    **overrides
+        Fields to replace (None values are ignored).
+
+    Returns
+    -------
+    BenchConfig
+    """
+    if name not in PRESETS:
+        raise ValueError(_UNKNOWN_PRESET.format(name=name, names=sorted(PRESETS)))
+    fields = dict(PRESETS[name])
+    fields.update({k: v for k, v in overrides.items() if v is not None})
+    return BenchConfig(**fields)

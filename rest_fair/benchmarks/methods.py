@@ -1,0 +1,178 @@
+"""The compared methods, as data: each one is a configuration of :class:`RESTClassifier`.
+
+A *method family* fixes everything but the sparsity; the sweep crosses it with the
+sparsity grid, so ``"rest"`` at sparsity 0 is dense reweighting and at 0.9 is REST, and
+``"erm"`` at 0 is dense ERM and at 0.9 sparse ERM (RigL). Adding a row to
+:data:`METHODS` adds a method to ``rest-fair bench``; there is no per-method code path.
+
+The value :data:`LAMBDA` in ``params`` is replaced by the upweighting factor of the run's
+conflicting share (:func:`lambda_for_ratio`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "LAMBDA",
+    "LAMBDA_BY_RATIO",
+    "METHODS",
+    "Method",
+    "estimator_params",
+    "lambda_for_ratio",
+]
+
+#: Placeholder in :attr:`Method.params` for the ratio-dependent upweighting factor.
+LAMBDA = "<lambda>"
+
+#: Upweighting factor per conflicting share, from the REST authors' README (their code
+#: ignores it and uses 80 everywhere; method.md lists that defect).
+LAMBDA_BY_RATIO: dict[float, float] = {0.005: 10.0, 0.01: 30.0, 0.02: 50.0, 0.05: 80.0}
+
+_UNKNOWN_METHOD = "Unknown method {name!r}; available: {names}."
+_GROUP_LABEL_USES = ("none", "train", "val")
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+    """One row family of the benchmark table.
+
+    Attributes
+    ----------
+    name : str
+        Key used on the command line (``--methods erm,rest``).
+    dense_label, sparse_label : str
+        Display names at sparsity 0 and above 0.
+    params : mapping
+        :class:`RESTClassifier` parameters (``LAMBDA`` is substituted).
+    group_labels : {"none", "train", "val"}
+        Where the method uses bias/group labels: ``"train"`` passes the conflict flags as
+        ``groups`` to ``fit`` (and selects the checkpoint by validation worst-group
+        accuracy); ``"val"`` only gives them with the validation data (selection);
+        ``"none"`` uses none (selection by validation average accuracy).
+    requires : tuple of str
+        Estimator parameters this method needs (checked before a sweep starts).
+    """
+
+    name: str
+    dense_label: str
+    sparse_label: str
+    params: Mapping[str, Any]
+    group_labels: str
+    requires: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.group_labels not in _GROUP_LABEL_USES:
+            raise ValueError(f"group_labels must be one of {_GROUP_LABEL_USES}.")
+
+    def label(self, sparsity: float) -> str:
+        """Display name at ``sparsity``."""
+        return self.sparse_label if sparsity > 0 else self.dense_label
+
+    @property
+    def train_groups(self) -> bool:
+        """Whether ``fit`` receives the training group labels."""
+        return self.group_labels == "train"
+
+    @property
+    def valid_groups(self) -> bool:
+        """Whether the validation data carries group labels (worst-group selection)."""
+        return self.group_labels in ("train", "val")
+
+
+METHODS: dict[str, Method] = {
+    m.name: m
+    for m in (
+        Method(
+            name="erm",
+            dense_label="ERM (dense)",
+            sparse_label="ERM (sparse, RigL)",
+            params={"upweight": None},
+            group_labels="none",
+        ),
+        Method(
+            name="rest",
+            dense_label="Reweighting (dense)",
+            sparse_label="REST",
+            params={"upweight": LAMBDA},
+            group_labels="train",
+        ),
+        Method(
+            name="jtt",
+            dense_label="JTT (dense)",
+            sparse_label="JTT-REST (sparse)",
+            params={"upweight": LAMBDA, "infer_groups": "jtt"},
+            group_labels="val",
+            requires=("infer_groups",),
+        ),
+        Method(
+            name="groupdro",
+            dense_label="GroupDRO (dense)",
+            sparse_label="GroupDRO (sparse)",
+            params={"upweight": None, "objective": "groupdro"},
+            group_labels="train",
+            requires=("objective",),
+        ),
+    )
+}
+
+
+def lambda_for_ratio(ratio: float) -> float:
+    """Upweighting factor for a conflicting share.
+
+    The four shares of the paper use :data:`LAMBDA_BY_RATIO`; other shares interpolate
+    linearly in ``log(ratio)`` between them (clamped at the ends).
+
+    Parameters
+    ----------
+    ratio : float
+        Share of bias-conflicting training samples.
+
+    Returns
+    -------
+    float
+    """
+    ratio = float(ratio)
+    for known, lam in LAMBDA_BY_RATIO.items():
+        if np.isclose(ratio, known):
+            return lam
+    xs = np.log(np.array(sorted(LAMBDA_BY_RATIO)))
+    ys = np.array([LAMBDA_BY_RATIO[k] for k in sorted(LAMBDA_BY_RATIO)])
+    return float(np.round(np.interp(np.log(max(ratio, 1e-12)), xs, ys), 1))
+
+
+def get_method(name: str) -> Method:
+    """The :class:`Method` called ``name`` (clear error otherwise)."""
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise ValueError(_UNKNOWN_METHOD.format(name=name, names=sorted(METHODS))) from None
+
+
+def estimator_params(
+    method: Method, *, sparsity: float, ratio: float, upweight: Any = None
+) -> dict[str, Any]:
+    """Method-specific :class:`RESTClassifier` parameters of one run.
+
+    Parameters
+    ----------
+    method : Method
+    sparsity : float
+    ratio : float
+        Conflicting share (selects lambda).
+    upweight : float, str or None
+        Override of the lambda placeholder (e.g. ``"balanced"``); None uses
+        :func:`lambda_for_ratio`.
+
+    Returns
+    -------
+    dict
+    """
+    lam = lambda_for_ratio(ratio) if upweight is None else upweight
+    params = {k: (lam if v == LAMBDA else v) for k, v in method.params.items()}
+    params["sparsity"] = float(sparsity)
+    return params

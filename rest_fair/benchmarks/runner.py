@@ -1,0 +1,402 @@
+"""Running a sweep: one :class:`RESTClassifier` fit per run, results appended to JSONL.
+
+Every finished run is written as one JSON line (flushed and fsynced) to the results file
+of the output folder, keyed by its run id. Rerunning the same sweep skips the runs whose
+ids are already there, so an interrupted sweep resumes without repeating or losing runs.
+A run that fails is recorded with ``"status": "error"`` and is retried on the next call.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import time
+import traceback
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .config import BenchConfig, RunSpec
+from .methods import estimator_params, get_method
+
+__all__ = [
+    "RESULTS_FILE",
+    "available_cores",
+    "read_results",
+    "run_one",
+    "run_sweep",
+    "split_threads",
+]
+
+RESULTS_FILE = "results.jsonl"
+
+_MISSING_PARAM = (
+    "Method {method!r} needs RESTClassifier parameter(s) {params}, which this version of "
+    "rest_fair does not have; drop it from --methods."
+)
+_CORRUPT_LINE = "Ignoring an unreadable line {line} of {path} (an interrupted write?)."
+
+
+def available_cores() -> int:
+    """CPU cores this process may use."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def split_threads(n_jobs: int, cores: int | None = None) -> tuple[int, int]:
+    """Parallel runs and torch threads per run, with ``n_jobs * threads <= cores``.
+
+    Parameters
+    ----------
+    n_jobs : int
+        Requested parallel runs; ``-1`` means one per core.
+    cores : int or None
+        Available cores (default: :func:`available_cores`).
+
+    Returns
+    -------
+    (n_jobs, threads_per_job) : tuple of int
+    """
+    cores = cores or available_cores()
+    if n_jobs is None or n_jobs == 0:
+        n_jobs = 1
+    if n_jobs < 0:
+        n_jobs = max(1, cores + 1 + n_jobs)
+    n_jobs = max(1, min(int(n_jobs), cores))
+    return n_jobs, max(1, cores // n_jobs)
+
+
+@functools.lru_cache(maxsize=8)
+def _dataset(dataset: str, ratio: float, data_seed: int, image_size: Any, split_sizes: Any):
+    from ..datasets import make_colored_digits, make_colored_mnist
+
+    kwargs: dict[str, Any] = {
+        "conflict_ratio": ratio,
+        "random_state": data_seed,
+        "image_size": image_size,
+    }
+    if split_sizes is not None:
+        kwargs["split_sizes"] = split_sizes
+    make = make_colored_mnist if dataset == "mnist_5k" else make_colored_digits
+    return make(**kwargs)
+
+
+def load_data(config: BenchConfig, ratio: float):
+    """The (cached) data set of one conflicting share."""
+    return _dataset(
+        config.dataset, float(ratio), config.data_seed, config.image_size, config.split_sizes
+    )
+
+
+def check_methods(config: BenchConfig) -> None:
+    """Fail early when a method needs estimator parameters this version lacks."""
+    from .. import RESTClassifier
+
+    known = RESTClassifier().get_params()
+    for name in config.methods:
+        missing = [p for p in get_method(name).requires if p not in known]
+        if missing:
+            raise ValueError(_MISSING_PARAM.format(method=name, params=missing))
+
+
+def _efficiency(clf: Any) -> dict[str, float]:
+    """Fractions-of-dense from ``clf.efficiency_report()`` when the estimator has one."""
+    if not hasattr(clf, "efficiency_report"):
+        return {}
+    try:
+        report = clf.efficiency_report()
+    except Exception:  # an optional extra must never fail a run
+        return {}
+    out: dict[str, float] = {}
+    try:
+        frame = report
+        if "layer" in getattr(frame, "columns", ()):
+            total = frame[frame["layer"].astype(str).str.lower() == "total"]
+            frame = total if len(total) else frame.tail(1)
+        elif len(frame) > 1:
+            names = frame.index.astype(str).str.lower()
+            frame = frame[names == "total"] if (names == "total").any() else frame.tail(1)
+        for column in frame.columns:
+            if "frac" in str(column).lower():
+                value = frame[column].iloc[-1]
+                if isinstance(value, (int, float, np.floating, np.integer)):
+                    out[str(column)] = float(value)
+    except Exception:
+        return {}
+    return out
+
+
+def _density(clf: Any) -> float:
+    masks = getattr(clf, "masks_", None) or {}
+    if not masks:
+        return 1.0
+    active = sum(int(m.sum()) for m in masks.values())
+    total = sum(int(m.numel()) for m in masks.values())
+    return active / total
+
+
+def run_one(
+    spec: RunSpec,
+    config: BenchConfig,
+    *,
+    n_threads: int | None = None,
+    verbose: int = 0,
+) -> dict[str, Any]:
+    """Train and evaluate one run; returns its JSON-ready record.
+
+    Parameters
+    ----------
+    spec : RunSpec
+    config : BenchConfig
+    n_threads : int or None
+        ``torch.set_num_threads`` for this run (set inside the worker process).
+    verbose : int
+        Passed to the estimator (``> 0``: progress bar over epochs).
+
+    Returns
+    -------
+    dict
+        Run identity, test metrics (unbiased accuracy, aligned and conflicting accuracy,
+        worst-group accuracy over aligned/conflicting, worst (label, colour)-cell accuracy,
+        per-cell accuracies), validation metrics of
+        the kept checkpoint, density, timing, and ``status`` ("ok" or "error").
+    """
+    record: dict[str, Any] = {
+        "run_id": spec.run_id,
+        "method": spec.method,
+        "ratio": spec.ratio,
+        "sparsity": spec.sparsity,
+        "seed": spec.seed,
+        "config_hash": spec.config_hash,
+    }
+    try:
+        record.update(_train_and_score(spec, config, n_threads=n_threads, verbose=verbose))
+        record["status"] = "ok"
+    except Exception as exc:  # recorded, retried on resume
+        record["status"] = "error"
+        record["error"] = f"{type(exc).__name__}: {exc}"
+        record["traceback"] = traceback.format_exc(limit=8)
+    record["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    return record
+
+
+def _train_and_score(
+    spec: RunSpec, config: BenchConfig, *, n_threads: int | None, verbose: int
+) -> dict[str, Any]:
+    import torch
+
+    from .. import RESTClassifier
+    from ..metrics import group_accuracies
+
+    if n_threads:
+        torch.set_num_threads(int(n_threads))
+    method = get_method(spec.method)
+    data = load_data(config, spec.ratio)
+    params: dict[str, Any] = {
+        "max_epochs": int(config.max_epochs),
+        "batch_size": int(config.batch_size),
+        "lr": float(config.lr),
+        "module": config.module,
+        "module_params": dict(config.module_params) if config.module_params else None,
+        "device": config.device,
+        "random_state": spec.seed,
+        "verbose": verbose,
+    }
+    params.update(config.extra_params)
+    params.update(
+        estimator_params(method, sparsity=spec.sparsity, ratio=spec.ratio, upweight=config.upweight)
+    )
+    clf = RESTClassifier(**params)
+    groups = data.conflict_train if method.train_groups else None
+    if method.valid_groups:
+        validation = (data.X_valid, data.y_valid, data.conflict_valid)
+    else:
+        validation = (data.X_valid, data.y_valid)
+    start = time.perf_counter()
+    clf.fit(data.X_train, data.y_train, groups=groups, validation_data=validation)
+    fit_seconds = time.perf_counter() - start
+    pred = np.asarray(clf.predict(data.X_test))
+    correct = pred == data.y_test
+    aligned_acc = float(correct[~data.conflict_test].mean())
+    conflicting_acc = float(correct[data.conflict_test].mean())
+    cells = group_accuracies(data.y_test, pred, data.group_test)
+    history = list(getattr(clf, "history_", []) or [])
+    best_epoch = getattr(clf, "best_epoch_", None)
+    fallback = history[-1] if history else {}
+    best = next((h for h in history if h.get("epoch") == best_epoch), fallback)
+    out: dict[str, Any] = {
+        "method_label": method.label(spec.sparsity),
+        "group_labels": method.group_labels,
+        "upweight": params.get("upweight"),
+        "test_unbiased_acc": float(correct.mean()),
+        "test_aligned_acc": aligned_acc,
+        "test_conflicting_acc": conflicting_acc,
+        "test_worst_group_acc": min(aligned_acc, conflicting_acc),
+        "test_worst_cell_acc": float(min(cells.values())),
+        "test_cell_acc": {str(int(k)): float(v) for k, v in sorted(cells.items())},
+        "valid_acc": _float(best.get("valid_acc")),
+        "valid_worst_group_acc": _float(best.get("valid_worst_group_acc")),
+        "best_epoch": None if best_epoch is None else int(best_epoch),
+        "epochs_run": len(history),
+        "density": _density(clf),
+        "fit_seconds": fit_seconds,
+        "n_threads": int(torch.get_num_threads()),
+        "n_train": len(data.y_train),
+        "n_conflicting_train": int(data.conflict_train.sum()),
+    }
+    inferred = getattr(clf, "inferred_groups_", None)
+    if inferred is not None:
+        from ..jtt import overlap_report
+
+        out["jtt_overlap"] = {
+            k: _float(v) for k, v in overlap_report(inferred, data.conflict_train).items()
+        }
+    efficiency = _efficiency(clf)
+    if efficiency:
+        out["efficiency"] = efficiency
+    return out
+
+
+def _float(value: Any) -> float | None:
+    if value is None:
+        return None
+    value = float(value)
+    return None if np.isnan(value) else value
+
+
+def read_results(path: str | Path) -> list[dict[str, Any]]:
+    """Records of a results file, skipping unreadable (e.g. half-written) lines.
+
+    For a run id present several times (an error, then a success) the last record wins.
+    """
+    path = Path(path)
+    if not path.exists():
+        return []
+    records: dict[str, dict] = {}
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                record = json.loads(line)
+                records[record["run_id"]] = record
+            except (json.JSONDecodeError, KeyError, TypeError):
+                warnings.warn(_CORRUPT_LINE.format(line=number, path=path), stacklevel=2)
+    return list(records.values())
+
+
+def _append(path: Path, record: dict[str, Any]) -> None:
+    # A previous interrupted write may have left a partial last line: start on a new line.
+    needs_newline = False
+    if path.exists() and path.stat().st_size:
+        with path.open("rb") as handle:
+            handle.seek(-1, os.SEEK_END)
+            needs_newline = handle.read(1) != b"\n"
+    with path.open("a", encoding="utf-8") as handle:
+        if needs_newline:
+            handle.write("\n")
+        handle.write(json.dumps(record, sort_keys=True) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def run_sweep(
+    config: BenchConfig,
+    out_dir: str | Path,
+    *,
+    n_jobs: int = 1,
+    resume: bool = True,
+    progress: bool = True,
+    max_runs: int | None = None,
+    time_limit: float | None = None,
+    on_result: Callable[[dict[str, Any], int], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Run every missing run of ``config`` and return the records of the whole grid.
+
+    Parameters
+    ----------
+    config : BenchConfig
+    out_dir : str or Path
+        Folder of ``results.jsonl`` (created).
+    n_jobs : int, default=1
+        Parallel runs (joblib processes); torch threads per run are split so that
+        ``n_jobs * threads <= cores``. ``-1``: one run per core.
+    resume : bool, default=True
+        Skip runs already recorded as successful; False moves the old file aside.
+    progress : bool, default=True
+        tqdm bar over runs (and, with ``n_jobs=1``, the estimator's bar over epochs).
+    max_runs : int or None
+        Stop after this many new runs (chunks of a long sweep; rerun to continue).
+    time_limit : float or None
+        Start no new run (batch) after this many seconds.
+    on_result : callable or None
+        ``on_result(record, k)`` after the ``k``-th new record is saved (a hook for
+        tests and logging; an exception it raises interrupts the sweep).
+
+    Returns
+    -------
+    list of dict
+        Records of the runs of this grid found in the results file.
+    """
+    from tqdm.auto import tqdm
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / RESULTS_FILE
+    if not resume and path.exists():
+        path.rename(path.with_name(f"{path.stem}.{time.strftime('%Y%m%d-%H%M%S')}.jsonl"))
+    check_methods(config)
+    specs = config.runs()
+    done = {r["run_id"] for r in read_results(path) if r.get("status") == "ok"}
+    todo = [s for s in specs if s.run_id not in done]
+    if max_runs is not None:
+        todo = todo[: max(0, int(max_runs))]
+    n_jobs, threads = split_threads(n_jobs)
+    start = time.perf_counter()
+    bar = tqdm(
+        total=len(specs), initial=len(specs) - len([s for s in specs if s.run_id not in done]),
+        desc="runs", unit="run", disable=not progress, leave=True,
+    )
+    count = 0
+    try:
+        for batch in _batches(todo, n_jobs):
+            if time_limit is not None and time.perf_counter() - start > time_limit:
+                break
+            for record in _run_batch(batch, config, n_jobs, threads, progress):
+                _append(path, record)
+                count += 1
+                bar.update(1)
+                bar.set_postfix_str(f"{record['method']} s={record['sparsity']:g} "
+                                    f"{record.get('status')}")
+                if on_result is not None:
+                    on_result(record, count)
+    finally:
+        bar.close()
+    ids = {s.run_id for s in specs}
+    return [r for r in read_results(path) if r["run_id"] in ids]
+
+
+def _batches(todo: Sequence[RunSpec], size: int) -> list[list[RunSpec]]:
+    return [list(todo[i : i + size]) for i in range(0, len(todo), size)]
+
+
+def _run_batch(
+    batch: list[RunSpec], config: BenchConfig, n_jobs: int, threads: int, progress: bool
+):
+    if n_jobs == 1 or len(batch) == 1:
+        for spec in batch:
+            yield run_one(spec, config, n_threads=threads, verbose=int(progress and n_jobs == 1))
+        return
+    from joblib import Parallel, delayed
+
+    parallel = Parallel(n_jobs=min(n_jobs, len(batch)), return_as="generator_unordered")
+    yield from parallel(
+        delayed(run_one)(spec, config, n_threads=threads, verbose=0) for spec in batch
+    )

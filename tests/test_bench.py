@@ -1,0 +1,227 @@
+"""Benchmark sweep machinery: method table, run ids, resume, threads, reports."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from rest_fair.benchmarks import (
+    LAMBDA_BY_RATIO,
+    METHODS,
+    BenchConfig,
+    estimator_params,
+    lambda_for_ratio,
+    preset,
+    read_results,
+    split_threads,
+    summarize,
+    to_markdown,
+)
+from rest_fair.benchmarks import runner as runner_mod
+
+
+def tiny_config(**overrides) -> BenchConfig:
+    overrides.setdefault("max_epochs", 2)
+    return preset("tiny", **overrides)
+
+
+# ----------------------------------------------------------------- pure-python parts
+def test_methods_are_estimator_configurations():
+    assert estimator_params(METHODS["erm"], sparsity=0.0, ratio=0.01) == {
+        "upweight": None, "sparsity": 0.0
+    }
+    assert estimator_params(METHODS["rest"], sparsity=0.9, ratio=0.01) == {
+        "upweight": 30.0, "sparsity": 0.9
+    }
+    assert estimator_params(METHODS["rest"], sparsity=0.0, ratio=0.05)["upweight"] == 80.0
+    jtt = estimator_params(METHODS["jtt"], sparsity=0.9, ratio=0.005)
+    assert jtt["infer_groups"] == "jtt" and jtt["upweight"] == 10.0
+    assert estimator_params(METHODS["groupdro"], sparsity=0.9, ratio=0.01)["objective"] == (
+        "groupdro"
+    )
+    assert estimator_params(METHODS["rest"], sparsity=0.9, ratio=0.01, upweight="balanced")[
+        "upweight"
+    ] == "balanced"
+
+
+def test_group_label_column_and_labels():
+    uses = {name: m.group_labels for name, m in METHODS.items()}
+    assert uses == {"erm": "none", "rest": "train", "jtt": "val", "groupdro": "train"}
+    assert METHODS["rest"].label(0.0) == "Reweighting (dense)"
+    assert METHODS["rest"].label(0.9) == "REST"
+    assert METHODS["erm"].train_groups is False and METHODS["erm"].valid_groups is False
+    assert METHODS["jtt"].train_groups is False and METHODS["jtt"].valid_groups is True
+
+
+def test_lambda_per_ratio():
+    for ratio, lam in LAMBDA_BY_RATIO.items():
+        assert lambda_for_ratio(ratio) == lam
+    assert 30.0 < lambda_for_ratio(0.015) < 50.0
+    assert lambda_for_ratio(0.2) == 80.0 and lambda_for_ratio(0.001) == 10.0
+
+
+def test_run_ids_are_unique_and_config_sensitive():
+    config = preset("medium")
+    ids = [s.run_id for s in config.runs()]
+    assert len(ids) == len(set(ids)) == 4 * 2 * 3 * 3
+    other = preset("medium", max_epochs=7)
+    assert other.common_hash() != config.common_hash()
+    # the grid itself does not change the ids of shared runs
+    grown = preset("medium", seeds=(41, 42, 43, 44))
+    assert set(ids) <= {s.run_id for s in grown.runs()}
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"ratios": (0.0,)}, "ratios"),
+        ({"sparsities": (1.0,)}, "sparsities"),
+        ({"methods": ("magic",)}, "magic"),
+        ({"dataset": "cifar"}, "dataset"),
+        ({"max_epochs": 0}, "max_epochs"),
+    ],
+)
+def test_bad_config_is_named(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        tiny_config(**kwargs)
+    with pytest.raises(ValueError, match="preset"):
+        preset("huge")
+
+
+def test_split_threads_never_oversubscribes():
+    for cores in (1, 2, 3, 8, 16):
+        for n_jobs in (1, 2, 3, 4, -1, 32):
+            jobs, threads = split_threads(n_jobs, cores)
+            assert 1 <= jobs <= cores and threads >= 1
+            assert jobs * threads <= cores
+    assert split_threads(-1, 8) == (8, 1)
+    assert split_threads(2, 8) == (2, 4)
+
+
+def test_read_results_skips_truncated_line(tmp_path):
+    path = tmp_path / "results.jsonl"
+    good = {"run_id": "a", "status": "ok"}
+    path.write_text(json.dumps(good) + "\n" + '{"run_id": "b", "sta')
+    with pytest.warns(UserWarning, match="unreadable line 2"):
+        records = read_results(path)
+    assert records == [good]
+
+
+def _fake_record(method, ratio, sparsity, seed, acc):
+    return {
+        "run_id": f"{method}{sparsity}{seed}", "status": "ok", "method": method,
+        "method_label": METHODS[method].label(sparsity), "group_labels":
+        METHODS[method].group_labels, "ratio": ratio, "sparsity": sparsity, "seed": seed,
+        "density": 1 - sparsity, "fit_seconds": 1.0, "test_unbiased_acc": acc,
+        "test_worst_group_acc": acc / 2, "test_conflicting_acc": acc / 2,
+        "test_aligned_acc": 1.0, "test_worst_cell_acc": 0.0,
+    }
+
+
+def test_summary_mean_std_and_reference_column():
+    config = BenchConfig(ratios=(0.005,), sparsities=(0.0, 0.9), seeds=(0, 1))
+    records = [
+        _fake_record("erm", 0.005, 0.0, 0, 0.30),
+        _fake_record("erm", 0.005, 0.0, 1, 0.40),
+        _fake_record("rest", 0.005, 0.9, 0, 0.50),
+        {"run_id": "x", "status": "error", "method": "rest"},
+    ]
+    summary = summarize(records, config)
+    erm = summary[summary["method"] == "erm"].iloc[0]
+    assert erm["test_unbiased_acc_mean"] == pytest.approx(0.35)
+    assert erm["test_unbiased_acc_std"] == pytest.approx(np.std([0.3, 0.4], ddof=1))
+    assert erm["n_seeds"] == 2
+    assert erm["published_acc"] == 35.19
+    assert np.isnan(summary[summary["method"] == "rest"].iloc[0]["published_acc"])
+    table = to_markdown(summary, config)
+    assert "| 0.5 | ERM (dense) | 0 | none | 35.0 ± 7.1 |" in table
+    assert "| 0.5 | REST | 0.9 | train | 50.0 |" in table
+    assert "different protocol" in table and "DFA" in table
+
+
+# ------------------------------------------------------------- sweeps (torch needed)
+def test_resume_after_interrupt_repeats_and_loses_nothing(tmp_path, monkeypatch):
+    pytest.importorskip("torch")
+    config = tiny_config(seeds=(0, 1))  # 2 methods x 2 sparsities x 2 seeds = 8 runs
+    calls: list[str] = []
+    real_run_one = runner_mod.run_one
+
+    def counting_run_one(spec, *args, **kwargs):
+        calls.append(spec.run_id)
+        return real_run_one(spec, *args, **kwargs)
+
+    monkeypatch.setattr(runner_mod, "run_one", counting_run_one)
+
+    class Killed(Exception):
+        pass
+
+    def kill_after_three(record, k):
+        if k == 3:
+            raise Killed
+
+    with pytest.raises(Killed):
+        runner_mod.run_sweep(config, tmp_path, progress=False, on_result=kill_after_three)
+    assert len(calls) == 3
+    path = tmp_path / runner_mod.RESULTS_FILE
+    # simulate a kill in the middle of writing the 4th line
+    with path.open("a") as handle:
+        handle.write('{"run_id": "half-writ')
+    with pytest.warns(UserWarning, match="unreadable"):
+        records = runner_mod.run_sweep(config, tmp_path, progress=False)
+    assert len(calls) == 8, "each run executed exactly once over both calls"
+    assert Counter(calls) == Counter(s.run_id for s in config.runs())
+    assert sorted(r["run_id"] for r in records) == sorted(s.run_id for s in config.runs())
+    assert all(r["status"] == "ok" for r in records)
+    # a third call has nothing left to do
+    with pytest.warns(UserWarning, match="unreadable"):
+        runner_mod.run_sweep(config, tmp_path, progress=False)
+    assert len(calls) == 8
+    lines = [json.loads(x) for x in path.read_text().splitlines() if x.endswith("}")]
+    assert Counter(r["run_id"] for r in lines) == Counter(s.run_id for s in config.runs())
+
+
+def test_max_runs_chunks_and_failed_runs_are_retried(tmp_path, monkeypatch):
+    pytest.importorskip("torch")
+    config = tiny_config(methods=("erm",))  # 2 runs
+    first = runner_mod.run_sweep(config, tmp_path, progress=False, max_runs=1)
+    assert len(first) == 1
+    real = runner_mod._train_and_score
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(runner_mod, "_train_and_score", broken)
+    second = runner_mod.run_sweep(config, tmp_path, progress=False)
+    assert sorted(r["status"] for r in second) == ["error", "ok"]
+    assert "boom" in next(r["error"] for r in second if r["status"] == "error")
+    monkeypatch.setattr(runner_mod, "_train_and_score", real)
+    third = runner_mod.run_sweep(config, tmp_path, progress=False)
+    assert [r["status"] for r in third] == ["ok", "ok"]
+
+
+def test_run_record_metrics_are_consistent(tmp_path):
+    pytest.importorskip("torch")
+    config = tiny_config(methods=("rest",), sparsities=(0.9,))
+    (record,) = runner_mod.run_sweep(config, tmp_path, progress=False)
+    assert record["status"] == "ok", record.get("traceback")
+    assert record["method_label"] == "REST" and record["upweight"] == 80.0
+    assert record["test_worst_group_acc"] == min(
+        record["test_aligned_acc"], record["test_conflicting_acc"]
+    )
+    cells = record["test_cell_acc"]
+    assert len(cells) == 100 and min(cells.values()) == record["test_worst_cell_acc"]
+    assert record["density"] == pytest.approx(0.1, abs=0.01)
+    assert record["n_conflicting_train"] == round(0.05 * record["n_train"])
+    assert 1 <= record["epochs_run"] <= 2
+
+
+def test_parallel_runs_match_sequential(tmp_path):
+    pytest.importorskip("torch")
+    config = tiny_config(methods=("erm",))
+    seq = runner_mod.run_sweep(config, tmp_path / "seq", progress=False, n_jobs=1)
+    par = runner_mod.run_sweep(config, tmp_path / "par", progress=False, n_jobs=2)
+    key = "test_unbiased_acc"
+    assert {r["run_id"]: r[key] for r in seq} == {r["run_id"]: r[key] for r in par}

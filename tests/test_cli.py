@@ -1,0 +1,93 @@
+"""The ``rest-fair`` command line: subcommand registry and ``bench`` end to end."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+import types
+
+import pytest
+
+from rest_fair import cli
+
+
+def test_bench_module_imports_without_torch():
+    import subprocess
+
+    code = (
+        "import sys, rest_fair.benchmarks.cli, rest_fair.datasets; "
+        "sys.exit('torch' in sys.modules)"
+    )
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+def test_help_lists_bench(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["--help"])
+    assert exit_info.value.code == 0
+    assert "bench" in capsys.readouterr().out
+    assert cli.main([]) == 2  # no command: help and a non-zero status
+
+
+def test_registry_adds_modules_and_skips_missing_ones(monkeypatch):
+    seen = {}
+
+    def add_parser(subparsers):
+        parser = subparsers.add_parser("hello")
+        parser.add_argument("--name", default="world")
+        parser.set_defaults(func=lambda args: seen.setdefault("name", args.name) and 0)
+        return parser
+
+    fake = types.ModuleType("rest_fair_fake_cli")
+    fake.add_parser = add_parser
+    monkeypatch.setitem(sys.modules, "rest_fair_fake_cli", fake)
+    parser = cli.build_parser(["rest_fair_fake_cli", "rest_fair.no_such_module.cli"])
+    args = parser.parse_args(["hello", "--name", "x"])
+    assert args.func(args) == 0 and seen["name"] == "x"
+
+
+def test_registry_does_not_hide_broken_subcommand(monkeypatch, tmp_path):
+    (tmp_path / "broken_sub_cli.py").write_text("import not_installed_dependency_xyz\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ModuleNotFoundError, match="not_installed_dependency_xyz"):
+        cli.build_parser(["broken_sub_cli"])
+
+
+def test_bench_rejects_bad_flags(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["bench", "--methods", "erm,magic"])
+    assert "magic" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["bench", "--ratios", "one"])
+    assert "--ratios" in capsys.readouterr().err
+
+
+def test_bench_end_to_end_tiny(tmp_path, capsys):
+    pytest.importorskip("torch")
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "bench"
+    argv = ["bench", "--preset", "tiny", "--epochs", "2", "--out", str(out), "--no-progress"]
+    assert cli.main(argv) == 0
+    printed = capsys.readouterr()
+    for label in ("ERM (dense)", "ERM (sparse, RigL)", "Reweighting (dense)", "REST"):
+        assert f"| {label} |" in printed.out
+    for name in ("results.jsonl", "table.md", "table.csv", "config.json", "references.md",
+                 "accuracy_vs_sparsity.png", "group_bars.png"):
+        assert (out / name).stat().st_size > 0, name
+    with (out / "table.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 4
+    assert {"test_unbiased_acc_mean", "test_worst_group_acc_std", "group_labels"} <= set(rows[0])
+    info = json.loads((out / "config.json").read_text())
+    assert info["config"]["dataset"] == "digits" and info["config"]["max_epochs"] == 2
+    assert {"torch", "numpy", "sklearn", "rest_fair", "python"} <= set(info["versions"])
+    assert info["n_runs_ok"] == 4 and info["command"].startswith("rest-fair bench")
+    assert (out / "accuracy_vs_sparsity.png").read_bytes()[:4] == b"\x89PNG"
+    lines = (out / "results.jsonl").read_text().splitlines()
+    assert len(lines) == 4
+
+    # the same command again resumes: nothing retrained, same table
+    assert cli.main(argv) == 0
+    assert (out / "results.jsonl").read_text().splitlines() == lines
+    assert "| REST |" in capsys.readouterr().out
