@@ -1,0 +1,157 @@
+"""fairness_report (fairlearn MetricFrame) and the worst-group scorer: values by hand."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import sklearn
+from fairlearn.metrics import MetricFrame
+
+from rest_fair.metrics import (
+    fairness_report,
+    group_accuracies,
+    make_worst_group_scorer,
+    worst_group_accuracy,
+    worst_group_accuracy_score,
+)
+
+# 10 samples, groups a (4) and b (6).
+Y = np.array([1, 1, 0, 0, 1, 1, 1, 0, 0, 0])
+P = np.array([1, 0, 0, 1, 1, 1, 0, 0, 0, 1])
+G = np.array(["a", "a", "a", "a", "b", "b", "b", "b", "b", "b"])
+# by hand:
+# a: y=[1,1,0,0] p=[1,0,0,1] -> acc 2/4, TPR 1/2, FPR 1/2, selection 2/4, bal acc 1/2
+# b: y=[1,1,1,0,0,0] p=[1,1,0,0,0,1] -> acc 4/6, TPR 2/3, FPR 1/3, selection 3/6,
+#    bal acc (2/3 + 2/3)/2 = 2/3
+# overall: acc 6/10, TPR 3/5, FPR 2/5, selection 5/10
+
+
+def test_report_by_group_matches_hand_computation():
+    report = fairness_report(y=Y, y_pred=P, groups=G)
+    assert isinstance(report.frame, MetricFrame)
+    by = report.by_group
+    expected = {
+        "a": {"accuracy": 0.5, "balanced_accuracy": 0.5, "selection_rate": 0.5,
+              "true_positive_rate": 0.5, "false_positive_rate": 0.5, "count": 4},
+        "b": {"accuracy": 4 / 6, "balanced_accuracy": 2 / 3, "selection_rate": 0.5,
+              "true_positive_rate": 2 / 3, "false_positive_rate": 1 / 3, "count": 6},
+    }
+    for group, values in expected.items():
+        for metric, value in values.items():
+            assert by.loc[group, metric] == pytest.approx(value), (group, metric)
+    overall = report.overall
+    assert overall["accuracy"] == pytest.approx(0.6)
+    assert overall["true_positive_rate"] == pytest.approx(0.6)
+    assert overall["false_positive_rate"] == pytest.approx(0.4)
+    assert overall["selection_rate"] == pytest.approx(0.5)
+
+
+def test_report_summary_worst_group_and_gaps():
+    report = fairness_report(y=Y, y_pred=P, groups=G)
+    assert report.worst_group == "a"
+    assert report.worst_group_accuracy == pytest.approx(0.5)
+    assert report.worst_group_accuracy == pytest.approx(worst_group_accuracy(Y, P, G))
+    s = report.summary
+    assert s.loc["accuracy", "difference"] == pytest.approx(4 / 6 - 0.5)
+    assert s.loc["accuracy", "ratio"] == pytest.approx(0.5 / (4 / 6))
+    assert s.loc["false_positive_rate", "worst_group"] == "a"  # larger FPR is worse
+    assert s.loc["true_positive_rate", "worst_group"] == "a"
+    d = report.disparities
+    assert d["demographic_parity_difference"] == pytest.approx(0.0)
+    assert d["equal_opportunity_difference"] == pytest.approx(2 / 3 - 0.5)
+    assert d["equalized_odds_difference"] == pytest.approx(max(2 / 3 - 0.5, 0.5 - 1 / 3))
+    text = str(report)
+    for needle in ("Overall", "By group", "Worst group (accuracy): a", "Disparities"):
+        assert needle in text
+
+
+def test_report_from_estimator_equals_report_from_predictions():
+    class Fixed:
+        classes_ = np.array([0, 1])
+
+        def predict(self, X):
+            return P[np.asarray(X).ravel()]
+
+    X = np.arange(len(Y)).reshape(-1, 1)
+    a = fairness_report(Fixed(), X, Y, groups=G).by_group
+    b = fairness_report(y=Y, y_pred=P, groups=G).by_group
+    pd.testing.assert_frame_equal(a, b)
+
+
+def test_intersectional_groups_and_undefined_rates():
+    sex = np.array(["f", "m"] * 5)
+    report = fairness_report(y=Y, y_pred=P, groups={"sex": sex, "label": Y})
+    by = report.by_group
+    assert by.index.names == ["sex", "label"]
+    mask = (sex == "f") & (Y == 0)
+    assert by.loc[("f", 0), "accuracy"] == pytest.approx(np.mean(P[mask] == Y[mask]))
+    assert by.loc[("f", 0), "count"] == mask.sum()
+    # TPR is undefined without positives: NaN, not fairlearn's 0
+    assert math.isnan(by.loc[("f", 0), "true_positive_rate"])
+    assert math.isnan(by.loc[("m", 1), "false_positive_rate"])
+    assert "sex=" in str(report)
+    # a 2-D array works as well and gives the same numbers
+    arr = fairness_report(y=Y, y_pred=P, groups=np.c_[sex, Y]).by_group
+    np.testing.assert_allclose(arr["accuracy"].to_numpy(), by["accuracy"].to_numpy())
+
+
+def test_multiclass_report_has_no_binary_rates():
+    y = np.array([0, 1, 2, 2, 1, 0])
+    p = np.array([0, 2, 2, 2, 1, 1])
+    g = np.array([0, 0, 0, 1, 1, 1])
+    report = fairness_report(y=y, y_pred=p, groups=g)
+    assert set(report.by_group.columns) == {"accuracy", "balanced_accuracy", "count"}
+    assert report.by_group.loc[0, "accuracy"] == pytest.approx(2 / 3)
+    assert report.disparities == {}
+
+
+def test_sample_weight_is_passed_to_metrics():
+    w = np.where(G == "a", 1.0, 2.0)
+    w[0] = 3.0  # the one correct positive of group a
+    report = fairness_report(y=Y, y_pred=P, groups=G, sample_weight=w)
+    # group a: weights [3,1,1,1], correct [1,0,1,0] -> 4/6
+    assert report.by_group.loc["a", "accuracy"] == pytest.approx(4 / 6)
+    assert report.by_group.loc["a", "count"] == 4
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"y": Y, "groups": G}, "either"),
+        ({"y": Y, "y_pred": P, "groups": G[:3]}, "same number"),
+        ({"y_pred": P, "groups": G}, "true labels"),
+    ],
+)
+def test_report_bad_input(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        fairness_report(**kwargs)
+
+
+def test_group_accuracies_unchanged():
+    assert group_accuracies(Y, P, G) == pytest.approx({"a": 0.5, "b": 4 / 6})
+
+
+def test_scorer_needs_routing_and_groups():
+    with pytest.raises(RuntimeError, match="enable_metadata_routing"):
+        make_worst_group_scorer()
+    with pytest.raises(ValueError, match="no `groups`"):
+        worst_group_accuracy_score(Y, P)
+    assert worst_group_accuracy_score(Y, P, groups=G) == pytest.approx(0.5)
+
+
+def test_scorer_value_equals_worst_group_accuracy():
+    from sklearn.base import BaseEstimator, ClassifierMixin
+
+    class Fixed(ClassifierMixin, BaseEstimator):
+        classes_ = np.array([0, 1])
+
+        def predict(self, X):
+            return P[np.asarray(X).ravel()]
+
+    X = np.arange(len(Y)).reshape(-1, 1)
+    with sklearn.config_context(enable_metadata_routing=True):
+        scorer = make_worst_group_scorer()
+        assert scorer(Fixed(), X, Y, groups=G) == pytest.approx(0.5)

@@ -1,0 +1,235 @@
+"""rest_fair.wilds loading and adapter, against the real wilds package on tiny layouts."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+
+from rest_fair.wilds import import_wilds
+
+try:  # through our guard: no PyPI version-check thread
+    import_wilds()
+except ImportError:  # pragma: no cover - the wilds extra is part of CI
+    pytest.skip("needs the optional extra rest-fair[wilds]", allow_module_level=True)
+
+from wilds.datasets.wilds_dataset import WILDSDataset
+
+from rest_fair.wilds import (
+    WILDSImageDataset,
+    from_wilds,
+    load_wilds,
+    make_synthetic_layout,
+    split_wilds,
+    wilds_grouper,
+)
+
+NAMES = ("waterbirds", "celebA", "civilcomments")
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("wilds_root")
+    for name in NAMES:
+        make_synthetic_layout(name, root, image_size=8)
+    return root
+
+
+def _run(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_core_package_does_not_import_wilds_or_torchvision():
+    result = _run(
+        """
+        import sys
+        import rest_fair, rest_fair.metrics, rest_fair.fairness, rest_fair.wilds
+        from rest_fair import RESTClassifier
+        import rest_fair.wilds.cli
+        bad = [m for m in ("wilds", "torchvision", "outdated") if m in sys.modules]
+        print("LOADED", bad)
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    assert "LOADED []" in result.stdout
+
+
+_NETWORK_SPY = """
+    import socket, sys, threading, time, types
+    calls = []
+    def refuse(*args, **kwargs):
+        calls.append(args[0] if args else None)
+        raise OSError("network blocked by the test")
+    socket.getaddrinfo = refuse
+    socket.create_connection = refuse
+    # outdated needs pkg_resources, which new setuptools dropped; without it the
+    # check fails before reaching the network, which would hide the problem.
+    import packaging.version
+    fake = types.ModuleType("pkg_resources")
+    fake.parse_version = packaging.version.parse
+    sys.modules.setdefault("pkg_resources", fake)
+"""
+
+
+def test_import_wilds_makes_no_network_call():
+    pytest.importorskip("packaging")
+    guarded = _run(
+        _NETWORK_SPY
+        + """
+    from rest_fair.wilds import import_wilds
+    import_wilds()
+    time.sleep(1.0)
+    print("CALLS", len(calls), "THREADS", threading.active_count(),
+          "OUTDATED", sys.modules.get("outdated", "absent"))
+    """
+    )
+    assert guarded.returncode == 0, guarded.stderr
+    assert "CALLS 0 THREADS 1 OUTDATED absent" in guarded.stdout, guarded.stdout
+
+
+def test_plain_import_wilds_would_query_pypi():
+    """Control for the test above: the spy does see wilds' version check."""
+    try:
+        import outdated  # noqa: F401
+    except ImportError:
+        pytest.skip("the `outdated` package is not installed, so wilds makes no check")
+    plain = _run(
+        _NETWORK_SPY
+        + """
+    import os
+    os.environ["OUTDATED_IGNORE"] = "1"   # does not stop the request
+    import wilds
+    for _ in range(50):
+        if calls:
+            break
+        time.sleep(0.1)
+    print("CALLS", len(calls))
+    """
+    )
+    assert plain.returncode == 0, plain.stderr
+    assert "CALLS 0" not in plain.stdout, plain.stdout
+
+
+def test_missing_data_names_layout_and_path(tmp_path):
+    with pytest.raises(FileNotFoundError) as info:
+        load_wilds("waterbirds", tmp_path)
+    message = str(info.value)
+    assert str(tmp_path / "waterbirds_v1.0" / "metadata.csv") in message
+    assert "RELEASE_v1.0.txt" in message
+    assert "img_filename" in message
+    # a data dir without the version file is reported too (WILDS would try to download)
+    make_synthetic_layout("celebA", tmp_path, image_size=8)
+    (tmp_path / "celebA_v1.0" / "RELEASE_v1.0.txt").unlink()
+    with pytest.raises(FileNotFoundError, match=r"RELEASE_v1\.0\.txt"):
+        load_wilds("celeba", tmp_path)
+
+
+def test_unknown_dataset_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="supported here"):
+        load_wilds("imagenet", tmp_path)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_load_real_wilds_dataset(root, name):
+    dataset = load_wilds(name.upper() if name == "celebA" else name, root)
+    assert isinstance(dataset, WILDSDataset)
+    assert dataset.dataset_name == name
+    assert len(dataset) == 112
+    # CivilComments under pandas 3: split ids became integers, subsets work
+    assert len(dataset.get_subset("test")) == 24
+
+
+def test_waterbirds_groups_match_wilds_grouper(root):
+    dataset = load_wilds("waterbirds", root)
+    part = from_wilds(dataset.get_subset("train"), image_size=8)
+    background = part.metadata["background"].to_numpy()
+    np.testing.assert_array_equal(part.groups, background + 2 * part.y)
+    wilds_ids = dataset._eval_grouper.metadata_to_group(part.metadata_array).numpy()
+    np.testing.assert_array_equal(part.groups, wilds_ids)
+    assert part.group_names[1] == "y:landbird_background:water"
+    assert part.group_names[2] == "y:waterbird_background:land"
+    np.testing.assert_array_equal(np.bincount(part.groups), [28, 4, 4, 28])
+    assert part.split == "train"
+
+
+def test_celeba_groups_match_wilds_grouper(root):
+    dataset = load_wilds("celebA", root)
+    part = from_wilds(dataset.get_subset("val"), image_size=8)
+    np.testing.assert_array_equal(part.groups, part.metadata["male"].to_numpy() + 2 * part.y)
+    wilds_ids = dataset._eval_grouper.metadata_to_group(part.metadata_array).numpy()
+    np.testing.assert_array_equal(part.groups, wilds_ids)
+    assert part.group_names[3] == "y:blond_male:1"
+
+
+def test_civilcomments_text_and_groups(root):
+    dataset = load_wilds("civilcomments", root)
+    part = from_wilds(dataset.get_subset("train"))
+    assert part.X.dtype == object and isinstance(part.X[0], str)
+    assert part.X[0] == dataset.get_input(int(dataset.get_subset("train").indices[0]))
+    np.testing.assert_array_equal(part.groups, part.metadata["black"].to_numpy() + 2 * part.y)
+    other = from_wilds(dataset.get_subset("train"), groupby_fields=["y", "female"])
+    np.testing.assert_array_equal(other.groups, part.metadata["female"].to_numpy() + 2 * part.y)
+    assert other.group_names[1] == "y:0_female:1"
+
+
+def test_images_are_loaded_lazily_and_transformed(root, monkeypatch):
+    dataset = load_wilds("waterbirds", root)
+    opened = []
+    original = type(dataset).get_input
+
+    def counting(self, idx):
+        opened.append(idx)
+        return original(self, idx)
+
+    monkeypatch.setattr(type(dataset), "get_input", counting)
+    part = from_wilds(dataset.get_subset("test"), image_size=8)
+    assert isinstance(part.X, WILDSImageDataset)
+    assert isinstance(part.X, torch.utils.data.Dataset)
+    n_before = len(opened)
+    assert n_before <= 1  # at most one probe to detect the modality
+    x = part.X[5]
+    assert len(opened) == n_before + 1
+    assert x.shape == (3, 8, 8) and x.dtype == torch.float32
+    assert float(x.min()) < 0.0  # normalized with the ImageNet mean/std
+    batch = next(iter(torch.utils.data.DataLoader(part.X, batch_size=4)))
+    assert batch.shape == (4, 3, 8, 8)
+
+
+def test_celeba_transform_crops_to_square(root):
+    dataset = load_wilds("celebA", root)
+    img = dataset.get_input(0)
+    assert img.size[0] != img.size[1]
+    part = from_wilds(dataset, image_size=6)
+    assert part.split == "all"
+    assert part.X[0].shape == (3, 6, 6)
+
+
+def test_split_wilds_subsamples_train_only(root):
+    dataset = load_wilds("waterbirds", root)
+    parts = split_wilds(dataset, image_size=8, frac=0.5, random_state=1)
+    assert set(parts) == {"train", "val", "test"}
+    assert len(parts["train"]) == 32 and len(parts["val"]) == 24 and len(parts["test"]) == 24
+    again = split_wilds(dataset, image_size=8, frac=0.5, random_state=1)
+    np.testing.assert_array_equal(parts["train"].subset.indices, again["train"].subset.indices)
+    with pytest.raises(ValueError, match="frac"):
+        split_wilds(dataset, frac=0.0)
+    with pytest.raises(ValueError, match="not in"):
+        split_wilds(dataset, ["train", "id_test"])
+
+
+def test_bad_group_fields(root):
+    dataset = load_wilds("waterbirds", root)
+    with pytest.raises(ValueError, match="not metadata fields"):
+        wilds_grouper(dataset, ["colour"])
+    with pytest.raises(TypeError, match="WILDSDataset"):
+        from_wilds(np.zeros(3))
