@@ -173,7 +173,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "sparsities": (0.0, 0.9, 0.99),
         "seeds": (41, 42, 43),
         "methods": ("erm", "rest"),
-        "max_epochs": 40,
+        "max_epochs": 100,
         "batch_size": 128,
         "lr": 0.05,
         "module": "mlp",

@@ -33,7 +33,10 @@ METRICS: dict[str, str] = {
     "test_worst_cell_acc": "worst cell acc",
 }
 
-_NO_RESULTS = "No successful runs to report in {path}."
+_EFFICIENCY_TITLES = {
+    "inference_flops_fraction": "inference FLOPs (× dense)",
+    "training_flops_fraction": "training FLOPs (× dense)",
+}
 
 
 def library_versions() -> dict[str, str]:
@@ -86,10 +89,14 @@ def summarize(records: Sequence[dict[str, Any]], config: BenchConfig):
                                      "group_labels", "density", "fit_seconds", *METRICS)}
         for name, value in (r.get("efficiency") or {}).items():
             row[f"eff_{name}"] = value
+        for name, value in (r.get("jtt_overlap") or {}).items():
+            if name in ("precision", "recall"):
+                row[f"jtt_{name}"] = value
         rows.append(row)
     frame = pd.DataFrame(rows)
     value_columns = [c for c in frame.columns
-                     if c in METRICS or c in ("density", "fit_seconds") or c.startswith("eff_")]
+                     if c in METRICS or c in ("density", "fit_seconds")
+                     or c.startswith(("eff_", "jtt_"))]
     grouped = frame.groupby(["ratio", "method", "sparsity"], sort=False)
     summary = grouped[value_columns].agg(["mean", "std"])
     summary.columns = [f"{a}_{b}" for a, b in summary.columns]
@@ -130,7 +137,7 @@ def to_markdown(summary, config: BenchConfig) -> str:
     """The result table as Markdown (accuracies in %, mean ± std over seeds)."""
     eff_cols = [c for c in summary.columns if c.startswith("eff_") and c.endswith("_mean")]
     header = ["conflicting %", "method", "sparsity", "group labels", *METRICS.values()]
-    header += [c[4:-5].replace("_", " ") for c in eff_cols]
+    header += [_EFFICIENCY_TITLES.get(c[4:-5], c[4:-5]) for c in eff_cols]
     header += ["seeds", "published (different protocol)"]
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     for row in summary.to_dict("records"):
@@ -141,7 +148,7 @@ def to_markdown(summary, config: BenchConfig) -> str:
             f"{row['sparsity']:g}",
             row["group_labels"],
             *(_pct(row[f"{m}_mean"], row[f"{m}_std"], n) for m in METRICS),
-            *(f"{row[c]:.3f}" for c in eff_cols),
+            *("–" if math.isnan(row[c]) else f"{row[c]:.3f}" for c in eff_cols),
             str(n),
             "" if math.isnan(row["published_acc"]) else f"{row['published_acc']:.2f} [ref]",
         ]
@@ -168,6 +175,12 @@ def to_markdown(summary, config: BenchConfig) -> str:
         + "; ".join(sorted({str(r['source']) for r in COLORED_MNIST_REFERENCE.values()}))
         + ".",
     ]
+    if eff_cols:
+        notes.append(
+            "*FLOPs (× dense)*: per-sample FLOPs of the trained masks as a fraction of the "
+            "dense network (rest_fair.efficiency; training counts RigL's dense gradient per "
+            "topology update). Counted, not timed."
+        )
     return "\n".join(lines + notes)
 
 
@@ -194,7 +207,8 @@ def plot_results(summary, records: Sequence[dict], config: BenchConfig, out_dir:
     xpos = {s: i for i, s in enumerate(sparsities)}
     panels = (("test_unbiased_acc", "unbiased test acc"),
               ("test_worst_group_acc", "worst-group test acc"))
-    fig, axes = plt.subplots(len(panels), len(ratios), figsize=(3.6 * len(ratios), 6.2),
+    data_name = {"mnist_5k": "Colored MNIST (5k)", "digits": "Colored Digits"}[config.dataset]
+    fig, axes = plt.subplots(len(panels), len(ratios), figsize=(max(3.6 * len(ratios), 6), 6.2),
                              squeeze=False, sharey="row")
     for j, ratio in enumerate(ratios):
         part = summary[summary["ratio"] == ratio]
@@ -219,15 +233,15 @@ def plot_results(summary, records: Sequence[dict], config: BenchConfig, out_dir:
                 ax.set_ylabel(f"{title} (%)")
             ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=7)
-    fig.suptitle("Colored MNIST: accuracy vs. sparsity (mean ± std over seeds)")
+    fig.suptitle(f"{data_name}: test accuracy vs. sparsity (mean ± std over seeds)", fontsize=10)
     fig.tight_layout()
     path = out_dir / "accuracy_vs_sparsity.png"
     fig.savefig(path, dpi=110)
     plt.close(fig)
     paths.append(path)
 
-    fig, axes = plt.subplots(1, len(ratios), figsize=(4.2 * len(ratios), 4.0), squeeze=False,
-                             sharey=True)
+    fig, axes = plt.subplots(1, len(ratios), figsize=(max(4.2 * len(ratios), 6), 4.4),
+                             squeeze=False, sharey=True)
     bars = (("test_aligned_acc", "aligned"), ("test_conflicting_acc", "conflicting"),
             ("test_worst_cell_acc", "worst cell"))
     width = 0.8 / len(bars)
@@ -239,7 +253,7 @@ def plot_results(summary, records: Sequence[dict], config: BenchConfig, out_dir:
             ax.bar(np.arange(len(part)) + (k - 1) * width, 100 * part[f"{metric}_mean"],
                    width, yerr=100 * part[f"{metric}_std"].fillna(0.0), capsize=2, label=name)
         ax.set_xticks(np.arange(len(part)), labels, rotation=60, ha="right", fontsize=7)
-        ax.set_title(f"{100 * ratio:g} % conflicting")
+        ax.set_title(f"{data_name}, {100 * ratio:g} % conflicting", fontsize=9)
         ax.grid(axis="y", alpha=0.3)
     axes[0][0].set_ylabel("test accuracy (%)")
     axes[0][0].legend(fontsize=7)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 import time
 import traceback
@@ -105,31 +106,43 @@ def check_methods(config: BenchConfig) -> None:
             raise ValueError(_MISSING_PARAM.format(method=name, params=missing))
 
 
-def _efficiency(clf: Any) -> dict[str, float]:
-    """Fractions-of-dense from ``clf.efficiency_report()`` when the estimator has one."""
-    if not hasattr(clf, "efficiency_report"):
-        return {}
+def _efficiency(clf: Any, n_train: int) -> dict[str, float]:
+    """FLOPs fractions of dense (total row of the efficiency report), when available.
+
+    Uses ``clf.efficiency_report()`` if the estimator has it, else
+    :func:`rest_fair.efficiency.efficiency_report` on the fitted module and masks; returns
+    ``{}`` when neither is available (an optional extra must never fail a run).
+    """
     try:
-        report = clf.efficiency_report()
-    except Exception:  # an optional extra must never fail a run
-        return {}
-    out: dict[str, float] = {}
-    try:
+        if hasattr(clf, "efficiency_report"):
+            report = clf.efficiency_report()
+        else:
+            from ..efficiency import efficiency_report
+
+            history = list(getattr(clf, "history_", []) or [])
+            steps = len(history) * math.ceil(n_train / int(clf.batch_size))
+            updates = sum(int(h.get("n_topology_updates") or 0) for h in history)
+            report = efficiency_report(
+                clf.module_,
+                clf.masks_,
+                clf.input_shape_,
+                n_topology_updates=updates if steps else None,
+                n_train_steps=steps or None,
+                regrow=clf.regrow,
+            )
         frame = report
         if "layer" in getattr(frame, "columns", ()):
             total = frame[frame["layer"].astype(str).str.lower() == "total"]
             frame = total if len(total) else frame.tail(1)
-        elif len(frame) > 1:
-            names = frame.index.astype(str).str.lower()
-            frame = frame[names == "total"] if (names == "total").any() else frame.tail(1)
-        for column in frame.columns:
-            if "frac" in str(column).lower():
-                value = frame[column].iloc[-1]
-                if isinstance(value, (int, float, np.floating, np.integer)):
-                    out[str(column)] = float(value)
+        else:
+            frame = frame.tail(1)
+        out: dict[str, float] = {}
+        for column in ("inference_flops_fraction", "training_flops_fraction"):
+            if column in frame.columns:
+                out[column] = float(frame[column].iloc[-1])
+        return out
     except Exception:
         return {}
-    return out
 
 
 def _density(clf: Any) -> float:
@@ -257,7 +270,7 @@ def _train_and_score(
         out["jtt_overlap"] = {
             k: _float(v) for k, v in overlap_report(inferred, data.conflict_train).items()
         }
-    efficiency = _efficiency(clf)
+    efficiency = _efficiency(clf, len(data.y_train))
     if efficiency:
         out["efficiency"] = efficiency
     return out
