@@ -91,3 +91,40 @@ def test_bench_end_to_end_tiny(tmp_path, capsys):
     assert cli.main(argv) == 0
     assert (out / "results.jsonl").read_text().splitlines() == lines
     assert "| REST |" in capsys.readouterr().out
+
+
+def test_bench_on_a_dfa_folder(tmp_path, capsys):
+    pytest.importorskip("torch")
+    image = pytest.importorskip("PIL.Image")
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    root = tmp_path / "cmnist"
+
+    def write(path, label, bias):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pixels = np.zeros((28, 28, 3), np.uint8)
+        pixels[4 + 3 * label : 10 + 3 * label, 5:20] = (60 * bias % 256, 90, 200)
+        pixels += rng.integers(0, 20, pixels.shape, dtype=np.uint8)
+        image.fromarray(pixels).save(path)
+
+    for label in range(3):
+        for i in range(6):
+            write(root / "1pct" / "align" / str(label) / f"{i}_{label}_{label}.png", label, label)
+        bias = (label + 1) % 3
+        write(root / "1pct" / "conflict" / str(label) / f"c_{label}_{bias}.png", label, bias)
+        for bias in range(3):
+            write(root / "1pct" / "valid" / f"v{label}{bias}_{label}_{bias}.png", label, bias)
+            write(root / "test" / str(label) / f"t{label}{bias}_{label}_{bias}.png", label, bias)
+    out = tmp_path / "out"
+    argv = ["bench", "--dataset", "dfa", "--data-root", str(root), "--dfa-name", "cmnist",
+            "--ratios", "0.01", "--seeds", "0", "--epochs", "2", "--out", str(out),
+            "--no-plots", "--no-progress"]
+    assert cli.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "DFA-format cmnist release" in printed
+    rows = [line for line in printed.splitlines() if line.startswith("| 1 | ")]
+    assert len(rows) == 4  # erm/rest x dense/sparse at 1 %
+    records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert {r["n_train"] for r in records} == {21}
+    assert {r["n_conflicting_train"] for r in records} == {3}

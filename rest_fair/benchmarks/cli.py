@@ -80,7 +80,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                         help="Named configuration; the flags below override its fields.")
     parser.add_argument("--quick", action="store_const", const="quick", dest="preset",
                         help="Same as --preset quick (about 2 minutes on 2 CPU cores).")
-    parser.add_argument("--dataset", choices=("mnist_5k", "digits"), default=None)
+    parser.add_argument("--dataset", choices=("mnist_5k", "digits", "dfa"), default=None,
+                        help="dfa: a DFA-format release on disk (--data-root, --dfa-name).")
+    parser.add_argument("--data-root", default=None,
+                        help="Folder of a DFA release holding <pct>pct/ and test/.")
+    parser.add_argument("--dfa-name", choices=("cmnist", "cifar10c", "bffhq"), default=None)
     parser.add_argument("--ratios", type=_floats("--ratios"), default=None,
                         help="Conflicting shares, e.g. 0.005,0.01,0.02,0.05.")
     parser.add_argument("--sparsities", type=_floats("--sparsities"), default=None,
@@ -91,7 +95,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--epochs", type=int, default=None, dest="max_epochs")
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--lr", type=float, default=None)
-    parser.add_argument("--module", choices=("cnn", "mlp"), default=None)
+    parser.add_argument("--module", choices=("cnn", "mlp", "resnet18"), default=None)
     parser.add_argument("--image-size", type=int, default=None)
     parser.add_argument("--upweight", type=_upweight, default=None,
                         help="Override lambda (default 10/30/50/80 for 0.5/1/2/5 %%).")
@@ -132,6 +136,8 @@ def run(args: argparse.Namespace) -> int:
         image_size=args.image_size,
         upweight=args.upweight,
         device=args.device,
+        data_root=args.data_root,
+        dfa_name=args.dfa_name,
     )
     out_dir = args.out or Path("rest_fair_bench") / args.preset
     n_jobs, threads = split_threads(args.n_jobs)

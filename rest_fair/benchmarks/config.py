@@ -12,7 +12,7 @@ from .methods import get_method
 
 __all__ = ["PRESETS", "BenchConfig", "RunSpec", "preset"]
 
-DATASETS = ("mnist_5k", "digits")
+DATASETS = ("mnist_5k", "digits", "dfa")
 
 _UNKNOWN_PRESET = "Unknown preset {name!r}; available: {names}."
 _BAD_FIELD = "{field} {detail}; got {value!r}."
@@ -43,8 +43,9 @@ class BenchConfig:
 
     Parameters
     ----------
-    dataset : {"mnist_5k", "digits"}
-        Colored MNIST from the 5k bundled digits, or Colored Digits (8x8, for tests).
+    dataset : {"mnist_5k", "digits", "dfa"}
+        Colored MNIST from the 5k bundled digits, Colored Digits (8x8, for tests), or a
+        DFA-format release on disk (``data_root``, ``dfa_name``), read lazily.
     ratios : sequence of float
         Shares of bias-conflicting training samples.
     sparsities : sequence of float
@@ -70,6 +71,10 @@ class BenchConfig:
         Any further :class:`RESTClassifier` parameters (e.g. ``{"jtt_epochs": 2}``).
     device : str
         Passed to the estimator.
+    data_root : str or None
+        Folder of the DFA release (``dataset="dfa"``), holding ``<pct>pct/`` and ``test/``.
+    dfa_name : {"cmnist", "cifar10c", "bffhq"}
+        Which DFA release (selects transforms and the number of bias values).
     """
 
     dataset: str = "mnist_5k"
@@ -88,6 +93,8 @@ class BenchConfig:
     upweight: Any = None
     extra_params: dict = dataclasses.field(default_factory=dict)
     device: str = "auto"
+    data_root: str | None = None
+    dfa_name: str = "cmnist"
 
     def __post_init__(self) -> None:
         self.ratios = tuple(float(r) for r in self.ratios)
@@ -99,6 +106,11 @@ class BenchConfig:
         if self.dataset not in DATASETS:
             raise ValueError(_BAD_FIELD.format(field="dataset", detail=f"must be one of "
                                                f"{DATASETS}", value=self.dataset))
+        if self.dataset == "dfa" and not self.data_root:
+            raise ValueError(_BAD_FIELD.format(field="data_root", detail="is needed for "
+                                               "dataset='dfa'", value=self.data_root))
+        if self.data_root is not None:
+            self.data_root = str(self.data_root)
         for field, values, ok, detail in (
             ("ratios", self.ratios, lambda r: 0 < r < 1, "must be shares in (0, 1)"),
             ("sparsities", self.sparsities, lambda s: 0 <= s < 1, "must be in [0, 1)"),

@@ -10,8 +10,8 @@ from __future__ import annotations
 __all__ = ["COLORED_MNIST_REFERENCE", "DEBIASING_REFERENCES", "REFERENCE_NOTE"]
 
 REFERENCE_NOTE = (
-    "Published numbers, different protocol (full 60k-image Colored MNIST, MLP 3x100; "
-    "DFA release), shown for context only."
+    "Published number from a different protocol (DFA: the full 60k-image Colored MNIST "
+    "release, MLP 3x100, the authors' training recipe), shown for context only."
 )
 
 #: Vanilla (ERM) unbiased test accuracy (%) on the DFA Colored MNIST release, MLP.

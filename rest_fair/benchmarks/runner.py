@@ -73,9 +73,36 @@ def split_threads(n_jobs: int, cores: int | None = None) -> tuple[int, int]:
     return n_jobs, max(1, cores // n_jobs)
 
 
+class _FolderData:
+    """The attributes of :class:`~rest_fair.datasets.BiasedImageData`, from a DFA release."""
+
+    def __init__(self, splits: dict) -> None:
+        for name, ds in splits.items():
+            setattr(self, f"X_{name}", ds)
+            setattr(self, f"y_{name}", ds.labels)
+            setattr(self, f"bias_{name}", ds.bias)
+            setattr(self, f"conflict_{name}", ds.conflict)
+            setattr(self, f"group_{name}", ds.groups)
+
+
 @functools.lru_cache(maxsize=8)
-def _dataset(dataset: str, ratio: float, data_seed: int, image_size: Any, split_sizes: Any):
+def _dataset(
+    dataset: str,
+    ratio: float,
+    data_seed: int,
+    image_size: Any,
+    split_sizes: Any,
+    data_root: str | None = None,
+    dfa_name: str = "cmnist",
+):
     from ..datasets import make_colored_digits, make_colored_mnist
+
+    if dataset == "dfa":
+        from ..datasets import load_dfa
+
+        return _FolderData(
+            load_dfa(data_root, dataset=dfa_name, conflict_pct=ratio, image_size=image_size)
+        )
 
     kwargs: dict[str, Any] = {
         "conflict_ratio": ratio,
@@ -91,7 +118,13 @@ def _dataset(dataset: str, ratio: float, data_seed: int, image_size: Any, split_
 def load_data(config: BenchConfig, ratio: float):
     """The (cached) data set of one conflicting share."""
     return _dataset(
-        config.dataset, float(ratio), config.data_seed, config.image_size, config.split_sizes
+        config.dataset,
+        float(ratio),
+        config.data_seed,
+        config.image_size,
+        config.split_sizes,
+        config.data_root,
+        config.dfa_name,
     )
 
 
@@ -253,6 +286,7 @@ def _train_and_score(
         "test_worst_group_acc": min(aligned_acc, conflicting_acc),
         "test_worst_cell_acc": float(min(cells.values())),
         "test_cell_acc": {str(int(k)): float(v) for k, v in sorted(cells.items())},
+        "test_min_cell_size": _min_cell_size(data.group_test),
         "valid_acc": _float(best.get("valid_acc")),
         "valid_worst_group_acc": _float(best.get("valid_worst_group_acc")),
         "best_epoch": None if best_epoch is None else int(best_epoch),
@@ -274,6 +308,11 @@ def _train_and_score(
     if efficiency:
         out["efficiency"] = efficiency
     return out
+
+
+def _min_cell_size(groups: Any) -> int:
+    _, counts = np.unique(np.asarray(groups), return_counts=True)
+    return int(counts.min()) if counts.size else 0
 
 
 def _float(value: Any) -> float | None:
