@@ -317,3 +317,67 @@ scipy.sparse matrix, DataFrame, or torch Dataset
             state["module_"] = copy.deepcopy(module).to("cpu")
         return state
 
+    # ------------------------------------------------------- efficiency (issue 5)
+    def efficiency_report(self) -> Any:
+        """Parameters and FLOPs of the fitted network vs. its dense version.
+
+        Inference FLOPs per sample and training FLOPs counted the RigL way (sparse forward
+        and backward, plus one dense gradient per topology update actually made); see
+        :func:`rest_fair.efficiency.efficiency_report`.
+
+        Returns
+        -------
+        pandas.DataFrame
+        """
+        from .efficiency import efficiency_report
+
+        check_is_fitted(self, "module_")
+        n_steps = getattr(self, "n_train_steps_", None)
+        n_updates = sum(int(h.get("n_topology_updates", 0)) for h in self.history_)
+        interval = self.update_interval if isinstance(self.update_interval, int) else None
+        return efficiency_report(
+            self.module_,
+            self.masks_,
+            self.input_shape_,
+            update_interval=None if n_steps else interval,
+            n_topology_updates=n_updates if n_steps else None,
+            n_train_steps=n_steps or None,
+            batch_size=self.batch_size if n_steps else None,
+            regrow=self.regrow,
+        )
+
+    def export_sparse(
+        self, *, density_threshold: float = 0.2, num_threads: int | None = None
+    ) -> torch.nn.Module:
+        """The fitted network with its sparse linear layers compressed for inference.
+
+        See :func:`rest_fair.efficiency.export_sparse`. To predict through it, use a copy:
+        ``fast = copy.copy(clf); fast.module_ = clf.export_sparse()``.
+        """
+        from .efficiency import export_sparse
+
+        check_is_fitted(self, "module_")
+        return export_sparse(
+            self.module_, self.masks_, density_threshold=density_threshold,
+            num_threads=num_threads,
+        )
+
+    def save(self, path: Any) -> int:
+        """Write the fitted estimator to a compressed, pickle-free file.
+
+        See :func:`rest_fair.efficiency.save`; returns the file size in bytes.
+        """
+        from .efficiency import save
+
+        return save(self, path)
+
+    @classmethod
+    def load(cls, path: Any) -> RESTClassifier:
+        """Read an estimator written by :meth:`save` (no code from the file is run)."""
+        from .efficiency import load
+
+        est = load(path)
+        if not isinstance(est, cls):
+            raise TypeError(f"{path} holds a {type(est).__name__}, not a {cls.__name__}.")
+        return est
+

@@ -186,3 +186,31 @@ def test_estimator_with_custom_module_is_refused(tmp_path):
 
     with pytest.raises(ValueError, match="not fitted"):
         save(RESTClassifier(), tmp_path / "c.rest")
+
+
+def test_estimator_methods_and_sparse_prediction(tmp_path):
+    import copy
+
+    from rest_fair import RESTClassifier
+
+    clf, X = _fitted(update_interval=2)
+    assert sum(h["n_topology_updates"] for h in clf.history_) > 0
+    size = clf.save(tmp_path / "m.rest")
+    assert size == os.path.getsize(tmp_path / "m.rest")
+    loaded = RESTClassifier.load(tmp_path / "m.rest")
+    np.testing.assert_array_equal(loaded.predict(X), clf.predict(X))
+    # the estimator predicts through the exported sparse network
+    fast = copy.copy(clf)
+    fast.module_ = clf.export_sparse(density_threshold=0.5)
+    np.testing.assert_allclose(fast.predict_proba(X), clf.predict_proba(X), atol=1e-5)
+    np.testing.assert_array_equal(fast.predict(X), clf.predict(X))
+    report = clf.efficiency_report()
+    weights = sum(m.numel() for m in clf.masks_.values())
+    active = sum(int(m.sum()) for m in clf.masks_.values())
+    assert report.loc["total", "inference_flops"] == 2 * active
+    assert report.loc["total", "inference_flops_dense"] == 2 * weights
+    assert report.loc["total", "training_flops"] > 3 * report.loc["total", "inference_flops"]
+    net, masks = _masked_mlp(0.1)
+    save((net, masks, META), tmp_path / "module.rest")
+    with pytest.raises(TypeError, match="not a RESTClassifier"):
+        RESTClassifier.load(tmp_path / "module.rest")

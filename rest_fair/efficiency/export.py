@@ -175,6 +175,14 @@ class SparseExport(nn.Module):
         super().__init__()
         self.module = module
         self.num_threads = num_threads
+        # Compressed layers hold buffers only; an empty parameter lets code that finds a
+        # model's device with ``next(model.parameters())`` (as RESTClassifier.predict
+        # does) work on the exported model too.
+        first = next(iter([*module.parameters(), *module.buffers()]), None)
+        self.device_anchor = nn.Parameter(
+            torch.empty(0, device=first.device if first is not None else None),
+            requires_grad=False,
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n = self.num_threads
