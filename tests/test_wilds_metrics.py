@@ -105,6 +105,18 @@ def test_civilcomments_official_metrics_by_hand(datasets):
     assert results["acc_wg"] == pytest.approx(min(accs))
 
 
+def test_raw_wilds_subset_and_tensor_predictions(datasets):
+    dataset = datasets["celebA"]
+    subset = dataset.get_subset("val")
+    part = split_wilds(dataset, ["val"], image_size=4)["val"]
+    y_pred = _predictions_with_errors(part.groups, part.y, [1, 2, 3, 4])
+    from_subset = wilds_eval(subset, torch.as_tensor(y_pred))
+    assert from_subset == wilds_eval(part, y_pred)
+    explicit = wilds_eval(dataset, y_pred, y_true=part.y, metadata=part.metadata_array)
+    assert explicit == from_subset
+    assert from_subset["acc_y:blond_male:1"] == pytest.approx(2 / 6)
+
+
 def test_metric_input_errors(datasets):
     test = split_wilds(datasets["waterbirds"], ["test"], image_size=4)["test"]
     with pytest.raises(ValueError, match="predictions"):
