@@ -202,7 +202,8 @@ def make_synthetic_civilcomments(
     """Synthetic ``civilcomments_v1.0``: toxic words = label, mentions of identities.
 
     The four groups are (toxic, mentions ``black``); in training, toxic comments
-    mostly mention the identity. Other identities are mentioned at random.
+    mostly mention the identity. Each comment also mentions one of the other seven
+    identities in turn, and any identity at random (15 %).
     See :func:`make_synthetic_layout` for the parameters.
     """
     import pandas as pd
@@ -213,11 +214,19 @@ def make_synthetic_civilcomments(
     friendly = ["thanks", "great", "helpful", "agree", "kind", "thoughtful"]
     toxic = ["idiot", "stupid", "moron", "pathetic", "disgusting", "trash"]
     split_names = {v: k for k, v in _SPLIT_IDS.items()}
+    others = [name for name in _IDENTITIES if name != "black"]
+    seen: dict = {}
     records = []
     for i, (split, y, black) in enumerate(_rows(group_counts, rng)):
         words = list(rng.choice(neutral, size=5))
         words += list(rng.choice(toxic if y == 1 else friendly, size=2))
         identity = {name: float(rng.random() < 0.15) for name in _IDENTITIES}
+        # cycle through the other identities within each (split, label) cell, so that
+        # every identity x label group of WILDS' evaluation is non-empty when cells have
+        # at least 7 samples
+        k = seen.get((split, y), 0)
+        seen[(split, y)] = k + 1
+        identity[others[k % len(others)]] = 1.0
         identity["black"] = float(black)
         words += [name.lower() + "_people" for name, v in identity.items() if v >= 0.5]
         rng.shuffle(words)
