@@ -5,6 +5,7 @@
 - :func:`export_sparse` turns a masked network into one whose sparse linear layers are
   compressed (CSR) and computed with sparse matrix products.
 - :func:`save` / :func:`load` write and read compressed, pickle-free model files.
+- :func:`to_sparse_training` trains very sparse linear layers as CSR (optional path).
 """
 
 from __future__ import annotations
@@ -12,15 +13,19 @@ from __future__ import annotations
 from .export import SparseExport, SparseLinearChain, export_sparse, module_nbytes
 from .flops import efficiency_report
 from .serialization import FORMAT_VERSION, ModelFileError, load, save
+from .sparse_training import SparseTrainableLinear, load_dense_weights, to_sparse_training
 
 __all__ = [
     "FORMAT_VERSION",
     "ModelFileError",
     "SparseExport",
     "SparseLinearChain",
+    "SparseTrainableLinear",
     "efficiency_report",
     "export_sparse",
     "load",
+    "load_dense_weights",
     "module_nbytes",
     "save",
+    "to_sparse_training",
 ]

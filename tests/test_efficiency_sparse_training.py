@@ -1,0 +1,93 @@
+"""Truly sparse training of linear layers (rest_fair.efficiency.sparse_training)."""
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from rest_fair.efficiency.sparse_training import (
+    SparseTrainableLinear,
+    load_dense_weights,
+    to_sparse_training,
+)
+from rest_fair.models import build_module
+
+
+def _net_and_masks(density=0.05, seed=0):
+    torch.manual_seed(seed)
+    net = build_module("mlp", input_shape=(30,), n_classes=4,
+                       module_params={"hidden_layer_sizes": (64, 48)})
+    masks = {n: torch.rand(p.shape) < density for n, p in net.named_parameters()
+             if n.endswith("weight")}
+    with torch.no_grad():
+        for n, p in net.named_parameters():
+            if n in masks:
+                p.mul_(masks[n])
+                p[masks[n] & (torch.rand(p.shape) < 0.2)] = 0.0  # regrown zeros stay active
+    return net, masks
+
+
+def test_gradients_equal_masked_dense_gradients():
+    net, masks = _net_and_masks()
+    sparse, converted = to_sparse_training(net, masks, density_threshold=0.1)
+    assert converted == ["layers.1", "layers.3", "layers.5"]
+    x = torch.randn(16, 30, requires_grad=True)
+    y = torch.randint(0, 4, (16,))
+    loss = nn.functional.cross_entropy(net(x), y)
+    loss.backward()
+    grad_x = x.grad.clone()
+    x.grad = None
+    loss_s = nn.functional.cross_entropy(sparse(x), y)
+    loss_s.backward()
+    torch.testing.assert_close(loss_s, loss)
+    torch.testing.assert_close(x.grad, grad_x)
+    dense_mods, sparse_mods = dict(net.named_modules()), dict(sparse.named_modules())
+    for name in converted:
+        layer = sparse_mods[name]
+        assert isinstance(layer, SparseTrainableLinear)
+        assert layer.values.numel() == int(masks[f"{name}.weight"].sum())
+        torch.testing.assert_close(
+            layer.values.grad, dense_mods[name].weight.grad[masks[f"{name}.weight"]]
+        )
+        torch.testing.assert_close(layer.bias.grad, dense_mods[name].bias.grad)
+
+
+def test_training_matches_masked_training_and_writes_back():
+    net, masks = _net_and_masks(seed=1)
+    sparse, _ = to_sparse_training(net, masks, density_threshold=0.1)
+    opt_d = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    opt_s = torch.optim.SGD(sparse.parameters(), lr=0.1, momentum=0.9)
+    params = dict(net.named_parameters())
+    g = torch.Generator().manual_seed(0)
+    for _ in range(5):
+        x = torch.randn(8, 30, generator=g)
+        y = torch.randint(0, 4, (8,), generator=g)
+        for model, opt in ((net, opt_d), (sparse, opt_s)):
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+        with torch.no_grad():  # masked training re-applies the masks after each step
+            for name, mask in masks.items():
+                params[name].mul_(mask)
+    x = torch.randn(5, 30, generator=g)
+    with torch.no_grad():
+        torch.testing.assert_close(sparse(x), net(x), rtol=1e-4, atol=1e-5)
+    target = copy.deepcopy(net)
+    with torch.no_grad():
+        for p in target.parameters():
+            p.fill_(7.0)
+    load_dense_weights(sparse, target)
+    for key, value in net.state_dict().items():
+        torch.testing.assert_close(target.state_dict()[key], value, rtol=1e-4, atol=1e-5)
+
+
+def test_threshold_selects_layers_and_leading_dims():
+    net, masks = _net_and_masks(density=0.3)
+    _, converted = to_sparse_training(net, masks, density_threshold=0.05)
+    assert converted == []
+    layer = SparseTrainableLinear(torch.randn(3, 4), torch.rand(3, 4) < 0.5, None)
+    z = torch.randn(2, 5, 4)
+    torch.testing.assert_close(layer(z), z @ layer.dense_weight().t())
+    with pytest.raises(ValueError, match="density_threshold"):
+        to_sparse_training(net, masks, density_threshold=2.0)
