@@ -142,16 +142,19 @@ def check_methods(config: BenchConfig) -> None:
 def _efficiency(clf: Any, n_train: int) -> dict[str, float]:
     """FLOPs fractions of dense (total row of the efficiency report), when available.
 
-    Uses ``clf.efficiency_report()`` if the estimator has it, else
-    :func:`rest_fair.efficiency.efficiency_report` on the fitted module and masks; returns
-    ``{}`` when neither is available (an optional extra must never fail a run).
+    Uses :func:`rest_fair.efficiency.efficiency_report` on the fitted module and masks with
+    the run's actual optimizer steps and topology updates (so training FLOPs include
+    RigL's dense gradients), else ``clf.efficiency_report()``; returns ``{}`` when neither
+    is available (an optional extra must never fail a run).
     """
     try:
-        if hasattr(clf, "efficiency_report"):
+        try:
+            from ..efficiency import efficiency_report
+        except ImportError:
+            if not hasattr(clf, "efficiency_report"):
+                return {}
             report = clf.efficiency_report()
         else:
-            from ..efficiency import efficiency_report
-
             history = list(getattr(clf, "history_", []) or [])
             steps = len(history) * math.ceil(n_train / int(clf.batch_size))
             updates = sum(int(h.get("n_topology_updates") or 0) for h in history)
