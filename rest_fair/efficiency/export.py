@@ -284,7 +284,7 @@ def _build_chain(
         if mask is None:
             mask = torch.ones_like(weight, dtype=torch.bool)
         mask = mask.to(weight.device)
-        density = float(mask.float().mean()) if mask.numel() else 1.0
+        density = int(mask.sum()) / mask.numel() if mask.numel() else 1.0
         has_bias = lin.bias is not None
         bias = lin.bias.detach().clone() if has_bias else weight.new_zeros(weight.shape[0])
         layers.append(
@@ -410,7 +410,8 @@ def export_sparse(
     for key, mask in masks.items():
         if mask.dtype != torch.bool:
             raise TypeError(_BAD_MASK_DTYPE.format(key=key, dtype=mask.dtype))
-    threshold = float(density_threshold)
+    # a small tolerance absorbs the rounding of per-layer active counts
+    threshold = float(density_threshold) + 1e-6
 
     exported = copy.deepcopy(module)
     exported.eval()
@@ -419,7 +420,7 @@ def export_sparse(
         for key, mask in masks.items():
             params[key].mul_(mask.to(params[key].device))
     density = {
-        key.rpartition(".")[0]: float(mask.float().mean()) if mask.numel() else 1.0
+        key.rpartition(".")[0]: int(mask.sum()) / mask.numel() if mask.numel() else 1.0
         for key, mask in masks.items()
         if key.rpartition(".")[2] == "weight"
     }
