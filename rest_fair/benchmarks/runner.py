@@ -410,13 +410,12 @@ def run_sweep(
     check_methods(config)
     specs = config.runs()
     done = {r["run_id"] for r in read_results(path) if r.get("status") == "ok"}
-    todo = [s for s in specs if s.run_id not in done]
-    if max_runs is not None:
-        todo = todo[: max(0, int(max_runs))]
+    pending = [s for s in specs if s.run_id not in done]
+    todo = pending if max_runs is None else pending[: max(0, int(max_runs))]
     n_jobs, threads = split_threads(n_jobs)
     start = time.perf_counter()
     bar = tqdm(
-        total=len(specs), initial=len(specs) - len([s for s in specs if s.run_id not in done]),
+        total=len(specs), initial=len(specs) - len(pending),
         desc="runs", unit="run", disable=not progress, leave=True,
     )
     count = 0
