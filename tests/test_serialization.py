@@ -214,3 +214,44 @@ def test_estimator_methods_and_sparse_prediction(tmp_path):
     save((net, masks, META), tmp_path / "module.rest")
     with pytest.raises(TypeError, match="not a RESTClassifier"):
         RESTClassifier.load(tmp_path / "module.rest")
+
+
+def _rewrite_header(src, dst, edit):
+    import json
+
+    from rest_fair.efficiency.serialization import _digest
+
+    with np.load(src, allow_pickle=False) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    header = json.loads(arrays.pop("__header__").tobytes())
+    arrays.pop("__sha256__")
+    edit(header)
+    header_bytes = json.dumps(header, sort_keys=True).encode()
+    digest = _digest(header_bytes, arrays)  # a forger recomputes the checksum
+    arrays["__header__"] = np.frombuffer(header_bytes, dtype=np.uint8)
+    arrays["__sha256__"] = np.frombuffer(digest.encode(), dtype=np.uint8)
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    dst.write_bytes(buf.getvalue())
+
+
+def test_refuses_files_that_do_not_match_their_architecture(tmp_path):
+    net, masks = _masked_mlp(0.1)
+    path = tmp_path / "m.rest"
+    save((net, masks, META), path)
+    huge = tmp_path / "huge.rest"
+
+    def claim_huge(header):  # would be 10^12 weights if built for real
+        header["metadata"]["module_params"]["hidden_layer_sizes"] = [10**6, 10**6]
+
+    _rewrite_header(path, huge, claim_huge)
+    with pytest.raises(ModelFileError, match="do not match"):
+        load(huge)
+    wrong = build_module("mlp", input_shape=(20,), n_classes=3,
+                         module_params={"hidden_layer_sizes": (8,)})
+    with pytest.raises(ModelFileError, match="do not match"):
+        load(path, module=wrong)
+    newer = tmp_path / "newer.rest"
+    _rewrite_header(path, newer, lambda h: h.update(format_version=99))
+    with pytest.raises(ModelFileError, match="format version 99"):
+        load(newer)

@@ -404,46 +404,74 @@ def load(path: str | os.PathLike, *, module: nn.Module | None = None) -> Any:
 
     path = os.fspath(path)
     header, arrays = _read(path)
-    state: dict[str, torch.Tensor] = {}
-    masks: dict[str, torch.Tensor] = {}
     try:
-        for index, entry in enumerate(header["tensors"]):
+        kind = header["kind"]
+        entries = list(header["tensors"])
+        if kind == "module":
+            metadata = _from_json(header.get("metadata", {}))
+            if module is None and not (
+                isinstance(metadata.get("module"), str) and metadata["module"] in _BUILTIN_MODULES
+            ):
+                raise ModelFileError(_NEED_MODULE.format(path=path, cls=header.get("class")))
+            spec = (metadata.get("module"), metadata.get("input_shape"),
+                    metadata.get("n_classes"), metadata.get("module_params"))
+        elif kind == "estimator":
+            params = {k: _from_json(v) for k, v in header["params"].items()}
+            if not (isinstance(params.get("module"), str) and params["module"] in _BUILTIN_MODULES):
+                raise ModelFileError(_CUSTOM_MODULE.format(value=params.get("module")))
+            attrs = header["attributes"]
+            shape = _from_json(attrs.get("input_shape_"))
+            classes = attrs.get("classes_")
+            if isinstance(classes, dict) and "__array__" in classes:
+                n_classes = len(arrays[classes["__array__"]])
+            else:
+                n_classes = len(_from_json(classes))
+            spec = (params["module"], shape, n_classes, params.get("module_params"))
+        else:
+            raise ModelFileError(_BAD_HEADER.format(path=path, error=f"unknown kind {kind!r}"))
+
+        def build() -> nn.Module:
+            if module is not None:
+                return copy.deepcopy(module)
+            name, input_shape, n_cls, module_params = spec
+            return build_module(name, input_shape=tuple(input_shape), n_classes=int(n_cls),
+                                module_params=module_params)
+
+        # Check the architecture on the meta device first (no memory allocated), so that
+        # a file cannot make load() allocate more than the model it claims to hold.
+        if module is not None:
+            expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+        else:
+            with torch.device("meta"):
+                expected = {k: tuple(v.shape) for k, v in build().state_dict().items()}
+        found = {e["name"]: tuple(int(d) for d in e["shape"]) for e in entries}
+        if found != expected:
+            raise ModelFileError(_BAD_HEADER.format(
+                path=path, error="its tensors do not match the architecture it names"))
+        state: dict[str, torch.Tensor] = {}
+        masks: dict[str, torch.Tensor] = {}
+        for index, entry in enumerate(entries):
             tensor, mask = _decode(entry, arrays, f"t{index}", path)
             state[entry["name"]] = tensor
             if mask is not None:
                 masks[entry["name"]] = mask
-        kind = header["kind"]
-    except (KeyError, TypeError, ValueError) as exc:
-        if isinstance(exc, ModelFileError):
-            raise
-        raise ModelFileError(_BAD_HEADER.format(path=path, error=exc)) from exc
-
-    if kind == "module":
-        metadata = _from_json(header.get("metadata", {}))
-        if module is not None:
-            net = copy.deepcopy(module)
-        elif isinstance(metadata.get("module"), str) and metadata["module"] in _BUILTIN_MODULES:
-            net = build_module(
-                metadata["module"],
-                input_shape=tuple(metadata["input_shape"]),
-                n_classes=int(metadata["n_classes"]),
-                module_params=metadata.get("module_params"),
-            )
-        else:
-            raise ModelFileError(_NEED_MODULE.format(path=path, cls=header.get("class")))
+        net = build()
         net.load_state_dict(state, strict=True)
-        net.eval()
+    except ModelFileError:
+        raise
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise ModelFileError(_BAD_HEADER.format(path=path, error=exc)) from exc
+    net.eval()
+    if kind == "module":
         return net, masks, metadata
-    if kind != "estimator":
-        raise ModelFileError(_BAD_HEADER.format(path=path, error=f"unknown kind {kind!r}"))
 
     from ..estimator import RESTClassifier
 
-    params = {k: _from_json(v) for k, v in header["params"].items()}
-    if not (isinstance(params.get("module"), str) and params["module"] in _BUILTIN_MODULES):
-        raise ModelFileError(_CUSTOM_MODULE.format(value=params.get("module")))
-    est = RESTClassifier(**params)
-    for name, value in header["attributes"].items():
+    try:
+        est = RESTClassifier(**params)
+    except TypeError as exc:
+        raise ModelFileError(_BAD_HEADER.format(path=path, error=exc)) from exc
+    for name, value in attrs.items():
         if isinstance(value, dict) and "__array__" in value:
             if value["__array__"] not in arrays:
                 raise ModelFileError(_BAD_HEADER.format(path=path, error=f"no array for {name}"))
@@ -453,17 +481,6 @@ def load(path: str | os.PathLike, *, module: nn.Module | None = None) -> Any:
     missing = [name for name in _ESSENTIAL[:3] if not hasattr(est, name)]
     if missing:
         raise ModelFileError(_BAD_HEADER.format(path=path, error=f"missing {missing}"))
-    if module is not None:
-        net = copy.deepcopy(module)
-    else:
-        net = build_module(
-            params["module"],
-            input_shape=tuple(est.input_shape_),
-            n_classes=len(est.classes_),
-            module_params=params.get("module_params"),
-        )
-    net.load_state_dict(state, strict=True)
-    net.eval()
     est.module_ = net
     est.masks_ = masks
     return est
