@@ -145,3 +145,14 @@ def test_errors():
         export_sparse(net, {"x.weight": torch.ones(2, 3, dtype=torch.bool)})
     with pytest.raises(TypeError, match="bool"):
         export_sparse(net, {"0.weight": torch.ones(2, 3)})
+
+
+def test_module_that_is_a_single_linear():
+    lin = nn.Linear(10, 4)
+    mask = torch.zeros(4, 10, dtype=torch.bool)
+    mask[:, :2] = True
+    export = export_sparse(lin, {"weight": mask})
+    assert isinstance(export.module, SparseLinearChain)
+    x = torch.randn(3, 10)
+    with torch.no_grad():
+        torch.testing.assert_close(export(x), nn.functional.linear(x, lin.weight * mask, lin.bias))

@@ -170,10 +170,14 @@ def test_estimator_round_trip(tmp_path):
     assert loaded.history_ == clf.history_
 
 
-def test_estimator_pickle_still_works():
+def test_estimator_pickle_and_joblib_still_work(tmp_path):
+    import joblib
+
     clf, X = _fitted()
     again = pickle.loads(pickle.dumps(clf))
     np.testing.assert_array_equal(again.predict(X), clf.predict(X))
+    joblib.dump(clf, tmp_path / "clf.joblib")
+    np.testing.assert_array_equal(joblib.load(tmp_path / "clf.joblib").predict(X), clf.predict(X))
 
 
 def test_estimator_with_custom_module_is_refused(tmp_path):
