@@ -229,6 +229,7 @@ def fit_estimator(
     est.history_ = result.history
     est.best_epoch_ = result.best_epoch
     est.n_topology_updates_ = result.n_topology_updates
+    est.n_train_steps_ = result.n_steps
     est.group_weight_history_ = result.group_weight_history
     est.groups_ = list(train_group_labels)
     est.group_weights_ = {

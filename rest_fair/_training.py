@@ -54,6 +54,7 @@ class TrainResult:
     best_epoch: int = 0
     masks: dict[str, torch.Tensor] = field(default_factory=dict)
     n_topology_updates: int = 0
+    n_steps: int = 0
     group_weight_history: list[list[float]] | None = None
 
 
@@ -267,6 +268,7 @@ def train(
         module.load_state_dict(best_state)
     module.eval()
     result.n_topology_updates = sparsity.n_updates if sparsity is not None else 0
+    result.n_steps = step
     if hasattr(objective, "history"):
         result.group_weight_history = objective.history
     return result

@@ -127,6 +127,8 @@ class RESTClassifier(ClassifierMixin, BaseEstimator):
         ``(class label, group label) -> weight`` used for reweighting.
     n_topology_updates_ : int
         Prune-and-regrow updates performed.
+    n_train_steps_ : int
+        Optimizer steps performed.
     group_weight_history_ : list of list of float or None
         GroupDRO's group weights at the end of each epoch (``objective="groupdro"``).
     inferred_groups_ : ndarray of bool or None
