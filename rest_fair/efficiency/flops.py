@@ -167,7 +167,7 @@ def efficiency_report(
     >>> from rest_fair.models import build_module
     >>> net = build_module("mlp", input_shape=(4,), n_classes=2,
     ...                    module_params={"hidden_layer_sizes": (3,)})
-    >>> efficiency_report(net, {}, (4,)).loc["total", "inference_flops"]
+    >>> int(efficiency_report(net, {}, (4,)).loc["total", "inference_flops"])
     36
     """
     import pandas as pd
