@@ -149,6 +149,7 @@ def fit_estimator(
     """Validate, prepare and train; sets the fitted attributes of ``est``."""
     from tqdm.auto import tqdm
 
+    est.__dict__.pop("inference_module_", None)  # belongs to the previous fit
     X, y = _validate_xy(est, X, y)
     n = len(y)
     classes, y_codes = _encode_labels(y)

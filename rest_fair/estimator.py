@@ -255,6 +255,9 @@ scipy.sparse matrix, DataFrame, or torch Dataset
     def _device_of_module(self) -> torch.device:
         return next(self.module_.parameters()).device
 
+    def _inference_module(self) -> torch.nn.Module:
+        return getattr(self, "inference_module_", None) or self.module_
+
     def predict_logits(self, X: Any) -> np.ndarray:
         """Raw network outputs (logits), shape (n_samples, n_classes)."""
         from ._training import predict_logits
@@ -263,7 +266,8 @@ scipy.sparse matrix, DataFrame, or torch Dataset
         device = self._device_of_module()
         source = make_source(X, device=device, num_workers=self.num_workers)
         return predict_logits(
-            self.module_, source, batch_size=max(self.batch_size, 512), device=device
+            self._inference_module(), source, batch_size=max(self.batch_size, 512),
+            device=device,
         ).numpy()
 
     def predict_proba(self, X: Any) -> np.ndarray:
@@ -314,6 +318,7 @@ scipy.sparse matrix, DataFrame, or torch Dataset
 
     def __getstate__(self) -> dict:
         state = super().__getstate__()
+        state.pop("inference_module_", None)  # derived from module_; rebuilt on demand
         module = state.get("module_")
         if module is not None and any(p.device.type != "cpu" for p in module.parameters()):
             state["module_"] = copy.deepcopy(module).to("cpu")
@@ -363,6 +368,24 @@ scipy.sparse matrix, DataFrame, or torch Dataset
             self.module_, self.masks_, density_threshold=density_threshold,
             num_threads=num_threads,
         )
+
+    def use_sparse_inference(
+        self, *, density_threshold: float = 0.2, num_threads: int | None = None
+    ) -> RESTClassifier:
+        """Predict through a compressed copy of the network from now on.
+
+        Stores :meth:`export_sparse`'s module as ``inference_module_``; ``predict``,
+        ``predict_proba`` and ``predict_logits`` then use it. It is derived state: it is not
+        pickled (call this again after loading) and a new ``fit`` removes it.
+
+        Returns
+        -------
+        self : RESTClassifier
+        """
+        self.inference_module_ = self.export_sparse(
+            density_threshold=density_threshold, num_threads=num_threads
+        )
+        return self
 
     def save(self, path: Any) -> int:
         """Write the fitted estimator to a compressed, pickle-free file.

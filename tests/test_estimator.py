@@ -326,3 +326,16 @@ def test_cuda_images_and_dataset_path():
     ds = torch.utils.data.TensorDataset(torch.from_numpy(X), torch.from_numpy(y))
     clf = _clf(device="cuda", module="cnn", module_params=None, max_epochs=2).fit(ds, y)
     assert clf.predict(ds).shape == (256,)
+
+
+def test_predicting_through_the_sparse_export(data):
+    X, y, g = data
+    clf = _clf(sparsity=0.95, module_params={"hidden_layer_sizes": (64, 64)}).fit(X, y, groups=g)
+    reference = clf.predict_proba(X)
+    assert clf.use_sparse_inference(density_threshold=0.5) is clf
+    assert clf.inference_module_ is not clf.module_
+    assert any(name.endswith("crow_indices") for name, _ in clf.inference_module_.named_buffers())
+    np.testing.assert_allclose(clf.predict_proba(X), reference, atol=1e-5)
+    assert "inference_module_" not in pickle.loads(pickle.dumps(clf)).__dict__
+    clf.fit(X, y, groups=g)
+    assert "inference_module_" not in clf.__dict__
