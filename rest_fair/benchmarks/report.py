@@ -203,6 +203,13 @@ def to_markdown(summary, config: BenchConfig) -> str:
     return "\n".join(lines + notes)
 
 
+def _clipped_err(rows, metric: str) -> np.ndarray:
+    """± one std in %, the upper bar clipped at 100 % (accuracies cannot exceed it)."""
+    mean = 100 * rows[f"{metric}_mean"].to_numpy(dtype=float)
+    std = 100 * rows[f"{metric}_std"].fillna(0.0).to_numpy(dtype=float)
+    return np.vstack([np.minimum(std, mean), np.minimum(std, 100.0 - mean)])
+
+
 def plot_results(summary, records: Sequence[dict], config: BenchConfig, out_dir: Path) -> list:
     """Accuracy vs. sparsity per ratio, and per-group bars; returns the PNG paths."""
     import matplotlib
@@ -232,7 +239,7 @@ def plot_results(summary, records: Sequence[dict], config: BenchConfig, out_dir:
                 ax.errorbar(
                     [xpos[s] for s in rows["sparsity"]],
                     100 * rows[f"{metric}_mean"],
-                    yerr=100 * rows[f"{metric}_std"].fillna(0.0),
+                    yerr=_clipped_err(rows, metric),
                     marker="o", capsize=3,
                     label=f"{m.dense_label.split(' (')[0]} / {m.sparse_label}",
                 )
@@ -261,7 +268,7 @@ def plot_results(summary, records: Sequence[dict], config: BenchConfig, out_dir:
         labels = [f"{r.method_label}\ns={r.sparsity:g}" for r in part.itertuples()]
         for k, (metric, name) in enumerate(bars):
             ax.bar(np.arange(len(part)) + (k - 1) * width, 100 * part[f"{metric}_mean"],
-                   width, yerr=100 * part[f"{metric}_std"].fillna(0.0), capsize=2, label=name)
+                   width, yerr=_clipped_err(part, metric), capsize=2, label=name)
         ax.set_xticks(np.arange(len(part)), labels, rotation=60, ha="right", fontsize=7)
         ax.set_title(f"{data_name}, {100 * ratio:g} % conflicting", fontsize=9)
         ax.grid(axis="y", alpha=0.3)
