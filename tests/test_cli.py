@@ -61,6 +61,9 @@ def test_bench_rejects_bad_flags(capsys):
     with pytest.raises(SystemExit):
         cli.main(["bench", "--ratios", "one"])
     assert "--ratios" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["bench", "--module-params", "[1, 2]"])
+    assert "JSON object" in capsys.readouterr().err
 
 
 def test_bench_end_to_end_tiny(tmp_path, capsys):

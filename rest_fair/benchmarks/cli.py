@@ -62,6 +62,18 @@ def _upweight(value: str) -> Any:
         ) from None
 
 
+def _json_dict(value: str) -> dict:
+    import json
+
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"--module-params is not valid JSON: {exc}") from None
+    if not isinstance(parsed, dict):
+        raise argparse.ArgumentTypeError("--module-params must be a JSON object.")
+    return parsed
+
+
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``bench`` on the ``rest-fair`` command's subparsers."""
     methods = ", ".join(f"{k} ({m.dense_label} / {m.sparse_label})" for k, m in METHODS.items())
@@ -96,6 +108,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--lr", type=float, default=None)
     parser.add_argument("--module", choices=("cnn", "mlp", "resnet18"), default=None)
+    parser.add_argument("--module-params", type=_json_dict, default=None,
+                        help='JSON keyword arguments of the module, e.g. \'{"widths": [32, 64, '
+                             '128]}\' for a thinner CNN.')
     parser.add_argument("--image-size", type=int, default=None)
     parser.add_argument("--upweight", type=_upweight, default=None,
                         help="Override lambda (default 10/30/50/80 for 0.5/1/2/5 %%).")
@@ -122,6 +137,9 @@ def run(args: argparse.Namespace) -> int:
     from .runner import run_sweep, split_threads
 
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    module_params = args.module_params
+    if module_params is None and args.module not in (None, PRESETS[args.preset]["module"]):
+        module_params = {}  # the preset's module parameters belong to its own module
     config = preset(
         args.preset,
         dataset=args.dataset,
@@ -133,6 +151,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         lr=args.lr,
         module=args.module,
+        module_params=module_params,
         image_size=args.image_size,
         upweight=args.upweight,
         device=args.device,
