@@ -7,6 +7,7 @@ imported when the command runs).
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -180,7 +181,7 @@ def run(args: argparse.Namespace) -> int:
     )
     info = {
         "preset": args.preset,
-        "command": " ".join(["rest-fair", *getattr(args, "argv", ["bench"])]),
+        "command": shlex.join(["rest-fair", *getattr(args, "argv", ["bench"])]),
         "n_jobs": n_jobs,
         "torch_threads_per_job": threads,
         "started": started,
