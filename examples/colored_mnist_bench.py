@@ -43,7 +43,7 @@ for name, params in {
 
 # 3. A sweep over seeds with mean ± std, resumable (rerunning skips finished runs).
 config = preset("quick", seeds=(0, 1))
-records = run_sweep(config, "rest_fair_bench/example")
-outputs = write_outputs(records, config, "rest_fair_bench/example")
+records = run_sweep(config, "rest_fair_results/bench-example")
+outputs = write_outputs(records, config, "rest_fair_results/bench-example")
 print(outputs["markdown"])
 print("group sizes in the unbiased test split:", np.bincount(data.group_test).min(), "per cell")

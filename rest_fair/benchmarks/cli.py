@@ -117,7 +117,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                         help="Override lambda (default 10/30/50/80 for 0.5/1/2/5 %%).")
     parser.add_argument("--device", default=None, help="auto, cpu, cuda, ...")
     parser.add_argument("--out", type=Path, default=None,
-                        help="Output folder (default: rest_fair_bench/<preset>).")
+                        help="Output folder (default: rest_fair_results/bench-<preset>).")
     parser.add_argument("--n-jobs", type=int, default=1,
                         help="Parallel runs; torch threads are split so jobs x threads <= cores.")
     parser.add_argument("--max-runs", type=int, default=None,
@@ -159,7 +159,7 @@ def run(args: argparse.Namespace) -> int:
         data_root=args.data_root,
         dfa_name=args.dfa_name,
     )
-    out_dir = args.out or Path("rest_fair_bench") / args.preset
+    out_dir = args.out or Path("rest_fair_results") / f"bench-{args.preset}"
     n_jobs, threads = split_threads(args.n_jobs)
     n_runs = len(config.runs())
     print(
