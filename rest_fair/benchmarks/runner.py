@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 import os
 import time
 import traceback
@@ -139,46 +138,15 @@ def check_methods(config: BenchConfig) -> None:
             raise ValueError(_MISSING_PARAM.format(method=name, params=missing))
 
 
-def _efficiency(clf: Any, n_train: int) -> dict[str, float]:
-    """FLOPs fractions of dense (total row of the efficiency report), when available.
+def _efficiency(clf: Any) -> dict[str, float]:
+    """FLOPs fractions of dense: the total row of ``clf.efficiency_report()``.
 
-    Uses :func:`rest_fair.efficiency.efficiency_report` on the fitted module and masks with
-    the run's actual optimizer steps and topology updates (so training FLOPs include
-    RigL's dense gradients), else ``clf.efficiency_report()``; returns ``{}`` when neither
-    is available (an optional extra must never fail a run).
+    The report uses the run's actual optimizer steps and topology updates, so training FLOPs
+    include RigL's dense gradient at every update.
     """
-    try:
-        try:
-            from ..efficiency import efficiency_report
-        except ImportError:
-            if not hasattr(clf, "efficiency_report"):
-                return {}
-            report = clf.efficiency_report()
-        else:
-            history = list(getattr(clf, "history_", []) or [])
-            steps = len(history) * math.ceil(n_train / int(clf.batch_size))
-            updates = sum(int(h.get("n_topology_updates") or 0) for h in history)
-            report = efficiency_report(
-                clf.module_,
-                clf.masks_,
-                clf.input_shape_,
-                n_topology_updates=updates if steps else None,
-                n_train_steps=steps or None,
-                regrow=clf.regrow,
-            )
-        frame = report
-        if "layer" in getattr(frame, "columns", ()):
-            total = frame[frame["layer"].astype(str).str.lower() == "total"]
-            frame = total if len(total) else frame.tail(1)
-        else:
-            frame = frame.tail(1)
-        out: dict[str, float] = {}
-        for column in ("inference_flops_fraction", "training_flops_fraction"):
-            if column in frame.columns:
-                out[column] = float(frame[column].iloc[-1])
-        return out
-    except Exception:
-        return {}
+    report = clf.efficiency_report()
+    total = report[report["layer"].astype(str) == "total"].iloc[-1]
+    return {c: float(total[c]) for c in ("inference_flops_fraction", "training_flops_fraction")}
 
 
 def _density(clf: Any) -> float:
@@ -307,7 +275,7 @@ def _train_and_score(
         out["jtt_overlap"] = {
             k: _float(v) for k, v in overlap_report(inferred, data.conflict_train).items()
         }
-    efficiency = _efficiency(clf, len(data.y_train))
+    efficiency = _efficiency(clf)
     if efficiency:
         out["efficiency"] = efficiency
     return out
