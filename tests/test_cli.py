@@ -131,3 +131,27 @@ def test_bench_on_a_dfa_folder(tmp_path, capsys):
     records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert {r["n_train"] for r in records} == {21}
     assert {r["n_conflicting_train"] for r in records} == {3}
+
+
+def test_bench_estimator_params_reach_the_estimator(tmp_path, capsys, monkeypatch):
+    with pytest.raises(SystemExit):
+        cli.main(["bench", "--estimator-params", '{"update_intervall": 5}'])
+    assert "update_intervall" in capsys.readouterr().err
+
+    from rest_fair import RESTClassifier
+
+    seen = []
+
+    class Spy(RESTClassifier):
+        def fit(self, *args, **kwargs):
+            seen.append(self.update_interval)
+            return super().fit(*args, **kwargs)
+
+    monkeypatch.setattr("rest_fair.RESTClassifier", Spy)  # the runner imports it from here
+    out = tmp_path / "bench"
+    status = cli.main(["bench", "--preset", "tiny", "--methods", "rest", "--sparsities", "0.9",
+                       "--estimator-params", '{"update_interval": 7}', "--out", str(out),
+                       "--no-plots", "--no-progress"])
+    assert status == 0 and seen == [7]
+    config = json.loads((out / "config.json").read_text())
+    assert config["config"]["extra_params"] == {"update_interval": 7}

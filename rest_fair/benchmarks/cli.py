@@ -63,15 +63,30 @@ def _upweight(value: str) -> Any:
         ) from None
 
 
-def _json_dict(value: str) -> dict:
-    import json
+def _json_object(flag: str) -> Any:
+    def parse(value: str) -> dict:
+        import json
 
-    try:
-        parsed = json.loads(value)
-    except json.JSONDecodeError as exc:
-        raise argparse.ArgumentTypeError(f"--module-params is not valid JSON: {exc}") from None
-    if not isinstance(parsed, dict):
-        raise argparse.ArgumentTypeError("--module-params must be a JSON object.")
+        try:
+            parsed = json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise argparse.ArgumentTypeError(f"{flag} is not valid JSON: {exc}") from None
+        if not isinstance(parsed, dict):
+            raise argparse.ArgumentTypeError(f"{flag} must be a JSON object.")
+        return parsed
+
+    return parse
+
+
+def _estimator_params(value: str) -> dict:
+    from .. import RESTClassifier
+
+    parsed = _json_object("--estimator-params")(value)
+    unknown = sorted(set(parsed) - set(RESTClassifier().get_params()))
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"--estimator-params: {unknown} are not RESTClassifier parameters."
+        )
     return parsed
 
 
@@ -109,9 +124,14 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--lr", type=float, default=None)
     parser.add_argument("--module", choices=("cnn", "mlp", "resnet18"), default=None)
-    parser.add_argument("--module-params", type=_json_dict, default=None,
+    parser.add_argument("--module-params", type=_json_object("--module-params"), default=None,
                         help='JSON keyword arguments of the module, e.g. \'{"widths": [32, 64, '
                              '128]}\' for a thinner CNN.')
+    parser.add_argument("--estimator-params", type=_estimator_params, default=None,
+                        dest="extra_params",
+                        help='Further RESTClassifier parameters as JSON, e.g. '
+                             '\'{"update_interval": 100}\'; the method\'s own settings '
+                             '(sparsity, upweight, ...) still apply.')
     parser.add_argument("--image-size", type=int, default=None)
     parser.add_argument("--upweight", type=_upweight, default=None,
                         help="Override lambda (default 10/30/50/80 for 0.5/1/2/5 %%).")
@@ -158,6 +178,7 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         data_root=args.data_root,
         dfa_name=args.dfa_name,
+        extra_params=args.extra_params,
     )
     out_dir = args.out or Path("rest_fair_results") / f"bench-{args.preset}"
     n_jobs, threads = split_threads(args.n_jobs)
