@@ -15,7 +15,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import _num_samples, column_or_1d, validate_data
 
-from ._data import is_torch_dataset, make_source
+from ._data import _first_element, is_torch_dataset, make_source
 from ._training import EvalSet, TrainSet, train
 from ._validation import BAD_LENGTH, ONE_CLASS, check_sample_weight, encode_groups
 from .models import build_module
@@ -62,8 +62,7 @@ def _validate_xy(est: Any, X: Any, y: Any) -> tuple[Any, np.ndarray]:
         y = column_or_1d(np.asarray(y), warn=True)
         if len(y) != n:
             raise ValueError(BAD_LENGTH.format(what="y", got=len(y), n=n))
-        first = X[0][0] if isinstance(X[0], (tuple, list)) else X[0]
-        shape = tuple(np.shape(first))
+        shape = tuple(_first_element(X[0]).shape)  # reads one item, once
         est.n_features_in_ = int(shape[0]) if shape else 1
         est.input_shape_ = shape
         check_classification_targets(y)

@@ -339,17 +339,13 @@ scipy.sparse matrix, DataFrame, or torch Dataset
         from .efficiency import efficiency_report
 
         check_is_fitted(self, "module_")
-        n_steps = getattr(self, "n_train_steps_", None)
-        n_updates = sum(int(h.get("n_topology_updates", 0)) for h in self.history_)
-        interval = self.update_interval if isinstance(self.update_interval, int) else None
         return efficiency_report(
             self.module_,
             self.masks_,
             self.input_shape_,
-            update_interval=None if n_steps else interval,
-            n_topology_updates=n_updates if n_steps else None,
-            n_train_steps=n_steps or None,
-            batch_size=self.batch_size if n_steps else None,
+            n_topology_updates=self.n_topology_updates_,
+            n_train_steps=self.n_train_steps_,
+            batch_size=self.batch_size,
             regrow=self.regrow,
         )
 
