@@ -39,6 +39,9 @@ class BatchSource:
         """Yield ``(x_batch on device, indices of the batch)``."""
         raise NotImplementedError
 
+    def close(self) -> None:
+        """Release what the source holds (worker processes); it may be used again."""
+
 
 class _TensorSource(BatchSource):
     def __init__(self, X: np.ndarray, device: torch.device) -> None:
@@ -84,24 +87,59 @@ def _collate_inputs(items: list) -> torch.Tensor:
     return torch.stack([_first_element(item) for item in items])
 
 
+class _OrderSampler(torch.utils.data.Sampler):
+    """Yields the indices of the current order; the order is replaced before each pass."""
+
+    def __init__(self) -> None:
+        self.order: list[int] = []
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.order)
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+
 class _DatasetSource(BatchSource):
-    def __init__(self, dataset: torch.utils.data.Dataset, num_workers: int) -> None:
+    """A torch Dataset read through one DataLoader per batch size, kept for the whole fit.
+
+    The loader's sampler is re-pointed at each epoch's order, so worker processes
+    (``persistent_workers``) are started once rather than at every epoch and validation.
+    """
+
+    def __init__(self, dataset: torch.utils.data.Dataset, num_workers: int,
+                 device: torch.device) -> None:
         self.dataset = dataset
         self.num_workers = num_workers
+        self.pin_memory = device.type == "cuda"
         self.n_samples = len(dataset)  # type: ignore[arg-type]
         self.sample_shape = tuple(_first_element(dataset[0]).shape) if self.n_samples else ()
+        self._loaders: dict[int, tuple[torch.utils.data.DataLoader, _OrderSampler]] = {}
+
+    def _loader(self, batch_size: int) -> tuple[torch.utils.data.DataLoader, _OrderSampler]:
+        if batch_size not in self._loaders:
+            sampler = _OrderSampler()
+            loader = torch.utils.data.DataLoader(
+                self.dataset,
+                batch_size=batch_size,
+                sampler=sampler,
+                num_workers=self.num_workers,
+                collate_fn=_collate_inputs,
+                pin_memory=self.pin_memory,
+                persistent_workers=self.num_workers > 0,
+            )
+            self._loaders[batch_size] = (loader, sampler)
+        return self._loaders[batch_size]
 
     def batches(self, order, batch_size, device):
-        loader = torch.utils.data.DataLoader(
-            self.dataset,
-            batch_size=batch_size,
-            sampler=order.tolist(),
-            num_workers=self.num_workers,
-            collate_fn=_collate_inputs,
-            pin_memory=device.type == "cuda",
-        )
+        loader, sampler = self._loader(batch_size)
+        sampler.order = order.tolist()
         for start, x in zip(range(0, len(order), batch_size), loader, strict=True):
             yield x.to(device, non_blocking=True), order[start : start + batch_size]
+
+    def close(self) -> None:
+        """Stop the loaders' worker processes."""
+        self._loaders.clear()
 
 
 def make_source(X: Any, *, device: torch.device, num_workers: int = 0) -> BatchSource:
@@ -119,7 +157,7 @@ def make_source(X: Any, *, device: torch.device, num_workers: int = 0) -> BatchS
     import scipy.sparse as sp
 
     if is_torch_dataset(X):
-        return _DatasetSource(X, num_workers)
+        return _DatasetSource(X, num_workers, device)
     if sp.issparse(X):
         return _SparseSource(X)
     return _TensorSource(X, device)

@@ -1,7 +1,9 @@
-"""Everything :meth:`RESTClassifier.fit` does between validating and training.
+"""Everything :meth:`RESTClassifier.fit` does before the training loop.
 
 Input validation, label and group encoding, the validation split, reweighting, seeding,
-model construction and the hand-over to :func:`rest_fair._training.train`.
+and the construction of the training parts (:mod:`rest_fair.training.parts`) that are
+handed to :class:`rest_fair.training.TrainingRun`; resuming from a checkpoint and warm
+starts; finally the fitted attributes.
 """
 
 from __future__ import annotations
@@ -16,10 +18,23 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import _num_samples, column_or_1d, validate_data
 
 from ._data import _first_element, is_torch_dataset, make_source
-from ._training import EvalSet, TrainSet, train
 from ._validation import BAD_LENGTH, ONE_CLASS, check_sample_weight, encode_groups
+from .callbacks import check_callbacks
 from .models import build_module
+from .objectives import make_objective
 from .reweighting import cell_weights, sample_weights_for
+from .training import (
+    EpochSampler,
+    EvalSet,
+    Precision,
+    TrainingParts,
+    TrainingRun,
+    TrainSet,
+    TrainState,
+    make_optimizer,
+    make_scheduler,
+    make_sparsity,
+)
 
 __all__ = ["fit_estimator", "resolve_device", "take"]
 
@@ -30,6 +45,18 @@ BAD_VALIDATION_DATA = (
     "validation_data must be a tuple (X_val, y_val) or (X_val, y_val, groups_val); got {!r}."
 )
 EMPTY_DATASET = "X is an empty torch Dataset; fit needs at least one sample."
+WARM_START_MISMATCH = (
+    "warm_start=True continues the fitted network, but {what} changed: it was {before!r}, "
+    "now {after!r}. Fit a new estimator (or set warm_start=False) for other data."
+)
+SPARSE_INIT_RENAMED = (
+    "sparse_init={value!r} is deprecated: the layer densities are now set by "
+    "layer_density={value!r}, and sparse_init chooses how masks start ('random' or "
+    "'magnitude'). sparse_init={value!r} is read as layer_density={value!r}, "
+    "sparse_init='random'; the old spelling will stop working in a future release."
+)
+# parameters that do not change what a run computes: they may differ on resume
+_RUN_INDEPENDENT = ("verbose", "callbacks", "device", "num_workers", "warm_start")
 
 
 def resolve_device(device: Any) -> torch.device:
@@ -52,7 +79,7 @@ def take(X: Any, idx: np.ndarray) -> Any:
     return X[idx]
 
 
-def _validate_xy(est: Any, X: Any, y: Any) -> tuple[Any, np.ndarray]:
+def _validate_xy(est: Any, X: Any, y: Any, *, reset: bool = True) -> tuple[Any, np.ndarray]:
     if is_torch_dataset(X):
         if y is None:
             raise ValueError(DATASET_NEEDS_Y)
@@ -78,6 +105,7 @@ def _validate_xy(est: Any, X: Any, y: Any) -> tuple[Any, np.ndarray]:
         est,
         X,
         y,
+        reset=reset,
         accept_sparse="csr",
         allow_nd=True,
         dtype=(np.float32, np.float64),
@@ -142,20 +170,173 @@ def _eval_set(
                    g_codes)
 
 
+def _layer_density(est: Any) -> tuple[str, str]:
+    """``(layer_density, sparse_init)``, reading the deprecated ``sparse_init='erk'``."""
+    if est.sparse_init in ("erk", "uniform"):
+        import warnings
+
+        warnings.warn(SPARSE_INIT_RENAMED.format(value=est.sparse_init), FutureWarning,
+                      stacklevel=4)
+        return est.sparse_init, "random"
+    return est.layer_density, est.sparse_init
+
+
+def _update_interval(est: Any, steps_per_epoch: int) -> int:
+    """``update_interval``, with ``"auto"`` meaning once per epoch."""
+    return steps_per_epoch if est.update_interval == "auto" else int(est.update_interval)
+
+
+def _plain(value: Any) -> Any:
+    """A JSON form of a parameter value that is the same in every process."""
+    if isinstance(value, type) or (callable(value) and hasattr(value, "__qualname__")):
+        return f"{getattr(value, '__module__', '')}.{value.__qualname__}"
+    if isinstance(value, torch.nn.Module):
+        return f"instance of {type(value).__module__}.{type(value).__qualname__}"
+    return value
+
+
+def _digest(*arrays: Any) -> str:
+    import hashlib
+
+    import scipy.sparse as sp
+
+    h = hashlib.sha256()
+    for a in arrays:
+        if a is None:
+            h.update(b"none")
+        elif sp.issparse(a):
+            a = a.tocsr()
+            for part in (a.data, a.indices, a.indptr):
+                h.update(np.ascontiguousarray(part).tobytes())
+        elif isinstance(a, np.ndarray):
+            h.update(str((a.dtype, a.shape)).encode())
+            h.update(np.ascontiguousarray(a).data)
+        else:  # a torch Dataset: only its length is known without reading it
+            h.update(f"dataset:{type(a).__qualname__}:{len(a)}".encode())
+    return h.hexdigest()
+
+
+def _fingerprint(est: Any, X: Any, y_codes: np.ndarray, group_codes: np.ndarray,
+                 sw: np.ndarray, classes: np.ndarray, valid: EvalSet | None) -> dict:
+    import json
+
+    params = {k: _plain(v) for k, v in est.get_params(deep=False).items()
+              if k not in _RUN_INDEPENDENT}
+    return {
+        "n_samples": len(y_codes),
+        "input_shape": list(est.input_shape_),
+        "classes": [str(c) for c in classes],
+        "data_sha256": _digest(X, y_codes, group_codes, sw),
+        "n_valid": None if valid is None else len(valid.y),
+        "params": json.loads(json.dumps(params, default=repr, sort_keys=True)),
+    }
+
+
+def _train_groups(est: Any, X_train: Any, y_train: np.ndarray, classes: np.ndarray,
+                  group_codes: np.ndarray, group_labels: list, groups: Any,
+                  train_idx: np.ndarray, n: int, seed: int,
+                  saved_errors: torch.Tensor | None) -> tuple[np.ndarray, list, dict]:
+    """Group codes the reweighting uses: the given groups, or JTT's error set."""
+    if est.infer_groups != "jtt":
+        est.inferred_groups_ = None
+        est.inferred_groups_overlap_ = None
+        return group_codes[train_idx], group_labels, {}
+    from .jtt import identify_errors, overlap_report
+    from .reweighting import minority_mask
+
+    if saved_errors is not None:
+        errors = saved_errors.numpy().astype(bool)
+    else:
+        errors = identify_errors(est, X_train, classes[y_train], seed=seed)
+    g_train = errors.astype(np.int64) if errors.any() else np.zeros(len(errors), np.int64)
+    est.inferred_groups_ = np.zeros(n, dtype=bool)
+    est.inferred_groups_[train_idx] = errors
+    est.inferred_groups_overlap_ = None
+    if groups is not None:
+        truth = minority_mask(y_train, group_codes[train_idx])
+        est.inferred_groups_overlap_ = overlap_report(errors, truth)
+    return g_train, [False, True], {"jtt_errors": torch.as_tensor(errors)}
+
+
+def _check_warm_start(est: Any, classes: np.ndarray, shape_before: tuple) -> None:
+    if not np.array_equal(np.asarray(est.classes_), classes):
+        raise ValueError(WARM_START_MISMATCH.format(
+            what="the classes", before=list(est.classes_), after=list(classes)))
+    if tuple(shape_before) != tuple(est.input_shape_):
+        raise ValueError(WARM_START_MISMATCH.format(
+            what="the input shape", before=tuple(shape_before), after=est.input_shape_))
+
+
+def _build_parts(est: Any, module: torch.nn.Module, data: TrainSet, valid: EvalSet | None,
+                 *, device: torch.device, precision: Precision, generator: torch.Generator,
+                 callbacks: list, warm_masks: dict | None) -> TrainingParts:
+    steps_per_epoch = data.sampler.steps_per_epoch
+    layer_density, init = _layer_density(est)
+    sparsity = make_sparsity(
+        module,
+        sparsity=est.sparsity,
+        layer_density=layer_density,
+        init=init,
+        dense_layers=tuple(est.dense_layers or ()),
+        regrow=est.regrow,
+        drop_fraction=est.drop_fraction,
+        drop_schedule=est.drop_schedule,
+        update_interval=_update_interval(est, steps_per_epoch),
+        update_end=est.update_end,
+        steps_per_epoch=steps_per_epoch,
+        max_epochs=est.max_epochs,
+        generator=generator,
+        masks=warm_masks,
+    )
+    optimizer = make_optimizer(est.optimizer, module.parameters(), lr=est.lr,
+                               momentum=est.momentum, weight_decay=est.weight_decay)
+    return TrainingParts(
+        module=module,
+        optimizer=optimizer,
+        scheduler=make_scheduler(est.lr_scheduler, optimizer, max_epochs=est.max_epochs),
+        objective=make_objective(est.objective, n_groups=data.n_groups, eta=est.groupdro_eta,
+                                 device=device),
+        sparsity=sparsity,
+        train=data,
+        valid=valid,
+        precision=precision,
+        device=device,
+        max_epochs=est.max_epochs,
+        batch_size=est.batch_size,
+        eval_batch_size=max(est.batch_size, 512),
+        callbacks=callbacks,
+    )
+
+
 def fit_estimator(
-    est: Any, X: Any, y: Any, groups: Any, sample_weight: Any, validation_data: Any
+    est: Any,
+    X: Any,
+    y: Any,
+    *,
+    groups: Any = None,
+    sample_weight: Any = None,
+    validation_data: Any = None,
+    resume_from: Any = None,
 ) -> Any:
     """Validate, prepare and train; sets the fitted attributes of ``est``."""
     from tqdm.auto import tqdm
 
+    from .persistence.checkpoint import has_checkpoint, read_checkpoint
+
+    callbacks = check_callbacks(est.callbacks)
+    warm = bool(est.warm_start) and hasattr(est, "module_") and resume_from is None
+    shape_before = getattr(est, "input_shape_", None)
     est.__dict__.pop("inference_module_", None)  # belongs to the previous fit
-    X, y = _validate_xy(est, X, y)
+    X, y = _validate_xy(est, X, y, reset=not warm)
     n = len(y)
     classes, y_codes = _encode_labels(y)
+    if warm:
+        _check_warm_start(est, classes, shape_before)
     group_codes, group_labels = encode_groups(groups, n)
     sw = check_sample_weight(sample_weight, n)
     seed = int(check_random_state(est.random_state).randint(0, 2**31 - 1))
     device = resolve_device(est.device)
+    precision = Precision(est.precision, device)
 
     valid = None
     train_idx = np.arange(n)
@@ -169,68 +350,81 @@ def fit_estimator(
                 y_codes[val_idx],
                 group_codes[val_idx] if groups is not None else None,
             )
+    fingerprint = _fingerprint(est, X, y_codes, group_codes, sw, classes, valid)
+    checkpoint = None
+    if resume_from is not None and has_checkpoint(resume_from):
+        checkpoint = read_checkpoint(resume_from, fingerprint=fingerprint)
 
     X_train = take(X, train_idx) if len(train_idx) < n else X
     y_train, sw_train = y_codes[train_idx], sw[train_idx]
     devices = [device.index or 0] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        generator = torch.Generator().manual_seed(seed)
+    sources = [] if valid is None else [valid.source]
+    try:
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            generator = torch.Generator().manual_seed(seed)
+            saved_errors = (checkpoint or {}).get("extra", {}).get("jtt_errors")
+            g_train, train_group_labels, extra = _train_groups(
+                est, X_train, y_train, classes, group_codes, group_labels, groups,
+                train_idx, n, seed, saved_errors)
 
-        if est.infer_groups == "jtt":
-            from .jtt import identify_errors
+            weights = cell_weights(y_train, g_train, train_group_labels, est.upweight)
+            per_sample = sample_weights_for(y_train, g_train, weights)
+            loss_w = sw_train * (per_sample if est.reweight == "loss" else 1.0)
+            draw = None
+            if est.reweight == "sampler" and len(set(weights.values())) > 1:
+                draw = per_sample
+            source = make_source(X_train, device=device, num_workers=est.num_workers)
+            sources.append(source)
+            data = TrainSet(
+                source=source,
+                y=torch.as_tensor(y_train, dtype=torch.long),
+                loss_weights=None if np.all(loss_w == loss_w[0])
+                else torch.as_tensor(loss_w / loss_w.mean(), dtype=torch.float32),
+                groups=torch.as_tensor(g_train, dtype=torch.long),
+                n_groups=len(train_group_labels),
+                sampler=EpochSampler(source.n_samples, est.batch_size, draw, generator),
+            )
+            if warm:
+                module = est.module_.to(device)
+                module.train()
+            else:
+                module = build_module(
+                    est.module,
+                    input_shape=source.sample_shape,
+                    n_classes=len(classes),
+                    module_params=est.module_params,
+                ).to(device)
+            parts = _build_parts(est, module, data, valid, device=device, precision=precision,
+                                 generator=generator, callbacks=callbacks,
+                                 warm_masks=dict(est.masks_) if warm and est.masks_ else None)
+            state = None
+            if warm:
+                state = TrainState(history=list(est.history_),
+                                   epoch_offset=len(est.history_))
+            run = TrainingRun(parts, generator=generator, state=state,
+                              fingerprint=fingerprint, extra=extra)
+            if checkpoint is not None:
+                run.load_state_dict(checkpoint)
+            with tqdm(total=est.max_epochs, initial=run.state.epoch, desc="REST",
+                      disable=not est.verbose, leave=False) as progress:
+                parts.progress = progress
+                state = run.fit_loop(est)
+    finally:
+        for s in sources:
+            s.close()
 
-            errors = identify_errors(est, X_train, classes[y_train], seed=seed)
-            g_train, train_group_labels = errors.astype(np.int64), [False, True]
-            if not errors.any():
-                g_train = np.zeros(len(errors), dtype=np.int64)
-            est.inferred_groups_ = np.zeros(n, dtype=bool)
-            est.inferred_groups_[train_idx] = errors
-            est.inferred_groups_overlap_ = None
-            if groups is not None:
-                from .jtt import overlap_report
-                from .reweighting import minority_mask
-
-                truth = minority_mask(y_train, group_codes[train_idx])
-                est.inferred_groups_overlap_ = overlap_report(errors, truth)
-        else:
-            g_train, train_group_labels = group_codes[train_idx], group_labels
-            est.inferred_groups_ = None
-            est.inferred_groups_overlap_ = None
-
-        weights = cell_weights(y_train, g_train, train_group_labels, est.upweight)
-        per_sample = sample_weights_for(y_train, g_train, weights)
-        loss_w = sw_train * (per_sample if est.reweight == "loss" else 1.0)
-        draw = None
-        if est.reweight == "sampler" and len(set(weights.values())) > 1:
-            draw = per_sample
-        data = TrainSet(
-            source=make_source(X_train, device=device, num_workers=est.num_workers),
-            y=torch.as_tensor(y_train, dtype=torch.long),
-            loss_weights=torch.as_tensor(loss_w / loss_w.mean(), dtype=torch.float32),
-            groups=torch.as_tensor(g_train, dtype=torch.long),
-            n_groups=len(train_group_labels),
-            draw_weights=draw,
-        )
-        module = build_module(
-            est.module,
-            input_shape=data.source.sample_shape,
-            n_classes=len(classes),
-            module_params=est.module_params,
-        ).to(device)
-        with tqdm(total=est.max_epochs, desc="REST", disable=not est.verbose,
-                  leave=False) as progress:
-            result = train(est, module, data, valid, device=device, generator=generator,
-                           callbacks=list(est.callbacks or []), progress=progress)
-
+    steps_before = est.n_train_steps_ if warm else 0
+    updates_before = est.n_topology_updates_ if warm else 0
     est.classes_ = classes
-    est.module_ = module
-    est.masks_ = result.masks
-    est.history_ = result.history
-    est.best_epoch_ = result.best_epoch
-    est.n_topology_updates_ = result.n_topology_updates
-    est.n_train_steps_ = result.n_steps
-    est.group_weight_history_ = result.group_weight_history
+    est.module_ = parts.module
+    est.masks_ = state.best_masks
+    est.history_ = state.history
+    est.best_epoch_ = state.best_epoch
+    est.n_topology_updates_ = updates_before + (
+        parts.sparsity.n_updates if parts.sparsity is not None else 0)
+    est.n_train_steps_ = steps_before + state.step
+    est.group_weight_history_ = getattr(parts.objective, "history", None)
     est.groups_ = list(train_group_labels)
     est.group_weights_ = {
         (classes[c].item() if hasattr(classes[c], "item") else classes[c],

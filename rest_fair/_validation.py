@@ -1,111 +1,116 @@
 """Checks of estimator parameters and of the arrays given to ``fit``.
 
-Error messages are module constants so that tests and users can match them.
+Parameters are checked against a declarative table, ``RESTClassifier._parameter_constraints``
+(as scikit-learn's estimators do): each name maps to a list of allowed forms, built from the
+small constraint classes below. Error messages are module constants so that tests and users
+can match them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping
-from numbers import Integral, Real
+from collections.abc import Hashable
+from dataclasses import dataclass
+from numbers import Integral
 from typing import Any
 
 import numpy as np
 
-from .reweighting import REWEIGHT_MODES
-from .sparse import DROP_SCHEDULES, REGROW_MODES, SPARSE_INITS
-
-__all__ = ["check_params", "check_sample_weight", "encode_groups"]
-
-OPTIMIZERS = ("sgd", "adam", "adamw")
-LR_SCHEDULERS = ("plateau", "cosine", "constant")
-OBJECTIVES = ("erm", "groupdro")
-INFER_GROUPS = ("jtt",)
+__all__ = [
+    "Interval",
+    "Options",
+    "TypeOf",
+    "check_params",
+    "check_sample_weight",
+    "encode_groups",
+]
 
 BAD_OPTION = "{name} must be one of {options}; got {value!r}."
 BAD_RANGE = "{name} must be {rule}; got {value!r}."
 BAD_LENGTH = "{what} has {got} samples but X has {n}; they must have the same length."
 BAD_GROUP_VALUES = "groups must not contain missing values (NaN/None); found {count}."
+BAD_GROUP_NDIM = (
+    "groups must be 1-D (one label per sample) or 2-D (one column per attribute); got an "
+    "array of shape {shape}."
+)
 BAD_SAMPLE_WEIGHT = "sample_weight must be finite and non-negative; {problem}."
 ONE_CLASS = (
     "RESTClassifier needs samples of at least 2 classes to fit; got 1 class ({label!r})."
 )
 
 
-def _option(name: str, value: Any, options: tuple) -> None:
-    if not isinstance(value, str) or value not in options:
-        raise ValueError(BAD_OPTION.format(name=name, options=options, value=value))
+@dataclass(frozen=True)
+class Interval:
+    """A real (or integer) number in a range; ``closed`` says which ends are included."""
+
+    kind: type
+    low: float
+    high: float
+    closed: str = "both"  # "both", "left", "right", "neither"
+
+    def accepts(self, value: Any) -> bool:
+        if isinstance(value, bool) or not isinstance(value, self.kind):
+            return False
+        if not np.isfinite(value):
+            return False
+        low_ok = value >= self.low if self.closed in ("both", "left") else value > self.low
+        high_ok = value <= self.high if self.closed in ("both", "right") else value < self.high
+        return bool(low_ok and high_ok)
+
+    def describe(self) -> str:
+        left = "[" if self.closed in ("both", "left") else "("
+        right = "]" if self.closed in ("both", "right") else ")"
+        what = "an integer" if self.kind is Integral else "a number"
+        high = "inf" if self.high == float("inf") else self.high
+        return f"{what} in {left}{self.low}, {high}{right}"
 
 
-def _number(
-    name: str, value: Any, *, low: float, high: float, low_open: bool, high_open: bool,
-    integer: bool = False,
-) -> None:
-    kind = Integral if integer else Real
-    ok = isinstance(value, kind) and not isinstance(value, bool) and np.isfinite(value)
-    if ok:
-        ok = (value > low if low_open else value >= low) and (
-            value < high if high_open else value <= high
+@dataclass(frozen=True)
+class Options:
+    """One of a fixed tuple of strings."""
+
+    values: tuple
+
+    def accepts(self, value: Any) -> bool:
+        return isinstance(value, str) and value in self.values
+
+    def describe(self) -> str:
+        return f"one of {self.values}"
+
+
+@dataclass(frozen=True)
+class TypeOf:
+    """An instance of the given types (``None`` is spelled ``type(None)``)."""
+
+    types: tuple
+    description: str
+
+    def accepts(self, value: Any) -> bool:
+        return isinstance(value, self.types) and not (
+            isinstance(value, bool) and bool not in self.types
         )
-    if not ok:
-        left = "(" if low_open else "["
-        right = ")" if high_open else "]"
-        what = "an integer" if integer else "a number"
-        rule = f"{what} in {left}{low}, {high}{right}"
-        raise ValueError(BAD_RANGE.format(name=name, rule=rule, value=value))
+
+    def describe(self) -> str:
+        return self.description
 
 
 def check_params(est: Any) -> None:
-    """Validate the hyper-parameters of a :class:`~rest_fair.RESTClassifier`.
+    """Validate the hyper-parameters of ``est`` against its ``_parameter_constraints``.
 
     Raises
     ------
     ValueError
-        Naming the first parameter whose value is not allowed.
+        Naming the first parameter whose value is not allowed and what is allowed.
     """
-    inf = float("inf")
-    _number("sparsity", est.sparsity, low=0, high=1, low_open=False, high_open=True)
-    _option("sparse_init", est.sparse_init, SPARSE_INITS)
-    _option("regrow", est.regrow, REGROW_MODES)
-    _number("drop_fraction", est.drop_fraction, low=0, high=1, low_open=False, high_open=False)
-    _option("drop_schedule", est.drop_schedule, DROP_SCHEDULES)
-    if est.update_interval != "auto":
-        _number("update_interval", est.update_interval, low=1, high=inf, low_open=False,
-                high_open=True, integer=True)
-    _number("update_end", est.update_end, low=0, high=1, low_open=False, high_open=False)
-    if not (est.upweight is None or isinstance(est.upweight, Mapping)):
-        if isinstance(est.upweight, str):
-            _option("upweight", est.upweight, ("balanced",))
-        else:
-            _number("upweight", est.upweight, low=0, high=inf, low_open=True, high_open=True)
-    _option("reweight", est.reweight, REWEIGHT_MODES)
-    _option("objective", est.objective, OBJECTIVES)
-    _number("groupdro_eta", est.groupdro_eta, low=0, high=inf, low_open=True, high_open=True)
-    if est.infer_groups is not None:
-        _option("infer_groups", est.infer_groups, INFER_GROUPS)
-    _number("jtt_epochs", est.jtt_epochs, low=1, high=inf, low_open=False, high_open=True,
-            integer=True)
-    _number("max_epochs", est.max_epochs, low=1, high=inf, low_open=False, high_open=True,
-            integer=True)
-    _number("batch_size", est.batch_size, low=1, high=inf, low_open=False, high_open=True,
-            integer=True)
-    _number("lr", est.lr, low=0, high=inf, low_open=True, high_open=True)
-    _option("optimizer", est.optimizer, OPTIMIZERS)
-    _number("momentum", est.momentum, low=0, high=1, low_open=False, high_open=True)
-    _number("weight_decay", est.weight_decay, low=0, high=inf, low_open=False, high_open=True)
-    _option("lr_scheduler", est.lr_scheduler, LR_SCHEDULERS)
-    _number("validation_fraction", est.validation_fraction, low=0, high=1, low_open=False,
-            high_open=True)
-    _number("num_workers", est.num_workers, low=0, high=inf, low_open=False, high_open=True,
-            integer=True)
-    if not isinstance(est.device, str):
-        import torch
-
-        if not isinstance(est.device, torch.device):
-            raise ValueError(BAD_RANGE.format(name="device", rule="'auto', 'cpu', 'cuda[:i]' "
-                                              "or a torch.device", value=est.device))
-    if est.module_params is not None and not isinstance(est.module_params, Mapping):
-        raise ValueError(BAD_RANGE.format(name="module_params", rule="a dict or None",
-                                          value=est.module_params))
+    for name, allowed in est._parameter_constraints.items():
+        value = getattr(est, name)
+        if any(c.accepts(value) for c in allowed):
+            continue
+        options = tuple(v for c in allowed if isinstance(c, Options) for v in c.values)
+        if options and (isinstance(value, str) or len(allowed) == 1):
+            # a misspelt option: list the options rather than every allowed form
+            raise ValueError(BAD_OPTION.format(name=name, options=options, value=value))
+        rule = " or ".join(c.describe() for c in allowed)
+        raise ValueError(BAD_RANGE.format(name=name, rule=rule, value=value))
 
 
 def encode_groups(groups: Any, n_samples: int) -> tuple[np.ndarray, list[Hashable]]:
@@ -130,6 +135,14 @@ def encode_groups(groups: Any, n_samples: int) -> tuple[np.ndarray, list[Hashabl
         return np.zeros(n_samples, dtype=np.int64), [0]
     import pandas as pd
 
+    ndim = getattr(groups, "ndim", None)
+    if ndim is None and isinstance(groups, (list, tuple)):
+        try:
+            ndim = np.ndim(np.asarray(groups, dtype=object))
+        except ValueError:  # ragged nested lists
+            ndim = None
+    if ndim is not None and ndim > 2:
+        raise ValueError(BAD_GROUP_NDIM.format(shape=np.shape(groups)))
     if isinstance(groups, pd.DataFrame) or (hasattr(groups, "ndim") and groups.ndim == 2):
         frame = pd.DataFrame(groups)
         if frame.shape[1] == 1:

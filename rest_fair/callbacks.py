@@ -1,35 +1,74 @@
 """Callbacks: hooks into the training loop of :class:`~rest_fair.RESTClassifier`.
 
-A callback subclasses :class:`Callback` and overrides any of its hooks. The estimator is
-passed to every hook, so a callback can read ``estimator.history_`` (updated each epoch).
-``on_epoch_end`` may return ``True`` to stop training early.
+A callback subclasses :class:`Callback` and overrides any of its hooks. Every hook receives
+the estimator being fitted (``net``) and keyword arguments, so a callback sees the live
+training: ``net.module_`` (the network), ``net.optimizer_``, ``net.masks_`` (the current
+masks, updated at every topology change) and ``net.history_`` (one record per finished
+epoch). Hooks should accept ``**kwargs`` so that later versions can pass more.
+
+``on_epoch_end`` receives the epoch's history record; it may add keys to it (they appear in
+``history_``) and may return ``True`` to stop training.
+
+A callback with ``state_dict()`` / ``load_state_dict()`` methods has its state saved in
+training checkpoints (:class:`Checkpoint`) and restored on resume.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
-__all__ = ["Callback", "EarlyStopping"]
+__all__ = ["Callback", "Checkpoint", "EarlyStopping", "check_callbacks"]
+
+_NOT_A_LIST = "callbacks must be a list of Callback instances or None; got {type}."
+_NOT_A_CALLBACK = (
+    "callbacks[{index}] is a {type}, not a rest_fair.callbacks.Callback; subclass "
+    "Callback and override its hooks."
+)
+_A_CLASS = "callbacks[{index}] is the class {name}; pass an instance: {name}(...)."
 
 
 class Callback:
     """Base class of training callbacks; every hook does nothing by default."""
 
-    def on_train_begin(self, estimator: Any, **kwargs: Any) -> None:
-        """Called once before the first epoch."""
+    def on_train_begin(self, net: Any, **kwargs: Any) -> None:
+        """Called once before the first epoch (also when a run resumes)."""
 
-    def on_epoch_begin(self, estimator: Any, epoch: int, **kwargs: Any) -> None:
+    def on_epoch_begin(self, net: Any, *, epoch: int, **kwargs: Any) -> None:
         """Called before each epoch (``epoch`` counts from 1)."""
 
-    def on_batch_end(self, estimator: Any, step: int, loss: float, **kwargs: Any) -> None:
+    def on_batch_end(self, net: Any, *, step: int, loss: float, **kwargs: Any) -> None:
         """Called after each optimizer step (``step`` counts from 1) with the batch loss."""
 
-    def on_epoch_end(self, estimator: Any, record: dict, **kwargs: Any) -> bool | None:
+    def on_topology_update(self, net: Any, *, step: int, n_regrown: int, **kwargs: Any) -> None:
+        """Called after each prune-and-regrow update, before that step's optimizer step."""
+
+    def on_epoch_end(self, net: Any, *, record: dict, **kwargs: Any) -> bool | None:
         """Called after each epoch with its history record; return ``True`` to stop."""
         return None
 
-    def on_train_end(self, estimator: Any, **kwargs: Any) -> None:
+    def on_train_end(self, net: Any, **kwargs: Any) -> None:
         """Called once after training, before the best checkpoint is restored."""
+
+
+def check_callbacks(callbacks: Any) -> list[Callback]:
+    """The ``callbacks`` parameter as a list, or a clear error.
+
+    Raises
+    ------
+    TypeError
+        If ``callbacks`` is not a list (or tuple) of :class:`Callback` instances.
+    """
+    if callbacks is None:
+        return []
+    if not isinstance(callbacks, (list, tuple)):
+        raise TypeError(_NOT_A_LIST.format(type=type(callbacks).__name__))
+    for i, cb in enumerate(callbacks):
+        if isinstance(cb, type):
+            raise TypeError(_A_CLASS.format(index=i, name=cb.__name__))
+        if not isinstance(cb, Callback):
+            raise TypeError(_NOT_A_CALLBACK.format(index=i, type=type(cb).__name__))
+    return list(callbacks)
 
 
 class EarlyStopping(Callback):
@@ -60,11 +99,11 @@ class EarlyStopping(Callback):
         self.lower_is_better = lower_is_better
         self.threshold = threshold
 
-    def on_train_begin(self, estimator: Any, **kwargs: Any) -> None:
+    def on_train_begin(self, net: Any, **kwargs: Any) -> None:
         self.best_ = None
         self.wait_ = 0
 
-    def on_epoch_end(self, estimator: Any, record: dict, **kwargs: Any) -> bool:
+    def on_epoch_end(self, net: Any, *, record: dict, **kwargs: Any) -> bool:
         value = record.get(self.monitor)
         if value is None:
             raise KeyError(
@@ -78,3 +117,57 @@ class EarlyStopping(Callback):
             return False
         self.wait_ += 1
         return self.wait_ >= self.patience
+
+    def state_dict(self) -> dict:
+        """Best value and epochs waited, saved in training checkpoints."""
+        return {"best": self.best_, "wait": self.wait_}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict`."""
+        self.best_ = state["best"]
+        self.wait_ = int(state["wait"])
+
+
+class Checkpoint(Callback):
+    """Write a training checkpoint every ``every`` epochs, to resume a run exactly.
+
+    A checkpoint holds everything needed to continue: weights, masks, optimizer and
+    learning-rate scheduler state, GroupDRO weights, the random generators, epoch and step
+    counters, the history, the best-so-far weights and the state of the other callbacks.
+    Continue a run with ``fit(X, y, groups=g, resume_from=dirname)``. Writes are atomic: a
+    crash while writing leaves the previous checkpoint intact. The format is described in
+    :mod:`rest_fair.persistence.checkpoint`.
+
+    Checkpoint callbacks run after every other callback of the epoch, so the state they
+    write includes the others' decisions (e.g. early stopping).
+
+    Parameters
+    ----------
+    dirname : str or path
+        Directory of the checkpoints (created if needed).
+    every : int, default=1
+        Epochs between checkpoints; the last epoch of a run is always written.
+    keep : int, default=2
+        Checkpoint files kept (older ones are deleted after a successful write).
+    """
+
+    def __init__(self, dirname: str | os.PathLike, *, every: int = 1, keep: int = 2) -> None:
+        self.dirname = dirname
+        self.every = every
+        self.keep = keep
+
+    def on_train_begin(self, net: Any, **kwargs: Any) -> None:
+        if isinstance(self.every, bool) or not isinstance(self.every, int) or self.every < 1:
+            raise ValueError(f"Checkpoint every must be a positive int; got {self.every!r}.")
+        if isinstance(self.keep, bool) or not isinstance(self.keep, int) or self.keep < 1:
+            raise ValueError(f"Checkpoint keep must be a positive int; got {self.keep!r}.")
+
+    def on_epoch_end(
+        self, net: Any, *, record: dict, stopping: bool = False, **kwargs: Any
+    ) -> None:
+        run = getattr(net, "_run", None)
+        if run is None:
+            return
+        done = run.state.epoch >= run.parts.max_epochs or stopping
+        if run.state.epoch % self.every == 0 or done:
+            run.save_checkpoint(self.dirname, keep=self.keep)

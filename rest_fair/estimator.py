@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Hashable, Mapping
-from typing import Any
+from numbers import Integral, Real
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -12,9 +13,25 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ._data import is_torch_dataset, make_source
-from ._validation import check_params
+from ._validation import Interval, Options, TypeOf, check_params
+from .exceptions import TrainingDivergedError
+from .objectives import OBJECTIVES
+from .persistence import model_file
+from .reweighting import REWEIGHT_MODES
+from .sparse import DROP_SCHEDULES, REGROW_MODES
+from .training import LR_SCHEDULERS, OPTIMIZERS, PRECISIONS
 
 __all__ = ["RESTClassifier"]
+
+_INF = float("inf")
+_NONE = type(None)
+_LAYER_DENSITIES = ("erk", "uniform")
+# "erk" and "uniform" are the deprecated spellings of layer_density (see _fit.py)
+_SPARSE_INITS = ("random", "magnitude", *_LAYER_DENSITIES)
+_NON_FINITE_OUTPUT = (
+    "the network's outputs are not finite for {count} of {n} samples (inputs of very large "
+    "magnitude, or a model saved after training diverged?); no probabilities returned."
+)
 
 
 
@@ -33,8 +50,17 @@ class RESTClassifier(ClassifierMixin, BaseEstimator):
     ----------
     sparsity : float in [0, 1), default=0.9
         Fraction of conv/linear weights that are zero. ``0`` trains a dense network.
-    sparse_init : {"erk", "uniform"}, default="erk"
-        How the global density is split over layers.
+    layer_density : {"erk", "uniform"}, default="erk"
+        How the global density is split over layers: Erdős–Rényi–Kernel (denser small
+        layers) or the same density everywhere.
+    sparse_init : {"random", "magnitude"}, default="random"
+        How the initial masks are chosen: uniformly at random (training from scratch) or,
+        for pretrained weights, each layer's largest-magnitude weights at its density.
+        The values ``"erk"`` and ``"uniform"`` are deprecated spellings of
+        ``layer_density``.
+    dense_layers : list of str, default=None
+        Layers left dense: ``"first"`` (the first conv/linear layer), ``"head"`` (the
+        last linear layer) and/or weight names as in ``module.named_parameters()``.
     regrow : {"gradient", "random"}, default="gradient"
         ``"gradient"`` regrows the inactive weights with the largest gradient magnitude
         (RigL); ``"random"`` regrows uniformly at random (SET).
@@ -44,7 +70,9 @@ class RESTClassifier(ClassifierMixin, BaseEstimator):
         Decay of the drop fraction, ``f_t = f_0 / 2 * (1 + cos(pi t / T_end))`` for cosine.
     update_interval : int or "auto", default="auto"
         Optimizer steps between topology updates; ``"auto"`` is once per epoch. The REST
-        authors used 1000 steps on their (much larger) data sets.
+        authors used 1000 steps on their (much larger) data sets. Updates fall in the
+        middle of their interval and never on the last step of an epoch, so every
+        validated model has trained since its last topology change.
     update_end : float in [0, 1], default=0.75
         Fraction of training after which the topology is frozen (``T_end``).
     upweight : None, "balanced", float or dict, default="balanced"
@@ -91,13 +119,22 @@ class RESTClassifier(ClassifierMixin, BaseEstimator):
         selection, unless ``validation_data`` is given to ``fit``. ``0`` keeps the last epoch.
     device : str or torch.device, default="auto"
         ``"auto"`` uses CUDA when available.
+    precision : {"32", "bf16", "16-mixed"}, default="32"
+        Numerical precision of the forward pass: float32, bfloat16 autocast (CPU and
+        CUDA), or float16 autocast with gradient scaling (CUDA). Weights, masks and
+        topology updates always stay in float32.
+    warm_start : bool, default=False
+        When ``True``, ``fit`` on an already fitted estimator continues from its network
+        and masks for ``max_epochs`` more epochs (``history_`` goes on), instead of
+        starting anew. Classes and input shape must be the same.
     random_state : int, RandomState or None, default=None
         Seeds weight initialisation, masks, sampling and the validation split. The global
         torch random state is left as it was.
     verbose : int, default=0
         ``> 0`` shows a progress bar over epochs.
     callbacks : list of Callback, default=None
-        Training hooks, see :mod:`rest_fair.callbacks`.
+        Training hooks, see :mod:`rest_fair.callbacks` (e.g. ``EarlyStopping``,
+        ``Checkpoint``).
     num_workers : int, default=0
         DataLoader workers when ``X`` is a torch Dataset.
 
@@ -112,9 +149,13 @@ class RESTClassifier(ClassifierMixin, BaseEstimator):
     input_shape_ : tuple of int
         Shape of one sample.
     module_ : torch.nn.Module
-        The trained network (selected checkpoint).
+        The trained network (selected checkpoint). During ``fit`` (for callbacks): the
+        network being trained.
+    optimizer_ : torch.optim.Optimizer
+        The optimizer of the last fit (not pickled).
     masks_ : dict of str to bool Tensor
-        Mask of every masked weight, by parameter name; empty when dense.
+        Mask of every masked weight, by parameter name; empty when dense. During ``fit``:
+        the current masks.
     history_ : list of dict
         One record per epoch: ``epoch``, ``train_loss``, ``valid_loss``, ``valid_acc``,
         ``valid_worst_group_acc``, ``density``, ``lr``, ``n_topology_updates``, ``best``,
@@ -140,11 +181,49 @@ class RESTClassifier(ClassifierMixin, BaseEstimator):
         their class): ``precision``, ``recall``, ``base_rate``, counts.
     """
 
+    _parameter_constraints: ClassVar[dict[str, list]] = {
+        "sparsity": [Interval(Real, 0, 1, "left")],
+        "layer_density": [Options(_LAYER_DENSITIES)],
+        "sparse_init": [Options(_SPARSE_INITS)],
+        "dense_layers": [TypeOf((list, tuple, _NONE), "a list of layer names or None")],
+        "regrow": [Options(REGROW_MODES)],
+        "drop_fraction": [Interval(Real, 0, 1, "both")],
+        "drop_schedule": [Options(DROP_SCHEDULES)],
+        "update_interval": [Interval(Integral, 1, _INF, "left"), Options(("auto",))],
+        "update_end": [Interval(Real, 0, 1, "both")],
+        "upweight": [TypeOf((_NONE, Mapping), "None or a dict"), Options(("balanced",)),
+                     Interval(Real, 0, _INF, "neither")],
+        "reweight": [Options(REWEIGHT_MODES)],
+        "objective": [Options(OBJECTIVES)],
+        "groupdro_eta": [Interval(Real, 0, _INF, "neither")],
+        "infer_groups": [TypeOf((_NONE,), "None"), Options(("jtt",))],
+        "jtt_epochs": [Interval(Integral, 1, _INF, "left")],
+        "module": [TypeOf((object,), "a module name, nn.Module class, callable or instance")],
+        "module_params": [TypeOf((Mapping, _NONE), "a dict or None")],
+        "max_epochs": [Interval(Integral, 1, _INF, "left")],
+        "batch_size": [Interval(Integral, 1, _INF, "left")],
+        "lr": [Interval(Real, 0, _INF, "neither")],
+        "optimizer": [Options(OPTIMIZERS)],
+        "momentum": [Interval(Real, 0, 1, "left")],
+        "weight_decay": [Interval(Real, 0, _INF, "left")],
+        "lr_scheduler": [Options(LR_SCHEDULERS)],
+        "validation_fraction": [Interval(Real, 0, 1, "left")],
+        "device": [TypeOf((str, torch.device), "'auto', 'cpu', 'cuda[:i]' or a torch.device")],
+        "precision": [Options(PRECISIONS)],
+        "warm_start": [TypeOf((bool, np.bool_), "True or False")],
+        "random_state": [TypeOf((object,), "an int, RandomState or None")],
+        "verbose": [Interval(Integral, 0, _INF, "left"), TypeOf((bool,), "a bool")],
+        "callbacks": [TypeOf((list, tuple, _NONE), "a list of Callback instances or None")],
+        "num_workers": [Interval(Integral, 0, _INF, "left")],
+    }
+
     def __init__(
         self,
         *,
         sparsity: float = 0.9,
-        sparse_init: str = "erk",
+        layer_density: str = "erk",
+        sparse_init: str = "random",
+        dense_layers: list | None = None,
         regrow: str = "gradient",
         drop_fraction: float = 0.5,
         drop_schedule: str = "cosine",
@@ -167,13 +246,17 @@ class RESTClassifier(ClassifierMixin, BaseEstimator):
         lr_scheduler: str = "plateau",
         validation_fraction: float = 0.1,
         device: str | torch.device = "auto",
+        precision: str = "32",
+        warm_start: bool = False,
         random_state: Any = None,
         verbose: int = 0,
         callbacks: list | None = None,
         num_workers: int = 0,
     ) -> None:
         self.sparsity = sparsity
+        self.layer_density = layer_density
         self.sparse_init = sparse_init
+        self.dense_layers = dense_layers
         self.regrow = regrow
         self.drop_fraction = drop_fraction
         self.drop_schedule = drop_schedule
@@ -196,6 +279,8 @@ class RESTClassifier(ClassifierMixin, BaseEstimator):
         self.lr_scheduler = lr_scheduler
         self.validation_fraction = validation_fraction
         self.device = device
+        self.precision = precision
+        self.warm_start = warm_start
         self.random_state = random_state
         self.verbose = verbose
         self.callbacks = callbacks
@@ -209,6 +294,8 @@ class RESTClassifier(ClassifierMixin, BaseEstimator):
         groups: Any = None,
         sample_weight: Any = None,
         validation_data: tuple | None = None,
+        *,
+        resume_from: Any = None,
     ) -> RESTClassifier:
         """Train the network.
 
@@ -228,15 +315,27 @@ scipy.sparse matrix, DataFrame, or torch Dataset
         validation_data : tuple, default=None
             ``(X_val, y_val)`` or ``(X_val, y_val, groups_val)`` for model selection,
             instead of holding out ``validation_fraction`` of the training data.
+        resume_from : str or path, default=None
+            Directory of a :class:`~rest_fair.callbacks.Checkpoint`: continue the run
+            from its latest checkpoint (the same data and parameters are required; a
+            checkpoint of another run, or a damaged one, is refused with
+            :class:`~rest_fair.exceptions.CheckpointError`). A directory without a
+            checkpoint starts a new run, so a preemptible job can always pass it.
 
         Returns
         -------
         self : RESTClassifier
+
+        Raises
+        ------
+        TrainingDivergedError
+            When the training loss or the network's output becomes NaN or infinite.
         """
         from ._fit import fit_estimator
 
         check_params(self)
-        return fit_estimator(self, X, y, groups, sample_weight, validation_data)
+        return fit_estimator(self, X, y, groups=groups, sample_weight=sample_weight,
+                             validation_data=validation_data, resume_from=resume_from)
 
     # ---------------------------------------------------------------- predicting
     def _check_predict_input(self, X: Any) -> Any:
@@ -259,16 +358,28 @@ scipy.sparse matrix, DataFrame, or torch Dataset
         return getattr(self, "inference_module_", None) or self.module_
 
     def predict_logits(self, X: Any) -> np.ndarray:
-        """Raw network outputs (logits), shape (n_samples, n_classes)."""
-        from ._training import predict_logits
+        """Raw network outputs (logits), shape (n_samples, n_classes).
+
+        Raises
+        ------
+        TrainingDivergedError
+            If some outputs are not finite (no NaN is ever returned).
+        """
+        from .training import predict_logits
 
         X = self._check_predict_input(X)
         device = self._device_of_module()
         source = make_source(X, device=device, num_workers=self.num_workers)
-        return predict_logits(
+        logits = predict_logits(
             self._inference_module(), source, batch_size=max(self.batch_size, 512),
             device=device,
-        ).numpy()
+        )
+        source.close()
+        bad = ~torch.isfinite(logits).all(dim=1) if logits.ndim == 2 else None
+        if bad is not None and bool(bad.any()):
+            raise TrainingDivergedError(
+                _NON_FINITE_OUTPUT.format(count=int(bad.sum()), n=len(logits)))
+        return logits.numpy()
 
     def predict_proba(self, X: Any) -> np.ndarray:
         """Class probabilities, shape (n_samples, n_classes), columns as ``classes_``."""
@@ -319,12 +430,13 @@ scipy.sparse matrix, DataFrame, or torch Dataset
     def __getstate__(self) -> dict:
         state = super().__getstate__()
         state.pop("inference_module_", None)  # derived from module_; rebuilt on demand
+        state.pop("optimizer_", None)  # bound to the parameters of the training process
         module = state.get("module_")
         if module is not None and any(p.device.type != "cpu" for p in module.parameters()):
             state["module_"] = copy.deepcopy(module).to("cpu")
         return state
 
-    # ------------------------------------------------------- efficiency (issue 5)
+    # --------------------------------------------------------------- efficiency
     def efficiency_report(self) -> Any:
         """Parameters and FLOPs of the fitted network vs. its dense version.
 
@@ -386,19 +498,18 @@ scipy.sparse matrix, DataFrame, or torch Dataset
     def save(self, path: Any) -> int:
         """Write the fitted estimator to a compressed, pickle-free file.
 
-        See :func:`rest_fair.efficiency.save`; returns the file size in bytes.
+        See :func:`rest_fair.persistence.save`; returns the file size in bytes.
         """
-        from .efficiency import save
-
-        return save(self, path)
+        return model_file.save(self, path)
 
     @classmethod
     def load(cls, path: Any) -> RESTClassifier:
         """Read an estimator written by :meth:`save` (no code from the file is run)."""
-        from .efficiency import load
-
-        est = load(path)
+        est = model_file.load(path)
         if not isinstance(est, cls):
             raise TypeError(f"{path} holds a {type(est).__name__}, not a {cls.__name__}.")
         return est
+
+
+model_file.register_estimator_class(RESTClassifier)
 

@@ -28,6 +28,7 @@ def identification_params(est: Any, *, seed: int) -> dict:
         "validation_fraction": 0.0,
         "lr_scheduler": "constant",
         "callbacks": None,
+        "warm_start": False,
         "verbose": 0,
         "random_state": seed,
     }

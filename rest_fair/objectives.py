@@ -5,19 +5,23 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["ERMObjective", "GroupDROObjective", "make_objective"]
+__all__ = ["OBJECTIVES", "ERMObjective", "GroupDROObjective", "make_objective"]
+
+OBJECTIVES = ("erm", "groupdro")
 
 
 class ERMObjective:
     """Mean of per-sample cross-entropies, each multiplied by its weight.
 
     Weights are normalised by the caller so that they average to 1 over the training set;
-    with all weights 1 this is plain cross-entropy.
+    ``w=None`` (all weights 1) is plain cross-entropy.
     """
 
     def __call__(
-        self, logits: torch.Tensor, y: torch.Tensor, w: torch.Tensor, g: torch.Tensor
+        self, logits: torch.Tensor, y: torch.Tensor, w: torch.Tensor | None, g: torch.Tensor
     ) -> torch.Tensor:
+        if w is None:
+            return F.cross_entropy(logits, y)
         return (F.cross_entropy(logits, y, reduction="none") * w).mean()
 
 
@@ -44,10 +48,13 @@ class GroupDROObjective:
         self.history: list[list[float]] = []
 
     def __call__(
-        self, logits: torch.Tensor, y: torch.Tensor, w: torch.Tensor, g: torch.Tensor
+        self, logits: torch.Tensor, y: torch.Tensor, w: torch.Tensor | None, g: torch.Tensor
     ) -> torch.Tensor:
         n_groups = len(self.q)
-        per_sample = F.cross_entropy(logits, y, reduction="none") * w
+        per_sample = F.cross_entropy(logits.float(), y, reduction="none")
+        if w is None:
+            w = torch.ones_like(per_sample)
+        per_sample = per_sample * w
         loss_sum = torch.zeros(n_groups, device=logits.device).index_add(0, g, per_sample)
         count = torch.zeros(n_groups, device=logits.device).index_add(0, g, w)
         present = count > 0
@@ -61,6 +68,18 @@ class GroupDROObjective:
         """Record the current group weights (one row per epoch)."""
         self.history.append(self.q.detach().cpu().tolist())
 
+    def state_dict(self) -> dict:
+        """Group weights and their history, to resume training exactly."""
+        return {"q": self.q.detach().cpu().clone(), "history": [list(r) for r in self.history]}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict`."""
+        if state["q"].shape != self.q.shape:
+            raise ValueError(f"saved GroupDRO weights are for {len(state['q'])} groups, "
+                             f"this run has {len(self.q)}.")
+        self.q = state["q"].to(self.q.device)
+        self.history = [list(r) for r in state["history"]]
+
 
 def make_objective(
     name: str, *, n_groups: int, eta: float, device: torch.device
@@ -68,4 +87,6 @@ def make_objective(
     """Objective named by ``RESTClassifier(objective=...)``."""
     if name == "groupdro":
         return GroupDROObjective(n_groups, eta=eta, device=device)
-    return ERMObjective()
+    if name == "erm":
+        return ERMObjective()
+    raise ValueError(f"objective must be one of {OBJECTIVES}; got {name!r}.")

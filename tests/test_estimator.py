@@ -16,7 +16,7 @@ from sklearn.model_selection import GridSearchCV
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-import rest_fair._training as training
+import rest_fair.training.sampler as training
 from rest_fair import RESTClassifier
 from rest_fair.callbacks import Callback, EarlyStopping
 from rest_fair.reweighting import cell_weights, draw_indices, sample_weights_for
@@ -160,7 +160,7 @@ def test_user_module_factory(data):
     [
         ({"sparsity": 1.0}, "sparsity must be a number in \\[0, 1\\)"),
         ({"sparsity": -0.1}, "sparsity"),
-        ({"sparse_init": "random"}, "sparse_init must be one of"),
+        ({"sparse_init": "lottery"}, "sparse_init must be one of"),
         ({"regrow": "magnitude"}, "regrow must be one of"),
         ({"optimizer": "lbfgs"}, "optimizer must be one of"),
         ({"upweight": "inverse"}, "upweight must be one of"),

@@ -231,7 +231,7 @@ def test_estimator_methods_and_sparse_prediction(tmp_path):
 def _rewrite_header(src, dst, edit):
     import json
 
-    from rest_fair.efficiency.serialization import _digest
+    from rest_fair.persistence.model_file import _digest
 
     with np.load(src, allow_pickle=False) as npz:
         arrays = {k: npz[k] for k in npz.files}

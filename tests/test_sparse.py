@@ -210,15 +210,17 @@ def test_engine_during_training_keeps_exact_density():
     for step in range(1, 81):
         opt.zero_grad()
         nn.functional.cross_entropy(net(x), y).backward()
-        opt.step()
         prev = {n: m.clone() for n, m in masks._bool.items()}
-        updated = engine.after_step(step, opt)
-        assert updated == (step % 5 == 0 and step < 60)
+        regrown = engine.before_step(step, opt)
+        # mid-interval phase: steps 2, 7, 12, ... up to the schedule's end at step 60
+        assert (regrown > 0) == (step % 5 == 2 and step < 60)
+        opt.step()
+        engine.after_step()
         changed_masks += any(not torch.equal(prev[n], masks.mask(n)) for n in prev)
         assert masks.n_active() == counts
         for name, p in masks.params.items():
             assert torch.all(p[~masks.mask(name)] == 0)
-    assert engine.n_updates == 11 and changed_masks == 11
+    assert engine.n_updates == 12 and changed_masks == 12
     assert masks.density() == pytest.approx(sum(counts.values()) / sum(
         m.numel() for m in masks._bool.values()))
 
@@ -247,3 +249,20 @@ def test_random_masks_are_reproducible_and_seed_dependent():
     assert torch.equal(masks(3)["0.weight"], masks(3)["0.weight"])
     assert not torch.equal(masks(3)["0.weight"], masks(4)["0.weight"])
     assert np.isclose(float(masks(3)["0.weight"].float().mean()), 0.2)
+
+
+def test_updates_never_fall_on_the_last_step_of_an_epoch():
+    net = nn.Sequential(nn.Linear(8, 8))
+    masks = MaskSet.random(net, density=0.5, generator=torch.Generator().manual_seed(0))
+    for interval, spe in [(4, 4), (3, 4), (1, 5), (7, 3), (10, 10)]:
+        engine = DynamicSparsity(masks, schedule=DropSchedule(0.3, 10_000),
+                                 update_interval=interval, steps_per_epoch=spe)
+        due = [s for s in range(1, 201) if engine.is_update_step(s)]
+        assert due and all(s % spe != 0 for s in due)
+        if interval > 1:  # moving an update never loses it: one per interval
+            assert abs(len(due) - 200 // interval) <= 1
+    # with one step per epoch there is no other place: the update comes before that
+    # step's optimizer update, which then trains the regrown weights
+    engine = DynamicSparsity(masks, schedule=DropSchedule(0.3, 10_000), update_interval=1,
+                             steps_per_epoch=1)
+    assert all(engine.is_update_step(s) for s in range(1, 20))

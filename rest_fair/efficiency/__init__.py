@@ -4,15 +4,16 @@
   network, per layer and in total, also as fractions of the dense network.
 - :func:`export_sparse` turns a masked network into one whose sparse linear layers are
   compressed (CSR) and computed with sparse matrix products.
-- :func:`save` / :func:`load` write and read compressed, pickle-free model files.
+- :func:`save` / :func:`load` (from :mod:`rest_fair.persistence`) write and read
+  compressed, pickle-free model files.
 - :func:`to_sparse_training` trains very sparse linear layers as CSR (optional path).
 """
 
 from __future__ import annotations
 
+from ..persistence.model_file import FORMAT_VERSION, ModelFileError, load, save
 from .export import SparseExport, SparseLinearChain, export_sparse, module_nbytes
 from .flops import efficiency_report
-from .serialization import FORMAT_VERSION, ModelFileError, load, save
 from .sparse_training import SparseTrainableLinear, load_dense_weights, to_sparse_training
 
 __all__ = [

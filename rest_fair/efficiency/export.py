@@ -30,7 +30,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from .flops import _check_masks
+from ..sparse.checks import check_masks
 
 __all__ = ["SparseExport", "SparseLinearChain", "export_sparse", "module_nbytes"]
 
@@ -406,7 +406,7 @@ def export_sparse(
     ):
         raise ValueError(_BAD_THREADS.format(value=num_threads))
     masks = dict(masks or {})
-    _check_masks(module, masks)
+    check_masks(module, masks)
     for key, mask in masks.items():
         if mask.dtype != torch.bool:
             raise TypeError(_BAD_MASK_DTYPE.format(key=key, dtype=mask.dtype))

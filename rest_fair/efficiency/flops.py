@@ -28,13 +28,10 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
+from ..sparse.checks import check_masks
+
 __all__ = ["efficiency_report", "layer_shapes"]
 
-_BAD_MASK_KEY = (
-    "masks has key {key!r}, which is not a parameter of the module "
-    "(expected names as in module.named_parameters())."
-)
-_BAD_MASK_SHAPE = "mask {key!r} has shape {mask}, but the parameter has shape {param}."
 _BAD_INTERVAL = "update_interval must be a positive int or None; got {value!r}."
 _BAD_STEPS = "{name} must be a non-negative int or None; got {value!r}."
 _BAD_REGROW = "regrow must be 'gradient' or 'random'; got {value!r}."
@@ -54,19 +51,6 @@ _COLUMNS = [
     "training_flops",
     "training_flops_fraction",
 ]
-
-
-def _check_masks(module: nn.Module, masks: Mapping[str, torch.Tensor]) -> None:
-    params = dict(module.named_parameters())
-    for key, mask in masks.items():
-        if key not in params:
-            raise KeyError(_BAD_MASK_KEY.format(key=key))
-        if tuple(mask.shape) != tuple(params[key].shape):
-            raise ValueError(
-                _BAD_MASK_SHAPE.format(
-                    key=key, mask=tuple(mask.shape), param=tuple(params[key].shape)
-                )
-            )
 
 
 def layer_shapes(module: nn.Module, input_shape: Sequence[int]) -> dict[str, int]:
@@ -173,7 +157,7 @@ def efficiency_report(
     import pandas as pd
 
     masks = dict(masks or {})
-    _check_masks(module, masks)
+    check_masks(module, masks)
     if regrow not in ("gradient", "random"):
         raise ValueError(_BAD_REGROW.format(value=regrow))
     if update_interval is not None and (

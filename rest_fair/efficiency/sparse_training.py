@@ -26,7 +26,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from .flops import _check_masks
+from ..sparse.checks import check_masks
 
 __all__ = ["SparseTrainableLinear", "load_dense_weights", "to_sparse_training"]
 
@@ -173,7 +173,7 @@ def to_sparse_training(
     if not 0.0 <= float(density_threshold) <= 1.0:
         raise ValueError(_BAD_THRESHOLD.format(value=density_threshold))
     masks = dict(masks)
-    _check_masks(module, masks)
+    check_masks(module, masks)
     out = copy.deepcopy(module)
     converted = []
     for name, sub in list(out.named_modules()):

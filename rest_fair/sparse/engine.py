@@ -1,4 +1,22 @@
-"""Dynamic sparse training: keep masks applied and update the topology on schedule."""
+"""Dynamic sparse training: keep masks applied and update the topology on schedule.
+
+The engine follows the prepare / step / update-mask rhythm of ``torch.ao.pruning``: a
+training step calls :meth:`DynamicSparsity.before_step` between ``backward()`` and
+``optimizer.step()`` (where the dense gradient of the batch is available) and
+:meth:`DynamicSparsity.after_step` after it.
+
+Where updates fall
+------------------
+An update is *due* at optimizer step ``s`` (1-based) when ``s`` is on the update phase,
+``s % update_interval == update_interval // 2``: updates sit in the middle of their
+interval rather than at its end. Because validation (and so checkpoint selection) happens
+after the last step of an epoch, an update that would fall on an epoch's last step is moved
+to the first step of the next epoch. Together with the order inside a step (the topology
+changes *before* the optimizer step, so the batch that chose the regrown weights also
+trains them), no model is ever validated right after losing the fraction ``f_t`` of its
+weights to freshly regrown zeros: with ``update_interval="auto"`` (once per epoch), half
+an epoch of training separates each update from the next validation.
+"""
 
 from __future__ import annotations
 
@@ -13,11 +31,6 @@ __all__ = ["DynamicSparsity"]
 
 class DynamicSparsity:
     """Drives a :class:`MaskSet` through training.
-
-    Call :meth:`after_step` after every ``optimizer.step()`` and before the gradients are
-    cleared: it re-applies the masks (so inactive weights stay exactly zero) and, every
-    ``update_interval`` steps up to the schedule's end, runs the prune-and-regrow update of
-    :mod:`rest_fair.sparse.rigl`.
 
     All randomness comes from ``generator``; with the same seed and the same (all-reduced)
     gradients every data-parallel rank therefore keeps identical masks.
@@ -34,6 +47,9 @@ class DynamicSparsity:
         RigL or SET regrowth.
     generator : torch.Generator, optional
         CPU generator for random regrowth.
+    steps_per_epoch : int, optional
+        Steps between two validations. When given (and larger than 1) no update falls on
+        the last step of an epoch (see the module docstring).
     """
 
     def __init__(
@@ -44,44 +60,83 @@ class DynamicSparsity:
         update_interval: int,
         regrow: str = "gradient",
         generator: torch.Generator | None = None,
+        steps_per_epoch: int | None = None,
     ) -> None:
         if regrow not in REGROW_MODES:
             raise ValueError(f"regrow must be one of {REGROW_MODES}; got {regrow!r}.")
         if update_interval < 1:
             raise ValueError(f"update_interval must be >= 1; got {update_interval!r}.")
+        if steps_per_epoch is not None and steps_per_epoch < 1:
+            raise ValueError(f"steps_per_epoch must be >= 1; got {steps_per_epoch!r}.")
         self.masks = masks
         self.schedule = schedule
         self.update_interval = int(update_interval)
         self.regrow = regrow
         self.generator = generator
+        self.steps_per_epoch = steps_per_epoch
         self.n_updates = 0
         self.n_regrown = 0
 
-    def is_update_step(self, step: int) -> bool:
-        """Whether the topology changes after optimizer step ``step`` (1-based)."""
-        return (
-            step % self.update_interval == 0
-            and step <= self.schedule.end_step
-            and self.schedule(step) > 0.0
-        )
+    # -- schedule ---------------------------------------------------------------------
+    def _on_phase(self, step: int) -> bool:
+        return step >= 1 and step % self.update_interval == self.update_interval // 2
 
-    def after_step(self, step: int, optimizer: torch.optim.Optimizer | None = None) -> bool:
-        """Re-apply masks after optimizer step ``step``; update the topology when due.
+    def _epoch_end(self, step: int) -> bool:
+        spe = self.steps_per_epoch
+        return spe is not None and spe > 1 and step % spe == 0
+
+    def is_update_step(self, step: int) -> bool:
+        """Whether the topology changes at optimizer step ``step`` (1-based)."""
+        due = (self._on_phase(step) and not self._epoch_end(step)) or (
+            self._on_phase(step - 1) and self._epoch_end(step - 1)
+        )
+        return due and step <= self.schedule.end_step and self.schedule(step) > 0.0
+
+    # -- the two calls of a training step ------------------------------------------------
+    def before_step(self, step: int, optimizer: torch.optim.Optimizer | None = None) -> int:
+        """Update the topology if due at ``step``; call after ``backward()``.
 
         Returns
         -------
-        bool
-            Whether the topology was updated.
+        int
+            Weights regrown (0 when no update was due).
         """
-        self.masks.apply_()
         if not self.is_update_step(step):
-            return False
-        self.n_regrown += update_topology(
+            return 0
+        regrown = update_topology(
             self.masks,
             self.schedule(step),
             regrow=self.regrow,
             optimizer=optimizer,
             generator=self.generator,
         )
+        self.n_regrown += regrown
         self.n_updates += 1
-        return True
+        return regrown
+
+    def after_step(self) -> None:
+        """Re-apply the masks after ``optimizer.step()`` so inactive weights stay 0."""
+        self.masks.apply_()
+
+    # -- state --------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """Masks and counters, to resume training exactly."""
+        return {
+            "masks": self.masks.to_dict(),
+            "n_updates": self.n_updates,
+            "n_regrown": self.n_regrown,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict`'s masks (applied to the weights) and counters."""
+        masks = state["masks"]
+        if set(masks) != set(self.masks.names):
+            raise ValueError(
+                f"the saved masks are for layers {sorted(masks)}, the network has "
+                f"{sorted(self.masks.names)}."
+            )
+        for name, mask in masks.items():
+            self.masks.set_mask(name, mask)
+        self.masks.apply_()
+        self.n_updates = int(state["n_updates"])
+        self.n_regrown = int(state["n_regrown"])

@@ -35,7 +35,16 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "ModelFileError", "load", "save"]
+from ..sparse.checks import check_masks
+
+__all__ = [
+    "FORMAT_NAME",
+    "FORMAT_VERSION",
+    "ModelFileError",
+    "load",
+    "register_estimator_class",
+    "save",
+]
 
 FORMAT_NAME = "rest_fair.model"
 FORMAT_VERSION = 1
@@ -85,6 +94,31 @@ _DTYPES = {
     "bool": torch.bool,
 }
 _ESSENTIAL = ("classes_", "n_features_in_", "input_shape_", "module_", "masks_")
+
+
+_ESTIMATOR_CLASSES: dict[str, type] = {}
+_UNKNOWN_CLASS = "{path} holds a {name}, which is not an estimator class of rest_fair."
+
+
+def register_estimator_class(cls: type) -> type:
+    """Let :func:`load` rebuild estimators of class ``cls`` (by its name in the header).
+
+    The estimator modules register their classes when they are imported, so this module
+    never imports them and loading can only ever instantiate registered classes.
+    """
+    _ESTIMATOR_CLASSES[cls.__name__] = cls
+    return cls
+
+
+def _estimator_class(header: dict, path: str) -> type:
+    name = header.get("class")
+    if name not in _ESTIMATOR_CLASSES:
+        import importlib
+
+        importlib.import_module("rest_fair.estimator")  # registers RESTClassifier
+    if name not in _ESTIMATOR_CLASSES:
+        raise ModelFileError(_UNKNOWN_CLASS.format(path=path, name=name))
+    return _ESTIMATOR_CLASSES[name]
 
 
 class ModelFileError(ValueError):
@@ -264,7 +298,8 @@ def _estimator_payload(est: Any) -> tuple[nn.Module, dict, dict, dict[str, np.nd
     arrays: dict[str, np.ndarray] = {}
     skipped = []
     for name, value in vars(est).items():
-        if not name.endswith("_") or name.startswith("_") or name in ("module_", "masks_"):
+        live = ("module_", "masks_", "optimizer_")
+        if not name.endswith("_") or name.startswith("_") or name in live:
             continue
         if isinstance(value, np.ndarray) and value.dtype != object:
             member = f"attr.{len(arrays)}"
@@ -307,7 +342,6 @@ def save(obj: Any, path: str | os.PathLike) -> int:
     int
         Size of the written file in bytes.
     """
-    from .flops import _check_masks
 
     arrays: dict[str, np.ndarray] = {}
     if isinstance(obj, tuple) and len(obj) == 3 and isinstance(obj[0], nn.Module):
@@ -324,7 +358,7 @@ def save(obj: Any, path: str | os.PathLike) -> int:
         module, masks, header, arrays = _estimator_payload(obj)
     else:
         raise TypeError(_BAD_OBJECT.format(type=type(obj).__name__))
-    _check_masks(module, masks)
+    check_masks(module, masks)
     header = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, **header}
     entries = []
     for index, (name, tensor) in enumerate(module.state_dict().items()):
@@ -375,7 +409,12 @@ def _read(path: str) -> tuple[dict, dict[str, np.ndarray]]:
     return header, arrays
 
 
-def load(path: str | os.PathLike, *, module: nn.Module | None = None) -> Any:
+def load(
+    path: str | os.PathLike,
+    *,
+    module: nn.Module | None = None,
+    estimator_class: type | None = None,
+) -> Any:
     """Read a file written by :func:`save`.
 
     No code from the file is executed: arrays are read with ``allow_pickle=False``, the
@@ -388,6 +427,9 @@ def load(path: str | os.PathLike, *, module: nn.Module | None = None) -> Any:
     module : nn.Module or None, default=None
         For a file holding a module whose architecture is not built-in: an instance to
         receive the weights (a deep copy is loaded and returned).
+    estimator_class : type or None, default=None
+        For a file holding an estimator: the class to rebuild (default: the registered
+        class named in the file, see :func:`register_estimator_class`).
 
     Returns
     -------
@@ -465,10 +507,9 @@ def load(path: str | os.PathLike, *, module: nn.Module | None = None) -> Any:
     if kind == "module":
         return net, masks, metadata
 
-    from ..estimator import RESTClassifier
-
+    cls = estimator_class if estimator_class is not None else _estimator_class(header, path)
     try:
-        est = RESTClassifier(**params)
+        est = cls(**params)
     except TypeError as exc:
         raise ModelFileError(_BAD_HEADER.format(path=path, error=exc)) from exc
     for name, value in attrs.items():

@@ -1,0 +1,219 @@
+"""Training checkpoints: the on-disk format behind ``Checkpoint`` and ``fit(resume_from=...)``.
+
+A checkpoint directory holds
+
+- ``epoch-NNNNNN.pt``: the full training state after epoch ``NNNNNN`` (weights, masks,
+  optimizer, scheduler, objective, precision, random generators, counters, history, best
+  weights so far, callback states), written with :func:`torch.save` and read back with
+  ``torch.load(weights_only=True)``: only tensors and plain containers, so loading runs no
+  code from the file;
+- ``latest.json``: the manifest, naming the newest state file with its SHA-256 digest, the
+  epoch, and the *fingerprint* of the run (data shapes and digests, classes, parameters).
+
+Every file is written atomically (a temporary file in the same directory, ``fsync``,
+rename, ``fsync`` of the directory). The manifest is replaced only after its state file is
+complete, so a crash at any moment leaves the previous checkpoint intact and named.
+Reading refuses a checkpoint whose state file does not match its digest (truncated or
+edited), or whose fingerprint differs from the run being resumed; nothing is deleted then.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..exceptions import CheckpointError
+
+__all__ = [
+    "FORMAT_NAME",
+    "FORMAT_VERSION",
+    "MANIFEST",
+    "has_checkpoint",
+    "read_checkpoint",
+    "write_checkpoint",
+]
+
+FORMAT_NAME = "rest_fair.checkpoint"
+FORMAT_VERSION = 1
+MANIFEST = "latest.json"
+
+_BAD_MANIFEST = "{path} is not a valid rest_fair checkpoint manifest ({error})."
+_MISSING_STATE = "checkpoint {path} is missing its state file {file}."
+_BAD_DIGEST = (
+    "checkpoint state file {path} does not match the digest in its manifest: it was "
+    "truncated or modified after it was written. Nothing was loaded or deleted."
+)
+_UNREADABLE = "checkpoint state file {path} cannot be read safely ({error})."
+_NEWER = "{path} uses checkpoint format version {version}; this rest_fair reads <= {ours}."
+_MISMATCH = (
+    "the checkpoint in {dirname} was made by a different run and cannot be resumed here: "
+    "{details}. Resume with the same data and parameters, or start a new run in another "
+    "directory."
+)
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # not supported on every platform
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    _fsync_dir(path.parent)
+
+
+def has_checkpoint(dirname: str | os.PathLike) -> bool:
+    """Whether ``dirname`` holds a checkpoint manifest."""
+    return (Path(dirname) / MANIFEST).is_file()
+
+
+def write_checkpoint(
+    dirname: str | os.PathLike,
+    state: dict[str, Any],
+    *,
+    epoch: int,
+    fingerprint: dict[str, Any],
+    keep: int = 2,
+) -> Path:
+    """Write one training state atomically and make it the latest checkpoint.
+
+    Parameters
+    ----------
+    dirname : str or path
+        Checkpoint directory (created if needed).
+    state : dict
+        Training state: tensors and plain containers only.
+    epoch : int
+        Epochs completed; names the file.
+    fingerprint : dict of JSON values
+        Identifies the run (compared by :func:`read_checkpoint`).
+    keep : int, default=2
+        State files kept; older ones are removed after the manifest is replaced.
+
+    Returns
+    -------
+    Path
+        The state file written.
+    """
+    directory = Path(dirname)
+    directory.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    payload = buffer.getvalue()
+    name = f"epoch-{int(epoch):06d}.pt"
+    _atomic_write(directory / name, payload)
+    manifest = {
+        "format": FORMAT_NAME,
+        "version": FORMAT_VERSION,
+        "file": name,
+        "sha256": hashlib.sha256(payload).hexdigest(),
+        "bytes": len(payload),
+        "epoch": int(epoch),
+        "fingerprint": fingerprint,
+    }
+    _atomic_write(directory / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True).encode())
+    for old in sorted(directory.glob("epoch-*.pt"))[:-keep]:
+        if old.name != name:
+            old.unlink(missing_ok=True)
+    return directory / name
+
+
+def _read_manifest(directory: Path) -> dict[str, Any]:
+    path = directory / MANIFEST
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+        if manifest.get("format") != FORMAT_NAME:
+            raise ValueError(f"format is {manifest.get('format')!r}")
+        version = int(manifest["version"])
+        file, digest = str(manifest["file"]), str(manifest["sha256"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise CheckpointError(_BAD_MANIFEST.format(path=path, error=exc)) from exc
+    if version > FORMAT_VERSION:
+        raise CheckpointError(_NEWER.format(path=path, version=version, ours=FORMAT_VERSION))
+    if Path(file).name != file:
+        raise CheckpointError(_BAD_MANIFEST.format(path=path, error=f"bad file name {file!r}"))
+    manifest["file"], manifest["sha256"] = file, digest
+    return manifest
+
+
+def _differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    details = []
+    for key in sorted(set(saved) | set(current)):
+        if saved.get(key) != current.get(key):
+            details.append(f"{key} was {saved.get(key)!r}, now {current.get(key)!r}")
+    return details
+
+
+def read_checkpoint(
+    dirname: str | os.PathLike, *, fingerprint: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The latest training state in ``dirname``, checked against its digest.
+
+    Parameters
+    ----------
+    dirname : str or path
+        Checkpoint directory written by :func:`write_checkpoint`.
+    fingerprint : dict, optional
+        The resuming run's fingerprint; any difference is refused, naming it.
+
+    Returns
+    -------
+    dict
+        The training state.
+
+    Raises
+    ------
+    CheckpointError
+        If the manifest or state file is missing, damaged or modified, or the fingerprint
+        differs.
+    """
+    directory = Path(dirname)
+    manifest = _read_manifest(directory)
+    if fingerprint is not None:
+        saved = manifest.get("fingerprint")
+        # compare as JSON, the form in which the fingerprint was saved
+        current = json.loads(json.dumps(fingerprint))
+        if not isinstance(saved, dict):
+            raise CheckpointError(_BAD_MANIFEST.format(path=directory / MANIFEST,
+                                                       error="no fingerprint"))
+        details = _differences(saved, current)
+        if details:
+            raise CheckpointError(_MISMATCH.format(dirname=directory,
+                                                   details="; ".join(details)))
+    path = directory / manifest["file"]
+    try:
+        payload = path.read_bytes()
+    except FileNotFoundError as exc:
+        raise CheckpointError(_MISSING_STATE.format(path=directory,
+                                                    file=manifest["file"])) from exc
+    if hashlib.sha256(payload).hexdigest() != manifest["sha256"]:
+        raise CheckpointError(_BAD_DIGEST.format(path=path))
+    try:
+        return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
+    except Exception as exc:  # any unpickling refusal or corruption
+        raise CheckpointError(_UNREADABLE.format(path=path, error=exc)) from exc

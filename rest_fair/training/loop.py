@@ -1,0 +1,370 @@
+"""The training loop: :class:`TrainingRun` runs epochs over the parts ``fit`` built.
+
+The loop is split like skorch's ``NeuralNet``: :meth:`TrainingRun.fit_loop` runs
+:meth:`~TrainingRun.run_single_epoch` until ``max_epochs`` or a callback stops it; an
+epoch is :meth:`~TrainingRun.train_step` over its batches, then
+:meth:`~TrainingRun.validate` and :meth:`~TrainingRun.select` (worst-group model
+selection). Callbacks receive the estimator (``net``) and keyword arguments; while the run
+is live the estimator carries ``module_``, ``optimizer_``, ``masks_`` and ``history_``.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .._data import BatchSource
+from ..exceptions import TrainingDivergedError
+from .parts import EvalSet, TrainingParts
+from .state import TrainState
+
+__all__ = ["TrainingRun", "predict_logits"]
+
+DIVERGED = (
+    "Training diverged in epoch {epoch}: the {what} became {value}. Likely causes: a "
+    "learning rate too high for this network (lr={lr:g}; try 10x smaller), or inputs of "
+    "very large magnitude (standardise the features, e.g. with sklearn's StandardScaler). "
+    "No model was kept."
+)
+
+
+@torch.no_grad()
+def predict_logits(
+    module: nn.Module,
+    source: BatchSource,
+    *,
+    batch_size: int,
+    device: torch.device,
+    autocast: Any = None,
+) -> torch.Tensor:
+    """Logits of every sample of ``source`` in order, as float32 on the CPU."""
+    was_training = module.training
+    module.eval()
+    order = torch.arange(source.n_samples)
+    out = []
+    for x, _ in source.batches(order, batch_size, device):
+        if autocast is None:
+            out.append(module(x).float().cpu())
+        else:
+            with autocast():
+                out.append(module(x).float().cpu())
+    module.train(was_training)
+    if not out:
+        return torch.empty(0)
+    return torch.cat(out)
+
+
+def _overrides(callback: Any, hook: str) -> bool:
+    from ..callbacks import Callback
+
+    return getattr(type(callback), hook, None) is not getattr(Callback, hook)
+
+
+class TrainingRun:
+    """One training run over :class:`TrainingParts`, resumable from its state.
+
+    Parameters
+    ----------
+    parts : TrainingParts
+        What to train with.
+    generator : torch.Generator
+        The run's CPU generator (sampling, masks, random regrowth); saved in checkpoints.
+    state : TrainState, optional
+        Progress to start from (a warm start); a new run starts at epoch 0.
+    fingerprint : dict, optional
+        What identifies the run's data and parameters; written into checkpoints and
+        compared on resume.
+    extra : dict, optional
+        More state to save in checkpoints (e.g. the JTT error set).
+    """
+
+    def __init__(
+        self,
+        parts: TrainingParts,
+        *,
+        generator: torch.Generator,
+        state: TrainState | None = None,
+        fingerprint: dict | None = None,
+        extra: dict | None = None,
+    ) -> None:
+        self.parts = parts
+        self.generator = generator
+        self.state = state if state is not None else TrainState()
+        self.fingerprint = fingerprint or {}
+        self.extra = dict(extra or {})
+        self.net: Any = None
+        from ..callbacks import Checkpoint
+
+        # checkpoints go last, so the state they write includes every other callback's
+        others = [cb for cb in parts.callbacks if not isinstance(cb, Checkpoint)]
+        self.callbacks = others + [cb for cb in parts.callbacks if isinstance(cb, Checkpoint)]
+        self._batch_callbacks = [cb for cb in self.callbacks if _overrides(cb, "on_batch_end")]
+        self._pending_callback_states: dict | None = None
+        p = parts
+        self._y = p.train.y.to(p.device)
+        self._w = None if p.train.loss_weights is None else p.train.loss_weights.to(p.device)
+        self._g = p.train.groups.to(p.device)
+
+    # ------------------------------------------------------------------ callbacks
+    def notify(self, hook: str, **kwargs: Any) -> list:
+        """Call ``hook(net, **kwargs)`` on every callback; return their results."""
+        return [getattr(cb, hook)(self.net, **kwargs) for cb in self.callbacks]
+
+    def _attach(self, net: Any) -> None:
+        self.net = net
+        net.module_ = self.parts.module
+        net.optimizer_ = self.parts.optimizer
+        net.history_ = self.state.history
+        net.masks_ = {}
+        self._refresh_masks()
+        net._run = self
+
+    def _refresh_masks(self) -> None:
+        if self.net is None:
+            return
+        live = self.net.masks_
+        live.clear()
+        if self.parts.sparsity is not None:
+            masks = self.parts.sparsity.masks
+            live.update({name: masks.mask(name) for name in masks.names})
+
+    # ------------------------------------------------------------------- training
+    def fit_loop(self, net: Any) -> TrainState:
+        """Train until ``max_epochs`` epochs are done or a callback stops; keep the best.
+
+        Parameters
+        ----------
+        net : RESTClassifier
+            The estimator; callbacks receive it and see the live training through it.
+
+        Returns
+        -------
+        TrainState
+        """
+        self._attach(net)
+        self.notify("on_train_begin")
+        if self._pending_callback_states is not None:
+            self._load_callback_states(self._pending_callback_states)
+        self.parts.module.train()
+        while self.state.epoch < self.parts.max_epochs and not self.state.stopped:
+            self.run_single_epoch()
+        self.notify("on_train_end")
+        if self.state.best_module_state is not None:
+            self.parts.module.load_state_dict(self.state.best_module_state)
+        self.parts.module.eval()
+        del net._run
+        return self.state
+
+    def run_single_epoch(self) -> dict:
+        """Train one epoch, validate, select, step the LR schedule and call back."""
+        p, s = self.parts, self.state
+        epoch = s.epoch_offset + s.epoch + 1
+        self.notify("on_epoch_begin", epoch=epoch)
+        start = time.perf_counter()
+        updates_before = p.sparsity.n_updates if p.sparsity is not None else 0
+        order = p.train.sampler.epoch_order()
+        loss_sum = torch.zeros((), device=p.device)
+        seen = 0
+        for x, idx in p.train.source.batches(order, p.batch_size, p.device):
+            idx = idx.to(p.device, non_blocking=True)
+            loss = self.train_step(x, idx)
+            n = len(idx)
+            loss_sum += loss * n
+            seen += n
+            if self._batch_callbacks:
+                value = float(loss)
+                for cb in self._batch_callbacks:
+                    cb.on_batch_end(self.net, step=s.step, loss=value)
+        train_loss = float(loss_sum) / max(seen, 1)
+        if not np.isfinite(train_loss):
+            self._diverged(epoch, "training loss", train_loss)
+
+        record: dict[str, Any] = {"epoch": epoch, "train_loss": train_loss}
+        if p.valid is not None:
+            record.update(self.validate(epoch))
+        record["density"] = p.sparsity.masks.density() if p.sparsity is not None else 1.0
+        record["lr"] = p.optimizer.param_groups[0]["lr"]
+        record["n_topology_updates"] = (
+            p.sparsity.n_updates - updates_before if p.sparsity is not None else 0
+        )
+        if hasattr(p.objective, "end_epoch"):
+            p.objective.end_epoch()
+        record["best"] = self.select(record, epoch)
+        self._step_scheduler(record)
+        record["dur"] = time.perf_counter() - start
+        s.history.append(record)
+        s.epoch += 1
+        if p.progress is not None:
+            p.progress.update(1)
+            p.progress.set_postfix(
+                {k: f"{record[k]:.3f}" for k in ("train_loss", "valid_acc",
+                                                 "valid_worst_group_acc") if k in record}
+            )
+        from ..callbacks import Checkpoint
+
+        for cb in self.callbacks:
+            if isinstance(cb, Checkpoint):
+                # every other callback has run: the stop decision is final
+                cb.on_epoch_end(self.net, record=record, stopping=s.stopped)
+            elif cb.on_epoch_end(self.net, record=record):
+                s.stopped = True
+        return record
+
+    def train_step(self, x: Any, idx: torch.Tensor) -> torch.Tensor:
+        """One optimizer step on a batch; returns the detached batch loss.
+
+        Order inside the step: forward and loss (under autocast), backward, the topology
+        update when due (it reads this batch's dense gradient, so the optimizer step that
+        follows trains the regrown weights), optimizer step, masks re-applied.
+        """
+        p, s = self.parts, self.state
+        with p.precision.autocast():
+            logits = p.module(x)
+            loss = p.objective(logits, self._y[idx],
+                               None if self._w is None else self._w[idx], self._g[idx])
+        p.optimizer.zero_grad(set_to_none=True)
+        p.precision.backward(loss)
+        step = s.step + 1
+        sparsity = p.sparsity
+        if sparsity is not None and sparsity.is_update_step(step):
+            p.precision.unscale_(p.optimizer)
+            if self._gradients_finite():
+                regrown = sparsity.before_step(step, p.optimizer)
+                self._refresh_masks()
+                self.notify("on_topology_update", step=step, n_regrown=regrown)
+        p.precision.step(p.optimizer)
+        if sparsity is not None:
+            sparsity.after_step()
+        s.step = step
+        return loss.detach()
+
+    def _gradients_finite(self) -> bool:
+        # float16 steps whose gradients overflowed are skipped by the scaler; their
+        # gradients must not choose the topology either
+        if self.parts.precision.scaler is None:
+            return True
+        grads = [p.grad for p in self.parts.sparsity.masks.params.values() if p.grad is not None]
+        return all(bool(torch.isfinite(g).all()) for g in grads)
+
+    # ---------------------------------------------------------- validation, selection
+    def validate(self, epoch: int) -> dict:
+        """Validation loss, accuracy and worst-group accuracy of the current weights."""
+        valid: EvalSet = self.parts.valid
+        logits = predict_logits(self.parts.module, valid.source,
+                                batch_size=self.parts.eval_batch_size,
+                                device=self.parts.device,
+                                autocast=self.parts.precision.autocast)
+        if not bool(torch.isfinite(logits).all()):
+            self._diverged(epoch, "network output on the validation data", "non-finite")
+        y = torch.as_tensor(valid.y)
+        loss_sum = float(nn.functional.cross_entropy(logits, y, reduction="sum"))
+        correct = (logits.argmax(1) == y).double()
+        groups = (torch.zeros(len(y), dtype=torch.long) if valid.groups is None
+                  else torch.as_tensor(valid.groups, dtype=torch.long))
+        n_groups = int(groups.max()) + 1 if len(groups) else 1
+        hits = torch.zeros(n_groups, dtype=torch.float64).index_add_(0, groups, correct)
+        totals = torch.bincount(groups, minlength=n_groups).double()
+        return self._metrics(loss_sum, hits, totals)
+
+    @staticmethod
+    def _metrics(loss_sum: float, hits: torch.Tensor, totals: torch.Tensor) -> dict:
+        n = float(totals.sum())
+        present = totals > 0
+        acc = float(hits.sum()) / n
+        wga = float((hits[present] / totals[present]).min()) if present.any() else acc
+        return {"valid_loss": loss_sum / n, "valid_acc": acc, "valid_worst_group_acc": wga}
+
+    def select(self, record: dict, epoch: int) -> bool:
+        """Keep the weights of this epoch if it is the best so far; return whether it is.
+
+        The key is ``(worst-group accuracy, accuracy)`` on validation data (ties keep the
+        earlier epoch), or the epoch number without validation data (the last is kept).
+        """
+        s = self.state
+        key = ((record["valid_worst_group_acc"], record["valid_acc"])
+               if "valid_worst_group_acc" in record else (epoch,))
+        if s.best_key is not None and not key > s.best_key:
+            return False
+        s.best_key = key
+        s.best_epoch = epoch
+        s.best_module_state = {k: v.detach().clone()
+                               for k, v in self.parts.module.state_dict().items()}
+        sparsity = self.parts.sparsity
+        s.best_masks = sparsity.masks.to_dict() if sparsity is not None else {}
+        return True
+
+    def _step_scheduler(self, record: dict) -> None:
+        scheduler = self.parts.scheduler
+        if scheduler is None:
+            return
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            scheduler.step(record.get("valid_loss", record["train_loss"]))
+        else:
+            scheduler.step()
+
+    def _diverged(self, epoch: int, what: str, value: Any) -> None:
+        lr = float(self.parts.optimizer.param_groups[0]["lr"])
+        raise TrainingDivergedError(DIVERGED.format(epoch=epoch, what=what, value=value, lr=lr))
+
+    # ----------------------------------------------------------------------- state
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue this run exactly (plain containers and tensors)."""
+        p = self.parts
+        state = {
+            "train_state": self.state.state_dict(),
+            "module": p.module.state_dict(),
+            "optimizer": p.optimizer.state_dict(),
+            "scheduler": p.scheduler.state_dict() if p.scheduler is not None else None,
+            "objective": p.objective.state_dict() if hasattr(p.objective, "state_dict")
+            else None,
+            "sparsity": p.sparsity.state_dict() if p.sparsity is not None else None,
+            "precision": p.precision.state_dict(),
+            "generator": self.generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "callbacks": self._callback_states(),
+            "extra": self.extra,
+        }
+        if p.device.type == "cuda":
+            state["cuda_rng"] = torch.cuda.get_rng_state(p.device)
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` (callback states are restored when the loop starts)."""
+        p = self.parts
+        p.module.load_state_dict(state["module"])
+        if p.sparsity is not None:
+            p.sparsity.load_state_dict(state["sparsity"])
+        p.optimizer.load_state_dict(state["optimizer"])
+        if p.scheduler is not None and state["scheduler"] is not None:
+            p.scheduler.load_state_dict(state["scheduler"])
+        if state["objective"] is not None:
+            p.objective.load_state_dict(state["objective"])
+        p.precision.load_state_dict(state["precision"])
+        self.generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        if "cuda_rng" in state and p.device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda_rng"], p.device)
+        self.state = TrainState.from_state_dict(state["train_state"])
+        self.extra = dict(state.get("extra") or {})
+        self._pending_callback_states = state.get("callbacks") or {}
+
+    def save_checkpoint(self, dirname: Any, *, keep: int = 2) -> None:
+        """Write the run's state to ``dirname`` (see :mod:`rest_fair.persistence.checkpoint`)."""
+        from ..persistence.checkpoint import write_checkpoint
+
+        write_checkpoint(dirname, self.state_dict(), epoch=self.state.epoch_offset
+                         + self.state.epoch, fingerprint=self.fingerprint, keep=keep)
+
+    def _callback_states(self) -> dict:
+        return {f"{i}:{type(cb).__name__}": cb.state_dict()
+                for i, cb in enumerate(self.callbacks) if hasattr(cb, "state_dict")}
+
+    def _load_callback_states(self, states: dict) -> None:
+        for i, cb in enumerate(self.callbacks):
+            key = f"{i}:{type(cb).__name__}"
+            if key in states and hasattr(cb, "load_state_dict"):
+                cb.load_state_dict(states[key])

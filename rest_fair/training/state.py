@@ -1,0 +1,83 @@
+"""The mutable state of a training run: counters, history and the best checkpoint so far.
+
+Together with the state of the parts (weights, masks, optimizer, scheduler, objective,
+precision) and of the random generators, :class:`TrainState` is everything needed to
+continue a run exactly where it stopped (see :mod:`rest_fair.persistence.checkpoint`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+__all__ = ["TrainState"]
+
+
+@dataclass
+class TrainState:
+    """Progress of one run.
+
+    Attributes
+    ----------
+    epoch : int
+        Epochs completed.
+    step : int
+        Optimizer steps completed.
+    history : list of dict
+        One record per completed epoch.
+    best_key : tuple or None
+        Selection key of the best epoch: ``(worst-group acc, acc)`` on validation data,
+        else ``(epoch,)``.
+    best_epoch : int
+        The epoch whose weights are kept (0 before the first epoch).
+    best_module_state : dict or None
+        Copy of the module's ``state_dict()`` at ``best_epoch``.
+    best_masks : dict
+        Masks at ``best_epoch``.
+    stopped : bool
+        A callback asked to stop.
+    epoch_offset : int
+        Epochs of earlier fits continued by a warm start (history numbering goes on).
+    """
+
+    epoch: int = 0
+    step: int = 0
+    history: list[dict] = field(default_factory=list)
+    best_key: tuple | None = None
+    best_epoch: int = 0
+    best_module_state: dict[str, torch.Tensor] | None = None
+    best_masks: dict[str, torch.Tensor] = field(default_factory=dict)
+    stopped: bool = False
+    epoch_offset: int = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        """Plain containers and tensors (loadable with ``torch.load(weights_only=True)``)."""
+        return {
+            "epoch": self.epoch,
+            "step": self.step,
+            "history": [dict(r) for r in self.history],
+            "best_key": list(self.best_key) if self.best_key is not None else None,
+            "best_epoch": self.best_epoch,
+            "best_module_state": self.best_module_state,
+            "best_masks": self.best_masks,
+            "stopped": self.stopped,
+            "epoch_offset": self.epoch_offset,
+        }
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, Any]) -> TrainState:
+        """Inverse of :meth:`state_dict`."""
+        key = state["best_key"]
+        return cls(
+            epoch=int(state["epoch"]),
+            step=int(state["step"]),
+            history=[dict(r) for r in state["history"]],
+            best_key=tuple(key) if key is not None else None,
+            best_epoch=int(state["best_epoch"]),
+            best_module_state=state["best_module_state"],
+            best_masks=dict(state["best_masks"]),
+            stopped=bool(state["stopped"]),
+            epoch_offset=int(state.get("epoch_offset", 0)),
+        )
