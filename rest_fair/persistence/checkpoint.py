@@ -161,11 +161,16 @@ def _read_manifest(directory: Path) -> dict[str, Any]:
     return manifest
 
 
-def _differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+def _differences(saved: dict[str, Any], current: dict[str, Any], prefix: str = "") -> list[str]:
     details = []
     for key in sorted(set(saved) | set(current)):
-        if saved.get(key) != current.get(key):
-            details.append(f"{key} was {saved.get(key)!r}, now {current.get(key)!r}")
+        before, after = saved.get(key), current.get(key)
+        if before == after:
+            continue
+        if isinstance(before, dict) and isinstance(after, dict):
+            details.extend(_differences(before, after, f"{prefix}{key}."))
+        else:
+            details.append(f"{prefix}{key} was {before!r}, now {after!r}")
     return details
 
 

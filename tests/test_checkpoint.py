@@ -1,0 +1,244 @@
+"""Training checkpoints: exact resume after SIGKILL, refusal of foreign or damaged files."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from rest_fair import RESTClassifier
+from rest_fair.callbacks import Callback, Checkpoint, EarlyStopping
+from rest_fair.exceptions import CheckpointError
+from rest_fair.persistence import checkpoint as ckpt_format
+
+DATA = """
+import numpy as np
+from sklearn.datasets import make_classification
+
+X, y = make_classification(700, 12, n_informative=6, n_classes=3, random_state=0)
+X = X.astype(np.float32)
+g = np.where(X[:, 0] > 0.8, "minority", "majority")
+"""
+METHODS = {
+    "rest": dict(sparsity=0.9),
+    "groupdro": dict(sparsity=0.8, objective="groupdro", upweight=None),
+    "jtt": dict(sparsity=0.8, infer_groups="jtt", jtt_epochs=2, upweight=5.0),
+}
+COMMON = dict(max_epochs=6, batch_size=64, lr=0.05, random_state=3, device="cpu",
+              module_params={"hidden_layer_sizes": (32, 32)})
+
+SCRIPT = """
+import os, signal, sys
+import torch
+torch.set_num_threads(1)
+{data}
+from rest_fair import RESTClassifier
+from rest_fair.callbacks import Callback, Checkpoint
+
+
+class KillAt(Callback):
+    def on_batch_end(self, net, *, step, **kwargs):
+        if step == {kill_step}:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+params = {params!r}
+RESTClassifier(**params, callbacks=[KillAt(), Checkpoint({dirname!r})]).fit(X, y, groups=g)
+"""
+
+
+def _data():
+    scope: dict = {}
+    exec(DATA, scope)
+    return scope["X"], scope["y"], scope["g"]
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_resume_after_sigkill_is_bitwise_identical(tmp_path, method):
+    params = {**COMMON, **METHODS[method]}
+    kill_step = 2 * 10 + 4  # in the middle of epoch 3 (10 steps per epoch)
+    script = SCRIPT.format(data=DATA, kill_step=kill_step, params=params,
+                           dirname=str(tmp_path))
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(script)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    manifest = json.loads((tmp_path / ckpt_format.MANIFEST).read_text())
+    assert manifest["epoch"] == 2
+
+    torch.set_num_threads(1)
+    try:
+        X, y, g = _data()
+        resumed = RESTClassifier(**params, callbacks=[Checkpoint(tmp_path)]).fit(
+            X, y, groups=g, resume_from=tmp_path)
+        whole = RESTClassifier(**params).fit(X, y, groups=g)
+    finally:
+        torch.set_num_threads(2)
+    assert [h["epoch"] for h in resumed.history_] == list(range(1, 7))
+    assert np.array_equal(resumed.predict_proba(X), whole.predict_proba(X))
+    for key, value in whole.module_.state_dict().items():
+        assert torch.equal(resumed.module_.state_dict()[key], value)
+    assert resumed.best_epoch_ == whole.best_epoch_
+    assert resumed.n_train_steps_ == whole.n_train_steps_ == 60
+    assert resumed.n_topology_updates_ == whole.n_topology_updates_
+    if method == "groupdro":
+        assert resumed.group_weight_history_ == whole.group_weight_history_
+    if method == "jtt":
+        assert np.array_equal(resumed.inferred_groups_, whole.inferred_groups_)
+    assert json.loads((tmp_path / ckpt_format.MANIFEST).read_text())["epoch"] == 6
+
+
+def _fit(tmp_path, **params):
+    X, y, g = _data()
+    clf = RESTClassifier(**{**COMMON, "max_epochs": 3, **params},
+                         callbacks=[Checkpoint(tmp_path, every=1)])
+    return clf.fit(X, y, groups=g), (X, y, g)
+
+
+def test_checkpoints_hold_the_whole_state_and_load_safely(tmp_path):
+    _fit(tmp_path, objective="groupdro")
+    files = sorted(p.name for p in tmp_path.glob("epoch-*.pt"))
+    assert files == ["epoch-000002.pt", "epoch-000003.pt"]  # keep=2
+    state = ckpt_format.read_checkpoint(tmp_path)
+    assert set(state) >= {"module", "optimizer", "scheduler", "objective", "sparsity",
+                          "generator", "torch_rng", "train_state", "callbacks"}
+    assert state["train_state"]["epoch"] == 3 and state["train_state"]["step"] == 30
+    assert state["objective"]["q"].shape == (2,)
+    assert state["train_state"]["best_module_state"] is not None
+    # the state file is an ordinary torch archive that loads with weights_only=True
+    torch.load(tmp_path / "epoch-000003.pt", weights_only=True)
+
+
+def test_resume_of_a_finished_run_trains_no_more(tmp_path):
+    done, (X, y, g) = _fit(tmp_path)
+    again = RESTClassifier(**{**COMMON, "max_epochs": 3}).fit(X, y, groups=g,
+                                                              resume_from=tmp_path)
+    assert len(again.history_) == 3 and again.n_train_steps_ == done.n_train_steps_
+    assert np.array_equal(again.predict(X), done.predict(X))
+
+
+def test_resume_from_an_empty_directory_starts_a_new_run(tmp_path):
+    X, y, g = _data()
+    clf = RESTClassifier(**{**COMMON, "max_epochs": 2}).fit(
+        X, y, groups=g, resume_from=tmp_path / "new")
+    assert len(clf.history_) == 2
+
+
+def test_early_stopping_state_is_resumed(tmp_path):
+    X, y, g = _data()
+    stop = EarlyStopping(patience=1, monitor="valid_loss", lower_is_better=True,
+                         threshold=10.0)
+    RESTClassifier(**COMMON, callbacks=[stop, Checkpoint(tmp_path)]).fit(X, y, groups=g)
+    state = ckpt_format.read_checkpoint(tmp_path)
+    assert state["train_state"]["stopped"] and state["train_state"]["epoch"] == 2
+    assert state["callbacks"]["0:EarlyStopping"]["wait"] == 1
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        (dict(params={"lr": 0.1}), "params.lr was 0.05, now 0.1"),
+        (dict(y_shift=True), "data_sha256 was"),
+        (dict(rows=600), "n_samples was 700, now 600"),
+    ],
+)
+def test_a_checkpoint_of_another_run_is_refused(tmp_path, change, match):
+    _fit(tmp_path)
+    X, y, g = _data()
+    n = change.get("rows", len(y))
+    y = np.roll(y, 1) if change.get("y_shift") else y
+    clf = RESTClassifier(**{**COMMON, "max_epochs": 3, **change.get("params", {})})
+    with pytest.raises(CheckpointError, match=f"different run.*{match}"):
+        clf.fit(X[:n], y[:n], groups=g[:n], resume_from=tmp_path)
+
+
+def test_truncated_or_tampered_checkpoints_are_refused_and_kept(tmp_path):
+    _fit(tmp_path)
+    X, y, g = _data()
+    latest = tmp_path / "epoch-000003.pt"
+    original = latest.read_bytes()
+    clf = RESTClassifier(**{**COMMON, "max_epochs": 3})
+    latest.write_bytes(original[: len(original) // 2])
+    with pytest.raises(CheckpointError, match="truncated or modified"):
+        clf.fit(X, y, groups=g, resume_from=tmp_path)
+    tampered = bytearray(original)
+    tampered[len(tampered) // 2] ^= 0xFF
+    latest.write_bytes(bytes(tampered))
+    with pytest.raises(CheckpointError, match="truncated or modified"):
+        clf.fit(X, y, groups=g, resume_from=tmp_path)
+    assert latest.exists() and (tmp_path / "epoch-000002.pt").exists()  # nothing deleted
+    (tmp_path / ckpt_format.MANIFEST).write_text("{not json")
+    with pytest.raises(CheckpointError, match="not a valid rest_fair checkpoint manifest"):
+        clf.fit(X, y, groups=g, resume_from=tmp_path)
+
+
+def test_a_pickle_in_a_checkpoint_runs_no_code(tmp_path):
+    import hashlib
+    import pickle
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'pwned'}",))
+
+    payload = pickle.dumps({"module": Evil()})
+    (tmp_path / "epoch-000001.pt").write_bytes(payload)
+    (tmp_path / ckpt_format.MANIFEST).write_text(json.dumps({
+        "format": ckpt_format.FORMAT_NAME, "version": 1, "file": "epoch-000001.pt",
+        "sha256": hashlib.sha256(payload).hexdigest(), "epoch": 1, "fingerprint": {}}))
+    with pytest.raises(CheckpointError, match="cannot be read safely"):
+        ckpt_format.read_checkpoint(tmp_path)
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_a_crash_while_writing_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    _fit(tmp_path)
+    before = (tmp_path / ckpt_format.MANIFEST).read_text()
+
+    def crash(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(ckpt_format.os, "replace", crash)
+    with pytest.raises(OSError, match="disk full"):
+        ckpt_format.write_checkpoint(tmp_path, {"x": torch.ones(3)}, epoch=9,
+                                     fingerprint={})
+    monkeypatch.undo()
+    assert (tmp_path / ckpt_format.MANIFEST).read_text() == before
+    assert not list(tmp_path.glob(".*tmp"))  # the temporary file was removed
+    assert ckpt_format.read_checkpoint(tmp_path)["train_state"]["epoch"] == 3
+
+
+def test_checkpoint_parameters_are_checked(tmp_path):
+    X, y, g = _data()
+    with pytest.raises(ValueError, match="every must be a positive int"):
+        RESTClassifier(**COMMON, callbacks=[Checkpoint(tmp_path, every=0)]).fit(X, y)
+
+
+class _Count(Callback):
+    def on_train_begin(self, net, **kwargs):
+        self.n = 0
+
+    def on_epoch_end(self, net, *, record, **kwargs):
+        self.n += 1
+
+
+def test_every_n_epochs_and_the_last_epoch_are_written(tmp_path, monkeypatch):
+    X, y, g = _data()
+    written = []
+    real = ckpt_format.write_checkpoint
+
+    def spy(dirname, state, *, epoch, **kwargs):
+        written.append(epoch)
+        return real(dirname, state, epoch=epoch, **kwargs)
+
+    monkeypatch.setattr(ckpt_format, "write_checkpoint", spy)
+    RESTClassifier(**{**COMMON, "max_epochs": 5},
+                   callbacks=[Checkpoint(tmp_path, every=2), _Count()]).fit(X, y)
+    assert written == [2, 4, 5]
+    assert Path(tmp_path / "epoch-000005.pt").exists()

@@ -1,0 +1,226 @@
+"""The training engine: update placement, live callbacks, divergence, precision, input checks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from sklearn.datasets import load_digits, make_classification
+
+from rest_fair import RESTClassifier
+from rest_fair.callbacks import Callback, EarlyStopping
+from rest_fair.exceptions import TrainingDivergedError
+
+FAST = dict(max_epochs=6, batch_size=64, lr=0.05, random_state=0, device="cpu",
+            module_params={"hidden_layer_sizes": (32, 32)})
+
+
+@pytest.fixture(scope="module")
+def data():
+    X, y = make_classification(600, 12, n_informative=6, n_classes=3, random_state=0)
+    groups = np.where(X[:, 0] > 0.8, "minority", "majority")
+    return X.astype(np.float32), y, groups
+
+
+def _clf(**params) -> RESTClassifier:
+    return RESTClassifier(**{**FAST, **params})
+
+
+def _zero_share(clf: RESTClassifier) -> float:
+    report = clf.sparsity_report()
+    return 1.0 - report["n_nonzero"].sum() / report["n_active"].sum()
+
+
+# ------------------------------------------------------- no selection right after a prune
+def _toy():
+    X, y = make_classification(2000, 20, n_informative=8, random_state=1)
+    return X.astype(np.float32), y, (X[:, 0] > 1.0).astype(int)
+
+
+def _digits():
+    X, y = load_digits(return_X_y=True)
+    return (X / 16.0).astype(np.float32), y, (X[:, 20] > 8).astype(int)
+
+
+def _images():
+    from rest_fair.datasets import make_colored_digits
+
+    d = make_colored_digits(conflict_ratio=0.05, random_state=0)
+    return d.X_train, d.y_train, d.conflict_train
+
+
+@pytest.mark.parametrize("make", [_toy, _digits, _images], ids=["toy", "digits", "images"])
+def test_kept_model_has_no_freshly_regrown_zeros(make):
+    # defaults (sparsity 0.9, update_interval="auto"); only the run length is shortened
+    X, y, g = make()
+    clf = RESTClassifier(max_epochs=8, random_state=0, device="cpu").fit(X, y, groups=g)
+    assert clf.n_topology_updates_ > 0
+    assert _zero_share(clf) <= 0.01
+
+
+class _UpdateLog(Callback):
+    """Records, per epoch, the optimizer steps since the last topology update."""
+
+    def on_train_begin(self, net, **kwargs):
+        self.last_update = None
+        self.steps_since = []
+
+    def on_topology_update(self, net, *, step, **kwargs):
+        self.last_update = step
+
+    def on_batch_end(self, net, *, step, **kwargs):
+        self.step = step
+
+    def on_epoch_end(self, net, *, record, **kwargs):
+        if self.last_update is not None:
+            # the update at step s precedes that step's optimizer update
+            self.steps_since.append(self.step - self.last_update + 1)
+        record["steps_since_update"] = self.steps_since[-1] if self.steps_since else None
+
+
+@pytest.mark.parametrize("interval", ["auto", 4, 5, 1])
+def test_no_validated_epoch_directly_follows_an_update(data, interval):
+    X, y, g = data
+    log = _UpdateLog()
+    clf = _clf(update_interval=interval, callbacks=[log]).fit(X, y, groups=g)
+    steps_per_epoch = 540 // 64 + 1  # 540 training samples after the 10 % split
+    assert clf.n_topology_updates_ > 0 and log.steps_since
+    # at least the update step's own optimizer step and one more step
+    assert min(log.steps_since) >= 2
+    if interval == "auto":  # mid-epoch: half an epoch of training before validation
+        assert min(log.steps_since) >= steps_per_epoch // 2
+    assert "steps_since_update" in clf.history_[-1]  # callbacks may add keys
+
+
+# ----------------------------------------------------------------- live callbacks
+def test_callbacks_see_the_live_network(data):
+    X, y, g = data
+    seen = []
+
+    class DensityLog(Callback):
+        def on_epoch_end(self, net, *, record, **kwargs):
+            params = dict(net.module_.named_parameters())
+            record["layer_density"] = {name: float(m.float().mean())
+                                       for name, m in net.masks_.items()}
+            seen.append((net.optimizer_ is not None, net.history_[-1] is record,
+                         len(net.history_), params.keys() >= net.masks_.keys()))
+
+    clf = _clf(callbacks=[DensityLog()]).fit(X, y, groups=g)
+    assert seen == [(True, True, i, True) for i in range(1, 7)]
+    assert set(clf.history_[0]["layer_density"]) == set(clf.masks_)
+
+
+def test_misused_callbacks_are_refused(data):
+    X, y, _ = data
+    with pytest.raises(TypeError, match=r"callbacks\[0\] is a str, not a rest_fair"):
+        _clf(callbacks=["print"]).fit(X, y)
+    with pytest.raises(TypeError, match="pass an instance: EarlyStopping"):
+        _clf(callbacks=[EarlyStopping]).fit(X, y)
+    with pytest.raises(ValueError, match="callbacks must be a list"):
+        _clf(callbacks=EarlyStopping()).fit(X, y)
+
+
+@pytest.mark.parametrize("verbose", [1.5, "yes", -1])
+def test_non_integer_verbose_is_refused(data, verbose):
+    X, y, _ = data
+    with pytest.raises(ValueError, match="verbose must be"):
+        _clf(verbose=verbose).fit(X, y)
+
+
+def test_groups_of_more_than_two_dimensions_are_refused(data):
+    X, y, g = data
+    with pytest.raises(ValueError, match=r"groups must be 1-D .* shape \(600, 1, 1\)"):
+        _clf().fit(X, y, groups=g.reshape(-1, 1, 1))
+    with pytest.raises(ValueError, match="groups must be 1-D"):
+        _clf().fit(X, y, groups=[[[0]]] * 600)
+
+
+# --------------------------------------------------------------------- divergence
+def test_divergence_is_an_error_naming_the_epoch(data):
+    X, y, g = data
+    with pytest.raises(TrainingDivergedError, match=r"epoch \d+.*learning rate.*lr=1e\+06"):
+        _clf(lr=1e6, lr_scheduler="constant").fit(X, y, groups=g)
+    with pytest.raises(TrainingDivergedError, match="large magnitude"):
+        _clf().fit(X * np.float32(1e30), y, groups=g)
+
+
+def test_predictions_are_never_non_finite(data):
+    X, y, _ = data
+    clf = _clf(max_epochs=2).fit(X, y)
+    with torch.no_grad():
+        next(clf.module_.parameters()).fill_(float("nan"))
+    with pytest.raises(TrainingDivergedError, match="not finite"):
+        clf.predict_proba(X)
+
+
+# ---------------------------------------------------------------------- precision
+def test_bf16_on_cpu_keeps_masks_exact_and_learns(data):
+    X, y, g = data
+    clf = _clf(precision="bf16", max_epochs=10).fit(X, y, groups=g)
+    params = dict(clf.module_.named_parameters())
+    for name, mask in clf.masks_.items():
+        assert params[name].dtype == torch.float32  # master weights stay float32
+        assert torch.all(params[name].detach()[~mask] == 0)
+    assert clf.score(X, y) > 0.6
+    ref = _clf(max_epochs=10).fit(X, y, groups=g)
+    assert abs(clf.score(X, y) - ref.score(X, y)) < 0.1
+
+
+def test_float16_mixed_needs_cuda(data):
+    X, y, _ = data
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    with pytest.raises(ValueError, match="16-mixed.*needs a CUDA device.*bf16"):
+        _clf(precision="16-mixed").fit(X, y)
+    with pytest.raises(ValueError, match="precision must be one of"):
+        _clf(precision="fp8").fit(X, y)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("precision", ["bf16", "16-mixed"])
+def test_reduced_precision_on_cuda(data, precision):
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    X, y, g = data
+    clf = _clf(device="cuda", precision=precision, max_epochs=10).fit(X, y, groups=g)
+    params = dict(clf.module_.named_parameters())
+    for name, mask in clf.masks_.items():
+        assert params[name].dtype == torch.float32
+        assert torch.all(params[name].detach()[~mask.to(params[name].device)] == 0)
+    assert clf.score(X, y) > 0.6
+
+
+# ------------------------------------------------------------------ warm start, data
+def test_warm_start_continues_the_fitted_network(data):
+    X, y, g = data
+    clf = _clf(max_epochs=3, warm_start=True).fit(X, y, groups=g)
+    first = {k: v.clone() for k, v in clf.module_.state_dict().items()}
+    clf.fit(X, y, groups=g)
+    assert [h["epoch"] for h in clf.history_] == [1, 2, 3, 4, 5, 6]
+    assert clf.n_train_steps_ == 6 * 9
+    assert clf.best_epoch_ >= 4  # chosen among the continued epochs
+    cold = _clf(max_epochs=3).fit(X, y, groups=g)
+    assert all(torch.equal(first[k], v) for k, v in cold.module_.state_dict().items())
+    with pytest.raises(ValueError, match="warm_start=True continues.*classes"):
+        clf.fit(X, (y + 1) % 4, groups=g)
+
+
+def test_one_dataloader_per_fit(data, monkeypatch):
+    X, y, _ = data
+    created = []
+    real_init = torch.utils.data.DataLoader.__init__
+
+    def counting_init(self, *args, **kwargs):
+        created.append(kwargs.get("persistent_workers"))
+        real_init(self, *args, **kwargs)
+
+    class Items(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(X)
+
+        def __getitem__(self, i):
+            return torch.from_numpy(X[i])
+
+    monkeypatch.setattr(torch.utils.data.DataLoader, "__init__", counting_init)
+    _clf(max_epochs=4).fit(Items(), y)
+    assert len(created) == 2  # one for training, one for validation, for all 4 epochs
