@@ -100,6 +100,9 @@ def test_interrupted_dask_sweep_resumes_only_missing_runs(cluster, tmp_path, cou
     def kill_after_first(record, k):
         raise Killed
 
+    # out of time before the first run: nothing is submitted
+    assert run_sweep(config, out, scheduler=cluster, progress=False, time_limit=0) == []
+    assert counted_appends == []
     with pytest.raises(Killed):
         run_sweep(config, out, scheduler=cluster, progress=False, on_result=kill_after_first)
     assert len(result_lines(out)) == 1 == len(counted_appends)
