@@ -8,6 +8,9 @@ same is available from Python::
     records = run_sweep(config, "out/quick")
     write_outputs(records, config, "out/quick")
 
+``run_sweep(config, out, scheduler="tcp://host:8786")`` runs the same sweep on a
+``dask.distributed`` cluster (the ``dask`` extra).
+
 Every method is a row of :data:`METHODS`, i.e. a configuration of
 :class:`rest_fair.RESTClassifier`.
 """

@@ -7,6 +7,7 @@ imported when the command runs).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import shlex
 import sys
 import time
@@ -19,6 +20,8 @@ from .methods import METHODS
 __all__ = ["add_parser", "run"]
 
 _BAD_LIST = "{flag}: cannot read {value!r} as a comma-separated list of {kind}."
+_SCHEDULER_NEEDS_DASK = "--scheduler is only used with --backend dask."
+_SETUP_FAILED = "rest-fair bench: error: {error}"
 
 
 def _floats(flag: str):
@@ -139,7 +142,18 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, default=None,
                         help="Output folder (default: rest_fair_results/bench-<preset>).")
     parser.add_argument("--n-jobs", type=int, default=1,
-                        help="Parallel runs; torch threads are split so jobs x threads <= cores.")
+                        help="Parallel runs; torch threads are split so jobs x threads <= cores "
+                             "(local backend).")
+    parser.add_argument("--backend", choices=("local", "dask"), default=None,
+                        help="Where runs execute: local processes, or a dask.distributed "
+                             "cluster (needs the dask extra). Default: dask when --scheduler "
+                             "is given, else local.")
+    parser.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                        help="Dask scheduler address, e.g. tcp://HOST:8786 (default: "
+                             "$DASK_SCHEDULER_ADDRESS).")
+    parser.add_argument("--scheduler-timeout", type=float, default=10.0, metavar="SECONDS",
+                        help="Give up when the scheduler does not answer or has no worker "
+                             "within this time.")
     parser.add_argument("--max-runs", type=int, default=None,
                         help="Stop after this many new runs (rerun to continue).")
     parser.add_argument("--time-limit", type=float, default=None,
@@ -181,33 +195,56 @@ def run(args: argparse.Namespace) -> int:
         extra_params=args.extra_params,
     )
     out_dir = args.out or Path("rest_fair_results") / f"bench-{args.preset}"
-    n_jobs, threads = split_threads(args.n_jobs)
+    backend = args.backend or ("dask" if args.scheduler else "local")
+    if backend == "local" and args.scheduler:
+        print(_SETUP_FAILED.format(error=_SCHEDULER_NEEDS_DASK), file=sys.stderr)
+        return 2
     n_runs = len(config.runs())
-    print(
+    grid = (
         f"rest-fair bench: preset={args.preset}, {n_runs} runs "
         f"({len(config.methods)} methods x {len(config.ratios)} ratios x "
-        f"{len(config.sparsities)} sparsities x {len(config.seeds)} seeds), "
-        f"n_jobs={n_jobs} x {threads} torch threads, out={out_dir}",
-        file=sys.stderr,
+        f"{len(config.sparsities)} sparsities x {len(config.seeds)} seeds)"
     )
-    t0 = time.perf_counter()
-    records = run_sweep(
-        config,
-        out_dir,
-        n_jobs=n_jobs,
-        resume=not args.fresh,
-        progress=not args.no_progress,
-        max_runs=args.max_runs,
-        time_limit=args.time_limit,
-    )
-    info = {
+    info: dict[str, Any] = {
         "preset": args.preset,
         "command": shlex.join(["rest-fair", *getattr(args, "argv", ["bench"])]),
-        "n_jobs": n_jobs,
-        "torch_threads_per_job": threads,
-        "started": started,
-        "sweep_seconds_this_call": round(time.perf_counter() - t0, 1),
+        "backend": backend,
     }
+    with contextlib.ExitStack() as stack:
+        client = None
+        if backend == "dask":
+            from ._dask import connect
+
+            try:
+                client = stack.enter_context(
+                    connect(args.scheduler, timeout=args.scheduler_timeout)
+                )
+            except (ImportError, ConnectionError, ValueError) as exc:
+                print(_SETUP_FAILED.format(error=exc), file=sys.stderr)
+                return 2
+            workers = client.nthreads()
+            info.update(scheduler=client.scheduler.address, dask_workers=len(workers),
+                        dask_worker_threads=sum(workers.values()))
+            where = (f"dask scheduler {client.scheduler.address} ({len(workers)} workers, "
+                     f"{sum(workers.values())} threads)")
+        else:
+            n_jobs, threads = split_threads(args.n_jobs)
+            info.update(n_jobs=n_jobs, torch_threads_per_job=threads)
+            where = f"n_jobs={n_jobs} x {threads} torch threads"
+        print(f"{grid}, {where}, out={out_dir}", file=sys.stderr)
+        t0 = time.perf_counter()
+        records = run_sweep(
+            config,
+            out_dir,
+            n_jobs=info.get("n_jobs", 1),
+            resume=not args.fresh,
+            progress=not args.no_progress,
+            max_runs=args.max_runs,
+            time_limit=args.time_limit,
+            backend=backend,
+            scheduler=client,
+        )
+    info.update(started=started, sweep_seconds_this_call=round(time.perf_counter() - t0, 1))
     outputs = write_outputs(records, config, out_dir, run_info=info, plots=not args.no_plots)
     errors = [r for r in records if r.get("status") == "error"]
     for record in errors:

@@ -4,17 +4,22 @@ Every finished run is written as one JSON line (flushed and fsynced) to the resu
 of the output folder, keyed by its run id. Rerunning the same sweep skips the runs whose
 ids are already there, so an interrupted sweep resumes without repeating or losing runs.
 A run that fails is recorded with ``"status": "error"`` and is retried on the next call.
+
+Runs execute in this process, in local joblib processes (``n_jobs``), or on a
+``dask.distributed`` cluster (``backend="dask"``); in every case the records come back to
+this process, which alone writes the results file.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
 import time
 import traceback
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +29,7 @@ from .config import BenchConfig, RunSpec
 from .methods import estimator_params, get_method
 
 __all__ = [
+    "BACKENDS",
     "RESULTS_FILE",
     "available_cores",
     "read_results",
@@ -34,11 +40,22 @@ __all__ = [
 
 RESULTS_FILE = "results.jsonl"
 
+#: Where the runs of a sweep execute.
+BACKENDS = ("local", "dask")
+
 _MISSING_PARAM = (
     "Method {method!r} needs RESTClassifier parameter(s) {params}, which this version of "
     "rest_fair does not have; drop it from --methods."
 )
 _CORRUPT_LINE = "Ignoring an unreadable line {line} of {path} (an interrupted write?)."
+_BAD_BACKEND = "backend must be one of {backends} or None; got {backend!r}."
+_SCHEDULER_NEEDS_DASK = (
+    "scheduler={scheduler!r} is only used by backend='dask'; got backend={backend!r}."
+)
+_N_JOBS_IGNORED = (
+    "n_jobs={n_jobs} is ignored with backend='dask': the cluster runs as many runs at once "
+    "as its workers have threads."
+)
 
 
 def available_cores() -> int:
@@ -184,7 +201,18 @@ def run_one(
         per-cell accuracies), validation metrics of
         the kept checkpoint, density, timing, and ``status`` ("ok" or "error").
     """
-    record: dict[str, Any] = {
+    try:
+        record = _identity(spec)
+        record.update(_train_and_score(spec, config, n_threads=n_threads, verbose=verbose))
+        record["status"] = "ok"
+    except Exception as exc:  # recorded, retried on resume
+        return error_record(spec, exc)
+    record["finished_at"] = _now()
+    return record
+
+
+def _identity(spec: RunSpec) -> dict[str, Any]:
+    return {
         "run_id": spec.run_id,
         "method": spec.method,
         "ratio": spec.ratio,
@@ -192,14 +220,19 @@ def run_one(
         "seed": spec.seed,
         "config_hash": spec.config_hash,
     }
-    try:
-        record.update(_train_and_score(spec, config, n_threads=n_threads, verbose=verbose))
-        record["status"] = "ok"
-    except Exception as exc:  # recorded, retried on resume
-        record["status"] = "error"
-        record["error"] = f"{type(exc).__name__}: {exc}"
-        record["traceback"] = traceback.format_exc(limit=8)
-    record["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+def error_record(spec: RunSpec, exc: BaseException) -> dict[str, Any]:
+    """The record of a run that raised ``exc`` (``"status": "error"``, retried on resume)."""
+    record = _identity(spec)
+    record["status"] = "error"
+    record["error"] = f"{type(exc).__name__}: {exc}"
+    record["traceback"] = "".join(traceback.format_exception(exc, limit=8))
+    record["finished_at"] = _now()
     return record
 
 
@@ -340,6 +373,9 @@ def run_sweep(
     max_runs: int | None = None,
     time_limit: float | None = None,
     on_result: Callable[[dict[str, Any], int], None] | None = None,
+    backend: str | None = None,
+    scheduler: Any = None,
+    scheduler_timeout: float = 10.0,
 ) -> list[dict[str, Any]]:
     """Run every missing run of ``config`` and return the records of the whole grid.
 
@@ -347,10 +383,12 @@ def run_sweep(
     ----------
     config : BenchConfig
     out_dir : str or Path
-        Folder of ``results.jsonl`` (created).
+        Folder of ``results.jsonl`` (created). Only this process writes it, whatever the
+        backend.
     n_jobs : int, default=1
         Parallel runs (joblib processes); torch threads per run are split so that
-        ``n_jobs * threads <= cores``. ``-1``: one run per core.
+        ``n_jobs * threads <= cores``. ``-1``: one run per core. Not used by the dask
+        backend, whose parallelism is the cluster's worker threads.
     resume : bool, default=True
         Skip runs already recorded as successful; False moves the old file aside.
     progress : bool, default=True
@@ -362,47 +400,101 @@ def run_sweep(
     on_result : callable or None
         ``on_result(record, k)`` after the ``k``-th new record is saved (a hook for
         tests and logging; an exception it raises interrupts the sweep).
+    backend : {"local", "dask"} or None, default=None
+        Where runs execute: ``"local"`` (this process or joblib processes) or ``"dask"``
+        (a ``dask.distributed`` cluster, see ``scheduler``). None picks ``"dask"`` when
+        ``scheduler`` is given or when called inside
+        ``joblib.parallel_config(backend="dask")``, else ``"local"``.
+    scheduler : str, distributed.Client or None
+        With the dask backend: the scheduler address (e.g. ``"tcp://host:8786"``) or a
+        Client. None uses the Client of an enclosing ``joblib.parallel_config``, else the
+        default Client, else dask's ``scheduler-address`` setting.
+    scheduler_timeout : float, default=10.0
+        Seconds to wait for the scheduler to answer and for a first worker, before a
+        ConnectionError.
 
     Returns
     -------
     list of dict
-        Records of the runs of this grid found in the results file.
+        Records of the runs of this grid found in the results file. With the dask backend
+        each new record also names the ``worker`` that ran it.
     """
     from tqdm.auto import tqdm
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / RESULTS_FILE
-    if not resume and path.exists():
-        path.rename(path.with_name(f"{path.stem}.{time.strftime('%Y%m%d-%H%M%S')}.jsonl"))
-    check_methods(config)
-    specs = config.runs()
-    done = {r["run_id"] for r in read_results(path) if r.get("status") == "ok"}
-    pending = [s for s in specs if s.run_id not in done]
-    todo = pending if max_runs is None else pending[: max(0, int(max_runs))]
-    n_jobs, threads = split_threads(n_jobs)
-    start = time.perf_counter()
-    bar = tqdm(
-        total=len(specs), initial=len(specs) - len(pending),
-        desc="runs", unit="run", disable=not progress, leave=True,
-    )
-    count = 0
-    try:
-        for batch in _batches(todo, n_jobs):
-            if time_limit is not None and time.perf_counter() - start > time_limit:
-                break
-            for record in _run_batch(batch, config, n_jobs, threads, progress):
-                _append(path, record)
-                count += 1
-                bar.update(1)
-                bar.set_postfix_str(f"{record['method']} s={record['sparsity']:g} "
-                                    f"{record.get('status')}")
-                if on_result is not None:
-                    on_result(record, count)
-    finally:
-        bar.close()
+    backend = _resolve_backend(backend, scheduler)
+    if backend == "dask" and n_jobs not in (1, None):
+        warnings.warn(_N_JOBS_IGNORED.format(n_jobs=n_jobs), UserWarning, stacklevel=2)
+    with contextlib.ExitStack() as stack:
+        client = None
+        if backend == "dask":
+            from ._dask import connect
+
+            client = stack.enter_context(connect(scheduler, timeout=scheduler_timeout))
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        path = out_dir / RESULTS_FILE
+        if not resume and path.exists():
+            path.rename(path.with_name(f"{path.stem}.{time.strftime('%Y%m%d-%H%M%S')}.jsonl"))
+        check_methods(config)
+        specs = config.runs()
+        done = {r["run_id"] for r in read_results(path) if r.get("status") == "ok"}
+        pending = [s for s in specs if s.run_id not in done]
+        todo = pending if max_runs is None else pending[: max(0, int(max_runs))]
+        start = time.perf_counter()
+
+        def out_of_time() -> bool:
+            return time_limit is not None and time.perf_counter() - start > time_limit
+
+        if client is not None:
+            from ._dask import dask_records
+
+            records = dask_records(client, todo, config, out_of_time)
+        else:
+            records = _local_records(todo, config, n_jobs, progress, out_of_time)
+        stack.enter_context(contextlib.closing(records))
+        bar = stack.enter_context(
+            tqdm(total=len(specs), initial=len(specs) - len(pending), desc="runs",
+                 unit="run", disable=not progress, leave=True)
+        )
+        for count, record in enumerate(records, start=1):
+            _append(path, record)
+            bar.update(1)
+            bar.set_postfix_str(f"{record['method']} s={record['sparsity']:g} "
+                                f"{record.get('status')}")
+            if on_result is not None:
+                on_result(record, count)
     ids = {s.run_id for s in specs}
     return [r for r in read_results(path) if r["run_id"] in ids]
+
+
+def _resolve_backend(backend: str | None, scheduler: Any) -> str:
+    if backend is not None and backend not in BACKENDS:
+        raise ValueError(_BAD_BACKEND.format(backends=BACKENDS, backend=backend))
+    if backend is None:
+        backend = "dask" if scheduler is not None or _in_joblib_dask() else "local"
+    if scheduler is not None and backend != "dask":
+        raise ValueError(_SCHEDULER_NEEDS_DASK.format(scheduler=scheduler, backend=backend))
+    return backend
+
+
+def _in_joblib_dask() -> bool:
+    from ._dask import active_joblib_client
+
+    return active_joblib_client() is not None
+
+
+def _local_records(
+    todo: Sequence[RunSpec],
+    config: BenchConfig,
+    n_jobs: int,
+    progress: bool,
+    stop: Callable[[], bool],
+) -> Iterator[dict[str, Any]]:
+    n_jobs, threads = split_threads(n_jobs)
+    for batch in _batches(todo, n_jobs):
+        if stop():
+            return
+        yield from _run_batch(batch, config, n_jobs, threads, progress)
 
 
 def _batches(todo: Sequence[RunSpec], size: int) -> list[list[RunSpec]]:
@@ -418,7 +510,10 @@ def _run_batch(
         return
     from joblib import Parallel, delayed
 
-    parallel = Parallel(n_jobs=min(n_jobs, len(batch)), return_as="generator_unordered")
+    # The local backend is always local processes, even inside a joblib.parallel_config.
+    parallel = Parallel(
+        n_jobs=min(n_jobs, len(batch)), backend="loky", return_as="generator_unordered"
+    )
     yield from parallel(
         delayed(run_one)(spec, config, n_threads=threads, verbose=0) for spec in batch
     )

@@ -1,0 +1,243 @@
+"""Running the runs of a sweep on a ``dask.distributed`` cluster.
+
+The driver (the process calling :func:`~rest_fair.benchmarks.run_sweep`) keeps as many runs
+in flight as the cluster has worker threads, gathers each record as it completes and is the
+only process that writes the results file: workers receive a run's spec and configuration,
+never a path. Each run sets its torch threads so that the runs sharing a machine do not
+oversubscribe its cores, by the same rule as local parallel runs
+(:func:`~rest_fair.benchmarks.split_threads`).
+
+``distributed`` is imported only when this backend is used.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+from .config import BenchConfig, RunSpec
+from .runner import available_cores, error_record, run_one, split_threads
+
+__all__ = ["active_joblib_client", "connect", "dask_records", "thread_plan"]
+
+_NO_DASK = (
+    "The dask backend needs dask.distributed, which is not installed. Install it with "
+    "`pip install 'rest-fair[dask]'` (or `pip install 'dask[distributed]'`)."
+)
+_UNREACHABLE = (
+    "Could not connect to the Dask scheduler at {address!r} within {timeout:g} s ({error}). "
+    "Check the address (e.g. tcp://HOST:8786) and that `dask scheduler` is running there."
+)
+_NO_WORKERS = (
+    "The Dask scheduler at {address} has no workers after {timeout:g} s; start some with "
+    "`dask worker {address} --nthreads 1`."
+)
+_NO_CLIENT = (
+    "backend='dask' needs a scheduler: pass its address (scheduler=... or --scheduler), "
+    "create a distributed.Client first, or call run_sweep inside "
+    "joblib.parallel_config(backend='dask')."
+)
+
+
+def import_distributed() -> Any:
+    """The ``distributed`` module, or an ImportError saying how to install it."""
+    try:
+        import distributed
+    except ImportError as exc:
+        raise ImportError(_NO_DASK) from exc
+    return distributed
+
+
+def active_joblib_client() -> Any:
+    """The Client of an enclosing ``joblib.parallel_config(backend="dask")``, else None."""
+    from joblib.parallel import get_active_backend
+
+    backend, _ = get_active_backend()
+    if type(backend).__name__ == "DaskDistributedBackend":
+        return getattr(backend, "client", None)
+    return None
+
+
+def _probe(address: str, timeout: float) -> None:
+    """Open and close one connection to ``address``, retrying until ``timeout``.
+
+    A failed ``distributed.Client`` constructor leaves an object whose finalizer blocks
+    for twice the timeout and prints errors; probing first keeps a wrong address to one
+    clear exception. The probe runs its own event loop in a thread, so it also works when
+    the caller already runs one (e.g. Jupyter).
+    """
+    from distributed.comm import connect as comm_connect
+
+    async def attempt() -> None:
+        comm = await comm_connect(address, timeout=timeout)
+        comm.abort()
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        pool.submit(asyncio.run, attempt()).result()
+
+
+@contextlib.contextmanager
+def connect(scheduler: Any = None, *, timeout: float = 10.0) -> Iterator[Any]:
+    """A ``distributed.Client`` with at least one worker, for the duration of a sweep.
+
+    Parameters
+    ----------
+    scheduler : str, distributed.Client or None
+        Scheduler address (``tcp://host:8786``), a connected Client, or None to use the
+        Client of an enclosing ``joblib.parallel_config(backend="dask")``, else the current
+        default Client, else the address of dask's ``scheduler-address`` setting (the
+        ``DASK_SCHEDULER_ADDRESS`` environment variable).
+    timeout : float, default=10.0
+        Seconds to wait for the scheduler to answer and for a first worker to join.
+
+    Yields
+    ------
+    distributed.Client
+        Closed on exit only when this function opened it.
+
+    Raises
+    ------
+    ImportError
+        ``distributed`` is not installed.
+    ConnectionError
+        The scheduler cannot be reached or has no workers within ``timeout``.
+    ValueError
+        No scheduler is given and none is active.
+    """
+    distributed = import_distributed()
+    import dask  # present whenever distributed is
+    client = None
+    if scheduler is not None and not isinstance(scheduler, str):
+        client = scheduler
+    elif scheduler is None:
+        client = active_joblib_client()
+        if client is None:
+            with contextlib.suppress(ValueError):
+                client = distributed.get_client()
+        if client is None:
+            scheduler = dask.config.get("scheduler-address", None)
+            if scheduler is None:
+                raise ValueError(_NO_CLIENT)
+    owned = client is None
+    if owned:
+        try:
+            if "://" not in scheduler or scheduler.startswith("tcp://"):
+                _probe(scheduler, timeout)
+            client = distributed.Client(scheduler, timeout=timeout, set_as_default=False)
+        except Exception as exc:
+            raise ConnectionError(
+                _UNREACHABLE.format(address=scheduler, timeout=timeout, error=exc)
+            ) from exc
+    try:
+        try:
+            client.wait_for_workers(1, timeout=timeout)
+        except (TimeoutError, asyncio.TimeoutError) as exc:
+            address = client.scheduler.address if client.scheduler else scheduler
+            raise ConnectionError(_NO_WORKERS.format(address=address, timeout=timeout)) from exc
+        yield client
+    finally:
+        if owned:
+            client.close()
+
+
+def thread_plan(client: Any, nthreads: Mapping[str, int] | None = None) -> dict[str, int]:
+    """Torch threads per run for every worker: the host's cores over its parallel runs.
+
+    Runs execute concurrently in every worker thread of every worker process, so the runs
+    of one machine are the worker threads of all its workers; each run gets
+    ``split_threads(runs_on_host, cores_of_worker)`` threads.
+
+    Parameters
+    ----------
+    client : distributed.Client
+    nthreads : mapping of str to int or None
+        ``client.nthreads()``, if already known.
+
+    Returns
+    -------
+    dict
+        Worker address to torch threads.
+    """
+    from distributed.comm import get_address_host
+
+    nthreads = dict(nthreads if nthreads is not None else client.nthreads())
+    cores = client.run(available_cores, on_error="ignore")
+    per_host: dict[str, int] = {}
+    for address, slots in nthreads.items():
+        host = get_address_host(address)
+        per_host[host] = per_host.get(host, 0) + int(slots)
+    return {
+        address: split_threads(per_host[get_address_host(address)], cores[address])[1]
+        for address in nthreads
+        if address in cores
+    }
+
+
+def run_on_worker(spec: RunSpec, config: BenchConfig, plan: Mapping[str, int]) -> dict:
+    """One run inside a Dask worker: torch threads from ``plan``, worker recorded."""
+    from distributed import get_worker
+
+    worker = get_worker()
+    threads = plan.get(worker.address)
+    if threads is None:  # a worker that joined after the plan was made
+        threads = split_threads(worker.state.nthreads)[1]
+    record = run_one(spec, config, n_threads=threads)
+    record["worker"] = worker.address
+    return record
+
+
+def dask_records(
+    client: Any,
+    todo: Sequence[RunSpec],
+    config: BenchConfig,
+    stop: Callable[[], bool],
+) -> Iterator[dict[str, Any]]:
+    """Records of ``todo`` run on the cluster, in completion order.
+
+    As many runs as the cluster has worker threads are in flight (checked again after
+    each result, so workers that join later are used); no new run is submitted once
+    ``stop()`` is true. A run lost to the cluster (e.g. a worker that died) comes back as
+    an error record, which the next sweep retries. Closing the generator cancels the
+    runs still in flight.
+    """
+    distributed = import_distributed()
+    queue = iter(todo)
+    running: dict[Any, RunSpec] = {}
+    completed = distributed.as_completed(loop=client.loop)
+    plan: dict[str, int] = {}
+    planned_for: set[str] = set()
+
+    def fill() -> None:
+        nonlocal plan, planned_for
+        nthreads = client.nthreads()
+        if set(nthreads) != planned_for:
+            plan, planned_for = thread_plan(client, nthreads), set(nthreads)
+        capacity = max(1, sum(nthreads.values()))
+        while len(running) < capacity and not stop():
+            spec = next(queue, None)
+            if spec is None:
+                return
+            future = client.submit(
+                run_on_worker, spec, config, plan,
+                key=f"rest-fair-run-{spec.method}-{uuid.uuid4().hex}",
+            )
+            running[future] = spec
+            completed.add(future)
+
+    try:
+        fill()
+        for future in completed:
+            spec = running.pop(future)
+            try:
+                record = future.result()
+            except Exception as exc:
+                record = error_record(spec, exc)
+            yield record
+            fill()
+    finally:
+        if running:
+            client.cancel(list(running))
