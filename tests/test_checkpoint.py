@@ -215,7 +215,7 @@ def test_a_crash_while_writing_keeps_the_previous_checkpoint(tmp_path, monkeypat
 
 
 def test_checkpoint_parameters_are_checked(tmp_path):
-    X, y, g = _data()
+    X, y, _ = _data()
     with pytest.raises(ValueError, match="every must be a positive int"):
         RESTClassifier(**COMMON, callbacks=[Checkpoint(tmp_path, every=0)]).fit(X, y)
 
@@ -229,7 +229,7 @@ class _Count(Callback):
 
 
 def test_every_n_epochs_and_the_last_epoch_are_written(tmp_path, monkeypatch):
-    X, y, g = _data()
+    X, y, _ = _data()
     written = []
     real = ckpt_format.write_checkpoint
 

@@ -170,7 +170,7 @@ def test_float16_mixed_needs_cuda(data):
     X, y, _ = data
     if torch.cuda.is_available():
         pytest.skip("CUDA is available here")
-    with pytest.raises(ValueError, match="16-mixed.*needs a CUDA device.*bf16"):
+    with pytest.raises(ValueError, match=r"16-mixed.*needs a CUDA device.*bf16"):
         _clf(precision="16-mixed").fit(X, y)
     with pytest.raises(ValueError, match="precision must be one of"):
         _clf(precision="fp8").fit(X, y)
@@ -201,7 +201,7 @@ def test_warm_start_continues_the_fitted_network(data):
     assert clf.best_epoch_ >= 4  # chosen among the continued epochs
     cold = _clf(max_epochs=3).fit(X, y, groups=g)
     assert all(torch.equal(first[k], v) for k, v in cold.module_.state_dict().items())
-    with pytest.raises(ValueError, match="warm_start=True continues.*classes"):
+    with pytest.raises(ValueError, match=r"warm_start=True continues.*classes"):
         clf.fit(X, (y + 1) % 4, groups=g)
 
 
