@@ -224,3 +224,13 @@ def test_one_dataloader_per_fit(data, monkeypatch):
     monkeypatch.setattr(torch.utils.data.DataLoader, "__init__", counting_init)
     _clf(max_epochs=4).fit(Items(), y)
     assert len(created) == 2  # one for training, one for validation, for all 4 epochs
+
+
+def test_old_sparse_init_values_are_read_as_layer_density(data):
+    X, y, g = data
+    with pytest.warns(FutureWarning, match="layer_density='uniform'"):
+        old = _clf(sparse_init="uniform", max_epochs=2).fit(X, y, groups=g)
+    new = _clf(layer_density="uniform", max_epochs=2).fit(X, y, groups=g)
+    assert np.array_equal(old.predict_proba(X), new.predict_proba(X))
+    densities = old.sparsity_report()["density"]
+    assert densities.max() - densities.min() < 0.02  # uniform, not ERK
