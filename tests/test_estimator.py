@@ -11,7 +11,6 @@ import scipy.sparse as sp
 import torch
 from scipy import stats
 from sklearn.base import clone
-from sklearn.datasets import make_classification
 from sklearn.model_selection import GridSearchCV
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
@@ -23,13 +22,6 @@ from rest_fair.reweighting import cell_weights, draw_indices, sample_weights_for
 
 FAST = dict(max_epochs=8, batch_size=64, lr=0.05, random_state=0, device="cpu",
             module_params={"hidden_layer_sizes": (32, 32)})
-
-
-@pytest.fixture(scope="module")
-def data():
-    X, y = make_classification(600, 12, n_informative=6, n_classes=3, random_state=0)
-    groups = np.where(X[:, 0] > 0.8, "minority", "majority")
-    return X.astype(np.float32), y, groups
 
 
 def _clf(**params) -> RESTClassifier:

@@ -15,13 +15,6 @@ FAST = dict(max_epochs=6, batch_size=64, lr=0.05, random_state=0, device="cpu",
             module_params={"hidden_layer_sizes": (32, 32)})
 
 
-@pytest.fixture(scope="module")
-def data():
-    X, y = make_classification(600, 12, n_informative=6, n_classes=3, random_state=0)
-    groups = np.where(X[:, 0] > 0.8, "minority", "majority")
-    return X.astype(np.float32), y, groups
-
-
 def _clf(**params) -> RESTClassifier:
     return RESTClassifier(**{**FAST, **params})
 
