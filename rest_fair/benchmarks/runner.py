@@ -32,6 +32,7 @@ __all__ = [
     "split_threads",
 ]
 
+#: Name of the results file in a sweep's output folder (one JSON record per line).
 RESULTS_FILE = "results.jsonl"
 
 _MISSING_PARAM = (
