@@ -1,18 +1,22 @@
 # The two commands of the README:
 #   make demo   - set up .venv and run the main job (a quick REST benchmark on embedded data)
-#   make test   - set up .venv and run the test suite
+#   make test   - set up .venv and run the test suite (it also builds the docs)
+# and the documentation:
+#   make docs   - build the site into docs/_build/html, running the examples (offline)
 # PyTorch is pinned to the build that also has a working torchvision (needed by the WILDS
 # extra); both wheels are resolved by pip from the local package index on our machines.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install demo test lint
+SPHINXOPTS ?= -W --keep-going
+
+.PHONY: install demo test lint docs docs-noplot
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q $(TORCH_PINS) -e ".[dev,bench,wilds,dask]"
+	$(PY) -m pip install -q $(TORCH_PINS) -e ".[dev,bench,wilds,dask,docs]"
 	touch $@
 
 # Optional for the tests: torch_scatter (no wheel on PyPI, built from source in a few minutes)
@@ -32,4 +36,12 @@ test: $(VENV)/.installed $(VENV)/.torch_scatter
 	$(PY) -m pytest -q
 
 lint: $(VENV)/.installed
-	$(VENV)/bin/ruff check rest_fair tests examples benchmarks
+	$(VENV)/bin/ruff check rest_fair tests examples benchmarks docs
+
+docs: $(VENV)/.installed
+	$(PY) -m sphinx $(SPHINXOPTS) -b html docs docs/_build/html
+	@echo "Open docs/_build/html/index.html"
+
+# The same pages without running the examples (their pages then show code only).
+docs-noplot: $(VENV)/.installed
+	$(PY) -m sphinx $(SPHINXOPTS) -D plot_gallery=0 -b html docs docs/_build/html

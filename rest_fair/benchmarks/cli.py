@@ -161,15 +161,20 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--fresh", action="store_true",
                         help="Ignore (move aside) earlier results instead of resuming.")
     parser.add_argument("--no-plots", action="store_true")
-    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--progress", choices=("auto", "bar", "log", "none"), default="auto",
+                        help="bar: progress bars over runs and epochs; log: plain lines, "
+                             "readable in CI logs; auto: bars on a terminal, else lines.")
+    parser.add_argument("--no-progress", action="store_const", const="none", dest="progress",
+                        help="Same as --progress none.")
     parser.set_defaults(func=run)
     return parser
 
 
 def run(args: argparse.Namespace) -> int:
     """Execute ``rest-fair bench`` with parsed arguments; returns the exit status."""
+    from .._requirements import MissingDependencyError
     from .report import write_outputs
-    from .runner import run_sweep, split_threads
+    from .runner import check_bench_requirements, run_sweep, split_threads
 
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     module_params = args.module_params
@@ -194,6 +199,11 @@ def run(args: argparse.Namespace) -> int:
         dfa_name=args.dfa_name,
         extra_params=args.extra_params,
     )
+    try:
+        check_bench_requirements(config, plots=not args.no_plots)
+    except MissingDependencyError as exc:
+        print(f"rest-fair bench: {exc}", file=sys.stderr)
+        return 2
     out_dir = args.out or Path("rest_fair_results") / f"bench-{args.preset}"
     backend = args.backend or ("dask" if args.scheduler else "local")
     if backend == "local" and args.scheduler:
@@ -238,7 +248,7 @@ def run(args: argparse.Namespace) -> int:
             out_dir,
             n_jobs=info.get("n_jobs", 1),
             resume=not args.fresh,
-            progress=not args.no_progress,
+            progress=args.progress,
             max_runs=args.max_runs,
             time_limit=args.time_limit,
             backend=backend,

@@ -84,6 +84,8 @@ class Method:
         return self.group_labels in ("train", "val")
 
 
+#: The benchmark methods by name (``--methods``): ERM, reweighting/REST, JTT and GroupDRO,
+#: each a configuration of :class:`~rest_fair.RESTClassifier`.
 METHODS: dict[str, Method] = {
     m.name: m
     for m in (

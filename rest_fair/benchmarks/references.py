@@ -9,6 +9,7 @@ from __future__ import annotations
 
 __all__ = ["COLORED_MNIST_REFERENCE", "DEBIASING_REFERENCES", "REFERENCE_NOTE"]
 
+#: Footnote of the benchmark tables for the published reference numbers.
 REFERENCE_NOTE = (
     "Published number from a different protocol (DFA: the full 60k-image Colored MNIST "
     "release, MLP 3x100, the authors' training recipe), shown for context only."

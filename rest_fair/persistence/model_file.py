@@ -46,7 +46,9 @@ __all__ = [
     "save",
 ]
 
+#: Name written in the header of every model file.
 FORMAT_NAME = "rest_fair.model"
+#: Version of the model-file format written by :func:`save`; :func:`load` refuses newer ones.
 FORMAT_VERSION = 1
 
 _ZIP_MAGIC = b"PK\x03\x04"

@@ -11,6 +11,7 @@ from .densities import active_counts, erk_densities, uniform_densities
 
 __all__ = ["SPARSE_INITS", "MaskSet", "maskable_parameters"]
 
+#: Ways to split the global density over layers (``sparse_init``).
 SPARSE_INITS = ("erk", "uniform")
 _MASKABLE = (nn.Linear, nn.modules.conv._ConvNd)
 

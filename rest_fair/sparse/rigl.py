@@ -22,6 +22,7 @@ from .masks import MaskSet
 
 __all__ = ["REGROW_MODES", "prune_and_regrow", "update_topology"]
 
+#: Regrowth criteria: ``"gradient"`` (RigL) or ``"random"`` (SET).
 REGROW_MODES = ("gradient", "random")
 _NO_GRADIENT = (
     "regrow='gradient' needs the dense gradient of weight {!r}; call the update after "

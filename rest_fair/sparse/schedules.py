@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 __all__ = ["DROP_SCHEDULES", "DropSchedule"]
 
+#: Decays of the drop fraction over training (``drop_schedule``).
 DROP_SCHEDULES = ("cosine", "constant")
 
 

@@ -20,11 +20,20 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .._requirements import MissingDependencyError, Requirement, check_requirements
+
 __all__ = ["add_parser", "build_parser", "main", "run"]
 
 _DATASETS = ("waterbirds", "celebA", "civilcomments")
 _BAD_UPWEIGHT = "--upweight: expected 'balanced', 'none' or a number; got {!r}."
 _SYNTHETIC_NOTE = "SYNTHETIC DATA (rest_fair.wilds.synthetic): checks the pipeline only"
+_REQUIREMENTS = (
+    Requirement("wilds", "wilds==2.0.0", "wilds", "the WILDS dataset loaders and metrics"),
+    Requirement("torchvision", "torchvision", "wilds",
+                "imported by wilds' metrics; image transforms (install the build matching "
+                "your torch)"),
+    Requirement("PIL", "pillow", "wilds", "reading the images"),
+)
 
 
 def _upweight(value: str) -> Any:
@@ -116,6 +125,11 @@ def run(args: argparse.Namespace) -> int:
     from .metrics import wilds_eval
     from .submission import write_submission
 
+    try:
+        check_requirements(_REQUIREMENTS, command=f"rest-fair wilds --dataset {args.dataset}")
+    except MissingDependencyError as exc:
+        print(f"rest-fair wilds: {exc}", file=sys.stderr)
+        return 2
     spec = dataset_spec(args.dataset)
     out_dir = Path(args.out_dir)
     if args.synthetic:

@@ -69,6 +69,7 @@ class DatasetSpec:
         return f"RELEASE_v{self.version}.txt"
 
 
+#: The supported WILDS datasets by name: loader, modality, group fields and disk layout.
 DATASETS: dict[str, DatasetSpec] = {
     "waterbirds": DatasetSpec(
         name="waterbirds",
