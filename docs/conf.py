@@ -43,6 +43,9 @@ extensions = [
 api_modules = [
     "rest_fair",
     "rest_fair.callbacks",
+    "rest_fair.exceptions",
+    "rest_fair.training",
+    "rest_fair.persistence",
     "rest_fair.models",
     "rest_fair.objectives",
     "rest_fair.reweighting",

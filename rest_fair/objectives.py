@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 __all__ = ["OBJECTIVES", "ERMObjective", "GroupDROObjective", "make_objective"]
 
+#: Values of ``RESTClassifier(objective=...)``.
 OBJECTIVES = ("erm", "groupdro")
 
 

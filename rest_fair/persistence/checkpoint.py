@@ -40,8 +40,11 @@ __all__ = [
     "write_checkpoint",
 ]
 
+#: ``format`` field of a checkpoint manifest.
 FORMAT_NAME = "rest_fair.checkpoint"
+#: Newest checkpoint format version this release reads and writes.
 FORMAT_VERSION = 1
+#: File name of the manifest naming the latest state file of a checkpoint directory.
 MANIFEST = "latest.json"
 
 _BAD_MANIFEST = "{path} is not a valid rest_fair checkpoint manifest ({error})."

@@ -24,6 +24,7 @@ from .state import TrainState
 
 __all__ = ["TrainingRun", "predict_logits"]
 
+#: Message of :class:`~rest_fair.exceptions.TrainingDivergedError` raised by the loop.
 DIVERGED = (
     "Training diverged in epoch {epoch}: the {what} became {value}. Likely causes: a "
     "learning rate too high for this network (lr={lr:g}; try 10x smaller), or inputs of "

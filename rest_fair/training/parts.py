@@ -32,7 +32,9 @@ __all__ = [
     "make_sparsity",
 ]
 
+#: Values of ``RESTClassifier(optimizer=...)``.
 OPTIMIZERS = ("sgd", "adam", "adamw")
+#: Values of ``RESTClassifier(lr_scheduler=...)``.
 LR_SCHEDULERS = ("plateau", "cosine", "constant")
 
 

@@ -14,6 +14,7 @@ import torch
 
 __all__ = ["PRECISIONS", "Precision"]
 
+#: Values of ``RESTClassifier(precision=...)``.
 PRECISIONS = ("32", "bf16", "16-mixed")
 
 _NEEDS_CUDA = (
