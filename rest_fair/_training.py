@@ -165,14 +165,17 @@ def train(
 
     sparsity: DynamicSparsity | None = None
     if est.sparsity > 0:
-        masks = MaskSet.random(
+        masks = MaskSet.from_module(
             module,
             density=1.0 - est.sparsity,
-            distribution=est.sparse_init,
+            distribution=est.layer_density,
+            init=est.sparse_init,
+            dense_layers=est.dense_layers or (),
             generator=generator,
         )
         masks.apply_()
-        masks.rescale_init_()
+        if est.sparse_init == "random":  # pretrained weights keep their scale
+            masks.rescale_init_()
         sparsity = DynamicSparsity(
             masks,
             schedule=DropSchedule(

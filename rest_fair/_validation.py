@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from .reweighting import REWEIGHT_MODES
-from .sparse import DROP_SCHEDULES, REGROW_MODES, SPARSE_INITS
+from .sparse import DROP_SCHEDULES, LAYER_DENSITIES, REGROW_MODES, SPARSE_INITS
 
 __all__ = ["check_params", "check_sample_weight", "encode_groups"]
 
@@ -65,6 +65,12 @@ def check_params(est: Any) -> None:
     inf = float("inf")
     _number("sparsity", est.sparsity, low=0, high=1, low_open=False, high_open=True)
     _option("sparse_init", est.sparse_init, SPARSE_INITS)
+    _option("layer_density", est.layer_density, LAYER_DENSITIES)
+    if isinstance(est.dense_layers, str) or not all(
+        isinstance(v, str) for v in (est.dense_layers or ())
+    ):
+        raise ValueError(BAD_RANGE.format(name="dense_layers", rule="a sequence of layer names",
+                                          value=est.dense_layers))
     _option("regrow", est.regrow, REGROW_MODES)
     _number("drop_fraction", est.drop_fraction, low=0, high=1, low_open=False, high_open=False)
     _option("drop_schedule", est.drop_schedule, DROP_SCHEDULES)

@@ -33,8 +33,15 @@ class RESTClassifier(ClassifierMixin, BaseEstimator):
     ----------
     sparsity : float in [0, 1), default=0.9
         Fraction of conv/linear weights that are zero. ``0`` trains a dense network.
-    sparse_init : {"erk", "uniform"}, default="erk"
+    sparse_init : {"random", "magnitude"}, default="random"
+        Initial mask of each layer: drawn at random (training from scratch) or keeping the
+        layer's largest-magnitude weights (sparse fine-tuning of pretrained weights).
+    layer_density : {"erk", "uniform"}, default="erk"
         How the global density is split over layers.
+    dense_layers : sequence of str, default=()
+        Layers kept dense, outside the density budget: ``"first"`` (first conv/linear
+        layer), ``"head"`` (last linear layer), ``"embeddings"`` or weight names; see
+        :func:`rest_fair.sparse.resolve_dense_layers`.
     regrow : {"gradient", "random"}, default="gradient"
         ``"gradient"`` regrows the inactive weights with the largest gradient magnitude
         (RigL); ``"random"`` regrows uniformly at random (SET).
@@ -144,7 +151,9 @@ class RESTClassifier(ClassifierMixin, BaseEstimator):
         self,
         *,
         sparsity: float = 0.9,
-        sparse_init: str = "erk",
+        sparse_init: str = "random",
+        layer_density: str = "erk",
+        dense_layers: tuple | list = (),
         regrow: str = "gradient",
         drop_fraction: float = 0.5,
         drop_schedule: str = "cosine",
@@ -174,6 +183,8 @@ class RESTClassifier(ClassifierMixin, BaseEstimator):
     ) -> None:
         self.sparsity = sparsity
         self.sparse_init = sparse_init
+        self.layer_density = layer_density
+        self.dense_layers = dense_layers
         self.regrow = regrow
         self.drop_fraction = drop_fraction
         self.drop_schedule = drop_schedule
