@@ -12,7 +12,7 @@ TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q $(TORCH_PINS) -e ".[dev,bench,wilds]"
+	$(PY) -m pip install -q $(TORCH_PINS) -e ".[dev,bench,wilds,vision,text]"
 	touch $@
 
 # Optional for the tests: torch_scatter (no wheel on PyPI, built from source in a few minutes)

@@ -13,6 +13,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ._data import is_torch_dataset, make_source
 from ._validation import check_params
+from .text import text_input
 
 __all__ = ["RESTClassifier"]
 
@@ -75,9 +76,13 @@ class RESTClassifier(ClassifierMixin, BaseEstimator):
         Epochs of the JTT identification model.
     module : str, nn.Module class, callable or instance, default="auto"
         ``"auto"`` (MLP for flat samples, the paper's small CNN for images), ``"mlp"``,
-        ``"cnn"``, ``"resnet18"``, or a user module; see :func:`rest_fair.models.build_module`.
+        ``"cnn"``, ``"resnet18"``, a torchvision model name (``"resnet50"``; needs
+        torchvision), ``"hf:<name or folder>"`` (a Hugging Face text classifier; ``X`` is
+        then a list of strings; needs ``rest-fair[text]``), or a user module; see
+        :func:`rest_fair.models.build_module`.
     module_params : dict, default=None
-        Keyword arguments of the module, e.g. ``{"hidden_layer_sizes": (256, 256)}``.
+        Keyword arguments of the module, e.g. ``{"hidden_layer_sizes": (256, 256)}``,
+        ``{"weights": "IMAGENET1K_V2"}`` or ``{"max_length": 128}`` (text).
     max_epochs : int, default=100
         Training epochs (an epoch draws as many samples as the training set has).
     batch_size : int, default=256
@@ -226,9 +231,11 @@ class RESTClassifier(ClassifierMixin, BaseEstimator):
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features) or (n_samples, C, H, W), \
-scipy.sparse matrix, DataFrame, or torch Dataset
+scipy.sparse matrix, DataFrame, torch Dataset, or list of str
             Inputs. A torch Dataset is read lazily; its items are a tensor or a tuple whose
-            first element is the input (labels then come from ``y``).
+            first element is the input (labels then come from ``y``). Strings (a list or
+            1-D array) need ``module="hf:..."``; they are tokenized once and each batch
+            is padded to its longest text.
         y : array-like of shape (n_samples,)
             Class labels (any dtype).
         groups : array-like of shape (n_samples,) or (n_samples, n_columns), default=None
@@ -252,6 +259,8 @@ scipy.sparse matrix, DataFrame, or torch Dataset
     # ---------------------------------------------------------------- predicting
     def _check_predict_input(self, X: Any) -> Any:
         check_is_fitted(self, "module_")
+        if (tokens := text_input(self, X)) is not None:
+            return tokens
         if is_torch_dataset(X):
             return X
         return validate_data(
