@@ -231,6 +231,7 @@ def test_core_and_backbone_modules_import_neither_torchvision_nor_transformers()
         """
         import sys
         import rest_fair, rest_fair.models, rest_fair.backbones, rest_fair.text
+        import rest_fair.wilds.features, rest_fair.wilds.protocol, rest_fair.wilds.cli
         from rest_fair import RESTClassifier
         bad = [m for m in ("torchvision", "transformers", "tokenizers", "wilds")
                if m in sys.modules]
