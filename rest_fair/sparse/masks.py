@@ -149,11 +149,19 @@ def resolve_dense_layers(module: nn.Module, dense_layers: Iterable[str] | None) 
 
 
 def _magnitude_mask(weight: torch.Tensor, k: int) -> torch.Tensor:
-    """The ``k`` largest ``|w|``; among equal magnitudes the lower flat index wins."""
+    """The ``k`` largest ``|w|``; among equal magnitudes the lower flat index wins.
+
+    Linear time: the k-th largest magnitude is found by selection, every weight above it
+    is kept, and the remaining places go to the first weights equal to it.
+    """
     flat = weight.detach().abs().reshape(-1).float()
-    order = torch.sort(flat, descending=True, stable=True).indices
-    mask = torch.zeros(flat.numel(), dtype=torch.bool, device=flat.device)
-    mask[order[:k]] = True
+    n = flat.numel()
+    if k >= n:
+        return torch.ones(weight.shape, dtype=torch.bool, device=flat.device)
+    threshold = torch.kthvalue(flat, n - k + 1).values  # the k-th largest
+    mask = flat > threshold
+    ties = torch.nonzero(flat == threshold).reshape(-1)
+    mask[ties[: k - int(mask.sum())]] = True
     return mask.view(weight.shape)
 
 
