@@ -74,11 +74,15 @@ def test_magnitude_mask_keeps_the_largest_pretrained_weights(resnet50_file):
     shapes = {n: tuple(params[n].shape) for n in masks.names}
     counts = active_counts(shapes, erk_densities(shapes, 0.1))
     assert masks.n_active() == counts
+    n_sparse = 0
     for name in masks.names:
         w = params[name].detach().abs().reshape(-1)
         keep = masks.mask(name).reshape(-1)
         # exactly counts[name] weights kept, and none dropped is larger than one kept
-        assert w[keep].min() >= w[~keep].max(), name
+        if (~keep).any():
+            n_sparse += 1
+            assert w[keep].min() >= w[~keep].max(), name
+    assert n_sparse > 40  # all but ERK's few small layers made dense
     total = sum(params[n].numel() for n in masks.names)
     assert sum(masks.n_active().values()) == pytest.approx(0.1 * total, rel=1e-3)
 

@@ -84,6 +84,9 @@ def test_command_line_overrides_the_recipe():
     assert settings["seeds"] == [0, 1, 2] and settings["overridden"] == ["max_epochs"]
     other = _settings("--protocol", "wilds", "--module", "resnet18", "--seeds", "7")
     assert other["weights"] is None and other["seeds"] == [7]
+    scratch = _settings("--protocol", "wilds", "--weights", "none")
+    assert scratch["module"] == "resnet50" and scratch["weights"] is None
+    assert scratch["overridden"] == ["weights"]
     custom = _settings()
     assert (custom["module"], custom["max_epochs"], custom["lr"], custom["seeds"]) == (
         "auto", 10, 0.01, [0])
@@ -136,11 +139,9 @@ def test_resume_reuses_finished_seeds(tmp_path, monkeypatch):
     assert rest_fair_main([*argv, "--resume"]) == 0
     again = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert again["metrics"] == first["metrics"]
-    monkeypatch.undo()
-    changed = [*argv, "--resume", "--lr", "0.05"]
-    monkeypatch.setattr(cli, "_run_seed", no_training)
-    with pytest.raises(AssertionError, match="trained again"):
-        rest_fair_main(changed)
+    for change in (["--lr", "0.05"], ["--sparsity", "0.5"], ["--upweight", "none"]):
+        with pytest.raises(AssertionError, match="trained again"):
+            rest_fair_main([*argv, "--resume", *change])
 
 
 def test_civilcomments_protocol_writes_five_seeds(civil_run):

@@ -41,6 +41,7 @@ __all__ = ["add_parser", "build_parser", "main", "run"]
 _DATASETS = ("waterbirds", "celebA", "civilcomments")
 _BAD_UPWEIGHT = "--upweight: expected 'balanced', 'none' or a number; got {!r}."
 _SYNTHETIC_NOTE = "SYNTHETIC DATA (rest_fair.wilds.synthetic): checks the pipeline only"
+_RANDOM_INIT = "none (random init)"
 _WEIGHTS_NEED_BACKBONE = (
     "--weights needs a torchvision --module (e.g. resnet50); got --module {module!r}."
 )
@@ -116,8 +117,9 @@ def _configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="auto, mlp, cnn, resnet18, a torchvision model (resnet50, ...) or "
                              "hf:<name or folder> for text")
     parser.add_argument("--weights", default=None,
-                        help="torchvision weights name (IMAGENET1K_V1, DEFAULT, ...) or a "
-                             "state-dict file, for a torchvision --module")
+                        help="torchvision weights name (IMAGENET1K_V1, DEFAULT, ...), a "
+                             "state-dict file, or 'none' (random init), for a torchvision "
+                             "--module")
     parser.add_argument("--max-epochs", type=int, default=None)
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--lr", type=float, default=None)
@@ -193,6 +195,9 @@ def resolve_settings(args: argparse.Namespace, spec: Any) -> dict[str, Any]:
         line changed).
     """
     given = {key: getattr(args, key) for key in CUSTOM_DEFAULTS}
+    random_init = isinstance(given["weights"], str) and given["weights"].lower() == "none"
+    if random_init:
+        given["weights"] = _RANDOM_INIT
     extra: dict[str, Any] = {}
     if args.protocol == "wilds":
         from .protocol import recipe_for
@@ -218,6 +223,8 @@ def resolve_settings(args: argparse.Namespace, spec: Any) -> dict[str, Any]:
     settings.update({k: v for k, v in given.items() if v is not None})
     if given["module"] not in (None, base["module"]) and given["weights"] is None:
         settings["weights"] = None  # the recipe's weights belong to the recipe's backbone
+    if random_init:
+        settings["weights"] = None
     settings["dense_layers"] = tuple(settings["dense_layers"] or ())
     settings["seeds"] = list(args.seeds) if args.seeds else default_seeds
     settings.update(extra)
@@ -265,7 +272,8 @@ def run(args: argparse.Namespace) -> int:
     files: list[Path] = []
     data_cache: dict = {}
     for seed in settings["seeds"]:
-        record = _load_run(out_dir, seed, settings) if args.resume else None
+        expected = _jsonable_value(_seed_settings(settings, args))
+        record = _load_run(out_dir, seed, expected) if args.resume else None
         if record is None:
             record = _run_seed(args, settings, module_params, dataset, spec, seed, out_dir,
                                data_cache)
@@ -412,21 +420,18 @@ def _seed_settings(settings: dict, args: argparse.Namespace) -> dict:
     return keep
 
 
-def _load_run(out_dir: Path, seed: int, settings: dict) -> dict | None:
-    """A finished seed's record, if its settings and submission files are all there."""
+def _load_run(out_dir: Path, seed: int, expected: dict) -> dict | None:
+    """A finished seed's record, if it ran with ``expected`` settings and its files exist."""
     path = out_dir / "runs" / f"seed_{seed}.json"
     try:
         record = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    want = record.get("settings", {}).get("protocol")
-    if want is None or not all(Path(f).exists() for f in record.get("submission_files", [])):
+    if record.get("settings") != expected:
         return None
-    return record if _same_settings(record["settings"], settings) else None
-
-
-def _same_settings(stored: dict, settings: dict) -> bool:
-    return all(stored.get(k) == _jsonable_value(settings[k]) for k in CUSTOM_DEFAULTS)
+    if not all(Path(f).exists() for f in record.get("submission_files", [])):
+        return None
+    return record
 
 
 def _aggregate(per_seed: list[dict]) -> tuple[dict, dict]:
