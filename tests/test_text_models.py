@@ -142,6 +142,14 @@ def test_fitted_text_estimator_pickles_with_its_tokenizer(tiny):
         clf.predict(np.zeros((2, 3)))
 
 
+def test_held_out_validation_split_of_text(tiny):
+    texts, labels = TEXTS * 3, np.tile(LABELS, 3)
+    clf = _clf(tiny, validation_fraction=0.3, max_epochs=2).fit(texts, labels,
+                                                                 groups=np.arange(18) % 2)
+    assert "valid_worst_group_acc" in clf.history_[-1]
+    assert clf.predict(texts).shape == (18,)
+
+
 def test_jtt_on_text(tiny):
     clf = _clf(tiny, infer_groups="jtt", jtt_epochs=1, max_epochs=1).fit(TEXTS, LABELS)
     assert clf.inferred_groups_.shape == (6,)
