@@ -16,7 +16,7 @@ SPHINXOPTS ?= -W --keep-going
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q $(TORCH_PINS) -e ".[dev,bench,wilds,dask,docs]"
+	$(PY) -m pip install -q $(TORCH_PINS) -e ".[dev,bench,wilds,dask,docs,vision,text]"
 	touch $@
 
 # Optional for the tests: torch_scatter (no wheel on PyPI, built from source in a few minutes)

@@ -156,6 +156,10 @@ def make_source(X: Any, *, device: torch.device, num_workers: int = 0) -> BatchS
     """
     import scipy.sparse as sp
 
+    from .text import make_text_source
+
+    if (text := make_text_source(X)) is not None:
+        return text
     if is_torch_dataset(X):
         return _DatasetSource(X, num_workers, device)
     if sp.issparse(X):

@@ -23,6 +23,7 @@ from .callbacks import check_callbacks
 from .models import build_module
 from .objectives import make_objective
 from .reweighting import cell_weights, sample_weights_for
+from .text import fit_text_input, text_input
 from .training import (
     EpochSampler,
     EvalSet,
@@ -80,6 +81,8 @@ def take(X: Any, idx: np.ndarray) -> Any:
 
 
 def _validate_xy(est: Any, X: Any, y: Any, *, reset: bool = True) -> tuple[Any, np.ndarray]:
+    if (text := fit_text_input(est, X, y)) is not None:
+        return text
     if is_torch_dataset(X):
         if y is None:
             raise ValueError(DATASET_NEEDS_Y)
@@ -152,7 +155,9 @@ def _eval_set(
         raise ValueError(BAD_VALIDATION_DATA.format(type(validation_data).__name__))
     X_val, y_val = validation_data[0], validation_data[1]
     groups_val = validation_data[2] if len(validation_data) == 3 else None
-    if not is_torch_dataset(X_val):
+    if (tokens := text_input(est, X_val, fitting=True)) is not None:
+        X_val = tokens
+    elif not is_torch_dataset(X_val):
         X_val = validate_data(
             est, X_val, reset=False, accept_sparse="csr", allow_nd=True,
             dtype=(np.float32, np.float64),

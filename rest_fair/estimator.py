@@ -19,6 +19,7 @@ from .objectives import OBJECTIVES
 from .persistence import model_file
 from .reweighting import REWEIGHT_MODES
 from .sparse import DROP_SCHEDULES, REGROW_MODES
+from .text import text_input
 from .training import LR_SCHEDULERS, OPTIMIZERS, PRECISIONS
 
 __all__ = ["RESTClassifier"]
@@ -60,7 +61,8 @@ class RESTClassifier(ClassifierMixin, BaseEstimator):
         ``layer_density``.
     dense_layers : list of str, default=None
         Layers left dense: ``"first"`` (the first conv/linear layer), ``"head"`` (the
-        last linear layer) and/or weight names as in ``module.named_parameters()``.
+        last linear layer), ``"embeddings"`` and/or weight names as in
+        ``module.named_parameters()``; see :func:`rest_fair.sparse.resolve_dense_layers`.
     regrow : {"gradient", "random"}, default="gradient"
         ``"gradient"`` regrows the inactive weights with the largest gradient magnitude
         (RigL); ``"random"`` regrows uniformly at random (SET).
@@ -340,6 +342,8 @@ scipy.sparse matrix, DataFrame, or torch Dataset
     # ---------------------------------------------------------------- predicting
     def _check_predict_input(self, X: Any) -> Any:
         check_is_fitted(self, "module_")
+        if (tokens := text_input(self, X)) is not None:
+            return tokens
         if is_torch_dataset(X):
             return X
         return validate_data(

@@ -1,8 +1,10 @@
 """Network architectures used by :class:`rest_fair.RESTClassifier`.
 
-All models are plain :mod:`torch.nn` code (no torchvision), so the core package works
-without it. Every model takes ``input_shape`` (the shape of one sample) and
-``n_classes`` and returns logits.
+The built-in models are plain :mod:`torch.nn` code (no torchvision), so the core package
+works without it. Every model takes ``input_shape`` (the shape of one sample) and
+``n_classes`` and returns logits. Pretrained backbones (torchvision image models, Hugging
+Face text models) are built by :mod:`rest_fair.backbones`, which imports those packages
+only when asked for one.
 """
 
 from __future__ import annotations
@@ -23,6 +25,10 @@ MODULE_NAMES = ("auto", "mlp", "cnn", "resnet18")
 _UNKNOWN_MODULE = (
     "module must be one of {names}, an nn.Module subclass, a callable returning an nn.Module "
     "or an nn.Module instance; got {value!r}."
+)
+_NO_PRETRAINED = (
+    "module={name!r} is a built-in network without pretrained weights; "
+    "module_params['weights'] applies to torchvision models (e.g. module='resnet50')."
 )
 _IMAGE_SHAPE = (
     "module={name!r} needs image inputs of shape (n_samples, channels, height, width); "
@@ -207,9 +213,15 @@ def build_module(
     ----------
     module : str, nn.Module class, callable or nn.Module instance
         ``"auto"`` is an :class:`MLP` for flat samples and :class:`SmallCNN` for images
-        (samples of 3 dimensions). A class or callable is called with ``module_params``
-        plus ``input_shape`` and ``n_classes`` when its signature accepts them. An instance
-        is deep-copied so that the user's object is never trained in place.
+        (samples of 3 dimensions); ``"mlp"``, ``"cnn"`` and ``"resnet18"`` are the
+        built-in networks (``"resnet18"`` is :class:`ResNet18`, from scratch, unless
+        ``module_params`` has a ``"weights"`` entry). Any other name is a torchvision
+        classification model (``"resnet50"``, with ``module_params={"weights": ...}``, see
+        :func:`rest_fair.backbones.build_torchvision`), and ``"hf:<name or folder>"`` a
+        Hugging Face sequence classifier for text (:func:`rest_fair.backbones.build_hf`).
+        A class or callable is called with ``module_params`` plus ``input_shape`` and
+        ``n_classes`` when its signature accepts them. An instance is deep-copied so that
+        the user's object is never trained in place.
     input_shape : tuple of int
         Shape of one sample.
     n_classes : int
@@ -229,8 +241,13 @@ def build_module(
         name = module
         if name == "auto":
             name = "cnn" if len(input_shape) == 3 else "mlp"
-        if name not in _BUILTIN:
-            raise ValueError(_UNKNOWN_MODULE.format(names=MODULE_NAMES, value=module))
+        from .backbones import build_backbone, is_backbone
+
+        if is_backbone(name, params):
+            return build_backbone(name, input_shape=input_shape, n_classes=n_classes,
+                                  module_params=params)
+        if "weights" in params:
+            raise ValueError(_NO_PRETRAINED.format(name=name))
         return _BUILTIN[name](input_shape, n_classes, **params)
     if isinstance(module, nn.Module):
         if params:

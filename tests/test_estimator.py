@@ -153,6 +153,8 @@ def test_user_module_factory(data):
         ({"sparsity": 1.0}, "sparsity must be a number in \\[0, 1\\)"),
         ({"sparsity": -0.1}, "sparsity"),
         ({"sparse_init": "lottery"}, "sparse_init must be one of"),
+        ({"layer_density": "random"}, "layer_density must be one of"),
+        ({"dense_layers": "head"}, "dense_layers must be"),
         ({"regrow": "magnitude"}, "regrow must be one of"),
         ({"optimizer": "lbfgs"}, "optimizer must be one of"),
         ({"upweight": "inverse"}, "upweight must be one of"),

@@ -1,7 +1,8 @@
 """Sparse training engine: masks, layer densities, drop schedules and RigL/SET updates.
 
 - :mod:`~rest_fair.sparse.densities`: ERK and uniform per-layer densities.
-- :mod:`~rest_fair.sparse.masks`: :class:`MaskSet`, the masks of a network.
+- :mod:`~rest_fair.sparse.masks`: :class:`MaskSet`, the masks of a network (random or
+  magnitude initialisation, layers kept dense).
 - :mod:`~rest_fair.sparse.schedules`: :class:`DropSchedule` (cosine decay of the drop fraction).
 - :mod:`~rest_fair.sparse.rigl`: the prune-and-regrow topology update (RigL and SET).
 - :mod:`~rest_fair.sparse.engine`: :class:`DynamicSparsity`, which drives them in training.
@@ -9,12 +10,21 @@
 
 from .densities import active_counts, erk_densities, uniform_densities
 from .engine import DynamicSparsity
-from .masks import SPARSE_INITS, MaskSet, maskable_parameters
+from .masks import (
+    DENSE_LAYER_ALIASES,
+    LAYER_DENSITIES,
+    SPARSE_INITS,
+    MaskSet,
+    maskable_parameters,
+    resolve_dense_layers,
+)
 from .rigl import REGROW_MODES, prune_and_regrow, update_topology
 from .schedules import DROP_SCHEDULES, DropSchedule
 
 __all__ = [
+    "DENSE_LAYER_ALIASES",
     "DROP_SCHEDULES",
+    "LAYER_DENSITIES",
     "REGROW_MODES",
     "SPARSE_INITS",
     "DropSchedule",
@@ -24,6 +34,7 @@ __all__ = [
     "erk_densities",
     "maskable_parameters",
     "prune_and_regrow",
+    "resolve_dense_layers",
     "uniform_densities",
     "update_topology",
 ]

@@ -1,25 +1,77 @@
-"""Binary masks on the weights of every convolution and linear layer."""
+"""Binary masks on the weights of every convolution, linear and embedding layer."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 
 import torch
 from torch import nn
 
 from .densities import active_counts, erk_densities, uniform_densities
 
-__all__ = ["SPARSE_INITS", "MaskSet", "maskable_parameters"]
+__all__ = [
+    "DENSE_LAYER_ALIASES",
+    "LAYER_DENSITIES",
+    "SPARSE_INITS",
+    "MaskSet",
+    "maskable_parameters",
+    "resolve_dense_layers",
+]
 
-#: Ways to split the global density over layers (``sparse_init``).
-SPARSE_INITS = ("erk", "uniform")
-_MASKABLE = (nn.Linear, nn.modules.conv._ConvNd)
+#: How the initial mask of each layer is chosen: uniformly at random (training from
+#: scratch) or keeping the largest-magnitude weights (sparse fine-tuning of pretrained
+#: weights).
+SPARSE_INITS = ("random", "magnitude")
+#: How the global density is split over layers.
+LAYER_DENSITIES = ("erk", "uniform")
+#: Names accepted in ``dense_layers`` besides exact parameter names.
+DENSE_LAYER_ALIASES = ("first", "head", "embeddings")
+
+_LAYERS = (nn.Linear, nn.modules.conv._ConvNd)
+_BAD_INIT = "sparse_init must be one of {options}; got {value!r}."
+_BAD_DISTRIBUTION = "layer_density must be one of {options}; got {value!r}."
+_BAD_DENSE_LAYERS = (
+    "dense_layers must be a sequence of {aliases} or weight names; got {value!r}."
+)
+_UNKNOWN_DENSE_LAYER = (
+    "dense_layers names {unknown}, which {verb} not maskable weights of the module. "
+    "Use {aliases} or one of the maskable weights: {names}."
+)
+_NO_LAYER_FOR_ALIAS = "dense_layers={alias!r}: the module has no {what}."
+
+
+def _is_transformers_conv1d(module: nn.Module) -> bool:
+    # GPT-2 style models implement their linear layers as transformers' Conv1D
+    # (weight of shape (n_in, n_out)); they are linear layers all the same.
+    cls = type(module)
+    return cls.__name__ == "Conv1D" and cls.__module__.startswith("transformers")
+
+
+def _kind(module: nn.Module) -> str | None:
+    if isinstance(module, _LAYERS) or _is_transformers_conv1d(module):
+        return "layer"
+    if isinstance(module, nn.Embedding):
+        return "embedding"
+    return None
+
+
+def _maskable(module: nn.Module) -> Iterator[tuple[str, nn.Parameter, str]]:
+    seen: set[int] = set()
+    for prefix, sub in module.named_modules():
+        kind = _kind(sub)
+        weight = getattr(sub, "weight", None)
+        if kind is None or not isinstance(weight, nn.Parameter) or id(weight) in seen:
+            continue
+        seen.add(id(weight))  # a tied weight gets one mask, under its first name
+        yield (f"{prefix}.weight" if prefix else "weight"), weight, kind
 
 
 def maskable_parameters(module: nn.Module) -> Iterator[tuple[str, nn.Parameter]]:
-    """Weights that get a mask: those of every conv and linear layer.
+    """Weights that get a mask: those of every conv, linear and embedding layer.
 
-    Biases and normalisation parameters stay dense.
+    Biases and normalisation parameters (BatchNorm, LayerNorm, ...) stay dense. Embedding
+    tables (``nn.Embedding``, e.g. the token and position embeddings of a text model) are
+    masked like linear layers. A weight shared by several layers is listed once.
 
     Parameters
     ----------
@@ -28,11 +80,89 @@ def maskable_parameters(module: nn.Module) -> Iterator[tuple[str, nn.Parameter]]
     Yields
     ------
     (name, parameter)
-        ``name`` as in ``module.named_parameters()``.
+        ``name`` as in ``module.named_parameters()``, in module order.
     """
-    for prefix, sub in module.named_modules():
-        if isinstance(sub, _MASKABLE) and isinstance(sub.weight, nn.Parameter):
-            yield (f"{prefix}.weight" if prefix else "weight"), sub.weight
+    for name, weight, _ in _maskable(module):
+        yield name, weight
+
+
+def resolve_dense_layers(module: nn.Module, dense_layers: Iterable[str] | None) -> list[str]:
+    """Weight names selected by ``dense_layers``.
+
+    Parameters
+    ----------
+    module : nn.Module
+    dense_layers : iterable of str or None
+        ``"first"``: the first convolution or linear layer in module order (embeddings
+        are not counted); ``"head"``: the last linear layer (the classifier);
+        ``"embeddings"``: every embedding table; or exact names of maskable weights, as
+        in ``module.named_parameters()``.
+
+    Returns
+    -------
+    list of str
+        The selected weight names, in module order.
+
+    Raises
+    ------
+    ValueError
+        For a name that is not a maskable weight, listing the maskable ones.
+    """
+    if dense_layers is None:
+        dense_layers = ()
+    values = [] if isinstance(dense_layers, (str, bytes)) else list(dense_layers)
+    if isinstance(dense_layers, (str, bytes)) or not all(isinstance(v, str) for v in values):
+        raise ValueError(_BAD_DENSE_LAYERS.format(aliases=DENSE_LAYER_ALIASES,
+                                                  value=dense_layers))
+    entries = list(_maskable(module))
+    names = [name for name, _, _ in entries]
+    layers = [(name, w) for name, w, kind in entries if kind == "layer"]
+    chosen: set[str] = set()
+    unknown = []
+    for value in values:
+        if value == "first":
+            if not layers:
+                raise ValueError(_NO_LAYER_FOR_ALIAS.format(alias=value,
+                                                            what="conv or linear layer"))
+            chosen.add(layers[0][0])
+        elif value == "head":
+            linear = [name for name, w in layers if w.dim() == 2]
+            if not linear:
+                raise ValueError(_NO_LAYER_FOR_ALIAS.format(alias=value, what="linear layer"))
+            chosen.add(linear[-1])
+        elif value == "embeddings":
+            chosen.update(name for name, _, kind in entries if kind == "embedding")
+        elif value in names:
+            chosen.add(value)
+        else:
+            unknown.append(value)
+    if unknown:
+        raise ValueError(
+            _UNKNOWN_DENSE_LAYER.format(
+                unknown=", ".join(repr(u) for u in unknown),
+                verb="is" if len(unknown) == 1 else "are",
+                aliases=", ".join(repr(a) for a in DENSE_LAYER_ALIASES),
+                names=", ".join(names) if names else "(none)",
+            )
+        )
+    return [name for name in names if name in chosen]
+
+
+def _magnitude_mask(weight: torch.Tensor, k: int) -> torch.Tensor:
+    """The ``k`` largest ``|w|``; among equal magnitudes the lower flat index wins.
+
+    Linear time: the k-th largest magnitude is found by selection, every weight above it
+    is kept, and the remaining places go to the first weights equal to it.
+    """
+    flat = weight.detach().abs().reshape(-1).float()
+    n = flat.numel()
+    if k >= n:
+        return torch.ones(weight.shape, dtype=torch.bool, device=flat.device)
+    threshold = torch.kthvalue(flat, n - k + 1).values  # the k-th largest
+    mask = flat > threshold
+    ties = torch.nonzero(flat == threshold).reshape(-1)
+    mask[ties[: k - int(mask.sum())]] = True
+    return mask.view(weight.shape)
 
 
 class MaskSet:
@@ -66,6 +196,70 @@ class MaskSet:
             self.set_mask(name, mask)
 
     @classmethod
+    def from_module(
+        cls,
+        module: nn.Module,
+        *,
+        density: float,
+        distribution: str = "erk",
+        init: str = "random",
+        dense_layers: Iterable[str] = (),
+        generator: torch.Generator | None = None,
+    ) -> MaskSet:
+        """Masks for every maskable weight of ``module``.
+
+        Parameters
+        ----------
+        module : nn.Module
+            The network; its maskable weights are found by :func:`maskable_parameters`.
+        density : float in (0, 1]
+            Global density of the masked layers (layers in ``dense_layers`` excluded).
+        distribution : {"erk", "uniform"}, default="erk"
+            How the global density is split over layers (:data:`LAYER_DENSITIES`).
+        init : {"random", "magnitude"}, default="random"
+            ``"random"``: each layer's active weights are drawn uniformly at random, for
+            training from scratch. ``"magnitude"``: each layer keeps exactly its largest
+            ``|w|`` at its density (ties go to the lower flat index), for sparse
+            fine-tuning of pretrained weights.
+        dense_layers : iterable of str, default=()
+            Layers that get no mask and stay dense; they are not part of the density
+            budget. See :func:`resolve_dense_layers` (``"first"``, ``"head"``,
+            ``"embeddings"`` or exact weight names).
+        generator : torch.Generator, optional
+            CPU generator: the only source of randomness (``init="random"``), so that
+            every process that uses the same seed builds the same masks.
+
+        Returns
+        -------
+        MaskSet
+        """
+        if init not in SPARSE_INITS:
+            raise ValueError(_BAD_INIT.format(options=SPARSE_INITS, value=init))
+        if distribution not in LAYER_DENSITIES:
+            raise ValueError(_BAD_DISTRIBUTION.format(options=LAYER_DENSITIES,
+                                                      value=distribution))
+        dense = set(resolve_dense_layers(module, dense_layers))
+        params = {name: p for name, p in maskable_parameters(module) if name not in dense}
+        shapes = {name: tuple(p.shape) for name, p in params.items()}
+        if not shapes:
+            return cls({}, {})
+        if distribution == "erk":
+            densities = erk_densities(shapes, density)
+        else:
+            densities = uniform_densities(shapes, density)
+        counts = active_counts(shapes, densities)
+        masks = {}
+        for name, p in params.items():
+            if init == "magnitude":
+                mask = _magnitude_mask(p, counts[name])
+            else:
+                order = torch.randperm(p.numel(), generator=generator)
+                mask = torch.zeros(p.numel(), dtype=torch.bool)
+                mask[order[: counts[name]]] = True
+            masks[name] = mask.view(p.shape).to(p.device)
+        return cls(params, masks)
+
+    @classmethod
     def random(
         cls,
         module: nn.Module,
@@ -74,7 +268,7 @@ class MaskSet:
         distribution: str = "erk",
         generator: torch.Generator | None = None,
     ) -> MaskSet:
-        """Uniformly random masks with per-layer densities from ``distribution``.
+        """Uniformly random masks: ``from_module(..., init="random")``.
 
         Parameters
         ----------
@@ -85,29 +279,14 @@ class MaskSet:
         distribution : {"erk", "uniform"}
             How the global density is split over layers.
         generator : torch.Generator, optional
-            CPU generator: the only source of randomness, so that every process that uses the
-            same seed builds the same masks.
+            CPU generator: the only source of randomness.
 
         Returns
         -------
         MaskSet
         """
-        params = dict(maskable_parameters(module))
-        shapes = {name: tuple(p.shape) for name, p in params.items()}
-        if distribution == "erk":
-            densities = erk_densities(shapes, density)
-        elif distribution == "uniform":
-            densities = uniform_densities(shapes, density)
-        else:
-            raise ValueError(f"sparse_init must be one of {SPARSE_INITS}; got {distribution!r}.")
-        counts = active_counts(shapes, densities)
-        masks = {}
-        for name, p in params.items():
-            order = torch.randperm(p.numel(), generator=generator)
-            flat = torch.zeros(p.numel(), dtype=torch.bool)
-            flat[order[: counts[name]]] = True
-            masks[name] = flat.view(p.shape).to(p.device)
-        return cls(params, masks)
+        return cls.from_module(module, density=density, distribution=distribution,
+                               init="random", generator=generator)
 
     # -- access -------------------------------------------------------------------------
     @property

@@ -179,9 +179,9 @@ def make_sparsity(
         params = dict(module.named_parameters())
         mask_set = MaskSet({name: params[name] for name in masks}, masks)
     else:
-        mask_set = _initial_masks(
-            module, density=1.0 - sparsity, layer_density=layer_density, init=init,
-            dense_layers=dense_layers, generator=generator,
+        mask_set = MaskSet.from_module(
+            module, density=1.0 - sparsity, distribution=layer_density, init=init,
+            dense_layers=tuple(dense_layers), generator=generator,
         )
     mask_set.apply_()
     if masks is None and init == "random":
@@ -195,22 +195,3 @@ def make_sparsity(
         generator=generator,
         steps_per_epoch=steps_per_epoch,
     )
-
-
-def _initial_masks(
-    module: nn.Module,
-    *,
-    density: float,
-    layer_density: str,
-    init: str,
-    dense_layers: Sequence[str],
-    generator: torch.Generator,
-) -> MaskSet:
-    from_module = getattr(MaskSet, "from_module", None)
-    if from_module is not None:
-        return from_module(module, density=density, distribution=layer_density, init=init,
-                           dense_layers=tuple(dense_layers), generator=generator)
-    if init != "random" or dense_layers:
-        raise ValueError("magnitude masks and dense_layers need MaskSet.from_module.")
-    return MaskSet.random(module, density=density, distribution=layer_density,
-                          generator=generator)

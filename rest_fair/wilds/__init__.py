@@ -36,6 +36,7 @@ __all__ = [
     "dataset_spec",
     "default_image_transform",
     "expected_layout",
+    "extract_features",
     "from_wilds",
     "import_wilds",
     "load_wilds",
@@ -69,6 +70,7 @@ _WHERE = {
     "to_markdown": "leaderboard",
     "make_synthetic_layout": "synthetic",
     "import_wilds": "_compat",
+    "extract_features": "features",
 }
 
 

@@ -47,6 +47,10 @@ class DatasetSpec:
         Paths, relative to the data directory, that must exist.
     layout : str
         Human-readable description of the files.
+    version : str
+        Dataset version in the directory name.
+    image_dir : str
+        Folder of the image files relative to the data directory (image datasets).
     """
 
     name: str
@@ -57,6 +61,7 @@ class DatasetSpec:
     required: tuple[str, ...]
     layout: str
     version: str = "1.0"
+    image_dir: str = ""
 
     @property
     def dirname(self) -> str:
@@ -99,6 +104,7 @@ DATASETS: dict[str, DatasetSpec] = {
             "  celebA_v1.0/list_eval_partition.csv  image_id, partition (0/1/2), same row order\n"
             "  celebA_v1.0/img_align_celeba/<image_id>  the images"
         ),
+        image_dir="img_align_celeba",
     ),
     "civilcomments": DatasetSpec(
         name="civilcomments",

@@ -9,9 +9,11 @@ source (``"primary"``) or in a later paper's table that cites it (``"cited"``).
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 __all__ = ["PUBLISHED", "PublishedResult", "comparison_table", "to_markdown"]
@@ -25,6 +27,7 @@ _GDRO = "Group DRO (Sagawa et al., ICLR 2020), cited by JTT/DFR"
 _IDRISSI = "Idrissi et al., CLeaR 2022"
 _WILDS15 = "WILDS (Koh et al., ICML 2021), Tab. 15"
 _UNKNOWN = "No published numbers for {!r}; known: {}."
+_NO_RUNS = "results is an empty sequence; give one result dict per seed."
 
 
 @dataclass(frozen=True)
@@ -81,7 +84,7 @@ PUBLISHED: tuple[PublishedResult, ...] = tuple(_rows())
 
 def comparison_table(
     dataset: str | Any,
-    results: dict[str, float],
+    results: Mapping[str, float] | Sequence[Mapping[str, float]],
     *,
     protocol: str,
     method: str = "REST (rest_fair)",
@@ -93,8 +96,12 @@ def comparison_table(
     ----------
     dataset : str or WILDSDataset
         ``"waterbirds"``, ``"celebA"`` or ``"civilcomments"``.
-    results : dict
-        Our test-split result of :func:`rest_fair.wilds.wilds_eval` (fractions).
+    results : dict or sequence of dict
+        Our test-split result of :func:`rest_fair.wilds.wilds_eval` (fractions), or one
+        per seed: our row then shows their mean, and the columns
+        ``worst_group_acc_std``, ``average_acc_std`` (sample standard deviation,
+        ``ddof=1``, as WILDS' ``examples/evaluate.py`` computes it) and ``n_seeds`` are
+        added (empty for the published rows).
     protocol : str
         How our number was obtained (backbone, pretraining, epochs, input size,
         sparsity): printed beside it, and the differences to the published
@@ -116,32 +123,67 @@ def comparison_table(
     if not published:
         known = sorted({r.dataset for r in PUBLISHED})
         raise ValueError(_UNKNOWN.format(name, known))
-    average = results.get("adj_acc_avg", results.get("acc_avg"))
+    runs = [results] if isinstance(results, Mapping) else list(results)
+    if not runs:
+        raise ValueError(_NO_RUNS)
+    worst = [_percent(r.get("acc_wg")) for r in runs]
+    average = [_percent(r.get("adj_acc_avg", r.get("acc_avg"))) for r in runs]
     ours = PublishedResult(
         dataset=published[0].dataset,
         method=method,
         group_labels=group_labels,
-        worst_group_acc=_percent(results.get("acc_wg")),
-        average_acc=_percent(average),
+        worst_group_acc=_mean(worst),
+        average_acc=_mean(average),
         source="this run (rest_fair.wilds.wilds_eval)",
         verified="measured",
         protocol=protocol,
     )
-    frame = pd.DataFrame([asdict(r) for r in [ours, *published]])
-    return frame.drop(columns="dataset")
+    frame = pd.DataFrame([asdict(r) for r in [ours, *published]]).drop(columns="dataset")
+    if isinstance(results, Mapping):
+        return frame
+    n = len(frame)
+    frame.insert(3, "worst_group_acc_std", [_std(worst)] + [np.nan] * (n - 1))
+    frame.insert(5, "average_acc_std", [_std(average)] + [np.nan] * (n - 1))
+    frame.insert(6, "n_seeds", pd.array([len(runs)] + [None] * (n - 1), dtype="Int64"))
+    return frame
+
+
+def _mean(values: list[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return float(np.mean(known)) if known and len(known) == len(values) else None
+
+
+def _std(values: list[float | None]) -> float:
+    known = [v for v in values if v is not None]
+    if len(known) < 2 or len(known) != len(values):
+        return float("nan")
+    return float(np.std(known, ddof=1))
 
 
 def to_markdown(frame: pd.DataFrame, *, digits: int = 1) -> str:
-    """Render a comparison table as a Markdown table (no extra dependency)."""
-    columns = list(frame.columns)
+    """Render a comparison table as a Markdown table (no extra dependency).
+
+    A column ``<name>_std`` is merged into ``<name>``: cells read ``mean ± std`` where
+    the standard deviation is known.
+    """
+    columns = [c for c in frame.columns if not (c.endswith("_std") and c[:-4] in frame)]
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    for row in frame.itertuples(index=False):
+    for _, row in frame.iterrows():
         cells = []
-        for value in row:
-            if isinstance(value, float):
-                cells.append("–" if pd.isna(value) else f"{value:.{digits}f}")
+        for column in columns:
+            value = row[column]
+            std = row.get(f"{column}_std")
+            if isinstance(value, (float, np.floating)):
+                text = "–" if pd.isna(value) else f"{value:.{digits}f}"
+                if text != "–" and std is not None and not pd.isna(std):
+                    text += f" ± {std:.{digits}f}"
+                cells.append(text)
+            elif isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+                cells.append(str(value))
             else:
-                cells.append("–" if value is None else str(value).replace("|", "/"))
+                cells.append("–" if value is None or (not isinstance(value, str)
+                                                      and pd.isna(value))
+                             else str(value).replace("|", "/"))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -1,0 +1,635 @@
+"""Pretrained backbones: torchvision image classifiers and Hugging Face text classifiers.
+
+:func:`rest_fair.models.build_module` hands ``module`` names to this module when they
+are not built-in networks:
+
+- a torchvision classification model name (``"resnet50"``, ``"resnet18"`` with a
+  ``"weights"`` entry, ``"vit_b_16"``, ...), see :func:`build_torchvision`;
+- ``"hf:<model name or local folder>"``, a Hugging Face ``transformers`` sequence
+  classifier, see :func:`build_hf`.
+
+Neither torchvision nor transformers is a dependency of the core package: they are
+imported here on first use, with an error that says what to install. Weights are
+looked for on disk first; a download happens only when they are not there, with a
+timeout, and an unreachable network is an error naming the weights and where to put
+them instead -- never a hang.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import os
+import socket
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = [
+    "HF_PREFIX",
+    "HFTextClassifier",
+    "build_backbone",
+    "build_hf",
+    "build_torchvision",
+    "is_backbone",
+    "load_state_dict_file",
+    "load_tokenizer",
+    "replace_head",
+    "torchvision_model_names",
+]
+
+HF_PREFIX = "hf:"
+_BUILTIN = ("auto", "mlp", "cnn", "resnet18")
+_DOWNLOAD_TIMEOUT_S = 30.0
+_PROBE_TIMEOUT_S = 5.0
+
+NO_TORCHVISION = (
+    "module={name!r} is not a built-in network {builtin}; as a torchvision model it needs "
+    "torchvision, which is not installed or does not import ({error}). Install it with: "
+    "pip install 'rest-fair[vision]' (a torchvision build that matches your torch)."
+)
+NO_TRANSFORMERS = (
+    "module={name!r} needs Hugging Face transformers, which is not installed or does not "
+    "import ({error}). Install it with: pip install 'rest-fair[text]'."
+)
+UNKNOWN_TORCHVISION = (
+    "module must be one of {builtin}, a torchvision classification model name (e.g. "
+    "'resnet50'; see torchvision.models.list_models(module=torchvision.models)), "
+    "'hf:<model name or local folder>', an nn.Module subclass, a callable returning an "
+    "nn.Module or an nn.Module instance; got {name!r}{hint}."
+)
+UNKNOWN_WEIGHTS = (
+    "weights={weights!r} is neither a file nor a weights name of torchvision's {name}; "
+    "its weights are {available}."
+)
+MISSING_WEIGHTS_FILE = "weights={weights!r} looks like a file path, but there is no such file."
+BAD_WEIGHTS = (
+    "module_params['weights'] must be None, a torchvision weights name (e.g. 'DEFAULT', "
+    "'IMAGENET1K_V2') or a path to a state-dict file; got {value!r}."
+)
+BAD_STATE_DICT = (
+    "{path} does not hold a state dict (a mapping of parameter names to tensors); "
+    "got {type}."
+)
+STATE_DICT_MISMATCH = (
+    "{path} does not fit torchvision's {name}: {problems}. Save the weights with "
+    "torch.save(model.state_dict(), path) from the same architecture."
+)
+DOWNLOAD_FAILED = (
+    "Could not download the torchvision weights {weights} for {name} from {url} ({error}). "
+    "Without network access, download the file on another machine and put it at {cache} "
+    "(torch.hub's cache, TORCH_HOME), or pass module_params={{'weights': <path to a "
+    "state-dict file>}}."
+)
+NEED_IMAGES = (
+    "torchvision's {name} takes RGB images of shape (n_samples, 3, height, width); got "
+    "samples of shape {shape}."
+)
+NO_HEAD = "Could not find the classification layer of {name} to replace it."
+NO_LOCAL_MODEL = (
+    "module={module!r}: {path} looks like a local folder but does not exist. A local "
+    "model folder must hold what save_pretrained writes (config.json, the weights and the "
+    "tokenizer files)."
+)
+HUB_UNREACHABLE = (
+    "module={module!r}: {name!r} is not a local folder and not in the Hugging Face cache, "
+    "and the Hub ({endpoint}) cannot be reached ({error}). Run once with network access "
+    "to fill the cache, copy a folder written by save_pretrained and pass "
+    "module='hf:<path>', or check HF_ENDPOINT / proxy settings."
+)
+HF_LOAD_FAILED = "module={module!r}: could not load {what} from {name!r} ({error})."
+HF_OFFLINE_MISS = (
+    "module={module!r}: {name!r} is not a local folder and not in the Hugging Face cache, "
+    "and downloads are off ({reason}). Pass module='hf:<path to a folder written by "
+    "save_pretrained>' or allow downloads."
+)
+BAD_HF_PARAMS = (
+    "module={module!r} takes module_params {allowed}; got unknown {unknown}."
+)
+BAD_MAX_LENGTH = "module_params['max_length'] must be a positive integer or None; got {!r}."
+HF_NEEDS_TOKENS = (
+    "{cls} takes a dict of token tensors (input_ids, attention_mask) as produced from a "
+    "list of strings by RESTClassifier; got {type}."
+)
+_HF_PARAMS = ("max_length", "revision", "local_files_only", "tokenizer_kwargs", "model_kwargs")
+
+
+# --------------------------------------------------------------------------- dispatch
+def is_backbone(name: str, module_params: Mapping[str, Any] | None = None) -> bool:
+    """Whether ``build_module`` should hand ``module=name`` to :func:`build_backbone`.
+
+    ``"hf:..."`` names and names that are not built-in are backbones. The built-in
+    ``"resnet18"`` (plain torch, from scratch) is used unless ``module_params`` has a
+    ``"weights"`` entry, which selects torchvision's ResNet-18.
+    """
+    if name.startswith(HF_PREFIX):
+        return True
+    if name in _BUILTIN:
+        return name == "resnet18" and "weights" in (module_params or {})
+    return True
+
+
+def build_backbone(
+    name: str,
+    *,
+    input_shape: Sequence[int],
+    n_classes: int,
+    module_params: Mapping[str, Any] | None = None,
+) -> nn.Module:
+    """Build a torchvision (``"resnet50"``) or Hugging Face (``"hf:..."``) classifier.
+
+    Parameters
+    ----------
+    name : str
+        Model name, see :func:`build_torchvision` and :func:`build_hf`.
+    input_shape : tuple of int
+        Shape of one sample (checked for images; unused for text).
+    n_classes : int
+        Number of outputs of the new classification head.
+    module_params : dict or None
+        Options of the backbone.
+
+    Returns
+    -------
+    nn.Module
+    """
+    params = dict(module_params or {})
+    if name.startswith(HF_PREFIX):
+        return build_hf(name[len(HF_PREFIX):], n_classes=n_classes,
+                        **check_hf_params(name, params))
+    return build_torchvision(name, input_shape=input_shape, n_classes=n_classes, **params)
+
+
+# ------------------------------------------------------------------------ torchvision
+def _import_torchvision(name: str) -> Any:
+    try:
+        import torchvision
+    except (ImportError, RuntimeError, OSError) as exc:
+        raise ImportError(NO_TORCHVISION.format(name=name, builtin=_BUILTIN, error=exc)) from exc
+    return torchvision
+
+
+def torchvision_model_names() -> list[str]:
+    """Names of torchvision's classification models (``torchvision.models``)."""
+    tv = _import_torchvision("torchvision")
+    return sorted(tv.models.list_models(module=tv.models))
+
+
+@contextlib.contextmanager
+def _socket_timeout(seconds: float) -> Iterator[None]:
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(seconds)
+    try:
+        yield
+    finally:
+        socket.setdefaulttimeout(previous)
+
+
+def _looks_like_path(value: str) -> bool:
+    return (
+        os.sep in value
+        or (os.altsep is not None and os.altsep in value)
+        or value.startswith((".", "~"))
+        or value.endswith((".pt", ".pth", ".bin", ".safetensors", ".ckpt"))
+    )
+
+
+def _looks_like_folder(value: str) -> bool:
+    """Whether an ``hf:`` name is meant as a local folder (a Hub id is ``name`` or
+    ``owner/name``)."""
+    return (
+        value.startswith((".", "~", "/"))
+        or value.count("/") > 1
+        or (os.sep != "/" and os.sep in value)
+        or (os.altsep is not None and os.altsep in value)
+    )
+
+
+def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Read a state dict safely: ``torch.load(weights_only=True)`` or safetensors.
+
+    A file holding ``{"state_dict": {...}}`` or ``{"model": {...}}`` (common training
+    checkpoints) is unwrapped.
+
+    Parameters
+    ----------
+    path : path
+        ``.safetensors`` files are read with :mod:`safetensors`; anything else with
+        :func:`torch.load` and ``weights_only=True`` (no code from the file runs).
+
+    Returns
+    -------
+    dict of str to Tensor
+    """
+    path = Path(path).expanduser()
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(path), device="cpu")
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, Mapping):
+        for key in ("state_dict", "model"):
+            inner = state.get(key)
+            if isinstance(inner, Mapping) and len(state) <= 3:
+                state = inner
+                break
+    if not isinstance(state, Mapping) or not all(
+        isinstance(k, str) and torch.is_tensor(v) for k, v in state.items()
+    ):
+        raise ValueError(BAD_STATE_DICT.format(path=path, type=type(state).__name__))
+    return dict(state)
+
+
+def _find_head(model: nn.Module, n_categories: int | None) -> tuple[str, nn.Module]:
+    """The classification layer: the last Linear, else the last conv with one output per class."""
+    linear = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if linear:
+        return linear[-1]
+    convs = [
+        (n, m)
+        for n, m in model.named_modules()
+        if isinstance(m, nn.Conv2d) and (n_categories is None or m.out_channels == n_categories)
+    ]
+    if convs:
+        return convs[-1]
+    raise ValueError(NO_HEAD.format(name=type(model).__name__))
+
+
+def replace_head(model: nn.Module, n_classes: int, *, n_categories: int | None = None) -> str:
+    """Replace the classification layer of ``model`` by a new one with ``n_classes`` outputs.
+
+    Parameters
+    ----------
+    model : nn.Module
+        A classifier whose last ``nn.Linear`` (in module order) is the output layer, or,
+        without linear layers, whose last ``nn.Conv2d`` with ``n_categories`` outputs is
+        (SqueezeNet).
+    n_classes : int
+        Outputs of the new layer (freshly initialised, with a bias if the old one had one).
+    n_categories : int, optional
+        Outputs of the old head, used to find a convolutional head.
+
+    Returns
+    -------
+    str
+        Module name of the new head, e.g. ``"fc"``.
+    """
+    name, old = _find_head(model, n_categories)
+    if isinstance(old, nn.Linear):
+        new: nn.Module = nn.Linear(old.in_features, n_classes, bias=old.bias is not None)
+    else:
+        new = nn.Conv2d(old.in_channels, n_classes, old.kernel_size, stride=old.stride,
+                        padding=old.padding, bias=old.bias is not None)
+    new = new.to(device=old.weight.device, dtype=old.weight.dtype)
+    parent_name, _, attr = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, attr, new)
+    return name
+
+
+def _drop_aux_heads(model: nn.Module) -> None:
+    # Inception v3 and GoogLeNet return (logits, aux logits) in training mode; the
+    # training loop wants logits only, so their auxiliary classifiers are removed.
+    if getattr(model, "aux_logits", False):
+        model.aux_logits = False
+        for attr in ("AuxLogits", "aux1", "aux2"):
+            if hasattr(model, attr):
+                setattr(model, attr, None)
+
+
+def _download(member: Any, name: str, timeout: float) -> None:
+    """Put the file of torchvision weights ``member`` into torch.hub's cache."""
+    url = member.url
+    filename = os.path.basename(urllib.parse.urlparse(url).path)
+    cache = Path(torch.hub.get_dir()) / "checkpoints" / filename
+    if cache.exists():
+        return
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    match = torch.hub.HASH_REGEX.search(filename)
+    try:
+        with _socket_timeout(timeout):
+            torch.hub.download_url_to_file(url, str(cache), match.group(1) if match else None,
+                                           progress=False)
+    except (OSError, RuntimeError, ValueError) as exc:  # URLError and timeouts are OSErrors
+        raise OSError(
+            DOWNLOAD_FAILED.format(weights=str(member), name=name, url=url, error=exc,
+                                   cache=cache)
+        ) from exc
+
+
+def build_torchvision(
+    name: str,
+    *,
+    input_shape: Sequence[int] | None = None,
+    n_classes: int,
+    weights: str | os.PathLike | None = None,
+    download_timeout: float = _DOWNLOAD_TIMEOUT_S,
+    **kwargs: Any,
+) -> nn.Module:
+    """A torchvision classification model with a new head of ``n_classes`` outputs.
+
+    Parameters
+    ----------
+    name : str
+        Model name in ``torchvision.models``, e.g. ``"resnet50"``.
+    input_shape : tuple of int, optional
+        Shape of one sample; must be ``(3, height, width)``.
+    n_classes : int
+        Outputs of the new classification layer.
+    weights : None, str or path, default=None
+        ``None``: random initialisation. A torchvision weights name of the model
+        (``"DEFAULT"``, ``"IMAGENET1K_V1"``, ...): taken from torch.hub's cache, or
+        downloaded there (``download_timeout`` seconds per network operation; failure is
+        an :class:`OSError` saying where to put the file). A path: a state-dict file,
+        read with ``weights_only=True``; every key and shape must match the architecture
+        except those of the classification head, which is replaced anyway.
+    download_timeout : float, default=30
+        Socket timeout of a download.
+    **kwargs
+        Passed to the torchvision model builder.
+
+    Returns
+    -------
+    nn.Module
+    """
+    tv = _import_torchvision(name)
+    names = tv.models.list_models(module=tv.models)
+    if name not in names:
+        close = difflib.get_close_matches(name, names, n=3)
+        hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
+        raise ValueError(UNKNOWN_TORCHVISION.format(builtin=_BUILTIN, name=name, hint=hint))
+    if input_shape is not None:
+        shape = tuple(int(s) for s in input_shape)
+        if len(shape) != 3 or shape[0] != 3:
+            raise ValueError(NEED_IMAGES.format(name=name, shape=shape))
+    builder = tv.models.get_model_builder(name)
+    path: Path | None = None
+    member = None
+    if weights is not None:
+        if not isinstance(weights, (str, os.PathLike)):
+            raise ValueError(BAD_WEIGHTS.format(value=weights))
+        candidate = Path(weights).expanduser()
+        if candidate.is_file():
+            path = candidate
+        elif isinstance(weights, os.PathLike) or _looks_like_path(str(weights)):
+            raise FileNotFoundError(MISSING_WEIGHTS_FILE.format(weights=str(weights)))
+        else:
+            enum = tv.models.get_model_weights(name)
+            if str(weights) not in enum.__members__:
+                raise ValueError(UNKNOWN_WEIGHTS.format(weights=weights, name=name,
+                                                        available=list(enum.__members__)))
+            member = enum[str(weights)]
+            _download(member, name, download_timeout)
+
+    model = builder(weights=member, **kwargs)
+    n_categories = len(member.meta["categories"]) if member is not None else None
+    if path is not None:
+        head = replace_head(model, n_classes, n_categories=n_categories)
+        _load_checked(model, load_state_dict_file(path), head=head, name=name, path=path)
+    else:
+        replace_head(model, n_classes, n_categories=n_categories or kwargs.get("num_classes"))
+    _drop_aux_heads(model)
+    return model
+
+
+def _load_checked(
+    model: nn.Module, state: Mapping[str, torch.Tensor], *, head: str, name: str, path: Path
+) -> None:
+    """Load ``state`` into ``model``; the head's entries may be absent or of another shape."""
+    expected = model.state_dict()
+    head_keys = {k for k in expected if k == head or k.startswith(head + ".")}
+    missing = sorted(k for k in expected if k not in state and k not in head_keys)
+    unexpected = sorted(k for k in state if k not in expected)
+    wrong = sorted(
+        f"{k} {tuple(state[k].shape)} != {tuple(expected[k].shape)}"
+        for k in expected
+        if k in state and k not in head_keys and tuple(state[k].shape) != tuple(expected[k].shape)
+    )
+    problems = []
+    for label, keys in (("missing keys", missing), ("unexpected keys", unexpected),
+                        ("wrong shapes", wrong)):
+        if keys:
+            shown = ", ".join(keys[:8]) + (f", ... ({len(keys)} in all)" if len(keys) > 8 else "")
+            problems.append(f"{label}: {shown}")
+    if problems:
+        raise ValueError(STATE_DICT_MISMATCH.format(path=path, name=name,
+                                                    problems="; ".join(problems)))
+    usable = {
+        k: v for k, v in state.items()
+        if k not in head_keys or tuple(v.shape) == tuple(expected[k].shape)
+    }
+    model.load_state_dict(usable, strict=False)
+
+
+# ------------------------------------------------------------------------ transformers
+def _import_transformers(module: str) -> Any:
+    try:
+        import transformers
+    except (ImportError, RuntimeError, OSError) as exc:
+        raise ImportError(NO_TRANSFORMERS.format(name=module, error=exc)) from exc
+    return transformers
+
+
+def _truthy(value: str | None) -> bool:
+    return str(value).strip().lower() in ("1", "true", "yes", "on")
+
+
+def _offline_reason() -> str | None:
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        if _truthy(os.environ.get(var)):
+            return f"{var}=1"
+    return None
+
+
+def _probe(endpoint: str, timeout: float) -> None:
+    """Raise :class:`OSError` unless a TCP connection to the Hub (or its proxy) opens."""
+    parsed = urllib.parse.urlparse(endpoint)
+    proxy = urllib.request.getproxies().get(parsed.scheme or "https")
+    if proxy and not urllib.request.proxy_bypass(parsed.hostname or ""):
+        parsed = urllib.parse.urlparse(proxy if "://" in proxy else f"http://{proxy}")
+    host = parsed.hostname or ""
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    with socket.create_connection((host, port), timeout=timeout):
+        pass
+
+
+def _resolve_hf(module: str, name: str, local_files_only: bool | None) -> tuple[str, bool]:
+    """``(what to pass to from_pretrained, local_files_only)``, local folders first."""
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return str(path), True
+    if _looks_like_folder(name):
+        raise FileNotFoundError(NO_LOCAL_MODEL.format(module=module, path=path))
+    return name, bool(local_files_only) or _offline_reason() is not None
+
+
+def _from_pretrained(
+    module: str, cls: Any, name: str, *, local_files_only: bool | None, what: str,
+    **kwargs: Any,
+) -> Any:
+    target, local = _resolve_hf(module, name, local_files_only)
+    try:
+        return cls.from_pretrained(target, local_files_only=True, **kwargs)
+    except OSError as exc:
+        if local:
+            if Path(target).is_dir():
+                raise OSError(HF_LOAD_FAILED.format(module=module, what=what, name=target,
+                                                    error=exc)) from exc
+            reason = _offline_reason() or "local_files_only=True"
+            raise OSError(HF_OFFLINE_MISS.format(module=module, name=name,
+                                                 reason=reason)) from exc
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    try:
+        _probe(endpoint, _PROBE_TIMEOUT_S)
+    except OSError as exc:
+        raise OSError(HUB_UNREACHABLE.format(module=module, name=name, endpoint=endpoint,
+                                             error=exc)) from exc
+    try:
+        return cls.from_pretrained(target, **kwargs)
+    except OSError as exc:
+        raise OSError(HF_LOAD_FAILED.format(module=module, what=what, name=name,
+                                            error=exc)) from exc
+
+
+def _check_max_length(max_length: Any) -> int | None:
+    if max_length is None:
+        return None
+    if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1:
+        raise ValueError(BAD_MAX_LENGTH.format(max_length))
+    return int(max_length)
+
+
+def check_hf_params(module: str, params: Mapping[str, Any]) -> dict[str, Any]:
+    """Validated ``module_params`` of an ``"hf:..."`` module (unknown keys are an error)."""
+    unknown = sorted(set(params) - set(_HF_PARAMS))
+    if unknown:
+        raise ValueError(BAD_HF_PARAMS.format(module=module, allowed=list(_HF_PARAMS),
+                                              unknown=unknown))
+    out = dict(params)
+    out["max_length"] = _check_max_length(params.get("max_length"))
+    return out
+
+
+def load_tokenizer(module: str, module_params: Mapping[str, Any] | None = None) -> Any:
+    """The tokenizer of ``module="hf:<name or path>"``, local-first.
+
+    Parameters
+    ----------
+    module : str
+        ``"hf:<name or path>"``.
+    module_params : dict or None
+        ``revision``, ``local_files_only`` and ``tokenizer_kwargs`` are used.
+
+    Returns
+    -------
+    transformers.PreTrainedTokenizerBase
+    """
+    params = check_hf_params(module, dict(module_params or {}))
+    transformers = _import_transformers(module)
+    name = module[len(HF_PREFIX):] if module.startswith(HF_PREFIX) else module
+    extra = dict(params.get("tokenizer_kwargs") or {})
+    if params.get("revision") is not None:
+        extra["revision"] = params["revision"]
+    tokenizer = _from_pretrained(module, transformers.AutoTokenizer, name,
+                                 local_files_only=params.get("local_files_only"),
+                                 what="the tokenizer", **extra)
+    if tokenizer.pad_token_id is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token  # e.g. GPT-2 has no padding token
+    return tokenizer
+
+
+class HFTextClassifier(nn.Module):
+    """A ``transformers`` sequence classifier that returns logits.
+
+    ``forward`` takes the dict of token tensors that RESTClassifier builds from a list of
+    strings (see :mod:`rest_fair.text`) and returns ``model(**tokens).logits``.
+
+    Parameters
+    ----------
+    model : transformers.PreTrainedModel
+        A model for sequence classification.
+    tokenizer : transformers.PreTrainedTokenizerBase
+        Its tokenizer; kept so that a fitted estimator tokenizes new text the same way.
+    source : str
+        The ``module`` string it was loaded from.
+    max_length : int or None
+        Maximum number of tokens per text (longer texts are truncated).
+    """
+
+    def __init__(self, model: nn.Module, tokenizer: Any, *, source: str,
+                 max_length: int | None) -> None:
+        super().__init__()
+        self.model = model
+        self.tokenizer = tokenizer
+        self.source = source
+        self.max_length = max_length
+
+    def forward(self, tokens: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        if not isinstance(tokens, Mapping):
+            raise TypeError(HF_NEEDS_TOKENS.format(cls=type(self).__name__,
+                                                   type=type(tokens).__name__))
+        return self.model(**tokens).logits
+
+
+def build_hf(
+    name: str,
+    *,
+    n_classes: int,
+    max_length: int | None = None,
+    revision: str | None = None,
+    local_files_only: bool | None = None,
+    tokenizer_kwargs: Mapping[str, Any] | None = None,
+    model_kwargs: Mapping[str, Any] | None = None,
+) -> HFTextClassifier:
+    """A Hugging Face model for sequence classification with ``n_classes`` labels.
+
+    Parameters
+    ----------
+    name : str
+        A local folder written by ``save_pretrained`` (used as is, never any network) or
+        a Hub model name (``"distilbert-base-uncased"``): taken from the Hugging Face
+        cache, or downloaded after checking that the Hub can be reached (an unreachable
+        Hub, ``HF_HUB_OFFLINE=1`` or ``local_files_only=True`` with nothing cached is an
+        :class:`OSError` naming the model).
+    n_classes : int
+        ``num_labels``; a head of another size in the checkpoint is replaced.
+    max_length : int or None, default=None
+        Maximum tokens per text; ``None`` is the tokenizer's ``model_max_length`` (at
+        most 512).
+    revision : str, optional
+        Hub revision (branch, tag or commit).
+    local_files_only : bool, optional
+        Never download.
+    tokenizer_kwargs, model_kwargs : dict, optional
+        Extra arguments of ``AutoTokenizer.from_pretrained`` and
+        ``AutoModelForSequenceClassification.from_pretrained``.
+
+    Returns
+    -------
+    HFTextClassifier
+    """
+    module = HF_PREFIX + name
+    params = check_hf_params(module, {
+        "max_length": max_length, "revision": revision, "local_files_only": local_files_only,
+        "tokenizer_kwargs": tokenizer_kwargs, "model_kwargs": model_kwargs,
+    })
+    transformers = _import_transformers(module)
+    tokenizer = load_tokenizer(module, params)
+    extra = dict(model_kwargs or {})
+    if revision is not None:
+        extra["revision"] = revision
+    model = _from_pretrained(
+        module, transformers.AutoModelForSequenceClassification, name,
+        local_files_only=local_files_only, what="the model", num_labels=int(n_classes),
+        ignore_mismatched_sizes=True, **extra,
+    )
+    if getattr(model.config, "pad_token_id", None) is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return HFTextClassifier(model, tokenizer, source=module,
+                            max_length=params["max_length"])

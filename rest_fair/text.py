@@ -1,0 +1,335 @@
+"""Strings as ``X``: tokenize once, pad each batch to its own longest text.
+
+With ``module="hf:<name or path>"`` :class:`~rest_fair.RESTClassifier` accepts a list or
+1-D array of strings. The hooks below keep the training engine unaware of text:
+
+- :func:`fit_text_input` replaces the array checks of ``fit`` for text: it tokenizes
+  every text once (truncated to ``module_params["max_length"]``, no padding) into a
+  :class:`TokenizedText`, which ``fit`` can index like an array (validation split,
+  JTT subsets);
+- :func:`text_input` does the same for ``validation_data`` and for ``predict`` (with the
+  fitted model's own tokenizer);
+- :func:`make_text_source` turns a :class:`TokenizedText` into a :class:`TextSource`,
+  the :class:`~rest_fair._data.BatchSource` that yields, per batch, a dict of
+  ``input_ids`` and ``attention_mask`` padded to the longest text *of that batch*.
+
+Texts are single segments (no sentence pairs), so no ``token_type_ids`` are produced;
+BERT-style models then use segment 0 for every token, as for a single sentence.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from ._data import BatchSource
+
+__all__ = [
+    "TextSource",
+    "TokenizedText",
+    "check_text_input",
+    "fit_text_input",
+    "is_text_input",
+    "make_text_source",
+    "text_input",
+    "tokenize",
+    "validate_text_xy",
+]
+
+TEXT_NEEDS_HF = (
+    "X holds text (strings), which module={module!r} cannot take. Use "
+    "module='hf:<model name or local folder>' (a Hugging Face sequence classifier), or turn "
+    "the text into numbers first (e.g. sklearn's TfidfVectorizer in a Pipeline)."
+)
+HF_NEEDS_TEXT = (
+    "module={module!r} is a text model and takes X as a list or 1-D array of strings; got "
+    "{what}."
+)
+NOT_FITTED_ON_TEXT = (
+    "This RESTClassifier was fitted on numeric input; it cannot predict from strings."
+)
+BAD_TEXT = "X must be a list or 1-D array of strings; element {index} is {type}."
+EMPTY_TEXT = "X is an empty list of strings; fit needs at least one sample."
+_DEFAULT_MAX_LENGTH = 512
+_CHUNK = 4096
+
+
+def _module_name(est: Any) -> str:
+    module = getattr(est, "module", None)
+    return module if isinstance(module, str) else repr(module)
+
+
+def _is_hf(est: Any) -> bool:
+    module = getattr(est, "module", None)
+    return isinstance(module, str) and module.startswith("hf:")
+
+
+class TokenizedText:
+    """Token ids of many texts, stored end to end (no padding).
+
+    Parameters
+    ----------
+    ids : ndarray of int32
+        All token ids, text after text.
+    offsets : ndarray of int64 of shape (n_texts + 1,)
+        Text ``i`` is ``ids[offsets[i]:offsets[i + 1]]``.
+    pad_token_id : int
+        Id used to pad a batch.
+    """
+
+    def __init__(self, ids: np.ndarray, offsets: np.ndarray, *, pad_token_id: int) -> None:
+        self.ids = np.ascontiguousarray(ids, dtype=np.int32)
+        self.offsets = np.ascontiguousarray(offsets, dtype=np.int64)
+        self.pad_token_id = int(pad_token_id)
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    @property
+    def lengths(self) -> np.ndarray:
+        """Number of tokens of each text."""
+        return np.diff(self.offsets)
+
+    def __getitem__(self, index: Any) -> TokenizedText:
+        """The texts at ``index`` (an integer array, a boolean mask or a slice), in order."""
+        rows = np.arange(len(self))[index]
+        rows = np.atleast_1d(rows).astype(np.int64)
+        starts = self.offsets[rows]
+        lengths = self.offsets[rows + 1] - starts
+        offsets = np.zeros(len(rows) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        positions = np.repeat(starts - offsets[:-1], lengths) + np.arange(offsets[-1])
+        return TokenizedText(self.ids[positions], offsets, pad_token_id=self.pad_token_id)
+
+    def padded(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(input_ids, attention_mask)`` of texts ``rows``, padded to the longest of them."""
+        rows = np.asarray(rows, dtype=np.int64)
+        starts = self.offsets[rows]
+        lengths = self.offsets[rows + 1] - starts
+        width = max(int(lengths.max()) if len(rows) else 0, 1)
+        input_ids = np.full((len(rows), width), self.pad_token_id, dtype=np.int64)
+        mask = np.zeros((len(rows), width), dtype=np.int64)
+        row_of = np.repeat(np.arange(len(rows)), lengths)
+        first = np.repeat(np.cumsum(lengths) - lengths, lengths)
+        col = np.arange(int(lengths.sum())) - first
+        source = np.repeat(starts, lengths) + col
+        input_ids[row_of, col] = self.ids[source]
+        mask[row_of, col] = 1
+        return input_ids, mask
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(n_texts={len(self)}, n_tokens={len(self.ids)})"
+
+
+class TextSource(BatchSource):
+    """Batches of token dicts, each padded to the longest text in the batch.
+
+    Parameters
+    ----------
+    tokens : TokenizedText
+    """
+
+    def __init__(self, tokens: TokenizedText) -> None:
+        self.tokens = tokens
+        self.n_samples = len(tokens)
+        self.sample_shape = ()
+
+    def batches(
+        self, order: torch.Tensor, batch_size: int, device: torch.device
+    ) -> Iterator[tuple[dict[str, torch.Tensor], torch.Tensor]]:
+        rows = order.numpy()
+        for start in range(0, len(order), batch_size):
+            input_ids, mask = self.tokens.padded(rows[start : start + batch_size])
+            batch = {
+                "input_ids": torch.from_numpy(input_ids).to(device, non_blocking=True),
+                "attention_mask": torch.from_numpy(mask).to(device, non_blocking=True),
+            }
+            yield batch, order[start : start + batch_size]
+
+
+def is_text_input(X: Any) -> bool:
+    """Whether ``X`` is text: a :class:`TokenizedText` or a 1-D sequence of strings."""
+    if isinstance(X, TokenizedText):
+        return True
+    if isinstance(X, str):
+        return False
+    if isinstance(X, (list, tuple)):
+        return len(X) > 0 and all(isinstance(v, str) for v in X)
+    dtype = getattr(X, "dtype", None)
+    if getattr(X, "ndim", None) != 1 or dtype is None:
+        return False
+    kind = getattr(dtype, "kind", None)
+    if kind in ("U", "S"):
+        return True
+    if kind == "O" or str(dtype) in ("string", "str"):
+        values = X.tolist() if hasattr(X, "tolist") else list(X)
+        return len(values) > 0 and all(isinstance(v, str) for v in values)
+    return False
+
+
+def _texts(X: Any) -> list[str]:
+    values = X.tolist() if hasattr(X, "tolist") else list(X)
+    for i, v in enumerate(values):
+        if isinstance(v, bytes):
+            values[i] = v.decode("utf-8")
+        elif not isinstance(v, str):
+            raise ValueError(BAD_TEXT.format(index=i, type=type(v).__name__))
+    return values
+
+
+def _max_length(tokenizer: Any, max_length: int | None) -> int:
+    if max_length is not None:
+        return int(max_length)
+    limit = getattr(tokenizer, "model_max_length", None)
+    if isinstance(limit, int) and 0 < limit <= 100_000:
+        return min(limit, _DEFAULT_MAX_LENGTH)
+    return _DEFAULT_MAX_LENGTH
+
+
+def tokenize(texts: Sequence[str], tokenizer: Any, *, max_length: int | None) -> TokenizedText:
+    """Tokenize ``texts`` once, truncating each to ``max_length`` tokens (no padding).
+
+    Parameters
+    ----------
+    texts : sequence of str
+    tokenizer : transformers.PreTrainedTokenizerBase
+    max_length : int or None
+        ``None`` is the tokenizer's ``model_max_length`` (at most 512).
+
+    Returns
+    -------
+    TokenizedText
+    """
+    limit = _max_length(tokenizer, max_length)
+    pieces: list[np.ndarray] = []
+    lengths: list[int] = []
+    texts = list(texts)
+    for start in range(0, len(texts), _CHUNK):
+        encoded = tokenizer(
+            texts[start : start + _CHUNK], truncation=True, max_length=limit, padding=False,
+            return_attention_mask=False, return_token_type_ids=False,
+        )["input_ids"]
+        for ids in encoded:
+            pieces.append(np.asarray(ids, dtype=np.int32))
+            lengths.append(len(ids))
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    ids = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int32)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    return TokenizedText(ids, offsets, pad_token_id=pad)
+
+
+def _fit_tokenizer(est: Any) -> tuple[Any, int | None]:
+    from .backbones import check_hf_params, load_tokenizer
+
+    params = check_hf_params(est.module, dict(est.module_params or {}))
+    return load_tokenizer(est.module, params), params["max_length"]
+
+
+def validate_text_xy(est: Any, X: Any, y: Any) -> tuple[TokenizedText, np.ndarray]:
+    """``fit``'s input check for text: tokenize ``X``, check ``y``, set input attributes.
+
+    Sets ``n_features_in_ = 1`` (one text per sample) and ``input_shape_ = ()``.
+
+    Parameters
+    ----------
+    est : RESTClassifier
+        Its ``module`` must be ``"hf:..."``.
+    X : list or 1-D array of str, or TokenizedText
+    y : array-like of shape (n_samples,)
+
+    Returns
+    -------
+    (TokenizedText, ndarray)
+    """
+    from sklearn.utils.multiclass import check_classification_targets
+    from sklearn.utils.validation import column_or_1d
+
+    from ._validation import BAD_LENGTH
+
+    if not _is_hf(est):
+        raise ValueError(TEXT_NEEDS_HF.format(module=_module_name(est)))
+    tokens = check_text_input(est, X, fitting=True)
+    if len(tokens) == 0:
+        raise ValueError(EMPTY_TEXT)
+    y = column_or_1d(np.asarray(y), warn=True)
+    if len(y) != len(tokens):
+        raise ValueError(BAD_LENGTH.format(what="y", got=len(y), n=len(tokens)))
+    check_classification_targets(y)
+    est.n_features_in_ = 1
+    est.input_shape_ = ()
+    est.__dict__.pop("feature_names_in_", None)
+    return tokens, y
+
+
+def check_text_input(est: Any, X: Any, *, fitting: bool = False) -> TokenizedText:
+    """Tokenize text for ``validation_data`` (``fitting=True``) or ``predict``.
+
+    While fitting, the tokenizer comes from ``est.module``; afterwards from the fitted
+    module, so a saved estimator tokenizes as it did in training even where the original
+    model folder is gone.
+
+    Parameters
+    ----------
+    est : RESTClassifier
+    X : list or 1-D array of str, or TokenizedText
+    fitting : bool, default=False
+
+    Returns
+    -------
+    TokenizedText
+    """
+    if isinstance(X, TokenizedText):
+        return X
+    if not fitting:
+        from .backbones import HFTextClassifier
+
+        module = getattr(est, "module_", None)
+        if not isinstance(module, HFTextClassifier):
+            raise ValueError(NOT_FITTED_ON_TEXT)
+        tokenizer, max_length = module.tokenizer, module.max_length
+    else:
+        if not _is_hf(est):
+            raise ValueError(TEXT_NEEDS_HF.format(module=_module_name(est)))
+        tokenizer, max_length = _fit_tokenizer(est)
+    return tokenize(_texts(X), tokenizer, max_length=max_length)
+
+
+def check_not_text_module(est: Any, X: Any) -> None:
+    """Raise if ``est`` has a text module but ``X`` is not text."""
+    if _is_hf(est) and not is_text_input(X):
+        what = type(X).__name__
+        shape = getattr(X, "shape", None)
+        raise ValueError(HF_NEEDS_TEXT.format(
+            module=est.module, what=f"{what} of shape {shape}" if shape is not None else what))
+
+
+# ----------------------------------------------------- hooks called by the training engine
+def fit_text_input(est: Any, X: Any, y: Any) -> tuple[TokenizedText, np.ndarray] | None:
+    """``fit``: :func:`validate_text_xy` for text input, ``None`` for anything else.
+
+    Raises if ``est`` has a text module but ``X`` is not text.
+    """
+    if is_text_input(X):
+        return validate_text_xy(est, X, y)
+    check_not_text_module(est, X)
+    return None
+
+
+def text_input(est: Any, X: Any, *, fitting: bool = False) -> TokenizedText | None:
+    """``validation_data`` (``fitting=True``) and ``predict``: tokens of text, else ``None``.
+
+    Raises if ``est`` has a text module but ``X`` is not text.
+    """
+    if is_text_input(X):
+        return check_text_input(est, X, fitting=fitting)
+    check_not_text_module(est, X)
+    return None
+
+
+def make_text_source(X: Any) -> TextSource | None:
+    """``make_source``: a :class:`TextSource` for a :class:`TokenizedText`, else ``None``."""
+    return TextSource(X) if isinstance(X, TokenizedText) else None

@@ -1,0 +1,56 @@
+"""Small "pretrained" checkpoints written to disk by the backbone tests (no network)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+# every word the synthetic CivilComments layout writes (rest_fair.wilds.synthetic)
+WORDS = (
+    "the article was about city council budget today read thanks great helpful agree kind "
+    "thoughtful idiot stupid moron pathetic disgusting trash male_people female_people "
+    "lgbtq_people christian_people muslim_people other_religions_people black_people "
+    "white_people"
+).split()
+
+
+def save_torchvision_state_dict(name: str, path: Path, *, seed: int = 0,
+                                num_classes: int = 1000) -> Path:
+    """A torchvision model with random weights, saved as a plain state dict."""
+    import torchvision
+
+    torch.manual_seed(seed)
+    model = torchvision.models.get_model(name, weights=None, num_classes=num_classes)
+    torch.save(model.state_dict(), path)
+    return path
+
+
+def save_tiny_distilbert(folder: Path, *, seed: int = 0) -> Path:
+    """A 1-layer DistilBERT with random weights and a word-level tokenizer, saved with
+    ``save_pretrained`` (what a downloaded Hub model folder holds)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import (
+        DistilBertConfig,
+        DistilBertForSequenceClassification,
+        PreTrainedTokenizerFast,
+    )
+
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    vocab = {token: i for i, token in enumerate(specials + WORDS)}
+    core = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    core.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=core, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+        sep_token="[SEP]", mask_token="[MASK]", model_max_length=64)
+    torch.manual_seed(seed)
+    config = DistilBertConfig(vocab_size=len(vocab), dim=16, n_layers=1, n_heads=2,
+                              hidden_dim=32, max_position_embeddings=64, num_labels=2,
+                              pad_token_id=0)
+    model = DistilBertForSequenceClassification(config)
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder

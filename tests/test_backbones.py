@@ -1,0 +1,248 @@
+"""torchvision backbones: local and cached weights, checked keys, head replacement,
+magnitude masks on pretrained weights, fitting on a synthetic WILDS layout, offline errors."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+import pytest
+import torch
+from backbone_helpers import save_torchvision_state_dict
+from torch import nn
+
+tv = pytest.importorskip("torchvision", reason="torchvision backbones need rest-fair[vision]")
+
+from rest_fair import RESTClassifier  # noqa: E402
+from rest_fair.backbones import build_torchvision, load_state_dict_file  # noqa: E402
+from rest_fair.models import ResNet18, build_module  # noqa: E402
+from rest_fair.sparse import (  # noqa: E402
+    MaskSet,
+    active_counts,
+    erk_densities,
+    maskable_parameters,
+)
+
+UNREACHABLE_PROXY = "http://127.0.0.1:9"  # the discard port: connections are refused
+
+
+@pytest.fixture(scope="module")
+def resnet50_file(tmp_path_factory):
+    return save_torchvision_state_dict("resnet50", tmp_path_factory.mktemp("ckpt") / "r50.pt")
+
+
+@pytest.fixture(scope="module")
+def resnet18_file(tmp_path_factory):
+    return save_torchvision_state_dict("resnet18", tmp_path_factory.mktemp("ckpt") / "r18.pt")
+
+
+@pytest.fixture
+def offline(monkeypatch, tmp_path):
+    """An empty torch.hub cache and every HTTP(S) request sent to a closed port."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    for var in ("https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY"):
+        monkeypatch.setenv(var, UNREACHABLE_PROXY)
+    for var in ("no_proxy", "NO_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    return tmp_path / "torch_home"
+
+
+def test_resnet50_from_a_local_state_dict(resnet50_file):
+    saved = torch.load(resnet50_file, weights_only=True)
+    model = build_module("resnet50", input_shape=(3, 32, 32), n_classes=3,
+                         module_params={"weights": str(resnet50_file)})
+    assert isinstance(model, tv.models.ResNet)
+    assert model.fc.out_features == 3 and model.fc.in_features == 2048
+    state = model.state_dict()
+    for key, value in saved.items():
+        if key.startswith("fc."):
+            continue
+        assert torch.equal(state[key], value), key
+    assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 3)
+
+
+def test_magnitude_mask_keeps_the_largest_pretrained_weights(resnet50_file):
+    model = build_module("resnet50", input_shape=(3, 32, 32), n_classes=2,
+                         module_params={"weights": resnet50_file})
+    masks = MaskSet.from_module(model, density=0.1, init="magnitude",
+                                dense_layers=("first", "head"))
+    assert "conv1.weight" not in masks.names and "fc.weight" not in masks.names
+    assert not any("bn" in n or n.endswith("bias") for n in masks.names)
+    assert len(masks.names) == len(list(maskable_parameters(model))) - 2
+    params = dict(model.named_parameters())
+    shapes = {n: tuple(params[n].shape) for n in masks.names}
+    counts = active_counts(shapes, erk_densities(shapes, 0.1))
+    assert masks.n_active() == counts
+    n_sparse = 0
+    for name in masks.names:
+        w = params[name].detach().abs().reshape(-1)
+        keep = masks.mask(name).reshape(-1)
+        # exactly counts[name] weights kept, and none dropped is larger than one kept
+        if (~keep).any():
+            n_sparse += 1
+            assert w[keep].min() >= w[~keep].max(), name
+    assert n_sparse > 40  # all but ERK's few small layers made dense
+    total = sum(params[n].numel() for n in masks.names)
+    assert sum(masks.n_active().values()) == pytest.approx(0.1 * total, rel=1e-3)
+
+
+def test_fit_resnet50_from_pretrained_on_synthetic_waterbirds(resnet50_file, tmp_path):
+    wilds = pytest.importorskip("wilds", reason="needs rest-fair[wilds]")
+    assert wilds
+    from rest_fair.wilds import (
+        load_wilds,
+        make_synthetic_layout,
+        read_predictions,
+        split_wilds,
+        wilds_eval,
+        write_submission,
+    )
+
+    counts = {"train": (4, 2, 2, 4), "val": (2, 2, 2, 2), "test": (2, 2, 2, 2)}
+    make_synthetic_layout("waterbirds", tmp_path, group_counts=counts, image_size=16)
+    dataset = load_wilds("waterbirds", tmp_path)
+    parts = split_wilds(dataset, image_size=32)
+    train, val, test = parts["train"], parts["val"], parts["test"]
+    clf = RESTClassifier(module="resnet50", module_params={"weights": resnet50_file},
+                         sparse_init="magnitude", dense_layers=("first", "head"),
+                         sparsity=0.9, max_epochs=1, batch_size=12, lr=1e-3,
+                         device="cpu", random_state=0)
+    clf.fit(train.X, train.y, groups=train.groups, validation_data=val.validation_data())
+    assert clf.n_train_steps_ == 1
+    assert "conv1.weight" not in clf.masks_ and "layer1.0.conv1.weight" in clf.masks_
+    predictions = {"val": clf.predict(val.X), "test": clf.predict(test.X)}
+    assert set(np.unique(predictions["test"])) <= {0, 1}
+    results = wilds_eval(test, predictions["test"])
+    assert 0.0 <= results["acc_wg"] <= 1.0 and "adj_acc_avg" in results
+    files = write_submission(predictions, dataset=dataset, out_dir=tmp_path / "sub", seed=0)
+    for path in files:
+        split = "val" if "split:val" in path.name else "test"
+        np.testing.assert_array_equal(read_predictions(path), predictions[split])
+
+
+def test_head_of_the_checkpoint_is_kept_when_it_fits(tmp_path):
+    path = save_torchvision_state_dict("resnet18", tmp_path / "r18_5.pt", num_classes=5)
+    saved = torch.load(path, weights_only=True)
+    same = build_torchvision("resnet18", n_classes=5, weights=path)
+    assert torch.equal(same.fc.weight, saved["fc.weight"])
+    other = build_torchvision("resnet18", n_classes=2, weights=path)
+    assert other.fc.weight.shape == (2, 512)
+    assert torch.equal(other.layer4[1].conv2.weight, saved["layer4.1.conv2.weight"])
+
+
+def test_wrapped_checkpoints_and_safetensors_are_read(resnet18_file, tmp_path):
+    state = torch.load(resnet18_file, weights_only=True)
+    torch.save({"state_dict": state, "epoch": 3}, tmp_path / "ckpt.pth")
+    assert set(load_state_dict_file(tmp_path / "ckpt.pth")) == set(state)
+    from safetensors.torch import save_file
+
+    save_file(state, str(tmp_path / "w.safetensors"))
+    model = build_torchvision("resnet18", n_classes=2, weights=tmp_path / "w.safetensors")
+    assert torch.equal(model.conv1.weight, state["conv1.weight"])
+
+
+def test_state_dict_problems_name_the_keys(resnet18_file, tmp_path):
+    state = torch.load(resnet18_file, weights_only=True)
+    del state["layer1.0.conv1.weight"]
+    state["extra.weight"] = torch.zeros(1)
+    state["conv1.weight"] = torch.zeros(64, 3, 3, 3)
+    torch.save(state, tmp_path / "bad.pt")
+    with pytest.raises(ValueError) as info:
+        build_torchvision("resnet18", n_classes=2, weights=tmp_path / "bad.pt")
+    message = str(info.value)
+    assert "missing keys: layer1.0.conv1.weight" in message
+    assert "unexpected keys: extra.weight" in message
+    assert "wrong shapes: conv1.weight (64, 3, 3, 3) != (64, 3, 7, 7)" in message
+    with pytest.raises(ValueError, match="does not fit torchvision's resnet50"):
+        build_torchvision("resnet50", n_classes=2, weights=resnet18_file)
+    torch.save([1, 2], tmp_path / "list.pt")
+    with pytest.raises(ValueError, match="does not hold a state dict"):
+        build_torchvision("resnet18", n_classes=2, weights=tmp_path / "list.pt")
+
+
+def test_builtin_resnet18_stays_the_default_without_weights():
+    assert isinstance(build_module("resnet18", input_shape=(3, 16, 16), n_classes=2), ResNet18)
+    torchvision_one = build_module("resnet18", input_shape=(3, 16, 16), n_classes=2,
+                                   module_params={"weights": None})
+    assert isinstance(torchvision_one, tv.models.ResNet)
+    with pytest.raises(ValueError, match="built-in network without pretrained weights"):
+        build_module("mlp", input_shape=(4,), n_classes=2, module_params={"weights": "x.pt"})
+
+
+def test_other_torchvision_heads_are_replaced():
+    vit = build_torchvision("vit_b_32", n_classes=3, image_size=32)  # kwargs reach the builder
+    assert vit.heads.head.out_features == 3
+    squeeze = build_torchvision("squeezenet1_1", n_classes=4)
+    assert squeeze.classifier[1].out_channels == 4
+    assert squeeze(torch.zeros(1, 3, 64, 64)).shape == (1, 4)
+    inception = build_torchvision("googlenet", n_classes=2, init_weights=False)
+    inception.train()
+    assert inception(torch.zeros(2, 3, 64, 64)).shape == (2, 2)  # no auxiliary outputs
+
+
+@pytest.mark.parametrize(
+    ("module", "params", "error", "match"),
+    [
+        ("resnet5O", {}, ValueError, r"module must be one of .*did you mean 'resnet50'"),
+        ("transformer", {}, ValueError, "module must be one of"),
+        ("resnet18", {"weights": "IMAGENET9K"}, ValueError,
+         r"IMAGENET9K.*weights are \['IMAGENET1K_V1', 'DEFAULT'\]"),
+        ("resnet50", {"weights": "./no/such/file.pt"}, FileNotFoundError, "no such file"),
+        ("resnet50", {"weights": 3}, ValueError, "must be None, a torchvision weights name"),
+    ],
+)
+def test_bad_names_are_clear_errors(module, params, error, match):
+    with pytest.raises(error, match=match):
+        build_module(module, input_shape=(3, 32, 32), n_classes=2, module_params=params)
+
+
+def test_images_must_have_three_channels():
+    with pytest.raises(ValueError, match=r"RGB images .* got samples of shape \(1, 28, 28\)"):
+        build_module("resnet50", input_shape=(1, 28, 28), n_classes=2,
+                     module_params={"weights": None})
+
+
+def test_unreachable_weights_fail_fast_offline(offline):
+    start = time.perf_counter()
+    with pytest.raises(OSError) as info:
+        build_module("resnet18", input_shape=(3, 32, 32), n_classes=2,
+                     module_params={"weights": "IMAGENET1K_V1"})
+    assert time.perf_counter() - start < 10
+    message = str(info.value)
+    assert "ResNet18_Weights.IMAGENET1K_V1" in message and "resnet18-f37072fd.pth" in message
+    assert str(offline) in message and "state-dict file" in message
+
+
+def test_cached_torchvision_weights_load_without_network(offline, resnet18_file):
+    member = tv.models.ResNet18_Weights.IMAGENET1K_V1
+    cache = offline / "hub" / "checkpoints" / os.path.basename(member.url)
+    cache.parent.mkdir(parents=True)
+    cache.write_bytes(resnet18_file.read_bytes())
+    model = build_module("resnet18", input_shape=(3, 32, 32), n_classes=2,
+                         module_params={"weights": "DEFAULT"})
+    saved = torch.load(resnet18_file, weights_only=True)
+    assert torch.equal(model.conv1.weight, saved["conv1.weight"])
+    assert isinstance(model.fc, nn.Linear) and model.fc.out_features == 2
+
+
+def test_core_and_backbone_modules_import_neither_torchvision_nor_transformers():
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent(
+        """
+        import sys
+        import rest_fair, rest_fair.models, rest_fair.backbones, rest_fair.text
+        import rest_fair.wilds.features, rest_fair.wilds.protocol, rest_fair.wilds.cli
+        from rest_fair import RESTClassifier
+        bad = [m for m in ("torchvision", "transformers", "tokenizers", "wilds")
+               if m in sys.modules]
+        print("LOADED", bad)
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "LOADED []" in result.stdout

@@ -1,0 +1,186 @@
+"""Initial masks: random vs. magnitude, layers kept dense, embeddings, option tuples."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from rest_fair.sparse import (
+    DENSE_LAYER_ALIASES,
+    LAYER_DENSITIES,
+    SPARSE_INITS,
+    MaskSet,
+    active_counts,
+    erk_densities,
+    maskable_parameters,
+    resolve_dense_layers,
+    uniform_densities,
+)
+
+
+class _TextNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.tokens = nn.Embedding(50, 8)
+        self.norm = nn.LayerNorm(8)
+        self.hidden = nn.Linear(8, 16)
+        self.out = nn.Linear(16, 3)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.out(torch.relu(self.hidden(self.norm(self.tokens(ids)).mean(1))))
+
+
+def _cnn() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(),
+        nn.Linear(8 * 6 * 6, 64), nn.ReLU(), nn.Linear(64, 5),
+    )
+
+
+def test_option_tuples_are_exported():
+    assert SPARSE_INITS == ("random", "magnitude")
+    assert LAYER_DENSITIES == ("erk", "uniform")
+    assert set(DENSE_LAYER_ALIASES) >= {"first", "head"}
+
+
+def test_embeddings_are_maskable_norms_and_biases_are_not():
+    names = [n for n, _ in maskable_parameters(_TextNet())]
+    assert names == ["tokens.weight", "hidden.weight", "out.weight"]
+
+
+def test_tied_weight_gets_one_mask():
+    net = _TextNet()
+    net.out = nn.Linear(8, 50)
+    net.out.weight = net.tokens.weight  # weight tying, as language-model heads do
+    names = [n for n, _ in maskable_parameters(net)]
+    assert names == ["tokens.weight", "hidden.weight"]
+
+
+def test_erk_handles_embedding_shapes():
+    net = _TextNet()
+    masks = MaskSet.from_module(net, density=0.3, distribution="erk")
+    shapes = {n: tuple(p.shape) for n, p in maskable_parameters(net)}
+    expected = active_counts(shapes, erk_densities(shapes, 0.3))
+    assert masks.n_active() == expected
+    total = sum(math.prod(s) for s in shapes.values())
+    assert sum(expected.values()) == pytest.approx(0.3 * total, abs=len(shapes))
+    # ERK: density proportional to (rows + cols) / (rows * cols)
+    d = {r["layer"]: r["density"] for r in masks.report()}
+    assert d["tokens.weight"] / d["out.weight"] == pytest.approx(
+        ((50 + 8) / 400) / ((16 + 3) / 48), rel=0.05)
+
+
+@pytest.mark.parametrize("distribution", ["erk", "uniform"])
+def test_random_is_from_module_with_random_init(distribution):
+    a = MaskSet.random(_cnn(), density=0.2, distribution=distribution,
+                       generator=torch.Generator().manual_seed(4))
+    b = MaskSet.from_module(_cnn(), density=0.2, distribution=distribution, init="random",
+                            generator=torch.Generator().manual_seed(4))
+    for name in a.names:
+        assert torch.equal(a.mask(name), b.mask(name))
+
+
+@pytest.mark.parametrize("distribution", ["erk", "uniform"])
+def test_magnitude_init_keeps_exactly_the_largest_weights(distribution):
+    net = _cnn()
+    masks = MaskSet.from_module(net, density=0.25, distribution=distribution, init="magnitude")
+    shapes = {n: tuple(p.shape) for n, p in maskable_parameters(net)}
+    fn = erk_densities if distribution == "erk" else uniform_densities
+    counts = active_counts(shapes, fn(shapes, 0.25))
+    assert masks.n_active() == counts
+    params = dict(net.named_parameters())
+    for name in masks.names:
+        w = params[name].detach().abs().reshape(-1)
+        m = masks.mask(name).reshape(-1)
+        kept = torch.sort(w, descending=True).values[: counts[name]]
+        # the kept magnitudes are exactly the top-k ones
+        assert torch.equal(torch.sort(w[m], descending=True).values, kept)
+        if (~m).any():
+            assert w[m].min() >= w[~m].max()
+
+
+def test_magnitude_ties_are_broken_by_index_deterministically():
+    net = nn.Sequential(nn.Linear(4, 2, bias=False))
+    with torch.no_grad():
+        net[0].weight.copy_(torch.tensor([[1.0, -2.0, 2.0, 0.5], [2.0, 1.0, -1.0, 3.0]]))
+    masks = MaskSet.from_module(net, density=0.5, distribution="uniform", init="magnitude")
+    # |w| flat: 1 2 2 .5 2 1 1 3 -> top 4: 3 (7), then the 2s at 1, 2, 4
+    assert masks.mask("0.weight").reshape(-1).tolist() == [
+        False, True, True, False, True, False, False, True]
+    again = MaskSet.from_module(net, density=0.5, distribution="uniform", init="magnitude")
+    assert torch.equal(masks.mask("0.weight"), again.mask("0.weight"))
+
+
+def test_magnitude_init_ignores_the_generator():
+    net = _cnn()
+    a = MaskSet.from_module(net, density=0.1, init="magnitude",
+                            generator=torch.Generator().manual_seed(1))
+    b = MaskSet.from_module(net, density=0.1, init="magnitude",
+                            generator=torch.Generator().manual_seed(2))
+    assert all(torch.equal(a.mask(n), b.mask(n)) for n in a.names)
+
+
+def test_dense_layers_aliases_and_names():
+    net = _cnn()
+    assert resolve_dense_layers(net, ["first"]) == ["0.weight"]
+    assert resolve_dense_layers(net, ("head",)) == ["6.weight"]
+    assert resolve_dense_layers(net, ["head", "4.weight", "first"]) == [
+        "0.weight", "4.weight", "6.weight"]
+    assert resolve_dense_layers(net, ()) == [] and resolve_dense_layers(net, None) == []
+    text = _TextNet()
+    assert resolve_dense_layers(text, ["first"]) == ["hidden.weight"]  # embeddings skipped
+    assert resolve_dense_layers(text, ["embeddings"]) == ["tokens.weight"]
+    assert resolve_dense_layers(text, ["head"]) == ["out.weight"]
+
+
+def test_dense_layers_stay_dense_and_leave_the_density_budget():
+    net = _cnn()
+    masks = MaskSet.from_module(net, density=0.2, distribution="uniform",
+                                dense_layers=("first", "head"),
+                                generator=torch.Generator().manual_seed(0))
+    assert masks.names == ["4.weight"]
+    assert masks.density() == pytest.approx(0.2, abs=1e-3)  # all of it on the rest
+    before = net[0].weight.detach().clone()
+    masks.apply_()
+    assert torch.equal(net[0].weight, before)  # the dense first layer is not touched
+    erk = MaskSet.from_module(net, density=0.2, dense_layers=["6.weight"])
+    shapes = {"0.weight": (8, 3, 3, 3), "4.weight": (64, 288)}
+    assert erk.n_active() == active_counts(shapes, erk_densities(shapes, 0.2))
+
+
+def test_every_layer_dense_gives_an_empty_mask_set():
+    net = _cnn()
+    masks = MaskSet.from_module(net, density=0.1, dense_layers=["0.weight", "4.weight",
+                                                                "6.weight"])
+    assert masks.names == [] and masks.density() == 1.0
+
+
+@pytest.mark.parametrize(
+    ("dense_layers", "match"),
+    [
+        (["fc.weight"], r"names 'fc.weight', which is not maskable.*0.weight, 4.weight, "
+                        r"6.weight"),
+        (["1.weight", "4.bias"], r"'1.weight', '4.bias', which are not maskable"),
+        ("first", "must be a sequence"),
+        ([3], "must be a sequence"),
+    ],
+)
+def test_dense_layers_errors_list_the_maskable_names(dense_layers, match):
+    with pytest.raises(ValueError, match=match):
+        MaskSet.from_module(_cnn(), density=0.5, dense_layers=dense_layers)
+
+
+def test_bad_init_and_distribution():
+    with pytest.raises(ValueError, match="sparse_init must be one of"):
+        MaskSet.from_module(_cnn(), density=0.5, init="lottery")
+    with pytest.raises(ValueError, match="layer_density must be one of"):
+        MaskSet.from_module(_cnn(), density=0.5, distribution="erdos")
+
+
+def test_head_alias_needs_a_linear_layer():
+    with pytest.raises(ValueError, match="no linear layer"):
+        resolve_dense_layers(nn.Sequential(nn.Conv2d(1, 2, 3)), ["head"])

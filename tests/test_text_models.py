@@ -1,0 +1,204 @@
+"""Hugging Face text classifiers: strings as X, tokenize once, dynamic padding, magnitude
+masks on a saved model, local-first loading and fast offline failures."""
+
+from __future__ import annotations
+
+import pickle
+import time
+
+import numpy as np
+import pytest
+import torch
+from backbone_helpers import save_tiny_distilbert
+
+pytest.importorskip("transformers", reason="text models need rest-fair[text]")
+
+from rest_fair import RESTClassifier
+from rest_fair.backbones import HFTextClassifier, build_hf, load_tokenizer
+from rest_fair.models import build_module
+from rest_fair.sparse import MaskSet, maskable_parameters
+from rest_fair.text import TextSource, TokenizedText, is_text_input, tokenize
+
+TEXTS = ["the article was kind", "idiot", "thanks great helpful agree kind thoughtful read",
+         "stupid moron trash", "the city council budget", "pathetic"]
+LABELS = np.array([0, 1, 0, 1, 0, 1])
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return save_tiny_distilbert(tmp_path_factory.mktemp("hf") / "tiny-distilbert")
+
+
+def _clf(tiny, **kw):
+    params = {"module": f"hf:{tiny}", "module_params": {"max_length": 16}, "sparsity": 0.5,
+              "max_epochs": 2, "batch_size": 4, "optimizer": "adamw", "lr": 1e-3,
+              "validation_fraction": 0.0, "device": "cpu", "random_state": 0}
+    params.update(kw)
+    return RESTClassifier(**params)
+
+
+def test_is_text_input():
+    assert is_text_input(["a", "b"]) and is_text_input(np.array(["a", "b"]))
+    assert is_text_input(np.array(["a", "b"], dtype=object))
+    import pandas as pd
+
+    assert is_text_input(pd.Series(["a", "b"]))
+    assert not is_text_input(np.zeros((3, 2))) and not is_text_input([1.0, 2.0])
+    assert not is_text_input("abc") and not is_text_input([]) and not is_text_input(["a", 1])
+
+
+def test_tokenize_once_and_pad_each_batch_to_its_longest(tiny):
+    tokenizer = load_tokenizer(f"hf:{tiny}")
+    tokens = tokenize(TEXTS, tokenizer, max_length=5)
+    assert isinstance(tokens, TokenizedText) and len(tokens) == len(TEXTS)
+    assert tokens.lengths.tolist() == [5, 3, 5, 5, 5, 3]  # [CLS] ... [SEP], truncated to 5
+    source = TextSource(tokens)
+    batches = list(source.batches(torch.tensor([1, 5, 0, 2]), 2, torch.device("cpu")))
+    first, idx = batches[0]
+    assert idx.tolist() == [1, 5]
+    assert first["input_ids"].shape == (2, 3)  # both texts are 3 tokens: no padding
+    second, _ = batches[1]
+    assert second["input_ids"].shape == (2, 5)
+    expected = tokenizer(TEXTS[0], truncation=True, max_length=5)["input_ids"]
+    assert second["input_ids"][0].tolist() == expected
+    padded, mask = tokens.padded(np.array([1, 0]))
+    assert mask.tolist() == [[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]]
+    assert padded[0, 3:].tolist() == [tokenizer.pad_token_id] * 2
+    sub = tokens[np.array([4, 1])]
+    assert sub.lengths.tolist() == [5, 3]
+    np.testing.assert_array_equal(sub.padded(np.array([1]))[0], tokens.padded(np.array([1]))[0])
+
+
+def test_logits_do_not_depend_on_the_padding_of_the_batch(tiny):
+    net = build_module(f"hf:{tiny}", input_shape=(), n_classes=2).eval()
+    tokens = tokenize(TEXTS, net.tokenizer, max_length=16)
+    alone = [net(b) for b, _ in TextSource(tokens).batches(torch.arange(6), 1,
+                                                             torch.device("cpu"))]
+    together = next(iter(TextSource(tokens).batches(torch.arange(6), 6, torch.device("cpu"))))
+    with torch.no_grad():
+        torch.testing.assert_close(torch.cat(alone).detach(), net(together[0]),
+                                   atol=1e-5, rtol=1e-4)
+
+
+def test_magnitude_mask_on_a_saved_text_model(tiny):
+    net = build_module(f"hf:{tiny}", input_shape=(), n_classes=3)
+    assert isinstance(net, HFTextClassifier)
+    assert net.model.classifier.out_features == 3
+    names = [n for n, _ in maskable_parameters(net)]
+    assert "model.distilbert.embeddings.word_embeddings.weight" in names
+    assert "model.distilbert.embeddings.position_embeddings.weight" in names
+    assert not any("LayerNorm" in n or "layer_norm" in n or n.endswith("bias") for n in names)
+    masks = MaskSet.from_module(net, density=0.2, init="magnitude", dense_layers=("head",))
+    assert "model.classifier.weight" not in masks.names
+    params = dict(net.named_parameters())
+    for name in masks.names:
+        w = params[name].detach().abs().reshape(-1)
+        keep = masks.mask(name).reshape(-1)
+        assert keep.any(), name
+        if (~keep).any():
+            assert w[keep].min() >= w[~keep].max(), name
+    assert masks.density() == pytest.approx(0.2, abs=0.01)
+
+
+def test_fit_predict_strings_on_synthetic_civilcomments(tiny, tmp_path):
+    pytest.importorskip("wilds", reason="needs rest-fair[wilds]")
+    from rest_fair.wilds import (
+        load_wilds,
+        make_synthetic_layout,
+        read_predictions,
+        split_wilds,
+        wilds_eval,
+        write_submission,
+    )
+
+    make_synthetic_layout("civilcomments", tmp_path)
+    dataset = load_wilds("civilcomments", tmp_path)
+    parts = split_wilds(dataset)
+    train, val, test = parts["train"], parts["val"], parts["test"]
+    clf = _clf(tiny, sparse_init="magnitude", dense_layers=("head",), max_epochs=2,
+               batch_size=16)
+    clf.fit(train.X, train.y, groups=train.groups, validation_data=val.validation_data())
+    assert clf.n_features_in_ == 1 and clf.input_shape_ == ()
+    assert "model.distilbert.embeddings.word_embeddings.weight" in clf.masks_
+    assert "model.classifier.weight" not in clf.masks_
+    assert len(clf.history_) == 2 and "valid_worst_group_acc" in clf.history_[0]
+    predictions = {"val": clf.predict(val.X), "test": clf.predict(list(test.X))}
+    proba = clf.predict_proba(test.X)
+    np.testing.assert_allclose(proba.sum(1), 1.0)
+    np.testing.assert_array_equal(clf.classes_[proba.argmax(1)], predictions["test"])
+    results = wilds_eval(test, predictions["test"])
+    assert {"acc_avg", "acc_wg", "acc_y:1_black:1"} <= set(results)
+    files = write_submission(predictions, dataset=dataset, out_dir=tmp_path / "sub", seed=0)
+    for path in files:
+        split = "val" if "split:val" in path.name else "test"
+        np.testing.assert_array_equal(read_predictions(path), predictions[split])
+
+
+def test_fitted_text_estimator_pickles_with_its_tokenizer(tiny):
+    clf = _clf(tiny, max_epochs=1).fit(TEXTS, LABELS)
+    again = pickle.loads(pickle.dumps(clf))
+    np.testing.assert_allclose(again.predict_proba(TEXTS), clf.predict_proba(TEXTS))
+    with pytest.raises(ValueError, match="text model and takes X as a list"):
+        clf.predict(np.zeros((2, 3)))
+
+
+def test_held_out_validation_split_of_text(tiny):
+    texts, labels = TEXTS * 3, np.tile(LABELS, 3)
+    clf = _clf(tiny, validation_fraction=0.3, max_epochs=2).fit(texts, labels,
+                                                                 groups=np.arange(18) % 2)
+    assert "valid_worst_group_acc" in clf.history_[-1]
+    assert clf.predict(texts).shape == (18,)
+
+
+def test_jtt_on_text(tiny):
+    clf = _clf(tiny, infer_groups="jtt", jtt_epochs=1, max_epochs=1).fit(TEXTS, LABELS)
+    assert clf.inferred_groups_.shape == (6,)
+
+
+def test_text_needs_an_hf_module_and_vice_versa(tiny):
+    with pytest.raises(ValueError, match="X holds text"):
+        RESTClassifier(module="mlp", max_epochs=1).fit(TEXTS, LABELS)
+    with pytest.raises(ValueError, match="is a text model"):
+        _clf(tiny).fit(np.zeros((6, 3)), LABELS)
+    numeric = RESTClassifier(module="mlp", max_epochs=1, device="cpu").fit(
+        np.random.default_rng(0).normal(size=(6, 3)), LABELS)
+    with pytest.raises(ValueError, match="fitted on numeric input"):
+        numeric.predict(TEXTS)
+
+
+@pytest.mark.parametrize(
+    ("params", "match"),
+    [({"maxlen": 3}, r"takes module_params \['max_length'"), ({"max_length": 0}, "positive")],
+)
+def test_bad_module_params(tiny, params, match):
+    with pytest.raises(ValueError, match=match):
+        build_module(f"hf:{tiny}", input_shape=(), n_classes=2, module_params=params)
+
+
+def test_missing_local_folder_is_named(tmp_path):
+    missing = tmp_path / "no-model-here"
+    with pytest.raises(FileNotFoundError, match=r"no-model-here.*does not exist"):
+        build_hf(str(missing), n_classes=2)
+
+
+def test_unreachable_hub_name_fails_fast(monkeypatch):
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    for var in ("https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    start = time.perf_counter()
+    with pytest.raises(OSError) as info:
+        build_module("hf:rest-fair-tests/no-such-model", input_shape=(), n_classes=2)
+    assert time.perf_counter() - start < 15
+    message = str(info.value)
+    assert "'rest-fair-tests/no-such-model'" in message and "cannot be reached" in message
+    assert "http://127.0.0.1:9" in message
+
+
+def test_offline_mode_hub_name_fails_fast(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    start = time.perf_counter()
+    with pytest.raises(OSError, match=r"no-such-model'.*downloads are off \(HF_HUB_OFFLINE=1\)"):
+        load_tokenizer("hf:rest-fair-tests/no-such-model")
+    assert time.perf_counter() - start < 15

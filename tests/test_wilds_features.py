@@ -1,0 +1,150 @@
+"""Embedding mode: frozen-backbone features cached on disk with their provenance, and a
+sparse MLP head fitted on them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from backbone_helpers import save_tiny_distilbert, save_torchvision_state_dict
+
+from rest_fair.wilds import import_wilds
+
+try:
+    import_wilds()
+except ImportError:  # pragma: no cover - the wilds extra is part of CI
+    pytest.skip("needs the optional extra rest-fair[wilds]", allow_module_level=True)
+
+import rest_fair.wilds.features as features_module
+from rest_fair import RESTClassifier
+from rest_fair.backbones import build_torchvision
+from rest_fair.wilds import (
+    extract_features,
+    load_wilds,
+    make_synthetic_layout,
+    split_wilds,
+    wilds_eval,
+    write_submission,
+)
+
+
+@pytest.fixture(scope="module")
+def waterbirds(tmp_path_factory):
+    root = tmp_path_factory.mktemp("features")
+    make_synthetic_layout("waterbirds", root / "data", image_size=16)
+    dataset = load_wilds("waterbirds", root / "data")
+    weights = save_torchvision_state_dict("resnet18", root / "r18.pt")
+    return dataset, split_wilds(dataset, image_size=32), weights, root
+
+
+def _no_extraction(*args, **kwargs):
+    raise AssertionError("features were computed again")
+
+
+def test_features_are_the_frozen_backbone_outputs_and_are_reused(waterbirds, tmp_path,
+                                                                  monkeypatch):
+    _, parts, weights, _ = waterbirds
+    val = parts["val"]
+    feats = extract_features(val, backbone="resnet18", weights=weights, cache_dir=tmp_path,
+                             batch_size=10, device="cpu")
+    assert isinstance(feats, np.memmap) and feats.shape == (len(val), 512)
+    assert feats.dtype == np.float32 and not feats.flags.writeable
+    net = build_torchvision("resnet18", n_classes=2, weights=weights).eval()
+    net.fc = torch.nn.Identity()
+    with torch.no_grad():
+        expected = net(torch.stack([val.X[i] for i in range(3)])).numpy()
+    np.testing.assert_allclose(feats[:3], expected, rtol=1e-4, atol=1e-5)
+
+    meta = json.loads(Path(feats.filename).with_suffix(".json").read_text())
+    record = meta["provenance"]
+    assert record["backbone"] == "resnet18" and record["dataset"] == "waterbirds"
+    assert record["split"] == "val" and record["n_samples"] == len(val)
+    assert record["weights"]["sha256"] and "Resize" in record["transform"]
+    assert len(record["inputs_sha256"]) == 64 and meta["n_features"] == 512
+
+    monkeypatch.setattr(features_module, "_extract", _no_extraction)
+    again = extract_features(val, backbone="resnet18", weights=weights, cache_dir=tmp_path,
+                             device="cpu")
+    assert again.filename == feats.filename
+    np.testing.assert_array_equal(again, feats)
+    with pytest.raises(AssertionError, match="computed again"):
+        extract_features(val, backbone="resnet18", weights=weights, cache_dir=tmp_path,
+                         refresh=True)
+
+
+def test_changed_provenance_means_new_features(waterbirds, tmp_path, monkeypatch):
+    _, parts, weights, root = waterbirds
+    first = extract_features(parts["test"], backbone="resnet18", weights=weights,
+                             cache_dir=tmp_path, device="cpu")
+    other_weights = save_torchvision_state_dict("resnet18", root / "r18_seed1.pt", seed=1)
+    second = extract_features(parts["test"], backbone="resnet18", weights=other_weights,
+                              cache_dir=tmp_path, device="cpu")
+    assert second.filename != first.filename
+    assert not np.allclose(first, second)
+    # an edited provenance file is not trusted
+    meta = Path(first.filename).with_suffix(".json")
+    info = json.loads(meta.read_text())
+    info["provenance"]["split"] = "val"
+    meta.write_text(json.dumps(info))
+    monkeypatch.setattr(features_module, "_extract", _no_extraction)
+    with pytest.raises(AssertionError, match="computed again"):
+        extract_features(parts["test"], backbone="resnet18", weights=weights,
+                         cache_dir=tmp_path)
+
+
+def test_different_images_change_the_input_hash(waterbirds, tmp_path):
+    dataset, parts, weights, _ = waterbirds
+    record = features_module.feature_provenance(parts["val"], backbone="resnet18",
+                                                weights=weights)
+    bigger = split_wilds(dataset, ["val"], image_size=24)["val"]
+    changed = features_module.feature_provenance(bigger, backbone="resnet18", weights=weights)
+    assert changed["inputs_sha256"] == record["inputs_sha256"]  # same files ...
+    assert changed["transform"] != record["transform"]  # ... other transform
+    test = features_module.feature_provenance(parts["test"], backbone="resnet18",
+                                              weights=weights)
+    assert test["inputs_sha256"] != record["inputs_sha256"]
+
+
+def test_sparse_head_on_cached_features_end_to_end(waterbirds, tmp_path):
+    dataset, parts, weights, _ = waterbirds
+    X = {split: extract_features(part, backbone="resnet18", weights=weights,
+                                 cache_dir=tmp_path, device="cpu")
+         for split, part in parts.items()}
+    train, val = parts["train"], parts["val"]
+    clf = RESTClassifier(module="mlp", module_params={"hidden_layer_sizes": (64,)},
+                         sparsity=0.9, max_epochs=5, batch_size=32, optimizer="adam",
+                         lr=1e-3, device="cpu", random_state=0)
+    clf.fit(X["train"], train.y, groups=train.groups, validation_data=(X["val"], val.y,
+                                                                        val.groups))
+    assert clf.n_features_in_ == 512 and clf.masks_
+    predictions = {split: clf.predict(X[split]) for split in ("val", "test")}
+    results = wilds_eval(parts["test"], predictions["test"])
+    assert 0.0 <= results["acc_wg"] <= 1.0
+    assert len(write_submission(predictions, dataset=dataset, out_dir=tmp_path / "sub")) == 2
+
+
+def test_text_features_with_mean_pooling(tmp_path):
+    pytest.importorskip("transformers", reason="needs rest-fair[text]")
+    model = save_tiny_distilbert(tmp_path / "tiny")
+    make_synthetic_layout("civilcomments", tmp_path / "data")
+    val = split_wilds(load_wilds("civilcomments", tmp_path / "data"), ["val"])["val"]
+    feats = extract_features(val, backbone=f"hf:{model}", cache_dir=tmp_path / "cache",
+                             pooling="mean", max_length=16, device="cpu")
+    assert feats.shape == (len(val), 16)
+    cls = extract_features(val, backbone=f"hf:{model}", cache_dir=tmp_path / "cache",
+                           pooling="cls", max_length=16, device="cpu")
+    assert cls.filename != feats.filename and not np.allclose(cls, feats)
+
+
+def test_bad_arguments(waterbirds, tmp_path):
+    _, parts, weights, _ = waterbirds
+    with pytest.raises(TypeError, match="takes a WILDSSplit"):
+        extract_features(parts["val"].X, backbone="resnet18", cache_dir=tmp_path)
+    with pytest.raises(ValueError, match="image dataset; backbone must be a torchvision"):
+        extract_features(parts["val"], backbone="hf:bert-base-uncased", cache_dir=tmp_path)
+    with pytest.raises(ValueError, match="pooling must be"):
+        extract_features(parts["val"], backbone="resnet18", weights=weights, pooling="max",
+                         cache_dir=tmp_path)

@@ -1,0 +1,256 @@
+"""``rest-fair wilds --protocol wilds`` on synthetic layouts, and WILDS' own evaluator
+(the calls of examples/evaluate.py, through the real wilds package) scoring the files."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import warnings
+from ast import literal_eval
+
+import numpy as np
+import pytest
+import torch
+from backbone_helpers import save_tiny_distilbert, save_torchvision_state_dict
+
+from rest_fair.wilds import import_wilds
+
+try:
+    import_wilds()
+except ImportError:  # pragma: no cover - the wilds extra is part of CI
+    pytest.skip("needs the optional extra rest-fair[wilds]", allow_module_level=True)
+pytest.importorskip("transformers", reason="needs rest-fair[text]")
+
+from rest_fair.cli import main as rest_fair_main
+from rest_fair.wilds import (
+    dataset_spec,
+    load_wilds,
+    read_predictions,
+    submission_filename,
+    wilds_eval,
+)
+from rest_fair.wilds.cli import build_parser, resolve_settings
+from rest_fair.wilds.protocol import WILDS_RECIPES, recipe_for
+
+HAS_TORCH_SCATTER = importlib.util.find_spec("torch_scatter") is not None
+
+
+@pytest.fixture(scope="module")
+def civil_run(tmp_path_factory):
+    """Five seeds of the CivilComments recipe with a tiny local DistilBERT."""
+    base = tmp_path_factory.mktemp("protocol_civil")
+    model = save_tiny_distilbert(base / "tiny-distilbert")
+    out = base / "out"
+    status = rest_fair_main([
+        "wilds", "--protocol", "wilds", "--dataset", "civilcomments", "--synthetic",
+        "--root-dir", str(base / "data"), "--out-dir", str(out),
+        "--module", f"hf:{model}", "--max-length", "16", "--max-epochs", "1",
+        "--batch-size", "32", "--lr", "1e-3", "--device", "cpu",
+    ])
+    assert status == 0
+    return base / "data", out
+
+
+def test_recipes_are_the_wilds_reference_settings():
+    water, celeba, civil = (recipe_for(n) for n in ("waterbirds", "celeba", "civilcomments"))
+    assert (water.module, water.weights, water.optimizer, water.lr, water.weight_decay,
+            water.batch_size, water.max_epochs, water.n_seeds) == (
+        "resnet50", "IMAGENET1K_V1", "sgd", 1e-5, 1.0, 128, 300, 3)
+    assert (celeba.lr, celeba.weight_decay, celeba.batch_size, celeba.max_epochs) == (
+        1e-3, 0.0, 64, 200)
+    assert (civil.module, civil.optimizer, civil.lr, civil.weight_decay, civil.batch_size,
+            civil.max_epochs, civil.max_length, civil.seeds) == (
+        "hf:distilbert-base-uncased", "adamw", 1e-5, 0.01, 16, 5, 300, [0, 1, 2, 3, 4])
+    assert all("p-lambda/wilds" in r.source for r in WILDS_RECIPES.values())
+    assert any("max_grad_norm" in d for d in civil.deviations)
+    with pytest.raises(ValueError, match="No WILDS recipe"):
+        recipe_for("fmow")
+
+
+def _settings(*argv):
+    args = build_parser().parse_args(["--dataset", "waterbirds", "--root-dir", "x", *argv])
+    return resolve_settings(args, dataset_spec("waterbirds"))
+
+
+def test_command_line_overrides_the_recipe():
+    settings = _settings("--protocol", "wilds", "--max-epochs", "2", "--lr", "1e-5")
+    assert settings["max_epochs"] == 2 and settings["lr"] == 1e-5
+    assert settings["weight_decay"] == 1.0 and settings["batch_size"] == 128
+    assert settings["module"] == "resnet50" and settings["weights"] == "IMAGENET1K_V1"
+    assert settings["sparse_init"] == "magnitude"
+    assert settings["dense_layers"] == ("first", "head")
+    assert settings["seeds"] == [0, 1, 2] and settings["overridden"] == ["max_epochs"]
+    other = _settings("--protocol", "wilds", "--module", "resnet18", "--seeds", "7")
+    assert other["weights"] is None and other["seeds"] == [7]
+    scratch = _settings("--protocol", "wilds", "--weights", "none")
+    assert scratch["module"] == "resnet50" and scratch["weights"] is None
+    assert scratch["overridden"] == ["weights"]
+    custom = _settings()
+    assert (custom["module"], custom["max_epochs"], custom["lr"], custom["seeds"]) == (
+        "auto", 10, 0.01, [0])
+    assert custom["sparse_init"] == "random" and "recipe" not in custom
+
+
+def test_waterbirds_protocol_writes_every_seed_and_mean_std(tmp_path, capsys):
+    weights = save_torchvision_state_dict("resnet18", tmp_path / "r18.pt")
+    out = tmp_path / "out"
+    status = rest_fair_main([
+        "wilds", "--protocol", "wilds", "--dataset", "waterbirds", "--synthetic",
+        "--root-dir", str(tmp_path / "data"), "--out-dir", str(out),
+        "--module", "resnet18", "--weights", str(weights), "--image-size", "16",
+        "--max-epochs", "1", "--batch-size", "64", "--lr", "1e-3", "--device", "cpu",
+    ])
+    assert status == 0
+    names = sorted(p.name for p in (out / "submission").iterdir())
+    assert names == [f"waterbirds_split:{split}_seed:{k}_epoch:best_pred.csv"
+                     for split in ("test", "val") for k in range(3)]
+    record = json.loads((out / "metrics.json").read_text())
+    assert record["seeds"] == [0, 1, 2] and len(record["runs"]) == 3
+    assert set(record["metrics"]) == {"val", "test"}
+    per_seed = [r["metrics"]["test"]["acc_wg"] for r in record["runs"]]
+    assert record["metrics"]["test"]["acc_wg"] == pytest.approx(np.mean(per_seed))
+    assert record["metrics_std"]["test"]["acc_wg"] == pytest.approx(np.std(per_seed, ddof=1))
+    assert record["runs"][0]["density"] < 0.2
+    assert "resnet18" in record["protocol"] and "WILDS recipe" in record["protocol"]
+    assert "overridden: batch_size, image_size, lr, max_epochs, module, weights" in (
+        record["protocol"])
+    printed = capsys.readouterr().out
+    assert "| ERM | none | 74.9 | 98.1 |" in printed and "±" in printed
+    comparison = (out / "comparison.md").read_text()
+    ours = next(line for line in comparison.splitlines() if line.startswith("| REST"))
+    assert "±" in ours and "| 3 |" in ours
+
+
+def test_resume_reuses_finished_seeds(tmp_path, monkeypatch):
+    argv = ["wilds", "--dataset", "celebA", "--synthetic", "--root-dir", str(tmp_path / "d"),
+            "--out-dir", str(tmp_path / "out"), "--module", "mlp", "--image-size", "8",
+            "--max-epochs", "1", "--seeds", "0", "1", "--device", "cpu"]
+    assert rest_fair_main(argv) == 0
+    first = json.loads((tmp_path / "out" / "metrics.json").read_text())
+
+    import rest_fair.wilds.cli as cli
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished seed was trained again")
+
+    monkeypatch.setattr(cli, "_run_seed", no_training)
+    assert rest_fair_main([*argv, "--resume"]) == 0
+    again = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert again["metrics"] == first["metrics"]
+    for change in (["--lr", "0.05"], ["--sparsity", "0.5"], ["--upweight", "none"]):
+        with pytest.raises(AssertionError, match="trained again"):
+            rest_fair_main([*argv, "--resume", *change])
+
+
+def test_civilcomments_protocol_writes_five_seeds(civil_run):
+    _, out = civil_run
+    record = json.loads((out / "metrics.json").read_text())
+    assert record["seeds"] == [0, 1, 2, 3, 4]
+    files = sorted(p.name for p in (out / "submission").iterdir())
+    assert len(files) == 10 and all(f.startswith("civilcomments_split:") for f in files)
+    assert record["settings"]["max_length"] == 16
+    assert record["settings"]["optimizer"] == "adamw"
+    assert "tiny-distilbert (Hugging Face, pretrained) on text, 16 tokens" in record["protocol"]
+    assert "overridden: batch_size, lr, max_epochs, max_length, module" in record["protocol"]
+    assert "no gradient clipping" in record["protocol"]
+    comparison = (out / "comparison.md").read_text()
+    assert "ERM [WILDS]" in comparison and "SYNTHETIC DATA" in comparison
+
+
+# ----------------------------------------------------------- WILDS' own evaluator
+def _wilds_evaluate_benchmark(dataset_name: str, predictions_dir, root_dir) -> dict:
+    """What examples/evaluate.py's evaluate_benchmark does, with the real wilds package:
+    get_dataset, then per eval split and replicate: find the file, literal_eval each line,
+    dataset.eval(pred, subset.y_array, subset.metadata_array); mean and std (ddof=1)."""
+    import pandas as pd
+    import wilds
+    from wilds import get_dataset
+
+    assert dataset_name in wilds.benchmark_datasets
+    seeds = range(0, 5) if dataset_name == "civilcomments" else range(0, 3)
+    metrics = ["acc_wg", "acc_avg"]
+    with warnings.catch_warnings():
+        # wilds 2.0's CivilComments loader needs pandas' pre-3 string inference
+        warnings.filterwarnings("ignore", message=".*future.infer_string.*")
+        with pd.option_context("future.infer_string", False):
+            dataset = get_dataset(dataset=dataset_name, root_dir=str(root_dir),
+                                  download=True)
+    splits = [s for s in dataset.split_dict if s != "train"]
+    per_replicate: dict = {}
+    aggregated: dict = {}
+    for split in splits:
+        per_replicate[split] = {m: [] for m in metrics}
+        per_replicate[split]["full"] = []
+        for seed in seeds:
+            run_id = f"{dataset_name}_split:{split}_seed:{seed}"
+            names = [f for f in os.listdir(predictions_dir)
+                     if f.startswith(run_id) and f.endswith(".csv")]
+            assert names, run_id
+            with open(os.path.join(predictions_dir, names[0])) as f:
+                labels = [literal_eval(line.rstrip()) for line in f if line.rstrip()]
+            predicted = torch.from_numpy(np.array(labels))
+            subset = dataset.get_subset(split)
+            if predicted.shape != subset.y_array.shape:
+                predicted.unsqueeze_(-1)
+            result = dataset.eval(predicted, subset.y_array, subset.metadata_array)[0]
+            per_replicate[split]["full"].append(result)
+            for m in metrics:
+                per_replicate[split][m].append(result[m])
+        aggregated[split] = {}
+        for m in metrics:
+            aggregated[split][f"{m}_std"] = np.std(per_replicate[split][m], ddof=1)
+            aggregated[split][m] = np.mean(per_replicate[split][m])
+    return {"aggregated": aggregated, "per_replicate": per_replicate}
+
+
+@pytest.mark.skipif(not HAS_TORCH_SCATTER,
+                    reason="torch_scatter is not importable (dataset.eval needs it; "
+                           "make test builds it)")
+def test_wilds_evaluator_scores_our_submission_like_our_metrics(civil_run):
+    root, out = civil_run
+    theirs = _wilds_evaluate_benchmark("civilcomments", out / "submission", root)
+    record = json.loads((out / "metrics.json").read_text())
+    dataset = load_wilds("civilcomments", root)
+    assert set(theirs["aggregated"]) == set(record["metrics"]) == {"val", "test"}
+    for split, aggregate in theirs["aggregated"].items():
+        for metric in ("acc_wg", "acc_avg"):
+            assert record["metrics"][split][metric] == pytest.approx(aggregate[metric],
+                                                                     abs=1e-6)
+            assert record["metrics_std"][split][metric] == pytest.approx(
+                aggregate[f"{metric}_std"], abs=1e-6)
+        subset = dataset.get_subset(split)
+        for seed, full in enumerate(theirs["per_replicate"][split]["full"]):
+            path = out / "submission" / submission_filename("civilcomments", split, seed)
+            ours = wilds_eval(subset, read_predictions(path))
+            assert set(ours) == set(full)
+            for key, value in full.items():
+                assert ours[key] == pytest.approx(float(value), abs=1e-6), (split, seed, key)
+            assert record["runs"][seed]["metrics"][split] == pytest.approx(ours, abs=1e-12)
+
+
+def test_wilds_evaluator_sees_a_wrong_file(civil_run, tmp_path):
+    """The comparison can fail: flipping one seed's predictions changes WILDS' numbers."""
+    if not HAS_TORCH_SCATTER:
+        pytest.skip("torch_scatter is not importable")
+    root, out = civil_run
+    broken = tmp_path / "sub"
+    broken.mkdir()
+    for path in (out / "submission").iterdir():
+        text = path.read_text()
+        if "split:test_seed:0" in path.name:  # one label of one seed flipped
+            labels = text.split()
+            labels[0] = str(1 - int(labels[0]))
+            text = "".join(f"{v}\n" for v in labels)
+        (broken / path.name).write_text(text)
+    theirs = _wilds_evaluate_benchmark("civilcomments", broken, root)
+    record = json.loads((out / "metrics.json").read_text())
+    assert theirs["aggregated"]["test"]["acc_avg"] != pytest.approx(
+        record["metrics"]["test"]["acc_avg"], abs=1e-6)
+
+
+def test_parser_keeps_custom_defaults_unset():
+    args = build_parser().parse_args(["--dataset", "celeba", "--root-dir", "x"])
+    assert isinstance(args, argparse.Namespace)
+    assert args.protocol == "custom" and args.module is None and args.seeds is None
