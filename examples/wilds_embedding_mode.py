@@ -36,7 +36,7 @@ from rest_fair.wilds import (
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or 'Embedding mode').splitlines()[0])
     parser.add_argument("--root-dir", default="data", help="WILDS root with waterbirds_v1.0/")
     parser.add_argument("--out-dir", default="waterbirds_embedding_results")
     parser.add_argument("--cache-dir", default=None,

@@ -43,6 +43,7 @@ __all__ = [
     "torchvision_model_names",
 ]
 
+#: Prefix of ``module`` names that load a Hugging Face sequence classifier.
 HF_PREFIX = "hf:"
 _BUILTIN = ("auto", "mlp", "cnn", "resnet18")
 _DOWNLOAD_TIMEOUT_S = 30.0

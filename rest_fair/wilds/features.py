@@ -26,6 +26,7 @@ from torch import nn
 
 __all__ = ["FEATURES_FORMAT", "default_cache_dir", "extract_features", "feature_provenance"]
 
+#: ``format`` field of a feature cache's provenance file.
 FEATURES_FORMAT = "rest_fair.features"
 _VERSION = 1
 _NOT_SPLIT = (

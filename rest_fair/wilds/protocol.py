@@ -93,6 +93,7 @@ _IMAGE_DEVIATIONS = (
     "learning rate constant, as WILDS (scheduler None)",
 )
 
+#: The published WILDS training recipe of each supported dataset.
 WILDS_RECIPES: dict[str, Recipe] = {
     "waterbirds": Recipe(
         dataset="waterbirds",
