@@ -177,17 +177,34 @@ def scenario_resume(log: DrawLog, out: Path, distributed) -> dict:
 
     ckpt.write_checkpoint = counting
     try:
-        try:
-            RESTClassifier(**PARAMS, callbacks=[Checkpoint(directory), Preempt()],
-                           distributed=distributed).fit(X, y, groups=g)
-        except KeyboardInterrupt:
-            pass
+        interrupted_fit(directory, distributed)
         clf = RESTClassifier(**PARAMS, callbacks=[Checkpoint(directory)],
                              distributed=distributed).fit(X, y, groups=g,
                                                           resume_from=directory)
     finally:
         ckpt.write_checkpoint = original
     return {**_summary(clf), "writes": writes}
+
+
+def interrupted_fit(directory: Path, distributed) -> None:
+    """A fit with checkpoints that is stopped at the start of epoch 3."""
+    X, y, g = TRAIN
+    try:
+        RESTClassifier(**PARAMS, callbacks=[Checkpoint(directory), Preempt()],
+                       distributed=distributed).fit(X, y, groups=g)
+    except KeyboardInterrupt:
+        pass
+
+
+def scenario_resume_other_world(log: DrawLog, out: Path, distributed) -> dict:
+    """Resume a checkpoint that one process wrote (the test prepares it)."""
+    directory = os.environ.get("REST_FAIR_TEST_SINGLE_CHECKPOINT")
+    if not directory:
+        return {"skipped": True}
+    X, y, g = TRAIN
+    clf = RESTClassifier(**PARAMS, distributed=distributed).fit(X, y, groups=g,
+                                                                resume_from=directory)
+    return {**_summary(clf), "history_list": clf.history_}
 
 
 class Tamper(Callback):
@@ -222,6 +239,7 @@ SCENARIOS = {
     "groupdro": scenario_groupdro,
     "jtt": scenario_jtt,
     "resume": scenario_resume,
+    "resume_other_world": scenario_resume_other_world,
     "diverge": scenario_diverge,
 }
 

@@ -220,12 +220,14 @@ def test_one_rank_process_group_trains_through_ddp_exactly(tmp_path, monkeypatch
 def two_ranks(tmp_path_factory):
     """Every scenario of ddp_worker.py, run once by 2 ranks under torchrun."""
     out = tmp_path_factory.mktemp("ddp")
+    single = out / "single-process-checkpoint"  # resumed by 2 ranks
+    _worker_module().interrupted_fit(single, False)
     logs = out / "logs"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
            "--nproc_per_node=2", "--redirects=3", f"--log-dir={logs}", str(WORKER),
            str(out), "all"]
-    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True,
-                          timeout=LAUNCH_TIMEOUT)
+    proc = subprocess.run(cmd, env=_env(REST_FAIR_TEST_SINGLE_CHECKPOINT=str(single)),
+                          capture_output=True, text=True, timeout=LAUNCH_TIMEOUT)
     per_rank = ["".join(p.read_text() for p in sorted(logs.glob(f"**/{r}/std*.log")))
                 for r in range(2)]
     assert proc.returncode == 0, _tail(proc.stdout + proc.stderr + per_rank[0] + per_rank[1])
@@ -234,6 +236,7 @@ def two_ranks(tmp_path_factory):
         results[name] = [torch.load(out / f"{name}-rank{r}.pt", weights_only=False)
                          for r in range(2)]
     results["logs"] = per_rank
+    results["single_checkpoint"] = single
     return results
 
 
@@ -332,6 +335,18 @@ def test_checkpoints_written_by_rank_0_and_resume_under_torchrun(two_ranks):
     # interrupted after epoch 2 and resumed: the same model as the uninterrupted run
     assert rank0["weights"] == two_ranks["rest"][0]["weights"]
     np.testing.assert_array_equal(rank0["logits"], two_ranks["rest"][0]["logits"])
+
+
+def test_two_ranks_resume_a_one_process_checkpoint(two_ranks, one_process):
+    from rest_fair.persistence.checkpoint import read_checkpoint
+
+    rank0, rank1 = two_ranks["resume_other_world"]
+    np.testing.assert_array_equal(rank0["logits"], rank1["logits"])
+    assert rank0["history"] == rank1["history"]
+    saved = read_checkpoint(two_ranks["single_checkpoint"])["train_state"]["history"]
+    assert len(saved) == 2 and len(rank0["history_list"]) == 4
+    assert rank0["history_list"][:2] == saved  # continued, not restarted
+    assert abs(rank0["wga"] - one_process["rest"]["wga"]) <= 0.05
 
 
 def test_mask_divergence_is_detected_on_every_rank(two_ranks):

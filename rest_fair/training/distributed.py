@@ -283,11 +283,15 @@ def resolve_distributed(
                               device=device, backend=backend, timeout=float(timeout))
 
 
-def _is_comm_error(exc: BaseException) -> bool:
+def _is_dist_error(exc: BaseException) -> bool:
     import torch.distributed as dist
 
-    dist_error = getattr(dist, "DistError", None)
-    if dist_error is not None and isinstance(exc, dist_error):
+    dist_error = getattr(dist, "DistError", None)  # torch >= 2.1
+    return dist_error is not None and isinstance(exc, dist_error)
+
+
+def _is_comm_error(exc: BaseException) -> bool:
+    if _is_dist_error(exc):
         return True
     text = str(exc).lower()
     return isinstance(exc, RuntimeError) and any(m in text for m in _COMM_ERROR_MARKERS)
@@ -307,13 +311,19 @@ def translate_failures(timeout: float) -> Iterator[None]:
     except Exception as exc:
         import torch.distributed as dist
 
-        if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-                and _is_comm_error(exc)):
+        if dist.is_available() and dist.is_initialized():
+            if dist.get_world_size() < 2 or not _is_comm_error(exc):
+                raise
+            rank, world_size = dist.get_rank(), dist.get_world_size()
+        elif _is_dist_error(exc):  # the rendezvous itself failed
+            rank = os.environ.get("RANK", "?")
+            world_size = os.environ.get("WORLD_SIZE", "?")
+        else:
             raise
         global _failed
         _failed = True
         raise DistributedError(RANK_FAILED.format(
-            rank=dist.get_rank(), world_size=dist.get_world_size(), timeout=float(timeout),
+            rank=rank, world_size=world_size, timeout=float(timeout),
             error=str(exc).strip())) from exc
 
 
