@@ -269,24 +269,24 @@ class TrainingRun:
         loss sum and per-group counts are summed over the ranks.
         """
         valid: EvalSet = self.parts.valid
-        dist = self.parts.distributed
+        ctx = self.parts.distributed
         y = torch.as_tensor(valid.y)
         groups = (torch.zeros(len(y), dtype=torch.long) if valid.groups is None
                   else torch.as_tensor(valid.groups, dtype=torch.long))
         n_groups = int(groups.max()) + 1 if len(groups) else 1
         order = None
-        if dist is not None:
+        if ctx is not None:
             from .distributed import shard_range
 
-            order = shard_range(len(y), dist.rank, dist.world_size)
+            order = shard_range(len(y), ctx.rank, ctx.world_size)
             y, groups = y[order], groups[order]
         logits = predict_logits(self.parts.module, valid.source,
                                 batch_size=self.parts.eval_batch_size,
                                 device=self.parts.device,
                                 autocast=self.parts.precision.autocast, order=order)
         finite = bool(torch.isfinite(logits).all())
-        if dist is not None:
-            finite = not dist.any(not finite)
+        if ctx is not None:
+            finite = not ctx.any(not finite)
         if not finite:
             self._diverged(epoch, "network output on the validation data", "non-finite")
         if len(y):
@@ -296,8 +296,8 @@ class TrainingRun:
             loss_sum, correct = 0.0, torch.zeros(0, dtype=torch.float64)
         hits = torch.zeros(n_groups, dtype=torch.float64).index_add_(0, groups, correct)
         totals = torch.bincount(groups, minlength=n_groups).double()
-        if dist is not None:
-            loss_sum, hits, totals = dist.reduce_counts(loss_sum, hits, totals)
+        if ctx is not None:
+            loss_sum, hits, totals = ctx.reduce_counts(loss_sum, hits, totals)
         return self._metrics(loss_sum, hits, totals)
 
     @staticmethod
