@@ -64,7 +64,7 @@ __all__ = [
     "translate_failures",
 ]
 
-# what torchrun (and any launcher using the env:// rendezvous) sets for every worker
+#: What torchrun (and any launcher using the env:// rendezvous) sets for every worker.
 TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
 NO_PROCESS_GROUP = (
