@@ -234,6 +234,19 @@ def scenario_diverge(log: DrawLog, out: Path, distributed) -> dict:
     return {"error": None, "layer": tamper.layer}
 
 
+def scenario_different_data(log: DrawLog, out: Path, distributed) -> dict:
+    """Rank 1 calls fit with one value changed: refused on every rank before training."""
+    X, y, g = TRAIN
+    X = X.copy()
+    if rank() == 1:
+        X[0, 0] += 1.0
+    try:
+        RESTClassifier(**PARAMS, distributed=distributed).fit(X, y, groups=g)
+    except DistributedError as exc:
+        return {"error": str(exc)}
+    return {"error": None}
+
+
 SCENARIOS = {
     "rest": scenario_rest,
     "groupdro": scenario_groupdro,
@@ -241,6 +254,7 @@ SCENARIOS = {
     "resume": scenario_resume,
     "resume_other_world": scenario_resume_other_world,
     "diverge": scenario_diverge,
+    "different_data": scenario_different_data,
 }
 
 

@@ -349,6 +349,12 @@ def test_two_ranks_resume_a_one_process_checkpoint(two_ranks, one_process):
     assert abs(rank0["wga"] - one_process["rest"]["wga"]) <= 0.05
 
 
+def test_ranks_given_different_data_are_refused(two_ranks):
+    for result in two_ranks["different_data"]:
+        assert result["error"] is not None
+        assert "rank 1 was given different data or parameters than rank 0" in result["error"]
+
+
 def test_mask_divergence_is_detected_on_every_rank(two_ranks):
     for result in two_ranks["diverge"]:
         assert result["error"] is not None

@@ -438,11 +438,10 @@ class DistributedContext:
 
     def check_same(self, what: str, value: Any) -> None:
         """Raise on every rank unless all ranks hold the same ``value`` (by digest)."""
-        ours = _digest(value)
-        digests = [None] * self.world_size
         import torch.distributed as dist
 
-        dist.all_gather_object(digests, ours)
+        digests: list[Any] = [None] * self.world_size
+        dist.all_gather_object(digests, _digest(value))
         for rank, theirs in enumerate(digests):
             if theirs != digests[0]:
                 raise DistributedError(DIFFERENT_RUN.format(
