@@ -57,7 +57,8 @@ SPARSE_INIT_RENAMED = (
     "sparse_init='random'; the old spelling will stop working in a future release."
 )
 # parameters that do not change what a run computes: they may differ on resume
-_RUN_INDEPENDENT = ("verbose", "callbacks", "device", "num_workers", "warm_start")
+_RUN_INDEPENDENT = ("verbose", "callbacks", "device", "num_workers", "warm_start",
+                    "distributed", "distributed_timeout")
 
 
 def resolve_device(device: Any) -> torch.device:
@@ -240,7 +241,8 @@ def _fingerprint(est: Any, X: Any, y_codes: np.ndarray, group_codes: np.ndarray,
 def _train_groups(est: Any, X_train: Any, y_train: np.ndarray, classes: np.ndarray,
                   group_codes: np.ndarray, group_labels: list, groups: Any,
                   train_idx: np.ndarray, n: int, seed: int,
-                  saved_errors: torch.Tensor | None) -> tuple[np.ndarray, list, dict]:
+                  saved_errors: torch.Tensor | None,
+                  ctx: Any = None) -> tuple[np.ndarray, list, dict]:
     """Group codes the reweighting uses: the given groups, or JTT's error set."""
     if est.infer_groups != "jtt":
         est.inferred_groups_ = None
@@ -253,6 +255,8 @@ def _train_groups(est: Any, X_train: Any, y_train: np.ndarray, classes: np.ndarr
         errors = saved_errors.numpy().astype(bool)
     else:
         errors = identify_errors(est, X_train, classes[y_train], seed=seed)
+        if ctx is not None:  # every rank upweights rank 0's error set
+            errors = ctx.broadcast_(torch.as_tensor(errors, dtype=torch.uint8)).numpy() > 0
     g_train = errors.astype(np.int64) if errors.any() else np.zeros(len(errors), np.int64)
     est.inferred_groups_ = np.zeros(n, dtype=bool)
     est.inferred_groups_[train_idx] = errors
@@ -327,6 +331,7 @@ def fit_estimator(
     from tqdm.auto import tqdm
 
     from .persistence.checkpoint import has_checkpoint, read_checkpoint
+    from .training.distributed import check_world, resolve_distributed
 
     callbacks = check_callbacks(est.callbacks)
     warm = bool(est.warm_start) and hasattr(est, "module_") and resume_from is None
@@ -341,6 +346,10 @@ def fit_estimator(
     sw = check_sample_weight(sample_weight, n)
     seed = int(check_random_state(est.random_state).randint(0, 2**31 - 1))
     device = resolve_device(est.device)
+    ctx = resolve_distributed(est.distributed, device, timeout=est.distributed_timeout)
+    if ctx is not None:
+        device = ctx.device
+        seed = ctx.broadcast_object(seed)  # one split, one generator for all ranks
     precision = Precision(est.precision, device)
 
     valid = None
@@ -357,7 +366,12 @@ def fit_estimator(
             )
     fingerprint = _fingerprint(est, X, y_codes, group_codes, sw, classes, valid)
     checkpoint = None
-    if resume_from is not None and has_checkpoint(resume_from):
+    if ctx is not None:
+        ctx.check_same("data or parameters", fingerprint)
+        if resume_from is not None:  # rank 0 reads; every rank resumes from its copy
+            checkpoint = ctx.run_on_main(lambda: read_checkpoint(
+                resume_from, fingerprint=fingerprint) if has_checkpoint(resume_from) else None)
+    elif resume_from is not None and has_checkpoint(resume_from):
         checkpoint = read_checkpoint(resume_from, fingerprint=fingerprint)
 
     X_train = take(X, train_idx) if len(train_idx) < n else X
@@ -371,7 +385,7 @@ def fit_estimator(
             saved_errors = (checkpoint or {}).get("extra", {}).get("jtt_errors")
             g_train, train_group_labels, extra = _train_groups(
                 est, X_train, y_train, classes, group_codes, group_labels, groups,
-                train_idx, n, seed, saved_errors)
+                train_idx, n, seed, saved_errors, ctx)
 
             weights = cell_weights(y_train, g_train, train_group_labels, est.upweight)
             per_sample = sample_weights_for(y_train, g_train, weights)
@@ -381,6 +395,8 @@ def fit_estimator(
                 draw = per_sample
             source = make_source(X_train, device=device, num_workers=est.num_workers)
             sources.append(source)
+            if ctx is not None:
+                check_world(source.n_samples, est.batch_size, ctx.world_size)
             data = TrainSet(
                 source=source,
                 y=torch.as_tensor(y_train, dtype=torch.long),
@@ -388,7 +404,9 @@ def fit_estimator(
                 else torch.as_tensor(loss_w / loss_w.mean(), dtype=torch.float32),
                 groups=torch.as_tensor(g_train, dtype=torch.long),
                 n_groups=len(train_group_labels),
-                sampler=EpochSampler(source.n_samples, est.batch_size, draw, generator),
+                sampler=EpochSampler(source.n_samples, est.batch_size, draw, generator,
+                                     rank=ctx.rank if ctx else 0,
+                                     world_size=ctx.world_size if ctx else 1),
             )
             if warm:
                 module = est.module_.to(device)
@@ -403,6 +421,8 @@ def fit_estimator(
             parts = _build_parts(est, module, data, valid, device=device, precision=precision,
                                  generator=generator, callbacks=callbacks,
                                  warm_masks=dict(est.masks_) if warm and est.masks_ else None)
+            if ctx is not None:
+                ctx.prepare(parts)
             state = None
             if warm:
                 state = TrainState(history=list(est.history_),
@@ -412,7 +432,8 @@ def fit_estimator(
             if checkpoint is not None:
                 run.load_state_dict(checkpoint)
             with tqdm(total=est.max_epochs, initial=run.state.epoch, desc="REST",
-                      disable=not est.verbose, leave=False) as progress:
+                      disable=not est.verbose or (ctx is not None and not ctx.is_main),
+                      leave=False) as progress:
                 parts.progress = progress
                 state = run.fit_loop(est)
     finally:

@@ -139,6 +139,20 @@ class RESTClassifier(ClassifierMixin, BaseEstimator):
         ``Checkpoint``).
     num_workers : int, default=0
         DataLoader workers when ``X`` is a torch Dataset.
+    distributed : "auto" or bool, default="auto"
+        Data-parallel training with ``DistributedDataParallel`` (see the "Scaling out"
+        guide). ``"auto"``: when a ``torch.distributed`` process group of more than one
+        rank is initialised, or the script runs under torchrun with ``WORLD_SIZE > 1``
+        (fit then initialises the group: NCCL on CUDA, gloo on the CPU; CUDA rank ``i``
+        trains on ``cuda:LOCAL_RANK``). ``True``: always, even with one rank; an error
+        without a process group or torchrun environment. ``False``: never. ``batch_size``
+        stays the global batch of one optimizer step (a multiple of the number of ranks)
+        and an epoch one pass over the data by all ranks together.
+    distributed_timeout : float, default=1800.0
+        Seconds a rank waits for the others in a collective operation before fit fails
+        with :class:`~rest_fair.exceptions.DistributedError` (a dead or hung rank). Used
+        when fit initialises the process group; a group initialised by the caller keeps
+        its own timeout.
 
     Attributes
     ----------
@@ -217,6 +231,8 @@ class RESTClassifier(ClassifierMixin, BaseEstimator):
         "verbose": [Interval(Integral, 0, _INF, "left"), TypeOf((bool,), "a bool")],
         "callbacks": [TypeOf((list, tuple, _NONE), "a list of Callback instances or None")],
         "num_workers": [Interval(Integral, 0, _INF, "left")],
+        "distributed": [Options(("auto",)), TypeOf((bool, np.bool_), "True or False")],
+        "distributed_timeout": [Interval(Real, 0, _INF, "neither")],
     }
 
     def __init__(
@@ -254,6 +270,8 @@ class RESTClassifier(ClassifierMixin, BaseEstimator):
         verbose: int = 0,
         callbacks: list | None = None,
         num_workers: int = 0,
+        distributed: bool | str = "auto",
+        distributed_timeout: float = 1800.0,
     ) -> None:
         self.sparsity = sparsity
         self.layer_density = layer_density
@@ -287,6 +305,8 @@ class RESTClassifier(ClassifierMixin, BaseEstimator):
         self.verbose = verbose
         self.callbacks = callbacks
         self.num_workers = num_workers
+        self.distributed = distributed
+        self.distributed_timeout = distributed_timeout
 
     # ------------------------------------------------------------------ fitting
     def fit(
@@ -332,12 +352,18 @@ scipy.sparse matrix, DataFrame, or torch Dataset
         ------
         TrainingDivergedError
             When the training loss or the network's output becomes NaN or infinite.
+        DistributedError
+            In a data-parallel fit, when another rank died or hung for longer than
+            ``distributed_timeout``, or the ranks' masks or weights diverged
+            (:class:`~rest_fair.exceptions.MaskDivergenceError`).
         """
         from ._fit import fit_estimator
+        from .training.distributed import translate_failures
 
         check_params(self)
-        return fit_estimator(self, X, y, groups=groups, sample_weight=sample_weight,
-                             validation_data=validation_data, resume_from=resume_from)
+        with translate_failures(self.distributed_timeout):
+            return fit_estimator(self, X, y, groups=groups, sample_weight=sample_weight,
+                                 validation_data=validation_data, resume_from=resume_from)
 
     # ---------------------------------------------------------------- predicting
     def _check_predict_input(self, X: Any) -> Any:

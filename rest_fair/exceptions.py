@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["CheckpointError", "TrainingDivergedError"]
+__all__ = ["CheckpointError", "DistributedError", "MaskDivergenceError", "TrainingDivergedError"]
 
 
 class TrainingDivergedError(FloatingPointError):
@@ -15,3 +15,19 @@ class TrainingDivergedError(FloatingPointError):
 
 class CheckpointError(ValueError):
     """A training checkpoint cannot be used: missing, damaged, or from another run."""
+
+
+class DistributedError(RuntimeError):
+    """A data-parallel fit cannot go on: no process group, or the ranks lost each other.
+
+    Raised when ``distributed=True`` finds no process group, when the ranks were given
+    different data, and when a collective operation fails or times out because another
+    rank died or hung (the message names this rank and the timeout).
+    """
+
+
+class MaskDivergenceError(DistributedError):
+    """The ranks of a data-parallel fit hold different masks or weights.
+
+    The message names the layers and ranks that differ and when the difference was found.
+    """

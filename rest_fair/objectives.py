@@ -48,9 +48,10 @@ class GroupDROObjective:
         self.q = torch.full((n_groups,), 1.0 / n_groups, device=device)
         self.history: list[list[float]] = []
 
-    def __call__(
+    def group_sums(
         self, logits: torch.Tensor, y: torch.Tensor, w: torch.Tensor | None, g: torch.Tensor
-    ) -> torch.Tensor:
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-group sums of the weighted losses (with gradient) and of the weights."""
         n_groups = len(self.q)
         per_sample = F.cross_entropy(logits.float(), y, reduction="none")
         if w is None:
@@ -58,11 +59,21 @@ class GroupDROObjective:
         per_sample = per_sample * w
         loss_sum = torch.zeros(n_groups, device=logits.device).index_add(0, g, per_sample)
         count = torch.zeros(n_groups, device=logits.device).index_add(0, g, w)
+        return loss_sum, count
+
+    @torch.no_grad()
+    def update(self, group_loss: torch.Tensor, present: torch.Tensor) -> None:
+        """Exponentiated-gradient step of ``q`` on the groups present in the batch."""
+        self.q = self.q * torch.exp(self.eta * group_loss.detach() * present)
+        self.q = self.q / self.q.sum()
+
+    def __call__(
+        self, logits: torch.Tensor, y: torch.Tensor, w: torch.Tensor | None, g: torch.Tensor
+    ) -> torch.Tensor:
+        loss_sum, count = self.group_sums(logits, y, w, g)
         present = count > 0
         group_loss = torch.where(present, loss_sum / count.clamp_min(1e-12), 0.0)
-        with torch.no_grad():
-            self.q = self.q * torch.exp(self.eta * group_loss.detach() * present)
-            self.q = self.q / self.q.sum()
+        self.update(group_loss, present)
         return (self.q * group_loss).sum()
 
     def end_epoch(self) -> None:

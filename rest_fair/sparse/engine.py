@@ -76,6 +76,9 @@ class DynamicSparsity:
         self.steps_per_epoch = steps_per_epoch
         self.n_updates = 0
         self.n_regrown = 0
+        # data-parallel training: an object with ``check_masks(masks, when=)`` and
+        # ``broadcast_decision(decisions)`` (see rest_fair.training.distributed)
+        self.sync = None
 
     # -- schedule ---------------------------------------------------------------------
     def _on_phase(self, step: int) -> bool:
@@ -103,13 +106,19 @@ class DynamicSparsity:
         """
         if not self.is_update_step(step):
             return 0
+        sync = self.sync
+        if sync is not None:
+            sync.check_masks(self.masks, when=f"before the topology update of step {step}")
         regrown = update_topology(
             self.masks,
             self.schedule(step),
             regrow=self.regrow,
             optimizer=optimizer,
             generator=self.generator,
+            synchronise=None if sync is None else sync.broadcast_decision,
         )
+        if sync is not None:
+            sync.check_masks(self.masks, when=f"after the topology update of step {step}")
         self.n_regrown += regrown
         self.n_updates += 1
         return regrown

@@ -15,6 +15,7 @@ reset, so the active count of every layer is unchanged and density stays at targ
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 
@@ -100,6 +101,7 @@ def update_topology(
     regrow: str = "gradient",
     optimizer: torch.optim.Optimizer | None = None,
     generator: torch.Generator | None = None,
+    synchronise: Callable[[dict], dict] | None = None,
 ) -> int:
     """Prune-and-regrow every masked layer with drop fraction ``fraction``.
 
@@ -115,13 +117,17 @@ def update_topology(
         Its per-weight state of regrown positions is reset to zero.
     generator : torch.Generator, optional
         CPU generator for random regrowth.
+    synchronise : callable, optional
+        Receives the decision ``{name: (new_mask, regrown flat indices)}`` of every
+        changed layer and returns the decision to apply (data-parallel training applies
+        rank 0's on every rank).
 
     Returns
     -------
     int
         Number of weights that changed from inactive to active over all layers.
     """
-    changed = 0
+    decisions = {}
     for name in masks.names:
         param = masks.params[name]
         mask = masks.mask(name)
@@ -132,7 +138,13 @@ def update_topology(
         new_mask, _, grown = prune_and_regrow(
             param, mask, k, regrow=regrow, grad=param.grad, generator=generator
         )
-        changed += int((new_mask & ~mask).sum())
+        decisions[name] = (new_mask, grown)
+    if synchronise is not None:
+        decisions = synchronise(decisions)
+    changed = 0
+    for name, (new_mask, grown) in decisions.items():
+        param = masks.params[name]
+        changed += int((new_mask & ~masks.mask(name)).sum())
         masks.set_mask(name, new_mask)
         param.view(-1)[grown] = 0.0
         if optimizer is not None:

@@ -41,11 +41,13 @@ def predict_logits(
     batch_size: int,
     device: torch.device,
     autocast: Any = None,
+    order: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Logits of every sample of ``source`` in order, as float32 on the CPU."""
+    """Logits of the samples ``order`` (default: all, in order), as float32 on the CPU."""
     was_training = module.training
     module.eval()
-    order = torch.arange(source.n_samples)
+    if order is None:
+        order = torch.arange(source.n_samples)
     out = []
     for x, _ in source.batches(order, batch_size, device):
         if autocast is None:
@@ -150,7 +152,7 @@ class TrainingRun:
         self.notify("on_train_begin")
         if self._pending_callback_states is not None:
             self._load_callback_states(self._pending_callback_states)
-        self.parts.module.train()
+        self.parts.forward_module.train()
         while self.state.epoch < self.parts.max_epochs and not self.state.stopped:
             self.run_single_epoch()
         self.notify("on_train_end")
@@ -180,6 +182,9 @@ class TrainingRun:
                 value = float(loss)
                 for cb in self._batch_callbacks:
                     cb.on_batch_end(self.net, step=s.step, loss=value)
+        if p.distributed is not None:
+            loss_sum, seen = p.distributed.end_train_epoch(p.module, p.sparsity, loss_sum,
+                                                           seen, epoch=epoch)
         train_loss = float(loss_sum) / max(seen, 1)
         if not np.isfinite(train_loss):
             self._diverged(epoch, "training loss", train_loss)
@@ -197,6 +202,8 @@ class TrainingRun:
         record["best"] = self.select(record, epoch)
         self._step_scheduler(record)
         record["dur"] = time.perf_counter() - start
+        if p.distributed is not None:
+            record["dur"] = p.distributed.max(record["dur"])  # the slowest rank's
         s.history.append(record)
         s.epoch += 1
         if p.progress is not None:
@@ -208,11 +215,14 @@ class TrainingRun:
         from ..callbacks import Checkpoint
 
         for cb in self.callbacks:
+            if not isinstance(cb, Checkpoint) and cb.on_epoch_end(self.net, record=record):
+                s.stopped = True
+        if p.distributed is not None:
+            s.stopped = p.distributed.any(s.stopped)  # one rank's stop stops all
+        for cb in self.callbacks:
             if isinstance(cb, Checkpoint):
                 # every other callback has run: the stop decision is final
                 cb.on_epoch_end(self.net, record=record, stopping=s.stopped)
-            elif cb.on_epoch_end(self.net, record=record):
-                s.stopped = True
         return record
 
     def train_step(self, x: Any, idx: torch.Tensor) -> torch.Tensor:
@@ -224,7 +234,7 @@ class TrainingRun:
         """
         p, s = self.parts, self.state
         with p.precision.autocast():
-            logits = p.module(x)
+            logits = p.forward_module(x)
             loss = p.objective(logits, self._y[idx],
                                None if self._w is None else self._w[idx], self._g[idx])
         p.optimizer.zero_grad(set_to_none=True)
@@ -253,22 +263,41 @@ class TrainingRun:
 
     # ---------------------------------------------------------- validation, selection
     def validate(self, epoch: int) -> dict:
-        """Validation loss, accuracy and worst-group accuracy of the current weights."""
+        """Validation loss, accuracy and worst-group accuracy of the current weights.
+
+        In a data-parallel fit each rank scores its part of the validation data and the
+        loss sum and per-group counts are summed over the ranks.
+        """
         valid: EvalSet = self.parts.valid
-        logits = predict_logits(self.parts.module, valid.source,
-                                batch_size=self.parts.eval_batch_size,
-                                device=self.parts.device,
-                                autocast=self.parts.precision.autocast)
-        if not bool(torch.isfinite(logits).all()):
-            self._diverged(epoch, "network output on the validation data", "non-finite")
+        ctx = self.parts.distributed
         y = torch.as_tensor(valid.y)
-        loss_sum = float(nn.functional.cross_entropy(logits, y, reduction="sum"))
-        correct = (logits.argmax(1) == y).double()
         groups = (torch.zeros(len(y), dtype=torch.long) if valid.groups is None
                   else torch.as_tensor(valid.groups, dtype=torch.long))
         n_groups = int(groups.max()) + 1 if len(groups) else 1
+        order = None
+        if ctx is not None:
+            from .distributed import shard_range
+
+            order = shard_range(len(y), ctx.rank, ctx.world_size)
+            y, groups = y[order], groups[order]
+        logits = predict_logits(self.parts.module, valid.source,
+                                batch_size=self.parts.eval_batch_size,
+                                device=self.parts.device,
+                                autocast=self.parts.precision.autocast, order=order)
+        finite = bool(torch.isfinite(logits).all())
+        if ctx is not None:
+            finite = not ctx.any(not finite)
+        if not finite:
+            self._diverged(epoch, "network output on the validation data", "non-finite")
+        if len(y):
+            loss_sum = float(nn.functional.cross_entropy(logits, y, reduction="sum"))
+            correct = (logits.argmax(1) == y).double()
+        else:  # a rank with no validation sample
+            loss_sum, correct = 0.0, torch.zeros(0, dtype=torch.float64)
         hits = torch.zeros(n_groups, dtype=torch.float64).index_add_(0, groups, correct)
         totals = torch.bincount(groups, minlength=n_groups).double()
+        if ctx is not None:
+            loss_sum, hits, totals = ctx.reduce_counts(loss_sum, hits, totals)
         return self._metrics(loss_sum, hits, totals)
 
     @staticmethod
@@ -354,8 +383,14 @@ class TrainingRun:
         self._pending_callback_states = state.get("callbacks") or {}
 
     def save_checkpoint(self, dirname: Any, *, keep: int = 2) -> None:
-        """Write the run's state to ``dirname`` (see :mod:`rest_fair.persistence.checkpoint`)."""
+        """Write the run's state to ``dirname`` (see :mod:`rest_fair.persistence.checkpoint`).
+
+        In a data-parallel fit only rank 0 writes (every rank holds the same state).
+        """
         from ..persistence.checkpoint import write_checkpoint
+
+        if self.parts.distributed is not None and not self.parts.distributed.is_main:
+            return
 
         write_checkpoint(dirname, self.state_dict(), epoch=self.state.epoch_offset
                          + self.state.epoch, fingerprint=self.fingerprint, keep=keep)

@@ -81,10 +81,18 @@ class TrainingParts:
     device : torch.device
     max_epochs : int
     batch_size : int
+        Samples per optimizer step on this process (a data-parallel rank's share of the
+        global batch).
     eval_batch_size : int
     callbacks : list of Callback
     progress : tqdm-like or None
         Progress bar over epochs.
+    forward_module : nn.Module or None
+        What training batches go through: ``module`` itself, or its
+        ``DistributedDataParallel`` wrapper in a data-parallel fit (``None``: ``module``).
+    distributed : DistributedContext or None
+        The data-parallel context (:mod:`rest_fair.training.distributed`), ``None`` in one
+        process.
     """
 
     module: nn.Module
@@ -101,6 +109,12 @@ class TrainingParts:
     eval_batch_size: int
     callbacks: list = field(default_factory=list)
     progress: Any = None
+    forward_module: nn.Module | None = None
+    distributed: Any = None
+
+    def __post_init__(self) -> None:
+        if self.forward_module is None:
+            self.forward_module = self.module
 
 
 def make_optimizer(

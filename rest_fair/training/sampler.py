@@ -4,7 +4,9 @@ With reweighting by sampler, an epoch draws as many samples as the training set 
 replacement, each in proportion to its weight (so a group of weight ``lambda`` is drawn
 ``lambda`` times as often as a group of weight 1); otherwise it is a random permutation.
 The order comes from one explicit CPU generator, so processes that share the seed draw the
-same order.
+same order. In a data-parallel fit every rank draws the same global order and keeps its
+slice of every global batch (:func:`rest_fair.training.distributed.shard_order`), so the
+union of all ranks' draws is the order of one process.
 """
 
 from __future__ import annotations
@@ -17,14 +19,15 @@ from ..reweighting import draw_indices
 __all__ = ["EpochSampler", "n_batches"]
 
 
-def n_batches(n_samples: int, batch_size: int) -> int:
+def n_batches(n_samples: int, batch_size: int, world_size: int = 1) -> int:
     """Optimizer steps of one epoch.
 
-    A trailing batch of a single sample is dropped (BatchNorm cannot train on one sample),
-    unless it is the only batch.
+    A trailing batch that would give each of the ``world_size`` ranks a single sample is
+    dropped (BatchNorm cannot train on one sample), unless it is the only batch.
     """
     full, rest = divmod(n_samples, batch_size)
-    return full + (1 if rest > 1 or (rest == 1 and full == 0) else 0)
+    share = rest // world_size
+    return full + (1 if share > 1 or (share == 1 and full == 0) else 0)
 
 
 class EpochSampler:
@@ -40,6 +43,9 @@ class EpochSampler:
         Sampling weights (reweighting by sampler), or ``None`` for a plain shuffle.
     generator : torch.Generator
         CPU generator, the only source of randomness.
+    rank, world_size : int, default=0, 1
+        This process's rank among ``world_size`` data-parallel ranks; ``batch_size`` is
+        then the global batch, a multiple of ``world_size``.
     """
 
     def __init__(
@@ -48,17 +54,31 @@ class EpochSampler:
         batch_size: int,
         weights: np.ndarray | None,
         generator: torch.Generator,
+        *,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         self.n_samples = int(n_samples)
         self.batch_size = int(batch_size)
         self.weights = weights
         self.generator = generator
-        self.steps_per_epoch = n_batches(self.n_samples, self.batch_size)
+        self.rank = int(rank)
+        self.world_size = int(world_size)
+        self.steps_per_epoch = n_batches(self.n_samples, self.batch_size, self.world_size)
 
-    def epoch_order(self) -> torch.Tensor:
-        """Sample indices of the next epoch (``steps_per_epoch`` full batches' worth)."""
+    def global_order(self) -> torch.Tensor:
+        """The next epoch's order for all ranks together (``steps_per_epoch`` batches)."""
         if self.weights is None:
             order = torch.randperm(self.n_samples, generator=self.generator)
         else:
             order = draw_indices(self.weights, self.n_samples, generator=self.generator)
         return order[: self.steps_per_epoch * self.batch_size]
+
+    def epoch_order(self) -> torch.Tensor:
+        """Sample indices this process visits in the next epoch, batch after batch."""
+        order = self.global_order()
+        if self.world_size == 1:
+            return order
+        from .distributed import shard_order
+
+        return shard_order(order, self.batch_size, self.rank, self.world_size)

@@ -1,0 +1,629 @@
+"""Data-parallel training with PyTorch's ``DistributedDataParallel``, launched by torchrun.
+
+Everything a data-parallel fit synchronises lives here. A script that calls
+``RESTClassifier(...).fit(X, y, groups=g)`` runs unchanged under
+``torchrun --nproc_per_node=N script.py``: :func:`resolve_distributed` finds (or
+initialises, from the torchrun environment) the process group, and
+:meth:`DistributedContext.prepare` turns the training parts of one process into those of
+one rank.
+
+What keeps the ranks identical
+------------------------------
+- **Data.** Every rank draws the same global order of an epoch from the same generator
+  (the seed is rank 0's); :func:`shard_order` gives rank ``r`` the ``r``-th equal slice of
+  every global batch. ``batch_size`` is the global batch of one optimizer step and an
+  epoch is one pass over the data by all ranks together, so the union of the ranks'
+  draws is exactly the order one process would draw.
+- **Weights.** DDP broadcasts rank 0's weights and buffers when it wraps the module and
+  all-reduces (averages) the gradients in ``backward``. With equal slices the average of
+  the ranks' mean losses is the mean over the global batch, so every rank takes the same
+  optimizer step. GroupDRO's per-group losses are all-reduced before its group weights are
+  updated (:class:`GlobalGroupDRO`).
+- **Masks.** The initial masks and every prune-and-regrow decision are computed by every
+  rank (which keeps the generators in step) and rank 0's decision is broadcast and applied
+  everywhere, regrown weights and their optimizer state reset the same way. Per-layer mask
+  checksums are compared across ranks before and after every topology update and at
+  every epoch end (:meth:`DistributedContext.check_masks`); weights are compared at every
+  epoch end. A difference raises :class:`~rest_fair.exceptions.MaskDivergenceError`.
+- **Selection.** Validation is sharded; per-group correct and total counts and the loss
+  sum are all-reduced, so worst-group selection, the learning-rate schedule and early
+  stopping decide the same on every rank. A stop asked for by any rank stops all of them.
+- **Files and output.** Checkpoints are written by rank 0 only; on resume rank 0 reads
+  the checkpoint and broadcasts it. Only rank 0 shows progress.
+
+A rank that dies or hangs makes the others fail with
+:class:`~rest_fair.exceptions.DistributedError` within ``distributed_timeout`` seconds
+(the process group's timeout), instead of waiting forever.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import datetime
+import hashlib
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..exceptions import DistributedError, MaskDivergenceError
+
+__all__ = [
+    "TORCHRUN_ENV",
+    "DistributedContext",
+    "GlobalGroupDRO",
+    "check_world",
+    "resolve_distributed",
+    "shard_order",
+    "shard_range",
+    "translate_failures",
+]
+
+#: What torchrun (and any launcher using the env:// rendezvous) sets for every worker.
+TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+NO_PROCESS_GROUP = (
+    "distributed=True needs a torch.distributed process group, but none is initialised "
+    "and the torchrun environment is incomplete ({missing} not set). Launch the script "
+    "with torchrun (e.g. `torchrun --nproc_per_node=2 script.py`), or call "
+    "torch.distributed.init_process_group() before fit; distributed='auto' trains in one "
+    "process when neither is present."
+)
+NO_TORCH_DISTRIBUTED = (
+    "distributed=True, but this torch build has no torch.distributed support "
+    "(torch.distributed.is_available() is False)."
+)
+NCCL_ON_CPU = (
+    "the process group uses the NCCL backend, which only communicates CUDA tensors, but "
+    "fit runs on {device}. Initialise the group with backend='gloo' for CPU training, or "
+    "fit on CUDA."
+)
+INDIVISIBLE_BATCH = (
+    "batch_size={batch_size} is the global batch of one optimizer step, shared equally by "
+    "the {world_size} ranks, so it must be a multiple of {world_size}; use e.g. "
+    "batch_size={suggestion}."
+)
+TOO_FEW_SAMPLES = (
+    "{n_samples} training samples cannot be shared by {world_size} ranks: every rank "
+    "needs at least one sample of every batch."
+)
+RANK_FAILED = (
+    "distributed fit failed on rank {rank} of {world_size}: a collective operation with "
+    "the other ranks did not complete. Another rank probably died (see its log), hung for "
+    "longer than distributed_timeout={timeout:g} s, or stopped calling fit. The error from "
+    "torch.distributed was: {error}"
+)
+MASKS_DIVERGED = (
+    "the sparse masks differ across ranks {when}: layer(s) {layers} hold a different "
+    "topology on rank(s) {ranks} than on rank 0. Every rank must see the same weights and "
+    "all-reduced gradients; something changed the masks on some ranks only (e.g. a "
+    "callback that edits masks or weights on one rank, or a module that is not wrapped by "
+    "DistributedDataParallel)."
+)
+WEIGHTS_DIVERGED = (
+    "the weights differ across ranks {when}: parameter(s) {names} on rank(s) {ranks} are "
+    "not those of rank 0. DistributedDataParallel keeps them identical unless something "
+    "edits them on some ranks only (a callback, a non-deterministic in-place operation)."
+)
+DIFFERENT_RUN = (
+    "rank {rank} was given different {what} than rank 0 (digest {ours} vs {theirs}). "
+    "Every rank of a distributed fit must call fit with the same data and parameters; "
+    "load the data deterministically on every rank."
+)
+NO_DISTRIBUTED_FORM = (
+    "objective {name} has no distributed form; distributed fit supports 'erm' and "
+    "'groupdro'."
+)
+
+# substrings of the errors that gloo, NCCL and the c10d store raise when a peer is gone
+_COMM_ERROR_MARKERS = ("gloo", "nccl", "c10d", "connection", "timed out", "timeout",
+                       "peer", "socket", "broken pipe", "watchdog")
+_CHECKSUM_PRIME = 1_000_000_007
+_failed = False  # a collective failed in this process: do not wait on it at exit
+
+
+# ------------------------------------------------------------------ sharding (no processes)
+def shard_order(order: torch.Tensor, batch_size: int, rank: int, world_size: int) -> torch.Tensor:
+    """This rank's share of a global epoch order.
+
+    The order is read as consecutive global batches of ``batch_size`` samples; rank ``r``
+    takes positions ``[r * b, (r + 1) * b)`` of every batch, ``b = batch_size //
+    world_size``. A trailing partial batch is cut into ``world_size`` equal slices (the
+    remainder of its length by ``world_size``, at most ``world_size - 1`` samples, is not
+    drawn), so all ranks' slices of a step have the same size and the average of their
+    mean losses is the mean loss of the global batch.
+
+    Parameters
+    ----------
+    order : LongTensor of shape (n,)
+        The global order (identical on every rank).
+    batch_size : int
+        Global batch size; a multiple of ``world_size``.
+    rank, world_size : int
+        This rank and the number of ranks.
+
+    Returns
+    -------
+    LongTensor
+        Concatenated slices; consecutive chunks of ``batch_size // world_size`` are this
+        rank's batches (the last may be shorter).
+    """
+    batch_size, rank, world_size = int(batch_size), int(rank), int(world_size)
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"rank must be in [0, {world_size}); got {rank}.")
+    if batch_size % world_size:
+        raise ValueError(INDIVISIBLE_BATCH.format(
+            batch_size=batch_size, world_size=world_size,
+            suggestion=_nearest_multiple(batch_size, world_size)))
+    local = batch_size // world_size
+    full = len(order) // batch_size
+    body = order[: full * batch_size].view(full, world_size, local)[:, rank].reshape(-1)
+    tail = order[full * batch_size:]
+    share = len(tail) // world_size
+    return torch.cat([body, tail[rank * share: (rank + 1) * share]])
+
+
+def shard_range(n: int, rank: int, world_size: int) -> torch.Tensor:
+    """Indices of this rank's contiguous part of ``range(n)`` (parts differ by at most 1)."""
+    return torch.tensor_split(torch.arange(int(n)), int(world_size))[int(rank)]
+
+
+def _nearest_multiple(value: int, k: int) -> int:
+    return max(k, round(value / k) * k)
+
+
+def check_world(n_samples: int, batch_size: int, world_size: int) -> None:
+    """Check that ``n_samples`` and ``batch_size`` can be shared by ``world_size`` ranks.
+
+    Raises
+    ------
+    ValueError
+        If ``batch_size`` is not a multiple of ``world_size``, or there are fewer samples
+        than ranks.
+    """
+    if batch_size % world_size:
+        raise ValueError(INDIVISIBLE_BATCH.format(
+            batch_size=batch_size, world_size=world_size,
+            suggestion=_nearest_multiple(batch_size, world_size)))
+    if n_samples < world_size:
+        raise ValueError(TOO_FEW_SAMPLES.format(n_samples=n_samples, world_size=world_size))
+
+
+# ---------------------------------------------------------------- process-group discovery
+def _torchrun_env() -> tuple[dict[str, str], list[str]]:
+    present = {k: os.environ[k] for k in TORCHRUN_ENV if os.environ.get(k)}
+    return present, [k for k in TORCHRUN_ENV if k not in present]
+
+
+def _device_for_rank(device: torch.device, local_rank: int) -> torch.device:
+    # one GPU per local rank unless the user named one
+    if device.type == "cuda" and device.index is None:
+        return torch.device("cuda", local_rank % max(torch.cuda.device_count(), 1))
+    return device
+
+
+def _destroy_at_exit() -> None:
+    import torch.distributed as dist
+
+    if not _failed and dist.is_initialized():
+        with contextlib.suppress(Exception):
+            dist.destroy_process_group()
+
+
+def resolve_distributed(
+    distributed: bool | str, device: torch.device, *, timeout: float
+) -> DistributedContext | None:
+    """The data-parallel context of a fit, or ``None`` to train in one process.
+
+    Parameters
+    ----------
+    distributed : {"auto", True, False}
+        ``"auto"``: data-parallel when a process group with more than one rank is
+        initialised, or the torchrun environment says ``WORLD_SIZE > 1``. ``True``: always
+        (a single rank too), failing when there is no process group to use. ``False``:
+        never.
+    device : torch.device
+        The resolved ``device`` parameter; ``cuda`` without an index becomes
+        ``cuda:LOCAL_RANK``.
+    timeout : float
+        Seconds a collective may wait for the other ranks; used when the process group is
+        initialised here (an existing group keeps its own).
+
+    Returns
+    -------
+    DistributedContext or None
+
+    Raises
+    ------
+    DistributedError
+        ``distributed=True`` without a process group or torchrun environment.
+    """
+    if distributed is False or (not isinstance(distributed, str) and not distributed):
+        return None
+    import torch.distributed as dist
+
+    if not dist.is_available():
+        if distributed is True or distributed is np.True_:
+            raise DistributedError(NO_TORCH_DISTRIBUTED)
+        return None
+    auto = isinstance(distributed, str)
+    env, missing = _torchrun_env()
+    if dist.is_initialized():
+        world_size, rank = dist.get_world_size(), dist.get_rank()
+        if auto and world_size < 2:
+            return None
+        local_rank = int(os.environ.get("LOCAL_RANK", rank))
+        device = _device_for_rank(device, local_rank)
+        backend = str(dist.get_backend())
+    elif not missing:
+        world_size, rank = int(env["WORLD_SIZE"]), int(env["RANK"])
+        if auto and world_size < 2:
+            return None
+        local_rank = int(env["LOCAL_RANK"])
+        device = _device_for_rank(device, local_rank)
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group(backend, timeout=datetime.timedelta(seconds=float(timeout)))
+        atexit.register(_destroy_at_exit)
+    else:
+        if not auto:
+            raise DistributedError(NO_PROCESS_GROUP.format(missing=", ".join(missing)))
+        return None
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if backend == "nccl" and device.type != "cuda":
+        raise DistributedError(NCCL_ON_CPU.format(device=str(device)))
+    return DistributedContext(rank=rank, world_size=world_size, local_rank=local_rank,
+                              device=device, backend=backend, timeout=float(timeout))
+
+
+def _is_dist_error(exc: BaseException) -> bool:
+    import torch.distributed as dist
+
+    dist_error = getattr(dist, "DistError", None)  # torch >= 2.1
+    return dist_error is not None and isinstance(exc, dist_error)
+
+
+def _is_comm_error(exc: BaseException) -> bool:
+    if _is_dist_error(exc):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and any(m in text for m in _COMM_ERROR_MARKERS)
+
+
+@contextlib.contextmanager
+def translate_failures(timeout: float) -> Iterator[None]:
+    """Turn a failed collective into a :class:`DistributedError` that says what happened.
+
+    Only errors raised while a process group of more than one rank is initialised are
+    translated; everything else passes through unchanged.
+    """
+    try:
+        yield
+    except DistributedError:
+        raise
+    except Exception as exc:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            if dist.get_world_size() < 2 or not _is_comm_error(exc):
+                raise
+            rank, world_size = dist.get_rank(), dist.get_world_size()
+        elif _is_dist_error(exc):  # the rendezvous itself failed
+            rank = os.environ.get("RANK", "?")
+            world_size = os.environ.get("WORLD_SIZE", "?")
+        else:
+            raise
+        global _failed
+        _failed = True
+        raise DistributedError(RANK_FAILED.format(
+            rank=rank, world_size=world_size, timeout=float(timeout),
+            error=str(exc).strip())) from exc
+
+
+# ------------------------------------------------------------------------ the context
+def _mask_checksum(mask: torch.Tensor) -> torch.Tensor:
+    # count, sum and a second moment of the active positions: cheap, and any change of
+    # the topology changes it (a swap of two positions changes both sums)
+    idx = mask.reshape(-1).nonzero().squeeze(1)
+    return torch.stack([
+        torch.tensor(len(idx), device=idx.device), idx.sum(),
+        ((idx * idx) % _CHECKSUM_PRIME).sum(),
+    ]).to(torch.int64)
+
+
+def _digest(value: Any) -> str:
+    return hashlib.sha256(repr(value).encode()).hexdigest()[:16]
+
+
+@dataclass
+class DistributedContext:
+    """This process's place in a data-parallel fit and the collectives it takes part in.
+
+    Attributes
+    ----------
+    rank, world_size, local_rank : int
+        From the process group (``LOCAL_RANK`` from the environment).
+    device : torch.device
+        Where this rank trains (``cuda:LOCAL_RANK`` on CUDA).
+    backend : str
+        ``"nccl"`` or ``"gloo"`` (or the backend of a group initialised by the user).
+    timeout : float
+        ``distributed_timeout`` in seconds, for error messages.
+    """
+
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+    backend: str
+    timeout: float
+
+    @property
+    def is_main(self) -> bool:
+        """Whether this is rank 0 (which writes files and shows progress)."""
+        return self.rank == 0
+
+    # -- collectives on tensors ------------------------------------------------------
+    def _comm_device(self) -> torch.device:
+        # NCCL communicates CUDA tensors; gloo CPU tensors (and CUDA ones, but slower)
+        return self.device if self.device.type == "cuda" and "nccl" in self.backend \
+            else torch.device("cpu")
+
+    def all_reduce(self, tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
+        """Reduced copy of ``tensor`` (``op`` ``"sum"`` or ``"max"``), on its own device."""
+        import torch.distributed as dist
+
+        buf = tensor.detach().to(self._comm_device()).clone()
+        dist.all_reduce(buf, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX)
+        return buf.to(tensor.device)
+
+    def all_gather(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Every rank's ``tensor``, stacked along a new first axis, on the CPU."""
+        import torch.distributed as dist
+
+        buf = tensor.detach().to(self._comm_device()).contiguous()
+        out = [torch.empty_like(buf) for _ in range(self.world_size)]
+        dist.all_gather(out, buf)
+        return torch.stack([t.cpu() for t in out])
+
+    def broadcast_(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Rank 0's ``tensor`` on every rank (in place where possible); returns it."""
+        import torch.distributed as dist
+
+        comm = self._comm_device()
+        if tensor.device == comm:
+            dist.broadcast(tensor, src=0)
+            return tensor
+        buf = tensor.to(comm)
+        dist.broadcast(buf, src=0)
+        tensor.copy_(buf)
+        return tensor
+
+    def broadcast_object(self, value: Any) -> Any:
+        """Rank 0's picklable ``value`` on every rank."""
+        import torch.distributed as dist
+
+        box = [value if self.is_main else None]
+        dist.broadcast_object_list(box, src=0, device=self._comm_device())
+        return box[0]
+
+    def any(self, flag: bool) -> bool:
+        """Whether ``flag`` is true on any rank."""
+        return bool(self.all_reduce(torch.tensor([float(bool(flag))]), "max").item())
+
+    def max(self, value: float) -> float:
+        """The largest ``value`` over the ranks."""
+        return float(self.all_reduce(torch.tensor([float(value)], dtype=torch.float64),
+                                     "max").item())
+
+    def run_on_main(self, fn: Callable[[], Any]) -> Any:
+        """``fn()`` run by rank 0 only; its result, or its exception, on every rank."""
+        result: tuple[bool, Any] = (True, None)
+        if self.is_main:
+            try:
+                result = (True, fn())
+            except Exception as exc:  # re-raised on every rank below
+                result = (False, exc)
+        ok, value = self.broadcast_object(result)
+        if not ok:
+            raise value
+        return value
+
+    def check_same(self, what: str, value: Any) -> None:
+        """Raise on every rank unless all ranks hold the same ``value`` (by digest)."""
+        import torch.distributed as dist
+
+        digests: list[Any] = [None] * self.world_size
+        dist.all_gather_object(digests, _digest(value))
+        for rank, theirs in enumerate(digests):
+            if theirs != digests[0]:
+                raise DistributedError(DIFFERENT_RUN.format(
+                    rank=rank, what=what, ours=theirs, theirs=digests[0]))
+
+    # -- setting a run up ------------------------------------------------------------
+    def prepare(self, parts: Any) -> None:
+        """Turn one process's :class:`TrainingParts` into this rank's.
+
+        Broadcasts rank 0's masks (and applies them), wraps the module in
+        ``DistributedDataParallel`` (which broadcasts rank 0's weights and buffers) as
+        ``parts.forward_module`` while ``parts.module`` stays the plain module, sets the
+        per-rank batch size, makes the objective global and routes topology decisions
+        through :meth:`broadcast_decision`.
+        """
+        from torch.nn.parallel import DistributedDataParallel
+
+        sparsity = parts.sparsity
+        if sparsity is not None:
+            masks = sparsity.masks
+            for name in masks.names:
+                mask = masks.mask(name).to(torch.uint8)
+                masks.set_mask(name, self.broadcast_(mask).bool())
+            masks.apply_()
+            sparsity.sync = self
+        device_ids = [self.device.index] if self.device.type == "cuda" else None
+        # every weight, masked or not, gets its dense gradient (masks zero weights, they
+        # do not cut the graph), so no parameter is unused and RigL reads the all-reduced
+        # dense gradient
+        parts.forward_module = DistributedDataParallel(
+            parts.module, device_ids=device_ids,
+            find_unused_parameters=False)
+        parts.batch_size = parts.batch_size // self.world_size
+        parts.objective = self.global_objective(parts.objective)
+        parts.distributed = self
+
+    def global_objective(self, objective: Any) -> Any:
+        """``objective`` such that DDP's gradient average is that of the global batch."""
+        from ..objectives import ERMObjective, GroupDROObjective
+
+        if isinstance(objective, ERMObjective):
+            return objective  # equal slices: the mean of the ranks' means is the mean
+        if isinstance(objective, GroupDROObjective):
+            return GlobalGroupDRO(objective, self.all_reduce, self.world_size)
+        raise ValueError(NO_DISTRIBUTED_FORM.format(name=type(objective).__name__))
+
+    # -- topology ----------------------------------------------------------------------
+    def broadcast_decision(
+        self, decisions: dict[str, tuple[torch.Tensor, torch.Tensor]]
+    ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Rank 0's prune-and-regrow decision, ``{name: (new_mask, regrown indices)}``.
+
+        Packed in one ``uint8`` tensor (bit 0: active, bit 1: regrown) and broadcast.
+        """
+        if not decisions:
+            return decisions
+        codes, shapes = [], []
+        for new_mask, grown in decisions.values():
+            code = new_mask.reshape(-1).to(torch.uint8)
+            code[grown] |= 2
+            codes.append(code)
+            shapes.append(new_mask.shape)
+        flat = self.broadcast_(torch.cat(codes))
+        out, start = {}, 0
+        for name, shape in zip(decisions, shapes, strict=True):
+            n = int(np.prod(shape)) if len(shape) else 1
+            code = flat[start: start + n]
+            start += n
+            out[name] = ((code & 1).bool().view(shape), (code & 2).nonzero().squeeze(1))
+        return out
+
+    def check_masks(self, masks: Any, *, when: str) -> None:
+        """Raise :class:`MaskDivergenceError` on every rank unless all hold the same masks."""
+        names = list(masks.names)
+        if not names:
+            return
+        local = torch.stack([_mask_checksum(masks.mask(n)) for n in names])
+        gathered = self.all_gather(local)
+        differs = (gathered != gathered[0]).any(dim=2)  # (rank, layer)
+        if bool(differs.any()):
+            ranks = sorted({int(r) for r in differs.any(dim=1).nonzero().flatten()})
+            layers = [names[int(i)] for i in differs.any(dim=0).nonzero().flatten()]
+            raise MaskDivergenceError(MASKS_DIVERGED.format(when=when, layers=layers,
+                                                            ranks=ranks))
+
+    def check_weights(self, module: nn.Module, *, when: str) -> None:
+        """Raise :class:`MaskDivergenceError` on every rank unless all hold the same weights."""
+        named = [(n, p) for n, p in module.named_parameters()]
+        if not named:
+            return
+        local = torch.stack([p.detach().double().sum() for _, p in named])
+        # compared bit for bit: identical NaNs (a diverged run) are not a divergence
+        gathered = self.all_gather(local).view(torch.int64)
+        differs = gathered != gathered[0]
+        if bool(differs.any()):
+            ranks = sorted({int(r) for r in differs.any(dim=1).nonzero().flatten()})
+            names = [named[int(i)][0] for i in differs.any(dim=0).nonzero().flatten()]
+            raise MaskDivergenceError(WEIGHTS_DIVERGED.format(when=when, names=names[:5],
+                                                              ranks=ranks))
+
+    # -- the end of an epoch ---------------------------------------------------------
+    def sync_buffers(self, module: nn.Module) -> None:
+        """Rank 0's buffers (BatchNorm statistics) on every rank.
+
+        DDP broadcasts them at the start of each forward; the last forward of an epoch
+        updated them from each rank's own slice.
+        """
+        for buf in module.buffers():
+            self.broadcast_(buf.data)
+
+    def end_train_epoch(
+        self, module: nn.Module, sparsity: Any, loss_sum: torch.Tensor, seen: int, *,
+        epoch: int,
+    ) -> tuple[torch.Tensor, int]:
+        """Synchronise buffers, check masks and weights, and sum the epoch's training loss.
+
+        Returns
+        -------
+        loss_sum, seen
+            Summed over the ranks (identical everywhere).
+        """
+        self.sync_buffers(module)
+        when = f"at the end of epoch {epoch}"
+        if sparsity is not None:
+            self.check_masks(sparsity.masks, when=when)
+        self.check_weights(module, when=when)
+        both = self.all_reduce(torch.stack([loss_sum.detach().double().reshape(()),
+                                            torch.tensor(float(seen), dtype=torch.float64,
+                                                         device=loss_sum.device)]))
+        return both[0], round(float(both[1]))
+
+    def reduce_counts(
+        self, loss_sum: float, hits: torch.Tensor, totals: torch.Tensor
+    ) -> tuple[float, torch.Tensor, torch.Tensor]:
+        """Validation loss sum and per-group hits and totals summed over the ranks."""
+        packed = torch.cat([torch.tensor([loss_sum], dtype=torch.float64),
+                            hits.double(), totals.double()])
+        packed = self.all_reduce(packed)
+        k = len(hits)
+        return float(packed[0]), packed[1: 1 + k], packed[1 + k:]
+
+
+class GlobalGroupDRO:
+    """Online GroupDRO over the global batch of a data-parallel step.
+
+    Every rank sums its slice's weighted losses and weights per group; the sums are
+    all-reduced, so the group losses, the update of ``q`` and the returned loss value are
+    those of the global batch and identical on every rank. The gradient is that of
+    ``world_size * sum_g q_g * S_g^r / C_g`` (``S_g^r``: this rank's loss sum of group
+    ``g``, ``C_g``: the global weight of ``g``), whose average over the ranks -- what DDP
+    computes -- is the gradient of the global objective ``sum_g q_g * S_g / C_g``.
+
+    Parameters
+    ----------
+    objective : GroupDROObjective
+        Holds ``q`` and its history (checkpointed as before).
+    all_reduce : callable
+        Sums a tensor over the ranks.
+    world_size : int
+        Number of ranks.
+    """
+
+    def __init__(self, objective: Any, all_reduce: Callable[[torch.Tensor], torch.Tensor],
+                 world_size: int) -> None:
+        self.objective = objective
+        self.all_reduce = all_reduce
+        self.world_size = int(world_size)
+
+    def __getattr__(self, name: str) -> Any:
+        # q, history, end_epoch, state_dict, load_state_dict of the wrapped objective
+        return getattr(self.__dict__["objective"], name)
+
+    def __call__(self, logits: torch.Tensor, y: torch.Tensor, w: torch.Tensor | None,
+                 g: torch.Tensor) -> torch.Tensor:
+        obj = self.objective
+        loss_sum, count = obj.group_sums(logits, y, w, g)
+        total = self.all_reduce(torch.stack([loss_sum.detach(), count]))
+        present = total[1] > 0
+        denominator = total[1].clamp_min(1e-12)
+        group_loss = torch.where(present, total[0] / denominator, 0.0)
+        obj.update(group_loss, present)
+        value = (obj.q * group_loss).sum()
+        local = self.world_size * (obj.q * torch.where(present, loss_sum / denominator,
+                                                       0.0)).sum()
+        return value + (local - local.detach())

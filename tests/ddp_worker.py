@@ -1,0 +1,304 @@
+"""Fits that tests/test_distributed.py runs under torchrun (and in one process, to compare).
+
+Run as ``torchrun --standalone --nproc_per_node=2 tests/ddp_worker.py OUT_DIR [scenario]``;
+every rank writes ``OUT_DIR/<scenario>-rank<r>.pt`` with what the tests compare across
+ranks. ``scenario`` ``"all"`` (default) runs the fits of :data:`SCENARIOS`; ``"kill"``
+and ``"hang"`` make rank 1 die or hang mid-training (launched without torchrun's agent,
+see the test).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from rest_fair import RESTClassifier
+from rest_fair.callbacks import Callback, Checkpoint
+from rest_fair.exceptions import DistributedError, MaskDivergenceError
+from rest_fair.training import sampler as sampler_module
+
+LAMBDA = 5.0
+PARAMS = dict(
+    sparsity=0.8, regrow="gradient", update_interval=4, max_epochs=4, batch_size=64,
+    lr=0.05, upweight=LAMBDA, random_state=0, device="cpu", lr_scheduler="constant",
+    module_params={"hidden_layer_sizes": (32, 32)},
+)
+
+
+def make_data(n: int, seed: int, conflicting: float) -> tuple[np.ndarray, ...]:
+    """Two classes; a strong spurious feature agrees with the class except on a minority."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, n)
+    b = np.where(rng.random(n) < conflicting, 1 - y, y)
+    X = rng.normal(size=(n, 8)).astype(np.float32)
+    X[:, 0] += 3.0 * (2 * b - 1)
+    X[:, 1:4] += 0.8 * (2 * y - 1)[:, None]
+    return X, y, y * 2 + b
+
+
+TRAIN = make_data(760, 0, 0.1)
+TEST = make_data(800, 1, 0.5)
+
+
+def rank() -> int:
+    return int(os.environ.get("RANK", 0))
+
+
+def digest(t: torch.Tensor) -> str:
+    return hashlib.sha256(t.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
+
+
+def worst_group_accuracy(pred: np.ndarray) -> float:
+    _, y, g = TEST
+    return float(min(np.mean(pred[g == k] == y[g == k]) for k in np.unique(g)))
+
+
+class Record(Callback):
+    """Mask digests after every topology update; which module the loop trains through."""
+
+    def __init__(self) -> None:
+        self.updates: list = []
+        self.forward_module = None
+        self.train_groups = None
+
+    def on_train_begin(self, net, **kwargs):
+        self.forward_module = type(net._run.parts.forward_module).__name__
+        self.train_groups = net._run.parts.train.groups.clone()
+
+    def on_topology_update(self, net, *, step, n_regrown, **kwargs):
+        self.updates.append((step, {k: digest(v) for k, v in net.masks_.items()}))
+
+
+class DrawLog:
+    """Wraps the epoch sampler to record every order it hands out."""
+
+    def __init__(self) -> None:
+        self.local: list = []
+        self.glob: list = []
+        cls = sampler_module.EpochSampler
+        self._epoch_order, self._global_order = cls.epoch_order, cls.global_order
+        log = self
+
+        def global_order(sampler):
+            order = log._global_order(sampler)
+            log.glob.append(order.clone())
+            return order
+
+        def epoch_order(sampler):
+            order = log._epoch_order(sampler)
+            log.local.append(order.clone())
+            return order
+
+        cls.global_order, cls.epoch_order = global_order, epoch_order
+
+    def reset(self) -> None:
+        self.local, self.glob = [], []
+
+    def restore(self) -> None:
+        cls = sampler_module.EpochSampler
+        cls.epoch_order, cls.global_order = self._epoch_order, self._global_order
+
+
+def _summary(clf: RESTClassifier) -> dict:
+    X_test = TEST[0]
+    pred = clf.predict(X_test)
+    return {
+        "pred": pred,
+        "logits": clf.predict_logits(X_test),
+        "wga": worst_group_accuracy(pred),
+        "masks": {k: digest(v) for k, v in clf.masks_.items()},
+        "weights": digest(torch.cat([p.detach().flatten()
+                                     for p in clf.module_.parameters()])),
+        "history": json.dumps(clf.history_, sort_keys=True),
+        "n_train_steps": clf.n_train_steps_,
+        "n_topology_updates": clf.n_topology_updates_,
+        "module_type": type(clf.module_).__name__,
+    }
+
+
+def scenario_rest(log: DrawLog, out: Path, distributed) -> dict:
+    X, y, g = TRAIN
+    record = Record()
+    log.reset()
+    clf = RESTClassifier(**PARAMS, callbacks=[record], distributed=distributed,
+                         verbose=1).fit(X, y, groups=g)
+    result = _summary(clf)
+    result.update(updates=record.updates, forward_module=record.forward_module,
+                  train_groups=record.train_groups,
+                  local_orders=list(log.local), global_orders=list(log.glob))
+    # the same fit reading X as a torch Dataset
+    dataset = torch.utils.data.TensorDataset(torch.from_numpy(X))
+    clf = RESTClassifier(**PARAMS, distributed=distributed).fit(dataset, y, groups=g)
+    result["dataset"] = _summary(clf)
+    return result
+
+
+def scenario_groupdro(log: DrawLog, out: Path, distributed) -> dict:
+    X, y, g = TRAIN
+    params = {**PARAMS, "objective": "groupdro", "upweight": None, "groupdro_eta": 0.1}
+    clf = RESTClassifier(**params, distributed=distributed).fit(X, y, groups=g)
+    return {**_summary(clf), "q": np.asarray(clf.group_weight_history_)}
+
+
+def scenario_jtt(log: DrawLog, out: Path, distributed) -> dict:
+    X, y, g = TRAIN
+    params = {**PARAMS, "infer_groups": "jtt", "jtt_epochs": 2}
+    clf = RESTClassifier(**params, distributed=distributed).fit(X, y, groups=g)
+    return {**_summary(clf), "inferred": clf.inferred_groups_}
+
+
+class Preempt(Callback):
+    """Stops the process (every rank) at the start of an epoch, as a preemption would."""
+
+    def on_epoch_begin(self, net, *, epoch, **kwargs):
+        if epoch == 3:
+            raise KeyboardInterrupt
+
+
+def scenario_resume(log: DrawLog, out: Path, distributed) -> dict:
+    import rest_fair.persistence.checkpoint as ckpt
+
+    X, y, g = TRAIN
+    directory = out / "checkpoints"
+    writes = []
+    original = ckpt.write_checkpoint
+
+    def counting(*args, **kwargs):
+        writes.append(kwargs.get("epoch"))
+        return original(*args, **kwargs)
+
+    ckpt.write_checkpoint = counting
+    try:
+        interrupted_fit(directory, distributed)
+        clf = RESTClassifier(**PARAMS, callbacks=[Checkpoint(directory)],
+                             distributed=distributed).fit(X, y, groups=g,
+                                                          resume_from=directory)
+    finally:
+        ckpt.write_checkpoint = original
+    return {**_summary(clf), "writes": writes}
+
+
+def interrupted_fit(directory: Path, distributed) -> None:
+    """A fit with checkpoints that is stopped at the start of epoch 3."""
+    X, y, g = TRAIN
+    try:
+        RESTClassifier(**PARAMS, callbacks=[Checkpoint(directory), Preempt()],
+                       distributed=distributed).fit(X, y, groups=g)
+    except KeyboardInterrupt:
+        pass
+
+
+def scenario_resume_other_world(log: DrawLog, out: Path, distributed) -> dict:
+    """Resume a checkpoint that one process wrote (the test prepares it)."""
+    directory = os.environ.get("REST_FAIR_TEST_SINGLE_CHECKPOINT")
+    if not directory:
+        return {"skipped": True}
+    X, y, g = TRAIN
+    clf = RESTClassifier(**PARAMS, distributed=distributed).fit(X, y, groups=g,
+                                                                resume_from=directory)
+    return {**_summary(clf), "history_list": clf.history_}
+
+
+class Tamper(Callback):
+    """Changes one mask position on rank 1 only (what the divergence check must catch)."""
+
+    layer = None
+
+    def on_epoch_begin(self, net, *, epoch, **kwargs):
+        masks = net._run.parts.sparsity.masks
+        self.layer = masks.names[0]
+        if epoch == 2 and rank() == 1:
+            name = self.layer
+            mask = masks.mask(name).clone()
+            flat = mask.view(-1)
+            flat[0] = ~flat[0]
+            masks.set_mask(name, mask)
+
+
+def scenario_diverge(log: DrawLog, out: Path, distributed) -> dict:
+    X, y, g = TRAIN
+    tamper = Tamper()
+    try:
+        RESTClassifier(**PARAMS, callbacks=[tamper], distributed=distributed).fit(
+            X, y, groups=g)
+    except MaskDivergenceError as exc:
+        return {"error": str(exc), "layer": tamper.layer}
+    return {"error": None, "layer": tamper.layer}
+
+
+def scenario_different_data(log: DrawLog, out: Path, distributed) -> dict:
+    """Rank 1 calls fit with one value changed: refused on every rank before training."""
+    X, y, g = TRAIN
+    X = X.copy()
+    if rank() == 1:
+        X[0, 0] += 1.0
+    try:
+        RESTClassifier(**PARAMS, distributed=distributed).fit(X, y, groups=g)
+    except DistributedError as exc:
+        return {"error": str(exc)}
+    return {"error": None}
+
+
+SCENARIOS = {
+    "rest": scenario_rest,
+    "groupdro": scenario_groupdro,
+    "jtt": scenario_jtt,
+    "resume": scenario_resume,
+    "resume_other_world": scenario_resume_other_world,
+    "diverge": scenario_diverge,
+    "different_data": scenario_different_data,
+}
+
+
+class Fail(Callback):
+    """Rank 1 kills itself (SIGKILL) or hangs at optimizer step 3."""
+
+    def __init__(self, how: str, out: Path) -> None:
+        self.how, self.out = how, out
+
+    def on_batch_end(self, net, *, step, loss, **kwargs):
+        if rank() == 1 and step == 3:
+            (self.out / "failed_at").write_text(repr(time.time()))
+            if self.how == "kill":
+                os.kill(os.getpid(), signal.SIGKILL)
+            time.sleep(120)
+
+
+def failure(how: str, out: Path) -> None:
+    X, y, g = TRAIN
+    timeout = float(os.environ.get("REST_FAIR_TEST_TIMEOUT", "5"))
+    try:
+        RESTClassifier(**{**PARAMS, "max_epochs": 50}, callbacks=[Fail(how, out)],
+                       distributed_timeout=timeout).fit(X, y, groups=g)
+    except DistributedError as exc:
+        (out / f"error-rank{rank()}.json").write_text(json.dumps(
+            {"time": time.time(), "type": type(exc).__name__, "message": str(exc)}))
+        sys.exit(3)
+    (out / f"error-rank{rank()}.json").write_text(json.dumps({"time": time.time(),
+                                                              "type": None}))
+
+
+def main(argv: list[str]) -> None:
+    torch.set_num_threads(1)  # one thread per rank
+    out = Path(argv[1])
+    which = argv[2] if len(argv) > 2 else "all"
+    if which in ("kill", "hang"):
+        failure(which, out)
+        return
+    log = DrawLog()
+    for name, fn in SCENARIOS.items():
+        if which in ("all", name):
+            result = fn(log, out, "auto")
+            torch.save(result, out / f"{name}-rank{rank()}.pt")
+
+
+if __name__ == "__main__":
+    main(sys.argv)

@@ -1,0 +1,411 @@
+"""Data-parallel fit: sharding, exact GroupDRO, and real 2-rank runs under torchrun (gloo).
+
+The multi-process tests launch ``torchrun --standalone --nproc_per_node=2`` (CPU, gloo, one
+thread per rank) on tests/ddp_worker.py, which writes what every rank saw; the tests
+compare the ranks with each other and with the same fits in this process.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+
+import rest_fair
+from rest_fair import RESTClassifier
+from rest_fair.exceptions import DistributedError
+from rest_fair.objectives import GroupDROObjective
+from rest_fair.training import n_batches
+from rest_fair.training.distributed import (
+    GlobalGroupDRO,
+    check_world,
+    resolve_distributed,
+    shard_order,
+    shard_range,
+)
+
+WORKER = Path(__file__).with_name("ddp_worker.py")
+ROOT = Path(rest_fair.__file__).resolve().parents[1]  # the rest_fair under test
+LAUNCH_TIMEOUT = 150
+
+pytestmark = pytest.mark.skipif(not dist.is_available(), reason="no torch.distributed")
+
+
+def _worker_module():
+    spec = importlib.util.spec_from_file_location("ddp_worker", WORKER)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _env(**extra: str) -> dict:
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    path = env.get("PYTHONPATH")
+    env.update(PYTHONPATH=str(ROOT) + (os.pathsep + path if path else ""),
+               OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="", **extra)
+    return env
+
+
+def _tail(text: str, n: int = 3000) -> str:
+    return text[-n:]
+
+
+# ------------------------------------------------------------------ sharding, no processes
+@pytest.mark.parametrize("n, batch_size, world_size", [
+    (684, 64, 2), (100, 10, 2), (97, 12, 4), (64, 64, 2), (7, 8, 2), (50, 16, 1),
+])
+def test_shard_order_partitions_every_global_batch(n, batch_size, world_size):
+    order = torch.randperm(1000)[:n]
+    shares = [shard_order(order, batch_size, r, world_size) for r in range(world_size)]
+    local = batch_size // world_size
+    full, rest = divmod(n, batch_size)
+    tail = rest // world_size
+    for r, share in enumerate(shares):
+        assert len(share) == full * local + tail
+        for b in range(full):  # rank r holds slice r of global batch b
+            start = b * batch_size + r * local
+            assert torch.equal(share[b * local:(b + 1) * local], order[start:start + local])
+    drawn = torch.cat(shares)
+    kept = full * batch_size + tail * world_size
+    assert len(drawn) == kept and len(set(drawn.tolist())) == kept  # disjoint
+    assert set(drawn.tolist()) == set(order[:kept].tolist())
+    if world_size == 1:
+        assert torch.equal(shares[0], order)
+
+
+def test_shard_order_rejects_batches_that_do_not_split():
+    with pytest.raises(ValueError, match=r"batch_size=10 .* multiple of 3; use e.g. batch_size=9"):
+        shard_order(torch.arange(30), 10, 0, 3)
+    with pytest.raises(ValueError, match="rank must be in"):
+        shard_order(torch.arange(30), 10, 2, 2)
+
+
+def test_steps_per_epoch_with_ranks():
+    # a trailing batch is kept when each rank gets at least two of its samples
+    assert n_batches(684, 64) == n_batches(684, 64, 2) == 11
+    assert n_batches(67, 64, 2) == 1  # 3 left over: one each, dropped
+    assert n_batches(68, 64, 2) == 2
+    assert n_batches(65, 64) == 1 and n_batches(66, 64) == 2
+    assert n_batches(3, 64, 2) == 1  # the only batch is kept with one sample each
+    for n in range(1, 40):  # one process: unchanged rule
+        full, rest = divmod(n, 8)
+        assert n_batches(n, 8) == full + (rest > 1 or (rest == 1 and full == 0))
+
+
+def test_shard_range_covers_validation_once():
+    parts = [shard_range(11, r, 3) for r in range(3)]
+    assert torch.equal(torch.cat(parts), torch.arange(11))
+    assert [len(p) for p in parts] == [4, 4, 3]
+
+
+def test_check_world_errors():
+    check_world(10, 8, 2)
+    with pytest.raises(ValueError, match="multiple of 3"):
+        check_world(100, 64, 3)
+    with pytest.raises(ValueError, match="3 training samples cannot be shared by 4 ranks"):
+        check_world(3, 8, 4)
+
+
+def test_groupdro_over_ranks_is_the_global_batch_objective():
+    """Rank slices + all-reduced group sums give the one-process GroupDRO exactly."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(24, 5, generator=gen)
+    y = torch.randint(0, 3, (24,), generator=gen)
+    g = torch.randint(0, 4, (24,), generator=gen)
+    w = torch.rand(24, generator=gen) + 0.5
+    g[:12] = torch.where(g[:12] == 3, 0, g[:12])  # group 3 only on the second rank
+    weight = torch.randn(5, 3, generator=gen, requires_grad=True)
+
+    one = GroupDROObjective(4, eta=0.5, device=torch.device("cpu"))
+    for _ in range(2):  # two steps, so the second uses an updated q
+        expected = one(x @ weight, y, w, g)
+    (grad_one,) = torch.autograd.grad(expected, weight)
+
+    world = 2
+    objs = [GroupDROObjective(4, eta=0.5, device=torch.device("cpu")) for _ in range(world)]
+    slices = [slice(0, 12), slice(12, 24)]
+    for _ in range(2):
+        sums = [objs[r].group_sums((x[s] @ weight).detach(), y[s], w[s], g[s])
+                for r, s in enumerate(slices)]
+        total = torch.stack([sums[0][0] + sums[1][0], sums[0][1] + sums[1][1]])
+
+        def all_reduce(t: torch.Tensor, total: torch.Tensor = total) -> torch.Tensor:
+            return total  # what the sum over both ranks returns
+
+        losses = [GlobalGroupDRO(objs[r], all_reduce, world)(x[s] @ weight, y[s], w[s], g[s])
+                  for r, s in enumerate(slices)]
+    grads = [torch.autograd.grad(loss, weight)[0] for loss in losses]
+    for r in range(world):
+        assert torch.allclose(objs[r].q, one.q, atol=1e-7)
+        assert float(losses[r].detach()) == pytest.approx(float(expected.detach()), abs=1e-6)
+    # what DDP applies: the average of the ranks' gradients
+    assert torch.allclose((grads[0] + grads[1]) / world, grad_one, atol=1e-6)
+
+
+# ------------------------------------------------------------------- choosing the mode
+def _clear_torchrun_env(monkeypatch):
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(key, raising=False)
+
+
+def test_auto_is_one_process_without_torchrun(monkeypatch):
+    _clear_torchrun_env(monkeypatch)
+    cpu = torch.device("cpu")
+    assert resolve_distributed("auto", cpu, timeout=10) is None
+    assert resolve_distributed(False, cpu, timeout=10) is None
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("MASTER_ADDR", "127.0.0.1"),
+                       ("MASTER_PORT", "29500")):
+        monkeypatch.setenv(key, value)
+    assert resolve_distributed("auto", cpu, timeout=10) is None  # torchrun, one rank
+    assert not dist.is_initialized()
+
+
+def test_distributed_true_needs_a_process_group(monkeypatch):
+    _clear_torchrun_env(monkeypatch)
+    monkeypatch.setenv("RANK", "0")
+    with pytest.raises(DistributedError, match=r"torchrun .*WORLD_SIZE, LOCAL_RANK"):
+        RESTClassifier(distributed=True, max_epochs=1, device="cpu").fit(
+            np.random.default_rng(0).random((20, 3)), np.arange(20) % 2)
+
+
+@pytest.mark.parametrize("params, match", [
+    ({"distributed": "yes"}, "distributed"),
+    ({"distributed_timeout": 0}, "distributed_timeout"),
+])
+def test_bad_distributed_parameters(params, match):
+    with pytest.raises(ValueError, match=match):
+        RESTClassifier(**params).fit(np.random.default_rng(0).random((20, 3)), np.arange(20) % 2)
+
+
+def test_one_rank_process_group_trains_through_ddp_exactly(tmp_path, monkeypatch):
+    """distributed=True on a 1-rank gloo group: DDP wraps the module, results unchanged."""
+    _clear_torchrun_env(monkeypatch)
+    worker = _worker_module()
+    X, y, g = worker.TRAIN
+    params = {**worker.PARAMS, "max_epochs": 2}
+    plain = RESTClassifier(**params, distributed=False).fit(X, y, groups=g)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0,
+                            world_size=1)
+    try:
+        record = worker.Record()
+        auto = RESTClassifier(**params, callbacks=[record]).fit(X, y, groups=g)
+        assert record.forward_module == "MLP"  # "auto" with one rank: one process
+        record = worker.Record()
+        ddp = RESTClassifier(**params, callbacks=[record], distributed=True).fit(
+            X, y, groups=g)
+        assert record.forward_module == "DistributedDataParallel"
+    finally:
+        dist.destroy_process_group()
+    assert type(ddp.module_).__name__ == "MLP"
+    for fitted in (auto, ddp):
+        np.testing.assert_array_equal(fitted.predict_logits(X), plain.predict_logits(X))
+        for a, b in zip(fitted.history_, plain.history_, strict=True):
+            assert {k: v for k, v in a.items() if k != "dur"} == \
+                {k: v for k, v in b.items() if k != "dur"}
+
+
+# ----------------------------------------------------------- two ranks under torchrun
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory):
+    """Every scenario of ddp_worker.py, run once by 2 ranks under torchrun."""
+    out = tmp_path_factory.mktemp("ddp")
+    single = out / "single-process-checkpoint"  # resumed by 2 ranks
+    _worker_module().interrupted_fit(single, False)
+    logs = out / "logs"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           "--nproc_per_node=2", "--redirects=3", f"--log-dir={logs}", str(WORKER),
+           str(out), "all"]
+    proc = subprocess.run(cmd, env=_env(REST_FAIR_TEST_SINGLE_CHECKPOINT=str(single)),
+                          capture_output=True, text=True, timeout=LAUNCH_TIMEOUT)
+    per_rank = ["".join(p.read_text() for p in sorted(logs.glob(f"**/{r}/std*.log")))
+                for r in range(2)]
+    assert proc.returncode == 0, _tail(proc.stdout + proc.stderr + per_rank[0] + per_rank[1])
+    results = {}
+    for name in _worker_module().SCENARIOS:
+        results[name] = [torch.load(out / f"{name}-rank{r}.pt", weights_only=False)
+                         for r in range(2)]
+    results["logs"] = per_rank
+    results["single_checkpoint"] = single
+    return results
+
+
+@pytest.fixture(scope="module")
+def one_process():
+    """The same fits in this process (same global batch), for comparison."""
+    worker = _worker_module()
+    log = worker.DrawLog()
+    try:
+        return {name: worker.SCENARIOS[name](log, None, False)
+                for name in ("rest", "groupdro", "jtt")}
+    finally:
+        log.restore()
+
+
+def test_masks_identical_on_every_rank_after_every_topology_update(two_ranks, one_process):
+    rank0, rank1 = two_ranks["rest"]
+    assert rank0["forward_module"] == "DistributedDataParallel"
+    assert len(rank0["updates"]) == rank0["n_topology_updates"] > 3
+    for (step0, masks0), (step1, masks1) in zip(rank0["updates"], rank1["updates"],
+                                                strict=True):
+        assert step0 == step1 and masks0 == masks1
+    # the same topology schedule as one process with the same global batch
+    assert [s for s, _ in rank0["updates"]] == [s for s, _ in one_process["rest"]["updates"]]
+    assert rank0["n_train_steps"] == one_process["rest"]["n_train_steps"]
+
+
+@pytest.mark.parametrize("scenario", ["rest", "groupdro", "jtt", "resume"])
+def test_fitted_state_identical_across_ranks(two_ranks, scenario):
+    rank0, rank1 = two_ranks[scenario]
+    np.testing.assert_array_equal(rank0["logits"], rank1["logits"])
+    np.testing.assert_array_equal(rank0["pred"], rank1["pred"])
+    for key in ("masks", "weights", "history", "n_train_steps", "n_topology_updates"):
+        assert rank0[key] == rank1[key], key
+    assert rank0["module_type"] == "MLP"  # module_ is the unwrapped network
+
+
+@pytest.mark.parametrize("scenario", ["rest", "groupdro", "jtt"])
+def test_worst_group_accuracy_close_to_one_process(two_ranks, one_process, scenario):
+    ddp, one = two_ranks[scenario][0]["wga"], one_process[scenario]["wga"]
+    assert abs(ddp - one) <= 0.05, (ddp, one)
+    assert ddp > 0.55  # learnt more than the shortcut (which gets ~0 on conflicting groups)
+
+
+def test_groupdro_weights_identical_and_close_to_one_process(two_ranks, one_process):
+    rank0, rank1 = two_ranks["groupdro"]
+    np.testing.assert_array_equal(rank0["q"], rank1["q"])
+    np.testing.assert_allclose(rank0["q"], one_process["groupdro"]["q"], atol=0.05)
+
+
+def test_jtt_error_set_identical_across_ranks(two_ranks, one_process):
+    rank0, rank1 = two_ranks["jtt"]
+    np.testing.assert_array_equal(rank0["inferred"], rank1["inferred"])
+    agree = np.mean(rank0["inferred"] == one_process["jtt"]["inferred"])
+    assert agree > 0.9
+
+
+def test_dataset_input_trains_like_arrays(two_ranks):
+    for rank in two_ranks["rest"]:
+        from_dataset, from_arrays = rank["dataset"], rank
+        np.testing.assert_array_equal(from_dataset["logits"], from_arrays["logits"])
+        assert from_dataset["masks"] == from_arrays["masks"]
+
+
+def test_union_of_rank_draws_is_the_one_process_draw(two_ranks, one_process):
+    """Disjoint slices of one global order: each group drawn lambda times as often."""
+    worker = _worker_module()
+    rank0, rank1 = two_ranks["rest"]
+    n_epochs = worker.PARAMS["max_epochs"]
+    single = one_process["rest"]["global_orders"][:n_epochs]
+    counts = np.zeros(len(single[0]) + 100, dtype=np.int64)
+    for epoch in range(n_epochs):
+        assert torch.equal(rank0["global_orders"][epoch], rank1["global_orders"][epoch])
+        assert torch.equal(rank0["global_orders"][epoch], single[epoch])
+        local0, local1 = rank0["local_orders"][epoch], rank1["local_orders"][epoch]
+        union = torch.cat([local0, local1])
+        # 684 = 10 full batches + 44: nothing is trimmed, so the union is the whole order
+        assert sorted(union.tolist()) == sorted(single[epoch].tolist())
+        np.add.at(counts, union.numpy(), 1)
+    # statistical check on the union: draws per sample of each group vs. its weight
+    g_train = rank0["train_groups"].numpy()
+    counts = counts[: len(g_train)]
+    minority = (g_train == 1) | (g_train == 2)  # group = 2 * y + b; b != y
+    ratio = counts[minority].mean() / counts[~minority].mean()
+    # standard error of the ratio of two Poisson rates, from the expected draws
+    lam, total = worker.LAMBDA, n_epochs * len(g_train)
+    p_min = minority.sum() * lam / (minority.sum() * lam + (~minority).sum())
+    se = lam * np.sqrt(1 / (p_min * total) + 1 / ((1 - p_min) * total))
+    assert abs(ratio - lam) < 4 * se, (ratio, se)
+    assert 0.15 * lam < 4 * se < 0.5 * lam  # the check has power: it tells 5 from 3.5
+
+
+def test_checkpoints_written_by_rank_0_and_resume_under_torchrun(two_ranks):
+    rank0, rank1 = two_ranks["resume"]
+    assert rank0["writes"] == [1, 2, 3, 4] and rank1["writes"] == []
+    # interrupted after epoch 2 and resumed: the same model as the uninterrupted run
+    assert rank0["weights"] == two_ranks["rest"][0]["weights"]
+    np.testing.assert_array_equal(rank0["logits"], two_ranks["rest"][0]["logits"])
+
+
+def test_two_ranks_resume_a_one_process_checkpoint(two_ranks, one_process):
+    from rest_fair.persistence.checkpoint import read_checkpoint
+
+    rank0, rank1 = two_ranks["resume_other_world"]
+    np.testing.assert_array_equal(rank0["logits"], rank1["logits"])
+    assert rank0["history"] == rank1["history"]
+    saved = read_checkpoint(two_ranks["single_checkpoint"])["train_state"]["history"]
+    assert len(saved) == 2 and len(rank0["history_list"]) == 4
+    assert rank0["history_list"][:2] == saved  # continued, not restarted
+    assert abs(rank0["wga"] - one_process["rest"]["wga"]) <= 0.05
+
+
+def test_ranks_given_different_data_are_refused(two_ranks):
+    for result in two_ranks["different_data"]:
+        assert result["error"] is not None
+        assert "rank 1 was given different data or parameters than rank 0" in result["error"]
+
+
+def test_mask_divergence_is_detected_on_every_rank(two_ranks):
+    for result in two_ranks["diverge"]:
+        assert result["error"] is not None
+        assert "masks differ across ranks" in result["error"]
+        assert f"layer(s) [{result['layer']!r}]" in result["error"]
+        assert "on rank(s) [1] than on rank 0" in result["error"]
+
+
+def test_only_rank_0_shows_progress(two_ranks):
+    logs = two_ranks["logs"]
+    assert "REST" in logs[0]  # the fit with verbose=1 shows its bar on rank 0 ...
+    assert "REST" not in logs[1]  # ... and only there
+
+
+# ----------------------------------------------------------------- a dead or hung rank
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("how", ["kill", "hang"])
+def test_dead_or_hung_rank_fails_the_others_within_the_timeout(tmp_path, how):
+    """Two ranks started like torchrun's workers, but without its agent (as under srun)."""
+    timeout = 4.0
+    port = str(_free_port())
+    procs = []
+    for rank in range(2):
+        env = _env(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2",
+                   MASTER_ADDR="127.0.0.1", MASTER_PORT=port,
+                   REST_FAIR_TEST_TIMEOUT=str(timeout))
+        procs.append(subprocess.Popen([sys.executable, str(WORKER), str(tmp_path), how],
+                                      env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT, text=True))
+    try:
+        out0, _ = procs[0].communicate(timeout=60)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+        for p in procs:
+            p.communicate()
+    assert procs[0].returncode == 3, _tail(out0)
+    error = json.loads((tmp_path / "error-rank0.json").read_text())
+    failed_at = float((tmp_path / "failed_at").read_text())
+    elapsed = error["time"] - failed_at
+    assert error["type"] == "DistributedError"
+    assert "distributed fit failed on rank 0 of 2" in error["message"]
+    assert f"distributed_timeout={timeout:g} s" in error["message"]
+    if how == "kill":  # gloo sees the closed connection at once
+        assert 0 <= elapsed < timeout, elapsed
+    else:  # nothing to see: the collective's timeout ends the wait
+        assert timeout - 0.5 <= elapsed < timeout + 5, elapsed
+        assert "timed out" in error["message"].lower()
