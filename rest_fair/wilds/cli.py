@@ -71,9 +71,11 @@ def _configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--module", default="auto", help="auto, mlp, cnn or resnet18")
     parser.add_argument("--max-epochs", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=0.01)
-    parser.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd",
-                        help="sgd (the REST paper's) or adam (trains faster on TF-IDF text)")
+    parser.add_argument("--lr", type=float, default=None,
+                        help="default: 0.01 for sgd, 1e-3 for adam")
+    parser.add_argument("--optimizer", choices=("auto", "sgd", "adam"), default="auto",
+                        help="sgd (the REST paper's) or adam (trains faster on TF-IDF text); "
+                             "auto: sgd for images, adam for text")
     parser.add_argument("--image-size", type=int, default=64,
                         help="image side after the WILDS-style transform (WILDS uses 224)")
     parser.add_argument("--max-features", type=int, default=20000,
@@ -131,12 +133,14 @@ def run(args: argparse.Namespace) -> int:
         print(f"rest-fair wilds: {exc}", file=sys.stderr)
         return 2
     spec = dataset_spec(args.dataset)
+    _resolve_optimizer(args, spec)
     out_dir = Path(args.out_dir)
     if args.synthetic:
-        from .synthetic import make_synthetic_layout
+        from .synthetic import SMOKE_GROUP_COUNTS, make_synthetic_layout
 
         if not (Path(args.root_dir) / spec.dirname / spec.release_file).exists():
-            make_synthetic_layout(spec.name, args.root_dir, seed=args.seed)
+            make_synthetic_layout(spec.name, args.root_dir, seed=args.seed,
+                                  group_counts=SMOKE_GROUP_COUNTS.get(spec.name))
     try:
         dataset = load_wilds(spec.name, args.root_dir, download=args.download)
     except FileNotFoundError as exc:
@@ -185,6 +189,15 @@ def run(args: argparse.Namespace) -> int:
     (out_dir / "metrics.json").write_text(json.dumps(record, indent=2, default=str))
     _print_summary(spec.name, results, files, out_dir)
     return 0
+
+
+def _resolve_optimizer(args: argparse.Namespace, spec: Any) -> None:
+    # TF-IDF rows are L2-normalised, so their entries are small and SGD at lr 0.01 barely
+    # moves in a few epochs; Adam adapts its steps to them.
+    if args.optimizer == "auto":
+        args.optimizer = "adam" if spec.modality == "text" else "sgd"
+    if args.lr is None:
+        args.lr = 1e-3 if args.optimizer == "adam" else 0.01
 
 
 def _fit(args: argparse.Namespace, dataset: Any, spec: Any) -> tuple[Any, dict, dict]:
