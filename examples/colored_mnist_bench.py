@@ -89,6 +89,8 @@ print(outputs["markdown"])
 for path in outputs["files"]:
     if path.suffix == ".png":
         image = plt.imread(path)
-        fig = plt.figure(figsize=(image.shape[1] / 110, image.shape[0] / 110))
-        fig.figimage(image)
+        fig = plt.figure(figsize=(image.shape[1] / 100, image.shape[0] / 100))
+        ax = fig.add_axes((0, 0, 1, 1))
+        ax.imshow(image)
+        ax.set_axis_off()
 plt.show()

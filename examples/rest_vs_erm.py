@@ -95,16 +95,18 @@ print(f"Colored {'Digits' if args.digits else 'MNIST 5k'}, "
 print(table.to_string())
 
 # %%
-# Reweighting lifts the worst group well above ERM's, dense or sparse; at 90 % sparsity
-# REST keeps most of that gain with a tenth of the weights.
+# Reweighting lifts the worst group well above ERM's, dense or sparse: REST beats both ERM
+# variants with a tenth of the weights, while on this small data set dense reweighting is
+# better still (the user guide's three-seed table shows the same ordering).
 
 means = 100 * results.groupby("method", sort=False)[metrics].mean()
-ax = means.plot.barh(figsize=(7, 3.6), width=0.8)
+ax = means.plot.barh(figsize=(7, 4), width=0.8)
 ax.invert_yaxis()
 ax.set_xlabel("test accuracy (%)")
 ax.set_ylabel("")
-ax.set_title(f"Colored MNIST, {100 * args.conflict_ratio:g} % bias-conflicting training samples")
-ax.legend(["unbiased", "worst group", "conflicting"], loc="lower right", fontsize=8)
+ax.set_title(f"Colored MNIST, {100 * args.conflict_ratio:g} % conflicting training samples")
+ax.legend(["unbiased", "worst group", "conflicting"], loc="upper center", ncol=3,
+          bbox_to_anchor=(0.5, -0.15), fontsize=8, frameon=False)
 ax.grid(axis="x", alpha=0.3)
 plt.tight_layout()
 plt.show()

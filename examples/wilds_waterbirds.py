@@ -44,7 +44,7 @@ parser.add_argument("--out-dir", default=None,
                     help="default: waterbirds_results (a temporary folder for synthetic data)")
 parser.add_argument("--module", default="cnn", help="cnn, resnet18, mlp, ...")
 parser.add_argument("--image-size", type=int, default=32)
-parser.add_argument("--epochs", type=int, default=10)
+parser.add_argument("--epochs", type=int, default=5)
 parser.add_argument("--sparsity", type=float, default=0.9)
 parser.add_argument("--seed", type=int, default=0)
 args = parser.parse_args()
@@ -63,9 +63,7 @@ except FileNotFoundError:
     print("Running on a tiny SYNTHETIC layout instead -- not Waterbirds results.\n",
           file=sys.stderr)
     root = Path(tempfile.mkdtemp(prefix="rest_fair_waterbirds_"))
-    make_synthetic_layout("waterbirds", root, image_size=32, seed=args.seed,
-                          group_counts={"train": (280, 40, 40, 280), "val": (30,) * 4,
-                                        "test": (60,) * 4})
+    make_synthetic_layout("waterbirds", root, image_size=32, seed=args.seed)
     dataset = load_wilds("waterbirds", root)
     synthetic = True
 out = Path(args.out_dir or (root / "results" if synthetic else "waterbirds_results"))

@@ -107,6 +107,28 @@ def test_cli_runs_through_rest_fair_entry_point(tmp_path, capsys):
     assert "acc_wg" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("name", ["waterbirds", "celebA", "civilcomments"])
+def test_synthetic_smoke_run_learns(tmp_path, name):
+    # The command's own defaults (epochs, optimizer, lr, sparsity, reweighting), with a
+    # smaller image side to keep the test fast: on the balanced test split chance is 50 %.
+    out = tmp_path / "out"
+    argv = ["wilds", "--dataset", name, "--root-dir", str(tmp_path / "data"),
+            "--out-dir", str(out), "--synthetic", "--device", "cpu", "--seed", "1"]
+    if name != "civilcomments":
+        argv += ["--image-size", "16"]
+    assert rest_fair_main(argv) == 0
+    record = json.loads((out / "metrics.json").read_text())
+    test = record["metrics"]["test"]
+    average = test["adj_acc_avg" if name == "waterbirds" else "acc_avg"]
+    assert average >= 0.85, f"{name} smoke run did not learn: {test}"
+    assert test["acc_wg"] >= 0.6, f"{name} smoke run fails a group: {test}"
+    text = name == "civilcomments"
+    assert record["settings"]["optimizer"] == ("adam" if text else "sgd")
+    assert record["settings"]["lr"] == (1e-3 if text else 0.01)
+    settings = record["settings"]
+    assert f"{settings['optimizer']} lr {settings['lr']}" in record["protocol"]
+
+
 def test_cli_missing_data_exits_with_message(tmp_path, capsys):
     status = rest_fair_main(["wilds", "--dataset", "celeba", "--root-dir", str(tmp_path)])
     assert status == 2

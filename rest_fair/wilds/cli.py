@@ -61,8 +61,8 @@ CUSTOM_DEFAULTS = {
     "weights": None,
     "max_epochs": 10,
     "batch_size": 64,
-    "lr": 0.01,
-    "optimizer": "sgd",
+    "lr": None,  # by optimizer: see _default_optimizer
+    "optimizer": "auto",
     "momentum": 0.9,
     "weight_decay": 0.0,
     "lr_scheduler": "plateau",
@@ -131,10 +131,13 @@ def _configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                              "--module")
     parser.add_argument("--max-epochs", type=int, default=None)
     parser.add_argument("--batch-size", type=int, default=None)
-    parser.add_argument("--lr", type=float, default=None)
-    parser.add_argument("--optimizer", choices=("sgd", "adam", "adamw"), default=None,
+    parser.add_argument("--lr", type=float, default=None,
+                        help="custom protocol default: 0.01 for sgd, 1e-3 for adam, 1e-5 "
+                             "for adamw")
+    parser.add_argument("--optimizer", choices=("auto", "sgd", "adam", "adamw"), default=None,
                         help="sgd (the REST paper's), adam (trains faster on TF-IDF text) or "
-                             "adamw")
+                             "adamw; auto (custom protocol default): adam for TF-IDF text, "
+                             "adamw for hf: models, sgd for images")
     parser.add_argument("--momentum", type=float, default=None)
     parser.add_argument("--weight-decay", type=float, default=None)
     parser.add_argument("--lr-scheduler", choices=("plateau", "cosine", "constant"),
@@ -234,10 +237,29 @@ def resolve_settings(args: argparse.Namespace, spec: Any) -> dict[str, Any]:
         settings["weights"] = None  # the recipe's weights belong to the recipe's backbone
     if random_init:
         settings["weights"] = None
+    if settings["optimizer"] == "auto":
+        settings["optimizer"] = _default_optimizer(spec, settings["module"])
+    if settings["lr"] is None:
+        settings["lr"] = _DEFAULT_LR[settings["optimizer"]]
     settings["dense_layers"] = tuple(settings["dense_layers"] or ())
     settings["seeds"] = list(args.seeds) if args.seeds else default_seeds
     settings.update(extra)
     return settings
+
+
+#: ``--protocol custom``'s learning rate when ``--lr`` is not given, by optimizer.
+_DEFAULT_LR = {"sgd": 0.01, "adam": 1e-3, "adamw": 1e-5}
+
+
+def _default_optimizer(spec: Any, module: str) -> str:
+    """The custom protocol's optimizer for ``--optimizer auto``."""
+    if module.startswith("hf:"):
+        return "adamw"  # pretrained transformers are fine-tuned with AdamW (WILDS' recipe)
+    if spec.modality == "text":
+        # TF-IDF rows are L2-normalised, so their entries are small and SGD at lr 0.01
+        # barely moves in a few epochs; Adam adapts its steps to them.
+        return "adam"
+    return "sgd"
 
 
 def _module_params(settings: dict[str, Any]) -> dict[str, Any] | None:
@@ -264,10 +286,11 @@ def run(args: argparse.Namespace) -> int:
     spec = dataset_spec(args.dataset)
     out_dir = Path(args.out_dir)
     if args.synthetic:
-        from .synthetic import make_synthetic_layout
+        from .synthetic import SMOKE_GROUP_COUNTS, make_synthetic_layout
 
         if not (Path(args.root_dir) / spec.dirname / spec.release_file).exists():
-            make_synthetic_layout(spec.name, args.root_dir, seed=args.seed)
+            make_synthetic_layout(spec.name, args.root_dir, seed=args.seed,
+                                  group_counts=SMOKE_GROUP_COUNTS.get(spec.name))
     try:
         dataset = load_wilds(spec.name, args.root_dir, download=args.download)
     except FileNotFoundError as exc:
