@@ -23,6 +23,7 @@ from .callbacks import check_callbacks
 from .models import build_module
 from .objectives import make_objective
 from .reweighting import cell_weights, sample_weights_for
+from .sparse.compute import make_sparse_compute
 from .text import fit_text_input, text_input
 from .training import (
     EpochSampler,
@@ -58,7 +59,8 @@ SPARSE_INIT_RENAMED = (
 )
 # parameters that do not change what a run computes: they may differ on resume
 _RUN_INDEPENDENT = ("verbose", "callbacks", "device", "num_workers", "warm_start",
-                    "distributed", "distributed_timeout")
+                    "distributed", "distributed_timeout", "sparse_compute",
+                    "sparse_compute_threshold")
 
 
 def resolve_device(device: Any) -> torch.device:
@@ -278,7 +280,8 @@ def _check_warm_start(est: Any, classes: np.ndarray, shape_before: tuple) -> Non
 
 def _build_parts(est: Any, module: torch.nn.Module, data: TrainSet, valid: EvalSet | None,
                  *, device: torch.device, precision: Precision, generator: torch.Generator,
-                 callbacks: list, warm_masks: dict | None) -> TrainingParts:
+                 callbacks: list, warm_masks: dict | None,
+                 distributed: bool = False) -> TrainingParts:
     steps_per_epoch = data.sampler.steps_per_epoch
     layer_density, init = _layer_density(est)
     sparsity = make_sparsity(
@@ -297,8 +300,15 @@ def _build_parts(est: Any, module: torch.nn.Module, data: TrainSet, valid: EvalS
         generator=generator,
         masks=warm_masks,
     )
+    sparsity = make_sparse_compute(
+        module, sparsity, mode=est.sparse_compute, threshold=est.sparse_compute_threshold,
+        batch_size=est.batch_size, device=device, autocast_dtype=precision.dtype,
+        grad_scaling=precision.scaler is not None, distributed=distributed,
+    )
     optimizer = make_optimizer(est.optimizer, module.parameters(), lr=est.lr,
                                momentum=est.momentum, weight_decay=est.weight_decay)
+    if sparsity is not None:
+        sparsity.bind_optimizer(optimizer)
     return TrainingParts(
         module=module,
         optimizer=optimizer,
@@ -420,7 +430,8 @@ def fit_estimator(
                 ).to(device)
             parts = _build_parts(est, module, data, valid, device=device, precision=precision,
                                  generator=generator, callbacks=callbacks,
-                                 warm_masks=dict(est.masks_) if warm and est.masks_ else None)
+                                 warm_masks=dict(est.masks_) if warm and est.masks_ else None,
+                                 distributed=ctx is not None)
             if ctx is not None:
                 ctx.prepare(parts)
             state = None
@@ -450,6 +461,7 @@ def fit_estimator(
     est.n_topology_updates_ = updates_before + (
         parts.sparsity.n_updates if parts.sparsity is not None else 0)
     est.n_train_steps_ = steps_before + state.step
+    est.sparse_compute_layers_ = list(getattr(parts.sparsity, "converted", ()))
     est.group_weight_history_ = getattr(parts.objective, "history", None)
     est.groups_ = list(train_group_labels)
     est.group_weights_ = {

@@ -19,6 +19,7 @@ from .objectives import OBJECTIVES
 from .persistence import model_file
 from .reweighting import REWEIGHT_MODES
 from .sparse import DROP_SCHEDULES, REGROW_MODES
+from .sparse.compute import SPARSE_COMPUTE_MODES
 from .text import text_input
 from .training import LR_SCHEDULERS, OPTIMIZERS, PRECISIONS
 
@@ -77,6 +78,22 @@ class RESTClassifier(ClassifierMixin, BaseEstimator):
         validated model has trained since its last topology change.
     update_end : float in [0, 1], default=0.75
         Fraction of training after which the topology is frozen (``T_end``).
+    sparse_compute : {"auto", "masked", "csr"}, default="auto"
+        How sparse layers are computed in training. ``"masked"`` keeps dense weights and
+        re-applies the masks after every step (every step costs as much as a dense one).
+        ``"csr"`` trains every plain linear layer whose density is at or below
+        ``sparse_compute_threshold`` with sparse kernels (CSR forward, sparse input
+        gradient, weight gradient only at the active weights, optimizer state only for
+        them; the dense gradient is scanned only at RigL topology updates).
+        ``"auto"`` times each such layer once per process on the training device at
+        ``batch_size`` and uses the sparse kernels only where they are clearly faster.
+        Convolutions always use the masked path, and so do runs with
+        ``precision="16-mixed"`` and data-parallel runs (``"csr"`` refuses both). Results equal the masked path's
+        up to floating-point rounding; ``module_``, ``masks_``, checkpoints and saved
+        files are the same in every mode. See ``docs/efficiency.md`` for measured times.
+    sparse_compute_threshold : float in [0, 1], default=0.2
+        Highest layer density trained with sparse kernels (``"csr"``) or timed
+        (``"auto"``).
     upweight : None, "balanced", float or dict, default="balanced"
         Minority reweighting. ``None``: none. ``"balanced"``: every group is drawn equally
         often. A float ``lambda``: within each class the most frequent group is the aligned
@@ -186,6 +203,8 @@ class RESTClassifier(ClassifierMixin, BaseEstimator):
         Prune-and-regrow updates performed.
     n_train_steps_ : int
         Optimizer steps performed.
+    sparse_compute_layers_ : list of str
+        Layers trained with sparse kernels in the last fit (see ``sparse_compute``).
     group_weight_history_ : list of list of float or None
         GroupDRO's group weights at the end of each epoch (``objective="groupdro"``).
     inferred_groups_ : ndarray of bool or None
@@ -207,6 +226,8 @@ class RESTClassifier(ClassifierMixin, BaseEstimator):
         "drop_schedule": [Options(DROP_SCHEDULES)],
         "update_interval": [Interval(Integral, 1, _INF, "left"), Options(("auto",))],
         "update_end": [Interval(Real, 0, 1, "both")],
+        "sparse_compute": [Options(SPARSE_COMPUTE_MODES)],
+        "sparse_compute_threshold": [Interval(Real, 0, 1, "both")],
         "upweight": [TypeOf((_NONE, Mapping), "None or a dict"), Options(("balanced",)),
                      Interval(Real, 0, _INF, "neither")],
         "reweight": [Options(REWEIGHT_MODES)],
@@ -247,6 +268,8 @@ class RESTClassifier(ClassifierMixin, BaseEstimator):
         drop_schedule: str = "cosine",
         update_interval: int | str = "auto",
         update_end: float = 0.75,
+        sparse_compute: str = "auto",
+        sparse_compute_threshold: float = 0.2,
         upweight: str | float | Mapping[Hashable, float] | None = "balanced",
         reweight: str = "sampler",
         objective: str = "erm",
@@ -282,6 +305,8 @@ class RESTClassifier(ClassifierMixin, BaseEstimator):
         self.drop_schedule = drop_schedule
         self.update_interval = update_interval
         self.update_end = update_end
+        self.sparse_compute = sparse_compute
+        self.sparse_compute_threshold = sparse_compute_threshold
         self.upweight = upweight
         self.reweight = reweight
         self.objective = objective

@@ -1,9 +1,12 @@
 """Dynamic sparse training: keep masks applied and update the topology on schedule.
 
 The engine follows the prepare / step / update-mask rhythm of ``torch.ao.pruning``: a
-training step calls :meth:`DynamicSparsity.before_step` between ``backward()`` and
-``optimizer.step()`` (where the dense gradient of the batch is available) and
-:meth:`DynamicSparsity.after_step` after it.
+training step calls :meth:`DynamicSparsity.prepare_step` before the forward pass,
+:meth:`DynamicSparsity.before_step` between ``backward()`` and ``optimizer.step()`` (where
+the dense gradient of the batch is available) and :meth:`DynamicSparsity.after_step` after
+it. Masked training needs nothing before the forward pass; the sparse-compute engine
+(:mod:`rest_fair.sparse.compute`) uses it to have the backward pass of an update step
+produce what the update needs.
 
 Where updates fall
 ------------------
@@ -95,7 +98,13 @@ class DynamicSparsity:
         )
         return due and step <= self.schedule.end_step and self.schedule(step) > 0.0
 
-    # -- the two calls of a training step ------------------------------------------------
+    # -- the calls of a training step -----------------------------------------------------
+    def prepare_step(self, step: int) -> None:
+        """Get ready for optimizer step ``step``; call before its forward pass.
+
+        Masked training has nothing to prepare: the dense gradient is always computed.
+        """
+
     def before_step(self, step: int, optimizer: torch.optim.Optimizer | None = None) -> int:
         """Update the topology if due at ``step``; call after ``backward()``.
 
@@ -126,6 +135,18 @@ class DynamicSparsity:
     def after_step(self) -> None:
         """Re-apply the masks after ``optimizer.step()`` so inactive weights stay 0."""
         self.masks.apply_()
+
+    def bind_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
+        """Connect the run's optimizer (built over the module's current parameters).
+
+        Nothing to do for masked training.
+        """
+
+    def finish(self, optimizer: torch.optim.Optimizer | None = None) -> None:
+        """End of training: leave the module (and ``optimizer``) in their dense form.
+
+        Masked training never changed them.
+        """
 
     # -- state --------------------------------------------------------------------------
     def state_dict(self) -> dict:

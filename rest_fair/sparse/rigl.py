@@ -10,6 +10,11 @@ At each update every masked layer
 
 Regrown weights start at exactly zero and their optimizer state (momentum, Adam moments) is
 reset, so the active count of every layer is unchanged and density stays at target.
+
+Ties (weights of equal magnitude, e.g. regrown zeros that never received a gradient, or
+equal gradients) go to the lowest flat index, on every device and for every way of
+computing the update (:mod:`rest_fair.sparse.compute` scans the same choice block by
+block).
 """
 
 from __future__ import annotations
@@ -21,7 +26,15 @@ import torch
 
 from .masks import MaskSet
 
-__all__ = ["REGROW_MODES", "prune_and_regrow", "update_topology"]
+__all__ = [
+    "REGROW_MODES",
+    "apply_decision",
+    "decide_layer",
+    "prune_and_regrow",
+    "top_k_first",
+    "update_layer",
+    "update_topology",
+]
 
 #: Regrowth criteria: ``"gradient"`` (RigL) or ``"random"`` (SET).
 REGROW_MODES = ("gradient", "random")
@@ -29,6 +42,45 @@ _NO_GRADIENT = (
     "regrow='gradient' needs the dense gradient of weight {!r}; call the update after "
     "backward() and before the gradients are cleared."
 )
+
+
+def top_k_first(
+    score: torch.Tensor, k: int, *, largest: bool = True, order: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Positions of the ``k`` largest (or smallest) entries of a 1-D ``score``.
+
+    Unlike :func:`torch.topk`, ties at the boundary are broken deterministically: the
+    positions with the lowest ``order`` (default: the position itself) win.
+
+    Parameters
+    ----------
+    score : 1-D Tensor
+    k : int
+    largest : bool, default=True
+    order : 1-D LongTensor, optional
+        Tie-break key of each entry (distinct values).
+
+    Returns
+    -------
+    LongTensor
+        ``min(k, score.numel())`` positions, in no particular order.
+    """
+    n = score.numel()
+    k = max(0, min(int(k), n))
+    if k == n:
+        return torch.arange(n, device=score.device)
+    if k == 0:
+        return torch.empty(0, dtype=torch.long, device=score.device)
+    top = torch.topk(score, k, largest=largest, sorted=False)
+    bound = top.values.min() if largest else top.values.max()
+    beyond = score > bound if largest else score < bound
+    chosen = beyond.nonzero().squeeze(1)
+    ties = (score == bound).nonzero().squeeze(1)
+    if chosen.numel() + ties.numel() < k:  # NaN scores compare unequal: keep topk's choice
+        return top.indices
+    if order is not None:
+        ties = ties[torch.argsort(order[ties])]
+    return torch.cat([chosen, ties[: k - chosen.numel()]])
 
 
 @torch.no_grad()
@@ -77,7 +129,7 @@ def prune_and_regrow(
 
     magnitude = weight.detach().reshape(-1).abs().float()
     magnitude = magnitude.masked_fill(~flat_mask, math.inf)
-    dropped = torch.topk(magnitude, k, largest=False, sorted=False).indices
+    dropped = top_k_first(magnitude, k, largest=False)
     new_mask = flat_mask.clone()
     new_mask[dropped] = False
 
@@ -88,9 +140,86 @@ def prune_and_regrow(
     else:
         score = torch.rand(flat_mask.numel(), generator=generator).to(mask.device)
     score = score.masked_fill(new_mask, -math.inf)
-    grown = torch.topk(score, k, largest=True, sorted=False).indices
+    grown = top_k_first(score, k, largest=True)
     new_mask[grown] = True
     return new_mask.view_as(mask), dropped, grown
+
+
+@torch.no_grad()
+def decide_layer(
+    masks: MaskSet,
+    name: str,
+    fraction: float,
+    *,
+    regrow: str = "gradient",
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The prune-and-regrow decision for the masked weight ``name``; changes nothing.
+
+    Returns
+    -------
+    (new_mask, grown) or None
+        The layer's new mask and the flat indices of its regrown positions, or ``None``
+        when the layer has nothing to exchange (``k = 0`` or a dense layer).
+    """
+    param = masks.params[name]
+    mask = masks.mask(name)
+    n_active = int(mask.sum())
+    k = math.ceil(fraction * n_active)
+    if k == 0 or n_active == mask.numel():
+        return None
+    new_mask, _, grown = prune_and_regrow(
+        param, mask, k, regrow=regrow, grad=param.grad, generator=generator
+    )
+    return new_mask, grown
+
+
+@torch.no_grad()
+def apply_decision(
+    masks: MaskSet,
+    name: str,
+    new_mask: torch.Tensor,
+    grown: torch.Tensor,
+    *,
+    optimizer: torch.optim.Optimizer | None = None,
+) -> int:
+    """Set ``new_mask`` for ``name``, zero its regrown weights and their optimizer state.
+
+    The masks are not re-applied. Returns the number of weights of this layer that changed
+    from inactive to active.
+    """
+    param = masks.params[name]
+    changed = int((new_mask & ~masks.mask(name)).sum())
+    masks.set_mask(name, new_mask)
+    param.view(-1)[grown] = 0.0
+    if optimizer is not None:
+        _reset_state(optimizer, param, grown)
+    return changed
+
+
+@torch.no_grad()
+def update_layer(
+    masks: MaskSet,
+    name: str,
+    fraction: float,
+    *,
+    regrow: str = "gradient",
+    optimizer: torch.optim.Optimizer | None = None,
+    generator: torch.Generator | None = None,
+) -> int:
+    """Prune-and-regrow the masked weight ``name`` of ``masks`` (see :func:`update_topology`).
+
+    The new mask is set and regrown weights are zeroed; the masks are not re-applied.
+
+    Returns
+    -------
+    int
+        Number of weights of this layer that changed from inactive to active.
+    """
+    decision = decide_layer(masks, name, fraction, regrow=regrow, generator=generator)
+    if decision is None:
+        return 0
+    return apply_decision(masks, name, *decision, optimizer=optimizer)
 
 
 @torch.no_grad()
@@ -129,26 +258,14 @@ def update_topology(
     """
     decisions = {}
     for name in masks.names:
-        param = masks.params[name]
-        mask = masks.mask(name)
-        n_active = int(mask.sum())
-        k = math.ceil(fraction * n_active)
-        if k == 0 or n_active == mask.numel():
-            continue  # a dense layer has nothing to exchange
-        new_mask, _, grown = prune_and_regrow(
-            param, mask, k, regrow=regrow, grad=param.grad, generator=generator
-        )
-        decisions[name] = (new_mask, grown)
+        decision = decide_layer(masks, name, fraction, regrow=regrow, generator=generator)
+        if decision is not None:
+            decisions[name] = decision
     if synchronise is not None:
         decisions = synchronise(decisions)
     changed = 0
     for name, (new_mask, grown) in decisions.items():
-        param = masks.params[name]
-        changed += int((new_mask & ~masks.mask(name)).sum())
-        masks.set_mask(name, new_mask)
-        param.view(-1)[grown] = 0.0
-        if optimizer is not None:
-            _reset_state(optimizer, param, grown)
+        changed += apply_decision(masks, name, new_mask, grown, optimizer=optimizer)
     masks.apply_()
     return changed
 

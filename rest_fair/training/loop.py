@@ -153,8 +153,13 @@ class TrainingRun:
         if self._pending_callback_states is not None:
             self._load_callback_states(self._pending_callback_states)
         self.parts.forward_module.train()
-        while self.state.epoch < self.parts.max_epochs and not self.state.stopped:
-            self.run_single_epoch()
+        try:
+            while self.state.epoch < self.parts.max_epochs and not self.state.stopped:
+                self.run_single_epoch()
+        finally:
+            if self.parts.sparsity is not None:
+                # sparse-compute layers go back to dense nn.Linear (with their optimizer state)
+                self.parts.sparsity.finish(self.parts.optimizer)
         self.notify("on_train_end")
         if self.state.best_module_state is not None:
             self.parts.module.load_state_dict(self.state.best_module_state)
@@ -228,19 +233,23 @@ class TrainingRun:
     def train_step(self, x: Any, idx: torch.Tensor) -> torch.Tensor:
         """One optimizer step on a batch; returns the detached batch loss.
 
-        Order inside the step: forward and loss (under autocast), backward, the topology
-        update when due (it reads this batch's dense gradient, so the optimizer step that
-        follows trains the regrown weights), optimizer step, masks re-applied.
+        Order inside the step: the sparse engine prepares the step (it knows before the
+        forward pass whether the topology changes), forward and loss (under autocast),
+        backward, the topology update when due (it reads this batch's dense gradient, so
+        the optimizer step that follows trains the regrown weights), optimizer step, masks
+        re-applied.
         """
         p, s = self.parts, self.state
+        step = s.step + 1
+        sparsity = p.sparsity
+        if sparsity is not None:
+            sparsity.prepare_step(step)
         with p.precision.autocast():
             logits = p.forward_module(x)
             loss = p.objective(logits, self._y[idx],
                                None if self._w is None else self._w[idx], self._g[idx])
         p.optimizer.zero_grad(set_to_none=True)
         p.precision.backward(loss)
-        step = s.step + 1
-        sparsity = p.sparsity
         if sparsity is not None and sparsity.is_update_step(step):
             p.precision.unscale_(p.optimizer)
             if self._gradients_finite():
@@ -365,9 +374,10 @@ class TrainingRun:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict` (callback states are restored when the loop starts)."""
         p = self.parts
-        p.module.load_state_dict(state["module"])
+        # masks first: a sparse-compute layer reads its weights at its current pattern
         if p.sparsity is not None:
             p.sparsity.load_state_dict(state["sparsity"])
+        p.module.load_state_dict(state["module"])
         p.optimizer.load_state_dict(state["optimizer"])
         if p.scheduler is not None and state["scheduler"] is not None:
             p.scheduler.load_state_dict(state["scheduler"])

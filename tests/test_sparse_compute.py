@@ -1,0 +1,351 @@
+"""Sparse compute inside fit (rest_fair.sparse.compute): same training, sparse kernels."""
+
+from __future__ import annotations
+
+import copy
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from sklearn.datasets import make_classification
+from torch import nn
+
+from rest_fair import RESTClassifier
+from rest_fair.callbacks import Callback, Checkpoint
+from rest_fair.models import build_module
+from rest_fair.persistence.checkpoint import read_checkpoint
+from rest_fair.sparse import DropSchedule, DynamicSparsity, MaskSet, compute
+from rest_fair.sparse.compute import (
+    CSRDynamicSparsity,
+    CSRLinear,
+    LayerTiming,
+    candidate_layers,
+    make_sparse_compute,
+    measure_layer,
+)
+from rest_fair.sparse.rigl import top_k_first
+
+
+class DoubleMLP(nn.Module):
+    """A float64 MLP (inputs are cast), so that two training paths compare to 1e-10."""
+
+    def __init__(self, input_shape, n_classes, hidden=(64, 48)):
+        super().__init__()
+        n_in, layers = int(np.prod(input_shape)), []
+        for width in hidden:
+            layers += [nn.Linear(n_in, width), nn.ReLU()]
+            n_in = width
+        layers.append(nn.Linear(n_in, n_classes))
+        self.layers = nn.Sequential(*layers)
+        self.double()
+
+    def forward(self, x):
+        return self.layers(x.double())
+
+
+@pytest.fixture(scope="module")
+def data():
+    X, y = make_classification(400, 30, n_informative=8, n_classes=3, random_state=0)
+    return X.astype(np.float32), y
+
+
+class Recorder(Callback):
+    """Weights and masks after every optimizer step; steps of topology updates."""
+
+    def on_train_begin(self, net, **kwargs):
+        self.weights, self.masks, self.updates = [], [], []
+
+    def on_batch_end(self, net, *, step, loss, **kwargs):
+        self.weights.append({k: v.clone() for k, v in net.module_.state_dict().items()})
+        self.masks.append({k: v.clone() for k, v in net.masks_.items()})
+
+    def on_topology_update(self, net, *, step, n_regrown, **kwargs):
+        self.updates.append(step)
+
+
+def _clf(**params):
+    base = dict(sparsity=0.95, max_epochs=3, batch_size=32, lr=0.05, random_state=0,
+                device="cpu", validation_fraction=0.0, lr_scheduler="constant",
+                module=DoubleMLP, update_interval=7, sparse_compute_threshold=0.3)
+    return RESTClassifier(**{**base, **params})
+
+
+def _counts(masks):
+    return {k: int(v.sum()) for k, v in masks.items()}
+
+
+@pytest.fixture
+def small_blocks(monkeypatch):
+    # scan the dense gradient (and draw SET scores) a few rows at a time
+    monkeypatch.setattr(compute, "_SCAN_ENTRIES", 100)
+
+
+# ------------------------------------------------------------------- the layer itself
+def _layer(seed=0, density=0.1, bias=True, dtype=torch.float64):
+    torch.manual_seed(seed)
+    linear = nn.Linear(40, 24, bias=bias).to(dtype)
+    mask = torch.rand(24, 40) < density
+    mask[3] = False  # an empty row
+    with torch.no_grad():
+        linear.weight.mul_(mask)
+        linear.weight[mask & (torch.rand(24, 40) < 0.2)] = 0.0  # regrown zeros stay active
+    return linear, mask
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_layer_gradients_equal_masked_dense_gradients(bias):
+    linear, mask = _layer(bias=bias)
+    layer = CSRLinear(copy.deepcopy(linear), mask)
+    x = torch.randn(3, 5, 40, dtype=torch.float64, requires_grad=True)
+    target = torch.randn(3, 5, 24, dtype=torch.float64)
+    ((linear(x) - target) ** 2).sum().backward()
+    grad_x, x.grad = x.grad.clone(), None
+    out = layer(x)
+    torch.testing.assert_close(out, linear(x).detach(), rtol=0, atol=1e-12)
+    ((out - target) ** 2).sum().backward()
+    torch.testing.assert_close(x.grad, grad_x, rtol=0, atol=1e-12)
+    assert layer.nnz == int(mask.sum())
+    torch.testing.assert_close(layer.values.grad, linear.weight.grad[mask], rtol=0, atol=1e-12)
+    if bias:
+        torch.testing.assert_close(layer.bias.grad, linear.bias.grad, rtol=0, atol=1e-12)
+
+
+def test_layer_state_dict_has_the_form_of_nn_linear():
+    linear, mask = _layer()
+    layer = CSRLinear(linear, mask)
+    state = layer.state_dict()
+    assert list(state) == ["weight", "bias"]
+    torch.testing.assert_close(state["weight"], linear.weight.detach() * mask)
+    other = CSRLinear(_layer(seed=1)[0], mask)
+    other.load_state_dict(state)
+    torch.testing.assert_close(other.values, layer.values)
+    torch.testing.assert_close(other.bias, layer.bias)
+    with pytest.raises(RuntimeError, match="Missing key"):
+        other.load_state_dict({"weight": state["weight"]})
+    with pytest.raises(RuntimeError, match="Unexpected key"):
+        other.load_state_dict({**state, "values": layer.values})
+    with pytest.raises(RuntimeError, match="size mismatch for weight"):
+        other.load_state_dict({**state, "weight": torch.zeros(3, 3)})
+    assert torch.equal(layer.mask(), mask)
+
+
+def test_top_k_breaks_ties_by_lowest_index():
+    score = torch.tensor([3.0, 1.0, 2.0, 2.0, 5.0, 2.0, 0.0])
+    assert sorted(top_k_first(score, 3).tolist()) == [0, 2, 4]
+    assert sorted(top_k_first(score, 3, largest=False).tolist()) == [1, 2, 6]
+    order = torch.tensor([0, 1, 9, 8, 2, 7, 3])
+    assert sorted(top_k_first(score, 3, order=order).tolist()) == [0, 4, 5]
+    assert sorted(top_k_first(score, 10).tolist()) == list(range(7))
+    assert top_k_first(score, 0).numel() == 0
+
+
+@pytest.mark.parametrize("levels", [5, None])
+def test_chunked_top_k_equals_the_full_top_k(monkeypatch, levels):
+    g = torch.Generator().manual_seed(0)
+    scores = torch.rand(37, 11, generator=g).reshape(-1)
+    if levels:  # many ties
+        scores = (scores * levels).floor()
+    exclude = torch.randperm(scores.numel(), generator=g)[:150].sort().values
+    full = scores.clone()
+    full[exclude] = -float("inf")
+    expected = set(top_k_first(full, 60).tolist())
+    for entries in (11, 50, 10_000):
+        monkeypatch.setattr(compute, "_SCAN_ENTRIES", entries)
+        got = compute._chunked_topk(
+            37, 11, lambda r0, r1: scores[r0 * 11 : r1 * 11].clone(), exclude, 60)
+        assert set(got.tolist()) == expected
+
+
+# ---------------------------------------------------- fit: the same training, step by step
+@pytest.mark.usefixtures("small_blocks")
+def test_csr_training_equals_masked_training_step_by_step(data):
+    X, y = data
+    runs = {}
+    for mode in ("masked", "csr"):
+        rec = Recorder()
+        clf = _clf(sparse_compute=mode, callbacks=[rec]).fit(X, y)
+        runs[mode] = (clf, rec)
+    (masked, rec_m), (csr, rec_c) = runs["masked"], runs["csr"]
+    assert masked.sparse_compute_layers_ == []
+    assert csr.sparse_compute_layers_ == ["layers.0", "layers.2"]
+    assert rec_m.updates == rec_c.updates and rec_m.updates  # some topology updates happened
+    first = rec_m.updates[0]
+    assert len(rec_m.weights) == len(rec_c.weights) > first
+    for step, (wm, wc, mm, mc) in enumerate(
+        zip(rec_m.weights, rec_c.weights, rec_m.masks, rec_c.masks, strict=True), start=1
+    ):
+        assert _counts(mm) == _counts(mc)
+        same = all(torch.equal(mm[k], mc[k]) for k in mm)
+        assert same or step >= first
+        if same:  # (after updates: as long as the topologies agree)
+            for key in wm:
+                torch.testing.assert_close(wc[key], wm[key], rtol=0, atol=1e-10)
+    assert _counts(masked.masks_) == _counts(csr.masks_)
+
+
+@pytest.mark.usefixtures("small_blocks")
+def test_set_regrowth_draws_the_same_topology(data):
+    # random regrowth draws its scores from the run's generator in the same order and
+    # chunks as the masked path: the topologies (and so the weights) stay the same
+    X, y = data
+    recs = {}
+    for mode in ("masked", "csr"):
+        recs[mode] = Recorder()
+        _clf(sparse_compute=mode, regrow="random", callbacks=[recs[mode]]).fit(X, y)
+    assert recs["masked"].updates == recs["csr"].updates and recs["masked"].updates
+    for mm, mc, wm, wc in zip(recs["masked"].masks, recs["csr"].masks,
+                              recs["masked"].weights, recs["csr"].weights, strict=True):
+        assert all(torch.equal(mm[k], mc[k]) for k in mm)
+        for key in wm:
+            torch.testing.assert_close(wc[key], wm[key], rtol=0, atol=1e-9)
+
+
+def test_fitted_state_is_the_masked_state(data, tmp_path):
+    X, y = data
+    params = dict(module="mlp", module_params={"hidden_layer_sizes": (64, 48)})
+    masked = _clf(sparse_compute="masked", **params).fit(X, y)
+    csr = _clf(sparse_compute="csr", **params).fit(X, y)
+    assert csr.sparse_compute_layers_
+    assert all(type(m) is not CSRLinear for m in csr.module_.modules())
+    assert list(csr.module_.state_dict()) == list(masked.module_.state_dict())
+    assert _counts(csr.masks_) == _counts(masked.masks_)
+    for name, mask in csr.masks_.items():  # inactive weights are exactly zero
+        assert not dict(csr.module_.named_parameters())[name].detach()[~mask].any()
+    # the optimizer trains the dense module's parameters again
+    opt_params = {id(p) for g in csr.optimizer_.param_groups for p in g["params"]}
+    assert opt_params == {id(p) for p in csr.module_.parameters()}
+    for p, state in csr.optimizer_.state.items():
+        assert state["momentum_buffer"].shape == p.shape
+    # save / load and pickle as for any fitted estimator
+    csr.save(tmp_path / "m.rest")
+    loaded = RESTClassifier.load(tmp_path / "m.rest")
+    np.testing.assert_allclose(loaded.predict_proba(X), csr.predict_proba(X), rtol=1e-6)
+    again = pickle.loads(pickle.dumps(csr))
+    np.testing.assert_array_equal(again.predict(X), csr.predict(X))
+    report = csr.sparsity_report()
+    assert (report["n_active"] == [int(m.sum()) for m in masked.masks_.values()]).all()
+
+
+class StopAt(Callback):
+    def __init__(self, epoch):
+        self.epoch = epoch
+
+    def on_epoch_begin(self, net, *, epoch, **kwargs):
+        if epoch == self.epoch:
+            raise KeyboardInterrupt
+
+
+def test_checkpoints_of_a_csr_run_resume_in_either_mode(data, tmp_path):
+    X, y = data
+    params = dict(max_epochs=4, module="mlp", module_params={"hidden_layer_sizes": (64, 48)},
+                  validation_fraction=0.2)
+    whole = _clf(sparse_compute="csr", **params).fit(X, y)
+    with pytest.raises(KeyboardInterrupt):
+        _clf(sparse_compute="csr", callbacks=[StopAt(3), Checkpoint(tmp_path)],
+             **params).fit(X, y)
+    interrupted = _clf(sparse_compute="csr", callbacks=[StopAt(3)], **params)
+    with pytest.raises(KeyboardInterrupt):
+        interrupted.fit(X, y)
+    # a failed fit leaves the live module dense
+    assert all(type(m) is not CSRLinear for m in interrupted.module_.modules())
+
+    # the checkpoint has the masked format: dense weights and dense optimizer state
+    state = read_checkpoint(tmp_path)
+    shapes = {k: tuple(v.shape) for k, v in whole.module_.state_dict().items()}
+    assert {k: tuple(v.shape) for k, v in state["module"].items()} == shapes
+    weight_shapes = [tuple(p.shape) for p in whole.module_.parameters()]
+    saved = state["optimizer"]["state"]
+    assert [tuple(saved[i]["momentum_buffer"].shape) for i in sorted(saved)] == weight_shapes
+
+    resumed = _clf(sparse_compute="csr", **params).fit(X, y, resume_from=tmp_path)
+    assert [r["epoch"] for r in resumed.history_] == [1, 2, 3, 4]
+    for key, value in whole.module_.state_dict().items():
+        torch.testing.assert_close(resumed.module_.state_dict()[key], value)
+    assert all(torch.equal(resumed.masks_[k], whole.masks_[k]) for k in whole.masks_)
+
+    by_masked = _clf(sparse_compute="masked", **params).fit(X, y, resume_from=tmp_path)
+    assert _counts(by_masked.masks_) == _counts(whole.masks_)
+    assert by_masked.n_train_steps_ == whole.n_train_steps_
+
+
+def test_warm_start_and_bf16_precision(data):
+    X, y = data
+    clf = _clf(sparse_compute="csr", module="mlp", precision="bf16",
+               module_params={"hidden_layer_sizes": (64, 48)}).fit(X, y)
+    assert clf.sparse_compute_layers_
+    assert np.isfinite(clf.predict_proba(X)).all()
+    counts = _counts(clf.masks_)
+    clf.set_params(warm_start=True, precision="32").fit(X, y)
+    assert len(clf.history_) == 6
+    assert _counts(clf.masks_) == counts
+
+
+# ------------------------------------------------------------------ choosing the layers
+def _engine(module, sparsity=0.95, seed=0):
+    masks = MaskSet.random(module, density=1 - sparsity,
+                           generator=torch.Generator().manual_seed(seed))
+    masks.apply_()
+    return DynamicSparsity(masks, schedule=DropSchedule(0.3, 100), update_interval=10)
+
+
+def test_auto_converts_only_the_layers_measured_faster(monkeypatch):
+    net = build_module("mlp", input_shape=(30,), n_classes=3,
+                       module_params={"hidden_layer_sizes": (64, 48)})
+    engine = _engine(net)
+    names = [name for name, _, _ in candidate_layers(net, engine.masks, 0.3)]
+    assert names == ["layers.1", "layers.3"]
+
+    def fake(shape, nnz, batch_size, **kwargs):
+        return LayerTiming(masked=1.0, csr=0.5 if shape == (48, 64) else 0.95)
+
+    monkeypatch.setattr(compute, "measure_layer", fake)
+    timings = {}
+    out = make_sparse_compute(net, engine, mode="auto", threshold=0.3, timings=timings)
+    assert isinstance(out, CSRDynamicSparsity)
+    assert out.converted == ("layers.3",)  # 0.95 of the masked time is within the margin
+    assert set(timings) == {"layers.1", "layers.3"}
+    assert type(net.layers[3]) is CSRLinear and type(net.layers[1]) is nn.Linear
+    out.finish()
+    assert type(net.layers[3]) is nn.Linear
+
+
+def test_measure_layer_is_cached_and_leaves_the_global_rng_alone():
+    state = torch.get_rng_state()
+    timing = measure_layer((32, 40), 64, 16, repeats=2)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert timing.masked > 0 and timing.csr > 0
+    assert measure_layer((32, 40), 64, 16, repeats=2) is timing
+
+
+def test_masked_mode_convolutions_and_errors():
+    net = build_module("cnn", input_shape=(3, 16, 16), n_classes=3,
+                       module_params={"widths": (8, 16, 32)})
+    engine = _engine(net, sparsity=0.99)
+    assert [n for n, _, _ in candidate_layers(net, engine.masks, 1.0)] == ["classifier"]
+    assert make_sparse_compute(net, engine, mode="masked") is engine
+    assert make_sparse_compute(net, None, mode="csr") is None
+    with pytest.raises(ValueError, match="sparse_compute must be one of"):
+        make_sparse_compute(net, engine, mode="sparse")
+    with pytest.raises(ValueError, match="sparse_compute_threshold"):
+        make_sparse_compute(net, engine, mode="csr", threshold=1.5)
+    with pytest.raises(ValueError, match="16-mixed"):
+        make_sparse_compute(net, engine, mode="csr", grad_scaling=True)
+    with pytest.raises(ValueError, match="CPU or CUDA"):
+        make_sparse_compute(net, engine, mode="csr", device="meta")
+    assert make_sparse_compute(net, engine, mode="auto", grad_scaling=True) is engine
+    with pytest.raises(ValueError, match="sparse_compute"):
+        RESTClassifier(sparse_compute="sparse").fit(np.zeros((4, 2)), [0, 1, 0, 1])
+
+
+def test_an_update_step_without_its_plan_is_refused():
+    net = build_module("mlp", input_shape=(30,), n_classes=3,
+                       module_params={"hidden_layer_sizes": (64, 48)})
+    engine = make_sparse_compute(net, _engine(net), mode="csr", threshold=0.3)
+    step = next(s for s in range(1, 50) if engine.is_update_step(s))
+    net(torch.randn(4, 30)).sum().backward()
+    with pytest.raises(RuntimeError, match="prepare_step"):
+        engine.before_step(step)
+    engine.prepare_step(step)
+    with pytest.raises(RuntimeError, match="not used in the forward pass"):
+        engine.before_step(step)
