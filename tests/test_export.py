@@ -156,3 +156,48 @@ def test_module_that_is_a_single_linear():
     x = torch.randn(3, 10)
     with torch.no_grad():
         torch.testing.assert_close(export(x), nn.functional.linear(x, lin.weight * mask, lin.bias))
+
+
+def test_flat_plan_equals_module_by_module_forward():
+    g = torch.Generator().manual_seed(3)
+    net = build_module("mlp", input_shape=(1, 8, 8), n_classes=5,
+                       module_params={"hidden_layer_sizes": (96, 64)})
+    masks = _random_masks(net, [0.05, 0.05, 0.5], g)
+    export = export_sparse(net, masks)
+    x = torch.randn(9, 1, 8, 8, generator=g)
+    with torch.no_grad():
+        by_modules = export.module(x)
+        got = export(x)
+        assert export._plan is not None  # the MLP ran as a flat plan
+        torch.testing.assert_close(got, by_modules, rtol=0, atol=0)
+        torch.testing.assert_close(export(x[:1]), by_modules[:1], rtol=1e-6, atol=1e-6)
+        # in-place weight changes are seen (the plan's CSR tensors alias the buffers)
+        for layer in _linears(export):
+            layer._buffers["values" if layer.sparse else "weight"].mul_(2.0)
+        torch.testing.assert_close(export(x), export.module(x), rtol=0, atol=0)
+        # casting rebuilds the plan; pickling drops it
+        double = copy.deepcopy(export).double()
+        assert double._plan is None
+        torch.testing.assert_close(double(x.double()), double.module(x.double()))
+        again = pickle.loads(pickle.dumps(export))
+        torch.testing.assert_close(again(x), export(x))
+
+
+def test_other_networks_run_module_by_module():
+    g = torch.Generator().manual_seed(4)
+    net = build_module("cnn", input_shape=(3, 8, 8), n_classes=3,
+                       module_params={"widths": (4, 8, 16)})
+    masks = _random_masks(net, [0.5, 0.5, 0.5, 0.1], g)
+    export = export_sparse(net, masks, density_threshold=0.2)
+    x = torch.randn(2, 3, 8, 8, generator=g)
+    with torch.no_grad():
+        torch.testing.assert_close(export(x), _masked_copy(net, masks)(x), rtol=1e-5,
+                                   atol=1e-5)
+    assert export._planned and export._plan is None
+    seq = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Dropout(0.5), nn.Linear(5, 2))
+    smask = {"0.weight": torch.rand(5, 6, generator=g) < 0.1,
+             "3.weight": torch.rand(2, 5, generator=g) < 0.1}
+    export = export_sparse(seq, smask)
+    z = torch.randn(4, 6, generator=g)
+    with torch.no_grad():
+        torch.testing.assert_close(export(z), _masked_copy(seq, smask)(z))

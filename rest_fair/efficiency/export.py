@@ -152,15 +152,101 @@ class SparseLinearChain(nn.Module):
         # A contiguous feature-major copy is cheaper than the sparse product reading a
         # transposed view (measured ~15 % on a 2048-wide layer, batch 64).
         h = x.reshape(-1, self.in_features).t().contiguous()
-        # Steps are called through ``forward`` (no hook machinery: this is the hot loop of
-        # a sub-millisecond inference); ReLU works in place on the chain's own buffers.
+        # This is the hot loop of a sub-millisecond inference: the products are computed
+        # inline (no module call per layer), and ReLU works in place on the chain's own
+        # buffers.
         for step in self.steps:
-            h = torch.relu_(h) if type(step) is nn.ReLU else step.forward(h)
+            kind = type(step)
+            if kind is _FeatureMajorLinear:
+                matrix = step._matrix if step._matrix is not None else step.matrix()
+                bias = step._buffers["bias"]
+                h = torch.mm(matrix, h) if bias is None else torch.addmm(bias, matrix, h)
+            elif kind is nn.ReLU:
+                h = torch.relu_(h)
+            else:
+                h = step(h)
         return h.t().reshape(*lead, self.out_features)
+
+
+# Operations of the flat inference plan of a SparseExport (see ``_build_plan``); a ReLU
+# outside a chain (_RELU_OUT) does not work in place.
+_FLATTEN, _ENTER, _ADDMM, _MM, _RELU, _CALL, _EXIT, _RELU_OUT = range(8)
+
+
+def _chain_plan(chain: SparseLinearChain) -> list[tuple]:
+    plan: list[tuple] = [(_ENTER, chain.in_features, None)]
+    for step in chain.steps:
+        if type(step) is _FeatureMajorLinear:
+            bias = step._buffers["bias"]
+            plan.append((_MM, step.matrix(), None) if bias is None
+                        else (_ADDMM, step.matrix(), bias))
+        elif type(step) is nn.ReLU:
+            plan.append((_RELU, None, None))
+        else:
+            plan.append((_CALL, step, None))
+    plan.append((_EXIT, chain.out_features, None))
+    return plan
+
+
+def _build_plan(module: nn.Module) -> list[tuple] | None:
+    """The forward pass of ``module`` as a flat list of operations, if it is a pipeline.
+
+    A pipeline is an ``nn.Sequential``, a :class:`~rest_fair.models.MLP` (whose forward
+    applies its ``layers``) or a chain; ``None`` for anything else.
+    """
+    from ..models import MLP
+
+    if type(module) is MLP:
+        module = module.layers
+    if type(module) is SparseLinearChain:
+        return _chain_plan(module)
+    if type(module) is not nn.Sequential:
+        return None
+    plan: list[tuple] = []
+    for sub in module:
+        if type(sub) is nn.Flatten:
+            plan.append((_FLATTEN, sub.start_dim, sub.end_dim))
+        elif type(sub) is SparseLinearChain:
+            plan.extend(_chain_plan(sub))
+        elif type(sub) is nn.ReLU:
+            plan.append((_RELU_OUT, None, None))
+        else:
+            plan.append((_CALL, sub, None))
+    return plan
+
+
+def _run_plan(plan: list[tuple], x: torch.Tensor) -> torch.Tensor:
+    h, lead = x, None
+    for op, a, b in plan:
+        if op == _ADDMM:
+            h = torch.addmm(b, a, h)
+        elif op == _RELU:
+            h = torch.relu_(h)
+        elif op == _MM:
+            h = torch.mm(a, h)
+        elif op == _ENTER:
+            lead = h.shape[:-1]
+            h = h.reshape(-1, a).t().contiguous()
+        elif op == _EXIT:
+            h = h.t().reshape(*lead, a)
+        elif op == _FLATTEN:
+            h = h.flatten(a, b)
+        elif op == _RELU_OUT:
+            h = torch.relu(h)
+        else:
+            h = a(h)
+    return h
 
 
 class SparseExport(nn.Module):
     """Wrapper returned by :func:`export_sparse`.
+
+    When the converted network is a pipeline (an ``nn.Sequential`` or the estimator's
+    MLP), ``forward`` runs it as a flat list of tensor operations built on the first call
+    (about 0.15 ms less Python per call than module-by-module, measured on the
+    784-2048-2048-10 MLP); forward hooks registered on the inner modules are then not
+    called (``export.module(x)`` runs the modules one by one). Moving or casting the
+    model rebuilds the list.
 
     Parameters
     ----------
@@ -183,15 +269,34 @@ class SparseExport(nn.Module):
             torch.empty(0, device=first.device if first is not None else None),
             requires_grad=False,
         )
+        self._plan: list[tuple] | None = None
+        self._planned = False
+
+    def _apply(self, fn, recurse=True):
+        self._plan, self._planned = None, False
+        return super()._apply(fn, recurse)
+
+    def __getstate__(self):
+        state = super().__getstate__().copy()
+        state["_plan"], state["_planned"] = None, False
+        return state
+
+    def _call(self, x: torch.Tensor) -> torch.Tensor:
+        if not self._planned:
+            self._plan, self._planned = _build_plan(self.module), True
+        plan = self._plan
+        return self.module(x) if plan is None else _run_plan(plan, x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n = self.num_threads
+        if n is None:
+            return self._call(x)
         previous = torch.get_num_threads()
-        if n is None or n == previous:
-            return self.module(x)
+        if n == previous:
+            return self._call(x)
         torch.set_num_threads(n)
         try:
-            return self.module(x)
+            return self._call(x)
         finally:
             torch.set_num_threads(previous)
 

@@ -241,6 +241,9 @@ class CSRLinear(nn.Module):
         self.in_features = int(linear.in_features)
         self.out_features = int(linear.out_features)
         self.name = name
+        # Row-major output suits any consumer; a CSR layer that feeds another one directly
+        # (through element-wise activations) passes its feature-major result instead.
+        self.feature_major_output = False
         flat = mask.to(device=weight.device, dtype=torch.bool).reshape(-1).nonzero().squeeze(1)
         self.values = nn.Parameter(
             weight.reshape(-1)[flat].clone(), requires_grad=linear.weight.requires_grad
@@ -330,7 +333,12 @@ class CSRLinear(nn.Module):
                 out_t = _CSRLinearFunction.apply(x_t, self.values, self.bias, self)
         else:
             out_t = _CSRLinearFunction.apply(x_t, self.values, self.bias, self)
-        return out_t.t().reshape(*lead, self.out_features)
+        out = out_t.t()
+        if not self.feature_major_output:
+            # dense layers are several times slower on a transposed input (measured: a
+            # 2048 -> 10 nn.Linear at batch 256 takes 2.5 ms instead of 0.3 ms)
+            out = out.contiguous()
+        return out.reshape(*lead, self.out_features)
 
     # -- gradients ----------------------------------------------------------------------
     def _sampled_gradient(self, grad_t: torch.Tensor, x_t: torch.Tensor) -> torch.Tensor:
@@ -556,6 +564,22 @@ class _CSRMaskSet(MaskSet):
         super().set_mask(name, mask)
 
 
+def _link_feature_major(module: nn.Module) -> None:
+    """Let CSR layers that feed another CSR layer of a Sequential skip the transpose."""
+    from ..efficiency.export import ELEMENTWISE
+
+    for seq in module.modules():
+        if not isinstance(seq, nn.Sequential):
+            continue
+        pending: CSRLinear | None = None
+        for sub in seq:
+            if type(sub) in ELEMENTWISE:
+                continue
+            if pending is not None and isinstance(sub, CSRLinear):
+                pending.feature_major_output = True
+            pending = sub if isinstance(sub, CSRLinear) else None
+
+
 def _per_weight(value: Any, shape: tuple) -> bool:
     return torch.is_tensor(value) and tuple(value.shape) == shape
 
@@ -599,6 +623,7 @@ class CSRDynamicSparsity(DynamicSparsity):
             linear.weight.data = linear.weight.data.new_empty(0)
             csr_layers[weight_name] = layer
         self.masks = _CSRMaskSet(base.masks, csr_layers)
+        _link_feature_major(module)
 
     @property
     def layers(self) -> dict[str, CSRLinear]:
