@@ -235,6 +235,8 @@ class CSRLinear(nn.Module):
     bias : nn.Parameter or None
     """
 
+    _persistent_pattern = False
+
     def __init__(self, linear: nn.Linear, mask: torch.Tensor, *, name: str = "") -> None:
         super().__init__()
         weight = linear.weight.detach()
@@ -287,8 +289,8 @@ class CSRLinear(nn.Module):
         for key, value in buffers.items():
             if key in self._buffers:
                 self._buffers[key] = value
-            else:  # index buffers are derived state, never saved
-                self.register_buffer(key, value, persistent=False)
+            else:  # index buffers are derived state: the dense weight is saved
+                self.register_buffer(key, value, persistent=self._persistent_pattern)
 
     def flat_indices(self) -> torch.Tensor:
         """Sorted flat (row-major) indices of the active weights, aligned with ``values``."""
