@@ -88,9 +88,10 @@ class RESTClassifier(ClassifierMixin, BaseEstimator):
         ``"auto"`` times each such layer once per process on the training device at
         ``batch_size`` and uses the sparse kernels only where they are clearly faster.
         Convolutions always use the masked path, and so do runs with
-        ``precision="16-mixed"`` and data-parallel runs (``"csr"`` refuses both). Results equal the masked path's
-        up to floating-point rounding; ``module_``, ``masks_``, checkpoints and saved
-        files are the same in every mode. See ``docs/efficiency.md`` for measured times.
+        ``precision="16-mixed"`` and data-parallel runs (``"csr"`` refuses both). Results
+        equal the masked path's up to floating-point rounding; ``module_``, ``masks_``,
+        checkpoints and saved files are the same in every mode. See
+        ``docs/efficiency.md`` for measured times.
     sparse_compute_threshold : float in [0, 1], default=0.2
         Highest layer density trained with sparse kernels (``"csr"``) or timed
         (``"auto"``).

@@ -15,7 +15,7 @@ from rest_fair import RESTClassifier
 from rest_fair.callbacks import Callback, Checkpoint
 from rest_fair.models import build_module
 from rest_fair.persistence.checkpoint import read_checkpoint
-from rest_fair.sparse import DropSchedule, DynamicSparsity, MaskSet, compute
+from rest_fair.sparse import DropSchedule, DynamicSparsity, MaskSet, compute, csr_linear
 from rest_fair.sparse.compute import (
     CSRDynamicSparsity,
     CSRLinear,
@@ -78,7 +78,7 @@ def _counts(masks):
 @pytest.fixture
 def small_blocks(monkeypatch):
     # scan the dense gradient (and draw SET scores) a few rows at a time
-    monkeypatch.setattr(compute, "_SCAN_ENTRIES", 100)
+    monkeypatch.setattr(csr_linear, "_SCAN_ENTRIES", 100)
 
 
 # ------------------------------------------------------------------- the layer itself
@@ -151,8 +151,8 @@ def test_chunked_top_k_equals_the_full_top_k(monkeypatch, levels):
     full[exclude] = -float("inf")
     expected = set(top_k_first(full, 60).tolist())
     for entries in (11, 50, 10_000):
-        monkeypatch.setattr(compute, "_SCAN_ENTRIES", entries)
-        got = compute._chunked_topk(
+        monkeypatch.setattr(csr_linear, "_SCAN_ENTRIES", entries)
+        got = csr_linear._chunked_topk(
             37, 11, lambda r0, r1: scores[r0 * 11 : r1 * 11].clone(), exclude, 60)
         assert set(got.tolist()) == expected
 
@@ -334,6 +334,9 @@ def test_masked_mode_convolutions_and_errors():
     with pytest.raises(ValueError, match="CPU or CUDA"):
         make_sparse_compute(net, engine, mode="csr", device="meta")
     assert make_sparse_compute(net, engine, mode="auto", grad_scaling=True) is engine
+    with pytest.raises(ValueError, match="data-parallel"):
+        make_sparse_compute(net, engine, mode="csr", distributed=True)
+    assert make_sparse_compute(net, engine, mode="auto", distributed=True) is engine
     with pytest.raises(ValueError, match="sparse_compute"):
         RESTClassifier(sparse_compute="sparse").fit(np.zeros((4, 2)), [0, 1, 0, 1])
 

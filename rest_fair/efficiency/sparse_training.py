@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ..sparse.checks import check_masks
-from ..sparse.compute import CSRLinear
+from ..sparse.csr_linear import CSRLinear
 
 __all__ = ["SparseTrainableLinear", "load_dense_weights", "to_sparse_training"]
 
@@ -28,7 +28,7 @@ _BAD_THRESHOLD = "density_threshold must be a float in [0, 1]; got {value!r}."
 class SparseTrainableLinear(CSRLinear):
     """A linear layer whose trainable weights are only the active ones (CSR pattern).
 
-    A :class:`~rest_fair.sparse.compute.CSRLinear` whose ``state_dict`` holds its own
+    A :class:`~rest_fair.sparse.csr_linear.CSRLinear` whose ``state_dict`` holds its own
     tensors (``values``, ``bias`` and the index buffers) rather than a dense weight.
 
     Parameters

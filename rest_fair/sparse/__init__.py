@@ -6,6 +6,9 @@
 - :mod:`~rest_fair.sparse.schedules`: :class:`DropSchedule` (cosine decay of the drop fraction).
 - :mod:`~rest_fair.sparse.rigl`: the prune-and-regrow topology update (RigL and SET).
 - :mod:`~rest_fair.sparse.engine`: :class:`DynamicSparsity`, which drives them in training.
+- :mod:`~rest_fair.sparse.compute`: which layers train with sparse kernels
+  (``sparse_compute``); :mod:`~rest_fair.sparse.csr_linear` holds the CSR layer and its
+  kernels, :mod:`~rest_fair.sparse.csr_engine` the engine that updates their topology.
 """
 
 from .densities import active_counts, erk_densities, uniform_densities

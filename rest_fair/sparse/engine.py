@@ -5,7 +5,7 @@ training step calls :meth:`DynamicSparsity.prepare_step` before the forward pass
 :meth:`DynamicSparsity.before_step` between ``backward()`` and ``optimizer.step()`` (where
 the dense gradient of the batch is available) and :meth:`DynamicSparsity.after_step` after
 it. Masked training needs nothing before the forward pass; the sparse-compute engine
-(:mod:`rest_fair.sparse.compute`) uses it to have the backward pass of an update step
+(:mod:`rest_fair.sparse.csr_engine`) uses it to have the backward pass of an update step
 produce what the update needs.
 
 Where updates fall

@@ -13,7 +13,7 @@ reset, so the active count of every layer is unchanged and density stays at targ
 
 Ties (weights of equal magnitude, e.g. regrown zeros that never received a gradient, or
 equal gradients) go to the lowest flat index, on every device and for every way of
-computing the update (:mod:`rest_fair.sparse.compute` scans the same choice block by
+computing the update (:mod:`rest_fair.sparse.csr_linear` scans the same choice block by
 block).
 """
 

@@ -1,0 +1,277 @@
+"""The sparse engine of a run whose very sparse linear layers train as CSR layers.
+
+:class:`CSRDynamicSparsity` is a :class:`~rest_fair.sparse.DynamicSparsity` over a module
+in which some ``nn.Linear`` layers were replaced by
+:class:`~rest_fair.sparse.csr_linear.CSRLinear`. It keeps the semantics and the place in
+the step of the masked path's topology updates: :meth:`CSRDynamicSparsity.prepare_step`
+plans the CSR layers' pruning before the forward pass, and
+:meth:`CSRDynamicSparsity.before_step` updates every layer in the masked path's order,
+moves the optimizer state of kept weights, starts regrown weights and their state at zero,
+and recomputes the gradient at the new pattern, so that the optimizer step that follows
+trains the regrown weights exactly as in the masked path.
+
+The training module's public form does not change: a CSR layer's ``state_dict`` holds the
+dense ``weight``/``bias`` of an ``nn.Linear``, the optimizer's ``state_dict`` holds
+dense-shaped state (:meth:`CSRDynamicSparsity.bind_optimizer`), and
+:meth:`CSRDynamicSparsity.finish` puts the original ``nn.Linear`` modules back with their
+trained weights at the end of ``fit``. Checkpoints written during such a run are in the
+masked format and can be resumed by either path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from .csr_linear import _NO_PLAN, CSRLinear
+from .engine import DynamicSparsity
+from .masks import MaskSet
+from .rigl import update_layer
+
+__all__ = ["CSRDynamicSparsity"]
+
+
+class _CSRMaskSet(MaskSet):
+    """A :class:`MaskSet` whose converted layers keep their mask as their CSR pattern.
+
+    ``params`` maps a converted layer's weight name to its ``values`` parameter; no dense
+    mask is held for it (its boolean mask is built on demand).
+    """
+
+    def __init__(self, base: MaskSet, layers: Mapping[str, CSRLinear]) -> None:
+        self.layers = dict(layers)
+        self.params = {}
+        self._bool = {}
+        self._mult = {}
+        for name in base.names:
+            if name in self.layers:
+                self.params[name] = self.layers[name].values
+            else:
+                self.params[name] = base.params[name]
+                self._bool[name] = base._bool[name]
+                self._mult[name] = base._mult[name]
+
+    def mask(self, name: str) -> torch.Tensor:
+        layer = self.layers.get(name)
+        return layer.mask() if layer is not None else self._bool[name]
+
+    def set_mask(self, name: str, mask: torch.Tensor) -> None:
+        layer = self.layers.get(name)
+        if layer is None:
+            super().set_mask(name, mask)
+        else:
+            layer.set_mask(mask)
+
+    def _numel(self, name: str) -> int:
+        layer = self.layers.get(name)
+        return layer.out_features * layer.in_features if layer is not None \
+            else self._bool[name].numel()
+
+    def n_active(self) -> dict[str, int]:
+        return {name: self.layers[name].nnz if name in self.layers
+                else int(self._bool[name].sum()) for name in self.params}
+
+    def density(self) -> float:
+        total = sum(self._numel(name) for name in self.params)
+        return sum(self.n_active().values()) / total if total else 1.0
+
+    def to_dict(self) -> dict[str, torch.Tensor]:
+        return {name: self.mask(name).detach().cpu().clone() for name in self.params}
+
+    def report(self) -> list[dict]:
+        active = self.n_active()
+        return [{"layer": name, "shape": tuple(self.mask(name).shape),
+                 "n_weights": self._numel(name), "n_active": active[name],
+                 "density": active[name] / self._numel(name)} for name in self.params]
+
+    @torch.no_grad()
+    def rescale_init_(self) -> None:
+        for name, param in self.params.items():
+            density = self.n_active()[name] / self._numel(name)
+            if 0.0 < density < 1.0:
+                param.mul_(density**-0.5)
+
+    @torch.no_grad()
+    def apply_(self) -> None:
+        names = [name for name in self.params if name not in self.layers]
+        if names:
+            torch._foreach_mul_([self.params[n] for n in names], [self._mult[n] for n in names])
+
+    def restore_dense(self, name: str, weight: nn.Parameter, mask: torch.Tensor) -> None:
+        """Hold layer ``name`` as a dense weight and mask again."""
+        del self.layers[name]
+        self.params[name] = weight
+        super().set_mask(name, mask)
+
+
+def _link_feature_major(module: nn.Module) -> None:
+    """Let CSR layers that feed another CSR layer of a Sequential skip the transpose."""
+    from ..efficiency.export import ELEMENTWISE
+
+    for seq in module.modules():
+        if not isinstance(seq, nn.Sequential):
+            continue
+        pending: CSRLinear | None = None
+        for sub in seq:
+            if type(sub) in ELEMENTWISE:
+                continue
+            if pending is not None and isinstance(sub, CSRLinear):
+                pending.feature_major_output = True
+            pending = sub if isinstance(sub, CSRLinear) else None
+
+
+def _per_weight(value: Any, shape: tuple) -> bool:
+    return torch.is_tensor(value) and tuple(value.shape) == shape
+
+
+class CSRDynamicSparsity(DynamicSparsity):
+    """:class:`DynamicSparsity` whose sparse linear layers train as :class:`CSRLinear`.
+
+    Built by :func:`~rest_fair.sparse.compute.make_sparse_compute`, which replaces the
+    layers in the module. Call :meth:`bind_optimizer` with the optimizer built over the
+    converted module, and :meth:`finish` at the end of training to get the dense module
+    back.
+
+    Parameters
+    ----------
+    base : DynamicSparsity
+        The masked engine (its masks applied to the module's weights).
+    module : nn.Module
+        The network; the layers named in ``layers`` are replaced in place.
+    layers : sequence of str
+        Module names of plain ``nn.Linear`` layers with a mask.
+    """
+
+    def __init__(self, base: DynamicSparsity, module: nn.Module, layers: Sequence[str]) -> None:
+        super().__init__(base.masks, schedule=base.schedule,
+                         update_interval=base.update_interval, regrow=base.regrow,
+                         generator=base.generator, steps_per_epoch=base.steps_per_epoch)
+        self.n_updates = base.n_updates
+        self.n_regrown = base.n_regrown
+        self.module = module
+        self.converted = tuple(layers)
+        self._originals: dict[str, nn.Linear] = {}
+        self._hooks: list[Any] = []
+        self._prepared: int | None = None
+        csr_layers: dict[str, CSRLinear] = {}
+        for name in self.converted:
+            linear = module.get_submodule(name)
+            weight_name = f"{name}.weight"
+            layer = CSRLinear(linear, base.masks.mask(weight_name), name=name)
+            self._replace(name, layer)
+            self._originals[name] = linear
+            # the dense weight is not needed until finish(); free its memory meanwhile
+            linear.weight.data = linear.weight.data.new_empty(0)
+            csr_layers[weight_name] = layer
+        self.masks = _CSRMaskSet(base.masks, csr_layers)
+        _link_feature_major(module)
+
+    @property
+    def layers(self) -> dict[str, CSRLinear]:
+        """Weight name -> :class:`CSRLinear`, while converted."""
+        return self.masks.layers
+
+    def _replace(self, name: str, new: nn.Module) -> None:
+        parent_name, _, attr = name.rpartition(".")
+        parent = self.module.get_submodule(parent_name) if parent_name else self.module
+        setattr(parent, attr, new)
+
+    # -- the training step --------------------------------------------------------------
+    def prepare_step(self, step: int) -> None:
+        """Plan the CSR layers' pruning when ``step`` updates the topology."""
+        due = self.is_update_step(step)
+        fraction = self.schedule(step) if due else 0.0
+        self._prepared = step
+        for layer in self.layers.values():
+            if due:
+                layer.plan_update(step, fraction, scan_gradient=self.regrow == "gradient")
+            else:
+                layer.clear_plan()
+
+    def before_step(self, step: int, optimizer: torch.optim.Optimizer | None = None) -> int:
+        """Update the topology if due at ``step`` (layers in the masked path's order)."""
+        if not self.is_update_step(step):
+            return 0
+        if self.layers and self._prepared != step:
+            raise RuntimeError(_NO_PLAN.format(step=step))
+        fraction = self.schedule(step)
+        regrown = 0
+        for name in self.masks.names:
+            layer = self.layers.get(name)
+            if layer is None:
+                regrown += update_layer(self.masks, name, fraction, regrow=self.regrow,
+                                        optimizer=optimizer, generator=self.generator)
+            elif layer._plan is not None:
+                regrown += layer.apply_update(step, generator=self.generator,
+                                              optimizer=optimizer)
+        self.masks.apply_()
+        self.n_regrown += regrown
+        self.n_updates += 1
+        return regrown
+
+    # -- optimizer state in dense form --------------------------------------------------
+    def _optimizer_layers(self, optimizer: torch.optim.Optimizer) -> dict[int, CSRLinear]:
+        by_values = {id(layer.values): layer for layer in self.layers.values()}
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        return {i: by_values[id(p)] for i, p in enumerate(params) if id(p) in by_values}
+
+    def bind_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
+        """Make ``optimizer.state_dict()`` dense-shaped, and ``load_state_dict`` accept it.
+
+        Per-weight state of a CSR layer is saved as a dense ``(out, in)`` tensor with zeros
+        at inactive positions (what a masked run's state looks like for the active
+        weights) and read back at the current pattern.
+        """
+
+        def to_dense(opt, state_dict):
+            index = self._optimizer_layers(opt)
+            state = dict(state_dict["state"])
+            for i, layer in index.items():
+                if i in state:
+                    state[i] = {key: layer.scatter(v) if _per_weight(v, (layer.nnz,)) else v
+                                for key, v in state[i].items()}
+            return {**state_dict, "state": state}
+
+        def from_dense(opt, state_dict):
+            index = self._optimizer_layers(opt)
+            state = dict(state_dict["state"])
+            for i, layer in index.items():
+                if i in state:
+                    state[i] = {key: layer.gather(v.to(layer.values.device))
+                                if _per_weight(v, layer.shape) else v
+                                for key, v in state[i].items()}
+            return {**state_dict, "state": state}
+
+        self._hooks.append(optimizer.register_state_dict_post_hook(to_dense))
+        self._hooks.append(optimizer.register_load_state_dict_pre_hook(from_dense))
+
+    # -- the end of training ------------------------------------------------------------
+    @torch.no_grad()
+    def finish(self, optimizer: torch.optim.Optimizer | None = None) -> None:
+        """Put the dense ``nn.Linear`` layers back, with their weights and optimizer state.
+
+        Afterwards the module, the optimizer and the masks are those of a masked run.
+        """
+        for handle in self._hooks:
+            handle.remove()
+        self._hooks.clear()
+        for weight_name, layer in list(self.layers.items()):
+            name = weight_name.rpartition(".")[0]
+            linear = self._originals.pop(name)
+            linear.weight.data = layer.dense_weight()
+            linear.weight.grad = None
+            self._replace(name, linear)
+            if optimizer is not None:
+                for group in optimizer.param_groups:
+                    group["params"] = [linear.weight if p is layer.values else p
+                                       for p in group["params"]]
+                if layer.values in optimizer.state:
+                    state = optimizer.state.pop(layer.values)
+                    optimizer.state[linear.weight] = {
+                        key: layer.scatter(v) if _per_weight(v, (layer.nnz,)) else v
+                        for key, v in state.items()}
+            self.masks.restore_dense(weight_name, linear.weight, layer.mask())
+            layer.clear_plan()
