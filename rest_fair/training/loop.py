@@ -11,6 +11,7 @@ is live the estimator carries ``module_``, ``optimizer_``, ``masks_`` and ``hist
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -22,7 +23,7 @@ from ..exceptions import TrainingDivergedError
 from .parts import EvalSet, TrainingParts
 from .state import TrainState
 
-__all__ = ["TrainingRun", "predict_logits"]
+__all__ = ["LiveMasks", "TrainingRun", "predict_logits"]
 
 #: Message of :class:`~rest_fair.exceptions.TrainingDivergedError` raised by the loop.
 DIVERGED = (
@@ -31,6 +32,40 @@ DIVERGED = (
     "very large magnitude (standardise the features, e.g. with sklearn's StandardScaler). "
     "No model was kept."
 )
+
+
+class LiveMasks(Mapping):
+    """Read-only view of a run's current masks: ``net.masks_`` while training.
+
+    A mask is looked up when it is read, so the view is always current (also after a
+    topology update) and layers that train in CSR form (``sparse_compute``) build their
+    dense boolean mask only when a callback asks for it.
+
+    Parameters
+    ----------
+    sparsity : DynamicSparsity or None
+        The run's sparse engine (``None``: dense training, no masks).
+    """
+
+    def __init__(self, sparsity: Any) -> None:
+        self._sparsity = sparsity
+
+    def _names(self) -> list[str]:
+        return [] if self._sparsity is None else self._sparsity.masks.names
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        if name not in self._names():
+            raise KeyError(name)
+        return self._sparsity.masks.mask(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names())
+
+    def __len__(self) -> int:
+        return len(self._names())
+
+    def __repr__(self) -> str:
+        return f"LiveMasks({self._names()!r})"
 
 
 @torch.no_grad()
@@ -122,18 +157,8 @@ class TrainingRun:
         net.module_ = self.parts.module
         net.optimizer_ = self.parts.optimizer
         net.history_ = self.state.history
-        net.masks_ = {}
-        self._refresh_masks()
+        net.masks_ = LiveMasks(self.parts.sparsity)
         net._run = self
-
-    def _refresh_masks(self) -> None:
-        if self.net is None:
-            return
-        live = self.net.masks_
-        live.clear()
-        if self.parts.sparsity is not None:
-            masks = self.parts.sparsity.masks
-            live.update({name: masks.mask(name) for name in masks.names})
 
     # ------------------------------------------------------------------- training
     def fit_loop(self, net: Any) -> TrainState:
@@ -254,7 +279,6 @@ class TrainingRun:
             p.precision.unscale_(p.optimizer)
             if self._gradients_finite():
                 regrown = sparsity.before_step(step, p.optimizer)
-                self._refresh_masks()
                 self.notify("on_topology_update", step=step, n_regrown=regrown)
         p.precision.step(p.optimizer)
         if sparsity is not None:
