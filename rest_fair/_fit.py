@@ -281,7 +281,8 @@ def _check_warm_start(est: Any, classes: np.ndarray, shape_before: tuple) -> Non
 def _build_parts(est: Any, module: torch.nn.Module, data: TrainSet, valid: EvalSet | None,
                  *, device: torch.device, precision: Precision, generator: torch.Generator,
                  callbacks: list, warm_masks: dict | None,
-                 distributed: bool = False) -> TrainingParts:
+                 distributed: bool = False,
+                 sparse_layers: list[str] | None = None) -> TrainingParts:
     steps_per_epoch = data.sampler.steps_per_epoch
     layer_density, init = _layer_density(est)
     sparsity = make_sparsity(
@@ -304,6 +305,7 @@ def _build_parts(est: Any, module: torch.nn.Module, data: TrainSet, valid: EvalS
         module, sparsity, mode=est.sparse_compute, threshold=est.sparse_compute_threshold,
         batch_size=est.batch_size, device=device, autocast_dtype=precision.dtype,
         grad_scaling=precision.scaler is not None, distributed=distributed,
+        layers=sparse_layers,
     )
     optimizer = make_optimizer(est.optimizer, module.parameters(), lr=est.lr,
                                momentum=est.momentum, weight_decay=est.weight_decay)
@@ -431,7 +433,8 @@ def fit_estimator(
             parts = _build_parts(est, module, data, valid, device=device, precision=precision,
                                  generator=generator, callbacks=callbacks,
                                  warm_masks=dict(est.masks_) if warm and est.masks_ else None,
-                                 distributed=ctx is not None)
+                                 distributed=ctx is not None,
+                                 sparse_layers=(checkpoint or {}).get("sparse_compute_layers"))
             if ctx is not None:
                 ctx.prepare(parts)
             state = None

@@ -86,7 +86,10 @@ class RESTClassifier(ClassifierMixin, BaseEstimator):
         gradient, weight gradient only at the active weights, optimizer state only for
         them; the dense gradient is scanned only at RigL topology updates).
         ``"auto"`` times each such layer once per process on the training device at
-        ``batch_size`` and uses the sparse kernels only where they are clearly faster.
+        ``batch_size`` and uses the sparse kernels only where they are clearly faster
+        (a run resumed from a checkpoint converts the layers the checkpoint used, without
+        timing again; two fresh processes may decide differently, so use ``"masked"`` or
+        ``"csr"`` where runs must be bitwise reproducible).
         Convolutions always use the masked path, and so do runs with
         ``precision="16-mixed"`` and data-parallel runs (``"csr"`` refuses both). Results
         equal the masked path's up to floating-point rounding; ``module_``, ``masks_``,

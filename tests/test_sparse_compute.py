@@ -352,3 +352,30 @@ def test_an_update_step_without_its_plan_is_refused():
     engine.prepare_step(step)
     with pytest.raises(RuntimeError, match="not used in the forward pass"):
         engine.before_step(step)
+
+
+def test_a_resumed_auto_run_converts_the_layers_its_checkpoint_used(data, tmp_path,
+                                                                      monkeypatch):
+    # "auto" decides from a timing; a resumed run must not decide again (another process
+    # may time differently), so it takes the converted layers from the checkpoint
+    X, y = data
+    params = dict(max_epochs=3, module="mlp", module_params={"hidden_layer_sizes": (64, 48)})
+
+    def timing(csr_faster):
+        def fake(shape, nnz, batch_size, **kwargs):
+            return LayerTiming(masked=1.0, csr=0.5 if csr_faster else 2.0)
+        return fake
+
+    monkeypatch.setattr(compute, "measure_layer", timing(True))
+    whole = _clf(sparse_compute="auto", **params).fit(X, y)
+    assert whole.sparse_compute_layers_
+    with pytest.raises(KeyboardInterrupt):
+        _clf(sparse_compute="auto", callbacks=[StopAt(2), Checkpoint(tmp_path)],
+             **params).fit(X, y)
+    assert read_checkpoint(tmp_path)["sparse_compute_layers"] == whole.sparse_compute_layers_
+    monkeypatch.setattr(compute, "measure_layer", timing(False))
+    assert _clf(sparse_compute="auto", **params).fit(X, y).sparse_compute_layers_ == []
+    resumed = _clf(sparse_compute="auto", **params).fit(X, y, resume_from=tmp_path)
+    assert resumed.sparse_compute_layers_ == whole.sparse_compute_layers_
+    for key, value in whole.module_.state_dict().items():
+        torch.testing.assert_close(resumed.module_.state_dict()[key], value)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -230,6 +230,7 @@ def make_sparse_compute(
     autocast_dtype: torch.dtype | None = None,
     grad_scaling: bool = False,
     distributed: bool = False,
+    layers: Sequence[str] | None = None,
     timings: dict[str, LayerTiming] | None = None,
 ) -> DynamicSparsity | None:
     """Convert the layers that train faster with CSR kernels; return the engine to use.
@@ -258,6 +259,10 @@ def make_sparse_compute(
         Whether the run is data-parallel (DDP). The CSR layers' dense-gradient scan would
         see one rank's batch only, and ranks could time layers differently: ``"auto"``
         then converts nothing and ``"csr"`` refuses.
+    layers : sequence of str, optional
+        For ``"auto"``: convert exactly these candidate layers instead of measuring (a
+        resumed run passes the layers its checkpoint trained in CSR form, so that it
+        continues with the same kernels and the same rounding).
     timings : dict, optional
         Filled with the measured :class:`LayerTiming` of each candidate (``"auto"``).
 
@@ -286,7 +291,10 @@ def make_sparse_compute(
     elif not supported or grad_scaling or distributed:
         return sparsity
     candidates = candidate_layers(module, sparsity.masks, float(threshold))
-    if mode == "auto":
+    if mode == "auto" and layers is not None:
+        wanted = set(layers)
+        chosen = [name for name, _, _ in candidates if name in wanted]
+    elif mode == "auto":
         first = _first_layer(module)
         chosen = []
         for name, layer, nnz in candidates:

@@ -385,6 +385,8 @@ class TrainingRun:
             "objective": p.objective.state_dict() if hasattr(p.objective, "state_dict")
             else None,
             "sparsity": p.sparsity.state_dict() if p.sparsity is not None else None,
+            # which layers trained in CSR form: a resumed "auto" run converts the same ones
+            "sparse_compute_layers": list(getattr(p.sparsity, "converted", ())),
             "precision": p.precision.state_dict(),
             "generator": self.generator.get_state(),
             "torch_rng": torch.get_rng_state(),
