@@ -8,6 +8,7 @@ starts; finally the fitted attributes.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -278,6 +279,25 @@ def _check_warm_start(est: Any, classes: np.ndarray, shape_before: tuple) -> Non
             what="the input shape", before=tuple(shape_before), after=est.input_shape_))
 
 
+def _example_batch(data: TrainSet, batch_size: int,
+                   device: torch.device) -> Callable[[], Any] | None:
+    """One training batch, on demand, for timing layers at their real row counts.
+
+    ``None`` for a torch Dataset, whose loader would start its workers just for this.
+    """
+    from ._data import _DatasetSource
+
+    source = data.source
+    if isinstance(source, _DatasetSource):
+        return None
+
+    def first() -> Any:
+        order = torch.arange(min(source.n_samples, batch_size))
+        return next(iter(source.batches(order, batch_size, device)))[0]
+
+    return first
+
+
 def _build_parts(est: Any, module: torch.nn.Module, data: TrainSet, valid: EvalSet | None,
                  *, device: torch.device, precision: Precision, generator: torch.Generator,
                  callbacks: list, warm_masks: dict | None,
@@ -305,7 +325,7 @@ def _build_parts(est: Any, module: torch.nn.Module, data: TrainSet, valid: EvalS
         module, sparsity, mode=est.sparse_compute, threshold=est.sparse_compute_threshold,
         batch_size=est.batch_size, device=device, autocast_dtype=precision.dtype,
         grad_scaling=precision.scaler is not None, distributed=distributed,
-        layers=sparse_layers,
+        layers=sparse_layers, example=_example_batch(data, est.batch_size, device),
     )
     optimizer = make_optimizer(est.optimizer, module.parameters(), lr=est.lr,
                                momentum=est.momentum, weight_decay=est.weight_decay)

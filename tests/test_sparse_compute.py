@@ -379,3 +379,33 @@ def test_a_resumed_auto_run_converts_the_layers_its_checkpoint_used(data, tmp_pa
     assert resumed.sparse_compute_layers_ == whole.sparse_compute_layers_
     for key, value in whole.module_.state_dict().items():
         torch.testing.assert_close(resumed.module_.state_dict()[key], value)
+
+
+def test_auto_times_each_layer_at_the_rows_it_multiplies(monkeypatch):
+    # a linear layer applied to every position of a sequence multiplies batch x length rows
+    class PerToken(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj = nn.Linear(30, 64)
+            self.head = nn.Linear(64, 3)
+
+        def forward(self, x):  # x: (batch, length, 30)
+            return self.head(torch.relu(self.proj(x)).mean(dim=1))
+
+    net = PerToken()
+    engine = _engine(net, sparsity=0.95)
+    assert compute.layer_rows(net, ["proj", "head"], torch.randn(4, 7, 30)) == {
+        "proj": 28, "head": 4}
+    assert net.training  # the timing pass leaves the mode as it was
+    seen = {}
+
+    def fake(shape, nnz, batch_size, **kwargs):
+        seen[shape] = batch_size
+        return LayerTiming(masked=1.0, csr=2.0)
+
+    monkeypatch.setattr(compute, "measure_layer", fake)
+    make_sparse_compute(net, engine, mode="auto", threshold=1.0, batch_size=4,
+                        example=lambda: torch.randn(4, 7, 30))
+    assert seen[(64, 30)] == 28
+    make_sparse_compute(net, engine, mode="auto", threshold=1.0, batch_size=4)
+    assert seen[(64, 30)] == 4

@@ -202,3 +202,15 @@ def test_offline_mode_hub_name_fails_fast(monkeypatch):
     with pytest.raises(OSError, match=r"no-such-model'.*downloads are off \(HF_HUB_OFFLINE=1\)"):
         load_tokenizer("hf:rest-fair-tests/no-such-model")
     assert time.perf_counter() - start < 15
+
+
+def test_sparse_compute_trains_a_transformer_like_the_masked_path(tiny):
+    # the linear layers of a transformer see (batch, length, features) inputs
+    texts, labels = TEXTS * 4, np.tile(LABELS, 4)
+    masked = _clf(tiny, sparsity=0.97, sparse_compute="masked").fit(texts, labels)
+    csr = _clf(tiny, sparsity=0.97, sparse_compute="csr").fit(texts, labels)
+    assert csr.sparse_compute_layers_ and not masked.sparse_compute_layers_
+    assert {k: int(v.sum()) for k, v in csr.masks_.items()} == {
+        k: int(v.sum()) for k, v in masked.masks_.items()}
+    np.testing.assert_allclose(csr.predict_proba(texts), masked.predict_proba(texts),
+                               atol=1e-4)

@@ -22,6 +22,7 @@ import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -37,6 +38,7 @@ __all__ = [
     "CSRLinear",
     "LayerTiming",
     "candidate_layers",
+    "layer_rows",
     "make_sparse_compute",
     "measure_layer",
 ]
@@ -219,6 +221,31 @@ def _first_layer(module: nn.Module) -> str | None:
     return None
 
 
+def layer_rows(module: nn.Module, names: Sequence[str], example: Any) -> dict[str, int]:
+    """Rows of input each named linear layer multiplies in one forward pass of ``example``.
+
+    The pass runs in eval mode (batch-norm statistics are not updated) without gradients;
+    the module's mode is restored.
+    """
+    rows: dict[str, int] = {}
+
+    def record(name: str, layer: nn.Module, inputs: tuple) -> None:
+        rows[name] = max(rows.get(name, 0), inputs[0].numel() // max(layer.in_features, 1))
+
+    handles = [module.get_submodule(name).register_forward_pre_hook(
+        lambda layer, inputs, name=name: record(name, layer, inputs)) for name in names]
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.no_grad():
+            module(example)
+    finally:
+        module.train(was_training)
+        for handle in handles:
+            handle.remove()
+    return rows
+
+
 def make_sparse_compute(
     module: nn.Module,
     sparsity: DynamicSparsity | None,
@@ -231,6 +258,7 @@ def make_sparse_compute(
     grad_scaling: bool = False,
     distributed: bool = False,
     layers: Sequence[str] | None = None,
+    example: Callable[[], Any] | None = None,
     timings: dict[str, LayerTiming] | None = None,
 ) -> DynamicSparsity | None:
     """Convert the layers that train faster with CSR kernels; return the engine to use.
@@ -263,6 +291,11 @@ def make_sparse_compute(
         For ``"auto"``: convert exactly these candidate layers instead of measuring (a
         resumed run passes the layers its checkpoint trained in CSR form, so that it
         continues with the same kernels and the same rounding).
+    example : callable, optional
+        For ``"auto"``: returns one training batch (called only when there are candidate
+        layers). Each candidate is then timed at the number of rows it multiplies in a
+        forward pass of that batch (``batch_size`` times the sequence length for a
+        transformer's layers) instead of at ``batch_size`` rows.
     timings : dict, optional
         Filled with the measured :class:`LayerTiming` of each candidate (``"auto"``).
 
@@ -296,9 +329,12 @@ def make_sparse_compute(
         chosen = [name for name, _, _ in candidates if name in wanted]
     elif mode == "auto":
         first = _first_layer(module)
+        rows = {}
+        if candidates and example is not None:
+            rows = layer_rows(module, [name for name, _, _ in candidates], example())
         chosen = []
         for name, layer, nnz in candidates:
-            timing = measure_layer(tuple(layer.weight.shape), nnz, batch_size,
+            timing = measure_layer(tuple(layer.weight.shape), nnz, rows.get(name, batch_size),
                                    input_grad=name != first, device=device,
                                    dtype=layer.weight.dtype, autocast_dtype=autocast_dtype)
             if timings is not None:
