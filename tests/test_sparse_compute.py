@@ -409,3 +409,17 @@ def test_auto_times_each_layer_at_the_rows_it_multiplies(monkeypatch):
     assert seen[(64, 30)] == 28
     make_sparse_compute(net, engine, mode="auto", threshold=1.0, batch_size=4)
     assert seen[(64, 30)] == 4
+
+
+def test_a_cnn_trains_its_sparse_classifier_in_csr_form_like_the_masked_path():
+    # convolutions stay masked; the linear classifier behind them may train in CSR form
+    X = np.random.default_rng(0).normal(size=(96, 3, 12, 12)).astype(np.float32)
+    y = np.arange(96) % 3
+    params = dict(module="cnn", module_params={"widths": (4, 8, 16)}, sparsity=0.99,
+                  max_epochs=2, batch_size=16, random_state=0, device="cpu",
+                  validation_fraction=0.0, sparse_compute_threshold=0.5)
+    masked = RESTClassifier(sparse_compute="masked", **params).fit(X, y)
+    csr = RESTClassifier(sparse_compute="csr", **params).fit(X, y)
+    assert csr.sparse_compute_layers_ == ["classifier"]
+    assert _counts(csr.masks_) == _counts(masked.masks_)
+    np.testing.assert_allclose(csr.predict_proba(X), masked.predict_proba(X), atol=1e-4)
