@@ -28,6 +28,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
+from .._probe import probe_pass
 from ..sparse.checks import check_masks
 
 __all__ = ["efficiency_report", "layer_shapes"]
@@ -87,15 +88,8 @@ def layer_shapes(module: nn.Module, input_shape: Sequence[int]) -> dict[str, int
     first = next(iter(module.parameters()), None)
     device = first.device if first is not None else torch.device("cpu")
     dtype = first.dtype if first is not None and first.is_floating_point() else torch.float32
-    was_training = module.training
-    try:
-        module.eval()
-        with torch.no_grad():
-            module(torch.zeros((1, *(int(s) for s in input_shape)), device=device, dtype=dtype))
-    finally:
-        module.train(was_training)
-        for handle in handles:
-            handle.remove()
+    probe_pass(module, torch.zeros((1, *(int(s) for s in input_shape)), device=device,
+                                   dtype=dtype), handles)
     return positions
 
 

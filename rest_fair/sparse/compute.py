@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._probe import probe_pass
 from .csr_engine import CSRDynamicSparsity
 from .csr_linear import CSRLinear
 from .engine import DynamicSparsity
@@ -234,15 +235,7 @@ def layer_rows(module: nn.Module, names: Sequence[str], example: Any) -> dict[st
 
     handles = [module.get_submodule(name).register_forward_pre_hook(
         lambda layer, inputs, name=name: record(name, layer, inputs)) for name in names]
-    was_training = module.training
-    module.eval()
-    try:
-        with torch.no_grad():
-            module(example)
-    finally:
-        module.train(was_training)
-        for handle in handles:
-            handle.remove()
+    probe_pass(module, example, handles)
     return rows
 
 

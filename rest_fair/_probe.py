@@ -1,0 +1,28 @@
+"""One observed forward pass: what a network's layers see, without training it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import nn
+
+
+def probe_pass(module: nn.Module, example: Any, handles: Iterable[Any]) -> None:
+    """Run ``module(example)`` once to let hooks observe it, then remove the hooks.
+
+    The pass runs in evaluation mode (batch-norm statistics and dropout are untouched) and
+    without gradients; the module's training mode is restored and every handle in
+    ``handles`` (returned by ``register_forward_hook`` and the like) is removed, also when
+    the pass fails.
+    """
+    was_training = module.training
+    try:
+        module.eval()
+        with torch.no_grad():
+            module(example)
+    finally:
+        module.train(was_training)
+        for handle in handles:
+            handle.remove()
