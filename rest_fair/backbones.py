@@ -17,18 +17,19 @@ them instead -- never a hang.
 
 from __future__ import annotations
 
-import contextlib
 import difflib
 import os
 import socket
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+
+from ._downloads import socket_timeout
 
 __all__ = [
     "HF_PREFIX",
@@ -181,16 +182,6 @@ def torchvision_model_names() -> list[str]:
     return sorted(tv.models.list_models(module=tv.models))
 
 
-@contextlib.contextmanager
-def _socket_timeout(seconds: float) -> Iterator[None]:
-    previous = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(seconds)
-    try:
-        yield
-    finally:
-        socket.setdefaulttimeout(previous)
-
-
 def _looks_like_path(value: str) -> bool:
     return (
         os.sep in value
@@ -314,7 +305,7 @@ def _download(member: Any, name: str, timeout: float) -> None:
     cache.parent.mkdir(parents=True, exist_ok=True)
     match = torch.hub.HASH_REGEX.search(filename)
     try:
-        with _socket_timeout(timeout):
+        with socket_timeout(timeout):
             torch.hub.download_url_to_file(url, str(cache), match.group(1) if match else None,
                                            progress=False)
     except (OSError, RuntimeError, ValueError) as exc:  # URLError and timeouts are OSErrors

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .._downloads import socket_timeout
 from ._compat import import_wilds_module
 
 __all__ = ["DATASETS", "DatasetSpec", "dataset_spec", "expected_layout", "load_wilds"]
@@ -191,7 +191,7 @@ def load_wilds(name: str, root_dir: str | os.PathLike, *, download: bool = False
         )
     module = import_wilds_module(spec.module)
     dataset_class = getattr(module, spec.class_name)
-    timeout = _socket_timeout(_DOWNLOAD_TIMEOUT_S) if missing else contextlib.nullcontext()
+    timeout = socket_timeout(_DOWNLOAD_TIMEOUT_S) if missing else contextlib.nullcontext()
     with timeout, _pandas_compat(spec), warnings.catch_warnings():
         # wilds wraps read-only pandas arrays in tensors; harmless, but noisy
         warnings.filterwarnings("ignore", message=".*NumPy array is not writable.*")
@@ -224,12 +224,3 @@ def _pandas_compat(spec: DatasetSpec) -> Iterator[None]:
             yield
 
 
-@contextlib.contextmanager
-def _socket_timeout(seconds: float) -> Iterator[None]:
-    """Bound every socket operation while WILDS downloads, so offline runs fail fast."""
-    previous = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(seconds)
-    try:
-        yield
-    finally:
-        socket.setdefaulttimeout(previous)
