@@ -9,9 +9,10 @@ With ``module="hf:<name or path>"`` :class:`~rest_fair.RESTClassifier` accepts a
   JTT subsets);
 - :func:`text_input` does the same for ``validation_data`` and for ``predict`` (with the
   fitted model's own tokenizer);
-- :func:`make_text_source` turns a :class:`TokenizedText` into a :class:`TextSource`,
-  the :class:`~rest_fair._data.BatchSource` that yields, per batch, a dict of
-  ``input_ids`` and ``attention_mask`` padded to the longest text *of that batch*.
+- :func:`rest_fair._data.make_source` turns a :class:`TokenizedText` into a
+  :class:`TextSource`, the batch source that yields, per batch, a dict of ``input_ids``
+  and ``attention_mask`` padded to the longest text *of that batch* (both classes live in
+  :mod:`rest_fair._data` with the other batch sources).
 
 Texts are single segments (no sentence pairs), so no ``token_type_ids`` are produced;
 BERT-style models then use segment 0 for every token, as for a single sentence.
@@ -19,13 +20,12 @@ BERT-style models then use segment 0 for every token, as for a single sentence.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import torch
 
-from ._data import BatchSource
+from ._data import TextSource, TokenizedText
 
 __all__ = [
     "TextSource",
@@ -33,7 +33,6 @@ __all__ = [
     "check_text_input",
     "fit_text_input",
     "is_text_input",
-    "make_text_source",
     "text_input",
     "tokenize",
     "validate_text_xy",
@@ -65,89 +64,6 @@ def _module_name(est: Any) -> str:
 def _is_hf(est: Any) -> bool:
     module = getattr(est, "module", None)
     return isinstance(module, str) and module.startswith("hf:")
-
-
-class TokenizedText:
-    """Token ids of many texts, stored end to end (no padding).
-
-    Parameters
-    ----------
-    ids : ndarray of int32
-        All token ids, text after text.
-    offsets : ndarray of int64 of shape (n_texts + 1,)
-        Text ``i`` is ``ids[offsets[i]:offsets[i + 1]]``.
-    pad_token_id : int
-        Id used to pad a batch.
-    """
-
-    def __init__(self, ids: np.ndarray, offsets: np.ndarray, *, pad_token_id: int) -> None:
-        self.ids = np.ascontiguousarray(ids, dtype=np.int32)
-        self.offsets = np.ascontiguousarray(offsets, dtype=np.int64)
-        self.pad_token_id = int(pad_token_id)
-
-    def __len__(self) -> int:
-        return len(self.offsets) - 1
-
-    @property
-    def lengths(self) -> np.ndarray:
-        """Number of tokens of each text."""
-        return np.diff(self.offsets)
-
-    def __getitem__(self, index: Any) -> TokenizedText:
-        """The texts at ``index`` (an integer array, a boolean mask or a slice), in order."""
-        rows = np.arange(len(self))[index]
-        rows = np.atleast_1d(rows).astype(np.int64)
-        starts = self.offsets[rows]
-        lengths = self.offsets[rows + 1] - starts
-        offsets = np.zeros(len(rows) + 1, dtype=np.int64)
-        np.cumsum(lengths, out=offsets[1:])
-        positions = np.repeat(starts - offsets[:-1], lengths) + np.arange(offsets[-1])
-        return TokenizedText(self.ids[positions], offsets, pad_token_id=self.pad_token_id)
-
-    def padded(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """``(input_ids, attention_mask)`` of texts ``rows``, padded to the longest of them."""
-        rows = np.asarray(rows, dtype=np.int64)
-        starts = self.offsets[rows]
-        lengths = self.offsets[rows + 1] - starts
-        width = max(int(lengths.max()) if len(rows) else 0, 1)
-        input_ids = np.full((len(rows), width), self.pad_token_id, dtype=np.int64)
-        mask = np.zeros((len(rows), width), dtype=np.int64)
-        row_of = np.repeat(np.arange(len(rows)), lengths)
-        first = np.repeat(np.cumsum(lengths) - lengths, lengths)
-        col = np.arange(int(lengths.sum())) - first
-        source = np.repeat(starts, lengths) + col
-        input_ids[row_of, col] = self.ids[source]
-        mask[row_of, col] = 1
-        return input_ids, mask
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(n_texts={len(self)}, n_tokens={len(self.ids)})"
-
-
-class TextSource(BatchSource):
-    """Batches of token dicts, each padded to the longest text in the batch.
-
-    Parameters
-    ----------
-    tokens : TokenizedText
-    """
-
-    def __init__(self, tokens: TokenizedText) -> None:
-        self.tokens = tokens
-        self.n_samples = len(tokens)
-        self.sample_shape = ()
-
-    def batches(
-        self, order: torch.Tensor, batch_size: int, device: torch.device
-    ) -> Iterator[tuple[dict[str, torch.Tensor], torch.Tensor]]:
-        rows = order.numpy()
-        for start in range(0, len(order), batch_size):
-            input_ids, mask = self.tokens.padded(rows[start : start + batch_size])
-            batch = {
-                "input_ids": torch.from_numpy(input_ids).to(device, non_blocking=True),
-                "attention_mask": torch.from_numpy(mask).to(device, non_blocking=True),
-            }
-            yield batch, order[start : start + batch_size]
 
 
 def is_text_input(X: Any) -> bool:
@@ -328,8 +244,3 @@ def text_input(est: Any, X: Any, *, fitting: bool = False) -> TokenizedText | No
         return check_text_input(est, X, fitting=fitting)
     check_not_text_module(est, X)
     return None
-
-
-def make_text_source(X: Any) -> TextSource | None:
-    """``make_source``: a :class:`TextSource` for a :class:`TokenizedText`, else ``None``."""
-    return TextSource(X) if isinstance(X, TokenizedText) else None
