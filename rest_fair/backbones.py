@@ -33,6 +33,7 @@ from ._downloads import socket_timeout
 
 __all__ = [
     "HF_PREFIX",
+    "MODULE_NAMES",
     "HFTextClassifier",
     "build_backbone",
     "build_hf",
@@ -46,7 +47,9 @@ __all__ = [
 
 #: Prefix of ``module`` names that load a Hugging Face sequence classifier.
 HF_PREFIX = "hf:"
-_BUILTIN = ("auto", "mlp", "cnn", "resnet18")
+#: Names of the built-in networks of :mod:`rest_fair.models` that ``module`` takes; any
+#: other name is a backbone.
+MODULE_NAMES = ("auto", "mlp", "cnn", "resnet18")
 _DOWNLOAD_TIMEOUT_S = 30.0
 _PROBE_TIMEOUT_S = 5.0
 
@@ -131,7 +134,7 @@ def is_backbone(name: str, module_params: Mapping[str, Any] | None = None) -> bo
     """
     if name.startswith(HF_PREFIX):
         return True
-    if name in _BUILTIN:
+    if name in MODULE_NAMES:
         return name == "resnet18" and "weights" in (module_params or {})
     return True
 
@@ -172,7 +175,8 @@ def _import_torchvision(name: str) -> Any:
     try:
         import torchvision
     except (ImportError, RuntimeError, OSError) as exc:
-        raise ImportError(NO_TORCHVISION.format(name=name, builtin=_BUILTIN, error=exc)) from exc
+        raise ImportError(
+            NO_TORCHVISION.format(name=name, builtin=MODULE_NAMES, error=exc)) from exc
     return torchvision
 
 
@@ -355,7 +359,7 @@ def build_torchvision(
     if name not in names:
         close = difflib.get_close_matches(name, names, n=3)
         hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
-        raise ValueError(UNKNOWN_TORCHVISION.format(builtin=_BUILTIN, name=name, hint=hint))
+        raise ValueError(UNKNOWN_TORCHVISION.format(builtin=MODULE_NAMES, name=name, hint=hint))
     if input_shape is not None:
         shape = tuple(int(s) for s in input_shape)
         if len(shape) != 3 or shape[0] != 3:

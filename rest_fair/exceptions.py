@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-__all__ = ["CheckpointError", "DistributedError", "MaskDivergenceError", "TrainingDivergedError"]
+__all__ = [
+    "CheckpointError",
+    "DistributedError",
+    "MaskDivergenceError",
+    "MissingDependencyError",
+    "ModelFileError",
+    "TrainingDivergedError",
+]
 
 
 class TrainingDivergedError(FloatingPointError):
@@ -15,6 +22,14 @@ class TrainingDivergedError(FloatingPointError):
 
 class CheckpointError(ValueError):
     """A training checkpoint cannot be used: missing, damaged, or from another run."""
+
+
+class ModelFileError(ValueError):
+    """A model file is not a rest_fair file, is damaged, or cannot be loaded safely."""
+
+
+class MissingDependencyError(ImportError):
+    """Optional packages that a feature needs are not installed (the message says how to)."""
 
 
 class DistributedError(RuntimeError):
