@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from .._requirements import import_optional
+from .._version import __version__
 from .config import BenchConfig
 from .methods import get_method
 from .references import COLORED_MNIST_REFERENCE, REFERENCE_NOTE, reference_markdown
@@ -56,8 +58,6 @@ def library_versions() -> dict[str, str]:
             versions[key] = metadata.version(dist)
         except metadata.PackageNotFoundError:
             versions[key] = "not installed"
-    from .. import __version__
-
     versions["rest_fair"] = __version__
     return versions
 
@@ -212,8 +212,7 @@ def _clipped_err(rows, metric: str) -> np.ndarray:
 
 def plot_results(summary, records: Sequence[dict], config: BenchConfig, out_dir: Path) -> list:
     """Accuracy vs. sparsity per ratio, and per-group bars; returns the PNG paths."""
-    import matplotlib
-
+    matplotlib = import_optional("matplotlib", extra="bench", caller="The benchmark plots")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
