@@ -13,8 +13,7 @@ builders stay cheap to import.
 
 from __future__ import annotations
 
-from typing import Any
-
+from .._lazy import lazy_attributes
 from .colored import (
     PALETTE,
     BiasedImageData,
@@ -42,12 +41,6 @@ __all__ = [
     "pct_folder",
 ]
 
-_LAZY = {"DFA_DATASETS", "DFAImageFolder", "DatasetNotFoundError", "load_dfa", "pct_folder"}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        from . import dfa
-
-        return getattr(dfa, name)
-    raise AttributeError(f"module 'rest_fair.datasets' has no attribute {name!r}")
+__getattr__, __dir__ = lazy_attributes(__name__, {
+    ".dfa": ["DFA_DATASETS", "DFAImageFolder", "DatasetNotFoundError", "load_dfa", "pct_folder"],
+})
