@@ -18,12 +18,14 @@ from sklearn.utils import check_random_state
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import _num_samples, column_or_1d, validate_data
 
-from ._data import _first_element, is_torch_dataset, make_source
+from ._data import _DatasetSource, _first_element, is_torch_dataset, make_source
 from ._validation import BAD_LENGTH, ONE_CLASS, check_sample_weight, encode_groups
 from .callbacks import check_callbacks
+from .jtt import identify_errors, overlap_report
 from .models import build_module
 from .objectives import make_objective
-from .reweighting import cell_weights, sample_weights_for
+from .persistence.checkpoint import has_checkpoint, read_checkpoint
+from .reweighting import cell_weights, minority_mask, sample_weights_for
 from .sparse.compute import make_sparse_compute
 from .text import fit_text_input, text_input
 from .training import (
@@ -38,6 +40,7 @@ from .training import (
     make_scheduler,
     make_sparsity,
 )
+from .training.distributed import check_world, resolve_distributed
 
 __all__ = ["fit_estimator", "resolve_device", "take"]
 
@@ -251,9 +254,6 @@ def _train_groups(est: Any, X_train: Any, y_train: np.ndarray, classes: np.ndarr
         est.inferred_groups_ = None
         est.inferred_groups_overlap_ = None
         return group_codes[train_idx], group_labels, {}
-    from .jtt import identify_errors, overlap_report
-    from .reweighting import minority_mask
-
     if saved_errors is not None:
         errors = saved_errors.numpy().astype(bool)
     else:
@@ -285,8 +285,6 @@ def _example_batch(data: TrainSet, batch_size: int,
 
     ``None`` for a torch Dataset, whose loader would start its workers just for this.
     """
-    from ._data import _DatasetSource
-
     source = data.source
     if isinstance(source, _DatasetSource):
         return None
@@ -361,9 +359,6 @@ def fit_estimator(
 ) -> Any:
     """Validate, prepare and train; sets the fitted attributes of ``est``."""
     from tqdm.auto import tqdm
-
-    from .persistence.checkpoint import has_checkpoint, read_checkpoint
-    from .training.distributed import check_world, resolve_distributed
 
     callbacks = check_callbacks(est.callbacks)
     warm = bool(est.warm_start) and hasattr(est, "module_") and resume_from is None

@@ -15,7 +15,9 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ._data import is_torch_dataset, make_source
+from ._fit import fit_estimator
 from ._validation import Interval, Options, TypeOf, check_params
+from .efficiency import efficiency_report, export_sparse
 from .exceptions import ModelFileError, TrainingDivergedError
 from .models import MODULE_NAMES
 from .objectives import OBJECTIVES
@@ -24,7 +26,8 @@ from .reweighting import REWEIGHT_MODES
 from .sparse import DROP_SCHEDULES, REGROW_MODES
 from .sparse.compute import SPARSE_COMPUTE_MODES
 from .text import text_input
-from .training import LR_SCHEDULERS, OPTIMIZERS, PRECISIONS
+from .training import LR_SCHEDULERS, OPTIMIZERS, PRECISIONS, predict_logits
+from .training.distributed import translate_failures
 
 __all__ = ["RESTClassifier"]
 
@@ -402,9 +405,6 @@ scipy.sparse matrix, DataFrame, or torch Dataset
             ``distributed_timeout``, or the ranks' masks or weights diverged
             (:class:`~rest_fair.exceptions.MaskDivergenceError`).
         """
-        from ._fit import fit_estimator
-        from .training.distributed import translate_failures
-
         check_params(self)
         with translate_failures(self.distributed_timeout):
             return fit_estimator(self, X, y, groups=groups, sample_weight=sample_weight,
@@ -440,8 +440,6 @@ scipy.sparse matrix, DataFrame, or torch Dataset
         TrainingDivergedError
             If some outputs are not finite (no NaN is ever returned).
         """
-        from .training import predict_logits
-
         X = self._check_predict_input(X)
         device = self._device_of_module()
         source = make_source(X, device=device, num_workers=self.num_workers)
@@ -523,8 +521,6 @@ scipy.sparse matrix, DataFrame, or torch Dataset
         -------
         pandas.DataFrame
         """
-        from .efficiency import efficiency_report
-
         check_is_fitted(self, "module_")
         return efficiency_report(
             self.module_,
@@ -544,8 +540,6 @@ scipy.sparse matrix, DataFrame, or torch Dataset
         See :func:`rest_fair.efficiency.export_sparse`. To predict through it, use a copy:
         ``fast = copy.copy(clf); fast.module_ = clf.export_sparse()``.
         """
-        from .efficiency import export_sparse
-
         check_is_fitted(self, "module_")
         return export_sparse(
             self.module_, self.masks_, density_threshold=density_threshold,

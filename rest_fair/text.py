@@ -24,8 +24,12 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import column_or_1d
 
 from ._data import TextSource, TokenizedText
+from ._validation import BAD_LENGTH
+from .backbones import HFTextClassifier, check_hf_params, load_tokenizer
 
 __all__ = [
     "TextSource",
@@ -139,8 +143,6 @@ def tokenize(texts: Sequence[str], tokenizer: Any, *, max_length: int | None) ->
 
 
 def _fit_tokenizer(est: Any) -> tuple[Any, int | None]:
-    from .backbones import check_hf_params, load_tokenizer
-
     params = check_hf_params(est.module, dict(est.module_params or {}))
     return load_tokenizer(est.module, params), params["max_length"]
 
@@ -161,11 +163,6 @@ def validate_text_xy(est: Any, X: Any, y: Any) -> tuple[TokenizedText, np.ndarra
     -------
     (TokenizedText, ndarray)
     """
-    from sklearn.utils.multiclass import check_classification_targets
-    from sklearn.utils.validation import column_or_1d
-
-    from ._validation import BAD_LENGTH
-
     if not _is_hf(est):
         raise ValueError(TEXT_NEEDS_HF.format(module=_module_name(est)))
     tokens = check_text_input(est, X, fitting=True)
@@ -201,8 +198,6 @@ def check_text_input(est: Any, X: Any, *, fitting: bool = False) -> TokenizedTex
     if isinstance(X, TokenizedText):
         return X
     if not fitting:
-        from .backbones import HFTextClassifier
-
         module = getattr(est, "module_", None)
         if not isinstance(module, HFTextClassifier):
             raise ValueError(NOT_FITTED_ON_TEXT)

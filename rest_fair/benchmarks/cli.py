@@ -14,8 +14,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .._requirements import MissingDependencyError
+from ._dask import connect
 from .config import PRESETS, preset
 from .methods import METHODS
+from .report import write_outputs
+from .runner import check_bench_requirements, run_sweep, split_threads
 
 __all__ = ["add_parser", "run"]
 
@@ -82,7 +86,7 @@ def _json_object(flag: str) -> Any:
 
 
 def _estimator_params(value: str) -> dict:
-    from .. import RESTClassifier
+    from .. import RESTClassifier  # imports torch: not at `rest-fair --help`
 
     parsed = _json_object("--estimator-params")(value)
     unknown = sorted(set(parsed) - set(RESTClassifier().get_params()))
@@ -172,10 +176,6 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Execute ``rest-fair bench`` with parsed arguments; returns the exit status."""
-    from .._requirements import MissingDependencyError
-    from .report import write_outputs
-    from .runner import check_bench_requirements, run_sweep, split_threads
-
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     module_params = args.module_params
     if module_params is None and args.module not in (None, PRESETS[args.preset]["module"]):
@@ -223,8 +223,6 @@ def run(args: argparse.Namespace) -> int:
     with contextlib.ExitStack() as stack:
         client = None
         if backend == "dask":
-            from ._dask import connect
-
             try:
                 client = stack.enter_context(
                     connect(args.scheduler, timeout=args.scheduler_timeout)

@@ -28,6 +28,9 @@ import numpy as np
 
 from .._requirements import Requirement
 from .._requirements import check_requirements as _check_requirements
+from ..datasets import make_colored_digits, make_colored_mnist
+from ..jtt import overlap_report
+from ..metrics import group_accuracies
 from .config import BenchConfig, RunSpec
 from .methods import estimator_params, get_method
 
@@ -126,10 +129,8 @@ def _dataset(
     data_root: str | None = None,
     dfa_name: str = "cmnist",
 ):
-    from ..datasets import make_colored_digits, make_colored_mnist
-
     if dataset == "dfa":
-        from ..datasets import load_dfa
+        from ..datasets import load_dfa  # imports torch: not at `rest-fair --help`
 
         return _FolderData(
             load_dfa(data_root, dataset=dfa_name, conflict_pct=ratio, image_size=image_size)
@@ -213,7 +214,7 @@ def check_bench_requirements(config: BenchConfig, *, plots: bool = False) -> Non
 
 def check_methods(config: BenchConfig) -> None:
     """Fail early when a method needs estimator parameters this version lacks."""
-    from .. import RESTClassifier
+    from .. import RESTClassifier  # imports torch: not at `rest-fair --help`
 
     known = RESTClassifier().get_params()
     for name in config.methods:
@@ -308,9 +309,7 @@ def _train_and_score(
 ) -> dict[str, Any]:
     import torch
 
-    from .. import RESTClassifier
-    from ..metrics import group_accuracies
-
+    from .. import RESTClassifier  # imports torch: not at `rest-fair --help`
     if n_threads:
         torch.set_num_threads(int(n_threads))
     method = get_method(spec.method)
@@ -370,8 +369,6 @@ def _train_and_score(
     }
     inferred = getattr(clf, "inferred_groups_", None)
     if inferred is not None:
-        from ..jtt import overlap_report
-
         out["jtt_overlap"] = {
             k: _float(v) for k, v in overlap_report(inferred, data.conflict_train).items()
         }

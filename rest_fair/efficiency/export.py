@@ -30,6 +30,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
+from ..models import MLP
 from ..sparse.checks import check_masks
 
 __all__ = ["SparseExport", "SparseLinearChain", "export_sparse", "module_nbytes"]
@@ -194,8 +195,6 @@ def _build_plan(module: nn.Module) -> list[tuple] | None:
     A pipeline is an ``nn.Sequential``, a :class:`~rest_fair.models.MLP` (whose forward
     applies its ``layers``) or a chain; ``None`` for anything else.
     """
-    from ..models import MLP
-
     if type(module) is MLP:
         module = module.layers
     if type(module) is SparseLinearChain:

@@ -52,6 +52,7 @@ import torch
 from torch import nn
 
 from ..exceptions import DistributedError, MaskDivergenceError
+from ..objectives import ERMObjective, GroupDROObjective
 
 __all__ = [
     "TORCHRUN_ENV",
@@ -480,8 +481,6 @@ class DistributedContext:
 
     def global_objective(self, objective: Any) -> Any:
         """``objective`` such that DDP's gradient average is that of the global batch."""
-        from ..objectives import ERMObjective, GroupDROObjective
-
         if isinstance(objective, ERMObjective):
             return objective  # equal slices: the mean of the ranks' means is the mean
         if isinstance(objective, GroupDROObjective):

@@ -19,7 +19,10 @@ import torch
 from torch import nn
 
 from .._data import BatchSource
+from ..callbacks import Callback, Checkpoint
 from ..exceptions import TrainingDivergedError
+from ..persistence.checkpoint import write_checkpoint
+from .distributed import shard_range
 from .parts import EvalSet, TrainingParts
 from .state import TrainState
 
@@ -97,8 +100,6 @@ def predict_logits(
 
 
 def _overrides(callback: Any, hook: str) -> bool:
-    from ..callbacks import Callback
-
     return getattr(type(callback), hook, None) is not getattr(Callback, hook)
 
 
@@ -135,8 +136,6 @@ class TrainingRun:
         self.fingerprint = fingerprint or {}
         self.extra = dict(extra or {})
         self.net: Any = None
-        from ..callbacks import Checkpoint
-
         # checkpoints go last, so the state they write includes every other callback's
         others = [cb for cb in parts.callbacks if not isinstance(cb, Checkpoint)]
         self.callbacks = others + [cb for cb in parts.callbacks if isinstance(cb, Checkpoint)]
@@ -242,8 +241,6 @@ class TrainingRun:
                 {k: f"{record[k]:.3f}" for k in ("train_loss", "valid_acc",
                                                  "valid_worst_group_acc") if k in record}
             )
-        from ..callbacks import Checkpoint
-
         for cb in self.callbacks:
             if not isinstance(cb, Checkpoint) and cb.on_epoch_end(self.net, record=record):
                 s.stopped = True
@@ -309,8 +306,6 @@ class TrainingRun:
         n_groups = int(groups.max()) + 1 if len(groups) else 1
         order = None
         if ctx is not None:
-            from .distributed import shard_range
-
             order = shard_range(len(y), ctx.rank, ctx.world_size)
             y, groups = y[order], groups[order]
         logits = predict_logits(self.parts.module, valid.source,
@@ -423,8 +418,6 @@ class TrainingRun:
 
         In a data-parallel fit only rank 0 writes (every rank holds the same state).
         """
-        from ..persistence.checkpoint import write_checkpoint
-
         if self.parts.distributed is not None and not self.parts.distributed.is_main:
             return
 

@@ -37,6 +37,10 @@ from pathlib import Path
 from typing import Any
 
 from .._requirements import MissingDependencyError, Requirement, check_requirements
+from .datasets import dataset_spec, load_wilds
+from .protocol import recipe_for
+from .submission import write_submission
+from .synthetic import SMOKE_GROUP_COUNTS, make_synthetic_layout
 
 __all__ = ["add_parser", "build_parser", "main", "run"]
 
@@ -212,8 +216,6 @@ def resolve_settings(args: argparse.Namespace, spec: Any) -> dict[str, Any]:
         given["weights"] = _RANDOM_INIT
     extra: dict[str, Any] = {}
     if args.protocol == "wilds":
-        from .protocol import recipe_for
-
         recipe = recipe_for(spec.name)
         base = {
             "module": recipe.module, "weights": recipe.weights,
@@ -275,8 +277,7 @@ def _module_params(settings: dict[str, Any]) -> dict[str, Any] | None:
 
 def run(args: argparse.Namespace) -> int:
     """Load -> fit every seed -> official metrics -> submission files and comparison table."""
-    from .datasets import dataset_spec, load_wilds
-    from .leaderboard import comparison_table, to_markdown
+    from .leaderboard import comparison_table, to_markdown  # pandas: not at `rest-fair --help`
 
     try:
         check_requirements(_REQUIREMENTS, command=f"rest-fair wilds --dataset {args.dataset}")
@@ -286,8 +287,6 @@ def run(args: argparse.Namespace) -> int:
     spec = dataset_spec(args.dataset)
     out_dir = Path(args.out_dir)
     if args.synthetic:
-        from .synthetic import SMOKE_GROUP_COUNTS, make_synthetic_layout
-
         if not (Path(args.root_dir) / spec.dirname / spec.release_file).exists():
             make_synthetic_layout(spec.name, args.root_dir, seed=args.seed,
                                   group_counts=SMOKE_GROUP_COUNTS.get(spec.name))
@@ -364,7 +363,7 @@ def run(args: argparse.Namespace) -> int:
 def _splits(args: argparse.Namespace, settings: dict, dataset: Any, spec: Any, seed: int,
             cache: dict) -> tuple[dict, dict]:
     """The splits and the model inputs of each; shared by seeds unless --frac < 1."""
-    from .adapter import split_wilds
+    from .adapter import split_wilds  # imports torch: not at `rest-fair --help`
 
     key = seed if args.frac < 1.0 else None
     if key in cache:
@@ -386,11 +385,9 @@ def _splits(args: argparse.Namespace, settings: dict, dataset: Any, spec: Any, s
 def _run_seed(args: argparse.Namespace, settings: dict, module_params: dict | None,
               dataset: Any, spec: Any, seed: int, out_dir: Path, cache: dict) -> dict:
     """Fit one seed, evaluate it, write its submission files and runs/seed_<k>.json."""
-    from rest_fair import RESTClassifier
+    from rest_fair import RESTClassifier  # imports torch: not at `rest-fair --help`
 
     from .metrics import wilds_eval
-    from .submission import write_submission
-
     parts, features = _splits(args, settings, dataset, spec, seed, cache)
     clf = RESTClassifier(
         sparsity=args.sparsity,
