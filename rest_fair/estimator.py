@@ -23,7 +23,7 @@ from .models import MODULE_NAMES
 from .objectives import OBJECTIVES
 from .persistence import model_file
 from .reweighting import REWEIGHT_MODES
-from .sparse import DROP_SCHEDULES, REGROW_MODES
+from .sparse import DROP_SCHEDULES, LAYER_DENSITIES, REGROW_MODES, SPARSE_INITS
 from .sparse.compute import SPARSE_COMPUTE_MODES
 from .text import text_input
 from .training import LR_SCHEDULERS, OPTIMIZERS, PRECISIONS, predict_logits
@@ -33,9 +33,8 @@ __all__ = ["RESTClassifier"]
 
 _INF = float("inf")
 _NONE = type(None)
-_LAYER_DENSITIES = ("erk", "uniform")
 # "erk" and "uniform" are the deprecated spellings of layer_density (see _fit.py)
-_SPARSE_INITS = ("random", "magnitude", *_LAYER_DENSITIES)
+_SPARSE_INITS = (*SPARSE_INITS, *LAYER_DENSITIES)
 _NON_FINITE_OUTPUT = (
     "the network's outputs are not finite for {count} of {n} samples (inputs of very large "
     "magnitude, or a model saved after training diverged?); no probabilities returned."
@@ -241,7 +240,7 @@ class RESTClassifier(ClassifierMixin, BaseEstimator):
 
     _parameter_constraints: ClassVar[dict[str, list]] = {
         "sparsity": [Interval(Real, 0, 1, "left")],
-        "layer_density": [Options(_LAYER_DENSITIES)],
+        "layer_density": [Options(LAYER_DENSITIES)],
         "sparse_init": [Options(_SPARSE_INITS)],
         "dense_layers": [TypeOf((list, tuple, _NONE), "a list of layer names or None")],
         "regrow": [Options(REGROW_MODES)],
