@@ -20,6 +20,7 @@ BERT-style models then use segment 0 for every token, as for a single sentence.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -37,6 +38,7 @@ __all__ = [
     "check_text_input",
     "fit_text_input",
     "is_text_input",
+    "make_text_source",
     "text_input",
     "tokenize",
     "validate_text_xy",
@@ -56,6 +58,10 @@ NOT_FITTED_ON_TEXT = (
 )
 BAD_TEXT = "X must be a list or 1-D array of strings; element {index} is {type}."
 EMPTY_TEXT = "X is an empty list of strings; fit needs at least one sample."
+_MAKE_TEXT_SOURCE = (
+    "make_text_source is deprecated and will be removed in a future release: "
+    "rest_fair._data.make_source makes the TextSource of a TokenizedText itself."
+)
 _DEFAULT_MAX_LENGTH = 512
 _CHUNK = 4096
 
@@ -239,3 +245,9 @@ def text_input(est: Any, X: Any, *, fitting: bool = False) -> TokenizedText | No
         return check_text_input(est, X, fitting=fitting)
     check_not_text_module(est, X)
     return None
+
+
+def make_text_source(X: Any) -> TextSource | None:
+    """Deprecated: a :class:`TextSource` for a :class:`TokenizedText`, else ``None``."""
+    warnings.warn(_MAKE_TEXT_SOURCE, FutureWarning, stacklevel=2)
+    return TextSource(X) if isinstance(X, TokenizedText) else None
