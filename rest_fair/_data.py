@@ -14,13 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = [
-    "BatchSource",
-    "TextSource",
-    "TokenizedText",
-    "is_torch_dataset",
-    "make_source",
-]
+__all__ = ["BatchSource", "TextSource", "TokenizedText", "is_torch_dataset", "make_source"]
 
 _MAX_DEVICE_BYTES = 512 * 2**20
 BAD_DATASET_ITEM = (

@@ -13,21 +13,10 @@ __all__ = ["lazy_attributes"]
 def lazy_attributes(
     module: str, names: Mapping[str, Iterable[str]]
 ) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
-    """The ``__getattr__`` and ``__dir__`` of ``module`` for names defined elsewhere.
+    """``__getattr__`` and ``__dir__`` for module ``module`` (its ``__name__``).
 
-    Parameters
-    ----------
-    module : str
-        The module's ``__name__``.
-    names : dict of str to iterable of str
-        For each module that defines some of the names, relative to ``module``'s package
-        (e.g. ``".estimator"``), those names.
-
-    Returns
-    -------
-    (callable, callable)
-        ``__getattr__`` imports the defining module on first access of a name;
-        ``__dir__`` lists the module's globals and these names.
+    ``names`` maps each defining module, relative to ``module``'s package (e.g.
+    ``".estimator"``), to the names it defines; the first access of a name imports it.
     """
     where = {name: source for source, defined in names.items() for name in defined}
 

@@ -62,28 +62,12 @@ class Requirement:
 def import_optional(
     module: str, *, extra: str, caller: str, package: str | None = None
 ) -> ModuleType:
-    """Import ``module`` of an optional package, or say how to install it.
+    """Import ``module`` of an optional package, or raise :class:`MissingDependencyError`.
 
-    Parameters
-    ----------
-    module : str
-        Import name, e.g. ``"torchvision"`` or ``"PIL.Image"``.
-    extra : str
-        The ``rest-fair`` extra that installs it, e.g. ``"vision"``.
-    caller : str
-        What needs it, for the error message.
-    package : str or None, default=None
-        Name to ``pip install`` (default: the top-level import name).
-
-    Returns
-    -------
-    module
-
-    Raises
-    ------
-    MissingDependencyError
-        If the import fails (the package is missing or broken, e.g. a build that does not
-        match torch); the message holds the original error and the install command.
+    The error names ``caller`` (what needs it), the original error and the install
+    command of the ``rest-fair`` ``extra``; ``package`` is the name to ``pip install``
+    (default: the top-level import name). A package that is installed but fails to import
+    (e.g. a build that does not match torch) counts as missing.
     """
     try:
         return importlib.import_module(module)

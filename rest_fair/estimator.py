@@ -564,16 +564,10 @@ scipy.sparse matrix, DataFrame, or torch Dataset
         return self
 
     def save(self, path: Any) -> int:
-        """Write the fitted estimator to a compressed, pickle-free file.
+        """Write the fitted estimator to a compressed, pickle-free file; returns its size.
 
-        The file holds the network and its masks (see :mod:`rest_fair.persistence.model_file`)
-        with the constructor parameters and the fitted attributes as plain values. The
-        ``module`` parameter must be a built-in name.
-
-        Returns
-        -------
-        int
-            Size of the written file in bytes.
+        The file holds the network and its masks (:mod:`rest_fair.persistence.model_file`),
+        the parameters and the fitted attributes; ``module`` must be a built-in name.
         """
         check_is_fitted(self, "module_")
         params = self.get_params(deep=False)
@@ -609,17 +603,9 @@ scipy.sparse matrix, DataFrame, or torch Dataset
     def load(cls, path: Any) -> RESTClassifier:
         """Read an estimator written by :meth:`save` (no code from the file is run).
 
-        Returns
-        -------
-        RESTClassifier
-            Fitted, on the CPU, its network in evaluation mode.
-
-        Raises
-        ------
-        ModelFileError
-            If the file is not a rest_fair model file, is damaged or inconsistent.
-        TypeError
-            If the file holds a module, not an estimator.
+        It comes back fitted, on the CPU, its network in evaluation mode. Raises
+        :class:`~rest_fair.exceptions.ModelFileError` for a damaged or inconsistent file,
+        ``TypeError`` for a file holding a module.
         """
         path = os.fspath(path)
         header, arrays = model_file.read(path)

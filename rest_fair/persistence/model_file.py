@@ -291,26 +291,9 @@ def write(
     header: Mapping[str, Any],
     arrays: Mapping[str, np.ndarray] | None = None,
 ) -> int:
-    """Write ``module``'s state dict, its masks, ``header`` and ``arrays`` to a file.
-
-    Parameters
-    ----------
-    path : str or path-like
-        Destination file (conventionally ``*.rest``).
-    module : nn.Module
-        The network; masked weights are stored as their active values and the mask.
-    masks : dict of str to bool Tensor, or None
-        Masks by parameter name.
-    header : dict
-        Plain JSON values (see :func:`to_json`) written into the header, beside the
-        format's own keys.
-    arrays : dict of str to ndarray, or None
-        Further arrays (not object arrays) to store, by member name.
-
-    Returns
-    -------
-    int
-        Size of the written file in bytes.
+    """Write ``module``'s state dict and ``masks`` (a dict of bool tensors by parameter
+    name, or None), the plain JSON values of ``header`` beside the format's own keys, and
+    further ``arrays`` by member name; returns the file size in bytes.
     """
     masks = dict(masks or {})
     check_masks(module, masks)
@@ -428,28 +411,13 @@ def read_module(
     module: nn.Module | None = None,
     architecture: Sequence[Any] | None = None,
 ) -> tuple[nn.Module, dict[str, torch.Tensor]]:
-    """The network and masks of a file read by :func:`read`, in evaluation mode on the CPU.
+    """The network and masks of a file that :func:`read` returned as ``header, arrays``.
 
-    The architecture is checked against the file on the meta device first (no memory
-    allocated), so a file cannot make this allocate more than the model it holds.
-
-    Parameters
-    ----------
-    path : str or path-like
-        The file (for messages).
-    header : dict
-        The header, as :func:`read` returned it.
-    arrays : dict of str to ndarray
-        The arrays, as :func:`read` returned them.
-    module : nn.Module or None, default=None
-        An instance of the architecture; a deep copy of it receives the weights.
-    architecture : tuple or None, default=None
-        Otherwise ``(name, input_shape, n_classes, module_params)`` of a built-in
-        network (:data:`rest_fair.models.MODULE_NAMES`).
-
-    Returns
-    -------
-    (nn.Module, dict of str to bool Tensor)
+    The weights go into a deep copy of ``module``, or else into the built-in network that
+    ``architecture`` names, ``(name, input_shape, n_classes, module_params)``; it is
+    checked against the file on the meta device first, so that a file cannot make this
+    allocate more than the model it holds. The network is returned on the CPU, in
+    evaluation mode.
     """
     path = os.fspath(path)
     with malformed(path):

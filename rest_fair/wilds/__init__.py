@@ -26,30 +26,7 @@ from __future__ import annotations
 
 from .._lazy import lazy_attributes
 
-__all__ = [
-    "DATASETS",
-    "PUBLISHED",
-    "WILDSImageDataset",
-    "WILDSSplit",
-    "comparison_table",
-    "dataset_spec",
-    "default_image_transform",
-    "expected_layout",
-    "extract_features",
-    "from_wilds",
-    "import_wilds",
-    "load_wilds",
-    "make_synthetic_layout",
-    "read_predictions",
-    "split_wilds",
-    "submission_filename",
-    "to_markdown",
-    "wilds_eval",
-    "wilds_grouper",
-    "write_submission",
-]
-
-__getattr__, __dir__ = lazy_attributes(__name__, {
+_DEFINED_IN = {
     ".datasets": ["DATASETS", "dataset_spec", "expected_layout", "load_wilds"],
     ".adapter": ["WILDSImageDataset", "WILDSSplit", "default_image_transform", "from_wilds",
                  "split_wilds", "wilds_grouper"],
@@ -59,4 +36,6 @@ __getattr__, __dir__ = lazy_attributes(__name__, {
     ".synthetic": ["make_synthetic_layout"],
     "._compat": ["import_wilds"],
     ".features": ["extract_features"],
-})
+}
+__all__ = sorted(name for names in _DEFINED_IN.values() for name in names)
+__getattr__, __dir__ = lazy_attributes(__name__, _DEFINED_IN)
