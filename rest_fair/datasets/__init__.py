@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..exceptions import DatasetNotFoundError
 from .colored import (
     PALETTE,
     BiasedImageData,
@@ -42,7 +43,7 @@ __all__ = [
     "pct_folder",
 ]
 
-_LAZY = {"DFA_DATASETS", "DFAImageFolder", "DatasetNotFoundError", "load_dfa", "pct_folder"}
+_LAZY = {"DFA_DATASETS", "DFAImageFolder", "load_dfa", "pct_folder"}
 
 
 def __getattr__(name: str) -> Any:
