@@ -248,7 +248,8 @@ def colorize(
     Parameters
     ----------
     images : array-like of shape (n, H, W)
-        Grey levels in [0, 1] (strokes bright, background 0).
+        Grey levels in [0, 1] (strokes bright, background 0), or uint8 levels 0-255,
+        which are divided by 255.
     labels : array-like of int, shape (n,)
         Labels in ``[0, n_colors)``.
     conflict_ratio : float or None
@@ -275,20 +276,42 @@ def colorize(
     """
     rng = np.random.default_rng(random_state)
     palette = _check_palette(PALETTE if palette is None else palette)
-    n_colors = len(palette)
-    images = np.asarray(images, dtype=np.float32)
+    images = np.asarray(images)
     if images.ndim != 3:
         raise ValueError(_BAD_IMAGES.format(shape=images.shape))
+    labels = _check_labels(labels, len(images), len(palette))
+    bias, colors = _draw_colors(
+        labels, conflict_ratio=conflict_ratio, palette=palette, color_std=color_std, rng=rng
+    )
+    return _paint(images, colors), bias, bias != labels
+
+
+def _check_labels(labels: ArrayLike, n: int, n_colors: int) -> np.ndarray:
     labels = np.asarray(labels)
     if (
-        labels.shape != (len(images),)
+        labels.shape != (n,)
         or not np.issubdtype(labels.dtype, np.integer)
         or (labels.size and (labels.min() < 0 or labels.max() >= n_colors))
     ):
         raise ValueError(
             _BAD_LABELS.format(k=n_colors, detail=f"shape {labels.shape}, dtype {labels.dtype}")
         )
-    labels = labels.astype(np.int64)
+    return labels.astype(np.int64)
+
+
+def _draw_colors(
+    labels: np.ndarray,
+    *,
+    conflict_ratio: float | None,
+    palette: np.ndarray,
+    color_std: float,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The colour index and the RGB stroke colour of every sample (see :func:`colorize`).
+
+    Returns ``bias`` (int64, shape (n,)) and ``colors`` (float32, shape (n, 3)).
+    """
+    n_colors = len(palette)
     n = len(labels)
     if conflict_ratio is None:
         bias = np.empty(n, dtype=np.int64)
@@ -302,11 +325,21 @@ def colorize(
         chosen = rng.choice(n, size=k, replace=False)
         shift = rng.integers(1, n_colors, size=k)
         bias[chosen] = (labels[chosen] + shift) % n_colors
-    colours = palette[bias]
+    colors = palette[bias]
     if color_std > 0:
-        colours = np.clip(colours + rng.normal(0.0, color_std, colours.shape), 0.0, 1.0)
-    X = images[:, None, :, :] * colours.astype(np.float32)[:, :, None, None]
-    return X.astype(np.float32, copy=False), bias, bias != labels
+        colors = np.clip(colors + rng.normal(0.0, color_std, colors.shape), 0.0, 1.0)
+    return bias, colors.astype(np.float32)
+
+
+def _paint(images: np.ndarray, colors: np.ndarray) -> np.ndarray:
+    """Grey images ``(n, H, W)`` (uint8 levels or floats in [0, 1]) times one RGB colour
+    each ``(n, 3)``: float32 images ``(n, 3, H, W)``."""
+    if images.dtype == np.uint8:
+        grey = images.astype(np.float32) / 255.0
+    else:
+        grey = np.asarray(images, dtype=np.float32)
+    X = grey[:, None, :, :] * np.asarray(colors, dtype=np.float32)[:, :, None, None]
+    return X.astype(np.float32, copy=False)
 
 
 def make_colored_mnist(
