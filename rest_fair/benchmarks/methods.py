@@ -54,8 +54,6 @@ class Method:
         ``groups`` to ``fit`` (and selects the checkpoint by validation worst-group
         accuracy); ``"val"`` only gives them with the validation data (selection);
         ``"none"`` uses none (selection by validation average accuracy).
-    requires : tuple of str
-        Estimator parameters this method needs (checked before a sweep starts).
     """
 
     name: str
@@ -63,7 +61,6 @@ class Method:
     sparse_label: str
     params: Mapping[str, Any]
     group_labels: str
-    requires: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.group_labels not in _GROUP_LABEL_USES:
@@ -109,7 +106,6 @@ METHODS: dict[str, Method] = {
             sparse_label="JTT-REST (sparse)",
             params={"upweight": LAMBDA, "infer_groups": "jtt"},
             group_labels="val",
-            requires=("infer_groups",),
         ),
         Method(
             name="groupdro",
@@ -117,7 +113,6 @@ METHODS: dict[str, Method] = {
             sparse_label="GroupDRO (sparse)",
             params={"upweight": None, "objective": "groupdro"},
             group_labels="train",
-            requires=("objective",),
         ),
     )
 }

@@ -51,10 +51,6 @@ RESULTS_FILE = "results.jsonl"
 #: Where the runs of a sweep execute.
 BACKENDS = ("local", "dask")
 
-_MISSING_PARAM = (
-    "Method {method!r} needs RESTClassifier parameter(s) {params}, which this version of "
-    "rest_fair does not have; drop it from --methods."
-)
 _CORRUPT_LINE = "Ignoring an unreadable line {line} of {path} (an interrupted write?)."
 _BAD_BACKEND = "backend must be one of {backends} or None; got {backend!r}."
 _SCHEDULER_NEEDS_DASK = (
@@ -209,17 +205,6 @@ def check_bench_requirements(config: BenchConfig, *, plots: bool = False) -> Non
         bench_requirements(config, plots=plots),
         command=f"rest-fair bench (dataset {config.dataset!r})",
     )
-
-
-def check_methods(config: BenchConfig) -> None:
-    """Fail early when a method needs estimator parameters this version lacks."""
-    from .. import RESTClassifier
-
-    known = RESTClassifier().get_params()
-    for name in config.methods:
-        missing = [p for p in get_method(name).requires if p not in known]
-        if missing:
-            raise ValueError(_MISSING_PARAM.format(method=name, params=missing))
 
 
 def _efficiency(clf: Any) -> dict[str, float]:
@@ -596,7 +581,6 @@ def run_sweep(
         path = out_dir / RESULTS_FILE
         if not resume and path.exists():
             path.rename(path.with_name(f"{path.stem}.{time.strftime('%Y%m%d-%H%M%S')}.jsonl"))
-        check_methods(config)
         specs = config.runs()
         done = {r["run_id"] for r in read_results(path) if r.get("status") == "ok"}
         pending = [s for s in specs if s.run_id not in done]
