@@ -161,15 +161,18 @@ def estimator_params(
     sparsity : float
     ratio : float
         Conflicting share (selects lambda).
-    upweight : float, str or None
-        Override of the lambda placeholder (e.g. ``"balanced"``); None uses
-        :func:`lambda_for_ratio`.
+    upweight : float, {"balanced", "none"} or None
+        Override of the lambda placeholder: a number, ``"balanced"``, or ``"none"`` (no
+        reweighting, ``upweight=None``); None uses :func:`lambda_for_ratio`.
 
     Returns
     -------
     dict
     """
-    lam = lambda_for_ratio(ratio) if upweight is None else upweight
+    if upweight is None:
+        lam = lambda_for_ratio(ratio)
+    else:
+        lam = None if upweight == "none" else upweight
     params = {k: (lam if v == LAMBDA else v) for k, v in method.params.items()}
     params["sparsity"] = float(sparsity)
     return params
