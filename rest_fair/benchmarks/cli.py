@@ -164,7 +164,7 @@ def run(args: argparse.Namespace) -> int:
     """Execute ``rest-fair bench`` with parsed arguments; returns the exit status."""
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     module_params = args.module_params
-    if module_params is None and args.module not in (None, PRESETS[args.preset]["module"]):
+    if module_params is None and args.module not in (None, preset(args.preset).module):
         module_params = {}  # the preset's module parameters belong to its own module
     overrides = {field: getattr(args, field) for field in _CONFIG_FIELDS}
     config = preset(args.preset, module_params=module_params, **overrides)
