@@ -283,8 +283,8 @@ def test_warm_start_and_bf16_precision(data):
 
 # ------------------------------------------------------------------ choosing the layers
 def _engine(module, sparsity=0.95, seed=0):
-    masks = MaskSet.random(module, density=1 - sparsity,
-                           generator=torch.Generator().manual_seed(seed))
+    masks = MaskSet.from_module(module, density=1 - sparsity,
+                                generator=torch.Generator().manual_seed(seed))
     masks.apply_()
     return DynamicSparsity(masks, schedule=DropSchedule(0.3, 100), update_interval=10)
 
