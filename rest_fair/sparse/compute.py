@@ -32,6 +32,7 @@ from .csr_engine import CSRDynamicSparsity
 from .csr_linear import CSRLinear
 from .engine import DynamicSparsity
 from .masks import MaskSet
+from .modules import sparse_linear_layers
 
 __all__ = [
     "SPARSE_COMPUTE_MODES",
@@ -68,8 +69,6 @@ _CSR_NO_DDP = (
     "under torchrun."
 )
 
-# a density tolerance that absorbs the rounding of per-layer active counts
-_DENSITY_TOL = 1e-6
 # "auto" converts a layer only when its CSR step is at least this much faster
 _AUTO_MARGIN = 0.9
 
@@ -193,24 +192,19 @@ def measure_layer(
 def candidate_layers(
     module: nn.Module, masks: MaskSet, threshold: float
 ) -> list[tuple[str, nn.Linear, int]]:
-    """Plain ``nn.Linear`` sub-layers whose mask density is at or below ``threshold``.
+    """The masked sub-layers :func:`~rest_fair.sparse.modules.sparse_linear_layers` selects.
 
     Returns
     -------
     list of (name, layer, nnz)
         In module order; fully dense layers and the root module are never candidates.
     """
-    names = set(masks.names)
+    by_name = {name: masks.mask(name) for name in masks.names}
     out = []
-    for name, sub in module.named_modules():
-        weight_name = f"{name}.weight"
-        # subclasses (e.g. an attention out-projection) may be used through their weights
-        if not name or type(sub) is not nn.Linear or weight_name not in names:
-            continue
-        mask = masks.mask(weight_name)
-        nnz = int(mask.sum())
-        if nnz < mask.numel() and nnz / mask.numel() <= threshold + _DENSITY_TOL:
-            out.append((name, sub, nnz))
+    for name, sub in sparse_linear_layers(module, by_name, threshold).items():
+        mask = by_name.get(f"{name}.weight")
+        if name and mask is not None and not bool(mask.all()):
+            out.append((name, sub, int(mask.sum())))
     return out
 
 
