@@ -92,8 +92,15 @@ def _link_feature_major(module: nn.Module) -> None:
             pending = sub if isinstance(sub, CSRLinear) else None
 
 
-def _per_weight(value: Any, shape: tuple) -> bool:
-    return torch.is_tensor(value) and tuple(value.shape) == shape
+def _layer_state(layer: CSRLinear, state: dict, *, dense: bool) -> dict:
+    """A CSR layer's optimizer state with its per-weight tensors dense, or back at the pattern.
+
+    Dense per-weight state has the ``(out, in)`` shape and zeros at inactive positions.
+    """
+    shape = (layer.nnz,) if dense else layer.shape
+    convert = layer.scatter if dense else (lambda v: layer.gather(v.to(layer.values.device)))
+    return {key: convert(v) if torch.is_tensor(v) and tuple(v.shape) == shape else v
+            for key, v in state.items()}
 
 
 class CSRDynamicSparsity(DynamicSparsity):
@@ -152,27 +159,18 @@ class CSRDynamicSparsity(DynamicSparsity):
         weights) and read back at the current pattern.
         """
 
-        def to_dense(opt, state_dict):
-            index = self._optimizer_layers(opt)
-            state = dict(state_dict["state"])
-            for i, layer in index.items():
-                if i in state:
-                    state[i] = {key: layer.scatter(v) if _per_weight(v, (layer.nnz,)) else v
-                                for key, v in state[i].items()}
-            return {**state_dict, "state": state}
+        def hook(dense: bool) -> Any:
+            def convert(opt: torch.optim.Optimizer, state_dict: dict) -> dict:
+                state = dict(state_dict["state"])
+                for i, layer in self._optimizer_layers(opt).items():
+                    if i in state:
+                        state[i] = _layer_state(layer, state[i], dense=dense)
+                return {**state_dict, "state": state}
 
-        def from_dense(opt, state_dict):
-            index = self._optimizer_layers(opt)
-            state = dict(state_dict["state"])
-            for i, layer in index.items():
-                if i in state:
-                    state[i] = {key: layer.gather(v.to(layer.values.device))
-                                if _per_weight(v, layer.shape) else v
-                                for key, v in state[i].items()}
-            return {**state_dict, "state": state}
+            return convert
 
-        self._hooks.append(optimizer.register_state_dict_post_hook(to_dense))
-        self._hooks.append(optimizer.register_load_state_dict_pre_hook(from_dense))
+        self._hooks.append(optimizer.register_state_dict_post_hook(hook(dense=True)))
+        self._hooks.append(optimizer.register_load_state_dict_pre_hook(hook(dense=False)))
 
     # -- the end of training ------------------------------------------------------------
     @torch.no_grad()
@@ -195,8 +193,6 @@ class CSRDynamicSparsity(DynamicSparsity):
                     group["params"] = [linear.weight if p is layer.values else p
                                        for p in group["params"]]
                 if layer.values in optimizer.state:
-                    state = optimizer.state.pop(layer.values)
-                    optimizer.state[linear.weight] = {
-                        key: layer.scatter(v) if _per_weight(v, (layer.nnz,)) else v
-                        for key, v in state.items()}
+                    optimizer.state[linear.weight] = _layer_state(
+                        layer, optimizer.state.pop(layer.values), dense=True)
             self.masks.restore_dense(weight_name, linear.weight, layer.mask())
