@@ -31,11 +31,15 @@ from torch import nn
 
 from ..sparse.checks import check_masks
 from ..sparse.csr_linear import _csr, _csr_indices
-from ..sparse.modules import ELEMENTWISE, set_submodule, sparse_linear_layers
+from ..sparse.modules import (
+    ELEMENTWISE,
+    check_threshold,
+    set_submodule,
+    sparse_linear_layers,
+)
 
 __all__ = ["SparseExport", "SparseLinearChain", "export_sparse", "module_nbytes"]
 
-_BAD_THRESHOLD = "density_threshold must be a float in [0, 1]; got {value!r}."
 _BAD_THREADS = "num_threads must be a positive int or None; got {value!r}."
 _BAD_MASK_DTYPE = "mask {key!r} must be a bool tensor; got dtype {dtype}."
 
@@ -466,10 +470,7 @@ def export_sparse(
     accept them on CPU with torch 2.14). ``F.linear`` with a CSR weight and COO tensors
     are avoided: both are several times slower.
     """
-    if isinstance(density_threshold, bool) or not isinstance(density_threshold, (int, float)):
-        raise ValueError(_BAD_THRESHOLD.format(value=density_threshold))
-    if not 0.0 <= float(density_threshold) <= 1.0:
-        raise ValueError(_BAD_THRESHOLD.format(value=density_threshold))
+    threshold = check_threshold(density_threshold, "density_threshold")
     if num_threads is not None and (
         isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1
     ):
@@ -485,7 +486,7 @@ def export_sparse(
     with torch.no_grad():
         for key, mask in masks.items():
             params[key].mul_(mask.to(params[key].device))
-    sparse = sparse_linear_layers(exported, masks, float(density_threshold))
+    sparse = sparse_linear_layers(exported, masks, threshold)
 
     converted: set[str] = set()
     for name, sub in list(exported.named_modules()):

@@ -20,11 +20,10 @@ from torch import nn
 
 from ..sparse.checks import check_masks
 from ..sparse.csr_linear import CSRLinear
-from ..sparse.modules import set_submodule, sparse_linear_layers
+from ..sparse.modules import check_threshold, set_submodule, sparse_linear_layers
 
 __all__ = ["SparseTrainableLinear", "load_dense_weights", "to_sparse_training"]
 
-_BAD_THRESHOLD = "density_threshold must be a float in [0, 1]; got {value!r}."
 _DEPRECATED = (
     "SparseTrainableLinear(weight, mask, bias) is deprecated and will be removed in the "
     "next release; use rest_fair.sparse.csr_linear.CSRLinear(linear, mask)."
@@ -81,15 +80,12 @@ def to_sparse_training(
     converted : list of str
         Names of the converted layers.
     """
-    if isinstance(density_threshold, bool) or not isinstance(density_threshold, (int, float)):
-        raise ValueError(_BAD_THRESHOLD.format(value=density_threshold))
-    if not 0.0 <= float(density_threshold) <= 1.0:
-        raise ValueError(_BAD_THRESHOLD.format(value=density_threshold))
+    threshold = check_threshold(density_threshold, "density_threshold")
     masks = dict(masks)
     check_masks(module, masks)
     out = copy.deepcopy(module)
     converted = []
-    for name, sub in sparse_linear_layers(out, masks, float(density_threshold)).items():
+    for name, sub in sparse_linear_layers(out, masks, threshold).items():
         mask = masks.get(f"{name}.weight")
         if name and mask is not None:
             set_submodule(out, name, CSRLinear(sub, mask, name=name))

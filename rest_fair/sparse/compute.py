@@ -32,7 +32,7 @@ from .csr_engine import CSRDynamicSparsity
 from .csr_linear import CSRLinear
 from .engine import DynamicSparsity
 from .masks import MaskSet
-from .modules import sparse_linear_layers
+from .modules import check_threshold, sparse_linear_layers
 
 __all__ = [
     "SPARSE_COMPUTE_MODES",
@@ -49,8 +49,6 @@ __all__ = [
 SPARSE_COMPUTE_MODES = ("auto", "masked", "csr")
 
 _BAD_MODE = "sparse_compute must be one of {modes}; got {value!r}."
-
-_BAD_THRESHOLD = "sparse_compute_threshold must be a float in [0, 1]; got {value!r}."
 
 _CSR_NEEDS_DEVICE = (
     "sparse_compute='csr' runs on CPU or CUDA devices; got device {device!r}. Use "
@@ -293,10 +291,7 @@ def make_sparse_compute(
     """
     if mode not in SPARSE_COMPUTE_MODES:
         raise ValueError(_BAD_MODE.format(modes=SPARSE_COMPUTE_MODES, value=mode))
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not (
-        0.0 <= float(threshold) <= 1.0
-    ):
-        raise ValueError(_BAD_THRESHOLD.format(value=threshold))
+    threshold = check_threshold(threshold, "sparse_compute_threshold")
     if sparsity is None or mode == "masked":
         return sparsity
     device = torch.device(device)
@@ -310,7 +305,7 @@ def make_sparse_compute(
             raise ValueError(_CSR_NO_DDP)
     elif not supported or grad_scaling or distributed:
         return sparsity
-    candidates = candidate_layers(module, sparsity.masks, float(threshold))
+    candidates = candidate_layers(module, sparsity.masks, threshold)
     if mode == "auto" and layers is not None:
         wanted = set(layers)
         chosen = [name for name, _, _ in candidates if name in wanted]

@@ -1,7 +1,8 @@
 """What the sparse code needs to know about a network's modules.
 
 - :func:`mask_density`: the density of one layer's mask;
-- :func:`sparse_linear_layers`: the linear layers at or below a density threshold, those
+- :func:`sparse_linear_layers`: the linear layers at or below a density threshold
+  (:func:`check_threshold` checks one), those
   that sparse kernels compute (``sparse_compute`` in ``fit``,
   :func:`~rest_fair.efficiency.to_sparse_training` and
   :func:`~rest_fair.efficiency.export_sparse`);
@@ -12,6 +13,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -19,6 +21,7 @@ from torch import nn
 __all__ = [
     "DENSITY_TOLERANCE",
     "ELEMENTWISE",
+    "check_threshold",
     "mask_density",
     "set_submodule",
     "sparse_linear_layers",
@@ -49,6 +52,23 @@ ELEMENTWISE = (
 #: :func:`sparse_linear_layers`: floating-point error (``1 - 0.95`` is
 #: ``0.050000000000000044``) does not decide whether a layer is sparse.
 DENSITY_TOLERANCE = 1e-6
+
+_BAD_THRESHOLD = "{name} must be a float in [0, 1]; got {value!r}."
+
+
+def check_threshold(value: Any, name: str) -> float:
+    """``value`` as a float if it is a density threshold, a number in [0, 1].
+
+    Raises
+    ------
+    ValueError
+        Otherwise, naming the parameter ``name``.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+        0.0 <= float(value) <= 1.0
+    ):
+        raise ValueError(_BAD_THRESHOLD.format(name=name, value=value))
+    return float(value)
 
 
 def mask_density(mask: torch.Tensor) -> float:
