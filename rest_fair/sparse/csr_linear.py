@@ -79,7 +79,6 @@ class _UpdatePlan:
 
     step: int
     k: int  # weights to replace
-    keep: torch.Tensor  # bool (nnz,): active weights that survive pruning
     kept_flat: torch.Tensor  # sorted flat indices of the kept weights
     scan_gradient: bool  # RigL: the backward pass finds the regrown positions
     grown: torch.Tensor | None = None  # flat indices chosen for regrowth
@@ -335,8 +334,7 @@ class CSRLinear(nn.Module):
         dropped = top_k_first(magnitude, k, largest=False)
         keep = torch.ones(n_active, dtype=torch.bool, device=magnitude.device)
         keep[dropped] = False
-        self._plan = _UpdatePlan(step=step, k=k, keep=keep,
-                                 kept_flat=self.flat_indices()[keep],
+        self._plan = _UpdatePlan(step=step, k=k, kept_flat=self.flat_indices()[keep],
                                  scan_gradient=regrow == "gradient")
 
     @torch.no_grad()
@@ -371,13 +369,8 @@ class CSRLinear(nn.Module):
         return new_mask.view(self.shape), grown
 
     @torch.no_grad()
-    def apply(
-        self,
-        new_mask: torch.Tensor,
-        grown: torch.Tensor,
-        *,
-        optimizer: torch.optim.Optimizer | None = None,
-    ) -> int:
+    def apply(self, new_mask: torch.Tensor, grown: torch.Tensor, *,
+              optimizer: torch.optim.Optimizer | None = None) -> int:
         """Make ``new_mask`` the pattern; returns the number of weights new to it.
 
         Weights at the flat indices ``grown`` start at 0, and so does their optimizer

@@ -136,6 +136,11 @@ class DynamicSparsity:
         -------
         int
             Weights regrown (0 when no update was due).
+
+        Raises
+        ------
+        RuntimeError
+            When :attr:`layers` were not prepared by ``prepare_step(step)``.
         """
         if not self.is_update_step(step):
             return 0

@@ -68,13 +68,8 @@ class LayerStorage(Protocol):
     ) -> tuple[torch.Tensor, torch.Tensor] | None:
         """The layer's decision, as :func:`decide_layer`'s; changes nothing."""
 
-    def apply(
-        self,
-        new_mask: torch.Tensor,
-        grown: torch.Tensor,
-        *,
-        optimizer: torch.optim.Optimizer | None = None,
-    ) -> int:
+    def apply(self, new_mask: torch.Tensor, grown: torch.Tensor, *,
+              optimizer: torch.optim.Optimizer | None = None) -> int:
         """Apply a decision, as :func:`apply_decision` does (the masks are not re-applied)."""
 
 
