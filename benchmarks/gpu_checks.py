@@ -257,39 +257,41 @@ def step_ddp(args: argparse.Namespace, out: Path) -> dict:
 
 
 def step_colored_fashion_mnist(args: argparse.Namespace, out: Path) -> dict:
+    """The bench's protocol: groups = aligned / conflicting, worst group over the two."""
     from rest_fair import RESTClassifier
-    from rest_fair.datasets import load_colored_fashion_mnist
-    from rest_fair.metrics import worst_group_accuracy
+    from rest_fair.datasets import make_colored_fashion_mnist
 
     deadline = time.monotonic() + args.limit("colored_fashion_mnist") - 30
-    sizes = dict(n_train=2000, n_val=300, n_test=500) if args.smoke else {}
-    data = load_colored_fashion_mnist(ratio=0.01, random_state=0, root=args.fashion_mnist,
-                                      **sizes)
+    data = make_colored_fashion_mnist(
+        conflict_ratio=0.01, random_state=0, root=args.fashion_mnist,
+        split_sizes=(2000, 300, 500) if args.smoke else None)
     epochs = 2 if args.smoke else args.epochs
     methods = {"erm": {"sparsity": 0.0, "upweight": None},
                "dense_reweighting": {"sparsity": 0.0, "upweight": "balanced"},
                "rest_0.9": {"sparsity": 0.9, "upweight": "balanced"},
                "rest_0.99": {"sparsity": 0.99, "upweight": "balanced"}}
-    runs = []
-    for seed in (41, 42, 43):
+    runs: list[dict] = []
+    for seed in (41,) if args.smoke else (41, 42, 43):
         for name, params in methods.items():
             if runs and time.monotonic() + 1.2 * max(r["seconds"] for r in runs) > deadline:
-                return {"epochs": epochs, "runs": runs, "stopped": "time limit"}
+                return {"epochs": epochs, "summary": data.summary(), "runs": runs,
+                        "stopped": "time limit"}
             clf = RESTClassifier(**params, module="cnn", max_epochs=epochs, batch_size=256,
                                  lr=0.01, optimizer="sgd", momentum=0.9,
                                  device=str(args.device), random_state=seed)
             start = time.perf_counter()
-            clf.fit(data.train.X, data.train.y, groups=data.train.groups,
-                    validation_data=(data.val.X, data.val.y, data.val.groups))
+            clf.fit(data.X_train, data.y_train, groups=data.conflict_train,
+                    validation_data=(data.X_valid, data.y_valid, data.conflict_valid))
             seconds = time.perf_counter() - start
-            pred = clf.predict(data.test.X)
+            correct = np.asarray(clf.predict(data.X_test)) == data.y_test
+            accuracies = [float(correct[~data.conflict_test].mean()),
+                          float(correct[data.conflict_test].mean())]
             runs.append({"method": name, "seed": seed, "seconds": seconds,
-                         "unbiased_test_accuracy": float(np.mean(pred == data.test.y)),
-                         "worst_group_accuracy": float(worst_group_accuracy(
-                             data.test.y, pred, data.test.groups)),
+                         "unbiased_test_accuracy": float(correct.mean()),
+                         "worst_group_accuracy": min(accuracies),
                          "best_epoch": int(clf.best_epoch_)})
             print(json.dumps(runs[-1]))
-    return {"epochs": epochs, "runs": runs, "stopped": None}
+    return {"epochs": epochs, "summary": data.summary(), "runs": runs, "stopped": None}
 
 
 STEPS: dict[str, tuple[Callable[[argparse.Namespace, Path], dict], int]] = {

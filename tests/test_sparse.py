@@ -94,8 +94,8 @@ def test_maskable_parameters_are_conv_and_linear_weights_only():
 @pytest.mark.parametrize("distribution", ["erk", "uniform"])
 def test_random_masks_have_exact_counts_and_zero_weights(distribution):
     net = _net()
-    masks = MaskSet.random(net, density=0.2, distribution=distribution,
-                           generator=torch.Generator().manual_seed(0))
+    masks = MaskSet.from_module(net, density=0.2, distribution=distribution,
+                                generator=torch.Generator().manual_seed(0))
     masks.apply_()
     shapes = {n: tuple(p.shape) for n, p in maskable_parameters(net)}
     fn = erk_densities if distribution == "erk" else uniform_densities
@@ -150,7 +150,7 @@ def test_gradient_regrow_needs_gradient():
 def test_update_topology_keeps_counts_zeroes_and_resets_optimizer_state():
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(20, 50), nn.ReLU(), nn.Linear(50, 4))
-    masks = MaskSet.random(net, density=0.3, generator=torch.Generator().manual_seed(1))
+    masks = MaskSet.from_module(net, density=0.3, generator=torch.Generator().manual_seed(1))
     masks.apply_()
     opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
     x, y = torch.randn(64, 20), torch.randint(0, 4, (64,))
@@ -199,7 +199,7 @@ def test_engine_during_training_keeps_exact_density():
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(30, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(),
                         nn.Linear(64, 3))
-    masks = MaskSet.random(net, density=0.1, generator=torch.Generator().manual_seed(0))
+    masks = MaskSet.from_module(net, density=0.1, generator=torch.Generator().manual_seed(0))
     masks.apply_()
     counts = masks.n_active()
     engine = DynamicSparsity(masks, schedule=DropSchedule(0.5, 60), update_interval=5,
@@ -231,8 +231,8 @@ def test_rescale_init_preserves_signal():
     net = nn.Sequential(*[nn.Linear(400, 400, bias=False) for _ in range(4)])
     x = torch.randn(512, 400)
     dense_std = float(net(x).std())
-    masks = MaskSet.random(net, density=0.05, distribution="uniform",
-                           generator=torch.Generator().manual_seed(0))
+    masks = MaskSet.from_module(net, density=0.05, distribution="uniform",
+                                generator=torch.Generator().manual_seed(0))
     masks.apply_()
     silent_std = float(net(x).std())
     masks.rescale_init_()
@@ -244,8 +244,8 @@ def test_rescale_init_preserves_signal():
 def test_random_masks_are_reproducible_and_seed_dependent():
     def masks(seed):
         net = nn.Sequential(nn.Linear(50, 50))
-        return MaskSet.random(net, density=0.2,
-                              generator=torch.Generator().manual_seed(seed)).to_dict()
+        return MaskSet.from_module(net, density=0.2,
+                                   generator=torch.Generator().manual_seed(seed)).to_dict()
     assert torch.equal(masks(3)["0.weight"], masks(3)["0.weight"])
     assert not torch.equal(masks(3)["0.weight"], masks(4)["0.weight"])
     assert np.isclose(float(masks(3)["0.weight"].float().mean()), 0.2)
@@ -253,7 +253,7 @@ def test_random_masks_are_reproducible_and_seed_dependent():
 
 def test_updates_never_fall_on_the_last_step_of_an_epoch():
     net = nn.Sequential(nn.Linear(8, 8))
-    masks = MaskSet.random(net, density=0.5, generator=torch.Generator().manual_seed(0))
+    masks = MaskSet.from_module(net, density=0.5, generator=torch.Generator().manual_seed(0))
     for interval, spe in [(4, 4), (3, 4), (1, 5), (7, 3), (10, 10)]:
         engine = DynamicSparsity(masks, schedule=DropSchedule(0.3, 10_000),
                                  update_interval=interval, steps_per_epoch=spe)

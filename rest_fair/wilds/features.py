@@ -28,6 +28,7 @@ from .. import backbones
 from .._data import make_source
 from .._fit import resolve_device
 from .._requirements import import_optional
+from ..sparse.modules import set_submodule
 from ..text import tokenize
 from .adapter import WILDSSplit, _base_and_indices
 from .datasets import dataset_spec
@@ -211,9 +212,7 @@ def _extractor(backbone: str, weights: Any, pooling: str, max_length: int | None
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = backbones.build_torchvision(backbone, n_classes=1, weights=weights)
-    head, _ = backbones._find_head(model, None)
-    parent_name, _, attr = head.rpartition(".")
-    setattr(model.get_submodule(parent_name) if parent_name else model, attr, nn.Identity())
+    set_submodule(model, backbones._find_head(model, None)[0], nn.Identity())
     return model, None
 
 
