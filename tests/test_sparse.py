@@ -224,6 +224,15 @@ def test_cosine_schedule_values():
     values = [s(t) for t in range(0, 1001, 50)]
     assert all(a >= b for a, b in itertools.pairwise(values))
     assert DropSchedule(0.3, 10, "constant")(5) == 0.3
+
+
+def test_cosine_floor_schedule_anneals_to_the_authors_floor():
+    s = DropSchedule(0.5, 1000, "cosine_floor")
+    assert s(0) == pytest.approx(0.5)
+    assert s(500) == pytest.approx(0.005 + 0.495 / 2)
+    assert s(1000) == pytest.approx(0.005)
+    assert s(1001) == 0.0  # no update after end_step
+    assert DropSchedule(0.001, 1000, "cosine_floor")(1000) == pytest.approx(0.001)
     with pytest.raises(ValueError, match="drop schedule"):
         DropSchedule(0.3, 10, "linear")
 
