@@ -172,6 +172,39 @@ def test_update_topology_keeps_counts_zeroes_and_resets_optimizer_state():
         assert torch.all(opt.state[p]["momentum_buffer"][regrown] == 0)
 
 
+def _pruned_and_regrown_case():
+    """A 1x4 layer: w[0] is pruned (smallest |w|) and regrown (largest |grad|), w[3] grows."""
+    linear = nn.Linear(4, 1, bias=False)
+    with torch.no_grad():
+        linear.weight.copy_(torch.tensor([[0.25, 2.0, 3.0, 0.0]]))
+    mask = torch.tensor([[True, True, True, False]])
+    new_mask = torch.tensor([[True, False, True, True]])
+    grown = torch.tensor([0, 3])  # position 0 was active before: pruned and regrown
+    return linear, mask, new_mask, grown
+
+
+def test_a_pruned_and_regrown_weight_keeps_its_value_and_state_in_both_storages():
+    from rest_fair.sparse.csr_linear import CSRLinear
+    from rest_fair.sparse.rigl import apply_decision
+
+    linear, mask, new_mask, grown = _pruned_and_regrown_case()
+    masks = MaskSet({"w": linear.weight}, {"w": mask})
+    opt = torch.optim.SGD([linear.weight], lr=0.1, momentum=0.9)
+    opt.state[linear.weight]["momentum_buffer"] = torch.tensor([[0.5, 0.625, 0.75, 0.875]])
+    assert apply_decision(masks, "w", new_mask, grown, optimizer=opt) == 1
+    masks.apply_()
+    assert linear.weight.detach().tolist() == [[0.25, 0.0, 3.0, 0.0]]
+    assert opt.state[linear.weight]["momentum_buffer"].tolist() == [[0.5, 0.625, 0.75, 0.0]]
+
+    linear, mask, new_mask, grown = _pruned_and_regrown_case()
+    layer = CSRLinear(linear, mask)
+    opt = torch.optim.SGD([layer.values], lr=0.1, momentum=0.9)
+    opt.state[layer.values]["momentum_buffer"] = torch.tensor([0.5, 0.625, 0.75])
+    assert layer.apply(new_mask, grown, optimizer=opt) == 1
+    assert layer.dense_weight().tolist() == [[0.25, 0.0, 3.0, 0.0]]
+    assert opt.state[layer.values]["momentum_buffer"].tolist() == [0.5, 0.75, 0.0]
+
+
 def test_dense_layers_are_left_alone():
     net = nn.Sequential(nn.Linear(3, 2))
     masks = MaskSet(dict(maskable_parameters(net)), {"0.weight": torch.ones(2, 3, dtype=bool)})
@@ -191,6 +224,15 @@ def test_cosine_schedule_values():
     values = [s(t) for t in range(0, 1001, 50)]
     assert all(a >= b for a, b in itertools.pairwise(values))
     assert DropSchedule(0.3, 10, "constant")(5) == 0.3
+
+
+def test_cosine_floor_schedule_anneals_to_the_authors_floor():
+    s = DropSchedule(0.5, 1000, "cosine_floor")
+    assert s(0) == pytest.approx(0.5)
+    assert s(500) == pytest.approx(0.005 + 0.495 / 2)
+    assert s(1000) == pytest.approx(0.005)
+    assert s(1001) == 0.0  # no update after end_step
+    assert DropSchedule(0.001, 1000, "cosine_floor")(1000) == pytest.approx(0.001)
     with pytest.raises(ValueError, match="drop schedule"):
         DropSchedule(0.3, 10, "linear")
 

@@ -373,15 +373,16 @@ class CSRLinear(nn.Module):
               optimizer: torch.optim.Optimizer | None = None) -> int:
         """Make ``new_mask`` the pattern; returns the number of weights new to it.
 
-        Weights at the flat indices ``grown`` start at 0, and so does their optimizer
-        state; the other weights keep their values and state. The gradient of ``values``
+        Weights new to the pattern start at 0, and so does their optimizer state; the
+        others, a weight pruned and regrown (in ``grown``) in this update included, keep
+        their values and state. The gradient of ``values``
         is recomputed at the new pattern from the backward pass of the planned step.
         """
         flat = self.flat_indices()
         new_flat = new_mask.to(flat.device).reshape(-1).nonzero().squeeze(1)
         pos = torch.searchsorted(flat, new_flat).clamp_(max=flat.numel() - 1)
         was_active = flat[pos] == new_flat
-        zero = ~was_active | torch.isin(new_flat, grown)
+        zero = ~was_active
 
         def remap(tensor: torch.Tensor) -> torch.Tensor:
             return tensor[pos].masked_fill_(zero, 0)

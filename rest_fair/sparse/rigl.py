@@ -8,8 +8,11 @@ At each update every masked layer
    ``|gradient|`` of the dense gradient of the current batch (RigL, Evci et al. 2020) or
    uniformly random ones (SET, Mocanu et al. 2018).
 
-Regrown weights start at exactly zero and their optimizer state (momentum, Adam moments) is
-reset, so the active count of every layer is unchanged and density stays at target.
+A regrown weight that was inactive before the update starts at exactly zero, with its
+optimizer state (momentum, Adam moments) reset. A weight pruned and regrown in the same update
+was never switched off: it keeps its value and optimizer state, as in the REST authors' code
+and RigL's own (``reinit_when_same=False``). The active count of every layer is unchanged, so
+density stays at target.
 
 Ties (weights of equal magnitude, e.g. regrown zeros that never received a gradient, or
 equal gradients) go to the lowest flat index, on every device and for every way of
@@ -145,7 +148,7 @@ def prune_and_regrow(
         Same shape as ``mask`` with the same number of active positions.
     dropped, grown : LongTensor
         Flat indices of the pruned and of the regrown positions (a position may be in both:
-        RigL lets a just-pruned weight be regrown, at zero).
+        a just-pruned weight can be regrown, and then keeps its value).
     """
     if regrow not in REGROW_MODES:
         raise ValueError(f"regrow must be one of {REGROW_MODES}; got {regrow!r}.")
@@ -212,18 +215,21 @@ def apply_decision(
     *,
     optimizer: torch.optim.Optimizer | None = None,
 ) -> int:
-    """Set ``new_mask`` for ``name``, zero its regrown weights and their optimizer state.
+    """Set ``new_mask`` for ``name``; weights new to it start at zero, with zero optimizer state.
 
-    The masks are not re-applied. Returns the number of weights of this layer that changed
-    from inactive to active.
+    Of the regrown positions ``grown``, those inactive before the update are zeroed together
+    with their optimizer state; a weight that was pruned and regrown keeps both. The masks
+    are not re-applied. Returns the number of weights of this layer that changed from
+    inactive to active.
     """
     param = masks.params[name]
-    changed = int((new_mask & ~masks.mask(name)).sum())
+    old_mask = masks.mask(name)
+    new = grown[~old_mask.reshape(-1)[grown]]
     masks.set_mask(name, new_mask)
-    param.view(-1)[grown] = 0.0
+    param.view(-1)[new] = 0.0
     if optimizer is not None:
-        _reset_state(optimizer, param, grown)
-    return changed
+        _reset_state(optimizer, param, new)
+    return int(new.numel())
 
 
 @torch.no_grad()
@@ -248,7 +254,7 @@ def update_topology(
     regrow : {"gradient", "random"}
         RigL or SET regrowth.
     optimizer : torch.optim.Optimizer, optional
-        Its per-weight state of regrown positions is reset to zero.
+        Its per-weight state of weights new to a mask is reset to zero.
     generator : torch.Generator, optional
         CPU generator for random regrowth.
     synchronise : callable, optional
