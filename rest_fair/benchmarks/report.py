@@ -144,8 +144,7 @@ def _cell_note(summary) -> str:
 
 
 def _data_name(config: BenchConfig, *, short: bool = False) -> str:
-    entry = DATASETS[config.dataset]
-    return (entry.title if short else entry.description).format_map(vars(config))
+    return DATASETS[config.dataset].describe(config, short=short)
 
 
 def to_markdown(summary, config: BenchConfig) -> str:

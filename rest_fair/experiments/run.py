@@ -37,7 +37,8 @@ class Experiment(Protocol):
         """Every run, in order."""
 
     def check_requirements(self) -> None:
-        """Raise ImportError, before any run, when a package the runs need is missing."""
+        """Raise, before any run, when something the runs need is missing: ImportError
+        for a package, :class:`~rest_fair.exceptions.DatasetNotFoundError` for data files."""
 
     def estimator_params(self, spec: Any) -> dict[str, Any]:
         """The :class:`~rest_fair.RESTClassifier` parameters of a run."""

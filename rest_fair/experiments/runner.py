@@ -269,6 +269,8 @@ def run_sweep(
     ImportError
         Before any run, when a package the runs need is missing
         (``experiment.check_requirements()``).
+    DatasetNotFoundError
+        Before any run, when data files the runs read are missing (likewise).
     """
     mode = _progress_mode(progress, sys.stderr)
     experiment.check_requirements()
