@@ -17,7 +17,9 @@ from rest_fair.benchmarks import (
     StudyMethod,
     equal_cost_width,
     preset,
+    run_sweep,
     select,
+    write_study_outputs,
 )
 from rest_fair.benchmarks.search import (
     Distribution,
@@ -232,22 +234,31 @@ def test_selection_rules_choose_the_known_configuration():
         _record("reweighting", 0, 1, wg=0.6, wc=0.1, test=0.55),
         _record("reweighting", 1, 0, wg=0.5, wc=0.9, test=0.9),
         _record("reweighting", 1, 1, wg=0.5, wc=0.9, test=0.9),
-        {"run_id": "x", "status": "error", "method": "erm"},
+        # the best score, but one of its seeds diverged: not eligible
+        _record("reweighting", 2, 0, wg=0.99, wc=0.9, test=0.9),
+        {"run_id": "r2", "status": "failed", "method": "reweighting", "ratio": 0.05,
+         "config": 2, "seed": 1, "error": "TrainingDivergedError: ..."},
+        {"run_id": "x", "status": "error", "method": "erm", "ratio": 0.05, "config": 0,
+         "seed": 0},
     ]
     configurations = summarize_configurations(records, search)
-    assert len(configurations) == 5
+    assert len(configurations) == 6
+    diverged = configurations.set_index(["method", "config"]).loc[("reweighting", 2)]
+    assert diverged["n"] == 1 and diverged["n_failed"] == 1
     chosen = select(configurations).set_index("method")
     assert chosen.loc["erm", "config"] == 1 and chosen.loc["erm", "n_configs"] == 2
     assert chosen.loc["erm", "score_mean"] == pytest.approx(0.7)
     assert chosen.loc["reweighting", "config"] == 0
     assert chosen.loc["reweighting", "test_worst_group_acc_se"] == pytest.approx(
         np.std([0.45, 0.55], ddof=1) / math.sqrt(2))
-    table = study_markdown(select(configurations), search)
+    table = study_markdown(select(configurations), search, configurations)
     assert ("| 5 | ERM | 0 | none | val. worst-class accuracy | 1 of 2 | 70.0 | 25.0 ± 5.0 |"
             in table)
     assert ("| 5 | Reweighting (dense) | 0 | train | val. worst-group accuracy | 0 of 2 | 50.0 "
             "| 50.0 ± 5.0 |" in table)
     assert "mean ± standard error" in table and "by validation worst-class accuracy: ERM" in table
+    assert ("Training diverged (not eligible): Reweighting (dense) at 5 %, configuration 2 "
+            "(1 of 2 seeds)" in table)
 
 
 # ------------------------------------------------------- the command (torch needed)
@@ -285,6 +296,25 @@ def test_study_command_runs_and_resumes(tmp_path, monkeypatch, capsys):
     # a larger budget keeps the runs done and runs only the new configurations
     assert cli.main([*argv[:6], "3", *argv[7:]]) == 0
     assert len(calls) == 9
+
+
+class DivergingSearch(RandomSearch):
+    """The study with a learning rate no network survives."""
+
+    def estimator_params(self, spec):
+        return {**super().estimator_params(spec), "lr": 1e30}
+
+
+def test_a_diverged_run_is_an_outcome_not_retried(tmp_path):
+    pytest.importorskip("torch")
+    search = DivergingSearch(preset("tiny", max_epochs=1), budget=1, methods=("reweighting",))
+    records = run_sweep(search, tmp_path, progress=False)
+    assert [r["status"] for r in records] == ["failed"]
+    assert "TrainingDivergedError" in records[0]["error"]
+    assert run_sweep(search, tmp_path, progress=False) == records  # nothing rerun
+    outputs = write_study_outputs(records, search, tmp_path, plots=False)
+    assert outputs["summary"].empty and outputs["configurations"]["n_failed"].tolist() == [1]
+    assert json.loads((tmp_path / "config.json").read_text())["n_runs_failed"] == 1
 
 
 def test_study_command_refuses_searched_flags(capsys):

@@ -18,7 +18,7 @@ from typing import Any
 
 from .._requirements import MissingDependencyError
 from ..exceptions import DatasetNotFoundError
-from ..experiments.runner import BACKENDS, PROGRESS_MODES, parse_upweight, run_sweep
+from ..experiments.runner import BACKENDS, PROGRESS_MODES, finished, parse_upweight, run_sweep
 from .config import PRESETS, BenchConfig, preset
 from .data import DATASETS
 from .methods import METHODS
@@ -273,7 +273,11 @@ def run(args: argparse.Namespace) -> int:
     errors = [r for r in records if r.get("status") == "error"]
     for record in errors:
         print(f"run {record['run_id']} failed: {record.get('error')}", file=sys.stderr)
-    missing = n_runs - sum(r.get("status") == "ok" for r in records)
+    for record in records:
+        if record.get("status") == "failed":
+            print(f"run {record['run_id']} failed for good (an outcome, not retried): "
+                  f"{record.get('error')}", file=sys.stderr)
+    missing = n_runs - sum(finished(r) for r in records)
     if outputs["markdown"]:
         print(outputs["markdown"])
     if missing:

@@ -25,6 +25,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from .._requirements import Requirement
+from ..exceptions import TrainingDivergedError
 from ..experiments.run import digest, jsonable
 from .config import BenchConfig, RunSpec
 from .data import load_data
@@ -247,6 +248,10 @@ class RandomSearch:
 
     #: Who runs it, for progress lines.
     name: ClassVar[str] = "rest-fair bench"
+    #: A configuration whose training diverges is an outcome of the search (the same seed
+    #: diverges again): its run is recorded as failed, not retried, and the configuration
+    #: is not chosen.
+    final_errors: ClassVar[tuple[type[Exception], ...]] = (TrainingDivergedError,)
 
     bench: BenchConfig
     budget: int = 8

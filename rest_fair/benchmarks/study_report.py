@@ -51,50 +51,59 @@ def summarize_configurations(records: Sequence[dict[str, Any]], search: RandomSe
     Parameters
     ----------
     records : sequence of dict
-        Run records of the study (only ``status == "ok"`` are used).
+        Run records of the study: ``status == "ok"`` runs give the numbers, ``"failed"``
+        runs (training diverged) are counted.
     search : RandomSearch
-        Gives the order of the methods.
+        Gives the order of the methods and their drawn parameters.
 
     Returns
     -------
     pandas.DataFrame
-        One row per (ratio, method, config) with ``n`` (seeds finished), ``score_mean``
-        (the method's selection score), ``<key>_mean`` and ``<key>_std`` (ddof=1) for the
-        validation and test accuracies and the costs, ``<metric>_se`` for the test
-        accuracies, the label, group-label use, rule and drawn ``hyperparameters``.
+        One row per (ratio, method, config) with ``n`` (seeds finished), ``n_failed`` (seeds
+        whose training diverged), ``score_mean`` (the method's selection score),
+        ``<key>_mean`` and ``<key>_std`` (ddof=1) for the validation and test accuracies and
+        the costs, ``<metric>_se`` for the test accuracies, the label, group-label use, rule,
+        the drawn ``hyperparameters`` and ``hidden_layer_sizes``.
     """
     import pandas as pd
 
     order = {name: i for i, name in enumerate(search.methods)}
-    ok = [r for r in records if r.get("status") == "ok" and r.get("method") in order]
-    if not ok:
+    kept = [r for r in records if r.get("status") in ("ok", "failed")
+            and r.get("method") in order]
+    if not kept:
         return pd.DataFrame()
     rows = []
-    for r in ok:
+    for r in kept:
         rule = SELECTION_RULES[STUDY_METHODS[r["method"]].selection]
         row = {k: r.get(k) for k in ("ratio", "method", "config", "seed", *_VALID,
                                      *STUDY_METRICS, *_COST)}
         row["score"] = r.get(rule.key)
+        row["ok"] = r["status"] == "ok"
+        row["failed"] = r["status"] == "failed"
         rows.append(row)
     frame = pd.DataFrame(rows)
     values = ["score", *_VALID, *STUDY_METRICS, *_COST]
     frame[values] = frame[values].astype(float)
+    frame.loc[~frame["ok"], values] = np.nan
     grouped = frame.groupby(["ratio", "method", "config"], sort=False)
     summary = grouped[values].agg(["mean", "std"])
     summary.columns = [f"{a}_{b}" for a, b in summary.columns]
-    summary["n"] = grouped["seed"].nunique()
+    summary["n"] = grouped["ok"].sum().astype(int)
+    summary["n_failed"] = grouped["failed"].sum().astype(int)
     for metric in STUDY_METRICS:
         summary[f"{metric}_se"] = standard_error(summary[f"{metric}_std"], summary["n"])
     summary = summary.reset_index()
-    first = {(r["ratio"], r["method"], r["config"]): r for r in reversed(ok)}
+    widths = {(r["ratio"], r["method"], r["config"]): r.get("hidden_layer_sizes")
+              for r in kept if r["status"] == "ok"}
     keys = list(zip(summary["ratio"], summary["method"], summary["config"], strict=True))
-    summary["label"] = [first[k].get("method_label") for k in keys]
-    summary["group_labels"] = [first[k].get("group_labels") for k in keys]
-    summary["selection"] = [STUDY_METHODS[k[1]].selection for k in keys]
-    summary["sparsity"] = [STUDY_METHODS[k[1]].sparsity for k in keys]
-    summary["cost_of"] = [STUDY_METHODS[k[1]].cost_of for k in keys]
-    summary["hyperparameters"] = [first[k].get("hyperparameters") or {} for k in keys]
-    summary["hidden_layer_sizes"] = [first[k].get("hidden_layer_sizes") for k in keys]
+    methods = [STUDY_METHODS[k[1]] for k in keys]
+    summary["label"] = [m.label for m in methods]
+    summary["group_labels"] = [m.group_labels for m in methods]
+    summary["selection"] = [m.selection for m in methods]
+    summary["sparsity"] = [m.sparsity for m in methods]
+    summary["cost_of"] = [m.cost_of for m in methods]
+    summary["hyperparameters"] = [search.searched_params(k[1], int(k[2]), k[0]) for k in keys]
+    summary["hidden_layer_sizes"] = [widths.get(k) for k in keys]
     summary["_order"] = summary["method"].map(order)
     summary = summary.sort_values(["ratio", "_order", "config"]).drop(columns="_order")
     return summary.reset_index(drop=True)
@@ -103,9 +112,11 @@ def summarize_configurations(records: Sequence[dict[str, Any]], search: RandomSe
 def select(configurations):
     """The chosen configuration per (ratio, method).
 
-    Among a method's configurations with the most finished seeds (all of them once the
-    study is complete), the one with the highest mean selection score is chosen; ties go
-    to the lowest configuration index.
+    A configuration with a diverged run (``n_failed > 0``) is not eligible. Among the
+    other configurations with the most finished seeds (all of them once the study is
+    complete), the one with the highest mean selection score is chosen; ties go to the
+    lowest configuration index. A method none of whose configurations is eligible has no
+    row.
 
     Parameters
     ----------
@@ -117,18 +128,21 @@ def select(configurations):
     pandas.DataFrame
         The chosen rows, with ``n_configs`` (configurations compared) added.
     """
+    import pandas as pd
+
     if configurations.empty:
         return configurations
     chosen = []
     for _, part in configurations.groupby(["ratio", "method"], sort=False):
-        eligible = part[part["n"] == part["n"].max()]
+        eligible = part[(part["n_failed"] == 0) & (part["n"] > 0)]
+        if eligible.empty:
+            continue
+        eligible = eligible[eligible["n"] == eligible["n"].max()]
         eligible = eligible.sort_values(["score_mean", "config"], ascending=[False, True],
                                         na_position="last")
         row = eligible.iloc[0].copy()
         row["n_configs"] = len(eligible)
         chosen.append(row)
-    import pandas as pd
-
     return pd.DataFrame(chosen).reset_index(drop=True)
 
 
@@ -140,13 +154,18 @@ def _hyperparameters(values: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
+def _seconds(value: float) -> str:
+    return f"{value:.1f}" if value < 10 else f"{value:.0f}"
+
+
 def _flops(value: float) -> str:
     return "–" if value is None or math.isnan(value) else f"{value:.2e}"
 
 
-def study_markdown(chosen, search: RandomSearch) -> str:
+def study_markdown(chosen, search: RandomSearch, configurations=None) -> str:
     """The table of the chosen configurations as Markdown, with notes naming the data, the
-    protocol and which rule chose what."""
+    protocol and which rule chose what (and, given ``configurations``, the configurations
+    that diverged)."""
     header = ["conflicting %", "method", "sparsity", "group labels", "chosen by", "config",
               "validation score", *STUDY_METRICS.values(), "n", "active weights",
               "training FLOPs", "fit s", "chosen hyperparameters"]
@@ -169,7 +188,7 @@ def study_markdown(chosen, search: RandomSearch) -> str:
             str(n),
             f"{row['params_active_mean']:,.0f}",
             _flops(row["training_flops_mean"]),
-            f"{row['fit_seconds_mean']:.0f}",
+            _seconds(row["fit_seconds_mean"]),
             _hyperparameters(hyper),
         ]
         lines.append("| " + " | ".join(cells) + " |")
@@ -199,6 +218,15 @@ def study_markdown(chosen, search: RandomSearch) -> str:
         "counting, JTT's identification model included); *fit s*: measured wall time of "
         "`fit`.",
     ]
+    if configurations is not None and not configurations.empty:
+        diverged = configurations[configurations["n_failed"] > 0]
+        if not diverged.empty:
+            notes.append(
+                "Training diverged (not eligible): "
+                + "; ".join(f"{r.label} at {100 * r.ratio:g} %, configuration {r.config} "
+                            f"({r.n_failed} of {r.n + r.n_failed} seeds)"
+                            for r in diverged.itertuples()) + "."
+            )
     return "\n".join(lines + notes)
 
 
@@ -341,6 +369,7 @@ def write_study_outputs(
         "n_runs_in_grid": len(search.runs()),
         "n_runs_ok": sum(r.get("status") == "ok" for r in records),
         "n_runs_error": sum(r.get("status") == "error" for r in records),
+        "n_runs_failed": sum(r.get("status") == "failed" for r in records),
         **(run_info or {}),
     }
     (out_dir / "config.json").write_text(json.dumps(info, indent=2, sort_keys=True, default=str))
@@ -350,7 +379,7 @@ def write_study_outputs(
     if chosen.empty:
         return {"summary": chosen, "configurations": configurations, "markdown": "",
                 "files": files}
-    markdown = study_markdown(chosen, search)
+    markdown = study_markdown(chosen, search, configurations)
     (out_dir / "table.md").write_text(markdown + "\n")
     for frame, name in ((chosen, "table.csv"), (configurations, "configurations.csv")):
         frame.assign(hyperparameters=frame["hyperparameters"].map(json.dumps)).to_csv(
