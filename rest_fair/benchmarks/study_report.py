@@ -257,6 +257,7 @@ def plot_study(chosen, search: RandomSearch, out_dir: str | Path) -> list[Path]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib import ticker
 
     out_dir = Path(out_dir)
     ratios = sorted(chosen["ratio"].unique())
@@ -330,6 +331,8 @@ def plot_study(chosen, search: RandomSearch, out_dir: str | Path) -> list[Path]:
                 fx, fy = _pareto(x[valid], y[valid])
                 ax.step(fx, fy, where="post", color="grey", linewidth=1, label="frontier")
                 ax.set_xscale("log")
+                if column == "fit_seconds_mean":
+                    ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
             ax.set_xlabel(xlabel)
             ax.set_ylabel("worst-group test accuracy (%)")
             ax.set_title(f"{title}, {100 * ratio:g} % conflicting", fontsize=9)
