@@ -9,6 +9,7 @@ see the test).
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import os
@@ -286,6 +287,30 @@ def failure(how: str, out: Path) -> None:
                                                               "type": None}))
 
 
+def threads_alive() -> list[str] | None:
+    """Names of this process's threads (Linux ``/proc``), or None where they cannot be read."""
+    task = Path("/proc/self/task")
+    if not task.is_dir():
+        return None
+    names = []
+    for entry in sorted(task.iterdir()):
+        try:
+            names.append((entry / "comm").read_text().strip())
+        except OSError:  # ended meanwhile
+            pass
+    return names
+
+
+def record_threads_at_exit(out: Path) -> None:
+    """At exit, after rest_fair's own exit handler, write which threads are still alive.
+
+    atexit runs its handlers last-registered first, so registering this one before the
+    first fit (which registers rest_fair's) makes it run after rest_fair's teardown.
+    """
+    atexit.register(lambda: (out / f"threads-rank{rank()}.json").write_text(
+        json.dumps(threads_alive())))
+
+
 def main(argv: list[str]) -> None:
     torch.set_num_threads(1)  # one thread per rank
     out = Path(argv[1])
@@ -293,6 +318,7 @@ def main(argv: list[str]) -> None:
     if which in ("kill", "hang"):
         failure(which, out)
         return
+    record_threads_at_exit(out)
     log = DrawLog()
     for name, fn in SCENARIOS.items():
         if which in ("all", name):
