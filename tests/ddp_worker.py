@@ -270,12 +270,31 @@ class Fail(Callback):
             (self.out / "failed_at").write_text(repr(time.time()))
             if self.how == "kill":
                 os.kill(os.getpid(), signal.SIGKILL)
-            time.sleep(120)
+            time.sleep(3600)  # hung until the test kills it, whatever the timeout
+
+
+def write_atomically(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def start_signal(out: Path) -> float:
+    """Say this rank is ready (imports done) and wait for the test's go; its timeout.
+
+    The test writes ``OUT/go`` (holding ``distributed_timeout``) once both ranks are
+    ready, so they call fit together however long each took to start.
+    """
+    write_atomically(out / f"ready-rank{rank()}", repr(time.time()))
+    go = out / "go"
+    while not go.is_file():
+        time.sleep(0.01)
+    return float(go.read_text())
 
 
 def failure(how: str, out: Path) -> None:
     X, y, g = TRAIN
-    timeout = float(os.environ.get("REST_FAIR_TEST_TIMEOUT", "5"))
+    timeout = start_signal(out)
     try:
         RESTClassifier(**{**PARAMS, "max_epochs": 50}, callbacks=[Fail(how, out)],
                        distributed_timeout=timeout).fit(X, y, groups=g)
