@@ -161,6 +161,8 @@ def test_unreachable_scheduler_fails_fast(tmp_path, capsys):
     start = time.perf_counter()
     with pytest.raises(ConnectionError, match=f"{address}.*within 1 s"):
         run_sweep(tiny_config(), tmp_path, scheduler=address, scheduler_timeout=1)
+    # the 1 s timeout plus well under a second of work here, so a machine many times slower
+    # passes; dask's own connect timeout (30 s) would not
     assert time.perf_counter() - start < 10
     with pytest.raises(ConnectionError, match="'not an address'"):
         run_sweep(tiny_config(), tmp_path, scheduler="not an address", scheduler_timeout=1)
@@ -180,7 +182,7 @@ def test_scheduler_without_workers_fails_fast(tmp_path):
         with pytest.raises(ConnectionError, match="no workers after 1 s"):
             run_sweep(tiny_config(), tmp_path, scheduler=empty.scheduler_address,
                       scheduler_timeout=1)
-        assert time.perf_counter() - start < 10
+        assert time.perf_counter() - start < 10  # generous, as above
 
 
 def test_dask_backend_without_a_scheduler_is_explained(tmp_path, monkeypatch):
