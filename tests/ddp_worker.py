@@ -9,6 +9,7 @@ see the test).
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import os
@@ -269,12 +270,31 @@ class Fail(Callback):
             (self.out / "failed_at").write_text(repr(time.time()))
             if self.how == "kill":
                 os.kill(os.getpid(), signal.SIGKILL)
-            time.sleep(120)
+            time.sleep(3600)  # hung until the test kills it, whatever the timeout
+
+
+def write_atomically(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def start_signal(out: Path) -> float:
+    """Say this rank is ready (imports done) and wait for the test's go; its timeout.
+
+    The test writes ``OUT/go`` (holding ``distributed_timeout``) once both ranks are
+    ready, so they call fit together however long each took to start.
+    """
+    write_atomically(out / f"ready-rank{rank()}", repr(time.time()))
+    go = out / "go"
+    while not go.is_file():
+        time.sleep(0.01)
+    return float(go.read_text())
 
 
 def failure(how: str, out: Path) -> None:
     X, y, g = TRAIN
-    timeout = float(os.environ.get("REST_FAIR_TEST_TIMEOUT", "5"))
+    timeout = start_signal(out)
     try:
         RESTClassifier(**{**PARAMS, "max_epochs": 50}, callbacks=[Fail(how, out)],
                        distributed_timeout=timeout).fit(X, y, groups=g)
@@ -286,6 +306,30 @@ def failure(how: str, out: Path) -> None:
                                                               "type": None}))
 
 
+def threads_alive() -> list[str] | None:
+    """Names of this process's threads (Linux ``/proc``), or None where they cannot be read."""
+    task = Path("/proc/self/task")
+    if not task.is_dir():
+        return None
+    names = []
+    for entry in sorted(task.iterdir()):
+        try:
+            names.append((entry / "comm").read_text().strip())
+        except OSError:  # ended meanwhile
+            pass
+    return names
+
+
+def record_threads_at_exit(out: Path) -> None:
+    """At exit, after rest_fair's own exit handler, write which threads are still alive.
+
+    atexit runs its handlers last-registered first, so registering this one before the
+    first fit (which registers rest_fair's) makes it run after rest_fair's teardown.
+    """
+    atexit.register(lambda: (out / f"threads-rank{rank()}.json").write_text(
+        json.dumps(threads_alive())))
+
+
 def main(argv: list[str]) -> None:
     torch.set_num_threads(1)  # one thread per rank
     out = Path(argv[1])
@@ -293,6 +337,7 @@ def main(argv: list[str]) -> None:
     if which in ("kill", "hang"):
         failure(which, out)
         return
+    record_threads_at_exit(out)
     log = DrawLog()
     for name, fn in SCENARIOS.items():
         if which in ("all", name):

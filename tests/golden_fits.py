@@ -34,8 +34,9 @@ GOLDEN = HERE / "data" / "golden_predictions.npz"
 #: the ddp_worker.py scenarios whose rank-0 logits are kept (key ``ddp_<scenario>``)
 DDP_SCENARIOS = ("rest", "groupdro", "jtt", "resume")
 
+# sparse_compute is named everywhere: "auto" would decide by timing, i.e. by the machine
 COMMON = dict(max_epochs=6, batch_size=64, lr=0.05, random_state=3, device="cpu",
-              module_params={"hidden_layer_sizes": (48, 48)})
+              sparse_compute="masked", module_params={"hidden_layer_sizes": (48, 48)})
 
 
 def environment() -> str:

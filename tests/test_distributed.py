@@ -13,6 +13,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +37,9 @@ from rest_fair.training.distributed import (
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
 ROOT = Path(rest_fair.__file__).resolve().parents[1]  # the rest_fair under test
-LAUNCH_TIMEOUT = 150
+# A guard against a launch that hangs, not a time limit of the tests: a two-rank launch
+# takes seconds here, and a machine many times slower or busier must still pass.
+LAUNCH_TIMEOUT = 600
 
 pytestmark = pytest.mark.skipif(not dist.is_available(), reason="no torch.distributed")
 
@@ -238,6 +241,8 @@ def two_ranks(tmp_path_factory):
                          for r in range(2)]
     results["logs"] = per_rank
     results["single_checkpoint"] = single
+    results["threads_at_exit"] = [
+        json.loads((out / f"threads-rank{r}.json").read_text()) for r in range(2)]
     return results
 
 
@@ -376,6 +381,20 @@ def test_only_rank_0_shows_progress(two_ranks):
     assert "REST" not in logs[1]  # ... and only there
 
 
+def test_no_gloo_thread_outlives_the_exit_handler(two_ranks):
+    """The process group rest_fair initialised is torn down before Python shuts down.
+
+    A gloo worker thread still alive when the interpreter finalises can drop a finished
+    collective's tensors then; taking the GIL to do so kills the process (SIGABRT,
+    "terminate called without an active exception"), so torchrun fails the job. That
+    happened only now and then; whether the threads are gone is checked every time.
+    """
+    for rank, names in enumerate(two_ranks["threads_at_exit"]):
+        if names is None:
+            pytest.skip("threads are listed from /proc/self/task (Linux)")
+        assert not [n for n in names if n.startswith(("gloo", "pt_gloo"))], (rank, names)
+
+
 # ----------------------------------------------------------------- a dead or hung rank
 def _free_port() -> int:
     with socket.socket() as s:
@@ -385,34 +404,55 @@ def _free_port() -> int:
 
 @pytest.mark.parametrize("how", ["kill", "hang"])
 def test_dead_or_hung_rank_fails_the_others_within_the_timeout(tmp_path, how):
-    """Two ranks started like torchrun's workers, but without its agent (as under srun)."""
-    timeout = 4.0
+    """Two ranks started like torchrun's workers, but without its agent (as under srun).
+
+    The timeout is the point of this test, but it also bounds every collective of the
+    ranks' set-up (the rendezvous, DDP's first wrap, which imports torch._dynamo), so it
+    must be long enough for that on this machine under its present load. It is derived
+    from a baseline measured in this run: how long the ranks took to start (import torch
+    and rest_fair), which scales with the same speed. The ranks then call fit together
+    (``start_signal`` in tests/ddp_worker.py), so their start-up skew does not count.
+    The bounds on ``elapsed`` are fractions of that timeout.
+    """
     port = str(_free_port())
-    procs = []
+    launched = time.time()
+    procs, logs = [], []
     for rank in range(2):
         env = _env(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2",
-                   MASTER_ADDR="127.0.0.1", MASTER_PORT=port,
-                   REST_FAIR_TEST_TIMEOUT=str(timeout))
-        procs.append(subprocess.Popen([sys.executable, str(WORKER), str(tmp_path), how],
-                                      env=env, stdout=subprocess.PIPE,
-                                      stderr=subprocess.STDOUT, text=True))
+                   MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
+        logs.append(tmp_path / f"rank{rank}.log")
+        with logs[-1].open("w") as log:
+            procs.append(subprocess.Popen([sys.executable, str(WORKER), str(tmp_path), how],
+                                          env=env, stdout=log, stderr=subprocess.STDOUT))
     try:
-        out0, _ = procs[0].communicate(timeout=60)
+        ready = [tmp_path / f"ready-rank{rank}" for rank in range(2)]
+        while not all(r.is_file() for r in ready):
+            assert all(p.poll() is None for p in procs), _tail(
+                "".join(log.read_text() for log in logs))
+            assert time.time() < launched + LAUNCH_TIMEOUT, "the ranks never got ready"
+            time.sleep(0.05)
+        startup = max(float(r.read_text()) for r in ready) - launched
+        timeout = max(4.0, round(2.0 * startup, 1))
+        go = tmp_path / "go.tmp"
+        go.write_text(repr(timeout))
+        go.replace(tmp_path / "go")
+        # only a guard against a test that hangs: the verdict does not depend on it
+        procs[0].wait(timeout=LAUNCH_TIMEOUT)
     finally:
         for p in procs:
             if p.poll() is None:
                 p.kill()
         for p in procs:
-            p.communicate()
-    assert procs[0].returncode == 3, _tail(out0)
+            p.wait()
+    assert procs[0].returncode == 3, _tail(logs[0].read_text())
     error = json.loads((tmp_path / "error-rank0.json").read_text())
     failed_at = float((tmp_path / "failed_at").read_text())
     elapsed = error["time"] - failed_at
     assert error["type"] == "DistributedError"
     assert "distributed fit failed on rank 0 of 2" in error["message"]
     assert f"distributed_timeout={timeout:g} s" in error["message"]
-    if how == "kill":  # gloo sees the closed connection at once
-        assert 0 <= elapsed < timeout, elapsed
+    if how == "kill":  # gloo sees the closed connection at once, long before the timeout
+        assert 0 <= elapsed < 0.5 * timeout, (elapsed, timeout)
     else:  # nothing to see: the collective's timeout ends the wait
-        assert timeout - 0.5 <= elapsed < timeout + 5, elapsed
+        assert 0.75 * timeout <= elapsed < 1.5 * timeout, (elapsed, timeout)
         assert "timed out" in error["message"].lower()

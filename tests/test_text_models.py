@@ -194,6 +194,8 @@ def test_unreachable_hub_name_fails_fast(monkeypatch):
     start = time.perf_counter()
     with pytest.raises(OSError) as info:
         build_module("hf:rest-fair-tests/no-such-model", input_shape=(), n_classes=2)
+    # generous: the refused connection fails in well under a second here, so a machine
+    # many times slower passes; waiting out a timeout or retries would not
     assert time.perf_counter() - start < 15
     message = str(info.value)
     assert "'rest-fair-tests/no-such-model'" in message and "cannot be reached" in message
@@ -205,7 +207,7 @@ def test_offline_mode_hub_name_fails_fast(monkeypatch):
     start = time.perf_counter()
     with pytest.raises(OSError, match=r"no-such-model'.*downloads are off \(HF_HUB_OFFLINE=1\)"):
         load_tokenizer("hf:rest-fair-tests/no-such-model")
-    assert time.perf_counter() - start < 15
+    assert time.perf_counter() - start < 15  # generous, as above
 
 
 def test_sparse_compute_trains_a_transformer_like_the_masked_path(tiny):

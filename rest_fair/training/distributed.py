@@ -41,6 +41,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import datetime
+import gc
 import hashlib
 import os
 from collections.abc import Callable, Iterator
@@ -208,10 +209,28 @@ def _device_for_rank(device: torch.device, local_rank: int) -> torch.device:
     return device
 
 
+def _bind_world_defaults_to_none() -> None:
+    # torch.distributed.nn.functional binds ``group.WORLD`` as the default argument of
+    # its functions when it is first imported, and DistributedDataParallel imports it
+    # (through torch._dynamo) the first time it wraps a module. Imported after the group
+    # is initialised, those defaults hold the group forever: destroy_process_group then
+    # cannot free it, gloo's worker threads outlive the interpreter, and one that drops a
+    # finished collective's tensors after Python began shutting down dies taking the GIL
+    # (SIGABRT, "terminate called without an active exception"). Imported before the
+    # group exists, the defaults are None (the default group, looked up at call time).
+    import torch.distributed.nn.functional  # noqa: F401
+
+
 def _destroy_at_exit() -> None:
+    # Runs before the interpreter shuts down: destroying the group here joins gloo's
+    # worker threads while they can still take the GIL to release their last tensors.
+    # That needs the group's last reference gone, so first collect the garbage cycles
+    # that may still reach a DistributedDataParallel wrapper (an estimator whose fit was
+    # interrupted keeps its training run, and the run its wrapper, in such a cycle).
     import torch.distributed as dist
 
     if not _failed and dist.is_initialized():
+        gc.collect()
         with contextlib.suppress(Exception):
             dist.destroy_process_group()
 
@@ -270,6 +289,7 @@ def resolve_distributed(
         backend = "nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":
             torch.cuda.set_device(device)
+        _bind_world_defaults_to_none()
         dist.init_process_group(backend, timeout=datetime.timedelta(seconds=float(timeout)))
         atexit.register(_destroy_at_exit)
     else:
