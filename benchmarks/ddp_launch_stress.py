@@ -14,7 +14,7 @@ rank) running, on every rank,
 and then records which threads are still alive once rest_fair's exit handler has torn
 the process group down (read from ``/proc/self/task``; Linux only). ``--scenario tests``
 launches instead what tests/test_distributed.py launches: every scenario of
-``tests/ddp_worker.py`` (a dozen fits, about twice as long).
+``tests/ddp_worker.py`` (a dozen fits; about 10 s per launch here).
 
 Printed: launches, aborted launches (a rank killed by a signal, e.g. SIGABRT with
 "terminate called without an active exception"), other failures, and launches in which a
