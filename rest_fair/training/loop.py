@@ -4,8 +4,9 @@ The loop is split like skorch's ``NeuralNet``: :meth:`TrainingRun.fit_loop` runs
 :meth:`~TrainingRun.run_single_epoch` until ``max_epochs`` or a callback stops it; an
 epoch is :meth:`~TrainingRun.train_step` over its batches, then
 :meth:`~TrainingRun.validate` and :meth:`~TrainingRun.select` (worst-group model
-selection). Callbacks receive the estimator (``net``) and keyword arguments; while the run
-is live the estimator carries ``module_``, ``optimizer_``, ``masks_`` and ``history_``.
+selection). Every callback hook receives the estimator (``net``) and keyword arguments,
+among them ``run``, the live :class:`TrainingRun`; while the run is live the estimator
+carries ``module_``, ``optimizer_``, ``masks_`` and ``history_``.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import torch
 from torch import nn
 
 from .._data import BatchSource
+from ..callbacks import Callback
 from ..exceptions import TrainingDivergedError
 from .parts import EvalSet, TrainingParts
 from .state import TrainState
@@ -97,13 +99,15 @@ def predict_logits(
 
 
 def _overrides(callback: Any, hook: str) -> bool:
-    from ..callbacks import Callback
-
     return getattr(type(callback), hook, None) is not getattr(Callback, hook)
 
 
 class TrainingRun:
     """One training run over :class:`TrainingParts`, resumable from its state.
+
+    Callbacks receive it as ``run``: its :attr:`parts`, its progress (:attr:`state`, with
+    the ``history`` and whether the run is ``stopped``), :meth:`save_checkpoint` and
+    :meth:`state_dict` / :meth:`load_state_dict`.
 
     Parameters
     ----------
@@ -135,11 +139,8 @@ class TrainingRun:
         self.fingerprint = fingerprint or {}
         self.extra = dict(extra or {})
         self.net: Any = None
-        from ..callbacks import Checkpoint
-
-        # checkpoints go last, so the state they write includes every other callback's
-        others = [cb for cb in parts.callbacks if not isinstance(cb, Checkpoint)]
-        self.callbacks = others + [cb for cb in parts.callbacks if isinstance(cb, Checkpoint)]
+        # callbacks that run last see every other callback's effect (e.g. a stop)
+        self.callbacks = sorted(parts.callbacks, key=lambda cb: bool(cb.runs_last))
         self._batch_callbacks = [cb for cb in self.callbacks if _overrides(cb, "on_batch_end")]
         self._pending_callback_states: dict | None = None
         p = parts
@@ -149,8 +150,8 @@ class TrainingRun:
 
     # ------------------------------------------------------------------ callbacks
     def notify(self, hook: str, **kwargs: Any) -> list:
-        """Call ``hook(net, **kwargs)`` on every callback; return their results."""
-        return [getattr(cb, hook)(self.net, **kwargs) for cb in self.callbacks]
+        """Call ``hook(net, run=self, **kwargs)`` on every callback; return their results."""
+        return [getattr(cb, hook)(self.net, run=self, **kwargs) for cb in self.callbacks]
 
     def _attach(self, net: Any) -> None:
         self.net = net
@@ -158,7 +159,6 @@ class TrainingRun:
         net.optimizer_ = self.parts.optimizer
         net.history_ = self.state.history
         net.masks_ = LiveMasks(self.parts.sparsity)
-        net._run = self
 
     # ------------------------------------------------------------------- training
     def fit_loop(self, net: Any) -> TrainState:
@@ -189,7 +189,6 @@ class TrainingRun:
         if self.state.best_module_state is not None:
             self.parts.module.load_state_dict(self.state.best_module_state)
         self.parts.module.eval()
-        del net._run
         return self.state
 
     def run_single_epoch(self) -> dict:
@@ -211,7 +210,7 @@ class TrainingRun:
             if self._batch_callbacks:
                 value = float(loss)
                 for cb in self._batch_callbacks:
-                    cb.on_batch_end(self.net, step=s.step, loss=value)
+                    cb.on_batch_end(self.net, run=self, step=s.step, loss=value)
         if p.distributed is not None:
             loss_sum, seen = p.distributed.end_train_epoch(p.module, p.sparsity, loss_sum,
                                                            seen, epoch=epoch)
@@ -242,17 +241,12 @@ class TrainingRun:
                 {k: f"{record[k]:.3f}" for k in ("train_loss", "valid_acc",
                                                  "valid_worst_group_acc") if k in record}
             )
-        from ..callbacks import Checkpoint
-
-        for cb in self.callbacks:
-            if not isinstance(cb, Checkpoint) and cb.on_epoch_end(self.net, record=record):
-                s.stopped = True
-        if p.distributed is not None:
-            s.stopped = p.distributed.any(s.stopped)  # one rank's stop stops all
-        for cb in self.callbacks:
-            if isinstance(cb, Checkpoint):
-                # every other callback has run: the stop decision is final
-                cb.on_epoch_end(self.net, record=record, stopping=s.stopped)
+        for last in (False, True):  # the last ones see the others' stop decision
+            for cb in self.callbacks:
+                if cb.runs_last == last and cb.on_epoch_end(self.net, run=self, record=record):
+                    s.stopped = True
+            if p.distributed is not None:
+                s.stopped = p.distributed.any(s.stopped)  # one rank's stop stops all
         return record
 
     def train_step(self, x: Any, idx: torch.Tensor) -> torch.Tensor:
