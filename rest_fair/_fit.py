@@ -38,6 +38,7 @@ from .training import (
     make_scheduler,
     make_sparsity,
 )
+from .training.distributed import LocalContext
 
 __all__ = ["fit_estimator", "resolve_device", "take"]
 
@@ -245,7 +246,7 @@ def _train_groups(est: Any, X_train: Any, y_train: np.ndarray, classes: np.ndarr
                   group_codes: np.ndarray, group_labels: list, groups: Any,
                   train_idx: np.ndarray, n: int, seed: int,
                   saved_errors: torch.Tensor | None,
-                  ctx: Any = None) -> tuple[np.ndarray, list, dict]:
+                  world: LocalContext) -> tuple[np.ndarray, list, dict]:
     """Group codes the reweighting uses: the given groups, or JTT's error set."""
     if est.infer_groups != "jtt":
         est.inferred_groups_ = None
@@ -258,8 +259,8 @@ def _train_groups(est: Any, X_train: Any, y_train: np.ndarray, classes: np.ndarr
         errors = saved_errors.numpy().astype(bool)
     else:
         errors = identify_errors(est, X_train, classes[y_train], seed=seed)
-        if ctx is not None:  # every rank upweights rank 0's error set
-            errors = ctx.broadcast_(torch.as_tensor(errors, dtype=torch.uint8)).numpy() > 0
+        # every rank upweights rank 0's error set
+        errors = world.broadcast_(torch.as_tensor(errors, dtype=torch.uint8)).numpy() > 0
     g_train = errors.astype(np.int64) if errors.any() else np.zeros(len(errors), np.int64)
     est.inferred_groups_ = np.zeros(n, dtype=bool)
     est.inferred_groups_[train_idx] = errors
@@ -299,10 +300,10 @@ def _example_batch(data: TrainSet, batch_size: int,
 
 
 def _build_parts(est: Any, module: torch.nn.Module, data: TrainSet, valid: EvalSet | None,
-                 *, device: torch.device, precision: Precision, generator: torch.Generator,
+                 *, world: LocalContext, precision: Precision, generator: torch.Generator,
                  callbacks: list, warm_masks: dict | None,
-                 distributed: bool = False,
                  sparse_layers: list[str] | None = None) -> TrainingParts:
+    device = world.device
     steps_per_epoch = data.sampler.steps_per_epoch
     layer_density, init = _layer_density(est)
     sparsity = make_sparsity(
@@ -324,19 +325,20 @@ def _build_parts(est: Any, module: torch.nn.Module, data: TrainSet, valid: EvalS
     sparsity = make_sparse_compute(
         module, sparsity, mode=est.sparse_compute, threshold=est.sparse_compute_threshold,
         batch_size=est.batch_size, device=device, autocast_dtype=precision.dtype,
-        grad_scaling=precision.scaler is not None, distributed=distributed,
+        grad_scaling=precision.scaler is not None, distributed=world.data_parallel,
         layers=sparse_layers, example=_example_batch(data, est.batch_size, device),
     )
     optimizer = make_optimizer(est.optimizer, module.parameters(), lr=est.lr,
                                momentum=est.momentum, weight_decay=est.weight_decay)
     if sparsity is not None:
         sparsity.bind_optimizer(optimizer)
-    return TrainingParts(
+    parts = TrainingParts(
         module=module,
         optimizer=optimizer,
         scheduler=make_scheduler(est.lr_scheduler, optimizer, max_epochs=est.max_epochs),
         objective=make_objective(est.objective, n_groups=data.n_groups, eta=est.groupdro_eta,
-                                 device=device),
+                                 device=device, all_reduce=world.all_reduce,
+                                 world_size=world.world_size),
         sparsity=sparsity,
         train=data,
         valid=valid,
@@ -346,7 +348,10 @@ def _build_parts(est: Any, module: torch.nn.Module, data: TrainSet, valid: EvalS
         batch_size=est.batch_size,
         eval_batch_size=max(est.batch_size, 512),
         callbacks=callbacks,
+        world=world,
     )
+    world.prepare(parts)  # this process's parts: a data-parallel rank's
+    return parts
 
 
 def fit_estimator(
@@ -363,7 +368,7 @@ def fit_estimator(
     from tqdm.auto import tqdm
 
     from .persistence.checkpoint import has_checkpoint, read_checkpoint
-    from .training.distributed import check_world, resolve_distributed
+    from .training.distributed import resolve_distributed
 
     callbacks = check_callbacks(est.callbacks)
     warm = bool(est.warm_start) and hasattr(est, "module_") and resume_from is None
@@ -378,10 +383,9 @@ def fit_estimator(
     sw = check_sample_weight(sample_weight, n)
     seed = int(check_random_state(est.random_state).randint(0, 2**31 - 1))
     device = resolve_device(est.device)
-    ctx = resolve_distributed(est.distributed, device, timeout=est.distributed_timeout)
-    if ctx is not None:
-        device = ctx.device
-        seed = ctx.broadcast_object(seed)  # one split, one generator for all ranks
+    world = resolve_distributed(est.distributed, device, timeout=est.distributed_timeout)
+    device = world.device
+    seed = world.broadcast_object(seed)  # one split, one generator for all ranks
     precision = Precision(est.precision, device)
 
     valid = None
@@ -397,14 +401,11 @@ def fit_estimator(
                 group_codes[val_idx] if groups is not None else None,
             )
     fingerprint = _fingerprint(est, X, y_codes, group_codes, sw, classes, valid)
-    checkpoint = None
-    if ctx is not None:
-        ctx.check_same("data or parameters", fingerprint)
-        if resume_from is not None:  # rank 0 reads; every rank resumes from its copy
-            checkpoint = ctx.run_on_main(lambda: read_checkpoint(
-                resume_from, fingerprint=fingerprint) if has_checkpoint(resume_from) else None)
-    elif resume_from is not None and has_checkpoint(resume_from):
-        checkpoint = read_checkpoint(resume_from, fingerprint=fingerprint)
+    world.check_same("data or parameters", fingerprint)
+    # rank 0 reads; every rank resumes from its copy
+    checkpoint = world.run_on_main(lambda: read_checkpoint(resume_from, fingerprint=fingerprint)
+                                   if resume_from is not None and has_checkpoint(resume_from)
+                                   else None)
 
     X_train = take(X, train_idx) if len(train_idx) < n else X
     y_train, sw_train = y_codes[train_idx], sw[train_idx]
@@ -417,7 +418,7 @@ def fit_estimator(
             saved_errors = (checkpoint or {}).get("extra", {}).get("jtt_errors")
             g_train, train_group_labels, extra = _train_groups(
                 est, X_train, y_train, classes, group_codes, group_labels, groups,
-                train_idx, n, seed, saved_errors, ctx)
+                train_idx, n, seed, saved_errors, world)
 
             weights = cell_weights(y_train, g_train, train_group_labels, est.upweight)
             per_sample = sample_weights_for(y_train, g_train, weights)
@@ -427,8 +428,6 @@ def fit_estimator(
                 draw = per_sample
             source = make_source(X_train, device=device, num_workers=est.num_workers)
             sources.append(source)
-            if ctx is not None:
-                check_world(source.n_samples, est.batch_size, ctx.world_size)
             data = TrainSet(
                 source=source,
                 y=torch.as_tensor(y_train, dtype=torch.long),
@@ -437,8 +436,7 @@ def fit_estimator(
                 groups=torch.as_tensor(g_train, dtype=torch.long),
                 n_groups=len(train_group_labels),
                 sampler=EpochSampler(source.n_samples, est.batch_size, draw, generator,
-                                     rank=ctx.rank if ctx else 0,
-                                     world_size=ctx.world_size if ctx else 1),
+                                     rank=world.rank, world_size=world.world_size),
             )
             if warm:
                 module = est.module_.to(device)
@@ -450,13 +448,10 @@ def fit_estimator(
                     n_classes=len(classes),
                     module_params=est.module_params,
                 ).to(device)
-            parts = _build_parts(est, module, data, valid, device=device, precision=precision,
+            parts = _build_parts(est, module, data, valid, world=world, precision=precision,
                                  generator=generator, callbacks=callbacks,
                                  warm_masks=dict(est.masks_) if warm and est.masks_ else None,
-                                 distributed=ctx is not None,
                                  sparse_layers=(checkpoint or {}).get("sparse_compute_layers"))
-            if ctx is not None:
-                ctx.prepare(parts)
             state = None
             if warm:
                 state = TrainState(history=list(est.history_),
@@ -466,7 +461,7 @@ def fit_estimator(
             if checkpoint is not None:
                 run.load_state_dict(checkpoint)
             with tqdm(total=est.max_epochs, initial=run.state.epoch, desc="REST",
-                      disable=not est.verbose or (ctx is not None and not ctx.is_main),
+                      disable=not est.verbose or not world.is_main,
                       leave=False) as progress:
                 parts.progress = progress
                 state = run.fit_loop(est)

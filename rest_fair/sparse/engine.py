@@ -32,6 +32,17 @@ from .schedules import DropSchedule
 __all__ = ["DynamicSparsity"]
 
 
+class _OneProcess:
+    """The topology synchronisation of one process: its own decision, nothing to compare."""
+
+    def check_masks(self, masks: MaskSet, *, when: str) -> None:
+        """No other rank's masks to compare with."""
+
+    def broadcast_decision(self, decisions: dict) -> dict:
+        """The decision as it is."""
+        return decisions
+
+
 class DynamicSparsity:
     """Drives a :class:`MaskSet` through training.
 
@@ -79,9 +90,9 @@ class DynamicSparsity:
         self.steps_per_epoch = steps_per_epoch
         self.n_updates = 0
         self.n_regrown = 0
-        # data-parallel training: an object with ``check_masks(masks, when=)`` and
-        # ``broadcast_decision(decisions)`` (see rest_fair.training.distributed)
-        self.sync = None
+        # the world: ``check_masks(masks, when=)`` and ``broadcast_decision(decisions)``
+        # (a data-parallel fit sets its context, see rest_fair.training.distributed)
+        self.sync = _OneProcess()
 
     # -- schedule ---------------------------------------------------------------------
     def _on_phase(self, step: int) -> bool:
@@ -116,18 +127,16 @@ class DynamicSparsity:
         if not self.is_update_step(step):
             return 0
         sync = self.sync
-        if sync is not None:
-            sync.check_masks(self.masks, when=f"before the topology update of step {step}")
+        sync.check_masks(self.masks, when=f"before the topology update of step {step}")
         regrown = update_topology(
             self.masks,
             self.schedule(step),
             regrow=self.regrow,
             optimizer=optimizer,
             generator=self.generator,
-            synchronise=None if sync is None else sync.broadcast_decision,
+            synchronise=sync.broadcast_decision,
         )
-        if sync is not None:
-            sync.check_masks(self.masks, when=f"after the topology update of step {step}")
+        sync.check_masks(self.masks, when=f"after the topology update of step {step}")
         self.n_regrown += regrown
         self.n_updates += 1
         return regrown

@@ -22,6 +22,8 @@ from torch import nn
 from .._data import BatchSource
 from ..callbacks import Callback
 from ..exceptions import TrainingDivergedError
+from ..persistence import checkpoint
+from .distributed import shard_range
 from .parts import EvalSet, TrainingParts
 from .state import TrainState
 
@@ -211,9 +213,8 @@ class TrainingRun:
                 value = float(loss)
                 for cb in self._batch_callbacks:
                     cb.on_batch_end(self.net, run=self, step=s.step, loss=value)
-        if p.distributed is not None:
-            loss_sum, seen = p.distributed.end_train_epoch(p.module, p.sparsity, loss_sum,
-                                                           seen, epoch=epoch)
+        loss_sum, seen = p.world.end_train_epoch(p.module, p.sparsity, loss_sum, seen,
+                                                 epoch=epoch)
         train_loss = float(loss_sum) / max(seen, 1)
         if not np.isfinite(train_loss):
             self._diverged(epoch, "training loss", train_loss)
@@ -230,9 +231,7 @@ class TrainingRun:
             p.objective.end_epoch()
         record["best"] = self.select(record, epoch)
         self._step_scheduler(record)
-        record["dur"] = time.perf_counter() - start
-        if p.distributed is not None:
-            record["dur"] = p.distributed.max(record["dur"])  # the slowest rank's
+        record["dur"] = p.world.max(time.perf_counter() - start)  # the slowest rank's
         s.history.append(record)
         s.epoch += 1
         if p.progress is not None:
@@ -245,8 +244,7 @@ class TrainingRun:
             for cb in self.callbacks:
                 if cb.runs_last == last and cb.on_epoch_end(self.net, run=self, record=record):
                     s.stopped = True
-            if p.distributed is not None:
-                s.stopped = p.distributed.any(s.stopped)  # one rank's stop stops all
+            s.stopped = p.world.any(s.stopped)  # one rank's stop stops all
         return record
 
     def train_step(self, x: Any, idx: torch.Tensor) -> torch.Tensor:
@@ -296,25 +294,18 @@ class TrainingRun:
         loss sum and per-group counts are summed over the ranks.
         """
         valid: EvalSet = self.parts.valid
-        ctx = self.parts.distributed
+        world = self.parts.world
         y = torch.as_tensor(valid.y)
         groups = (torch.zeros(len(y), dtype=torch.long) if valid.groups is None
                   else torch.as_tensor(valid.groups, dtype=torch.long))
         n_groups = int(groups.max()) + 1 if len(groups) else 1
-        order = None
-        if ctx is not None:
-            from .distributed import shard_range
-
-            order = shard_range(len(y), ctx.rank, ctx.world_size)
-            y, groups = y[order], groups[order]
+        order = shard_range(len(y), world.rank, world.world_size)
+        y, groups = y[order], groups[order]
         logits = predict_logits(self.parts.module, valid.source,
                                 batch_size=self.parts.eval_batch_size,
                                 device=self.parts.device,
                                 autocast=self.parts.precision.autocast, order=order)
-        finite = bool(torch.isfinite(logits).all())
-        if ctx is not None:
-            finite = not ctx.any(not finite)
-        if not finite:
+        if world.any(not bool(torch.isfinite(logits).all())):
             self._diverged(epoch, "network output on the validation data", "non-finite")
         if len(y):
             loss_sum = float(nn.functional.cross_entropy(logits, y, reduction="sum"))
@@ -323,9 +314,7 @@ class TrainingRun:
             loss_sum, correct = 0.0, torch.zeros(0, dtype=torch.float64)
         hits = torch.zeros(n_groups, dtype=torch.float64).index_add_(0, groups, correct)
         totals = torch.bincount(groups, minlength=n_groups).double()
-        if ctx is not None:
-            loss_sum, hits, totals = ctx.reduce_counts(loss_sum, hits, totals)
-        return self._metrics(loss_sum, hits, totals)
+        return self._metrics(*world.reduce_counts(loss_sum, hits, totals))
 
     @staticmethod
     def _metrics(loss_sum: float, hits: torch.Tensor, totals: torch.Tensor) -> dict:
@@ -417,13 +406,11 @@ class TrainingRun:
 
         In a data-parallel fit only rank 0 writes (every rank holds the same state).
         """
-        from ..persistence.checkpoint import write_checkpoint
-
-        if self.parts.distributed is not None and not self.parts.distributed.is_main:
+        if not self.parts.world.is_main:
             return
-
-        write_checkpoint(dirname, self.state_dict(), epoch=self.state.epoch_offset
-                         + self.state.epoch, fingerprint=self.fingerprint, keep=keep)
+        checkpoint.write_checkpoint(dirname, self.state_dict(),
+                                    epoch=self.state.epoch_offset + self.state.epoch,
+                                    fingerprint=self.fingerprint, keep=keep)
 
     def _callback_states(self) -> dict:
         return {f"{i}:{type(cb).__name__}": cb.state_dict()

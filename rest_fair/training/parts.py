@@ -18,6 +18,7 @@ from torch import nn
 
 from .._data import BatchSource
 from ..sparse import DropSchedule, DynamicSparsity, MaskSet
+from .distributed import LocalContext
 from .precision import Precision
 from .sampler import EpochSampler
 
@@ -90,9 +91,8 @@ class TrainingParts:
     forward_module : nn.Module or None
         What training batches go through: ``module`` itself, or its
         ``DistributedDataParallel`` wrapper in a data-parallel fit (``None``: ``module``).
-    distributed : DistributedContext or None
-        The data-parallel context (:mod:`rest_fair.training.distributed`), ``None`` in one
-        process.
+    world : LocalContext or DistributedContext
+        The processes the run trains in (:mod:`rest_fair.training.distributed`).
     """
 
     module: nn.Module
@@ -110,7 +110,7 @@ class TrainingParts:
     callbacks: list = field(default_factory=list)
     progress: Any = None
     forward_module: nn.Module | None = None
-    distributed: Any = None
+    world: LocalContext = field(default_factory=LocalContext)
 
     def __post_init__(self) -> None:
         if self.forward_module is None:
