@@ -349,22 +349,13 @@ def _digest(value: Any) -> str:
 
 @dataclass(kw_only=True)
 class LocalContext:
-    """A fit in one process: rank 0 of a world of one.
+    """A fit in one process: rank 0 of a world of one, on ``device``.
 
     It has the interface of :class:`DistributedContext`, so that ``fit`` and the training
     loop have one code path: here the collectives return their input, the checks pass and
-    :meth:`prepare` leaves the training parts as they are. What is built on the
-    collectives (:meth:`any`, :meth:`end_train_epoch`, :meth:`reduce_counts`, ...) is the
-    same for both.
-
-    Attributes
-    ----------
-    rank, world_size, local_rank : int
-        ``0``, ``1`` and ``0`` in one process.
-    device : torch.device
-        Where this process trains.
-    data_parallel : bool
-        Whether the module trains through ``DistributedDataParallel`` (class attribute).
+    :meth:`prepare` leaves the training parts as they are; what is built on the
+    collectives (:meth:`any`, :meth:`end_train_epoch`, ...) is the same for both.
+    ``data_parallel`` says whether the module trains through ``DistributedDataParallel``.
     """
 
     rank: int = 0
@@ -482,19 +473,11 @@ class LocalContext:
 class DistributedContext(LocalContext):
     """This process's place in a data-parallel fit and the collectives it takes part in.
 
-    Differs from :class:`LocalContext` only in its collectives, its checks and
-    :meth:`prepare`.
-
-    Attributes
-    ----------
-    rank, world_size, local_rank : int
-        From the process group (``LOCAL_RANK`` from the environment).
-    device : torch.device
-        Where this rank trains (``cuda:LOCAL_RANK`` on CUDA).
-    backend : str
-        ``"nccl"`` or ``"gloo"`` (or the backend of a group initialised by the user).
-    timeout : float
-        ``distributed_timeout`` in seconds, for error messages.
+    It differs from :class:`LocalContext` only in its collectives, its checks and
+    :meth:`prepare`. ``rank``, ``world_size`` and ``local_rank`` (from ``LOCAL_RANK``) are
+    the process group's, ``device`` is where this rank trains (``cuda:LOCAL_RANK`` on
+    CUDA), ``backend`` is ``"nccl"`` or ``"gloo"`` (or the backend of a group initialised by
+    the user) and ``timeout`` is ``distributed_timeout`` in seconds, for error messages.
     """
 
     backend: str
