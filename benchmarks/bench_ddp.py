@@ -2,14 +2,14 @@
 
 Each configuration is a real ``RESTClassifier.fit`` (the paper's small CNN on random
 3x28x28 images, sparsity 0.9, RigL, global batch 128 by default). All of them run inside
-one torchrun job of ``--nproc`` ranks, so no configuration pays for starting processes
+one torchrun job of ``--ranks`` ranks, so no configuration pays for starting processes
 and they can be interleaved: in every repetition, in a rotating order,
 
 - "plain, T threads": rank 0 alone fits in one process (``distributed=False``) with ``T``
-  threads while the other ranks wait at a barrier -- T = 1 and T = ``--nproc`` on the CPU
+  threads while the other ranks wait at a barrier -- T = 1 and T = ``--ranks`` on the CPU
   (the latter uses the same cores as the ranks), one GPU on CUDA;
 - "DDP": all ranks fit together (``distributed=True``; gloo with 1 thread per rank on the
-  CPU, NCCL with one GPU per rank on CUDA). With ``--nproc 1`` on CUDA this is the cost
+  CPU, NCCL with one GPU per rank on CUDA). With ``--ranks 1`` on CUDA this is the cost
   of the DDP wrapper alone (a one-rank NCCL group) against the plain fit.
 
 Printed, against the first "plain" configuration: the median time of an optimizer step
@@ -22,8 +22,8 @@ absolute time is printed.
 
 Run it alone on the machine:
 ``flock /tmp/torch.lock python benchmarks/bench_ddp.py`` (CPU, 2 ranks), or on a GPU
-machine ``python benchmarks/bench_ddp.py --device cuda --nproc 1`` (wrapper overhead) and
-``--nproc 8`` (8 GPUs).
+machine ``python benchmarks/bench_ddp.py --device cuda --ranks 1`` (wrapper overhead) and
+``--ranks 8`` (8 GPUs).
 """
 
 from __future__ import annotations
@@ -161,7 +161,10 @@ def _summary(values: list[float]) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    parser.add_argument("--nproc", type=int, default=2, help="ranks (one GPU each on CUDA)")
+    # "--ranks", not "--nproc": torchrun reads every argument, the script's too, and refuses
+    # "--nproc" as an ambiguous abbreviation of its own "--nproc-per-node"
+    parser.add_argument("--ranks", "--nproc", dest="nproc", type=int, default=2,
+                        help="ranks (one GPU each on CUDA); --nproc is accepted too")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=128, help="global batch")
@@ -177,11 +180,15 @@ def main(argv: list[str] | None = None) -> None:
 
     import tempfile
 
+    def _forwarded(args_in: list[str]) -> list[str]:
+        return [a.replace("--nproc", "--ranks", 1) if a.startswith("--nproc") else a
+                for a in args_in]
+
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "result.json"
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                f"--nproc_per_node={args.nproc}", str(HERE), "--worker", "--out", str(out),
-               *(argv if argv is not None else sys.argv[1:])]
+               *_forwarded(argv if argv is not None else sys.argv[1:])]
         env = {**os.environ, "OMP_NUM_THREADS": "1",
                "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
         proc = subprocess.run(cmd, env=env)

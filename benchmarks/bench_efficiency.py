@@ -49,8 +49,8 @@ def _masks(net: nn.Module, sparsity: float, distribution: str, seed: int) -> dic
     from rest_fair.sparse import MaskSet
 
     generator = torch.Generator().manual_seed(seed)
-    return MaskSet.random(net, density=1.0 - sparsity, distribution=distribution,
-                          generator=generator).to_dict()
+    return MaskSet.from_module(net, density=1.0 - sparsity, distribution=distribution,
+                               generator=generator).to_dict()
 
 
 def _masked(net: nn.Module, masks: dict) -> nn.Module:
@@ -160,8 +160,8 @@ def training_table(args, dense: nn.Module) -> list[str]:
         for sparsity in args.sparsities:
             net_d = copy.deepcopy(dense).train()
             net_s = copy.deepcopy(dense).train()
-            masks = MaskSet.random(net_s, density=1.0 - sparsity, distribution=distribution,
-                                   generator=torch.Generator().manual_seed(1))
+            masks = MaskSet.from_module(net_s, density=1.0 - sparsity, distribution=distribution,
+                                        generator=torch.Generator().manual_seed(1))
             masks.apply_()
             opt_d = torch.optim.SGD(net_d.parameters(), lr=0.01, momentum=0.9)
             opt_s = torch.optim.SGD(net_s.parameters(), lr=0.01, momentum=0.9)

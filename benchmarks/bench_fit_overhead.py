@@ -54,8 +54,8 @@ def _hand_loop(X, y, *, sparsity: float, epochs: int, batch_size: int, lr: float
                        module_params={"hidden_layer_sizes": HIDDEN})
     masks = []
     if sparsity > 0:
-        mask_set = MaskSet.random(net, density=1 - sparsity,
-                                  generator=torch.Generator().manual_seed(0))
+        mask_set = MaskSet.from_module(net, density=1 - sparsity,
+                                       generator=torch.Generator().manual_seed(0))
         masks = [(mask_set.params[n], mask_set.mask(n).float()) for n in mask_set.names]
     opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9)
     Xt, yt = torch.from_numpy(X), torch.from_numpy(y)

@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> None:
         config = _config(width, args.epochs)
         limit = None if args.time_limit is None else args.time_limit - (time.monotonic() - start)
         if args.report or (limit is not None and limit <= 0):
-            from rest_fair.benchmarks.runner import RESULTS_FILE, read_results
+            from rest_fair.experiments.runner import RESULTS_FILE, read_results
 
             path = out / f"w{width}" / RESULTS_FILE
             records = read_results(path) if path.exists() else []

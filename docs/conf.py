@@ -55,6 +55,8 @@ api_modules = [
     "rest_fair.sparse",
     "rest_fair.efficiency",
     "rest_fair.datasets",
+    "rest_fair.experiments.runner",
+    "rest_fair.experiments.run",
     "rest_fair.benchmarks",
     "rest_fair.wilds",
     "rest_fair.cli",

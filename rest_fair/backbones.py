@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from ._downloads import socket_timeout
+from .sparse.modules import set_submodule
 
 __all__ = [
     "HF_PREFIX",
@@ -278,10 +279,7 @@ def replace_head(model: nn.Module, n_classes: int, *, n_categories: int | None =
     else:
         new = nn.Conv2d(old.in_channels, n_classes, old.kernel_size, stride=old.stride,
                         padding=old.padding, bias=old.bias is not None)
-    new = new.to(device=old.weight.device, dtype=old.weight.dtype)
-    parent_name, _, attr = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, attr, new)
+    set_submodule(model, name, new.to(device=old.weight.device, dtype=old.weight.dtype))
     return name
 
 

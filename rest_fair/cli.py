@@ -23,7 +23,7 @@ __all__ = ["SUBCOMMANDS", "build_parser", "main"]
 #: Subcommand modules, in the order of ``rest-fair --help``.
 SUBCOMMANDS: tuple[str, ...] = (
     "rest_fair.benchmarks.cli",  # rest-fair bench
-    "rest_fair.wilds.cli",  # rest-fair wilds (skipped when its extra is not installed)
+    "rest_fair.wilds.cli",  # rest-fair wilds (checks for its extra when it runs)
 )
 
 

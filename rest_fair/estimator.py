@@ -69,8 +69,9 @@ class RESTClassifier(ClassifierMixin, BaseEstimator):
         (RigL); ``"random"`` regrows uniformly at random (SET).
     drop_fraction : float in [0, 1], default=0.5
         Initial fraction ``f_0`` of active weights replaced at a topology update.
-    drop_schedule : {"cosine", "constant"}, default="cosine"
-        Decay of the drop fraction, ``f_t = f_0 / 2 * (1 + cos(pi t / T_end))`` for cosine.
+    drop_schedule : {"cosine", "cosine_floor", "constant"}, default="cosine"
+        Decay of the drop fraction: RigL's ``f_t = f_0 / 2 * (1 + cos(pi t / T_end))``, or
+        the REST authors' cosine annealing that ends at 0.005 instead of 0, or none.
     update_interval : int or "auto", default="auto"
         Optimizer steps between topology updates; ``"auto"`` is once per epoch. The REST
         authors used 1000 steps on their (much larger) data sets. Updates fall in the

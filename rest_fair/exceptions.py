@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-__all__ = ["CheckpointError", "DistributedError", "MaskDivergenceError", "TrainingDivergedError"]
+__all__ = [
+    "CheckpointError",
+    "DatasetFormatError",
+    "DatasetNotFoundError",
+    "DistributedError",
+    "MaskDivergenceError",
+    "TrainingDivergedError",
+]
 
 
 class TrainingDivergedError(FloatingPointError):
@@ -30,4 +37,18 @@ class MaskDivergenceError(DistributedError):
     """The ranks of a data-parallel fit hold different masks or weights.
 
     The message names the layers and ranks that differ and when the difference was found.
+    """
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """A data set is not on disk and will not be downloaded.
+
+    The message names what is missing, where it was looked for, and how to get it.
+    """
+
+
+class DatasetFormatError(ValueError):
+    """A data set file is damaged, truncated or not in its documented format.
+
+    The message names the file and what is wrong with it.
     """

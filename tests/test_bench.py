@@ -22,7 +22,7 @@ from rest_fair.benchmarks import (
     summarize,
     to_markdown,
 )
-from rest_fair.benchmarks import runner as runner_mod
+from rest_fair.experiments import runner as runner_mod
 
 
 def tiny_config(**overrides) -> BenchConfig:
@@ -190,16 +190,15 @@ def test_max_runs_chunks_and_failed_runs_are_retried(tmp_path, monkeypatch):
     config = tiny_config(methods=("erm",))  # 2 runs
     first = runner_mod.run_sweep(config, tmp_path, progress=False, max_runs=1)
     assert len(first) == 1
-    real = runner_mod._train_and_score
 
     def broken(*args, **kwargs):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(runner_mod, "_train_and_score", broken)
-    second = runner_mod.run_sweep(config, tmp_path, progress=False)
+    with monkeypatch.context() as patch:
+        patch.setattr(BenchConfig, "score", broken)
+        second = runner_mod.run_sweep(config, tmp_path, progress=False)
     assert sorted(r["status"] for r in second) == ["error", "ok"]
     assert "boom" in next(r["error"] for r in second if r["status"] == "error")
-    monkeypatch.setattr(runner_mod, "_train_and_score", real)
     third = runner_mod.run_sweep(config, tmp_path, progress=False)
     assert [r["status"] for r in third] == ["ok", "ok"]
 
@@ -244,8 +243,8 @@ def test_missing_dataset_package_fails_once_before_any_run(tmp_path, monkeypatch
     assert "Colored MNIST" in str(info.value) and "rest-fair[bench]" in str(info.value)
     assert calls == [] and not (tmp_path / runner_mod.RESULTS_FILE).exists()
     # the 8x8 digits come with scikit-learn: nothing optional needed
-    assert runner_mod.bench_requirements(tiny_config()) == []
-    names = [r.module for r in runner_mod.bench_requirements(config, plots=True)]
+    assert tiny_config().requirements() == []
+    names = [r.module for r in config.requirements(plots=True)]
     assert names == ["mlxtend", "matplotlib"]
 
 

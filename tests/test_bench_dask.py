@@ -16,7 +16,7 @@ import pytest
 
 from rest_fair import cli
 from rest_fair.benchmarks import preset, run_sweep, split_threads
-from rest_fair.benchmarks import runner as runner_mod
+from rest_fair.experiments import runner as runner_mod
 
 # Fields that legitimately differ between two executions of the same run.
 VOLATILE = {"fit_seconds", "finished_at", "worker"}
@@ -54,13 +54,13 @@ def cluster():
 def counted_appends(monkeypatch):
     """Every write of the results file made by this (the driver) process."""
     calls = []
-    real = runner_mod._append
+    real = runner_mod.append_record
 
     def counting(path, record):
         calls.append(record["run_id"])
         real(path, record)
 
-    monkeypatch.setattr(runner_mod, "_append", counting)
+    monkeypatch.setattr(runner_mod, "append_record", counting)
     return calls
 
 
@@ -202,14 +202,14 @@ def test_backend_arguments_are_checked(tmp_path, capsys):
         run_sweep(tiny_config(), tmp_path, backend="local", scheduler="tcp://h:8786")
     argv = ["bench", "--backend", "local", "--scheduler", "tcp://h:8786", "--out", str(tmp_path)]
     assert cli.main(argv) == 2
-    assert "--scheduler is only used with --backend dask" in capsys.readouterr().err
+    assert "only used by backend='dask'" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         cli.main(["bench", "--backend", "spark"])
 
 
 def test_thread_plan_splits_each_host_between_its_runs():
     pytest.importorskip("distributed")
-    from rest_fair.benchmarks._dask import thread_plan
+    from rest_fair.experiments.dask_backend import thread_plan
 
     class FakeClient:
         def nthreads(self):

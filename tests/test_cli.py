@@ -147,7 +147,7 @@ def test_bench_estimator_params_reach_the_estimator(tmp_path, capsys, monkeypatc
             seen.append(self.update_interval)
             return super().fit(*args, **kwargs)
 
-    monkeypatch.setattr("rest_fair.RESTClassifier", Spy)  # the runner imports it from here
+    monkeypatch.setattr("rest_fair.estimator.RESTClassifier", Spy)  # where run_one finds it
     out = tmp_path / "bench"
     status = cli.main(["bench", "--preset", "tiny", "--methods", "rest", "--sparsities", "0.9",
                        "--estimator-params", '{"update_interval": 7}', "--out", str(out),
@@ -158,7 +158,7 @@ def test_bench_estimator_params_reach_the_estimator(tmp_path, capsys, monkeypatc
 
 
 def test_bench_names_missing_packages_once_and_trains_nothing(tmp_path, capsys, monkeypatch):
-    from rest_fair.benchmarks import runner
+    from rest_fair.experiments import runner
 
     calls = []
     monkeypatch.setattr(runner, "run_one", lambda *a, **k: calls.append(a))

@@ -154,3 +154,14 @@ def test_colorize_checks_labels():
         colorize(np.zeros((3, 2, 2)), [0, 1, 12], conflict_ratio=0.1)
     with pytest.raises(ValueError, match="images"):
         colorize(np.zeros((3, 4)), [0, 1, 2], conflict_ratio=0.1)
+
+
+def test_colorize_reads_uint8_as_levels_0_255():
+    rng = np.random.default_rng(0)
+    grey = rng.integers(0, 256, size=(20, 6, 6), dtype=np.uint8)
+    labels = np.arange(20) % 10
+    from_uint8, bias, _ = colorize(grey, labels, conflict_ratio=0.1, random_state=4)
+    from_float, bias_f, _ = colorize(grey / 255.0, labels, conflict_ratio=0.1, random_state=4)
+    np.testing.assert_array_equal(bias, bias_f)
+    np.testing.assert_allclose(from_uint8, from_float, atol=1e-6)
+    assert from_uint8.max() <= 1.0

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
+from golden_fits import DDP_SCENARIOS, assert_same_as_recorded
 
 import rest_fair
 from rest_fair import RESTClassifier
@@ -273,6 +274,12 @@ def one_process():
                 for name in ("rest", "groupdro", "jtt")}
     finally:
         log.restore()
+
+
+@pytest.mark.parametrize("scenario", DDP_SCENARIOS)
+def test_two_rank_fits_predict_as_recorded(two_ranks, golden, scenario):
+    logits = np.asarray(two_ranks[scenario][0]["logits"])
+    assert_same_as_recorded(golden, f"ddp_{scenario}", logits)
 
 
 def test_masks_identical_on_every_rank_after_every_topology_update(two_ranks, one_process):

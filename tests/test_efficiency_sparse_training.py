@@ -12,6 +12,7 @@ from rest_fair.efficiency.sparse_training import (
     to_sparse_training,
 )
 from rest_fair.models import build_module
+from rest_fair.sparse.csr_linear import CSRLinear
 
 
 def _net_and_masks(density=0.05, seed=0):
@@ -45,7 +46,7 @@ def test_gradients_equal_masked_dense_gradients():
     dense_mods, sparse_mods = dict(net.named_modules()), dict(sparse.named_modules())
     for name in converted:
         layer = sparse_mods[name]
-        assert isinstance(layer, SparseTrainableLinear)
+        assert isinstance(layer, CSRLinear)
         assert layer.values.numel() == int(masks[f"{name}.weight"].sum())
         torch.testing.assert_close(
             layer.values.grad, dense_mods[name].weight.grad[masks[f"{name}.weight"]]
@@ -77,6 +78,8 @@ def test_training_matches_masked_training_and_writes_back():
     with torch.no_grad():
         for p in target.parameters():
             p.fill_(7.0)
+    assert {k: v.shape for k, v in sparse.state_dict().items()} == {
+        k: v.shape for k, v in net.state_dict().items()}
     load_dense_weights(sparse, target)
     for key, value in net.state_dict().items():
         torch.testing.assert_close(target.state_dict()[key], value, rtol=1e-4, atol=1e-5)
@@ -86,8 +89,13 @@ def test_threshold_selects_layers_and_leading_dims():
     net, masks = _net_and_masks(density=0.3)
     _, converted = to_sparse_training(net, masks, density_threshold=0.05)
     assert converted == []
-    layer = SparseTrainableLinear(torch.randn(3, 4), torch.rand(3, 4) < 0.5, None)
-    z = torch.randn(2, 5, 4)
-    torch.testing.assert_close(layer(z), z @ layer.dense_weight().t())
     with pytest.raises(ValueError, match="density_threshold"):
         to_sparse_training(net, masks, density_threshold=2.0)
+
+
+def test_sparse_trainable_linear_is_a_deprecated_csr_linear():
+    with pytest.warns(FutureWarning, match="CSRLinear"):
+        layer = SparseTrainableLinear(torch.randn(3, 4), torch.rand(3, 4) < 0.5, None)
+    assert isinstance(layer, CSRLinear)
+    z = torch.randn(2, 5, 4)
+    torch.testing.assert_close(layer(z), z @ layer.dense_weight().t())

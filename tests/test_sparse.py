@@ -94,8 +94,8 @@ def test_maskable_parameters_are_conv_and_linear_weights_only():
 @pytest.mark.parametrize("distribution", ["erk", "uniform"])
 def test_random_masks_have_exact_counts_and_zero_weights(distribution):
     net = _net()
-    masks = MaskSet.random(net, density=0.2, distribution=distribution,
-                           generator=torch.Generator().manual_seed(0))
+    masks = MaskSet.from_module(net, density=0.2, distribution=distribution,
+                                generator=torch.Generator().manual_seed(0))
     masks.apply_()
     shapes = {n: tuple(p.shape) for n, p in maskable_parameters(net)}
     fn = erk_densities if distribution == "erk" else uniform_densities
@@ -150,7 +150,7 @@ def test_gradient_regrow_needs_gradient():
 def test_update_topology_keeps_counts_zeroes_and_resets_optimizer_state():
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(20, 50), nn.ReLU(), nn.Linear(50, 4))
-    masks = MaskSet.random(net, density=0.3, generator=torch.Generator().manual_seed(1))
+    masks = MaskSet.from_module(net, density=0.3, generator=torch.Generator().manual_seed(1))
     masks.apply_()
     opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
     x, y = torch.randn(64, 20), torch.randint(0, 4, (64,))
@@ -172,6 +172,39 @@ def test_update_topology_keeps_counts_zeroes_and_resets_optimizer_state():
         assert torch.all(opt.state[p]["momentum_buffer"][regrown] == 0)
 
 
+def _pruned_and_regrown_case():
+    """A 1x4 layer: w[0] is pruned (smallest |w|) and regrown (largest |grad|), w[3] grows."""
+    linear = nn.Linear(4, 1, bias=False)
+    with torch.no_grad():
+        linear.weight.copy_(torch.tensor([[0.25, 2.0, 3.0, 0.0]]))
+    mask = torch.tensor([[True, True, True, False]])
+    new_mask = torch.tensor([[True, False, True, True]])
+    grown = torch.tensor([0, 3])  # position 0 was active before: pruned and regrown
+    return linear, mask, new_mask, grown
+
+
+def test_a_pruned_and_regrown_weight_keeps_its_value_and_state_in_both_storages():
+    from rest_fair.sparse.csr_linear import CSRLinear
+    from rest_fair.sparse.rigl import apply_decision
+
+    linear, mask, new_mask, grown = _pruned_and_regrown_case()
+    masks = MaskSet({"w": linear.weight}, {"w": mask})
+    opt = torch.optim.SGD([linear.weight], lr=0.1, momentum=0.9)
+    opt.state[linear.weight]["momentum_buffer"] = torch.tensor([[0.5, 0.625, 0.75, 0.875]])
+    assert apply_decision(masks, "w", new_mask, grown, optimizer=opt) == 1
+    masks.apply_()
+    assert linear.weight.detach().tolist() == [[0.25, 0.0, 3.0, 0.0]]
+    assert opt.state[linear.weight]["momentum_buffer"].tolist() == [[0.5, 0.625, 0.75, 0.0]]
+
+    linear, mask, new_mask, grown = _pruned_and_regrown_case()
+    layer = CSRLinear(linear, mask)
+    opt = torch.optim.SGD([layer.values], lr=0.1, momentum=0.9)
+    opt.state[layer.values]["momentum_buffer"] = torch.tensor([0.5, 0.625, 0.75])
+    assert layer.apply(new_mask, grown, optimizer=opt) == 1
+    assert layer.dense_weight().tolist() == [[0.25, 0.0, 3.0, 0.0]]
+    assert opt.state[layer.values]["momentum_buffer"].tolist() == [0.5, 0.75, 0.0]
+
+
 def test_dense_layers_are_left_alone():
     net = nn.Sequential(nn.Linear(3, 2))
     masks = MaskSet(dict(maskable_parameters(net)), {"0.weight": torch.ones(2, 3, dtype=bool)})
@@ -191,6 +224,15 @@ def test_cosine_schedule_values():
     values = [s(t) for t in range(0, 1001, 50)]
     assert all(a >= b for a, b in itertools.pairwise(values))
     assert DropSchedule(0.3, 10, "constant")(5) == 0.3
+
+
+def test_cosine_floor_schedule_anneals_to_the_authors_floor():
+    s = DropSchedule(0.5, 1000, "cosine_floor")
+    assert s(0) == pytest.approx(0.5)
+    assert s(500) == pytest.approx(0.005 + 0.495 / 2)
+    assert s(1000) == pytest.approx(0.005)
+    assert s(1001) == 0.0  # no update after end_step
+    assert DropSchedule(0.001, 1000, "cosine_floor")(1000) == pytest.approx(0.001)
     with pytest.raises(ValueError, match="drop schedule"):
         DropSchedule(0.3, 10, "linear")
 
@@ -199,7 +241,7 @@ def test_engine_during_training_keeps_exact_density():
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(30, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(),
                         nn.Linear(64, 3))
-    masks = MaskSet.random(net, density=0.1, generator=torch.Generator().manual_seed(0))
+    masks = MaskSet.from_module(net, density=0.1, generator=torch.Generator().manual_seed(0))
     masks.apply_()
     counts = masks.n_active()
     engine = DynamicSparsity(masks, schedule=DropSchedule(0.5, 60), update_interval=5,
@@ -231,8 +273,8 @@ def test_rescale_init_preserves_signal():
     net = nn.Sequential(*[nn.Linear(400, 400, bias=False) for _ in range(4)])
     x = torch.randn(512, 400)
     dense_std = float(net(x).std())
-    masks = MaskSet.random(net, density=0.05, distribution="uniform",
-                           generator=torch.Generator().manual_seed(0))
+    masks = MaskSet.from_module(net, density=0.05, distribution="uniform",
+                                generator=torch.Generator().manual_seed(0))
     masks.apply_()
     silent_std = float(net(x).std())
     masks.rescale_init_()
@@ -244,8 +286,8 @@ def test_rescale_init_preserves_signal():
 def test_random_masks_are_reproducible_and_seed_dependent():
     def masks(seed):
         net = nn.Sequential(nn.Linear(50, 50))
-        return MaskSet.random(net, density=0.2,
-                              generator=torch.Generator().manual_seed(seed)).to_dict()
+        return MaskSet.from_module(net, density=0.2,
+                                   generator=torch.Generator().manual_seed(seed)).to_dict()
     assert torch.equal(masks(3)["0.weight"], masks(3)["0.weight"])
     assert not torch.equal(masks(3)["0.weight"], masks(4)["0.weight"])
     assert np.isclose(float(masks(3)["0.weight"].float().mean()), 0.2)
@@ -253,7 +295,7 @@ def test_random_masks_are_reproducible_and_seed_dependent():
 
 def test_updates_never_fall_on_the_last_step_of_an_epoch():
     net = nn.Sequential(nn.Linear(8, 8))
-    masks = MaskSet.random(net, density=0.5, generator=torch.Generator().manual_seed(0))
+    masks = MaskSet.from_module(net, density=0.5, generator=torch.Generator().manual_seed(0))
     for interval, spe in [(4, 4), (3, 4), (1, 5), (7, 3), (10, 10)]:
         engine = DynamicSparsity(masks, schedule=DropSchedule(0.3, 10_000),
                                  update_interval=interval, steps_per_epoch=spe)

@@ -283,8 +283,8 @@ def test_warm_start_and_bf16_precision(data):
 
 # ------------------------------------------------------------------ choosing the layers
 def _engine(module, sparsity=0.95, seed=0):
-    masks = MaskSet.random(module, density=1 - sparsity,
-                           generator=torch.Generator().manual_seed(seed))
+    masks = MaskSet.from_module(module, density=1 - sparsity,
+                                generator=torch.Generator().manual_seed(seed))
     masks.apply_()
     return DynamicSparsity(masks, schedule=DropSchedule(0.3, 100), update_interval=10)
 
@@ -352,6 +352,52 @@ def test_an_update_step_without_its_plan_is_refused():
     engine.prepare_step(step)
     with pytest.raises(RuntimeError, match="not used in the forward pass"):
         engine.before_step(step)
+
+
+class Rank0:
+    """A data-parallel synchronisation whose rank 0 decided differently."""
+
+    def __init__(self, masks):
+        self.masks, self.calls, self.decided = masks, [], {}
+
+    def check_masks(self, masks, *, when):
+        self.calls.append(when.split(" the ")[0])
+
+    def broadcast_decision(self, decisions):
+        self.calls.append("broadcast")
+        g = torch.Generator().manual_seed(1)
+        for name, (new_mask, _) in decisions.items():
+            other = torch.zeros(new_mask.numel(), dtype=torch.bool)
+            other[torch.randperm(new_mask.numel(), generator=g)[: int(new_mask.sum())]] = True
+            other = other.view_as(new_mask)
+            grown = (other & ~self.masks.mask(name)).reshape(-1).nonzero()[:, 0]
+            self.decided[name] = (other, grown)
+        return dict(self.decided)
+
+
+def test_csr_layers_update_through_the_data_parallel_synchronisation():
+    # the CSR layers take the masked path's update: masks checked before and after, and
+    # the decision applied is the one the synchronisation returns
+    net = build_module("mlp", input_shape=(30,), n_classes=3,
+                       module_params={"hidden_layer_sizes": (64, 48)})
+    engine = make_sparse_compute(net, _engine(net), mode="csr", threshold=0.3)
+    assert set(engine.layers) == {"layers.1.weight", "layers.3.weight"}
+    engine.sync = sync = Rank0(engine.masks)
+    step = next(s for s in range(1, 50) if engine.is_update_step(s))
+    engine.prepare_step(step)
+    nn.functional.cross_entropy(net(torch.randn(8, 30)), torch.randint(0, 3, (8,))).backward()
+    before, masks_before = copy.deepcopy(net.state_dict()), engine.masks.to_dict()
+    assert engine.before_step(step) > 0
+    assert sync.calls == ["before", "broadcast", "after"]
+    assert set(sync.decided) == set(engine.masks.names)
+    after = net.state_dict()
+    for name, (new_mask, grown) in sync.decided.items():
+        assert torch.equal(engine.masks.mask(name), new_mask)
+        kept = new_mask & masks_before[name]
+        kept.view(-1)[grown] = False
+        assert torch.equal(after[name][kept], before[name][kept])
+        assert not after[name].view(-1)[grown].any()
+        assert not after[name][~new_mask].any()
 
 
 def test_a_resumed_auto_run_converts_the_layers_its_checkpoint_used(data, tmp_path,

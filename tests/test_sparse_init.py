@@ -75,16 +75,6 @@ def test_erk_handles_embedding_shapes():
 
 
 @pytest.mark.parametrize("distribution", ["erk", "uniform"])
-def test_random_is_from_module_with_random_init(distribution):
-    a = MaskSet.random(_cnn(), density=0.2, distribution=distribution,
-                       generator=torch.Generator().manual_seed(4))
-    b = MaskSet.from_module(_cnn(), density=0.2, distribution=distribution, init="random",
-                            generator=torch.Generator().manual_seed(4))
-    for name in a.names:
-        assert torch.equal(a.mask(name), b.mask(name))
-
-
-@pytest.mark.parametrize("distribution", ["erk", "uniform"])
 def test_magnitude_init_keeps_exactly_the_largest_weights(distribution):
     net = _cnn()
     masks = MaskSet.from_module(net, density=0.25, distribution=distribution, init="magnitude")

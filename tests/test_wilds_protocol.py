@@ -23,6 +23,7 @@ except ImportError:  # pragma: no cover - the wilds extra is part of CI
     pytest.skip("needs the optional extra rest-fair[wilds]", allow_module_level=True)
 pytest.importorskip("transformers", reason="needs rest-fair[text]")
 
+from rest_fair.cli import build_parser
 from rest_fair.cli import main as rest_fair_main
 from rest_fair.wilds import (
     dataset_spec,
@@ -31,7 +32,7 @@ from rest_fair.wilds import (
     submission_filename,
     wilds_eval,
 )
-from rest_fair.wilds.cli import build_parser, resolve_settings
+from rest_fair.wilds.experiment import WildsExperiment, resolve_settings
 from rest_fair.wilds.protocol import WILDS_RECIPES, recipe_for
 
 HAS_TORCH_SCATTER = importlib.util.find_spec("torch_scatter") is not None
@@ -70,7 +71,8 @@ def test_recipes_are_the_wilds_reference_settings():
 
 
 def _settings(*argv):
-    args = build_parser().parse_args(["--dataset", "waterbirds", "--root-dir", "x", *argv])
+    args = build_parser().parse_args(["wilds", "--dataset", "waterbirds", "--root-dir", "x",
+                                      *argv])
     return resolve_settings(args, dataset_spec("waterbirds"))
 
 
@@ -123,25 +125,25 @@ def test_waterbirds_protocol_writes_every_seed_and_mean_std(tmp_path, capsys):
     assert "±" in ours and "| 3 |" in ours
 
 
-def test_resume_reuses_finished_seeds(tmp_path, monkeypatch):
+def test_resume_reuses_finished_seeds(tmp_path, monkeypatch, capsys):
     argv = ["wilds", "--dataset", "celebA", "--synthetic", "--root-dir", str(tmp_path / "d"),
             "--out-dir", str(tmp_path / "out"), "--module", "mlp", "--image-size", "8",
             "--max-epochs", "1", "--seeds", "0", "1", "--device", "cpu"]
     assert rest_fair_main(argv) == 0
     first = json.loads((tmp_path / "out" / "metrics.json").read_text())
 
-    import rest_fair.wilds.cli as cli
-
     def no_training(*args, **kwargs):
-        raise AssertionError("a finished seed was trained again")
+        raise RuntimeError("a finished seed was trained again")
 
-    monkeypatch.setattr(cli, "_run_seed", no_training)
+    monkeypatch.setattr(WildsExperiment, "training_data", no_training)
     assert rest_fair_main([*argv, "--resume"]) == 0
     again = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert again["metrics"] == first["metrics"]
+    capsys.readouterr()
     for change in (["--lr", "0.05"], ["--sparsity", "0.5"], ["--upweight", "none"]):
-        with pytest.raises(AssertionError, match="trained again"):
-            rest_fair_main([*argv, "--resume", *change])
+        assert rest_fair_main([*argv, "--resume", *change]) == 1
+        err = capsys.readouterr().err
+        assert err.count("trained again") == 2 and "--resume to retry" in err
 
 
 def test_civilcomments_protocol_writes_five_seeds(civil_run):
@@ -251,6 +253,6 @@ def test_wilds_evaluator_sees_a_wrong_file(civil_run, tmp_path):
 
 
 def test_parser_keeps_custom_defaults_unset():
-    args = build_parser().parse_args(["--dataset", "celeba", "--root-dir", "x"])
+    args = build_parser().parse_args(["wilds", "--dataset", "celeba", "--root-dir", "x"])
     assert isinstance(args, argparse.Namespace)
     assert args.protocol == "custom" and args.module is None and args.seeds is None

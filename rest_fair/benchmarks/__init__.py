@@ -8,19 +8,22 @@ same is available from Python::
     records = run_sweep(config, "out/quick")
     write_outputs(records, config, "out/quick")
 
-``run_sweep(config, out, scheduler="tcp://host:8786")`` runs the same sweep on a
-``dask.distributed`` cluster (the ``dask`` extra).
+``run_sweep`` is the experiment runner (:mod:`rest_fair.experiments.runner`), with the
+:class:`BenchConfig` as its experiment; ``run_sweep(config, out, scheduler="tcp://host:8786")``
+runs the same sweep on a ``dask.distributed`` cluster (the ``dask`` extra).
 
 Every method is a row of :data:`METHODS`, i.e. a configuration of
-:class:`rest_fair.RESTClassifier`.
+:class:`rest_fair.RESTClassifier`; every data set a row of
+:data:`~rest_fair.benchmarks.data.DATASETS`.
 """
 
 from __future__ import annotations
 
+from ..experiments.run import run_one, split_threads
+from ..experiments.runner import read_results, run_sweep
 from .config import PRESETS, BenchConfig, RunSpec, preset
 from .methods import LAMBDA_BY_RATIO, METHODS, Method, estimator_params, lambda_for_ratio
 from .report import summarize, to_markdown, write_outputs
-from .runner import read_results, run_one, run_sweep, split_threads
 
 __all__ = [
     "LAMBDA_BY_RATIO",

@@ -1,48 +1,48 @@
 """``rest-fair bench``: run a debiasing benchmark sweep and write its tables and plots.
 
-This module is registered by :mod:`rest_fair.cli`; importing it is cheap (torch is only
-imported when the command runs).
+This module reads the command line into a :class:`~rest_fair.benchmarks.BenchConfig` and
+hands it to the experiment runner (:func:`~rest_fair.experiments.runner.run_sweep`). It is
+registered by :mod:`rest_fair.cli`; importing it is cheap (torch is only imported when the
+command runs).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
+import json
 import shlex
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from .._requirements import MissingDependencyError
+from ..experiments.runner import BACKENDS, PROGRESS_MODES, parse_upweight, run_sweep
 from .config import PRESETS, preset
+from .data import DATASETS
 from .methods import METHODS
+from .report import write_outputs
 
 __all__ = ["add_parser", "run"]
 
 _BAD_LIST = "{flag}: cannot read {value!r} as a comma-separated list of {kind}."
-_SCHEDULER_NEEDS_DASK = "--scheduler is only used with --backend dask."
 _SETUP_FAILED = "rest-fair bench: error: {error}"
+#: Options that override the preset's field of the same name (when given).
+_CONFIG_FIELDS = ("dataset", "ratios", "sparsities", "seeds", "methods", "max_epochs",
+                  "batch_size", "lr", "module", "image_size", "upweight", "device",
+                  "data_root", "dfa_name", "extra_params")
 
 
-def _floats(flag: str):
-    def parse(value: str) -> tuple[float, ...]:
+def _numbers(flag: str, kind: str, cast: type) -> Any:
+    def parse(value: str) -> tuple:
         try:
-            return tuple(float(v) for v in value.split(",") if v.strip())
+            return tuple(cast(v) for v in value.split(",") if v.strip())
         except ValueError:
             raise argparse.ArgumentTypeError(
-                _BAD_LIST.format(flag=flag, value=value, kind="numbers")
+                _BAD_LIST.format(flag=flag, value=value, kind=kind)
             ) from None
 
     return parse
-
-
-def _ints(value: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(v) for v in value.split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            _BAD_LIST.format(flag="--seeds", value=value, kind="integers")
-        ) from None
 
 
 def _names(value: str) -> tuple[str, ...]:
@@ -55,21 +55,8 @@ def _names(value: str) -> tuple[str, ...]:
     return names
 
 
-def _upweight(value: str) -> Any:
-    if value == "balanced":
-        return value
-    try:
-        return float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"--upweight must be a number or 'balanced'; got {value!r}."
-        ) from None
-
-
 def _json_object(flag: str) -> Any:
     def parse(value: str) -> dict:
-        import json
-
         try:
             parsed = json.loads(value)
         except json.JSONDecodeError as exc:
@@ -82,7 +69,7 @@ def _json_object(flag: str) -> Any:
 
 
 def _estimator_params(value: str) -> dict:
-    from .. import RESTClassifier
+    from ..estimator import RESTClassifier  # imports torch: only when the flag is given
 
     parsed = _json_object("--estimator-params")(value)
     unknown = sorted(set(parsed) - set(RESTClassifier().get_params()))
@@ -111,16 +98,18 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                         help="Named configuration; the flags below override its fields.")
     parser.add_argument("--quick", action="store_const", const="quick", dest="preset",
                         help="Same as --preset quick (about 2 minutes on 2 CPU cores).")
-    parser.add_argument("--dataset", choices=("mnist_5k", "digits", "dfa"), default=None,
+    parser.add_argument("--dataset", choices=tuple(DATASETS), default=None,
                         help="dfa: a DFA-format release on disk (--data-root, --dfa-name).")
     parser.add_argument("--data-root", default=None,
                         help="Folder of a DFA release holding <pct>pct/ and test/.")
     parser.add_argument("--dfa-name", choices=("cmnist", "cifar10c", "bffhq"), default=None)
-    parser.add_argument("--ratios", type=_floats("--ratios"), default=None,
+    parser.add_argument("--ratios", type=_numbers("--ratios", "numbers", float), default=None,
                         help="Conflicting shares, e.g. 0.005,0.01,0.02,0.05.")
-    parser.add_argument("--sparsities", type=_floats("--sparsities"), default=None,
+    parser.add_argument("--sparsities", type=_numbers("--sparsities", "numbers", float),
+                        default=None,
                         help="Sparsity grid, e.g. 0,0.9,0.99.")
-    parser.add_argument("--seeds", type=_ints, default=None, help="e.g. 41,42,43.")
+    parser.add_argument("--seeds", type=_numbers("--seeds", "integers", int), default=None,
+                        help="e.g. 41,42,43.")
     parser.add_argument("--methods", type=_names, default=None,
                         help=f"Comma-separated subset of: {', '.join(METHODS)}.")
     parser.add_argument("--epochs", type=int, default=None, dest="max_epochs")
@@ -136,15 +125,16 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                              '\'{"update_interval": 100}\'; the method\'s own settings '
                              '(sparsity, upweight, ...) still apply.')
     parser.add_argument("--image-size", type=int, default=None)
-    parser.add_argument("--upweight", type=_upweight, default=None,
-                        help="Override lambda (default 10/30/50/80 for 0.5/1/2/5 %%).")
+    parser.add_argument("--upweight", type=parse_upweight, default=None,
+                        help="Override lambda (default 10/30/50/80 for 0.5/1/2/5 %%): a "
+                             "number, 'balanced' or 'none' (no reweighting).")
     parser.add_argument("--device", default=None, help="auto, cpu, cuda, ...")
     parser.add_argument("--out", type=Path, default=None,
                         help="Output folder (default: rest_fair_results/bench-<preset>).")
     parser.add_argument("--n-jobs", type=int, default=1,
                         help="Parallel runs; torch threads are split so jobs x threads <= cores "
                              "(local backend).")
-    parser.add_argument("--backend", choices=("local", "dask"), default=None,
+    parser.add_argument("--backend", choices=BACKENDS, default=None,
                         help="Where runs execute: local processes, or a dask.distributed "
                              "cluster (needs the dask extra). Default: dask when --scheduler "
                              "is given, else local.")
@@ -161,7 +151,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--fresh", action="store_true",
                         help="Ignore (move aside) earlier results instead of resuming.")
     parser.add_argument("--no-plots", action="store_true")
-    parser.add_argument("--progress", choices=("auto", "bar", "log", "none"), default="auto",
+    parser.add_argument("--progress", choices=PROGRESS_MODES, default="auto",
                         help="bar: progress bars over runs and epochs; log: plain lines, "
                              "readable in CI logs; auto: bars on a terminal, else lines.")
     parser.add_argument("--no-progress", action="store_const", const="none", dest="progress",
@@ -172,88 +162,47 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Execute ``rest-fair bench`` with parsed arguments; returns the exit status."""
-    from .._requirements import MissingDependencyError
-    from .report import write_outputs
-    from .runner import check_bench_requirements, run_sweep, split_threads
-
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     module_params = args.module_params
-    if module_params is None and args.module not in (None, PRESETS[args.preset]["module"]):
+    if module_params is None and args.module not in (None, preset(args.preset).module):
         module_params = {}  # the preset's module parameters belong to its own module
-    config = preset(
-        args.preset,
-        dataset=args.dataset,
-        ratios=args.ratios,
-        sparsities=args.sparsities,
-        seeds=args.seeds,
-        methods=args.methods,
-        max_epochs=args.max_epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        module=args.module,
-        module_params=module_params,
-        image_size=args.image_size,
-        upweight=args.upweight,
-        device=args.device,
-        data_root=args.data_root,
-        dfa_name=args.dfa_name,
-        extra_params=args.extra_params,
-    )
+    overrides = {field: getattr(args, field) for field in _CONFIG_FIELDS}
+    config = preset(args.preset, module_params=module_params, **overrides)
     try:
-        check_bench_requirements(config, plots=not args.no_plots)
+        config.check_requirements(plots=not args.no_plots)
     except MissingDependencyError as exc:
         print(f"rest-fair bench: {exc}", file=sys.stderr)
         return 2
     out_dir = args.out or Path("rest_fair_results") / f"bench-{args.preset}"
-    backend = args.backend or ("dask" if args.scheduler else "local")
-    if backend == "local" and args.scheduler:
-        print(_SETUP_FAILED.format(error=_SCHEDULER_NEEDS_DASK), file=sys.stderr)
-        return 2
     n_runs = len(config.runs())
-    grid = (
-        f"rest-fair bench: preset={args.preset}, {n_runs} runs "
-        f"({len(config.methods)} methods x {len(config.ratios)} ratios x "
-        f"{len(config.sparsities)} sparsities x {len(config.seeds)} seeds)"
-    )
     info: dict[str, Any] = {
         "preset": args.preset,
         "command": shlex.join(["rest-fair", *getattr(args, "argv", ["bench"])]),
-        "backend": backend,
     }
-    with contextlib.ExitStack() as stack:
-        client = None
-        if backend == "dask":
-            from ._dask import connect
 
-            try:
-                client = stack.enter_context(
-                    connect(args.scheduler, timeout=args.scheduler_timeout)
-                )
-            except (ImportError, ConnectionError, ValueError) as exc:
-                print(_SETUP_FAILED.format(error=exc), file=sys.stderr)
-                return 2
-            workers = client.nthreads()
-            info.update(scheduler=client.scheduler.address, dask_workers=len(workers),
-                        dask_worker_threads=sum(workers.values()))
-            where = (f"dask scheduler {client.scheduler.address} ({len(workers)} workers, "
-                     f"{sum(workers.values())} threads)")
+    def announce(where: dict[str, Any]) -> None:
+        info.update(where)
+        if where["backend"] == "dask":
+            text = (f"dask scheduler {where['scheduler']} ({where['dask_workers']} workers, "
+                    f"{where['dask_worker_threads']} threads)")
         else:
-            n_jobs, threads = split_threads(args.n_jobs)
-            info.update(n_jobs=n_jobs, torch_threads_per_job=threads)
-            where = f"n_jobs={n_jobs} x {threads} torch threads"
-        print(f"{grid}, {where}, out={out_dir}", file=sys.stderr)
-        t0 = time.perf_counter()
+            text = f"n_jobs={where['n_jobs']} x {where['torch_threads_per_job']} torch threads"
+        print(f"rest-fair bench: preset={args.preset}, {n_runs} runs "
+              f"({len(config.methods)} methods x {len(config.ratios)} ratios x "
+              f"{len(config.sparsities)} sparsities x {len(config.seeds)} seeds), {text}, "
+              f"out={out_dir}", file=sys.stderr)
+
+    t0 = time.perf_counter()
+    try:
         records = run_sweep(
-            config,
-            out_dir,
-            n_jobs=info.get("n_jobs", 1),
-            resume=not args.fresh,
-            progress=args.progress,
-            max_runs=args.max_runs,
-            time_limit=args.time_limit,
-            backend=backend,
-            scheduler=client,
+            config, out_dir, n_jobs=args.n_jobs, resume=not args.fresh, progress=args.progress,
+            max_runs=args.max_runs, time_limit=args.time_limit, backend=args.backend,
+            scheduler=args.scheduler, scheduler_timeout=args.scheduler_timeout,
+            on_start=announce,
         )
+    except (ImportError, ConnectionError, ValueError) as exc:
+        print(_SETUP_FAILED.format(error=exc), file=sys.stderr)
+        return 2
     info.update(started=started, sweep_seconds_this_call=round(time.perf_counter() - t0, 1))
     outputs = write_outputs(records, config, out_dir, run_info=info, plots=not args.no_plots)
     errors = [r for r in records if r.get("status") == "error"]

@@ -1,19 +1,28 @@
-"""Sweep configuration, presets and run identities of ``rest-fair bench``."""
+"""The experiment of ``rest-fair bench``: its configuration, presets and runs.
+
+A :class:`BenchConfig` is an :class:`~rest_fair.experiments.run.Experiment`: the
+experiment runner (:func:`~rest_fair.experiments.runner.run_sweep`) asks it for its runs,
+each run's estimator parameters and data, and the scores of a fitted run.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
-from .methods import get_method
+import numpy as np
+
+from .._requirements import Requirement, check_requirements
+from ..experiments.run import digest, jsonable
+from ..jtt import overlap_report
+from ..metrics import group_accuracies
+from .data import DATASETS, load_data
+from .methods import estimator_params, get_method
 
 __all__ = ["PRESETS", "BenchConfig", "RunSpec", "preset"]
 
-DATASETS = ("mnist_5k", "digits", "dfa")
-
+_MATPLOTLIB = Requirement("matplotlib", "matplotlib", "bench", "the plots (or pass --no-plots)")
 _UNKNOWN_PRESET = "Unknown preset {name!r}; available: {names}."
 _BAD_FIELD = "{field} {detail}; got {value!r}."
 
@@ -36,6 +45,11 @@ class RunSpec:
             f"|{self.config_hash}"
         )
 
+    @property
+    def label(self) -> str:
+        """The run in progress lines."""
+        return f"{self.method} ratio={self.ratio:g} sparsity={self.sparsity:g} seed={self.seed}"
+
 
 @dataclasses.dataclass
 class BenchConfig:
@@ -44,8 +58,9 @@ class BenchConfig:
     Parameters
     ----------
     dataset : {"mnist_5k", "digits", "dfa"}
-        Colored MNIST from the 5k bundled digits, Colored Digits (8x8, for tests), or a
-        DFA-format release on disk (``data_root``, ``dfa_name``), read lazily.
+        A key of :data:`~rest_fair.benchmarks.data.DATASETS`: Colored MNIST from the 5k
+        bundled digits, Colored Digits (8x8, for tests), or a DFA-format release on disk
+        (``data_root``, ``dfa_name``), read lazily.
     ratios : sequence of float
         Shares of bias-conflicting training samples.
     sparsities : sequence of float
@@ -65,8 +80,9 @@ class BenchConfig:
         Train/valid/test sizes; None uses the data set's default.
     data_seed : int
         Seed of the data set construction (splits, colours).
-    upweight : float, str or None
-        Override of the ratio-dependent lambda (None: 10/30/50/80 for 0.5/1/2/5 %).
+    upweight : float, {"balanced", "none"} or None
+        Override of the ratio-dependent lambda (None: 10/30/50/80 for 0.5/1/2/5 %;
+        ``"none"``: no reweighting).
     extra_params : dict
         Any further :class:`RESTClassifier` parameters (e.g. ``{"jtt_epochs": 2}``).
     device : str
@@ -76,6 +92,9 @@ class BenchConfig:
     dfa_name : {"cmnist", "cifar10c", "bffhq"}
         Which DFA release (selects transforms and the number of bias values).
     """
+
+    #: Who runs it, for progress lines.
+    name: ClassVar[str] = "rest-fair bench"
 
     dataset: str = "mnist_5k"
     ratios: Sequence[float] = (0.01,)
@@ -105,7 +124,7 @@ class BenchConfig:
             self.split_sizes = tuple(self.split_sizes)
         if self.dataset not in DATASETS:
             raise ValueError(_BAD_FIELD.format(field="dataset", detail=f"must be one of "
-                                               f"{DATASETS}", value=self.dataset))
+                                               f"{tuple(DATASETS)}", value=self.dataset))
         if self.dataset == "dfa" and not self.data_root:
             raise ValueError(_BAD_FIELD.format(field="data_root", detail="is needed for "
                                                "dataset='dfa'", value=self.data_root))
@@ -129,80 +148,128 @@ class BenchConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dictionary of the configuration."""
-        return json.loads(json.dumps(dataclasses.asdict(self), default=list))
+        return jsonable(dataclasses.asdict(self))
 
     def common_hash(self) -> str:
         """Hash of what every run shares (not the grid): changing it re-runs everything."""
-        shared = self.to_dict()
-        for key in ("ratios", "sparsities", "seeds", "methods"):
-            shared.pop(key)
-        text = json.dumps(shared, sort_keys=True)
-        return hashlib.sha1(text.encode()).hexdigest()[:10]
+        grid = ("ratios", "sparsities", "seeds", "methods")
+        return digest({k: v for k, v in self.to_dict().items() if k not in grid})
 
     def runs(self) -> list[RunSpec]:
         """Every run of the sweep, in a stable order (ratio, method, sparsity, seed)."""
-        digest = self.common_hash()
+        shared = self.common_hash()
         return [
-            RunSpec(method, ratio, sparsity, seed, digest)
+            RunSpec(method, ratio, sparsity, seed, shared)
             for ratio in self.ratios
             for method in self.methods
             for sparsity in self.sparsities
             for seed in self.seeds
         ]
 
+    def requirements(self, *, plots: bool = False) -> list[Requirement]:
+        """Optional packages the sweep needs: its data set's, and matplotlib for ``plots``."""
+        return [*DATASETS[self.dataset].requirements, *([_MATPLOTLIB] if plots else [])]
 
-#: Named configurations. ``quick`` is the README demo (about 2 minutes on 2 CPU cores);
-#: ``paper`` mirrors the REST paper's grid (hours on a CPU); ``medium`` is the larger run
-#: documented in docs/benchmarks.md; ``tiny`` is a seconds-long smoke run.
+    def check_requirements(self, *, plots: bool = False) -> None:
+        """Raise an ImportError naming every missing package of :meth:`requirements`."""
+        check_requirements(self.requirements(plots=plots),
+                           command=f"rest-fair bench (dataset {self.dataset!r})")
+
+    def estimator_params(self, spec: RunSpec) -> dict[str, Any]:
+        """The :class:`~rest_fair.RESTClassifier` parameters of one run."""
+        params: dict[str, Any] = {
+            "max_epochs": int(self.max_epochs),
+            "batch_size": int(self.batch_size),
+            "lr": float(self.lr),
+            "module": self.module,
+            "module_params": dict(self.module_params) if self.module_params else None,
+            "device": self.device,
+            "random_state": spec.seed,
+        }
+        params.update(self.extra_params)
+        params.update(estimator_params(get_method(spec.method), sparsity=spec.sparsity,
+                                       ratio=spec.ratio, upweight=self.upweight))
+        return params
+
+    def training_data(self, spec: RunSpec) -> tuple[Any, Any, dict[str, Any]]:
+        """``(X, y, fit_params)`` of one run: group labels as its method uses them."""
+        method = get_method(spec.method)
+        data = load_data(self, spec.ratio)
+        validation = (data.X_valid, data.y_valid)
+        if method.valid_groups:
+            validation += (data.conflict_valid,)
+        groups = data.conflict_train if method.train_groups else None
+        return data.X_train, data.y_train, {"groups": groups, "validation_data": validation}
+
+    def score(self, spec: RunSpec, clf: Any) -> dict[str, Any]:
+        """Test accuracies (unbiased, aligned, conflicting, worst group, per and worst
+        (label, colour) cell), validation accuracies of the kept epoch, training sizes, the
+        JTT error set's overlap with the conflicting samples, FLOPs fractions of dense."""
+        method = get_method(spec.method)
+        data = load_data(self, spec.ratio)
+        pred = np.asarray(clf.predict(data.X_test))
+        correct = pred == data.y_test
+        aligned_acc = float(correct[~data.conflict_test].mean())
+        conflicting_acc = float(correct[data.conflict_test].mean())
+        cells = group_accuracies(data.y_test, pred, data.group_test)
+        history = list(getattr(clf, "history_", []) or [])
+        kept = getattr(clf, "best_epoch_", None)
+        best = next((h for h in history if h.get("epoch") == kept), history[-1] if history else {})
+        _, cell_sizes = np.unique(np.asarray(data.group_test), return_counts=True)
+        out: dict[str, Any] = {
+            "method_label": method.label(spec.sparsity),
+            "group_labels": method.group_labels,
+            "upweight": clf.upweight,
+            "test_unbiased_acc": float(correct.mean()),
+            "test_aligned_acc": aligned_acc,
+            "test_conflicting_acc": conflicting_acc,
+            "test_worst_group_acc": min(aligned_acc, conflicting_acc),
+            "test_worst_cell_acc": float(min(cells.values())),
+            "test_cell_acc": {str(int(k)): float(v) for k, v in sorted(cells.items())},
+            "test_min_cell_size": int(cell_sizes.min()) if cell_sizes.size else 0,
+            "valid_acc": _float(best.get("valid_acc")),
+            "valid_worst_group_acc": _float(best.get("valid_worst_group_acc")),
+            "n_train": len(data.y_train),
+            "n_conflicting_train": int(data.conflict_train.sum()),
+        }
+        inferred = getattr(clf, "inferred_groups_", None)
+        if inferred is not None:
+            out["jtt_overlap"] = {
+                k: _float(v) for k, v in overlap_report(inferred, data.conflict_train).items()
+            }
+        # FLOPs fractions of dense, from the run's actual optimizer steps and topology
+        # updates (training FLOPs include RigL's dense gradient at every update)
+        report = clf.efficiency_report()
+        total = report[report["layer"].astype(str) == "total"].iloc[-1]
+        out["efficiency"] = {
+            c: float(total[c]) for c in ("inference_flops_fraction", "training_flops_fraction")
+        }
+        return out
+
+
+def _float(value: Any) -> float | None:
+    """``value`` as a float; None for None and NaN."""
+    if value is None:
+        return None
+    value = float(value)
+    return None if np.isnan(value) else value
+
+
+#: Named configurations, as the fields that differ from :class:`BenchConfig`'s defaults.
+#: ``quick`` is the README demo (about 2 minutes on 2 CPU cores); ``paper`` mirrors the REST
+#: paper's grid (hours on a CPU); ``medium`` is the larger run documented in
+#: docs/benchmarks.md; ``tiny`` is a seconds-long smoke run.
 PRESETS: dict[str, dict[str, Any]] = {
-    "tiny": {
-        "dataset": "digits",
-        "ratios": (0.05,),
-        "sparsities": (0.0, 0.9),
-        "seeds": (0,),
-        "methods": ("erm", "rest"),
-        "max_epochs": 3,
-        "batch_size": 128,
-        "lr": 0.05,
-        "module": "mlp",
-        "module_params": {"hidden_layer_sizes": [64, 64]},
-    },
-    "quick": {
-        "dataset": "mnist_5k",
-        "ratios": (0.01,),
-        "sparsities": (0.0, 0.9),
-        "seeds": (0, 1, 2),
-        "methods": ("erm", "rest"),
-        "max_epochs": 40,
-        "batch_size": 128,
-        "lr": 0.05,
-        "module": "mlp",
-        "module_params": None,
-    },
-    "medium": {
-        "dataset": "mnist_5k",
-        "ratios": (0.005, 0.01, 0.02, 0.05),
-        "sparsities": (0.0, 0.9, 0.99),
-        "seeds": (41, 42, 43),
-        "methods": ("erm", "rest"),
-        "max_epochs": 100,
-        "batch_size": 128,
-        "lr": 0.05,
-        "module": "mlp",
-        "module_params": None,
-    },
-    "paper": {
-        "dataset": "mnist_5k",
-        "ratios": (0.005, 0.01, 0.02, 0.05),
-        "sparsities": (0.0, 0.9, 0.99, 0.995),
-        "seeds": (41, 42, 43),
-        "methods": ("erm", "rest", "jtt", "groupdro"),
-        "max_epochs": 100,
-        "batch_size": 256,
-        "lr": 0.01,
-        "module": "cnn",
-        "module_params": None,
-    },
+    "tiny": {"dataset": "digits", "ratios": (0.05,), "max_epochs": 3, "batch_size": 128,
+             "lr": 0.05, "module": "mlp", "module_params": {"hidden_layer_sizes": [64, 64]}},
+    "quick": {"seeds": (0, 1, 2), "max_epochs": 40, "batch_size": 128, "lr": 0.05,
+              "module": "mlp"},
+    "medium": {"ratios": (0.005, 0.01, 0.02, 0.05), "sparsities": (0.0, 0.9, 0.99),
+               "seeds": (41, 42, 43), "max_epochs": 100, "batch_size": 128, "lr": 0.05,
+               "module": "mlp"},
+    "paper": {"ratios": (0.005, 0.01, 0.02, 0.05), "sparsities": (0.0, 0.9, 0.99, 0.995),
+              "seeds": (41, 42, 43), "methods": ("erm", "rest", "jtt", "groupdro"),
+              "max_epochs": 100},
 }
 
 

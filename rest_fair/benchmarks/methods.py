@@ -54,8 +54,6 @@ class Method:
         ``groups`` to ``fit`` (and selects the checkpoint by validation worst-group
         accuracy); ``"val"`` only gives them with the validation data (selection);
         ``"none"`` uses none (selection by validation average accuracy).
-    requires : tuple of str
-        Estimator parameters this method needs (checked before a sweep starts).
     """
 
     name: str
@@ -63,7 +61,6 @@ class Method:
     sparse_label: str
     params: Mapping[str, Any]
     group_labels: str
-    requires: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.group_labels not in _GROUP_LABEL_USES:
@@ -109,7 +106,6 @@ METHODS: dict[str, Method] = {
             sparse_label="JTT-REST (sparse)",
             params={"upweight": LAMBDA, "infer_groups": "jtt"},
             group_labels="val",
-            requires=("infer_groups",),
         ),
         Method(
             name="groupdro",
@@ -117,7 +113,6 @@ METHODS: dict[str, Method] = {
             sparse_label="GroupDRO (sparse)",
             params={"upweight": None, "objective": "groupdro"},
             group_labels="train",
-            requires=("objective",),
         ),
     )
 }
@@ -166,15 +161,18 @@ def estimator_params(
     sparsity : float
     ratio : float
         Conflicting share (selects lambda).
-    upweight : float, str or None
-        Override of the lambda placeholder (e.g. ``"balanced"``); None uses
-        :func:`lambda_for_ratio`.
+    upweight : float, {"balanced", "none"} or None
+        Override of the lambda placeholder: a number, ``"balanced"``, or ``"none"`` (no
+        reweighting, ``upweight=None``); None uses :func:`lambda_for_ratio`.
 
     Returns
     -------
     dict
     """
-    lam = lambda_for_ratio(ratio) if upweight is None else upweight
+    if upweight is None:
+        lam = lambda_for_ratio(ratio)
+    else:
+        lam = None if upweight == "none" else upweight
     params = {k: (lam if v == LAMBDA else v) for k, v in method.params.items()}
     params["sparsity"] = float(sparsity)
     return params

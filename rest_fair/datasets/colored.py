@@ -22,10 +22,13 @@ import importlib.util
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 from numpy.typing import ArrayLike
+
+if TYPE_CHECKING:
+    from .fashion import ColoredImages
 
 __all__ = [
     "PALETTE",
@@ -81,7 +84,7 @@ _BAD_IMAGE_SIZE = "image_size must be a positive int or None; got {value!r}."
 class Split(NamedTuple):
     """The arrays of one split; unpacks as ``X, y, bias, conflict, group``."""
 
-    X: np.ndarray
+    X: np.ndarray | ColoredImages
     y: np.ndarray
     bias: np.ndarray
     conflict: np.ndarray
@@ -94,10 +97,13 @@ class BiasedImageData:
 
     Attributes
     ----------
-    X_train, X_valid, X_test : ndarray of float32, shape (n, 3, H, W)
-        RGB images with values in [0, 1]; the background is black.
+    X_train, X_valid, X_test : ndarray of float32, shape (n, 3, H, W), or ColoredImages
+        RGB images with values in [0, 1]; the background is black. A
+        :class:`~rest_fair.datasets.ColoredImages` (from
+        :func:`~rest_fair.datasets.make_colored_fashion_mnist`) is a torch Dataset that keeps
+        the uint8 grey images and paints them when items or arrays are requested.
     y_train, y_valid, y_test : ndarray of int64, shape (n,)
-        Digit labels 0-9.
+        Class labels 0-9 (digits, or Fashion-MNIST's garments).
     bias_train, bias_valid, bias_test : ndarray of int64, shape (n,)
         Index of the stroke colour in :attr:`palette` (the bias attribute).
     conflict_train, conflict_valid, conflict_test : ndarray of bool, shape (n,)
@@ -111,22 +117,23 @@ class BiasedImageData:
     conflict_ratio : float
         Requested share of bias-conflicting training samples.
     source : str
-        ``"mnist_5k"`` or ``"digits"``.
+        ``"mnist_5k"``, ``"digits"``, ``"fashion_mnist"``, or ``"idx:<folder>"`` for
+        :func:`~rest_fair.datasets.make_colored_fashion_mnist` on another folder.
     random_state : int or None
         Seed that produced the splits and the colours.
     """
 
-    X_train: np.ndarray
+    X_train: np.ndarray | ColoredImages
     y_train: np.ndarray
     bias_train: np.ndarray
     conflict_train: np.ndarray
     group_train: np.ndarray
-    X_valid: np.ndarray
+    X_valid: np.ndarray | ColoredImages
     y_valid: np.ndarray
     bias_valid: np.ndarray
     conflict_valid: np.ndarray
     group_valid: np.ndarray
-    X_test: np.ndarray
+    X_test: np.ndarray | ColoredImages
     y_test: np.ndarray
     bias_test: np.ndarray
     conflict_test: np.ndarray
@@ -156,7 +163,9 @@ class BiasedImageData:
     @property
     def image_shape(self) -> tuple[int, ...]:
         """Shape ``(3, H, W)`` of one image."""
-        return tuple(self.X_train.shape[1:])
+        if isinstance(self.X_train, np.ndarray):
+            return tuple(self.X_train.shape[1:])
+        return tuple(self.X_train.image_shape)
 
     def summary(self) -> dict:
         """Sizes and conflicting counts of every split (plain Python values)."""
@@ -248,7 +257,8 @@ def colorize(
     Parameters
     ----------
     images : array-like of shape (n, H, W)
-        Grey levels in [0, 1] (strokes bright, background 0).
+        Grey levels in [0, 1] (strokes bright, background 0), or uint8 levels 0-255,
+        which are divided by 255.
     labels : array-like of int, shape (n,)
         Labels in ``[0, n_colors)``.
     conflict_ratio : float or None
@@ -275,20 +285,42 @@ def colorize(
     """
     rng = np.random.default_rng(random_state)
     palette = _check_palette(PALETTE if palette is None else palette)
-    n_colors = len(palette)
-    images = np.asarray(images, dtype=np.float32)
+    images = np.asarray(images)
     if images.ndim != 3:
         raise ValueError(_BAD_IMAGES.format(shape=images.shape))
+    labels = _check_labels(labels, len(images), len(palette))
+    bias, colors = _draw_colors(
+        labels, conflict_ratio=conflict_ratio, palette=palette, color_std=color_std, rng=rng
+    )
+    return _paint(images, colors), bias, bias != labels
+
+
+def _check_labels(labels: ArrayLike, n: int, n_colors: int) -> np.ndarray:
     labels = np.asarray(labels)
     if (
-        labels.shape != (len(images),)
+        labels.shape != (n,)
         or not np.issubdtype(labels.dtype, np.integer)
         or (labels.size and (labels.min() < 0 or labels.max() >= n_colors))
     ):
         raise ValueError(
             _BAD_LABELS.format(k=n_colors, detail=f"shape {labels.shape}, dtype {labels.dtype}")
         )
-    labels = labels.astype(np.int64)
+    return labels.astype(np.int64)
+
+
+def _draw_colors(
+    labels: np.ndarray,
+    *,
+    conflict_ratio: float | None,
+    palette: np.ndarray,
+    color_std: float,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The colour index and the RGB stroke colour of every sample (see :func:`colorize`).
+
+    Returns ``bias`` (int64, shape (n,)) and ``colors`` (float32, shape (n, 3)).
+    """
+    n_colors = len(palette)
     n = len(labels)
     if conflict_ratio is None:
         bias = np.empty(n, dtype=np.int64)
@@ -302,11 +334,21 @@ def colorize(
         chosen = rng.choice(n, size=k, replace=False)
         shift = rng.integers(1, n_colors, size=k)
         bias[chosen] = (labels[chosen] + shift) % n_colors
-    colours = palette[bias]
+    colors = palette[bias]
     if color_std > 0:
-        colours = np.clip(colours + rng.normal(0.0, color_std, colours.shape), 0.0, 1.0)
-    X = images[:, None, :, :] * colours.astype(np.float32)[:, :, None, None]
-    return X.astype(np.float32, copy=False), bias, bias != labels
+        colors = np.clip(colors + rng.normal(0.0, color_std, colors.shape), 0.0, 1.0)
+    return bias, colors.astype(np.float32)
+
+
+def _paint(images: np.ndarray, colors: np.ndarray) -> np.ndarray:
+    """Grey images ``(n, H, W)`` (uint8 levels or floats in [0, 1]) times one RGB colour
+    each ``(n, 3)``: float32 images ``(n, 3, H, W)``."""
+    if images.dtype == np.uint8:
+        grey = images.astype(np.float32) / 255.0
+    else:
+        grey = np.asarray(images, dtype=np.float32)
+    X = grey[:, None, :, :] * np.asarray(colors, dtype=np.float32)[:, :, None, None]
+    return X.astype(np.float32, copy=False)
 
 
 def make_colored_mnist(
@@ -503,13 +545,19 @@ def _resolve_sizes(split_sizes: Sequence[float], n: int) -> tuple[int, int, int]
     return counts[0], counts[1], counts[2]
 
 
-def _resize(images: np.ndarray, image_size: int) -> np.ndarray:
-    from scipy.ndimage import zoom
-
+def _check_image_size(image_size: int | None) -> None:
+    if image_size is None:
+        return
     if isinstance(image_size, bool) or not isinstance(image_size, (int, np.integer)) or (
         image_size <= 0
     ):
         raise ValueError(_BAD_IMAGE_SIZE.format(value=image_size))
+
+
+def _resize(images: np.ndarray, image_size: int) -> np.ndarray:
+    from scipy.ndimage import zoom
+
+    _check_image_size(image_size)
     _, h, w = images.shape
     if (h, w) == (image_size, image_size):
         return images

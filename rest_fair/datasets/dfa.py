@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..exceptions import DatasetNotFoundError
 from .transforms import dfa_transforms, pil_to_tensor
 
 __all__ = ["DFA_DATASETS", "DFAImageFolder", "DatasetNotFoundError", "load_dfa", "pct_folder"]
@@ -63,10 +64,6 @@ _AUGMENT_EVAL = (
 )
 _UNKNOWN_DATASET = "dataset must be one of {names} or None; got {value!r}."
 _OUT_OF_RANGE = "{what} {value} in {path} is outside [0, {k}) for dataset {name!r}."
-
-
-class DatasetNotFoundError(FileNotFoundError):
-    """A data set is not on disk and will not be downloaded."""
 
 
 def pct_folder(conflict_pct: float | str) -> str:

@@ -23,48 +23,25 @@ the weights). Predictions equal those of the masked network up to float rounding
 from __future__ import annotations
 
 import copy
-import warnings
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Container, Mapping
 
 import torch
 from torch import nn
 
 from ..sparse.checks import check_masks
+from ..sparse.csr_linear import _csr, _csr_indices
+from ..sparse.modules import (
+    ELEMENTWISE,
+    check_threshold,
+    set_submodule,
+    sparse_linear_layers,
+)
 
 __all__ = ["SparseExport", "SparseLinearChain", "export_sparse", "module_nbytes"]
 
-_BAD_THRESHOLD = "density_threshold must be a float in [0, 1]; got {value!r}."
 _BAD_THREADS = "num_threads must be a positive int or None; got {value!r}."
 _BAD_MASK_DTYPE = "mask {key!r} must be a bool tensor; got dtype {dtype}."
-
-# Modules that act element-wise (and identically on any layout) in evaluation mode.
-ELEMENTWISE = (
-    nn.Identity,
-    nn.ReLU,
-    nn.ReLU6,
-    nn.LeakyReLU,
-    nn.ELU,
-    nn.SELU,
-    nn.CELU,
-    nn.GELU,
-    nn.SiLU,
-    nn.Mish,
-    nn.Tanh,
-    nn.Sigmoid,
-    nn.Hardtanh,
-    nn.Hardswish,
-    nn.Hardsigmoid,
-    nn.Softplus,
-    nn.Dropout,
-)
-
-
-def _csr(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, size) -> torch.Tensor:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        return torch.sparse_csr_tensor(crow, col, values, size=size, check_invariants=False)
-
 
 class _FeatureMajorLinear(nn.Module):
     """``y_t = W @ x_t + b[:, None]`` on feature-major activations (CSR or dense ``W``)."""
@@ -74,12 +51,9 @@ class _FeatureMajorLinear(nn.Module):
         self.out_features, self.in_features = (int(s) for s in weight.shape)
         self.sparse = bool(sparse)
         if self.sparse:
-            counts = mask.sum(dim=1)
-            crow = torch.zeros(self.out_features + 1, dtype=torch.int32, device=weight.device)
-            crow[1:] = torch.cumsum(counts, 0).to(torch.int32)
             # nonzero() and boolean indexing both walk the mask in row-major order, so the
             # column indices and the values line up, sorted within each row.
-            col = mask.nonzero()[:, 1].to(torch.int32).contiguous()
+            crow, col = _csr_indices(*mask.nonzero().unbind(1), self.out_features)
             self.register_buffer("crow_indices", crow)
             self.register_buffer("col_indices", col)
             self.register_buffer("values", weight[mask].contiguous())
@@ -322,10 +296,6 @@ def module_nbytes(module: nn.Module) -> int:
     return total
 
 
-def _join(prefix: str, leaf: str) -> str:
-    return f"{prefix}.{leaf}" if prefix else leaf
-
-
 def _elementwise(sub: nn.Module) -> bool:
     return type(sub) in ELEMENTWISE
 
@@ -379,17 +349,16 @@ def _build_chain(
     tail: list[nn.Module],
     masks: Mapping[str, torch.Tensor],
     names: list[str],
-    threshold: float,
+    sparse: Container[str],
     remove_dead: bool,
 ) -> SparseLinearChain:
     layers = []
     for lin, name in zip(linears, names, strict=True):
         weight = lin.weight.detach()
-        mask = masks.get(_join(name, "weight"))
+        mask = masks.get(f"{name}.weight" if name else "weight")
         if mask is None:
             mask = torch.ones_like(weight, dtype=torch.bool)
         mask = mask.to(weight.device)
-        density = int(mask.sum()) / mask.numel() if mask.numel() else 1.0
         has_bias = lin.bias is not None
         bias = lin.bias.detach().clone() if has_bias else weight.new_zeros(weight.shape[0])
         layers.append(
@@ -398,7 +367,7 @@ def _build_chain(
                 "mask": mask,
                 "bias": bias,
                 "has_bias": has_bias,
-                "sparse": density <= threshold,
+                "sparse": name in sparse,
             }
         )
     if remove_dead and len(layers) > 1:
@@ -423,8 +392,7 @@ def _convert_sequential(
     seq: nn.Sequential,
     prefix: str,
     masks: Mapping[str, torch.Tensor],
-    density: Mapping[str, float],
-    threshold: float,
+    sparse: Container[str],
     remove_dead: bool,
 ) -> set[str]:
     """Replace chains in ``seq`` in place; return the names of the converted linears."""
@@ -435,7 +403,7 @@ def _convert_sequential(
     while i < len(items):
         key, sub = items[i]
         name = f"{prefix}{key}"
-        if not (_plain_linear(sub) and density.get(name, 1.0) <= threshold):
+        if name not in sparse:
             new.append((key, sub))
             i += 1
             continue
@@ -454,7 +422,7 @@ def _convert_sequential(
             else:
                 break
             k += 1
-        chain = _build_chain(linears, acts, pending, masks, names, threshold, remove_dead)
+        chain = _build_chain(linears, acts, pending, masks, names, sparse, remove_dead)
         new.append((key, chain))
         done.update(names)
         i = k
@@ -502,10 +470,7 @@ def export_sparse(
     accept them on CPU with torch 2.14). ``F.linear`` with a CSR weight and COO tensors
     are avoided: both are several times slower.
     """
-    if isinstance(density_threshold, bool) or not isinstance(density_threshold, (int, float)):
-        raise ValueError(_BAD_THRESHOLD.format(value=density_threshold))
-    if not 0.0 <= float(density_threshold) <= 1.0:
-        raise ValueError(_BAD_THRESHOLD.format(value=density_threshold))
+    threshold = check_threshold(density_threshold, "density_threshold")
     if num_threads is not None and (
         isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 1
     ):
@@ -515,42 +480,26 @@ def export_sparse(
     for key, mask in masks.items():
         if mask.dtype != torch.bool:
             raise TypeError(_BAD_MASK_DTYPE.format(key=key, dtype=mask.dtype))
-    # a small tolerance absorbs the rounding of per-layer active counts
-    threshold = float(density_threshold) + 1e-6
-
     exported = copy.deepcopy(module)
     exported.eval()
     params = dict(exported.named_parameters())
     with torch.no_grad():
         for key, mask in masks.items():
             params[key].mul_(mask.to(params[key].device))
-    density = {
-        key.rpartition(".")[0]: int(mask.sum()) / mask.numel() if mask.numel() else 1.0
-        for key, mask in masks.items()
-        if key.rpartition(".")[2] == "weight"
-    }
+    sparse = sparse_linear_layers(exported, masks, threshold)
 
     converted: set[str] = set()
     for name, sub in list(exported.named_modules()):
         if isinstance(sub, nn.Sequential):
             prefix = f"{name}." if name else ""
-            converted |= _convert_sequential(
-                sub, prefix, masks, density, threshold, remove_dead
-            )
+            converted |= _convert_sequential(sub, prefix, masks, sparse, remove_dead)
     # Remaining sparse linears (outside any Sequential) are replaced one by one.
-    for name, sub in list(exported.named_modules()):
-        if not name or name in converted or not _plain_linear(sub):
-            continue
-        if density.get(name, 1.0) > threshold:
-            continue
-        parent_name, _, attr = name.rpartition(".")
-        parent = exported.get_submodule(parent_name) if parent_name else exported
-        chain = _build_chain([sub], [], [], masks, [name], threshold, remove_dead)
-        if isinstance(parent, nn.Sequential):  # pragma: no cover - handled above
-            continue
-        setattr(parent, attr, chain)
-    if _plain_linear(exported) and density.get("", 1.0) <= threshold:
-        exported = _build_chain([exported], [], [], masks, [""], threshold, remove_dead)
+    for name, sub in sparse.items():
+        if name and name not in converted:
+            chain = _build_chain([sub], [], [], masks, [name], sparse, remove_dead)
+            set_submodule(exported, name, chain)
+    if "" in sparse:
+        exported = _build_chain([exported], [], [], masks, [""], sparse, remove_dead)
     wrapper = SparseExport(exported, num_threads=num_threads)
     wrapper.eval()
     return wrapper

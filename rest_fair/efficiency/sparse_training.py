@@ -3,15 +3,16 @@
 ``RESTClassifier(sparse_compute=...)`` trains sparse linear layers with CSR kernels inside
 ``fit``, topology updates included (see :mod:`rest_fair.sparse.compute`). This module
 keeps the stand-alone form: :func:`to_sparse_training` copies a masked network with its
-very sparse ``nn.Linear`` layers replaced by :class:`SparseTrainableLinear` (the same
-kernels: CSR forward and input gradient, the weight gradient sampled at the pattern) on a
-*fixed* pattern, and :func:`load_dense_weights` writes the trained weights back into the
-dense architecture.
+very sparse ``nn.Linear`` layers replaced by
+:class:`~rest_fair.sparse.csr_linear.CSRLinear` layers (CSR forward and input gradient,
+the weight gradient sampled at the pattern) on a *fixed* pattern, and
+:func:`load_dense_weights` writes the trained weights back into the dense architecture.
 """
 
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Mapping
 
 import torch
@@ -19,17 +20,18 @@ from torch import nn
 
 from ..sparse.checks import check_masks
 from ..sparse.csr_linear import CSRLinear
+from ..sparse.modules import check_threshold, set_submodule, sparse_linear_layers
 
 __all__ = ["SparseTrainableLinear", "load_dense_weights", "to_sparse_training"]
 
-_BAD_THRESHOLD = "density_threshold must be a float in [0, 1]; got {value!r}."
+_DEPRECATED = (
+    "SparseTrainableLinear(weight, mask, bias) is deprecated and will be removed in the "
+    "next release; use rest_fair.sparse.csr_linear.CSRLinear(linear, mask)."
+)
 
 
 class SparseTrainableLinear(CSRLinear):
-    """A linear layer whose trainable weights are only the active ones (CSR pattern).
-
-    A :class:`~rest_fair.sparse.csr_linear.CSRLinear` whose ``state_dict`` holds its own
-    tensors (``values``, ``bias`` and the index buffers) rather than a dense weight.
+    """Deprecated: a :class:`~rest_fair.sparse.csr_linear.CSRLinear` built from tensors.
 
     Parameters
     ----------
@@ -41,11 +43,8 @@ class SparseTrainableLinear(CSRLinear):
     bias : Tensor of shape (out_features,) or None
     """
 
-    _persistent_pattern = True
-    _save_to_state_dict = nn.Module._save_to_state_dict
-    _load_from_state_dict = nn.Module._load_from_state_dict
-
     def __init__(self, weight: torch.Tensor, mask: torch.Tensor, bias) -> None:
+        warnings.warn(_DEPRECATED, FutureWarning, stacklevel=2)
         out_features, in_features = (int(s) for s in weight.shape)
         linear = nn.Linear(in_features, out_features, bias=bias is not None, device="meta")
         linear.weight = nn.Parameter(weight.detach())
@@ -69,40 +68,34 @@ def to_sparse_training(
     masks : dict of str to bool tensor
         Parameter name -> mask, as ``RESTClassifier.masks_``.
     density_threshold : float, default=0.05
-        Linear layers at or below this density become :class:`SparseTrainableLinear`.
+        Plain ``nn.Linear`` layers with a mask at or below this density (see
+        :func:`~rest_fair.sparse.modules.sparse_linear_layers`) become
+        :class:`~rest_fair.sparse.csr_linear.CSRLinear` layers.
 
     Returns
     -------
     module : nn.Module
-        The copy; build its optimizer after converting (its parameters are new).
+        The copy; build its optimizer after converting (its parameters are new). Its
+        ``state_dict`` has the keys and shapes of ``module``'s.
     converted : list of str
         Names of the converted layers.
     """
-    if isinstance(density_threshold, bool) or not isinstance(density_threshold, (int, float)):
-        raise ValueError(_BAD_THRESHOLD.format(value=density_threshold))
-    if not 0.0 <= float(density_threshold) <= 1.0:
-        raise ValueError(_BAD_THRESHOLD.format(value=density_threshold))
+    threshold = check_threshold(density_threshold, "density_threshold")
     masks = dict(masks)
     check_masks(module, masks)
     out = copy.deepcopy(module)
     converted = []
-    for name, sub in list(out.named_modules()):
-        if type(sub) is not nn.Linear or not name:
-            continue
+    for name, sub in sparse_linear_layers(out, masks, threshold).items():
         mask = masks.get(f"{name}.weight")
-        # the tolerance absorbs the rounding of per-layer active counts
-        if mask is None or int(mask.sum()) / mask.numel() > density_threshold + 1e-6:
-            continue
-        parent_name, _, attr = name.rpartition(".")
-        parent = out.get_submodule(parent_name) if parent_name else out
-        setattr(parent, attr, SparseTrainableLinear(sub.weight, mask, sub.bias))
-        converted.append(name)
+        if name and mask is not None:
+            set_submodule(out, name, CSRLinear(sub, mask, name=name))
+            converted.append(name)
     return out, converted
 
 
 @torch.no_grad()
 def load_dense_weights(sparse_module: nn.Module, dense_module: nn.Module) -> None:
-    """Copy every weight of ``sparse_module`` into the same-architecture ``dense_module``.
+    """Copy the state of ``sparse_module`` into the same-architecture ``dense_module``.
 
     Parameters
     ----------
@@ -111,16 +104,4 @@ def load_dense_weights(sparse_module: nn.Module, dense_module: nn.Module) -> Non
     dense_module : nn.Module
         The original architecture; updated in place (inactive weights become 0).
     """
-    dense_subs = dict(dense_module.named_modules())
-    for name, sub in sparse_module.named_modules():
-        target = dense_subs[name]
-        if isinstance(sub, SparseTrainableLinear):
-            target.weight.copy_(sub.dense_weight())
-            if sub.bias is not None:
-                target.bias.copy_(sub.bias)
-            continue
-        for pname, p in sub.named_parameters(recurse=False):
-            getattr(target, pname).copy_(p)
-        for bname, b in sub.named_buffers(recurse=False):
-            if b is not None:
-                getattr(target, bname).copy_(b)
+    dense_module.load_state_dict(sparse_module.state_dict())

@@ -32,6 +32,7 @@ from .csr_engine import CSRDynamicSparsity
 from .csr_linear import CSRLinear
 from .engine import DynamicSparsity
 from .masks import MaskSet
+from .modules import check_threshold, sparse_linear_layers
 
 __all__ = [
     "SPARSE_COMPUTE_MODES",
@@ -48,8 +49,6 @@ __all__ = [
 SPARSE_COMPUTE_MODES = ("auto", "masked", "csr")
 
 _BAD_MODE = "sparse_compute must be one of {modes}; got {value!r}."
-
-_BAD_THRESHOLD = "sparse_compute_threshold must be a float in [0, 1]; got {value!r}."
 
 _CSR_NEEDS_DEVICE = (
     "sparse_compute='csr' runs on CPU or CUDA devices; got device {device!r}. Use "
@@ -68,8 +67,6 @@ _CSR_NO_DDP = (
     "under torchrun."
 )
 
-# a density tolerance that absorbs the rounding of per-layer active counts
-_DENSITY_TOL = 1e-6
 # "auto" converts a layer only when its CSR step is at least this much faster
 _AUTO_MARGIN = 0.9
 
@@ -193,24 +190,19 @@ def measure_layer(
 def candidate_layers(
     module: nn.Module, masks: MaskSet, threshold: float
 ) -> list[tuple[str, nn.Linear, int]]:
-    """Plain ``nn.Linear`` sub-layers whose mask density is at or below ``threshold``.
+    """The masked sub-layers :func:`~rest_fair.sparse.modules.sparse_linear_layers` selects.
 
     Returns
     -------
     list of (name, layer, nnz)
         In module order; fully dense layers and the root module are never candidates.
     """
-    names = set(masks.names)
+    by_name = {name: masks.mask(name) for name in masks.names}
     out = []
-    for name, sub in module.named_modules():
-        weight_name = f"{name}.weight"
-        # subclasses (e.g. an attention out-projection) may be used through their weights
-        if not name or type(sub) is not nn.Linear or weight_name not in names:
-            continue
-        mask = masks.mask(weight_name)
-        nnz = int(mask.sum())
-        if nnz < mask.numel() and nnz / mask.numel() <= threshold + _DENSITY_TOL:
-            out.append((name, sub, nnz))
+    for name, sub in sparse_linear_layers(module, by_name, threshold).items():
+        mask = by_name.get(f"{name}.weight")
+        if name and mask is not None and not bool(mask.all()):
+            out.append((name, sub, int(mask.sum())))
     return out
 
 
@@ -299,10 +291,7 @@ def make_sparse_compute(
     """
     if mode not in SPARSE_COMPUTE_MODES:
         raise ValueError(_BAD_MODE.format(modes=SPARSE_COMPUTE_MODES, value=mode))
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not (
-        0.0 <= float(threshold) <= 1.0
-    ):
-        raise ValueError(_BAD_THRESHOLD.format(value=threshold))
+    threshold = check_threshold(threshold, "sparse_compute_threshold")
     if sparsity is None or mode == "masked":
         return sparsity
     device = torch.device(device)
@@ -316,7 +305,7 @@ def make_sparse_compute(
             raise ValueError(_CSR_NO_DDP)
     elif not supported or grad_scaling or distributed:
         return sparsity
-    candidates = candidate_layers(module, sparsity.masks, float(threshold))
+    candidates = candidate_layers(module, sparsity.masks, threshold)
     if mode == "auto" and layers is not None:
         wanted = set(layers)
         chosen = [name for name, _, _ in candidates if name in wanted]

@@ -2,13 +2,13 @@
 
 :class:`CSRDynamicSparsity` is a :class:`~rest_fair.sparse.DynamicSparsity` over a module
 in which some ``nn.Linear`` layers were replaced by
-:class:`~rest_fair.sparse.csr_linear.CSRLinear`. It keeps the semantics and the place in
-the step of the masked path's topology updates: :meth:`CSRDynamicSparsity.prepare_step`
-plans the CSR layers' pruning before the forward pass, and
-:meth:`CSRDynamicSparsity.before_step` updates every layer in the masked path's order,
-moves the optimizer state of kept weights, starts regrown weights and their state at zero,
-and recomputes the gradient at the new pattern, so that the optimizer step that follows
-trains the regrown weights exactly as in the masked path.
+:class:`~rest_fair.sparse.csr_linear.CSRLinear`. Each of them is the storage of its layer
+in the engine's topology updates (:attr:`~rest_fair.sparse.DynamicSparsity.layers`): the
+masked path's updates, same semantics, same place in the step, same synchronisation. A
+CSR layer plans its pruning before the forward pass, decides with the gradient its
+backward pass scanned, moves the optimizer state of kept weights, starts regrown weights
+and their state at zero, and recomputes its gradient at the new pattern, so that the
+optimizer step that follows trains the regrown weights exactly as in the masked path.
 
 The training module's public form does not change: a CSR layer's ``state_dict`` holds the
 dense ``weight``/``bias`` of an ``nn.Linear``, the optimizer's ``state_dict`` holds
@@ -26,10 +26,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from .csr_linear import _NO_PLAN, CSRLinear
+from .csr_linear import CSRLinear
 from .engine import DynamicSparsity
 from .masks import MaskSet
-from .rigl import update_layer
+from .modules import ELEMENTWISE, set_submodule
 
 __all__ = ["CSRDynamicSparsity"]
 
@@ -65,35 +65,6 @@ class _CSRMaskSet(MaskSet):
         else:
             layer.set_mask(mask)
 
-    def _numel(self, name: str) -> int:
-        layer = self.layers.get(name)
-        return layer.out_features * layer.in_features if layer is not None \
-            else self._bool[name].numel()
-
-    def n_active(self) -> dict[str, int]:
-        return {name: self.layers[name].nnz if name in self.layers
-                else int(self._bool[name].sum()) for name in self.params}
-
-    def density(self) -> float:
-        total = sum(self._numel(name) for name in self.params)
-        return sum(self.n_active().values()) / total if total else 1.0
-
-    def to_dict(self) -> dict[str, torch.Tensor]:
-        return {name: self.mask(name).detach().cpu().clone() for name in self.params}
-
-    def report(self) -> list[dict]:
-        active = self.n_active()
-        return [{"layer": name, "shape": tuple(self.mask(name).shape),
-                 "n_weights": self._numel(name), "n_active": active[name],
-                 "density": active[name] / self._numel(name)} for name in self.params]
-
-    @torch.no_grad()
-    def rescale_init_(self) -> None:
-        for name, param in self.params.items():
-            density = self.n_active()[name] / self._numel(name)
-            if 0.0 < density < 1.0:
-                param.mul_(density**-0.5)
-
     @torch.no_grad()
     def apply_(self) -> None:
         names = [name for name in self.params if name not in self.layers]
@@ -109,8 +80,6 @@ class _CSRMaskSet(MaskSet):
 
 def _link_feature_major(module: nn.Module) -> None:
     """Let CSR layers that feed another CSR layer of a Sequential skip the transpose."""
-    from ..efficiency.export import ELEMENTWISE
-
     for seq in module.modules():
         if not isinstance(seq, nn.Sequential):
             continue
@@ -123,8 +92,15 @@ def _link_feature_major(module: nn.Module) -> None:
             pending = sub if isinstance(sub, CSRLinear) else None
 
 
-def _per_weight(value: Any, shape: tuple) -> bool:
-    return torch.is_tensor(value) and tuple(value.shape) == shape
+def _layer_state(layer: CSRLinear, state: dict, *, dense: bool) -> dict:
+    """A CSR layer's optimizer state with its per-weight tensors dense, or back at the pattern.
+
+    Dense per-weight state has the ``(out, in)`` shape and zeros at inactive positions.
+    """
+    shape = (layer.nnz,) if dense else layer.shape
+    convert = layer.scatter if dense else (lambda v: layer.gather(v.to(layer.values.device)))
+    return {key: convert(v) if torch.is_tensor(v) and tuple(v.shape) == shape else v
+            for key, v in state.items()}
 
 
 class CSRDynamicSparsity(DynamicSparsity):
@@ -155,62 +131,19 @@ class CSRDynamicSparsity(DynamicSparsity):
         self.converted = tuple(layers)
         self._originals: dict[str, nn.Linear] = {}
         self._hooks: list[Any] = []
-        self._prepared: int | None = None
         csr_layers: dict[str, CSRLinear] = {}
         for name in self.converted:
             linear = module.get_submodule(name)
             weight_name = f"{name}.weight"
             layer = CSRLinear(linear, base.masks.mask(weight_name), name=name)
-            self._replace(name, layer)
+            set_submodule(module, name, layer)
             self._originals[name] = linear
             # the dense weight is not needed until finish(); free its memory meanwhile
             linear.weight.data = linear.weight.data.new_empty(0)
             csr_layers[weight_name] = layer
         self.masks = _CSRMaskSet(base.masks, csr_layers)
+        self.layers = self.masks.layers  # weight name -> CSRLinear, while converted
         _link_feature_major(module)
-
-    @property
-    def layers(self) -> dict[str, CSRLinear]:
-        """Weight name -> :class:`CSRLinear`, while converted."""
-        return self.masks.layers
-
-    def _replace(self, name: str, new: nn.Module) -> None:
-        parent_name, _, attr = name.rpartition(".")
-        parent = self.module.get_submodule(parent_name) if parent_name else self.module
-        setattr(parent, attr, new)
-
-    # -- the training step --------------------------------------------------------------
-    def prepare_step(self, step: int) -> None:
-        """Plan the CSR layers' pruning when ``step`` updates the topology."""
-        due = self.is_update_step(step)
-        fraction = self.schedule(step) if due else 0.0
-        self._prepared = step
-        for layer in self.layers.values():
-            if due:
-                layer.plan_update(step, fraction, scan_gradient=self.regrow == "gradient")
-            else:
-                layer.clear_plan()
-
-    def before_step(self, step: int, optimizer: torch.optim.Optimizer | None = None) -> int:
-        """Update the topology if due at ``step`` (layers in the masked path's order)."""
-        if not self.is_update_step(step):
-            return 0
-        if self.layers and self._prepared != step:
-            raise RuntimeError(_NO_PLAN.format(step=step))
-        fraction = self.schedule(step)
-        regrown = 0
-        for name in self.masks.names:
-            layer = self.layers.get(name)
-            if layer is None:
-                regrown += update_layer(self.masks, name, fraction, regrow=self.regrow,
-                                        optimizer=optimizer, generator=self.generator)
-            elif layer._plan is not None:
-                regrown += layer.apply_update(step, generator=self.generator,
-                                              optimizer=optimizer)
-        self.masks.apply_()
-        self.n_regrown += regrown
-        self.n_updates += 1
-        return regrown
 
     # -- optimizer state in dense form --------------------------------------------------
     def _optimizer_layers(self, optimizer: torch.optim.Optimizer) -> dict[int, CSRLinear]:
@@ -226,27 +159,18 @@ class CSRDynamicSparsity(DynamicSparsity):
         weights) and read back at the current pattern.
         """
 
-        def to_dense(opt, state_dict):
-            index = self._optimizer_layers(opt)
-            state = dict(state_dict["state"])
-            for i, layer in index.items():
-                if i in state:
-                    state[i] = {key: layer.scatter(v) if _per_weight(v, (layer.nnz,)) else v
-                                for key, v in state[i].items()}
-            return {**state_dict, "state": state}
+        def hook(dense: bool) -> Any:
+            def convert(opt: torch.optim.Optimizer, state_dict: dict) -> dict:
+                state = dict(state_dict["state"])
+                for i, layer in self._optimizer_layers(opt).items():
+                    if i in state:
+                        state[i] = _layer_state(layer, state[i], dense=dense)
+                return {**state_dict, "state": state}
 
-        def from_dense(opt, state_dict):
-            index = self._optimizer_layers(opt)
-            state = dict(state_dict["state"])
-            for i, layer in index.items():
-                if i in state:
-                    state[i] = {key: layer.gather(v.to(layer.values.device))
-                                if _per_weight(v, layer.shape) else v
-                                for key, v in state[i].items()}
-            return {**state_dict, "state": state}
+            return convert
 
-        self._hooks.append(optimizer.register_state_dict_post_hook(to_dense))
-        self._hooks.append(optimizer.register_load_state_dict_pre_hook(from_dense))
+        self._hooks.append(optimizer.register_state_dict_post_hook(hook(dense=True)))
+        self._hooks.append(optimizer.register_load_state_dict_pre_hook(hook(dense=False)))
 
     # -- the end of training ------------------------------------------------------------
     @torch.no_grad()
@@ -263,15 +187,12 @@ class CSRDynamicSparsity(DynamicSparsity):
             linear = self._originals.pop(name)
             linear.weight.data = layer.dense_weight()
             linear.weight.grad = None
-            self._replace(name, linear)
+            set_submodule(self.module, name, linear)
             if optimizer is not None:
                 for group in optimizer.param_groups:
                     group["params"] = [linear.weight if p is layer.values else p
                                        for p in group["params"]]
                 if layer.values in optimizer.state:
-                    state = optimizer.state.pop(layer.values)
-                    optimizer.state[linear.weight] = {
-                        key: layer.scatter(v) if _per_weight(v, (layer.nnz,)) else v
-                        for key, v in state.items()}
+                    optimizer.state[linear.weight] = _layer_state(
+                        layer, optimizer.state.pop(layer.values), dense=True)
             self.masks.restore_dense(weight_name, linear.weight, layer.mask())
-            layer.clear_plan()

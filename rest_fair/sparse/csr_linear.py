@@ -14,13 +14,16 @@ sparse layers pass activations without copies):
 An optimizer built over the layer sees ``values``, so its state (momentum, Adam moments)
 exists only for the active weights.
 
-A topology update of the layer is planned before the forward pass of its step
-(:meth:`CSRLinear.plan_update`: the weights to prune depend only on the weights). With
-gradient regrowth (RigL) the backward pass of that one step then scans the dense weight
-gradient in blocks of rows and keeps only the ``k`` largest ``|gradient|`` among the
-positions that stay inactive, so the dense gradient is never stored whole; random
-regrowth (SET) draws its scores in the same blocks. :meth:`CSRLinear.apply_update`
-rebuilds the pattern. Ties go to the lowest flat index, as in :mod:`rest_fair.sparse.rigl`.
+The layer is the storage of its weights in a topology update
+(:class:`~rest_fair.sparse.rigl.LayerStorage`, driven by
+:class:`~rest_fair.sparse.DynamicSparsity`). The update is planned before the forward
+pass of its step (:meth:`CSRLinear.plan`: the weights to prune depend only on the weights).
+With gradient regrowth (RigL) the backward pass of that one step then scans the dense
+weight gradient in blocks of rows and keeps only the ``k`` largest ``|gradient|`` among
+the positions that stay inactive, so the dense gradient is never stored whole; random
+regrowth (SET) draws its scores in the same blocks (:meth:`CSRLinear.decide`).
+:meth:`CSRLinear.apply` rebuilds the pattern from the decision. Ties go to the lowest
+flat index, as in :mod:`rest_fair.sparse.rigl`.
 """
 
 from __future__ import annotations
@@ -36,11 +39,6 @@ from torch import nn
 from .rigl import top_k_first
 
 __all__ = ["CSRLinear"]
-
-_NO_PLAN = (
-    "the topology update of step {step} was not prepared; call prepare_step(step) before "
-    "the forward pass of every training step."
-)
 
 _NOT_USED = (
     "sparse layer {name!r} was not used in the forward pass of update step {step}, so its "
@@ -60,10 +58,19 @@ _SCAN_ENTRIES = 1 << 18
 
 
 def _csr(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, size) -> torch.Tensor:
+    """A CSR tensor of int32 indices, without the checks and the "beta" warning."""
     with warnings.catch_warnings():
-        # "sparse CSR tensor support is in beta state"
         warnings.simplefilter("ignore", UserWarning)
         return torch.sparse_csr_tensor(crow, col, values, size=size, check_invariants=False)
+
+
+def _csr_indices(
+    rows: torch.Tensor, cols: torch.Tensor, n_rows: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``crow_indices`` and ``col_indices`` (int32) of entries sorted by row."""
+    crow = torch.zeros(n_rows + 1, dtype=torch.int32, device=rows.device)
+    crow[1:] = torch.cumsum(torch.bincount(rows, minlength=n_rows), 0)
+    return crow, cols.to(torch.int32).contiguous()
 
 
 @dataclass
@@ -72,7 +79,6 @@ class _UpdatePlan:
 
     step: int
     k: int  # weights to replace
-    keep: torch.Tensor  # bool (nnz,): active weights that survive pruning
     kept_flat: torch.Tensor  # sorted flat indices of the kept weights
     scan_gradient: bool  # RigL: the backward pass finds the regrown positions
     grown: torch.Tensor | None = None  # flat indices chosen for regrowth
@@ -184,8 +190,6 @@ class CSRLinear(nn.Module):
     bias : nn.Parameter or None
     """
 
-    _persistent_pattern = False
-
     def __init__(self, linear: nn.Linear, mask: torch.Tensor, *, name: str = "") -> None:
         super().__init__()
         weight = linear.weight.detach()
@@ -223,23 +227,17 @@ class CSRLinear(nn.Module):
         flat = flat.long()
         rows = torch.div(flat, n_in, rounding_mode="floor")
         cols = flat - rows * n_in
-        crow = torch.zeros(n_out + 1, dtype=torch.int32, device=flat.device)
-        crow[1:] = torch.cumsum(torch.bincount(rows, minlength=n_out), 0)
         order_t = torch.argsort(cols * n_out + rows)
-        crow_t = torch.zeros(n_in + 1, dtype=torch.int32, device=flat.device)
-        crow_t[1:] = torch.cumsum(torch.bincount(cols, minlength=n_in), 0)
-        buffers = {
-            "crow_indices": crow,
-            "col_indices": cols.to(torch.int32),
-            "crow_indices_t": crow_t,
-            "col_indices_t": rows[order_t].to(torch.int32),
-            "perm_t": order_t.to(torch.int32),
-        }
+        buffers = dict(zip(("crow_indices", "col_indices"), _csr_indices(rows, cols, n_out),
+                           strict=True))
+        buffers.update(zip(("crow_indices_t", "col_indices_t"),
+                           _csr_indices(cols, rows[order_t], n_in), strict=True))
+        buffers["perm_t"] = order_t.to(torch.int32)
         for key, value in buffers.items():
             if key in self._buffers:
                 self._buffers[key] = value
             else:  # index buffers are derived state: the dense weight is saved
-                self.register_buffer(key, value, persistent=self._persistent_pattern)
+                self.register_buffer(key, value, persistent=False)
 
     def flat_indices(self) -> torch.Tensor:
         """Sorted flat (row-major) indices of the active weights, aligned with ``values``."""
@@ -319,52 +317,41 @@ class CSRLinear(nn.Module):
         plan.grown = _chunked_topk(self.out_features, n_in, block, plan.kept_flat, plan.k)
         return grad_values
 
-    # -- topology updates ---------------------------------------------------------------
-    def plan_update(self, step: int, fraction: float, *, scan_gradient: bool) -> int:
-        """Choose the weights to prune at ``step`` (before its forward pass).
+    # -- topology updates (the layer's LayerStorage) ------------------------------------
+    def plan(self, step: int, fraction: float, *, regrow: str) -> None:
+        """Choose the weights to prune at ``step``, before its forward pass.
 
-        Returns
-        -------
-        int
-            Weights to replace (0: nothing to do for this layer).
+        ``fraction`` is the step's drop fraction, 0 when the step does not change the
+        topology (an earlier plan is then forgotten). With ``regrow="gradient"`` the backward
+        pass of the step finds the weights to regrow.
         """
         self._plan = None
         n_active = self.nnz
         k = min(math.ceil(fraction * n_active), n_active)
         if k <= 0 or n_active == self.out_features * self.in_features:
-            return 0
+            return
         magnitude = self.values.detach().abs().float()
         dropped = top_k_first(magnitude, k, largest=False)
         keep = torch.ones(n_active, dtype=torch.bool, device=magnitude.device)
         keep[dropped] = False
-        self._plan = _UpdatePlan(step=step, k=k, keep=keep,
-                                 kept_flat=self.flat_indices()[keep],
-                                 scan_gradient=scan_gradient)
-        return k
-
-    def clear_plan(self) -> None:
-        """Forget a planned update (and the tensors it holds)."""
-        self._plan = None
+        self._plan = _UpdatePlan(step=step, k=k, kept_flat=self.flat_indices()[keep],
+                                 scan_gradient=regrow == "gradient")
 
     @torch.no_grad()
-    def apply_update(
-        self,
-        step: int,
-        *,
-        generator: torch.Generator | None = None,
-        optimizer: torch.optim.Optimizer | None = None,
-    ) -> int:
-        """Prune and regrow as planned for ``step``; returns the newly active weights.
+    def decide(
+        self, fraction: float, *, regrow: str, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The planned update as ``(new_mask, grown)``, or ``None``; changes nothing.
 
-        Random regrowth draws its scores from ``generator`` now; gradient regrowth uses the
-        positions found in the backward pass. Regrown weights start at 0, and so does their
-        optimizer state; the gradient of ``values`` is recomputed at the new pattern.
+        The pruned weights and ``fraction``/``regrow`` are those of :meth:`plan`. Gradient
+        regrowth takes the positions the backward pass found; random regrowth draws its
+        scores from ``generator`` now, block by block.
         """
         plan = self._plan
-        if plan is None or plan.step != step:
-            raise RuntimeError(_NO_PLAN.format(step=step))
+        if plan is None:
+            return None
         if plan.saved is None:
-            raise RuntimeError(_NOT_USED.format(name=self.name, step=step))
+            raise RuntimeError(_NOT_USED.format(name=self.name, step=plan.step))
         n_in = self.in_features
         if plan.scan_gradient:
             grown = plan.grown
@@ -375,26 +362,41 @@ class CSRLinear(nn.Module):
                 return torch.rand((r1 - r0) * n_in, generator=generator).to(device)
 
             grown = _chunked_topk(self.out_features, n_in, block, plan.kept_flat, plan.k)
+        new_mask = torch.zeros(self.out_features * n_in, dtype=torch.bool,
+                               device=self.values.device)
+        new_mask[plan.kept_flat] = True
+        new_mask[grown] = True
+        return new_mask.view(self.shape), grown
+
+    @torch.no_grad()
+    def apply(self, new_mask: torch.Tensor, grown: torch.Tensor, *,
+              optimizer: torch.optim.Optimizer | None = None) -> int:
+        """Make ``new_mask`` the pattern; returns the number of weights new to it.
+
+        Weights new to the pattern start at 0, and so does their optimizer state; the
+        others, a weight pruned and regrown (in ``grown``) in this update included, keep
+        their values and state. The gradient of ``values``
+        is recomputed at the new pattern from the backward pass of the planned step.
+        """
         flat = self.flat_indices()
-        n_changed = int(grown.numel()) - int(torch.isin(grown, flat[~plan.keep]).sum())
-        merged = torch.cat([plan.kept_flat, grown])
-        order = torch.argsort(merged)
+        new_flat = new_mask.to(flat.device).reshape(-1).nonzero().squeeze(1)
+        pos = torch.searchsorted(flat, new_flat).clamp_(max=flat.numel() - 1)
+        was_active = flat[pos] == new_flat
+        zero = ~was_active
 
         def remap(tensor: torch.Tensor) -> torch.Tensor:
-            kept = tensor[plan.keep]
-            return torch.cat([kept, kept.new_zeros(grown.numel())])[order]
+            return tensor[pos].masked_fill_(zero, 0)
 
         self.values.copy_(remap(self.values))
         if optimizer is not None:
             for value in optimizer.state.get(self.values, {}).values():
                 if torch.is_tensor(value) and value.shape == self.values.shape:
                     value.copy_(remap(value))
-        self._set_pattern(merged[order])
-        if self.values.grad is not None:
-            grad_t, x_t = plan.saved
-            self.values.grad = self._sampled_gradient(grad_t, x_t)
-        self._plan = None
-        return n_changed
+        self._set_pattern(new_flat)
+        plan, self._plan = self._plan, None
+        if self.values.grad is not None and plan is not None and plan.saved is not None:
+            self.values.grad = self._sampled_gradient(*plan.saved)
+        return int((~was_active).sum())
 
     @torch.no_grad()
     def set_mask(self, mask: torch.Tensor) -> None:

@@ -4,9 +4,15 @@ The engine follows the prepare / step / update-mask rhythm of ``torch.ao.pruning
 training step calls :meth:`DynamicSparsity.prepare_step` before the forward pass,
 :meth:`DynamicSparsity.before_step` between ``backward()`` and ``optimizer.step()`` (where
 the dense gradient of the batch is available) and :meth:`DynamicSparsity.after_step` after
-it. Masked training needs nothing before the forward pass; the sparse-compute engine
-(:mod:`rest_fair.sparse.csr_engine`) uses it to have the backward pass of an update step
-produce what the update needs.
+it.
+
+Every layer takes part in an update through its storage: a dense weight and its mask in
+the :class:`MaskSet` (masked training, nothing to prepare), or a
+:class:`~rest_fair.sparse.rigl.LayerStorage` in :attr:`DynamicSparsity.layers` (the CSR
+layers of :mod:`rest_fair.sparse.csr_engine`, which plan before the forward pass so that
+the backward pass of an update step produces what the update needs). One
+:func:`~rest_fair.sparse.rigl.update_topology` decides for every layer, lets the
+data-parallel synchronisation replace the decisions by rank 0's, and applies them.
 
 Where updates fall
 ------------------
@@ -26,10 +32,15 @@ from __future__ import annotations
 import torch
 
 from .masks import MaskSet
-from .rigl import REGROW_MODES, update_topology
+from .rigl import REGROW_MODES, LayerStorage, update_topology
 from .schedules import DropSchedule
 
 __all__ = ["DynamicSparsity"]
+
+_NO_PLAN = (
+    "the topology update of step {step} was not prepared; call prepare_step(step) before "
+    "the forward pass of every training step."
+)
 
 
 class _OneProcess:
@@ -63,6 +74,12 @@ class DynamicSparsity:
     steps_per_epoch : int, optional
         Steps between two validations. When given (and larger than 1) no update falls on
         the last step of an epoch (see the module docstring).
+
+    Attributes
+    ----------
+    layers : dict of str to LayerStorage
+        Masked weights stored otherwise than as a dense weight and its mask, by name
+        (empty for masked training).
     """
 
     def __init__(
@@ -87,6 +104,8 @@ class DynamicSparsity:
         self.regrow = regrow
         self.generator = generator
         self.steps_per_epoch = steps_per_epoch
+        self.layers: dict[str, LayerStorage] = {}
+        self._prepared: int | None = None
         self.n_updates = 0
         self.n_regrown = 0
         # the world: ``check_masks(masks, when=)`` and ``broadcast_decision(decisions)``
@@ -112,8 +131,13 @@ class DynamicSparsity:
     def prepare_step(self, step: int) -> None:
         """Get ready for optimizer step ``step``; call before its forward pass.
 
-        Masked training has nothing to prepare: the dense gradient is always computed.
+        Each of :attr:`layers` plans the update if ``step`` changes the topology; masked
+        layers have nothing to prepare (their dense gradient is always computed).
         """
+        fraction = self.schedule(step) if self.is_update_step(step) else 0.0
+        for layer in self.layers.values():
+            layer.plan(step, fraction, regrow=self.regrow)
+        self._prepared = step
 
     def before_step(self, step: int, optimizer: torch.optim.Optimizer | None = None) -> int:
         """Update the topology if due at ``step``; call after ``backward()``.
@@ -122,14 +146,22 @@ class DynamicSparsity:
         -------
         int
             Weights regrown (0 when no update was due).
+
+        Raises
+        ------
+        RuntimeError
+            When :attr:`layers` were not prepared by ``prepare_step(step)``.
         """
         if not self.is_update_step(step):
             return 0
+        if self.layers and self._prepared != step:
+            raise RuntimeError(_NO_PLAN.format(step=step))
         sync = self.sync
         sync.check_masks(self.masks, when=f"before the topology update of step {step}")
         regrown = update_topology(
             self.masks,
             self.schedule(step),
+            layers=self.layers,
             regrow=self.regrow,
             optimizer=optimizer,
             generator=self.generator,

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from .densities import active_counts, erk_densities, uniform_densities
+from .modules import mask_density
 
 __all__ = [
     "DENSE_LAYER_ALIASES",
@@ -259,35 +260,6 @@ class MaskSet:
             masks[name] = mask.view(p.shape).to(p.device)
         return cls(params, masks)
 
-    @classmethod
-    def random(
-        cls,
-        module: nn.Module,
-        *,
-        density: float,
-        distribution: str = "erk",
-        generator: torch.Generator | None = None,
-    ) -> MaskSet:
-        """Uniformly random masks: ``from_module(..., init="random")``.
-
-        Parameters
-        ----------
-        module : nn.Module
-            The network; its maskable weights are found by :func:`maskable_parameters`.
-        density : float in (0, 1]
-            Global density.
-        distribution : {"erk", "uniform"}
-            How the global density is split over layers.
-        generator : torch.Generator, optional
-            CPU generator: the only source of randomness.
-
-        Returns
-        -------
-        MaskSet
-        """
-        return cls.from_module(module, density=density, distribution=distribution,
-                               init="random", generator=generator)
-
     # -- access -------------------------------------------------------------------------
     @property
     def names(self) -> list[str]:
@@ -307,31 +279,24 @@ class MaskSet:
 
     def n_active(self) -> dict[str, int]:
         """Active weights per layer."""
-        return {name: int(m.sum()) for name, m in self._bool.items()}
+        return {name: int(self.mask(name).sum()) for name in self.params}
 
     def density(self) -> float:
         """Fraction of masked-layer weights that are active."""
-        total = sum(m.numel() for m in self._bool.values())
+        total = sum(self.mask(name).numel() for name in self.params)
         return sum(self.n_active().values()) / total if total else 1.0
 
     def to_dict(self) -> dict[str, torch.Tensor]:
         """Copies of the boolean masks on the CPU."""
-        return {name: m.detach().cpu().clone() for name, m in self._bool.items()}
+        return {name: self.mask(name).detach().cpu().clone() for name in self.params}
 
     def report(self) -> list[dict]:
         """One record per masked layer: name, shape, weights, active weights, density."""
         rows = []
-        for name, m in self._bool.items():
-            n_active = int(m.sum())
-            rows.append(
-                {
-                    "layer": name,
-                    "shape": tuple(m.shape),
-                    "n_weights": m.numel(),
-                    "n_active": n_active,
-                    "density": n_active / m.numel(),
-                }
-            )
+        for name in self.params:
+            m = self.mask(name)
+            rows.append({"layer": name, "shape": tuple(m.shape), "n_weights": m.numel(),
+                         "n_active": int(m.sum()), "density": mask_density(m)})
         return rows
 
     # -- in-place operations ---------------------------------------------------------------
@@ -346,7 +311,7 @@ class MaskSet:
         Neural Networks and How Lottery Tickets Win").
         """
         for name, param in self.params.items():
-            density = float(self._bool[name].float().mean())
+            density = float(self.mask(name).float().mean())
             if 0.0 < density < 1.0:
                 param.mul_(density**-0.5)
 

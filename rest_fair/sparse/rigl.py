@@ -8,19 +8,30 @@ At each update every masked layer
    ``|gradient|`` of the dense gradient of the current batch (RigL, Evci et al. 2020) or
    uniformly random ones (SET, Mocanu et al. 2018).
 
-Regrown weights start at exactly zero and their optimizer state (momentum, Adam moments) is
-reset, so the active count of every layer is unchanged and density stays at target.
+A regrown weight that was inactive before the update starts at exactly zero, with its
+optimizer state (momentum, Adam moments) reset. A weight pruned and regrown in the same update
+was never switched off: it keeps its value and optimizer state, as in the REST authors' code
+and RigL's own (``reinit_when_same=False``). The active count of every layer is unchanged, so
+density stays at target.
 
 Ties (weights of equal magnitude, e.g. regrown zeros that never received a gradient, or
 equal gradients) go to the lowest flat index, on every device and for every way of
 computing the update (:mod:`rest_fair.sparse.csr_linear` scans the same choice block by
 block).
+
+An update decides every layer's change first and applies the decisions afterwards, so that
+data-parallel training can apply rank 0's decision on every rank. A layer held as a dense
+weight and its mask in a :class:`MaskSet` decides with :func:`decide_layer` and applies
+with :func:`apply_decision`; a layer stored otherwise (a
+:class:`~rest_fair.sparse.csr_linear.CSRLinear`) is a :class:`LayerStorage` that does both
+itself, with the same decisions.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Protocol
 
 import torch
 
@@ -28,11 +39,11 @@ from .masks import MaskSet
 
 __all__ = [
     "REGROW_MODES",
+    "LayerStorage",
     "apply_decision",
     "decide_layer",
     "prune_and_regrow",
     "top_k_first",
-    "update_layer",
     "update_topology",
 ]
 
@@ -42,6 +53,27 @@ _NO_GRADIENT = (
     "regrow='gradient' needs the dense gradient of weight {!r}; call the update after "
     "backward() and before the gradients are cleared."
 )
+
+
+class LayerStorage(Protocol):
+    """A masked layer whose weights are not stored as a dense tensor and its mask.
+
+    :func:`update_topology` asks it for its decision and has it apply the decision (maybe
+    another process's); :class:`~rest_fair.sparse.DynamicSparsity` has it plan before the
+    forward pass of every training step.
+    """
+
+    def plan(self, step: int, fraction: float, *, regrow: str) -> None:
+        """Prepare the update of ``step`` (drop fraction ``fraction``, 0 when none is due)."""
+
+    def decide(
+        self, fraction: float, *, regrow: str, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The layer's decision, as :func:`decide_layer`'s; changes nothing."""
+
+    def apply(self, new_mask: torch.Tensor, grown: torch.Tensor, *,
+              optimizer: torch.optim.Optimizer | None = None) -> int:
+        """Apply a decision, as :func:`apply_decision` does (the masks are not re-applied)."""
 
 
 def top_k_first(
@@ -116,7 +148,7 @@ def prune_and_regrow(
         Same shape as ``mask`` with the same number of active positions.
     dropped, grown : LongTensor
         Flat indices of the pruned and of the regrown positions (a position may be in both:
-        RigL lets a just-pruned weight be regrown, at zero).
+        a just-pruned weight can be regrown, and then keeps its value).
     """
     if regrow not in REGROW_MODES:
         raise ValueError(f"regrow must be one of {REGROW_MODES}; got {regrow!r}.")
@@ -183,43 +215,21 @@ def apply_decision(
     *,
     optimizer: torch.optim.Optimizer | None = None,
 ) -> int:
-    """Set ``new_mask`` for ``name``, zero its regrown weights and their optimizer state.
+    """Set ``new_mask`` for ``name``; weights new to it start at zero, with zero optimizer state.
 
-    The masks are not re-applied. Returns the number of weights of this layer that changed
-    from inactive to active.
+    Of the regrown positions ``grown``, those inactive before the update are zeroed together
+    with their optimizer state; a weight that was pruned and regrown keeps both. The masks
+    are not re-applied. Returns the number of weights of this layer that changed from
+    inactive to active.
     """
     param = masks.params[name]
-    changed = int((new_mask & ~masks.mask(name)).sum())
+    old_mask = masks.mask(name)
+    new = grown[~old_mask.reshape(-1)[grown]]
     masks.set_mask(name, new_mask)
-    param.view(-1)[grown] = 0.0
+    param.view(-1)[new] = 0.0
     if optimizer is not None:
-        _reset_state(optimizer, param, grown)
-    return changed
-
-
-@torch.no_grad()
-def update_layer(
-    masks: MaskSet,
-    name: str,
-    fraction: float,
-    *,
-    regrow: str = "gradient",
-    optimizer: torch.optim.Optimizer | None = None,
-    generator: torch.Generator | None = None,
-) -> int:
-    """Prune-and-regrow the masked weight ``name`` of ``masks`` (see :func:`update_topology`).
-
-    The new mask is set and regrown weights are zeroed; the masks are not re-applied.
-
-    Returns
-    -------
-    int
-        Number of weights of this layer that changed from inactive to active.
-    """
-    decision = decide_layer(masks, name, fraction, regrow=regrow, generator=generator)
-    if decision is None:
-        return 0
-    return apply_decision(masks, name, *decision, optimizer=optimizer)
+        _reset_state(optimizer, param, new)
+    return int(new.numel())
 
 
 @torch.no_grad()
@@ -231,6 +241,7 @@ def update_topology(
     optimizer: torch.optim.Optimizer | None = None,
     generator: torch.Generator | None = None,
     synchronise: Callable[[dict], dict] | None = None,
+    layers: Mapping[str, LayerStorage] | None = None,
 ) -> int:
     """Prune-and-regrow every masked layer with drop fraction ``fraction``.
 
@@ -243,29 +254,38 @@ def update_topology(
     regrow : {"gradient", "random"}
         RigL or SET regrowth.
     optimizer : torch.optim.Optimizer, optional
-        Its per-weight state of regrown positions is reset to zero.
+        Its per-weight state of weights new to a mask is reset to zero.
     generator : torch.Generator, optional
         CPU generator for random regrowth.
     synchronise : callable, optional
         Receives the decision ``{name: (new_mask, regrown flat indices)}`` of every
         changed layer and returns the decision to apply (data-parallel training applies
         rank 0's on every rank).
+    layers : mapping of str to LayerStorage, optional
+        The layers of ``masks`` stored otherwise than as a dense weight and its mask (the
+        CSR layers of sparse compute), by weight name.
 
     Returns
     -------
     int
         Number of weights that changed from inactive to active over all layers.
     """
+    layers = layers or {}
     decisions = {}
     for name in masks.names:
-        decision = decide_layer(masks, name, fraction, regrow=regrow, generator=generator)
+        layer = layers.get(name)
+        decision = (decide_layer(masks, name, fraction, regrow=regrow, generator=generator)
+                    if layer is None else layer.decide(fraction, regrow=regrow,
+                                                       generator=generator))
         if decision is not None:
             decisions[name] = decision
     if synchronise is not None:
         decisions = synchronise(decisions)
     changed = 0
     for name, (new_mask, grown) in decisions.items():
-        changed += apply_decision(masks, name, new_mask, grown, optimizer=optimizer)
+        layer = layers.get(name)
+        changed += (apply_decision(masks, name, new_mask, grown, optimizer=optimizer)
+                    if layer is None else layer.apply(new_mask, grown, optimizer=optimizer))
     masks.apply_()
     return changed
 

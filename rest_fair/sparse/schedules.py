@@ -5,10 +5,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-__all__ = ["DROP_SCHEDULES", "DropSchedule"]
+__all__ = ["DROP_FLOOR", "DROP_SCHEDULES", "DropSchedule"]
 
 #: Decays of the drop fraction over training (``drop_schedule``).
-DROP_SCHEDULES = ("cosine", "constant")
+DROP_SCHEDULES = ("cosine", "cosine_floor", "constant")
+#: Where ``"cosine_floor"`` ends: the ``eta_min`` of the cosine annealing in the
+#: sparselearning code that the REST authors' released code builds on.
+DROP_FLOOR = 0.005
 
 
 @dataclass(frozen=True)
@@ -16,7 +19,10 @@ class DropSchedule:
     """Fraction ``f_t`` of active weights replaced at topology update ``t``.
 
     ``"cosine"`` is RigL's schedule ``f_t = f_0 / 2 * (1 + cos(pi * t / T_end))`` (Evci et al.,
-    2020); ``"constant"`` keeps ``f_0``. No update happens after ``end_step``.
+    2020). ``"cosine_floor"`` is the cosine annealing of the REST authors' code, which never
+    falls below :data:`DROP_FLOOR`: ``f_t = f_min + (f_0 - f_min) / 2 * (1 + cos(pi * t /
+    T_end))`` with ``f_min = min(DROP_FLOOR, f_0)``. ``"constant"`` keeps ``f_0``. No update
+    happens after ``end_step``.
 
     Parameters
     ----------
@@ -44,4 +50,6 @@ class DropSchedule:
             return 0.0
         if self.kind == "constant":
             return self.initial
-        return self.initial / 2.0 * (1.0 + math.cos(math.pi * step / self.end_step))
+        floor = min(DROP_FLOOR, self.initial) if self.kind == "cosine_floor" else 0.0
+        return floor + (self.initial - floor) / 2.0 * (
+            1.0 + math.cos(math.pi * step / self.end_step))

@@ -85,11 +85,6 @@ class WILDSSplit:
     def __len__(self) -> int:
         return len(self.y)
 
-    @property
-    def fit_params(self) -> dict:
-        """``{"groups": ...}``: keyword arguments for ``RESTClassifier.fit``."""
-        return {"groups": self.groups}
-
     def validation_data(self, X: Any = None) -> tuple:
         """``(X, y, groups)`` for ``RESTClassifier.fit(validation_data=...)``.
 

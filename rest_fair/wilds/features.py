@@ -24,6 +24,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..sparse.modules import set_submodule
+
 __all__ = ["FEATURES_FORMAT", "default_cache_dir", "extract_features", "feature_provenance"]
 
 #: ``format`` field of a feature cache's provenance file.
@@ -217,9 +219,7 @@ def _extractor(backbone: str, weights: Any, pooling: str, max_length: int | None
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = backbones.build_torchvision(backbone, n_classes=1, weights=weights)
-    head, _ = backbones._find_head(model, None)
-    parent_name, _, attr = head.rpartition(".")
-    setattr(model.get_submodule(parent_name) if parent_name else model, attr, nn.Identity())
+    set_submodule(model, backbones._find_head(model, None)[0], nn.Identity())
     return model, None
 
 

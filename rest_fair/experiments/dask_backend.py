@@ -1,11 +1,11 @@
 """Running the runs of a sweep on a ``dask.distributed`` cluster.
 
-The driver (the process calling :func:`~rest_fair.benchmarks.run_sweep`) keeps as many runs
-in flight as the cluster has worker threads, gathers each record as it completes and is the
-only process that writes the results file: workers receive a run's spec and configuration,
-never a path. Each run sets its torch threads so that the runs sharing a machine do not
-oversubscribe its cores, by the same rule as local parallel runs
-(:func:`~rest_fair.benchmarks.split_threads`).
+The driver (the process calling :func:`~rest_fair.experiments.runner.run_sweep`) keeps as
+many runs in flight as the cluster has worker threads, gathers each record as it completes
+and is the only process that writes the results file: workers receive a run's spec and its
+experiment, never a path, and call :func:`~rest_fair.experiments.run.run_one`. Each run sets
+its torch threads so that the runs sharing a machine do not oversubscribe its cores, by the
+same rule as local parallel runs (:func:`~rest_fair.experiments.run.split_threads`).
 
 ``distributed`` is imported only when this backend is used.
 """
@@ -19,8 +19,7 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
-from .config import BenchConfig, RunSpec
-from .runner import available_cores, error_record, run_one, split_threads
+from .run import Experiment, available_cores, error_record, run_one, split_threads
 
 __all__ = ["active_joblib_client", "connect", "dask_records", "thread_plan"]
 
@@ -177,7 +176,7 @@ def thread_plan(client: Any, nthreads: Mapping[str, int] | None = None) -> dict[
     }
 
 
-def run_on_worker(spec: RunSpec, config: BenchConfig, plan: Mapping[str, int]) -> dict:
+def run_on_worker(spec: Any, experiment: Experiment, plan: Mapping[str, int]) -> dict:
     """One run inside a Dask worker: torch threads from ``plan``, worker recorded."""
     from distributed import get_worker
 
@@ -185,15 +184,15 @@ def run_on_worker(spec: RunSpec, config: BenchConfig, plan: Mapping[str, int]) -
     threads = plan.get(worker.address)
     if threads is None:  # a worker that joined after the plan was made
         threads = split_threads(worker.state.nthreads)[1]
-    record = run_one(spec, config, n_threads=threads)
+    record = run_one(spec, experiment, n_threads=threads)
     record["worker"] = worker.address
     return record
 
 
 def dask_records(
     client: Any,
-    todo: Sequence[RunSpec],
-    config: BenchConfig,
+    todo: Sequence[Any],
+    experiment: Experiment,
     stop: Callable[[], bool],
 ) -> Iterator[dict[str, Any]]:
     """Records of ``todo`` run on the cluster, in completion order.
@@ -206,7 +205,7 @@ def dask_records(
     """
     distributed = import_distributed()
     queue = iter(todo)
-    running: dict[Any, RunSpec] = {}
+    running: dict[Any, Any] = {}
     completed = distributed.as_completed(loop=client.loop)
     plan: dict[str, int] = {}
     planned_for: set[str] = set()
@@ -222,8 +221,8 @@ def dask_records(
             if spec is None:
                 return
             future = client.submit(
-                run_on_worker, spec, config, plan,
-                key=f"rest-fair-run-{spec.method}-{uuid.uuid4().hex}",
+                run_on_worker, spec, experiment, plan,
+                key=f"rest-fair-run-{uuid.uuid4().hex}",
             )
             running[future] = spec
             completed.add(future)

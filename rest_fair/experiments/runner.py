@@ -1,0 +1,351 @@
+"""The experiment runner: every run of an experiment, recorded in one results file, resumable.
+
+``rest-fair bench`` and ``rest-fair wilds`` both run through :func:`run_sweep`; what they
+train and measure is their :class:`~rest_fair.experiments.run.Experiment`.
+
+The results file (:data:`RESULTS_FILE` in the output folder) holds one JSON record per line,
+each written (flushed and fsynced) as soon as its run finishes, keyed by the run's
+``run_id``; for an id written twice (an error, then a success) the last line counts. A run
+is *finished* when its record says ``"status": "ok"`` and every file it lists under
+``"submission_files"`` still exists. Running the same experiment again runs only the runs
+that are not finished (:func:`pending`), so an interrupted sweep resumes without repeating
+or losing runs; a run that failed is retried.
+
+Runs execute in this process, in local joblib processes (``n_jobs``), or on a
+``dask.distributed`` cluster (``backend="dask"``,
+:mod:`~rest_fair.experiments.dask_backend`); in every case the records come back to this
+process, which alone writes the results file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import sys
+import time
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from .dask_backend import active_joblib_client, connect, dask_records
+from .run import Experiment, run_one, split_threads
+
+__all__ = ["BACKENDS", "LOG_INTERVAL", "PROGRESS_MODES", "RESULTS_FILE", "append_record",
+           "finished", "parse_upweight", "pending", "read_results", "run_sweep"]
+
+#: Name of the results file in an experiment's output folder (one JSON record per line).
+RESULTS_FILE = "results.jsonl"
+
+#: Where the runs of a sweep execute.
+BACKENDS = ("local", "dask")
+
+#: Values of ``run_sweep(progress=...)``; ``True`` means ``"auto"`` and ``False`` ``"none"``.
+PROGRESS_MODES = ("auto", "bar", "log", "none")
+#: In ``"log"`` mode, the least number of seconds between two progress lines (a failed
+#: run and the last run are always reported).
+LOG_INTERVAL = 10.0
+
+_BAD_UPWEIGHT = "--upweight: expected 'balanced', 'none' or a positive number; got {!r}."
+_CORRUPT_LINE = "Ignoring an unreadable line {line} of {path} (an interrupted write?)."
+_BAD_BACKEND = "backend must be one of {backends} or None; got {backend!r}."
+_SCHEDULER_NEEDS_DASK = (
+    "scheduler={scheduler!r} is only used by backend='dask'; got backend={backend!r}."
+)
+_N_JOBS_IGNORED = (
+    "n_jobs={n_jobs} is ignored with backend='dask': the cluster runs as many runs at once "
+    "as its workers have threads."
+)
+_BAD_PROGRESS = "progress must be True, False, 'auto', 'bar', 'log' or 'none'; got {!r}."
+
+
+def parse_upweight(value: str) -> float | str:
+    """``--upweight`` of ``rest-fair bench`` and ``rest-fair wilds``.
+
+    ``"balanced"`` (every group drawn equally often), ``"none"`` (no reweighting) or a
+    positive number λ (the factor of the minority samples), returned as a float. Anything
+    else raises :class:`argparse.ArgumentTypeError` naming what is accepted.
+    """
+    if value in ("balanced", "none"):
+        return value
+    try:
+        number = float(value)
+    except ValueError:
+        number = math.nan
+    if not (math.isfinite(number) and number > 0):
+        raise argparse.ArgumentTypeError(_BAD_UPWEIGHT.format(value))
+    return number
+
+
+def read_results(path: str | Path) -> list[dict[str, Any]]:
+    """Records of a results file, skipping unreadable (e.g. half-written) lines.
+
+    For a run id present several times (an error, then a success) the last record wins.
+    """
+    path = Path(path)
+    if not path.exists():
+        return []
+    records: dict[str, dict] = {}
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                record = json.loads(line)
+                records[record["run_id"]] = record
+            except (json.JSONDecodeError, KeyError, TypeError):
+                warnings.warn(_CORRUPT_LINE.format(line=number, path=path), stacklevel=2)
+    return list(records.values())
+
+
+def append_record(path: Path, record: dict[str, Any]) -> None:
+    """Append ``record`` as one line of the results file ``path``, flushed and fsynced."""
+    # A previous interrupted write may have left a partial last line: start on a new line.
+    needs_newline = False
+    if path.exists() and path.stat().st_size:
+        with path.open("rb") as handle:
+            handle.seek(-1, os.SEEK_END)
+            needs_newline = handle.read(1) != b"\n"
+    with path.open("a", encoding="utf-8") as handle:
+        if needs_newline:
+            handle.write("\n")
+        handle.write(json.dumps(record, sort_keys=True, default=str) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def finished(record: dict[str, Any]) -> bool:
+    """Whether resuming keeps ``record``: it succeeded and the files it lists still exist."""
+    files = record.get("submission_files") or ()
+    return record.get("status") == "ok" and all(Path(f).exists() for f in files)
+
+
+def pending(specs: Sequence[Any], path: str | Path) -> list[Any]:
+    """The runs of ``specs`` without a finished record in the results file ``path``."""
+    done = {r["run_id"] for r in read_results(path) if finished(r)}
+    return [spec for spec in specs if spec.run_id not in done]
+
+
+def _progress_mode(progress: bool | str, stream: Any) -> str:
+    """``"bar"``, ``"log"`` or ``"none"``; ``"auto"`` draws bars only on a terminal."""
+    mode = {True: "auto", False: "none", None: "none"}.get(progress, progress)
+    if mode not in PROGRESS_MODES:
+        raise ValueError(_BAD_PROGRESS.format(progress))
+    if mode == "auto":
+        isatty = getattr(stream, "isatty", None)
+        mode = "bar" if callable(isatty) and isatty() else "log"
+    return mode
+
+
+def _duration(seconds: float) -> str:
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes}m{seconds:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"
+
+
+class _Progress:
+    """Progress over the runs: a tqdm bar (``"bar"``), plain lines (``"log"``, for logs,
+    where a redrawn bar turns into noise) or nothing (``"none"``)."""
+
+    def __init__(self, mode: str, name: str, labels: dict[str, str], total: int, done: int):
+        self.mode, self.name, self.labels, self.total, self.done = mode, name, labels, total, done
+        self.todo, self.new, self.bar = len(labels), 0, None
+        self.start = self.last = time.perf_counter()
+        if mode == "bar":
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, initial=done, desc="runs", unit="run", leave=True)
+        elif mode == "log":
+            self._write(f"{self.todo} runs to do, {done} of {total} already done")
+
+    def _write(self, text: str) -> None:
+        print(f"[{self.name}] {text}", file=sys.stderr, flush=True)
+
+    def update(self, record: dict[str, Any]) -> None:
+        self.done += 1
+        self.new += 1
+        label, status = self.labels[record["run_id"]], record.get("status")
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix_str(f"{label} {status}")
+        now = time.perf_counter()
+        failed = status != "ok"
+        if self.mode != "log" or not (
+            failed or self.new == self.todo or now - self.last >= LOG_INTERVAL
+        ):
+            return
+        self.last = now
+        elapsed = now - self.start
+        left = elapsed / self.new * (self.todo - self.new)
+        status = f"error: {record.get('error')}" if failed else status
+        self._write(f"{self.done}/{self.total} runs; last: {label} {status}; "
+                    f"elapsed {_duration(elapsed)}, about {_duration(left)} left")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def run_sweep(
+    experiment: Experiment,
+    out_dir: str | Path,
+    *,
+    n_jobs: int = 1,
+    resume: bool = True,
+    progress: bool | str = True,
+    max_runs: int | None = None,
+    time_limit: float | None = None,
+    on_result: Callable[[dict[str, Any], int], None] | None = None,
+    backend: str | None = None,
+    scheduler: Any = None,
+    scheduler_timeout: float = 10.0,
+    on_start: Callable[[dict[str, Any]], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Run every unfinished run of ``experiment`` and return the records of all its runs.
+
+    Parameters
+    ----------
+    experiment : Experiment
+        E.g. a :class:`~rest_fair.benchmarks.BenchConfig`.
+    out_dir : str or Path
+        Folder of the results file :data:`RESULTS_FILE` (created). Only this process
+        writes it, whatever the backend.
+    n_jobs : int, default=1
+        Parallel runs (joblib processes); torch threads per run are split so that
+        ``n_jobs * threads <= cores``. ``-1``: one run per core. Not used by the dask
+        backend, whose parallelism is the cluster's worker threads.
+    resume : bool, default=True
+        Skip the runs already finished (:func:`pending`); False moves the old results file
+        aside (``results.<date>-<time>.jsonl``) and runs everything.
+    progress : bool or {"auto", "bar", "log", "none"}, default=True
+        ``"bar"``: a tqdm bar over runs and, with ``n_jobs=1``, the estimator's bar over
+        epochs. ``"log"``: plain lines on stderr (at most one every
+        :data:`LOG_INTERVAL` seconds, plus every failure and the last run), readable in CI
+        logs. ``"auto"`` (or ``True``): bars when stderr is a terminal, else lines.
+        ``"none"`` (or ``False``): silent.
+    max_runs : int or None
+        Stop after this many new runs (chunks of a long sweep; rerun to continue).
+    time_limit : float or None
+        Start no new run (batch) after this many seconds.
+    on_result : callable or None
+        ``on_result(record, k)`` after the ``k``-th new record is saved (a hook for
+        tests and logging; an exception it raises interrupts the sweep).
+    backend : {"local", "dask"} or None, default=None
+        Where runs execute: ``"local"`` (this process or joblib processes) or ``"dask"``
+        (a ``dask.distributed`` cluster, see ``scheduler``). None picks ``"dask"`` when
+        ``scheduler`` is given or when called inside
+        ``joblib.parallel_config(backend="dask")``, else ``"local"``.
+    scheduler : str, distributed.Client or None
+        With the dask backend: the scheduler address (e.g. ``"tcp://host:8786"``) or a
+        Client. None uses the Client of an enclosing ``joblib.parallel_config``, else the
+        default Client, else dask's ``scheduler-address`` setting.
+    scheduler_timeout : float, default=10.0
+        Seconds to wait for the scheduler to answer and for a first worker, before a
+        ConnectionError.
+    on_start : callable or None
+        ``on_start(where)`` before the first run, with where the runs execute:
+        ``{"backend": "local", "n_jobs": ..., "torch_threads_per_job": ...}`` or
+        ``{"backend": "dask", "scheduler": address, "dask_workers": ...,
+        "dask_worker_threads": ...}``.
+
+    Returns
+    -------
+    list of dict
+        The records of the experiment's runs found in the results file, in the order of
+        ``experiment.runs()`` (see :func:`~rest_fair.experiments.run.run_one`). With the
+        dask backend each new record also names the ``worker`` that ran it.
+
+    Raises
+    ------
+    ImportError
+        Before any run, when a package the runs need is missing
+        (``experiment.check_requirements()``).
+    """
+    mode = _progress_mode(progress, sys.stderr)
+    experiment.check_requirements()
+    backend = _resolve_backend(backend, scheduler)
+    if backend == "dask" and n_jobs not in (1, None):
+        warnings.warn(_N_JOBS_IGNORED.format(n_jobs=n_jobs), UserWarning, stacklevel=2)
+    with contextlib.ExitStack() as stack:
+        client = None
+        if backend == "dask":
+            client = stack.enter_context(connect(scheduler, timeout=scheduler_timeout))
+            workers = client.nthreads()
+            where = {"backend": backend, "scheduler": client.scheduler.address,
+                     "dask_workers": len(workers), "dask_worker_threads": sum(workers.values())}
+        else:
+            jobs, threads = split_threads(n_jobs)
+            where = {"backend": backend, "n_jobs": jobs, "torch_threads_per_job": threads}
+        if on_start is not None:
+            on_start(where)
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        path = out_dir / RESULTS_FILE
+        if not resume and path.exists():
+            path.rename(path.with_name(f"{path.stem}.{time.strftime('%Y%m%d-%H%M%S')}.jsonl"))
+        specs = experiment.runs()
+        todo = pending(specs, path)
+        n_done = len(specs) - len(todo)
+        todo = todo if max_runs is None else todo[: max(0, int(max_runs))]
+        start = time.perf_counter()
+
+        def out_of_time() -> bool:
+            return time_limit is not None and time.perf_counter() - start > time_limit
+
+        if client is not None:
+            records = dask_records(client, todo, experiment, out_of_time)
+        else:
+            # nested bars (runs, then epochs) only on a terminal
+            records = _local_records(todo, experiment, jobs, threads, mode == "bar",
+                                     out_of_time)
+        stack.enter_context(contextlib.closing(records))
+        labels = {spec.run_id: spec.label for spec in todo}
+        reporter = _Progress(mode, experiment.name, labels, len(specs), n_done)
+        stack.callback(reporter.close)
+        for count, record in enumerate(records, start=1):
+            append_record(path, record)
+            reporter.update(record)
+            if on_result is not None:
+                on_result(record, count)
+    found = {r["run_id"]: r for r in read_results(path)}
+    return [found[s.run_id] for s in specs if s.run_id in found]
+
+
+def _resolve_backend(backend: str | None, scheduler: Any) -> str:
+    if backend is not None and backend not in BACKENDS:
+        raise ValueError(_BAD_BACKEND.format(backends=BACKENDS, backend=backend))
+    if backend is None:
+        backend = "dask" if scheduler is not None or active_joblib_client() else "local"
+    if scheduler is not None and backend != "dask":
+        raise ValueError(_SCHEDULER_NEEDS_DASK.format(scheduler=scheduler, backend=backend))
+    return backend
+
+
+def _local_records(
+    todo: Sequence[Any], experiment: Experiment, n_jobs: int, threads: int, progress: bool,
+    stop: Callable[[], bool],
+) -> Iterator[dict[str, Any]]:
+    """Records of ``todo``, run in this process or in batches of ``n_jobs`` processes."""
+    from joblib import Parallel, delayed
+
+    for i in range(0, len(todo), n_jobs):
+        if stop():
+            return
+        batch = todo[i : i + n_jobs]
+        if len(batch) == 1:
+            yield run_one(batch[0], experiment, n_threads=threads,
+                          verbose=int(progress and n_jobs == 1))
+        else:  # local processes, even inside a joblib.parallel_config
+            parallel = Parallel(n_jobs=len(batch), backend="loky",
+                                return_as="generator_unordered")
+            yield from parallel(delayed(run_one)(spec, experiment, n_threads=threads)
+                                for spec in batch)

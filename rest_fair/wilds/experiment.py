@@ -1,0 +1,419 @@
+"""The experiment of ``rest-fair wilds``: its settings, a run per seed, and its report.
+
+- :func:`resolve_settings`: every setting of a command: the command line, else the dataset's
+  WILDS recipe (``--protocol wilds``, :mod:`rest_fair.wilds.protocol`), else
+  :data:`CUSTOM_DEFAULTS`;
+- :class:`WildsExperiment`: the seeds as runs of the experiment runner
+  (:func:`~rest_fair.experiments.runner.run_sweep`, which records them in ``results.jsonl``
+  and resumes them): a run fits on the training split, scores every evaluated split with the
+  official metrics and writes its leaderboard submission files;
+- :func:`write_outputs`: ``metrics.json`` (official metrics per split, mean and standard
+  deviation over seeds) and ``comparison.md`` (our row beside the published ones).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+from sklearn.feature_extraction.text import TfidfVectorizer
+
+from .._requirements import Requirement, check_requirements
+from ..experiments.run import digest, jsonable
+from ..experiments.runner import RESULTS_FILE, append_record, read_results
+from .adapter import split_wilds
+from .datasets import DatasetSpec, dataset_spec
+from .leaderboard import comparison_table, to_markdown
+from .metrics import wilds_eval
+from .protocol import recipe_for
+from .submission import write_submission
+
+__all__ = ["CUSTOM_DEFAULTS", "RUN_SETTINGS", "SeedRun", "WildsExperiment", "adopt_seed_files",
+           "check_wilds_requirements", "resolve_settings", "write_outputs"]
+
+_REQUIREMENTS = (
+    Requirement("wilds", "wilds==2.0.0", "wilds", "the WILDS dataset loaders and metrics"),
+    Requirement("torchvision", "torchvision", "wilds",
+                "imported by wilds' metrics; image transforms (install the build matching "
+                "your torch)"),
+    Requirement("PIL", "pillow", "wilds", "reading the images"),
+)
+_SYNTHETIC_NOTE = "SYNTHETIC DATA (rest_fair.wilds.synthetic): checks the pipeline only"
+_RANDOM_INIT = "none (random init)"
+_WEIGHTS_NEED_BACKBONE = (
+    "--weights needs a torchvision --module (e.g. resnet50); got --module {module!r}."
+)
+#: What ``--protocol custom`` uses for options left unset (the recipe fills them in for
+#: ``--protocol wilds``).
+CUSTOM_DEFAULTS = {
+    "module": "auto",
+    "weights": None,
+    "max_epochs": 10,
+    "batch_size": 64,
+    "lr": None,  # by optimizer: see _default_optimizer
+    "optimizer": "auto",
+    "momentum": 0.9,
+    "weight_decay": 0.0,
+    "lr_scheduler": "plateau",
+    "image_size": 64,
+    "max_length": None,
+    "sparse_init": "random",
+    "layer_density": "erk",
+    "dense_layers": (),
+}
+#: The settings a seed's results depend on: a finished seed is reused only with the same.
+RUN_SETTINGS = (*CUSTOM_DEFAULTS, "sparsity", "upweight", "objective", "frac",
+                "max_features", "protocol")
+#: Settings passed to :class:`~rest_fair.RESTClassifier` as they are.
+_ESTIMATOR_SETTINGS = ("sparsity", "sparse_init", "layer_density", "dense_layers", "upweight",
+                       "objective", "module", "module_params", "max_epochs", "batch_size", "lr",
+                       "optimizer", "momentum", "weight_decay", "lr_scheduler", "device",
+                       "verbose", "num_workers")
+#: ``--protocol custom``'s learning rate when ``--lr`` is not given, by optimizer.
+_DEFAULT_LR = {"sgd": 0.01, "adam": 1e-3, "adamw": 1e-5}
+
+
+def check_wilds_requirements(dataset: str) -> None:
+    """Fail once, naming every missing package, when the WILDS extra is not installed."""
+    check_requirements(_REQUIREMENTS, command=f"rest-fair wilds --dataset {dataset}")
+
+
+def resolve_settings(args: argparse.Namespace, spec: DatasetSpec) -> dict[str, Any]:
+    """The settings of a command: command line > WILDS recipe > custom defaults.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        Parsed command line of ``rest-fair wilds``.
+    spec : DatasetSpec
+        The dataset.
+
+    Returns
+    -------
+    dict
+        The keys of :data:`CUSTOM_DEFAULTS` and the other options of the runs
+        (``dataset``, ``sparsity``, ``upweight`` (None for ``--upweight none``),
+        ``objective``, ``frac``, ``max_features``, ``protocol``, ``device``,
+        ``num_workers``, ``verbose``), ``module_params``, ``"seeds"`` and, for
+        ``--protocol wilds``, ``"recipe"`` (the recipe's values) and ``"overridden"``
+        (settings the command line changed).
+
+    Raises
+    ------
+    ValueError
+        ``--weights`` for a module that is not a torchvision model.
+    """
+    given = {key: getattr(args, key) for key in CUSTOM_DEFAULTS}
+    random_init = isinstance(given["weights"], str) and given["weights"].lower() == "none"
+    if random_init:
+        given["weights"] = _RANDOM_INIT
+    extra: dict[str, Any] = {}
+    if args.protocol == "wilds":
+        recipe = recipe_for(spec.name)
+        base = {
+            "module": recipe.module, "weights": recipe.weights,
+            "max_epochs": recipe.max_epochs, "batch_size": recipe.batch_size,
+            "lr": recipe.lr, "optimizer": recipe.optimizer, "momentum": recipe.momentum,
+            "weight_decay": recipe.weight_decay, "lr_scheduler": "constant",
+            "image_size": recipe.image_size or CUSTOM_DEFAULTS["image_size"],
+            "max_length": recipe.max_length, "sparse_init": "magnitude",
+            "layer_density": "erk", "dense_layers": recipe.dense_layers,
+        }
+        overridden = sorted(k for k, v in given.items()
+                            if v is not None and jsonable(v) != jsonable(base[k]))
+        extra = {"recipe": dataclasses.asdict(recipe), "overridden": overridden}
+        default_seeds = recipe.seeds
+    else:
+        base = dict(CUSTOM_DEFAULTS)
+        default_seeds = [args.seed]
+    settings = dict(base)
+    settings.update({k: v for k, v in given.items() if v is not None})
+    if given["module"] not in (None, base["module"]) and given["weights"] is None:
+        settings["weights"] = None  # the recipe's weights belong to the recipe's backbone
+    if random_init:
+        settings["weights"] = None
+    if settings["optimizer"] == "auto":
+        settings["optimizer"] = _default_optimizer(spec, settings["module"])
+    if settings["lr"] is None:
+        settings["lr"] = _DEFAULT_LR[settings["optimizer"]]
+    settings["dense_layers"] = tuple(settings["dense_layers"] or ())
+    settings["seeds"] = list(args.seeds) if args.seeds else default_seeds
+    settings.update(
+        dataset=spec.name, sparsity=args.sparsity,
+        upweight=None if args.upweight == "none" else args.upweight,
+        objective=args.objective, frac=args.frac, max_features=args.max_features,
+        protocol=args.protocol, device=args.device, num_workers=args.num_workers,
+        verbose=args.verbose,
+    )
+    settings.update(extra, module_params=_module_params(settings))
+    return settings
+
+
+def _default_optimizer(spec: DatasetSpec, module: str) -> str:
+    """The custom protocol's optimizer for ``--optimizer auto``."""
+    if module.startswith("hf:"):
+        return "adamw"  # pretrained transformers are fine-tuned with AdamW (WILDS' recipe)
+    if spec.modality == "text":
+        # TF-IDF rows are L2-normalised, so their entries are small and SGD at lr 0.01
+        # barely moves in a few epochs; Adam adapts its steps to them.
+        return "adam"
+    return "sgd"
+
+
+def _module_params(settings: dict[str, Any]) -> dict[str, Any] | None:
+    """``RESTClassifier(module_params=...)``: the text length or the backbone's weights."""
+    module = settings["module"]
+    if module.startswith("hf:"):
+        return {"max_length": settings["max_length"]} if settings["max_length"] else None
+    if settings["weights"] is not None:
+        if module in ("auto", "mlp", "cnn"):
+            raise ValueError(_WEIGHTS_NEED_BACKBONE.format(module=module))
+        return {"weights": settings["weights"]}
+    return None
+
+
+@dataclasses.dataclass(frozen=True)
+class SeedRun:
+    """One seed of a ``rest-fair wilds`` command: a run of :class:`WildsExperiment`.
+
+    ``seed`` is the estimator's (and ``--frac``'s) ``random_state`` and the ``k`` of the
+    submission files' ``seed:k``; ``settings`` the JSON-ready values of :data:`RUN_SETTINGS`.
+    """
+
+    seed: int
+    settings: dict[str, Any]
+
+    @property
+    def run_id(self) -> str:
+        """The seed and a hash of the settings: the key of the run in the results file."""
+        return f"seed={self.seed}|{digest(self.settings)}"
+
+    @property
+    def label(self) -> str:
+        """The run in progress lines."""
+        return f"seed={self.seed}"
+
+
+@dataclasses.dataclass
+class WildsExperiment:
+    """The seeds of a ``rest-fair wilds`` command, run by the experiment runner.
+
+    Parameters
+    ----------
+    dataset : WILDSDataset
+        From :func:`~rest_fair.wilds.load_wilds`.
+    settings : dict
+        From :func:`resolve_settings`.
+    out_dir : Path
+        Output folder; the submission files go to its ``submission/``.
+    """
+
+    dataset: Any
+    settings: dict[str, Any]
+    out_dir: Path
+    _inputs: dict = dataclasses.field(default_factory=dict, init=False, repr=False)
+
+    #: Who runs it, for progress lines.
+    name: ClassVar[str] = "rest-fair wilds"
+
+    @property
+    def spec(self) -> DatasetSpec:
+        """What rest_fair knows about the dataset."""
+        return dataset_spec(self.dataset)
+
+    @property
+    def synthetic(self) -> bool:
+        """Whether the data were written by :mod:`rest_fair.wilds.synthetic`."""
+        release = Path(self.dataset.data_dir) / "RELEASE_v1.0.txt"
+        try:
+            return "rest_fair" in release.read_text()[:200]
+        except OSError:
+            return False
+
+    def runs(self) -> list[SeedRun]:
+        """A run per seed, in the order of ``settings["seeds"]``."""
+        settings = jsonable({k: self.settings[k] for k in RUN_SETTINGS})
+        return [SeedRun(seed, settings) for seed in self.settings["seeds"]]
+
+    def check_requirements(self) -> None:
+        """Fail once when the WILDS extra is not installed."""
+        check_wilds_requirements(self.spec.name)
+
+    def estimator_params(self, spec: SeedRun) -> dict[str, Any]:
+        """The :class:`~rest_fair.RESTClassifier` parameters of a seed."""
+        return {**{k: self.settings[k] for k in _ESTIMATOR_SETTINGS}, "random_state": spec.seed}
+
+    def training_data(self, spec: SeedRun) -> tuple[Any, Any, dict[str, Any]]:
+        """The training split, its groups, and the validation split to select the epoch."""
+        parts, features = self._splits(spec.seed)
+        train, val = parts["train"], parts.get("val")
+        validation = None if val is None else val.validation_data(features["val"])
+        return features["train"], train.y, {"groups": train.groups, "validation_data": validation}
+
+    def score(self, spec: SeedRun, clf: Any) -> dict[str, Any]:
+        """``metrics`` (split -> official WILDS metrics; train only with ``--protocol custom``),
+        ``history`` and ``submission_files`` (written here, for every split but train)."""
+        parts, features = self._splits(spec.seed)
+        custom = self.settings["protocol"] == "custom"
+        predictions, metrics = {}, {}
+        for split in (s for s in parts if s != "train" or custom):
+            y_pred = clf.predict(features[split])
+            metrics[split] = wilds_eval(parts[split], y_pred)
+            if split != "train":
+                predictions[split] = y_pred
+        files = write_submission(predictions, dataset=self.dataset,
+                                 out_dir=self.out_dir / "submission", seed=spec.seed)
+        history = [{k: v if isinstance(v, (int, float, str, bool, type(None))) else str(v)
+                    for k, v in epoch.items()} for epoch in getattr(clf, "history_", [])]
+        return {"metrics": metrics, "history": history,
+                "submission_files": [str(p) for p in files]}
+
+    def _splits(self, seed: int) -> tuple[dict, dict]:
+        """The splits and the model inputs of each; shared by seeds unless ``frac < 1``."""
+        frac = self.settings["frac"]
+        key = seed if frac < 1.0 else None
+        if key not in self._inputs:
+            parts = split_wilds(self.dataset, image_size=self.settings["image_size"],
+                                frac=frac, random_state=seed)
+            features = {split: part.X for split, part in parts.items()}
+            if self.spec.modality == "text" and not self.settings["module"].startswith("hf:"):
+                vectorizer = TfidfVectorizer(max_features=self.settings["max_features"],
+                                             sublinear_tf=True)
+                vectorizer.fit(parts["train"].X)
+                features = {split: vectorizer.transform(part.X).astype("float32")
+                            for split, part in parts.items()}
+            self._inputs[key] = (parts, features)
+        return self._inputs[key]
+
+
+def adopt_seed_files(out_dir: str | Path) -> None:
+    """Add the seeds of ``runs/seed_<k>.json`` files to the results file of ``out_dir``.
+
+    ``rest-fair wilds`` kept a seed's record in such a file before it used the experiment
+    runner's ``results.jsonl``; adopted, they are reused by ``--resume`` like any finished
+    run (same settings, submission files present). Unreadable files are skipped.
+    """
+    path = Path(out_dir) / RESULTS_FILE
+    known = {r["run_id"] for r in read_results(path)}
+    for file in sorted(Path(out_dir).glob("runs/seed_*.json")):
+        try:
+            record = json.loads(file.read_text())
+            run_id = SeedRun(record["seed"], record["settings"]).run_id
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if run_id not in known:
+            append_record(path, {"run_id": run_id, "status": "ok", **record})
+
+
+def write_outputs(
+    records: Sequence[dict[str, Any]], experiment: WildsExperiment, *, run_info: dict[str, Any]
+) -> dict[str, Any]:
+    """Write ``metrics.json`` (with ``run_info``) and ``comparison.md`` from the records of
+    the seeds (``run_sweep(experiment, ...)``, all finished).
+
+    Returns
+    -------
+    dict
+        ``metrics`` and ``metrics_std`` (split -> metric -> mean / std over seeds),
+        ``markdown`` (the comparison) and ``files`` (every submission file).
+    """
+    settings, out_dir, name = experiment.settings, experiment.out_dir, experiment.spec.name
+    synthetic = experiment.synthetic
+    metrics, metrics_std = _aggregate([r["metrics"] for r in records],
+                                      order=list(experiment.dataset.split_dict))
+    protocol = _protocol(settings, records, synthetic)
+    eval_split = "test" if "test" in metrics else sorted(metrics)[-1]
+    uses = "val" if (settings["upweight"] is None and settings["objective"] == "erm") else "train"
+    seed_results = [r["metrics"][eval_split] for r in records]
+    table = comparison_table(name, seed_results if len(records) > 1 else seed_results[0],
+                             protocol=protocol, group_labels=uses)
+    seeds_text = ", ".join(str(s) for s in settings["seeds"])
+    markdown = (
+        f"# {name}: REST (rest_fair) vs published, {eval_split} split\n\n"
+        + ("**" + _SYNTHETIC_NOTE + "; do not compare.**\n\n" if synthetic else "")
+        + f"Our row: mean ± std (ddof=1) over seeds {seeds_text}. "
+        "Accuracies in %. Published numbers are copied from the sources named; "
+        "'cited' = read in a later paper's table. group_labels: how group labels are "
+        "used (train / val / none).\n\n"
+        + to_markdown(table)
+        + "\n"
+    )
+    files = [Path(f) for r in records for f in r["submission_files"]]
+    (out_dir / "comparison.md").write_text(markdown)
+    summary = {
+        "dataset": name,
+        "synthetic_data": synthetic,
+        **run_info,
+        "settings": jsonable(settings),
+        "protocol": protocol,
+        "seeds": settings["seeds"],
+        "metrics": metrics,
+        "metrics_std": metrics_std,
+        "runs": list(records),
+        "fit_seconds": sum(r["fit_seconds"] for r in records),
+        "best_epoch": records[0]["best_epoch"] if len(records) == 1 else None,
+        "history": records[0]["history"] if len(records) == 1 else None,
+        "submission_files": [str(p) for p in files],
+    }
+    (out_dir / "metrics.json").write_text(json.dumps(summary, indent=2, default=str))
+    return {"metrics": metrics, "metrics_std": metrics_std, "markdown": markdown,
+            "files": files}
+
+
+def _aggregate(per_seed: list[dict], order: list[str]) -> tuple[dict, dict]:
+    """Mean and sample std (ddof=1, as WILDS' evaluate.py) of every metric per split, the
+    splits in the dataset's ``order``."""
+    means: dict = {}
+    stds: dict = {}
+    for split in sorted(per_seed[0], key=order.index):
+        values = {k: [r[split][k] for r in per_seed] for k in per_seed[0][split]}
+        means[split] = {k: float(np.mean(v)) for k, v in values.items()}
+        stds[split] = {k: float(np.std(v, ddof=1)) if len(v) > 1 else None
+                       for k, v in values.items()}
+    return means, stds
+
+
+def _protocol(settings: dict, runs: Sequence[dict], synthetic: bool) -> str:
+    """The protocol column of our row: inputs, training, masks, reweighting, seeds."""
+    module = settings["module"]
+    if module.startswith("hf:"):
+        length = settings["max_length"] or "tokenizer limit"
+        inputs = f"{module[3:]} (Hugging Face, pretrained) on text, {length} tokens"
+    elif module == "auto" or module in ("mlp", "cnn") or (
+        module == "resnet18" and settings["weights"] is None
+    ):
+        if settings["dataset"] == "civilcomments":
+            inputs = f"TF-IDF ({settings['max_features']} features) + {module} network"
+        else:
+            inputs = f"{module} network on {settings['image_size']}px images"
+    else:
+        weights = settings["weights"]
+        start = f"{weights} weights" if weights else "random init"
+        inputs = f"{module} ({start}) on {settings['image_size']}px images"
+    pretrained = module.startswith("hf:") or settings["weights"] is not None
+    best = ", ".join(str(r["best_epoch"]) for r in runs)
+    sparsity = settings["sparsity"]
+    masks = (f"sparsity {sparsity} ({settings['sparse_init']} init, "
+             f"{settings['layer_density']}, dense: {', '.join(settings['dense_layers']) or '-'})"
+             if sparsity > 0 else "dense")
+    text = (
+        f"{inputs}, {'fine-tuned' if pretrained else 'trained from scratch'}, "
+        f"{settings['max_epochs']} epochs (best epoch {best}, selected on val worst-group "
+        f"acc), {masks}, upweight {settings['upweight']}, objective {settings['objective']}, "
+        f"{settings['optimizer']} lr {settings['lr']} wd {settings['weight_decay']} batch "
+        f"{settings['batch_size']}, lr schedule {settings['lr_scheduler']}, "
+        f"train fraction {settings['frac']}, "
+        f"seeds {', '.join(str(s) for s in settings['seeds'])}"
+    )
+    if settings["protocol"] == "wilds":
+        recipe = settings["recipe"]
+        text = f"WILDS recipe ({recipe['source']}); " + text
+        if settings["overridden"]:
+            text += f"; overridden: {', '.join(settings['overridden'])}"
+        text += "; deviations: " + "; ".join(recipe["deviations"])
+    return f"{_SYNTHETIC_NOTE}; {text}" if synthetic else text

@@ -1,0 +1,186 @@
+"""The experiment runner shared by ``rest-fair bench`` and ``rest-fair wilds``: one
+``--upweight`` parser, one results file, one resume, results files of earlier versions."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+
+import pytest
+
+from rest_fair import cli
+from rest_fair.benchmarks import METHODS, estimator_params, preset, to_markdown
+from rest_fair.benchmarks.report import summarize
+from rest_fair.experiments import runner
+from rest_fair.experiments.runner import parse_upweight
+from rest_fair.wilds import dataset_spec, import_wilds
+
+BAD_UPWEIGHTS = ["x", "", "None", "0", "-3", "nan", "inf", "1e400"]
+
+#: A results-file line as ``rest-fair bench`` wrote it before the runner was shared (the
+#: tiny preset with 2 epochs and the method ``erm`` has the configuration hash 355b8405c8).
+OLD_BENCH_LINE = (
+    '{"best_epoch": 1, "config_hash": "355b8405c8", "density": 1.0, "efficiency": '
+    '{"inference_flops_fraction": 1.0, "training_flops_fraction": 1.0}, "epochs_run": 2, '
+    '"finished_at": "2026-12-04T17:28:18+0000", "fit_seconds": 0.5, "group_labels": "none", '
+    '"method": "erm", "method_label": "ERM (dense)", "n_conflicting_train": 3, "n_threads": 2, '
+    '"n_train": 60, "ratio": 0.05, "run_id": "erm|ratio=0.05|sparsity=0|seed=0|355b8405c8", '
+    '"seed": 0, "sparsity": 0.0, "status": "ok", "test_aligned_acc": 0.9, "test_cell_acc": '
+    '{"0": 1.0, "1": 0.0}, "test_conflicting_acc": 0.25, "test_min_cell_size": 1, '
+    '"test_unbiased_acc": 0.3, "test_worst_cell_acc": 0.0, "test_worst_group_acc": 0.25, '
+    '"upweight": null, "valid_acc": 0.3, "valid_worst_group_acc": 0.3}'
+)
+
+
+@pytest.mark.parametrize(("text", "value"),
+                         [("none", "none"), ("balanced", "balanced"), ("30", 30.0),
+                          ("0.5", 0.5), ("1e2", 100.0)])
+@pytest.mark.parametrize("command", [["bench"], ["wilds", "--dataset", "celebA",
+                                                 "--root-dir", "x"]])
+def test_both_commands_read_upweight_alike(command, text, value):
+    args = cli.build_parser().parse_args([*command, "--upweight", text])
+    assert args.upweight == value == parse_upweight(text)
+
+
+@pytest.mark.parametrize("text", BAD_UPWEIGHTS)
+def test_bad_upweight_is_refused_with_what_is_accepted(text, capsys):
+    with pytest.raises(argparse.ArgumentTypeError) as info:
+        parse_upweight(text)
+    expected = f"--upweight: expected 'balanced', 'none' or a positive number; got {text!r}."
+    assert str(info.value) == expected
+    for command in (["bench"], ["wilds", "--dataset", "celebA", "--root-dir", "x"]):
+        with pytest.raises(SystemExit):
+            cli.main([*command, "--upweight", text])
+        assert expected in capsys.readouterr().err
+
+
+def test_upweight_none_means_no_reweighting_in_both_commands():
+    assert estimator_params(METHODS["rest"], sparsity=0.9, ratio=0.01, upweight="none") == {
+        "upweight": None, "sparsity": 0.9}
+    config = preset("tiny", upweight="none")
+    assert {config.estimator_params(spec)["upweight"] for spec in config.runs()} == {None}
+    assert preset("tiny").upweight is None  # unset: the lambda of each conflicting share
+    from rest_fair.wilds.experiment import resolve_settings
+
+    args = cli.build_parser().parse_args(["wilds", "--dataset", "celebA", "--root-dir", "x",
+                                          "--upweight", "none"])
+    assert resolve_settings(args, dataset_spec("celebA"))["upweight"] is None
+
+
+def test_bench_resumes_a_results_file_of_the_earlier_runner(tmp_path, monkeypatch):
+    config = preset("tiny", max_epochs=2, methods=("erm",))
+    (tmp_path / runner.RESULTS_FILE).write_text(OLD_BENCH_LINE + "\n")
+    ran = []
+
+    def fake_run_one(spec, experiment, **kwargs):
+        ran.append(spec.run_id)
+        return {**json.loads(OLD_BENCH_LINE), "run_id": spec.run_id, "sparsity": spec.sparsity,
+                "method_label": "ERM (sparse, RigL)"}
+
+    monkeypatch.setattr(runner, "run_one", fake_run_one)
+    records = runner.run_sweep(config, tmp_path, progress=False)
+    assert ran == ["erm|ratio=0.05|sparsity=0.9|seed=0|355b8405c8"]
+    assert records[0] == json.loads(OLD_BENCH_LINE)
+    assert "| 5 | ERM (dense) | 0 | none | 30.0 |" in to_markdown(summarize(records, config),
+                                                                  config)
+
+
+def test_resume_is_one_code_path_for_both_commands(tmp_path, monkeypatch, capsys):
+    try:
+        import_wilds()
+    except ImportError:
+        pytest.skip("needs the optional extra rest-fair[wilds]")
+    asked = []
+    real = runner.pending
+
+    def spy(specs, path):
+        asked.append(path)
+        return real(specs, path)
+
+    monkeypatch.setattr(runner, "pending", spy)
+    bench = tmp_path / "bench"
+    assert cli.main(["bench", "--preset", "tiny", "--max-runs", "0", "--out", str(bench),
+                     "--no-plots", "--no-progress"]) == 0
+    wilds = tmp_path / "wilds"
+    _write_old_wilds_run(wilds / "out")
+    assert cli.main([*OLD_WILDS_ARGV, "--root-dir", str(wilds / "d"), "--out-dir",
+                     str(wilds / "out"), "--resume"]) == 0
+    assert asked == [bench / runner.RESULTS_FILE, wilds / "out" / runner.RESULTS_FILE]
+
+
+#: ``rest-fair wilds`` command of :data:`OLD_WILDS_SETTINGS` (with ``--root-dir`` and
+#: ``--out-dir``).
+OLD_WILDS_ARGV = ["wilds", "--dataset", "celebA", "--synthetic", "--module", "mlp",
+                  "--image-size", "8", "--max-epochs", "1", "--seed", "0", "--device", "cpu"]
+#: The settings of a seed's ``runs/seed_0.json`` as ``rest-fair wilds`` wrote them (with
+#: the command above) before it recorded its seeds in ``results.jsonl``.
+OLD_WILDS_SETTINGS = {
+    "module": "mlp", "weights": None, "max_epochs": 1, "batch_size": 64, "lr": 0.01,
+    "optimizer": "sgd", "momentum": 0.9, "weight_decay": 0.0, "lr_scheduler": "plateau",
+    "image_size": 8, "max_length": None, "sparse_init": "random", "layer_density": "erk",
+    "dense_layers": [], "sparsity": 0.9, "upweight": "balanced", "objective": "erm",
+    "frac": 1.0, "max_features": 20000, "protocol": "custom",
+}
+
+
+def _write_old_wilds_run(out_dir):
+    """``runs/seed_0.json`` and the submission files of a finished seed, as written before."""
+    metrics = {"acc_avg": 0.75, "acc_wg": 0.5}
+    files = [out_dir / "submission" / f"celebA_split:{split}_seed:0_epoch:best_pred.csv"
+             for split in ("val", "test")]
+    for path in files:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("0\n1\n")
+    record = {"seed": 0, "settings": OLD_WILDS_SETTINGS, "best_epoch": 0, "density": 0.1,
+              "metrics": {split: metrics for split in ("train", "val", "test")},
+              "fit_seconds": 1.5, "history": [{"epoch": 0, "train_loss": 0.7}],
+              "submission_files": [str(p) for p in files]}
+    (out_dir / "runs").mkdir(parents=True)
+    (out_dir / "runs" / "seed_0.json").write_text(json.dumps(record, indent=2))
+    return record
+
+
+def test_wilds_resumes_the_seed_files_of_the_earlier_runner(tmp_path, monkeypatch, capsys):
+    try:
+        import_wilds()
+    except ImportError:
+        pytest.skip("needs the optional extra rest-fair[wilds]")
+    from rest_fair.wilds.experiment import WildsExperiment
+
+    def no_training(*args, **kwargs):
+        raise RuntimeError("a finished seed was trained again")
+
+    monkeypatch.setattr(WildsExperiment, "training_data", no_training)
+    out = tmp_path / "out"
+    old = _write_old_wilds_run(out)
+    argv = [*OLD_WILDS_ARGV, "--root-dir", str(tmp_path / "d"), "--out-dir", str(out)]
+    assert cli.main([*argv, "--resume"]) == 0
+    summary = json.loads((out / "metrics.json").read_text())
+    assert summary["metrics"]["test"] == {"acc_avg": 0.75, "acc_wg": 0.5}
+    assert summary["runs"][0]["history"] == old["history"]
+    assert "celebA test : acc_avg 0.7500  acc_wg 0.5000" in capsys.readouterr().out
+    (records,) = [json.loads(line) for line in (out / runner.RESULTS_FILE).open()]
+    assert records["status"] == "ok" and records["settings"] == OLD_WILDS_SETTINGS
+    # without the seed's submission files, or with other settings, it trains again
+    (out / "submission" / "celebA_split:test_seed:0_epoch:best_pred.csv").unlink()
+    assert cli.main([*argv, "--resume"]) == 1
+    assert "trained again" in capsys.readouterr().err
+
+
+def test_old_entry_points_still_work_with_a_deprecation_warning(monkeypatch, capsys):
+    from rest_fair.wilds import cli as wilds_cli
+
+    with pytest.warns(FutureWarning, match="use the `rest-fair wilds` command"):
+        args = wilds_cli.build_parser().parse_args(["--dataset", "celeba", "--root-dir", "x"])
+    assert args.dataset == "celebA" and args.upweight == "balanced"
+    with pytest.warns(FutureWarning, match="python -m rest_fair.wilds.cli"), \
+            pytest.raises(SystemExit):
+        wilds_cli.main(["--help"])
+    assert "--protocol" in capsys.readouterr().out
+    monkeypatch.delitem(sys.modules, "rest_fair.benchmarks.runner", raising=False)
+    with pytest.warns(FutureWarning, match="rest_fair.benchmarks.runner is deprecated"):
+        old = importlib.import_module("rest_fair.benchmarks.runner")
+    assert old.run_sweep is runner.run_sweep and old.RESULTS_FILE == "results.jsonl"
+    assert old.bench_requirements(preset("tiny")) == []
