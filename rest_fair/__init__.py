@@ -6,16 +6,14 @@ imported lazily so that ``import rest_fair`` stays cheap.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
+from ._lazy import lazy_attributes
 from ._version import __version__
+
+if TYPE_CHECKING:
+    from .estimator import RESTClassifier
 
 __all__ = ["RESTClassifier", "__version__"]
 
-
-def __getattr__(name: str) -> Any:
-    if name == "RESTClassifier":
-        from .estimator import RESTClassifier
-
-        return RESTClassifier
-    raise AttributeError(f"module 'rest_fair' has no attribute {name!r}")
+__getattr__, __dir__ = lazy_attributes(__name__, {".estimator": ["RESTClassifier"]})

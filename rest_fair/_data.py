@@ -1,8 +1,9 @@
-"""Sources of input batches: dense arrays, scipy.sparse matrices and torch Datasets.
+"""Sources of input batches: dense arrays, scipy.sparse matrices, torch Datasets and text.
 
-Every source yields float tensors for a given ordering of sample indices, so the training
-loop treats in-memory arrays (indexed directly, no per-item collation) and lazily loaded
-datasets (through a :class:`torch.utils.data.DataLoader`) the same way.
+Every source yields the batches of a given ordering of sample indices (float tensors; for
+text, dicts of token tensors), so the training loop treats in-memory arrays (indexed
+directly, no per-item collation), lazily loaded datasets (through a
+:class:`torch.utils.data.DataLoader`) and tokenized text the same way.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["BatchSource", "is_torch_dataset", "make_source"]
+__all__ = ["BatchSource", "TextSource", "TokenizedText", "is_torch_dataset", "make_source"]
 
 _MAX_DEVICE_BYTES = 512 * 2**20
 BAD_DATASET_ITEM = (
@@ -142,12 +143,95 @@ class _DatasetSource(BatchSource):
         self._loaders.clear()
 
 
+class TokenizedText:
+    """Token ids of many texts, stored end to end (no padding).
+
+    Parameters
+    ----------
+    ids : ndarray of int32
+        All token ids, text after text.
+    offsets : ndarray of int64 of shape (n_texts + 1,)
+        Text ``i`` is ``ids[offsets[i]:offsets[i + 1]]``.
+    pad_token_id : int
+        Id used to pad a batch.
+    """
+
+    def __init__(self, ids: np.ndarray, offsets: np.ndarray, *, pad_token_id: int) -> None:
+        self.ids = np.ascontiguousarray(ids, dtype=np.int32)
+        self.offsets = np.ascontiguousarray(offsets, dtype=np.int64)
+        self.pad_token_id = int(pad_token_id)
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    @property
+    def lengths(self) -> np.ndarray:
+        """Number of tokens of each text."""
+        return np.diff(self.offsets)
+
+    def __getitem__(self, index: Any) -> TokenizedText:
+        """The texts at ``index`` (an integer array, a boolean mask or a slice), in order."""
+        rows = np.arange(len(self))[index]
+        rows = np.atleast_1d(rows).astype(np.int64)
+        starts = self.offsets[rows]
+        lengths = self.offsets[rows + 1] - starts
+        offsets = np.zeros(len(rows) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        positions = np.repeat(starts - offsets[:-1], lengths) + np.arange(offsets[-1])
+        return TokenizedText(self.ids[positions], offsets, pad_token_id=self.pad_token_id)
+
+    def padded(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(input_ids, attention_mask)`` of texts ``rows``, padded to the longest of them."""
+        rows = np.asarray(rows, dtype=np.int64)
+        starts = self.offsets[rows]
+        lengths = self.offsets[rows + 1] - starts
+        width = max(int(lengths.max()) if len(rows) else 0, 1)
+        input_ids = np.full((len(rows), width), self.pad_token_id, dtype=np.int64)
+        mask = np.zeros((len(rows), width), dtype=np.int64)
+        row_of = np.repeat(np.arange(len(rows)), lengths)
+        first = np.repeat(np.cumsum(lengths) - lengths, lengths)
+        col = np.arange(int(lengths.sum())) - first
+        source = np.repeat(starts, lengths) + col
+        input_ids[row_of, col] = self.ids[source]
+        mask[row_of, col] = 1
+        return input_ids, mask
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(n_texts={len(self)}, n_tokens={len(self.ids)})"
+
+
+class TextSource(BatchSource):
+    """Batches of token dicts, each padded to the longest text in the batch.
+
+    Parameters
+    ----------
+    tokens : TokenizedText
+    """
+
+    def __init__(self, tokens: TokenizedText) -> None:
+        self.tokens = tokens
+        self.n_samples = len(tokens)
+        self.sample_shape = ()
+
+    def batches(
+        self, order: torch.Tensor, batch_size: int, device: torch.device
+    ) -> Iterator[tuple[dict[str, torch.Tensor], torch.Tensor]]:
+        rows = order.numpy()
+        for start in range(0, len(order), batch_size):
+            input_ids, mask = self.tokens.padded(rows[start : start + batch_size])
+            batch = {
+                "input_ids": torch.from_numpy(input_ids).to(device, non_blocking=True),
+                "attention_mask": torch.from_numpy(mask).to(device, non_blocking=True),
+            }
+            yield batch, order[start : start + batch_size]
+
+
 def make_source(X: Any, *, device: torch.device, num_workers: int = 0) -> BatchSource:
     """Wrap validated inputs in a :class:`BatchSource`.
 
     Parameters
     ----------
-    X : ndarray, scipy.sparse matrix or torch Dataset
+    X : ndarray, scipy.sparse matrix, torch Dataset or TokenizedText
         Inputs, already validated.
     device : torch.device
         Where batches go.
@@ -156,10 +240,8 @@ def make_source(X: Any, *, device: torch.device, num_workers: int = 0) -> BatchS
     """
     import scipy.sparse as sp
 
-    from .text import make_text_source
-
-    if (text := make_text_source(X)) is not None:
-        return text
+    if isinstance(X, TokenizedText):
+        return TextSource(X)
     if is_torch_dataset(X):
         return _DatasetSource(X, num_workers, device)
     if sp.issparse(X):

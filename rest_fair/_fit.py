@@ -28,10 +28,10 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import _num_samples, column_or_1d, validate_data
 from tqdm.auto import tqdm
 
-from . import jtt
 from ._data import _first_element, is_torch_dataset, make_source
 from ._validation import BAD_LENGTH, ONE_CLASS, check_sample_weight, encode_groups
 from .callbacks import check_callbacks
+from .jtt import identify_errors, overlap_report
 from .models import build_module
 from .persistence.checkpoint import has_checkpoint, read_checkpoint
 from .reweighting import cell_weights, minority_mask, sample_weights_for
@@ -296,7 +296,7 @@ def _jtt_errors(est: Any, train: FitData, seed: int, saved: torch.Tensor | None,
     """JTT's error set of the training rows: a resumed run's, or rank 0's on every rank."""
     if saved is not None:
         return saved.numpy().astype(bool)
-    errors = jtt.identify_errors(est, train.X, train.classes[train.y], seed=seed)
+    errors = identify_errors(est, train.X, train.classes[train.y], seed=seed)
     return world.broadcast_(torch.as_tensor(errors, dtype=torch.uint8)).numpy() > 0
 
 
@@ -349,7 +349,7 @@ def _fitted(run: TrainingRun, data: FitData, train_idx: np.ndarray, weights: dic
         fitted["inferred_groups_"] = np.zeros(len(data.y), dtype=bool)
         fitted["inferred_groups_"][train_idx] = errors
         if data.has_groups:
-            fitted["inferred_groups_overlap_"] = jtt.overlap_report(
+            fitted["inferred_groups_overlap_"] = overlap_report(
                 errors, minority_mask(data.y[train_idx], data.groups[train_idx]))
     return fitted
 

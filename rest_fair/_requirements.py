@@ -1,18 +1,35 @@
-"""Checking optional dependencies before a command starts its work.
+"""Optional dependencies: importing one, and checking several before a command starts.
 
-A command that trains many runs should not discover a missing package in every run: it
-asks :func:`check_requirements` first, which fails once with the install command.
-Packages are looked up with :func:`importlib.util.find_spec`, without importing them.
+:func:`import_optional` imports an optional package where it is used; its error names the
+``pip install`` command. A command that trains many runs should not discover a missing
+package in every run: it asks :func:`check_requirements` first, which fails once with the
+install command. Packages are looked up there with :func:`importlib.util.find_spec`,
+without importing them.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import importlib.util
 from collections.abc import Iterable
+from types import ModuleType
 
-__all__ = ["MissingDependencyError", "Requirement", "check_requirements", "missing"]
+from .exceptions import MissingDependencyError
 
+__all__ = [
+    "MissingDependencyError",
+    "Requirement",
+    "check_requirements",
+    "import_optional",
+    "missing",
+]
+
+#: Error of :func:`import_optional`.
+MISSING_PACKAGE = (
+    "{caller} needs the optional package {package!r}, which is not installed or does not "
+    "import ({error}). Install it with: pip install 'rest-fair[{extra}]'"
+)
 _MISSING = (
     "{command} needs optional packages that are not installed:\n{lines}\n"
     "Install them with:\n    pip install {packages}\n"
@@ -42,8 +59,22 @@ class Requirement:
     needed_for: str
 
 
-class MissingDependencyError(ImportError):
-    """Optional packages a command needs are not installed (the message says how to)."""
+def import_optional(
+    module: str, *, extra: str, caller: str, package: str | None = None
+) -> ModuleType:
+    """Import ``module`` of an optional package, or raise :class:`MissingDependencyError`.
+
+    The error names ``caller`` (what needs it), the original error and the install
+    command of the ``rest-fair`` ``extra``; ``package`` is the name to ``pip install``
+    (default: the top-level import name). A package that is installed but fails to import
+    (e.g. a build that does not match torch) counts as missing.
+    """
+    try:
+        return importlib.import_module(module)
+    except (ImportError, RuntimeError, OSError) as exc:
+        raise MissingDependencyError(MISSING_PACKAGE.format(
+            caller=caller, package=package or module.partition(".")[0], error=exc,
+            extra=extra)) from exc
 
 
 def _installed(module: str) -> bool:

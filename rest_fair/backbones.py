@@ -30,10 +30,12 @@ import torch
 from torch import nn
 
 from ._downloads import socket_timeout
+from ._requirements import import_optional
 from .sparse.modules import set_submodule
 
 __all__ = [
     "HF_PREFIX",
+    "MODULE_NAMES",
     "HFTextClassifier",
     "build_backbone",
     "build_hf",
@@ -47,19 +49,13 @@ __all__ = [
 
 #: Prefix of ``module`` names that load a Hugging Face sequence classifier.
 HF_PREFIX = "hf:"
-_BUILTIN = ("auto", "mlp", "cnn", "resnet18")
+#: Names of the built-in networks of :mod:`rest_fair.models` that ``module`` takes; any
+#: other name is a backbone.
+MODULE_NAMES = ("auto", "mlp", "cnn", "resnet18")
 _DOWNLOAD_TIMEOUT_S = 30.0
 _PROBE_TIMEOUT_S = 5.0
 
-NO_TORCHVISION = (
-    "module={name!r} is not a built-in network {builtin}; as a torchvision model it needs "
-    "torchvision, which is not installed or does not import ({error}). Install it with: "
-    "pip install 'rest-fair[vision]' (a torchvision build that matches your torch)."
-)
-NO_TRANSFORMERS = (
-    "module={name!r} needs Hugging Face transformers, which is not installed or does not "
-    "import ({error}). Install it with: pip install 'rest-fair[text]'."
-)
+TORCHVISION_CALLER = "module={name!r} (not a built-in network {builtin}: a torchvision model)"
 UNKNOWN_TORCHVISION = (
     "module must be one of {builtin}, a torchvision classification model name (e.g. "
     "'resnet50'; see torchvision.models.list_models(module=torchvision.models)), "
@@ -132,7 +128,7 @@ def is_backbone(name: str, module_params: Mapping[str, Any] | None = None) -> bo
     """
     if name.startswith(HF_PREFIX):
         return True
-    if name in _BUILTIN:
+    if name in MODULE_NAMES:
         return name == "resnet18" and "weights" in (module_params or {})
     return True
 
@@ -169,17 +165,9 @@ def build_backbone(
 
 
 # ------------------------------------------------------------------------ torchvision
-def _import_torchvision(name: str) -> Any:
-    try:
-        import torchvision
-    except (ImportError, RuntimeError, OSError) as exc:
-        raise ImportError(NO_TORCHVISION.format(name=name, builtin=_BUILTIN, error=exc)) from exc
-    return torchvision
-
-
 def torchvision_model_names() -> list[str]:
     """Names of torchvision's classification models (``torchvision.models``)."""
-    tv = _import_torchvision("torchvision")
+    tv = import_optional("torchvision", extra="vision", caller="torchvision_model_names()")
     return sorted(tv.models.list_models(module=tv.models))
 
 
@@ -221,9 +209,9 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """
     path = Path(path).expanduser()
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        state = load_file(str(path), device="cpu")
+        safetensors = import_optional("safetensors.torch", extra="text",
+                                      caller=f"reading {path.name}")
+        state = safetensors.load_file(str(path), device="cpu")
     else:
         state = torch.load(path, map_location="cpu", weights_only=True)
     if isinstance(state, Mapping):
@@ -348,12 +336,13 @@ def build_torchvision(
     -------
     nn.Module
     """
-    tv = _import_torchvision(name)
+    tv = import_optional("torchvision", extra="vision",
+                         caller=TORCHVISION_CALLER.format(name=name, builtin=MODULE_NAMES))
     names = tv.models.list_models(module=tv.models)
     if name not in names:
         close = difflib.get_close_matches(name, names, n=3)
         hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
-        raise ValueError(UNKNOWN_TORCHVISION.format(builtin=_BUILTIN, name=name, hint=hint))
+        raise ValueError(UNKNOWN_TORCHVISION.format(builtin=MODULE_NAMES, name=name, hint=hint))
     if input_shape is not None:
         shape = tuple(int(s) for s in input_shape)
         if len(shape) != 3 or shape[0] != 3:
@@ -418,14 +407,6 @@ def _load_checked(
 
 
 # ------------------------------------------------------------------------ transformers
-def _import_transformers(module: str) -> Any:
-    try:
-        import transformers
-    except (ImportError, RuntimeError, OSError) as exc:
-        raise ImportError(NO_TRANSFORMERS.format(name=module, error=exc)) from exc
-    return transformers
-
-
 def _truthy(value: str | None) -> bool:
     return str(value).strip().lower() in ("1", "true", "yes", "on")
 
@@ -521,7 +502,7 @@ def load_tokenizer(module: str, module_params: Mapping[str, Any] | None = None) 
     transformers.PreTrainedTokenizerBase
     """
     params = check_hf_params(module, dict(module_params or {}))
-    transformers = _import_transformers(module)
+    transformers = import_optional("transformers", extra="text", caller=f"module={module!r}")
     name = module[len(HF_PREFIX):] if module.startswith(HF_PREFIX) else module
     extra = dict(params.get("tokenizer_kwargs") or {})
     if params.get("revision") is not None:
@@ -609,7 +590,7 @@ def build_hf(
         "max_length": max_length, "revision": revision, "local_files_only": local_files_only,
         "tokenizer_kwargs": tokenizer_kwargs, "model_kwargs": model_kwargs,
     })
-    transformers = _import_transformers(module)
+    transformers = import_optional("transformers", extra="text", caller=f"module={module!r}")
     tokenizer = load_tokenizer(module, params)
     extra = dict(model_kwargs or {})
     if revision is not None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import os
+import warnings
 from collections.abc import Hashable, Mapping
 from numbers import Integral, Real
 from typing import Any, ClassVar
@@ -13,27 +15,43 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ._data import is_torch_dataset, make_source
+from ._fit import fit_estimator
 from ._validation import Interval, Options, TypeOf, check_params
-from .exceptions import TrainingDivergedError
+from .efficiency import efficiency_report, export_sparse
+from .exceptions import ModelFileError, TrainingDivergedError
+from .models import MODULE_NAMES
 from .objectives import OBJECTIVES
 from .persistence import model_file
 from .reweighting import REWEIGHT_MODES
-from .sparse import DROP_SCHEDULES, REGROW_MODES
+from .sparse import DROP_SCHEDULES, LAYER_DENSITIES, REGROW_MODES, SPARSE_INITS
 from .sparse.compute import SPARSE_COMPUTE_MODES
 from .text import text_input
-from .training import LR_SCHEDULERS, OPTIMIZERS, PRECISIONS
+from .training import LR_SCHEDULERS, OPTIMIZERS, PRECISIONS, predict_logits
+from .training.distributed import translate_failures
 
 __all__ = ["RESTClassifier"]
 
 _INF = float("inf")
 _NONE = type(None)
-_LAYER_DENSITIES = ("erk", "uniform")
 # "erk" and "uniform" are the deprecated spellings of layer_density (see _fit.py)
-_SPARSE_INITS = ("random", "magnitude", *_LAYER_DENSITIES)
+_SPARSE_INITS = (*SPARSE_INITS, *LAYER_DENSITIES)
 _NON_FINITE_OUTPUT = (
     "the network's outputs are not finite for {count} of {n} samples (inputs of very large "
     "magnitude, or a model saved after training diverged?); no probabilities returned."
 )
+_CUSTOM_MODULE = (
+    "cannot save a RESTClassifier whose module parameter is {value!r}: only the built-in "
+    "names {names} can be rebuilt without running code from the file. Use pickle/joblib "
+    "for this estimator, or save (clf.module_, clf.masks_, metadata) and pass module= to "
+    "load()."
+)
+_NOT_SAVED = "fitted attributes not saved (not plain values): {names}"
+_NOT_AN_ESTIMATOR = "{path} holds a {kind}, not a {cls}."
+_NO_ATTRIBUTES = "{path} lacks the fitted attributes {names}."
+# Fitted attributes a model file must hold; the network and its masks are its tensors, and
+# the optimizer is not saved.
+_FILE_ATTRIBUTES = ("classes_", "n_features_in_", "input_shape_")
+_LIVE_ATTRIBUTES = ("module_", "masks_", "optimizer_")
 
 
 
@@ -223,7 +241,7 @@ class RESTClassifier(ClassifierMixin, BaseEstimator):
 
     _parameter_constraints: ClassVar[dict[str, list]] = {
         "sparsity": [Interval(Real, 0, 1, "left")],
-        "layer_density": [Options(_LAYER_DENSITIES)],
+        "layer_density": [Options(LAYER_DENSITIES)],
         "sparse_init": [Options(_SPARSE_INITS)],
         "dense_layers": [TypeOf((list, tuple, _NONE), "a list of layer names or None")],
         "regrow": [Options(REGROW_MODES)],
@@ -387,9 +405,6 @@ scipy.sparse matrix, DataFrame, or torch Dataset
             ``distributed_timeout``, or the ranks' masks or weights diverged
             (:class:`~rest_fair.exceptions.MaskDivergenceError`).
         """
-        from ._fit import fit_estimator
-        from .training.distributed import translate_failures
-
         check_params(self)
         with translate_failures(self.distributed_timeout):
             return fit_estimator(self, X, y, groups=groups, sample_weight=sample_weight,
@@ -425,8 +440,6 @@ scipy.sparse matrix, DataFrame, or torch Dataset
         TrainingDivergedError
             If some outputs are not finite (no NaN is ever returned).
         """
-        from .training import predict_logits
-
         X = self._check_predict_input(X)
         device = self._device_of_module()
         source = make_source(X, device=device, num_workers=self.num_workers)
@@ -508,8 +521,6 @@ scipy.sparse matrix, DataFrame, or torch Dataset
         -------
         pandas.DataFrame
         """
-        from .efficiency import efficiency_report
-
         check_is_fitted(self, "module_")
         return efficiency_report(
             self.module_,
@@ -529,8 +540,6 @@ scipy.sparse matrix, DataFrame, or torch Dataset
         See :func:`rest_fair.efficiency.export_sparse`. To predict through it, use a copy:
         ``fast = copy.copy(clf); fast.module_ = clf.export_sparse()``.
         """
-        from .efficiency import export_sparse
-
         check_is_fitted(self, "module_")
         return export_sparse(
             self.module_, self.masks_, density_threshold=density_threshold,
@@ -556,20 +565,71 @@ scipy.sparse matrix, DataFrame, or torch Dataset
         return self
 
     def save(self, path: Any) -> int:
-        """Write the fitted estimator to a compressed, pickle-free file.
+        """Write the fitted estimator to a compressed, pickle-free file; returns its size.
 
-        See :func:`rest_fair.persistence.save`; returns the file size in bytes.
+        The file holds the network and its masks (:mod:`rest_fair.persistence.model_file`),
+        the parameters and the fitted attributes; ``module`` must be a built-in name.
         """
-        return model_file.save(self, path)
+        check_is_fitted(self, "module_")
+        params = self.get_params(deep=False)
+        if params["module"] not in MODULE_NAMES:
+            raise ValueError(_CUSTOM_MODULE.format(value=params["module"], names=MODULE_NAMES))
+        attributes: dict[str, Any] = {}
+        arrays: dict[str, np.ndarray] = {}
+        skipped = []
+        for name, value in vars(self).items():
+            if not name.endswith("_") or name.startswith("_") or name in _LIVE_ATTRIBUTES:
+                continue
+            if isinstance(value, np.ndarray) and value.dtype != object:
+                attributes[name] = {"__array__": f"attr.{len(arrays)}"}
+                arrays[f"attr.{len(arrays)}"] = value
+                continue
+            try:
+                attributes[name] = model_file.to_json(value, f"fitted attribute {name!r}")
+            except TypeError:
+                if name in _FILE_ATTRIBUTES:
+                    raise
+                skipped.append(name)
+        if skipped:
+            warnings.warn(_NOT_SAVED.format(names=sorted(skipped)), UserWarning, stacklevel=2)
+        header = {
+            "kind": "estimator",
+            "class": type(self).__name__,
+            "params": {k: model_file.to_json(v, f"parameter {k!r}") for k, v in params.items()},
+            "attributes": attributes,
+        }
+        return model_file.write(path, self.module_, self.masks_, header, arrays)
 
     @classmethod
     def load(cls, path: Any) -> RESTClassifier:
-        """Read an estimator written by :meth:`save` (no code from the file is run)."""
-        est = model_file.load(path)
-        if not isinstance(est, cls):
-            raise TypeError(f"{path} holds a {type(est).__name__}, not a {cls.__name__}.")
+        """Read an estimator written by :meth:`save` (no code from the file is run).
+
+        It comes back fitted, on the CPU, its network in evaluation mode. Raises
+        :class:`~rest_fair.exceptions.ModelFileError` for a damaged or inconsistent file,
+        ``TypeError`` for a file holding a module.
+        """
+        path = os.fspath(path)
+        header, arrays = model_file.read(path)
+        if header.get("kind") != "estimator":
+            raise TypeError(_NOT_AN_ESTIMATOR.format(path=path, kind=header.get("kind"),
+                                                     cls=cls.__name__))
+        with model_file.malformed(path):
+            params = {k: model_file.from_json(v) for k, v in header["params"].items()}
+            if params.get("module") not in MODULE_NAMES:
+                raise ModelFileError(_CUSTOM_MODULE.format(value=params.get("module"),
+                                                           names=MODULE_NAMES))
+            attributes = {
+                name: arrays[value["__array__"]]
+                if isinstance(value, dict) and "__array__" in value else model_file.from_json(value)
+                for name, value in header["attributes"].items()
+            }
+            missing = [name for name in _FILE_ATTRIBUTES if name not in attributes]
+            if missing:
+                raise ModelFileError(_NO_ATTRIBUTES.format(path=path, names=missing))
+            architecture = (params["module"], attributes["input_shape_"],
+                            len(attributes["classes_"]), params.get("module_params"))
+            module, masks = model_file.read_module(path, header, arrays,
+                                                   architecture=architecture)
+            est = cls(**params)
+        vars(est).update(attributes, module_=module, masks_=masks)
         return est
-
-
-model_file.register_estimator_class(RESTClassifier)
-

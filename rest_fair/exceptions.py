@@ -8,6 +8,8 @@ __all__ = [
     "DatasetNotFoundError",
     "DistributedError",
     "MaskDivergenceError",
+    "MissingDependencyError",
+    "ModelFileError",
     "TrainingDivergedError",
 ]
 
@@ -22,6 +24,14 @@ class TrainingDivergedError(FloatingPointError):
 
 class CheckpointError(ValueError):
     """A training checkpoint cannot be used: missing, damaged, or from another run."""
+
+
+class ModelFileError(ValueError):
+    """A model file is not a rest_fair file, is damaged, or cannot be loaded safely."""
+
+
+class MissingDependencyError(ImportError):
+    """Optional packages that a feature needs are not installed (the message says how to)."""
 
 
 class DistributedError(RuntimeError):

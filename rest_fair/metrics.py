@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import ArrayLike
 
+from ._lazy import lazy_attributes
+
 if TYPE_CHECKING:  # imported lazily at run time (fairlearn, pandas)
     from .fairness import FairnessReport, fairness_report
 
@@ -39,7 +41,9 @@ _ROUTING_DISABLED = (
     "reaches the scorer (nor the estimator's fit). Call "
     "sklearn.set_config(enable_metadata_routing=True) first."
 )
-_LAZY = {"FairnessReport", "fairness_report"}
+
+__getattr__, __dir__ = lazy_attributes(
+    __name__, {".fairness": ["FairnessReport", "fairness_report"]})
 
 
 def group_accuracies(y_true: ArrayLike, y_pred: ArrayLike, groups: ArrayLike) -> dict:
@@ -147,14 +151,6 @@ def make_worst_group_scorer() -> Any:
     if not get_config().get("enable_metadata_routing", False):
         raise RuntimeError(_ROUTING_DISABLED)
     return make_scorer(worst_group_accuracy_score).set_score_request(groups=True)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        from . import fairness
-
-        return getattr(fairness, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _factorize(values: np.ndarray) -> tuple[np.ndarray, list]:

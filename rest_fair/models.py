@@ -17,10 +17,9 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["MLP", "MODULE_NAMES", "ResNet18", "SmallCNN", "build_module"]
+from .backbones import MODULE_NAMES, build_backbone, is_backbone
 
-#: Names accepted by ``module`` (besides an ``nn.Module`` class, factory or instance).
-MODULE_NAMES = ("auto", "mlp", "cnn", "resnet18")
+__all__ = ["MLP", "MODULE_NAMES", "ResNet18", "SmallCNN", "build_module"]
 
 _UNKNOWN_MODULE = (
     "module must be one of {names}, an nn.Module subclass, a callable returning an nn.Module "
@@ -241,8 +240,6 @@ def build_module(
         name = module
         if name == "auto":
             name = "cnn" if len(input_shape) == 3 else "mlp"
-        from .backbones import build_backbone, is_backbone
-
         if is_backbone(name, params):
             return build_backbone(name, input_shape=input_shape, n_classes=n_classes,
                                   module_params=params)

@@ -9,9 +9,10 @@ With ``module="hf:<name or path>"`` :class:`~rest_fair.RESTClassifier` accepts a
   JTT subsets);
 - :func:`text_input` does the same for ``validation_data`` and for ``predict`` (with the
   fitted model's own tokenizer);
-- :func:`make_text_source` turns a :class:`TokenizedText` into a :class:`TextSource`,
-  the :class:`~rest_fair._data.BatchSource` that yields, per batch, a dict of
-  ``input_ids`` and ``attention_mask`` padded to the longest text *of that batch*.
+- :func:`rest_fair._data.make_source` turns a :class:`TokenizedText` into a
+  :class:`TextSource`, the batch source that yields, per batch, a dict of ``input_ids``
+  and ``attention_mask`` padded to the longest text *of that batch* (both classes live in
+  :mod:`rest_fair._data` with the other batch sources).
 
 Texts are single segments (no sentence pairs), so no ``token_type_ids`` are produced;
 BERT-style models then use segment 0 for every token, as for a single sentence.
@@ -19,13 +20,17 @@ BERT-style models then use segment 0 for every token, as for a single sentence.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import warnings
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import torch
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import column_or_1d
 
-from ._data import BatchSource
+from ._data import TextSource, TokenizedText
+from ._validation import BAD_LENGTH
+from .backbones import HFTextClassifier, check_hf_params, load_tokenizer
 
 __all__ = [
     "TextSource",
@@ -53,6 +58,10 @@ NOT_FITTED_ON_TEXT = (
 )
 BAD_TEXT = "X must be a list or 1-D array of strings; element {index} is {type}."
 EMPTY_TEXT = "X is an empty list of strings; fit needs at least one sample."
+_MAKE_TEXT_SOURCE = (
+    "make_text_source is deprecated and will be removed in a future release: "
+    "rest_fair._data.make_source makes the TextSource of a TokenizedText itself."
+)
 _DEFAULT_MAX_LENGTH = 512
 _CHUNK = 4096
 
@@ -63,89 +72,6 @@ def _module_name(module: Any) -> str:
 
 def _is_hf(module: Any) -> bool:
     return isinstance(module, str) and module.startswith("hf:")
-
-
-class TokenizedText:
-    """Token ids of many texts, stored end to end (no padding).
-
-    Parameters
-    ----------
-    ids : ndarray of int32
-        All token ids, text after text.
-    offsets : ndarray of int64 of shape (n_texts + 1,)
-        Text ``i`` is ``ids[offsets[i]:offsets[i + 1]]``.
-    pad_token_id : int
-        Id used to pad a batch.
-    """
-
-    def __init__(self, ids: np.ndarray, offsets: np.ndarray, *, pad_token_id: int) -> None:
-        self.ids = np.ascontiguousarray(ids, dtype=np.int32)
-        self.offsets = np.ascontiguousarray(offsets, dtype=np.int64)
-        self.pad_token_id = int(pad_token_id)
-
-    def __len__(self) -> int:
-        return len(self.offsets) - 1
-
-    @property
-    def lengths(self) -> np.ndarray:
-        """Number of tokens of each text."""
-        return np.diff(self.offsets)
-
-    def __getitem__(self, index: Any) -> TokenizedText:
-        """The texts at ``index`` (an integer array, a boolean mask or a slice), in order."""
-        rows = np.arange(len(self))[index]
-        rows = np.atleast_1d(rows).astype(np.int64)
-        starts = self.offsets[rows]
-        lengths = self.offsets[rows + 1] - starts
-        offsets = np.zeros(len(rows) + 1, dtype=np.int64)
-        np.cumsum(lengths, out=offsets[1:])
-        positions = np.repeat(starts - offsets[:-1], lengths) + np.arange(offsets[-1])
-        return TokenizedText(self.ids[positions], offsets, pad_token_id=self.pad_token_id)
-
-    def padded(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """``(input_ids, attention_mask)`` of texts ``rows``, padded to the longest of them."""
-        rows = np.asarray(rows, dtype=np.int64)
-        starts = self.offsets[rows]
-        lengths = self.offsets[rows + 1] - starts
-        width = max(int(lengths.max()) if len(rows) else 0, 1)
-        input_ids = np.full((len(rows), width), self.pad_token_id, dtype=np.int64)
-        mask = np.zeros((len(rows), width), dtype=np.int64)
-        row_of = np.repeat(np.arange(len(rows)), lengths)
-        first = np.repeat(np.cumsum(lengths) - lengths, lengths)
-        col = np.arange(int(lengths.sum())) - first
-        source = np.repeat(starts, lengths) + col
-        input_ids[row_of, col] = self.ids[source]
-        mask[row_of, col] = 1
-        return input_ids, mask
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(n_texts={len(self)}, n_tokens={len(self.ids)})"
-
-
-class TextSource(BatchSource):
-    """Batches of token dicts, each padded to the longest text in the batch.
-
-    Parameters
-    ----------
-    tokens : TokenizedText
-    """
-
-    def __init__(self, tokens: TokenizedText) -> None:
-        self.tokens = tokens
-        self.n_samples = len(tokens)
-        self.sample_shape = ()
-
-    def batches(
-        self, order: torch.Tensor, batch_size: int, device: torch.device
-    ) -> Iterator[tuple[dict[str, torch.Tensor], torch.Tensor]]:
-        rows = order.numpy()
-        for start in range(0, len(order), batch_size):
-            input_ids, mask = self.tokens.padded(rows[start : start + batch_size])
-            batch = {
-                "input_ids": torch.from_numpy(input_ids).to(device, non_blocking=True),
-                "attention_mask": torch.from_numpy(mask).to(device, non_blocking=True),
-            }
-            yield batch, order[start : start + batch_size]
 
 
 def is_text_input(X: Any) -> bool:
@@ -221,8 +147,6 @@ def tokenize(texts: Sequence[str], tokenizer: Any, *, max_length: int | None) ->
 
 
 def _fit_tokenizer(module: str, module_params: dict | None) -> tuple[Any, int | None]:
-    from .backbones import check_hf_params, load_tokenizer
-
     params = check_hf_params(module, dict(module_params or {}))
     return load_tokenizer(module, params), params["max_length"]
 
@@ -242,11 +166,6 @@ def validate_text_xy(X: Any, y: Any, module: Any,
     -------
     (TokenizedText, ndarray)
     """
-    from sklearn.utils.multiclass import check_classification_targets
-    from sklearn.utils.validation import column_or_1d
-
-    from ._validation import BAD_LENGTH
-
     if not _is_hf(module):
         raise ValueError(TEXT_NEEDS_HF.format(module=_module_name(module)))
     tokens = check_text_input(X, module, module_params)
@@ -282,8 +201,6 @@ def check_text_input(X: Any, module: Any, module_params: dict | None = None, *,
     if isinstance(X, TokenizedText):
         return X
     if fitted is not None:
-        from .backbones import HFTextClassifier
-
         if not isinstance(fitted, HFTextClassifier):
             raise ValueError(NOT_FITTED_ON_TEXT)
         tokenizer, max_length = fitted.tokenizer, fitted.max_length
@@ -329,5 +246,6 @@ def text_input(X: Any, module: Any, module_params: dict | None = None, *,
 
 
 def make_text_source(X: Any) -> TextSource | None:
-    """``make_source``: a :class:`TextSource` for a :class:`TokenizedText`, else ``None``."""
+    """Deprecated: a :class:`TextSource` for a :class:`TokenizedText`, else ``None``."""
+    warnings.warn(_MAKE_TEXT_SOURCE, FutureWarning, stacklevel=2)
     return TextSource(X) if isinstance(X, TokenizedText) else None

@@ -164,7 +164,7 @@ class Preempt(Callback):
 
 
 def scenario_resume(log: DrawLog, out: Path, distributed) -> dict:
-    import rest_fair.persistence.checkpoint as ckpt
+    import rest_fair.training.loop as ckpt  # the loop writes through its write_checkpoint
 
     X, y, g = TRAIN
     directory = out / "checkpoints"

@@ -4,6 +4,7 @@ magnitude masks on pretrained weights, fitting on a synthetic WILDS layout, offl
 from __future__ import annotations
 
 import os
+import sys
 import time
 
 import numpy as np
@@ -195,6 +196,15 @@ def test_other_torchvision_heads_are_replaced():
 def test_bad_names_are_clear_errors(module, params, error, match):
     with pytest.raises(error, match=match):
         build_module(module, input_shape=(3, 32, 32), n_classes=2, module_params=params)
+
+
+def test_missing_optional_package_names_the_install_command(monkeypatch):
+    from rest_fair.exceptions import MissingDependencyError
+
+    monkeypatch.setitem(sys.modules, "torchvision", None)  # makes `import torchvision` fail
+    with pytest.raises(MissingDependencyError, match=r"module='resnet50' .*torchvision"
+                       r".*pip install 'rest-fair\[vision\]'"):
+        build_module("resnet50", input_shape=(3, 32, 32), n_classes=2)
 
 
 def test_images_must_have_three_channels():

@@ -22,6 +22,7 @@ from rest_fair.benchmarks import (
     summarize,
     to_markdown,
 )
+from rest_fair.benchmarks.report import format_pct, standard_error
 from rest_fair.experiments import runner as runner_mod
 
 
@@ -123,7 +124,7 @@ def _fake_record(method, ratio, sparsity, seed, acc):
     }
 
 
-def test_summary_mean_std_and_reference_column():
+def test_summary_mean_se_and_reference_column():
     config = BenchConfig(ratios=(0.005,), sparsities=(0.0, 0.9), seeds=(0, 1))
     records = [
         _fake_record("erm", 0.005, 0.0, 0, 0.30),
@@ -136,12 +137,23 @@ def test_summary_mean_std_and_reference_column():
     assert erm["test_unbiased_acc_mean"] == pytest.approx(0.35)
     assert erm["test_unbiased_acc_std"] == pytest.approx(np.std([0.3, 0.4], ddof=1))
     assert erm["n_seeds"] == 2
+    assert erm["test_unbiased_acc_se"] == pytest.approx(np.std([0.3, 0.4], ddof=1) / np.sqrt(2))
     assert erm["published_acc"] == 35.19
     assert np.isnan(summary[summary["method"] == "rest"].iloc[0]["published_acc"])
     table = to_markdown(summary, config)
-    assert "| 0.5 | ERM (dense) | 0 | none | 35.0 ± 7.1 |" in table
+    assert "| 0.5 | ERM (dense) | 0 | none | 35.0 ± 5.0 |" in table
+    assert "| seeds |" not in table and "| n |" in table
+    assert "mean ± standard error" in table
+    assert "checkpoint of each run is chosen by validation worst-group accuracy" in table
     assert "| 0.5 | REST | 0.9 | train | 50.0 |" in table
     assert "different protocol" in table and "DFA" in table
+
+
+def test_mean_and_standard_error_format():
+    assert format_pct(0.35, 0.05, 2) == "35.0 ± 5.0"
+    assert format_pct(0.5, float("nan"), 1) == "50.0"
+    assert format_pct(float("nan"), 0.1, 3) == "–"
+    assert standard_error(0.1, 4) == pytest.approx(0.05)
 
 
 # ------------------------------------------------------------- sweeps (torch needed)

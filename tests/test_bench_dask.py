@@ -15,7 +15,7 @@ from collections import Counter
 import pytest
 
 from rest_fair import cli
-from rest_fair.benchmarks import preset, run_sweep, split_threads
+from rest_fair.benchmarks import RandomSearch, preset, run_sweep, split_threads
 from rest_fair.experiments import runner as runner_mod
 
 # Fields that legitimately differ between two executions of the same run.
@@ -150,6 +150,22 @@ def test_cli_runs_a_sweep_on_the_scheduler(cluster, tmp_path, capsys):
     info = json.loads((out / "config.json").read_text())
     assert info["backend"] == "dask" and info["dask_workers"] == 2
     assert info["scheduler"] == address
+
+
+def test_study_runs_on_the_scheduler_with_the_numbers_of_a_local_run(cluster, tmp_path,
+                                                                      capsys):
+    search = RandomSearch(tiny_config(max_epochs=1), budget=2, methods=("erm", "rest_0.9"))
+    local = run_sweep(search, tmp_path / "local", n_jobs=2, progress=False)
+    address = cluster.scheduler.address
+    out = tmp_path / "dask"
+    argv = ["bench", "--preset", "tiny", "--epochs", "1", "--search", "random", "--budget", "2",
+            "--methods", "erm,rest_0.9", "--backend", "dask", "--scheduler", address,
+            "--out", str(out), "--no-progress", "--no-plots"]
+    assert cli.main(argv) == 0
+    assert "random search: 2 methods x 1 ratios x 2 configurations" in capsys.readouterr().err
+    remote = result_lines(out)
+    assert len(remote) == 4 and all(r["status"] == "ok" for r in remote)
+    assert numbers(remote) == numbers(local)
 
 
 # ------------------------------------------------------------- setup errors (no torch)

@@ -263,7 +263,7 @@ def test_every_n_epochs_and_the_last_epoch_are_written(tmp_path, monkeypatch):
         written.append(epoch)
         return real(dirname, state, epoch=epoch, **kwargs)
 
-    monkeypatch.setattr(ckpt_format, "write_checkpoint", spy)
+    monkeypatch.setattr("rest_fair.training.loop.write_checkpoint", spy)
     RESTClassifier(**{**COMMON, "max_epochs": 5},
                    callbacks=[Checkpoint(tmp_path, every=2), _Count()]).fit(X, y)
     assert written == [2, 4, 5]

@@ -41,7 +41,7 @@ def test_error_set_is_the_identification_models_mistakes(monkeypatch):
         seen["errors"] = errors
         return errors
 
-    monkeypatch.setattr(jtt, "identify_errors", spy)
+    monkeypatch.setattr("rest_fair._fit.identify_errors", spy)
     clf = RESTClassifier(infer_groups="jtt", jtt_epochs=2, upweight=20.0, sparsity=0.5,
                          max_epochs=3, validation_fraction=0.0, **FAST).fit(X, y)
     assert np.array_equal(seen["errors"], seen["expected"])

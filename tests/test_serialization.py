@@ -11,6 +11,7 @@ import torch
 
 from rest_fair.efficiency import ModelFileError, load, save
 from rest_fair.models import build_module
+from rest_fair.persistence import register_estimator_class
 
 META = {"module": "mlp", "input_shape": (20,), "n_classes": 3,
         "module_params": {"hidden_layer_sizes": (256, 128)}, "note": "x"}
@@ -157,7 +158,8 @@ def test_estimator_round_trip(tmp_path):
     clf, X = _fitted()
     path = tmp_path / "clf.rest"
     save(clf, path)
-    loaded = load(path)
+    with pytest.warns(FutureWarning, match=r"RESTClassifier\.load\(path\)"):
+        loaded = load(path)  # deprecated for estimators
     assert type(loaded).__name__ == "RESTClassifier"
     assert loaded.get_params() == clf.get_params()
     np.testing.assert_array_equal(loaded.classes_, clf.classes_)
@@ -226,6 +228,8 @@ def test_estimator_methods_and_sparse_prediction(tmp_path):
     save((net, masks, META), tmp_path / "module.rest")
     with pytest.raises(TypeError, match="not a RESTClassifier"):
         RESTClassifier.load(tmp_path / "module.rest")
+    with pytest.warns(FutureWarning, match="does nothing"):
+        assert register_estimator_class(RESTClassifier) is RESTClassifier
 
 
 def _rewrite_header(src, dst, edit):

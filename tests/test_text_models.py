@@ -14,10 +14,11 @@ from backbone_helpers import save_tiny_distilbert
 pytest.importorskip("transformers", reason="text models need rest-fair[text]")
 
 from rest_fair import RESTClassifier
+from rest_fair._data import make_source
 from rest_fair.backbones import HFTextClassifier, build_hf, load_tokenizer
 from rest_fair.models import build_module
 from rest_fair.sparse import MaskSet, maskable_parameters
-from rest_fair.text import TextSource, TokenizedText, is_text_input, tokenize
+from rest_fair.text import TextSource, TokenizedText, is_text_input, make_text_source, tokenize
 
 TEXTS = ["the article was kind", "idiot", "thanks great helpful agree kind thoughtful read",
          "stupid moron trash", "the city council budget", "pathetic"]
@@ -52,7 +53,10 @@ def test_tokenize_once_and_pad_each_batch_to_its_longest(tiny):
     tokens = tokenize(TEXTS, tokenizer, max_length=5)
     assert isinstance(tokens, TokenizedText) and len(tokens) == len(TEXTS)
     assert tokens.lengths.tolist() == [5, 3, 5, 5, 5, 3]  # [CLS] ... [SEP], truncated to 5
-    source = TextSource(tokens)
+    source = make_source(tokens, device=torch.device("cpu"))
+    assert isinstance(source, TextSource)
+    with pytest.warns(FutureWarning, match="make_source"):
+        assert isinstance(make_text_source(tokens), TextSource)
     batches = list(source.batches(torch.tensor([1, 5, 0, 2]), 2, torch.device("cpu")))
     first, idx = batches[0]
     assert idx.tolist() == [1, 5]

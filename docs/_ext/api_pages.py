@@ -164,17 +164,18 @@ def _write_if_changed(path: Path, text: str) -> None:
 def constant_doc(qualname: str, obj: Any) -> list[str] | None:
     """The ``#:`` comment documenting a module-level constant, or None.
 
-    A package re-exports constants of its submodules, and the comment sits where the
-    constant is assigned, so the package and then every loaded submodule holding the same
-    object are searched.
+    A module re-exports constants of other modules of its package, and the comment sits
+    where the constant is assigned, so the module and then every loaded module of the
+    package holding the same object are searched.
     """
     modname, attr = qualname.rsplit(".", 1)
+    root = modname.partition(".")[0]
     candidates = [
         modname,
         *sorted(
             name
             for name, module in list(sys.modules.items())
-            if name.startswith(modname + ".") and getattr(module, attr, None) is obj
+            if name.startswith(root + ".") and getattr(module, attr, None) is obj
         ),
     ]
     for candidate in candidates:

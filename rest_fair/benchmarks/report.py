@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from .._requirements import import_optional
+from .._version import __version__
 from .config import BenchConfig
 from .data import DATASETS
 from .methods import get_method
@@ -18,8 +20,11 @@ from .references import COLORED_MNIST_REFERENCE, REFERENCE_NOTE, reference_markd
 
 __all__ = [
     "METRICS",
+    "SELECTION_NOTE",
+    "format_pct",
     "library_versions",
     "plot_results",
+    "standard_error",
     "summarize",
     "to_markdown",
     "write_outputs",
@@ -33,6 +38,13 @@ METRICS: dict[str, str] = {
     "test_aligned_acc": "aligned acc",
     "test_worst_cell_acc": "worst cell acc",
 }
+
+#: How ``rest-fair bench``'s grid chooses what it reports (named in its table).
+SELECTION_NOTE = (
+    "Model selection: no hyperparameter search (every run uses the configuration above); "
+    "the checkpoint of each run is chosen by validation worst-group accuracy (group labels "
+    "`train` or `val`) or by validation accuracy (`none`)."
+)
 
 _EFFICIENCY_TITLES = {
     "inference_flops_fraction": "inference FLOPs (× dense)",
@@ -57,14 +69,32 @@ def library_versions() -> dict[str, str]:
             versions[key] = metadata.version(dist)
         except metadata.PackageNotFoundError:
             versions[key] = "not installed"
-    from .. import __version__
-
     versions["rest_fair"] = __version__
     return versions
 
 
+def standard_error(std: Any, n: Any) -> Any:
+    """Standard error of a mean, ``std / sqrt(n)`` (``std`` with ddof=1; NaN for n < 2).
+
+    Works on numbers and on pandas or numpy arrays alike.
+    """
+    return std / np.sqrt(n)
+
+
+def format_pct(mean: float | None, se: float | None, n: int) -> str:
+    """An accuracy in %, as ``"mean ± SE"`` when ``n > 1`` and the SE is known.
+
+    ``"–"`` for a missing mean; the mean alone for one seed.
+    """
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return "–"
+    if n > 1 and se is not None and not math.isnan(se):
+        return f"{100 * mean:.1f} ± {100 * se:.1f}"
+    return f"{100 * mean:.1f}"
+
+
 def summarize(records: Sequence[dict[str, Any]], config: BenchConfig):
-    """Mean and standard deviation over seeds per (ratio, method, sparsity).
+    """Mean, standard deviation and standard error over seeds per (ratio, method, sparsity).
 
     Parameters
     ----------
@@ -77,7 +107,8 @@ def summarize(records: Sequence[dict[str, Any]], config: BenchConfig):
     -------
     pandas.DataFrame
         One row per cell with ``<metric>_mean``, ``<metric>_std`` (ddof=1; NaN for one
-        seed), ``n_seeds``, ``density_mean`` and efficiency fractions when recorded.
+        seed), ``<metric>_se`` (:func:`standard_error`) for the accuracies, ``n_seeds``,
+        ``density_mean`` and efficiency fractions when recorded.
     """
     import pandas as pd
 
@@ -103,6 +134,10 @@ def summarize(records: Sequence[dict[str, Any]], config: BenchConfig):
     summary = grouped[value_columns].agg(["mean", "std"])
     summary.columns = [f"{a}_{b}" for a, b in summary.columns]
     summary["n_seeds"] = grouped["seed"].nunique()
+    for metric in METRICS:
+        if f"{metric}_std" in summary.columns:
+            summary[f"{metric}_se"] = standard_error(summary[f"{metric}_std"],
+                                                     summary["n_seeds"])
     summary["method_label"] = grouped["method_label"].first()
     summary["group_labels"] = grouped["group_labels"].first()
     summary = summary.reset_index()
@@ -128,14 +163,6 @@ def _reference(ratio: float, method: str, sparsity: float) -> dict | None:
     return None
 
 
-def _pct(mean: float, std: float, n: int) -> str:
-    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
-        return "–"
-    if n > 1 and std is not None and not math.isnan(std):
-        return f"{100 * mean:.1f} ± {100 * std:.1f}"
-    return f"{100 * mean:.1f}"
-
-
 def _cell_note(summary) -> str:
     column = "test_min_cell_size_mean"
     if column not in summary.columns or summary[column].isna().all():
@@ -144,16 +171,16 @@ def _cell_note(summary) -> str:
 
 
 def _data_name(config: BenchConfig, *, short: bool = False) -> str:
-    entry = DATASETS[config.dataset]
-    return (entry.title if short else entry.description).format_map(vars(config))
+    return DATASETS[config.dataset].describe(config, short=short)
 
 
 def to_markdown(summary, config: BenchConfig) -> str:
-    """The result table as Markdown (accuracies in %, mean ± std over seeds)."""
+    """The result table as Markdown (accuracies in %, mean ± standard error over the n
+    seeds of each row), with notes naming the data, the metrics and the selection rule."""
     eff_cols = [c for c in summary.columns if c.startswith("eff_") and c.endswith("_mean")]
     header = ["conflicting %", "method", "sparsity", "group labels", *METRICS.values()]
     header += [_EFFICIENCY_TITLES.get(c[4:-5], c[4:-5]) for c in eff_cols]
-    header += ["seeds", "published (different protocol)"]
+    header += ["n", "published (different protocol)"]
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     for row in summary.to_dict("records"):
         n = int(row["n_seeds"])
@@ -162,7 +189,7 @@ def to_markdown(summary, config: BenchConfig) -> str:
             row["method_label"],
             f"{row['sparsity']:g}",
             row["group_labels"],
-            *(_pct(row[f"{m}_mean"], row[f"{m}_std"], n) for m in METRICS),
+            *(format_pct(row[f"{m}_mean"], row[f"{m}_se"], n) for m in METRICS),
             *("–" if math.isnan(row[c]) else f"{row[c]:.3f}" for c in eff_cols),
             str(n),
             "" if math.isnan(row["published_acc"]) else f"{row['published_acc']:.2f} [ref]",
@@ -172,8 +199,9 @@ def to_markdown(summary, config: BenchConfig) -> str:
     notes = [
         "",
         f"Data: {data_name}; unbiased test split (colour independent of the label). "
-        "Accuracies in % on that test split, mean ± std over seeds "
-        f"{', '.join(map(str, config.seeds))}.",
+        "Accuracies in % on that test split, mean ± standard error (std / √n) over the "
+        f"*n* seeds of each row (of {', '.join(map(str, config.seeds))}).",
+        SELECTION_NOTE,
         "*unbiased acc*: all test samples; *conflicting acc*: test samples whose colour is not "
         "their digit's training colour; *aligned acc*: the others; *worst-group acc*: the "
         "lower of aligned and conflicting accuracy (the two groups used in training and "
@@ -197,16 +225,15 @@ def to_markdown(summary, config: BenchConfig) -> str:
 
 
 def _clipped_err(rows, metric: str) -> np.ndarray:
-    """± one std in %, the upper bar clipped at 100 % (accuracies cannot exceed it)."""
+    """± one standard error in %, clipped to [0, 100] (accuracies cannot leave it)."""
     mean = 100 * rows[f"{metric}_mean"].to_numpy(dtype=float)
-    std = 100 * rows[f"{metric}_std"].fillna(0.0).to_numpy(dtype=float)
-    return np.vstack([np.minimum(std, mean), np.minimum(std, 100.0 - mean)])
+    se = 100 * rows[f"{metric}_se"].fillna(0.0).to_numpy(dtype=float)
+    return np.vstack([np.minimum(se, mean), np.minimum(se, 100.0 - mean)])
 
 
 def plot_results(summary, records: Sequence[dict], config: BenchConfig, out_dir: Path) -> list:
     """Accuracy vs. sparsity per ratio, and per-group bars; returns the PNG paths."""
-    import matplotlib
-
+    matplotlib = import_optional("matplotlib", extra="bench", caller="The benchmark plots")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -243,7 +270,8 @@ def plot_results(summary, records: Sequence[dict], config: BenchConfig, out_dir:
                 ax.set_ylabel(f"{title} (%)")
             ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=7)
-    fig.suptitle(f"{data_name}: test accuracy vs. sparsity (mean ± std over seeds)", fontsize=10)
+    fig.suptitle(f"{data_name}: test accuracy vs. sparsity (mean ± SE over seeds)",
+                 fontsize=10)
     fig.tight_layout()
     path = out_dir / "accuracy_vs_sparsity.png"
     fig.savefig(path, dpi=110)

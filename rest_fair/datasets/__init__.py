@@ -19,10 +19,10 @@ first access so that the numpy-only builders stay cheap to import.
 
 from __future__ import annotations
 
-import importlib
 import sys
 from typing import Any
 
+from .._lazy import lazy_attributes
 from ..exceptions import DatasetNotFoundError
 from .colored import (
     PALETTE,
@@ -79,14 +79,6 @@ COLORED_DATASETS: dict[str, str] = {
     "fashion_mnist": "make_colored_fashion_mnist",
 }
 
-_LAZY = {
-    "DFA_DATASETS": "dfa",
-    "DFAImageFolder": "dfa",
-    "load_dfa": "dfa",
-    "pct_folder": "dfa",
-    "ColoredImages": "fashion",
-    "make_colored_fashion_mnist": "fashion",
-}
 _UNKNOWN_NAME = "Unknown colour-biased data set {name!r}; expected one of {names}."
 
 
@@ -112,8 +104,7 @@ def make_colored_dataset(name: str, **kwargs: Any) -> BiasedImageData:
     return builder(**kwargs)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        module = importlib.import_module(f".{_LAZY[name]}", __name__)
-        return getattr(module, name)
-    raise AttributeError(f"module 'rest_fair.datasets' has no attribute {name!r}")
+__getattr__, __dir__ = lazy_attributes(__name__, {
+    ".dfa": ["DFA_DATASETS", "DFAImageFolder", "load_dfa", "pct_folder"],
+    ".fashion": ["ColoredImages", "make_colored_fashion_mnist"],
+})

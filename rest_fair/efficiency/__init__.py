@@ -11,7 +11,7 @@
 
 from __future__ import annotations
 
-from ..persistence.model_file import FORMAT_VERSION, ModelFileError, load, save
+from ..persistence import FORMAT_VERSION, ModelFileError, load, save
 from .export import SparseExport, SparseLinearChain, export_sparse, module_nbytes
 from .flops import efficiency_report
 from .sparse_training import SparseTrainableLinear, load_dense_weights, to_sparse_training

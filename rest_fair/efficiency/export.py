@@ -29,6 +29,7 @@ from collections.abc import Container, Mapping
 import torch
 from torch import nn
 
+from ..models import MLP
 from ..sparse.checks import check_masks
 from ..sparse.csr_linear import _csr, _csr_indices
 from ..sparse.modules import (
@@ -168,8 +169,6 @@ def _build_plan(module: nn.Module) -> list[tuple] | None:
     A pipeline is an ``nn.Sequential``, a :class:`~rest_fair.models.MLP` (whose forward
     applies its ``layers``) or a chain; ``None`` for anything else.
     """
-    from ..models import MLP
-
     if type(module) is MLP:
         module = module.layers
     if type(module) is SparseLinearChain:

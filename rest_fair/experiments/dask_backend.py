@@ -19,14 +19,11 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
+from .._requirements import import_optional
 from .run import Experiment, available_cores, error_record, run_one, split_threads
 
 __all__ = ["active_joblib_client", "connect", "dask_records", "thread_plan"]
 
-_NO_DASK = (
-    "The dask backend needs dask.distributed, which is not installed. Install it with "
-    "`pip install 'rest-fair[dask]'` (or `pip install 'dask[distributed]'`)."
-)
 _UNREACHABLE = (
     "Could not connect to the Dask scheduler at {address!r} within {timeout:g} s ({error}). "
     "Check the address (e.g. tcp://HOST:8786) and that `dask scheduler` is running there."
@@ -44,11 +41,8 @@ _NO_CLIENT = (
 
 def import_distributed() -> Any:
     """The ``distributed`` module, or an ImportError saying how to install it."""
-    try:
-        import distributed
-    except ImportError as exc:
-        raise ImportError(_NO_DASK) from exc
-    return distributed
+    return import_optional("distributed", extra="dask", caller="The dask backend",
+                           package="dask[distributed]")
 
 
 def active_joblib_client() -> Any:

@@ -3,7 +3,9 @@
 An :class:`Experiment` says what its runs are, what each trains on and how it is scored;
 :func:`run_one` does the rest in the same way for every experiment, whether it runs in this
 process, in a joblib worker or on a Dask worker. A run that raises becomes a record with
-``"status": "error"`` (retried by the next sweep) instead of stopping the others.
+``"status": "error"`` (retried by the next sweep) instead of stopping the others, or with
+``"status": "failed"`` (final, not retried) when the experiment lists the error's type in
+its ``final_errors``.
 
 Importing this module does not import torch (the commands that use it start without it).
 """
@@ -28,7 +30,10 @@ class Experiment(Protocol):
     ``runs()`` are frozen dataclasses with a ``run_id`` (their key in the results file) and
     a ``label`` (for progress lines); their fields open a run's record. ``name`` says who
     runs it (``"rest-fair bench"``). An experiment whose runs execute in other processes
-    (joblib, Dask) must pickle.
+    (joblib, Dask) must pickle. An experiment may also have ``final_errors``, a tuple of
+    exception types that are an outcome of the run rather than an accident (a training
+    that diverges diverges again with the same seed): such a run is recorded as
+    ``"failed"`` and not retried.
     """
 
     name: str
@@ -37,7 +42,8 @@ class Experiment(Protocol):
         """Every run, in order."""
 
     def check_requirements(self) -> None:
-        """Raise ImportError, before any run, when a package the runs need is missing."""
+        """Raise, before any run, when something the runs need is missing: ImportError
+        for a package, :class:`~rest_fair.exceptions.DatasetNotFoundError` for data files."""
 
     def estimator_params(self, spec: Any) -> dict[str, Any]:
         """The :class:`~rest_fair.RESTClassifier` parameters of a run."""
@@ -118,14 +124,16 @@ def run_one(
     dict
         ``run_id`` and the run's fields, ``experiment.score(spec, clf)``, and what every
         run records: ``fit_seconds``, ``best_epoch``, ``epochs_run``, ``density``
-        (:func:`density`), ``n_threads``, ``status`` (``"ok"``, or ``"error"`` with
-        ``error`` and ``traceback``) and ``finished_at``.
+        (:func:`density`), ``n_threads``, ``status`` (``"ok"``, or ``"error"`` or
+        ``"failed"`` with ``error`` and ``traceback``, see :func:`error_record`) and
+        ``finished_at``.
     """
     record = _identity(spec)
     try:
         record.update(_fit_and_score(spec, experiment, n_threads=n_threads, verbose=verbose))
-    except Exception as exc:  # recorded, retried on resume
-        return error_record(spec, exc)
+    except Exception as exc:  # recorded; retried on resume unless final
+        final = isinstance(exc, tuple(getattr(experiment, "final_errors", ())))
+        return error_record(spec, exc, final=final)
     record["status"] = "ok"
     record["finished_at"] = _now()
     return record
@@ -136,7 +144,7 @@ def _fit_and_score(
 ) -> dict[str, Any]:
     import torch
 
-    from ..estimator import RESTClassifier
+    from ..estimator import RESTClassifier  # imports torch: not at `rest-fair --help`
 
     if n_threads:
         torch.set_num_threads(int(n_threads))
@@ -164,10 +172,11 @@ def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
-def error_record(spec: Any, exc: BaseException) -> dict[str, Any]:
-    """The record of a run that raised ``exc`` (``"status": "error"``, retried on resume)."""
+def error_record(spec: Any, exc: BaseException, *, final: bool = False) -> dict[str, Any]:
+    """The record of a run that raised ``exc``: ``"status": "error"`` (retried on resume),
+    or ``"failed"`` when ``final`` (a finished run, not retried)."""
     record = _identity(spec)
-    record["status"] = "error"
+    record["status"] = "failed" if final else "error"
     record["error"] = f"{type(exc).__name__}: {exc}"
     record["traceback"] = "".join(traceback.format_exception(exc, limit=8))
     record["finished_at"] = _now()

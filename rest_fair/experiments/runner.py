@@ -7,9 +7,10 @@ The results file (:data:`RESULTS_FILE` in the output folder) holds one JSON reco
 each written (flushed and fsynced) as soon as its run finishes, keyed by the run's
 ``run_id``; for an id written twice (an error, then a success) the last line counts. A run
 is *finished* when its record says ``"status": "ok"`` and every file it lists under
-``"submission_files"`` still exists. Running the same experiment again runs only the runs
-that are not finished (:func:`pending`), so an interrupted sweep resumes without repeating
-or losing runs; a run that failed is retried.
+``"submission_files"`` still exists, or ``"status": "failed"`` (an error its experiment
+declares final). Running the same experiment again runs only the runs that are not
+finished (:func:`pending`), so an interrupted sweep resumes without repeating or losing
+runs; a run that ended in an ``"error"`` is retried.
 
 Runs execute in this process, in local joblib processes (``n_jobs``), or on a
 ``dask.distributed`` cluster (``backend="dask"``,
@@ -119,7 +120,10 @@ def append_record(path: Path, record: dict[str, Any]) -> None:
 
 
 def finished(record: dict[str, Any]) -> bool:
-    """Whether resuming keeps ``record``: it succeeded and the files it lists still exist."""
+    """Whether resuming keeps ``record``: it succeeded and the files it lists still exist,
+    or it failed for good (``"status": "failed"``)."""
+    if record.get("status") == "failed":
+        return True
     files = record.get("submission_files") or ()
     return record.get("status") == "ok" and all(Path(f).exists() for f in files)
 
@@ -269,6 +273,8 @@ def run_sweep(
     ImportError
         Before any run, when a package the runs need is missing
         (``experiment.check_requirements()``).
+    DatasetNotFoundError
+        Before any run, when data files the runs read are missing (likewise).
     """
     mode = _progress_mode(progress, sys.stderr)
     experiment.check_requirements()

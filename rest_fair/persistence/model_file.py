@@ -3,9 +3,12 @@
 A file is a zip archive of ``.npy`` arrays (numpy's ``.npz`` layout, deflate-compressed)
 read with ``allow_pickle=False``: loading never executes code from the file. It holds
 
-- ``__header__``: UTF-8 JSON with the format name and version, what the file holds (a
-  fitted :class:`~rest_fair.RESTClassifier` or a module with masks), constructor
-  parameters and fitted attributes as plain JSON values, and how each tensor is encoded;
+- ``__header__``: UTF-8 JSON with the format name and version, how each tensor is
+  encoded, and what the writer adds: ``"kind": "module"`` with metadata for
+  :func:`save` ``((module, masks, metadata), path)``, or ``"kind": "estimator"`` with the
+  state that :meth:`RESTClassifier.save <rest_fair.RESTClassifier.save>` supplies (this
+  module knows nothing of the estimator: it writes and reads a network, its masks, a
+  header and extra arrays, with :func:`write` and :func:`read`, :func:`read_module`);
 - one or more arrays per tensor: masked weights store only their **active** values plus
   the mask, as a packed bitmap (``np.packbits``, 1 bit per weight) or, when smaller at
   very low density, as CSR indices (uint16 columns where they fit); other tensors are
@@ -20,6 +23,7 @@ named by the file, only the built-in networks of :mod:`rest_fair.models` are reb
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import io
@@ -28,22 +32,30 @@ import os
 import warnings
 import zipfile
 import zlib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from ..exceptions import ModelFileError
+from ..models import MODULE_NAMES, build_module
 from ..sparse.checks import check_masks
 
 __all__ = [
     "FORMAT_NAME",
     "FORMAT_VERSION",
     "ModelFileError",
+    "from_json",
     "load",
+    "malformed",
+    "read",
+    "read_module",
     "register_estimator_class",
     "save",
+    "to_json",
+    "write",
 ]
 
 #: Name written in the header of every model file.
@@ -67,13 +79,6 @@ _BAD_OBJECT = (
     "save() takes a fitted RESTClassifier or a tuple (module, masks, metadata); "
     "got {type}."
 )
-_NOT_FITTED = "the RESTClassifier is not fitted; there is nothing to save."
-_CUSTOM_MODULE = (
-    "cannot save a RESTClassifier whose module parameter is {value!r}: only the built-in "
-    "names ('auto', 'mlp', 'cnn', 'resnet18') can be rebuilt without running code from "
-    "the file. Use pickle/joblib for this estimator, or save (clf.module_, clf.masks_, "
-    "metadata) and pass module= to load()."
-)
 _NOT_JSON = "cannot save {what}: value of type {type} is not a plain JSON-able value."
 _NEED_MODULE = (
     "{path} holds the weights of a {cls} without a built-in architecture; pass "
@@ -81,8 +86,15 @@ _NEED_MODULE = (
 )
 _BAD_DTYPE = "unsupported tensor dtype {dtype} in {path}."
 _BAD_METADATA = "metadata must be a dict of plain JSON-able values or None; got {type}."
+_LOAD_ESTIMATOR = (
+    "load(path) of a file holding a fitted estimator is deprecated and will stop working in "
+    "a future release: use RESTClassifier.load(path)."
+)
+_REGISTER_ESTIMATOR = (
+    "register_estimator_class is deprecated and does nothing: an estimator class reads "
+    "its own files (RESTClassifier.load(path)). It will be removed in a future release."
+)
 
-_BUILTIN_MODULES = ("auto", "mlp", "cnn", "resnet18")
 _DTYPES = {
     "float16": torch.float16,
     "bfloat16": torch.bfloat16,
@@ -95,78 +107,62 @@ _DTYPES = {
     "int64": torch.int64,
     "bool": torch.bool,
 }
-_ESSENTIAL = ("classes_", "n_features_in_", "input_shape_", "module_", "masks_")
-
-
-_ESTIMATOR_CLASSES: dict[str, type] = {}
-_UNKNOWN_CLASS = "{path} holds a {name}, which is not an estimator class of rest_fair."
 
 
 def register_estimator_class(cls: type) -> type:
-    """Let :func:`load` rebuild estimators of class ``cls`` (by its name in the header).
-
-    The estimator modules register their classes when they are imported, so this module
-    never imports them and loading can only ever instantiate registered classes.
-    """
-    _ESTIMATOR_CLASSES[cls.__name__] = cls
+    """Deprecated, does nothing: an estimator class reads its own files. Returns ``cls``."""
+    warnings.warn(_REGISTER_ESTIMATOR, FutureWarning, stacklevel=2)
     return cls
 
 
-def _estimator_class(header: dict, path: str) -> type:
-    name = header.get("class")
-    if name not in _ESTIMATOR_CLASSES:
-        import importlib
-
-        importlib.import_module("rest_fair.estimator")  # registers RESTClassifier
-    if name not in _ESTIMATOR_CLASSES:
-        raise ModelFileError(_UNKNOWN_CLASS.format(path=path, name=name))
-    return _ESTIMATOR_CLASSES[name]
-
-
-class ModelFileError(ValueError):
-    """A model file is not a rest_fair file, is damaged, or cannot be loaded safely."""
-
-
 # ----------------------------------------------------------------- plain JSON values
-def _to_json(value: Any, what: str) -> Any:
+def to_json(value: Any, what: str) -> Any:
+    """``value`` as plain JSON (tuples, devices, arrays and non-string keys tagged).
+
+    Raises
+    ------
+    TypeError
+        If ``value`` holds anything else; the message names ``what``.
+    """
     if value is None or isinstance(value, (bool, str)):
         return value
     if isinstance(value, (int, float)):
         return value
     if isinstance(value, np.generic):
-        return _to_json(value.item(), what)
+        return to_json(value.item(), what)
     if isinstance(value, torch.device):
         return {"__device__": str(value)}
     if isinstance(value, tuple):
-        return {"__tuple__": [_to_json(v, what) for v in value]}
+        return {"__tuple__": [to_json(v, what) for v in value]}
     if isinstance(value, list):
-        return [_to_json(v, what) for v in value]
+        return [to_json(v, what) for v in value]
     if isinstance(value, np.ndarray):
-        return {"__ndarray__": [_to_json(v, what) for v in value.tolist()],
+        return {"__ndarray__": [to_json(v, what) for v in value.tolist()],
                 "dtype": value.dtype.str if value.dtype != object else "object"}
     if isinstance(value, Mapping):
         if all(isinstance(k, str) and not k.startswith("__") for k in value):
-            return {k: _to_json(v, what) for k, v in value.items()}
-        return {"__dict__": [[_to_json(k, what), _to_json(v, what)] for k, v in value.items()]}
+            return {k: to_json(v, what) for k, v in value.items()}
+        return {"__dict__": [[to_json(k, what), to_json(v, what)] for k, v in value.items()]}
     raise TypeError(_NOT_JSON.format(what=what, type=type(value).__name__))
 
 
-def _from_json(value: Any) -> Any:
+def from_json(value: Any) -> Any:
+    """The value that :func:`to_json` encoded."""
     if isinstance(value, list):
-        return [_from_json(v) for v in value]
+        return [from_json(v) for v in value]
     if not isinstance(value, dict):
         return value
     if "__tuple__" in value:
-        return tuple(_from_json(v) for v in value["__tuple__"])
+        return tuple(from_json(v) for v in value["__tuple__"])
     if "__dict__" in value:
-        return {_hashable(_from_json(k)): _from_json(v) for k, v in value["__dict__"]}
+        return {_hashable(from_json(k)): from_json(v) for k, v in value["__dict__"]}
     if "__device__" in value:
         return torch.device(value["__device__"])
     if "__ndarray__" in value:
-        data = _from_json(value["__ndarray__"])
+        data = from_json(value["__ndarray__"])
         dtype = value.get("dtype", "object")
         return np.array(data, dtype=object if dtype == "object" else np.dtype(dtype))
-    return {k: _from_json(v) for k, v in value.items()}
+    return {k: from_json(v) for k, v in value.items()}
 
 
 def _hashable(key: Any) -> Any:
@@ -288,80 +284,21 @@ def _digest(header_bytes: bytes, arrays: Mapping[str, np.ndarray]) -> str:
 
 
 # ------------------------------------------------------------------------- saving
-def _estimator_payload(est: Any) -> tuple[nn.Module, dict, dict, dict[str, np.ndarray]]:
-    if not hasattr(est, "module_"):
-        raise ValueError(_NOT_FITTED)
-    params = est.get_params(deep=False)
-    if not (isinstance(params.get("module"), str) and params["module"] in _BUILTIN_MODULES):
-        raise ValueError(_CUSTOM_MODULE.format(value=params.get("module")))
-    header: dict[str, Any] = {"kind": "estimator", "class": type(est).__name__}
-    header["params"] = {k: _to_json(v, f"parameter {k!r}") for k, v in params.items()}
-    attrs: dict[str, Any] = {}
-    arrays: dict[str, np.ndarray] = {}
-    skipped = []
-    for name, value in vars(est).items():
-        live = ("module_", "masks_", "optimizer_")
-        if not name.endswith("_") or name.startswith("_") or name in live:
-            continue
-        if isinstance(value, np.ndarray) and value.dtype != object:
-            member = f"attr.{len(arrays)}"
-            arrays[member] = value
-            attrs[name] = {"__array__": member}
-            continue
-        try:
-            attrs[name] = _to_json(value, f"fitted attribute {name!r}")
-        except TypeError:
-            if name in _ESSENTIAL:
-                raise
-            skipped.append(name)
-    if skipped:
-        warnings.warn(
-            f"fitted attributes not saved (not plain values): {sorted(skipped)}",
-            UserWarning,
-            stacklevel=3,
-        )
-    header["attributes"] = attrs
-    return est.module_, dict(est.masks_), header, arrays
-
-
-def save(obj: Any, path: str | os.PathLike) -> int:
-    """Write a fitted estimator, or a module with its masks, to a compressed file.
-
-    Parameters
-    ----------
-    obj : RESTClassifier or tuple (module, masks, metadata)
-        A fitted :class:`~rest_fair.RESTClassifier` (its ``module`` parameter must be a
-        built-in name), or ``(module, masks, metadata)`` with ``masks`` a dict of bool
-        tensors (or ``None``) and ``metadata`` a dict of plain JSON-able values (or
-        ``None``). If ``metadata`` holds ``"module"`` (a built-in name),
-        ``"input_shape"``, ``"n_classes"`` and optionally ``"module_params"``,
-        :func:`load` rebuilds the module by itself.
-    path : str or path-like
-        Destination file (conventionally ``*.rest``).
-
-    Returns
-    -------
-    int
-        Size of the written file in bytes.
+def write(
+    path: str | os.PathLike,
+    module: nn.Module,
+    masks: Mapping[str, torch.Tensor] | None,
+    header: Mapping[str, Any],
+    arrays: Mapping[str, np.ndarray] | None = None,
+) -> int:
+    """Write ``module``'s state dict and ``masks`` (a dict of bool tensors by parameter
+    name, or None), the plain JSON values of ``header`` beside the format's own keys, and
+    further ``arrays`` by member name; returns the file size in bytes.
     """
-
-    arrays: dict[str, np.ndarray] = {}
-    if isinstance(obj, tuple) and len(obj) == 3 and isinstance(obj[0], nn.Module):
-        module, masks, metadata = obj
-        masks = dict(masks or {})
-        if metadata is not None and not isinstance(metadata, Mapping):
-            raise TypeError(_BAD_METADATA.format(type=type(metadata).__name__))
-        header: dict[str, Any] = {
-            "kind": "module",
-            "class": f"{type(module).__module__}.{type(module).__qualname__}",
-            "metadata": _to_json(dict(metadata or {}), "metadata"),
-        }
-    elif hasattr(obj, "get_params") and hasattr(obj, "fit"):
-        module, masks, header, arrays = _estimator_payload(obj)
-    else:
-        raise TypeError(_BAD_OBJECT.format(type=type(obj).__name__))
+    masks = dict(masks or {})
     check_masks(module, masks)
     header = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, **header}
+    arrays = dict(arrays or {})
     entries = []
     for index, (name, tensor) in enumerate(module.state_dict().items()):
         entry, arrs = _encode(name, tensor, masks.get(name), index)
@@ -381,8 +318,52 @@ def save(obj: Any, path: str | os.PathLike) -> int:
     return len(data)
 
 
+def save(obj: Any, path: str | os.PathLike) -> int:
+    """Write a module with its masks, or a fitted estimator, to a compressed file.
+
+    Parameters
+    ----------
+    obj : tuple (module, masks, metadata) or RESTClassifier
+        ``(module, masks, metadata)`` with ``masks`` a dict of bool tensors (or ``None``)
+        and ``metadata`` a dict of plain JSON-able values (or ``None``). If ``metadata``
+        holds ``"module"`` (a built-in name), ``"input_shape"``, ``"n_classes"`` and
+        optionally ``"module_params"``, :func:`load` rebuilds the module by itself. An
+        estimator (an object with ``get_params`` and ``save``) writes itself:
+        ``save(clf, path)`` is ``clf.save(path)``.
+    path : str or path-like
+        Destination file (conventionally ``*.rest``).
+
+    Returns
+    -------
+    int
+        Size of the written file in bytes.
+    """
+    if isinstance(obj, tuple) and len(obj) == 3 and isinstance(obj[0], nn.Module):
+        module, masks, metadata = obj
+        if metadata is not None and not isinstance(metadata, Mapping):
+            raise TypeError(_BAD_METADATA.format(type=type(metadata).__name__))
+        header = {
+            "kind": "module",
+            "class": f"{type(module).__module__}.{type(module).__qualname__}",
+            "metadata": to_json(dict(metadata or {}), "metadata"),
+        }
+        return write(path, module, masks, header)
+    if hasattr(obj, "get_params") and hasattr(obj, "save"):
+        return obj.save(path)
+    raise TypeError(_BAD_OBJECT.format(type=type(obj).__name__))
+
+
 # ------------------------------------------------------------------------ loading
-def _read(path: str) -> tuple[dict, dict[str, np.ndarray]]:
+def read(path: str | os.PathLike) -> tuple[dict, dict[str, np.ndarray]]:
+    """The header and the arrays of a file, after checking its format and checksum.
+
+    Raises
+    ------
+    ModelFileError
+        If the file is not a rest_fair model file, is truncated, fails its checksum, or
+        has a newer format version.
+    """
+    path = os.fspath(path)
     with open(path, "rb") as fh:
         start = fh.read(4)
     if start != _ZIP_MAGIC:
@@ -411,6 +392,65 @@ def _read(path: str) -> tuple[dict, dict[str, np.ndarray]]:
     return header, arrays
 
 
+@contextlib.contextmanager
+def malformed(path: str | os.PathLike) -> Iterator[None]:
+    """Turn a missing or ill-typed header entry met inside the block into ModelFileError."""
+    try:
+        yield
+    except ModelFileError:
+        raise
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise ModelFileError(_BAD_HEADER.format(path=os.fspath(path), error=exc)) from exc
+
+
+def read_module(
+    path: str | os.PathLike,
+    header: Mapping[str, Any],
+    arrays: Mapping[str, np.ndarray],
+    *,
+    module: nn.Module | None = None,
+    architecture: Sequence[Any] | None = None,
+) -> tuple[nn.Module, dict[str, torch.Tensor]]:
+    """The network and masks of a file that :func:`read` returned as ``header, arrays``.
+
+    The weights go into a deep copy of ``module``, or else into the built-in network that
+    ``architecture`` names, ``(name, input_shape, n_classes, module_params)``; it is
+    checked against the file on the meta device first, so that a file cannot make this
+    allocate more than the model it holds. The network is returned on the CPU, in
+    evaluation mode.
+    """
+    path = os.fspath(path)
+    with malformed(path):
+        entries = list(header["tensors"])
+
+        def build() -> nn.Module:
+            if module is not None:
+                return copy.deepcopy(module)
+            name, input_shape, n_classes, module_params = architecture
+            return build_module(name, input_shape=tuple(input_shape), n_classes=int(n_classes),
+                                module_params=module_params)
+
+        if module is not None:
+            expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+        else:
+            with torch.device("meta"):
+                expected = {k: tuple(v.shape) for k, v in build().state_dict().items()}
+        found = {e["name"]: tuple(int(d) for d in e["shape"]) for e in entries}
+        if found != expected:
+            raise ModelFileError(_BAD_HEADER.format(
+                path=path, error="its tensors do not match the architecture it names"))
+        state: dict[str, torch.Tensor] = {}
+        masks: dict[str, torch.Tensor] = {}
+        for index, entry in enumerate(entries):
+            tensor, mask = _decode(entry, arrays, f"t{index}", path)
+            state[entry["name"]] = tensor
+            if mask is not None:
+                masks[entry["name"]] = mask
+        net = build()
+        net.load_state_dict(state, strict=True)
+    return net.eval(), masks
+
+
 def load(
     path: str | os.PathLike,
     *,
@@ -430,13 +470,14 @@ def load(
         For a file holding a module whose architecture is not built-in: an instance to
         receive the weights (a deep copy is loaded and returned).
     estimator_class : type or None, default=None
-        For a file holding an estimator: the class to rebuild (default: the registered
-        class named in the file, see :func:`register_estimator_class`).
+        For a file holding an estimator: the class that reads it (``estimator_class.load``).
+        Without it, :class:`~rest_fair.RESTClassifier` reads it, with a ``FutureWarning``
+        (deprecated: call ``RESTClassifier.load(path)``).
 
     Returns
     -------
-    RESTClassifier or tuple (module, masks, metadata)
-        What was saved; an estimator comes back fitted, on the CPU, in evaluation mode.
+    tuple (module, masks, metadata) or RESTClassifier
+        What was saved; the module is on the CPU, in evaluation mode.
 
     Raises
     ------
@@ -444,86 +485,23 @@ def load(
         If the file is not a rest_fair model file, is truncated, fails its checksum, or
         is inconsistent.
     """
-    from ..models import build_module
-
     path = os.fspath(path)
-    header, arrays = _read(path)
-    try:
+    header, arrays = read(path)
+    if header.get("kind") == "estimator":
+        if estimator_class is None:
+            warnings.warn(_LOAD_ESTIMATOR, FutureWarning, stacklevel=2)
+            from ..estimator import RESTClassifier
+
+            estimator_class = RESTClassifier
+        return estimator_class.load(path)
+    with malformed(path):
         kind = header["kind"]
-        entries = list(header["tensors"])
-        if kind == "module":
-            metadata = _from_json(header.get("metadata", {}))
-            if module is None and not (
-                isinstance(metadata.get("module"), str) and metadata["module"] in _BUILTIN_MODULES
-            ):
-                raise ModelFileError(_NEED_MODULE.format(path=path, cls=header.get("class")))
-            spec = (metadata.get("module"), metadata.get("input_shape"),
-                    metadata.get("n_classes"), metadata.get("module_params"))
-        elif kind == "estimator":
-            params = {k: _from_json(v) for k, v in header["params"].items()}
-            if not (isinstance(params.get("module"), str) and params["module"] in _BUILTIN_MODULES):
-                raise ModelFileError(_CUSTOM_MODULE.format(value=params.get("module")))
-            attrs = header["attributes"]
-            shape = _from_json(attrs.get("input_shape_"))
-            classes = attrs.get("classes_")
-            if isinstance(classes, dict) and "__array__" in classes:
-                n_classes = len(arrays[classes["__array__"]])
-            else:
-                n_classes = len(_from_json(classes))
-            spec = (params["module"], shape, n_classes, params.get("module_params"))
-        else:
+        if kind != "module":
             raise ModelFileError(_BAD_HEADER.format(path=path, error=f"unknown kind {kind!r}"))
-
-        def build() -> nn.Module:
-            if module is not None:
-                return copy.deepcopy(module)
-            name, input_shape, n_cls, module_params = spec
-            return build_module(name, input_shape=tuple(input_shape), n_classes=int(n_cls),
-                                module_params=module_params)
-
-        # Check the architecture on the meta device first (no memory allocated), so that
-        # a file cannot make load() allocate more than the model it claims to hold.
-        if module is not None:
-            expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
-        else:
-            with torch.device("meta"):
-                expected = {k: tuple(v.shape) for k, v in build().state_dict().items()}
-        found = {e["name"]: tuple(int(d) for d in e["shape"]) for e in entries}
-        if found != expected:
-            raise ModelFileError(_BAD_HEADER.format(
-                path=path, error="its tensors do not match the architecture it names"))
-        state: dict[str, torch.Tensor] = {}
-        masks: dict[str, torch.Tensor] = {}
-        for index, entry in enumerate(entries):
-            tensor, mask = _decode(entry, arrays, f"t{index}", path)
-            state[entry["name"]] = tensor
-            if mask is not None:
-                masks[entry["name"]] = mask
-        net = build()
-        net.load_state_dict(state, strict=True)
-    except ModelFileError:
-        raise
-    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-        raise ModelFileError(_BAD_HEADER.format(path=path, error=exc)) from exc
-    net.eval()
-    if kind == "module":
-        return net, masks, metadata
-
-    cls = estimator_class if estimator_class is not None else _estimator_class(header, path)
-    try:
-        est = cls(**params)
-    except TypeError as exc:
-        raise ModelFileError(_BAD_HEADER.format(path=path, error=exc)) from exc
-    for name, value in attrs.items():
-        if isinstance(value, dict) and "__array__" in value:
-            if value["__array__"] not in arrays:
-                raise ModelFileError(_BAD_HEADER.format(path=path, error=f"no array for {name}"))
-            setattr(est, name, arrays[value["__array__"]])
-        else:
-            setattr(est, name, _from_json(value))
-    missing = [name for name in _ESSENTIAL[:3] if not hasattr(est, name)]
-    if missing:
-        raise ModelFileError(_BAD_HEADER.format(path=path, error=f"missing {missing}"))
-    est.module_ = net
-    est.masks_ = masks
-    return est
+        metadata = from_json(header.get("metadata", {}))
+        architecture = [metadata.get(k) for k in
+                        ("module", "input_shape", "n_classes", "module_params")]
+        if module is None and architecture[0] not in MODULE_NAMES:
+            raise ModelFileError(_NEED_MODULE.format(path=path, cls=header.get("class")))
+    net, masks = read_module(path, header, arrays, module=module, architecture=architecture)
+    return net, masks, metadata

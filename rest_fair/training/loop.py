@@ -22,7 +22,7 @@ from torch import nn
 from .._data import BatchSource
 from ..callbacks import Callback
 from ..exceptions import TrainingDivergedError
-from ..persistence import checkpoint
+from ..persistence.checkpoint import write_checkpoint
 from .distributed import shard_range
 from .parts import EvalSet, TrainingParts
 from .state import TrainState
@@ -408,9 +408,9 @@ class TrainingRun:
         """
         if not self.parts.world.is_main:
             return
-        checkpoint.write_checkpoint(dirname, self.state_dict(),
-                                    epoch=self.state.epoch_offset + self.state.epoch,
-                                    fingerprint=self.fingerprint, keep=keep)
+        write_checkpoint(dirname, self.state_dict(),
+                         epoch=self.state.epoch_offset + self.state.epoch,
+                         fingerprint=self.fingerprint, keep=keep)
 
     def _callback_states(self) -> dict:
         return {f"{i}:{type(cb).__name__}": cb.state_dict()

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from ..reweighting import draw_indices
+from .distributed import shard_order
 
 __all__ = ["EpochSampler", "n_batches"]
 
@@ -79,6 +80,4 @@ class EpochSampler:
         order = self.global_order()
         if self.world_size == 1:
             return order
-        from .distributed import shard_order
-
         return shard_order(order, self.batch_size, self.rank, self.world_size)

@@ -24,62 +24,18 @@ Typical use::
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from .._lazy import lazy_attributes
 
-__all__ = [
-    "DATASETS",
-    "PUBLISHED",
-    "WILDSImageDataset",
-    "WILDSSplit",
-    "comparison_table",
-    "dataset_spec",
-    "default_image_transform",
-    "expected_layout",
-    "extract_features",
-    "from_wilds",
-    "import_wilds",
-    "load_wilds",
-    "make_synthetic_layout",
-    "read_predictions",
-    "split_wilds",
-    "submission_filename",
-    "to_markdown",
-    "wilds_eval",
-    "wilds_grouper",
-    "write_submission",
-]
-
-_WHERE = {
-    "DATASETS": "datasets",
-    "dataset_spec": "datasets",
-    "expected_layout": "datasets",
-    "load_wilds": "datasets",
-    "WILDSImageDataset": "adapter",
-    "WILDSSplit": "adapter",
-    "default_image_transform": "adapter",
-    "from_wilds": "adapter",
-    "split_wilds": "adapter",
-    "wilds_grouper": "adapter",
-    "wilds_eval": "metrics",
-    "read_predictions": "submission",
-    "submission_filename": "submission",
-    "write_submission": "submission",
-    "PUBLISHED": "leaderboard",
-    "comparison_table": "leaderboard",
-    "to_markdown": "leaderboard",
-    "make_synthetic_layout": "synthetic",
-    "import_wilds": "_compat",
-    "extract_features": "features",
+_DEFINED_IN = {
+    ".datasets": ["DATASETS", "dataset_spec", "expected_layout", "load_wilds"],
+    ".adapter": ["WILDSImageDataset", "WILDSSplit", "default_image_transform", "from_wilds",
+                 "split_wilds", "wilds_grouper"],
+    ".metrics": ["wilds_eval"],
+    ".submission": ["read_predictions", "submission_filename", "write_submission"],
+    ".leaderboard": ["PUBLISHED", "comparison_table", "to_markdown"],
+    ".synthetic": ["make_synthetic_layout"],
+    "._compat": ["import_wilds"],
+    ".features": ["extract_features"],
 }
-
-
-def __getattr__(name: str) -> Any:
-    if name in _WHERE:
-        module = importlib.import_module(f"{__name__}.{_WHERE[name]}")
-        return getattr(module, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__all__ = sorted(name for names in _DEFINED_IN.values() for name in names)
+__getattr__, __dir__ = lazy_attributes(__name__, _DEFINED_IN)

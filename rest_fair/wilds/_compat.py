@@ -17,12 +17,10 @@ import importlib
 import sys
 from types import ModuleType
 
+from .._requirements import import_optional
+
 __all__ = ["import_wilds", "import_wilds_module"]
 
-_NO_WILDS = (
-    "The WILDS integration needs the optional `wilds` package: "
-    "pip install 'rest-fair[wilds]' (installs wilds==2.0.0, torchvision and pillow)."
-)
 _NO_TORCHVISION = (
     "The WILDS dataset modules import torchvision (wilds.common.metrics.all_metrics "
     "imports torchvision.ops), which failed: {error}. Install a torchvision build that "
@@ -45,8 +43,8 @@ def import_wilds() -> ModuleType:
 
     Raises
     ------
-    ImportError
-        If ``wilds`` is not installed, with installation instructions.
+    MissingDependencyError
+        If ``wilds`` does not import, with installation instructions.
     """
     if "wilds" in sys.modules:
         return sys.modules["wilds"]
@@ -55,17 +53,12 @@ def import_wilds() -> ModuleType:
     # wilds/version.py catches and then starts no version-check thread.
     sys.modules["outdated"] = None  # type: ignore[assignment]
     try:
-        import wilds
-    except ImportError as exc:
-        if exc.name in ("wilds", None) or "wilds" in str(exc):
-            raise ImportError(_NO_WILDS) from exc
-        raise
+        return import_optional("wilds", extra="wilds", caller="The WILDS integration")
     finally:
         if saved is _MISSING:
             sys.modules.pop("outdated", None)
         else:
             sys.modules["outdated"] = saved  # type: ignore[assignment]
-    return wilds
 
 
 def import_wilds_module(name: str) -> ModuleType:

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .._requirements import import_optional
 from ._compat import import_wilds_module
 from .datasets import DATASETS, dataset_spec
 
@@ -156,8 +157,8 @@ def default_image_transform(dataset: str | Any, *, image_size: int = 224) -> Cal
     -------
     torchvision.transforms.Compose
     """
-    from torchvision import transforms
-
+    transforms = import_optional("torchvision.transforms", extra="wilds", package="torchvision",
+                                 caller="The WILDS image transforms")
     name = getattr(dataset, "dataset_name", dataset)
     size = int(image_size)
     steps: list = []
@@ -346,8 +347,8 @@ def _modality(base: Any) -> str | None:
 
 
 def _to_tensor() -> Callable:
-    from torchvision import transforms
-
+    transforms = import_optional("torchvision.transforms", extra="wilds", package="torchvision",
+                                 caller="The WILDS image transforms")
     return transforms.ToTensor()
 
 

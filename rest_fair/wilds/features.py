@@ -24,7 +24,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from .. import backbones
+from .._data import make_source
+from .._fit import resolve_device
+from .._requirements import import_optional
 from ..sparse.modules import set_submodule
+from ..text import tokenize
+from .adapter import WILDSSplit, _base_and_indices
+from .datasets import dataset_spec
 
 __all__ = ["FEATURES_FORMAT", "default_cache_dir", "extract_features", "feature_provenance"]
 
@@ -60,16 +67,8 @@ def _sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def _base_and_indices(split: Any) -> tuple[Any, np.ndarray]:
-    from .adapter import _base_and_indices
-
-    return _base_and_indices(split.subset)
-
-
 def _image_files(base: Any, indices: np.ndarray) -> list[Path] | None:
     """The image file of every sample, when the dataset keeps file names (WILDS does)."""
-    from .datasets import dataset_spec
-
     names = getattr(base, "_input_array", None)
     data_dir = getattr(base, "data_dir", None)
     if names is None or data_dir is None:
@@ -85,7 +84,7 @@ def _image_files(base: Any, indices: np.ndarray) -> list[Path] | None:
 def _inputs_sha256(split: Any, modality: str) -> str:
     """SHA-256 of the inputs: raw text, raw image files, or decoded images."""
     h = hashlib.sha256()
-    base, indices = _base_and_indices(split)
+    base, indices = _base_and_indices(split.subset)
     h.update(f"{base.dataset_name}|{len(indices)}|".encode())
     if modality == "text":
         for text in split.X:
@@ -122,9 +121,7 @@ def _weights_id(backbone: str, weights: Any) -> Any:
     path = Path(weights).expanduser()
     if path.is_file():
         return {"file": str(path.resolve()), "sha256": _sha256_file(path)}
-    from ..backbones import _import_torchvision
-
-    tv = _import_torchvision(backbone)
+    tv = import_optional("torchvision", extra="wilds", caller=f"backbone={backbone!r}")
     enum = tv.models.get_model_weights(backbone)
     return str(enum[str(weights)]) if str(weights) in enum.__members__ else str(weights)
 
@@ -147,9 +144,6 @@ def feature_provenance(
     dict
         Plain JSON values; two extractions with equal records give the same features.
     """
-    from .adapter import WILDSSplit
-    from .datasets import dataset_spec
-
     if not isinstance(split, WILDSSplit):
         raise TypeError(_NOT_SPLIT.format(type=type(split).__name__))
     modality = dataset_spec(split.dataset_name).modality
@@ -205,12 +199,11 @@ class _Pooled(nn.Module):
 def _extractor(backbone: str, weights: Any, pooling: str, max_length: int | None,
                seed: int) -> tuple[nn.Module, Any]:
     """The frozen feature network and, for text, its tokenizer."""
-    from .. import backbones
-
     if backbone.startswith("hf:"):
         tokenizer = backbones.load_tokenizer(backbone, {"max_length": max_length,
                                                         "revision": weights})
-        transformers = backbones._import_transformers(backbone)
+        transformers = import_optional("transformers", extra="text",
+                                       caller=f"backbone={backbone!r}")
         model = backbones._from_pretrained(
             backbone, transformers.AutoModel, backbone[3:], local_files_only=None,
             what="the model", **({"revision": weights} if weights else {}),
@@ -226,9 +219,6 @@ def _extractor(backbone: str, weights: Any, pooling: str, max_length: int | None
 def _extract(split: Any, path: Path, *, backbone: str, weights: Any, pooling: str,
              max_length: int | None, seed: int, batch_size: int, device: torch.device,
              num_workers: int) -> np.ndarray:
-    from .._data import make_source
-    from ..text import tokenize
-
     module, tokenizer = _extractor(backbone, weights, pooling, max_length, seed)
     module = module.to(device).eval()
     for p in module.parameters():
@@ -310,8 +300,6 @@ def extract_features(
         Read-only, in the split's sample order; ``.filename`` is the ``.npy`` file and the
         provenance is next to it with the suffix ``.json``.
     """
-    from .._fit import resolve_device
-
     if backbone.startswith("hf:") and weights == "DEFAULT":
         weights = None
     record = feature_provenance(split, backbone=backbone, weights=weights, pooling=pooling,

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .._requirements import import_optional
+
 __all__ = [
     "DEFAULT_GROUP_COUNTS",
     "SMOKE_GROUP_COUNTS",
@@ -141,7 +143,9 @@ def make_synthetic_waterbirds(
     See :func:`make_synthetic_layout` for the parameters.
     """
     import pandas as pd
-    from PIL import Image
+
+    Image = import_optional("PIL.Image", extra="wilds", package="pillow",
+                            caller="make_synthetic_layout")
 
     rng = np.random.default_rng(seed)
     data_dir = _data_dir(root_dir, "waterbirds_v1.0")
@@ -177,7 +181,9 @@ def make_synthetic_celeba(
     See :func:`make_synthetic_layout` for the parameters.
     """
     import pandas as pd
-    from PIL import Image
+
+    Image = import_optional("PIL.Image", extra="wilds", package="pillow",
+                            caller="make_synthetic_layout")
 
     rng = np.random.default_rng(seed)
     data_dir = _data_dir(root_dir, "celebA_v1.0")

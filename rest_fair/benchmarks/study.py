@@ -1,0 +1,451 @@
+"""The equal-budget study: every method tuned by the same random search, then compared.
+
+The protocol is SubpopBench's (Yang et al., ICML 2023): each method of :data:`STUDY_METHODS`
+gets the same number ``budget`` of configurations drawn from its search space
+(:mod:`~rest_fair.benchmarks.search`), each trained with every seed; per method and share of
+conflicting samples, the configuration with the best mean validation score over the seeds is
+chosen by the method's selection rule (:data:`SELECTION_RULES`), and its test accuracies
+are reported (:mod:`~rest_fair.benchmarks.study_report`).
+
+A :class:`RandomSearch` is an :class:`~rest_fair.experiments.run.Experiment` built on a
+:class:`~rest_fair.benchmarks.BenchConfig`, which gives the data, the model, the batch size,
+the epoch budget, the shares and the seeds; the experiment runner
+(:func:`~rest_fair.experiments.runner.run_sweep`) runs it with the same results file, resume,
+chunks and Dask backend as any sweep. ``rest-fair bench --search random --budget K`` is the
+command.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+
+from .._requirements import Requirement
+from ..exceptions import TrainingDivergedError
+from ..experiments.run import digest, jsonable
+from .config import BenchConfig, RunSpec
+from .data import load_data
+from .methods import estimator_params, get_method
+from .search import SEARCH_SPACES, equal_cost_width, hyperparameters, sample
+
+__all__ = [
+    "SELECTION_RULES",
+    "STUDY_METHODS",
+    "RandomSearch",
+    "SelectionRule",
+    "StudyMethod",
+    "TrialSpec",
+    "get_study_method",
+]
+
+_UNKNOWN_METHOD = "Unknown study method {name!r}; available: {names}."
+_BAD_RULE = "selection must be one of {rules}; got {value!r}."
+_BAD_BUDGET = "budget must be a positive int (configurations per method); got {value!r}."
+_SEARCHED = (
+    "{what} is searched by the random search (see rest_fair.benchmarks.search); do not set "
+    "it (got {value!r})."
+)
+_EQUAL_COST_MODULE = (
+    "The equal-cost dense baselines ({names}) need module='mlp'; got {module!r}. Leave them "
+    "out with --methods."
+)
+_DEFAULT_MLP_WIDTHS = (100, 100, 100)
+
+
+@dataclasses.dataclass(frozen=True)
+class SelectionRule:
+    """How a study method's checkpoint and configuration are chosen.
+
+    Attributes
+    ----------
+    key : str
+        Record key of the validation score: the run keeps the checkpoint of the epoch with
+        the best score (the estimator's selection, given validation data grouped so that
+        its worst-group accuracy is this score), and the search keeps the configuration
+        with the best mean score over seeds.
+    words : str
+        The rule in the table's notes.
+    validation_groups : {"conflict", "class"}
+        The groups of the validation data: conflict flags (aligned vs. conflicting, so
+        bias labels are used) or the class labels (no bias label used).
+    """
+
+    key: str
+    words: str
+    validation_groups: str
+
+
+#: Selection rules by name: with bias labels on the validation split (``worst_group``) or
+#: without any bias label (``worst_class``, for label-free methods).
+SELECTION_RULES: dict[str, SelectionRule] = {
+    "worst_group": SelectionRule(
+        "valid_worst_group_acc", "validation worst-group accuracy", "conflict"
+    ),
+    "worst_class": SelectionRule(
+        "valid_worst_class_acc", "validation worst-class accuracy", "class"
+    ),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class StudyMethod:
+    """One row of the study: a method family at one sparsity, its search space and rule.
+
+    Attributes
+    ----------
+    name : str
+        Key on the command line (``--methods rest_0.9,erm``).
+    label : str
+        Name in tables and plots.
+    family : str
+        Key of :data:`~rest_fair.benchmarks.methods.METHODS` (``"rest"`` is reweighting,
+        sparse or dense): what is trained, and whether ``fit`` gets the bias labels.
+    sparsity : float
+        Sparsity of the trained network.
+    space : str
+        Key of :data:`~rest_fair.benchmarks.search.SEARCH_SPACES`.
+    selection : str
+        Key of :data:`SELECTION_RULES`.
+    cost_of : float or None
+        Equal-cost dense baseline: the hidden width is set so that the dense network has
+        as many weights as the configured MLP has active weights at this sparsity
+        (:func:`~rest_fair.benchmarks.search.equal_cost_width`). None keeps the width.
+    fixed_params : mapping, callable returning a mapping, or None
+        :class:`~rest_fair.RESTClassifier` parameters that every configuration of the row
+        uses, applied last (over the drawn ones). A function returning a recipe's
+        parameters makes the recipe one row (with a space that does not search what the
+        recipe fixes).
+    series : str
+        The line the row belongs to in the plots against sparsity (rows of one series
+        differ by sparsity, or by ``cost_of``); empty for a row drawn on its own.
+    """
+
+    name: str
+    label: str
+    family: str
+    sparsity: float
+    space: str
+    selection: str
+    cost_of: float | None = None
+    fixed_params: Mapping[str, Any] | Callable[[], Mapping[str, Any]] | None = None
+    series: str = ""
+
+    def __post_init__(self) -> None:
+        get_method(self.family)
+        if self.space not in SEARCH_SPACES:
+            raise ValueError(f"space must be one of {sorted(SEARCH_SPACES)}; got {self.space!r}.")
+        if self.selection not in SELECTION_RULES:
+            raise ValueError(_BAD_RULE.format(rules=sorted(SELECTION_RULES), value=self.selection))
+
+    @property
+    def rule(self) -> SelectionRule:
+        """The :class:`SelectionRule` of this row."""
+        return SELECTION_RULES[self.selection]
+
+    @property
+    def group_labels(self) -> str:
+        """Where bias labels are used: ``"train"`` (``fit`` and selection), ``"val"``
+        (selection only) or ``"none"``."""
+        if get_method(self.family).train_groups:
+            return "train"
+        return "val" if self.rule.validation_groups == "conflict" else "none"
+
+    def fixed(self) -> dict[str, Any]:
+        """The row's fixed estimator parameters (``fixed_params``, called if a function)."""
+        params = self.fixed_params() if callable(self.fixed_params) else self.fixed_params
+        return dict(params or {})
+
+
+def _rest(sparsity: float) -> StudyMethod:
+    return StudyMethod(f"rest_{sparsity:g}", f"REST {100 * sparsity:g} %", "rest", sparsity,
+                       "rest", "worst_group", series="REST")
+
+
+def _equal_cost(sparsity: float) -> StudyMethod:
+    return StudyMethod(f"dense_cost_{sparsity:g}",
+                       f"Reweighting (dense, cost of REST {100 * sparsity:g} %)", "rest", 0.0,
+                       "reweighting", "worst_group", cost_of=sparsity,
+                       series="Reweighting (dense, equal cost)")
+
+
+#: The study's methods by name, in table order. Methods trained with bias labels are chosen
+#: by validation worst-group accuracy; ERM and JTT use no bias label at all and are chosen
+#: by validation worst-class accuracy. Adding a method is adding a row, e.g. a recipe:
+#: ``StudyMethod("rest_recipe_0.9", "REST, recipe (90 %)", "rest", 0.9, "reweighting",
+#: "worst_group", fixed_params=recipe, series="REST, recipe")`` with ``recipe()`` returning
+#: the estimator parameters it fixes.
+STUDY_METHODS: dict[str, StudyMethod] = {
+    m.name: m
+    for m in (
+        StudyMethod("erm", "ERM", "erm", 0.0, "erm", "worst_class"),
+        StudyMethod("reweighting", "Reweighting (dense)", "rest", 0.0, "reweighting",
+                    "worst_group"),
+        _rest(0.9),
+        _rest(0.95),
+        _rest(0.99),
+        StudyMethod("groupdro", "GroupDRO", "groupdro", 0.0, "groupdro", "worst_group"),
+        StudyMethod("jtt", "JTT", "jtt", 0.0, "jtt", "worst_class"),
+        _equal_cost(0.9),
+        _equal_cost(0.95),
+        _equal_cost(0.99),
+    )
+}
+
+
+def get_study_method(name: str) -> StudyMethod:
+    """The :class:`StudyMethod` called ``name`` (clear error otherwise)."""
+    try:
+        return STUDY_METHODS[name]
+    except KeyError:
+        raise ValueError(_UNKNOWN_METHOD.format(name=name, names=list(STUDY_METHODS))) from None
+
+
+@dataclasses.dataclass(frozen=True)
+class TrialSpec:
+    """One run of the study: configuration ``config`` of a method, at one share and seed."""
+
+    method: str
+    ratio: float
+    config: int
+    seed: int
+    config_hash: str
+
+    @property
+    def run_id(self) -> str:
+        """Stable key of the run in the results file."""
+        return (f"{self.method}|ratio={self.ratio:g}|config={self.config}|seed={self.seed}"
+                f"|{self.config_hash}")
+
+    @property
+    def label(self) -> str:
+        """The run in progress lines."""
+        return f"{self.method} ratio={self.ratio:g} config={self.config} seed={self.seed}"
+
+
+@dataclasses.dataclass
+class RandomSearch:
+    """The equal-budget random search of the study, as an experiment.
+
+    Parameters
+    ----------
+    bench : BenchConfig
+        Data set (``dataset``, ``split_sizes``, ``data_seed``, ...), model (``module``,
+        ``module_params``), ``batch_size``, the epoch budget ``max_epochs`` (configurations
+        train for a third, two thirds or all of it), ``ratios``, ``seeds``, ``device`` and
+        ``extra_params``. Its ``methods``, ``sparsities`` and ``lr`` are not used (the
+        study's methods fix their sparsity, the search draws the learning rate); its
+        ``upweight`` must be None (λ is drawn).
+    budget : int, default=8
+        Configurations per method (the same for every method).
+    methods : sequence of str, default=all of :data:`STUDY_METHODS`
+    search_seed : int, default=0
+        Seed of the configurations (with the method's name and the index).
+    """
+
+    #: Who runs it, for progress lines.
+    name: ClassVar[str] = "rest-fair bench"
+    #: A configuration whose training diverges is an outcome of the search (the same seed
+    #: diverges again): its run is recorded as failed, not retried, and the configuration
+    #: is not chosen.
+    final_errors: ClassVar[tuple[type[Exception], ...]] = (TrainingDivergedError,)
+
+    bench: BenchConfig
+    budget: int = 8
+    methods: Sequence[str] = tuple(STUDY_METHODS)
+    search_seed: int = 0
+
+    def __post_init__(self) -> None:
+        self.methods = tuple(self.methods)
+        if (isinstance(self.budget, bool) or not isinstance(self.budget, (int, np.integer))
+                or self.budget < 1):
+            raise ValueError(_BAD_BUDGET.format(value=self.budget))
+        self.budget = int(self.budget)
+        self.search_seed = int(self.search_seed)
+        if not self.methods:
+            raise ValueError("methods is empty.")
+        for name in self.methods:
+            get_study_method(name)
+        if self.bench.upweight is not None:
+            raise ValueError(_SEARCHED.format(what="upweight (λ)", value=self.bench.upweight))
+        equal_cost = [n for n in self.methods if STUDY_METHODS[n].cost_of is not None]
+        if equal_cost and self.bench.module != "mlp":
+            raise ValueError(_EQUAL_COST_MODULE.format(names=", ".join(equal_cost),
+                                                       module=self.bench.module))
+
+    # ----------------------------------------------------------------- the search
+    def point(self, method: str, config: int) -> dict[str, Any]:
+        """Configuration ``config`` of ``method``: its point in the method's search space."""
+        return sample(get_study_method(method).space, method, config,
+                      search_seed=self.search_seed)
+
+    def searched_params(self, method: str, config: int, ratio: float) -> dict[str, Any]:
+        """The estimator parameters that configuration ``config`` of ``method`` sets at a
+        share ``ratio``: the drawn ones, then the method's fixed ones."""
+        drawn = hyperparameters(self.point(method, config), ratio=ratio,
+                                max_epochs=int(self.bench.max_epochs))
+        return {**drawn, **get_study_method(method).fixed()}
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready description: the configuration, the methods and their search spaces."""
+        methods = {}
+        for name in self.methods:
+            m = STUDY_METHODS[name]
+            methods[name] = {
+                "label": m.label, "family": m.family, "sparsity": m.sparsity,
+                "space": m.space, "selection": m.rule.words, "group_labels": m.group_labels,
+                "cost_of": m.cost_of, "fixed_params": m.fixed(),
+            }
+        spaces = {name: {c: d.describe() for c, d in sorted(SEARCH_SPACES[name].items())}
+                  for name in sorted({STUDY_METHODS[n].space for n in self.methods})}
+        return jsonable({"search": "random", "budget": self.budget,
+                         "search_seed": self.search_seed, "bench": self.bench.to_dict(),
+                         "methods": methods, "search_spaces": spaces})
+
+    def common_hash(self) -> str:
+        """Hash of what every run shares: the benchmark configuration but its grid."""
+        return self.bench.common_hash()
+
+    def runs(self) -> list[TrialSpec]:
+        """Every run, configuration-major: all methods' configuration 0 (every seed), then
+        configuration 1, ..., one share after the other; a chunk of the study thus covers
+        every method."""
+        shared = self.common_hash()
+        specs = []
+        for ratio in self.bench.ratios:
+            for config in range(self.budget):
+                for name in self.methods:
+                    m = STUDY_METHODS[name]
+                    trial = digest({
+                        "common": shared, "family": m.family, "sparsity": m.sparsity,
+                        "selection": m.selection, "cost_of": m.cost_of,
+                        "params": jsonable(self.searched_params(name, config, ratio)),
+                    })
+                    specs.extend(TrialSpec(name, ratio, config, seed, trial)
+                                 for seed in self.bench.seeds)
+        return specs
+
+    # ------------------------------------------------------------ the Experiment
+    def requirements(self, *, plots: bool = False) -> list[Requirement]:
+        """Optional packages the study needs (those of its benchmark configuration)."""
+        return self.bench.requirements(plots=plots)
+
+    def check_requirements(self, *, plots: bool = False) -> None:
+        """Raise, before any run, when a package or a data file is missing."""
+        self.bench.check_requirements(plots=plots)
+
+    def estimator_params(self, spec: TrialSpec) -> dict[str, Any]:
+        """The :class:`~rest_fair.RESTClassifier` parameters of one run: the benchmark's,
+        the family's, the drawn ones, the equal-cost width and the fixed ones."""
+        m = get_study_method(spec.method)
+        bench = self.bench
+        params: dict[str, Any] = {
+            "max_epochs": int(bench.max_epochs),
+            "batch_size": int(bench.batch_size),
+            "lr": float(bench.lr),
+            "module": bench.module,
+            "module_params": dict(bench.module_params) if bench.module_params else None,
+            "device": bench.device,
+            "random_state": spec.seed,
+        }
+        params.update(bench.extra_params)
+        params.update(estimator_params(get_method(m.family), sparsity=m.sparsity,
+                                       ratio=spec.ratio))
+        drawn = hyperparameters(self.point(spec.method, spec.config), ratio=spec.ratio,
+                                max_epochs=int(bench.max_epochs))
+        params.update(drawn)
+        if m.cost_of is not None:
+            params["module_params"] = {**(params["module_params"] or {}),
+                                       "hidden_layer_sizes": self.hidden_layer_sizes(m, spec)}
+        params.update(m.fixed())
+        return params
+
+    def hidden_layer_sizes(self, method: StudyMethod, spec: TrialSpec) -> list[int]:
+        """Hidden widths of a run's MLP: the configured ones, or for an equal-cost row the
+        width of :func:`~rest_fair.benchmarks.search.equal_cost_width` at every layer."""
+        widths = list((self.bench.module_params or {}).get("hidden_layer_sizes",
+                                                           _DEFAULT_MLP_WIDTHS))
+        if method.cost_of is None:
+            return [int(w) for w in widths]
+        data = load_data(self.bench, spec.ratio)
+        n_in = math.prod(_sample_shape(data.X_train))
+        n_out = len(np.unique(data.y_train))
+        width = equal_cost_width(n_in, n_out, widths, method.cost_of)
+        return [width] * len(widths)
+
+    def training_data(self, spec: TrialSpec) -> tuple[Any, Any, dict[str, Any]]:
+        """``(X, y, fit_params)``: bias labels for ``fit`` only if the family trains with
+        them; validation groups are the conflict flags or the classes, by the rule."""
+        m = get_study_method(spec.method)
+        data = load_data(self.bench, spec.ratio)
+        by_class = m.rule.validation_groups == "class"
+        validation = (data.X_valid, data.y_valid,
+                      data.y_valid if by_class else data.conflict_valid)
+        groups = data.conflict_train if get_method(m.family).train_groups else None
+        return data.X_train, data.y_train, {"groups": groups, "validation_data": validation}
+
+    def score(self, spec: TrialSpec, clf: Any) -> dict[str, Any]:
+        """The benchmark's scores (:meth:`BenchConfig.score`), the validation scores of the
+        kept checkpoint under both rules, the drawn parameters and the run's cost."""
+        m = get_study_method(spec.method)
+        out = self.bench.score(RunSpec(m.family, spec.ratio, m.sparsity, spec.seed,
+                                       spec.config_hash), clf)
+        data = load_data(self.bench, spec.ratio)
+        pred = np.asarray(clf.predict(data.X_valid))
+        correct = pred == np.asarray(data.y_valid)
+        conflict = np.asarray(data.conflict_valid)
+        classes = np.asarray(data.y_valid)
+        out.update({
+            "method_label": m.label,
+            "family": m.family,
+            "sparsity": m.sparsity,
+            "cost_of": m.cost_of,
+            "group_labels": m.group_labels,
+            "selection": m.selection,
+            "hyperparameters": self.searched_params(spec.method, spec.config, spec.ratio),
+            "hidden_layer_sizes": (self.hidden_layer_sizes(m, spec)
+                                   if self.bench.module == "mlp" else None),
+            "valid_acc": float(correct.mean()),
+            "valid_worst_group_acc": float(min(correct[conflict].mean(),
+                                               correct[~conflict].mean())),
+            "valid_worst_class_acc": float(min(correct[classes == c].mean()
+                                               for c in np.unique(classes))),
+            **_cost(clf, len(data.y_train)),
+        })
+        return out
+
+
+def _sample_shape(X: Any) -> tuple[int, ...]:
+    """Shape of one sample of an array or of a torch Dataset of ``(x, y, ...)`` items."""
+    shape = getattr(X, "image_shape", None)
+    if shape is not None:
+        return tuple(shape)
+    if isinstance(X, np.ndarray):
+        return tuple(X.shape[1:])
+    return tuple(X[0][0].shape)
+
+
+def _cost(clf: Any, n_train: int) -> dict[str, Any]:
+    """Active parameters, inference FLOPs per sample and training FLOPs of the whole run.
+
+    Training FLOPs are :meth:`~rest_fair.RESTClassifier.efficiency_report`'s
+    ``training_flops_run`` (steps x batch x per-sample training FLOPs, RigL's dense
+    gradient at each topology update included); with ``infer_groups="jtt"`` the
+    identification model's ``jtt_epochs`` passes over the ``n_train`` training samples are
+    added at three times the inference FLOPs per sample.
+    """
+    report = clf.efficiency_report()
+    total = report[report["layer"].astype(str) == "total"].iloc[-1]
+    training = float(total.get("training_flops_run", math.nan))
+    identification = 0.0
+    if getattr(clf, "infer_groups", None) == "jtt":
+        identification = 3.0 * float(total["inference_flops"]) * int(clf.jtt_epochs) * n_train
+    return {
+        "params_active": int(total["params_active"]),
+        "inference_flops": float(total["inference_flops"]),
+        "training_flops": training + identification,
+        "identification_flops": identification,
+    }
