@@ -4,11 +4,9 @@ A callback subclasses :class:`Callback` and overrides any of its hooks. Every ho
 the estimator being fitted (``net``) and keyword arguments, so a callback sees the live
 training: ``net.module_`` (the network), ``net.optimizer_``, ``net.masks_`` (the current
 masks, updated at every topology change) and ``net.history_`` (one record per finished
-epoch). Every hook also receives ``run``, the live :class:`~rest_fair.training.TrainingRun`:
-its parts (``run.parts``: optimizer, sparse engine, data, world), its progress
-(``run.state``: epoch, step, history, whether it is stopping) and
-``run.save_checkpoint(dirname)``. Hooks should accept ``**kwargs`` so that later versions
-can pass more.
+epoch), and ``run``, the live :class:`~rest_fair.training.TrainingRun` (``run.parts``,
+``run.state``, ``run.save_checkpoint``). Hooks should accept ``**kwargs`` so that later
+versions can pass more.
 
 ``on_epoch_end`` receives the epoch's history record; it may add keys to it (they appear in
 ``history_``) and may return ``True`` to stop training. Callbacks run in the order given,
