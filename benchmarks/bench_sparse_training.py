@@ -59,12 +59,12 @@ class MemoryProbe(Callback):
         self.training = 0
         self.structure = 0
 
-    def on_batch_end(self, net, *, step, loss, **kwargs):
+    def on_batch_end(self, net, *, step, loss, run, **kwargs):
         params = list(net.module_.parameters())
         state = [v for s in net.optimizer_.state.values() for v in s.values()]
         training = _tensor_bytes(params) + _tensor_bytes(p.grad for p in params) \
             + _tensor_bytes(state)
-        sparsity = net._run.parts.sparsity
+        sparsity = run.parts.sparsity
         # CSR index buffers are module buffers; masked layers keep a boolean and a
         # multiplicative mask in the engine
         structure = _tensor_bytes(net.module_.buffers())

@@ -1,48 +1,46 @@
-"""Everything :meth:`RESTClassifier.fit` does before the training loop.
+"""What :meth:`RESTClassifier.fit` does, in four stages.
 
-Input validation, label and group encoding, the validation split, reweighting, seeding,
-and the construction of the training parts (:mod:`rest_fair.training.parts`) that are
-handed to :class:`rest_fair.training.TrainingRun`; resuming from a checkpoint and warm
-starts; finally the fitted attributes.
+1. The input checks and encoding (:func:`check_inputs`): ``X`` (an array, sparse matrix,
+   torch Dataset or text), labels, groups, sample weights and ``validation_data``.
+2. Building the run: the world (one process, or a data-parallel rank), the validation
+   split, a checkpoint to resume from, JTT's error set, the reweighted training set and
+   the module, which :func:`~rest_fair.training.build_parts` assembles with optimizer,
+   sparse engine and objective into a :class:`~rest_fair.training.TrainingRun`.
+3. The training loop, :meth:`~rest_fair.training.TrainingRun.fit_loop`.
+4. Storing the fitted attributes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import hashlib
+import json
+import warnings
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
+import scipy.sparse as sp
 import torch
+from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import LabelEncoder
 from sklearn.utils import check_random_state
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import _num_samples, column_or_1d, validate_data
+from tqdm.auto import tqdm
 
-from ._data import _DatasetSource, _first_element, is_torch_dataset, make_source
+from ._data import _first_element, is_torch_dataset, make_source
 from ._validation import BAD_LENGTH, ONE_CLASS, check_sample_weight, encode_groups
 from .callbacks import check_callbacks
 from .jtt import identify_errors, overlap_report
 from .models import build_module
-from .objectives import make_objective
 from .persistence.checkpoint import has_checkpoint, read_checkpoint
 from .reweighting import cell_weights, minority_mask, sample_weights_for
-from .sparse.compute import make_sparse_compute
 from .text import fit_text_input, text_input
-from .training import (
-    EpochSampler,
-    EvalSet,
-    Precision,
-    TrainingParts,
-    TrainingRun,
-    TrainSet,
-    TrainState,
-    make_optimizer,
-    make_scheduler,
-    make_sparsity,
-)
-from .training.distributed import check_world, resolve_distributed
+from .training import EpochSampler, EvalSet, Precision, TrainingRun, TrainSet, TrainState
+from .training.distributed import LocalContext, resolve_distributed
+from .training.parts import TrainConfig, build_parts
 
-__all__ = ["fit_estimator", "resolve_device", "take"]
+__all__ = ["FitData", "check_inputs", "fit_estimator", "resolve_device", "take"]
 
 NO_CUDA = "device={!r} was requested but CUDA is not available on this machine."
 BAD_DEVICE = "device must be 'auto', 'cpu', 'cuda', 'cuda:<i>' or a torch.device; got {!r}."
@@ -61,6 +59,8 @@ SPARSE_INIT_RENAMED = (
     "'magnitude'). sparse_init={value!r} is read as layer_density={value!r}, "
     "sparse_init='random'; the old spelling will stop working in a future release."
 )
+# what validate_data accepts as X
+_ARRAYS = {"accept_sparse": "csr", "allow_nd": True, "dtype": (np.float32, np.float64)}
 # parameters that do not change what a run computes: they may differ on resume
 _RUN_INDEPENDENT = ("verbose", "callbacks", "device", "num_workers", "warm_start",
                     "distributed", "distributed_timeout", "sparse_compute",
@@ -87,8 +87,51 @@ def take(X: Any, idx: np.ndarray) -> Any:
     return X[idx]
 
 
+# ----------------------------------------------------------- 1. input checks, encoding
+@dataclass
+class FitData:
+    """``fit``'s inputs, checked and encoded."""
+
+    X: Any  # array, sparse matrix, torch Dataset or TokenizedText
+    y: np.ndarray  # class codes
+    classes: np.ndarray
+    groups: np.ndarray  # group codes (all 0 without groups)
+    group_labels: list
+    has_groups: bool
+    sample_weight: np.ndarray
+    validation: tuple | None  # validation_data: (X_val, class codes, group codes or None)
+
+    def rows(self, idx: np.ndarray) -> FitData:
+        """The data of the rows ``idx`` (sorted; ``X`` is only indexed for fewer rows)."""
+        X = take(self.X, idx) if len(idx) < len(self.y) else self.X
+        return replace(self, X=X, y=self.y[idx], groups=self.groups[idx],
+                       sample_weight=self.sample_weight[idx])
+
+
+def check_inputs(est: Any, X: Any, y: Any, groups: Any, sample_weight: Any,
+                 validation_data: Any, *, warm: bool) -> FitData:
+    """Check and encode ``fit``'s inputs; with ``warm``, against the previous fit's.
+
+    Sets ``n_features_in_``, ``input_shape_`` (and ``feature_names_in_``) on ``est``, as
+    scikit-learn's ``validate_data`` does.
+    """
+    shape_before = getattr(est, "input_shape_", None)
+    X, y = _validate_xy(est, X, y, reset=not warm)
+    classes, y_codes = _encode_labels(y)
+    if warm:
+        _check_warm_start(est.classes_, classes, shape_before, est.input_shape_)
+    group_codes, group_labels = encode_groups(groups, len(y))
+    return FitData(
+        X, y_codes, classes, group_codes, group_labels, groups is not None,
+        check_sample_weight(sample_weight, len(y)),
+        None if validation_data is None else _check_validation(est, validation_data, classes),
+    )
+
+
 def _validate_xy(est: Any, X: Any, y: Any, *, reset: bool = True) -> tuple[Any, np.ndarray]:
-    if (text := fit_text_input(est, X, y)) is not None:
+    if (text := fit_text_input(X, y, est.module, est.module_params)) is not None:
+        est.n_features_in_, est.input_shape_ = 1, ()  # one text per sample
+        est.__dict__.pop("feature_names_in_", None)
         return text
     if is_torch_dataset(X):
         if y is None:
@@ -111,15 +154,7 @@ def _validate_xy(est: Any, X: Any, y: Any, *, reset: bool = True) -> tuple[Any, 
             n_x = None
         if n_x is not None and len(y) != n_x:
             raise ValueError(BAD_LENGTH.format(what="y", got=len(y), n=n_x))
-    X, y = validate_data(
-        est,
-        X,
-        y,
-        reset=reset,
-        accept_sparse="csr",
-        allow_nd=True,
-        dtype=(np.float32, np.float64),
-    )
+    X, y = validate_data(est, X, y, reset=reset, **_ARRAYS)
     check_classification_targets(y)
     est.input_shape_ = tuple(int(s) for s in X.shape[1:])
     return X, y
@@ -132,12 +167,51 @@ def _encode_labels(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return encoder.classes_, encoder.transform(y)
 
 
+def _check_warm_start(classes_before: np.ndarray, classes: np.ndarray,
+                      shape_before: tuple, shape: tuple) -> None:
+    if not np.array_equal(np.asarray(classes_before), classes):
+        raise ValueError(WARM_START_MISMATCH.format(
+            what="the classes", before=list(classes_before), after=list(classes)))
+    if tuple(shape_before) != tuple(shape):
+        raise ValueError(WARM_START_MISMATCH.format(
+            what="the input shape", before=tuple(shape_before), after=shape))
+
+
+def _check_validation(est: Any, validation_data: Any,
+                      classes: np.ndarray) -> tuple[Any, np.ndarray, np.ndarray | None]:
+    if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
+        raise ValueError(BAD_VALIDATION_DATA.format(type(validation_data).__name__))
+    X_val, y_val = validation_data[0], validation_data[1]
+    groups_val = validation_data[2] if len(validation_data) == 3 else None
+    if (tokens := text_input(X_val, est.module, est.module_params)) is not None:
+        X_val = tokens
+    elif not is_torch_dataset(X_val):
+        X_val = validate_data(est, X_val, reset=False, **_ARRAYS)
+    n = len(X_val) if is_torch_dataset(X_val) else _num_samples(X_val)
+    y_val = column_or_1d(np.asarray(y_val))
+    if len(y_val) != n:
+        raise ValueError(BAD_LENGTH.format(what="validation y", got=len(y_val), n=n))
+    unknown = set(np.unique(y_val)) - set(classes)
+    if unknown:
+        raise ValueError(f"validation_data has labels not seen in training: {sorted(unknown)}.")
+    g_codes = None if groups_val is None else encode_groups(groups_val, n)[0]
+    return X_val, np.searchsorted(classes, y_val), g_codes
+
+
+def _train_config(params: dict) -> TrainConfig:
+    """:class:`TrainConfig` of the parameters, reading the deprecated ``sparse_init='erk'``."""
+    if params["sparse_init"] in ("erk", "uniform"):
+        value = params["sparse_init"]
+        warnings.warn(SPARSE_INIT_RENAMED.format(value=value), FutureWarning, stacklevel=4)
+        params = {**params, "layer_density": value, "sparse_init": "random"}
+    return TrainConfig.from_params(params)
+
+
+# ------------------------------------------------------------------- 2. building the run
 def _split(
     y_codes: np.ndarray, group_codes: np.ndarray, fraction: float, seed: int
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Hold out ``fraction`` of the samples, stratified by (class, group) where possible."""
-    from sklearn.model_selection import train_test_split
-
     n = len(y_codes)
     idx = np.arange(n)
     if fraction <= 0 or round(n * fraction) < 1 or n - round(n * fraction) < 2:
@@ -155,47 +229,19 @@ def _split(
     return idx, None
 
 
-def _eval_set(
-    est: Any, validation_data: Any, classes: np.ndarray, device: torch.device
-) -> EvalSet:
-    if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
-        raise ValueError(BAD_VALIDATION_DATA.format(type(validation_data).__name__))
-    X_val, y_val = validation_data[0], validation_data[1]
-    groups_val = validation_data[2] if len(validation_data) == 3 else None
-    if (tokens := text_input(est, X_val, fitting=True)) is not None:
-        X_val = tokens
-    elif not is_torch_dataset(X_val):
-        X_val = validate_data(
-            est, X_val, reset=False, accept_sparse="csr", allow_nd=True,
-            dtype=(np.float32, np.float64),
-        )
-    n = len(X_val) if is_torch_dataset(X_val) else _num_samples(X_val)
-    y_val = column_or_1d(np.asarray(y_val))
-    if len(y_val) != n:
-        raise ValueError(BAD_LENGTH.format(what="validation y", got=len(y_val), n=n))
-    unknown = set(np.unique(y_val)) - set(classes)
-    if unknown:
-        raise ValueError(f"validation_data has labels not seen in training: {sorted(unknown)}.")
-    y_codes = np.searchsorted(classes, y_val)
-    g_codes = None if groups_val is None else encode_groups(groups_val, n)[0]
-    return EvalSet(make_source(X_val, device=device, num_workers=est.num_workers), y_codes,
-                   g_codes)
-
-
-def _layer_density(est: Any) -> tuple[str, str]:
-    """``(layer_density, sparse_init)``, reading the deprecated ``sparse_init='erk'``."""
-    if est.sparse_init in ("erk", "uniform"):
-        import warnings
-
-        warnings.warn(SPARSE_INIT_RENAMED.format(value=est.sparse_init), FutureWarning,
-                      stacklevel=4)
-        return est.sparse_init, "random"
-    return est.layer_density, est.sparse_init
-
-
-def _update_interval(est: Any, steps_per_epoch: int) -> int:
-    """``update_interval``, with ``"auto"`` meaning once per epoch."""
-    return steps_per_epoch if est.update_interval == "auto" else int(est.update_interval)
+def _hold_out(data: FitData, fraction: float, seed: int, device: torch.device,
+              num_workers: int) -> tuple[np.ndarray, EvalSet | None]:
+    """The training rows and the validation set: ``validation_data``, or a split."""
+    if data.validation is not None:
+        X_val, y_val, g_val = data.validation
+        return np.arange(len(data.y)), EvalSet(
+            make_source(X_val, device=device, num_workers=num_workers), y_val, g_val)
+    train_idx, val_idx = _split(data.y, data.groups, fraction, seed)
+    if val_idx is None:
+        return train_idx, None
+    return train_idx, EvalSet(
+        make_source(take(data.X, val_idx), device=device, num_workers=num_workers),
+        data.y[val_idx], data.groups[val_idx] if data.has_groups else None)
 
 
 def _plain(value: Any) -> Any:
@@ -208,10 +254,6 @@ def _plain(value: Any) -> Any:
 
 
 def _digest(*arrays: Any) -> str:
-    import hashlib
-
-    import scipy.sparse as sp
-
     h = hashlib.sha256()
     for a in arrays:
         if a is None:
@@ -228,125 +270,91 @@ def _digest(*arrays: Any) -> str:
     return h.hexdigest()
 
 
-def _fingerprint(est: Any, X: Any, y_codes: np.ndarray, group_codes: np.ndarray,
-                 sw: np.ndarray, classes: np.ndarray, valid: EvalSet | None) -> dict:
-    import json
-
-    params = {k: _plain(v) for k, v in est.get_params(deep=False).items()
-              if k not in _RUN_INDEPENDENT}
+def _fingerprint(params: dict, input_shape: tuple, data: FitData,
+                 valid: EvalSet | None) -> dict:
+    """What identifies a run: its data and the parameters that change what it computes."""
+    run_params = {k: _plain(v) for k, v in params.items() if k not in _RUN_INDEPENDENT}
     return {
-        "n_samples": len(y_codes),
-        "input_shape": list(est.input_shape_),
-        "classes": [str(c) for c in classes],
-        "data_sha256": _digest(X, y_codes, group_codes, sw),
+        "n_samples": len(data.y),
+        "input_shape": list(input_shape),
+        "classes": [str(c) for c in data.classes],
+        "data_sha256": _digest(data.X, data.y, data.groups, data.sample_weight),
         "n_valid": None if valid is None else len(valid.y),
-        "params": json.loads(json.dumps(params, default=repr, sort_keys=True)),
+        "params": json.loads(json.dumps(run_params, default=repr, sort_keys=True)),
     }
 
 
-def _train_groups(est: Any, X_train: Any, y_train: np.ndarray, classes: np.ndarray,
-                  group_codes: np.ndarray, group_labels: list, groups: Any,
-                  train_idx: np.ndarray, n: int, seed: int,
-                  saved_errors: torch.Tensor | None,
-                  ctx: Any = None) -> tuple[np.ndarray, list, dict]:
-    """Group codes the reweighting uses: the given groups, or JTT's error set."""
-    if est.infer_groups != "jtt":
-        est.inferred_groups_ = None
-        est.inferred_groups_overlap_ = None
-        return group_codes[train_idx], group_labels, {}
-    if saved_errors is not None:
-        errors = saved_errors.numpy().astype(bool)
-    else:
-        errors = identify_errors(est, X_train, classes[y_train], seed=seed)
-        if ctx is not None:  # every rank upweights rank 0's error set
-            errors = ctx.broadcast_(torch.as_tensor(errors, dtype=torch.uint8)).numpy() > 0
-    g_train = errors.astype(np.int64) if errors.any() else np.zeros(len(errors), np.int64)
-    est.inferred_groups_ = np.zeros(n, dtype=bool)
-    est.inferred_groups_[train_idx] = errors
-    est.inferred_groups_overlap_ = None
-    if groups is not None:
-        truth = minority_mask(y_train, group_codes[train_idx])
-        est.inferred_groups_overlap_ = overlap_report(errors, truth)
-    return g_train, [False, True], {"jtt_errors": torch.as_tensor(errors)}
+def _checkpoint(resume_from: Any, fingerprint: dict) -> dict:
+    """The checkpoint in ``resume_from`` (``{}`` without one)."""
+    if resume_from is None or not has_checkpoint(resume_from):
+        return {}
+    return read_checkpoint(resume_from, fingerprint=fingerprint)
 
 
-def _check_warm_start(est: Any, classes: np.ndarray, shape_before: tuple) -> None:
-    if not np.array_equal(np.asarray(est.classes_), classes):
-        raise ValueError(WARM_START_MISMATCH.format(
-            what="the classes", before=list(est.classes_), after=list(classes)))
-    if tuple(shape_before) != tuple(est.input_shape_):
-        raise ValueError(WARM_START_MISMATCH.format(
-            what="the input shape", before=tuple(shape_before), after=est.input_shape_))
+def _jtt_errors(est: Any, train: FitData, seed: int, saved: torch.Tensor | None,
+                world: LocalContext) -> np.ndarray:
+    """JTT's error set of the training rows: a resumed run's, or rank 0's on every rank."""
+    if saved is not None:
+        return saved.numpy().astype(bool)
+    errors = identify_errors(est, train.X, train.classes[train.y], seed=seed)
+    return world.broadcast_(torch.as_tensor(errors, dtype=torch.uint8)).numpy() > 0
 
 
-def _example_batch(data: TrainSet, batch_size: int,
-                   device: torch.device) -> Callable[[], Any] | None:
-    """One training batch, on demand, for timing layers at their real row counts.
-
-    ``None`` for a torch Dataset, whose loader would start its workers just for this.
-    """
-    source = data.source
-    if isinstance(source, _DatasetSource):
-        return None
-
-    def first() -> Any:
-        order = torch.arange(min(source.n_samples, batch_size))
-        return next(iter(source.batches(order, batch_size, device)))[0]
-
-    return first
-
-
-def _build_parts(est: Any, module: torch.nn.Module, data: TrainSet, valid: EvalSet | None,
-                 *, device: torch.device, precision: Precision, generator: torch.Generator,
-                 callbacks: list, warm_masks: dict | None,
-                 distributed: bool = False,
-                 sparse_layers: list[str] | None = None) -> TrainingParts:
-    steps_per_epoch = data.sampler.steps_per_epoch
-    layer_density, init = _layer_density(est)
-    sparsity = make_sparsity(
-        module,
-        sparsity=est.sparsity,
-        layer_density=layer_density,
-        init=init,
-        dense_layers=tuple(est.dense_layers or ()),
-        regrow=est.regrow,
-        drop_fraction=est.drop_fraction,
-        drop_schedule=est.drop_schedule,
-        update_interval=_update_interval(est, steps_per_epoch),
-        update_end=est.update_end,
-        steps_per_epoch=steps_per_epoch,
-        max_epochs=est.max_epochs,
-        generator=generator,
-        masks=warm_masks,
-    )
-    sparsity = make_sparse_compute(
-        module, sparsity, mode=est.sparse_compute, threshold=est.sparse_compute_threshold,
-        batch_size=est.batch_size, device=device, autocast_dtype=precision.dtype,
-        grad_scaling=precision.scaler is not None, distributed=distributed,
-        layers=sparse_layers, example=_example_batch(data, est.batch_size, device),
-    )
-    optimizer = make_optimizer(est.optimizer, module.parameters(), lr=est.lr,
-                               momentum=est.momentum, weight_decay=est.weight_decay)
-    if sparsity is not None:
-        sparsity.bind_optimizer(optimizer)
-    return TrainingParts(
-        module=module,
-        optimizer=optimizer,
-        scheduler=make_scheduler(est.lr_scheduler, optimizer, max_epochs=est.max_epochs),
-        objective=make_objective(est.objective, n_groups=data.n_groups, eta=est.groupdro_eta,
-                                 device=device),
-        sparsity=sparsity,
-        train=data,
-        valid=valid,
-        precision=precision,
-        device=device,
-        max_epochs=est.max_epochs,
-        batch_size=est.batch_size,
-        eval_batch_size=max(est.batch_size, 512),
-        callbacks=callbacks,
-    )
+def _train_set(train: FitData, *, upweight: Any, reweight: str, batch_size: int,
+               num_workers: int, generator: torch.Generator,
+               world: LocalContext) -> tuple[TrainSet, dict]:
+    """The reweighted training set, and the weight of each (class, group) cell."""
+    weights = cell_weights(train.y, train.groups, train.group_labels, upweight)
+    per_sample = sample_weights_for(train.y, train.groups, weights)
+    loss_w = train.sample_weight * (per_sample if reweight == "loss" else 1.0)
+    draw = per_sample if reweight == "sampler" and len(set(weights.values())) > 1 else None
+    source = make_source(train.X, device=world.device, num_workers=num_workers)
+    return TrainSet(
+        source=source,
+        y=torch.as_tensor(train.y, dtype=torch.long),
+        loss_weights=None if np.all(loss_w == loss_w[0])
+        else torch.as_tensor(loss_w / loss_w.mean(), dtype=torch.float32),
+        groups=torch.as_tensor(train.groups, dtype=torch.long),
+        n_groups=len(train.group_labels),
+        sampler=EpochSampler(source.n_samples, batch_size, draw, generator,
+                             rank=world.rank, world_size=world.world_size),
+    ), weights
 
 
+# ------------------------------------------------------------------ 4. fitted attributes
+def _fitted(run: TrainingRun, data: FitData, train_idx: np.ndarray, weights: dict,
+            errors: np.ndarray | None) -> dict[str, Any]:
+    """The fitted attributes of a finished run (its own steps and updates only)."""
+    parts, state, classes = run.parts, run.state, data.classes
+    labels = data.group_labels if errors is None else [False, True]
+    fitted = {
+        "classes_": classes,
+        "module_": parts.module,
+        "masks_": state.best_masks,
+        "history_": state.history,
+        "best_epoch_": state.best_epoch,
+        "n_topology_updates_": parts.sparsity.n_updates if parts.sparsity is not None else 0,
+        "n_train_steps_": state.step,
+        "sparse_compute_layers_": list(getattr(parts.sparsity, "converted", ())),
+        "group_weight_history_": getattr(parts.objective, "history", None),
+        "groups_": list(labels),
+        "group_weights_": {
+            (classes[c].item() if hasattr(classes[c], "item") else classes[c], labels[g]): w
+            for (c, g), w in weights.items()
+        },
+        "inferred_groups_": None,
+        "inferred_groups_overlap_": None,
+    }
+    if errors is not None:
+        fitted["inferred_groups_"] = np.zeros(len(data.y), dtype=bool)
+        fitted["inferred_groups_"][train_idx] = errors
+        if data.has_groups:
+            fitted["inferred_groups_overlap_"] = overlap_report(
+                errors, minority_mask(data.y[train_idx], data.groups[train_idx]))
+    return fitted
+
+
+# ----------------------------------------------------------------------------- fit
 def fit_estimator(
     est: Any,
     X: Any,
@@ -357,134 +365,67 @@ def fit_estimator(
     validation_data: Any = None,
     resume_from: Any = None,
 ) -> Any:
-    """Validate, prepare and train; sets the fitted attributes of ``est``."""
-    from tqdm.auto import tqdm
-
+    """Check the inputs, build the run, train it and set the fitted attributes of ``est``."""
     callbacks = check_callbacks(est.callbacks)
     warm = bool(est.warm_start) and hasattr(est, "module_") and resume_from is None
-    shape_before = getattr(est, "input_shape_", None)
     est.__dict__.pop("inference_module_", None)  # belongs to the previous fit
-    X, y = _validate_xy(est, X, y, reset=not warm)
-    n = len(y)
-    classes, y_codes = _encode_labels(y)
-    if warm:
-        _check_warm_start(est, classes, shape_before)
-    group_codes, group_labels = encode_groups(groups, n)
-    sw = check_sample_weight(sample_weight, n)
+    data = check_inputs(est, X, y, groups, sample_weight, validation_data, warm=warm)
+
+    params = est.get_params(deep=False)
+    config = _train_config(params)
     seed = int(check_random_state(est.random_state).randint(0, 2**31 - 1))
-    device = resolve_device(est.device)
-    ctx = resolve_distributed(est.distributed, device, timeout=est.distributed_timeout)
-    if ctx is not None:
-        device = ctx.device
-        seed = ctx.broadcast_object(seed)  # one split, one generator for all ranks
-    precision = Precision(est.precision, device)
-
-    valid = None
-    train_idx = np.arange(n)
-    if validation_data is not None:
-        valid = _eval_set(est, validation_data, classes, device)
-    else:
-        train_idx, val_idx = _split(y_codes, group_codes, est.validation_fraction, seed)
-        if val_idx is not None:
-            valid = EvalSet(
-                make_source(take(X, val_idx), device=device, num_workers=est.num_workers),
-                y_codes[val_idx],
-                group_codes[val_idx] if groups is not None else None,
-            )
-    fingerprint = _fingerprint(est, X, y_codes, group_codes, sw, classes, valid)
-    checkpoint = None
-    if ctx is not None:
-        ctx.check_same("data or parameters", fingerprint)
-        if resume_from is not None:  # rank 0 reads; every rank resumes from its copy
-            checkpoint = ctx.run_on_main(lambda: read_checkpoint(
-                resume_from, fingerprint=fingerprint) if has_checkpoint(resume_from) else None)
-    elif resume_from is not None and has_checkpoint(resume_from):
-        checkpoint = read_checkpoint(resume_from, fingerprint=fingerprint)
-
-    X_train = take(X, train_idx) if len(train_idx) < n else X
-    y_train, sw_train = y_codes[train_idx], sw[train_idx]
-    devices = [device.index or 0] if device.type == "cuda" else []
+    world = resolve_distributed(est.distributed, resolve_device(est.device),
+                                timeout=est.distributed_timeout)
+    seed = world.broadcast_object(seed)  # one split, one generator for all ranks
+    precision = Precision(est.precision, world.device)
+    train_idx, valid = _hold_out(data, est.validation_fraction, seed, world.device,
+                                 est.num_workers)
+    fingerprint = _fingerprint(params, est.input_shape_, data, valid)
+    world.check_same("data or parameters", fingerprint)
+    # rank 0 reads; every rank resumes from its copy
+    checkpoint = world.run_on_main(lambda: _checkpoint(resume_from, fingerprint))
+    train, errors = data.rows(train_idx), None
     sources = [] if valid is None else [valid.source]
     try:
-        with torch.random.fork_rng(devices=devices):
+        with torch.random.fork_rng(devices=[world.device.index or 0]
+                                   if world.device.type == "cuda" else []):
             torch.manual_seed(seed)
             generator = torch.Generator().manual_seed(seed)
-            saved_errors = (checkpoint or {}).get("extra", {}).get("jtt_errors")
-            g_train, train_group_labels, extra = _train_groups(
-                est, X_train, y_train, classes, group_codes, group_labels, groups,
-                train_idx, n, seed, saved_errors, ctx)
-
-            weights = cell_weights(y_train, g_train, train_group_labels, est.upweight)
-            per_sample = sample_weights_for(y_train, g_train, weights)
-            loss_w = sw_train * (per_sample if est.reweight == "loss" else 1.0)
-            draw = None
-            if est.reweight == "sampler" and len(set(weights.values())) > 1:
-                draw = per_sample
-            source = make_source(X_train, device=device, num_workers=est.num_workers)
-            sources.append(source)
-            if ctx is not None:
-                check_world(source.n_samples, est.batch_size, ctx.world_size)
-            data = TrainSet(
-                source=source,
-                y=torch.as_tensor(y_train, dtype=torch.long),
-                loss_weights=None if np.all(loss_w == loss_w[0])
-                else torch.as_tensor(loss_w / loss_w.mean(), dtype=torch.float32),
-                groups=torch.as_tensor(g_train, dtype=torch.long),
-                n_groups=len(train_group_labels),
-                sampler=EpochSampler(source.n_samples, est.batch_size, draw, generator,
-                                     rank=ctx.rank if ctx else 0,
-                                     world_size=ctx.world_size if ctx else 1),
-            )
-            if warm:
-                module = est.module_.to(device)
-                module.train()
-            else:
-                module = build_module(
-                    est.module,
-                    input_shape=source.sample_shape,
-                    n_classes=len(classes),
-                    module_params=est.module_params,
-                ).to(device)
-            parts = _build_parts(est, module, data, valid, device=device, precision=precision,
-                                 generator=generator, callbacks=callbacks,
-                                 warm_masks=dict(est.masks_) if warm and est.masks_ else None,
-                                 distributed=ctx is not None,
-                                 sparse_layers=(checkpoint or {}).get("sparse_compute_layers"))
-            if ctx is not None:
-                ctx.prepare(parts)
-            state = None
-            if warm:
-                state = TrainState(history=list(est.history_),
-                                   epoch_offset=len(est.history_))
-            run = TrainingRun(parts, generator=generator, state=state,
-                              fingerprint=fingerprint, extra=extra)
-            if checkpoint is not None:
+            if est.infer_groups == "jtt":
+                saved = checkpoint.get("extra", {}).get("jtt_errors")
+                errors = _jtt_errors(est, train, seed, saved, world)
+                train = replace(train, groups=errors.astype(np.int64), group_labels=[False, True])
+            train_set, weights = _train_set(
+                train, upweight=est.upweight, reweight=est.reweight, batch_size=est.batch_size,
+                num_workers=est.num_workers, generator=generator, world=world)
+            sources.append(train_set.source)
+            module = est.module_.to(world.device).train() if warm else build_module(
+                est.module, input_shape=train_set.source.sample_shape,
+                n_classes=len(data.classes), module_params=est.module_params,
+            ).to(world.device)
+            parts = build_parts(
+                config, module, train_set, valid, world=world, precision=precision,
+                generator=generator, callbacks=callbacks,
+                masks=dict(est.masks_) if warm and est.masks_ else None,
+                sparse_layers=checkpoint.get("sparse_compute_layers"))
+            run = TrainingRun(
+                parts, generator=generator, fingerprint=fingerprint,
+                state=TrainState(history=list(est.history_), epoch_offset=len(est.history_))
+                if warm else None,
+                extra={} if errors is None else {"jtt_errors": torch.as_tensor(errors)})
+            if checkpoint:
                 run.load_state_dict(checkpoint)
             with tqdm(total=est.max_epochs, initial=run.state.epoch, desc="REST",
-                      disable=not est.verbose or (ctx is not None and not ctx.is_main),
-                      leave=False) as progress:
+                      disable=not est.verbose or not world.is_main, leave=False) as progress:
                 parts.progress = progress
-                state = run.fit_loop(est)
+                run.fit_loop(est)
     finally:
-        for s in sources:
-            s.close()
+        for source in sources:
+            source.close()
 
-    steps_before = est.n_train_steps_ if warm else 0
-    updates_before = est.n_topology_updates_ if warm else 0
-    est.classes_ = classes
-    est.module_ = parts.module
-    est.masks_ = state.best_masks
-    est.history_ = state.history
-    est.best_epoch_ = state.best_epoch
-    est.n_topology_updates_ = updates_before + (
-        parts.sparsity.n_updates if parts.sparsity is not None else 0)
-    est.n_train_steps_ = steps_before + state.step
-    est.sparse_compute_layers_ = list(getattr(parts.sparsity, "converted", ()))
-    est.group_weight_history_ = getattr(parts.objective, "history", None)
-    est.groups_ = list(train_group_labels)
-    est.group_weights_ = {
-        (classes[c].item() if hasattr(classes[c], "item") else classes[c],
-         train_group_labels[g]): w
-        for (c, g), w in weights.items()
-    }
+    fitted = _fitted(run, data, train_idx, weights, errors)
+    if warm:  # the counters go on
+        fitted["n_train_steps_"] += est.n_train_steps_
+        fitted["n_topology_updates_"] += est.n_topology_updates_
+    vars(est).update(fitted)
     return est

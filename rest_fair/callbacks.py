@@ -4,10 +4,14 @@ A callback subclasses :class:`Callback` and overrides any of its hooks. Every ho
 the estimator being fitted (``net``) and keyword arguments, so a callback sees the live
 training: ``net.module_`` (the network), ``net.optimizer_``, ``net.masks_`` (the current
 masks, updated at every topology change) and ``net.history_`` (one record per finished
-epoch). Hooks should accept ``**kwargs`` so that later versions can pass more.
+epoch), and ``run``, the live :class:`~rest_fair.training.TrainingRun` (``run.parts``,
+``run.state``, ``run.save_checkpoint``). Hooks should accept ``**kwargs`` so that later
+versions can pass more.
 
 ``on_epoch_end`` receives the epoch's history record; it may add keys to it (they appear in
-``history_``) and may return ``True`` to stop training.
+``history_``) and may return ``True`` to stop training. Callbacks run in the order given,
+except that those with ``runs_last = True`` run after all others; at the end of an epoch
+they see the others' stop decision in ``run.state.stopped``.
 
 A callback with ``state_dict()`` / ``load_state_dict()`` methods has its state saved in
 training checkpoints (:class:`Checkpoint`) and restored on resume.
@@ -16,7 +20,7 @@ training checkpoints (:class:`Checkpoint`) and restored on resume.
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, ClassVar
 
 __all__ = ["Callback", "Checkpoint", "EarlyStopping", "check_callbacks"]
 
@@ -29,7 +33,12 @@ _A_CLASS = "callbacks[{index}] is the class {name}; pass an instance: {name}(...
 
 
 class Callback:
-    """Base class of training callbacks; every hook does nothing by default."""
+    """Base class of training callbacks; every hook does nothing by default.
+
+    A subclass that sets ``runs_last = True`` runs after every callback that does not.
+    """
+
+    runs_last: ClassVar[bool] = False
 
     def on_train_begin(self, net: Any, **kwargs: Any) -> None:
         """Called once before the first epoch (also when a run resumes)."""
@@ -138,8 +147,8 @@ class Checkpoint(Callback):
     crash while writing leaves the previous checkpoint intact. The format is described in
     :mod:`rest_fair.persistence.checkpoint`.
 
-    Checkpoint callbacks run after every other callback of the epoch, so the state they
-    write includes the others' decisions (e.g. early stopping).
+    Checkpoint callbacks run last (``runs_last``), so the state they write includes the
+    other callbacks' decisions (e.g. early stopping).
 
     Parameters
     ----------
@@ -150,6 +159,8 @@ class Checkpoint(Callback):
     keep : int, default=2
         Checkpoint files kept (older ones are deleted after a successful write).
     """
+
+    runs_last = True
 
     def __init__(self, dirname: str | os.PathLike, *, every: int = 1, keep: int = 2) -> None:
         self.dirname = dirname
@@ -162,12 +173,9 @@ class Checkpoint(Callback):
         if isinstance(self.keep, bool) or not isinstance(self.keep, int) or self.keep < 1:
             raise ValueError(f"Checkpoint keep must be a positive int; got {self.keep!r}.")
 
-    def on_epoch_end(
-        self, net: Any, *, record: dict, stopping: bool = False, **kwargs: Any
-    ) -> None:
-        run = getattr(net, "_run", None)
+    def on_epoch_end(self, net: Any, *, record: dict, run: Any = None, **kwargs: Any) -> None:
         if run is None:
             return
-        done = run.state.epoch >= run.parts.max_epochs or stopping
+        done = run.state.epoch >= run.parts.max_epochs or run.state.stopped
         if run.state.epoch % self.every == 0 or done:
             run.save_checkpoint(self.dirname, keep=self.keep)

@@ -413,7 +413,7 @@ scipy.sparse matrix, DataFrame, or torch Dataset
     # ---------------------------------------------------------------- predicting
     def _check_predict_input(self, X: Any) -> Any:
         check_is_fitted(self, "module_")
-        if (tokens := text_input(self, X)) is not None:
+        if (tokens := text_input(X, self.module, fitted=self.module_)) is not None:
             return tokens
         if is_torch_dataset(X):
             return X

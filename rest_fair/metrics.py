@@ -1,6 +1,5 @@
-"""Group metrics: worst-group accuracy and per-group accuracies.
+"""Group metrics: worst-group accuracy and per-group accuracies, on numpy arrays.
 
-These light-weight numpy functions are what the training loop uses for model selection.
 On top of them:
 
 - :func:`make_worst_group_scorer` -- a scikit-learn scorer for ``GridSearchCV`` /

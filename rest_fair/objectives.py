@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 
@@ -26,12 +28,22 @@ class ERMObjective:
         return (F.cross_entropy(logits, y, reduction="none") * w).mean()
 
 
+def _one_process(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor
+
+
 class GroupDROObjective:
     """Online GroupDRO (Sagawa et al., ICLR 2020, Algorithm 1).
 
     Keeps a distribution ``q`` over groups. Each batch computes the (weighted) mean loss of
     every group present, updates ``q_g <- q_g * exp(eta * loss_g)`` and renormalises, and
     returns ``sum_g q_g * loss_g``, so the groups with the highest loss get the most weight.
+
+    Over data-parallel ranks, each with a slice of the batch, ``all_reduce`` sums the
+    per-group sums of losses and weights, so group losses, ``q`` and the value are those of
+    the global batch; the gradient is that of ``world_size * sum_g q_g * S_g / C_g``
+    (``S_g``: this rank's loss sum of group ``g``, ``C_g``: its global weight), whose
+    average over the ranks (what DDP applies) is the global objective's.
 
     Parameters
     ----------
@@ -41,12 +53,19 @@ class GroupDROObjective:
         Step size of the exponentiated-gradient update of ``q``.
     device : torch.device
         Where ``q`` lives.
+    all_reduce : callable, optional
+        Sums a tensor over the ranks; by default returns it (one process).
+    world_size : int, default=1
     """
 
-    def __init__(self, n_groups: int, *, eta: float, device: torch.device) -> None:
+    def __init__(self, n_groups: int, *, eta: float, device: torch.device,
+                 all_reduce: Callable[[torch.Tensor], torch.Tensor] = _one_process,
+                 world_size: int = 1) -> None:
         self.eta = float(eta)
         self.q = torch.full((n_groups,), 1.0 / n_groups, device=device)
         self.history: list[list[float]] = []
+        self.all_reduce = all_reduce
+        self.world_size = int(world_size)
 
     def group_sums(
         self, logits: torch.Tensor, y: torch.Tensor, w: torch.Tensor | None, g: torch.Tensor
@@ -71,10 +90,15 @@ class GroupDROObjective:
         self, logits: torch.Tensor, y: torch.Tensor, w: torch.Tensor | None, g: torch.Tensor
     ) -> torch.Tensor:
         loss_sum, count = self.group_sums(logits, y, w, g)
-        present = count > 0
-        group_loss = torch.where(present, loss_sum / count.clamp_min(1e-12), 0.0)
+        total = self.all_reduce(torch.stack([loss_sum.detach(), count]))
+        present = total[1] > 0
+        denominator = total[1].clamp_min(1e-12)
+        group_loss = torch.where(present, total[0] / denominator, 0.0)
         self.update(group_loss, present)
-        return (self.q * group_loss).sum()
+        value = (self.q * group_loss).sum()
+        local = self.world_size * (self.q * torch.where(present, loss_sum / denominator,
+                                                        0.0)).sum()
+        return value + (local - local.detach())
 
     def end_epoch(self) -> None:
         """Record the current group weights (one row per epoch)."""
@@ -94,11 +118,13 @@ class GroupDROObjective:
 
 
 def make_objective(
-    name: str, *, n_groups: int, eta: float, device: torch.device
+    name: str, *, n_groups: int, eta: float, device: torch.device,
+    all_reduce: Callable[[torch.Tensor], torch.Tensor] = _one_process, world_size: int = 1,
 ) -> ERMObjective | GroupDROObjective:
-    """Objective named by ``RESTClassifier(objective=...)``."""
+    """Objective named by ``RESTClassifier(objective=...)``; see :class:`GroupDROObjective`."""
     if name == "groupdro":
-        return GroupDROObjective(n_groups, eta=eta, device=device)
+        return GroupDROObjective(n_groups, eta=eta, device=device, all_reduce=all_reduce,
+                                 world_size=world_size)
     if name == "erm":
         return ERMObjective()
     raise ValueError(f"objective must be one of {OBJECTIVES}; got {name!r}.")

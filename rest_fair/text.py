@@ -66,13 +66,11 @@ _DEFAULT_MAX_LENGTH = 512
 _CHUNK = 4096
 
 
-def _module_name(est: Any) -> str:
-    module = getattr(est, "module", None)
+def _module_name(module: Any) -> str:
     return module if isinstance(module, str) else repr(module)
 
 
-def _is_hf(est: Any) -> bool:
-    module = getattr(est, "module", None)
+def _is_hf(module: Any) -> bool:
     return isinstance(module, str) and module.startswith("hf:")
 
 
@@ -148,54 +146,53 @@ def tokenize(texts: Sequence[str], tokenizer: Any, *, max_length: int | None) ->
     return TokenizedText(ids, offsets, pad_token_id=pad)
 
 
-def _fit_tokenizer(est: Any) -> tuple[Any, int | None]:
-    params = check_hf_params(est.module, dict(est.module_params or {}))
-    return load_tokenizer(est.module, params), params["max_length"]
+def _fit_tokenizer(module: str, module_params: dict | None) -> tuple[Any, int | None]:
+    params = check_hf_params(module, dict(module_params or {}))
+    return load_tokenizer(module, params), params["max_length"]
 
 
-def validate_text_xy(est: Any, X: Any, y: Any) -> tuple[TokenizedText, np.ndarray]:
-    """``fit``'s input check for text: tokenize ``X``, check ``y``, set input attributes.
-
-    Sets ``n_features_in_ = 1`` (one text per sample) and ``input_shape_ = ()``.
+def validate_text_xy(X: Any, y: Any, module: Any,
+                     module_params: dict | None) -> tuple[TokenizedText, np.ndarray]:
+    """``fit``'s input check for text: tokenize ``X`` and check ``y``.
 
     Parameters
     ----------
-    est : RESTClassifier
-        Its ``module`` must be ``"hf:..."``.
     X : list or 1-D array of str, or TokenizedText
     y : array-like of shape (n_samples,)
+    module, module_params
+        The estimator's parameters; ``module`` must be ``"hf:..."``.
 
     Returns
     -------
     (TokenizedText, ndarray)
     """
-    if not _is_hf(est):
-        raise ValueError(TEXT_NEEDS_HF.format(module=_module_name(est)))
-    tokens = check_text_input(est, X, fitting=True)
+    if not _is_hf(module):
+        raise ValueError(TEXT_NEEDS_HF.format(module=_module_name(module)))
+    tokens = check_text_input(X, module, module_params)
     if len(tokens) == 0:
         raise ValueError(EMPTY_TEXT)
     y = column_or_1d(np.asarray(y), warn=True)
     if len(y) != len(tokens):
         raise ValueError(BAD_LENGTH.format(what="y", got=len(y), n=len(tokens)))
     check_classification_targets(y)
-    est.n_features_in_ = 1
-    est.input_shape_ = ()
-    est.__dict__.pop("feature_names_in_", None)
     return tokens, y
 
 
-def check_text_input(est: Any, X: Any, *, fitting: bool = False) -> TokenizedText:
-    """Tokenize text for ``validation_data`` (``fitting=True``) or ``predict``.
+def check_text_input(X: Any, module: Any, module_params: dict | None = None, *,
+                     fitted: Any = None) -> TokenizedText:
+    """Tokenize text for ``validation_data`` or (with ``fitted``) for ``predict``.
 
-    While fitting, the tokenizer comes from ``est.module``; afterwards from the fitted
-    module, so a saved estimator tokenizes as it did in training even where the original
-    model folder is gone.
+    While fitting, the tokenizer comes from ``module``; afterwards from the fitted module,
+    so a saved estimator tokenizes as it did in training even where the original model
+    folder is gone.
 
     Parameters
     ----------
-    est : RESTClassifier
     X : list or 1-D array of str, or TokenizedText
-    fitting : bool, default=False
+    module, module_params
+        The estimator's parameters.
+    fitted : nn.Module, optional
+        The fitted module (``module_``), when predicting.
 
     Returns
     -------
@@ -203,47 +200,48 @@ def check_text_input(est: Any, X: Any, *, fitting: bool = False) -> TokenizedTex
     """
     if isinstance(X, TokenizedText):
         return X
-    if not fitting:
-        module = getattr(est, "module_", None)
-        if not isinstance(module, HFTextClassifier):
+    if fitted is not None:
+        if not isinstance(fitted, HFTextClassifier):
             raise ValueError(NOT_FITTED_ON_TEXT)
-        tokenizer, max_length = module.tokenizer, module.max_length
+        tokenizer, max_length = fitted.tokenizer, fitted.max_length
     else:
-        if not _is_hf(est):
-            raise ValueError(TEXT_NEEDS_HF.format(module=_module_name(est)))
-        tokenizer, max_length = _fit_tokenizer(est)
+        if not _is_hf(module):
+            raise ValueError(TEXT_NEEDS_HF.format(module=_module_name(module)))
+        tokenizer, max_length = _fit_tokenizer(module, module_params)
     return tokenize(_texts(X), tokenizer, max_length=max_length)
 
 
-def check_not_text_module(est: Any, X: Any) -> None:
-    """Raise if ``est`` has a text module but ``X`` is not text."""
-    if _is_hf(est) and not is_text_input(X):
+def check_not_text_module(module: Any, X: Any) -> None:
+    """Raise if ``module`` is a text model but ``X`` is not text."""
+    if _is_hf(module) and not is_text_input(X):
         what = type(X).__name__
         shape = getattr(X, "shape", None)
         raise ValueError(HF_NEEDS_TEXT.format(
-            module=est.module, what=f"{what} of shape {shape}" if shape is not None else what))
+            module=module, what=f"{what} of shape {shape}" if shape is not None else what))
 
 
 # ----------------------------------------------------- hooks called by the training engine
-def fit_text_input(est: Any, X: Any, y: Any) -> tuple[TokenizedText, np.ndarray] | None:
+def fit_text_input(X: Any, y: Any, module: Any,
+                   module_params: dict | None) -> tuple[TokenizedText, np.ndarray] | None:
     """``fit``: :func:`validate_text_xy` for text input, ``None`` for anything else.
 
-    Raises if ``est`` has a text module but ``X`` is not text.
+    Raises if ``module`` is a text model but ``X`` is not text.
     """
     if is_text_input(X):
-        return validate_text_xy(est, X, y)
-    check_not_text_module(est, X)
+        return validate_text_xy(X, y, module, module_params)
+    check_not_text_module(module, X)
     return None
 
 
-def text_input(est: Any, X: Any, *, fitting: bool = False) -> TokenizedText | None:
-    """``validation_data`` (``fitting=True``) and ``predict``: tokens of text, else ``None``.
+def text_input(X: Any, module: Any, module_params: dict | None = None, *,
+               fitted: Any = None) -> TokenizedText | None:
+    """``validation_data`` and (with ``fitted``) ``predict``: tokens of text, else ``None``.
 
-    Raises if ``est`` has a text module but ``X`` is not text.
+    Raises if ``module`` is a text model but ``X`` is not text.
     """
     if is_text_input(X):
-        return check_text_input(est, X, fitting=fitting)
-    check_not_text_module(est, X)
+        return check_text_input(X, module, module_params, fitted=fitted)
+    check_not_text_module(module, X)
     return None
 
 

@@ -70,9 +70,9 @@ class Record(Callback):
         self.forward_module = None
         self.train_groups = None
 
-    def on_train_begin(self, net, **kwargs):
-        self.forward_module = type(net._run.parts.forward_module).__name__
-        self.train_groups = net._run.parts.train.groups.clone()
+    def on_train_begin(self, net, *, run, **kwargs):
+        self.forward_module = type(run.parts.forward_module).__name__
+        self.train_groups = run.parts.train.groups.clone()
 
     def on_topology_update(self, net, *, step, n_regrown, **kwargs):
         self.updates.append((step, {k: digest(v) for k, v in net.masks_.items()}))
@@ -213,8 +213,8 @@ class Tamper(Callback):
 
     layer = None
 
-    def on_epoch_begin(self, net, *, epoch, **kwargs):
-        masks = net._run.parts.sparsity.masks
+    def on_epoch_begin(self, net, *, epoch, run, **kwargs):
+        masks = run.parts.sparsity.masks
         self.layer = masks.names[0]
         if epoch == 2 and rank() == 1:
             name = self.layer

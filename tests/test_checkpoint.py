@@ -143,6 +143,32 @@ def test_early_stopping_state_is_resumed(tmp_path):
     assert state["callbacks"]["0:EarlyStopping"]["wait"] == 1
 
 
+class SaveWhenStopping(Callback):
+    """A user's checkpoint callback: only the public ``run`` argument, no private state."""
+
+    runs_last = True
+
+    def __init__(self, dirname):
+        self.dirname, self.saw_stop = dirname, []
+
+    def on_epoch_end(self, net, *, record, run, **kwargs):
+        self.saw_stop.append(run.state.stopped)
+        if run.state.stopped:
+            run.save_checkpoint(self.dirname)
+
+
+def test_a_callback_of_your_own_writes_checkpoints_after_the_stop_decision(tmp_path):
+    X, y, g = _data()
+    mine = SaveWhenStopping(tmp_path)
+    stop = EarlyStopping(patience=1, monitor="valid_loss", lower_is_better=True,
+                         threshold=10.0)
+    clf = RESTClassifier(**COMMON, callbacks=[mine, stop]).fit(X, y, groups=g)
+    assert mine.saw_stop == [False, True]  # it ran after EarlyStopping, listed before it
+    state = ckpt_format.read_checkpoint(tmp_path)
+    assert state["train_state"]["epoch"] == len(clf.history_) == 2
+    assert list(state["callbacks"]) == ["0:EarlyStopping"]  # its position after sorting
+
+
 @pytest.mark.parametrize(
     ("change", "match"),
     [

@@ -29,6 +29,7 @@ from rest_fair.objectives import GroupDROObjective
 from rest_fair.training import n_batches
 from rest_fair.training.distributed import (
     GlobalGroupDRO,
+    LocalContext,
     check_world,
     resolve_distributed,
     shard_order,
@@ -136,24 +137,46 @@ def test_groupdro_over_ranks_is_the_global_batch_objective():
     (grad_one,) = torch.autograd.grad(expected, weight)
 
     world = 2
-    objs = [GroupDROObjective(4, eta=0.5, device=torch.device("cpu")) for _ in range(world)]
+    totals: list[torch.Tensor] = []
+
+    def all_reduce(t: torch.Tensor) -> torch.Tensor:
+        return totals[-1]  # what the sum over both ranks returns
+
+    objs = [GroupDROObjective(4, eta=0.5, device=torch.device("cpu"), all_reduce=all_reduce,
+                              world_size=world) for _ in range(world)]
     slices = [slice(0, 12), slice(12, 24)]
     for _ in range(2):
         sums = [objs[r].group_sums((x[s] @ weight).detach(), y[s], w[s], g[s])
                 for r, s in enumerate(slices)]
-        total = torch.stack([sums[0][0] + sums[1][0], sums[0][1] + sums[1][1]])
-
-        def all_reduce(t: torch.Tensor, total: torch.Tensor = total) -> torch.Tensor:
-            return total  # what the sum over both ranks returns
-
-        losses = [GlobalGroupDRO(objs[r], all_reduce, world)(x[s] @ weight, y[s], w[s], g[s])
-                  for r, s in enumerate(slices)]
+        totals.append(torch.stack([sums[0][0] + sums[1][0], sums[0][1] + sums[1][1]]))
+        losses = [objs[r](x[s] @ weight, y[s], w[s], g[s]) for r, s in enumerate(slices)]
     grads = [torch.autograd.grad(loss, weight)[0] for loss in losses]
     for r in range(world):
         assert torch.allclose(objs[r].q, one.q, atol=1e-7)
         assert float(losses[r].detach()) == pytest.approx(float(expected.detach()), abs=1e-6)
     # what DDP applies: the average of the ranks' gradients
     assert torch.allclose((grads[0] + grads[1]) / world, grad_one, atol=1e-6)
+
+
+def test_one_process_is_a_world_of_one():
+    world = LocalContext(device=torch.device("cpu"))
+    assert (world.rank, world.world_size, world.is_main, world.data_parallel) == (0, 1, True, False)
+    t = torch.arange(3.0)
+    assert world.all_reduce(t) is t and world.broadcast_(t) is t
+    assert world.broadcast_object({"a": 1}) == {"a": 1}
+    assert world.any(True) and not world.any(False) and world.max(2.5) == 2.5
+    assert world.run_on_main(lambda: 7) == 7
+    decision = {"w": (torch.ones(2, dtype=torch.bool), torch.tensor([1]))}
+    assert world.broadcast_decision(decision) is decision
+    world.check_same("data", 1)
+    world.check_masks(None, when="now")
+
+
+def test_global_groupdro_is_deprecated():
+    obj = GroupDROObjective(2, eta=0.1, device=torch.device("cpu"))
+    with pytest.warns(FutureWarning, match="GlobalGroupDRO is deprecated"):
+        assert GlobalGroupDRO(obj, lambda t: t, 2) is obj
+    assert obj.world_size == 2
 
 
 # ------------------------------------------------------------------- choosing the mode
@@ -165,13 +188,13 @@ def _clear_torchrun_env(monkeypatch):
 def test_auto_is_one_process_without_torchrun(monkeypatch):
     _clear_torchrun_env(monkeypatch)
     cpu = torch.device("cpu")
-    assert resolve_distributed("auto", cpu, timeout=10) is None
-    assert resolve_distributed(False, cpu, timeout=10) is None
+    assert resolve_distributed("auto", cpu, timeout=10) == LocalContext(device=cpu)
+    assert resolve_distributed(False, cpu, timeout=10) == LocalContext(device=cpu)
     monkeypatch.setenv("WORLD_SIZE", "1")
     for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("MASTER_ADDR", "127.0.0.1"),
                        ("MASTER_PORT", "29500")):
         monkeypatch.setenv(key, value)
-    assert resolve_distributed("auto", cpu, timeout=10) is None  # torchrun, one rank
+    assert resolve_distributed("auto", cpu, timeout=10) == LocalContext(device=cpu)  # 1 rank
     assert not dist.is_initialized()
 
 

@@ -8,8 +8,13 @@ import torch
 from sklearn.datasets import load_digits, make_classification
 
 from rest_fair import RESTClassifier
+from rest_fair._data import make_source
 from rest_fair.callbacks import Callback, EarlyStopping
 from rest_fair.exceptions import TrainingDivergedError
+from rest_fair.models import build_module
+from rest_fair.training import EpochSampler, Precision, TrainingRun, TrainSet
+from rest_fair.training.distributed import LocalContext
+from rest_fair.training.parts import TrainConfig, build_parts
 
 FAST = dict(max_epochs=6, batch_size=64, lr=0.05, random_state=0, device="cpu",
             module_params={"hidden_layer_sizes": (32, 32)})
@@ -227,3 +232,22 @@ def test_old_sparse_init_values_are_read_as_layer_density(data):
     assert np.array_equal(old.predict_proba(X), new.predict_proba(X))
     densities = old.sparsity_report()["density"]
     assert densities.max() - densities.min() < 0.02  # uniform, not ERK
+
+
+# ------------------------------------------------------------ a run without an estimator
+def test_a_run_is_built_from_a_config_alone():
+    """build_parts takes a TrainConfig (the estimator's parameters by name), not the estimator."""
+    X, y, _ = _toy()
+    cpu = torch.device("cpu")
+    config = TrainConfig.from_params(_clf(sparsity=0.8, max_epochs=2).get_params())
+    generator = torch.Generator().manual_seed(0)
+    train = TrainSet(make_source(X, device=cpu), torch.as_tensor(y), None,
+                     torch.zeros(len(y), dtype=torch.long), 1,
+                     EpochSampler(len(y), config.batch_size, None, generator))
+    module = build_module("mlp", input_shape=(20,), n_classes=2, module_params=None)
+    parts = build_parts(config, module, train, None, world=LocalContext(device=cpu),
+                        precision=Precision("32", cpu), generator=generator, callbacks=[])
+    assert parts.forward_module is module and parts.batch_size == 64  # one process
+    state = TrainingRun(parts, generator=generator).fit_loop(type("Net", (), {})())
+    assert [r["epoch"] for r in state.history] == [1, 2]
+    assert state.history[-1]["density"] == pytest.approx(0.2, abs=0.01)

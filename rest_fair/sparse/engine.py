@@ -43,6 +43,16 @@ _NO_PLAN = (
 )
 
 
+class _OneProcess:
+    """The topology synchronisation of one process: its own decision, nothing to compare."""
+
+    def check_masks(self, masks: MaskSet, *, when: str) -> None:
+        pass
+
+    def broadcast_decision(self, decisions: dict) -> dict:
+        return decisions
+
+
 class DynamicSparsity:
     """Drives a :class:`MaskSet` through training.
 
@@ -98,9 +108,9 @@ class DynamicSparsity:
         self._prepared: int | None = None
         self.n_updates = 0
         self.n_regrown = 0
-        # data-parallel training: an object with ``check_masks(masks, when=)`` and
-        # ``broadcast_decision(decisions)`` (see rest_fair.training.distributed)
-        self.sync = None
+        # the world: ``check_masks(masks, when=)`` and ``broadcast_decision(decisions)``
+        # (a data-parallel fit sets its context, see rest_fair.training.distributed)
+        self.sync = _OneProcess()
 
     # -- schedule ---------------------------------------------------------------------
     def _on_phase(self, step: int) -> bool:
@@ -147,8 +157,7 @@ class DynamicSparsity:
         if self.layers and self._prepared != step:
             raise RuntimeError(_NO_PLAN.format(step=step))
         sync = self.sync
-        if sync is not None:
-            sync.check_masks(self.masks, when=f"before the topology update of step {step}")
+        sync.check_masks(self.masks, when=f"before the topology update of step {step}")
         regrown = update_topology(
             self.masks,
             self.schedule(step),
@@ -156,10 +165,9 @@ class DynamicSparsity:
             regrow=self.regrow,
             optimizer=optimizer,
             generator=self.generator,
-            synchronise=None if sync is None else sync.broadcast_decision,
+            synchronise=sync.broadcast_decision,
         )
-        if sync is not None:
-            sync.check_masks(self.masks, when=f"after the topology update of step {step}")
+        sync.check_masks(self.masks, when=f"after the topology update of step {step}")
         self.n_regrown += regrown
         self.n_updates += 1
         return regrown

@@ -1,12 +1,13 @@
 """The training engine behind :meth:`RESTClassifier.fit`.
 
-- :mod:`~rest_fair.training.parts`: :class:`TrainingParts` and the builders of optimizer,
-  scheduler and sparse engine;
+- :mod:`~rest_fair.training.parts`: :class:`TrainingParts` and ``build_parts``, which
+  assembles them from a ``TrainConfig``;
 - :mod:`~rest_fair.training.loop`: :class:`TrainingRun` (``fit_loop`` ->
   ``run_single_epoch`` -> ``train_step``; ``validate``, ``select``);
 - :mod:`~rest_fair.training.state`: :class:`TrainState`, the run's counters and history;
 - :mod:`~rest_fair.training.sampler`: :class:`EpochSampler`, the (reweighted) epoch order;
-- :mod:`~rest_fair.training.precision`: :class:`Precision` (float32, bf16, 16-mixed).
+- :mod:`~rest_fair.training.precision`: :class:`Precision` (float32, bf16, 16-mixed);
+- :mod:`~rest_fair.training.distributed`: the world of a run, one process or a DDP rank.
 """
 
 from __future__ import annotations

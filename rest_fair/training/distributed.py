@@ -5,7 +5,9 @@ Everything a data-parallel fit synchronises lives here. A script that calls
 ``torchrun --nproc_per_node=N script.py``: :func:`resolve_distributed` finds (or
 initialises, from the torchrun environment) the process group, and
 :meth:`DistributedContext.prepare` turns the training parts of one process into those of
-one rank.
+one rank. A fit in one process gets a :class:`LocalContext` instead: the same interface,
+with collectives that return their input, so ``fit`` and the training loop have one code
+path.
 
 What keeps the ranks identical
 ------------------------------
@@ -18,7 +20,8 @@ What keeps the ranks identical
   all-reduces (averages) the gradients in ``backward``. With equal slices the average of
   the ranks' mean losses is the mean over the global batch, so every rank takes the same
   optimizer step. GroupDRO's per-group losses are all-reduced before its group weights are
-  updated (:class:`GlobalGroupDRO`).
+  updated (:class:`~rest_fair.objectives.GroupDROObjective` takes this context's
+  :meth:`~DistributedContext.all_reduce`).
 - **Masks.** The initial masks and every prune-and-regrow decision are computed by every
   rank (which keeps the generators in step) and rank 0's decision is broadcast and applied
   everywhere, regrown weights and their optimizer state reset the same way. Per-layer mask
@@ -44,21 +47,22 @@ import datetime
 import gc
 import hashlib
 import os
+import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from torch import nn
 
 from ..exceptions import DistributedError, MaskDivergenceError
-from ..objectives import ERMObjective, GroupDROObjective
 
 __all__ = [
     "TORCHRUN_ENV",
     "DistributedContext",
     "GlobalGroupDRO",
+    "LocalContext",
     "check_world",
     "resolve_distributed",
     "shard_order",
@@ -117,9 +121,10 @@ DIFFERENT_RUN = (
     "Every rank of a distributed fit must call fit with the same data and parameters; "
     "load the data deterministically on every rank."
 )
-NO_DISTRIBUTED_FORM = (
-    "objective {name} has no distributed form; distributed fit supports 'erm' and "
-    "'groupdro'."
+GLOBAL_GROUPDRO_DEPRECATED = (
+    "GlobalGroupDRO is deprecated: GroupDROObjective(n_groups, eta=..., device=..., "
+    "all_reduce=context.all_reduce, world_size=context.world_size) is GroupDRO over the "
+    "global batch. GlobalGroupDRO will be removed in a future release."
 )
 
 # substrings of the errors that gloo, NCCL and the c10d store raise when a peer is gone
@@ -158,11 +163,7 @@ def shard_order(order: torch.Tensor, batch_size: int, rank: int, world_size: int
     batch_size, rank, world_size = int(batch_size), int(rank), int(world_size)
     if world_size < 1 or not 0 <= rank < world_size:
         raise ValueError(f"rank must be in [0, {world_size}); got {rank}.")
-    if batch_size % world_size:
-        raise ValueError(INDIVISIBLE_BATCH.format(
-            batch_size=batch_size, world_size=world_size,
-            suggestion=_nearest_multiple(batch_size, world_size)))
-    local = batch_size // world_size
+    local = _rank_batch(batch_size, world_size)
     full = len(order) // batch_size
     body = order[: full * batch_size].view(full, world_size, local)[:, rank].reshape(-1)
     tail = order[full * batch_size:]
@@ -175,8 +176,13 @@ def shard_range(n: int, rank: int, world_size: int) -> torch.Tensor:
     return torch.tensor_split(torch.arange(int(n)), int(world_size))[int(rank)]
 
 
-def _nearest_multiple(value: int, k: int) -> int:
-    return max(k, round(value / k) * k)
+def _rank_batch(batch_size: int, world_size: int) -> int:
+    """One rank's share of a global batch, which must split equally."""
+    if batch_size % world_size:
+        raise ValueError(INDIVISIBLE_BATCH.format(
+            batch_size=batch_size, world_size=world_size,
+            suggestion=max(world_size, round(batch_size / world_size) * world_size)))
+    return batch_size // world_size
 
 
 def check_world(n_samples: int, batch_size: int, world_size: int) -> None:
@@ -188,10 +194,7 @@ def check_world(n_samples: int, batch_size: int, world_size: int) -> None:
         If ``batch_size`` is not a multiple of ``world_size``, or there are fewer samples
         than ranks.
     """
-    if batch_size % world_size:
-        raise ValueError(INDIVISIBLE_BATCH.format(
-            batch_size=batch_size, world_size=world_size,
-            suggestion=_nearest_multiple(batch_size, world_size)))
+    _rank_batch(batch_size, world_size)
     if n_samples < world_size:
         raise ValueError(TOO_FEW_SAMPLES.format(n_samples=n_samples, world_size=world_size))
 
@@ -237,8 +240,8 @@ def _destroy_at_exit() -> None:
 
 def resolve_distributed(
     distributed: bool | str, device: torch.device, *, timeout: float
-) -> DistributedContext | None:
-    """The data-parallel context of a fit, or ``None`` to train in one process.
+) -> LocalContext:
+    """The world of a fit: a :class:`DistributedContext`, or a :class:`LocalContext`.
 
     Parameters
     ----------
@@ -256,7 +259,8 @@ def resolve_distributed(
 
     Returns
     -------
-    DistributedContext or None
+    DistributedContext or LocalContext
+        A :class:`LocalContext` on ``device`` to train in one process.
 
     Raises
     ------
@@ -264,26 +268,26 @@ def resolve_distributed(
         ``distributed=True`` without a process group or torchrun environment.
     """
     if distributed is False or (not isinstance(distributed, str) and not distributed):
-        return None
+        return LocalContext(device=device)
     import torch.distributed as dist
 
     if not dist.is_available():
         if distributed is True or distributed is np.True_:
             raise DistributedError(NO_TORCH_DISTRIBUTED)
-        return None
+        return LocalContext(device=device)
     auto = isinstance(distributed, str)
     env, missing = _torchrun_env()
     if dist.is_initialized():
         world_size, rank = dist.get_world_size(), dist.get_rank()
         if auto and world_size < 2:
-            return None
+            return LocalContext(device=device)
         local_rank = int(os.environ.get("LOCAL_RANK", rank))
         device = _device_for_rank(device, local_rank)
         backend = str(dist.get_backend())
     elif not missing:
         world_size, rank = int(env["WORLD_SIZE"]), int(env["RANK"])
         if auto and world_size < 2:
-            return None
+            return LocalContext(device=device)
         local_rank = int(env["LOCAL_RANK"])
         device = _device_for_rank(device, local_rank)
         backend = "nccl" if device.type == "cuda" else "gloo"
@@ -295,7 +299,7 @@ def resolve_distributed(
     else:
         if not auto:
             raise DistributedError(NO_PROCESS_GROUP.format(missing=", ".join(missing)))
-        return None
+        return LocalContext(device=device)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if backend == "nccl" and device.type != "cuda":
@@ -363,78 +367,65 @@ def _digest(value: Any) -> str:
     return hashlib.sha256(repr(value).encode()).hexdigest()[:16]
 
 
-@dataclass
-class DistributedContext:
-    """This process's place in a data-parallel fit and the collectives it takes part in.
+@dataclass(kw_only=True)
+class LocalContext:
+    """A fit in one process: rank 0 of a world of one, on ``device``.
 
-    Attributes
-    ----------
-    rank, world_size, local_rank : int
-        From the process group (``LOCAL_RANK`` from the environment).
-    device : torch.device
-        Where this rank trains (``cuda:LOCAL_RANK`` on CUDA).
-    backend : str
-        ``"nccl"`` or ``"gloo"`` (or the backend of a group initialised by the user).
-    timeout : float
-        ``distributed_timeout`` in seconds, for error messages.
+    It has the interface of :class:`DistributedContext`, so that ``fit`` and the training
+    loop have one code path: here the collectives return their input, the checks pass and
+    :meth:`prepare` leaves the training parts as they are; what is built on the
+    collectives (:meth:`any`, :meth:`end_train_epoch`, ...) is the same for both.
+    ``data_parallel`` says whether the module trains through ``DistributedDataParallel``.
     """
 
-    rank: int
-    world_size: int
-    local_rank: int
-    device: torch.device
-    backend: str
-    timeout: float
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    data_parallel: ClassVar[bool] = False
 
     @property
     def is_main(self) -> bool:
         """Whether this is rank 0 (which writes files and shows progress)."""
         return self.rank == 0
 
-    # -- collectives on tensors ------------------------------------------------------
-    def _comm_device(self) -> torch.device:
-        # NCCL communicates CUDA tensors; gloo CPU tensors (and CUDA ones, but slower)
-        return self.device if self.device.type == "cuda" and "nccl" in self.backend \
-            else torch.device("cpu")
-
+    # -- collectives -------------------------------------------------------------------
     def all_reduce(self, tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
-        """Reduced copy of ``tensor`` (``op`` ``"sum"`` or ``"max"``), on its own device."""
-        import torch.distributed as dist
-
-        buf = tensor.detach().to(self._comm_device()).clone()
-        dist.all_reduce(buf, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX)
-        return buf.to(tensor.device)
+        """``tensor`` reduced over the ranks (``op`` ``"sum"`` or ``"max"``)."""
+        return tensor
 
     def all_gather(self, tensor: torch.Tensor) -> torch.Tensor:
         """Every rank's ``tensor``, stacked along a new first axis, on the CPU."""
-        import torch.distributed as dist
-
-        buf = tensor.detach().to(self._comm_device()).contiguous()
-        out = [torch.empty_like(buf) for _ in range(self.world_size)]
-        dist.all_gather(out, buf)
-        return torch.stack([t.cpu() for t in out])
+        return tensor.detach().cpu()[None]
 
     def broadcast_(self, tensor: torch.Tensor) -> torch.Tensor:
         """Rank 0's ``tensor`` on every rank (in place where possible); returns it."""
-        import torch.distributed as dist
-
-        comm = self._comm_device()
-        if tensor.device == comm:
-            dist.broadcast(tensor, src=0)
-            return tensor
-        buf = tensor.to(comm)
-        dist.broadcast(buf, src=0)
-        tensor.copy_(buf)
         return tensor
 
     def broadcast_object(self, value: Any) -> Any:
         """Rank 0's picklable ``value`` on every rank."""
-        import torch.distributed as dist
+        return value
 
-        box = [value if self.is_main else None]
-        dist.broadcast_object_list(box, src=0, device=self._comm_device())
-        return box[0]
+    def broadcast_decision(
+        self, decisions: dict[str, tuple[torch.Tensor, torch.Tensor]]
+    ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Rank 0's prune-and-regrow decision, ``{name: (new_mask, regrown indices)}``."""
+        return decisions
 
+    # -- checks ------------------------------------------------------------------------
+    def check_same(self, what: str, value: Any) -> None:
+        """Raise on every rank unless all ranks hold the same ``value`` (by digest)."""
+
+    def check_masks(self, masks: Any, *, when: str) -> None:
+        """Raise :class:`MaskDivergenceError` on every rank unless all hold the same masks."""
+
+    def check_weights(self, module: nn.Module, *, when: str) -> None:
+        """Raise :class:`MaskDivergenceError` on every rank unless all hold the same weights."""
+
+    def prepare(self, parts: Any) -> None:
+        """Turn one process's :class:`TrainingParts` into this rank's."""
+
+    # -- built on the collectives --------------------------------------------------------
     def any(self, flag: bool) -> bool:
         """Whether ``flag`` is true on any rank."""
         return bool(self.all_reduce(torch.tensor([float(bool(flag))]), "max").item())
@@ -457,111 +448,6 @@ class DistributedContext:
             raise value
         return value
 
-    def check_same(self, what: str, value: Any) -> None:
-        """Raise on every rank unless all ranks hold the same ``value`` (by digest)."""
-        import torch.distributed as dist
-
-        digests: list[Any] = [None] * self.world_size
-        dist.all_gather_object(digests, _digest(value))
-        for rank, theirs in enumerate(digests):
-            if theirs != digests[0]:
-                raise DistributedError(DIFFERENT_RUN.format(
-                    rank=rank, what=what, ours=theirs, theirs=digests[0]))
-
-    # -- setting a run up ------------------------------------------------------------
-    def prepare(self, parts: Any) -> None:
-        """Turn one process's :class:`TrainingParts` into this rank's.
-
-        Broadcasts rank 0's masks (and applies them), wraps the module in
-        ``DistributedDataParallel`` (which broadcasts rank 0's weights and buffers) as
-        ``parts.forward_module`` while ``parts.module`` stays the plain module, sets the
-        per-rank batch size, makes the objective global and routes topology decisions
-        through :meth:`broadcast_decision`.
-        """
-        from torch.nn.parallel import DistributedDataParallel
-
-        sparsity = parts.sparsity
-        if sparsity is not None:
-            masks = sparsity.masks
-            for name in masks.names:
-                mask = masks.mask(name).to(torch.uint8)
-                masks.set_mask(name, self.broadcast_(mask).bool())
-            masks.apply_()
-            sparsity.sync = self
-        device_ids = [self.device.index] if self.device.type == "cuda" else None
-        # every weight, masked or not, gets its dense gradient (masks zero weights, they
-        # do not cut the graph), so no parameter is unused and RigL reads the all-reduced
-        # dense gradient
-        parts.forward_module = DistributedDataParallel(
-            parts.module, device_ids=device_ids,
-            find_unused_parameters=False)
-        parts.batch_size = parts.batch_size // self.world_size
-        parts.objective = self.global_objective(parts.objective)
-        parts.distributed = self
-
-    def global_objective(self, objective: Any) -> Any:
-        """``objective`` such that DDP's gradient average is that of the global batch."""
-        if isinstance(objective, ERMObjective):
-            return objective  # equal slices: the mean of the ranks' means is the mean
-        if isinstance(objective, GroupDROObjective):
-            return GlobalGroupDRO(objective, self.all_reduce, self.world_size)
-        raise ValueError(NO_DISTRIBUTED_FORM.format(name=type(objective).__name__))
-
-    # -- topology ----------------------------------------------------------------------
-    def broadcast_decision(
-        self, decisions: dict[str, tuple[torch.Tensor, torch.Tensor]]
-    ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        """Rank 0's prune-and-regrow decision, ``{name: (new_mask, regrown indices)}``.
-
-        Packed in one ``uint8`` tensor (bit 0: active, bit 1: regrown) and broadcast.
-        """
-        if not decisions:
-            return decisions
-        codes, shapes = [], []
-        for new_mask, grown in decisions.values():
-            code = new_mask.reshape(-1).to(torch.uint8)
-            code[grown] |= 2
-            codes.append(code)
-            shapes.append(new_mask.shape)
-        flat = self.broadcast_(torch.cat(codes))
-        out, start = {}, 0
-        for name, shape in zip(decisions, shapes, strict=True):
-            n = int(np.prod(shape)) if len(shape) else 1
-            code = flat[start: start + n]
-            start += n
-            out[name] = ((code & 1).bool().view(shape), (code & 2).nonzero().squeeze(1))
-        return out
-
-    def check_masks(self, masks: Any, *, when: str) -> None:
-        """Raise :class:`MaskDivergenceError` on every rank unless all hold the same masks."""
-        names = list(masks.names)
-        if not names:
-            return
-        local = torch.stack([_mask_checksum(masks.mask(n)) for n in names])
-        gathered = self.all_gather(local)
-        differs = (gathered != gathered[0]).any(dim=2)  # (rank, layer)
-        if bool(differs.any()):
-            ranks = sorted({int(r) for r in differs.any(dim=1).nonzero().flatten()})
-            layers = [names[int(i)] for i in differs.any(dim=0).nonzero().flatten()]
-            raise MaskDivergenceError(MASKS_DIVERGED.format(when=when, layers=layers,
-                                                            ranks=ranks))
-
-    def check_weights(self, module: nn.Module, *, when: str) -> None:
-        """Raise :class:`MaskDivergenceError` on every rank unless all hold the same weights."""
-        named = [(n, p) for n, p in module.named_parameters()]
-        if not named:
-            return
-        local = torch.stack([p.detach().double().sum() for _, p in named])
-        # compared bit for bit: identical NaNs (a diverged run) are not a divergence
-        gathered = self.all_gather(local).view(torch.int64)
-        differs = gathered != gathered[0]
-        if bool(differs.any()):
-            ranks = sorted({int(r) for r in differs.any(dim=1).nonzero().flatten()})
-            names = [named[int(i)][0] for i in differs.any(dim=0).nonzero().flatten()]
-            raise MaskDivergenceError(WEIGHTS_DIVERGED.format(when=when, names=names[:5],
-                                                              ranks=ranks))
-
-    # -- the end of an epoch ---------------------------------------------------------
     def sync_buffers(self, module: nn.Module) -> None:
         """Rank 0's buffers (BatchNorm statistics) on every rank.
 
@@ -603,46 +489,160 @@ class DistributedContext:
         return float(packed[0]), packed[1: 1 + k], packed[1 + k:]
 
 
-class GlobalGroupDRO:
-    """Online GroupDRO over the global batch of a data-parallel step.
+@dataclass(kw_only=True)
+class DistributedContext(LocalContext):
+    """This process's place in a data-parallel fit and the collectives it takes part in.
 
-    Every rank sums its slice's weighted losses and weights per group; the sums are
-    all-reduced, so the group losses, the update of ``q`` and the returned loss value are
-    those of the global batch and identical on every rank. The gradient is that of
-    ``world_size * sum_g q_g * S_g^r / C_g`` (``S_g^r``: this rank's loss sum of group
-    ``g``, ``C_g``: the global weight of ``g``), whose average over the ranks -- what DDP
-    computes -- is the gradient of the global objective ``sum_g q_g * S_g / C_g``.
-
-    Parameters
-    ----------
-    objective : GroupDROObjective
-        Holds ``q`` and its history (checkpointed as before).
-    all_reduce : callable
-        Sums a tensor over the ranks.
-    world_size : int
-        Number of ranks.
+    It differs from :class:`LocalContext` only in its collectives, its checks and
+    :meth:`prepare`. ``rank``, ``world_size`` and ``local_rank`` (from ``LOCAL_RANK``) are
+    the process group's, ``device`` is where this rank trains (``cuda:LOCAL_RANK`` on
+    CUDA), ``backend`` is ``"nccl"`` or ``"gloo"`` (or the backend of a group initialised by
+    the user) and ``timeout`` is ``distributed_timeout`` in seconds, for error messages.
     """
 
-    def __init__(self, objective: Any, all_reduce: Callable[[torch.Tensor], torch.Tensor],
-                 world_size: int) -> None:
-        self.objective = objective
-        self.all_reduce = all_reduce
-        self.world_size = int(world_size)
+    backend: str
+    timeout: float
+    data_parallel: ClassVar[bool] = True
 
-    def __getattr__(self, name: str) -> Any:
-        # q, history, end_epoch, state_dict, load_state_dict of the wrapped objective
-        return getattr(self.__dict__["objective"], name)
+    # -- collectives on tensors ------------------------------------------------------
+    def _comm_device(self) -> torch.device:
+        # NCCL communicates CUDA tensors; gloo CPU tensors (and CUDA ones, but slower)
+        return self.device if self.device.type == "cuda" and "nccl" in self.backend \
+            else torch.device("cpu")
 
-    def __call__(self, logits: torch.Tensor, y: torch.Tensor, w: torch.Tensor | None,
-                 g: torch.Tensor) -> torch.Tensor:
-        obj = self.objective
-        loss_sum, count = obj.group_sums(logits, y, w, g)
-        total = self.all_reduce(torch.stack([loss_sum.detach(), count]))
-        present = total[1] > 0
-        denominator = total[1].clamp_min(1e-12)
-        group_loss = torch.where(present, total[0] / denominator, 0.0)
-        obj.update(group_loss, present)
-        value = (obj.q * group_loss).sum()
-        local = self.world_size * (obj.q * torch.where(present, loss_sum / denominator,
-                                                       0.0)).sum()
-        return value + (local - local.detach())
+    def all_reduce(self, tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
+        """Reduced copy of ``tensor`` (``op`` ``"sum"`` or ``"max"``), on its own device."""
+        import torch.distributed as dist
+
+        buf = tensor.detach().to(self._comm_device()).clone()
+        dist.all_reduce(buf, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX)
+        return buf.to(tensor.device)
+
+    def all_gather(self, tensor: torch.Tensor) -> torch.Tensor:
+        import torch.distributed as dist
+
+        buf = tensor.detach().to(self._comm_device()).contiguous()
+        out = [torch.empty_like(buf) for _ in range(self.world_size)]
+        dist.all_gather(out, buf)
+        return torch.stack([t.cpu() for t in out])
+
+    def broadcast_(self, tensor: torch.Tensor) -> torch.Tensor:
+        import torch.distributed as dist
+
+        comm = self._comm_device()
+        if tensor.device == comm:
+            dist.broadcast(tensor, src=0)
+            return tensor
+        buf = tensor.to(comm)
+        dist.broadcast(buf, src=0)
+        tensor.copy_(buf)
+        return tensor
+
+    def broadcast_object(self, value: Any) -> Any:
+        import torch.distributed as dist
+
+        box = [value if self.is_main else None]
+        dist.broadcast_object_list(box, src=0, device=self._comm_device())
+        return box[0]
+
+    def broadcast_decision(
+        self, decisions: dict[str, tuple[torch.Tensor, torch.Tensor]]
+    ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Rank 0's decision, packed in one ``uint8`` tensor (bit 0: active, bit 1: regrown)."""
+        if not decisions:
+            return decisions
+        codes, shapes = [], []
+        for new_mask, grown in decisions.values():
+            code = new_mask.reshape(-1).to(torch.uint8)
+            code[grown] |= 2
+            codes.append(code)
+            shapes.append(new_mask.shape)
+        flat = self.broadcast_(torch.cat(codes))
+        out, start = {}, 0
+        for name, shape in zip(decisions, shapes, strict=True):
+            n = int(np.prod(shape)) if len(shape) else 1
+            code = flat[start: start + n]
+            start += n
+            out[name] = ((code & 1).bool().view(shape), (code & 2).nonzero().squeeze(1))
+        return out
+
+    # -- checks ----------------------------------------------------------------------
+    def check_same(self, what: str, value: Any) -> None:
+        import torch.distributed as dist
+
+        digests: list[Any] = [None] * self.world_size
+        dist.all_gather_object(digests, _digest(value))
+        for rank, theirs in enumerate(digests):
+            if theirs != digests[0]:
+                raise DistributedError(DIFFERENT_RUN.format(
+                    rank=rank, what=what, ours=theirs, theirs=digests[0]))
+
+    def check_masks(self, masks: Any, *, when: str) -> None:
+        names = list(masks.names)
+        if not names:
+            return
+        local = torch.stack([_mask_checksum(masks.mask(n)) for n in names])
+        gathered = self.all_gather(local)
+        differs = (gathered != gathered[0]).any(dim=2)  # (rank, layer)
+        if bool(differs.any()):
+            ranks = sorted({int(r) for r in differs.any(dim=1).nonzero().flatten()})
+            layers = [names[int(i)] for i in differs.any(dim=0).nonzero().flatten()]
+            raise MaskDivergenceError(MASKS_DIVERGED.format(when=when, layers=layers,
+                                                            ranks=ranks))
+
+    def check_weights(self, module: nn.Module, *, when: str) -> None:
+        named = [(n, p) for n, p in module.named_parameters()]
+        if not named:
+            return
+        local = torch.stack([p.detach().double().sum() for _, p in named])
+        # compared bit for bit: identical NaNs (a diverged run) are not a divergence
+        gathered = self.all_gather(local).view(torch.int64)
+        differs = gathered != gathered[0]
+        if bool(differs.any()):
+            ranks = sorted({int(r) for r in differs.any(dim=1).nonzero().flatten()})
+            names = [named[int(i)][0] for i in differs.any(dim=0).nonzero().flatten()]
+            raise MaskDivergenceError(WEIGHTS_DIVERGED.format(when=when, names=names[:5],
+                                                              ranks=ranks))
+
+    # -- setting a run up ------------------------------------------------------------
+    def prepare(self, parts: Any) -> None:
+        """Turn one process's :class:`TrainingParts` into this rank's.
+
+        Checks that the training data and ``batch_size`` can be shared
+        (:func:`check_world`), broadcasts rank 0's masks (and applies them), wraps the
+        module in ``DistributedDataParallel`` (which broadcasts rank 0's weights and
+        buffers) as ``parts.forward_module`` while ``parts.module`` stays the plain module,
+        sets the per-rank batch size, and routes topology decisions and mask checks through
+        this context.
+        """
+        from torch.nn.parallel import DistributedDataParallel
+
+        check_world(parts.train.source.n_samples, parts.batch_size, self.world_size)
+        sparsity = parts.sparsity
+        if sparsity is not None:
+            masks = sparsity.masks
+            for name in masks.names:
+                mask = masks.mask(name).to(torch.uint8)
+                masks.set_mask(name, self.broadcast_(mask).bool())
+            masks.apply_()
+            sparsity.sync = self
+        device_ids = [self.device.index] if self.device.type == "cuda" else None
+        # every weight, masked or not, gets its dense gradient (masks zero weights, they
+        # do not cut the graph), so no parameter is unused and RigL reads the all-reduced
+        # dense gradient
+        parts.forward_module = DistributedDataParallel(
+            parts.module, device_ids=device_ids,
+            find_unused_parameters=False)
+        parts.batch_size = parts.batch_size // self.world_size
+
+
+def GlobalGroupDRO(objective: Any, all_reduce: Callable[[torch.Tensor], torch.Tensor],
+                   world_size: int) -> Any:
+    """Deprecated: ``objective`` made to reduce its group sums with ``all_reduce``.
+
+    :class:`~rest_fair.objectives.GroupDROObjective` takes ``all_reduce`` and
+    ``world_size`` itself; this sets them on ``objective`` and returns it.
+    """
+    warnings.warn(GLOBAL_GROUPDRO_DEPRECATED, FutureWarning, stacklevel=2)
+    objective.all_reduce, objective.world_size = all_reduce, int(world_size)
+    return objective

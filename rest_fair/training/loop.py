@@ -4,8 +4,9 @@ The loop is split like skorch's ``NeuralNet``: :meth:`TrainingRun.fit_loop` runs
 :meth:`~TrainingRun.run_single_epoch` until ``max_epochs`` or a callback stops it; an
 epoch is :meth:`~TrainingRun.train_step` over its batches, then
 :meth:`~TrainingRun.validate` and :meth:`~TrainingRun.select` (worst-group model
-selection). Callbacks receive the estimator (``net``) and keyword arguments; while the run
-is live the estimator carries ``module_``, ``optimizer_``, ``masks_`` and ``history_``.
+selection). Every callback hook receives the estimator (``net``) and keyword arguments,
+among them ``run``, the live :class:`TrainingRun`; while the run is live the estimator
+carries ``module_``, ``optimizer_``, ``masks_`` and ``history_``.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import torch
 from torch import nn
 
 from .._data import BatchSource
-from ..callbacks import Callback, Checkpoint
+from ..callbacks import Callback
 from ..exceptions import TrainingDivergedError
 from ..persistence.checkpoint import write_checkpoint
 from .distributed import shard_range
@@ -106,6 +107,10 @@ def _overrides(callback: Any, hook: str) -> bool:
 class TrainingRun:
     """One training run over :class:`TrainingParts`, resumable from its state.
 
+    Callbacks receive it as ``run``: its :attr:`parts`, its progress (:attr:`state`, with
+    the ``history`` and whether the run is ``stopped``), :meth:`save_checkpoint` and
+    :meth:`state_dict` / :meth:`load_state_dict`.
+
     Parameters
     ----------
     parts : TrainingParts
@@ -136,9 +141,8 @@ class TrainingRun:
         self.fingerprint = fingerprint or {}
         self.extra = dict(extra or {})
         self.net: Any = None
-        # checkpoints go last, so the state they write includes every other callback's
-        others = [cb for cb in parts.callbacks if not isinstance(cb, Checkpoint)]
-        self.callbacks = others + [cb for cb in parts.callbacks if isinstance(cb, Checkpoint)]
+        # callbacks that run last see every other callback's effect (e.g. a stop)
+        self.callbacks = sorted(parts.callbacks, key=lambda cb: bool(cb.runs_last))
         self._batch_callbacks = [cb for cb in self.callbacks if _overrides(cb, "on_batch_end")]
         self._pending_callback_states: dict | None = None
         p = parts
@@ -148,8 +152,8 @@ class TrainingRun:
 
     # ------------------------------------------------------------------ callbacks
     def notify(self, hook: str, **kwargs: Any) -> list:
-        """Call ``hook(net, **kwargs)`` on every callback; return their results."""
-        return [getattr(cb, hook)(self.net, **kwargs) for cb in self.callbacks]
+        """Call ``hook(net, run=self, **kwargs)`` on every callback; return their results."""
+        return [getattr(cb, hook)(self.net, run=self, **kwargs) for cb in self.callbacks]
 
     def _attach(self, net: Any) -> None:
         self.net = net
@@ -157,7 +161,6 @@ class TrainingRun:
         net.optimizer_ = self.parts.optimizer
         net.history_ = self.state.history
         net.masks_ = LiveMasks(self.parts.sparsity)
-        net._run = self
 
     # ------------------------------------------------------------------- training
     def fit_loop(self, net: Any) -> TrainState:
@@ -188,7 +191,6 @@ class TrainingRun:
         if self.state.best_module_state is not None:
             self.parts.module.load_state_dict(self.state.best_module_state)
         self.parts.module.eval()
-        del net._run
         return self.state
 
     def run_single_epoch(self) -> dict:
@@ -210,10 +212,9 @@ class TrainingRun:
             if self._batch_callbacks:
                 value = float(loss)
                 for cb in self._batch_callbacks:
-                    cb.on_batch_end(self.net, step=s.step, loss=value)
-        if p.distributed is not None:
-            loss_sum, seen = p.distributed.end_train_epoch(p.module, p.sparsity, loss_sum,
-                                                           seen, epoch=epoch)
+                    cb.on_batch_end(self.net, run=self, step=s.step, loss=value)
+        loss_sum, seen = p.world.end_train_epoch(p.module, p.sparsity, loss_sum, seen,
+                                                 epoch=epoch)
         train_loss = float(loss_sum) / max(seen, 1)
         if not np.isfinite(train_loss):
             self._diverged(epoch, "training loss", train_loss)
@@ -230,9 +231,7 @@ class TrainingRun:
             p.objective.end_epoch()
         record["best"] = self.select(record, epoch)
         self._step_scheduler(record)
-        record["dur"] = time.perf_counter() - start
-        if p.distributed is not None:
-            record["dur"] = p.distributed.max(record["dur"])  # the slowest rank's
+        record["dur"] = p.world.max(time.perf_counter() - start)  # the slowest rank's
         s.history.append(record)
         s.epoch += 1
         if p.progress is not None:
@@ -241,15 +240,11 @@ class TrainingRun:
                 {k: f"{record[k]:.3f}" for k in ("train_loss", "valid_acc",
                                                  "valid_worst_group_acc") if k in record}
             )
-        for cb in self.callbacks:
-            if not isinstance(cb, Checkpoint) and cb.on_epoch_end(self.net, record=record):
-                s.stopped = True
-        if p.distributed is not None:
-            s.stopped = p.distributed.any(s.stopped)  # one rank's stop stops all
-        for cb in self.callbacks:
-            if isinstance(cb, Checkpoint):
-                # every other callback has run: the stop decision is final
-                cb.on_epoch_end(self.net, record=record, stopping=s.stopped)
+        for last in (False, True):  # the last ones see the others' stop decision
+            for cb in self.callbacks:
+                if cb.runs_last == last and cb.on_epoch_end(self.net, run=self, record=record):
+                    s.stopped = True
+            s.stopped = p.world.any(s.stopped)  # one rank's stop stops all
         return record
 
     def train_step(self, x: Any, idx: torch.Tensor) -> torch.Tensor:
@@ -299,23 +294,18 @@ class TrainingRun:
         loss sum and per-group counts are summed over the ranks.
         """
         valid: EvalSet = self.parts.valid
-        ctx = self.parts.distributed
+        world = self.parts.world
         y = torch.as_tensor(valid.y)
         groups = (torch.zeros(len(y), dtype=torch.long) if valid.groups is None
                   else torch.as_tensor(valid.groups, dtype=torch.long))
         n_groups = int(groups.max()) + 1 if len(groups) else 1
-        order = None
-        if ctx is not None:
-            order = shard_range(len(y), ctx.rank, ctx.world_size)
-            y, groups = y[order], groups[order]
+        order = shard_range(len(y), world.rank, world.world_size)
+        y, groups = y[order], groups[order]
         logits = predict_logits(self.parts.module, valid.source,
                                 batch_size=self.parts.eval_batch_size,
                                 device=self.parts.device,
                                 autocast=self.parts.precision.autocast, order=order)
-        finite = bool(torch.isfinite(logits).all())
-        if ctx is not None:
-            finite = not ctx.any(not finite)
-        if not finite:
+        if world.any(not bool(torch.isfinite(logits).all())):
             self._diverged(epoch, "network output on the validation data", "non-finite")
         if len(y):
             loss_sum = float(nn.functional.cross_entropy(logits, y, reduction="sum"))
@@ -324,9 +314,7 @@ class TrainingRun:
             loss_sum, correct = 0.0, torch.zeros(0, dtype=torch.float64)
         hits = torch.zeros(n_groups, dtype=torch.float64).index_add_(0, groups, correct)
         totals = torch.bincount(groups, minlength=n_groups).double()
-        if ctx is not None:
-            loss_sum, hits, totals = ctx.reduce_counts(loss_sum, hits, totals)
-        return self._metrics(loss_sum, hits, totals)
+        return self._metrics(*world.reduce_counts(loss_sum, hits, totals))
 
     @staticmethod
     def _metrics(loss_sum: float, hits: torch.Tensor, totals: torch.Tensor) -> dict:
@@ -418,11 +406,11 @@ class TrainingRun:
 
         In a data-parallel fit only rank 0 writes (every rank holds the same state).
         """
-        if self.parts.distributed is not None and not self.parts.distributed.is_main:
+        if not self.parts.world.is_main:
             return
-
-        write_checkpoint(dirname, self.state_dict(), epoch=self.state.epoch_offset
-                         + self.state.epoch, fingerprint=self.fingerprint, keep=keep)
+        write_checkpoint(dirname, self.state_dict(),
+                         epoch=self.state.epoch_offset + self.state.epoch,
+                         fingerprint=self.fingerprint, keep=keep)
 
     def _callback_states(self) -> dict:
         return {f"{i}:{type(cb).__name__}": cb.state_dict()

@@ -1,23 +1,26 @@
-"""The parts a training run is built from, and the functions that build them.
+"""The parts a training run is built from, and the function that builds them.
 
-:meth:`RESTClassifier.fit` builds a :class:`TrainingParts` -- module, optimizer,
-learning-rate scheduler, objective, sparsity engine, data, precision, callbacks -- and
-hands it to :func:`rest_fair.training.loop.fit_loop`. The loop reads nothing else; in
-particular it never reads estimator parameters.
+:func:`build_parts` assembles a :class:`TrainingParts` -- module, optimizer, learning-rate
+scheduler, objective, sparse engine, data, precision, callbacks and world -- from a
+:class:`TrainConfig`, and the world makes them this process's (a data-parallel rank's).
+:class:`~rest_fair.training.TrainingRun` trains them and reads nothing else.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from .._data import BatchSource
+from .._data import BatchSource, _DatasetSource
+from ..objectives import make_objective
 from ..sparse import DropSchedule, DynamicSparsity, MaskSet
+from ..sparse.compute import make_sparse_compute
+from .distributed import LocalContext
 from .precision import Precision
 from .sampler import EpochSampler
 
@@ -25,8 +28,11 @@ __all__ = [
     "LR_SCHEDULERS",
     "OPTIMIZERS",
     "EvalSet",
+    "SparsityConfig",
+    "TrainConfig",
     "TrainSet",
     "TrainingParts",
+    "build_parts",
     "make_optimizer",
     "make_scheduler",
     "make_sparsity",
@@ -36,6 +42,55 @@ __all__ = [
 OPTIMIZERS = ("sgd", "adam", "adamw")
 #: Values of ``RESTClassifier(lr_scheduler=...)``.
 LR_SCHEDULERS = ("plateau", "cosine", "constant")
+
+
+@dataclass(frozen=True)
+class SparsityConfig:
+    """How the weights are masked and their topology updated.
+
+    The fields are the parameters of :class:`~rest_fair.RESTClassifier` of the same names
+    (``sparse_init`` is ``"random"`` or ``"magnitude"``); ``sparsity=0`` trains densely.
+    """
+
+    sparsity: float
+    layer_density: str
+    sparse_init: str
+    dense_layers: Sequence[str] | None
+    regrow: str
+    drop_fraction: float
+    drop_schedule: str
+    update_interval: int | str
+    update_end: float
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """What :func:`build_parts` builds a run from.
+
+    The fields are the parameters of :class:`~rest_fair.RESTClassifier` of the same names;
+    ``sparse`` holds the sparse-training ones.
+    """
+
+    sparse: SparsityConfig
+    sparse_compute: str
+    sparse_compute_threshold: float
+    optimizer: str
+    lr: float
+    momentum: float
+    weight_decay: float
+    lr_scheduler: str
+    objective: str
+    groupdro_eta: float
+    max_epochs: int
+    batch_size: int
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any]) -> TrainConfig:
+        """The configuration in ``params`` (e.g. ``RESTClassifier.get_params()``), by name."""
+        def pick(kind: type) -> dict:
+            return {f.name: params[f.name] for f in fields(kind) if f.name != "sparse"}
+
+        return cls(sparse=SparsityConfig(**pick(SparsityConfig)), **pick(cls))
 
 
 @dataclass
@@ -61,7 +116,7 @@ class EvalSet:
 
 @dataclass
 class TrainingParts:
-    """Everything one training run needs; built by ``fit``, consumed by the loop.
+    """Everything one training run needs; built by :func:`build_parts`, read by the loop.
 
     Attributes
     ----------
@@ -90,9 +145,8 @@ class TrainingParts:
     forward_module : nn.Module or None
         What training batches go through: ``module`` itself, or its
         ``DistributedDataParallel`` wrapper in a data-parallel fit (``None``: ``module``).
-    distributed : DistributedContext or None
-        The data-parallel context (:mod:`rest_fair.training.distributed`), ``None`` in one
-        process.
+    world : LocalContext or DistributedContext
+        The processes the run trains in (:mod:`rest_fair.training.distributed`).
     """
 
     module: nn.Module
@@ -110,7 +164,7 @@ class TrainingParts:
     callbacks: list = field(default_factory=list)
     progress: Any = None
     forward_module: nn.Module | None = None
-    distributed: Any = None
+    world: LocalContext = field(default_factory=LocalContext)
 
     def __post_init__(self) -> None:
         if self.forward_module is None:
@@ -149,16 +203,8 @@ def make_scheduler(name: str, optimizer: torch.optim.Optimizer, *, max_epochs: i
 
 def make_sparsity(
     module: nn.Module,
+    config: SparsityConfig,
     *,
-    sparsity: float,
-    layer_density: str,
-    init: str,
-    dense_layers: Sequence[str],
-    regrow: str,
-    drop_fraction: float,
-    drop_schedule: str,
-    update_interval: int,
-    update_end: float,
     steps_per_epoch: int,
     max_epochs: int,
     generator: torch.Generator,
@@ -166,46 +212,98 @@ def make_sparsity(
 ) -> DynamicSparsity | None:
     """The sparse engine of a run, with its initial masks applied (``None`` when dense).
 
-    Parameters
-    ----------
-    module : nn.Module
-    sparsity : float
-        Global fraction of zero weights; ``0`` returns ``None``.
-    layer_density : {"erk", "uniform"}
-    init : {"random", "magnitude"}
-        Random masks (training from scratch; weights are then rescaled by
-        ``1/sqrt(density)``) or the largest-magnitude weights of each layer (pretrained
-        weights, kept as they are).
-    dense_layers : sequence of str
-        Layers left dense (see :meth:`MaskSet.from_module`).
-    regrow, drop_fraction, drop_schedule, update_interval, update_end
-        As the estimator's parameters (``update_interval`` already an int).
-    steps_per_epoch, max_epochs : int
-        Length of the run, for the drop schedule and the placement of updates.
-    generator : torch.Generator
-        CPU generator of masks and random regrowth.
-    masks : dict of str to bool Tensor, optional
-        Masks to start from (a warm start) instead of new ones.
+    Random masks (``sparse_init="random"``, training from scratch) rescale the weights by
+    ``1/sqrt(density)``; ``"magnitude"`` keeps the largest weights of each layer as they
+    are (pretrained weights). ``steps_per_epoch`` and ``max_epochs`` place the updates
+    (``update_interval="auto"``: once per epoch) and scale the drop schedule; ``generator``
+    draws masks and random regrowth; ``masks`` (a warm start) replace new ones.
     """
-    if sparsity <= 0:
+    if config.sparsity <= 0:
         return None
     if masks is not None:
         params = dict(module.named_parameters())
         mask_set = MaskSet({name: params[name] for name in masks}, masks)
     else:
         mask_set = MaskSet.from_module(
-            module, density=1.0 - sparsity, distribution=layer_density, init=init,
-            dense_layers=tuple(dense_layers), generator=generator,
+            module, density=1.0 - config.sparsity, distribution=config.layer_density,
+            init=config.sparse_init, dense_layers=tuple(config.dense_layers or ()),
+            generator=generator,
         )
     mask_set.apply_()
-    if masks is None and init == "random":
+    if masks is None and config.sparse_init == "random":
         mask_set.rescale_init_()
     total_steps = steps_per_epoch * max_epochs
+    interval = config.update_interval
     return DynamicSparsity(
         mask_set,
-        schedule=DropSchedule(drop_fraction, int(update_end * total_steps), drop_schedule),
-        update_interval=update_interval,
-        regrow=regrow,
+        schedule=DropSchedule(config.drop_fraction, int(config.update_end * total_steps),
+                              config.drop_schedule),
+        update_interval=steps_per_epoch if interval == "auto" else int(interval),
+        regrow=config.regrow,
         generator=generator,
         steps_per_epoch=steps_per_epoch,
     )
+
+
+def _example_batch(data: TrainSet, batch_size: int,
+                   device: torch.device) -> Callable[[], Any] | None:
+    """One training batch, on demand, for timing layers at their real row counts.
+
+    ``None`` for a torch Dataset, whose loader would start its workers just for this.
+    """
+    source = data.source
+    if isinstance(source, _DatasetSource):
+        return None
+
+    def first() -> Any:
+        order = torch.arange(min(source.n_samples, batch_size))
+        return next(iter(source.batches(order, batch_size, device)))[0]
+
+    return first
+
+
+def build_parts(
+    config: TrainConfig,
+    module: nn.Module,
+    train: TrainSet,
+    valid: EvalSet | None,
+    *,
+    world: LocalContext,
+    precision: Precision,
+    generator: torch.Generator,
+    callbacks: list,
+    masks: dict[str, torch.Tensor] | None = None,
+    sparse_layers: Sequence[str] | None = None,
+) -> TrainingParts:
+    """The parts of a run, assembled once and made this process's by ``world.prepare``.
+
+    ``module`` is on ``world.device``; ``generator`` draws masks and random regrowth;
+    ``masks`` are a warm start's and ``sparse_layers`` the layers a resumed run trained in
+    CSR form (see :func:`~rest_fair.sparse.compute.make_sparse_compute`).
+    """
+    device, batch_size = world.device, config.batch_size
+    sparsity = make_sparsity(module, config.sparse, steps_per_epoch=train.sampler.steps_per_epoch,
+                             max_epochs=config.max_epochs, generator=generator, masks=masks)
+    sparsity = make_sparse_compute(
+        module, sparsity, mode=config.sparse_compute, threshold=config.sparse_compute_threshold,
+        batch_size=batch_size, device=device, autocast_dtype=precision.dtype,
+        grad_scaling=precision.scaler is not None, distributed=world.data_parallel,
+        layers=sparse_layers, example=_example_batch(train, batch_size, device),
+    )
+    optimizer = make_optimizer(config.optimizer, module.parameters(), lr=config.lr,
+                               momentum=config.momentum, weight_decay=config.weight_decay)
+    if sparsity is not None:
+        sparsity.bind_optimizer(optimizer)
+    parts = TrainingParts(
+        module=module,
+        optimizer=optimizer,
+        scheduler=make_scheduler(config.lr_scheduler, optimizer, max_epochs=config.max_epochs),
+        objective=make_objective(config.objective, n_groups=train.n_groups,
+                                 eta=config.groupdro_eta, device=device,
+                                 all_reduce=world.all_reduce, world_size=world.world_size),
+        sparsity=sparsity, train=train, valid=valid, precision=precision, device=device,
+        max_epochs=config.max_epochs, batch_size=batch_size,
+        eval_batch_size=max(batch_size, 512), callbacks=callbacks, world=world,
+    )
+    world.prepare(parts)
+    return parts
