@@ -23,7 +23,13 @@ from .models import MODULE_NAMES
 from .objectives import OBJECTIVES
 from .persistence import model_file
 from .reweighting import REWEIGHT_MODES
-from .sparse import DROP_SCHEDULES, LAYER_DENSITIES, REGROW_MODES, SPARSE_INITS
+from .sparse import (
+    DROP_SCHEDULES,
+    LAYER_DENSITIES,
+    REGROW_MODES,
+    SPARSE_INITS,
+    UPDATE_TIMINGS,
+)
 from .sparse.compute import SPARSE_COMPUTE_MODES
 from .text import text_input
 from .training import LR_SCHEDULERS, OPTIMIZERS, PRECISIONS, predict_logits
@@ -78,6 +84,11 @@ class RESTClassifier(ClassifierMixin, BaseEstimator):
         for pretrained weights, each layer's largest-magnitude weights at its density.
         The values ``"erk"`` and ``"uniform"`` are deprecated spellings of
         ``layer_density``.
+    rescale_init : bool, default=True
+        With random masks, multiply each masked layer's initial weights by
+        ``1/sqrt(density)`` so that its outputs keep the dense network's scale (without
+        it a 90 %-sparse MLP hardly trains from scratch). The REST authors do not rescale:
+        ``False`` reproduces them.
     dense_layers : list of str, default=None
         Layers left dense: ``"first"`` (the first conv/linear layer), ``"head"`` (the
         last linear layer), ``"embeddings"`` and/or weight names as in
@@ -92,9 +103,13 @@ class RESTClassifier(ClassifierMixin, BaseEstimator):
         the REST authors' cosine annealing that ends at 0.005 instead of 0, or none.
     update_interval : int or "auto", default="auto"
         Optimizer steps between topology updates; ``"auto"`` is once per epoch. The REST
-        authors used 1000 steps on their (much larger) data sets. Updates fall in the
-        middle of their interval and never on the last step of an epoch, so every
-        validated model has trained since its last topology change.
+        authors used 1000 steps on their (much larger) data sets.
+    update_timing : {"mid_interval", "after_step"}, default="mid_interval"
+        Where updates fall. ``"mid_interval"``: in the middle of each interval, between
+        ``backward()`` and the optimizer step (which then trains the regrown weights), and
+        never on the last step of an epoch, so every validated model has trained since its
+        last topology change. ``"after_step"``: at every ``update_interval``-th step, after
+        the optimizer step, wherever that falls (the REST authors' code).
     update_end : float in [0, 1], default=0.75
         Fraction of training after which the topology is frozen (``T_end``).
     sparse_compute : {"auto", "masked", "csr"}, default="auto"
@@ -249,6 +264,8 @@ class RESTClassifier(ClassifierMixin, BaseEstimator):
         "drop_schedule": [Options(DROP_SCHEDULES)],
         "update_interval": [Interval(Integral, 1, _INF, "left"), Options(("auto",))],
         "update_end": [Interval(Real, 0, 1, "both")],
+        "update_timing": [Options(UPDATE_TIMINGS)],
+        "rescale_init": [TypeOf((bool, np.bool_), "True or False")],
         "sparse_compute": [Options(SPARSE_COMPUTE_MODES)],
         "sparse_compute_threshold": [Interval(Real, 0, 1, "both")],
         "upweight": [TypeOf((_NONE, Mapping), "None or a dict"), Options(("balanced",)),
@@ -285,12 +302,14 @@ class RESTClassifier(ClassifierMixin, BaseEstimator):
         sparsity: float = 0.9,
         layer_density: str = "erk",
         sparse_init: str = "random",
+        rescale_init: bool = True,
         dense_layers: list | None = None,
         regrow: str = "gradient",
         drop_fraction: float = 0.5,
         drop_schedule: str = "cosine",
         update_interval: int | str = "auto",
         update_end: float = 0.75,
+        update_timing: str = "mid_interval",
         sparse_compute: str = "auto",
         sparse_compute_threshold: float = 0.2,
         upweight: str | float | Mapping[Hashable, float] | None = "balanced",
@@ -322,12 +341,14 @@ class RESTClassifier(ClassifierMixin, BaseEstimator):
         self.sparsity = sparsity
         self.layer_density = layer_density
         self.sparse_init = sparse_init
+        self.rescale_init = rescale_init
         self.dense_layers = dense_layers
         self.regrow = regrow
         self.drop_fraction = drop_fraction
         self.drop_schedule = drop_schedule
         self.update_interval = update_interval
         self.update_end = update_end
+        self.update_timing = update_timing
         self.sparse_compute = sparse_compute
         self.sparse_compute_threshold = sparse_compute_threshold
         self.upweight = upweight

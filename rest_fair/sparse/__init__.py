@@ -14,7 +14,7 @@
 """
 
 from .densities import active_counts, erk_densities, uniform_densities
-from .engine import DynamicSparsity
+from .engine import UPDATE_TIMINGS, DynamicSparsity
 from .masks import (
     DENSE_LAYER_ALIASES,
     LAYER_DENSITIES,
@@ -32,6 +32,7 @@ __all__ = [
     "LAYER_DENSITIES",
     "REGROW_MODES",
     "SPARSE_INITS",
+    "UPDATE_TIMINGS",
     "DropSchedule",
     "DynamicSparsity",
     "MaskSet",

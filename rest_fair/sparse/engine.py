@@ -35,8 +35,11 @@ from .masks import MaskSet
 from .rigl import REGROW_MODES, LayerStorage, update_topology
 from .schedules import DropSchedule
 
-__all__ = ["DynamicSparsity"]
+__all__ = ["UPDATE_TIMINGS", "DynamicSparsity"]
 
+#: Where topology updates fall (``update_timing``): in the middle of each interval before
+#: the optimizer step, never on an epoch's last step; or at every interval's end, after it.
+UPDATE_TIMINGS = ("mid_interval", "after_step")
 _NO_PLAN = (
     "the topology update of step {step} was not prepared; call prepare_step(step) before "
     "the forward pass of every training step."
@@ -73,7 +76,13 @@ class DynamicSparsity:
         CPU generator for random regrowth.
     steps_per_epoch : int, optional
         Steps between two validations. When given (and larger than 1) no update falls on
-        the last step of an epoch (see the module docstring).
+        the last step of an epoch (see the module docstring); ``"mid_interval"`` only.
+    update_timing : {"mid_interval", "after_step"}, default="mid_interval"
+        ``"mid_interval"``: updates at steps ``s`` with ``s % update_interval ==
+        update_interval // 2``, called between ``backward()`` and the optimizer step.
+        ``"after_step"``: at every ``update_interval``-th step, and the training loop calls
+        :meth:`before_step` after that step's optimizer step (:attr:`after_optimizer_step`),
+        as the REST authors' code does.
 
     Attributes
     ----------
@@ -91,7 +100,11 @@ class DynamicSparsity:
         regrow: str = "gradient",
         generator: torch.Generator | None = None,
         steps_per_epoch: int | None = None,
+        update_timing: str = "mid_interval",
     ) -> None:
+        if update_timing not in UPDATE_TIMINGS:
+            raise ValueError(f"update_timing must be one of {UPDATE_TIMINGS}; "
+                             f"got {update_timing!r}.")
         if regrow not in REGROW_MODES:
             raise ValueError(f"regrow must be one of {REGROW_MODES}; got {regrow!r}.")
         if update_interval < 1:
@@ -104,6 +117,7 @@ class DynamicSparsity:
         self.regrow = regrow
         self.generator = generator
         self.steps_per_epoch = steps_per_epoch
+        self.update_timing = update_timing
         self.layers: dict[str, LayerStorage] = {}
         self._prepared: int | None = None
         self.n_updates = 0
@@ -120,11 +134,19 @@ class DynamicSparsity:
         spe = self.steps_per_epoch
         return spe is not None and spe > 1 and step % spe == 0
 
+    @property
+    def after_optimizer_step(self) -> bool:
+        """Whether the loop calls :meth:`before_step` after the optimizer step."""
+        return self.update_timing == "after_step"
+
     def is_update_step(self, step: int) -> bool:
         """Whether the topology changes at optimizer step ``step`` (1-based)."""
-        due = (self._on_phase(step) and not self._epoch_end(step)) or (
-            self._on_phase(step - 1) and self._epoch_end(step - 1)
-        )
+        if self.after_optimizer_step:
+            due = step % self.update_interval == 0
+        else:
+            due = (self._on_phase(step) and not self._epoch_end(step)) or (
+                self._on_phase(step - 1) and self._epoch_end(step - 1)
+            )
         return due and step <= self.schedule.end_step and self.schedule(step) > 0.0
 
     # -- the calls of a training step -----------------------------------------------------

@@ -254,7 +254,8 @@ class TrainingRun:
         forward pass whether the topology changes), forward and loss (under autocast),
         backward, the topology update when due (it reads this batch's dense gradient, so
         the optimizer step that follows trains the regrown weights), optimizer step, masks
-        re-applied.
+        re-applied. With ``update_timing="after_step"`` the update comes last, from the same
+        gradient, after the optimizer step.
         """
         p, s = self.parts, self.state
         step = s.step + 1
@@ -267,16 +268,23 @@ class TrainingRun:
                                None if self._w is None else self._w[idx], self._g[idx])
         p.optimizer.zero_grad(set_to_none=True)
         p.precision.backward(loss)
-        if sparsity is not None and sparsity.is_update_step(step):
+        update = sparsity is not None and sparsity.is_update_step(step)
+        if update:
             p.precision.unscale_(p.optimizer)
-            if self._gradients_finite():
-                regrown = sparsity.before_step(step, p.optimizer)
-                self.notify("on_topology_update", step=step, n_regrown=regrown)
+            update = self._gradients_finite()
+        if update and not sparsity.after_optimizer_step:
+            self._update_topology(step)
         p.precision.step(p.optimizer)
         if sparsity is not None:
             sparsity.after_step()
+        if update and sparsity.after_optimizer_step:
+            self._update_topology(step)
         s.step = step
         return loss.detach()
+
+    def _update_topology(self, step: int) -> None:
+        regrown = self.parts.sparsity.before_step(step, self.parts.optimizer)
+        self.notify("on_topology_update", step=step, n_regrown=regrown)
 
     def _gradients_finite(self) -> bool:
         # float16 steps whose gradients overflowed are skipped by the scaler; their

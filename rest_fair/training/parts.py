@@ -55,12 +55,14 @@ class SparsityConfig:
     sparsity: float
     layer_density: str
     sparse_init: str
+    rescale_init: bool
     dense_layers: Sequence[str] | None
     regrow: str
     drop_fraction: float
     drop_schedule: str
     update_interval: int | str
     update_end: float
+    update_timing: str
 
 
 @dataclass(frozen=True)
@@ -213,10 +215,11 @@ def make_sparsity(
     """The sparse engine of a run, with its initial masks applied (``None`` when dense).
 
     Random masks (``sparse_init="random"``, training from scratch) rescale the weights by
-    ``1/sqrt(density)``; ``"magnitude"`` keeps the largest weights of each layer as they
-    are (pretrained weights). ``steps_per_epoch`` and ``max_epochs`` place the updates
-    (``update_interval="auto"``: once per epoch) and scale the drop schedule; ``generator``
-    draws masks and random regrowth; ``masks`` (a warm start) replace new ones.
+    ``1/sqrt(density)`` unless ``config.rescale_init`` is false; ``"magnitude"`` keeps the
+    largest weights of each layer as they are (pretrained weights). ``steps_per_epoch``
+    and ``max_epochs`` place the updates (``update_interval="auto"``: once per epoch) and
+    scale the drop schedule; ``generator`` draws masks and random regrowth; ``masks`` (a
+    warm start) replace new ones.
     """
     if config.sparsity <= 0:
         return None
@@ -230,7 +233,7 @@ def make_sparsity(
             generator=generator,
         )
     mask_set.apply_()
-    if masks is None and config.sparse_init == "random":
+    if masks is None and config.sparse_init == "random" and config.rescale_init:
         mask_set.rescale_init_()
     total_steps = steps_per_epoch * max_epochs
     interval = config.update_interval
@@ -242,6 +245,7 @@ def make_sparsity(
         regrow=config.regrow,
         generator=generator,
         steps_per_epoch=steps_per_epoch,
+        update_timing=config.update_timing,
     )
 
 
