@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from rest_fair import RESTClassifier
+from rest_fair._validation import check_params
 from rest_fair.callbacks import Callback
 from rest_fair.recipes import authors_recipe
 
@@ -97,3 +98,15 @@ def test_recipe_fits_without_nan(data):
     clf.fit(X, y, groups=g)
     assert np.isfinite(clf.predict_proba(X)).all()
     assert clf.n_topology_updates_ > 0
+
+
+def test_the_study_has_the_recipe_as_rows_that_search_only_the_optimisation():
+    from rest_fair.benchmarks.study import STUDY_METHODS
+
+    row = STUDY_METHODS["rest_authors_0.9"]
+    fixed = row.fixed()
+    recipe = authors_recipe()
+    assert fixed == {k: recipe[k] for k in ("rescale_init", "drop_fraction", "drop_schedule",
+                                           "update_interval", "update_end", "update_timing")}
+    assert row.sparsity == 0.9 and row.selection == "worst_group"
+    check_params(RESTClassifier(**fixed))

@@ -27,12 +27,14 @@ import numpy as np
 from .._requirements import Requirement
 from ..exceptions import TrainingDivergedError
 from ..experiments.run import digest, jsonable
+from ..recipes import authors_recipe
 from .config import BenchConfig, RunSpec
 from .data import load_data
 from .methods import estimator_params, get_method
 from .search import SEARCH_SPACES, equal_cost_width, hyperparameters, sample
 
 __all__ = [
+    "AUTHORS_SPARSE_TRAINING",
     "SELECTION_RULES",
     "STUDY_METHODS",
     "RandomSearch",
@@ -54,6 +56,10 @@ _EQUAL_COST_MODULE = (
     "out with --methods."
 )
 _DEFAULT_MLP_WIDTHS = (100, 100, 100)
+#: What the study's authors'-recipe rows take from :func:`~rest_fair.recipes.authors_recipe`:
+#: how the sparse network is initialised and updated (the optimisation is searched).
+AUTHORS_SPARSE_TRAINING = ("rescale_init", "drop_fraction", "drop_schedule", "update_interval",
+                           "update_end", "update_timing")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,6 +171,17 @@ def _rest(sparsity: float) -> StudyMethod:
                        "rest", "worst_group", series="REST")
 
 
+def _authors_sparse_training() -> dict[str, Any]:
+    recipe = authors_recipe()
+    return {key: recipe[key] for key in AUTHORS_SPARSE_TRAINING}
+
+
+def _authors(sparsity: float) -> StudyMethod:
+    return StudyMethod(f"rest_authors_{sparsity:g}", f"REST, authors' recipe {100 * sparsity:g} %",
+                       "rest", sparsity, "reweighting", "worst_group",
+                       fixed_params=_authors_sparse_training, series="REST, authors' recipe")
+
+
 def _equal_cost(sparsity: float) -> StudyMethod:
     return StudyMethod(f"dense_cost_{sparsity:g}",
                        f"Reweighting (dense, cost of REST {100 * sparsity:g} %)", "rest", 0.0,
@@ -177,7 +194,8 @@ def _equal_cost(sparsity: float) -> StudyMethod:
 #: by validation worst-class accuracy. Adding a method is adding a row, e.g. a recipe:
 #: ``StudyMethod("rest_recipe_0.9", "REST, recipe (90 %)", "rest", 0.9, "reweighting",
 #: "worst_group", fixed_params=recipe, series="REST, recipe")`` with ``recipe()`` returning
-#: the estimator parameters it fixes.
+#: the estimator parameters it fixes. The authors' recipe rows fix its sparse-training
+#: choices (:data:`AUTHORS_SPARSE_TRAINING`) and search the rest like reweighting's.
 STUDY_METHODS: dict[str, StudyMethod] = {
     m.name: m
     for m in (
@@ -187,6 +205,8 @@ STUDY_METHODS: dict[str, StudyMethod] = {
         _rest(0.9),
         _rest(0.95),
         _rest(0.99),
+        _authors(0.9),
+        _authors(0.99),
         StudyMethod("groupdro", "GroupDRO", "groupdro", 0.0, "groupdro", "worst_group"),
         StudyMethod("jtt", "JTT", "jtt", 0.0, "jtt", "worst_class"),
         _equal_cost(0.9),
