@@ -190,8 +190,8 @@ class BenchConfig:
         if check is not None:
             check(self)
 
-    def estimator_params(self, spec: RunSpec) -> dict[str, Any]:
-        """The :class:`~rest_fair.RESTClassifier` parameters of one run."""
+    def base_params(self, seed: int) -> dict[str, Any]:
+        """The parameters every run of this benchmark shares (``extra_params`` included)."""
         params: dict[str, Any] = {
             "max_epochs": int(self.max_epochs),
             "batch_size": int(self.batch_size),
@@ -199,9 +199,14 @@ class BenchConfig:
             "module": self.module,
             "module_params": dict(self.module_params) if self.module_params else None,
             "device": self.device,
-            "random_state": spec.seed,
+            "random_state": seed,
         }
         params.update(self.extra_params)
+        return params
+
+    def estimator_params(self, spec: RunSpec) -> dict[str, Any]:
+        """The :class:`~rest_fair.RESTClassifier` parameters of one run."""
+        params = self.base_params(spec.seed)
         params.update(estimator_params(get_method(spec.method), sparsity=spec.sparsity,
                                        ratio=spec.ratio, upweight=self.upweight))
         return params

@@ -362,16 +362,7 @@ class RandomSearch:
         the family's, the drawn ones, the equal-cost width and the fixed ones."""
         m = get_study_method(spec.method)
         bench = self.bench
-        params: dict[str, Any] = {
-            "max_epochs": int(bench.max_epochs),
-            "batch_size": int(bench.batch_size),
-            "lr": float(bench.lr),
-            "module": bench.module,
-            "module_params": dict(bench.module_params) if bench.module_params else None,
-            "device": bench.device,
-            "random_state": spec.seed,
-        }
-        params.update(bench.extra_params)
+        params = bench.base_params(spec.seed)
         params.update(estimator_params(get_method(m.family), sparsity=m.sparsity,
                                        ratio=spec.ratio))
         drawn = hyperparameters(self.point(spec.method, spec.config), ratio=spec.ratio,
