@@ -61,7 +61,7 @@ def _setup(args: argparse.Namespace, device: torch.device, masked: bool, seed: i
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
     masks = None
     if masked:
-        masks = MaskSet.from_module(model, density=1.0 - args.sparsity, init="magnitude",
+        masks = MaskSet.from_module(model, density=1.0 - args.sparsity, sparse_init="magnitude",
                                     dense_layers=("first", "head"))
         masks.apply_()
     return model, optimizer, masks

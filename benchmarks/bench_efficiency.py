@@ -49,7 +49,7 @@ def _masks(net: nn.Module, sparsity: float, distribution: str, seed: int) -> dic
     from rest_fair.sparse import MaskSet
 
     generator = torch.Generator().manual_seed(seed)
-    return MaskSet.from_module(net, density=1.0 - sparsity, distribution=distribution,
+    return MaskSet.from_module(net, density=1.0 - sparsity, layer_density=distribution,
                                generator=generator).to_dict()
 
 
@@ -160,7 +160,7 @@ def training_table(args, dense: nn.Module) -> list[str]:
         for sparsity in args.sparsities:
             net_d = copy.deepcopy(dense).train()
             net_s = copy.deepcopy(dense).train()
-            masks = MaskSet.from_module(net_s, density=1.0 - sparsity, distribution=distribution,
+            masks = MaskSet.from_module(net_s, density=1.0 - sparsity, layer_density=distribution,
                                         generator=torch.Generator().manual_seed(1))
             masks.apply_()
             opt_d = torch.optim.SGD(net_d.parameters(), lr=0.01, momentum=0.9)

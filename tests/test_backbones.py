@@ -66,7 +66,7 @@ def test_resnet50_from_a_local_state_dict(resnet50_file):
 def test_magnitude_mask_keeps_the_largest_pretrained_weights(resnet50_file):
     model = build_module("resnet50", input_shape=(3, 32, 32), n_classes=2,
                          module_params={"weights": resnet50_file})
-    masks = MaskSet.from_module(model, density=0.1, init="magnitude",
+    masks = MaskSet.from_module(model, density=0.1, sparse_init="magnitude",
                                 dense_layers=("first", "head"))
     assert "conv1.weight" not in masks.names and "fc.weight" not in masks.names
     assert not any("bn" in n or n.endswith("bias") for n in masks.names)

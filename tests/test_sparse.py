@@ -94,7 +94,7 @@ def test_maskable_parameters_are_conv_and_linear_weights_only():
 @pytest.mark.parametrize("distribution", ["erk", "uniform"])
 def test_random_masks_have_exact_counts_and_zero_weights(distribution):
     net = _net()
-    masks = MaskSet.from_module(net, density=0.2, distribution=distribution,
+    masks = MaskSet.from_module(net, density=0.2, layer_density=distribution,
                                 generator=torch.Generator().manual_seed(0))
     masks.apply_()
     shapes = {n: tuple(p.shape) for n, p in maskable_parameters(net)}
@@ -273,7 +273,7 @@ def test_rescale_init_preserves_signal():
     net = nn.Sequential(*[nn.Linear(400, 400, bias=False) for _ in range(4)])
     x = torch.randn(512, 400)
     dense_std = float(net(x).std())
-    masks = MaskSet.from_module(net, density=0.05, distribution="uniform",
+    masks = MaskSet.from_module(net, density=0.05, layer_density="uniform",
                                 generator=torch.Generator().manual_seed(0))
     masks.apply_()
     silent_std = float(net(x).std())

@@ -62,7 +62,7 @@ def test_tied_weight_gets_one_mask():
 
 def test_erk_handles_embedding_shapes():
     net = _TextNet()
-    masks = MaskSet.from_module(net, density=0.3, distribution="erk")
+    masks = MaskSet.from_module(net, density=0.3, layer_density="erk")
     shapes = {n: tuple(p.shape) for n, p in maskable_parameters(net)}
     expected = active_counts(shapes, erk_densities(shapes, 0.3))
     assert masks.n_active() == expected
@@ -77,7 +77,8 @@ def test_erk_handles_embedding_shapes():
 @pytest.mark.parametrize("distribution", ["erk", "uniform"])
 def test_magnitude_init_keeps_exactly_the_largest_weights(distribution):
     net = _cnn()
-    masks = MaskSet.from_module(net, density=0.25, distribution=distribution, init="magnitude")
+    masks = MaskSet.from_module(net, density=0.25, layer_density=distribution,
+                                sparse_init="magnitude")
     shapes = {n: tuple(p.shape) for n, p in maskable_parameters(net)}
     fn = erk_densities if distribution == "erk" else uniform_densities
     counts = active_counts(shapes, fn(shapes, 0.25))
@@ -97,19 +98,19 @@ def test_magnitude_ties_are_broken_by_index_deterministically():
     net = nn.Sequential(nn.Linear(4, 2, bias=False))
     with torch.no_grad():
         net[0].weight.copy_(torch.tensor([[1.0, -2.0, 2.0, 0.5], [2.0, 1.0, -1.0, 3.0]]))
-    masks = MaskSet.from_module(net, density=0.5, distribution="uniform", init="magnitude")
+    masks = MaskSet.from_module(net, density=0.5, layer_density="uniform", sparse_init="magnitude")
     # |w| flat: 1 2 2 .5 2 1 1 3 -> top 4: 3 (7), then the 2s at 1, 2, 4
     assert masks.mask("0.weight").reshape(-1).tolist() == [
         False, True, True, False, True, False, False, True]
-    again = MaskSet.from_module(net, density=0.5, distribution="uniform", init="magnitude")
+    again = MaskSet.from_module(net, density=0.5, layer_density="uniform", sparse_init="magnitude")
     assert torch.equal(masks.mask("0.weight"), again.mask("0.weight"))
 
 
 def test_magnitude_init_ignores_the_generator():
     net = _cnn()
-    a = MaskSet.from_module(net, density=0.1, init="magnitude",
+    a = MaskSet.from_module(net, density=0.1, sparse_init="magnitude",
                             generator=torch.Generator().manual_seed(1))
-    b = MaskSet.from_module(net, density=0.1, init="magnitude",
+    b = MaskSet.from_module(net, density=0.1, sparse_init="magnitude",
                             generator=torch.Generator().manual_seed(2))
     assert all(torch.equal(a.mask(n), b.mask(n)) for n in a.names)
 
@@ -129,7 +130,7 @@ def test_dense_layers_aliases_and_names():
 
 def test_dense_layers_stay_dense_and_leave_the_density_budget():
     net = _cnn()
-    masks = MaskSet.from_module(net, density=0.2, distribution="uniform",
+    masks = MaskSet.from_module(net, density=0.2, layer_density="uniform",
                                 dense_layers=("first", "head"),
                                 generator=torch.Generator().manual_seed(0))
     assert masks.names == ["4.weight"]
@@ -166,11 +167,22 @@ def test_dense_layers_errors_list_the_maskable_names(dense_layers, match):
 
 def test_bad_init_and_distribution():
     with pytest.raises(ValueError, match="sparse_init must be one of"):
-        MaskSet.from_module(_cnn(), density=0.5, init="lottery")
+        MaskSet.from_module(_cnn(), density=0.5, sparse_init="lottery")
     with pytest.raises(ValueError, match="layer_density must be one of"):
-        MaskSet.from_module(_cnn(), density=0.5, distribution="erdos")
+        MaskSet.from_module(_cnn(), density=0.5, layer_density="erdos")
 
 
 def test_head_alias_needs_a_linear_layer():
     with pytest.raises(ValueError, match="no linear layer"):
         resolve_dense_layers(nn.Sequential(nn.Conv2d(1, 2, 3)), ["head"])
+
+
+def test_from_module_old_keyword_names_still_work_with_a_warning():
+    net = _cnn()
+    new = MaskSet.from_module(net, density=0.5, layer_density="uniform",
+                              sparse_init="magnitude")
+    with pytest.warns(FutureWarning, match="layer_density"):
+        with pytest.warns(FutureWarning, match="sparse_init"):
+            old = MaskSet.from_module(net, density=0.5, distribution="uniform",
+                                      init="magnitude")
+    assert all(torch.equal(new.mask(n), old.mask(n)) for n in new.names)

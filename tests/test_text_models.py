@@ -92,7 +92,7 @@ def test_magnitude_mask_on_a_saved_text_model(tiny):
     assert "model.distilbert.embeddings.word_embeddings.weight" in names
     assert "model.distilbert.embeddings.position_embeddings.weight" in names
     assert not any("LayerNorm" in n or "layer_norm" in n or n.endswith("bias") for n in names)
-    masks = MaskSet.from_module(net, density=0.2, init="magnitude", dense_layers=("head",))
+    masks = MaskSet.from_module(net, density=0.2, sparse_init="magnitude", dense_layers=("head",))
     assert "model.classifier.weight" not in masks.names
     params = dict(net.named_parameters())
     for name in masks.names:

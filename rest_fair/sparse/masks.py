@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Iterator, Mapping
 
 import torch
@@ -31,6 +32,7 @@ DENSE_LAYER_ALIASES = ("first", "head", "embeddings")
 _LAYERS = (nn.Linear, nn.modules.conv._ConvNd)
 _BAD_INIT = "sparse_init must be one of {options}; got {value!r}."
 _BAD_DISTRIBUTION = "layer_density must be one of {options}; got {value!r}."
+_RENAMED = "MaskSet.from_module({old}=...) is deprecated; use {new}=... (the same values)."
 _BAD_DENSE_LAYERS = (
     "dense_layers must be a sequence of {aliases} or weight names; got {value!r}."
 )
@@ -202,10 +204,12 @@ class MaskSet:
         module: nn.Module,
         *,
         density: float,
-        distribution: str = "erk",
-        init: str = "random",
+        layer_density: str = "erk",
+        sparse_init: str = "random",
         dense_layers: Iterable[str] = (),
         generator: torch.Generator | None = None,
+        distribution: str | None = None,
+        init: str | None = None,
     ) -> MaskSet:
         """Masks for every maskable weight of ``module``.
 
@@ -215,9 +219,9 @@ class MaskSet:
             The network; its maskable weights are found by :func:`maskable_parameters`.
         density : float in (0, 1]
             Global density of the masked layers (layers in ``dense_layers`` excluded).
-        distribution : {"erk", "uniform"}, default="erk"
+        layer_density : {"erk", "uniform"}, default="erk"
             How the global density is split over layers (:data:`LAYER_DENSITIES`).
-        init : {"random", "magnitude"}, default="random"
+        sparse_init : {"random", "magnitude"}, default="random"
             ``"random"``: each layer's active weights are drawn uniformly at random, for
             training from scratch. ``"magnitude"``: each layer keeps exactly its largest
             ``|w|`` at its density (ties go to the lower flat index), for sparse
@@ -227,13 +231,25 @@ class MaskSet:
             budget. See :func:`resolve_dense_layers` (``"first"``, ``"head"``,
             ``"embeddings"`` or exact weight names).
         generator : torch.Generator, optional
-            CPU generator: the only source of randomness (``init="random"``), so that
-            every process that uses the same seed builds the same masks.
+            CPU generator: the only source of randomness (``sparse_init="random"``), so
+            that every process that uses the same seed builds the same masks.
+        distribution, init : str, optional
+            Deprecated spellings of ``layer_density`` and ``sparse_init`` (a
+            ``FutureWarning``).
 
         Returns
         -------
         MaskSet
         """
+        if distribution is not None:
+            warnings.warn(_RENAMED.format(old="distribution", new="layer_density"),
+                          FutureWarning, stacklevel=2)
+            layer_density = distribution
+        if init is not None:
+            warnings.warn(_RENAMED.format(old="init", new="sparse_init"), FutureWarning,
+                          stacklevel=2)
+            sparse_init = init
+        init, distribution = sparse_init, layer_density
         if init not in SPARSE_INITS:
             raise ValueError(_BAD_INIT.format(options=SPARSE_INITS, value=init))
         if distribution not in LAYER_DENSITIES:

@@ -228,8 +228,8 @@ def make_sparsity(
         mask_set = MaskSet({name: params[name] for name in masks}, masks)
     else:
         mask_set = MaskSet.from_module(
-            module, density=1.0 - config.sparsity, distribution=config.layer_density,
-            init=config.sparse_init, dense_layers=tuple(config.dense_layers or ()),
+            module, density=1.0 - config.sparsity, layer_density=config.layer_density,
+            sparse_init=config.sparse_init, dense_layers=tuple(config.dense_layers or ()),
             generator=generator,
         )
     mask_set.apply_()
