@@ -1,0 +1,327 @@
+"""Compiled CPU kernels of the CSR linear layers, with the pure-torch path as fallback.
+
+The C source ``_csr_kernels.c`` (next to this file) is compiled on first use with the
+host's C compiler (``$CC``, else ``cc``; ``-O3 -march=native -fopenmp``) into
+``$REST_FAIR_CACHE/kernels`` (default ``~/.cache/rest_fair/kernels``) and loaded with
+:mod:`ctypes`. The file name carries a digest of the source, the flags, the compiler
+and the CPU, so a shared home directory never loads a library built for another
+machine. Loaded after torch, the library uses torch's OpenMP runtime (same soname) and
+so its threads; each call runs on ``torch.get_num_threads()`` of them.
+
+What the kernels compute (float32 and float64, int32 CSR indices, CPU tensors):
+
+- :func:`pack`: activations ``(batch, k)`` (any strides) into panels of
+  :func:`panel_width` samples, ``P[p, j, i] = A[p * width + i, j]`` (zero-padded), and
+  optionally the column sums of ``A`` (the bias gradient);
+- :func:`csr_forward`: ``Y = X W^T + b`` from the packed ``X``, written row-major or
+  feature-major;
+- :func:`csr_backward`: ``G W`` (input gradient) and ``G^T X`` at the pattern (weight
+  gradient) in one pass over the transposed pattern.
+
+Each output entry is computed by one thread in a fixed order, so results do not depend
+on the thread count. A quick check against torch runs once after loading. When no
+compiler is found, the build fails, the check fails, or ``REST_FAIR_NATIVE_KERNELS=0``,
+:func:`load` returns ``None`` (the reason is in :func:`unavailable_reason`) and the layers
+use torch's sparse products.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tempfile
+from pathlib import Path
+
+import torch
+
+__all__ = [
+    "ENV_SWITCH",
+    "Splits",
+    "available",
+    "csr_backward",
+    "csr_forward",
+    "load",
+    "pack",
+    "panel_width",
+    "unavailable_reason",
+]
+
+ENV_SWITCH = "REST_FAIR_NATIVE_KERNELS"
+_SOURCE = Path(__file__).with_name("_csr_kernels.c")
+# Tried in order; the first set that compiles is used.
+_FLAG_SETS = (
+    ("-O3", "-march=native", "-fopenmp"),
+    ("-O3", "-mcpu=native", "-fopenmp"),
+    ("-O3", "-fopenmp"),
+)
+_COMPILE_TIMEOUT_S = 180
+_SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
+
+_lib: ctypes.CDLL | None = None
+_reason: str | None = None
+_tried = False
+
+_i64 = ctypes.c_int64
+_ptr = ctypes.c_void_p
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("REST_FAIR_CACHE", os.path.join("~", ".cache", "rest_fair"))
+    return Path(root).expanduser() / "kernels"
+
+
+def _cpu_signature() -> str:
+    """What the CPU can run (``-march=native`` builds for exactly this)."""
+    parts = [platform.machine(), platform.processor()]
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith(("flags", "Features", "model name")):
+                    parts.append(line.strip())
+                if len(parts) >= 5:
+                    break
+    except OSError:
+        pass
+    return "\n".join(parts)
+
+
+def _compiler() -> str | None:
+    names = [os.environ.get("CC", ""), (sysconfig.get_config_var("CC") or "").split(" ")[0],
+             "cc", "gcc", "clang"]
+    for name in names:
+        if name and shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+def _build(compiler: str) -> Path:
+    """Compile the source (or reuse a build of it for this CPU); the library's path."""
+    source = _SOURCE.read_bytes()
+    folder = _cache_dir()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        folder = Path(tempfile.gettempdir()) / "rest_fair_kernels"
+        folder.mkdir(parents=True, exist_ok=True)
+    errors = []
+    for flags in _FLAG_SETS:
+        digest = hashlib.sha256(
+            b"\0".join([source, " ".join(flags).encode(), compiler.encode(),
+                        _cpu_signature().encode(), sys.platform.encode()])
+        ).hexdigest()[:20]
+        target = folder / f"csr_kernels-{digest}.so"
+        if target.exists():
+            return target
+        # build beside the target, then rename: concurrent processes never see half a file
+        fd, tmp = tempfile.mkstemp(suffix=".so", dir=folder)
+        os.close(fd)
+        cmd = [compiler, *flags, "-fPIC", "-shared", "-o", tmp, str(_SOURCE)]
+        try:
+            done = subprocess.run(cmd, capture_output=True, text=True,
+                                  timeout=_COMPILE_TIMEOUT_S, check=False)
+            if done.returncode == 0:
+                os.replace(tmp, target)
+                return target
+            errors.append(f"{' '.join(cmd)}: {done.stderr.strip()[-500:]}")
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    raise RuntimeError("; ".join(errors))
+
+
+def _declare(lib: ctypes.CDLL) -> None:
+    for suffix in _SUFFIX.values():
+        getattr(lib, f"pack_{suffix}").argtypes = [
+            ctypes.c_int, _ptr, _ptr, _i64, _i64, _i64, _i64, _ptr, _ptr]
+        getattr(lib, f"csr_forward_{suffix}").argtypes = [
+            ctypes.c_int, _ptr, _ptr, _ptr, _ptr, _ptr, _i64, _i64, _ptr, _ptr, _i64, _i64]
+        getattr(lib, f"csr_backward_{suffix}").argtypes = [
+            ctypes.c_int, _ptr, _ptr, _ptr, _ptr, _ptr, _ptr, _ptr, _i64, _i64, _i64, _ptr,
+            _i64, _i64, _ptr, _ptr]
+        for name in ("pack", "csr_forward", "csr_backward"):
+            getattr(lib, f"{name}_{suffix}").restype = None
+        getattr(lib, f"panel_width_{suffix}").restype = ctypes.c_int
+
+
+def load() -> ctypes.CDLL | None:
+    """The compiled kernels, building them on first use; ``None`` where unavailable.
+
+    Returns
+    -------
+    ctypes.CDLL or None
+        ``None`` when ``REST_FAIR_NATIVE_KERNELS=0``, no C compiler is found, the build
+        fails, or the loaded kernels disagree with torch on a small problem;
+        :func:`unavailable_reason` says which.
+    """
+    global _lib, _reason, _tried
+    if os.environ.get(ENV_SWITCH, "1").strip().lower() in ("0", "false", "no", "off"):
+        return None
+    if _tried:
+        return _lib
+    _tried = True
+    compiler = _compiler()
+    if compiler is None:
+        _reason = "no C compiler found ($CC, cc, gcc or clang)"
+        return None
+    try:
+        lib = ctypes.CDLL(str(_build(compiler)))
+        _declare(lib)
+        _lib = lib
+        _self_check()
+    except Exception as exc:  # any failure leaves the pure-torch path in place
+        _lib = None
+        _reason = f"{type(exc).__name__}: {exc}"
+    return _lib
+
+
+def available() -> bool:
+    """Whether :func:`load` gives the compiled kernels in this process."""
+    return load() is not None
+
+
+def unavailable_reason() -> str | None:
+    """Why the compiled kernels are not used (``None`` when they are)."""
+    if os.environ.get(ENV_SWITCH, "1").strip().lower() in ("0", "false", "no", "off"):
+        return f"disabled by {ENV_SWITCH}"
+    load()
+    return _reason
+
+
+def panel_width(dtype: torch.dtype) -> int:
+    """Samples per panel of the packed activations of ``dtype``."""
+    return int(getattr(_lib, f"panel_width_{_SUFFIX[dtype]}")())
+
+
+class Splits:
+    """How one pattern's work is divided between ``n`` threads.
+
+    Parameters
+    ----------
+    crow, crow_t : int32 Tensor
+        Row pointers of the pattern and of its transpose.
+    n_threads : int
+
+    Attributes
+    ----------
+    rows, cols : int64 Tensor of shape (n + 1,)
+        Row ranges of the forward product and column ranges of the backward one, with
+        about the same number of active weights (plus a per-row cost) each.
+    out_features, in_features : int64 Tensor of shape (n + 1,)
+        Even feature ranges for packing the output gradient and the input.
+    """
+
+    # a row costs about as much as this many active weights (loop set-up, the store)
+    _ROW_COST = 8
+
+    def __init__(self, crow: torch.Tensor, crow_t: torch.Tensor, n_threads: int) -> None:
+        self.n_threads = int(n_threads)
+        self.rows = self._balanced(crow)
+        self.cols = self._balanced(crow_t)
+        self.out_features = self._even(crow.numel() - 1)
+        self.in_features = self._even(crow_t.numel() - 1)
+
+    def _balanced(self, crow: torch.Tensor) -> torch.Tensor:
+        n_rows = crow.numel() - 1
+        cost = crow.long() + self._ROW_COST * torch.arange(n_rows + 1)
+        targets = torch.linspace(0, float(cost[-1]), self.n_threads + 1)
+        splits = torch.searchsorted(cost, targets).clamp_(0, n_rows)
+        splits[0], splits[-1] = 0, n_rows
+        return splits.contiguous()
+
+    def _even(self, n: int) -> torch.Tensor:
+        # multiples of 16 features keep each thread's packing on whole blocks
+        blocks = -(-n // 16)
+        edges = [min(n, 16 * (blocks * t // self.n_threads)) for t in range(self.n_threads + 1)]
+        edges[-1] = n
+        return torch.tensor(edges, dtype=torch.int64)
+
+
+def _p(tensor: torch.Tensor | None) -> int | None:
+    return None if tensor is None else tensor.data_ptr()
+
+
+def pack(a: torch.Tensor, splits: torch.Tensor, *, column_sums: bool = False,
+         ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Panels of the 2-D CPU tensor ``a`` ``(batch, k)``, and its column sums if asked.
+
+    Returns
+    -------
+    panels : Tensor of shape (ceil(batch / width), k, width)
+    sums : Tensor of shape (k,) or None
+    """
+    batch, k = a.shape
+    width = panel_width(a.dtype)
+    panels = a.new_empty((-(-batch // width), k, width))
+    sums = a.new_empty(k) if column_sums else None
+    getattr(_lib, f"pack_{_SUFFIX[a.dtype]}")(
+        splits.numel() - 1, _p(splits), _p(a), a.stride(0), a.stride(1), batch, k,
+        _p(panels), _p(sums))
+    return panels, sums
+
+
+def csr_forward(panels: torch.Tensor, batch: int, crow: torch.Tensor, col: torch.Tensor,
+                values: torch.Tensor, bias: torch.Tensor | None, splits: torch.Tensor,
+                out: torch.Tensor) -> torch.Tensor:
+    """``out = X W^T + bias`` for packed ``X``; ``out`` is ``(batch, n_out)``, any strides."""
+    getattr(_lib, f"csr_forward_{_SUFFIX[values.dtype]}")(
+        splits.numel() - 1, _p(splits), _p(crow), _p(col), _p(values), _p(panels), batch,
+        panels.shape[1], _p(bias), _p(out), out.stride(0), out.stride(1))
+    return out
+
+
+def csr_backward(grad_panels: torch.Tensor, x_panels: torch.Tensor, batch: int,
+                 crow_t: torch.Tensor, row_t: torch.Tensor, perm_t: torch.Tensor,
+                 values: torch.Tensor, splits: torch.Tensor, grad_x: torch.Tensor | None,
+                 grad_values: torch.Tensor | None) -> None:
+    """Fill ``grad_x`` (``G W``, any strides) and ``grad_values`` (``G^T X`` at the pattern).
+
+    Either may be ``None`` (not computed). The pattern is given by its transpose:
+    ``crow_t``, ``row_t`` and ``perm_t`` (position of each entry in ``values``).
+    """
+    if grad_x is None and grad_values is None:
+        return
+    scratch = None if grad_values is None else torch.empty_like(grad_values)
+    strides = (0, 0) if grad_x is None else grad_x.stride()
+    getattr(_lib, f"csr_backward_{_SUFFIX[values.dtype]}")(
+        splits.numel() - 1, _p(splits), _p(crow_t), _p(row_t), _p(perm_t), _p(values),
+        _p(grad_panels), _p(x_panels), batch, grad_panels.shape[1], x_panels.shape[1],
+        _p(grad_x), strides[0], strides[1], _p(grad_values), _p(scratch))
+
+
+def _self_check() -> None:
+    """Compare the kernels with torch on a small random layer; raise on a mismatch."""
+    gen = torch.Generator().manual_seed(0)
+    n_out, n_in, batch = 37, 29, 70
+    for dtype in _SUFFIX:
+        mask = torch.rand(n_out, n_in, generator=gen) < 0.3
+        weight = torch.randn(n_out, n_in, generator=gen, dtype=dtype) * mask
+        bias = torch.randn(n_out, generator=gen, dtype=dtype)
+        x = torch.randn(batch, n_in, generator=gen, dtype=dtype)
+        g = torch.randn(batch, n_out, generator=gen, dtype=dtype)
+        flat = mask.reshape(-1).nonzero().squeeze(1)
+        rows, cols = flat // n_in, flat % n_in
+        crow = torch.zeros(n_out + 1, dtype=torch.int32)
+        crow[1:] = torch.cumsum(torch.bincount(rows, minlength=n_out), 0)
+        order = torch.argsort(cols * n_out + rows)
+        crow_t = torch.zeros(n_in + 1, dtype=torch.int32)
+        crow_t[1:] = torch.cumsum(torch.bincount(cols, minlength=n_in), 0)
+        values = weight.reshape(-1)[flat].contiguous()
+        splits = Splits(crow, crow_t, 2)
+        xp, _ = pack(x, splits.in_features)
+        y = csr_forward(xp, batch, crow, cols.to(torch.int32), values, bias, splits.rows,
+                        x.new_empty(batch, n_out))
+        gp, gsum = pack(g, splits.out_features, column_sums=True)
+        gx, gv = torch.empty_like(x), torch.empty_like(values)
+        csr_backward(gp, xp, batch, crow_t, rows[order].to(torch.int32),
+                     order.to(torch.int32), values, splits.cols, gx, gv)
+        tol = {"rtol": 1e-4, "atol": 1e-4}
+        torch.testing.assert_close(y, x @ weight.t() + bias, **tol)
+        torch.testing.assert_close(gx, g @ weight, **tol)
+        torch.testing.assert_close(gv, (g.t() @ x).reshape(-1)[flat], **tol)
+        torch.testing.assert_close(gsum, g.sum(0), **tol)
