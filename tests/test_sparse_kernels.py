@@ -69,22 +69,28 @@ def _run_kernels(mask, weight, bias, x, g, n_threads, out_layout="rows"):
     values = weight.reshape(-1)[flat].contiguous()
     splits = kernels.Splits(crow, crow_t, n_threads)
     batch = x.shape[0]
-    xp, _ = kernels.pack(x, splits.in_features)
+    nv, width = kernels.panel_width(x.dtype, batch)
+    xp, _ = kernels.pack(x, splits.in_features, nv)
     if out_layout == "rows":
         y = x.new_empty(batch, mask.shape[0])
-    else:
+    elif out_layout == "features":
         y = x.new_empty(mask.shape[0], batch).t()
-    kernels.csr_forward(xp, batch, crow, col, values, bias, splits.rows, y)
-    gp, gsum = kernels.pack(g, splits.out_features, column_sums=True)
+    else:  # the next layer's panels
+        panels = x.new_empty(xp.shape[0], mask.shape[0], width)
+        kernels.csr_forward(xp, nv, batch, crow, col, values, bias, splits.rows, panels)
+        y = panels.transpose(1, 2).reshape(-1, mask.shape[0])[:batch]
+    if out_layout != "panels":
+        kernels.csr_forward(xp, nv, batch, crow, col, values, bias, splits.rows, y)
+    gp, gsum = kernels.pack(g, splits.out_features, nv, column_sums=True)
     gx, gv = torch.empty_like(x), torch.empty_like(values)
-    kernels.csr_backward(gp, xp, batch, crow_t, row_t, perm, values, splits.cols, gx, gv)
+    kernels.csr_backward(gp, xp, nv, batch, crow_t, row_t, perm, values, splits.cols, gx, gv)
     return y, gx, gv, gsum, flat
 
 
 @needs_kernels
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("batch", [1, 31, 64, 65, 200])
-@pytest.mark.parametrize("layout", ["rows", "features", "strided"])
+@pytest.mark.parametrize("batch", [1, 9, 16, 17, 31, 33, 64, 65, 200])
+@pytest.mark.parametrize("layout", ["rows", "features", "strided", "panels"])
 def test_kernels_equal_dense_products(dtype, batch, layout):
     n_out, n_in = 37, 53
     mask = _pattern(n_out, n_in, 0.2, seed=batch)
@@ -100,8 +106,8 @@ def test_kernels_equal_dense_products(dtype, batch, layout):
     elif layout == "strided":
         x = torch.randn(batch, 2 * n_in, generator=gen, dtype=dtype)[:, ::2]
     for n_threads in (1, 2, 3):
-        y, gx, gv, gsum, flat = _run_kernels(mask, weight, bias, x, g, n_threads,
-                                             "features" if layout == "features" else "rows")
+        out = layout if layout in ("features", "panels") else "rows"
+        y, gx, gv, gsum, flat = _run_kernels(mask, weight, bias, x, g, n_threads, out)
         tol = {"rtol": 1e-5, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 0,
                                                                          "atol": 1e-12}
         torch.testing.assert_close(y, x @ weight.t() + bias, **tol)

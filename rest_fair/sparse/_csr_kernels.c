@@ -3,27 +3,27 @@
  *
  * Activations are packed into panels: a (B x K) matrix A becomes P[p][k][i] = A[p*T + i][k]
  * for p < ceil(B / T), zero-padded, so that one panel row (T samples of one feature) is a
- * contiguous run of T values and one panel (K x T) fits in a core's L2 cache. The products
- * read panel rows at the pattern's column indices:
+ * contiguous run of T values and one panel (K x T) fits in a core's L2 cache. The panel
+ * width T is nv vectors of 64 bytes (nv = 1, 2 or 4: 16, 32 or 64 floats), chosen by the
+ * caller from the batch size. The products read panel rows at the pattern's columns:
  *
- *   csr_forward:  Y = X W^T + b             (W in CSR, rows split between threads)
+ *   csr_forward:  Y = X W^T + b, optionally ReLU   (W in CSR, rows split between threads)
  *   csr_backward: GX = G W, gW = (G^T X) at the pattern
- *                 (over the CSR of W^T, columns of W split between threads; each gradient
- *                  entry is computed by exactly one thread, so results do not depend on
- *                  the number of threads)
+ *                 (over the CSR of W^T, columns of W split between threads)
  *
- * Every output is written through (row, column) strides, so a caller may ask for
- * sample-major or feature-major results. Threads come from OpenMP; loaded after torch,
- * the library shares torch's OpenMP runtime (same soname) and so its thread pool.
- * Vector code uses GCC/Clang vector extensions, compiled for the host (-march=native).
+ * Each output entry is computed by exactly one thread in a fixed order, so results do not
+ * depend on the number of threads. An output entry (sample b = q * T + i, feature r) is
+ * written at out[q * sq + i * si + r * sr]: sample-major (B x N), feature-major (N x B) and
+ * the panel layout itself (the next layer's input) are all such strides. Threads come from
+ * OpenMP; loaded after torch, the library shares torch's OpenMP runtime (same soname) and
+ * so its thread pool. Vector code uses GCC/Clang vector extensions, compiled for the host
+ * (-march=native).
  */
 #include <stdint.h>
 #include <string.h>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
-
-#define NVEC 4 /* vectors per panel row */
 
 typedef void (*part_fn)(const void *, int64_t, int64_t);
 
@@ -93,57 +93,36 @@ static inline void transpose_f64(vec_f64 *v) {
     STAGE(v, 8, 1, mask_f64, 0, 8, 2, 10, 4, 12, 6, 14)
 }
 
-#define DEFINE_KERNELS(scalar, SUFFIX, VL)                                                    \
-    enum { T_##SUFFIX = NVEC * VL };                                                          \
+/* Kernels for one scalar type and one panel width (NV vectors of VL lanes). */
+#define DEFINE_WIDTH(scalar, SUFFIX, VL, NV)                                                  \
+    enum { T_##SUFFIX##_##NV = NV * VL };                                                     \
                                                                                               \
-    static inline scalar hsum_##SUFFIX(vec_##SUFFIX v) {                                      \
-        union {                                                                               \
-            vec_##SUFFIX v;                                                                   \
-            half_##SUFFIX h[2];                                                               \
-        } a = {v};                                                                            \
-        union {                                                                               \
-            half_##SUFFIX h;                                                                  \
-            quarter_##SUFFIX q[2];                                                            \
-        } b = {a.h[0] + a.h[1]};                                                              \
-        quarter_##SUFFIX c = b.q[0] + b.q[1];                                                 \
-        scalar s = 0;                                                                         \
-        for (int l = 0; l < VL / 4; ++l) s += c[l];                                           \
-        return s;                                                                             \
-    }                                                                                         \
-                                                                                              \
-    /* Write rows [r0, r1) (at most VL) of one panel, held in buf[r - r0][i], to             \
-       out[(b0 + i) * s0 + r * s1] for i < nb. */                                             \
-    static void store_panel_##SUFFIX(const scalar (*buf)[T_##SUFFIX], int64_t r0, int64_t r1, \
-                                     int64_t b0, int64_t nb, scalar *out, int64_t s0,          \
-                                     int64_t s1) {                                             \
-        if (s0 == 1) {                                                                        \
+    /* Write rows [r0, r1) (at most VL) of one panel, held in buf[r - r0][i], to the output   \
+       entries (b0 + i, r) for i < nb; sq is already applied to out. */                       \
+    static void store_##SUFFIX##_##NV(const scalar (*buf)[T_##SUFFIX##_##NV], int64_t r0,     \
+                                      int64_t r1, int64_t nb, scalar *out, int64_t si,        \
+                                      int64_t sr) {                                           \
+        if (si == 1) {                                                                        \
             for (int64_t r = r0; r < r1; ++r)                                                 \
-                memcpy(out + r * s1 + b0, buf[r - r0], (size_t)nb * sizeof(scalar));          \
+                memcpy(out + r * sr, buf[r - r0], (size_t)nb * sizeof(scalar));               \
             return;                                                                           \
         }                                                                                     \
         int64_t i0 = 0;                                                                       \
-        if (s1 == 1 && r1 - r0 == VL) {                                                       \
+        if (sr == 1 && r1 - r0 == VL) {                                                       \
             for (; i0 + VL <= nb; i0 += VL) {                                                 \
                 vec_##SUFFIX v[VL];                                                           \
                 for (int r = 0; r < VL; ++r) v[r] = *(const vec_##SUFFIX *)(buf[r] + i0);     \
                 transpose_##SUFFIX(v);                                                        \
-                for (int i = 0; i < VL; ++i)                                                  \
-                    *(uvec_##SUFFIX *)(out + (b0 + i0 + i) * s0 + r0) = v[i];                 \
+                for (int i = 0; i < VL; ++i) *(uvec_##SUFFIX *)(out + (i0 + i) * si + r0) = v[i]; \
             }                                                                                 \
         }                                                                                     \
         for (int64_t i = i0; i < nb; ++i)                                                     \
-            for (int64_t r = r0; r < r1; ++r) out[(b0 + i) * s0 + r * s1] = buf[r - r0][i];   \
+            for (int64_t r = r0; r < r1; ++r) out[i * si + r * sr] = buf[r - r0][i];          \
     }                                                                                         \
                                                                                               \
-    typedef struct {                                                                          \
-        const scalar *a;                                                                      \
-        int64_t s0, s1, batch, k;                                                             \
-        scalar *panels, *colsum;                                                              \
-    } pack_args_##SUFFIX;                                                                     \
-                                                                                              \
-    static void pack_part_##SUFFIX(const void *p_, int64_t k0, int64_t k1) {                  \
+    static void pack_part_##SUFFIX##_##NV(const void *p_, int64_t k0, int64_t k1) {           \
         const pack_args_##SUFFIX *p = (const pack_args_##SUFFIX *)p_;                         \
-        const int64_t T = T_##SUFFIX, B = p->batch, K = p->k, s0 = p->s0, s1 = p->s1;         \
+        const int64_t T = T_##SUFFIX##_##NV, B = p->batch, K = p->k, s0 = p->s0, s1 = p->s1;  \
         const int64_t np = (B + T - 1) / T;                                                   \
         scalar *colsum = p->colsum;                                                           \
         if (colsum)                                                                           \
@@ -200,156 +179,184 @@ static inline void transpose_f64(vec_f64 *v) {
         }                                                                                     \
     }                                                                                         \
                                                                                               \
-    /* panels (ceil(B/T) x K x T) <- a[b * s0 + k * s1]; colsum[k] = sum_b a[b, k] if given. */ \
-    void pack_##SUFFIX(int n, const int64_t *splits, const scalar *a, int64_t s0, int64_t s1, \
-                       int64_t batch, int64_t k, scalar *panels, scalar *colsum) {            \
-        pack_args_##SUFFIX p = {a, s0, s1, batch, k, panels, colsum};                         \
-        run_parts(n, splits, pack_part_##SUFFIX, &p);                                         \
+    static void forward_part_##SUFFIX##_##NV(const void *p_, int64_t r0, int64_t r1) {        \
+        const fwd_args_##SUFFIX *p = (const fwd_args_##SUFFIX *)p_;                           \
+        const int64_t T = T_##SUFFIX##_##NV, B = p->batch;                                    \
+        const int64_t np = (B + T - 1) / T;                                                   \
+        const int32_t *crow = p->crow, *col = p->col;                                         \
+        const scalar *val = p->val;                                                           \
+        scalar buf[VL][T_##SUFFIX##_##NV] __attribute__((aligned(64)));                       \
+        for (int64_t q = 0; q < np; ++q) {                                                    \
+            const scalar *xp = p->xp + q * p->k * T;                                          \
+            const int64_t nb = B - q * T < T ? B - q * T : T;                                 \
+            for (int64_t rb = r0; rb < r1; rb += VL) {                                        \
+                const int64_t re = rb + VL < r1 ? rb + VL : r1;                               \
+                for (int64_t r = rb; r < re; ++r) {                                           \
+                    const scalar b = p->bias ? p->bias[r] : (scalar)0;                        \
+                    vec_##SUFFIX a[NV];                                                       \
+                    for (int v = 0; v < NV; ++v) a[v] = (vec_##SUFFIX){0} + b;                \
+                    const int64_t e = crow[r + 1];                                            \
+                    for (int64_t j = crow[r]; j < e; ++j) {                                   \
+                        const scalar w = val[j];                                              \
+                        const uvec_##SUFFIX *x = (const uvec_##SUFFIX *)(xp + (int64_t)col[j] * T); \
+                        for (int v = 0; v < NV; ++v) a[v] += w * x[v];                        \
+                    }                                                                         \
+                    if (p->relu) /* max(a, 0), NaN kept as torch.relu keeps it */              \
+                        for (int v = 0; v < NV; ++v)                                          \
+                            a[v] = (vec_##SUFFIX)((mask_##SUFFIX)a[v] &                       \
+                                                  ((a[v] > 0) | (a[v] != a[v])));             \
+                    vec_##SUFFIX *o = (vec_##SUFFIX *)buf[r - rb];                            \
+                    for (int v = 0; v < NV; ++v) o[v] = a[v];                                 \
+                }                                                                             \
+                store_##SUFFIX##_##NV((const scalar(*)[T_##SUFFIX##_##NV])buf, rb, re, nb,    \
+                                      p->y + q * p->sq, p->si, p->sr);                        \
+            }                                                                                 \
+        }                                                                                     \
     }                                                                                         \
+                                                                                              \
+    static void backward_part_##SUFFIX##_##NV(const void *p_, int64_t c0, int64_t c1) {       \
+        const bwd_args_##SUFFIX *p = (const bwd_args_##SUFFIX *)p_;                           \
+        const int64_t T = T_##SUFFIX##_##NV, B = p->batch;                                    \
+        const int64_t np = (B + T - 1) / T;                                                   \
+        const int32_t *ccol = p->ccol, *row = p->row, *perm = p->perm;                        \
+        const scalar *val = p->val;                                                           \
+        scalar *gw_t = p->gw_t;                                                               \
+        const int want_gx = p->gx != 0, want_gw = p->gw != 0;                                 \
+        scalar buf[VL][T_##SUFFIX##_##NV] __attribute__((aligned(64)));                       \
+        if (want_gw)                                                                          \
+            for (int64_t j = ccol[c0]; j < ccol[c1]; ++j) gw_t[j] = 0;                        \
+        for (int64_t q = 0; q < np; ++q) {                                                    \
+            const scalar *gp = p->gp + q * p->n_out * T;                                      \
+            const scalar *xp = p->xp + q * p->n_in * T;                                       \
+            const int64_t nb = B - q * T < T ? B - q * T : T;                                 \
+            for (int64_t cb = c0; cb < c1; cb += VL) {                                        \
+                const int64_t ce = cb + VL < c1 ? cb + VL : c1;                               \
+                for (int64_t c = cb; c < ce; ++c) {                                           \
+                    vec_##SUFFIX a[NV];                                                       \
+                    for (int v = 0; v < NV; ++v) a[v] = (vec_##SUFFIX){0};                    \
+                    const int64_t e = ccol[c + 1];                                            \
+                    if (want_gw) {                                                            \
+                        const uvec_##SUFFIX *xc = (const uvec_##SUFFIX *)(xp + c * T);        \
+                        vec_##SUFFIX xv[NV];                                                  \
+                        for (int v = 0; v < NV; ++v) xv[v] = xc[v];                           \
+                        for (int64_t j = ccol[c]; j < e; ++j) {                               \
+                            const uvec_##SUFFIX *g = (const uvec_##SUFFIX *)(gp + (int64_t)row[j] * T); \
+                            vec_##SUFFIX gv[NV];                                              \
+                            for (int v = 0; v < NV; ++v) gv[v] = g[v];                        \
+                            if (want_gx) {                                                    \
+                                const scalar w = val[perm[j]];                                \
+                                for (int v = 0; v < NV; ++v) a[v] += w * gv[v];               \
+                            }                                                                 \
+                            vec_##SUFFIX d = gv[0] * xv[0];                                   \
+                            for (int v = 1; v < NV; ++v) d += gv[v] * xv[v];                  \
+                            gw_t[j] += hsum_##SUFFIX(d);                                      \
+                        }                                                                     \
+                    } else {                                                                  \
+                        for (int64_t j = ccol[c]; j < e; ++j) {                               \
+                            const scalar w = val[perm[j]];                                    \
+                            const uvec_##SUFFIX *g = (const uvec_##SUFFIX *)(gp + (int64_t)row[j] * T); \
+                            for (int v = 0; v < NV; ++v) a[v] += w * g[v];                    \
+                        }                                                                     \
+                    }                                                                         \
+                    vec_##SUFFIX *o = (vec_##SUFFIX *)buf[c - cb];                            \
+                    for (int v = 0; v < NV; ++v) o[v] = a[v];                                 \
+                }                                                                             \
+                if (want_gx)                                                                  \
+                    store_##SUFFIX##_##NV((const scalar(*)[T_##SUFFIX##_##NV])buf, cb, ce, nb, \
+                                          p->gx + q * p->sq, p->si, p->sr);                   \
+            }                                                                                 \
+        }                                                                                     \
+        if (want_gw)                                                                          \
+            for (int64_t j = ccol[c0]; j < ccol[c1]; ++j) p->gw[perm[j]] = gw_t[j];           \
+    }
+
+/* Argument blocks, the three widths and the entry points of one scalar type. */
+#define DEFINE_KERNELS(scalar, SUFFIX, VL)                                                    \
+    static inline scalar hsum_##SUFFIX(vec_##SUFFIX v) {                                      \
+        union {                                                                               \
+            vec_##SUFFIX v;                                                                   \
+            half_##SUFFIX h[2];                                                               \
+        } a = {v};                                                                            \
+        union {                                                                               \
+            half_##SUFFIX h;                                                                  \
+            quarter_##SUFFIX q[2];                                                            \
+        } b = {a.h[0] + a.h[1]};                                                              \
+        quarter_##SUFFIX c = b.q[0] + b.q[1];                                                 \
+        scalar s = 0;                                                                         \
+        for (int l = 0; l < VL / 4; ++l) s += c[l];                                           \
+        return s;                                                                             \
+    }                                                                                         \
+                                                                                              \
+    typedef struct {                                                                          \
+        const scalar *a;                                                                      \
+        int64_t s0, s1, batch, k;                                                             \
+        scalar *panels, *colsum;                                                              \
+    } pack_args_##SUFFIX;                                                                     \
                                                                                               \
     typedef struct {                                                                          \
         const int32_t *crow, *col;                                                            \
         const scalar *val, *xp, *bias;                                                        \
         int64_t batch, k;                                                                     \
         scalar *y;                                                                            \
-        int64_t s0, s1;                                                                       \
+        int64_t sq, si, sr;                                                                   \
+        int relu;                                                                             \
     } fwd_args_##SUFFIX;                                                                      \
-                                                                                              \
-    static void forward_part_##SUFFIX(const void *p_, int64_t r0, int64_t r1) {               \
-        const fwd_args_##SUFFIX *p = (const fwd_args_##SUFFIX *)p_;                           \
-        const int64_t T = T_##SUFFIX, B = p->batch;                                           \
-        const int64_t np = (B + T - 1) / T;                                                   \
-        const int32_t *crow = p->crow, *col = p->col;                                         \
-        const scalar *val = p->val;                                                           \
-        scalar buf[VL][T_##SUFFIX] __attribute__((aligned(64)));                              \
-        for (int64_t q = 0; q < np; ++q) {                                                    \
-            const scalar *xp = p->xp + q * p->k * T;                                          \
-            const int64_t b0 = q * T, nb = B - b0 < T ? B - b0 : T;                           \
-            for (int64_t rb = r0; rb < r1; rb += VL) {                                        \
-                const int64_t re = rb + VL < r1 ? rb + VL : r1;                               \
-                for (int64_t r = rb; r < re; ++r) {                                           \
-                    const scalar b = p->bias ? p->bias[r] : (scalar)0;                        \
-                    vec_##SUFFIX a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};                      \
-                    a0 += b;                                                                  \
-                    a1 += b;                                                                  \
-                    a2 += b;                                                                  \
-                    a3 += b;                                                                  \
-                    const int64_t e = crow[r + 1];                                            \
-                    for (int64_t j = crow[r]; j < e; ++j) {                                   \
-                        const scalar w = val[j];                                              \
-                        const uvec_##SUFFIX *x = (const uvec_##SUFFIX *)(xp + (int64_t)col[j] * T); \
-                        a0 += w * x[0];                                                       \
-                        a1 += w * x[1];                                                       \
-                        a2 += w * x[2];                                                       \
-                        a3 += w * x[3];                                                       \
-                    }                                                                         \
-                    vec_##SUFFIX *o = (vec_##SUFFIX *)buf[r - rb];                            \
-                    o[0] = a0;                                                                \
-                    o[1] = a1;                                                                \
-                    o[2] = a2;                                                                \
-                    o[3] = a3;                                                                \
-                }                                                                             \
-                store_panel_##SUFFIX((const scalar(*)[T_##SUFFIX])buf, rb, re, b0, nb, p->y,  \
-                                     p->s0, p->s1);                                           \
-            }                                                                                 \
-        }                                                                                     \
-    }                                                                                         \
-                                                                                              \
-    /* y[b * s0 + r * s1] = bias[r] + sum_j val[j] * x[b, col[j]] over row r of the CSR. */   \
-    void csr_forward_##SUFFIX(int n, const int64_t *splits, const int32_t *crow,              \
-                              const int32_t *col, const scalar *val, const scalar *xp,        \
-                              int64_t batch, int64_t k, const scalar *bias, scalar *y,        \
-                              int64_t s0, int64_t s1) {                                       \
-        fwd_args_##SUFFIX p = {crow, col, val, xp, bias, batch, k, y, s0, s1};                \
-        run_parts(n, splits, forward_part_##SUFFIX, &p);                                      \
-    }                                                                                         \
                                                                                               \
     typedef struct {                                                                          \
         const int32_t *ccol, *row, *perm;                                                     \
         const scalar *val, *gp, *xp;                                                          \
         int64_t batch, n_out, n_in;                                                           \
         scalar *gx;                                                                           \
-        int64_t s0, s1;                                                                       \
+        int64_t sq, si, sr;                                                                   \
         scalar *gw, *gw_t;                                                                    \
     } bwd_args_##SUFFIX;                                                                      \
                                                                                               \
-    static void backward_part_##SUFFIX(const void *p_, int64_t c0, int64_t c1) {              \
-        const bwd_args_##SUFFIX *p = (const bwd_args_##SUFFIX *)p_;                           \
-        const int64_t T = T_##SUFFIX, B = p->batch;                                           \
-        const int64_t np = (B + T - 1) / T;                                                   \
-        const int32_t *ccol = p->ccol, *row = p->row, *perm = p->perm;                        \
-        const scalar *val = p->val;                                                           \
-        scalar *gw_t = p->gw_t;                                                               \
-        const int want_gx = p->gx != 0, want_gw = p->gw != 0;                                 \
-        scalar buf[VL][T_##SUFFIX] __attribute__((aligned(64)));                              \
-        if (want_gw)                                                                          \
-            for (int64_t j = ccol[c0]; j < ccol[c1]; ++j) gw_t[j] = 0;                        \
-        for (int64_t q = 0; q < np; ++q) {                                                    \
-            const scalar *gp = p->gp + q * p->n_out * T;                                      \
-            const scalar *xp = p->xp + q * p->n_in * T;                                       \
-            const int64_t b0 = q * T, nb = B - b0 < T ? B - b0 : T;                           \
-            for (int64_t cb = c0; cb < c1; cb += VL) {                                        \
-                const int64_t ce = cb + VL < c1 ? cb + VL : c1;                               \
-                for (int64_t c = cb; c < ce; ++c) {                                           \
-                    vec_##SUFFIX a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};                      \
-                    const int64_t e = ccol[c + 1];                                            \
-                    if (want_gw) {                                                            \
-                        const uvec_##SUFFIX *xc = (const uvec_##SUFFIX *)(xp + c * T);        \
-                        const vec_##SUFFIX x0 = xc[0], x1 = xc[1], x2 = xc[2], x3 = xc[3];    \
-                        for (int64_t j = ccol[c]; j < e; ++j) {                               \
-                            const uvec_##SUFFIX *g = (const uvec_##SUFFIX *)(gp + (int64_t)row[j] * T); \
-                            const vec_##SUFFIX g0 = g[0], g1 = g[1], g2 = g[2], g3 = g[3];    \
-                            if (want_gx) {                                                    \
-                                const scalar w = val[perm[j]];                                \
-                                a0 += w * g0;                                                 \
-                                a1 += w * g1;                                                 \
-                                a2 += w * g2;                                                 \
-                                a3 += w * g3;                                                 \
-                            }                                                                 \
-                            gw_t[j] += hsum_##SUFFIX((g0 * x0 + g1 * x1) + (g2 * x2 + g3 * x3)); \
-                        }                                                                     \
-                    } else {                                                                  \
-                        for (int64_t j = ccol[c]; j < e; ++j) {                               \
-                            const scalar w = val[perm[j]];                                    \
-                            const uvec_##SUFFIX *g = (const uvec_##SUFFIX *)(gp + (int64_t)row[j] * T); \
-                            a0 += w * g[0];                                                   \
-                            a1 += w * g[1];                                                   \
-                            a2 += w * g[2];                                                   \
-                            a3 += w * g[3];                                                   \
-                        }                                                                     \
-                    }                                                                         \
-                    vec_##SUFFIX *o = (vec_##SUFFIX *)buf[c - cb];                            \
-                    o[0] = a0;                                                                \
-                    o[1] = a1;                                                                \
-                    o[2] = a2;                                                                \
-                    o[3] = a3;                                                                \
-                }                                                                             \
-                if (want_gx)                                                                  \
-                    store_panel_##SUFFIX((const scalar(*)[T_##SUFFIX])buf, cb, ce, b0, nb,    \
-                                         p->gx, p->s0, p->s1);                                \
-            }                                                                                 \
-        }                                                                                     \
-        if (want_gw)                                                                          \
-            for (int64_t j = ccol[c0]; j < ccol[c1]; ++j) p->gw[perm[j]] = gw_t[j];           \
+    DEFINE_WIDTH(scalar, SUFFIX, VL, 1)                                                       \
+    DEFINE_WIDTH(scalar, SUFFIX, VL, 2)                                                       \
+    DEFINE_WIDTH(scalar, SUFFIX, VL, 4)                                                       \
+                                                                                              \
+    static part_fn by_width_##SUFFIX(int nv, part_fn f1, part_fn f2, part_fn f4) {            \
+        return nv == 1 ? f1 : nv == 2 ? f2 : f4;                                              \
+    }                                                                                         \
+                                                                                              \
+    /* panels (ceil(B/T) x K x T, T = nv * VL) <- a[b * s0 + k * s1];                         \
+       colsum[k] = sum_b a[b, k] when colsum is not NULL. */                                  \
+    void pack_##SUFFIX(int n, const int64_t *splits, int nv, const scalar *a, int64_t s0,     \
+                       int64_t s1, int64_t batch, int64_t k, scalar *panels, scalar *colsum) { \
+        pack_args_##SUFFIX p = {a, s0, s1, batch, k, panels, colsum};                         \
+        run_parts(n, splits, by_width_##SUFFIX(nv, pack_part_##SUFFIX##_1,                    \
+                  pack_part_##SUFFIX##_2, pack_part_##SUFFIX##_4), &p);                       \
+    }                                                                                         \
+                                                                                              \
+    /* y(b, r) = bias[r] + sum_j val[j] * x[b, col[j]] over row r of the CSR (then ReLU if    \
+       relu), written at y[q * sq + i * si + r * sr] for b = q * T + i. */                    \
+    void csr_forward_##SUFFIX(int n, const int64_t *splits, int nv, const int32_t *crow,      \
+                              const int32_t *col, const scalar *val, const scalar *xp,        \
+                              int64_t batch, int64_t k, const scalar *bias, int relu,         \
+                              scalar *y, int64_t sq, int64_t si, int64_t sr) {                \
+        fwd_args_##SUFFIX p = {crow, col, val, xp, bias, batch, k, y, sq, si, sr, relu};      \
+        run_parts(n, splits, by_width_##SUFFIX(nv, forward_part_##SUFFIX##_1,                 \
+                  forward_part_##SUFFIX##_2, forward_part_##SUFFIX##_4), &p);                 \
     }                                                                                         \
                                                                                               \
     /* Over the CSR of W^T (ccol, row; perm[j] = position of entry j in W's CSR order):      \
-       gx[b * s0 + c * s1] = sum_j val[perm[j]] * g[b, row[j]] (skipped when gx is NULL),     \
-       gw[perm[j]] = sum_b g[b, row[j]] * x[b, c] (skipped when gw is NULL; gw_t is scratch  \
-       of nnz entries). */                                                                    \
-    void csr_backward_##SUFFIX(int n, const int64_t *splits, const int32_t *ccol,             \
+       gx(b, c) = sum_j val[perm[j]] * g[b, row[j]] at gx[q * sq + i * si + c * sr]          \
+       (skipped when gx is NULL), gw[perm[j]] = sum_b g[b, row[j]] * x[b, c] (skipped when    \
+       gw is NULL; gw_t is scratch of nnz entries). */                                        \
+    void csr_backward_##SUFFIX(int n, const int64_t *splits, int nv, const int32_t *ccol,     \
                                const int32_t *row, const int32_t *perm, const scalar *val,    \
                                const scalar *gp, const scalar *xp, int64_t batch,             \
-                               int64_t n_out, int64_t n_in, scalar *gx, int64_t s0,           \
-                               int64_t s1, scalar *gw, scalar *gw_t) {                        \
+                               int64_t n_out, int64_t n_in, scalar *gx, int64_t sq,           \
+                               int64_t si, int64_t sr, scalar *gw, scalar *gw_t) {            \
         bwd_args_##SUFFIX p = {ccol, row, perm, val, gp, xp, batch, n_out, n_in,              \
-                               gx, s0, s1, gw, gw_t};                                         \
-        run_parts(n, splits, backward_part_##SUFFIX, &p);                                     \
+                               gx, sq, si, sr, gw, gw_t};                                     \
+        run_parts(n, splits, by_width_##SUFFIX(nv, backward_part_##SUFFIX##_1,                \
+                  backward_part_##SUFFIX##_2, backward_part_##SUFFIX##_4), &p);               \
     }
 
 DEFINE_KERNELS(float, f32, 16)
 DEFINE_KERNELS(double, f64, 8)
 
-/* Panel width (samples per panel) of each scalar type, for the caller's allocations. */
-int panel_width_f32(void) { return T_f32; }
-int panel_width_f64(void) { return T_f64; }
+/* Lanes of a 64-byte vector: a panel holds nv times as many samples. */
+int lanes_f32(void) { return 16; }
+int lanes_f64(void) { return 8; }

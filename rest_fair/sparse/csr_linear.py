@@ -186,18 +186,19 @@ class _CSRKernelFunction(torch.autograd.Function):
     def forward(ctx, x, values, bias, layer, feature_major):  # type: ignore[override]
         splits = layer._kernel_splits()
         batch = x.shape[0]
-        x_panels, _ = kernels.pack(x, splits.in_features)
+        nv, _ = kernels.panel_width(values.dtype, batch)
+        x_panels, _ = kernels.pack(x, splits.in_features, nv)
         if feature_major:
             out = x.new_empty((layer.out_features, batch))
-            kernels.csr_forward(x_panels, batch, layer.crow_indices, layer.col_indices,
-                                values, bias, splits.rows, out.t())
+            target = out.t()
         else:
-            out = x.new_empty((batch, layer.out_features))
-            kernels.csr_forward(x_panels, batch, layer.crow_indices, layer.col_indices,
-                                values, bias, splits.rows, out)
+            out = target = x.new_empty((batch, layer.out_features))
+        kernels.csr_forward(x_panels, nv, batch, layer.crow_indices, layer.col_indices, values,
+                            bias, splits.rows, target)
         ctx.save_for_backward(x, x_panels, values)
         ctx.layer = layer
         ctx.splits = splits
+        ctx.nv = nv
         ctx.feature_major = feature_major
         ctx.has_bias = bias is not None
         return out
@@ -221,7 +222,7 @@ class _CSRKernelFunction(torch.autograd.Function):
         scan = plan is not None and plan.scan_gradient and want_values
         grad_x = grad_values = grad_bias = None
         if want_x or want_values or want_bias:
-            grad_panels, grad_bias = kernels.pack(grad, splits.out_features,
+            grad_panels, grad_bias = kernels.pack(grad, splits.out_features, ctx.nv,
                                                   column_sums=want_bias)
             if want_x:
                 # the input's own layout: a feature-major input gets a feature-major gradient
@@ -231,7 +232,7 @@ class _CSRKernelFunction(torch.autograd.Function):
                     grad_x = x.new_empty((batch, layer.in_features))
             if want_values and not scan:
                 grad_values = torch.empty_like(values)
-            kernels.csr_backward(grad_panels, x_panels, batch, layer.crow_indices_t,
+            kernels.csr_backward(grad_panels, x_panels, ctx.nv, batch, layer.crow_indices_t,
                                  layer.col_indices_t, layer.perm_t, values, splits.cols,
                                  grad_x, grad_values)
         if scan:

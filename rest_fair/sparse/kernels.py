@@ -10,11 +10,12 @@ so its threads; each call runs on ``torch.get_num_threads()`` of them.
 
 What the kernels compute (float32 and float64, int32 CSR indices, CPU tensors):
 
-- :func:`pack`: activations ``(batch, k)`` (any strides) into panels of
-  :func:`panel_width` samples, ``P[p, j, i] = A[p * width + i, j]`` (zero-padded), and
-  optionally the column sums of ``A`` (the bias gradient);
-- :func:`csr_forward`: ``Y = X W^T + b`` from the packed ``X``, written row-major or
-  feature-major;
+- :func:`pack`: activations ``(batch, k)`` (any strides) into panels of ``width``
+  samples, ``P[p, j, i] = A[p * width + i, j]`` (zero-padded), and optionally the column
+  sums of ``A`` (the bias gradient); :func:`panel_width` chooses the width (16, 32 or 64
+  floats) from the batch size;
+- :func:`csr_forward`: ``Y = X W^T + b`` (optionally ReLU) from the packed ``X``, written
+  sample-major, feature-major or as the next layer's panels;
 - :func:`csr_backward`: ``G W`` (input gradient) and ``G^T X`` at the pattern (weight
   gradient) in one pass over the transposed pattern.
 
@@ -44,8 +45,10 @@ __all__ = [
     "ENV_SWITCH",
     "Splits",
     "available",
+    "balanced_splits",
     "csr_backward",
     "csr_forward",
+    "even_splits",
     "load",
     "pack",
     "panel_width",
@@ -62,6 +65,10 @@ _FLAG_SETS = (
 )
 _COMPILE_TIMEOUT_S = 180
 _SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
+# lanes of a 64-byte vector; a panel holds 1, 2 or 4 vectors per feature
+_LANES = {torch.float32: 16, torch.float64: 8}
+# a row of a product costs about as much as this many active weights (set-up, store)
+_ROW_COST = 8
 
 _lib: ctypes.CDLL | None = None
 _reason: str | None = None
@@ -136,17 +143,19 @@ def _build(compiler: str) -> Path:
 
 
 def _declare(lib: ctypes.CDLL) -> None:
+    c_int = ctypes.c_int
     for suffix in _SUFFIX.values():
         getattr(lib, f"pack_{suffix}").argtypes = [
-            ctypes.c_int, _ptr, _ptr, _i64, _i64, _i64, _i64, _ptr, _ptr]
+            c_int, _ptr, c_int, _ptr, _i64, _i64, _i64, _i64, _ptr, _ptr]
         getattr(lib, f"csr_forward_{suffix}").argtypes = [
-            ctypes.c_int, _ptr, _ptr, _ptr, _ptr, _ptr, _i64, _i64, _ptr, _ptr, _i64, _i64]
+            c_int, _ptr, c_int, _ptr, _ptr, _ptr, _ptr, _i64, _i64, _ptr, c_int, _ptr, _i64,
+            _i64, _i64]
         getattr(lib, f"csr_backward_{suffix}").argtypes = [
-            ctypes.c_int, _ptr, _ptr, _ptr, _ptr, _ptr, _ptr, _ptr, _i64, _i64, _i64, _ptr,
-            _i64, _i64, _ptr, _ptr]
+            c_int, _ptr, c_int, _ptr, _ptr, _ptr, _ptr, _ptr, _ptr, _i64, _i64, _i64, _ptr,
+            _i64, _i64, _i64, _ptr, _ptr]
         for name in ("pack", "csr_forward", "csr_backward"):
             getattr(lib, f"{name}_{suffix}").restype = None
-        getattr(lib, f"panel_width_{suffix}").restype = ctypes.c_int
+        getattr(lib, f"lanes_{suffix}").restype = c_int
 
 
 def load() -> ctypes.CDLL | None:
@@ -193,13 +202,49 @@ def unavailable_reason() -> str | None:
     return _reason
 
 
-def panel_width(dtype: torch.dtype) -> int:
-    """Samples per panel of the packed activations of ``dtype``."""
-    return int(getattr(_lib, f"panel_width_{_SUFFIX[dtype]}")())
+def panel_width(dtype: torch.dtype, batch: int) -> tuple[int, int]:
+    """Vectors per panel row and samples per panel for a batch of ``batch`` samples.
+
+    One vector (16 floats, 8 doubles) for the smallest batches, two, or four for 49 and more
+    floats: the panel is as narrow as the batch allows, so that a batch of one sample
+    computes no padding it does not need.
+
+    Returns
+    -------
+    nv, width : int
+    """
+    lanes = _LANES[dtype]
+    nv = 1 if batch <= lanes else 2 if batch <= 2 * lanes else 4
+    return nv, nv * lanes
+
+
+def balanced_splits(crow: torch.Tensor, n_threads: int) -> torch.Tensor:
+    """Row ranges of a CSR pattern for ``n_threads`` threads with about equal work.
+
+    A row costs its active weights plus a fixed amount (loop set-up and its store).
+
+    Returns
+    -------
+    int64 Tensor of shape (n_threads + 1,)
+    """
+    n_rows = crow.numel() - 1
+    cost = crow.long() + _ROW_COST * torch.arange(n_rows + 1)
+    targets = torch.linspace(0, float(cost[-1]), n_threads + 1)
+    splits = torch.searchsorted(cost, targets).clamp_(0, n_rows)
+    splits[0], splits[-1] = 0, n_rows
+    return splits.contiguous()
+
+
+def even_splits(n_features: int, n_threads: int) -> torch.Tensor:
+    """Feature ranges (whole blocks of 16) of a packing for ``n_threads`` threads."""
+    blocks = -(-n_features // 16)
+    edges = [min(n_features, 16 * (blocks * t // n_threads)) for t in range(n_threads + 1)]
+    edges[-1] = n_features
+    return torch.tensor(edges, dtype=torch.int64)
 
 
 class Splits:
-    """How one pattern's work is divided between ``n`` threads.
+    """How one pattern's training work is divided between ``n_threads`` threads.
 
     Parameters
     ----------
@@ -209,46 +254,44 @@ class Splits:
 
     Attributes
     ----------
-    rows, cols : int64 Tensor of shape (n + 1,)
-        Row ranges of the forward product and column ranges of the backward one, with
-        about the same number of active weights (plus a per-row cost) each.
-    out_features, in_features : int64 Tensor of shape (n + 1,)
-        Even feature ranges for packing the output gradient and the input.
+    rows, cols : int64 Tensor of shape (n_threads + 1,)
+        :func:`balanced_splits` of the forward product's rows and the backward product's
+        columns.
+    out_features, in_features : int64 Tensor of shape (n_threads + 1,)
+        :func:`even_splits` for packing the output gradient and the input.
     """
-
-    # a row costs about as much as this many active weights (loop set-up, the store)
-    _ROW_COST = 8
 
     def __init__(self, crow: torch.Tensor, crow_t: torch.Tensor, n_threads: int) -> None:
         self.n_threads = int(n_threads)
-        self.rows = self._balanced(crow)
-        self.cols = self._balanced(crow_t)
-        self.out_features = self._even(crow.numel() - 1)
-        self.in_features = self._even(crow_t.numel() - 1)
-
-    def _balanced(self, crow: torch.Tensor) -> torch.Tensor:
-        n_rows = crow.numel() - 1
-        cost = crow.long() + self._ROW_COST * torch.arange(n_rows + 1)
-        targets = torch.linspace(0, float(cost[-1]), self.n_threads + 1)
-        splits = torch.searchsorted(cost, targets).clamp_(0, n_rows)
-        splits[0], splits[-1] = 0, n_rows
-        return splits.contiguous()
-
-    def _even(self, n: int) -> torch.Tensor:
-        # multiples of 16 features keep each thread's packing on whole blocks
-        blocks = -(-n // 16)
-        edges = [min(n, 16 * (blocks * t // self.n_threads)) for t in range(self.n_threads + 1)]
-        edges[-1] = n
-        return torch.tensor(edges, dtype=torch.int64)
+        self.rows = balanced_splits(crow, self.n_threads)
+        self.cols = balanced_splits(crow_t, self.n_threads)
+        self.out_features = even_splits(crow.numel() - 1, self.n_threads)
+        self.in_features = even_splits(crow_t.numel() - 1, self.n_threads)
 
 
 def _p(tensor: torch.Tensor | None) -> int | None:
     return None if tensor is None else tensor.data_ptr()
 
 
-def pack(a: torch.Tensor, splits: torch.Tensor, *, column_sums: bool = False,
+def _out_strides(out: torch.Tensor, width: int) -> tuple[int, int, int]:
+    """Strides (panel, sample in panel, feature) of a sample-major 2-D or a panel output."""
+    if out.dim() == 3:  # panels (n_panels, features, width)
+        return out.stride(0), out.stride(2), out.stride(1)
+    return width * out.stride(0), out.stride(0), out.stride(1)
+
+
+def pack(a: torch.Tensor, splits: torch.Tensor, nv: int, *, column_sums: bool = False,
          ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Panels of the 2-D CPU tensor ``a`` ``(batch, k)``, and its column sums if asked.
+
+    Parameters
+    ----------
+    a : Tensor of shape (batch, k), any strides
+    splits : int64 Tensor
+        :func:`even_splits` of ``k``.
+    nv : int
+        Vectors per panel row (:func:`panel_width`).
+    column_sums : bool, default=False
 
     Returns
     -------
@@ -256,49 +299,58 @@ def pack(a: torch.Tensor, splits: torch.Tensor, *, column_sums: bool = False,
     sums : Tensor of shape (k,) or None
     """
     batch, k = a.shape
-    width = panel_width(a.dtype)
+    width = nv * _LANES[a.dtype]
     panels = a.new_empty((-(-batch // width), k, width))
     sums = a.new_empty(k) if column_sums else None
     getattr(_lib, f"pack_{_SUFFIX[a.dtype]}")(
-        splits.numel() - 1, _p(splits), _p(a), a.stride(0), a.stride(1), batch, k,
+        splits.numel() - 1, _p(splits), nv, _p(a), a.stride(0), a.stride(1), batch, k,
         _p(panels), _p(sums))
     return panels, sums
 
 
-def csr_forward(panels: torch.Tensor, batch: int, crow: torch.Tensor, col: torch.Tensor,
-                values: torch.Tensor, bias: torch.Tensor | None, splits: torch.Tensor,
-                out: torch.Tensor) -> torch.Tensor:
-    """``out = X W^T + bias`` for packed ``X``; ``out`` is ``(batch, n_out)``, any strides."""
+def csr_forward(panels: torch.Tensor, nv: int, batch: int, crow: torch.Tensor,
+                col: torch.Tensor, values: torch.Tensor, bias: torch.Tensor | None,
+                splits: torch.Tensor, out: torch.Tensor, *, relu: bool = False,
+                ) -> torch.Tensor:
+    """``out = X W^T + bias`` (then ReLU if ``relu``) for packed ``X``.
+
+    ``out`` is ``(batch, n_out)`` with any strides, or the next layer's panels
+    ``(n_panels, n_out, width)``; ``splits`` is :func:`balanced_splits` of ``crow``.
+    """
+    sq, si, sr = _out_strides(out, panels.shape[2])
     getattr(_lib, f"csr_forward_{_SUFFIX[values.dtype]}")(
-        splits.numel() - 1, _p(splits), _p(crow), _p(col), _p(values), _p(panels), batch,
-        panels.shape[1], _p(bias), _p(out), out.stride(0), out.stride(1))
+        splits.numel() - 1, _p(splits), nv, _p(crow), _p(col), _p(values), _p(panels), batch,
+        panels.shape[1], _p(bias), int(relu), _p(out), sq, si, sr)
     return out
 
 
-def csr_backward(grad_panels: torch.Tensor, x_panels: torch.Tensor, batch: int,
+def csr_backward(grad_panels: torch.Tensor, x_panels: torch.Tensor, nv: int, batch: int,
                  crow_t: torch.Tensor, row_t: torch.Tensor, perm_t: torch.Tensor,
                  values: torch.Tensor, splits: torch.Tensor, grad_x: torch.Tensor | None,
                  grad_values: torch.Tensor | None) -> None:
     """Fill ``grad_x`` (``G W``, any strides) and ``grad_values`` (``G^T X`` at the pattern).
 
     Either may be ``None`` (not computed). The pattern is given by its transpose:
-    ``crow_t``, ``row_t`` and ``perm_t`` (position of each entry in ``values``).
+    ``crow_t``, ``row_t`` and ``perm_t`` (position of each entry in ``values``);
+    ``splits`` is :func:`balanced_splits` of ``crow_t``.
     """
     if grad_x is None and grad_values is None:
         return
     scratch = None if grad_values is None else torch.empty_like(grad_values)
-    strides = (0, 0) if grad_x is None else grad_x.stride()
+    sq, si, sr = (0, 0, 0) if grad_x is None else _out_strides(grad_x, x_panels.shape[2])
     getattr(_lib, f"csr_backward_{_SUFFIX[values.dtype]}")(
-        splits.numel() - 1, _p(splits), _p(crow_t), _p(row_t), _p(perm_t), _p(values),
+        splits.numel() - 1, _p(splits), nv, _p(crow_t), _p(row_t), _p(perm_t), _p(values),
         _p(grad_panels), _p(x_panels), batch, grad_panels.shape[1], x_panels.shape[1],
-        _p(grad_x), strides[0], strides[1], _p(grad_values), _p(scratch))
+        _p(grad_x), sq, si, sr, _p(grad_values), _p(scratch))
 
 
 def _self_check() -> None:
     """Compare the kernels with torch on a small random layer; raise on a mismatch."""
     gen = torch.Generator().manual_seed(0)
-    n_out, n_in, batch = 37, 29, 70
-    for dtype in _SUFFIX:
+    n_out, n_in = 37, 29
+    for dtype, batch in ((torch.float32, 70), (torch.float64, 5)):
+        if int(getattr(_lib, f"lanes_{_SUFFIX[dtype]}")()) != _LANES[dtype]:
+            raise RuntimeError("the compiled kernels use another vector width")
         mask = torch.rand(n_out, n_in, generator=gen) < 0.3
         weight = torch.randn(n_out, n_in, generator=gen, dtype=dtype) * mask
         bias = torch.randn(n_out, generator=gen, dtype=dtype)
@@ -313,12 +365,13 @@ def _self_check() -> None:
         crow_t[1:] = torch.cumsum(torch.bincount(cols, minlength=n_in), 0)
         values = weight.reshape(-1)[flat].contiguous()
         splits = Splits(crow, crow_t, 2)
-        xp, _ = pack(x, splits.in_features)
-        y = csr_forward(xp, batch, crow, cols.to(torch.int32), values, bias, splits.rows,
+        nv, _ = panel_width(dtype, batch)
+        xp, _ = pack(x, splits.in_features, nv)
+        y = csr_forward(xp, nv, batch, crow, cols.to(torch.int32), values, bias, splits.rows,
                         x.new_empty(batch, n_out))
-        gp, gsum = pack(g, splits.out_features, column_sums=True)
+        gp, gsum = pack(g, splits.out_features, nv, column_sums=True)
         gx, gv = torch.empty_like(x), torch.empty_like(values)
-        csr_backward(gp, xp, batch, crow_t, rows[order].to(torch.int32),
+        csr_backward(gp, xp, nv, batch, crow_t, rows[order].to(torch.int32),
                      order.to(torch.int32), values, splits.cols, gx, gv)
         tol = {"rtol": 1e-4, "atol": 1e-4}
         torch.testing.assert_close(y, x @ weight.t() + bias, **tol)
