@@ -34,12 +34,19 @@ def path(request, monkeypatch):
 
 
 @pytest.fixture
+def every_call_parallel(monkeypatch):
+    """Split even the small test problems between threads."""
+    monkeypatch.setattr(kernels, "_MIN_PARALLEL_WORK", 0)
+
+
+@pytest.fixture
 def fresh_loader(monkeypatch, tmp_path):
     """A loader that has not tried yet, building into an empty cache."""
     monkeypatch.setenv("REST_FAIR_CACHE", str(tmp_path))
     monkeypatch.setattr(kernels, "_lib", None)
     monkeypatch.setattr(kernels, "_reason", None)
     monkeypatch.setattr(kernels, "_tried", False)
+    monkeypatch.setattr(kernels, "_FUNCS", {})
     return tmp_path
 
 
@@ -88,6 +95,7 @@ def _run_kernels(mask, weight, bias, x, g, n_threads, out_layout="rows"):
 
 
 @needs_kernels
+@pytest.mark.usefixtures("every_call_parallel")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("batch", [1, 9, 16, 17, 31, 33, 64, 65, 200])
 @pytest.mark.parametrize("layout", ["rows", "features", "strided", "panels"])
@@ -117,6 +125,7 @@ def test_kernels_equal_dense_products(dtype, batch, layout):
 
 
 @needs_kernels
+@pytest.mark.usefixtures("every_call_parallel")
 def test_kernel_results_do_not_depend_on_the_thread_count():
     mask = _pattern(300, 200, 0.05, seed=0)
     gen = torch.Generator().manual_seed(0)

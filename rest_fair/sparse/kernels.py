@@ -43,6 +43,7 @@ import torch
 
 __all__ = [
     "ENV_SWITCH",
+    "CSRProduct",
     "Splits",
     "available",
     "balanced_splits",
@@ -70,9 +71,17 @@ _LANES = {torch.float32: 16, torch.float64: 8}
 # a row of a product costs about as much as this many active weights (set-up, store)
 _ROW_COST = 8
 
+# below this many vector multiply-adds (or packed values) a call runs on one thread: the
+# work takes about as long as waking the others (measured: a 26k-weight layer at batch 1
+# took 33 us on one thread and 21 us on two, of which most is the wake-up)
+_MIN_PARALLEL_WORK = 1 << 16
+
 _lib: ctypes.CDLL | None = None
 _reason: str | None = None
 _tried = False
+# the entry points per dtype: pack, csr_forward, csr_backward
+_FUNCS: dict[torch.dtype, tuple] = {}
+_ONE_THREAD: dict[int, torch.Tensor] = {}
 
 _i64 = ctypes.c_int64
 _ptr = ctypes.c_void_p
@@ -144,18 +153,30 @@ def _build(compiler: str) -> Path:
 
 def _declare(lib: ctypes.CDLL) -> None:
     c_int = ctypes.c_int
-    for suffix in _SUFFIX.values():
-        getattr(lib, f"pack_{suffix}").argtypes = [
-            c_int, _ptr, c_int, _ptr, _i64, _i64, _i64, _i64, _ptr, _ptr]
-        getattr(lib, f"csr_forward_{suffix}").argtypes = [
-            c_int, _ptr, c_int, _ptr, _ptr, _ptr, _ptr, _i64, _i64, _ptr, c_int, _ptr, _i64,
-            _i64, _i64]
-        getattr(lib, f"csr_backward_{suffix}").argtypes = [
-            c_int, _ptr, c_int, _ptr, _ptr, _ptr, _ptr, _ptr, _ptr, _i64, _i64, _i64, _ptr,
-            _i64, _i64, _i64, _ptr, _ptr]
-        for name in ("pack", "csr_forward", "csr_backward"):
-            getattr(lib, f"{name}_{suffix}").restype = None
+    for dtype, suffix in _SUFFIX.items():
+        pack_fn = getattr(lib, f"pack_{suffix}")
+        pack_fn.argtypes = [c_int, _ptr, c_int, _ptr, _i64, _i64, _i64, _i64, _ptr, _ptr]
+        forward = getattr(lib, f"csr_forward_{suffix}")
+        forward.argtypes = [c_int, _ptr, c_int, _ptr, _ptr, _ptr, _ptr, _i64, _i64, _ptr, c_int,
+                            _ptr, _i64, _i64, _i64]
+        backward = getattr(lib, f"csr_backward_{suffix}")
+        backward.argtypes = [c_int, _ptr, c_int, _ptr, _ptr, _ptr, _ptr, _ptr, _ptr, _i64, _i64,
+                             _i64, _ptr, _i64, _i64, _i64, _ptr, _ptr]
+        for fn in (pack_fn, forward, backward):
+            fn.restype = None
         getattr(lib, f"lanes_{suffix}").restype = c_int
+        _FUNCS[dtype] = (pack_fn, forward, backward)
+
+
+def _threads(splits: torch.Tensor, work: int) -> tuple[int, int]:
+    """Thread count and splits pointer of a call: one thread for small work."""
+    if work >= _MIN_PARALLEL_WORK or splits.numel() <= 2:
+        return splits.numel() - 1, splits.data_ptr()
+    end = int(splits[-1])
+    one = _ONE_THREAD.get(end)
+    if one is None:
+        one = _ONE_THREAD[end] = torch.tensor([0, end], dtype=torch.int64)
+    return 1, one.data_ptr()
 
 
 def load() -> ctypes.CDLL | None:
@@ -185,6 +206,7 @@ def load() -> ctypes.CDLL | None:
         _self_check()
     except Exception as exc:  # any failure leaves the pure-torch path in place
         _lib = None
+        _FUNCS.clear()
         _reason = f"{type(exc).__name__}: {exc}"
     return _lib
 
@@ -302,9 +324,9 @@ def pack(a: torch.Tensor, splits: torch.Tensor, nv: int, *, column_sums: bool = 
     width = nv * _LANES[a.dtype]
     panels = a.new_empty((-(-batch // width), k, width))
     sums = a.new_empty(k) if column_sums else None
-    getattr(_lib, f"pack_{_SUFFIX[a.dtype]}")(
-        splits.numel() - 1, _p(splits), nv, _p(a), a.stride(0), a.stride(1), batch, k,
-        _p(panels), _p(sums))
+    n, splits_ptr = _threads(splits, batch * k // 4)
+    _FUNCS[a.dtype][0](n, splits_ptr, nv, a.data_ptr(), a.stride(0), a.stride(1), batch, k,
+                       panels.data_ptr(), _p(sums))
     return panels, sums
 
 
@@ -318,9 +340,11 @@ def csr_forward(panels: torch.Tensor, nv: int, batch: int, crow: torch.Tensor,
     ``(n_panels, n_out, width)``; ``splits`` is :func:`balanced_splits` of ``crow``.
     """
     sq, si, sr = _out_strides(out, panels.shape[2])
-    getattr(_lib, f"csr_forward_{_SUFFIX[values.dtype]}")(
-        splits.numel() - 1, _p(splits), nv, _p(crow), _p(col), _p(values), _p(panels), batch,
-        panels.shape[1], _p(bias), int(relu), _p(out), sq, si, sr)
+    n, splits_ptr = _threads(splits, values.numel() * nv * panels.shape[0])
+    _FUNCS[values.dtype][1](
+        n, splits_ptr, nv, crow.data_ptr(), col.data_ptr(), values.data_ptr(),
+        panels.data_ptr(), batch, panels.shape[1], _p(bias), int(relu), out.data_ptr(), sq, si,
+        sr)
     return out
 
 
@@ -338,10 +362,58 @@ def csr_backward(grad_panels: torch.Tensor, x_panels: torch.Tensor, nv: int, bat
         return
     scratch = None if grad_values is None else torch.empty_like(grad_values)
     sq, si, sr = (0, 0, 0) if grad_x is None else _out_strides(grad_x, x_panels.shape[2])
-    getattr(_lib, f"csr_backward_{_SUFFIX[values.dtype]}")(
-        splits.numel() - 1, _p(splits), nv, _p(crow_t), _p(row_t), _p(perm_t), _p(values),
-        _p(grad_panels), _p(x_panels), batch, grad_panels.shape[1], x_panels.shape[1],
-        _p(grad_x), sq, si, sr, _p(grad_values), _p(scratch))
+    n, splits_ptr = _threads(splits, 2 * values.numel() * nv * x_panels.shape[0])
+    _FUNCS[values.dtype][2](
+        n, splits_ptr, nv, crow_t.data_ptr(), row_t.data_ptr(), perm_t.data_ptr(),
+        values.data_ptr(), grad_panels.data_ptr(), x_panels.data_ptr(), batch,
+        grad_panels.shape[1], x_panels.shape[1], _p(grad_x), sq, si, sr, _p(grad_values),
+        _p(scratch))
+
+
+class CSRProduct:
+    """``X W^T + b`` for one fixed CSR matrix, as inference calls it many times.
+
+    The matrix's pointers and its row splits per thread count are prepared once, so a call
+    costs one foreign call and an allocation. The tensors must not be replaced or resized
+    afterwards (their values may change in place).
+
+    Parameters
+    ----------
+    crow, col : int32 Tensor
+        The pattern (CPU, contiguous).
+    values : Tensor
+        float32 or float64, contiguous.
+    bias : Tensor of shape (n_out,) or None
+    """
+
+    def __init__(self, crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor,
+                 bias: torch.Tensor | None) -> None:
+        self.tensors = (crow, col, values, bias)  # kept alive for the pointers below
+        self.n_out = crow.numel() - 1
+        self.nnz = values.numel()
+        self.dtype = values.dtype
+        self._fn = _FUNCS[values.dtype][1]
+        self._pointers = (crow.data_ptr(), col.data_ptr(), values.data_ptr())
+        self._bias = _p(bias)
+        self._splits: dict[int, torch.Tensor] = {}
+
+    def __call__(self, panels: torch.Tensor, nv: int, batch: int, n_threads: int, *,
+                 relu: bool = False) -> torch.Tensor:
+        """The output as panels ``(n_panels, n_out, width)`` of ``panels``' width.
+
+        ``batch`` counts the samples computed; a chain passes the whole panels' width
+        (padding included) so that every row is stored whole.
+        """
+        n_panels, k, width = panels.shape
+        out = panels.new_empty((n_panels, self.n_out, width))
+        splits = self._splits.get(n_threads)
+        if splits is None:
+            splits = self._splits[n_threads] = balanced_splits(self.tensors[0], n_threads)
+        n, splits_ptr = _threads(splits, self.nnz * nv * n_panels)
+        crow, col, values = self._pointers
+        self._fn(n, splits_ptr, nv, crow, col, values, panels.data_ptr(), batch, k, self._bias,
+                 int(relu), out.data_ptr(), self.n_out * width, 1, width)
+        return out
 
 
 def _self_check() -> None:
