@@ -56,6 +56,9 @@ __all__ = [
     "unavailable_reason",
 ]
 
+#: Environment variable that switches the compiled kernels off when set to ``0``
+#: (``false``, ``no``, ``off``): the CSR layers and exported chains then use torch's sparse
+#: products.
 ENV_SWITCH = "REST_FAIR_NATIVE_KERNELS"
 _SOURCE = Path(__file__).with_name("_csr_kernels.c")
 # Tried in order; the first set that compiles is used.
