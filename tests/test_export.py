@@ -201,3 +201,65 @@ def test_other_networks_run_module_by_module():
     z = torch.randn(4, 6, generator=g)
     with torch.no_grad():
         torch.testing.assert_close(export(z), _masked_copy(seq, smask)(z))
+
+
+# ------------------------------------------------------- chains on the compiled kernels
+@pytest.fixture(params=["kernels", "torch"])
+def chain_path(request, monkeypatch):
+    """Export chains on the compiled kernels, then on torch's sparse products."""
+    from rest_fair.sparse import kernels
+
+    if request.param == "torch":
+        monkeypatch.setenv(kernels.ENV_SWITCH, "0")
+    elif not kernels.available():
+        pytest.skip(f"no compiled kernels: {kernels.unavailable_reason()}")
+    return request.param
+
+
+@pytest.mark.parametrize("batch", [1, 7, 8, 16, 17, 64, 65, 200])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_chain_kernels_match_masked_model(chain_path, batch, dtype):
+    from rest_fair.efficiency import export as export_mod
+
+    g = torch.Generator().manual_seed(batch)
+    # a sparse layer, a dense layer with many outputs, a sparse layer without bias, a dense
+    # head; GELU and Tanh between them (ReLU is fused into the store), dead neurons
+    net = nn.Sequential(
+        nn.Linear(40, 96), nn.ReLU(), nn.Linear(96, 80), nn.GELU(),
+        nn.Linear(80, 70, bias=False), nn.Tanh(), nn.ReLU(), nn.Linear(70, 6),
+    ).to(dtype)
+    masks = {"0.weight": torch.rand(96, 40, generator=g) < 0.1,
+             "2.weight": torch.rand(80, 96, generator=g) < 0.6,
+             "4.weight": torch.rand(70, 80, generator=g) < 0.05,
+             "7.weight": torch.rand(6, 70, generator=g) < 0.7}
+    masks["0.weight"][5] = False
+    export = export_sparse(net, masks)
+    chain = export.module[0]
+    kernel_ops = export_mod._kernel_chain_plan(chain)
+    assert (kernel_ops is not None) == (chain_path == "kernels")
+    if kernel_ops is not None:
+        kinds = [op for op, _, _ in kernel_ops[1:]]
+        assert kinds.count(export_mod._K_CSR) == 3 and kinds.count(export_mod._K_DENSE) == 1
+    x = torch.randn(batch, 3, 40, generator=g, dtype=dtype)  # extra leading dimension
+    tol = {"rtol": 1e-5, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 0, "atol": 1e-12}
+    with torch.no_grad():
+        expected = _masked_copy(net, masks)(x)
+        torch.testing.assert_close(export(x), expected, **tol)
+        torch.testing.assert_close(export.module(x), expected, **tol)
+        # in-place weight changes are seen on either path
+        for layer in _linears(export):
+            layer._buffers["values" if layer.sparse else "weight"].mul_(0.5)
+        torch.testing.assert_close(export(x), export.module(x), rtol=0, atol=0)
+
+
+def test_chain_kernels_leave_gradients_to_torch(chain_path):
+    g = torch.Generator().manual_seed(0)
+    net = build_module("mlp", input_shape=(30,), n_classes=4,
+                       module_params={"hidden_layer_sizes": (64, 64)})
+    masks = _random_masks(net, [0.1, 0.1, 0.5], g)
+    export = export_sparse(net, masks)
+    x = torch.randn(32, 30, generator=g, requires_grad=True)
+    export(x).sum().backward()  # an input that needs a gradient goes through torch
+    x_ref = x.detach().clone().requires_grad_()
+    _masked_copy(net, masks)(x_ref).sum().backward()
+    torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-5, atol=1e-5)

@@ -2,14 +2,26 @@
 
 :class:`CSRLinear` replaces a masked ``nn.Linear`` during training. It stores the active
 weights as one parameter ``values`` on a compressed-sparse-row pattern (int32 indices) and
-computes, on feature-major activations (``X_t`` is features x samples, so consecutive
-sparse layers pass activations without copies):
+computes
 
-- forward: ``Y_t = W_csr @ X_t + b``;
-- gradient of the input: ``W_csr^T @ G_t`` (the transposed pattern is kept with a
-  permutation of ``values``);
-- gradient of ``values``: ``G_t @ X`` sampled at the pattern only
-  (``torch.sparse.sampled_addmm``), never the dense weight gradient.
+- forward: ``Y = X W^T + b``;
+- gradient of the input: ``G W`` (the transposed pattern is kept with a permutation of
+  ``values``);
+- gradient of ``values``: ``G^T X`` sampled at the pattern only, never the dense weight
+  gradient.
+
+On CPU in float32 or float64 the products run in the compiled kernels of
+:mod:`rest_fair.sparse.kernels` (:class:`_CSRKernelFunction`): the activations are packed
+once per pass into panels of a few dozen samples, the forward product reads the panels at
+the pattern's columns, and one backward pass over the transposed pattern gives both the
+input gradient and the weight gradient; outputs are written directly in the layout the
+next layer reads. Elsewhere (CUDA, other dtypes, no C compiler, or
+``REST_FAIR_NATIVE_KERNELS=0``) :class:`_CSRLinearFunction` uses torch's sparse CSR
+products on feature-major activations (``X_t`` is features x samples):
+``Y_t = W_csr @ X_t + b``, ``W_csr^T @ G_t`` and ``torch.sparse.sampled_addmm``. A layer
+that feeds another CSR layer (through element-wise activations) passes its output
+feature-major in both paths, so consecutive sparse layers exchange activations without
+transposes.
 
 An optimizer built over the layer sees ``values``, so its state (momentum, Adam moments)
 exists only for the active weights.
@@ -36,6 +48,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from . import kernels
 from .rigl import top_k_first
 
 __all__ = ["CSRLinear"]
@@ -167,6 +180,72 @@ class _CSRLinearFunction(torch.autograd.Function):
         return grad_x, grad_values, grad_bias, None
 
 
+class _CSRKernelFunction(torch.autograd.Function):
+    """``Y = X W^T + b`` with the compiled kernels (CPU, float32 or float64).
+
+    ``x`` is ``(batch, in_features)`` with any strides; the result is
+    ``(batch, out_features)`` row-major, or ``(out_features, batch)`` row-major when
+    ``feature_major`` (the caller transposes it back as a view).
+    """
+
+    @staticmethod
+    def forward(ctx, x, values, bias, layer, feature_major):  # type: ignore[override]
+        splits = layer._kernel_splits()
+        batch = x.shape[0]
+        nv, _ = kernels.panel_width(values.dtype, batch)
+        x_panels, _ = kernels.pack(x, splits.in_features, nv)
+        if feature_major:
+            out = x.new_empty((layer.out_features, batch))
+            target = out.t()
+        else:
+            out = target = x.new_empty((batch, layer.out_features))
+        kernels.csr_forward(x_panels, nv, batch, layer.crow_indices, layer.col_indices, values,
+                            bias, splits.rows, target)
+        ctx.save_for_backward(x, x_panels, values)
+        ctx.layer = layer
+        ctx.splits = splits
+        ctx.nv = nv
+        ctx.feature_major = feature_major
+        ctx.has_bias = bias is not None
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        x, x_panels, values = ctx.saved_tensors
+        layer: CSRLinear = ctx.layer
+        splits = ctx.splits
+        grad = grad.t() if ctx.feature_major else grad  # (batch, out_features)
+        batch = grad.shape[0]
+        want_x, want_values = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        want_bias = ctx.has_bias and ctx.needs_input_grad[2]
+        plan = layer._plan
+        grad_t = x_t = None
+        if plan is not None:
+            if plan.saved is not None:
+                raise RuntimeError(_USED_TWICE.format(name=layer.name, step=plan.step))
+            grad_t, x_t = grad.t().contiguous(), x.t().contiguous()
+            plan.saved = (grad_t, x_t)
+        scan = plan is not None and plan.scan_gradient and want_values
+        grad_x = grad_values = grad_bias = None
+        if want_x or want_values or want_bias:
+            grad_panels, grad_bias = kernels.pack(grad, splits.out_features, ctx.nv,
+                                                  column_sums=want_bias)
+            if want_x:
+                # the input's own layout: a feature-major input gets a feature-major gradient
+                if x.stride(0) == 1 and x.stride(1) != 1:
+                    grad_x = x.new_empty((layer.in_features, batch)).t()
+                else:
+                    grad_x = x.new_empty((batch, layer.in_features))
+            if want_values and not scan:
+                grad_values = torch.empty_like(values)
+            kernels.csr_backward(grad_panels, x_panels, ctx.nv, batch, layer.crow_indices_t,
+                                 layer.col_indices_t, layer.perm_t, values, splits.cols,
+                                 grad_x, grad_values)
+        if scan:
+            grad_values = layer._scan_dense_gradient(grad_t, x_t, plan)
+        return grad_x, grad_values, grad_bias, None, None
+
+
 class CSRLinear(nn.Module):
     """A trainable linear layer that stores only its active weights (CSR pattern).
 
@@ -269,9 +348,43 @@ class CSRLinear(nn.Module):
         return dense.reshape(-1)[self.flat_indices()]
 
     # -- forward ------------------------------------------------------------------------
+    def _kernel_splits(self) -> kernels.Splits:
+        """The compiled kernels' division of this pattern between torch's threads."""
+        crow, crow_t = self.crow_indices, self.crow_indices_t
+        state = (crow._version, crow_t._version, torch.get_num_threads())
+        cached = self.__dict__.get("_splits")
+        if cached is None or cached[0] is not crow or cached[1] is not crow_t \
+                or cached[2] != state:
+            cached = (crow, crow_t, state, kernels.Splits(crow, crow_t, state[2]))
+            self.__dict__["_splits"] = cached
+        return cached[3]
+
+    def _use_kernels(self, x: torch.Tensor) -> bool:
+        values = self.values
+        return (
+            x.device.type == "cpu"
+            and values.device.type == "cpu"
+            and values.dtype in (torch.float32, torch.float64)
+            and x.shape[0] > 0
+            and (self.bias is None or self.bias.dtype == values.dtype)
+            and kernels.load() is not None
+        )
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
-        x_t = x.reshape(-1, self.in_features).t()
+        x2d = x.reshape(-1, self.in_features)
+        if self._use_kernels(x2d):
+            if x2d.dtype != self.values.dtype:
+                x2d = x2d.to(self.values.dtype)
+            major = self.feature_major_output
+            if torch.is_autocast_enabled(x2d.device.type):
+                # the kernels run in the weights' dtype; the output re-enters autocast
+                with torch.autocast(x2d.device.type, enabled=False):
+                    out = _CSRKernelFunction.apply(x2d, self.values, self.bias, self, major)
+            else:
+                out = _CSRKernelFunction.apply(x2d, self.values, self.bias, self, major)
+            return (out.t() if major else out).reshape(*lead, self.out_features)
+        x_t = x2d.t()
         if not x_t.is_contiguous():  # the sparse product reads rows of X_t
             x_t = x_t.contiguous()
         if x_t.dtype != self.values.dtype:

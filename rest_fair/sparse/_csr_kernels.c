@@ -1,0 +1,393 @@
+/*
+ * CPU kernels of rest_fair's CSR linear layers (see rest_fair/sparse/kernels.py).
+ *
+ * Activations are packed into panels: a (B x K) matrix A becomes P[p][k][i] = A[p*T + i][k]
+ * for p < ceil(B / T), zero-padded, so that one panel row (T samples of one feature) is a
+ * contiguous run of T values and one panel (K x T) fits in a core's L2 cache. The panel
+ * width T is nv vectors of 64 bytes (nv = 1, 2 or 4: 16, 32 or 64 floats), chosen by the
+ * caller from the batch size. The products read panel rows at the pattern's columns:
+ *
+ *   csr_forward:  Y = X W^T + b, optionally ReLU   (W in CSR, rows split between threads)
+ *   csr_backward: GX = G W, gW = (G^T X) at the pattern
+ *                 (over the CSR of W^T, columns of W split between threads)
+ *
+ * Each output entry is computed by exactly one thread in a fixed order, so results do not
+ * depend on the number of threads. An output entry (sample b = q * T + i, feature r) is
+ * written at out[q * sq + i * si + r * sr]: sample-major (B x N), feature-major (N x B) and
+ * the panel layout itself (the next layer's input) are all such strides. Threads come from
+ * OpenMP; loaded after torch, the library shares torch's OpenMP runtime (same soname) and
+ * so its thread pool. Vector code uses GCC/Clang vector extensions, compiled for the host
+ * (-march=native).
+ */
+#include <stdint.h>
+#include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+typedef void (*part_fn)(const void *, int64_t, int64_t);
+
+/* Run fn over [splits[t], splits[t + 1]) for t < n, on up to n OpenMP threads. */
+static void run_parts(int n, const int64_t *splits, part_fn fn, const void *arg) {
+#ifdef _OPENMP
+    if (n > 1) {
+#pragma omp parallel num_threads(n)
+        {
+            int team = omp_get_num_threads();
+            for (int t = omp_get_thread_num(); t < n; t += team)
+                fn(arg, splits[t], splits[t + 1]);
+        }
+        return;
+    }
+#endif
+    for (int t = 0; t < n; ++t) fn(arg, splits[t], splits[t + 1]);
+}
+
+/* 64-byte vectors: VL lanes; uvec_* may be unaligned. */
+typedef float vec_f32 __attribute__((vector_size(64)));
+typedef float uvec_f32 __attribute__((vector_size(64), aligned(4)));
+typedef int32_t mask_f32 __attribute__((vector_size(64)));
+typedef float half_f32 __attribute__((vector_size(32)));
+typedef float quarter_f32 __attribute__((vector_size(16)));
+typedef double vec_f64 __attribute__((vector_size(64)));
+typedef double uvec_f64 __attribute__((vector_size(64), aligned(8)));
+typedef int64_t mask_f64 __attribute__((vector_size(64)));
+typedef double half_f64 __attribute__((vector_size(32)));
+typedef double quarter_f64 __attribute__((vector_size(16)));
+
+#ifdef __clang__
+#define SHUFFLE(mask_t, a, b, ...) __builtin_shufflevector(a, b, __VA_ARGS__)
+#else
+#define SHUFFLE(mask_t, a, b, ...) __builtin_shuffle(a, b, (mask_t){__VA_ARGS__})
+#endif
+
+/* One stage of an in-place transpose of a VL x VL block held as VL row vectors: swap the
+   h x h sub-blocks off the diagonal (element (i, j) with bit h in j and not in i trades
+   places with (i + h, j - h)). All stages together transpose the block. */
+#define STAGE(v, VL, h, mask_t, ...)                                                           \
+    for (int i = 0; i < VL; ++i)                                                               \
+        if (!(i & h)) {                                                                        \
+            const __typeof__(v[0]) a = v[i], b = v[i + h];                                     \
+            v[i] = SHUFFLE(mask_t, a, b, __VA_ARGS__);                                         \
+            v[i + h] = SHUFFLE(mask_t, a, b, HI_##VL##_##h);                                   \
+        }
+
+#define HI_16_8 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31
+#define HI_16_4 4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31
+#define HI_16_2 2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31
+#define HI_16_1 1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31
+#define HI_8_4 4, 5, 6, 7, 12, 13, 14, 15
+#define HI_8_2 2, 3, 10, 11, 6, 7, 14, 15
+#define HI_8_1 1, 9, 3, 11, 5, 13, 7, 15
+
+static inline void transpose_f32(vec_f32 *v) {
+    STAGE(v, 16, 8, mask_f32, 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23)
+    STAGE(v, 16, 4, mask_f32, 0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27)
+    STAGE(v, 16, 2, mask_f32, 0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29)
+    STAGE(v, 16, 1, mask_f32, 0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30)
+}
+
+static inline void transpose_f64(vec_f64 *v) {
+    STAGE(v, 8, 4, mask_f64, 0, 1, 2, 3, 8, 9, 10, 11)
+    STAGE(v, 8, 2, mask_f64, 0, 1, 8, 9, 4, 5, 12, 13)
+    STAGE(v, 8, 1, mask_f64, 0, 8, 2, 10, 4, 12, 6, 14)
+}
+
+/* Kernels for one scalar type and one panel width (NV vectors of VL lanes). A row's sum is
+   split into 4 / NV independent partial sums, so that narrow panels are not bound by the
+   latency of one chain of multiply-adds. */
+#define DEFINE_WIDTH(scalar, SUFFIX, VL, NV)                                                   \
+    enum { T_##SUFFIX##_##NV = NV * VL };                                                      \
+                                                                                               \
+    /* Write rows [r0, r1) (at most VL) of one panel, held in buf[r - r0][i], to the output    \
+       entries (b0 + i, r) for i < nb; sq is already applied to out. */                        \
+    static void store_##SUFFIX##_##NV(const scalar (*buf)[T_##SUFFIX##_##NV], int64_t r0,      \
+                                      int64_t r1, int64_t nb, scalar *out, int64_t si,         \
+                                      int64_t sr) {                                            \
+        if (si == 1) {                                                                         \
+            if (nb == T_##SUFFIX##_##NV) /* a whole panel row: a fixed-size copy */            \
+                for (int64_t r = r0; r < r1; ++r)                                              \
+                    memcpy(out + r * sr, buf[r - r0], sizeof(buf[0]));                         \
+            else                                                                               \
+                for (int64_t r = r0; r < r1; ++r)                                              \
+                    memcpy(out + r * sr, buf[r - r0], (size_t)nb * sizeof(scalar));            \
+            return;                                                                            \
+        }                                                                                      \
+        int64_t i0 = 0;                                                                        \
+        if (sr == 1 && r1 - r0 == VL) {                                                        \
+            for (; i0 + VL <= nb; i0 += VL) {                                                  \
+                vec_##SUFFIX v[VL];                                                            \
+                for (int r = 0; r < VL; ++r) v[r] = *(const vec_##SUFFIX *)(buf[r] + i0);      \
+                transpose_##SUFFIX(v);                                                         \
+                for (int i = 0; i < VL; ++i) *(uvec_##SUFFIX *)(out + (i0 + i) * si + r0) = v[i]; \
+            }                                                                                  \
+        }                                                                                      \
+        for (int64_t i = i0; i < nb; ++i)                                                      \
+            for (int64_t r = r0; r < r1; ++r) out[i * si + r * sr] = buf[r - r0][i];           \
+    }                                                                                          \
+                                                                                               \
+    static void pack_part_##SUFFIX##_##NV(const void *p_, int64_t k0, int64_t k1) {            \
+        const pack_args_##SUFFIX *p = (const pack_args_##SUFFIX *)p_;                          \
+        const int64_t T = T_##SUFFIX##_##NV, B = p->batch, K = p->k, s0 = p->s0, s1 = p->s1;   \
+        const int64_t np = (B + T - 1) / T;                                                    \
+        scalar *colsum = p->colsum;                                                            \
+        if (colsum)                                                                            \
+            for (int64_t k = k0; k < k1; ++k) colsum[k] = 0;                                   \
+        for (int64_t q = 0; q < np; ++q) {                                                     \
+            scalar *P = p->panels + q * K * T;                                                 \
+            const int64_t b0 = q * T, nb = B - b0 < T ? B - b0 : T;                            \
+            if (s0 == 1) {                                                                     \
+                for (int64_t k = k0; k < k1; ++k) {                                            \
+                    const scalar *src = p->a + k * s1 + b0;                                    \
+                    memcpy(P + k * T, src, (size_t)nb * sizeof(scalar));                       \
+                    memset(P + k * T + nb, 0, (size_t)(T - nb) * sizeof(scalar));              \
+                    if (colsum) {                                                              \
+                        scalar s = colsum[k];                                                  \
+                        for (int64_t i = 0; i < nb; ++i) s += src[i];                          \
+                        colsum[k] = s;                                                         \
+                    }                                                                          \
+                }                                                                              \
+                continue;                                                                      \
+            }                                                                                  \
+            for (int64_t kb = k0; kb < k1; kb += VL) {                                         \
+                const int64_t ke = kb + VL < k1 ? kb + VL : k1;                                \
+                if (s1 == 1 && ke - kb == VL) {                                                \
+                    vec_##SUFFIX cs = {0};                                                     \
+                    for (int64_t i0 = 0; i0 < T; i0 += VL) {                                   \
+                        vec_##SUFFIX v[VL];                                                    \
+                        for (int i = 0; i < VL; ++i) {                                         \
+                            if (i0 + i < nb) {                                                 \
+                                v[i] = *(const uvec_##SUFFIX *)(p->a + (b0 + i0 + i) * s0 + kb); \
+                                cs += v[i];                                                    \
+                            } else {                                                           \
+                                v[i] = (vec_##SUFFIX){0};                                      \
+                            }                                                                  \
+                        }                                                                      \
+                        transpose_##SUFFIX(v);                                                 \
+                        for (int j = 0; j < VL; ++j)                                           \
+                            *(uvec_##SUFFIX *)(P + (kb + j) * T + i0) = v[j];                  \
+                    }                                                                          \
+                    if (colsum)                                                                \
+                        for (int j = 0; j < VL; ++j) colsum[kb + j] += cs[j];                  \
+                    continue;                                                                  \
+                }                                                                              \
+                for (int64_t k = kb; k < ke; ++k) {                                            \
+                    scalar s = 0;                                                              \
+                    for (int64_t i = 0; i < nb; ++i) {                                         \
+                        const scalar v = p->a[(b0 + i) * s0 + k * s1];                         \
+                        P[k * T + i] = v;                                                      \
+                        s += v;                                                                \
+                    }                                                                          \
+                    memset(P + k * T + nb, 0, (size_t)(T - nb) * sizeof(scalar));              \
+                    if (colsum) colsum[k] += s;                                                \
+                }                                                                              \
+            }                                                                                  \
+        }                                                                                      \
+    }                                                                                          \
+                                                                                               \
+    static void forward_part_##SUFFIX##_##NV(const void *p_, int64_t r0, int64_t r1) {         \
+        const fwd_args_##SUFFIX *p = (const fwd_args_##SUFFIX *)p_;                            \
+        const int64_t T = T_##SUFFIX##_##NV, B = p->batch;                                     \
+        const int64_t np = (B + T - 1) / T;                                                    \
+        const int32_t *crow = p->crow, *col = p->col;                                          \
+        const scalar *val = p->val;                                                            \
+        scalar buf[VL][T_##SUFFIX##_##NV] __attribute__((aligned(64)));                        \
+        for (int64_t q = 0; q < np; ++q) {                                                     \
+            const scalar *xp = p->xp + q * p->k * T;                                           \
+            const int64_t nb = B - q * T < T ? B - q * T : T;                                  \
+            for (int64_t rb = r0; rb < r1; rb += VL) {                                         \
+                const int64_t re = rb + VL < r1 ? rb + VL : r1;                                \
+                for (int64_t r = rb; r < re; ++r) {                                            \
+                    const scalar b = p->bias ? p->bias[r] : (scalar)0;                         \
+                    vec_##SUFFIX a[(4 / NV) * NV];                                             \
+                    for (int v = 0; v < (4 / NV) * NV; ++v) a[v] = (vec_##SUFFIX){0};          \
+                    for (int v = 0; v < NV; ++v) a[v] += b;                                    \
+                    const int64_t e = crow[r + 1];                                             \
+                    int64_t j = crow[r];                                                       \
+                    for (; j + (4 / NV) <= e; j += (4 / NV))                                   \
+                        for (int u = 0; u < (4 / NV); ++u) {                                   \
+                            const scalar w = val[j + u];                                       \
+                            const uvec_##SUFFIX *x =                                           \
+                                (const uvec_##SUFFIX *)(xp + (int64_t)col[j + u] * T);         \
+                            for (int v = 0; v < NV; ++v) a[u * NV + v] += w * x[v];            \
+                        }                                                                      \
+                    for (; j < e; ++j) {                                                       \
+                        const scalar w = val[j];                                               \
+                        const uvec_##SUFFIX *x = (const uvec_##SUFFIX *)(xp + (int64_t)col[j] * T); \
+                        for (int v = 0; v < NV; ++v) a[v] += w * x[v];                         \
+                    }                                                                          \
+                    for (int u = 1; u < (4 / NV); ++u)                                         \
+                        for (int v = 0; v < NV; ++v) a[v] += a[u * NV + v];                    \
+                    if (p->relu) /* max(a, 0), NaN kept as torch.relu keeps it */              \
+                        for (int v = 0; v < NV; ++v)                                           \
+                            a[v] = (vec_##SUFFIX)((mask_##SUFFIX)a[v] &                        \
+                                                  ((a[v] > 0) | (a[v] != a[v])));              \
+                    vec_##SUFFIX *o = (vec_##SUFFIX *)buf[r - rb];                             \
+                    for (int v = 0; v < NV; ++v) o[v] = a[v];                                  \
+                }                                                                              \
+                store_##SUFFIX##_##NV((const scalar(*)[T_##SUFFIX##_##NV])buf, rb, re, nb,     \
+                                      p->y + q * p->sq, p->si, p->sr);                         \
+            }                                                                                  \
+        }                                                                                      \
+    }                                                                                          \
+                                                                                               \
+    static void backward_part_##SUFFIX##_##NV(const void *p_, int64_t c0, int64_t c1) {        \
+        const bwd_args_##SUFFIX *p = (const bwd_args_##SUFFIX *)p_;                            \
+        const int64_t T = T_##SUFFIX##_##NV, B = p->batch;                                     \
+        const int64_t np = (B + T - 1) / T;                                                    \
+        const int32_t *ccol = p->ccol, *row = p->row, *perm = p->perm;                         \
+        const scalar *val = p->val;                                                            \
+        scalar *gw_t = p->gw_t;                                                                \
+        const int want_gx = p->gx != 0, want_gw = p->gw != 0;                                  \
+        scalar buf[VL][T_##SUFFIX##_##NV] __attribute__((aligned(64)));                        \
+        if (want_gw)                                                                           \
+            for (int64_t j = ccol[c0]; j < ccol[c1]; ++j) gw_t[j] = 0;                         \
+        for (int64_t q = 0; q < np; ++q) {                                                     \
+            const scalar *gp = p->gp + q * p->n_out * T;                                       \
+            const scalar *xp = p->xp + q * p->n_in * T;                                        \
+            const int64_t nb = B - q * T < T ? B - q * T : T;                                  \
+            for (int64_t cb = c0; cb < c1; cb += VL) {                                         \
+                const int64_t ce = cb + VL < c1 ? cb + VL : c1;                                \
+                for (int64_t c = cb; c < ce; ++c) {                                            \
+                    vec_##SUFFIX a[NV];                                                        \
+                    for (int v = 0; v < NV; ++v) a[v] = (vec_##SUFFIX){0};                     \
+                    const int64_t e = ccol[c + 1];                                             \
+                    if (want_gw) {                                                             \
+                        const uvec_##SUFFIX *xc = (const uvec_##SUFFIX *)(xp + c * T);         \
+                        vec_##SUFFIX xv[NV];                                                   \
+                        for (int v = 0; v < NV; ++v) xv[v] = xc[v];                            \
+                        for (int64_t j = ccol[c]; j < e; ++j) {                                \
+                            const uvec_##SUFFIX *g = (const uvec_##SUFFIX *)(gp + (int64_t)row[j] * T); \
+                            vec_##SUFFIX gv[NV];                                               \
+                            for (int v = 0; v < NV; ++v) gv[v] = g[v];                         \
+                            if (want_gx) {                                                     \
+                                const scalar w = val[perm[j]];                                 \
+                                for (int v = 0; v < NV; ++v) a[v] += w * gv[v];                \
+                            }                                                                  \
+                            vec_##SUFFIX d = gv[0] * xv[0];                                    \
+                            for (int v = 1; v < NV; ++v) d += gv[v] * xv[v];                   \
+                            gw_t[j] += hsum_##SUFFIX(d);                                       \
+                        }                                                                      \
+                    } else {                                                                   \
+                        vec_##SUFFIX more[((4 / NV) - 1) * NV + 1];                            \
+                        for (int v = 0; v < ((4 / NV) - 1) * NV + 1; ++v) more[v] = (vec_##SUFFIX){0}; \
+                        int64_t j = ccol[c];                                                   \
+                        for (; j + (4 / NV) <= e; j += (4 / NV)) {                             \
+                            for (int u = 0; u < (4 / NV); ++u) {                               \
+                                const scalar w = val[perm[j + u]];                             \
+                                const uvec_##SUFFIX *g =                                       \
+                                    (const uvec_##SUFFIX *)(gp + (int64_t)row[j + u] * T);     \
+                                vec_##SUFFIX *acc = u ? more + (u - 1) * NV : a;               \
+                                for (int v = 0; v < NV; ++v) acc[v] += w * g[v];               \
+                            }                                                                  \
+                        }                                                                      \
+                        for (; j < e; ++j) {                                                   \
+                            const scalar w = val[perm[j]];                                     \
+                            const uvec_##SUFFIX *g = (const uvec_##SUFFIX *)(gp + (int64_t)row[j] * T); \
+                            for (int v = 0; v < NV; ++v) a[v] += w * g[v];                     \
+                        }                                                                      \
+                        for (int u = 1; u < (4 / NV); ++u)                                     \
+                            for (int v = 0; v < NV; ++v) a[v] += more[(u - 1) * NV + v];       \
+                    }                                                                          \
+                    vec_##SUFFIX *o = (vec_##SUFFIX *)buf[c - cb];                             \
+                    for (int v = 0; v < NV; ++v) o[v] = a[v];                                  \
+                }                                                                              \
+                if (want_gx)                                                                   \
+                    store_##SUFFIX##_##NV((const scalar(*)[T_##SUFFIX##_##NV])buf, cb, ce, nb, \
+                                          p->gx + q * p->sq, p->si, p->sr);                    \
+            }                                                                                  \
+        }                                                                                      \
+        if (want_gw)                                                                           \
+            for (int64_t j = ccol[c0]; j < ccol[c1]; ++j) p->gw[perm[j]] = gw_t[j];            \
+    }
+
+/* Argument blocks, the three widths and the entry points of one scalar type. */
+#define DEFINE_KERNELS(scalar, SUFFIX, VL)                                                     \
+    static inline scalar hsum_##SUFFIX(vec_##SUFFIX v) {                                       \
+        union {                                                                                \
+            vec_##SUFFIX v;                                                                    \
+            half_##SUFFIX h[2];                                                                \
+        } a = {v};                                                                             \
+        union {                                                                                \
+            half_##SUFFIX h;                                                                   \
+            quarter_##SUFFIX q[2];                                                             \
+        } b = {a.h[0] + a.h[1]};                                                               \
+        quarter_##SUFFIX c = b.q[0] + b.q[1];                                                  \
+        scalar s = 0;                                                                          \
+        for (int l = 0; l < VL / 4; ++l) s += c[l];                                            \
+        return s;                                                                              \
+    }                                                                                          \
+                                                                                               \
+    typedef struct {                                                                           \
+        const scalar *a;                                                                       \
+        int64_t s0, s1, batch, k;                                                              \
+        scalar *panels, *colsum;                                                               \
+    } pack_args_##SUFFIX;                                                                      \
+                                                                                               \
+    typedef struct {                                                                           \
+        const int32_t *crow, *col;                                                             \
+        const scalar *val, *xp, *bias;                                                         \
+        int64_t batch, k;                                                                      \
+        scalar *y;                                                                             \
+        int64_t sq, si, sr;                                                                    \
+        int relu;                                                                              \
+    } fwd_args_##SUFFIX;                                                                       \
+                                                                                               \
+    typedef struct {                                                                           \
+        const int32_t *ccol, *row, *perm;                                                      \
+        const scalar *val, *gp, *xp;                                                           \
+        int64_t batch, n_out, n_in;                                                            \
+        scalar *gx;                                                                            \
+        int64_t sq, si, sr;                                                                    \
+        scalar *gw, *gw_t;                                                                     \
+    } bwd_args_##SUFFIX;                                                                       \
+                                                                                               \
+    DEFINE_WIDTH(scalar, SUFFIX, VL, 1)                                                        \
+    DEFINE_WIDTH(scalar, SUFFIX, VL, 2)                                                        \
+    DEFINE_WIDTH(scalar, SUFFIX, VL, 4)                                                        \
+                                                                                               \
+    static part_fn by_width_##SUFFIX(int nv, part_fn f1, part_fn f2, part_fn f4) {             \
+        return nv == 1 ? f1 : nv == 2 ? f2 : f4;                                               \
+    }                                                                                          \
+                                                                                               \
+    /* panels (ceil(B/T) x K x T, T = nv * VL) <- a[b * s0 + k * s1];                          \
+       colsum[k] = sum_b a[b, k] when colsum is not NULL. */                                   \
+    void pack_##SUFFIX(int n, const int64_t *splits, int nv, const scalar *a, int64_t s0,      \
+                       int64_t s1, int64_t batch, int64_t k, scalar *panels, scalar *colsum) { \
+        pack_args_##SUFFIX p = {a, s0, s1, batch, k, panels, colsum};                          \
+        run_parts(n, splits, by_width_##SUFFIX(nv, pack_part_##SUFFIX##_1,                     \
+                  pack_part_##SUFFIX##_2, pack_part_##SUFFIX##_4), &p);                        \
+    }                                                                                          \
+                                                                                               \
+    /* y(b, r) = bias[r] + sum_j val[j] * x[b, col[j]] over row r of the CSR (then ReLU if     \
+       relu), written at y[q * sq + i * si + r * sr] for b = q * T + i. */                     \
+    void csr_forward_##SUFFIX(int n, const int64_t *splits, int nv, const int32_t *crow,       \
+                              const int32_t *col, const scalar *val, const scalar *xp,         \
+                              int64_t batch, int64_t k, const scalar *bias, int relu,          \
+                              scalar *y, int64_t sq, int64_t si, int64_t sr) {                 \
+        fwd_args_##SUFFIX p = {crow, col, val, xp, bias, batch, k, y, sq, si, sr, relu};       \
+        run_parts(n, splits, by_width_##SUFFIX(nv, forward_part_##SUFFIX##_1,                  \
+                  forward_part_##SUFFIX##_2, forward_part_##SUFFIX##_4), &p);                  \
+    }                                                                                          \
+                                                                                               \
+    /* Over the CSR of W^T (ccol, row; perm[j] = position of entry j in W's CSR order):        \
+       gx(b, c) = sum_j val[perm[j]] * g[b, row[j]] at gx[q * sq + i * si + c * sr]            \
+       (skipped when gx is NULL), gw[perm[j]] = sum_b g[b, row[j]] * x[b, c] (skipped when     \
+       gw is NULL; gw_t is scratch of nnz entries). */                                         \
+    void csr_backward_##SUFFIX(int n, const int64_t *splits, int nv, const int32_t *ccol,      \
+                               const int32_t *row, const int32_t *perm, const scalar *val,     \
+                               const scalar *gp, const scalar *xp, int64_t batch,              \
+                               int64_t n_out, int64_t n_in, scalar *gx, int64_t sq,            \
+                               int64_t si, int64_t sr, scalar *gw, scalar *gw_t) {             \
+        bwd_args_##SUFFIX p = {ccol, row, perm, val, gp, xp, batch, n_out, n_in,               \
+                               gx, sq, si, sr, gw, gw_t};                                      \
+        run_parts(n, splits, by_width_##SUFFIX(nv, backward_part_##SUFFIX##_1,                 \
+                  backward_part_##SUFFIX##_2, backward_part_##SUFFIX##_4), &p);                \
+    }
+
+DEFINE_KERNELS(float, f32, 16)
+DEFINE_KERNELS(double, f64, 8)
+
+/* Lanes of a 64-byte vector: a panel holds nv times as many samples. */
+int lanes_f32(void) { return 16; }
+int lanes_f64(void) { return 8; }

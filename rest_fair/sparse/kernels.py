@@ -1,0 +1,455 @@
+"""Compiled CPU kernels of the CSR linear layers, with the pure-torch path as fallback.
+
+The C source ``_csr_kernels.c`` (next to this file) is compiled on first use with the
+host's C compiler (``$CC``, else ``cc``; ``-O3 -march=native -fopenmp``) into
+``$REST_FAIR_CACHE/kernels`` (default ``~/.cache/rest_fair/kernels``) and loaded with
+:mod:`ctypes`. The file name carries a digest of the source, the flags, the compiler
+and the CPU, so a shared home directory never loads a library built for another
+machine. Loaded after torch, the library uses torch's OpenMP runtime (same soname) and
+so its threads; each call runs on ``torch.get_num_threads()`` of them.
+
+What the kernels compute (float32 and float64, int32 CSR indices, CPU tensors):
+
+- :func:`pack`: activations ``(batch, k)`` (any strides) into panels of ``width``
+  samples, ``P[p, j, i] = A[p * width + i, j]`` (zero-padded), and optionally the column
+  sums of ``A`` (the bias gradient); :func:`panel_width` chooses the width (16, 32 or 64
+  floats) from the batch size;
+- :func:`csr_forward`: ``Y = X W^T + b`` (optionally ReLU) from the packed ``X``, written
+  sample-major, feature-major or as the next layer's panels;
+- :func:`csr_backward`: ``G W`` (input gradient) and ``G^T X`` at the pattern (weight
+  gradient) in one pass over the transposed pattern.
+
+Each output entry is computed by one thread in a fixed order, so results do not depend
+on the thread count. A quick check against torch runs once after loading. When no
+compiler is found, the build fails, the check fails, or ``REST_FAIR_NATIVE_KERNELS=0``,
+:func:`load` returns ``None`` (the reason is in :func:`unavailable_reason`) and the layers
+use torch's sparse products.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tempfile
+from pathlib import Path
+
+import torch
+
+__all__ = [
+    "ENV_SWITCH",
+    "CSRProduct",
+    "Splits",
+    "available",
+    "balanced_splits",
+    "csr_backward",
+    "csr_forward",
+    "even_splits",
+    "load",
+    "pack",
+    "panel_width",
+    "unavailable_reason",
+]
+
+#: Environment variable that switches the compiled kernels off when set to ``0``
+#: (``false``, ``no``, ``off``): the CSR layers and exported chains then use torch's sparse
+#: products.
+ENV_SWITCH = "REST_FAIR_NATIVE_KERNELS"
+_SOURCE = Path(__file__).with_name("_csr_kernels.c")
+# Tried in order; the first set that compiles is used.
+_FLAG_SETS = (
+    ("-O3", "-march=native", "-fopenmp"),
+    ("-O3", "-mcpu=native", "-fopenmp"),
+    ("-O3", "-fopenmp"),
+)
+_COMPILE_TIMEOUT_S = 180
+_SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
+# lanes of a 64-byte vector; a panel holds 1, 2 or 4 vectors per feature
+_LANES = {torch.float32: 16, torch.float64: 8}
+# a row of a product costs about as much as this many active weights (set-up, store)
+_ROW_COST = 8
+
+# below this many vector multiply-adds (or packed values) a call runs on one thread: the
+# work takes about as long as waking the others (measured: a 26k-weight layer at batch 1
+# took 33 us on one thread and 21 us on two, of which most is the wake-up)
+_MIN_PARALLEL_WORK = 1 << 16
+
+_lib: ctypes.CDLL | None = None
+_reason: str | None = None
+_tried = False
+# the entry points per dtype: pack, csr_forward, csr_backward
+_FUNCS: dict[torch.dtype, tuple] = {}
+_ONE_THREAD: dict[int, torch.Tensor] = {}
+
+_i64 = ctypes.c_int64
+_ptr = ctypes.c_void_p
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("REST_FAIR_CACHE", os.path.join("~", ".cache", "rest_fair"))
+    return Path(root).expanduser() / "kernels"
+
+
+def _cpu_signature() -> str:
+    """What the CPU can run (``-march=native`` builds for exactly this)."""
+    parts = [platform.machine(), platform.processor()]
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith(("flags", "Features", "model name")):
+                    parts.append(line.strip())
+                if len(parts) >= 5:
+                    break
+    except OSError:
+        pass
+    return "\n".join(parts)
+
+
+def _compiler() -> str | None:
+    names = [os.environ.get("CC", ""), (sysconfig.get_config_var("CC") or "").split(" ")[0],
+             "cc", "gcc", "clang"]
+    for name in names:
+        if name and shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+def _build(compiler: str) -> Path:
+    """Compile the source (or reuse a build of it for this CPU); the library's path."""
+    source = _SOURCE.read_bytes()
+    folder = _cache_dir()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        folder = Path(tempfile.gettempdir()) / "rest_fair_kernels"
+        folder.mkdir(parents=True, exist_ok=True)
+    errors = []
+    for flags in _FLAG_SETS:
+        digest = hashlib.sha256(
+            b"\0".join([source, " ".join(flags).encode(), compiler.encode(),
+                        _cpu_signature().encode(), sys.platform.encode()])
+        ).hexdigest()[:20]
+        target = folder / f"csr_kernels-{digest}.so"
+        if target.exists():
+            return target
+        # build beside the target, then rename: concurrent processes never see half a file
+        fd, tmp = tempfile.mkstemp(suffix=".so", dir=folder)
+        os.close(fd)
+        cmd = [compiler, *flags, "-fPIC", "-shared", "-o", tmp, str(_SOURCE)]
+        try:
+            done = subprocess.run(cmd, capture_output=True, text=True,
+                                  timeout=_COMPILE_TIMEOUT_S, check=False)
+            if done.returncode == 0:
+                os.replace(tmp, target)
+                return target
+            errors.append(f"{' '.join(cmd)}: {done.stderr.strip()[-500:]}")
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    raise RuntimeError("; ".join(errors))
+
+
+def _declare(lib: ctypes.CDLL) -> None:
+    c_int = ctypes.c_int
+    for dtype, suffix in _SUFFIX.items():
+        pack_fn = getattr(lib, f"pack_{suffix}")
+        pack_fn.argtypes = [c_int, _ptr, c_int, _ptr, _i64, _i64, _i64, _i64, _ptr, _ptr]
+        forward = getattr(lib, f"csr_forward_{suffix}")
+        forward.argtypes = [c_int, _ptr, c_int, _ptr, _ptr, _ptr, _ptr, _i64, _i64, _ptr, c_int,
+                            _ptr, _i64, _i64, _i64]
+        backward = getattr(lib, f"csr_backward_{suffix}")
+        backward.argtypes = [c_int, _ptr, c_int, _ptr, _ptr, _ptr, _ptr, _ptr, _ptr, _i64, _i64,
+                             _i64, _ptr, _i64, _i64, _i64, _ptr, _ptr]
+        for fn in (pack_fn, forward, backward):
+            fn.restype = None
+        getattr(lib, f"lanes_{suffix}").restype = c_int
+        _FUNCS[dtype] = (pack_fn, forward, backward)
+
+
+def _threads(splits: torch.Tensor, work: int) -> tuple[int, int]:
+    """Thread count and splits pointer of a call: one thread for small work."""
+    if work >= _MIN_PARALLEL_WORK or splits.numel() <= 2:
+        return splits.numel() - 1, splits.data_ptr()
+    end = int(splits[-1])
+    one = _ONE_THREAD.get(end)
+    if one is None:
+        one = _ONE_THREAD[end] = torch.tensor([0, end], dtype=torch.int64)
+    return 1, one.data_ptr()
+
+
+def load() -> ctypes.CDLL | None:
+    """The compiled kernels, building them on first use; ``None`` where unavailable.
+
+    Returns
+    -------
+    ctypes.CDLL or None
+        ``None`` when ``REST_FAIR_NATIVE_KERNELS=0``, no C compiler is found, the build
+        fails, or the loaded kernels disagree with torch on a small problem;
+        :func:`unavailable_reason` says which.
+    """
+    global _lib, _reason, _tried
+    if os.environ.get(ENV_SWITCH, "1").strip().lower() in ("0", "false", "no", "off"):
+        return None
+    if _tried:
+        return _lib
+    _tried = True
+    compiler = _compiler()
+    if compiler is None:
+        _reason = "no C compiler found ($CC, cc, gcc or clang)"
+        return None
+    try:
+        lib = ctypes.CDLL(str(_build(compiler)))
+        _declare(lib)
+        _lib = lib
+        _self_check()
+    except Exception as exc:  # any failure leaves the pure-torch path in place
+        _lib = None
+        _FUNCS.clear()
+        _reason = f"{type(exc).__name__}: {exc}"
+    return _lib
+
+
+def available() -> bool:
+    """Whether :func:`load` gives the compiled kernels in this process."""
+    return load() is not None
+
+
+def unavailable_reason() -> str | None:
+    """Why the compiled kernels are not used (``None`` when they are)."""
+    if os.environ.get(ENV_SWITCH, "1").strip().lower() in ("0", "false", "no", "off"):
+        return f"disabled by {ENV_SWITCH}"
+    load()
+    return _reason
+
+
+def panel_width(dtype: torch.dtype, batch: int) -> tuple[int, int]:
+    """Vectors per panel row and samples per panel for a batch of ``batch`` samples.
+
+    One vector (16 floats, 8 doubles) for the smallest batches, two, or four for 49 and more
+    floats: the panel is as narrow as the batch allows, so that a batch of one sample
+    computes no padding it does not need.
+
+    Returns
+    -------
+    nv, width : int
+    """
+    lanes = _LANES[dtype]
+    nv = 1 if batch <= lanes else 2 if batch <= 2 * lanes else 4
+    return nv, nv * lanes
+
+
+def balanced_splits(crow: torch.Tensor, n_threads: int) -> torch.Tensor:
+    """Row ranges of a CSR pattern for ``n_threads`` threads with about equal work.
+
+    A row costs its active weights plus a fixed amount (loop set-up and its store).
+
+    Returns
+    -------
+    int64 Tensor of shape (n_threads + 1,)
+    """
+    n_rows = crow.numel() - 1
+    cost = crow.long() + _ROW_COST * torch.arange(n_rows + 1)
+    targets = torch.linspace(0, float(cost[-1]), n_threads + 1)
+    splits = torch.searchsorted(cost, targets).clamp_(0, n_rows)
+    splits[0], splits[-1] = 0, n_rows
+    return splits.contiguous()
+
+
+def even_splits(n_features: int, n_threads: int) -> torch.Tensor:
+    """Feature ranges (whole blocks of 16) of a packing for ``n_threads`` threads."""
+    blocks = -(-n_features // 16)
+    edges = [min(n_features, 16 * (blocks * t // n_threads)) for t in range(n_threads + 1)]
+    edges[-1] = n_features
+    return torch.tensor(edges, dtype=torch.int64)
+
+
+class Splits:
+    """How one pattern's training work is divided between ``n_threads`` threads.
+
+    Parameters
+    ----------
+    crow, crow_t : int32 Tensor
+        Row pointers of the pattern and of its transpose.
+    n_threads : int
+
+    Attributes
+    ----------
+    rows, cols : int64 Tensor of shape (n_threads + 1,)
+        :func:`balanced_splits` of the forward product's rows and the backward product's
+        columns.
+    out_features, in_features : int64 Tensor of shape (n_threads + 1,)
+        :func:`even_splits` for packing the output gradient and the input.
+    """
+
+    def __init__(self, crow: torch.Tensor, crow_t: torch.Tensor, n_threads: int) -> None:
+        self.n_threads = int(n_threads)
+        self.rows = balanced_splits(crow, self.n_threads)
+        self.cols = balanced_splits(crow_t, self.n_threads)
+        self.out_features = even_splits(crow.numel() - 1, self.n_threads)
+        self.in_features = even_splits(crow_t.numel() - 1, self.n_threads)
+
+
+def _p(tensor: torch.Tensor | None) -> int | None:
+    return None if tensor is None else tensor.data_ptr()
+
+
+def _out_strides(out: torch.Tensor, width: int) -> tuple[int, int, int]:
+    """Strides (panel, sample in panel, feature) of a sample-major 2-D or a panel output."""
+    if out.dim() == 3:  # panels (n_panels, features, width)
+        return out.stride(0), out.stride(2), out.stride(1)
+    return width * out.stride(0), out.stride(0), out.stride(1)
+
+
+def pack(a: torch.Tensor, splits: torch.Tensor, nv: int, *, column_sums: bool = False,
+         ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Panels of the 2-D CPU tensor ``a`` ``(batch, k)``, and its column sums if asked.
+
+    Parameters
+    ----------
+    a : Tensor of shape (batch, k), any strides
+    splits : int64 Tensor
+        :func:`even_splits` of ``k``.
+    nv : int
+        Vectors per panel row (:func:`panel_width`).
+    column_sums : bool, default=False
+
+    Returns
+    -------
+    panels : Tensor of shape (ceil(batch / width), k, width)
+    sums : Tensor of shape (k,) or None
+    """
+    batch, k = a.shape
+    width = nv * _LANES[a.dtype]
+    panels = a.new_empty((-(-batch // width), k, width))
+    sums = a.new_empty(k) if column_sums else None
+    n, splits_ptr = _threads(splits, batch * k // 4)
+    _FUNCS[a.dtype][0](n, splits_ptr, nv, a.data_ptr(), a.stride(0), a.stride(1), batch, k,
+                       panels.data_ptr(), _p(sums))
+    return panels, sums
+
+
+def csr_forward(panels: torch.Tensor, nv: int, batch: int, crow: torch.Tensor,
+                col: torch.Tensor, values: torch.Tensor, bias: torch.Tensor | None,
+                splits: torch.Tensor, out: torch.Tensor, *, relu: bool = False,
+                ) -> torch.Tensor:
+    """``out = X W^T + bias`` (then ReLU if ``relu``) for packed ``X``.
+
+    ``out`` is ``(batch, n_out)`` with any strides, or the next layer's panels
+    ``(n_panels, n_out, width)``; ``splits`` is :func:`balanced_splits` of ``crow``.
+    """
+    sq, si, sr = _out_strides(out, panels.shape[2])
+    n, splits_ptr = _threads(splits, values.numel() * nv * panels.shape[0])
+    _FUNCS[values.dtype][1](
+        n, splits_ptr, nv, crow.data_ptr(), col.data_ptr(), values.data_ptr(),
+        panels.data_ptr(), batch, panels.shape[1], _p(bias), int(relu), out.data_ptr(), sq, si,
+        sr)
+    return out
+
+
+def csr_backward(grad_panels: torch.Tensor, x_panels: torch.Tensor, nv: int, batch: int,
+                 crow_t: torch.Tensor, row_t: torch.Tensor, perm_t: torch.Tensor,
+                 values: torch.Tensor, splits: torch.Tensor, grad_x: torch.Tensor | None,
+                 grad_values: torch.Tensor | None) -> None:
+    """Fill ``grad_x`` (``G W``, any strides) and ``grad_values`` (``G^T X`` at the pattern).
+
+    Either may be ``None`` (not computed). The pattern is given by its transpose:
+    ``crow_t``, ``row_t`` and ``perm_t`` (position of each entry in ``values``);
+    ``splits`` is :func:`balanced_splits` of ``crow_t``.
+    """
+    if grad_x is None and grad_values is None:
+        return
+    scratch = None if grad_values is None else torch.empty_like(grad_values)
+    sq, si, sr = (0, 0, 0) if grad_x is None else _out_strides(grad_x, x_panels.shape[2])
+    n, splits_ptr = _threads(splits, 2 * values.numel() * nv * x_panels.shape[0])
+    _FUNCS[values.dtype][2](
+        n, splits_ptr, nv, crow_t.data_ptr(), row_t.data_ptr(), perm_t.data_ptr(),
+        values.data_ptr(), grad_panels.data_ptr(), x_panels.data_ptr(), batch,
+        grad_panels.shape[1], x_panels.shape[1], _p(grad_x), sq, si, sr, _p(grad_values),
+        _p(scratch))
+
+
+class CSRProduct:
+    """``X W^T + b`` for one fixed CSR matrix, as inference calls it many times.
+
+    The matrix's pointers and its row splits per thread count are prepared once, so a call
+    costs one foreign call and an allocation. The tensors must not be replaced or resized
+    afterwards (their values may change in place).
+
+    Parameters
+    ----------
+    crow, col : int32 Tensor
+        The pattern (CPU, contiguous).
+    values : Tensor
+        float32 or float64, contiguous.
+    bias : Tensor of shape (n_out,) or None
+    """
+
+    def __init__(self, crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor,
+                 bias: torch.Tensor | None) -> None:
+        self.tensors = (crow, col, values, bias)  # kept alive for the pointers below
+        self.n_out = crow.numel() - 1
+        self.nnz = values.numel()
+        self.dtype = values.dtype
+        self._fn = _FUNCS[values.dtype][1]
+        self._pointers = (crow.data_ptr(), col.data_ptr(), values.data_ptr())
+        self._bias = _p(bias)
+        self._splits: dict[int, torch.Tensor] = {}
+
+    def __call__(self, panels: torch.Tensor, nv: int, batch: int, n_threads: int, *,
+                 relu: bool = False) -> torch.Tensor:
+        """The output as panels ``(n_panels, n_out, width)`` of ``panels``' width.
+
+        ``batch`` counts the samples computed; a chain passes the whole panels' width
+        (padding included) so that every row is stored whole.
+        """
+        n_panels, k, width = panels.shape
+        out = panels.new_empty((n_panels, self.n_out, width))
+        splits = self._splits.get(n_threads)
+        if splits is None:
+            splits = self._splits[n_threads] = balanced_splits(self.tensors[0], n_threads)
+        n, splits_ptr = _threads(splits, self.nnz * nv * n_panels)
+        crow, col, values = self._pointers
+        self._fn(n, splits_ptr, nv, crow, col, values, panels.data_ptr(), batch, k, self._bias,
+                 int(relu), out.data_ptr(), self.n_out * width, 1, width)
+        return out
+
+
+def _self_check() -> None:
+    """Compare the kernels with torch on a small random layer; raise on a mismatch."""
+    gen = torch.Generator().manual_seed(0)
+    n_out, n_in = 37, 29
+    for dtype, batch in ((torch.float32, 70), (torch.float64, 5)):
+        if int(getattr(_lib, f"lanes_{_SUFFIX[dtype]}")()) != _LANES[dtype]:
+            raise RuntimeError("the compiled kernels use another vector width")
+        mask = torch.rand(n_out, n_in, generator=gen) < 0.3
+        weight = torch.randn(n_out, n_in, generator=gen, dtype=dtype) * mask
+        bias = torch.randn(n_out, generator=gen, dtype=dtype)
+        x = torch.randn(batch, n_in, generator=gen, dtype=dtype)
+        g = torch.randn(batch, n_out, generator=gen, dtype=dtype)
+        flat = mask.reshape(-1).nonzero().squeeze(1)
+        rows, cols = flat // n_in, flat % n_in
+        crow = torch.zeros(n_out + 1, dtype=torch.int32)
+        crow[1:] = torch.cumsum(torch.bincount(rows, minlength=n_out), 0)
+        order = torch.argsort(cols * n_out + rows)
+        crow_t = torch.zeros(n_in + 1, dtype=torch.int32)
+        crow_t[1:] = torch.cumsum(torch.bincount(cols, minlength=n_in), 0)
+        values = weight.reshape(-1)[flat].contiguous()
+        splits = Splits(crow, crow_t, 2)
+        nv, _ = panel_width(dtype, batch)
+        xp, _ = pack(x, splits.in_features, nv)
+        y = csr_forward(xp, nv, batch, crow, cols.to(torch.int32), values, bias, splits.rows,
+                        x.new_empty(batch, n_out))
+        gp, gsum = pack(g, splits.out_features, nv, column_sums=True)
+        gx, gv = torch.empty_like(x), torch.empty_like(values)
+        csr_backward(gp, xp, nv, batch, crow_t, rows[order].to(torch.int32),
+                     order.to(torch.int32), values, splits.cols, gx, gv)
+        tol = {"rtol": 1e-4, "atol": 1e-4}
+        torch.testing.assert_close(y, x @ weight.t() + bias, **tol)
+        torch.testing.assert_close(gx, g @ weight, **tol)
+        torch.testing.assert_close(gv, (g.t() @ x).reshape(-1)[flat], **tol)
+        torch.testing.assert_close(gsum, g.sum(0), **tol)

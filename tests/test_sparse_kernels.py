@@ -1,0 +1,275 @@
+"""Compiled CSR kernels (rest_fair.sparse.kernels) and the pure-torch path they replace."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+from sklearn.datasets import make_classification
+from torch import nn
+
+from rest_fair import RESTClassifier
+from rest_fair.sparse import kernels
+from rest_fair.sparse.csr_linear import CSRLinear
+
+needs_kernels = pytest.mark.skipif(not kernels.available(),
+                                   reason=f"no compiled kernels: {kernels.unavailable_reason()}")
+
+
+@pytest.fixture(params=["kernels", "torch"])
+def path(request, monkeypatch):
+    """Run the CSR layers on the compiled kernels, then on the pure-torch path."""
+    if request.param == "kernels":
+        if not kernels.available():
+            pytest.skip(f"no compiled kernels: {kernels.unavailable_reason()}")
+    else:
+        monkeypatch.setenv(kernels.ENV_SWITCH, "0")
+    calls = []
+    forward = kernels.csr_forward
+    monkeypatch.setattr(kernels, "csr_forward", lambda *a, **k: calls.append(1) or forward(*a, **k))
+    yield request.param, calls
+
+
+@pytest.fixture
+def every_call_parallel(monkeypatch):
+    """Split even the small test problems between threads."""
+    monkeypatch.setattr(kernels, "_MIN_PARALLEL_WORK", 0)
+
+
+@pytest.fixture
+def fresh_loader(monkeypatch, tmp_path):
+    """A loader that has not tried yet, building into an empty cache."""
+    monkeypatch.setenv("REST_FAIR_CACHE", str(tmp_path))
+    monkeypatch.setattr(kernels, "_lib", None)
+    monkeypatch.setattr(kernels, "_reason", None)
+    monkeypatch.setattr(kernels, "_tried", False)
+    monkeypatch.setattr(kernels, "_FUNCS", {})
+    return tmp_path
+
+
+def _pattern(n_out, n_in, density, seed):
+    gen = torch.Generator().manual_seed(seed)
+    mask = torch.rand(n_out, n_in, generator=gen) < density
+    mask[1] = False  # an empty row
+    mask[:, 2] = False  # an empty column
+    return mask
+
+
+def _csr_of(mask):
+    n_out, n_in = mask.shape
+    flat = mask.reshape(-1).nonzero().squeeze(1)
+    rows, cols = flat // n_in, flat % n_in
+    crow = torch.zeros(n_out + 1, dtype=torch.int32)
+    crow[1:] = torch.cumsum(torch.bincount(rows, minlength=n_out), 0)
+    order = torch.argsort(cols * n_out + rows)
+    crow_t = torch.zeros(n_in + 1, dtype=torch.int32)
+    crow_t[1:] = torch.cumsum(torch.bincount(cols, minlength=n_in), 0)
+    return (flat, crow, cols.to(torch.int32), crow_t, rows[order].to(torch.int32),
+            order.to(torch.int32))
+
+
+def _run_kernels(mask, weight, bias, x, g, n_threads, out_layout="rows"):
+    flat, crow, col, crow_t, row_t, perm = _csr_of(mask)
+    values = weight.reshape(-1)[flat].contiguous()
+    splits = kernels.Splits(crow, crow_t, n_threads)
+    batch = x.shape[0]
+    nv, width = kernels.panel_width(x.dtype, batch)
+    xp, _ = kernels.pack(x, splits.in_features, nv)
+    if out_layout == "rows":
+        y = x.new_empty(batch, mask.shape[0])
+    elif out_layout == "features":
+        y = x.new_empty(mask.shape[0], batch).t()
+    else:  # the next layer's panels
+        panels = x.new_empty(xp.shape[0], mask.shape[0], width)
+        kernels.csr_forward(xp, nv, batch, crow, col, values, bias, splits.rows, panels)
+        y = panels.transpose(1, 2).reshape(-1, mask.shape[0])[:batch]
+    if out_layout != "panels":
+        kernels.csr_forward(xp, nv, batch, crow, col, values, bias, splits.rows, y)
+    gp, gsum = kernels.pack(g, splits.out_features, nv, column_sums=True)
+    gx, gv = torch.empty_like(x), torch.empty_like(values)
+    kernels.csr_backward(gp, xp, nv, batch, crow_t, row_t, perm, values, splits.cols, gx, gv)
+    return y, gx, gv, gsum, flat
+
+
+@needs_kernels
+@pytest.mark.usefixtures("every_call_parallel")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("batch", [1, 9, 16, 17, 31, 33, 64, 65, 200])
+@pytest.mark.parametrize("layout", ["rows", "features", "strided", "panels"])
+def test_kernels_equal_dense_products(dtype, batch, layout):
+    n_out, n_in = 37, 53
+    mask = _pattern(n_out, n_in, 0.2, seed=batch)
+    gen = torch.Generator().manual_seed(1)
+    weight = torch.randn(n_out, n_in, generator=gen, dtype=dtype) * mask
+    weight[mask & (torch.rand(n_out, n_in, generator=gen) < 0.1)] = 0.0  # active zeros
+    bias = torch.randn(n_out, generator=gen, dtype=dtype)
+    x = torch.randn(batch, n_in, generator=gen, dtype=dtype)
+    g = torch.randn(batch, n_out, generator=gen, dtype=dtype)
+    if layout == "features":  # a feature-major view, as a preceding CSR layer passes it
+        x = x.t().contiguous().t()
+        g = g.t().contiguous().t()
+    elif layout == "strided":
+        x = torch.randn(batch, 2 * n_in, generator=gen, dtype=dtype)[:, ::2]
+    for n_threads in (1, 2, 3):
+        out = layout if layout in ("features", "panels") else "rows"
+        y, gx, gv, gsum, flat = _run_kernels(mask, weight, bias, x, g, n_threads, out)
+        tol = {"rtol": 1e-5, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 0,
+                                                                         "atol": 1e-12}
+        torch.testing.assert_close(y, x @ weight.t() + bias, **tol)
+        torch.testing.assert_close(gx, g @ weight, **tol)
+        torch.testing.assert_close(gv, (g.t() @ x).reshape(-1)[flat], **tol)
+        torch.testing.assert_close(gsum, g.sum(0), **tol)
+
+
+@needs_kernels
+@pytest.mark.usefixtures("every_call_parallel")
+def test_kernel_results_do_not_depend_on_the_thread_count():
+    mask = _pattern(300, 200, 0.05, seed=0)
+    gen = torch.Generator().manual_seed(0)
+    weight = torch.randn(300, 200, generator=gen) * mask
+    bias = torch.randn(300, generator=gen)
+    x, g = torch.randn(130, 200, generator=gen), torch.randn(130, 300, generator=gen)
+    first = _run_kernels(mask, weight, bias, x, g, 1)
+    for n_threads in (2, 3, 7):
+        again = _run_kernels(mask, weight, bias, x, g, n_threads)
+        assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
+
+
+@needs_kernels
+def test_a_layer_without_active_weights():
+    mask = torch.zeros(8, 5, dtype=torch.bool)
+    weight, bias = torch.zeros(8, 5), torch.randn(8)
+    x, g = torch.randn(4, 5), torch.randn(4, 8)
+    y, gx, gv, gsum, _ = _run_kernels(mask, weight, bias, x, g, 2)
+    torch.testing.assert_close(y, bias.expand(4, 8))
+    assert gv.numel() == 0 and torch.equal(gx, torch.zeros(4, 5))
+    torch.testing.assert_close(gsum, g.sum(0))
+
+
+def _linear(dtype=torch.float32, bias=True, n_in=70, n_out=50, seed=0):
+    torch.manual_seed(seed)
+    linear = nn.Linear(n_in, n_out, bias=bias).to(dtype)
+    mask = _pattern(n_out, n_in, 0.1, seed)
+    with torch.no_grad():
+        linear.weight.mul_(mask)
+    return linear, mask
+
+
+@pytest.mark.parametrize("feature_major", [False, True])
+@pytest.mark.parametrize("bias", [True, False])
+def test_csr_layer_equals_masked_layer(path, feature_major, bias):
+    kind, calls = path
+    linear, mask = _linear(bias=bias)
+    layer = CSRLinear(copy.deepcopy(linear), mask)
+    layer.feature_major_output = feature_major
+    for x in (torch.randn(2, 33, 70), torch.randn(70, 66).t()):  # leading dims; transposed
+        x = x.requires_grad_()
+        x_ref = x.detach().clone().requires_grad_()
+        target = torch.randn(*x.shape[:-1], 50)
+        out = layer(x)
+        torch.testing.assert_close(out, linear(x_ref), rtol=1e-5, atol=1e-5)
+        ((out - target) ** 2).sum().backward()
+        ((linear(x_ref) - target) ** 2).sum().backward()
+        torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(layer.values.grad, linear.weight.grad[mask],
+                                   rtol=1e-4, atol=1e-4)
+        if bias:
+            torch.testing.assert_close(layer.bias.grad, linear.bias.grad, rtol=1e-4, atol=1e-4)
+        layer.zero_grad()
+        linear.zero_grad()
+    assert bool(calls) == (kind == "kernels")
+
+
+def test_csr_layer_first_layer_eval_and_bf16(path):
+    linear, mask = _linear()
+    layer = CSRLinear(copy.deepcopy(linear), mask)
+    x = torch.randn(9, 70)  # no input gradient, as a network's first layer
+    layer(x).sum().backward()
+    linear(x).sum().backward()
+    torch.testing.assert_close(layer.values.grad, linear.weight.grad[mask], rtol=1e-5,
+                               atol=1e-5)
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), linear(x), rtol=1e-5, atol=1e-5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = layer(x.bfloat16())
+    torch.testing.assert_close(out.float(), linear(x), rtol=2e-2, atol=2e-2)
+
+
+def test_fit_with_set_equals_masked_fit(path):
+    # SET regrows by the run's generator, so both runs keep the same topologies; in float64
+    # their weights agree to rounding on either kernel path
+    X, y = make_classification(300, 30, n_informative=8, n_classes=3, random_state=0)
+    X = X.astype(np.float32)
+
+    class DoubleMLP(nn.Module):
+        def __init__(self, input_shape, n_classes):
+            super().__init__()
+            self.layers = nn.Sequential(nn.Linear(int(np.prod(input_shape)), 64), nn.ReLU(),
+                                        nn.Linear(64, 48), nn.ReLU(), nn.Linear(48, n_classes))
+            self.double()
+
+        def forward(self, x):
+            return self.layers(x.double())
+
+    fits = {}
+    for mode in ("masked", "csr"):
+        fits[mode] = RESTClassifier(
+            sparsity=0.95, max_epochs=2, batch_size=32, lr=0.05, random_state=0,
+            device="cpu", validation_fraction=0.0, lr_scheduler="constant", module=DoubleMLP,
+            update_interval=4, sparse_compute_threshold=0.3, regrow="random",
+            sparse_compute=mode).fit(X, y)
+    assert fits["csr"].sparse_compute_layers_
+    masked, csr = fits["masked"].module_.state_dict(), fits["csr"].module_.state_dict()
+    for key in masked:
+        torch.testing.assert_close(csr[key], masked[key], rtol=0, atol=1e-9)
+    kind, calls = path
+    assert bool(calls) == (kind == "kernels")
+
+
+def test_kernels_build_where_a_compiler_exists():
+    if kernels._compiler() is None:
+        pytest.skip("no C compiler on this machine")
+    assert kernels.available(), kernels.unavailable_reason()
+    assert kernels.unavailable_reason() is None
+
+
+def test_build_is_cached_and_reused(fresh_loader, monkeypatch):
+    if kernels._compiler() is None:
+        pytest.skip("no C compiler on this machine")
+    assert kernels.load() is not None
+    built = list((fresh_loader / "kernels").glob("csr_kernels-*.so"))
+    assert len(built) == 1
+    monkeypatch.setattr(kernels, "_tried", False)
+    monkeypatch.setattr(kernels, "_lib", None)
+
+    def no_compiler(*args, **kwargs):
+        raise AssertionError("compiled again")
+
+    monkeypatch.setattr(subprocess, "run", no_compiler)
+    assert kernels.load() is not None
+
+
+def test_without_a_working_compiler_the_layer_uses_torch(fresh_loader, monkeypatch):
+    monkeypatch.setenv("CC", "false")  # a "compiler" that always fails
+    monkeypatch.setattr(kernels, "_FLAG_SETS", (("-O2",),))
+    monkeypatch.setattr(kernels.shutil, "which",
+                        lambda name: "/bin/false" if name == "false" else None)
+    assert kernels.load() is None and not kernels.available()
+    assert "false" in kernels.unavailable_reason()
+    linear, mask = _linear()
+    layer = CSRLinear(copy.deepcopy(linear), mask)
+    x = torch.randn(5, 70)
+    torch.testing.assert_close(layer(x), linear(x), rtol=1e-5, atol=1e-5)
+    monkeypatch.setattr(kernels, "_tried", False)
+    monkeypatch.setattr(kernels.shutil, "which", lambda name: None)
+    assert kernels.load() is None
+    assert "no C compiler" in kernels.unavailable_reason()
+
+
+def test_switched_off_by_the_environment(monkeypatch):
+    monkeypatch.setenv(kernels.ENV_SWITCH, "0")
+    assert kernels.load() is None
+    assert kernels.ENV_SWITCH in kernels.unavailable_reason()
