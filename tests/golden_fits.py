@@ -28,6 +28,7 @@ from sklearn.datasets import load_digits, make_classification
 
 from rest_fair import RESTClassifier
 from rest_fair.callbacks import Callback, Checkpoint
+from rest_fair.sparse import kernels
 
 HERE = Path(__file__).resolve().parent
 GOLDEN = HERE / "data" / "golden_predictions.npz"
@@ -40,9 +41,11 @@ COMMON = dict(max_epochs=6, batch_size=64, lr=0.05, random_state=3, device="cpu"
 
 
 def environment() -> str:
-    """What decides float rounding: torch version, CPU capability, architecture."""
+    """What decides float rounding: torch version, CPU capability, architecture, and
+    whether the CSR layers run on the compiled kernels or on torch's products."""
     capability = torch.backends.cpu.get_cpu_capability()
-    return f"torch {torch.__version__} | {capability} | {platform.machine()}"
+    native = "compiled CSR kernels" if kernels.available() else "torch CSR products"
+    return f"torch {torch.__version__} | {capability} | {platform.machine()} | {native}"
 
 
 def table_data() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
