@@ -59,16 +59,7 @@ def _pattern(n_out, n_in, density, seed):
 
 
 def _csr_of(mask):
-    n_out, n_in = mask.shape
-    flat = mask.reshape(-1).nonzero().squeeze(1)
-    rows, cols = flat // n_in, flat % n_in
-    crow = torch.zeros(n_out + 1, dtype=torch.int32)
-    crow[1:] = torch.cumsum(torch.bincount(rows, minlength=n_out), 0)
-    order = torch.argsort(cols * n_out + rows)
-    crow_t = torch.zeros(n_in + 1, dtype=torch.int32)
-    crow_t[1:] = torch.cumsum(torch.bincount(cols, minlength=n_in), 0)
-    return (flat, crow, cols.to(torch.int32), crow_t, rows[order].to(torch.int32),
-            order.to(torch.int32))
+    return kernels.csr_pattern(mask)
 
 
 def _run_kernels(mask, weight, bias, x, g, n_threads, out_layout="rows"):

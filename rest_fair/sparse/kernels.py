@@ -49,6 +49,7 @@ __all__ = [
     "balanced_splits",
     "csr_backward",
     "csr_forward",
+    "csr_pattern",
     "even_splits",
     "load",
     "pack",
@@ -419,6 +420,31 @@ class CSRProduct:
         return out
 
 
+def csr_pattern(mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The index arrays the kernels take for the pattern of a 2-D bool ``mask``.
+
+    Returns
+    -------
+    flat : LongTensor
+        Flat indices of the active positions, row-major (the order of ``values``).
+    crow, col : IntTensor
+        CSR row pointers and column indices of the pattern.
+    crow_t, row_t, perm : IntTensor
+        The transposed pattern: row pointers over input features, the output row of each
+        entry, and each entry's position in ``values``.
+    """
+    n_out, n_in = mask.shape
+    flat = mask.reshape(-1).nonzero().squeeze(1)
+    rows, cols = flat // n_in, flat % n_in
+    crow = torch.zeros(n_out + 1, dtype=torch.int32)
+    crow[1:] = torch.cumsum(torch.bincount(rows, minlength=n_out), 0)
+    order = torch.argsort(cols * n_out + rows)
+    crow_t = torch.zeros(n_in + 1, dtype=torch.int32)
+    crow_t[1:] = torch.cumsum(torch.bincount(cols, minlength=n_in), 0)
+    return (flat, crow, cols.to(torch.int32), crow_t, rows[order].to(torch.int32),
+            order.to(torch.int32))
+
+
 def _self_check() -> None:
     """Compare the kernels with torch on a small random layer; raise on a mismatch."""
     gen = torch.Generator().manual_seed(0)
@@ -431,23 +457,16 @@ def _self_check() -> None:
         bias = torch.randn(n_out, generator=gen, dtype=dtype)
         x = torch.randn(batch, n_in, generator=gen, dtype=dtype)
         g = torch.randn(batch, n_out, generator=gen, dtype=dtype)
-        flat = mask.reshape(-1).nonzero().squeeze(1)
-        rows, cols = flat // n_in, flat % n_in
-        crow = torch.zeros(n_out + 1, dtype=torch.int32)
-        crow[1:] = torch.cumsum(torch.bincount(rows, minlength=n_out), 0)
-        order = torch.argsort(cols * n_out + rows)
-        crow_t = torch.zeros(n_in + 1, dtype=torch.int32)
-        crow_t[1:] = torch.cumsum(torch.bincount(cols, minlength=n_in), 0)
+        flat, crow, col, crow_t, row_t, perm = csr_pattern(mask)
         values = weight.reshape(-1)[flat].contiguous()
         splits = Splits(crow, crow_t, 2)
         nv, _ = panel_width(dtype, batch)
         xp, _ = pack(x, splits.in_features, nv)
-        y = csr_forward(xp, nv, batch, crow, cols.to(torch.int32), values, bias, splits.rows,
+        y = csr_forward(xp, nv, batch, crow, col, values, bias, splits.rows,
                         x.new_empty(batch, n_out))
         gp, gsum = pack(g, splits.out_features, nv, column_sums=True)
         gx, gv = torch.empty_like(x), torch.empty_like(values)
-        csr_backward(gp, xp, nv, batch, crow_t, rows[order].to(torch.int32),
-                     order.to(torch.int32), values, splits.cols, gx, gv)
+        csr_backward(gp, xp, nv, batch, crow_t, row_t, perm, values, splits.cols, gx, gv)
         tol = {"rtol": 1e-4, "atol": 1e-4}
         torch.testing.assert_close(y, x @ weight.t() + bias, **tol)
         torch.testing.assert_close(gx, g @ weight, **tol)
