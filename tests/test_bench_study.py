@@ -159,6 +159,11 @@ def test_runs_ids_and_order():
     assert len(specs) == len({s.run_id for s in specs}) == 1 * 3 * 2 * 1
     # configuration-major: every method's configuration 0 comes first
     assert [(s.config, s.method) for s in specs[:2]] == [(0, "erm"), (0, "rest_0.9")]
+    # ... across shares too, so a study stopped after configuration k is the study at budget k
+    bench = preset("tiny", max_epochs=3, ratios=(0.01, 0.05))
+    two_shares = RandomSearch(bench, budget=3, methods=("erm", "rest_0.9")).runs()
+    assert [s.config for s in two_shares] == sorted(s.config for s in two_shares)
+    assert {s.ratio for s in two_shares[:4]} == {0.01, 0.05}
     grown = tiny_search(budget=5, methods=("erm", "rest_0.9", "groupdro"))
     assert {s.run_id for s in specs} <= {s.run_id for s in grown.runs()}
     assert not {s.run_id for s in specs} & {s.run_id for s in

@@ -330,13 +330,13 @@ class RandomSearch:
         return self.bench.common_hash()
 
     def runs(self) -> list[TrialSpec]:
-        """Every run, configuration-major: all methods' configuration 0 (every seed), then
-        configuration 1, ..., one share after the other; a chunk of the study thus covers
-        every method."""
+        """Every run, configuration-major: configuration 0 of every method (every share,
+        every seed), then configuration 1, ...; a study stopped after its k-th configuration
+        is thus the complete study at budget k, and a larger budget extends it."""
         shared = self.common_hash()
         specs = []
-        for ratio in self.bench.ratios:
-            for config in range(self.budget):
+        for config in range(self.budget):
+            for ratio in self.bench.ratios:
                 for name in self.methods:
                     m = STUDY_METHODS[name]
                     trial = digest({
