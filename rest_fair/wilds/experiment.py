@@ -115,15 +115,9 @@ def resolve_settings(args: argparse.Namespace, spec: DatasetSpec) -> dict[str, A
     extra: dict[str, Any] = {}
     if args.protocol == "wilds":
         recipe = recipe_for(spec.name)
-        base = {
-            "module": recipe.module, "weights": recipe.weights,
-            "max_epochs": recipe.max_epochs, "batch_size": recipe.batch_size,
-            "lr": recipe.lr, "optimizer": recipe.optimizer, "momentum": recipe.momentum,
-            "weight_decay": recipe.weight_decay, "lr_scheduler": "constant",
-            "image_size": recipe.image_size or CUSTOM_DEFAULTS["image_size"],
-            "max_length": recipe.max_length, "sparse_init": "magnitude",
-            "layer_density": "erk", "dense_layers": recipe.dense_layers,
-        }
+        base = {key: getattr(recipe, key, None) for key in CUSTOM_DEFAULTS}
+        base.update(lr_scheduler="constant", sparse_init="magnitude", layer_density="erk",
+                    image_size=recipe.image_size or CUSTOM_DEFAULTS["image_size"])
         overridden = sorted(k for k, v in given.items()
                             if v is not None and jsonable(v) != jsonable(base[k]))
         extra = {"recipe": dataclasses.asdict(recipe), "overridden": overridden}
