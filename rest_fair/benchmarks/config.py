@@ -125,29 +125,26 @@ class BenchConfig:
         self.methods = tuple(self.methods)
         if self.split_sizes is not None:
             self.split_sizes = tuple(self.split_sizes)
-        if self.dataset not in DATASETS:
-            raise ValueError(_BAD_FIELD.format(field="dataset", detail=f"must be one of "
-                                               f"{tuple(DATASETS)}", value=self.dataset))
-        if self.dataset == "dfa" and not self.data_root:
-            raise ValueError(_BAD_FIELD.format(field="data_root", detail="is needed for "
-                                               "dataset='dfa'", value=self.data_root))
         if self.data_root is not None:
             self.data_root = str(self.data_root)
-        for field, values, ok, detail in (
-            ("ratios", self.ratios, lambda r: 0 < r < 1, "must be shares in (0, 1)"),
-            ("sparsities", self.sparsities, lambda s: 0 <= s < 1, "must be in [0, 1)"),
-            ("seeds", self.seeds, lambda s: s >= 0, "must be non-negative"),
+        for field, value, ok, detail in (
+            ("dataset", self.dataset, self.dataset in DATASETS,
+             f"must be one of {tuple(DATASETS)}"),
+            ("data_root", self.data_root, self.dataset != "dfa" or self.data_root,
+             "is needed for dataset='dfa'"),
+            ("ratios", self.ratios, self.ratios and all(0 < r < 1 for r in self.ratios),
+             "must be shares in (0, 1)"),
+            ("sparsities", self.sparsities,
+             self.sparsities and all(0 <= s < 1 for s in self.sparsities), "must be in [0, 1)"),
+            ("seeds", self.seeds, self.seeds and all(s >= 0 for s in self.seeds),
+             "must be non-negative"),
+            ("methods", self.methods, self.methods, "is empty"),
+            ("max_epochs", self.max_epochs, int(self.max_epochs) >= 1, "must be >= 1"),
         ):
-            if not values or not all(ok(v) for v in values):
-                raise ValueError(_BAD_FIELD.format(field=field, detail=detail, value=values))
-        if not self.methods:
-            raise ValueError(_BAD_FIELD.format(field="methods", detail="is empty", value=()))
+            if not ok:
+                raise ValueError(_BAD_FIELD.format(field=field, detail=detail, value=value))
         for name in self.methods:
             get_method(name)
-        if int(self.max_epochs) < 1:
-            raise ValueError(
-                _BAD_FIELD.format(field="max_epochs", detail="must be >= 1", value=self.max_epochs)
-            )
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dictionary of the configuration."""

@@ -169,10 +169,6 @@ def _cell_note(summary) -> str:
     return f"at least {int(summary[column].min())} images per cell"
 
 
-def _data_name(config: BenchConfig, *, short: bool = False) -> str:
-    return DATASETS[config.dataset].describe(config, short=short)
-
-
 def to_markdown(summary, config: BenchConfig) -> str:
     """The result table as Markdown (accuracies in %, mean ± standard error over the n
     seeds of each row), with notes naming the data, the metrics and the selection rule."""
@@ -193,7 +189,7 @@ def to_markdown(summary, config: BenchConfig) -> str:
             str(n),
             "" if math.isnan(row["published_acc"]) else f"{row['published_acc']:.2f} [ref]",
         ])
-    data_name = _data_name(config)
+    data_name = DATASETS[config.dataset].describe(config)
     notes = [
         "",
         f"Data: {data_name}; unbiased test split (colour independent of the label). "
@@ -257,7 +253,7 @@ def plot_results(summary, records: Sequence[dict], config: BenchConfig, out_dir:
     xpos = {s: i for i, s in enumerate(sparsities)}
     panels = (("test_unbiased_acc", "unbiased test acc"),
               ("test_worst_group_acc", "worst-group test acc"))
-    data_name = _data_name(config, short=True)
+    data_name = DATASETS[config.dataset].describe(config, short=True)
     fig, axes = plt.subplots(len(panels), len(ratios), figsize=(max(3.6 * len(ratios), 6), 6.2),
                              squeeze=False, sharey="row")
     for j, ratio in enumerate(ratios):
