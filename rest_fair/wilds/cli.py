@@ -190,13 +190,13 @@ def run(args: argparse.Namespace) -> int:
         "protocol_name": args.protocol, "argv": getattr(args, "argv", None), "config": config,
     })
     key = "adj_acc_avg" if spec.name == "waterbirds" else "acc_avg"
+    several = len(records) > 1
     for split, res in outputs["metrics"].items():
-        line = f"{spec.name} {split:5s}: {key} {res[key]:.4f}  acc_wg {res['acc_wg']:.4f}"
-        if len(records) > 1:
-            std = outputs["metrics_std"][split]
-            line = (f"{spec.name} {split:5s}: {key} {res[key]:.4f} ± {std[key]:.4f}  "
-                    f"acc_wg {res['acc_wg']:.4f} ± {std['acc_wg']:.4f} ({len(records)} seeds)")
-        print(line)
+        std = outputs["metrics_std"][split]
+        value = {k: f"{res[k]:.4f}" + (f" ± {std[k]:.4f}" if several else "")
+                 for k in (key, "acc_wg")}
+        print(f"{spec.name} {split:5s}: {key} {value[key]}  acc_wg {value['acc_wg']}"
+              + (f" ({len(records)} seeds)" if several else ""))
     for path in outputs["files"]:
         print(f"wrote {path}")
     out_dir = Path(args.out_dir)

@@ -149,15 +149,13 @@ def comparison_table(
 
 
 def _mean(values: list[float | None]) -> float | None:
-    known = [v for v in values if v is not None]
-    return float(np.mean(known)) if known and len(known) == len(values) else None
+    """The mean; None when a value is missing."""
+    return float(np.mean(values)) if values and None not in values else None
 
 
 def _std(values: list[float | None]) -> float:
-    known = [v for v in values if v is not None]
-    if len(known) < 2 or len(known) != len(values):
-        return float("nan")
-    return float(np.std(known, ddof=1))
+    """The sample standard deviation (ddof=1); NaN for fewer than two values or a missing one."""
+    return float(np.std(values, ddof=1)) if len(values) > 1 and None not in values else np.nan
 
 
 def to_markdown(frame: pd.DataFrame, *, digits: int = 1) -> str:
