@@ -27,8 +27,27 @@ _UNKNOWN_PRESET = "Unknown preset {name!r}; available: {names}."
 _BAD_FIELD = "{field} {detail}; got {value!r}."
 
 
+class _Keyed:
+    """``run_id`` and ``label`` of a run from the words of its ``_words()``."""
+
+    config_hash: str
+
+    def _words(self) -> list[str]:
+        raise NotImplementedError
+
+    @property
+    def run_id(self) -> str:
+        """Stable key of the run in the results file: its words and ``config_hash``."""
+        return "|".join([*self._words(), self.config_hash])
+
+    @property
+    def label(self) -> str:
+        """The run in progress lines."""
+        return " ".join(self._words())
+
+
 @dataclasses.dataclass(frozen=True)
-class RunSpec:
+class RunSpec(_Keyed):
     """One training run of a sweep (a cell of the grid for one seed)."""
 
     method: str
@@ -37,18 +56,9 @@ class RunSpec:
     seed: int
     config_hash: str
 
-    @property
-    def run_id(self) -> str:
-        """Stable key of the run in the results file."""
-        return (
-            f"{self.method}|ratio={self.ratio:g}|sparsity={self.sparsity:g}|seed={self.seed}"
-            f"|{self.config_hash}"
-        )
-
-    @property
-    def label(self) -> str:
-        """The run in progress lines."""
-        return f"{self.method} ratio={self.ratio:g} sparsity={self.sparsity:g} seed={self.seed}"
+    def _words(self) -> list[str]:
+        return [self.method, f"ratio={self.ratio:g}", f"sparsity={self.sparsity:g}",
+                f"seed={self.seed}"]
 
 
 @dataclasses.dataclass

@@ -29,7 +29,7 @@ from ..exceptions import TrainingDivergedError
 from ..experiments.run import digest, jsonable
 from ..metrics import worst_group_accuracy
 from ..recipes import authors_recipe
-from .config import BenchConfig, RunSpec
+from .config import BenchConfig, RunSpec, _Keyed
 from .data import load_data
 from .methods import estimator_params, get_method
 from .search import SEARCH_SPACES, equal_cost_width, hyperparameters, sample
@@ -226,7 +226,7 @@ def get_study_method(name: str) -> StudyMethod:
 
 
 @dataclasses.dataclass(frozen=True)
-class TrialSpec:
+class TrialSpec(_Keyed):
     """One run of the study: configuration ``config`` of a method, at one share and seed."""
 
     method: str
@@ -235,16 +235,9 @@ class TrialSpec:
     seed: int
     config_hash: str
 
-    @property
-    def run_id(self) -> str:
-        """Stable key of the run in the results file."""
-        return (f"{self.method}|ratio={self.ratio:g}|config={self.config}|seed={self.seed}"
-                f"|{self.config_hash}")
-
-    @property
-    def label(self) -> str:
-        """The run in progress lines."""
-        return f"{self.method} ratio={self.ratio:g} config={self.config} seed={self.seed}"
+    def _words(self) -> list[str]:
+        return [self.method, f"ratio={self.ratio:g}", f"config={self.config}",
+                f"seed={self.seed}"]
 
 
 @dataclasses.dataclass
