@@ -378,9 +378,7 @@ def _protocol(settings: dict, runs: Sequence[dict], synthetic: bool) -> str:
     if module.startswith("hf:"):
         length = settings["max_length"] or "tokenizer limit"
         inputs = f"{module[3:]} (Hugging Face, pretrained) on text, {length} tokens"
-    elif module == "auto" or module in ("mlp", "cnn") or (
-        module == "resnet18" and settings["weights"] is None
-    ):
+    elif module in ("auto", "mlp", "cnn") or (module == "resnet18" and settings["weights"] is None):
         if settings["dataset"] == "civilcomments":
             inputs = f"TF-IDF ({settings['max_features']} features) + {module} network"
         else:
