@@ -106,11 +106,8 @@ def summarize_configurations(records: Sequence[dict[str, Any]], search: RandomSe
               for r in kept if r["status"] == "ok"}
     keys = list(zip(summary["ratio"], summary["method"], summary["config"], strict=True))
     methods = [STUDY_METHODS[k[1]] for k in keys]
-    summary["label"] = [m.label for m in methods]
-    summary["group_labels"] = [m.group_labels for m in methods]
-    summary["selection"] = [m.selection for m in methods]
-    summary["sparsity"] = [m.sparsity for m in methods]
-    summary["cost_of"] = [m.cost_of for m in methods]
+    for attribute in ("label", "group_labels", "selection", "sparsity", "cost_of"):
+        summary[attribute] = [getattr(m, attribute) for m in methods]
     summary["hyperparameters"] = [search.searched_params(k[1], int(k[2]), k[0]) for k in keys]
     summary["hidden_layer_sizes"] = [widths.get(k) for k in keys]
     summary["_order"] = summary["method"].map(order)
