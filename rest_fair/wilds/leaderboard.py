@@ -171,17 +171,13 @@ def to_markdown(frame: pd.DataFrame, *, digits: int = 1) -> str:
         for column in columns:
             value = row[column]
             std = row.get(f"{column}_std")
-            if isinstance(value, (float, np.floating)):
-                text = "–" if pd.isna(value) else f"{value:.{digits}f}"
-                if text != "–" and std is not None and not pd.isna(std):
-                    text += f" ± {std:.{digits}f}"
-                cells.append(text)
-            elif isinstance(value, (int, np.integer)) and not isinstance(value, bool):
-                cells.append(str(value))
+            if value is None or (not isinstance(value, str) and pd.isna(value)):
+                cells.append("–")
+            elif isinstance(value, (float, np.floating)):
+                known_std = std is not None and not pd.isna(std)
+                cells.append(f"{value:.{digits}f}" + (f" ± {std:.{digits}f}" if known_std else ""))
             else:
-                cells.append("–" if value is None or (not isinstance(value, str)
-                                                      and pd.isna(value))
-                             else str(value).replace("|", "/"))
+                cells.append(str(value).replace("|", "/"))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
