@@ -112,28 +112,27 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                         help="Named configuration; the flags below override its fields.")
     parser.add_argument("--quick", action="store_const", const="quick", dest="preset",
                         help="Same as --preset quick (about 2 minutes on 2 CPU cores).")
-    parser.add_argument("--dataset", choices=tuple(DATASETS), default=None,
+    parser.add_argument("--dataset", choices=tuple(DATASETS),
                         help="fashion_mnist: Colored Fashion-MNIST from the idx files of "
                              "Debian's dataset-fashion-mnist (or --data-root); dfa: a "
                              "DFA-format release on disk (--data-root, --dfa-name).")
-    parser.add_argument("--data-root", default=None,
+    parser.add_argument("--data-root",
                         help="Folder of a DFA release holding <pct>pct/ and test/, or of the "
                              "four idx files for fashion_mnist (default: "
                              "$REST_FAIR_FASHION_MNIST, else /usr/share/datasets/"
                              "fashion-mnist).")
     parser.add_argument("--split-sizes", type=_numbers("--split-sizes", "integers", int),
-                        default=None, metavar="TRAIN,VALID,TEST",
+                        metavar="TRAIN,VALID,TEST",
                         help="Subsample the splits, e.g. 10000,6000,10000 (default: the "
                              "data set's sizes).")
-    parser.add_argument("--dfa-name", choices=("cmnist", "cifar10c", "bffhq"), default=None)
-    parser.add_argument("--ratios", type=_numbers("--ratios", "numbers", float), default=None,
+    parser.add_argument("--dfa-name", choices=("cmnist", "cifar10c", "bffhq"))
+    parser.add_argument("--ratios", type=_numbers("--ratios", "numbers", float),
                         help="Conflicting shares, e.g. 0.005,0.01,0.02,0.05.")
     parser.add_argument("--sparsities", type=_numbers("--sparsities", "numbers", float),
-                        default=None,
                         help="Sparsity grid, e.g. 0,0.9,0.99.")
-    parser.add_argument("--seeds", type=_numbers("--seeds", "integers", int), default=None,
+    parser.add_argument("--seeds", type=_numbers("--seeds", "integers", int),
                         help="e.g. 41,42,43.")
-    parser.add_argument("--methods", type=_names, default=None,
+    parser.add_argument("--methods", type=_names,
                         help=f"Comma-separated subset of: {', '.join(METHODS)}; with --search "
                              f"random, of: {', '.join(STUDY_METHODS)} (default: all).")
     parser.add_argument("--search", choices=("grid", "random"), default="grid",
@@ -145,44 +144,43 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                         help="With --search random: configurations per method.")
     parser.add_argument("--search-seed", type=int, default=0,
                         help="With --search random: seed of the configurations.")
-    parser.add_argument("--epochs", type=int, default=None, dest="max_epochs",
+    parser.add_argument("--epochs", type=int, dest="max_epochs",
                         help="Epochs per run; with --search random the epoch budget E "
                              "(configurations train E/3, 2E/3 or E epochs).")
-    parser.add_argument("--batch-size", type=int, default=None)
-    parser.add_argument("--lr", type=float, default=None)
-    parser.add_argument("--module", choices=("cnn", "mlp", "resnet18"), default=None)
-    parser.add_argument("--module-params", type=_json_object("--module-params"), default=None,
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--lr", type=float)
+    parser.add_argument("--module", choices=("cnn", "mlp", "resnet18"))
+    parser.add_argument("--module-params", type=_json_object("--module-params"),
                         help='JSON keyword arguments of the module, e.g. \'{"widths": [32, 64, '
                              '128]}\' for a thinner CNN.')
-    parser.add_argument("--estimator-params", type=_estimator_params, default=None,
-                        dest="extra_params",
+    parser.add_argument("--estimator-params", type=_estimator_params, dest="extra_params",
                         help='Further RESTClassifier parameters as JSON, e.g. '
                              '\'{"update_interval": 100}\'; the method\'s own settings '
                              '(sparsity, upweight, ...) still apply.')
-    parser.add_argument("--image-size", type=int, default=None)
-    parser.add_argument("--upweight", type=parse_upweight, default=None,
+    parser.add_argument("--image-size", type=int)
+    parser.add_argument("--upweight", type=parse_upweight,
                         help="Override lambda (default 10/30/50/80 for 0.5/1/2/5 %%): a "
                              "number, 'balanced' or 'none' (no reweighting).")
-    parser.add_argument("--device", default=None, help="auto, cpu, cuda, ...")
-    parser.add_argument("--out", type=Path, default=None,
+    parser.add_argument("--device", help="auto, cpu, cuda, ...")
+    parser.add_argument("--out", type=Path,
                         help="Output folder (default: rest_fair_results/bench-<preset>, "
                              "bench-<preset>-random with --search random).")
     parser.add_argument("--n-jobs", type=int, default=1,
                         help="Parallel runs; torch threads are split so jobs x threads <= cores "
                              "(local backend).")
-    parser.add_argument("--backend", choices=BACKENDS, default=None,
+    parser.add_argument("--backend", choices=BACKENDS,
                         help="Where runs execute: local processes, or a dask.distributed "
                              "cluster (needs the dask extra). Default: dask when --scheduler "
                              "is given, else local.")
-    parser.add_argument("--scheduler", default=None, metavar="ADDRESS",
+    parser.add_argument("--scheduler", metavar="ADDRESS",
                         help="Dask scheduler address, e.g. tcp://HOST:8786 (default: "
                              "$DASK_SCHEDULER_ADDRESS).")
     parser.add_argument("--scheduler-timeout", type=float, default=10.0, metavar="SECONDS",
                         help="Give up when the scheduler does not answer or has no worker "
                              "within this time.")
-    parser.add_argument("--max-runs", type=int, default=None,
+    parser.add_argument("--max-runs", type=int,
                         help="Stop after this many new runs (rerun to continue).")
-    parser.add_argument("--time-limit", type=float, default=None,
+    parser.add_argument("--time-limit", type=float,
                         help="Start no new run after this many seconds (rerun to continue).")
     parser.add_argument("--fresh", action="store_true",
                         help="Ignore (move aside) earlier results instead of resuming.")

@@ -27,8 +27,27 @@ _UNKNOWN_PRESET = "Unknown preset {name!r}; available: {names}."
 _BAD_FIELD = "{field} {detail}; got {value!r}."
 
 
+class _Keyed:
+    """``run_id`` and ``label`` of a run from the words of its ``_words()``."""
+
+    config_hash: str
+
+    def _words(self) -> list[str]:
+        raise NotImplementedError
+
+    @property
+    def run_id(self) -> str:
+        """Stable key of the run in the results file: its words and ``config_hash``."""
+        return "|".join([*self._words(), self.config_hash])
+
+    @property
+    def label(self) -> str:
+        """The run in progress lines."""
+        return " ".join(self._words())
+
+
 @dataclasses.dataclass(frozen=True)
-class RunSpec:
+class RunSpec(_Keyed):
     """One training run of a sweep (a cell of the grid for one seed)."""
 
     method: str
@@ -37,18 +56,9 @@ class RunSpec:
     seed: int
     config_hash: str
 
-    @property
-    def run_id(self) -> str:
-        """Stable key of the run in the results file."""
-        return (
-            f"{self.method}|ratio={self.ratio:g}|sparsity={self.sparsity:g}|seed={self.seed}"
-            f"|{self.config_hash}"
-        )
-
-    @property
-    def label(self) -> str:
-        """The run in progress lines."""
-        return f"{self.method} ratio={self.ratio:g} sparsity={self.sparsity:g} seed={self.seed}"
+    def _words(self) -> list[str]:
+        return [self.method, f"ratio={self.ratio:g}", f"sparsity={self.sparsity:g}",
+                f"seed={self.seed}"]
 
 
 @dataclasses.dataclass
@@ -125,29 +135,26 @@ class BenchConfig:
         self.methods = tuple(self.methods)
         if self.split_sizes is not None:
             self.split_sizes = tuple(self.split_sizes)
-        if self.dataset not in DATASETS:
-            raise ValueError(_BAD_FIELD.format(field="dataset", detail=f"must be one of "
-                                               f"{tuple(DATASETS)}", value=self.dataset))
-        if self.dataset == "dfa" and not self.data_root:
-            raise ValueError(_BAD_FIELD.format(field="data_root", detail="is needed for "
-                                               "dataset='dfa'", value=self.data_root))
         if self.data_root is not None:
             self.data_root = str(self.data_root)
-        for field, values, ok, detail in (
-            ("ratios", self.ratios, lambda r: 0 < r < 1, "must be shares in (0, 1)"),
-            ("sparsities", self.sparsities, lambda s: 0 <= s < 1, "must be in [0, 1)"),
-            ("seeds", self.seeds, lambda s: s >= 0, "must be non-negative"),
+        for field, value, ok, detail in (
+            ("dataset", self.dataset, self.dataset in DATASETS,
+             f"must be one of {tuple(DATASETS)}"),
+            ("data_root", self.data_root, self.dataset != "dfa" or self.data_root,
+             "is needed for dataset='dfa'"),
+            ("ratios", self.ratios, self.ratios and all(0 < r < 1 for r in self.ratios),
+             "must be shares in (0, 1)"),
+            ("sparsities", self.sparsities,
+             self.sparsities and all(0 <= s < 1 for s in self.sparsities), "must be in [0, 1)"),
+            ("seeds", self.seeds, self.seeds and all(s >= 0 for s in self.seeds),
+             "must be non-negative"),
+            ("methods", self.methods, self.methods, "is empty"),
+            ("max_epochs", self.max_epochs, int(self.max_epochs) >= 1, "must be >= 1"),
         ):
-            if not values or not all(ok(v) for v in values):
-                raise ValueError(_BAD_FIELD.format(field=field, detail=detail, value=values))
-        if not self.methods:
-            raise ValueError(_BAD_FIELD.format(field="methods", detail="is empty", value=()))
+            if not ok:
+                raise ValueError(_BAD_FIELD.format(field=field, detail=detail, value=value))
         for name in self.methods:
             get_method(name)
-        if int(self.max_epochs) < 1:
-            raise ValueError(
-                _BAD_FIELD.format(field="max_epochs", detail="must be >= 1", value=self.max_epochs)
-            )
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dictionary of the configuration."""

@@ -86,34 +86,13 @@ class Method:
 METHODS: dict[str, Method] = {
     m.name: m
     for m in (
-        Method(
-            name="erm",
-            dense_label="ERM (dense)",
-            sparse_label="ERM (sparse, RigL)",
-            params={"upweight": None},
-            group_labels="none",
-        ),
-        Method(
-            name="rest",
-            dense_label="Reweighting (dense)",
-            sparse_label="REST",
-            params={"upweight": LAMBDA},
-            group_labels="train",
-        ),
-        Method(
-            name="jtt",
-            dense_label="JTT (dense)",
-            sparse_label="JTT-REST (sparse)",
-            params={"upweight": LAMBDA, "infer_groups": "jtt"},
-            group_labels="val",
-        ),
-        Method(
-            name="groupdro",
-            dense_label="GroupDRO (dense)",
-            sparse_label="GroupDRO (sparse)",
-            params={"upweight": None, "objective": "groupdro"},
-            group_labels="train",
-        ),
+        # name, dense label, sparse label, estimator parameters, group-label use
+        Method("erm", "ERM (dense)", "ERM (sparse, RigL)", {"upweight": None}, "none"),
+        Method("rest", "Reweighting (dense)", "REST", {"upweight": LAMBDA}, "train"),
+        Method("jtt", "JTT (dense)", "JTT-REST (sparse)",
+               {"upweight": LAMBDA, "infer_groups": "jtt"}, "val"),
+        Method("groupdro", "GroupDRO (dense)", "GroupDRO (sparse)",
+               {"upweight": None, "objective": "groupdro"}, "train"),
     )
 }
 

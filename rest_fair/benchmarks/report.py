@@ -56,20 +56,13 @@ def library_versions() -> dict[str, str]:
     """Versions of Python and of the libraries a result depends on."""
     from importlib import metadata
 
-    versions = {"python": platform.python_version()}
-    for dist, key in (
-        ("torch", "torch"),
-        ("numpy", "numpy"),
-        ("scikit-learn", "sklearn"),
-        ("pandas", "pandas"),
-        ("joblib", "joblib"),
-        ("rest-fair", "rest_fair"),
-    ):
+    versions = {"python": platform.python_version(), "rest_fair": __version__}
+    for dist, key in (("torch", "torch"), ("numpy", "numpy"), ("scikit-learn", "sklearn"),
+                      ("pandas", "pandas"), ("joblib", "joblib")):
         try:
             versions[key] = metadata.version(dist)
         except metadata.PackageNotFoundError:
             versions[key] = "not installed"
-    versions["rest_fair"] = __version__
     return versions
 
 
@@ -163,15 +156,17 @@ def _reference(ratio: float, method: str, sparsity: float) -> dict | None:
     return None
 
 
+def _markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    """The lines of a Markdown table: ``header``, its rule, then one line per row."""
+    return ["| " + " | ".join(cells) + " |"
+            for cells in (header, ["---"] * len(header), *rows)]
+
+
 def _cell_note(summary) -> str:
     column = "test_min_cell_size_mean"
     if column not in summary.columns or summary[column].isna().all():
         return "small cells"
     return f"at least {int(summary[column].min())} images per cell"
-
-
-def _data_name(config: BenchConfig, *, short: bool = False) -> str:
-    return DATASETS[config.dataset].describe(config, short=short)
 
 
 def to_markdown(summary, config: BenchConfig) -> str:
@@ -181,10 +176,10 @@ def to_markdown(summary, config: BenchConfig) -> str:
     header = ["conflicting %", "method", "sparsity", "group labels", *METRICS.values()]
     header += [_EFFICIENCY_TITLES.get(c[4:-5], c[4:-5]) for c in eff_cols]
     header += ["n", "published (different protocol)"]
-    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    rows = []
     for row in summary.to_dict("records"):
         n = int(row["n_seeds"])
-        cells = [
+        rows.append([
             f"{100 * row['ratio']:g}",
             row["method_label"],
             f"{row['sparsity']:g}",
@@ -193,9 +188,8 @@ def to_markdown(summary, config: BenchConfig) -> str:
             *("–" if math.isnan(row[c]) else f"{row[c]:.3f}" for c in eff_cols),
             str(n),
             "" if math.isnan(row["published_acc"]) else f"{row['published_acc']:.2f} [ref]",
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
-    data_name = _data_name(config)
+        ])
+    data_name = DATASETS[config.dataset].describe(config)
     notes = [
         "",
         f"Data: {data_name}; unbiased test split (colour independent of the label). "
@@ -221,7 +215,7 @@ def to_markdown(summary, config: BenchConfig) -> str:
             "dense network (rest_fair.efficiency; training counts RigL's dense gradient per "
             "topology update). Counted, not timed."
         )
-    return "\n".join(lines + notes)
+    return "\n".join(_markdown_table(header, rows) + notes)
 
 
 def _clipped_err(rows, metric: str) -> np.ndarray:
@@ -231,20 +225,35 @@ def _clipped_err(rows, metric: str) -> np.ndarray:
     return np.vstack([np.minimum(se, mean), np.minimum(se, 100.0 - mean)])
 
 
-def plot_results(summary, records: Sequence[dict], config: BenchConfig, out_dir: Path) -> list:
-    """Accuracy vs. sparsity per ratio, and per-group bars; returns the PNG paths."""
+def _pyplot() -> Any:
+    """``matplotlib.pyplot`` on the Agg backend (an ImportError naming the extra if missing)."""
     matplotlib = import_optional("matplotlib", extra="bench", caller="The benchmark plots")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _save(fig: Any, path: Path) -> Path:
+    """Lay out ``fig``, write it to ``path`` as a PNG and close it."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_results(summary, records: Sequence[dict], config: BenchConfig, out_dir: Path) -> list:
+    """Accuracy vs. sparsity per ratio, and per-group bars; returns the PNG paths."""
+    plt = _pyplot()
     out_dir = Path(out_dir)
-    paths = []
     ratios = sorted(summary["ratio"].unique())
     sparsities = sorted(summary["sparsity"].unique())
     xpos = {s: i for i, s in enumerate(sparsities)}
     panels = (("test_unbiased_acc", "unbiased test acc"),
               ("test_worst_group_acc", "worst-group test acc"))
-    data_name = _data_name(config, short=True)
+    data_name = DATASETS[config.dataset].describe(config, short=True)
     fig, axes = plt.subplots(len(panels), len(ratios), figsize=(max(3.6 * len(ratios), 6), 6.2),
                              squeeze=False, sharey="row")
     for j, ratio in enumerate(ratios):
@@ -272,11 +281,7 @@ def plot_results(summary, records: Sequence[dict], config: BenchConfig, out_dir:
     axes[0][0].legend(fontsize=7)
     fig.suptitle(f"{data_name}: test accuracy vs. sparsity (mean ± SE over seeds)",
                  fontsize=10)
-    fig.tight_layout()
-    path = out_dir / "accuracy_vs_sparsity.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    paths.append(path)
+    paths = [_save(fig, out_dir / "accuracy_vs_sparsity.png")]
 
     fig, axes = plt.subplots(1, len(ratios), figsize=(max(4.2 * len(ratios), 6), 4.4),
                              squeeze=False, sharey=True)
@@ -295,12 +300,35 @@ def plot_results(summary, records: Sequence[dict], config: BenchConfig, out_dir:
         ax.grid(axis="y", alpha=0.3)
     axes[0][0].set_ylabel("test accuracy (%)")
     axes[0][0].legend(fontsize=7)
-    fig.tight_layout()
-    path = out_dir / "group_bars.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    paths.append(path)
-    return paths
+    return [*paths, _save(fig, out_dir / "group_bars.png")]
+
+
+def _write_config(
+    out_dir: Path, experiment: Any, records: Sequence[dict[str, Any]],
+    run_info: dict[str, Any] | None, statuses: Sequence[str] = ("ok", "error"),
+) -> Path:
+    """Write ``config.json``: the experiment, its hash, the library versions, the number of
+    runs in total and with each of ``statuses``, and ``run_info``; returns its path."""
+    info = {
+        "config": experiment.to_dict(),
+        "config_hash": experiment.common_hash(),
+        "versions": library_versions(),
+        "n_runs_in_grid": len(experiment.runs()),
+        **{f"n_runs_{status}": sum(r.get("status") == status for r in records)
+           for status in statuses},
+        **(run_info or {}),
+    }
+    path = out_dir / "config.json"
+    path.write_text(json.dumps(info, indent=2, sort_keys=True, default=str))
+    return path
+
+
+def _write_tables(out_dir: Path, markdown: str, tables: dict[str, Any]) -> list[Path]:
+    """Write ``table.md`` and every frame of ``tables`` (file name -> DataFrame) as CSV."""
+    (out_dir / "table.md").write_text(markdown + "\n")
+    for name, frame in tables.items():
+        frame.to_csv(out_dir / name, index=False, float_format="%.6g")
+    return [out_dir / "table.md", *(out_dir / name for name in tables)]
 
 
 def write_outputs(
@@ -320,27 +348,13 @@ def write_outputs(
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    files = [_write_config(out_dir, config, records, run_info), out_dir / "references.md"]
+    files[-1].write_text(reference_markdown() + "\n")
     summary = summarize(records, config)
-    files = []
-    info = {
-        "config": config.to_dict(),
-        "config_hash": config.common_hash(),
-        "versions": library_versions(),
-        "n_runs_in_grid": len(config.runs()),
-        "n_runs_ok": sum(r.get("status") == "ok" for r in records),
-        "n_runs_error": sum(r.get("status") == "error" for r in records),
-        **(run_info or {}),
-    }
-    (out_dir / "config.json").write_text(json.dumps(info, indent=2, sort_keys=True, default=str))
-    files.append(out_dir / "config.json")
-    (out_dir / "references.md").write_text(reference_markdown() + "\n")
-    files.append(out_dir / "references.md")
     if summary.empty:
         return {"summary": summary, "markdown": "", "files": files}
     markdown = to_markdown(summary, config)
-    (out_dir / "table.md").write_text(markdown + "\n")
-    summary.to_csv(out_dir / "table.csv", index=False, float_format="%.6g")
-    files += [out_dir / "table.md", out_dir / "table.csv"]
+    files += _write_tables(out_dir, markdown, {"table.csv": summary})
     if plots:
         files += plot_results(summary, records, config, out_dir)
     return {"summary": summary, "markdown": markdown, "files": files}

@@ -27,8 +27,9 @@ import numpy as np
 from .._requirements import Requirement
 from ..exceptions import TrainingDivergedError
 from ..experiments.run import digest, jsonable
+from ..metrics import worst_group_accuracy
 from ..recipes import authors_recipe
-from .config import BenchConfig, RunSpec
+from .config import BenchConfig, RunSpec, _Keyed
 from .data import load_data
 from .methods import estimator_params, get_method
 from .search import SEARCH_SPACES, equal_cost_width, hyperparameters, sample
@@ -225,7 +226,7 @@ def get_study_method(name: str) -> StudyMethod:
 
 
 @dataclasses.dataclass(frozen=True)
-class TrialSpec:
+class TrialSpec(_Keyed):
     """One run of the study: configuration ``config`` of a method, at one share and seed."""
 
     method: str
@@ -234,16 +235,9 @@ class TrialSpec:
     seed: int
     config_hash: str
 
-    @property
-    def run_id(self) -> str:
-        """Stable key of the run in the results file."""
-        return (f"{self.method}|ratio={self.ratio:g}|config={self.config}|seed={self.seed}"
-                f"|{self.config_hash}")
-
-    @property
-    def label(self) -> str:
-        """The run in progress lines."""
-        return f"{self.method} ratio={self.ratio:g} config={self.config} seed={self.seed}"
+    def _words(self) -> list[str]:
+        return [self.method, f"ratio={self.ratio:g}", f"config={self.config}",
+                f"seed={self.seed}"]
 
 
 @dataclasses.dataclass
@@ -361,13 +355,10 @@ class RandomSearch:
         """The :class:`~rest_fair.RESTClassifier` parameters of one run: the benchmark's,
         the family's, the drawn ones, the equal-cost width and the fixed ones."""
         m = get_study_method(spec.method)
-        bench = self.bench
-        params = bench.base_params(spec.seed)
+        params = self.bench.base_params(spec.seed)
         params.update(estimator_params(get_method(m.family), sparsity=m.sparsity,
                                        ratio=spec.ratio))
-        drawn = hyperparameters(self.point(spec.method, spec.config), ratio=spec.ratio,
-                                max_epochs=int(bench.max_epochs))
-        params.update(drawn)
+        params.update(self.searched_params(spec.method, spec.config, spec.ratio))
         if m.cost_of is not None:
             params["module_params"] = {**(params["module_params"] or {}),
                                        "hidden_layer_sizes": self.hidden_layer_sizes(m, spec)}
@@ -406,9 +397,6 @@ class RandomSearch:
                                        spec.config_hash), clf)
         data = load_data(self.bench, spec.ratio)
         pred = np.asarray(clf.predict(data.X_valid))
-        correct = pred == np.asarray(data.y_valid)
-        conflict = np.asarray(data.conflict_valid)
-        classes = np.asarray(data.y_valid)
         out.update({
             "method_label": m.label,
             "family": m.family,
@@ -419,11 +407,9 @@ class RandomSearch:
             "hyperparameters": self.searched_params(spec.method, spec.config, spec.ratio),
             "hidden_layer_sizes": (self.hidden_layer_sizes(m, spec)
                                    if self.bench.module == "mlp" else None),
-            "valid_acc": float(correct.mean()),
-            "valid_worst_group_acc": float(min(correct[conflict].mean(),
-                                               correct[~conflict].mean())),
-            "valid_worst_class_acc": float(min(correct[classes == c].mean()
-                                               for c in np.unique(classes))),
+            "valid_acc": float(np.mean(pred == np.asarray(data.y_valid))),
+            "valid_worst_group_acc": worst_group_accuracy(data.y_valid, pred, data.conflict_valid),
+            "valid_worst_class_acc": worst_group_accuracy(data.y_valid, pred, data.y_valid),
             **_cost(clf, len(data.y_train)),
         })
         return out

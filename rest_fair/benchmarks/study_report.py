@@ -19,7 +19,16 @@ from typing import Any
 import numpy as np
 
 from .data import DATASETS
-from .report import format_pct, library_versions, standard_error
+from .report import (
+    _clipped_err,
+    _markdown_table,
+    _pyplot,
+    _save,
+    _write_config,
+    _write_tables,
+    format_pct,
+    standard_error,
+)
 from .study import SELECTION_RULES, STUDY_METHODS, RandomSearch
 
 __all__ = [
@@ -97,11 +106,8 @@ def summarize_configurations(records: Sequence[dict[str, Any]], search: RandomSe
               for r in kept if r["status"] == "ok"}
     keys = list(zip(summary["ratio"], summary["method"], summary["config"], strict=True))
     methods = [STUDY_METHODS[k[1]] for k in keys]
-    summary["label"] = [m.label for m in methods]
-    summary["group_labels"] = [m.group_labels for m in methods]
-    summary["selection"] = [m.selection for m in methods]
-    summary["sparsity"] = [m.sparsity for m in methods]
-    summary["cost_of"] = [m.cost_of for m in methods]
+    for attribute in ("label", "group_labels", "selection", "sparsity", "cost_of"):
+        summary[attribute] = [getattr(m, attribute) for m in methods]
     summary["hyperparameters"] = [search.searched_params(k[1], int(k[2]), k[0]) for k in keys]
     summary["hidden_layer_sizes"] = [widths.get(k) for k in keys]
     summary["_order"] = summary["method"].map(order)
@@ -169,14 +175,14 @@ def study_markdown(chosen, search: RandomSearch, configurations=None) -> str:
     header = ["conflicting %", "method", "sparsity", "group labels", "chosen by", "config",
               "validation score", *STUDY_METRICS.values(), "n", "active weights",
               "training FLOPs", "fit s", "chosen hyperparameters"]
-    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    rows = []
     for row in chosen.to_dict("records"):
         n = int(row["n"])
         widths = row.get("hidden_layer_sizes")
         hyper = dict(row["hyperparameters"])
         if STUDY_METHODS[row["method"]].cost_of is not None and widths:
             hyper["width"] = widths[0]
-        cells = [
+        rows.append([
             f"{100 * row['ratio']:g}",
             row["label"],
             f"{row['sparsity']:g}",
@@ -190,8 +196,7 @@ def study_markdown(chosen, search: RandomSearch, configurations=None) -> str:
             _flops(row["training_flops_mean"]),
             _seconds(row["fit_seconds_mean"]),
             _hyperparameters(hyper),
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
+        ])
     bench = search.bench
     data = DATASETS[bench.dataset].describe(bench)
     rules = {}
@@ -227,7 +232,7 @@ def study_markdown(chosen, search: RandomSearch, configurations=None) -> str:
                             f"({r.n_failed} of {r.n + r.n_failed} seeds)"
                             for r in diverged.itertuples()) + "."
             )
-    return "\n".join(lines + notes)
+    return "\n".join(_markdown_table(header, rows) + notes)
 
 
 def _pareto(costs: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -253,10 +258,7 @@ def plot_study(chosen, search: RandomSearch, out_dir: str | Path) -> list[Path]:
     seconds (log scales), with the frontier of the rows no cheaper row beats. Bars are ±
     one standard error.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
     from matplotlib import ticker
 
     out_dir = Path(out_dir)
@@ -264,12 +266,6 @@ def plot_study(chosen, search: RandomSearch, out_dir: str | Path) -> list[Path]:
     colors = {name: plt.cm.tab10(i % 10) for i, name in enumerate(search.methods)}
     metric = "test_worst_group_acc"
     title = DATASETS[search.bench.dataset].describe(search.bench, short=True)
-    paths = []
-
-    def err(rows) -> np.ndarray:
-        mean = 100 * rows[f"{metric}_mean"].to_numpy(dtype=float)
-        se = 100 * rows[f"{metric}_se"].fillna(0.0).to_numpy(dtype=float)
-        return np.vstack([np.minimum(se, mean), np.minimum(se, 100.0 - mean)])
 
     fig, axes = plt.subplots(1, len(ratios), figsize=(max(5.0 * len(ratios), 6), 4.4),
                              squeeze=False, sharey=True)
@@ -291,7 +287,7 @@ def plot_study(chosen, search: RandomSearch, out_dir: str | Path) -> list[Path]:
             start = dense.get(STUDY_METHODS[names[0]].family)
             rows = part[part["method"].isin([*names, *([start] if start else [])])]
             rows = rows.assign(x=[xpos[x_of[n]] for n in rows["method"]]).sort_values("x")
-            ax.errorbar(rows["x"], 100 * rows[f"{metric}_mean"], yerr=err(rows),
+            ax.errorbar(rows["x"], 100 * rows[f"{metric}_mean"], yerr=_clipped_err(rows, metric),
                         marker="os^v"[k % 4], markersize=7, capsize=3, linewidth=2,
                         color=colors[names[0]], label=label)
         alone = part[[not STUDY_METHODS[n].series for n in part["method"]]]
@@ -307,10 +303,7 @@ def plot_study(chosen, search: RandomSearch, out_dir: str | Path) -> list[Path]:
     axes[0][0].legend(fontsize=7)
     fig.suptitle("Chosen configurations (equal-budget random search), mean ± SE over seeds",
                  fontsize=10)
-    fig.tight_layout()
-    paths.append(out_dir / "worst_group_vs_sparsity.png")
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
+    paths = [_save(fig, out_dir / "worst_group_vs_sparsity.png")]
 
     costs = (("training_flops_mean", "training FLOPs of the run"),
              ("fit_seconds_mean", "fit wall time (s)"))
@@ -322,7 +315,7 @@ def plot_study(chosen, search: RandomSearch, out_dir: str | Path) -> list[Path]:
             ax = axes[i][j]
             x = part[column].to_numpy(dtype=float)
             y = 100 * part[f"{metric}_mean"].to_numpy(dtype=float)
-            errors = err(part)
+            errors = _clipped_err(part, metric)
             for k, row in enumerate(part.itertuples()):
                 ax.errorbar([x[k]], [y[k]], yerr=errors[:, [k]], marker="o", capsize=3,
                             linestyle="none", color=colors[row.method], label=row.label)
@@ -339,11 +332,7 @@ def plot_study(chosen, search: RandomSearch, out_dir: str | Path) -> list[Path]:
             ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=6)
     fig.suptitle("Robustness–cost frontier of the chosen configurations", fontsize=10)
-    fig.tight_layout()
-    paths.append(out_dir / "worst_group_vs_cost.png")
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
-    return paths
+    return [*paths, _save(fig, out_dir / "worst_group_vs_cost.png")]
 
 
 def write_study_outputs(
@@ -365,29 +354,17 @@ def write_study_outputs(
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    info = {
-        "config": search.to_dict(),
-        "config_hash": search.common_hash(),
-        "versions": library_versions(),
-        "n_runs_in_grid": len(search.runs()),
-        "n_runs_ok": sum(r.get("status") == "ok" for r in records),
-        "n_runs_error": sum(r.get("status") == "error" for r in records),
-        "n_runs_failed": sum(r.get("status") == "failed" for r in records),
-        **(run_info or {}),
-    }
-    (out_dir / "config.json").write_text(json.dumps(info, indent=2, sort_keys=True, default=str))
-    files = [out_dir / "config.json"]
+    files = [_write_config(out_dir, search, records, run_info, ("ok", "error", "failed"))]
     configurations = summarize_configurations(records, search)
     chosen = select(configurations)
     if chosen.empty:
         return {"summary": chosen, "configurations": configurations, "markdown": "",
                 "files": files}
     markdown = study_markdown(chosen, search, configurations)
-    (out_dir / "table.md").write_text(markdown + "\n")
-    for frame, name in ((chosen, "table.csv"), (configurations, "configurations.csv")):
-        frame.assign(hyperparameters=frame["hyperparameters"].map(json.dumps)).to_csv(
-            out_dir / name, index=False, float_format="%.6g")
-    files += [out_dir / "table.md", out_dir / "table.csv", out_dir / "configurations.csv"]
+    files += _write_tables(out_dir, markdown, {
+        name: frame.assign(hyperparameters=frame["hyperparameters"].map(json.dumps))
+        for name, frame in (("table.csv", chosen), ("configurations.csv", configurations))
+    })
     if plots:
         files += plot_study(chosen, search, out_dir)
     return {"summary": chosen, "configurations": configurations, "markdown": markdown,

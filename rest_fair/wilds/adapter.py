@@ -157,8 +157,7 @@ def default_image_transform(dataset: str | Any, *, image_size: int = 224) -> Cal
     -------
     torchvision.transforms.Compose
     """
-    transforms = import_optional("torchvision.transforms", extra="wilds", package="torchvision",
-                                 caller="The WILDS image transforms")
+    transforms = _transforms()
     name = getattr(dataset, "dataset_name", dataset)
     size = int(image_size)
     steps: list = []
@@ -323,11 +322,10 @@ def _group_fields(base: Any, groupby_fields: Sequence[str] | None) -> list[str]:
     return sorted(set(fields), key=available.index)
 
 
-def _inputs(base, indices, subset, transform, image_size):
-    if len(indices) == 0:
-        sample = None
-    else:
-        sample = base.get_input(int(indices[0]))
+def _inputs(base: Any, indices: np.ndarray, subset: Any, transform: Callable | str | None,
+            image_size: int) -> Any:
+    """The inputs of ``from_wilds``: an object array of texts, or a WILDSImageDataset."""
+    sample = base.get_input(int(indices[0])) if len(indices) else None
     if isinstance(sample, str) or _modality(base) == "text":
         return np.asarray([base.get_input(int(i)) for i in indices], dtype=object)
     if isinstance(transform, str):
@@ -335,7 +333,7 @@ def _inputs(base, indices, subset, transform, image_size):
             raise ValueError(_BAD_TRANSFORM.format(transform))
         transform = default_image_transform(base, image_size=image_size)
     elif transform is None:
-        transform = getattr(subset, "transform", None) or _to_tensor()
+        transform = getattr(subset, "transform", None) or _transforms().ToTensor()
     return WILDSImageDataset(subset, transform)
 
 
@@ -346,10 +344,10 @@ def _modality(base: Any) -> str | None:
         return None
 
 
-def _to_tensor() -> Callable:
-    transforms = import_optional("torchvision.transforms", extra="wilds", package="torchvision",
-                                 caller="The WILDS image transforms")
-    return transforms.ToTensor()
+def _transforms() -> Any:
+    """``torchvision.transforms``, or an ImportError naming the ``wilds`` extra."""
+    return import_optional("torchvision.transforms", extra="wilds", package="torchvision",
+                           caller="The WILDS image transforms")
 
 
 def _split_name(base: Any, subset: Any) -> str:

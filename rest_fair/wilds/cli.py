@@ -61,47 +61,46 @@ def _configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="write a tiny synthetic layout into --root-dir first (smoke test)")
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of a custom run; also the k of seed:k")
-    parser.add_argument("--seeds", type=int, nargs="+", default=None,
+    parser.add_argument("--seeds", type=int, nargs="+",
                         help="several seeds (default: --seed; with --protocol wilds 0-4 for "
                              "civilcomments, 0-2 otherwise)")
     parser.add_argument("--resume", action="store_true",
                         help="reuse runs/seed_<k>.json of seeds already done with the same "
                              "settings")
     parser.add_argument("--sparsity", type=float, default=0.9)
-    parser.add_argument("--sparse-init", choices=("random", "magnitude"), default=None,
+    parser.add_argument("--sparse-init", choices=("random", "magnitude"),
                         help="initial masks (wilds protocol: magnitude; custom: random)")
-    parser.add_argument("--layer-density", choices=("erk", "uniform"), default=None)
-    parser.add_argument("--dense-layers", nargs="*", default=None,
+    parser.add_argument("--layer-density", choices=("erk", "uniform"))
+    parser.add_argument("--dense-layers", nargs="*",
                         help="layers kept dense: first, head, embeddings or weight names "
                              "(wilds protocol: first head for images, head for text)")
     parser.add_argument("--upweight", type=parse_upweight, default="balanced",
                         help="'balanced', 'none' (no reweighting) or a number, the factor "
                              "lambda of the minority groups")
     parser.add_argument("--objective", choices=("erm", "groupdro"), default="erm")
-    parser.add_argument("--module", default=None,
+    parser.add_argument("--module",
                         help="auto, mlp, cnn, resnet18, a torchvision model (resnet50, ...) or "
                              "hf:<name or folder> for text")
-    parser.add_argument("--weights", default=None,
+    parser.add_argument("--weights",
                         help="torchvision weights name (IMAGENET1K_V1, DEFAULT, ...), a "
                              "state-dict file, or 'none' (random init), for a torchvision "
                              "--module")
-    parser.add_argument("--max-epochs", type=int, default=None)
-    parser.add_argument("--batch-size", type=int, default=None)
-    parser.add_argument("--lr", type=float, default=None,
+    parser.add_argument("--max-epochs", type=int)
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--lr", type=float,
                         help="custom protocol default: 0.01 for sgd, 1e-3 for adam, 1e-5 "
                              "for adamw")
-    parser.add_argument("--optimizer", choices=("auto", "sgd", "adam", "adamw"), default=None,
+    parser.add_argument("--optimizer", choices=("auto", "sgd", "adam", "adamw"),
                         help="sgd (the REST paper's), adam (trains faster on TF-IDF text) or "
                              "adamw; auto (custom protocol default): adam for TF-IDF text, "
                              "adamw for hf: models, sgd for images")
-    parser.add_argument("--momentum", type=float, default=None)
-    parser.add_argument("--weight-decay", type=float, default=None)
-    parser.add_argument("--lr-scheduler", choices=("plateau", "cosine", "constant"),
-                        default=None)
-    parser.add_argument("--image-size", type=int, default=None,
+    parser.add_argument("--momentum", type=float)
+    parser.add_argument("--weight-decay", type=float)
+    parser.add_argument("--lr-scheduler", choices=("plateau", "cosine", "constant"))
+    parser.add_argument("--image-size", type=int,
                         help="image side after the WILDS-style transform (custom default 64; "
                              "WILDS uses 224)")
-    parser.add_argument("--max-length", type=int, default=None,
+    parser.add_argument("--max-length", type=int,
                         help="tokens per text for an hf: module (wilds protocol: 300)")
     parser.add_argument("--max-features", type=int, default=20000,
                         help="TF-IDF vocabulary size for text datasets without an hf: module")
@@ -190,13 +189,13 @@ def run(args: argparse.Namespace) -> int:
         "protocol_name": args.protocol, "argv": getattr(args, "argv", None), "config": config,
     })
     key = "adj_acc_avg" if spec.name == "waterbirds" else "acc_avg"
+    several = len(records) > 1
     for split, res in outputs["metrics"].items():
-        line = f"{spec.name} {split:5s}: {key} {res[key]:.4f}  acc_wg {res['acc_wg']:.4f}"
-        if len(records) > 1:
-            std = outputs["metrics_std"][split]
-            line = (f"{spec.name} {split:5s}: {key} {res[key]:.4f} ± {std[key]:.4f}  "
-                    f"acc_wg {res['acc_wg']:.4f} ± {std['acc_wg']:.4f} ({len(records)} seeds)")
-        print(line)
+        std = outputs["metrics_std"][split]
+        value = {k: f"{res[k]:.4f}" + (f" ± {std[k]:.4f}" if several else "")
+                 for k in (key, "acc_wg")}
+        print(f"{spec.name} {split:5s}: {key} {value[key]}  acc_wg {value['acc_wg']}"
+              + (f" ({len(records)} seeds)" if several else ""))
     for path in outputs["files"]:
         print(f"wrote {path}")
     out_dir = Path(args.out_dir)

@@ -77,10 +77,7 @@ class DatasetSpec:
 #: The supported WILDS datasets by name: loader, modality, group fields and disk layout.
 DATASETS: dict[str, DatasetSpec] = {
     "waterbirds": DatasetSpec(
-        name="waterbirds",
-        module="wilds.datasets.waterbirds_dataset",
-        class_name="WaterbirdsDataset",
-        modality="image",
+        "waterbirds", "wilds.datasets.waterbirds_dataset", "WaterbirdsDataset", "image",
         group_fields=("background", "y"),
         required=("metadata.csv",),
         layout=(
@@ -91,10 +88,7 @@ DATASETS: dict[str, DatasetSpec] = {
         ),
     ),
     "celebA": DatasetSpec(
-        name="celebA",
-        module="wilds.datasets.celebA_dataset",
-        class_name="CelebADataset",
-        modality="image",
+        "celebA", "wilds.datasets.celebA_dataset", "CelebADataset", "image",
         group_fields=("male", "y"),
         required=("list_attr_celeba.csv", "list_eval_partition.csv", "img_align_celeba"),
         layout=(
@@ -107,10 +101,7 @@ DATASETS: dict[str, DatasetSpec] = {
         image_dir="img_align_celeba",
     ),
     "civilcomments": DatasetSpec(
-        name="civilcomments",
-        module="wilds.datasets.civilcomments_dataset",
-        class_name="CivilCommentsDataset",
-        modality="text",
+        "civilcomments", "wilds.datasets.civilcomments_dataset", "CivilCommentsDataset", "text",
         group_fields=("black", "y"),
         required=("all_data_with_identities.csv",),
         layout=(
@@ -178,7 +169,9 @@ def load_wilds(name: str, root_dir: str | os.PathLike, *, download: bool = False
     """
     spec = dataset_spec(name)
     root = Path(root_dir).expanduser()
-    missing = _missing_files(spec, root)
+    data_dir = root / spec.dirname
+    paths = [data_dir / rel for rel in (spec.release_file, *spec.required)]
+    missing = [path for path in paths if not path.exists()]
     if missing and not download:
         raise FileNotFoundError(
             _MISSING_DATA.format(
@@ -186,7 +179,7 @@ def load_wilds(name: str, root_dir: str | os.PathLike, *, download: bool = False
                 missing=", ".join(str(p) for p in missing),
                 root=root,
                 layout=spec.layout,
-                release=root / spec.dirname / spec.release_file,
+                release=data_dir / spec.release_file,
             )
         )
     module = import_wilds_module(spec.module)
@@ -196,12 +189,6 @@ def load_wilds(name: str, root_dir: str | os.PathLike, *, download: bool = False
         # wilds wraps read-only pandas arrays in tensors; harmless, but noisy
         warnings.filterwarnings("ignore", message=".*NumPy array is not writable.*")
         return dataset_class(root_dir=str(root), download=bool(download and missing))
-
-
-def _missing_files(spec: DatasetSpec, root: Path) -> list[Path]:
-    data_dir = root / spec.dirname
-    paths = [data_dir / spec.release_file] + [data_dir / rel for rel in spec.required]
-    return [p for p in paths if not p.exists()]
 
 
 @contextlib.contextmanager

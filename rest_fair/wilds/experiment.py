@@ -115,15 +115,9 @@ def resolve_settings(args: argparse.Namespace, spec: DatasetSpec) -> dict[str, A
     extra: dict[str, Any] = {}
     if args.protocol == "wilds":
         recipe = recipe_for(spec.name)
-        base = {
-            "module": recipe.module, "weights": recipe.weights,
-            "max_epochs": recipe.max_epochs, "batch_size": recipe.batch_size,
-            "lr": recipe.lr, "optimizer": recipe.optimizer, "momentum": recipe.momentum,
-            "weight_decay": recipe.weight_decay, "lr_scheduler": "constant",
-            "image_size": recipe.image_size or CUSTOM_DEFAULTS["image_size"],
-            "max_length": recipe.max_length, "sparse_init": "magnitude",
-            "layer_density": "erk", "dense_layers": recipe.dense_layers,
-        }
+        base = {key: getattr(recipe, key, None) for key in CUSTOM_DEFAULTS}
+        base.update(lr_scheduler="constant", sparse_init="magnitude", layer_density="erk",
+                    image_size=recipe.image_size or CUSTOM_DEFAULTS["image_size"])
         overridden = sorted(k for k, v in given.items()
                             if v is not None and jsonable(v) != jsonable(base[k]))
         extra = {"recipe": dataclasses.asdict(recipe), "overridden": overridden}
@@ -384,9 +378,7 @@ def _protocol(settings: dict, runs: Sequence[dict], synthetic: bool) -> str:
     if module.startswith("hf:"):
         length = settings["max_length"] or "tokenizer limit"
         inputs = f"{module[3:]} (Hugging Face, pretrained) on text, {length} tokens"
-    elif module == "auto" or module in ("mlp", "cnn") or (
-        module == "resnet18" and settings["weights"] is None
-    ):
+    elif module in ("auto", "mlp", "cnn") or (module == "resnet18" and settings["weights"] is None):
         if settings["dataset"] == "civilcomments":
             inputs = f"TF-IDF ({settings['max_features']} features) + {module} network"
         else:

@@ -87,22 +87,19 @@ def _inputs_sha256(split: Any, modality: str) -> str:
     base, indices = _base_and_indices(split.subset)
     h.update(f"{base.dataset_name}|{len(indices)}|".encode())
     if modality == "text":
-        for text in split.X:
-            data = str(text).encode("utf-8")
+        items = (str(text).encode("utf-8") for text in split.X)
+    else:
+        files = _image_files(base, indices)
+        items = None if files is None else (path.read_bytes() for path in files)
+    if items is None:  # no image files: hash the decoded images
+        for i in indices:
+            pixels = np.asarray(base.get_input(int(i)))
+            h.update(repr(pixels.shape).encode())
+            h.update(pixels.tobytes())
+    else:
+        for data in items:
             h.update(len(data).to_bytes(8, "little"))
             h.update(data)
-        return h.hexdigest()
-    files = _image_files(base, indices)
-    if files is not None:
-        for path in files:
-            data = path.read_bytes()
-            h.update(len(data).to_bytes(8, "little"))
-            h.update(data)
-        return h.hexdigest()
-    for i in indices:
-        pixels = np.asarray(base.get_input(int(i)))
-        h.update(repr(pixels.shape).encode())
-        h.update(pixels.tobytes())
     return h.hexdigest()
 
 

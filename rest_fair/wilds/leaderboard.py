@@ -149,15 +149,13 @@ def comparison_table(
 
 
 def _mean(values: list[float | None]) -> float | None:
-    known = [v for v in values if v is not None]
-    return float(np.mean(known)) if known and len(known) == len(values) else None
+    """The mean; None when a value is missing."""
+    return float(np.mean(values)) if values and None not in values else None
 
 
 def _std(values: list[float | None]) -> float:
-    known = [v for v in values if v is not None]
-    if len(known) < 2 or len(known) != len(values):
-        return float("nan")
-    return float(np.std(known, ddof=1))
+    """The sample standard deviation (ddof=1); NaN for fewer than two values or a missing one."""
+    return float(np.std(values, ddof=1)) if len(values) > 1 and None not in values else np.nan
 
 
 def to_markdown(frame: pd.DataFrame, *, digits: int = 1) -> str:
@@ -173,17 +171,13 @@ def to_markdown(frame: pd.DataFrame, *, digits: int = 1) -> str:
         for column in columns:
             value = row[column]
             std = row.get(f"{column}_std")
-            if isinstance(value, (float, np.floating)):
-                text = "–" if pd.isna(value) else f"{value:.{digits}f}"
-                if text != "–" and std is not None and not pd.isna(std):
-                    text += f" ± {std:.{digits}f}"
-                cells.append(text)
-            elif isinstance(value, (int, np.integer)) and not isinstance(value, bool):
-                cells.append(str(value))
+            if value is None or (not isinstance(value, str) and pd.isna(value)):
+                cells.append("–")
+            elif isinstance(value, (float, np.floating)):
+                known_std = std is not None and not pd.isna(std)
+                cells.append(f"{value:.{digits}f}" + (f" ± {std:.{digits}f}" if known_std else ""))
             else:
-                cells.append("–" if value is None or (not isinstance(value, str)
-                                                      and pd.isna(value))
-                             else str(value).replace("|", "/"))
+                cells.append(str(value).replace("|", "/"))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -124,11 +124,13 @@ def _image(rng, size, *, background, foreground, fg_shape):
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
-def _data_dir(root_dir, dirname):
+def _layout(root_dir: str | os.PathLike, dirname: str,
+            seed: int) -> tuple[np.random.Generator, Path]:
+    """The generator of ``seed`` and the data directory, created with its version file."""
     data_dir = Path(root_dir) / dirname
     data_dir.mkdir(parents=True, exist_ok=True)
     (data_dir / "RELEASE_v1.0.txt").write_text("synthetic layout written by rest_fair\n")
-    return data_dir
+    return np.random.default_rng(seed), data_dir
 
 
 def make_synthetic_waterbirds(
@@ -147,8 +149,7 @@ def make_synthetic_waterbirds(
     Image = import_optional("PIL.Image", extra="wilds", package="pillow",
                             caller="make_synthetic_layout")
 
-    rng = np.random.default_rng(seed)
-    data_dir = _data_dir(root_dir, "waterbirds_v1.0")
+    rng, data_dir = _layout(root_dir, "waterbirds_v1.0", seed)
     records = []
     for i, (split, y, place) in enumerate(_rows(group_counts, rng)):
         species = "001.Synthetic_Landbird" if y == 0 else "002.Synthetic_Waterbird"
@@ -185,8 +186,7 @@ def make_synthetic_celeba(
     Image = import_optional("PIL.Image", extra="wilds", package="pillow",
                             caller="make_synthetic_layout")
 
-    rng = np.random.default_rng(seed)
-    data_dir = _data_dir(root_dir, "celebA_v1.0")
+    rng, data_dir = _layout(root_dir, "celebA_v1.0", seed)
     img_dir = data_dir / "img_align_celeba"
     img_dir.mkdir(exist_ok=True)
     height = round(image_size * 1.2)
@@ -224,8 +224,7 @@ def make_synthetic_civilcomments(
     """
     import pandas as pd
 
-    rng = np.random.default_rng(seed)
-    data_dir = _data_dir(root_dir, "civilcomments_v1.0")
+    rng, data_dir = _layout(root_dir, "civilcomments_v1.0", seed)
     neutral = ["the", "article", "was", "about", "city", "council", "budget", "today", "read"]
     friendly = ["thanks", "great", "helpful", "agree", "kind", "thoughtful"]
     toxic = ["idiot", "stupid", "moron", "pathetic", "disgusting", "trash"]
