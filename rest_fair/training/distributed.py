@@ -200,18 +200,6 @@ def check_world(n_samples: int, batch_size: int, world_size: int) -> None:
 
 
 # ---------------------------------------------------------------- process-group discovery
-def _torchrun_env() -> tuple[dict[str, str], list[str]]:
-    present = {k: os.environ[k] for k in TORCHRUN_ENV if os.environ.get(k)}
-    return present, [k for k in TORCHRUN_ENV if k not in present]
-
-
-def _device_for_rank(device: torch.device, local_rank: int) -> torch.device:
-    # one GPU per local rank unless the user named one
-    if device.type == "cuda" and device.index is None:
-        return torch.device("cuda", local_rank % max(torch.cuda.device_count(), 1))
-    return device
-
-
 def _bind_world_defaults_to_none() -> None:
     # torch.distributed.nn.functional binds ``group.WORLD`` as the default argument of
     # its functions when it is first imported, and DistributedDataParallel imports it
@@ -271,37 +259,37 @@ def resolve_distributed(
         return LocalContext(device=device)
     import torch.distributed as dist
 
-    if not dist.is_available():
-        if distributed is True or distributed is np.True_:
-            raise DistributedError(NO_TORCH_DISTRIBUTED)
-        return LocalContext(device=device)
     auto = isinstance(distributed, str)
-    env, missing = _torchrun_env()
-    if dist.is_initialized():
+    if not dist.is_available():
+        if auto:
+            return LocalContext(device=device)
+        raise DistributedError(NO_TORCH_DISTRIBUTED)
+    env = {k: os.environ.get(k) for k in TORCHRUN_ENV}
+    missing = [k for k, v in env.items() if not v]
+    initialised = dist.is_initialized()
+    if initialised:
         world_size, rank = dist.get_world_size(), dist.get_rank()
-        if auto and world_size < 2:
-            return LocalContext(device=device)
-        local_rank = int(os.environ.get("LOCAL_RANK", rank))
-        device = _device_for_rank(device, local_rank)
-        backend = str(dist.get_backend())
+        local_rank = os.environ.get("LOCAL_RANK", rank)
     elif not missing:
-        world_size, rank = int(env["WORLD_SIZE"]), int(env["RANK"])
-        if auto and world_size < 2:
-            return LocalContext(device=device)
-        local_rank = int(env["LOCAL_RANK"])
-        device = _device_for_rank(device, local_rank)
+        world_size, rank, local_rank = int(env["WORLD_SIZE"]), int(env["RANK"]), env["LOCAL_RANK"]
+    elif auto:
+        return LocalContext(device=device)
+    else:
+        raise DistributedError(NO_PROCESS_GROUP.format(missing=", ".join(missing)))
+    if auto and world_size < 2:
+        return LocalContext(device=device)
+    local_rank = int(local_rank)
+    if device.type == "cuda":
+        if device.index is None:  # one GPU per local rank unless the user named one
+            device = torch.device("cuda", local_rank % max(torch.cuda.device_count(), 1))
+        torch.cuda.set_device(device)
+    if initialised:
+        backend = str(dist.get_backend())
+    else:
         backend = "nccl" if device.type == "cuda" else "gloo"
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
         _bind_world_defaults_to_none()
         dist.init_process_group(backend, timeout=datetime.timedelta(seconds=float(timeout)))
         atexit.register(_destroy_at_exit)
-    else:
-        if not auto:
-            raise DistributedError(NO_PROCESS_GROUP.format(missing=", ".join(missing)))
-        return LocalContext(device=device)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
     if backend == "nccl" and device.type != "cuda":
         raise DistributedError(NCCL_ON_CPU.format(device=str(device)))
     return DistributedContext(rank=rank, world_size=world_size, local_rank=local_rank,
@@ -448,14 +436,11 @@ class LocalContext:
             raise value
         return value
 
-    def sync_buffers(self, module: nn.Module) -> None:
-        """Rank 0's buffers (BatchNorm statistics) on every rank.
-
-        DDP broadcasts them at the start of each forward; the last forward of an epoch
-        updated them from each rank's own slice.
-        """
-        for buf in module.buffers():
-            self.broadcast_(buf.data)
+    def sum_over_ranks(self, *values: torch.Tensor | float) -> list[torch.Tensor]:
+        """``values`` (numbers or tensors) summed over the ranks, as float64 CPU tensors."""
+        parts = [torch.as_tensor(v, dtype=torch.float64).detach().reshape(-1).cpu()
+                 for v in values]
+        return list(self.all_reduce(torch.cat(parts)).split([len(p) for p in parts]))
 
     def end_train_epoch(
         self, module: nn.Module, sparsity: Any, loss_sum: torch.Tensor, seen: int, *,
@@ -463,30 +448,23 @@ class LocalContext:
     ) -> tuple[torch.Tensor, int]:
         """Synchronise buffers, check masks and weights, and sum the epoch's training loss.
 
+        Rank 0's buffers (BatchNorm statistics) go to every rank: DDP broadcasts them at
+        the start of each forward, but the last forward of an epoch updated them from
+        each rank's own slice.
+
         Returns
         -------
         loss_sum, seen
             Summed over the ranks (identical everywhere).
         """
-        self.sync_buffers(module)
+        for buf in module.buffers():
+            self.broadcast_(buf.data)
         when = f"at the end of epoch {epoch}"
         if sparsity is not None:
             self.check_masks(sparsity.masks, when=when)
         self.check_weights(module, when=when)
-        both = self.all_reduce(torch.stack([loss_sum.detach().double().reshape(()),
-                                            torch.tensor(float(seen), dtype=torch.float64,
-                                                         device=loss_sum.device)]))
-        return both[0], round(float(both[1]))
-
-    def reduce_counts(
-        self, loss_sum: float, hits: torch.Tensor, totals: torch.Tensor
-    ) -> tuple[float, torch.Tensor, torch.Tensor]:
-        """Validation loss sum and per-group hits and totals summed over the ranks."""
-        packed = torch.cat([torch.tensor([loss_sum], dtype=torch.float64),
-                            hits.double(), totals.double()])
-        packed = self.all_reduce(packed)
-        k = len(hits)
-        return float(packed[0]), packed[1: 1 + k], packed[1 + k:]
+        loss_sum, seen = self.sum_over_ranks(loss_sum, seen)
+        return loss_sum, round(float(seen))
 
 
 @dataclass(kw_only=True)
@@ -579,30 +557,27 @@ class DistributedContext(LocalContext):
 
     def check_masks(self, masks: Any, *, when: str) -> None:
         names = list(masks.names)
-        if not names:
-            return
-        local = torch.stack([_mask_checksum(masks.mask(n)) for n in names])
-        gathered = self.all_gather(local)
-        differs = (gathered != gathered[0]).any(dim=2)  # (rank, layer)
-        if bool(differs.any()):
-            ranks = sorted({int(r) for r in differs.any(dim=1).nonzero().flatten()})
-            layers = [names[int(i)] for i in differs.any(dim=0).nonzero().flatten()]
-            raise MaskDivergenceError(MASKS_DIVERGED.format(when=when, layers=layers,
-                                                            ranks=ranks))
+        if names:
+            local = torch.stack([_mask_checksum(masks.mask(n)) for n in names])
+            self._check_equal(local, names, MASKS_DIVERGED, when)
 
     def check_weights(self, module: nn.Module, *, when: str) -> None:
-        named = [(n, p) for n, p in module.named_parameters()]
-        if not named:
-            return
-        local = torch.stack([p.detach().double().sum() for _, p in named])
+        named = dict(module.named_parameters())
+        if named:
+            local = torch.stack([p.detach().double().sum() for p in named.values()])
+            self._check_equal(local, list(named), WEIGHTS_DIVERGED, when)
+
+    def _check_equal(self, local: torch.Tensor, names: list[str], message: str,
+                     when: str) -> None:
+        """Raise ``message`` unless every rank's ``local`` (a row per name) is rank 0's."""
         # compared bit for bit: identical NaNs (a diverged run) are not a divergence
         gathered = self.all_gather(local).view(torch.int64)
-        differs = gathered != gathered[0]
+        differs = (gathered != gathered[0]).reshape(self.world_size, len(names), -1).any(dim=2)
         if bool(differs.any()):
-            ranks = sorted({int(r) for r in differs.any(dim=1).nonzero().flatten()})
-            names = [named[int(i)][0] for i in differs.any(dim=0).nonzero().flatten()]
-            raise MaskDivergenceError(WEIGHTS_DIVERGED.format(when=when, names=names[:5],
-                                                              ranks=ranks))
+            ranks = differs.any(dim=1).nonzero().flatten().tolist()
+            found = [names[i] for i in differs.any(dim=0).nonzero().flatten().tolist()]
+            raise MaskDivergenceError(message.format(when=when, ranks=ranks, layers=found,
+                                                     names=found[:5]))
 
     # -- setting a run up ------------------------------------------------------------
     def prepare(self, parts: Any) -> None:
