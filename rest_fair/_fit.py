@@ -42,7 +42,7 @@ from .training import EpochSampler, EvalSet, Precision, TrainingRun, TrainSet, T
 from .training.distributed import LocalContext, resolve_distributed
 from .training.parts import TrainConfig, build_parts
 
-__all__ = ["FitData", "check_inputs", "fit_estimator", "resolve_device", "take"]
+__all__ = ["FitData", "check_inputs", "check_x", "fit_estimator", "resolve_device", "take"]
 
 NO_CUDA = "device={!r} was requested but CUDA is not available on this machine."
 BAD_DEVICE = "device must be 'auto', 'cpu', 'cuda', 'cuda:<i>' or a torch.device; got {!r}."
@@ -183,12 +183,8 @@ def _check_validation(est: Any, validation_data: Any,
                       classes: np.ndarray) -> tuple[Any, np.ndarray, np.ndarray | None]:
     if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
         raise ValueError(BAD_VALIDATION_DATA.format(type(validation_data).__name__))
-    X_val, y_val = validation_data[0], validation_data[1]
+    X_val, y_val = check_x(est, validation_data[0]), validation_data[1]
     groups_val = validation_data[2] if len(validation_data) == 3 else None
-    if (tokens := text_input(X_val, est.module, est.module_params)) is not None:
-        X_val = tokens
-    elif not is_torch_dataset(X_val):
-        X_val = validate_data(est, X_val, reset=False, **_ARRAYS)
     n = len(X_val) if is_torch_dataset(X_val) else _num_samples(X_val)
     y_val = column_or_1d(np.asarray(y_val))
     if len(y_val) != n:
@@ -198,6 +194,17 @@ def _check_validation(est: Any, validation_data: Any,
         raise ValueError(f"validation_data has labels not seen in training: {sorted(unknown)}.")
     g_codes = None if groups_val is None else encode_groups(groups_val, n)[0]
     return X_val, np.searchsorted(classes, y_val), g_codes
+
+
+def check_x(est: Any, X: Any, *, fitted: Any = None) -> Any:
+    """``X`` of ``validation_data`` or (with ``fitted``, the fitted module) of ``predict``.
+
+    Text is tokenized, a torch Dataset passes as it is, and anything else is checked
+    against the inputs ``fit`` was given, as scikit-learn's ``validate_data`` does.
+    """
+    if (tokens := text_input(X, est.module, est.module_params, fitted=fitted)) is not None:
+        return tokens
+    return X if is_torch_dataset(X) else validate_data(est, X, reset=False, **_ARRAYS)
 
 
 def _train_config(params: dict) -> TrainConfig:
