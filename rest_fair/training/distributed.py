@@ -9,30 +9,10 @@ one rank. A fit in one process gets a :class:`LocalContext` instead: the same in
 with collectives that return their input, so ``fit`` and the training loop have one code
 path.
 
-What keeps the ranks identical
-------------------------------
-- **Data.** Every rank draws the same global order of an epoch from the same generator
-  (the seed is rank 0's); :func:`shard_order` gives rank ``r`` the ``r``-th equal slice of
-  every global batch. ``batch_size`` is the global batch of one optimizer step and an
-  epoch is one pass over the data by all ranks together, so the union of the ranks'
-  draws is exactly the order one process would draw.
-- **Weights.** DDP broadcasts rank 0's weights and buffers when it wraps the module and
-  all-reduces (averages) the gradients in ``backward``. With equal slices the average of
-  the ranks' mean losses is the mean over the global batch, so every rank takes the same
-  optimizer step. GroupDRO's per-group losses are all-reduced before its group weights are
-  updated (:class:`~rest_fair.objectives.GroupDROObjective` takes this context's
-  :meth:`~DistributedContext.all_reduce`).
-- **Masks.** The initial masks and every prune-and-regrow decision are computed by every
-  rank (which keeps the generators in step) and rank 0's decision is broadcast and applied
-  everywhere, regrown weights and their optimizer state reset the same way. Per-layer mask
-  checksums are compared across ranks before and after every topology update and at
-  every epoch end (:meth:`DistributedContext.check_masks`); weights are compared at every
-  epoch end. A difference raises :class:`~rest_fair.exceptions.MaskDivergenceError`.
-- **Selection.** Validation is sharded; per-group correct and total counts and the loss
-  sum are all-reduced, so worst-group selection, the learning-rate schedule and early
-  stopping decide the same on every rank. A stop asked for by any rank stops all of them.
-- **Files and output.** Checkpoints are written by rank 0 only; on resume rank 0 reads
-  the checkpoint and broadcasts it. Only rank 0 shows progress.
+What every rank computes, what rank 0 decides and broadcasts, and which checks compare
+the ranks (data, masks, weights) is tabulated in the "Scaling out" guide
+(``docs/scaling.md``, "What is synchronised, and why the masks cannot diverge"); a
+difference raises :class:`~rest_fair.exceptions.MaskDivergenceError`.
 
 A rank that dies or hangs makes the others fail with
 :class:`~rest_fair.exceptions.DistributedError` within ``distributed_timeout`` seconds
@@ -296,20 +276,6 @@ def resolve_distributed(
                               device=device, backend=backend, timeout=float(timeout))
 
 
-def _is_dist_error(exc: BaseException) -> bool:
-    import torch.distributed as dist
-
-    dist_error = getattr(dist, "DistError", None)  # torch >= 2.1
-    return dist_error is not None and isinstance(exc, dist_error)
-
-
-def _is_comm_error(exc: BaseException) -> bool:
-    if _is_dist_error(exc):
-        return True
-    text = str(exc).lower()
-    return isinstance(exc, RuntimeError) and any(m in text for m in _COMM_ERROR_MARKERS)
-
-
 @contextlib.contextmanager
 def translate_failures(timeout: float) -> Iterator[None]:
     """Turn a failed collective into a :class:`DistributedError` that says what happened.
@@ -324,11 +290,14 @@ def translate_failures(timeout: float) -> Iterator[None]:
     except Exception as exc:
         import torch.distributed as dist
 
+        dist_error = isinstance(exc, getattr(dist, "DistError", ()))  # torch >= 2.1
+        comm_error = dist_error or (isinstance(exc, RuntimeError) and any(
+            m in str(exc).lower() for m in _COMM_ERROR_MARKERS))
         if dist.is_available() and dist.is_initialized():
-            if dist.get_world_size() < 2 or not _is_comm_error(exc):
+            if dist.get_world_size() < 2 or not comm_error:
                 raise
             rank, world_size = dist.get_rank(), dist.get_world_size()
-        elif _is_dist_error(exc):  # the rendezvous itself failed
+        elif dist_error:  # the rendezvous itself failed
             rank = os.environ.get("RANK", "?")
             world_size = os.environ.get("WORLD_SIZE", "?")
         else:
@@ -363,7 +332,8 @@ class LocalContext:
     loop have one code path: here the collectives return their input, the checks pass and
     :meth:`prepare` leaves the training parts as they are; what is built on the
     collectives (:meth:`any`, :meth:`end_train_epoch`, ...) is the same for both.
-    ``data_parallel`` says whether the module trains through ``DistributedDataParallel``.
+    ``data_parallel`` says whether the module trains through ``DistributedDataParallel``
+    (the mask and weight checks compare the ranks only then).
     """
 
     rank: int = 0
@@ -406,9 +376,29 @@ class LocalContext:
 
     def check_masks(self, masks: Any, *, when: str) -> None:
         """Raise :class:`MaskDivergenceError` on every rank unless all hold the same masks."""
+        names = list(masks.names) if self.data_parallel else []
+        if names:
+            local = torch.stack([_mask_checksum(masks.mask(n)) for n in names])
+            self._check_equal(local, names, MASKS_DIVERGED, when)
 
     def check_weights(self, module: nn.Module, *, when: str) -> None:
         """Raise :class:`MaskDivergenceError` on every rank unless all hold the same weights."""
+        named = dict(module.named_parameters()) if self.data_parallel else {}
+        if named:
+            local = torch.stack([p.detach().double().sum() for p in named.values()])
+            self._check_equal(local, list(named), WEIGHTS_DIVERGED, when)
+
+    def _check_equal(self, local: torch.Tensor, names: list[str], message: str,
+                     when: str) -> None:
+        """Raise ``message`` unless every rank's ``local`` (a row per name) is rank 0's."""
+        # compared bit for bit: identical NaNs (a diverged run) are not a divergence
+        gathered = self.all_gather(local).view(torch.int64)
+        differs = (gathered != gathered[0]).reshape(self.world_size, len(names), -1).any(dim=2)
+        if bool(differs.any()):
+            ranks = differs.any(dim=1).nonzero().flatten().tolist()
+            found = [names[i] for i in differs.any(dim=0).nonzero().flatten().tolist()]
+            raise MaskDivergenceError(message.format(when=when, ranks=ranks, layers=found,
+                                                     names=found[:5]))
 
     def prepare(self, parts: Any) -> None:
         """Turn one process's :class:`TrainingParts` into this rank's."""
@@ -471,7 +461,7 @@ class LocalContext:
 class DistributedContext(LocalContext):
     """This process's place in a data-parallel fit and the collectives it takes part in.
 
-    It differs from :class:`LocalContext` only in its collectives, its checks and
+    It differs from :class:`LocalContext` only in its collectives, :meth:`check_same` and
     :meth:`prepare`. ``rank``, ``world_size`` and ``local_rank`` (from ``LOCAL_RANK``) are
     the process group's, ``device`` is where this rank trains (``cuda:LOCAL_RANK`` on
     CUDA), ``backend`` is ``"nccl"`` or ``"gloo"`` (or the backend of a group initialised by
@@ -554,30 +544,6 @@ class DistributedContext(LocalContext):
             if theirs != digests[0]:
                 raise DistributedError(DIFFERENT_RUN.format(
                     rank=rank, what=what, ours=theirs, theirs=digests[0]))
-
-    def check_masks(self, masks: Any, *, when: str) -> None:
-        names = list(masks.names)
-        if names:
-            local = torch.stack([_mask_checksum(masks.mask(n)) for n in names])
-            self._check_equal(local, names, MASKS_DIVERGED, when)
-
-    def check_weights(self, module: nn.Module, *, when: str) -> None:
-        named = dict(module.named_parameters())
-        if named:
-            local = torch.stack([p.detach().double().sum() for p in named.values()])
-            self._check_equal(local, list(named), WEIGHTS_DIVERGED, when)
-
-    def _check_equal(self, local: torch.Tensor, names: list[str], message: str,
-                     when: str) -> None:
-        """Raise ``message`` unless every rank's ``local`` (a row per name) is rank 0's."""
-        # compared bit for bit: identical NaNs (a diverged run) are not a divergence
-        gathered = self.all_gather(local).view(torch.int64)
-        differs = (gathered != gathered[0]).reshape(self.world_size, len(names), -1).any(dim=2)
-        if bool(differs.any()):
-            ranks = differs.any(dim=1).nonzero().flatten().tolist()
-            found = [names[i] for i in differs.any(dim=0).nonzero().flatten().tolist()]
-            raise MaskDivergenceError(message.format(when=when, ranks=ranks, layers=found,
-                                                     names=found[:5]))
 
     # -- setting a run up ------------------------------------------------------------
     def prepare(self, parts: Any) -> None:
