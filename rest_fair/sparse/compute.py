@@ -8,11 +8,9 @@ store and train only their active weights, and returns the
 :class:`~rest_fair.sparse.csr_engine.CSRDynamicSparsity` engine that updates their
 topology with the masked path's semantics.
 
-``mode="auto"`` measures, per layer, one forward and backward pass of the masked layer
-against the CSR layer at the run's batch size on the run's device (a micro-benchmark of
-a few repetitions, cached per shape, density, batch, device, dtype and thread count) and
-converts only the layers where the CSR kernels are clearly faster. Convolutions always
-keep the masked path, and so do runs with gradient scaling and data-parallel runs.
+``mode="auto"`` converts only the layers whose CSR pass :func:`measure_layer` finds clearly
+faster. Convolutions always keep the masked path, and so do runs with gradient scaling and
+data-parallel runs.
 """
 
 from __future__ import annotations
