@@ -29,15 +29,24 @@ def is_torch_dataset(X: Any) -> bool:
 
 
 class BatchSource:
-    """Base class: yields input batches for an ordering of sample indices."""
+    """Base class: yields input batches for an ordering of sample indices.
+
+    A subclass implements :meth:`batches`, or :meth:`take`, which builds one batch.
+    """
 
     n_samples: int
     sample_shape: tuple[int, ...]
 
     def batches(
         self, order: torch.Tensor, batch_size: int, device: torch.device
-    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    ) -> Iterator[tuple[Any, torch.Tensor]]:
         """Yield ``(x_batch on device, indices of the batch)``."""
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]
+            yield self.take(rows, device), rows
+
+    def take(self, rows: torch.Tensor, device: torch.device) -> Any:
+        """The batch of samples ``rows``, on ``device``."""
         raise NotImplementedError
 
     def close(self) -> None:
@@ -53,11 +62,8 @@ class _TensorSource(BatchSource):
         self.n_samples = len(data)
         self.sample_shape = tuple(data.shape[1:])
 
-    def batches(self, order, batch_size, device):
-        order_here = order.to(self.data.device)
-        for start in range(0, len(order), batch_size):
-            batch = self.data[order_here[start : start + batch_size]]
-            yield batch.to(device, non_blocking=True), order[start : start + batch_size]
+    def take(self, rows, device):
+        return self.data[rows.to(self.data.device)].to(device, non_blocking=True)
 
 
 class _SparseSource(BatchSource):
@@ -66,13 +72,9 @@ class _SparseSource(BatchSource):
         self.n_samples = self.data.shape[0]
         self.sample_shape = (self.data.shape[1],)
 
-    def batches(self, order, batch_size, device):
-        rows = order.numpy()
-        for start in range(0, len(order), batch_size):
-            block = self.data[rows[start : start + batch_size]].toarray().astype(np.float32)
-            yield torch.from_numpy(block).to(device, non_blocking=True), order[
-                start : start + batch_size
-            ]
+    def take(self, rows, device):
+        block = self.data[rows.numpy()].toarray().astype(np.float32)
+        return torch.from_numpy(block).to(device, non_blocking=True)
 
 
 def _first_element(item: Any) -> torch.Tensor:
@@ -88,23 +90,10 @@ def _collate_inputs(items: list) -> torch.Tensor:
     return torch.stack([_first_element(item) for item in items])
 
 
-class _OrderSampler(torch.utils.data.Sampler):
-    """Yields the indices of the current order; the order is replaced before each pass."""
-
-    def __init__(self) -> None:
-        self.order: list[int] = []
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(self.order)
-
-    def __len__(self) -> int:
-        return len(self.order)
-
-
 class _DatasetSource(BatchSource):
     """A torch Dataset read through one DataLoader per batch size, kept for the whole fit.
 
-    The loader's sampler is re-pointed at each epoch's order, so worker processes
+    The loader's sampler, a list, is refilled with each epoch's order, so worker processes
     (``persistent_workers``) are started once rather than at every epoch and validation.
     """
 
@@ -115,11 +104,11 @@ class _DatasetSource(BatchSource):
         self.pin_memory = device.type == "cuda"
         self.n_samples = len(dataset)  # type: ignore[arg-type]
         self.sample_shape = tuple(_first_element(dataset[0]).shape) if self.n_samples else ()
-        self._loaders: dict[int, tuple[torch.utils.data.DataLoader, _OrderSampler]] = {}
+        self._loaders: dict[int, tuple[torch.utils.data.DataLoader, list[int]]] = {}
 
-    def _loader(self, batch_size: int) -> tuple[torch.utils.data.DataLoader, _OrderSampler]:
+    def _loader(self, batch_size: int) -> tuple[torch.utils.data.DataLoader, list[int]]:
         if batch_size not in self._loaders:
-            sampler = _OrderSampler()
+            sampler: list[int] = []
             loader = torch.utils.data.DataLoader(
                 self.dataset,
                 batch_size=batch_size,
@@ -134,7 +123,7 @@ class _DatasetSource(BatchSource):
 
     def batches(self, order, batch_size, device):
         loader, sampler = self._loader(batch_size)
-        sampler.order = order.tolist()
+        sampler[:] = order.tolist()
         for start, x in zip(range(0, len(order), batch_size), loader, strict=True):
             yield x.to(device, non_blocking=True), order[start : start + batch_size]
 
@@ -213,17 +202,11 @@ class TextSource(BatchSource):
         self.n_samples = len(tokens)
         self.sample_shape = ()
 
-    def batches(
-        self, order: torch.Tensor, batch_size: int, device: torch.device
-    ) -> Iterator[tuple[dict[str, torch.Tensor], torch.Tensor]]:
-        rows = order.numpy()
-        for start in range(0, len(order), batch_size):
-            input_ids, mask = self.tokens.padded(rows[start : start + batch_size])
-            batch = {
-                "input_ids": torch.from_numpy(input_ids).to(device, non_blocking=True),
-                "attention_mask": torch.from_numpy(mask).to(device, non_blocking=True),
-            }
-            yield batch, order[start : start + batch_size]
+    def take(self, rows: torch.Tensor, device: torch.device) -> dict[str, torch.Tensor]:
+        """``input_ids`` and ``attention_mask`` of texts ``rows``, padded to their longest."""
+        input_ids, mask = self.tokens.padded(rows.numpy())
+        return {"input_ids": torch.from_numpy(input_ids).to(device, non_blocking=True),
+                "attention_mask": torch.from_numpy(mask).to(device, non_blocking=True)}
 
 
 def make_source(X: Any, *, device: torch.device, num_workers: int = 0) -> BatchSource:

@@ -12,9 +12,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -40,7 +42,7 @@ from .training import EpochSampler, EvalSet, Precision, TrainingRun, TrainSet, T
 from .training.distributed import LocalContext, resolve_distributed
 from .training.parts import TrainConfig, build_parts
 
-__all__ = ["FitData", "check_inputs", "fit_estimator", "resolve_device", "take"]
+__all__ = ["FitData", "check_inputs", "check_x", "fit_estimator", "resolve_device", "take"]
 
 NO_CUDA = "device={!r} was requested but CUDA is not available on this machine."
 BAD_DEVICE = "device must be 'auto', 'cpu', 'cuda', 'cuda:<i>' or a torch.device; got {!r}."
@@ -181,12 +183,8 @@ def _check_validation(est: Any, validation_data: Any,
                       classes: np.ndarray) -> tuple[Any, np.ndarray, np.ndarray | None]:
     if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
         raise ValueError(BAD_VALIDATION_DATA.format(type(validation_data).__name__))
-    X_val, y_val = validation_data[0], validation_data[1]
+    X_val, y_val = check_x(est, validation_data[0]), validation_data[1]
     groups_val = validation_data[2] if len(validation_data) == 3 else None
-    if (tokens := text_input(X_val, est.module, est.module_params)) is not None:
-        X_val = tokens
-    elif not is_torch_dataset(X_val):
-        X_val = validate_data(est, X_val, reset=False, **_ARRAYS)
     n = len(X_val) if is_torch_dataset(X_val) else _num_samples(X_val)
     y_val = column_or_1d(np.asarray(y_val))
     if len(y_val) != n:
@@ -196,6 +194,17 @@ def _check_validation(est: Any, validation_data: Any,
         raise ValueError(f"validation_data has labels not seen in training: {sorted(unknown)}.")
     g_codes = None if groups_val is None else encode_groups(groups_val, n)[0]
     return X_val, np.searchsorted(classes, y_val), g_codes
+
+
+def check_x(est: Any, X: Any, *, fitted: Any = None) -> Any:
+    """``X`` of ``validation_data`` or (with ``fitted``, the fitted module) of ``predict``.
+
+    Text is tokenized, a torch Dataset passes as it is, and anything else is checked
+    against the inputs ``fit`` was given, as scikit-learn's ``validate_data`` does.
+    """
+    if (tokens := text_input(X, est.module, est.module_params, fitted=fitted)) is not None:
+        return tokens
+    return X if is_torch_dataset(X) else validate_data(est, X, reset=False, **_ARRAYS)
 
 
 def _train_config(params: dict) -> TrainConfig:
@@ -284,13 +293,6 @@ def _fingerprint(params: dict, input_shape: tuple, data: FitData,
     }
 
 
-def _checkpoint(resume_from: Any, fingerprint: dict) -> dict:
-    """The checkpoint in ``resume_from`` (``{}`` without one)."""
-    if resume_from is None or not has_checkpoint(resume_from):
-        return {}
-    return read_checkpoint(resume_from, fingerprint=fingerprint)
-
-
 def _jtt_errors(est: Any, train: FitData, seed: int, saved: torch.Tensor | None,
                 world: LocalContext) -> np.ndarray:
     """JTT's error set of the training rows: a resumed run's, or rank 0's on every rank."""
@@ -321,58 +323,20 @@ def _train_set(train: FitData, *, upweight: Any, reweight: str, batch_size: int,
     ), weights
 
 
-# ------------------------------------------------------------------ 4. fitted attributes
-def _fitted(run: TrainingRun, data: FitData, train_idx: np.ndarray, weights: dict,
-            errors: np.ndarray | None) -> dict[str, Any]:
-    """The fitted attributes of a finished run (its own steps and updates only)."""
-    parts, state, classes = run.parts, run.state, data.classes
-    labels = data.group_labels if errors is None else [False, True]
-    fitted = {
-        "classes_": classes,
-        "module_": parts.module,
-        "masks_": state.best_masks,
-        "history_": state.history,
-        "best_epoch_": state.best_epoch,
-        "n_topology_updates_": parts.sparsity.n_updates if parts.sparsity is not None else 0,
-        "n_train_steps_": state.step,
-        "sparse_compute_layers_": list(getattr(parts.sparsity, "converted", ())),
-        "group_weight_history_": getattr(parts.objective, "history", None),
-        "groups_": list(labels),
-        "group_weights_": {
-            (classes[c].item() if hasattr(classes[c], "item") else classes[c], labels[g]): w
-            for (c, g), w in weights.items()
-        },
-        "inferred_groups_": None,
-        "inferred_groups_overlap_": None,
-    }
-    if errors is not None:
-        fitted["inferred_groups_"] = np.zeros(len(data.y), dtype=bool)
-        fitted["inferred_groups_"][train_idx] = errors
-        if data.has_groups:
-            fitted["inferred_groups_overlap_"] = overlap_report(
-                errors, minority_mask(data.y[train_idx], data.groups[train_idx]))
-    return fitted
+@dataclass
+class _Built:
+    """A built run and what its fitted attributes need besides it."""
+
+    run: TrainingRun
+    train_idx: np.ndarray
+    weights: dict  # (class, group) cell -> weight
+    errors: np.ndarray | None  # JTT's error set of the training rows
 
 
-# ----------------------------------------------------------------------------- fit
-def fit_estimator(
-    est: Any,
-    X: Any,
-    y: Any,
-    *,
-    groups: Any = None,
-    sample_weight: Any = None,
-    validation_data: Any = None,
-    resume_from: Any = None,
-) -> Any:
-    """Check the inputs, build the run, train it and set the fitted attributes of ``est``."""
-    callbacks = check_callbacks(est.callbacks)
-    warm = bool(est.warm_start) and hasattr(est, "module_") and resume_from is None
-    est.__dict__.pop("inference_module_", None)  # belongs to the previous fit
-    data = check_inputs(est, X, y, groups, sample_weight, validation_data, warm=warm)
-
-    params = est.get_params(deep=False)
-    config = _train_config(params)
+@contextlib.contextmanager
+def _built_run(est: Any, data: FitData, config: TrainConfig, callbacks: list, *, warm: bool,
+               resume_from: Any) -> Iterator[_Built]:
+    """The run of ``fit``, open: the random state forked, its batch sources closed after."""
     seed = int(check_random_state(est.random_state).randint(0, 2**31 - 1))
     world = resolve_distributed(est.distributed, resolve_device(est.device),
                                 timeout=est.distributed_timeout)
@@ -380,10 +344,12 @@ def fit_estimator(
     precision = Precision(est.precision, world.device)
     train_idx, valid = _hold_out(data, est.validation_fraction, seed, world.device,
                                  est.num_workers)
-    fingerprint = _fingerprint(params, est.input_shape_, data, valid)
+    fingerprint = _fingerprint(est.get_params(deep=False), est.input_shape_, data, valid)
     world.check_same("data or parameters", fingerprint)
     # rank 0 reads; every rank resumes from its copy
-    checkpoint = world.run_on_main(lambda: _checkpoint(resume_from, fingerprint))
+    checkpoint = world.run_on_main(
+        lambda: read_checkpoint(resume_from, fingerprint=fingerprint)
+        if resume_from is not None and has_checkpoint(resume_from) else {})
     train, errors = data.rows(train_idx), None
     sources = [] if valid is None else [valid.source]
     try:
@@ -415,17 +381,75 @@ def fit_estimator(
                 extra={} if errors is None else {"jtt_errors": torch.as_tensor(errors)})
             if checkpoint:
                 run.load_state_dict(checkpoint)
-            with tqdm(total=est.max_epochs, initial=run.state.epoch, desc="REST",
-                      disable=not est.verbose or not world.is_main, leave=False) as progress:
-                parts.progress = progress
-                run.fit_loop(est)
+            yield _Built(run, train_idx, weights, errors)
     finally:
         for source in sources:
             source.close()
 
-    fitted = _fitted(run, data, train_idx, weights, errors)
-    if warm:  # the counters go on
-        fitted["n_train_steps_"] += est.n_train_steps_
-        fitted["n_topology_updates_"] += est.n_topology_updates_
-    vars(est).update(fitted)
+
+# --------------------------------------------------------------------------- 3. the loop
+def _train(est: Any, run: TrainingRun) -> None:
+    """:meth:`~TrainingRun.fit_loop`, with a progress bar on rank 0 when ``verbose``."""
+    with tqdm(total=est.max_epochs, initial=run.state.epoch, desc="REST",
+              disable=not est.verbose or not run.parts.world.is_main, leave=False) as progress:
+        run.parts.progress = progress
+        run.fit_loop(est)
+
+
+# ------------------------------------------------------------------ 4. fitted attributes
+def _fitted(built: _Built, data: FitData, previous: Any = None) -> dict[str, Any]:
+    """The fitted attributes of a finished run; ``previous`` is a warm start's estimator."""
+    parts, state, classes, errors = built.run.parts, built.run.state, data.classes, built.errors
+    labels = data.group_labels if errors is None else [False, True]
+    fitted = {
+        "classes_": classes,
+        "module_": parts.module,
+        "masks_": state.best_masks,
+        "history_": state.history,
+        "best_epoch_": state.best_epoch,
+        "n_topology_updates_": parts.sparsity.n_updates if parts.sparsity is not None else 0,
+        "n_train_steps_": state.step,
+        "sparse_compute_layers_": list(getattr(parts.sparsity, "converted", ())),
+        "group_weight_history_": getattr(parts.objective, "history", None),
+        "groups_": list(labels),
+        "group_weights_": {
+            (classes[c].item() if hasattr(classes[c], "item") else classes[c], labels[g]): w
+            for (c, g), w in built.weights.items()
+        },
+        "inferred_groups_": None,
+        "inferred_groups_overlap_": None,
+    }
+    if previous is not None:  # the counters go on
+        fitted["n_train_steps_"] += previous.n_train_steps_
+        fitted["n_topology_updates_"] += previous.n_topology_updates_
+    if errors is not None:
+        train_idx = built.train_idx
+        fitted["inferred_groups_"] = np.zeros(len(data.y), dtype=bool)
+        fitted["inferred_groups_"][train_idx] = errors
+        if data.has_groups:
+            fitted["inferred_groups_overlap_"] = overlap_report(
+                errors, minority_mask(data.y[train_idx], data.groups[train_idx]))
+    return fitted
+
+
+# ----------------------------------------------------------------------------- fit
+def fit_estimator(
+    est: Any,
+    X: Any,
+    y: Any,
+    *,
+    groups: Any = None,
+    sample_weight: Any = None,
+    validation_data: Any = None,
+    resume_from: Any = None,
+) -> Any:
+    """Check the inputs, build the run, train it and set the fitted attributes of ``est``."""
+    callbacks = check_callbacks(est.callbacks)
+    warm = bool(est.warm_start) and hasattr(est, "module_") and resume_from is None
+    est.__dict__.pop("inference_module_", None)  # belongs to the previous fit
+    data = check_inputs(est, X, y, groups, sample_weight, validation_data, warm=warm)
+    config = _train_config(est.get_params(deep=False))
+    with _built_run(est, data, config, callbacks, warm=warm, resume_from=resume_from) as built:
+        _train(est, built.run)
+    vars(est).update(_fitted(built, data, previous=est if warm else None))
     return est

@@ -48,9 +48,7 @@ class Interval:
     closed: str = "both"  # "both", "left", "right", "neither"
 
     def accepts(self, value: Any) -> bool:
-        if isinstance(value, bool) or not isinstance(value, self.kind):
-            return False
-        if not np.isfinite(value):
+        if isinstance(value, bool) or not isinstance(value, self.kind) or not np.isfinite(value):
             return False
         low_ok = value >= self.low if self.closed in ("both", "left") else value > self.low
         high_ok = value <= self.high if self.closed in ("both", "right") else value < self.high

@@ -12,10 +12,10 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, ClassifierMixin
-from sklearn.utils.validation import check_is_fitted, validate_data
+from sklearn.utils.validation import check_is_fitted
 
-from ._data import is_torch_dataset, make_source
-from ._fit import fit_estimator
+from ._data import make_source
+from ._fit import check_x, fit_estimator
 from ._validation import Interval, Options, TypeOf, check_params
 from .efficiency import efficiency_report, export_sparse
 from .exceptions import ModelFileError, TrainingDivergedError
@@ -31,7 +31,6 @@ from .sparse import (
     UPDATE_TIMINGS,
 )
 from .sparse.compute import SPARSE_COMPUTE_MODES
-from .text import text_input
 from .training import LR_SCHEDULERS, OPTIMIZERS, PRECISIONS, predict_logits
 from .training.distributed import translate_failures
 
@@ -58,7 +57,6 @@ _NO_ATTRIBUTES = "{path} lacks the fitted attributes {names}."
 # the optimizer is not saved.
 _FILE_ATTRIBUTES = ("classes_", "n_features_in_", "input_shape_")
 _LIVE_ATTRIBUTES = ("module_", "masks_", "optimizer_")
-
 
 
 class RESTClassifier(ClassifierMixin, BaseEstimator):
@@ -432,27 +430,6 @@ scipy.sparse matrix, DataFrame, or torch Dataset
                                  validation_data=validation_data, resume_from=resume_from)
 
     # ---------------------------------------------------------------- predicting
-    def _check_predict_input(self, X: Any) -> Any:
-        check_is_fitted(self, "module_")
-        if (tokens := text_input(X, self.module, fitted=self.module_)) is not None:
-            return tokens
-        if is_torch_dataset(X):
-            return X
-        return validate_data(
-            self,
-            X,
-            reset=False,
-            accept_sparse="csr",
-            allow_nd=True,
-            dtype=(np.float32, np.float64),
-        )
-
-    def _device_of_module(self) -> torch.device:
-        return next(self.module_.parameters()).device
-
-    def _inference_module(self) -> torch.nn.Module:
-        return getattr(self, "inference_module_", None) or self.module_
-
     def predict_logits(self, X: Any) -> np.ndarray:
         """Raw network outputs (logits), shape (n_samples, n_classes).
 
@@ -461,13 +438,13 @@ scipy.sparse matrix, DataFrame, or torch Dataset
         TrainingDivergedError
             If some outputs are not finite (no NaN is ever returned).
         """
-        X = self._check_predict_input(X)
-        device = self._device_of_module()
+        check_is_fitted(self, "module_")
+        X = check_x(self, X, fitted=self.module_)
+        device = next(self.module_.parameters()).device
         source = make_source(X, device=device, num_workers=self.num_workers)
-        logits = predict_logits(
-            self._inference_module(), source, batch_size=max(self.batch_size, 512),
-            device=device,
-        )
+        module = getattr(self, "inference_module_", None) or self.module_
+        logits = predict_logits(module, source, batch_size=max(self.batch_size, 512),
+                                device=device)
         source.close()
         bad = ~torch.isfinite(logits).all(dim=1) if logits.ndim == 2 else None
         if bad is not None and bool(bad.any()):
@@ -499,20 +476,12 @@ scipy.sparse matrix, DataFrame, or torch Dataset
 
         check_is_fitted(self, "module_")
         params = dict(self.module_.named_parameters())
-        rows = []
-        for name, mask in self.masks_.items():
-            weight = params[name].detach().cpu()
-            rows.append(
-                {
-                    "layer": name,
-                    "shape": tuple(mask.shape),
-                    "n_weights": mask.numel(),
-                    "n_active": int(mask.sum()),
-                    "density": float(mask.float().mean()),
-                    "n_nonzero": int((weight != 0).sum()),
-                }
-            )
-        return pd.DataFrame(rows)
+        return pd.DataFrame([
+            {"layer": name, "shape": tuple(mask.shape), "n_weights": mask.numel(),
+             "n_active": int(mask.sum()), "density": float(mask.float().mean()),
+             "n_nonzero": int((params[name].detach().cpu() != 0).sum())}
+            for name, mask in self.masks_.items()
+        ])
 
     # ------------------------------------------------------------ scikit-learn glue
     def __sklearn_tags__(self) -> Any:

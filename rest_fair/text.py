@@ -146,11 +146,6 @@ def tokenize(texts: Sequence[str], tokenizer: Any, *, max_length: int | None) ->
     return TokenizedText(ids, offsets, pad_token_id=pad)
 
 
-def _fit_tokenizer(module: str, module_params: dict | None) -> tuple[Any, int | None]:
-    params = check_hf_params(module, dict(module_params or {}))
-    return load_tokenizer(module, params), params["max_length"]
-
-
 def validate_text_xy(X: Any, y: Any, module: Any,
                      module_params: dict | None) -> tuple[TokenizedText, np.ndarray]:
     """``fit``'s input check for text: tokenize ``X`` and check ``y``.
@@ -207,7 +202,8 @@ def check_text_input(X: Any, module: Any, module_params: dict | None = None, *,
     else:
         if not _is_hf(module):
             raise ValueError(TEXT_NEEDS_HF.format(module=_module_name(module)))
-        tokenizer, max_length = _fit_tokenizer(module, module_params)
+        params = check_hf_params(module, dict(module_params or {}))
+        tokenizer, max_length = load_tokenizer(module, params), params["max_length"]
     return tokenize(_texts(X), tokenizer, max_length=max_length)
 
 

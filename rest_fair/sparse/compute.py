@@ -8,11 +8,9 @@ store and train only their active weights, and returns the
 :class:`~rest_fair.sparse.csr_engine.CSRDynamicSparsity` engine that updates their
 topology with the masked path's semantics.
 
-``mode="auto"`` measures, per layer, one forward and backward pass of the masked layer
-against the CSR layer at the run's batch size on the run's device (a micro-benchmark of
-a few repetitions, cached per shape, density, batch, device, dtype and thread count) and
-converts only the layers where the CSR kernels are clearly faster. Convolutions always
-keep the masked path, and so do runs with gradient scaling and data-parallel runs.
+``mode="auto"`` converts only the layers whose CSR pass :func:`measure_layer` finds clearly
+faster. Convolutions always keep the masked path, and so do runs with gradient scaling and
+data-parallel runs.
 """
 
 from __future__ import annotations
@@ -21,7 +19,7 @@ import math
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -39,6 +37,7 @@ __all__ = [
     "CSRDynamicSparsity",
     "CSRLinear",
     "LayerTiming",
+    "SparseComputeConfig",
     "candidate_layers",
     "layer_rows",
     "make_sparse_compute",
@@ -85,6 +84,53 @@ class LayerTiming:
 
 
 _TIMINGS: dict[tuple, LayerTiming] = {}
+
+
+@dataclass(frozen=True)
+class SparseComputeConfig:
+    """What :func:`make_sparse_compute` decides from: the setting and the run's conditions.
+
+    Parameters
+    ----------
+    mode : {"auto", "masked", "csr"}, default="auto"
+        ``"masked"``: no layer is converted. ``"csr"``: every candidate layer (plain
+        ``nn.Linear``, density at or below ``threshold``) is converted. ``"auto"``: the
+        candidates whose CSR pass :func:`measure_layer` finds faster on ``device``.
+    threshold : float in [0, 1], default=0.2
+        Highest layer density considered.
+    batch_size : int, default=256
+        Batch size of the training run (for the measurement).
+    device : torch.device or str, default="cpu"
+    autocast_dtype : torch.dtype or None, default=None
+        Reduced-precision autocast of the run's forward pass.
+    grad_scaling : bool, default=False
+        Whether the run scales its gradients (``precision="16-mixed"``), which the CSR
+        layers do not support: ``"auto"`` then converts nothing and ``"csr"`` refuses.
+    distributed : bool, default=False
+        Whether the run is data-parallel (DDP). The CSR layers' dense-gradient scan would
+        see one rank's batch only, and ranks could time layers differently: ``"auto"``
+        then converts nothing and ``"csr"`` refuses.
+
+    Raises
+    ------
+    ValueError
+        For an unknown ``mode`` or a ``threshold`` outside [0, 1].
+    """
+
+    mode: str = "auto"
+    threshold: float = 0.2
+    batch_size: int = 256
+    device: torch.device | str = "cpu"
+    autocast_dtype: torch.dtype | None = None
+    grad_scaling: bool = False
+    distributed: bool = False
+
+    def __post_init__(self) -> None:
+        if self.mode not in SPARSE_COMPUTE_MODES:
+            raise ValueError(_BAD_MODE.format(modes=SPARSE_COMPUTE_MODES, value=self.mode))
+        object.__setattr__(self, "threshold",
+                           check_threshold(self.threshold, "sparse_compute_threshold"))
+        object.__setattr__(self, "device", torch.device(self.device))
 
 
 def _sync(device: torch.device) -> None:
@@ -154,11 +200,9 @@ def measure_layer(
 
     def masked_pass() -> None:
         linear.weight.grad = linear.bias.grad = x.grad = None
-        if autocast_dtype is None:
+        with torch.autocast(device.type, dtype=autocast_dtype,
+                            enabled=autocast_dtype is not None):
             out = linear(x)
-        else:
-            with torch.autocast(device.type, dtype=autocast_dtype):
-                out = linear(x)
         out.backward(grad.to(out.dtype))
 
     def csr_pass() -> None:
@@ -234,17 +278,12 @@ def layer_rows(module: nn.Module, names: Sequence[str], example: Any) -> dict[st
 def make_sparse_compute(
     module: nn.Module,
     sparsity: DynamicSparsity | None,
+    config: SparseComputeConfig | None = None,
     *,
-    mode: str = "auto",
-    threshold: float = 0.2,
-    batch_size: int = 256,
-    device: torch.device | str = "cpu",
-    autocast_dtype: torch.dtype | None = None,
-    grad_scaling: bool = False,
-    distributed: bool = False,
     layers: Sequence[str] | None = None,
     example: Callable[[], Any] | None = None,
     timings: dict[str, LayerTiming] | None = None,
+    **settings: Any,
 ) -> DynamicSparsity | None:
     """Convert the layers that train faster with CSR kernels; return the engine to use.
 
@@ -254,24 +293,8 @@ def make_sparse_compute(
         The network with its masks applied; converted layers are replaced in place.
     sparsity : DynamicSparsity or None
         The masked engine (``None`` for dense training, returned as is).
-    mode : {"auto", "masked", "csr"}, default="auto"
-        ``"masked"``: no layer is converted. ``"csr"``: every candidate layer (plain
-        ``nn.Linear``, density at or below ``threshold``) is converted. ``"auto"``: the
-        candidates whose CSR pass :func:`measure_layer` finds faster on ``device``.
-    threshold : float in [0, 1], default=0.2
-        Highest layer density considered.
-    batch_size : int, default=256
-        Batch size of the training run (for the measurement).
-    device : torch.device or str, default="cpu"
-    autocast_dtype : torch.dtype or None, default=None
-        Reduced-precision autocast of the run's forward pass.
-    grad_scaling : bool, default=False
-        Whether the run scales its gradients (``precision="16-mixed"``), which the CSR
-        layers do not support: ``"auto"`` then converts nothing and ``"csr"`` refuses.
-    distributed : bool, default=False
-        Whether the run is data-parallel (DDP). The CSR layers' dense-gradient scan would
-        see one rank's batch only, and ranks could time layers differently: ``"auto"``
-        then converts nothing and ``"csr"`` refuses.
+    config : SparseComputeConfig, optional
+        The mode, threshold and run conditions (default: ``SparseComputeConfig()``).
     layers : sequence of str, optional
         For ``"auto"``: convert exactly these candidate layers instead of measuring (a
         resumed run passes the layers its checkpoint trained in CSR form, so that it
@@ -283,29 +306,27 @@ def make_sparse_compute(
         transformer's layers) instead of at ``batch_size`` rows.
     timings : dict, optional
         Filled with the measured :class:`LayerTiming` of each candidate (``"auto"``).
+    **settings
+        Fields of :class:`SparseComputeConfig` that replace those of ``config``, e.g.
+        ``mode="csr", threshold=0.3``.
 
     Returns
     -------
     DynamicSparsity or None
         ``sparsity`` itself when no layer is converted, else a :class:`CSRDynamicSparsity`.
     """
-    if mode not in SPARSE_COMPUTE_MODES:
-        raise ValueError(_BAD_MODE.format(modes=SPARSE_COMPUTE_MODES, value=mode))
-    threshold = check_threshold(threshold, "sparse_compute_threshold")
+    config = replace(config or SparseComputeConfig(), **settings)
+    mode, device = config.mode, config.device
     if sparsity is None or mode == "masked":
         return sparsity
-    device = torch.device(device)
-    supported = device.type in ("cpu", "cuda")
-    if mode == "csr":
-        if not supported:
+    refused = device.type not in ("cpu", "cuda") or config.grad_scaling or config.distributed
+    if mode == "csr" and refused:
+        if device.type not in ("cpu", "cuda"):
             raise ValueError(_CSR_NEEDS_DEVICE.format(device=str(device)))
-        if grad_scaling:
-            raise ValueError(_CSR_NO_SCALER)
-        if distributed:
-            raise ValueError(_CSR_NO_DDP)
-    elif not supported or grad_scaling or distributed:
+        raise ValueError(_CSR_NO_SCALER if config.grad_scaling else _CSR_NO_DDP)
+    if refused:
         return sparsity
-    candidates = candidate_layers(module, sparsity.masks, threshold)
+    candidates = candidate_layers(module, sparsity.masks, config.threshold)
     if mode == "auto" and layers is not None:
         wanted = set(layers)
         chosen = [name for name, _, _ in candidates if name in wanted]
@@ -316,9 +337,10 @@ def make_sparse_compute(
             rows = layer_rows(module, [name for name, _, _ in candidates], example())
         chosen = []
         for name, layer, nnz in candidates:
-            timing = measure_layer(tuple(layer.weight.shape), nnz, rows.get(name, batch_size),
-                                   input_grad=name != first, device=device,
-                                   dtype=layer.weight.dtype, autocast_dtype=autocast_dtype)
+            timing = measure_layer(tuple(layer.weight.shape), nnz,
+                                   rows.get(name, config.batch_size), input_grad=name != first,
+                                   device=device, dtype=layer.weight.dtype,
+                                   autocast_dtype=config.autocast_dtype)
             if timings is not None:
                 timings[name] = timing
             if timing.csr_faster:

@@ -9,30 +9,10 @@ one rank. A fit in one process gets a :class:`LocalContext` instead: the same in
 with collectives that return their input, so ``fit`` and the training loop have one code
 path.
 
-What keeps the ranks identical
-------------------------------
-- **Data.** Every rank draws the same global order of an epoch from the same generator
-  (the seed is rank 0's); :func:`shard_order` gives rank ``r`` the ``r``-th equal slice of
-  every global batch. ``batch_size`` is the global batch of one optimizer step and an
-  epoch is one pass over the data by all ranks together, so the union of the ranks'
-  draws is exactly the order one process would draw.
-- **Weights.** DDP broadcasts rank 0's weights and buffers when it wraps the module and
-  all-reduces (averages) the gradients in ``backward``. With equal slices the average of
-  the ranks' mean losses is the mean over the global batch, so every rank takes the same
-  optimizer step. GroupDRO's per-group losses are all-reduced before its group weights are
-  updated (:class:`~rest_fair.objectives.GroupDROObjective` takes this context's
-  :meth:`~DistributedContext.all_reduce`).
-- **Masks.** The initial masks and every prune-and-regrow decision are computed by every
-  rank (which keeps the generators in step) and rank 0's decision is broadcast and applied
-  everywhere, regrown weights and their optimizer state reset the same way. Per-layer mask
-  checksums are compared across ranks before and after every topology update and at
-  every epoch end (:meth:`DistributedContext.check_masks`); weights are compared at every
-  epoch end. A difference raises :class:`~rest_fair.exceptions.MaskDivergenceError`.
-- **Selection.** Validation is sharded; per-group correct and total counts and the loss
-  sum are all-reduced, so worst-group selection, the learning-rate schedule and early
-  stopping decide the same on every rank. A stop asked for by any rank stops all of them.
-- **Files and output.** Checkpoints are written by rank 0 only; on resume rank 0 reads
-  the checkpoint and broadcasts it. Only rank 0 shows progress.
+What every rank computes, what rank 0 decides and broadcasts, and which checks compare
+the ranks (data, masks, weights) is tabulated in the "Scaling out" guide
+(``docs/scaling.md``, "What is synchronised, and why the masks cannot diverge"); a
+difference raises :class:`~rest_fair.exceptions.MaskDivergenceError`.
 
 A rank that dies or hangs makes the others fail with
 :class:`~rest_fair.exceptions.DistributedError` within ``distributed_timeout`` seconds
@@ -200,18 +180,6 @@ def check_world(n_samples: int, batch_size: int, world_size: int) -> None:
 
 
 # ---------------------------------------------------------------- process-group discovery
-def _torchrun_env() -> tuple[dict[str, str], list[str]]:
-    present = {k: os.environ[k] for k in TORCHRUN_ENV if os.environ.get(k)}
-    return present, [k for k in TORCHRUN_ENV if k not in present]
-
-
-def _device_for_rank(device: torch.device, local_rank: int) -> torch.device:
-    # one GPU per local rank unless the user named one
-    if device.type == "cuda" and device.index is None:
-        return torch.device("cuda", local_rank % max(torch.cuda.device_count(), 1))
-    return device
-
-
 def _bind_world_defaults_to_none() -> None:
     # torch.distributed.nn.functional binds ``group.WORLD`` as the default argument of
     # its functions when it is first imported, and DistributedDataParallel imports it
@@ -271,55 +239,41 @@ def resolve_distributed(
         return LocalContext(device=device)
     import torch.distributed as dist
 
-    if not dist.is_available():
-        if distributed is True or distributed is np.True_:
-            raise DistributedError(NO_TORCH_DISTRIBUTED)
-        return LocalContext(device=device)
     auto = isinstance(distributed, str)
-    env, missing = _torchrun_env()
-    if dist.is_initialized():
+    if not dist.is_available():
+        if auto:
+            return LocalContext(device=device)
+        raise DistributedError(NO_TORCH_DISTRIBUTED)
+    env = {k: os.environ.get(k) for k in TORCHRUN_ENV}
+    missing = [k for k, v in env.items() if not v]
+    initialised = dist.is_initialized()
+    if initialised:
         world_size, rank = dist.get_world_size(), dist.get_rank()
-        if auto and world_size < 2:
-            return LocalContext(device=device)
-        local_rank = int(os.environ.get("LOCAL_RANK", rank))
-        device = _device_for_rank(device, local_rank)
-        backend = str(dist.get_backend())
+        local_rank = os.environ.get("LOCAL_RANK", rank)
     elif not missing:
-        world_size, rank = int(env["WORLD_SIZE"]), int(env["RANK"])
-        if auto and world_size < 2:
-            return LocalContext(device=device)
-        local_rank = int(env["LOCAL_RANK"])
-        device = _device_for_rank(device, local_rank)
+        world_size, rank, local_rank = int(env["WORLD_SIZE"]), int(env["RANK"]), env["LOCAL_RANK"]
+    elif auto:
+        return LocalContext(device=device)
+    else:
+        raise DistributedError(NO_PROCESS_GROUP.format(missing=", ".join(missing)))
+    if auto and world_size < 2:
+        return LocalContext(device=device)
+    local_rank = int(local_rank)
+    if device.type == "cuda":
+        if device.index is None:  # one GPU per local rank unless the user named one
+            device = torch.device("cuda", local_rank % max(torch.cuda.device_count(), 1))
+        torch.cuda.set_device(device)
+    if initialised:
+        backend = str(dist.get_backend())
+    else:
         backend = "nccl" if device.type == "cuda" else "gloo"
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
         _bind_world_defaults_to_none()
         dist.init_process_group(backend, timeout=datetime.timedelta(seconds=float(timeout)))
         atexit.register(_destroy_at_exit)
-    else:
-        if not auto:
-            raise DistributedError(NO_PROCESS_GROUP.format(missing=", ".join(missing)))
-        return LocalContext(device=device)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
     if backend == "nccl" and device.type != "cuda":
         raise DistributedError(NCCL_ON_CPU.format(device=str(device)))
     return DistributedContext(rank=rank, world_size=world_size, local_rank=local_rank,
                               device=device, backend=backend, timeout=float(timeout))
-
-
-def _is_dist_error(exc: BaseException) -> bool:
-    import torch.distributed as dist
-
-    dist_error = getattr(dist, "DistError", None)  # torch >= 2.1
-    return dist_error is not None and isinstance(exc, dist_error)
-
-
-def _is_comm_error(exc: BaseException) -> bool:
-    if _is_dist_error(exc):
-        return True
-    text = str(exc).lower()
-    return isinstance(exc, RuntimeError) and any(m in text for m in _COMM_ERROR_MARKERS)
 
 
 @contextlib.contextmanager
@@ -336,11 +290,14 @@ def translate_failures(timeout: float) -> Iterator[None]:
     except Exception as exc:
         import torch.distributed as dist
 
+        dist_error = isinstance(exc, getattr(dist, "DistError", ()))  # torch >= 2.1
+        comm_error = dist_error or (isinstance(exc, RuntimeError) and any(
+            m in str(exc).lower() for m in _COMM_ERROR_MARKERS))
         if dist.is_available() and dist.is_initialized():
-            if dist.get_world_size() < 2 or not _is_comm_error(exc):
+            if dist.get_world_size() < 2 or not comm_error:
                 raise
             rank, world_size = dist.get_rank(), dist.get_world_size()
-        elif _is_dist_error(exc):  # the rendezvous itself failed
+        elif dist_error:  # the rendezvous itself failed
             rank = os.environ.get("RANK", "?")
             world_size = os.environ.get("WORLD_SIZE", "?")
         else:
@@ -375,7 +332,8 @@ class LocalContext:
     loop have one code path: here the collectives return their input, the checks pass and
     :meth:`prepare` leaves the training parts as they are; what is built on the
     collectives (:meth:`any`, :meth:`end_train_epoch`, ...) is the same for both.
-    ``data_parallel`` says whether the module trains through ``DistributedDataParallel``.
+    ``data_parallel`` says whether the module trains through ``DistributedDataParallel``
+    (the mask and weight checks compare the ranks only then).
     """
 
     rank: int = 0
@@ -418,9 +376,29 @@ class LocalContext:
 
     def check_masks(self, masks: Any, *, when: str) -> None:
         """Raise :class:`MaskDivergenceError` on every rank unless all hold the same masks."""
+        names = list(masks.names) if self.data_parallel else []
+        if names:
+            local = torch.stack([_mask_checksum(masks.mask(n)) for n in names])
+            self._check_equal(local, names, MASKS_DIVERGED, when)
 
     def check_weights(self, module: nn.Module, *, when: str) -> None:
         """Raise :class:`MaskDivergenceError` on every rank unless all hold the same weights."""
+        named = dict(module.named_parameters()) if self.data_parallel else {}
+        if named:
+            local = torch.stack([p.detach().double().sum() for p in named.values()])
+            self._check_equal(local, list(named), WEIGHTS_DIVERGED, when)
+
+    def _check_equal(self, local: torch.Tensor, names: list[str], message: str,
+                     when: str) -> None:
+        """Raise ``message`` unless every rank's ``local`` (a row per name) is rank 0's."""
+        # compared bit for bit: identical NaNs (a diverged run) are not a divergence
+        gathered = self.all_gather(local).view(torch.int64)
+        differs = (gathered != gathered[0]).reshape(self.world_size, len(names), -1).any(dim=2)
+        if bool(differs.any()):
+            ranks = differs.any(dim=1).nonzero().flatten().tolist()
+            found = [names[i] for i in differs.any(dim=0).nonzero().flatten().tolist()]
+            raise MaskDivergenceError(message.format(when=when, ranks=ranks, layers=found,
+                                                     names=found[:5]))
 
     def prepare(self, parts: Any) -> None:
         """Turn one process's :class:`TrainingParts` into this rank's."""
@@ -448,14 +426,11 @@ class LocalContext:
             raise value
         return value
 
-    def sync_buffers(self, module: nn.Module) -> None:
-        """Rank 0's buffers (BatchNorm statistics) on every rank.
-
-        DDP broadcasts them at the start of each forward; the last forward of an epoch
-        updated them from each rank's own slice.
-        """
-        for buf in module.buffers():
-            self.broadcast_(buf.data)
+    def sum_over_ranks(self, *values: torch.Tensor | float) -> list[torch.Tensor]:
+        """``values`` (numbers or tensors) summed over the ranks, as float64 CPU tensors."""
+        parts = [torch.as_tensor(v, dtype=torch.float64).detach().reshape(-1).cpu()
+                 for v in values]
+        return list(self.all_reduce(torch.cat(parts)).split([len(p) for p in parts]))
 
     def end_train_epoch(
         self, module: nn.Module, sparsity: Any, loss_sum: torch.Tensor, seen: int, *,
@@ -463,37 +438,30 @@ class LocalContext:
     ) -> tuple[torch.Tensor, int]:
         """Synchronise buffers, check masks and weights, and sum the epoch's training loss.
 
+        Rank 0's buffers (BatchNorm statistics) go to every rank: DDP broadcasts them at
+        the start of each forward, but the last forward of an epoch updated them from
+        each rank's own slice.
+
         Returns
         -------
         loss_sum, seen
             Summed over the ranks (identical everywhere).
         """
-        self.sync_buffers(module)
+        for buf in module.buffers():
+            self.broadcast_(buf.data)
         when = f"at the end of epoch {epoch}"
         if sparsity is not None:
             self.check_masks(sparsity.masks, when=when)
         self.check_weights(module, when=when)
-        both = self.all_reduce(torch.stack([loss_sum.detach().double().reshape(()),
-                                            torch.tensor(float(seen), dtype=torch.float64,
-                                                         device=loss_sum.device)]))
-        return both[0], round(float(both[1]))
-
-    def reduce_counts(
-        self, loss_sum: float, hits: torch.Tensor, totals: torch.Tensor
-    ) -> tuple[float, torch.Tensor, torch.Tensor]:
-        """Validation loss sum and per-group hits and totals summed over the ranks."""
-        packed = torch.cat([torch.tensor([loss_sum], dtype=torch.float64),
-                            hits.double(), totals.double()])
-        packed = self.all_reduce(packed)
-        k = len(hits)
-        return float(packed[0]), packed[1: 1 + k], packed[1 + k:]
+        loss_sum, seen = self.sum_over_ranks(loss_sum, seen)
+        return loss_sum, round(float(seen))
 
 
 @dataclass(kw_only=True)
 class DistributedContext(LocalContext):
     """This process's place in a data-parallel fit and the collectives it takes part in.
 
-    It differs from :class:`LocalContext` only in its collectives, its checks and
+    It differs from :class:`LocalContext` only in its collectives, :meth:`check_same` and
     :meth:`prepare`. ``rank``, ``world_size`` and ``local_rank`` (from ``LOCAL_RANK``) are
     the process group's, ``device`` is where this rank trains (``cuda:LOCAL_RANK`` on
     CUDA), ``backend`` is ``"nccl"`` or ``"gloo"`` (or the backend of a group initialised by
@@ -576,33 +544,6 @@ class DistributedContext(LocalContext):
             if theirs != digests[0]:
                 raise DistributedError(DIFFERENT_RUN.format(
                     rank=rank, what=what, ours=theirs, theirs=digests[0]))
-
-    def check_masks(self, masks: Any, *, when: str) -> None:
-        names = list(masks.names)
-        if not names:
-            return
-        local = torch.stack([_mask_checksum(masks.mask(n)) for n in names])
-        gathered = self.all_gather(local)
-        differs = (gathered != gathered[0]).any(dim=2)  # (rank, layer)
-        if bool(differs.any()):
-            ranks = sorted({int(r) for r in differs.any(dim=1).nonzero().flatten()})
-            layers = [names[int(i)] for i in differs.any(dim=0).nonzero().flatten()]
-            raise MaskDivergenceError(MASKS_DIVERGED.format(when=when, layers=layers,
-                                                            ranks=ranks))
-
-    def check_weights(self, module: nn.Module, *, when: str) -> None:
-        named = [(n, p) for n, p in module.named_parameters()]
-        if not named:
-            return
-        local = torch.stack([p.detach().double().sum() for _, p in named])
-        # compared bit for bit: identical NaNs (a diverged run) are not a divergence
-        gathered = self.all_gather(local).view(torch.int64)
-        differs = gathered != gathered[0]
-        if bool(differs.any()):
-            ranks = sorted({int(r) for r in differs.any(dim=1).nonzero().flatten()})
-            names = [named[int(i)][0] for i in differs.any(dim=0).nonzero().flatten()]
-            raise MaskDivergenceError(WEIGHTS_DIVERGED.format(when=when, names=names[:5],
-                                                              ranks=ranks))
 
     # -- setting a run up ------------------------------------------------------------
     def prepare(self, parts: Any) -> None:

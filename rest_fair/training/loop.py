@@ -11,6 +11,7 @@ carries ``module_``, ``optimizer_``, ``masks_`` and ``history_``.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -89,11 +90,8 @@ def predict_logits(
         order = torch.arange(source.n_samples)
     out = []
     for x, _ in source.batches(order, batch_size, device):
-        if autocast is None:
+        with (autocast or contextlib.nullcontext)():
             out.append(module(x).float().cpu())
-        else:
-            with autocast():
-                out.append(module(x).float().cpu())
     module.train(was_training)
     if not out:
         return torch.empty(0)
@@ -322,15 +320,12 @@ class TrainingRun:
             loss_sum, correct = 0.0, torch.zeros(0, dtype=torch.float64)
         hits = torch.zeros(n_groups, dtype=torch.float64).index_add_(0, groups, correct)
         totals = torch.bincount(groups, minlength=n_groups).double()
-        return self._metrics(*world.reduce_counts(loss_sum, hits, totals))
-
-    @staticmethod
-    def _metrics(loss_sum: float, hits: torch.Tensor, totals: torch.Tensor) -> dict:
+        loss_sum, hits, totals = world.sum_over_ranks(loss_sum, hits, totals)
         n = float(totals.sum())
         present = totals > 0
         acc = float(hits.sum()) / n
         wga = float((hits[present] / totals[present]).min()) if present.any() else acc
-        return {"valid_loss": loss_sum / n, "valid_acc": acc, "valid_worst_group_acc": wga}
+        return {"valid_loss": float(loss_sum) / n, "valid_acc": acc, "valid_worst_group_acc": wga}
 
     def select(self, record: dict, epoch: int) -> bool:
         """Keep the weights of this epoch if it is the best so far; return whether it is.

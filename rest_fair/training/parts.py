@@ -19,7 +19,7 @@ from torch import nn
 from .._data import BatchSource, _DatasetSource
 from ..objectives import make_objective
 from ..sparse import DropSchedule, DynamicSparsity, MaskSet
-from ..sparse.compute import make_sparse_compute
+from ..sparse.compute import SparseComputeConfig, make_sparse_compute
 from .distributed import LocalContext
 from .precision import Precision
 from .sampler import EpochSampler
@@ -288,12 +288,11 @@ def build_parts(
     device, batch_size = world.device, config.batch_size
     sparsity = make_sparsity(module, config.sparse, steps_per_epoch=train.sampler.steps_per_epoch,
                              max_epochs=config.max_epochs, generator=generator, masks=masks)
-    sparsity = make_sparse_compute(
-        module, sparsity, mode=config.sparse_compute, threshold=config.sparse_compute_threshold,
+    sparsity = make_sparse_compute(module, sparsity, SparseComputeConfig(
+        mode=config.sparse_compute, threshold=config.sparse_compute_threshold,
         batch_size=batch_size, device=device, autocast_dtype=precision.dtype,
         grad_scaling=precision.scaler is not None, distributed=world.data_parallel,
-        layers=sparse_layers, example=_example_batch(train, batch_size, device),
-    )
+    ), layers=sparse_layers, example=_example_batch(train, batch_size, device))
     optimizer = make_optimizer(config.optimizer, module.parameters(), lr=config.lr,
                                momentum=config.momentum, weight_decay=config.weight_decay)
     if sparsity is not None:

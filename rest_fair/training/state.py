@@ -7,7 +7,7 @@ continue a run exactly where it stopped (see :mod:`rest_fair.persistence.checkpo
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import torch
@@ -54,30 +54,15 @@ class TrainState:
 
     def state_dict(self) -> dict[str, Any]:
         """Plain containers and tensors (loadable with ``torch.load(weights_only=True)``)."""
-        return {
-            "epoch": self.epoch,
-            "step": self.step,
-            "history": [dict(r) for r in self.history],
-            "best_key": list(self.best_key) if self.best_key is not None else None,
-            "best_epoch": self.best_epoch,
-            "best_module_state": self.best_module_state,
-            "best_masks": self.best_masks,
-            "stopped": self.stopped,
-            "epoch_offset": self.epoch_offset,
-        }
+        state = {f.name: getattr(self, f.name) for f in fields(self)}
+        state.update(history=[dict(r) for r in self.history],
+                     best_key=list(self.best_key) if self.best_key is not None else None)
+        return state
 
     @classmethod
     def from_state_dict(cls, state: dict[str, Any]) -> TrainState:
-        """Inverse of :meth:`state_dict`."""
+        """Inverse of :meth:`state_dict` (a state without ``epoch_offset`` starts at 0)."""
         key = state["best_key"]
-        return cls(
-            epoch=int(state["epoch"]),
-            step=int(state["step"]),
-            history=[dict(r) for r in state["history"]],
-            best_key=tuple(key) if key is not None else None,
-            best_epoch=int(state["best_epoch"]),
-            best_module_state=state["best_module_state"],
-            best_masks=dict(state["best_masks"]),
-            stopped=bool(state["stopped"]),
-            epoch_offset=int(state.get("epoch_offset", 0)),
-        )
+        return cls(**{**state, "history": [dict(r) for r in state["history"]],
+                      "best_key": tuple(key) if key is not None else None,
+                      "best_masks": dict(state["best_masks"])})
