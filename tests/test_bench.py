@@ -149,6 +149,23 @@ def test_summary_mean_se_and_reference_column():
     assert "different protocol" in table and "DFA" in table
 
 
+def test_cost_columns_show_measured_time_and_size_beside_dense():
+    config = BenchConfig(ratios=(0.01,), sparsities=(0.0, 0.9), seeds=(0, 1))
+    records = [
+        {**_fake_record("erm", 0.01, 0.0, 0, 0.3), "fit_seconds": 3.0, "model_bytes": 40960},
+        {**_fake_record("erm", 0.01, 0.0, 1, 0.3), "fit_seconds": 5.0, "model_bytes": 40960},
+        {**_fake_record("rest", 0.01, 0.9, 0, 0.4), "fit_seconds": 2.0, "model_bytes": 6144},
+    ]
+    table = to_markdown(summarize(records, config), config)
+    assert "| fit time | model file | n |" in table
+    assert "| 4.0 s (1.00×) | 40 KiB (1.00×) | 2 |" in table
+    assert "| 2.0 s (0.50×) | 6 KiB (0.15×) | 1 |" in table
+    # records written before sizes were measured: no size column, times without a dense row
+    old = [{k: v for k, v in r.items() if k != "model_bytes"} for r in records[2:]]
+    table = to_markdown(summarize(old, config), config)
+    assert "model file" not in table and "| 2.0 s | 1 |" in table
+
+
 def test_mean_and_standard_error_format():
     assert format_pct(0.35, 0.05, 2) == "35.0 ± 5.0"
     assert format_pct(0.5, float("nan"), 1) == "50.0"

@@ -46,6 +46,15 @@ SELECTION_NOTE = (
     "`train` or `val`) or by validation accuracy (`none`)."
 )
 
+#: The measured costs of a run (the FLOPs are counted, see ``_EFFICIENCY_TITLES``).
+_COSTS = ("density", "fit_seconds", "model_bytes")
+_COST_TITLES = {"fit_seconds": "fit time", "model_bytes": "model file"}
+_COST_NOTES = {
+    "fit_seconds": "*fit time*: wall time of `fit`, mean over seeds (the runs one after the "
+                   "other on this machine).",
+    "model_bytes": "*model file*: size of the file `clf.save` writes (active weights, masks "
+                   "as bitmaps or indices, header).",
+}
 _EFFICIENCY_TITLES = {
     "inference_flops_fraction": "inference FLOPs (× dense)",
     "training_flops_fraction": "training FLOPs (× dense)",
@@ -101,7 +110,8 @@ def summarize(records: Sequence[dict[str, Any]], config: BenchConfig):
     pandas.DataFrame
         One row per cell with ``<metric>_mean``, ``<metric>_std`` (ddof=1; NaN for one
         seed), ``<metric>_se`` (:func:`standard_error`) for the accuracies, ``n_seeds``,
-        ``density_mean`` and efficiency fractions when recorded.
+        and, when recorded, ``density``, ``fit_seconds``, ``model_bytes`` and the
+        efficiency fractions (``_mean``, ``_std``).
     """
     import pandas as pd
 
@@ -112,7 +122,7 @@ def summarize(records: Sequence[dict[str, Any]], config: BenchConfig):
     for r in ok:
         row = {k: r.get(k) for k in ("ratio", "method", "method_label", "sparsity", "seed",
                                      "group_labels", "density", "fit_seconds",
-                                     "test_min_cell_size", *METRICS)}
+                                     "model_bytes", "test_min_cell_size", *METRICS)}
         for name, value in (r.get("efficiency") or {}).items():
             row[f"eff_{name}"] = value
         for name, value in (r.get("jtt_overlap") or {}).items():
@@ -121,8 +131,10 @@ def summarize(records: Sequence[dict[str, Any]], config: BenchConfig):
         rows.append(row)
     frame = pd.DataFrame(rows)
     value_columns = [c for c in frame.columns
-                     if c in METRICS or c in ("density", "fit_seconds", "test_min_cell_size")
+                     if c in METRICS or c in _COSTS or c == "test_min_cell_size"
                      or c.startswith(("eff_", "jtt_"))]
+    value_columns = [c for c in value_columns if frame[c].notna().any()]
+    frame[value_columns] = frame[value_columns].astype(float)
     grouped = frame.groupby(["ratio", "method", "sparsity"], sort=False)
     summary = grouped[value_columns].agg(["mean", "std"])
     summary.columns = [f"{a}_{b}" for a, b in summary.columns]
@@ -175,10 +187,13 @@ def to_markdown(summary, config: BenchConfig) -> str:
     eff_cols = [c for c in summary.columns if c.startswith("eff_") and c.endswith("_mean")]
     header = ["conflicting %", "method", "sparsity", "group labels", *METRICS.values()]
     header += [_EFFICIENCY_TITLES.get(c[4:-5], c[4:-5]) for c in eff_cols]
+    costs = [c for c in ("fit_seconds", "model_bytes") if f"{c}_mean" in summary.columns]
+    header += [_COST_TITLES[c] for c in costs]
     header += ["n", "published (different protocol)"]
     rows = []
     for row in summary.to_dict("records"):
         n = int(row["n_seeds"])
+        dense = _dense_erm(summary, row["ratio"])
         rows.append([
             f"{100 * row['ratio']:g}",
             row["method_label"],
@@ -186,6 +201,7 @@ def to_markdown(summary, config: BenchConfig) -> str:
             row["group_labels"],
             *(format_pct(row[f"{m}_mean"], row[f"{m}_se"], n) for m in METRICS),
             *("–" if math.isnan(row[c]) else f"{row[c]:.3f}" for c in eff_cols),
+            *(_cost_cell(c, row, dense) for c in costs),
             str(n),
             "" if math.isnan(row["published_acc"]) else f"{row['published_acc']:.2f} [ref]",
         ])
@@ -215,7 +231,30 @@ def to_markdown(summary, config: BenchConfig) -> str:
             "dense network (rest_fair.efficiency; training counts RigL's dense gradient per "
             "topology update). Counted, not timed."
         )
+    if costs:
+        notes.append(" ".join(_COST_NOTES[c] for c in costs) + " In parentheses: the ratio "
+                     "to ERM (dense) at the same share of conflicting samples, measured "
+                     "in this sweep.")
     return "\n".join(_markdown_table(header, rows) + notes)
+
+
+def _dense_erm(summary, ratio: float) -> dict | None:
+    """The dense ERM row of ``summary`` at ``ratio``, the reference of the cost columns."""
+    match = summary[(summary["method"] == "erm") & (summary["sparsity"] == 0)
+                    & (summary["ratio"] == ratio)]
+    return None if match.empty else match.iloc[0].to_dict()
+
+
+def _cost_cell(column: str, row: dict, dense: dict | None) -> str:
+    """A measured cost (fit seconds or model bytes), with its ratio to the dense ERM row."""
+    value = row.get(f"{column}_mean", math.nan)
+    if value is None or math.isnan(value):
+        return "–"
+    text = f"{value:.1f} s" if column == "fit_seconds" else f"{value / 1024:,.0f} KiB"
+    reference = None if dense is None else dense.get(f"{column}_mean")
+    if reference and not math.isnan(reference):
+        text += f" ({value / reference:.2f}×)"
+    return text
 
 
 def _clipped_err(rows, metric: str) -> np.ndarray:

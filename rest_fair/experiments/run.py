@@ -16,8 +16,10 @@ import dataclasses
 import hashlib
 import json
 import os
+import tempfile
 import time
 import traceback
+from pathlib import Path
 from typing import Any, Protocol
 
 __all__ = ["Experiment", "available_cores", "density", "digest", "error_record", "jsonable",
@@ -123,10 +125,10 @@ def run_one(
     -------
     dict
         ``run_id`` and the run's fields, ``experiment.score(spec, clf)``, and what every
-        run records: ``fit_seconds``, ``best_epoch``, ``epochs_run``, ``density``
-        (:func:`density`), ``n_threads``, ``status`` (``"ok"``, or ``"error"`` or
-        ``"failed"`` with ``error`` and ``traceback``, see :func:`error_record`) and
-        ``finished_at``.
+        run records: ``fit_seconds``, ``model_bytes`` (:func:`model_file_bytes`),
+        ``best_epoch``, ``epochs_run``, ``density`` (:func:`density`), ``n_threads``,
+        ``status`` (``"ok"``, or ``"error"`` or ``"failed"`` with ``error`` and
+        ``traceback``, see :func:`error_record`) and ``finished_at``.
     """
     record = _identity(spec)
     try:
@@ -157,11 +159,22 @@ def _fit_and_score(
     return {
         **experiment.score(spec, clf),
         "fit_seconds": fit_seconds,
+        "model_bytes": model_file_bytes(clf),
         "best_epoch": None if best_epoch is None else int(best_epoch),
         "epochs_run": len(getattr(clf, "history_", None) or []),
         "density": density(clf),
         "n_threads": int(torch.get_num_threads()),
     }
+
+
+def model_file_bytes(clf: Any) -> int | None:
+    """Size in bytes of ``clf.save``'s file (active weights, masks, header), or None for a
+    network the model file cannot hold (a custom module class)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            return int(clf.save(Path(tmp) / "model.rest"))
+        except ValueError:
+            return None
 
 
 def _identity(spec: Any) -> dict[str, Any]:
