@@ -105,10 +105,9 @@ def _parse(path: Path) -> tuple[int, int]:
 def _images_under(folder: Path, layout: str) -> list[Path]:
     if not folder.is_dir():
         raise DatasetNotFoundError(_MISSING_DIR.format(path=folder, layout=layout))
-    files = sorted(
+    return sorted(
         p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
     )
-    return files
 
 
 class DFAImageFolder(Dataset):
@@ -216,13 +215,11 @@ class DFAImageFolder(Dataset):
                         )
                     )
         self.groups = self.labels * self.n_bias + self.bias
-        if transform == "auto":
-            if dataset is None:
-                transform = None
-            else:
-                pipelines = dfa_transforms(dataset, image_size=image_size)
-                transform = pipelines["train" if self.augment else "eval"]
-        self.transform = transform
+        if transform == "auto" and dataset is not None:
+            transform = dfa_transforms(dataset, image_size=image_size)[
+                "train" if self.augment else "eval"
+            ]
+        self.transform = None if transform == "auto" else transform
 
     def __len__(self) -> int:
         return len(self.paths)
