@@ -152,18 +152,13 @@ def fairness_report(
 
     y_true, y_hat = _predictions(estimator, X, y, y_pred)
     sensitive = _sensitive(groups)
-    n = len(y_true)
-    n_sensitive = len(sensitive)
-    if not (n == len(y_hat) == n_sensitive):
-        raise ValueError(_LENGTHS.format((n, len(y_hat), n_sensitive)))
+    if not (len(y_true) == len(y_hat) == len(sensitive)):
+        raise ValueError(_LENGTHS.format((len(y_true), len(y_hat), len(sensitive))))
 
     labels = np.unique(np.concatenate([y_true, y_hat]))
     binary = len(labels) <= 2
-    if binary:
-        pos_label = _pos_label(pos_label, estimator, labels)
-    else:
-        pos_label = None
-    metrics = _metric_functions(pos_label if binary else None)
+    pos_label = _pos_label(pos_label, estimator, labels) if binary else None
+    metrics = _metric_functions(pos_label)
     sample_params = None
     if sample_weight is not None:
         w = np.asarray(sample_weight, dtype=float)
@@ -180,16 +175,14 @@ def fairness_report(
             sensitive_features=sensitive,
             sample_params=sample_params,
         )
-    summary = _summary(frame)
     accuracy = frame.by_group["accuracy"]
     worst = accuracy.idxmin()
-    disparities = _disparities(frame) if binary else {}
     return FairnessReport(
         frame=frame,
-        summary=summary,
+        summary=_summary(frame),
         worst_group=worst,
         worst_group_accuracy=float(accuracy.loc[worst]),
-        disparities=disparities,
+        disparities=_disparities(frame) if binary else {},
         pos_label=pos_label,
     )
 
