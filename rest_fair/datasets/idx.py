@@ -26,6 +26,7 @@ from typing import BinaryIO
 import numpy as np
 
 from ..exceptions import DatasetFormatError, DatasetNotFoundError
+from .colored import _BAD_SPLIT
 
 __all__ = [
     "FASHION_MNIST_CLASSES",
@@ -81,7 +82,6 @@ _TRAILING = "{path} has data after the {want} bytes its header {dims} declares."
 _TOO_BIG = "{path} declares dimensions {dims} ({want} bytes), more than can be allocated."
 _BAD_GZIP = "{path} is not a readable gzip file ({error})."
 _MISSING_FILE = "No idx file {path}."
-_BAD_SPLIT = "split must be one of {splits}; got {value!r}."
 _MISSING_FILES = (
     "{what}: missing {names} in {root} (each file may also end in '.gz'). {hint}"
 )
