@@ -389,17 +389,9 @@ def make_colored_mnist(
     ((3500, 3, 28, 28), 35)
     """
     images, labels = _read_mnist_5k()
-    return _make(
-        images.astype(np.float32) / 255.0,
-        labels,
-        source="mnist_5k",
-        conflict_ratio=conflict_ratio,
-        split_sizes=split_sizes,
-        image_size=image_size,
-        color_std=color_std,
-        palette=palette,
-        random_state=random_state,
-    )
+    return _make(images.astype(np.float32) / 255.0, labels, source="mnist_5k",
+                 conflict_ratio=conflict_ratio, split_sizes=split_sizes, image_size=image_size,
+                 color_std=color_std, palette=palette, random_state=random_state)
 
 
 def make_colored_digits(
@@ -424,17 +416,10 @@ def make_colored_digits(
     from sklearn.datasets import load_digits
 
     digits = load_digits()
-    return _make(
-        digits.images.astype(np.float32) / 16.0,
-        digits.target.astype(np.int64),
-        source="digits",
-        conflict_ratio=conflict_ratio,
-        split_sizes=split_sizes,
-        image_size=image_size,
-        color_std=color_std,
-        palette=palette,
-        random_state=random_state,
-    )
+    return _make(digits.images.astype(np.float32) / 16.0, digits.target.astype(np.int64),
+                 source="digits", conflict_ratio=conflict_ratio, split_sizes=split_sizes,
+                 image_size=image_size, color_std=color_std, palette=palette,
+                 random_state=random_state)
 
 
 def _make(
@@ -471,16 +456,10 @@ def _make(
     def painted(grey: np.ndarray, y: np.ndarray, bias: np.ndarray, colors: np.ndarray) -> Split:
         return Split(_paint(grey, colors), y, bias, bias != y, y * len(palette) + bias)
 
-    return _colored_splits(
-        [(images[idx], labels[idx].astype(np.int64)) for idx in (train_idx, valid_idx, test_idx)],
-        seeds[3:],
-        painted,
-        conflict_ratio=conflict_ratio,
-        palette=palette,
-        color_std=color_std,
-        source=source,
-        random_state=random_state,
-    )
+    parts = [(images[i], labels[i].astype(np.int64)) for i in (train_idx, valid_idx, test_idx)]
+    return _colored_splits(parts, seeds[3:], painted, conflict_ratio=conflict_ratio,
+                           palette=palette, color_std=color_std, source=source,
+                           random_state=random_state)
 
 
 def _colored_splits(

@@ -293,17 +293,10 @@ def make_colored_fashion_mnist(
         ds = ColoredImages(images, y, bias, colors, n_bias=len(palette), image_size=image_size)
         return Split(ds, ds.labels, ds.bias, ds.conflict, ds.groups)
 
-    return _colored_splits(
-        [
-            (train_images[train_idx], train_labels[train_idx]),
-            (train_images[valid_idx], train_labels[valid_idx]),
-            (test_images[test_idx], test_labels[test_idx]),
-        ],
-        seeds[3:],
-        to_split,
-        conflict_ratio=conflict_ratio,
-        palette=palette,
-        color_std=color_std,
-        source="fashion_mnist" if root is None else f"idx:{Path(root)}",
-        random_state=random_state,
-    )
+    parts = [(train_images[train_idx], train_labels[train_idx]),
+             (train_images[valid_idx], train_labels[valid_idx]),
+             (test_images[test_idx], test_labels[test_idx])]
+    source = "fashion_mnist" if root is None else f"idx:{Path(root)}"
+    return _colored_splits(parts, seeds[3:], to_split, conflict_ratio=conflict_ratio,
+                           palette=palette, color_std=color_std, source=source,
+                           random_state=random_state)

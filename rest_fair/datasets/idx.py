@@ -136,16 +136,6 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
         raise DatasetFormatError(_BAD_GZIP.format(path=path, error=error)) from error
 
 
-def _read_exactly(stream: BinaryIO, buffer: memoryview) -> int:
-    got = 0
-    while got < len(buffer):
-        n = stream.readinto(buffer[got:])
-        if not n:
-            break
-        got += n
-    return got
-
-
 def _read_stream(stream: BinaryIO, path: Path) -> np.ndarray:
     magic = stream.read(4)
     if len(magic) < 4:
@@ -168,7 +158,8 @@ def _read_stream(stream: BinaryIO, path: Path) -> np.ndarray:
         out = np.empty(dims, dtype=dtype)
     except (MemoryError, ValueError):
         raise DatasetFormatError(_TOO_BIG.format(path=path, dims=dims, want=want)) from None
-    got = _read_exactly(stream, memoryview(out.reshape(-1).view(np.uint8)))
+    # buffered files and gzip streams fill the buffer unless the data ends first
+    got = stream.readinto(memoryview(out.reshape(-1).view(np.uint8))) or 0
     if got < want:
         raise DatasetFormatError(_TRUNCATED.format(path=path, got=got, want=want, dims=dims))
     if stream.read(1):
