@@ -423,8 +423,8 @@ def _probe(endpoint: str, timeout: float) -> None:
 
 
 def _from_pretrained(
-    module: str, cls: Any, name: str, *, revision: str | None, local_files_only: bool | None,
-    what: str, **kwargs: Any,
+    module: str, cls: Any, name: str, *, local_files_only: bool | None, what: str,
+    revision: str | None = None, **kwargs: Any,
 ) -> Any:
     """``cls.from_pretrained``: a local folder, else the cache, else the Hub if it answers."""
     if revision is not None:
