@@ -126,8 +126,6 @@ def is_backbone(name: str, module_params: Mapping[str, Any] | None = None) -> bo
     ``"resnet18"`` (plain torch, from scratch) is used unless ``module_params`` has a
     ``"weights"`` entry, which selects torchvision's ResNet-18.
     """
-    if name.startswith(HF_PREFIX):
-        return True
     if name in MODULE_NAMES:
         return name == "resnet18" and "weights" in (module_params or {})
     return True
@@ -368,11 +366,9 @@ def build_torchvision(
 
     model = builder(weights=member, **kwargs)
     n_categories = len(member.meta["categories"]) if member is not None else None
+    head = replace_head(model, n_classes, n_categories=n_categories or kwargs.get("num_classes"))
     if path is not None:
-        head = replace_head(model, n_classes, n_categories=n_categories)
         _load_checked(model, load_state_dict_file(path), head=head, name=name, path=path)
-    else:
-        replace_head(model, n_classes, n_categories=n_categories or kwargs.get("num_classes"))
     _drop_aux_heads(model)
     return model
 
@@ -407,13 +403,9 @@ def _load_checked(
 
 
 # ------------------------------------------------------------------------ transformers
-def _truthy(value: str | None) -> bool:
-    return str(value).strip().lower() in ("1", "true", "yes", "on")
-
-
 def _offline_reason() -> str | None:
     for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
-        if _truthy(os.environ.get(var)):
+        if os.environ.get(var, "").strip().lower() in ("1", "true", "yes", "on"):
             return f"{var}=1"
     return None
 
@@ -430,28 +422,24 @@ def _probe(endpoint: str, timeout: float) -> None:
         pass
 
 
-def _resolve_hf(module: str, name: str, local_files_only: bool | None) -> tuple[str, bool]:
-    """``(what to pass to from_pretrained, local_files_only)``, local folders first."""
-    path = Path(name).expanduser()
-    if path.is_dir():
-        return str(path), True
-    if _looks_like_folder(name):
-        raise FileNotFoundError(NO_LOCAL_MODEL.format(module=module, path=path))
-    return name, bool(local_files_only) or _offline_reason() is not None
-
-
 def _from_pretrained(
     module: str, cls: Any, name: str, *, local_files_only: bool | None, what: str,
-    **kwargs: Any,
+    revision: str | None = None, **kwargs: Any,
 ) -> Any:
-    target, local = _resolve_hf(module, name, local_files_only)
+    """``cls.from_pretrained``: a local folder, else the cache, else the Hub if it answers."""
+    if revision is not None:
+        kwargs["revision"] = revision
+    path = Path(name).expanduser()
+    if not path.is_dir() and _looks_like_folder(name):
+        raise FileNotFoundError(NO_LOCAL_MODEL.format(module=module, path=path))
+    target = str(path) if path.is_dir() else name
     try:
         return cls.from_pretrained(target, local_files_only=True, **kwargs)
     except OSError as exc:
-        if local:
-            if Path(target).is_dir():
-                raise OSError(HF_LOAD_FAILED.format(module=module, what=what, name=target,
-                                                    error=exc)) from exc
+        if path.is_dir():
+            raise OSError(HF_LOAD_FAILED.format(module=module, what=what, name=target,
+                                                error=exc)) from exc
+        if local_files_only or _offline_reason() is not None:
             reason = _offline_reason() or "local_files_only=True"
             raise OSError(HF_OFFLINE_MISS.format(module=module, name=name,
                                                  reason=reason)) from exc
@@ -482,9 +470,7 @@ def check_hf_params(module: str, params: Mapping[str, Any]) -> dict[str, Any]:
     if unknown:
         raise ValueError(BAD_HF_PARAMS.format(module=module, allowed=list(_HF_PARAMS),
                                               unknown=unknown))
-    out = dict(params)
-    out["max_length"] = _check_max_length(params.get("max_length"))
-    return out
+    return {**params, "max_length": _check_max_length(params.get("max_length"))}
 
 
 def load_tokenizer(module: str, module_params: Mapping[str, Any] | None = None) -> Any:
@@ -503,13 +489,10 @@ def load_tokenizer(module: str, module_params: Mapping[str, Any] | None = None) 
     """
     params = check_hf_params(module, dict(module_params or {}))
     transformers = import_optional("transformers", extra="text", caller=f"module={module!r}")
-    name = module[len(HF_PREFIX):] if module.startswith(HF_PREFIX) else module
-    extra = dict(params.get("tokenizer_kwargs") or {})
-    if params.get("revision") is not None:
-        extra["revision"] = params["revision"]
-    tokenizer = _from_pretrained(module, transformers.AutoTokenizer, name,
+    tokenizer = _from_pretrained(module, transformers.AutoTokenizer, module.removeprefix(HF_PREFIX),
+                                 revision=params.get("revision"),
                                  local_files_only=params.get("local_files_only"),
-                                 what="the tokenizer", **extra)
+                                 what="the tokenizer", **(params.get("tokenizer_kwargs") or {}))
     if tokenizer.pad_token_id is None and tokenizer.eos_token is not None:
         tokenizer.pad_token = tokenizer.eos_token  # e.g. GPT-2 has no padding token
     return tokenizer
@@ -586,21 +569,15 @@ def build_hf(
     HFTextClassifier
     """
     module = HF_PREFIX + name
-    params = check_hf_params(module, {
-        "max_length": max_length, "revision": revision, "local_files_only": local_files_only,
-        "tokenizer_kwargs": tokenizer_kwargs, "model_kwargs": model_kwargs,
-    })
+    max_length = _check_max_length(max_length)
+    tokenizer = load_tokenizer(module, {"revision": revision, "local_files_only": local_files_only,
+                                        "tokenizer_kwargs": tokenizer_kwargs})
     transformers = import_optional("transformers", extra="text", caller=f"module={module!r}")
-    tokenizer = load_tokenizer(module, params)
-    extra = dict(model_kwargs or {})
-    if revision is not None:
-        extra["revision"] = revision
     model = _from_pretrained(
-        module, transformers.AutoModelForSequenceClassification, name,
+        module, transformers.AutoModelForSequenceClassification, name, revision=revision,
         local_files_only=local_files_only, what="the model", num_labels=int(n_classes),
-        ignore_mismatched_sizes=True, **extra,
+        ignore_mismatched_sizes=True, **(model_kwargs or {}),
     )
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = tokenizer.pad_token_id
-    return HFTextClassifier(model, tokenizer, source=module,
-                            max_length=params["max_length"])
+    return HFTextClassifier(model, tokenizer, source=module, max_length=max_length)

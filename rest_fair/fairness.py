@@ -152,18 +152,13 @@ def fairness_report(
 
     y_true, y_hat = _predictions(estimator, X, y, y_pred)
     sensitive = _sensitive(groups)
-    n = len(y_true)
-    n_sensitive = len(sensitive)
-    if not (n == len(y_hat) == n_sensitive):
-        raise ValueError(_LENGTHS.format((n, len(y_hat), n_sensitive)))
+    if not (len(y_true) == len(y_hat) == len(sensitive)):
+        raise ValueError(_LENGTHS.format((len(y_true), len(y_hat), len(sensitive))))
 
     labels = np.unique(np.concatenate([y_true, y_hat]))
     binary = len(labels) <= 2
-    if binary:
-        pos_label = _pos_label(pos_label, estimator, labels)
-    else:
-        pos_label = None
-    metrics = _metric_functions(pos_label if binary else None)
+    pos_label = _pos_label(pos_label, estimator, labels) if binary else None
+    metrics = _metric_functions(pos_label)
     sample_params = None
     if sample_weight is not None:
         w = np.asarray(sample_weight, dtype=float)
@@ -180,16 +175,14 @@ def fairness_report(
             sensitive_features=sensitive,
             sample_params=sample_params,
         )
-    summary = _summary(frame)
     accuracy = frame.by_group["accuracy"]
     worst = accuracy.idxmin()
-    disparities = _disparities(frame) if binary else {}
     return FairnessReport(
         frame=frame,
-        summary=summary,
+        summary=_summary(frame),
         worst_group=worst,
         worst_group_accuracy=float(accuracy.loc[worst]),
-        disparities=disparities,
+        disparities=_disparities(frame) if binary else {},
         pos_label=pos_label,
     )
 
@@ -248,46 +241,37 @@ def _metric_functions(pos_label: Any) -> dict[str, Callable]:
         "balanced_accuracy": balanced_accuracy_score,
     }
     if pos_label is not None:
-
-        def selection(y_true, y_pred, sample_weight=None):
-            return selection_rate(y_true, y_pred, pos_label=pos_label, sample_weight=sample_weight)
-
-        def tpr(y_true, y_pred, sample_weight=None):
-            if not np.any(np.asarray(y_true) == pos_label):
-                return np.nan
-            return true_positive_rate(
-                y_true, y_pred, pos_label=pos_label, sample_weight=sample_weight
-            )
-
-        def fpr(y_true, y_pred, sample_weight=None):
-            if np.all(np.asarray(y_true) == pos_label):
-                return np.nan
-            return false_positive_rate(
-                y_true, y_pred, pos_label=pos_label, sample_weight=sample_weight
-            )
-
-        metrics.update(
-            {"selection_rate": selection, "true_positive_rate": tpr, "false_positive_rate": fpr}
-        )
+        metrics.update({
+            "selection_rate": _rate(selection_rate, pos_label, undefined=lambda positive: False),
+            "true_positive_rate": _rate(true_positive_rate, pos_label,
+                                        undefined=lambda positive: not positive.any()),
+            "false_positive_rate": _rate(false_positive_rate, pos_label, undefined=np.all),
+        })
     metrics["count"] = count
     return metrics
 
 
+def _rate(
+    metric: Callable, pos_label: Any, *, undefined: Callable[[np.ndarray], bool]
+) -> Callable:
+    """``metric`` at ``pos_label``; NaN for a group where ``undefined(y_true == pos_label)``."""
+
+    def rate(y_true: ArrayLike, y_pred: ArrayLike, sample_weight: ArrayLike | None = None) -> float:
+        if undefined(np.asarray(y_true) == pos_label):
+            return np.nan
+        return metric(y_true, y_pred, pos_label=pos_label, sample_weight=sample_weight)
+
+    return rate
+
+
 def _summary(frame: Any) -> pd.DataFrame:
-    by_group = frame.by_group.drop(columns="count")
-    overall = frame.overall.drop(labels="count")
-    table = pd.DataFrame(
-        {
-            "overall": overall,
-            "group_min": frame.group_min().drop(labels="count"),
-            "group_max": frame.group_max().drop(labels="count"),
-            "difference": frame.difference().drop(labels="count"),
-            "ratio": frame.ratio().drop(labels="count"),
-        }
-    )
+    table = pd.DataFrame({
+        "overall": frame.overall, "group_min": frame.group_min(), "group_max": frame.group_max(),
+        "difference": frame.difference(), "ratio": frame.ratio(),
+    }).drop(index="count")
     worst = {}
     for name in table.index:
-        column = by_group[name].dropna()
+        column = frame.by_group[name].dropna()
         if column.empty:
             worst[name] = None
         elif name in _HIGHER_IS_BETTER:

@@ -9,6 +9,7 @@ only when asked for one.
 
 from __future__ import annotations
 
+import copy
 import inspect
 import math
 from collections.abc import Callable, Sequence
@@ -165,21 +166,16 @@ class ResNet18(nn.Module):
         channels, height, width_px = input_shape
         if stem == "auto":
             stem = "cifar" if max(height, width_px) <= 64 else "imagenet"
-        if stem == "cifar":
-            self.stem = nn.Sequential(
-                nn.Conv2d(channels, width, 3, stride=1, padding=1, bias=False),
-                nn.BatchNorm2d(width),
-                nn.ReLU(),
-            )
-        elif stem == "imagenet":
-            self.stem = nn.Sequential(
-                nn.Conv2d(channels, width, 7, stride=2, padding=3, bias=False),
-                nn.BatchNorm2d(width),
-                nn.ReLU(),
-                nn.MaxPool2d(3, stride=2, padding=1),
-            )
-        else:
+        if stem not in ("cifar", "imagenet"):
             raise ValueError(f"stem must be 'auto', 'cifar' or 'imagenet'; got {stem!r}.")
+        big = stem == "imagenet"  # 7x7 stride-2 convolution and max-pooling
+        self.stem = nn.Sequential(
+            nn.Conv2d(channels, width, 7 if big else 3, stride=2 if big else 1,
+                      padding=3 if big else 1, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(),
+            *([nn.MaxPool2d(3, stride=2, padding=1)] if big else []),
+        )
         blocks: list[nn.Module] = []
         n_in = width
         for stage, mult in enumerate((1, 2, 4, 8)):
@@ -232,8 +228,6 @@ def build_module(
     -------
     nn.Module
     """
-    import copy
-
     params = dict(module_params or {})
     input_shape = tuple(int(s) for s in input_shape)
     if isinstance(module, str):
@@ -252,8 +246,7 @@ def build_module(
         return copy.deepcopy(module)
     if callable(module):
         try:
-            signature = inspect.signature(module)
-            accepted = signature.parameters
+            accepted = inspect.signature(module).parameters
             has_var_kw = any(p.kind is p.VAR_KEYWORD for p in accepted.values())
         except (TypeError, ValueError):
             accepted, has_var_kw = {}, False

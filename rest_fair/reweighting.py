@@ -61,20 +61,17 @@ def cell_weights(
     -------
     dict of (int, int) to float
     """
-    cells, counts = np.unique(np.stack([y_codes, group_codes], axis=1), axis=0, return_counts=True)
-    cells = [(int(c), int(g)) for c, g in cells]
-    counts = counts.astype(np.float64)
+    pairs = np.unique(np.stack([y_codes, group_codes], axis=1), axis=0)
+    cells = [(int(c), int(g)) for c, g in pairs]
     if upweight is None:
-        weights = dict.fromkeys(cells, 1.0)
-    elif isinstance(upweight, str):
+        return dict.fromkeys(cells, 1.0)
+    if isinstance(upweight, str):
         if upweight != "balanced":
             raise ValueError(_BAD_UPWEIGHT.format(upweight))
         group_count = np.bincount(group_codes, minlength=len(group_labels)).astype(np.float64)
         n_present = int((group_count > 0).sum())
-        weights = {
-            (c, g): len(group_codes) / (n_present * group_count[g]) for c, g in cells
-        }
-    elif isinstance(upweight, Mapping):
+        return {(c, g): len(group_codes) / (n_present * group_count[g]) for c, g in cells}
+    if isinstance(upweight, Mapping):
         missing = [group_labels[g] for g in sorted({g for _, g in cells})
                    if group_labels[g] not in upweight]
         if missing:
@@ -85,15 +82,14 @@ def cell_weights(
             if not isinstance(w, Real) or not np.isfinite(w) or w < 0:
                 raise ValueError(_BAD_UPWEIGHT.format(upweight))
             weights[(c, g)] = float(w)
-    elif isinstance(upweight, Real) and not isinstance(upweight, bool):
+        return weights
+    if isinstance(upweight, Real) and not isinstance(upweight, bool):
         lam = float(upweight)
         if not np.isfinite(lam) or lam <= 0:
             raise ValueError(_BAD_UPWEIGHT.format(upweight))
         aligned = aligned_groups(y_codes, group_codes)
-        weights = {(c, g): 1.0 if aligned[c] == g else lam for c, g in cells}
-    else:
-        raise ValueError(_BAD_UPWEIGHT.format(upweight))
-    return weights
+        return {(c, g): 1.0 if aligned[c] == g else lam for c, g in cells}
+    raise ValueError(_BAD_UPWEIGHT.format(upweight))
 
 
 def aligned_groups(y_codes: np.ndarray, group_codes: np.ndarray) -> dict[int, int]:

@@ -19,9 +19,9 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -281,28 +281,25 @@ def colorize(
         ``bias != label``.
     """
     rng = np.random.default_rng(random_state)
-    palette = _check_palette(PALETTE if palette is None else palette)
+    palette = _check_palette(palette)
     images = np.asarray(images)
     if images.ndim != 3:
         raise ValueError(_BAD_IMAGES.format(shape=images.shape))
-    labels = _check_labels(labels, len(images), len(palette))
-    bias, colors = _draw_colors(
-        labels, conflict_ratio=conflict_ratio, palette=palette, color_std=color_std, rng=rng
-    )
-    return _paint(images, colors), bias, bias != labels
-
-
-def _check_labels(labels: ArrayLike, n: int, n_colors: int) -> np.ndarray:
     labels = np.asarray(labels)
+    n_colors = len(palette)
     if (
-        labels.shape != (n,)
+        labels.shape != (len(images),)
         or not np.issubdtype(labels.dtype, np.integer)
         or (labels.size and (labels.min() < 0 or labels.max() >= n_colors))
     ):
         raise ValueError(
             _BAD_LABELS.format(k=n_colors, detail=f"shape {labels.shape}, dtype {labels.dtype}")
         )
-    return labels.astype(np.int64)
+    labels = labels.astype(np.int64)
+    bias, colors = _draw_colors(
+        labels, conflict_ratio=conflict_ratio, palette=palette, color_std=color_std, rng=rng
+    )
+    return _paint(images, colors), bias, bias != labels
 
 
 def _draw_colors(
@@ -392,17 +389,9 @@ def make_colored_mnist(
     ((3500, 3, 28, 28), 35)
     """
     images, labels = _read_mnist_5k()
-    return _make(
-        images.astype(np.float32) / 255.0,
-        labels,
-        source="mnist_5k",
-        conflict_ratio=conflict_ratio,
-        split_sizes=split_sizes,
-        image_size=image_size,
-        color_std=color_std,
-        palette=palette,
-        random_state=random_state,
-    )
+    return _make(images.astype(np.float32) / 255.0, labels, source="mnist_5k",
+                 conflict_ratio=conflict_ratio, split_sizes=split_sizes, image_size=image_size,
+                 color_std=color_std, palette=palette, random_state=random_state)
 
 
 def make_colored_digits(
@@ -427,17 +416,10 @@ def make_colored_digits(
     from sklearn.datasets import load_digits
 
     digits = load_digits()
-    return _make(
-        digits.images.astype(np.float32) / 16.0,
-        digits.target.astype(np.int64),
-        source="digits",
-        conflict_ratio=conflict_ratio,
-        split_sizes=split_sizes,
-        image_size=image_size,
-        color_std=color_std,
-        palette=palette,
-        random_state=random_state,
-    )
+    return _make(digits.images.astype(np.float32) / 16.0, digits.target.astype(np.int64),
+                 source="digits", conflict_ratio=conflict_ratio, split_sizes=split_sizes,
+                 image_size=image_size, color_std=color_std, palette=palette,
+                 random_state=random_state)
 
 
 def _make(
@@ -455,15 +437,13 @@ def _make(
     from sklearn.model_selection import train_test_split
 
     _check_ratio(conflict_ratio)
-    palette = _check_palette(PALETTE if palette is None else palette)
+    palette = _check_palette(palette)
     n_train, n_valid, n_test = _resolve_sizes(split_sizes, len(labels))
     if image_size is not None:
         images = _resize(images, image_size)
-    rng = np.random.default_rng(random_state)
-    index = np.arange(len(labels))
-    seeds = rng.integers(0, 2**31 - 1, size=6)
+    seeds = np.random.default_rng(random_state).integers(0, 2**31 - 1, size=6)
     rest, test_idx = train_test_split(
-        index, test_size=n_test, stratify=labels, random_state=int(seeds[0])
+        np.arange(len(labels)), test_size=n_test, stratify=labels, random_state=int(seeds[0])
     )
     if n_train + n_valid < len(rest):
         rest, _ = train_test_split(
@@ -472,37 +452,43 @@ def _make(
     train_idx, valid_idx = train_test_split(
         rest, test_size=n_valid, stratify=labels[rest], random_state=int(seeds[2])
     )
-    arrays: dict = {}
-    for name, idx, ratio, seed in (
-        ("train", train_idx, conflict_ratio, seeds[3]),
-        ("valid", valid_idx, None, seeds[4]),
-        ("test", test_idx, None, seeds[5]),
+
+    def painted(grey: np.ndarray, y: np.ndarray, bias: np.ndarray, colors: np.ndarray) -> Split:
+        return Split(_paint(grey, colors), y, bias, bias != y, y * len(palette) + bias)
+
+    parts = [(images[i], labels[i].astype(np.int64)) for i in (train_idx, valid_idx, test_idx)]
+    return _colored_splits(parts, seeds[3:], painted, conflict_ratio=conflict_ratio,
+                           palette=palette, color_std=color_std, source=source,
+                           random_state=random_state)
+
+
+def _colored_splits(
+    parts: Sequence[tuple[np.ndarray, np.ndarray]],
+    seeds: Sequence[int],
+    to_split: Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], Split],
+    *,
+    conflict_ratio: float,
+    palette: np.ndarray,
+    color_std: float,
+    source: str,
+    random_state: int | None,
+) -> BiasedImageData:
+    """The data set of every colour-biased builder: the ``(images, labels)`` of train, valid
+    and test coloured as :func:`colorize` does (split ``i`` with ``seeds[i]``), each made a
+    :class:`Split` by ``to_split(images, labels, bias, colors)``."""
+    arrays: dict[str, Any] = {}
+    for name, (images, y), ratio, seed in zip(
+        SPLITS, parts, (conflict_ratio, None, None), seeds, strict=True
     ):
-        y = labels[idx].astype(np.int64)
-        X, bias, conflict = colorize(
-            images[idx],
-            y,
-            conflict_ratio=ratio,
-            palette=palette,
-            color_std=color_std,
-            random_state=int(seed),
+        rng = np.random.default_rng(int(seed))
+        bias, colors = _draw_colors(
+            y, conflict_ratio=ratio, palette=palette, color_std=color_std, rng=rng
         )
-        arrays.update(
-            {
-                f"X_{name}": X,
-                f"y_{name}": y,
-                f"bias_{name}": bias,
-                f"conflict_{name}": conflict,
-                f"group_{name}": y * len(palette) + bias,
-            }
-        )
+        split = to_split(images, y, bias, colors)
+        arrays.update({f"{field}_{name}": value for field, value in split._asdict().items()})
     return BiasedImageData(
-        **arrays,
-        palette=palette,
-        n_bias=len(palette),
-        conflict_ratio=float(conflict_ratio),
-        source=source,
-        random_state=random_state,
+        **arrays, palette=palette, n_bias=len(palette), conflict_ratio=float(conflict_ratio),
+        source=source, random_state=random_state,
     )
 
 
@@ -515,8 +501,9 @@ def _check_ratio(conflict_ratio: float) -> None:
         raise ValueError(_BAD_RATIO.format(value=conflict_ratio))
 
 
-def _check_palette(palette: ArrayLike) -> np.ndarray:
-    palette = np.asarray(palette, dtype=np.float32)
+def _check_palette(palette: ArrayLike | None) -> np.ndarray:
+    """``palette`` (default :data:`PALETTE`) as float32, checked."""
+    palette = np.asarray(PALETTE if palette is None else palette, dtype=np.float32)
     if palette.ndim != 2 or palette.shape[1] != 3 or len(palette) < 2:
         raise ValueError(_BAD_PALETTE.format(detail=f"shape {palette.shape}"))
     if not np.all((palette >= 0) & (palette <= 1)):
@@ -543,10 +530,10 @@ def _resolve_sizes(split_sizes: Sequence[float], n: int) -> tuple[int, int, int]
 
 
 def _check_image_size(image_size: int | None) -> None:
-    if image_size is None:
-        return
-    if isinstance(image_size, bool) or not isinstance(image_size, (int, np.integer)) or (
-        image_size <= 0
+    if image_size is not None and (
+        isinstance(image_size, bool)
+        or not isinstance(image_size, (int, np.integer))
+        or image_size <= 0
     ):
         raise ValueError(_BAD_IMAGE_SIZE.format(value=image_size))
 

@@ -30,6 +30,7 @@ from torch.utils.data import Dataset
 
 from .._requirements import import_optional
 from ..exceptions import DatasetNotFoundError
+from .colored import _BAD_SPLIT, SPLITS
 from .transforms import dfa_transforms, pil_to_tensor
 
 __all__ = ["DFA_DATASETS", "DFAImageFolder", "DatasetNotFoundError", "load_dfa", "pct_folder"]
@@ -41,7 +42,6 @@ DFA_DATASETS: dict[str, dict[str, Any]] = {
     "bffhq": {"n_classes": 2, "n_bias": 2, "folder": "bffhq"},
 }
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
-SPLITS = ("train", "valid", "test")
 
 _NO_DOWNLOAD = (
     "rest_fair never downloads data (this machine may be offline, and the DFA releases are "
@@ -57,7 +57,6 @@ _BAD_NAME = (
     "Cannot parse label and bias from the file name {path}: the stem must end with "
     "'_<label>_<bias>' (two integers)."
 )
-_BAD_SPLIT = "split must be one of {splits}; got {value!r}."
 _BAD_PCT = "conflict_pct must be a share like 0.01, a percentage string like '1pct'; got {value!r}."
 _AUGMENT_EVAL = (
     "augment=True is only allowed for split='train': evaluation must not use random "
@@ -105,10 +104,9 @@ def _parse(path: Path) -> tuple[int, int]:
 def _images_under(folder: Path, layout: str) -> list[Path]:
     if not folder.is_dir():
         raise DatasetNotFoundError(_MISSING_DIR.format(path=folder, layout=layout))
-    files = sorted(
+    return sorted(
         p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
     )
-    return files
 
 
 class DFAImageFolder(Dataset):
@@ -175,6 +173,7 @@ class DFAImageFolder(Dataset):
                 _MISSING_DIR.format(path=self.root, layout="<root>/<pct>pct/..., <root>/test/")
             )
         pct_dir = self.root / self.conflict_pct
+        flags: np.ndarray | None = None  # train: conflict flags from the folders
         if split == "train":
             align = _images_under(pct_dir / "align", "<pct>pct/align/<class>/*_<label>_<bias>.png")
             conflict = _images_under(
@@ -186,11 +185,9 @@ class DFAImageFolder(Dataset):
         elif split == "valid":
             where = pct_dir / "valid"
             paths = _images_under(where, "<pct>pct/valid/**/*_<label>_<bias>.png")
-            flags = None
         else:
             where = self.root / "test"
             paths = _images_under(where, "test/<class>/*_<label>_<bias>.png")
-            flags = None
         if not paths:
             raise DatasetNotFoundError(_EMPTY_DIR.format(path=where, suffixes=IMAGE_SUFFIXES))
         parsed = np.array([_parse(p) for p in paths], dtype=np.int64).reshape(-1, 2)
@@ -216,13 +213,11 @@ class DFAImageFolder(Dataset):
                         )
                     )
         self.groups = self.labels * self.n_bias + self.bias
-        if transform == "auto":
-            if dataset is None:
-                transform = None
-            else:
-                pipelines = dfa_transforms(dataset, image_size=image_size)
-                transform = pipelines["train" if self.augment else "eval"]
-        self.transform = transform
+        if transform == "auto" and dataset is not None:
+            transform = dfa_transforms(dataset, image_size=image_size)[
+                "train" if self.augment else "eval"
+            ]
+        self.transform = None if transform == "auto" else transform
 
     def __len__(self) -> int:
         return len(self.paths)

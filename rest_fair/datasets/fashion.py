@@ -22,12 +22,12 @@ from numpy.typing import ArrayLike
 from torch.utils.data import Dataset
 
 from .colored import (
-    PALETTE,
     BiasedImageData,
+    Split,
     _check_image_size,
     _check_palette,
     _check_ratio,
-    _draw_colors,
+    _colored_splits,
     _paint,
     _resize,
 )
@@ -279,48 +279,24 @@ def make_colored_fashion_mnist(
     ((256, 3, 28, 28), dtype('float32'))
     """
     _check_ratio(conflict_ratio)
-    palette = _check_palette(PALETTE if palette is None else palette)
+    palette = _check_palette(palette)
     _check_image_size(image_size)
     train_images, train_labels = load_fashion_mnist(root, split="train")
     test_images, test_labels = load_fashion_mnist(root, split="test")
     n_train, n_valid, n_test = _resolve_counts(split_sizes, len(train_labels), len(test_labels))
-    rng = np.random.default_rng(random_state)
-    seeds = [int(s) for s in rng.integers(0, 2**31 - 1, size=6)]
-    all_train = np.arange(len(train_labels))
-    valid_idx, rest = _stratified(all_train, n_valid, train_labels, seeds[0])
+    seeds = [int(s) for s in np.random.default_rng(random_state).integers(0, 2**31 - 1, size=6)]
+    valid_idx, rest = _stratified(np.arange(len(train_labels)), n_valid, train_labels, seeds[0])
     train_idx, _ = _stratified(rest, n_train, train_labels, seeds[1])
     test_idx, _ = _stratified(np.arange(len(test_labels)), n_test, test_labels, seeds[2])
-    arrays: dict = {}
-    for name, images, labels, idx, ratio, seed in (
-        ("train", train_images, train_labels, train_idx, conflict_ratio, seeds[3]),
-        ("valid", train_images, train_labels, valid_idx, None, seeds[4]),
-        ("test", test_images, test_labels, test_idx, None, seeds[5]),
-    ):
-        y = labels[idx]
-        bias, colors = _draw_colors(
-            y,
-            conflict_ratio=ratio,
-            palette=palette,
-            color_std=color_std,
-            rng=np.random.default_rng(seed),
-        )
-        ds = ColoredImages(
-            images[idx], y, bias, colors, n_bias=len(palette), image_size=image_size
-        )
-        arrays.update(
-            {
-                f"X_{name}": ds,
-                f"y_{name}": ds.labels,
-                f"bias_{name}": ds.bias,
-                f"conflict_{name}": ds.conflict,
-                f"group_{name}": ds.groups,
-            }
-        )
-    return BiasedImageData(
-        **arrays,
-        palette=palette,
-        n_bias=len(palette),
-        conflict_ratio=float(conflict_ratio),
-        source="fashion_mnist" if root is None else f"idx:{Path(root)}",
-        random_state=random_state,
-    )
+
+    def to_split(images: np.ndarray, y: np.ndarray, bias: np.ndarray, colors: np.ndarray) -> Split:
+        ds = ColoredImages(images, y, bias, colors, n_bias=len(palette), image_size=image_size)
+        return Split(ds, ds.labels, ds.bias, ds.conflict, ds.groups)
+
+    parts = [(train_images[train_idx], train_labels[train_idx]),
+             (train_images[valid_idx], train_labels[valid_idx]),
+             (test_images[test_idx], test_labels[test_idx])]
+    source = "fashion_mnist" if root is None else f"idx:{Path(root)}"
+    return _colored_splits(parts, seeds[3:], to_split, conflict_ratio=conflict_ratio,
+                           palette=palette, color_std=color_std, source=source,
+                           random_state=random_state)

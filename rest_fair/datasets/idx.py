@@ -26,6 +26,7 @@ from typing import BinaryIO
 import numpy as np
 
 from ..exceptions import DatasetFormatError, DatasetNotFoundError
+from .colored import _BAD_SPLIT
 
 __all__ = [
     "FASHION_MNIST_CLASSES",
@@ -81,7 +82,6 @@ _TRAILING = "{path} has data after the {want} bytes its header {dims} declares."
 _TOO_BIG = "{path} declares dimensions {dims} ({want} bytes), more than can be allocated."
 _BAD_GZIP = "{path} is not a readable gzip file ({error})."
 _MISSING_FILE = "No idx file {path}."
-_BAD_SPLIT = "split must be one of {splits}; got {value!r}."
 _MISSING_FILES = (
     "{what}: missing {names} in {root} (each file may also end in '.gz'). {hint}"
 )
@@ -136,16 +136,6 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
         raise DatasetFormatError(_BAD_GZIP.format(path=path, error=error)) from error
 
 
-def _read_exactly(stream: BinaryIO, buffer: memoryview) -> int:
-    got = 0
-    while got < len(buffer):
-        n = stream.readinto(buffer[got:])
-        if not n:
-            break
-        got += n
-    return got
-
-
 def _read_stream(stream: BinaryIO, path: Path) -> np.ndarray:
     magic = stream.read(4)
     if len(magic) < 4:
@@ -168,7 +158,8 @@ def _read_stream(stream: BinaryIO, path: Path) -> np.ndarray:
         out = np.empty(dims, dtype=dtype)
     except (MemoryError, ValueError):
         raise DatasetFormatError(_TOO_BIG.format(path=path, dims=dims, want=want)) from None
-    got = _read_exactly(stream, memoryview(out.reshape(-1).view(np.uint8)))
+    # buffered files and gzip streams fill the buffer unless the data ends first
+    got = stream.readinto(memoryview(out.reshape(-1).view(np.uint8))) or 0
     if got < want:
         raise DatasetFormatError(_TRUNCATED.format(path=path, got=got, want=want, dims=dims))
     if stream.read(1):

@@ -41,6 +41,12 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 _BAD_TENSOR = "{name} expects a float tensor of shape (C, H, W); got {shape}."
 _UNKNOWN_DATASET = "Unknown DFA data set {name!r}; expected one of {names}."
+#: Image side and normalisation (mean, std) of each DFA data set; cmnist is not normalised.
+_DFA_DEFAULTS: dict[str, tuple[int, tuple | None]] = {
+    "cmnist": (28, None),
+    "cifar10c": (32, (CIFAR10_MEAN, CIFAR10_STD)),
+    "bffhq": (224, (IMAGENET_MEAN, IMAGENET_STD)),
+}
 
 
 def pil_to_tensor(image: Any) -> torch.Tensor:
@@ -170,24 +176,14 @@ def dfa_transforms(name: str, *, image_size: int | None = None) -> dict[str, Com
     dict
         ``{"train": Compose, "eval": Compose}``; ``"eval"`` has no random step.
     """
-    if name == "cmnist":
-        size = image_size or 28
-        steps: list = [Resize(size)]
-        return {"train": Compose(steps), "eval": Compose(list(steps))}
-    if name == "cifar10c":
-        size = image_size or 32
-        norm = Normalize(CIFAR10_MEAN, CIFAR10_STD)
-        return {
-            "train": Compose([Resize(size), RandomCrop(size, padding=4),
-                              RandomHorizontalFlip(), norm]),
-            "eval": Compose([Resize(size), norm]),
-        }
-    if name == "bffhq":
-        size = image_size or 224
-        norm = Normalize(IMAGENET_MEAN, IMAGENET_STD)
-        return {
-            "train": Compose([Resize(size), RandomCrop(size, padding=4),
-                              RandomHorizontalFlip(), norm]),
-            "eval": Compose([Resize(size), norm]),
-        }
-    raise ValueError(_UNKNOWN_DATASET.format(name=name, names=("cmnist", "cifar10c", "bffhq")))
+    if name not in _DFA_DEFAULTS:
+        raise ValueError(_UNKNOWN_DATASET.format(name=name, names=tuple(_DFA_DEFAULTS)))
+    default_size, stats = _DFA_DEFAULTS[name]
+    size = image_size or default_size
+    if stats is None:
+        return {"train": Compose([Resize(size)]), "eval": Compose([Resize(size)])}
+    norm = Normalize(*stats)
+    return {
+        "train": Compose([Resize(size), RandomCrop(size, padding=4), RandomHorizontalFlip(), norm]),
+        "eval": Compose([Resize(size), norm]),
+    }

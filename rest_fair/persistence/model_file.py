@@ -124,9 +124,7 @@ def to_json(value: Any, what: str) -> Any:
     TypeError
         If ``value`` holds anything else; the message names ``what``.
     """
-    if value is None or isinstance(value, (bool, str)):
-        return value
-    if isinstance(value, (int, float)):
+    if value is None or isinstance(value, (bool, str, int, float)):
         return value
     if isinstance(value, np.generic):
         return to_json(value.item(), what)
@@ -170,10 +168,6 @@ def _hashable(key: Any) -> Any:
 
 
 # --------------------------------------------------------------- tensor encodings
-def _dtype_name(tensor: torch.Tensor) -> str:
-    return str(tensor.dtype).removeprefix("torch.")
-
-
 def _to_numpy(tensor: torch.Tensor) -> np.ndarray:
     tensor = tensor.detach().cpu().contiguous()
     if tensor.dtype == torch.bfloat16:
@@ -184,11 +178,8 @@ def _to_numpy(tensor: torch.Tensor) -> np.ndarray:
 def _encode(
     name: str, tensor: torch.Tensor, mask: torch.Tensor | None, index: int
 ) -> tuple[dict, dict[str, np.ndarray]]:
-    entry: dict[str, Any] = {
-        "name": name,
-        "dtype": _dtype_name(tensor),
-        "shape": list(tensor.shape),
-    }
+    dtype = str(tensor.dtype).removeprefix("torch.")
+    entry: dict[str, Any] = {"name": name, "dtype": dtype, "shape": list(tensor.shape)}
     key = f"t{index}"
     if mask is None:
         entry["encoding"] = "dense"
@@ -219,10 +210,9 @@ def _encode(
 
 def _decode(entry: dict, arrays: Mapping[str, np.ndarray], key: str, path: str):
     name = entry["name"]
-    dtype_name = entry["dtype"]
-    if dtype_name not in _DTYPES:
-        raise ModelFileError(_BAD_DTYPE.format(dtype=dtype_name, path=path))
-    dtype = _DTYPES[dtype_name]
+    dtype = _DTYPES.get(entry["dtype"])
+    if dtype is None:
+        raise ModelFileError(_BAD_DTYPE.format(dtype=entry["dtype"], path=path))
     shape = tuple(int(s) for s in entry["shape"])
     n = int(np.prod(shape, dtype=np.int64)) if shape else 1
 
@@ -430,11 +420,9 @@ def read_module(
             return build_module(name, input_shape=tuple(input_shape), n_classes=int(n_classes),
                                 module_params=module_params)
 
-        if module is not None:
-            expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
-        else:
-            with torch.device("meta"):
-                expected = {k: tuple(v.shape) for k, v in build().state_dict().items()}
+        with contextlib.nullcontext() if module is not None else torch.device("meta"):
+            reference = module if module is not None else build()
+            expected = {k: tuple(v.shape) for k, v in reference.state_dict().items()}
         found = {e["name"]: tuple(int(d) for d in e["shape"]) for e in entries}
         if found != expected:
             raise ModelFileError(_BAD_HEADER.format(
