@@ -13,8 +13,8 @@ rank) running, on every rank,
 
 and then records which threads are still alive once rest_fair's exit handler has torn
 the process group down (read from ``/proc/self/task``; Linux only). ``--scenario tests``
-launches instead what tests/test_distributed.py launches: every scenario of
-``tests/ddp_worker.py`` (a dozen fits; about 10 s per launch here).
+launches instead what tests/training/test_distributed.py launches: every scenario of
+``tests/_support/ddp_worker.py`` (a dozen fits; about 10 s per launch here).
 
 Printed: launches, aborted launches (a rank killed by a signal, e.g. SIGABRT with
 "terminate called without an active exception"), other failures, and launches in which a
@@ -115,7 +115,7 @@ def launch(root: Path, out: Path, scenario: str, timeout: float) -> dict:
                OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
     logs = out / "logs"
     script = [str(HERE), "--worker", str(out)] if scenario == "short" else [
-        str(root / "tests" / "ddp_worker.py"), str(out), "all"]
+        str(root / "tests" / "_support" / "ddp_worker.py"), str(out), "all"]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
            "--nproc_per_node=2", "--redirects=3", f"--log-dir={logs}", *script]
     start = time.perf_counter()
@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=20, help="launches (default 20)")
     parser.add_argument("--scenario", choices=("short", "tests"), default="short",
-                        help="the short fits above (default) or tests/ddp_worker.py's")
+                        help="the short fits above (default) or tests/_support/ddp_worker.py's")
     parser.add_argument("--root", type=Path, default=ROOT,
                         help="rest_fair checkout to launch (default: this one)")
     parser.add_argument("--timeout", type=float, default=600.0,

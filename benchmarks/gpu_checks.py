@@ -101,7 +101,7 @@ def step_tests(args: argparse.Namespace, out: Path) -> dict:
     """The CUDA-marked tests; on a CPU they are collected and skip."""
     cmd = [sys.executable, "-m", "pytest", "-q", "-rs", "-m", "cuda", "-p", "no:cacheprovider",
            str(ROOT / "tests" / "test_estimator.py"),
-           str(ROOT / "tests" / "test_training_engine.py")]
+           str(ROOT / "tests" / "training" / "test_engine.py")]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
                           timeout=args.limit("tests"))
     print(proc.stdout[-4000:], proc.stderr[-2000:])

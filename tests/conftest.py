@@ -17,8 +17,8 @@ def data():
 
 @pytest.fixture(scope="session")
 def golden():
-    """The fixed-seed predictions recorded by ``tests/golden_fits.py``."""
-    from golden_fits import load_golden
+    """The fixed-seed predictions recorded by ``tests/_support/golden_fits.py``."""
+    from tests._support.golden_fits import load_golden
 
     return load_golden()
 
@@ -31,7 +31,7 @@ def _auto_sparse_compute_measures_a_tie(monkeypatch):
     machine's speed and load, and with it every result compared exactly with another fit.
     A tie (neither kernel clearly faster) makes "auto" keep the masked path in every fit of
     the test process. Tests of the choice itself patch ``measure_layer`` their own way
-    (tests/test_sparse_compute.py, which also times real layers by calling it directly);
+    (tests/sparse/test_compute.py, which also times real layers by calling it directly);
     fits in other processes whose results are compared pass ``sparse_compute="masked"``.
     """
     try:

@@ -10,8 +10,9 @@ import time
 import numpy as np
 import pytest
 import torch
-from backbone_helpers import save_torchvision_state_dict
 from torch import nn
+
+from tests._support.backbones import save_torchvision_state_dict
 
 tv = pytest.importorskip("torchvision", reason="torchvision backbones need rest-fair[vision]")
 

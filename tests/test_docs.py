@@ -24,7 +24,7 @@ import pytest
 for _package in ("sphinx", "pydata_sphinx_theme", "numpydoc", "sphinx_gallery", "myst_parser"):
     pytest.importorskip(_package, reason="needs the docs extra: pip install -e '.[docs]'")
 
-from _chromium import Chromium, find_chromium  # noqa: E402
+from tests._support.chromium import Chromium, find_chromium  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 # the examples the gallery runs: all but those matching its ignore_pattern in docs/conf.py

@@ -1,7 +1,7 @@
 """Behaviour pinned across refactorings: fixed-seed fits predict what they predicted before.
 
 The recorded probabilities (``tests/data/golden_predictions.npz``, made by
-``python tests/golden_fits.py``) are compared bitwise where the torch version and CPU
+``python -m tests._support.golden_fits``) are compared bitwise where the torch version and CPU
 capability equal the recording machine's; on another machine float rounding may differ,
 and then a fit must agree to a tolerance and in nearly every predicted class.
 """
@@ -9,7 +9,8 @@ and then a fit must agree to a tolerance and in nearly every predicted class.
 from __future__ import annotations
 
 import pytest
-from golden_fits import FITS, assert_same_as_recorded, predict
+
+from tests._support.golden_fits import FITS, assert_same_as_recorded, predict
 
 
 @pytest.mark.parametrize("name", sorted(FITS))

@@ -9,7 +9,8 @@ import time
 import numpy as np
 import pytest
 import torch
-from backbone_helpers import save_tiny_distilbert
+
+from tests._support.backbones import save_tiny_distilbert
 
 pytest.importorskip("transformers", reason="text models need rest-fair[text]")
 

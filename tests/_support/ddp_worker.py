@@ -1,8 +1,9 @@
-"""Fits that tests/test_distributed.py runs under torchrun (and in one process, to compare).
+"""Fits that tests/training/test_distributed.py runs under torchrun (and in one process, to
+compare).
 
-Run as ``torchrun --standalone --nproc_per_node=2 tests/ddp_worker.py OUT_DIR [scenario]``;
-every rank writes ``OUT_DIR/<scenario>-rank<r>.pt`` with what the tests compare across
-ranks. ``scenario`` ``"all"`` (default) runs the fits of :data:`SCENARIOS`; ``"kill"``
+Run as ``torchrun --standalone --nproc_per_node=2 tests/_support/ddp_worker.py OUT_DIR
+[scenario]``; every rank writes ``OUT_DIR/<scenario>-rank<r>.pt`` with what the tests compare
+across ranks. ``scenario`` ``"all"`` (default) runs the fits of :data:`SCENARIOS`; ``"kill"``
 and ``"hang"`` make rank 1 die or hang mid-training (launched without torchrun's agent,
 see the test).
 """

@@ -13,14 +13,9 @@ from ast import literal_eval
 import numpy as np
 import pytest
 import torch
-from backbone_helpers import save_tiny_distilbert, save_torchvision_state_dict
 
-from rest_fair.wilds import import_wilds
+from tests._support.backbones import save_tiny_distilbert, save_torchvision_state_dict
 
-try:
-    import_wilds()
-except ImportError:  # pragma: no cover - the wilds extra is part of CI
-    pytest.skip("needs the optional extra rest-fair[wilds]", allow_module_level=True)
 pytest.importorskip("transformers", reason="needs rest-fair[text]")
 
 from rest_fair.cli import build_parser

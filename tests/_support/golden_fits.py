@@ -4,12 +4,13 @@ They pin the library's behaviour across refactorings: ``tests/test_golden.py`` r
 one and compares the predicted probabilities with the recorded ones, bitwise on a machine
 like the one that recorded them (same torch version and CPU capability) and to a tolerance
 elsewhere, where float rounding may differ. The two-rank fits are the scenarios of
-``tests/ddp_worker.py`` (rank 0's logits), compared in ``tests/test_distributed.py``.
+``tests/_support/ddp_worker.py`` (rank 0's logits), compared in
+``tests/training/test_distributed.py``.
 
 Record anew only after a deliberate change of behaviour, and say which in the commit::
 
-    python tests/golden_fits.py            # single-process fits
-    python tests/golden_fits.py --ddp      # also the two-rank gloo fits (torchrun)
+    python -m tests._support.golden_fits          # single-process fits
+    python -m tests._support.golden_fits --ddp    # also the two-rank gloo fits (torchrun)
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from rest_fair.callbacks import Callback, Checkpoint
 from rest_fair.sparse import kernels
 
 HERE = Path(__file__).resolve().parent
-GOLDEN = HERE / "data" / "golden_predictions.npz"
+GOLDEN = HERE.parent / "data" / "golden_predictions.npz"
 #: the ddp_worker.py scenarios whose rank-0 logits are kept (key ``ddp_<scenario>``)
 DDP_SCENARIOS = ("rest", "groupdro", "jtt", "resume")
 
@@ -136,7 +137,7 @@ def assert_same_as_recorded(recorded: dict, key: str, value: np.ndarray) -> None
         assert np.array_equal(value, expected), (
             f"{key}: predictions changed (max abs difference "
             f"{np.max(np.abs(value - expected)):.3g}); if deliberate, record anew with "
-            "`python tests/golden_fits.py` and say why in the commit")
+            "`python -m tests._support.golden_fits` and say why in the commit")
     else:
         assert np.mean(value.argmax(1) == expected.argmax(1)) >= 0.97, key
         np.testing.assert_allclose(value, expected, atol=0.05, err_msg=key)
@@ -151,7 +152,7 @@ def predict(name: str) -> np.ndarray:
 def _ddp_logits() -> dict[str, np.ndarray]:
     with tempfile.TemporaryDirectory() as out:
         env = {**os.environ, "OMP_NUM_THREADS": "1",
-               "PYTHONPATH": os.pathsep.join([str(HERE.parent), str(HERE)])}
+               "PYTHONPATH": str(HERE.parents[1])}
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                "--nproc_per_node=2", str(HERE / "ddp_worker.py"), out, "all"]
         subprocess.run(cmd, env=env, check=True, timeout=900)

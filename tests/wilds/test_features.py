@@ -9,14 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from backbone_helpers import save_tiny_distilbert, save_torchvision_state_dict
-
-from rest_fair.wilds import import_wilds
-
-try:
-    import_wilds()
-except ImportError:  # pragma: no cover - the wilds extra is part of CI
-    pytest.skip("needs the optional extra rest-fair[wilds]", allow_module_level=True)
 
 import rest_fair.wilds.features as features_module
 from rest_fair import RESTClassifier
@@ -29,6 +21,7 @@ from rest_fair.wilds import (
     wilds_eval,
     write_submission,
 )
+from tests._support.backbones import save_tiny_distilbert, save_torchvision_state_dict
 
 
 @pytest.fixture(scope="module")

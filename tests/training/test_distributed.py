@@ -1,7 +1,7 @@
 """Data-parallel fit: sharding, exact GroupDRO, and real 2-rank runs under torchrun (gloo).
 
 The multi-process tests launch ``torchrun --standalone --nproc_per_node=2`` (CPU, gloo, one
-thread per rank) on tests/ddp_worker.py, which writes what every rank saw; the tests
+thread per rank) on tests/_support/ddp_worker.py, which writes what every rank saw; the tests
 compare the ranks with each other and with the same fits in this process.
 """
 
@@ -20,7 +20,6 @@ import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
-from golden_fits import DDP_SCENARIOS, assert_same_as_recorded
 
 import rest_fair
 from rest_fair import RESTClassifier
@@ -35,8 +34,9 @@ from rest_fair.training.distributed import (
     shard_order,
     shard_range,
 )
+from tests._support.golden_fits import DDP_SCENARIOS, assert_same_as_recorded
 
-WORKER = Path(__file__).with_name("ddp_worker.py")
+WORKER = Path(__file__).resolve().parents[1] / "_support" / "ddp_worker.py"
 ROOT = Path(rest_fair.__file__).resolve().parents[1]  # the rest_fair under test
 # A guard against a launch that hangs, not a time limit of the tests: a two-rank launch
 # takes seconds here, and a machine many times slower or busier must still pass.
@@ -434,7 +434,7 @@ def test_dead_or_hung_rank_fails_the_others_within_the_timeout(tmp_path, how):
     must be long enough for that on this machine under its present load. It is derived
     from a baseline measured in this run: how long the ranks took to start (import torch
     and rest_fair), which scales with the same speed. The ranks then call fit together
-    (``start_signal`` in tests/ddp_worker.py), so their start-up skew does not count.
+    (``start_signal`` in tests/_support/ddp_worker.py), so their start-up skew does not count.
     The bounds on ``elapsed`` are fractions of that timeout.
     """
     port = str(_free_port())

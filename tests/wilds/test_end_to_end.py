@@ -7,14 +7,6 @@ import json
 import numpy as np
 import pytest
 import scipy.sparse as sp
-
-from rest_fair.wilds import import_wilds
-
-try:
-    import_wilds()
-except ImportError:  # pragma: no cover - the wilds extra is part of CI
-    pytest.skip("needs the optional extra rest-fair[wilds]", allow_module_level=True)
-
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.pipeline import make_pipeline
 

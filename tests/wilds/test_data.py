@@ -9,14 +9,6 @@ import textwrap
 import numpy as np
 import pytest
 import torch
-
-from rest_fair.wilds import import_wilds
-
-try:  # through our guard: no PyPI version-check thread
-    import_wilds()
-except ImportError:  # pragma: no cover - the wilds extra is part of CI
-    pytest.skip("needs the optional extra rest-fair[wilds]", allow_module_level=True)
-
 from wilds.datasets.wilds_dataset import WILDSDataset
 
 from rest_fair.wilds import (

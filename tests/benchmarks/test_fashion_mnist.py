@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
-from idx_helpers import write_folder
 
 from rest_fair import cli
 from rest_fair.benchmarks import preset, run_sweep
 from rest_fair.exceptions import DatasetNotFoundError
+from tests._support.idx import write_folder
 
 
 def test_scale_preset():

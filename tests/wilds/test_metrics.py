@@ -10,13 +10,6 @@ import numpy as np
 import pytest
 import torch
 
-from rest_fair.wilds import import_wilds
-
-try:
-    import_wilds()
-except ImportError:  # pragma: no cover - the wilds extra is part of CI
-    pytest.skip("needs the optional extra rest-fair[wilds]", allow_module_level=True)
-
 from rest_fair.wilds import (
     PUBLISHED,
     comparison_table,

@@ -7,7 +7,6 @@ import gzip
 import numpy as np
 import pytest
 import torch
-from idx_helpers import idx_bytes, tiny_images, write_folder, write_idx
 
 from rest_fair.datasets import (
     COLORED_DATASETS,
@@ -25,6 +24,7 @@ from rest_fair.datasets import (
     read_idx,
 )
 from rest_fair.exceptions import DatasetFormatError
+from tests._support.idx import idx_bytes, tiny_images, write_folder, write_idx
 
 # -- idx files ----------------------------------------------------------------------------
 
