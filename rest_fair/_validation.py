@@ -164,8 +164,8 @@ def encode_groups(groups: Any, n_samples: int) -> tuple[np.ndarray, list[Hashabl
         uniques = sorted(uniques)
     except TypeError:
         pass
-    index = {label: i for i, label in enumerate(uniques)}
-    codes = np.fromiter((index[v] for v in series), dtype=np.int64, count=len(series))
+    index = pd.Index(uniques, dtype=object, tupleize_cols=False)
+    codes = index.get_indexer(series.to_numpy(dtype=object)).astype(np.int64)
     return codes, [_plain(u) for u in uniques]
 
 
