@@ -335,21 +335,18 @@ class SparseExport(_Cached):
         self._plan: list[tuple] | None = None
         self._planned = False
 
-    def _call(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self._planned:
             self._plan, self._planned = _build_plan(self.module), True
-        plan = self._plan
-        return self.module(x) if plan is None else _run_plan(plan, x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, previous = self.num_threads, torch.get_num_threads()
-        if n is None or n == previous:
-            return self._call(x)
-        torch.set_num_threads(n)
+        switch = n is not None and n != previous
+        if switch:
+            torch.set_num_threads(n)
         try:
-            return self._call(x)
+            return self.module(x) if self._plan is None else _run_plan(self._plan, x)
         finally:
-            torch.set_num_threads(previous)
+            if switch:
+                torch.set_num_threads(previous)
 
 
 def module_nbytes(module: nn.Module) -> int:
@@ -432,9 +429,8 @@ def _build_chain(
         bias = layer["bias"]
         if not layer["has_bias"] and not bool(bias.ne(0).any()):
             bias = None
-        steps.append(
-            _FeatureMajorLinear(layer["weight"], layer["mask"], bias, sparse=layer["sparse"])
-        )
+        steps.append(_FeatureMajorLinear(layer["weight"], layer["mask"], bias,
+                                         sparse=layer["sparse"]))
         if j < len(acts):
             steps.extend(acts[j])
     steps.extend(tail)
@@ -455,32 +451,26 @@ def _convert_sequential(
     i = 0
     while i < len(items):
         key, sub = items[i]
-        name = f"{prefix}{key}"
-        if name not in sparse:
+        i += 1
+        if f"{prefix}{key}" not in sparse:
             new.append((key, sub))
-            i += 1
             continue
-        # A chain starts at a sparse linear and runs through linears and activations.
-        linears, names, acts, pending = [sub], [name], [], []
-        k = i + 1
-        while k < len(items):
-            k_key, k_sub = items[k]
-            if type(k_sub) in ELEMENTWISE:
-                pending.append(k_sub)
-            # Subclasses (e.g. the out-projection of nn.MultiheadAttention) may be used
-            # through their weights directly rather than their forward: left alone.
-            elif type(k_sub) is nn.Linear:
+        # A chain starts at a sparse linear and runs through element-wise modules and plain
+        # linears (subclasses, e.g. the out-projection of nn.MultiheadAttention, may be used
+        # through their weights rather than their forward, so they are left alone).
+        linears, names, acts, pending = [sub], [f"{prefix}{key}"], [], []
+        while i < len(items) and type(items[i][1]) in (*ELEMENTWISE, nn.Linear):
+            k_key, k_sub = items[i]
+            i += 1
+            if type(k_sub) is nn.Linear:
                 acts.append(pending)
                 pending = []
                 linears.append(k_sub)
                 names.append(f"{prefix}{k_key}")
             else:
-                break
-            k += 1
-        chain = _build_chain(linears, acts, pending, masks, names, sparse, remove_dead)
-        new.append((key, chain))
+                pending.append(k_sub)
+        new.append((key, _build_chain(linears, acts, pending, masks, names, sparse, remove_dead)))
         done.update(names)
-        i = k
     seq._modules = OrderedDict(new)
     return done
 
@@ -549,13 +539,14 @@ def export_sparse(
         if isinstance(sub, nn.Sequential):
             prefix = f"{name}." if name else ""
             converted |= _convert_sequential(sub, prefix, masks, sparse, remove_dead)
-    # Remaining sparse linears (outside any Sequential) are replaced one by one.
+    # Remaining sparse linears (outside any Sequential, or the module itself) one by one.
     for name, sub in sparse.items():
-        if name and name not in converted:
+        if name not in converted:
             chain = _build_chain([sub], [], [], masks, [name], sparse, remove_dead)
-            set_submodule(exported, name, chain)
-    if "" in sparse:
-        exported = _build_chain([exported], [], [], masks, [""], sparse, remove_dead)
+            if name:
+                set_submodule(exported, name, chain)
+            else:
+                exported = chain
     wrapper = SparseExport(exported, num_threads=num_threads)
     wrapper.eval()
     return wrapper

@@ -33,8 +33,7 @@ from ..sparse.checks import check_masks
 
 __all__ = ["efficiency_report", "layer_shapes"]
 
-_BAD_INTERVAL = "update_interval must be a positive int or None; got {value!r}."
-_BAD_STEPS = "{name} must be a non-negative int or None; got {value!r}."
+_BAD_INT = "{name} must be a {kind} int or None; got {value!r}."
 _BAD_REGROW = "regrow must be 'gradient' or 'random'; got {value!r}."
 _NEED_STEPS = "n_topology_updates needs n_train_steps (the number of optimizer steps)."
 
@@ -52,6 +51,9 @@ _COLUMNS = [
     "training_flops",
     "training_flops_fraction",
 ]
+# the columns summed into the "total" row
+_SUMMED = ("params_dense", "params_active", "inference_flops_dense", "inference_flops",
+           "training_flops_dense", "training_flops")
 
 
 def layer_shapes(module: nn.Module, input_shape: Sequence[int]) -> dict[str, int]:
@@ -154,20 +156,16 @@ def efficiency_report(
     check_masks(module, masks)
     if regrow not in ("gradient", "random"):
         raise ValueError(_BAD_REGROW.format(value=regrow))
-    if update_interval is not None and (
-        isinstance(update_interval, bool)
-        or not isinstance(update_interval, int)
-        or update_interval < 1
+    for name, value, least in (
+        ("update_interval", update_interval, 1),
+        ("n_topology_updates", n_topology_updates, 0),
+        ("n_train_steps", n_train_steps, 0),
+        ("batch_size", batch_size, 0),
     ):
-        raise ValueError(_BAD_INTERVAL.format(value=update_interval))
-    for name, value in (
-        ("n_topology_updates", n_topology_updates),
-        ("n_train_steps", n_train_steps),
-        ("batch_size", batch_size),
-    ):
-        bad = isinstance(value, bool) or not isinstance(value, int) or value < 0
+        bad = isinstance(value, bool) or not isinstance(value, int) or value < least
         if value is not None and bad:
-            raise ValueError(_BAD_STEPS.format(name=name, value=value))
+            kind = "positive" if least else "non-negative"
+            raise ValueError(_BAD_INT.format(name=name, kind=kind, value=value))
     if n_topology_updates is not None:
         if not n_train_steps:
             raise ValueError(_NEED_STEPS)
@@ -176,10 +174,7 @@ def efficiency_report(
         update_rate = 1.0 / update_interval
     else:
         update_rate = 0.0
-    if regrow == "random":
-        update_rate_dense = 0.0
-    else:
-        update_rate_dense = update_rate
+    update_rate_dense = 0.0 if regrow == "random" else update_rate
 
     positions = layer_shapes(module, input_shape)
     rows = []
@@ -212,37 +207,21 @@ def efficiency_report(
                 "training_flops": train_sparse,
             }
         )
-    other = [p for n, p in module.named_parameters() if n not in counted]
+    other = {n: p for n, p in module.named_parameters() if n not in counted}
     if other:
-        n_other = sum(p.numel() for p in other)
-        n_other_active = n_other
-        for n, p in module.named_parameters():
-            if n not in counted and n in masks:
-                n_other_active -= p.numel() - int(masks[n].sum())
         rows.append(
             {
                 "layer": "(other)",
                 "kind": "other",
                 "shape": (),
-                "params_dense": n_other,
-                "params_active": n_other_active,
-                "inference_flops_dense": 0,
-                "inference_flops": 0,
-                "training_flops_dense": 0,
-                "training_flops": 0,
+                **dict.fromkeys(_SUMMED, 0),
+                "params_dense": sum(p.numel() for p in other.values()),
+                "params_active": sum(int(masks[n].sum()) if n in masks else p.numel()
+                                     for n, p in other.items()),
             }
         )
-    total = {"layer": "total", "kind": "total", "shape": ()}
-    for key in (
-        "params_dense",
-        "params_active",
-        "inference_flops_dense",
-        "inference_flops",
-        "training_flops_dense",
-        "training_flops",
-    ):
-        total[key] = sum(r[key] for r in rows)
-    rows.append(total)
+    rows.append({"layer": "total", "kind": "total", "shape": (),
+                 **{key: sum(r[key] for r in rows) for key in _SUMMED}})
     for r in rows:
         r["density"] = r["params_active"] / r["params_dense"] if r["params_dense"] else math.nan
         for what in ("inference_flops", "training_flops"):

@@ -40,6 +40,7 @@ flat index, as in :mod:`rest_fair.sparse.rigl`.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 from collections.abc import Callable
@@ -128,14 +129,11 @@ def _chunked_topk(
 
 
 class _CSRFunction(torch.autograd.Function):
-    """``Y = X W^T + b`` with the gradients of :class:`CSRLinear`.
+    """``Y = X W^T + b`` of :class:`CSRLinear` on the kernels or torch's products (``use_kernels``).
 
-    ``x`` is ``(batch, in_features)`` with any strides. With ``use_kernels`` the compiled
-    kernels compute the products; otherwise torch's sparse products do, on a feature-major
-    copy ``X_t`` of the input (``Y_t = W_csr @ X_t + b``, ``W_csr^T @ G_t`` and
-    ``torch.sparse.sampled_addmm``). The result is ``(batch, out_features)`` row-major, or
-    ``(out_features, batch)`` row-major when ``feature_major`` (the caller transposes it
-    back as a view); torch's products always give the latter.
+    ``x`` is ``(batch, in_features)``, any strides. The result is ``(batch, out_features)``
+    row-major, or ``(out_features, batch)`` row-major when ``feature_major`` or on torch's
+    products (the caller transposes it back as a view).
     """
 
     @staticmethod
@@ -289,10 +287,7 @@ class CSRLinear(nn.Module):
 
     def mask(self) -> torch.Tensor:
         """The boolean pattern, dense."""
-        out = torch.zeros(self.out_features * self.in_features, dtype=torch.bool,
-                          device=self.values.device)
-        out[self.flat_indices()] = True
-        return out.view(self.shape)
+        return self.scatter(torch.ones(self.nnz, dtype=torch.bool, device=self.values.device))
 
     def dense_weight(self) -> torch.Tensor:
         """The weights as a dense matrix (zeros outside the pattern), detached."""
@@ -337,13 +332,12 @@ class CSRLinear(nn.Module):
         use_kernels = self._use_kernels(x2d)
         if x2d.dtype != self.values.dtype:
             x2d = x2d.to(self.values.dtype)
-        args = (x2d, self.values, self.bias, self, self.feature_major_output, use_kernels)
-        if torch.is_autocast_enabled(x2d.device.type):
-            # the products run in the weights' dtype; the output re-enters autocast
-            with torch.autocast(x2d.device.type, enabled=False):
-                out = _CSRFunction.apply(*args)
-        else:
-            out = _CSRFunction.apply(*args)
+        device = x2d.device.type
+        # the products run in the weights' dtype; the output re-enters autocast
+        with (torch.autocast(device, enabled=False) if torch.is_autocast_enabled(device)
+              else contextlib.nullcontext()):
+            out = _CSRFunction.apply(x2d, self.values, self.bias, self,
+                                     self.feature_major_output, use_kernels)
         if self.feature_major_output or not use_kernels:
             out = out.t()
             if not self.feature_major_output:
@@ -364,17 +358,13 @@ class CSRLinear(nn.Module):
         """Gradient of ``values``; chooses ``plan.grown`` from the dense gradient by blocks."""
         grad_values = torch.empty_like(self.values)
         crow = self.crow_indices.tolist()
-        col = self.col_indices.long()
+        flat = self.flat_indices()
         n_in = self.in_features
 
         def block(r0: int, r1: int) -> torch.Tensor:
             dense = torch.mm(grad_t[r0:r1], x_t.t()).reshape(-1)
             a0, a1 = crow[r0], crow[r1]
-            rows = torch.repeat_interleave(
-                torch.arange(r1 - r0, device=dense.device),
-                torch.diff(self.crow_indices[r0 : r1 + 1].long()),
-            )
-            grad_values[a0:a1] = dense[rows * n_in + col[a0:a1]]
+            grad_values[a0:a1] = dense[flat[a0:a1] - r0 * n_in]
             return dense.abs().float()
 
         plan.grown = _chunked_topk(self.out_features, n_in, block, plan.kept_flat, plan.k)
