@@ -140,11 +140,9 @@ class SparseLinearChain(_Cached):
         return _run_plan(self._flat_plan(), x)
 
 
-# Operations of a plan, a flat list of ``(operation, a, b)`` (see ``_run_plan``). A ReLU
+# Operations of a plan, a flat list of ``(operation, a, b)`` run by ``_run_plan``. A ReLU
 # outside a chain (_RELU_OUT) does not work in place. _CHAIN runs a chain on its kernel
-# plan (a) where the kernels take the input, otherwise on its torch plan (b). A torch plan
-# holds feature-major activations between _ENTER and _EXIT; a kernel plan holds panels
-# between _PACK and _UNPACK.
+# plan (a) where the kernels take the input, otherwise on its torch plan (b).
 _FLATTEN, _ENTER, _ADDMM, _MM, _RELU, _CALL, _EXIT, _RELU_OUT, _CHAIN = range(9)
 _PACK, _K_CSR, _K_DENSE, _UNPACK = range(20, 24)
 
@@ -157,7 +155,7 @@ _KERNEL_DENSE_MAX_OUT = 64
 
 
 def _torch_chain_plan(chain: SparseLinearChain) -> list[tuple]:
-    """The chain's plan on torch's products (its CSR tensors alias the layers' buffers)."""
+    """The chain's plan on torch's products (feature-major; CSR tensors alias the buffers)."""
     plan: list[tuple] = [(_ENTER, chain.in_features, None)]
     for step in chain.steps:
         if type(step) is _FeatureMajorLinear:
@@ -173,11 +171,11 @@ def _torch_chain_plan(chain: SparseLinearChain) -> list[tuple]:
 def _kernel_chain_plan(chain: SparseLinearChain) -> list[tuple] | None:
     """The chain's plan on the compiled kernels; ``None`` where they do not apply.
 
-    ``(_PACK, in_features, dtype)`` first and ``(_UNPACK, out_features, None)`` last;
-    between them ``(_K_CSR, product, relu)`` for a layer computed by a
-    :class:`~rest_fair.sparse.kernels.CSRProduct` (``relu`` when the ReLU that follows it
-    is fused into its store), ``(_K_DENSE, weight, bias_column)`` for a dense product,
-    and element-wise steps.
+    ``(_PACK, in_features, dtype)`` packs the input into panels and ``(_UNPACK,
+    out_features, None)`` unpacks the result; between them ``(_K_CSR, product, relu)`` for
+    a layer computed by a :class:`~rest_fair.sparse.kernels.CSRProduct` (``relu`` when the
+    ReLU that follows it is fused into its store), ``(_K_DENSE, weight, bias_column)`` for
+    a dense product, and element-wise steps.
     """
     linears = [s for s in chain.steps if type(s) is _FeatureMajorLinear]
     if not any(s.sparse for s in linears):
@@ -420,9 +418,8 @@ def _build_chain(
         bias = lin.bias.detach().clone() if has_bias else weight.new_zeros(weight.shape[0])
         layers.append(dict(weight=weight * mask, mask=mask, bias=bias, has_bias=has_bias,
                            sparse=name in sparse))
-    if remove_dead and len(layers) > 1:
-        with torch.no_grad():
-            _remove_dead(layers, acts)
+    if remove_dead and len(layers) > 1:  # detached tensors: no graph is recorded
+        _remove_dead(layers, acts)
     steps: list[nn.Module] = []
     for j, layer in enumerate(layers):
         # A layer without bias only gets one when dead-neuron folding gave it one.

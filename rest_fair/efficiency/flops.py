@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from functools import partial
 
 import torch
 from torch import nn
@@ -76,17 +77,14 @@ def layer_shapes(module: nn.Module, input_shape: Sequence[int]) -> dict[str, int
     positions: dict[str, int] = {}
     handles = []
 
-    def make_hook(name: str, n_out: int):
-        def hook(_mod, _inp, out):
-            positions[name] = positions.get(name, 0) + out.numel() // n_out
-
-        return hook
+    def hook(name: str, n_out: int, _mod: nn.Module, _inp: tuple, out: torch.Tensor) -> None:
+        positions[name] = positions.get(name, 0) + out.numel() // n_out
 
     for name, sub in module.named_modules():
         if isinstance(sub, nn.Linear):
-            handles.append(sub.register_forward_hook(make_hook(name, sub.out_features)))
+            handles.append(sub.register_forward_hook(partial(hook, name, sub.out_features)))
         elif isinstance(sub, nn.modules.conv._ConvNd):
-            handles.append(sub.register_forward_hook(make_hook(name, sub.out_channels)))
+            handles.append(sub.register_forward_hook(partial(hook, name, sub.out_channels)))
     first = next(iter(module.parameters()), None)
     device = first.device if first is not None else torch.device("cpu")
     dtype = first.dtype if first is not None and first.is_floating_point() else torch.float32
@@ -192,8 +190,6 @@ def efficiency_report(
         pos = positions.get(name, 0)
         f_dense = 2 * n_weight * pos
         f_sparse = 2 * n_active * pos
-        train_dense = 3 * f_dense
-        train_sparse = 3 * f_sparse + (f_dense - f_sparse) * update_rate_dense
         rows.append(
             {
                 "layer": name,
@@ -203,8 +199,8 @@ def efficiency_report(
                 "params_active": n_active + n_bias,
                 "inference_flops_dense": f_dense,
                 "inference_flops": f_sparse,
-                "training_flops_dense": train_dense,
-                "training_flops": train_sparse,
+                "training_flops_dense": 3 * f_dense,
+                "training_flops": 3 * f_sparse + (f_dense - f_sparse) * update_rate_dense,
             }
         )
     other = {n: p for n, p in module.named_parameters() if n not in counted}

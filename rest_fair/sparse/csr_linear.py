@@ -179,21 +179,20 @@ class _CSRFunction(torch.autograd.Function):
             grad_t = x_t = None
             if plan is not None:
                 grad_t, x_t = grad.t().contiguous(), x.t().contiguous()
-            if want_x or want_values or want_bias:
-                splits = ctx.splits
-                grad_panels, grad_bias = kernels.pack(grad, splits.out_features, ctx.nv,
-                                                      column_sums=want_bias)
-                if want_x:
-                    # the input's own layout: a feature-major input gets a feature-major gradient
-                    if x.stride(0) == 1 and x.stride(1) != 1:
-                        grad_x = x.new_empty((layer.in_features, x.shape[0])).t()
-                    else:
-                        grad_x = x.new_empty((x.shape[0], layer.in_features))
-                if want_values and not scan:
-                    grad_values = torch.empty_like(values)
-                kernels.csr_backward(grad_panels, x_panels, ctx.nv, x.shape[0],
-                                     layer.crow_indices_t, layer.col_indices_t, layer.perm_t,
-                                     values, splits.cols, grad_x, grad_values)
+            # backward runs only when one of x, values and bias needs a gradient
+            grad_panels, grad_bias = kernels.pack(grad, ctx.splits.out_features, ctx.nv,
+                                                  column_sums=want_bias)
+            if want_x:
+                # the input's own layout: a feature-major input gets a feature-major gradient
+                if x.stride(0) == 1 and x.stride(1) != 1:
+                    grad_x = x.new_empty((layer.in_features, x.shape[0])).t()
+                else:
+                    grad_x = x.new_empty((x.shape[0], layer.in_features))
+            if want_values and not scan:
+                grad_values = torch.empty_like(values)
+            kernels.csr_backward(grad_panels, x_panels, ctx.nv, x.shape[0], layer.crow_indices_t,
+                                 layer.col_indices_t, layer.perm_t, values, ctx.splits.cols,
+                                 grad_x, grad_values)
         else:
             x_t, values = ctx.saved_tensors
             grad_t = grad.contiguous()
