@@ -544,6 +544,4 @@ def export_sparse(
                 set_submodule(exported, name, chain)
             else:
                 exported = chain
-    wrapper = SparseExport(exported, num_threads=num_threads)
-    wrapper.eval()
-    return wrapper
+    return SparseExport(exported, num_threads=num_threads).eval()

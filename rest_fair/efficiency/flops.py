@@ -181,8 +181,7 @@ def efficiency_report(
         if not isinstance(sub, (nn.Linear, nn.modules.conv._ConvNd)):
             continue
         weight_name = f"{name}.weight" if name else "weight"
-        weight = sub.weight
-        n_weight = weight.numel()
+        n_weight = sub.weight.numel()
         mask = masks.get(weight_name)
         n_active = int(mask.sum()) if mask is not None else n_weight
         n_bias = sub.bias.numel() if sub.bias is not None else 0
@@ -194,7 +193,7 @@ def efficiency_report(
             {
                 "layer": name,
                 "kind": type(sub).__name__,
-                "shape": tuple(weight.shape),
+                "shape": tuple(sub.weight.shape),
                 "params_dense": n_weight + n_bias,
                 "params_active": n_active + n_bias,
                 "inference_flops_dense": f_dense,
@@ -204,18 +203,12 @@ def efficiency_report(
             }
         )
     other = {n: p for n, p in module.named_parameters() if n not in counted}
-    if other:
-        rows.append(
-            {
-                "layer": "(other)",
-                "kind": "other",
-                "shape": (),
-                **dict.fromkeys(_SUMMED, 0),
-                "params_dense": sum(p.numel() for p in other.values()),
-                "params_active": sum(int(masks[n].sum()) if n in masks else p.numel()
-                                     for n, p in other.items()),
-            }
-        )
+    if other:  # dense remaining parameters (normalisation etc.), no FLOPs counted
+        rows.append({"layer": "(other)", "kind": "other", "shape": (),
+                     **dict.fromkeys(_SUMMED, 0),
+                     "params_dense": sum(p.numel() for p in other.values()),
+                     "params_active": sum(int(masks[n].sum()) if n in masks else p.numel()
+                                          for n, p in other.items())})
     rows.append({"layer": "total", "kind": "total", "shape": (),
                  **{key: sum(r[key] for r in rows) for key in _SUMMED}})
     for r in rows:

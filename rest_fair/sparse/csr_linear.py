@@ -427,17 +427,16 @@ class CSRLinear(nn.Module):
 
         Weights new to the pattern start at 0, and so does their optimizer state; the
         others, a weight pruned and regrown (in ``grown``) in this update included, keep
-        their values and state. The gradient of ``values``
-        is recomputed at the new pattern from the backward pass of the planned step.
+        their values and state. The gradient of ``values`` is recomputed at the new pattern
+        from the backward pass of the planned step.
         """
         flat = self.flat_indices()
         new_flat = self._set_pattern(new_mask.to(flat.device))
         pos = torch.searchsorted(flat, new_flat).clamp_(max=flat.numel() - 1)
-        was_active = flat[pos] == new_flat
-        zero = ~was_active
+        new = flat[pos] != new_flat  # positions new to the pattern
 
         def remap(tensor: torch.Tensor) -> torch.Tensor:
-            return tensor[pos].masked_fill_(zero, 0)
+            return tensor[pos].masked_fill_(new, 0)
 
         self.values.copy_(remap(self.values))
         if optimizer is not None:
@@ -447,7 +446,7 @@ class CSRLinear(nn.Module):
         plan, self._plan = self._plan, None
         if self.values.grad is not None and plan is not None and plan.saved is not None:
             self.values.grad = self._sampled_gradient(*plan.saved)
-        return int((~was_active).sum())
+        return int(new.sum())
 
     @torch.no_grad()
     def set_mask(self, mask: torch.Tensor) -> None:
