@@ -28,8 +28,10 @@ weights). Predictions equal those of the masked network up to float rounding.
 from __future__ import annotations
 
 import copy
+import functools
 from collections import OrderedDict
 from collections.abc import Container, Mapping
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -37,7 +39,7 @@ from torch import nn
 from ..models import MLP
 from ..sparse import kernels
 from ..sparse.checks import check_masks
-from ..sparse.csr_linear import _csr, _csr_indices
+from ..sparse.csr_linear import _csr
 from ..sparse.modules import (
     ELEMENTWISE,
     check_threshold,
@@ -50,70 +52,67 @@ __all__ = ["SparseExport", "SparseLinearChain", "export_sparse", "module_nbytes"
 _BAD_THREADS = "num_threads must be a positive int or None; got {value!r}."
 _BAD_MASK_DTYPE = "mask {key!r} must be a bool tensor; got dtype {dtype}."
 
-class _FeatureMajorLinear(nn.Module):
-    """``y_t = W @ x_t + b[:, None]`` on feature-major activations (CSR or dense ``W``)."""
 
-    def __init__(self, weight: torch.Tensor, mask: torch.Tensor, bias, *, sparse: bool) -> None:
+class _Cached(nn.Module):
+    """A module whose derived attributes ``_CACHE`` are reset when it is moved, cast or pickled."""
+
+    _CACHE: ClassVar[dict[str, Any]] = {}
+
+    def _apply(self, fn, recurse=True):
+        self.__dict__.update(self._CACHE)
+        return super()._apply(fn, recurse)
+
+    def __getstate__(self):
+        return {**super().__getstate__(), **self._CACHE}
+
+
+class _FeatureMajorLinear(nn.Module):
+    """``y_t = W @ x_t + b[:, None]`` on feature-major activations (CSR or dense ``W``).
+
+    ``weight`` is already masked; ``mask`` gives the CSR pattern when ``sparse``.
+    """
+
+    def __init__(self, weight: torch.Tensor, mask: torch.Tensor, bias: torch.Tensor | None, *,
+                 sparse: bool) -> None:
         super().__init__()
         self.out_features, self.in_features = (int(s) for s in weight.shape)
         self.sparse = bool(sparse)
         if self.sparse:
-            # nonzero() and boolean indexing both walk the mask in row-major order, so the
-            # column indices and the values line up, sorted within each row.
-            crow, col = _csr_indices(*mask.nonzero().unbind(1), self.out_features)
+            flat, crow, col = kernels.csr_pattern(mask)[:3]
             self.register_buffer("crow_indices", crow)
             self.register_buffer("col_indices", col)
-            self.register_buffer("values", weight[mask].contiguous())
+            self.register_buffer("values", weight.reshape(-1)[flat].contiguous())
         else:
-            self.register_buffer("weight", (weight * mask).contiguous())
-        bias_col = None if bias is None else bias.reshape(-1, 1).contiguous()
-        self.register_buffer("bias", bias_col)
-        self._matrix: torch.Tensor | None = None
+            self.register_buffer("weight", weight.contiguous())
+        self.register_buffer("bias", None if bias is None else bias.reshape(-1, 1).contiguous())
 
     @property
     def nnz(self) -> int:
         return int(self.values.numel()) if self.sparse else int(self.weight.numel())
 
     def matrix(self) -> torch.Tensor:
-        """The weight matrix used in the product (a CSR tensor when sparse)."""
+        """The weight matrix used in the product (a CSR tensor aliasing ``values`` when sparse)."""
         if not self.sparse:
             return self.weight
-        if self._matrix is None or self._matrix.values().data_ptr() != self.values.data_ptr():
-            self._matrix = _csr(
-                self.crow_indices,
-                self.col_indices,
-                self.values,
-                (self.out_features, self.in_features),
-            )
-        return self._matrix
-
-    def _apply(self, fn, recurse=True):
-        self._matrix = None
-        return super()._apply(fn, recurse)
-
-    def __getstate__(self):
-        state = super().__getstate__().copy()
-        state["_matrix"] = None
-        return state
+        return _csr(self.crow_indices, self.col_indices, self.values,
+                    (self.out_features, self.in_features))
 
     def forward(self, x_t: torch.Tensor) -> torch.Tensor:
-        matrix = self._matrix if self._matrix is not None else self.matrix()
-        bias = self._buffers["bias"]
-        if bias is None:
-            return torch.mm(matrix, x_t)
-        return torch.addmm(bias, matrix, x_t)
+        matrix, bias = self.matrix(), self._buffers["bias"]
+        return torch.mm(matrix, x_t) if bias is None else torch.addmm(bias, matrix, x_t)
 
     def extra_repr(self) -> str:
         kind = f"csr, nnz={self.nnz}" if self.sparse else "dense"
         return f"in_features={self.in_features}, out_features={self.out_features}, {kind}"
 
 
-class SparseLinearChain(nn.Module):
+class SparseLinearChain(_Cached):
     """Linear layers and element-wise activations computed on feature-major activations.
 
     The input ``(..., in_features)`` is transposed once to ``(in_features, n)``, every
     step works on that layout, and the result is transposed back to
-    ``(..., out_features)``.
+    ``(..., out_features)``. On CPU the chain runs on the compiled kernels when they
+    apply (see the module's description).
 
     Parameters
     ----------
@@ -121,56 +120,31 @@ class SparseLinearChain(nn.Module):
         ``_FeatureMajorLinear`` layers and element-wise modules, in order.
     """
 
+    _CACHE: ClassVar[dict[str, Any]] = {"_plan": None}
+
     def __init__(self, steps: list[nn.Module]) -> None:
         super().__init__()
         self.steps = nn.ModuleList(steps)
         linears = [s for s in steps if isinstance(s, _FeatureMajorLinear)]
         self.in_features = linears[0].in_features
         self.out_features = linears[-1].out_features
-        self._kernel_ops: list[tuple] | None = None
-        self._planned = False
+        self._plan: list[tuple] | None = None
 
-    def _apply(self, fn, recurse=True):
-        self._kernel_ops, self._planned = None, False
-        return super()._apply(fn, recurse)
-
-    def __getstate__(self):
-        state = super().__getstate__().copy()
-        state["_kernel_ops"], state["_planned"] = None, False
-        return state
+    def _flat_plan(self) -> list[tuple]:
+        """The chain as one ``_CHAIN`` operation of a plan, built on first use."""
+        if self._plan is None:
+            self._plan = [(_CHAIN, _kernel_chain_plan(self), _torch_chain_plan(self))]
+        return self._plan
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self._planned:
-            self._kernel_ops, self._planned = _kernel_chain_plan(self), True
-        ops = self._kernel_ops
-        if ops is not None and _kernel_input(ops, x):
-            return _run_kernel_chain(ops, x)
-        lead = x.shape[:-1]
-        # A contiguous feature-major copy is cheaper than the sparse product reading a
-        # transposed view (measured ~15 % on a 2048-wide layer, batch 64).
-        h = x.reshape(-1, self.in_features).t().contiguous()
-        # This is the hot loop of a sub-millisecond inference: the products are computed
-        # inline (no module call per layer), and ReLU works in place on the chain's own
-        # buffers.
-        for step in self.steps:
-            kind = type(step)
-            if kind is _FeatureMajorLinear:
-                matrix = step._matrix if step._matrix is not None else step.matrix()
-                bias = step._buffers["bias"]
-                h = torch.mm(matrix, h) if bias is None else torch.addmm(bias, matrix, h)
-            elif kind is nn.ReLU:
-                h = torch.relu_(h)
-            else:
-                h = step(h)
-        return h.t().reshape(*lead, self.out_features)
+        return _run_plan(self._flat_plan(), x)
 
 
-# Operations of the flat inference plan of a SparseExport (see ``_build_plan``); a ReLU
-# outside a chain (_RELU_OUT) does not work in place. _CHAIN runs a chain on the compiled
-# kernels (its operations below) or, for an input they do not take, on its torch plan.
+# Operations of a plan, a flat list of ``(operation, a, b)`` run by ``_run_plan``. A ReLU
+# outside a chain (_RELU_OUT) does not work in place. _CHAIN runs a chain on its kernel
+# plan (a) where the kernels take the input, otherwise on its torch plan (b).
 _FLATTEN, _ENTER, _ADDMM, _MM, _RELU, _CALL, _EXIT, _RELU_OUT, _CHAIN = range(9)
-# Operations of a chain on the compiled kernels (activations held as panels).
-_K_CSR, _K_DENSE = range(20, 22)
+_PACK, _K_CSR, _K_DENSE, _UNPACK = range(20, 24)
 
 
 # A dense layer of a chain with at most this many outputs (a classifier head) is computed
@@ -180,13 +154,28 @@ _K_CSR, _K_DENSE = range(20, 22)
 _KERNEL_DENSE_MAX_OUT = 64
 
 
-def _kernel_chain_plan(chain: SparseLinearChain) -> list[tuple] | None:
-    """The chain's operations on the compiled kernels; ``None`` where they do not apply.
+def _torch_chain_plan(chain: SparseLinearChain) -> list[tuple]:
+    """The chain's plan on torch's products (feature-major; CSR tensors alias the buffers)."""
+    plan: list[tuple] = [(_ENTER, chain.in_features, None)]
+    for step in chain.steps:
+        if type(step) is _FeatureMajorLinear:
+            bias = step._buffers["bias"]
+            plan.append((_MM, step.matrix(), None) if bias is None
+                        else (_ADDMM, step.matrix(), bias))
+        else:
+            plan.append((_RELU, None, None) if type(step) is nn.ReLU else (_CALL, step, None))
+    plan.append((_EXIT, chain.out_features, None))
+    return plan
 
-    The first entry is ``(in_features, out_features, dtype)``; then ``(_K_CSR, product,
-    relu)`` for a layer computed by a :class:`~rest_fair.sparse.kernels.CSRProduct`
-    (``relu`` when the ReLU that follows it is fused into its store), ``(_K_DENSE,
-    weight, bias_column)`` for a dense product, and element-wise steps.
+
+def _kernel_chain_plan(chain: SparseLinearChain) -> list[tuple] | None:
+    """The chain's plan on the compiled kernels; ``None`` where they do not apply.
+
+    ``(_PACK, in_features, dtype)`` packs the input into panels and ``(_UNPACK,
+    out_features, None)`` unpacks the result; between them ``(_K_CSR, product, relu)`` for
+    a layer computed by a :class:`~rest_fair.sparse.kernels.CSRProduct` (``relu`` when the
+    ReLU that follows it is fused into its store), ``(_K_DENSE, weight, bias_column)`` for
+    a dense product, and element-wise steps.
     """
     linears = [s for s in chain.steps if type(s) is _FeatureMajorLinear]
     if not any(s.sparse for s in linears):
@@ -197,36 +186,27 @@ def _kernel_chain_plan(chain: SparseLinearChain) -> list[tuple] | None:
         t.dtype != dtype or t.device.type != "cpu" for t in tensors
     ) or kernels.load() is None:
         return None
-    ops: list[tuple] = [(chain.in_features, chain.out_features, dtype)]
-    steps = list(chain.steps)
-    i = 0
-    while i < len(steps):
-        step = steps[i]
-        if type(step) is _FeatureMajorLinear:
+    plan: list[tuple] = [(_PACK, chain.in_features, dtype)]
+    for step in chain.steps:
+        kind = type(step)
+        if kind is _FeatureMajorLinear:
             bias = step._buffers["bias"]
-            bias = None if bias is None else bias.reshape(-1).contiguous()
             if step.sparse:
-                product = kernels.CSRProduct(step.crow_indices, step.col_indices, step.values,
-                                             bias)
+                crow, col, values = step.crow_indices, step.col_indices, step.values
             elif step.out_features <= _KERNEL_DENSE_MAX_OUT:
-                n_out, n_in = step.out_features, step.in_features
-                crow = torch.arange(0, n_out * n_in + 1, n_in, dtype=torch.int32)
-                col = torch.arange(n_in, dtype=torch.int32).repeat(n_out)
-                product = kernels.CSRProduct(crow, col, step.weight.reshape(-1), bias)
+                crow, col = kernels.csr_pattern(torch.ones_like(step.weight, dtype=torch.bool))[1:3]
+                values = step.weight.reshape(-1)
             else:
-                ops.append((_K_DENSE, step.weight, step._buffers["bias"]))
-                i += 1
+                plan.append((_K_DENSE, step.weight, bias))
                 continue
-            fuse = i + 1 < len(steps) and type(steps[i + 1]) is nn.ReLU
-            ops.append((_K_CSR, product, fuse))
-            i += 2 if fuse else 1
-            continue
-        if type(step) is nn.ReLU:
-            ops.append((_RELU, None, None))
+            bias = None if bias is None else bias.reshape(-1).contiguous()
+            plan.append((_K_CSR, kernels.CSRProduct(crow, col, values, bias), False))
+        elif kind is nn.ReLU and plan[-1][0] == _K_CSR and not plan[-1][2]:
+            plan[-1] = (_K_CSR, plan[-1][1], True)
         else:
-            ops.append((_CALL, step, None))
-        i += 1
-    return ops
+            plan.append((_RELU, None, None) if kind is nn.ReLU else (_CALL, step, None))
+    plan.append((_UNPACK, chain.out_features, None))
+    return plan
 
 
 # Below this many samples a chain runs on torch's sparse products: a kernel panel holds at
@@ -236,67 +216,15 @@ def _kernel_chain_plan(chain: SparseLinearChain) -> list[tuple] | None:
 _KERNEL_MIN_BATCH = 8
 
 
-def _kernel_input(ops: list[tuple], x: torch.Tensor) -> bool:
+def _kernel_input(plan: list[tuple], x: torch.Tensor) -> bool:
     """Whether the compiled kernels take ``x`` (no gradient is computed through them)."""
-    return (x.device.type == "cpu" and x.dtype == ops[0][2]
-            and x.numel() >= _KERNEL_MIN_BATCH * ops[0][0]
+    _, n_in, dtype = plan[0]
+    return (x.device.type == "cpu" and x.dtype == dtype
+            and x.numel() >= _KERNEL_MIN_BATCH * n_in
             and not (x.requires_grad and torch.is_grad_enabled()))
 
 
-def _run_kernel_chain(ops: list[tuple], x: torch.Tensor) -> torch.Tensor:
-    n_in, n_out, dtype = ops[0]
-    lead = x.shape[:-1]
-    x = x.reshape(-1, n_in)
-    batch = x.shape[0]
-    n_threads = torch.get_num_threads()
-    nv, width = kernels.panel_width(dtype, batch)
-    h, _ = kernels.pack(x, _even_splits(n_in, n_threads), nv)
-    padded = h.shape[0] * width  # padding columns are computed too: whole rows are stored
-    for op, a, b in ops[1:]:
-        if op == _K_CSR:
-            h = a(h, nv, padded, n_threads, relu=b)
-        elif op == _K_DENSE:
-            if h.shape[0] == 1:
-                h = (torch.mm(a, h[0]) if b is None else torch.addmm(b, a, h[0])).unsqueeze(0)
-            else:
-                h = torch.matmul(a, h) if b is None else torch.matmul(a, h).add_(b)
-        elif op == _RELU:
-            h = torch.relu_(h)
-        else:
-            h = a(h)
-    return h.transpose(1, 2).reshape(-1, n_out)[:batch].reshape(*lead, n_out)
-
-
-_EVEN_SPLITS: dict[tuple[int, int], torch.Tensor] = {}
-
-
-def _even_splits(n_features: int, n_threads: int) -> torch.Tensor:
-    key = (n_features, n_threads)
-    splits = _EVEN_SPLITS.get(key)
-    if splits is None:
-        splits = _EVEN_SPLITS[key] = kernels.even_splits(n_features, n_threads)
-    return splits
-
-
-def _chain_plan(chain: SparseLinearChain) -> list[tuple]:
-    plan: list[tuple] = [(_ENTER, chain.in_features, None)]
-    for step in chain.steps:
-        if type(step) is _FeatureMajorLinear:
-            bias = step._buffers["bias"]
-            plan.append((_MM, step.matrix(), None) if bias is None
-                        else (_ADDMM, step.matrix(), bias))
-        elif type(step) is nn.ReLU:
-            plan.append((_RELU, None, None))
-        else:
-            plan.append((_CALL, step, None))
-    plan.append((_EXIT, chain.out_features, None))
-    return plan
-
-
-def _whole_chain_plan(chain: SparseLinearChain) -> list[tuple]:
-    ops = _kernel_chain_plan(chain)
-    torch_plan = _chain_plan(chain)
-    return torch_plan if ops is None else [(_CHAIN, ops, torch_plan)]
+_even_splits = functools.cache(kernels.even_splits)
 
 
 def _build_plan(module: nn.Module) -> list[tuple] | None:
@@ -308,7 +236,7 @@ def _build_plan(module: nn.Module) -> list[tuple] | None:
     if type(module) is MLP:
         module = module.layers
     if type(module) is SparseLinearChain:
-        return _whole_chain_plan(module)
+        return module._flat_plan()
     if type(module) is not nn.Sequential:
         return None
     plan: list[tuple] = []
@@ -316,7 +244,7 @@ def _build_plan(module: nn.Module) -> list[tuple] | None:
         if type(sub) is nn.Flatten:
             plan.append((_FLATTEN, sub.start_dim, sub.end_dim))
         elif type(sub) is SparseLinearChain:
-            plan.extend(_whole_chain_plan(sub))
+            plan.extend(sub._flat_plan())
         elif type(sub) is nn.ReLU:
             plan.append((_RELU_OUT, None, None))
         else:
@@ -325,31 +253,51 @@ def _build_plan(module: nn.Module) -> list[tuple] | None:
 
 
 def _run_plan(plan: list[tuple], x: torch.Tensor) -> torch.Tensor:
-    h, lead = x, None
+    h = x
+    lead: torch.Size | None = None
+    batch = nv = padded = n_threads = 0
     for op, a, b in plan:
         if op == _ADDMM:
             h = torch.addmm(b, a, h)
+        elif op == _K_CSR:
+            h = a(h, nv, padded, n_threads, relu=b)
         elif op == _RELU:
             h = torch.relu_(h)
         elif op == _MM:
             h = torch.mm(a, h)
         elif op == _ENTER:
             lead = h.shape[:-1]
+            # A contiguous feature-major copy is cheaper than the sparse product reading a
+            # transposed view (measured ~15 % on a 2048-wide layer, batch 64).
             h = h.reshape(-1, a).t().contiguous()
         elif op == _EXIT:
             h = h.t().reshape(*lead, a)
+        elif op == _PACK:
+            lead = h.shape[:-1]
+            h = h.reshape(-1, a)
+            batch, n_threads = h.shape[0], torch.get_num_threads()
+            nv, width = kernels.panel_width(b, batch)
+            h, _ = kernels.pack(h, _even_splits(a, n_threads), nv)
+            padded = h.shape[0] * width  # padding columns are computed too: rows stored whole
+        elif op == _K_DENSE:
+            if h.shape[0] == 1:
+                h = (torch.mm(a, h[0]) if b is None else torch.addmm(b, a, h[0])).unsqueeze(0)
+            else:
+                h = torch.matmul(a, h) if b is None else torch.matmul(a, h).add_(b)
+        elif op == _UNPACK:
+            h = h.transpose(1, 2).reshape(-1, a)[:batch].reshape(*lead, a)
         elif op == _FLATTEN:
             h = h.flatten(a, b)
         elif op == _RELU_OUT:
             h = torch.relu(h)
         elif op == _CHAIN:
-            h = _run_kernel_chain(a, h) if _kernel_input(a, h) else _run_plan(b, h)
+            h = _run_plan(a if a is not None and _kernel_input(a, h) else b, h)
         else:
             h = a(h)
     return h
 
 
-class SparseExport(nn.Module):
+class SparseExport(_Cached):
     """Wrapper returned by :func:`export_sparse`.
 
     When the converted network is a pipeline (an ``nn.Sequential`` or the estimator's
@@ -368,6 +316,8 @@ class SparseExport(nn.Module):
         the current setting.
     """
 
+    _CACHE: ClassVar[dict[str, Any]] = {"_plan": None, "_planned": False}
+
     def __init__(self, module: nn.Module, num_threads: int | None = None) -> None:
         super().__init__()
         self.module = module
@@ -383,33 +333,18 @@ class SparseExport(nn.Module):
         self._plan: list[tuple] | None = None
         self._planned = False
 
-    def _apply(self, fn, recurse=True):
-        self._plan, self._planned = None, False
-        return super()._apply(fn, recurse)
-
-    def __getstate__(self):
-        state = super().__getstate__().copy()
-        state["_plan"], state["_planned"] = None, False
-        return state
-
-    def _call(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self._planned:
             self._plan, self._planned = _build_plan(self.module), True
-        plan = self._plan
-        return self.module(x) if plan is None else _run_plan(plan, x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n = self.num_threads
-        if n is None:
-            return self._call(x)
-        previous = torch.get_num_threads()
-        if n == previous:
-            return self._call(x)
-        torch.set_num_threads(n)
+        n, previous = self.num_threads, torch.get_num_threads()
+        switch = n is not None and n != previous
+        if switch:
+            torch.set_num_threads(n)
         try:
-            return self._call(x)
+            return self.module(x) if self._plan is None else _run_plan(self._plan, x)
         finally:
-            torch.set_num_threads(previous)
+            if switch:
+                torch.set_num_threads(previous)
 
 
 def module_nbytes(module: nn.Module) -> int:
@@ -423,24 +358,8 @@ def module_nbytes(module: nn.Module) -> int:
     -------
     int
     """
-    seen: set[int] = set()
-    total = 0
-    for tensor in [*module.parameters(), *module.buffers()]:
-        if tensor is None or id(tensor) in seen:
-            continue
-        seen.add(id(tensor))
-        total += tensor.numel() * tensor.element_size()
-    return total
-
-
-def _elementwise(sub: nn.Module) -> bool:
-    return type(sub) in ELEMENTWISE
-
-
-def _plain_linear(sub: nn.Module) -> bool:
-    # Subclasses (e.g. the out-projection of nn.MultiheadAttention) may be used through
-    # their weights directly rather than their forward, so they are left alone.
-    return type(sub) is nn.Linear
+    tensors = {id(t): t for t in [*module.parameters(), *module.buffers()]}
+    return sum(t.numel() * t.element_size() for t in tensors.values())
 
 
 def _remove_dead(layers: list[dict], acts: list[list[nn.Module]]) -> None:
@@ -451,12 +370,10 @@ def _remove_dead(layers: list[dict], acts: list[list[nn.Module]]) -> None:
     """
 
     def drop(j: int, keep: torch.Tensor) -> None:
-        layer, nxt = layers[j], layers[j + 1]
-        layer["weight"] = layer["weight"][keep]
-        layer["mask"] = layer["mask"][keep]
-        layer["bias"] = layer["bias"][keep]
-        nxt["weight"] = nxt["weight"][:, keep]
-        nxt["mask"] = nxt["mask"][:, keep]
+        for key in ("weight", "mask", "bias"):  # rows of layer j, columns of layer j + 1
+            layers[j][key] = layers[j][key][keep]
+        for key in ("weight", "mask"):
+            layers[j + 1][key] = layers[j + 1][key][:, keep]
 
     # Forward: empty rows output act(bias), a constant; fold it into the next bias.
     for j in range(len(layers) - 1):
@@ -489,6 +406,7 @@ def _build_chain(
     sparse: Container[str],
     remove_dead: bool,
 ) -> SparseLinearChain:
+    """The chain of ``linears`` (named ``names``), ``acts[j]`` after layer ``j``, then ``tail``."""
     layers = []
     for lin, name in zip(linears, names, strict=True):
         weight = lin.weight.detach()
@@ -498,27 +416,18 @@ def _build_chain(
         mask = mask.to(weight.device)
         has_bias = lin.bias is not None
         bias = lin.bias.detach().clone() if has_bias else weight.new_zeros(weight.shape[0])
-        layers.append(
-            {
-                "weight": weight * mask,
-                "mask": mask,
-                "bias": bias,
-                "has_bias": has_bias,
-                "sparse": name in sparse,
-            }
-        )
-    if remove_dead and len(layers) > 1:
-        with torch.no_grad():
-            _remove_dead(layers, acts)
+        layers.append(dict(weight=weight * mask, mask=mask, bias=bias, has_bias=has_bias,
+                           sparse=name in sparse))
+    if remove_dead and len(layers) > 1:  # detached tensors: no graph is recorded
+        _remove_dead(layers, acts)
     steps: list[nn.Module] = []
     for j, layer in enumerate(layers):
         # A layer without bias only gets one when dead-neuron folding gave it one.
         bias = layer["bias"]
         if not layer["has_bias"] and not bool(bias.ne(0).any()):
             bias = None
-        steps.append(
-            _FeatureMajorLinear(layer["weight"], layer["mask"], bias, sparse=layer["sparse"])
-        )
+        steps.append(_FeatureMajorLinear(layer["weight"], layer["mask"], bias,
+                                         sparse=layer["sparse"]))
         if j < len(acts):
             steps.extend(acts[j])
     steps.extend(tail)
@@ -539,30 +448,26 @@ def _convert_sequential(
     i = 0
     while i < len(items):
         key, sub = items[i]
-        name = f"{prefix}{key}"
-        if name not in sparse:
+        i += 1
+        if f"{prefix}{key}" not in sparse:
             new.append((key, sub))
-            i += 1
             continue
-        # A chain starts at a sparse linear and runs through linears and activations.
-        linears, names, acts, pending = [sub], [name], [], []
-        k = i + 1
-        while k < len(items):
-            k_key, k_sub = items[k]
-            if _elementwise(k_sub):
-                pending.append(k_sub)
-            elif _plain_linear(k_sub):
+        # A chain starts at a sparse linear and runs through element-wise modules and plain
+        # linears (subclasses, e.g. the out-projection of nn.MultiheadAttention, may be used
+        # through their weights rather than their forward, so they are left alone).
+        linears, names, acts, pending = [sub], [f"{prefix}{key}"], [], []
+        while i < len(items) and type(items[i][1]) in (*ELEMENTWISE, nn.Linear):
+            k_key, k_sub = items[i]
+            i += 1
+            if type(k_sub) is nn.Linear:
                 acts.append(pending)
                 pending = []
                 linears.append(k_sub)
                 names.append(f"{prefix}{k_key}")
             else:
-                break
-            k += 1
-        chain = _build_chain(linears, acts, pending, masks, names, sparse, remove_dead)
-        new.append((key, chain))
+                pending.append(k_sub)
+        new.append((key, _build_chain(linears, acts, pending, masks, names, sparse, remove_dead)))
         done.update(names)
-        i = k
     seq._modules = OrderedDict(new)
     return done
 
@@ -631,13 +536,12 @@ def export_sparse(
         if isinstance(sub, nn.Sequential):
             prefix = f"{name}." if name else ""
             converted |= _convert_sequential(sub, prefix, masks, sparse, remove_dead)
-    # Remaining sparse linears (outside any Sequential) are replaced one by one.
+    # Remaining sparse linears (outside any Sequential, or the module itself) one by one.
     for name, sub in sparse.items():
-        if name and name not in converted:
+        if name not in converted:
             chain = _build_chain([sub], [], [], masks, [name], sparse, remove_dead)
-            set_submodule(exported, name, chain)
-    if "" in sparse:
-        exported = _build_chain([exported], [], [], masks, [""], sparse, remove_dead)
-    wrapper = SparseExport(exported, num_threads=num_threads)
-    wrapper.eval()
-    return wrapper
+            if name:
+                set_submodule(exported, name, chain)
+            else:
+                exported = chain
+    return SparseExport(exported, num_threads=num_threads).eval()

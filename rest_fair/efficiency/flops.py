@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from functools import partial
 
 import torch
 from torch import nn
@@ -33,8 +34,7 @@ from ..sparse.checks import check_masks
 
 __all__ = ["efficiency_report", "layer_shapes"]
 
-_BAD_INTERVAL = "update_interval must be a positive int or None; got {value!r}."
-_BAD_STEPS = "{name} must be a non-negative int or None; got {value!r}."
+_BAD_INT = "{name} must be a {kind} int or None; got {value!r}."
 _BAD_REGROW = "regrow must be 'gradient' or 'random'; got {value!r}."
 _NEED_STEPS = "n_topology_updates needs n_train_steps (the number of optimizer steps)."
 
@@ -52,6 +52,9 @@ _COLUMNS = [
     "training_flops",
     "training_flops_fraction",
 ]
+# the columns summed into the "total" row
+_SUMMED = ("params_dense", "params_active", "inference_flops_dense", "inference_flops",
+           "training_flops_dense", "training_flops")
 
 
 def layer_shapes(module: nn.Module, input_shape: Sequence[int]) -> dict[str, int]:
@@ -74,17 +77,14 @@ def layer_shapes(module: nn.Module, input_shape: Sequence[int]) -> dict[str, int
     positions: dict[str, int] = {}
     handles = []
 
-    def make_hook(name: str, n_out: int):
-        def hook(_mod, _inp, out):
-            positions[name] = positions.get(name, 0) + out.numel() // n_out
-
-        return hook
+    def hook(name: str, n_out: int, _mod: nn.Module, _inp: tuple, out: torch.Tensor) -> None:
+        positions[name] = positions.get(name, 0) + out.numel() // n_out
 
     for name, sub in module.named_modules():
         if isinstance(sub, nn.Linear):
-            handles.append(sub.register_forward_hook(make_hook(name, sub.out_features)))
+            handles.append(sub.register_forward_hook(partial(hook, name, sub.out_features)))
         elif isinstance(sub, nn.modules.conv._ConvNd):
-            handles.append(sub.register_forward_hook(make_hook(name, sub.out_channels)))
+            handles.append(sub.register_forward_hook(partial(hook, name, sub.out_channels)))
     first = next(iter(module.parameters()), None)
     device = first.device if first is not None else torch.device("cpu")
     dtype = first.dtype if first is not None and first.is_floating_point() else torch.float32
@@ -154,20 +154,16 @@ def efficiency_report(
     check_masks(module, masks)
     if regrow not in ("gradient", "random"):
         raise ValueError(_BAD_REGROW.format(value=regrow))
-    if update_interval is not None and (
-        isinstance(update_interval, bool)
-        or not isinstance(update_interval, int)
-        or update_interval < 1
+    for name, value, least in (
+        ("update_interval", update_interval, 1),
+        ("n_topology_updates", n_topology_updates, 0),
+        ("n_train_steps", n_train_steps, 0),
+        ("batch_size", batch_size, 0),
     ):
-        raise ValueError(_BAD_INTERVAL.format(value=update_interval))
-    for name, value in (
-        ("n_topology_updates", n_topology_updates),
-        ("n_train_steps", n_train_steps),
-        ("batch_size", batch_size),
-    ):
-        bad = isinstance(value, bool) or not isinstance(value, int) or value < 0
+        bad = isinstance(value, bool) or not isinstance(value, int) or value < least
         if value is not None and bad:
-            raise ValueError(_BAD_STEPS.format(name=name, value=value))
+            kind = "positive" if least else "non-negative"
+            raise ValueError(_BAD_INT.format(name=name, kind=kind, value=value))
     if n_topology_updates is not None:
         if not n_train_steps:
             raise ValueError(_NEED_STEPS)
@@ -176,10 +172,7 @@ def efficiency_report(
         update_rate = 1.0 / update_interval
     else:
         update_rate = 0.0
-    if regrow == "random":
-        update_rate_dense = 0.0
-    else:
-        update_rate_dense = update_rate
+    update_rate_dense = 0.0 if regrow == "random" else update_rate
 
     positions = layer_shapes(module, input_shape)
     rows = []
@@ -188,8 +181,7 @@ def efficiency_report(
         if not isinstance(sub, (nn.Linear, nn.modules.conv._ConvNd)):
             continue
         weight_name = f"{name}.weight" if name else "weight"
-        weight = sub.weight
-        n_weight = weight.numel()
+        n_weight = sub.weight.numel()
         mask = masks.get(weight_name)
         n_active = int(mask.sum()) if mask is not None else n_weight
         n_bias = sub.bias.numel() if sub.bias is not None else 0
@@ -197,52 +189,28 @@ def efficiency_report(
         pos = positions.get(name, 0)
         f_dense = 2 * n_weight * pos
         f_sparse = 2 * n_active * pos
-        train_dense = 3 * f_dense
-        train_sparse = 3 * f_sparse + (f_dense - f_sparse) * update_rate_dense
         rows.append(
             {
                 "layer": name,
                 "kind": type(sub).__name__,
-                "shape": tuple(weight.shape),
+                "shape": tuple(sub.weight.shape),
                 "params_dense": n_weight + n_bias,
                 "params_active": n_active + n_bias,
                 "inference_flops_dense": f_dense,
                 "inference_flops": f_sparse,
-                "training_flops_dense": train_dense,
-                "training_flops": train_sparse,
+                "training_flops_dense": 3 * f_dense,
+                "training_flops": 3 * f_sparse + (f_dense - f_sparse) * update_rate_dense,
             }
         )
-    other = [p for n, p in module.named_parameters() if n not in counted]
-    if other:
-        n_other = sum(p.numel() for p in other)
-        n_other_active = n_other
-        for n, p in module.named_parameters():
-            if n not in counted and n in masks:
-                n_other_active -= p.numel() - int(masks[n].sum())
-        rows.append(
-            {
-                "layer": "(other)",
-                "kind": "other",
-                "shape": (),
-                "params_dense": n_other,
-                "params_active": n_other_active,
-                "inference_flops_dense": 0,
-                "inference_flops": 0,
-                "training_flops_dense": 0,
-                "training_flops": 0,
-            }
-        )
-    total = {"layer": "total", "kind": "total", "shape": ()}
-    for key in (
-        "params_dense",
-        "params_active",
-        "inference_flops_dense",
-        "inference_flops",
-        "training_flops_dense",
-        "training_flops",
-    ):
-        total[key] = sum(r[key] for r in rows)
-    rows.append(total)
+    other = {n: p for n, p in module.named_parameters() if n not in counted}
+    if other:  # dense remaining parameters (normalisation etc.), no FLOPs counted
+        rows.append({"layer": "(other)", "kind": "other", "shape": (),
+                     **dict.fromkeys(_SUMMED, 0),
+                     "params_dense": sum(p.numel() for p in other.values()),
+                     "params_active": sum(int(masks[n].sum()) if n in masks else p.numel()
+                                          for n, p in other.items())})
+    rows.append({"layer": "total", "kind": "total", "shape": (),
+                 **{key: sum(r[key] for r in rows) for key in _SUMMED}})
     for r in rows:
         r["density"] = r["params_active"] / r["params_dense"] if r["params_dense"] else math.nan
         for what in ("inference_flops", "training_flops"):

@@ -43,16 +43,11 @@ class _CSRMaskSet(MaskSet):
 
     def __init__(self, base: MaskSet, layers: Mapping[str, CSRLinear]) -> None:
         self.layers = dict(layers)
-        self.params = {}
-        self._bool = {}
-        self._mult = {}
-        for name in base.names:
-            if name in self.layers:
-                self.params[name] = self.layers[name].values
-            else:
-                self.params[name] = base.params[name]
-                self._bool[name] = base._bool[name]
-                self._mult[name] = base._mult[name]
+        self.params = {name: self.layers[name].values if name in self.layers
+                       else base.params[name] for name in base.names}
+        dense = [name for name in base.names if name not in self.layers]
+        self._bool = {name: base._bool[name] for name in dense}
+        self._mult = {name: base._mult[name] for name in dense}
 
     def mask(self, name: str) -> torch.Tensor:
         layer = self.layers.get(name)
@@ -146,11 +141,6 @@ class CSRDynamicSparsity(DynamicSparsity):
         _link_feature_major(module)
 
     # -- optimizer state in dense form --------------------------------------------------
-    def _optimizer_layers(self, optimizer: torch.optim.Optimizer) -> dict[int, CSRLinear]:
-        by_values = {id(layer.values): layer for layer in self.layers.values()}
-        params = [p for group in optimizer.param_groups for p in group["params"]]
-        return {i: by_values[id(p)] for i, p in enumerate(params) if id(p) in by_values}
-
     def bind_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
         """Make ``optimizer.state_dict()`` dense-shaped, and ``load_state_dict`` accept it.
 
@@ -162,9 +152,11 @@ class CSRDynamicSparsity(DynamicSparsity):
         def hook(dense: bool) -> Any:
             def convert(opt: torch.optim.Optimizer, state_dict: dict) -> dict:
                 state = dict(state_dict["state"])
-                for i, layer in self._optimizer_layers(opt).items():
-                    if i in state:
-                        state[i] = _layer_state(layer, state[i], dense=dense)
+                by_values = {id(layer.values): layer for layer in self.layers.values()}
+                params = [p for group in opt.param_groups for p in group["params"]]
+                for i, p in enumerate(params):
+                    if i in state and id(p) in by_values:
+                        state[i] = _layer_state(by_values[id(p)], state[i], dense=dense)
                 return {**state_dict, "state": state}
 
             return convert

@@ -11,13 +11,13 @@ computes
   gradient.
 
 On CPU in float32 or float64 the products run in the compiled kernels of
-:mod:`rest_fair.sparse.kernels` (:class:`_CSRKernelFunction`): the activations are packed
-once per pass into panels of a few dozen samples, the forward product reads the panels at
-the pattern's columns, and one backward pass over the transposed pattern gives both the
-input gradient and the weight gradient; outputs are written directly in the layout the
-next layer reads. Elsewhere (CUDA, other dtypes, no C compiler, or
-``REST_FAIR_NATIVE_KERNELS=0``) :class:`_CSRLinearFunction` uses torch's sparse CSR
-products on feature-major activations (``X_t`` is features x samples):
+:mod:`rest_fair.sparse.kernels`: the activations are packed once per pass into panels of a
+few dozen samples, the forward product reads the panels at the pattern's columns, and one
+backward pass over the transposed pattern gives both the input gradient and the weight
+gradient; outputs are written directly in the layout the next layer reads. Elsewhere
+(CUDA, other dtypes, no C compiler, or ``REST_FAIR_NATIVE_KERNELS=0``) the same autograd
+function uses torch's sparse CSR products on feature-major activations (``X_t`` is
+features x samples):
 ``Y_t = W_csr @ X_t + b``, ``W_csr^T @ G_t`` and ``torch.sparse.sampled_addmm``. A layer
 that feeds another CSR layer (through element-wise activations) passes its output
 feature-major in both paths, so consecutive sparse layers exchange activations without
@@ -40,6 +40,7 @@ flat index, as in :mod:`rest_fair.sparse.rigl`.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 from collections.abc import Callable
@@ -75,15 +76,6 @@ def _csr(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, size) -> t
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         return torch.sparse_csr_tensor(crow, col, values, size=size, check_invariants=False)
-
-
-def _csr_indices(
-    rows: torch.Tensor, cols: torch.Tensor, n_rows: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``crow_indices`` and ``col_indices`` (int32) of entries sorted by row."""
-    crow = torch.zeros(n_rows + 1, dtype=torch.int32, device=rows.device)
-    crow[1:] = torch.cumsum(torch.bincount(rows, minlength=n_rows), 0)
-    return crow, cols.to(torch.int32).contiguous()
 
 
 @dataclass
@@ -136,61 +128,27 @@ def _chunked_topk(
     return best_index
 
 
-class _CSRLinearFunction(torch.autograd.Function):
-    """``Y_t = W_csr @ X_t + b`` with the gradients of :class:`CSRLinear`."""
+class _CSRFunction(torch.autograd.Function):
+    """``Y = X W^T + b`` of :class:`CSRLinear` on the kernels or torch's products (``use_kernels``).
 
-    @staticmethod
-    def forward(ctx, x_t, values, bias, layer):  # type: ignore[override]
-        matrix = _csr(layer.crow_indices, layer.col_indices, values, layer.shape)
-        if bias is None:
-            out = torch.mm(matrix, x_t)
-        else:
-            out = torch.addmm(bias.unsqueeze(1), matrix, x_t)
-        ctx.save_for_backward(x_t, values)
-        ctx.layer = layer
-        ctx.has_bias = bias is not None
-        return out
-
-    @staticmethod
-    def backward(ctx, grad_t):  # type: ignore[override]
-        x_t, values = ctx.saved_tensors
-        layer: CSRLinear = ctx.layer
-        grad_t = grad_t.contiguous()
-        plan = layer._plan
-        if plan is not None:
-            if plan.saved is not None:
-                raise RuntimeError(_USED_TWICE.format(name=layer.name, step=plan.step))
-            plan.saved = (grad_t, x_t)
-        grad_x = grad_values = grad_bias = None
-        if ctx.needs_input_grad[0]:
-            transposed = _csr(
-                layer.crow_indices_t,
-                layer.col_indices_t,
-                values.index_select(0, layer.perm_t),
-                (layer.in_features, layer.out_features),
-            )
-            grad_x = torch.mm(transposed, grad_t)
-        if ctx.needs_input_grad[1]:
-            if plan is not None and plan.scan_gradient:
-                grad_values = layer._scan_dense_gradient(grad_t, x_t, plan)
-            else:
-                grad_values = layer._sampled_gradient(grad_t, x_t)
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_bias = grad_t.sum(dim=1)
-        return grad_x, grad_values, grad_bias, None
-
-
-class _CSRKernelFunction(torch.autograd.Function):
-    """``Y = X W^T + b`` with the compiled kernels (CPU, float32 or float64).
-
-    ``x`` is ``(batch, in_features)`` with any strides; the result is
-    ``(batch, out_features)`` row-major, or ``(out_features, batch)`` row-major when
-    ``feature_major`` (the caller transposes it back as a view).
+    ``x`` is ``(batch, in_features)``, any strides. The result is ``(batch, out_features)``
+    row-major, or ``(out_features, batch)`` row-major when ``feature_major`` or on torch's
+    products (the caller transposes it back as a view).
     """
 
     @staticmethod
-    def forward(ctx, x, values, bias, layer, feature_major):  # type: ignore[override]
-        splits = layer._kernel_splits()
+    def forward(ctx, x, values, bias, layer, feature_major, use_kernels):  # type: ignore[override]
+        ctx.layer, ctx.use_kernels = layer, use_kernels
+        ctx.feature_major = feature_major = feature_major or not use_kernels
+        ctx.has_bias = bias is not None
+        if not use_kernels:
+            x_t = x.t().contiguous()  # the sparse product reads rows of X_t
+            matrix = _csr(layer.crow_indices, layer.col_indices, values, layer.shape)
+            ctx.save_for_backward(x_t, values)
+            if bias is None:
+                return torch.mm(matrix, x_t)
+            return torch.addmm(bias.unsqueeze(1), matrix, x_t)
+        splits = ctx.splits = layer._kernel_splits()
         batch = x.shape[0]
         nv, _ = kernels.panel_width(values.dtype, batch)
         x_panels, _ = kernels.pack(x, splits.in_features, nv)
@@ -202,48 +160,56 @@ class _CSRKernelFunction(torch.autograd.Function):
         kernels.csr_forward(x_panels, nv, batch, layer.crow_indices, layer.col_indices, values,
                             bias, splits.rows, target)
         ctx.save_for_backward(x, x_panels, values)
-        ctx.layer = layer
-        ctx.splits = splits
         ctx.nv = nv
-        ctx.feature_major = feature_major
-        ctx.has_bias = bias is not None
         return out
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
-        x, x_panels, values = ctx.saved_tensors
         layer: CSRLinear = ctx.layer
-        splits = ctx.splits
-        grad = grad.t() if ctx.feature_major else grad  # (batch, out_features)
-        batch = grad.shape[0]
+        plan = layer._plan
+        if plan is not None and plan.saved is not None:
+            raise RuntimeError(_USED_TWICE.format(name=layer.name, step=plan.step))
         want_x, want_values = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         want_bias = ctx.has_bias and ctx.needs_input_grad[2]
-        plan = layer._plan
-        grad_t = x_t = None
-        if plan is not None:
-            if plan.saved is not None:
-                raise RuntimeError(_USED_TWICE.format(name=layer.name, step=plan.step))
-            grad_t, x_t = grad.t().contiguous(), x.t().contiguous()
-            plan.saved = (grad_t, x_t)
         scan = plan is not None and plan.scan_gradient and want_values
         grad_x = grad_values = grad_bias = None
-        if want_x or want_values or want_bias:
-            grad_panels, grad_bias = kernels.pack(grad, splits.out_features, ctx.nv,
+        if ctx.use_kernels:
+            x, x_panels, values = ctx.saved_tensors
+            grad = grad.t() if ctx.feature_major else grad  # (batch, out_features)
+            grad_t = x_t = None
+            if plan is not None:
+                grad_t, x_t = grad.t().contiguous(), x.t().contiguous()
+            # backward runs only when one of x, values and bias needs a gradient
+            grad_panels, grad_bias = kernels.pack(grad, ctx.splits.out_features, ctx.nv,
                                                   column_sums=want_bias)
             if want_x:
                 # the input's own layout: a feature-major input gets a feature-major gradient
                 if x.stride(0) == 1 and x.stride(1) != 1:
-                    grad_x = x.new_empty((layer.in_features, batch)).t()
+                    grad_x = x.new_empty((layer.in_features, x.shape[0])).t()
                 else:
-                    grad_x = x.new_empty((batch, layer.in_features))
+                    grad_x = x.new_empty((x.shape[0], layer.in_features))
             if want_values and not scan:
                 grad_values = torch.empty_like(values)
-            kernels.csr_backward(grad_panels, x_panels, ctx.nv, batch, layer.crow_indices_t,
-                                 layer.col_indices_t, layer.perm_t, values, splits.cols,
+            kernels.csr_backward(grad_panels, x_panels, ctx.nv, x.shape[0], layer.crow_indices_t,
+                                 layer.col_indices_t, layer.perm_t, values, ctx.splits.cols,
                                  grad_x, grad_values)
+        else:
+            x_t, values = ctx.saved_tensors
+            grad_t = grad.contiguous()
+            if want_x:
+                transposed = _csr(layer.crow_indices_t, layer.col_indices_t,
+                                  values.index_select(0, layer.perm_t),
+                                  (layer.in_features, layer.out_features))
+                grad_x = torch.mm(transposed, grad_t).t()
+            if want_values and not scan:
+                grad_values = layer._sampled_gradient(grad_t, x_t)
+            if want_bias:
+                grad_bias = grad_t.sum(dim=1)
+        if plan is not None:
+            plan.saved = (grad_t, x_t)
         if scan:
             grad_values = layer._scan_dense_gradient(grad_t, x_t, plan)
-        return grad_x, grad_values, grad_bias, None, None
+        return grad_x, grad_values, grad_bias, None, None, None
 
 
 class CSRLinear(nn.Module):
@@ -278,7 +244,7 @@ class CSRLinear(nn.Module):
         # Row-major output suits any consumer; a CSR layer that feeds another one directly
         # (through element-wise activations) passes its feature-major result instead.
         self.feature_major_output = False
-        flat = mask.to(device=weight.device, dtype=torch.bool).reshape(-1).nonzero().squeeze(1)
+        flat = self._set_pattern(mask.to(weight.device))
         self.values = nn.Parameter(
             weight.reshape(-1)[flat].clone(), requires_grad=linear.weight.requires_grad
         )
@@ -287,7 +253,6 @@ class CSRLinear(nn.Module):
         else:
             self.bias = linear.bias
         self._plan: _UpdatePlan | None = None
-        self._set_pattern(flat)
 
     # -- the pattern --------------------------------------------------------------------
     @property
@@ -300,23 +265,16 @@ class CSRLinear(nn.Module):
         """Number of active weights."""
         return int(self.values.numel())
 
-    def _set_pattern(self, flat: torch.Tensor) -> None:
-        """Build the index buffers for the sorted flat indices ``flat`` of active weights."""
-        n_out, n_in = self.shape
-        flat = flat.long()
-        rows = torch.div(flat, n_in, rounding_mode="floor")
-        cols = flat - rows * n_in
-        order_t = torch.argsort(cols * n_out + rows)
-        buffers = dict(zip(("crow_indices", "col_indices"), _csr_indices(rows, cols, n_out),
-                           strict=True))
-        buffers.update(zip(("crow_indices_t", "col_indices_t"),
-                           _csr_indices(cols, rows[order_t], n_in), strict=True))
-        buffers["perm_t"] = order_t.to(torch.int32)
-        for key, value in buffers.items():
+    def _set_pattern(self, mask: torch.Tensor) -> torch.Tensor:
+        """Build the index buffers of the bool ``mask``; returns its sorted flat indices."""
+        flat, *indices = kernels.csr_pattern(mask.to(torch.bool).reshape(self.shape))
+        names = ("crow_indices", "col_indices", "crow_indices_t", "col_indices_t", "perm_t")
+        for key, value in zip(names, indices, strict=True):
             if key in self._buffers:
                 self._buffers[key] = value
             else:  # index buffers are derived state: the dense weight is saved
                 self.register_buffer(key, value, persistent=False)
+        return flat
 
     def flat_indices(self) -> torch.Tensor:
         """Sorted flat (row-major) indices of the active weights, aligned with ``values``."""
@@ -328,10 +286,7 @@ class CSRLinear(nn.Module):
 
     def mask(self) -> torch.Tensor:
         """The boolean pattern, dense."""
-        out = torch.zeros(self.out_features * self.in_features, dtype=torch.bool,
-                          device=self.values.device)
-        out[self.flat_indices()] = True
-        return out.view(self.shape)
+        return self.scatter(torch.ones(self.nnz, dtype=torch.bool, device=self.values.device))
 
     def dense_weight(self) -> torch.Tensor:
         """The weights as a dense matrix (zeros outside the pattern), detached."""
@@ -373,33 +328,21 @@ class CSRLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
         x2d = x.reshape(-1, self.in_features)
-        if self._use_kernels(x2d):
-            if x2d.dtype != self.values.dtype:
-                x2d = x2d.to(self.values.dtype)
-            major = self.feature_major_output
-            if torch.is_autocast_enabled(x2d.device.type):
-                # the kernels run in the weights' dtype; the output re-enters autocast
-                with torch.autocast(x2d.device.type, enabled=False):
-                    out = _CSRKernelFunction.apply(x2d, self.values, self.bias, self, major)
-            else:
-                out = _CSRKernelFunction.apply(x2d, self.values, self.bias, self, major)
-            return (out.t() if major else out).reshape(*lead, self.out_features)
-        x_t = x2d.t()
-        if not x_t.is_contiguous():  # the sparse product reads rows of X_t
-            x_t = x_t.contiguous()
-        if x_t.dtype != self.values.dtype:
-            x_t = x_t.to(self.values.dtype)
-        if torch.is_autocast_enabled(x_t.device.type):
-            # the CSR kernels run in the weights' dtype; the output re-enters autocast
-            with torch.autocast(x_t.device.type, enabled=False):
-                out_t = _CSRLinearFunction.apply(x_t, self.values, self.bias, self)
-        else:
-            out_t = _CSRLinearFunction.apply(x_t, self.values, self.bias, self)
-        out = out_t.t()
-        if not self.feature_major_output:
-            # dense layers are several times slower on a transposed input (measured: a
-            # 2048 -> 10 nn.Linear at batch 256 takes 2.5 ms instead of 0.3 ms)
-            out = out.contiguous()
+        use_kernels = self._use_kernels(x2d)
+        if x2d.dtype != self.values.dtype:
+            x2d = x2d.to(self.values.dtype)
+        device = x2d.device.type
+        # the products run in the weights' dtype; the output re-enters autocast
+        with (torch.autocast(device, enabled=False) if torch.is_autocast_enabled(device)
+              else contextlib.nullcontext()):
+            out = _CSRFunction.apply(x2d, self.values, self.bias, self,
+                                     self.feature_major_output, use_kernels)
+        if self.feature_major_output or not use_kernels:
+            out = out.t()
+            if not self.feature_major_output:
+                # dense layers are several times slower on a transposed input (measured: a
+                # 2048 -> 10 nn.Linear at batch 256 takes 2.5 ms instead of 0.3 ms)
+                out = out.contiguous()
         return out.reshape(*lead, self.out_features)
 
     # -- gradients ----------------------------------------------------------------------
@@ -414,17 +357,13 @@ class CSRLinear(nn.Module):
         """Gradient of ``values``; chooses ``plan.grown`` from the dense gradient by blocks."""
         grad_values = torch.empty_like(self.values)
         crow = self.crow_indices.tolist()
-        col = self.col_indices.long()
+        flat = self.flat_indices()
         n_in = self.in_features
 
         def block(r0: int, r1: int) -> torch.Tensor:
             dense = torch.mm(grad_t[r0:r1], x_t.t()).reshape(-1)
             a0, a1 = crow[r0], crow[r1]
-            rows = torch.repeat_interleave(
-                torch.arange(r1 - r0, device=dense.device),
-                torch.diff(self.crow_indices[r0 : r1 + 1].long()),
-            )
-            grad_values[a0:a1] = dense[rows * n_in + col[a0:a1]]
+            grad_values[a0:a1] = dense[flat[a0:a1] - r0 * n_in]
             return dense.abs().float()
 
         plan.grown = _chunked_topk(self.out_features, n_in, block, plan.kept_flat, plan.k)
@@ -488,36 +427,33 @@ class CSRLinear(nn.Module):
 
         Weights new to the pattern start at 0, and so does their optimizer state; the
         others, a weight pruned and regrown (in ``grown``) in this update included, keep
-        their values and state. The gradient of ``values``
-        is recomputed at the new pattern from the backward pass of the planned step.
+        their values and state. The gradient of ``values`` is recomputed at the new pattern
+        from the backward pass of the planned step.
         """
         flat = self.flat_indices()
-        new_flat = new_mask.to(flat.device).reshape(-1).nonzero().squeeze(1)
+        new_flat = self._set_pattern(new_mask.to(flat.device))
         pos = torch.searchsorted(flat, new_flat).clamp_(max=flat.numel() - 1)
-        was_active = flat[pos] == new_flat
-        zero = ~was_active
+        new = flat[pos] != new_flat  # positions new to the pattern
 
         def remap(tensor: torch.Tensor) -> torch.Tensor:
-            return tensor[pos].masked_fill_(zero, 0)
+            return tensor[pos].masked_fill_(new, 0)
 
         self.values.copy_(remap(self.values))
         if optimizer is not None:
             for value in optimizer.state.get(self.values, {}).values():
                 if torch.is_tensor(value) and value.shape == self.values.shape:
                     value.copy_(remap(value))
-        self._set_pattern(new_flat)
         plan, self._plan = self._plan, None
         if self.values.grad is not None and plan is not None and plan.saved is not None:
             self.values.grad = self._sampled_gradient(*plan.saved)
-        return int((~was_active).sum())
+        return int(new.sum())
 
     @torch.no_grad()
     def set_mask(self, mask: torch.Tensor) -> None:
         """Replace the pattern by ``mask``; weights new to the pattern start at 0."""
         dense = self.dense_weight()
-        flat = mask.to(device=dense.device, dtype=torch.bool).reshape(-1).nonzero().squeeze(1)
+        flat = self._set_pattern(mask.to(dense.device))
         self.values.data = dense.reshape(-1)[flat].clone()
-        self._set_pattern(flat)
         self._plan = None
 
     # -- state dict in nn.Linear's form -------------------------------------------------

@@ -421,7 +421,7 @@ class CSRProduct:
 
 
 def csr_pattern(mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """The index arrays the kernels take for the pattern of a 2-D bool ``mask``.
+    """The index arrays the kernels take for the pattern of a 2-D bool ``mask`` (on its device).
 
     Returns
     -------
@@ -436,10 +436,10 @@ def csr_pattern(mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
     n_out, n_in = mask.shape
     flat = mask.reshape(-1).nonzero().squeeze(1)
     rows, cols = flat // n_in, flat % n_in
-    crow = torch.zeros(n_out + 1, dtype=torch.int32)
+    crow = torch.zeros(n_out + 1, dtype=torch.int32, device=mask.device)
     crow[1:] = torch.cumsum(torch.bincount(rows, minlength=n_out), 0)
     order = torch.argsort(cols * n_out + rows)
-    crow_t = torch.zeros(n_in + 1, dtype=torch.int32)
+    crow_t = torch.zeros(n_in + 1, dtype=torch.int32, device=mask.device)
     crow_t[1:] = torch.cumsum(torch.bincount(cols, minlength=n_in), 0)
     return (flat, crow, cols.to(torch.int32), crow_t, rows[order].to(torch.int32),
             order.to(torch.int32))
