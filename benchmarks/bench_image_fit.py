@@ -1,0 +1,100 @@
+"""A full-scale image fit: 54,000 Fashion-MNIST images, dense against 99 % sparse.
+
+Both fit ``RESTClassifier`` (MLP, default ``sparse_compute="auto"``, group reweighting off,
+6,000 images held out for validation) on the first 54,000 training images of the real
+Fashion-MNIST (Debian's ``dataset-fashion-mnist``, or ``--root``), flattened to 784
+float32 features in [0, 1]. The two take turns ``--repeats`` times; printed are the median
+fit times, the sparse fit's as a ratio to the dense one, and where the sparse fit's time
+goes: outside the epochs (input checks, building the run, the ``"auto"`` timing pass,
+restoring the chosen epoch), validation, and the training steps; ``--profile N`` prints
+one sparse fit's top functions. Run it alone on the machine::
+
+    flock /tmp/torch.lock python benchmarks/bench_image_fit.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import pstats
+import statistics
+import time
+
+import numpy as np
+import torch
+
+from rest_fair import RESTClassifier
+from rest_fair.datasets import load_fashion_mnist
+
+
+def load(root: str | None, n: int) -> tuple[np.ndarray, np.ndarray]:
+    images, labels = load_fashion_mnist(root, split="train")
+    return (images[:n].reshape(n, -1).astype(np.float32) / 255.0), labels[:n]
+
+
+def estimator(args, sparsity: float) -> RESTClassifier:
+    return RESTClassifier(sparsity=sparsity, upweight=None, max_epochs=args.epochs,
+                          batch_size=args.batch, lr=0.05, random_state=0,
+                          validation_fraction=6000 / args.n_images,
+                          module_params={"hidden_layer_sizes": args.hidden})
+
+
+def fit(args, X, y, sparsity: float) -> dict[str, float]:
+    clf = estimator(args, sparsity)
+    start = time.perf_counter()
+    clf.fit(X, y)
+    seconds = time.perf_counter() - start
+    epochs = sum(r["dur"] for r in clf.history_)
+    return {"seconds": seconds, "outside": (seconds - epochs) / seconds,
+            "valid_acc": max(r["valid_acc"] for r in clf.history_),
+            "sparse_layers": ", ".join(clf.sparse_compute_layers_) or "-"}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--root", default=None, help="Folder of the four idx files.")
+    parser.add_argument("--n-images", type=int, default=54000)
+    parser.add_argument("--hidden", type=int, nargs="+", default=[300, 300, 300])
+    parser.add_argument("--sparsity", type=float, default=0.99)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--profile", type=int, default=0)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    X, y = load(args.root, args.n_images)
+    fit(args, X[:2048], y[:2048], args.sparsity)  # warm-up: first-call costs of both paths
+    runs: dict[float, list[dict]] = {0.0: [], args.sparsity: []}
+    for rep in range(args.repeats):
+        order = [0.0, args.sparsity] if rep % 2 == 0 else [args.sparsity, 0.0]
+        for sparsity in order:
+            runs[sparsity].append(fit(args, X, y, sparsity))
+    dense = statistics.median(r["seconds"] for r in runs[0.0])
+    print(f"# bench_image_fit: Fashion-MNIST, {args.n_images} training images (6,000 of them "
+          f"for validation), MLP {args.hidden}, {args.epochs} epochs, batch {args.batch}, "
+          f"torch {torch.__version__}, threads={args.threads}; {args.repeats} interleaved "
+          "fits each, medians\n")
+    print("| sparsity | fit time / dense | outside epochs | best valid acc | layers on sparse "
+          "kernels |")
+    print("|---|---|---|---|---|")
+    for sparsity, fits in runs.items():
+        seconds = statistics.median(r["seconds"] for r in fits)
+        print(f"| {sparsity:g} | {seconds / dense:.3f} | "
+              f"{statistics.median(r['outside'] for r in fits):.1%} | "
+              f"{statistics.median(r['valid_acc'] for r in fits):.3f} | "
+              f"{fits[0]['sparse_layers']} |")
+    if args.profile:
+        profiler = cProfile.Profile()
+        profiler.enable()
+        estimator(args, args.sparsity).fit(X, y)
+        profiler.disable()
+        text = io.StringIO()
+        pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(args.profile)
+        print("\n## One sparse fit under cProfile (by own time)\n")
+        print(text.getvalue())
+
+
+if __name__ == "__main__":
+    main()
