@@ -31,7 +31,8 @@ def is_torch_dataset(X: Any) -> bool:
 class BatchSource:
     """Base class: yields input batches for an ordering of sample indices.
 
-    A subclass implements :meth:`batches`, or :meth:`take`, which builds one batch.
+    A subclass implements :meth:`batches`, or :meth:`take`, which builds one batch from
+    its slice of :meth:`keys` (the order converted once per pass, not once per batch).
     """
 
     n_samples: int
@@ -41,12 +42,17 @@ class BatchSource:
         self, order: torch.Tensor, batch_size: int, device: torch.device
     ) -> Iterator[tuple[Any, torch.Tensor]]:
         """Yield ``(x_batch on device, indices of the batch)``."""
+        keys = self.keys(order)
         for start in range(0, len(order), batch_size):
-            rows = order[start : start + batch_size]
-            yield self.take(rows, device), rows
+            stop = start + batch_size
+            yield self.take(keys[start:stop], device), order[start:stop]
 
-    def take(self, rows: torch.Tensor, device: torch.device) -> Any:
-        """The batch of samples ``rows``, on ``device``."""
+    def keys(self, order: torch.Tensor) -> Any:
+        """``order`` in the form :meth:`take` indexes with (here: unchanged)."""
+        return order
+
+    def take(self, rows: Any, device: torch.device) -> Any:
+        """The batch of samples ``rows`` (a slice of :meth:`keys`), on ``device``."""
         raise NotImplementedError
 
     def close(self) -> None:
@@ -62,8 +68,11 @@ class _TensorSource(BatchSource):
         self.n_samples = len(data)
         self.sample_shape = tuple(data.shape[1:])
 
+    def keys(self, order):
+        return order.to(self.data.device)
+
     def take(self, rows, device):
-        return self.data[rows.to(self.data.device)].to(device, non_blocking=True)
+        return self.data[rows].to(device, non_blocking=True)
 
 
 class _SparseSource(BatchSource):
@@ -72,8 +81,11 @@ class _SparseSource(BatchSource):
         self.n_samples = self.data.shape[0]
         self.sample_shape = (self.data.shape[1],)
 
+    def keys(self, order):
+        return order.numpy()
+
     def take(self, rows, device):
-        block = self.data[rows.numpy()].toarray().astype(np.float32)
+        block = self.data[rows].toarray().astype(np.float32)
         return torch.from_numpy(block).to(device, non_blocking=True)
 
 
@@ -202,9 +214,12 @@ class TextSource(BatchSource):
         self.n_samples = len(tokens)
         self.sample_shape = ()
 
-    def take(self, rows: torch.Tensor, device: torch.device) -> dict[str, torch.Tensor]:
+    def keys(self, order: torch.Tensor) -> np.ndarray:
+        return order.numpy()
+
+    def take(self, rows: np.ndarray, device: torch.device) -> dict[str, torch.Tensor]:
         """``input_ids`` and ``attention_mask`` of texts ``rows``, padded to their longest."""
-        input_ids, mask = self.tokens.padded(rows.numpy())
+        input_ids, mask = self.tokens.padded(rows)
         return {"input_ids": torch.from_numpy(input_ids).to(device, non_blocking=True),
                 "attention_mask": torch.from_numpy(mask).to(device, non_blocking=True)}
 
