@@ -265,9 +265,7 @@ def _plain(value: Any) -> Any:
 def _digest(*arrays: Any) -> str:
     h = hashlib.sha256()
     for a in arrays:
-        if a is None:
-            h.update(b"none")
-        elif sp.issparse(a):
+        if sp.issparse(a):
             a = a.tocsr()
             for part in (a.data, a.indices, a.indptr):
                 h.update(np.ascontiguousarray(part).tobytes())
