@@ -69,7 +69,8 @@ class _Cached(nn.Module):
 class _FeatureMajorLinear(nn.Module):
     """``y_t = W @ x_t + b[:, None]`` on feature-major activations (CSR or dense ``W``).
 
-    ``weight`` is already masked; ``mask`` gives the CSR pattern when ``sparse``.
+    A step of a :class:`SparseLinearChain`, whose plans compute the product from these
+    buffers. ``weight`` is already masked; ``mask`` gives the CSR pattern when ``sparse``.
     """
 
     def __init__(self, weight: torch.Tensor, mask: torch.Tensor, bias: torch.Tensor | None, *,
@@ -96,10 +97,6 @@ class _FeatureMajorLinear(nn.Module):
             return self.weight
         return _csr(self.crow_indices, self.col_indices, self.values,
                     (self.out_features, self.in_features))
-
-    def forward(self, x_t: torch.Tensor) -> torch.Tensor:
-        matrix, bias = self.matrix(), self._buffers["bias"]
-        return torch.mm(matrix, x_t) if bias is None else torch.addmm(bias, matrix, x_t)
 
     def extra_repr(self) -> str:
         kind = f"csr, nnz={self.nnz}" if self.sparse else "dense"
@@ -178,8 +175,6 @@ def _kernel_chain_plan(chain: SparseLinearChain) -> list[tuple] | None:
     a dense product, and element-wise steps.
     """
     linears = [s for s in chain.steps if type(s) is _FeatureMajorLinear]
-    if not any(s.sparse for s in linears):
-        return None
     tensors = [s.values if s.sparse else s.weight for s in linears]
     dtype = tensors[0].dtype
     if dtype not in (torch.float32, torch.float64) or any(
