@@ -273,11 +273,12 @@ def _pyplot() -> Any:
     return plt
 
 
-def _save(fig: Any, path: Path) -> Path:
-    """Lay out ``fig``, write it to ``path`` as a PNG and close it."""
+def _save(fig: Any, path: Path, *, layout: bool = True) -> Path:
+    """Lay out ``fig`` (unless ``layout`` is false), write it to ``path`` as a PNG and close it."""
     import matplotlib.pyplot as plt
 
-    fig.tight_layout()
+    if layout:
+        fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path

@@ -247,6 +247,20 @@ def _pareto(costs: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return np.asarray(xs), np.asarray(ys)
 
 
+def _styles(plt: Any, methods: Sequence[str]) -> tuple[dict[str, Any], dict[str, str]]:
+    """A colour per plot series (a method outside any series is its own) and a marker per
+    sparsity level (the sparsity a row has, or the one whose cost it matches)."""
+    keys = list(dict.fromkeys(STUDY_METHODS[name].series or name for name in methods))
+    levels = sorted({STUDY_METHODS[name].cost_of or STUDY_METHODS[name].sparsity
+                     for name in methods})
+    colors = {name: plt.cm.tab10(keys.index(STUDY_METHODS[name].series or name) % 10)
+              for name in methods}
+    markers = {name: "osD^v<>p"[levels.index(STUDY_METHODS[name].cost_of
+                                             or STUDY_METHODS[name].sparsity) % 8]
+               for name in methods}
+    return colors, markers
+
+
 def plot_study(chosen, search: RandomSearch, out_dir: str | Path) -> list[Path]:
     """Worst-group test accuracy of the chosen configurations against sparsity and against
     training cost (FLOPs and fit wall time); returns the PNG paths.
@@ -263,7 +277,7 @@ def plot_study(chosen, search: RandomSearch, out_dir: str | Path) -> list[Path]:
 
     out_dir = Path(out_dir)
     ratios = sorted(chosen["ratio"].unique())
-    colors = {name: plt.cm.tab10(i % 10) for i, name in enumerate(search.methods)}
+    colors, markers = _styles(plt, search.methods)
     metric = "test_worst_group_acc"
     title = DATASETS[search.bench.dataset].describe(search.bench, short=True)
 
@@ -307,7 +321,7 @@ def plot_study(chosen, search: RandomSearch, out_dir: str | Path) -> list[Path]:
 
     costs = (("training_flops_mean", "training FLOPs of the run"),
              ("fit_seconds_mean", "fit wall time (s)"))
-    fig, axes = plt.subplots(len(ratios), len(costs), figsize=(11, 4.2 * len(ratios)),
+    fig, axes = plt.subplots(len(ratios), len(costs), figsize=(14, 4.2 * len(ratios)),
                              squeeze=False)
     for i, ratio in enumerate(ratios):
         part = chosen[chosen["ratio"] == ratio].reset_index(drop=True)
@@ -317,22 +331,28 @@ def plot_study(chosen, search: RandomSearch, out_dir: str | Path) -> list[Path]:
             y = 100 * part[f"{metric}_mean"].to_numpy(dtype=float)
             errors = _clipped_err(part, metric)
             for k, row in enumerate(part.itertuples()):
-                ax.errorbar([x[k]], [y[k]], yerr=errors[:, [k]], marker="o", capsize=3,
-                            linestyle="none", color=colors[row.method], label=row.label)
+                ax.errorbar([x[k]], [y[k]], yerr=errors[:, [k]], marker=markers[row.method],
+                            markersize=7, capsize=3, linestyle="none",
+                            color=colors[row.method], label=row.label)
             valid = np.isfinite(x) & (x > 0) & np.isfinite(y)
             if valid.any():
                 fx, fy = _pareto(x[valid], y[valid])
                 ax.step(fx, fy, where="post", color="grey", linewidth=1, label="frontier")
                 ax.set_xscale("log")
                 if column == "fit_seconds_mean":
+                    ax.xaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
                     ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+                    ax.xaxis.set_minor_formatter(ticker.NullFormatter())
             ax.set_xlabel(xlabel)
             ax.set_ylabel("worst-group test accuracy (%)")
             ax.set_title(f"{title}, {100 * ratio:g} % conflicting", fontsize=9)
             ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=6)
-    fig.suptitle("Robustness–cost frontier of the chosen configurations", fontsize=10)
-    return [*paths, _save(fig, out_dir / "worst_group_vs_cost.png")]
+    fig.suptitle("Robustness–cost frontier of the chosen configurations, mean ± SE over seeds",
+                 fontsize=10)
+    fig.tight_layout(rect=(0, 0, 0.74, 1))
+    fig.legend(*axes[0][0].get_legend_handles_labels(), loc="center left",
+               bbox_to_anchor=(0.74, 0.5), fontsize=8, frameon=False)
+    return [*paths, _save(fig, out_dir / "worst_group_vs_cost.png", layout=False)]
 
 
 def write_study_outputs(
