@@ -113,7 +113,10 @@ class UnfoldCSRConv(nn.Module):
         oh, ow = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
         cols = F.unfold(x, self.kernel_size, padding=self.padding, stride=self.stride)
         rows = cols.transpose(1, 2).reshape(b * oh * ow, -1)
-        return self.csr(rows).view(b, oh, ow, self.out_channels).permute(0, 3, 1, 2)
+        out = self.csr(rows).view(b, oh, ow, self.out_channels).permute(0, 3, 1, 2)
+        # contiguous as nn.Conv2d's output: batch norm then takes the same path, where a
+        # channels-last layout would sum a channel's statistics in another order
+        return out.contiguous()
 
 
 def _peer(conv: nn.Conv2d, voo: bool) -> nn.Module:
