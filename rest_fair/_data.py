@@ -59,9 +59,22 @@ class BatchSource:
         """Release what the source holds (worker processes); it may be used again."""
 
 
+def _float32_tensor(X: Any) -> torch.Tensor:
+    """``X`` as a float32 CPU tensor of ``X``'s strides; a float32 array's memory is shared.
+
+    The tensor is only read. An array that is already float32 (e.g. the rows ``fit``
+    indexed for training) is not copied again; a read-only one, or one with negative
+    strides, is.
+    """
+    array = np.asarray(X, dtype=np.float32)
+    if array.flags.writeable and min(array.strides, default=0) >= 0:
+        return torch.from_numpy(array)
+    return torch.tensor(array)
+
+
 class _TensorSource(BatchSource):
     def __init__(self, X: np.ndarray, device: torch.device) -> None:
-        data = torch.tensor(np.asarray(X, dtype=np.float32))
+        data = _float32_tensor(X)
         if device.type != "cpu":
             data = data.to(device) if data.nbytes <= _MAX_DEVICE_BYTES else data.pin_memory()
         self.data = data

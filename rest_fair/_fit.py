@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import warnings
@@ -342,11 +343,13 @@ def _built_run(est: Any, data: FitData, config: TrainConfig, callbacks: list, *,
     precision = Precision(est.precision, world.device)
     train_idx, valid = _hold_out(data, est.validation_fraction, seed, world.device,
                                  est.num_workers)
-    fingerprint = _fingerprint(est.get_params(deep=False), est.input_shape_, data, valid)
+    # hashing the data costs a pass over it: done only when a check or checkpoint asks
+    fingerprint = functools.cache(functools.partial(
+        _fingerprint, est.get_params(deep=False), est.input_shape_, data, valid))
     world.check_same("data or parameters", fingerprint)
     # rank 0 reads; every rank resumes from its copy
     checkpoint = world.run_on_main(
-        lambda: read_checkpoint(resume_from, fingerprint=fingerprint)
+        lambda: read_checkpoint(resume_from, fingerprint=fingerprint())
         if resume_from is not None and has_checkpoint(resume_from) else {})
     train, errors = data.rows(train_idx), None
     sources = [] if valid is None else [valid.source]

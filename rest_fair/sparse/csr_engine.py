@@ -53,6 +53,16 @@ class _CSRMaskSet(MaskSet):
         layer = self.layers.get(name)
         return layer.mask() if layer is not None else self._bool[name]
 
+    def n_active(self) -> dict[str, int]:
+        # a converted layer's active count is its pattern's size: no dense mask is built
+        return {name: self.layers[name].nnz if name in self.layers
+                else int(self._bool[name].sum()) for name in self.params}
+
+    def n_weights(self, name: str) -> int:
+        layer = self.layers.get(name)
+        return layer.out_features * layer.in_features if layer is not None \
+            else super().n_weights(name)
+
     def set_mask(self, name: str, mask: torch.Tensor) -> None:
         layer = self.layers.get(name)
         if layer is None:

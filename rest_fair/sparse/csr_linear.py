@@ -90,6 +90,23 @@ class _UpdatePlan:
     saved: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, repr=False)
 
 
+def _contenders(score: torch.Tensor, best: torch.Tensor | None, k: int) -> torch.Tensor | None:
+    """Positions of a later block's ``score`` that can still be among the ``k`` largest.
+
+    Once ``best`` holds ``k`` scores of earlier blocks (lower flat indices), an entry enters
+    only if it is larger than the smallest of them (ties go to the lower index), so the
+    block's selection runs on these few entries instead of the whole block, with the same
+    result. ``None`` (all entries) before that, and when a score is NaN (which
+    :func:`torch.topk` ranks first).
+    """
+    if best is None or best.numel() < k:
+        return None
+    bound = best.min()
+    if bool(torch.isnan(bound)) or bool(torch.isnan(score).any()):
+        return None
+    return (score > bound).nonzero().squeeze(1)
+
+
 def _chunked_topk(
     n_rows: int,
     n_cols: int,
@@ -115,8 +132,12 @@ def _chunked_topk(
         score = scores(r0, r1)
         offset = r0 * n_cols
         score[exclude[bounds[j] : bounds[j + 1]] - offset] = -math.inf
+        keep = _contenders(score, best_score, k)
+        if keep is not None:
+            score = score[keep]
         index = top_k_first(score, k)
-        value, index = score[index], index + offset
+        value = score[index]
+        index = (index if keep is None else keep[index]) + offset
         if best_score is not None:
             value = torch.cat([best_score, value])
             index = torch.cat([best_index, index])

@@ -172,11 +172,14 @@ def _declare(lib: ctypes.CDLL) -> None:
         _FUNCS[dtype] = (pack_fn, forward, backward)
 
 
-def _threads(splits: torch.Tensor, work: int) -> tuple[int, int]:
-    """Thread count and splits pointer of a call: one thread for small work."""
+def _threads(splits: torch.Tensor, work: int, end: int) -> tuple[int, int]:
+    """Thread count and splits pointer of a call: one thread for small work.
+
+    ``end`` is the last entry of ``splits`` (the rows or features split), which the caller
+    knows from the shapes: reading it from the tensor would cost more than the choice.
+    """
     if work >= _MIN_PARALLEL_WORK or splits.numel() <= 2:
         return splits.numel() - 1, splits.data_ptr()
-    end = int(splits[-1])
     one = _ONE_THREAD.get(end)
     if one is None:
         one = _ONE_THREAD[end] = torch.tensor([0, end], dtype=torch.int64)
@@ -328,7 +331,7 @@ def pack(a: torch.Tensor, splits: torch.Tensor, nv: int, *, column_sums: bool = 
     width = nv * _LANES[a.dtype]
     panels = a.new_empty((-(-batch // width), k, width))
     sums = a.new_empty(k) if column_sums else None
-    n, splits_ptr = _threads(splits, batch * k // 4)
+    n, splits_ptr = _threads(splits, batch * k // 4, k)
     _FUNCS[a.dtype][0](n, splits_ptr, nv, a.data_ptr(), a.stride(0), a.stride(1), batch, k,
                        panels.data_ptr(), _p(sums))
     return panels, sums
@@ -344,7 +347,7 @@ def csr_forward(panels: torch.Tensor, nv: int, batch: int, crow: torch.Tensor,
     ``(n_panels, n_out, width)``; ``splits`` is :func:`balanced_splits` of ``crow``.
     """
     sq, si, sr = _out_strides(out, panels.shape[2])
-    n, splits_ptr = _threads(splits, values.numel() * nv * panels.shape[0])
+    n, splits_ptr = _threads(splits, values.numel() * nv * panels.shape[0], crow.numel() - 1)
     _FUNCS[values.dtype][1](
         n, splits_ptr, nv, crow.data_ptr(), col.data_ptr(), values.data_ptr(),
         panels.data_ptr(), batch, panels.shape[1], _p(bias), int(relu), out.data_ptr(), sq, si,
@@ -366,7 +369,8 @@ def csr_backward(grad_panels: torch.Tensor, x_panels: torch.Tensor, nv: int, bat
         return
     scratch = None if grad_values is None else torch.empty_like(grad_values)
     sq, si, sr = (0, 0, 0) if grad_x is None else _out_strides(grad_x, x_panels.shape[2])
-    n, splits_ptr = _threads(splits, 2 * values.numel() * nv * x_panels.shape[0])
+    n, splits_ptr = _threads(splits, 2 * values.numel() * nv * x_panels.shape[0],
+                             crow_t.numel() - 1)
     _FUNCS[values.dtype][2](
         n, splits_ptr, nv, crow_t.data_ptr(), row_t.data_ptr(), perm_t.data_ptr(),
         values.data_ptr(), grad_panels.data_ptr(), x_panels.data_ptr(), batch,
@@ -413,7 +417,7 @@ class CSRProduct:
         splits = self._splits.get(n_threads)
         if splits is None:
             splits = self._splits[n_threads] = balanced_splits(self.tensors[0], n_threads)
-        n, splits_ptr = _threads(splits, self.nnz * nv * n_panels)
+        n, splits_ptr = _threads(splits, self.nnz * nv * n_panels, self.n_out)
         crow, col, values = self._pointers
         self._fn(n, splits_ptr, nv, crow, col, values, panels.data_ptr(), batch, k, self._bias,
                  int(relu), out.data_ptr(), self.n_out * width, 1, width)

@@ -297,9 +297,13 @@ class MaskSet:
         """Active weights per layer."""
         return {name: int(self.mask(name).sum()) for name in self.params}
 
+    def n_weights(self, name: str) -> int:
+        """Number of weights (active or not) of weight ``name``."""
+        return self._bool[name].numel()
+
     def density(self) -> float:
         """Fraction of masked-layer weights that are active."""
-        total = sum(self.mask(name).numel() for name in self.params)
+        total = sum(self.n_weights(name) for name in self.params)
         return sum(self.n_active().values()) / total if total else 1.0
 
     def to_dict(self) -> dict[str, torch.Tensor]:

@@ -372,7 +372,11 @@ class LocalContext:
 
     # -- checks ------------------------------------------------------------------------
     def check_same(self, what: str, value: Any) -> None:
-        """Raise on every rank unless all ranks hold the same ``value`` (by digest)."""
+        """Raise on every rank unless all ranks hold the same ``value`` (by digest).
+
+        A callable ``value`` is called for the value only where there are ranks to compare
+        (never in one process), so that a costly value is computed only when needed.
+        """
 
     def check_masks(self, masks: Any, *, when: str) -> None:
         """Raise :class:`MaskDivergenceError` on every rank unless all hold the same masks."""
@@ -539,7 +543,7 @@ class DistributedContext(LocalContext):
         import torch.distributed as dist
 
         digests: list[Any] = [None] * self.world_size
-        dist.all_gather_object(digests, _digest(value))
+        dist.all_gather_object(digests, _digest(value() if callable(value) else value))
         for rank, theirs in enumerate(digests):
             if theirs != digests[0]:
                 raise DistributedError(DIFFERENT_RUN.format(

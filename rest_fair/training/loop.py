@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -117,9 +117,10 @@ class TrainingRun:
         The run's CPU generator (sampling, masks, random regrowth); saved in checkpoints.
     state : TrainState, optional
         Progress to start from (a warm start); a new run starts at epoch 0.
-    fingerprint : dict, optional
+    fingerprint : dict or callable returning one, optional
         What identifies the run's data and parameters; written into checkpoints and
-        compared on resume.
+        compared on resume. A callable is called once, when :attr:`fingerprint` is first
+        read (a run that writes no checkpoint never computes it).
     extra : dict, optional
         More state to save in checkpoints (e.g. the JTT error set).
     """
@@ -130,13 +131,13 @@ class TrainingRun:
         *,
         generator: torch.Generator,
         state: TrainState | None = None,
-        fingerprint: dict | None = None,
+        fingerprint: dict | Callable[[], dict] | None = None,
         extra: dict | None = None,
     ) -> None:
         self.parts = parts
         self.generator = generator
         self.state = state if state is not None else TrainState()
-        self.fingerprint = fingerprint or {}
+        self._fingerprint = fingerprint or {}
         self.extra = dict(extra or {})
         self.net: Any = None
         # callbacks that run last see every other callback's effect (e.g. a stop)
@@ -147,6 +148,13 @@ class TrainingRun:
         self._y = p.train.y.to(p.device)
         self._w = None if p.train.loss_weights is None else p.train.loss_weights.to(p.device)
         self._g = p.train.groups.to(p.device)
+
+    @property
+    def fingerprint(self) -> dict:
+        """What identifies the run's data and parameters (computed on first read)."""
+        if callable(self._fingerprint):
+            self._fingerprint = self._fingerprint()
+        return self._fingerprint
 
     # ------------------------------------------------------------------ callbacks
     def notify(self, hook: str, **kwargs: Any) -> list:
