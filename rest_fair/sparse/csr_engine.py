@@ -129,7 +129,8 @@ class CSRDynamicSparsity(DynamicSparsity):
     def __init__(self, base: DynamicSparsity, module: nn.Module, layers: Sequence[str]) -> None:
         super().__init__(base.masks, schedule=base.schedule,
                          update_interval=base.update_interval, regrow=base.regrow,
-                         generator=base.generator, steps_per_epoch=base.steps_per_epoch)
+                         generator=base.generator, steps_per_epoch=base.steps_per_epoch,
+                         update_timing=base.update_timing)
         self.n_updates = base.n_updates
         self.n_regrown = base.n_regrown
         self.module = module

@@ -159,12 +159,13 @@ def test_chunked_top_k_equals_the_full_top_k(monkeypatch, levels):
 
 # ---------------------------------------------------- fit: the same training, step by step
 @pytest.mark.usefixtures("small_blocks")
-def test_csr_training_equals_masked_training_step_by_step(data):
+@pytest.mark.parametrize("timing", ["mid_interval", "after_step"])
+def test_csr_training_equals_masked_training_step_by_step(data, timing):
     X, y = data
     runs = {}
     for mode in ("masked", "csr"):
         rec = Recorder()
-        clf = _clf(sparse_compute=mode, callbacks=[rec]).fit(X, y)
+        clf = _clf(sparse_compute=mode, update_timing=timing, callbacks=[rec]).fit(X, y)
         runs[mode] = (clf, rec)
     (masked, rec_m), (csr, rec_c) = runs["masked"], runs["csr"]
     assert masked.sparse_compute_layers_ == []
