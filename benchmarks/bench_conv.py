@@ -47,13 +47,13 @@ from __future__ import annotations
 
 import argparse
 import copy
-import statistics
 import sys
 import time
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from _timing import interleaved_medians
 from torch import nn
 
 from rest_fair.models import SmallCNN
@@ -174,22 +174,6 @@ def _conv_inputs(module: nn.Module, batch: int, image_size: int) -> dict[str, to
     for h in hooks:
         h.remove()
     return {name: torch.Size((batch, *shape[1:])) for name, shape in shapes.items()}
-
-
-def _measure(steps: dict[str, Callable[[], object]], repeats: int,
-             warmup: int) -> dict[str, float]:
-    names = list(steps)
-    for _ in range(warmup):
-        for name in names:
-            steps[name]()
-    times: dict[str, list[float]] = {name: [] for name in names}
-    for i in range(repeats):
-        k = i % len(names)
-        for name in names[k:] + names[:k]:
-            start = time.perf_counter()
-            steps[name]()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 def _sparse_kinds() -> list[str]:
@@ -376,7 +360,7 @@ def main(argv: list[str] | None = None) -> dict[str, list[dict]]:
                     full = torch.where(mask, conv.weight.detach(),
                                        torch.randn(mask.shape, generator=gen) * 0.05)
                     steps = layer_steps(conv, mask, full, in_shape, input_grad=i > 0)
-                    med = _measure(steps, args.repeats, args.warmup)
+                    med = interleaved_medians(steps, args.repeats, args.warmup)
                     row = {"sparsity": sparsity, "layer_density": layer_density,
                            "batch": batch, "layer": name, "density": density,
                            **{f"{k}_vs_masked": med["masked"] / med[k] for k in med}}
@@ -394,7 +378,7 @@ def main(argv: list[str] | None = None) -> dict[str, list[dict]]:
                     print(line, file=sys.stderr, flush=True)
                 steps, sparse = network_steps(args, 1.0 - sparsity, layer_density, batch,
                                               faster)
-                med = _measure(steps, args.repeats, args.warmup)
+                med = interleaved_medians(steps, args.repeats, args.warmup)
                 row = {"sparsity": sparsity, "layer_density": layer_density, "batch": batch,
                        "sparse_layers": sparse, "where_faster": sorted(faster),
                        **{f"{k}_vs_masked": med["masked"] / med[k] for k in med}}

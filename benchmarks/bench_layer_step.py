@@ -26,12 +26,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import statistics
 import sys
 import time
 from collections.abc import Callable
 
 import torch
+from _timing import interleaved_medians
 from torch import nn
 
 from rest_fair.sparse import kernels
@@ -116,21 +116,6 @@ def _check(steps, mask: torch.Tensor) -> None:
             torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-3, msg=name)
 
 
-def _measure(steps, repeats: int, warmup: int) -> dict[str, float]:
-    names = list(steps)
-    for _ in range(warmup):
-        for name in names:
-            steps[name]()
-    times: dict[str, list[float]] = {name: [] for name in names}
-    for i in range(repeats):
-        k = i % len(names)
-        for name in names[k:] + names[:k]:
-            start = time.perf_counter()
-            steps[name]()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(ts) for name, ts in times.items()}
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
@@ -165,7 +150,7 @@ def main(argv: list[str] | None = None) -> None:
         steps, mask = _contenders(args.size, args.size, args.batch, density, seed=0,
                                   input_grad=not args.no_input_grad)
         _check(steps, mask)
-        med = _measure(steps, args.repeats, args.warmup)
+        med = interleaved_medians(steps, args.repeats, args.warmup)
         line = (f"| {density:.2f} | {med['dense'] / med['ours']:.1f}x"
                 f" | {med['dense'] / med['ours (torch)']:.1f}x"
                 f" | {med['ours (torch)'] / med['ours']:.2f}x |")

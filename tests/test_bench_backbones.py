@@ -2,26 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
+from tests._support.scripts import load_benchmark
+
 pytest.importorskip("torchvision", reason="the backbone benchmark needs torchvision")
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_backbones.py"
-
-
-def _load():
-    spec = importlib.util.spec_from_file_location("bench_backbones", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_backbone_benchmark_runs_tiny_on_cpu(tmp_path, capsys):
-    bench = _load()
+    bench = load_benchmark("bench_backbones")
     out = tmp_path / "bench.json"
     rows = bench.main(["--device", "cpu", "--model", "resnet18", "--image-size", "32",
                        "--batch-size", "2", "--steps", "1", "--warmup", "1", "--repeats", "1",

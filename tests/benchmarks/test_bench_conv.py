@@ -2,26 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
+from tests._support.scripts import load_benchmark
+
 pytest.importorskip("torch")
-
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_conv.py"
-
-
-def _load():
-    spec = importlib.util.spec_from_file_location("bench_conv", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.mark.parametrize("peer", [True, False], ids=["with-sparseprop", "without-sparseprop"])
 def test_conv_benchmark_smoke(peer, monkeypatch, capsys):
-    bench = _load()
+    bench = load_benchmark("bench_conv")
     if peer and bench.SparseConv2d is None:
         pytest.skip("sparseprop is not installed")
     if not peer:

@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
 from tests._support.idx import write_folder
+from tests._support.scripts import load_benchmark
 
 pytest.importorskip("torch")
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_defaults.py"
-
 
 def test_defaults_ablation_smoke(tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("bench_defaults", SCRIPT)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("bench_defaults")
     root = write_folder(tmp_path / "idx", 200, 100)
     argv = ["--out", str(tmp_path / "runs"), "--data-root", str(root), "--split-sizes",
             "100", "40", "50", "--epochs", "1", "--seeds", "41", "42", "--sparsities", "0.9",
