@@ -11,6 +11,8 @@
  *   csr_backward: GX = G W, gW = (G^T X) at the pattern
  *                 (over the CSR of W^T, columns of W split between threads)
  *
+ * randperm_prefix: the first k entries of torch's CPU randperm(n) from its raw draws
+ *
  * Each output entry is computed by exactly one thread in a fixed order, so results do not
  * depend on the number of threads. An output entry (sample b = q * T + i, feature r) is
  * written at out[q * sq + i * si + r * sr]: sample-major (B x N), feature-major (N x B) and
@@ -20,6 +22,7 @@
  * (-march=native).
  */
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 #ifdef _OPENMP
 #include <omp.h>
@@ -391,3 +394,84 @@ DEFINE_KERNELS(double, f64, 8)
 /* Lanes of a 64-byte vector: a panel holds nv times as many samples. */
 int lanes_f32(void) { return 16; }
 int lanes_f64(void) { return 8; }
+
+/* torch's CPU generator is a 32-bit Mersenne Twister; its state (CPUGeneratorImplState, as
+   Generator.get_state() returns it) holds `left` (int32 at byte 8), `next` (uint64 at 16)
+   and the 624 words (as uint64 from byte 24). A draw decrements `left`, regenerates the
+   words when it reaches 0 (then left = 624, next = 0), and tempers word `next++`. */
+#define MT_N 624
+#define MT_M 397
+
+static inline uint32_t mt_mix(uint32_t u, uint32_t v) {
+    return (((u & 0x80000000u) | (v & 0x7fffffffu)) >> 1) ^ ((v & 1u) ? 0x9908b0dfu : 0u);
+}
+
+static void mt_regenerate(uint32_t *w) {
+    int i = 0;
+    for (; i < MT_N - MT_M; ++i) w[i] = w[i + MT_M] ^ mt_mix(w[i], w[i + 1]);
+    for (; i < MT_N - 1; ++i) w[i] = w[i + MT_M - MT_N] ^ mt_mix(w[i], w[i + 1]);
+    w[MT_N - 1] = w[MT_M - 1] ^ mt_mix(w[MT_N - 1], w[0]);
+}
+
+typedef struct { uint32_t w[MT_N]; int64_t left, next; } mt_state;
+
+static inline uint32_t mt_draw(mt_state *s) {
+    if (--s->left == 0) { mt_regenerate(s->w); s->left = MT_N; s->next = 0; }
+    uint32_t y = s->w[s->next++];
+    y ^= y >> 11;
+    y ^= (y << 7) & 0x9d2c5680u;
+    y ^= (y << 15) & 0xefc60000u;
+    return y ^ (y >> 18);
+}
+
+/* m draws whose values are not needed: only the regenerations are computed. */
+static void mt_skip(mt_state *s, int64_t m) {
+    while (m > 0) {
+        if (m < s->left) { s->left -= m; s->next += m; return; }
+        m -= s->left;  /* the draw that reaches left == 0 regenerates and reads word 0 */
+        mt_regenerate(s->w);
+        s->left = MT_N;
+        s->next = 1;
+    }
+}
+
+/* The first k (< n) entries of torch's CPU randperm(n) from the generator state `bytes`,
+   which is advanced as randperm advances it. randperm shuffles with one draw per position
+   i < n - 1, swapping i with i + draw % (n - i), so position i is final after step i: the
+   prefix needs the first k steps, and the other n - 1 - k draws are skipped. `moved` keeps
+   value + 1 of the positions already swapped (0: the position still holds its index).
+   Returns -1 when out of memory. */
+int randperm_prefix(int64_t n, int64_t k, unsigned char *bytes, int64_t *out) {
+    int32_t *moved = calloc((size_t)n, sizeof(int32_t));
+    if (moved == NULL) return -1;
+    mt_state s;
+    int32_t left;
+    uint64_t next, word;
+    memcpy(&left, bytes + 8, sizeof left);
+    memcpy(&next, bytes + 16, sizeof next);
+    for (int i = 0; i < MT_N; ++i) {
+        memcpy(&word, bytes + 24 + 8 * i, sizeof word);
+        s.w[i] = (uint32_t)word;
+    }
+    s.left = left;
+    s.next = (int64_t)next;
+    for (int64_t i = 0; i < k; ++i) {
+        int64_t z = i + (int64_t)(mt_draw(&s) % (uint64_t)(n - i));
+        int64_t a = moved[i] ? moved[i] - 1 : i;
+        int64_t b = moved[z] ? moved[z] - 1 : z;
+        moved[z] = (int32_t)(a + 1);
+        moved[i] = (int32_t)(b + 1);
+        out[i] = b;
+    }
+    free(moved);
+    mt_skip(&s, n - 1 - k);
+    left = (int32_t)s.left;
+    next = (uint64_t)s.next;
+    memcpy(bytes + 8, &left, sizeof left);
+    memcpy(bytes + 16, &next, sizeof next);
+    for (int i = 0; i < MT_N; ++i) {
+        word = s.w[i];
+        memcpy(bytes + 24 + 8 * i, &word, sizeof word);
+    }
+    return 0;
+}

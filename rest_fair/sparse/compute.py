@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from .._probe import probe_pass
+from . import kernels
 from .csr_engine import CSRDynamicSparsity
 from .csr_linear import CSRLinear
 from .engine import DynamicSparsity
@@ -187,7 +188,7 @@ def measure_layer(
     linear.weight = nn.Parameter(torch.randn(n_out, n_in, generator=gen, dtype=dtype)
                                  .div_(math.sqrt(n_in)).to(device))
     linear.bias = nn.Parameter(torch.zeros(n_out, dtype=dtype, device=device))
-    flat = torch.randperm(n_out * n_in, generator=gen)[:nnz]
+    flat = kernels.randperm_prefix(n_out * n_in, nnz, gen)
     mask = torch.zeros(n_out * n_in, dtype=torch.bool)
     mask[flat] = True
     mask = mask.view(n_out, n_in).to(device)
@@ -246,7 +247,7 @@ def candidate_layers(
     for name, sub in sparse_linear_layers(module, by_name, threshold).items():
         mask = by_name.get(f"{name}.weight")
         if name and mask is not None and not bool(mask.all()):
-            out.append((name, sub, int(mask.sum())))
+            out.append((name, sub, int(torch.count_nonzero(mask))))
     return out
 
 

@@ -56,7 +56,7 @@ class _CSRMaskSet(MaskSet):
     def n_active(self) -> dict[str, int]:
         # a converted layer's active count is its pattern's size: no dense mask is built
         return {name: self.layers[name].nnz if name in self.layers
-                else int(self._bool[name].sum()) for name in self.params}
+                else int(torch.count_nonzero(self._bool[name])) for name in self.params}
 
     def n_weights(self, name: str) -> int:
         layer = self.layers.get(name)

@@ -467,7 +467,7 @@ class CSRLinear(nn.Module):
         plan, self._plan = self._plan, None
         if self.values.grad is not None and plan is not None and plan.saved is not None:
             self.values.grad = self._sampled_gradient(*plan.saved)
-        return int(new.sum())
+        return int(torch.count_nonzero(new))
 
     @torch.no_grad()
     def set_mask(self, mask: torch.Tensor) -> None:

@@ -19,6 +19,10 @@ What the kernels compute (float32 and float64, int32 CSR indices, CPU tensors):
 - :func:`csr_backward`: ``G W`` (input gradient) and ``G^T X`` at the pattern (weight
   gradient) in one pass over the transposed pattern.
 
+:func:`randperm_prefix` gives the first ``k`` entries of ``torch.randperm(n)`` on a CPU
+generator, bitwise, and leaves the generator where ``torch.randperm`` leaves it, at a
+fraction of the cost when ``k`` is small (the random masks of sparse layers).
+
 Each output entry is computed by one thread in a fixed order, so results do not depend
 on the thread count. A quick check against torch runs once after loading. When no
 compiler is found, the build fails, the check fails, or ``REST_FAIR_NATIVE_KERNELS=0``,
@@ -54,6 +58,7 @@ __all__ = [
     "load",
     "pack",
     "panel_width",
+    "randperm_prefix",
     "unavailable_reason",
 ]
 
@@ -170,6 +175,8 @@ def _declare(lib: ctypes.CDLL) -> None:
             fn.restype = None
         getattr(lib, f"lanes_{suffix}").restype = c_int
         _FUNCS[dtype] = (pack_fn, forward, backward)
+    lib.randperm_prefix.argtypes = [_i64, _i64, _ptr, _ptr]
+    lib.randperm_prefix.restype = c_int
 
 
 def _threads(splits: torch.Tensor, work: int, end: int) -> tuple[int, int]:
@@ -447,6 +454,76 @@ def csr_pattern(mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
     crow_t[1:] = torch.cumsum(torch.bincount(cols, minlength=n_in), 0)
     return (flat, crow, cols.to(torch.int32), crow_t, rows[order].to(torch.int32),
             order.to(torch.int32))
+
+
+# torch's CPU randperm draws one 32-bit number per position below this size (it uses
+# another method above uint32 max / 20); the prefix also keeps positions in int32
+_RANDPERM_MAX = 1 << 27
+# size of a CPU generator's state (CPUGeneratorImplState), whose layout the kernel reads
+_STATE_BYTES = 5056
+_prefix_ok: bool | None = None
+
+
+def _draw_prefix(n: int, k: int, generator: torch.Generator) -> torch.Tensor:
+    state = generator.get_state()
+    out = torch.empty(k, dtype=torch.int64)
+    if _lib.randperm_prefix(n, k, state.data_ptr(), out.data_ptr()) != 0:
+        raise MemoryError(f"randperm_prefix: no memory for {n} positions")
+    generator.set_state(state)
+    return out
+
+
+def _check_prefix() -> bool:
+    """Whether :func:`_draw_prefix` equals this torch's randperm, generator state included."""
+    for seed, n, k in ((0, 1000, 17), (1, 3000, 2998), (2, 5, 0)):
+        ours, theirs = torch.Generator(), torch.Generator()
+        for gen in (ours, theirs):
+            gen.manual_seed(seed)
+            torch.rand(3, generator=gen)
+        if ours.get_state().numel() != _STATE_BYTES:
+            return False
+        want = torch.randperm(n, generator=theirs)[:k]
+        try:
+            got = _draw_prefix(n, k, ours)
+        except RuntimeError:  # set_state refused the state: another layout
+            return False
+        if not (torch.equal(got, want) and torch.equal(ours.get_state(), theirs.get_state())):
+            return False
+    return True
+
+
+def randperm_prefix(n: int, k: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """``torch.randperm(n, generator=generator)[:k]``, in ``O(k)`` work plus ``n`` draws.
+
+    The result and the generator's state afterwards are bitwise those of
+    ``torch.randperm`` (a check against it runs once per process): the kernel carries out
+    only the first ``k`` steps of its shuffle and skips the other draws. Without the
+    compiled kernels, when the check fails, for a non-CPU generator or for
+    ``n >= 2**27`` this calls ``torch.randperm``.
+
+    Parameters
+    ----------
+    n : int
+    k : int
+        Entries wanted, at most ``n``.
+    generator : torch.Generator, optional
+        Default: torch's global CPU generator.
+
+    Returns
+    -------
+    LongTensor of shape (k,)
+    """
+    global _prefix_ok
+    generator = torch.default_generator if generator is None else generator
+    k = max(0, min(int(k), int(n)))
+    if (k >= n - 1 or n >= _RANDPERM_MAX or generator.device.type != "cpu"
+            or load() is None):
+        return torch.randperm(n, generator=generator)[:k]
+    if _prefix_ok is None:
+        _prefix_ok = _check_prefix()
+    if not _prefix_ok:
+        return torch.randperm(n, generator=generator)[:k]
+    return _draw_prefix(n, k, generator)
 
 
 def _self_check() -> None:

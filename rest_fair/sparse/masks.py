@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from .densities import active_counts, erk_densities, uniform_densities
+from .kernels import randperm_prefix
 from .modules import mask_density
 
 __all__ = [
@@ -270,9 +271,8 @@ class MaskSet:
             if init == "magnitude":
                 mask = _magnitude_mask(p, counts[name])
             else:
-                order = torch.randperm(p.numel(), generator=generator)
                 mask = torch.zeros(p.numel(), dtype=torch.bool)
-                mask[order[: counts[name]]] = True
+                mask[randperm_prefix(p.numel(), counts[name], generator)] = True
             masks[name] = mask.view(p.shape).to(p.device)
         return cls(params, masks)
 
@@ -295,7 +295,7 @@ class MaskSet:
 
     def n_active(self) -> dict[str, int]:
         """Active weights per layer."""
-        return {name: int(self.mask(name).sum()) for name in self.params}
+        return {name: int(torch.count_nonzero(self.mask(name))) for name in self.params}
 
     def n_weights(self, name: str) -> int:
         """Number of weights (active or not) of weight ``name``."""
@@ -316,7 +316,7 @@ class MaskSet:
         for name in self.params:
             m = self.mask(name)
             rows.append({"layer": name, "shape": tuple(m.shape), "n_weights": m.numel(),
-                         "n_active": int(m.sum()), "density": mask_density(m)})
+                         "n_active": int(torch.count_nonzero(m)), "density": mask_density(m)})
         return rows
 
     # -- in-place operations ---------------------------------------------------------------

@@ -74,7 +74,7 @@ def check_threshold(value: Any, name: str) -> float:
 def mask_density(mask: torch.Tensor) -> float:
     """Fraction of the entries of a boolean ``mask`` that are active (1.0 when it is empty)."""
     n = mask.numel()
-    return int(mask.sum()) / n if n else 1.0
+    return int(torch.count_nonzero(mask)) / n if n else 1.0
 
 
 def set_submodule(module: nn.Module, name: str, new: nn.Module) -> None:

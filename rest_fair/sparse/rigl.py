@@ -153,7 +153,7 @@ def prune_and_regrow(
     if regrow not in REGROW_MODES:
         raise ValueError(f"regrow must be one of {REGROW_MODES}; got {regrow!r}.")
     flat_mask = mask.reshape(-1)
-    n_active = int(flat_mask.sum())
+    n_active = int(torch.count_nonzero(flat_mask))
     k = min(int(k), n_active)
     empty = torch.empty(0, dtype=torch.long, device=mask.device)
     if k <= 0:
@@ -196,7 +196,7 @@ def decide_layer(
     """
     param = masks.params[name]
     mask = masks.mask(name)
-    n_active = int(mask.sum())
+    n_active = int(torch.count_nonzero(mask))
     k = math.ceil(fraction * n_active)
     if k == 0 or n_active == mask.numel():
         return None

@@ -264,3 +264,42 @@ def test_switched_off_by_the_environment(monkeypatch):
     monkeypatch.setenv(kernels.ENV_SWITCH, "0")
     assert kernels.load() is None
     assert kernels.ENV_SWITCH in kernels.unavailable_reason()
+
+
+@needs_kernels
+@pytest.mark.parametrize(("n", "k", "draws_before"), [
+    (1000, 10, 0),        # a fresh generator: the first draw regenerates the words
+    (5000, 50, 3),
+    (5000, 4998, 623),    # k = n - 2: every step but the last
+    (200_000, 2_000, 1),  # hundreds of regenerations skipped
+    (624, 1, 622),        # the skip ends exactly on a regeneration
+    (2, 0, 7),
+])
+def test_randperm_prefix_equals_torch_randperm_and_its_generator_state(n, k, draws_before):
+    ours, theirs = torch.Generator(), torch.Generator()
+    for gen in (ours, theirs):
+        gen.manual_seed(n + k)
+        torch.randint(0, 10, (draws_before,), generator=gen)
+    want = torch.randperm(n, generator=theirs)[:k]
+    got = kernels.randperm_prefix(n, k, ours)
+    assert kernels._prefix_ok
+    assert torch.equal(got, want)
+    assert torch.equal(ours.get_state(), theirs.get_state())
+    assert torch.equal(torch.rand(5, generator=ours), torch.rand(5, generator=theirs))
+
+
+def test_randperm_prefix_falls_back_to_torch(monkeypatch):
+    monkeypatch.setattr(kernels, "_prefix_ok", False)  # as when the check failed
+    ours, theirs = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
+    assert torch.equal(kernels.randperm_prefix(3000, 30, ours),
+                       torch.randperm(3000, generator=theirs)[:30])
+    assert torch.equal(ours.get_state(), theirs.get_state())
+    monkeypatch.setenv(kernels.ENV_SWITCH, "0")
+    assert torch.equal(kernels.randperm_prefix(3000, 30, ours),
+                       torch.randperm(3000, generator=theirs)[:30])
+
+
+@needs_kernels
+def test_randperm_prefix_check_refuses_an_unknown_state_layout(monkeypatch):
+    monkeypatch.setattr(kernels, "_STATE_BYTES", 4096)
+    assert not kernels._check_prefix()
