@@ -7,6 +7,7 @@
  * width T is nv vectors of 64 bytes (nv = 1, 2 or 4: 16, 32 or 64 floats), chosen by the
  * caller from the batch size. The products read panel rows at the pattern's columns:
  *
+ *   pack:         the panels of A, optionally gated by the output of a ReLU (its backward)
  *   csr_forward:  Y = X W^T + b, optionally ReLU   (W in CSR, rows split between threads)
  *   csr_backward: GX = G W, gW = (G^T X) at the pattern
  *                 (over the CSR of W^T, columns of W split between threads)
@@ -96,6 +97,10 @@ static inline void transpose_f64(vec_f64 *v) {
     STAGE(v, 8, 1, mask_f64, 0, 8, 2, 10, 4, 12, 6, 14)
 }
 
+/* The gradient v behind a ReLU whose output is g: 0 where g <= 0, else v (also where g is
+   NaN), as torch's threshold_backward(v, g, 0) computes it. */
+#define GATED(g, v) ((g) <= 0 ? (__typeof__(v))0 : (v))
+
 /* Kernels for one scalar type and one panel width (NV vectors of VL lanes). A row's sum is
    split into 4 / NV independent partial sums, so that narrow panels are not bound by the
    latency of one chain of multiply-adds. */
@@ -133,12 +138,26 @@ static inline void transpose_f64(vec_f64 *v) {
         const pack_args_##SUFFIX *p = (const pack_args_##SUFFIX *)p_;                          \
         const int64_t T = T_##SUFFIX##_##NV, B = p->batch, K = p->k, s0 = p->s0, s1 = p->s1;   \
         const int64_t np = (B + T - 1) / T;                                                    \
+        const scalar *gate = p->gate;                                                          \
         scalar *colsum = p->colsum;                                                            \
         if (colsum)                                                                            \
             for (int64_t k = k0; k < k1; ++k) colsum[k] = 0;                                   \
         for (int64_t q = 0; q < np; ++q) {                                                     \
             scalar *P = p->panels + q * K * T;                                                 \
             const int64_t b0 = q * T, nb = B - b0 < T ? B - b0 : T;                            \
+            if (s0 == 1 && gate) { /* as below, on the gated values */                         \
+                for (int64_t k = k0; k < k1; ++k) {                                            \
+                    const scalar *src = p->a + k * s1 + b0, *g = gate + k * s1 + b0;           \
+                    scalar s = colsum ? colsum[k] : 0;                                         \
+                    for (int64_t i = 0; i < nb; ++i) {                                         \
+                        P[k * T + i] = GATED(g[i], src[i]);                                    \
+                        s += P[k * T + i];                                                     \
+                    }                                                                          \
+                    memset(P + k * T + nb, 0, (size_t)(T - nb) * sizeof(scalar));              \
+                    if (colsum) colsum[k] = s;                                                 \
+                }                                                                              \
+                continue;                                                                      \
+            }                                                                                  \
             if (s0 == 1) {                                                                     \
                 for (int64_t k = k0; k < k1; ++k) {                                            \
                     const scalar *src = p->a + k * s1 + b0;                                    \
@@ -160,7 +179,11 @@ static inline void transpose_f64(vec_f64 *v) {
                         vec_##SUFFIX v[VL];                                                    \
                         for (int i = 0; i < VL; ++i) {                                         \
                             if (i0 + i < nb) {                                                 \
-                                v[i] = *(const uvec_##SUFFIX *)(p->a + (b0 + i0 + i) * s0 + kb); \
+                                const int64_t at = (b0 + i0 + i) * s0 + kb;                    \
+                                v[i] = *(const uvec_##SUFFIX *)(p->a + at);                    \
+                                if (gate)                                                      \
+                                    v[i] = (vec_##SUFFIX)((mask_##SUFFIX)v[i] &                \
+                                        ~(mask_##SUFFIX)(*(const uvec_##SUFFIX *)(gate + at) <= 0)); \
                                 cs += v[i];                                                    \
                             } else {                                                           \
                                 v[i] = (vec_##SUFFIX){0};                                      \
@@ -177,7 +200,8 @@ static inline void transpose_f64(vec_f64 *v) {
                 for (int64_t k = kb; k < ke; ++k) {                                            \
                     scalar s = 0;                                                              \
                     for (int64_t i = 0; i < nb; ++i) {                                         \
-                        const scalar v = p->a[(b0 + i) * s0 + k * s1];                         \
+                        const int64_t at = (b0 + i) * s0 + k * s1;                             \
+                        const scalar v = gate ? GATED(gate[at], p->a[at]) : p->a[at];          \
                         P[k * T + i] = v;                                                      \
                         s += v;                                                                \
                     }                                                                          \
@@ -322,7 +346,7 @@ static inline void transpose_f64(vec_f64 *v) {
     }                                                                                          \
                                                                                                \
     typedef struct {                                                                           \
-        const scalar *a;                                                                       \
+        const scalar *a, *gate;                                                                \
         int64_t s0, s1, batch, k;                                                              \
         scalar *panels, *colsum;                                                               \
     } pack_args_##SUFFIX;                                                                      \
@@ -356,8 +380,9 @@ static inline void transpose_f64(vec_f64 *v) {
     /* panels (ceil(B/T) x K x T, T = nv * VL) <- a[b * s0 + k * s1];                          \
        colsum[k] = sum_b a[b, k] when colsum is not NULL. */                                   \
     void pack_##SUFFIX(int n, const int64_t *splits, int nv, const scalar *a, int64_t s0,      \
-                       int64_t s1, int64_t batch, int64_t k, scalar *panels, scalar *colsum) { \
-        pack_args_##SUFFIX p = {a, s0, s1, batch, k, panels, colsum};                          \
+                       int64_t s1, int64_t batch, int64_t k, scalar *panels, scalar *colsum,   \
+                       const scalar *gate) {                                                   \
+        pack_args_##SUFFIX p = {a, gate, s0, s1, batch, k, panels, colsum};                    \
         run_parts(n, splits, by_width_##SUFFIX(nv, pack_part_##SUFFIX##_1,                     \
                   pack_part_##SUFFIX##_2, pack_part_##SUFFIX##_4), &p);                        \
     }                                                                                          \

@@ -15,11 +15,15 @@ dense ``weight``/``bias`` of an ``nn.Linear``, the optimizer's ``state_dict`` ho
 dense-shaped state (:meth:`CSRDynamicSparsity.bind_optimizer`), and
 :meth:`CSRDynamicSparsity.finish` puts the original ``nn.Linear`` modules back with their
 trained weights at the end of ``fit``. Checkpoints written during such a run are in the
-masked format and can be resumed by either path.
+masked format and can be resumed by either path. While converted, a CSR layer also
+applies the ``nn.ReLU`` that follows it in an ``nn.Sequential`` (the ReLU's place holds an
+identity until :meth:`~CSRDynamicSparsity.finish` puts it back), so the activations are
+not read and written once more for the ReLU; results are bitwise those of the ReLU module.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -83,6 +87,35 @@ class _CSRMaskSet(MaskSet):
         super().set_mask(name, mask)
 
 
+class _FusedReLU(nn.Identity):
+    """Stands in for an ``nn.ReLU`` that the CSR layer before it applies."""
+
+
+def _hooked(sub: nn.Module) -> bool:
+    return any(getattr(sub, name) for name in (
+        "_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks"))
+
+
+def _fuse_relus(module: nn.Module) -> dict[str, nn.ReLU]:
+    """Let each CSR layer apply the ``nn.ReLU`` that follows it in a Sequential.
+
+    The ReLU (when no hook is registered on it) is replaced by a :class:`_FusedReLU`;
+    returns the replaced modules by name, to be put back.
+    """
+    fused: dict[str, nn.ReLU] = {}
+    for prefix, seq in module.named_modules():
+        if not isinstance(seq, nn.Sequential):
+            continue
+        subs = list(seq.named_children())
+        for (_, sub), (key, after) in itertools.pairwise(subs):
+            if isinstance(sub, CSRLinear) and type(after) is nn.ReLU and not _hooked(after):
+                sub.relu_output = True
+                name = f"{prefix}.{key}" if prefix else key
+                fused[name] = after
+                set_submodule(module, name, _FusedReLU())
+    return fused
+
+
 def _link_feature_major(module: nn.Module) -> None:
     """Let CSR layers that feed another CSR layer of a Sequential skip the transpose."""
     for seq in module.modules():
@@ -90,7 +123,7 @@ def _link_feature_major(module: nn.Module) -> None:
             continue
         pending: CSRLinear | None = None
         for sub in seq:
-            if type(sub) in ELEMENTWISE:
+            if type(sub) in ELEMENTWISE or type(sub) is _FusedReLU:
                 continue
             if pending is not None and isinstance(sub, CSRLinear):
                 pending.feature_major_output = True
@@ -149,6 +182,7 @@ class CSRDynamicSparsity(DynamicSparsity):
             csr_layers[weight_name] = layer
         self.masks = _CSRMaskSet(base.masks, csr_layers)
         self.layers = self.masks.layers  # weight name -> CSRLinear, while converted
+        self._relus = _fuse_relus(module)
         _link_feature_major(module)
 
     # -- optimizer state in dense form --------------------------------------------------
@@ -185,6 +219,9 @@ class CSRDynamicSparsity(DynamicSparsity):
         for handle in self._hooks:
             handle.remove()
         self._hooks.clear()
+        for name, relu in self._relus.items():
+            set_submodule(self.module, name, relu)
+        self._relus.clear()
         for weight_name, layer in list(self.layers.items()):
             name = weight_name.rpartition(".")[0]
             linear = self._originals.pop(name)

@@ -154,21 +154,28 @@ class _CSRFunction(torch.autograd.Function):
 
     ``x`` is ``(batch, in_features)``, any strides. The result is ``(batch, out_features)``
     row-major, or ``(out_features, batch)`` row-major when ``feature_major`` or on torch's
-    products (the caller transposes it back as a view).
+    products (the caller transposes it back as a view). With ``relu`` the result is
+    ``relu(Y)``, and the backward pass applies the ReLU's gradient (bitwise as ``nn.ReLU``
+    would, inside the kernels' packing of the gradient where the layouts allow).
     """
 
     @staticmethod
-    def forward(ctx, x, values, bias, layer, feature_major, use_kernels):  # type: ignore[override]
-        ctx.layer, ctx.use_kernels = layer, use_kernels
+    def forward(ctx, x, values, bias, layer, feature_major, use_kernels,  # type: ignore[override]
+                relu):
+        ctx.layer, ctx.use_kernels, ctx.relu = layer, use_kernels, relu
         ctx.feature_major = feature_major = feature_major or not use_kernels
         ctx.has_bias = bias is not None
         if not use_kernels:
             x_t = x.t().contiguous()  # the sparse product reads rows of X_t
             matrix = _csr(layer.crow_indices, layer.col_indices, values, layer.shape)
-            ctx.save_for_backward(x_t, values)
             if bias is None:
-                return torch.mm(matrix, x_t)
-            return torch.addmm(bias.unsqueeze(1), matrix, x_t)
+                out = torch.mm(matrix, x_t)
+            else:
+                out = torch.addmm(bias.unsqueeze(1), matrix, x_t)
+            if relu:
+                out = torch.relu_(out)
+            ctx.save_for_backward(x_t, values, out if relu else None)
+            return out
         splits = ctx.splits = layer._kernel_splits()
         batch = x.shape[0]
         nv, _ = kernels.panel_width(values.dtype, batch)
@@ -179,8 +186,8 @@ class _CSRFunction(torch.autograd.Function):
         else:
             out = target = x.new_empty((batch, layer.out_features))
         kernels.csr_forward(x_panels, nv, batch, layer.crow_indices, layer.col_indices, values,
-                            bias, splits.rows, target)
-        ctx.save_for_backward(x, x_panels, values)
+                            bias, splits.rows, target, relu=relu)
+        ctx.save_for_backward(x, x_panels, values, out if relu else None)
         ctx.nv = nv
         return out
 
@@ -195,14 +202,19 @@ class _CSRFunction(torch.autograd.Function):
         scan = plan is not None and plan.scan_gradient and want_values
         grad_x = grad_values = grad_bias = None
         if ctx.use_kernels:
-            x, x_panels, values = ctx.saved_tensors
+            x, x_panels, values, out = ctx.saved_tensors
             grad = grad.t() if ctx.feature_major else grad  # (batch, out_features)
+            gate = None
+            if ctx.relu:
+                gate = out.t() if ctx.feature_major else out
+                if plan is not None or gate.stride() != grad.stride():
+                    grad, gate = torch.ops.aten.threshold_backward(grad, gate, 0), None
             grad_t = x_t = None
             if plan is not None:
                 grad_t, x_t = grad.t().contiguous(), x.t().contiguous()
             # backward runs only when one of x, values and bias needs a gradient
             grad_panels, grad_bias = kernels.pack(grad, ctx.splits.out_features, ctx.nv,
-                                                  column_sums=want_bias)
+                                                  column_sums=want_bias, gate=gate)
             if want_x:
                 # the input's own layout: a feature-major input gets a feature-major gradient
                 if x.stride(0) == 1 and x.stride(1) != 1:
@@ -215,7 +227,9 @@ class _CSRFunction(torch.autograd.Function):
                                  layer.col_indices_t, layer.perm_t, values, ctx.splits.cols,
                                  grad_x, grad_values)
         else:
-            x_t, values = ctx.saved_tensors
+            x_t, values, out = ctx.saved_tensors
+            if ctx.relu:
+                grad = torch.ops.aten.threshold_backward(grad, out, 0)
             grad_t = grad.contiguous()
             if want_x:
                 transposed = _csr(layer.crow_indices_t, layer.col_indices_t,
@@ -230,7 +244,7 @@ class _CSRFunction(torch.autograd.Function):
             plan.saved = (grad_t, x_t)
         if scan:
             grad_values = layer._scan_dense_gradient(grad_t, x_t, plan)
-        return grad_x, grad_values, grad_bias, None, None, None
+        return grad_x, grad_values, grad_bias, None, None, None, None
 
 
 class CSRLinear(nn.Module):
@@ -265,6 +279,8 @@ class CSRLinear(nn.Module):
         # Row-major output suits any consumer; a CSR layer that feeds another one directly
         # (through element-wise activations) passes its feature-major result instead.
         self.feature_major_output = False
+        # Whether the layer applies the ReLU that follows it (see CSRDynamicSparsity).
+        self.relu_output = False
         flat = self._set_pattern(mask.to(weight.device))
         self.values = nn.Parameter(
             weight.reshape(-1)[flat].clone(), requires_grad=linear.weight.requires_grad
@@ -357,7 +373,7 @@ class CSRLinear(nn.Module):
         with (torch.autocast(device, enabled=False) if torch.is_autocast_enabled(device)
               else contextlib.nullcontext()):
             out = _CSRFunction.apply(x2d, self.values, self.bias, self,
-                                     self.feature_major_output, use_kernels)
+                                     self.feature_major_output, use_kernels, self.relu_output)
         if self.feature_major_output or not use_kernels:
             out = out.t()
             if not self.feature_major_output:

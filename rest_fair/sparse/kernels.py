@@ -164,7 +164,7 @@ def _declare(lib: ctypes.CDLL) -> None:
     c_int = ctypes.c_int
     for dtype, suffix in _SUFFIX.items():
         pack_fn = getattr(lib, f"pack_{suffix}")
-        pack_fn.argtypes = [c_int, _ptr, c_int, _ptr, _i64, _i64, _i64, _i64, _ptr, _ptr]
+        pack_fn.argtypes = [c_int, _ptr, c_int, _ptr, _i64, _i64, _i64, _i64, _ptr, _ptr, _ptr]
         forward = getattr(lib, f"csr_forward_{suffix}")
         forward.argtypes = [c_int, _ptr, c_int, _ptr, _ptr, _ptr, _ptr, _i64, _i64, _ptr, c_int,
                             _ptr, _i64, _i64, _i64]
@@ -317,8 +317,13 @@ def _out_strides(out: torch.Tensor, width: int) -> tuple[int, int, int]:
 
 
 def pack(a: torch.Tensor, splits: torch.Tensor, nv: int, *, column_sums: bool = False,
-         ) -> tuple[torch.Tensor, torch.Tensor | None]:
+         gate: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Panels of the 2-D CPU tensor ``a`` ``(batch, k)``, and its column sums if asked.
+
+    With ``gate`` (a ReLU's output, of ``a``'s shape and strides) the panels hold the
+    gradient behind that ReLU instead: 0 where ``gate <= 0``, else ``a``, bitwise what
+    ``torch.ops.aten.threshold_backward(a, gate, 0)`` gives, and the column sums are
+    those of this gradient.
 
     Parameters
     ----------
@@ -328,6 +333,7 @@ def pack(a: torch.Tensor, splits: torch.Tensor, nv: int, *, column_sums: bool = 
     nv : int
         Vectors per panel row (:func:`panel_width`).
     column_sums : bool, default=False
+    gate : Tensor, optional
 
     Returns
     -------
@@ -339,8 +345,10 @@ def pack(a: torch.Tensor, splits: torch.Tensor, nv: int, *, column_sums: bool = 
     panels = a.new_empty((-(-batch // width), k, width))
     sums = a.new_empty(k) if column_sums else None
     n, splits_ptr = _threads(splits, batch * k // 4, k)
+    if gate is not None and (gate.shape != a.shape or gate.stride() != a.stride()):
+        raise ValueError("pack: the gate must have the shape and strides of the input")
     _FUNCS[a.dtype][0](n, splits_ptr, nv, a.data_ptr(), a.stride(0), a.stride(1), batch, k,
-                       panels.data_ptr(), _p(sums))
+                       panels.data_ptr(), _p(sums), _p(gate))
     return panels, sums
 
 

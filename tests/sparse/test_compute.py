@@ -15,7 +15,15 @@ from rest_fair import RESTClassifier
 from rest_fair.callbacks import Callback, Checkpoint
 from rest_fair.models import build_module
 from rest_fair.persistence.checkpoint import read_checkpoint
-from rest_fair.sparse import DropSchedule, DynamicSparsity, MaskSet, compute, csr_linear
+from rest_fair.sparse import (
+    DropSchedule,
+    DynamicSparsity,
+    MaskSet,
+    compute,
+    csr_engine,
+    csr_linear,
+    kernels,
+)
 from rest_fair.sparse.compute import (
     CSRDynamicSparsity,
     CSRLinear,
@@ -470,3 +478,42 @@ def test_a_cnn_trains_its_sparse_classifier_in_csr_form_like_the_masked_path():
     assert csr.sparse_compute_layers_ == ["classifier"]
     assert _counts(csr.masks_) == _counts(masked.masks_)
     np.testing.assert_allclose(csr.predict_proba(X), masked.predict_proba(X), atol=1e-4)
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_a_relu_fused_into_its_csr_layer_trains_bitwise_as_the_relu_module(
+        data, monkeypatch, native):
+    if native and not kernels.available():
+        pytest.skip(f"no compiled kernels: {kernels.unavailable_reason()}")
+    if not native:
+        monkeypatch.setenv(kernels.ENV_SWITCH, "0")
+    X, y = data
+    params = dict(module="mlp", module_params={"hidden_layer_sizes": (64, 48)},
+                  sparse_compute="csr", update_interval=5)
+    runs = {}
+    for fuse in (True, False):
+        with monkeypatch.context() as patch:
+            if not fuse:
+                patch.setattr(csr_engine, "_fuse_relus", lambda module: {})
+            rec = Recorder()
+            clf = _clf(callbacks=[rec], **params).fit(X, y)
+            runs[fuse] = (clf, rec)
+    (fused, rec_f), (plain, rec_p) = runs[True], runs[False]
+    assert fused.sparse_compute_layers_ == ["layers.1", "layers.3"]
+    assert rec_f.updates == rec_p.updates and rec_f.updates
+    for wf, wp in zip(rec_f.weights, rec_p.weights, strict=True):
+        for key in wf:
+            assert torch.equal(wf[key], wp[key]), key
+    assert np.array_equal(fused.predict_proba(X), plain.predict_proba(X))
+    # the fitted module holds its own ReLU modules again
+    assert [type(m) for m in fused.module_.layers] == [type(m) for m in plain.module_.layers]
+    assert sum(type(m) is nn.ReLU for m in fused.module_.layers) == 2
+
+
+def test_a_relu_with_a_hook_is_not_fused(data):
+    X, y = data
+    module = DoubleMLP((30,), 3)
+    seen = []
+    module.layers[1].register_forward_hook(lambda mod, inputs, out: seen.append(1))
+    _clf(module=module, sparse_compute="csr", max_epochs=1).fit(X, y)
+    assert len(seen) >= 400 // 32  # the hooked ReLU ran in every training step

@@ -303,3 +303,30 @@ def test_randperm_prefix_falls_back_to_torch(monkeypatch):
 def test_randperm_prefix_check_refuses_an_unknown_state_layout(monkeypatch):
     monkeypatch.setattr(kernels, "_STATE_BYTES", 4096)
     assert not kernels._check_prefix()
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("layout", ["row-major", "feature-major", "strided"])
+@pytest.mark.parametrize(("batch", "k"), [(70, 37), (16, 48), (5, 3)])
+def test_gated_pack_is_bitwise_the_pack_of_the_relu_gradient(dtype, layout, batch, k):
+    gen = torch.Generator().manual_seed(batch + k)
+    out = torch.relu(torch.randn(batch, k, generator=gen, dtype=dtype))
+    out[0, 0] = float("nan")  # threshold_backward passes the gradient where the output is NaN
+    grad = torch.randn(batch, k, generator=gen, dtype=dtype)
+    want = torch.ops.aten.threshold_backward(grad, out, 0)
+
+    def laid_out(t):
+        if layout == "feature-major":
+            return t.t().contiguous().t()
+        return torch.cat([t, t], 1)[:, ::2] if layout == "strided" else t
+
+    out, grad, want = laid_out(out), laid_out(grad), laid_out(want)
+    splits = kernels.even_splits(k, 2)
+    nv, _ = kernels.panel_width(dtype, batch)
+    p_want, s_want = kernels.pack(want, splits, nv, column_sums=True)
+    p_got, s_got = kernels.pack(grad, splits, nv, column_sums=True, gate=out)
+    assert torch.equal(p_got, p_want) and torch.equal(s_got, s_want)
+    with pytest.raises(ValueError, match="strides"):
+        kernels.pack(grad, splits, nv, gate=out.contiguous() if layout != "row-major"
+                     else out.t().contiguous().t())
