@@ -85,7 +85,15 @@ class _TensorSource(BatchSource):
         return order.to(self.data.device)
 
     def take(self, rows, device):
-        return self.data[rows].to(device, non_blocking=True)
+        # index_select gathers the rows of a matrix several times faster than advanced
+        # indexing; images keep advanced indexing, whose result keeps the array's strides
+        # (the memory format a convolution chooses its algorithm by)
+        data = self.data
+        if data.dim() == 2 and data.is_contiguous():
+            batch = torch.index_select(data, 0, rows)
+        else:
+            batch = data[rows]
+        return batch.to(device, non_blocking=True)
 
 
 class _SparseSource(BatchSource):

@@ -364,7 +364,8 @@ class CSRLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
-        x2d = x.reshape(-1, self.in_features)
+        # a view of a 2-D input would only add a node to the autograd graph
+        x2d = x if x.dim() == 2 else x.reshape(-1, self.in_features)
         use_kernels = self._use_kernels(x2d)
         if x2d.dtype != self.values.dtype:
             x2d = x2d.to(self.values.dtype)
@@ -380,7 +381,7 @@ class CSRLinear(nn.Module):
                 # dense layers are several times slower on a transposed input (measured: a
                 # 2048 -> 10 nn.Linear at batch 256 takes 2.5 ms instead of 0.3 ms)
                 out = out.contiguous()
-        return out.reshape(*lead, self.out_features)
+        return out if len(lead) == 1 else out.reshape(*lead, self.out_features)
 
     # -- gradients ----------------------------------------------------------------------
     def _sampled_gradient(self, grad_t: torch.Tensor, x_t: torch.Tensor) -> torch.Tensor:
@@ -415,6 +416,8 @@ class CSRLinear(nn.Module):
         pass of the step finds the weights to regrow.
         """
         self._plan = None
+        if fraction <= 0:
+            return
         n_active = self.nnz
         k = min(math.ceil(fraction * n_active), n_active)
         if k <= 0 or n_active == self.out_features * self.in_features:

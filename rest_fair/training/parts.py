@@ -181,14 +181,19 @@ def make_optimizer(
     momentum: float = 0.9,
     weight_decay: float = 0.0,
 ) -> torch.optim.Optimizer:
-    """The optimizer named by ``RESTClassifier(optimizer=...)``."""
+    """The optimizer named by ``RESTClassifier(optimizer=...)``.
+
+    Its multi-tensor implementation (``foreach=True``) is used on every device: on the CPU
+    it gives bitwise the results of the per-tensor loop, with less overhead per step.
+    """
     params = [p for p in params if p.requires_grad]
     if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay,
+                               foreach=True)
     if name == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, foreach=True)
     if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, foreach=True)
     raise ValueError(f"optimizer must be one of {OPTIMIZERS}; got {name!r}.")
 
 
