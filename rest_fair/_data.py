@@ -33,7 +33,11 @@ class BatchSource:
 
     A subclass implements :meth:`batches`, or :meth:`take`, which builds one batch from
     its slice of :meth:`keys` (the order converted once per pass, not once per batch).
+    :attr:`uniform_samples` is true where every sample has the same shape, so that what a
+    batch costs grows with its number of samples only.
     """
+
+    uniform_samples: bool = False
 
     n_samples: int
     sample_shape: tuple[int, ...]
@@ -73,6 +77,8 @@ def _float32_tensor(X: Any) -> torch.Tensor:
 
 
 class _TensorSource(BatchSource):
+    uniform_samples = True
+
     def __init__(self, X: np.ndarray, device: torch.device) -> None:
         data = _float32_tensor(X)
         if device.type != "cpu":
@@ -97,6 +103,8 @@ class _TensorSource(BatchSource):
 
 
 class _SparseSource(BatchSource):
+    uniform_samples = True
+
     def __init__(self, X: Any) -> None:
         self.data = X.tocsr()
         self.n_samples = self.data.shape[0]

@@ -283,6 +283,7 @@ def make_sparse_compute(
     *,
     layers: Sequence[str] | None = None,
     example: Callable[[], Any] | None = None,
+    example_scale: float = 1.0,
     timings: dict[str, LayerTiming] | None = None,
     **settings: Any,
 ) -> DynamicSparsity | None:
@@ -305,6 +306,10 @@ def make_sparse_compute(
         layers). Each candidate is then timed at the number of rows it multiplies in a
         forward pass of that batch (``batch_size`` times the sequence length for a
         transformer's layers) instead of at ``batch_size`` rows.
+    example_scale : float, default=1.0
+        How many times more samples a training batch holds than ``example``: the rows
+        counted on the example are multiplied by it (an example of a few samples standing
+        for a batch of samples of the same shape).
     timings : dict, optional
         Filled with the measured :class:`LayerTiming` of each candidate (``"auto"``).
     **settings
@@ -335,7 +340,8 @@ def make_sparse_compute(
         first = _first_layer(module)
         rows = {}
         if candidates and example is not None:
-            rows = layer_rows(module, [name for name, _, _ in candidates], example())
+            rows = {name: round(n * example_scale) for name, n in
+                    layer_rows(module, [name for name, _, _ in candidates], example()).items()}
         chosen = []
         for name, layer, nnz in candidates:
             timing = measure_layer(tuple(layer.weight.shape), nnz,

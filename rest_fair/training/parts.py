@@ -255,20 +255,24 @@ def make_sparsity(
 
 
 def _example_batch(data: TrainSet, batch_size: int,
-                   device: torch.device) -> Callable[[], Any] | None:
-    """One training batch, on demand, for timing layers at their real row counts.
+                   device: torch.device) -> tuple[Callable[[], Any] | None, float]:
+    """An example batch, on demand, for timing layers at their real row counts.
 
+    Returns the callable and how many times larger a training batch is: where all
+    samples have the same shape the example is the first two samples (a forward pass of
+    a whole batch would cost a third of a dense step), else the first training batch.
     ``None`` for a torch Dataset, whose loader would start its workers just for this.
     """
     source = data.source
     if isinstance(source, _DatasetSource):
-        return None
+        return None, 1.0
+    n = min(source.n_samples, batch_size)
+    size = min(2, n) if source.uniform_samples else n
 
     def first() -> Any:
-        order = torch.arange(min(source.n_samples, batch_size))
-        return next(iter(source.batches(order, batch_size, device)))[0]
+        return next(iter(source.batches(torch.arange(size), size, device)))[0]
 
-    return first
+    return first, n / size
 
 
 def build_parts(
@@ -293,11 +297,12 @@ def build_parts(
     device, batch_size = world.device, config.batch_size
     sparsity = make_sparsity(module, config.sparse, steps_per_epoch=train.sampler.steps_per_epoch,
                              max_epochs=config.max_epochs, generator=generator, masks=masks)
+    example, example_scale = _example_batch(train, batch_size, device)
     sparsity = make_sparse_compute(module, sparsity, SparseComputeConfig(
         mode=config.sparse_compute, threshold=config.sparse_compute_threshold,
         batch_size=batch_size, device=device, autocast_dtype=precision.dtype,
         grad_scaling=precision.scaler is not None, distributed=world.data_parallel,
-    ), layers=sparse_layers, example=_example_batch(train, batch_size, device))
+    ), layers=sparse_layers, example=example, example_scale=example_scale)
     optimizer = make_optimizer(config.optimizer, module.parameters(), lr=config.lr,
                                momentum=config.momentum, weight_decay=config.weight_decay)
     if sparsity is not None:

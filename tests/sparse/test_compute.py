@@ -464,6 +464,38 @@ def test_auto_times_each_layer_at_the_rows_it_multiplies(monkeypatch):
     assert seen[(64, 30)] == 28
     make_sparse_compute(net, engine, mode="auto", threshold=1.0, batch_size=4)
     assert seen[(64, 30)] == 4
+    # two samples standing for a batch of 12 samples of the same shape
+    make_sparse_compute(net, engine, mode="auto", threshold=1.0, batch_size=12,
+                        example=lambda: torch.randn(2, 7, 30), example_scale=6.0)
+    assert seen[(64, 30)] == 84 and seen[(3, 64)] == 12
+
+
+def test_auto_in_fit_times_layers_at_the_training_batch_rows(monkeypatch):
+    # array inputs: a two-sample example stands for the batch; a token layer sees 5 rows each
+    class PerToken(nn.Module):
+        def __init__(self, input_shape, n_classes):
+            super().__init__()
+            self.proj = nn.Linear(input_shape[-1], 64)
+            self.head = nn.Linear(64, n_classes)
+
+        def forward(self, x):
+            return self.head(torch.relu(self.proj(x)).mean(dim=1))
+
+    seen, examples = {}, []
+
+    def fake(shape, nnz, batch_size, **kwargs):
+        seen[shape] = batch_size
+        return LayerTiming(masked=1.0, csr=2.0)
+
+    rows = compute.layer_rows
+    monkeypatch.setattr(compute, "measure_layer", fake)
+    monkeypatch.setattr(compute, "layer_rows",
+                        lambda m, names, x: examples.append(x.shape[0]) or rows(m, names, x))
+    X = np.random.default_rng(0).normal(size=(100, 5, 30)).astype(np.float32)
+    _clf(module=PerToken, sparse_compute="auto", batch_size=24, max_epochs=1,
+         sparse_compute_threshold=1.0).fit(X, np.arange(100) % 3)
+    assert examples == [2]
+    assert seen[(64, 30)] == 24 * 5 and seen[(3, 64)] == 24
 
 
 def test_a_cnn_trains_its_sparse_classifier_in_csr_form_like_the_masked_path():
