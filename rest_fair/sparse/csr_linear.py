@@ -21,7 +21,10 @@ features x samples):
 ``Y_t = W_csr @ X_t + b``, ``W_csr^T @ G_t`` and ``torch.sparse.sampled_addmm``. A layer
 that feeds another CSR layer (through element-wise activations) passes its output
 feature-major in both paths, so consecutive sparse layers exchange activations without
-transposes.
+transposes. A layer whose ``relu_output`` is set (by
+:class:`~rest_fair.sparse.csr_engine.CSRDynamicSparsity`, for the ``nn.ReLU`` after it)
+returns ``relu(Y)``; its backward pass applies the ReLU's gradient first, inside the packing
+of the output gradient on the kernels.
 
 An optimizer built over the layer sees ``values``, so its state (momentum, Adam moments)
 exists only for the active weights.
