@@ -145,29 +145,33 @@ static inline void transpose_f64(vec_f64 *v) {
         for (int64_t q = 0; q < np; ++q) {                                                     \
             scalar *P = p->panels + q * K * T;                                                 \
             const int64_t b0 = q * T, nb = B - b0 < T ? B - b0 : T;                            \
-            if (s0 == 1 && gate) { /* as below, on the gated values */                         \
-                for (int64_t k = k0; k < k1; ++k) {                                            \
-                    const scalar *src = p->a + k * s1 + b0, *g = gate + k * s1 + b0;           \
-                    scalar s = colsum ? colsum[k] : 0;                                         \
-                    for (int64_t i = 0; i < nb; ++i) {                                         \
-                        P[k * T + i] = GATED(g[i], src[i]);                                    \
-                        s += P[k * T + i];                                                     \
+            if (s0 == 1) { /* columns of A are contiguous: copy (or gate) them. The sums \
+                              run over 8 columns at once, each in sample order. */        \
+                for (int64_t kb = k0; kb < k1; kb += 8) {                                      \
+                    const int64_t kn = k1 - kb < 8 ? k1 - kb : 8;                              \
+                    scalar s[8];                                                               \
+                    for (int64_t j = 0; j < kn; ++j) {                                         \
+                        const int64_t k = kb + j;                                              \
+                        const scalar *src = p->a + k * s1 + b0;                                \
+                        if (gate) {                                                            \
+                            const scalar *g = gate + k * s1 + b0;                              \
+                            for (int64_t i = 0; i < nb; ++i)                                   \
+                                P[k * T + i] = GATED(g[i], src[i]);                            \
+                        } else {                                                               \
+                            memcpy(P + k * T, src, (size_t)nb * sizeof(scalar));               \
+                        }                                                                      \
+                        memset(P + k * T + nb, 0, (size_t)(T - nb) * sizeof(scalar));          \
+                        s[j] = colsum ? colsum[k] : 0;                                         \
                     }                                                                          \
-                    memset(P + k * T + nb, 0, (size_t)(T - nb) * sizeof(scalar));              \
-                    if (colsum) colsum[k] = s;                                                 \
-                }                                                                              \
-                continue;                                                                      \
-            }                                                                                  \
-            if (s0 == 1) {                                                                     \
-                for (int64_t k = k0; k < k1; ++k) {                                            \
-                    const scalar *src = p->a + k * s1 + b0;                                    \
-                    memcpy(P + k * T, src, (size_t)nb * sizeof(scalar));                       \
-                    memset(P + k * T + nb, 0, (size_t)(T - nb) * sizeof(scalar));              \
-                    if (colsum) {                                                              \
-                        scalar s = colsum[k];                                                  \
-                        for (int64_t i = 0; i < nb; ++i) s += src[i];                          \
-                        colsum[k] = s;                                                         \
+                    if (!colsum) continue;                                                     \
+                    if (kn == 8) {                                                             \
+                        for (int64_t i = 0; i < nb; ++i)                                       \
+                            for (int j = 0; j < 8; ++j) s[j] += P[(kb + j) * T + i];           \
+                    } else {                                                                   \
+                        for (int64_t i = 0; i < nb; ++i)                                       \
+                            for (int64_t j = 0; j < kn; ++j) s[j] += P[(kb + j) * T + i];      \
                     }                                                                          \
+                    for (int64_t j = 0; j < kn; ++j) colsum[kb + j] = s[j];                    \
                 }                                                                              \
                 continue;                                                                      \
             }                                                                                  \
