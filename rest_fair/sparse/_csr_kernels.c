@@ -154,9 +154,10 @@ static inline void transpose_f64(vec_f64 *v) {
                         const int64_t k = kb + j;                                              \
                         const scalar *src = p->a + k * s1 + b0;                                \
                         if (gate) {                                                            \
-                            const scalar *g = gate + k * s1 + b0;                              \
-                            for (int64_t i = 0; i < nb; ++i)                                   \
-                                P[k * T + i] = GATED(g[i], src[i]);                            \
+                            const scalar *__restrict g = gate + k * s1 + b0;                   \
+                            const scalar *__restrict x = src;                                  \
+                            scalar *__restrict d = P + k * T;                                  \
+                            for (int64_t i = 0; i < nb; ++i) d[i] = GATED(g[i], x[i]);         \
                         } else {                                                               \
                             memcpy(P + k * T, src, (size_t)nb * sizeof(scalar));               \
                         }                                                                      \
