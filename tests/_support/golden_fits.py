@@ -2,8 +2,8 @@
 
 They pin the library's behaviour across refactorings: ``tests/test_golden.py`` refits each
 one and compares the predicted probabilities with the recorded ones, bitwise on a machine
-like the one that recorded them (same torch version and CPU capability) and to a tolerance
-elsewhere, where float rounding may differ. The two-rank fits are the scenarios of
+like the one that recorded them (same torch version, CPU capability and CPU model) and to
+a tolerance elsewhere, where float rounding may differ. The two-rank fits are the scenarios of
 ``tests/_support/ddp_worker.py`` (rank 0's logits), compared in
 ``tests/training/test_distributed.py``.
 
@@ -41,12 +41,35 @@ COMMON = dict(max_epochs=6, batch_size=64, lr=0.05, random_state=3, device="cpu"
               sparse_compute="masked", module_params={"hidden_layer_sizes": (48, 48)})
 
 
+def _cpu_model() -> str:
+    """The CPU's vendor, family and model as /proc/cpuinfo reports them ('' elsewhere).
+
+    Math libraries choose their kernels by CPU model, not only by vector width: two
+    AVX-512 machines of different models round dense products differently.
+    """
+    fields = {}
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key in ("vendor_id", "cpu family", "model", "model name"):
+                    fields.setdefault(key, value.strip())
+                if not line.strip() and fields:
+                    break
+    except OSError:
+        return ""
+    return " ".join(fields.get(k, "?") for k in ("vendor_id", "cpu family", "model",
+                                                  "model name"))
+
+
 def environment() -> str:
-    """What decides float rounding: torch version, CPU capability, architecture, and
-    whether the CSR layers run on the compiled kernels or on torch's products."""
+    """What decides float rounding: torch version, CPU capability and model, architecture,
+    and whether the CSR layers run on the compiled kernels or on torch's products."""
     capability = torch.backends.cpu.get_cpu_capability()
     native = "compiled CSR kernels" if kernels.available() else "torch CSR products"
-    return f"torch {torch.__version__} | {capability} | {platform.machine()} | {native}"
+    return (f"torch {torch.__version__} | {capability} | {_cpu_model()} | "
+            f"{platform.machine()} | {native}")
 
 
 def table_data() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
