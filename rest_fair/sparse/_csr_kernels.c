@@ -13,6 +13,7 @@
  *                 (over the CSR of W^T, columns of W split between threads)
  *
  * randperm_prefix: the first k entries of torch's CPU randperm(n) from its raw draws
+ * topk_scan_f32:   the k largest |gradient| outside the pattern, one block at a time
  *
  * Each output entry is computed by exactly one thread in a fixed order, so results do not
  * depend on the number of threads. An output entry (sample b = q * T + i, feature r) is
@@ -504,4 +505,111 @@ int randperm_prefix(int64_t n, int64_t k, unsigned char *bytes, int64_t *out) {
         memcpy(bytes + 24 + 8 * i, &word, sizeof word);
     }
     return 0;
+}
+
+/* The k largest |v| of a dense gradient, scanned block by block in flat order (RigL's
+   regrowth). Candidates (score, flat index) collect in a buffer of 2k; when it is full, a
+   selection keeps its k best, and from then on only entries above the worst kept score can
+   enter. "Best" is the larger score, of equal scores the lower index; as blocks come in
+   increasing flat order, a later entry equal to the worst kept never displaces it, so ties
+   go to the lowest flat index. */
+typedef struct {
+    float s;
+    int64_t i;
+} topk_cand;
+
+static inline int topk_better(topk_cand a, topk_cand b) {
+    return a.s > b.s || (a.s == b.s && a.i < b.i);
+}
+
+/* Reorder c[0, n) so that c[0, k) holds its k best (quickselect; keys are distinct). */
+static void topk_select(topk_cand *c, int64_t n, int64_t k) {
+    int64_t lo = 0, hi = n - 1;
+    while (lo < hi) {
+        const topk_cand pivot = c[lo + (hi - lo) / 2];
+        int64_t i = lo, j = hi;
+        while (i <= j) {
+            while (topk_better(c[i], pivot)) ++i;
+            while (topk_better(pivot, c[j])) --j;
+            if (i <= j) {
+                const topk_cand t = c[i];
+                c[i++] = c[j];
+                c[j--] = t;
+            }
+        }
+        if (k - 1 <= j) hi = j;
+        else if (k - 1 >= i) lo = i;
+        else break;
+    }
+}
+
+/* Keep the k best of the buffer; returns the worst kept score. */
+static float topk_compact(topk_cand *c, int64_t *count, int64_t k) {
+    topk_select(c, *count, k);
+    *count = k;
+    float worst = c[0].s;
+    for (int64_t t = 1; t < k; ++t) worst = c[t].s < worst ? c[t].s : worst;
+    return worst;
+}
+
+/* Rank v[0, n) (flat indices offset on) into the buffer c (2k entries, *count used, *bound
+   the worst kept score, -1 before the first selection); excl (sorted, n_excl) lists flat
+   indices of this block that may not be chosen. Returns 1, changing nothing, when the
+   block holds a NaN (the caller ranks it otherwise); else 0. */
+int topk_scan_f32(const float *v, int64_t n, int64_t offset, const int64_t *excl,
+                  int64_t n_excl, int64_t k, topk_cand *c, int64_t *count, float *bound) {
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        const vec_f32 x = *(const uvec_f32 *)(v + i);
+        const mask_f32 m = x != x;
+        union { mask_f32 m; uint64_t u[8]; } any = {m};
+        if (any.u[0] | any.u[1] | any.u[2] | any.u[3] | any.u[4] | any.u[5] | any.u[6] |
+            any.u[7])
+            return 1;
+    }
+    for (; i < n; ++i)
+        if (v[i] != v[i]) return 1;
+    if (k <= 0) return 0;
+    const mask_f32 magnitude = (mask_f32){0} + 0x7fffffff;
+    float b = *bound;
+    vec_f32 vb = (vec_f32){0} + b;
+    int64_t e = 0;
+    i = 0;
+    while (i < n) {
+        const int64_t end = i + 16 <= n ? i + 16 : n;
+        if (end - i == 16) { /* most runs of 16 hold no entry above the bound */
+            const mask_f32 x = (mask_f32)(vec_f32)(*(const uvec_f32 *)(v + i));
+            const mask_f32 above = (vec_f32)(x & magnitude) > vb;
+            union { mask_f32 m; uint64_t u[8]; } any = {above};
+            if (!(any.u[0] | any.u[1] | any.u[2] | any.u[3] | any.u[4] | any.u[5] |
+                  any.u[6] | any.u[7])) {
+                i = end;
+                continue;
+            }
+        }
+        for (; i < end; ++i) {
+            const float s = __builtin_fabsf(v[i]);
+            if (!(s > b)) continue;
+            const int64_t id = offset + i;
+            while (e < n_excl && excl[e] < id) ++e;
+            if (e < n_excl && excl[e] == id) continue;
+            c[*count].s = s;
+            c[*count].i = id;
+            if (++*count == 2 * k) {
+                b = topk_compact(c, count, k);
+                vb = (vec_f32){0} + b;
+            }
+        }
+    }
+    *bound = b;
+    return 0;
+}
+
+/* The k best of the buffer at the front (all of it when it holds fewer); returns how many. */
+int64_t topk_finish(topk_cand *c, int64_t count, int64_t k) {
+    if (count > k) {
+        topk_select(c, count, k);
+        return k;
+    }
+    return count;
 }

@@ -117,37 +117,49 @@ def _chunked_topk(
     exclude: torch.Tensor,
     k: int,
 ) -> torch.Tensor:
-    """Flat indices of the ``k`` largest scores outside ``exclude``, block of rows by block.
+    """Flat indices of the ``k`` largest ``|scores|`` outside ``exclude``, block of rows by block.
 
-    ``scores(r0, r1)`` returns the flat float scores of rows ``r0:r1``; ``exclude`` holds
-    sorted flat indices that may not be chosen. Only one block and ``2k`` candidates are
-    held at a time. Ties go to the lowest flat index, as in
-    :func:`~rest_fair.sparse.rigl.top_k_first` over the whole matrix.
+    ``scores(r0, r1)`` returns the flat float entries of rows ``r0:r1``, ranked by their
+    magnitude in float32; ``exclude`` holds sorted flat indices that may not be chosen.
+    Only one block and at most ``2k`` candidates are held at a time. Ties go to the lowest
+    flat index, as in :func:`~rest_fair.sparse.rigl.top_k_first` over the whole matrix.
+    The compiled kernels rank float32 blocks in one pass (:class:`kernels.TopKScan`);
+    torch ranks the others, and every block from the first one that holds a NaN on.
     """
     rows = max(1, _SCAN_ENTRIES // max(n_cols, 1))
     starts = list(range(0, n_rows, rows))
     edges = torch.tensor([r * n_cols for r in starts] + [n_rows * n_cols], device=exclude.device)
     bounds = torch.searchsorted(exclude, edges).tolist()
+    fast = kernels.TopKScan(k) if kernels.load() is not None else None
     best_score: torch.Tensor | None = None
     best_index: torch.Tensor | None = None
     for j, r0 in enumerate(starts):
         r1 = min(n_rows, r0 + rows)
-        score = scores(r0, r1)
+        block = scores(r0, r1)
         offset = r0 * n_cols
-        score[exclude[bounds[j] : bounds[j + 1]] - offset] = -math.inf
+        excluded = exclude[bounds[j] : bounds[j + 1]]
+        if fast is not None:
+            if fast.add(block, offset, excluded):
+                continue
+            best_score, best_index = fast.result()
+            fast = None
+        score = block.abs().float()
+        score[excluded - offset] = -math.inf
         keep = _contenders(score, best_score, k)
         if keep is not None:
             score = score[keep]
         index = top_k_first(score, k)
         value = score[index]
         index = (index if keep is None else keep[index]) + offset
-        if best_score is not None:
+        if best_score is not None and best_score.numel():
             value = torch.cat([best_score, value])
             index = torch.cat([best_index, index])
             if value.numel() > k:
                 pos = top_k_first(value, k, order=index)
                 value, index = value[pos], index[pos]
         best_score, best_index = value, index
+    if fast is not None:
+        best_index = fast.result()[1].to(exclude.device)
     assert best_index is not None
     return best_index
 
@@ -405,7 +417,7 @@ class CSRLinear(nn.Module):
             dense = torch.mm(grad_t[r0:r1], x_t.t()).reshape(-1)
             a0, a1 = crow[r0], crow[r1]
             grad_values[a0:a1] = dense[flat[a0:a1] - r0 * n_in]
-            return dense.abs().float()
+            return dense
 
         plan.grown = _chunked_topk(self.out_features, n_in, block, plan.kept_flat, plan.k)
         return grad_values

@@ -22,6 +22,8 @@ What the kernels compute (float32 and float64, int32 CSR indices, CPU tensors):
 :func:`randperm_prefix` gives the first ``k`` entries of ``torch.randperm(n)`` on a CPU
 generator, bitwise, and leaves the generator where ``torch.randperm`` leaves it, at a
 fraction of the cost when ``k`` is small (the random masks of sparse layers).
+:class:`TopKScan` keeps the ``k`` largest magnitudes of a dense gradient scanned block by
+block (RigL's regrowth) in one pass per block.
 
 Each output entry is computed by one thread in a fixed order, so results do not depend
 on the thread count. A quick check against torch runs once after loading. When no
@@ -49,6 +51,7 @@ __all__ = [
     "ENV_SWITCH",
     "CSRProduct",
     "Splits",
+    "TopKScan",
     "available",
     "balanced_splits",
     "csr_backward",
@@ -177,6 +180,10 @@ def _declare(lib: ctypes.CDLL) -> None:
         _FUNCS[dtype] = (pack_fn, forward, backward)
     lib.randperm_prefix.argtypes = [_i64, _i64, _ptr, _ptr]
     lib.randperm_prefix.restype = c_int
+    lib.topk_scan_f32.argtypes = [_ptr, _i64, _i64, _ptr, _i64, _i64, _ptr, _ptr, _ptr]
+    lib.topk_scan_f32.restype = c_int
+    lib.topk_finish.argtypes = [_ptr, _i64, _i64]
+    lib.topk_finish.restype = _i64
 
 
 def _threads(splits: torch.Tensor, work: int, end: int) -> tuple[int, int]:
@@ -391,6 +398,56 @@ def csr_backward(grad_panels: torch.Tensor, x_panels: torch.Tensor, nv: int, bat
         values.data_ptr(), grad_panels.data_ptr(), x_panels.data_ptr(), batch,
         grad_panels.shape[1], x_panels.shape[1], _p(grad_x), sq, si, sr, _p(grad_values),
         _p(scratch))
+
+
+class TopKScan:
+    """The ``k`` largest ``|v|`` of a long float32 vector that arrives block by block.
+
+    Blocks must come in increasing order of their flat offsets. Of equal magnitudes the
+    lowest flat index is kept, as :func:`~rest_fair.sparse.rigl.top_k_first` keeps it over
+    the whole vector. Candidates above the worst kept magnitude collect in a buffer of
+    ``2k`` entries, which a selection cuts back to the best ``k`` when it is full, so a
+    block costs about one vectorised pass over its entries.
+
+    Parameters
+    ----------
+    k : int
+        Entries to keep.
+    """
+
+    def __init__(self, k: int) -> None:
+        if load() is None:
+            raise RuntimeError(f"the compiled kernels are not available: {unavailable_reason()}")
+        self.k = int(k)
+        # 2k candidates as the kernels' struct: float32 score at byte 0, int64 index at 8
+        self._buffer = torch.empty((max(2 * self.k, 1), 16), dtype=torch.uint8)
+        self._count = ctypes.c_int64(0)
+        self._bound = ctypes.c_float(-1.0)
+
+    def add(self, block: torch.Tensor, offset: int, exclude: torch.Tensor) -> bool:
+        """Rank the entries of ``block`` (flat indices ``offset`` on), except ``exclude``.
+
+        ``exclude`` holds sorted flat indices inside the block. Returns ``False``, changing
+        nothing, when the kernels cannot rank the block: it holds a NaN, or it is not a
+        contiguous float32 CPU tensor.
+        """
+        if (block.dtype != torch.float32 or block.device.type != "cpu"
+                or not block.is_contiguous() or exclude.device.type != "cpu"):
+            return False
+        exclude = exclude.to(torch.int64).contiguous()
+        status = _lib.topk_scan_f32(
+            block.data_ptr(), block.numel(), int(offset), exclude.data_ptr(), exclude.numel(),
+            self.k, self._buffer.data_ptr(), ctypes.byref(self._count),
+            ctypes.byref(self._bound))
+        return status == 0
+
+    def result(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(scores, flat indices)`` of the ``k`` best entries so far, in no particular order."""
+        n = _lib.topk_finish(self._buffer.data_ptr(), self._count.value, self.k)
+        self._count.value = n
+        kept = self._buffer[:n]
+        scores = kept[:, :4].contiguous().view(torch.float32).reshape(-1)
+        return scores, kept[:, 8:].contiguous().view(torch.int64).reshape(-1)
 
 
 class CSRProduct:

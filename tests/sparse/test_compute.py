@@ -148,21 +148,49 @@ def test_top_k_breaks_ties_by_lowest_index():
     assert top_k_first(score, 0).numel() == 0
 
 
+@pytest.mark.parametrize("kernels_on", [True, False])
 @pytest.mark.parametrize("levels", [5, None])
-def test_chunked_top_k_equals_the_full_top_k(monkeypatch, levels):
+def test_chunked_top_k_equals_the_full_top_k(monkeypatch, levels, kernels_on):
+    if kernels_on and not kernels.available():
+        pytest.skip(f"compiled kernels unavailable: {kernels.unavailable_reason()}")
+    if not kernels_on:
+        monkeypatch.setattr(kernels, "load", lambda: None)
     g = torch.Generator().manual_seed(0)
-    scores = torch.rand(37, 11, generator=g).reshape(-1)
-    if levels:  # many ties
-        scores = (scores * levels).floor()
+    scores = torch.rand(37, 11, generator=g).reshape(-1) * 2 - 1  # ranked by magnitude
+    if levels:  # many ties, of both signs
+        scores = (scores * levels).round()
     exclude = torch.randperm(scores.numel(), generator=g)[:150].sort().values
-    full = scores.clone()
+    full = scores.abs()
     full[exclude] = -float("inf")
     expected = set(top_k_first(full, 60).tolist())
     for entries in (11, 50, 10_000):
         monkeypatch.setattr(csr_linear, "_SCAN_ENTRIES", entries)
         got = csr_linear._chunked_topk(
             37, 11, lambda r0, r1: scores[r0 * 11 : r1 * 11].clone(), exclude, 60)
+        assert got.numel() == 60
         assert set(got.tolist()) == expected
+
+
+def test_chunked_top_k_hands_over_to_torch_at_a_nan(monkeypatch):
+    # the kernels rank the blocks before the first NaN; torch ranks that block and the
+    # rest from what they kept, exactly as when torch ranks every block
+    if not kernels.available():
+        pytest.skip(f"compiled kernels unavailable: {kernels.unavailable_reason()}")
+    g = torch.Generator().manual_seed(1)
+    scores = torch.randn(40, 10, generator=g).reshape(-1)
+    scores[255] = float("nan")
+    exclude = torch.randperm(scores.numel(), generator=g)[:90].sort().values
+    exclude = exclude[exclude != 255]
+    monkeypatch.setattr(csr_linear, "_SCAN_ENTRIES", 50)
+
+    def run():
+        return csr_linear._chunked_topk(
+            40, 10, lambda r0, r1: scores[r0 * 10 : r1 * 10].clone(), exclude, 30)
+
+    with_kernels = run()
+    monkeypatch.setattr(kernels, "load", lambda: None)
+    assert set(with_kernels.tolist()) == set(run().tolist())
+    assert 255 in with_kernels.tolist()
 
 
 # ---------------------------------------------------- fit: the same training, step by step
