@@ -66,11 +66,14 @@ def test_same_seed_same_predictions_and_global_rng_untouched(data):
     assert not np.array_equal(p1, p3)
 
 
-def test_best_checkpoint_is_restored(data):
+@pytest.mark.parametrize("sparse_compute", ["masked", "csr"])
+def test_best_checkpoint_is_restored(data, sparse_compute):
+    # the kept weights are a copy: later epochs (in place, or through a CSR layer's
+    # values) do not change them
     X, y, g = data
     X_val, y_val, g_val = X[:150], y[:150], g[:150]
-    clf = _clf(max_epochs=10, lr=0.2).fit(X[150:], y[150:], groups=g[150:],
-                                          validation_data=(X_val, y_val, g_val))
+    clf = _clf(max_epochs=10, lr=0.2, sparsity=0.9, sparse_compute=sparse_compute).fit(
+        X[150:], y[150:], groups=g[150:], validation_data=(X_val, y_val, g_val))
     keys = [(h["valid_worst_group_acc"], h["valid_acc"]) for h in clf.history_]
     best = max(range(len(keys)), key=lambda i: (keys[i], -i))
     assert clf.best_epoch_ == best + 1

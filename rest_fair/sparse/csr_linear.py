@@ -90,6 +90,7 @@ class _UpdatePlan:
     kept_flat: torch.Tensor  # sorted flat indices of the kept weights
     scan_gradient: bool  # RigL: the backward pass finds the regrown positions
     grown: torch.Tensor | None = None  # flat indices chosen for regrowth
+    decided: tuple[torch.Tensor, torch.Tensor] | None = None  # (new mask, its flat indices)
     saved: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, repr=False)
 
 
@@ -317,9 +318,13 @@ class CSRLinear(nn.Module):
         """Number of active weights."""
         return int(self.values.numel())
 
-    def _set_pattern(self, mask: torch.Tensor) -> torch.Tensor:
-        """Build the index buffers of the bool ``mask``; returns its sorted flat indices."""
-        flat, *indices = kernels.csr_pattern(mask.to(torch.bool).reshape(self.shape))
+    def _set_pattern(self, mask: torch.Tensor, flat: torch.Tensor | None = None) -> torch.Tensor:
+        """Build the index buffers of the bool ``mask``; returns its sorted flat indices.
+
+        ``flat``, when given, are those indices already (the mask is then not read).
+        """
+        flat, *indices = (kernels.csr_pattern(mask.to(torch.bool).reshape(self.shape))
+                          if flat is None else kernels.csr_pattern_of_flat(flat, self.shape))
         names = ("crow_indices", "col_indices", "crow_indices_t", "col_indices_t", "perm_t")
         for key, value in zip(names, indices, strict=True):
             if key in self._buffers:
@@ -469,11 +474,13 @@ class CSRLinear(nn.Module):
                 return torch.rand((r1 - r0) * n_in, generator=generator).to(device)
 
             grown = _chunked_topk(self.out_features, n_in, block, plan.kept_flat, plan.k)
+        new_flat = torch.cat([plan.kept_flat, grown.to(plan.kept_flat.device)]).sort().values
         new_mask = torch.zeros(self.out_features * n_in, dtype=torch.bool,
                                device=self.values.device)
-        new_mask[plan.kept_flat] = True
-        new_mask[grown] = True
-        return new_mask.view(self.shape), grown
+        new_mask[new_flat] = True
+        new_mask = new_mask.view(self.shape)
+        plan.decided = (new_mask, new_flat)
+        return new_mask, grown
 
     @torch.no_grad()
     def apply(self, new_mask: torch.Tensor, grown: torch.Tensor, *,
@@ -486,7 +493,12 @@ class CSRLinear(nn.Module):
         from the backward pass of the planned step.
         """
         flat = self.flat_indices()
-        new_flat = self._set_pattern(new_mask.to(flat.device))
+        plan = self._plan
+        # this layer's own decision brings its flat indices; another one (e.g. a
+        # synchronised decision) is read from its mask
+        known = (plan.decided[1] if plan is not None and plan.decided is not None
+                 and plan.decided[0] is new_mask else None)
+        new_flat = self._set_pattern(new_mask.to(flat.device), known)
         pos = torch.searchsorted(flat, new_flat).clamp_(max=flat.numel() - 1)
         new = flat[pos] != new_flat  # positions new to the pattern
 
@@ -498,7 +510,7 @@ class CSRLinear(nn.Module):
             for value in optimizer.state.get(self.values, {}).values():
                 if torch.is_tensor(value) and value.shape == self.values.shape:
                     value.copy_(remap(value))
-        plan, self._plan = self._plan, None
+        self._plan = None
         if self.values.grad is not None and plan is not None and plan.saved is not None:
             self.values.grad = self._sampled_gradient(*plan.saved)
         return int(torch.count_nonzero(new))

@@ -57,6 +57,7 @@ __all__ = [
     "csr_backward",
     "csr_forward",
     "csr_pattern",
+    "csr_pattern_of_flat",
     "even_splits",
     "load",
     "pack",
@@ -509,13 +510,18 @@ def csr_pattern(mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
         The transposed pattern: row pointers over input features, the output row of each
         entry, and each entry's position in ``values``.
     """
-    n_out, n_in = mask.shape
-    flat = mask.reshape(-1).nonzero().squeeze(1)
+    return csr_pattern_of_flat(mask.reshape(-1).nonzero().squeeze(1), mask.shape)
+
+
+def csr_pattern_of_flat(flat: torch.Tensor, shape: tuple[int, int]) -> tuple[torch.Tensor, ...]:
+    """:func:`csr_pattern` of the pattern given by its sorted, distinct flat indices."""
+    n_out, n_in = shape
     rows, cols = flat // n_in, flat % n_in
-    crow = torch.zeros(n_out + 1, dtype=torch.int32, device=mask.device)
+    device = flat.device
+    crow = torch.zeros(n_out + 1, dtype=torch.int32, device=device)
     crow[1:] = torch.cumsum(torch.bincount(rows, minlength=n_out), 0)
     order = torch.argsort(cols * n_out + rows)
-    crow_t = torch.zeros(n_in + 1, dtype=torch.int32, device=mask.device)
+    crow_t = torch.zeros(n_in + 1, dtype=torch.int32, device=device)
     crow_t[1:] = torch.cumsum(torch.bincount(cols, minlength=n_in), 0)
     return (flat, crow, cols.to(torch.int32), crow_t, rows[order].to(torch.int32),
             order.to(torch.int32))

@@ -307,8 +307,15 @@ class MaskSet:
         return sum(self.n_active().values()) / total if total else 1.0
 
     def to_dict(self) -> dict[str, torch.Tensor]:
-        """Copies of the boolean masks on the CPU."""
-        return {name: self.mask(name).detach().cpu().clone() for name in self.params}
+        """Copies of the boolean masks on the CPU (a mask built on request is not copied again)."""
+        out = {}
+        for name in self.params:
+            mask = self.mask(name).detach().cpu()
+            held = self._bool.get(name)
+            shared = held is not None and (
+                mask.untyped_storage().data_ptr() == held.untyped_storage().data_ptr())
+            out[name] = mask.clone() if shared else mask
+        return out
 
     def report(self) -> list[dict]:
         """One record per masked layer: name, shape, weights, active weights, density."""

@@ -348,8 +348,14 @@ class TrainingRun:
             return False
         s.best_key = key
         s.best_epoch = epoch
-        s.best_module_state = {k: v.detach().clone()
-                               for k, v in self.parts.module.state_dict().items()}
+        module = self.parts.module
+        # copy what shares memory with the live module; a CSR layer's dense weight is
+        # already built afresh for the state dict
+        live = {t.untyped_storage().data_ptr()
+                for t in (*module.parameters(), *module.buffers())}
+        s.best_module_state = {
+            k: v.detach().clone() if v.untyped_storage().data_ptr() in live else v.detach()
+            for k, v in module.state_dict().items()}
         sparsity = self.parts.sparsity
         s.best_masks = sparsity.masks.to_dict() if sparsity is not None else {}
         return True

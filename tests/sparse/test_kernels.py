@@ -330,3 +330,11 @@ def test_gated_pack_is_bitwise_the_pack_of_the_relu_gradient(dtype, layout, batc
     with pytest.raises(ValueError, match="strides"):
         kernels.pack(grad, splits, nv, gate=out.contiguous() if layout != "row-major"
                      else out.t().contiguous().t())
+
+
+def test_the_pattern_of_flat_indices_is_the_pattern_of_the_mask():
+    mask = torch.rand(13, 29, generator=torch.Generator().manual_seed(4)) < 0.2
+    flat = mask.reshape(-1).nonzero().squeeze(1)
+    for got, want in zip(kernels.csr_pattern_of_flat(flat, (13, 29)), kernels.csr_pattern(mask),
+                         strict=True):
+        assert torch.equal(got, want) and got.dtype == want.dtype
