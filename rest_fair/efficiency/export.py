@@ -271,7 +271,7 @@ def _run_plan(plan: list[tuple], x: torch.Tensor) -> torch.Tensor:
             lead = h.shape[:-1]
             h = h.reshape(-1, a)
             batch, n_threads = h.shape[0], torch.get_num_threads()
-            nv, width = kernels.panel_width(b, batch)
+            nv, width = kernels.panel_width(b, batch, n_threads)
             h, _ = kernels.pack(h, _even_splits(a, n_threads), nv)
             padded = h.shape[0] * width  # padding columns are computed too: rows stored whole
         elif op == _K_DENSE:

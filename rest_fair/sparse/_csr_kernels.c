@@ -16,13 +16,17 @@
  * topk_scan_f32:   the k largest |gradient| outside the pattern, one block at a time
  *
  * Each output entry is computed by exactly one thread in a fixed order, so results do not
- * depend on the number of threads. An output entry (sample b = q * T + i, feature r) is
+ * depend on the number of threads. Where the panels divide evenly among the threads, the
+ * forward product and the packing without column sums give each thread whole panels (all
+ * rows of them), so a thread reads the panels it packed itself; otherwise threads take
+ * ranges of rows (forward) or features (packing). An output entry (sample b = q * T + i, feature r) is
  * written at out[q * sq + i * si + r * sr]: sample-major (B x N), feature-major (N x B) and
  * the panel layout itself (the next layer's input) are all such strides. Threads come from
  * OpenMP; loaded after torch, the library shares torch's OpenMP runtime (same soname) and
  * so its thread pool. Vector code uses GCC/Clang vector extensions, compiled for the host
  * (-march=native).
  */
+#include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -46,6 +50,30 @@ static void run_parts(int n, const int64_t *splits, part_fn fn, const void *arg)
     }
 #endif
     for (int t = 0; t < n; ++t) fn(arg, splits[t], splits[t + 1]);
+}
+
+/* Run fn over [0, end) on up to n OpenMP threads, thread t taking the panels
+   [np * t / n, np * (t + 1) / n): each thread gets a copy of arg (size bytes, at most 256)
+   whose two int64 fields at byte q_at receive its range. */
+static void run_panels(int n, int64_t np, int64_t end, part_fn fn, const void *arg,
+                       size_t size, size_t q_at) {
+#ifdef _OPENMP
+#pragma omp parallel num_threads(n)
+#endif
+    {
+#ifdef _OPENMP
+        const int team = omp_get_num_threads(), first = omp_get_thread_num();
+#else
+        const int team = 1, first = 0;
+#endif
+        union { unsigned char bytes[256]; int64_t align; } local;
+        for (int t = first; t < n; t += team) {
+            const int64_t range[2] = {np * t / n, np * (t + 1) / n};
+            memcpy(local.bytes, arg, size);
+            memcpy(local.bytes + q_at, range, sizeof range);
+            fn(local.bytes, 0, end);
+        }
+    }
 }
 
 /* 64-byte vectors: VL lanes; uvec_* may be unaligned. */
@@ -102,6 +130,11 @@ static inline void transpose_f64(vec_f64 *v) {
    NaN), as torch's threshold_backward(v, g, 0) computes it. */
 #define GATED(g, v) ((g) <= 0 ? (__typeof__(v))0 : (v))
 
+/* Partial sums per row of the forward product: a panel of one vector keeps 4 chains of
+   multiply-adds in flight; wider panels sum each lane in one chain, in pattern order, so
+   that panels of 2 and 4 vectors give every output bitwise the same value. */
+enum { CHAINS_1 = 4, CHAINS_2 = 1, CHAINS_4 = 1 };
+
 /* Kernels for one scalar type and one panel width (NV vectors of VL lanes). A row's sum is
    split into 4 / NV independent partial sums, so that narrow panels are not bound by the
    latency of one chain of multiply-adds. */
@@ -138,12 +171,11 @@ static inline void transpose_f64(vec_f64 *v) {
     static void pack_part_##SUFFIX##_##NV(const void *p_, int64_t k0, int64_t k1) {            \
         const pack_args_##SUFFIX *p = (const pack_args_##SUFFIX *)p_;                          \
         const int64_t T = T_##SUFFIX##_##NV, B = p->batch, K = p->k, s0 = p->s0, s1 = p->s1;   \
-        const int64_t np = (B + T - 1) / T;                                                    \
         const scalar *gate = p->gate;                                                          \
         scalar *colsum = p->colsum;                                                            \
         if (colsum)                                                                            \
             for (int64_t k = k0; k < k1; ++k) colsum[k] = 0;                                   \
-        for (int64_t q = 0; q < np; ++q) {                                                     \
+        for (int64_t q = p->q0; q < p->q1; ++q) {                                              \
             scalar *P = p->panels + q * K * T;                                                 \
             const int64_t b0 = q * T, nb = B - b0 < T ? B - b0 : T;                            \
             if (s0 == 1) { /* columns of A are contiguous: copy (or gate) them. The sums \
@@ -221,24 +253,23 @@ static inline void transpose_f64(vec_f64 *v) {
     static void forward_part_##SUFFIX##_##NV(const void *p_, int64_t r0, int64_t r1) {         \
         const fwd_args_##SUFFIX *p = (const fwd_args_##SUFFIX *)p_;                            \
         const int64_t T = T_##SUFFIX##_##NV, B = p->batch;                                     \
-        const int64_t np = (B + T - 1) / T;                                                    \
         const int32_t *crow = p->crow, *col = p->col;                                          \
         const scalar *val = p->val;                                                            \
         scalar buf[VL][T_##SUFFIX##_##NV] __attribute__((aligned(64)));                        \
-        for (int64_t q = 0; q < np; ++q) {                                                     \
+        for (int64_t q = p->q0; q < p->q1; ++q) {                                              \
             const scalar *xp = p->xp + q * p->k * T;                                           \
             const int64_t nb = B - q * T < T ? B - q * T : T;                                  \
             for (int64_t rb = r0; rb < r1; rb += VL) {                                         \
                 const int64_t re = rb + VL < r1 ? rb + VL : r1;                                \
                 for (int64_t r = rb; r < re; ++r) {                                            \
                     const scalar b = p->bias ? p->bias[r] : (scalar)0;                         \
-                    vec_##SUFFIX a[(4 / NV) * NV];                                             \
-                    for (int v = 0; v < (4 / NV) * NV; ++v) a[v] = (vec_##SUFFIX){0};          \
+                    vec_##SUFFIX a[CHAINS_##NV * NV];                                             \
+                    for (int v = 0; v < CHAINS_##NV * NV; ++v) a[v] = (vec_##SUFFIX){0};          \
                     for (int v = 0; v < NV; ++v) a[v] += b;                                    \
                     const int64_t e = crow[r + 1];                                             \
                     int64_t j = crow[r];                                                       \
-                    for (; j + (4 / NV) <= e; j += (4 / NV))                                   \
-                        for (int u = 0; u < (4 / NV); ++u) {                                   \
+                    for (; j + CHAINS_##NV <= e; j += CHAINS_##NV)                                   \
+                        for (int u = 0; u < CHAINS_##NV; ++u) {                                   \
                             const scalar w = val[j + u];                                       \
                             const uvec_##SUFFIX *x =                                           \
                                 (const uvec_##SUFFIX *)(xp + (int64_t)col[j + u] * T);         \
@@ -249,7 +280,7 @@ static inline void transpose_f64(vec_f64 *v) {
                         const uvec_##SUFFIX *x = (const uvec_##SUFFIX *)(xp + (int64_t)col[j] * T); \
                         for (int v = 0; v < NV; ++v) a[v] += w * x[v];                         \
                     }                                                                          \
-                    for (int u = 1; u < (4 / NV); ++u)                                         \
+                    for (int u = 1; u < CHAINS_##NV; ++u)                                         \
                         for (int v = 0; v < NV; ++v) a[v] += a[u * NV + v];                    \
                     if (p->relu) /* max(a, 0), NaN kept as torch.relu keeps it */              \
                         for (int v = 0; v < NV; ++v)                                           \
@@ -355,6 +386,7 @@ static inline void transpose_f64(vec_f64 *v) {
         const scalar *a, *gate;                                                                \
         int64_t s0, s1, batch, k;                                                              \
         scalar *panels, *colsum;                                                               \
+        int64_t q0, q1; /* the panels computed */                                              \
     } pack_args_##SUFFIX;                                                                      \
                                                                                                \
     typedef struct {                                                                           \
@@ -364,6 +396,7 @@ static inline void transpose_f64(vec_f64 *v) {
         scalar *y;                                                                             \
         int64_t sq, si, sr;                                                                    \
         int relu;                                                                              \
+        int64_t q0, q1; /* the panels computed */                                              \
     } fwd_args_##SUFFIX;                                                                       \
                                                                                                \
     typedef struct {                                                                           \
@@ -388,9 +421,14 @@ static inline void transpose_f64(vec_f64 *v) {
     void pack_##SUFFIX(int n, const int64_t *splits, int nv, const scalar *a, int64_t s0,      \
                        int64_t s1, int64_t batch, int64_t k, scalar *panels, scalar *colsum,   \
                        const scalar *gate) {                                                   \
-        pack_args_##SUFFIX p = {a, gate, s0, s1, batch, k, panels, colsum};                    \
-        run_parts(n, splits, by_width_##SUFFIX(nv, pack_part_##SUFFIX##_1,                     \
-                  pack_part_##SUFFIX##_2, pack_part_##SUFFIX##_4), &p);                        \
+        const int64_t np = (batch + nv * VL - 1) / (nv * VL);                                  \
+        pack_args_##SUFFIX p = {a, gate, s0, s1, batch, k, panels, colsum, 0, np};             \
+        part_fn fn = by_width_##SUFFIX(nv, pack_part_##SUFFIX##_1, pack_part_##SUFFIX##_2,     \
+                                       pack_part_##SUFFIX##_4);                                \
+        if (n > 1 && !colsum && np % n == 0) /* each thread packs whole panels */              \
+            run_panels(n, np, k, fn, &p, sizeof p, offsetof(pack_args_##SUFFIX, q0));          \
+        else                                                                                   \
+            run_parts(n, splits, fn, &p);                                                      \
     }                                                                                          \
                                                                                                \
     /* y(b, r) = bias[r] + sum_j val[j] * x[b, col[j]] over row r of the CSR (then ReLU if     \
@@ -399,9 +437,14 @@ static inline void transpose_f64(vec_f64 *v) {
                               const int32_t *col, const scalar *val, const scalar *xp,         \
                               int64_t batch, int64_t k, const scalar *bias, int relu,          \
                               scalar *y, int64_t sq, int64_t si, int64_t sr) {                 \
-        fwd_args_##SUFFIX p = {crow, col, val, xp, bias, batch, k, y, sq, si, sr, relu};       \
-        run_parts(n, splits, by_width_##SUFFIX(nv, forward_part_##SUFFIX##_1,                  \
-                  forward_part_##SUFFIX##_2, forward_part_##SUFFIX##_4), &p);                  \
+        const int64_t np = (batch + nv * VL - 1) / (nv * VL);                                  \
+        fwd_args_##SUFFIX p = {crow, col, val, xp, bias, batch, k, y, sq, si, sr, relu, 0, np}; \
+        part_fn fn = by_width_##SUFFIX(nv, forward_part_##SUFFIX##_1,                          \
+                                       forward_part_##SUFFIX##_2, forward_part_##SUFFIX##_4);  \
+        if (n > 1 && np % n == 0) /* each thread computes whole panels, all rows */            \
+            run_panels(n, np, splits[n], fn, &p, sizeof p, offsetof(fwd_args_##SUFFIX, q0));   \
+        else                                                                                   \
+            run_parts(n, splits, fn, &p);                                                      \
     }                                                                                          \
                                                                                                \
     /* Over the CSR of W^T (ccol, row; perm[j] = position of entry j in W's CSR order):        \

@@ -117,16 +117,51 @@ def test_kernels_equal_dense_products(dtype, batch, layout):
 
 @needs_kernels
 @pytest.mark.usefixtures("every_call_parallel")
-def test_kernel_results_do_not_depend_on_the_thread_count():
+@pytest.mark.parametrize("batch", [130, 256])  # 3 and 4 panels: split by panels or rows
+def test_kernel_results_do_not_depend_on_the_thread_count(batch):
     mask = _pattern(300, 200, 0.05, seed=0)
     gen = torch.Generator().manual_seed(0)
     weight = torch.randn(300, 200, generator=gen) * mask
     bias = torch.randn(300, generator=gen)
-    x, g = torch.randn(130, 200, generator=gen), torch.randn(130, 300, generator=gen)
+    x, g = torch.randn(batch, 200, generator=gen), torch.randn(batch, 300, generator=gen)
     first = _run_kernels(mask, weight, bias, x, g, 1)
-    for n_threads in (2, 3, 7):
+    for n_threads in (2, 3, 4, 7):
         again = _run_kernels(mask, weight, bias, x, g, n_threads)
         assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
+
+
+@needs_kernels
+@pytest.mark.usefixtures("every_call_parallel")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_forward_outputs_are_the_same_at_panel_widths_of_two_and_four_vectors(dtype):
+    # what lets inference choose the width by its thread count without changing results
+    mask = _pattern(70, 90, 0.1, seed=2)
+    gen = torch.Generator().manual_seed(2)
+    flat, crow, col, crow_t, _, _ = kernels.csr_pattern(mask)
+    values = torch.randn(flat.numel(), generator=gen, dtype=dtype)
+    bias = torch.randn(70, generator=gen, dtype=dtype)
+    x = torch.randn(100, 90, generator=gen, dtype=dtype)
+    outs = []
+    for nv in (2, 4):
+        for n_threads in (1, 2):
+            splits = kernels.Splits(crow, crow_t, n_threads)
+            xp, _ = kernels.pack(x, splits.in_features, nv)
+            y = x.new_empty(100, 70)
+            kernels.csr_forward(xp, nv, 100, crow, col, values, bias, splits.rows, y, relu=True)
+            outs.append(y)
+    assert all(torch.equal(outs[0], y) for y in outs[1:])
+
+
+def test_inference_panels_divide_evenly_among_the_threads():
+    f32 = torch.float32
+    assert kernels.panel_width(f32, 64) == (4, 64)  # training: by the batch alone
+    assert kernels.panel_width(f32, 64, 1) == (4, 64)
+    assert kernels.panel_width(f32, 64, 2) == (2, 32)  # two panels, one per thread
+    assert kernels.panel_width(f32, 48, 2) == (2, 32)
+    assert kernels.panel_width(f32, 256, 2) == (4, 64)
+    assert kernels.panel_width(f32, 256, 4) == (4, 64)
+    assert kernels.panel_width(f32, 32, 2) == (2, 32)  # no even split: the batch's width
+    assert kernels.panel_width(f32, 16, 2) == (1, 16)
 
 
 @needs_kernels
