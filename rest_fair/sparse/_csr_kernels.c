@@ -130,14 +130,12 @@ static inline void transpose_f64(vec_f64 *v) {
    NaN), as torch's threshold_backward(v, g, 0) computes it. */
 #define GATED(g, v) ((g) <= 0 ? (__typeof__(v))0 : (v))
 
-/* Partial sums per row of the forward product: a panel of one vector keeps 4 chains of
-   multiply-adds in flight; wider panels sum each lane in one chain, in pattern order, so
-   that panels of 2 and 4 vectors give every output bitwise the same value. */
-enum { CHAINS_1 = 4, CHAINS_2 = 1, CHAINS_4 = 1 };
-
-/* Kernels for one scalar type and one panel width (NV vectors of VL lanes). A row's sum is
-   split into 4 / NV independent partial sums, so that narrow panels are not bound by the
-   latency of one chain of multiply-adds. */
+/* Kernels for one scalar type and one panel width (NV vectors of VL lanes). A row of the
+   forward product is summed in 4 independent chains of multiply-adds (active weight j of
+   the row goes to chain j mod 4 while 4 remain, the rest and the bias to chain 0; then
+   chain 0 + 1 + 2 + 3), so that no lane waits on the latency of one long chain, and every
+   panel width gives bitwise the same outputs. The input gradient without a weight gradient
+   uses 4 / NV chains. */
 #define DEFINE_WIDTH(scalar, SUFFIX, VL, NV)                                                   \
     enum { T_##SUFFIX##_##NV = NV * VL };                                                      \
                                                                                                \
@@ -178,8 +176,8 @@ enum { CHAINS_1 = 4, CHAINS_2 = 1, CHAINS_4 = 1 };
         for (int64_t q = p->q0; q < p->q1; ++q) {                                              \
             scalar *P = p->panels + q * K * T;                                                 \
             const int64_t b0 = q * T, nb = B - b0 < T ? B - b0 : T;                            \
-            if (s0 == 1) { /* columns of A are contiguous: copy (or gate) them. The sums \
-                              run over 8 columns at once, each in sample order. */        \
+            if (s0 == 1) { /* columns of A are contiguous: copy (or gate) them. The sums       \
+                              run over 8 columns at once, each in sample order. */             \
                 for (int64_t kb = k0; kb < k1; kb += 8) {                                      \
                     const int64_t kn = k1 - kb < 8 ? k1 - kb : 8;                              \
                     scalar s[8];                                                               \
@@ -263,13 +261,13 @@ enum { CHAINS_1 = 4, CHAINS_2 = 1, CHAINS_4 = 1 };
                 const int64_t re = rb + VL < r1 ? rb + VL : r1;                                \
                 for (int64_t r = rb; r < re; ++r) {                                            \
                     const scalar b = p->bias ? p->bias[r] : (scalar)0;                         \
-                    vec_##SUFFIX a[CHAINS_##NV * NV];                                             \
-                    for (int v = 0; v < CHAINS_##NV * NV; ++v) a[v] = (vec_##SUFFIX){0};          \
+                    vec_##SUFFIX a[4 * NV];                                                    \
+                    for (int v = 0; v < 4 * NV; ++v) a[v] = (vec_##SUFFIX){0};                 \
                     for (int v = 0; v < NV; ++v) a[v] += b;                                    \
                     const int64_t e = crow[r + 1];                                             \
                     int64_t j = crow[r];                                                       \
-                    for (; j + CHAINS_##NV <= e; j += CHAINS_##NV)                                   \
-                        for (int u = 0; u < CHAINS_##NV; ++u) {                                   \
+                    for (; j + 4 <= e; j += 4)                                                 \
+                        for (int u = 0; u < 4; ++u) {                                          \
                             const scalar w = val[j + u];                                       \
                             const uvec_##SUFFIX *x =                                           \
                                 (const uvec_##SUFFIX *)(xp + (int64_t)col[j + u] * T);         \
@@ -280,7 +278,7 @@ enum { CHAINS_1 = 4, CHAINS_2 = 1, CHAINS_4 = 1 };
                         const uvec_##SUFFIX *x = (const uvec_##SUFFIX *)(xp + (int64_t)col[j] * T); \
                         for (int v = 0; v < NV; ++v) a[v] += w * x[v];                         \
                     }                                                                          \
-                    for (int u = 1; u < CHAINS_##NV; ++u)                                         \
+                    for (int u = 1; u < 4; ++u)                                                \
                         for (int v = 0; v < NV; ++v) a[v] += a[u * NV + v];                    \
                     if (p->relu) /* max(a, 0), NaN kept as torch.relu keeps it */              \
                         for (int v = 0; v < NV; ++v)                                           \
