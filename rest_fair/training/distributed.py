@@ -111,7 +111,6 @@ GLOBAL_GROUPDRO_DEPRECATED = (
 _COMM_ERROR_MARKERS = ("gloo", "nccl", "c10d", "connection", "timed out", "timeout",
                        "peer", "socket", "broken pipe", "watchdog")
 _CHECKSUM_PRIME = 1_000_000_007
-_failed = False  # a collective failed in this process: do not wait on it at exit
 
 
 # ------------------------------------------------------------------ sharding (no processes)
@@ -198,9 +197,13 @@ def _destroy_at_exit() -> None:
     # That needs the group's last reference gone, so first collect the garbage cycles
     # that may still reach a DistributedDataParallel wrapper (an estimator whose fit was
     # interrupted keeps its training run, and the run its wrapper, in such a cycle).
+    # After a failed collective too: the failed work has ended (with the error or the
+    # timeout), so nothing is waited on, and a group left alive would let its threads
+    # outlive the interpreter (seen: a rank whose peer was killed exiting with SIGABRT,
+    # "terminate called without an active exception", instead of its own exit status).
     import torch.distributed as dist
 
-    if not _failed and dist.is_initialized():
+    if dist.is_initialized():
         gc.collect()
         with contextlib.suppress(Exception):
             dist.destroy_process_group()
@@ -302,8 +305,6 @@ def translate_failures(timeout: float) -> Iterator[None]:
             world_size = os.environ.get("WORLD_SIZE", "?")
         else:
             raise
-        global _failed
-        _failed = True
         raise DistributedError(RANK_FAILED.format(
             rank=rank, world_size=world_size, timeout=float(timeout),
             error=str(exc).strip())) from exc

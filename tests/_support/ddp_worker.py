@@ -335,10 +335,10 @@ def main(argv: list[str]) -> None:
     torch.set_num_threads(1)  # one thread per rank
     out = Path(argv[1])
     which = argv[2] if len(argv) > 2 else "all"
+    record_threads_at_exit(out)
     if which in ("kill", "hang"):
         failure(which, out)
         return
-    record_threads_at_exit(out)
     log = DrawLog()
     for name, fn in SCENARIOS.items():
         if which in ("all", name):
