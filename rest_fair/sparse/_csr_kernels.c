@@ -8,7 +8,8 @@
  * caller from the batch size. The products read panel rows at the pattern's columns:
  *
  *   pack:         the panels of A, optionally gated by the output of a ReLU (its backward)
- *   csr_forward:  Y = X W^T + b, optionally ReLU   (W in CSR, rows split between threads)
+ *   csr_forward:  Y = X W^T + b, optionally ReLU
+ *                 (W in CSR, panels or rows split between threads)
  *   csr_backward: GX = G W, gW = (G^T X) at the pattern
  *                 (over the CSR of W^T, columns of W split between threads)
  *
@@ -19,12 +20,12 @@
  * depend on the number of threads. Where the panels divide evenly among the threads, the
  * forward product and the packing without column sums give each thread whole panels (all
  * rows of them), so a thread reads the panels it packed itself; otherwise threads take
- * ranges of rows (forward) or features (packing). An output entry (sample b = q * T + i, feature r) is
- * written at out[q * sq + i * si + r * sr]: sample-major (B x N), feature-major (N x B) and
- * the panel layout itself (the next layer's input) are all such strides. Threads come from
- * OpenMP; loaded after torch, the library shares torch's OpenMP runtime (same soname) and
- * so its thread pool. Vector code uses GCC/Clang vector extensions, compiled for the host
- * (-march=native).
+ * ranges of rows (forward) or features (packing). An output entry (sample b = q * T + i,
+ * feature r) is written at out[q * sq + i * si + r * sr]: sample-major (B x N),
+ * feature-major (N x B) and the panel layout itself (the next layer's input) are all such
+ * strides. Threads come from OpenMP; loaded after torch, the library shares torch's OpenMP
+ * runtime (same soname) and so its thread pool. Vector code uses GCC/Clang vector
+ * extensions, compiled for the host (-march=native).
  */
 #include <stddef.h>
 #include <stdint.h>

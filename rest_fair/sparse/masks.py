@@ -10,7 +10,7 @@ from torch import nn
 
 from .densities import active_counts, erk_densities, uniform_densities
 from .kernels import randperm_prefix
-from .modules import mask_density
+from .modules import mask_density, snapshot
 
 __all__ = [
     "DENSE_LAYER_ALIASES",
@@ -308,14 +308,8 @@ class MaskSet:
 
     def to_dict(self) -> dict[str, torch.Tensor]:
         """Copies of the boolean masks on the CPU (a mask built on request is not copied again)."""
-        out = {}
-        for name in self.params:
-            mask = self.mask(name).detach().cpu()
-            held = self._bool.get(name)
-            shared = held is not None and (
-                mask.untyped_storage().data_ptr() == held.untyped_storage().data_ptr())
-            out[name] = mask.clone() if shared else mask
-        return out
+        return snapshot({name: self.mask(name).cpu() for name in self.params},
+                        self._bool.values())
 
     def report(self) -> list[dict]:
         """One record per masked layer: name, shape, weights, active weights, density."""

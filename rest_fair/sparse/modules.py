@@ -12,7 +12,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
@@ -24,6 +24,7 @@ __all__ = [
     "check_threshold",
     "mask_density",
     "set_submodule",
+    "snapshot",
     "sparse_linear_layers",
 ]
 
@@ -75,6 +76,23 @@ def mask_density(mask: torch.Tensor) -> float:
     """Fraction of the entries of a boolean ``mask`` that are active (1.0 when it is empty)."""
     n = mask.numel()
     return int(torch.count_nonzero(mask)) / n if n else 1.0
+
+
+def snapshot(tensors: Mapping[str, torch.Tensor],
+             live: Iterable[torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``tensors`` detached, each copied when it shares memory with one of ``live``.
+
+    A snapshot must not change with the tensors that training keeps updating (``live``);
+    a tensor built afresh for the snapshot (a CSR layer's dense weight or mask) is already
+    its own and is not copied again.
+    """
+    addresses = {t.untyped_storage().data_ptr() for t in live}
+    out = {}
+    for key, tensor in tensors.items():
+        tensor = tensor.detach()
+        shared = tensor.untyped_storage().data_ptr() in addresses
+        out[key] = tensor.clone() if shared else tensor
+    return out
 
 
 def set_submodule(module: nn.Module, name: str, new: nn.Module) -> None:

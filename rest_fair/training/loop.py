@@ -24,6 +24,7 @@ from .._data import BatchSource
 from ..callbacks import Callback
 from ..exceptions import TrainingDivergedError
 from ..persistence.checkpoint import write_checkpoint
+from ..sparse.modules import snapshot
 from .distributed import shard_range
 from .parts import EvalSet, TrainingParts
 from .state import TrainState
@@ -349,13 +350,8 @@ class TrainingRun:
         s.best_key = key
         s.best_epoch = epoch
         module = self.parts.module
-        # copy what shares memory with the live module; a CSR layer's dense weight is
-        # already built afresh for the state dict
-        live = {t.untyped_storage().data_ptr()
-                for t in (*module.parameters(), *module.buffers())}
-        s.best_module_state = {
-            k: v.detach().clone() if v.untyped_storage().data_ptr() in live else v.detach()
-            for k, v in module.state_dict().items()}
+        s.best_module_state = snapshot(module.state_dict(),
+                                       [*module.parameters(), *module.buffers()])
         sparsity = self.parts.sparsity
         s.best_masks = sparsity.masks.to_dict() if sparsity is not None else {}
         return True
