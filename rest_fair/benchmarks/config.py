@@ -199,7 +199,7 @@ class BenchConfig:
 
     def base_params(self, seed: int) -> dict[str, Any]:
         """The parameters every run of this benchmark shares (``extra_params`` included)."""
-        params: dict[str, Any] = {
+        return {
             "max_epochs": int(self.max_epochs),
             "batch_size": int(self.batch_size),
             "lr": float(self.lr),
@@ -207,16 +207,14 @@ class BenchConfig:
             "module_params": dict(self.module_params) if self.module_params else None,
             "device": self.device,
             "random_state": seed,
+            **self.extra_params,
         }
-        params.update(self.extra_params)
-        return params
 
     def estimator_params(self, spec: RunSpec) -> dict[str, Any]:
         """The :class:`~rest_fair.RESTClassifier` parameters of one run."""
-        params = self.base_params(spec.seed)
-        params.update(estimator_params(get_method(spec.method), sparsity=spec.sparsity,
-                                       ratio=spec.ratio, upweight=self.upweight))
-        return params
+        return {**self.base_params(spec.seed),
+                **estimator_params(get_method(spec.method), sparsity=spec.sparsity,
+                                   ratio=spec.ratio, upweight=self.upweight)}
 
     def training_data(self, spec: RunSpec) -> tuple[Any, Any, dict[str, Any]]:
         """``(X, y, fit_params)`` of one run: group labels as its method uses them."""
@@ -322,6 +320,5 @@ def preset(name: str, **overrides: Any) -> BenchConfig:
     """
     if name not in PRESETS:
         raise ValueError(_UNKNOWN_PRESET.format(name=name, names=sorted(PRESETS)))
-    fields = dict(PRESETS[name])
-    fields.update({k: v for k, v in overrides.items() if v is not None})
-    return BenchConfig(**fields)
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    return BenchConfig(**{**PRESETS[name], **overrides})

@@ -29,6 +29,11 @@ class _FolderData:
             setattr(self, f"conflict_{name}", ds.conflict)
             setattr(self, f"group_{name}", ds.groups)
 
+    @property
+    def image_shape(self) -> tuple[int, ...]:
+        """Shape of one image (that of the first training image)."""
+        return tuple(self.X_train[0][0].shape)
+
 
 def _colored(make: Callable[..., Any]) -> Callable[..., Any]:
     """A loader of a data set that ``make`` builds offline (Colored MNIST, Colored Digits)."""

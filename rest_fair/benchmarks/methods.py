@@ -112,13 +112,10 @@ def lambda_for_ratio(ratio: float) -> float:
     -------
     float
     """
-    ratio = float(ratio)
-    for known, lam in LAMBDA_BY_RATIO.items():
-        if np.isclose(ratio, known):
-            return lam
-    xs = np.log(np.array(sorted(LAMBDA_BY_RATIO)))
-    ys = np.array([LAMBDA_BY_RATIO[k] for k in sorted(LAMBDA_BY_RATIO)])
-    return float(np.round(np.interp(np.log(max(ratio, 1e-12)), xs, ys), 1))
+    known = sorted(LAMBDA_BY_RATIO)
+    lam = np.interp(np.log(max(float(ratio), 1e-12)), np.log(known),
+                    [LAMBDA_BY_RATIO[k] for k in known])
+    return float(np.round(lam, 1))
 
 
 def get_method(name: str) -> Method:

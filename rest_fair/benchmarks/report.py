@@ -46,6 +46,8 @@ SELECTION_NOTE = (
     "`train` or `val`) or by validation accuracy (`none`)."
 )
 
+#: What names a run in a record (the other columns of ``summarize`` are averaged).
+_LABELS = ("ratio", "method", "method_label", "sparsity", "seed", "group_labels")
 #: The measured costs of a run (the FLOPs are counted, see ``_EFFICIENCY_TITLES``).
 _COSTS = ("density", "fit_seconds", "model_bytes")
 _COST_TITLES = {"fit_seconds": "fit time", "model_bytes": "model file"}
@@ -118,22 +120,14 @@ def summarize(records: Sequence[dict[str, Any]], config: BenchConfig):
     ok = [r for r in records if r.get("status") == "ok"]
     if not ok:
         return pd.DataFrame()
-    rows = []
-    for r in ok:
-        row = {k: r.get(k) for k in ("ratio", "method", "method_label", "sparsity", "seed",
-                                     "group_labels", "density", "fit_seconds",
-                                     "model_bytes", "test_min_cell_size", *METRICS)}
-        for name, value in (r.get("efficiency") or {}).items():
-            row[f"eff_{name}"] = value
-        for name, value in (r.get("jtt_overlap") or {}).items():
-            if name in ("precision", "recall"):
-                row[f"jtt_{name}"] = value
-        rows.append(row)
-    frame = pd.DataFrame(rows)
-    value_columns = [c for c in frame.columns
-                     if c in METRICS or c in _COSTS or c == "test_min_cell_size"
-                     or c.startswith(("eff_", "jtt_"))]
-    value_columns = [c for c in value_columns if frame[c].notna().any()]
+    frame = pd.DataFrame([
+        {**{k: r.get(k) for k in (*_LABELS, *_COSTS, "test_min_cell_size", *METRICS)},
+         **{f"eff_{k}": v for k, v in (r.get("efficiency") or {}).items()},
+         **{f"jtt_{k}": v for k, v in (r.get("jtt_overlap") or {}).items()
+            if k in ("precision", "recall")}}
+        for r in ok
+    ])
+    value_columns = [c for c in frame.columns if c not in _LABELS and frame[c].notna().any()]
     frame[value_columns] = frame[value_columns].astype(float)
     grouped = frame.groupby(["ratio", "method", "sparsity"], sort=False)
     summary = grouped[value_columns].agg(["mean", "std"])
@@ -162,10 +156,8 @@ def summarize(records: Sequence[dict[str, Any]], config: BenchConfig):
 def _reference(ratio: float, method: str, sparsity: float) -> dict | None:
     if method != "erm" or sparsity != 0:
         return None
-    for known, ref in COLORED_MNIST_REFERENCE.items():
-        if math.isclose(ratio, known):
-            return ref
-    return None
+    return next((ref for known, ref in COLORED_MNIST_REFERENCE.items()
+                 if math.isclose(ratio, known)), None)
 
 
 def _markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
@@ -187,7 +179,7 @@ def to_markdown(summary, config: BenchConfig) -> str:
     eff_cols = [c for c in summary.columns if c.startswith("eff_") and c.endswith("_mean")]
     header = ["conflicting %", "method", "sparsity", "group labels", *METRICS.values()]
     header += [_EFFICIENCY_TITLES.get(c[4:-5], c[4:-5]) for c in eff_cols]
-    costs = [c for c in ("fit_seconds", "model_bytes") if f"{c}_mean" in summary.columns]
+    costs = [c for c in _COST_TITLES if f"{c}_mean" in summary.columns]
     header += [_COST_TITLES[c] for c in costs]
     header += ["n", "published (different protocol)"]
     rows = []

@@ -69,7 +69,9 @@ _BAD_WIDTHS = (
 )
 _BAD_SPARSITY = "sparsity must be in [0, 1); got {value!r}."
 
-_KINDS = ("log_uniform", "uniform", "log_int", "choice")
+#: The kinds of distribution, by name, in words.
+_KINDS = {"log_uniform": "log-uniform", "uniform": "uniform", "log_int": "log-uniform integer",
+          "choice": "one of"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,7 +99,7 @@ class Distribution:
 
     def __post_init__(self) -> None:
         if self.kind not in _KINDS:
-            raise ValueError(_BAD_KIND.format(kinds=_KINDS, kind=self.kind))
+            raise ValueError(_BAD_KIND.format(kinds=tuple(_KINDS), kind=self.kind))
         if self.kind == "choice":
             if not self.values:
                 raise ValueError(_NO_VALUES)
@@ -123,9 +125,7 @@ class Distribution:
         """The distribution in words, for documentation and ``config.json``."""
         if self.kind == "choice":
             return "one of " + ", ".join(f"{v:.3g}" for v in self.values)
-        name = {"log_uniform": "log-uniform", "uniform": "uniform",
-                "log_int": "log-uniform integer"}[self.kind]
-        return f"{name} in [{self.low:g}, {self.high:g}]"
+        return f"{_KINDS[self.kind]} in [{self.low:g}, {self.high:g}]"
 
 
 def log_uniform(low: float, high: float) -> Distribution:

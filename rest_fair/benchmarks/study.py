@@ -161,6 +161,12 @@ class StudyMethod:
             return "train"
         return "val" if self.rule.validation_groups == "conflict" else "none"
 
+    @property
+    def plot_sparsity(self) -> float:
+        """The row's place on the sparsity axis of the plots: its sparsity, or for an
+        equal-cost row the sparsity whose cost it matches (``cost_of``)."""
+        return self.sparsity if self.cost_of is None else self.cost_of
+
     def fixed(self) -> dict[str, Any]:
         """The row's fixed estimator parameters (``fixed_params``, called if a function)."""
         params = self.fixed_params() if callable(self.fixed_params) else self.fixed_params
@@ -305,16 +311,13 @@ class RandomSearch:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready description: the configuration, the methods and their search spaces."""
-        methods = {}
-        for name in self.methods:
-            m = STUDY_METHODS[name]
-            methods[name] = {
-                "label": m.label, "family": m.family, "sparsity": m.sparsity,
-                "space": m.space, "selection": m.rule.words, "group_labels": m.group_labels,
-                "cost_of": m.cost_of, "fixed_params": m.fixed(),
-            }
+        rows = {name: STUDY_METHODS[name] for name in self.methods}
+        methods = {name: {"label": m.label, "family": m.family, "sparsity": m.sparsity,
+                          "space": m.space, "selection": m.rule.words,
+                          "group_labels": m.group_labels, "cost_of": m.cost_of,
+                          "fixed_params": m.fixed()} for name, m in rows.items()}
         spaces = {name: {c: d.describe() for c, d in sorted(SEARCH_SPACES[name].items())}
-                  for name in sorted({STUDY_METHODS[n].space for n in self.methods})}
+                  for name in sorted({m.space for m in rows.values()})}
         return jsonable({"search": "random", "budget": self.budget,
                          "search_seed": self.search_seed, "bench": self.bench.to_dict(),
                          "methods": methods, "search_spaces": spaces})
@@ -373,7 +376,7 @@ class RandomSearch:
         if method.cost_of is None:
             return [int(w) for w in widths]
         data = load_data(self.bench, spec.ratio)
-        n_in = math.prod(_sample_shape(data.X_train))
+        n_in = math.prod(data.image_shape)
         n_out = len(np.unique(data.y_train))
         width = equal_cost_width(n_in, n_out, widths, method.cost_of)
         return [width] * len(widths)
@@ -415,25 +418,11 @@ class RandomSearch:
         return out
 
 
-def _sample_shape(X: Any) -> tuple[int, ...]:
-    """Shape of one sample of an array or of a torch Dataset of ``(x, y, ...)`` items."""
-    shape = getattr(X, "image_shape", None)
-    if shape is not None:
-        return tuple(shape)
-    if isinstance(X, np.ndarray):
-        return tuple(X.shape[1:])
-    return tuple(X[0][0].shape)
-
-
 def _cost(clf: Any, n_train: int) -> dict[str, Any]:
-    """Active parameters, inference FLOPs per sample and training FLOPs of the whole run.
-
-    Training FLOPs are :meth:`~rest_fair.RESTClassifier.efficiency_report`'s
-    ``training_flops_run`` (steps x batch x per-sample training FLOPs, RigL's dense
-    gradient at each topology update included); with ``infer_groups="jtt"`` the
-    identification model's ``jtt_epochs`` passes over the ``n_train`` training samples are
-    added at three times the inference FLOPs per sample.
-    """
+    """Active parameters, inference FLOPs per sample and training FLOPs of the whole run:
+    ``efficiency_report()``'s ``training_flops_run``, plus with ``infer_groups="jtt"`` the
+    identification model's ``jtt_epochs`` passes over the ``n_train`` training samples at
+    three times the inference FLOPs per sample."""
     report = clf.efficiency_report()
     total = report[report["layer"].astype(str) == "total"].iloc[-1]
     training = float(total.get("training_flops_run", math.nan))

@@ -81,17 +81,13 @@ def summarize_configurations(records: Sequence[dict[str, Any]], search: RandomSe
             and r.get("method") in order]
     if not kept:
         return pd.DataFrame()
-    rows = []
-    for r in kept:
-        rule = SELECTION_RULES[STUDY_METHODS[r["method"]].selection]
-        row = {k: r.get(k) for k in ("ratio", "method", "config", "seed", *_VALID,
-                                     *STUDY_METRICS, *_COST)}
-        row["score"] = r.get(rule.key)
-        row["ok"] = r["status"] == "ok"
-        row["failed"] = r["status"] == "failed"
-        rows.append(row)
-    frame = pd.DataFrame(rows)
     values = ["score", *_VALID, *STUDY_METRICS, *_COST]
+    frame = pd.DataFrame([
+        {**{k: r.get(k) for k in ("ratio", "method", "config", "seed", *values[1:])},
+         "score": r.get(STUDY_METHODS[r["method"]].rule.key),
+         "ok": r["status"] == "ok", "failed": r["status"] == "failed"}
+        for r in kept
+    ])
     frame[values] = frame[values].astype(float)
     frame.loc[~frame["ok"], values] = np.nan
     grouped = frame.groupby(["ratio", "method", "config"], sort=False)
@@ -153,11 +149,8 @@ def select(configurations):
 
 
 def _hyperparameters(values: dict[str, Any]) -> str:
-    parts = []
-    for name, value in values.items():
-        text = f"{value:.3g}" if isinstance(value, float) else str(value)
-        parts.append(f"{_SHORT.get(name, name)}={text}")
-    return ", ".join(parts)
+    texts = {name: f"{v:.3g}" if isinstance(v, float) else str(v) for name, v in values.items()}
+    return ", ".join(f"{_SHORT.get(name, name)}={text}" for name, text in texts.items())
 
 
 def _seconds(value: float) -> str:
@@ -238,26 +231,20 @@ def study_markdown(chosen, search: RandomSearch, configurations=None) -> str:
 def _pareto(costs: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The points no cheaper point beats: the robustness–cost frontier, by cost."""
     order = np.argsort(costs, kind="stable")
-    xs, ys, best = [], [], -np.inf
-    for i in order:
-        if scores[i] > best:
-            best = scores[i]
-            xs.append(costs[i])
-            ys.append(scores[i])
-    return np.asarray(xs), np.asarray(ys)
+    costs, scores = costs[order], scores[order]
+    best_before = np.maximum.accumulate(np.concatenate([[-np.inf], scores[:-1]]))
+    keep = scores > best_before
+    return costs[keep], scores[keep]
 
 
 def _styles(plt: Any, methods: Sequence[str]) -> tuple[dict[str, Any], dict[str, str]]:
     """A colour per plot series (a method outside any series is its own) and a marker per
-    sparsity level (the sparsity a row has, or the one whose cost it matches)."""
-    keys = list(dict.fromkeys(STUDY_METHODS[name].series or name for name in methods))
-    levels = sorted({STUDY_METHODS[name].cost_of or STUDY_METHODS[name].sparsity
-                     for name in methods})
-    colors = {name: plt.cm.tab10(keys.index(STUDY_METHODS[name].series or name) % 10)
-              for name in methods}
-    markers = {name: "osD^v<>p"[levels.index(STUDY_METHODS[name].cost_of
-                                             or STUDY_METHODS[name].sparsity) % 8]
-               for name in methods}
+    :attr:`~rest_fair.benchmarks.StudyMethod.plot_sparsity`."""
+    rows = {name: STUDY_METHODS[name] for name in methods}
+    keys = list(dict.fromkeys(m.series or name for name, m in rows.items()))
+    levels = sorted({m.plot_sparsity for m in rows.values()})
+    colors = {name: plt.cm.tab10(keys.index(m.series or name) % 10) for name, m in rows.items()}
+    markers = {name: "osD^v<>p"[levels.index(m.plot_sparsity) % 8] for name, m in rows.items()}
     return colors, markers
 
 
@@ -286,8 +273,7 @@ def plot_study(chosen, search: RandomSearch, out_dir: str | Path) -> list[Path]:
     for j, ratio in enumerate(ratios):
         ax = axes[0][j]
         part = chosen[chosen["ratio"] == ratio]
-        x_of = {name: (STUDY_METHODS[name].cost_of if STUDY_METHODS[name].cost_of is not None
-                       else STUDY_METHODS[name].sparsity) for name in part["method"]}
+        x_of = {name: STUDY_METHODS[name].plot_sparsity for name in part["method"]}
         xpos = {x: i for i, x in enumerate(sorted({0.0, *x_of.values()}))}
         series: dict[str, list[str]] = {}
         dense: dict[str, str] = {}  # family -> its dense row drawn alone, where a series starts
