@@ -16,6 +16,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -159,10 +160,9 @@ def thread_plan(client: Any, nthreads: Mapping[str, int] | None = None) -> dict[
 
     nthreads = dict(nthreads if nthreads is not None else client.nthreads())
     cores = client.run(available_cores, on_error="ignore")
-    per_host: dict[str, int] = {}
+    per_host: Counter[str] = Counter()
     for address, slots in nthreads.items():
-        host = get_address_host(address)
-        per_host[host] = per_host.get(host, 0) + int(slots)
+        per_host[get_address_host(address)] += int(slots)
     return {
         address: split_threads(per_host[get_address_host(address)], cores[address])[1]
         for address in nthreads

@@ -80,10 +80,9 @@ def split_threads(n_jobs: int, cores: int | None = None) -> tuple[int, int]:
     (n_jobs, threads_per_job) : tuple of int
     """
     cores = cores or available_cores()
-    if n_jobs is None or n_jobs == 0:
-        n_jobs = 1
+    n_jobs = n_jobs or 1
     if n_jobs < 0:
-        n_jobs = max(1, cores + 1 + n_jobs)
+        n_jobs += cores + 1
     n_jobs = max(1, min(int(n_jobs), cores))
     return n_jobs, max(1, cores // n_jobs)
 

@@ -119,8 +119,7 @@ class WILDSImageDataset(torch.utils.data.Dataset):
         return len(self.indices)
 
     def __getitem__(self, i: int) -> torch.Tensor:
-        x = self.dataset.get_input(int(self.indices[i]))
-        return self.transform(x)
+        return self.transform(self.dataset.get_input(int(self.indices[i])))
 
 
 class _SquareCenterCrop:
@@ -226,22 +225,17 @@ def from_wilds(
     base, indices = _base_and_indices(subset)
     if grouper is None:
         grouper = wilds_grouper(base, groupby_fields)
-    metadata_array = base.metadata_array[torch.as_tensor(indices, dtype=torch.long)]
-    groups = grouper.metadata_to_group(metadata_array).numpy().astype(np.int64)
-    y = np.asarray(base.y_array[torch.as_tensor(indices, dtype=torch.long)]).astype(np.int64)
-    metadata = pd.DataFrame(metadata_array.numpy(), columns=list(base.metadata_fields))
-    group_names = {g: grouper.group_field_str(g) for g in range(grouper.n_groups)}
-    X = _inputs(base, indices, subset, transform, image_size)
-    split = _split_name(base, subset)
+    rows = torch.as_tensor(indices, dtype=torch.long)
+    metadata_array = base.metadata_array[rows]
     return WILDSSplit(
-        X=X,
-        y=y,
-        groups=groups,
-        group_names=group_names,
-        metadata=metadata,
+        X=_inputs(base, indices, subset, transform, image_size),
+        y=np.asarray(base.y_array[rows]).astype(np.int64),
+        groups=grouper.metadata_to_group(metadata_array).numpy().astype(np.int64),
+        group_names={g: grouper.group_field_str(g) for g in range(grouper.n_groups)},
+        metadata=pd.DataFrame(metadata_array.numpy(), columns=list(base.metadata_fields)),
         metadata_array=metadata_array,
         dataset_name=base.dataset_name,
-        split=split,
+        split=_split_name(base, subset),
         subset=subset,
     )
 

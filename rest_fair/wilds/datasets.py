@@ -114,6 +114,10 @@ DATASETS: dict[str, DatasetSpec] = {
     ),
 }
 _ALIASES = {key.lower(): key for key in DATASETS}
+# CivilComments' identity columns: WILDS evaluates every identity x label group
+_CIVIL_IDENTITIES = (
+    "male", "female", "LGBTQ", "christian", "muslim", "other_religions", "black", "white",
+)
 
 
 def dataset_spec(name: str | Any) -> DatasetSpec:
@@ -182,8 +186,7 @@ def load_wilds(name: str, root_dir: str | os.PathLike, *, download: bool = False
                 release=data_dir / spec.release_file,
             )
         )
-    module = import_wilds_module(spec.module)
-    dataset_class = getattr(module, spec.class_name)
+    dataset_class = getattr(import_wilds_module(spec.module), spec.class_name)
     timeout = socket_timeout(_DOWNLOAD_TIMEOUT_S) if missing else contextlib.nullcontext()
     with timeout, _pandas_compat(spec), warnings.catch_warnings():
         # wilds wraps read-only pandas arrays in tensors; harmless, but noisy

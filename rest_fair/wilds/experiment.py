@@ -44,7 +44,6 @@ _REQUIREMENTS = (
     Requirement("PIL", "pillow", "wilds", "reading the images"),
 )
 _SYNTHETIC_NOTE = "SYNTHETIC DATA (rest_fair.wilds.synthetic): checks the pipeline only"
-_RANDOM_INIT = "none (random init)"
 _WEIGHTS_NEED_BACKBONE = (
     "--weights needs a torchvision --module (e.g. resnet50); got --module {module!r}."
 )
@@ -110,8 +109,6 @@ def resolve_settings(args: argparse.Namespace, spec: DatasetSpec) -> dict[str, A
     """
     given = {key: getattr(args, key) for key in CUSTOM_DEFAULTS}
     random_init = isinstance(given["weights"], str) and given["weights"].lower() == "none"
-    if random_init:
-        given["weights"] = _RANDOM_INIT
     extra: dict[str, Any] = {}
     if args.protocol == "wilds":
         recipe = recipe_for(spec.name)
@@ -125,8 +122,7 @@ def resolve_settings(args: argparse.Namespace, spec: DatasetSpec) -> dict[str, A
     else:
         base = dict(CUSTOM_DEFAULTS)
         default_seeds = [args.seed]
-    settings = dict(base)
-    settings.update({k: v for k, v in given.items() if v is not None})
+    settings = {**base, **{k: v for k, v in given.items() if v is not None}}
     if given["module"] not in (None, base["module"]) and given["weights"] is None:
         settings["weights"] = None  # the recipe's weights belong to the recipe's backbone
     if random_init:
@@ -223,7 +219,7 @@ class WildsExperiment:
     @property
     def synthetic(self) -> bool:
         """Whether the data were written by :mod:`rest_fair.wilds.synthetic`."""
-        release = Path(self.dataset.data_dir) / "RELEASE_v1.0.txt"
+        release = Path(self.dataset.data_dir) / self.spec.release_file
         try:
             return "rest_fair" in release.read_text()[:200]
         except OSError:

@@ -217,9 +217,7 @@ def _extract(split: Any, path: Path, *, backbone: str, weights: Any, pooling: st
              max_length: int | None, seed: int, batch_size: int, device: torch.device,
              num_workers: int) -> np.ndarray:
     module, tokenizer = _extractor(backbone, weights, pooling, max_length, seed)
-    module = module.to(device).eval()
-    for p in module.parameters():
-        p.requires_grad_(False)
+    module = module.to(device).eval().requires_grad_(False)
     X = split.X
     if tokenizer is not None:
         X = tokenize([str(t) for t in X], tokenizer, max_length=max_length)
@@ -227,15 +225,13 @@ def _extract(split: Any, path: Path, *, backbone: str, weights: Any, pooling: st
     order = torch.arange(source.n_samples)
     out = None
     tmp = path.with_name(path.name + ".partial.npy")
-    written = 0
     with torch.no_grad():
         for x, idx in source.batches(order, batch_size, device):
             feats = module(x).float().reshape(len(idx), -1).cpu().numpy()
             if out is None:
                 out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32,
                                                 shape=(source.n_samples, feats.shape[1]))
-            out[written : written + len(feats)] = feats
-            written += len(feats)
+            out[idx.numpy()] = feats
     if out is None:  # no samples: an empty file with zero columns
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(0, 0))
     out.flush()
@@ -313,7 +309,7 @@ def extract_features(
             stored = None
         if isinstance(stored, dict) and stored.get("provenance") == record:
             features = np.load(path, mmap_mode="r")
-            if features.ndim == 2 and features.shape == (len(split), stored.get("n_features")):
+            if features.shape == (len(split), stored.get("n_features")):
                 return features
     meta.unlink(missing_ok=True)  # written last: its presence marks a complete file
     start = time.perf_counter()

@@ -25,6 +25,7 @@ import torch
 from numpy.typing import ArrayLike
 
 from ._compat import import_wilds_module
+from .datasets import _CIVIL_IDENTITIES
 
 __all__ = ["WATERBIRDS_TRAIN_COUNTS", "wilds_eval"]
 
@@ -35,9 +36,6 @@ WATERBIRDS_TRAIN_COUNTS = {
     "y:waterbird_background:land": 56,
     "y:waterbird_background:water": 1057,
 }
-_CIVIL_IDENTITIES = (
-    "male", "female", "LGBTQ", "christian", "muslim", "other_religions", "black", "white",
-)
 _STANDARD = {"waterbirds": ("background", "y"), "celeba": ("male", "y")}
 _UNSUPPORTED = (
     "wilds_eval knows the official metrics of waterbirds, celebA and civilcomments; "
@@ -84,15 +82,11 @@ def wilds_eval(
 
     if name in _STANDARD:
         grouper = Grouper(dataset=base, groupby_fields=list(_STANDARD[name]))
-        results = {"acc_avg": _mean(correct)}
         group_results, worst = _group_results(correct, grouper, metadata)
-        results.update(group_results)
-        results["acc_wg"] = worst
+        results = {"acc_avg": _mean(correct), **group_results, "acc_wg": worst}
         if name == "waterbirds":
-            total = sum(WATERBIRDS_TRAIN_COUNTS.values())
-            results["adj_acc_avg"] = (
-                sum(results[f"acc_{g}"] * n for g, n in WATERBIRDS_TRAIN_COUNTS.items()) / total
-            )
+            adjusted = sum(results[f"acc_{g}"] * n for g, n in WATERBIRDS_TRAIN_COUNTS.items())
+            results["adj_acc_avg"] = adjusted / sum(WATERBIRDS_TRAIN_COUNTS.values())
             del results["acc_avg"]
         return results
     if name == "civilcomments":
@@ -100,9 +94,7 @@ def wilds_eval(
         worst_values = []
         for identity in _CIVIL_IDENTITIES:
             grouper = Grouper(dataset=base, groupby_fields=[identity, "y"])
-            group_results, _ = _group_results(
-                correct, grouper, metadata, keep=lambda s, i=identity: f"{i}:1" in s
-            )
+            group_results, _ = _group_results(correct, grouper, metadata, keep=f"{identity}:1")
             results.update(group_results)
             worst_values += [v for k, v in group_results.items() if k.startswith("acc_")]
         results["acc_wg"] = min(worst_values) if worst_values else 0.0
@@ -111,9 +103,10 @@ def wilds_eval(
 
 
 def _group_results(
-    correct: np.ndarray, grouper: Any, metadata: torch.Tensor, keep: Any = None
+    correct: np.ndarray, grouper: Any, metadata: torch.Tensor, keep: str | None = None
 ) -> tuple[dict[str, float], float]:
-    """Per-group accuracy and count with WILDS' key names; worst over non-empty groups."""
+    """Per-group accuracy and count with WILDS' key names (only of the groups whose name
+    contains ``keep``, if given); worst over non-empty groups."""
     g = grouper.metadata_to_group(metadata).numpy().astype(np.int64)
     n_groups = int(grouper.n_groups)
     counts = np.bincount(g, minlength=n_groups).astype(np.float64)
@@ -122,7 +115,7 @@ def _group_results(
     results: dict[str, float] = {}
     for idx in range(n_groups):
         label = grouper.group_field_str(idx)
-        if keep is not None and not keep(label):
+        if keep is not None and keep not in label:
             continue
         results[f"acc_{label}"] = float(accs[idx])
         results[f"count_{label}"] = float(counts[idx])

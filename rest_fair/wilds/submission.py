@@ -100,8 +100,7 @@ def write_submission(
                 _SIZE.format(split=split, n=len(labels), dataset=name, expected=expected)
             )
         path = out / submission_filename(name, split, seed)
-        text = "".join(f"{_label(v)}\n" for v in labels.tolist())
-        path.write_text(text)
+        path.write_text("".join(f"{_label(v)}\n" for v in labels.tolist()))
         written.append(path)
     return written
 

@@ -10,12 +10,14 @@ data; numbers measured on it only show that the pipeline runs.
 from __future__ import annotations
 
 import os
+from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 
 from .._requirements import import_optional
+from .datasets import _CIVIL_IDENTITIES, dataset_spec
 
 __all__ = [
     "DEFAULT_GROUP_COUNTS",
@@ -46,9 +48,6 @@ SMOKE_GROUP_COUNTS: dict[str, dict[str, tuple[int, int, int, int]]] = {
 }
 _SPLIT_IDS = {"train": 0, "val": 1, "test": 2}
 _CELEBA_ATTRS = ("5_o_Clock_Shadow", "Blond_Hair", "Male", "Smiling", "Young")
-_IDENTITIES = (
-    "male", "female", "LGBTQ", "christian", "muslim", "other_religions", "black", "white",
-)
 _AUXILIARY = (
     "identity_any", "severe_toxicity", "obscene", "threat", "insult", "identity_attack",
     "sexual_explicit",
@@ -113,8 +112,7 @@ def _rows(group_counts, rng):
 
 def _image(rng, size, *, background, foreground, fg_shape):
     """RGB uint8 image: noisy background colour with a central foreground patch."""
-    img = np.empty((size, size, 3), dtype=np.float64)
-    img[:] = background
+    img = np.full((size, size, 3), background, dtype=np.float64)
     img += rng.normal(0, 12, img.shape)
     lo, hi = size // 4, size - size // 4
     if fg_shape == "square":
@@ -124,12 +122,13 @@ def _image(rng, size, *, background, foreground, fg_shape):
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
-def _layout(root_dir: str | os.PathLike, dirname: str,
+def _layout(root_dir: str | os.PathLike, name: str,
             seed: int) -> tuple[np.random.Generator, Path]:
     """The generator of ``seed`` and the data directory, created with its version file."""
-    data_dir = Path(root_dir) / dirname
+    spec = dataset_spec(name)
+    data_dir = Path(root_dir) / spec.dirname
     data_dir.mkdir(parents=True, exist_ok=True)
-    (data_dir / "RELEASE_v1.0.txt").write_text("synthetic layout written by rest_fair\n")
+    (data_dir / spec.release_file).write_text("synthetic layout written by rest_fair\n")
     return np.random.default_rng(seed), data_dir
 
 
@@ -149,7 +148,7 @@ def make_synthetic_waterbirds(
     Image = import_optional("PIL.Image", extra="wilds", package="pillow",
                             caller="make_synthetic_layout")
 
-    rng, data_dir = _layout(root_dir, "waterbirds_v1.0", seed)
+    rng, data_dir = _layout(root_dir, "waterbirds", seed)
     records = []
     for i, (split, y, place) in enumerate(_rows(group_counts, rng)):
         species = "001.Synthetic_Landbird" if y == 0 else "002.Synthetic_Waterbird"
@@ -186,15 +185,15 @@ def make_synthetic_celeba(
     Image = import_optional("PIL.Image", extra="wilds", package="pillow",
                             caller="make_synthetic_layout")
 
-    rng, data_dir = _layout(root_dir, "celebA_v1.0", seed)
+    rng, data_dir = _layout(root_dir, "celebA", seed)
     img_dir = data_dir / "img_align_celeba"
     img_dir.mkdir(exist_ok=True)
     height = round(image_size * 1.2)
     attrs, partitions = [], []
     for i, (split, blond, male) in enumerate(_rows(group_counts, rng)):
         image_id = f"{i + 1:06d}.jpg"
-        pixels = np.empty((height, image_size, 3), dtype=np.float64)
-        pixels[:] = (200, 160, 140) if male == 0 else (150, 110, 90)
+        face = (200, 160, 140) if male == 0 else (150, 110, 90)
+        pixels = np.full((height, image_size, 3), face, dtype=np.float64)
         pixels[: height // 3] = (240, 220, 120) if blond == 1 else (60, 40, 30)
         pixels += rng.normal(0, 10, pixels.shape)
         Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(img_dir / image_id)
@@ -224,24 +223,23 @@ def make_synthetic_civilcomments(
     """
     import pandas as pd
 
-    rng, data_dir = _layout(root_dir, "civilcomments_v1.0", seed)
+    rng, data_dir = _layout(root_dir, "civilcomments", seed)
     neutral = ["the", "article", "was", "about", "city", "council", "budget", "today", "read"]
     friendly = ["thanks", "great", "helpful", "agree", "kind", "thoughtful"]
     toxic = ["idiot", "stupid", "moron", "pathetic", "disgusting", "trash"]
     split_names = {v: k for k, v in _SPLIT_IDS.items()}
-    others = [name for name in _IDENTITIES if name != "black"]
-    seen: dict = {}
+    others = [name for name in _CIVIL_IDENTITIES if name != "black"]
+    seen: Counter[tuple[int, int]] = Counter()
     records = []
     for i, (split, y, black) in enumerate(_rows(group_counts, rng)):
         words = list(rng.choice(neutral, size=5))
         words += list(rng.choice(toxic if y == 1 else friendly, size=2))
-        identity = {name: float(rng.random() < 0.15) for name in _IDENTITIES}
+        identity = {name: float(rng.random() < 0.15) for name in _CIVIL_IDENTITIES}
         # cycle through the other identities within each (split, label) cell, so that
         # every identity x label group of WILDS' evaluation is non-empty when cells have
         # at least 7 samples
-        k = seen.get((split, y), 0)
-        seen[(split, y)] = k + 1
-        identity[others[k % len(others)]] = 1.0
+        identity[others[seen[split, y] % len(others)]] = 1.0
+        seen[split, y] += 1
         identity["black"] = float(black)
         words += [name.lower() + "_people" for name, v in identity.items() if v >= 0.5]
         rng.shuffle(words)
