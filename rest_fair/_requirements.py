@@ -86,13 +86,10 @@ def _installed(module: str) -> bool:
 
 def missing(requirements: Iterable[Requirement]) -> list[Requirement]:
     """The requirements whose module cannot be found, in order, without duplicates."""
-    seen: set[str] = set()
-    out = []
+    first: dict[str, Requirement] = {}
     for requirement in requirements:
-        if requirement.module not in seen and not _installed(requirement.module):
-            out.append(requirement)
-        seen.add(requirement.module)
-    return out
+        first.setdefault(requirement.module, requirement)
+    return [r for r in first.values() if not _installed(r.module)]
 
 
 def check_requirements(requirements: Iterable[Requirement], *, command: str) -> None:

@@ -126,9 +126,7 @@ def is_backbone(name: str, module_params: Mapping[str, Any] | None = None) -> bo
     ``"resnet18"`` (plain torch, from scratch) is used unless ``module_params`` has a
     ``"weights"`` entry, which selects torchvision's ResNet-18.
     """
-    if name in MODULE_NAMES:
-        return name == "resnet18" and "weights" in (module_params or {})
-    return True
+    return name not in MODULE_NAMES or (name == "resnet18" and "weights" in (module_params or {}))
 
 
 def build_backbone(
@@ -345,7 +343,6 @@ def build_torchvision(
         shape = tuple(int(s) for s in input_shape)
         if len(shape) != 3 or shape[0] != 3:
             raise ValueError(NEED_IMAGES.format(name=name, shape=shape))
-    builder = tv.models.get_model_builder(name)
     path: Path | None = None
     member = None
     if weights is not None:
@@ -364,7 +361,7 @@ def build_torchvision(
             member = enum[str(weights)]
             _download(member, name, download_timeout)
 
-    model = builder(weights=member, **kwargs)
+    model = tv.models.get_model_builder(name)(weights=member, **kwargs)
     n_categories = len(member.meta["categories"]) if member is not None else None
     head = replace_head(model, n_classes, n_categories=n_categories or kwargs.get("num_classes"))
     if path is not None:
@@ -439,10 +436,9 @@ def _from_pretrained(
         if path.is_dir():
             raise OSError(HF_LOAD_FAILED.format(module=module, what=what, name=target,
                                                 error=exc)) from exc
-        if local_files_only or _offline_reason() is not None:
-            reason = _offline_reason() or "local_files_only=True"
-            raise OSError(HF_OFFLINE_MISS.format(module=module, name=name,
-                                                 reason=reason)) from exc
+        reason = _offline_reason() or ("local_files_only=True" if local_files_only else None)
+        if reason is not None:
+            raise OSError(HF_OFFLINE_MISS.format(module=module, name=name, reason=reason)) from exc
     endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
     try:
         _probe(endpoint, _PROBE_TIMEOUT_S)

@@ -250,10 +250,9 @@ def build_module(
             has_var_kw = any(p.kind is p.VAR_KEYWORD for p in accepted.values())
         except (TypeError, ValueError):
             accepted, has_var_kw = {}, False
-        if "input_shape" in accepted or has_var_kw:
-            params.setdefault("input_shape", input_shape)
-        if "n_classes" in accepted or has_var_kw:
-            params.setdefault("n_classes", n_classes)
+        for key, value in (("input_shape", input_shape), ("n_classes", n_classes)):
+            if key in accepted or has_var_kw:
+                params.setdefault(key, value)
         built = module(**params)
         if not isinstance(built, nn.Module):
             raise TypeError(

@@ -30,7 +30,7 @@ from sklearn.utils.validation import column_or_1d
 
 from ._data import TextSource, TokenizedText
 from ._validation import BAD_LENGTH
-from .backbones import HFTextClassifier, check_hf_params, load_tokenizer
+from .backbones import HF_PREFIX, HFTextClassifier, check_hf_params, load_tokenizer
 
 __all__ = [
     "TextSource",
@@ -71,7 +71,7 @@ def _module_name(module: Any) -> str:
 
 
 def _is_hf(module: Any) -> bool:
-    return isinstance(module, str) and module.startswith("hf:")
+    return isinstance(module, str) and module.startswith(HF_PREFIX)
 
 
 def is_text_input(X: Any) -> bool:
@@ -80,18 +80,17 @@ def is_text_input(X: Any) -> bool:
         return True
     if isinstance(X, str):
         return False
-    if isinstance(X, (list, tuple)):
-        return len(X) > 0 and all(isinstance(v, str) for v in X)
-    dtype = getattr(X, "dtype", None)
-    if getattr(X, "ndim", None) != 1 or dtype is None:
-        return False
-    kind = getattr(dtype, "kind", None)
-    if kind in ("U", "S"):
-        return True
-    if kind == "O" or str(dtype) in ("string", "str"):
-        values = X.tolist() if hasattr(X, "tolist") else list(X)
-        return len(values) > 0 and all(isinstance(v, str) for v in values)
-    return False
+    if not isinstance(X, (list, tuple)):
+        dtype = getattr(X, "dtype", None)
+        if getattr(X, "ndim", None) != 1 or dtype is None:
+            return False
+        kind = getattr(dtype, "kind", None)
+        if kind in ("U", "S"):
+            return True
+        if kind != "O" and str(dtype) not in ("string", "str"):
+            return False
+        X = X.tolist() if hasattr(X, "tolist") else list(X)
+    return len(X) > 0 and all(isinstance(v, str) for v in X)
 
 
 def _texts(X: Any) -> list[str]:
@@ -129,18 +128,15 @@ def tokenize(texts: Sequence[str], tokenizer: Any, *, max_length: int | None) ->
     """
     limit = _max_length(tokenizer, max_length)
     pieces: list[np.ndarray] = []
-    lengths: list[int] = []
     texts = list(texts)
     for start in range(0, len(texts), _CHUNK):
         encoded = tokenizer(
             texts[start : start + _CHUNK], truncation=True, max_length=limit, padding=False,
             return_attention_mask=False, return_token_type_ids=False,
         )["input_ids"]
-        for ids in encoded:
-            pieces.append(np.asarray(ids, dtype=np.int32))
-            lengths.append(len(ids))
-    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=offsets[1:])
+        pieces += [np.asarray(ids, dtype=np.int32) for ids in encoded]
+    offsets = np.zeros(len(pieces) + 1, dtype=np.int64)
+    np.cumsum([len(ids) for ids in pieces], out=offsets[1:])
     ids = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int32)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     return TokenizedText(ids, offsets, pad_token_id=pad)

@@ -310,10 +310,7 @@ def _draw_colors(
     color_std: float,
     rng: np.random.Generator,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The colour index and the RGB stroke colour of every sample (see :func:`colorize`).
-
-    Returns ``bias`` (int64, shape (n,)) and ``colors`` (float32, shape (n, 3)).
-    """
+    """``bias`` (int64, (n,)) and RGB stroke ``colors`` (float32, (n, 3)), as :func:`colorize`."""
     n_colors = len(palette)
     n = len(labels)
     if conflict_ratio is None:
@@ -341,8 +338,7 @@ def _paint(images: np.ndarray, colors: np.ndarray) -> np.ndarray:
         grey = images.astype(np.float32) / 255.0
     else:
         grey = np.asarray(images, dtype=np.float32)
-    X = grey[:, None, :, :] * np.asarray(colors, dtype=np.float32)[:, :, None, None]
-    return X.astype(np.float32, copy=False)
+    return grey[:, None, :, :] * np.asarray(colors, dtype=np.float32)[:, :, None, None]
 
 
 def make_colored_mnist(

@@ -159,8 +159,7 @@ class ColoredImages(Dataset):
         return _paint(grey, self.colors[index])
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
-        x = self.to_numpy([index])[0]
-        return torch.from_numpy(x), int(self.labels[index]), int(self.bias[index])
+        return self.__getitems__([index])[0]
 
     def __getitems__(self, indices: Sequence[int]) -> list[tuple[torch.Tensor, int, int]]:
         """A batch of items, painted together (the DataLoader's batched fetch)."""
