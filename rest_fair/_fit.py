@@ -1,7 +1,8 @@
 """What :meth:`RESTClassifier.fit` does, in four stages.
 
-1. The input checks and encoding (:func:`check_inputs`): ``X`` (an array, sparse matrix,
-   torch Dataset or text), labels, groups, sample weights and ``validation_data``.
+1. The input checks and encoding, :func:`rest_fair._inputs.check_inputs`: ``X`` (an
+   array, sparse matrix, torch Dataset or text), labels, groups, sample weights and
+   ``validation_data``.
 2. Building the run: the world (one process, or a data-parallel rank), the validation
    split, a checkpoint to resume from, JTT's error set, the reweighted training set and
    the module, which :func:`~rest_fair.training.build_parts` assembles with optimizer,
@@ -25,45 +26,30 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 from sklearn.model_selection import train_test_split
-from sklearn.preprocessing import LabelEncoder
 from sklearn.utils import check_random_state
-from sklearn.utils.multiclass import check_classification_targets
-from sklearn.utils.validation import _num_samples, column_or_1d, validate_data
 from tqdm.auto import tqdm
 
-from ._data import _first_element, is_torch_dataset, make_source
-from ._validation import BAD_LENGTH, ONE_CLASS, check_sample_weight, encode_groups
+from ._data import make_source
+from ._inputs import FitData, check_inputs, take
 from .callbacks import check_callbacks
 from .jtt import identify_errors, overlap_report
 from .models import build_module
 from .persistence.checkpoint import has_checkpoint, read_checkpoint
 from .reweighting import cell_weights, minority_mask, sample_weights_for
-from .text import fit_text_input, text_input
 from .training import EpochSampler, EvalSet, Precision, TrainingRun, TrainSet, TrainState
 from .training.distributed import LocalContext, resolve_distributed
 from .training.parts import TrainConfig, build_parts
 
-__all__ = ["FitData", "check_inputs", "check_x", "fit_estimator", "resolve_device", "take"]
+__all__ = ["fit_estimator", "resolve_device"]
 
 NO_CUDA = "device={!r} was requested but CUDA is not available on this machine."
 BAD_DEVICE = "device must be 'auto', 'cpu', 'cuda', 'cuda:<i>' or a torch.device; got {!r}."
-DATASET_NEEDS_Y = "when X is a torch Dataset, y must be an array of its labels; got None."
-BAD_VALIDATION_DATA = (
-    "validation_data must be a tuple (X_val, y_val) or (X_val, y_val, groups_val); got {!r}."
-)
-EMPTY_DATASET = "X is an empty torch Dataset; fit needs at least one sample."
-WARM_START_MISMATCH = (
-    "warm_start=True continues the fitted network, but {what} changed: it was {before!r}, "
-    "now {after!r}. Fit a new estimator (or set warm_start=False) for other data."
-)
 SPARSE_INIT_RENAMED = (
     "sparse_init={value!r} is deprecated: the layer densities are now set by "
     "layer_density={value!r}, and sparse_init chooses how masks start ('random' or "
     "'magnitude'). sparse_init={value!r} is read as layer_density={value!r}, "
     "sparse_init='random'; the old spelling will stop working in a future release."
 )
-# what validate_data accepts as X
-_ARRAYS = {"accept_sparse": "csr", "allow_nd": True, "dtype": (np.float32, np.float64)}
 # parameters that do not change what a run computes: they may differ on resume
 _RUN_INDEPENDENT = ("verbose", "callbacks", "device", "num_workers", "warm_start",
                     "distributed", "distributed_timeout", "sparse_compute",
@@ -81,131 +67,6 @@ def resolve_device(device: Any) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(NO_CUDA.format(device))
     return dev
-
-
-def take(X: Any, idx: np.ndarray) -> Any:
-    """Rows ``idx`` of an array, sparse matrix or torch Dataset."""
-    if is_torch_dataset(X):
-        return torch.utils.data.Subset(X, idx.tolist())
-    return X[idx]
-
-
-# ----------------------------------------------------------- 1. input checks, encoding
-@dataclass
-class FitData:
-    """``fit``'s inputs, checked and encoded."""
-
-    X: Any  # array, sparse matrix, torch Dataset or TokenizedText
-    y: np.ndarray  # class codes
-    classes: np.ndarray
-    groups: np.ndarray  # group codes (all 0 without groups)
-    group_labels: list
-    has_groups: bool
-    sample_weight: np.ndarray
-    validation: tuple | None  # validation_data: (X_val, class codes, group codes or None)
-
-    def rows(self, idx: np.ndarray) -> FitData:
-        """The data of the rows ``idx`` (sorted; ``X`` is only indexed for fewer rows)."""
-        X = take(self.X, idx) if len(idx) < len(self.y) else self.X
-        return replace(self, X=X, y=self.y[idx], groups=self.groups[idx],
-                       sample_weight=self.sample_weight[idx])
-
-
-def check_inputs(est: Any, X: Any, y: Any, groups: Any, sample_weight: Any,
-                 validation_data: Any, *, warm: bool) -> FitData:
-    """Check and encode ``fit``'s inputs; with ``warm``, against the previous fit's.
-
-    Sets ``n_features_in_``, ``input_shape_`` (and ``feature_names_in_``) on ``est``, as
-    scikit-learn's ``validate_data`` does.
-    """
-    shape_before = getattr(est, "input_shape_", None)
-    X, y = _validate_xy(est, X, y, reset=not warm)
-    classes, y_codes = _encode_labels(y)
-    if warm:
-        _check_warm_start(est.classes_, classes, shape_before, est.input_shape_)
-    group_codes, group_labels = encode_groups(groups, len(y))
-    return FitData(
-        X, y_codes, classes, group_codes, group_labels, groups is not None,
-        check_sample_weight(sample_weight, len(y)),
-        None if validation_data is None else _check_validation(est, validation_data, classes),
-    )
-
-
-def _validate_xy(est: Any, X: Any, y: Any, *, reset: bool = True) -> tuple[Any, np.ndarray]:
-    if (text := fit_text_input(X, y, est.module, est.module_params)) is not None:
-        est.n_features_in_, est.input_shape_ = 1, ()  # one text per sample
-        est.__dict__.pop("feature_names_in_", None)
-        return text
-    if is_torch_dataset(X):
-        if y is None:
-            raise ValueError(DATASET_NEEDS_Y)
-        n = len(X)
-        if n == 0:
-            raise ValueError(EMPTY_DATASET)
-        y = column_or_1d(np.asarray(y), warn=True)
-        if len(y) != n:
-            raise ValueError(BAD_LENGTH.format(what="y", got=len(y), n=n))
-        shape = tuple(_first_element(X[0]).shape)  # reads one item, once
-        est.n_features_in_ = int(shape[0]) if shape else 1
-        est.input_shape_ = shape
-        check_classification_targets(y)
-        return X, y
-    if y is not None and not isinstance(y, str) and hasattr(y, "__len__"):
-        try:
-            n_x = _num_samples(X)
-        except TypeError:
-            n_x = None
-        if n_x is not None and len(y) != n_x:
-            raise ValueError(BAD_LENGTH.format(what="y", got=len(y), n=n_x))
-    X, y = validate_data(est, X, y, reset=reset, **_ARRAYS)
-    check_classification_targets(y)
-    est.input_shape_ = tuple(int(s) for s in X.shape[1:])
-    return X, y
-
-
-def _encode_labels(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    encoder = LabelEncoder().fit(y)
-    if len(encoder.classes_) < 2:
-        raise ValueError(ONE_CLASS.format(label=encoder.classes_[0]))
-    return encoder.classes_, encoder.transform(y)
-
-
-def _check_warm_start(classes_before: np.ndarray, classes: np.ndarray,
-                      shape_before: tuple, shape: tuple) -> None:
-    if not np.array_equal(np.asarray(classes_before), classes):
-        raise ValueError(WARM_START_MISMATCH.format(
-            what="the classes", before=list(classes_before), after=list(classes)))
-    if tuple(shape_before) != tuple(shape):
-        raise ValueError(WARM_START_MISMATCH.format(
-            what="the input shape", before=tuple(shape_before), after=shape))
-
-
-def _check_validation(est: Any, validation_data: Any,
-                      classes: np.ndarray) -> tuple[Any, np.ndarray, np.ndarray | None]:
-    if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
-        raise ValueError(BAD_VALIDATION_DATA.format(type(validation_data).__name__))
-    X_val, y_val = check_x(est, validation_data[0]), validation_data[1]
-    groups_val = validation_data[2] if len(validation_data) == 3 else None
-    n = len(X_val) if is_torch_dataset(X_val) else _num_samples(X_val)
-    y_val = column_or_1d(np.asarray(y_val))
-    if len(y_val) != n:
-        raise ValueError(BAD_LENGTH.format(what="validation y", got=len(y_val), n=n))
-    unknown = set(np.unique(y_val)) - set(classes)
-    if unknown:
-        raise ValueError(f"validation_data has labels not seen in training: {sorted(unknown)}.")
-    g_codes = None if groups_val is None else encode_groups(groups_val, n)[0]
-    return X_val, np.searchsorted(classes, y_val), g_codes
-
-
-def check_x(est: Any, X: Any, *, fitted: Any = None) -> Any:
-    """``X`` of ``validation_data`` or (with ``fitted``, the fitted module) of ``predict``.
-
-    Text is tokenized, a torch Dataset passes as it is, and anything else is checked
-    against the inputs ``fit`` was given, as scikit-learn's ``validate_data`` does.
-    """
-    if (tokens := text_input(X, est.module, est.module_params, fitted=fitted)) is not None:
-        return tokens
-    return X if is_torch_dataset(X) else validate_data(est, X, reset=False, **_ARRAYS)
 
 
 def _train_config(params: dict) -> TrainConfig:

@@ -15,7 +15,8 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted
 
 from ._data import make_source
-from ._fit import check_x, fit_estimator
+from ._fit import fit_estimator
+from ._inputs import check_x
 from ._validation import Interval, Options, TypeOf, check_params
 from .efficiency import efficiency_report, export_sparse
 from .exceptions import ModelFileError, TrainingDivergedError

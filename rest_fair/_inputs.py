@@ -1,0 +1,267 @@
+"""The input checks of ``fit`` and ``predict``, and the encoding of what they accept.
+
+:func:`check_inputs` checks ``X`` (an array, sparse matrix, torch Dataset or text), the
+labels, ``groups`` (:func:`encode_groups`), ``sample_weight`` (:func:`check_sample_weight`)
+and ``validation_data`` against each other, encodes labels and groups as integer codes and
+returns them as :class:`FitData`; :func:`check_x` checks the ``X`` of ``validation_data``
+and of ``predict`` against what ``fit`` was given. Parameters are checked separately, by
+:func:`rest_fair._validation.check_params`. Error messages are module constants so that
+tests and users can match them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.preprocessing import LabelEncoder
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import _num_samples, column_or_1d, validate_data
+
+from ._data import _first_element, is_torch_dataset
+from ._validation import BAD_LENGTH
+from .text import fit_text_input, text_input
+
+__all__ = ["FitData", "check_inputs", "check_sample_weight", "check_x", "encode_groups", "take"]
+
+BAD_GROUP_VALUES = "groups must not contain missing values (NaN/None); found {count}."
+BAD_GROUP_NDIM = (
+    "groups must be 1-D (one label per sample) or 2-D (one column per attribute); got an "
+    "array of shape {shape}."
+)
+BAD_SAMPLE_WEIGHT = "sample_weight must be finite and non-negative; {problem}."
+ONE_CLASS = (
+    "RESTClassifier needs samples of at least 2 classes to fit; got 1 class ({label!r})."
+)
+DATASET_NEEDS_Y = "when X is a torch Dataset, y must be an array of its labels; got None."
+BAD_VALIDATION_DATA = (
+    "validation_data must be a tuple (X_val, y_val) or (X_val, y_val, groups_val); got {!r}."
+)
+EMPTY_DATASET = "X is an empty torch Dataset; fit needs at least one sample."
+WARM_START_MISMATCH = (
+    "warm_start=True continues the fitted network, but {what} changed: it was {before!r}, "
+    "now {after!r}. Fit a new estimator (or set warm_start=False) for other data."
+)
+# what validate_data accepts as X
+_ARRAYS = {"accept_sparse": "csr", "allow_nd": True, "dtype": (np.float32, np.float64)}
+
+
+def take(X: Any, idx: np.ndarray) -> Any:
+    """Rows ``idx`` of an array, sparse matrix or torch Dataset."""
+    if is_torch_dataset(X):
+        return torch.utils.data.Subset(X, idx.tolist())
+    return X[idx]
+
+
+@dataclass
+class FitData:
+    """``fit``'s inputs, checked and encoded."""
+
+    X: Any  # array, sparse matrix, torch Dataset or TokenizedText
+    y: np.ndarray  # class codes
+    classes: np.ndarray
+    groups: np.ndarray  # group codes (all 0 without groups)
+    group_labels: list
+    has_groups: bool
+    sample_weight: np.ndarray
+    validation: tuple | None  # validation_data: (X_val, class codes, group codes or None)
+
+    def rows(self, idx: np.ndarray) -> FitData:
+        """The data of the rows ``idx`` (sorted; ``X`` is only indexed for fewer rows)."""
+        X = take(self.X, idx) if len(idx) < len(self.y) else self.X
+        return replace(self, X=X, y=self.y[idx], groups=self.groups[idx],
+                       sample_weight=self.sample_weight[idx])
+
+
+def check_inputs(est: Any, X: Any, y: Any, groups: Any, sample_weight: Any,
+                 validation_data: Any, *, warm: bool) -> FitData:
+    """Check and encode ``fit``'s inputs; with ``warm``, against the previous fit's.
+
+    Sets ``n_features_in_``, ``input_shape_`` (and ``feature_names_in_``) on ``est``, as
+    scikit-learn's ``validate_data`` does.
+    """
+    shape_before = getattr(est, "input_shape_", None)
+    X, y = _validate_xy(est, X, y, reset=not warm)
+    classes, y_codes = _encode_labels(y)
+    if warm:
+        _check_warm_start(est.classes_, classes, shape_before, est.input_shape_)
+    group_codes, group_labels = encode_groups(groups, len(y))
+    return FitData(
+        X, y_codes, classes, group_codes, group_labels, groups is not None,
+        check_sample_weight(sample_weight, len(y)),
+        None if validation_data is None else _check_validation(est, validation_data, classes),
+    )
+
+
+def _validate_xy(est: Any, X: Any, y: Any, *, reset: bool = True) -> tuple[Any, np.ndarray]:
+    if (text := fit_text_input(X, y, est.module, est.module_params)) is not None:
+        est.n_features_in_, est.input_shape_ = 1, ()  # one text per sample
+        est.__dict__.pop("feature_names_in_", None)
+        return text
+    if is_torch_dataset(X):
+        if y is None:
+            raise ValueError(DATASET_NEEDS_Y)
+        n = len(X)
+        if n == 0:
+            raise ValueError(EMPTY_DATASET)
+        y = column_or_1d(np.asarray(y), warn=True)
+        if len(y) != n:
+            raise ValueError(BAD_LENGTH.format(what="y", got=len(y), n=n))
+        shape = tuple(_first_element(X[0]).shape)  # reads one item, once
+        est.n_features_in_ = int(shape[0]) if shape else 1
+        est.input_shape_ = shape
+        check_classification_targets(y)
+        return X, y
+    if y is not None and not isinstance(y, str) and hasattr(y, "__len__"):
+        try:
+            n_x = _num_samples(X)
+        except TypeError:
+            n_x = None
+        if n_x is not None and len(y) != n_x:
+            raise ValueError(BAD_LENGTH.format(what="y", got=len(y), n=n_x))
+    X, y = validate_data(est, X, y, reset=reset, **_ARRAYS)
+    check_classification_targets(y)
+    est.input_shape_ = tuple(int(s) for s in X.shape[1:])
+    return X, y
+
+
+def _encode_labels(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    encoder = LabelEncoder().fit(y)
+    if len(encoder.classes_) < 2:
+        raise ValueError(ONE_CLASS.format(label=encoder.classes_[0]))
+    return encoder.classes_, encoder.transform(y)
+
+
+def _check_warm_start(classes_before: np.ndarray, classes: np.ndarray,
+                      shape_before: tuple, shape: tuple) -> None:
+    if not np.array_equal(np.asarray(classes_before), classes):
+        raise ValueError(WARM_START_MISMATCH.format(
+            what="the classes", before=list(classes_before), after=list(classes)))
+    if tuple(shape_before) != tuple(shape):
+        raise ValueError(WARM_START_MISMATCH.format(
+            what="the input shape", before=tuple(shape_before), after=shape))
+
+
+def _check_validation(est: Any, validation_data: Any,
+                      classes: np.ndarray) -> tuple[Any, np.ndarray, np.ndarray | None]:
+    if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
+        raise ValueError(BAD_VALIDATION_DATA.format(type(validation_data).__name__))
+    X_val, y_val = check_x(est, validation_data[0]), validation_data[1]
+    groups_val = validation_data[2] if len(validation_data) == 3 else None
+    n = len(X_val) if is_torch_dataset(X_val) else _num_samples(X_val)
+    y_val = column_or_1d(np.asarray(y_val))
+    if len(y_val) != n:
+        raise ValueError(BAD_LENGTH.format(what="validation y", got=len(y_val), n=n))
+    unknown = set(np.unique(y_val)) - set(classes)
+    if unknown:
+        raise ValueError(f"validation_data has labels not seen in training: {sorted(unknown)}.")
+    g_codes = None if groups_val is None else encode_groups(groups_val, n)[0]
+    return X_val, np.searchsorted(classes, y_val), g_codes
+
+
+def check_x(est: Any, X: Any, *, fitted: Any = None) -> Any:
+    """``X`` of ``validation_data`` or (with ``fitted``, the fitted module) of ``predict``.
+
+    Text is tokenized, a torch Dataset passes as it is, and anything else is checked
+    against the inputs ``fit`` was given, as scikit-learn's ``validate_data`` does.
+    """
+    if (tokens := text_input(X, est.module, est.module_params, fitted=fitted)) is not None:
+        return tokens
+    return X if is_torch_dataset(X) else validate_data(est, X, reset=False, **_ARRAYS)
+
+
+def encode_groups(groups: Any, n_samples: int) -> tuple[np.ndarray, list[Hashable]]:
+    """Integer codes of the groups of each sample.
+
+    Parameters
+    ----------
+    groups : None, array-like of shape (n_samples,) or (n_samples, n_columns), or DataFrame
+        Group label of each sample. Several columns (e.g. sensitive features) define
+        intersectional groups, labelled by tuples of the column values.
+    n_samples : int
+        Expected length.
+
+    Returns
+    -------
+    codes : ndarray of int64
+        Index into ``labels`` of each sample's group.
+    labels : list
+        The distinct group labels, sorted where they can be compared.
+    """
+    if groups is None:
+        return np.zeros(n_samples, dtype=np.int64), [0]
+    import pandas as pd
+
+    ndim = getattr(groups, "ndim", None)
+    if ndim is None and isinstance(groups, (list, tuple)):
+        try:
+            ndim = np.ndim(np.asarray(groups, dtype=object))
+        except ValueError:  # ragged nested lists
+            ndim = None
+    if ndim is not None and ndim > 2:
+        raise ValueError(BAD_GROUP_NDIM.format(shape=np.shape(groups)))
+    if isinstance(groups, pd.DataFrame) or (hasattr(groups, "ndim") and groups.ndim == 2):
+        frame = pd.DataFrame(groups)
+        if frame.shape[1] == 1:
+            series = frame.iloc[:, 0]
+        else:
+            if frame.isna().to_numpy().any():
+                raise ValueError(BAD_GROUP_VALUES.format(count=int(frame.isna().sum().sum())))
+            series = pd.Series(list(frame.itertuples(index=False, name=None)))
+    elif isinstance(groups, list) and groups and isinstance(groups[0], (list, tuple)):
+        series = pd.Series([tuple(g) for g in groups])
+    else:
+        series = pd.Series(np.asarray(groups, dtype=object).ravel()
+                           if not isinstance(groups, pd.Series) else groups.to_numpy())
+    if len(series) != n_samples:
+        raise ValueError(BAD_LENGTH.format(what="groups", got=len(series), n=n_samples))
+    missing = int(series.isna().sum())
+    if missing:
+        raise ValueError(BAD_GROUP_VALUES.format(count=missing))
+    uniques = list(pd.unique(series))
+    try:
+        uniques = sorted(uniques)
+    except TypeError:
+        pass
+    index = pd.Index(uniques, dtype=object, tupleize_cols=False)
+    codes = index.get_indexer(series.to_numpy(dtype=object)).astype(np.int64)
+    return codes, [_plain(u) for u in uniques]
+
+
+def _plain(value: Any) -> Hashable:
+    """numpy scalars -> Python scalars, so labels print and compare naturally."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, tuple):
+        return tuple(_plain(v) for v in value)
+    return value
+
+
+def check_sample_weight(sample_weight: Any, n_samples: int) -> np.ndarray:
+    """Validated float64 sample weights (ones when ``None``).
+
+    Raises
+    ------
+    ValueError
+        On a length mismatch, NaN/inf, negative values or all zeros.
+    """
+    if sample_weight is None:
+        return np.ones(n_samples, dtype=np.float64)
+    sw = np.asarray(sample_weight, dtype=np.float64)
+    if sw.ndim == 0:
+        sw = np.full(n_samples, float(sw))
+    if sw.ndim != 1:
+        raise ValueError(f"sample_weight must be 1-D; got shape {sw.shape}.")
+    if len(sw) != n_samples:
+        raise ValueError(BAD_LENGTH.format(what="sample_weight", got=len(sw), n=n_samples))
+    if not np.all(np.isfinite(sw)):
+        raise ValueError(BAD_SAMPLE_WEIGHT.format(problem="found NaN or inf"))
+    if np.any(sw < 0):
+        raise ValueError(BAD_SAMPLE_WEIGHT.format(problem=f"found {int((sw < 0).sum())} "
+                                                  "negative values"))
+    if not np.any(sw > 0):
+        raise ValueError(BAD_SAMPLE_WEIGHT.format(problem="all sample weights are zero"))
+    return sw
