@@ -27,9 +27,10 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from .._requirements import import_optional
+from .idx import _BAD_SPLIT
 
-if TYPE_CHECKING:
-    from .fashion import ColoredImages
+if TYPE_CHECKING:  # the images of a split may be a torch Dataset (ColoredImages)
+    from torch.utils.data import Dataset
 
 __all__ = [
     "PALETTE",
@@ -73,7 +74,6 @@ _BAD_SIZES = (
     "split_sizes must be three positive numbers (train, valid, test) given either as "
     "fractions summing to 1 or as counts summing to at most {n}; got {value!r}."
 )
-_BAD_SPLIT = "split must be one of {splits}; got {value!r}."
 _BAD_IMAGES = "images must have shape (n_samples, height, width); got {shape}."
 _BAD_LABELS = "labels must be integers in [0, {k}) with one label per image; got {detail}."
 _BAD_PALETTE = "palette must have shape (n_colors, 3) with values in [0, 1]; got {detail}."
@@ -83,7 +83,7 @@ _BAD_IMAGE_SIZE = "image_size must be a positive int or None; got {value!r}."
 class Split(NamedTuple):
     """The arrays of one split; unpacks as ``X, y, bias, conflict, group``."""
 
-    X: np.ndarray | ColoredImages
+    X: np.ndarray | Dataset
     y: np.ndarray
     bias: np.ndarray
     conflict: np.ndarray
@@ -122,17 +122,17 @@ class BiasedImageData:
         Seed that produced the splits and the colours.
     """
 
-    X_train: np.ndarray | ColoredImages
+    X_train: np.ndarray | Dataset
     y_train: np.ndarray
     bias_train: np.ndarray
     conflict_train: np.ndarray
     group_train: np.ndarray
-    X_valid: np.ndarray | ColoredImages
+    X_valid: np.ndarray | Dataset
     y_valid: np.ndarray
     bias_valid: np.ndarray
     conflict_valid: np.ndarray
     group_valid: np.ndarray
-    X_test: np.ndarray | ColoredImages
+    X_test: np.ndarray | Dataset
     y_test: np.ndarray
     bias_test: np.ndarray
     conflict_test: np.ndarray

@@ -26,7 +26,6 @@ from typing import BinaryIO
 import numpy as np
 
 from ..exceptions import DatasetFormatError, DatasetNotFoundError
-from .colored import _BAD_SPLIT
 
 __all__ = [
     "FASHION_MNIST_CLASSES",
@@ -76,6 +75,7 @@ _BAD_MAGIC = (
     "{path} is not an idx file: its magic number {magic} should be two zero bytes, a type "
     "code in {codes} and the number of dimensions."
 )
+_BAD_SPLIT = "split must be one of {splits}; got {value!r}."
 _SHORT_HEADER = "{path} is truncated: its header ends after {got} of {want} bytes."
 _TRUNCATED = "{path} is truncated: {got} of the {want} data bytes its header {dims} declares."
 _TRAILING = "{path} has data after the {want} bytes its header {dims} declares."
