@@ -191,7 +191,8 @@ class MaskSet:
         self.params = dict(params)
         self._bool: dict[str, torch.Tensor] = {}
         self._mult: dict[str, torch.Tensor] = {}
-        for name, mask in masks.items():
+        for name in self.params:  # the masks in the order of the weights
+            mask = masks[name]
             if mask.shape != self.params[name].shape:
                 raise ValueError(
                     f"mask {name!r} has shape {tuple(mask.shape)}, "
@@ -340,4 +341,5 @@ class MaskSet:
     def apply_(self) -> None:
         """Zero every inactive weight (one fused multiply over all layers)."""
         if self.params:
-            torch._foreach_mul_(list(self.params.values()), list(self._mult.values()))
+            torch._foreach_mul_(list(self.params.values()),
+                                [self._mult[name] for name in self.params])

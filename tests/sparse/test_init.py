@@ -186,3 +186,15 @@ def test_from_module_old_keyword_names_still_work_with_a_warning():
             old = MaskSet.from_module(net, density=0.5, distribution="uniform",
                                       init="magnitude")
     assert all(torch.equal(new.mask(n), old.mask(n)) for n in new.names)
+
+
+def test_masks_given_in_another_order_than_the_weights_apply_to_their_own_weights():
+    net = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 4))
+    params = dict(maskable_parameters(net))
+    names = list(params)
+    masks = {name: torch.rand(4, 4, generator=torch.Generator().manual_seed(i)) < 0.5
+             for i, name in enumerate(names)}
+    mask_set = MaskSet(params, dict(reversed(list(masks.items()))))
+    mask_set.apply_()
+    for name in names:
+        assert torch.equal(params[name] != 0, masks[name])
