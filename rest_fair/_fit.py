@@ -5,8 +5,9 @@
    ``validation_data``.
 2. Building the run: the world (one process, or a data-parallel rank), the validation
    split, a checkpoint to resume from, JTT's error set, the reweighted training set and
-   the module, which :func:`~rest_fair.training.build_parts` assembles with optimizer,
-   sparse engine and objective into a :class:`~rest_fair.training.TrainingRun`.
+   the module, which :func:`~rest_fair.training.parts.build_parts` assembles with
+   optimizer, sparse engine and objective into :class:`~rest_fair.training.TrainingParts`,
+   trained by a :class:`~rest_fair.training.TrainingRun`.
 3. The training loop, :meth:`~rest_fair.training.TrainingRun.fit_loop`.
 4. Storing the fitted attributes.
 """

@@ -50,7 +50,11 @@ class Callback:
         """Called after each optimizer step (``step`` counts from 1) with the batch loss."""
 
     def on_topology_update(self, net: Any, *, step: int, n_regrown: int, **kwargs: Any) -> None:
-        """Called after each prune-and-regrow update, before that step's optimizer step."""
+        """Called after each prune-and-regrow update.
+
+        The update, and so this call, comes before that step's optimizer step, or after it
+        with ``update_timing="after_step"``.
+        """
 
     def on_epoch_end(self, net: Any, *, record: dict, **kwargs: Any) -> bool | None:
         """Called after each epoch with its history record; return ``True`` to stop."""

@@ -168,8 +168,8 @@ class RESTClassifier(ClassifierMixin, BaseEstimator):
     weight_decay : float, default=0.0
         L2 penalty.
     lr_scheduler : {"plateau", "cosine", "constant"}, default="plateau"
-        ``"plateau"`` divides the learning rate by 10 after 5 epochs without improvement of
-        the validation loss (training loss without validation).
+        ``"plateau"`` divides the learning rate by 10 once the validation loss (training
+        loss without validation) has not improved for more than 5 epochs.
     validation_fraction : float in [0, 1), default=0.1
         Share of the training data held out (stratified by class and group) for model
         selection, unless ``validation_data`` is given to ``fit``. ``0`` keeps the last epoch.

@@ -8,9 +8,11 @@ element-wise activations between them form one *chain*. On CPU in float32 or flo
 chain runs on the compiled kernels of :mod:`rest_fair.sparse.kernels`: the input is
 packed once into panels of up to 64 samples, each CSR layer reads its input panels at the
 pattern's columns and writes its output as the next layer's panels (a ReLU that follows
-it is applied before the store), rows are divided between threads by their active
-weights, and the result is unpacked once on exit. Elsewhere (CUDA, other dtypes, no C
-compiler, ``REST_FAIR_NATIVE_KERNELS=0``, or an input that requires a gradient) a chain
+it is applied before the store), each thread computes whole panels where they divide
+evenly among the threads (else rows are divided between threads by their active
+weights), and the result is unpacked once on exit. Elsewhere (CUDA, other dtypes, no C
+compiler, ``REST_FAIR_NATIVE_KERNELS=0``, a batch of fewer than 8 samples, or an input
+that requires a gradient) a chain
 computes ``torch.addmm(bias, W_csr, X_t)`` on feature-major activations ``X_t`` (one row
 per feature, one column per sample), transposed once on entry and once on exit. Dead
 neurons between two layers of a chain are removed:
@@ -503,10 +505,10 @@ def export_sparse(
     Notes
     -----
     The CSR patterns use int32 indices. On CPU (float32, float64) the chains run on the
-    compiled kernels of :mod:`rest_fair.sparse.kernels` when they are available; otherwise
-    on ``torch.sparse_csr_tensor`` products (``torch.mm``/``torch.addmm`` accept int32
-    indices on CPU with torch 2.14; ``F.linear`` with a CSR weight and COO tensors are
-    avoided: both are several times slower).
+    compiled kernels of :mod:`rest_fair.sparse.kernels` when they are available and the
+    batch has at least 8 samples; otherwise on ``torch.sparse_csr_tensor`` products
+    (``torch.mm``/``torch.addmm`` accept int32 indices on CPU with torch 2.14; ``F.linear``
+    with a CSR weight and COO tensors are avoided: both are several times slower).
     """
     threshold = check_threshold(density_threshold, "density_threshold")
     if num_threads is not None and (

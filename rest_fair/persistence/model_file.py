@@ -406,8 +406,8 @@ def read_module(
     The weights go into a deep copy of ``module``, or else into the built-in network that
     ``architecture`` names, ``(name, input_shape, n_classes, module_params)``; it is
     checked against the file on the meta device first, so that a file cannot make this
-    allocate more than the model it holds. The network is returned on the CPU, in
-    evaluation mode.
+    allocate more than the model it holds. The network is returned in evaluation mode, on
+    the CPU (a copy of ``module`` stays on ``module``'s device).
     """
     path = os.fspath(path)
     with malformed(path):
@@ -465,7 +465,8 @@ def load(
     Returns
     -------
     tuple (module, masks, metadata) or RESTClassifier
-        What was saved; the module is on the CPU, in evaluation mode.
+        What was saved; the module is in evaluation mode, on the CPU (or, with
+        ``module``, on its device).
 
     Raises
     ------

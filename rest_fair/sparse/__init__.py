@@ -8,7 +8,8 @@
 - :mod:`~rest_fair.sparse.engine`: :class:`DynamicSparsity`, which drives them in training.
 - :mod:`~rest_fair.sparse.compute`: which layers train with sparse kernels
   (``sparse_compute``); :mod:`~rest_fair.sparse.csr_linear` holds the CSR layer and its
-  kernels, :mod:`~rest_fair.sparse.csr_engine` the engine that converts them.
+  autograd function, :mod:`~rest_fair.sparse.kernels` the compiled CPU kernels they run
+  on, :mod:`~rest_fair.sparse.csr_engine` the engine that converts them.
 - :mod:`~rest_fair.sparse.modules`: which linear layers are sparse, a layer's density,
   replacing a submodule.
 """

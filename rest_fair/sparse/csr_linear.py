@@ -124,8 +124,9 @@ def _chunked_topk(
     magnitude in float32; ``exclude`` holds sorted flat indices that may not be chosen.
     Only one block and at most ``2k`` candidates are held at a time. Ties go to the lowest
     flat index, as in :func:`~rest_fair.sparse.rigl.top_k_first` over the whole matrix.
-    The compiled kernels rank float32 blocks in one pass (:class:`kernels.TopKScan`);
-    torch ranks the others, and every block from the first one that holds a NaN on.
+    The compiled kernels rank float32 blocks in one pass
+    (:class:`~rest_fair.sparse.kernels.TopKScan`); torch ranks the others, and every block
+    from the first one that holds a NaN on.
     """
     rows = max(1, _SCAN_ENTRIES // max(n_cols, 1))
     starts = list(range(0, n_rows, rows))

@@ -1,7 +1,8 @@
 """Compiled CPU kernels of the CSR linear layers, with the pure-torch path as fallback.
 
 The C source ``_csr_kernels.c`` (next to this file) is compiled on first use with the
-host's C compiler (``$CC``, else ``cc``; ``-O3 -march=native -fopenmp``) into
+host's C compiler (``$CC``, else Python's, ``cc``, ``gcc`` or ``clang``; ``-O3
+-march=native -fopenmp``, or ``-mcpu=native``, or neither, whichever compiles) into
 ``$REST_FAIR_CACHE/kernels`` (default ``~/.cache/rest_fair/kernels``) and loaded with
 :mod:`ctypes`. The file name carries a digest of the source, the flags, the compiler
 and the CPU, so a shared home directory never loads a library built for another
@@ -254,9 +255,10 @@ def panel_width(dtype: torch.dtype, batch: int, n_threads: int | None = None,
                 ) -> tuple[int, int]:
     """Vectors per panel row and samples per panel for a batch of ``batch`` samples.
 
-    One vector (16 floats, 8 doubles) for the smallest batches, two, or four for 49 and more
-    floats: the panel is as narrow as the batch allows, so that a batch of one sample
-    computes no padding it does not need.
+    One vector (16 floats, 8 doubles) for batches of at most one vector, two for at most
+    two, four above that (33 and more floats, 17 and more doubles): the panel is as narrow
+    as the batch allows, so that a batch of one sample computes no padding it does not
+    need.
 
     With ``n_threads`` (for forward products alone, as inference runs them) the widest of
     four and two vectors whose panels divide evenly among the threads is taken where one

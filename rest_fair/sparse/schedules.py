@@ -30,7 +30,7 @@ class DropSchedule:
         ``f_0``, the fraction at step 0.
     end_step : int
         ``T_end``: last step at which the topology may change.
-    kind : {"cosine", "constant"}
+    kind : {"cosine", "cosine_floor", "constant"}, default="cosine"
         Shape of the schedule.
     """
 

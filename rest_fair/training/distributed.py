@@ -11,8 +11,9 @@ path.
 
 What every rank computes, what rank 0 decides and broadcasts, and which checks compare
 the ranks (data, masks, weights) is tabulated in the "Scaling out" guide
-(``docs/scaling.md``, "What is synchronised, and why the masks cannot diverge"); a
-difference raises :class:`~rest_fair.exceptions.MaskDivergenceError`.
+(``docs/scaling.md``, "What is synchronised, and why the masks cannot diverge"). Masks
+or weights that differ raise :class:`~rest_fair.exceptions.MaskDivergenceError`; data or
+parameters that differ raise :class:`~rest_fair.exceptions.DistributedError`.
 
 A rank that dies or hangs makes the others fail with
 :class:`~rest_fair.exceptions.DistributedError` within ``distributed_timeout`` seconds
@@ -223,7 +224,7 @@ def resolve_distributed(
         never.
     device : torch.device
         The resolved ``device`` parameter; ``cuda`` without an index becomes
-        ``cuda:LOCAL_RANK``.
+        ``cuda:LOCAL_RANK`` (modulo the number of visible devices).
     timeout : float
         Seconds a collective may wait for the other ranks; used when the process group is
         initialised here (an existing group keeps its own).
@@ -236,7 +237,9 @@ def resolve_distributed(
     Raises
     ------
     DistributedError
-        ``distributed=True`` without a process group or torchrun environment.
+        ``distributed=True`` without a process group or torchrun environment, or on a
+        torch build without ``torch.distributed``; an NCCL process group for a fit that
+        does not run on CUDA.
     """
     if distributed is False or (not isinstance(distributed, str) and not distributed):
         return LocalContext(device=device)
@@ -283,8 +286,11 @@ def resolve_distributed(
 def translate_failures(timeout: float) -> Iterator[None]:
     """Turn a failed collective into a :class:`DistributedError` that says what happened.
 
-    Only errors raised while a process group of more than one rank is initialised are
-    translated; everything else passes through unchanged.
+    Translated are communication errors (``torch.distributed.DistError``, or a
+    ``RuntimeError`` naming gloo, NCCL, c10d, a connection or a timeout) raised while a
+    process group of more than one rank is initialised, and the ``DistError`` of a failed
+    rendezvous (rank and world size then read from the environment); everything else
+    passes through unchanged.
     """
     try:
         yield
@@ -468,9 +474,10 @@ class DistributedContext(LocalContext):
 
     It differs from :class:`LocalContext` only in its collectives, :meth:`check_same` and
     :meth:`prepare`. ``rank``, ``world_size`` and ``local_rank`` (from ``LOCAL_RANK``) are
-    the process group's, ``device`` is where this rank trains (``cuda:LOCAL_RANK`` on
-    CUDA), ``backend`` is ``"nccl"`` or ``"gloo"`` (or the backend of a group initialised by
-    the user) and ``timeout`` is ``distributed_timeout`` in seconds, for error messages.
+    the process group's, ``device`` is where this rank trains (on CUDA, the device the user
+    named, else ``cuda:LOCAL_RANK``), ``backend`` is ``"nccl"`` or ``"gloo"`` (or the
+    backend of a group initialised by the user) and ``timeout`` is ``distributed_timeout``
+    in seconds, for error messages.
     """
 
     backend: str

@@ -121,7 +121,9 @@ class TrainingRun:
     fingerprint : dict or callable returning one, optional
         What identifies the run's data and parameters; written into checkpoints and
         compared on resume. A callable is called once, when :attr:`fingerprint` is first
-        read (a run that writes no checkpoint never computes it).
+        read: by a checkpoint written or resumed from, or by the ranks of a data-parallel
+        fit comparing their runs (a single-process run without checkpoints never computes
+        it).
     extra : dict, optional
         More state to save in checkpoints (e.g. the JTT error set).
     """

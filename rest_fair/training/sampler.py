@@ -3,10 +3,12 @@
 With reweighting by sampler, an epoch draws as many samples as the training set has, with
 replacement, each in proportion to its weight (so a group of weight ``lambda`` is drawn
 ``lambda`` times as often as a group of weight 1); otherwise it is a random permutation.
-The order comes from one explicit CPU generator, so processes that share the seed draw the
-same order. In a data-parallel fit every rank draws the same global order and keeps its
-slice of every global batch (:func:`rest_fair.training.distributed.shard_order`), so the
-union of all ranks' draws is the order of one process.
+Either is cut to :func:`n_batches` batches: a trailing batch of one sample per rank is
+dropped. The order comes from one explicit CPU generator, so processes that share the
+seed draw the same order. In a data-parallel fit every rank draws the same global order
+and keeps its slice of every global batch (:func:`rest_fair.training.distributed.shard_order`),
+so the union of all ranks' draws is the order of one process, less at most
+``world_size - 1`` samples of a trailing partial batch.
 """
 
 from __future__ import annotations
