@@ -22,8 +22,9 @@ def authors_recipe(dataset: str = "colored_mnist", *, upweight: float = 80.0) ->
     steps, after the optimizer step, until the end of training (``update_timing=
     "after_step"``, ``update_end=1``); drop fraction 0.5 annealed by a cosine to 0.005
     (``drop_schedule="cosine_floor"``). Optimisation as in the paper: SGD with momentum
-    0.9, no weight decay, batch 256, 100 epochs, learning rate divided by 10 after 5
-    epochs without improvement of the validation loss.
+    0.9, no weight decay, batch 256, 100 epochs, learning rate divided by 10 when the
+    validation loss has not improved for more than 5 epochs (``ReduceLROnPlateau``,
+    ``patience=5``).
 
     Two things of their code are not reproduced: their initial masks are Bernoulli draws
     (per-layer counts vary by about 1.5 %; rest_fair's are exact), and their regrowth can

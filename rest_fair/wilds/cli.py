@@ -65,8 +65,9 @@ def _configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="several seeds (default: --seed; with --protocol wilds 0-4 for "
                              "civilcomments, 0-2 otherwise)")
     parser.add_argument("--resume", action="store_true",
-                        help="reuse runs/seed_<k>.json of seeds already done with the same "
-                             "settings")
+                        help="skip the seeds that results.jsonl records as done with the "
+                             "same settings (folders of earlier versions, with "
+                             "runs/seed_<k>.json, resume too)")
     parser.add_argument("--sparsity", type=float, default=0.9)
     parser.add_argument("--sparse-init", choices=("random", "magnitude"),
                         help="initial masks (wilds protocol: magnitude; custom: random)")
