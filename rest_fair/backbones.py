@@ -191,7 +191,7 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Read a state dict safely: ``torch.load(weights_only=True)`` or safetensors.
 
     A file holding ``{"state_dict": {...}}`` or ``{"model": {...}}`` (common training
-    checkpoints) is unwrapped.
+    checkpoints, whatever else they hold: optimizer state, epoch, ...) is unwrapped.
 
     Parameters
     ----------
@@ -213,7 +213,7 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if isinstance(state, Mapping):
         for key in ("state_dict", "model"):
             inner = state.get(key)
-            if isinstance(inner, Mapping) and len(state) <= 3:
+            if isinstance(inner, Mapping):  # a state dict's own values are tensors
                 state = inner
                 break
     if not isinstance(state, Mapping) or not all(
@@ -322,7 +322,8 @@ def build_torchvision(
         downloaded there (``download_timeout`` seconds per network operation; failure is
         an :class:`OSError` saying where to put the file). A path: a state-dict file,
         read with ``weights_only=True``; every key and shape must match the architecture
-        except those of the classification head, which is replaced anyway.
+        except those of the classification head, whose entries are loaded where their
+        shapes fit the new head (else it keeps its fresh initialisation).
     download_timeout : float, default=30
         Socket timeout of a download.
     **kwargs

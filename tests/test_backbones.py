@@ -137,6 +137,10 @@ def test_wrapped_checkpoints_and_safetensors_are_read(resnet18_file, tmp_path):
     state = torch.load(resnet18_file, weights_only=True)
     torch.save({"state_dict": state, "epoch": 3}, tmp_path / "ckpt.pth")
     assert set(load_state_dict_file(tmp_path / "ckpt.pth")) == set(state)
+    optimizer_state = {"state": {}, "param_groups": [{"lr": 0.1, "params": [0]}]}
+    torch.save({"model": state, "optimizer": optimizer_state, "epoch": 3, "best": 0.5},
+               tmp_path / "full.pth")  # a training checkpoint with four entries
+    assert set(load_state_dict_file(tmp_path / "full.pth")) == set(state)
     from safetensors.torch import save_file
 
     save_file(state, str(tmp_path / "w.safetensors"))
