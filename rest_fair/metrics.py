@@ -30,6 +30,7 @@ __all__ = [
 ]
 
 _LENGTH_MISMATCH = "y_true, y_pred and groups must have the same length; got {}."
+_MISSING_GROUPS = "groups must not contain missing values (NaN/None); found {count}."
 _GROUPS_NOT_ROUTED = (
     "The worst-group accuracy scorer received no `groups`. Enable metadata routing with "
     "sklearn.set_config(enable_metadata_routing=True), build the scorer with "
@@ -54,7 +55,7 @@ def group_accuracies(y_true: ArrayLike, y_pred: ArrayLike, groups: ArrayLike) ->
     y_true, y_pred : array-like of shape (n_samples,)
         True and predicted labels.
     groups : array-like of shape (n_samples,)
-        Group label of each sample (any hashable values).
+        Group label of each sample (any hashable values; no missing values).
 
     Returns
     -------
@@ -157,4 +158,6 @@ def _factorize(values: np.ndarray) -> tuple[np.ndarray, list]:
     import pandas as pd
 
     codes, uniques = pd.factorize(pd.Series(list(values) if values.ndim > 1 else values))
+    if (codes < 0).any():
+        raise ValueError(_MISSING_GROUPS.format(count=int((codes < 0).sum())))
     return np.asarray(codes, dtype=np.intp), list(uniques)

@@ -134,6 +134,12 @@ def test_group_accuracies_unchanged():
     assert group_accuracies(Y, P, G) == pytest.approx({"a": 0.5, "b": 4 / 6})
 
 
+@pytest.mark.parametrize("missing", [None, math.nan])
+def test_missing_group_labels_are_refused_by_name(missing):
+    with pytest.raises(ValueError, match=r"groups must not contain missing values .*found 1"):
+        group_accuracies([0, 1, 1], [0, 1, 0], [missing, 1, 1])
+
+
 def test_scorer_needs_routing_and_groups():
     with pytest.raises(RuntimeError, match="enable_metadata_routing"):
         make_worst_group_scorer()
