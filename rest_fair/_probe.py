@@ -13,16 +13,18 @@ def probe_pass(module: nn.Module, example: Any, handles: Iterable[Any]) -> None:
     """Run ``module(example)`` once to let hooks observe it, then remove the hooks.
 
     The pass runs in evaluation mode (batch-norm statistics and dropout are untouched) and
-    without gradients; the module's training mode is restored and every handle in
+    without gradients; every submodule's training mode is restored (a frozen batch norm
+    stays in evaluation mode) and every handle in
     ``handles`` (returned by ``register_forward_hook`` and the like) is removed, also when
     the pass fails.
     """
-    was_training = module.training
+    modes = [(m, m.training) for m in module.modules()]
     try:
         module.eval()
         with torch.no_grad():
             module(example)
     finally:
-        module.train(was_training)
+        for m, training in modes:
+            m.training = training
         for handle in handles:
             handle.remove()
