@@ -1,12 +1,12 @@
 """``rest-fair wilds``: train REST on a WILDS dataset on disk and write leaderboard output.
 
 The command line becomes the settings of a :class:`~rest_fair.wilds.experiment.WildsExperiment`
-(``--protocol custom``: every setting from the command line, one seed; ``--protocol wilds``:
-the dataset's recipe from the WILDS reference code and the leaderboard's seeds, options given
-overriding it), which the experiment runner (:func:`~rest_fair.experiments.runner.run_sweep`)
-runs seed by seed into ``--out-dir``: ``results.jsonl`` (``--resume`` reuses the seeds done
-with the same settings), the submission files of every seed, ``metrics.json`` and
-``comparison.md`` (also printed).
+(``--protocol custom``: every setting from the command line, one seed unless ``--seeds``
+names several; ``--protocol wilds``: the dataset's recipe from the WILDS reference code and
+the leaderboard's seeds, options given overriding it), which the experiment runner
+(:func:`~rest_fair.experiments.runner.run_sweep`) runs seed by seed into ``--out-dir``:
+``results.jsonl`` (``--resume`` reuses the seeds done with the same settings), the
+submission files of every seed, ``metrics.json`` and ``comparison.md`` (also printed).
 
 Registered by :mod:`rest_fair.cli`; importing this module is cheap (torch, wilds and
 torchvision are imported only when the command runs). ``python -m rest_fair.wilds.cli`` still

@@ -45,7 +45,8 @@ _REQUIREMENTS = (
 )
 _SYNTHETIC_NOTE = "SYNTHETIC DATA (rest_fair.wilds.synthetic): checks the pipeline only"
 _WEIGHTS_NEED_BACKBONE = (
-    "--weights needs a torchvision --module (e.g. resnet50); got --module {module!r}."
+    "--weights needs a torchvision --module (e.g. resnet50); got --module {module!r} (a "
+    "Hugging Face module's pretrained weights are the ones its name gives)."
 )
 #: What ``--protocol custom`` uses for options left unset (the recipe fills them in for
 #: ``--protocol wilds``).
@@ -54,7 +55,7 @@ CUSTOM_DEFAULTS = {
     "weights": None,
     "max_epochs": 10,
     "batch_size": 64,
-    "lr": None,  # by optimizer: see _default_optimizer
+    "lr": None,  # by optimizer: see _DEFAULT_LR
     "optimizer": "auto",
     "momentum": 0.9,
     "weight_decay": 0.0,
@@ -105,7 +106,8 @@ def resolve_settings(args: argparse.Namespace, spec: DatasetSpec) -> dict[str, A
     Raises
     ------
     ValueError
-        ``--weights`` for a module that is not a torchvision model.
+        ``--weights`` with a module that is not a torchvision model (``auto``, ``mlp``,
+        ``cnn`` or a Hugging Face ``hf:`` name).
     """
     given = {key: getattr(args, key) for key in CUSTOM_DEFAULTS}
     random_init = isinstance(given["weights"], str) and given["weights"].lower() == "none"
@@ -158,11 +160,12 @@ def _default_optimizer(spec: DatasetSpec, module: str) -> str:
 def _module_params(settings: dict[str, Any]) -> dict[str, Any] | None:
     """``RESTClassifier(module_params=...)``: the text length or the backbone's weights."""
     module = settings["module"]
+    if settings["weights"] is not None and (module in ("auto", "mlp", "cnn")
+                                            or module.startswith("hf:")):
+        raise ValueError(_WEIGHTS_NEED_BACKBONE.format(module=module))
     if module.startswith("hf:"):
         return {"max_length": settings["max_length"]} if settings["max_length"] else None
     if settings["weights"] is not None:
-        if module in ("auto", "mlp", "cnn"):
-            raise ValueError(_WEIGHTS_NEED_BACKBONE.format(module=module))
         return {"weights": settings["weights"]}
     return None
 

@@ -90,6 +90,12 @@ def test_command_line_overrides_the_recipe():
     assert custom["sparse_init"] == "random" and "recipe" not in custom
 
 
+@pytest.mark.parametrize("module", ["mlp", "hf:distilbert-base-uncased"])
+def test_weights_for_a_module_that_is_not_torchvision_are_refused(module):
+    with pytest.raises(ValueError, match="--weights needs a torchvision --module"):
+        _settings("--module", module, "--weights", "DEFAULT")
+
+
 def test_waterbirds_protocol_writes_every_seed_and_mean_std(tmp_path, capsys):
     weights = save_torchvision_state_dict("resnet18", tmp_path / "r18.pt")
     out = tmp_path / "out"
