@@ -30,6 +30,14 @@ def test_help_lists_bench(capsys):
     assert cli.main([]) == 2  # no command: help and a non-zero status
 
 
+def test_bench_help_shows_real_defaults_only(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["bench", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: None)" not in text  # those options take the preset's value
+    assert "configurations per method. (default: 8)" in text
+
+
 def test_registry_adds_modules_and_skips_missing_ones(monkeypatch):
     seen = {}
 

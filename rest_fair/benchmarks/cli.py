@@ -91,6 +91,15 @@ def _estimator_params(value: str) -> dict:
     return parsed
 
 
+class _PresetDefaultsHelp(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows an option's default unless it is ``None``: the preset's field applies then."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``bench`` on the ``rest-fair`` command's subparsers."""
     methods = ", ".join(f"{k} ({m.dense_label} / {m.sparse_label})" for k, m in METHODS.items())
@@ -104,9 +113,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
             "table.csv, plots and config.json. Methods: " + methods + ". With --search "
             "random: the equal-budget study, every method of "
             + ", ".join(STUDY_METHODS) + " tuned by the same number (--budget) of random "
-            "configurations."
+            "configurations. An option without a default below takes the preset's value."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_PresetDefaultsHelp,
     )
     parser.add_argument("--preset", choices=sorted(PRESETS), default="quick",
                         help="Named configuration; the flags below override its fields.")
@@ -173,8 +182,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                              "cluster (needs the dask extra). Default: dask when --scheduler "
                              "is given, else local.")
     parser.add_argument("--scheduler", metavar="ADDRESS",
-                        help="Dask scheduler address, e.g. tcp://HOST:8786 (default: "
-                             "$DASK_SCHEDULER_ADDRESS).")
+                        help="Dask scheduler address, e.g. tcp://HOST:8786 (with --backend "
+                             "dask and no --scheduler: $DASK_SCHEDULER_ADDRESS).")
     parser.add_argument("--scheduler-timeout", type=float, default=10.0, metavar="SECONDS",
                         help="Give up when the scheduler does not answer or has no worker "
                              "within this time.")

@@ -82,7 +82,7 @@ class BenchConfig:
         Keys of :data:`rest_fair.benchmarks.methods.METHODS`.
     max_epochs, batch_size, lr : training budget of every run.
     module : str
-        ``"cnn"`` (the paper's small CNN) or ``"mlp"``.
+        ``"cnn"`` (the paper's small CNN), ``"mlp"`` or ``"resnet18"``.
     module_params : dict or None
         E.g. ``{"widths": [32, 64, 128]}`` for a thinner CNN.
     image_size : int or None

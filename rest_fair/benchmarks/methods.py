@@ -30,7 +30,7 @@ __all__ = [
 LAMBDA = "<lambda>"
 
 #: Upweighting factor per conflicting share, from the REST authors' README (their code
-#: ignores it and uses 80 everywhere; method.md lists that defect).
+#: ignores it and uses 80 everywhere; the README lists that defect).
 LAMBDA_BY_RATIO: dict[float, float] = {0.005: 10.0, 0.01: 30.0, 0.02: 50.0, 0.05: 80.0}
 
 _UNKNOWN_METHOD = "Unknown method {name!r}; available: {names}."

@@ -52,8 +52,8 @@ _LABELS = ("ratio", "method", "method_label", "sparsity", "seed", "group_labels"
 _COSTS = ("density", "fit_seconds", "model_bytes")
 _COST_TITLES = {"fit_seconds": "fit time", "model_bytes": "model file"}
 _COST_NOTES = {
-    "fit_seconds": "*fit time*: wall time of `fit`, mean over seeds (the runs one after the "
-                   "other on this machine).",
+    "fit_seconds": "*fit time*: wall time of `fit` in each run's process, mean over seeds "
+                   "(runs in parallel, --n-jobs or Dask workers, share the machine's cores).",
     "model_bytes": "*model file*: size of the file `clf.save` writes (active weights, masks "
                    "as bitmaps or indices, header).",
 }
@@ -204,11 +204,12 @@ def to_markdown(summary, config: BenchConfig) -> str:
         "Accuracies in % on that test split, mean ± standard error (std / √n) over the "
         f"*n* seeds of each row (of {', '.join(map(str, config.seeds))}).",
         SELECTION_NOTE,
-        "*unbiased acc*: all test samples; *conflicting acc*: test samples whose colour is not "
-        "their digit's training colour; *aligned acc*: the others; *worst-group acc*: the "
-        "lower of aligned and conflicting accuracy (the two groups used in training and "
-        "selection); *worst cell acc*: the lowest accuracy over the 100 (digit, colour) cells "
-        f"of the test split ({_cell_note(summary)}, hence noisy).",
+        "*unbiased acc*: all test samples; *conflicting acc*: test samples whose bias "
+        "attribute (the colour) is not the one their class carries in training; *aligned "
+        "acc*: the others; *worst-group acc*: the lower of aligned and conflicting accuracy "
+        "(the two groups used in training and selection); *worst cell acc*: the lowest "
+        "accuracy over the (class, bias attribute) cells of the test split "
+        f"({_cell_note(summary)}, hence noisy).",
         "*group labels*: where a method uses the bias labels (colour/conflict flag): "
         "`train` = in training and for checkpoint selection (worst of aligned/conflicting "
         "validation accuracy), `val` = only for checkpoint selection, `none` = neither "

@@ -25,8 +25,9 @@ coordinate                  estimator parameter
 ``jtt_epoch_fraction``      ``jtt_epochs = max(1, round(fraction * E))``
 ==========================  ======================================================
 
-Drawn values are rounded to three significant digits, so that they read well in tables
-and run ids.
+Values drawn from continuous distributions are rounded to three significant digits, so
+that they read well in tables and run ids; ``log_int`` draws integers and ``choice``
+returns its values as given.
 
 This module imports neither torch nor the estimator.
 """
