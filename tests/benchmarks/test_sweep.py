@@ -252,6 +252,16 @@ def test_run_record_metrics_are_consistent(tmp_path):
         )
 
 
+def test_validation_worst_group_is_measured_also_for_methods_without_group_labels(tmp_path):
+    pytest.importorskip("torch")
+    config = tiny_config(methods=("erm",), sparsities=(0.0,))
+    (record,) = runner_mod.run_sweep(config, tmp_path, progress=False)
+    assert record["status"] == "ok", record.get("traceback")
+    assert record["group_labels"] == "none"  # ERM selects on validation accuracy alone
+    # the aligned/conflicting minimum, not the validation accuracy the fit saw as one group
+    assert record["valid_worst_group_acc"] < record["valid_acc"]
+
+
 def test_parallel_runs_match_sequential(tmp_path):
     pytest.importorskip("torch")
     # parallel runs fit in other processes, where sparse_compute="auto" would time the
