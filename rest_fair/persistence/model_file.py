@@ -69,6 +69,10 @@ _NOT_OURS = (
     "(a pickle, torch or other file?). It was not loaded; no code from it was run."
 )
 _CORRUPT = "{path} is corrupted or truncated and cannot be read ({error})."
+_PICKLED = (
+    "{path} holds pickled Python objects, which a rest_fair model file never does; they were "
+    "not loaded and no code from the file was run."
+)
 _BAD_CHECKSUM = (
     "{path} failed its SHA-256 check: the file was modified or damaged after it was saved."
 )
@@ -362,6 +366,8 @@ def read(path: str | os.PathLike) -> tuple[dict, dict[str, np.ndarray]]:
         with np.load(path, allow_pickle=False) as npz:
             arrays = {name: npz[name] for name in npz.files}
     except (zipfile.BadZipFile, zlib.error, ValueError, OSError, EOFError, KeyError) as exc:
+        if isinstance(exc, ValueError) and "allow_pickle" in str(exc):
+            raise ModelFileError(_PICKLED.format(path=path)) from exc
         raise ModelFileError(_CORRUPT.format(path=path, error=exc)) from exc
     try:
         header_bytes = arrays.pop("__header__").tobytes()

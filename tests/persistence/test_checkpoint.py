@@ -135,12 +135,32 @@ def test_resume_from_an_empty_directory_starts_a_new_run(tmp_path):
 
 def test_early_stopping_state_is_resumed(tmp_path):
     X, y, g = _data()
-    stop = EarlyStopping(patience=1, monitor="valid_loss", lower_is_better=True,
-                         threshold=10.0)
-    RESTClassifier(**COMMON, callbacks=[stop, Checkpoint(tmp_path)]).fit(X, y, groups=g)
+
+    def stop():  # no epoch after the first improves by 10: a stop after 2 more epochs
+        return EarlyStopping(patience=2, monitor="valid_loss", lower_is_better=True,
+                             threshold=10.0)
+
+    class Interrupted(Exception):
+        pass
+
+    class InterruptAt3(Callback):
+        def on_epoch_begin(self, net, *, epoch, **kwargs):
+            if epoch == 3:
+                raise Interrupted
+
+    whole = RESTClassifier(**COMMON, callbacks=[stop()]).fit(X, y, groups=g)
+    assert len(whole.history_) == 3
+    with pytest.raises(Interrupted):
+        RESTClassifier(**COMMON, callbacks=[stop(), Checkpoint(tmp_path), InterruptAt3()]
+                       ).fit(X, y, groups=g)
     state = ckpt_format.read_checkpoint(tmp_path)
-    assert state["train_state"]["stopped"] and state["train_state"]["epoch"] == 2
+    assert state["train_state"]["epoch"] == 2 and not state["train_state"]["stopped"]
     assert state["callbacks"]["0:EarlyStopping"]["wait"] == 1
+    # a fresh EarlyStopping takes the saved wait: the run stops where the whole one did
+    resumed = RESTClassifier(**COMMON, callbacks=[stop(), Checkpoint(tmp_path)]).fit(
+        X, y, groups=g, resume_from=tmp_path)
+    assert len(resumed.history_) == len(whole.history_)
+    assert np.array_equal(resumed.predict(X), whole.predict(X))
 
 
 class SaveWhenStopping(Callback):
