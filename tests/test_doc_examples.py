@@ -24,4 +24,5 @@ def test_landing_page_example_runs_and_prints_a_worst_group_accuracy():
     with contextlib.redirect_stdout(printed):
         exec(compile(block, "docs/index.md", "exec"), {})
     accuracy = float(printed.getvalue().strip())
-    assert 0.0 <= accuracy <= 1.0
+    # 10 classes: chance is 0.1; the fit learns (0.47 on the machines of 2026-12)
+    assert 0.25 <= accuracy <= 1.0

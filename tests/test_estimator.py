@@ -92,7 +92,9 @@ def test_clone_pickle_pipeline_gridsearch(data):
     pipe = make_pipeline(StandardScaler(), _clf())
     pipe.fit(X, y, restclassifier__groups=g)
     assert pipe.named_steps["restclassifier"].groups_ == ["majority", "minority"]
-    search = GridSearchCV(_clf(max_epochs=3), {"sparsity": [0.0, 0.8]}, cv=2).fit(X, y)
+    search = GridSearchCV(_clf(max_epochs=3), {"sparsity": [0.0, 0.8]}, cv=2,
+                          error_score="raise").fit(X, y)
+    assert np.isfinite(search.cv_results_["mean_test_score"]).all()
     assert search.best_params_["sparsity"] in (0.0, 0.8)
 
 
@@ -271,6 +273,10 @@ def test_loss_reweighting_uses_weights_not_sampler(data, monkeypatch):
     monkeypatch.setattr(training, "draw_indices", lambda *a, **k: pytest.fail("sampler used"))
     clf = _clf(reweight="loss").fit(X, y, groups=g)
     assert clf.score(X, y) > 0.5
+    # the same run (same order of batches) with equal weights ends elsewhere: the loss
+    # weights were used
+    unweighted = _clf(reweight="loss", upweight=1.0).fit(X, y, groups=g)
+    assert not np.allclose(clf.predict_proba(X), unweighted.predict_proba(X), atol=1e-3)
 
 
 # --------------------------------------------------------------------- callbacks

@@ -246,10 +246,9 @@ def test_run_record_metrics_are_consistent(tmp_path):
     assert record["density"] == pytest.approx(0.1, abs=0.01)
     assert record["n_conflicting_train"] == round(0.05 * record["n_train"])
     assert 1 <= record["epochs_run"] <= 2
-    if "efficiency" in record:  # FLOPs accounting (rest_fair.efficiency) is present
-        assert record["efficiency"]["inference_flops_fraction"] == pytest.approx(
-            record["density"], abs=0.02
-        )
+    assert record["efficiency"]["inference_flops_fraction"] == pytest.approx(
+        record["density"], abs=0.02
+    )
 
 
 def test_validation_worst_group_is_measured_also_for_methods_without_group_labels(tmp_path):

@@ -91,6 +91,22 @@ def test_threshold_selects_layers_and_leading_dims():
     assert converted == []
     with pytest.raises(ValueError, match="density_threshold"):
         to_sparse_training(net, masks, density_threshold=2.0)
+    # densities 0.03 / 0.3 / 0.03: only the two sparse layers are converted
+    torch.manual_seed(2)
+    for name, density in zip(masks, (0.03, 0.3, 0.03), strict=True):
+        masks[name] = torch.rand(masks[name].shape) < density
+    with torch.no_grad():
+        for name, param in net.named_parameters():
+            if name in masks:
+                param.mul_(masks[name])
+    sparse, converted = to_sparse_training(net, masks, density_threshold=0.1)
+    assert converted == ["layers.1", "layers.5"]
+    x = torch.randn(6, 30)
+    torch.testing.assert_close(sparse(x), net(x), rtol=1e-5, atol=1e-6)
+    layer, dense = sparse.get_submodule("layers.5"), net.get_submodule("layers.5")
+    z = torch.randn(2, 5, dense.in_features)  # leading dimensions of a layer's input
+    assert layer(z).shape == (2, 5, dense.out_features)
+    torch.testing.assert_close(layer(z), dense(z), rtol=1e-5, atol=1e-6)
 
 
 def test_sparse_trainable_linear_is_a_deprecated_csr_linear():

@@ -162,6 +162,8 @@ def test_bf16_on_cpu_keeps_masks_exact_and_learns(data):
     assert clf.score(X, y) > 0.6
     ref = _clf(max_epochs=10).fit(X, y, groups=g)
     assert abs(clf.score(X, y) - ref.score(X, y)) < 0.1
+    # the forward passes ran in bfloat16: the same run in float32 ends elsewhere
+    assert not np.array_equal(clf.predict_proba(X), ref.predict_proba(X))
 
 
 def test_float16_mixed_needs_cuda(data):
@@ -193,7 +195,14 @@ def test_warm_start_continues_the_fitted_network(data):
     X, y, g = data
     clf = _clf(max_epochs=3, warm_start=True).fit(X, y, groups=g)
     first = {k: v.clone() for k, v in clf.module_.state_dict().items()}
-    clf.fit(X, y, groups=g)
+
+    class StartingWeights(Callback):
+        def on_train_begin(self, net, **kwargs):
+            self.state = {k: v.clone() for k, v in net.module_.state_dict().items()}
+
+    start = StartingWeights()
+    clf.set_params(callbacks=[start]).fit(X, y, groups=g)
+    assert all(torch.equal(start.state[k], v) for k, v in first.items())  # carried over
     assert [h["epoch"] for h in clf.history_] == [1, 2, 3, 4, 5, 6]
     assert clf.n_train_steps_ == 6 * 9
     assert clf.best_epoch_ >= 4  # chosen among the continued epochs
