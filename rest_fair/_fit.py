@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import hashlib
 import json
@@ -51,6 +52,12 @@ SPARSE_INIT_RENAMED = (
     "'magnitude'). sparse_init={value!r} is read as layer_density={value!r}, "
     "sparse_init='random'; the old spelling will stop working in a future release."
 )
+WARM_START_CHANGED = (
+    "warm_start=True continues the fitted network and its masks, but {name} changed: it was "
+    "{before!r}, now {after!r}. Set warm_start=False (or the previous value) to fit anew."
+)
+# parameters that define the network and its masks: a warm start cannot change them
+_WARM_FIXED = ("module", "module_params", "sparsity", "layer_density", "dense_layers")
 # parameters that do not change what a run computes: they may differ on resume
 _RUN_INDEPENDENT = ("verbose", "callbacks", "device", "num_workers", "warm_start",
                     "distributed", "distributed_timeout", "sparse_compute",
@@ -65,6 +72,8 @@ def resolve_device(device: Any) -> torch.device:
         dev = torch.device(device)
     except (RuntimeError, TypeError) as exc:
         raise ValueError(BAD_DEVICE.format(device)) from exc
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(BAD_DEVICE.format(device))
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(NO_CUDA.format(device))
     return dev
@@ -154,6 +163,24 @@ def _fingerprint(params: dict, input_shape: tuple, data: FitData,
     }
 
 
+def _check_warm_params(before: dict | None, params: dict) -> None:
+    """Refuse a warm start whose network-defining parameters changed since the last fit."""
+    for name, value in (before or {}).items():
+        if params[name] != value:
+            raise ValueError(WARM_START_CHANGED.format(name=name, before=value,
+                                                       after=params[name]))
+
+
+def _unit_mean(weights: np.ndarray) -> np.ndarray:
+    """``weights`` scaled to mean 1 (scaled by their maximum first where the sum overflows)."""
+    with np.errstate(over="ignore"):
+        mean = weights.mean()
+    if not np.isfinite(mean):
+        weights = weights / weights.max()
+        mean = weights.mean()
+    return weights / mean
+
+
 def _jtt_errors(est: Any, train: FitData, seed: int, saved: torch.Tensor | None,
                 world: LocalContext) -> np.ndarray:
     """JTT's error set of the training rows: a resumed run's, or rank 0's on every rank."""
@@ -176,7 +203,7 @@ def _train_set(train: FitData, *, upweight: Any, reweight: str, batch_size: int,
         source=source,
         y=torch.as_tensor(train.y, dtype=torch.long),
         loss_weights=None if np.all(loss_w == loss_w[0])
-        else torch.as_tensor(loss_w / loss_w.mean(), dtype=torch.float32),
+        else torch.as_tensor(_unit_mean(loss_w), dtype=torch.float32),
         groups=torch.as_tensor(train.groups, dtype=torch.long),
         n_groups=len(train.group_labels),
         sampler=EpochSampler(source.n_samples, batch_size, draw, generator,
@@ -309,10 +336,16 @@ def fit_estimator(
     """Check the inputs, build the run, train it and set the fitted attributes of ``est``."""
     callbacks = check_callbacks(est.callbacks)
     warm = bool(est.warm_start) and hasattr(est, "module_") and resume_from is None
+    params = est.get_params(deep=False)
+    if warm:
+        _check_warm_params(getattr(est, "_warm_fixed_params", None), params)
     est.__dict__.pop("inference_module_", None)  # belongs to the previous fit
     data = check_inputs(est, X, y, groups, sample_weight, validation_data, warm=warm)
-    config = _train_config(est.get_params(deep=False))
+    config = _train_config(params)
     with _built_run(est, data, config, callbacks, warm=warm, resume_from=resume_from) as built:
         _train(est, built.run)
     vars(est).update(_fitted(built, data, previous=est if warm else None))
+    # (a dict is copied: editing module_params in place is a change too)
+    est._warm_fixed_params = {name: copy.copy(params[name]) if isinstance(params[name], dict)
+                              else params[name] for name in _WARM_FIXED}
     return est

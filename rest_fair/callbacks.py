@@ -107,6 +107,8 @@ class EarlyStopping(Callback):
         lower_is_better: bool = False,
         threshold: float = 0.0,
     ) -> None:
+        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 0:
+            raise ValueError(f"patience must be an int >= 0 (epochs); got {patience!r}.")
         self.monitor = monitor
         self.patience = patience
         self.lower_is_better = lower_is_better

@@ -15,6 +15,7 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -29,6 +30,15 @@ _UNKNOWN_MODULE = (
 _NO_PRETRAINED = (
     "module={name!r} is a built-in network without pretrained weights; "
     "module_params['weights'] applies to torchvision models (e.g. module='resnet50')."
+)
+_BAD_HIDDEN = (
+    "module_params['hidden_layer_sizes'] must be a sequence of positive ints (the width of "
+    "each hidden layer), e.g. (100, 100); got {value!r}."
+)
+_TOO_SMALL = (
+    "images of shape {shape} are too small for module='cnn': its convolution {layer} "
+    "(kernel {k}, stride {s}, padding 1) would have no pixel left; use larger images "
+    "(e.g. image_size) or fewer widths."
 )
 _IMAGE_SHAPE = (
     "module={name!r} needs image inputs of shape (n_samples, channels, height, width); "
@@ -57,6 +67,11 @@ class MLP(nn.Module):
         hidden_layer_sizes: Sequence[int] = (100, 100, 100),
     ) -> None:
         super().__init__()
+        if isinstance(hidden_layer_sizes, (str, bytes)) or not isinstance(
+                hidden_layer_sizes, Sequence) or not all(
+                isinstance(w, (int, np.integer)) and not isinstance(w, bool) and w > 0
+                for w in hidden_layer_sizes):
+            raise ValueError(_BAD_HIDDEN.format(value=hidden_layer_sizes))
         n_in = math.prod(input_shape)
         layers: list[nn.Module] = [nn.Flatten()]
         for width in hidden_layer_sizes:
@@ -99,9 +114,13 @@ class SmallCNN(nn.Module):
         super().__init__()
         if len(input_shape) != 3:
             raise ValueError(_IMAGE_SHAPE.format(name="cnn", shape=tuple(input_shape)))
-        channels = input_shape[0]
+        channels, side = input_shape[0], min(int(s) for s in input_shape[1:])
         layers: list[nn.Module] = []
-        for width in widths:
+        for i, width in enumerate(widths):
+            side = (side + 2 - kernel_size) // stride + 1
+            if side < 1:
+                raise ValueError(_TOO_SMALL.format(shape=tuple(input_shape), layer=i + 1,
+                                                   k=kernel_size, s=stride))
             layers += [
                 nn.Conv2d(channels, int(width), kernel_size, stride=stride, padding=1),
                 nn.BatchNorm2d(int(width)),

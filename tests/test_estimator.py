@@ -342,3 +342,39 @@ def test_predicting_through_the_sparse_export(data):
     assert "inference_module_" not in pickle.loads(pickle.dumps(clf)).__dict__
     clf.fit(X, y, groups=g)
     assert "inference_module_" not in clf.__dict__
+
+
+# ------------------------------------------------------------ inputs at the edges
+def test_huge_loss_weights_still_train(data):
+    X, y, _ = data
+    w = np.ones(len(y))
+    w[:5] = 1e308  # their sum overflows float64
+    clf = _clf(max_epochs=2).fit(X, y, sample_weight=w)
+    assert all(np.isfinite(h["train_loss"]) and h["train_loss"] > 0 for h in clf.history_)
+
+
+@pytest.mark.parametrize("device", ["meta", torch.device("meta")])
+def test_devices_other_than_cpu_and_cuda_are_refused(data, device):
+    X, y, _ = data
+    with pytest.raises(ValueError, match="device must be 'auto', 'cpu', 'cuda'"):
+        _clf(device=device).fit(X, y)
+
+
+@pytest.mark.parametrize("sizes", [(0,), (8, -3), -3, "abc", (8.5,), (True,)])
+def test_bad_hidden_layer_sizes_are_named(data, sizes):
+    X, y, _ = data
+    with pytest.raises(ValueError, match="hidden_layer_sizes'] must be a sequence of positive"):
+        _clf(module_params={"hidden_layer_sizes": sizes}).fit(X, y)
+
+
+def test_images_too_small_for_the_cnn_are_named():
+    X = np.random.default_rng(0).random((40, 1, 6, 6), dtype=np.float32)
+    y = np.arange(40) % 2
+    with pytest.raises(ValueError, match=r"too small for module='cnn'.*convolution 3"):
+        _clf(module="cnn", module_params=None).fit(X, y)
+
+
+@pytest.mark.parametrize("patience", [-1, 1.5, True, "3"])
+def test_early_stopping_patience_is_checked(patience):
+    with pytest.raises(ValueError, match="patience must be an int >= 0"):
+        EarlyStopping(patience=patience)

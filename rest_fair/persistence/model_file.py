@@ -288,7 +288,13 @@ def write(
     """Write ``module``'s state dict and ``masks`` (a dict of bool tensors by parameter
     name, or None), the plain JSON values of ``header`` beside the format's own keys, and
     further ``arrays`` by member name; returns the file size in bytes.
+
+    Raises
+    ------
+    TypeError
+        If ``path`` is not a str or path-like (an int would name an open file descriptor).
     """
+    path = os.fspath(path)
     masks = dict(masks or {})
     check_masks(module, masks)
     header = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, **header}

@@ -271,3 +271,12 @@ def test_refuses_files_that_do_not_match_their_architecture(tmp_path):
     _rewrite_header(path, newer, lambda h: h.update(format_version=99))
     with pytest.raises(ModelFileError, match="format version 99"):
         load(newer)
+
+
+def test_a_path_must_be_a_path_not_a_file_descriptor(tmp_path):
+    net, masks = _masked_mlp(0.1)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    with open(victim, "a") as fh, pytest.raises(TypeError):
+        save((net, masks, META), fh.fileno())
+    assert victim.read_text() == "keep me"

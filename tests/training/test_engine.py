@@ -210,6 +210,13 @@ def test_warm_start_continues_the_fitted_network(data):
     assert all(torch.equal(first[k], v) for k, v in cold.module_.state_dict().items())
     with pytest.raises(ValueError, match=r"warm_start=True continues.*classes"):
         clf.fit(X, (y + 1) % 4, groups=g)
+    # what defines the network and its masks cannot change under a warm start
+    for name, value in (("sparsity", 0.5), ("module_params", {"hidden_layer_sizes": (3,)})):
+        changed = clf.set_params(callbacks=None, **{name: value})
+        with pytest.raises(ValueError, match=rf"warm_start=True continues .* but {name} changed"):
+            changed.fit(X, y, groups=g)
+        clf.set_params(**{name: _clf().get_params()[name]})
+    clf.fit(X, y, groups=g)  # back to the fitted values: the warm start goes on
 
 
 def test_one_dataloader_per_fit(data, monkeypatch):
