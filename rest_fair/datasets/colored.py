@@ -74,6 +74,14 @@ _BAD_SIZES = (
     "split_sizes must be three positive numbers (train, valid, test) given either as "
     "fractions summing to 1 or as counts summing to at most {n}; got {value!r}."
 )
+_SPLIT_TOO_SMALL = (
+    "split_sizes={value!r} gives a {split} split of {size} images, fewer than the {k} "
+    "classes: every split needs at least one image of each class."
+)
+_BAD_COLOR_STD = "color_std must be a finite number >= 0; got {value!r}."
+_FEW_COLORS = (
+    "palette has {n} colours but the labels go up to {top}: it needs one colour per class."
+)
 _BAD_IMAGES = "images must have shape (n_samples, height, width); got {shape}."
 _BAD_LABELS = "labels must be integers in [0, {k}) with one label per image; got {detail}."
 _BAD_PALETTE = "palette must have shape (n_colors, 3) with values in [0, 1]; got {detail}."
@@ -311,8 +319,13 @@ def _draw_colors(
     rng: np.random.Generator,
 ) -> tuple[np.ndarray, np.ndarray]:
     """``bias`` (int64, (n,)) and RGB stroke ``colors`` (float32, (n, 3)), as :func:`colorize`."""
+    if (isinstance(color_std, bool) or not isinstance(color_std, (int, float, np.number))
+            or not math.isfinite(color_std) or color_std < 0):
+        raise ValueError(_BAD_COLOR_STD.format(value=color_std))
     n_colors = len(palette)
     n = len(labels)
+    if n and int(labels.max()) >= n_colors:
+        raise ValueError(_FEW_COLORS.format(n=n_colors, top=int(labels.max())))
     if conflict_ratio is None:
         bias = np.empty(n, dtype=np.int64)
         for label in np.unique(labels):
@@ -435,6 +448,11 @@ def _make(
     _check_ratio(conflict_ratio)
     palette = _check_palette(palette)
     n_train, n_valid, n_test = _resolve_sizes(split_sizes, len(labels))
+    n_classes = len(np.unique(labels))
+    for split, size in zip(SPLITS, (n_train, n_valid, n_test), strict=True):
+        if size < n_classes:
+            raise ValueError(_SPLIT_TOO_SMALL.format(value=split_sizes, split=split, size=size,
+                                                     k=n_classes))
     if image_size is not None:
         images = _resize(images, image_size)
     seeds = np.random.default_rng(random_state).integers(0, 2**31 - 1, size=6)
@@ -509,10 +527,12 @@ def _check_palette(palette: ArrayLike | None) -> np.ndarray:
 
 def _resolve_sizes(split_sizes: Sequence[float], n: int) -> tuple[int, int, int]:
     try:
+        if any(isinstance(s, bool) for s in split_sizes):
+            raise TypeError
         sizes = [float(s) for s in split_sizes]
     except (TypeError, ValueError):
         raise ValueError(_BAD_SIZES.format(n=n, value=split_sizes)) from None
-    if len(sizes) != 3 or min(sizes) <= 0:
+    if len(sizes) != 3 or min(sizes) <= 0 or not all(math.isfinite(s) for s in sizes):
         raise ValueError(_BAD_SIZES.format(n=n, value=split_sizes))
     if all(s < 1 for s in sizes):
         if not math.isclose(sum(sizes), 1.0, abs_tol=1e-6):

@@ -137,6 +137,14 @@ def test_digits_variant_upsampling_and_fraction_sizes():
         ({"image_size": 0}, "image_size"),
         ({"palette": np.ones((10, 4))}, "palette"),
         ({"palette": np.full((10, 3), 2.0)}, "palette"),
+        ({"palette": np.zeros((3, 3))}, "palette has 3 colours but the labels go up to 9"),
+        ({"color_std": -1.0}, "color_std must be a finite number >= 0"),
+        ({"color_std": float("nan")}, "color_std must be a finite number >= 0"),
+        ({"color_std": "x"}, "color_std must be a finite number >= 0"),
+        ({"split_sizes": (1, 1, 1)}, r"a train split of 1 images, fewer than the 10 classes"),
+        ({"split_sizes": (0.998, 0.001, 0.001)}, "fewer than the 10 classes"),
+        ({"split_sizes": (float("nan"), 0.5, 0.5)}, "split_sizes must be three positive"),
+        ({"split_sizes": (True, 10, 10)}, "split_sizes must be three positive"),
     ],
 )
 def test_bad_input_is_named(kwargs, match):
