@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from numbers import Real
 from typing import Any
 
 import torch
@@ -65,7 +66,7 @@ def check_threshold(value: Any, name: str) -> float:
     ValueError
         Otherwise, naming the parameter ``name``.
     """
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+    if isinstance(value, bool) or not isinstance(value, Real) or not (
         0.0 <= float(value) <= 1.0
     ):
         raise ValueError(_BAD_THRESHOLD.format(name=name, value=value))

@@ -3,6 +3,7 @@
 import copy
 import pickle
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -145,6 +146,13 @@ def test_errors():
         export_sparse(net, {"x.weight": torch.ones(2, 3, dtype=torch.bool)})
     with pytest.raises(TypeError, match="bool"):
         export_sparse(net, {"0.weight": torch.ones(2, 3)})
+    with pytest.raises(TypeError, match=r"a numpy.ndarray .*use torch.as_tensor"):
+        export_sparse(net, {"0.weight": torch.ones(2, 3, dtype=torch.bool).numpy()})
+    with pytest.raises(TypeError, match="masks must be a mapping"):
+        export_sparse(net, [("0.weight", torch.ones(2, 3, dtype=torch.bool))])
+    # any real number is a threshold
+    export_sparse(net, {"0.weight": torch.ones(2, 3, dtype=torch.bool)},
+                  density_threshold=np.float32(0.5))
 
 
 def test_module_that_is_a_single_linear():
