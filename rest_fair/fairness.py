@@ -22,6 +22,11 @@ _NEED_PRED = "Pass either a fitted `estimator` and `X`, or `y_pred`; got neither
 _BOTH_PRED = "Pass either `estimator` (with `X`) or `y_pred`, not both."
 _NEED_X = "`X` is required to predict with `estimator`."
 _NEED_Y = "`y` (the true labels) is required."
+_NO_SAMPLES = "fairness_report needs at least one sample; got none."
+_BAD_WEIGHTS = (
+    "sample_weight must hold one finite, non-negative weight per sample ({n}); got shape "
+    "{shape} or values that are NaN, infinite or negative."
+)
 _LENGTHS = "y, y_pred and groups must have the same number of samples; got {}."
 _BAD_POS_LABEL = "pos_label={!r} is not one of the labels {}."
 
@@ -154,6 +159,8 @@ def fairness_report(
     sensitive = _sensitive(groups)
     if not (len(y_true) == len(y_hat) == len(sensitive)):
         raise ValueError(_LENGTHS.format((len(y_true), len(y_hat), len(sensitive))))
+    if len(y_true) == 0:
+        raise ValueError(_NO_SAMPLES)
 
     labels = np.unique(np.concatenate([y_true, y_hat]))
     binary = len(labels) <= 2
@@ -162,6 +169,8 @@ def fairness_report(
     sample_params = None
     if sample_weight is not None:
         w = np.asarray(sample_weight, dtype=float)
+        if w.shape != (len(y_true),) or not np.all(np.isfinite(w)) or np.any(w < 0):
+            raise ValueError(_BAD_WEIGHTS.format(n=len(y_true), shape=w.shape))
         sample_params = {name: {"sample_weight": w} for name in metrics if name != "count"}
 
     with warnings.catch_warnings():

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numpy.typing import ArrayLike
+from sklearn.utils.validation import column_or_1d
 
 from ._lazy import lazy_attributes
 
@@ -30,6 +31,10 @@ __all__ = [
 ]
 
 _LENGTH_MISMATCH = "y_true, y_pred and groups must have the same length; got {}."
+_MIXED_LABELS = (
+    "y_true and y_pred must hold labels of one kind (both strings or both numbers); got "
+    "dtypes {} and {}."
+)
 _MISSING_GROUPS = "groups must not contain missing values (NaN/None); found {count}."
 _GROUPS_NOT_ROUTED = (
     "The worst-group accuracy scorer received no `groups`. Enable metadata routing with "
@@ -54,16 +59,19 @@ def group_accuracies(y_true: ArrayLike, y_pred: ArrayLike, groups: ArrayLike) ->
     ----------
     y_true, y_pred : array-like of shape (n_samples,)
         True and predicted labels.
-    groups : array-like of shape (n_samples,)
-        Group label of each sample (any hashable values; no missing values).
+    groups : array-like of shape (n_samples,) or (n_samples, n_columns)
+        Group label of each sample (any hashable values; no missing values); several
+        columns form intersectional groups, labelled by tuples.
 
     Returns
     -------
     dict
         Group label -> accuracy, for every group with at least one sample.
     """
-    y_true = np.asarray(y_true)
-    y_pred = np.asarray(y_pred)
+    y_true, y_pred = column_or_1d(y_true, warn=True), column_or_1d(y_pred, warn=True)
+    text = [bool(a.size) and isinstance(a[0], str) for a in (y_true, y_pred)]
+    if text[0] != text[1]:
+        raise ValueError(_MIXED_LABELS.format(y_true.dtype, y_pred.dtype))
     groups = np.asarray(groups)
     if not (len(y_true) == len(y_pred) == len(groups)):
         raise ValueError(_LENGTH_MISMATCH.format((len(y_true), len(y_pred), len(groups))))
@@ -157,7 +165,9 @@ def make_worst_group_scorer() -> Any:
 def _factorize(values: np.ndarray) -> tuple[np.ndarray, list]:
     import pandas as pd
 
-    codes, uniques = pd.factorize(pd.Series(list(values) if values.ndim > 1 else values))
+    # several columns: a group is a tuple of their values (intersectional groups)
+    rows = [tuple(row) for row in values] if values.ndim > 1 else values
+    codes, uniques = pd.factorize(pd.Series(rows))
     if (codes < 0).any():
         raise ValueError(_MISSING_GROUPS.format(count=int((codes < 0).sum())))
     return np.asarray(codes, dtype=np.intp), list(uniques)

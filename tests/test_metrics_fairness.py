@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 import sklearn
 from fairlearn.metrics import MetricFrame
+from sklearn.exceptions import DataConversionWarning
 
 from rest_fair.metrics import (
     fairness_report,
@@ -123,6 +124,11 @@ def test_sample_weight_is_passed_to_metrics():
         ({"y": Y, "groups": G}, "either"),
         ({"y": Y, "y_pred": P, "groups": G[:3]}, "same number"),
         ({"y_pred": P, "groups": G}, "true labels"),
+        ({"y": [], "y_pred": [], "groups": []}, "at least one sample"),
+        ({"y": Y, "y_pred": P, "groups": G, "sample_weight": np.ones(len(Y) - 1)},
+         "one finite, non-negative weight per sample"),
+        ({"y": Y, "y_pred": P, "groups": G, "sample_weight": -np.ones(len(Y))},
+         "one finite, non-negative weight per sample"),
     ],
 )
 def test_report_bad_input(kwargs, match):
@@ -132,6 +138,16 @@ def test_report_bad_input(kwargs, match):
 
 def test_group_accuracies_unchanged():
     assert group_accuracies(Y, P, G) == pytest.approx({"a": 0.5, "b": 4 / 6})
+
+
+def test_group_metrics_refuse_mixed_label_kinds_and_read_intersections():
+    with pytest.raises(ValueError, match="labels of one kind"):
+        group_accuracies(np.array(["0", "1"]), np.array([0, 1]), [0, 0])
+    two_columns = np.array([[0, "a"], [0, "b"], [0, "b"], [1, "a"]], dtype=object)
+    assert group_accuracies([1, 1, 0, 1], [1, 0, 0, 1], two_columns) == {
+        (0, "a"): 1.0, (0, "b"): 0.5, (1, "a"): 1.0}
+    with pytest.warns(DataConversionWarning):  # a column vector of labels is read as 1-D
+        assert group_accuracies(np.array([[1], [0]]), [1, 1], ["g", "g"]) == {"g": 0.5}
 
 
 @pytest.mark.parametrize("missing", [None, math.nan])
