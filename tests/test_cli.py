@@ -74,6 +74,25 @@ def test_bench_rejects_bad_flags(capsys):
     assert "JSON object" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--max-runs", "-1"], "max_runs must be a number >= 0"),
+    (["--time-limit", "-5"], "time_limit must be a number >= 0"),
+    (["--scheduler-timeout", "-1"], "scheduler_timeout must be a number > 0"),
+])
+def test_bench_refuses_bad_limits_before_any_run(tmp_path, capsys, flags, message):
+    assert cli.main(["bench", "--preset", "tiny", "--out", str(tmp_path / "o"), *flags]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_bench_out_that_is_a_file_is_refused(tmp_path, capsys):
+    taken = tmp_path / "file"
+    taken.write_text("x")
+    assert cli.main(["bench", "--preset", "tiny", "--out", str(taken)]) == 2
+    assert f"cannot keep the results in {taken}" in capsys.readouterr().err
+    assert taken.read_text() == "x"
+
+
 def test_bench_end_to_end_tiny(tmp_path, capsys):
     pytest.importorskip("torch")
     pytest.importorskip("matplotlib")

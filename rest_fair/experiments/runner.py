@@ -29,6 +29,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
+from numbers import Real
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,8 @@ _BAD_BACKEND = "backend must be one of {backends} or None; got {backend!r}."
 _SCHEDULER_NEEDS_DASK = (
     "scheduler={scheduler!r} is only used by backend='dask'; got backend={backend!r}."
 )
+_BAD_LIMIT = "{name} must be a number {rule} or None; got {value!r}."
+_BAD_OUT_DIR = "cannot keep the results in {path}: {error}."
 _N_JOBS_IGNORED = (
     "n_jobs={n_jobs} is ignored with backend='dask': the cluster runs as many runs at once "
     "as its workers have threads."
@@ -275,9 +278,27 @@ def run_sweep(
         (``experiment.check_requirements()``).
     DatasetNotFoundError
         Before any run, when data files the runs read are missing (likewise).
+    ValueError
+        Before any run, for a negative ``max_runs`` or ``time_limit``, a
+        ``scheduler_timeout`` that is not positive, or an ``out_dir`` that cannot be made a
+        folder.
     """
+    for name, value, positive in (("max_runs", max_runs, False),
+                                  ("time_limit", time_limit, False),
+                                  ("scheduler_timeout", scheduler_timeout, True)):
+        if value is None:
+            continue
+        number = isinstance(value, Real) and not isinstance(value, bool)
+        if not number or not (value > 0 if positive else value >= 0):
+            rule = "> 0" if positive else ">= 0"
+            raise ValueError(_BAD_LIMIT.format(name=name, rule=rule, value=value))
     mode = _progress_mode(progress, sys.stderr)
     experiment.check_requirements()
+    out_dir = Path(out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ValueError(_BAD_OUT_DIR.format(path=out_dir, error=exc)) from exc
     backend = _resolve_backend(backend, scheduler)
     if backend == "dask" and n_jobs not in (1, None):
         warnings.warn(_N_JOBS_IGNORED.format(n_jobs=n_jobs), UserWarning, stacklevel=2)
@@ -293,8 +314,6 @@ def run_sweep(
             where = {"backend": backend, "n_jobs": jobs, "torch_threads_per_job": threads}
         if on_start is not None:
             on_start(where)
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
         path = out_dir / RESULTS_FILE
         if not resume and path.exists():
             path.rename(path.with_name(f"{path.stem}.{time.strftime('%Y%m%d-%H%M%S')}.jsonl"))

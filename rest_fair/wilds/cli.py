@@ -176,9 +176,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"rest-fair wilds: {exc}", file=sys.stderr)
         return 2
     experiment = WildsExperiment(dataset, settings, Path(args.out_dir))
-    if args.resume:
-        adopt_seed_files(args.out_dir)
-    records = run_sweep(experiment, args.out_dir, resume=args.resume, progress="none")
+    try:
+        if args.resume:
+            adopt_seed_files(args.out_dir)
+        records = run_sweep(experiment, args.out_dir, resume=args.resume, progress="none")
+    except (OSError, ValueError) as exc:
+        print(f"rest-fair wilds: {exc}", file=sys.stderr)
+        return 2
     failed = [r for r in records if r.get("status") != "ok"]
     for record in failed:
         print(_FAILED.format(seed=record["seed"], error=record.get("error")), file=sys.stderr)
