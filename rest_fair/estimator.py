@@ -182,7 +182,8 @@ class RESTClassifier(ClassifierMixin, BaseEstimator):
     warm_start : bool, default=False
         When ``True``, ``fit`` on an already fitted estimator continues from its network
         and masks for ``max_epochs`` more epochs (``history_`` goes on), instead of
-        starting anew. Classes and input shape must be the same.
+        starting anew. Classes and input shape must be the same, and so must ``module``,
+        ``module_params``, ``sparsity``, ``layer_density`` and ``dense_layers``.
     random_state : int, RandomState or None, default=None
         Seeds weight initialisation, masks, sampling and the validation split. The global
         torch random state is left as it was.
