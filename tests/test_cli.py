@@ -78,6 +78,8 @@ def test_bench_rejects_bad_flags(capsys):
     (["--max-runs", "-1"], "max_runs must be a number >= 0"),
     (["--time-limit", "-5"], "time_limit must be a number >= 0"),
     (["--scheduler-timeout", "-1"], "scheduler_timeout must be a number > 0"),
+    (["--batch-size", "0"], "batch_size must be"),
+    (["--lr", "0"], "lr must be"),
 ])
 def test_bench_refuses_bad_limits_before_any_run(tmp_path, capsys, flags, message):
     assert cli.main(["bench", "--preset", "tiny", "--out", str(tmp_path / "o"), *flags]) == 2

@@ -22,8 +22,8 @@ import traceback
 from pathlib import Path
 from typing import Any, Protocol
 
-__all__ = ["Experiment", "available_cores", "density", "digest", "error_record", "jsonable",
-           "run_one", "split_threads"]
+__all__ = ["Experiment", "available_cores", "check_run_params", "density", "digest",
+           "error_record", "jsonable", "run_one", "split_threads"]
 
 
 class Experiment(Protocol):
@@ -138,6 +138,20 @@ def run_one(
     record["status"] = "ok"
     record["finished_at"] = _now()
     return record
+
+
+def check_run_params(experiment: Experiment, spec: Any) -> None:
+    """Check the estimator parameters of run ``spec`` as ``fit`` would, before any run.
+
+    Raises
+    ------
+    ValueError
+        Naming the first invalid parameter (a setting the command line gave, say).
+    """
+    from .._validation import check_params
+    from ..estimator import RESTClassifier  # imports torch: not at `rest-fair --help`
+
+    check_params(RESTClassifier(**experiment.estimator_params(spec)))
 
 
 def _fit_and_score(

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from .dask_backend import active_joblib_client, connect, dask_records
-from .run import Experiment, run_one, split_threads
+from .run import Experiment, check_run_params, run_one, split_threads
 
 __all__ = ["BACKENDS", "LOG_INTERVAL", "PROGRESS_MODES", "RESULTS_FILE", "append_record",
            "finished", "parse_upweight", "pending", "read_results", "run_sweep"]
@@ -279,7 +279,8 @@ def run_sweep(
     DatasetNotFoundError
         Before any run, when data files the runs read are missing (likewise).
     ValueError
-        Before any run, for a negative ``max_runs`` or ``time_limit``, a
+        Before any run, for invalid estimator parameters of the first run (the settings
+        all runs share), a negative ``max_runs`` or ``time_limit``, a
         ``scheduler_timeout`` that is not positive, or an ``out_dir`` that cannot be made a
         folder.
     """
@@ -294,6 +295,9 @@ def run_sweep(
             raise ValueError(_BAD_LIMIT.format(name=name, rule=rule, value=value))
     mode = _progress_mode(progress, sys.stderr)
     experiment.check_requirements()
+    first = next(iter(experiment.runs()), None)
+    if first is not None:  # the settings every run shares: wrong ones fail here, not per run
+        check_run_params(experiment, first)
     out_dir = Path(out_dir)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
