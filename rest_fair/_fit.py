@@ -52,6 +52,11 @@ SPARSE_INIT_RENAMED = (
     "'magnitude'). sparse_init={value!r} is read as layer_density={value!r}, "
     "sparse_init='random'; the old spelling will stop working in a future release."
 )
+NO_VALIDATION = (
+    "validation_fraction={fraction:g} leaves no usable validation set of {n} samples (at "
+    "least one sample held out and two classes left to train on): the model of the last "
+    "epoch is kept. Pass validation_data, or more samples."
+)
 WARM_START_CHANGED = (
     "warm_start=True continues the fitted network and its masks, but {name} changed: it was "
     "{before!r}, now {after!r}. Set warm_start=False (or the previous value) to fit anew."
@@ -119,6 +124,9 @@ def _hold_out(data: FitData, fraction: float, seed: int, device: torch.device,
             make_source(X_val, device=device, num_workers=num_workers), y_val, g_val)
     train_idx, val_idx = _split(data.y, data.groups, fraction, seed)
     if val_idx is None:
+        if fraction > 0:
+            warnings.warn(NO_VALIDATION.format(fraction=fraction, n=len(data.y)), UserWarning,
+                          stacklevel=6)  # the caller of RESTClassifier.fit
         return train_idx, None
     return train_idx, EvalSet(
         make_source(take(data.X, val_idx), device=device, num_workers=num_workers),

@@ -378,3 +378,12 @@ def test_images_too_small_for_the_cnn_are_named():
 def test_early_stopping_patience_is_checked(patience):
     with pytest.raises(ValueError, match="patience must be an int >= 0"):
         EarlyStopping(patience=patience)
+
+
+def test_a_validation_fraction_that_leaves_no_validation_set_warns():
+    X = np.random.default_rng(0).random((6, 3), dtype=np.float32)
+    y = np.array([0, 1, 0, 1, 0, 1])
+    with pytest.warns(UserWarning, match=r"validation_fraction=0.05 leaves no usable") as seen:
+        clf = _clf(validation_fraction=0.05, max_epochs=2).fit(X, y)
+    assert seen[0].filename == __file__  # points at the caller's fit
+    assert clf.best_epoch_ == 2  # the last epoch is kept

@@ -47,6 +47,10 @@ FORMAT_VERSION = 1
 #: File name of the manifest naming the latest state file of a checkpoint directory.
 MANIFEST = "latest.json"
 
+_NOT_A_FOLDER = (
+    "{path} is a file; resume_from (and Checkpoint) take the folder the checkpoints are "
+    "written to."
+)
 _BAD_MANIFEST = "{path} is not a valid rest_fair checkpoint manifest ({error})."
 _MISSING_STATE = "checkpoint {path} is missing its state file {file}."
 _BAD_DIGEST = (
@@ -88,8 +92,17 @@ def _atomic_write(path: Path, data: bytes) -> None:
 
 
 def has_checkpoint(dirname: str | os.PathLike) -> bool:
-    """Whether ``dirname`` holds a checkpoint manifest."""
-    return (Path(dirname) / MANIFEST).is_file()
+    """Whether ``dirname`` holds a checkpoint manifest (a missing folder holds none).
+
+    Raises
+    ------
+    CheckpointError
+        If ``dirname`` is an existing file: a checkpoint is a folder.
+    """
+    path = Path(os.fspath(dirname))
+    if path.is_file():
+        raise CheckpointError(_NOT_A_FOLDER.format(path=path))
+    return (path / MANIFEST).is_file()
 
 
 def write_checkpoint(

@@ -290,3 +290,11 @@ def test_every_n_epochs_and_the_last_epoch_are_written(tmp_path, monkeypatch):
                    callbacks=[Checkpoint(tmp_path, every=2), _Count()]).fit(X, y)
     assert written == [2, 4, 5]
     assert Path(tmp_path / "epoch-000005.pt").exists()
+
+
+def test_resume_from_a_file_is_refused(tmp_path):
+    X, y, g = _data()
+    a_file = tmp_path / "latest.json"
+    a_file.write_text("{}")
+    with pytest.raises(CheckpointError, match="is a file; resume_from"):
+        RESTClassifier(**{**COMMON, "max_epochs": 1}).fit(X, y, groups=g, resume_from=a_file)
