@@ -31,7 +31,7 @@ from sklearn.model_selection import train_test_split
 from sklearn.utils import check_random_state
 from tqdm.auto import tqdm
 
-from ._data import make_source
+from ._data import TokenizedText, _first_element, make_source
 from ._inputs import FitData, check_inputs, take
 from .callbacks import check_callbacks
 from .jtt import identify_errors, overlap_report
@@ -42,7 +42,7 @@ from .training import EpochSampler, EvalSet, Precision, TrainingRun, TrainSet, T
 from .training.distributed import LocalContext, resolve_distributed
 from .training.parts import TrainConfig, build_parts
 
-__all__ = ["fit_estimator", "resolve_device"]
+__all__ = ["fit_estimator", "remember_network_params", "resolve_device"]
 
 NO_CUDA = "device={!r} was requested but CUDA is not available on this machine."
 BAD_DEVICE = "device must be 'auto', 'cpu', 'cuda', 'cuda:<i>' or a torch.device; got {!r}."
@@ -145,15 +145,23 @@ def _plain(value: Any) -> Any:
 def _digest(*arrays: Any) -> str:
     h = hashlib.sha256()
     for a in arrays:
-        if sp.issparse(a):
+        if isinstance(a, TokenizedText):
+            h.update(b"tokens")
+            for part in (a.ids, a.offsets):
+                h.update(np.ascontiguousarray(part).data)
+        elif sp.issparse(a):
             a = a.tocsr()
             for part in (a.data, a.indices, a.indptr):
                 h.update(np.ascontiguousarray(part).tobytes())
         elif isinstance(a, np.ndarray):
             h.update(str((a.dtype, a.shape)).encode())
             h.update(np.ascontiguousarray(a).data)
-        else:  # a torch Dataset: only its length is known without reading it
+        else:  # a torch Dataset is read lazily: its length and a sample of its items
             h.update(f"dataset:{type(a).__qualname__}:{len(a)}".encode())
+            for i in sorted({0, len(a) // 2, len(a) - 1}):
+                item = torch.as_tensor(_first_element(a[i])).detach().cpu().contiguous()
+                h.update(str((item.dtype, tuple(item.shape))).encode())
+                h.update(item.reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
 
 
@@ -353,7 +361,16 @@ def fit_estimator(
     with _built_run(est, data, config, callbacks, warm=warm, resume_from=resume_from) as built:
         _train(est, built.run)
     vars(est).update(_fitted(built, data, previous=est if warm else None))
+    remember_network_params(est)
+    return est
+
+
+def remember_network_params(est: Any) -> None:
+    """Keep the parameters that define ``est``'s fitted network, for a later warm start.
+
+    Called at the end of ``fit`` and by ``RESTClassifier.load``.
+    """
+    params = est.get_params(deep=False)
     # (a dict is copied: editing module_params in place is a change too)
     est._warm_fixed_params = {name: copy.copy(params[name]) if isinstance(params[name], dict)
                               else params[name] for name in _WARM_FIXED}
-    return est

@@ -15,7 +15,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted
 
 from ._data import make_source
-from ._fit import fit_estimator
+from ._fit import fit_estimator, remember_network_params
 from ._inputs import check_x
 from ._validation import Interval, Options, TypeOf, check_params
 from .efficiency import efficiency_report, export_sparse
@@ -624,4 +624,5 @@ scipy.sparse matrix, DataFrame, or torch Dataset
                                                    architecture=architecture)
             est = cls(**params)
         vars(est).update(attributes, module_=module, masks_=masks)
+        remember_network_params(est)  # a warm start from the file checks them too
         return est

@@ -298,3 +298,34 @@ def test_resume_from_a_file_is_refused(tmp_path):
     a_file.write_text("{}")
     with pytest.raises(CheckpointError, match="is a file; resume_from"):
         RESTClassifier(**{**COMMON, "max_epochs": 1}).fit(X, y, groups=g, resume_from=a_file)
+
+
+def test_a_dataset_with_other_content_is_another_run(tmp_path):
+    X, y, g = _data()
+
+    class Items(torch.utils.data.Dataset):
+        def __init__(self, X):
+            self.X = torch.as_tensor(X)
+
+        def __len__(self):
+            return len(self.X)
+
+        def __getitem__(self, i):
+            return self.X[i]
+
+    RESTClassifier(**{**COMMON, "max_epochs": 1}, callbacks=[Checkpoint(tmp_path)]).fit(
+        Items(X), y, groups=g)
+    with pytest.raises(CheckpointError, match="different run"):  # same length, other values
+        RESTClassifier(**{**COMMON, "max_epochs": 1}).fit(
+            Items(X * 100 + 5), y, groups=g, resume_from=tmp_path)
+
+
+@pytest.mark.parametrize("dirname", ["", None, "file"])
+def test_a_checkpoint_folder_must_be_a_folder(tmp_path, dirname):
+    X, y, g = _data()
+    if dirname == "file":
+        dirname = tmp_path / "taken"
+        dirname.write_text("x")
+    with pytest.raises(ValueError, match="Checkpoint dirname"):
+        RESTClassifier(**{**COMMON, "max_epochs": 1}, callbacks=[Checkpoint(dirname)]).fit(
+            X, y, groups=g)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from rest_fair import RESTClassifier
 from rest_fair.efficiency import ModelFileError, load, save
 from rest_fair.models import build_module
 from rest_fair.persistence import register_estimator_class
@@ -280,3 +281,16 @@ def test_a_path_must_be_a_path_not_a_file_descriptor(tmp_path):
     with open(victim, "a") as fh, pytest.raises(TypeError):
         save((net, masks, META), fh.fileno())
     assert victim.read_text() == "keep me"
+
+
+def test_a_loaded_estimator_warm_starts_only_with_its_own_network(tmp_path):
+    X = np.random.default_rng(0).random((60, 5), dtype=np.float32)
+    y = np.arange(60) % 2
+    clf = RESTClassifier(sparsity=0.9, max_epochs=1, warm_start=True, random_state=0,
+                         module_params={"hidden_layer_sizes": (16,)}).fit(X, y)
+    clf.save(tmp_path / "m.rest")
+    loaded = RESTClassifier.load(tmp_path / "m.rest")
+    with pytest.raises(ValueError, match="but sparsity changed"):
+        loaded.set_params(sparsity=0.5).fit(X, y)
+    loaded.set_params(sparsity=0.9).fit(X, y)  # its own network: the warm start goes on
+    assert len(loaded.history_) == 2
