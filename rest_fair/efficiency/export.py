@@ -52,7 +52,6 @@ from ..sparse.modules import (
 __all__ = ["SparseExport", "SparseLinearChain", "export_sparse", "module_nbytes"]
 
 _BAD_THREADS = "num_threads must be a positive int or None; got {value!r}."
-_BAD_MASK_DTYPE = "mask {key!r} must be a bool torch.Tensor; got {what}."
 _BAD_MASKS = "masks must be a mapping of parameter name to bool tensor, or None; got {type}."
 
 
@@ -519,12 +518,6 @@ def export_sparse(
     if masks is not None and not isinstance(masks, Mapping):
         raise TypeError(_BAD_MASKS.format(type=type(masks).__name__))
     masks = dict(masks or {})
-    for key, mask in masks.items():
-        if not torch.is_tensor(mask) or mask.dtype != torch.bool:
-            what = (f"dtype {mask.dtype}" if torch.is_tensor(mask)
-                    else f"a {type(mask).__module__}.{type(mask).__name__} (dtype "
-                         f"{getattr(mask, 'dtype', None)}); use torch.as_tensor(mask)")
-            raise TypeError(_BAD_MASK_DTYPE.format(key=key, what=what))
     check_masks(module, masks)
     exported = copy.deepcopy(module)
     exported.eval()

@@ -103,5 +103,13 @@ def load_dense_weights(sparse_module: nn.Module, dense_module: nn.Module) -> Non
         Returned by :func:`to_sparse_training` (and trained).
     dense_module : nn.Module
         The original architecture; updated in place (inactive weights become 0).
+
+    Raises
+    ------
+    TypeError
+        If ``dense_module`` holds CSR layers (the two arguments swapped).
     """
+    if any(isinstance(m, CSRLinear) for m in dense_module.modules()):
+        raise TypeError("load_dense_weights(sparse_module, dense_module): the second argument "
+                        "holds CSR layers; it must be the dense network to write into.")
     dense_module.load_state_dict(sparse_module.state_dict())

@@ -14,15 +14,19 @@ _BAD_MASK_KEY = (
     "(expected names as in module.named_parameters())."
 )
 _BAD_MASK_SHAPE = "mask {key!r} has shape {mask}, but the parameter has shape {param}."
+_BAD_MASK_DTYPE = "mask {key!r} must be a bool torch.Tensor; got {what}."
 
 
 def check_masks(module: nn.Module, masks: Mapping[str, torch.Tensor]) -> None:
-    """Check that every mask names a parameter of ``module`` and has its shape.
+    """Check that every mask is a bool tensor that names a parameter of ``module`` and has
+    its shape.
 
     Raises
     ------
     KeyError
         For a mask whose name is not a parameter of ``module``.
+    TypeError
+        For a mask that is not a bool tensor (a float mask is not read as "non-zero").
     ValueError
         For a mask whose shape differs from its parameter's.
     """
@@ -30,6 +34,11 @@ def check_masks(module: nn.Module, masks: Mapping[str, torch.Tensor]) -> None:
     for key, mask in masks.items():
         if key not in params:
             raise KeyError(_BAD_MASK_KEY.format(key=key))
+        if not torch.is_tensor(mask) or mask.dtype != torch.bool:
+            what = (f"dtype {mask.dtype}" if torch.is_tensor(mask)
+                    else f"a {type(mask).__module__}.{type(mask).__name__} (dtype "
+                         f"{getattr(mask, 'dtype', None)}); use torch.as_tensor(mask)")
+            raise TypeError(_BAD_MASK_DTYPE.format(key=key, what=what))
         if tuple(mask.shape) != tuple(params[key].shape):
             raise ValueError(
                 _BAD_MASK_SHAPE.format(

@@ -115,3 +115,15 @@ def test_sparse_trainable_linear_is_a_deprecated_csr_linear():
     assert isinstance(layer, CSRLinear)
     z = torch.randn(2, 5, 4)
     torch.testing.assert_close(layer(z), z @ layer.dense_weight().t())
+
+
+def test_soft_masks_and_swapped_arguments_are_refused():
+    net, masks = _net_and_masks()
+    soft = {k: v.float() * 0.01 for k, v in masks.items()}
+    with pytest.raises(TypeError, match=r"must be a bool torch\.Tensor; got dtype torch\.float32"):
+        to_sparse_training(net, soft, density_threshold=0.1)
+    sparse, _ = to_sparse_training(net, masks, density_threshold=0.1)
+    before = {k: v.clone() for k, v in sparse.state_dict().items()}
+    with pytest.raises(TypeError, match="second argument holds CSR layers"):
+        load_dense_weights(net, sparse)
+    assert all(torch.equal(v, before[k]) for k, v in sparse.state_dict().items())
