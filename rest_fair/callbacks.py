@@ -107,14 +107,16 @@ class EarlyStopping(Callback):
         lower_is_better: bool = False,
         threshold: float = 0.0,
     ) -> None:
-        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 0:
-            raise ValueError(f"patience must be an int >= 0 (epochs); got {patience!r}.")
         self.monitor = monitor
         self.patience = patience
         self.lower_is_better = lower_is_better
         self.threshold = threshold
 
     def on_train_begin(self, net: Any, **kwargs: Any) -> None:
+        patience = self.patience
+        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 0:
+            raise ValueError(f"EarlyStopping patience must be an int >= 0 (epochs); got "
+                             f"{patience!r}.")
         self.best_ = None
         self.wait_ = 0
 
@@ -178,6 +180,11 @@ class Checkpoint(Callback):
             raise ValueError(f"Checkpoint every must be a positive int; got {self.every!r}.")
         if isinstance(self.keep, bool) or not isinstance(self.keep, int) or self.keep < 1:
             raise ValueError(f"Checkpoint keep must be a positive int; got {self.keep!r}.")
+        if not isinstance(self.dirname, (str, os.PathLike)) or not os.fspath(self.dirname):
+            raise ValueError(f"Checkpoint dirname must name a folder; got {self.dirname!r}.")
+        if os.path.isfile(self.dirname):
+            raise ValueError(f"Checkpoint dirname {os.fspath(self.dirname)!r} is a file; it "
+                             "must name a folder (made if missing).")
 
     def on_epoch_end(self, net: Any, *, record: dict, run: Any = None, **kwargs: Any) -> None:
         if run is None:

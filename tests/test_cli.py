@@ -87,6 +87,17 @@ def test_bench_refuses_bad_limits_before_any_run(tmp_path, capsys, flags, messag
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--search-seed", "-1"], "search_seed must be an int >= 0"),
+    (["--methods", ""], "methods is empty"),
+    (["--methods", "rest_0.9,rest_0.9"], "names a method twice"),
+])
+def test_bench_random_search_refuses_bad_flags(tmp_path, capsys, flags, message):
+    argv = ["bench", "--preset", "tiny", "--search", "random", "--out", str(tmp_path / "o")]
+    assert cli.main([*argv, *flags]) == 2
+    assert message in capsys.readouterr().err
+
+
 def test_bench_out_that_is_a_file_is_refused(tmp_path, capsys):
     taken = tmp_path / "file"
     taken.write_text("x")

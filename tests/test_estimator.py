@@ -375,9 +375,10 @@ def test_images_too_small_for_the_cnn_are_named():
 
 
 @pytest.mark.parametrize("patience", [-1, 1.5, True, "3"])
-def test_early_stopping_patience_is_checked(patience):
-    with pytest.raises(ValueError, match="patience must be an int >= 0"):
-        EarlyStopping(patience=patience)
+def test_early_stopping_patience_is_checked(data, patience):
+    X, y, _ = data
+    with pytest.raises(ValueError, match="EarlyStopping patience must be an int >= 0"):
+        _clf(callbacks=[EarlyStopping(patience=patience)]).fit(X, y)
 
 
 def test_a_validation_fraction_that_leaves_no_validation_set_warns():

@@ -222,7 +222,8 @@ def _experiment(args: argparse.Namespace) -> BenchConfig | RandomSearch:
         return preset(args.preset, module_params=module_params, methods=args.methods,
                       **overrides)
     config = preset(args.preset, module_params=module_params, **overrides)
-    return RandomSearch(config, budget=args.budget, methods=args.methods or tuple(STUDY_METHODS),
+    methods = tuple(STUDY_METHODS) if args.methods is None else args.methods
+    return RandomSearch(config, budget=args.budget, methods=methods,
                         search_seed=args.search_seed)
 
 

@@ -149,6 +149,8 @@ class BenchConfig:
             ("seeds", self.seeds, self.seeds and all(s >= 0 for s in self.seeds),
              "must be non-negative"),
             ("methods", self.methods, self.methods, "is empty"),
+            ("methods", self.methods, len(set(self.methods)) == len(self.methods),
+             "names a method twice"),
             ("max_epochs", self.max_epochs, int(self.max_epochs) >= 1, "must be >= 1"),
         ):
             if not ok:

@@ -48,6 +48,7 @@ __all__ = [
 _UNKNOWN_METHOD = "Unknown study method {name!r}; available: {names}."
 _BAD_RULE = "selection must be one of {rules}; got {value!r}."
 _BAD_BUDGET = "budget must be a positive int (configurations per method); got {value!r}."
+_BAD_SEARCH_SEED = "search_seed must be an int >= 0; got {value!r}."
 _SEARCHED = (
     "{what} is searched by the random search (see rest_fair.benchmarks.search); do not set "
     "it (got {value!r})."
@@ -284,9 +285,14 @@ class RandomSearch:
                 or self.budget < 1):
             raise ValueError(_BAD_BUDGET.format(value=self.budget))
         self.budget = int(self.budget)
+        if (isinstance(self.search_seed, bool)
+                or not isinstance(self.search_seed, (int, np.integer)) or self.search_seed < 0):
+            raise ValueError(_BAD_SEARCH_SEED.format(value=self.search_seed))
         self.search_seed = int(self.search_seed)
         if not self.methods:
             raise ValueError("methods is empty.")
+        if len(set(self.methods)) < len(self.methods):
+            raise ValueError(f"methods names a method twice: {list(self.methods)}.")
         for name in self.methods:
             get_study_method(name)
         if self.bench.upweight is not None:

@@ -85,6 +85,7 @@ def test_run_ids_are_unique_and_config_sensitive():
         ({"methods": ("magic",)}, "magic"),
         ({"dataset": "cifar"}, "dataset"),
         ({"max_epochs": 0}, "max_epochs"),
+        ({"methods": ("erm", "erm")}, "names a method twice"),
     ],
 )
 def test_bad_config_is_named(kwargs, match):
