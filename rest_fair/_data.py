@@ -169,7 +169,16 @@ class _DatasetSource(BatchSource):
             yield x.to(device, non_blocking=True), order[start : start + batch_size]
 
     def close(self) -> None:
-        """Stop the loaders' worker processes."""
+        """Stop the loaders' worker processes now.
+
+        Dropping the loaders would leave it to the garbage collector, which a failed fit
+        delays: its traceback still holds the batch iterator, and with it the workers.
+        """
+        for loader, _ in self._loaders.values():
+            # the persistent iterator's shutdown, which torch's own __del__ calls
+            shutdown = getattr(getattr(loader, "_iterator", None), "_shutdown_workers", None)
+            if shutdown is not None:
+                shutdown()
         self._loaders.clear()
 
 

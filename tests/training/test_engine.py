@@ -240,6 +240,29 @@ def test_one_dataloader_per_fit(data, monkeypatch):
     assert len(created) == 2  # one for training, one for validation, for all 4 epochs
 
 
+def test_a_failed_fit_stops_its_loader_workers(data):
+    import multiprocessing
+
+    X, y, _ = data
+
+    class Breaks(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(X)
+
+        def __getitem__(self, i):
+            if i == 17:  # in the middle of the first epoch
+                raise OSError("a broken item")
+            return torch.from_numpy(X[i])
+
+    before = set(multiprocessing.active_children())
+    for _ in range(2):  # the failed fit's traceback sits in a reference cycle until collected
+        try:
+            _clf(num_workers=2, batch_size=8).fit(Breaks(), y)
+        except OSError:
+            pass
+    assert set(multiprocessing.active_children()) <= before  # no worker outlives its fit
+
+
 def test_old_sparse_init_values_are_read_as_layer_density(data):
     X, y, g = data
     with pytest.warns(FutureWarning, match="layer_density='uniform'"):
