@@ -17,6 +17,14 @@ import torch
 __all__ = ["BatchSource", "TextSource", "TokenizedText", "is_torch_dataset", "make_source"]
 
 _MAX_DEVICE_BYTES = 512 * 2**20
+ITERABLE_DATASET = (
+    "X is an IterableDataset ({}); rest_fair draws each epoch's samples by index (the "
+    "reweighted sampler), so X must be a map-style Dataset with __len__ and __getitem__."
+)
+DATASET_SHAPES = (
+    "the items of a torch Dataset given as X must all have one shape; a batch holds items "
+    "of shapes {}."
+)
 BAD_DATASET_ITEM = (
     "items of a torch Dataset given as X must be a tensor/array or a tuple whose first "
     "element is one; got {}."
@@ -24,7 +32,15 @@ BAD_DATASET_ITEM = (
 
 
 def is_torch_dataset(X: Any) -> bool:
-    """Whether ``X`` is a map-style torch Dataset (and not an array)."""
+    """Whether ``X`` is a torch Dataset (and not an array).
+
+    Raises
+    ------
+    TypeError
+        For an ``IterableDataset``: batches are drawn by index, which it cannot serve.
+    """
+    if isinstance(X, torch.utils.data.IterableDataset):
+        raise TypeError(ITERABLE_DATASET.format(type(X).__name__))
     return isinstance(X, torch.utils.data.Dataset) and not torch.is_tensor(X)
 
 
@@ -128,7 +144,11 @@ def _first_element(item: Any) -> torch.Tensor:
 
 
 def _collate_inputs(items: list) -> torch.Tensor:
-    return torch.stack([_first_element(item) for item in items])
+    inputs = [_first_element(item) for item in items]
+    shapes = {tuple(x.shape) for x in inputs}
+    if len(shapes) > 1:
+        raise ValueError(DATASET_SHAPES.format(sorted(shapes)))
+    return torch.stack(inputs)
 
 
 class _DatasetSource(BatchSource):

@@ -41,6 +41,11 @@ BAD_VALIDATION_DATA = (
     "validation_data must be a tuple (X_val, y_val) or (X_val, y_val, groups_val); got {!r}."
 )
 EMPTY_DATASET = "X is an empty torch Dataset; fit needs at least one sample."
+EMPTY_DATASET_TO_PREDICT = "X is an empty torch Dataset; there is no sample to predict."
+DATASET_SHAPE_CHANGED = (
+    "X is a torch Dataset of items of shape {shape}, but the estimator was fitted on items "
+    "of shape {fitted}."
+)
 WARM_START_MISMATCH = (
     "warm_start=True continues the fitted network, but {what} changed: it was {before!r}, "
     "now {after!r}. Fit a new estimator (or set warm_start=False) for other data."
@@ -170,7 +175,14 @@ def check_x(est: Any, X: Any, *, fitted: Any = None) -> Any:
     """
     if (tokens := text_input(X, est.module, est.module_params, fitted=fitted)) is not None:
         return tokens
-    return X if is_torch_dataset(X) else validate_data(est, X, reset=False, **_ARRAYS)
+    if not is_torch_dataset(X):
+        return validate_data(est, X, reset=False, **_ARRAYS)
+    if len(X) == 0:
+        raise ValueError(EMPTY_DATASET_TO_PREDICT)
+    shape = tuple(_first_element(X[0]).shape)  # reads one item
+    if shape != tuple(est.input_shape_):
+        raise ValueError(DATASET_SHAPE_CHANGED.format(shape=shape, fitted=est.input_shape_))
+    return X
 
 
 def encode_groups(groups: Any, n_samples: int) -> tuple[np.ndarray, list[Hashable]]:

@@ -290,3 +290,34 @@ def test_a_run_is_built_from_a_config_alone():
     state = TrainingRun(parts, generator=generator).fit_loop(type("Net", (), {})())
     assert [r["epoch"] for r in state.history] == [1, 2]
     assert state.history[-1]["density"] == pytest.approx(0.2, abs=0.01)
+
+
+def test_torch_dataset_inputs_that_do_not_fit_are_named(data):
+    X, y, _ = data
+
+    class Items(torch.utils.data.Dataset):
+        def __init__(self, rows, ragged_at=None):
+            self.rows, self.ragged_at = rows, ragged_at
+
+        def __len__(self):
+            return len(self.rows)
+
+        def __getitem__(self, i):
+            x = torch.from_numpy(self.rows[i])
+            return x[:-1] if i == self.ragged_at else x
+
+    with pytest.raises(ValueError, match="must all have one shape; a batch holds items"):
+        _clf(max_epochs=1).fit(Items(X, ragged_at=5), y)
+    clf = _clf(max_epochs=1).fit(Items(X), y)
+    with pytest.raises(ValueError, match=r"items of shape \(11,\), but the estimator was "
+                                         r"fitted on items of shape \(12,\)"):
+        clf.predict(Items(X[:, :11]))
+    with pytest.raises(ValueError, match="empty torch Dataset; there is no sample"):
+        clf.predict(Items(X[:0]))
+
+    class Stream(torch.utils.data.IterableDataset):
+        def __iter__(self):
+            return iter(torch.from_numpy(X))
+
+    with pytest.raises(TypeError, match=r"IterableDataset .* must be a map-style Dataset"):
+        _clf(max_epochs=1).fit(Stream(), y)
