@@ -162,13 +162,15 @@ def _read_manifest(directory: Path) -> dict[str, Any]:
         manifest = json.loads(path.read_text(encoding="utf-8"))
         if manifest.get("format") != FORMAT_NAME:
             raise ValueError(f"format is {manifest.get('format')!r}")
-        version = int(manifest["version"])
+        version = manifest["version"]
+        if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+            raise ValueError(f"version is {version!r}")
         file, digest = str(manifest["file"]), str(manifest["sha256"])
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise CheckpointError(_BAD_MANIFEST.format(path=path, error=exc)) from exc
     if version > FORMAT_VERSION:
         raise CheckpointError(_NEWER.format(path=path, version=version, ours=FORMAT_VERSION))
-    if Path(file).name != file:
+    if Path(file).name != file or file in ("", ".", ".."):
         raise CheckpointError(_BAD_MANIFEST.format(path=path, error=f"bad file name {file!r}"))
     manifest["file"], manifest["sha256"] = file, digest
     return manifest
@@ -226,7 +228,7 @@ def read_checkpoint(
     path = directory / manifest["file"]
     try:
         payload = path.read_bytes()
-    except FileNotFoundError as exc:
+    except OSError as exc:  # missing, or not a file
         raise CheckpointError(_MISSING_STATE.format(path=directory,
                                                     file=manifest["file"])) from exc
     if hashlib.sha256(payload).hexdigest() != manifest["sha256"]:

@@ -329,3 +329,20 @@ def test_a_checkpoint_folder_must_be_a_folder(tmp_path, dirname):
     with pytest.raises(ValueError, match="Checkpoint dirname"):
         RESTClassifier(**{**COMMON, "max_epochs": 1}, callbacks=[Checkpoint(dirname)]).fit(
             X, y, groups=g)
+
+
+@pytest.mark.parametrize(("edit", "match"), [
+    ({"file": ""}, "bad file name"),
+    ({"file": ".."}, "bad file name"),
+    ({"version": -1}, "version is -1"),
+    ({"version": 1.9}, "version is 1.9"),
+    ({"file": "sub"}, "missing its state file"),  # a folder where the state file should be
+])
+def test_a_damaged_manifest_is_a_checkpoint_error(tmp_path, edit, match):
+    _fit(tmp_path)
+    (tmp_path / "sub").mkdir()
+    manifest_path = tmp_path / ckpt_format.MANIFEST
+    manifest = json.loads(manifest_path.read_text())
+    manifest_path.write_text(json.dumps({**manifest, **edit}))
+    with pytest.raises(CheckpointError, match=match):
+        ckpt_format.read_checkpoint(tmp_path)
