@@ -98,6 +98,13 @@ def test_bench_random_search_refuses_bad_flags(tmp_path, capsys, flags, message)
     assert message in capsys.readouterr().err
 
 
+def test_bench_dfa_root_that_is_not_a_folder_is_refused_before_any_run(tmp_path, capsys):
+    argv = ["bench", "--preset", "tiny", "--dataset", "dfa", "--out", str(tmp_path / "o")]
+    assert cli.main([*argv, "--data-root", str(tmp_path / "missing")]) == 2
+    assert "is not a folder: a DFA release" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
 def test_bench_out_that_is_a_file_is_refused(tmp_path, capsys):
     taken = tmp_path / "file"
     taken.write_text("x")

@@ -10,10 +10,16 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from .. import datasets
 from .._requirements import Requirement
+from ..exceptions import DatasetNotFoundError
+
+_NO_DFA_ROOT = (
+    "--data-root {path} is not a folder: a DFA release is a folder holding <pct>pct/ and test/."
+)
 
 __all__ = ["DATASETS", "BenchDataset", "load_data"]
 
@@ -58,6 +64,12 @@ def _check_idx_files(config: Any) -> None:
     """Raise DatasetNotFoundError (with the install command) when an idx file is missing."""
     for split in datasets.IDX_FILES:
         datasets.load_fashion_mnist(config.data_root, split=split)
+
+
+def _check_dfa_root(config: Any) -> None:
+    """Raise DatasetNotFoundError when ``data_root`` is not a folder (before any run)."""
+    if config.data_root is not None and not Path(config.data_root).is_dir():
+        raise DatasetNotFoundError(_NO_DFA_ROOT.format(path=config.data_root))
 
 
 def _fashion_description(config: Any) -> str:
@@ -149,6 +161,7 @@ DATASETS: dict[str, BenchDataset] = {
         "the DFA-format {dfa_name} release at {data_root}",
         (_PILLOW,),
         reference=lambda config: config.dfa_name == "cmnist",
+        check=_check_dfa_root,
     ),
 }
 
