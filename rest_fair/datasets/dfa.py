@@ -30,7 +30,7 @@ from torch.utils.data import Dataset
 
 from .._requirements import import_optional
 from ..exceptions import DatasetNotFoundError
-from .colored import _BAD_SPLIT, SPLITS
+from .colored import _BAD_SPLIT, SPLITS, _check_image_size
 from .transforms import dfa_transforms, pil_to_tensor
 
 __all__ = ["DFA_DATASETS", "DFAImageFolder", "DatasetNotFoundError", "load_dfa", "pct_folder"]
@@ -63,6 +63,8 @@ _AUGMENT_EVAL = (
     "training augmentation (got split={split!r})."
 )
 _UNKNOWN_DATASET = "dataset must be one of {names} or None; got {value!r}."
+_NEGATIVE = "the {what} {value} in the file name {path} is negative."
+_BAD_TRANSFORM = "transform must be 'auto', None or a callable; got {value!r}."
 _OUT_OF_RANGE = "{what} {value} in {path} is outside [0, {k}) for dataset {name!r}."
 
 
@@ -163,6 +165,9 @@ class DFAImageFolder(Dataset):
             raise ValueError(_UNKNOWN_DATASET.format(names=tuple(DFA_DATASETS), value=dataset))
         if augment and split != "train":
             raise ValueError(_AUGMENT_EVAL.format(split=split))
+        _check_image_size(image_size)
+        if not (transform is None or transform == "auto" or callable(transform)):
+            raise ValueError(_BAD_TRANSFORM.format(value=transform))
         self.root = Path(root)
         self.split = split
         self.dataset = dataset
@@ -196,6 +201,10 @@ class DFAImageFolder(Dataset):
         self.bias = parsed[:, 1].copy()
         self.conflict = self.labels != self.bias if flags is None else flags
         if dataset is None:
+            for what, values in (("label", self.labels), ("bias", self.bias)):
+                if values.min() < 0:
+                    i = int(np.argmin(values))
+                    raise ValueError(_NEGATIVE.format(what=what, value=values[i], path=paths[i]))
             self.n_classes = int(self.labels.max()) + 1
             self.n_bias = int(self.bias.max()) + 1
         else:

@@ -130,6 +130,16 @@ def test_malformed_name_is_named(release):
         DFAImageFolder(release, split="test", dataset="cmnist")
 
 
+def test_bad_options_and_negative_names_are_refused_up_front(release):
+    with pytest.raises(ValueError, match="image_size"):
+        DFAImageFolder(release, split="test", image_size=0)
+    with pytest.raises(ValueError, match="transform must be 'auto', None or a callable"):
+        DFAImageFolder(release, split="test", transform="bogus")
+    _write(release / "test" / "0" / "t9_0_-1.png", 0, 0)
+    with pytest.raises(ValueError, match=r"bias -1 in the file name .*t9_0_-1\.png"):
+        DFAImageFolder(release, split="test", dataset=None)
+
+
 def test_download_is_refused_with_instructions(tmp_path):
     with pytest.raises(DatasetNotFoundError, match="never downloads"):
         load_dfa(tmp_path, download=True)
