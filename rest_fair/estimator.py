@@ -483,7 +483,7 @@ scipy.sparse matrix, DataFrame, or torch Dataset
              "n_active": int(mask.sum()), "density": float(mask.float().mean()),
              "n_nonzero": int((params[name].detach().cpu() != 0).sum())}
             for name, mask in self.masks_.items()
-        ])
+        ], columns=["layer", "shape", "n_weights", "n_active", "density", "n_nonzero"])
 
     # ------------------------------------------------------------ scikit-learn glue
     def __sklearn_tags__(self) -> Any:

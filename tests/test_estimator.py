@@ -388,3 +388,11 @@ def test_a_validation_fraction_that_leaves_no_validation_set_warns():
         clf = _clf(validation_fraction=0.05, max_epochs=2).fit(X, y)
     assert seen[0].filename == __file__  # points at the caller's fit
     assert clf.best_epoch_ == 2  # the last epoch is kept
+
+
+def test_the_sparsity_report_of_a_dense_fit_has_its_columns(data):
+    X, y, _ = data
+    report = _clf(sparsity=0.0, max_epochs=1).fit(X, y).sparsity_report()
+    assert report.empty
+    assert list(report.columns) == ["layer", "shape", "n_weights", "n_active", "density",
+                                    "n_nonzero"]

@@ -210,6 +210,8 @@ def n_conflicting(conflict_ratio: float, n_train: int) -> int:
     int
     """
     _check_ratio(conflict_ratio)
+    if isinstance(n_train, bool) or not isinstance(n_train, (int, np.integer)) or n_train < 0:
+        raise ValueError(f"n_train must be an int >= 0; got {n_train!r}.")
     return math.floor(round(float(conflict_ratio) * n_train, 9) + 0.5)
 
 

@@ -57,7 +57,10 @@ _BAD_NAME = (
     "Cannot parse label and bias from the file name {path}: the stem must end with "
     "'_<label>_<bias>' (two integers)."
 )
-_BAD_PCT = "conflict_pct must be a share like 0.01, a percentage string like '1pct'; got {value!r}."
+_BAD_PCT = (
+    "conflict_pct must be a share in (0, 1) like 0.01, or a percentage in (0, 100) written "
+    "like '1pct'; got {value!r}."
+)
 _AUGMENT_EVAL = (
     "augment=True is only allowed for split='train': evaluation must not use random "
     "training augmentation (got split={split!r})."
@@ -82,10 +85,13 @@ def pct_folder(conflict_pct: float | str) -> str:
     """
     if isinstance(conflict_pct, str):
         if conflict_pct.endswith("pct"):
+            number = conflict_pct[:-3]
             try:
-                float(conflict_pct[:-3])
+                pct = float(number)
             except ValueError:
                 raise ValueError(_BAD_PCT.format(value=conflict_pct)) from None
+            if number != number.strip() or not 0 < pct < 100:
+                raise ValueError(_BAD_PCT.format(value=conflict_pct))
             return conflict_pct
         raise ValueError(_BAD_PCT.format(value=conflict_pct))
     if isinstance(conflict_pct, bool) or not 0 < float(conflict_pct) < 1:

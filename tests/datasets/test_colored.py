@@ -53,6 +53,8 @@ def test_exact_conflicting_share(ratio):
 def test_n_conflicting_rounds_half_up():
     assert [n_conflicting(r, 3500) for r in (0.005, 0.01, 0.02, 0.05)] == [18, 35, 70, 175]
     assert n_conflicting(0.0, 100) == 0
+    with pytest.raises(ValueError, match="n_train must be an int >= 0"):
+        n_conflicting(0.5, -10)
 
 
 def test_training_colours_follow_protocol(mnist):

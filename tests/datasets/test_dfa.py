@@ -150,7 +150,7 @@ def test_pct_folder():
         "0.5pct", "1pct", "2pct", "5pct"
     ]
     assert pct_folder("0.5pct") == "0.5pct"
-    for bad in ("half", 1.5, 0):
+    for bad in ("half", 1.5, 0, "-1pct", "150pct", "1 pct", "0pct"):
         with pytest.raises(ValueError, match="conflict_pct"):
             pct_folder(bad)
 
