@@ -78,7 +78,8 @@ def to_sparse_training(
         The copy; build its optimizer after converting (its parameters are new). Its
         ``state_dict`` has the keys and shapes of ``module``'s.
     converted : list of str
-        Names of the converted layers.
+        Names of the converted layers; ``[""]`` when ``module`` is itself a sparse enough
+        ``nn.Linear`` (the copy is then one ``CSRLinear``).
     """
     threshold = check_threshold(density_threshold, "density_threshold")
     masks = dict(masks)
@@ -86,10 +87,13 @@ def to_sparse_training(
     out = copy.deepcopy(module)
     converted = []
     for name, sub in sparse_linear_layers(out, masks, threshold).items():
-        mask = masks.get(f"{name}.weight")
-        if name and mask is not None:
-            set_submodule(out, name, CSRLinear(sub, mask, name=name))
-            converted.append(name)
+        mask = masks.get(f"{name}.weight" if name else "weight")
+        if mask is None:
+            continue
+        if not name:  # the network is itself the layer
+            return CSRLinear(sub, mask), [name]
+        set_submodule(out, name, CSRLinear(sub, mask, name=name))
+        converted.append(name)
     return out, converted
 
 

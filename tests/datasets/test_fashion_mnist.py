@@ -270,7 +270,8 @@ def test_subsampling_is_stratified_and_keeps_the_validation_split(idx_root):
 
 @pytest.mark.parametrize(
     "split_sizes",
-    [(1900, 200, 100), (100, 20, 501), (100, 0, 10), (100.5, 20, 10), (100, 20), "abc"],
+    [(1900, 200, 100), (100, 20, 501), (100, 0, 10), (100.5, 20, 10), (100, 20), "abc",
+     (5, 5, 5)],  # (5, 5, 5): splits smaller than the 10 classes
 )
 def test_bad_split_sizes_are_named(idx_root, split_sizes):
     with pytest.raises(ValueError, match="split_sizes"):

@@ -127,3 +127,15 @@ def test_soft_masks_and_swapped_arguments_are_refused():
     with pytest.raises(TypeError, match="second argument holds CSR layers"):
         load_dense_weights(net, sparse)
     assert all(torch.equal(v, before[k]) for k, v in sparse.state_dict().items())
+
+
+def test_a_network_that_is_one_linear_layer_is_converted():
+    torch.manual_seed(0)
+    layer = nn.Linear(40, 20)
+    mask = torch.rand(20, 40) < 0.03
+    with torch.no_grad():
+        layer.weight.mul_(mask)
+    sparse, converted = to_sparse_training(layer, {"weight": mask}, density_threshold=0.05)
+    assert converted == [""] and isinstance(sparse, CSRLinear)
+    x = torch.randn(8, 40)
+    torch.testing.assert_close(sparse(x), layer(x), rtol=1e-5, atol=1e-6)
