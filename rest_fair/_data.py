@@ -145,10 +145,13 @@ def _first_element(item: Any) -> torch.Tensor:
 
 def _collate_inputs(items: list) -> torch.Tensor:
     inputs = [_first_element(item) for item in items]
-    shapes = {tuple(x.shape) for x in inputs}
-    if len(shapes) > 1:
-        raise ValueError(DATASET_SHAPES.format(sorted(shapes)))
-    return torch.stack(inputs)
+    try:
+        return torch.stack(inputs)
+    except RuntimeError:  # the shapes are looked at only when stacking fails
+        shapes = {tuple(x.shape) for x in inputs}
+        if len(shapes) > 1:
+            raise ValueError(DATASET_SHAPES.format(sorted(shapes))) from None
+        raise
 
 
 class _DatasetSource(BatchSource):

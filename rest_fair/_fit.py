@@ -159,7 +159,7 @@ def _digest(*arrays: Any) -> str:
         else:  # a torch Dataset is read lazily: its length and a sample of its items
             h.update(f"dataset:{type(a).__qualname__}:{len(a)}".encode())
             for i in sorted({0, len(a) // 2, len(a) - 1}):
-                item = torch.as_tensor(_first_element(a[i])).detach().cpu().contiguous()
+                item = _first_element(a[i]).detach().cpu().contiguous()
                 h.update(str((item.dtype, tuple(item.shape))).encode())
                 h.update(item.reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()

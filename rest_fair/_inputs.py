@@ -109,13 +109,10 @@ def _validate_xy(est: Any, X: Any, y: Any, *, reset: bool = True) -> tuple[Any, 
     if is_torch_dataset(X):
         if y is None:
             raise ValueError(DATASET_NEEDS_Y)
-        n = len(X)
-        if n == 0:
-            raise ValueError(EMPTY_DATASET)
+        shape = _item_shape(X, EMPTY_DATASET)
         y = column_or_1d(np.asarray(y), warn=True)
-        if len(y) != n:
-            raise ValueError(BAD_LENGTH.format(what="y", got=len(y), n=n))
-        shape = tuple(_first_element(X[0]).shape)  # reads one item, once
+        if len(y) != len(X):
+            raise ValueError(BAD_LENGTH.format(what="y", got=len(y), n=len(X)))
         est.n_features_in_ = int(shape[0]) if shape else 1
         est.input_shape_ = shape
         check_classification_targets(y)
@@ -131,6 +128,13 @@ def _validate_xy(est: Any, X: Any, y: Any, *, reset: bool = True) -> tuple[Any, 
     check_classification_targets(y)
     est.input_shape_ = tuple(int(s) for s in X.shape[1:])
     return X, y
+
+
+def _item_shape(X: Any, empty: str) -> tuple:
+    """The input shape of a torch Dataset's first item (read once); ``empty`` if it has none."""
+    if len(X) == 0:
+        raise ValueError(empty)
+    return tuple(_first_element(X[0]).shape)
 
 
 def _encode_labels(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -170,16 +174,15 @@ def _check_validation(est: Any, validation_data: Any,
 def check_x(est: Any, X: Any, *, fitted: Any = None) -> Any:
     """``X`` of ``validation_data`` or (with ``fitted``, the fitted module) of ``predict``.
 
-    Text is tokenized, a torch Dataset passes as it is, and anything else is checked
-    against the inputs ``fit`` was given, as scikit-learn's ``validate_data`` does.
+    Text is tokenized, a torch Dataset must hold items of the shape ``fit`` was given (its
+    first item is read), and anything else is checked against the inputs ``fit`` was
+    given, as scikit-learn's ``validate_data`` does.
     """
     if (tokens := text_input(X, est.module, est.module_params, fitted=fitted)) is not None:
         return tokens
     if not is_torch_dataset(X):
         return validate_data(est, X, reset=False, **_ARRAYS)
-    if len(X) == 0:
-        raise ValueError(EMPTY_DATASET_TO_PREDICT)
-    shape = tuple(_first_element(X[0]).shape)  # reads one item
+    shape = _item_shape(X, EMPTY_DATASET_TO_PREDICT)
     if shape != tuple(est.input_shape_):
         raise ValueError(DATASET_SHAPE_CHANGED.format(shape=shape, fitted=est.input_shape_))
     return X

@@ -20,7 +20,10 @@ training checkpoints (:class:`Checkpoint`) and restored on resume.
 from __future__ import annotations
 
 import os
+from numbers import Integral
 from typing import Any, ClassVar
+
+from ._validation import Interval
 
 __all__ = ["Callback", "Checkpoint", "EarlyStopping", "check_callbacks"]
 
@@ -30,6 +33,7 @@ _NOT_A_CALLBACK = (
     "Callback and override its hooks."
 )
 _A_CLASS = "callbacks[{index}] is the class {name}; pass an instance: {name}(...)."
+_EPOCHS = Interval(Integral, 0, float("inf"))
 
 
 class Callback:
@@ -113,10 +117,9 @@ class EarlyStopping(Callback):
         self.threshold = threshold
 
     def on_train_begin(self, net: Any, **kwargs: Any) -> None:
-        patience = self.patience
-        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 0:
+        if not _EPOCHS.accepts(self.patience):
             raise ValueError(f"EarlyStopping patience must be an int >= 0 (epochs); got "
-                             f"{patience!r}.")
+                             f"{self.patience!r}.")
         self.best_ = None
         self.wait_ = 0
 

@@ -13,12 +13,13 @@ import copy
 import inspect
 import math
 from collections.abc import Callable, Sequence
+from numbers import Integral
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
+from ._validation import Interval
 from .backbones import MODULE_NAMES, build_backbone, is_backbone
 
 __all__ = ["MLP", "MODULE_NAMES", "ResNet18", "SmallCNN", "build_module"]
@@ -31,6 +32,7 @@ _NO_PRETRAINED = (
     "module={name!r} is a built-in network without pretrained weights; "
     "module_params['weights'] applies to torchvision models (e.g. module='resnet50')."
 )
+_WIDTH = Interval(Integral, 1, float("inf"))
 _BAD_HIDDEN = (
     "module_params['hidden_layer_sizes'] must be a sequence of positive ints (the width of "
     "each hidden layer), e.g. (100, 100); got {value!r}."
@@ -67,11 +69,10 @@ class MLP(nn.Module):
         hidden_layer_sizes: Sequence[int] = (100, 100, 100),
     ) -> None:
         super().__init__()
-        if isinstance(hidden_layer_sizes, (str, bytes)) or not isinstance(
-                hidden_layer_sizes, Sequence) or not all(
-                isinstance(w, (int, np.integer)) and not isinstance(w, bool) and w > 0
-                for w in hidden_layer_sizes):
-            raise ValueError(_BAD_HIDDEN.format(value=hidden_layer_sizes))
+        sizes = hidden_layer_sizes
+        if (isinstance(sizes, (str, bytes)) or not isinstance(sizes, Sequence)
+                or not all(_WIDTH.accepts(w) for w in sizes)):
+            raise ValueError(_BAD_HIDDEN.format(value=sizes))
         n_in = math.prod(input_shape)
         layers: list[nn.Module] = [nn.Flatten()]
         for width in hidden_layer_sizes:

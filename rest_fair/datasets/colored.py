@@ -20,6 +20,7 @@ import dataclasses
 import functools
 import math
 from collections.abc import Callable, Sequence
+from numbers import Integral, Real
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -27,6 +28,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from .._requirements import import_optional
+from .._validation import Interval
 from .idx import _BAD_SPLIT
 
 if TYPE_CHECKING:  # the images of a split may be a torch Dataset (ColoredImages)
@@ -78,6 +80,8 @@ _SPLIT_TOO_SMALL = (
     "split_sizes={value!r} gives a {split} split of {size} images, fewer than the {k} "
     "classes: every split needs at least one image of each class."
 )
+_COUNT = Interval(Integral, 0, float("inf"))
+_NON_NEGATIVE = Interval(Real, 0, float("inf"))
 _BAD_COLOR_STD = "color_std must be a finite number >= 0; got {value!r}."
 _FEW_COLORS = (
     "palette has {n} colours but the labels go up to {top}: it needs one colour per class."
@@ -210,7 +214,7 @@ def n_conflicting(conflict_ratio: float, n_train: int) -> int:
     int
     """
     _check_ratio(conflict_ratio)
-    if isinstance(n_train, bool) or not isinstance(n_train, (int, np.integer)) or n_train < 0:
+    if not _COUNT.accepts(n_train):
         raise ValueError(f"n_train must be an int >= 0; got {n_train!r}.")
     return math.floor(round(float(conflict_ratio) * n_train, 9) + 0.5)
 
@@ -321,8 +325,7 @@ def _draw_colors(
     rng: np.random.Generator,
 ) -> tuple[np.ndarray, np.ndarray]:
     """``bias`` (int64, (n,)) and RGB stroke ``colors`` (float32, (n, 3)), as :func:`colorize`."""
-    if (isinstance(color_std, bool) or not isinstance(color_std, (int, float, np.number))
-            or not math.isfinite(color_std) or color_std < 0):
+    if not _NON_NEGATIVE.accepts(color_std):
         raise ValueError(_BAD_COLOR_STD.format(value=color_std))
     n_colors = len(palette)
     n = len(labels)
@@ -450,11 +453,7 @@ def _make(
     _check_ratio(conflict_ratio)
     palette = _check_palette(palette)
     n_train, n_valid, n_test = _resolve_sizes(split_sizes, len(labels))
-    n_classes = len(np.unique(labels))
-    for split, size in zip(SPLITS, (n_train, n_valid, n_test), strict=True):
-        if size < n_classes:
-            raise ValueError(_SPLIT_TOO_SMALL.format(value=split_sizes, split=split, size=size,
-                                                     k=n_classes))
+    _check_split_sizes((n_train, n_valid, n_test), labels, split_sizes)
     if image_size is not None:
         images = _resize(images, image_size)
     seeds = np.random.default_rng(random_state).integers(0, 2**31 - 1, size=6)
@@ -506,6 +505,15 @@ def _colored_splits(
         **arrays, palette=palette, n_bias=len(palette), conflict_ratio=float(conflict_ratio),
         source=source, random_state=random_state,
     )
+
+
+def _check_split_sizes(sizes: Sequence[int], labels: np.ndarray, split_sizes: Any) -> None:
+    """Refuse split ``sizes`` (train, valid, test) with fewer images than ``labels`` classes."""
+    n_classes = len(np.unique(labels))
+    for split, size in zip(SPLITS, sizes, strict=True):
+        if size < n_classes:
+            raise ValueError(_SPLIT_TOO_SMALL.format(value=split_sizes, split=split, size=size,
+                                                     k=n_classes))
 
 
 def _check_ratio(conflict_ratio: float) -> None:

@@ -22,13 +22,12 @@ from numpy.typing import ArrayLike
 from torch.utils.data import Dataset
 
 from .colored import (
-    _SPLIT_TOO_SMALL,
-    SPLITS,
     BiasedImageData,
     Split,
     _check_image_size,
     _check_palette,
     _check_ratio,
+    _check_split_sizes,
     _colored_splits,
     _paint,
     _resize,
@@ -285,11 +284,7 @@ def make_colored_fashion_mnist(
     train_images, train_labels = load_fashion_mnist(root, split="train")
     test_images, test_labels = load_fashion_mnist(root, split="test")
     n_train, n_valid, n_test = _resolve_counts(split_sizes, len(train_labels), len(test_labels))
-    n_classes = len(np.unique(train_labels))
-    for split, size in zip(SPLITS, (n_train, n_valid, n_test), strict=True):
-        if size < n_classes:
-            raise ValueError(_SPLIT_TOO_SMALL.format(value=split_sizes, split=split, size=size,
-                                                     k=n_classes))
+    _check_split_sizes((n_train, n_valid, n_test), train_labels, split_sizes)
     seeds = [int(s) for s in np.random.default_rng(random_state).integers(0, 2**31 - 1, size=6)]
     valid_idx, rest = _stratified(np.arange(len(train_labels)), n_valid, train_labels, seeds[0])
     train_idx, _ = _stratified(rest, n_train, train_labels, seeds[1])

@@ -12,10 +12,10 @@ it is applied before the store), each thread computes whole panels where they di
 evenly among the threads (else rows are divided between threads by their active
 weights), and the result is unpacked once on exit. Elsewhere (CUDA, other dtypes, no C
 compiler, ``REST_FAIR_NATIVE_KERNELS=0``, a batch of fewer than 8 samples, or an input
-that requires a gradient) a chain
-computes ``torch.addmm(bias, W_csr, X_t)`` on feature-major activations ``X_t`` (one row
-per feature, one column per sample), transposed once on entry and once on exit. Dead
-neurons between two layers of a chain are removed:
+that requires a gradient) a chain computes ``torch.addmm(bias, W_csr, X_t)`` on
+feature-major activations ``X_t`` (one row per feature, one column per sample),
+transposed once on entry and once on exit. Dead neurons between two layers of a chain are
+removed:
 
 - a neuron whose incoming row is empty outputs the constant ``act(bias)``; its
   contribution is folded into the next layer's bias and the neuron is dropped;

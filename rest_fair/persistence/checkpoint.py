@@ -24,11 +24,13 @@ import io
 import json
 import os
 import tempfile
+from numbers import Integral
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .._validation import Interval
 from ..exceptions import CheckpointError
 
 __all__ = [
@@ -163,7 +165,7 @@ def _read_manifest(directory: Path) -> dict[str, Any]:
         if manifest.get("format") != FORMAT_NAME:
             raise ValueError(f"format is {manifest.get('format')!r}")
         version = manifest["version"]
-        if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        if not Interval(Integral, 1, float("inf")).accepts(version):
             raise ValueError(f"version is {version!r}")
         file, digest = str(manifest["file"]), str(manifest["sha256"])
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:

@@ -341,5 +341,5 @@ class MaskSet:
     def apply_(self) -> None:
         """Zero every inactive weight (one fused multiply over all layers)."""
         if self.params:
-            torch._foreach_mul_(list(self.params.values()),
-                                [self._mult[name] for name in self.params])
+            # _mult is kept in the order of params (see __init__)
+            torch._foreach_mul_(list(self.params.values()), list(self._mult.values()))
