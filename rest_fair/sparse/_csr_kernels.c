@@ -127,6 +127,54 @@ static inline void transpose_f64(vec_f64 *v) {
     STAGE(v, 8, 1, mask_f64, 0, 8, 2, 10, 4, 12, 6, 14)
 }
 
+/* Lane l of the result: the sum of the lanes of v[l], added in the order of hsum_f32 /
+   hsum_f64 below (lane k + lane k + VL/2, then those sums k + k + VL/4, then the VL/4
+   of those in order), so that it equals hsum(v[l]) bitwise, for all VL vectors at once:
+   each stage folds two vectors into one with two shuffles and an add. */
+static inline vec_f32 hsums_f32(const vec_f32 *v) {
+    vec_f32 e[8], f[4];
+    for (int i = 0; i < 8; ++i) /* lanes 0-7: fold of v[2i]; 8-15: of v[2i + 1] */
+        e[i] = SHUFFLE(mask_f32, v[2 * i], v[2 * i + 1], 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18,
+                       19, 20, 21, 22, 23) +
+               SHUFFLE(mask_f32, v[2 * i], v[2 * i + 1], 8, 9, 10, 11, 12, 13, 14, 15, 24, 25,
+                       26, 27, 28, 29, 30, 31);
+    for (int i = 0; i < 4; ++i) /* lane 4g + m: partial sum m of v[4i + g] */
+        f[i] = SHUFFLE(mask_f32, e[2 * i], e[2 * i + 1], 0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18,
+                       19, 24, 25, 26, 27) +
+               SHUFFLE(mask_f32, e[2 * i], e[2 * i + 1], 4, 5, 6, 7, 12, 13, 14, 15, 20, 21,
+                       22, 23, 28, 29, 30, 31);
+    /* gather partial sum m of every vector into g[m] (lane l: of v[l]) */
+    const vec_f32 u0 = SHUFFLE(mask_f32, f[0], f[1], 0, 4, 8, 12, 16, 20, 24, 28, 1, 5, 9,
+                               13, 17, 21, 25, 29),
+                  u1 = SHUFFLE(mask_f32, f[0], f[1], 2, 6, 10, 14, 18, 22, 26, 30, 3, 7, 11,
+                               15, 19, 23, 27, 31),
+                  w0 = SHUFFLE(mask_f32, f[2], f[3], 0, 4, 8, 12, 16, 20, 24, 28, 1, 5, 9,
+                               13, 17, 21, 25, 29),
+                  w1 = SHUFFLE(mask_f32, f[2], f[3], 2, 6, 10, 14, 18, 22, 26, 30, 3, 7, 11,
+                               15, 19, 23, 27, 31);
+    const vec_f32 g0 = SHUFFLE(mask_f32, u0, w0, 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20,
+                               21, 22, 23),
+                  g1 = SHUFFLE(mask_f32, u0, w0, 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27,
+                               28, 29, 30, 31),
+                  g2 = SHUFFLE(mask_f32, u1, w1, 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20,
+                               21, 22, 23),
+                  g3 = SHUFFLE(mask_f32, u1, w1, 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27,
+                               28, 29, 30, 31);
+    return ((g0 + g1) + g2) + g3;
+}
+
+static inline vec_f64 hsums_f64(const vec_f64 *v) {
+    vec_f64 e[4], f[2];
+    for (int i = 0; i < 4; ++i) /* lanes 0-3: fold of v[2i]; 4-7: of v[2i + 1] */
+        e[i] = SHUFFLE(mask_f64, v[2 * i], v[2 * i + 1], 0, 1, 2, 3, 8, 9, 10, 11) +
+               SHUFFLE(mask_f64, v[2 * i], v[2 * i + 1], 4, 5, 6, 7, 12, 13, 14, 15);
+    for (int i = 0; i < 2; ++i) /* lane 2g + m: partial sum m of v[4i + g] */
+        f[i] = SHUFFLE(mask_f64, e[2 * i], e[2 * i + 1], 0, 1, 4, 5, 8, 9, 12, 13) +
+               SHUFFLE(mask_f64, e[2 * i], e[2 * i + 1], 2, 3, 6, 7, 10, 11, 14, 15);
+    return SHUFFLE(mask_f64, f[0], f[1], 0, 2, 4, 6, 8, 10, 12, 14) +
+           SHUFFLE(mask_f64, f[0], f[1], 1, 3, 5, 7, 9, 11, 13, 15);
+}
+
 /* The gradient v behind a ReLU whose output is g: 0 where g <= 0, else v (also where g is
    NaN), as torch's threshold_backward(v, g, 0) computes it. */
 #define GATED(g, v) ((g) <= 0 ? (__typeof__(v))0 : (v))
@@ -305,10 +353,16 @@ static inline void transpose_f64(vec_f64 *v) {
         scalar buf[VL][T_##SUFFIX##_##NV] __attribute__((aligned(64)));                        \
         if (want_gw)                                                                           \
             for (int64_t j = ccol[c0]; j < ccol[c1]; ++j) gw_t[j] = 0;                         \
+        /* the dot products of the weight gradient wait in dots until VL of them (entries     \
+           j0, j0 + 1, ... of the transposed pattern, which a panel visits in order) are      \
+           summed together */                                                                  \
+        vec_##SUFFIX dots[VL];                                                                 \
         for (int64_t q = 0; q < np; ++q) {                                                     \
             const scalar *gp = p->gp + q * p->n_out * T;                                       \
             const scalar *xp = p->xp + q * p->n_in * T;                                        \
             const int64_t nb = B - q * T < T ? B - q * T : T;                                  \
+            int64_t j0 = ccol[c0];                                                             \
+            int n_dots = 0;                                                                    \
             for (int64_t cb = c0; cb < c1; cb += VL) {                                         \
                 const int64_t ce = cb + VL < c1 ? cb + VL : c1;                                \
                 for (int64_t c = cb; c < ce; ++c) {                                            \
@@ -329,7 +383,12 @@ static inline void transpose_f64(vec_f64 *v) {
                             }                                                                  \
                             vec_##SUFFIX d = gv[0] * xv[0];                                    \
                             for (int v = 1; v < NV; ++v) d += gv[v] * xv[v];                   \
-                            gw_t[j] += hsum_##SUFFIX(d);                                       \
+                            dots[n_dots++] = d;                                                \
+                            if (n_dots == VL) { /* entries j0 .. j0 + VL - 1 are complete */   \
+                                *(uvec_##SUFFIX *)(gw_t + j0) += hsums_##SUFFIX(dots);         \
+                                j0 += VL;                                                      \
+                                n_dots = 0;                                                    \
+                            }                                                                  \
                         }                                                                      \
                     } else {                                                                   \
                         vec_##SUFFIX more[((4 / NV) - 1) * NV + 1];                            \
@@ -359,6 +418,7 @@ static inline void transpose_f64(vec_f64 *v) {
                     store_##SUFFIX##_##NV((const scalar(*)[T_##SUFFIX##_##NV])buf, cb, ce, nb, \
                                           p->gx + q * p->sq, p->si, p->sr);                    \
             }                                                                                  \
+            for (int t = 0; t < n_dots; ++t) gw_t[j0 + t] += hsum_##SUFFIX(dots[t]);          \
         }                                                                                      \
         if (want_gw)                                                                           \
             for (int64_t j = ccol[c0]; j < ccol[c1]; ++j) p->gw[perm[j]] = gw_t[j];            \

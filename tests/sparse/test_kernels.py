@@ -117,17 +117,42 @@ def test_kernels_equal_dense_products(dtype, batch, layout):
 
 @needs_kernels
 @pytest.mark.usefixtures("every_call_parallel")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("batch", [130, 256])  # 3 and 4 panels: split by panels or rows
-def test_kernel_results_do_not_depend_on_the_thread_count(batch):
+def test_kernel_results_do_not_depend_on_the_thread_count(batch, dtype):
+    # a thread's share of the weight gradient is summed a vector of entries at a time from
+    # its first entry, the rest one by one: other thread counts group the entries otherwise
     mask = _pattern(300, 200, 0.05, seed=0)
     gen = torch.Generator().manual_seed(0)
-    weight = torch.randn(300, 200, generator=gen) * mask
-    bias = torch.randn(300, generator=gen)
-    x, g = torch.randn(batch, 200, generator=gen), torch.randn(batch, 300, generator=gen)
+    weight = torch.randn(300, 200, generator=gen, dtype=dtype) * mask
+    bias = torch.randn(300, generator=gen, dtype=dtype)
+    x = torch.randn(batch, 200, generator=gen, dtype=dtype)
+    g = torch.randn(batch, 300, generator=gen, dtype=dtype)
     first = _run_kernels(mask, weight, bias, x, g, 1)
     for n_threads in (2, 3, 4, 7):
         again = _run_kernels(mask, weight, bias, x, g, n_threads)
         assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_weight_gradient_without_input_gradient_is_the_same(dtype):
+    mask = _pattern(120, 90, 0.3, seed=3)
+    gen = torch.Generator().manual_seed(3)
+    flat, crow, col, crow_t, row_t, perm = _csr_of(mask)
+    values = torch.randn(flat.numel(), generator=gen, dtype=dtype)
+    x = torch.randn(70, 90, generator=gen, dtype=dtype)
+    g = torch.randn(70, 120, generator=gen, dtype=dtype)
+    splits = kernels.Splits(crow, crow_t, 2)
+    nv, _ = kernels.panel_width(dtype, 70)
+    xp, _ = kernels.pack(x, splits.in_features, nv)
+    gp, _ = kernels.pack(g, splits.out_features, nv)
+    both, alone = torch.empty_like(values), torch.empty_like(values)
+    kernels.csr_backward(gp, xp, nv, 70, crow_t, row_t, perm, values, splits.cols,
+                         torch.empty_like(x), both)
+    kernels.csr_backward(gp, xp, nv, 70, crow_t, row_t, perm, values, splits.cols, None, alone)
+    assert torch.equal(both, alone)
+    torch.testing.assert_close(alone, (g.t() @ x).reshape(-1)[flat])
 
 
 @needs_kernels
