@@ -164,8 +164,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                              '128]}\' for a thinner CNN.')
     parser.add_argument("--estimator-params", type=_estimator_params, dest="extra_params",
                         help='Further RESTClassifier parameters as JSON, e.g. '
-                             '\'{"update_interval": 100}\'; the method\'s own settings '
-                             '(sparsity, upweight, ...) still apply.')
+                             '\'{"update_interval": 100}\'; not those another option or '
+                             'the method sets (sparsity, lr, upweight, ...).')
     parser.add_argument("--image-size", type=int)
     parser.add_argument("--upweight", type=parse_upweight,
                         help="Override lambda (default 10/30/50/80 for 0.5/1/2/5 %%): a "

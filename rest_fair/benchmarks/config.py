@@ -25,6 +25,14 @@ __all__ = ["PRESETS", "BenchConfig", "RunSpec", "preset"]
 _MATPLOTLIB = Requirement("matplotlib", "matplotlib", "bench", "the plots (or pass --no-plots)")
 _UNKNOWN_PRESET = "Unknown preset {name!r}; available: {names}."
 _BAD_FIELD = "{field} {detail}; got {value!r}."
+_DECIDED = (
+    "extra_params (--estimator-params) sets {key!r}, which {owner} decides for every run; "
+    "set it there instead."
+)
+# estimator parameters that a field of BenchConfig decides, and that field
+_FIELD_PARAMS = {"max_epochs": "max_epochs", "batch_size": "batch_size", "lr": "lr",
+                 "module": "module", "module_params": "module_params", "device": "device",
+                 "random_state": "seeds", "sparsity": "sparsities"}
 
 
 class _Keyed:
@@ -95,7 +103,8 @@ class BenchConfig:
         Override of the ratio-dependent lambda (None: 10/30/50/80 for 0.5/1/2/5 %;
         ``"none"``: no reweighting).
     extra_params : dict
-        Any further :class:`RESTClassifier` parameters (e.g. ``{"jtt_epochs": 2}``).
+        Any further :class:`RESTClassifier` parameters (e.g. ``{"jtt_epochs": 2}``); not
+        those another field or a method sets (:meth:`decided_params`, refused).
     device : str
         Passed to the estimator.
     data_root : str or None
@@ -157,6 +166,20 @@ class BenchConfig:
                 raise ValueError(_BAD_FIELD.format(field=field, detail=detail, value=value))
         for name in self.methods:
             get_method(name)
+        decided = self.decided_params()
+        for key in self.extra_params:
+            if key in decided:
+                raise ValueError(_DECIDED.format(key=key, owner=decided[key]))
+
+    def decided_params(self) -> dict[str, str]:
+        """The estimator parameters that the fields and the methods set, each with who sets
+        it (``extra_params`` may not set them too: which one won would be a guess)."""
+        decided = {key: f"the field {field!r}" for key, field in _FIELD_PARAMS.items()}
+        for name in self.methods:
+            for key in get_method(name).params:
+                decided.setdefault(key, f"the method {name!r}"
+                                   + (" (and the field 'upweight')" if key == "upweight" else ""))
+        return decided
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dictionary of the configuration."""

@@ -51,6 +51,10 @@ _UNKNOWN_METHOD = "Unknown study method {name!r}; available: {names}."
 _BAD_RULE = "selection must be one of {rules}; got {value!r}."
 _BAD_BUDGET = "budget must be a positive int (configurations per method); got {value!r}."
 _BAD_SEARCH_SEED = "search_seed must be an int >= 0; got {value!r}."
+_SEARCHED_OR_FIXED = (
+    "extra_params sets {key!r} (got {value!r}), which the study searches or the method "
+    "{method!r} sets; leave it out."
+)
 _SEARCHED = (
     "{what} is searched by the random search (see rest_fair.benchmarks.search); do not set "
     "it (got {value!r})."
@@ -298,6 +302,13 @@ class RandomSearch:
             get_study_method(name)
         if self.bench.upweight is not None:
             raise ValueError(_SEARCHED.format(what="upweight (λ)", value=self.bench.upweight))
+        for name in self.methods:
+            decided = {*self.searched_params(name, 0, self.bench.ratios[0]),
+                       *get_method(STUDY_METHODS[name].family).params}
+            clash = sorted(decided & set(self.bench.extra_params))
+            if clash:
+                raise ValueError(_SEARCHED_OR_FIXED.format(
+                    key=clash[0], method=name, value=self.bench.extra_params[clash[0]]))
         equal_cost = [n for n in self.methods if STUDY_METHODS[n].cost_of is not None]
         if equal_cost and self.bench.module != "mlp":
             raise ValueError(_EQUAL_COST_MODULE.format(names=", ".join(equal_cost),

@@ -95,6 +95,24 @@ def test_bad_config_is_named(kwargs, match):
         preset("huge")
 
 
+@pytest.mark.parametrize(
+    ("extra", "owner"),
+    [
+        ({"lr": 0.1}, "the field 'lr'"),
+        ({"sparsity": 0.5}, "the field 'sparsities'"),
+        ({"random_state": 3}, "the field 'seeds'"),
+        ({"upweight": 5.0}, "the method 'rest'"),
+        ({"objective": "groupdro"}, "the method 'groupdro'"),
+    ],
+)
+def test_extra_params_may_not_set_what_a_field_or_method_sets(extra, owner):
+    # which of the two won used to depend on the key: fields lost, methods won
+    with pytest.raises(ValueError, match=f"sets {next(iter(extra))!r}, which {owner}"):
+        tiny_config(methods=("rest", "groupdro"), extra_params=extra)
+    assert tiny_config(extra_params={"update_interval": 7}).extra_params == {
+        "update_interval": 7}
+
+
 def test_split_threads_never_oversubscribes():
     for cores in (1, 2, 3, 8, 16):
         for n_jobs in (1, 2, 3, 4, -1, 32):
