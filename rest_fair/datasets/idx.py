@@ -82,6 +82,10 @@ _TRAILING = "{path} has data after the {want} bytes its header {dims} declares."
 _TOO_BIG = "{path} declares dimensions {dims} ({want} bytes), more than can be allocated."
 _BAD_GZIP = "{path} is not a readable gzip file ({error})."
 _MISSING_FILE = "No idx file {path}."
+_A_FOLDER = (
+    "{path} is a folder; read_idx reads one idx file (load_mnist_idx and "
+    "load_fashion_mnist read a folder's four)."
+)
 _MISSING_FILES = (
     "{what}: missing {names} in {root} (each file may also end in '.gz'). {hint}"
 )
@@ -119,11 +123,15 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     ------
     FileNotFoundError
         If there is no such file.
+    IsADirectoryError
+        If ``path`` is a folder.
     DatasetFormatError
         If the file is not an idx file, is truncated, has bytes after the declared data, or
         is a damaged gzip file; the message names the file and the fault.
     """
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(_A_FOLDER.format(path=path))
     if not path.is_file():
         raise FileNotFoundError(_MISSING_FILE.format(path=path))
     with path.open("rb") as raw:

@@ -89,6 +89,8 @@ def test_damaged_gzip_is_named(tmp_path):
 def test_read_idx_missing_file(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"nothing\.idx"):
         read_idx(tmp_path / "nothing.idx")
+    with pytest.raises(IsADirectoryError, match="is a folder; read_idx reads one idx file"):
+        read_idx(tmp_path)
 
 
 @pytest.mark.parametrize("gz", [False, True])
