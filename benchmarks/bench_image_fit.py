@@ -7,7 +7,14 @@ float32 features in [0, 1]. The two take turns ``--repeats`` times; printed are 
 fit times, the sparse fit's as a ratio to the dense one, and where the sparse fit's time
 goes: outside the epochs (input checks, building the run, the ``"auto"`` timing pass,
 restoring the chosen epoch), validation, and the training steps; ``--profile N`` prints
-one sparse fit's top functions. Run it alone on the machine::
+one sparse fit's top functions.
+
+``--plain-loop`` adds the floor of this structure: a minimal hand-written torch loop (SGD
+with the same learning rate and momentum, batches drawn in a random order, no validation,
+no reweighting, no topology updates) over the same 48,000 training images and epochs,
+once with the dense network and once with the sparse fit's final masks on the same
+``CSRLinear`` layers, timed in turns. Its sparse/dense ratio is what eager PyTorch with
+our kernels gives before any of ``fit``'s own work. Run it alone on the machine::
 
     flock /tmp/torch.lock python benchmarks/bench_image_fit.py
 """
@@ -26,6 +33,8 @@ import torch
 
 from rest_fair import RESTClassifier
 from rest_fair.datasets import load_fashion_mnist
+from rest_fair.sparse.csr_linear import CSRLinear
+from rest_fair.sparse.modules import set_submodule
 
 
 def load(root: str | None, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -51,6 +60,37 @@ def fit(args, X, y, sparsity: float) -> dict[str, float]:
             "sparse_layers": ", ".join(clf.sparse_compute_layers_) or "-"}
 
 
+def plain_networks(args, X, y) -> dict[float, torch.nn.Module]:
+    """The dense network and the sparse one (the 99 % fit's final masks on ``CSRLinear``
+    layers, the layers ``fit`` ran on the kernels), both freshly initialised."""
+    sparse_fit = estimator(args, args.sparsity).fit(X[:2048], y[:2048])
+    networks = {}
+    for sparsity in (0.0, args.sparsity):
+        torch.manual_seed(0)
+        network = estimator(args, sparsity).fit(X[:256], y[:256]).module_
+        if sparsity:
+            for name in sparse_fit.sparse_compute_layers_:
+                mask = sparse_fit.masks_[f"{name}.weight"]
+                set_submodule(network, name, CSRLinear(network.get_submodule(name), mask))
+        networks[sparsity] = network.train()
+    return networks
+
+
+def plain_epochs(args, network: torch.nn.Module, X: torch.Tensor, y: torch.Tensor) -> float:
+    """Seconds of ``args.epochs`` epochs of the minimal loop."""
+    optimizer = torch.optim.SGD(network.parameters(), lr=0.05, momentum=0.9)
+    start = time.perf_counter()
+    for _ in range(args.epochs):
+        order = torch.randperm(len(X))
+        for first in range(0, len(X), args.batch):
+            idx = order[first:first + args.batch]
+            loss = torch.nn.functional.cross_entropy(network(X.index_select(0, idx)), y[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+    return time.perf_counter() - start
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", default=None, help="Folder of the four idx files.")
@@ -62,6 +102,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--profile", type=int, default=0)
+    parser.add_argument("--plain-loop", action="store_true",
+                        help="also time a minimal torch loop on the same networks")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     X, y = load(args.root, args.n_images)
@@ -85,6 +127,21 @@ def main(argv: list[str] | None = None) -> None:
               f"{statistics.median(r['outside'] for r in fits):.1%} | "
               f"{statistics.median(r['valid_acc'] for r in fits):.3f} | "
               f"{fits[0]['sparse_layers']} |")
+    if args.plain_loop:
+        n_train = args.n_images - 6000
+        X_train, y_train = torch.from_numpy(X[:n_train]), torch.from_numpy(y[:n_train]).long()
+        networks = plain_networks(args, X, y)
+        seconds: dict[float, list[float]] = {s: [] for s in networks}
+        for rep in range(args.repeats):
+            for sparsity in (list(networks) if rep % 2 == 0 else list(networks)[::-1]):
+                seconds[sparsity].append(plain_epochs(args, networks[sparsity], X_train,
+                                                      y_train))
+        dense_loop = statistics.median(seconds[0.0])
+        step_ms = 1e3 * dense_loop / args.epochs / -(-n_train // args.batch)
+        print(f"\nMinimal torch loop ({n_train} images, {args.epochs} epochs, "
+              f"{args.repeats} interleaved runs, medians): the {args.sparsity:g} network "
+              f"takes {statistics.median(seconds[args.sparsity]) / dense_loop:.3f}x the "
+              f"dense one's time; a dense step takes {step_ms:.2f} ms.")
     if args.profile:
         profiler = cProfile.Profile()
         profiler.enable()
