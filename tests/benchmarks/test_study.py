@@ -208,9 +208,9 @@ def test_bad_search_is_named(kwargs, match):
     with pytest.raises(ValueError, match="module='mlp'"):
         RandomSearch(preset("tiny", module="cnn"), methods=("dense_cost_0.9",))
     # what the search draws or a row's method sets would silently replace extra_params
-    with pytest.raises(ValueError, match="'weight_decay'.*'erm'"):
+    with pytest.raises(ValueError, match=r"'weight_decay'.*'erm'"):
         RandomSearch(preset("tiny", extra_params={"weight_decay": 0.1}), methods=("erm",))
-    with pytest.raises(ValueError, match="'infer_groups'.*'jtt'"):
+    with pytest.raises(ValueError, match=r"'infer_groups'.*'jtt'"):
         RandomSearch(preset("tiny", extra_params={"infer_groups": None}), methods=("jtt",))
 
 

@@ -139,7 +139,7 @@ def test_kernel_results_do_not_depend_on_the_thread_count(batch, dtype):
 def test_weight_gradient_without_input_gradient_is_the_same(dtype):
     mask = _pattern(120, 90, 0.3, seed=3)
     gen = torch.Generator().manual_seed(3)
-    flat, crow, col, crow_t, row_t, perm = _csr_of(mask)
+    flat, crow, _col, crow_t, row_t, perm = _csr_of(mask)
     values = torch.randn(flat.numel(), generator=gen, dtype=dtype)
     x = torch.randn(70, 90, generator=gen, dtype=dtype)
     g = torch.randn(70, 120, generator=gen, dtype=dtype)
