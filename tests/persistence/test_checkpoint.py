@@ -227,6 +227,7 @@ def test_truncated_or_tampered_checkpoints_are_refused_and_kept(tmp_path):
         clf.fit(X, y, groups=g, resume_from=tmp_path)
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol:UserWarning")
 def test_a_pickle_in_a_checkpoint_runs_no_code(tmp_path):
     import hashlib
     import pickle
