@@ -140,8 +140,11 @@ def test_errors():
     net = nn.Sequential(nn.Linear(3, 2))
     with pytest.raises(ValueError, match="density_threshold"):
         export_sparse(net, {}, density_threshold=1.5)
-    with pytest.raises(ValueError, match="num_threads"):
-        export_sparse(net, {}, num_threads=0)
+    allowed = r"num_threads must be None or an integer in \[1, 1024\]"
+    for bad in (0, 2.0, True, 10**6):  # a million threads crashed torch's OpenMP runtime
+        with pytest.raises(ValueError, match=allowed):
+            export_sparse(net, {}, num_threads=bad)
+    assert export_sparse(net, {}, num_threads=1024).num_threads == 1024
     with pytest.raises(KeyError, match="not a parameter"):
         export_sparse(net, {"x.weight": torch.ones(2, 3, dtype=torch.bool)})
     with pytest.raises(TypeError, match="bool"):
