@@ -426,10 +426,18 @@ scipy.sparse matrix, DataFrame, or torch Dataset
             ``distributed_timeout``, or the ranks' masks or weights diverged
             (:class:`~rest_fair.exceptions.MaskDivergenceError`).
         """
-        check_params(self)
+        self._validate_params()
         with translate_failures(self.distributed_timeout):
             return fit_estimator(self, X, y, groups=groups, sample_weight=sample_weight,
                                  validation_data=validation_data, resume_from=resume_from)
+
+    def _validate_params(self) -> None:
+        """Check the hyper-parameters (scikit-learn's hook, on this estimator's constraints).
+
+        scikit-learn's own version reads ``_parameter_constraints`` as its own constraint
+        objects and fails on ours; tools that call the hook get :func:`check_params`.
+        """
+        check_params(self)
 
     # ---------------------------------------------------------------- predicting
     def predict_logits(self, X: Any) -> np.ndarray:

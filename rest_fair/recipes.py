@@ -6,9 +6,14 @@ A recipe is a plain dict: ``RESTClassifier(**authors_recipe())``, or
 
 from __future__ import annotations
 
+from numbers import Real
 from typing import Any
 
+from ._validation import Interval
+
 __all__ = ["RECIPE_DATASETS", "authors_recipe"]
+
+_UPWEIGHT = Interval(Real, 0, float("inf"), "neither")
 
 #: Learning rates of the REST paper's runs by data set (SGD, batch 256, 100 epochs).
 RECIPE_DATASETS = {"colored_mnist": 0.01, "corrupted_cifar10": 0.001, "bffhq": 0.001}
@@ -57,6 +62,8 @@ def authors_recipe(dataset: str = "colored_mnist", *, upweight: float = 80.0) ->
     """
     if dataset not in RECIPE_DATASETS:
         raise ValueError(f"dataset must be one of {sorted(RECIPE_DATASETS)}; got {dataset!r}.")
+    if not _UPWEIGHT.accepts(upweight):
+        raise ValueError(f"upweight must be {_UPWEIGHT.describe()}; got {upweight!r}.")
     return {
         "layer_density": "erk",
         "sparse_init": "random",

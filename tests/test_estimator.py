@@ -178,6 +178,14 @@ def test_bad_parameters_name_the_problem(data, params, match):
         _clf(**params).fit(X, y)
 
 
+def test_scikit_learns_parameter_hook_uses_our_constraints():
+    # BaseEstimator._validate_params read our constraint table as its own and failed with
+    # "Unknown constraint type" for every estimator, valid or not
+    RESTClassifier()._validate_params()
+    with pytest.raises(ValueError, match=r"sparsity must be a number in \[0, 1\)"):
+        RESTClassifier(sparsity=1.5)._validate_params()
+
+
 def test_bad_inputs_name_the_problem(data):
     X, y, g = data
     bad = X.copy()

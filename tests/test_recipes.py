@@ -54,6 +54,9 @@ def test_recipe_is_a_set_of_valid_estimator_parameters(data):
     assert clf.n_topology_updates_ > 0
     with pytest.raises(ValueError, match="dataset must be one of"):
         authors_recipe("imagenet")
+    for bad in (0, -1, float("nan"), True, "x"):
+        with pytest.raises(ValueError, match=r"upweight must be a number in \(0, inf\)"):
+            authors_recipe(upweight=bad)
 
 
 def test_rescale_init_false_keeps_the_initial_weights_unscaled(data):
