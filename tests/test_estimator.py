@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import pickle
+import sys
 
 import numpy as np
 import pandas as pd
@@ -18,6 +20,7 @@ from sklearn.preprocessing import StandardScaler
 import rest_fair.training.sampler as training
 from rest_fair import RESTClassifier
 from rest_fair.callbacks import Callback, EarlyStopping
+from rest_fair.exceptions import MissingDependencyError
 from rest_fair.reweighting import cell_weights, draw_indices, sample_weights_for
 
 FAST = dict(max_epochs=8, batch_size=64, lr=0.05, random_state=0, device="cpu",
@@ -165,7 +168,9 @@ def test_user_module_factory(data):
         ({"upweight": "inverse"}, "upweight must be one of"),
         ({"upweight": -2.0}, "upweight"),
         ({"reweight": "both"}, "reweight must be one of"),
-        ({"module": "transformer"}, "module must be one of"),
+        pytest.param({"module": "transformer"}, "module must be one of",
+                     marks=pytest.mark.skipif(importlib.util.find_spec("torchvision") is None,
+                                              reason="without torchvision: the next test")),
         ({"device": "tpu"}, "device must be"),
         ({"max_epochs": 0}, "max_epochs"),
         ({"update_interval": "often"}, "update_interval"),
@@ -176,6 +181,16 @@ def test_bad_parameters_name_the_problem(data, params, match):
     X, y, _ = data
     with pytest.raises(ValueError, match=match):
         _clf(**params).fit(X, y)
+
+
+def test_an_unknown_module_name_without_torchvision_names_both(data, monkeypatch):
+    # a name that is not built in could be a torchvision model: without torchvision the
+    # error says it is not built in and what would run it
+    X, y, _ = data
+    monkeypatch.setitem(sys.modules, "torchvision", None)
+    with pytest.raises(MissingDependencyError,
+                       match=r"module='transformer' \(not a built-in network .*torchvision"):
+        _clf(module="transformer").fit(X, y)
 
 
 def test_scikit_learns_parameter_hook_uses_our_constraints():

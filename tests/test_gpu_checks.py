@@ -17,6 +17,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_every_step_runs_in_smoke_mode(tmp_path):
+    pytest.importorskip("torchvision", reason="the throughput step builds a torchvision ResNet")
     steps = ["tests", "precision", "throughput", "sparse_compute", "ddp"]
     if (FASHION_MNIST / "train-images-idx3-ubyte.gz").exists():
         steps.append("colored_fashion_mnist")
