@@ -25,11 +25,13 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from functools import partial
+from numbers import Integral
 
 import torch
 from torch import nn
 
 from .._probe import probe_pass
+from .._validation import Interval
 from ..sparse.checks import check_masks
 
 __all__ = ["efficiency_report", "layer_shapes"]
@@ -37,6 +39,12 @@ __all__ = ["efficiency_report", "layer_shapes"]
 _BAD_INT = "{name} must be a {kind} int or None; got {value!r}."
 _BAD_REGROW = "regrow must be 'gradient' or 'random'; got {value!r}."
 _NEED_STEPS = "n_topology_updates needs n_train_steps (the number of optimizer steps)."
+_SIZE = Interval(Integral, 1, math.inf)
+_BAD_SHAPE = "input_shape must be a non-empty tuple of positive ints (one sample); got {value!r}."
+_PROBE_FAILED = (
+    "A zero sample of input_shape {shape} does not go through the network; is it the shape "
+    "of one sample, without the batch dimension? ({error})"
+)
 
 _COLUMNS = [
     "layer",
@@ -73,7 +81,16 @@ def layer_shapes(module: nn.Module, input_shape: Sequence[int]) -> dict[str, int
     dict
         Module name -> number of output positions per sample (``H_out * W_out`` for a
         2-D convolution, the product of the extra leading dimensions for a linear layer).
+
+    Raises
+    ------
+    ValueError
+        If ``input_shape`` is not a tuple of positive ints, or a zero sample of that shape
+        does not go through the network (the message gives torch's error).
     """
+    shape = tuple(input_shape) if isinstance(input_shape, Sequence) else None
+    if not shape or not all(_SIZE.accepts(s) for s in shape):
+        raise ValueError(_BAD_SHAPE.format(value=input_shape))
     positions: dict[str, int] = {}
     handles = []
 
@@ -88,8 +105,11 @@ def layer_shapes(module: nn.Module, input_shape: Sequence[int]) -> dict[str, int
     first = next(iter(module.parameters()), None)
     device = first.device if first is not None else torch.device("cpu")
     dtype = first.dtype if first is not None and first.is_floating_point() else torch.float32
-    probe_pass(module, torch.zeros((1, *(int(s) for s in input_shape)), device=device,
-                                   dtype=dtype), handles)
+    try:
+        probe_pass(module, torch.zeros((1, *(int(s) for s in shape)), device=device,
+                                       dtype=dtype), handles)
+    except (RuntimeError, ValueError) as exc:  # torch's shape errors are of either kind
+        raise ValueError(_PROBE_FAILED.format(shape=shape, error=exc)) from exc
     return positions
 
 

@@ -108,5 +108,12 @@ def test_errors():
         efficiency_report(net, {}, (1, 5, 5), n_topology_updates=3)
     with pytest.raises(ValueError, match="regrow"):
         efficiency_report(net, {}, (1, 5, 5), regrow="magic")
+    for bad in ((), (0, 5, 5), (-1,), 5, (1.5, 5, 5)):
+        with pytest.raises(ValueError, match="input_shape must be a non-empty tuple"):
+            efficiency_report(net, {}, bad)
+    # torch's shape error used to come out alone, not naming input_shape; no hook is left
+    with pytest.raises(ValueError, match=r"input_shape \(5, 5\) does not go through"):
+        efficiency_report(net, {}, (5, 5))
+    assert not any(m._forward_hooks for m in net.modules())
     assert math.isnan(efficiency_report(nn.Sequential(nn.ReLU()), {}, (3,))
                       .loc["total", "density"])
