@@ -160,6 +160,13 @@ class BenchConfig:
             ("methods", self.methods, self.methods, "is empty"),
             ("methods", self.methods, len(set(self.methods)) == len(self.methods),
              "names a method twice"),
+            # a repeated value would be one run (same run id) described as two
+            ("ratios", self.ratios, len(set(self.ratios)) == len(self.ratios),
+             "names a share twice"),
+            ("sparsities", self.sparsities,
+             len(set(self.sparsities)) == len(self.sparsities), "names a sparsity twice"),
+            ("seeds", self.seeds, len(set(self.seeds)) == len(self.seeds),
+             "names a seed twice"),
             ("max_epochs", self.max_epochs, int(self.max_epochs) >= 1, "must be >= 1"),
         ):
             if not ok:

@@ -86,6 +86,9 @@ def test_run_ids_are_unique_and_config_sensitive():
         ({"dataset": "cifar"}, "dataset"),
         ({"max_epochs": 0}, "max_epochs"),
         ({"methods": ("erm", "erm")}, "names a method twice"),
+        ({"seeds": (0, 0)}, "seeds names a seed twice"),
+        ({"sparsities": (0.9, 0.9)}, "sparsities names a sparsity twice"),
+        ({"ratios": (0.01, 0.01)}, "ratios names a share twice"),
     ],
 )
 def test_bad_config_is_named(kwargs, match):
