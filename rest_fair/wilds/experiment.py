@@ -16,7 +16,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 from collections.abc import Sequence
+from numbers import Integral, Real
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -24,6 +26,7 @@ import numpy as np
 from sklearn.feature_extraction.text import TfidfVectorizer
 
 from .._requirements import Requirement, check_requirements
+from .._validation import Interval
 from ..experiments.run import digest, jsonable
 from ..experiments.runner import RESULTS_FILE, append_record, read_results
 from .adapter import split_wilds
@@ -76,6 +79,8 @@ _ESTIMATOR_SETTINGS = ("sparsity", "sparse_init", "layer_density", "dense_layers
                        "verbose", "num_workers")
 #: ``--protocol custom``'s learning rate when ``--lr`` is not given, by optimizer.
 _DEFAULT_LR = {"sgd": 0.01, "adam": 1e-3, "adamw": 1e-5}
+_BAD_SETTING = "--{flag} must be {rule}; got {value!r}."
+_BAD_SEEDS = "--seeds must be distinct non-negative ints; got {seeds}."
 
 
 def check_wilds_requirements(dataset: str) -> None:
@@ -107,7 +112,9 @@ def resolve_settings(args: argparse.Namespace, spec: DatasetSpec) -> dict[str, A
     ------
     ValueError
         ``--weights`` with a module that is not a torchvision model (``auto``, ``mlp``,
-        ``cnn`` or a Hugging Face ``hf:`` name).
+        ``cnn`` or a Hugging Face ``hf:`` name); a ``--frac`` outside (0, 1], a
+        ``--max-features``, ``--image-size`` or ``--max-length`` below 1, or repeated or
+        negative ``--seeds``.
     """
     given = {key: getattr(args, key) for key in CUSTOM_DEFAULTS}
     random_init = isinstance(given["weights"], str) and given["weights"].lower() == "none"
@@ -143,7 +150,29 @@ def resolve_settings(args: argparse.Namespace, spec: DatasetSpec) -> dict[str, A
         verbose=args.verbose,
     )
     settings.update(extra, module_params=_module_params(settings))
+    _check_data_settings(settings)
     return settings
+
+
+# the data settings that no estimator check sees, each with its flag and allowed values
+_DATA_SETTINGS = (
+    ("frac", "frac", Interval(Real, 0, 1, "right")),
+    ("max_features", "max-features", Interval(Integral, 1, math.inf)),
+    ("image_size", "image-size", Interval(Integral, 1, math.inf)),
+    ("max_length", "max-length", Interval(Integral, 1, math.inf)),
+)
+
+
+def _check_data_settings(settings: dict[str, Any]) -> None:
+    """Refuse, before any seed runs, data settings that would fail every seed."""
+    for key, flag, allowed in _DATA_SETTINGS:
+        value = settings.get(key)
+        if value is not None and not allowed.accepts(value):
+            raise ValueError(_BAD_SETTING.format(flag=flag, rule=allowed.describe(),
+                                                 value=value))
+    seeds = settings["seeds"]
+    if len(set(seeds)) < len(seeds) or any(s < 0 for s in seeds):
+        raise ValueError(_BAD_SEEDS.format(seeds=seeds))
 
 
 def _default_optimizer(spec: DatasetSpec, module: str) -> str:

@@ -96,6 +96,21 @@ def test_weights_for_a_module_that_is_not_torchvision_are_refused(module):
         _settings("--module", module, "--weights", "DEFAULT")
 
 
+@pytest.mark.parametrize(("argv", "message"), [
+    (("--frac", "2"), r"--frac must be a number in \(0, 1\]; got 2.0"),
+    (("--frac", "0"), r"--frac must be a number in \(0, 1\]"),
+    (("--max-features", "0"), r"--max-features must be an integer in \[1, inf\]"),
+    (("--image-size", "-4"), "--image-size must be"),
+    (("--max-length", "0"), "--max-length must be"),
+    (("--seeds", "0", "0"), r"--seeds must be distinct non-negative ints; got \[0, 0\]"),
+    (("--seeds", "-1"), "--seeds must be distinct"),
+])
+def test_data_settings_are_refused_before_any_seed_runs(argv, message):
+    # these used to fail each seed at its data loading, or run one seed twice
+    with pytest.raises(ValueError, match=message):
+        _settings(*argv)
+
+
 def test_waterbirds_protocol_writes_every_seed_and_mean_std(tmp_path, capsys):
     weights = save_torchvision_state_dict("resnet18", tmp_path / "r18.pt")
     out = tmp_path / "out"
