@@ -23,7 +23,6 @@ import hashlib
 import io
 import json
 import os
-import tempfile
 from numbers import Integral
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,7 @@ import torch
 
 from .._validation import Interval
 from ..exceptions import CheckpointError
+from .files import atomic_write
 
 __all__ = [
     "FORMAT_NAME",
@@ -66,31 +66,6 @@ _MISMATCH = (
     "{details}. Resume with the same data and parameters, or start a new run in another "
     "directory."
 )
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # not supported on every platform
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
 
 
 def has_checkpoint(dirname: str | os.PathLike) -> bool:
@@ -141,7 +116,7 @@ def write_checkpoint(
     torch.save(state, buffer)
     payload = buffer.getvalue()
     name = f"epoch-{int(epoch):06d}.pt"
-    _atomic_write(directory / name, payload)
+    atomic_write(directory / name, payload)
     manifest = {
         "format": FORMAT_NAME,
         "version": FORMAT_VERSION,
@@ -151,7 +126,7 @@ def write_checkpoint(
         "epoch": int(epoch),
         "fingerprint": fingerprint,
     }
-    _atomic_write(directory / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True).encode())
+    atomic_write(directory / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True).encode())
     for old in sorted(directory.glob("epoch-*.pt"))[:-keep]:
         if old.name != name:
             old.unlink(missing_ok=True)

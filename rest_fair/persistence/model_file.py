@@ -42,6 +42,7 @@ from torch import nn
 from ..exceptions import ModelFileError
 from ..models import MODULE_NAMES, build_module
 from ..sparse.checks import check_masks
+from .files import atomic_write
 
 __all__ = [
     "FORMAT_NAME",
@@ -313,8 +314,7 @@ def write(
     buffer = io.BytesIO()
     np.savez_compressed(buffer, **arrays)
     data = buffer.getvalue()
-    with open(path, "wb") as fh:
-        fh.write(data)
+    atomic_write(path, data)
     return len(data)
 
 

@@ -294,3 +294,25 @@ def test_a_loaded_estimator_warm_starts_only_with_its_own_network(tmp_path):
         loaded.set_params(sparsity=0.5).fit(X, y)
     loaded.set_params(sparsity=0.9).fit(X, y)  # its own network: the warm start goes on
     assert len(loaded.history_) == 2
+
+
+def test_a_failed_save_leaves_the_existing_file_as_it_was(tmp_path, monkeypatch):
+    from rest_fair.persistence import files
+
+    net, masks = _masked_mlp(0.1)
+    path = tmp_path / "model.rest"
+    path.write_text("an earlier file")
+    mode = path.stat().st_mode
+
+    def disk_full(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(files.os, "fsync", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        save((net, masks, META), path)
+    assert path.read_text() == "an earlier file"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.rest"]  # no temporary left
+    monkeypatch.undo()
+    save((net, masks, META), os.fsencode(path))  # a bytes path, as open() takes
+    assert _state_equal(net, load(path)[0])
+    assert path.stat().st_mode == mode  # a new file's permissions, not a temporary's 0600
