@@ -22,6 +22,7 @@ import json
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
+from numbers import Integral
 from typing import Any
 
 import numpy as np
@@ -36,7 +37,7 @@ from ._inputs import FitData, check_inputs, take
 from .callbacks import check_callbacks
 from .jtt import identify_errors, overlap_report
 from .models import build_module
-from .persistence.checkpoint import has_checkpoint, read_checkpoint
+from .persistence.checkpoint import has_checkpoint, read_checkpoint, saved_fingerprint
 from .reweighting import cell_weights, minority_mask, sample_weights_for
 from .training import EpochSampler, EvalSet, Precision, TrainingRun, TrainSet, TrainState
 from .training.distributed import LocalContext, resolve_distributed
@@ -137,7 +138,8 @@ def _plain(value: Any) -> Any:
     """A JSON form of a parameter value that is the same in every process."""
     if isinstance(value, type) or (callable(value) and hasattr(value, "__qualname__")):
         return f"{getattr(value, '__module__', '')}.{value.__qualname__}"
-    if isinstance(value, torch.nn.Module):
+    if isinstance(value, (torch.nn.Module, np.random.RandomState)):
+        # a random state is the seed drawn from it, which the fingerprint holds
         return f"instance of {type(value).__module__}.{type(value).__qualname__}"
     return value
 
@@ -166,10 +168,13 @@ def _digest(*arrays: Any) -> str:
 
 
 def _fingerprint(params: dict, input_shape: tuple, data: FitData,
-                 valid: EvalSet | None) -> dict:
-    """What identifies a run: its data and the parameters that change what it computes."""
+                 valid: EvalSet | None, seed: int | None) -> dict:
+    """What identifies a run: its data, the parameters that change what it computes, and
+    the seed drawn from a ``random_state`` that is not an int (``seed``)."""
     run_params = {k: _plain(v) for k, v in params.items() if k not in _RUN_INDEPENDENT}
+    drawn = {} if seed is None else {"seed": seed}
     return {
+        **drawn,
         "n_samples": len(data.y),
         "input_shape": list(input_shape),
         "classes": [str(c) for c in data.classes],
@@ -244,13 +249,20 @@ def _built_run(est: Any, data: FitData, config: TrainConfig, callbacks: list, *,
     seed = int(check_random_state(est.random_state).randint(0, 2**31 - 1))
     world = resolve_distributed(est.distributed, resolve_device(est.device),
                                 timeout=est.distributed_timeout)
+    # a run seeded by None or a RandomState draws its seed: resuming it takes the seed its
+    # checkpoint recorded, so that the validation split and the generators are the same
+    drawn = not isinstance(est.random_state, Integral)
+    if drawn and resume_from is not None:
+        seed = world.run_on_main(lambda: int(saved_fingerprint(resume_from).get("seed", seed))
+                                 if has_checkpoint(resume_from) else seed)
     seed = world.broadcast_object(seed)  # one split, one generator for all ranks
     precision = Precision(est.precision, world.device)
     train_idx, valid = _hold_out(data, est.validation_fraction, seed, world.device,
                                  est.num_workers)
     # hashing the data costs a pass over it: done only when a check or checkpoint asks
     fingerprint = functools.cache(functools.partial(
-        _fingerprint, est.get_params(deep=False), est.input_shape_, data, valid))
+        _fingerprint, est.get_params(deep=False), est.input_shape_, data, valid,
+        seed if drawn else None))
     world.check_same("data or parameters", fingerprint)
     # rank 0 reads; every rank resumes from its copy
     checkpoint = world.run_on_main(

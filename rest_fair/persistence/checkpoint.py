@@ -39,6 +39,7 @@ __all__ = [
     "MANIFEST",
     "has_checkpoint",
     "read_checkpoint",
+    "saved_fingerprint",
     "write_checkpoint",
 ]
 
@@ -164,6 +165,18 @@ def _differences(saved: dict[str, Any], current: dict[str, Any], prefix: str = "
         else:
             details.append(f"{prefix}{key} was {before!r}, now {after!r}")
     return details
+
+
+def saved_fingerprint(dirname: str | os.PathLike) -> dict[str, Any]:
+    """The fingerprint the checkpoint in ``dirname`` was written with (``{}`` if it has none).
+
+    Raises
+    ------
+    CheckpointError
+        If the manifest is missing, damaged or of a newer format.
+    """
+    saved = _read_manifest(Path(dirname)).get("fingerprint")
+    return saved if isinstance(saved, dict) else {}
 
 
 def read_checkpoint(

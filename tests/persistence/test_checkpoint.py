@@ -347,3 +347,50 @@ def test_a_damaged_manifest_is_a_checkpoint_error(tmp_path, edit, match):
     manifest_path.write_text(json.dumps({**manifest, **edit}))
     with pytest.raises(CheckpointError, match=match):
         ckpt_format.read_checkpoint(tmp_path)
+
+
+class _StopAt(Callback):
+    """Interrupts the fit as the given epoch begins (a job killed between epochs)."""
+
+    def __init__(self, epoch):
+        self.epoch = epoch
+
+    def on_epoch_begin(self, net, *, epoch, **kwargs):
+        if epoch == self.epoch:
+            raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("random_state", [None, "RandomState"])
+def test_an_unseeded_run_resumes_with_the_seed_it_drew(tmp_path, random_state):
+    X, y, g = _data()
+
+    def params():
+        rs = np.random.RandomState(7) if random_state == "RandomState" else None
+        return {**COMMON, "max_epochs": 4, "random_state": rs}
+
+    with pytest.raises(KeyboardInterrupt):
+        RESTClassifier(**params(), callbacks=[_StopAt(3), Checkpoint(tmp_path)]).fit(
+            X, y, groups=g)
+    seed = ckpt_format.saved_fingerprint(tmp_path)["seed"]
+    assert isinstance(seed, int)
+    # each resume draws a new seed of its own and must take the checkpoint's instead: the
+    # same validation split and generators, so the same network every time
+    first, second = (RESTClassifier(**params()).fit(X, y, groups=g, resume_from=tmp_path)
+                     for _ in range(2))
+    assert [h["epoch"] for h in first.history_] == [1, 2, 3, 4]
+    assert first.history_[:2] == second.history_[:2]
+    assert np.array_equal(first.predict_proba(X), second.predict_proba(X))
+    assert ckpt_format.saved_fingerprint(tmp_path)["seed"] == seed  # not rewritten
+
+    # a checkpoint that did not record its seed cannot be resumed by an unseeded run
+    manifest_path = tmp_path / ckpt_format.MANIFEST
+    manifest = json.loads(manifest_path.read_text())
+    del manifest["fingerprint"]["seed"]
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(CheckpointError, match="seed was None"):
+        RESTClassifier(**params()).fit(X, y, groups=g, resume_from=tmp_path)
+
+
+def test_a_seeded_run_records_no_drawn_seed(tmp_path):
+    _fit(tmp_path)
+    assert "seed" not in ckpt_format.saved_fingerprint(tmp_path)
