@@ -19,6 +19,7 @@ edited), or whose fingerprint differs from the run being resumed; nothing is del
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import io
 import json
@@ -27,6 +28,7 @@ from numbers import Integral
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from .._validation import Interval
@@ -60,6 +62,10 @@ _BAD_DIGEST = (
     "checkpoint state file {path} does not match the digest in its manifest: it was "
     "truncated or modified after it was written. Nothing was loaded or deleted."
 )
+_NUMPY_ARRAY = (
+    "checkpoint state {where} is a numpy array, which a checkpoint cannot read back safely "
+    "(torch.load(weights_only=True)); keep it as a torch tensor or a list."
+)
 _UNREADABLE = "checkpoint state file {path} cannot be read safely ({error})."
 _NEWER = "{path} uses checkpoint format version {version}; this rest_fair reads <= {ours}."
 _MISMATCH = (
@@ -83,6 +89,26 @@ def has_checkpoint(dirname: str | os.PathLike) -> bool:
     return (path / MANIFEST).is_file()
 
 
+def _loadable(value: Any, where: str) -> Any:
+    """``value`` with numpy scalars as Python numbers; refuses numpy arrays, naming ``where``.
+
+    ``torch.load(weights_only=True)`` reads neither, so a state holding them (a history
+    record or a callback's ``state_dict`` computed with numpy) would be written and then
+    refused on resume.
+    """
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        raise TypeError(_NUMPY_ARRAY.format(where=where or "state"))
+    if isinstance(value, dict):
+        out = copy.copy(value)  # a shallow copy keeps a dict subclass and its settings
+        out.update((k, _loadable(v, f"{where}[{k!r}]")) for k, v in value.items())
+        return out
+    if isinstance(value, (list, tuple)) and not hasattr(value, "_fields"):
+        return type(value)(_loadable(v, f"{where}[{i}]") for i, v in enumerate(value))
+    return value
+
+
 def write_checkpoint(
     dirname: str | os.PathLike,
     state: dict[str, Any],
@@ -98,7 +124,8 @@ def write_checkpoint(
     dirname : str or path
         Checkpoint directory (created if needed).
     state : dict
-        Training state: tensors and plain containers only.
+        Training state: tensors and plain containers only (numpy scalars are written as
+        Python numbers).
     epoch : int
         Epochs completed; names the file.
     fingerprint : dict of JSON values
@@ -110,11 +137,16 @@ def write_checkpoint(
     -------
     Path
         The state file written.
+
+    Raises
+    ------
+    TypeError
+        If ``state`` holds a numpy array (named by its keys), which could not be read back.
     """
     directory = Path(dirname)
     directory.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
-    torch.save(state, buffer)
+    torch.save(_loadable(state, ""), buffer)
     payload = buffer.getvalue()
     name = f"epoch-{int(epoch):06d}.pt"
     atomic_write(directory / name, payload)

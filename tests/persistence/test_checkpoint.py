@@ -394,3 +394,42 @@ def test_an_unseeded_run_resumes_with_the_seed_it_drew(tmp_path, random_state):
 def test_a_seeded_run_records_no_drawn_seed(tmp_path):
     _fit(tmp_path)
     assert "seed" not in ckpt_format.saved_fingerprint(tmp_path)
+
+
+class _NumpyRecord(Callback):
+    """Adds numpy values to the history and to its own state, as user callbacks do."""
+
+    def __init__(self, array=False):
+        self.array = array
+        self.seen = 0
+
+    def on_epoch_end(self, net, *, record, **kwargs):
+        record["stat"] = np.float32(0.5)
+        self.seen += 1
+
+    def state_dict(self):
+        return {"seen": np.int64(self.seen), **({"hist": np.zeros(3)} if self.array else {})}
+
+    def load_state_dict(self, state):
+        self.seen = state["seen"]
+
+
+def test_numpy_scalars_in_a_checkpoint_are_read_back(tmp_path):
+    X, y, g = _data()
+    with pytest.raises(KeyboardInterrupt):
+        RESTClassifier(**{**COMMON, "max_epochs": 3},
+                       callbacks=[_NumpyRecord(), _StopAt(3), Checkpoint(tmp_path)]).fit(
+            X, y, groups=g)
+    counter = _NumpyRecord()
+    clf = RESTClassifier(**{**COMMON, "max_epochs": 3}, callbacks=[counter]).fit(
+        X, y, groups=g, resume_from=tmp_path)
+    assert counter.seen == 3 and [h["stat"] for h in clf.history_] == [0.5] * 3
+
+
+def test_a_numpy_array_in_a_checkpoint_is_refused_when_written(tmp_path):
+    X, y, g = _data()
+    with pytest.raises(TypeError, match=r"\['callbacks'\].*\['hist'\] is a numpy array"):
+        RESTClassifier(**{**COMMON, "max_epochs": 1},
+                       callbacks=[_NumpyRecord(array=True), Checkpoint(tmp_path)]).fit(
+            X, y, groups=g)
+    assert not (tmp_path / ckpt_format.MANIFEST).exists()
