@@ -361,20 +361,47 @@ def fit_estimator(
     validation_data: Any = None,
     resume_from: Any = None,
 ) -> Any:
-    """Check the inputs, build the run, train it and set the fitted attributes of ``est``."""
+    """Check the inputs, build the run, train it and set the fitted attributes of ``est``.
+
+    A fit that raises (invalid input, divergence, an interruption) leaves ``est`` as it
+    was before: the previous fit's attributes and network, or not fitted.
+    """
     callbacks = check_callbacks(est.callbacks)
     warm = bool(est.warm_start) and hasattr(est, "module_") and resume_from is None
     params = est.get_params(deep=False)
     if warm:
         _check_warm_params(getattr(est, "_warm_fixed_params", None), params)
-    est.__dict__.pop("inference_module_", None)  # belongs to the previous fit
-    data = check_inputs(est, X, y, groups, sample_weight, validation_data, warm=warm)
-    config = _train_config(params)
-    with _built_run(est, data, config, callbacks, warm=warm, resume_from=resume_from) as built:
-        _train(est, built.run)
-    vars(est).update(_fitted(built, data, previous=est if warm else None))
-    remember_network_params(est)
+    with _restored_on_error(est, warm):
+        est.__dict__.pop("inference_module_", None)  # belongs to the previous fit
+        data = check_inputs(est, X, y, groups, sample_weight, validation_data, warm=warm)
+        config = _train_config(params)
+        with _built_run(est, data, config, callbacks, warm=warm,
+                        resume_from=resume_from) as built:
+            _train(est, built.run)
+        vars(est).update(_fitted(built, data, previous=est if warm else None))
+        remember_network_params(est)
     return est
+
+
+@contextlib.contextmanager
+def _restored_on_error(est: Any, warm: bool) -> Iterator[None]:
+    """Put back ``est``'s fitted attributes (and a warm start's weights) if the block raises."""
+    fitted = {k: v for k, v in vars(est).items()
+              if (k.endswith("_") and not k.startswith("__")) or k == "_warm_fixed_params"}
+    # a warm start trains the fitted network in place: keep a copy of its weights
+    weights = ({k: v.detach().to("cpu", copy=True) for k, v in est.module_.state_dict().items()}
+               if warm else None)
+    try:
+        yield
+    except BaseException:
+        for key in [k for k in vars(est) if k not in fitted and (
+                (k.endswith("_") and not k.startswith("__")) or k == "_warm_fixed_params")]:
+            delattr(est, key)
+        vars(est).update(fitted)
+        if weights is not None:
+            est.module_.load_state_dict(weights)
+            est.module_.eval()
+        raise
 
 
 def remember_network_params(est: Any) -> None:

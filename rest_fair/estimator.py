@@ -425,6 +425,13 @@ scipy.sparse matrix, DataFrame, or torch Dataset
             In a data-parallel fit, when another rank died or hung for longer than
             ``distributed_timeout``, or the ranks' masks or weights diverged
             (:class:`~rest_fair.exceptions.MaskDivergenceError`).
+
+        Notes
+        -----
+        A fit that raises (invalid input, divergence, ``KeyboardInterrupt``) leaves the
+        estimator as it was: the previous fit's model and attributes (a warm start's
+        weights included), or not fitted. To keep the progress of an interrupted run, train
+        with a :class:`~rest_fair.callbacks.Checkpoint` and resume from it.
         """
         self._validate_params()
         with translate_failures(self.distributed_timeout):

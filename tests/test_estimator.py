@@ -419,3 +419,67 @@ def test_the_sparsity_report_of_a_dense_fit_has_its_columns(data):
     assert report.empty
     assert list(report.columns) == ["layer", "shape", "n_weights", "n_active", "density",
                                     "n_nonzero"]
+
+
+# ------------------------------------------------------- a fit that raises changes nothing
+class _Interrupt(Callback):
+    def on_epoch_end(self, net, **kwargs):
+        raise KeyboardInterrupt
+
+
+def _fitted_view(clf):
+    return ({k: v for k, v in vars(clf).items() if k.endswith("_") and not k.startswith("__")},
+            {k: v.clone() for k, v in clf.module_.state_dict().items()})
+
+
+@pytest.mark.parametrize("failure", ["inputs", "interrupted", "diverged"])
+def test_a_refit_that_raises_keeps_the_previous_model(data, failure):
+    from rest_fair.exceptions import TrainingDivergedError
+
+    X, y, g = data
+    clf = _clf(max_epochs=2).fit(X, y, groups=g)
+    attributes, weights = _fitted_view(clf)
+    proba = clf.predict_proba(X)
+    X2 = X[:, :5]
+    if failure == "inputs":  # the features are taken before the groups are refused
+        with pytest.raises(ValueError, match="groups has"):
+            clf.fit(X2, y, groups=g[:-1])
+    elif failure == "interrupted":  # a new network, new classes, then Ctrl-C
+        with pytest.raises(KeyboardInterrupt):
+            clf.set_params(callbacks=[_Interrupt()], sparsity=0.0).fit(
+                X2, np.where(y == 0, "a", "b"))
+    else:
+        with pytest.raises(TrainingDivergedError):
+            clf.set_params(lr=1e30, optimizer="sgd").fit(X2 * 1e4, y)
+    assert vars(clf).keys() >= attributes.keys()
+    assert all(getattr(clf, k) is v for k, v in attributes.items())
+    assert not clf.module_.training
+    assert np.array_equal(clf.predict_proba(X), proba)
+    assert all(torch.equal(v, weights[k]) for k, v in clf.module_.state_dict().items())
+
+
+def test_an_interrupted_warm_start_restores_the_network(data):
+    X, y, g = data
+    clf = _clf(max_epochs=2, warm_start=True).fit(X, y, groups=g)
+    _, weights = _fitted_view(clf)
+    history = list(clf.history_)
+    proba = clf.predict_proba(X)
+    with pytest.raises(KeyboardInterrupt):  # the network trains in place, then Ctrl-C
+        clf.set_params(callbacks=[_Interrupt()]).fit(X, y, groups=g)
+    assert clf.history_ == history and not clf.module_.training
+    assert all(torch.equal(v, weights[k]) for k, v in clf.module_.state_dict().items())
+    assert np.array_equal(clf.predict_proba(X), proba)
+    clf.set_params(callbacks=None).fit(X, y, groups=g)  # and it still continues
+    assert len(clf.history_) == 4
+
+
+def test_a_first_fit_that_raises_leaves_the_estimator_unfitted(data):
+    from sklearn.exceptions import NotFittedError
+
+    X, y, g = data
+    clf = _clf(max_epochs=2, callbacks=[_Interrupt()])
+    with pytest.raises(KeyboardInterrupt):
+        clf.fit(X, y, groups=g)
+    assert not [k for k in vars(clf) if k.endswith("_") and not k.startswith("__")]
+    with pytest.raises(NotFittedError):
+        clf.predict(X)
