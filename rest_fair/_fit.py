@@ -43,7 +43,7 @@ from .training import EpochSampler, EvalSet, Precision, TrainingRun, TrainSet, T
 from .training.distributed import LocalContext, resolve_distributed
 from .training.parts import TrainConfig, build_parts
 
-__all__ = ["fit_estimator", "remember_network_params", "resolve_device"]
+__all__ = ["fit_estimator", "is_device_name", "remember_network_params", "resolve_device"]
 
 NO_CUDA = "device={!r} was requested but CUDA is not available on this machine."
 BAD_DEVICE = "device must be 'auto', 'cpu', 'cuda', 'cuda:<i>' or a torch.device; got {!r}."
@@ -70,16 +70,26 @@ _RUN_INDEPENDENT = ("verbose", "callbacks", "device", "num_workers", "warm_start
                     "sparse_compute_threshold")
 
 
+def is_device_name(device: Any) -> bool:
+    """Whether ``device`` names a device ``fit`` can use: ``"auto"``, or a CPU or CUDA
+    device as a string or :class:`torch.device` (whether CUDA exists is not checked)."""
+    if isinstance(device, str) and device == "auto":
+        return True
+    if not isinstance(device, (str, torch.device)):
+        return False
+    try:
+        return torch.device(device).type in ("cpu", "cuda")
+    except (RuntimeError, TypeError, ValueError):
+        return False
+
+
 def resolve_device(device: Any) -> torch.device:
     """``"auto"`` -> CUDA when available, else CPU; checks that CUDA exists if asked for."""
+    if not is_device_name(device):
+        raise ValueError(BAD_DEVICE.format(device))
     if isinstance(device, str) and device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise ValueError(BAD_DEVICE.format(device)) from exc
-    if dev.type not in ("cpu", "cuda"):
-        raise ValueError(BAD_DEVICE.format(device))
+    dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(NO_CUDA.format(device))
     return dev

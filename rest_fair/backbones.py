@@ -40,6 +40,8 @@ __all__ = [
     "build_backbone",
     "build_hf",
     "build_torchvision",
+    "check_hf_params",
+    "check_torchvision",
     "is_backbone",
     "load_state_dict_file",
     "load_tokenizer",
@@ -297,6 +299,48 @@ def _download(member: Any, name: str, timeout: float) -> None:
         ) from exc
 
 
+def check_torchvision(name: str, weights: Any = None) -> tuple[Path | None, Any]:
+    """Check a torchvision model name and its ``weights``, without downloading anything.
+
+    Returns
+    -------
+    path : Path or None
+        The state-dict file ``weights`` names.
+    member : WeightsEnum member or None
+        The torchvision weights ``weights`` names.
+
+    Raises
+    ------
+    ValueError
+        For a name torchvision does not know (with close matches) or unknown weights.
+    FileNotFoundError
+        For ``weights`` that look like a path to a file that does not exist.
+    MissingDependencyError
+        Without torchvision.
+    """
+    tv = import_optional("torchvision", extra="vision",
+                         caller=TORCHVISION_CALLER.format(name=name, builtin=MODULE_NAMES))
+    names = tv.models.list_models(module=tv.models)
+    if name not in names:
+        close = difflib.get_close_matches(name, names, n=3)
+        hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
+        raise ValueError(UNKNOWN_TORCHVISION.format(builtin=MODULE_NAMES, name=name, hint=hint))
+    if weights is None:
+        return None, None
+    if not isinstance(weights, (str, os.PathLike)):
+        raise ValueError(BAD_WEIGHTS.format(value=weights))
+    candidate = Path(weights).expanduser()
+    if candidate.is_file():
+        return candidate, None
+    if isinstance(weights, os.PathLike) or _looks_like_path(str(weights)):
+        raise FileNotFoundError(MISSING_WEIGHTS_FILE.format(weights=str(weights)))
+    enum = tv.models.get_model_weights(name)
+    if str(weights) not in enum.__members__:
+        raise ValueError(UNKNOWN_WEIGHTS.format(weights=weights, name=name,
+                                                available=list(enum.__members__)))
+    return None, enum[str(weights)]
+
+
 def build_torchvision(
     name: str,
     *,
@@ -335,32 +379,13 @@ def build_torchvision(
     """
     tv = import_optional("torchvision", extra="vision",
                          caller=TORCHVISION_CALLER.format(name=name, builtin=MODULE_NAMES))
-    names = tv.models.list_models(module=tv.models)
-    if name not in names:
-        close = difflib.get_close_matches(name, names, n=3)
-        hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
-        raise ValueError(UNKNOWN_TORCHVISION.format(builtin=MODULE_NAMES, name=name, hint=hint))
+    path, member = check_torchvision(name, weights)
     if input_shape is not None:
         shape = tuple(int(s) for s in input_shape)
         if len(shape) != 3 or shape[0] != 3:
             raise ValueError(NEED_IMAGES.format(name=name, shape=shape))
-    path: Path | None = None
-    member = None
-    if weights is not None:
-        if not isinstance(weights, (str, os.PathLike)):
-            raise ValueError(BAD_WEIGHTS.format(value=weights))
-        candidate = Path(weights).expanduser()
-        if candidate.is_file():
-            path = candidate
-        elif isinstance(weights, os.PathLike) or _looks_like_path(str(weights)):
-            raise FileNotFoundError(MISSING_WEIGHTS_FILE.format(weights=str(weights)))
-        else:
-            enum = tv.models.get_model_weights(name)
-            if str(weights) not in enum.__members__:
-                raise ValueError(UNKNOWN_WEIGHTS.format(weights=weights, name=name,
-                                                        available=list(enum.__members__)))
-            member = enum[str(weights)]
-            _download(member, name, download_timeout)
+    if member is not None:
+        _download(member, name, download_timeout)
 
     model = tv.models.get_model_builder(name)(weights=member, **kwargs)
     n_categories = len(member.meta["categories"]) if member is not None else None

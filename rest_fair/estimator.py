@@ -15,7 +15,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted
 
 from ._data import make_source
-from ._fit import fit_estimator, remember_network_params
+from ._fit import fit_estimator, is_device_name, remember_network_params
 from ._inputs import check_x
 from ._validation import Interval, Options, TypeOf, check_params
 from .efficiency import efficiency_report, export_sparse
@@ -39,6 +39,16 @@ __all__ = ["RESTClassifier"]
 
 _INF = float("inf")
 _NONE = type(None)
+
+
+class _DeviceName:
+    """A device ``fit`` can use (see :func:`~rest_fair._fit.is_device_name`)."""
+
+    def accepts(self, value: Any) -> bool:
+        return is_device_name(value)
+
+    def describe(self) -> str:
+        return "'auto', 'cpu', 'cuda', 'cuda:<i>' or a torch.device"
 # "erk" and "uniform" are the deprecated spellings of layer_density (see _fit.py)
 _SPARSE_INITS = (*SPARSE_INITS, *LAYER_DENSITIES)
 _NON_FINITE_OUTPUT = (
@@ -285,10 +295,11 @@ class RESTClassifier(ClassifierMixin, BaseEstimator):
         "weight_decay": [Interval(Real, 0, _INF, "left")],
         "lr_scheduler": [Options(LR_SCHEDULERS)],
         "validation_fraction": [Interval(Real, 0, 1, "left")],
-        "device": [TypeOf((str, torch.device), "'auto', 'cpu', 'cuda[:i]' or a torch.device")],
+        "device": [_DeviceName()],
         "precision": [Options(PRECISIONS)],
         "warm_start": [TypeOf((bool, np.bool_), "True or False")],
-        "random_state": [TypeOf((object,), "an int, RandomState or None")],
+        "random_state": [TypeOf((_NONE, np.random.RandomState), "None, a RandomState"),
+                         Interval(Integral, 0, 2**32 - 1, "both")],
         "verbose": [Interval(Integral, 0, _INF, "left"), TypeOf((bool,), "a bool")],
         "callbacks": [TypeOf((list, tuple, _NONE), "a list of Callback instances or None")],
         "num_workers": [Interval(Integral, 0, _INF, "left")],

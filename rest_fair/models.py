@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import inspect
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from numbers import Integral
 from typing import Any
 
@@ -20,9 +20,16 @@ import torch
 from torch import nn
 
 from ._validation import Interval
-from .backbones import MODULE_NAMES, build_backbone, is_backbone
+from .backbones import (
+    HF_PREFIX,
+    MODULE_NAMES,
+    build_backbone,
+    check_hf_params,
+    check_torchvision,
+    is_backbone,
+)
 
-__all__ = ["MLP", "MODULE_NAMES", "ResNet18", "SmallCNN", "build_module"]
+__all__ = ["MLP", "MODULE_NAMES", "ResNet18", "SmallCNN", "build_module", "check_module"]
 
 _UNKNOWN_MODULE = (
     "module must be one of {names}, an nn.Module subclass, a callable returning an nn.Module "
@@ -32,6 +39,10 @@ _NO_PRETRAINED = (
     "module={name!r} is a built-in network without pretrained weights; "
     "module_params['weights'] applies to torchvision models (e.g. module='resnet50')."
 )
+_UNKNOWN_PARAMS = (
+    "module_params {unknown} are not options of module={name!r}; it takes {accepted}."
+)
+_INSTANCE_PARAMS = "module_params cannot be used with an nn.Module instance."
 _WIDTH = Interval(Integral, 1, float("inf"))
 _BAD_HIDDEN = (
     "module_params['hidden_layer_sizes'] must be a sequence of positive ints (the width of "
@@ -46,6 +57,12 @@ _IMAGE_SHAPE = (
     "module={name!r} needs image inputs of shape (n_samples, channels, height, width); "
     "got samples of shape {shape}."
 )
+
+
+def _check_hidden(sizes: Any) -> None:
+    if (isinstance(sizes, (str, bytes)) or not isinstance(sizes, Sequence)
+            or not all(_WIDTH.accepts(w) for w in sizes)):
+        raise ValueError(_BAD_HIDDEN.format(value=sizes))
 
 
 class MLP(nn.Module):
@@ -69,10 +86,7 @@ class MLP(nn.Module):
         hidden_layer_sizes: Sequence[int] = (100, 100, 100),
     ) -> None:
         super().__init__()
-        sizes = hidden_layer_sizes
-        if (isinstance(sizes, (str, bytes)) or not isinstance(sizes, Sequence)
-                or not all(_WIDTH.accepts(w) for w in sizes)):
-            raise ValueError(_BAD_HIDDEN.format(value=sizes))
+        _check_hidden(hidden_layer_sizes)
         n_in = math.prod(input_shape)
         layers: list[nn.Module] = [nn.Flatten()]
         for width in hidden_layer_sizes:
@@ -257,12 +271,11 @@ def build_module(
         if is_backbone(name, params):
             return build_backbone(name, input_shape=input_shape, n_classes=n_classes,
                                   module_params=params)
-        if "weights" in params:
-            raise ValueError(_NO_PRETRAINED.format(name=name))
+        _check_builtin_params(name, params)
         return _BUILTIN[name](input_shape, n_classes, **params)
     if isinstance(module, nn.Module):
         if params:
-            raise ValueError("module_params cannot be used with an nn.Module instance.")
+            raise ValueError(_INSTANCE_PARAMS)
         return copy.deepcopy(module)
     if callable(module):
         try:
@@ -280,3 +293,49 @@ def build_module(
             )
         return built
     raise ValueError(_UNKNOWN_MODULE.format(names=MODULE_NAMES, value=module))
+
+
+def _check_builtin_params(name: str, params: Mapping[str, Any]) -> None:
+    """Refuse ``module_params`` that the built-in network ``name`` (or ``"auto"``, either of
+    the two it may build) does not take, naming those it takes."""
+    if "weights" in params:
+        raise ValueError(_NO_PRETRAINED.format(name=name))
+    classes = (MLP, SmallCNN) if name == "auto" else (_BUILTIN[name],)
+    accepted = sorted({key for cls in classes for key, p in
+                       inspect.signature(cls.__init__).parameters.items()
+                       if p.kind is p.KEYWORD_ONLY})
+    unknown = sorted(set(params) - set(accepted))
+    if unknown:
+        raise ValueError(_UNKNOWN_PARAMS.format(unknown=unknown, name=name, accepted=accepted))
+    if "hidden_layer_sizes" in params:
+        _check_hidden(params["hidden_layer_sizes"])
+
+
+def check_module(module: Any, module_params: Mapping[str, Any] | None) -> None:
+    """Check ``RESTClassifier(module=..., module_params=...)`` before any data is seen.
+
+    A built-in name gets its ``module_params`` checked (names, and the hidden layer sizes
+    of the MLP); a torchvision name its spelling and ``weights``; a Hugging Face name
+    (``"hf:..."``) its options. Classes, callables and instances are checked when ``fit``
+    builds them.
+
+    Raises
+    ------
+    ValueError
+        Naming what is wrong (an unknown network or option, a bad value).
+    FileNotFoundError
+        For torchvision ``weights`` naming a file that does not exist.
+    MissingDependencyError
+        When the network needs a package that is not installed.
+    """
+    params = dict(module_params or {})
+    if not isinstance(module, str):
+        if isinstance(module, nn.Module) and params:
+            raise ValueError(_INSTANCE_PARAMS)
+        return
+    if not is_backbone(module, params):
+        _check_builtin_params(module, params)
+    elif module.startswith(HF_PREFIX):
+        check_hf_params(module, params)
+    else:
+        check_torchvision(module, params.get("weights"))

@@ -80,6 +80,15 @@ def test_bench_rejects_bad_flags(capsys):
     (["--scheduler-timeout", "-1"], "scheduler_timeout must be a number > 0"),
     (["--batch-size", "0"], "batch_size must be"),
     (["--lr", "0"], "lr must be"),
+    (["--scheduler-timeout", "inf"], "scheduler_timeout must be a number > 0 and finite"),
+    (["--device", "bogus"], "device must be 'auto', 'cpu'"),
+    (["--seeds", "4294967296"], "random_state must be None, a RandomState or an integer"),
+    (["--module-params", '{"foo": 1}'], "module_params ['foo'] are not options of "
+                                        "module='mlp'; it takes ['hidden_layer_sizes']"),
+    (["--module", "mlp", "--module-params", '{"hidden_layer_sizes": [-1]}'],
+     "module_params['hidden_layer_sizes'] must be a sequence of positive ints"),
+    (["--image-size", "0"], "image_size must be a positive int or None"),
+    (["--split-sizes", "1,2"], "split_sizes must be three positive numbers"),
 ])
 def test_bench_refuses_bad_limits_before_any_run(tmp_path, capsys, flags, message):
     assert cli.main(["bench", "--preset", "tiny", "--out", str(tmp_path / "o"), *flags]) == 2
@@ -141,6 +150,15 @@ def test_bench_end_to_end_tiny(tmp_path, capsys):
     assert cli.main(argv) == 0
     assert (out / "results.jsonl").read_text().splitlines() == lines
     assert "| REST |" in capsys.readouterr().out
+
+    # another configuration with no run finished yet: no table or plot of the old one
+    # stays beside its config.json; what the command did not write stays
+    (out / "notes.txt").write_text("mine")
+    assert cli.main([*argv, "--epochs", "3", "--max-runs", "0"]) == 0
+    info = json.loads((out / "config.json").read_text())
+    assert info["config"]["max_epochs"] == 3 and info["outputs"] == ["references.md"]
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith("results")) == [
+        "config.json", "notes.txt", "references.md"]
 
 
 def test_bench_on_a_dfa_folder(tmp_path, capsys):
@@ -236,3 +254,25 @@ def test_wilds_command_names_missing_packages(tmp_path, capsys, monkeypatch):
     assert "rest-fair wilds --dataset waterbirds needs optional packages" in err
     assert "pip install wilds==2.0.0" in err and "rest-fair[wilds]" in err
     assert not list(tmp_path.iterdir()), "nothing written before the check"
+
+
+def test_bench_refuses_a_results_file_that_is_a_folder(tmp_path, capsys):
+    (tmp_path / "o" / "results.jsonl").mkdir(parents=True)
+    assert cli.main(["bench", "--preset", "tiny", "--out", str(tmp_path / "o")]) == 2
+    assert "results.jsonl is not a file" in capsys.readouterr().err
+
+
+def test_bench_records_a_diverged_run_as_final(tmp_path, capsys):
+    pytest.importorskip("torch")
+    out = tmp_path / "o"
+    argv = ["bench", "--preset", "tiny", "--out", str(out), "--no-plots", "--no-progress",
+            "--methods", "erm", "--sparsities", "0", "--lr", "1e6", "--epochs", "1"]
+    assert cli.main(argv) == 0
+    err = capsys.readouterr().err
+    assert "failed for good (an outcome, not retried): TrainingDivergedError" in err
+    assert "rerun the same command" not in err
+    lines = (out / "results.jsonl").read_text().splitlines()
+    assert [json.loads(line)["status"] for line in lines] == ["failed"]
+    assert cli.main(argv) == 0  # not trained again
+    assert (out / "results.jsonl").read_text().splitlines() == lines
+    assert json.loads((out / "config.json").read_text())["n_runs_failed"] == 1

@@ -272,7 +272,7 @@ def run(args: argparse.Namespace) -> int:
             backend=args.backend, scheduler=args.scheduler,
             scheduler_timeout=args.scheduler_timeout, on_start=announce,
         )
-    except (ImportError, ConnectionError, ValueError) as exc:
+    except (ImportError, OSError, ValueError) as exc:  # OSError: a connection, a weights file
         print(_SETUP_FAILED.format(error=exc), file=sys.stderr)
         return 2
     info.update(started=started, sweep_seconds_this_call=round(time.perf_counter() - t0, 1))

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from numbers import Integral, Real
 from typing import Any, ClassVar
 
 import numpy as np
 
 from .._requirements import Requirement, check_requirements
+from .._validation import Interval
+from ..exceptions import TrainingDivergedError
 from ..experiments.run import digest, jsonable
 from ..jtt import overlap_report
 from ..metrics import group_accuracies, worst_group_accuracy
@@ -25,6 +28,8 @@ __all__ = ["PRESETS", "BenchConfig", "RunSpec", "preset"]
 _MATPLOTLIB = Requirement("matplotlib", "matplotlib", "bench", "the plots (or pass --no-plots)")
 _UNKNOWN_PRESET = "Unknown preset {name!r}; available: {names}."
 _BAD_FIELD = "{field} {detail}; got {value!r}."
+_POSITIVE_INT = Interval(Integral, 1, float("inf"))
+_POSITIVE = Interval(Real, 0, float("inf"), "neither")
 _DECIDED = (
     "extra_params (--estimator-params) sets {key!r}, which {owner} decides for every run; "
     "set it there instead."
@@ -117,6 +122,9 @@ class BenchConfig:
 
     #: Who runs it, for progress lines.
     name: ClassVar[str] = "rest-fair bench"
+    #: A run whose training diverges diverges again with the same seed: it is recorded as
+    #: failed (an outcome), not retried by the next command.
+    final_errors: ClassVar[tuple[type[Exception], ...]] = (TrainingDivergedError,)
 
     dataset: str = "mnist_5k"
     ratios: Sequence[float] = (0.01,)
@@ -160,14 +168,23 @@ class BenchConfig:
             ("methods", self.methods, self.methods, "is empty"),
             ("methods", self.methods, len(set(self.methods)) == len(self.methods),
              "names a method twice"),
-            # a repeated value would be one run (same run id) described as two
-            ("ratios", self.ratios, len(set(self.ratios)) == len(self.ratios),
-             "names a share twice"),
+            # a repeated value would be one run (same run id) described as two; the run
+            # ids write shares and sparsities with 6 significant digits
+            ("ratios", self.ratios, len({f"{r:g}" for r in self.ratios}) == len(self.ratios),
+             "names a share twice (to 6 significant digits)"),
             ("sparsities", self.sparsities,
-             len(set(self.sparsities)) == len(self.sparsities), "names a sparsity twice"),
+             len({f"{v:g}" for v in self.sparsities}) == len(self.sparsities),
+             "names a sparsity twice (to 6 significant digits)"),
             ("seeds", self.seeds, len(set(self.seeds)) == len(self.seeds),
              "names a seed twice"),
             ("max_epochs", self.max_epochs, int(self.max_epochs) >= 1, "must be >= 1"),
+            ("image_size", self.image_size,
+             self.image_size is None or _POSITIVE_INT.accepts(self.image_size),
+             "must be a positive int or None"),
+            ("split_sizes", self.split_sizes, self.split_sizes is None or (
+                len(self.split_sizes) == 3 and all(_POSITIVE.accepts(v)
+                                                   for v in self.split_sizes)),
+             "must be three positive numbers (train, valid, test) or None"),
         ):
             if not ok:
                 raise ValueError(_BAD_FIELD.format(field=field, detail=detail, value=value))

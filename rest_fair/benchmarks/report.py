@@ -338,10 +338,27 @@ def plot_results(summary, records: Sequence[dict], config: BenchConfig, out_dir:
 
 def _write_config(
     out_dir: Path, experiment: Any, records: Sequence[dict[str, Any]],
-    run_info: dict[str, Any] | None, statuses: Sequence[str] = ("ok", "error"),
+    run_info: dict[str, Any] | None, outputs: Sequence[Path],
+    statuses: Sequence[str] = ("ok", "error"),
 ) -> Path:
     """Write ``config.json``: the experiment, its hash, the library versions, the number of
-    runs in total and with each of ``statuses``, and ``run_info``; returns its path."""
+    runs in total and with each of ``statuses``, ``run_info``, and the names of the other
+    ``outputs`` written this time; returns its path.
+
+    Outputs that the previous ``config.json`` of the folder lists and this call did not
+    write again (tables of a summary that is now empty, plots now switched off) are
+    removed, so that the folder never shows results beside a configuration they do not
+    come from. Other files are left alone.
+    """
+    path = out_dir / "config.json"
+    names = sorted(p.name for p in outputs)
+    try:
+        before = json.loads(path.read_text()).get("outputs", [])
+    except (OSError, ValueError, AttributeError):
+        before = []
+    for name in before if isinstance(before, list) else []:
+        if isinstance(name, str) and name not in names and Path(name).name == name:
+            (out_dir / name).unlink(missing_ok=True)
     info = {
         "config": experiment.to_dict(),
         "config_hash": experiment.common_hash(),
@@ -349,9 +366,9 @@ def _write_config(
         "n_runs_in_grid": len(experiment.runs()),
         **{f"n_runs_{status}": sum(r.get("status") == status for r in records)
            for status in statuses},
+        "outputs": names,
         **(run_info or {}),
     }
-    path = out_dir / "config.json"
     path.write_text(json.dumps(info, indent=2, sort_keys=True, default=str))
     return path
 
@@ -381,13 +398,19 @@ def write_outputs(
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    files = [_write_config(out_dir, config, records, run_info), out_dir / "references.md"]
-    files[-1].write_text(reference_markdown() + "\n")
+    files = [out_dir / "references.md"]
+    files[0].write_text(reference_markdown() + "\n")
     summary = summarize(records, config)
-    if summary.empty:
-        return {"summary": summary, "markdown": "", "files": files}
-    markdown = to_markdown(summary, config)
-    files += _write_tables(out_dir, markdown, {"table.csv": summary})
-    if plots:
-        files += plot_results(summary, records, config, out_dir)
+    markdown = "" if summary.empty else to_markdown(summary, config)
+    diverged = [r for r in records if r.get("status") == "failed"]
+    if markdown and diverged:  # their cells have fewer seeds, or no row
+        markdown += "\n\nDiverged (recorded as an outcome, not in the table): " + "; ".join(
+            f"{r.get('method')} at {100 * r.get('ratio', 0):g} % conflicting, sparsity "
+            f"{r.get('sparsity'):g}, seed {r.get('seed')}" for r in diverged) + "."
+    if not summary.empty:
+        files += _write_tables(out_dir, markdown, {"table.csv": summary})
+        if plots:
+            files += plot_results(summary, records, config, out_dir)
+    files.insert(0, _write_config(out_dir, config, records, run_info, files,
+                                  ("ok", "error", "failed")))
     return {"summary": summary, "markdown": markdown, "files": files}

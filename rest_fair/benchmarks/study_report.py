@@ -360,18 +360,18 @@ def write_study_outputs(
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    files = [_write_config(out_dir, search, records, run_info, ("ok", "error", "failed"))]
     configurations = summarize_configurations(records, search)
     chosen = select(configurations)
-    if chosen.empty:
-        return {"summary": chosen, "configurations": configurations, "markdown": "",
-                "files": files}
-    markdown = study_markdown(chosen, search, configurations)
-    files += _write_tables(out_dir, markdown, {
-        name: frame.assign(hyperparameters=frame["hyperparameters"].map(json.dumps))
-        for name, frame in (("table.csv", chosen), ("configurations.csv", configurations))
-    })
-    if plots:
-        files += plot_study(chosen, search, out_dir)
+    markdown = "" if chosen.empty else study_markdown(chosen, search, configurations)
+    files: list[Path] = []
+    if not chosen.empty:
+        files += _write_tables(out_dir, markdown, {
+            name: frame.assign(hyperparameters=frame["hyperparameters"].map(json.dumps))
+            for name, frame in (("table.csv", chosen), ("configurations.csv", configurations))
+        })
+        if plots:
+            files += plot_study(chosen, search, out_dir)
+    files.insert(0, _write_config(out_dir, search, records, run_info, files,
+                                  ("ok", "error", "failed")))
     return {"summary": chosen, "configurations": configurations, "markdown": markdown,
             "files": files}

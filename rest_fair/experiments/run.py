@@ -141,17 +141,24 @@ def run_one(
 
 
 def check_run_params(experiment: Experiment, spec: Any) -> None:
-    """Check the estimator parameters of run ``spec`` as ``fit`` would, before any run.
+    """Check the estimator parameters of run ``spec`` as ``fit`` would, before any run:
+    their values, and the network they name with its ``module_params``
+    (:func:`~rest_fair.models.check_module`).
 
     Raises
     ------
     ValueError
         Naming the first invalid parameter (a setting the command line gave, say).
+    FileNotFoundError
+        For pretrained weights named by a path that does not exist.
     """
     from .._validation import check_params
     from ..estimator import RESTClassifier  # imports torch: not at `rest-fair --help`
+    from ..models import check_module
 
-    check_params(RESTClassifier(**experiment.estimator_params(spec)))
+    clf = RESTClassifier(**experiment.estimator_params(spec))
+    check_params(clf)
+    check_module(clf.module, clf.module_params)
 
 
 def _fit_and_score(

@@ -280,18 +280,21 @@ def run_sweep(
         Before any run, when data files the runs read are missing (likewise).
     ValueError
         Before any run, for invalid estimator parameters of the first run (the settings
-        all runs share), a negative ``max_runs`` or ``time_limit``, a
-        ``scheduler_timeout`` that is not positive, or an ``out_dir`` that cannot be made a
-        folder.
+        all runs share, the network and its ``module_params`` included), a negative or
+        infinite ``max_runs``, a negative ``time_limit``, a ``scheduler_timeout`` that is
+        not positive and finite, or an ``out_dir`` that cannot be made a folder.
+    FileNotFoundError
+        Before any run, for pretrained weights named by a path that does not exist.
     """
-    for name, value, positive in (("max_runs", max_runs, False),
-                                  ("time_limit", time_limit, False),
-                                  ("scheduler_timeout", scheduler_timeout, True)):
+    for name, value, positive, finite in (("max_runs", max_runs, False, True),
+                                          ("time_limit", time_limit, False, False),
+                                          ("scheduler_timeout", scheduler_timeout, True, True)):
         if value is None:
             continue
         number = isinstance(value, Real) and not isinstance(value, bool)
-        if not number or not (value > 0 if positive else value >= 0):
-            rule = "> 0" if positive else ">= 0"
+        if (not number or not (value > 0 if positive else value >= 0)
+                or (finite and not math.isfinite(value))):
+            rule = ("> 0" if positive else ">= 0") + (" and finite" if finite else "")
             raise ValueError(_BAD_LIMIT.format(name=name, rule=rule, value=value))
     mode = _progress_mode(progress, sys.stderr)
     experiment.check_requirements()
@@ -303,6 +306,9 @@ def run_sweep(
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ValueError(_BAD_OUT_DIR.format(path=out_dir, error=exc)) from exc
+    path = out_dir / RESULTS_FILE
+    if path.exists() and not path.is_file():
+        raise ValueError(_BAD_OUT_DIR.format(path=out_dir, error=f"{path} is not a file"))
     backend = _resolve_backend(backend, scheduler)
     if backend == "dask" and n_jobs not in (1, None):
         warnings.warn(_N_JOBS_IGNORED.format(n_jobs=n_jobs), UserWarning, stacklevel=2)
@@ -318,7 +324,6 @@ def run_sweep(
             where = {"backend": backend, "n_jobs": jobs, "torch_threads_per_job": threads}
         if on_start is not None:
             on_start(where)
-        path = out_dir / RESULTS_FILE
         if not resume and path.exists():
             path.rename(path.with_name(f"{path.stem}.{time.strftime('%Y%m%d-%H%M%S')}.jsonl"))
         specs = experiment.runs()

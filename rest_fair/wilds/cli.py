@@ -5,8 +5,10 @@ The command line becomes the settings of a :class:`~rest_fair.wilds.experiment.W
 names several; ``--protocol wilds``: the dataset's recipe from the WILDS reference code and
 the leaderboard's seeds, options given overriding it), which the experiment runner
 (:func:`~rest_fair.experiments.runner.run_sweep`) runs seed by seed into ``--out-dir``:
-``results.jsonl`` (``--resume`` reuses the seeds done with the same settings), the
-submission files of every seed, ``metrics.json`` and ``comparison.md`` (also printed).
+``results.jsonl`` (``--resume`` reuses the seeds done with the same settings and refuses a
+folder holding seeds of other settings; without it the folder's earlier outputs are
+renamed with a date-time suffix), the submission files of every seed, ``metrics.json``
+and ``comparison.md`` (also printed).
 
 Registered by :mod:`rest_fair.cli`; importing this module is cheap (torch, wilds and
 torchvision are imported only when the command runs). ``python -m rest_fair.wilds.cli`` still
@@ -67,7 +69,9 @@ def _configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--resume", action="store_true",
                         help="skip the seeds that results.jsonl records as done with the "
                              "same settings (folders of earlier versions, with "
-                             "runs/seed_<k>.json, resume too)")
+                             "runs/seed_<k>.json, resume too); a folder with seeds of other "
+                             "settings is refused. Without it, the earlier outputs of "
+                             "--out-dir are renamed with a date-time suffix")
     parser.add_argument("--sparsity", type=float, default=0.9)
     parser.add_argument("--sparse-init", choices=("random", "magnitude"),
                         help="initial masks (wilds protocol: magnitude; custom: random)")
@@ -159,8 +163,10 @@ def run(args: argparse.Namespace) -> int:
     from .experiment import (  # imports torch
         WildsExperiment,
         adopt_seed_files,
+        check_resumable,
         check_wilds_requirements,
         resolve_settings,
+        set_aside_outputs,
         write_outputs,
     )
 
@@ -172,22 +178,28 @@ def run(args: argparse.Namespace) -> int:
                                   group_counts=SMOKE_GROUP_COUNTS.get(spec.name))
         dataset = load_wilds(spec.name, args.root_dir, download=args.download)
         settings = resolve_settings(args, spec)
-    except (MissingDependencyError, FileNotFoundError, ValueError) as exc:
+    except (MissingDependencyError, OSError, ValueError) as exc:
         print(f"rest-fair wilds: {exc}", file=sys.stderr)
         return 2
     experiment = WildsExperiment(dataset, settings, Path(args.out_dir))
     try:
         if args.resume:
             adopt_seed_files(args.out_dir)
+            check_resumable(experiment)
+        else:  # a new start: the folder's earlier outputs are renamed, all together
+            set_aside_outputs(args.out_dir)
         records = run_sweep(experiment, args.out_dir, resume=args.resume, progress="none")
     except (OSError, ValueError) as exc:
         print(f"rest-fair wilds: {exc}", file=sys.stderr)
         return 2
     failed = [r for r in records if r.get("status") != "ok"]
     for record in failed:
-        print(_FAILED.format(seed=record["seed"], error=record.get("error")), file=sys.stderr)
-    if failed:
+        final = " (an outcome, not retried)" if record.get("status") == "failed" else ""
+        print(_FAILED.format(seed=record["seed"], error=record.get("error")) + final,
+              file=sys.stderr)
+    if any(r.get("status") == "error" for r in failed):
         print(_RETRY.format(path=Path(args.out_dir) / RESULTS_FILE), file=sys.stderr)
+    if failed:
         return 1
     config = {k: v for k, v in vars(args).items() if k not in ("func", "argv")}
     outputs = write_outputs(records, experiment, run_info={

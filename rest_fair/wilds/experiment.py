@@ -17,6 +17,7 @@ import argparse
 import dataclasses
 import json
 import math
+import time
 from collections.abc import Sequence
 from numbers import Integral, Real
 from pathlib import Path
@@ -27,6 +28,7 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 
 from .._requirements import Requirement, check_requirements
 from .._validation import Interval
+from ..exceptions import TrainingDivergedError
 from ..experiments.run import digest, jsonable
 from ..experiments.runner import RESULTS_FILE, append_record, read_results
 from .adapter import split_wilds
@@ -37,7 +39,8 @@ from .protocol import recipe_for
 from .submission import write_submission
 
 __all__ = ["CUSTOM_DEFAULTS", "RUN_SETTINGS", "SeedRun", "WildsExperiment", "adopt_seed_files",
-           "check_wilds_requirements", "resolve_settings", "write_outputs"]
+           "check_resumable", "check_wilds_requirements", "resolve_settings",
+           "set_aside_outputs", "write_outputs"]
 
 _REQUIREMENTS = (
     Requirement("wilds", "wilds==2.0.0", "wilds", "the WILDS dataset loaders and metrics"),
@@ -81,6 +84,12 @@ _ESTIMATOR_SETTINGS = ("sparsity", "sparse_init", "layer_density", "dense_layers
 _DEFAULT_LR = {"sgd": 0.01, "adam": 1e-3, "adamw": 1e-5}
 _BAD_SETTING = "--{flag} must be {rule}; got {value!r}."
 _BAD_SEEDS = "--seeds must be distinct non-negative ints; got {seeds}."
+_OTHER_SETTINGS = (
+    "--resume: {out_dir} holds seed {seed} run with other settings ({changed}); its "
+    "submission files would be overwritten by this configuration's. Resume with the same "
+    "settings, drop --resume to start afresh (the earlier outputs are renamed, not "
+    "deleted), or use another --out-dir."
+)
 
 
 def check_wilds_requirements(dataset: str) -> None:
@@ -242,6 +251,9 @@ class WildsExperiment:
 
     #: Who runs it, for progress lines.
     name: ClassVar[str] = "rest-fair wilds"
+    #: A seed whose training diverges diverges again: it is recorded as failed (an
+    #: outcome), not retried by ``--resume``.
+    final_errors: ClassVar[tuple[type[Exception], ...]] = (TrainingDivergedError,)
 
     @property
     def spec(self) -> DatasetSpec:
@@ -311,6 +323,46 @@ class WildsExperiment:
                             for split, part in parts.items()}
             self._inputs[key] = (parts, features)
         return self._inputs[key]
+
+
+def check_resumable(experiment: WildsExperiment) -> None:
+    """Refuse to resume into a folder whose finished seeds were run with other settings.
+
+    Their submission files have the names this command's seeds would write, so the folder
+    would end up holding predictions of two configurations.
+
+    Raises
+    ------
+    ValueError
+        Naming the settings that differ.
+    """
+    ours = experiment.runs()[0].settings if experiment.runs() else {}
+    for record in read_results(experiment.out_dir / RESULTS_FILE):
+        theirs = record.get("settings")
+        if record.get("status") != "ok" or not isinstance(theirs, dict) or theirs == ours:
+            continue
+        changed = [f"{k}: {theirs.get(k)!r} -> {ours.get(k)!r}"
+                   for k in sorted(set(theirs) | set(ours)) if theirs.get(k) != ours.get(k)]
+        raise ValueError(_OTHER_SETTINGS.format(out_dir=experiment.out_dir,
+                                                seed=record.get("seed"),
+                                                changed="; ".join(changed)))
+
+
+def set_aside_outputs(out_dir: str | Path) -> list[Path]:
+    """Rename the outputs of an earlier command in ``out_dir`` (results file, submission
+    folder, ``metrics.json``, ``comparison.md``) with one date-time suffix; returns the new
+    paths. A new command without ``--resume`` starts from an empty folder this way, and
+    nothing of the earlier one is lost."""
+    out_dir = Path(out_dir)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    moved = []
+    for name in (RESULTS_FILE, "submission", "metrics.json", "comparison.md"):
+        path = out_dir / name
+        if path.exists():
+            target = path.with_name(f"{path.stem}.{stamp}{path.suffix}")
+            path.rename(target)
+            moved.append(target)
+    return moved
 
 
 def adopt_seed_files(out_dir: str | Path) -> None:

@@ -89,6 +89,8 @@ def test_run_ids_are_unique_and_config_sensitive():
         ({"seeds": (0, 0)}, "seeds names a seed twice"),
         ({"sparsities": (0.9, 0.9)}, "sparsities names a sparsity twice"),
         ({"ratios": (0.01, 0.01)}, "ratios names a share twice"),
+        # one run id, "sparsity=0.5", for two values
+        ({"sparsities": (0.5, 0.5000001)}, "sparsities names a sparsity twice"),
     ],
 )
 def test_bad_config_is_named(kwargs, match):

@@ -156,10 +156,27 @@ def test_resume_reuses_finished_seeds(tmp_path, monkeypatch, capsys):
     again = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert again["metrics"] == first["metrics"]
     capsys.readouterr()
-    for change in (["--lr", "0.05"], ["--sparsity", "0.5"], ["--upweight", "none"]):
-        assert rest_fair_main([*argv, "--resume", *change]) == 1
+    # the seeds of other settings would overwrite these seeds' submission files
+    for change, what in ((["--lr", "0.05"], "lr: 0.01 -> 0.05"),
+                         (["--sparsity", "0.5"], "sparsity: 0.9 -> 0.5"),
+                         (["--upweight", "none"], "upweight: 'balanced' -> None")):
+        assert rest_fair_main([*argv, "--resume", *change]) == 2
         err = capsys.readouterr().err
-        assert err.count("trained again") == 2 and "--resume to retry" in err
+        assert "holds seed 0 run with other settings" in err and what in err, err
+    assert json.loads((tmp_path / "out" / "metrics.json").read_text()) == again
+
+    # without --resume the earlier outputs are renamed, all of them, and kept
+    monkeypatch.undo()
+    assert rest_fair_main([*argv[:argv.index("--seeds")], "--seeds", "2",
+                           "--device", "cpu"]) == 0
+    names = sorted(p.name for p in (tmp_path / "out").iterdir())
+    stamp = next(n for n in names if n.startswith("results.2")).split(".")[1]
+    assert {f"results.{stamp}.jsonl", f"submission.{stamp}", f"metrics.{stamp}.json",
+            f"comparison.{stamp}.md", "results.jsonl", "submission", "metrics.json",
+            "comparison.md"} <= set(names)
+    assert {p.name.split("_")[2] for p in (tmp_path / "out" / "submission").iterdir()} == {
+        "seed:2"}
+    assert json.loads((tmp_path / "out" / f"metrics.{stamp}.json").read_text()) == again
 
 
 def test_civilcomments_protocol_writes_five_seeds(civil_run):
