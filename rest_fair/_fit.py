@@ -62,6 +62,11 @@ WARM_START_CHANGED = (
     "warm_start=True continues the fitted network and its masks, but {name} changed: it was "
     "{before!r}, now {after!r}. Set warm_start=False (or the previous value) to fit anew."
 )
+WARM_AND_RESUME = (
+    "warm_start=True continues this fitted estimator's network, resume_from continues the "
+    "run of a checkpoint: pass one of them (set warm_start=False to resume, or leave out "
+    "resume_from to continue the fitted network)."
+)
 # parameters that define the network and its masks: a warm start cannot change them
 _WARM_FIXED = ("module", "module_params", "sparsity", "layer_density", "dense_layers")
 # parameters that do not change what a run computes: they may differ on resume
@@ -377,7 +382,9 @@ def fit_estimator(
     was before: the previous fit's attributes and network, or not fitted.
     """
     callbacks = check_callbacks(est.callbacks)
-    warm = bool(est.warm_start) and hasattr(est, "module_") and resume_from is None
+    warm = bool(est.warm_start) and hasattr(est, "module_")
+    if warm and resume_from is not None:
+        raise ValueError(WARM_AND_RESUME)
     params = est.get_params(deep=False)
     if warm:
         _check_warm_params(getattr(est, "_warm_fixed_params", None), params)

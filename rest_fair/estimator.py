@@ -62,6 +62,12 @@ _CUSTOM_MODULE = (
     "load()."
 )
 _NOT_SAVED = "fitted attributes not saved (not plain values): {names}"
+# parameters that may hold objects a file cannot: they do not change the fitted network
+_OBJECT_PARAMS = ("callbacks", "random_state")
+_PARAMS_NOT_SAVED = (
+    "parameters {names} hold objects, not plain values: the file keeps None for them, and "
+    "the loaded estimator has {names} = None (set them again to refit the same way)."
+)
 _NOT_AN_ESTIMATOR = "{path} holds a {kind}, not a {cls}."
 _NO_ATTRIBUTES = "{path} lacks the fitted attributes {names}."
 # Fitted attributes a model file must hold; the network and its masks are its tensors, and
@@ -587,6 +593,8 @@ scipy.sparse matrix, DataFrame, or torch Dataset
 
         The file holds the network and its masks (:mod:`rest_fair.persistence.model_file`),
         the parameters and the fitted attributes; ``module`` must be a built-in name.
+        ``callbacks`` and a ``random_state`` that is a ``RandomState`` are objects, not
+        plain values: the file keeps ``None`` for them, with a warning.
         """
         check_is_fitted(self, "module_")
         params = self.get_params(deep=False)
@@ -596,7 +604,8 @@ scipy.sparse matrix, DataFrame, or torch Dataset
         arrays: dict[str, np.ndarray] = {}
         skipped = []
         for name, value in vars(self).items():
-            if not name.endswith("_") or name.startswith("_") or name in _LIVE_ATTRIBUTES:
+            if (not name.endswith("_") or name.startswith("_") or name in _LIVE_ATTRIBUTES
+                    or name == "inference_module_"):  # derived: use_sparse_inference() again
                 continue
             if isinstance(value, np.ndarray) and value.dtype != object:
                 attributes[name] = {"__array__": f"attr.{len(arrays)}"}
@@ -610,10 +619,21 @@ scipy.sparse matrix, DataFrame, or torch Dataset
                 skipped.append(name)
         if skipped:
             warnings.warn(_NOT_SAVED.format(names=sorted(skipped)), UserWarning, stacklevel=2)
+        saved_params, dropped = {}, []
+        for key, value in params.items():
+            try:
+                saved_params[key] = model_file.to_json(value, f"parameter {key!r}")
+            except TypeError:
+                if key not in _OBJECT_PARAMS:
+                    raise
+                saved_params[key] = None
+                dropped.append(key)
+        if dropped:
+            warnings.warn(_PARAMS_NOT_SAVED.format(names=dropped), UserWarning, stacklevel=2)
         header = {
             "kind": "estimator",
             "class": type(self).__name__,
-            "params": {k: model_file.to_json(v, f"parameter {k!r}") for k, v in params.items()},
+            "params": saved_params,
             "attributes": attributes,
         }
         return model_file.write(path, self.module_, self.masks_, header, arrays)

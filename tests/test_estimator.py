@@ -487,3 +487,12 @@ def test_a_first_fit_that_raises_leaves_the_estimator_unfitted(data):
     assert not [k for k in vars(clf) if k.endswith("_") and not k.startswith("__")]
     with pytest.raises(NotFittedError):
         clf.predict(X)
+
+
+def test_a_warm_start_and_a_checkpoint_cannot_both_be_continued(data, tmp_path):
+    X, y, g = data
+    clf = _clf(max_epochs=1, warm_start=True).fit(X, y, groups=g)
+    with pytest.raises(ValueError, match="warm_start=True continues this fitted"):
+        clf.fit(X, y, groups=g, resume_from=tmp_path / "no-checkpoint-yet")
+    assert len(clf.history_) == 1
+    _clf(max_epochs=1, warm_start=True).fit(X, y, groups=g, resume_from=tmp_path / "c")

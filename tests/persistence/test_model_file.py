@@ -316,3 +316,28 @@ def test_a_failed_save_leaves_the_existing_file_as_it_was(tmp_path, monkeypatch)
     save((net, masks, META), os.fsencode(path))  # a bytes path, as open() takes
     assert _state_equal(net, load(path)[0])
     assert path.stat().st_mode == mode  # a new file's permissions, not a temporary's 0600
+
+
+def test_an_estimator_with_callbacks_or_a_random_state_object_saves(tmp_path):
+    import warnings
+
+    from rest_fair.callbacks import EarlyStopping
+
+    X = np.random.default_rng(0).random((80, 5), dtype=np.float32)
+    y = np.arange(80) % 2
+    clf = RESTClassifier(sparsity=0.9, max_epochs=2, random_state=np.random.RandomState(0),
+                         callbacks=[EarlyStopping(patience=3)],
+                         module_params={"hidden_layer_sizes": (16,)}).fit(X, y)
+    clf.use_sparse_inference()  # derived state: not saved, and not warned about
+    with pytest.warns(UserWarning, match=r"\['callbacks', 'random_state'\] hold objects"):
+        clf.save(tmp_path / "m.rest")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loaded = RESTClassifier.load(tmp_path / "m.rest")
+    assert loaded.callbacks is None and loaded.random_state is None
+    assert isinstance(clf.random_state, np.random.RandomState)  # the estimator keeps its own
+    # (clf predicts through its sparse export: the same up to rounding)
+    np.testing.assert_allclose(loaded.predict_proba(X), clf.predict_proba(X), rtol=1e-5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an estimator without them saves silently
+        clf.set_params(callbacks=None, random_state=0).save(tmp_path / "n.rest")
