@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -37,6 +38,11 @@ DIVERGED = (
     "learning rate too high for this network (lr={lr:g}; try 10x smaller), or inputs of "
     "very large magnitude (standardise the features, e.g. with sklearn's StandardScaler). "
     "No model was kept."
+)
+#: Warning of a resume whose checkpoint holds callback states no callback takes.
+CALLBACK_STATES_LEFT = (
+    "the checkpoint holds the state of callbacks {keys} (class name: its place among the "
+    "callbacks of that class), which this fit has no callback for; they are not restored."
 )
 
 
@@ -427,12 +433,42 @@ class TrainingRun:
                          epoch=self.state.epoch_offset + self.state.epoch,
                          fingerprint=self.fingerprint, keep=keep)
 
+    def _callback_keys(self) -> list[str]:
+        """``"<class name>:<k>"`` for the k-th callback of its class: a callback added or
+        removed on a restart does not shift the keys of the others."""
+        seen: dict[str, int] = {}
+        keys = []
+        for cb in self.callbacks:
+            name = type(cb).__name__
+            keys.append(f"{name}:{seen.get(name, 0)}")
+            seen[name] = seen.get(name, 0) + 1
+        return keys
+
     def _callback_states(self) -> dict:
-        return {f"{i}:{type(cb).__name__}": cb.state_dict()
-                for i, cb in enumerate(self.callbacks) if hasattr(cb, "state_dict")}
+        keys = self._callback_keys()
+        return {key: cb.state_dict() for key, cb in zip(keys, self.callbacks, strict=True)
+                if hasattr(cb, "state_dict")}
 
     def _load_callback_states(self, states: dict) -> None:
-        for i, cb in enumerate(self.callbacks):
-            key = f"{i}:{type(cb).__name__}"
+        states = _keyed_by_class(states)
+        keys = self._callback_keys()
+        for key, cb in zip(keys, self.callbacks, strict=True):
             if key in states and hasattr(cb, "load_state_dict"):
                 cb.load_state_dict(states[key])
+        left = sorted(set(states) - set(keys))
+        if left:
+            warnings.warn(CALLBACK_STATES_LEFT.format(keys=left), UserWarning, stacklevel=2)
+
+
+def _keyed_by_class(states: dict) -> dict:
+    """Callback states of a checkpoint keyed ``"<class name>:<k>"``; checkpoints written
+    before, keyed by position (``"<i>:<class name>"``), are read the same way."""
+    if not all(k.partition(":")[0].isdigit() for k in states):
+        return states
+    seen: dict[str, int] = {}
+    out = {}
+    for key in sorted(states, key=lambda k: int(k.partition(":")[0])):
+        name = key.partition(":")[2]
+        out[f"{name}:{seen.get(name, 0)}"] = states[key]
+        seen[name] = seen.get(name, 0) + 1
+    return out

@@ -155,12 +155,21 @@ def test_early_stopping_state_is_resumed(tmp_path):
                        ).fit(X, y, groups=g)
     state = ckpt_format.read_checkpoint(tmp_path)
     assert state["train_state"]["epoch"] == 2 and not state["train_state"]["stopped"]
-    assert state["callbacks"]["0:EarlyStopping"]["wait"] == 1
-    # a fresh EarlyStopping takes the saved wait: the run stops where the whole one did
-    resumed = RESTClassifier(**COMMON, callbacks=[stop(), Checkpoint(tmp_path)]).fit(
+    assert state["callbacks"]["EarlyStopping:0"]["wait"] == 1
+    # a fresh EarlyStopping takes the saved wait: the run stops where the whole one did,
+    # also with another callback added before it (states are found by class, not place)
+    resumed = RESTClassifier(**COMMON, callbacks=[Callback(), stop()]).fit(
         X, y, groups=g, resume_from=tmp_path)
     assert len(resumed.history_) == len(whole.history_)
     assert np.array_equal(resumed.predict(X), whole.predict(X))
+    # a checkpoint written before kept the states by position: read the same way
+    from rest_fair.training.loop import _keyed_by_class
+
+    assert _keyed_by_class({"0:EarlyStopping": 1, "2:Mine": 2, "3:EarlyStopping": 3}) == {
+        "EarlyStopping:0": 1, "Mine:0": 2, "EarlyStopping:1": 3}
+    # a state no callback takes is named, not dropped silently
+    with pytest.warns(UserWarning, match=r"callbacks \['EarlyStopping:0'\].*not restored"):
+        RESTClassifier(**COMMON).fit(X, y, groups=g, resume_from=tmp_path)
 
 
 class SaveWhenStopping(Callback):
@@ -186,7 +195,7 @@ def test_a_callback_of_your_own_writes_checkpoints_after_the_stop_decision(tmp_p
     assert mine.saw_stop == [False, True]  # it ran after EarlyStopping, listed before it
     state = ckpt_format.read_checkpoint(tmp_path)
     assert state["train_state"]["epoch"] == len(clf.history_) == 2
-    assert list(state["callbacks"]) == ["0:EarlyStopping"]  # its position after sorting
+    assert list(state["callbacks"]) == ["EarlyStopping:0"]  # the first of its class
 
 
 @pytest.mark.parametrize(
