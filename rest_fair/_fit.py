@@ -20,7 +20,7 @@ import functools
 import hashlib
 import json
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from numbers import Integral
 from typing import Any
@@ -61,6 +61,16 @@ NO_VALIDATION = (
 WARM_START_CHANGED = (
     "warm_start=True continues the fitted network and its masks, but {name} changed: it was "
     "{before!r}, now {after!r}. Set warm_start=False (or the previous value) to fit anew."
+)
+DICT_WITHOUT_GROUPS = (
+    "upweight is a dict of weights by group ({keys}), but fit got no groups (groups=None "
+    "puts every sample in one group): pass groups=..., or a number or 'balanced'."
+)
+NO_TRAINING_WEIGHT = (
+    "every training sample has a weight of 0 once sample_weight and upweight are combined "
+    "(the samples with a positive sample_weight are held out for validation, or upweight "
+    "gives their groups 0): nothing would be learnt. Give some training samples a positive "
+    "weight in both."
 )
 WARM_AND_RESUME = (
     "warm_start=True continues this fitted estimator's network, resume_from continues the "
@@ -230,8 +240,12 @@ def _train_set(train: FitData, *, upweight: Any, reweight: str, batch_size: int,
                num_workers: int, generator: torch.Generator,
                world: LocalContext) -> tuple[TrainSet, dict]:
     """The reweighted training set, and the weight of each (class, group) cell."""
+    if isinstance(upweight, Mapping) and not train.has_groups:
+        raise ValueError(DICT_WITHOUT_GROUPS.format(keys=", ".join(map(repr, upweight))))
     weights = cell_weights(train.y, train.groups, train.group_labels, upweight)
     per_sample = sample_weights_for(train.y, train.groups, weights)
+    if not np.any(train.sample_weight * per_sample > 0):  # drawn or weighted, all weigh 0
+        raise ValueError(NO_TRAINING_WEIGHT)
     loss_w = train.sample_weight * (per_sample if reweight == "loss" else 1.0)
     draw = per_sample if reweight == "sampler" and len(set(weights.values())) > 1 else None
     source = make_source(train.X, device=world.device, num_workers=num_workers)
@@ -293,7 +307,8 @@ def _built_run(est: Any, data: FitData, config: TrainConfig, callbacks: list, *,
             if est.infer_groups == "jtt":
                 saved = checkpoint.get("extra", {}).get("jtt_errors")
                 errors = _jtt_errors(est, train, seed, saved, world)
-                train = replace(train, groups=errors.astype(np.int64), group_labels=[False, True])
+                train = replace(train, groups=errors.astype(np.int64),
+                                group_labels=[False, True], has_groups=True)
             train_set, weights = _train_set(
                 train, upweight=est.upweight, reweight=est.reweight, batch_size=est.batch_size,
                 num_workers=est.num_workers, generator=generator, world=world)

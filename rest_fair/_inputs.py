@@ -218,8 +218,8 @@ def encode_groups(groups: Any, n_samples: int) -> tuple[np.ndarray, list[Hashabl
             ndim = None
     if ndim is not None and ndim > 2:
         raise ValueError(BAD_GROUP_NDIM.format(shape=np.shape(groups)))
-    if isinstance(groups, pd.DataFrame) or (hasattr(groups, "ndim") and groups.ndim == 2):
-        frame = pd.DataFrame(groups)
+    if isinstance(groups, pd.DataFrame) or ndim == 2:  # a nested list as its columns too
+        frame = pd.DataFrame(list(groups) if isinstance(groups, (list, tuple)) else groups)
         if frame.shape[1] == 1:
             series = frame.iloc[:, 0]
         else:
@@ -227,7 +227,11 @@ def encode_groups(groups: Any, n_samples: int) -> tuple[np.ndarray, list[Hashabl
                 raise ValueError(BAD_GROUP_VALUES.format(count=int(frame.isna().sum().sum())))
             series = pd.Series(list(frame.itertuples(index=False, name=None)))
     elif isinstance(groups, list) and groups and isinstance(groups[0], (list, tuple)):
-        series = pd.Series([tuple(g) for g in groups])
+        rows = [tuple(g) for g in groups]  # ragged: rows of different lengths
+        missing = sum(bool(pd.isna(v)) for row in rows for v in row)
+        if missing:
+            raise ValueError(BAD_GROUP_VALUES.format(count=missing))
+        series = pd.Series(rows)
     else:
         series = pd.Series(np.asarray(groups, dtype=object).ravel()
                            if not isinstance(groups, pd.Series) else groups.to_numpy())

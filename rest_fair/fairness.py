@@ -27,6 +27,10 @@ _BAD_WEIGHTS = (
     "sample_weight must hold one finite, non-negative weight per sample ({n}); got shape "
     "{shape} or values that are NaN, infinite or negative."
 )
+_ZERO_WEIGHT_GROUPS = (
+    "sample_weight is 0 for every sample of groups {groups}: their metrics would be "
+    "undefined. Give them some weight, or leave their samples out."
+)
 _LENGTHS = "y, y_pred and groups must have the same number of samples; got {}."
 _BAD_POS_LABEL = "pos_label={!r} is not one of the labels {}."
 
@@ -171,6 +175,11 @@ def fairness_report(
         w = np.asarray(sample_weight, dtype=float)
         if w.shape != (len(y_true),) or not np.all(np.isfinite(w)) or np.any(w < 0):
             raise ValueError(_BAD_WEIGHTS.format(n=len(y_true), shape=w.shape))
+        keys = (list(sensitive.itertuples(index=False, name=None))
+                if isinstance(sensitive, pd.DataFrame) else list(sensitive))
+        totals = pd.Series(w).groupby(pd.Series(keys, dtype=object), dropna=False).sum()
+        if (totals <= 0).any():
+            raise ValueError(_ZERO_WEIGHT_GROUPS.format(groups=list(totals.index[totals <= 0])))
         sample_params = {name: {"sample_weight": w} for name in metrics if name != "count"}
 
     with warnings.catch_warnings():

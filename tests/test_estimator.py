@@ -496,3 +496,48 @@ def test_a_warm_start_and_a_checkpoint_cannot_both_be_continued(data, tmp_path):
         clf.fit(X, y, groups=g, resume_from=tmp_path / "no-checkpoint-yet")
     assert len(clf.history_) == 1
     _clf(max_epochs=1, warm_start=True).fit(X, y, groups=g, resume_from=tmp_path / "c")
+
+
+@pytest.mark.parametrize("reweight", ["loss", "sampler"])
+def test_training_weights_that_combine_to_zero_are_refused(data, reweight):
+    X, y, g = data
+    groups = (g == "minority").astype(int)
+    # each factor weighs some samples, their product none: the fit learnt nothing
+    # (sampler) or ignored the weights (loss)
+    with pytest.raises(ValueError, match="every training sample has a weight of 0"):
+        _clf(max_epochs=1, upweight={0: 0.0, 1: 1.0}, reweight=reweight).fit(
+            X, y, groups=groups, sample_weight=(groups == 0).astype(float))
+    # only the held-out samples weigh something
+    clf = _clf(max_epochs=1, upweight=None, reweight=reweight, validation_fraction=0.5)
+    clf.fit(X, y)
+    from rest_fair._fit import _split  # the split the fit makes, to weigh only its rows
+
+    seed = int(np.random.RandomState(0).randint(0, 2**31 - 1))
+    _, valid = _split(y, np.zeros(len(y), dtype=np.int64), 0.5, seed)
+    weights = np.zeros(len(y))
+    weights[valid] = 1.0
+    with pytest.raises(ValueError, match="held out for validation"):
+        clf.fit(X, y, sample_weight=weights)
+
+
+def test_nested_list_groups_are_read_as_columns():
+    from rest_fair._inputs import encode_groups
+
+    with pytest.raises(ValueError, match="missing values"):
+        encode_groups([[0, None if i == 4 else 1] for i in range(6)], 6)
+    with pytest.raises(ValueError, match="missing values"):
+        encode_groups([(0, np.nan if i == 4 else 1) for i in range(6)], 6)
+    with pytest.raises(ValueError, match="missing values"):  # rows of different lengths
+        encode_groups([[0, 1]] * 3 + [[1, None, 2]] * 3, 6)
+    column = [[v] for v in (0, 1, 0, 1, 1, 0)]  # one column, as g[:, None] is read
+    assert encode_groups(column, 6)[1] == encode_groups(np.array(column), 6)[1] == [0, 1]
+    pairs = [[0, "a"], [1, "b"]] * 3
+    assert encode_groups(pairs, 6)[1] == [(0, "a"), (1, "b")]
+
+
+def test_a_dict_upweight_needs_groups(data):
+    X, y, _ = data
+    with pytest.raises(ValueError, match=r"upweight is a dict of weights by group \('a', 'b'\)"
+                                         r", but fit got no groups"):
+        _clf(max_epochs=1, upweight={"a": 1.0, "b": 5.0}).fit(X, y)
+

@@ -177,3 +177,12 @@ def test_scorer_value_equals_worst_group_accuracy():
     with sklearn.config_context(enable_metadata_routing=True):
         scorer = make_worst_group_scorer()
         assert scorer(Fixed(), X, Y, groups=G) == pytest.approx(0.5)
+
+
+def test_a_group_without_weight_is_named():
+    rng = np.random.RandomState(0)
+    y, g = rng.randint(0, 2, 50), rng.randint(0, 2, 50)
+    with pytest.raises(ValueError, match=r"sample_weight is 0 for every sample of groups \[1\]"):
+        fairness_report(y=y, y_pred=y, groups=g, sample_weight=(g == 0).astype(float))
+    report = fairness_report(y=y, y_pred=y, groups=g, sample_weight=(g == 0) + 0.5)
+    assert report.worst_group_accuracy == 1.0
