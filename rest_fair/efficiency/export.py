@@ -57,6 +57,10 @@ __all__ = ["SparseExport", "SparseLinearChain", "export_sparse", "module_nbytes"
 # torch.set_num_threads(32768) ends in a segmentation fault, 4096 runs)
 _THREADS = Interval(Integral, 1, 1024)
 _BAD_THREADS = "num_threads must be None or {allowed}; got {value!r}."
+_BAD_INPUT = (
+    "the exported network takes inputs of shape (..., {n}) (after flattening, where it "
+    "flattens); got a tensor of shape {shape}."
+)
 _BAD_MASKS = "masks must be a mapping of parameter name to bool tensor, or None; got {type}."
 
 
@@ -254,6 +258,11 @@ def _build_plan(module: nn.Module) -> list[tuple] | None:
     return plan
 
 
+def _check_features(h: torch.Tensor, n_features: int) -> None:
+    if h.dim() == 0 or h.shape[-1] != n_features:
+        raise ValueError(_BAD_INPUT.format(n=n_features, shape=tuple(h.shape)))
+
+
 def _run_plan(plan: list[tuple], x: torch.Tensor) -> torch.Tensor:
     h = x
     lead: torch.Size | None = None
@@ -268,6 +277,7 @@ def _run_plan(plan: list[tuple], x: torch.Tensor) -> torch.Tensor:
         elif op == _MM:
             h = torch.mm(a, h)
         elif op == _ENTER:
+            _check_features(h, a)
             lead = h.shape[:-1]
             # A contiguous feature-major copy is cheaper than the sparse product reading a
             # transposed view (measured ~15 % on a 2048-wide layer, batch 64).
@@ -275,6 +285,7 @@ def _run_plan(plan: list[tuple], x: torch.Tensor) -> torch.Tensor:
         elif op == _EXIT:
             h = h.t().reshape(*lead, a)
         elif op == _PACK:
+            _check_features(h, a)
             lead = h.shape[:-1]
             h = h.reshape(-1, a)
             batch, n_threads = h.shape[0], torch.get_num_threads()

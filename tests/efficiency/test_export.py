@@ -274,3 +274,14 @@ def test_chain_kernels_leave_gradients_to_torch(chain_path):
     x_ref = x.detach().clone().requires_grad_()
     _masked_copy(net, masks)(x_ref).sum().backward()
     torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-5, atol=1e-5)
+
+
+def test_an_input_of_the_wrong_width_is_named(chain_path):
+    torch.manual_seed(0)
+    net = build_module("mlp", input_shape=(10,), n_classes=2,
+                       module_params={"hidden_layer_sizes": (32,)})
+    masks = _random_masks(net, [0.1, 1.0], torch.Generator().manual_seed(0))
+    export = export_sparse(net, masks)
+    with pytest.raises(ValueError, match=r"inputs of shape \(\.\.\., 10\).*shape \(20, 20\)"):
+        export(torch.zeros(20, 20))
+    assert export(torch.zeros(20, 10)).shape == (20, 2)
