@@ -287,6 +287,7 @@ class StopAt(Callback):
 
     def on_epoch_begin(self, net, *, epoch, **kwargs):
         if epoch == self.epoch:
+            self.module = net.module_  # the live module, which the fit then drops
             raise KeyboardInterrupt
 
 
@@ -298,11 +299,14 @@ def test_checkpoints_of_a_csr_run_resume_in_either_mode(data, tmp_path):
     with pytest.raises(KeyboardInterrupt):
         _clf(sparse_compute="csr", callbacks=[StopAt(3), Checkpoint(tmp_path)],
              **params).fit(X, y)
-    interrupted = _clf(sparse_compute="csr", callbacks=[StopAt(3)], **params)
+    stop = StopAt(3)
+    interrupted = _clf(sparse_compute="csr", callbacks=[stop], **params)
     with pytest.raises(KeyboardInterrupt):
         interrupted.fit(X, y)
-    # a failed fit leaves the live module dense
-    assert all(type(m) is not CSRLinear for m in interrupted.module_.modules())
+    # a failed fit leaves the live module dense (a warm start's is restored from it), and
+    # the estimator unfitted
+    assert all(type(m) is not CSRLinear for m in stop.module.modules())
+    assert not hasattr(interrupted, "module_")
 
     # the checkpoint has the masked format: dense weights and dense optimizer state
     state = read_checkpoint(tmp_path)
