@@ -35,7 +35,7 @@ def test_bench_help_shows_real_defaults_only(capsys):
         cli.main(["bench", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "(default: None)" not in text  # those options take the preset's value
-    assert "configurations per method. (default: 8)" in text
+    assert "configurations per method (default 8)." in text
 
 
 def test_registry_adds_modules_and_skips_missing_ones(monkeypatch):
@@ -89,6 +89,11 @@ def test_bench_rejects_bad_flags(capsys):
      "module_params['hidden_layer_sizes'] must be a sequence of positive ints"),
     (["--image-size", "0"], "image_size must be a positive int or None"),
     (["--split-sizes", "1,2"], "split_sizes must be three positive numbers"),
+    # options the run would not read, which would still change its id
+    (["--dfa-name", "bffhq"], "dfa_name is not read by dataset='digits'"),
+    (["--data-root", "/nonexistent"], "data_root is not read by dataset='digits'"),
+    (["--budget", "0"], "--budget is only used with --search random"),
+    (["--search-seed", "5"], "--search-seed is only used with --search random"),
 ])
 def test_bench_refuses_bad_limits_before_any_run(tmp_path, capsys, flags, message):
     assert cli.main(["bench", "--preset", "tiny", "--out", str(tmp_path / "o"), *flags]) == 2

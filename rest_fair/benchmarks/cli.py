@@ -31,6 +31,7 @@ __all__ = ["add_parser", "run"]
 _BAD_LIST = "{flag}: cannot read {value!r} as a comma-separated list of {kind}."
 _SETUP_FAILED = "rest-fair bench: error: {error}"
 _WRONG_TABLE = "--methods with --search {search}: unknown {unknown}; available: {names}."
+_RANDOM_ONLY = "{flag} is only used with --search random."
 _SEARCHED_FLAG = (
     "{flag} is not used with --search random: the study draws the learning rate and λ "
     "from each method's search space and each method fixes its sparsity."
@@ -149,10 +150,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                              "sparsity; random: the equal-budget study, --budget random "
                              "configurations per method (each with every seed), the best "
                              "chosen on validation data.")
-    parser.add_argument("--budget", type=int, default=8, metavar="K",
-                        help="With --search random: configurations per method.")
-    parser.add_argument("--search-seed", type=int, default=0,
-                        help="With --search random: seed of the configurations.")
+    parser.add_argument("--budget", type=int, metavar="K",
+                        help="With --search random: configurations per method (default "
+                             f"{RandomSearch.budget}).")
+    parser.add_argument("--search-seed", type=int,
+                        help="With --search random: seed of the configurations (default "
+                             f"{RandomSearch.search_seed}).")
     parser.add_argument("--epochs", type=int, dest="max_epochs",
                         help="Epochs per run; with --search random the epoch budget E "
                              "(configurations train E/3, 2E/3 or E epochs).")
@@ -219,12 +222,16 @@ def _experiment(args: argparse.Namespace) -> BenchConfig | RandomSearch:
         raise ValueError(_WRONG_TABLE.format(search=args.search, unknown=unknown,
                                              names=", ".join(table)))
     if args.search == "grid":
+        for flag, value in (("--budget", args.budget), ("--search-seed", args.search_seed)):
+            if value is not None:
+                raise ValueError(_RANDOM_ONLY.format(flag=flag))
         return preset(args.preset, module_params=module_params, methods=args.methods,
                       **overrides)
     config = preset(args.preset, module_params=module_params, **overrides)
     methods = tuple(STUDY_METHODS) if args.methods is None else args.methods
-    return RandomSearch(config, budget=args.budget, methods=methods,
-                        search_seed=args.search_seed)
+    given = {k: v for k, v in (("budget", args.budget), ("search_seed", args.search_seed))
+             if v is not None}
+    return RandomSearch(config, methods=methods, **given)
 
 
 def _grid_words(experiment: BenchConfig | RandomSearch) -> str:

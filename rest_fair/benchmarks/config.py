@@ -159,6 +159,12 @@ class BenchConfig:
              f"must be one of {tuple(DATASETS)}"),
             ("data_root", self.data_root, self.dataset != "dfa" or self.data_root,
              "is needed for dataset='dfa'"),
+            # a setting the data set does not read would still change the run ids
+            ("data_root", self.data_root,
+             self.data_root is None or self.dataset in ("dfa", "fashion_mnist"),
+             f"is not read by dataset={self.dataset!r} (only by 'dfa' and 'fashion_mnist')"),
+            ("dfa_name", self.dfa_name, self.dfa_name == "cmnist" or self.dataset == "dfa",
+             f"is not read by dataset={self.dataset!r} (only by 'dfa')"),
             ("ratios", self.ratios, self.ratios and all(0 < r < 1 for r in self.ratios),
              "must be shares in (0, 1)"),
             ("sparsities", self.sparsities,
