@@ -11,7 +11,7 @@ tests and users can match them.
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -28,6 +28,11 @@ from .text import fit_text_input, text_input
 __all__ = ["FitData", "check_inputs", "check_sample_weight", "check_x", "encode_groups", "take"]
 
 BAD_GROUP_VALUES = "groups must not contain missing values (NaN/None); found {count}."
+BAD_GROUPS_TYPE = (
+    "groups must hold one label per sample (an array, a list, a Series, a DataFrame or a "
+    "dict of columns); got the string {value!r}."
+)
+BAD_LABEL_VALUES = "y must not contain missing values (NaN/None); found {count}."
 BAD_GROUP_NDIM = (
     "groups must be 1-D (one label per sample) or 2-D (one column per attribute); got an "
     "array of shape {shape}."
@@ -102,6 +107,7 @@ def check_inputs(est: Any, X: Any, y: Any, groups: Any, sample_weight: Any,
 
 
 def _validate_xy(est: Any, X: Any, y: Any, *, reset: bool = True) -> tuple[Any, np.ndarray]:
+    X = X.detach() if torch.is_tensor(X) else X  # a tensor that requires grad reads as data
     if (text := fit_text_input(X, y, est.module, est.module_params)) is not None:
         est.n_features_in_, est.input_shape_ = 1, ()  # one text per sample
         est.__dict__.pop("feature_names_in_", None)
@@ -115,7 +121,7 @@ def _validate_xy(est: Any, X: Any, y: Any, *, reset: bool = True) -> tuple[Any, 
             raise ValueError(BAD_LENGTH.format(what="y", got=len(y), n=len(X)))
         est.n_features_in_ = int(shape[0]) if shape else 1
         est.input_shape_ = shape
-        check_classification_targets(y)
+        _check_targets(y)
         return X, y
     if y is not None and not isinstance(y, str) and hasattr(y, "__len__"):
         try:
@@ -124,8 +130,10 @@ def _validate_xy(est: Any, X: Any, y: Any, *, reset: bool = True) -> tuple[Any, 
             n_x = None
         if n_x is not None and len(y) != n_x:
             raise ValueError(BAD_LENGTH.format(what="y", got=len(y), n=n_x))
+    if y is not None and (labels := np.asarray(y)).dtype == object and labels.ndim == 1:
+        _check_targets(labels)  # before validate_data, whose checks fail on None
     X, y = validate_data(est, X, y, reset=reset, **_ARRAYS)
-    check_classification_targets(y)
+    _check_targets(y)
     est.input_shape_ = tuple(int(s) for s in X.shape[1:])
     return X, y
 
@@ -135,6 +143,17 @@ def _item_shape(X: Any, empty: str) -> tuple:
     if len(X) == 0:
         raise ValueError(empty)
     return tuple(_first_element(X[0]).shape)
+
+
+def _check_targets(y: np.ndarray) -> None:
+    """Refuse missing labels by name, then scikit-learn's classification-target checks."""
+    if y.dtype == object:  # a numeric NaN is named by scikit-learn; None fails its sort
+        import pandas as pd
+
+        missing = int(pd.isna(y).sum())
+        if missing:
+            raise ValueError(BAD_LABEL_VALUES.format(count=missing))
+    check_classification_targets(y)
 
 
 def _encode_labels(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -178,6 +197,7 @@ def check_x(est: Any, X: Any, *, fitted: Any = None) -> Any:
     first item is read), and anything else is checked against the inputs ``fit`` was
     given, as scikit-learn's ``validate_data`` does.
     """
+    X = X.detach() if torch.is_tensor(X) else X
     if (tokens := text_input(X, est.module, est.module_params, fitted=fitted)) is not None:
         return tokens
     if not is_torch_dataset(X):
@@ -193,9 +213,11 @@ def encode_groups(groups: Any, n_samples: int) -> tuple[np.ndarray, list[Hashabl
 
     Parameters
     ----------
-    groups : None, array-like of shape (n_samples,) or (n_samples, n_columns), or DataFrame
-        Group label of each sample. Several columns (e.g. sensitive features) define
-        intersectional groups, labelled by tuples of the column values.
+    groups : None, array-like of shape (n_samples,) or (n_samples, n_columns), DataFrame, \
+or dict of columns
+        Group label of each sample. Several columns (e.g. sensitive features, or a dict of
+        them by name, as fairlearn takes them) define intersectional groups, labelled by
+        tuples of the column values.
     n_samples : int
         Expected length.
 
@@ -209,6 +231,11 @@ def encode_groups(groups: Any, n_samples: int) -> tuple[np.ndarray, list[Hashabl
     if groups is None:
         return np.zeros(n_samples, dtype=np.int64), [0]
     import pandas as pd
+
+    if isinstance(groups, (str, bytes)):
+        raise ValueError(BAD_GROUPS_TYPE.format(value=groups))
+    if isinstance(groups, Mapping):  # sensitive features by name, as fairlearn takes them
+        groups = pd.DataFrame({k: np.asarray(v) for k, v in groups.items()})
 
     ndim = getattr(groups, "ndim", None)
     if ndim is None and isinstance(groups, (list, tuple)):

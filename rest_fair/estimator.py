@@ -415,9 +415,11 @@ scipy.sparse matrix, DataFrame, or torch Dataset
             first element is the input (labels then come from ``y``).
         y : array-like of shape (n_samples,)
             Class labels (any dtype).
-        groups : array-like of shape (n_samples,) or (n_samples, n_columns), default=None
+        groups : array-like of shape (n_samples,) or (n_samples, n_columns), DataFrame \
+or dict of columns, default=None
             Group of each sample (e.g. a sensitive attribute or bias attribute); several
-            columns form intersectional groups. ``None`` means one group.
+            columns (or a dict of them by name, as fairlearn's ``sensitive_features``)
+            form intersectional groups. ``None`` means one group.
         sample_weight : array-like of shape (n_samples,), default=None
             Non-negative per-sample loss weights (used by fairlearn's reductions).
         validation_data : tuple, default=None

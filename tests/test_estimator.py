@@ -541,3 +541,21 @@ def test_a_dict_upweight_needs_groups(data):
                                          r", but fit got no groups"):
         _clf(max_epochs=1, upweight={"a": 1.0, "b": 5.0}).fit(X, y)
 
+
+
+def test_more_input_forms_are_read_or_named(data):
+    X, y, g = data
+    # a tensor that requires grad is data like any other (and stays as it was)
+    tensor = torch.from_numpy(X).requires_grad_()
+    clf = _clf(max_epochs=1).fit(tensor, y)
+    assert tensor.requires_grad and clf.predict(tensor).shape == (len(y),)
+    # groups as a dict of columns, as fairlearn's sensitive_features
+    by_dict = _clf(max_epochs=1).fit(X, y, groups={"g": g, "h": y % 2})
+    assert by_dict.groups_ == sorted({(a, b) for a, b in zip(g, y % 2, strict=True)})
+    with pytest.raises(ValueError, match="got the string 'g'"):
+        _clf(max_epochs=1).fit(X, y, groups="g")
+    labels = np.array(["a", "b", "c"], dtype=object)[y]
+    labels[3] = None
+    with pytest.raises(ValueError, match=r"y must not contain missing values \(NaN/None\); "
+                                         "found 1"):
+        _clf(max_epochs=1).fit(X, labels)

@@ -35,9 +35,10 @@ __all__ = ["LiveMasks", "TrainingRun", "predict_logits"]
 #: Message of :class:`~rest_fair.exceptions.TrainingDivergedError` raised by the loop.
 DIVERGED = (
     "Training diverged in epoch {epoch}: the {what} became {value}. Likely causes: a "
-    "learning rate too high for this network (lr={lr:g}; try 10x smaller), or inputs of "
-    "very large magnitude (standardise the features, e.g. with sklearn's StandardScaler). "
-    "No model was kept."
+    "learning rate too high for this network (lr={lr:g}; try 10x smaller), inputs of "
+    "very large magnitude (standardise the features, e.g. with sklearn's StandardScaler), "
+    "or inputs holding NaN or infinite values (a torch Dataset's items are not checked "
+    "before training). No model was kept."
 )
 #: Warning of a resume whose checkpoint holds callback states no callback takes.
 CALLBACK_STATES_LEFT = (
