@@ -292,7 +292,10 @@ def _built_run(est: Any, data: FitData, config: TrainConfig, callbacks: list, *,
     fingerprint = functools.cache(functools.partial(
         _fingerprint, est.get_params(deep=False), est.input_shape_, data, valid,
         seed if drawn else None))
-    world.check_same("data or parameters", fingerprint)
+    # the ranks must also score the same validation data (a checkpoint records its size)
+    world.check_same("data or parameters", lambda: {**fingerprint(), "validation_sha256": (
+        None if data.validation is None
+        else _digest(*(part for part in data.validation if part is not None)))})
     # rank 0 reads; every rank resumes from its copy
     checkpoint = world.run_on_main(
         lambda: read_checkpoint(resume_from, fingerprint=fingerprint())

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..callbacks import Callback
 from ..exceptions import DistributedError, MaskDivergenceError
 
 __all__ = [
@@ -282,15 +283,25 @@ def resolve_distributed(
                               device=device, backend=backend, timeout=float(timeout))
 
 
+def _from_callback(exc: BaseException) -> bool:
+    """Whether ``exc`` was raised inside a callback (a user's error, whatever it says)."""
+    tb = exc.__traceback__
+    while tb is not None:
+        if isinstance(tb.tb_frame.f_locals.get("self"), Callback):
+            return True
+        tb = tb.tb_next
+    return False
+
+
 @contextlib.contextmanager
 def translate_failures(timeout: float) -> Iterator[None]:
     """Turn a failed collective into a :class:`DistributedError` that says what happened.
 
     Translated are communication errors (``torch.distributed.DistError``, or a
-    ``RuntimeError`` naming gloo, NCCL, c10d, a connection or a timeout) raised while a
-    process group of more than one rank is initialised, and the ``DistError`` of a failed
-    rendezvous (rank and world size then read from the environment); everything else
-    passes through unchanged.
+    ``RuntimeError`` naming gloo, NCCL, c10d, a connection or a timeout that was not raised
+    by a callback) raised while a process group of more than one rank is initialised, and
+    the ``DistError`` of a failed rendezvous (rank and world size then read from the
+    environment); everything else passes through unchanged.
     """
     try:
         yield
@@ -301,7 +312,7 @@ def translate_failures(timeout: float) -> Iterator[None]:
 
         dist_error = isinstance(exc, getattr(dist, "DistError", ()))  # torch >= 2.1
         comm_error = dist_error or (isinstance(exc, RuntimeError) and any(
-            m in str(exc).lower() for m in _COMM_ERROR_MARKERS))
+            m in str(exc).lower() for m in _COMM_ERROR_MARKERS) and not _from_callback(exc))
         if dist.is_available() and dist.is_initialized():
             if dist.get_world_size() < 2 or not comm_error:
                 raise

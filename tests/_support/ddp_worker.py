@@ -249,6 +249,36 @@ def scenario_different_data(log: DrawLog, out: Path, distributed) -> dict:
     return {"error": None}
 
 
+def scenario_different_validation(log: DrawLog, out: Path, distributed) -> dict:
+    """Rank 1 validates on other labels: refused on every rank before training."""
+    X, y, g = TRAIN
+    y_val = y[:40].copy()
+    if rank() == 1:
+        y_val[0] = 1 - y_val[0]
+    try:
+        RESTClassifier(**PARAMS, distributed=distributed).fit(
+            X, y, groups=g, validation_data=(X[:40], y_val))
+    except DistributedError as exc:
+        return {"error": str(exc)}
+    return {"error": None}
+
+
+class _Upload(Callback):
+    def on_epoch_end(self, net, **kwargs):
+        raise RuntimeError("metrics upload failed: connection refused by the tracking server")
+
+
+def scenario_callback_error(log: DrawLog, out: Path, distributed) -> dict:
+    """A callback's own RuntimeError, whatever its words, reaches the user unchanged."""
+    X, y, g = TRAIN
+    try:
+        RESTClassifier(**PARAMS, callbacks=[_Upload()], distributed=distributed).fit(
+            X, y, groups=g)
+    except Exception as exc:
+        return {"error": f"{type(exc).__name__}: {exc}"}
+    return {"error": None}
+
+
 SCENARIOS = {
     "rest": scenario_rest,
     "groupdro": scenario_groupdro,
@@ -257,6 +287,8 @@ SCENARIOS = {
     "resume_other_world": scenario_resume_other_world,
     "diverge": scenario_diverge,
     "different_data": scenario_different_data,
+    "different_validation": scenario_different_validation,
+    "callback_error": scenario_callback_error,
 }
 
 

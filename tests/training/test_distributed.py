@@ -390,6 +390,18 @@ def test_ranks_given_different_data_are_refused(two_ranks):
         assert "rank 1 was given different data or parameters than rank 0" in result["error"]
 
 
+def test_ranks_given_different_validation_data_are_refused(two_ranks):
+    for result in two_ranks["different_validation"]:
+        assert "rank 1 was given different data or parameters than rank 0" in (
+            result["error"] or "")
+
+
+def test_a_callbacks_own_error_is_not_called_a_failed_collective(two_ranks):
+    for result in two_ranks["callback_error"]:
+        assert result["error"] == ("RuntimeError: metrics upload failed: connection refused "
+                                   "by the tracking server")
+
+
 def test_mask_divergence_is_detected_on_every_rank(two_ranks):
     for result in two_ranks["diverge"]:
         assert result["error"] is not None
