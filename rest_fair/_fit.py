@@ -22,7 +22,7 @@ import json
 import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
-from numbers import Integral
+from numbers import Integral, Real
 from typing import Any
 
 import numpy as np
@@ -307,13 +307,16 @@ def _built_run(est: Any, data: FitData, config: TrainConfig, callbacks: list, *,
                                    if world.device.type == "cuda" else []):
             torch.manual_seed(seed)
             generator = torch.Generator().manual_seed(seed)
+            upweight = est.upweight
             if est.infer_groups == "jtt":
                 saved = checkpoint.get("extra", {}).get("jtt_errors")
                 errors = _jtt_errors(est, train, seed, saved, world)
                 train = replace(train, groups=errors.astype(np.int64),
                                 group_labels=[False, True], has_groups=True)
+                if isinstance(upweight, Real):  # λ for the error set, in every class
+                    upweight = {False: 1.0, True: upweight}
             train_set, weights = _train_set(
-                train, upweight=est.upweight, reweight=est.reweight, batch_size=est.batch_size,
+                train, upweight=upweight, reweight=est.reweight, batch_size=est.batch_size,
                 num_workers=est.num_workers, generator=generator, world=world)
             sources.append(train_set.source)
             module = est.module_.to(world.device).train() if warm else build_module(

@@ -105,3 +105,19 @@ def test_plain_none_groups_is_one_group():
     X, y, _ = _spurious(n=300)
     clf = RESTClassifier(max_epochs=2, **FAST).fit(X, y)
     assert clf.groups_ == [0] and clf.inferred_groups_ is None
+
+
+def test_the_error_set_is_upweighted_in_every_class():
+    # a rare class that the identification model gets wrong: its error set is the larger
+    # part of the class, and is still the part that is drawn lambda times as often
+    rng = np.random.RandomState(0)
+    y = (rng.rand(600) < 0.1).astype(int)
+    X = rng.randn(600, 4).astype(np.float32)  # noise: the model predicts the common class
+    clf = RESTClassifier(sparsity=0.5, module_params={"hidden_layer_sizes": (8,)},
+                         max_epochs=1, jtt_epochs=2, batch_size=64, random_state=0,
+                         device="cpu", validation_fraction=0.0, infer_groups="jtt",
+                         upweight=20.0, optimizer="adam", lr=1e-3).fit(X, y)
+    errors = clf.inferred_groups_
+    assert errors[y == 1].mean() > 0.5
+    assert clf.group_weights_ == {(0, False): 1.0, (0, True): 20.0,
+                                  (1, False): 1.0, (1, True): 20.0}
