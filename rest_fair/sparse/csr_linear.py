@@ -87,9 +87,14 @@ class _UpdatePlan:
 
     step: int
     k: int  # weights to replace
-    kept_flat: torch.Tensor  # sorted flat indices of the kept weights
+    # sorted flat indices of the kept weights; with ``prune_later``, of every active weight
+    # (the weights to prune are chosen after the optimizer step, in ``decide``)
+    kept_flat: torch.Tensor
     scan_gradient: bool  # RigL: the backward pass finds the regrown positions
-    grown: torch.Tensor | None = None  # flat indices chosen for regrowth
+    prune_later: bool = False
+    grown: torch.Tensor | None = None  # flat indices chosen for regrowth (or candidates)
+    grown_scores: torch.Tensor | None = None  # their |gradient|
+    active_scores: torch.Tensor | None = None  # |gradient| of the active weights
     decided: tuple[torch.Tensor, torch.Tensor] | None = None  # (new mask, its flat indices)
     saved: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, repr=False)
 
@@ -117,8 +122,9 @@ def _chunked_topk(
     scores: Callable[[int, int], torch.Tensor],
     exclude: torch.Tensor,
     k: int,
-) -> torch.Tensor:
-    """Flat indices of the ``k`` largest ``|scores|`` outside ``exclude``, block of rows by block.
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``k`` largest ``|scores|`` outside ``exclude`` and their flat indices, block of rows
+    by block (in no particular order).
 
     ``scores(r0, r1)`` returns the flat float entries of rows ``r0:r1``, ranked by their
     magnitude in float32; ``exclude`` holds sorted flat indices that may not be chosen.
@@ -161,9 +167,9 @@ def _chunked_topk(
                 value, index = value[pos], index[pos]
         best_score, best_index = value, index
     if fast is not None:
-        best_index = fast.result()[1].to(exclude.device)
-    assert best_index is not None
-    return best_index
+        best_score, best_index = (t.to(exclude.device) for t in fast.result())
+    assert best_score is not None and best_index is not None
+    return best_score, best_index
 
 
 class _CSRFunction(torch.autograd.Function):
@@ -425,16 +431,23 @@ class CSRLinear(nn.Module):
             grad_values[a0:a1] = dense[flat[a0:a1] - r0 * n_in]
             return dense
 
-        plan.grown = _chunked_topk(self.out_features, n_in, block, plan.kept_flat, plan.k)
+        plan.grown_scores, plan.grown = _chunked_topk(self.out_features, n_in, block,
+                                                      plan.kept_flat, plan.k)
+        if plan.prune_later:  # the weights pruned after the step compete for regrowth too
+            plan.active_scores = grad_values.detach().abs().float()
         return grad_values
 
     # -- topology updates (the layer's LayerStorage) ------------------------------------
-    def plan(self, step: int, fraction: float, *, regrow: str) -> None:
+    def plan(self, step: int, fraction: float, *, regrow: str, after_step: bool = False,
+             ) -> None:
         """Choose the weights to prune at ``step``, before its forward pass.
 
         ``fraction`` is the step's drop fraction, 0 when the step does not change the
         topology (an earlier plan is then forgotten). With ``regrow="gradient"`` the backward
-        pass of the step finds the weights to regrow.
+        pass of the step finds the weights to regrow. With ``after_step`` (the update comes
+        after the step's optimizer step) the weights to prune are chosen by :meth:`decide`,
+        from the weights the optimizer step left; the backward pass then keeps the best
+        ``k`` inactive positions, which compete with the pruned weights in :meth:`decide`.
         """
         self._plan = None
         if fraction <= 0:
@@ -443,12 +456,18 @@ class CSRLinear(nn.Module):
         k = min(math.ceil(fraction * n_active), n_active)
         if k <= 0 or n_active == self.out_features * self.in_features:
             return
+        kept = self.flat_indices() if after_step else self._smallest(k)[0]
+        self._plan = _UpdatePlan(step=step, k=k, kept_flat=kept, prune_later=after_step,
+                                 scan_gradient=regrow == "gradient")
+
+    def _smallest(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(kept flat indices, positions in values of the k pruned)``: the ``k`` weights
+        of smallest magnitude are pruned (ties: the lowest flat index)."""
         magnitude = self.values.detach().abs().float()
         dropped = top_k_first(magnitude, k, largest=False)
-        keep = torch.ones(n_active, dtype=torch.bool, device=magnitude.device)
+        keep = torch.ones(magnitude.numel(), dtype=torch.bool, device=magnitude.device)
         keep[dropped] = False
-        self._plan = _UpdatePlan(step=step, k=k, kept_flat=self.flat_indices()[keep],
-                                 scan_gradient=regrow == "gradient")
+        return self.flat_indices()[keep], dropped
 
     @torch.no_grad()
     def decide(
@@ -466,16 +485,24 @@ class CSRLinear(nn.Module):
         if plan.saved is None:
             raise RuntimeError(_NOT_USED.format(name=self.name, step=plan.step))
         n_in = self.in_features
+        kept_flat = plan.kept_flat
+        if plan.prune_later:
+            kept_flat, dropped = self._smallest(plan.k)
         if plan.scan_gradient:
             grown = plan.grown
+            if plan.prune_later:  # regrowth also among the weights just pruned
+                assert plan.grown_scores is not None and plan.active_scores is not None
+                scores = torch.cat([plan.grown_scores, plan.active_scores[dropped]])
+                index = torch.cat([plan.grown, self.flat_indices()[dropped]])
+                grown = index[top_k_first(scores, plan.k, order=index)]
         else:
             device = self.values.device
 
             def block(r0: int, r1: int) -> torch.Tensor:
                 return torch.rand((r1 - r0) * n_in, generator=generator).to(device)
 
-            grown = _chunked_topk(self.out_features, n_in, block, plan.kept_flat, plan.k)
-        new_flat = torch.cat([plan.kept_flat, grown.to(plan.kept_flat.device)]).sort().values
+            grown = _chunked_topk(self.out_features, n_in, block, kept_flat, plan.k)[1]
+        new_flat = torch.cat([kept_flat, grown.to(kept_flat.device)]).sort().values
         new_mask = torch.zeros(self.out_features * n_in, dtype=torch.bool,
                                device=self.values.device)
         new_mask[new_flat] = True

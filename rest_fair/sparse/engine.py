@@ -158,7 +158,7 @@ class DynamicSparsity:
         """
         fraction = self.schedule(step) if self.is_update_step(step) else 0.0
         for layer in self.layers.values():
-            layer.plan(step, fraction, regrow=self.regrow)
+            layer.plan(step, fraction, regrow=self.regrow, after_step=self.after_optimizer_step)
         self._prepared = step
 
     def before_step(self, step: int, optimizer: torch.optim.Optimizer | None = None) -> int:

@@ -63,8 +63,11 @@ class LayerStorage(Protocol):
     forward pass of every training step.
     """
 
-    def plan(self, step: int, fraction: float, *, regrow: str) -> None:
-        """Prepare the update of ``step`` (drop fraction ``fraction``, 0 when none is due)."""
+    def plan(self, step: int, fraction: float, *, regrow: str, after_step: bool = False,
+             ) -> None:
+        """Prepare the update of ``step`` (drop fraction ``fraction``, 0 when none is due);
+        ``after_step``: the update comes after the step's optimizer step, and prunes the
+        weights that step left."""
 
     def decide(
         self, fraction: float, *, regrow: str, generator: torch.Generator | None = None
