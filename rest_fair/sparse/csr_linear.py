@@ -36,7 +36,10 @@ pass of its step (:meth:`CSRLinear.plan`: the weights to prune depend only on th
 With gradient regrowth (RigL) the backward pass of that one step then scans the dense
 weight gradient in blocks of rows and keeps only the ``k`` largest ``|gradient|`` among
 the positions that stay inactive, so the dense gradient is never stored whole; random
-regrowth (SET) draws its scores in the same blocks (:meth:`CSRLinear.decide`).
+regrowth (SET) draws its scores in the same blocks (:meth:`CSRLinear.decide`). An update
+that comes after the optimizer step (``update_timing="after_step"``) prunes the weights
+that step left: the scan then keeps the ``k`` best inactive positions, which
+:meth:`CSRLinear.decide` ranks together with the weights it prunes.
 :meth:`CSRLinear.apply` rebuilds the pattern from the decision. Ties go to the lowest
 flat index, as in :mod:`rest_fair.sparse.rigl`.
 """
