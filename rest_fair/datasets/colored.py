@@ -87,6 +87,10 @@ _FEW_COLORS = (
     "palette has {n} colours but the labels go up to {top}: it needs one colour per class."
 )
 _BAD_IMAGES = "images must have shape (n_samples, height, width); got {shape}."
+_BAD_LEVELS = (
+    "images must be grey levels in [0, 1], or uint8 levels 0-255; got {dtype} values outside "
+    "[0, 1] (divide 0-255 levels by 255, or pass them as uint8)."
+)
 _BAD_LABELS = "labels must be integers in [0, {k}) with one label per image; got {detail}."
 _BAD_PALETTE = "palette must have shape (n_colors, 3) with values in [0, 1]; got {detail}."
 _BAD_IMAGE_SIZE = "image_size must be a positive int or None; got {value!r}."
@@ -299,6 +303,10 @@ def colorize(
     images = np.asarray(images)
     if images.ndim != 3:
         raise ValueError(_BAD_IMAGES.format(shape=images.shape))
+    if images.dtype != np.uint8 and images.size and not (
+            np.issubdtype(images.dtype, np.number) and np.isfinite(images).all()
+            and images.min() >= 0 and images.max() <= 1):
+        raise ValueError(_BAD_LEVELS.format(dtype=images.dtype))
     labels = np.asarray(labels)
     n_colors = len(palette)
     if (

@@ -277,6 +277,9 @@ def load_dfa(
     root : str or Path
         Folder of one release (holding ``<pct>pct/`` and ``test/``).
     dataset : {"cmnist", "cifar10c", "bffhq"} or None, default="cmnist"
+        None infers the numbers of classes and bias values from the file names of the
+        three splits together, so that a group number names the same (label, bias) cell
+        in each split.
     conflict_pct : float or str, default="1pct"
     augment_train : bool, default=False
         Random augmentation for the training split only (valid/test always use the
@@ -301,7 +304,7 @@ def load_dfa(
     """
     if download:
         raise DatasetNotFoundError(_NO_DOWNLOAD.format(name=dataset, root=Path(root)))
-    return {
+    splits = {
         split: DFAImageFolder(
             root,
             split=split,
@@ -312,3 +315,10 @@ def load_dfa(
         )
         for split in SPLITS
     }
+    if dataset is None:  # counted over the three splits: one group numbering for all
+        n_classes = max(part.n_classes for part in splits.values())
+        n_bias = max(part.n_bias for part in splits.values())
+        for part in splits.values():
+            part.n_classes, part.n_bias = n_classes, n_bias
+            part.groups = part.labels * n_bias + part.bias
+    return splits

@@ -98,6 +98,10 @@ _FASHION_HINT = (
     "{default}), or point root or the {env} environment variable at a folder holding the "
     "four idx files; rest_fair never downloads."
 )
+_BAD_IMAGE_SHAPE = "{path} holds images of {got} pixels; {what} images are {want}."
+_BAD_LABEL_RANGE = (
+    "{path} holds labels outside 0-{top} (e.g. {values}); {what} labels are the classes 0-{top}."
+)
 _MISMATCH = (
     "{images} and {labels} do not form a data set: images must be uint8 of shape "
     "(n, height, width) and labels uint8 of shape (n,); got {ishape} {idtype} and "
@@ -184,7 +188,8 @@ def _find(root: Path, name: str) -> Path | None:
     return None
 
 
-def _load(root: Path, split: str, *, what: str, hint: str) -> tuple[np.ndarray, np.ndarray]:
+def _load(root: Path, split: str, *, what: str, hint: str, image_shape: tuple | None = None,
+          n_classes: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     if split not in IDX_FILES:
         raise ValueError(_BAD_SPLIT.format(splits=tuple(IDX_FILES), value=split))
     names = IDX_FILES[split]
@@ -209,6 +214,13 @@ def _load(root: Path, split: str, *, what: str, hint: str) -> tuple[np.ndarray, 
                 idtype=images.dtype, lshape=labels.shape, ldtype=labels.dtype,
             )
         )
+    if image_shape is not None and images.shape[1:] != image_shape:
+        raise DatasetFormatError(_BAD_IMAGE_SHAPE.format(
+            path=images_path, got=images.shape[1:], what=what, want=image_shape))
+    if n_classes is not None and len(labels) and int(labels.max()) >= n_classes:
+        outside = sorted({int(v) for v in labels[labels >= n_classes][:1000]})[:5]
+        raise DatasetFormatError(_BAD_LABEL_RANGE.format(
+            path=labels_path, values=outside, what=what, top=n_classes - 1))
     return images, labels.astype(np.int64)
 
 
@@ -272,7 +284,7 @@ def load_fashion_mnist(
         If a file is missing; the message names the files, the folder searched and the
         install command ``apt-get install dataset-fashion-mnist``.
     DatasetFormatError
-        If a file is damaged.
+        If a file is damaged, holds images other than 28 x 28 or labels outside 0-9.
 
     Examples
     --------
@@ -284,4 +296,5 @@ def load_fashion_mnist(
     if root is None:
         root = os.environ.get(FASHION_MNIST_ENV) or FASHION_MNIST_DIR
     hint = _FASHION_HINT.format(default=FASHION_MNIST_DIR, env=FASHION_MNIST_ENV)
-    return _load(Path(root), split, what="Fashion-MNIST", hint=hint)
+    return _load(Path(root), split, what="Fashion-MNIST", hint=hint, image_shape=(28, 28),
+                 n_classes=len(FASHION_MNIST_CLASSES))

@@ -175,3 +175,15 @@ def test_colorize_reads_uint8_as_levels_0_255():
     np.testing.assert_array_equal(bias, bias_f)
     np.testing.assert_allclose(from_uint8, from_float, atol=1e-6)
     assert from_uint8.max() <= 1.0
+
+
+@pytest.mark.parametrize("images", [np.full((2, 4, 4), 255, dtype=np.int64),
+                                    np.full((2, 4, 4), 255.0), np.full((2, 4, 4), -0.5),
+                                    np.full((2, 4, 4), np.nan)])
+def test_colorize_refuses_levels_outside_0_1_unless_uint8(images):
+    # they were painted as given: "images in [0, 1]" with values up to 242
+    with pytest.raises(ValueError, match=r"grey levels in \[0, 1\], or uint8"):
+        colorize(images, [0, 1], conflict_ratio=0.0)
+    painted, _, _ = colorize(np.full((2, 4, 4), 255, dtype=np.uint8), [0, 1],
+                             conflict_ratio=0.0)
+    assert painted.max() <= 1.0

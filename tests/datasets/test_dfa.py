@@ -171,3 +171,17 @@ def test_plain_torch_transforms():
         dfa_transforms("imagenet")
     with pytest.raises(ValueError, match=r"\(C, H, W\)"):
         Resize(4)(torch.rand(8, 8))
+
+
+def test_inferred_counts_number_the_groups_alike_in_every_split(release):
+    # the test split holds bias values 0 and 1 only: counted on its own it would number
+    # (1, 0) as group 2, which is (0, 2) in the training split
+    for path in (release / "test").glob("**/*_2.png"):
+        path.unlink()
+    splits = load_dfa(release, dataset=None)
+    assert {part.n_bias for part in splits.values()} == {3}
+    assert {part.n_classes for part in splits.values()} == {3}
+    for part in splits.values():
+        assert (part.groups == part.labels * 3 + part.bias).all()
+    # one split alone still counts what it holds
+    assert DFAImageFolder(release, split="test", dataset=None).n_bias == 2

@@ -121,6 +121,22 @@ def test_images_and_labels_must_match(tmp_path):
         load_mnist_idx(tmp_path)
 
 
+def test_fashion_mnist_files_must_hold_28_pixel_images_of_ten_classes(tmp_path):
+    root = write_folder(tmp_path / "labels")
+    labels = (np.arange(200) % 10).astype(np.uint8)
+    labels[:4] = 200
+    write_idx(root / "train-labels-idx1-ubyte.gz", labels, gz=True)
+    with pytest.raises(DatasetFormatError, match=r"train-labels.*labels outside 0-9 \(e.g. "
+                                                 r"\[200\]\)"):
+        load_fashion_mnist(root)
+    load_mnist_idx(root)  # any data set under the MNIST names: no class count assumed
+    root = write_folder(tmp_path / "size")
+    write_idx(root / "train-images-idx3-ubyte.gz", np.zeros((200, 32, 32), np.uint8), gz=True)
+    with pytest.raises(DatasetFormatError, match=r"images of \(32, 32\) pixels; "
+                                                 r"Fashion-MNIST images are \(28, 28\)"):
+        make_colored_fashion_mnist(root=root, split_sizes=(100, 50, 50))
+
+
 def test_missing_files_name_files_folder_and_install_command(tmp_path, monkeypatch):
     monkeypatch.delenv(FASHION_MNIST_ENV, raising=False)
     images, _ = tiny_images(5, 0)
