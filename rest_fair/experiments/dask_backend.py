@@ -33,10 +33,6 @@ _NO_WORKERS = (
     "The Dask scheduler at {address} has no workers after {timeout:g} s; start some with "
     "`dask worker {address} --nthreads 1`."
 )
-_INPROC = (
-    "scheduler {address!r} is an in-process address, which only a Client of the process "
-    "that runs that scheduler can use: pass that Client, or a tcp:// address."
-)
 _NO_CLIENT = (
     "backend='dask' needs a scheduler: pass its address (scheduler=... or --scheduler), "
     "create a distributed.Client first, or call run_sweep inside "
@@ -104,7 +100,7 @@ def connect(scheduler: Any = None, *, timeout: float = 10.0) -> Iterator[Any]:
     ConnectionError
         The scheduler cannot be reached or has no workers within ``timeout``.
     ValueError
-        No scheduler is given and none is active, or the address is an ``inproc://`` one.
+        No scheduler is given and none is active.
     """
     distributed = import_distributed()
     import dask  # present whenever distributed is
@@ -121,8 +117,6 @@ def connect(scheduler: Any = None, *, timeout: float = 10.0) -> Iterator[Any]:
             if scheduler is None:
                 raise ValueError(_NO_CLIENT)
     owned = client is None
-    if owned and scheduler.startswith("inproc://"):
-        raise ValueError(_INPROC.format(address=scheduler))
     if owned:
         try:
             if "://" not in scheduler or scheduler.startswith("tcp://"):

@@ -210,12 +210,6 @@ def test_dask_backend_without_a_scheduler_is_explained(tmp_path, monkeypatch):
             run_sweep(tiny_config(), tmp_path, backend="dask")
 
 
-def test_an_in_process_address_is_refused(tmp_path):
-    pytest.importorskip("distributed")
-    with pytest.raises(ValueError, match="in-process address"):
-        run_sweep(tiny_config(), tmp_path, scheduler="inproc://x", scheduler_timeout=1)
-
-
 def test_missing_dask_says_how_to_install(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "distributed", None)  # makes `import distributed` fail
     with pytest.raises(ImportError, match=r"pip install 'rest-fair\[dask\]'"):
