@@ -239,7 +239,7 @@ def _pos_label(pos_label: Any, estimator: Any, labels: np.ndarray) -> Any:
         classes = getattr(estimator, "classes_", None)
         if classes is not None and len(classes) == 2:
             return classes[1]
-        return labels.max()
+        return labels[-1]  # the larger label (np.unique sorts; max() refuses strings)
     if pos_label not in set(labels.tolist()) and len(labels) == 2:
         raise ValueError(_BAD_POS_LABEL.format(pos_label, labels.tolist()))
     return pos_label
@@ -272,10 +272,14 @@ def _metric_functions(pos_label: Any) -> dict[str, Callable]:
 def _rate(
     metric: Callable, pos_label: Any, *, undefined: Callable[[np.ndarray], bool]
 ) -> Callable:
-    """``metric`` at ``pos_label``; NaN for a group where ``undefined(y_true == pos_label)``."""
+    """``metric`` at ``pos_label``; NaN for a group where ``undefined(y_true == pos_label)``
+    (samples of weight 0 left out: a group whose positives all weigh 0 has no TPR either)."""
 
     def rate(y_true: ArrayLike, y_pred: ArrayLike, sample_weight: ArrayLike | None = None) -> float:
-        if undefined(np.asarray(y_true) == pos_label):
+        positive = np.asarray(y_true) == pos_label
+        if sample_weight is not None:
+            positive = positive[np.asarray(sample_weight) > 0]
+        if undefined(positive):
             return np.nan
         return metric(y_true, y_pred, pos_label=pos_label, sample_weight=sample_weight)
 

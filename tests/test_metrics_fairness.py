@@ -186,3 +186,23 @@ def test_a_group_without_weight_is_named():
         fairness_report(y=y, y_pred=y, groups=g, sample_weight=(g == 0).astype(float))
     report = fairness_report(y=y, y_pred=y, groups=g, sample_weight=(g == 0) + 0.5)
     assert report.worst_group_accuracy == 1.0
+
+
+def test_string_labels_take_the_larger_as_positive_without_an_estimator():
+    y = np.array(["no", "yes", "yes", "no"])
+    report = fairness_report(y=y, y_pred=np.array(["no", "yes", "no", "no"]),
+                             groups=np.array([0, 0, 1, 1]))
+    assert report.pos_label == "yes"
+
+
+def test_a_group_whose_positives_all_weigh_zero_has_no_tpr():
+    # dropping the zero-weight rows gives the same report: no gap that does not exist
+    y = np.array([1, 0, 1, 0, 0, 0, 0, 1, 1])
+    y_pred = np.array([1, 1, 0, 0, 1, 0, 0, 1, 0])
+    g = np.array(list("aaaa") + list("ddd") + list("ee"))
+    w = np.array([0, 1, 0, 1, 1, 1, 1, 1, 1.0])
+    weighted = fairness_report(y=y, y_pred=y_pred, groups=g, sample_weight=w)
+    kept = w > 0
+    dropped = fairness_report(y=y[kept], y_pred=y_pred[kept], groups=g[kept])
+    assert math.isnan(weighted.frame.by_group["true_positive_rate"]["a"])
+    assert weighted.disparities == dropped.disparities

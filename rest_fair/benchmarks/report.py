@@ -82,7 +82,14 @@ def standard_error(std: Any, n: Any) -> Any:
 
     Works on numbers and on pandas or numpy arrays alike.
     """
-    return std / np.sqrt(n)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        se = std / np.sqrt(n)
+    few = np.asarray(n) < 2
+    if hasattr(se, "mask"):  # pandas: keeps the index
+        return se.mask(few)
+    if np.ndim(se):
+        return np.where(few, np.nan, se)
+    return math.nan if few else float(se)
 
 
 def format_pct(mean: float | None, se: float | None, n: int) -> str:

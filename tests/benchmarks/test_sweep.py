@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import sys
 from collections import Counter
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from rest_fair.benchmarks import (
@@ -195,6 +197,9 @@ def test_mean_and_standard_error_format():
     assert format_pct(0.5, float("nan"), 1) == "50.0"
     assert format_pct(float("nan"), 0.1, 3) == "–"
     assert standard_error(0.1, 4) == pytest.approx(0.05)
+    assert math.isnan(standard_error(0.1, 1)) and math.isnan(standard_error(0.1, 0))
+    se = standard_error(pd.Series([1.0, 2.0], index=["a", "b"]), pd.Series([1, 4]).values)
+    assert math.isnan(se["a"]) and se["b"] == 1.0
 
 
 # ------------------------------------------------------------- sweeps (torch needed)
