@@ -23,6 +23,7 @@ Conventions
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from functools import partial
 from numbers import Integral
@@ -33,9 +34,15 @@ from torch import nn
 from .._probe import probe_pass
 from .._validation import Interval
 from ..sparse.checks import check_masks
+from ..sparse.masks import layer_outputs, maskable_parameters
 
 __all__ = ["efficiency_report", "layer_shapes"]
 
+_NOT_CALLED = (
+    "layers {names} were not called as modules in the probe pass (e.g. the out_proj of "
+    "nn.MultiheadAttention, whose weight attention reads directly): their FLOPs are not "
+    "counted (0 in the report)."
+)
 _BAD_INT = "{name} must be a {kind} int or None; got {value!r}."
 _BAD_REGROW = "regrow must be 'gradient' or 'random'; got {value!r}."
 _NEED_STEPS = "n_topology_updates needs n_train_steps (the number of optimizer steps)."
@@ -98,10 +105,9 @@ def layer_shapes(module: nn.Module, input_shape: Sequence[int]) -> dict[str, int
         positions[name] = positions.get(name, 0) + out.numel() // n_out
 
     for name, sub in module.named_modules():
-        if isinstance(sub, nn.Linear):
-            handles.append(sub.register_forward_hook(partial(hook, name, sub.out_features)))
-        elif isinstance(sub, nn.modules.conv._ConvNd):
-            handles.append(sub.register_forward_hook(partial(hook, name, sub.out_channels)))
+        n_out = layer_outputs(sub)
+        if n_out is not None:
+            handles.append(sub.register_forward_hook(partial(hook, name, n_out)))
     first = next(iter(module.parameters()), None)
     device = first.device if first is not None else torch.device("cpu")
     dtype = first.dtype if first is not None and first.is_floating_point() else torch.float32
@@ -154,9 +160,14 @@ def efficiency_report(
     Returns
     -------
     pandas.DataFrame
-        One row per linear/convolution layer, one row ``"(other)"`` for remaining
-        parameters (normalisation etc., dense, no FLOPs counted) when there are any,
-        and a final row ``"total"``. FLOPs are per sample (multiply-add = 2 FLOPs);
+        One row per linear/convolution layer (transformers' ``Conv1D`` included), one row
+        ``"(other)"`` for remaining parameters (normalisation etc., dense, no FLOPs
+        counted) when there are any, and a final row ``"total"``. A weight shared by
+        several layers is read with the mask of its first name and its parameters are
+        counted in its first row only; its products are counted at every use. A layer
+        the forward pass does not call as a module (attention reads
+        ``nn.MultiheadAttention.out_proj``'s weight directly) counts 0 FLOPs, with a
+        warning naming it (``df.attrs["layers_not_called"]``). FLOPs are per sample (multiply-add = 2 FLOPs);
         ``*_fraction`` columns are sparse / dense. ``df.attrs`` holds the conventions
         and the amortized update rate.
 
@@ -195,17 +206,26 @@ def efficiency_report(
     update_rate_dense = 0.0 if regrow == "random" else update_rate
 
     positions = layer_shapes(module, input_shape)
+    # a weight shared by several layers has its mask under its first name, and its
+    # parameters are counted once (its products at every use)
+    first_name = {id(p): n for n, p in maskable_parameters(module)}
     rows = []
     counted: set[str] = set()
+    seen: set[int] = set()
+    not_called = []
     for name, sub in module.named_modules():
-        if not isinstance(sub, (nn.Linear, nn.modules.conv._ConvNd)):
+        if layer_outputs(sub) is None:
             continue
-        weight_name = f"{name}.weight" if name else "weight"
+        weight_name = first_name.get(id(sub.weight), f"{name}.weight" if name else "weight")
         n_weight = sub.weight.numel()
         mask = masks.get(weight_name)
         n_active = int(mask.sum()) if mask is not None else n_weight
+        n_stored = 0 if id(sub.weight) in seen else 1
+        seen.add(id(sub.weight))
         n_bias = sub.bias.numel() if sub.bias is not None else 0
         counted.update({weight_name} | ({f"{name}.bias" if name else "bias"} if n_bias else set()))
+        if name not in positions:
+            not_called.append(name)
         pos = positions.get(name, 0)
         f_dense = 2 * n_weight * pos
         f_sparse = 2 * n_active * pos
@@ -214,8 +234,8 @@ def efficiency_report(
                 "layer": name,
                 "kind": type(sub).__name__,
                 "shape": tuple(sub.weight.shape),
-                "params_dense": n_weight + n_bias,
-                "params_active": n_active + n_bias,
+                "params_dense": n_stored * n_weight + n_bias,
+                "params_active": n_stored * n_active + n_bias,
                 "inference_flops_dense": f_dense,
                 "inference_flops": f_sparse,
                 "training_flops_dense": 3 * f_dense,
@@ -243,8 +263,11 @@ def efficiency_report(
         frame["training_flops_run_dense"] = (
             frame["training_flops_dense"] * n_train_steps * batch_size
         )
+    if not_called:
+        warnings.warn(_NOT_CALLED.format(names=not_called), UserWarning, stacklevel=2)
     frame.attrs.update(
         {
+            "layers_not_called": not_called,
             "flops_convention": "multiply-add = 2 FLOPs; weight products of Linear/Conv only",
             "training_convention": "RigL: 3 f_S per sample + (f_D - f_S) per dense-gradient update",
             "topology_update_rate": update_rate,

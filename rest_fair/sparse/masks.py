@@ -17,6 +17,7 @@ __all__ = [
     "LAYER_DENSITIES",
     "SPARSE_INITS",
     "MaskSet",
+    "layer_outputs",
     "maskable_parameters",
     "resolve_dense_layers",
 ]
@@ -49,6 +50,18 @@ def _is_transformers_conv1d(module: nn.Module) -> bool:
     # (weight of shape (n_in, n_out)); they are linear layers all the same.
     cls = type(module)
     return cls.__name__ == "Conv1D" and cls.__module__.startswith("transformers")
+
+
+def layer_outputs(module: nn.Module) -> int | None:
+    """Outputs (features or channels) of a linear or convolution layer, transformers'
+    ``Conv1D`` included; ``None`` for any other module."""
+    if isinstance(module, nn.Linear):
+        return module.out_features
+    if isinstance(module, nn.modules.conv._ConvNd):
+        return module.out_channels
+    if _is_transformers_conv1d(module):
+        return int(module.weight.shape[1])  # weight (n_in, n_out)
+    return None
 
 
 def _kind(module: nn.Module) -> str | None:

@@ -117,3 +117,37 @@ def test_errors():
     assert not any(m._forward_hooks for m in net.modules())
     assert math.isnan(efficiency_report(nn.Sequential(nn.ReLU()), {}, (3,))
                       .loc["total", "density"])
+
+
+class _Tied(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(4, 4, bias=False)
+        self.b = nn.Linear(4, 4, bias=False)
+        self.b.weight = self.a.weight
+
+    def forward(self, x):
+        return self.b(torch.relu(self.a(x)))
+
+
+def test_a_shared_weight_is_stored_once_and_multiplied_at_every_use():
+    # one 4x4 weight with 4 active entries, used twice: 16 parameters, 2 * 2 * 4 FLOPs
+    report = efficiency_report(_Tied(), {"a.weight": torch.eye(4, dtype=torch.bool)}, (4,))
+    total = report.loc["total"]
+    assert (total["params_dense"], total["params_active"]) == (16, 4)
+    assert (total["inference_flops_dense"], total["inference_flops"]) == (64, 16)
+
+
+def test_transformers_conv1d_is_a_linear_layer():
+    conv1d = pytest.importorskip("transformers.pytorch_utils").Conv1D
+    report = efficiency_report(nn.Sequential(conv1d(6, 4)), {}, (4,))  # 4 -> 6 features
+    assert report.loc["0", "kind"] == "Conv1D"
+    assert report.loc["total", "inference_flops"] == 2 * 24
+
+
+def test_a_layer_used_without_its_module_call_is_named():
+    encoder = nn.Sequential(nn.TransformerEncoderLayer(d_model=8, nhead=2, dim_feedforward=16,
+                                                       batch_first=True))
+    with pytest.warns(UserWarning, match=r"\['0.self_attn.out_proj'\] were not called"):
+        report = efficiency_report(encoder, {}, (5, 8))
+    assert report.attrs["layers_not_called"] == ["0.self_attn.out_proj"]
