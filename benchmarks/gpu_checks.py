@@ -36,6 +36,7 @@ import io
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import time
@@ -190,7 +191,10 @@ def step_throughput(args: argparse.Namespace, out: Path) -> dict:
         for label, params in (("rest_fair_dense", {"sparsity": 0.0, "upweight": None}),
                               ("rest_fair_rest_0.9", {"sparsity": 0.9})):
             clock = _StepClock(args.device)
-            clf = RESTClassifier(**params, module=model_name, max_epochs=1, batch_size=batch,
+            # module_params "weights": the torchvision network, as the plain loop's (a
+            # built-in name like "resnet18" is rest_fair's own network without it)
+            clf = RESTClassifier(**params, module=model_name, module_params={"weights": None},
+                                 max_epochs=1, batch_size=batch,
                                  lr=0.01, optimizer="sgd", momentum=0.9, precision=precision,
                                  validation_fraction=0.0, sparse_compute="masked",
                                  lr_scheduler="constant", device=str(args.device),
@@ -317,6 +321,27 @@ def _environment(device: torch.device) -> dict:
     return env
 
 
+class StepTimeout(Exception):
+    """A step ran past its time limit."""
+
+
+@contextlib.contextmanager
+def _time_limit(name: str, seconds: int, grace: int = 5) -> Any:
+    """Raise :class:`StepTimeout` in the step once ``seconds`` plus ``grace`` have passed
+    (the grace lets the steps that stop a child process at the limit do it themselves)."""
+
+    def expired(signum: int, frame: Any) -> None:
+        raise StepTimeout(f"step {name!r} ran past its time limit of {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.alarm(seconds + grace)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the chosen steps; write results.json after each; the number of failures."""
     out = Path(args.out)
@@ -330,7 +355,7 @@ def run(args: argparse.Namespace) -> int:
         log = io.StringIO()
         start = time.perf_counter()
         try:
-            with contextlib.redirect_stdout(log):
+            with contextlib.redirect_stdout(log), _time_limit(name, args.limit(name)):
                 value = fn(args, out)
             entry = {"status": "ok", **value}
         except Exception as exc:  # every step is recorded, the others still run
@@ -349,7 +374,8 @@ def run(args: argparse.Namespace) -> int:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("out", help="folder for results.json and the logs")
-    parser.add_argument("--device", default="cuda", help="cuda (default) or cpu")
+    parser.add_argument("--device", default="cuda", choices=("cuda", "cpu"),
+                        help="cuda (default) or cpu")
     parser.add_argument("--smoke", action="store_true",
                         help="tiny sizes: check that every step runs (minutes on a CPU)")
     parser.add_argument("--steps", nargs="+", default=list(STEPS), choices=list(STEPS))
@@ -360,11 +386,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--limit-scale", type=float, default=1.0,
                         help="multiply every step's time limit (e.g. 3 on a slow CPU)")
     args = parser.parse_args(argv)
+    if not (np.isfinite(args.limit_scale) and args.limit_scale > 0):
+        parser.error(f"--limit-scale must be a positive number; got {args.limit_scale}")
+    if args.epochs < 1:
+        parser.error(f"--epochs must be at least 1; got {args.epochs}")
     args.device = torch.device(args.device)
     if args.device.type == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda, but torch.cuda.is_available() is False")
     scale = args.limit_scale * (20 if args.smoke else 1)
-    args.limit = lambda name: int(STEPS[name][1] * scale)
+    args.limit = lambda name: max(1, int(STEPS[name][1] * scale))
     return args
 
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -13,9 +15,34 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "gpu_checks.py"
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
-pytestmark = pytest.mark.slow
+def _script():
+    spec = importlib.util.spec_from_file_location("gpu_checks", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
+def test_a_step_past_its_time_limit_is_stopped():
+    gpu_checks = _script()
+    start = time.perf_counter()
+    with pytest.raises(gpu_checks.StepTimeout, match="'slow' ran past its time limit of 1 s"):
+        with gpu_checks._time_limit("slow", 1, grace=0):
+            time.sleep(30)
+    assert time.perf_counter() - start < 10
+    with gpu_checks._time_limit("quick", 1, grace=0):  # a step within its limit: no alarm
+        pass
+    time.sleep(1.5)
+
+
+@pytest.mark.parametrize("argv", [["--device", "bogus"], ["--limit-scale", "nan"],
+                                  ["--limit-scale", "0"], ["--epochs", "0"]])
+def test_bad_arguments_are_refused_by_the_parser(tmp_path, argv, capsys):
+    with pytest.raises(SystemExit):
+        _script().parse_args([str(tmp_path), "--device", "cpu", *argv])
+    assert "error:" in capsys.readouterr().err
+
+
+@pytest.mark.slow
 def test_every_step_runs_in_smoke_mode(tmp_path):
     pytest.importorskip("torchvision", reason="the throughput step builds a torchvision ResNet")
     steps = ["tests", "precision", "throughput", "sparse_compute", "ddp"]
