@@ -36,8 +36,9 @@ def _config(width: int, epochs: int):
 
 
 def _table(frames: dict) -> str:
-    lines = ["| width | conflicting % | sparsity | unbiased acc | worst-group acc | "
-             "seeds | s per run |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines = ["| width | conflicting % | sparsity | unbiased acc (mean ± std) | "
+             "worst-group acc (mean ± std) | seeds | s per run |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
     for width, frame in frames.items():
         for row in frame.itertuples():
             unbiased = (100 * row.test_unbiased_acc_mean, 100 * row.test_unbiased_acc_std)
