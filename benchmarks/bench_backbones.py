@@ -33,6 +33,7 @@ import time
 from typing import Any
 
 import torch
+from _args import positive_int
 from torch import nn
 
 from rest_fair.backbones import build_torchvision
@@ -152,7 +153,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--sparsity", type=float, default=0.9)
     parser.add_argument("--steps", type=int, default=20, help="timed steps per repeat")
     parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=positive_int, default=3)
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:<i>")
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--out", default=None, help="JSON file for the results")

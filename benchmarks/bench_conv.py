@@ -53,6 +53,7 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from _args import positive_int, sparsity_arg
 from _timing import interleaved_medians
 from torch import nn
 
@@ -301,16 +302,17 @@ def _fmt(x: float) -> str:
 
 def main(argv: list[str] | None = None) -> dict[str, list[dict]]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
-    parser.add_argument("--batches", type=int, nargs="+", default=[128])
-    parser.add_argument("--sparsities", type=float, nargs="+", default=[0.9, 0.99])
+    parser.add_argument("--threads", type=positive_int, default=2,
+                        help="torch CPU threads (default 2)")
+    parser.add_argument("--batches", type=positive_int, nargs="+", default=[128])
+    parser.add_argument("--sparsities", type=sparsity_arg, nargs="+", default=[0.9, 0.99])
     parser.add_argument("--layer-densities", nargs="+", default=["erk", "uniform"],
                         choices=["erk", "uniform"])
-    parser.add_argument("--repeats", type=int, default=20,
+    parser.add_argument("--repeats", type=positive_int, default=20,
                         help="timed rounds per setting (every contender once per round)")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--image-size", type=int, default=28)
-    parser.add_argument("--widths", type=int, nargs="+", default=[64, 128, 256])
+    parser.add_argument("--widths", type=positive_int, nargs="+", default=[64, 128, 256])
     parser.add_argument("--n-classes", type=int, default=10)
     parser.add_argument("--smoke", action="store_true",
                         help="tiny sizes and one round: checks that the script runs, no verdict")

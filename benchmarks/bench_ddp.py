@@ -38,6 +38,8 @@ import sys
 import time
 from pathlib import Path
 
+from _args import positive_int
+
 HERE = Path(__file__).resolve()
 ROOT = HERE.parents[1]
 
@@ -163,17 +165,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     # "--ranks", not "--nproc": torchrun reads every argument, the script's too, and refuses
     # "--nproc" as an ambiguous abbreviation of its own "--nproc-per-node"
-    parser.add_argument("--ranks", "--nproc", dest="nproc", type=int, default=2,
+    parser.add_argument("--ranks", "--nproc", dest="nproc", type=positive_int, default=2,
                         help="ranks (one GPU each on CUDA); --nproc is accepted too")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--batch-size", type=int, default=128, help="global batch")
-    parser.add_argument("--n-samples", type=int, default=1024)
-    parser.add_argument("--comm-steps", type=int, default=10)
+    parser.add_argument("--repeats", type=positive_int, default=3)
+    parser.add_argument("--epochs", type=positive_int, default=3)
+    parser.add_argument("--batch-size", type=positive_int, default=128, help="global batch")
+    parser.add_argument("--n-samples", type=positive_int, default=1024)
+    parser.add_argument("--comm-steps", type=positive_int, default=10)
     parser.add_argument("--json", help="also write the measured ratios here")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.epochs < 2 or args.n_samples < 2 * args.batch_size:
+        # the first epoch (warm-up) is left out of the timings, and so is each epoch's
+        # first step: fewer would leave nothing to time
+        parser.error("needs --epochs >= 2 and --n-samples >= 2 * --batch-size; got "
+                     f"{args.epochs}, {args.n_samples} and {args.batch_size}")
     if args.worker:
         _worker(args)
         return

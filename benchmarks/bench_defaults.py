@@ -22,6 +22,8 @@ import math
 import statistics
 from typing import Any
 
+from _args import non_negative_int, positive_int, sparsity_arg
+
 from rest_fair.benchmarks import preset, read_results, run_sweep
 from rest_fair.experiments.runner import RESULTS_FILE
 
@@ -70,10 +72,10 @@ def _table(records: dict[str, list[dict[str, Any]]], sparsities: list[float]) ->
 def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="folder of the runs (resumed)")
-    parser.add_argument("--sparsities", type=float, nargs="+", default=[0.9, 0.99])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[41, 42, 43])
+    parser.add_argument("--sparsities", type=sparsity_arg, nargs="+", default=[0.9, 0.99])
+    parser.add_argument("--seeds", type=non_negative_int, nargs="+", default=[41, 42, 43])
     parser.add_argument("--ratio", type=float, default=0.01)
-    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--epochs", type=positive_int, default=20)
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     parser.add_argument("--split-sizes", type=int, nargs=3, default=None,
                         help="train, valid and test sizes (default: the full data)")

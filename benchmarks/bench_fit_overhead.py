@@ -21,6 +21,7 @@ import time
 
 import numpy as np
 import torch
+from _args import positive_int
 from torch import nn
 
 from rest_fair import RESTClassifier
@@ -78,10 +79,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=20_000)
     parser.add_argument("--features", type=int, default=100)
-    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--epochs", type=positive_int, default=5)
     parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=positive_int, default=7)
+    parser.add_argument("--threads", type=positive_int, default=2)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     X, y = _data(args.n, args.features)

@@ -30,6 +30,7 @@ import time
 
 import numpy as np
 import torch
+from _args import positive_int
 
 from rest_fair import RESTClassifier
 from rest_fair.datasets import load_fashion_mnist
@@ -94,10 +95,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--n-images", type=int, default=54000)
     parser.add_argument("--hidden", type=int, nargs="+", default=[300, 300, 300])
     parser.add_argument("--sparsity", type=float, default=0.99)
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--epochs", type=positive_int, default=3)
+    parser.add_argument("--batch", type=positive_int, default=128)
+    parser.add_argument("--repeats", type=positive_int, default=3)
+    parser.add_argument("--threads", type=positive_int, default=2)
     parser.add_argument("--profile", type=int, default=0)
     parser.add_argument("--plain-loop", action="store_true",
                         help="also time a minimal torch loop on the same networks")

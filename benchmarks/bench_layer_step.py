@@ -31,6 +31,7 @@ import time
 from collections.abc import Callable
 
 import torch
+from _args import density_arg, positive_int
 from _timing import interleaved_medians
 from torch import nn
 
@@ -118,12 +119,13 @@ def _check(steps, mask: torch.Tensor) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
-    parser.add_argument("--size", type=int, default=2048, help="in and out features")
-    parser.add_argument("--batch", type=int, default=256)
-    parser.add_argument("--densities", type=float, nargs="+",
+    parser.add_argument("--threads", type=positive_int, default=2,
+                        help="torch CPU threads (default 2)")
+    parser.add_argument("--size", type=positive_int, default=2048, help="in and out features")
+    parser.add_argument("--batch", type=positive_int, default=256)
+    parser.add_argument("--densities", type=density_arg, nargs="+",
                         default=[0.10, 0.05, 0.02, 0.01])
-    parser.add_argument("--repeats", type=int, default=40,
+    parser.add_argument("--repeats", type=positive_int, default=40,
                         help="timed rounds per density (every contender once per round)")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--no-input-grad", action="store_true",
@@ -151,7 +153,7 @@ def main(argv: list[str] | None = None) -> None:
                                   input_grad=not args.no_input_grad)
         _check(steps, mask)
         med = interleaved_medians(steps, args.repeats, args.warmup)
-        line = (f"| {density:.2f} | {med['dense'] / med['ours']:.1f}x"
+        line = (f"| {density:g} | {med['dense'] / med['ours']:.1f}x"
                 f" | {med['dense'] / med['ours (torch)']:.1f}x"
                 f" | {med['ours (torch)'] / med['ours']:.2f}x |")
         if peer:

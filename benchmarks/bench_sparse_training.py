@@ -30,6 +30,7 @@ import time
 
 import numpy as np
 import torch
+from _args import non_negative_int, positive_int, sparsity_arg
 
 from rest_fair import RESTClassifier
 from rest_fair.callbacks import Callback
@@ -216,17 +217,18 @@ def accuracy_table(args) -> list[str]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    parser.add_argument("--threads", type=positive_int, default=2,
+                        help="torch CPU threads (default 2)")
     parser.add_argument("--device", default="cpu", help="'cpu' or 'cuda' (default cpu)")
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
-    parser.add_argument("--sparsities", type=float, nargs="+", default=[0.9, 0.95, 0.99])
-    parser.add_argument("--n-samples", type=int, default=6144,
+    parser.add_argument("--sparsities", type=sparsity_arg, nargs="+", default=[0.9, 0.95, 0.99])
+    parser.add_argument("--n-samples", type=positive_int, default=6144,
                         help="training samples (10 %% are held out for validation)")
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--batch", type=int, default=256)
-    parser.add_argument("--repeats", type=int, default=3,
+    parser.add_argument("--epochs", type=positive_int, default=3)
+    parser.add_argument("--batch", type=positive_int, default=256)
+    parser.add_argument("--repeats", type=positive_int, default=3,
                         help="fits per mode and cell, order rotating; medians are reported")
-    parser.add_argument("--accuracy-seeds", type=int, default=0,
+    parser.add_argument("--accuracy-seeds", type=non_negative_int, default=0,
                         help="seeds of the masked vs sparse accuracy comparison (0: skip)")
     parser.add_argument("--accuracy-sparsities", type=float, nargs="+", default=[0.99])
     parser.add_argument("--accuracy-epochs", type=int, default=10)

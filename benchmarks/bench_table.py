@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from _args import positive_int
 from sklearn.compose import ColumnTransformer
 from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.impute import SimpleImputer
@@ -134,13 +135,13 @@ def profile_rest(data: dict, top: int, **params: Any) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, nargs="+", default=[5, 10, 20])
+    parser.add_argument("--epochs", type=positive_int, nargs="+", default=[5, 10, 20])
     parser.add_argument("--sparsity", type=float, default=0.9)
     parser.add_argument("--hidden", type=int, nargs="+", default=[256, 256])
     parser.add_argument("--batch-size", type=int, default=512)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=positive_int, default=3)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=positive_int, default=2)
     parser.add_argument("--profile", type=int, default=0,
                         help="Also print the top N functions of one REST fit (cProfile).")
     args = parser.parse_args(argv)

@@ -20,6 +20,8 @@ import argparse
 import time
 from pathlib import Path
 
+from _args import positive_int
+
 from rest_fair.benchmarks import preset, run_sweep
 from rest_fair.benchmarks.report import summarize
 
@@ -76,7 +78,7 @@ def _plot(frames: dict, path: Path) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="rest_fair_results/width_study")
-    parser.add_argument("--epochs", type=int, default=40)
+    parser.add_argument("--epochs", type=positive_int, default=40)
     parser.add_argument("--widths", default=",".join(map(str, WIDTHS)))
     parser.add_argument("--time-limit", type=float, default=None,
                         help="start no new run after this many seconds (resume later)")
