@@ -167,9 +167,9 @@ def efficiency_report(
         counted in its first row only; its products are counted at every use. A layer
         the forward pass does not call as a module (attention reads
         ``nn.MultiheadAttention.out_proj``'s weight directly) counts 0 FLOPs, with a
-        warning naming it (``df.attrs["layers_not_called"]``). FLOPs are per sample (multiply-add = 2 FLOPs);
-        ``*_fraction`` columns are sparse / dense. ``df.attrs`` holds the conventions
-        and the amortized update rate.
+        warning naming it (``df.attrs["layers_not_called"]``). FLOPs are per sample
+        (multiply-add = 2 FLOPs); ``*_fraction`` columns are sparse / dense.
+        ``df.attrs`` holds the conventions and the amortized update rate.
 
     Examples
     --------

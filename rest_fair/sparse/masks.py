@@ -143,7 +143,12 @@ def resolve_dense_layers(module: nn.Module, dense_layers: Iterable[str] | None) 
                                                             what="conv or linear layer"))
             chosen.add(layers[0][0])
         elif value == "head":
-            linear = [name for name, w in layers if w.dim() == 2]
+            # the last linear layer in module order, whose weight may be tied to one listed
+            # earlier (an embedding): then its mask is under that first name
+            first_name = {id(w): name for name, w, _ in entries}
+            linear = [first_name[id(sub.weight)] for _, sub in module.named_modules()
+                      if _kind(sub) == "layer" and id(getattr(sub, "weight", None)) in first_name
+                      and sub.weight.dim() == 2]
             if not linear:
                 raise ValueError(_NO_LAYER_FOR_ALIAS.format(alias=value, what="linear layer"))
             chosen.add(linear[-1])

@@ -115,6 +115,19 @@ def test_magnitude_init_ignores_the_generator():
     assert all(torch.equal(a.mask(n), b.mask(n)) for n in a.names)
 
 
+def test_the_head_alias_finds_a_head_tied_to_an_embedding():
+    class Tied(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = nn.Embedding(10, 8)
+            self.hidden = nn.Linear(8, 8)
+            self.head = nn.Linear(8, 10, bias=False)
+            self.head.weight = self.emb.weight  # listed once, as emb.weight
+
+    # the head is the last linear layer, whose mask is under its weight's first name
+    assert resolve_dense_layers(Tied(), ["head"]) == ["emb.weight"]
+
+
 def test_dense_layers_aliases_and_names():
     net = _cnn()
     assert resolve_dense_layers(net, ["first"]) == ["0.weight"]
