@@ -62,6 +62,10 @@ _BAD_DIGEST = (
     "checkpoint state file {path} does not match the digest in its manifest: it was "
     "truncated or modified after it was written. Nothing was loaded or deleted."
 )
+_OTHER_RUN = (
+    "{dirname} holds the checkpoint of another run ({details}); writing this run's would "
+    "replace it. Checkpoint this run to another directory, or remove that one to discard it."
+)
 _NUMPY_ARRAY = (
     "checkpoint state {where} is a numpy array, which a checkpoint cannot read back safely "
     "(torch.load(weights_only=True)); keep it as a torch tensor or a list."
@@ -142,8 +146,15 @@ def write_checkpoint(
     ------
     TypeError
         If ``state`` holds a numpy array (named by its keys), which could not be read back.
+    CheckpointError
+        If ``dirname`` holds the checkpoint of a run with another fingerprint (nothing is
+        written or deleted).
     """
     directory = Path(dirname)
+    if has_checkpoint(directory):  # never replace the checkpoint of another run
+        details = _differences(saved_fingerprint(directory), json.loads(json.dumps(fingerprint)))
+        if details:
+            raise CheckpointError(_OTHER_RUN.format(dirname=directory, details="; ".join(details)))
     directory.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
     torch.save(_loadable(state, ""), buffer)

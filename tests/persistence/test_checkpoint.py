@@ -265,7 +265,7 @@ def test_a_crash_while_writing_keeps_the_previous_checkpoint(tmp_path, monkeypat
     monkeypatch.setattr(ckpt_format.os, "replace", crash)
     with pytest.raises(OSError, match="disk full"):
         ckpt_format.write_checkpoint(tmp_path, {"x": torch.ones(3)}, epoch=9,
-                                     fingerprint={})
+                                     fingerprint=ckpt_format.saved_fingerprint(tmp_path))
     monkeypatch.undo()
     assert (tmp_path / ckpt_format.MANIFEST).read_text() == before
     assert not list(tmp_path.glob(".*tmp"))  # the temporary file was removed
@@ -442,3 +442,21 @@ def test_a_numpy_array_in_a_checkpoint_is_refused_when_written(tmp_path):
                        callbacks=[_NumpyRecord(array=True), Checkpoint(tmp_path)]).fit(
             X, y, groups=g)
     assert not (tmp_path / ckpt_format.MANIFEST).exists()
+
+
+def test_a_checkpoint_of_another_run_is_never_replaced(tmp_path):
+    X, y, g = _data()
+    RESTClassifier(**{**COMMON, "max_epochs": 2}, callbacks=[Checkpoint(tmp_path)]).fit(
+        X, y, groups=g)
+    manifest = (tmp_path / ckpt_format.MANIFEST).read_text()
+    files = sorted(p.name for p in tmp_path.iterdir())
+    other = RESTClassifier(**{**COMMON, "max_epochs": 2, "lr": 0.1},
+                           callbacks=[Checkpoint(tmp_path)])
+    with pytest.raises(CheckpointError, match=r"holds the checkpoint of another run "
+                                              r"\(params.lr was 0.05, now 0.1\)"):
+        other.fit(X, y, groups=g)
+    assert (tmp_path / ckpt_format.MANIFEST).read_text() == manifest
+    assert sorted(p.name for p in tmp_path.iterdir()) == files
+    # the same run again (or continued, e.g. by a warm start) writes over its own
+    RESTClassifier(**{**COMMON, "max_epochs": 2}, callbacks=[Checkpoint(tmp_path)]).fit(
+        X, y, groups=g)
