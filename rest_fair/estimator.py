@@ -438,6 +438,14 @@ or dict of columns, default=None
 
         Raises
         ------
+        ValueError
+            For an invalid parameter (named), invalid inputs, or a warm start whose network
+            or data no longer match.
+        TypeError
+            For ``callbacks`` that are not :class:`~rest_fair.callbacks.Callback` instances.
+        CheckpointError
+            When ``resume_from`` holds a damaged checkpoint or one of another run, or a
+            :class:`~rest_fair.callbacks.Checkpoint` directory holds another run's.
         TrainingDivergedError
             When the training loss or the network's output becomes NaN or infinite.
         DistributedError
