@@ -103,13 +103,27 @@ def _inputs_sha256(split: Any, modality: str) -> str:
     return h.hexdigest()
 
 
+def _transform_sha256(images: Any) -> str:
+    """SHA-256 of the transformed first, middle and last images: two transforms that print
+    alike (torchvision's ``Lambda()``, a class without its parameters in its repr) but
+    compute differently give different records."""
+    h = hashlib.sha256()
+    n = len(images)
+    with torch.random.fork_rng(devices=[]):  # a random transform draws from a copy
+        for i in sorted({0, n // 2, n - 1} if n else set()):
+            x = torch.as_tensor(images[i]).detach().cpu().contiguous()
+            h.update(f"{x.dtype}{tuple(x.shape)}".encode())
+            h.update(x.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
 def _weights_id(backbone: str, weights: Any) -> Any:
     """What identifies the weights: a resolved torchvision name, or a file's SHA-256."""
     if backbone.startswith("hf:"):
         path = Path(backbone[3:]).expanduser()
         if path.is_dir():
-            files = sorted(p for p in path.iterdir()
-                           if p.is_file() and p.suffix in (".json", ".safetensors", ".bin"))
+            # every file: the tokenizer's (vocab.txt, merges.txt, *.model) as much as the weights
+            files = sorted(p for p in path.iterdir() if p.is_file())
             return {"folder": str(path.resolve()),
                     "sha256": {p.name: _sha256_file(p) for p in files}}
         return {"hub": backbone[3:], "revision": weights}
@@ -155,7 +169,8 @@ def feature_provenance(
         transform: Any = {"tokenizer": backbone, "max_length": max_length, "pooling": pooling}
         layer = f"last_hidden_state, {pooling} pooling"
     else:
-        transform = repr(getattr(split.X, "transform", None))
+        transform = {"repr": repr(getattr(split.X, "transform", None)),
+                     "outputs_sha256": _transform_sha256(split.X)}
         layer = "input of the classification layer"
     return {
         "format": FEATURES_FORMAT,
@@ -308,9 +323,13 @@ def extract_features(
         except (OSError, ValueError):
             stored = None
         if isinstance(stored, dict) and stored.get("provenance") == record:
-            features = np.load(path, mmap_mode="r")
-            if features.shape == (len(split), stored.get("n_features")):
+            try:
+                features = np.load(path, mmap_mode="r")
+            except (OSError, ValueError, EOFError):  # a damaged file: computed again
+                features = None
+            if features is not None and features.shape == (len(split), stored.get("n_features")):
                 return features
+            del features  # the memory map, before the file is written again
     meta.unlink(missing_ok=True)  # written last: its presence marks a complete file
     start = time.perf_counter()
     features = _extract(split, path, backbone=backbone, weights=weights, pooling=pooling,

@@ -55,7 +55,7 @@ def test_features_are_the_frozen_backbone_outputs_and_are_reused(waterbirds, tmp
     record = meta["provenance"]
     assert record["backbone"] == "resnet18" and record["dataset"] == "waterbirds"
     assert record["split"] == "val" and record["n_samples"] == len(val)
-    assert record["weights"]["sha256"] and "Resize" in record["transform"]
+    assert record["weights"]["sha256"] and "Resize" in record["transform"]["repr"]
     assert len(record["inputs_sha256"]) == 64 and meta["n_features"] == 512
 
     monkeypatch.setattr(features_module, "_extract", _no_extraction)
@@ -99,6 +99,47 @@ def test_different_images_change_the_input_hash(waterbirds, tmp_path):
     test = features_module.feature_provenance(parts["test"], backbone="resnet18",
                                               weights=weights)
     assert test["inputs_sha256"] != record["inputs_sha256"]
+
+
+def test_transforms_that_print_alike_but_differ_get_their_own_features(waterbirds, tmp_path):
+    dataset, _, weights, _ = waterbirds
+    import torchvision.transforms as T
+
+    from rest_fair.wilds import from_wilds
+
+    subset = dataset.get_subset("val")
+
+    def transform(fn):  # both print as Compose(Resize, Lambda(), ToTensor)
+        return T.Compose([T.Resize((32, 32)), T.Lambda(fn), T.ToTensor()])
+
+    plain = from_wilds(subset, transform=transform(lambda image: image))
+    turned = from_wilds(subset, transform=transform(lambda image: image.rotate(90)))
+    assert repr(plain.X.transform) == repr(turned.X.transform)
+    a = extract_features(plain, backbone="resnet18", weights=weights, cache_dir=tmp_path,
+                         device="cpu")
+    b = extract_features(turned, backbone="resnet18", weights=weights, cache_dir=tmp_path,
+                         device="cpu")
+    assert a.filename != b.filename and not np.allclose(a, b)
+
+
+def test_a_damaged_cache_file_is_computed_again(waterbirds, tmp_path):
+    _, parts, weights, _ = waterbirds
+    first = extract_features(parts["val"], backbone="resnet18", weights=weights,
+                             cache_dir=tmp_path, device="cpu")
+    expected, path = np.array(first), Path(first.filename)
+    del first
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])  # cut short
+    again = extract_features(parts["val"], backbone="resnet18", weights=weights,
+                             cache_dir=tmp_path, device="cpu")
+    np.testing.assert_array_equal(again, expected)
+
+
+def test_every_file_of_a_model_folder_is_in_the_provenance(tmp_path):
+    folder = save_tiny_distilbert(tmp_path / "tiny")
+    (folder / "vocab.txt").write_text("a\nb\n")
+    before = features_module._weights_id(f"hf:{folder}", None)
+    (folder / "vocab.txt").write_text("b\na\n")  # the tokenizer changed, not the weights
+    assert features_module._weights_id(f"hf:{folder}", None) != before
 
 
 def test_sparse_head_on_cached_features_end_to_end(waterbirds, tmp_path):
