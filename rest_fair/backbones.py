@@ -23,6 +23,7 @@ import socket
 import urllib.parse
 import urllib.request
 from collections.abc import Mapping, Sequence
+from numbers import Integral
 from pathlib import Path
 from typing import Any
 
@@ -109,8 +110,17 @@ HF_OFFLINE_MISS = (
     "and downloads are off ({reason}). Pass module='hf:<path to a folder written by "
     "save_pretrained>' or allow downloads."
 )
+BAD_TORCHVISION_PARAMS = (
+    "module_params {keys} of module={name!r}: torchvision's model refuses one ({error}); "
+    "besides 'weights' they are passed to torchvision.models.{name}."
+)
 BAD_HF_PARAMS = (
     "module={module!r} takes module_params {allowed}; got unknown {unknown}."
+)
+BAD_HF_KWARGS = "module_params[{key!r}] must be a dict of keyword arguments; got {value!r}."
+HF_KWARGS_CLASH = (
+    "module_params[{key!r}] sets {clash}, which rest_fair sets itself: give revision and "
+    "local_files_only as module_params of their own; num_labels comes from the classes."
 )
 BAD_MAX_LENGTH = "module_params['max_length'] must be a positive integer or None; got {!r}."
 HF_NEEDS_TOKENS = (
@@ -118,6 +128,8 @@ HF_NEEDS_TOKENS = (
     "list of strings by RESTClassifier; got {type}."
 )
 _HF_PARAMS = ("max_length", "revision", "local_files_only", "tokenizer_kwargs", "model_kwargs")
+_SET_BY_US = ("revision", "local_files_only")
+_SET_BY_US_MODEL = (*_SET_BY_US, "num_labels", "ignore_mismatched_sizes")
 
 
 # --------------------------------------------------------------------------- dispatch
@@ -387,7 +399,13 @@ def build_torchvision(
     if member is not None:
         _download(member, name, download_timeout)
 
-    model = tv.models.get_model_builder(name)(weights=member, **kwargs)
+    try:
+        model = tv.models.get_model_builder(name)(weights=member, **kwargs)
+    except TypeError as exc:  # an option torchvision's model does not take
+        if "unexpected keyword argument" not in str(exc):
+            raise
+        raise ValueError(BAD_TORCHVISION_PARAMS.format(name=name, keys=sorted(kwargs),
+                                                       error=exc)) from exc
     n_categories = len(member.meta["categories"]) if member is not None else None
     head = replace_head(model, n_classes, n_categories=n_categories or kwargs.get("num_classes"))
     if path is not None:
@@ -481,17 +499,29 @@ def _from_pretrained(
 def _check_max_length(max_length: Any) -> int | None:
     if max_length is None:
         return None
-    if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1:
+    if isinstance(max_length, bool) or not isinstance(max_length, Integral) or max_length < 1:
         raise ValueError(BAD_MAX_LENGTH.format(max_length))
     return int(max_length)
 
 
 def check_hf_params(module: str, params: Mapping[str, Any]) -> dict[str, Any]:
-    """Validated ``module_params`` of an ``"hf:..."`` module (unknown keys are an error)."""
+    """Validated ``module_params`` of an ``"hf:..."`` module (unknown keys are an error).
+
+    ``tokenizer_kwargs`` and ``model_kwargs`` must be dicts without the arguments rest_fair
+    passes itself (``revision`` and ``local_files_only``, which are options of their own,
+    and the model's ``num_labels`` and ``ignore_mismatched_sizes``).
+    """
     unknown = sorted(set(params) - set(_HF_PARAMS))
     if unknown:
         raise ValueError(BAD_HF_PARAMS.format(module=module, allowed=list(_HF_PARAMS),
                                               unknown=unknown))
+    for key, taken in (("tokenizer_kwargs", _SET_BY_US), ("model_kwargs", _SET_BY_US_MODEL)):
+        value = params.get(key)
+        if value is not None and not isinstance(value, Mapping):
+            raise ValueError(BAD_HF_KWARGS.format(key=key, value=value))
+        clash = sorted(set(value or {}) & set(taken))
+        if clash:
+            raise ValueError(HF_KWARGS_CLASH.format(key=key, clash=clash))
     return {**params, "max_length": _check_max_length(params.get("max_length"))}
 
 

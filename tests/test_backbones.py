@@ -196,6 +196,8 @@ def test_other_torchvision_heads_are_replaced():
          r"IMAGENET9K.*weights are \['IMAGENET1K_V1', 'DEFAULT'\]"),
         ("resnet50", {"weights": "./no/such/file.pt"}, FileNotFoundError, "no such file"),
         ("resnet50", {"weights": 3}, ValueError, "must be None, a torchvision weights name"),
+        ("resnet50", {"weigths": None}, ValueError,
+         r"module_params \['weigths'\] of module='resnet50': torchvision's model refuses"),
     ],
 )
 def test_bad_names_are_clear_errors(module, params, error, match):

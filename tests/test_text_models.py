@@ -173,11 +173,19 @@ def test_text_needs_an_hf_module_and_vice_versa(tiny):
 
 @pytest.mark.parametrize(
     ("params", "match"),
-    [({"maxlen": 3}, r"takes module_params \['max_length'"), ({"max_length": 0}, "positive")],
+    [({"maxlen": 3}, r"takes module_params \['max_length'"), ({"max_length": 0}, "positive"),
+     ({"model_kwargs": {"num_labels": 5}}, r"sets \['num_labels'\], which rest_fair sets"),
+     ({"tokenizer_kwargs": {"local_files_only": True}}, r"sets \['local_files_only'\]"),
+     ({"tokenizer_kwargs": ["x"]}, r"must be a dict of keyword arguments")],
 )
 def test_bad_module_params(tiny, params, match):
     with pytest.raises(ValueError, match=match):
         build_module(f"hf:{tiny}", input_shape=(), n_classes=2, module_params=params)
+
+
+def test_max_length_may_be_a_numpy_integer(tiny):
+    clf = _clf(tiny, module_params={"max_length": np.int64(8)}).fit(TEXTS, LABELS)
+    assert clf.module_.max_length == 8
 
 
 def test_missing_local_folder_is_named(tmp_path):
