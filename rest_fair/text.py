@@ -56,8 +56,9 @@ HF_NEEDS_TEXT = (
 NOT_FITTED_ON_TEXT = (
     "This RESTClassifier was fitted on numeric input; it cannot predict from strings."
 )
+BAD_BYTES = "X holds bytes that are not UTF-8 text at element {index} ({error})."
 BAD_TEXT = "X must be a list or 1-D array of strings; element {index} is {type}."
-EMPTY_TEXT = "X is an empty list of strings; fit needs at least one sample."
+EMPTY_TEXT = "X is an empty list of strings; there is no sample to fit or predict."
 _MAKE_TEXT_SOURCE = (
     "make_text_source is deprecated and will be removed in a future release: "
     "rest_fair._data.make_source makes the TextSource of a TokenizedText itself."
@@ -90,14 +91,17 @@ def is_text_input(X: Any) -> bool:
         if kind != "O" and str(dtype) not in ("string", "str"):
             return False
         X = X.tolist() if hasattr(X, "tolist") else list(X)
-    return len(X) > 0 and all(isinstance(v, str) for v in X)
+    return len(X) > 0 and all(isinstance(v, (str, bytes)) for v in X)
 
 
 def _texts(X: Any) -> list[str]:
     values = X.tolist() if hasattr(X, "tolist") else list(X)
     for i, v in enumerate(values):
         if isinstance(v, bytes):
-            values[i] = v.decode("utf-8")
+            try:
+                values[i] = v.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise ValueError(BAD_BYTES.format(index=i, error=exc)) from exc
         elif not isinstance(v, str):
             raise ValueError(BAD_TEXT.format(index=i, type=type(v).__name__))
     return values
@@ -206,6 +210,11 @@ def check_text_input(X: Any, module: Any, module_params: dict | None = None, *,
 def check_not_text_module(module: Any, X: Any) -> None:
     """Raise if ``module`` is a text model but ``X`` is not text."""
     if _is_hf(module) and not is_text_input(X):
+        kind = getattr(getattr(X, "dtype", None), "kind", "")
+        if isinstance(X, (list, tuple)) or (getattr(X, "ndim", None) == 1 and kind == "O"):
+            if len(X) == 0:
+                raise ValueError(EMPTY_TEXT)
+            _texts(X)  # names the first element that is not a string
         what = type(X).__name__
         shape = getattr(X, "shape", None)
         raise ValueError(HF_NEEDS_TEXT.format(

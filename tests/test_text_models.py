@@ -229,3 +229,23 @@ def test_sparse_compute_trains_a_transformer_like_the_masked_path(tiny):
         k: int(v.sum()) for k, v in masked.masks_.items()}
     np.testing.assert_allclose(csr.predict_proba(texts), masked.predict_proba(texts),
                                atol=1e-4)
+
+
+@pytest.mark.parametrize(("X", "match"), [
+    ([*TEXTS[:-1], None], "element 5 is NoneType"),
+    ([*TEXTS[:-1], 3], "element 5 is int"),
+    (np.array([*TEXTS[:-1], np.nan], dtype=object), "element 5 is float"),
+    ([b"\xff\xfe", *(t.encode() for t in TEXTS[1:])],
+     "bytes that are not UTF-8 text at element 0"),
+    ([], "empty list of strings"),
+])
+def test_bad_text_items_are_named(tiny, X, match):
+    with pytest.raises(ValueError, match=match):
+        _clf(tiny).fit(X, LABELS[:len(X)])
+
+
+def test_a_list_of_bytes_is_text(tiny):
+    clf = _clf(tiny, max_epochs=1).fit([t.encode() for t in TEXTS], LABELS)
+    assert clf.predict([t.encode() for t in TEXTS]).shape == (6,)
+    with pytest.raises(ValueError, match="empty list of strings"):
+        clf.predict([])
