@@ -104,7 +104,11 @@ HUB_UNREACHABLE = (
     "to fill the cache, copy a folder written by save_pretrained and pass "
     "module='hf:<path>', or check HF_ENDPOINT / proxy settings."
 )
-HF_LOAD_FAILED = "module={module!r}: could not load {what} from {name!r} ({error})."
+HF_LOAD_FAILED = (
+    "module={module!r}: could not load {what} from {name!r} ({error}). A local model folder "
+    "must hold what save_pretrained writes: config.json, the weights and the tokenizer files."
+)
+HF_NO_NAME = "module={module!r} names no model: give 'hf:<name or folder>'."
 HF_OFFLINE_MISS = (
     "module={module!r}: {name!r} is not a local folder and not in the Hugging Face cache, "
     "and downloads are off ({reason}). Pass module='hf:<path to a folder written by "
@@ -470,16 +474,20 @@ def _from_pretrained(
     """``cls.from_pretrained``: a local folder, else the cache, else the Hub if it answers."""
     if revision is not None:
         kwargs["revision"] = revision
+    if not name.strip():
+        raise ValueError(HF_NO_NAME.format(module=module))
     path = Path(name).expanduser()
     if not path.is_dir() and _looks_like_folder(name):
         raise FileNotFoundError(NO_LOCAL_MODEL.format(module=module, path=path))
     target = str(path) if path.is_dir() else name
     try:
         return cls.from_pretrained(target, local_files_only=True, **kwargs)
-    except OSError as exc:
+    except (OSError, ValueError) as exc:  # a folder missing its config or tokenizer files
         if path.is_dir():
             raise OSError(HF_LOAD_FAILED.format(module=module, what=what, name=target,
                                                 error=exc)) from exc
+        if isinstance(exc, ValueError):
+            raise
         reason = _offline_reason() or ("local_files_only=True" if local_files_only else None)
         if reason is not None:
             raise OSError(HF_OFFLINE_MISS.format(module=module, name=name, reason=reason)) from exc

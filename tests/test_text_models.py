@@ -249,3 +249,20 @@ def test_a_list_of_bytes_is_text(tiny):
     assert clf.predict([t.encode() for t in TEXTS]).shape == (6,)
     with pytest.raises(ValueError, match="empty list of strings"):
         clf.predict([])
+
+
+@pytest.mark.parametrize("missing", ["config.json", "tokenizer.json"])
+def test_a_model_folder_missing_a_file_is_named(tiny, tmp_path, missing):
+    import shutil
+
+    folder = tmp_path / "broken"
+    shutil.copytree(tiny, folder)
+    (folder / missing).unlink()
+    with pytest.raises(OSError, match=r"(?s)could not load .* config.json, the weights and the "
+                                      r"tokenizer files"):
+        _clf(folder).fit(TEXTS, LABELS)
+
+
+def test_an_empty_model_name_is_refused():
+    with pytest.raises(ValueError, match="names no model"):
+        RESTClassifier(module="hf:", max_epochs=1, device="cpu").fit(TEXTS, LABELS)
