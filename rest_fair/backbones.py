@@ -108,6 +108,10 @@ HF_LOAD_FAILED = (
     "module={module!r}: could not load {what} from {name!r} ({error}). A local model folder "
     "must hold what save_pretrained writes: config.json, the weights and the tokenizer files."
 )
+MAX_LENGTH_TOO_LONG = (
+    "module_params['max_length']={max_length} is longer than {module!r} can read: its "
+    "position embeddings cover {positions} tokens."
+)
 HF_NO_NAME = "module={module!r} names no model: give 'hf:<name or folder>'."
 HF_OFFLINE_MISS = (
     "module={module!r}: {name!r} is not a local folder and not in the Hugging Face cache, "
@@ -555,7 +559,25 @@ def load_tokenizer(module: str, module_params: Mapping[str, Any] | None = None) 
                                  what="the tokenizer", **(params.get("tokenizer_kwargs") or {}))
     if tokenizer.pad_token_id is None and tokenizer.eos_token is not None:
         tokenizer.pad_token = tokenizer.eos_token  # e.g. GPT-2 has no padding token
+    # the default length (the tokenizer's, at most 512) must fit the model's positions too
+    positions = _max_positions(module, transformers, params)
+    current = getattr(tokenizer, "model_max_length", None)
+    if positions is not None and not (isinstance(current, int) and 0 < current <= positions):
+        tokenizer.model_max_length = positions
     return tokenizer
+
+
+def _max_positions(module: str, transformers: Any, params: Mapping[str, Any]) -> int | None:
+    """The number of positions the model's configuration embeds, if it says."""
+    try:
+        config = _from_pretrained(module, transformers.AutoConfig,
+                                  module.removeprefix(HF_PREFIX), revision=params.get("revision"),
+                                  local_files_only=params.get("local_files_only"),
+                                  what="the model's configuration")
+    except (OSError, ValueError):  # the model load that follows says what is wrong
+        return None
+    positions = getattr(config, "max_position_embeddings", None)
+    return positions if isinstance(positions, int) and positions > 0 else None
 
 
 class HFTextClassifier(nn.Module):
@@ -640,4 +662,9 @@ def build_hf(
     )
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = tokenizer.pad_token_id
+    positions = getattr(model.config, "max_position_embeddings", None)
+    if isinstance(positions, int) and positions > 0:
+        if max_length is not None and max_length > positions:
+            raise ValueError(MAX_LENGTH_TOO_LONG.format(module=module, max_length=max_length,
+                                                        positions=positions))
     return HFTextClassifier(model, tokenizer, source=module, max_length=max_length)

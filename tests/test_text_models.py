@@ -266,3 +266,20 @@ def test_a_model_folder_missing_a_file_is_named(tiny, tmp_path, missing):
 def test_an_empty_model_name_is_refused():
     with pytest.raises(ValueError, match="names no model"):
         RESTClassifier(module="hf:", max_epochs=1, device="cpu").fit(TEXTS, LABELS)
+
+
+def test_max_length_must_fit_the_position_embeddings(tiny, tmp_path):
+    import json
+    import shutil
+
+    with pytest.raises(ValueError, match="longer than .* position embeddings cover 64"):
+        _clf(tiny, module_params={"max_length": 200}).fit(TEXTS, LABELS)
+    # a tokenizer that does not say its length: the default is capped by the model's
+    folder = tmp_path / "no_length"
+    shutil.copytree(tiny, folder)
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    config.pop("model_max_length", None)
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    long = [" ".join(["kind"] * 100), *TEXTS[1:]]
+    clf = _clf(folder, module_params={}, max_epochs=1).fit(long, LABELS)
+    assert clf.predict(long).shape == (6,)
