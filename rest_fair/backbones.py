@@ -125,6 +125,7 @@ BAD_TORCHVISION_PARAMS = (
 BAD_HF_PARAMS = (
     "module={module!r} takes module_params {allowed}; got unknown {unknown}."
 )
+BAD_LOCAL_ONLY = "module_params['local_files_only'] must be True, False or None; got {value!r}."
 BAD_HF_KWARGS = "module_params[{key!r}] must be a dict of keyword arguments; got {value!r}."
 HF_KWARGS_CLASH = (
     "module_params[{key!r}] sets {clash}, which rest_fair sets itself: give revision and "
@@ -527,6 +528,8 @@ def check_hf_params(module: str, params: Mapping[str, Any]) -> dict[str, Any]:
     if unknown:
         raise ValueError(BAD_HF_PARAMS.format(module=module, allowed=list(_HF_PARAMS),
                                               unknown=unknown))
+    if params.get("local_files_only") not in (None, True, False):
+        raise ValueError(BAD_LOCAL_ONLY.format(value=params["local_files_only"]))
     for key, taken in (("tokenizer_kwargs", _SET_BY_US), ("model_kwargs", _SET_BY_US_MODEL)):
         value = params.get(key)
         if value is not None and not isinstance(value, Mapping):

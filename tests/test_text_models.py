@@ -176,7 +176,8 @@ def test_text_needs_an_hf_module_and_vice_versa(tiny):
     [({"maxlen": 3}, r"takes module_params \['max_length'"), ({"max_length": 0}, "positive"),
      ({"model_kwargs": {"num_labels": 5}}, r"sets \['num_labels'\], which rest_fair sets"),
      ({"tokenizer_kwargs": {"local_files_only": True}}, r"sets \['local_files_only'\]"),
-     ({"tokenizer_kwargs": ["x"]}, r"must be a dict of keyword arguments")],
+     ({"tokenizer_kwargs": ["x"]}, r"must be a dict of keyword arguments"),
+     ({"local_files_only": "no"}, r"local_files_only'\] must be True, False or None")],
 )
 def test_bad_module_params(tiny, params, match):
     with pytest.raises(ValueError, match=match):

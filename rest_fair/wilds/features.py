@@ -132,6 +132,7 @@ def _weights_id(backbone: str, weights: Any) -> Any:
     path = Path(weights).expanduser()
     if path.is_file():
         return {"file": str(path.resolve()), "sha256": _sha256_file(path)}
+    backbones.check_torchvision(backbone, None)  # the name first, with close matches
     tv = import_optional("torchvision", extra="wilds", caller=f"backbone={backbone!r}")
     enum = tv.models.get_model_weights(backbone)
     return str(enum[str(weights)]) if str(weights) in enum.__members__ else str(weights)

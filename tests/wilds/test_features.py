@@ -182,3 +182,10 @@ def test_bad_arguments(waterbirds, tmp_path):
     with pytest.raises(ValueError, match="pooling must be"):
         extract_features(parts["val"], backbone="resnet18", weights=weights, pooling="max",
                          cache_dir=tmp_path)
+
+
+def test_a_misspelt_backbone_with_a_weights_name_gets_the_close_matches(waterbirds, tmp_path):
+    _, parts, _, _ = waterbirds
+    with pytest.raises(ValueError, match="did you mean 'resnet18'"):
+        extract_features(parts["val"], backbone="resnt18", weights="DEFAULT",
+                         cache_dir=tmp_path, device="cpu")
