@@ -273,7 +273,7 @@ def test_max_length_must_fit_the_position_embeddings(tiny, tmp_path):
     import json
     import shutil
 
-    with pytest.raises(ValueError, match="longer than .* position embeddings cover 64"):
+    with pytest.raises(ValueError, match=r"longer than .* position embeddings cover 64"):
         _clf(tiny, module_params={"max_length": 200}).fit(TEXTS, LABELS)
     # a tokenizer that does not say its length: the default is capped by the model's
     folder = tmp_path / "no_length"
