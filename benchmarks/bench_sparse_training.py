@@ -236,11 +236,12 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
+    speed = ("" if args.skip_speed else
+             f", {args.n_samples} samples x {N_FEATURES} features, {args.epochs} epochs, batch "
+             f"{args.batch}, SGD momentum, ERK masks, RigL updates once per epoch; "
+             f"{args.repeats} fits per mode and cell, order rotating, median wall times")
     print(f"# bench_sparse_training: torch {torch.__version__}, device={args.device}, "
-          f"threads={torch.get_num_threads()}, {args.n_samples} samples x {N_FEATURES} "
-          f"features, {args.epochs} epochs, batch {args.batch}, SGD momentum, ERK masks, "
-          f"RigL updates once per epoch; {args.repeats} fits per mode and cell, order "
-          f"rotating, median wall times")
+          f"threads={torch.get_num_threads()}{speed}")
     if not args.skip_speed:
         table = speed_table(args)
         print()
