@@ -112,6 +112,11 @@ MAX_LENGTH_TOO_LONG = (
     "module_params['max_length']={max_length} is longer than {module!r} can read: its "
     "position embeddings cover {positions} tokens."
 )
+NO_PAD_TOKEN = (
+    "module={module!r}: its tokenizer has no padding token and no end-of-sequence token, so "
+    "batches of texts of different lengths cannot be padded; name one with "
+    "module_params={{'tokenizer_kwargs': {{'pad_token': '<a token of its vocabulary>'}}}}."
+)
 HF_NO_NAME = "module={module!r} names no model: give 'hf:<name or folder>'."
 HF_OFFLINE_MISS = (
     "module={module!r}: {name!r} is not a local folder and not in the Hugging Face cache, "
@@ -663,6 +668,8 @@ def build_hf(
         local_files_only=local_files_only, what="the model", num_labels=int(n_classes),
         ignore_mismatched_sizes=True, **(model_kwargs or {}),
     )
+    if tokenizer.pad_token_id is None:  # neither a padding nor an end-of-sequence token
+        raise ValueError(NO_PAD_TOKEN.format(module=module))
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     positions = getattr(model.config, "max_position_embeddings", None)

@@ -284,3 +284,18 @@ def test_max_length_must_fit_the_position_embeddings(tiny, tmp_path):
     long = [" ".join(["kind"] * 100), *TEXTS[1:]]
     clf = _clf(folder, module_params={}, max_epochs=1).fit(long, LABELS)
     assert clf.predict(long).shape == (6,)
+
+
+def test_a_tokenizer_without_padding_or_end_token_is_named(tiny, monkeypatch):
+    import rest_fair.backbones as backbones
+
+    load = backbones.load_tokenizer
+
+    def without_padding(*args, **kwargs):
+        tokenizer = load(*args, **kwargs)
+        tokenizer.pad_token = None  # as a GPT-2 style tokenizer without EOS would be
+        return tokenizer
+
+    monkeypatch.setattr(backbones, "load_tokenizer", without_padding)
+    with pytest.raises(ValueError, match="no padding token and no end-of-sequence token"):
+        build_module(f"hf:{tiny}", input_shape=(), n_classes=2)
