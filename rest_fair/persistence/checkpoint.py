@@ -63,8 +63,9 @@ _BAD_DIGEST = (
     "truncated or modified after it was written. Nothing was loaded or deleted."
 )
 _OTHER_RUN = (
-    "{dirname} holds the checkpoint of another run ({details}); writing this run's would "
-    "replace it. Checkpoint this run to another directory, or remove that one to discard it."
+    "{dirname} holds the checkpoint of another run, not finished ({details}); writing this "
+    "run's would replace it and that run could no longer be resumed. Checkpoint this run to "
+    "another directory, resume that one, or remove the directory to discard it."
 )
 _NUMPY_ARRAY = (
     "checkpoint state {where} is a numpy array, which a checkpoint cannot read back safely "
@@ -77,6 +78,14 @@ _MISMATCH = (
     "{details}. Resume with the same data and parameters, or start a new run in another "
     "directory."
 )
+
+
+def _finished(manifest: dict[str, Any], fingerprint: dict[str, Any]) -> bool:
+    """Whether the run of a manifest is over (manifests before ``finished``: by its epochs)."""
+    if "finished" in manifest:
+        return bool(manifest["finished"])
+    max_epochs = (fingerprint.get("params") or {}).get("max_epochs")
+    return isinstance(max_epochs, int) and int(manifest.get("epoch", 0)) >= max_epochs
 
 
 def has_checkpoint(dirname: str | os.PathLike) -> bool:
@@ -120,6 +129,7 @@ def write_checkpoint(
     epoch: int,
     fingerprint: dict[str, Any],
     keep: int = 2,
+    finished: bool = False,
 ) -> Path:
     """Write one training state atomically and make it the latest checkpoint.
 
@@ -136,6 +146,9 @@ def write_checkpoint(
         Identifies the run (compared by :func:`read_checkpoint`).
     keep : int, default=2
         State files kept; older ones are removed after the manifest is replaced.
+    finished : bool, default=False
+        The run is over (its last epoch, or a callback stopped it): recorded in the
+        manifest, so that another run may later take the directory.
 
     Returns
     -------
@@ -147,13 +160,15 @@ def write_checkpoint(
     TypeError
         If ``state`` holds a numpy array (named by its keys), which could not be read back.
     CheckpointError
-        If ``dirname`` holds the checkpoint of a run with another fingerprint (nothing is
-        written or deleted).
+        If ``dirname`` holds the checkpoint of an unfinished run with another fingerprint,
+        which could still be resumed (nothing is written or deleted).
     """
     directory = Path(dirname)
-    if has_checkpoint(directory):  # never replace the checkpoint of another run
-        details = _differences(saved_fingerprint(directory), json.loads(json.dumps(fingerprint)))
-        if details:
+    if has_checkpoint(directory):  # never replace a run that could still be resumed
+        manifest = _read_manifest(directory)
+        saved = manifest.get("fingerprint") if isinstance(manifest.get("fingerprint"), dict) else {}
+        details = _differences(saved, json.loads(json.dumps(fingerprint)))
+        if details and not _finished(manifest, saved):
             raise CheckpointError(_OTHER_RUN.format(dirname=directory, details="; ".join(details)))
     directory.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
@@ -168,6 +183,7 @@ def write_checkpoint(
         "sha256": hashlib.sha256(payload).hexdigest(),
         "bytes": len(payload),
         "epoch": int(epoch),
+        "finished": bool(finished),
         "fingerprint": fingerprint,
     }
     atomic_write(directory / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True).encode())

@@ -430,9 +430,10 @@ class TrainingRun:
         """
         if not self.parts.world.is_main:
             return
-        write_checkpoint(dirname, self.state_dict(),
-                         epoch=self.state.epoch_offset + self.state.epoch,
-                         fingerprint=self.fingerprint, keep=keep)
+        s = self.state
+        write_checkpoint(dirname, self.state_dict(), epoch=s.epoch_offset + s.epoch,
+                         fingerprint=self.fingerprint, keep=keep,
+                         finished=s.stopped or s.epoch >= self.parts.max_epochs)
 
     def _callback_keys(self) -> list[str]:
         """``"<class name>:<k>"`` for the k-th callback of its class: a callback added or

@@ -444,19 +444,24 @@ def test_a_numpy_array_in_a_checkpoint_is_refused_when_written(tmp_path):
     assert not (tmp_path / ckpt_format.MANIFEST).exists()
 
 
-def test_a_checkpoint_of_another_run_is_never_replaced(tmp_path):
+def test_an_unfinished_run_of_another_kind_is_never_replaced(tmp_path):
     X, y, g = _data()
-    RESTClassifier(**{**COMMON, "max_epochs": 2}, callbacks=[Checkpoint(tmp_path)]).fit(
-        X, y, groups=g)
+    with pytest.raises(KeyboardInterrupt):  # a run that could still be resumed
+        RESTClassifier(**{**COMMON, "max_epochs": 3},
+                       callbacks=[_StopAt(2), Checkpoint(tmp_path)]).fit(X, y, groups=g)
     manifest = (tmp_path / ckpt_format.MANIFEST).read_text()
     files = sorted(p.name for p in tmp_path.iterdir())
     other = RESTClassifier(**{**COMMON, "max_epochs": 2, "lr": 0.1},
                            callbacks=[Checkpoint(tmp_path)])
-    with pytest.raises(CheckpointError, match=r"holds the checkpoint of another run "
-                                              r"\(params.lr was 0.05, now 0.1\)"):
+    with pytest.raises(CheckpointError, match=r"holds the checkpoint of another run, not "
+                                              r"finished \(.*params.lr was 0.05, now 0.1"):
         other.fit(X, y, groups=g)
     assert (tmp_path / ckpt_format.MANIFEST).read_text() == manifest
     assert sorted(p.name for p in tmp_path.iterdir()) == files
-    # the same run again (or continued, e.g. by a warm start) writes over its own
-    RESTClassifier(**{**COMMON, "max_epochs": 2}, callbacks=[Checkpoint(tmp_path)]).fit(
-        X, y, groups=g)
+    # resumed, it finishes; then the directory may hold the next run (a refit, a search's
+    # next fold), as before
+    RESTClassifier(**{**COMMON, "max_epochs": 3}, callbacks=[Checkpoint(tmp_path)]).fit(
+        X, y, groups=g, resume_from=tmp_path)
+    assert json.loads((tmp_path / ckpt_format.MANIFEST).read_text())["finished"] is True
+    other.fit(X, y, groups=g)
+    assert ckpt_format.saved_fingerprint(tmp_path)["params"]["lr"] == 0.1
