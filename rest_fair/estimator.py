@@ -501,6 +501,12 @@ or dict of columns, default=None
         logits = torch.from_numpy(self.predict_logits(X)).double()
         return torch.softmax(logits, dim=1).numpy()
 
+    def predict_log_proba(self, X: Any) -> np.ndarray:
+        """Logarithms of :meth:`predict_proba`, from the logits (finite where a probability
+        rounds to 0)."""
+        logits = torch.from_numpy(self.predict_logits(X)).double()
+        return torch.log_softmax(logits, dim=1).numpy()
+
     def predict(self, X: Any) -> np.ndarray:
         """Predicted class labels."""
         check_is_fitted(self, "module_")

@@ -559,3 +559,15 @@ def test_more_input_forms_are_read_or_named(data):
     with pytest.raises(ValueError, match=r"y must not contain missing values \(NaN/None\); "
                                          "found 1"):
         _clf(max_epochs=1).fit(X, labels)
+
+
+def test_predict_log_proba_is_the_log_of_predict_proba(data):
+    from sklearn.model_selection import cross_val_predict
+
+    X, y, _ = data
+    clf = _clf(max_epochs=1).fit(X, y)
+    np.testing.assert_allclose(np.exp(clf.predict_log_proba(X)), clf.predict_proba(X),
+                               rtol=1e-12)
+    assert np.isfinite(clf.predict_log_proba(X * 1e3)).all()  # no log(0) where proba rounds
+    assert cross_val_predict(_clf(max_epochs=1), X, y, cv=2,
+                             method="predict_log_proba").shape == (len(y), 3)
