@@ -95,9 +95,14 @@ def main(argv: list[str] | None = None) -> str:
             for name in args.variants:
                 run_sweep(config(name, [seed]), f"{args.out}/{name}", progress="log")
     records = {name: read_results(f"{args.out}/{name}/{RESULTS_FILE}") for name in args.variants}
+    if args.report_only:  # what the stored runs were, not this command line's defaults
+        seeds = sorted({r["seed"] for runs in records.values() for r in runs
+                        if r.get("status") == "ok"})
+        runs = f"the stored runs (seeds {seeds}; their epochs as when they ran)"
+    else:
+        runs = f"{args.epochs} epochs, seeds {args.seeds}"
     print(f"# bench_defaults: Colored Fashion-MNIST, {100 * args.ratio:g} % conflicting, "
-          f"MLP 3x300, {args.epochs} epochs, seeds {args.seeds}; test accuracies in %, "
-          "mean ± standard error over the seeds\n")
+          f"MLP 3x300, {runs}; test accuracies in %, mean ± standard error over the seeds\n")
     table = _table(records, args.sparsities)
     print(table)
     return table
