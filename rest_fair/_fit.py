@@ -421,19 +421,21 @@ def fit_estimator(
     return est
 
 
+def _is_fitted_attribute(name: str) -> bool:
+    return (name.endswith("_") and not name.startswith("__")) or name == "_warm_fixed_params"
+
+
 @contextlib.contextmanager
 def _restored_on_error(est: Any, warm: bool) -> Iterator[None]:
     """Put back ``est``'s fitted attributes (and a warm start's weights) if the block raises."""
-    fitted = {k: v for k, v in vars(est).items()
-              if (k.endswith("_") and not k.startswith("__")) or k == "_warm_fixed_params"}
+    fitted = {k: v for k, v in vars(est).items() if _is_fitted_attribute(k)}
     # a warm start trains the fitted network in place: keep a copy of its weights
     weights = ({k: v.detach().to("cpu", copy=True) for k, v in est.module_.state_dict().items()}
                if warm else None)
     try:
         yield
     except BaseException:
-        for key in [k for k in vars(est) if k not in fitted and (
-                (k.endswith("_") and not k.startswith("__")) or k == "_warm_fixed_params")]:
+        for key in [k for k in vars(est) if k not in fitted and _is_fitted_attribute(k)]:
             delattr(est, key)
         vars(est).update(fitted)
         if weights is not None:

@@ -121,7 +121,8 @@ def _validate_xy(est: Any, X: Any, y: Any, *, reset: bool = True) -> tuple[Any, 
             raise ValueError(BAD_LENGTH.format(what="y", got=len(y), n=len(X)))
         est.n_features_in_ = int(shape[0]) if shape else 1
         est.input_shape_ = shape
-        _check_targets(y)
+        _refuse_missing_labels(y)
+        check_classification_targets(y)
         return X, y
     if y is not None and not isinstance(y, str) and hasattr(y, "__len__"):
         try:
@@ -130,10 +131,10 @@ def _validate_xy(est: Any, X: Any, y: Any, *, reset: bool = True) -> tuple[Any, 
             n_x = None
         if n_x is not None and len(y) != n_x:
             raise ValueError(BAD_LENGTH.format(what="y", got=len(y), n=n_x))
-    if y is not None and (labels := np.asarray(y)).dtype == object and labels.ndim == 1:
-        _check_targets(labels)  # before validate_data, whose checks fail on None
+    if y is not None and (labels := np.asarray(y)).ndim == 1:
+        _refuse_missing_labels(labels)  # before validate_data, whose checks fail on None
     X, y = validate_data(est, X, y, reset=reset, **_ARRAYS)
-    _check_targets(y)
+    check_classification_targets(y)
     est.input_shape_ = tuple(int(s) for s in X.shape[1:])
     return X, y
 
@@ -145,15 +146,15 @@ def _item_shape(X: Any, empty: str) -> tuple:
     return tuple(_first_element(X[0]).shape)
 
 
-def _check_targets(y: np.ndarray) -> None:
-    """Refuse missing labels by name, then scikit-learn's classification-target checks."""
-    if y.dtype == object:  # a numeric NaN is named by scikit-learn; None fails its sort
+def _refuse_missing_labels(y: np.ndarray) -> None:
+    """Name missing labels of an object array (a numeric NaN is named by scikit-learn's
+    target checks; a None fails their sort)."""
+    if y.dtype == object:
         import pandas as pd
 
         missing = int(pd.isna(y).sum())
         if missing:
             raise ValueError(BAD_LABEL_VALUES.format(count=missing))
-    check_classification_targets(y)
 
 
 def _encode_labels(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

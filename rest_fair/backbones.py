@@ -584,6 +584,10 @@ def _max_positions(module: str, transformers: Any, params: Mapping[str, Any]) ->
                                   what="the model's configuration")
     except (OSError, ValueError):  # the model load that follows says what is wrong
         return None
+    return _positions(config)
+
+
+def _positions(config: Any) -> int | None:
     positions = getattr(config, "max_position_embeddings", None)
     return positions if isinstance(positions, int) and positions > 0 else None
 
@@ -672,9 +676,8 @@ def build_hf(
         raise ValueError(NO_PAD_TOKEN.format(module=module))
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = tokenizer.pad_token_id
-    positions = getattr(model.config, "max_position_embeddings", None)
-    if isinstance(positions, int) and positions > 0:
-        if max_length is not None and max_length > positions:
-            raise ValueError(MAX_LENGTH_TOO_LONG.format(module=module, max_length=max_length,
-                                                        positions=positions))
+    positions = _positions(model.config)
+    if positions is not None and max_length is not None and max_length > positions:
+        raise ValueError(MAX_LENGTH_TOO_LONG.format(module=module, max_length=max_length,
+                                                    positions=positions))
     return HFTextClassifier(model, tokenizer, source=module, max_length=max_length)

@@ -166,8 +166,8 @@ def write_checkpoint(
     directory = Path(dirname)
     if has_checkpoint(directory):  # never replace a run that could still be resumed
         manifest = _read_manifest(directory)
-        saved = manifest.get("fingerprint") if isinstance(manifest.get("fingerprint"), dict) else {}
-        details = _differences(saved, json.loads(json.dumps(fingerprint)))
+        saved = _fingerprint_of(manifest)
+        details = _differences(saved, _as_saved(fingerprint))
         if details and not _finished(manifest, saved):
             raise CheckpointError(_OTHER_RUN.format(dirname=directory, details="; ".join(details)))
     directory.mkdir(parents=True, exist_ok=True)
@@ -234,8 +234,17 @@ def saved_fingerprint(dirname: str | os.PathLike) -> dict[str, Any]:
     CheckpointError
         If the manifest is missing, damaged or of a newer format.
     """
-    saved = _read_manifest(Path(dirname)).get("fingerprint")
+    return _fingerprint_of(_read_manifest(Path(dirname)))
+
+
+def _fingerprint_of(manifest: dict[str, Any]) -> dict[str, Any]:
+    saved = manifest.get("fingerprint")
     return saved if isinstance(saved, dict) else {}
+
+
+def _as_saved(fingerprint: dict[str, Any]) -> dict[str, Any]:
+    """``fingerprint`` in the JSON form in which a manifest holds it."""
+    return json.loads(json.dumps(fingerprint))
 
 
 def read_checkpoint(
@@ -264,13 +273,10 @@ def read_checkpoint(
     directory = Path(dirname)
     manifest = _read_manifest(directory)
     if fingerprint is not None:
-        saved = manifest.get("fingerprint")
-        # compare as JSON, the form in which the fingerprint was saved
-        current = json.loads(json.dumps(fingerprint))
-        if not isinstance(saved, dict):
+        if not isinstance(manifest.get("fingerprint"), dict):
             raise CheckpointError(_BAD_MANIFEST.format(path=directory / MANIFEST,
                                                        error="no fingerprint"))
-        details = _differences(saved, current)
+        details = _differences(_fingerprint_of(manifest), _as_saved(fingerprint))
         if details:
             raise CheckpointError(_MISMATCH.format(dirname=directory,
                                                    details="; ".join(details)))

@@ -459,18 +459,20 @@ class CSRLinear(nn.Module):
         k = min(math.ceil(fraction * n_active), n_active)
         if k <= 0 or n_active == self.out_features * self.in_features:
             return
-        kept = self.flat_indices() if after_step else self._smallest(k)[0]
+        flat = self.flat_indices()
+        kept = flat if after_step else self._smallest(k, flat)[0]
         self._plan = _UpdatePlan(step=step, k=k, kept_flat=kept, prune_later=after_step,
                                  scan_gradient=regrow == "gradient")
 
-    def _smallest(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _smallest(self, k: int, flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(kept flat indices, positions in values of the k pruned)``: the ``k`` weights
-        of smallest magnitude are pruned (ties: the lowest flat index)."""
+        of smallest magnitude are pruned (ties: the lowest flat index); ``flat`` are
+        :meth:`flat_indices`."""
         magnitude = self.values.detach().abs().float()
         dropped = top_k_first(magnitude, k, largest=False)
         keep = torch.ones(magnitude.numel(), dtype=torch.bool, device=magnitude.device)
         keep[dropped] = False
-        return self.flat_indices()[keep], dropped
+        return flat[keep], dropped
 
     @torch.no_grad()
     def decide(
@@ -490,13 +492,14 @@ class CSRLinear(nn.Module):
         n_in = self.in_features
         kept_flat = plan.kept_flat
         if plan.prune_later:
-            kept_flat, dropped = self._smallest(plan.k)
+            flat = plan.kept_flat  # every active weight, the pattern being unchanged
+            kept_flat, dropped = self._smallest(plan.k, flat)
         if plan.scan_gradient:
             grown = plan.grown
             if plan.prune_later:  # regrowth also among the weights just pruned
                 assert plan.grown_scores is not None and plan.active_scores is not None
                 scores = torch.cat([plan.grown_scores, plan.active_scores[dropped]])
-                index = torch.cat([plan.grown, self.flat_indices()[dropped]])
+                index = torch.cat([plan.grown, flat[dropped]])
                 grown = index[top_k_first(scores, plan.k, order=index)]
         else:
             device = self.values.device

@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import time
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -438,13 +438,7 @@ class TrainingRun:
     def _callback_keys(self) -> list[str]:
         """``"<class name>:<k>"`` for the k-th callback of its class: a callback added or
         removed on a restart does not shift the keys of the others."""
-        seen: dict[str, int] = {}
-        keys = []
-        for cb in self.callbacks:
-            name = type(cb).__name__
-            keys.append(f"{name}:{seen.get(name, 0)}")
-            seen[name] = seen.get(name, 0) + 1
-        return keys
+        return _numbered(type(cb).__name__ for cb in self.callbacks)
 
     def _callback_states(self) -> dict:
         keys = self._callback_keys()
@@ -467,10 +461,16 @@ def _keyed_by_class(states: dict) -> dict:
     before, keyed by position (``"<i>:<class name>"``), are read the same way."""
     if not all(k.partition(":")[0].isdigit() for k in states):
         return states
+    old = sorted(states, key=lambda k: int(k.partition(":")[0]))
+    new = _numbered(key.partition(":")[2] for key in old)
+    return {key: states[before] for key, before in zip(new, old, strict=True)}
+
+
+def _numbered(names: Iterable[str]) -> list[str]:
+    """``"<name>:<k>"`` for the k-th occurrence of each name, in order."""
     seen: dict[str, int] = {}
-    out = {}
-    for key in sorted(states, key=lambda k: int(k.partition(":")[0])):
-        name = key.partition(":")[2]
-        out[f"{name}:{seen.get(name, 0)}"] = states[key]
+    keys = []
+    for name in names:
+        keys.append(f"{name}:{seen.get(name, 0)}")
         seen[name] = seen.get(name, 0) + 1
-    return out
+    return keys

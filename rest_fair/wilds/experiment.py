@@ -336,7 +336,8 @@ def check_resumable(experiment: WildsExperiment) -> None:
     ValueError
         Naming the settings that differ.
     """
-    ours = experiment.runs()[0].settings if experiment.runs() else {}
+    runs = experiment.runs()
+    ours = runs[0].settings if runs else {}
     for record in read_results(experiment.out_dir / RESULTS_FILE):
         theirs = record.get("settings")
         if record.get("status") != "ok" or not isinstance(theirs, dict) or theirs == ours:
