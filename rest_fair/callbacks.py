@@ -164,7 +164,10 @@ class Checkpoint(Callback):
     Parameters
     ----------
     dirname : str or path
-        Directory of the checkpoints (created if needed).
+        Directory of the checkpoints (created if needed). A directory holding the checkpoint
+        of another run that has not finished (so could still be resumed) is refused when
+        training begins, before the first step: a
+        :class:`~rest_fair.exceptions.CheckpointError` names the differences.
     every : int, default=1
         Epochs between checkpoints; the last epoch of a run is always written.
     keep : int, default=2
@@ -178,7 +181,7 @@ class Checkpoint(Callback):
         self.every = every
         self.keep = keep
 
-    def on_train_begin(self, net: Any, **kwargs: Any) -> None:
+    def on_train_begin(self, net: Any, *, run: Any = None, **kwargs: Any) -> None:
         if isinstance(self.every, bool) or not isinstance(self.every, int) or self.every < 1:
             raise ValueError(f"Checkpoint every must be a positive int; got {self.every!r}.")
         if isinstance(self.keep, bool) or not isinstance(self.keep, int) or self.keep < 1:
@@ -188,6 +191,8 @@ class Checkpoint(Callback):
         if os.path.isfile(self.dirname):
             raise ValueError(f"Checkpoint dirname {os.fspath(self.dirname)!r} is a file; it "
                              "must name a folder (made if missing).")
+        if run is not None:  # a directory this run may not write to is refused before training
+            run.check_checkpoint(self.dirname)
 
     def on_epoch_end(self, net: Any, *, record: dict, run: Any = None, **kwargs: Any) -> None:
         if run is None:

@@ -39,6 +39,7 @@ __all__ = [
     "FORMAT_NAME",
     "FORMAT_VERSION",
     "MANIFEST",
+    "check_writable",
     "has_checkpoint",
     "read_checkpoint",
     "saved_fingerprint",
@@ -164,12 +165,7 @@ def write_checkpoint(
         which could still be resumed (nothing is written or deleted).
     """
     directory = Path(dirname)
-    if has_checkpoint(directory):  # never replace a run that could still be resumed
-        manifest = _read_manifest(directory)
-        saved = _fingerprint_of(manifest)
-        details = _differences(saved, _as_saved(fingerprint))
-        if details and not _finished(manifest, saved):
-            raise CheckpointError(_OTHER_RUN.format(dirname=directory, details="; ".join(details)))
+    check_writable(directory, fingerprint)  # never replace a run that could still be resumed
     directory.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
     torch.save(_loadable(state, ""), buffer)
@@ -191,6 +187,35 @@ def write_checkpoint(
         if old.name != name:
             old.unlink(missing_ok=True)
     return directory / name
+
+
+def check_writable(dirname: str | os.PathLike, fingerprint: dict[str, Any]) -> None:
+    """Refuse a directory that :func:`write_checkpoint` would refuse for ``fingerprint``.
+
+    A missing directory, one without a checkpoint, the checkpoint of the same run (same
+    fingerprint) and that of a finished run may all be written to.
+
+    Parameters
+    ----------
+    dirname : str or path
+        Checkpoint directory.
+    fingerprint : dict of JSON values
+        Identifies the run that would write there.
+
+    Raises
+    ------
+    CheckpointError
+        If ``dirname`` is a file, or holds the checkpoint of an unfinished run with another
+        fingerprint (the message names the differences), or a damaged manifest.
+    """
+    directory = Path(dirname)
+    if not has_checkpoint(directory):
+        return
+    manifest = _read_manifest(directory)
+    saved = _fingerprint_of(manifest)
+    details = _differences(saved, _as_saved(fingerprint))
+    if details and not _finished(manifest, saved):
+        raise CheckpointError(_OTHER_RUN.format(dirname=directory, details="; ".join(details)))
 
 
 def _read_manifest(directory: Path) -> dict[str, Any]:

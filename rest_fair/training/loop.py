@@ -24,7 +24,7 @@ from torch import nn
 from .._data import BatchSource
 from ..callbacks import Callback
 from ..exceptions import TrainingDivergedError
-from ..persistence.checkpoint import write_checkpoint
+from ..persistence.checkpoint import check_writable, write_checkpoint
 from ..sparse.modules import snapshot
 from .distributed import shard_range
 from .parts import EvalSet, TrainingParts
@@ -434,6 +434,17 @@ class TrainingRun:
         write_checkpoint(dirname, self.state_dict(), epoch=s.epoch_offset + s.epoch,
                          fingerprint=self.fingerprint, keep=keep,
                          finished=s.stopped or s.epoch >= self.parts.max_epochs)
+
+    def check_checkpoint(self, dirname: Any) -> None:
+        """Refuse now, on every rank, a ``dirname`` that :meth:`save_checkpoint` would refuse.
+
+        Raises
+        ------
+        CheckpointError
+            If ``dirname`` is a file or holds the checkpoint of another, unfinished run (see
+            :func:`~rest_fair.persistence.checkpoint.check_writable`).
+        """
+        self.parts.world.run_on_main(lambda: check_writable(dirname, self.fingerprint))
 
     def _callback_keys(self) -> list[str]:
         """``"<class name>:<k>"`` for the k-th callback of its class: a callback added or

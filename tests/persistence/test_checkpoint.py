@@ -465,3 +465,29 @@ def test_an_unfinished_run_of_another_kind_is_never_replaced(tmp_path):
     assert json.loads((tmp_path / ckpt_format.MANIFEST).read_text())["finished"] is True
     other.fit(X, y, groups=g)
     assert ckpt_format.saved_fingerprint(tmp_path)["params"]["lr"] == 0.1
+
+
+class _Steps(Callback):
+    """Counts the optimizer steps of the run."""
+
+    def __init__(self):
+        self.steps = 0
+
+    def on_batch_end(self, net, *, step, **kwargs):
+        self.steps = step
+
+
+def test_another_unfinished_run_is_refused_before_the_first_step(tmp_path):
+    X, y, g = _data()
+    with pytest.raises(KeyboardInterrupt):
+        RESTClassifier(**{**COMMON, "max_epochs": 3},
+                       callbacks=[_StopAt(2), Checkpoint(tmp_path)]).fit(X, y, groups=g)
+    steps = _Steps()
+    with pytest.raises(CheckpointError, match=r"params.lr was 0.05, now 0.1"):
+        RESTClassifier(**{**COMMON, "max_epochs": 3, "lr": 0.1},
+                       callbacks=[steps, Checkpoint(tmp_path)]).fit(X, y, groups=g)
+    assert steps.steps == 0
+    # the same run, and a resumed one, still train and write there
+    RESTClassifier(**{**COMMON, "max_epochs": 3}, callbacks=[steps, Checkpoint(tmp_path)]).fit(
+        X, y, groups=g, resume_from=tmp_path)
+    assert steps.steps > 0
