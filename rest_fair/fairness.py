@@ -33,6 +33,13 @@ _ZERO_WEIGHT_GROUPS = (
 )
 _LENGTHS = "y, y_pred and groups must have the same number of samples; got {}."
 _BAD_POS_LABEL = "pos_label={!r} is not one of the labels {}."
+_UNKNOWN_LABELS = "{where} holds labels {found} that are not among labels={labels}."
+_ONE_LABEL = (
+    "y and the predictions hold one label, {label!r}, and neither `labels` nor an estimator "
+    "with classes_ says which others the task has: it is read as a binary task whose "
+    "positive class is {label!r}. Pass labels= (e.g. the classifier's classes_) to say "
+    "which task it is."
+)
 
 #: Metrics where a larger value is better (the worst group is the minimum).
 _HIGHER_IS_BETTER = {"accuracy", "balanced_accuracy", "true_positive_rate"}
@@ -122,6 +129,7 @@ def fairness_report(
     y_pred: ArrayLike | None = None,
     pos_label: Any = None,
     sample_weight: ArrayLike | None = None,
+    labels: ArrayLike | None = None,
 ) -> FairnessReport:
     """Per-group accuracy, counts and error rates of a classifier, via fairlearn.
 
@@ -143,6 +151,13 @@ def fairness_report(
         ``estimator.classes_[1]`` when available, else the larger of the two labels.
     sample_weight : array-like of shape (n_samples,), optional
         Sample weights passed to every metric (``count`` stays a plain count).
+    labels : array-like, optional
+        Every class of the problem, as ``labels`` of :mod:`sklearn.metrics` (e.g. a
+        classifier's ``classes_``). It decides whether the task is binary, also when the
+        samples show fewer classes (a test slice without positives, or two classes of
+        three); a label of ``y`` or the predictions outside it is an error. Default:
+        ``estimator.classes_`` (with any label of ``y`` it never saw) when the estimator
+        has it, else the labels that ``y`` and the predictions hold.
 
     Returns
     -------
@@ -153,7 +168,8 @@ def fairness_report(
     Notes
     -----
     Metrics: ``accuracy``, ``balanced_accuracy`` and ``count`` always; for binary tasks
-    also ``selection_rate``, ``true_positive_rate`` and ``false_positive_rate``. A
+    (two ``labels``; without them, at most two labels in ``y`` and the predictions) also
+    ``selection_rate``, ``true_positive_rate`` and ``false_positive_rate``. A
     group without positives (negatives) has an undefined TPR (FPR), reported as NaN
     instead of fairlearn's 0 so that groups defined by the label do not show fake gaps.
     """
@@ -166,8 +182,24 @@ def fairness_report(
     if len(y_true) == 0:
         raise ValueError(_NO_SAMPLES)
 
-    labels = np.unique(np.concatenate([y_true, y_hat]))
-    binary = len(labels) <= 2
+    present = np.unique(np.concatenate([y_true, y_hat]))
+    classes = getattr(estimator, "classes_", None)
+    if labels is not None:
+        labels = np.unique(np.asarray(labels).ravel())
+        for where, values in (("y", y_true), ("y_pred", y_hat)):
+            unknown = np.unique(values[~np.isin(values, labels)])
+            if len(unknown):
+                raise ValueError(_UNKNOWN_LABELS.format(where=where, found=unknown.tolist(),
+                                                        labels=labels.tolist()))
+        binary = len(labels) == 2
+    elif classes is not None:  # and a label of y the estimator never saw
+        labels = np.unique(np.concatenate([np.asarray(classes).ravel(), present]))
+        binary = len(labels) == 2
+    else:
+        labels, binary = present, len(present) <= 2
+        if len(present) == 1 and pos_label is None:
+            warnings.warn(_ONE_LABEL.format(label=present.tolist()[0]), UserWarning,
+                          stacklevel=2)
     pos_label = _pos_label(pos_label, estimator, labels) if binary else None
     metrics = _metric_functions(pos_label)
     sample_params = None

@@ -206,3 +206,46 @@ def test_a_group_whose_positives_all_weigh_zero_has_no_tpr():
     dropped = fairness_report(y=y[kept], y_pred=y_pred[kept], groups=g[kept])
     assert math.isnan(weighted.frame.by_group["true_positive_rate"]["a"])
     assert weighted.disparities == dropped.disparities
+
+
+class _Predicts:
+    """A fitted classifier stand-in: fixed predictions and its classes_."""
+
+    def __init__(self, classes, predictions):
+        self.classes_ = np.asarray(classes)
+        self.predictions = np.asarray(predictions)
+
+    def predict(self, X):
+        return self.predictions
+
+
+def test_a_multiclass_task_showing_two_classes_gets_no_binary_rates():
+    y, p, g = np.array([0, 2, 0, 2]), np.array([0, 0, 2, 2]), np.array(list("aabb"))
+    X = np.zeros((4, 1))
+    for report in (fairness_report(y=y, y_pred=p, groups=g, labels=[0, 1, 2]),
+                   fairness_report(_Predicts([0, 1, 2], p), X, y, groups=g)):
+        assert report.pos_label is None and report.disparities == {}
+        assert list(report.overall.index) == ["accuracy", "balanced_accuracy", "count"]
+
+
+def test_a_binary_slice_without_positives_keeps_the_positive_class():
+    y, p, g = np.array([0, 0, 0, 0]), np.array([0, 0, 0, 1]), np.array(list("aabb"))
+    report = fairness_report(y=y, y_pred=p, groups=g, labels=[0, 1])
+    assert report.pos_label == 1
+    assert report.overall["selection_rate"] == pytest.approx(0.25)
+    assert report.overall["false_positive_rate"] == pytest.approx(0.25)
+    assert math.isnan(report.overall["true_positive_rate"])
+    only_negatives = fairness_report(_Predicts([0, 1], y), np.zeros((4, 1)), y, groups=g)
+    assert only_negatives.pos_label == 1 and only_negatives.overall["selection_rate"] == 0
+    with pytest.warns(UserWarning, match=r"hold one label, 0.*positive class is 0"):
+        assert fairness_report(y=y, y_pred=y, groups=g).pos_label == 0
+
+
+def test_labels_outside_the_given_labels_are_refused():
+    with pytest.raises(ValueError, match=r"y_pred holds labels \[3\] that are not among "
+                                         r"labels=\[0, 1\]"):
+        fairness_report(y=Y, y_pred=np.where(P == 1, 3, 0), groups=G, labels=[0, 1])
+    # a test label the estimator never saw makes the task a larger one, as before
+    y = np.where(Y == 1, 2, Y)
+    report = fairness_report(_Predicts([0, 1], P), np.zeros((10, 1)), y, groups=G)
+    assert report.pos_label is None
