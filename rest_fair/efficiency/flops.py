@@ -11,6 +11,12 @@ Conventions
   ``2 * active_weights * H_out * W_out`` (grouped and 1-D/3-D convolutions likewise, with
   the number of output positions). Output shapes come from one forward pass of a dummy
   sample of ``input_shape`` through the network in evaluation mode.
+- ``nn.MultiheadAttention`` applies its weights itself, not through module calls: its
+  input projection costs ``2 * active weights`` of the query (key, value) projection per
+  query (key, value) token, and its ``out_proj`` ``2 * active weights`` per query token,
+  the tokens counted from the inputs of its call. The attention products (queries x keys,
+  weights x values) multiply activations, not weights, and are not counted, as in any
+  other attention (e.g. a transformers model's).
 - Training follows RigL (Evci et al., 2020, appendix H): a sparse training step costs
   about 3x the sparse forward pass (forward, gradient of the activations, gradient of the
   weights). A topology update with gradient regrowth computes the weight gradient
@@ -39,9 +45,8 @@ from ..sparse.masks import layer_outputs, maskable_parameters
 __all__ = ["efficiency_report", "layer_shapes"]
 
 _NOT_CALLED = (
-    "layers {names} were not called as modules in the probe pass (e.g. the out_proj of "
-    "nn.MultiheadAttention, whose weight attention reads directly): their FLOPs are not "
-    "counted (0 in the report)."
+    "layers {names} were not called as modules in the probe pass (e.g. a layer whose weight "
+    "its parent module reads directly): their FLOPs are not counted (0 in the report)."
 )
 _BAD_INT = "{name} must be a {kind} int or None; got {value!r}."
 _BAD_REGROW = "regrow must be 'gradient' or 'random'; got {value!r}."
@@ -75,6 +80,9 @@ _SUMMED = ("params_dense", "params_active", "inference_flops_dense", "inference_
 def layer_shapes(module: nn.Module, input_shape: Sequence[int]) -> dict[str, int]:
     """Number of output positions of every linear and convolution layer for one sample.
 
+    The ``out_proj`` of an ``nn.MultiheadAttention``, which attention applies without
+    calling it, has one position per query token of the attention's calls.
+
     Parameters
     ----------
     module : nn.Module
@@ -95,19 +103,46 @@ def layer_shapes(module: nn.Module, input_shape: Sequence[int]) -> dict[str, int
         If ``input_shape`` is not a tuple of positive ints, or a zero sample of that shape
         does not go through the network (the message gives torch's error).
     """
+    return _probe(module, input_shape)[0]
+
+
+def _child(name: str, attribute: str) -> str:
+    return f"{name}.{attribute}" if name else attribute
+
+
+def _probe(module: nn.Module, input_shape: Sequence[int]
+           ) -> tuple[dict[str, int], dict[str, tuple[int, int, int]]]:
+    """:func:`layer_shapes`, and the query, key and value tokens of every
+    ``nn.MultiheadAttention`` (by module name) in one pass of a zero sample."""
     shape = tuple(input_shape) if isinstance(input_shape, Sequence) else None
     if not shape or not all(_SIZE.accepts(s) for s in shape):
         raise ValueError(_BAD_SHAPE.format(value=input_shape))
     positions: dict[str, int] = {}
+    tokens: dict[str, tuple[int, int, int]] = {}
     handles = []
 
     def hook(name: str, n_out: int, _mod: nn.Module, _inp: tuple, out: torch.Tensor) -> None:
         positions[name] = positions.get(name, 0) + out.numel() // n_out
 
+    def attention_hook(name: str, _mod: nn.Module, args: tuple, kwargs: dict,
+                       _out: object) -> None:
+        inputs = [args[i] if len(args) > i else kwargs[key]
+                  for i, key in enumerate(("query", "key", "value"))]
+        # one token per vector of the last dimension, whatever the layout (batch first
+        # or not, batched or not)
+        counts = [t.numel() // t.shape[-1] for t in inputs]
+        before = tokens.get(name, (0, 0, 0))
+        tokens[name] = (before[0] + counts[0], before[1] + counts[1], before[2] + counts[2])
+        out_proj = _child(name, "out_proj")
+        positions[out_proj] = positions.get(out_proj, 0) + counts[0]
+
     for name, sub in module.named_modules():
         n_out = layer_outputs(sub)
         if n_out is not None:
             handles.append(sub.register_forward_hook(partial(hook, name, n_out)))
+        elif isinstance(sub, nn.MultiheadAttention):
+            handles.append(sub.register_forward_hook(partial(attention_hook, name),
+                                                     with_kwargs=True))
     first = next(iter(module.parameters()), None)
     device = first.device if first is not None else torch.device("cpu")
     dtype = first.dtype if first is not None and first.is_floating_point() else torch.float32
@@ -116,7 +151,45 @@ def layer_shapes(module: nn.Module, input_shape: Sequence[int]) -> dict[str, int
                                        dtype=dtype), handles)
     except (RuntimeError, ValueError) as exc:  # torch's shape errors are of either kind
         raise ValueError(_PROBE_FAILED.format(shape=shape, error=exc)) from exc
-    return positions
+    return positions, tokens
+
+
+def _in_projections(name: str, attention: nn.MultiheadAttention
+                    ) -> list[tuple[str, nn.Parameter, slice]]:
+    """``(parameter name, weight, rows)`` of the query, key and value projections."""
+    if attention._qkv_same_embed_dim:
+        weight, e = attention.in_proj_weight, attention.embed_dim
+        return [(_child(name, "in_proj_weight"), weight, slice(i * e, (i + 1) * e))
+                for i in range(3)]
+    return [(_child(name, f"{part}_proj_weight"), getattr(attention, f"{part}_proj_weight"),
+             slice(None)) for part in ("q", "k", "v")]
+
+
+def _attention_row(name: str, attention: nn.MultiheadAttention, masks: Mapping,
+                   tokens: tuple[int, int, int], counted: set[str]) -> dict:
+    """The row of an attention's input projection: its weights, biases and products."""
+    projections = _in_projections(name, attention)
+    weights = {weight_name: weight for weight_name, weight, _ in projections}
+    biases = {_child(name, b): getattr(attention, b)
+              for b in ("in_proj_bias", "bias_k", "bias_v") if getattr(attention, b) is not None}
+    counted.update(weights, biases)
+    n_dense = n_active = f_dense = f_sparse = 0
+    for (weight_name, weight, rows), n_tokens in zip(projections, tokens, strict=True):
+        mask = masks.get(weight_name)
+        dense = weight[rows].numel()
+        active = int(mask[rows].sum()) if mask is not None else dense
+        f_dense += 2 * dense * n_tokens
+        f_sparse += 2 * active * n_tokens
+    for weight_name, weight in weights.items():
+        n_dense += weight.numel()
+        mask = masks.get(weight_name)
+        n_active += int(mask.sum()) if mask is not None else weight.numel()
+    n_bias = sum(b.numel() for b in biases.values())
+    shapes = [tuple(w.shape) for w in weights.values()]
+    return {"layer": name, "kind": type(attention).__name__,
+            "shape": shapes[0] if len(shapes) == 1 else tuple(shapes),
+            "params_dense": n_dense + n_bias, "params_active": n_active + n_bias,
+            "inference_flops_dense": f_dense, "inference_flops": f_sparse}
 
 
 def efficiency_report(
@@ -161,13 +234,14 @@ def efficiency_report(
     -------
     pandas.DataFrame
         One row per linear/convolution layer (transformers' ``Conv1D`` included), one row
-        ``"(other)"`` for remaining parameters (normalisation etc., dense, no FLOPs
-        counted) when there are any, and a final row ``"total"``. A weight shared by
-        several layers is read with the mask of its first name and its parameters are
-        counted in its first row only; its products are counted at every use. A layer
-        the forward pass does not call as a module (attention reads
-        ``nn.MultiheadAttention.out_proj``'s weight directly) counts 0 FLOPs, with a
-        warning naming it (``df.attrs["layers_not_called"]``). FLOPs are per sample
+        per ``nn.MultiheadAttention`` for its input projection (its weights and biases;
+        its ``out_proj`` has its own row), one row ``"(other)"`` for remaining parameters
+        (normalisation etc., dense, no FLOPs counted) when there are any, and a final row
+        ``"total"``. A weight shared by several layers is read with the mask of its first
+        name and its parameters are counted in its first row only; its products are
+        counted at every use. A layer (or attention) the forward pass does not call as a
+        module counts 0 FLOPs, with a warning naming it
+        (``df.attrs["layers_not_called"]``). FLOPs are per sample
         (multiply-add = 2 FLOPs); ``*_fraction`` columns are sparse / dense.
         ``df.attrs`` holds the conventions and the amortized update rate.
 
@@ -205,7 +279,7 @@ def efficiency_report(
         update_rate = 0.0
     update_rate_dense = 0.0 if regrow == "random" else update_rate
 
-    positions = layer_shapes(module, input_shape)
+    positions, tokens = _probe(module, input_shape)
     # a weight shared by several layers has its mask under its first name, and its
     # parameters are counted once (its products at every use)
     first_name = {id(p): n for n, p in maskable_parameters(module)}
@@ -214,6 +288,15 @@ def efficiency_report(
     seen: set[int] = set()
     not_called = []
     for name, sub in module.named_modules():
+        if isinstance(sub, nn.MultiheadAttention):
+            if name not in tokens:
+                not_called.append(name)
+            row = _attention_row(name, sub, masks, tokens.get(name, (0, 0, 0)), counted)
+            f_dense, f_sparse = row["inference_flops_dense"], row["inference_flops"]
+            rows.append({**row, "training_flops_dense": 3 * f_dense,
+                         "training_flops": 3 * f_sparse + (f_dense - f_sparse)
+                         * update_rate_dense})
+            continue
         if layer_outputs(sub) is None:
             continue
         weight_name = first_name.get(id(sub.weight), f"{name}.weight" if name else "weight")
@@ -268,7 +351,8 @@ def efficiency_report(
     frame.attrs.update(
         {
             "layers_not_called": not_called,
-            "flops_convention": "multiply-add = 2 FLOPs; weight products of Linear/Conv only",
+            "flops_convention": ("multiply-add = 2 FLOPs; weight products of Linear/Conv "
+                                 "and attention projections only"),
             "training_convention": "RigL: 3 f_S per sample + (f_D - f_S) per dense-gradient update",
             "topology_update_rate": update_rate,
             "regrow": regrow,

@@ -145,9 +145,63 @@ def test_transformers_conv1d_is_a_linear_layer():
     assert report.loc["total", "inference_flops"] == 2 * 24
 
 
+class _ReadsItsChildsWeight(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.proj = nn.Linear(4, 3)
+
+    def forward(self, x):
+        return nn.functional.linear(x, self.proj.weight, self.proj.bias)
+
+
 def test_a_layer_used_without_its_module_call_is_named():
-    encoder = nn.Sequential(nn.TransformerEncoderLayer(d_model=8, nhead=2, dim_feedforward=16,
-                                                       batch_first=True))
-    with pytest.warns(UserWarning, match=r"\['0.self_attn.out_proj'\] were not called"):
+    with pytest.warns(UserWarning, match=r"\['proj'\] were not called"):
+        report = efficiency_report(_ReadsItsChildsWeight(), {}, (4,))
+    assert report.attrs["layers_not_called"] == ["proj"]
+
+
+def test_a_transformer_layer_counts_its_attention_projections():
+    # d = 8, 5 tokens: q, k, v projections 3 x 2 x 64 x 5, out_proj 2 x 64 x 5, feed-forward
+    # 2 x (2 x 128 x 5); the attention products (no weights) are not counted
+    for batch_first in (True, False):
+        encoder = nn.Sequential(nn.TransformerEncoderLayer(
+            d_model=8, nhead=2, dim_feedforward=16, batch_first=batch_first))
         report = efficiency_report(encoder, {}, (5, 8))
-    assert report.attrs["layers_not_called"] == ["0.self_attn.out_proj"]
+        assert report.attrs["layers_not_called"] == []
+        flops = report["inference_flops_dense"]
+        assert flops["0.self_attn"] == 3 * 2 * 64 * 5 == 1920
+        assert flops["0.self_attn.out_proj"] == 2 * 64 * 5 == 640
+        assert flops["total"] == 1920 + 640 + 2 * 1280
+        assert report.loc["0.self_attn", "params_dense"] == 24 * 8 + 24
+        assert report.loc["0.self_attn", "shape"] == (24, 8)
+
+
+class _CrossAttention(nn.Module):
+    """3 query tokens of width 8 attend to 7 key tokens of width 6 and values of width 4."""
+
+    def __init__(self):
+        super().__init__()
+        self.attn = nn.MultiheadAttention(8, 2, kdim=6, vdim=4, add_bias_kv=True,
+                                          batch_first=True)
+
+    def forward(self, x):
+        return self.attn(x[:, :3], key=x[:, :, :6], value=x[:, :, :4], need_weights=False)[0]
+
+
+def test_cross_attention_with_masks_is_counted_by_hand():
+    net = _CrossAttention()
+    q_mask = torch.zeros(8, 8, dtype=torch.bool)
+    q_mask[:4] = True  # 32 of 64 active
+    out_mask = torch.eye(8, dtype=torch.bool)  # 8 of 64
+    masks = {"attn.q_proj_weight": q_mask, "attn.out_proj.weight": out_mask}
+    report = efficiency_report(net, masks, (7, 8), update_interval=4)
+    row = report.loc["attn"]
+    # query 8x8 on 3 tokens, key 8x6 and value 8x4 on 7 tokens
+    assert row["inference_flops_dense"] == 2 * (64 * 3 + 48 * 7 + 32 * 7) == 1504
+    assert row["inference_flops"] == 2 * (32 * 3 + 48 * 7 + 32 * 7) == 1312
+    assert row["training_flops"] == 3 * 1312 + (1504 - 1312) / 4
+    # weights 64 + 48 + 32, in_proj_bias 24, bias_k and bias_v 8 each (dense)
+    assert (row["params_dense"], row["params_active"]) == (144 + 40, 112 + 40)
+    assert row["shape"] == ((8, 8), (8, 6), (8, 4))
+    assert report.loc["attn.out_proj", "inference_flops"] == 2 * 8 * 3
+    assert "(other)" not in report.index
