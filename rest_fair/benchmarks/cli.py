@@ -178,8 +178,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                         help="Output folder (default: rest_fair_results/bench-<preset>, "
                              "bench-<preset>-random with --search random).")
     parser.add_argument("--n-jobs", type=int, default=1,
-                        help="Parallel runs; torch threads are split so jobs x threads <= cores "
-                             "(local backend).")
+                        help="Parallel runs, at most one per core; torch threads are split so "
+                             "jobs x threads <= cores (local backend). As in joblib, -1 is one "
+                             "run per core, -2 all cores but one.")
     parser.add_argument("--backend", choices=BACKENDS,
                         help="Where runs execute: local processes, or a dask.distributed "
                              "cluster (needs the dask extra). Default: dask when --scheduler "

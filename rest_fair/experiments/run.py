@@ -70,8 +70,10 @@ def split_threads(n_jobs: int, cores: int | None = None) -> tuple[int, int]:
 
     Parameters
     ----------
-    n_jobs : int
-        Requested parallel runs; ``-1`` means one per core.
+    n_jobs : int or None
+        Requested parallel runs, at most ``cores``. Negative values count back from the
+        cores as in joblib: ``-1`` one per core, ``-2`` all but one (``cores + 1 + n_jobs``,
+        at least 1); ``0`` or None: 1.
     cores : int or None
         Available cores (default: :func:`available_cores`).
 

@@ -227,9 +227,11 @@ def run_sweep(
         Folder of the results file :data:`RESULTS_FILE` (created). Only this process
         writes it, whatever the backend.
     n_jobs : int, default=1
-        Parallel runs (joblib processes); torch threads per run are split so that
-        ``n_jobs * threads <= cores``. ``-1``: one run per core. Not used by the dask
-        backend, whose parallelism is the cluster's worker threads.
+        Parallel runs (joblib processes), at most one per core; torch threads per run are
+        split so that ``n_jobs * threads <= cores``. Negative values count back from the
+        cores as in joblib: ``-1`` one run per core, ``-2`` all cores but one (``cores + 1 +
+        n_jobs``, at least 1); ``0`` or None: 1. Not used by the dask backend, whose
+        parallelism is the cluster's worker threads.
     resume : bool, default=True
         Skip the runs already finished (:func:`pending`); False moves the old results file
         aside (``results.<date>-<time>.jsonl``) and runs everything.
