@@ -32,11 +32,12 @@ def test_error_set_is_the_identification_models_mistakes(monkeypatch):
     seen = {}
     real = jtt.identify_errors
 
-    def spy(est, X_, y_, *, seed):
-        errors = real(est, X_, y_, seed=seed)
+    def spy(est, X_, y_, *, seed, sample_weight=None):
+        errors = real(est, X_, y_, seed=seed, sample_weight=sample_weight)
         # the same identification model, refitted, makes exactly these mistakes
         from sklearn.base import clone
-        model = clone(est).set_params(**jtt.identification_params(est, seed=seed)).fit(X_, y_)
+        model = clone(est).set_params(**jtt.identification_params(est, seed=seed)).fit(
+            X_, y_, sample_weight=sample_weight)
         seen["expected"] = model.predict(X_) != y_
         seen["errors"] = errors
         return errors
@@ -121,3 +122,30 @@ def test_the_error_set_is_upweighted_in_every_class():
     assert errors[y == 1].mean() > 0.5
     assert clf.group_weights_ == {(0, False): 1.0, (0, True): 20.0,
                                   (1, False): 1.0, (1, True): 20.0}
+
+
+def test_the_identification_model_is_trained_with_the_sample_weights(monkeypatch):
+    # a third of the labels flipped and given weight 0: a model that sees the weights is
+    # not trained on the noise, so its mistakes differ from an unweighted model's
+    X, y, _ = _spurious(n=600)
+    rng = np.random.default_rng(1)
+    noisy = rng.random(len(y)) < 1 / 3
+    y = np.where(noisy, 1 - y, y)
+    sw = np.where(noisy, 0.0, 1.0)
+    seen = {}
+    real = jtt.identify_errors
+
+    def spy(est, X_, y_, *, seed, **kwargs):
+        seen.update(est=est, seed=seed, errors=real(est, X_, y_, seed=seed, **kwargs))
+        return seen["errors"]
+
+    monkeypatch.setattr("rest_fair._fit.identify_errors", spy)
+    RESTClassifier(infer_groups="jtt", jtt_epochs=2, upweight=5.0, max_epochs=1,
+                   validation_fraction=0.0, sparsity=0.0, **FAST).fit(X, y, sample_weight=sw)
+    from sklearn.base import clone
+    params = jtt.identification_params(seen["est"], seed=seen["seed"])
+    model = clone(seen["est"]).set_params(**params)
+    weighted = model.fit(X, y, sample_weight=sw).predict(X) != y
+    unweighted = clone(model).fit(X, y).predict(X) != y
+    assert not np.array_equal(weighted, unweighted)
+    assert np.array_equal(seen["errors"], weighted)
