@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 import rest_fair.jtt as jtt
 from rest_fair import RESTClassifier
 from rest_fair.jtt import overlap_report
+from rest_fair.objectives import GroupDROObjective
 from rest_fair.reweighting import minority_mask
 
 
@@ -149,3 +151,25 @@ def test_the_identification_model_is_trained_with_the_sample_weights(monkeypatch
     unweighted = clone(model).fit(X, y).predict(X) != y
     assert not np.array_equal(weighted, unweighted)
     assert np.array_equal(seen["errors"], weighted)
+
+
+def test_groupdro_weights_stay_finite_where_the_exponential_overflows():
+    # eta * loss = 95 overflows float32's exp; q is the same normalised update
+    obj = GroupDROObjective(3, eta=10.0, device=torch.device("cpu"))
+    logits = torch.tensor([[9.5, 0.0], [0.0, 9.5], [0.0, 0.0]], requires_grad=True)
+    y, g = torch.tensor([0, 0, 0]), torch.tensor([0, 1, 2])
+    value = obj(logits, y, None, g)
+    losses = torch.nn.functional.cross_entropy(logits.detach().double(), y, reduction="none")
+    expected = torch.softmax(10.0 * losses, 0)
+    torch.testing.assert_close(obj.q.double(), expected, rtol=1e-5, atol=1e-30)
+    assert torch.isfinite(value)
+    torch.autograd.grad(value, logits)
+    # a weight that underflowed to 0 meets a loss whose exponential overflows: still finite
+    obj.q = torch.tensor([0.0, 1.0, 0.0])
+    obj(logits, y, None, g)
+    assert torch.equal(obj.q, torch.tensor([0.0, 1.0, 0.0]))
+    # without overflow the update is exactly the plain product, as before
+    obj = GroupDROObjective(3, eta=0.1, device=torch.device("cpu"))
+    obj(logits, y, None, g)
+    plain = torch.full((3,), 1 / 3) * torch.exp(0.1 * losses.float())
+    assert torch.equal(obj.q, plain / plain.sum())
