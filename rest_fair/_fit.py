@@ -232,7 +232,8 @@ def _jtt_errors(est: Any, train: FitData, seed: int, saved: torch.Tensor | None,
     """JTT's error set of the training rows: a resumed run's, or rank 0's on every rank."""
     if saved is not None:
         return saved.numpy().astype(bool)
-    errors = identify_errors(est, train.X, train.classes[train.y], seed=seed)
+    errors = identify_errors(est, train.X, train.classes[train.y], seed=seed,
+                             sample_weight=train.sample_weight)
     return world.broadcast_(torch.as_tensor(errors, dtype=torch.uint8)).numpy() > 0
 
 

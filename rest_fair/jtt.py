@@ -34,8 +34,12 @@ def identification_params(est: Any, *, seed: int) -> dict:
     }
 
 
-def identify_errors(est: Any, X: Any, y: np.ndarray, *, seed: int) -> np.ndarray:
+def identify_errors(est: Any, X: Any, y: np.ndarray, *, seed: int,
+                    sample_weight: np.ndarray | None = None) -> np.ndarray:
     """Boolean mask of the training samples the identification model misclassifies.
+
+    The identification model is fitted on ``X``, ``y`` and ``sample_weight`` (a sample of
+    weight 0 does not train it), then predicts every sample of ``X``.
 
     Parameters
     ----------
@@ -47,6 +51,8 @@ def identify_errors(est: Any, X: Any, y: np.ndarray, *, seed: int) -> np.ndarray
         Training labels (original values).
     seed : int
         Seed of the identification model.
+    sample_weight : ndarray of float, shape (n_samples,), optional
+        The training samples' weights, as ``fit`` was given them.
 
     Returns
     -------
@@ -55,7 +61,7 @@ def identify_errors(est: Any, X: Any, y: np.ndarray, *, seed: int) -> np.ndarray
     from sklearn.base import clone
 
     model = clone(est).set_params(**identification_params(est, seed=seed))
-    model.fit(X, y)
+    model.fit(X, y, sample_weight=sample_weight)
     return np.asarray(model.predict(X) != y)
 
 

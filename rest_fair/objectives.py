@@ -82,9 +82,17 @@ class GroupDROObjective:
 
     @torch.no_grad()
     def update(self, group_loss: torch.Tensor, present: torch.Tensor) -> None:
-        """Exponentiated-gradient step of ``q`` on the groups present in the batch."""
-        self.q = self.q * torch.exp(self.eta * group_loss.detach() * present)
-        self.q = self.q / self.q.sum()
+        """Exponentiated-gradient step of ``q`` on the groups present in the batch.
+
+        Where ``q_g * exp(eta * loss_g)`` overflows (a large ``eta``, or a group whose
+        weight has underflowed to 0 meeting a large loss), the same normalised update is
+        computed in log space, ``softmax(log q + eta * loss)``.
+        """
+        step = self.eta * group_loss.detach() * present
+        scaled = self.q * torch.exp(step)
+        total = scaled.sum()
+        self.q = torch.where(torch.isfinite(total), scaled / total,
+                             torch.softmax(torch.log(self.q) + step, 0))
 
     def __call__(
         self, logits: torch.Tensor, y: torch.Tensor, w: torch.Tensor | None, g: torch.Tensor

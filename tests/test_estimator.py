@@ -295,6 +295,44 @@ def test_lambda_reaches_the_training_loop(data, monkeypatch, lam):
     assert {w for (_, grp), w in clf.group_weights_.items() if grp} == {lam}
 
 
+@pytest.mark.parametrize("upweight", [5.0, {0: 1.0, 1: 4.0, 2: 0.5}, {0: 0.0, 1: 4.0, 2: 1.0},
+                                      "balanced"])
+def test_epochs_draw_every_cell_in_proportion_to_its_weight(monkeypatch, upweight):
+    # three classes; class 0 holds groups 0 and 1, class 1 groups 1 and 2, class 2 only
+    # group 2; sample weights (used by the loss) do not change how often a sample is drawn
+    rng = np.random.RandomState(0)
+    y = rng.randint(0, 3, 600)
+    g = np.where(y == 0, rng.rand(600) < 0.1, np.where(y == 1, 1 + (rng.rand(600) < 0.2), 2))
+    X = rng.randn(600, 5).astype(np.float32)
+    orders = []
+    real = training.EpochSampler.global_order
+
+    def spy(self):
+        order = real(self)
+        orders.append(order.numpy().copy())
+        return order
+
+    monkeypatch.setattr(training.EpochSampler, "global_order", spy)
+    params = dict(upweight=upweight, validation_fraction=0.0, max_epochs=60, batch_size=200,
+                  sparsity=0.0, module_params={"hidden_layer_sizes": (4,)})
+    clf = _clf(**params).fit(X, y, groups=g)
+    assert [len(o) for o in orders] == [600] * 60  # an epoch draws as many as there are
+    cells = y * 3 + g
+    drawn = np.bincount(cells[np.concatenate(orders)], minlength=9)
+    weight = np.array([clf.group_weights_.get((c, k), 0.0) for c in range(3) for k in range(3)])
+    share = np.bincount(cells, minlength=9) * weight
+    expected = share / share.sum() * drawn.sum()
+    assert np.all(drawn[expected == 0] == 0)
+    assert stats.chisquare(drawn[expected > 0], expected[expected > 0]).pvalue > 1e-3
+    if upweight == 5.0:  # the minority of a class is its less frequent group
+        assert clf.group_weights_ == {(0, 0): 1.0, (0, 1): 5.0, (1, 1): 1.0, (1, 2): 5.0,
+                                      (2, 2): 1.0}
+    first = orders[:]
+    orders.clear()
+    _clf(**params).fit(X, y, groups=g, sample_weight=rng.choice([0.0, 1.0, 3.0], 600))
+    assert all(np.array_equal(a, b) for a, b in zip(first, orders, strict=True))
+
+
 def test_loss_reweighting_uses_weights_not_sampler(data, monkeypatch):
     X, y, g = data
     monkeypatch.setattr(training, "draw_indices", lambda *a, **k: pytest.fail("sampler used"))

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 import rest_fair.jtt as jtt
 from rest_fair import RESTClassifier
 from rest_fair.jtt import overlap_report
+from rest_fair.objectives import GroupDROObjective
 from rest_fair.reweighting import minority_mask
 
 
@@ -32,11 +34,12 @@ def test_error_set_is_the_identification_models_mistakes(monkeypatch):
     seen = {}
     real = jtt.identify_errors
 
-    def spy(est, X_, y_, *, seed):
-        errors = real(est, X_, y_, seed=seed)
+    def spy(est, X_, y_, *, seed, sample_weight=None):
+        errors = real(est, X_, y_, seed=seed, sample_weight=sample_weight)
         # the same identification model, refitted, makes exactly these mistakes
         from sklearn.base import clone
-        model = clone(est).set_params(**jtt.identification_params(est, seed=seed)).fit(X_, y_)
+        model = clone(est).set_params(**jtt.identification_params(est, seed=seed)).fit(
+            X_, y_, sample_weight=sample_weight)
         seen["expected"] = model.predict(X_) != y_
         seen["errors"] = errors
         return errors
@@ -121,3 +124,52 @@ def test_the_error_set_is_upweighted_in_every_class():
     assert errors[y == 1].mean() > 0.5
     assert clf.group_weights_ == {(0, False): 1.0, (0, True): 20.0,
                                   (1, False): 1.0, (1, True): 20.0}
+
+
+def test_the_identification_model_is_trained_with_the_sample_weights(monkeypatch):
+    # a third of the labels flipped and given weight 0: a model that sees the weights is
+    # not trained on the noise, so its mistakes differ from an unweighted model's
+    X, y, _ = _spurious(n=600)
+    rng = np.random.default_rng(1)
+    noisy = rng.random(len(y)) < 1 / 3
+    y = np.where(noisy, 1 - y, y)
+    sw = np.where(noisy, 0.0, 1.0)
+    seen = {}
+    real = jtt.identify_errors
+
+    def spy(est, X_, y_, *, seed, **kwargs):
+        seen.update(est=est, seed=seed, errors=real(est, X_, y_, seed=seed, **kwargs))
+        return seen["errors"]
+
+    monkeypatch.setattr("rest_fair._fit.identify_errors", spy)
+    RESTClassifier(infer_groups="jtt", jtt_epochs=2, upweight=5.0, max_epochs=1,
+                   validation_fraction=0.0, sparsity=0.0, **FAST).fit(X, y, sample_weight=sw)
+    from sklearn.base import clone
+    params = jtt.identification_params(seen["est"], seed=seen["seed"])
+    model = clone(seen["est"]).set_params(**params)
+    weighted = model.fit(X, y, sample_weight=sw).predict(X) != y
+    unweighted = clone(model).fit(X, y).predict(X) != y
+    assert not np.array_equal(weighted, unweighted)
+    assert np.array_equal(seen["errors"], weighted)
+
+
+def test_groupdro_weights_stay_finite_where_the_exponential_overflows():
+    # eta * loss = 95 overflows float32's exp; q is the same normalised update
+    obj = GroupDROObjective(3, eta=10.0, device=torch.device("cpu"))
+    logits = torch.tensor([[9.5, 0.0], [0.0, 9.5], [0.0, 0.0]], requires_grad=True)
+    y, g = torch.tensor([0, 0, 0]), torch.tensor([0, 1, 2])
+    value = obj(logits, y, None, g)
+    losses = torch.nn.functional.cross_entropy(logits.detach().double(), y, reduction="none")
+    expected = torch.softmax(10.0 * losses, 0)
+    torch.testing.assert_close(obj.q.double(), expected, rtol=1e-5, atol=1e-30)
+    assert torch.isfinite(value)
+    torch.autograd.grad(value, logits)
+    # a weight that underflowed to 0 meets a loss whose exponential overflows: still finite
+    obj.q = torch.tensor([0.0, 1.0, 0.0])
+    obj(logits, y, None, g)
+    assert torch.equal(obj.q, torch.tensor([0.0, 1.0, 0.0]))
+    # without overflow the update is exactly the plain product, as before
+    obj = GroupDROObjective(3, eta=0.1, device=torch.device("cpu"))
+    obj(logits, y, None, g)
+    plain = torch.full((3,), 1 / 3) * torch.exp(0.1 * losses.float())
+    assert torch.equal(obj.q, plain / plain.sum())
