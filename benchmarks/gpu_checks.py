@@ -21,11 +21,17 @@ The steps, each bounded by its own time limit and recorded even when it fails:
    conflicting, the paper's CNN (64/128/256 channels); ERM, dense reweighting, REST 0.9
    and REST 0.99, for the epochs and seeds that fit the time left.
 
-Every step appends its numbers to ``OUT_DIR/results.json`` as soon as it ends, so a run
-cut short keeps what it measured; ``OUT_DIR/<step>.log`` holds its output. The exit status
-is 1 when any step failed. ``--smoke`` shrinks every size so the whole script runs in
-about a minute on a CPU; the test suite runs it that way, so every step is exercised
-before GPU minutes are spent on it.
+Every step appends its numbers to ``OUT_DIR/results.json`` (and a readable copy,
+``OUT_DIR/summary.md``) as soon as it ends, so a run cut short keeps what it measured;
+``OUT_DIR/steps.log`` holds every step's output. These three files are all the script
+writes there (the device tool brings back at most 8 files). A step that starts processes
+runs them in a process group of its own, stopped whole at the step's limit. The steps
+together stay within ``--budget`` seconds (540 by default, under the GPU session's 590 s
+command timeout with the install before it): a step is given the smaller of its own limit
+and the budget left, and one with no time left is recorded as skipped. The exit status
+is 1 when any step failed or was skipped. ``--smoke`` shrinks every size so the whole
+script runs in about a minute on a CPU; the test suite runs it that way, so every step is
+exercised before GPU minutes are spent on it.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ import platform
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import traceback
 from collections.abc import Callable
@@ -49,6 +56,7 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+GRACE = 5  # seconds past a step's limit before its alarm stops it
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -97,18 +105,72 @@ def _masked_weights_exact(clf: Any) -> dict[str, Any]:
             "weight_dtypes": sorted(dtypes), "all_finite": finite}
 
 
+def _stop_group(proc: subprocess.Popen, wait: float = GRACE) -> None:
+    """SIGTERM ``proc``'s process group, SIGKILL what is left of it after ``wait`` s.
+
+    The step's alarm is cancelled first: it must not cut the stopping short.
+    """
+    signal.alarm(0)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    end = time.monotonic() + wait
+    while time.monotonic() < end:
+        proc.poll()
+        try:
+            os.killpg(proc.pid, 0)  # anyone left in the group?
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def _run_child(cmd: list[str], seconds: int) -> str:
+    """Run ``cmd`` from the repository root in a process group of its own; its output.
+
+    Past ``seconds`` (or when the step's own alarm interrupts the wait) the whole group is
+    stopped -- torchrun too, which stops its ranks -- so nothing the step started runs on
+    into the next step, and :class:`StepTimeout` is raised. The output goes through a file,
+    not a pipe, so a process that outlives the group cannot hold the step up.
+
+    Raises
+    ------
+    StepTimeout
+        The command ran past ``seconds``.
+    RuntimeError
+        The command exited with a non-zero status.
+    """
+    name = Path(cmd[2] if cmd[1] == "-m" else cmd[1]).name
+    with tempfile.TemporaryFile(mode="w+") as log:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                                text=True, start_new_session=True)
+        try:
+            proc.wait(timeout=seconds)
+        except subprocess.TimeoutExpired:
+            _stop_group(proc)
+            log.seek(0)
+            print(log.read()[-8000:])
+            raise StepTimeout(f"{name} ran past {seconds} s and was stopped") from None
+        except BaseException:
+            _stop_group(proc)
+            raise
+        log.seek(0)
+        output = log.read()
+    print(output[-8000:])
+    if proc.returncode != 0:
+        raise RuntimeError(f"{name} exited {proc.returncode}")
+    return output
+
+
 # ------------------------------------------------------------------------------ steps
 def step_tests(args: argparse.Namespace, out: Path) -> dict:
     """The CUDA-marked tests; on a CPU they are collected and skip."""
     cmd = [sys.executable, "-m", "pytest", "-q", "-rs", "-m", "cuda", "-p", "no:cacheprovider",
            str(ROOT / "tests" / "test_estimator.py"),
            str(ROOT / "tests" / "training" / "test_engine.py")]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
-                          timeout=args.limit("tests"))
-    print(proc.stdout[-4000:], proc.stderr[-2000:])
-    if proc.returncode != 0:
-        raise RuntimeError(f"pytest -m cuda exited {proc.returncode}")
-    return {"summary": proc.stdout.strip().splitlines()[-1]}
+    output = _run_child(cmd, args.limit("tests"))
+    return {"summary": output.strip().splitlines()[-1]}
 
 
 def step_precision(args: argparse.Namespace, out: Path) -> dict:
@@ -245,19 +307,17 @@ def step_sparse_compute(args: argparse.Namespace, out: Path) -> dict:
 
 def step_ddp(args: argparse.Namespace, out: Path) -> dict:
     """One-rank DDP against the plain fit, in one torchrun job (bench_ddp.py)."""
-    report = out / "ddp.json"
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "bench_ddp.py"),
-           "--device", args.device.type, "--ranks", "1", "--json", str(report)]
-    if args.smoke:
-        cmd += ["--repeats", "1", "--epochs", "2", "--n-samples", "256", "--comm-steps", "2"]
-    else:
-        cmd += ["--repeats", "3", "--epochs", "3"]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
-                          timeout=args.limit("ddp"))
-    print(proc.stdout[-6000:], proc.stderr[-3000:])
-    if proc.returncode != 0:
-        raise RuntimeError(f"bench_ddp.py exited {proc.returncode}")
-    return json.loads(report.read_text())
+    with tempfile.TemporaryDirectory() as tmp:
+        report = Path(tmp) / "ddp.json"
+        cmd = [sys.executable, str(ROOT / "benchmarks" / "bench_ddp.py"),
+               "--device", args.device.type, "--ranks", "1", "--json", str(report)]
+        if args.smoke:
+            cmd += ["--repeats", "1", "--epochs", "2", "--n-samples", "256",
+                    "--comm-steps", "2"]
+        else:
+            cmd += ["--repeats", "3", "--epochs", "3"]
+        _run_child(cmd, args.limit("ddp"))
+        return json.loads(report.read_text())
 
 
 def step_colored_fashion_mnist(args: argparse.Namespace, out: Path) -> dict:
@@ -326,7 +386,7 @@ class StepTimeout(Exception):
 
 
 @contextlib.contextmanager
-def _time_limit(name: str, seconds: int, grace: int = 5) -> Any:
+def _time_limit(name: str, seconds: int, grace: int = GRACE) -> Any:
     """Raise :class:`StepTimeout` in the step once ``seconds`` plus ``grace`` have passed
     (the grace lets the steps that stop a child process at the limit do it themselves)."""
 
@@ -342,38 +402,84 @@ def _time_limit(name: str, seconds: int, grace: int = 5) -> Any:
         signal.signal(signal.SIGALRM, previous)
 
 
+def _flatten(value: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    """``(dotted key, value)`` for every leaf of nested dicts; lists of dicts by index."""
+    if isinstance(value, dict):
+        items = value.items()
+    elif isinstance(value, list) and any(isinstance(v, dict) for v in value):
+        items = ((str(i), v) for i, v in enumerate(value))
+    else:
+        return [(prefix, value)]
+    rows = []
+    for key, item in items:
+        rows += _flatten(item, f"{prefix}.{key}" if prefix else str(key))
+    return rows
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def summary_markdown(results: dict[str, Any]) -> str:
+    """``results.json`` as Markdown: the environment, then one table of numbers per step."""
+    lines = ["# GPU checks", "", f"`{results.get('command', '')}`", ""]
+    lines += [f"- {key}: {_cell(value)}" for key, value in results["environment"].items()]
+    for name, entry in results["steps"].items():
+        lines += ["", f"## {name}: {entry['status']} ({entry['wall_seconds']} s)", ""]
+        if "error" in entry:
+            lines += [f"`{_cell(entry['error'])}`", ""]
+        rows = [(k, v) for k, v in _flatten(entry)
+                if k not in ("status", "error", "traceback", "wall_seconds")]
+        if rows:
+            lines += ["| what | value |", "| --- | --- |"]
+            lines += [f"| {key} | {_cell(value)} |" for key, value in rows]
+    return "\n".join(lines) + "\n"
+
+
 def run(args: argparse.Namespace) -> int:
-    """Run the chosen steps; write results.json after each; the number of failures."""
+    """Run the chosen steps; write results.json and summary.md after each; the number of
+    steps that failed or were skipped."""
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {"environment": _environment(args.device),
                                "command": " ".join(sys.argv), "steps": {}}
+    (out / "steps.log").write_text("")
     failures = 0
     for name in args.steps:
         fn, _ = STEPS[name]
-        print(f"== {name} (limit {args.limit(name)} s)", flush=True)
+        limit = args.limit(name)
+        print(f"== {name} (limit {limit} s)", flush=True)
         log = io.StringIO()
         start = time.perf_counter()
-        try:
-            with contextlib.redirect_stdout(log), _time_limit(name, args.limit(name)):
-                value = fn(args, out)
-            entry = {"status": "ok", **value}
-        except Exception as exc:  # every step is recorded, the others still run
-            failures += 1
-            entry = {"status": "failed", "error": f"{type(exc).__name__}: {exc}",
-                     "traceback": traceback.format_exc()[-3000:]}
+        if limit < 1:
+            entry = {"status": "skipped",
+                     "error": f"no time left in the budget of {args.budget_seconds} s"}
+        else:
+            try:
+                with contextlib.redirect_stdout(log), _time_limit(name, limit):
+                    value = fn(args, out)
+                entry = {"status": "ok", **value}
+            except Exception as exc:  # every step is recorded, the others still run
+                entry = {"status": "failed", "error": f"{type(exc).__name__}: {exc}",
+                         "traceback": traceback.format_exc()[-3000:]}
+        failures += entry["status"] != "ok"
         entry["wall_seconds"] = round(time.perf_counter() - start, 2)
-        (out / f"{name}.log").write_text(log.getvalue() + entry.get("traceback", ""))
+        with open(out / "steps.log", "a") as steps_log:
+            steps_log.write(f"== {name}: {entry['status']} in {entry['wall_seconds']} s "
+                            f"(limit {limit} s)\n{log.getvalue()}{entry.get('traceback', '')}\n")
         results["steps"][name] = entry
         (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
+        (out / "summary.md").write_text(summary_markdown(results))
         print(f"   {entry['status']} in {entry['wall_seconds']} s"
-              + (f": {entry['error']}" if entry["status"] == "failed" else ""), flush=True)
+              + (f": {entry['error']}" if "error" in entry else ""), flush=True)
     return failures
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("out", help="folder for results.json and the logs")
+    parser.add_argument("out", help="folder for results.json, summary.md and steps.log")
     parser.add_argument("--device", default="cuda", choices=("cuda", "cpu"),
                         help="cuda (default) or cpu")
     parser.add_argument("--smoke", action="store_true",
@@ -384,17 +490,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--fashion-mnist", default=os.environ.get("REST_FAIR_FASHION_MNIST"),
                         help="folder with the Fashion-MNIST idx files (default: Debian's)")
     parser.add_argument("--limit-scale", type=float, default=1.0,
-                        help="multiply every step's time limit (e.g. 3 on a slow CPU)")
+                        help="multiply every step's time limit and the budget (e.g. 3 on a "
+                             "slow CPU)")
+    parser.add_argument("--budget", type=float, default=540.0,
+                        help="seconds for all the steps together, from the start (default 540)")
     args = parser.parse_args(argv)
-    if not (np.isfinite(args.limit_scale) and args.limit_scale > 0):
-        parser.error(f"--limit-scale must be a positive number; got {args.limit_scale}")
+    for option in ("limit_scale", "budget"):
+        value = getattr(args, option)
+        if not (np.isfinite(value) and value > 0):
+            parser.error(f"--{option.replace('_', '-')} must be a positive number; got {value}")
     if args.epochs < 1:
         parser.error(f"--epochs must be at least 1; got {args.epochs}")
     args.device = torch.device(args.device)
     if args.device.type == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda, but torch.cuda.is_available() is False")
     scale = args.limit_scale * (20 if args.smoke else 1)
-    args.limit = lambda name: max(1, int(STEPS[name][1] * scale))
+    args.budget_seconds = round(args.budget * scale)
+    deadline = time.monotonic() + args.budget * scale
+
+    def limit(name: str) -> int:
+        """The step's own limit, or the budget left less the grace if that is smaller
+        (below 1: no time left)."""
+        left = int(deadline - time.monotonic()) - GRACE
+        return min(max(1, int(STEPS[name][1] * scale)), left)
+
+    args.limit = limit
     return args
 
 
