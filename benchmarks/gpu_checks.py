@@ -344,8 +344,12 @@ def step_colored_fashion_mnist(args: argparse.Namespace, out: Path) -> dict:
                                  lr=0.01, optimizer="sgd", momentum=0.9,
                                  device=str(args.device), random_state=seed)
             start = time.perf_counter()
-            clf.fit(data.X_train, data.y_train, groups=data.conflict_train,
-                    validation_data=(data.X_valid, data.y_valid, data.conflict_valid))
+            try:
+                clf.fit(data.X_train, data.y_train, groups=data.conflict_train,
+                        validation_data=(data.X_valid, data.y_valid, data.conflict_valid))
+            except StepTimeout:  # the fits that finished are kept
+                return {"epochs": epochs, "summary": data.summary(), "runs": runs,
+                        "stopped": f"time limit: the {name} fit of seed {seed} was cut off"}
             seconds = time.perf_counter() - start
             correct = np.asarray(clf.predict(data.X_test)) == data.y_test
             accuracies = [float(correct[~data.conflict_test].mean()),

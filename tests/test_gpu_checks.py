@@ -137,3 +137,26 @@ def test_every_step_runs_in_smoke_mode(tmp_path):
         runs = steps_run["colored_fashion_mnist"]["runs"]
         assert {r["method"] for r in runs} == {"erm", "dense_reweighting", "rest_0.9",
                                                "rest_0.99"}
+
+
+def test_a_fashion_mnist_step_cut_off_keeps_the_fits_that_finished(tmp_path, monkeypatch):
+    if not (FASHION_MNIST / "train-images-idx3-ubyte.gz").exists():
+        pytest.skip("Debian's dataset-fashion-mnist is not installed")
+    gpu_checks = _script()
+    import rest_fair
+
+    real_fit, calls = rest_fair.RESTClassifier.fit, []
+
+    def fit(self, *args, **kwargs):  # the second fit runs into the step's alarm
+        calls.append(self.sparsity)
+        if len(calls) == 2:
+            raise gpu_checks.StepTimeout("step 'colored_fashion_mnist' ran past its limit")
+        return real_fit(self, *args, **kwargs)
+
+    monkeypatch.setattr(rest_fair.RESTClassifier, "fit", fit)
+    args = gpu_checks.parse_args([str(tmp_path), "--device", "cpu", "--smoke",
+                                  "--steps", "colored_fashion_mnist"])
+    assert gpu_checks.run(args) == 0
+    step = json.loads((tmp_path / "results.json").read_text())["steps"]["colored_fashion_mnist"]
+    assert [r["method"] for r in step["runs"]] == ["erm"]
+    assert step["stopped"] == "time limit: the dense_reweighting fit of seed 41 was cut off"
