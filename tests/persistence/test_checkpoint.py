@@ -465,3 +465,34 @@ def test_an_unfinished_run_of_another_kind_is_never_replaced(tmp_path):
     assert json.loads((tmp_path / ckpt_format.MANIFEST).read_text())["finished"] is True
     other.fit(X, y, groups=g)
     assert ckpt_format.saved_fingerprint(tmp_path)["params"]["lr"] == 0.1
+
+
+class _Augmented(torch.utils.data.Dataset):
+    """Items through a random transform drawn from torch's global generator (a random crop
+    or flip does the same)."""
+
+    def __init__(self, X):
+        self.X = torch.as_tensor(X)
+
+    def __len__(self):
+        return len(self.X)
+
+    def __getitem__(self, i):
+        return self.X[i] + 0.3 * torch.rand(self.X.shape[1:])
+
+
+def test_a_dataset_with_a_random_transform_resumes_exactly(tmp_path):
+    X, y, g = _data()
+    params = {**COMMON, "max_epochs": 3}
+    whole = RESTClassifier(**params).fit(_Augmented(X), y, groups=g)
+    # the checkpoint's fingerprint reads items: the same ones every time, and without
+    # taking draws from the training
+    written = RESTClassifier(**params, callbacks=[Checkpoint(tmp_path / "whole")]).fit(
+        _Augmented(X), y, groups=g)
+    assert np.array_equal(written.predict_proba(X), whole.predict_proba(X))
+    with pytest.raises(KeyboardInterrupt):
+        RESTClassifier(**params, callbacks=[_StopAt(2), Checkpoint(tmp_path / "cut")]).fit(
+            _Augmented(X), y, groups=g)
+    resumed = RESTClassifier(**params).fit(_Augmented(X), y, groups=g,
+                                           resume_from=tmp_path / "cut")
+    assert np.array_equal(resumed.predict_proba(X), whole.predict_proba(X))
