@@ -170,6 +170,27 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _json_key(key: Any) -> str:
+    """A mapping key as JSON writes it (``1`` -> ``"1"``), or its ``repr`` for a key JSON
+    has no form for (a tuple naming an intersectional group)."""
+    if isinstance(key, np.generic):
+        key = key.item()
+    if isinstance(key, str):
+        return key
+    if key is None or isinstance(key, (bool, int, float)):
+        return json.dumps(key)
+    return repr(key)
+
+
+def _json_keys(value: Any) -> Any:
+    """``value`` with the keys of every mapping in it made strings by :func:`_json_key`."""
+    if isinstance(value, Mapping):
+        return {_json_key(k): _json_keys(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_keys(v) for v in value]
+    return value
+
+
 def _digest(*arrays: Any) -> str:
     h = hashlib.sha256()
     for a in arrays:
@@ -219,7 +240,8 @@ def _fingerprint(params: dict, input_shape: tuple, data: FitData,
                  valid: EvalSet | None, seed: int | None) -> dict:
     """What identifies a run: its data, the parameters that change what it computes, and
     the seed drawn from a ``random_state`` that is not an int (``seed``)."""
-    run_params = {k: _plain(v) for k, v in params.items() if k not in _RUN_INDEPENDENT}
+    run_params = {k: _json_keys(_plain(v)) for k, v in params.items()
+                  if k not in _RUN_INDEPENDENT}
     drawn = {} if seed is None else {"seed": seed}
     return {
         **drawn,

@@ -496,3 +496,22 @@ def test_a_dataset_with_a_random_transform_resumes_exactly(tmp_path):
     resumed = RESTClassifier(**params).fit(_Augmented(X), y, groups=g,
                                            resume_from=tmp_path / "cut")
     assert np.array_equal(resumed.predict_proba(X), whole.predict_proba(X))
+
+
+def test_a_run_weighting_intersectional_groups_by_a_dict_resumes(tmp_path):
+    X, y, g = _data()
+    groups = np.stack([g, np.where(X[:, 1] > 0, "p", "n")], axis=1)  # groups are tuples
+    upweight = {("majority", "n"): 1.0, ("majority", "p"): 1.0, ("minority", "n"): 2.0,
+                ("minority", "p"): 3.0}
+    params = {**COMMON, "max_epochs": 3, "upweight": upweight}
+    whole = RESTClassifier(**params).fit(X, y, groups=groups)
+    with pytest.raises(KeyboardInterrupt):
+        RESTClassifier(**params, callbacks=[_StopAt(2), Checkpoint(tmp_path)]).fit(
+            X, y, groups=groups)
+    resumed = RESTClassifier(**params).fit(X, y, groups=groups, resume_from=tmp_path)
+    assert np.array_equal(resumed.predict_proba(X), whole.predict_proba(X))
+    other = {**upweight, ("minority", "p"): 4.0}
+    with pytest.raises(CheckpointError, match=r"params\.upweight\.\('minority', 'p'\) was 3\.0, "
+                                              r"now 4\.0"):
+        RESTClassifier(**{**params, "upweight": other}).fit(X, y, groups=groups,
+                                                            resume_from=tmp_path)
