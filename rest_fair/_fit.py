@@ -238,8 +238,9 @@ def _fixed_global_rngs() -> Iterator[None]:
 
 def _fingerprint(params: dict, input_shape: tuple, data: FitData,
                  valid: EvalSet | None, seed: int | None) -> dict:
-    """What identifies a run: its data, the parameters that change what it computes, and
-    the seed drawn from a ``random_state`` that is not an int (``seed``)."""
+    """What identifies a run: its data (``validation_data`` included), the parameters that
+    change what it computes, and the seed drawn from a ``random_state`` that is not an int
+    (``seed``)."""
     run_params = {k: _json_keys(_plain(v)) for k, v in params.items()
                   if k not in _RUN_INDEPENDENT}
     drawn = {} if seed is None else {"seed": seed}
@@ -250,6 +251,8 @@ def _fingerprint(params: dict, input_shape: tuple, data: FitData,
         "classes": [str(c) for c in data.classes],
         "data_sha256": _digest(data.X, data.y, data.groups, data.sample_weight),
         "n_valid": None if valid is None else len(valid.y),
+        "validation_sha256": None if data.validation is None
+        else _digest(*(part for part in data.validation if part is not None)),
         "params": json.loads(json.dumps(run_params, default=repr, sort_keys=True)),
     }
 
@@ -337,10 +340,7 @@ def _built_run(est: Any, data: FitData, config: TrainConfig, callbacks: list, *,
     fingerprint = functools.cache(functools.partial(
         _fingerprint, est.get_params(deep=False), est.input_shape_, data, valid,
         seed if drawn else None))
-    # the ranks must also score the same validation data (a checkpoint records its size)
-    world.check_same("data or parameters", lambda: {**fingerprint(), "validation_sha256": (
-        None if data.validation is None
-        else _digest(*(part for part in data.validation if part is not None)))})
+    world.check_same("data or parameters", fingerprint)
     # rank 0 reads; every rank resumes from its copy
     checkpoint = world.run_on_main(
         lambda: read_checkpoint(resume_from, fingerprint=fingerprint())

@@ -515,3 +515,20 @@ def test_a_run_weighting_intersectional_groups_by_a_dict_resumes(tmp_path):
                                               r"now 4\.0"):
         RESTClassifier(**{**params, "upweight": other}).fit(X, y, groups=groups,
                                                             resume_from=tmp_path)
+
+
+def test_other_validation_data_is_another_run(tmp_path):
+    X, y, g = _data()
+    params = {**COMMON, "max_epochs": 3}
+    validation = (X[:100], y[:100], g[:100])
+    with pytest.raises(KeyboardInterrupt):
+        RESTClassifier(**params, callbacks=[_StopAt(2), Checkpoint(tmp_path)]).fit(
+            X[100:], y[100:], groups=g[100:], validation_data=validation)
+    # the same number of validation samples, other ones: the epoch kept would differ
+    with pytest.raises(CheckpointError, match=r"different run.*validation_sha256 was"):
+        RESTClassifier(**params).fit(X[100:], y[100:], groups=g[100:],
+                                     validation_data=(X[-100:], y[-100:], g[-100:]),
+                                     resume_from=tmp_path)
+    resumed = RESTClassifier(**params).fit(X[100:], y[100:], groups=g[100:],
+                                           validation_data=validation, resume_from=tmp_path)
+    assert [h["epoch"] for h in resumed.history_] == [1, 2, 3]
