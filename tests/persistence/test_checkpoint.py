@@ -532,3 +532,28 @@ def test_other_validation_data_is_another_run(tmp_path):
     resumed = RESTClassifier(**params).fit(X[100:], y[100:], groups=g[100:],
                                            validation_data=validation, resume_from=tmp_path)
     assert [h["epoch"] for h in resumed.history_] == [1, 2, 3]
+
+
+class _DropoutNet(torch.nn.Module):
+    """Dropout draws from torch's global generator in the main process."""
+
+    def __init__(self, input_shape, n_classes):
+        super().__init__()
+        self.body = torch.nn.Sequential(torch.nn.Linear(input_shape[0], 16), torch.nn.ReLU(),
+                                        torch.nn.Dropout(0.3), torch.nn.Linear(16, n_classes))
+
+    def forward(self, x):
+        return self.body(x)
+
+
+@pytest.mark.parametrize("module", ["auto", _DropoutNet])
+def test_a_dataset_read_by_worker_processes_resumes_exactly(tmp_path, module):
+    X, y, g = _data()
+    params = {**COMMON, "max_epochs": 3, "num_workers": 2, "module": module,
+              "module_params": COMMON["module_params"] if module == "auto" else None}
+    whole = RESTClassifier(**params).fit(_Augmented(X), y, groups=g)
+    with pytest.raises(KeyboardInterrupt):
+        RESTClassifier(**params, callbacks=[_StopAt(3), Checkpoint(tmp_path)]).fit(
+            _Augmented(X), y, groups=g)
+    resumed = RESTClassifier(**params).fit(_Augmented(X), y, groups=g, resume_from=tmp_path)
+    assert np.array_equal(resumed.predict_proba(X), whole.predict_proba(X))
