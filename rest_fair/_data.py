@@ -8,6 +8,7 @@ directly, no per-item collation), lazily loaded datasets (through a
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterator
 from typing import Any
 
@@ -154,11 +155,39 @@ def _collate_inputs(items: list) -> torch.Tensor:
         raise
 
 
+class _SeededItems(torch.utils.data.Dataset):
+    """``dataset`` read by ``(index, seed)`` keys: before each item, the worker process's
+    global generators (torch's CPU one, numpy's and Python's) are seeded with ``seed``.
+
+    A random transform in a worker then draws what its key says, whichever worker reads it
+    and however many items the worker read before (also in an earlier fit whose run this
+    one resumes).
+    """
+
+    def __init__(self, dataset: torch.utils.data.Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, key: tuple[int, int]) -> Any:
+        index, seed = key
+        torch.default_generator.manual_seed(seed)
+        np.random.seed(seed % 2**32)  # noqa: NPY002 (the generator np.random.* draws from)
+        random.seed(seed)
+        return self.dataset[index]
+
+
 class _DatasetSource(BatchSource):
     """A torch Dataset read through one DataLoader per batch size, kept for the whole fit.
 
     The loader's sampler, a list, is refilled with each epoch's order, so worker processes
     (``persistent_workers``) are started once rather than at every epoch and validation.
+    Worker processes read the items by ``(index, seed)`` (:class:`_SeededItems`): each pass
+    draws one number from torch's global generator, in the main process, and the item at
+    position ``k`` of the pass is read with that number plus ``k`` as its seed. The draws of
+    a run are then those of its generators' states, which a checkpoint holds; the workers'
+    own generators, which it cannot hold, draw nothing that counts.
     """
 
     def __init__(self, dataset: torch.utils.data.Dataset, num_workers: int,
@@ -173,21 +202,28 @@ class _DatasetSource(BatchSource):
     def _loader(self, batch_size: int) -> tuple[torch.utils.data.DataLoader, list[int]]:
         if batch_size not in self._loaders:
             sampler: list[int] = []
+            workers = self.num_workers > 0
             loader = torch.utils.data.DataLoader(
-                self.dataset,
+                _SeededItems(self.dataset) if workers else self.dataset,
                 batch_size=batch_size,
                 sampler=sampler,
                 num_workers=self.num_workers,
                 collate_fn=_collate_inputs,
                 pin_memory=self.pin_memory,
-                persistent_workers=self.num_workers > 0,
+                persistent_workers=workers,
+                # the workers' base seed, drawn once, is not drawn from the global generator
+                generator=torch.Generator() if workers else None,
             )
             self._loaders[batch_size] = (loader, sampler)
         return self._loaders[batch_size]
 
     def batches(self, order, batch_size, device):
         loader, sampler = self._loader(batch_size)
-        sampler[:] = order.tolist()
+        if self.num_workers > 0:
+            first = int(torch.randint(0, 2**62, (), dtype=torch.int64))
+            sampler[:] = [(i, first + k) for k, i in enumerate(order.tolist())]
+        else:
+            sampler[:] = order.tolist()
         for start, x in zip(range(0, len(order), batch_size), loader, strict=True):
             yield x.to(device, non_blocking=True), order[start : start + batch_size]
 

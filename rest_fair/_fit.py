@@ -19,6 +19,7 @@ import copy
 import functools
 import hashlib
 import json
+import random
 import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
@@ -169,6 +170,27 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _json_key(key: Any) -> str:
+    """A mapping key as JSON writes it (``1`` -> ``"1"``), or its ``repr`` for a key JSON
+    has no form for (a tuple naming an intersectional group)."""
+    if isinstance(key, np.generic):
+        key = key.item()
+    if isinstance(key, str):
+        return key
+    if key is None or isinstance(key, (bool, int, float)):
+        return json.dumps(key)
+    return repr(key)
+
+
+def _json_keys(value: Any) -> Any:
+    """``value`` with the keys of every mapping in it made strings by :func:`_json_key`."""
+    if isinstance(value, Mapping):
+        return {_json_key(k): _json_keys(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_keys(v) for v in value]
+    return value
+
+
 def _digest(*arrays: Any) -> str:
     h = hashlib.sha256()
     for a in arrays:
@@ -185,18 +207,42 @@ def _digest(*arrays: Any) -> str:
             h.update(np.ascontiguousarray(a).data)
         else:  # a torch Dataset is read lazily: its length and a sample of its items
             h.update(f"dataset:{type(a).__qualname__}:{len(a)}".encode())
-            for i in sorted({0, len(a) // 2, len(a) - 1}):
-                item = _first_element(a[i]).detach().cpu().contiguous()
-                h.update(str((item.dtype, tuple(item.shape))).encode())
-                h.update(item.reshape(-1).view(torch.uint8).numpy().tobytes())
+            with _fixed_global_rngs():
+                for i in sorted({0, len(a) // 2, len(a) - 1}):
+                    item = _first_element(a[i]).detach().cpu().contiguous()
+                    h.update(str((item.dtype, tuple(item.shape))).encode())
+                    h.update(item.reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
+
+
+@contextlib.contextmanager
+def _fixed_global_rngs() -> Iterator[None]:
+    """Seed torch's CPU, numpy's and Python's global generators with 0; restore them after.
+
+    A Dataset whose items pass through a random transform (a random crop, a flip) then
+    gives the same items on every read, and reading them leaves the training's draws as
+    they were.
+    """
+    # numpy's legacy global generator is the one a transform's np.random.* calls draw from
+    numpy_state, python_state = np.random.get_state(), random.getstate()  # noqa: NPY002
+    with torch.random.fork_rng(devices=[]):  # the CPU generator only: CUDA's is not touched
+        torch.default_generator.manual_seed(0)
+        np.random.seed(0)  # noqa: NPY002
+        random.seed(0)
+        try:
+            yield
+        finally:
+            np.random.set_state(numpy_state)  # noqa: NPY002
+            random.setstate(python_state)
 
 
 def _fingerprint(params: dict, input_shape: tuple, data: FitData,
                  valid: EvalSet | None, seed: int | None) -> dict:
-    """What identifies a run: its data, the parameters that change what it computes, and
-    the seed drawn from a ``random_state`` that is not an int (``seed``)."""
-    run_params = {k: _plain(v) for k, v in params.items() if k not in _RUN_INDEPENDENT}
+    """What identifies a run: its data (``validation_data`` included), the parameters that
+    change what it computes, and the seed drawn from a ``random_state`` that is not an int
+    (``seed``)."""
+    run_params = {k: _json_keys(_plain(v)) for k, v in params.items()
+                  if k not in _RUN_INDEPENDENT}
     drawn = {} if seed is None else {"seed": seed}
     return {
         **drawn,
@@ -205,6 +251,8 @@ def _fingerprint(params: dict, input_shape: tuple, data: FitData,
         "classes": [str(c) for c in data.classes],
         "data_sha256": _digest(data.X, data.y, data.groups, data.sample_weight),
         "n_valid": None if valid is None else len(valid.y),
+        "validation_sha256": None if data.validation is None
+        else _digest(*(part for part in data.validation if part is not None)),
         "params": json.loads(json.dumps(run_params, default=repr, sort_keys=True)),
     }
 
@@ -293,10 +341,7 @@ def _built_run(est: Any, data: FitData, config: TrainConfig, callbacks: list, *,
     fingerprint = functools.cache(functools.partial(
         _fingerprint, est.get_params(deep=False), est.input_shape_, data, valid,
         seed if drawn else None))
-    # the ranks must also score the same validation data (a checkpoint records its size)
-    world.check_same("data or parameters", lambda: {**fingerprint(), "validation_sha256": (
-        None if data.validation is None
-        else _digest(*(part for part in data.validation if part is not None)))})
+    world.check_same("data or parameters", fingerprint)
     # rank 0 reads; every rank resumes from its copy
     checkpoint = world.run_on_main(
         lambda: read_checkpoint(resume_from, fingerprint=fingerprint())

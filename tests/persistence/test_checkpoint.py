@@ -491,3 +491,95 @@ def test_another_unfinished_run_is_refused_before_the_first_step(tmp_path):
     RESTClassifier(**{**COMMON, "max_epochs": 3}, callbacks=[steps, Checkpoint(tmp_path)]).fit(
         X, y, groups=g, resume_from=tmp_path)
     assert steps.steps > 0
+
+
+class _Augmented(torch.utils.data.Dataset):
+    """Items through a random transform drawn from torch's global generator (a random crop
+    or flip does the same)."""
+
+    def __init__(self, X):
+        self.X = torch.as_tensor(X)
+
+    def __len__(self):
+        return len(self.X)
+
+    def __getitem__(self, i):
+        return self.X[i] + 0.3 * torch.rand(self.X.shape[1:])
+
+
+def test_a_dataset_with_a_random_transform_resumes_exactly(tmp_path):
+    X, y, g = _data()
+    params = {**COMMON, "max_epochs": 3}
+    whole = RESTClassifier(**params).fit(_Augmented(X), y, groups=g)
+    # the checkpoint's fingerprint reads items: the same ones every time, and without
+    # taking draws from the training
+    written = RESTClassifier(**params, callbacks=[Checkpoint(tmp_path / "whole")]).fit(
+        _Augmented(X), y, groups=g)
+    assert np.array_equal(written.predict_proba(X), whole.predict_proba(X))
+    with pytest.raises(KeyboardInterrupt):
+        RESTClassifier(**params, callbacks=[_StopAt(2), Checkpoint(tmp_path / "cut")]).fit(
+            _Augmented(X), y, groups=g)
+    resumed = RESTClassifier(**params).fit(_Augmented(X), y, groups=g,
+                                           resume_from=tmp_path / "cut")
+    assert np.array_equal(resumed.predict_proba(X), whole.predict_proba(X))
+
+
+def test_a_run_weighting_intersectional_groups_by_a_dict_resumes(tmp_path):
+    X, y, g = _data()
+    groups = np.stack([g, np.where(X[:, 1] > 0, "p", "n")], axis=1)  # groups are tuples
+    upweight = {("majority", "n"): 1.0, ("majority", "p"): 1.0, ("minority", "n"): 2.0,
+                ("minority", "p"): 3.0}
+    params = {**COMMON, "max_epochs": 3, "upweight": upweight}
+    whole = RESTClassifier(**params).fit(X, y, groups=groups)
+    with pytest.raises(KeyboardInterrupt):
+        RESTClassifier(**params, callbacks=[_StopAt(2), Checkpoint(tmp_path)]).fit(
+            X, y, groups=groups)
+    resumed = RESTClassifier(**params).fit(X, y, groups=groups, resume_from=tmp_path)
+    assert np.array_equal(resumed.predict_proba(X), whole.predict_proba(X))
+    other = {**upweight, ("minority", "p"): 4.0}
+    with pytest.raises(CheckpointError, match=r"params\.upweight\.\('minority', 'p'\) was 3\.0, "
+                                              r"now 4\.0"):
+        RESTClassifier(**{**params, "upweight": other}).fit(X, y, groups=groups,
+                                                            resume_from=tmp_path)
+
+
+def test_other_validation_data_is_another_run(tmp_path):
+    X, y, g = _data()
+    params = {**COMMON, "max_epochs": 3}
+    validation = (X[:100], y[:100], g[:100])
+    with pytest.raises(KeyboardInterrupt):
+        RESTClassifier(**params, callbacks=[_StopAt(2), Checkpoint(tmp_path)]).fit(
+            X[100:], y[100:], groups=g[100:], validation_data=validation)
+    # the same number of validation samples, other ones: the epoch kept would differ
+    with pytest.raises(CheckpointError, match=r"different run.*validation_sha256 was"):
+        RESTClassifier(**params).fit(X[100:], y[100:], groups=g[100:],
+                                     validation_data=(X[-100:], y[-100:], g[-100:]),
+                                     resume_from=tmp_path)
+    resumed = RESTClassifier(**params).fit(X[100:], y[100:], groups=g[100:],
+                                           validation_data=validation, resume_from=tmp_path)
+    assert [h["epoch"] for h in resumed.history_] == [1, 2, 3]
+
+
+class _DropoutNet(torch.nn.Module):
+    """Dropout draws from torch's global generator in the main process."""
+
+    def __init__(self, input_shape, n_classes):
+        super().__init__()
+        self.body = torch.nn.Sequential(torch.nn.Linear(input_shape[0], 16), torch.nn.ReLU(),
+                                        torch.nn.Dropout(0.3), torch.nn.Linear(16, n_classes))
+
+    def forward(self, x):
+        return self.body(x)
+
+
+@pytest.mark.parametrize("module", ["auto", _DropoutNet])
+def test_a_dataset_read_by_worker_processes_resumes_exactly(tmp_path, module):
+    X, y, g = _data()
+    params = {**COMMON, "max_epochs": 3, "num_workers": 2, "module": module,
+              "module_params": COMMON["module_params"] if module == "auto" else None}
+    whole = RESTClassifier(**params).fit(_Augmented(X), y, groups=g)
+    with pytest.raises(KeyboardInterrupt):
+        RESTClassifier(**params, callbacks=[_StopAt(3), Checkpoint(tmp_path)]).fit(
+            _Augmented(X), y, groups=g)
+    resumed = RESTClassifier(**params).fit(_Augmented(X), y, groups=g, resume_from=tmp_path)
+    assert np.array_equal(resumed.predict_proba(X), whole.predict_proba(X))
