@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from sklearn.exceptions import DataConversionWarning
 
 from rest_fair import RESTClassifier
 
@@ -58,3 +59,46 @@ def test_a_read_only_item_is_copied_not_shared():
     item.flags.writeable = False
     _first_element(item).add_(1.0)
     assert not item.any()
+
+
+def test_labels_that_mix_strings_and_numbers_are_named(small):
+    # an int among strings failed in scikit-learn's sort with "'<' not supported between
+    # instances of 'int' and 'str'", or read as "Unknown label type: unknown"
+    X, y = small
+    for first in ("a", 1):
+        mixed = np.array([first] + ["a" if v else 1 for v in y[1:]], dtype=object)
+        with pytest.raises(ValueError, match=r"^y mixes strings with labels of other types "
+                                             r"\(int, str\); the labels must be all strings"):
+            _clf().fit(X, mixed)
+    as_str = np.array([np.str_("a"), "b"] * 30, dtype=object)  # numpy and Python strings
+    assert _clf().fit(X, as_str).classes_.tolist() == ["a", "b"]
+
+
+def test_validation_labels_and_groups_are_checked_under_their_names(small):
+    X, y = small
+    labels = np.where(y, "a", "b")
+    val_labels = labels[:10].astype(object)
+    val_labels[0] = None  # failed in a sort: "'<' not supported between 'str' and 'NoneType'"
+    with pytest.raises(ValueError, match=r"^validation y must not contain missing values "
+                                         r"\(NaN/None\); found 1\.$"):
+        _clf().fit(X, labels, validation_data=(X[:10], val_labels))
+    with pytest.raises(ValueError, match="validation y must not contain missing values"):
+        _clf().fit(X, y, validation_data=(X[:10], np.r_[np.nan, y[1:10]]))  # read as unseen
+    val_labels[0] = 3
+    with pytest.raises(ValueError, match="validation y mixes strings"):
+        _clf().fit(X, labels, validation_data=(X[:10], val_labels))
+    with pytest.raises(ValueError, match=r"^validation_data has labels not seen in training: "
+                                         r"\['c'\]\.$"):
+        _clf().fit(X, labels, validation_data=(X[:10], np.full(10, "c")))
+    with pytest.raises(ValueError, match=r"^validation groups has 5 samples but X has 10"):
+        _clf().fit(X, y, groups=y, validation_data=(X[:10], y[:10], y[:5]))
+    with pytest.raises(ValueError, match=r"^validation groups must not contain missing"):
+        _clf().fit(X, y, groups=y, validation_data=(X[:10], y[:10], np.r_[np.nan, y[1:10]]))
+    with pytest.warns(DataConversionWarning):  # as fit's own y of one column
+        _clf().fit(X, y, validation_data=(X[:10], y[:10, None]))
+
+
+def test_a_single_class_is_named_as_a_plain_value(small):
+    X, _ = small
+    with pytest.raises(ValueError, match=r"at least 2 classes to fit; got 1 class \('a'\)\.$"):
+        _clf().fit(X, np.full(len(X), "a"))
