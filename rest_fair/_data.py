@@ -80,17 +80,26 @@ class BatchSource:
         """Release what the source holds (worker processes); it may be used again."""
 
 
-def _float32_tensor(X: Any) -> torch.Tensor:
-    """``X`` as a float32 CPU tensor of ``X``'s strides; a float32 array's memory is shared.
+def _as_tensor(array: np.ndarray) -> torch.Tensor:
+    """``array`` as a CPU tensor of its strides' axis order, to be read only.
 
-    The tensor is only read. An array that is already float32 (e.g. the rows ``fit``
-    indexed for training) is not copied again; a read-only one, or one with negative
-    strides, is.
+    A writeable array of non-negative strides shares its memory. Torch takes no array with
+    a negative stride (``X[::-1]``, ``np.flip``) and only warns of a read-only one; these
+    are copied (as ``np.array(order="K")`` lays them out), so the tensor never writes to
+    memory the caller gave as read-only.
     """
-    array = np.asarray(X, dtype=np.float32)
-    if array.flags.writeable and min(array.strides, default=0) >= 0:
-        return torch.from_numpy(array)
-    return torch.tensor(array)
+    if not array.flags.writeable or min(array.strides, default=0) < 0:
+        array = np.array(array, order="K", copy=True)
+    return torch.from_numpy(array)
+
+
+def _float32_tensor(X: Any) -> torch.Tensor:
+    """``X`` as a float32 CPU tensor of ``X``'s strides (see :func:`_as_tensor`).
+
+    An array that is already float32 (e.g. the rows ``fit`` indexed for training) is not
+    copied again unless it is read-only or has a negative stride.
+    """
+    return _as_tensor(np.asarray(X, dtype=np.float32))
 
 
 class _TensorSource(BatchSource):
@@ -138,7 +147,7 @@ class _SparseSource(BatchSource):
 def _first_element(item: Any) -> torch.Tensor:
     x = item[0] if isinstance(item, (tuple, list)) else item
     if isinstance(x, np.ndarray):
-        x = torch.from_numpy(x)
+        x = _as_tensor(x)
     if not torch.is_tensor(x):
         raise TypeError(BAD_DATASET_ITEM.format(type(item).__name__))
     return x.float()

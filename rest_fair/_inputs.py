@@ -27,12 +27,17 @@ from .text import fit_text_input, text_input
 
 __all__ = ["FitData", "check_inputs", "check_sample_weight", "check_x", "encode_groups", "take"]
 
-BAD_GROUP_VALUES = "groups must not contain missing values (NaN/None); found {count}."
+BAD_GROUP_VALUES = "{what} must not contain missing values (NaN/None); found {count}."
 BAD_GROUPS_TYPE = (
     "groups must hold one label per sample (an array, a list, a Series, a DataFrame or a "
     "dict of columns); got the string {value!r}."
 )
-BAD_LABEL_VALUES = "y must not contain missing values (NaN/None); found {count}."
+BAD_LABEL_VALUES = "{what} must not contain missing values (NaN/None); found {count}."
+MIXED_LABELS = (
+    "{what} mixes strings with labels of other types ({types}); the labels must be all "
+    "strings or all numbers."
+)
+UNSEEN_LABELS = "validation_data has labels not seen in training: {labels}."
 BAD_GROUP_NDIM = (
     "groups must be 1-D (one label per sample) or 2-D (one column per attribute); got an "
     "array of shape {shape}."
@@ -108,6 +113,8 @@ def check_inputs(est: Any, X: Any, y: Any, groups: Any, sample_weight: Any,
 
 def _validate_xy(est: Any, X: Any, y: Any, *, reset: bool = True) -> tuple[Any, np.ndarray]:
     X = X.detach() if torch.is_tensor(X) else X  # a tensor that requires grad reads as data
+    if y is not None:
+        _check_label_values(y, "y")  # before scikit-learn's checks, which fail on None
     if (text := fit_text_input(X, y, est.module, est.module_params)) is not None:
         est.n_features_in_, est.input_shape_ = 1, ()  # one text per sample
         est.__dict__.pop("feature_names_in_", None)
@@ -121,7 +128,6 @@ def _validate_xy(est: Any, X: Any, y: Any, *, reset: bool = True) -> tuple[Any, 
             raise ValueError(BAD_LENGTH.format(what="y", got=len(y), n=len(X)))
         est.n_features_in_ = int(shape[0]) if shape else 1
         est.input_shape_ = shape
-        _refuse_missing_labels(y)
         check_classification_targets(y)
         return X, y
     if y is not None and not isinstance(y, str) and hasattr(y, "__len__"):
@@ -131,8 +137,6 @@ def _validate_xy(est: Any, X: Any, y: Any, *, reset: bool = True) -> tuple[Any, 
             n_x = None
         if n_x is not None and len(y) != n_x:
             raise ValueError(BAD_LENGTH.format(what="y", got=len(y), n=n_x))
-    if y is not None and (labels := np.asarray(y)).ndim == 1:
-        _refuse_missing_labels(labels)  # before validate_data, whose checks fail on None
     X, y = validate_data(est, X, y, reset=reset, **_ARRAYS)
     check_classification_targets(y)
     est.input_shape_ = tuple(int(s) for s in X.shape[1:])
@@ -146,21 +150,37 @@ def _item_shape(X: Any, empty: str) -> tuple:
     return tuple(_first_element(X[0]).shape)
 
 
-def _refuse_missing_labels(y: np.ndarray) -> None:
-    """Name missing labels of an object array (a numeric NaN is named by scikit-learn's
-    target checks; a None fails their sort)."""
-    if y.dtype == object:
-        import pandas as pd
+def _check_label_values(y: Any, what: str) -> None:
+    """Refuse missing labels and labels that mix strings with other types, naming them.
 
-        missing = int(pd.isna(y).sum())
-        if missing:
-            raise ValueError(BAD_LABEL_VALUES.format(count=missing))
+    ``y`` is read as an array; a 2-D ``y`` other than one column is left to the shape
+    checks. scikit-learn names a NaN label, but a None one, or an int among strings, fails
+    in its sort with a ``TypeError`` that names no input.
+    """
+    import pandas as pd
+
+    try:
+        labels = np.asarray(y)
+    except ValueError:  # ragged: left to the shape checks
+        return
+    if labels.ndim == 2 and labels.shape[1] == 1:
+        labels = labels[:, 0]
+    if labels.ndim != 1 or labels.dtype.kind not in "fcO":
+        return
+    missing = pd.isna(labels)
+    if missing.any():
+        raise ValueError(BAD_LABEL_VALUES.format(what=what, count=int(missing.sum())))
+    if labels.dtype == object:
+        strings = np.fromiter((isinstance(v, str) for v in labels), bool, len(labels))
+        if strings.any() and not strings.all():
+            types = sorted({type(v).__name__ for v in labels[~strings]} | {"str"})
+            raise ValueError(MIXED_LABELS.format(what=what, types=", ".join(types)))
 
 
 def _encode_labels(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     encoder = LabelEncoder().fit(y)
     if len(encoder.classes_) < 2:
-        raise ValueError(ONE_CLASS.format(label=encoder.classes_[0]))
+        raise ValueError(ONE_CLASS.format(label=_plain(encoder.classes_[0])))
     return encoder.classes_, encoder.transform(y)
 
 
@@ -181,13 +201,15 @@ def _check_validation(est: Any, validation_data: Any,
     X_val, y_val = check_x(est, validation_data[0]), validation_data[1]
     groups_val = validation_data[2] if len(validation_data) == 3 else None
     n = len(X_val) if is_torch_dataset(X_val) else _num_samples(X_val)
-    y_val = column_or_1d(np.asarray(y_val))
+    _check_label_values(y_val, "validation y")
+    y_val = column_or_1d(np.asarray(y_val), warn=True)
     if len(y_val) != n:
         raise ValueError(BAD_LENGTH.format(what="validation y", got=len(y_val), n=n))
     unknown = set(np.unique(y_val)) - set(classes)
     if unknown:
-        raise ValueError(f"validation_data has labels not seen in training: {sorted(unknown)}.")
-    g_codes = None if groups_val is None else encode_groups(groups_val, n)[0]
+        raise ValueError(UNSEEN_LABELS.format(labels=sorted(_plain(v) for v in unknown)))
+    g_codes = (None if groups_val is None
+               else encode_groups(groups_val, n, what="validation groups")[0])
     return X_val, np.searchsorted(classes, y_val), g_codes
 
 
@@ -209,7 +231,8 @@ def check_x(est: Any, X: Any, *, fitted: Any = None) -> Any:
     return X
 
 
-def encode_groups(groups: Any, n_samples: int) -> tuple[np.ndarray, list[Hashable]]:
+def encode_groups(groups: Any, n_samples: int, *,
+                  what: str = "groups") -> tuple[np.ndarray, list[Hashable]]:
     """Integer codes of the groups of each sample.
 
     Parameters
@@ -221,6 +244,8 @@ or dict of columns
         tuples of the column values.
     n_samples : int
         Expected length.
+    what : str, default="groups"
+        The name errors give the input (e.g. ``"validation groups"``).
 
     Returns
     -------
@@ -252,22 +277,23 @@ or dict of columns
             series = frame.iloc[:, 0]
         else:
             if frame.isna().to_numpy().any():
-                raise ValueError(BAD_GROUP_VALUES.format(count=int(frame.isna().sum().sum())))
+                count = int(frame.isna().sum().sum())
+                raise ValueError(BAD_GROUP_VALUES.format(what=what, count=count))
             series = pd.Series(list(frame.itertuples(index=False, name=None)))
     elif isinstance(groups, list) and groups and isinstance(groups[0], (list, tuple)):
         rows = [tuple(g) for g in groups]  # ragged: rows of different lengths
         missing = sum(bool(pd.isna(v)) for row in rows for v in row)
         if missing:
-            raise ValueError(BAD_GROUP_VALUES.format(count=missing))
+            raise ValueError(BAD_GROUP_VALUES.format(what=what, count=missing))
         series = pd.Series(rows)
     else:
         series = pd.Series(np.asarray(groups, dtype=object).ravel()
                            if not isinstance(groups, pd.Series) else groups.to_numpy())
     if len(series) != n_samples:
-        raise ValueError(BAD_LENGTH.format(what="groups", got=len(series), n=n_samples))
+        raise ValueError(BAD_LENGTH.format(what=what, got=len(series), n=n_samples))
     missing = int(series.isna().sum())
     if missing:
-        raise ValueError(BAD_GROUP_VALUES.format(count=missing))
+        raise ValueError(BAD_GROUP_VALUES.format(what=what, count=missing))
     uniques = list(pd.unique(series))
     try:
         uniques = sorted(uniques)

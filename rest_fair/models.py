@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import inspect
 import math
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from numbers import Integral
 from typing import Any
@@ -57,6 +58,21 @@ _IMAGE_SHAPE = (
     "module={name!r} needs image inputs of shape (n_samples, channels, height, width); "
     "got samples of shape {shape}."
 )
+CHANNELS_LAST = (
+    "module={name!r} reads samples of shape {shape} as {shape[0]} channels of "
+    "{shape[1]}x{shape[2]} pixels, but they look channels-last (height, width, channels): "
+    "pass X.transpose(0, 3, 1, 2), of shape (n_samples, channels, height, width)."
+)
+
+
+def _channels_last(name: str, shape: tuple[int, ...]) -> str | None:
+    """The :data:`CHANNELS_LAST` message where one sample's shape looks like (height, width,
+    channels): a last axis of 1, 3 or 4 (grey, RGB, RGBA) behind a first axis of more
+    than 4, which read as (channels, height, width) would be an image at most 4 pixels
+    wide."""
+    if len(shape) == 3 and shape[2] in (1, 3, 4) and shape[0] > 4:
+        return CHANNELS_LAST.format(name=name, shape=shape)
+    return None
 
 
 def _check_hidden(sizes: Any) -> None:
@@ -134,8 +150,9 @@ class SmallCNN(nn.Module):
         for i, width in enumerate(widths):
             side = (side + 2 - kernel_size) // stride + 1
             if side < 1:
-                raise ValueError(_TOO_SMALL.format(shape=tuple(input_shape), layer=i + 1,
-                                                   k=kernel_size, s=stride))
+                shape = tuple(int(s) for s in input_shape)
+                raise ValueError(_channels_last("cnn", shape) or _TOO_SMALL.format(
+                    shape=shape, layer=i + 1, k=kernel_size, s=stride))
             layers += [
                 nn.Conv2d(channels, int(width), kernel_size, stride=stride, padding=1),
                 nn.BatchNorm2d(int(width)),
@@ -184,6 +201,12 @@ class ResNet18(nn.Module):
         ``"cifar"`` is a 3x3 stride-1 convolution without max-pooling (for images up to
         64 pixels); ``"imagenet"`` the 7x7 stride-2 convolution plus max-pooling.
         ``"auto"`` picks ``"cifar"`` for images of at most 64 pixels per side.
+
+    Warns
+    -----
+    UserWarning
+        When ``input_shape`` looks channels-last, e.g. ``(32, 32, 3)``: it is read as 32
+        channels of 32x3 pixels.
     """
 
     def __init__(
@@ -198,6 +221,8 @@ class ResNet18(nn.Module):
         if len(input_shape) != 3:
             raise ValueError(_IMAGE_SHAPE.format(name="resnet18", shape=tuple(input_shape)))
         channels, height, width_px = input_shape
+        if (layout := _channels_last("resnet18", tuple(int(s) for s in input_shape))):
+            warnings.warn(layout, UserWarning, stacklevel=2)
         if stem == "auto":
             stem = "cifar" if max(height, width_px) <= 64 else "imagenet"
         if stem not in ("cifar", "imagenet"):

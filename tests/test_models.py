@@ -1,0 +1,31 @@
+"""The built-in networks of ``rest_fair.models``."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+from rest_fair import RESTClassifier
+from rest_fair.models import ResNet18, SmallCNN
+
+
+def test_channels_last_images_are_named_as_such():
+    # (n, height, width, channels) read as channels-first: the cnn said the images were
+    # too small ("use larger images") and resnet18 trained on 32 channels of 32x3 pixels
+    layout = (r"reads samples of shape \(32, 32, 3\) as 32 channels of 32x3 pixels, but they "
+              r"look channels-last \(height, width, channels\): pass X.transpose\(0, 3, 1, 2\)")
+    with pytest.raises(ValueError, match="module='cnn' " + layout):
+        SmallCNN((32, 32, 3), 2)
+    X = np.zeros((4, 28, 28, 1), dtype=np.float32)
+    with pytest.raises(ValueError, match=r"module='cnn' reads samples of shape \(28, 28, 1\)"):
+        RESTClassifier(module="auto", max_epochs=1, device="cpu",
+                       validation_fraction=0.0).fit(X, [0, 1] * 2)
+    with pytest.warns(UserWarning, match="module='resnet18' " + layout):
+        ResNet18((32, 32, 3), 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ResNet18((3, 32, 32), 2), ResNet18((4, 4, 3), 2), SmallCNN((1, 12, 12), 2)
+    with pytest.raises(ValueError, match="too small for module='cnn'"):
+        SmallCNN((3, 4, 4), 2)
