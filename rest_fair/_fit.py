@@ -73,6 +73,12 @@ NO_TRAINING_WEIGHT = (
     "gives their groups 0): nothing would be learnt. Give some training samples a positive "
     "weight in both."
 )
+UNIFORM_ERROR_SET = (
+    "JTT's identification model (jtt_epochs={epochs}) misclassified {which} of the {n} "
+    "training samples, so the error set cannot be told apart from the rest: every sample "
+    "keeps the same weight and the final model is trained as plain ERM. Fewer jtt_epochs "
+    "(or a smaller lr) leave the identification model mistakes to find."
+)
 WARM_AND_RESUME = (
     "warm_start=True continues this fitted estimator's network, resume_from continues the "
     "run of a checkpoint: pass one of them (set warm_start=False to resume, or leave out "
@@ -282,7 +288,12 @@ def _jtt_errors(est: Any, train: FitData, seed: int, saved: torch.Tensor | None,
         return saved.numpy().astype(bool)
     errors = identify_errors(est, train.X, train.classes[train.y], seed=seed,
                              sample_weight=train.sample_weight)
-    return world.broadcast_(torch.as_tensor(errors, dtype=torch.uint8)).numpy() > 0
+    errors = world.broadcast_(torch.as_tensor(errors, dtype=torch.uint8)).numpy() > 0
+    if world.is_main and (errors.all() or not errors.any()):
+        warnings.warn(UNIFORM_ERROR_SET.format(epochs=est.jtt_epochs, n=len(errors),
+                                               which="all" if errors.all() else "none"),
+                      UserWarning, stacklevel=6)  # the caller of RESTClassifier.fit
+    return errors
 
 
 def _train_set(train: FitData, *, upweight: Any, reweight: str, batch_size: int,

@@ -173,3 +173,15 @@ def test_groupdro_weights_stay_finite_where_the_exponential_overflows():
     obj(logits, y, None, g)
     plain = torch.full((3,), 1 / 3) * torch.exp(0.1 * losses.float())
     assert torch.equal(obj.q, plain / plain.sum())
+
+
+def test_an_error_set_of_no_sample_is_named(monkeypatch):
+    # an identification model that gets every training sample right leaves nothing to
+    # upweight: the fit says so instead of quietly training plain ERM
+    X, y, _ = _spurious(n=300)
+    monkeypatch.setattr("rest_fair._fit.identify_errors",
+                        lambda est, X_, y_, **kw: np.zeros(len(y_), dtype=bool))
+    with pytest.warns(UserWarning, match=r"misclassified none of the 300 training samples"):
+        clf = RESTClassifier(infer_groups="jtt", jtt_epochs=1, upweight=20.0, max_epochs=1,
+                             validation_fraction=0.0, **FAST).fit(X, y)
+    assert not clf.inferred_groups_.any()
