@@ -124,7 +124,10 @@ class RESTClassifier(ClassifierMixin, BaseEstimator):
         ``backward()`` and the optimizer step (which then trains the regrown weights), and
         never on the last step of an epoch, so every validated model has trained since its
         last topology change. ``"after_step"``: at every ``update_interval``-th step, after
-        the optimizer step, wherever that falls (the REST authors' code).
+        the optimizer step, wherever that falls (the REST authors' code): an update on an
+        epoch's last step is followed by validation at once, so a model whose regrown weights
+        are still zero can be the one selected (with ``update_interval="auto"``, every epoch's
+        model is such a one).
     update_end : float in [0, 1], default=0.75
         Fraction of training after which the topology is frozen (``T_end``).
     sparse_compute : {"auto", "masked", "csr"}, default="auto"
