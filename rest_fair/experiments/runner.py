@@ -62,7 +62,7 @@ _BAD_LIMIT = "{name} must be a number {rule} or None; got {value!r}."
 _BAD_OUT_DIR = "cannot keep the results in {path}: {error}."
 _N_JOBS_IGNORED = (
     "n_jobs={n_jobs} is ignored with backend='dask': the cluster runs as many runs at once "
-    "as its workers have threads."
+    "as it has worker processes."
 )
 _BAD_PROGRESS = "progress must be True, False, 'auto', 'bar', 'log' or 'none'; got {!r}."
 
@@ -236,7 +236,7 @@ def run_sweep(
     n_jobs : int, default=1
         Parallel runs (joblib processes); torch threads per run are split so that
         ``n_jobs * threads <= cores``. ``-1``: one run per core. Not used by the dask
-        backend, whose parallelism is the cluster's worker threads.
+        backend, whose parallelism is the cluster's worker processes.
     resume : bool, default=True
         Skip the runs already finished (:func:`pending`); False moves the old results file
         aside (``results.<date>-<time>.jsonl``) and runs everything.
