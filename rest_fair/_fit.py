@@ -20,6 +20,7 @@ import functools
 import hashlib
 import json
 import random
+import threading
 import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
@@ -45,6 +46,11 @@ from .training.distributed import LocalContext, resolve_distributed
 from .training.parts import TrainConfig, build_parts
 
 __all__ = ["fit_estimator", "is_device_name", "remember_network_params", "resolve_device"]
+
+#: Held by a fit while it seeds and draws from the process's global torch random state
+#: (the module's initialisation, dropout): fits in threads of one process take turns, so
+#: that each draws what it would alone. Re-entrant, for the fit JTT runs inside a fit.
+_GLOBAL_RANDOM_STATE = threading.RLock()
 
 NO_CUDA = "device={!r} was requested but CUDA is not available on this machine."
 BAD_DEVICE = "device must be 'auto', 'cpu', 'cuda', 'cuda:<i>' or a torch.device; got {!r}."
@@ -334,7 +340,8 @@ class _Built:
 @contextlib.contextmanager
 def _built_run(est: Any, data: FitData, config: TrainConfig, callbacks: list, *, warm: bool,
                resume_from: Any) -> Iterator[_Built]:
-    """The run of ``fit``, open: the random state forked, its batch sources closed after."""
+    """The run of ``fit``, open: the random state forked (and held against fits in other
+    threads), its batch sources closed after."""
     seed = int(check_random_state(est.random_state).randint(0, 2**31 - 1))
     world = resolve_distributed(est.distributed, resolve_device(est.device),
                                 timeout=est.distributed_timeout)
@@ -360,8 +367,8 @@ def _built_run(est: Any, data: FitData, config: TrainConfig, callbacks: list, *,
     train, errors = data.rows(train_idx), None
     sources = [] if valid is None else [valid.source]
     try:
-        with torch.random.fork_rng(devices=[world.device.index or 0]
-                                   if world.device.type == "cuda" else []):
+        with _GLOBAL_RANDOM_STATE, torch.random.fork_rng(
+                devices=[world.device.index or 0] if world.device.type == "cuda" else []):
             torch.manual_seed(seed)
             generator = torch.Generator().manual_seed(seed)
             upweight = est.upweight

@@ -462,6 +462,11 @@ or dict of columns, default=None
         estimator as it was: the previous fit's model and attributes (a warm start's
         weights included), or not fitted. To keep the progress of an interrupted run, train
         with a :class:`~rest_fair.callbacks.Checkpoint` and resume from it.
+
+        ``fit`` seeds and draws from the process's global torch random state (the
+        network's initialisation, dropout), so fits in threads of one process (a threaded
+        joblib backend, a Dask worker with several threads) take turns: each gives the
+        numbers it gives alone. Fits in separate processes run side by side.
         """
         self._validate_params()
         with translate_failures(self.distributed_timeout):

@@ -1,4 +1,5 @@
-"""The landing page's ten-line example runs as printed, on the embedded digits."""
+"""Examples of the documentation run as printed: the landing page's ten lines on the embedded
+digits, the routing example of the fairness page."""
 
 from __future__ import annotations
 
@@ -26,3 +27,27 @@ def test_landing_page_example_runs_and_prints_a_worst_group_accuracy():
     accuracy = float(printed.getvalue().strip())
     # 10 classes: chance is 0.1; the fit learns (0.47 on the machines of 2026-12)
     assert 0.25 <= accuracy <= 1.0
+
+
+@pytest.mark.slow
+def test_fairness_page_routing_example_runs_with_a_binary_sensitive_attribute():
+    """The metadata-routing example of docs/fairness.md, on a table with a binary attribute
+    (the common case: it must not split by that attribute)."""
+    import numpy as np
+    import sklearn
+
+    block = next(b for b in _python_blocks(ROOT / "docs" / "fairness.md")
+                 if "set_fit_request" in b)
+    rng = np.random.default_rng(0)
+    g = rng.integers(0, 2, 300)
+    X = rng.normal(size=(300, 4)).astype(np.float32)
+    X[:, 1] += g
+    y = (X[:, 0] + 0.8 * g > 0.4).astype(int)
+    namespace = {"X": X, "y": y, "g": g}
+    with sklearn.config_context():  # the block enables routing for the process
+        try:
+            exec(compile(block, "docs/fairness.md", "exec"), namespace)
+        finally:
+            sklearn.set_config(enable_metadata_routing=False)
+    assert sorted(namespace["search"].best_estimator_.groups_) == [0, 1]
+    assert len(namespace["scores"]["test_score"]) == 5

@@ -1,7 +1,7 @@
 """Running the runs of a sweep on a ``dask.distributed`` cluster.
 
 The driver (the process calling :func:`~rest_fair.experiments.runner.run_sweep`) keeps as
-many runs in flight as the cluster has worker threads, gathers each record as it completes
+many runs in flight as the cluster has worker processes, gathers each record as it completes
 and is the only process that writes the results file: workers receive a run's spec and its
 experiment, never a path, and call :func:`~rest_fair.experiments.run.run_one`. Each run sets
 its torch threads so that the runs sharing a machine do not oversubscribe its cores, by the
@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import os
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -23,7 +24,7 @@ from typing import Any
 from .._requirements import import_optional
 from .run import Experiment, available_cores, error_record, run_one, split_threads
 
-__all__ = ["active_joblib_client", "connect", "dask_records", "thread_plan"]
+__all__ = ["active_joblib_client", "connect", "dask_records", "thread_plan", "worker_processes"]
 
 _UNREACHABLE = (
     "Could not connect to the Dask scheduler at {address!r} within {timeout:g} s ({error}). "
@@ -138,36 +139,46 @@ def connect(scheduler: Any = None, *, timeout: float = 10.0) -> Iterator[Any]:
             client.close()
 
 
-def thread_plan(client: Any, nthreads: Mapping[str, int] | None = None) -> dict[str, int]:
-    """Torch threads per run for every worker: the host's cores over its parallel runs.
+def worker_processes(client: Any) -> dict[str, tuple[str, int, int]]:
+    """The host, process id and usable cores of every worker of ``client``.
 
-    Runs execute concurrently in every worker thread of every worker process, so the runs
-    of one machine are the worker threads of all its workers; each run gets
-    ``split_threads(runs_on_host, cores_of_worker)`` threads.
+    Returns
+    -------
+    dict
+        Worker address to ``(host, pid, cores)``; workers that do not answer are left out.
+    """
+    from distributed.comm import get_address_host
+
+    found = client.run(_process_and_cores, on_error="ignore")
+    return {address: (get_address_host(address), int(pid), int(cores))
+            for address, (pid, cores) in found.items()}
+
+
+def _process_and_cores() -> tuple[int, int]:
+    return os.getpid(), available_cores()
+
+
+def thread_plan(processes: Mapping[str, tuple[str, int, int]]) -> dict[str, int]:
+    """Torch threads per run for every worker: the host's cores over its worker processes.
+
+    Fits in threads of one process take turns (they share the process's torch random
+    state, see :meth:`rest_fair.RESTClassifier.fit`), so a host runs as many runs at once
+    as it has worker processes, whatever their ``--nthreads``; each run gets
+    ``split_threads(processes_on_host, cores_of_worker)`` threads.
 
     Parameters
     ----------
-    client : distributed.Client
-    nthreads : mapping of str to int or None
-        ``client.nthreads()``, if already known.
+    processes : mapping
+        :func:`worker_processes` of the cluster.
 
     Returns
     -------
     dict
         Worker address to torch threads.
     """
-    from distributed.comm import get_address_host
-
-    nthreads = dict(nthreads if nthreads is not None else client.nthreads())
-    cores = client.run(available_cores, on_error="ignore")
-    per_host: Counter[str] = Counter()
-    for address, slots in nthreads.items():
-        per_host[get_address_host(address)] += int(slots)
-    return {
-        address: split_threads(per_host[get_address_host(address)], cores[address])[1]
-        for address in nthreads
-        if address in cores
-    }
+    per_host = Counter(host for host, _ in {(host, pid) for host, pid, _ in processes.values()})
+    return {address: split_threads(per_host[host], cores)[1]
+            for address, (host, _, cores) in processes.items()}
 
 
 def run_on_worker(spec: Any, experiment: Experiment, plan: Mapping[str, int]) -> dict:
@@ -191,7 +202,7 @@ def dask_records(
 ) -> Iterator[dict[str, Any]]:
     """Records of ``todo`` run on the cluster, in completion order.
 
-    As many runs as the cluster has worker threads are in flight (checked again after
+    As many runs as the cluster has worker processes are in flight (checked again after
     each result, so workers that join later are used); no new run is submitted once
     ``stop()`` is true. A run lost to the cluster (e.g. a worker that died) comes back as
     an error record, which the next sweep retries. Closing the generator cancels the
@@ -203,13 +214,15 @@ def dask_records(
     completed = distributed.as_completed(loop=client.loop)
     plan: dict[str, int] = {}
     planned_for: set[str] = set()
+    capacity = 1
 
     def fill() -> None:
-        nonlocal plan, planned_for
-        nthreads = client.nthreads()
-        if set(nthreads) != planned_for:
-            plan, planned_for = thread_plan(client, nthreads), set(nthreads)
-        capacity = max(1, sum(nthreads.values()))
+        nonlocal plan, planned_for, capacity
+        workers = set(client.nthreads())
+        if workers != planned_for:
+            processes = worker_processes(client)
+            plan, planned_for = thread_plan(processes), workers
+            capacity = max(1, len({(host, pid) for host, pid, _ in processes.values()}))
         while len(running) < capacity and not stop():
             spec = next(queue, None)
             if spec is None:

@@ -29,12 +29,13 @@ import sys
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures.process import BrokenProcessPool
 from numbers import Real
 from pathlib import Path
 from typing import Any
 
 from .dask_backend import active_joblib_client, connect, dask_records
-from .run import Experiment, check_run_params, run_one, split_threads
+from .run import Experiment, check_run_params, error_record, run_one, split_threads
 
 __all__ = ["BACKENDS", "LOG_INTERVAL", "PROGRESS_MODES", "RESULTS_FILE", "append_record",
            "finished", "parse_upweight", "pending", "read_results", "run_sweep"]
@@ -61,7 +62,7 @@ _BAD_LIMIT = "{name} must be a number {rule} or None; got {value!r}."
 _BAD_OUT_DIR = "cannot keep the results in {path}: {error}."
 _N_JOBS_IGNORED = (
     "n_jobs={n_jobs} is ignored with backend='dask': the cluster runs as many runs at once "
-    "as its workers have threads."
+    "as it has worker processes."
 )
 _BAD_PROGRESS = "progress must be True, False, 'auto', 'bar', 'log' or 'none'; got {!r}."
 
@@ -132,9 +133,15 @@ def finished(record: dict[str, Any]) -> bool:
 
 
 def pending(specs: Sequence[Any], path: str | Path) -> list[Any]:
-    """The runs of ``specs`` without a finished record in the results file ``path``."""
+    """The runs of ``specs`` without a finished record in the results file ``path``, each
+    run id once (a run listed twice is one run)."""
     done = {r["run_id"] for r in read_results(path) if finished(r)}
-    return [spec for spec in specs if spec.run_id not in done]
+    return [spec for spec in _unique(specs) if spec.run_id not in done]
+
+
+def _unique(specs: Sequence[Any]) -> list[Any]:
+    """``specs`` without the repeats of a run id, in the order of their first listing."""
+    return list({spec.run_id: spec for spec in specs}.values())
 
 
 def _progress_mode(progress: bool | str, stream: Any) -> str:
@@ -231,7 +238,7 @@ def run_sweep(
         split so that ``n_jobs * threads <= cores``. Negative values count back from the
         cores as in joblib: ``-1`` one run per core, ``-2`` all cores but one (``cores + 1 +
         n_jobs``, at least 1); ``0`` or None: 1. Not used by the dask backend, whose
-        parallelism is the cluster's worker threads.
+        parallelism is the cluster's worker processes.
     resume : bool, default=True
         Skip the runs already finished (:func:`pending`); False moves the old results file
         aside (``results.<date>-<time>.jsonl``) and runs everything.
@@ -270,7 +277,8 @@ def run_sweep(
     -------
     list of dict
         The records of the experiment's runs found in the results file, in the order of
-        ``experiment.runs()`` (see :func:`~rest_fair.experiments.run.run_one`). With the
+        ``experiment.runs()``, one per run id (a run listed twice runs once; see
+        :func:`~rest_fair.experiments.run.run_one`). With the
         dask backend each new record also names the ``worker`` that ran it.
 
     Raises
@@ -328,7 +336,7 @@ def run_sweep(
             on_start(where)
         if not resume and path.exists():
             path.rename(path.with_name(f"{path.stem}.{time.strftime('%Y%m%d-%H%M%S')}.jsonl"))
-        specs = experiment.runs()
+        specs = _unique(experiment.runs())
         todo = pending(specs, path)
         n_done = len(specs) - len(todo)
         todo = todo if max_runs is None else todo[: max(0, int(max_runs))]
@@ -370,7 +378,14 @@ def _local_records(
     todo: Sequence[Any], experiment: Experiment, n_jobs: int, threads: int, progress: bool,
     stop: Callable[[], bool],
 ) -> Iterator[dict[str, Any]]:
-    """Records of ``todo``, run in this process or in batches of ``n_jobs`` processes."""
+    """Records of ``todo``, run in this process or in batches of ``n_jobs`` processes.
+
+    A run that ends its worker process (killed for memory, a crash in native code) breaks
+    the whole batch, and which run did it is not known: the runs of the batch without a
+    record are then run again one at a time, each in a process of its own, so that the
+    one that ends its process again gets an error record naming its configuration and
+    the others keep their results.
+    """
     from joblib import Parallel, delayed
 
     for i in range(0, len(todo), n_jobs):
@@ -380,8 +395,30 @@ def _local_records(
         if len(batch) == 1:
             yield run_one(batch[0], experiment, n_threads=threads,
                           verbose=int(progress and n_jobs == 1))
-        else:  # local processes, even inside a joblib.parallel_config
-            parallel = Parallel(n_jobs=len(batch), backend="loky",
-                                return_as="generator_unordered")
-            yield from parallel(delayed(run_one)(spec, experiment, n_threads=threads)
-                                for spec in batch)
+            continue
+        # local processes, even inside a joblib.parallel_config
+        parallel = Parallel(n_jobs=len(batch), backend="loky", return_as="generator_unordered")
+        returned = set()
+        try:
+            for record in parallel(delayed(run_one)(spec, experiment, n_threads=threads)
+                                   for spec in batch):
+                returned.add(record["run_id"])
+                yield record
+        except BrokenProcessPool:
+            for spec in batch:
+                if spec.run_id not in returned:
+                    yield _run_in_own_process(spec, experiment, threads)
+
+
+def _run_in_own_process(spec: Any, experiment: Experiment, threads: int) -> dict[str, Any]:
+    """:func:`run_one` in a worker process of its own; an error record if that process
+    ends before the run returns."""
+    from joblib import Parallel, delayed
+
+    try:
+        # two workers allowed for one task: joblib runs n_jobs=1 in this process
+        (record,) = Parallel(n_jobs=2, backend="loky")(
+            [delayed(run_one)(spec, experiment, n_threads=threads)])
+    except BrokenProcessPool as exc:
+        return error_record(spec, exc)
+    return record

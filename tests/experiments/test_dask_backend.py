@@ -93,6 +93,24 @@ def test_dask_sweep_has_the_numbers_of_a_local_run(cluster, tmp_path, counted_ap
     assert Counter(r["run_id"] for r in lines) == Counter(s.run_id for s in config.runs())
 
 
+def test_runs_in_threads_of_one_worker_have_the_numbers_of_a_serial_run(tmp_path):
+    """A worker with several threads (dask's default) or an in-process cluster runs fits
+    side by side in one process, where they share torch's global random state."""
+    distributed = pytest.importorskip("distributed")
+    pytest.importorskip("torch")
+    config = tiny_config(seeds=(0, 1), extra_params={"sparse_compute": "masked"})  # 8 runs
+    serial = run_sweep(config, tmp_path / "serial", progress=False)
+    with (
+        distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
+                                 dashboard_address=":0") as local_cluster,
+        distributed.Client(local_cluster, set_as_default=False) as client,
+    ):
+        threaded = run_sweep(config, tmp_path / "dask", scheduler=client, progress=False)
+    assert all(r["status"] == "ok" for r in threaded), [r.get("error") for r in threaded]
+    # one process on this host: each run gets the cores a serial run gets
+    assert numbers(threaded) == numbers(serial)
+
+
 def test_interrupted_dask_sweep_resumes_only_missing_runs(cluster, tmp_path, counted_appends):
     config = tiny_config()
     out = tmp_path / "sweep"
@@ -228,17 +246,23 @@ def test_backend_arguments_are_checked(tmp_path, capsys):
         cli.main(["bench", "--backend", "spark"])
 
 
-def test_thread_plan_splits_each_host_between_its_runs():
+def test_thread_plan_splits_each_host_between_its_worker_processes():
     pytest.importorskip("distributed")
-    from rest_fair.experiments.dask_backend import thread_plan
+    from rest_fair.experiments.dask_backend import thread_plan, worker_processes
 
     class FakeClient:
-        def nthreads(self):
-            return {"tcp://10.0.0.1:1": 1, "tcp://10.0.0.1:2": 1, "tcp://10.0.0.2:1": 4}
-
         def run(self, function, on_error):
-            return {"tcp://10.0.0.1:1": 8, "tcp://10.0.0.1:2": 8, "tcp://10.0.0.2:1": 8}
+            return {  # (pid, cores); the two workers of 10.0.0.3 share a process
+                "tcp://10.0.0.1:1": (11, 8), "tcp://10.0.0.1:2": (12, 8),
+                "tcp://10.0.0.2:1": (21, 8),
+                "tcp://10.0.0.3:1": (31, 8), "tcp://10.0.0.3:2": (31, 8),
+            }
 
-    assert thread_plan(FakeClient()) == {
-        "tcp://10.0.0.1:1": 4, "tcp://10.0.0.1:2": 4, "tcp://10.0.0.2:1": 2
+    processes = worker_processes(FakeClient())
+    assert processes["tcp://10.0.0.3:2"] == ("10.0.0.3", 31, 8)
+    # a worker's threads take turns (fits share its process's random state): a host runs
+    # one run per worker process at a time, whatever the threads of each
+    assert thread_plan(processes) == {
+        "tcp://10.0.0.1:1": 4, "tcp://10.0.0.1:2": 4, "tcp://10.0.0.2:1": 8,
+        "tcp://10.0.0.3:1": 8, "tcp://10.0.0.3:2": 8,
     }
