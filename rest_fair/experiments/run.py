@@ -19,6 +19,7 @@ import os
 import tempfile
 import time
 import traceback
+from numbers import Integral
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -80,7 +81,14 @@ def split_threads(n_jobs: int, cores: int | None = None) -> tuple[int, int]:
     Returns
     -------
     (n_jobs, threads_per_job) : tuple of int
+
+    Raises
+    ------
+    TypeError
+        If ``n_jobs`` is neither an int nor None.
     """
+    if n_jobs is not None and (isinstance(n_jobs, bool) or not isinstance(n_jobs, Integral)):
+        raise TypeError(f"n_jobs must be an int or None; got {n_jobs!r}.")
     cores = cores or available_cores()
     n_jobs = n_jobs or 1
     if n_jobs < 0:

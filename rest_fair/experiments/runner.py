@@ -306,6 +306,7 @@ def run_sweep(
                 or (finite and not math.isfinite(value))):
             rule = ("> 0" if positive else ">= 0") + (" and finite" if finite else "")
             raise ValueError(_BAD_LIMIT.format(name=name, rule=rule, value=value))
+    split_threads(n_jobs)  # an n_jobs of another type is refused before any work
     mode = _progress_mode(progress, sys.stderr)
     experiment.check_requirements()
     first = next(iter(experiment.runs()), None)

@@ -128,6 +128,9 @@ def test_split_threads_never_oversubscribes():
             assert jobs * threads <= cores
     assert split_threads(-1, 8) == (8, 1)
     assert split_threads(2, 8) == (2, 4)
+    for bad in ("4", 2.0, True):
+        with pytest.raises(TypeError, match=r"n_jobs must be an int or None; got"):
+            split_threads(bad, 8)
 
 
 def test_read_results_skips_truncated_line(tmp_path):
