@@ -39,6 +39,9 @@ __all__ = ["RESTClassifier"]
 
 _INF = float("inf")
 _NONE = type(None)
+# the optimizer computes in float32: a larger step size or penalty overflows there
+_FLOAT32_MAX = float(torch.finfo(torch.float32).max)
+_FLOAT32_NOTE = "the largest float32: the weights and their updates are float32"
 
 
 class _DeviceName:
@@ -288,17 +291,17 @@ class RESTClassifier(ClassifierMixin, BaseEstimator):
                      Interval(Real, 0, _INF, "neither")],
         "reweight": [Options(REWEIGHT_MODES)],
         "objective": [Options(OBJECTIVES)],
-        "groupdro_eta": [Interval(Real, 0, _INF, "neither")],
+        "groupdro_eta": [Interval(Real, 0, _FLOAT32_MAX, "right", _FLOAT32_NOTE)],
         "infer_groups": [TypeOf((_NONE,), "None"), Options(("jtt",))],
         "jtt_epochs": [Interval(Integral, 1, _INF, "left")],
         "module": [TypeOf((object,), "a module name, nn.Module class, callable or instance")],
         "module_params": [TypeOf((Mapping, _NONE), "a dict or None")],
         "max_epochs": [Interval(Integral, 1, _INF, "left")],
         "batch_size": [Interval(Integral, 1, _INF, "left")],
-        "lr": [Interval(Real, 0, _INF, "neither")],
+        "lr": [Interval(Real, 0, _FLOAT32_MAX, "right", _FLOAT32_NOTE)],
         "optimizer": [Options(OPTIMIZERS)],
         "momentum": [Interval(Real, 0, 1, "left")],
-        "weight_decay": [Interval(Real, 0, _INF, "left")],
+        "weight_decay": [Interval(Real, 0, _FLOAT32_MAX, "both", _FLOAT32_NOTE)],
         "lr_scheduler": [Options(LR_SCHEDULERS)],
         "validation_fraction": [Interval(Real, 0, 1, "left")],
         "device": [_DeviceName()],

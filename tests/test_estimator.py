@@ -179,6 +179,12 @@ def test_user_module_factory(data):
         ({"max_epochs": 0}, "max_epochs"),
         ({"update_interval": "often"}, "update_interval"),
         ({"lr_scheduler": "step"}, "lr_scheduler must be one of"),
+        # beyond float32's range: torch's optimizer failed with "value cannot be converted
+        # to type float without overflow", and GroupDRO's weights became NaN
+        ({"lr": 1e40}, r"lr must be a number in \(0, 3.4028234663852886e\+38\] \(the largest "
+                       r"float32"),
+        ({"weight_decay": 1e40}, r"weight_decay must be a number in \[0, 3.40282"),
+        ({"groupdro_eta": 1e300}, r"groupdro_eta must be a number in \(0, 3.40282"),
     ],
 )
 def test_bad_parameters_name_the_problem(data, params, match):
