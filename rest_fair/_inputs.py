@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 from sklearn.preprocessing import LabelEncoder
 from sklearn.utils.multiclass import check_classification_targets
@@ -60,10 +61,18 @@ _ARRAYS = {"accept_sparse": "csr", "allow_nd": True, "dtype": (np.float32, np.fl
 
 
 def take(X: Any, idx: np.ndarray) -> Any:
-    """Rows ``idx`` of an array, sparse matrix or torch Dataset."""
+    """Rows ``idx`` of an array, sparse matrix or torch Dataset.
+
+    The rows of an array or sparse matrix come in float32, the dtype the network reads:
+    the rows a fit trains and validates on are held in that form only, not also as a
+    float64 copy.
+    """
     if is_torch_dataset(X):
         return torch.utils.data.Subset(X, idx.tolist())
-    return X[idx]
+    rows = X[idx]
+    if (isinstance(rows, np.ndarray) or sp.issparse(rows)) and rows.dtype != np.float32:
+        return rows.astype(np.float32)
+    return rows
 
 
 @dataclass

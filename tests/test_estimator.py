@@ -250,6 +250,45 @@ def test_inputs_are_not_modified(data):
     assert np.array_equal(w, np.ones(len(y)))
 
 
+@pytest.mark.parametrize("to_input", [np.asarray, sp.csr_matrix], ids=["dense", "sparse"])
+def test_a_float64_input_is_held_in_float32_only(to_input):
+    # the training and validation rows were taken from a float64 X as float64 copies and
+    # converted to float32 for the network: the float64 copy stayed alive through the fit
+    import tracemalloc
+
+    X = np.random.default_rng(0).standard_normal((20_000, 50))
+    y = (X[:, 0] > 0).astype(int)
+
+    def held_during_fit(X, y):
+        held = []
+
+        class Measure(Callback):
+            def on_epoch_end(self, net, **kwargs):
+                held.append(tracemalloc.get_traced_memory()[0] - before)
+
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            _clf(max_epochs=1, batch_size=2000, callbacks=[Measure()]).fit(X, y)
+        finally:
+            tracemalloc.stop()
+        return held[0]
+
+    held_during_fit(to_input(X[:500]), y[:500])  # the first fit's one-time allocations
+    in_float32 = held_during_fit(to_input(X.astype(np.float32)), y)
+    in_float64 = held_during_fit(to_input(X), y)
+    assert in_float64 < in_float32 + 0.2 * X.size * 4
+
+
+def test_float64_sparse_rows_match_the_dense_fit(data):
+    X, y, _ = data
+    X64 = X.astype(np.float64)
+    dense = _clf().fit(X, y)
+    np.testing.assert_array_equal(_clf().fit(X64, y).predict_proba(X), dense.predict_proba(X))
+    np.testing.assert_allclose(_clf().fit(sp.csr_matrix(X64), y).predict_proba(X),
+                               dense.predict_proba(X), atol=1e-5)
+
+
 # ------------------------------------------------------------------ reweighting
 def test_lambda_semantics_balanced_and_dict():
     y = np.array([0] * 90 + [0] * 10 + [1] * 80 + [1] * 20)
