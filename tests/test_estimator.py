@@ -280,6 +280,24 @@ def test_a_float64_input_is_held_in_float32_only(to_input):
     assert in_float64 < in_float32 + 0.2 * X.size * 4
 
 
+@pytest.mark.parametrize("dtype", [np.float16, np.int64, bool])
+@pytest.mark.parametrize("sparse_compute", ["masked", "csr"])
+def test_bf16_fits_of_any_input_dtype_keep_exact_masks_and_output_dtypes(data, dtype,
+                                                                          sparse_compute):
+    X, y, _ = data
+    X = (X > 0) if dtype is bool else (X * 4).astype(dtype)
+    clf = _clf(sparsity=0.9, precision="bf16", sparse_compute=sparse_compute,
+               max_epochs=3).fit(X, y)
+    params = dict(clf.module_.named_parameters())
+    assert {p.dtype for p in params.values()} == {torch.float32}
+    for name, mask in clf.masks_.items():
+        assert torch.all(params[name].detach()[~mask] == 0)
+    assert clf.predict_logits(X).dtype == np.float32
+    proba, log_proba = clf.predict_proba(X), clf.predict_log_proba(X)
+    assert proba.dtype == log_proba.dtype == np.float64
+    assert np.isfinite(proba).all() and np.abs(proba.sum(1) - 1).max() < 1e-12
+
+
 def test_float64_sparse_rows_match_the_dense_fit(data):
     X, y, _ = data
     X64 = X.astype(np.float64)
