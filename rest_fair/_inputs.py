@@ -56,8 +56,14 @@ WARM_START_MISMATCH = (
     "warm_start=True continues the fitted network, but {what} changed: it was {before!r}, "
     "now {after!r}. Fit a new estimator (or set warm_start=False) for other data."
 )
+BEYOND_FLOAT32 = (
+    "X holds values beyond the float32 range ({count} of magnitude above {limit:.4g}); the "
+    "network computes in float32, where they would be infinite. Rescale the features, "
+    "e.g. with sklearn's StandardScaler."
+)
 # what validate_data accepts as X
 _ARRAYS = {"accept_sparse": "csr", "allow_nd": True, "dtype": (np.float32, np.float64)}
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def take(X: Any, idx: np.ndarray) -> Any:
@@ -143,9 +149,22 @@ def _validate_xy(est: Any, X: Any, y: Any, *, reset: bool = True) -> tuple[Any, 
     if y is not None and (labels := np.asarray(y)).ndim == 1:
         _refuse_missing_labels(labels)  # before validate_data, whose checks fail on None
     X, y = validate_data(est, X, y, reset=reset, **_ARRAYS)
+    _refuse_beyond_float32(X)
     check_classification_targets(y)
     est.input_shape_ = tuple(int(s) for s in X.shape[1:])
     return X, y
+
+
+def _refuse_beyond_float32(X: Any) -> Any:
+    """``X`` (a validated array or sparse matrix), unless it holds finite values that are
+    infinite in float32, the dtype the network reads (validation refused NaN and inf)."""
+    values = X.data if sp.issparse(X) else X
+    if values.dtype == np.float32 or values.size == 0:
+        return X
+    if values.max() > _FLOAT32_MAX or values.min() < -_FLOAT32_MAX:
+        count = int(np.count_nonzero(np.abs(values) > _FLOAT32_MAX))
+        raise ValueError(BEYOND_FLOAT32.format(count=count, limit=_FLOAT32_MAX))
+    return X
 
 
 def _item_shape(X: Any, empty: str) -> tuple:
@@ -211,7 +230,7 @@ def check_x(est: Any, X: Any, *, fitted: Any = None) -> Any:
     if (tokens := text_input(X, est.module, est.module_params, fitted=fitted)) is not None:
         return tokens
     if not is_torch_dataset(X):
-        return validate_data(est, X, reset=False, **_ARRAYS)
+        return _refuse_beyond_float32(validate_data(est, X, reset=False, **_ARRAYS))
     shape = _item_shape(X, EMPTY_DATASET_TO_PREDICT)
     if shape != tuple(est.input_shape_):
         raise ValueError(DATASET_SHAPE_CHANGED.format(shape=shape, fitted=est.input_shape_))

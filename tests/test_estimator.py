@@ -242,6 +242,23 @@ def test_bad_inputs_name_the_problem(data):
         _clf(device="cuda").fit(X, y)
 
 
+@pytest.mark.parametrize("to_input", [np.asarray, sp.csr_matrix], ids=["dense", "sparse"])
+def test_float64_values_beyond_float32_are_refused_at_input(data, to_input):
+    # 1e39 is finite in float64 and infinite in the network's float32: the fit ran an epoch
+    # and reported a diverged training, predict a non-finite network output
+    X, y, _ = data
+    big = X.astype(np.float64)
+    big[3, 2], big[5, 1] = 1e39, -1e300
+    match = r"X holds values beyond the float32 range \(2 of magnitude above 3.403e\+38\)"
+    with pytest.raises(ValueError, match=match):
+        _clf().fit(to_input(big), y)
+    clf = _clf(max_epochs=1).fit(X, y)
+    with pytest.raises(ValueError, match=match):
+        clf.predict_proba(to_input(big))
+    with pytest.raises(ValueError, match=match):
+        _clf().fit(X, y, validation_data=(to_input(big), y))
+
+
 def test_inputs_are_not_modified(data):
     X, y, g = data
     X0, y0, g0, w = X.copy(), y.copy(), g.copy(), np.ones(len(y))
