@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 from sklearn.preprocessing import LabelEncoder
 from sklearn.utils.multiclass import check_classification_targets
@@ -60,15 +61,29 @@ WARM_START_MISMATCH = (
     "warm_start=True continues the fitted network, but {what} changed: it was {before!r}, "
     "now {after!r}. Fit a new estimator (or set warm_start=False) for other data."
 )
+BEYOND_FLOAT32 = (
+    "X holds values beyond the float32 range ({count} of magnitude above {limit:.4g}); the "
+    "network computes in float32, where they would be infinite. Rescale the features, "
+    "e.g. with sklearn's StandardScaler."
+)
 # what validate_data accepts as X
 _ARRAYS = {"accept_sparse": "csr", "allow_nd": True, "dtype": (np.float32, np.float64)}
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def take(X: Any, idx: np.ndarray) -> Any:
-    """Rows ``idx`` of an array, sparse matrix or torch Dataset."""
+    """Rows ``idx`` of an array, sparse matrix or torch Dataset.
+
+    The rows of an array or sparse matrix come in float32, the dtype the network reads:
+    the rows a fit trains and validates on are held in that form only, not also as a
+    float64 copy.
+    """
     if is_torch_dataset(X):
         return torch.utils.data.Subset(X, idx.tolist())
-    return X[idx]
+    rows = X[idx]
+    if (isinstance(rows, np.ndarray) or sp.issparse(rows)) and rows.dtype != np.float32:
+        return rows.astype(np.float32)
+    return rows
 
 
 @dataclass
@@ -138,9 +153,22 @@ def _validate_xy(est: Any, X: Any, y: Any, *, reset: bool = True) -> tuple[Any, 
         if n_x is not None and len(y) != n_x:
             raise ValueError(BAD_LENGTH.format(what="y", got=len(y), n=n_x))
     X, y = validate_data(est, X, y, reset=reset, **_ARRAYS)
+    _refuse_beyond_float32(X)
     check_classification_targets(y)
     est.input_shape_ = tuple(int(s) for s in X.shape[1:])
     return X, y
+
+
+def _refuse_beyond_float32(X: Any) -> Any:
+    """``X`` (a validated array or sparse matrix), unless it holds finite values that are
+    infinite in float32, the dtype the network reads (validation refused NaN and inf)."""
+    values = X.data if sp.issparse(X) else X
+    if values.dtype == np.float32 or values.size == 0:
+        return X
+    if values.max() > _FLOAT32_MAX or values.min() < -_FLOAT32_MAX:
+        count = int(np.count_nonzero(np.abs(values) > _FLOAT32_MAX))
+        raise ValueError(BEYOND_FLOAT32.format(count=count, limit=_FLOAT32_MAX))
+    return X
 
 
 def _item_shape(X: Any, empty: str) -> tuple:
@@ -224,7 +252,7 @@ def check_x(est: Any, X: Any, *, fitted: Any = None) -> Any:
     if (tokens := text_input(X, est.module, est.module_params, fitted=fitted)) is not None:
         return tokens
     if not is_torch_dataset(X):
-        return validate_data(est, X, reset=False, **_ARRAYS)
+        return _refuse_beyond_float32(validate_data(est, X, reset=False, **_ARRAYS))
     shape = _item_shape(X, EMPTY_DATASET_TO_PREDICT)
     if shape != tuple(est.input_shape_):
         raise ValueError(DATASET_SHAPE_CHANGED.format(shape=shape, fitted=est.input_shape_))

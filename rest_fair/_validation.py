@@ -35,6 +35,7 @@ class Interval:
     low: float
     high: float
     closed: str = "both"  # "both", "left", "right", "neither"
+    note: str = ""  # why the range is what it is, added to the description
 
     def accepts(self, value: Any) -> bool:
         if isinstance(value, bool) or not isinstance(value, self.kind) or not np.isfinite(value):
@@ -48,7 +49,8 @@ class Interval:
         right = "]" if self.closed in ("both", "right") else ")"
         what = "an integer" if self.kind is Integral else "a number"
         high = "inf" if self.high == float("inf") else self.high
-        return f"{what} in {left}{self.low}, {high}{right}"
+        note = f" ({self.note})" if self.note else ""
+        return f"{what} in {left}{self.low}, {high}{right}{note}"
 
 
 @dataclass(frozen=True)

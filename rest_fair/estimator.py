@@ -39,6 +39,9 @@ __all__ = ["RESTClassifier"]
 
 _INF = float("inf")
 _NONE = type(None)
+# the optimizer computes in float32: a larger step size or penalty overflows there
+_FLOAT32_MAX = float(torch.finfo(torch.float32).max)
+_FLOAT32_NOTE = "the largest float32: the weights and their updates are float32"
 
 
 class _DeviceName:
@@ -143,10 +146,11 @@ class RESTClassifier(ClassifierMixin, BaseEstimator):
         timing again; two fresh processes may decide differently, so use ``"masked"`` or
         ``"csr"`` where runs must be bitwise reproducible).
         Convolutions always use the masked path, and so do runs with
-        ``precision="16-mixed"`` and data-parallel runs (``"csr"`` refuses both). Results
-        equal the masked path's up to floating-point rounding; ``module_``, ``masks_``,
-        checkpoints and saved files are the same in every mode. See
-        ``docs/efficiency.md`` for measured times.
+        ``precision="16-mixed"`` and data-parallel runs (``"csr"`` refuses both). Under
+        ``precision="bf16"`` the sparse kernels compute in float32 (autocast applies to
+        the masked layers). Results equal the masked path's up to floating-point
+        rounding; ``module_``, ``masks_``, checkpoints and saved files are the same in
+        every mode. See ``docs/efficiency.md`` for measured times.
     sparse_compute_threshold : float in [0, 1], default=0.2
         Highest layer density trained with sparse kernels (``"csr"``) or timed
         (``"auto"``).
@@ -195,9 +199,10 @@ class RESTClassifier(ClassifierMixin, BaseEstimator):
     device : str or torch.device, default="auto"
         ``"auto"`` uses CUDA when available.
     precision : {"32", "bf16", "16-mixed"}, default="32"
-        Numerical precision of the forward pass: float32, bfloat16 autocast (CPU and
-        CUDA), or float16 autocast with gradient scaling (CUDA). Weights, masks and
-        topology updates always stay in float32.
+        Numerical precision of the forward pass in training and validation: float32,
+        bfloat16 autocast (CPU and CUDA), or float16 autocast with gradient scaling (CUDA
+        only; refused on the CPU). Weights, masks and topology updates always stay in
+        float32, and ``predict`` computes in float32.
     warm_start : bool, default=False
         When ``True``, ``fit`` on an already fitted estimator continues from its network
         and masks for ``max_epochs`` more epochs (``history_`` goes on), instead of
@@ -291,17 +296,17 @@ class RESTClassifier(ClassifierMixin, BaseEstimator):
                      Interval(Real, 0, _INF, "neither")],
         "reweight": [Options(REWEIGHT_MODES)],
         "objective": [Options(OBJECTIVES)],
-        "groupdro_eta": [Interval(Real, 0, _INF, "neither")],
+        "groupdro_eta": [Interval(Real, 0, _FLOAT32_MAX, "right", _FLOAT32_NOTE)],
         "infer_groups": [TypeOf((_NONE,), "None"), Options(("jtt",))],
         "jtt_epochs": [Interval(Integral, 1, _INF, "left")],
         "module": [TypeOf((object,), "a module name, nn.Module class, callable or instance")],
         "module_params": [TypeOf((Mapping, _NONE), "a dict or None")],
         "max_epochs": [Interval(Integral, 1, _INF, "left")],
         "batch_size": [Interval(Integral, 1, _INF, "left")],
-        "lr": [Interval(Real, 0, _INF, "neither")],
+        "lr": [Interval(Real, 0, _FLOAT32_MAX, "right", _FLOAT32_NOTE)],
         "optimizer": [Options(OPTIMIZERS)],
         "momentum": [Interval(Real, 0, 1, "left")],
-        "weight_decay": [Interval(Real, 0, _INF, "left")],
+        "weight_decay": [Interval(Real, 0, _FLOAT32_MAX, "both", _FLOAT32_NOTE)],
         "lr_scheduler": [Options(LR_SCHEDULERS)],
         "validation_fraction": [Interval(Real, 0, 1, "left")],
         "device": [_DeviceName()],
@@ -414,7 +419,8 @@ class RESTClassifier(ClassifierMixin, BaseEstimator):
         ----------
         X : array-like of shape (n_samples, n_features) or (n_samples, C, H, W), \
 scipy.sparse matrix, DataFrame, or torch Dataset
-            Inputs. A torch Dataset is read lazily; its items are a tensor or a tuple whose
+            Inputs, of any numeric or boolean dtype; the network reads them as float32.
+            A torch Dataset is read lazily; its items are a tensor or a tuple whose
             first element is the input (labels then come from ``y``).
         y : array-like of shape (n_samples,)
             Class labels (any dtype).
@@ -483,7 +489,9 @@ or dict of columns, default=None
 
     # ---------------------------------------------------------------- predicting
     def predict_logits(self, X: Any) -> np.ndarray:
-        """Raw network outputs (logits), shape (n_samples, n_classes).
+        """Raw network outputs (logits), float32 of shape (n_samples, n_classes).
+
+        The network computes in float32 whatever ``precision`` it was trained with.
 
         Raises
         ------
@@ -505,13 +513,19 @@ or dict of columns, default=None
         return logits.numpy()
 
     def predict_proba(self, X: Any) -> np.ndarray:
-        """Class probabilities, shape (n_samples, n_classes), columns as ``classes_``."""
+        """Class probabilities, shape (n_samples, n_classes), columns as ``classes_``.
+
+        float64: the softmax of :meth:`predict_logits`' float32 logits, computed in float64,
+        so each row sums to 1 within rounding of float64. Raises
+        :class:`~rest_fair.exceptions.TrainingDivergedError` rather than return a
+        non-finite probability.
+        """
         logits = torch.from_numpy(self.predict_logits(X)).double()
         return torch.softmax(logits, dim=1).numpy()
 
     def predict_log_proba(self, X: Any) -> np.ndarray:
         """Logarithms of :meth:`predict_proba`, from the logits (finite where a probability
-        rounds to 0)."""
+        rounds to 0), float64."""
         logits = torch.from_numpy(self.predict_logits(X)).double()
         return torch.log_softmax(logits, dim=1).numpy()
 

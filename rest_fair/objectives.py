@@ -84,15 +84,17 @@ class GroupDROObjective:
     def update(self, group_loss: torch.Tensor, present: torch.Tensor) -> None:
         """Exponentiated-gradient step of ``q`` on the groups present in the batch.
 
-        Where ``q_g * exp(eta * loss_g)`` overflows (a large ``eta``, or a group whose
-        weight has underflowed to 0 meeting a large loss), the same normalised update is
-        computed in log space, ``softmax(log q + eta * loss)``.
+        Where ``q_g * exp(eta * loss_g)`` or their sum overflows float32 (a large ``eta``),
+        ``q`` is the same update computed in log space and float64,
+        ``softmax(log q + eta * loss)``: the weight goes to the groups of the largest loss
+        instead of becoming NaN.
         """
-        step = self.eta * group_loss.detach() * present
-        scaled = self.q * torch.exp(step)
-        total = scaled.sum()
-        self.q = torch.where(torch.isfinite(total), scaled / total,
-                             torch.softmax(torch.log(self.q) + step, 0))
+        group_loss = group_loss.detach()
+        q = self.q * torch.exp(self.eta * group_loss * present)
+        total = q.sum()
+        in_log_space = torch.softmax(
+            torch.log(self.q.double()) + self.eta * group_loss.double() * present, dim=0)
+        self.q = torch.where(torch.isfinite(total), q / total, in_log_space.to(q.dtype))
 
     def __call__(
         self, logits: torch.Tensor, y: torch.Tensor, w: torch.Tensor | None, g: torch.Tensor

@@ -179,6 +179,12 @@ def test_user_module_factory(data):
         ({"max_epochs": 0}, "max_epochs"),
         ({"update_interval": "often"}, "update_interval"),
         ({"lr_scheduler": "step"}, "lr_scheduler must be one of"),
+        # beyond float32's range: torch's optimizer failed with "value cannot be converted
+        # to type float without overflow", and GroupDRO's weights became NaN
+        ({"lr": 1e40}, r"lr must be a number in \(0, 3.4028234663852886e\+38\] \(the largest "
+                       r"float32"),
+        ({"weight_decay": 1e40}, r"weight_decay must be a number in \[0, 3.40282"),
+        ({"groupdro_eta": 1e300}, r"groupdro_eta must be a number in \(0, 3.40282"),
     ],
 )
 def test_bad_parameters_name_the_problem(data, params, match):
@@ -236,12 +242,86 @@ def test_bad_inputs_name_the_problem(data):
         _clf(device="cuda").fit(X, y)
 
 
+@pytest.mark.parametrize("to_input", [np.asarray, sp.csr_matrix], ids=["dense", "sparse"])
+def test_float64_values_beyond_float32_are_refused_at_input(data, to_input):
+    # 1e39 is finite in float64 and infinite in the network's float32: the fit ran an epoch
+    # and reported a diverged training, predict a non-finite network output
+    X, y, _ = data
+    big = X.astype(np.float64)
+    big[3, 2], big[5, 1] = 1e39, -1e300
+    match = r"X holds values beyond the float32 range \(2 of magnitude above 3.403e\+38\)"
+    with pytest.raises(ValueError, match=match):
+        _clf().fit(to_input(big), y)
+    clf = _clf(max_epochs=1).fit(X, y)
+    with pytest.raises(ValueError, match=match):
+        clf.predict_proba(to_input(big))
+    with pytest.raises(ValueError, match=match):
+        _clf().fit(X, y, validation_data=(to_input(big), y))
+
+
 def test_inputs_are_not_modified(data):
     X, y, g = data
     X0, y0, g0, w = X.copy(), y.copy(), g.copy(), np.ones(len(y))
     _clf().fit(X, y, groups=g, sample_weight=w)
     assert np.array_equal(X, X0) and np.array_equal(y, y0) and np.array_equal(g, g0)
     assert np.array_equal(w, np.ones(len(y)))
+
+
+@pytest.mark.parametrize("to_input", [np.asarray, sp.csr_matrix], ids=["dense", "sparse"])
+def test_a_float64_input_is_held_in_float32_only(to_input):
+    # the training and validation rows were taken from a float64 X as float64 copies and
+    # converted to float32 for the network: the float64 copy stayed alive through the fit
+    import tracemalloc
+
+    X = np.random.default_rng(0).standard_normal((20_000, 50))
+    y = (X[:, 0] > 0).astype(int)
+
+    def held_during_fit(X, y):
+        held = []
+
+        class Measure(Callback):
+            def on_epoch_end(self, net, **kwargs):
+                held.append(tracemalloc.get_traced_memory()[0] - before)
+
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            _clf(max_epochs=1, batch_size=2000, callbacks=[Measure()]).fit(X, y)
+        finally:
+            tracemalloc.stop()
+        return held[0]
+
+    held_during_fit(to_input(X[:500]), y[:500])  # the first fit's one-time allocations
+    in_float32 = held_during_fit(to_input(X.astype(np.float32)), y)
+    in_float64 = held_during_fit(to_input(X), y)
+    assert in_float64 < in_float32 + 0.2 * X.size * 4
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.int64, bool])
+@pytest.mark.parametrize("sparse_compute", ["masked", "csr"])
+def test_bf16_fits_of_any_input_dtype_keep_exact_masks_and_output_dtypes(data, dtype,
+                                                                          sparse_compute):
+    X, y, _ = data
+    X = (X > 0) if dtype is bool else (X * 4).astype(dtype)
+    clf = _clf(sparsity=0.9, precision="bf16", sparse_compute=sparse_compute,
+               max_epochs=3).fit(X, y)
+    params = dict(clf.module_.named_parameters())
+    assert {p.dtype for p in params.values()} == {torch.float32}
+    for name, mask in clf.masks_.items():
+        assert torch.all(params[name].detach()[~mask] == 0)
+    assert clf.predict_logits(X).dtype == np.float32
+    proba, log_proba = clf.predict_proba(X), clf.predict_log_proba(X)
+    assert proba.dtype == log_proba.dtype == np.float64
+    assert np.isfinite(proba).all() and np.abs(proba.sum(1) - 1).max() < 1e-12
+
+
+def test_float64_sparse_rows_match_the_dense_fit(data):
+    X, y, _ = data
+    X64 = X.astype(np.float64)
+    dense = _clf().fit(X, y)
+    np.testing.assert_array_equal(_clf().fit(X64, y).predict_proba(X), dense.predict_proba(X))
+    np.testing.assert_allclose(_clf().fit(sp.csr_matrix(X64), y).predict_proba(X),
+                               dense.predict_proba(X), atol=1e-5)
 
 
 # ------------------------------------------------------------------ reweighting

@@ -92,6 +92,39 @@ def test_groupdro_moves_weight_to_the_worst_group():
     assert dro_acc > erm_acc
 
 
+@pytest.mark.parametrize("eta", [100.0, 1e30, float(torch.finfo(torch.float32).max)])
+def test_groupdro_weights_stay_finite_when_their_update_overflows(eta):
+    # q * exp(eta * loss) overflowed float32 (exp(230) at eta=100 and a loss of 2.3): q
+    # became inf / inf = NaN and fit reported a diverged training blaming the lr
+    dro = GroupDROObjective(3, eta=eta, device=torch.device("cpu"))
+    dro.update(torch.tensor([2.3, 2.0, 0.0]), torch.tensor([True, True, False]))
+    assert torch.isfinite(dro.q).all() and float(dro.q.sum()) == pytest.approx(1.0)
+    # the weight goes to the worst group: exp(-eta * 0.3) of it stays on the other one
+    assert dro.q.tolist() == pytest.approx([1.0, np.exp(-eta * 0.3), 0.0], rel=1e-5, abs=0)
+    dro.update(torch.tensor([0.5, 4.0, 0.0]), torch.tensor([True, True, False]))
+    assert torch.isfinite(dro.q).all() and float(dro.q.sum()) == pytest.approx(1.0)
+    # a NaN loss still makes the weights NaN (fit then reports the divergence)
+    dro.update(torch.tensor([float("nan"), 1.0, 0.0]), torch.tensor([True, True, False]))
+    assert torch.isnan(dro.q).any()
+
+
+def test_groupdro_update_without_overflow_is_the_plain_formula():
+    dro = GroupDROObjective(3, eta=0.1, device=torch.device("cpu"))
+    q = dro.q.clone()
+    loss, present = torch.tensor([2.3, 0.7, 0.0]), torch.tensor([True, True, False])
+    dro.update(loss, present)
+    expected = q * torch.exp(0.1 * loss * present)
+    assert torch.equal(dro.q, expected / expected.sum())
+
+
+def test_groupdro_with_a_large_step_size_fits():
+    X, y, conflict = _spurious(n=600)
+    clf = RESTClassifier(objective="groupdro", groupdro_eta=100.0, upweight=None,
+                         sparsity=0.0, max_epochs=2, **FAST).fit(X, y, groups=conflict)
+    assert np.isfinite(clf.group_weight_history_).all()
+    assert np.isfinite(clf.predict_proba(X)).all()
+
+
 @pytest.mark.parametrize("params", [
     {"objective": "groupdro", "upweight": None},
     {"infer_groups": "jtt", "jtt_epochs": 1, "upweight": 10.0},
