@@ -324,6 +324,9 @@ def _train_set(train: FitData, *, upweight: Any, reweight: str, batch_size: int,
         n_groups=len(train.group_labels),
         sampler=EpochSampler(source.n_samples, batch_size, draw, generator,
                              rank=world.rank, world_size=world.world_size),
+        # GroupDRO's n_g: the training samples of each group that weigh something
+        group_sizes=torch.as_tensor(np.bincount(train.groups[train.sample_weight > 0],
+                                                minlength=len(train.group_labels))),
     ), weights
 
 

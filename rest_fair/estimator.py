@@ -166,6 +166,15 @@ class RESTClassifier(ClassifierMixin, BaseEstimator):
         ``"groupdro"`` minimises the worst group's loss by online GroupDRO.
     groupdro_eta : float, default=0.01
         Step size of GroupDRO's group-weight update.
+    groupdro_adjustment : float, default=0.0
+        GroupDRO's group adjustment ``C >= 0`` (Sagawa et al. 2020, Section 3.3): each
+        group's batch loss is increased by ``C / sqrt(n_g)`` in the update of the group
+        weights (not in the loss the network minimises), so groups with few training
+        samples gain weight faster. ``n_g`` counts the training samples of group ``g``
+        (after the validation split; with ``infer_groups="jtt"`` the error set and the
+        rest) that have a positive ``sample_weight``, each once, however large its
+        weight and whatever ``upweight`` does. The paper tunes ``C`` in
+        ``{0, 1, 2, 3, 4, 5}``; ``0`` is plain GroupDRO.
     infer_groups : None or "jtt", default=None
         With ``"jtt"``, a short identification model is trained first and its misclassified
         training samples form the group to upweight (JTT, Liu et al. 2021), so no group
@@ -297,6 +306,7 @@ class RESTClassifier(ClassifierMixin, BaseEstimator):
         "reweight": [Options(REWEIGHT_MODES)],
         "objective": [Options(OBJECTIVES)],
         "groupdro_eta": [Interval(Real, 0, _FLOAT32_MAX, "right", _FLOAT32_NOTE)],
+        "groupdro_adjustment": [Interval(Real, 0, _FLOAT32_MAX, "both", _FLOAT32_NOTE)],
         "infer_groups": [TypeOf((_NONE,), "None"), Options(("jtt",))],
         "jtt_epochs": [Interval(Integral, 1, _INF, "left")],
         "module": [TypeOf((object,), "a module name, nn.Module class, callable or instance")],
@@ -341,6 +351,7 @@ class RESTClassifier(ClassifierMixin, BaseEstimator):
         reweight: str = "sampler",
         objective: str = "erm",
         groupdro_eta: float = 0.01,
+        groupdro_adjustment: float = 0.0,
         infer_groups: str | None = None,
         jtt_epochs: int = 5,
         module: Any = "auto",
@@ -380,6 +391,7 @@ class RESTClassifier(ClassifierMixin, BaseEstimator):
         self.reweight = reweight
         self.objective = objective
         self.groupdro_eta = groupdro_eta
+        self.groupdro_adjustment = groupdro_adjustment
         self.infer_groups = infer_groups
         self.jtt_epochs = jtt_epochs
         self.module = module

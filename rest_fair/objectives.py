@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -11,6 +12,16 @@ __all__ = ["OBJECTIVES", "ERMObjective", "GroupDROObjective", "make_objective"]
 
 #: Values of ``RESTClassifier(objective=...)``.
 OBJECTIVES = ("erm", "groupdro")
+
+BAD_ADJUSTMENT = "the GroupDRO adjustment must be a finite number >= 0; got {value!r}."
+NO_GROUP_SIZES = (
+    "a GroupDRO adjustment of {value!r} needs group_sizes, the number of training "
+    "samples of every group."
+)
+BAD_GROUP_SIZES = (
+    "group_sizes must hold a finite count >= 0 for each of the {n_groups} groups; "
+    "got {sizes}."
+)
 
 
 class ERMObjective:
@@ -32,12 +43,50 @@ def _one_process(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def _group_adjustment(n_groups: int, adjustment: float, group_sizes: torch.Tensor | None,
+                      *, device: torch.device) -> torch.Tensor:
+    """``adjustment / sqrt(n_g)`` of every group (0 for an empty group), as float32.
+
+    Parameters
+    ----------
+    n_groups : int
+    adjustment : float
+        ``C``, finite and ``>= 0``.
+    group_sizes : Tensor of shape (n_groups,) or None
+        ``n_g``, finite and ``>= 0``; may be ``None`` when ``adjustment`` is 0.
+    device : torch.device
+
+    Raises
+    ------
+    ValueError
+        If ``adjustment`` is negative or not finite, or ``group_sizes`` is missing (with
+        ``adjustment > 0``), of another length than ``n_groups``, negative or not finite.
+    """
+    if not math.isfinite(adjustment) or adjustment < 0:
+        raise ValueError(BAD_ADJUSTMENT.format(value=adjustment))
+    if group_sizes is None:
+        if adjustment > 0:
+            raise ValueError(NO_GROUP_SIZES.format(value=adjustment))
+        return torch.zeros(n_groups, device=device)
+    sizes = torch.as_tensor(group_sizes, dtype=torch.float64).detach().cpu()
+    if sizes.shape != (n_groups,) or not bool(torch.all(torch.isfinite(sizes) & (sizes >= 0))):
+        raise ValueError(BAD_GROUP_SIZES.format(n_groups=n_groups, sizes=sizes.tolist()))
+    term = torch.where(sizes > 0, adjustment / sizes.where(sizes > 0, 1.0).sqrt(), 0.0)
+    return term.to(device=device, dtype=torch.float32)
+
+
 class GroupDROObjective:
-    """Online GroupDRO (Sagawa et al., ICLR 2020, Algorithm 1).
+    """Online GroupDRO (Sagawa et al., ICLR 2020, Algorithm 1), with group adjustments.
 
     Keeps a distribution ``q`` over groups. Each batch computes the (weighted) mean loss of
-    every group present, updates ``q_g <- q_g * exp(eta * loss_g)`` and renormalises, and
-    returns ``sum_g q_g * loss_g``, so the groups with the highest loss get the most weight.
+    every group present, updates ``q_g <- q_g * exp(eta * (loss_g + C / sqrt(n_g)))`` and
+    renormalises, and returns ``sum_g q_g * loss_g``, so the groups with the highest loss
+    get the most weight. ``C / sqrt(n_g)`` is the paper's group adjustment (its Section 3.3):
+    a group with few training samples (``n_g``) is expected to generalise worse than its
+    training loss shows, so its weight grows faster. It enters the update of ``q`` only;
+    the returned value and its gradient are those of ``sum_g q_g * loss_g``. ``C = 0``
+    (the default) is Algorithm 1 as published. Groups absent from a batch keep their
+    weight before the renormalisation, with or without the adjustment.
 
     Over data-parallel ranks, each with a slice of the batch, ``all_reduce`` sums the
     per-group sums of losses and weights, so group losses, ``q`` and the value are those of
@@ -56,13 +105,31 @@ class GroupDROObjective:
     all_reduce : callable, optional
         Sums a tensor over the ranks; by default returns it (one process).
     world_size : int, default=1
+    adjustment : float, default=0.0
+        The constant ``C >= 0`` of the group adjustment ``C / sqrt(n_g)``.
+    group_sizes : Tensor of shape (n_groups,), optional
+        ``n_g``: the number of training samples of every group, the same on every rank
+        (the whole training set's counts, not a rank's share). Needed when
+        ``adjustment > 0``; a group of size 0 gets no adjustment (it is never in a
+        batch).
+
+    Attributes
+    ----------
+    q : Tensor of shape (n_groups,)
+        The current group weights.
+    group_adjustment : Tensor of shape (n_groups,)
+        ``C / sqrt(n_g)`` of every group (zeros when ``C = 0``).
     """
 
     def __init__(self, n_groups: int, *, eta: float, device: torch.device,
                  all_reduce: Callable[[torch.Tensor], torch.Tensor] = _one_process,
-                 world_size: int = 1) -> None:
+                 world_size: int = 1, adjustment: float = 0.0,
+                 group_sizes: torch.Tensor | None = None) -> None:
         self.eta = float(eta)
         self.q = torch.full((n_groups,), 1.0 / n_groups, device=device)
+        self.adjustment = float(adjustment)
+        self.group_adjustment = _group_adjustment(n_groups, self.adjustment, group_sizes,
+                                                  device=device)
         self.history: list[list[float]] = []
         self.all_reduce = all_reduce
         self.world_size = int(world_size)
@@ -84,17 +151,19 @@ class GroupDROObjective:
     def update(self, group_loss: torch.Tensor, present: torch.Tensor) -> None:
         """Exponentiated-gradient step of ``q`` on the groups present in the batch.
 
-        Where ``q_g * exp(eta * loss_g)`` or their sum overflows float32 (a large ``eta``),
-        ``q`` is the same update computed in log space and float64,
-        ``softmax(log q + eta * loss)``: the weight goes to the groups of the largest loss
-        instead of becoming NaN.
+        ``group_loss`` holds the batch's mean loss of every group; the step uses
+        ``loss_g + C / sqrt(n_g)`` (the adjusted loss; ``loss_g`` when ``C = 0``). Where
+        ``q_g * exp(eta * loss_g)`` or their sum overflows float32 (a large ``eta``, or a
+        group whose weight has underflowed to 0 meeting a large loss), ``q`` is the same
+        update computed in log space and float64, ``softmax(log q + eta * loss)``: the weight
+        goes to the groups of the largest loss instead of becoming NaN.
         """
-        group_loss = group_loss.detach()
-        q = self.q * torch.exp(self.eta * group_loss * present)
-        total = q.sum()
+        loss = group_loss.detach() + self.group_adjustment
+        scaled = self.q * torch.exp(self.eta * loss * present)
+        total = scaled.sum()
         in_log_space = torch.softmax(
-            torch.log(self.q.double()) + self.eta * group_loss.double() * present, dim=0)
-        self.q = torch.where(torch.isfinite(total), q / total, in_log_space.to(q.dtype))
+            torch.log(self.q.double()) + self.eta * loss.double() * present, dim=0)
+        self.q = torch.where(torch.isfinite(total), scaled / total, in_log_space.to(scaled.dtype))
 
     def __call__(
         self, logits: torch.Tensor, y: torch.Tensor, w: torch.Tensor | None, g: torch.Tensor
@@ -130,11 +199,13 @@ class GroupDROObjective:
 def make_objective(
     name: str, *, n_groups: int, eta: float, device: torch.device,
     all_reduce: Callable[[torch.Tensor], torch.Tensor] = _one_process, world_size: int = 1,
+    adjustment: float = 0.0, group_sizes: torch.Tensor | None = None,
 ) -> ERMObjective | GroupDROObjective:
     """Objective named by ``RESTClassifier(objective=...)``; see :class:`GroupDROObjective`."""
     if name == "groupdro":
         return GroupDROObjective(n_groups, eta=eta, device=device, all_reduce=all_reduce,
-                                 world_size=world_size)
+                                 world_size=world_size, adjustment=adjustment,
+                                 group_sizes=group_sizes)
     if name == "erm":
         return ERMObjective()
     raise ValueError(f"objective must be one of {OBJECTIVES}; got {name!r}.")

@@ -5,9 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from sklearn.base import clone
 
 import rest_fair.jtt as jtt
 from rest_fair import RESTClassifier
+from rest_fair.callbacks import Callback
 from rest_fair.jtt import overlap_report
 from rest_fair.objectives import GroupDROObjective
 from rest_fair.reweighting import minority_mask
@@ -218,3 +220,133 @@ def test_an_error_set_of_no_sample_is_named(monkeypatch):
         clf = RESTClassifier(infer_groups="jtt", jtt_epochs=1, upweight=20.0, max_epochs=1,
                              validation_fraction=0.0, **FAST).fit(X, y)
     assert not clf.inferred_groups_.any()
+# ------------------------------------------------------------ GroupDRO's group adjustment
+def _batches():
+    """Three batches of (logits, y, w, g) over 3 groups; group 2 absent from the first."""
+    gen = torch.Generator().manual_seed(5)
+    groups = [torch.tensor([0, 0, 1, 1, 0]), torch.tensor([2, 1, 0, 2, 1, 0]),
+              torch.tensor([2, 2, 1])]
+    out = []
+    for g in groups:
+        logits = torch.randn(len(g), 2, generator=gen)
+        y = torch.randint(0, 2, (len(g),), generator=gen)
+        w = torch.rand(len(g), generator=gen) + 0.5
+        out.append((logits, y, w, g))
+    return out
+
+
+def test_groupdro_adjustment_q_update_by_hand():
+    # n_g = 100, 25, 4 and C = 2: the adjustments are 0.2, 0.4 and 1.0
+    eta, sizes = 0.3, torch.tensor([100, 25, 4])
+    obj = GroupDROObjective(3, eta=eta, device=torch.device("cpu"), adjustment=2.0,
+                            group_sizes=sizes)
+    torch.testing.assert_close(obj.group_adjustment, torch.tensor([0.2, 0.4, 1.0]))
+    q = [1 / 3] * 3
+    for logits, y, w, g in _batches():
+        logits = logits.clone().requires_grad_(True)
+        value = obj(logits, y, w, g)
+        per_sample = torch.nn.functional.cross_entropy(
+            logits.detach().double(), y, reduction="none").tolist()
+        loss = {}
+        for k in set(g.tolist()):  # the weighted mean loss of every group present
+            rows = [i for i in range(len(g)) if g[i] == k]
+            loss[k] = sum(per_sample[i] * float(w[i]) for i in rows) / sum(float(w[i])
+                                                                         for i in rows)
+        q = [q[k] * np.exp(eta * (loss[k] + 2.0 / np.sqrt(float(sizes[k]))))
+             if k in loss else q[k] for k in range(3)]
+        q = [v / sum(q) for v in q]
+        np.testing.assert_allclose(obj.q.double().numpy(), q, rtol=1e-6)
+        # the loss the network minimises is not adjusted
+        expected = sum(q[k] * loss[k] for k in loss)
+        assert float(value.detach()) == pytest.approx(expected, rel=1e-6)
+        (grad,) = torch.autograd.grad(value, logits)
+        per_group = torch.nn.functional.cross_entropy(logits, y, reduction="none") * w
+        plain = sum(obj.q[k] * per_group[g == k].sum() / w[g == k].sum() for k in loss)
+        torch.testing.assert_close(grad, torch.autograd.grad(plain, logits)[0])
+    # the adjustment moved q towards the small group: without it, q differs
+    unadjusted = GroupDROObjective(3, eta=eta, device=torch.device("cpu"))
+    for logits, y, w, g in _batches():
+        unadjusted(logits, y, w, g)
+    assert float(obj.q[2]) > float(unadjusted.q[2])
+
+
+def test_groupdro_without_adjustment_is_bitwise_plain_groupdro():
+    plain = GroupDROObjective(3, eta=0.3, device=torch.device("cpu"))
+    zero = GroupDROObjective(3, eta=0.3, device=torch.device("cpu"), adjustment=0.0,
+                             group_sizes=torch.tensor([100, 25, 4]))
+    q = torch.full((3,), 1 / 3)
+    for logits, y, w, g in _batches():
+        a, b = plain(logits, y, w, g), zero(logits, y, w, g)
+        assert torch.equal(a, b) and torch.equal(plain.q, zero.q)
+        # q_g * exp(eta * loss_g) on the groups present, renormalised, as before
+        sums, counts = plain.group_sums(logits, y, w, g)
+        present = counts > 0
+        loss = torch.where(present, sums / counts.clamp_min(1e-12), 0.0)
+        scaled = q * torch.exp(0.3 * loss * present)
+        q = scaled / scaled.sum()
+        assert torch.equal(plain.q, q)
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({"adjustment": -1.0, "group_sizes": torch.tensor([3, 4])}, "finite number >= 0; got -1"),
+    ({"adjustment": float("nan"), "group_sizes": torch.tensor([3, 4])}, "got nan"),
+    ({"adjustment": 1.0}, "needs group_sizes"),
+    ({"adjustment": 1.0, "group_sizes": torch.tensor([3, 4, 5])}, "each of the 2 groups"),
+    ({"adjustment": 1.0, "group_sizes": torch.tensor([3.0, -1.0])}, "finite count >= 0"),
+])
+def test_groupdro_adjustment_errors(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        GroupDROObjective(2, eta=0.1, device=torch.device("cpu"), **kwargs)
+
+
+@pytest.mark.parametrize("value", [-0.5, float("nan"), float("inf"), "2", None, True])
+def test_groupdro_adjustment_parameter_is_checked(value):
+    X, y, conflict = _spurious(n=200)
+    clf = RESTClassifier(objective="groupdro", groupdro_adjustment=value, **FAST)
+    with pytest.raises(ValueError,
+                       match=r"groupdro_adjustment must be a number in \[0, 3.40282\d*e\+38\]"):
+        clf.fit(X, y, groups=conflict)
+
+
+class _SeeObjective(Callback):
+    def on_train_begin(self, net, *, run, **kwargs):
+        self.adjustment = run.parts.objective.group_adjustment.clone()
+
+
+@pytest.mark.parametrize("infer_groups", [None, "jtt"])
+def test_groupdro_adjustment_counts_training_samples_that_weigh(infer_groups):
+    X, y, conflict = _spurious(n=400)
+    sw = np.where(np.arange(400) % 5 == 0, 0.0, 1.0 + np.arange(400) % 3)  # some weigh 0
+    seen = _SeeObjective()
+    params = dict(objective="groupdro", groupdro_adjustment=3.0, upweight=None,
+                  infer_groups=infer_groups, jtt_epochs=1, sparsity=0.0, max_epochs=1,
+                  validation_fraction=0.0, callbacks=[seen], **FAST)
+    clf = RESTClassifier(**params).fit(X, y, groups=conflict, sample_weight=sw)
+    groups = conflict if infer_groups is None else clf.inferred_groups_
+    sizes = np.bincount(groups[sw > 0].astype(int), minlength=2)
+    assert 0 < sizes.min()
+    np.testing.assert_allclose(seen.adjustment.numpy(), 3.0 / np.sqrt(sizes), rtol=1e-6)
+    assert clone(clf).get_params()["groupdro_adjustment"] == 3.0
+
+
+def test_groupdro_adjustment_counts_only_the_training_split():
+    X, y, conflict = _spurious(n=400)
+    seen = _SeeObjective()
+    RESTClassifier(objective="groupdro", groupdro_adjustment=1.0, upweight=None,
+                   sparsity=0.0, max_epochs=1, validation_fraction=0.25, callbacks=[seen],
+                   **FAST).fit(X, y, groups=conflict)
+    sizes = 1.0 / seen.adjustment.double().numpy() ** 2
+    np.testing.assert_allclose(sizes.sum(), 300, rtol=1e-5)  # not the 100 held out
+
+
+def test_groupdro_adjustment_gives_small_groups_more_weight():
+    X, y, conflict = _spurious(minority=0.1, n=600)
+    params = dict(objective="groupdro", groupdro_eta=0.05, upweight=None, sparsity=0.0,
+                  max_epochs=3, **FAST)
+    plain = RESTClassifier(**params).fit(X, y, groups=conflict)
+    adjusted = RESTClassifier(**params, groupdro_adjustment=5.0).fit(X, y, groups=conflict)
+    assert np.array(adjusted.group_weight_history_)[-1, 1] > \
+        np.array(plain.group_weight_history_)[-1, 1]
+    explicit_zero = RESTClassifier(**params, groupdro_adjustment=0.0).fit(X, y, groups=conflict)
+    assert np.array_equal(explicit_zero.predict_logits(X), plain.predict_logits(X))
+    assert explicit_zero.group_weight_history_ == plain.group_weight_history_

@@ -83,6 +83,7 @@ class TrainConfig:
     lr_scheduler: str
     objective: str
     groupdro_eta: float
+    groupdro_adjustment: float
     max_epochs: int
     batch_size: int
 
@@ -97,7 +98,12 @@ class TrainConfig:
 
 @dataclass
 class TrainSet:
-    """Training data in the form the loop needs."""
+    """Training data in the form the loop needs.
+
+    ``group_sizes`` holds the number of training samples of every group (GroupDRO's
+    ``n_g``), the whole training set's on every data-parallel rank; left out, every sample
+    of ``groups`` counts once.
+    """
 
     source: BatchSource
     y: torch.Tensor  # class codes (long)
@@ -105,6 +111,11 @@ class TrainSet:
     groups: torch.Tensor  # group codes (long)
     n_groups: int
     sampler: EpochSampler
+    group_sizes: torch.Tensor | None = None  # samples per group (long)
+
+    def __post_init__(self) -> None:
+        if self.group_sizes is None:
+            self.group_sizes = torch.bincount(self.groups, minlength=self.n_groups)
 
 
 @dataclass
@@ -313,7 +324,9 @@ def build_parts(
         scheduler=make_scheduler(config.lr_scheduler, optimizer, max_epochs=config.max_epochs),
         objective=make_objective(config.objective, n_groups=train.n_groups,
                                  eta=config.groupdro_eta, device=device,
-                                 all_reduce=world.all_reduce, world_size=world.world_size),
+                                 all_reduce=world.all_reduce, world_size=world.world_size,
+                                 adjustment=config.groupdro_adjustment,
+                                 group_sizes=train.group_sizes),
         sparsity=sparsity, train=train, valid=valid, precision=precision, device=device,
         max_epochs=config.max_epochs, batch_size=batch_size,
         eval_batch_size=max(batch_size, 512), callbacks=callbacks, world=world,

@@ -150,6 +150,26 @@ def scenario_groupdro(log: DrawLog, out: Path, distributed) -> dict:
     return {**_summary(clf), "q": np.asarray(clf.group_weight_history_)}
 
 
+class SeeObjective(Callback):
+    """The adjustment GroupDRO's objective adds to every group's loss in its update."""
+
+    adjustment = None
+
+    def on_train_begin(self, net, *, run, **kwargs):
+        self.adjustment = run.parts.objective.group_adjustment.cpu().numpy().copy()
+
+
+def scenario_groupdro_adjusted(log: DrawLog, out: Path, distributed) -> dict:
+    X, y, g = TRAIN
+    params = {**PARAMS, "objective": "groupdro", "upweight": None, "groupdro_eta": 0.1,
+              "groupdro_adjustment": 4.0}
+    seen = SeeObjective()
+    clf = RESTClassifier(**params, callbacks=[seen], distributed=distributed).fit(
+        X, y, groups=g)
+    return {**_summary(clf), "q": np.asarray(clf.group_weight_history_),
+            "adjustment": seen.adjustment}
+
+
 def scenario_jtt(log: DrawLog, out: Path, distributed) -> dict:
     X, y, g = TRAIN
     params = {**PARAMS, "infer_groups": "jtt", "jtt_epochs": 2}
@@ -282,6 +302,7 @@ def scenario_callback_error(log: DrawLog, out: Path, distributed) -> dict:
 SCENARIOS = {
     "rest": scenario_rest,
     "groupdro": scenario_groupdro,
+    "groupdro_adjusted": scenario_groupdro_adjusted,
     "jtt": scenario_jtt,
     "resume": scenario_resume,
     "resume_other_world": scenario_resume_other_world,

@@ -202,6 +202,7 @@ def test_a_callback_of_your_own_writes_checkpoints_after_the_stop_decision(tmp_p
     ("change", "match"),
     [
         (dict(params={"lr": 0.1}), "params.lr was 0.05, now 0.1"),
+        (dict(params={"groupdro_adjustment": 2.0}), "params.groupdro_adjustment was 0.0, now 2.0"),
         (dict(y_shift=True), "data_sha256 was"),
         (dict(rows=600), "n_samples was 700, now 600"),
     ],

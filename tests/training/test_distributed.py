@@ -121,8 +121,10 @@ def test_check_world_errors():
         check_world(3, 8, 4)
 
 
-def test_groupdro_over_ranks_is_the_global_batch_objective():
-    """Rank slices + all-reduced group sums give the one-process GroupDRO exactly."""
+@pytest.mark.parametrize("adjustment", [0.0, 3.0])
+def test_groupdro_over_ranks_is_the_global_batch_objective(adjustment):
+    """Rank slices + all-reduced group sums give the one-process GroupDRO exactly, with
+    the group adjustment from the whole training set's group sizes on every rank."""
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(24, 5, generator=gen)
     y = torch.randint(0, 3, (24,), generator=gen)
@@ -131,7 +133,9 @@ def test_groupdro_over_ranks_is_the_global_batch_objective():
     g[:12] = torch.where(g[:12] == 3, 0, g[:12])  # group 3 only on the second rank
     weight = torch.randn(5, 3, generator=gen, requires_grad=True)
 
-    one = GroupDROObjective(4, eta=0.5, device=torch.device("cpu"))
+    sizes = torch.tensor([40, 9, 16, 4])  # n_g of the whole training set
+    one = GroupDROObjective(4, eta=0.5, device=torch.device("cpu"), adjustment=adjustment,
+                            group_sizes=sizes)
     for _ in range(2):  # two steps, so the second uses an updated q
         expected = one(x @ weight, y, w, g)
     (grad_one,) = torch.autograd.grad(expected, weight)
@@ -143,7 +147,8 @@ def test_groupdro_over_ranks_is_the_global_batch_objective():
         return totals[-1]  # what the sum over both ranks returns
 
     objs = [GroupDROObjective(4, eta=0.5, device=torch.device("cpu"), all_reduce=all_reduce,
-                              world_size=world) for _ in range(world)]
+                              world_size=world, adjustment=adjustment, group_sizes=sizes)
+            for _ in range(world)]
     slices = [slice(0, 12), slice(12, 24)]
     for _ in range(2):
         sums = [objs[r].group_sums((x[s] @ weight).detach(), y[s], w[s], g[s])
@@ -156,6 +161,10 @@ def test_groupdro_over_ranks_is_the_global_batch_objective():
         assert float(losses[r].detach()) == pytest.approx(float(expected.detach()), abs=1e-6)
     # what DDP applies: the average of the ranks' gradients
     assert torch.allclose((grads[0] + grads[1]) / world, grad_one, atol=1e-6)
+    plain = GroupDROObjective(4, eta=0.5, device=torch.device("cpu"))
+    for _ in range(2):
+        plain(x @ weight, y, w, g)
+    assert torch.equal(plain.q, one.q) == (adjustment == 0)
 
 
 def test_one_process_is_a_world_of_one():
@@ -276,7 +285,7 @@ def one_process():
     log = worker.DrawLog()
     try:
         return {name: worker.SCENARIOS[name](log, None, False)
-                for name in ("rest", "groupdro", "jtt")}
+                for name in ("rest", "groupdro", "groupdro_adjusted", "jtt")}
     finally:
         log.restore()
 
@@ -299,7 +308,7 @@ def test_masks_identical_on_every_rank_after_every_topology_update(two_ranks, on
     assert rank0["n_train_steps"] == one_process["rest"]["n_train_steps"]
 
 
-@pytest.mark.parametrize("scenario", ["rest", "groupdro", "jtt", "resume"])
+@pytest.mark.parametrize("scenario", ["rest", "groupdro", "groupdro_adjusted", "jtt", "resume"])
 def test_fitted_state_identical_across_ranks(two_ranks, scenario):
     rank0, rank1 = two_ranks[scenario]
     np.testing.assert_array_equal(rank0["logits"], rank1["logits"])
@@ -320,6 +329,19 @@ def test_groupdro_weights_identical_and_close_to_one_process(two_ranks, one_proc
     rank0, rank1 = two_ranks["groupdro"]
     np.testing.assert_array_equal(rank0["q"], rank1["q"])
     np.testing.assert_allclose(rank0["q"], one_process["groupdro"]["q"], atol=0.05)
+
+
+def test_groupdro_adjustment_is_the_whole_training_sets_on_every_rank(two_ranks, one_process):
+    """Every rank adjusts by the group sizes of the whole training set, not of its share."""
+    rank0, rank1 = two_ranks["groupdro_adjusted"]
+    one = one_process["groupdro_adjusted"]
+    np.testing.assert_array_equal(rank0["adjustment"], one["adjustment"])
+    np.testing.assert_array_equal(rank1["adjustment"], one["adjustment"])
+    np.testing.assert_array_equal(rank0["q"], rank1["q"])
+    np.testing.assert_allclose(rank0["q"], one["q"], atol=0.05)
+    # the adjustment is in effect: the small groups (1, 2) end with more weight
+    plain = two_ranks["groupdro"][0]["q"]
+    assert rank0["q"][-1, 1:3].sum() > plain[-1, 1:3].sum() + 0.05
 
 
 def test_jtt_error_set_identical_across_ranks(two_ranks, one_process):
