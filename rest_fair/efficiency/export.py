@@ -501,7 +501,8 @@ def export_sparse(
         The trained network; it is not modified.
     masks : dict of str to bool tensor, or None
         Parameter name -> mask (as ``RESTClassifier.masks_``). Weights without a mask are
-        dense.
+        dense. A weight shared by several layers has its mask under its first name, and
+        every layer that holds it is exported with that mask.
     density_threshold : float, default=0.2
         Linear layers whose mask density is at or below it become CSR layers. Near a
         density of 0.2 sparse and dense products take about the same time on CPU.
@@ -539,6 +540,12 @@ def export_sparse(
     with torch.no_grad():
         for key, mask in masks.items():
             params[key].mul_(mask.to(params[key].device))
+    # a weight shared by several layers (a head tied to an embedding) is masked under its
+    # first name: every layer that holds it reads that mask
+    by_weight = {id(params[key]): mask for key, mask in masks.items()}
+    masks = {name: by_weight[id(p)]
+             for name, p in exported.named_parameters(remove_duplicate=False)
+             if id(p) in by_weight}
     sparse = sparse_linear_layers(exported, masks, threshold)
 
     converted: set[str] = set()

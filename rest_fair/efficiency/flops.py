@@ -9,8 +9,9 @@ Conventions
 - A linear layer costs ``2 * active_weights`` per output position (one position for a
   flat input, more when the input has extra leading dimensions); a convolution costs
   ``2 * active_weights * H_out * W_out`` (grouped and 1-D/3-D convolutions likewise, with
-  the number of output positions). Output shapes come from one forward pass of a dummy
-  sample of ``input_shape`` through the network in evaluation mode.
+  the number of output positions). A transposed convolution applies each of its weights
+  once per *input* position: ``2 * active_weights * H_in * W_in``. Positions come from one
+  forward pass of a dummy sample of ``input_shape`` through the network in evaluation mode.
 - ``nn.MultiheadAttention`` applies its weights itself, not through module calls: its
   input projection costs ``2 * active weights`` of the query (key, value) projection per
   query (key, value) token, and its ``out_proj`` ``2 * active weights`` per query token,
@@ -36,6 +37,7 @@ from numbers import Integral
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from .._probe import probe_pass
 from .._validation import Interval
@@ -94,8 +96,10 @@ def layer_shapes(module: nn.Module, input_shape: Sequence[int]) -> dict[str, int
     Returns
     -------
     dict
-        Module name -> number of output positions per sample (``H_out * W_out`` for a
-        2-D convolution, the product of the extra leading dimensions for a linear layer).
+        Module name -> number of positions per sample at which the layer applies its
+        weights: output positions (``H_out * W_out`` for a 2-D convolution, the product of
+        the extra leading dimensions for a linear layer), input positions (``H_in * W_in``)
+        for a transposed convolution.
 
     Raises
     ------
@@ -124,6 +128,9 @@ def _probe(module: nn.Module, input_shape: Sequence[int]
     def hook(name: str, n_out: int, _mod: nn.Module, _inp: tuple, out: torch.Tensor) -> None:
         positions[name] = positions.get(name, 0) + out.numel() // n_out
 
+    def input_hook(name: str, n_in: int, _mod: nn.Module, inp: tuple, _out: object) -> None:
+        positions[name] = positions.get(name, 0) + inp[0].numel() // n_in
+
     def attention_hook(name: str, _mod: nn.Module, args: tuple, kwargs: dict,
                        _out: object) -> None:
         inputs = [args[i] if len(args) > i else kwargs[key]
@@ -138,7 +145,11 @@ def _probe(module: nn.Module, input_shape: Sequence[int]
 
     for name, sub in module.named_modules():
         n_out = layer_outputs(sub)
-        if n_out is not None:
+        if isinstance(sub, nn.modules.conv._ConvTransposeNd):
+            # every weight is applied once per input position (its outputs overlap)
+            handles.append(sub.register_forward_hook(partial(input_hook, name,
+                                                             sub.in_channels)))
+        elif n_out is not None:
             handles.append(sub.register_forward_hook(partial(hook, name, n_out)))
         elif isinstance(sub, nn.MultiheadAttention):
             handles.append(sub.register_forward_hook(partial(attention_hook, name),
@@ -192,6 +203,16 @@ def _attention_row(name: str, attention: nn.MultiheadAttention, masks: Mapping,
             "inference_flops_dense": f_dense, "inference_flops": f_sparse}
 
 
+def _layer_parameters(layer: nn.Module) -> list[nn.Parameter]:
+    """The parameters of a linear or convolution layer: its own and, where its weight is
+    computed by a parametrization (``torch.nn.utils.parametrize``), those it is computed
+    from."""
+    params = list(layer.parameters(recurse=False))
+    if parametrize.is_parametrized(layer):
+        params += list(layer.parametrizations.parameters())
+    return params
+
+
 def efficiency_report(
     module: nn.Module,
     masks: Mapping[str, torch.Tensor] | None,
@@ -239,9 +260,10 @@ def efficiency_report(
         (normalisation etc., dense, no FLOPs counted) when there are any, and a final row
         ``"total"``. A weight shared by several layers is read with the mask of its first
         name and its parameters are counted in its first row only; its products are
-        counted at every use. A layer (or attention) the forward pass does not call as a
-        module counts 0 FLOPs, with a warning naming it
-        (``df.attrs["layers_not_called"]``). FLOPs are per sample
+        counted at every use. A layer whose weight a parametrization computes
+        (``torch.nn.utils.parametrize``) counts the parameters it is computed from, dense.
+        A layer (or attention) the forward pass does not call as a module counts 0 FLOPs,
+        with a warning naming it (``df.attrs["layers_not_called"]``). FLOPs are per sample
         (multiply-add = 2 FLOPs); ``*_fraction`` columns are sparse / dense.
         ``df.attrs`` holds the conventions and the amortized update rate.
 
@@ -282,7 +304,9 @@ def efficiency_report(
     positions, tokens = _probe(module, input_shape)
     # a weight shared by several layers has its mask under its first name, and its
     # parameters are counted once (its products at every use)
-    first_name = {id(p): n for n, p in maskable_parameters(module)}
+    first_name = {id(p): n for n, p in module.named_parameters()}
+    mask_of = {id(p): masks[n] for n, p in (*module.named_parameters(),
+                                            *maskable_parameters(module)) if n in masks}
     rows = []
     counted: set[str] = set()
     seen: set[int] = set()
@@ -299,14 +323,18 @@ def efficiency_report(
             continue
         if layer_outputs(sub) is None:
             continue
-        weight_name = first_name.get(id(sub.weight), f"{name}.weight" if name else "weight")
-        n_weight = sub.weight.numel()
-        mask = masks.get(weight_name)
+        weight = sub.weight  # computed anew on each access when parametrized
+        mask = mask_of.get(id(weight))
+        n_weight = weight.numel()
         n_active = int(mask.sum()) if mask is not None else n_weight
-        n_stored = 0 if id(sub.weight) in seen else 1
-        seen.add(id(sub.weight))
-        n_bias = sub.bias.numel() if sub.bias is not None else 0
-        counted.update({weight_name} | ({f"{name}.bias" if name else "bias"} if n_bias else set()))
+        # the layer's own parameters (those behind a parametrized weight included), each
+        # counted in the first row that holds it
+        own = [p for p in _layer_parameters(sub) if id(p) not in seen]
+        seen.update(id(p) for p in own)
+        counted.update(first_name[id(p)] for p in own)
+        n_params = sum(p.numel() for p in own)
+        n_params_active = sum(int(mask_of[id(p)].sum()) if id(p) in mask_of else p.numel()
+                              for p in own)
         if name not in positions:
             not_called.append(name)
         pos = positions.get(name, 0)
@@ -316,9 +344,9 @@ def efficiency_report(
             {
                 "layer": name,
                 "kind": type(sub).__name__,
-                "shape": tuple(sub.weight.shape),
-                "params_dense": n_stored * n_weight + n_bias,
-                "params_active": n_stored * n_active + n_bias,
+                "shape": tuple(weight.shape),
+                "params_dense": n_params,
+                "params_active": n_params_active,
                 "inference_flops_dense": f_dense,
                 "inference_flops": f_sparse,
                 "training_flops_dense": 3 * f_dense,

@@ -23,6 +23,7 @@ from .masks import (
     MaskSet,
     maskable_parameters,
     resolve_dense_layers,
+    unmasked_weights,
 )
 from .rigl import REGROW_MODES, prune_and_regrow, update_topology
 from .schedules import DROP_SCHEDULES, DropSchedule
@@ -43,5 +44,6 @@ __all__ = [
     "prune_and_regrow",
     "resolve_dense_layers",
     "uniform_densities",
+    "unmasked_weights",
     "update_topology",
 ]

@@ -10,15 +10,18 @@ topology with the masked path's semantics.
 
 ``mode="auto"`` converts only the layers whose CSR pass :func:`measure_layer` finds clearly
 faster. Convolutions always keep the masked path, and so do runs with gradient scaling and
-data-parallel runs.
+data-parallel runs. So does a linear layer that a CSR layer cannot stand in for: one whose
+weight another module shares (tied weights), and, where an example batch shows it, one that
+a forward pass calls more than once or not at all (its parent reads the weight directly).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -232,10 +235,24 @@ def measure_layer(
     return timing
 
 
+def _shared_weights(module: nn.Module) -> set[int]:
+    """``id`` of every parameter held by more than one submodule, or by one submodule
+    registered under several names."""
+    holders: dict[int, int] = {}
+    for _, sub in module.named_modules(remove_duplicate=False):
+        for param in sub.parameters(recurse=False):
+            holders[id(param)] = holders.get(id(param), 0) + 1
+    return {key for key, n in holders.items() if n > 1}
+
+
 def candidate_layers(
     module: nn.Module, masks: MaskSet, threshold: float
 ) -> list[tuple[str, nn.Linear, int]]:
     """The masked sub-layers :func:`~rest_fair.sparse.modules.sparse_linear_layers` selects.
+
+    A layer whose weight is shared with another module (tied weights, or the same layer
+    registered twice) is left out: a CSR layer holds its own copy of the active weights,
+    and the dense weight the other module reads is released while the layer is converted.
 
     Returns
     -------
@@ -243,12 +260,31 @@ def candidate_layers(
         In module order; fully dense layers and the root module are never candidates.
     """
     by_name = {name: masks.mask(name) for name in masks.names}
+    shared = _shared_weights(module)
     out = []
     for name, sub in sparse_linear_layers(module, by_name, threshold).items():
         mask = by_name.get(f"{name}.weight")
-        if name and mask is not None and not bool(mask.all()):
+        if (name and mask is not None and not bool(mask.all())
+                and id(sub.weight) not in shared):
             out.append((name, sub, int(torch.count_nonzero(mask))))
     return out
+
+
+@contextlib.contextmanager
+def _counting_calls(module: nn.Module, names: Sequence[str]) -> Iterator[dict[str, int]]:
+    """How many times each named submodule is called while the block runs."""
+    calls = dict.fromkeys(names, 0)
+
+    def count(name: str) -> None:
+        calls[name] += 1
+
+    handles = [module.get_submodule(name).register_forward_pre_hook(
+        lambda _layer, _inputs, name=name: count(name)) for name in names]
+    try:
+        yield calls
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def _first_layer(module: nn.Module) -> str | None:
@@ -302,9 +338,11 @@ def make_sparse_compute(
         resumed run passes the layers its checkpoint trained in CSR form, so that it
         continues with the same kernels and the same rounding).
     example : callable, optional
-        For ``"auto"``: returns one training batch (called only when there are candidate
-        layers). Each candidate is then timed at the number of rows it multiplies in a
-        forward pass of that batch (``batch_size`` times the sequence length for a
+        Returns one training batch (called only when there are candidate layers), for one
+        forward pass (:func:`layer_rows`). A candidate that this pass calls more than once
+        (its weights used twice) or never (its parent reads its weight directly) keeps the
+        masked path. For ``"auto"``, each candidate is timed at the number of rows it
+        multiplies in that pass (``batch_size`` times the sequence length for a
         transformer's layers) instead of at ``batch_size`` rows.
     example_scale : float, default=1.0
         How many times more samples a training batch holds than ``example``: the rows
@@ -333,15 +371,19 @@ def make_sparse_compute(
     if refused:
         return sparsity
     candidates = candidate_layers(module, sparsity.masks, config.threshold)
+    rows = {}
+    if candidates and example is not None and not (mode == "auto" and layers is not None):
+        names = [name for name, _, _ in candidates]
+        with _counting_calls(module, names) as calls:
+            rows = {name: round(n * example_scale)
+                    for name, n in layer_rows(module, names, example()).items()}
+        # a CSR layer must be called once per forward pass, as a module
+        candidates = [c for c in candidates if calls[c[0]] == 1]
     if mode == "auto" and layers is not None:
         wanted = set(layers)
         chosen = [name for name, _, _ in candidates if name in wanted]
     elif mode == "auto":
         first = _first_layer(module)
-        rows = {}
-        if candidates and example is not None:
-            rows = {name: round(n * example_scale) for name, n in
-                    layer_rows(module, [name for name, _, _ in candidates], example()).items()}
         chosen = []
         for name, layer, nnz in candidates:
             timing = measure_layer(tuple(layer.weight.shape), nnz,

@@ -36,12 +36,14 @@ def erk_densities(shapes: Mapping[str, Sequence[int]], density: float) -> dict[s
     -------
     dict of str to float
         Density of each layer; ``sum(d_l * n_l) == density * sum(n_l)`` up to float error.
+        A layer without weights (a dimension of size 0) has density 1.
     """
     _check_density(density)
     numel = {name: math.prod(shape) for name, shape in shapes.items()}
-    raw = {name: sum(shape) / numel[name] for name, shape in shapes.items()}
+    raw = {name: sum(shape) / numel[name] if numel[name] else 0.0
+           for name, shape in shapes.items()}
     target = density * sum(numel.values())
-    dense: set[str] = set()
+    dense = {name for name, n in numel.items() if n == 0}
     while True:
         sparse_layers = [name for name in shapes if name not in dense]
         budget = target - sum(numel[name] for name in dense)

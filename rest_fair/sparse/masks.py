@@ -20,6 +20,7 @@ __all__ = [
     "layer_outputs",
     "maskable_parameters",
     "resolve_dense_layers",
+    "unmasked_weights",
 ]
 
 #: How the initial mask of each layer is chosen: uniformly at random (training from
@@ -43,6 +44,16 @@ _UNKNOWN_DENSE_LAYER = (
     "Use {aliases} or one of the maskable weights: {names}."
 )
 _NO_LAYER_FOR_ALIAS = "dense_layers={alias!r}: the module has no {what}."
+_NOT_MASKED = (
+    "sparsity masks the weights of linear, convolution and embedding layers; {names} "
+    "({n_weights} weights, {share:.1%} of the weights with two or more dimensions) are not "
+    "such a layer's own weight parameter and stay dense, outside the density budget. "
+    "Recurrent layers (nn.LSTM, nn.GRU, nn.RNN), nn.Bilinear, the input projections of "
+    "nn.MultiheadAttention and weights computed by a parametrization (weight_norm, "
+    "spectral_norm, torch.nn.utils.parametrize) are not masked."
+)
+# at most this many names in the _NOT_MASKED warning
+_NAMES_SHOWN = 6
 
 
 def _is_transformers_conv1d(module: nn.Module) -> bool:
@@ -67,7 +78,7 @@ def layer_outputs(module: nn.Module) -> int | None:
 def _kind(module: nn.Module) -> str | None:
     if isinstance(module, _LAYERS) or _is_transformers_conv1d(module):
         return "layer"
-    if isinstance(module, nn.Embedding):
+    if isinstance(module, (nn.Embedding, nn.EmbeddingBag)):
         return "embedding"
     return None
 
@@ -86,9 +97,22 @@ def _maskable(module: nn.Module) -> Iterator[tuple[str, nn.Parameter, str]]:
 def maskable_parameters(module: nn.Module) -> Iterator[tuple[str, nn.Parameter]]:
     """Weights that get a mask: those of every conv, linear and embedding layer.
 
-    Biases and normalisation parameters (BatchNorm, LayerNorm, ...) stay dense. Embedding
-    tables (``nn.Embedding``, e.g. the token and position embeddings of a text model) are
-    masked like linear layers. A weight shared by several layers is listed once.
+    The weight parameter of every ``nn.Linear`` (subclasses included), convolution
+    (``nn.Conv1d/2d/3d``, transposed, grouped and depthwise ones included: the mask covers
+    the weight tensor in its own layout), transformers' ``Conv1D``, ``nn.Embedding`` and
+    ``nn.EmbeddingBag`` (e.g. the token and position embeddings of a text model, masked
+    like linear layers). A weight shared by several layers is listed once, under its first
+    name, and gets one mask.
+
+    Not masked (they stay dense): biases and normalisation parameters (BatchNorm,
+    LayerNorm, ...); the weights of recurrent layers (``nn.LSTM``, ``nn.GRU``,
+    ``nn.RNN``), of ``nn.Bilinear`` and the input projections of
+    ``nn.MultiheadAttention`` (its ``out_proj`` is an ``nn.Linear`` and is masked); a
+    layer's weight that is not a parameter but computed, by a parametrization
+    (``torch.nn.utils.parametrizations.weight_norm``, ``spectral_norm``, any
+    ``torch.nn.utils.parametrize``) or a forward pre-hook (``torch.nn.utils.weight_norm``);
+    and parameters of any other module. :meth:`MaskSet.from_module` warns about such
+    weights (:func:`unmasked_weights`).
 
     Parameters
     ----------
@@ -101,6 +125,25 @@ def maskable_parameters(module: nn.Module) -> Iterator[tuple[str, nn.Parameter]]
     """
     for name, weight, _ in _maskable(module):
         yield name, weight
+
+
+def unmasked_weights(module: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    """Weight parameters that :func:`maskable_parameters` leaves dense.
+
+    A parameter of two or more dimensions counts as a weight when its name ends in one
+    containing ``"weight"`` (``weight_ih_l0``, ``in_proj_weight``, ``weight_v``) or it is
+    behind a parametrized weight (``parametrizations.weight.original``); position
+    embeddings and class tokens held as plain parameters do not.
+
+    Returns
+    -------
+    list of (name, parameter)
+        As in ``module.named_parameters()``, in its order.
+    """
+    masked = {id(p) for _, p in maskable_parameters(module)}
+    return [(name, p) for name, p in module.named_parameters()
+            if p.dim() >= 2 and id(p) not in masked
+            and ("weight" in name.rpartition(".")[2] or ".parametrizations." in f".{name}")]
 
 
 def resolve_dense_layers(module: nn.Module, dense_layers: Iterable[str] | None) -> list[str]:
@@ -168,6 +211,21 @@ def resolve_dense_layers(module: nn.Module, dense_layers: Iterable[str] | None) 
             )
         )
     return [name for name in names if name in chosen]
+
+
+def _warn_unmasked(module: nn.Module) -> None:
+    """Warn, naming them, about the weights of ``module`` that no mask reaches."""
+    unmasked = unmasked_weights(module)
+    if not unmasked:
+        return
+    names = [name for name, _ in unmasked]
+    shown = ", ".join(repr(n) for n in names[:_NAMES_SHOWN])
+    if len(names) > _NAMES_SHOWN:
+        shown += f" and {len(names) - _NAMES_SHOWN} more"
+    n_unmasked = sum(p.numel() for _, p in unmasked)
+    total = sum(p.numel() for p in module.parameters() if p.dim() >= 2)
+    warnings.warn(_NOT_MASKED.format(names=shown, n_weights=n_unmasked,
+                                     share=n_unmasked / total), UserWarning, stacklevel=3)
 
 
 def _magnitude_mask(weight: torch.Tensor, k: int) -> torch.Tensor:
@@ -277,6 +335,7 @@ class MaskSet:
                                                       value=distribution))
         dense = set(resolve_dense_layers(module, dense_layers))
         params = {name: p for name, p in maskable_parameters(module) if name not in dense}
+        _warn_unmasked(module)
         shapes = {name: tuple(p.shape) for name, p in params.items()}
         if not shapes:
             return cls({}, {})

@@ -285,3 +285,29 @@ def test_an_input_of_the_wrong_width_is_named(chain_path):
     with pytest.raises(ValueError, match=r"inputs of shape \(\.\.\., 10\).*shape \(20, 20\)"):
         export(torch.zeros(20, 20))
     assert export(torch.zeros(20, 10)).shape == (20, 2)
+
+
+class _TiedHead(nn.Module):
+    """Token embeddings and an output layer that share one weight, as language models do."""
+
+    def __init__(self):
+        super().__init__()
+        self.tokens = nn.Embedding(50, 16)
+        self.hidden = nn.Linear(16, 16)
+        self.head = nn.Linear(16, 50, bias=False)
+        self.head.weight = self.tokens.weight
+
+    def forward(self, ids):
+        return self.head(torch.relu(self.hidden(self.tokens(ids))))
+
+
+def test_a_head_tied_to_an_embedding_is_exported_with_the_embedding_mask():
+    net = _TiedHead()
+    mask = torch.rand(50, 16, generator=torch.Generator().manual_seed(0)) < 0.1
+    exported = export_sparse(net, {"tokens.weight": mask})
+    head = exported.module.head.steps[0]
+    assert head.sparse and head.nnz == int(mask.sum())
+    ids = torch.randint(0, 50, (4, 7))
+    with torch.no_grad():
+        net.tokens.weight.mul_(mask)
+    torch.testing.assert_close(exported(ids), net.eval()(ids))

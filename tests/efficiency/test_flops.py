@@ -205,3 +205,31 @@ def test_cross_attention_with_masks_is_counted_by_hand():
     assert row["shape"] == ((8, 8), (8, 6), (8, 4))
     assert report.loc["attn.out_proj", "inference_flops"] == 2 * 8 * 3
     assert "(other)" not in report.index
+
+
+def test_a_transposed_convolution_applies_its_weights_at_every_input_position():
+    # 4 -> 8 channels, 4x4 kernel, stride 2 on 5x5: 5 * 5 input positions (10 x 10 outputs)
+    net = nn.Sequential(nn.ConvTranspose2d(4, 8, 4, stride=2, padding=1),
+                        nn.Conv2d(8, 2, 3, padding=1), nn.Flatten(2),
+                        nn.ConvTranspose1d(2, 3, 2, stride=2))
+    mask = torch.zeros(4, 8, 4, 4, dtype=torch.bool)
+    mask.view(-1)[::8] = True  # 64 active of 512
+    report = efficiency_report(net, {"0.weight": mask}, (4, 5, 5))
+    assert report.loc["0", "inference_flops_dense"] == 2 * 512 * 25
+    assert report.loc["0", "inference_flops"] == 2 * 64 * 25
+    assert report.loc["1", "inference_flops_dense"] == 2 * 144 * 100
+    assert report.loc["3", "inference_flops_dense"] == 2 * 12 * 100  # 1-D, 100 inputs
+
+
+def test_a_parametrized_weight_counts_the_parameters_behind_it_once():
+    from torch.nn.utils import parametrizations
+
+    net = nn.Sequential(parametrizations.weight_norm(nn.Linear(10, 20)), nn.ReLU(),
+                        parametrizations.spectral_norm(nn.Linear(20, 30)), nn.ReLU(),
+                        nn.Linear(30, 2))
+    report = efficiency_report(net, {}, (10,))
+    assert report.loc["total", "params_dense"] == sum(p.numel() for p in net.parameters())
+    assert report.loc["0", "params_dense"] == 20 + 200 + 20  # g, v, bias
+    assert report.loc["2", "params_dense"] == 600 + 30
+    assert "(other)" not in report.index
+    assert report.loc["0", "inference_flops"] == 2 * 200

@@ -597,3 +597,61 @@ def test_a_relu_with_a_hook_is_not_fused(data):
     module.layers[1].register_forward_hook(lambda mod, inputs, out: seen.append(1))
     _clf(module=module, sparse_compute="csr", max_epochs=1).fit(X, y)
     assert len(seen) >= 400 // 32  # the hooked ReLU ran in every training step
+
+
+# ------------------------------------------------- layers a CSR layer cannot stand in for
+class _Reused(nn.Module):
+    """An MLP whose ``mid`` weights are used twice: ``"twice"`` calls the layer twice,
+    ``"tied"`` shares its weight with ``tied``, ``"direct"`` reads it with F.linear."""
+
+    def __init__(self, input_shape, n_classes, how="twice"):
+        super().__init__()
+        self.how = how
+        self.inp = nn.Linear(int(np.prod(input_shape)), 64)
+        self.mid = nn.Linear(64, 64)
+        self.tied = nn.Linear(64, 64)
+        self.tied.weight = self.mid.weight
+        self.out = nn.Linear(64, n_classes)
+        self.double()
+
+    def forward(self, x):
+        h = torch.relu(self.inp(x.double()))
+        if self.how == "direct":
+            h = torch.relu(nn.functional.linear(h, self.mid.weight, self.mid.bias))
+        else:
+            h = torch.relu(self.mid(h))
+            h = torch.relu((self.mid if self.how == "twice" else self.tied)(h))
+        return self.out(h)
+
+
+@pytest.mark.parametrize("how", ["twice", "tied", "direct"])
+@pytest.mark.parametrize("mode", ["csr", "auto"])
+def test_a_layer_whose_weights_are_used_twice_or_read_directly_stays_masked(
+        data, monkeypatch, how, mode):
+    # such a layer crashed a CSR run (at its first update, or at its first forward pass)
+    X, y = data
+    monkeypatch.setattr(compute, "measure_layer",
+                        lambda *args, **kwargs: LayerTiming(masked=1.0, csr=0.1))
+    kwargs = dict(module=_Reused, module_params={"how": how}, max_epochs=2,
+                  sparse_compute_threshold=1.0)
+    clf = _clf(sparse_compute=mode, **kwargs).fit(X, y)
+    assert clf.sparse_compute_layers_ == ["inp", "out"]
+    masked = _clf(sparse_compute="masked", **kwargs).fit(X, y)
+    assert list(clf.masks_) == list(masked.masks_) == ["inp.weight", "mid.weight", "out.weight"]
+    assert clf.module_.tied.weight is clf.module_.mid.weight
+    for key, mask in clf.masks_.items():
+        weight = clf.module_.get_parameter(key)
+        assert not weight[~mask].any()
+        assert torch.equal(mask, masked.masks_[key])
+        torch.testing.assert_close(weight, masked.module_.get_parameter(key), rtol=1e-10,
+                                   atol=1e-10)
+
+
+def test_a_tied_layer_is_no_candidate_without_an_example():
+    net = _Reused((30,), 3, how="tied")
+    engine = _engine(net, sparsity=0.9)
+    assert [name for name, _, _ in candidate_layers(net, engine.masks, 1.0)] == ["inp", "out"]
+    shared = nn.Linear(64, 64)
+    twice = nn.Sequential(nn.Linear(30, 64), nn.ReLU(), shared, nn.ReLU(), shared)
+    engine = _engine(twice, sparsity=0.9)
+    assert [name for name, _, _ in candidate_layers(twice, engine.masks, 1.0)] == ["0"]

@@ -308,3 +308,36 @@ def test_updates_never_fall_on_the_last_step_of_an_epoch():
     engine = DynamicSparsity(masks, schedule=DropSchedule(0.3, 10_000), update_interval=1,
                              steps_per_epoch=1)
     assert all(engine.is_update_step(s) for s in range(1, 20))
+
+
+def test_a_tied_weight_regrows_by_the_gradient_of_all_its_uses():
+    # one nn.Linear called twice and a second layer holding the same weight: one mask,
+    # exact counts, and RigL reads the summed gradient of the three uses
+    torch.manual_seed(0)
+    shared = nn.Linear(8, 8)
+    other = nn.Linear(8, 8)
+    other.weight = shared.weight
+    net = nn.Sequential(shared, nn.Tanh(), shared, nn.Tanh(), other)
+    masks = MaskSet.from_module(net, density=0.25, generator=torch.Generator().manual_seed(0))
+    masks.apply_()
+    assert masks.names == ["0.weight"]
+    x = torch.randn(16, 8)
+    net(x).square().sum().backward()
+    grad = shared.weight.grad.clone()
+    parts = []
+    for i in range(3):  # the gradient of each use alone, the others' weights held fixed
+        w = shared.weight.detach().requires_grad_(True)
+        h = x
+        for j, layer in enumerate([shared, shared, other]):
+            h = nn.functional.linear(h, w if j == i else w.detach(), layer.bias.detach())
+            h = torch.tanh(h) if j < 2 else h
+        h.square().sum().backward()
+        parts.append(w.grad)
+    torch.testing.assert_close(grad, sum(parts))
+    old = masks.mask("0.weight").clone()
+    _, _, expected = prune_and_regrow(shared.weight, old, 4, grad=grad)
+    update_topology(masks, 4 / int(old.sum()))
+    assert int(masks.mask("0.weight").sum()) == int(old.sum())
+    assert set(expected.tolist()) <= set(masks.mask("0.weight").reshape(-1).nonzero()
+                                         .reshape(-1).tolist())
+    assert not other.weight[~masks.mask("0.weight")].any()

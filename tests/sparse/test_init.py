@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -18,6 +19,7 @@ from rest_fair.sparse import (
     maskable_parameters,
     resolve_dense_layers,
     uniform_densities,
+    unmasked_weights,
 )
 
 
@@ -211,3 +213,65 @@ def test_masks_given_in_another_order_than_the_weights_apply_to_their_own_weight
     mask_set.apply_()
     for name in names:
         assert torch.equal(params[name] != 0, masks[name])
+
+
+class _Varied(nn.Module):
+    """Layers of every kind: those masked, and weights the masks do not reach."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1d = nn.Conv1d(3, 8, 5)
+        self.conv3d = nn.Conv3d(2, 4, 3)
+        self.up = nn.ConvTranspose2d(8, 12, 3, groups=4)  # weight (in, out / groups, k, k)
+        self.depthwise = nn.Conv2d(16, 16, 3, groups=16)
+        self.linear = nn.Linear(10, 20, bias=False)
+        self.bag = nn.EmbeddingBag(30, 4)
+        self.norm = nn.LayerNorm(8)
+        self.bilinear = nn.Bilinear(4, 5, 6)
+        self.lstm = nn.LSTM(8, 16)
+        self.attention = nn.MultiheadAttention(8, 2)
+        self.position = nn.Parameter(torch.zeros(1, 7, 8))  # not a layer's weight
+        self.normed = torch.nn.utils.parametrizations.weight_norm(nn.Linear(6, 6))
+
+
+def test_every_conv_linear_and_embedding_weight_is_masked_in_its_own_layout():
+    net = _Varied()
+    assert [n for n, _ in maskable_parameters(net)] == [
+        "conv1d.weight", "conv3d.weight", "up.weight", "depthwise.weight", "linear.weight",
+        "bag.weight", "attention.out_proj.weight"]
+    with pytest.warns(UserWarning, match="sparsity masks the weights"):
+        masks = MaskSet.from_module(net, density=0.2, generator=torch.Generator().manual_seed(0))
+    masks.apply_()
+    shapes = {n: tuple(p.shape) for n, p in maskable_parameters(net)}
+    assert masks.n_active() == active_counts(shapes, erk_densities(shapes, 0.2))
+    assert masks.mask("up.weight").shape == (8, 3, 3, 3)
+    assert not net.up.weight[~masks.mask("up.weight")].any()
+
+
+def test_weights_left_dense_are_named_in_a_warning():
+    net = _Varied()
+    unmasked = ["bilinear.weight", "lstm.weight_ih_l0", "lstm.weight_hh_l0",
+                "attention.in_proj_weight", "normed.parametrizations.weight.original0",
+                "normed.parametrizations.weight.original1"]
+    assert [n for n, _ in unmasked_weights(net)] == unmasked
+    with pytest.warns(UserWarning) as record:
+        MaskSet.from_module(net, density=0.2)
+    message = str(record[0].message)
+    assert "'bilinear.weight', 'lstm.weight_ih_l0'" in message and "'position'" not in message
+    n = sum(net.get_parameter(name).numel() for name in unmasked)
+    assert f"{n} weights" in message and "and 0 more" not in message
+    # the deprecated hook form of weight norm: weight_g and weight_v are the parameters
+    with pytest.warns(FutureWarning):
+        old = torch.nn.utils.weight_norm(nn.Linear(4, 4))
+    assert [n for n, _ in unmasked_weights(nn.Sequential(old))] == ["0.weight_g", "0.weight_v"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        MaskSet.from_module(_cnn(), density=0.2)  # nothing left out: no warning
+
+
+@pytest.mark.filterwarnings("ignore:Initializing zero-element tensors")
+def test_a_layer_without_weights_gets_density_one():
+    assert erk_densities({"empty": (0, 5), "b": (40, 40)}, 0.5) == {"empty": 1.0, "b": 0.5}
+    net = nn.Sequential(nn.Linear(4, 0), nn.Linear(0, 3), nn.Linear(3, 30))
+    masks = MaskSet.from_module(net, density=0.3, generator=torch.Generator().manual_seed(0))
+    assert masks.n_active() == {"0.weight": 0, "1.weight": 0, "2.weight": 27}
