@@ -103,10 +103,23 @@ def _float32_tensor(X: Any) -> torch.Tensor:
 
 
 class _TensorSource(BatchSource):
+    """Rows of an array, as float32 batches.
+
+    A float32 array is shared, not copied (see :func:`_as_tensor`). On the CPU, an array of
+    another dtype (float64) that torch can share is read in place and each batch is
+    converted to float32 when it is taken, so a pass over it (``predict``) never holds a
+    float32 copy of the whole array.
+    """
+
     uniform_samples = True
 
     def __init__(self, X: np.ndarray, device: torch.device) -> None:
-        data = _float32_tensor(X)
+        array = np.asarray(X)
+        shareable = array.flags.writeable and min(array.strides, default=0) >= 0
+        if device.type == "cpu" and array.dtype != np.float32 and shareable:
+            data = torch.from_numpy(array)
+        else:
+            data = _float32_tensor(array)
         if device.type != "cpu":
             data = data.to(device) if data.nbytes <= _MAX_DEVICE_BYTES else data.pin_memory()
         self.data = data
@@ -125,7 +138,7 @@ class _TensorSource(BatchSource):
             batch = torch.index_select(data, 0, rows)
         else:
             batch = data[rows]
-        return batch.to(device, non_blocking=True)
+        return batch.to(device, dtype=torch.float32, non_blocking=True)
 
 
 class _SparseSource(BatchSource):
