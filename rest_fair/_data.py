@@ -103,10 +103,23 @@ def _float32_tensor(X: Any) -> torch.Tensor:
 
 
 class _TensorSource(BatchSource):
+    """Rows of an array, as float32 batches.
+
+    A float32 array is shared, not copied (see :func:`_as_tensor`). On the CPU, an array of
+    another dtype (float64) that torch can share is read in place and each batch is
+    converted to float32 when it is taken, so a pass over it (``predict``) never holds a
+    float32 copy of the whole array.
+    """
+
     uniform_samples = True
 
     def __init__(self, X: np.ndarray, device: torch.device) -> None:
-        data = _float32_tensor(X)
+        array = np.asarray(X)
+        shareable = array.flags.writeable and min(array.strides, default=0) >= 0
+        if device.type == "cpu" and array.dtype != np.float32 and shareable:
+            data = torch.from_numpy(array)
+        else:
+            data = _float32_tensor(array)
         if device.type != "cpu":
             data = data.to(device) if data.nbytes <= _MAX_DEVICE_BYTES else data.pin_memory()
         self.data = data
@@ -125,7 +138,7 @@ class _TensorSource(BatchSource):
             batch = torch.index_select(data, 0, rows)
         else:
             batch = data[rows]
-        return batch.to(device, non_blocking=True)
+        return batch.to(device, dtype=torch.float32, non_blocking=True)
 
 
 class _SparseSource(BatchSource):
@@ -196,13 +209,16 @@ class _DatasetSource(BatchSource):
     draws one number from torch's global generator, in the main process, and the item at
     position ``k`` of the pass is read with that number plus ``k`` as its seed. The draws of
     a run are then those of its generators' states, which a checkpoint holds; the workers'
-    own generators, which it cannot hold, draw nothing that counts.
+    own generators, which it cannot hold, draw nothing that counts. Given a ``generator``,
+    the source draws from it instead (also the base seed a DataLoader draws at each pass),
+    and never from the global one.
     """
 
     def __init__(self, dataset: torch.utils.data.Dataset, num_workers: int,
-                 device: torch.device) -> None:
+                 device: torch.device, generator: torch.Generator | None = None) -> None:
         self.dataset = dataset
         self.num_workers = num_workers
+        self.generator = generator
         self.pin_memory = device.type == "cuda"
         self.n_samples = len(dataset)  # type: ignore[arg-type]
         self.sample_shape = tuple(_first_element(dataset[0]).shape) if self.n_samples else ()
@@ -221,7 +237,8 @@ class _DatasetSource(BatchSource):
                 pin_memory=self.pin_memory,
                 persistent_workers=workers,
                 # the workers' base seed, drawn once, is not drawn from the global generator
-                generator=torch.Generator() if workers else None,
+                generator=self.generator if self.generator is not None
+                else torch.Generator() if workers else None,
             )
             self._loaders[batch_size] = (loader, sampler)
         return self._loaders[batch_size]
@@ -229,7 +246,8 @@ class _DatasetSource(BatchSource):
     def batches(self, order, batch_size, device):
         loader, sampler = self._loader(batch_size)
         if self.num_workers > 0:
-            first = int(torch.randint(0, 2**62, (), dtype=torch.int64))
+            first = int(torch.randint(0, 2**62, (), dtype=torch.int64,
+                                      generator=self.generator))
             sampler[:] = [(i, first + k) for k, i in enumerate(order.tolist())]
         else:
             sampler[:] = order.tolist()
@@ -330,7 +348,8 @@ class TextSource(BatchSource):
                 "attention_mask": torch.from_numpy(mask).to(device, non_blocking=True)}
 
 
-def make_source(X: Any, *, device: torch.device, num_workers: int = 0) -> BatchSource:
+def make_source(X: Any, *, device: torch.device, num_workers: int = 0,
+                generator: torch.Generator | None = None) -> BatchSource:
     """Wrap validated inputs in a :class:`BatchSource`.
 
     Parameters
@@ -341,13 +360,16 @@ def make_source(X: Any, *, device: torch.device, num_workers: int = 0) -> BatchS
         Where batches go.
     num_workers : int
         Worker processes for torch Datasets.
+    generator : torch.Generator or None
+        What a torch Dataset's loading draws from (its workers' seeds); ``None``: the
+        global generator.
     """
     import scipy.sparse as sp
 
     if isinstance(X, TokenizedText):
         return TextSource(X)
     if is_torch_dataset(X):
-        return _DatasetSource(X, num_workers, device)
+        return _DatasetSource(X, num_workers, device, generator)
     if sp.issparse(X):
         return _SparseSource(X)
     return _TensorSource(X, device)

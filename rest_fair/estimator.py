@@ -503,7 +503,9 @@ or dict of columns, default=None
     def predict_logits(self, X: Any) -> np.ndarray:
         """Raw network outputs (logits), float32 of shape (n_samples, n_classes).
 
-        The network computes in float32 whatever ``precision`` it was trained with.
+        The network computes in float32 whatever ``precision`` it was trained with, in
+        evaluation mode, without gradients; the module's mode, torch's gradient mode and the
+        global torch random state are left as they were.
 
         Raises
         ------
@@ -513,11 +515,15 @@ or dict of columns, default=None
         check_is_fitted(self, "module_")
         X = check_x(self, X, fitted=self.module_)
         device = next(self.module_.parameters()).device
-        source = make_source(X, device=device, num_workers=self.num_workers)
+        # a private generator: predicting leaves the global torch random state as it was
+        source = make_source(X, device=device, num_workers=self.num_workers,
+                             generator=torch.Generator())
         module = getattr(self, "inference_module_", None) or self.module_
-        logits = predict_logits(module, source, batch_size=max(self.batch_size, 512),
-                                device=device)
-        source.close()
+        try:
+            logits = predict_logits(module, source, batch_size=max(self.batch_size, 512),
+                                    device=device)
+        finally:
+            source.close()  # a failed prediction stops the loader's workers too
         bad = ~torch.isfinite(logits).all(dim=1) if logits.ndim == 2 else None
         if bad is not None and bool(bad.any()):
             raise TrainingDivergedError(

@@ -689,3 +689,36 @@ def test_predict_log_proba_is_the_log_of_predict_proba(data):
     assert np.isfinite(clf.predict_log_proba(X * 1e3)).all()  # no log(0) where proba rounds
     assert cross_val_predict(_clf(max_epochs=1), X, y, cv=2,
                              method="predict_log_proba").shape == (len(y), 3)
+
+
+class _FailingItems(torch.utils.data.Dataset):
+    """Items of 4 zeros; the item ``fail_at`` raises."""
+
+    def __init__(self, n, fail_at=None):
+        self.n, self.fail_at = n, fail_at
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        if i == self.fail_at:
+            raise RuntimeError("unreadable item")
+        return torch.full((4,), float(i % 3))
+
+
+@pytest.mark.parametrize("num_workers", [0, 1])
+def test_predicting_a_dataset_leaves_the_global_random_state_and_the_mode(num_workers):
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((60, 4)).astype(np.float32), np.arange(60) % 2
+    clf = RESTClassifier(max_epochs=1, random_state=0, num_workers=num_workers).fit(X, y)
+    dataset = torch.utils.data.TensorDataset(torch.from_numpy(X))
+    torch.manual_seed(7)
+    state = torch.get_rng_state()
+    clf.predict_proba(dataset)  # its DataLoader drew a seed from the global generator
+    assert torch.equal(torch.get_rng_state(), state)
+    np.testing.assert_array_equal(clf.predict_logits(dataset), clf.predict_logits(X))
+    clf.module_.train()  # a mode the user set survives a prediction, also a failed one
+    with pytest.raises(RuntimeError, match="unreadable item"):
+        clf.predict(_FailingItems(1200, fail_at=1100))
+    assert clf.module_.training
+    assert torch.is_grad_enabled()

@@ -91,16 +91,22 @@ def predict_logits(
     autocast: Any = None,
     order: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Logits of the samples ``order`` (default: all, in order), as float32 on the CPU."""
+    """Logits of the samples ``order`` (default: all, in order), as float32 on the CPU.
+
+    The module runs in evaluation mode; its mode is restored afterwards, also when a batch
+    fails.
+    """
     was_training = module.training
     module.eval()
     if order is None:
         order = torch.arange(source.n_samples)
     out = []
-    for x, _ in source.batches(order, batch_size, device):
-        with (autocast or contextlib.nullcontext)():
-            out.append(module(x).float().cpu())
-    module.train(was_training)
+    try:
+        for x, _ in source.batches(order, batch_size, device):
+            with (autocast or contextlib.nullcontext)():
+                out.append(module(x).float().cpu())
+    finally:
+        module.train(was_training)
     if not out:
         return torch.empty(0)
     return torch.cat(out)

@@ -311,3 +311,47 @@ def test_a_head_tied_to_an_embedding_is_exported_with_the_embedding_mask():
     with torch.no_grad():
         net.tokens.weight.mul_(mask)
     torch.testing.assert_close(exported(ids), net.eval()(ids))
+
+
+def _small_export(density_threshold=0.2):
+    torch.manual_seed(0)
+    net = build_module("mlp", input_shape=(10,), n_classes=3,
+                       module_params={"hidden_layer_sizes": (32, 32)})
+    masks = _random_masks(net, [0.1, 0.1, 1.0], torch.Generator().manual_seed(0))
+    return net, masks, export_sparse(net, masks, density_threshold=density_threshold)
+
+
+def test_tracing_scripting_and_export_are_refused_with_the_remedy(chain_path):
+    net, masks, export = _small_export()
+    x = torch.randn(16, 10)
+    # a traced copy of the kernel path recorded none of its products and returned garbage
+    with pytest.raises(RuntimeError, match=r"torch\.jit\.trace .*density_threshold=0\.0"):
+        torch.jit.trace(export, x)
+    with pytest.raises(RuntimeError, match=r"torch\.export .*density_threshold=0\.0"):
+        torch.export.export(export, (x,))
+    with pytest.raises(RuntimeError, match=r"torch\.jit\.script cannot compile"):
+        torch.jit.script(export)
+    with pytest.raises(RuntimeError, match=r"torch\.jit\.script cannot compile"):
+        torch.jit.script(export.module)  # the chain inside refuses too
+    # the remedy the message names: a dense masked copy records and computes the same
+    dense = export_sparse(net, masks, density_threshold=0.0)
+    traced = torch.jit.trace(dense, x)
+    z = torch.randn(5, 10)
+    with torch.no_grad():
+        torch.testing.assert_close(traced(z), export(z), rtol=1e-5, atol=1e-5)
+        exported = torch.export.export(dense, (x,)).module()
+        torch.testing.assert_close(exported(x), export(x), rtol=1e-5, atol=1e-5)
+
+
+def test_inputs_and_casts_the_sparse_products_cannot_take_are_named(chain_path):
+    _, _, export = _small_export()
+    x = torch.randn(16, 10)
+    with pytest.raises(TypeError, match=r"compute in torch\.float32; got a torch\.float64 "
+                                        r"input.*\.to\(torch\.float64\)"):
+        export(x.double())
+    half = copy.deepcopy(export).half()
+    with pytest.raises(TypeError, match=r"CPU in float32 or float64 only.*torch\.float16"):
+        half(x.half())
+    with torch.no_grad():  # the casts the message names work
+        torch.testing.assert_close(copy.deepcopy(export).double()(x.double()).float(),
+                                   export(x), rtol=1e-5, atol=1e-5)

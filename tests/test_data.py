@@ -1,0 +1,42 @@
+"""Batch sources (rest_fair._data): what they hold and the batches they yield."""
+
+import numpy as np
+import torch
+
+from rest_fair import RESTClassifier
+from rest_fair._data import make_source
+
+CPU = torch.device("cpu")
+
+
+def _batches(source, batch_size=7):
+    return [x for x, _ in source.batches(torch.arange(source.n_samples), batch_size, CPU)]
+
+
+def test_a_float64_array_is_converted_batch_by_batch_not_copied_whole():
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((40, 6))
+    source = make_source(X, device=CPU)
+    # the source reads the caller's array in place: no float32 copy of all of it is held
+    assert source.data.data_ptr() == X.__array_interface__["data"][0]
+    batches = _batches(source)
+    assert all(b.dtype == torch.float32 for b in batches)
+    np.testing.assert_array_equal(torch.cat(batches).numpy(), X.astype(np.float32))
+    # images keep their memory format through the per-batch conversion
+    images = rng.standard_normal((9, 4, 5, 3)).transpose(0, 3, 1, 2)  # NHWC memory
+    batch = _batches(make_source(images, device=CPU), 9)[0]
+    np.testing.assert_array_equal(batch.numpy(), images.astype(np.float32))
+    assert batch.is_contiguous(memory_format=torch.channels_last)
+    # a read-only array is never shared (torch would write to it): one float32 copy
+    X.flags.writeable = False
+    source = make_source(X, device=CPU)
+    assert source.data.dtype == torch.float32
+    np.testing.assert_array_equal(torch.cat(_batches(source)).numpy(), X.astype(np.float32))
+
+
+def test_predictions_on_float64_equal_those_on_float32():
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((120, 5))
+    y = (X[:, 0] > 0).astype(int)
+    clf = RESTClassifier(max_epochs=1, random_state=0, batch_size=32).fit(X, y)
+    np.testing.assert_array_equal(clf.predict_logits(X), clf.predict_logits(X.astype(np.float32)))
