@@ -349,9 +349,14 @@ def _built_run(est: Any, data: FitData, config: TrainConfig, callbacks: list, *,
     train, errors = data.rows(train_idx), None
     sources = [] if valid is None else [valid.source]
     try:
-        with torch.random.fork_rng(devices=[world.device.index or 0]
-                                   if world.device.type == "cuda" else []):
-            torch.manual_seed(seed)
+        cuda = ([torch.cuda.current_device() if world.device.index is None
+                 else world.device.index] if world.device.type == "cuda" else [])
+        with torch.random.fork_rng(devices=cuda):
+            # only the generators forked here: torch.manual_seed would also seed every CUDA
+            # device (a CPU fit's seed would reach the GPUs, to stay after fit)
+            torch.default_generator.manual_seed(seed)
+            for index in cuda:
+                torch.cuda.default_generators[index].manual_seed(seed)
             generator = torch.Generator().manual_seed(seed)
             upweight = est.upweight
             if est.infer_groups == "jtt":
