@@ -19,7 +19,6 @@ import copy
 import functools
 import hashlib
 import json
-import random
 import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
@@ -33,7 +32,7 @@ from sklearn.model_selection import train_test_split
 from sklearn.utils import check_random_state
 from tqdm.auto import tqdm
 
-from ._data import TokenizedText, _first_element, make_source
+from ._data import TokenizedText, _first_element, fixed_global_rngs, make_source
 from ._inputs import FitData, check_inputs, take
 from .callbacks import check_callbacks
 from .jtt import identify_errors, overlap_report
@@ -207,33 +206,12 @@ def _digest(*arrays: Any) -> str:
             h.update(np.ascontiguousarray(a).data)
         else:  # a torch Dataset is read lazily: its length and a sample of its items
             h.update(f"dataset:{type(a).__qualname__}:{len(a)}".encode())
-            with _fixed_global_rngs():
+            with fixed_global_rngs():
                 for i in sorted({0, len(a) // 2, len(a) - 1}):
                     item = _first_element(a[i]).detach().cpu().contiguous()
                     h.update(str((item.dtype, tuple(item.shape))).encode())
                     h.update(item.reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
-
-
-@contextlib.contextmanager
-def _fixed_global_rngs() -> Iterator[None]:
-    """Seed torch's CPU, numpy's and Python's global generators with 0; restore them after.
-
-    A Dataset whose items pass through a random transform (a random crop, a flip) then
-    gives the same items on every read, and reading them leaves the training's draws as
-    they were.
-    """
-    # numpy's legacy global generator is the one a transform's np.random.* calls draw from
-    numpy_state, python_state = np.random.get_state(), random.getstate()  # noqa: NPY002
-    with torch.random.fork_rng(devices=[]):  # the CPU generator only: CUDA's is not touched
-        torch.default_generator.manual_seed(0)
-        np.random.seed(0)  # noqa: NPY002
-        random.seed(0)
-        try:
-            yield
-        finally:
-            np.random.set_state(numpy_state)  # noqa: NPY002
-            random.setstate(python_state)
 
 
 def _fingerprint(params: dict, input_shape: tuple, data: FitData,

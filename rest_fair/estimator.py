@@ -14,7 +14,7 @@ import torch
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted
 
-from ._data import make_source
+from ._data import kept_global_rngs, make_source
 from ._fit import fit_estimator, is_device_name, remember_network_params
 from ._inputs import check_x
 from ._validation import Interval, Options, TypeOf, check_params
@@ -209,7 +209,11 @@ class RESTClassifier(ClassifierMixin, BaseEstimator):
         Training hooks, see :mod:`rest_fair.callbacks` (e.g. ``EarlyStopping``,
         ``Checkpoint``).
     num_workers : int, default=0
-        DataLoader workers when ``X`` is a torch Dataset.
+        DataLoader workers when ``X`` is a torch Dataset. Results do not depend on it:
+        every item is read with its own seed (drawn from the run's random state) in the
+        global generators of the process that reads it (torch's, numpy's and Python's), so
+        a random transform draws the same with or without workers, and the caller's
+        generators are left as they were.
     distributed : "auto" or bool, default="auto"
         Data-parallel training with ``DistributedDataParallel`` (see the "Scaling out"
         guide). ``"auto"``: when a ``torch.distributed`` process group of more than one
@@ -485,11 +489,14 @@ or dict of columns, default=None
         check_is_fitted(self, "module_")
         X = check_x(self, X, fitted=self.module_)
         device = next(self.module_.parameters()).device
-        source = make_source(X, device=device, num_workers=self.num_workers)
         module = getattr(self, "inference_module_", None) or self.module_
-        logits = predict_logits(module, source, batch_size=max(self.batch_size, 512),
-                                device=device)
-        source.close()
+        # a torch Dataset's pass draws its items' seeds from torch's global generator:
+        # from a copy, so that predicting leaves the caller's draws as they were
+        with kept_global_rngs():
+            source = make_source(X, device=device, num_workers=self.num_workers)
+            logits = predict_logits(module, source, batch_size=max(self.batch_size, 512),
+                                    device=device)
+            source.close()
         bad = ~torch.isfinite(logits).all(dim=1) if logits.ndim == 2 else None
         if bad is not None and bool(bad.any()):
             raise TrainingDivergedError(
