@@ -299,6 +299,29 @@ class _Built:
 
 
 @contextlib.contextmanager
+def _training_modes(device: torch.device) -> Iterator[None]:
+    """Torch's modes as training needs them, whatever the caller set; restored after.
+
+    Gradients on (also inside the caller's ``torch.no_grad()`` or
+    ``torch.inference_mode()``), autocast off except where
+    :meth:`~rest_fair.training.Precision.autocast` turns it on (the caller's autocast would
+    also reach the validation loss and the topology updates), and float32 as the default
+    dtype (the network's weights are float32 also after
+    ``torch.set_default_dtype(torch.float64)``).
+    """
+    dtype = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float32)
+    try:
+        with (torch.inference_mode(False), torch.enable_grad(),
+              torch.autocast("cpu", enabled=False),
+              torch.autocast(device.type, enabled=False)
+              if device.type != "cpu" else contextlib.nullcontext()):
+            yield
+    finally:
+        torch.set_default_dtype(dtype)
+
+
+@contextlib.contextmanager
 def _built_run(est: Any, data: FitData, config: TrainConfig, callbacks: list, *, warm: bool,
                resume_from: Any) -> Iterator[_Built]:
     """The run of ``fit``, open: the random state forked, its batch sources closed after."""
@@ -329,7 +352,7 @@ def _built_run(est: Any, data: FitData, config: TrainConfig, callbacks: list, *,
     try:
         cuda = ([torch.cuda.current_device() if world.device.index is None
                  else world.device.index] if world.device.type == "cuda" else [])
-        with torch.random.fork_rng(devices=cuda):
+        with torch.random.fork_rng(devices=cuda), _training_modes(world.device):
             # only the generators forked here: torch.manual_seed would also seed every CUDA
             # device (a CPU fit's seed would reach the GPUs, to stay after fit)
             torch.default_generator.manual_seed(seed)

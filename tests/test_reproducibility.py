@@ -3,9 +3,11 @@ leaves the process's global state (generators, grad mode, dtype) as it found it.
 
 from __future__ import annotations
 
+import contextlib
 import random
 
 import numpy as np
+import pytest
 import torch
 
 from rest_fair import RESTClassifier
@@ -78,3 +80,39 @@ def test_predicting_a_dataset_leaves_the_global_generators(data):
     before = _global_states()
     clf.predict_proba(_NoisyItems(X))
     assert _same_states(before, _global_states())
+
+
+def _default_float64():
+    dtype = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(dtype)
+
+
+@pytest.mark.parametrize("mode", [
+    torch.no_grad, torch.inference_mode,
+    lambda: torch.autocast("cpu", dtype=torch.bfloat16),
+    contextlib.contextmanager(_default_float64),
+], ids=["no_grad", "inference_mode", "autocast", "default_float64"])
+def test_the_callers_torch_modes_do_not_change_the_fit(data, mode):
+    # each failed (no gradient; float64 weights meeting float32 inputs) or trained in
+    # bfloat16 although precision="32"
+    X, y, g = data
+    expected = _clf().fit(X, y, groups=g).predict_proba(X)
+    with mode():
+        clf = _clf().fit(X, y, groups=g)
+    assert torch.get_default_dtype() == torch.float32
+    assert next(clf.module_.parameters()).dtype == torch.float32
+    assert np.array_equal(clf.predict_proba(X), expected)
+
+
+def test_bf16_inside_the_callers_autocast_trains_as_outside(data):
+    # torch empties autocast's cache of cast weights only when the outermost autocast
+    # exits: inside the caller's, every step saw the first step's weights
+    X, y, g = data
+    expected = _clf(precision="bf16").fit(X, y, groups=g).predict_proba(X)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        clf = _clf(precision="bf16").fit(X, y, groups=g)
+    assert np.array_equal(clf.predict_proba(X), expected)
