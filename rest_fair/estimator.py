@@ -202,7 +202,9 @@ class RESTClassifier(ClassifierMixin, BaseEstimator):
         ``module_params``, ``sparsity``, ``layer_density`` and ``dense_layers``.
     random_state : int, RandomState or None, default=None
         Seeds weight initialisation, masks, sampling and the validation split. The global
-        torch random state is left as it was.
+        generators (torch's, CUDA's, numpy's and Python's) are left as they were. Results can
+        depend on torch's thread count (convolutions; see the user guide's
+        "Reproducibility and devices").
     verbose : int, default=0
         ``> 0`` shows a progress bar over epochs.
     callbacks : list of Callback, default=None
