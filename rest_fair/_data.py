@@ -8,6 +8,7 @@ directly, no per-item collation), lazily loaded datasets (through a
 
 from __future__ import annotations
 
+import contextlib
 import random
 from collections.abc import Iterator
 from typing import Any
@@ -15,7 +16,15 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["BatchSource", "TextSource", "TokenizedText", "is_torch_dataset", "make_source"]
+__all__ = [
+    "BatchSource",
+    "TextSource",
+    "TokenizedText",
+    "fixed_global_rngs",
+    "is_torch_dataset",
+    "kept_global_rngs",
+    "make_source",
+]
 
 _MAX_DEVICE_BYTES = 512 * 2**20
 ITERABLE_DATASET = (
@@ -177,13 +186,48 @@ def _collate_inputs(items: list) -> torch.Tensor:
         raise
 
 
-class _SeededItems(torch.utils.data.Dataset):
-    """``dataset`` read by ``(index, seed)`` keys: before each item, the worker process's
-    global generators (torch's CPU one, numpy's and Python's) are seeded with ``seed``.
+def seed_global_rngs(seed: int) -> None:
+    """Seed torch's CPU generator, numpy's legacy global generator (the one ``np.random.*``
+    draws from) and Python's ``random`` with ``seed``."""
+    torch.default_generator.manual_seed(seed)
+    np.random.seed(seed % 2**32)  # noqa: NPY002
+    random.seed(seed)
 
-    A random transform in a worker then draws what its key says, whichever worker reads it
-    and however many items the worker read before (also in an earlier fit whose run this
-    one resumes).
+
+@contextlib.contextmanager
+def kept_global_rngs() -> Iterator[None]:
+    """Put torch's CPU, numpy's and Python's global generators back as they were when the
+    block ends (CUDA's are not touched)."""
+    numpy_state, python_state = np.random.get_state(), random.getstate()  # noqa: NPY002
+    with torch.random.fork_rng(devices=[]):
+        try:
+            yield
+        finally:
+            np.random.set_state(numpy_state)  # noqa: NPY002
+            random.setstate(python_state)
+
+
+@contextlib.contextmanager
+def fixed_global_rngs(seed: int = 0) -> Iterator[None]:
+    """Seed torch's CPU, numpy's and Python's global generators with ``seed`` for the
+    block (:func:`seed_global_rngs`), and put them back as they were after it.
+
+    A Dataset whose items pass through a random transform (a random crop, a flip) then
+    gives the same items on every read, and reading them draws nothing from the caller's
+    generators.
+    """
+    with kept_global_rngs():
+        seed_global_rngs(seed)
+        yield
+
+
+class _SeededItems(torch.utils.data.Dataset):
+    """``dataset`` read by ``(index, seed)`` keys: before each item, the global generators
+    of the reading process (torch's CPU one, numpy's and Python's) are seeded with ``seed``.
+
+    A random transform then draws what its key says, whichever process reads it (a worker,
+    or the main process without workers) and however many items it read before (also in an
+    earlier fit whose run this one resumes).
     """
 
     def __init__(self, dataset: torch.utils.data.Dataset) -> None:
@@ -194,10 +238,21 @@ class _SeededItems(torch.utils.data.Dataset):
 
     def __getitem__(self, key: tuple[int, int]) -> Any:
         index, seed = key
-        torch.default_generator.manual_seed(seed)
-        np.random.seed(seed % 2**32)  # noqa: NPY002 (the generator np.random.* draws from)
-        random.seed(seed)
+        seed_global_rngs(seed)
         return self.dataset[index]
+
+
+_DONE = object()
+
+
+def _each_in_kept_rngs(batches: Iterator[Any]) -> Iterator[Any]:
+    """The items of ``batches``, each one read inside :func:`kept_global_rngs`."""
+    while True:
+        with kept_global_rngs():
+            batch = next(batches, _DONE)
+        if batch is _DONE:
+            return
+        yield batch
 
 
 class _DatasetSource(BatchSource):
@@ -205,53 +260,51 @@ class _DatasetSource(BatchSource):
 
     The loader's sampler, a list, is refilled with each epoch's order, so worker processes
     (``persistent_workers``) are started once rather than at every epoch and validation.
-    Worker processes read the items by ``(index, seed)`` (:class:`_SeededItems`): each pass
-    draws one number from torch's global generator, in the main process, and the item at
-    position ``k`` of the pass is read with that number plus ``k`` as its seed. The draws of
-    a run are then those of its generators' states, which a checkpoint holds; the workers'
-    own generators, which it cannot hold, draw nothing that counts. Given a ``generator``,
-    the source draws from it instead (also the base seed a DataLoader draws at each pass),
-    and never from the global one.
+    Items are read by ``(index, seed)`` (:class:`_SeededItems`): each pass draws one number
+    from torch's global generator, in the main process, and the item at position ``k`` of
+    the pass is read with that number plus ``k`` as its seed. The draws of a run are then
+    those of its generators' states, which a checkpoint holds, and the same for every
+    ``num_workers``; the workers' own generators draw nothing that counts. Without workers
+    the main process reads the items, and its global generators are put back after each
+    batch, so reading draws nothing from them either.
     """
 
     def __init__(self, dataset: torch.utils.data.Dataset, num_workers: int,
-                 device: torch.device, generator: torch.Generator | None = None) -> None:
+                 device: torch.device) -> None:
         self.dataset = dataset
         self.num_workers = num_workers
-        self.generator = generator
         self.pin_memory = device.type == "cuda"
         self.n_samples = len(dataset)  # type: ignore[arg-type]
-        self.sample_shape = tuple(_first_element(dataset[0]).shape) if self.n_samples else ()
-        self._loaders: dict[int, tuple[torch.utils.data.DataLoader, list[int]]] = {}
+        with fixed_global_rngs():
+            self.sample_shape = (tuple(_first_element(dataset[0]).shape) if self.n_samples
+                                 else ())
+        self._loaders: dict[int, tuple[torch.utils.data.DataLoader, list]] = {}
 
-    def _loader(self, batch_size: int) -> tuple[torch.utils.data.DataLoader, list[int]]:
+    def _loader(self, batch_size: int) -> tuple[torch.utils.data.DataLoader, list]:
         if batch_size not in self._loaders:
-            sampler: list[int] = []
+            sampler: list[tuple[int, int]] = []
             workers = self.num_workers > 0
             loader = torch.utils.data.DataLoader(
-                _SeededItems(self.dataset) if workers else self.dataset,
+                _SeededItems(self.dataset),
                 batch_size=batch_size,
                 sampler=sampler,
                 num_workers=self.num_workers,
                 collate_fn=_collate_inputs,
                 pin_memory=self.pin_memory,
                 persistent_workers=workers,
-                # the workers' base seed, drawn once, is not drawn from the global generator
-                generator=self.generator if self.generator is not None
-                else torch.Generator() if workers else None,
+                # the loader's own seed, drawn for each iterator, is not drawn from the
+                # global generator
+                generator=torch.Generator(),
             )
             self._loaders[batch_size] = (loader, sampler)
         return self._loaders[batch_size]
 
     def batches(self, order, batch_size, device):
         loader, sampler = self._loader(batch_size)
-        if self.num_workers > 0:
-            first = int(torch.randint(0, 2**62, (), dtype=torch.int64,
-                                      generator=self.generator))
-            sampler[:] = [(i, first + k) for k, i in enumerate(order.tolist())]
-        else:
-            sampler[:] = order.tolist()
-        for start, x in zip(range(0, len(order), batch_size), loader, strict=True):
+        first = int(torch.randint(0, 2**62, (), dtype=torch.int64))
+        sampler[:] = [(i, first + k) for k, i in enumerate(order.tolist())]
+        loaded = iter(loader) if self.num_workers > 0 else _each_in_kept_rngs(iter(loader))
+        for start, x in zip(range(0, len(order), batch_size), loaded, strict=True):
             yield x.to(device, non_blocking=True), order[start : start + batch_size]
 
     def close(self) -> None:
@@ -348,8 +401,7 @@ class TextSource(BatchSource):
                 "attention_mask": torch.from_numpy(mask).to(device, non_blocking=True)}
 
 
-def make_source(X: Any, *, device: torch.device, num_workers: int = 0,
-                generator: torch.Generator | None = None) -> BatchSource:
+def make_source(X: Any, *, device: torch.device, num_workers: int = 0) -> BatchSource:
     """Wrap validated inputs in a :class:`BatchSource`.
 
     Parameters
@@ -360,16 +412,13 @@ def make_source(X: Any, *, device: torch.device, num_workers: int = 0,
         Where batches go.
     num_workers : int
         Worker processes for torch Datasets.
-    generator : torch.Generator or None
-        What a torch Dataset's loading draws from (its workers' seeds); ``None``: the
-        global generator.
     """
     import scipy.sparse as sp
 
     if isinstance(X, TokenizedText):
         return TextSource(X)
     if is_torch_dataset(X):
-        return _DatasetSource(X, num_workers, device, generator)
+        return _DatasetSource(X, num_workers, device)
     if sp.issparse(X):
         return _SparseSource(X)
     return _TensorSource(X, device)

@@ -19,7 +19,6 @@ import copy
 import functools
 import hashlib
 import json
-import random
 import threading
 import warnings
 from collections.abc import Iterator, Mapping
@@ -34,7 +33,7 @@ from sklearn.model_selection import train_test_split
 from sklearn.utils import check_random_state
 from tqdm.auto import tqdm
 
-from ._data import TokenizedText, _first_element, make_source
+from ._data import TokenizedText, _first_element, fixed_global_rngs, make_source
 from ._inputs import FitData, check_inputs, take
 from .callbacks import check_callbacks
 from .jtt import identify_errors, overlap_report
@@ -219,33 +218,12 @@ def _digest(*arrays: Any) -> str:
             h.update(np.ascontiguousarray(a).data)
         else:  # a torch Dataset is read lazily: its length and a sample of its items
             h.update(f"dataset:{type(a).__qualname__}:{len(a)}".encode())
-            with _fixed_global_rngs():
+            with fixed_global_rngs():
                 for i in sorted({0, len(a) // 2, len(a) - 1}):
                     item = _first_element(a[i]).detach().cpu().contiguous()
                     h.update(str((item.dtype, tuple(item.shape))).encode())
                     h.update(item.reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
-
-
-@contextlib.contextmanager
-def _fixed_global_rngs() -> Iterator[None]:
-    """Seed torch's CPU, numpy's and Python's global generators with 0; restore them after.
-
-    A Dataset whose items pass through a random transform (a random crop, a flip) then
-    gives the same items on every read, and reading them leaves the training's draws as
-    they were.
-    """
-    # numpy's legacy global generator is the one a transform's np.random.* calls draw from
-    numpy_state, python_state = np.random.get_state(), random.getstate()  # noqa: NPY002
-    with torch.random.fork_rng(devices=[]):  # the CPU generator only: CUDA's is not touched
-        torch.default_generator.manual_seed(0)
-        np.random.seed(0)  # noqa: NPY002
-        random.seed(0)
-        try:
-            yield
-        finally:
-            np.random.set_state(numpy_state)  # noqa: NPY002
-            random.setstate(python_state)
 
 
 def _fingerprint(params: dict, input_shape: tuple, data: FitData,
@@ -341,6 +319,29 @@ class _Built:
 
 
 @contextlib.contextmanager
+def _training_modes(device: torch.device) -> Iterator[None]:
+    """Torch's modes as training needs them, whatever the caller set; restored after.
+
+    Gradients on (also inside the caller's ``torch.no_grad()`` or
+    ``torch.inference_mode()``), autocast off except where
+    :meth:`~rest_fair.training.Precision.autocast` turns it on (the caller's autocast would
+    also reach the validation loss and the topology updates), and float32 as the default
+    dtype (the network's weights are float32 also after
+    ``torch.set_default_dtype(torch.float64)``).
+    """
+    dtype = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float32)
+    try:
+        with (torch.inference_mode(False), torch.enable_grad(),
+              torch.autocast("cpu", enabled=False),
+              torch.autocast(device.type, enabled=False)
+              if device.type != "cpu" else contextlib.nullcontext()):
+            yield
+    finally:
+        torch.set_default_dtype(dtype)
+
+
+@contextlib.contextmanager
 def _built_run(est: Any, data: FitData, config: TrainConfig, callbacks: list, *, warm: bool,
                resume_from: Any) -> Iterator[_Built]:
     """The run of ``fit``, open: the random state forked (and held against fits in other
@@ -370,9 +371,15 @@ def _built_run(est: Any, data: FitData, config: TrainConfig, callbacks: list, *,
     train, errors = data.rows(train_idx), None
     sources = [] if valid is None else [valid.source]
     try:
-        with _GLOBAL_RANDOM_STATE, torch.random.fork_rng(
-                devices=[world.device.index or 0] if world.device.type == "cuda" else []):
-            torch.manual_seed(seed)
+        cuda = ([torch.cuda.current_device() if world.device.index is None
+                 else world.device.index] if world.device.type == "cuda" else [])
+        with (_GLOBAL_RANDOM_STATE, torch.random.fork_rng(devices=cuda),
+              _training_modes(world.device)):
+            # only the generators forked here: torch.manual_seed would also seed every CUDA
+            # device (a CPU fit's seed would reach the GPUs, to stay after fit)
+            torch.default_generator.manual_seed(seed)
+            for index in cuda:
+                torch.cuda.default_generators[index].manual_seed(seed)
             generator = torch.Generator().manual_seed(seed)
             upweight = est.upweight
             if est.infer_groups == "jtt":

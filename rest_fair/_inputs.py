@@ -22,7 +22,7 @@ from sklearn.preprocessing import LabelEncoder
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import _num_samples, column_or_1d, validate_data
 
-from ._data import _first_element, is_torch_dataset
+from ._data import _first_element, fixed_global_rngs, is_torch_dataset
 from ._validation import BAD_LENGTH
 from .text import fit_text_input, text_input
 
@@ -172,10 +172,12 @@ def _refuse_beyond_float32(X: Any) -> Any:
 
 
 def _item_shape(X: Any, empty: str) -> tuple:
-    """The input shape of a torch Dataset's first item (read once); ``empty`` if it has none."""
+    """The input shape of a torch Dataset's first item (read once, without drawing from the
+    caller's global generators); ``empty`` if it has none."""
     if len(X) == 0:
         raise ValueError(empty)
-    return tuple(_first_element(X[0]).shape)
+    with fixed_global_rngs():
+        return tuple(_first_element(X[0]).shape)
 
 
 def _check_label_values(y: Any, what: str) -> None:

@@ -14,7 +14,7 @@ import torch
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted
 
-from ._data import make_source
+from ._data import kept_global_rngs, make_source
 from ._fit import fit_estimator, is_device_name, remember_network_params
 from ._inputs import check_x
 from ._validation import Interval, Options, TypeOf, check_params
@@ -219,14 +219,20 @@ class RESTClassifier(ClassifierMixin, BaseEstimator):
         ``module_params``, ``sparsity``, ``layer_density`` and ``dense_layers``.
     random_state : int, RandomState or None, default=None
         Seeds weight initialisation, masks, sampling and the validation split. The global
-        torch random state is left as it was.
+        generators (torch's, CUDA's, numpy's and Python's) are left as they were. Results can
+        depend on torch's thread count (convolutions; see the user guide's
+        "Reproducibility and devices").
     verbose : int, default=0
         ``> 0`` shows a progress bar over epochs.
     callbacks : list of Callback, default=None
         Training hooks, see :mod:`rest_fair.callbacks` (e.g. ``EarlyStopping``,
         ``Checkpoint``).
     num_workers : int, default=0
-        DataLoader workers when ``X`` is a torch Dataset.
+        DataLoader workers when ``X`` is a torch Dataset. Results do not depend on it:
+        every item is read with its own seed (drawn from the run's random state) in the
+        global generators of the process that reads it (torch's, numpy's and Python's), so
+        a random transform draws the same with or without workers, and the caller's
+        generators are left as they were.
     distributed : "auto" or bool, default="auto"
         Data-parallel training with ``DistributedDataParallel`` (see the "Scaling out"
         guide). ``"auto"``: when a ``torch.distributed`` process group of more than one
@@ -515,15 +521,16 @@ or dict of columns, default=None
         check_is_fitted(self, "module_")
         X = check_x(self, X, fitted=self.module_)
         device = next(self.module_.parameters()).device
-        # a private generator: predicting leaves the global torch random state as it was
-        source = make_source(X, device=device, num_workers=self.num_workers,
-                             generator=torch.Generator())
         module = getattr(self, "inference_module_", None) or self.module_
-        try:
-            logits = predict_logits(module, source, batch_size=max(self.batch_size, 512),
-                                    device=device)
-        finally:
-            source.close()  # a failed prediction stops the loader's workers too
+        # a torch Dataset's pass draws its items' seeds from torch's global generator:
+        # from a copy, so that predicting leaves the caller's draws as they were
+        with kept_global_rngs():
+            source = make_source(X, device=device, num_workers=self.num_workers)
+            try:
+                logits = predict_logits(module, source, batch_size=max(self.batch_size, 512),
+                                        device=device)
+            finally:
+                source.close()  # a failed prediction stops the loader's workers too
         bad = ~torch.isfinite(logits).all(dim=1) if logits.ndim == 2 else None
         if bad is not None and bool(bad.any()):
             raise TrainingDivergedError(

@@ -222,8 +222,8 @@ def _extractor(backbone: str, weights: Any, pooling: str, max_length: int | None
             what="the model", **({"revision": weights} if weights else {}),
         )
         return _Pooled(model, pooling), tokenizer
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with torch.random.fork_rng(devices=[]):  # the network is built on the CPU
+        torch.default_generator.manual_seed(seed)
         model = backbones.build_torchvision(backbone, n_classes=1, weights=weights)
     set_submodule(model, backbones._find_head(model, None)[0], nn.Identity())
     return model, None
