@@ -232,13 +232,17 @@ class _SeededItems(torch.utils.data.Dataset):
 
     def __init__(self, dataset: torch.utils.data.Dataset) -> None:
         self.dataset = dataset
+        # a TensorDataset's items are rows of its tensors: reading one draws nothing, so the
+        # seeding (about 8 us an item, more than the read) is skipped
+        self.draws = type(dataset) is not torch.utils.data.TensorDataset
 
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
 
     def __getitem__(self, key: tuple[int, int]) -> Any:
         index, seed = key
-        seed_global_rngs(seed)
+        if self.draws:
+            seed_global_rngs(seed)
         return self.dataset[index]
 
 
@@ -272,6 +276,7 @@ class _DatasetSource(BatchSource):
     def __init__(self, dataset: torch.utils.data.Dataset, num_workers: int,
                  device: torch.device) -> None:
         self.dataset = dataset
+        self.items = _SeededItems(dataset)
         self.num_workers = num_workers
         self.pin_memory = device.type == "cuda"
         self.n_samples = len(dataset)  # type: ignore[arg-type]
@@ -285,7 +290,7 @@ class _DatasetSource(BatchSource):
             sampler: list[tuple[int, int]] = []
             workers = self.num_workers > 0
             loader = torch.utils.data.DataLoader(
-                _SeededItems(self.dataset),
+                self.items,
                 batch_size=batch_size,
                 sampler=sampler,
                 num_workers=self.num_workers,
@@ -303,7 +308,8 @@ class _DatasetSource(BatchSource):
         loader, sampler = self._loader(batch_size)
         first = int(torch.randint(0, 2**62, (), dtype=torch.int64))
         sampler[:] = [(i, first + k) for k, i in enumerate(order.tolist())]
-        loaded = iter(loader) if self.num_workers > 0 else _each_in_kept_rngs(iter(loader))
+        in_main = self.num_workers == 0 and self.items.draws  # reading draws here
+        loaded = _each_in_kept_rngs(iter(loader)) if in_main else iter(loader)
         for start, x in zip(range(0, len(order), batch_size), loaded, strict=True):
             yield x.to(device, non_blocking=True), order[start : start + batch_size]
 

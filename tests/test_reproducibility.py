@@ -74,6 +74,33 @@ def test_random_transforms_draw_the_same_with_and_without_workers(data):
     assert np.array_equal(expected, workers.predict_proba(X))
 
 
+class _NoisyTensorDataset(torch.utils.data.TensorDataset):
+    """A TensorDataset subclass whose items draw: it is seeded like any other Dataset."""
+
+    def __getitem__(self, index):
+        (x,) = super().__getitem__(index)
+        return (x + 0.1 * torch.randn(x.shape),)
+
+
+def test_a_tensor_dataset_reads_as_the_array_and_a_drawing_subclass_is_seeded(data):
+    # a TensorDataset's items draw nothing, so they are read without per-item seeding: the
+    # fit equals the fit of the array, and leaves the caller's generators alone
+    X, y, g = data
+    X, y, g = X[:200], y[:200], g[:200]
+    before = _global_states()
+    tensors = _clf().fit(torch.utils.data.TensorDataset(torch.from_numpy(X)), y, groups=g)
+    assert _same_states(before, _global_states())
+    assert np.array_equal(tensors.predict_proba(X), _clf().fit(X, y, groups=g).predict_proba(X))
+    # a subclass may draw: its items are read under their (index, seed) keys as any Dataset's
+    from rest_fair._data import _SeededItems
+
+    assert not _SeededItems(torch.utils.data.TensorDataset(torch.from_numpy(X))).draws
+    noisy = _SeededItems(_NoisyTensorDataset(torch.from_numpy(X)))
+    assert noisy.draws
+    assert torch.equal(noisy[(3, 7)][0], noisy[(3, 7)][0])
+    assert not torch.equal(noisy[(3, 7)][0], noisy[(3, 8)][0])
+
+
 def test_predicting_a_dataset_leaves_the_global_generators(data):
     X, y, g = data
     clf = _clf().fit(X, y, groups=g)
