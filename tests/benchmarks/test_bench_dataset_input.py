@@ -1,0 +1,19 @@
+"""benchmarks/bench_dataset_input.py runs end to end on a few rows."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from tests._support.scripts import load_benchmark
+
+pytest.importorskip("torch")
+
+
+def test_dataset_input_benchmark_prints_a_ratio_per_input(capsys):
+    load_benchmark("bench_dataset_input").main(["--rows", "600", "--epochs", "1",
+                                                "--repeats", "1"])
+    printed = capsys.readouterr().out
+    for name in ("array", "TensorDataset", "subclass"):
+        assert re.search(rf"\| {name} \| \d+\.\d\dx \|", printed), printed
