@@ -1,5 +1,5 @@
 """Examples of the documentation run as printed: the landing page's ten lines on the embedded
-digits, the routing example of the fairness page."""
+digits, the routing example of the fairness page, the callback example of the long-runs page."""
 
 from __future__ import annotations
 
@@ -51,3 +51,21 @@ def test_fairness_page_routing_example_runs_with_a_binary_sensitive_attribute():
             sklearn.set_config(enable_metadata_routing=False)
     assert sorted(namespace["search"].best_estimator_.groups_) == [0, 1]
     assert len(namespace["scores"]["test_score"]) == 5
+
+
+@pytest.mark.slow
+def test_long_runs_callback_example_adds_the_key_its_docstring_names():
+    import numpy as np
+
+    from rest_fair import RESTClassifier
+
+    block = next(b for b in _python_blocks(ROOT / "docs" / "long_runs.md") if "LayerDensity" in b)
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(200, 4)).astype(np.float32)
+    y = (X[:, 0] > 0).astype(int)
+    g = (X[:, 1] > 0).astype(int)
+    namespace = {"RESTClassifier": RESTClassifier, "X": X, "y": y, "g": g}
+    with contextlib.redirect_stdout(io.StringIO()):
+        exec(compile(block, "docs/long_runs.md", "exec"), namespace)
+    (named,) = re.findall(r'history_\[-1\]\["(density/[^"]+)"\]', block)
+    assert named in namespace["clf"].history_[-1]
