@@ -40,6 +40,12 @@ DIVERGED = (
     "or inputs holding NaN or infinite values (a torch Dataset's items are not checked "
     "before training). No model was kept."
 )
+#: Added to :data:`DIVERGED` where the weight decay alone can make the weights grow.
+STRONG_DECAY = (
+    " Here the weight decay is also strong for this learning rate (weight_decay={decay:g}, "
+    "lr * weight_decay = {product:g}): each step's decay term then overshoots the weights "
+    "instead of shrinking them; keep lr * weight_decay well below 1."
+)
 #: Warning of a resume whose checkpoint holds callback states no callback takes.
 CALLBACK_STATES_LEFT = (
     "the checkpoint holds the state of callbacks {keys} (class name: its place among the "
@@ -381,8 +387,12 @@ class TrainingRun:
             scheduler.step()
 
     def _diverged(self, epoch: int, what: str, value: Any) -> None:
-        lr = float(self.parts.optimizer.param_groups[0]["lr"])
-        raise TrainingDivergedError(DIVERGED.format(epoch=epoch, what=what, value=value, lr=lr))
+        group = self.parts.optimizer.param_groups[0]
+        lr, decay = float(group["lr"]), float(group.get("weight_decay", 0.0))
+        message = DIVERGED.format(epoch=epoch, what=what, value=value, lr=lr)
+        if lr * decay >= 1:
+            message += STRONG_DECAY.format(decay=decay, product=lr * decay)
+        raise TrainingDivergedError(message)
 
     # ----------------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:

@@ -138,8 +138,16 @@ def test_divergence_is_an_error_naming_the_epoch(data):
     X, y, g = data
     with pytest.raises(TrainingDivergedError, match=r"epoch \d+.*learning rate.*lr=1e\+06"):
         _clf(lr=1e6, lr_scheduler="constant").fit(X, y, groups=g)
-    with pytest.raises(TrainingDivergedError, match="large magnitude"):
+    with pytest.raises(TrainingDivergedError, match="large magnitude") as plain:
         _clf().fit(X * np.float32(1e30), y, groups=g)
+    assert "weight_decay" not in str(plain.value)
+
+
+def test_divergence_under_a_strong_weight_decay_names_it(data):
+    X, y, g = data
+    with pytest.raises(TrainingDivergedError,
+                       match=r"weight_decay=1000, lr \* weight_decay = 10\)"):
+        _clf(lr=0.01, weight_decay=1e3, lr_scheduler="constant").fit(X, y, groups=g)
 
 
 def test_predictions_are_never_non_finite(data):
