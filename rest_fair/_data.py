@@ -89,15 +89,20 @@ class BatchSource:
         """Release what the source holds (worker processes); it may be used again."""
 
 
+def _shareable(array: np.ndarray) -> bool:
+    """Whether torch may share ``array``'s memory: writeable, with no negative stride."""
+    return array.flags.writeable and min(array.strides, default=0) >= 0
+
+
 def _as_tensor(array: np.ndarray) -> torch.Tensor:
     """``array`` as a CPU tensor of its strides' axis order, to be read only.
 
-    A writeable array of non-negative strides shares its memory. Torch takes no array with
-    a negative stride (``X[::-1]``, ``np.flip``) and only warns of a read-only one; these
-    are copied (as ``np.array(order="K")`` lays them out), so the tensor never writes to
-    memory the caller gave as read-only.
+    A :func:`_shareable` array shares its memory. Torch takes no array with a negative
+    stride (``X[::-1]``, ``np.flip``) and only warns of a read-only one; these are copied
+    (as ``np.array(order="K")`` lays them out), so the tensor never writes to memory the
+    caller gave as read-only.
     """
-    if not array.flags.writeable or min(array.strides, default=0) < 0:
+    if not _shareable(array):
         array = np.array(array, order="K", copy=True)
     return torch.from_numpy(array)
 
@@ -124,8 +129,7 @@ class _TensorSource(BatchSource):
 
     def __init__(self, X: np.ndarray, device: torch.device) -> None:
         array = np.asarray(X)
-        shareable = array.flags.writeable and min(array.strides, default=0) >= 0
-        if device.type == "cpu" and array.dtype != np.float32 and shareable:
+        if device.type == "cpu" and array.dtype != np.float32 and _shareable(array):
             data = torch.from_numpy(array)
         else:
             data = _float32_tensor(array)

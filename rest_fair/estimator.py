@@ -16,7 +16,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from ._data import kept_global_rngs, make_source
 from ._fit import fit_estimator, is_device_name, remember_network_params
-from ._inputs import check_x
+from ._inputs import _FLOAT32_MAX, check_x
 from ._validation import Interval, Options, TypeOf, check_params
 from .efficiency import efficiency_report, export_sparse
 from .exceptions import ModelFileError, TrainingDivergedError
@@ -39,8 +39,8 @@ __all__ = ["RESTClassifier"]
 
 _INF = float("inf")
 _NONE = type(None)
-# the optimizer computes in float32: a larger step size or penalty overflows there
-_FLOAT32_MAX = float(torch.finfo(torch.float32).max)
+# the optimizer computes in float32: a larger step size or penalty than _FLOAT32_MAX
+# overflows there
 _FLOAT32_NOTE = "the largest float32: the weights and their updates are float32"
 
 
