@@ -158,6 +158,11 @@ def _process_and_cores() -> tuple[int, int]:
     return os.getpid(), available_cores()
 
 
+def _processes_per_host(processes: Mapping[str, tuple[str, int, int]]) -> Counter[str]:
+    """Distinct worker processes of each host (a process may serve several addresses)."""
+    return Counter(host for host, _ in {(host, pid) for host, pid, _ in processes.values()})
+
+
 def thread_plan(processes: Mapping[str, tuple[str, int, int]]) -> dict[str, int]:
     """Torch threads per run for every worker: the host's cores over its worker processes.
 
@@ -176,7 +181,7 @@ def thread_plan(processes: Mapping[str, tuple[str, int, int]]) -> dict[str, int]
     dict
         Worker address to torch threads.
     """
-    per_host = Counter(host for host, _ in {(host, pid) for host, pid, _ in processes.values()})
+    per_host = _processes_per_host(processes)
     return {address: split_threads(per_host[host], cores)[1]
             for address, (host, _, cores) in processes.items()}
 
@@ -222,7 +227,7 @@ def dask_records(
         if workers != planned_for:
             processes = worker_processes(client)
             plan, planned_for = thread_plan(processes), workers
-            capacity = max(1, len({(host, pid) for host, pid, _ in processes.values()}))
+            capacity = max(1, sum(_processes_per_host(processes).values()))
         while len(running) < capacity and not stop():
             spec = next(queue, None)
             if spec is None:
