@@ -36,6 +36,14 @@ _MIXED_LABELS = (
     "dtypes {} and {}."
 )
 _MISSING_GROUPS = "groups must not contain missing values (NaN/None); found {count}."
+_BAD_WEIGHTS = (
+    "sample_weight must hold one finite, non-negative weight per sample ({n}); got shape "
+    "{shape} or values that are NaN, infinite or negative."
+)
+_ZERO_WEIGHT_GROUPS = (
+    "sample_weight is 0 for every sample of groups {groups}: their accuracy would be "
+    "undefined. Give them some weight, or leave their samples out."
+)
 _GROUPS_NOT_ROUTED = (
     "The worst-group accuracy scorer received no `groups`. Enable metadata routing with "
     "sklearn.set_config(enable_metadata_routing=True), build the scorer with "
@@ -52,7 +60,8 @@ __getattr__, __dir__ = lazy_attributes(
     __name__, {".fairness": ["FairnessReport", "fairness_report"]})
 
 
-def group_accuracies(y_true: ArrayLike, y_pred: ArrayLike, groups: ArrayLike) -> dict:
+def group_accuracies(y_true: ArrayLike, y_pred: ArrayLike, groups: ArrayLike, *,
+                     sample_weight: ArrayLike | None = None) -> dict:
     """Accuracy of each group present in ``groups``.
 
     Parameters
@@ -62,11 +71,21 @@ def group_accuracies(y_true: ArrayLike, y_pred: ArrayLike, groups: ArrayLike) ->
     groups : array-like of shape (n_samples,) or (n_samples, n_columns)
         Group label of each sample (any hashable values; no missing values); several
         columns form intersectional groups, labelled by tuples.
+    sample_weight : array-like of shape (n_samples,), optional
+        Finite, non-negative weight of each sample: a group's accuracy is then the
+        weighted share of its samples predicted correctly (as
+        :func:`sklearn.metrics.accuracy_score` weighs them).
 
     Returns
     -------
     dict
         Group label -> accuracy, for every group with at least one sample.
+
+    Raises
+    ------
+    ValueError
+        On a length mismatch, missing group labels, labels of two kinds, invalid weights,
+        or a group whose samples all weigh 0 (its accuracy is undefined).
     """
     y_true, y_pred = column_or_1d(y_true, warn=True), column_or_1d(y_pred, warn=True)
     text = [bool(a.size) and isinstance(a[0], str) for a in (y_true, y_pred)]
@@ -77,12 +96,24 @@ def group_accuracies(y_true: ArrayLike, y_pred: ArrayLike, groups: ArrayLike) ->
         raise ValueError(_LENGTH_MISMATCH.format((len(y_true), len(y_pred), len(groups))))
     codes, labels = _factorize(groups)
     correct = (y_true == y_pred).astype(np.float64)
-    counts = np.bincount(codes, minlength=len(labels))
+    if sample_weight is None:
+        counts = np.bincount(codes, minlength=len(labels))
+    else:
+        weights = np.asarray(sample_weight, dtype=np.float64)
+        if weights.shape != (len(y_true),) or not np.all(np.isfinite(weights)) \
+                or np.any(weights < 0):
+            raise ValueError(_BAD_WEIGHTS.format(n=len(y_true), shape=weights.shape))
+        counts = np.bincount(codes, weights=weights, minlength=len(labels))
+        if np.any(counts <= 0):
+            raise ValueError(_ZERO_WEIGHT_GROUPS.format(
+                groups=[labels[i] for i in np.flatnonzero(counts <= 0)]))
+        correct *= weights
     hits = np.bincount(codes, weights=correct, minlength=len(labels))
     return {label: hits[i] / counts[i] for i, label in enumerate(labels) if counts[i] > 0}
 
 
-def worst_group_accuracy(y_true: ArrayLike, y_pred: ArrayLike, groups: ArrayLike) -> float:
+def worst_group_accuracy(y_true: ArrayLike, y_pred: ArrayLike, groups: ArrayLike, *,
+                         sample_weight: ArrayLike | None = None) -> float:
     """Smallest accuracy over the groups present in ``groups``.
 
     Parameters
@@ -91,19 +122,22 @@ def worst_group_accuracy(y_true: ArrayLike, y_pred: ArrayLike, groups: ArrayLike
         True and predicted labels.
     groups : array-like of shape (n_samples,)
         Group label of each sample.
+    sample_weight : array-like of shape (n_samples,), optional
+        Weight of each sample, as in :func:`group_accuracies`.
 
     Returns
     -------
     float
     """
-    accs = group_accuracies(y_true, y_pred, groups)
+    accs = group_accuracies(y_true, y_pred, groups, sample_weight=sample_weight)
     if not accs:
         raise ValueError("worst_group_accuracy needs at least one sample.")
     return float(min(accs.values()))
 
 
 def worst_group_accuracy_score(
-    y_true: ArrayLike, y_pred: ArrayLike, *, groups: ArrayLike | None = None
+    y_true: ArrayLike, y_pred: ArrayLike, *, groups: ArrayLike | None = None,
+    sample_weight: ArrayLike | None = None,
 ) -> float:
     """Worst-group accuracy with ``groups`` as a keyword, for use as a scorer's metric.
 
@@ -116,6 +150,8 @@ def worst_group_accuracy_score(
         True and predicted labels.
     groups : array-like of shape (n_samples,)
         Group label of each sample. Required.
+    sample_weight : array-like of shape (n_samples,), optional
+        Weight of each sample, as in :func:`group_accuracies`.
 
     Returns
     -------
@@ -123,7 +159,7 @@ def worst_group_accuracy_score(
     """
     if groups is None:
         raise ValueError(_GROUPS_NOT_ROUTED)
-    return worst_group_accuracy(y_true, y_pred, groups)
+    return worst_group_accuracy(y_true, y_pred, groups, sample_weight=sample_weight)
 
 
 def make_worst_group_scorer() -> Any:
@@ -135,7 +171,9 @@ def make_worst_group_scorer() -> Any:
     this scorer. To make the *estimator* see them as well, request them on it:
     ``RESTClassifier(...).set_fit_request(groups=True)``. Without routing,
     ``GridSearchCV(...).fit(X, y, groups=g)`` sends ``g`` only to the CV splitter and
-    fits a group-blind model.
+    fits a group-blind model. Like scikit-learn's own scorers, it does not ask for
+    ``sample_weight``; for a weighted worst-group accuracy request it with
+    ``make_worst_group_scorer().set_score_request(sample_weight=True)``.
 
     Returns
     -------

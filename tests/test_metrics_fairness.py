@@ -249,3 +249,46 @@ def test_labels_outside_the_given_labels_are_refused():
     y = np.where(Y == 1, 2, Y)
     report = fairness_report(_Predicts([0, 1], P), np.zeros((10, 1)), y, groups=G)
     assert report.pos_label is None
+
+
+def test_weighted_group_accuracies_equal_repeated_and_dropped_samples():
+    rng = np.random.RandomState(0)
+    y, p, g = rng.randint(0, 2, 60), rng.randint(0, 2, 60), rng.randint(0, 3, 60)
+    w = rng.randint(0, 4, 60)
+    w[:3] = 1  # every group keeps some weight
+    g[:3] = [0, 1, 2]
+    repeated = np.repeat(np.arange(60), w)
+    expected = group_accuracies(y[repeated], p[repeated], g[repeated])
+    got = group_accuracies(y, p, g, sample_weight=w.astype(float))
+    assert got == pytest.approx(expected)
+    assert worst_group_accuracy(y, p, g, sample_weight=w) == pytest.approx(min(expected.values()))
+    assert group_accuracies(Y, P, G, sample_weight=np.ones(len(Y))) == group_accuracies(Y, P, G)
+
+
+def test_weighted_group_accuracies_refuse_bad_weights_and_weightless_groups():
+    with pytest.raises(ValueError, match=r"one finite, non-negative weight per sample \(10\)"):
+        group_accuracies(Y, P, G, sample_weight=np.ones(9))
+    with pytest.raises(ValueError, match="non-negative"):
+        group_accuracies(Y, P, G, sample_weight=np.where(G == "a", -1.0, 1.0))
+    with pytest.raises(ValueError, match=r"sample_weight is 0 for every sample of groups \['b'\]"):
+        worst_group_accuracy(Y, P, G, sample_weight=(G == "a").astype(float))
+
+
+def test_scorer_takes_sample_weight_when_requested():
+    from sklearn.base import BaseEstimator, ClassifierMixin
+
+    class Fixed(ClassifierMixin, BaseEstimator):
+        classes_ = np.array([0, 1])
+
+        def predict(self, X):
+            return P[np.asarray(X).ravel()]
+
+    X = np.arange(len(Y)).reshape(-1, 1)
+    w = np.where(P == Y, 3.0, 1.0)
+    with sklearn.config_context(enable_metadata_routing=True):
+        scorer = make_worst_group_scorer().set_score_request(sample_weight=True)
+        assert scorer(Fixed(), X, Y, groups=G, sample_weight=w) == pytest.approx(
+            worst_group_accuracy(Y, P, G, sample_weight=w))
+        assert scorer(Fixed(), X, Y, groups=G, sample_weight=w) > 0.5
+    assert worst_group_accuracy_score(Y, P, groups=G, sample_weight=w) == pytest.approx(
+        min(group_accuracies(Y, P, G, sample_weight=w).values()))
