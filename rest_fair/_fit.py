@@ -95,6 +95,16 @@ _WARM_FIXED = ("module", "module_params", "sparsity", "layer_density", "dense_la
 _RUN_INDEPENDENT = ("verbose", "callbacks", "device", "num_workers", "warm_start",
                     "distributed", "distributed_timeout", "sparse_compute",
                     "sparse_compute_threshold")
+# the fingerprint's entries added after checkpoints began recording one, by dotted path,
+# each with its neutral value: the one with which a run computes bitwise what it computed
+# before the entry existed. A checkpoint without the entry resumes a run holding that value;
+# an added entry not listed here (one without such a value) refuses every older checkpoint.
+_NEUTRAL = {
+    "validation_sha256": None,  # no validation_data (n_valid, recorded before, is compared)
+    "params.rescale_init": True,
+    "params.update_timing": "mid_interval",
+    "params.groupdro_adjustment": 0.0,
+}
 
 
 def is_device_name(device: Any) -> bool:
@@ -366,7 +376,7 @@ def _built_run(est: Any, data: FitData, config: TrainConfig, callbacks: list, *,
     world.check_same("data or parameters", fingerprint)
     # rank 0 reads; every rank resumes from its copy
     checkpoint = world.run_on_main(
-        lambda: read_checkpoint(resume_from, fingerprint=fingerprint())
+        lambda: read_checkpoint(resume_from, fingerprint=fingerprint(), neutral=_NEUTRAL)
         if resume_from is not None and has_checkpoint(resume_from) else {})
     train, errors = data.rows(train_idx), None
     sources = [] if valid is None else [valid.source]
@@ -403,7 +413,7 @@ def _built_run(est: Any, data: FitData, config: TrainConfig, callbacks: list, *,
                 masks=dict(est.masks_) if warm and est.masks_ else None,
                 sparse_layers=checkpoint.get("sparse_compute_layers"))
             run = TrainingRun(
-                parts, generator=generator, fingerprint=fingerprint,
+                parts, generator=generator, fingerprint=fingerprint, neutral=_NEUTRAL,
                 state=TrainState(history=list(est.history_), epoch_offset=len(est.history_))
                 if warm else None,
                 extra={} if errors is None else {"jtt_errors": torch.as_tensor(errors)})

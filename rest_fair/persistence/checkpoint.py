@@ -15,6 +15,9 @@ rename, ``fsync`` of the directory). The manifest is replaced only after its sta
 complete, so a crash at any moment leaves the previous checkpoint intact and named.
 Reading refuses a checkpoint whose state file does not match its digest (truncated or
 edited), or whose fingerprint differs from the run being resumed; nothing is deleted then.
+A fingerprint written before a release added an entry to it lacks that entry; the caller
+names each added entry's *neutral* value (the one with which the run computes what it
+computed before the entry existed), and a run with that value resumes such a checkpoint.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import hashlib
 import io
 import json
 import os
+from collections.abc import Mapping
 from numbers import Integral
 from pathlib import Path
 from typing import Any
@@ -74,6 +78,15 @@ _NUMPY_ARRAY = (
 )
 _UNREADABLE = "checkpoint state file {path} cannot be read safely ({error})."
 _NEWER = "{path} uses checkpoint format version {version}; this rest_fair reads <= {ours}."
+_PREDATES = (
+    "{path} was not recorded, now {after!r}: the checkpoint predates {path} (an older "
+    "rest_fair wrote it){resumes}"
+)
+_RESUMES_WITH = ", and only {path}={neutral!r} continues that run"
+_UNKNOWN = (
+    "{path} was {before!r}, which this rest_fair does not know: the checkpoint is from a "
+    "newer release"
+)
 _MISMATCH = (
     "the checkpoint in {dirname} was made by a different run and cannot be resumed here: "
     "{details}. Resume with the same data and parameters, or start a new run in another "
@@ -131,6 +144,7 @@ def write_checkpoint(
     fingerprint: dict[str, Any],
     keep: int = 2,
     finished: bool = False,
+    neutral: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write one training state atomically and make it the latest checkpoint.
 
@@ -150,6 +164,9 @@ def write_checkpoint(
     finished : bool, default=False
         The run is over (its last epoch, or a callback stopped it): recorded in the
         manifest, so that another run may later take the directory.
+    neutral : mapping, optional
+        Neutral values of fingerprint entries that older checkpoints lack (see
+        :func:`check_writable`).
 
     Returns
     -------
@@ -165,7 +182,8 @@ def write_checkpoint(
         which could still be resumed (nothing is written or deleted).
     """
     directory = Path(dirname)
-    check_writable(directory, fingerprint)  # never replace a run that could still be resumed
+    # never replace a run that could still be resumed
+    check_writable(directory, fingerprint, neutral=neutral)
     directory.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
     torch.save(_loadable(state, ""), buffer)
@@ -189,11 +207,13 @@ def write_checkpoint(
     return directory / name
 
 
-def check_writable(dirname: str | os.PathLike, fingerprint: dict[str, Any]) -> None:
+def check_writable(dirname: str | os.PathLike, fingerprint: dict[str, Any], *,
+                   neutral: Mapping[str, Any] | None = None) -> None:
     """Refuse a directory that :func:`write_checkpoint` would refuse for ``fingerprint``.
 
     A missing directory, one without a checkpoint, the checkpoint of the same run (same
-    fingerprint) and that of a finished run may all be written to.
+    fingerprint, up to the entries it predates that hold their neutral values) and that of
+    a finished run may all be written to.
 
     Parameters
     ----------
@@ -201,6 +221,11 @@ def check_writable(dirname: str | os.PathLike, fingerprint: dict[str, Any]) -> N
         Checkpoint directory.
     fingerprint : dict of JSON values
         Identifies the run that would write there.
+    neutral : mapping, optional
+        For fingerprint entries added after checkpoints began recording fingerprints, by
+        dotted path (``"params.<name>"``): the value with which the run computes what it
+        computed before the entry existed. A saved fingerprint without such an entry
+        matches a current one that holds its neutral value.
 
     Raises
     ------
@@ -213,7 +238,7 @@ def check_writable(dirname: str | os.PathLike, fingerprint: dict[str, Any]) -> N
         return
     manifest = _read_manifest(directory)
     saved = _fingerprint_of(manifest)
-    details = _differences(saved, _as_saved(fingerprint))
+    details = _differences(saved, _as_saved(fingerprint), neutral or {})
     if details and not _finished(manifest, saved):
         raise CheckpointError(_OTHER_RUN.format(dirname=directory, details="; ".join(details)))
 
@@ -238,16 +263,31 @@ def _read_manifest(directory: Path) -> dict[str, Any]:
     return manifest
 
 
-def _differences(saved: dict[str, Any], current: dict[str, Any], prefix: str = "") -> list[str]:
+def _differences(saved: dict[str, Any], current: dict[str, Any], neutral: Mapping[str, Any],
+                 prefix: str = "") -> list[str]:
+    """How ``current`` differs from the ``saved`` fingerprint, one phrase per entry.
+
+    An entry that ``saved`` lacks matches where ``neutral`` holds its current value under
+    its dotted path: the checkpoint predates the entry, and the run computes what it did.
+    """
     details = []
     for key in sorted(set(saved) | set(current)):
-        before, after = saved.get(key), current.get(key)
-        if before == after:
+        path = f"{prefix}{key}"
+        if key not in saved:
+            after = current[key]
+            if path in neutral and after == neutral[path]:
+                continue
+            resumes = (_RESUMES_WITH.format(path=path, neutral=neutral[path])
+                       if path in neutral else "")
+            details.append(_PREDATES.format(path=path, after=after, resumes=resumes))
+        elif key not in current:
+            details.append(_UNKNOWN.format(path=path, before=saved[key]))
+        elif saved[key] == current[key]:
             continue
-        if isinstance(before, dict) and isinstance(after, dict):
-            details.extend(_differences(before, after, f"{prefix}{key}."))
+        elif isinstance(saved[key], dict) and isinstance(current[key], dict):
+            details.extend(_differences(saved[key], current[key], neutral, f"{path}."))
         else:
-            details.append(f"{prefix}{key} was {before!r}, now {after!r}")
+            details.append(f"{path} was {saved[key]!r}, now {current[key]!r}")
     return details
 
 
@@ -273,7 +313,8 @@ def _as_saved(fingerprint: dict[str, Any]) -> dict[str, Any]:
 
 
 def read_checkpoint(
-    dirname: str | os.PathLike, *, fingerprint: dict[str, Any] | None = None
+    dirname: str | os.PathLike, *, fingerprint: dict[str, Any] | None = None,
+    neutral: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The latest training state in ``dirname``, checked against its digest.
 
@@ -283,6 +324,9 @@ def read_checkpoint(
         Checkpoint directory written by :func:`write_checkpoint`.
     fingerprint : dict, optional
         The resuming run's fingerprint; any difference is refused, naming it.
+    neutral : mapping, optional
+        Neutral values of fingerprint entries that older checkpoints lack (see
+        :func:`check_writable`).
 
     Returns
     -------
@@ -301,7 +345,8 @@ def read_checkpoint(
         if not isinstance(manifest.get("fingerprint"), dict):
             raise CheckpointError(_BAD_MANIFEST.format(path=directory / MANIFEST,
                                                        error="no fingerprint"))
-        details = _differences(_fingerprint_of(manifest), _as_saved(fingerprint))
+        details = _differences(_fingerprint_of(manifest), _as_saved(fingerprint),
+                               neutral or {})
         if details:
             raise CheckpointError(_MISMATCH.format(dirname=directory,
                                                    details="; ".join(details)))

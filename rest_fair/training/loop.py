@@ -143,6 +143,12 @@ class TrainingRun:
         read: by a checkpoint written or resumed from, or by the ranks of a data-parallel
         fit comparing their runs (a single-process run without checkpoints never computes
         it).
+    neutral : mapping, optional
+        For fingerprint entries that releases added after checkpoints began recording
+        fingerprints, by dotted path (``"params.<name>"``): the value with which the run
+        computes what it computed before the entry existed. A checkpoint that lacks such an
+        entry is of this run where the run holds that value (see
+        :func:`~rest_fair.persistence.checkpoint.check_writable`).
     extra : dict, optional
         More state to save in checkpoints (e.g. the JTT error set).
     """
@@ -154,12 +160,14 @@ class TrainingRun:
         generator: torch.Generator,
         state: TrainState | None = None,
         fingerprint: dict | Callable[[], dict] | None = None,
+        neutral: Mapping[str, Any] | None = None,
         extra: dict | None = None,
     ) -> None:
         self.parts = parts
         self.generator = generator
         self.state = state if state is not None else TrainState()
         self._fingerprint = fingerprint or {}
+        self.neutral = dict(neutral or {})
         self.extra = dict(extra or {})
         self.net: Any = None
         # callbacks that run last see every other callback's effect (e.g. a stop)
@@ -448,7 +456,7 @@ class TrainingRun:
             return
         s = self.state
         write_checkpoint(dirname, self.state_dict(), epoch=s.epoch_offset + s.epoch,
-                         fingerprint=self.fingerprint, keep=keep,
+                         fingerprint=self.fingerprint, neutral=self.neutral, keep=keep,
                          finished=s.stopped or s.epoch >= self.parts.max_epochs)
 
     def check_checkpoint(self, dirname: Any) -> None:
@@ -460,7 +468,8 @@ class TrainingRun:
             If ``dirname`` is a file or holds the checkpoint of another, unfinished run (see
             :func:`~rest_fair.persistence.checkpoint.check_writable`).
         """
-        self.parts.world.run_on_main(lambda: check_writable(dirname, self.fingerprint))
+        self.parts.world.run_on_main(
+            lambda: check_writable(dirname, self.fingerprint, neutral=self.neutral))
 
     def _callback_keys(self) -> list[str]:
         """``"<class name>:<k>"`` for the k-th callback of its class: a callback added or

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from rest_fair import RESTClassifier
+from rest_fair import _fit as _fit_module
 from rest_fair.callbacks import Callback, Checkpoint, EarlyStopping
 from rest_fair.exceptions import CheckpointError
 from rest_fair.persistence import checkpoint as ckpt_format
@@ -43,6 +44,7 @@ import torch
 torch.set_num_threads(1)
 {data}
 from rest_fair import RESTClassifier
+from rest_fair import _fit as _fit_module
 from rest_fair.callbacks import Callback, Checkpoint
 
 
@@ -397,7 +399,8 @@ def test_an_unseeded_run_resumes_with_the_seed_it_drew(tmp_path, random_state):
     manifest = json.loads(manifest_path.read_text())
     del manifest["fingerprint"]["seed"]
     manifest_path.write_text(json.dumps(manifest))
-    with pytest.raises(CheckpointError, match="seed was None"):
+    with pytest.raises(CheckpointError, match=r"seed was not recorded, now \d+: the checkpoint "
+                                              r"predates seed"):
         RESTClassifier(**params()).fit(X, y, groups=g, resume_from=tmp_path)
 
 
@@ -584,3 +587,115 @@ def test_a_dataset_read_by_worker_processes_resumes_exactly(tmp_path, module):
             _Augmented(X), y, groups=g)
     resumed = RESTClassifier(**params).fit(_Augmented(X), y, groups=g, resume_from=tmp_path)
     assert np.array_equal(resumed.predict_proba(X), whole.predict_proba(X))
+
+
+def _edit_fingerprint(dirname, edit):
+    """Rewrites the manifest's fingerprint with ``edit`` (the state file's digest, which the
+    manifest checks, stays valid): the checkpoint of another release."""
+    path = Path(dirname) / ckpt_format.MANIFEST
+    manifest = json.loads(path.read_text())
+    edit(manifest["fingerprint"])
+    path.write_text(json.dumps(manifest))
+
+
+def _without(*paths):
+    """An edit removing the fingerprint entries at the dotted ``paths``."""
+    def edit(fingerprint):
+        for path in paths:
+            *parents, key = path.split(".")
+            entry = fingerprint
+            for parent in parents:
+                entry = entry[parent]
+            del entry[key]
+    return edit
+
+
+def _interrupted(tmp_path, **params):
+    """An unfinished run's checkpoint in ``tmp_path``: 2 of 3 epochs."""
+    X, y, g = _data()
+    with pytest.raises(KeyboardInterrupt):
+        RESTClassifier(**{**COMMON, "max_epochs": 3, **params},
+                       callbacks=[_StopAt(3), Checkpoint(tmp_path)]).fit(X, y, groups=g)
+    assert json.loads((tmp_path / ckpt_format.MANIFEST).read_text())["epoch"] == 2
+    return X, y, g
+
+
+@pytest.mark.parametrize("dropped", [("params.groupdro_adjustment",), tuple(_fit_module._NEUTRAL)])
+def test_a_checkpoint_from_before_a_parameter_resumes_with_its_neutral_value(tmp_path, dropped):
+    params = dict(objective="groupdro", upweight=None)
+    X, y, g = _interrupted(tmp_path, **params)
+    _edit_fingerprint(tmp_path, _without(*dropped))  # written before these entries existed
+    resumed = RESTClassifier(**{**COMMON, "max_epochs": 3, **params},
+                             callbacks=[Checkpoint(tmp_path)]).fit(X, y, groups=g,
+                                                                    resume_from=tmp_path)
+    whole = RESTClassifier(**{**COMMON, "max_epochs": 3, **params}).fit(X, y, groups=g)
+    assert [h["epoch"] for h in resumed.history_] == [1, 2, 3]
+    assert resumed.n_train_steps_ == whole.n_train_steps_ == 30
+    assert np.array_equal(resumed.predict_proba(X), whole.predict_proba(X))
+    for key, value in whole.module_.state_dict().items():
+        assert torch.equal(resumed.module_.state_dict()[key], value)
+    assert resumed.group_weight_history_ == whole.group_weight_history_
+    # the checkpoints it wrote record this release's whole fingerprint
+    saved = ckpt_format.saved_fingerprint(tmp_path)
+    assert saved["params"]["groupdro_adjustment"] == 0.0 and "validation_sha256" in saved
+
+
+def test_a_checkpoint_from_before_a_parameter_is_refused_with_another_value(tmp_path):
+    X, y, g = _interrupted(tmp_path, objective="groupdro", upweight=None)
+    _edit_fingerprint(tmp_path, _without("params.groupdro_adjustment"))
+    manifest = (tmp_path / ckpt_format.MANIFEST).read_text()
+    other = RESTClassifier(**{**COMMON, "max_epochs": 3, "objective": "groupdro",
+                              "upweight": None, "groupdro_adjustment": 0.5},
+                           callbacks=[Checkpoint(tmp_path)])
+    predates = (r"params.groupdro_adjustment was not recorded, now 0.5: the checkpoint predates "
+                r"params.groupdro_adjustment \(an older rest_fair wrote it\), and only "
+                r"params.groupdro_adjustment=0.0 continues that run")
+    with pytest.raises(CheckpointError, match=f"different run.*{predates}"):
+        other.fit(X, y, groups=g, resume_from=tmp_path)
+    with pytest.raises(CheckpointError, match=f"another run, not finished.*{predates}"):
+        other.fit(X, y, groups=g)  # a new run would replace the older one
+    assert (tmp_path / ckpt_format.MANIFEST).read_text() == manifest
+
+
+def test_a_checkpoint_without_an_entry_that_has_no_neutral_value_is_refused(tmp_path):
+    X, y, g = _interrupted(tmp_path)
+    _edit_fingerprint(tmp_path, _without("params.lr"))
+    clf = RESTClassifier(**{**COMMON, "max_epochs": 3})
+    with pytest.raises(CheckpointError, match=r"different run.*params.lr was not recorded, now "
+                                              r"0.05: the checkpoint predates params.lr \(an "
+                                              r"older rest_fair wrote it\)\. Resume"):
+        clf.fit(X, y, groups=g, resume_from=tmp_path)
+
+
+def test_a_checkpoint_of_a_newer_release_is_refused(tmp_path):
+    X, y, g = _interrupted(tmp_path)
+    _edit_fingerprint(tmp_path, lambda fingerprint: fingerprint["params"].update(future=None))
+    newer = (r"params.future was None, which this rest_fair does not know: the checkpoint is "
+             r"from a newer release")
+    clf = RESTClassifier(**{**COMMON, "max_epochs": 3}, callbacks=[Checkpoint(tmp_path)])
+    with pytest.raises(CheckpointError, match=f"different run.*{newer}"):
+        clf.fit(X, y, groups=g, resume_from=tmp_path)
+    with pytest.raises(CheckpointError, match=f"another run, not finished.*{newer}"):
+        clf.fit(X, y, groups=g)
+
+
+# the parameters the fingerprint recorded when checkpoints began recording one
+_FIRST_FINGERPRINTED = {
+    "sparsity", "layer_density", "sparse_init", "dense_layers", "regrow", "drop_fraction",
+    "drop_schedule", "update_interval", "update_end", "upweight", "reweight", "objective",
+    "groupdro_eta", "infer_groups", "jtt_epochs", "module", "module_params", "max_epochs",
+    "batch_size", "lr", "optimizer", "momentum", "weight_decay", "lr_scheduler",
+    "validation_fraction", "precision", "random_state",
+}
+
+
+def test_every_parameter_added_since_has_its_neutral_value_declared():
+    """A parameter added to the estimator that changes what a run computes must say how an
+    older checkpoint, which lacks it, resumes: with its neutral value in ``_NEUTRAL``."""
+    fingerprinted = set(RESTClassifier().get_params()) - set(_fit_module._RUN_INDEPENDENT)
+    added = {f"params.{name}" for name in fingerprinted - _FIRST_FINGERPRINTED}
+    assert added == {path for path in _fit_module._NEUTRAL if path.startswith("params.")}
+    defaults = RESTClassifier().get_params()
+    for path, value in _fit_module._NEUTRAL.items():
+        if path.startswith("params."):  # the default trains as before the parameter existed
+            assert defaults[path.removeprefix("params.")] == value
