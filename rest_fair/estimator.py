@@ -93,7 +93,9 @@ class RESTClassifier(ClassifierMixin, BaseEstimator):
     Parameters
     ----------
     sparsity : float in [0, 1), default=0.9
-        Fraction of conv/linear weights that are zero. ``0`` trains a dense network.
+        Fraction of the masked weights that are zero: those of conv, linear and embedding
+        layers, attention input projections and recurrent layers (see
+        :func:`rest_fair.sparse.maskable_parameters`). ``0`` trains a dense network.
     layer_density : {"erk", "uniform"}, default="erk"
         How the global density is split over layers: Erdős–Rényi–Kernel (denser small
         layers) or the same density everywhere.

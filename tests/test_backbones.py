@@ -24,6 +24,8 @@ from rest_fair.sparse import (  # noqa: E402
     active_counts,
     erk_densities,
     maskable_parameters,
+    resolve_dense_layers,
+    unmasked_weights,
 )
 
 UNREACHABLE_PROXY = "http://127.0.0.1:9"  # the discard port: connections are refused
@@ -174,6 +176,19 @@ def test_builtin_resnet18_stays_the_default_without_weights():
     assert isinstance(torchvision_one, tv.models.ResNet)
     with pytest.raises(ValueError, match="built-in network without pretrained weights"):
         build_module("mlp", input_shape=(4,), n_classes=2, module_params={"weights": "x.pt"})
+
+
+def test_every_weight_of_a_vit_is_masked():
+    vit = tv.models.VisionTransformer(image_size=8, patch_size=4, num_layers=2, num_heads=2,
+                                      hidden_dim=8, mlp_dim=16, num_classes=3)
+    names = [name for name, _ in maskable_parameters(vit)]
+    assert "encoder.layers.encoder_layer_1.self_attention.in_proj_weight" in names
+    assert unmasked_weights(vit) == []  # the class token and position embedding are no weights
+    assert resolve_dense_layers(vit, ["first", "head"]) == ["conv_proj.weight",
+                                                             "heads.head.weight"]
+    masks = MaskSet.from_module(vit, density=0.1, generator=torch.Generator().manual_seed(0))
+    shapes = {name: tuple(p.shape) for name, p in maskable_parameters(vit)}
+    assert masks.n_active() == active_counts(shapes, erk_densities(shapes, 0.1))
 
 
 def test_other_torchvision_heads_are_replaced():

@@ -2,10 +2,11 @@
 
 Conventions
 -----------
-- One multiply-add counts as **2 FLOPs**. Only the weight products of linear and
-  convolution layers are counted; bias additions, normalisation, activations, pooling
-  and residual additions are ignored (they grow with the activations, not the weights,
-  and are below 1 % of the total for the models of :mod:`rest_fair.models`).
+- One multiply-add counts as **2 FLOPs**. Only the weight products of linear,
+  convolution, attention and recurrent layers are counted; bias additions,
+  normalisation, activations, pooling and residual additions are ignored (they grow with
+  the activations, not the weights, and are below 1 % of the total for the models of
+  :mod:`rest_fair.models`).
 - A linear layer costs ``2 * active_weights`` per output position (one position for a
   flat input, more when the input has extra leading dimensions); a convolution costs
   ``2 * active_weights * H_out * W_out`` (grouped and 1-D/3-D convolutions likewise, with
@@ -18,6 +19,11 @@ Conventions
   the tokens counted from the inputs of its call. The attention products (queries x keys,
   weights x values) multiply activations, not weights, and are not counted, as in any
   other attention (e.g. a transformers model's).
+- A recurrent layer (``nn.LSTM``, ``nn.GRU``, ``nn.RNN``) applies each of its weights
+  (every layer and direction, all gates) once per time step: ``2 * active weights`` per
+  time step of its input; a recurrent cell (``nn.LSTMCell``, ...) ``2 * active weights``
+  per input row of each call. Gate non-linearities and element-wise products are not
+  counted.
 - Training follows RigL (Evci et al., 2020, appendix H): a sparse training step costs
   about 3x the sparse forward pass (forward, gradient of the activations, gradient of the
   weights). A topology update with gradient regrowth computes the weight gradient
@@ -38,6 +44,7 @@ from numbers import Integral
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
+from torch.nn.utils.rnn import PackedSequence
 
 from .._probe import probe_pass
 from .._validation import Interval
@@ -77,13 +84,16 @@ _COLUMNS = [
 # the columns summed into the "total" row
 _SUMMED = ("params_dense", "params_active", "inference_flops_dense", "inference_flops",
            "training_flops_dense", "training_flops")
+_RECURRENT = (nn.RNNBase, nn.RNNCellBase)
 
 
 def layer_shapes(module: nn.Module, input_shape: Sequence[int]) -> dict[str, int]:
     """Number of output positions of every linear and convolution layer for one sample.
 
     The ``out_proj`` of an ``nn.MultiheadAttention``, which attention applies without
-    calling it, has one position per query token of the attention's calls.
+    calling it, has one position per query token of the attention's calls. A recurrent
+    layer has one position per time step of its input (a recurrent cell one per input row
+    of each call).
 
     Parameters
     ----------
@@ -99,7 +109,7 @@ def layer_shapes(module: nn.Module, input_shape: Sequence[int]) -> dict[str, int
         Module name -> number of positions per sample at which the layer applies its
         weights: output positions (``H_out * W_out`` for a 2-D convolution, the product of
         the extra leading dimensions for a linear layer), input positions (``H_in * W_in``)
-        for a transposed convolution.
+        for a transposed convolution, time steps for a recurrent layer.
 
     Raises
     ------
@@ -129,7 +139,9 @@ def _probe(module: nn.Module, input_shape: Sequence[int]
         positions[name] = positions.get(name, 0) + out.numel() // n_out
 
     def input_hook(name: str, n_in: int, _mod: nn.Module, inp: tuple, _out: object) -> None:
-        positions[name] = positions.get(name, 0) + inp[0].numel() // n_in
+        # a recurrent layer's input may be packed: its data holds every time step once
+        data = inp[0].data if isinstance(inp[0], PackedSequence) else inp[0]
+        positions[name] = positions.get(name, 0) + data.numel() // n_in
 
     def attention_hook(name: str, _mod: nn.Module, args: tuple, kwargs: dict,
                        _out: object) -> None:
@@ -151,6 +163,9 @@ def _probe(module: nn.Module, input_shape: Sequence[int]
                                                              sub.in_channels)))
         elif n_out is not None:
             handles.append(sub.register_forward_hook(partial(hook, name, n_out)))
+        elif isinstance(sub, _RECURRENT):
+            handles.append(sub.register_forward_hook(partial(input_hook, name,
+                                                             sub.input_size)))
         elif isinstance(sub, nn.MultiheadAttention):
             handles.append(sub.register_forward_hook(partial(attention_hook, name),
                                                      with_kwargs=True))
@@ -256,7 +271,9 @@ def efficiency_report(
     pandas.DataFrame
         One row per linear/convolution layer (transformers' ``Conv1D`` included), one row
         per ``nn.MultiheadAttention`` for its input projection (its weights and biases;
-        its ``out_proj`` has its own row), one row ``"(other)"`` for remaining parameters
+        its ``out_proj`` has its own row), one row per recurrent layer or cell (all its
+        weights and biases; ``shape`` the tuple of its weights' shapes), one row
+        ``"(other)"`` for remaining parameters
         (normalisation etc., dense, no FLOPs counted) when there are any, and a final row
         ``"total"``. A weight shared by several layers is read with the mask of its first
         name and its parameters are counted in its first row only; its products are
@@ -321,12 +338,19 @@ def efficiency_report(
                          "training_flops": 3 * f_sparse + (f_dense - f_sparse)
                          * update_rate_dense})
             continue
-        if layer_outputs(sub) is None:
+        recurrent = isinstance(sub, _RECURRENT)
+        if layer_outputs(sub) is None and not recurrent:
             continue
-        weight = sub.weight  # computed anew on each access when parametrized
-        mask = mask_of.get(id(weight))
-        n_weight = weight.numel()
-        n_active = int(mask.sum()) if mask is not None else n_weight
+        if recurrent:  # every weight of every layer and direction, once per time step
+            weights = [p for attr, p in sub.named_parameters(recurse=False)
+                       if attr.startswith("weight_")]
+            shape = tuple(tuple(w.shape) for w in weights)
+        else:
+            weights = [sub.weight]  # computed anew on each access when parametrized
+            shape = tuple(sub.weight.shape)
+        n_weight = sum(w.numel() for w in weights)
+        n_active = sum(int(mask_of[id(w)].sum()) if id(w) in mask_of else w.numel()
+                       for w in weights)
         # the layer's own parameters (those behind a parametrized weight included), each
         # counted in the first row that holds it
         own = [p for p in _layer_parameters(sub) if id(p) not in seen]
@@ -344,7 +368,7 @@ def efficiency_report(
             {
                 "layer": name,
                 "kind": type(sub).__name__,
-                "shape": tuple(weight.shape),
+                "shape": shape,
                 "params_dense": n_params,
                 "params_active": n_params_active,
                 "inference_flops_dense": f_dense,
@@ -379,8 +403,8 @@ def efficiency_report(
     frame.attrs.update(
         {
             "layers_not_called": not_called,
-            "flops_convention": ("multiply-add = 2 FLOPs; weight products of Linear/Conv "
-                                 "and attention projections only"),
+            "flops_convention": ("multiply-add = 2 FLOPs; weight products of Linear/Conv, "
+                                 "attention projections and recurrent layers only"),
             "training_convention": "RigL: 3 f_S per sample + (f_D - f_S) per dense-gradient update",
             "topology_update_rate": update_rate,
             "regrow": regrow,

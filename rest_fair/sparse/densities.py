@@ -4,6 +4,12 @@ ERK (Evci et al., 2020) gives layer ``l`` with weight shape ``(n_out, n_in, k_h,
 density ``eps * sum(shape) / prod(shape)``, with one global ``eps`` chosen so that the total
 number of active weights equals ``density * total``. A layer whose density would exceed 1 is
 made dense and ``eps`` is solved again for the remaining layers, until no layer exceeds 1.
+
+Every masked weight is one layer here, read from its shape alone: a 2-D ``(n_out, n_in)``
+weight is a linear layer with fan-in ``n_in`` and fan-out ``n_out``. The input projection
+``(3E, E)`` of an ``nn.MultiheadAttention`` is therefore one layer with fan-out ``3E``
+(not three ``(E, E)`` ones), and a recurrent layer's ``weight_ih_l{k}`` of shape
+``(gates * hidden, n_in)`` one layer with fan-out ``gates * hidden``.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Binary masks on the weights of every convolution, linear and embedding layer."""
+"""Binary masks on the weights of every convolution, linear, embedding, attention input
+projection and recurrent layer."""
 
 from __future__ import annotations
 
@@ -45,12 +46,12 @@ _UNKNOWN_DENSE_LAYER = (
 )
 _NO_LAYER_FOR_ALIAS = "dense_layers={alias!r}: the module has no {what}."
 _NOT_MASKED = (
-    "sparsity masks the weights of linear, convolution and embedding layers; {names} "
-    "({n_weights} weights, {share:.1%} of the weights with two or more dimensions) are not "
-    "such a layer's own weight parameter and stay dense, outside the density budget. "
-    "Recurrent layers (nn.LSTM, nn.GRU, nn.RNN), nn.Bilinear, the input projections of "
-    "nn.MultiheadAttention and weights computed by a parametrization (weight_norm, "
-    "spectral_norm, torch.nn.utils.parametrize) are not masked."
+    "sparsity masks the weights of linear, convolution, embedding and recurrent layers and "
+    "the input projections of nn.MultiheadAttention; {names} ({n_weights} weights, "
+    "{share:.1%} of the weights with two or more dimensions) are not such a layer's own "
+    "weight parameter and stay dense, outside the density budget. nn.Bilinear and weights "
+    "computed by a parametrization (weight_norm, spectral_norm, torch.nn.utils.parametrize) "
+    "are not masked."
 )
 # at most this many names in the _NOT_MASKED warning
 _NAMES_SHOWN = 6
@@ -80,34 +81,61 @@ def _kind(module: nn.Module) -> str | None:
         return "layer"
     if isinstance(module, (nn.Embedding, nn.EmbeddingBag)):
         return "embedding"
+    if isinstance(module, nn.MultiheadAttention):
+        return "attention"
+    if isinstance(module, (nn.RNNBase, nn.RNNCellBase)):
+        return "recurrent"
     return None
+
+
+def _own_weights(module: nn.Module, kind: str) -> Iterator[tuple[str, object]]:
+    """``(attribute, value)`` of the weights a module of ``kind`` holds itself."""
+    if kind in ("layer", "embedding"):
+        yield "weight", getattr(module, "weight", None)
+    elif kind == "attention":
+        # in_proj_weight (3E, E), or q/k/v_proj_weight when kdim or vdim differ from E
+        for attr in ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight"):
+            yield attr, getattr(module, attr, None)
+    else:  # weight_ih_l{k}[_reverse], weight_hh_l{k}[_reverse], weight_hr_l{k}[_reverse]
+        for attr, param in module.named_parameters(recurse=False):
+            if attr.startswith("weight_"):
+                yield attr, param
 
 
 def _maskable(module: nn.Module) -> Iterator[tuple[str, nn.Parameter, str]]:
     seen: set[int] = set()
     for prefix, sub in module.named_modules():
         kind = _kind(sub)
-        weight = getattr(sub, "weight", None)
-        if kind is None or not isinstance(weight, nn.Parameter) or id(weight) in seen:
+        if kind is None:
             continue
-        seen.add(id(weight))  # a tied weight gets one mask, under its first name
-        yield (f"{prefix}.weight" if prefix else "weight"), weight, kind
+        for attr, weight in _own_weights(sub, kind):
+            if not isinstance(weight, nn.Parameter) or id(weight) in seen:
+                continue
+            seen.add(id(weight))  # a tied weight gets one mask, under its first name
+            yield (f"{prefix}.{attr}" if prefix else attr), weight, kind
 
 
 def maskable_parameters(module: nn.Module) -> Iterator[tuple[str, nn.Parameter]]:
-    """Weights that get a mask: those of every conv, linear and embedding layer.
+    """Weights that get a mask: those of every conv, linear, embedding, attention and
+    recurrent layer.
 
     The weight parameter of every ``nn.Linear`` (subclasses included), convolution
     (``nn.Conv1d/2d/3d``, transposed, grouped and depthwise ones included: the mask covers
     the weight tensor in its own layout), transformers' ``Conv1D``, ``nn.Embedding`` and
     ``nn.EmbeddingBag`` (e.g. the token and position embeddings of a text model, masked
-    like linear layers). A weight shared by several layers is listed once, under its first
-    name, and gets one mask.
+    like linear layers); the input projection of every ``nn.MultiheadAttention``
+    (``in_proj_weight`` of shape ``(3E, E)``, one mask for the query, key and value rows
+    together, or ``q_proj_weight``, ``k_proj_weight`` and ``v_proj_weight`` when ``kdim``
+    or ``vdim`` differ from ``embed_dim``; its ``out_proj`` is an ``nn.Linear``); the
+    weights of recurrent layers (``nn.LSTM``, ``nn.GRU``, ``nn.RNN``: ``weight_ih_l{k}``,
+    ``weight_hh_l{k}`` and, with ``proj_size``, ``weight_hr_l{k}``, each direction's
+    separately; ``nn.LSTMCell``, ``nn.GRUCell``, ``nn.RNNCell``: ``weight_ih``,
+    ``weight_hh``), each a 2-D ``(n_out, n_in)`` weight with all gates in one mask. A
+    weight shared by several layers is listed once, under its first name, and gets one
+    mask.
 
     Not masked (they stay dense): biases and normalisation parameters (BatchNorm,
-    LayerNorm, ...); the weights of recurrent layers (``nn.LSTM``, ``nn.GRU``,
-    ``nn.RNN``), of ``nn.Bilinear`` and the input projections of
-    ``nn.MultiheadAttention`` (its ``out_proj`` is an ``nn.Linear`` and is masked); a
+    LayerNorm, ...); the weights of ``nn.Bilinear``; a
     layer's weight that is not a parameter but computed, by a parametrization
     (``torch.nn.utils.parametrizations.weight_norm``, ``spectral_norm``, any
     ``torch.nn.utils.parametrize``) or a forward pre-hook (``torch.nn.utils.weight_norm``);
@@ -131,7 +159,7 @@ def unmasked_weights(module: nn.Module) -> list[tuple[str, nn.Parameter]]:
     """Weight parameters that :func:`maskable_parameters` leaves dense.
 
     A parameter of two or more dimensions counts as a weight when its name ends in one
-    containing ``"weight"`` (``weight_ih_l0``, ``in_proj_weight``, ``weight_v``) or it is
+    containing ``"weight"`` (``weight``, ``weight_g``, ``weight_v``) or it is
     behind a parametrized weight (``parametrizations.weight.original``); position
     embeddings and class tokens held as plain parameters do not.
 
@@ -153,8 +181,10 @@ def resolve_dense_layers(module: nn.Module, dense_layers: Iterable[str] | None) 
     ----------
     module : nn.Module
     dense_layers : iterable of str or None
-        ``"first"``: the first convolution or linear layer in module order (embeddings
-        are not counted); ``"head"``: the last linear layer (the classifier);
+        ``"first"``: the first convolution or linear layer in module order (embeddings,
+        attention input projections and recurrent layers are not counted); ``"head"``:
+        the last linear layer (the classifier; an attention's ``out_proj`` counts, its
+        input projection and recurrent layers do not);
         ``"embeddings"``: every embedding table; or exact names of maskable weights, as
         in ``module.named_parameters()``.
 

@@ -233,3 +233,37 @@ def test_a_parametrized_weight_counts_the_parameters_behind_it_once():
     assert report.loc["2", "params_dense"] == 600 + 30
     assert "(other)" not in report.index
     assert report.loc["0", "inference_flops"] == 2 * 200
+
+
+class _Recurrent(nn.Module):
+    """A packed bidirectional LSTM with projections over 5 steps, a GRU cell called twice."""
+
+    def __init__(self):
+        super().__init__()
+        self.lstm = nn.LSTM(3, 8, proj_size=4, bidirectional=True, batch_first=True)
+        self.cell = nn.GRUCell(3, 5)
+
+    def forward(self, x):
+        packed = nn.utils.rnn.pack_padded_sequence(x, [x.shape[1]] * x.shape[0],
+                                                   batch_first=True)
+        out = nn.utils.rnn.pad_packed_sequence(self.lstm(packed)[0], batch_first=True)[0]
+        h = self.cell(x[:, 0])
+        return out.sum() + self.cell(x[:, 1], h).sum()
+
+
+def test_recurrent_layers_apply_every_weight_once_per_time_step():
+    net = _Recurrent()
+    ih = torch.zeros(32, 3, dtype=torch.bool)
+    ih.view(-1)[:10] = True  # 10 of 96 active
+    report = efficiency_report(net, {"lstm.weight_ih_l0": ih}, (5, 3), update_interval=2)
+    assert report.attrs["layers_not_called"] == []
+    row = report.loc["lstm"]
+    # per direction: weight_ih 32x3, weight_hh 32x4, weight_hr 4x8 = 256 weights; 5 steps
+    assert row["inference_flops_dense"] == 2 * 512 * 5
+    assert row["inference_flops"] == 2 * (512 - 86) * 5
+    assert row["training_flops"] == 3 * 4260 + (5120 - 4260) / 2
+    assert (row["params_dense"], row["params_active"]) == (512 + 128, 426 + 128)
+    assert row["shape"] == ((32, 3), (32, 4), (4, 8)) * 2
+    # the cell: weight_ih 15x3 and weight_hh 15x5, one row per call
+    assert report.loc["cell", "inference_flops_dense"] == 2 * 120 * 2
+    assert "(other)" not in report.index
