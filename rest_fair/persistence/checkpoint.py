@@ -253,7 +253,7 @@ def _read_manifest(directory: Path) -> dict[str, Any]:
         if not Interval(Integral, 1, float("inf")).accepts(version):
             raise ValueError(f"version is {version!r}")
         file, digest = str(manifest["file"]), str(manifest["sha256"])
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
         raise CheckpointError(_BAD_MANIFEST.format(path=path, error=exc)) from exc
     if version > FORMAT_VERSION:
         raise CheckpointError(_NEWER.format(path=path, version=version, ours=FORMAT_VERSION))

@@ -16,9 +16,30 @@ read with ``allow_pickle=False``: loading never executes code from the file. It 
 - ``__sha256__``: SHA-256 of the header and every array (name, dtype, shape, bytes), so
   a truncated, corrupted or edited file is refused with :class:`ModelFileError`.
 
-The checksum detects corruption and careless edits, not a forger who recomputes it; the
-safety of loading untrusted files comes from the format itself (no pickle, no imports
-named by the file, only the built-in networks of :mod:`rest_fair.models` are rebuilt).
+The checksum detects corruption and careless edits, not a forger who recomputes it. What
+loading an untrusted file guarantees comes from the format and from checks made before
+anything is allocated; a file that breaks any of them is refused with
+:class:`ModelFileError`, naming the problem:
+
+- no code from the file runs: no pickle (object arrays are refused), no imports named by
+  the file; only the built-in networks of :mod:`rest_fair.models` are rebuilt, from
+  scratch (pretrained ``module_params["weights"]`` are neither downloaded nor read: the
+  file holds the weights);
+- every member is a plain ``<name>.npy`` named once, stored or deflated, unencrypted, of
+  a plain dtype (numbers, bools, fixed-size strings, dates); its uncompressed size is at
+  most deflate's 1032-fold of its compressed size, and its ``.npy`` header declares
+  exactly that many bytes: reading allocates no more than the members hold;
+- the JSON header is at most :data:`MAX_HEADER_BYTES`; arrays encoded in it have plain
+  dtypes no wider than their values need (or 64 bytes);
+- every tensor's arrays have exactly the dtypes and shapes of its header entry (checked
+  from the ``.npy`` headers before they are read), its CSR indices are in range and in
+  order, its mask holds as many weights as its values; the network the header names is
+  built on the meta device and must have exactly the header's tensors before any is
+  decoded.
+
+What remains is the size of the network itself: decoding allocates the dense tensors of the
+network the file names, which for a very sparse layer stored as CSR may be far larger than
+the file.
 """
 
 from __future__ import annotations
@@ -28,7 +49,9 @@ import copy
 import hashlib
 import io
 import json
+import math
 import os
+import re
 import warnings
 import zipfile
 import zlib
@@ -47,6 +70,7 @@ from .files import atomic_write
 __all__ = [
     "FORMAT_NAME",
     "FORMAT_VERSION",
+    "MAX_HEADER_BYTES",
     "ModelFileError",
     "from_json",
     "load",
@@ -63,6 +87,17 @@ __all__ = [
 FORMAT_NAME = "rest_fair.model"
 #: Version of the model-file format written by :func:`save`; :func:`load` refuses newer ones.
 FORMAT_VERSION = 1
+#: Largest JSON header (in bytes) that :func:`write` writes and :func:`read` reads.
+MAX_HEADER_BYTES = 16 * 2**20
+
+#: Deflate never expands data more than 1032-fold: a member declaring more is refused.
+_DEFLATE_MAX_RATIO = 1032
+_MEMBER_NAME = re.compile(r"[A-Za-z0-9_]+(?:\.[A-Za-z0-9_]+)*\.npy")
+#: Kinds of numpy dtypes a member may have: numbers, bools, fixed-size strings, dates.
+_ARRAY_KINDS = "biufcUSMm"
+#: The ``.npy`` header readers of the format versions numpy writes for such arrays.
+_NPY_HEADERS = {(1, 0): np.lib.format.read_array_header_1_0,
+                (2, 0): np.lib.format.read_array_header_2_0}
 
 _ZIP_MAGIC = b"PK\x03\x04"
 _NOT_OURS = (
@@ -78,6 +113,11 @@ _BAD_CHECKSUM = (
     "{path} failed its SHA-256 check: the file was modified or damaged after it was saved."
 )
 _BAD_HEADER = "{path} has no valid rest_fair header ({error})."
+_BAD_ARCHIVE = "{path} is damaged or was not written by rest_fair, and was not loaded: {error}."
+_LARGE_HEADER = (
+    "cannot save a header of {size} bytes; a model file's header holds at most "
+    "MAX_HEADER_BYTES = {limit} bytes (large arrays belong in the file's arrays)."
+)
 _NEWER = "{path} uses format version {version}; this rest_fair reads versions <= {ours}."
 _BAD_PAYLOAD = "{path} holds an inconsistent tensor {name!r}: {error}."
 _BAD_OBJECT = (
@@ -128,6 +168,8 @@ def to_json(value: Any, what: str) -> Any:
     ------
     TypeError
         If ``value`` holds anything else; the message names ``what``.
+    ValueError
+        If ``value`` holds an array that :func:`from_json` would refuse (see there).
     """
     if value is None or isinstance(value, (bool, str, int, float)):
         return value
@@ -140,7 +182,10 @@ def to_json(value: Any, what: str) -> Any:
     if isinstance(value, list):
         return [to_json(v, what) for v in value]
     if isinstance(value, np.ndarray):
-        return {"__ndarray__": [to_json(v, what) for v in value.tolist()],
+        data = [to_json(v, what) for v in value.tolist()]
+        if value.dtype != object:
+            _json_dtype(value.dtype.str, data)
+        return {"__ndarray__": data,
                 "dtype": value.dtype.str if value.dtype != object else "object"}
     if isinstance(value, Mapping):
         if all(isinstance(k, str) and not k.startswith("__") for k in value):
@@ -150,7 +195,13 @@ def to_json(value: Any, what: str) -> Any:
 
 
 def from_json(value: Any) -> Any:
-    """The value that :func:`to_json` encoded."""
+    """The value that :func:`to_json` encoded.
+
+    Raises
+    ------
+    ValueError
+        If an encoded array names a dtype that :func:`to_json` does not write.
+    """
     if isinstance(value, list):
         return [from_json(v) for v in value]
     if not isinstance(value, dict):
@@ -164,8 +215,29 @@ def from_json(value: Any) -> Any:
     if "__ndarray__" in value:
         data = from_json(value["__ndarray__"])
         dtype = value.get("dtype", "object")
-        return np.array(data, dtype=object if dtype == "object" else np.dtype(dtype))
+        return np.array(data, dtype=object if dtype == "object" else _json_dtype(dtype, data))
     return {k: from_json(v) for k, v in value.items()}
+
+
+def _json_dtype(spec: Any, data: Any) -> np.dtype:
+    """The dtype ``spec`` of an encoded array, if it is one :func:`to_json` writes for ``data``.
+
+    Raises
+    ------
+    ValueError
+        If ``spec`` is not a plain dtype (numbers, bools, fixed-size strings, dates), or is
+        a string dtype longer than 64 bytes per value and than ``data`` needs: the array
+        would be much larger than the header that holds it.
+    """
+    dtype = np.dtype(spec) if isinstance(spec, str) else None
+    if (dtype is None or dtype.kind not in _ARRAY_KINDS or dtype.fields is not None
+            or dtype.subdtype is not None):
+        raise ValueError(f"{spec!r:.80} is not the dtype of an array of plain values")
+    if dtype.kind in "US" and dtype.itemsize > 64:
+        needed = np.array(data, dtype=dtype.kind).dtype.itemsize
+        if dtype.itemsize > needed:
+            raise ValueError(f"dtype {spec!r:.80} is longer than its values need")
+    return dtype
 
 
 def _hashable(key: Any) -> Any:
@@ -213,52 +285,114 @@ def _encode(
     return entry, arrays
 
 
-def _decode(entry: dict, arrays: Mapping[str, np.ndarray], key: str, path: str):
-    name = entry["name"]
-    dtype = _DTYPES.get(entry["dtype"])
-    if dtype is None:
-        raise ModelFileError(_BAD_DTYPE.format(dtype=entry["dtype"], path=path))
-    shape = tuple(int(s) for s in entry["shape"])
-    n = int(np.prod(shape, dtype=np.int64)) if shape else 1
+def _storage_dtype(dtype: torch.dtype) -> np.dtype:
+    """The numpy dtype that :func:`_to_numpy` gives a tensor of ``dtype``."""
+    if dtype == torch.bfloat16:
+        return np.dtype(np.int16)
+    return torch.empty(0, dtype=dtype).numpy().dtype
 
-    def tensor_of(arr: np.ndarray) -> torch.Tensor:
-        t = torch.from_numpy(np.array(arr, copy=True))
-        return t.view(torch.bfloat16) if dtype == torch.bfloat16 else t.to(dtype)
+
+def _layout(
+    entry: Any, key: str, path: str
+) -> tuple[str, torch.dtype, tuple[int, ...], dict[str, tuple[np.dtype | None, tuple[int, ...]]]]:
+    """The name, dtype and shape of a tensor entry of the header, and the arrays that hold it.
+
+    The arrays are given by member name with the dtype (``None``: any integer dtype) and
+    the shape that :func:`_encode` writes for such an entry.
+
+    Raises
+    ------
+    ModelFileError
+        If the entry is not one that :func:`_encode` writes.
+    """
+    if not isinstance(entry, Mapping) or not isinstance(entry.get("name"), str):
+        raise ModelFileError(_BAD_HEADER.format(path=path, error=f"tensor entry {key} has no name"))
+    name = entry["name"]
 
     def fail(error: str) -> ModelFileError:
         return ModelFileError(_BAD_PAYLOAD.format(path=path, name=name, error=error))
 
+    spec = entry.get("dtype")
+    dtype = _DTYPES.get(spec) if isinstance(spec, str) else None
+    if dtype is None:
+        raise ModelFileError(_BAD_DTYPE.format(dtype=spec, path=path))
+    shape = entry.get("shape")
+    if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
+        raise fail(f"shape {shape!r:.80} is not a list of non-negative integers")
+    shape = tuple(shape)
+    n = math.prod(shape)
+    storage = _storage_dtype(dtype)
     encoding = entry.get("encoding")
     if encoding == "dense":
-        data = arrays[f"{key}.data"]
-        if data.size != n:
-            raise fail(f"{data.size} values for shape {shape}")
-        return tensor_of(data).reshape(shape), None
-    values = arrays[f"{key}.values"]
+        return name, dtype, shape, {f"{key}.data": (storage, shape)}
+    nnz = entry.get("nnz")
+    if type(nnz) is not int or not 0 <= nnz <= n:
+        raise fail(f"nnz {nnz!r:.40} is not a count of at most {n} values")
+    arrays: dict[str, tuple[np.dtype | None, tuple[int, ...]]] = {
+        f"{key}.values": (storage, (nnz,))}
     if encoding == "bitmap":
-        bits = arrays[f"{key}.bitmap"]
-        if bits.dtype != np.uint8 or bits.size != (n + 7) // 8:
-            raise fail("bitmap of the wrong size")
-        mask = np.unpackbits(bits, count=n).astype(bool)
+        arrays[f"{key}.bitmap"] = (np.dtype(np.uint8), ((n + 7) // 8,))
     elif encoding == "csr":
+        arrays[f"{key}.crow"] = (None, ((shape[0] if shape else 1) + 1,))
+        arrays[f"{key}.col"] = (None, (nnz,))
+    else:
+        raise fail(f"unknown encoding {encoding!r:.40}")
+    return name, dtype, shape, arrays
+
+
+def _check_layout(
+    name: str,
+    needed: Mapping[str, tuple[np.dtype | None, tuple[int, ...]]],
+    found: Mapping[str, tuple[np.dtype, tuple[int, ...]]],
+    path: str,
+) -> None:
+    """Refuse ``found`` (dtype and shape by member) unless it holds the ``needed`` arrays."""
+    for member, (dtype, shape) in needed.items():
+        if member not in found:
+            error = f"its array {member!r} is missing"
+        else:
+            have_dtype, have_shape = found[member]
+            ok_dtype = have_dtype.kind in "iu" if dtype is None else have_dtype == dtype
+            if ok_dtype and tuple(have_shape) == shape:
+                continue
+            error = (f"its array {member!r} is {have_dtype.str} of shape {tuple(have_shape)}, "
+                     f"not {'integers' if dtype is None else dtype.str} of shape {shape}")
+        raise ModelFileError(_BAD_PAYLOAD.format(path=path, name=name, error=error))
+
+
+def _decode(
+    entry: Any, arrays: Mapping[str, np.ndarray], key: str, path: str
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    name, dtype, shape, _ = _layout(entry, key, path)  # its arrays checked by the caller
+    n = math.prod(shape)
+
+    def tensor_of(arr: np.ndarray) -> torch.Tensor:
+        t = torch.from_numpy(np.array(arr, copy=True))
+        return t.view(torch.bfloat16) if dtype == torch.bfloat16 else t
+
+    def fail(error: str) -> ModelFileError:
+        return ModelFileError(_BAD_PAYLOAD.format(path=path, name=name, error=error))
+
+    if entry["encoding"] == "dense":
+        return tensor_of(arrays[f"{key}.data"]), None
+    values = arrays[f"{key}.values"]
+    if entry["encoding"] == "bitmap":
+        mask = np.unpackbits(arrays[f"{key}.bitmap"], count=n).astype(bool)
+    else:
         crow = arrays[f"{key}.crow"].astype(np.int64)
         col = arrays[f"{key}.col"].astype(np.int64)
         rows = shape[0] if shape else 1
         cols = n // rows if rows else 0
-        if (
-            crow.size != rows + 1
-            or crow[0] != 0
-            or crow[-1] != col.size
-            or np.any(np.diff(crow) < 0)
-            or (col.size and (col.min() < 0 or col.max() >= cols))
-        ):
-            raise fail("invalid CSR indices")
+        if crow[0] != 0 or crow[-1] != col.size or np.any(np.diff(crow) < 0):
+            raise fail("invalid CSR row pointers")
+        if col.size and (col.min() < 0 or col.max() >= cols):
+            raise fail(f"a CSR column index is outside [0, {cols})")
+        flat = np.repeat(np.arange(rows, dtype=np.int64), np.diff(crow)) * cols + col
+        if np.any(np.diff(flat) <= 0):  # the values follow the mask in row-major order
+            raise fail("CSR column indices not strictly increasing within a row")
         mask = np.zeros(n, dtype=bool)
-        row_of = np.repeat(np.arange(rows, dtype=np.int64), np.diff(crow))
-        mask[row_of * cols + col] = True
-    else:
-        raise fail(f"unknown encoding {encoding!r}")
-    if int(mask.sum()) != values.size or values.size != int(entry.get("nnz", -1)):
+        mask[flat] = True
+    if int(mask.sum()) != values.size:
         raise fail("mask and values disagree")
     mask_t = torch.from_numpy(mask)
     full = torch.zeros(n, dtype=dtype)
@@ -294,6 +428,8 @@ def write(
     ------
     TypeError
         If ``path`` is not a str or path-like (an int would name an open file descriptor).
+    ValueError
+        If the header's JSON is longer than :data:`MAX_HEADER_BYTES`.
     """
     path = os.fspath(path)
     masks = dict(masks or {})
@@ -308,6 +444,8 @@ def write(
     header["tensors"] = entries
     header["masks"] = sorted(masks)
     header_bytes = json.dumps(header, sort_keys=True, allow_nan=True).encode("utf-8")
+    if len(header_bytes) > MAX_HEADER_BYTES:
+        raise ValueError(_LARGE_HEADER.format(size=len(header_bytes), limit=MAX_HEADER_BYTES))
     digest = _digest(header_bytes, arrays)
     arrays["__header__"] = np.frombuffer(header_bytes, dtype=np.uint8)
     arrays["__sha256__"] = np.frombuffer(digest.encode("ascii"), dtype=np.uint8)
@@ -354,14 +492,81 @@ def save(obj: Any, path: str | os.PathLike) -> int:
 
 
 # ------------------------------------------------------------------------ loading
-def read(path: str | os.PathLike) -> tuple[dict, dict[str, np.ndarray]]:
-    """The header and the arrays of a file, after checking its format and checksum.
+def _members(
+    archive: zipfile.ZipFile, path: str
+) -> dict[str, tuple[zipfile.ZipInfo, np.dtype, tuple[int, ...]]]:
+    """Every array of ``archive`` by name, with its zip entry, dtype and shape, from the zip
+    directory and the ``.npy`` headers alone (no array is read).
 
     Raises
     ------
     ModelFileError
-        If the file is not a rest_fair model file, is truncated, fails its checksum, or
-        has a newer format version.
+        If a member is not a plain ``.npy`` file name, is named twice, is encrypted or
+        compressed other than by deflate, declares more bytes than its compressed bytes can
+        inflate to, holds objects (a pickle), or its ``.npy`` header declares another number
+        of bytes than the member holds.
+    """
+    def bad(error: str) -> ModelFileError:
+        return ModelFileError(_BAD_ARCHIVE.format(path=path, error=error))
+
+    file_size = os.path.getsize(path)
+    members: dict[str, tuple[zipfile.ZipInfo, np.dtype, tuple[int, ...]]] = {}
+    for info in archive.infolist():
+        name = info.filename
+        if not _MEMBER_NAME.fullmatch(name):
+            raise bad(f"member {name!r:.80} is not an array of a model file")
+        if name[:-4] in members:
+            raise bad(f"two members are named {name!r}")
+        if info.flag_bits & 0x1:
+            raise bad(f"member {name!r} is encrypted")
+        if info.compress_type == zipfile.ZIP_STORED:
+            most = info.compress_size
+        elif info.compress_type == zipfile.ZIP_DEFLATED:
+            most = _DEFLATE_MAX_RATIO * info.compress_size
+        else:
+            raise bad(f"member {name!r} uses compression method {info.compress_type}")
+        if info.compress_size > file_size or info.file_size > most:
+            raise bad(f"member {name!r} declares {info.file_size} bytes from "
+                      f"{info.compress_size} compressed bytes")
+        with archive.open(info) as fh:
+            version = np.lib.format.read_magic(fh)
+            if version not in _NPY_HEADERS:
+                raise bad(f"array {name!r} is in .npy format version {version}")
+            shape, fortran_order, dtype = _NPY_HEADERS[version](fh)
+            offset = fh.tell()
+        if dtype.hasobject:
+            raise ModelFileError(_PICKLED.format(path=path))
+        if (dtype.kind not in _ARRAY_KINDS or dtype.fields is not None
+                or dtype.subdtype is not None or fortran_order):
+            raise bad(f"array {name!r} has dtype {dtype.str}"
+                      f"{' in Fortran order' if fortran_order else ''}")
+        if offset + math.prod(shape) * dtype.itemsize != info.file_size:
+            raise bad(f"array {name!r} declares shape {shape} of {dtype.str} but its member "
+                      f"holds {info.file_size - offset} bytes of data")
+        members[name[:-4]] = (info, dtype, shape)
+    return members
+
+
+def _read_array(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> np.ndarray:
+    """The array of a member that :func:`_members` checked (its CRC-32 is checked too)."""
+    with archive.open(info) as fh:
+        return np.lib.format.read_array(fh, allow_pickle=False)
+
+
+def read(path: str | os.PathLike) -> tuple[dict, dict[str, np.ndarray]]:
+    """The header and the arrays of a file, after checking its format and checksum.
+
+    Before any array is read, the zip directory and every ``.npy`` header are checked
+    against each other (no member declares more than deflate can inflate its compressed
+    bytes to, nor an array of another size than the member holds), the header is parsed,
+    and every tensor it lists is checked against the dtypes and shapes of its arrays; then
+    the arrays are read and the SHA-256 checked.
+
+    Raises
+    ------
+    ModelFileError
+        If the file is not a rest_fair model file, is truncated or inconsistent, fails its
+        checksum, or has a newer format version.
     """
     path = os.fspath(path)
     with open(path, "rb") as fh:
@@ -369,29 +574,47 @@ def read(path: str | os.PathLike) -> tuple[dict, dict[str, np.ndarray]]:
     if start != _ZIP_MAGIC:
         raise ModelFileError(_NOT_OURS.format(path=path))
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            arrays = {name: npz[name] for name in npz.files}
-    except (zipfile.BadZipFile, zlib.error, ValueError, OSError, EOFError, KeyError) as exc:
-        if isinstance(exc, ValueError) and "allow_pickle" in str(exc):
-            raise ModelFileError(_PICKLED.format(path=path)) from exc
+        with zipfile.ZipFile(path) as archive:
+            if "__header__.npy" not in archive.namelist():
+                raise ModelFileError(_BAD_HEADER.format(path=path, error="no __header__"))
+            members = _members(archive, path)
+            for name, size in (("__header__", MAX_HEADER_BYTES), ("__sha256__", 64)):
+                _, dtype, shape = members.get(name, (None, np.dtype(np.uint8), ()))
+                if dtype != np.uint8 or len(shape) != 1 or shape[0] > size:
+                    raise ModelFileError(_BAD_HEADER.format(
+                        path=path, error=f"{name} is not at most {size} bytes"))
+            header_bytes = _read_array(archive, members["__header__"][0]).tobytes()
+            header = _parse_header(header_bytes, path)
+            found = {k: (dtype, shape) for k, (_, dtype, shape) in members.items()}
+            with malformed(path):
+                for index, entry in enumerate(header["tensors"]):
+                    name, _, _, needed = _layout(entry, f"t{index}", path)
+                    _check_layout(name, needed, found, path)
+            digest = _read_array(archive, members["__sha256__"][0]).tobytes()
+            arrays = {k: _read_array(archive, info) for k, (info, _, _) in members.items()
+                      if k not in ("__header__", "__sha256__")}
+    except ModelFileError:
+        raise
+    except (zipfile.BadZipFile, zlib.error, ValueError, OSError, EOFError, KeyError,
+            RuntimeError, NotImplementedError) as exc:
         raise ModelFileError(_CORRUPT.format(path=path, error=exc)) from exc
-    try:
-        header_bytes = arrays.pop("__header__").tobytes()
-        digest = arrays.pop("__sha256__").tobytes().decode("ascii")
-    except (KeyError, UnicodeDecodeError) as exc:
-        raise ModelFileError(_BAD_HEADER.format(path=path, error=exc)) from exc
-    if _digest(header_bytes, arrays) != digest:
+    if _digest(header_bytes, arrays).encode("ascii") != digest:
         raise ModelFileError(_BAD_CHECKSUM.format(path=path))
+    return header, arrays
+
+
+def _parse_header(header_bytes: bytes, path: str) -> dict:
+    """The JSON header of a file, with its format name and a version this release reads."""
     try:
         header = json.loads(header_bytes.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise ModelFileError(_BAD_HEADER.format(path=path, error=exc)) from exc
     if not isinstance(header, dict) or header.get("format") != FORMAT_NAME:
         raise ModelFileError(_BAD_HEADER.format(path=path, error="wrong format name"))
     version = header.get("format_version")
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise ModelFileError(_NEWER.format(path=path, version=version, ours=FORMAT_VERSION))
-    return header, arrays
+    return header
 
 
 @contextlib.contextmanager
@@ -416,9 +639,11 @@ def read_module(
     """The network and masks of a file that :func:`read` returned as ``header, arrays``.
 
     The weights go into a deep copy of ``module``, or else into the built-in network that
-    ``architecture`` names, ``(name, input_shape, n_classes, module_params)``; it is
-    checked against the file on the meta device first, so that a file cannot make this
-    allocate more than the model it holds. The network is returned in evaluation mode, on
+    ``architecture`` names, ``(name, input_shape, n_classes, module_params)``, built
+    without pretrained ``module_params["weights"]`` (no download, no other file read: the
+    file holds the weights); it is checked against the file on the meta device first, and
+    every tensor's arrays against its entry, so that nothing is allocated for a network
+    the file does not hold. The network is returned in evaluation mode, on
     the CPU (a copy of ``module`` stays on ``module``'s device).
     """
     path = os.fspath(path)
@@ -429,8 +654,11 @@ def read_module(
             if module is not None:
                 return copy.deepcopy(module)
             name, input_shape, n_classes, module_params = architecture
+            params = dict(module_params or {})
+            if params.get("weights") is not None:  # the file holds the weights
+                params["weights"] = None
             return build_module(name, input_shape=tuple(input_shape), n_classes=int(n_classes),
-                                module_params=module_params)
+                                module_params=params)
 
         with contextlib.nullcontext() if module is not None else torch.device("meta"):
             reference = module if module is not None else build()
@@ -439,6 +667,10 @@ def read_module(
         if found != expected:
             raise ModelFileError(_BAD_HEADER.format(
                 path=path, error="its tensors do not match the architecture it names"))
+        for index, entry in enumerate(entries):  # every tensor's arrays before decoding any
+            name, _, _, needed = _layout(entry, f"t{index}", path)
+            _check_layout(name, needed, {k: (arrays[k].dtype, arrays[k].shape)
+                                         for k in needed if k in arrays}, path)
         state: dict[str, torch.Tensor] = {}
         masks: dict[str, torch.Tensor] = {}
         for index, entry in enumerate(entries):

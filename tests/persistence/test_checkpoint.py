@@ -361,6 +361,12 @@ def test_a_damaged_manifest_is_a_checkpoint_error(tmp_path, edit, match):
         ckpt_format.read_checkpoint(tmp_path)
 
 
+
+def test_a_deeply_nested_manifest_is_a_checkpoint_error(tmp_path):
+    (tmp_path / ckpt_format.MANIFEST).write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(CheckpointError, match="not a valid rest_fair checkpoint manifest"):
+        ckpt_format.read_checkpoint(tmp_path)
+
 class _StopAt(Callback):
     """Interrupts the fit as the given epoch begins (a job killed between epochs)."""
 
