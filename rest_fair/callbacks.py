@@ -171,7 +171,8 @@ class Checkpoint(Callback):
     every : int, default=1
         Epochs between checkpoints; the last epoch of a run is always written.
     keep : int, default=2
-        Checkpoint files kept (older ones are deleted after a successful write).
+        Checkpoint files kept (older ones are deleted after a successful write, and so are
+        the files of an earlier, finished run in ``dirname``).
     """
 
     runs_last = True

@@ -61,8 +61,8 @@ def cell_weights(
     -------
     dict of (int, int) to float
     """
-    pairs = np.unique(np.stack([y_codes, group_codes], axis=1), axis=0)
-    cells = [(int(c), int(g)) for c, g in pairs]
+    classes, groups, _, _ = _cells(y_codes, group_codes)
+    cells = [(int(c), int(g)) for c, g in zip(classes, groups, strict=True)]
     if upweight is None:
         return dict.fromkeys(cells, 1.0)
     if isinstance(upweight, str):
@@ -92,6 +92,30 @@ def cell_weights(
     raise ValueError(_BAD_UPWEIGHT.format(upweight))
 
 
+def _cells(y_codes: np.ndarray, group_codes: np.ndarray) -> tuple[np.ndarray, np.ndarray,
+                                                                    np.ndarray, np.ndarray]:
+    """The distinct ``(class, group)`` cells of the samples.
+
+    Memory and time grow with the number of samples, not with the number of classes times
+    the number of groups (most cells of many classes and many groups are empty).
+
+    Returns
+    -------
+    classes, groups : ndarray of int64
+        Class and group code of each cell, sorted by class, then group.
+    counts : ndarray of int64
+        Samples in each cell.
+    inverse : ndarray of int64
+        Cell of each sample (index into the arrays above).
+    """
+    y_codes = np.asarray(y_codes, dtype=np.int64).ravel()
+    group_codes = np.asarray(group_codes, dtype=np.int64).ravel()
+    width = int(group_codes.max()) + 1 if len(group_codes) else 1
+    keys, inverse, counts = np.unique(y_codes * width + group_codes, return_inverse=True,
+                                      return_counts=True)
+    return keys // width, keys % width, counts, inverse.ravel()
+
+
 def aligned_groups(y_codes: np.ndarray, group_codes: np.ndarray) -> dict[int, int]:
     """The most frequent group of each class (ties: the smallest group code).
 
@@ -105,16 +129,22 @@ def aligned_groups(y_codes: np.ndarray, group_codes: np.ndarray) -> dict[int, in
     dict of int to int
         Class code -> code of its aligned (majority) group.
     """
-    table = np.zeros((int(y_codes.max()) + 1, int(group_codes.max()) + 1), dtype=np.int64)
-    np.add.at(table, (y_codes, group_codes), 1)
-    return {int(c): int(np.argmax(table[c])) for c in np.unique(y_codes)}
+    classes, groups, counts, _ = _cells(y_codes, group_codes)
+    # within each class, the largest count first and among equal counts the smallest group
+    order = np.lexsort((groups, -counts, classes))
+    first = np.ones(len(order), dtype=bool)
+    first[1:] = classes[order][1:] != classes[order][:-1]
+    return {int(c): int(g) for c, g in zip(classes[order][first], groups[order][first],
+                                            strict=True)}
 
 
 def minority_mask(y_codes: np.ndarray, group_codes: np.ndarray) -> np.ndarray:
     """Whether each sample lies outside the aligned group of its class."""
     aligned = aligned_groups(y_codes, group_codes)
-    return np.array([aligned[c] != g for c, g in zip(y_codes, group_codes, strict=True)],
-                    dtype=bool)
+    classes, groups, _, inverse = _cells(y_codes, group_codes)
+    outside = np.array([aligned[int(c)] != int(g) for c, g in zip(classes, groups, strict=True)],
+                       dtype=bool)
+    return outside[inverse]
 
 
 def sample_weights_for(
@@ -133,11 +163,10 @@ def sample_weights_for(
     -------
     ndarray of float64
     """
-    n_groups = int(group_codes.max()) + 1 if len(group_codes) else 1
-    table = np.zeros((int(y_codes.max()) + 1, n_groups))
-    for (c, g), w in weights.items():
-        table[c, g] = w
-    out = table[y_codes, group_codes]
+    classes, groups, _, inverse = _cells(y_codes, group_codes)
+    per_cell = np.array([weights.get((int(c), int(g)), 0.0) for c, g in
+                         zip(classes, groups, strict=True)], dtype=np.float64)
+    out = per_cell[inverse]
     if not np.any(out > 0):
         raise ValueError(_ALL_ZERO)
     return out

@@ -160,7 +160,9 @@ def write_checkpoint(
     fingerprint : dict of JSON values
         Identifies the run (compared by :func:`read_checkpoint`).
     keep : int, default=2
-        State files kept; older ones are removed after the manifest is replaced.
+        State files kept; older ones are removed after the manifest is replaced, and so
+        are those of a later epoch than ``epoch`` (left by an earlier, finished run in
+        ``dirname``).
     finished : bool, default=False
         The run is over (its last epoch, or a callback stopped it): recorded in the
         manifest, so that another run may later take the directory.
@@ -201,10 +203,25 @@ def write_checkpoint(
         "fingerprint": fingerprint,
     }
     atomic_write(directory / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True).encode())
-    for old in sorted(directory.glob("epoch-*.pt"))[:-keep]:
-        if old.name != name:
-            old.unlink(missing_ok=True)
+    for old in _superseded(directory, int(epoch), keep):
+        old.unlink(missing_ok=True)
     return directory / name
+
+
+def _superseded(directory: Path, epoch: int, keep: int) -> list[Path]:
+    """State files to delete once the state of ``epoch`` is the latest checkpoint.
+
+    Those of a later epoch (an earlier run's, finished, in the directory this run took
+    over: no manifest leads to them any more), and all but the ``keep`` newest of the
+    others, by epoch number. The file of ``epoch`` is never among them.
+    """
+    epochs = {}
+    for path in directory.glob("epoch-*.pt"):
+        number = path.name[len("epoch-"):-len(".pt")]
+        if number.isdigit():
+            epochs[path] = int(number)
+    earlier = sorted((path for path, e in epochs.items() if e <= epoch), key=epochs.__getitem__)
+    return [path for path, e in epochs.items() if e > epoch] + earlier[:-keep]
 
 
 def check_writable(dirname: str | os.PathLike, fingerprint: dict[str, Any], *,

@@ -120,6 +120,26 @@ def test_checkpoints_hold_the_whole_state_and_load_safely(tmp_path):
     torch.load(tmp_path / "epoch-000003.pt", weights_only=True)
 
 
+def test_a_run_taking_over_a_finished_runs_folder_keeps_keep_files_of_its_own(tmp_path):
+    X, y, g = _data()
+    RESTClassifier(**{**COMMON, "max_epochs": 5},
+                   callbacks=[Checkpoint(tmp_path)]).fit(X, y, groups=g)
+    RESTClassifier(**{**COMMON, "max_epochs": 3},
+                   callbacks=[Checkpoint(tmp_path)]).fit(X + 1.0, y, groups=g)
+    files = sorted(p.name for p in tmp_path.glob("epoch-*.pt"))
+    # the first run's epochs 4 and 5 are gone, and the second run's epoch 2 is kept
+    assert files == ["epoch-000002.pt", "epoch-000003.pt"]
+    assert ckpt_format.read_checkpoint(tmp_path)["train_state"]["epoch"] == 3
+
+
+def test_state_files_are_kept_by_epoch_number(tmp_path):
+    for epoch in (999_999, 1_000_000, 1_000_001):
+        ckpt_format.write_checkpoint(tmp_path, {"x": torch.zeros(1)}, epoch=epoch,
+                                     fingerprint={"run": 1})
+    files = sorted(p.name for p in tmp_path.glob("epoch-*.pt"))
+    assert files == ["epoch-1000000.pt", "epoch-1000001.pt"]
+
+
 def test_resume_of_a_finished_run_trains_no_more(tmp_path):
     done, (X, y, g) = _fit(tmp_path)
     again = RESTClassifier(**{**COMMON, "max_epochs": 3}).fit(X, y, groups=g,

@@ -1,0 +1,72 @@
+"""Per-sample weights and aligned groups of :mod:`rest_fair.reweighting`."""
+
+from __future__ import annotations
+
+import tracemalloc
+
+import numpy as np
+import pytest
+
+from rest_fair.reweighting import (
+    aligned_groups,
+    cell_weights,
+    minority_mask,
+    sample_weights_for,
+)
+
+
+def _reference_aligned(y: np.ndarray, g: np.ndarray) -> dict[int, int]:
+    """Most frequent group of each class, ties to the smallest code, by counting."""
+    out = {}
+    for c in np.unique(y):
+        counts = np.bincount(g[y == c], minlength=int(g.max()) + 1)
+        out[int(c)] = int(np.argmax(counts))
+    return out
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_aligned_groups_and_minority_mask_match_counting(seed):
+    rng = np.random.default_rng(seed)
+    n = 400
+    y = rng.integers(0, 7, n)
+    g = rng.integers(0, 5, n) * rng.integers(1, 3, n)  # skewed: ties and empty cells
+    expected = _reference_aligned(y, g)
+    assert aligned_groups(y, g) == expected
+    np.testing.assert_array_equal(minority_mask(y, g),
+                                  np.array([expected[c] != k for c, k in zip(y, g, strict=True)]))
+
+
+@pytest.mark.parametrize("upweight", [None, "balanced", 6.0])
+def test_sample_weights_are_the_weights_of_each_sample_cell(upweight):
+    rng = np.random.default_rng(3)
+    y, g = rng.integers(0, 4, 300), rng.integers(0, 9, 300)
+    weights = cell_weights(y, g, list(range(9)), upweight)
+    per_sample = sample_weights_for(y, g, weights)
+    np.testing.assert_array_equal(per_sample,
+                                  [weights[(int(c), int(k))] for c, k in zip(y, g, strict=True)])
+
+
+def test_a_cell_without_a_weight_weighs_zero():
+    y, g = np.array([0, 0, 1]), np.array([0, 1, 1])
+    np.testing.assert_array_equal(sample_weights_for(y, g, {(0, 0): 2.0, (1, 1): 3.0}),
+                                  [2.0, 0.0, 3.0])
+
+
+@pytest.mark.parametrize("upweight", ["balanced", 5.0])
+def test_many_classes_and_groups_take_memory_of_the_samples_not_of_their_product(upweight):
+    # 3,000 samples in 3,000 classes x 30,000 groups: a (class, group) table would hold
+    # 90 million cells (720 MB as float64), of which at most 3,000 are not empty
+    rng = np.random.default_rng(0)
+    n, n_classes, n_groups = 3000, 3000, 30000
+    y, g = rng.integers(0, n_classes, n), rng.integers(0, n_groups, n)
+    g[0] = n_groups - 1
+    tracemalloc.start()
+    try:
+        weights = cell_weights(y, g, list(range(n_groups)), upweight)
+        per_sample = sample_weights_for(y, g, weights)
+        mask = minority_mask(y, g)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 20 * 2**20, f"peak {peak / 2**20:.0f} MiB"
+    assert per_sample.shape == mask.shape == (n,)
