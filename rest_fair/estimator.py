@@ -14,7 +14,7 @@ import torch
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted
 
-from ._data import kept_global_rngs, make_source
+from ._data import make_source
 from ._fit import fit_estimator, is_device_name, remember_network_params
 from ._inputs import _FLOAT32_MAX, check_x
 from ._validation import Interval, Options, TypeOf, check_params
@@ -524,9 +524,10 @@ or dict of columns, default=None
         X = check_x(self, X, fitted=self.module_)
         device = next(self.module_.parameters()).device
         module = getattr(self, "inference_module_", None) or self.module_
-        # a torch Dataset's pass draws its items' seeds from torch's global generator:
-        # from a copy, so that predicting leaves the caller's draws as they were
-        with kept_global_rngs():
+        # a torch Dataset's loader draws its seed from torch's global generator: from a
+        # copy, so that predicting leaves the caller's draws as they were (its items are
+        # read with numpy's and Python's generators kept too, by the source)
+        with torch.random.fork_rng(devices=[]):
             source = make_source(X, device=device, num_workers=self.num_workers)
             try:
                 logits = predict_logits(module, source, batch_size=max(self.batch_size, 512),

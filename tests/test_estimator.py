@@ -722,3 +722,36 @@ def test_predicting_a_dataset_leaves_the_global_random_state_and_the_mode(num_wo
         clf.predict(_FailingItems(1200, fail_at=1100))
     assert clf.module_.training
     assert torch.is_grad_enabled()
+
+
+class _NumpyDrawingItems(torch.utils.data.Dataset):
+    """Items through a 'transform' that draws from numpy's and Python's global generators."""
+
+    def __init__(self, X):
+        self.X = X
+
+    def __len__(self):
+        return len(self.X)
+
+    def __getitem__(self, i):
+        import random
+
+        np.random.rand()  # noqa: NPY002
+        random.random()
+        return torch.from_numpy(self.X[i])
+
+
+def test_predicting_leaves_numpy_and_python_generators_for_datasets_and_arrays():
+    import random
+
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((40, 4)).astype(np.float32), np.arange(40) % 2
+    clf = RESTClassifier(max_epochs=1, random_state=0).fit(X, y)
+    for data in (_NumpyDrawingItems(X), X):
+        np.random.seed(3)  # noqa: NPY002
+        random.seed(3)
+        numpy_state, python_state = np.random.get_state(), random.getstate()  # noqa: NPY002
+        clf.predict_proba(data)
+        assert random.getstate() == python_state
+        after = np.random.get_state()  # noqa: NPY002
+        assert all(np.array_equal(a, b) for a, b in zip(after, numpy_state, strict=True))
