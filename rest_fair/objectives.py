@@ -86,7 +86,11 @@ class GroupDROObjective:
     training loss shows, so its weight grows faster. It enters the update of ``q`` only;
     the returned value and its gradient are those of ``sum_g q_g * loss_g``. ``C = 0``
     (the default) is Algorithm 1 as published. Groups absent from a batch keep their
-    weight before the renormalisation, with or without the adjustment.
+    weight before the renormalisation, with or without the adjustment. ``q`` starts
+    uniform over the groups that have training samples (``n_g > 0`` when ``group_sizes``
+    is given, as WILDS' GroupDRO starts it); a group without any, e.g. one whose samples
+    were all held out for validation, has weight 0 throughout instead of holding mass that
+    no loss can ever use.
 
     Over data-parallel ranks, each with a slice of the batch, ``all_reduce`` sums the
     per-group sums of losses and weights, so group losses, ``q`` and the value are those of
@@ -110,8 +114,8 @@ class GroupDROObjective:
     group_sizes : Tensor of shape (n_groups,), optional
         ``n_g``: the number of training samples of every group, the same on every rank
         (the whole training set's counts, not a rank's share). Needed when
-        ``adjustment > 0``; a group of size 0 gets no adjustment (it is never in a
-        batch).
+        ``adjustment > 0``; a group of size 0 gets no adjustment and no weight (it is
+        never in a batch). Without it, ``q`` starts uniform over all ``n_groups``.
 
     Attributes
     ----------
@@ -126,10 +130,13 @@ class GroupDROObjective:
                  world_size: int = 1, adjustment: float = 0.0,
                  group_sizes: torch.Tensor | None = None) -> None:
         self.eta = float(eta)
-        self.q = torch.full((n_groups,), 1.0 / n_groups, device=device)
         self.adjustment = float(adjustment)
         self.group_adjustment = _group_adjustment(n_groups, self.adjustment, group_sizes,
                                                   device=device)
+        self.q = torch.full((n_groups,), 1.0 / n_groups, device=device)
+        trained = None if group_sizes is None else torch.as_tensor(group_sizes).cpu() > 0
+        if trained is not None and 0 < int(trained.sum()) < n_groups:
+            self.q = torch.where(trained.to(device), 1.0 / int(trained.sum()), 0.0)
         self.history: list[list[float]] = []
         self.all_reduce = all_reduce
         self.world_size = int(world_size)

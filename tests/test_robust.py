@@ -350,3 +350,36 @@ def test_groupdro_adjustment_gives_small_groups_more_weight():
     explicit_zero = RESTClassifier(**params, groupdro_adjustment=0.0).fit(X, y, groups=conflict)
     assert np.array_equal(explicit_zero.predict_logits(X), plain.predict_logits(X))
     assert explicit_zero.group_weight_history_ == plain.group_weight_history_
+
+
+def test_groupdro_gives_no_weight_to_a_group_without_training_samples():
+    # group 1 has no training sample: q is that of GroupDRO over groups 0 and 2 alone
+    sizes = torch.tensor([100, 0, 4])
+    three = GroupDROObjective(3, eta=0.3, device=torch.device("cpu"), group_sizes=sizes)
+    two = GroupDROObjective(2, eta=0.3, device=torch.device("cpu"))
+    assert three.q.tolist() == [0.5, 0.0, 0.5]
+    for logits, y, w, g in _batches():
+        keep = g != 1
+        three(logits[keep], y[keep], w[keep], g[keep])
+        two(logits[keep], y[keep], w[keep], torch.where(g[keep] == 2, 1, 0))
+        assert float(three.q[1]) == 0.0
+        torch.testing.assert_close(three.q[[0, 2]], two.q, rtol=0, atol=1e-7)
+    # every group has samples: q starts uniform over all of them, as without sizes
+    full = GroupDROObjective(3, eta=0.3, device=torch.device("cpu"),
+                             group_sizes=torch.tensor([1, 2, 3]))
+    assert torch.equal(full.q, torch.full((3,), 1 / 3))
+
+
+def test_groupdro_fit_gives_no_weight_to_a_group_held_out_whole():
+    X, y, conflict = _spurious(n=400)
+    groups = np.where(conflict, "minority", "majority").astype(object)
+    groups[5] = "one sample"
+    weights = []
+    for seed in range(8):  # the one sample is held out by some seeds, trained on by others
+        clf = RESTClassifier(objective="groupdro", upweight=None, sparsity=0.0, max_epochs=1,
+                             validation_fraction=0.5, **{**FAST, "random_state": seed})
+        clf.fit(X, y, groups=groups)
+        assert list(clf.groups_) == ["majority", "minority", "one sample"]
+        weights.append(clf.group_weight_history_[-1][2])
+    assert 0.0 in weights  # held out: no weight, the other groups share it
+    assert max(weights) > 0.3  # trained on: a third to start with
