@@ -100,6 +100,7 @@ _RUN_INDEPENDENT = ("verbose", "callbacks", "device", "num_workers", "warm_start
 # before the entry existed. A checkpoint without the entry resumes a run holding that value;
 # an added entry not listed here (one without such a value) refuses every older checkpoint.
 _NEUTRAL = {
+    "seed": None,  # an int random_state (the seed a run drew is recorded since it began)
     "validation_sha256": None,  # no validation_data (n_valid, recorded before, is compared)
     "params.rescale_init": True,
     "params.update_timing": "mid_interval",
@@ -240,12 +241,11 @@ def _fingerprint(params: dict, input_shape: tuple, data: FitData,
                  valid: EvalSet | None, seed: int | None) -> dict:
     """What identifies a run: its data (``validation_data`` included), the parameters that
     change what it computes, and the seed drawn from a ``random_state`` that is not an int
-    (``seed``)."""
+    (``seed``, None for an int ``random_state``)."""
     run_params = {k: _json_keys(_plain(v)) for k, v in params.items()
                   if k not in _RUN_INDEPENDENT}
-    drawn = {} if seed is None else {"seed": seed}
     return {
-        **drawn,
+        "seed": seed,
         "n_samples": len(data.y),
         "input_shape": list(input_shape),
         "classes": [str(c) for c in data.classes],
@@ -363,8 +363,9 @@ def _built_run(est: Any, data: FitData, config: TrainConfig, callbacks: list, *,
     # checkpoint recorded, so that the validation split and the generators are the same
     drawn = not isinstance(est.random_state, Integral)
     if drawn and resume_from is not None:
-        seed = world.run_on_main(lambda: int(saved_fingerprint(resume_from).get("seed", seed))
-                                 if has_checkpoint(resume_from) else seed)
+        saved = world.run_on_main(lambda: saved_fingerprint(resume_from).get("seed")
+                                  if has_checkpoint(resume_from) else None)
+        seed = seed if saved is None else int(saved)
     seed = world.broadcast_object(seed)  # one split, one generator for all ranks
     precision = Precision(est.precision, world.device)
     train_idx, valid = _hold_out(data, est.validation_fraction, seed, world.device,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -432,7 +433,36 @@ def test_an_unseeded_run_resumes_with_the_seed_it_drew(tmp_path, random_state):
 
 def test_a_seeded_run_records_no_drawn_seed(tmp_path):
     _fit(tmp_path)
-    assert "seed" not in ckpt_format.saved_fingerprint(tmp_path)
+    assert ckpt_format.saved_fingerprint(tmp_path)["seed"] is None
+
+
+@pytest.mark.parametrize("first, second", [(None, 3), (3, None)])
+def test_resuming_with_another_kind_of_random_state_names_the_seeds(tmp_path, first, second):
+    X, y, g = _data()
+    with pytest.raises(KeyboardInterrupt):
+        RESTClassifier(**{**COMMON, "max_epochs": 3, "random_state": first},
+                       callbacks=[_StopAt(2), Checkpoint(tmp_path)]).fit(X, y, groups=g)
+    with pytest.raises(CheckpointError, match="random_state was") as info:
+        RESTClassifier(**{**COMMON, "max_epochs": 3, "random_state": second}).fit(
+            X, y, groups=g, resume_from=tmp_path)
+    # the seed was or was not drawn by the same release: neither side is older or newer
+    assert "release" not in str(info.value) and "predates" not in str(info.value)
+    assert re.search(r"seed was (None, now \d+|\d+, now None)", str(info.value))
+
+
+def test_a_seeded_checkpoint_without_a_seed_entry_resumes(tmp_path):
+    X, y, g = _data()
+    with pytest.raises(KeyboardInterrupt):
+        RESTClassifier(**{**COMMON, "max_epochs": 3},
+                       callbacks=[_StopAt(2), Checkpoint(tmp_path)]).fit(X, y, groups=g)
+    # as a seeded run wrote its fingerprint before every fingerprint had a seed entry
+    manifest_path = tmp_path / ckpt_format.MANIFEST
+    manifest = json.loads(manifest_path.read_text())
+    del manifest["fingerprint"]["seed"]
+    manifest_path.write_text(json.dumps(manifest))
+    clf = RESTClassifier(**{**COMMON, "max_epochs": 3}).fit(X, y, groups=g,
+                                                            resume_from=tmp_path)
+    assert [h["epoch"] for h in clf.history_] == [1, 2, 3]
 
 
 class _NumpyRecord(Callback):
