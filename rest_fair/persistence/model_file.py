@@ -30,7 +30,8 @@ anything is allocated; a file that breaks any of them is refused with
   most deflate's 1032-fold of its compressed size, and its ``.npy`` header declares
   exactly that many bytes: reading allocates no more than the members hold;
 - the JSON header is at most :data:`MAX_HEADER_BYTES`; arrays encoded in it have plain
-  dtypes no wider than their values need (or 64 bytes);
+  dtypes, and a string array wider than 64 bytes a value and than its values need is read
+  in the width they need (the same values, a narrower dtype);
 - every tensor's arrays have exactly the dtypes and shapes of its header entry (checked
   from the ``.npy`` headers before they are read), its CSR indices are in range and in
   order, its mask holds as many weights as its values; the network the header names is
@@ -169,7 +170,8 @@ def to_json(value: Any, what: str) -> Any:
     TypeError
         If ``value`` holds anything else; the message names ``what``.
     ValueError
-        If ``value`` holds an array that :func:`from_json` would refuse (see there).
+        If ``value`` holds an array of a dtype that :func:`from_json` refuses (structured,
+        sub-array or void dtypes).
     """
     if value is None or isinstance(value, (bool, str, int, float)):
         return value
@@ -220,23 +222,25 @@ def from_json(value: Any) -> Any:
 
 
 def _json_dtype(spec: Any, data: Any) -> np.dtype:
-    """The dtype ``spec`` of an encoded array, if it is one :func:`to_json` writes for ``data``.
+    """The dtype to decode an encoded array of dtype ``spec`` holding ``data`` with.
+
+    ``spec`` itself, except for a string dtype of more than 64 bytes per value that is
+    wider than ``data`` needs: its values are decoded in the width they need (equal values,
+    a narrower dtype), so that a header cannot make an array much larger than itself.
 
     Raises
     ------
     ValueError
-        If ``spec`` is not a plain dtype (numbers, bools, fixed-size strings, dates), or is
-        a string dtype longer than 64 bytes per value and than ``data`` needs: the array
-        would be much larger than the header that holds it.
+        If ``spec`` is not a plain dtype (numbers, bools, fixed-size strings, dates).
     """
     dtype = np.dtype(spec) if isinstance(spec, str) else None
     if (dtype is None or dtype.kind not in _ARRAY_KINDS or dtype.fields is not None
             or dtype.subdtype is not None):
         raise ValueError(f"{spec!r:.80} is not the dtype of an array of plain values")
     if dtype.kind in "US" and dtype.itemsize > 64:
-        needed = np.array(data, dtype=dtype.kind).dtype.itemsize
-        if dtype.itemsize > needed:
-            raise ValueError(f"dtype {spec!r:.80} is longer than its values need")
+        needed = np.array(data, dtype=dtype.kind).dtype
+        if dtype.itemsize > needed.itemsize:
+            return needed.newbyteorder(dtype.byteorder)
     return dtype
 
 

@@ -203,12 +203,28 @@ def test_a_header_longer_than_the_limit_is_neither_written_nor_read(tmp_path, mo
     assert not (tmp_path / "long.rest").exists()
 
 
-@pytest.mark.parametrize("dtype", ["(1000,)f8", "V4", "O", "U100000"])
+@pytest.mark.parametrize("dtype", ["(1000,)f8", "V4", "O"])
 def test_an_encoded_array_in_the_header_has_a_plain_dtype(tmp_path, dtype):
     header, arrays = _parts(_saved(tmp_path))
     header["metadata"]["a"] = {"__ndarray__": [1, 2], "dtype": dtype}
     with pytest.raises(ModelFileError, match="no valid rest_fair header"):
         load(_forge(tmp_path / "f.rest", header, arrays))
+
+
+def test_a_string_array_wider_than_its_values_is_read_in_the_width_they_need(tmp_path):
+    # a forged width (400 kB a value) is not allocated; an honest wide one keeps its values
+    header, arrays = _parts(_saved(tmp_path))
+    header["metadata"]["a"] = {"__ndarray__": ["x", "yy"], "dtype": "<U100000"}
+    _, _, meta = load(_forge(tmp_path / "f.rest", header, arrays))
+    assert meta["a"].dtype == np.dtype("<U2") and meta["a"].tolist() == ["x", "yy"]
+    labels = np.array(["cat", "dog"], dtype="<U40")  # wider than its values, as users make
+    save((nn.Linear(2, 2), None, {"labels": labels}), tmp_path / "wide.rest")
+    _, _, meta = load(tmp_path / "wide.rest", module=nn.Linear(2, 2))
+    np.testing.assert_array_equal(meta["labels"], labels)
+    assert meta["labels"].dtype == np.dtype("<U3")
+    padded = np.array(["a"], dtype="<U16")  # up to 64 bytes a value: the dtype is kept
+    save((nn.Linear(2, 2), None, {"padded": padded}), tmp_path / "padded.rest")
+    assert load(tmp_path / "padded.rest", module=nn.Linear(2, 2))[2]["padded"].dtype == padded.dtype
 
 
 def test_header_arrays_and_tensors_of_every_dtype_round_trip(tmp_path):
