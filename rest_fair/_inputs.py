@@ -69,6 +69,7 @@ BEYOND_FLOAT32 = (
 # what validate_data accepts as X
 _ARRAYS = {"accept_sparse": "csr", "allow_nd": True, "dtype": (np.float32, np.float64)}
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
+_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))  # native byte order
 
 
 def take(X: Any, idx: np.ndarray) -> Any:
@@ -253,12 +254,32 @@ def check_x(est: Any, X: Any, *, fitted: Any = None) -> Any:
     X = X.detach() if torch.is_tensor(X) else X
     if (tokens := text_input(X, est.module, est.module_params, fitted=fitted)) is not None:
         return tokens
+    if _passes_validation(est, X):
+        return _refuse_beyond_float32(X)
     if not is_torch_dataset(X):
         return _refuse_beyond_float32(validate_data(est, X, reset=False, **_ARRAYS))
     shape = _item_shape(X, EMPTY_DATASET_TO_PREDICT)
     if shape != tuple(est.input_shape_):
         raise ValueError(DATASET_SHAPE_CHANGED.format(shape=shape, fitted=est.input_shape_))
     return X
+
+
+def _passes_validation(est: Any, X: Any) -> bool:
+    """Whether ``validate_data(est, X, reset=False, **_ARRAYS)`` would return ``X`` itself
+    without a warning, known without calling it: for a non-empty float32 or float64 ndarray
+    of at least 2 dimensions and ``est``'s number of features, all finite, given to an
+    estimator fitted without feature names.
+
+    ``check_x`` then skips scikit-learn's checks (most of a small batch's prediction time);
+    any other ``X``, or one that fails a check, goes through them, which give their own
+    errors and warnings.
+    """
+    if (type(X) is not np.ndarray or X.dtype not in _FLOATS or X.ndim < 2 or X.size == 0
+            or X.shape[1] != getattr(est, "n_features_in_", None)
+            or hasattr(est, "feature_names_in_")):
+        return False
+    with np.errstate(over="ignore"):  # a sum that overflows is left to scikit-learn
+        return bool(np.isfinite(X.sum()))
 
 
 def encode_groups(groups: Any, n_samples: int, *,

@@ -102,3 +102,103 @@ def test_a_single_class_is_named_as_a_plain_value(small):
     X, _ = small
     with pytest.raises(ValueError, match=r"at least 2 classes to fit; got 1 class \('a'\)\.$"):
         _clf().fit(X, np.full(len(X), "a"))
+
+
+# ------------------------------------------- predict's X: plain float arrays skip sklearn
+def _sklearn_checked(est, X):
+    """What ``check_x`` returns for ``X`` through scikit-learn's checks (or what they raise
+    or warn, as text)."""
+    import warnings
+
+    from sklearn.utils.validation import validate_data
+
+    from rest_fair._inputs import _ARRAYS, _refuse_beyond_float32
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            out = _refuse_beyond_float32(validate_data(est, X, reset=False, **_ARRAYS))
+        except (TypeError, ValueError) as exc:
+            out = f"{type(exc).__name__}: {exc}"
+    return out, [str(w.message) for w in caught]
+
+
+def _checked(est, X):
+    import warnings
+
+    from rest_fair._inputs import check_x
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            out = check_x(est, X)
+        except (TypeError, ValueError) as exc:
+            out = f"{type(exc).__name__}: {exc}"
+    return out, [str(w.message) for w in caught]
+
+
+def _plain_arrays(X):
+    read_only = X.copy()
+    read_only.setflags(write=False)
+    return {"float32": X, "float64": X.astype(np.float64), "fortran": np.asfortranarray(X),
+            "strided": X[::2], "negative strides": X[::-1], "read-only": read_only}
+
+
+def test_plain_float_arrays_skip_scikit_learns_checks_and_are_returned_as_they_do(
+        small, monkeypatch):
+    import rest_fair._inputs as inputs
+
+    X, y = small
+    clf = _clf().fit(X, y)
+    for name, array in _plain_arrays(X).items():
+        assert _checked(clf, array) == (array, []), name
+        assert _sklearn_checked(clf, array)[0] is array, name
+    calls = []
+    monkeypatch.setattr(inputs, "validate_data", lambda *a, **k: calls.append(a))
+    proba = clf.predict_proba(X)
+    assert not calls  # most of a small batch's prediction time
+    monkeypatch.undo()
+    assert np.array_equal(clf.predict_proba(X.tolist()), proba)  # through scikit-learn
+
+
+def _other_arrays(X):
+    nan, inf, overflow = X.copy(), X.astype(np.float64), X.astype(np.float64)
+    nan[3, 1] = np.nan
+    inf[0, 0], overflow[:, 0] = -np.inf, 1e308  # overflow: finite, but its sum is not
+    return {"NaN": nan, "inf": inf, "sum overflows": overflow, "3 features": X[:, :3],
+            "1-D": X[0], "no samples": X[:0], "no features": X[:, :0],
+            "big-endian": X.astype(">f4"), "float16": X.astype(np.float16),
+            "int": X.astype(np.int64), "3-D": X[:, :, None], "subclass": X.view(_Subclass)}
+
+
+class _Subclass(np.ndarray):
+    """An ndarray subclass: scikit-learn returns it as a plain ndarray."""
+
+
+def test_arrays_off_the_plain_path_get_scikit_learns_checks_and_messages(small):
+    X, y = small
+    clf = _clf().fit(X, y)
+    for name, array in _other_arrays(X).items():
+        out, warned = _checked(clf, array)
+        expected, expected_warned = _sklearn_checked(clf, array)
+        assert warned == expected_warned, name
+        if isinstance(expected, str):
+            assert out == expected, name
+        else:
+            assert type(out) is type(expected) and np.array_equal(out, expected), name
+    assert _checked(clf, X[:, :3])[0].startswith("ValueError: X has 3 features")
+
+
+def test_an_array_for_an_estimator_fitted_with_feature_names_is_warned_about(small):
+    import pandas as pd
+
+    X, y = small
+    clf = _clf().fit(pd.DataFrame(X, columns=list("abcde")), y)
+    out, warned = _checked(clf, X)
+    assert out is X
+    assert warned == _sklearn_checked(clf, X)[1]
+    assert warned == ["X does not have valid feature names, but RESTClassifier was fitted "
+                      "with feature names"]
+    renamed = pd.DataFrame(X, columns=list("abcdz"))
+    assert _checked(clf, renamed)[0] == _sklearn_checked(clf, renamed)[0]
+    assert "Feature names unseen at fit time" in _checked(clf, renamed)[0]
