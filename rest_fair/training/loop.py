@@ -100,10 +100,13 @@ def predict_logits(
     """Logits of the samples ``order`` (default: all, in order), as float32 on the CPU.
 
     The module runs in evaluation mode; its mode is restored afterwards, also when a batch
-    fails.
+    fails. A module whose submodules are all in evaluation mode already (a fitted one) is
+    left alone: no ``eval()`` and ``train()`` walk over it.
     """
     was_training = module.training
-    module.eval()
+    switch = any(m.training for m in module.modules())
+    if switch:
+        module.eval()
     if order is None:
         order = torch.arange(source.n_samples)
     out = []
@@ -112,7 +115,8 @@ def predict_logits(
             with (autocast or contextlib.nullcontext)():
                 out.append(module(x).float().cpu())
     finally:
-        module.train(was_training)
+        if switch:
+            module.train(was_training)
     if not out:
         return torch.empty(0)
     return torch.cat(out)

@@ -12,7 +12,7 @@ from rest_fair._data import make_source
 from rest_fair.callbacks import Callback, EarlyStopping
 from rest_fair.exceptions import TrainingDivergedError
 from rest_fair.models import build_module
-from rest_fair.training import EpochSampler, Precision, TrainingRun, TrainSet
+from rest_fair.training import EpochSampler, Precision, TrainingRun, TrainSet, predict_logits
 from rest_fair.training.distributed import LocalContext
 from rest_fair.training.parts import TrainConfig, build_parts
 
@@ -329,3 +329,55 @@ def test_torch_dataset_inputs_that_do_not_fit_are_named(data):
 
     with pytest.raises(TypeError, match=r"IterableDataset .* must be a map-style Dataset"):
         _clf(max_epochs=1).fit(Stream(), y)
+
+
+# ----------------------------------------------------------------- predict_logits' mode
+def _net_with_dropout() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(12, 16), torch.nn.Dropout(0.5),
+                               torch.nn.ReLU(), torch.nn.Linear(16, 3))
+
+
+def _logits(net: torch.nn.Module, X: np.ndarray) -> torch.Tensor:
+    cpu = torch.device("cpu")
+    return predict_logits(net, make_source(X, device=cpu), batch_size=256, device=cpu)
+
+
+def _counting_train_calls(net: torch.nn.Module) -> list:
+    calls = []
+    for m in net.modules():
+        m.train = lambda mode=True, m=m, train=m.train: (calls.append(mode), train(mode))[1]
+    return calls
+
+
+def test_predicting_leaves_a_module_in_evaluation_mode_alone(data):
+    X = data[0]
+    net = _net_with_dropout().eval()
+    expected = _logits(net, X)
+    calls = _counting_train_calls(net)
+    assert torch.equal(_logits(net, X), expected)
+    assert calls == []  # no eval() and train() walk over the module
+    net[1].train()  # one submodule in training mode: the module is evaluated without it
+    calls.clear()
+    assert torch.equal(_logits(net, X), expected)
+    assert calls and not any(m.training for m in net.modules())
+
+
+def test_predicting_puts_a_training_module_back_in_training_mode(data):
+    X = data[0]
+    net = _net_with_dropout().eval()
+    expected = _logits(net, X)
+    net.train()
+    assert torch.equal(_logits(net, X), expected)  # dropout off while predicting
+    assert all(m.training for m in net.modules())
+
+
+def test_non_finite_outputs_are_counted_by_sample(data):
+    X, y, _ = data
+    clf = _clf(max_epochs=1).fit(X, y)
+    with torch.no_grad():
+        clf.module_.layers[1].weight.abs_()
+    big = X.copy()
+    big[[2, 7, 9]] = 3e38  # finite in float32; the first layer's sums overflow
+    with pytest.raises(TrainingDivergedError, match=rf"not finite for 3 of {len(X)} samples"):
+        clf.predict_proba(big)
