@@ -99,12 +99,16 @@ def predict_logits(
 ) -> torch.Tensor:
     """Logits of the samples ``order`` (default: all, in order), as float32 on the CPU.
 
-    The module runs in evaluation mode; its mode is restored afterwards, also when a batch
-    fails. A module whose submodules are all in evaluation mode already (a fitted one) is
-    left alone: no ``eval()`` and ``train()`` walk over it.
+    The module runs in evaluation mode; the mode of each of its submodules is restored
+    afterwards, also when a batch fails (``module.train(mode)`` first, so that a module's own
+    ``train`` runs, then any submodule whose flag still differs, e.g. a dropout the user put
+    in training mode inside a module in evaluation mode). A module whose submodules are all
+    in evaluation mode already (a fitted one) is left alone: no ``eval()`` and ``train()``
+    walk over it.
     """
     was_training = module.training
-    switch = any(m.training for m in module.modules())
+    modes = [(m, m.training) for m in module.modules()]
+    switch = any(training for _, training in modes)
     if switch:
         module.eval()
     if order is None:
@@ -117,6 +121,8 @@ def predict_logits(
     finally:
         if switch:
             module.train(was_training)
+            for m, training in modes:
+                m.training = training
     if not out:
         return torch.empty(0)
     return torch.cat(out)

@@ -360,7 +360,8 @@ def test_predicting_leaves_a_module_in_evaluation_mode_alone(data):
     net[1].train()  # one submodule in training mode: the module is evaluated without it
     calls.clear()
     assert torch.equal(_logits(net, X), expected)
-    assert calls and not any(m.training for m in net.modules())
+    assert calls  # and each submodule is put back in its own mode
+    assert [m.training for m in net.modules()] == [m is net[1] for m in net.modules()]
 
 
 def test_predicting_puts_a_training_module_back_in_training_mode(data):
@@ -381,3 +382,20 @@ def test_non_finite_outputs_are_counted_by_sample(data):
     big[[2, 7, 9]] = 3e38  # finite in float32; the first layer's sums overflow
     with pytest.raises(TrainingDivergedError, match=rf"not finite for 3 of {len(X)} samples"):
         clf.predict_proba(big)
+
+
+def test_predicting_keeps_a_module_whose_own_train_freezes_a_part(data):
+    class FrozenNorm(torch.nn.Sequential):  # a common pattern: normalisation kept in eval
+        def train(self, mode: bool = True):
+            super().train(mode)
+            self[1].eval()
+            return self
+
+    X = data[0]
+    torch.manual_seed(0)
+    net = FrozenNorm(torch.nn.Linear(12, 16), torch.nn.BatchNorm1d(16), torch.nn.Linear(16, 3))
+    net.train()
+    before = [m.training for m in net.modules()]
+    assert before == [True, True, False, True]
+    _logits(net, X)
+    assert [m.training for m in net.modules()] == before
