@@ -9,7 +9,10 @@ The steps, each bounded by its own time limit and recorded even when it fails:
 
 1. ``tests``: the CUDA-marked tests (``pytest -m cuda``).
 2. ``precision``: short fits in ``"32"``, ``"bf16"`` and ``"16-mixed"``; inactive weights
-   must be exactly 0 in the float32 master weights, every parameter finite.
+   must be exactly 0 in the float32 master weights, every parameter finite. Then a fit of
+   a network with an ``nn.LSTM`` and an ``nn.MultiheadAttention`` (masked in place, which
+   on CUDA is where cuDNN's flattened recurrent weights live), with the same checks and the
+   count of torch's warnings that recurrent weights left their single contiguous chunk.
 3. ``throughput``: images/s of a minimal hand-written torch loop, a dense rest_fair fit and
    a REST fit at 90 % (masked), with the same model (ResNet-50 at 224, batch 64), data and
    optimizer (SGD, momentum 0.9), in float32 and bfloat16; steady-state steps only.
@@ -48,6 +51,7 @@ import sys
 import tempfile
 import time
 import traceback
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -173,6 +177,42 @@ def step_tests(args: argparse.Namespace, out: Path) -> dict:
     return {"summary": output.strip().splitlines()[-1]}
 
 
+class _Sequence(torch.nn.Module):
+    """Rows of 40 features read as 10 steps of 4: an LSTM, self-attention over its states,
+    a linear head (every weight masked)."""
+
+    def __init__(self, input_shape: tuple[int, ...], n_classes: int) -> None:
+        super().__init__()
+        self.lstm = torch.nn.LSTM(4, 32, batch_first=True)
+        self.attention = torch.nn.MultiheadAttention(32, 4, batch_first=True)
+        self.head = torch.nn.Linear(32, n_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        states, _ = self.lstm(x.reshape(len(x), -1, 4))
+        mixed, _ = self.attention(states, states, states, need_weights=False)
+        return self.head(mixed.mean(dim=1))
+
+
+def _sequence_fit(X: np.ndarray, y: np.ndarray, g: np.ndarray, device: torch.device,
+                  epochs: int) -> dict[str, Any]:
+    """A masked fit of :class:`_Sequence`: masks exact, and torch's warnings about
+    non-contiguous recurrent weights counted."""
+    from rest_fair import RESTClassifier
+
+    clf = RESTClassifier(sparsity=0.9, max_epochs=epochs, device=str(device),
+                         random_state=0, module=_Sequence)
+    start = time.perf_counter()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        clf.fit(X, y, groups=g)
+        accuracy = float(clf.score(X, y))
+    chunk = sum("contiguous chunk" in str(w.message) for w in caught)
+    masked = sorted(name for name in clf.masks_ if not name.startswith("head"))
+    return {"seconds": time.perf_counter() - start, "train_accuracy": accuracy,
+            "masked_sequence_weights": masked, "non_contiguous_warnings": chunk,
+            **_masked_weights_exact(clf)}
+
+
 def step_precision(args: argparse.Namespace, out: Path) -> dict:
     from sklearn.datasets import make_classification
 
@@ -197,6 +237,10 @@ def step_precision(args: argparse.Namespace, out: Path) -> dict:
                               "best_epoch": int(clf.best_epoch_),
                               **_masked_weights_exact(clf)}
         print(precision, results[precision])
+    sequence_epochs = 1 if args.smoke else 3
+    results["lstm_attention"] = _sequence_fit(X[:4000], y[:4000], g[:4000], args.device,
+                                              sequence_epochs)
+    print("lstm_attention", results["lstm_attention"])
     bad = [p for p, r in results.items()
            if "inactive_nonzero" in r and (r["inactive_nonzero"] or not r["all_finite"])]
     if bad:

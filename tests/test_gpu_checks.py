@@ -128,6 +128,10 @@ def test_every_step_runs_in_smoke_mode(tmp_path):
     steps_run = results["steps"]
     assert steps_run["precision"]["32"]["inactive_nonzero"] == 0
     assert steps_run["precision"]["32"]["layers_checked"] > 0
+    sequence = steps_run["precision"]["lstm_attention"]
+    assert sequence["inactive_nonzero"] == 0 and sequence["all_finite"]
+    assert "attention.in_proj_weight" in sequence["masked_sequence_weights"]
+    assert "lstm.weight_hh_l0" in sequence["masked_sequence_weights"]
     for precision in ("32", "bf16"):
         row = steps_run["throughput"]["images_per_s"][precision]
         assert all(row[k] > 0 for k in ("plain_loop", "rest_fair_dense", "rest_fair_rest_0.9"))
