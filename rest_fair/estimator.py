@@ -705,14 +705,17 @@ or dict of columns, default=None
         return model_file.write(path, self.module_, self.masks_, header, arrays)
 
     @classmethod
-    def load(cls, path: Any) -> RESTClassifier:
+    def load(cls, path: Any, *, max_parameters: int | None = None) -> RESTClassifier:
         """Read an estimator written by :meth:`save` (no code from the file is run).
 
         It comes back fitted, on the CPU, its network in evaluation mode. Raises
-        :class:`~rest_fair.exceptions.ModelFileError` for a damaged or inconsistent file,
-        ``TypeError`` for a file holding a module.
+        :class:`~rest_fair.exceptions.ModelFileError` for a damaged or inconsistent file
+        (or, with ``max_parameters``, one whose network holds more values than that,
+        refused before it is allocated: for files from untrusted sources), ``TypeError``
+        for a file holding a module.
         """
         path = os.fspath(path)
+        model_file.check_max_parameters(max_parameters)
         header, arrays = model_file.read(path)
         if header.get("kind") != "estimator":
             raise TypeError(_NOT_AN_ESTIMATOR.format(path=path, kind=header.get("kind"),
@@ -733,7 +736,8 @@ or dict of columns, default=None
             architecture = (params["module"], attributes["input_shape_"],
                             len(attributes["classes_"]), params.get("module_params"))
             module, masks = model_file.read_module(path, header, arrays,
-                                                   architecture=architecture)
+                                                   architecture=architecture,
+                                                   max_parameters=max_parameters)
             est = cls(**params)
         vars(est).update(attributes, module_=module, masks_=masks)
         remember_network_params(est)  # a warm start from the file checks them too

@@ -40,7 +40,7 @@ anything is allocated; a file that breaks any of them is refused with
 
 What remains is the size of the network itself: decoding allocates the dense tensors of the
 network the file names, which for a very sparse layer stored as CSR may be far larger than
-the file.
+the file; ``load(path, max_parameters=...)`` bounds it.
 """
 
 from __future__ import annotations
@@ -73,6 +73,7 @@ __all__ = [
     "FORMAT_VERSION",
     "MAX_HEADER_BYTES",
     "ModelFileError",
+    "check_max_parameters",
     "from_json",
     "load",
     "malformed",
@@ -120,6 +121,11 @@ _LARGE_HEADER = (
     "MAX_HEADER_BYTES = {limit} bytes (large arrays belong in the file's arrays)."
 )
 _NEWER = "{path} uses format version {version}; this rest_fair reads versions <= {ours}."
+_TOO_MANY_VALUES = (
+    "{path} holds a network of {count} values (weights, biases and buffers), more than "
+    "max_parameters={limit}; nothing was allocated for it."
+)
+_BAD_MAX_PARAMETERS = "max_parameters must be a positive int or None; got {value!r}."
 _BAD_PAYLOAD = "{path} holds an inconsistent tensor {name!r}: {error}."
 _BAD_OBJECT = (
     "save() takes a fitted RESTClassifier or a tuple (module, masks, metadata); "
@@ -639,6 +645,7 @@ def read_module(
     *,
     module: nn.Module | None = None,
     architecture: Sequence[Any] | None = None,
+    max_parameters: int | None = None,
 ) -> tuple[nn.Module, dict[str, torch.Tensor]]:
     """The network and masks of a file that :func:`read` returned as ``header, arrays``.
 
@@ -648,11 +655,20 @@ def read_module(
     file holds the weights); it is checked against the file on the meta device first, and
     every tensor's arrays against its entry, so that nothing is allocated for a network
     the file does not hold. The network is returned in evaluation mode, on
-    the CPU (a copy of ``module`` stays on ``module``'s device).
+    the CPU (a copy of ``module`` stays on ``module``'s device). With ``max_parameters``,
+    a file whose tensors hold more values in all (counted from its header, before anything
+    is built) is refused: the one bound on what a very sparse layer stored as CSR may
+    allocate.
     """
     path = os.fspath(path)
+    check_max_parameters(max_parameters)
     with malformed(path):
         entries = list(header["tensors"])
+        if max_parameters is not None:
+            count = sum(math.prod(_layout(e, f"t{i}", path)[2]) for i, e in enumerate(entries))
+            if count > max_parameters:
+                raise ModelFileError(_TOO_MANY_VALUES.format(path=path, count=count,
+                                                             limit=max_parameters))
 
         def build() -> nn.Module:
             if module is not None:
@@ -687,11 +703,25 @@ def read_module(
     return net.eval(), masks
 
 
+def check_max_parameters(value: Any) -> None:
+    """Refuse a ``max_parameters`` (of :func:`load`) that is not a positive int or None.
+
+    Raises
+    ------
+    ValueError
+        Naming the value.
+    """
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                              or value < 1):
+        raise ValueError(_BAD_MAX_PARAMETERS.format(value=value))
+
+
 def load(
     path: str | os.PathLike,
     *,
     module: nn.Module | None = None,
     estimator_class: type | None = None,
+    max_parameters: int | None = None,
 ) -> Any:
     """Read a file written by :func:`save`.
 
@@ -709,6 +739,10 @@ def load(
         For a file holding an estimator: the class that reads it (``estimator_class.load``).
         Without it, :class:`~rest_fair.RESTClassifier` reads it, with a ``FutureWarning``
         (deprecated: call ``RESTClassifier.load(path)``).
+    max_parameters : int or None, default=None
+        Refuse a file whose network holds more values (weights, biases, buffers) than
+        this, before allocating it: for files from untrusted sources, where a tiny file may
+        name a huge, nearly empty sparse layer.
 
     Returns
     -------
@@ -723,6 +757,7 @@ def load(
         is inconsistent.
     """
     path = os.fspath(path)
+    check_max_parameters(max_parameters)
     header, arrays = read(path)
     if header.get("kind") == "estimator":
         if estimator_class is None:
@@ -730,7 +765,9 @@ def load(
             from ..estimator import RESTClassifier
 
             estimator_class = RESTClassifier
-        return estimator_class.load(path)
+        if max_parameters is None:
+            return estimator_class.load(path)
+        return estimator_class.load(path, max_parameters=max_parameters)
     with malformed(path):
         kind = header["kind"]
         if kind != "module":
@@ -740,5 +777,6 @@ def load(
                         ("module", "input_shape", "n_classes", "module_params")]
         if module is None and architecture[0] not in MODULE_NAMES:
             raise ModelFileError(_NEED_MODULE.format(path=path, cls=header.get("class")))
-    net, masks = read_module(path, header, arrays, module=module, architecture=architecture)
+    net, masks = read_module(path, header, arrays, module=module, architecture=architecture,
+                             max_parameters=max_parameters)
     return net, masks, metadata

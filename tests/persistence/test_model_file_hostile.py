@@ -279,3 +279,48 @@ def test_a_fitted_estimator_still_round_trips(tmp_path):
     clf2 = RESTClassifier.load(tmp_path / "clf.rest")
     assert list(clf2.classes_) == ["no", "yes"]
     np.testing.assert_array_equal(clf2.predict_proba(X), clf.predict_proba(X))
+
+
+def test_max_parameters_refuses_a_network_larger_than_asked_before_allocating_it(tmp_path):
+    path = _saved(tmp_path)
+    net, _, _ = load(path)
+    count = sum(t.numel() for t in net.state_dict().values())
+    with pytest.raises(ModelFileError, match=rf"network of {count} values.*max_parameters="
+                                             rf"{count - 1}; nothing was allocated"):
+        load(path, max_parameters=count - 1)
+    again, _, _ = load(path, max_parameters=count)
+    for key, value in net.state_dict().items():
+        assert torch.equal(again.state_dict()[key], value)
+    # a layer of 10^12 weights, all inactive, named by a file of a few kB: refused unbuilt
+    header, arrays = _parts(path)
+    first = header["tensors"][0]
+    first.update(shape=[1, 10**12], encoding="csr", nnz=0)
+    arrays = {k: v for k, v in arrays.items() if not k.startswith("t0.")}
+    arrays.update({"t0.values": np.zeros(0, np.float32), "t0.crow": np.zeros(2, np.int32),
+                   "t0.col": np.zeros(0, np.int32)})
+    with pytest.raises(ModelFileError, match=r"network of 1000000\d+ values .*, more than "
+                                             r"max_parameters=1000000;"):
+        load(_forge(tmp_path / "huge.rest", header, arrays), max_parameters=10**6)
+
+
+@pytest.mark.parametrize("value", [0, -1, 1.5, True, "9"])
+def test_max_parameters_must_be_a_positive_int(tmp_path, value):
+    path = _saved(tmp_path)
+    with pytest.raises(ValueError, match="max_parameters must be a positive int or None"):
+        load(path, max_parameters=value)
+    with pytest.raises(ValueError, match="max_parameters must be a positive int or None"):
+        RESTClassifier.load(path, max_parameters=value)
+
+
+def test_an_estimator_file_is_bounded_by_max_parameters(tmp_path):
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((60, 5)).astype(np.float32), np.arange(60) % 2
+    clf = RESTClassifier(max_epochs=1, random_state=0).fit(X, y)
+    clf.save(tmp_path / "clf.rest")
+    count = sum(t.numel() for t in clf.module_.state_dict().values())
+    with pytest.raises(ModelFileError, match=f"network of {count} values"):
+        RESTClassifier.load(tmp_path / "clf.rest", max_parameters=10)
+    with pytest.warns(FutureWarning), pytest.raises(ModelFileError, match="max_parameters=10;"):
+        load(tmp_path / "clf.rest", max_parameters=10)
+    loaded = RESTClassifier.load(tmp_path / "clf.rest", max_parameters=count)
+    np.testing.assert_array_equal(loaded.predict_proba(X), clf.predict_proba(X))
