@@ -47,9 +47,11 @@ from .training.parts import TrainConfig, build_parts
 __all__ = ["fit_estimator", "is_device_name", "remember_network_params", "resolve_device"]
 
 #: Held by a fit while it seeds and draws from the process's global torch random state
-#: (the module's initialisation, dropout): fits in threads of one process take turns, so
-#: that each draws what it would alone. Re-entrant, for the fit JTT runs inside a fit.
-_GLOBAL_RANDOM_STATE = threading.RLock()
+#: (the module's initialisation, dropout), and by a prediction while it keeps a copy of that
+#: state to restore: fits and predictions in threads of one process take turns, so that each
+#: fit draws what it would alone. Re-entrant, for the fit JTT runs inside a fit and for a
+#: prediction made during a fit (a callback's).
+GLOBAL_RANDOM_STATE = threading.RLock()
 
 NO_CUDA = "device={!r} was requested but CUDA is not available on this machine."
 BAD_DEVICE = "device must be 'auto', 'cpu', 'cuda', 'cuda:<i>' or a torch.device; got {!r}."
@@ -384,7 +386,7 @@ def _built_run(est: Any, data: FitData, config: TrainConfig, callbacks: list, *,
     try:
         cuda = ([torch.cuda.current_device() if world.device.index is None
                  else world.device.index] if world.device.type == "cuda" else [])
-        with (_GLOBAL_RANDOM_STATE, torch.random.fork_rng(devices=cuda),
+        with (GLOBAL_RANDOM_STATE, torch.random.fork_rng(devices=cuda),
               _training_modes(world.device)):
             # only the generators forked here: torch.manual_seed would also seed every CUDA
             # device (a CPU fit's seed would reach the GPUs, to stay after fit)

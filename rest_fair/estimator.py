@@ -15,7 +15,12 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted
 
 from ._data import make_source
-from ._fit import fit_estimator, is_device_name, remember_network_params
+from ._fit import (
+    GLOBAL_RANDOM_STATE,
+    fit_estimator,
+    is_device_name,
+    remember_network_params,
+)
 from ._inputs import _FLOAT32_MAX, check_x
 from ._validation import Interval, Options, TypeOf, check_params
 from .efficiency import efficiency_report, export_sparse
@@ -526,8 +531,9 @@ or dict of columns, default=None
         module = getattr(self, "inference_module_", None) or self.module_
         # a torch Dataset's loader draws its seed from torch's global generator: from a
         # copy, so that predicting leaves the caller's draws as they were (its items are
-        # read with numpy's and Python's generators kept too, by the source)
-        with torch.random.fork_rng(devices=[]):
+        # read with numpy's and Python's generators kept too, by the source); taking turns
+        # with fits in other threads, whose draws the restored copy would otherwise rewind
+        with GLOBAL_RANDOM_STATE, torch.random.fork_rng(devices=[]):
             source = make_source(X, device=device, num_workers=self.num_workers)
             try:
                 logits = predict_logits(module, source, batch_size=max(self.batch_size, 512),

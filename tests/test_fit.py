@@ -40,3 +40,31 @@ def test_fits_in_threads_of_one_process_equal_fits_one_after_another():
         thread.join()
     for seed in range(4):
         np.testing.assert_array_equal(together[seed], alone[seed])
+
+
+def test_predicting_in_another_thread_leaves_a_fits_random_state_alone():
+    """Predicting restores torch's global generator afterwards: in a thread of its own,
+    while another thread fits, it must not rewind the fit's draws."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(400, 20)).astype(np.float32)
+    y = (X[:, 0] > 0).astype(int)
+    params = {**PARAMS, "module_params": {"hidden_layer_sizes": (256, 256, 256)},
+              "max_epochs": 1}
+    alone = RESTClassifier(random_state=0, **params).fit(X, y).predict_proba(X)
+    other = RESTClassifier(random_state=1, **PARAMS).fit(X, y)
+    done = threading.Event()
+    predictions = []
+
+    def predict_until_done():
+        while not done.is_set():
+            predictions.append(other.predict_proba(X[:8]))
+
+    thread = threading.Thread(target=predict_until_done)
+    thread.start()
+    try:
+        beside = RESTClassifier(random_state=0, **params).fit(X, y).predict_proba(X)
+    finally:
+        done.set()
+        thread.join()
+    assert predictions
+    np.testing.assert_array_equal(beside, alone)
