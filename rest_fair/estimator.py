@@ -518,7 +518,8 @@ or dict of columns, default=None
 
         The network computes in float32 whatever ``precision`` it was trained with, in
         evaluation mode, without gradients; the module's mode, torch's gradient mode and the
-        global torch random state are left as they were.
+        global torch random state are left as they were (a prediction waits for fits running
+        in other threads of the process, which draw from that state).
 
         Raises
         ------
