@@ -133,10 +133,12 @@ class GroupDROObjective:
         self.adjustment = float(adjustment)
         self.group_adjustment = _group_adjustment(n_groups, self.adjustment, group_sizes,
                                                   device=device)
-        self.q = torch.full((n_groups,), 1.0 / n_groups, device=device)
-        trained = None if group_sizes is None else torch.as_tensor(group_sizes).cpu() > 0
-        if trained is not None and 0 < int(trained.sum()) < n_groups:
-            self.q = torch.where(trained.to(device), 1.0 / int(trained.sum()), 0.0)
+        # uniform over the groups with training samples (all of them, without sizes)
+        trained = (torch.ones(n_groups, dtype=torch.bool) if group_sizes is None
+                   else torch.as_tensor(group_sizes).cpu() > 0)
+        if not trained.any():
+            trained[:] = True
+        self.q = torch.where(trained.to(device), 1.0 / int(trained.sum()), 0.0)
         self.history: list[list[float]] = []
         self.all_reduce = all_reduce
         self.world_size = int(world_size)

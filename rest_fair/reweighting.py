@@ -130,6 +130,11 @@ def aligned_groups(y_codes: np.ndarray, group_codes: np.ndarray) -> dict[int, in
         Class code -> code of its aligned (majority) group.
     """
     classes, groups, counts, _ = _cells(y_codes, group_codes)
+    return _aligned(classes, groups, counts)
+
+
+def _aligned(classes: np.ndarray, groups: np.ndarray, counts: np.ndarray) -> dict[int, int]:
+    """:func:`aligned_groups` from the cells :func:`_cells` returns."""
     # within each class, the largest count first and among equal counts the smallest group
     order = np.lexsort((groups, -counts, classes))
     first = np.ones(len(order), dtype=bool)
@@ -140,8 +145,8 @@ def aligned_groups(y_codes: np.ndarray, group_codes: np.ndarray) -> dict[int, in
 
 def minority_mask(y_codes: np.ndarray, group_codes: np.ndarray) -> np.ndarray:
     """Whether each sample lies outside the aligned group of its class."""
-    aligned = aligned_groups(y_codes, group_codes)
-    classes, groups, _, inverse = _cells(y_codes, group_codes)
+    classes, groups, counts, inverse = _cells(y_codes, group_codes)
+    aligned = _aligned(classes, groups, counts)
     outside = np.array([aligned[int(c)] != int(g) for c, g in zip(classes, groups, strict=True)],
                        dtype=bool)
     return outside[inverse]

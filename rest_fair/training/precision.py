@@ -46,15 +46,16 @@ class Precision:
         self.scaler = torch.amp.GradScaler("cuda") if name == "16-mixed" else None
 
     def autocast(self) -> contextlib.AbstractContextManager:
-        """Context of the forward pass and the loss: autocast to ``dtype``, or off for
-        ``"32"`` (also inside a caller's autocast).
+        """Context of the forward pass and the loss: autocast to ``dtype``, or nothing for
+        ``"32"`` (``fit`` turns a caller's autocast off around the whole run, so the step
+        adds no context of its own).
 
         Autocast's cache of cast weights is not used: torch empties it only when the
         outermost autocast exits, so inside a caller's autocast it would serve the weights
         of the first step to every later one.
         """
         if self.dtype is None:
-            return torch.autocast(self.device.type, enabled=False)
+            return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.dtype, cache_enabled=False)
 
     def backward(self, loss: torch.Tensor) -> None:
