@@ -66,6 +66,24 @@ NO_VALIDATION = (
     "least one sample held out and two classes left to train on): the model of the last "
     "epoch is kept. Pass validation_data, or more samples."
 )
+VALIDATION_WITHOUT_GROUPS = (
+    "fit got groups but validation_data has none: the epoch kept is chosen by validation "
+    "accuracy, not by worst-group accuracy. Pass validation_data=(X_val, y_val, groups_val) "
+    "to choose it by worst-group accuracy."
+)
+GROUPS_NOT_VALIDATED = (
+    "{n} group(s) with training samples have no validation samples: {groups}. The "
+    "worst-group accuracy that chooses the epoch kept cannot see them. Give validation_data "
+    "samples of these groups, or hold out more (validation_fraction)."
+)
+SMALL_VALIDATION_GROUPS = (
+    "{n} validation group(s) have fewer than {min} samples: {groups} (samples in brackets). "
+    "The worst-group accuracy that chooses the epoch kept moves in steps of 1/n on a group "
+    "of n samples, so the choice is noisy. Give validation_data more samples of these "
+    "groups, or hold out more (validation_fraction)."
+)
+#: Validation groups with fewer samples than this are named in a warning by ``fit``.
+SMALL_VALIDATION_GROUP = 10
 WARM_START_CHANGED = (
     "warm_start=True continues the fitted network and its masks, but {name} changed: it was "
     "{before!r}, now {after!r}. Set warm_start=False (or the previous value) to fit anew."
@@ -166,22 +184,68 @@ def _split(
     return idx, None
 
 
-def _hold_out(data: FitData, fraction: float, seed: int, device: torch.device,
+def _hold_out(data: FitData, fraction: float, seed: int, world: LocalContext,
               num_workers: int) -> tuple[np.ndarray, EvalSet | None]:
-    """The training rows and the validation set: ``validation_data``, or a split."""
+    """The training rows and the validation set: ``validation_data``, or a split.
+
+    Its warnings (no validation set, groups it cannot judge) come from rank 0 only.
+    """
+    device = world.device
     if data.validation is not None:
         X_val, y_val, g_val = data.validation
+        if world.is_main:
+            _check_selection(data, data.groups, g_val, data.validation_group_labels)
         return np.arange(len(data.y)), EvalSet(
             make_source(X_val, device=device, num_workers=num_workers), y_val, g_val)
     train_idx, val_idx = _split(data.y, data.groups, fraction, seed)
     if val_idx is None:
-        if fraction > 0:
+        if fraction > 0 and world.is_main:
             warnings.warn(NO_VALIDATION.format(fraction=fraction, n=len(data.y)), UserWarning,
                           stacklevel=6)  # the caller of RESTClassifier.fit
         return train_idx, None
+    if world.is_main:
+        _check_selection(data, data.groups[train_idx], data.groups[val_idx], data.group_labels)
     return train_idx, EvalSet(
         make_source(take(data.X, val_idx), device=device, num_workers=num_workers),
         data.y[val_idx], data.groups[val_idx] if data.has_groups else None)
+
+
+def _named(labels: list, counts: dict | None = None, most: int = 5) -> str:
+    """The first ``most`` group labels (with their counts), and how many more there are."""
+    def name(label: Any) -> str:
+        label = label.item() if isinstance(label, np.generic) else label
+        return repr(label) if counts is None else f"{label!r} ({counts[label]})"
+    more = f", and {len(labels) - most} more" if len(labels) > most else ""
+    return ", ".join(name(label) for label in labels[:most]) + more
+
+
+def _check_selection(data: FitData, train_codes: np.ndarray, valid_codes: np.ndarray | None,
+                     valid_labels: list | None) -> None:
+    """Warn where worst-group selection on the validation groups is blind or noisy.
+
+    Named are: groups given to ``fit`` with ``validation_data`` that has none; groups with
+    training samples and no validation sample; validation groups with fewer than
+    :data:`SMALL_VALIDATION_GROUP` samples.
+    """
+    if not data.has_groups:
+        return
+    if valid_codes is None:
+        warnings.warn(VALIDATION_WITHOUT_GROUPS, UserWarning, stacklevel=7)
+        return
+    sizes = np.bincount(valid_codes, minlength=len(valid_labels))
+    valid_sizes = {label: int(n) for label, n in zip(valid_labels, sizes, strict=True)
+                   if n > 0}
+    trained = [data.group_labels[code] for code in np.unique(train_codes)]
+    unseen = [label for label in trained if label not in valid_sizes]
+    if unseen:
+        warnings.warn(GROUPS_NOT_VALIDATED.format(n=len(unseen), groups=_named(unseen)),
+                      UserWarning, stacklevel=7)
+    small = sorted((label for label, n in valid_sizes.items() if n < SMALL_VALIDATION_GROUP),
+                   key=valid_sizes.get)
+    if small:
+        warnings.warn(SMALL_VALIDATION_GROUPS.format(
+            n=len(small), min=SMALL_VALIDATION_GROUP, groups=_named(small, valid_sizes)),
+            UserWarning, stacklevel=7)
 
 
 def _plain(value: Any) -> Any:
@@ -370,8 +434,7 @@ def _built_run(est: Any, data: FitData, config: TrainConfig, callbacks: list, *,
         seed = seed if saved is None else int(saved)
     seed = world.broadcast_object(seed)  # one split, one generator for all ranks
     precision = Precision(est.precision, world.device)
-    train_idx, valid = _hold_out(data, est.validation_fraction, seed, world.device,
-                                 est.num_workers)
+    train_idx, valid = _hold_out(data, est.validation_fraction, seed, world, est.num_workers)
     # hashing the data costs a pass over it: done only when a check or checkpoint asks
     fingerprint = functools.cache(functools.partial(
         _fingerprint, est.get_params(deep=False), est.input_shape_, data, valid,

@@ -99,6 +99,7 @@ class FitData:
     has_groups: bool
     sample_weight: np.ndarray
     validation: tuple | None  # validation_data: (X_val, class codes, group codes or None)
+    validation_group_labels: list | None = None  # the labels of validation_data's group codes
 
     def rows(self, idx: np.ndarray) -> FitData:
         """The data of the rows ``idx`` (sorted; ``X`` is only indexed for fewer rows)."""
@@ -120,10 +121,12 @@ def check_inputs(est: Any, X: Any, y: Any, groups: Any, sample_weight: Any,
     if warm:
         _check_warm_start(est.classes_, classes, shape_before, est.input_shape_)
     group_codes, group_labels = encode_groups(groups, len(y))
+    validation, validation_group_labels = (
+        (None, None) if validation_data is None
+        else _check_validation(est, validation_data, classes))
     return FitData(
         X, y_codes, classes, group_codes, group_labels, groups is not None,
-        check_sample_weight(sample_weight, len(y)),
-        None if validation_data is None else _check_validation(est, validation_data, classes),
+        check_sample_weight(sample_weight, len(y)), validation, validation_group_labels,
     )
 
 
@@ -225,8 +228,10 @@ def _check_warm_start(classes_before: np.ndarray, classes: np.ndarray,
             what="the input shape", before=tuple(shape_before), after=shape))
 
 
-def _check_validation(est: Any, validation_data: Any,
-                      classes: np.ndarray) -> tuple[Any, np.ndarray, np.ndarray | None]:
+def _check_validation(
+    est: Any, validation_data: Any, classes: np.ndarray
+) -> tuple[tuple[Any, np.ndarray, np.ndarray | None], list | None]:
+    """``(X_val, class codes, group codes or None)`` and the labels of the group codes."""
     if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
         raise ValueError(BAD_VALIDATION_DATA.format(type(validation_data).__name__))
     X_val, y_val = check_x(est, validation_data[0]), validation_data[1]
@@ -239,9 +244,9 @@ def _check_validation(est: Any, validation_data: Any,
     unknown = set(np.unique(y_val)) - set(classes)
     if unknown:
         raise ValueError(UNSEEN_LABELS.format(labels=sorted(_plain(v) for v in unknown)))
-    g_codes = (None if groups_val is None
-               else encode_groups(groups_val, n, what="validation groups")[0])
-    return X_val, np.searchsorted(classes, y_val), g_codes
+    g_codes, g_labels = (None, None) if groups_val is None else encode_groups(
+        groups_val, n, what="validation groups")
+    return (X_val, np.searchsorted(classes, y_val), g_codes), g_labels
 
 
 def check_x(est: Any, X: Any, *, fitted: Any = None) -> Any:

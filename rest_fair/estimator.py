@@ -212,6 +212,8 @@ class RESTClassifier(ClassifierMixin, BaseEstimator):
     validation_fraction : float in [0, 1), default=0.1
         Share of the training data held out (stratified by class and group) for model
         selection, unless ``validation_data`` is given to ``fit``. ``0`` keeps the last epoch.
+        ``fit`` warns where a group with training samples has no validation sample, or a
+        validation group has fewer than 10.
     device : str or torch.device, default="auto"
         ``"auto"`` uses CUDA when available.
     precision : {"32", "bf16", "16-mixed"}, default="32"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import pickle
 import sys
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -533,6 +534,51 @@ def test_a_validation_fraction_that_leaves_no_validation_set_warns():
         clf = _clf(validation_fraction=0.05, max_epochs=2).fit(X, y)
     assert seen[0].filename == __file__  # points at the caller's fit
     assert clf.best_epoch_ == 2  # the last epoch is kept
+
+
+def _group_data(n_small: int, n_tiny: int):
+    rng = np.random.default_rng(0)
+    n = 300 + n_small + n_tiny
+    X = rng.random((n, 4), dtype=np.float32)
+    y = np.arange(n) % 2
+    g = np.array(["big"] * 300 + ["small"] * n_small + ["tiny"] * n_tiny)
+    return X, y, g
+
+
+def _selection_warnings(record) -> list[str]:
+    return [str(w.message) for w in record
+            if "validation" in str(w.message) and "group" in str(w.message)]
+
+
+def test_worst_group_selection_that_cannot_see_a_group_warns():
+    X, y, g = _group_data(60, 3)  # 3 'tiny' samples: a 10 % split holds none of them out
+    with pytest.warns(UserWarning, match=r"1 group\(s\) with training samples have no "
+                      r"validation samples: 'tiny'") as seen:
+        _clf(max_epochs=1).fit(X, y, groups=g)
+    assert seen[0].filename == __file__  # points at the caller's fit
+    # validation_data without groups: the epoch is chosen by accuracy alone
+    with pytest.warns(UserWarning, match="validation_data has none") as seen:
+        _clf(max_epochs=1).fit(X, y, groups=g, validation_data=(X[:50], y[:50]))
+    assert seen[0].filename == __file__
+    # validation_data whose groups miss one of the training groups
+    with pytest.warns(UserWarning, match=r"no validation samples: 'small', 'tiny'"):
+        _clf(max_epochs=1).fit(X, y, groups=g, validation_data=(X[:50], y[:50], g[:50]))
+
+
+def test_small_validation_groups_are_named_with_their_sizes():
+    X, y, g = _group_data(60, 3)
+    X_val, y_val, g_val = X[250:], y[250:], g[250:]  # big 50, small 60, tiny 3
+    with pytest.warns(UserWarning, match=r"1 validation group\(s\) have fewer than 10 "
+                      r"samples: 'tiny' \(3\)") as seen:
+        _clf(max_epochs=1).fit(X, y, groups=g, validation_data=(X_val, y_val, g_val))
+    assert len(_selection_warnings(seen)) == 1
+    # enough validation samples of every group: no warning about the selection
+    X, y, g = _group_data(60, 10)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        _clf(max_epochs=1).fit(X, y, groups=g, validation_data=(X[250:], y[250:], g[250:]))
+        _clf(max_epochs=1).fit(X, y)  # no groups: selection by accuracy, as asked
+    assert _selection_warnings(seen) == []
 
 
 def test_the_sparsity_report_of_a_dense_fit_has_its_columns(data):
