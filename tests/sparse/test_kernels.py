@@ -41,8 +41,10 @@ def every_call_parallel(monkeypatch):
 
 @pytest.fixture
 def fresh_loader(monkeypatch, tmp_path):
-    """A loader that has not tried yet, building into an empty cache."""
+    """A loader that has not tried yet, building into an empty cache (also where the
+    environment switches the kernels off)."""
     monkeypatch.setenv("REST_FAIR_CACHE", str(tmp_path))
+    monkeypatch.delenv(kernels.ENV_SWITCH, raising=False)
     monkeypatch.setattr(kernels, "_lib", None)
     monkeypatch.setattr(kernels, "_reason", None)
     monkeypatch.setattr(kernels, "_tried", False)
@@ -280,7 +282,7 @@ def test_fit_with_set_equals_masked_fit(path):
     assert bool(calls) == (kind == "kernels")
 
 
-def test_kernels_build_where_a_compiler_exists():
+def test_kernels_build_where_a_compiler_exists(fresh_loader):
     if kernels._compiler() is None:
         pytest.skip("no C compiler on this machine")
     assert kernels.available(), kernels.unavailable_reason()
