@@ -4,7 +4,9 @@ leaves the process's global state (generators, grad mode, dtype) as it found it.
 from __future__ import annotations
 
 import contextlib
+import multiprocessing
 import random
+import warnings
 
 import numpy as np
 import pytest
@@ -72,6 +74,28 @@ def test_random_transforms_draw_the_same_with_and_without_workers(data):
     expected = without.predict_proba(X)
     assert np.array_equal(expected, again.predict_proba(X))
     assert np.array_equal(expected, workers.predict_proba(X))
+
+
+@pytest.fixture(params=["forkserver", "spawn"])
+def start_method(request):
+    """Data-loading workers started by ``forkserver`` (Python 3.14's default on Linux) or
+    ``spawn`` (macOS, Windows): the Dataset and what wraps it travel to them pickled."""
+    before = multiprocessing.get_start_method(allow_none=True)
+    multiprocessing.set_start_method(request.param, force=True)
+    yield request.param
+    multiprocessing.set_start_method(before, force=True)
+
+
+def test_workers_started_without_fork_read_the_same_items(data, start_method):
+    X, y, g = data
+    X, y, g = X[:200], y[:200], g[:200]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # tiny validation groups
+        expected = _clf(max_epochs=1).fit(_NoisyItems(X), y, groups=g)
+        workers = _clf(max_epochs=1, num_workers=1).fit(_NoisyItems(X), y, groups=g)
+    assert np.array_equal(expected.predict_proba(X), workers.predict_proba(X))
+    assert np.array_equal(expected.predict_proba(_NoisyItems(X)),
+                          workers.predict_proba(_NoisyItems(X)))
 
 
 class _NoisyTensorDataset(torch.utils.data.TensorDataset):
