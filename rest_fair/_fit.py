@@ -364,7 +364,8 @@ def _train_set(train: FitData, *, upweight: Any, reweight: str, batch_size: int,
         raise ValueError(DICT_WITHOUT_GROUPS.format(keys=", ".join(map(repr, upweight))))
     weights = cell_weights(train.y, train.groups, train.group_labels, upweight)
     per_sample = sample_weights_for(train.y, train.groups, weights)
-    if not np.any(train.sample_weight * per_sample > 0):  # drawn or weighted, all weigh 0
+    counted = train.sample_weight * per_sample > 0  # drawn or weighted: in some loss
+    if not np.any(counted):
         raise ValueError(NO_TRAINING_WEIGHT)
     loss_w = train.sample_weight * (per_sample if reweight == "loss" else 1.0)
     draw = per_sample if reweight == "sampler" and len(set(weights.values())) > 1 else None
@@ -378,8 +379,9 @@ def _train_set(train: FitData, *, upweight: Any, reweight: str, batch_size: int,
         n_groups=len(train.group_labels),
         sampler=EpochSampler(source.n_samples, batch_size, draw, generator,
                              rank=world.rank, world_size=world.world_size),
-        # GroupDRO's n_g: the training samples of each group that weigh something
-        group_sizes=torch.as_tensor(np.bincount(train.groups[train.sample_weight > 0],
+        # GroupDRO's n_g: the training samples of each group that some loss can count (a
+        # group that upweight weighs 0 is never drawn nor weighted, like one held out)
+        group_sizes=torch.as_tensor(np.bincount(train.groups[counted],
                                                 minlength=len(train.group_labels))),
     ), weights
 

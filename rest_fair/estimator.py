@@ -179,8 +179,8 @@ class RESTClassifier(ClassifierMixin, BaseEstimator):
         weights (not in the loss the network minimises), so groups with few training
         samples gain weight faster. ``n_g`` counts the training samples of group ``g``
         (after the validation split; with ``infer_groups="jtt"`` the error set and the
-        rest) that have a positive ``sample_weight``, each once, however large its
-        weight and whatever ``upweight`` does. The paper tunes ``C`` in
+        rest) that have a positive ``sample_weight`` and a positive ``upweight`` (a group
+        a dict weighs 0 has none), each once, however large their weights. The paper tunes ``C`` in
         ``{0, 1, 2, 3, 4, 5}``; ``0`` is plain GroupDRO.
     infer_groups : None or "jtt", default=None
         With ``"jtt"``, a short identification model is trained first and its misclassified

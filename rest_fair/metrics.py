@@ -50,6 +50,12 @@ _GROUPS_NOT_ROUTED = (
     "make_worst_group_scorer() and pass groups to the search, e.g. "
     "GridSearchCV(...).fit(X, y, groups=groups) or cross_validate(..., params={'groups': groups})."
 )
+_GROUPS_REQUEST_REPLACED = (
+    " It received sample_weight: scikit-learn's set_score_request replaces a scorer's "
+    "requests, so set_score_request(sample_weight=True) dropped the one for groups. Use "
+    "make_worst_group_scorer(sample_weight=True), or "
+    "set_score_request(groups=True, sample_weight=True)."
+)
 _ROUTING_DISABLED = (
     "make_worst_group_scorer needs scikit-learn metadata routing, otherwise `groups` never "
     "reaches the scorer (nor the estimator's fit). Call "
@@ -158,11 +164,12 @@ def worst_group_accuracy_score(
     float
     """
     if groups is None:
-        raise ValueError(_GROUPS_NOT_ROUTED)
+        raise ValueError(_GROUPS_NOT_ROUTED + (
+            "" if sample_weight is None else _GROUPS_REQUEST_REPLACED))
     return worst_group_accuracy(y_true, y_pred, groups, sample_weight=sample_weight)
 
 
-def make_worst_group_scorer() -> Any:
+def make_worst_group_scorer(*, sample_weight: bool = False) -> Any:
     """Scikit-learn scorer for worst-group accuracy that requests ``groups``.
 
     Use it in :class:`~sklearn.model_selection.GridSearchCV`,
@@ -172,8 +179,15 @@ def make_worst_group_scorer() -> Any:
     ``RESTClassifier(...).set_fit_request(groups=True)``. Without routing,
     ``GridSearchCV(...).fit(X, y, groups=g)`` sends ``g`` only to the CV splitter and
     fits a group-blind model. Like scikit-learn's own scorers, it does not ask for
-    ``sample_weight``; for a weighted worst-group accuracy request it with
-    ``make_worst_group_scorer().set_score_request(sample_weight=True)``.
+    ``sample_weight`` unless told to.
+
+    Parameters
+    ----------
+    sample_weight : bool, default=False
+        Also request ``sample_weight``, for a weighted worst-group accuracy (see
+        :func:`group_accuracies`). scikit-learn's ``set_score_request`` replaces a
+        scorer's requests rather than adding to them: on this scorer, call it with
+        ``groups=True`` as well.
 
     Returns
     -------
@@ -197,7 +211,8 @@ def make_worst_group_scorer() -> Any:
 
     if not get_config().get("enable_metadata_routing", False):
         raise RuntimeError(_ROUTING_DISABLED)
-    return make_scorer(worst_group_accuracy_score).set_score_request(groups=True)
+    return make_scorer(worst_group_accuracy_score).set_score_request(
+        groups=True, sample_weight=True if sample_weight else None)
 
 
 def _factorize(values: np.ndarray) -> tuple[np.ndarray, list]:

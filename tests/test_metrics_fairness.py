@@ -292,3 +292,33 @@ def test_scorer_takes_sample_weight_when_requested():
         assert scorer(Fixed(), X, Y, groups=G, sample_weight=w) > 0.5
     assert worst_group_accuracy_score(Y, P, groups=G, sample_weight=w) == pytest.approx(
         min(group_accuracies(Y, P, G, sample_weight=w).values()))
+
+
+def test_weighted_scorer_gets_groups_and_weights_in_cross_validate():
+    from sklearn.base import BaseEstimator, ClassifierMixin
+    from sklearn.model_selection import KFold, cross_validate
+
+    class Fixed(ClassifierMixin, BaseEstimator):
+        def fit(self, X, y, groups=None):
+            self.classes_ = np.unique(y)
+            return self
+
+        def predict(self, X):
+            return np.tile(P, 2)[np.asarray(X).ravel()]
+
+    X, y, g = np.arange(20).reshape(-1, 1), np.tile(Y, 2), np.tile(G, 2)
+    w = np.where(np.tile(P, 2) == y, 3.0, 1.0)
+    cv = KFold(2)
+    expected = [worst_group_accuracy(y[te], np.tile(P, 2)[te], g[te], sample_weight=w[te])
+                for _, te in cv.split(X)]
+    with sklearn.config_context(enable_metadata_routing=True):
+        est = Fixed().set_fit_request(groups=True)
+        scorer = make_worst_group_scorer(sample_weight=True)
+        got = cross_validate(est, X, y, scoring=scorer, cv=cv, error_score="raise",
+                             params={"groups": g, "sample_weight": w})["test_score"]
+        assert got == pytest.approx(expected)
+        # set_score_request replaces the requests: the error says how to keep groups
+        replaced = make_worst_group_scorer().set_score_request(sample_weight=True)
+        with pytest.raises(ValueError, match=r"make_worst_group_scorer\(sample_weight=True\)"):
+            cross_validate(est, X, y, scoring=replaced, cv=cv, error_score="raise",
+                           params={"groups": g, "sample_weight": w})

@@ -383,3 +383,20 @@ def test_groupdro_fit_gives_no_weight_to_a_group_held_out_whole():
         weights.append(clf.group_weight_history_[-1][2])
     assert 0.0 in weights  # held out: no weight, the other groups share it
     assert max(weights) > 0.3  # trained on: a third to start with
+
+
+@pytest.mark.parametrize("reweight", ["sampler", "loss"])
+def test_groupdro_fit_gives_no_weight_to_a_group_upweight_weighs_zero(reweight):
+    # upweight 0 keeps a group out of every loss, as a sample_weight of 0 does
+    X, y, conflict = _spurious(n=400)
+    groups = np.where(conflict, "minority", "majority").astype(object)
+    groups[:60] = "ignored"
+    params = dict(objective="groupdro", reweight=reweight, sparsity=0.0, max_epochs=1,
+                  validation_fraction=0.0, **FAST)
+    by_upweight = RESTClassifier(
+        upweight={"majority": 1.0, "minority": 1.0, "ignored": 0.0}, **params,
+    ).fit(X, y, groups=groups)
+    by_weight = RESTClassifier(upweight=None, **params).fit(
+        X, y, groups=groups, sample_weight=np.where(groups == "ignored", 0.0, 1.0))
+    assert by_weight.group_weight_history_[-1][0] == 0.0  # "ignored" sorts first
+    assert by_upweight.group_weight_history_[-1][0] == 0.0

@@ -57,6 +57,7 @@ import warnings
 import zipfile
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
+from numbers import Integral
 from typing import Any
 
 import numpy as np
@@ -704,15 +705,16 @@ def read_module(
 
 
 def check_max_parameters(value: Any) -> None:
-    """Refuse a ``max_parameters`` (of :func:`load`) that is not a positive int or None.
+    """Refuse a ``max_parameters`` (of :func:`load`) that is not a positive int or None
+    (a numpy integer is an int here, as in the estimator's parameters).
 
     Raises
     ------
     ValueError
         Naming the value.
     """
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int)
-                              or value < 1):
+    if value is not None and (isinstance(value, (bool, np.bool_))
+                              or not isinstance(value, Integral) or value < 1):
         raise ValueError(_BAD_MAX_PARAMETERS.format(value=value))
 
 

@@ -303,7 +303,16 @@ def test_max_parameters_refuses_a_network_larger_than_asked_before_allocating_it
         load(_forge(tmp_path / "huge.rest", header, arrays), max_parameters=10**6)
 
 
-@pytest.mark.parametrize("value", [0, -1, 1.5, True, "9"])
+def test_max_parameters_takes_a_numpy_integer(tmp_path):
+    path = _saved(tmp_path)
+    net, _, _ = load(path)
+    count = np.int64(sum(t.numel() for t in net.state_dict().values()))
+    load(path, max_parameters=count)
+    with pytest.raises(ModelFileError, match=rf"more than max_parameters={count - 1};"):
+        load(path, max_parameters=count - 1)
+
+
+@pytest.mark.parametrize("value", [0, -1, 1.5, True, "9", np.int64(0), np.bool_(True)])
 def test_max_parameters_must_be_a_positive_int(tmp_path, value):
     path = _saved(tmp_path)
     with pytest.raises(ValueError, match="max_parameters must be a positive int or None"):
