@@ -53,6 +53,13 @@ _NO_GRADIENT = (
     "regrow='gradient' needs the dense gradient of weight {!r}; call the update after "
     "backward() and before the gradients are cleared."
 )
+_NO_LAYER_GRADIENT = (
+    "regrow='gradient' (RigL) ranks the inactive weights of {name!r} by their gradient, but "
+    "{name!r} has none: the module's forward does not use it, or nothing it computes "
+    "reaches the loss (or the update ran before backward() or after the gradients were "
+    "cleared). Use it in forward, keep it dense (dense_layers=[{name!r}]), or regrow at "
+    "random (regrow='random', SET)."
+)
 
 
 class LayerStorage(Protocol):
@@ -203,6 +210,8 @@ def decide_layer(
     k = math.ceil(fraction * n_active)
     if k == 0 or n_active == mask.numel():
         return None
+    if regrow == "gradient" and param.grad is None:
+        raise ValueError(_NO_LAYER_GRADIENT.format(name=name))
     new_mask, _, grown = prune_and_regrow(
         param, mask, k, regrow=regrow, grad=param.grad, generator=generator
     )

@@ -147,6 +147,31 @@ def test_gradient_regrow_needs_gradient():
         prune_and_regrow(torch.ones(4), torch.tensor([1, 1, 0, 0]).bool(), 1, regrow="gradient")
 
 
+class _WithUnusedLayer(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.used, self.unused = nn.Linear(8, 2), nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.used(x)
+
+
+@pytest.mark.parametrize("sparse_compute", ["masked", "csr"])
+def test_a_weight_forward_never_uses_is_named_when_rigl_needs_its_gradient(sparse_compute):
+    from rest_fair import RESTClassifier
+
+    X = np.random.default_rng(0).random((200, 8), dtype=np.float32)
+    y = np.arange(200) % 2
+    params = dict(module=lambda input_shape, n_classes: _WithUnusedLayer(), sparsity=0.5,
+                  max_epochs=2, batch_size=32, sparse_compute=sparse_compute, random_state=0)
+    with pytest.raises(ValueError, match=r"'unused.weight' has none: the module's forward "
+                       r"does not use it.*dense_layers=\['unused.weight'\]"):
+        RESTClassifier(**params).fit(X, y)
+    # the advice works: kept dense, it is out of the topology updates
+    clf = RESTClassifier(**params, dense_layers=["unused.weight"]).fit(X, y)
+    assert "unused.weight" not in clf.masks_
+
+
 def test_update_topology_keeps_counts_zeroes_and_resets_optimizer_state():
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(20, 50), nn.ReLU(), nn.Linear(50, 4))
