@@ -203,11 +203,12 @@ def _hold_out(data: FitData, fraction: float, seed: int, world: LocalContext,
             warnings.warn(NO_VALIDATION.format(fraction=fraction, n=len(data.y)), UserWarning,
                           stacklevel=6)  # the caller of RESTClassifier.fit
         return train_idx, None
+    g_val = data.groups[val_idx] if data.has_groups else None
     if world.is_main:
-        _check_selection(data, data.groups[train_idx], data.groups[val_idx], data.group_labels)
+        _check_selection(data, data.groups[train_idx], g_val, data.group_labels)
     return train_idx, EvalSet(
         make_source(take(data.X, val_idx), device=device, num_workers=num_workers),
-        data.y[val_idx], data.groups[val_idx] if data.has_groups else None)
+        data.y[val_idx], g_val)
 
 
 def _named(labels: list, counts: dict | None = None, most: int = 5) -> str:
@@ -225,18 +226,17 @@ def _check_selection(data: FitData, train_codes: np.ndarray, valid_codes: np.nda
 
     Named are: groups given to ``fit`` with ``validation_data`` that has none; groups with
     training samples and no validation sample; validation groups with fewer than
-    :data:`SMALL_VALIDATION_GROUP` samples.
+    :data:`SMALL_VALIDATION_GROUP` samples (also where only ``validation_data`` has groups).
     """
-    if not data.has_groups:
-        return
     if valid_codes is None:
-        warnings.warn(VALIDATION_WITHOUT_GROUPS, UserWarning, stacklevel=7)
+        if data.has_groups:
+            warnings.warn(VALIDATION_WITHOUT_GROUPS, UserWarning, stacklevel=7)
         return
     sizes = np.bincount(valid_codes, minlength=len(valid_labels))
     valid_sizes = {label: int(n) for label, n in zip(valid_labels, sizes, strict=True)
                    if n > 0}
-    trained = [data.group_labels[code] for code in np.unique(train_codes)]
-    unseen = [label for label in trained if label not in valid_sizes]
+    unseen = [data.group_labels[code] for code in np.unique(train_codes)
+              if data.group_labels[code] not in valid_sizes] if data.has_groups else []
     if unseen:
         warnings.warn(GROUPS_NOT_VALIDATED.format(n=len(unseen), groups=_named(unseen)),
                       UserWarning, stacklevel=7)

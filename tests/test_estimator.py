@@ -572,6 +572,10 @@ def test_small_validation_groups_are_named_with_their_sizes():
                       r"samples: 'tiny' \(3\)") as seen:
         _clf(max_epochs=1).fit(X, y, groups=g, validation_data=(X_val, y_val, g_val))
     assert len(_selection_warnings(seen)) == 1
+    # groups for the selection only (none in training), as the group-blind baselines use them
+    with pytest.warns(UserWarning, match=r"fewer than 10 samples: 'tiny' \(3\)") as seen:
+        _clf(max_epochs=1).fit(X, y, validation_data=(X_val, y_val, g_val))
+    assert len(_selection_warnings(seen)) == 1
     # enough validation samples of every group: no warning about the selection
     X, y, g = _group_data(60, 10)
     with warnings.catch_warnings(record=True) as seen:
