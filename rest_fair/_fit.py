@@ -198,8 +198,8 @@ def _hold_out(data: FitData, fraction: float, seed: int, world: LocalContext,
     if data.validation is not None:
         X_val, y_val, g_val = data.validation
         if world.is_main:
-            _check_selection(data, data.groups, g_val, data.validation_group_labels,
-                             advice=MORE_VALIDATION_DATA)
+            _check_selection(data, data.groups[data.sample_weight > 0], g_val,
+                             data.validation_group_labels, advice=MORE_VALIDATION_DATA)
         return np.arange(len(data.y)), EvalSet(
             make_source(X_val, device=device, num_workers=num_workers), y_val, g_val)
     train_idx, val_idx = _split(data.y, data.groups, fraction, seed)
@@ -210,7 +210,8 @@ def _hold_out(data: FitData, fraction: float, seed: int, world: LocalContext,
         return train_idx, None
     g_val = data.groups[val_idx] if data.has_groups else None
     if world.is_main:
-        _check_selection(data, data.groups[train_idx], g_val, data.group_labels,
+        trained = train_idx[data.sample_weight[train_idx] > 0]
+        _check_selection(data, data.groups[trained], g_val, data.group_labels,
                          advice=MORE_HELD_OUT)
     return train_idx, EvalSet(
         make_source(take(data.X, val_idx), device=device, num_workers=num_workers),
@@ -230,8 +231,9 @@ def _check_selection(data: FitData, train_codes: np.ndarray, valid_codes: np.nda
                      valid_labels: list | None, *, advice: str) -> None:
     """Warn where worst-group selection on the validation groups is blind or noisy.
 
+    ``train_codes`` are the groups of the training samples of positive ``sample_weight``.
     Named are: groups given to ``fit`` with ``validation_data`` that has none; groups with
-    training samples and no validation sample; validation groups with fewer than
+    such training samples and no validation sample; validation groups with fewer than
     :data:`SMALL_VALIDATION_GROUP` samples, also where ``fit`` got no groups (validation
     groups alone choose the epoch, as with ``infer_groups="jtt"``). ``advice`` ends the
     last two.
