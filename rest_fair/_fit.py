@@ -73,14 +73,18 @@ VALIDATION_WITHOUT_GROUPS = (
 )
 GROUPS_NOT_VALIDATED = (
     "{n} group(s) with training samples have no validation samples: {groups}. The "
-    "worst-group accuracy that chooses the epoch kept cannot see them. Give validation_data "
-    "samples of these groups, or hold out more (validation_fraction)."
+    "worst-group accuracy that chooses the epoch kept cannot see them. {advice}"
 )
 SMALL_VALIDATION_GROUPS = (
     "{n} validation group(s) have fewer than {min} samples: {groups} (samples in brackets). "
     "The worst-group accuracy that chooses the epoch kept moves in steps of 1/n on a group "
-    "of n samples, so the choice is noisy. Give validation_data more samples of these "
-    "groups, or hold out more (validation_fraction)."
+    "of n samples, so the choice is noisy. {advice}"
+)
+#: The advice of those two warnings, by where the validation set comes from.
+MORE_VALIDATION_DATA = "Give validation_data more samples of these groups."
+MORE_HELD_OUT = (
+    "Hold out more (validation_fraction), or pass validation_data with more samples of "
+    "these groups."
 )
 #: Validation groups with fewer samples than this are named in a warning by ``fit``.
 SMALL_VALIDATION_GROUP = 10
@@ -194,7 +198,8 @@ def _hold_out(data: FitData, fraction: float, seed: int, world: LocalContext,
     if data.validation is not None:
         X_val, y_val, g_val = data.validation
         if world.is_main:
-            _check_selection(data, data.groups, g_val, data.validation_group_labels)
+            _check_selection(data, data.groups[data.sample_weight > 0], g_val,
+                             data.validation_group_labels, advice=MORE_VALIDATION_DATA)
         return np.arange(len(data.y)), EvalSet(
             make_source(X_val, device=device, num_workers=num_workers), y_val, g_val)
     train_idx, val_idx = _split(data.y, data.groups, fraction, seed)
@@ -205,7 +210,9 @@ def _hold_out(data: FitData, fraction: float, seed: int, world: LocalContext,
         return train_idx, None
     g_val = data.groups[val_idx] if data.has_groups else None
     if world.is_main:
-        _check_selection(data, data.groups[train_idx], g_val, data.group_labels)
+        trained = train_idx[data.sample_weight[train_idx] > 0]
+        _check_selection(data, data.groups[trained], g_val, data.group_labels,
+                         advice=MORE_HELD_OUT)
     return train_idx, EvalSet(
         make_source(take(data.X, val_idx), device=device, num_workers=num_workers),
         data.y[val_idx], g_val)
@@ -221,12 +228,15 @@ def _named(labels: list, counts: dict | None = None, most: int = 5) -> str:
 
 
 def _check_selection(data: FitData, train_codes: np.ndarray, valid_codes: np.ndarray | None,
-                     valid_labels: list | None) -> None:
+                     valid_labels: list | None, *, advice: str) -> None:
     """Warn where worst-group selection on the validation groups is blind or noisy.
 
+    ``train_codes`` are the groups of the training samples of positive ``sample_weight``.
     Named are: groups given to ``fit`` with ``validation_data`` that has none; groups with
-    training samples and no validation sample; validation groups with fewer than
-    :data:`SMALL_VALIDATION_GROUP` samples (also where only ``validation_data`` has groups).
+    such training samples and no validation sample; validation groups with fewer than
+    :data:`SMALL_VALIDATION_GROUP` samples, also where ``fit`` got no groups (validation
+    groups alone choose the epoch, as with ``infer_groups="jtt"``). ``advice`` ends the
+    last two.
     """
     if valid_codes is None:
         if data.has_groups:
@@ -235,17 +245,18 @@ def _check_selection(data: FitData, train_codes: np.ndarray, valid_codes: np.nda
     sizes = np.bincount(valid_codes, minlength=len(valid_labels))
     valid_sizes = {label: int(n) for label, n in zip(valid_labels, sizes, strict=True)
                    if n > 0}
-    unseen = [data.group_labels[code] for code in np.unique(train_codes)
-              if data.group_labels[code] not in valid_sizes] if data.has_groups else []
-    if unseen:
-        warnings.warn(GROUPS_NOT_VALIDATED.format(n=len(unseen), groups=_named(unseen)),
-                      UserWarning, stacklevel=7)
+    if data.has_groups:
+        trained = [data.group_labels[code] for code in np.unique(train_codes)]
+        unseen = [label for label in trained if label not in valid_sizes]
+        if unseen:
+            warnings.warn(GROUPS_NOT_VALIDATED.format(
+                n=len(unseen), groups=_named(unseen), advice=advice), UserWarning, stacklevel=7)
     small = sorted((label for label, n in valid_sizes.items() if n < SMALL_VALIDATION_GROUP),
                    key=valid_sizes.get)
     if small:
         warnings.warn(SMALL_VALIDATION_GROUPS.format(
-            n=len(small), min=SMALL_VALIDATION_GROUP, groups=_named(small, valid_sizes)),
-            UserWarning, stacklevel=7)
+            n=len(small), min=SMALL_VALIDATION_GROUP, groups=_named(small, valid_sizes),
+            advice=advice), UserWarning, stacklevel=7)
 
 
 def _plain(value: Any) -> Any:

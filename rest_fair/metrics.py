@@ -48,8 +48,11 @@ _GROUPS_NOT_ROUTED = (
     "The worst-group accuracy scorer received no `groups`. Enable metadata routing with "
     "sklearn.set_config(enable_metadata_routing=True), build the scorer with "
     "make_worst_group_scorer() and pass groups to the search, e.g. "
-    "GridSearchCV(...).fit(X, y, groups=groups) or cross_validate(..., params={'groups': groups})."
+    "GridSearchCV(...).fit(X, y, groups=groups) or "
+    "cross_validate(..., params={'groups': groups}). A set_score_request call on the "
+    "scorer replaces its request for groups unless it passes groups=True too."
 )
+_BAD_SCORER_WEIGHT = "sample_weight must be True, False or None; got {value!r}."
 _GROUPS_REQUEST_REPLACED = (
     " It received sample_weight: scikit-learn's set_score_request replaces a scorer's "
     "requests, so set_score_request(sample_weight=True) dropped the one for groups. Use "
@@ -169,7 +172,7 @@ def worst_group_accuracy_score(
     return worst_group_accuracy(y_true, y_pred, groups, sample_weight=sample_weight)
 
 
-def make_worst_group_scorer(*, sample_weight: bool = False) -> Any:
+def make_worst_group_scorer(*, sample_weight: bool | None = None) -> Any:
     """Scikit-learn scorer for worst-group accuracy that requests ``groups``.
 
     Use it in :class:`~sklearn.model_selection.GridSearchCV`,
@@ -179,15 +182,18 @@ def make_worst_group_scorer(*, sample_weight: bool = False) -> Any:
     ``RESTClassifier(...).set_fit_request(groups=True)``. Without routing,
     ``GridSearchCV(...).fit(X, y, groups=g)`` sends ``g`` only to the CV splitter and
     fits a group-blind model. Like scikit-learn's own scorers, it does not ask for
-    ``sample_weight`` unless told to.
+    ``sample_weight`` unless told to, and a search given ``sample_weight`` then raises
+    :class:`~sklearn.exceptions.UnsetMetadataPassedError` until it is told.
 
     Parameters
     ----------
-    sample_weight : bool, default=False
-        Also request ``sample_weight``, for a weighted worst-group accuracy (see
-        :func:`group_accuracies`). scikit-learn's ``set_score_request`` replaces a
-        scorer's requests rather than adding to them: on this scorer, call it with
-        ``groups=True`` as well.
+    sample_weight : bool or None, default=None
+        ``True``: also request ``sample_weight``, for a weighted worst-group accuracy (see
+        :func:`group_accuracies`). ``False``: do not, and score unweighted when a search
+        passes it (to the estimator's fit). ``None``: scikit-learn's default, an error when
+        a search passes it. scikit-learn's ``set_score_request`` replaces a scorer's
+        requests rather than adding to them: on this scorer, call it with ``groups=True``
+        as well.
 
     Returns
     -------
@@ -211,8 +217,10 @@ def make_worst_group_scorer(*, sample_weight: bool = False) -> Any:
 
     if not get_config().get("enable_metadata_routing", False):
         raise RuntimeError(_ROUTING_DISABLED)
+    if sample_weight is not None and not isinstance(sample_weight, (bool, np.bool_)):
+        raise ValueError(_BAD_SCORER_WEIGHT.format(value=sample_weight))
     return make_scorer(worst_group_accuracy_score).set_score_request(
-        groups=True, sample_weight=True if sample_weight else None)
+        groups=True, sample_weight=None if sample_weight is None else bool(sample_weight))
 
 
 def _factorize(values: np.ndarray) -> tuple[np.ndarray, list]:

@@ -585,6 +585,43 @@ def test_small_validation_groups_are_named_with_their_sizes():
     assert _selection_warnings(seen) == []
 
 
+def test_small_validation_groups_are_named_when_fit_got_no_groups():
+    # JTT's setting: no training groups, validation groups alone choose the epoch kept
+    X, y, g = _group_data(60, 3)
+    X_val, y_val, g_val = X[250:], y[250:], g[250:]  # big 50, small 60, tiny 3
+    for params in ({}, {"infer_groups": "jtt", "jtt_epochs": 1}):
+        with pytest.warns(UserWarning, match=r"1 validation group\(s\) have fewer than 10 "
+                          r"samples: 'tiny' \(3\)") as seen:
+            _clf(max_epochs=1, **params).fit(X, y, validation_data=(X_val, y_val, g_val))
+        assert seen[0].filename == __file__
+        assert "validation_fraction" not in str(seen[0].message)  # not read here
+
+
+def test_selection_warnings_advise_for_where_the_validation_set_comes_from():
+    X, y, g = _group_data(60, 3)
+    with pytest.warns(UserWarning, match=r"cannot see them\. Hold out more "
+                      r"\(validation_fraction\)"):
+        _clf(max_epochs=1).fit(X, y, groups=g)
+    with pytest.warns(UserWarning, match=r"cannot see them\. Give validation_data more "
+                      r"samples of these groups\.$"):
+        _clf(max_epochs=1).fit(X, y, groups=g, validation_data=(X[:50], y[:50], g[:50]))
+
+
+def test_a_group_weighed_zero_in_training_is_not_missed_by_the_selection():
+    # its samples train nothing: no validation sample of it is no blind spot
+    X, y, g = _group_data(60, 3)
+    weight = np.where(g == "tiny", 0.0, 1.0)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        _clf(max_epochs=1).fit(X, y, groups=g, sample_weight=weight)
+        _clf(max_epochs=1).fit(X, y, groups=g, sample_weight=weight,
+                               validation_data=(X[:50], y[:50], g[:50]))  # big only
+    assert [m for m in _selection_warnings(seen) if "no validation samples" in m] == [
+        "1 group(s) with training samples have no validation samples: 'small'. The "
+        "worst-group accuracy that chooses the epoch kept cannot see them. Give "
+        "validation_data more samples of these groups."]
+
+
 def test_the_sparsity_report_of_a_dense_fit_has_its_columns(data):
     X, y, _ = data
     report = _clf(sparsity=0.0, max_epochs=1).fit(X, y).sparsity_report()

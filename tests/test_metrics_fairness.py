@@ -322,3 +322,37 @@ def test_weighted_scorer_gets_groups_and_weights_in_cross_validate():
         with pytest.raises(ValueError, match=r"make_worst_group_scorer\(sample_weight=True\)"):
             cross_validate(est, X, y, scoring=replaced, cv=cv, error_score="raise",
                            params={"groups": g, "sample_weight": w})
+
+
+def test_scorer_told_not_to_weigh_scores_unweighted_where_a_search_passes_weights():
+    from sklearn.base import BaseEstimator, ClassifierMixin
+    from sklearn.exceptions import UnsetMetadataPassedError
+    from sklearn.model_selection import KFold, cross_validate
+
+    class Fixed(ClassifierMixin, BaseEstimator):
+        def fit(self, X, y, groups=None, sample_weight=None):
+            self.classes_ = np.unique(y)
+            return self
+
+        def predict(self, X):
+            return np.tile(P, 2)[np.asarray(X).ravel()]
+
+    X, y, g = np.arange(20).reshape(-1, 1), np.tile(Y, 2), np.tile(G, 2)
+    w = np.where(np.tile(P, 2) == y, 3.0, 1.0)
+    cv, params = KFold(2), {"groups": g, "sample_weight": w}
+    expected = [worst_group_accuracy(y[te], np.tile(P, 2)[te], g[te]) for _, te in cv.split(X)]
+    with sklearn.config_context(enable_metadata_routing=True):
+        est = Fixed().set_fit_request(groups=True, sample_weight=True)
+        scorer = make_worst_group_scorer(sample_weight=False)
+        assert cross_validate(est, X, y, scoring=scorer, cv=cv, error_score="raise",
+                              params=params)["test_score"] == pytest.approx(expected)
+        with pytest.raises(UnsetMetadataPassedError):  # scikit-learn's default: say which
+            cross_validate(est, X, y, scoring=make_worst_group_scorer(), cv=cv,
+                           error_score="raise", params=params)
+        # scikit-learn's advice for that error drops the request for groups: said so
+        replaced = make_worst_group_scorer().set_score_request(sample_weight=False)
+        with pytest.raises(ValueError, match=r"replaces its request for groups"):
+            cross_validate(est, X, y, scoring=replaced, cv=cv, error_score="raise",
+                           params=params)
+        with pytest.raises(ValueError, match="True, False or None"):
+            make_worst_group_scorer(sample_weight="weights")
