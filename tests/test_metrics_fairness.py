@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 import sklearn
 from fairlearn.metrics import MetricFrame
+from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.exceptions import DataConversionWarning
 
 from rest_fair.metrics import (
@@ -294,25 +295,32 @@ def test_scorer_takes_sample_weight_when_requested():
         min(group_accuracies(Y, P, G, sample_weight=w).values()))
 
 
+class _Fixed(ClassifierMixin, BaseEstimator):
+    """Predicts ``np.tile(P, 2)[X]`` for ``X`` of row numbers, whatever it was fitted on."""
+
+    def fit(self, X, y, groups=None, sample_weight=None):
+        self.classes_ = np.unique(y)
+        return self
+
+    def predict(self, X):
+        return np.tile(P, 2)[np.asarray(X).ravel()]
+
+
+def _routed_data():
+    """Row numbers, labels and groups of ``_Fixed``, and weights (3 where it is right)."""
+    y = np.tile(Y, 2)
+    return np.arange(20).reshape(-1, 1), y, np.tile(G, 2), np.where(np.tile(P, 2) == y, 3.0, 1.0)
+
+
 def test_weighted_scorer_gets_groups_and_weights_in_cross_validate():
-    from sklearn.base import BaseEstimator, ClassifierMixin
     from sklearn.model_selection import KFold, cross_validate
 
-    class Fixed(ClassifierMixin, BaseEstimator):
-        def fit(self, X, y, groups=None):
-            self.classes_ = np.unique(y)
-            return self
-
-        def predict(self, X):
-            return np.tile(P, 2)[np.asarray(X).ravel()]
-
-    X, y, g = np.arange(20).reshape(-1, 1), np.tile(Y, 2), np.tile(G, 2)
-    w = np.where(np.tile(P, 2) == y, 3.0, 1.0)
+    X, y, g, w = _routed_data()
     cv = KFold(2)
     expected = [worst_group_accuracy(y[te], np.tile(P, 2)[te], g[te], sample_weight=w[te])
                 for _, te in cv.split(X)]
     with sklearn.config_context(enable_metadata_routing=True):
-        est = Fixed().set_fit_request(groups=True)
+        est = _Fixed().set_fit_request(groups=True, sample_weight=False)
         scorer = make_worst_group_scorer(sample_weight=True)
         got = cross_validate(est, X, y, scoring=scorer, cv=cv, error_score="raise",
                              params={"groups": g, "sample_weight": w})["test_score"]
@@ -325,24 +333,14 @@ def test_weighted_scorer_gets_groups_and_weights_in_cross_validate():
 
 
 def test_scorer_told_not_to_weigh_scores_unweighted_where_a_search_passes_weights():
-    from sklearn.base import BaseEstimator, ClassifierMixin
     from sklearn.exceptions import UnsetMetadataPassedError
     from sklearn.model_selection import KFold, cross_validate
 
-    class Fixed(ClassifierMixin, BaseEstimator):
-        def fit(self, X, y, groups=None, sample_weight=None):
-            self.classes_ = np.unique(y)
-            return self
-
-        def predict(self, X):
-            return np.tile(P, 2)[np.asarray(X).ravel()]
-
-    X, y, g = np.arange(20).reshape(-1, 1), np.tile(Y, 2), np.tile(G, 2)
-    w = np.where(np.tile(P, 2) == y, 3.0, 1.0)
+    X, y, g, w = _routed_data()
     cv, params = KFold(2), {"groups": g, "sample_weight": w}
     expected = [worst_group_accuracy(y[te], np.tile(P, 2)[te], g[te]) for _, te in cv.split(X)]
     with sklearn.config_context(enable_metadata_routing=True):
-        est = Fixed().set_fit_request(groups=True, sample_weight=True)
+        est = _Fixed().set_fit_request(groups=True, sample_weight=True)
         scorer = make_worst_group_scorer(sample_weight=False)
         assert cross_validate(est, X, y, scoring=scorer, cv=cv, error_score="raise",
                               params=params)["test_score"] == pytest.approx(expected)
