@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import random
 from collections.abc import Iterator
+from numbers import Integral
 from typing import Any
 
 import numpy as np
@@ -331,6 +332,24 @@ class _DatasetSource(BatchSource):
         self._loaders.clear()
 
 
+BAD_TOKEN_IDS = "TokenizedText ids must be a 1-D array of integers from 0 to 2**31 - 1; {problem}."
+BAD_TOKEN_OFFSETS = (
+    "TokenizedText offsets must be a 1-D array of integers that starts at 0, never decreases "
+    "and ends at the number of ids ({n_ids}); {problem}."
+)
+BAD_PAD_TOKEN = "TokenizedText pad_token_id must be a non-negative integer; got {value!r}."
+_INT32_MAX = 2**31 - 1
+
+
+def _integers(values: Any, what: str) -> np.ndarray:
+    array = np.asarray(values)
+    if array.ndim != 1:
+        raise ValueError(what.format(problem=f"got {array.ndim} dimensions"))
+    if array.size and array.dtype.kind not in "iu":
+        raise ValueError(what.format(problem=f"got dtype {array.dtype}"))
+    return array
+
+
 class TokenizedText:
     """Token ids of many texts, stored end to end (no padding).
 
@@ -342,9 +361,32 @@ class TokenizedText:
         Text ``i`` is ``ids[offsets[i]:offsets[i + 1]]``.
     pad_token_id : int
         Id used to pad a batch.
+
+    Raises
+    ------
+    ValueError
+        If ``ids`` are not integers from 0 to ``2**31 - 1``, or ``offsets`` do not cut
+        them into texts (they must start at 0, never decrease and end at ``len(ids)``).
     """
 
     def __init__(self, ids: np.ndarray, offsets: np.ndarray, *, pad_token_id: int) -> None:
+        ids = _integers(ids, BAD_TOKEN_IDS)
+        if ids.size and (ids.min() < 0 or ids.max() > _INT32_MAX):
+            raise ValueError(BAD_TOKEN_IDS.format(
+                problem=f"they range from {ids.min()} to {ids.max()}"))
+        offsets = _integers(offsets, BAD_TOKEN_OFFSETS.replace("{n_ids}", str(len(ids))))
+        problem = None
+        if not offsets.size:
+            problem = "they are empty"
+        elif offsets[0] != 0 or offsets[-1] != len(ids):
+            problem = f"they run from {offsets[0]} to {offsets[-1]}"
+        elif (falls := np.flatnonzero(np.diff(offsets) < 0)).size:
+            problem = f"they decrease after text {int(falls[0])}"
+        if problem is not None:
+            raise ValueError(BAD_TOKEN_OFFSETS.format(n_ids=len(ids), problem=problem))
+        if (isinstance(pad_token_id, (bool, np.bool_)) or not isinstance(pad_token_id, Integral)
+                or pad_token_id < 0):
+            raise ValueError(BAD_PAD_TOKEN.format(value=pad_token_id))
         self.ids = np.ascontiguousarray(ids, dtype=np.int32)
         self.offsets = np.ascontiguousarray(offsets, dtype=np.int64)
         self.pad_token_id = int(pad_token_id)

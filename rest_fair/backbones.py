@@ -43,6 +43,7 @@ __all__ = [
     "build_torchvision",
     "check_hf_params",
     "check_torchvision",
+    "hf_token_limits",
     "is_backbone",
     "load_state_dict_file",
     "load_tokenizer",
@@ -577,19 +578,37 @@ def load_tokenizer(module: str, module_params: Mapping[str, Any] | None = None) 
 
 def _max_positions(module: str, transformers: Any, params: Mapping[str, Any]) -> int | None:
     """The number of positions the model's configuration embeds, if it says."""
+    config = _config(module, transformers, params)
+    return None if config is None else _positions(config)
+
+
+def _config(module: str, transformers: Any, params: Mapping[str, Any]) -> Any:
+    """The model's configuration, or ``None`` where it cannot be loaded."""
     try:
-        config = _from_pretrained(module, transformers.AutoConfig,
-                                  module.removeprefix(HF_PREFIX), revision=params.get("revision"),
-                                  local_files_only=params.get("local_files_only"),
-                                  what="the model's configuration")
+        return _from_pretrained(module, transformers.AutoConfig, module.removeprefix(HF_PREFIX),
+                                revision=params.get("revision"),
+                                local_files_only=params.get("local_files_only"),
+                                what="the model's configuration")
     except (OSError, ValueError):  # the model load that follows says what is wrong
         return None
-    return _positions(config)
 
 
 def _positions(config: Any) -> int | None:
     positions = getattr(config, "max_position_embeddings", None)
     return positions if isinstance(positions, int) and positions > 0 else None
+
+
+def _vocab_size(config: Any) -> int | None:
+    size = getattr(config, "vocab_size", None)
+    return size if isinstance(size, int) and size > 0 else None
+
+
+def hf_token_limits(module: str, params: Mapping[str, Any]) -> tuple[int | None, int | None]:
+    """``(vocabulary size, positions)`` that ``module``'s configuration gives, each ``None``
+    where it does not say (or cannot be loaded: building the model then says why)."""
+    transformers = import_optional("transformers", extra="text", caller=f"module={module!r}")
+    config = _config(module, transformers, params)
+    return (None, None) if config is None else (_vocab_size(config), _positions(config))
 
 
 class HFTextClassifier(nn.Module):
@@ -623,6 +642,14 @@ class HFTextClassifier(nn.Module):
             raise TypeError(HF_NEEDS_TOKENS.format(cls=type(self).__name__,
                                                    type=type(tokens).__name__))
         return self.model(**tokens).logits
+
+    def token_limits(self) -> tuple[int | None, int | None]:
+        """``(vocabulary size, positions)`` of the model: the token ids it embeds and the
+        longest text it reads (``None`` where the model does not say)."""
+        embeddings = self.model.get_input_embeddings()
+        vocab = getattr(embeddings, "num_embeddings", None)
+        return (vocab if isinstance(vocab, int) else _vocab_size(self.model.config),
+                _positions(self.model.config))
 
 
 def build_hf(

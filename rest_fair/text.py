@@ -30,7 +30,13 @@ from sklearn.utils.validation import column_or_1d
 
 from ._data import TextSource, TokenizedText
 from ._validation import BAD_LENGTH
-from .backbones import HF_PREFIX, HFTextClassifier, check_hf_params, load_tokenizer
+from .backbones import (
+    HF_PREFIX,
+    HFTextClassifier,
+    check_hf_params,
+    hf_token_limits,
+    load_tokenizer,
+)
 
 __all__ = [
     "TextSource",
@@ -54,11 +60,24 @@ HF_NEEDS_TEXT = (
     "{what}."
 )
 NOT_FITTED_ON_TEXT = (
-    "This RESTClassifier was fitted on numeric input; it cannot predict from strings."
+    "This RESTClassifier was fitted on numeric input; it cannot predict from text (strings or "
+    "a TokenizedText)."
 )
 BAD_BYTES = "X holds bytes that are not UTF-8 text at element {index} ({error})."
 BAD_TEXT = "X must be a list or 1-D array of strings; element {index} is {type}."
 EMPTY_TEXT = "X is an empty list of strings; there is no sample to fit or predict."
+TOKEN_BEYOND_VOCAB = (
+    "X (a TokenizedText) holds token id {id} in text {index}, but {module!r} embeds ids 0 to "
+    "{last} only; tokenize X with this model's tokenizer."
+)
+PAD_BEYOND_VOCAB = (
+    "X (a TokenizedText) pads with token id {id}, but {module!r} embeds ids 0 to {last} only; "
+    "tokenize X with this model's tokenizer."
+)
+TOKENS_TOO_LONG = (
+    "X (a TokenizedText) has {n} tokens in text {index}, more than {module!r} can read: its "
+    "position embeddings cover {positions} tokens. Truncate the texts when tokenizing."
+)
 _MAKE_TEXT_SOURCE = (
     "make_text_source is deprecated and will be removed in a future release: "
     "rest_fair._data.make_source makes the TextSource of a TokenizedText itself."
@@ -179,7 +198,9 @@ def check_text_input(X: Any, module: Any, module_params: dict | None = None, *,
 
     While fitting, the tokenizer comes from ``module``; afterwards from the fitted module,
     so a saved estimator tokenizes as it did in training even where the original model
-    folder is gone.
+    folder is gone. A :class:`TokenizedText` is returned as it is, once checked against
+    the model: every id must be in its vocabulary and no text longer than its position
+    embeddings.
 
     Parameters
     ----------
@@ -192,19 +213,50 @@ def check_text_input(X: Any, module: Any, module_params: dict | None = None, *,
     Returns
     -------
     TokenizedText
+
+    Raises
+    ------
+    ValueError
+        If ``fitted`` was not fitted on text, if ``module`` is not a text model, or if a
+        :class:`TokenizedText` holds an id beyond the vocabulary or a text beyond the
+        positions of the model.
     """
-    if isinstance(X, TokenizedText):
-        return X
     if fitted is not None:
         if not isinstance(fitted, HFTextClassifier):
             raise ValueError(NOT_FITTED_ON_TEXT)
+        if isinstance(X, TokenizedText):
+            _check_tokens(X, fitted.source, *fitted.token_limits())
+            return X
         tokenizer, max_length = fitted.tokenizer, fitted.max_length
     else:
         if not _is_hf(module):
             raise ValueError(TEXT_NEEDS_HF.format(module=_module_name(module)))
         params = check_hf_params(module, dict(module_params or {}))
+        if isinstance(X, TokenizedText):
+            _check_tokens(X, module, *hf_token_limits(module, params))
+            return X
         tokenizer, max_length = load_tokenizer(module, params), params["max_length"]
     return tokenize(_texts(X), tokenizer, max_length=max_length)
+
+
+def _check_tokens(tokens: TokenizedText, module: str, vocab: int | None,
+                  positions: int | None) -> None:
+    """Raise unless the model embeds every id of ``tokens`` and reads its longest text."""
+    if vocab is not None:
+        if tokens.pad_token_id >= vocab:
+            raise ValueError(PAD_BEYOND_VOCAB.format(id=tokens.pad_token_id, module=module,
+                                                     last=vocab - 1))
+        beyond = np.flatnonzero(tokens.ids >= vocab)
+        if beyond.size:
+            index = int(np.searchsorted(tokens.offsets, beyond[0], side="right")) - 1
+            raise ValueError(TOKEN_BEYOND_VOCAB.format(id=int(tokens.ids[beyond[0]]), index=index,
+                                                       module=module, last=vocab - 1))
+    if positions is not None and len(tokens):
+        lengths = tokens.lengths
+        if lengths.max() > positions:
+            index = int(np.argmax(lengths > positions))
+            raise ValueError(TOKENS_TOO_LONG.format(n=int(lengths[index]), index=index,
+                                                    module=module, positions=positions))
 
 
 def check_not_text_module(module: Any, X: Any) -> None:

@@ -299,3 +299,51 @@ def test_a_tokenizer_without_padding_or_end_token_is_named(tiny, monkeypatch):
     monkeypatch.setattr(backbones, "load_tokenizer", without_padding)
     with pytest.raises(ValueError, match="no padding token and no end-of-sequence token"):
         build_module(f"hf:{tiny}", input_shape=(), n_classes=2)
+
+
+@pytest.mark.parametrize("ids, offsets, match", [
+    (np.array([1.5, 2.0]), np.array([0, 2]), "ids must be .* integers.*dtype float64"),
+    (np.array([1, -2]), np.array([0, 2]), "ids must be .* range from -2 to 1"),
+    (np.array([1, 2**31]), np.array([0, 2]), "ids must be .* range from 1 to 2147483648"),
+    (np.array([[1, 2]]), np.array([0, 2]), "ids must be a 1-D .* 2 dimensions"),
+    (np.array([1, 2, 3]), np.array([0, 2, 1, 3]), r"offsets .* decrease after text 1"),
+    (np.array([1, 2, 3]), np.array([0, 2, 9]), r"offsets .* ends at the number of ids \(3\); "
+                                               r"they run from 0 to 9"),
+    (np.array([1, 2, 3]), np.array([1, 3]), "they run from 1 to 3"),
+    (np.array([], dtype=int), np.array([], dtype=int), "they are empty"),
+])
+def test_tokenized_text_refuses_ids_and_offsets_that_are_not_texts(ids, offsets, match):
+    with pytest.raises(ValueError, match=match):
+        TokenizedText(ids, offsets, pad_token_id=0)
+    with pytest.raises(ValueError, match="pad_token_id must be a non-negative integer"):
+        TokenizedText(np.array([1]), np.array([0, 1]), pad_token_id=-1)
+
+
+def test_tokenized_text_must_fit_the_vocabulary_and_positions_of_the_model(tiny):
+    tokens = tokenize(TEXTS, load_tokenizer(f"hf:{tiny}"), max_length=16)
+    clf = _clf(tiny, max_epochs=1).fit(tokens, LABELS)
+    np.testing.assert_array_equal(clf.predict(tokens), clf.predict(TEXTS))
+    foreign = TokenizedText(np.array([2, 7, 3, 2, 999, 3]), np.array([0, 3, 6]), pad_token_id=0)
+    beyond = r"holds token id 999 in text 1, but .* embeds ids 0 to 33 only"
+    with pytest.raises(ValueError, match=beyond):
+        clf.predict(foreign)
+    with pytest.raises(ValueError, match=beyond):
+        _clf(tiny).fit(foreign, LABELS[:2])
+    with pytest.raises(ValueError, match=beyond):
+        _clf(tiny).fit(tokens, LABELS, validation_data=(foreign, LABELS[:2]))
+    with pytest.raises(ValueError, match="pads with token id 50"):
+        clf.predict(TokenizedText(tokens.ids, tokens.offsets, pad_token_id=50))
+    long = TokenizedText(np.full(71, 7), np.array([0, 1, 71]), pad_token_id=0)
+    with pytest.raises(ValueError, match=r"70 tokens in text 1, more than .* cover 64 tokens"):
+        clf.predict(long)
+    with pytest.raises(ValueError, match=r"70 tokens in text 1"):
+        _clf(tiny).fit(long, LABELS[:2])
+
+
+def test_an_estimator_fitted_on_numbers_refuses_tokenized_text(tiny):
+    clf = RESTClassifier(max_epochs=1, device="cpu", random_state=0,
+                         validation_fraction=0.0).fit(np.random.default_rng(0).random((6, 3)),
+                                                      LABELS)
+    tokens = tokenize(TEXTS, load_tokenizer(f"hf:{tiny}"), max_length=16)
+    with pytest.raises(ValueError, match="fitted on numeric input; it cannot predict from text"):
+        clf.predict(tokens)
