@@ -73,7 +73,7 @@ CUSTOM_DEFAULTS = {
     "dense_layers": (),
 }
 #: The settings a seed's results depend on: a finished seed is reused only with the same.
-RUN_SETTINGS = (*CUSTOM_DEFAULTS, "sparsity", "upweight", "objective", "frac",
+RUN_SETTINGS = (*CUSTOM_DEFAULTS, "dataset", "sparsity", "upweight", "objective", "frac",
                 "max_features", "protocol")
 #: Settings passed to :class:`~rest_fair.RESTClassifier` as they are.
 _ESTIMATOR_SETTINGS = ("sparsity", "sparse_init", "layer_density", "dense_layers", "upweight",
@@ -339,7 +339,7 @@ def check_resumable(experiment: WildsExperiment) -> None:
     runs = experiment.runs()
     ours = runs[0].settings if runs else {}
     for record in read_results(experiment.out_dir / RESULTS_FILE):
-        theirs = record.get("settings")
+        theirs = _with_dataset(record).get("settings")
         if record.get("status") != "ok" or not isinstance(theirs, dict) or theirs == ours:
             continue
         changed = [f"{k}: {theirs.get(k)!r} -> {ours.get(k)!r}"
@@ -367,22 +367,51 @@ def set_aside_outputs(out_dir: str | Path) -> list[Path]:
 
 
 def adopt_seed_files(out_dir: str | Path) -> None:
-    """Add the seeds of ``runs/seed_<k>.json`` files to the results file of ``out_dir``.
+    """Add the finished seeds of earlier versions to the results file of ``out_dir``.
 
-    ``rest-fair wilds`` kept a seed's record in such a file before it used the experiment
-    runner's ``results.jsonl``; adopted, they are reused by ``--resume`` like any finished
-    run (same settings, submission files present). Unreadable files are skipped.
+    ``rest-fair wilds`` kept a seed's record in a ``runs/seed_<k>.json`` file before it used
+    the experiment runner's ``results.jsonl``, and recorded seeds without the dataset in
+    their settings before the dataset was one of :data:`RUN_SETTINGS`. Such a seed is
+    appended to the results file with the dataset its submission files name (the earlier
+    lines stay), and is then reused by ``--resume`` like any finished run (same settings,
+    submission files present). Unreadable files, and seeds whose dataset cannot be told,
+    are skipped.
     """
     path = Path(out_dir) / RESULTS_FILE
-    known = {r["run_id"] for r in read_results(path)}
+    records = read_results(path)
+    known = {r["run_id"] for r in records}
     for file in sorted(Path(out_dir).glob("runs/seed_*.json")):
         try:
-            record = json.loads(file.read_text())
-            run_id = SeedRun(record["seed"], record["settings"]).run_id
-        except (OSError, ValueError, KeyError, TypeError):
+            records.append({"status": "ok", **json.loads(file.read_text())})
+        except (OSError, ValueError, TypeError):
             continue
-        if run_id not in known:
-            append_record(path, {"run_id": run_id, "status": "ok", **record})
+    for record in records:
+        record = _with_dataset(record)
+        try:
+            run_id = SeedRun(record["seed"], record["settings"]).run_id
+        except (KeyError, TypeError, ValueError):
+            continue
+        if record.get("status") == "ok" and run_id not in known:
+            known.add(run_id)
+            append_record(path, {**record, "run_id": run_id})
+
+
+def _with_dataset(record: dict[str, Any]) -> dict[str, Any]:
+    """``record`` with ``"dataset"`` in its settings: a record of an earlier version lacks
+    it and gets the dataset that names all its submission files (``<dataset>_split:...``);
+    returned unchanged when its dataset cannot be told that way."""
+    settings = record.get("settings")
+    if not isinstance(settings, dict) or "dataset" in settings:
+        return record
+    names = {Path(str(f)).name.partition("_split:")[0]
+             for f in record.get("submission_files") or ()}
+    if len(names) != 1:
+        return record
+    try:
+        dataset = dataset_spec(names.pop()).name
+    except ValueError:
+        return record
+    return {**record, "settings": {**settings, "dataset": dataset}}
 
 
 def write_outputs(

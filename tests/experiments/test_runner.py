@@ -162,11 +162,44 @@ def test_wilds_resumes_the_seed_files_of_the_earlier_runner(tmp_path, monkeypatc
     assert summary["runs"][0]["history"] == old["history"]
     assert "celebA test : acc_avg 0.7500  acc_wg 0.5000" in capsys.readouterr().out
     (records,) = [json.loads(line) for line in (out / runner.RESULTS_FILE).open()]
-    assert records["status"] == "ok" and records["settings"] == OLD_WILDS_SETTINGS
+    assert records["status"] == "ok"
+    assert records["settings"] == {**OLD_WILDS_SETTINGS, "dataset": "celebA"}
     # without the seed's submission files, or with other settings, it trains again
     (out / "submission" / "celebA_split:test_seed:0_epoch:best_pred.csv").unlink()
     assert cli.main([*argv, "--resume"]) == 1
     assert "trained again" in capsys.readouterr().err
+
+
+def test_wilds_resumes_a_results_file_without_the_dataset_in_its_settings(
+        tmp_path, monkeypatch, capsys):
+    # results.jsonl lines of the version before the dataset was a run setting: the
+    # submission files name the dataset, and the seed is reused, not trained again
+    try:
+        import_wilds()
+    except ImportError:
+        pytest.skip("needs the optional extra rest-fair[wilds]")
+    from rest_fair.wilds.experiment import SeedRun, WildsExperiment
+
+    def no_training(*args, **kwargs):
+        raise RuntimeError("a finished seed was trained again")
+
+    monkeypatch.setattr(WildsExperiment, "training_data", no_training)
+    out = tmp_path / "out"
+    old = _write_old_wilds_run(out)
+    (out / "runs" / "seed_0.json").unlink()
+    line = {"run_id": SeedRun(0, OLD_WILDS_SETTINGS).run_id, "status": "ok", **old}
+    (out / runner.RESULTS_FILE).write_text(json.dumps(line) + "\n")
+    argv = [*OLD_WILDS_ARGV, "--root-dir", str(tmp_path / "d"), "--out-dir", str(out)]
+    assert cli.main([*argv, "--resume"]) == 0
+    assert "celebA test : acc_avg 0.7500  acc_wg 0.5000" in capsys.readouterr().out
+    lines = [json.loads(text) for text in (out / runner.RESULTS_FILE).open()]
+    assert lines[0] == line  # kept as it was
+    assert lines[-1]["settings"] == {**OLD_WILDS_SETTINGS, "dataset": "celebA"}
+    # the seed of another dataset's folder is not this dataset's
+    waterbirds = [*argv, "--resume"]
+    waterbirds[waterbirds.index("celebA")] = "waterbirds"
+    assert cli.main(waterbirds) == 2
+    assert "dataset: 'celebA' -> 'waterbirds'" in capsys.readouterr().err
 
 
 def test_old_entry_points_still_work_with_a_deprecation_warning(monkeypatch, capsys):

@@ -99,6 +99,23 @@ def test_cli_runs_through_rest_fair_entry_point(tmp_path, capsys):
     assert "acc_wg" in capsys.readouterr().out
 
 
+def test_resume_refuses_the_seeds_of_another_dataset(tmp_path, capsys):
+    # the same settings and seed on another dataset are another run: --resume into the
+    # folder of a waterbirds run must not report its seed as celebA's
+    out = tmp_path / "out"
+    common = ["--root-dir", str(tmp_path / "data"), "--out-dir", str(out), "--synthetic",
+              "--max-epochs", "1", "--image-size", "8", "--module", "mlp", "--batch-size",
+              "32", "--seed", "3", "--device", "cpu"]
+    assert rest_fair_main(["wilds", "--dataset", "waterbirds", *common]) == 0
+    comparison = (out / "comparison.md").read_text()
+    capsys.readouterr()
+    assert rest_fair_main(["wilds", "--dataset", "celebA", *common, "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "other settings" in err and "dataset: 'waterbirds' -> 'celebA'" in err
+    assert (out / "comparison.md").read_text() == comparison
+    assert len((out / "results.jsonl").read_text().splitlines()) == 1
+
+
 @pytest.mark.parametrize("name", ["waterbirds", "celebA", "civilcomments"])
 def test_synthetic_smoke_run_learns(tmp_path, name):
     # The command's own defaults (epochs, optimizer, lr, sparsity, reweighting), with a
