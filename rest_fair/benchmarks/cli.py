@@ -29,6 +29,7 @@ from .study_report import write_study_outputs
 __all__ = ["add_parser", "run"]
 
 _BAD_LIST = "{flag}: cannot read {value!r} as a comma-separated list of {kind}."
+_EMPTY_LIST = "{flag}: {value!r} names no value; expected a comma-separated list of {kind}."
 _SETUP_FAILED = "rest-fair bench: error: {error}"
 _WRONG_TABLE = "--methods with --search {search}: unknown {unknown}; available: {names}."
 _RANDOM_ONLY = "{flag} is only used with --search random."
@@ -47,17 +48,24 @@ _SEARCHED_FLAGS = {"sparsities": "--sparsities", "lr": "--lr", "upweight": "--up
 def _numbers(flag: str, kind: str, cast: type) -> Any:
     def parse(value: str) -> tuple:
         try:
-            return tuple(cast(v) for v in value.split(",") if v.strip())
+            values = tuple(cast(v) for v in value.split(",") if v.strip())
         except ValueError:
             raise argparse.ArgumentTypeError(
                 _BAD_LIST.format(flag=flag, value=value, kind=kind)
             ) from None
+        if not values:
+            raise argparse.ArgumentTypeError(_EMPTY_LIST.format(flag=flag, value=value,
+                                                                kind=kind))
+        return values
 
     return parse
 
 
 def _names(value: str) -> tuple[str, ...]:
     names = tuple(v.strip() for v in value.split(",") if v.strip())
+    if not names:
+        raise argparse.ArgumentTypeError(_EMPTY_LIST.format(flag="--methods", value=value,
+                                                            kind="method names"))
     unknown = [n for n in names if n not in METHODS and n not in STUDY_METHODS]
     if unknown:
         raise argparse.ArgumentTypeError(

@@ -89,6 +89,9 @@ def test_run_ids_are_unique_and_config_sensitive():
         ({"max_epochs": 0}, "max_epochs"),
         ({"methods": ("erm", "erm")}, "names a method twice"),
         ({"seeds": (0, 0)}, "seeds names a seed twice"),
+        ({"seeds": ()}, "seeds is empty"),
+        ({"ratios": ()}, "ratios is empty"),
+        ({"sparsities": []}, "sparsities is empty"),
         ({"sparsities": (0.9, 0.9)}, "sparsities names a sparsity twice"),
         ({"ratios": (0.01, 0.01)}, "ratios names a share twice"),
         # one run id, "sparsity=0.5", for two values
@@ -100,6 +103,19 @@ def test_bad_config_is_named(kwargs, match):
         tiny_config(**kwargs)
     with pytest.raises(ValueError, match="preset"):
         preset("huge")
+
+
+@pytest.mark.parametrize("flag", ["--seeds", "--ratios", "--sparsities", "--methods"])
+@pytest.mark.parametrize("value", ["", ",", " , "])
+def test_command_line_list_without_a_value_is_named(flag, value, capsys):
+    # it reached the configuration as an empty tuple, refused as "must be non-negative"
+    from rest_fair import cli
+
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["bench", "--preset", "tiny", flag, value])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {flag}" in err and f"{value!r} names no value" in err
 
 
 @pytest.mark.parametrize(
