@@ -7,7 +7,8 @@ The results file (:data:`RESULTS_FILE` in the output folder) holds one JSON reco
 each written (flushed and fsynced) as soon as its run finishes, keyed by the run's
 ``run_id``; for an id written twice (an error, then a success) the last line counts. A run
 is *finished* when its record says ``"status": "ok"`` and every file it lists under
-``"submission_files"`` still exists, or ``"status": "failed"`` (an error its experiment
+``"submission_files"`` still exists (a relative path is looked up in the output folder,
+then in the working directory), or ``"status": "failed"`` (an error its experiment
 declares final). Running the same experiment again runs only the runs that are not
 finished (:func:`pending`), so an interrupted sweep resumes without repeating or losing
 runs; a run that ended in an ``"error"`` is retried.
@@ -38,7 +39,7 @@ from .dask_backend import active_joblib_client, connect, dask_records
 from .run import Experiment, check_run_params, error_record, run_one, split_threads
 
 __all__ = ["BACKENDS", "LOG_INTERVAL", "PROGRESS_MODES", "RESULTS_FILE", "append_record",
-           "finished", "parse_upweight", "pending", "read_results", "run_sweep"]
+           "finished", "locate", "parse_upweight", "pending", "read_results", "run_sweep"]
 
 #: Name of the results file in an experiment's output folder (one JSON record per line).
 RESULTS_FILE = "results.jsonl"
@@ -123,19 +124,34 @@ def append_record(path: Path, record: dict[str, Any]) -> None:
         os.fsync(handle.fileno())
 
 
-def finished(record: dict[str, Any]) -> bool:
+def finished(record: dict[str, Any], folder: str | Path | None = None) -> bool:
     """Whether resuming keeps ``record``: it succeeded and the files it lists still exist,
-    or it failed for good (``"status": "failed"``)."""
+    or it failed for good (``"status": "failed"``).
+
+    A relative path of ``"submission_files"`` is looked up in ``folder`` (the output
+    folder, where the experiment records them from), then from the working directory
+    (where earlier versions recorded them from).
+    """
     if record.get("status") == "failed":
         return True
     files = record.get("submission_files") or ()
-    return record.get("status") == "ok" and all(Path(f).exists() for f in files)
+    return record.get("status") == "ok" and all(
+        locate(f, folder).exists() for f in files)
+
+
+def locate(file: str | Path, folder: str | Path | None = None) -> Path:
+    """The path of a file a record lists: ``folder / file`` when ``file`` is relative and
+    there, else ``file`` as it is (absolute, or relative to the working directory)."""
+    path = Path(file)
+    if folder is not None and not path.is_absolute() and (Path(folder) / path).exists():
+        return Path(folder) / path
+    return path
 
 
 def pending(specs: Sequence[Any], path: str | Path) -> list[Any]:
     """The runs of ``specs`` without a finished record in the results file ``path``, each
     run id once (a run listed twice is one run)."""
-    done = {r["run_id"] for r in read_results(path) if finished(r)}
+    done = {r["run_id"] for r in read_results(path) if finished(r, Path(path).parent)}
     return [spec for spec in _unique(specs) if spec.run_id not in done]
 
 

@@ -30,7 +30,7 @@ from .._requirements import Requirement, check_requirements
 from .._validation import Interval
 from ..exceptions import TrainingDivergedError
 from ..experiments.run import digest, jsonable
-from ..experiments.runner import RESULTS_FILE, append_record, read_results
+from ..experiments.runner import RESULTS_FILE, append_record, locate, read_results
 from .adapter import split_wilds
 from .datasets import DatasetSpec, dataset_spec
 from .leaderboard import comparison_table, to_markdown
@@ -291,7 +291,9 @@ class WildsExperiment:
 
     def score(self, spec: SeedRun, clf: Any) -> dict[str, Any]:
         """``metrics`` (split -> official WILDS metrics; train only with ``--protocol custom``),
-        ``history`` and ``submission_files`` (written here, for every split but train)."""
+        ``history`` and ``submission_files`` (written here, for every split but train; their
+        paths relative to ``out_dir``, so that a resume finds them from any working
+        directory)."""
         parts, features = self._splits(spec.seed)
         custom = self.settings["protocol"] == "custom"
         predictions, metrics = {}, {}
@@ -305,7 +307,7 @@ class WildsExperiment:
         history = [{k: v if isinstance(v, (int, float, str, bool, type(None))) else str(v)
                     for k, v in epoch.items()} for epoch in getattr(clf, "history_", [])]
         return {"metrics": metrics, "history": history,
-                "submission_files": [str(p) for p in files]}
+                "submission_files": [str(p.relative_to(self.out_dir)) for p in files]}
 
     def _splits(self, seed: int) -> tuple[dict, dict]:
         """The splits and the model inputs of each; shared by seeds unless ``frac < 1``."""
@@ -447,7 +449,7 @@ def write_outputs(
         + to_markdown(table)
         + "\n"
     )
-    files = [Path(f) for r in records for f in r["submission_files"]]
+    files = [locate(f, out_dir) for r in records for f in r["submission_files"]]
     (out_dir / "comparison.md").write_text(markdown)
     summary = {
         "dataset": name,

@@ -116,6 +116,29 @@ def test_resume_refuses_the_seeds_of_another_dataset(tmp_path, capsys):
     assert len((out / "results.jsonl").read_text().splitlines()) == 1
 
 
+def test_resume_finds_the_seeds_from_another_working_directory(tmp_path, monkeypatch):
+    # a relative --out-dir recorded the submission files from the working directory: a
+    # resume from elsewhere did not find them and trained the finished seed again
+    from rest_fair.wilds.experiment import WildsExperiment
+
+    common = ["wilds", "--dataset", "waterbirds", "--root-dir", str(tmp_path / "data"),
+              "--synthetic", "--max-epochs", "1", "--image-size", "8", "--module", "mlp",
+              "--batch-size", "32", "--seed", "3", "--device", "cpu"]
+    monkeypatch.chdir(tmp_path)
+    assert rest_fair_main([*common, "--out-dir", "runs/out"]) == 0
+
+    def no_training(*args, **kwargs):
+        raise RuntimeError("a finished seed was trained again")
+
+    monkeypatch.setattr(WildsExperiment, "training_data", no_training)
+    monkeypatch.chdir(tmp_path / "runs")
+    assert rest_fair_main([*common, "--out-dir", "out", "--resume"]) == 0
+    out = tmp_path / "runs" / "out"
+    assert len((out / "results.jsonl").read_text().splitlines()) == 1
+    files = json.loads((out / "metrics.json").read_text())["submission_files"]
+    assert len(files) == 2 and all((tmp_path / "runs" / f).exists() for f in files)
+
+
 @pytest.mark.parametrize("name", ["waterbirds", "celebA", "civilcomments"])
 def test_synthetic_smoke_run_learns(tmp_path, name):
     # The command's own defaults (epochs, optimizer, lr, sparsity, reweighting), with a
