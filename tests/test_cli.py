@@ -103,13 +103,21 @@ def test_bench_refuses_bad_limits_before_any_run(tmp_path, capsys, flags, messag
 
 @pytest.mark.parametrize(("flags", "message"), [
     (["--search-seed", "-1"], "search_seed must be an int >= 0"),
-    (["--methods", ""], "methods is empty"),
     (["--methods", "rest_0.9,rest_0.9"], "names a method twice"),
 ])
 def test_bench_random_search_refuses_bad_flags(tmp_path, capsys, flags, message):
     argv = ["bench", "--preset", "tiny", "--search", "random", "--out", str(tmp_path / "o")]
     assert cli.main([*argv, *flags]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_bench_random_search_refuses_an_empty_methods_list_when_parsing(tmp_path, capsys):
+    argv = ["bench", "--preset", "tiny", "--search", "random", "--out", str(tmp_path / "o")]
+    with pytest.raises(SystemExit) as exited:
+        cli.main([*argv, "--methods", ""])
+    assert exited.value.code == 2
+    assert "--methods: '' names no value" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
 
 
 def test_bench_dfa_root_that_is_not_a_folder_is_refused_before_any_run(tmp_path, capsys):
