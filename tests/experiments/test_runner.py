@@ -142,7 +142,10 @@ def _write_old_wilds_run(out_dir):
     return record
 
 
-def test_wilds_resumes_the_seed_files_of_the_earlier_runner(tmp_path, monkeypatch, capsys):
+@pytest.fixture
+def old_wilds_run(tmp_path, monkeypatch):
+    """``(out, record, argv)``: the output folder of an earlier runner's finished seed, its
+    record, and the command that resumes it; training again raises."""
     try:
         import_wilds()
     except ImportError:
@@ -154,8 +157,13 @@ def test_wilds_resumes_the_seed_files_of_the_earlier_runner(tmp_path, monkeypatc
 
     monkeypatch.setattr(WildsExperiment, "training_data", no_training)
     out = tmp_path / "out"
-    old = _write_old_wilds_run(out)
+    record = _write_old_wilds_run(out)
     argv = [*OLD_WILDS_ARGV, "--root-dir", str(tmp_path / "d"), "--out-dir", str(out)]
+    return out, record, argv
+
+
+def test_wilds_resumes_the_seed_files_of_the_earlier_runner(old_wilds_run, capsys):
+    out, old, argv = old_wilds_run
     assert cli.main([*argv, "--resume"]) == 0
     summary = json.loads((out / "metrics.json").read_text())
     assert summary["metrics"]["test"] == {"acc_avg": 0.75, "acc_wg": 0.5}
@@ -170,26 +178,16 @@ def test_wilds_resumes_the_seed_files_of_the_earlier_runner(tmp_path, monkeypatc
     assert "trained again" in capsys.readouterr().err
 
 
-def test_wilds_resumes_a_results_file_without_the_dataset_in_its_settings(
-        tmp_path, monkeypatch, capsys):
+def test_wilds_resumes_a_results_file_without_the_dataset_in_its_settings(old_wilds_run,
+                                                                           capsys):
     # results.jsonl lines of the version before the dataset was a run setting: the
     # submission files name the dataset, and the seed is reused, not trained again
-    try:
-        import_wilds()
-    except ImportError:
-        pytest.skip("needs the optional extra rest-fair[wilds]")
-    from rest_fair.wilds.experiment import SeedRun, WildsExperiment
+    from rest_fair.wilds.experiment import SeedRun
 
-    def no_training(*args, **kwargs):
-        raise RuntimeError("a finished seed was trained again")
-
-    monkeypatch.setattr(WildsExperiment, "training_data", no_training)
-    out = tmp_path / "out"
-    old = _write_old_wilds_run(out)
+    out, old, argv = old_wilds_run
     (out / "runs" / "seed_0.json").unlink()
     line = {"run_id": SeedRun(0, OLD_WILDS_SETTINGS).run_id, "status": "ok", **old}
     (out / runner.RESULTS_FILE).write_text(json.dumps(line) + "\n")
-    argv = [*OLD_WILDS_ARGV, "--root-dir", str(tmp_path / "d"), "--out-dir", str(out)]
     assert cli.main([*argv, "--resume"]) == 0
     assert "celebA test : acc_avg 0.7500  acc_wg 0.5000" in capsys.readouterr().out
     lines = [json.loads(text) for text in (out / runner.RESULTS_FILE).open()]
