@@ -197,10 +197,11 @@ def _hold_out(data: FitData, fraction: float, seed: int, world: LocalContext,
     device = world.device
     if data.validation is not None:
         X_val, y_val, g_val = data.validation
+        train_idx = np.arange(len(data.y))
         if world.is_main:
-            _check_selection(data, data.groups[data.sample_weight > 0], g_val,
-                             data.validation_group_labels, advice=MORE_VALIDATION_DATA)
-        return np.arange(len(data.y)), EvalSet(
+            _check_selection(data, train_idx, g_val, data.validation_group_labels,
+                             advice=MORE_VALIDATION_DATA)
+        return train_idx, EvalSet(
             make_source(X_val, device=device, num_workers=num_workers), y_val, g_val)
     train_idx, val_idx = _split(data.y, data.groups, fraction, seed)
     if val_idx is None:
@@ -210,9 +211,7 @@ def _hold_out(data: FitData, fraction: float, seed: int, world: LocalContext,
         return train_idx, None
     g_val = data.groups[val_idx] if data.has_groups else None
     if world.is_main:
-        trained = train_idx[data.sample_weight[train_idx] > 0]
-        _check_selection(data, data.groups[trained], g_val, data.group_labels,
-                         advice=MORE_HELD_OUT)
+        _check_selection(data, train_idx, g_val, data.group_labels, advice=MORE_HELD_OUT)
     return train_idx, EvalSet(
         make_source(take(data.X, val_idx), device=device, num_workers=num_workers),
         data.y[val_idx], g_val)
@@ -227,16 +226,16 @@ def _named(labels: list, counts: dict | None = None, most: int = 5) -> str:
     return ", ".join(name(label) for label in labels[:most]) + more
 
 
-def _check_selection(data: FitData, train_codes: np.ndarray, valid_codes: np.ndarray | None,
+def _check_selection(data: FitData, train_idx: np.ndarray, valid_codes: np.ndarray | None,
                      valid_labels: list | None, *, advice: str) -> None:
     """Warn where worst-group selection on the validation groups is blind or noisy.
 
-    ``train_codes`` are the groups of the training samples of positive ``sample_weight``.
-    Named are: groups given to ``fit`` with ``validation_data`` that has none; groups with
-    such training samples and no validation sample; validation groups with fewer than
-    :data:`SMALL_VALIDATION_GROUP` samples, also where ``fit`` got no groups (validation
-    groups alone choose the epoch, as with ``infer_groups="jtt"``). ``advice`` ends the
-    last two.
+    ``train_idx`` are the training rows of ``data``; those of positive ``sample_weight``
+    count as a group's training samples. Named are: groups given to ``fit`` with
+    ``validation_data`` that has none; groups with such training samples and no validation
+    sample; validation groups with fewer than :data:`SMALL_VALIDATION_GROUP` samples, also
+    where ``fit`` got no groups (validation groups alone choose the epoch, as with
+    ``infer_groups="jtt"``). ``advice`` ends the last two.
     """
     if valid_codes is None:
         if data.has_groups:
@@ -246,7 +245,8 @@ def _check_selection(data: FitData, train_codes: np.ndarray, valid_codes: np.nda
     valid_sizes = {label: int(n) for label, n in zip(valid_labels, sizes, strict=True)
                    if n > 0}
     if data.has_groups:
-        trained = [data.group_labels[code] for code in np.unique(train_codes)]
+        trained_rows = train_idx[data.sample_weight[train_idx] > 0]
+        trained = [data.group_labels[code] for code in np.unique(data.groups[trained_rows])]
         unseen = [label for label in trained if label not in valid_sizes]
         if unseen:
             warnings.warn(GROUPS_NOT_VALIDATED.format(
