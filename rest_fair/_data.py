@@ -341,12 +341,13 @@ BAD_PAD_TOKEN = "TokenizedText pad_token_id must be a non-negative integer; got 
 _INT32_MAX = 2**31 - 1
 
 
-def _integers(values: Any, what: str) -> np.ndarray:
+def _integers(values: Any, what: str, **fields: Any) -> np.ndarray:
+    """``values`` as a 1-D integer array; else a ``ValueError`` of message ``what``."""
     array = np.asarray(values)
     if array.ndim != 1:
-        raise ValueError(what.format(problem=f"got {array.ndim} dimensions"))
+        raise ValueError(what.format(problem=f"got {array.ndim} dimensions", **fields))
     if array.size and array.dtype.kind not in "iu":
-        raise ValueError(what.format(problem=f"got dtype {array.dtype}"))
+        raise ValueError(what.format(problem=f"got dtype {array.dtype}", **fields))
     return array
 
 
@@ -374,7 +375,7 @@ class TokenizedText:
         if ids.size and (ids.min() < 0 or ids.max() > _INT32_MAX):
             raise ValueError(BAD_TOKEN_IDS.format(
                 problem=f"they range from {ids.min()} to {ids.max()}"))
-        offsets = _integers(offsets, BAD_TOKEN_OFFSETS.replace("{n_ids}", str(len(ids))))
+        offsets = _integers(offsets, BAD_TOKEN_OFFSETS, n_ids=len(ids))
         problem = None
         if not offsets.size:
             problem = "they are empty"
