@@ -564,14 +564,17 @@ def _read_array(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> np.ndarray:
         return np.lib.format.read_array(fh, allow_pickle=False)
 
 
-def read(path: str | os.PathLike) -> tuple[dict, dict[str, np.ndarray]]:
+def read(
+    path: str | os.PathLike, *, payload: bool = True
+) -> tuple[dict, dict[str, np.ndarray]]:
     """The header and the arrays of a file, after checking its format and checksum.
 
     Before any array is read, the zip directory and every ``.npy`` header are checked
     against each other (no member declares more than deflate can inflate its compressed
     bytes to, nor an array of another size than the member holds), the header is parsed,
     and every tensor it lists is checked against the dtypes and shapes of its arrays; then
-    the arrays are read and the SHA-256 checked.
+    the arrays are read and the SHA-256 checked. With ``payload=False``, the header so
+    checked and no arrays (``{}``): neither read nor checksummed.
 
     Raises
     ------
@@ -601,6 +604,8 @@ def read(path: str | os.PathLike) -> tuple[dict, dict[str, np.ndarray]]:
                 for index, entry in enumerate(header["tensors"]):
                     name, _, _, needed = _layout(entry, f"t{index}", path)
                     _check_layout(name, needed, found, path)
+            if not payload:
+                return header, {}
             digest = _read_array(archive, members["__sha256__"][0]).tobytes()
             arrays = {k: _read_array(archive, info) for k, (info, _, _) in members.items()
                       if k not in ("__header__", "__sha256__")}
@@ -760,8 +765,8 @@ def load(
     """
     path = os.fspath(path)
     check_max_parameters(max_parameters)
-    header, arrays = read(path)
-    if header.get("kind") == "estimator":
+    header, _ = read(path, payload=False)
+    if header.get("kind") == "estimator":  # the class reads the file, once
         if estimator_class is None:
             warnings.warn(_LOAD_ESTIMATOR, FutureWarning, stacklevel=2)
             from ..estimator import RESTClassifier
@@ -770,6 +775,7 @@ def load(
         if max_parameters is None:
             return estimator_class.load(path)
         return estimator_class.load(path, max_parameters=max_parameters)
+    header, arrays = read(path)
     with malformed(path):
         kind = header["kind"]
         if kind != "module":

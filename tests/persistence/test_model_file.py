@@ -341,3 +341,20 @@ def test_an_estimator_with_callbacks_or_a_random_state_object_saves(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # an estimator without them saves silently
         clf.set_params(callbacks=None, random_state=0).save(tmp_path / "n.rest")
+
+
+def test_load_of_an_estimator_file_reads_its_arrays_once(tmp_path, monkeypatch):
+    from rest_fair.persistence import model_file
+
+    clf, X = _fitted()
+    path = tmp_path / "clf.rest"
+    clf.save(path)
+    reads = []
+    read_array = model_file._read_array
+    monkeypatch.setattr(model_file, "_read_array",
+                        lambda archive, info: reads.append(info.filename)
+                        or read_array(archive, info))
+    loaded = load(path, estimator_class=RESTClassifier)
+    payload = [name for name in reads if not name.startswith("__")]
+    assert payload and len(payload) == len(set(payload))
+    np.testing.assert_array_equal(loaded.predict(X), clf.predict(X))
