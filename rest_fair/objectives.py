@@ -193,8 +193,9 @@ class GroupDROObjective:
         self.history.append(self.q.detach().cpu().tolist())
 
     def state_dict(self) -> dict:
-        """Group weights and their history, to resume training exactly."""
-        return {"q": self.q.detach().cpu().clone(), "history": [list(r) for r in self.history]}
+        """Group weights and their history (a tensor of one row per epoch), to resume exactly."""
+        history = torch.tensor(self.history, dtype=self.q.dtype).reshape(-1, len(self.q))
+        return {"q": self.q.detach().cpu().clone(), "history": history}
 
     def load_state_dict(self, state: dict) -> None:
         """Restore :meth:`state_dict`."""
@@ -202,7 +203,9 @@ class GroupDROObjective:
             raise ValueError(f"saved GroupDRO weights are for {len(state['q'])} groups, "
                              f"this run has {len(self.q)}.")
         self.q = state["q"].to(self.q.device)
-        self.history = [list(r) for r in state["history"]]
+        history = state["history"]  # a list of rows in checkpoints of earlier releases
+        self.history = (history.tolist() if isinstance(history, torch.Tensor)
+                        else [list(r) for r in history])
 
 
 def make_objective(
