@@ -170,7 +170,8 @@ def test_bench_end_to_end_tiny(tmp_path, capsys):
     assert cli.main([*argv, "--epochs", "3", "--max-runs", "0"]) == 0
     info = json.loads((out / "config.json").read_text())
     assert info["config"]["max_epochs"] == 3 and info["outputs"] == ["references.md"]
-    assert sorted(p.name for p in out.iterdir() if not p.name.startswith("results")) == [
+    assert sorted(p.name for p in out.iterdir()
+                  if not p.name.startswith(("results", ".rest-fair.lock"))) == [
         "config.json", "notes.txt", "references.md"]
 
 

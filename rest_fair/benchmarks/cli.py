@@ -18,7 +18,14 @@ from typing import Any
 
 from .._requirements import MissingDependencyError
 from ..exceptions import DatasetNotFoundError
-from ..experiments.runner import BACKENDS, PROGRESS_MODES, finished, parse_upweight, run_sweep
+from ..experiments.runner import (
+    BACKENDS,
+    PROGRESS_MODES,
+    finished,
+    interrupted,
+    parse_upweight,
+    run_sweep,
+)
 from .config import PRESETS, BenchConfig, preset
 from .data import DATASETS
 from .methods import METHODS
@@ -291,6 +298,8 @@ def run(args: argparse.Namespace) -> int:
     except (ImportError, OSError, ValueError) as exc:  # OSError: a connection, a weights file
         print(_SETUP_FAILED.format(error=exc), file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        return interrupted("rest-fair bench", out_dir, "rerun the same command")
     info.update(started=started, sweep_seconds_this_call=round(time.perf_counter() - t0, 1))
     write = write_study_outputs if random else write_outputs
     outputs = write(records, experiment, out_dir, run_info=info, plots=not args.no_plots)
