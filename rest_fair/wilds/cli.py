@@ -6,7 +6,7 @@ names several; ``--protocol wilds``: the dataset's recipe from the WILDS referen
 the leaderboard's seeds, options given overriding it), which the experiment runner
 (:func:`~rest_fair.experiments.runner.run_sweep`) runs seed by seed into ``--out-dir``:
 ``results.jsonl`` (``--resume`` reuses the seeds done with the same settings and refuses a
-folder holding seeds of other settings; without it the folder's earlier outputs are
+folder holding seeds of other settings or data; without it the folder's earlier outputs are
 renamed with a date-time suffix), the submission files of every seed, ``metrics.json``
 and ``comparison.md`` (also printed).
 
@@ -80,7 +80,7 @@ def _configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="skip the seeds that results.jsonl records as done with the "
                              "same settings (folders of earlier versions, with "
                              "runs/seed_<k>.json, resume too); a folder with seeds of other "
-                             "settings is refused. Without it, the earlier outputs of "
+                             "settings or data is refused. Without it, the earlier outputs of "
                              "--out-dir are renamed with a date-time suffix")
     parser.add_argument("--sparsity", type=float, default=0.9)
     parser.add_argument("--sparse-init", choices=("random", "magnitude"),

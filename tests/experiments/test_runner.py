@@ -166,7 +166,9 @@ def old_wilds_run(tmp_path, monkeypatch):
 
 def test_wilds_resumes_the_seed_files_of_the_earlier_runner(old_wilds_run, capsys):
     out, old, argv = old_wilds_run
-    assert cli.main([*argv, "--resume"]) == 0
+    with pytest.warns(UserWarning, match=r"holds seeds \[0\] recorded by an earlier version "
+                                         r"without their data; they are reused"):
+        assert cli.main([*argv, "--resume"]) == 0
     summary = json.loads((out / "metrics.json").read_text())
     assert summary["metrics"]["test"] == {"acc_avg": 0.75, "acc_wg": 0.5}
     assert summary["runs"][0]["history"] == old["history"]
