@@ -103,7 +103,7 @@ def test_resume_is_one_code_path_for_both_commands(tmp_path, monkeypatch, capsys
 
     monkeypatch.setattr(runner, "pending", spy)
     bench = tmp_path / "bench"
-    assert cli.main(["bench", "--preset", "tiny", "--max-runs", "0", "--out", str(bench),
+    assert cli.main(["bench", "--preset", "tiny", "--max-runs", "0", "--out-dir", str(bench),
                      "--no-plots", "--no-progress"]) == 0
     wilds = tmp_path / "wilds"
     _write_old_wilds_run(wilds / "out")
@@ -231,7 +231,7 @@ def _needs_wilds():
 def _argv(command, out):
     """A command into ``out`` whose runs are fast: bench's tiny preset, wilds' tiny seeds."""
     if command == "bench":
-        return ["bench", "--preset", "tiny", "--out", str(out), "--no-plots", "--no-progress"]
+        return ["bench", "--preset", "tiny", "--out-dir", str(out), "--no-plots", "--no-progress"]
     _needs_wilds()
     return [*OLD_WILDS_ARGV, "--seeds", "0", "1", "--root-dir", str(out.parent / "d"),
             "--out-dir", str(out)]
