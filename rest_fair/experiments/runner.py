@@ -16,17 +16,20 @@ runs; a run that ended in an ``"error"`` is retried.
 Runs execute in this process, in local joblib processes (``n_jobs``), or on a
 ``dask.distributed`` cluster (``backend="dask"``,
 :mod:`~rest_fair.experiments.dask_backend`); in every case the records come back to this
-process, which alone writes the results file.
+process, which alone writes the results file. A sweep holds its output folder
+(:func:`lock_folder`): a second sweep into it is refused while the first runs.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
 import json
 import math
 import os
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -38,11 +41,14 @@ from typing import Any
 from .dask_backend import active_joblib_client, connect, dask_records
 from .run import Experiment, check_run_params, error_record, run_one, split_threads
 
-__all__ = ["BACKENDS", "LOG_INTERVAL", "PROGRESS_MODES", "RESULTS_FILE", "append_record",
-           "finished", "locate", "parse_upweight", "pending", "read_results", "run_sweep"]
+__all__ = ["BACKENDS", "LOCK_FILE", "LOG_INTERVAL", "PROGRESS_MODES", "RESULTS_FILE",
+           "append_record", "finished", "interrupted", "locate", "lock_folder", "parse_upweight",
+           "pending", "read_results", "run_sweep"]
 
 #: Name of the results file in an experiment's output folder (one JSON record per line).
 RESULTS_FILE = "results.jsonl"
+#: Name of the lock file in an output folder, locked by the run working there.
+LOCK_FILE = ".rest-fair.lock"
 
 #: Where the runs of a sweep execute.
 BACKENDS = ("local", "dask")
@@ -61,6 +67,9 @@ _SCHEDULER_NEEDS_DASK = (
 )
 _BAD_LIMIT = "{name} must be a number {rule} or None; got {value!r}."
 _BAD_OUT_DIR = "cannot keep the results in {path}: {error}."
+_IN_USE = ("{folder} is in use by another rest-fair run (it holds {lock}); wait until that run "
+           "ends or choose another output folder.")
+_INTERRUPTED = "{command}: interrupted; the finished runs are kept in {path}; to continue, {how}."
 _N_JOBS_IGNORED = (
     "n_jobs={n_jobs} is ignored with backend='dask': the cluster runs as many runs at once "
     "as it has worker processes."
@@ -122,6 +131,55 @@ def append_record(path: Path, record: dict[str, Any]) -> None:
         handle.write(json.dumps(record, sort_keys=True, default=str) + "\n")
         handle.flush()
         os.fsync(handle.fileno())
+
+
+#: The output folders this process holds (resolved path -> id of the holding thread).
+_held: dict[Path, int] = {}
+
+
+@contextlib.contextmanager
+def lock_folder(folder: str | Path) -> Iterator[Path]:
+    """Create the output folder ``folder`` and hold it while the block runs.
+
+    The hold is an exclusive advisory lock (``fcntl.flock``) on the folder's
+    :data:`LOCK_FILE`, released when the block ends however it ends (and by the system
+    when the process ends). The thread holding a folder may enter the block again; the
+    worker processes of a sweep do not take it.
+
+    Raises
+    ------
+    BlockingIOError
+        When another run (process or thread) holds the folder.
+    ValueError
+        When ``folder`` cannot be made a folder.
+    """
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ValueError(_BAD_OUT_DIR.format(path=folder, error=exc)) from exc
+    key, me = folder.resolve(), threading.get_ident()
+    if _held.get(key) == me:
+        yield folder
+        return
+    with (folder / LOCK_FILE).open("a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise BlockingIOError(_IN_USE.format(folder=folder, lock=folder / LOCK_FILE)) from None
+        _held[key] = me
+        try:
+            yield folder
+        finally:
+            del _held[key]
+
+
+def interrupted(command: str, out_dir: str | Path, how: str) -> int:
+    """Say on stderr that ``command`` was interrupted, that its finished runs are kept in
+    the results file of ``out_dir`` and ``how`` to continue; returns the exit status 130."""
+    path = Path(out_dir) / RESULTS_FILE
+    print(_INTERRUPTED.format(command=command, path=path, how=how), file=sys.stderr)
+    return 130
 
 
 def finished(record: dict[str, Any], folder: str | Path | None = None) -> bool:
@@ -247,8 +305,8 @@ def run_sweep(
     experiment : Experiment
         E.g. a :class:`~rest_fair.benchmarks.BenchConfig`.
     out_dir : str or Path
-        Folder of the results file :data:`RESULTS_FILE` (created). Only this process
-        writes it, whatever the backend.
+        Folder of the results file :data:`RESULTS_FILE` (created), held for the sweep
+        (:func:`lock_folder`). Only this process writes it, whatever the backend.
     n_jobs : int, default=1
         Parallel runs (joblib processes), at most one per core; torch threads per run are
         split so that ``n_jobs * threads <= cores``. Negative values count back from the
@@ -309,6 +367,8 @@ def run_sweep(
         all runs share, the network and its ``module_params`` included), a negative or
         infinite ``max_runs``, a negative ``time_limit``, a ``scheduler_timeout`` that is
         not positive and finite, or an ``out_dir`` that cannot be made a folder.
+    BlockingIOError
+        Before any run, when another run holds ``out_dir``.
     FileNotFoundError
         Before any run, for pretrained weights named by a path that does not exist.
     """
@@ -328,18 +388,14 @@ def run_sweep(
     first = next(iter(experiment.runs()), None)
     if first is not None:  # the settings every run shares: wrong ones fail here, not per run
         check_run_params(experiment, first)
-    out_dir = Path(out_dir)
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ValueError(_BAD_OUT_DIR.format(path=out_dir, error=exc)) from exc
-    path = out_dir / RESULTS_FILE
-    if path.exists() and not path.is_file():
-        raise ValueError(_BAD_OUT_DIR.format(path=out_dir, error=f"{path} is not a file"))
     backend = _resolve_backend(backend, scheduler)
     if backend == "dask" and n_jobs not in (1, None):
         warnings.warn(_N_JOBS_IGNORED.format(n_jobs=n_jobs), UserWarning, stacklevel=2)
     with contextlib.ExitStack() as stack:
+        out_dir = stack.enter_context(lock_folder(out_dir))
+        path = out_dir / RESULTS_FILE
+        if path.exists() and not path.is_file():
+            raise ValueError(_BAD_OUT_DIR.format(path=out_dir, error=f"{path} is not a file"))
         client = None
         if backend == "dask":
             client = stack.enter_context(connect(scheduler, timeout=scheduler_timeout))

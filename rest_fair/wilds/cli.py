@@ -6,7 +6,7 @@ names several; ``--protocol wilds``: the dataset's recipe from the WILDS referen
 the leaderboard's seeds, options given overriding it), which the experiment runner
 (:func:`~rest_fair.experiments.runner.run_sweep`) runs seed by seed into ``--out-dir``:
 ``results.jsonl`` (``--resume`` reuses the seeds done with the same settings and refuses a
-folder holding seeds of other settings; without it the folder's earlier outputs are
+folder holding seeds of other settings or data; without it the folder's earlier outputs are
 renamed with a date-time suffix), the submission files of every seed, ``metrics.json``
 and ``comparison.md`` (also printed).
 
@@ -18,15 +18,25 @@ runs it, with a ``FutureWarning``: use ``rest-fair wilds``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._requirements import MissingDependencyError
-from ..experiments.runner import RESULTS_FILE, parse_upweight, run_sweep
-from .datasets import DATASETS, dataset_spec, load_wilds
+from ..experiments.runner import (
+    RESULTS_FILE,
+    interrupted,
+    lock_folder,
+    parse_upweight,
+    run_sweep,
+)
+from .datasets import DATASETS, DatasetSpec, dataset_spec, load_wilds
 from .synthetic import SMOKE_GROUP_COUNTS, make_synthetic_layout
+
+if TYPE_CHECKING:
+    from .experiment import WildsExperiment
 
 __all__ = ["add_parser", "build_parser", "main", "run"]
 
@@ -70,7 +80,7 @@ def _configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="skip the seeds that results.jsonl records as done with the "
                              "same settings (folders of earlier versions, with "
                              "runs/seed_<k>.json, resume too); a folder with seeds of other "
-                             "settings is refused. Without it, the earlier outputs of "
+                             "settings or data is refused. Without it, the earlier outputs of "
                              "--out-dir are renamed with a date-time suffix")
     parser.add_argument("--sparsity", type=float, default=0.9)
     parser.add_argument("--sparse-init", choices=("random", "magnitude"),
@@ -158,7 +168,8 @@ def run(args: argparse.Namespace) -> int:
     """Check and load the data, run every seed with the experiment runner, write the report.
 
     Returns the exit status: 0, 1 when a seed failed (its record says why; ``--resume``
-    retries it), 2 when the command cannot start.
+    retries it), 2 when the command cannot start (another run holds ``--out-dir``, ...),
+    130 when interrupted (Ctrl-C).
     """
     from .experiment import (  # imports torch
         WildsExperiment,
@@ -167,7 +178,6 @@ def run(args: argparse.Namespace) -> int:
         check_wilds_requirements,
         resolve_settings,
         set_aside_outputs,
-        write_outputs,
     )
 
     try:
@@ -182,16 +192,29 @@ def run(args: argparse.Namespace) -> int:
         print(f"rest-fair wilds: {exc}", file=sys.stderr)
         return 2
     experiment = WildsExperiment(dataset, settings, Path(args.out_dir))
-    try:
-        if args.resume:
-            adopt_seed_files(args.out_dir)
-            check_resumable(experiment)
-        else:  # a new start: the folder's earlier outputs are renamed, all together
-            set_aside_outputs(args.out_dir)
-        records = run_sweep(experiment, args.out_dir, resume=args.resume, progress="none")
-    except (OSError, ValueError) as exc:
-        print(f"rest-fair wilds: {exc}", file=sys.stderr)
-        return 2
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(lock_folder(args.out_dir))
+            if args.resume:
+                adopt_seed_files(args.out_dir)
+                check_resumable(experiment)
+            else:  # a new start: the folder's earlier outputs are renamed, all together
+                set_aside_outputs(args.out_dir)
+            records = run_sweep(experiment, args.out_dir, resume=args.resume, progress="none")
+        except (OSError, ValueError) as exc:
+            print(f"rest-fair wilds: {exc}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            return interrupted("rest-fair wilds", args.out_dir, "rerun it with --resume")
+        return _report(args, spec, experiment, records)
+
+
+def _report(args: argparse.Namespace, spec: DatasetSpec, experiment: WildsExperiment,
+            records: list[dict[str, Any]]) -> int:
+    """Name the failed seeds, or write and print the report of the finished ones; returns
+    the exit status."""
+    from .experiment import write_outputs
+
     failed = [r for r in records if r.get("status") != "ok"]
     for record in failed:
         final = " (an outcome, not retried)" if record.get("status") == "failed" else ""

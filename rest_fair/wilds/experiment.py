@@ -18,6 +18,7 @@ import dataclasses
 import json
 import math
 import time
+import warnings
 from collections.abc import Sequence
 from numbers import Integral, Real
 from pathlib import Path
@@ -89,6 +90,15 @@ _OTHER_SETTINGS = (
     "submission files would be overwritten by this configuration's. Resume with the same "
     "settings, drop --resume to start afresh (the earlier outputs are renamed, not "
     "deleted), or use another --out-dir."
+)
+_OTHER_DATA = (
+    "--resume: {out_dir} holds seed {seed} trained on {theirs}; this command reads {ours}. "
+    "Resume with the data of that seed (--root-dir), drop --resume to start afresh (the "
+    "earlier outputs are renamed, not deleted), or use another --out-dir."
+)
+_UNKNOWN_DATA = (
+    "--resume: {out_dir} holds seeds {seeds} recorded by an earlier version without their "
+    "data; they are reused as trained on {ours}."
 )
 
 
@@ -269,6 +279,13 @@ class WildsExperiment:
         except OSError:
             return False
 
+    @property
+    def data(self) -> dict[str, Any]:
+        """The data the seeds train on: the dataset's folder (absolute) and whether it is
+        synthetic; recorded with each seed, and compared by :func:`check_resumable`."""
+        return {"data_dir": str(Path(self.dataset.data_dir).resolve()),
+                "synthetic": self.synthetic}
+
     def runs(self) -> list[SeedRun]:
         """A run per seed, in the order of ``settings["seeds"]``."""
         settings = jsonable({k: self.settings[k] for k in RUN_SETTINGS})
@@ -291,9 +308,9 @@ class WildsExperiment:
 
     def score(self, spec: SeedRun, clf: Any) -> dict[str, Any]:
         """``metrics`` (split -> official WILDS metrics; train only with ``--protocol custom``),
-        ``history`` and ``submission_files`` (written here, for every split but train; their
-        paths relative to ``out_dir``, so that a resume finds them from any working
-        directory)."""
+        ``history``, ``data`` (:attr:`data`) and ``submission_files`` (written here, for
+        every split but train; their paths relative to ``out_dir``, so that a resume finds
+        them from any working directory)."""
         parts, features = self._splits(spec.seed)
         custom = self.settings["protocol"] == "custom"
         predictions, metrics = {}, {}
@@ -306,7 +323,7 @@ class WildsExperiment:
                                  out_dir=self.out_dir / "submission", seed=spec.seed)
         history = [{k: v if isinstance(v, (int, float, str, bool, type(None))) else str(v)
                     for k, v in epoch.items()} for epoch in getattr(clf, "history_", [])]
-        return {"metrics": metrics, "history": history,
+        return {"metrics": metrics, "history": history, "data": self.data,
                 "submission_files": [str(p.relative_to(self.out_dir)) for p in files]}
 
     def _splits(self, seed: int) -> tuple[dict, dict]:
@@ -328,27 +345,49 @@ class WildsExperiment:
 
 
 def check_resumable(experiment: WildsExperiment) -> None:
-    """Refuse to resume into a folder whose finished seeds were run with other settings.
+    """Refuse to resume into a folder whose finished seeds were run with other settings or
+    on other data (another folder, or synthetic data where this command reads real data or
+    the reverse).
 
     Their submission files have the names this command's seeds would write, so the folder
-    would end up holding predictions of two configurations.
+    would end up holding predictions of two configurations, and the report would mix two
+    data sources. Seeds recorded without their data (by earlier versions) are reused, with
+    a warning naming them.
 
     Raises
     ------
     ValueError
-        Naming the settings that differ.
+        Naming the settings that differ, or the data of the seed and of this command.
     """
     runs = experiment.runs()
     ours = runs[0].settings if runs else {}
+    unknown = []
     for record in read_results(experiment.out_dir / RESULTS_FILE):
         theirs = _with_dataset(record).get("settings")
-        if record.get("status") != "ok" or not isinstance(theirs, dict) or theirs == ours:
+        if record.get("status") != "ok" or not isinstance(theirs, dict):
             continue
-        changed = [f"{k}: {theirs.get(k)!r} -> {ours.get(k)!r}"
-                   for k in sorted(set(theirs) | set(ours)) if theirs.get(k) != ours.get(k)]
-        raise ValueError(_OTHER_SETTINGS.format(out_dir=experiment.out_dir,
-                                                seed=record.get("seed"),
-                                                changed="; ".join(changed)))
+        seed = record.get("seed")
+        if theirs != ours:
+            changed = [f"{k}: {theirs.get(k)!r} -> {ours.get(k)!r}" for k in
+                       sorted(set(theirs) | set(ours)) if theirs.get(k) != ours.get(k)]
+            raise ValueError(_OTHER_SETTINGS.format(out_dir=experiment.out_dir, seed=seed,
+                                                    changed="; ".join(changed)))
+        data = record.get("data")
+        if data is None:
+            unknown.append(seed)
+        elif data != experiment.data:
+            raise ValueError(_OTHER_DATA.format(out_dir=experiment.out_dir, seed=seed,
+                                                theirs=_describe(data),
+                                                ours=_describe(experiment.data)))
+    if unknown:
+        warnings.warn(_UNKNOWN_DATA.format(out_dir=experiment.out_dir, seeds=unknown,
+                                           ours=_describe(experiment.data)), stacklevel=2)
+
+
+def _describe(data: dict[str, Any]) -> str:
+    """``data`` of :attr:`WildsExperiment.data` in words."""
+    kind = "synthetic" if data.get("synthetic") else "not synthetic"
+    return f"{data.get('data_dir')} ({kind})"
 
 
 def set_aside_outputs(out_dir: str | Path) -> list[Path]:

@@ -26,7 +26,7 @@ def test_bench_on_fashion_mnist_files(tmp_path, capsys):
     out = tmp_path / "bench"
     argv = ["bench", "--preset", "tiny", "--dataset", "fashion_mnist", "--data-root", str(root),
             "--split-sizes", "100,40,50", "--epochs", "1", "--methods", "rest",
-            "--sparsities", "0.9", "--no-plots", "--no-progress", "--out", str(out)]
+            "--sparsities", "0.9", "--no-plots", "--no-progress", "--out-dir", str(out)]
     assert cli.main(argv) == 0
     printed = capsys.readouterr().out
     assert "| REST | 0.9 | train |" in printed
@@ -42,7 +42,7 @@ def test_missing_fashion_mnist_files_fail_before_any_run(tmp_path, capsys):
     empty.mkdir()
     out = tmp_path / "out"
     argv = ["bench", "--preset", "tiny", "--dataset", "fashion_mnist", "--data-root",
-            str(empty), "--out", str(out), "--no-progress"]
+            str(empty), "--out-dir", str(out), "--no-progress"]
     assert cli.main(argv) == 2
     err = capsys.readouterr().err
     assert "apt-get install dataset-fashion-mnist" in err and str(empty) in err

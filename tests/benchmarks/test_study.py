@@ -285,7 +285,7 @@ def test_study_command_runs_and_resumes(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(runner_mod, "run_one", counting)
     out = tmp_path / "study"
     argv = ["bench", "--preset", "tiny", "--search", "random", "--budget", "2", "--methods",
-            "erm,rest_0.9,dense_cost_0.9", "--epochs", "1", "--out", str(out),
+            "erm,rest_0.9,dense_cost_0.9", "--epochs", "1", "--out-dir", str(out),
             "--no-progress"]
     assert cli.main([*argv, "--max-runs", "2"]) == 0  # a first chunk
     assert len(calls) == 2
@@ -339,7 +339,7 @@ def test_study_with_missing_files_fails_before_any_run(tmp_path, capsys):
     empty.mkdir()
     out = tmp_path / "out"
     argv = ["bench", "--preset", "tiny", "--dataset", "fashion_mnist", "--data-root", str(empty),
-            "--search", "random", "--budget", "2", "--out", str(out), "--no-progress"]
+            "--search", "random", "--budget", "2", "--out-dir", str(out), "--no-progress"]
     assert cli.main(argv) == 2
     assert "apt-get install dataset-fashion-mnist" in capsys.readouterr().err
     assert not out.exists()

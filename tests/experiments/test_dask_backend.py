@@ -162,7 +162,7 @@ def test_cli_runs_a_sweep_on_the_scheduler(cluster, tmp_path, capsys):
     out = tmp_path / "bench"
     address = cluster.scheduler.address
     argv = ["bench", "--preset", "tiny", "--epochs", "2", "--methods", "erm", "--backend",
-            "dask", "--scheduler", address, "--out", str(out), "--no-progress", "--no-plots"]
+            "dask", "--scheduler", address, "--out-dir", str(out), "--no-progress", "--no-plots"]
     assert cli.main(argv) == 0
     printed = capsys.readouterr()
     assert f"dask scheduler {address} (2 workers, 2 threads)" in printed.err
@@ -181,7 +181,7 @@ def test_study_runs_on_the_scheduler_with_the_numbers_of_a_local_run(cluster, tm
     out = tmp_path / "dask"
     argv = ["bench", "--preset", "tiny", "--epochs", "1", "--search", "random", "--budget", "2",
             "--methods", "erm,rest_0.9", "--backend", "dask", "--scheduler", address,
-            "--out", str(out), "--no-progress", "--no-plots"]
+            "--out-dir", str(out), "--no-progress", "--no-plots"]
     assert cli.main(argv) == 0
     assert "random search: 2 methods x 1 ratios x 2 configurations" in capsys.readouterr().err
     remote = result_lines(out)
@@ -202,7 +202,7 @@ def test_unreachable_scheduler_fails_fast(tmp_path, capsys):
     with pytest.raises(ConnectionError, match="'not an address'"):
         run_sweep(tiny_config(), tmp_path, scheduler="not an address", scheduler_timeout=1)
     argv = ["bench", "--preset", "tiny", "--scheduler", address, "--scheduler-timeout", "1",
-            "--out", str(tmp_path)]
+            "--out-dir", str(tmp_path)]
     assert cli.main(argv) == 2
     assert f"Could not connect to the Dask scheduler at '{address}'" in capsys.readouterr().err
     assert not (tmp_path / runner_mod.RESULTS_FILE).exists()
@@ -239,7 +239,8 @@ def test_backend_arguments_are_checked(tmp_path, capsys):
         run_sweep(tiny_config(), tmp_path, backend="spark")
     with pytest.raises(ValueError, match="only used by backend='dask'"):
         run_sweep(tiny_config(), tmp_path, backend="local", scheduler="tcp://h:8786")
-    argv = ["bench", "--backend", "local", "--scheduler", "tcp://h:8786", "--out", str(tmp_path)]
+    argv = ["bench", "--backend", "local", "--scheduler", "tcp://h:8786", "--out-dir",
+            str(tmp_path)]
     assert cli.main(argv) == 2
     assert "only used by backend='dask'" in capsys.readouterr().err
     with pytest.raises(SystemExit):

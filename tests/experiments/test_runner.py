@@ -6,7 +6,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import subprocess
 import sys
+import threading
 
 import pytest
 
@@ -101,7 +103,7 @@ def test_resume_is_one_code_path_for_both_commands(tmp_path, monkeypatch, capsys
 
     monkeypatch.setattr(runner, "pending", spy)
     bench = tmp_path / "bench"
-    assert cli.main(["bench", "--preset", "tiny", "--max-runs", "0", "--out", str(bench),
+    assert cli.main(["bench", "--preset", "tiny", "--max-runs", "0", "--out-dir", str(bench),
                      "--no-plots", "--no-progress"]) == 0
     wilds = tmp_path / "wilds"
     _write_old_wilds_run(wilds / "out")
@@ -164,7 +166,9 @@ def old_wilds_run(tmp_path, monkeypatch):
 
 def test_wilds_resumes_the_seed_files_of_the_earlier_runner(old_wilds_run, capsys):
     out, old, argv = old_wilds_run
-    assert cli.main([*argv, "--resume"]) == 0
+    with pytest.warns(UserWarning, match=r"holds seeds \[0\] recorded by an earlier version "
+                                         r"without their data; they are reused"):
+        assert cli.main([*argv, "--resume"]) == 0
     summary = json.loads((out / "metrics.json").read_text())
     assert summary["metrics"]["test"] == {"acc_avg": 0.75, "acc_wg": 0.5}
     assert summary["runs"][0]["history"] == old["history"]
@@ -215,3 +219,81 @@ def test_old_entry_points_still_work_with_a_deprecation_warning(monkeypatch, cap
         old = importlib.import_module("rest_fair.benchmarks.runner")
     assert old.run_sweep is runner.run_sweep and old.RESULTS_FILE == "results.jsonl"
     assert old.bench_requirements(preset("tiny")) == []
+
+
+def _needs_wilds():
+    try:
+        import_wilds()
+    except ImportError:
+        pytest.skip("needs the optional extra rest-fair[wilds]")
+
+
+def _argv(command, out):
+    """A command into ``out`` whose runs are fast: bench's tiny preset, wilds' tiny seeds."""
+    if command == "bench":
+        return ["bench", "--preset", "tiny", "--out-dir", str(out), "--no-plots", "--no-progress"]
+    _needs_wilds()
+    return [*OLD_WILDS_ARGV, "--seeds", "0", "1", "--root-dir", str(out.parent / "d"),
+            "--out-dir", str(out)]
+
+
+@pytest.mark.parametrize("command", ["bench", "wilds"])
+def test_a_folder_another_process_holds_is_refused_and_left_alone(command, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / runner.RESULTS_FILE).write_text("earlier\n")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, sys; f = open(sys.argv[1], 'a'); "
+         "fcntl.flock(f, fcntl.LOCK_EX); print(flush=True); sys.stdin.read()",
+         str(out / runner.LOCK_FILE)], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        holder.stdout.readline()
+        assert cli.main(_argv(command, out)) == 2
+    finally:
+        holder.communicate()
+    assert f"{out} is in use by another rest-fair run" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == [runner.LOCK_FILE, runner.RESULTS_FILE]
+    assert (out / runner.RESULTS_FILE).read_text() == "earlier\n"
+
+
+def test_a_folder_is_held_once_and_released_however_the_block_ends(tmp_path):
+    with runner.lock_folder(tmp_path), runner.lock_folder(tmp_path):  # the holder re-enters
+        errors = []
+        thread = threading.Thread(target=lambda: errors.append(_try_lock(tmp_path)))
+        thread.start()
+        thread.join()
+        assert errors == [BlockingIOError]
+    with pytest.raises(KeyError), runner.lock_folder(tmp_path):
+        raise KeyError
+    assert _try_lock(tmp_path) is None
+
+
+def _try_lock(folder):
+    try:
+        with runner.lock_folder(folder):
+            return None
+    except BlockingIOError as exc:
+        return type(exc)
+
+
+@pytest.mark.parametrize(("command", "how"), [("bench", "rerun the same command"),
+                                              ("wilds", "rerun it with --resume")])
+def test_ctrl_c_keeps_the_finished_runs_and_says_how_to_continue(command, how, tmp_path,
+                                                                  monkeypatch, capsys):
+    argv = _argv(command, tmp_path / "out")
+    ran = []
+
+    def interrupted_run(spec, experiment, **kwargs):
+        ran.append(spec.run_id)
+        if len(ran) == 2:
+            raise KeyboardInterrupt
+        return {"run_id": spec.run_id, "seed": spec.seed, "status": "ok"}
+
+    monkeypatch.setattr(runner, "run_one", interrupted_run)
+    assert cli.main(argv) == 130
+    path = tmp_path / "out" / runner.RESULTS_FILE
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"rest-fair {command}: interrupted; the finished runs are kept in {path}; to "
+        f"continue, {how}.")
+    assert [json.loads(line)["run_id"] for line in path.open()] == ran[:1]
+    assert _try_lock(tmp_path / "out") is None

@@ -116,6 +116,26 @@ def test_resume_refuses_the_seeds_of_another_dataset(tmp_path, capsys):
     assert len((out / "results.jsonl").read_text().splitlines()) == 1
 
 
+def test_resume_refuses_the_seeds_of_other_data(tmp_path, capsys):
+    # a seed trained on synthetic data was reused against another --root-dir holding real
+    # data, and reported as a real-data result
+    out = tmp_path / "out"
+    common = ["wilds", "--dataset", "waterbirds", "--out-dir", str(out), "--max-epochs", "1",
+              "--image-size", "8", "--module", "mlp", "--batch-size", "32", "--seed", "3",
+              "--device", "cpu"]
+    assert rest_fair_main([*common, "--root-dir", str(tmp_path / "syn"), "--synthetic"]) == 0
+    results = (out / "results.jsonl").read_text()
+    make_synthetic_layout("waterbirds", tmp_path / "real", seed=7)
+    (tmp_path / "real" / "waterbirds_v1.0" / "RELEASE_v1.0.txt").write_text("WILDS\n")
+    capsys.readouterr()
+    assert rest_fair_main([*common, "--root-dir", str(tmp_path / "real"), "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert (f"holds seed 3 trained on {tmp_path / 'syn' / 'waterbirds_v1.0'} (synthetic); "
+            f"this command reads {tmp_path / 'real' / 'waterbirds_v1.0'} (not synthetic)"
+            in err)
+    assert "--root-dir" in err and (out / "results.jsonl").read_text() == results
+
+
 def test_resume_finds_the_seeds_from_another_working_directory(tmp_path, monkeypatch):
     # a relative --out-dir recorded the submission files from the working directory: a
     # resume from elsewhere did not find them and trained the finished seed again
