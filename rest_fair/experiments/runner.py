@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import fcntl
 import json
 import math
 import os
@@ -37,6 +36,14 @@ from concurrent.futures.process import BrokenProcessPool
 from numbers import Real
 from pathlib import Path
 from typing import Any
+
+try:  # POSIX; elsewhere output folders are not locked
+    from fcntl import LOCK_EX, LOCK_NB, flock
+except ImportError:  # pragma: no cover
+    def flock(handle: Any, operation: int) -> None:
+        """No lock where the system has no ``flock``."""
+
+    LOCK_EX = LOCK_NB = 0
 
 from .dask_backend import active_joblib_client, connect, dask_records
 from .run import Experiment, check_run_params, error_record, run_one, split_threads
@@ -141,9 +148,9 @@ _held: dict[Path, int] = {}
 def lock_folder(folder: str | Path) -> Iterator[Path]:
     """Create the output folder ``folder`` and hold it while the block runs.
 
-    The hold is an exclusive advisory lock (``fcntl.flock``) on the folder's
-    :data:`LOCK_FILE`, released when the block ends however it ends (and by the system
-    when the process ends). The thread holding a folder may enter the block again; the
+    The hold is an exclusive advisory lock (``fcntl.flock``; none on systems without it)
+    on the folder's :data:`LOCK_FILE`, released when the block ends however it ends (and
+    by the system when the process ends). The thread holding a folder may enter the block again; the
     worker processes of a sweep do not take it.
 
     Raises
@@ -164,7 +171,7 @@ def lock_folder(folder: str | Path) -> Iterator[Path]:
         return
     with (folder / LOCK_FILE).open("a") as handle:
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            flock(handle, LOCK_EX | LOCK_NB)
         except BlockingIOError:
             raise BlockingIOError(_IN_USE.format(folder=folder, lock=folder / LOCK_FILE)) from None
         _held[key] = me
