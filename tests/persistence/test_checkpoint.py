@@ -676,6 +676,31 @@ def _interrupted(tmp_path, **params):
     return X, y, g
 
 
+@pytest.mark.parametrize("params", [{}, {"infer_groups": "jtt", "jtt_epochs": 2}])
+def test_a_directory_of_another_run_is_refused_before_anything_trains(tmp_path, monkeypatch,
+                                                                     params):
+    # JTT's identification model trained its jtt_epochs before the refusal
+    X, y, g = _interrupted(tmp_path)
+    epochs = []
+    monkeypatch.setattr("rest_fair.training.TrainingRun.run_single_epoch",
+                        lambda run: epochs.append(run) or pytest.fail("an epoch trained"))
+    checked = []
+
+    class _Seen(Callback):
+        def on_fit_begin(self, net, *, check_checkpoint, **kwargs):
+            checked.append(check_checkpoint)
+
+    clf = RESTClassifier(**{**COMMON, "max_epochs": 3, "lr": 0.1, **params},
+                         callbacks=[_Seen(), Checkpoint(tmp_path)])
+    with pytest.raises(CheckpointError, match=r"another run, not finished.*params.lr was"):
+        clf.fit(X, y, groups=g)
+    assert epochs == []
+    # the hook's check is the one Checkpoint refuses with, open to any callback
+    with pytest.raises(CheckpointError, match="another run, not finished"):
+        checked[0](tmp_path)
+    checked[0](tmp_path / "other")
+
+
 @pytest.mark.parametrize("dropped", [("params.groupdro_adjustment",), tuple(_fit_module._NEUTRAL)])
 def test_a_checkpoint_from_before_a_parameter_resumes_with_its_neutral_value(tmp_path, dropped):
     params = dict(objective="groupdro", upweight=None)
