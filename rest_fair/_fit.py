@@ -40,7 +40,15 @@ from .jtt import identify_errors, overlap_report
 from .models import build_module
 from .persistence.checkpoint import has_checkpoint, read_checkpoint, saved_fingerprint
 from .reweighting import cell_weights, minority_mask, sample_weights_for
-from .training import EpochSampler, EvalSet, Precision, TrainingRun, TrainSet, TrainState
+from .training import (
+    EpochSampler,
+    EvalSet,
+    Precision,
+    TrainingRun,
+    TrainSet,
+    TrainState,
+    check_checkpoint,
+)
 from .training.distributed import LocalContext, resolve_distributed
 from .training.parts import TrainConfig, build_parts
 
@@ -457,6 +465,11 @@ def _built_run(est: Any, data: FitData, config: TrainConfig, callbacks: list, *,
     checkpoint = world.run_on_main(
         lambda: read_checkpoint(resume_from, fingerprint=fingerprint(), neutral=_NEUTRAL)
         if resume_from is not None and has_checkpoint(resume_from) else {})
+    # callbacks refuse their settings before anything trains (JTT's identification model too)
+    check = functools.partial(check_checkpoint, fingerprint=fingerprint, world=world,
+                              neutral=_NEUTRAL)
+    for callback in callbacks:
+        callback.on_fit_begin(est, check_checkpoint=check)
     train, errors = data.rows(train_idx), None
     sources = [] if valid is None else [valid.source]
     try:

@@ -39,6 +39,12 @@ MIXED_LABELS = (
     "strings or all numbers."
 )
 UNSEEN_LABELS = "validation_data has labels not seen in training: {labels}."
+TYPES_DIFFER = (
+    "the {what} of validation_data and of training differ in type: validation_data holds "
+    "{val_type} values where training holds {train_type} ones (e.g. {val!r} against "
+    "{train!r}), and values of different types are different labels. Give both the same "
+    "type, e.g. convert the validation {what} with .astype({train_type})."
+)
 BAD_GROUP_NDIM = (
     "groups must be 1-D (one label per sample) or 2-D (one column per attribute); got an "
     "array of shape {shape}."
@@ -123,7 +129,8 @@ def check_inputs(est: Any, X: Any, y: Any, groups: Any, sample_weight: Any,
     group_codes, group_labels = encode_groups(groups, len(y))
     validation, validation_group_labels = (
         (None, None) if validation_data is None
-        else _check_validation(est, validation_data, classes))
+        else _check_validation(est, validation_data, classes,
+                               None if groups is None else group_labels))
     return FitData(
         X, y_codes, classes, group_codes, group_labels, groups is not None,
         check_sample_weight(sample_weight, len(y)), validation, validation_group_labels,
@@ -229,9 +236,13 @@ def _check_warm_start(classes_before: np.ndarray, classes: np.ndarray,
 
 
 def _check_validation(
-    est: Any, validation_data: Any, classes: np.ndarray
+    est: Any, validation_data: Any, classes: np.ndarray, group_labels: list | None
 ) -> tuple[tuple[Any, np.ndarray, np.ndarray | None], list | None]:
-    """``(X_val, class codes, group codes or None)`` and the labels of the group codes."""
+    """``(X_val, class codes, group codes or None)`` and the labels of the group codes.
+
+    The labels and groups of ``validation_data`` are checked against the training
+    ``classes`` and ``group_labels`` (None: ``fit`` got no groups) by :func:`_check_types`.
+    """
     if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
         raise ValueError(BAD_VALIDATION_DATA.format(type(validation_data).__name__))
     X_val, y_val = check_x(est, validation_data[0]), validation_data[1]
@@ -241,12 +252,31 @@ def _check_validation(
     y_val = column_or_1d(np.asarray(y_val), warn=True)
     if len(y_val) != n:
         raise ValueError(BAD_LENGTH.format(what="validation y", got=len(y_val), n=n))
-    unknown = set(np.unique(y_val)) - set(classes)
+    unknown = sorted(_plain(v) for v in set(np.unique(y_val)) - set(classes))
     if unknown:
-        raise ValueError(UNSEEN_LABELS.format(labels=sorted(_plain(v) for v in unknown)))
+        _check_types(unknown, [_plain(c) for c in classes], "labels")
+        raise ValueError(UNSEEN_LABELS.format(labels=unknown))
     g_codes, g_labels = (None, None) if groups_val is None else encode_groups(
         groups_val, n, what="validation groups")
+    if g_labels is not None and group_labels is not None:
+        _check_types(g_labels, group_labels, "groups")
     return (X_val, np.searchsorted(classes, y_val), g_codes), g_labels
+
+
+def _check_types(values: list, known: list, what: str) -> None:
+    """Refuse validation ``values`` that are training ``known`` ones in another type.
+
+    A value that is not among ``known`` but reads as one of them (``'1'`` where training
+    has ``1``) makes a :data:`TYPES_DIFFER` error, which names both types and an example
+    of each; other unseen values are left to the caller.
+    """
+    as_text = {str(k): k for k in known}
+    for value in values:
+        if value not in known and str(value) in as_text:
+            train = as_text[str(value)]
+            raise ValueError(TYPES_DIFFER.format(
+                what=what, val=value, train=train, val_type=type(value).__name__,
+                train_type=type(train).__name__))
 
 
 def check_x(est: Any, X: Any, *, fitted: Any = None) -> Any:

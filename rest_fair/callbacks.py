@@ -8,7 +8,9 @@ epoch), and ``run``, the live :class:`~rest_fair.training.TrainingRun` (``run.pa
 ``run.state``, ``run.save_checkpoint``). Hooks should accept ``**kwargs`` so that later
 versions can pass more.
 
-``on_epoch_end`` receives the epoch's history record; it may add keys to it (they appear in
+``on_fit_begin`` comes first, before anything trains, with ``check_checkpoint``, the check
+that a checkpoint directory may take this run's checkpoints. ``on_epoch_end`` receives the
+epoch's history record; it may add keys to it (they appear in
 ``history_``) and may return ``True`` to stop training. Callbacks run in the order given,
 except that those with ``runs_last = True`` run after all others; at the end of an epoch
 they see the others' stop decision in ``run.state.stopped``.
@@ -20,6 +22,7 @@ training checkpoints (:class:`Checkpoint`) and restored on resume.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from numbers import Integral
 from typing import Any, ClassVar
 
@@ -43,6 +46,17 @@ class Callback:
     """
 
     runs_last: ClassVar[bool] = False
+
+    def on_fit_begin(self, net: Any, *, check_checkpoint: Callable[[Any], None],
+                     **kwargs: Any) -> None:
+        """Called once when ``fit`` begins, before anything trains (also before the
+        identification model of ``infer_groups="jtt"``): a callback refuses its settings
+        here, so that a refusal wastes no training.
+
+        ``check_checkpoint(dirname)`` raises a
+        :class:`~rest_fair.exceptions.CheckpointError` if this run may not write its
+        checkpoints to ``dirname`` (a file, or the checkpoint of another unfinished run).
+        """
 
     def on_train_begin(self, net: Any, **kwargs: Any) -> None:
         """Called once before the first epoch (also when a run resumes)."""
@@ -166,7 +180,7 @@ class Checkpoint(Callback):
     dirname : str or path
         Directory of the checkpoints (created if needed). A directory holding the checkpoint
         of another run that has not finished (so could still be resumed) is refused when
-        training begins, before the first step: a
+        ``fit`` begins, before anything trains (``on_fit_begin``): a
         :class:`~rest_fair.exceptions.CheckpointError` names the differences.
     every : int, default=1
         Epochs between checkpoints; the last epoch of a run is always written.
@@ -182,7 +196,8 @@ class Checkpoint(Callback):
         self.every = every
         self.keep = keep
 
-    def on_train_begin(self, net: Any, *, run: Any = None, **kwargs: Any) -> None:
+    def on_fit_begin(self, net: Any, *, check_checkpoint: Callable[[Any], None],
+                     **kwargs: Any) -> None:
         if isinstance(self.every, bool) or not isinstance(self.every, int) or self.every < 1:
             raise ValueError(f"Checkpoint every must be a positive int; got {self.every!r}.")
         if isinstance(self.keep, bool) or not isinstance(self.keep, int) or self.keep < 1:
@@ -192,8 +207,7 @@ class Checkpoint(Callback):
         if os.path.isfile(self.dirname):
             raise ValueError(f"Checkpoint dirname {os.fspath(self.dirname)!r} is a file; it "
                              "must name a folder (made if missing).")
-        if run is not None:  # a directory this run may not write to is refused before training
-            run.check_checkpoint(self.dirname)
+        check_checkpoint(self.dirname)
 
     def on_epoch_end(self, net: Any, *, record: dict, run: Any = None, **kwargs: Any) -> None:
         if run is None:

@@ -98,6 +98,34 @@ def test_validation_labels_and_groups_are_checked_under_their_names(small):
         _clf().fit(X, y, validation_data=(X[:10], y[:10, None]))
 
 
+@pytest.mark.parametrize("what", ["labels", "groups"])
+def test_validation_labels_of_another_type_are_named_as_such(small, what):
+    # '0'/'1' against 0/1 were labels "not seen in training", and groups that the
+    # validation set "has no samples of" (a warning), as if data were missing
+    X, y = small
+
+    def fit(train_type, val_type):
+        y_fit, g_fit = y.astype(train_type), y.astype(train_type)
+        y_val, g_val = y_fit[:10], g_fit[:10]
+        if what == "labels":
+            y_val = y_val.astype(val_type)
+        else:
+            g_val = g_val.astype(val_type)
+        _clf().fit(X, y_fit, groups=g_fit, validation_data=(X[:10], y_val, g_val))
+
+    with pytest.raises(ValueError, match=rf"^the {what} of validation_data and of training "
+                                         r"differ in type: validation_data holds str values "
+                                         r"where training holds int ones \(e\.g\. '[01]' "
+                                         r"against [01]\).*\.astype\(int\)\.$"):
+        fit(int, str)
+    with pytest.raises(ValueError, match=rf"^the {what} .* holds int values where training "
+                                         r"holds str ones \(e\.g\. [01] against '[01]'\)"):
+        fit(str, int)
+    # validation groups are compared only with groups given to fit
+    with pytest.warns(UserWarning, match="fewer than 10 samples"):
+        _clf().fit(X, y, validation_data=(X[:10], y[:10], y[:10].astype(str)))
+
+
 def test_a_single_class_is_named_as_a_plain_value(small):
     X, _ = small
     with pytest.raises(ValueError, match=r"at least 2 classes to fit; got 1 class \('a'\)\.$"):

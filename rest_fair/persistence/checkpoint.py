@@ -82,7 +82,19 @@ _PREDATES = (
     "{path} was not recorded, now {after!r}: the checkpoint predates {path} (an older "
     "rest_fair wrote it){resumes}"
 )
-_RESUMES_WITH = ", and only {path}={neutral!r} continues that run"
+_RESUMES_WITH = ", so pass {setting}={neutral!r} to continue that run"
+_RANDOM_STATE = (
+    "random_state differs: that run had {before}, this one has {after}; pass {before} to "
+    "continue that run"
+)
+_SEED_DRAWN = (
+    "{random_state} drew the seed {before} for that run and {after} for this one; resuming "
+    "(resume_from) continues that run with its seed"
+)
+_SEED_NOT_RECORDED = (
+    "that run drew its seed from {random_state}, and its checkpoint (an older rest_fair "
+    "wrote it) does not record that seed: no random_state continues that run"
+)
 _UNKNOWN = (
     "{path} was {before!r}, which this rest_fair does not know: the checkpoint is from a "
     "newer release"
@@ -287,14 +299,18 @@ def _differences(saved: dict[str, Any], current: dict[str, Any], neutral: Mappin
     An entry that ``saved`` lacks matches where ``neutral`` holds its current value under
     its dotted path: the checkpoint predates the entry, and the run computes what it did.
     """
-    details = []
+    seeding = None if prefix else _seed_difference(saved, current, neutral)
+    details = [] if seeding is None else [seeding]
     for key in sorted(set(saved) | set(current)):
         path = f"{prefix}{key}"
+        if path in ("seed", "params.random_state"):  # phrased by _seed_difference
+            continue
         if key not in saved:
             after = current[key]
             if path in neutral and after == neutral[path]:
                 continue
-            resumes = (_RESUMES_WITH.format(path=path, neutral=neutral[path])
+            resumes = (_RESUMES_WITH.format(setting=path.removeprefix("params."),
+                                            neutral=neutral[path])
                        if path in neutral else "")
             details.append(_PREDATES.format(path=path, after=after, resumes=resumes))
         elif key not in current:
@@ -306,6 +322,38 @@ def _differences(saved: dict[str, Any], current: dict[str, Any], neutral: Mappin
         else:
             details.append(f"{path} was {saved[key]!r}, now {current[key]!r}")
     return details
+
+
+def _seed_difference(saved: dict[str, Any], current: dict[str, Any],
+                     neutral: Mapping[str, Any]) -> str | None:
+    """How ``current`` is seeded otherwise than ``saved``, or None where it is not.
+
+    Two entries say how a run is seeded: ``params.random_state`` and ``seed``, the seed a
+    run drew from a ``random_state`` that is not an int (None for an int). A difference in
+    either is phrased as the ``random_state`` to pass; ``seed`` missing from ``saved``
+    matches its neutral value, as in :func:`_differences`.
+    """
+    missing = object()
+    before, after = ((f.get("params") or {}).get("random_state", missing)
+                     for f in (saved, current))
+    seed_before = saved.get("seed", neutral.get("seed", missing))
+    seed_after = current.get("seed", missing)
+    if before == after and seed_before == seed_after:
+        return None
+    if "seed" not in saved and not isinstance(before, int):
+        return _SEED_NOT_RECORDED.format(random_state=_passed(before))
+    if before != after:
+        return _RANDOM_STATE.format(before=_passed(before), after=_passed(after))
+    return _SEED_DRAWN.format(random_state=_passed(before), before=seed_before, after=seed_after)
+
+
+def _passed(random_state: Any) -> str:
+    """How to pass a ``random_state`` as a fingerprint records it."""
+    if random_state is None or isinstance(random_state, int):
+        return f"random_state={random_state!r}"
+    if isinstance(random_state, str) and random_state.startswith("instance of "):
+        return f"random_state=<a {random_state.rpartition('.')[2]}>"  # drawn from, not saved
+    return f"random_state={random_state!r}"
 
 
 def saved_fingerprint(dirname: str | os.PathLike) -> dict[str, Any]:

@@ -12,7 +12,7 @@
 
 from __future__ import annotations
 
-from .loop import TrainingRun, predict_logits
+from .loop import TrainingRun, check_checkpoint, predict_logits
 from .parts import (
     LR_SCHEDULERS,
     OPTIMIZERS,
@@ -38,6 +38,7 @@ __all__ = [
     "TrainState",
     "TrainingParts",
     "TrainingRun",
+    "check_checkpoint",
     "make_optimizer",
     "make_scheduler",
     "make_sparsity",

@@ -30,7 +30,7 @@ from .distributed import shard_range
 from .parts import EvalSet, TrainingParts
 from .state import TrainState
 
-__all__ = ["LiveMasks", "TrainingRun", "predict_logits"]
+__all__ = ["LiveMasks", "TrainingRun", "check_checkpoint", "predict_logits"]
 
 #: Message of :class:`~rest_fair.exceptions.TrainingDivergedError` raised by the loop.
 DIVERGED = (
@@ -85,6 +85,34 @@ class LiveMasks(Mapping):
 
     def __repr__(self) -> str:
         return f"LiveMasks({self._names()!r})"
+
+
+def check_checkpoint(dirname: Any, fingerprint: Callable[[], dict], *, world: Any,
+                     neutral: Mapping[str, Any] | None = None) -> None:
+    """Refuse now, on every rank, a ``dirname`` that a run may not write its checkpoints to.
+
+    Rank 0 reads the directory; its refusal is raised on every rank of ``world``.
+    ``fit`` passes this check (with its run's fingerprint) to the callbacks'
+    ``on_fit_begin`` hook, before anything trains.
+
+    Parameters
+    ----------
+    dirname : str or path
+        Checkpoint directory.
+    fingerprint : callable returning a dict
+        The run's fingerprint (computed on rank 0 only).
+    world : LocalContext
+        The run's world (:mod:`~rest_fair.training.distributed`).
+    neutral : mapping, optional
+        Neutral values of fingerprint entries that older checkpoints lack.
+
+    Raises
+    ------
+    CheckpointError
+        If ``dirname`` is a file or holds the checkpoint of another, unfinished run (see
+        :func:`~rest_fair.persistence.checkpoint.check_writable`).
+    """
+    world.run_on_main(lambda: check_writable(dirname, fingerprint(), neutral=neutral))
 
 
 @torch.no_grad()
@@ -470,16 +498,10 @@ class TrainingRun:
                          finished=s.stopped or s.epoch >= self.parts.max_epochs)
 
     def check_checkpoint(self, dirname: Any) -> None:
-        """Refuse now, on every rank, a ``dirname`` that :meth:`save_checkpoint` would refuse.
-
-        Raises
-        ------
-        CheckpointError
-            If ``dirname`` is a file or holds the checkpoint of another, unfinished run (see
-            :func:`~rest_fair.persistence.checkpoint.check_writable`).
-        """
-        self.parts.world.run_on_main(
-            lambda: check_writable(dirname, self.fingerprint, neutral=self.neutral))
+        """Refuse now, on every rank, a ``dirname`` that :meth:`save_checkpoint` would refuse
+        (:func:`check_checkpoint` of this run's fingerprint)."""
+        check_checkpoint(dirname, lambda: self.fingerprint, world=self.parts.world,
+                         neutral=self.neutral)
 
     def _callback_keys(self) -> list[str]:
         """``"<class name>:<k>"`` for the k-th callback of its class: a callback added or

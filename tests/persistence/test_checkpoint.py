@@ -426,9 +426,14 @@ def test_an_unseeded_run_resumes_with_the_seed_it_drew(tmp_path, random_state):
     manifest = json.loads(manifest_path.read_text())
     del manifest["fingerprint"]["seed"]
     manifest_path.write_text(json.dumps(manifest))
-    with pytest.raises(CheckpointError, match=r"seed was not recorded, now \d+: the checkpoint "
-                                              r"predates seed"):
+    lost = (r"that run drew its seed from random_state=(None|<a RandomState>), and its "
+            r"checkpoint \(an older rest_fair wrote it\) does not record that seed: no "
+            r"random_state continues that run")
+    with pytest.raises(CheckpointError, match=lost):
         RESTClassifier(**params()).fit(X, y, groups=g, resume_from=tmp_path)
+    with pytest.raises(CheckpointError, match=lost):  # nor by a seeded one
+        RESTClassifier(**{**params(), "random_state": 0}).fit(X, y, groups=g,
+                                                              resume_from=tmp_path)
 
 
 def test_a_seeded_run_records_no_drawn_seed(tmp_path):
@@ -436,18 +441,34 @@ def test_a_seeded_run_records_no_drawn_seed(tmp_path):
     assert ckpt_format.saved_fingerprint(tmp_path)["seed"] is None
 
 
-@pytest.mark.parametrize("first, second", [(None, 3), (3, None)])
-def test_resuming_with_another_kind_of_random_state_names_the_seeds(tmp_path, first, second):
+@pytest.mark.parametrize("first, second", [(None, 3), (3, None), (3, 4)])
+def test_resuming_with_another_random_state_says_which_to_pass(tmp_path, first, second):
     X, y, g = _data()
     with pytest.raises(KeyboardInterrupt):
         RESTClassifier(**{**COMMON, "max_epochs": 3, "random_state": first},
                        callbacks=[_StopAt(2), Checkpoint(tmp_path)]).fit(X, y, groups=g)
-    with pytest.raises(CheckpointError, match="random_state was") as info:
+    # "seed was 123, now None" (the seed drawn for random_state=None) named no parameter
+    with pytest.raises(CheckpointError, match=re.escape(
+            f"cannot be resumed here: random_state differs: that run had random_state={first}, "
+            f"this one has random_state={second}; pass random_state={first} to continue that "
+            "run. Resume")):
         RESTClassifier(**{**COMMON, "max_epochs": 3, "random_state": second}).fit(
             X, y, groups=g, resume_from=tmp_path)
-    # the seed was or was not drawn by the same release: neither side is older or newer
-    assert "release" not in str(info.value) and "predates" not in str(info.value)
-    assert re.search(r"seed was (None, now \d+|\d+, now None)", str(info.value))
+    RESTClassifier(**{**COMMON, "max_epochs": 3, "random_state": first}).fit(
+        X, y, groups=g, resume_from=tmp_path)
+
+
+def test_a_new_unseeded_run_into_an_unseeded_runs_folder_names_the_seeds(tmp_path):
+    X, y, g = _data()
+    params = {**COMMON, "max_epochs": 3, "random_state": None}
+    with pytest.raises(KeyboardInterrupt):
+        RESTClassifier(**params, callbacks=[_StopAt(2), Checkpoint(tmp_path)]).fit(
+            X, y, groups=g)
+    with pytest.raises(CheckpointError, match=r"another run, not finished \(random_state=None "
+                                              r"drew the seed \d+ for that run and \d+ for "
+                                              r"this one; resuming \(resume_from\) continues "
+                                              r"that run with its seed\)"):
+        RESTClassifier(**params, callbacks=[Checkpoint(tmp_path)]).fit(X, y, groups=g)
 
 
 def test_a_seeded_checkpoint_without_a_seed_entry_resumes(tmp_path):
@@ -676,6 +697,31 @@ def _interrupted(tmp_path, **params):
     return X, y, g
 
 
+@pytest.mark.parametrize("params", [{}, {"infer_groups": "jtt", "jtt_epochs": 2}])
+def test_a_directory_of_another_run_is_refused_before_anything_trains(tmp_path, monkeypatch,
+                                                                     params):
+    # JTT's identification model trained its jtt_epochs before the refusal
+    X, y, g = _interrupted(tmp_path)
+    epochs = []
+    monkeypatch.setattr("rest_fair.training.TrainingRun.run_single_epoch",
+                        lambda run: epochs.append(run) or pytest.fail("an epoch trained"))
+    checked = []
+
+    class _Seen(Callback):
+        def on_fit_begin(self, net, *, check_checkpoint, **kwargs):
+            checked.append(check_checkpoint)
+
+    clf = RESTClassifier(**{**COMMON, "max_epochs": 3, "lr": 0.1, **params},
+                         callbacks=[_Seen(), Checkpoint(tmp_path)])
+    with pytest.raises(CheckpointError, match=r"another run, not finished.*params.lr was"):
+        clf.fit(X, y, groups=g)
+    assert epochs == []
+    # the hook's check is the one Checkpoint refuses with, open to any callback
+    with pytest.raises(CheckpointError, match="another run, not finished"):
+        checked[0](tmp_path)
+    checked[0](tmp_path / "other")
+
+
 @pytest.mark.parametrize("dropped", [("params.groupdro_adjustment",), tuple(_fit_module._NEUTRAL)])
 def test_a_checkpoint_from_before_a_parameter_resumes_with_its_neutral_value(tmp_path, dropped):
     params = dict(objective="groupdro", upweight=None)
@@ -704,8 +750,8 @@ def test_a_checkpoint_from_before_a_parameter_is_refused_with_another_value(tmp_
                               "upweight": None, "groupdro_adjustment": 0.5},
                            callbacks=[Checkpoint(tmp_path)])
     predates = (r"params.groupdro_adjustment was not recorded, now 0.5: the checkpoint predates "
-                r"params.groupdro_adjustment \(an older rest_fair wrote it\), and only "
-                r"params.groupdro_adjustment=0.0 continues that run")
+                r"params.groupdro_adjustment \(an older rest_fair wrote it\), so pass "
+                r"groupdro_adjustment=0.0 to continue that run")
     with pytest.raises(CheckpointError, match=f"different run.*{predates}"):
         other.fit(X, y, groups=g, resume_from=tmp_path)
     with pytest.raises(CheckpointError, match=f"another run, not finished.*{predates}"):
