@@ -267,16 +267,28 @@ def _check_types(values: list, known: list, what: str) -> None:
     """Refuse validation ``values`` that are training ``known`` ones in another type.
 
     A value that is not among ``known`` but reads as one of them (``'1'`` where training
-    has ``1``) makes a :data:`TYPES_DIFFER` error, which names both types and an example
-    of each; other unseen values are left to the caller.
+    has ``1``; for groups of several columns, column by column: ``('1', 'a')`` where
+    training has ``(1, 'a')``) makes a :data:`TYPES_DIFFER` error, which names both types
+    (of the first column that differs) and an example of each; other unseen values are
+    left to the caller.
     """
-    as_text = {str(k): k for k in known}
+    as_text = {_as_text(k): k for k in known}
     for value in values:
-        if value not in known and str(value) in as_text:
-            train = as_text[str(value)]
+        if value not in known and _as_text(value) in as_text:
+            train = as_text[_as_text(value)]
+            val_item, train_item = value, train
+            if isinstance(value, tuple):
+                val_item, train_item = next(
+                    ((v, t) for v, t in zip(value, train, strict=True)
+                     if type(v) is not type(t)), (value, train))
             raise ValueError(TYPES_DIFFER.format(
-                what=what, val=value, train=train, val_type=type(value).__name__,
-                train_type=type(train).__name__))
+                what=what, val=value, train=train, val_type=type(val_item).__name__,
+                train_type=type(train_item).__name__))
+
+
+def _as_text(value: Any) -> Hashable:
+    """A label as text; the label of several group columns as the text of each column."""
+    return tuple(str(v) for v in value) if isinstance(value, tuple) else str(value)
 
 
 def check_x(est: Any, X: Any, *, fitted: Any = None) -> Any:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from sklearn.exceptions import DataConversionWarning
@@ -124,6 +125,22 @@ def test_validation_labels_of_another_type_are_named_as_such(small, what):
     # validation groups are compared only with groups given to fit
     with pytest.warns(UserWarning, match="fewer than 10 samples"):
         _clf().fit(X, y, validation_data=(X[:10], y[:10], y[:10].astype(str)))
+
+
+def test_validation_groups_of_several_columns_of_another_type_are_named_as_such(small):
+    # a DataFrame of attribute columns read as text for validation was taken for groups
+    # the validation set "has no samples of" (a warning), as if data were missing
+    X, y = small
+    groups = pd.DataFrame({"a": y, "b": 1 - y, "c": ["x"] * len(y)})
+    with pytest.raises(ValueError, match=r"^the groups of validation_data and of training "
+                                         r"differ in type: validation_data holds str values "
+                                         r"where training holds int ones \(e\.g\. \('[01]', "
+                                         r"'[01]', 'x'\) against \([01], [01], 'x'\)\)"):
+        _clf().fit(X, y, groups=groups,
+                   validation_data=(X[:10], y[:10], groups[:10].astype(str)))
+    with pytest.raises(ValueError, match=r"holds int values where training holds str ones"):
+        _clf().fit(X, y, groups=groups.astype(str),
+                   validation_data=(X[:10], y[:10], groups[:10]))
 
 
 def test_a_single_class_is_named_as_a_plain_value(small):

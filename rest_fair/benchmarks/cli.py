@@ -9,6 +9,7 @@ command runs).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shlex
 import sys
@@ -24,6 +25,7 @@ from ..experiments.runner import (
     PROGRESS_MODES,
     finished,
     interrupted,
+    lock_folder,
     parse_upweight,
     run_sweep,
 )
@@ -293,7 +295,10 @@ def run(args: argparse.Namespace) -> int:
         "command": shlex.join(["rest-fair", *getattr(args, "argv", ["bench"])]),
     }
 
+    held = contextlib.ExitStack()  # the output folder, from the sweep's start to the report's end
+
     def announce(where: dict[str, Any]) -> None:
+        held.enter_context(lock_folder(out_dir))
         info.update(where)
         if where["backend"] == "dask":
             text = (f"dask scheduler {where['scheduler']} ({where['dask_workers']} workers, "
@@ -304,21 +309,25 @@ def run(args: argparse.Namespace) -> int:
               f"({_grid_words(experiment)}), {text}, out={out_dir}", file=sys.stderr)
 
     t0 = time.perf_counter()
-    try:
-        records = run_sweep(
-            experiment, out_dir, n_jobs=args.n_jobs, resume=not args.fresh,
-            progress=args.progress, max_runs=args.max_runs, time_limit=args.time_limit,
-            backend=args.backend, scheduler=args.scheduler,
-            scheduler_timeout=args.scheduler_timeout, on_start=announce,
-        )
-    except (ImportError, OSError, ValueError) as exc:  # OSError: a connection, a weights file
-        print(_SETUP_FAILED.format(error=exc), file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return interrupted("rest-fair bench", out_dir, "rerun the same command")
-    info.update(started=started, sweep_seconds_this_call=round(time.perf_counter() - t0, 1))
-    write = write_study_outputs if random else write_outputs
-    outputs = write(records, experiment, out_dir, run_info=info, plots=not args.no_plots)
+    with held:
+        try:
+            records = run_sweep(
+                experiment, out_dir, n_jobs=args.n_jobs, resume=not args.fresh,
+                progress=args.progress, max_runs=args.max_runs, time_limit=args.time_limit,
+                backend=args.backend, scheduler=args.scheduler,
+                scheduler_timeout=args.scheduler_timeout, on_start=announce,
+            )
+        except (ImportError, OSError, ValueError) as exc:  # OSError: a connection, a weights file
+            print(_SETUP_FAILED.format(error=exc), file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            return interrupted("rest-fair bench", out_dir, "rerun the same command")
+        info.update(started=started, sweep_seconds_this_call=round(time.perf_counter() - t0, 1))
+        write = write_study_outputs if random else write_outputs
+        try:
+            outputs = write(records, experiment, out_dir, run_info=info, plots=not args.no_plots)
+        except KeyboardInterrupt:
+            return interrupted("rest-fair bench", out_dir, "rerun the same command")
     errors = [r for r in records if r.get("status") == "error"]
     for record in errors:
         print(f"run {record['run_id']} failed: {record.get('error')}", file=sys.stderr)

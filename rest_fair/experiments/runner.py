@@ -140,8 +140,9 @@ def append_record(path: Path, record: dict[str, Any]) -> None:
         os.fsync(handle.fileno())
 
 
-#: The output folders this process holds (resolved path -> id of the holding thread).
-_held: dict[Path, int] = {}
+#: The output folders this process holds: resolved path -> [id of the holding thread, the
+#: locked file, the number of blocks holding it].
+_held: dict[Path, list] = {}
 
 
 @contextlib.contextmanager
@@ -149,9 +150,10 @@ def lock_folder(folder: str | Path) -> Iterator[Path]:
     """Create the output folder ``folder`` and hold it while the block runs.
 
     The hold is an exclusive advisory lock (``fcntl.flock``; none on systems without it)
-    on the folder's :data:`LOCK_FILE`, released when the block ends however it ends (and
-    by the system when the process ends). The thread holding a folder may enter the block again; the
-    worker processes of a sweep do not take it.
+    on the folder's :data:`LOCK_FILE`, released when the last block holding it ends however
+    it ends (and by the system when the process ends). The thread holding a folder may
+    enter the block again, and the blocks may end in any order; the worker processes of a
+    sweep do not take it.
 
     Raises
     ------
@@ -166,19 +168,23 @@ def lock_folder(folder: str | Path) -> Iterator[Path]:
     except OSError as exc:
         raise ValueError(_BAD_OUT_DIR.format(path=folder, error=exc)) from exc
     key, me = folder.resolve(), threading.get_ident()
-    if _held.get(key) == me:
-        yield folder
-        return
-    with (folder / LOCK_FILE).open("a") as handle:
+    hold = _held.get(key)
+    if hold is None or hold[0] != me:
+        handle = (folder / LOCK_FILE).open("a")
         try:
             flock(handle, LOCK_EX | LOCK_NB)
         except BlockingIOError:
+            handle.close()
             raise BlockingIOError(_IN_USE.format(folder=folder, lock=folder / LOCK_FILE)) from None
-        _held[key] = me
-        try:
-            yield folder
-        finally:
+        hold = _held[key] = [me, handle, 0]
+    hold[2] += 1
+    try:
+        yield folder
+    finally:
+        hold[2] -= 1
+        if hold[2] == 0:
             del _held[key]
+            hold[1].close()
 
 
 def interrupted(command: str, out_dir: str | Path, how: str) -> int:
@@ -349,7 +355,9 @@ def run_sweep(
         Seconds to wait for the scheduler to answer and for a first worker, before a
         ConnectionError.
     on_start : callable or None
-        ``on_start(where)`` before the first run, with where the runs execute:
+        ``on_start(where)`` before the first run, with ``out_dir`` held (a block of
+        :func:`lock_folder` entered here keeps it held after the sweep), with where the
+        runs execute:
         ``{"backend": "local", "n_jobs": ..., "torch_threads_per_job": ...}`` or
         ``{"backend": "dask", "scheduler": address, "dask_workers": ...,
         "dask_worker_threads": ...}``.
@@ -440,7 +448,7 @@ def run_sweep(
             reporter.update(record)
             if on_result is not None:
                 on_result(record, count)
-    found = {r["run_id"]: r for r in read_results(path)}
+        found = {r["run_id"]: r for r in read_results(path)}
     return [found[s.run_id] for s in specs if s.run_id in found]
 
 

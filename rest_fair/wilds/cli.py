@@ -206,7 +206,10 @@ def run(args: argparse.Namespace) -> int:
             return 2
         except KeyboardInterrupt:
             return interrupted("rest-fair wilds", args.out_dir, "rerun it with --resume")
-        return _report(args, spec, experiment, records)
+        try:
+            return _report(args, spec, experiment, records)
+        except KeyboardInterrupt:
+            return interrupted("rest-fair wilds", args.out_dir, "rerun it with --resume")
 
 
 def _report(args: argparse.Namespace, spec: DatasetSpec, experiment: WildsExperiment,

@@ -374,7 +374,8 @@ def check_resumable(experiment: WildsExperiment) -> None:
                                                     changed="; ".join(changed)))
         data = record.get("data")
         if data is None:
-            unknown.append(seed)
+            if seed not in unknown:  # an earlier version's seed may have two lines
+                unknown.append(seed)
         elif data != experiment.data:
             raise ValueError(_OTHER_DATA.format(out_dir=experiment.out_dir, seed=seed,
                                                 theirs=_describe(data),

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import subprocess
@@ -192,7 +193,8 @@ def test_wilds_resumes_a_results_file_without_the_dataset_in_its_settings(old_wi
     (out / "runs" / "seed_0.json").unlink()
     line = {"run_id": SeedRun(0, OLD_WILDS_SETTINGS).run_id, "status": "ok", **old}
     (out / runner.RESULTS_FILE).write_text(json.dumps(line) + "\n")
-    assert cli.main([*argv, "--resume"]) == 0
+    with pytest.warns(UserWarning, match=r"holds seeds \[0\] recorded by an earlier version"):
+        assert cli.main([*argv, "--resume"]) == 0  # the seed once, not once per line
     assert "celebA test : acc_avg 0.7500  acc_wg 0.5000" in capsys.readouterr().out
     lines = [json.loads(text) for text in (out / runner.RESULTS_FILE).open()]
     assert lines[0] == line  # kept as it was
@@ -296,4 +298,54 @@ def test_ctrl_c_keeps_the_finished_runs_and_says_how_to_continue(command, how, t
         f"rest-fair {command}: interrupted; the finished runs are kept in {path}; to "
         f"continue, {how}.")
     assert [json.loads(line)["run_id"] for line in path.open()] == ran[:1]
+    assert _try_lock(tmp_path / "out") is None
+
+
+def _held_elsewhere(folder):
+    """What another thread gets when it tries to hold ``folder``."""
+    seen = []
+    thread = threading.Thread(target=lambda: seen.append(_try_lock(folder)))
+    thread.start()
+    thread.join()
+    return seen[0]
+
+
+def test_a_folder_stays_held_until_its_last_block_ends_in_any_order(tmp_path):
+    # a block entered while the folder was held ended nothing, and the first block's end
+    # released the folder while the later one still counted on it
+    first = runner.lock_folder(tmp_path)
+    first.__enter__()
+    with contextlib.ExitStack() as later:
+        later.enter_context(runner.lock_folder(tmp_path))
+        first.__exit__(None, None, None)
+        assert _held_elsewhere(tmp_path) is BlockingIOError
+    assert _held_elsewhere(tmp_path) is None
+
+
+@pytest.mark.parametrize(("command", "report", "how"), [
+    ("bench", "rest_fair.benchmarks.cli.write_outputs", "rerun the same command"),
+    ("wilds", "rest_fair.wilds.experiment.write_outputs", "rerun it with --resume")])
+def test_the_report_is_written_with_the_folder_held_and_ctrl_c_there_ends_cleanly(
+        command, report, how, tmp_path, monkeypatch, capsys):
+    # bench wrote its report after letting the folder go (a second command could start
+    # into it), and Ctrl-C while either command wrote its report showed a traceback
+    argv = _argv(command, tmp_path / "out")
+    monkeypatch.setattr(runner, "run_one", lambda spec, experiment, **kwargs: {
+        "run_id": spec.run_id, "seed": spec.seed, "status": "ok"})
+    held = []
+
+    def interrupted_report(*args, **kwargs):
+        held.append(_held_elsewhere(tmp_path / "out"))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(report, interrupted_report)
+    try:
+        status = cli.main(argv)
+    except KeyboardInterrupt:
+        pytest.fail("Ctrl-C while the report was written ended the command with a traceback")
+    assert status == 130
+    assert held == [BlockingIOError]
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"rest-fair {command}: interrupted; the finished runs are kept in "
+        f"{tmp_path / 'out' / runner.RESULTS_FILE}; to continue, {how}.")
     assert _try_lock(tmp_path / "out") is None
