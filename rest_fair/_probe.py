@@ -2,29 +2,44 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
 from torch import nn
 
 
-def probe_pass(module: nn.Module, example: Any, handles: Iterable[Any]) -> None:
-    """Run ``module(example)`` once to let hooks observe it, then remove the hooks.
+@contextmanager
+def evaluation(module: nn.Module) -> Iterator[None]:
+    """Evaluation mode and no gradients for the block, then every submodule's mode back.
 
-    The pass runs in evaluation mode (batch-norm statistics and dropout are untouched) and
-    without gradients; every submodule's training mode is restored (a frozen batch norm
-    stays in evaluation mode) and every handle in
-    ``handles`` (returned by ``register_forward_hook`` and the like) is removed, also when
-    the pass fails.
+    Whatever runs inside reads the network without training it: batch-norm statistics,
+    dropout and the power iteration of a spectral-norm parametrization (which runs each
+    time a training-mode layer's weight is read) are untouched. A submodule frozen in
+    evaluation mode stays so.
     """
     modes = [(m, m.training) for m in module.modules()]
     try:
         module.eval()
         with torch.no_grad():
-            module(example)
+            yield
     finally:
         for m, training in modes:
             m.training = training
+
+
+def probe_pass(module: nn.Module, example: Any, handles: Iterable[Any]) -> None:
+    """Run ``module(example)`` once to let hooks observe it, then remove the hooks.
+
+    The pass runs under :func:`evaluation` (batch-norm statistics and dropout are
+    untouched, every submodule's training mode is restored) and every handle in
+    ``handles`` (returned by ``register_forward_hook`` and the like) is removed, also when
+    the pass fails.
+    """
+    try:
+        with evaluation(module):
+            module(example)
+    finally:
         for handle in handles:
             handle.remove()

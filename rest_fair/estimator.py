@@ -69,6 +69,12 @@ _CUSTOM_MODULE = (
     "for this estimator, or save (clf.module_, clf.masks_, metadata) and pass module= to "
     "load()."
 )
+_NO_INPUT_SHAPE = (
+    "efficiency_report counts FLOPs on one zero sample of the fitted input shape, and this "
+    "network was fitted on samples without one (input_shape_ is (): text, whose token "
+    "sequences vary in length, or one number per sample). sparsity_report() gives the "
+    "active weights of every masked layer."
+)
 _NOT_SAVED = "fitted attributes not saved (not plain values): {names}"
 # parameters that may hold objects a file cannot: they do not change the fitted network
 _OBJECT_PARAMS = ("callbacks", "random_state")
@@ -619,8 +625,16 @@ or dict of columns, default=None
         Returns
         -------
         pandas.DataFrame
+
+        Raises
+        ------
+        ValueError
+            For a network fitted on samples without a shape (text, one number per
+            sample): there is no sample to count the FLOPs of.
         """
         check_is_fitted(self, "module_")
+        if not self.input_shape_:
+            raise ValueError(_NO_INPUT_SHAPE)
         return efficiency_report(
             self.module_,
             self.masks_,

@@ -147,6 +147,14 @@ def test_fitted_text_estimator_pickles_with_its_tokenizer(tiny):
         clf.predict(np.zeros((2, 3)))
 
 
+def test_the_efficiency_report_of_a_text_fit_says_why_there_is_none(tiny):
+    # it used to blame an input_shape the user never gave: "got ()"
+    clf = _clf(tiny, max_epochs=1).fit(TEXTS, LABELS)
+    with pytest.raises(ValueError, match=r"fitted on samples without one .*text"):
+        clf.efficiency_report()
+    assert len(clf.sparsity_report()) == len(clf.masks_)
+
+
 def test_held_out_validation_split_of_text(tiny):
     texts, labels = TEXTS * 3, np.tile(LABELS, 3)
     clf = _clf(tiny, validation_fraction=0.3, max_epochs=2).fit(texts, labels,

@@ -31,6 +31,10 @@ Conventions
   updates this gives, per sample,
   ``3 f_S + (f_D - f_S) * n_topology_updates / n_train_steps`` (or ``/ update_interval``).
   Random regrowth (SET) needs no dense gradient. The dense baseline costs ``3 f_D``.
+  The 3x counts the gradient of every layer's input, the first layer's (the data needs
+  none) and a recurrent layer's zero initial state included; a count of the products
+  autograd actually runs (``torch.utils.flop_counter.FlopCounterMode``) is lower by
+  those, by 30 % for a dense MLP on images, whose first layer holds most weights.
 """
 
 from __future__ import annotations
@@ -46,7 +50,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 from torch.nn.utils.rnn import PackedSequence
 
-from .._probe import probe_pass
+from .._probe import evaluation, probe_pass
 from .._validation import Interval
 from ..sparse.checks import check_masks
 from ..sparse.masks import layer_outputs, maskable_parameters
@@ -228,6 +232,72 @@ def _layer_parameters(layer: nn.Module) -> list[nn.Parameter]:
     return params
 
 
+def _layer_rows(module: nn.Module, masks: Mapping[str, torch.Tensor],
+                positions: Mapping[str, int], tokens: Mapping[str, tuple[int, int, int]],
+                update_rate_dense: float) -> tuple[list[dict], set[str], list[str]]:
+    """The rows of :func:`efficiency_report` for the layers (the totals and ``"(other)"``
+    aside), the names of the parameters they hold and the layers not called."""
+    # a weight shared by several layers has its mask under its first name, and its
+    # parameters are counted once (its products at every use)
+    first_name = {id(p): n for n, p in module.named_parameters()}
+    mask_of = {id(p): masks[n] for n, p in (*module.named_parameters(),
+                                            *maskable_parameters(module)) if n in masks}
+    rows = []
+    counted: set[str] = set()
+    seen: set[int] = set()
+    not_called = []
+    for name, sub in module.named_modules():
+        if isinstance(sub, nn.MultiheadAttention):
+            if name not in tokens:
+                not_called.append(name)
+            row = _attention_row(name, sub, masks, tokens.get(name, (0, 0, 0)), counted)
+            f_dense, f_sparse = row["inference_flops_dense"], row["inference_flops"]
+            rows.append({**row, "training_flops_dense": 3 * f_dense,
+                         "training_flops": 3 * f_sparse + (f_dense - f_sparse)
+                         * update_rate_dense})
+            continue
+        recurrent = isinstance(sub, _RECURRENT)
+        if layer_outputs(sub) is None and not recurrent:
+            continue
+        if recurrent:  # every weight of every layer and direction, once per time step
+            weights = [p for attr, p in sub.named_parameters(recurse=False)
+                       if attr.startswith("weight_")]
+            shape = tuple(tuple(w.shape) for w in weights)
+        else:
+            weights = [sub.weight]  # computed anew on each access when parametrized
+            shape = tuple(weights[0].shape)
+        n_weight = sum(w.numel() for w in weights)
+        n_active = sum(int(mask_of[id(w)].sum()) if id(w) in mask_of else w.numel()
+                       for w in weights)
+        # the layer's own parameters (those behind a parametrized weight included), each
+        # counted in the first row that holds it
+        own = [p for p in _layer_parameters(sub) if id(p) not in seen]
+        seen.update(id(p) for p in own)
+        counted.update(first_name[id(p)] for p in own)
+        n_params = sum(p.numel() for p in own)
+        n_params_active = sum(int(mask_of[id(p)].sum()) if id(p) in mask_of else p.numel()
+                              for p in own)
+        if name not in positions:
+            not_called.append(name)
+        pos = positions.get(name, 0)
+        f_dense = 2 * n_weight * pos
+        f_sparse = 2 * n_active * pos
+        rows.append(
+            {
+                "layer": name,
+                "kind": type(sub).__name__,
+                "shape": shape,
+                "params_dense": n_params,
+                "params_active": n_params_active,
+                "inference_flops_dense": f_dense,
+                "inference_flops": f_sparse,
+                "training_flops_dense": 3 * f_dense,
+                "training_flops": 3 * f_sparse + (f_dense - f_sparse) * update_rate_dense,
+            }
+        )
+    return rows, counted, not_called
+
+
 def efficiency_report(
     module: nn.Module,
     masks: Mapping[str, torch.Tensor] | None,
@@ -319,64 +389,9 @@ def efficiency_report(
     update_rate_dense = 0.0 if regrow == "random" else update_rate
 
     positions, tokens = _probe(module, input_shape)
-    # a weight shared by several layers has its mask under its first name, and its
-    # parameters are counted once (its products at every use)
-    first_name = {id(p): n for n, p in module.named_parameters()}
-    mask_of = {id(p): masks[n] for n, p in (*module.named_parameters(),
-                                            *maskable_parameters(module)) if n in masks}
-    rows = []
-    counted: set[str] = set()
-    seen: set[int] = set()
-    not_called = []
-    for name, sub in module.named_modules():
-        if isinstance(sub, nn.MultiheadAttention):
-            if name not in tokens:
-                not_called.append(name)
-            row = _attention_row(name, sub, masks, tokens.get(name, (0, 0, 0)), counted)
-            f_dense, f_sparse = row["inference_flops_dense"], row["inference_flops"]
-            rows.append({**row, "training_flops_dense": 3 * f_dense,
-                         "training_flops": 3 * f_sparse + (f_dense - f_sparse)
-                         * update_rate_dense})
-            continue
-        recurrent = isinstance(sub, _RECURRENT)
-        if layer_outputs(sub) is None and not recurrent:
-            continue
-        if recurrent:  # every weight of every layer and direction, once per time step
-            weights = [p for attr, p in sub.named_parameters(recurse=False)
-                       if attr.startswith("weight_")]
-            shape = tuple(tuple(w.shape) for w in weights)
-        else:
-            weights = [sub.weight]  # computed anew on each access when parametrized
-            shape = tuple(sub.weight.shape)
-        n_weight = sum(w.numel() for w in weights)
-        n_active = sum(int(mask_of[id(w)].sum()) if id(w) in mask_of else w.numel()
-                       for w in weights)
-        # the layer's own parameters (those behind a parametrized weight included), each
-        # counted in the first row that holds it
-        own = [p for p in _layer_parameters(sub) if id(p) not in seen]
-        seen.update(id(p) for p in own)
-        counted.update(first_name[id(p)] for p in own)
-        n_params = sum(p.numel() for p in own)
-        n_params_active = sum(int(mask_of[id(p)].sum()) if id(p) in mask_of else p.numel()
-                              for p in own)
-        if name not in positions:
-            not_called.append(name)
-        pos = positions.get(name, 0)
-        f_dense = 2 * n_weight * pos
-        f_sparse = 2 * n_active * pos
-        rows.append(
-            {
-                "layer": name,
-                "kind": type(sub).__name__,
-                "shape": shape,
-                "params_dense": n_params,
-                "params_active": n_params_active,
-                "inference_flops_dense": f_dense,
-                "inference_flops": f_sparse,
-                "training_flops_dense": 3 * f_dense,
-                "training_flops": 3 * f_sparse + (f_dense - f_sparse) * update_rate_dense,
-            }
-        )
+    with evaluation(module):  # a parametrized weight is computed, not trained
+        rows, counted, not_called = _layer_rows(module, masks, positions, tokens,
+                                                update_rate_dense)
     other = {n: p for n, p in module.named_parameters() if n not in counted}
     if other:  # dense remaining parameters (normalisation etc.), no FLOPs counted
         rows.append({"layer": "(other)", "kind": "other", "shape": (),

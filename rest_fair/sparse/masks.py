@@ -8,6 +8,7 @@ from collections.abc import Iterable, Iterator, Mapping
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from .densities import active_counts, erk_densities, uniform_densities
 from .kernels import randperm_prefix
@@ -89,17 +90,24 @@ def _kind(module: nn.Module) -> str | None:
 
 
 def _own_weights(module: nn.Module, kind: str) -> Iterator[tuple[str, object]]:
-    """``(attribute, value)`` of the weights a module of ``kind`` holds itself."""
-    if kind in ("layer", "embedding"):
-        yield "weight", getattr(module, "weight", None)
-    elif kind == "attention":
-        # in_proj_weight (3E, E), or q/k/v_proj_weight when kdim or vdim differ from E
-        for attr in ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight"):
-            yield attr, getattr(module, attr, None)
-    else:  # weight_ih_l{k}[_reverse], weight_hh_l{k}[_reverse], weight_hr_l{k}[_reverse]
+    """``(attribute, value)`` of the weights a module of ``kind`` holds itself.
+
+    A weight computed by a parametrization is left out without being computed: reading it
+    would run the parametrization (a training-mode spectral norm then takes a step of its
+    power iteration), and it is no parameter to mask.
+    """
+    if kind == "recurrent":  # weight_ih_l{k}, weight_hh_l{k}, weight_hr_l{k} [_reverse]
         for attr, param in module.named_parameters(recurse=False):
             if attr.startswith("weight_"):
                 yield attr, param
+        return
+    # an attention's in_proj_weight (3E, E), or q/k/v_proj_weight when kdim or vdim
+    # differ from E
+    attrs = (("weight",) if kind in ("layer", "embedding") else
+             ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight"))
+    for attr in attrs:
+        if not parametrize.is_parametrized(module, attr):
+            yield attr, getattr(module, attr, None)
 
 
 def _maskable(module: nn.Module) -> Iterator[tuple[str, nn.Parameter, str]]:

@@ -235,6 +235,20 @@ def test_a_parametrized_weight_counts_the_parameters_behind_it_once():
     assert report.loc["0", "inference_flops"] == 2 * 200
 
 
+def test_a_network_in_training_mode_keeps_all_its_state():
+    # the probe pass and the reading of a parametrized weight run in evaluation mode: no
+    # batch-norm statistics, no step of a spectral norm's power iteration
+    from torch.nn.utils import parametrizations
+
+    net = nn.Sequential(parametrizations.spectral_norm(nn.Linear(6, 5)), nn.BatchNorm1d(5),
+                        nn.ReLU(), nn.Dropout(), nn.Linear(5, 2)).train()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    report = efficiency_report(net, {"4.weight": torch.eye(2, 5, dtype=torch.bool)}, (6,))
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+    assert all(m.training for m in net.modules())
+    assert report.loc["total", "inference_flops"] == 2 * (30 + 2)
+
+
 class _Recurrent(nn.Module):
     """A packed bidirectional LSTM with projections over 5 steps, a GRU cell called twice."""
 

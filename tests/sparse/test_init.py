@@ -270,6 +270,17 @@ def test_weights_left_dense_are_named_in_a_warning():
         MaskSet.from_module(_cnn(), density=0.2)  # nothing left out: no warning
 
 
+def test_listing_the_weights_does_not_step_a_spectral_norm_in_training_mode():
+    # a parametrized weight is computed on each read, and a training-mode spectral norm
+    # then advances its power iteration: listing weights must not read it
+    net = nn.Sequential(torch.nn.utils.parametrizations.spectral_norm(nn.Linear(6, 5)),
+                        nn.Linear(5, 2)).train()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    assert [n for n, _ in maskable_parameters(net)] == ["1.weight"]
+    assert [n for n, _ in unmasked_weights(net)] == ["0.parametrizations.weight.original"]
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+
+
 @pytest.mark.filterwarnings("ignore:Initializing zero-element tensors")
 def test_a_layer_without_weights_gets_density_one():
     assert erk_densities({"empty": (0, 5), "b": (40, 40)}, 0.5) == {"empty": 1.0, "b": 0.5}
