@@ -223,11 +223,14 @@ class SeedRun:
     """One seed of a ``rest-fair wilds`` command: a run of :class:`WildsExperiment`.
 
     ``seed`` is the estimator's (and ``--frac``'s) ``random_state`` and the ``k`` of the
-    submission files' ``seed:k``; ``settings`` the JSON-ready values of :data:`RUN_SETTINGS`.
+    submission files' ``seed:k``; ``settings`` the JSON-ready values of :data:`RUN_SETTINGS`;
+    ``data`` the data it trains on (:attr:`WildsExperiment.data`), recorded with the run,
+    also when it fails, but not part of its id.
     """
 
     seed: int
     settings: dict[str, Any]
+    data: dict[str, Any] | None = None
 
     @property
     def run_id(self) -> str:
@@ -289,7 +292,7 @@ class WildsExperiment:
     def runs(self) -> list[SeedRun]:
         """A run per seed, in the order of ``settings["seeds"]``."""
         settings = jsonable({k: self.settings[k] for k in RUN_SETTINGS})
-        return [SeedRun(seed, settings) for seed in self.settings["seeds"]]
+        return [SeedRun(seed, settings, self.data) for seed in self.settings["seeds"]]
 
     def check_requirements(self) -> None:
         """Fail once when the WILDS extra is not installed."""
@@ -308,9 +311,9 @@ class WildsExperiment:
 
     def score(self, spec: SeedRun, clf: Any) -> dict[str, Any]:
         """``metrics`` (split -> official WILDS metrics; train only with ``--protocol custom``),
-        ``history``, ``data`` (:attr:`data`) and ``submission_files`` (written here, for
-        every split but train; their paths relative to ``out_dir``, so that a resume finds
-        them from any working directory)."""
+        ``history`` and ``submission_files`` (written here, for every split but train; their
+        paths relative to ``out_dir``, so that a resume finds them from any working
+        directory)."""
         parts, features = self._splits(spec.seed)
         custom = self.settings["protocol"] == "custom"
         predictions, metrics = {}, {}
@@ -323,7 +326,7 @@ class WildsExperiment:
                                  out_dir=self.out_dir / "submission", seed=spec.seed)
         history = [{k: v if isinstance(v, (int, float, str, bool, type(None))) else str(v)
                     for k, v in epoch.items()} for epoch in getattr(clf, "history_", [])]
-        return {"metrics": metrics, "history": history, "data": self.data,
+        return {"metrics": metrics, "history": history,
                 "submission_files": [str(p.relative_to(self.out_dir)) for p in files]}
 
     def _splits(self, seed: int) -> tuple[dict, dict]:
@@ -363,10 +366,12 @@ def check_resumable(experiment: WildsExperiment) -> None:
     ours = runs[0].settings if runs else {}
     unknown = []
     for record in read_results(experiment.out_dir / RESULTS_FILE):
-        theirs = _with_dataset(record).get("settings")
-        if record.get("status") != "ok" or not isinstance(theirs, dict):
+        theirs, status = _with_dataset(record).get("settings"), record.get("status")
+        if status not in ("ok", "failed") or not isinstance(theirs, dict):
             continue
         seed = record.get("seed")
+        if theirs != ours and status == "failed":  # another run id: not reused
+            continue
         if theirs != ours:
             changed = [f"{k}: {theirs.get(k)!r} -> {ours.get(k)!r}" for k in
                        sorted(set(theirs) | set(ours)) if theirs.get(k) != ours.get(k)]

@@ -116,14 +116,20 @@ def test_resume_refuses_the_seeds_of_another_dataset(tmp_path, capsys):
     assert len((out / "results.jsonl").read_text().splitlines()) == 1
 
 
-def test_resume_refuses_the_seeds_of_other_data(tmp_path, capsys):
+@pytest.mark.parametrize("status", ["ok", "failed"])
+def test_resume_refuses_the_seeds_of_other_data(tmp_path, capsys, status):
     # a seed trained on synthetic data was reused against another --root-dir holding real
-    # data, and reported as a real-data result
+    # data, and reported as a real-data result; a seed that diverged there (an outcome,
+    # not retried) was kept as this data's outcome
     out = tmp_path / "out"
     common = ["wilds", "--dataset", "waterbirds", "--out-dir", str(out), "--max-epochs", "1",
               "--image-size", "8", "--module", "mlp", "--batch-size", "32", "--seed", "3",
               "--device", "cpu"]
     assert rest_fair_main([*common, "--root-dir", str(tmp_path / "syn"), "--synthetic"]) == 0
+    if status == "failed":
+        record = json.loads((out / "results.jsonl").read_text())
+        record = {k: v for k, v in record.items() if k not in ("metrics", "submission_files")}
+        (out / "results.jsonl").write_text(json.dumps({**record, "status": "failed"}) + "\n")
     results = (out / "results.jsonl").read_text()
     make_synthetic_layout("waterbirds", tmp_path / "real", seed=7)
     (tmp_path / "real" / "waterbirds_v1.0" / "RELEASE_v1.0.txt").write_text("WILDS\n")
