@@ -167,8 +167,10 @@ class _SparseSource(BatchSource):
         return order.numpy()
 
     def take(self, rows, device):
-        block = self.data[rows].toarray().astype(np.float32)
-        return torch.from_numpy(block).to(device, non_blocking=True)
+        block = self.data[rows].astype(np.float32, copy=False)  # the batch's entries only
+        dense = np.zeros(block.shape, dtype=np.float32)
+        block.toarray(out=dense)
+        return torch.from_numpy(dense).to(device, non_blocking=True)
 
 
 def _first_element(item: Any) -> torch.Tensor:

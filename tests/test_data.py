@@ -40,3 +40,18 @@ def test_predictions_on_float64_equal_those_on_float32():
     y = (X[:, 0] > 0).astype(int)
     clf = RESTClassifier(max_epochs=1, random_state=0, batch_size=32).fit(X, y)
     np.testing.assert_array_equal(clf.predict_logits(X), clf.predict_logits(X.astype(np.float32)))
+
+
+def test_sparse_batches_are_the_float32_rows_in_every_format_and_dtype():
+    import scipy.sparse as sp
+
+    for dtype in (np.float32, np.float64):
+        for fmt in ("csr", "csc", "coo"):
+            X = sp.random(30, 50, density=0.1, format=fmt, dtype=dtype, random_state=0)
+            order = torch.from_numpy(np.random.default_rng(0).permutation(30))
+            source = make_source(X, device=CPU)
+            batches = [x for x, _ in source.batches(order, 7, CPU)]
+            assert all(b.dtype == torch.float32 for b in batches)
+            want = X.toarray().astype(np.float32)[order.numpy()]
+            np.testing.assert_array_equal(torch.cat(batches).numpy(), want)
+            assert X.dtype == dtype and X.format == fmt  # the caller's matrix is unchanged
