@@ -17,7 +17,7 @@ import argparse
 import numpy as np
 import torch
 from _args import positive_int
-from _timing import interleaved_medians
+from _timing import print_fit_ratios
 
 from rest_fair import RESTClassifier
 
@@ -39,16 +39,10 @@ def main(argv: list[str] | None = None) -> None:
                   upweight=None, validation_fraction=0.0)
     inputs = {"array": X, "TensorDataset": torch.utils.data.TensorDataset(torch.from_numpy(X)),
               "subclass": _Subclass(torch.from_numpy(X))}
-    medians = interleaved_medians(
-        {name: (lambda data=data: RESTClassifier(**params).fit(data, y))
-         for name, data in inputs.items()}, repeats=args.repeats, warmup=1)
-    print(f"# fit of {args.rows} x 100 rows, {args.epochs} epochs, torch "
-          f"{torch.__version__}, threads={torch.get_num_threads()}; medians of "
-          f"{args.repeats} interleaved rounds")
-    print("| input | fit time / array fit |")
-    print("|---|---|")
-    for name, seconds in medians.items():
-        print(f"| {name} | {seconds / medians['array']:.2f}x |")
+    header = (f"# fit of {args.rows} x 100 rows, {args.epochs} epochs, torch "
+              f"{torch.__version__}, threads={torch.get_num_threads()}")
+    print_fit_ratios(inputs, lambda data: RESTClassifier(**params).fit(data, y), args.repeats,
+                     header)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 from _args import positive_int, sparsity_arg
-from _timing import interleaved_medians
+from _timing import print_fit_ratios
 
 from rest_fair import RESTClassifier
 
@@ -37,16 +37,11 @@ def main(argv: list[str] | None = None) -> None:
     params = dict(max_epochs=1, batch_size=256, random_state=0, sparsity=args.sparsity,
                   module_params={"hidden_layer_sizes": (256,)}, validation_fraction=0.0)
     inputs = {"array": X.toarray(), "scipy.sparse CSR": X}
-    medians = interleaved_medians(
-        {name: (lambda data=data: RESTClassifier(**params).fit(data, y))
-         for name, data in inputs.items()}, repeats=args.repeats, warmup=1)
-    print(f"# 1 epoch on {args.rows} x {args.features} rows, {args.nnz} non-zeros each, "
-          f"sparsity {args.sparsity}, torch {torch.__version__}, "
-          f"threads={torch.get_num_threads()}; medians of {args.repeats} interleaved rounds")
-    print("| input | fit time / array fit |")
-    print("|---|---|")
-    for name, seconds in medians.items():
-        print(f"| {name} | {seconds / medians['array']:.2f}x |")
+    header = (f"# 1 epoch on {args.rows} x {args.features} rows, {args.nnz} non-zeros each, "
+              f"sparsity {args.sparsity}, torch {torch.__version__}, "
+              f"threads={torch.get_num_threads()}")
+    print_fit_ratios(inputs, lambda data: RESTClassifier(**params).fit(data, y), args.repeats,
+                     header)
 
 
 if __name__ == "__main__":

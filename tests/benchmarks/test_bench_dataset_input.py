@@ -1,4 +1,4 @@
-"""benchmarks/bench_dataset_input.py runs end to end on a few rows."""
+"""benchmarks/bench_dataset_input.py and bench_sparse_input.py run end to end on a few rows."""
 
 from __future__ import annotations
 
@@ -16,4 +16,12 @@ def test_dataset_input_benchmark_prints_a_ratio_per_input(capsys):
                                                 "--repeats", "1"])
     printed = capsys.readouterr().out
     for name in ("array", "TensorDataset", "subclass"):
+        assert re.search(rf"\| {name} \| \d+\.\d\dx \|", printed), printed
+
+
+def test_sparse_input_benchmark_prints_a_ratio_per_input(capsys):
+    load_benchmark("bench_sparse_input").main(["--rows", "300", "--features", "2000",
+                                               "--nnz", "10", "--repeats", "1"])
+    printed = capsys.readouterr().out
+    for name in ("array", "scipy.sparse CSR"):
         assert re.search(rf"\| {name} \| \d+\.\d\dx \|", printed), printed
