@@ -277,6 +277,18 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _json_value(value: Any) -> Any:
+    """The JSON form of a value JSON has none for: a numpy scalar's Python number (the
+    value of the same parameter passed as a Python number), else its ``repr``."""
+    if isinstance(value, np.bool_):
+        return bool(value)
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.floating):
+        return float(value)
+    return repr(value)
+
+
 def _json_key(key: Any) -> str:
     """A mapping key as JSON writes it (``1`` -> ``"1"``), or its ``repr`` for a key JSON
     has no form for (a tuple naming an intersectional group)."""
@@ -338,7 +350,7 @@ def _fingerprint(params: dict, input_shape: tuple, data: FitData,
         "n_valid": None if valid is None else len(valid.y),
         "validation_sha256": None if data.validation is None
         else _digest(*(part for part in data.validation if part is not None)),
-        "params": json.loads(json.dumps(run_params, default=repr, sort_keys=True)),
+        "params": json.loads(json.dumps(run_params, default=_json_value, sort_keys=True)),
     }
 
 

@@ -267,15 +267,18 @@ def _check_types(values: list, known: list, what: str) -> None:
     """Refuse validation ``values`` that are training ``known`` ones in another type.
 
     A value that is not among ``known`` but reads as one of them (``'1'`` where training
-    has ``1``; for groups of several columns, column by column: ``('1', 'a')`` where
-    training has ``(1, 'a')``) makes a :data:`TYPES_DIFFER` error, which names both types
-    (of the first column that differs) and an example of each; other unseen values are
-    left to the caller.
+    has ``1``, ``1.0`` where it has ``'1'``; for groups of several columns, column by
+    column: ``('1', 'a')`` where training has ``(1, 'a')``) makes a :data:`TYPES_DIFFER`
+    error, which names both types (of the first column that differs) and an example of
+    each; other unseen values are left to the caller.
     """
-    as_text = {_as_text(k): k for k in known}
+    as_text: dict = {}
+    for k in known:
+        for text in _as_texts(k):
+            as_text.setdefault(text, k)
     for value in values:
-        if value not in known and _as_text(value) in as_text:
-            train = as_text[_as_text(value)]
+        train = next((as_text[t] for t in _as_texts(value) if t in as_text), None)
+        if value not in known and train is not None:
             val_item, train_item = value, train
             if isinstance(value, tuple):
                 val_item, train_item = next(
@@ -286,9 +289,16 @@ def _check_types(values: list, known: list, what: str) -> None:
                 train_type=type(train_item).__name__))
 
 
-def _as_text(value: Any) -> Hashable:
-    """A label as text; the label of several group columns as the text of each column."""
-    return tuple(str(v) for v in value) if isinstance(value, tuple) else str(value)
+def _as_texts(value: Any) -> list[Hashable]:
+    """A label as text, then with an integer-valued float as its integer's text (``1.0``
+    reads as ``'1.0'`` and as ``'1'``); the label of several group columns as the text of
+    each column."""
+    def text(v: Any, whole: bool) -> str:
+        return str(int(v)) if whole and isinstance(v, float) and v.is_integer() else str(v)
+
+    if isinstance(value, tuple):
+        return [tuple(text(v, whole) for v in value) for whole in (False, True)]
+    return [text(value, whole) for whole in (False, True)]
 
 
 def check_x(est: Any, X: Any, *, fitted: Any = None) -> Any:

@@ -127,6 +127,23 @@ def test_validation_labels_of_another_type_are_named_as_such(small, what):
         _clf().fit(X, y, validation_data=(X[:10], y[:10], y[:10].astype(str)))
 
 
+@pytest.mark.parametrize("what", ["labels", "groups"])
+@pytest.mark.parametrize("train, val", [(str, float), (float, str)])
+def test_validation_labels_of_whole_floats_against_text_are_named_as_such(small, what, train,
+                                                                         val):
+    # 1.0 against '1' were labels "not seen in training": the text of 1.0 is '1.0'
+    X, y = small
+    y_fit, y_val = y.astype(train), y[:10].astype(val)
+    g_val = y_fit[:10]
+    if what == "groups":
+        y_val, g_val = y_fit[:10], y_val
+    with pytest.raises(ValueError, match=rf"^the {what} of validation_data and of training "
+                                         rf"differ in type: validation_data holds "
+                                         rf"{val.__name__} values where training holds "
+                                         rf"{train.__name__} ones"):
+        _clf().fit(X, y_fit, groups=y_fit, validation_data=(X[:10], y_val, g_val))
+
+
 def test_validation_groups_of_several_columns_of_another_type_are_named_as_such(small):
     # a DataFrame of attribute columns read as text for validation was taken for groups
     # the validation set "has no samples of" (a warning), as if data were missing

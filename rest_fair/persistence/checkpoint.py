@@ -27,6 +27,7 @@ import hashlib
 import io
 import json
 import os
+import re
 from collections.abc import Mapping
 from numbers import Integral
 from pathlib import Path
@@ -99,6 +100,8 @@ _UNKNOWN = (
     "{path} was {before!r}, which this rest_fair does not know: the checkpoint is from a "
     "newer release"
 )
+#: A numpy scalar's repr under numpy 2: ``np.int64(3)``, ``np.float32(0.5)``, ``np.True_``.
+_NUMPY_REPR = re.compile(r"np\.(\w+)\('?([^()']*)'?\)|np\.(True|False)_")
 _MISMATCH = (
     "the checkpoint in {dirname} was made by a different run and cannot be resumed here: "
     "{details}. Resume with the same data and parameters, or start a new run in another "
@@ -315,12 +318,12 @@ def _differences(saved: dict[str, Any], current: dict[str, Any], neutral: Mappin
             details.append(_PREDATES.format(path=path, after=after, resumes=resumes))
         elif key not in current:
             details.append(_UNKNOWN.format(path=path, before=saved[key]))
-        elif saved[key] == current[key]:
+        elif (before := _as_recorded(saved[key], current[key])) == current[key]:
             continue
-        elif isinstance(saved[key], dict) and isinstance(current[key], dict):
-            details.extend(_differences(saved[key], current[key], neutral, f"{path}."))
+        elif isinstance(before, dict) and isinstance(current[key], dict):
+            details.extend(_differences(before, current[key], neutral, f"{path}."))
         else:
-            details.append(f"{path} was {saved[key]!r}, now {current[key]!r}")
+            details.append(f"{path} was {before!r}, now {current[key]!r}")
     return details
 
 
@@ -336,6 +339,7 @@ def _seed_difference(saved: dict[str, Any], current: dict[str, Any],
     missing = object()
     before, after = ((f.get("params") or {}).get("random_state", missing)
                      for f in (saved, current))
+    before = _as_recorded(before, after)
     seed_before = saved.get("seed", neutral.get("seed", missing))
     seed_after = current.get("seed", missing)
     if before == after and seed_before == seed_after:
@@ -345,6 +349,35 @@ def _seed_difference(saved: dict[str, Any], current: dict[str, Any],
     if before != after:
         return _RANDOM_STATE.format(before=_passed(before), after=_passed(after))
     return _SEED_DRAWN.format(random_state=_passed(before), before=seed_before, after=seed_after)
+
+
+def _as_recorded(saved: Any, current: Any) -> Any:
+    """A saved fingerprint value as this release records it, compared with ``current``.
+
+    Releases before this one recorded a numpy scalar parameter by its repr. A saved string
+    of numpy 2's form (``'np.int64(3)'``, ``'np.float32(0.5)'``, ``'np.True_'``) reads as
+    the Python number it names; one of numpy 1's form (``'3'``, ``'True'``) reads as
+    ``current`` where that is the int or bool it spells. Lists are read item by item.
+    """
+    if isinstance(saved, list) and isinstance(current, list) and len(saved) == len(current):
+        return [_as_recorded(s, c) for s, c in zip(saved, current, strict=True)]
+    if not isinstance(saved, str):
+        return saved
+    if isinstance(current, (bool, int)) and saved == str(current):
+        return current
+    match = _NUMPY_REPR.fullmatch(saved)
+    if match is None:
+        return saved
+    if match[3] is not None:
+        return match[3] == "True"
+    kind = getattr(np, match[1], None)
+    if not (isinstance(kind, type) and issubclass(kind, (np.integer, np.floating))):
+        return saved
+    try:
+        scalar = kind(match[2])
+    except (ValueError, TypeError, OverflowError):
+        return saved
+    return int(scalar) if isinstance(scalar, np.integer) else float(scalar)
 
 
 def _passed(random_state: Any) -> str:

@@ -801,3 +801,43 @@ def test_every_parameter_added_since_has_its_neutral_value_declared():
     for path, value in _fit_module._NEUTRAL.items():
         if path.startswith("params."):  # the default trains as before the parameter existed
             assert defaults[path.removeprefix("params.")] == value
+
+
+def test_numpy_scalar_parameters_are_recorded_as_numbers(tmp_path):
+    # as parameters taken from np.arange grids are
+    _interrupted(tmp_path, random_state=np.int64(3), batch_size=np.int64(64),
+                 lr=np.float32(0.5), module_params={"hidden_layer_sizes": (np.int64(32),)})
+    params = ckpt_format.saved_fingerprint(tmp_path)["params"]
+    assert (params["random_state"], params["batch_size"]) == (3, 64)
+    assert type(params["random_state"]) is int and params["lr"] == float(np.float32(0.5))
+    assert params["module_params"] == {"hidden_layer_sizes": [32]}
+
+
+def _as_numpy_reprs(fingerprint):
+    """The edit of a fingerprint written by a release that recorded numpy scalar parameters
+    by their repr (numpy 2's ``np.int64(3)``, numpy 1's bare ``3``)."""
+    fingerprint["params"].update(random_state="np.int64(3)", batch_size="64",
+                                 max_epochs="np.int32(3)", lr="np.float64(0.05)",
+                                 module_params={"hidden_layer_sizes": ["np.int64(32)", "32"]})
+
+
+@pytest.mark.parametrize("numpy", [False, True])
+def test_a_checkpoint_recording_numpy_scalars_by_repr_resumes(tmp_path, numpy):
+    X, y, g = _interrupted(tmp_path)
+    _edit_fingerprint(tmp_path, _as_numpy_reprs)
+    number = np.int64 if numpy else int
+    params = {**COMMON, "max_epochs": number(3), "random_state": number(3),
+              "batch_size": number(64), "module_params": {"hidden_layer_sizes": (32, 32)}}
+    resumed = RESTClassifier(**params, callbacks=[Checkpoint(tmp_path)]).fit(
+        X, y, groups=g, resume_from=tmp_path)
+    assert [h["epoch"] for h in resumed.history_] == [1, 2, 3]
+
+
+def test_a_checkpoint_recording_numpy_scalars_by_repr_names_them_as_numbers(tmp_path):
+    X, y, g = _interrupted(tmp_path)
+    _edit_fingerprint(tmp_path, _as_numpy_reprs)
+    other = RESTClassifier(**{**COMMON, "max_epochs": 4, "random_state": 4})
+    with pytest.raises(CheckpointError, match=re.escape(
+            "random_state differs: that run had random_state=3, this one has random_state=4; "
+            "pass random_state=3 to continue that run; params.max_epochs was 3, now 4. ")):
+        other.fit(X, y, groups=g, resume_from=tmp_path)
