@@ -6,6 +6,7 @@ import csv
 import json
 import sys
 import types
+import warnings
 
 import pytest
 
@@ -47,6 +48,23 @@ def test_bench_out_is_the_former_name_of_out_dir(tmp_path, capsys):
         cli.main(["bench", "--help"])
     text = capsys.readouterr().out
     assert "--out-dir OUT_DIR" in text and "--out OUT" not in text
+
+
+@pytest.mark.parametrize("order", [1, -1])
+def test_bench_out_and_out_dir_with_two_folders_are_refused(order, tmp_path, capsys):
+    # the last one given was used silently
+    flags = [["--out", str(tmp_path / "a")], ["--out-dir", str(tmp_path / "b")]][::order]
+    with pytest.raises(SystemExit), warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        cli.build_parser().parse_args(["bench", *flags[0], *flags[1]])
+    given = " and ".join(" ".join(flag) for flag in flags)
+    assert (f"rest-fair bench: error: {given}: one option under two names, given two values; "
+            "give it once.") in capsys.readouterr().err
+    same = [[flag, str(tmp_path)] for flag in ("--out", "--out-dir")][::order]
+    with pytest.warns(FutureWarning) as seen:  # the same folder under both names: as one
+        args = cli.build_parser().parse_args(["bench", *same[0], *same[1]])
+    assert args.out_dir == tmp_path
+    assert [w.filename for w in seen] == [__file__]  # not a line of argparse
 
 
 def test_registry_adds_modules_and_skips_missing_ones(monkeypatch):

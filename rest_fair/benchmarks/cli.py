@@ -42,6 +42,7 @@ _BAD_LIST = "{flag}: cannot read {value!r} as a comma-separated list of {kind}."
 _EMPTY_LIST = "{flag}: {value!r} names no value; expected a comma-separated list of {kind}."
 _RENAMED = ("rest-fair bench {old} is deprecated and will be removed in the next release; "
             "use {new}.")
+_TWO_NAMES = "{given}: one option under two names, given two values; give it once."
 _SETUP_FAILED = "rest-fair bench: error: {error}"
 _WRONG_TABLE = "--methods with --search {search}: unknown {unknown}; available: {names}."
 _RANDOM_ONLY = "{flag} is only used with --search random."
@@ -113,13 +114,28 @@ def _estimator_params(value: str) -> dict:
 
 
 class _Renamed(argparse.Action):
-    """The former name of an option: stores its value as the new name does, with a
-    ``FutureWarning``."""
+    """An option and its former name (the one with ``deprecated=True``, a ``FutureWarning``
+    that points at the call of ``parse_args``): both given with different values are
+    refused."""
+
+    def __init__(self, *args: Any, deprecated: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.deprecated = deprecated
 
     def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
                  values: Any, option_string: str | None = None) -> None:
         new = "--" + self.dest.replace("_", "-")
-        warnings.warn(_RENAMED.format(old=option_string, new=new), FutureWarning, stacklevel=2)
+        if self.deprecated:
+            frame, level = sys._getframe(1), 2
+            while frame is not None and frame.f_globals.get("__name__") == "argparse":
+                frame, level = frame.f_back, level + 1
+            warnings.warn(_RENAMED.format(old=option_string, new=new), FutureWarning,
+                          stacklevel=level)
+        given = vars(namespace).setdefault("_given_" + self.dest, {})
+        given[option_string] = values
+        if len({str(v) for v in given.values()}) > 1:
+            parser.error(_TWO_NAMES.format(given=" and ".join(
+                f"{flag} {value}" for flag, value in given.items())))
         setattr(namespace, self.dest, values)
 
 
@@ -205,10 +221,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                         help="Override lambda (default 10/30/50/80 for 0.5/1/2/5 %%): a "
                              "number, 'balanced' or 'none' (no reweighting).")
     parser.add_argument("--device", help="auto, cpu, cuda, ...")
-    parser.add_argument("--out-dir", type=Path,
+    parser.add_argument("--out-dir", type=Path, action=_Renamed,
                         help="Output folder (default: rest_fair_results/bench-<preset>, "
                              "bench-<preset>-random with --search random).")
-    parser.add_argument("--out", type=Path, dest="out_dir", action=_Renamed,
+    parser.add_argument("--out", type=Path, dest="out_dir", action=_Renamed, deprecated=True,
                         help=argparse.SUPPRESS)
     parser.add_argument("--n-jobs", type=int, default=1,
                         help="Parallel runs, at most one per core; torch threads are split so "

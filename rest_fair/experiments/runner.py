@@ -27,6 +27,7 @@ import contextlib
 import json
 import math
 import os
+import signal
 import sys
 import threading
 import time
@@ -488,8 +489,10 @@ def _local_records(
         parallel = Parallel(n_jobs=len(batch), backend="loky", return_as="generator_unordered")
         returned = set()
         try:
-            for record in parallel(delayed(run_one)(spec, experiment, n_threads=threads)
-                                   for spec in batch):
+            with _deaf_to_ctrl_c():
+                records = parallel(delayed(run_one)(spec, experiment, n_threads=threads)
+                                   for spec in batch)
+            for record in records:
                 returned.add(record["run_id"])
                 yield record
         except BrokenProcessPool:
@@ -505,8 +508,34 @@ def _run_in_own_process(spec: Any, experiment: Experiment, threads: int) -> dict
 
     try:
         # two workers allowed for one task: joblib runs n_jobs=1 in this process
-        (record,) = Parallel(n_jobs=2, backend="loky")(
-            [delayed(run_one)(spec, experiment, n_threads=threads)])
+        with _deaf_to_ctrl_c():
+            records = Parallel(n_jobs=2, backend="loky", return_as="generator")(
+                [delayed(run_one)(spec, experiment, n_threads=threads)])
+        (record,) = records
     except BrokenProcessPool as exc:
         return error_record(spec, exc)
     return record
+
+
+@contextlib.contextmanager
+def _deaf_to_ctrl_c() -> Iterator[None]:
+    """Start worker processes in the block that ignore SIGINT for good.
+
+    In the main thread SIGINT is ignored (which the processes started meanwhile inherit)
+    and blocked (so that one which comes meanwhile is delivered when the block ends) until
+    the block ends. A Ctrl-C in a terminal, sent to the whole process group, then reaches
+    this process alone, whose ``KeyboardInterrupt`` ends the workers (joblib terminates
+    them). Elsewhere (another thread, a system without ``pthread_sigmask``, a SIGINT
+    handler not set from Python) the block runs as it is.
+    """
+    if (threading.current_thread() is not threading.main_thread()
+            or not hasattr(signal, "pthread_sigmask") or signal.getsignal(signal.SIGINT) is None):
+        yield
+        return
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, handler)
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)

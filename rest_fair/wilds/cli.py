@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 __all__ = ["add_parser", "build_parser", "main", "run"]
 
 _FAILED = "rest-fair wilds: seed {seed} failed: {error}"
+_INTERRUPTED_SETUP = "rest-fair wilds: interrupted while loading the data; nothing was run."
 _RETRY = "Rerun with --resume to retry the failed seeds (tracebacks in {path})."
 _MODULE_ENTRY = (
     "python -m rest_fair.wilds.cli (rest_fair.wilds.cli.main, build_parser) is deprecated and "
@@ -191,6 +192,9 @@ def run(args: argparse.Namespace) -> int:
     except (MissingDependencyError, OSError, ValueError) as exc:
         print(f"rest-fair wilds: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(_INTERRUPTED_SETUP, file=sys.stderr)
+        return 130
     experiment = WildsExperiment(dataset, settings, Path(args.out_dir))
     with contextlib.ExitStack() as stack:
         try:

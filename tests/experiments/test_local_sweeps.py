@@ -1,15 +1,27 @@
 """Local sweeps (this process or joblib processes): runs that end their process, runs
-listed twice."""
+listed twice, a Ctrl-C in a terminal."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
+import rest_fair
 from rest_fair.benchmarks import PRESETS
 from rest_fair.experiments import runner
+from rest_fair.experiments.run import available_cores
 from tests._support.sweeps import ProcessEndingBench, RepeatingBench
+
+#: Holds the ``sitecustomize`` that stops local worker processes while they start.
+STARTING_WORKER = Path(__file__).parents[1] / "_support" / "starting_worker"
 
 
 def tiny(cls, **fields):
@@ -47,3 +59,33 @@ def test_a_run_listed_twice_runs_once(tmp_path, monkeypatch):
     assert calls == ids
     assert [r["run_id"] for r in records] == ids
     assert runner.pending(config.runs(), tmp_path / "elsewhere.jsonl") == config.runs()[::2]
+
+
+def test_ctrl_c_in_a_terminal_shows_one_line_and_leaves_no_worker_behind(tmp_path):
+    # a Ctrl-C reaches the whole process group: worker processes still starting printed
+    # their own KeyboardInterrupt tracebacks around the command's one line
+    pytest.importorskip("torch")
+    if available_cores() < 2:
+        pytest.skip("two worker processes need two cores")
+    marks, out = tmp_path / "marks", tmp_path / "out"
+    marks.mkdir()
+    paths = [STARTING_WORKER, Path(rest_fair.__file__).parents[1], os.environ.get("PYTHONPATH")]
+    env = {**os.environ, "REST_FAIR_TEST_MARKS": str(marks),
+           "PYTHONPATH": os.pathsep.join(str(p) for p in paths if p)}
+    command = subprocess.Popen(
+        [sys.executable, "-m", "rest_fair.cli", "bench", "--preset", "tiny", "--n-jobs", "2",
+         "--out-dir", str(out), "--no-plots", "--no-progress"],
+        env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True)
+    try:
+        while not any(marks.iterdir()) and command.poll() is None:
+            time.sleep(0.01)
+        os.killpg(command.pid, signal.SIGINT)
+        _, err = command.communicate(timeout=60)  # ends when no process holds its stderr
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(command.pid, signal.SIGKILL)
+    assert command.returncode == 130
+    assert err.splitlines()[1:] == [
+        f"rest-fair bench: interrupted; the finished runs are kept in "
+        f"{out / runner.RESULTS_FILE}; to continue, rerun the same command."]

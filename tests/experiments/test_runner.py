@@ -349,3 +349,16 @@ def test_the_report_is_written_with_the_folder_held_and_ctrl_c_there_ends_cleanl
         f"rest-fair {command}: interrupted; the finished runs are kept in "
         f"{tmp_path / 'out' / runner.RESULTS_FILE}; to continue, {how}.")
     assert _try_lock(tmp_path / "out") is None
+
+
+def test_ctrl_c_while_wilds_loads_its_data_ends_cleanly(tmp_path, monkeypatch, capsys):
+    # a Ctrl-C before the sweep started showed a traceback
+    argv = _argv("wilds", tmp_path / "out")
+
+    def interrupted_load(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("rest_fair.wilds.cli.load_wilds", interrupted_load)
+    assert cli.main(argv) == 130
+    assert capsys.readouterr().err.splitlines() == [
+        "rest-fair wilds: interrupted while loading the data; nothing was run."]
