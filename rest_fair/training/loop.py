@@ -482,18 +482,31 @@ class TrainingRun:
         if "cuda_rng" in state and p.device.type == "cuda":
             torch.cuda.set_rng_state(state["cuda_rng"], p.device)
         self.state = TrainState.from_state_dict(state["train_state"])
+        # a checkpoint written at the best epoch holds the best weights and masks once, in
+        # storage shared with the current ones, which become live: the best copy gets its own
+        loaded = [t for key, value in state.items() if key != "train_state"
+                  for t in _tensors(value)]
+        if self.state.best_module_state is not None:
+            self.state.best_module_state = snapshot(self.state.best_module_state, loaded)
+        self.state.best_masks = snapshot(self.state.best_masks, loaded)
         self.extra = dict(state.get("extra") or {})
         self._pending_callback_states = state.get("callbacks") or {}
 
     def save_checkpoint(self, dirname: Any, *, keep: int = 2) -> None:
         """Write the run's state to ``dirname`` (see :mod:`rest_fair.persistence.checkpoint`).
 
-        In a data-parallel fit only rank 0 writes (every rank holds the same state).
+        In a data-parallel fit only rank 0 writes (every rank holds the same state). At the
+        best epoch the file holds the weights and masks once: the best ones are written as
+        the current ones where they are bitwise equal (:func:`torch.save` writes a storage
+        once), and :meth:`load_state_dict` gives them storage of their own again.
         """
         if not self.parts.world.is_main:
             return
         s = self.state
-        write_checkpoint(dirname, self.state_dict(), epoch=s.epoch_offset + s.epoch,
+        state = self.state_dict()
+        if s.best_epoch == s.epoch_offset + s.epoch:
+            state = _best_as_current(state)
+        write_checkpoint(dirname, state, epoch=s.epoch_offset + s.epoch,
                          fingerprint=self.fingerprint, neutral=self.neutral, keep=keep,
                          finished=s.stopped or s.epoch >= self.parts.max_epochs)
 
@@ -522,6 +535,51 @@ class TrainingRun:
         left = sorted(set(states) - set(keys))
         if left:
             warnings.warn(CALLBACK_STATES_LEFT.format(keys=left), UserWarning, stacklevel=2)
+
+
+def _best_as_current(state: dict[str, Any]) -> dict[str, Any]:
+    """:meth:`TrainingRun.state_dict` whose best weights and masks are the current tensors
+    where they are bitwise equal to them (for writing only: the result shares storage with
+    the live weights)."""
+    train = dict(state["train_state"])
+    train["best_module_state"] = _reused(train["best_module_state"], state["module"])
+    if state["sparsity"] is not None:
+        train["best_masks"] = _reused(train["best_masks"], state["sparsity"]["masks"])
+    return {**state, "train_state": train}
+
+
+def _reused(best: Mapping[str, torch.Tensor] | None,
+            current: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
+    """``best`` with each tensor bitwise equal to ``current``'s of its key replaced by it."""
+    if best is None:
+        return None
+    return {key: current[key] if key in current and _same_bits(tensor, current[key])
+            else tensor for key, tensor in best.items()}
+
+
+def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether two dense tensors hold the same bits (``-0.0`` is not ``0.0``, a NaN is
+    itself) in the same dtype, shape and device."""
+    if (a.dtype != b.dtype or a.shape != b.shape or a.device != b.device
+            or a.layout != torch.strided or b.layout != torch.strided
+            or a.is_quantized or b.is_quantized):
+        return False
+    if a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr() \
+            and a.storage_offset() == b.storage_offset() and a.stride() == b.stride():
+        return True
+    return torch.equal(a.reshape(-1).view(torch.uint8), b.reshape(-1).view(torch.uint8))
+
+
+def _tensors(value: Any) -> Iterator[torch.Tensor]:
+    """The tensors in nested dicts, lists and tuples."""
+    if isinstance(value, torch.Tensor):
+        yield value
+    elif isinstance(value, Mapping):
+        for item in value.values():
+            yield from _tensors(item)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from _tensors(item)
 
 
 def _keyed_by_class(states: dict) -> dict:

@@ -841,3 +841,66 @@ def test_a_checkpoint_recording_numpy_scalars_by_repr_names_them_as_numbers(tmp_
             "random_state differs: that run had random_state=3, this one has random_state=4; "
             "pass random_state=3 to continue that run; params.max_epochs was 3, now 4. ")):
         other.fit(X, y, groups=g, resume_from=tmp_path)
+
+
+def _storages(tensors):
+    return {t.untyped_storage().data_ptr() for t in tensors if t.numel()}
+
+
+def test_a_checkpoint_at_the_best_epoch_holds_its_weights_and_masks_once(tmp_path):
+    # without validation data every epoch is the best so far
+    _fit(tmp_path, validation_fraction=0.0)
+    state = torch.load(tmp_path / "epoch-000003.pt", weights_only=True)
+    train = state["train_state"]
+    assert train["best_epoch"] == 3
+    for kind, current, kept in [("weights", state["module"], train["best_module_state"]),
+                                ("masks", state["sparsity"]["masks"], train["best_masks"])]:
+        assert set(kept) == set(current), kind
+        for key, tensor in kept.items():
+            assert torch.equal(tensor, current[key]), (kind, key)
+            assert tensor.untyped_storage().data_ptr() == \
+                current[key].untyped_storage().data_ptr(), (kind, key)
+
+
+class _CheckBestIsItsOwn(Callback):
+    """Asserts, as the resumed loop starts, that no live tensor shares the best copy's memory."""
+
+    def on_train_begin(self, net, *, run, **kwargs):
+        masks = run.parts.sparsity.masks
+        live = _storages([*run.parts.module.parameters(), *run.parts.module.buffers(),
+                          *(masks.mask(name) for name in masks.names)])
+        best = [*run.state.best_module_state.values(), *run.state.best_masks.values()]
+        assert run.state.best_epoch == 2 and best
+        assert not live & _storages(best)
+        self.checked = True
+
+
+def test_resumed_best_weights_and_masks_are_not_the_live_ones(tmp_path):
+    X, y, g = _interrupted(tmp_path, validation_fraction=0.0)
+    check = _CheckBestIsItsOwn()
+    params = {**COMMON, "max_epochs": 3, "validation_fraction": 0.0}
+    resumed = RESTClassifier(**params, callbacks=[check]).fit(X, y, groups=g,
+                                                               resume_from=tmp_path)
+    assert check.checked
+    whole = RESTClassifier(**params).fit(X, y, groups=g)
+    assert np.array_equal(resumed.predict_proba(X), whole.predict_proba(X))
+
+
+def test_a_checkpoint_holding_the_best_weights_twice_resumes_the_same(tmp_path):
+    # checkpoints written before the best copy shared the current one's storage in the file
+    X, y, g = _interrupted(tmp_path / "shared", validation_fraction=0.0)
+    manifest = json.loads((tmp_path / "shared" / ckpt_format.MANIFEST).read_text())
+    state = ckpt_format.read_checkpoint(tmp_path / "shared")
+    train = state["train_state"]
+    train["best_module_state"] = {k: v.clone() for k, v in train["best_module_state"].items()}
+    train["best_masks"] = {k: v.clone() for k, v in train["best_masks"].items()}
+    old = ckpt_format.write_checkpoint(tmp_path / "twice", state, epoch=2,
+                                       fingerprint=manifest["fingerprint"])
+    assert old.stat().st_size > (tmp_path / "shared" / manifest["file"]).stat().st_size
+    params = {**COMMON, "max_epochs": 3, "validation_fraction": 0.0}
+    fits = [RESTClassifier(**params).fit(X, y, groups=g, resume_from=tmp_path / name)
+            for name in ("shared", "twice")]
+    assert np.array_equal(fits[0].predict_proba(X), fits[1].predict_proba(X))
+    for key, value in fits[0].module_.state_dict().items():
+        assert torch.equal(fits[1].module_.state_dict()[key], value)
+    assert fits[0].best_epoch_ == fits[1].best_epoch_ == 3
