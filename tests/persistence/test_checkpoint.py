@@ -841,3 +841,23 @@ def test_a_checkpoint_recording_numpy_scalars_by_repr_names_them_as_numbers(tmp_
             "random_state differs: that run had random_state=3, this one has random_state=4; "
             "pass random_state=3 to continue that run; params.max_epochs was 3, now 4. ")):
         other.fit(X, y, groups=g, resume_from=tmp_path)
+
+
+@pytest.mark.parametrize("lr", [np.float32(0.1), np.float32(0.5), np.float16(0.1)])
+def test_a_checkpoint_recording_numpy_1_float_reprs_resumes(tmp_path, lr):
+    # numpy 1 wrote the repr of np.float32(0.1) as '0.1', which was read as a string only
+    X, y, g = _interrupted(tmp_path, lr=lr)
+
+    def as_numpy_1(fingerprint):
+        fingerprint["params"]["lr"] = str(lr)
+
+    _edit_fingerprint(tmp_path, as_numpy_1)
+    if float(lr) != float(str(lr)):  # the Python float of the text is another value
+        with pytest.raises(CheckpointError, match=re.escape(
+                f"params.lr was {str(lr)!r}, now {float(str(lr))}")):
+            RESTClassifier(**{**COMMON, "max_epochs": 3, "lr": float(str(lr))}).fit(
+                X, y, groups=g, resume_from=tmp_path)
+    resumed = RESTClassifier(**{**COMMON, "max_epochs": 3, "lr": lr},
+                             callbacks=[Checkpoint(tmp_path)]).fit(
+        X, y, groups=g, resume_from=tmp_path)
+    assert [h["epoch"] for h in resumed.history_] == [1, 2, 3]
