@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import sys
@@ -65,6 +66,18 @@ def test_bench_out_and_out_dir_with_two_folders_are_refused(order, tmp_path, cap
         args = cli.build_parser().parse_args(["bench", *same[0], *same[1]])
     assert args.out_dir == tmp_path
     assert [w.filename for w in seen] == [__file__]  # not a line of argparse
+
+
+def test_bench_out_warns_once(capsys):
+    # argparse from Python 3.13 prints "warning: option '--out' is deprecated" for an
+    # action whose deprecated attribute is true, besides the FutureWarning
+    parser = cli.build_parser()
+    bench = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    actions = bench.choices["bench"]._actions
+    assert not [a.option_strings for a in actions if getattr(a, "deprecated", False)]
+    with pytest.warns(FutureWarning, match="--out is deprecated"):
+        parser.parse_args(["bench", "--out", "x"])
+    assert capsys.readouterr().err == ""
 
 
 def test_registry_adds_modules_and_skips_missing_ones(monkeypatch):

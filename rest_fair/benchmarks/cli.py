@@ -114,18 +114,19 @@ def _estimator_params(value: str) -> dict:
 
 
 class _Renamed(argparse.Action):
-    """An option and its former name (the one with ``deprecated=True``, a ``FutureWarning``
+    """An option and its former name (the one with ``former=True``, a ``FutureWarning``
     that points at the call of ``parse_args``): both given with different values are
-    refused."""
+    refused. The action's own ``deprecated`` stays False: argparse (Python >= 3.13) would
+    print a warning of its own for it."""
 
-    def __init__(self, *args: Any, deprecated: bool = False, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, former: bool = False, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.deprecated = deprecated
+        self.former = former
 
     def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
                  values: Any, option_string: str | None = None) -> None:
         new = "--" + self.dest.replace("_", "-")
-        if self.deprecated:
+        if self.former:
             frame, level = sys._getframe(1), 2
             while frame is not None and frame.f_globals.get("__name__") == "argparse":
                 frame, level = frame.f_back, level + 1
@@ -224,7 +225,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--out-dir", type=Path, action=_Renamed,
                         help="Output folder (default: rest_fair_results/bench-<preset>, "
                              "bench-<preset>-random with --search random).")
-    parser.add_argument("--out", type=Path, dest="out_dir", action=_Renamed, deprecated=True,
+    parser.add_argument("--out", type=Path, dest="out_dir", action=_Renamed, former=True,
                         help=argparse.SUPPRESS)
     parser.add_argument("--n-jobs", type=int, default=1,
                         help="Parallel runs, at most one per core; torch threads are split so "

@@ -522,20 +522,37 @@ def _deaf_to_ctrl_c() -> Iterator[None]:
     """Start worker processes in the block that ignore SIGINT for good.
 
     In the main thread SIGINT is ignored (which the processes started meanwhile inherit)
-    and blocked (so that one which comes meanwhile is delivered when the block ends) until
-    the block ends. A Ctrl-C in a terminal, sent to the whole process group, then reaches
-    this process alone, whose ``KeyboardInterrupt`` ends the workers (joblib terminates
-    them). Elsewhere (another thread, a system without ``pthread_sigmask``, a SIGINT
-    handler not set from Python) the block runs as it is.
+    and blocked (so that one which comes meanwhile is delivered when the block ends, unless
+    another thread that does not block it takes it: that one is ignored) until the block
+    ends; SIGINT's handler and the thread's signal mask are then as they were, also when a
+    Ctrl-C raises as they are changed or restored. A Ctrl-C in a terminal, sent to the
+    whole process group, then reaches this process alone, whose ``KeyboardInterrupt`` ends
+    the workers (joblib terminates them). Elsewhere (another thread, a system without
+    ``pthread_sigmask``, a SIGINT handler not set from Python) the block runs as it is.
     """
     if (threading.current_thread() is not threading.main_thread()
             or not hasattr(signal, "pthread_sigmask") or signal.getsignal(signal.SIGINT) is None):
         yield
         return
-    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-    handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # the Python handlers of signals caught meanwhile run as pthread_sigmask and signal are
+    # called, before or after these change anything: what they raise must not keep SIGINT
+    # blocked or ignored
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, ())
+    handler = signal.getsignal(signal.SIGINT)
     try:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         yield
     finally:
-        signal.signal(signal.SIGINT, handler)
-        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+        try:
+            try:
+                signal.signal(signal.SIGINT, handler)
+            except BaseException:
+                signal.signal(signal.SIGINT, handler)
+                raise
+        finally:
+            try:
+                signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            except BaseException:
+                signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+                raise

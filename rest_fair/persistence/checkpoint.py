@@ -102,6 +102,9 @@ _UNKNOWN = (
 )
 #: A numpy scalar's repr under numpy 2: ``np.int64(3)``, ``np.float32(0.5)``, ``np.True_``.
 _NUMPY_REPR = re.compile(r"np\.(\w+)\('?([^()']*)'?\)|np\.(True|False)_")
+#: The numpy float types that are not Python floats, whose scalars releases before this one
+#: recorded by their repr (numpy 1's repr is their ``str``).
+_NUMPY_1_FLOATS = (np.float16, np.float32, np.longdouble)
 _MISMATCH = (
     "the checkpoint in {dirname} was made by a different run and cannot be resumed here: "
     "{details}. Resume with the same data and parameters, or start a new run in another "
@@ -356,8 +359,10 @@ def _as_recorded(saved: Any, current: Any) -> Any:
 
     Releases before this one recorded a numpy scalar parameter by its repr. A saved string
     of numpy 2's form (``'np.int64(3)'``, ``'np.float32(0.5)'``, ``'np.True_'``) reads as
-    the Python number it names; one of numpy 1's form (``'3'``, ``'True'``) reads as
-    ``current`` where that is the int or bool it spells. Lists are read item by item.
+    the Python number it names; one of numpy 1's form (``'3'``, ``'True'``, ``'0.1'`` for
+    ``np.float32(0.1)``) reads as ``current`` where that is the int or bool it spells, or
+    the float of a numpy float type (:data:`_NUMPY_1_FLOATS`) whose text it is. Lists are
+    read item by item.
     """
     if isinstance(saved, list) and isinstance(current, list) and len(saved) == len(current):
         return [_as_recorded(s, c) for s, c in zip(saved, current, strict=True)]
@@ -365,6 +370,11 @@ def _as_recorded(saved: Any, current: Any) -> Any:
         return saved
     if isinstance(current, (bool, int)) and saved == str(current):
         return current
+    if isinstance(current, float):
+        with np.errstate(over="ignore"):
+            if any(float(kind(current)) == current and str(kind(current)) == saved
+                   for kind in _NUMPY_1_FLOATS):
+                return current
     match = _NUMPY_REPR.fullmatch(saved)
     if match is None:
         return saved

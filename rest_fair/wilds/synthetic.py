@@ -124,12 +124,19 @@ def _image(rng, size, *, background, foreground, fg_shape):
 
 def _layout(root_dir: str | os.PathLike, name: str,
             seed: int) -> tuple[np.random.Generator, Path]:
-    """The generator of ``seed`` and the data directory, created with its version file."""
-    spec = dataset_spec(name)
-    data_dir = Path(root_dir) / spec.dirname
+    """The generator of ``seed`` and the data directory, created (its version file is
+    written by :func:`_complete` once the rest is)."""
+    data_dir = Path(root_dir) / dataset_spec(name).dirname
     data_dir.mkdir(parents=True, exist_ok=True)
-    (data_dir / spec.release_file).write_text("synthetic layout written by rest_fair\n")
     return np.random.default_rng(seed), data_dir
+
+
+def _complete(data_dir: Path, name: str) -> Path:
+    """Write the version file of the layout in ``data_dir``, the one that marks it complete
+    (``rest-fair wilds --synthetic`` writes a layout that has none)."""
+    (data_dir / dataset_spec(name).release_file).write_text(
+        "synthetic layout written by rest_fair\n")
+    return data_dir
 
 
 def make_synthetic_waterbirds(
@@ -165,7 +172,7 @@ def make_synthetic_waterbirds(
         records.append({"img_id": i + 1, "img_filename": rel, "y": y, "split": split,
                         "place": place, "place_filename": f"/synthetic/{place}.jpg"})
     pd.DataFrame.from_records(records).to_csv(data_dir / "metadata.csv", index=False)
-    return data_dir
+    return _complete(data_dir, "waterbirds")
 
 
 def make_synthetic_celeba(
@@ -205,7 +212,7 @@ def make_synthetic_celeba(
         partitions.append({"image_id": image_id, "partition": split})
     pd.DataFrame.from_records(attrs).to_csv(data_dir / "list_attr_celeba.csv", index=False)
     pd.DataFrame.from_records(partitions).to_csv(data_dir / "list_eval_partition.csv", index=False)
-    return data_dir
+    return _complete(data_dir, "celebA")
 
 
 def make_synthetic_civilcomments(
@@ -255,4 +262,4 @@ def make_synthetic_civilcomments(
         records.append(row)
     frame = pd.DataFrame.from_records(records)
     frame.to_csv(data_dir / "all_data_with_identities.csv", index=True)
-    return data_dir
+    return _complete(data_dir, "civilcomments")

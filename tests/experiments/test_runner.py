@@ -7,6 +7,7 @@ import argparse
 import contextlib
 import importlib
 import json
+import signal
 import subprocess
 import sys
 import threading
@@ -362,3 +363,41 @@ def test_ctrl_c_while_wilds_loads_its_data_ends_cleanly(tmp_path, monkeypatch, c
     assert cli.main(argv) == 130
     assert capsys.readouterr().err.splitlines() == [
         "rest-fair wilds: interrupted while loading the data; nothing was run."]
+
+
+@pytest.mark.parametrize("raised_by", ["blocking", "unblocking", "restoring the handler"])
+def test_a_ctrl_c_as_workers_start_leaves_sigint_as_it_was(monkeypatch, raised_by):
+    # the Python handler of a Ctrl-C caught meanwhile runs as pthread_sigmask or signal is
+    # called: its KeyboardInterrupt, raised once the block had blocked SIGINT, or as it was
+    # restoring the mask or handler, kept SIGINT blocked (or ignored) in the main thread
+    real_mask, real_signal = signal.pthread_sigmask, signal.signal
+    pending = [True]
+
+    def interrupt_once():
+        if pending:
+            pending.clear()
+            raise KeyboardInterrupt
+
+    def pthread_sigmask(how, mask):
+        if raised_by == "unblocking" and how == signal.SIG_SETMASK:
+            interrupt_once()  # before the mask is set: signal.py's wrapper checks first
+        previous = real_mask(how, mask)
+        if raised_by == "blocking" and how == signal.SIG_BLOCK and signal.SIGINT in mask:
+            interrupt_once()  # after: the C function checks for signals once it set it
+        return previous
+
+    def signal_(signalnum, handler):
+        if raised_by == "restoring the handler" and handler is not signal.SIG_IGN:
+            interrupt_once()
+        return real_signal(signalnum, handler)
+
+    handler = signal.getsignal(signal.SIGINT)
+    mask = real_mask(signal.SIG_BLOCK, ())
+    monkeypatch.setattr(signal, "pthread_sigmask", pthread_sigmask)
+    monkeypatch.setattr(signal, "signal", signal_)
+    with pytest.raises(KeyboardInterrupt), runner._deaf_to_ctrl_c():
+        pass
+    monkeypatch.undo()
+    assert not pending
+    assert real_mask(signal.SIG_BLOCK, ()) == mask
+    assert signal.getsignal(signal.SIGINT) is handler

@@ -382,7 +382,6 @@ def test_a_damaged_manifest_is_a_checkpoint_error(tmp_path, edit, match):
         ckpt_format.read_checkpoint(tmp_path)
 
 
-
 def test_a_deeply_nested_manifest_is_a_checkpoint_error(tmp_path):
     (tmp_path / ckpt_format.MANIFEST).write_text("[" * 100_000 + "]" * 100_000)
     with pytest.raises(CheckpointError, match="not a valid rest_fair checkpoint manifest"):
@@ -904,3 +903,23 @@ def test_a_checkpoint_holding_the_best_weights_twice_resumes_the_same(tmp_path):
     for key, value in fits[0].module_.state_dict().items():
         assert torch.equal(fits[1].module_.state_dict()[key], value)
     assert fits[0].best_epoch_ == fits[1].best_epoch_ == 3
+
+
+@pytest.mark.parametrize("lr", [np.float32(0.1), np.float32(0.5), np.float16(0.1)])
+def test_a_checkpoint_recording_numpy_1_float_reprs_resumes(tmp_path, lr):
+    # numpy 1 wrote the repr of np.float32(0.1) as '0.1', which was read as a string only
+    X, y, g = _interrupted(tmp_path, lr=lr)
+
+    def as_numpy_1(fingerprint):
+        fingerprint["params"]["lr"] = str(lr)
+
+    _edit_fingerprint(tmp_path, as_numpy_1)
+    if float(lr) != float(str(lr)):  # the Python float of the text is another value
+        with pytest.raises(CheckpointError, match=re.escape(
+                f"params.lr was {str(lr)!r}, now {float(str(lr))}")):
+            RESTClassifier(**{**COMMON, "max_epochs": 3, "lr": float(str(lr))}).fit(
+                X, y, groups=g, resume_from=tmp_path)
+    resumed = RESTClassifier(**{**COMMON, "max_epochs": 3, "lr": lr},
+                             callbacks=[Checkpoint(tmp_path)]).fit(
+        X, y, groups=g, resume_from=tmp_path)
+    assert [h["epoch"] for h in resumed.history_] == [1, 2, 3]

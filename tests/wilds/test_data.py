@@ -13,6 +13,7 @@ from wilds.datasets.wilds_dataset import WILDSDataset
 
 from rest_fair.wilds import (
     WILDSImageDataset,
+    dataset_spec,
     from_wilds,
     load_wilds,
     make_synthetic_layout,
@@ -224,3 +225,25 @@ def test_bad_group_fields(root):
         wilds_grouper(dataset, ["colour"])
     with pytest.raises(TypeError, match="WILDSDataset"):
         from_wilds(np.zeros(3))
+
+
+@pytest.mark.parametrize("name", ["waterbirds", "celebA", "civilcomments"])
+def test_an_interrupted_synthetic_layout_is_written_again(tmp_path, monkeypatch, name):
+    # its release file was written first: a layout that a Ctrl-C cut short (rest-fair
+    # wilds --synthetic ends with "nothing was run") was taken as complete by the next run,
+    # which then failed for want of its tables
+    import pandas as pd
+
+    real_to_csv = pd.DataFrame.to_csv
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pd.DataFrame, "to_csv", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        make_synthetic_layout(name, tmp_path, image_size=8)
+    spec = dataset_spec(name)
+    assert not (tmp_path / spec.dirname / spec.release_file).exists()
+    monkeypatch.setattr(pd.DataFrame, "to_csv", real_to_csv)
+    make_synthetic_layout(name, tmp_path, image_size=8)
+    load_wilds(name, tmp_path)  # complete
