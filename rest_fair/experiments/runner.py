@@ -545,14 +545,16 @@ def _deaf_to_ctrl_c() -> Iterator[None]:
         yield
     finally:
         try:
-            try:
-                signal.signal(signal.SIGINT, handler)
-            except BaseException:
-                signal.signal(signal.SIGINT, handler)
-                raise
+            _once_more(signal.signal, signal.SIGINT, handler)
         finally:
-            try:
-                signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-            except BaseException:
-                signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-                raise
+            _once_more(signal.pthread_sigmask, signal.SIG_SETMASK, mask)
+
+
+def _once_more(call: Callable[..., Any], *args: Any) -> None:
+    """``call(*args)``, called again where what it raised (a Ctrl-C handled meanwhile) may
+    have cut it short, and then raised."""
+    try:
+        call(*args)
+    except BaseException:
+        call(*args)
+        raise
