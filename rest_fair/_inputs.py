@@ -276,9 +276,12 @@ def _check_types(values: list, known: list, what: str) -> None:
     for k in known:
         for text in _as_texts(k):
             as_text.setdefault(text, k)
+    known = set(known)
     for value in values:
+        if value in known:
+            continue
         train = next((as_text[t] for t in _as_texts(value) if t in as_text), None)
-        if value not in known and train is not None:
+        if train is not None:
             val_item, train_item = value, train
             if isinstance(value, tuple):
                 val_item, train_item = next(

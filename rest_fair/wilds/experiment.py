@@ -364,15 +364,16 @@ def check_resumable(experiment: WildsExperiment) -> None:
     """
     runs = experiment.runs()
     ours = runs[0].settings if runs else {}
+    our_data = experiment.data
     unknown = []
     for record in read_results(experiment.out_dir / RESULTS_FILE):
         theirs, status = _with_dataset(record).get("settings"), record.get("status")
         if status not in ("ok", "failed") or not isinstance(theirs, dict):
             continue
         seed = record.get("seed")
-        if theirs != ours and status == "failed":  # another run id: not reused
-            continue
         if theirs != ours:
+            if status == "failed":  # another run id: not reused
+                continue
             changed = [f"{k}: {theirs.get(k)!r} -> {ours.get(k)!r}" for k in
                        sorted(set(theirs) | set(ours)) if theirs.get(k) != ours.get(k)]
             raise ValueError(_OTHER_SETTINGS.format(out_dir=experiment.out_dir, seed=seed,
@@ -381,13 +382,12 @@ def check_resumable(experiment: WildsExperiment) -> None:
         if data is None:
             if seed not in unknown:  # an earlier version's seed may have two lines
                 unknown.append(seed)
-        elif data != experiment.data:
+        elif data != our_data:
             raise ValueError(_OTHER_DATA.format(out_dir=experiment.out_dir, seed=seed,
-                                                theirs=_describe(data),
-                                                ours=_describe(experiment.data)))
+                                                theirs=_describe(data), ours=_describe(our_data)))
     if unknown:
         warnings.warn(_UNKNOWN_DATA.format(out_dir=experiment.out_dir, seeds=unknown,
-                                           ours=_describe(experiment.data)), stacklevel=2)
+                                           ours=_describe(our_data)), stacklevel=2)
 
 
 def _describe(data: dict[str, Any]) -> str:
