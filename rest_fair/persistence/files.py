@@ -15,6 +15,11 @@ from pathlib import Path
 
 __all__ = ["atomic_write"]
 
+#: Characters of the target's name that the temporary file's name repeats: at most 4 bytes
+#: each, so the temporary name (with its dot, random part and suffix) stays within the
+#: 255 bytes a file name may have wherever the target's name itself does.
+_NAME_CHARS = 48
+
 
 def _fsync_dir(path: Path) -> None:
     try:
@@ -50,7 +55,7 @@ def atomic_write(path: str | os.PathLike, data: bytes) -> None:
         existing = None
     if existing is not None and stat.S_ISDIR(existing.st_mode):
         raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), given)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    tmp = path.with_name(f".{path.name[:_NAME_CHARS]}.{secrets.token_hex(6)}.tmp")
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     except OSError as exc:  # named by the file asked for, not by the temporary one

@@ -54,3 +54,14 @@ def test_errors_name_the_file_asked_for_not_a_temporary_one(tmp_path):
     assert info.value.filename == str(tmp_path) and ".tmp" not in str(info.value)
     assert tmp_path.is_dir() and list(tmp_path.iterdir()) == []
     assert not list(tmp_path.parent.glob(".*.tmp"))
+
+
+@pytest.mark.parametrize("name", ["m" * 250 + ".rest", "é" * 125 + ".rest"])
+def test_a_name_open_takes_is_written_whatever_its_length(tmp_path, name):
+    path = tmp_path / name
+    assert len(os.fsencode(name)) <= 255
+    with open(path, "wb") as fh:  # the system takes this name
+        fh.write(b"old")
+    atomic_write(path, b"new")
+    assert path.read_bytes() == b"new"
+    assert [p.name for p in tmp_path.iterdir()] == [name]
