@@ -737,7 +737,7 @@ or dict of columns, default=None
         refused before it is allocated: for files from untrusted sources), ``TypeError``
         for a file holding a module.
         """
-        path = os.fspath(path)
+        path = os.fsdecode(path)
         model_file.check_max_parameters(max_parameters)
         header, arrays = model_file.read(path)
         if header.get("kind") != "estimator":

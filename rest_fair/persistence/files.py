@@ -7,11 +7,18 @@ interruption leaves either the old file, untouched, or the new one.
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
+import stat
 from pathlib import Path
 
 __all__ = ["atomic_write"]
+
+#: Characters of the target's name that the temporary file's name repeats: at most 4 bytes
+#: each, so the temporary name (with its dot, random part and suffix) stays within the
+#: 255 bytes a file name may have wherever the target's name itself does.
+_NAME_CHARS = 48
 
 
 def _fsync_dir(path: Path) -> None:
@@ -28,21 +35,35 @@ def _fsync_dir(path: Path) -> None:
 def atomic_write(path: str | os.PathLike, data: bytes) -> None:
     """Replace the file ``path`` by ``data``, or leave it as it was if writing fails.
 
-    The content goes to a hidden temporary file in the same folder (created with the
-    permissions a new file gets there, as ``open(path, "wb")`` would), is flushed and
+    The content goes to a hidden temporary file in the same folder, is flushed and
     fsynced, then renamed over ``path``; the temporary file is removed on any failure.
+    As with ``open(path, "wb")``, a symbolic link at ``path`` is followed (the file it
+    names is replaced; the link stays), an existing file keeps its permission bits, and
+    a new file gets the permissions a new file gets in that folder.
 
     Raises
     ------
     OSError
-        As ``open(path, "wb")`` would: a missing folder, a folder at ``path``, no
-        permission, a full disk.
+        As ``open(path, "wb")`` would, naming ``path``: a missing folder, a folder at
+        ``path``, no permission, a full disk.
     """
-    path = Path(os.fsdecode(path))
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    given = os.fsdecode(path)
+    path = Path(os.path.realpath(given)) if os.path.islink(given) else Path(given)
+    try:
+        existing = os.stat(path)
+    except OSError:
+        existing = None
+    if existing is not None and stat.S_ISDIR(existing.st_mode):
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), given)
+    tmp = path.with_name(f".{path.name[:_NAME_CHARS]}.{secrets.token_hex(6)}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    except OSError as exc:  # named by the file asked for, not by the temporary one
+        raise OSError(exc.errno, exc.strerror, given) from None
     try:
         with os.fdopen(fd, "wb") as fh:
+            if existing is not None and stat.S_ISREG(existing.st_mode):
+                os.chmod(tmp, stat.S_IMODE(existing.st_mode))
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())

@@ -479,7 +479,7 @@ def save(obj: Any, path: str | os.PathLike) -> int:
         optionally ``"module_params"``, :func:`load` rebuilds the module by itself. An
         estimator (an object with ``get_params`` and ``save``) writes itself:
         ``save(clf, path)`` is ``clf.save(path)``.
-    path : str or path-like
+    path : str, bytes or path-like
         Destination file (conventionally ``*.rest``).
 
     Returns
@@ -582,7 +582,7 @@ def read(
         If the file is not a rest_fair model file, is truncated or inconsistent, fails its
         checksum, or has a newer format version.
     """
-    path = os.fspath(path)
+    path = os.fsdecode(path)
     with open(path, "rb") as fh:
         start = fh.read(4)
     if start != _ZIP_MAGIC:
@@ -641,7 +641,7 @@ def malformed(path: str | os.PathLike) -> Iterator[None]:
     except ModelFileError:
         raise
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-        raise ModelFileError(_BAD_HEADER.format(path=os.fspath(path), error=exc)) from exc
+        raise ModelFileError(_BAD_HEADER.format(path=os.fsdecode(path), error=exc)) from exc
 
 
 def read_module(
@@ -666,7 +666,7 @@ def read_module(
     is built) is refused: the one bound on what a very sparse layer stored as CSR may
     allocate.
     """
-    path = os.fspath(path)
+    path = os.fsdecode(path)
     check_max_parameters(max_parameters)
     with malformed(path):
         entries = list(header["tensors"])
@@ -737,7 +737,7 @@ def load(
 
     Parameters
     ----------
-    path : str or path-like
+    path : str, bytes or path-like
         The file.
     module : nn.Module or None, default=None
         For a file holding a module whose architecture is not built-in: an instance to
@@ -763,7 +763,7 @@ def load(
         If the file is not a rest_fair model file, is truncated, fails its checksum, or
         is inconsistent.
     """
-    path = os.fspath(path)
+    path = os.fsdecode(path)
     check_max_parameters(max_parameters)
     header, _ = read(path, payload=False)
     if header.get("kind") == "estimator":  # the class reads the file, once

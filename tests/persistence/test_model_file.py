@@ -358,3 +358,18 @@ def test_load_of_an_estimator_file_reads_its_arrays_once(tmp_path, monkeypatch):
     payload = [name for name in reads if not name.startswith("__")]
     assert payload and len(payload) == len(set(payload))
     np.testing.assert_array_equal(loaded.predict(X), clf.predict(X))
+
+
+def test_a_bytes_path_reads_what_it_wrote(tmp_path):
+    net, masks = _masked_mlp(0.1)
+    path = os.fsencode(tmp_path / "modèle b.rest")
+    save((net, masks, META), path)  # a bytes path, as open() takes
+    assert _state_equal(net, load(path)[0])
+    X = np.random.default_rng(0).random((40, 5), dtype=np.float32)
+    clf = RESTClassifier(max_epochs=1, random_state=0,
+                         module_params={"hidden_layer_sizes": (8,)}).fit(X, np.arange(40) % 2)
+    clf.save(path)
+    assert np.array_equal(RESTClassifier.load(path).predict_proba(X), clf.predict_proba(X))
+    (tmp_path / "cut.rest").write_bytes(open(path, "rb").read()[:200])
+    with pytest.raises(ModelFileError, match=r"cut\.rest is corrupted or truncated"):
+        RESTClassifier.load(os.fsencode(tmp_path / "cut.rest"))
