@@ -297,7 +297,7 @@ def make_colored_fashion_mnist(
     parts = [(train_images[train_idx], train_labels[train_idx]),
              (train_images[valid_idx], train_labels[valid_idx]),
              (test_images[test_idx], test_labels[test_idx])]
-    source = "fashion_mnist" if root is None else f"idx:{Path(root)}"
+    source = "fashion_mnist" if root is None else f"idx:{Path(root).expanduser()}"
     return _colored_splits(parts, seeds[3:], to_split, conflict_ratio=conflict_ratio,
                            palette=palette, color_std=color_std, source=source,
                            random_state=random_state)

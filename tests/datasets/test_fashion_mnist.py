@@ -167,6 +167,35 @@ def test_default_folder_and_environment_variable(tmp_path, monkeypatch):
 def test_bad_split_is_named(tmp_path):
     with pytest.raises(ValueError, match="split"):
         load_mnist_idx(tmp_path, split="valid")
+    with pytest.raises(ValueError, match=r"split must be one of .*got \['train'\]"):
+        load_mnist_idx(tmp_path, split=["train"])
+
+
+def test_a_tilde_in_a_folder_or_file_is_the_home_folder(tmp_path, monkeypatch):
+    # a data_root from a bench config file, or REST_FAIR_FASHION_MNIST="~/...", reaches the
+    # loader unexpanded by any shell
+    root = write_folder(tmp_path / "with space" / "fmnist", n_train=30, n_test=20)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    home_root = "~/with space/fmnist"
+    images, labels = load_mnist_idx(home_root, split="test")
+    expected_images, expected_labels = load_mnist_idx(root, split="test")
+    np.testing.assert_array_equal(images, expected_images)
+    np.testing.assert_array_equal(labels, expected_labels)
+    assert len(load_fashion_mnist(home_root, split="test")[0]) == 20
+    monkeypatch.setenv(FASHION_MNIST_ENV, home_root)
+    assert len(load_fashion_mnist(split="train")[0]) == 30
+    labels = read_idx(f"{home_root}/t10k-labels-idx1-ubyte.gz")
+    np.testing.assert_array_equal(labels, expected_labels)
+    data = make_colored_fashion_mnist(root=home_root, split_sizes=(10, 10, 10))
+    assert data.source == f"idx:{root}"
+
+
+def test_a_file_given_as_the_folder_is_named(tmp_path):
+    root = write_folder(tmp_path / "mnist")
+    images_file = root / "train-images-idx3-ubyte.gz"
+    with pytest.raises(NotADirectoryError, match=r"train-images-idx3-ubyte\.gz is a file, not "
+                                                 r"a folder"):
+        load_mnist_idx(images_file)
 
 
 # -- Colored Fashion-MNIST ----------------------------------------------------------------
