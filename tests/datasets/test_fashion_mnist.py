@@ -325,6 +325,22 @@ def test_bad_split_sizes_are_named(idx_root, split_sizes):
         make_colored_fashion_mnist(root=idx_root, split_sizes=split_sizes)
 
 
+@pytest.mark.parametrize("split_sizes", [(1795, 200, 500), (1800, 200, 495), (10, 1985, 10)])
+def test_counts_that_leave_a_few_images_unused_are_drawn(idx_root, split_sizes):
+    # fewer images left over than classes, or classes of one image in what is left: sklearn's
+    # stratified split refused these counts, which the docstring allows, without naming them
+    a = make_colored_fashion_mnist(root=idx_root, split_sizes=split_sizes, random_state=2)
+    b = make_colored_fashion_mnist(root=idx_root, split_sizes=split_sizes, random_state=2)
+    assert tuple(len(a.split(s).y) for s in ("train", "valid", "test")) == split_sizes
+    np.testing.assert_array_equal(a.X_train.images, b.X_train.images)
+    np.testing.assert_array_equal(a.bias_train, b.bias_train)
+    for split, size in zip(("train", "valid", "test"), split_sizes, strict=True):
+        counts = np.bincount(a.split(split).y, minlength=10)
+        assert counts.max() - counts.min() <= 1, (split, size, counts)  # stratified
+    train_rows = {a.X_train.images[i].tobytes() for i in range(len(a.y_train))}
+    assert not any(a.X_valid.images[i].tobytes() in train_rows for i in range(len(a.y_valid)))
+
+
 def test_missing_files_raise_before_any_work(tmp_path):
     with pytest.raises(DatasetNotFoundError, match="apt-get install dataset-fashion-mnist"):
         make_colored_fashion_mnist(root=tmp_path)
