@@ -456,8 +456,6 @@ def _make(
     palette: ArrayLike | None,
     random_state: int | None,
 ) -> BiasedImageData:
-    from sklearn.model_selection import train_test_split
-
     _check_ratio(conflict_ratio)
     palette = _check_palette(palette)
     n_train, n_valid, n_test = _resolve_sizes(split_sizes, len(labels))
@@ -465,16 +463,12 @@ def _make(
     if image_size is not None:
         images = _resize(images, image_size)
     seeds = np.random.default_rng(random_state).integers(0, 2**31 - 1, size=6)
-    rest, test_idx = train_test_split(
-        np.arange(len(labels)), test_size=n_test, stratify=labels, random_state=int(seeds[0])
+    rest, test_idx = _stratified_split(
+        np.arange(len(labels)), len(labels) - n_test, labels, int(seeds[0])
     )
     if n_train + n_valid < len(rest):
-        rest, _ = train_test_split(
-            rest, train_size=n_train + n_valid, stratify=labels[rest], random_state=int(seeds[1])
-        )
-    train_idx, valid_idx = train_test_split(
-        rest, test_size=n_valid, stratify=labels[rest], random_state=int(seeds[2])
-    )
+        rest, _ = _stratified_split(rest, n_train + n_valid, labels, int(seeds[1]))
+    train_idx, valid_idx = _stratified_split(rest, n_train, labels, int(seeds[2]))
 
     def painted(grey: np.ndarray, y: np.ndarray, bias: np.ndarray, colors: np.ndarray) -> Split:
         return Split(_paint(grey, colors), y, bias, bias != y, y * len(palette) + bias)
@@ -513,6 +507,41 @@ def _colored_splits(
         **arrays, palette=palette, n_bias=len(palette), conflict_ratio=float(conflict_ratio),
         source=source, random_state=random_state,
     )
+
+
+def _stratified_split(
+    index: np.ndarray, size: int, labels: np.ndarray, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """``size`` positions of ``index`` drawn stratified by ``labels[index]``, and the others.
+
+    Both parts come shuffled, as :func:`sklearn.model_selection.train_test_split` (with
+    ``train_size=size``) returns them; that function draws them whenever it can. It cannot
+    when a part, or a class, is smaller than it needs (a remainder of fewer images than
+    classes, say 5 of 1,800 left out of a training split): then each class gives its share
+    of ``size`` rounded down, the remaining places go to the classes with the largest
+    rounded-off fractions (ties drawn at random), and the images of a class are drawn at
+    random.
+    """
+    from sklearn.model_selection import train_test_split
+
+    y = labels[index]
+    counts = np.unique(y, return_counts=True)[1]
+    n_other = len(index) - size
+    if 0 < size and 0 < n_other and min(size, n_other) >= len(counts) and counts.min() >= 2:
+        first, second = train_test_split(index, train_size=size, stratify=y, random_state=seed)
+        return first, second
+    rng = np.random.default_rng(seed)
+    classes, inverse = np.unique(y, return_inverse=True)
+    share = counts * (size / max(len(index), 1))
+    take = np.floor(share).astype(np.int64)
+    order = np.lexsort((rng.random(len(classes)), -(share - take)))
+    take[order[: size - int(take.sum())]] += 1
+    chosen = np.zeros(len(index), dtype=bool)
+    for k in range(len(classes)):
+        members = np.flatnonzero(inverse == k)
+        chosen[rng.permutation(members)[: take[k]]] = True
+    first, second = index[chosen], index[~chosen]
+    return first[rng.permutation(len(first))], second[rng.permutation(len(second))]
 
 
 def _check_split_sizes(sizes: Sequence[int], labels: np.ndarray, split_sizes: Any) -> None:

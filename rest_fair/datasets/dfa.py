@@ -12,7 +12,9 @@ where ``<pct>`` is the share of bias-conflicting training samples (``0.5pct``, `
 of the file name stem. Labels, bias attributes, conflict flags and groups are parsed from
 the names when the data set is created, so they can be passed to
 :meth:`rest_fair.RESTClassifier.fit` (``y=ds.labels, groups=ds.conflict``) without
-reading a single image; images are read (with PIL) one item at a time.
+reading a single image; images are read (with PIL) one item at a time. Hidden files (names
+starting with ``.``, such as the ``._<name>.png`` companions macOS writes on exFAT drives)
+are not images of the release and are skipped.
 
 Nothing here downloads: :func:`load_dfa` with ``download=True`` raises an error that says
 where to put the files.
@@ -113,7 +115,8 @@ def _images_under(folder: Path, layout: str) -> list[Path]:
     if not folder.is_dir():
         raise DatasetNotFoundError(_MISSING_DIR.format(path=folder, layout=layout))
     return sorted(
-        p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+        p for p in folder.rglob("*")
+        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
     )
 
 
@@ -126,7 +129,8 @@ class DFAImageFolder(Dataset):
     Parameters
     ----------
     root : str or Path
-        Folder of one release (the one holding ``<pct>pct/`` and ``test/``).
+        Folder of one release (the one holding ``<pct>pct/`` and ``test/``); a leading
+        ``~`` is expanded.
     split : {"train", "valid", "test"}, default="train"
     conflict_pct : float or str, default="1pct"
         Which training share to read (also selects ``<pct>pct/valid``); ignored for test.
@@ -174,7 +178,7 @@ class DFAImageFolder(Dataset):
         _check_image_size(image_size)
         if not (transform is None or transform == "auto" or callable(transform)):
             raise ValueError(_BAD_TRANSFORM.format(value=transform))
-        self.root = Path(root)
+        self.root = Path(root).expanduser()
         self.split = split
         self.dataset = dataset
         self.conflict_pct = pct_folder(conflict_pct)
@@ -303,7 +307,8 @@ def load_dfa(
     ...         validation_data=(va, va.labels, va.conflict))                  # doctest: +SKIP
     """
     if download:
-        raise DatasetNotFoundError(_NO_DOWNLOAD.format(name=dataset, root=Path(root)))
+        raise DatasetNotFoundError(
+            _NO_DOWNLOAD.format(name=dataset, root=Path(root).expanduser()))
     splits = {
         split: DFAImageFolder(
             root,

@@ -31,6 +31,7 @@ from .colored import (
     _colored_splits,
     _paint,
     _resize,
+    _stratified_split,
 )
 from .idx import load_fashion_mnist
 
@@ -204,13 +205,7 @@ def _stratified(
     index: np.ndarray, size: int, labels: np.ndarray, seed: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """``size`` positions of ``index`` drawn stratified by label, and the others (sorted)."""
-    from sklearn.model_selection import train_test_split
-
-    if size == len(index):
-        return np.sort(index), index[:0]
-    chosen, others = train_test_split(
-        index, train_size=size, stratify=labels[index], random_state=seed
-    )
+    chosen, others = _stratified_split(index, size, labels, seed)
     return np.sort(chosen), np.sort(others)
 
 
@@ -297,7 +292,7 @@ def make_colored_fashion_mnist(
     parts = [(train_images[train_idx], train_labels[train_idx]),
              (train_images[valid_idx], train_labels[valid_idx]),
              (test_images[test_idx], test_labels[test_idx])]
-    source = "fashion_mnist" if root is None else f"idx:{Path(root)}"
+    source = "fashion_mnist" if root is None else f"idx:{Path(root).expanduser()}"
     return _colored_splits(parts, seeds[3:], to_split, conflict_ratio=conflict_ratio,
                            palette=palette, color_std=color_std, source=source,
                            random_state=random_state)

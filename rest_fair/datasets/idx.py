@@ -86,6 +86,10 @@ _A_FOLDER = (
     "{path} is a folder; read_idx reads one idx file (load_mnist_idx and "
     "load_fashion_mnist read a folder's four)."
 )
+_NOT_A_FOLDER = (
+    "{what}: root {root} is a file, not a folder; point root at the folder holding the "
+    "four idx files."
+)
 _MISSING_FILES = (
     "{what}: missing {names} in {root} (each file may also end in '.gz'). {hint}"
 )
@@ -115,7 +119,7 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     Parameters
     ----------
     path : str or path-like
-        The file, plain or gzipped.
+        The file, plain or gzipped (a leading ``~`` is expanded).
 
     Returns
     -------
@@ -133,7 +137,7 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
         If the file is not an idx file, is truncated, has bytes after the declared data, or
         is a damaged gzip file; the message names the file and the fault.
     """
-    path = Path(path)
+    path = Path(path).expanduser()
     if path.is_dir():
         raise IsADirectoryError(_A_FOLDER.format(path=path))
     if not path.is_file():
@@ -190,8 +194,10 @@ def _find(root: Path, name: str) -> Path | None:
 
 def _load(root: Path, split: str, *, what: str, hint: str, image_shape: tuple | None = None,
           n_classes: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    if split not in IDX_FILES:
+    if not isinstance(split, str) or split not in IDX_FILES:
         raise ValueError(_BAD_SPLIT.format(splits=tuple(IDX_FILES), value=split))
+    if root.exists() and not root.is_dir():
+        raise NotADirectoryError(_NOT_A_FOLDER.format(what=what, root=root))
     names = IDX_FILES[split]
     found = [_find(root, name) for name in names]
     missing = [name for name, path in zip(names, found, strict=True) if path is None]
@@ -235,7 +241,7 @@ def load_mnist_idx(
     Parameters
     ----------
     root : str or path-like
-        The folder.
+        The folder (a leading ``~`` is expanded).
     split : {"train", "test"}, default="train"
         ``"train"``: the ``train-*`` files (60,000 images for MNIST); ``"test"``: the
         ``t10k-*`` files (10,000).
@@ -250,10 +256,12 @@ def load_mnist_idx(
     ------
     DatasetNotFoundError
         If a file of the split is missing; the message names the missing files and ``root``.
+    NotADirectoryError
+        If ``root`` is a file.
     DatasetFormatError
         If a file is damaged, or images and labels do not match.
     """
-    return _load(Path(root), split, what="MNIST idx files", hint=_MNIST_HINT)
+    return _load(Path(root).expanduser(), split, what="MNIST idx files", hint=_MNIST_HINT)
 
 
 def load_fashion_mnist(
@@ -264,7 +272,8 @@ def load_fashion_mnist(
     Parameters
     ----------
     root : str, path-like or None, default=None
-        Folder of the four idx files. None reads the environment variable
+        Folder of the four idx files (a leading ``~`` is expanded, also in the
+        environment variable). None reads the environment variable
         :data:`FASHION_MNIST_ENV` (``REST_FAIR_FASHION_MNIST``) if set, else
         :data:`FASHION_MNIST_DIR`, where ``apt-get install dataset-fashion-mnist`` puts them.
     split : {"train", "test"}, default="train"
@@ -283,6 +292,8 @@ def load_fashion_mnist(
     DatasetNotFoundError
         If a file is missing; the message names the files, the folder searched and the
         install command ``apt-get install dataset-fashion-mnist``.
+    NotADirectoryError
+        If the folder is a file.
     DatasetFormatError
         If a file is damaged, holds images other than 28 x 28 or labels outside 0-9.
 
@@ -296,5 +307,6 @@ def load_fashion_mnist(
     if root is None:
         root = os.environ.get(FASHION_MNIST_ENV) or FASHION_MNIST_DIR
     hint = _FASHION_HINT.format(default=FASHION_MNIST_DIR, env=FASHION_MNIST_ENV)
-    return _load(Path(root), split, what="Fashion-MNIST", hint=hint, image_shape=(28, 28),
+    return _load(Path(root).expanduser(), split, what="Fashion-MNIST", hint=hint,
+                 image_shape=(28, 28),
                  n_classes=len(FASHION_MNIST_CLASSES))

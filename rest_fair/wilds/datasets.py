@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .._downloads import socket_timeout
+from ..exceptions import DatasetFormatError
 from ._compat import import_wilds_module
 
 __all__ = ["DATASETS", "DatasetSpec", "dataset_spec", "expected_layout", "load_wilds"]
@@ -23,6 +24,14 @@ _MISSING_DATA = (
     "load_wilds(..., download=True) with network access) and unpack it there. "
     "If you unpacked the archive yourself, make sure the version file "
     "{release} exists (it may be empty)."
+)
+_INSIDE_DATA_DIR = (
+    "\nroot_dir is the data directory itself; pass the folder that contains {dirname}, "
+    "{parent}."
+)
+_BAD_TABLE = (
+    "The WILDS {name} table {path} {problem}; wilds reads the columns {columns} from it.\n"
+    "Expected layout under root_dir={root}:\n{layout}"
 )
 _DOWNLOAD_TIMEOUT_S = 60.0
 
@@ -51,6 +60,8 @@ class DatasetSpec:
         Dataset version in the directory name.
     image_dir : str
         Folder of the image files relative to the data directory (image datasets).
+    columns : tuple of (str, tuple of str)
+        The CSV tables of ``required`` and, for each, the columns that wilds reads from it.
     """
 
     name: str
@@ -62,6 +73,7 @@ class DatasetSpec:
     layout: str
     version: str = "1.0"
     image_dir: str = ""
+    columns: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
     @property
     def dirname(self) -> str:
@@ -86,6 +98,7 @@ DATASETS: dict[str, DatasetSpec] = {
             " split (0 train / 1 val / 2 test), place (0 land / 1 water)\n"
             "  waterbirds_v1.0/<img_filename>  the images"
         ),
+        columns=(("metadata.csv", ("img_filename", "y", "split", "place")),),
     ),
     "celebA": DatasetSpec(
         "celebA", "wilds.datasets.celebA_dataset", "CelebADataset", "image",
@@ -99,6 +112,8 @@ DATASETS: dict[str, DatasetSpec] = {
             "  celebA_v1.0/img_align_celeba/<image_id>  the images"
         ),
         image_dir="img_align_celeba",
+        columns=(("list_attr_celeba.csv", ("image_id", "Blond_Hair", "Male")),
+                 ("list_eval_partition.csv", ("partition",))),
     ),
     "civilcomments": DatasetSpec(
         "civilcomments", "wilds.datasets.civilcomments_dataset", "CivilCommentsDataset", "text",
@@ -111,6 +126,10 @@ DATASETS: dict[str, DatasetSpec] = {
             " LGBTQ, christian, muslim, other_religions, black, white and identity_any,"
             " severe_toxicity, obscene, threat, insult, identity_attack, sexual_explicit"
         ),
+        columns=(("all_data_with_identities.csv", (
+            "comment_text", "split", "toxicity", "male", "female", "LGBTQ", "christian",
+            "muslim", "other_religions", "black", "white", "identity_any", "severe_toxicity",
+            "obscene", "threat", "insult", "identity_attack", "sexual_explicit")),),
     ),
 }
 _ALIASES = {key.lower(): key for key in DATASETS}
@@ -168,6 +187,9 @@ def load_wilds(name: str, root_dir: str | os.PathLike, *, download: bool = False
     FileNotFoundError
         When files are missing and ``download=False``; the message names every
         missing path and the full expected layout.
+    DatasetFormatError
+        When a table is empty or lacks a column that wilds reads; the message names the
+        file and the columns.
     ImportError
         When ``wilds`` (or the torchvision its dataset modules import) is missing.
     """
@@ -177,6 +199,8 @@ def load_wilds(name: str, root_dir: str | os.PathLike, *, download: bool = False
     paths = [data_dir / rel for rel in (spec.release_file, *spec.required)]
     missing = [path for path in paths if not path.exists()]
     if missing and not download:
+        inside = root.name == spec.dirname and not (root / spec.dirname).exists()
+        hint = _INSIDE_DATA_DIR.format(dirname=spec.dirname, parent=root.parent) if inside else ""
         raise FileNotFoundError(
             _MISSING_DATA.format(
                 name=spec.name,
@@ -185,13 +209,37 @@ def load_wilds(name: str, root_dir: str | os.PathLike, *, download: bool = False
                 layout=spec.layout,
                 release=data_dir / spec.release_file,
             )
+            + hint
         )
+    if not missing:
+        _check_tables(spec, root)
     dataset_class = getattr(import_wilds_module(spec.module), spec.class_name)
     timeout = socket_timeout(_DOWNLOAD_TIMEOUT_S) if missing else contextlib.nullcontext()
     with timeout, _pandas_compat(spec), warnings.catch_warnings():
         # wilds wraps read-only pandas arrays in tensors; harmless, but noisy
         warnings.filterwarnings("ignore", message=".*NumPy array is not writable.*")
         return dataset_class(root_dir=str(root), download=bool(download and missing))
+
+
+def _check_tables(spec: DatasetSpec, root: Path) -> None:
+    """Refuse a table of ``spec`` that is empty or lacks a column wilds reads (wilds itself
+    fails with pandas' ``EmptyDataError`` or a bare ``KeyError``, naming no file)."""
+    import pandas as pd
+
+    for rel, columns in spec.columns:
+        path = root / spec.dirname / rel
+        try:
+            header = set(pd.read_csv(path, nrows=0).columns)
+        except pd.errors.EmptyDataError:
+            problem = "is empty"
+        else:
+            absent = [c for c in columns if c not in header]
+            if not absent:
+                continue
+            problem = f"has no column {', '.join(repr(c) for c in absent)}"
+        raise DatasetFormatError(_BAD_TABLE.format(
+            name=spec.name, path=path, problem=problem, columns=", ".join(columns), root=root,
+            layout=spec.layout))
 
 
 @contextlib.contextmanager

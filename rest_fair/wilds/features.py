@@ -17,6 +17,7 @@ import json
 import os
 import re
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -229,6 +230,12 @@ def _extractor(backbone: str, weights: Any, pooling: str, max_length: int | None
     return model, None
 
 
+def _partial(path: Path) -> Path:
+    """A temporary file beside ``path`` that no other process writes: two processes filling
+    the same cache entry each write their own and rename it over ``path``."""
+    return path.with_name(f"{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.partial")
+
+
 def _extract(split: Any, path: Path, *, backbone: str, weights: Any, pooling: str,
              max_length: int | None, seed: int, batch_size: int, device: torch.device,
              num_workers: int) -> np.ndarray:
@@ -240,7 +247,7 @@ def _extract(split: Any, path: Path, *, backbone: str, weights: Any, pooling: st
     source = make_source(X, device=device, num_workers=num_workers)
     order = torch.arange(source.n_samples)
     out = None
-    tmp = path.with_name(path.name + ".partial.npy")
+    tmp = _partial(path)
     with torch.no_grad():
         for x, idx in source.batches(order, batch_size, device):
             feats = module(x).float().reshape(len(idx), -1).cpu().numpy()
@@ -289,6 +296,8 @@ def extract_features(
         revision (``None`` or ``"DEFAULT"`` for the default one).
     cache_dir : path, optional
         Where the ``.npy`` and ``.json`` files go; default :func:`default_cache_dir`.
+        Each file is written under a name of its own and renamed into place, so processes
+        sharing the folder never read or overwrite a half-written file.
     batch_size : int, default=64
     device : str or torch.device, default="auto"
         ``"auto"`` uses CUDA when available.
@@ -343,5 +352,7 @@ def extract_features(
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "torch": torch.__version__,
     }
-    meta.write_text(json.dumps(info, indent=2))
+    tmp = _partial(meta)
+    tmp.write_text(json.dumps(info, indent=2))
+    os.replace(tmp, meta)
     return features

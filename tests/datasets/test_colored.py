@@ -128,6 +128,24 @@ def test_digits_variant_upsampling_and_fraction_sizes():
     assert int(sub.conflict_train.sum()) == 20
 
 
+@pytest.mark.parametrize("split_sizes", [(1437, 180, 179), (1437, 180, 175), (1200, 585, 10)])
+def test_counts_that_leave_a_few_images_unused_are_drawn(split_sizes):
+    # 1 or 5 digits left out of the train + valid draw (fewer than the 10 classes): sklearn's
+    # stratified split refused them ("test_size = 1 should be greater or equal to the number
+    # of classes"), an error that does not name split_sizes, for counts the docstring allows
+    a = make_colored_digits(split_sizes=split_sizes, random_state=4)
+    b = make_colored_digits(split_sizes=split_sizes, random_state=4)
+    sizes = tuple(len(a.split(s).y) for s in ("train", "valid", "test"))
+    assert sizes == split_sizes
+    for name in ("train", "valid", "test"):
+        for left, right in zip(a.split(name), b.split(name), strict=True):
+            np.testing.assert_array_equal(left, right)
+    per_class = np.bincount(np.concatenate([a.y_train, a.y_valid, a.y_test]), minlength=10)
+    for name, size in zip(("train", "valid", "test"), split_sizes, strict=True):
+        expected = per_class * size / per_class.sum()  # stratified: each class its share
+        assert np.abs(np.bincount(a.split(name).y, minlength=10) - expected).max() < 2
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [

@@ -185,3 +185,22 @@ def test_inferred_counts_number_the_groups_alike_in_every_split(release):
         assert (part.groups == part.labels * 3 + part.bias).all()
     # one split alone still counts what it holds
     assert DFAImageFolder(release, split="test", dataset=None).n_bias == 2
+
+
+def test_a_root_under_the_home_folder_may_be_written_with_a_tilde(release, monkeypatch):
+    # a data_root from a bench config file reaches the loader unexpanded by any shell
+    monkeypatch.setenv("HOME", str(release.parent))
+    splits = load_dfa(f"~/{release.name}")
+    assert [len(splits[s]) for s in ("train", "valid", "test")] == [15, 5, 6]
+    assert splits["test"].root == release
+
+
+def test_hidden_companion_files_are_not_samples(release):
+    # macOS writes a '._<name>' companion beside every file it copies to an exFAT drive
+    (release / "test" / "0" / "._t_0_0_1.png").write_bytes(b"\x00\x05\x16\x07 resource fork")
+    (release / "1pct" / "valid" / ".v0_0_0.png").write_bytes(b"not an image")
+    test = DFAImageFolder(release, split="test", dataset=None)
+    assert len(test) == 6
+    assert all(not p.name.startswith(".") for p in test.paths)
+    assert [test[i][0].shape for i in range(len(test))] == [(3, 12, 12)] * 6
+    assert len(DFAImageFolder(release, split="valid", dataset=None)) == 5

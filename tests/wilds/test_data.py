@@ -247,3 +247,42 @@ def test_an_interrupted_synthetic_layout_is_written_again(tmp_path, monkeypatch,
     monkeypatch.setattr(pd.DataFrame, "to_csv", real_to_csv)
     make_synthetic_layout(name, tmp_path, image_size=8)
     load_wilds(name, tmp_path)  # complete
+
+
+@pytest.mark.parametrize(
+    ("name", "table", "drop"),
+    [
+        ("waterbirds", "metadata.csv", "place"),
+        ("celebA", "list_attr_celeba.csv", "Male"),
+        ("celebA", "list_eval_partition.csv", "partition"),
+        ("civilcomments", "all_data_with_identities.csv", "black"),
+    ],
+)
+def test_a_table_without_a_column_wilds_reads_is_named(tmp_path, name, table, drop):
+    # wilds failed with a bare KeyError('place'), naming neither the file nor the layout
+    import pandas as pd
+
+    from rest_fair.exceptions import DatasetFormatError
+
+    data_dir = make_synthetic_layout(name, tmp_path, image_size=8)
+    path = data_dir / table
+    frame = pd.read_csv(path)
+    frame.drop(columns=[drop]).to_csv(path, index=False)
+    with pytest.raises(DatasetFormatError) as info:
+        load_wilds(name, tmp_path)
+    message = str(info.value)
+    assert f"{path} has no column '{drop}'" in message
+    assert dataset_spec(name).layout in message
+    path.write_text("")
+    with pytest.raises(DatasetFormatError, match=f"{path} is empty"):
+        load_wilds(name, tmp_path)
+
+
+def test_a_root_dir_that_is_the_data_directory_gets_a_hint(tmp_path):
+    data_dir = make_synthetic_layout("waterbirds", tmp_path, image_size=8)
+    with pytest.raises(FileNotFoundError, match=r"root_dir is the data directory itself; pass "
+                                                r"the folder that contains waterbirds_v1\.0"):
+        load_wilds("waterbirds", data_dir)
+    with pytest.raises(FileNotFoundError) as info:
+        load_wilds("waterbirds", tmp_path / "elsewhere")
+    assert "data directory itself" not in str(info.value)

@@ -189,3 +189,37 @@ def test_a_misspelt_backbone_with_a_weights_name_gets_the_close_matches(waterbir
     with pytest.raises(ValueError, match="did you mean 'resnet18'"):
         extract_features(parts["val"], backbone="resnt18", weights="DEFAULT",
                          cache_dir=tmp_path, device="cpu")
+
+
+def test_two_processes_filling_the_same_cache_entry_both_succeed(waterbirds, tmp_path,
+                                                                   monkeypatch):
+    # both wrote '<entry>.npy.partial.npy': the second truncated the first's file under its
+    # memory map, renamed it into place, and the first then failed with FileNotFoundError
+    _, parts, weights, _ = waterbirds
+    val = parts["val"]
+    kwargs = {"backbone": "resnet18", "weights": weights, "cache_dir": tmp_path,
+              "batch_size": 10, "device": "cpu"}
+    real_extractor = features_module._extractor
+    other: list = []
+
+    class SecondProcessMidway(torch.nn.Module):
+        def __init__(self, module):
+            super().__init__()
+            self.module, self.calls = module, 0
+
+        def forward(self, x):
+            self.calls += 1
+            if self.calls == 2:  # the first batch is in this process's partial file
+                monkeypatch.setattr(features_module, "_extractor", real_extractor)
+                other.append(np.array(extract_features(val, refresh=True, **kwargs)))
+            return self.module(x)
+
+    def first_process(*args, **kw):
+        module, tokenizer = real_extractor(*args, **kw)
+        return SecondProcessMidway(module), tokenizer
+
+    monkeypatch.setattr(features_module, "_extractor", first_process)
+    feats = extract_features(val, **kwargs)
+    assert other and feats.shape == (len(val), 512)
+    np.testing.assert_allclose(np.array(feats), other[0], rtol=1e-5, atol=1e-6)
+    assert sorted(p.suffix for p in tmp_path.iterdir()) == [".json", ".npy"]
