@@ -232,7 +232,8 @@ def _extractor(backbone: str, weights: Any, pooling: str, max_length: int | None
 
 def _partial(path: Path) -> Path:
     """A temporary file beside ``path`` that no other process writes: two processes filling
-    the same cache entry each write their own and rename it over ``path``."""
+    the same cache entry each write their own and rename it over ``path`` (or remove it
+    when their extraction fails)."""
     return path.with_name(f"{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.partial")
 
 
@@ -248,18 +249,22 @@ def _extract(split: Any, path: Path, *, backbone: str, weights: Any, pooling: st
     order = torch.arange(source.n_samples)
     out = None
     tmp = _partial(path)
-    with torch.no_grad():
-        for x, idx in source.batches(order, batch_size, device):
-            feats = module(x).float().reshape(len(idx), -1).cpu().numpy()
-            if out is None:
-                out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32,
-                                                shape=(source.n_samples, feats.shape[1]))
-            out[idx.numpy()] = feats
-    if out is None:  # no samples: an empty file with zero columns
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(0, 0))
-    out.flush()
-    del out
-    os.replace(tmp, path)
+    try:
+        with torch.no_grad():
+            for x, idx in source.batches(order, batch_size, device):
+                feats = module(x).float().reshape(len(idx), -1).cpu().numpy()
+                if out is None:
+                    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32,
+                                                    shape=(source.n_samples, feats.shape[1]))
+                out[idx.numpy()] = feats
+        if out is None:  # no samples: an empty file with zero columns
+            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(0, 0))
+        out.flush()
+        del out
+        os.replace(tmp, path)
+    except BaseException:  # an extraction that fails or is interrupted leaves no file behind
+        tmp.unlink(missing_ok=True)
+        raise
     return np.load(path, mmap_mode="r")
 
 

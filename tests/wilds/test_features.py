@@ -223,3 +223,29 @@ def test_two_processes_filling_the_same_cache_entry_both_succeed(waterbirds, tmp
     assert other and feats.shape == (len(val), 512)
     np.testing.assert_allclose(np.array(feats), other[0], rtol=1e-5, atol=1e-6)
     assert sorted(p.suffix for p in tmp_path.iterdir()) == [".json", ".npy"]
+
+
+def test_an_extraction_that_fails_midway_leaves_no_file(waterbirds, tmp_path, monkeypatch):
+    _, parts, weights, _ = waterbirds
+    real_extractor = features_module._extractor
+
+    class FailsOnSecondBatch(torch.nn.Module):
+        def __init__(self, module):
+            super().__init__()
+            self.module, self.calls = module, 0
+
+        def forward(self, x):
+            self.calls += 1
+            if self.calls == 2:  # the first batch is already in the temporary file
+                raise KeyboardInterrupt
+            return self.module(x)
+
+    def failing(*args, **kw):
+        module, tokenizer = real_extractor(*args, **kw)
+        return FailsOnSecondBatch(module), tokenizer
+
+    monkeypatch.setattr(features_module, "_extractor", failing)
+    with pytest.raises(KeyboardInterrupt):
+        extract_features(parts["val"], backbone="resnet18", weights=weights,
+                         cache_dir=tmp_path, batch_size=10, device="cpu")
+    assert list(tmp_path.iterdir()) == []
