@@ -74,6 +74,11 @@ NO_VALIDATION = (
     "least one sample held out and two classes left to train on): the model of the last "
     "epoch is kept. Pass validation_data, or more samples."
 )
+UNWEIGHTED_VALIDATION = (
+    "every one of the {n} samples held out for validation (validation_fraction={fraction:g}) "
+    "has sample_weight 0, so none of them can judge an epoch: the model of the last epoch is "
+    "kept. Pass validation_data, or give some of the samples positive weights."
+)
 VALIDATION_WITHOUT_GROUPS = (
     "fit got groups but validation_data has none: the epoch kept is chosen by validation "
     "accuracy, not by worst-group accuracy. Pass validation_data=(X_val, y_val, groups_val) "
@@ -200,7 +205,9 @@ def _hold_out(data: FitData, fraction: float, seed: int, world: LocalContext,
               num_workers: int) -> tuple[np.ndarray, EvalSet | None]:
     """The training rows and the validation set: ``validation_data``, or a split.
 
-    Its warnings (no validation set, groups it cannot judge) come from rank 0 only.
+    The rows held out keep their ``sample_weight`` as validation weights (``None`` where
+    all are equal); ``validation_data`` is unweighted. Its warnings (no validation set,
+    groups it cannot judge) come from rank 0 only.
     """
     device = world.device
     if data.validation is not None:
@@ -217,12 +224,20 @@ def _hold_out(data: FitData, fraction: float, seed: int, world: LocalContext,
             warnings.warn(NO_VALIDATION.format(fraction=fraction, n=len(data.y)), UserWarning,
                           stacklevel=6)  # the caller of RESTClassifier.fit
         return train_idx, None
+    w_val = data.sample_weight[val_idx]
+    if not np.any(w_val > 0):  # the held-out rows weigh 0 in training too: none is lost
+        if world.is_main:
+            warnings.warn(UNWEIGHTED_VALIDATION.format(n=len(val_idx), fraction=fraction),
+                          UserWarning, stacklevel=6)
+        return train_idx, None
+    w_val = None if np.all(w_val == w_val[0]) else w_val
     g_val = data.groups[val_idx] if data.has_groups else None
     if world.is_main:
-        _check_selection(data, train_idx, g_val, data.group_labels, advice=MORE_HELD_OUT)
+        _check_selection(data, train_idx, g_val, data.group_labels, advice=MORE_HELD_OUT,
+                         valid_weights=w_val)
     return train_idx, EvalSet(
         make_source(take(data.X, val_idx), device=device, num_workers=num_workers),
-        data.y[val_idx], g_val)
+        data.y[val_idx], g_val, w_val)
 
 
 def _named(labels: list, counts: dict | None = None, most: int = 5) -> str:
@@ -235,11 +250,13 @@ def _named(labels: list, counts: dict | None = None, most: int = 5) -> str:
 
 
 def _check_selection(data: FitData, train_idx: np.ndarray, valid_codes: np.ndarray | None,
-                     valid_labels: list | None, *, advice: str) -> None:
+                     valid_labels: list | None, *, advice: str,
+                     valid_weights: np.ndarray | None = None) -> None:
     """Warn where worst-group selection on the validation groups is blind or noisy.
 
     ``train_idx`` are the training rows of ``data``; those of positive ``sample_weight``
-    count as a group's training samples. Named are: groups given to ``fit`` with
+    count as a group's training samples, and validation samples count where
+    ``valid_weights`` (None: all) are positive. Named are: groups given to ``fit`` with
     ``validation_data`` that has none; groups with such training samples and no validation
     sample; validation groups with fewer than :data:`SMALL_VALIDATION_GROUP` samples, also
     where ``fit`` got no groups (validation groups alone choose the epoch, as with
@@ -249,6 +266,8 @@ def _check_selection(data: FitData, train_idx: np.ndarray, valid_codes: np.ndarr
         if data.has_groups:
             warnings.warn(VALIDATION_WITHOUT_GROUPS, UserWarning, stacklevel=7)
         return
+    if valid_weights is not None:
+        valid_codes = valid_codes[valid_weights > 0]
     sizes = np.bincount(valid_codes, minlength=len(valid_labels))
     valid_sizes = {label: int(n) for label, n in zip(valid_labels, sizes, strict=True)
                    if n > 0}

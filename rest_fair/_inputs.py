@@ -50,6 +50,11 @@ BAD_GROUP_NDIM = (
     "array of shape {shape}."
 )
 BAD_SAMPLE_WEIGHT = "sample_weight must be finite and non-negative; {problem}."
+DICT_NOT_SPLIT = (
+    " A dict of columns is passed whole by scikit-learn's cross-validation and searches, "
+    "which split only arrays and DataFrames of one row per sample: pass "
+    "pandas.DataFrame(groups) there."
+)
 ONE_CLASS = (
     "RESTClassifier needs samples of at least 2 classes to fit; got 1 class ({label!r})."
 )
@@ -373,6 +378,9 @@ or dict of columns
         raise ValueError(BAD_GROUPS_TYPE.format(value=groups))
     if isinstance(groups, Mapping):  # sensitive features by name, as fairlearn takes them
         groups = pd.DataFrame({k: np.asarray(v) for k, v in groups.items()})
+        if len(groups) != n_samples:  # e.g. a whole data set's, given to one fold's fit
+            raise ValueError(BAD_LENGTH.format(what=what, got=len(groups), n=n_samples)
+                             + DICT_NOT_SPLIT)
 
     ndim = getattr(groups, "ndim", None)
     if ndim is None and isinstance(groups, (list, tuple)):

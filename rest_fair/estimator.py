@@ -463,7 +463,9 @@ or dict of columns, default=None
             columns (or a dict of them by name, as fairlearn's ``sensitive_features``)
             form intersectional groups. ``None`` means one group.
         sample_weight : array-like of shape (n_samples,), default=None
-            Non-negative per-sample loss weights (used by fairlearn's reductions).
+            Non-negative per-sample loss weights (used by fairlearn's reductions). The
+            samples held out by ``validation_fraction`` keep theirs in the validation loss
+            and accuracies that choose the epoch kept (``validation_data`` is unweighted).
         validation_data : tuple, default=None
             ``(X_val, y_val)`` or ``(X_val, y_val, groups_val)`` for model selection,
             instead of holding out ``validation_fraction`` of the training data.

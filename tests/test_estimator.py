@@ -425,6 +425,42 @@ def test_loss_reweighting_uses_weights_not_sampler(data, monkeypatch):
     assert not np.allclose(clf.predict_proba(X), unweighted.predict_proba(X), atol=1e-3)
 
 
+def test_held_out_sample_weights_weigh_the_validation_scores():
+    # half the labels are wrong and weigh 0: the fit learns the others, and the held-out
+    # rows judge its epochs by them too (unweighted, the validation accuracy stayed near 0.55
+    # and the validation loss rose every epoch: the selection and the plateau schedule read
+    # the rows the fit was told to ignore)
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(600, 4)).astype(np.float32)
+    y = (X[:, 0] > 0).astype(int)
+    wrong = rng.random(600) < 0.5
+    clf = _clf(sparsity=0.0, upweight=None, max_epochs=6).fit(
+        X, np.where(wrong, 1 - y, y), sample_weight=np.where(wrong, 0.0, 1.0))
+    assert clf.history_[clf.best_epoch_ - 1]["valid_acc"] > 0.9
+    assert clf.history_[-1]["valid_loss"] < 0.3
+    assert clf.score(X, y) > 0.9
+
+
+def test_held_out_rows_that_all_weigh_zero_judge_no_epoch(data, monkeypatch):
+    import rest_fair._fit as fit_module
+
+    X, y, g = data
+    # the split holds out rows 500..599 (of both groups), and every one of them weighs 0
+    monkeypatch.setattr(fit_module, "_split",
+                        lambda *args: (np.arange(500), np.arange(500, 600)))
+    weights = np.r_[np.ones(500), np.zeros(100)]
+    with pytest.warns(UserWarning, match="every one of the 100 samples held out .* has "
+                      "sample_weight 0") as seen:
+        clf = _clf(max_epochs=2).fit(X, y, groups=g, sample_weight=weights)
+    assert seen[0].filename == __file__
+    assert "valid_acc" not in clf.history_[-1] and clf.best_epoch_ == 2
+    # a group whose held-out rows all weigh 0 has no validation sample for the selection
+    weights[500:][g[500:] == "minority"] = 0.0
+    weights[500:][g[500:] == "majority"] = 1.0
+    with pytest.warns(UserWarning, match=r"no validation samples: 'minority'"):
+        _clf(max_epochs=1).fit(X, y, groups=g, sample_weight=weights)
+
+
 # --------------------------------------------------------------------- callbacks
 def test_callbacks_and_early_stopping(data):
     X, y, _ = data

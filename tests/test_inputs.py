@@ -264,3 +264,25 @@ def test_an_array_for_an_estimator_fitted_with_feature_names_is_warned_about(sma
     renamed = pd.DataFrame(X, columns=list("abcdz"))
     assert _checked(clf, renamed)[0] == _sklearn_checked(clf, renamed)[0]
     assert "Feature names unseen at fit time" in _checked(clf, renamed)[0]
+
+
+def test_a_dict_of_group_columns_that_cross_validation_passed_whole_is_explained():
+    import sklearn
+    from sklearn.model_selection import cross_validate
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(80, 3)).astype(np.float32)
+    y = (X[:, 0] > 0).astype(int)
+    groups = {"a": rng.integers(0, 2, 80), "b": rng.integers(0, 2, 80)}
+    estimator = RESTClassifier(max_epochs=1, device="cpu", random_state=0)
+    with sklearn.config_context(enable_metadata_routing=True):
+        estimator.set_fit_request(groups=True)
+        # scikit-learn splits arrays and DataFrames by fold, not a dict: each fold's fit gets
+        # the whole data set's columns
+        with pytest.raises(ValueError, match=r"groups has 80 samples but X has 40.*A dict of "
+                           r"columns is passed whole.*pandas\.DataFrame\(groups\)"):
+            cross_validate(estimator, X, y, params={"groups": groups}, cv=2,
+                           error_score="raise")
+        result = cross_validate(estimator, X, y, params={"groups": pd.DataFrame(groups)},
+                                cv=2, return_estimator=True)
+    assert len(result["estimator"][0].groups_) == 4

@@ -372,8 +372,10 @@ class TrainingRun:
     def validate(self, epoch: int) -> dict:
         """Validation loss, accuracy and worst-group accuracy of the current weights.
 
-        In a data-parallel fit each rank scores its part of the validation data and the
-        loss sum and per-group counts are summed over the ranks.
+        With the validation set's ``weights``, each sample counts as much as its weight in
+        all three (a group whose samples all weigh 0 is left out of the worst group). In a
+        data-parallel fit each rank scores its part of the validation data and the loss sum
+        and per-group counts are summed over the ranks.
         """
         valid: EvalSet = self.parts.valid
         world = self.parts.world
@@ -383,19 +385,25 @@ class TrainingRun:
         n_groups = int(groups.max()) + 1 if len(groups) else 1
         order = shard_range(len(y), world.rank, world.world_size)
         y, groups = y[order], groups[order]
+        weights = (None if valid.weights is None
+                   else torch.as_tensor(valid.weights, dtype=torch.float64)[order])
         logits = predict_logits(self.parts.module, valid.source,
                                 batch_size=self.parts.eval_batch_size,
                                 device=self.parts.device,
                                 autocast=self.parts.precision.autocast, order=order)
         if world.any(not bool(torch.isfinite(logits).all())):
             self._diverged(epoch, "network output on the validation data", "non-finite")
-        if len(y):
+        if len(y) and weights is None:
             loss_sum = float(nn.functional.cross_entropy(logits, y, reduction="sum"))
             correct = (logits.argmax(1) == y).double()
+        elif len(y):
+            losses = nn.functional.cross_entropy(logits, y, reduction="none").double()
+            loss_sum = float((losses * weights).sum())
+            correct = (logits.argmax(1) == y).double() * weights
         else:  # a rank with no validation sample
             loss_sum, correct = 0.0, torch.zeros(0, dtype=torch.float64)
         hits = torch.zeros(n_groups, dtype=torch.float64).index_add_(0, groups, correct)
-        totals = torch.bincount(groups, minlength=n_groups).double()
+        totals = torch.bincount(groups, weights=weights, minlength=n_groups).double()
         loss_sum, hits, totals = world.sum_over_ranks(loss_sum, hits, totals)
         n = float(totals.sum())
         present = totals > 0

@@ -120,11 +120,17 @@ class TrainSet:
 
 @dataclass
 class EvalSet:
-    """Validation data."""
+    """Validation data.
+
+    ``weights`` are the samples' weights in the validation loss and accuracies (the
+    ``sample_weight`` of the rows held out from ``fit``'s data); ``None``: each sample
+    counts once.
+    """
 
     source: BatchSource
     y: np.ndarray  # class codes
     groups: np.ndarray | None  # group codes, None when unknown
+    weights: np.ndarray | None = None  # non-negative, some positive; None if all equal
 
 
 @dataclass
