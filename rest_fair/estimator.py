@@ -217,7 +217,9 @@ class RESTClassifier(ClassifierMixin, BaseEstimator):
         loss without validation) has not improved for more than 5 epochs.
     validation_fraction : float in [0, 1), default=0.1
         Share of the training data held out (stratified by class and group) for model
-        selection, unless ``validation_data`` is given to ``fit``. ``0`` keeps the last epoch.
+        selection, unless ``validation_data`` is given to ``fit``; every class keeps a
+        training sample (a class of one sample is trained on, not held out). ``0`` keeps
+        the last epoch.
         ``fit`` warns where a group with training samples has no validation sample, or a
         validation group has fewer than 10.
     device : str or torch.device, default="auto"
