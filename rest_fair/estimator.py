@@ -205,7 +205,8 @@ class RESTClassifier(ClassifierMixin, BaseEstimator):
     batch_size : int, default=256
         Mini-batch size.
     lr : float, default=0.01
-        Learning rate.
+        Learning rate. With ``optimizer="adam"`` or ``"adamw"``, at most a tenth of the
+        largest float32 (Adam's first step is ``lr / (1 - beta1)``, ``beta1 = 0.9``).
     optimizer : {"sgd", "adam", "adamw"}, default="sgd"
         SGD uses ``momentum``.
     momentum : float, default=0.9
