@@ -57,6 +57,7 @@ DATASET_NEEDS_Y = "when X is a torch Dataset, y must be an array of its labels; 
 BAD_VALIDATION_DATA = (
     "validation_data must be a tuple (X_val, y_val) or (X_val, y_val, groups_val); got {!r}."
 )
+BAD_VALIDATION_X = "validation_data's X_val cannot be read: {problem}"
 EMPTY_DATASET = "X is an empty torch Dataset; fit needs at least one sample."
 EMPTY_DATASET_TO_PREDICT = "X is an empty torch Dataset; there is no sample to predict."
 DATASET_SHAPE_CHANGED = (
@@ -249,7 +250,11 @@ def _check_validation(
     """
     if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
         raise ValueError(BAD_VALIDATION_DATA.format(type(validation_data).__name__))
-    X_val, y_val = check_x(est, validation_data[0]), validation_data[1]
+    try:
+        X_val = check_x(est, validation_data[0])
+    except ValueError as exc:  # its messages call it X, as predict's
+        raise ValueError(BAD_VALIDATION_X.format(problem=exc)) from exc
+    y_val = validation_data[1]
     groups_val = validation_data[2] if len(validation_data) == 3 else None
     n = len(X_val) if is_torch_dataset(X_val) else _num_samples(X_val)
     _check_label_values(y_val, "validation y")

@@ -291,3 +291,16 @@ def test_samples_of_another_shape_with_as_many_features_are_named(small):
         with pytest.raises(ValueError, match=r"fitted on samples of shape \(1, 8, 8\)"):
             cnn.predict(np.zeros(shape, np.float32))
     assert cnn.predict(images[:3]).shape == (3,)
+
+
+def test_a_validation_x_that_cannot_be_read_is_named_as_such(small):
+    # scikit-learn's messages name it X, which read as the training X
+    X, y = small
+    nan = X[:10].copy()
+    nan[0, 0] = np.nan
+    for X_val, problem in [(nan, "Input X contains NaN"),
+                           (X[:10, :3], "X has 3 features, but RESTClassifier is expecting 5"),
+                           (X[:0], r"Found array with 0 sample\(s\)")]:
+        with pytest.raises(ValueError, match=rf"^validation_data's X_val cannot be read: "
+                                             rf"{problem}"):
+            _clf().fit(X, y, validation_data=(X_val, y[:len(X_val)]))
