@@ -71,8 +71,8 @@ SPARSE_INIT_RENAMED = (
 )
 NO_VALIDATION = (
     "validation_fraction={fraction:g} leaves no usable validation set of {n} samples (at "
-    "least one sample held out and two classes left to train on): the model of the last "
-    "epoch is kept. Pass validation_data, or more samples."
+    "least one sample held out, and a sample of every class left to train on): the model "
+    "of the last epoch is kept. Pass validation_data, or more samples."
 )
 UNWEIGHTED_VALIDATION = (
     "every one of the {n} samples held out for validation (validation_fraction={fraction:g}) "
@@ -183,7 +183,12 @@ def _train_config(params: dict) -> TrainConfig:
 def _split(
     y_codes: np.ndarray, group_codes: np.ndarray, fraction: float, seed: int
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Hold out ``fraction`` of the samples, stratified by (class, group) where possible."""
+    """Hold out ``fraction`` of the samples, stratified by (class, group) where possible.
+
+    Every class keeps a training sample: where the split would hold out all of a class (a
+    class of one sample, which cannot be stratified), its first held-out sample is trained
+    on instead: the network cannot learn a class it never trains on.
+    """
     n = len(y_codes)
     idx = np.arange(n)
     if fraction <= 0 or round(n * fraction) < 1 or n - round(n * fraction) < 2:
@@ -196,8 +201,14 @@ def _split(
             )
         except ValueError:
             continue
-        if len(np.unique(y_codes[train_idx])) >= 2:
-            return np.sort(train_idx), np.sort(val_idx)
+        val_idx = np.sort(val_idx)
+        untrained = np.setdiff1d(y_codes[val_idx], y_codes[train_idx])
+        if len(untrained):
+            _, first = np.unique(y_codes[val_idx], return_index=True)
+            back = val_idx[first[np.isin(y_codes[val_idx][first], untrained)]]
+            train_idx, val_idx = np.r_[train_idx, back], np.setdiff1d(val_idx, back)
+        if len(val_idx):
+            return np.sort(train_idx), val_idx
     return idx, None
 
 

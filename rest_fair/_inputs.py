@@ -62,11 +62,16 @@ DATASET_NEEDS_Y = "when X is a torch Dataset, y must be an array of its labels; 
 BAD_VALIDATION_DATA = (
     "validation_data must be a tuple (X_val, y_val) or (X_val, y_val, groups_val); got {!r}."
 )
+BAD_VALIDATION_X = "validation_data's X_val cannot be read: {problem}"
 EMPTY_DATASET = "X is an empty torch Dataset; fit needs at least one sample."
 EMPTY_DATASET_TO_PREDICT = "X is an empty torch Dataset; there is no sample to predict."
 DATASET_SHAPE_CHANGED = (
     "X is a torch Dataset of items of shape {shape}, but the estimator was fitted on items "
     "of shape {fitted}."
+)
+SAMPLE_SHAPE_CHANGED = (
+    "X holds samples of shape {shape}, but the estimator was fitted on samples of shape "
+    "{fitted}; the network reads samples of that shape only."
 )
 WARM_START_MISMATCH = (
     "warm_start=True continues the fitted network, but {what} changed: it was {before!r}, "
@@ -250,7 +255,11 @@ def _check_validation(
     """
     if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
         raise ValueError(BAD_VALIDATION_DATA.format(type(validation_data).__name__))
-    X_val, y_val = check_x(est, validation_data[0]), validation_data[1]
+    try:
+        X_val = check_x(est, validation_data[0])
+    except ValueError as exc:  # its messages call it X, as predict's
+        raise ValueError(BAD_VALIDATION_X.format(problem=exc)) from exc
+    y_val = validation_data[1]
     groups_val = validation_data[2] if len(validation_data) == 3 else None
     n = len(X_val) if is_torch_dataset(X_val) else _num_samples(X_val)
     _check_label_values(y_val, "validation y")
@@ -314,7 +323,8 @@ def check_x(est: Any, X: Any, *, fitted: Any = None) -> Any:
 
     Text is tokenized, a torch Dataset must hold items of the shape ``fit`` was given (its
     first item is read), and anything else is checked against the inputs ``fit`` was
-    given, as scikit-learn's ``validate_data`` does.
+    given, as scikit-learn's ``validate_data`` does, and must hold samples of the shape
+    ``fit`` was given.
     """
     X = X.detach() if torch.is_tensor(X) else X
     if (tokens := text_input(X, est.module, est.module_params, fitted=fitted)) is not None:
@@ -322,17 +332,28 @@ def check_x(est: Any, X: Any, *, fitted: Any = None) -> Any:
     if _passes_validation(est, X):
         return _refuse_beyond_float32(X)
     if not is_torch_dataset(X):
-        return _refuse_beyond_float32(validate_data(est, X, reset=False, **_ARRAYS))
-    shape = _item_shape(X, EMPTY_DATASET_TO_PREDICT)
-    if shape != tuple(est.input_shape_):
-        raise ValueError(DATASET_SHAPE_CHANGED.format(shape=shape, fitted=est.input_shape_))
+        X = validate_data(est, X, reset=False, **_ARRAYS)
+        _check_sample_shape(tuple(X.shape[1:]), est.input_shape_, SAMPLE_SHAPE_CHANGED)
+        return _refuse_beyond_float32(X)
+    _check_sample_shape(_item_shape(X, EMPTY_DATASET_TO_PREDICT), est.input_shape_,
+                        DATASET_SHAPE_CHANGED)
     return X
+
+
+def _check_sample_shape(shape: tuple, fitted: Any, message: str) -> None:
+    """Refuse samples of another ``shape`` than the ``fitted`` one (``message`` names both).
+
+    The number of features (the size of the second axis) alone does not tell: images of
+    another height, or an extra axis, have as many.
+    """
+    if shape != tuple(fitted):
+        raise ValueError(message.format(shape=shape, fitted=tuple(fitted)))
 
 
 def _passes_validation(est: Any, X: Any) -> bool:
     """Whether ``validate_data(est, X, reset=False, **_ARRAYS)`` would return ``X`` itself
     without a warning, known without calling it: for a non-empty float32 or float64 ndarray
-    of at least 2 dimensions and ``est``'s number of features, all finite, given to an
+    of at least 2 dimensions and ``est``'s sample shape, all finite, given to an
     estimator fitted without feature names.
 
     ``check_x`` then skips scikit-learn's checks (most of a small batch's prediction time);
@@ -341,6 +362,7 @@ def _passes_validation(est: Any, X: Any) -> bool:
     """
     if (type(X) is not np.ndarray or X.dtype not in _FLOATS or X.ndim < 2 or X.size == 0
             or X.shape[1] != getattr(est, "n_features_in_", None)
+            or X.shape[1:] != tuple(getattr(est, "input_shape_", ()))
             or hasattr(est, "feature_names_in_")):
         return False
     with np.errstate(over="ignore"):  # a sum that overflows is left to scikit-learn

@@ -205,7 +205,8 @@ class RESTClassifier(ClassifierMixin, BaseEstimator):
     batch_size : int, default=256
         Mini-batch size.
     lr : float, default=0.01
-        Learning rate.
+        Learning rate. With ``optimizer="adam"`` or ``"adamw"``, at most a tenth of the
+        largest float32 (Adam's first step is ``lr / (1 - beta1)``, ``beta1 = 0.9``).
     optimizer : {"sgd", "adam", "adamw"}, default="sgd"
         SGD uses ``momentum``.
     momentum : float, default=0.9
@@ -217,7 +218,9 @@ class RESTClassifier(ClassifierMixin, BaseEstimator):
         loss without validation) has not improved for more than 5 epochs.
     validation_fraction : float in [0, 1), default=0.1
         Share of the training data held out (stratified by class and group) for model
-        selection, unless ``validation_data`` is given to ``fit``. ``0`` keeps the last epoch.
+        selection, unless ``validation_data`` is given to ``fit``; every class keeps a
+        training sample (a class of one sample is trained on, not held out). ``0`` keeps
+        the last epoch.
         ``fit`` warns where a group with training samples has no validation sample, or a
         validation group has fewer than 10.
     device : str or torch.device, default="auto"

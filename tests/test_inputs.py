@@ -242,6 +242,11 @@ def test_arrays_off_the_plain_path_get_scikit_learns_checks_and_messages(small):
     clf = _clf().fit(X, y)
     for name, array in _other_arrays(X).items():
         out, warned = _checked(clf, array)
+        if name == "3-D":  # as many features, but not the samples fit was given
+            assert out == ("ValueError: X holds samples of shape (5, 1), but the estimator "
+                           "was fitted on samples of shape (5,); the network reads samples "
+                           "of that shape only."), name
+            continue
         expected, expected_warned = _sklearn_checked(clf, array)
         assert warned == expected_warned, name
         if isinstance(expected, str):
@@ -286,3 +291,38 @@ def test_a_dict_of_group_columns_that_cross_validation_passed_whole_is_explained
         result = cross_validate(estimator, X, y, params={"groups": pd.DataFrame(groups)},
                                 cv=2, return_estimator=True)
     assert len(result["estimator"][0].groups_) == 4
+
+
+# ------------------------------------------------ samples of another shape than fit's
+def test_samples_of_another_shape_with_as_many_features_are_named(small):
+    # the second axis matched, so the network failed inside torch (a matrix product or a
+    # convolution of the wrong shape)
+    X, y = small
+    mlp = _clf().fit(X, y)
+    with pytest.raises(ValueError, match=r"samples of shape \(5, 3\), but the estimator was "
+                       r"fitted on samples of shape \(5,\)"):
+        mlp.predict(np.zeros((2, 5, 3), np.float32))
+    with pytest.raises(ValueError, match=r"samples of shape \(5, 3\)"):
+        mlp.predict_proba(np.zeros((2, 5, 3)).tolist())  # off the plain path
+    with pytest.raises(ValueError, match=r"samples of shape \(5, 2\)"):
+        _clf().fit(X, y, validation_data=(np.zeros((4, 5, 2), np.float32), y[:4]))
+    images = np.random.default_rng(0).random((40, 1, 8, 8), dtype=np.float32)
+    labels = np.arange(40) % 2
+    cnn = _clf(module_params=None).fit(images, labels)
+    for shape in [(2, 1, 8), (2, 1, 64), (2, 1, 4, 4), (2, 1, 8, 8, 1)]:
+        with pytest.raises(ValueError, match=r"fitted on samples of shape \(1, 8, 8\)"):
+            cnn.predict(np.zeros(shape, np.float32))
+    assert cnn.predict(images[:3]).shape == (3,)
+
+
+def test_a_validation_x_that_cannot_be_read_is_named_as_such(small):
+    # scikit-learn's messages name it X, which read as the training X
+    X, y = small
+    nan = X[:10].copy()
+    nan[0, 0] = np.nan
+    for X_val, problem in [(nan, "Input X contains NaN"),
+                           (X[:10, :3], "X has 3 features, but RESTClassifier is expecting 5"),
+                           (X[:0], r"Found array with 0 sample\(s\)")]:
+        with pytest.raises(ValueError, match=rf"^validation_data's X_val cannot be read: "
+                                             rf"{problem}"):
+            _clf().fit(X, y, validation_data=(X_val, y[:len(X_val)]))

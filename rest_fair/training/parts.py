@@ -42,6 +42,13 @@ __all__ = [
 OPTIMIZERS = ("sgd", "adam", "adamw")
 #: Values of ``RESTClassifier(lr_scheduler=...)``.
 LR_SCHEDULERS = ("plateau", "cosine", "constant")
+#: An Adam step size that overflows float32, where Adam computes it.
+ADAM_LR_OVERFLOW = (
+    "lr={lr:g} is too large for optimizer={name!r}: its first step size, lr / (1 - beta1) "
+    "= {step:g}, is beyond the largest float32 ({limit:.4g}), in which the optimizer "
+    "computes. Use lr <= {most:.4g}, or optimizer='sgd'."
+)
+_FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 
 
 @dataclass(frozen=True)
@@ -202,16 +209,29 @@ def make_optimizer(
 
     Its multi-tensor implementation (``foreach=True``) is used on every device: on the CPU
     it gives bitwise the results of the per-tensor loop, with less overhead per step.
+
+    Raises
+    ------
+    ValueError
+        For Adam or AdamW with an ``lr`` whose first step size overflows float32
+        (:data:`ADAM_LR_OVERFLOW`).
     """
     params = [p for p in params if p.requires_grad]
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay,
                                foreach=True)
-    if name == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, foreach=True)
-    if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, foreach=True)
-    raise ValueError(f"optimizer must be one of {OPTIMIZERS}; got {name!r}.")
+    if name not in ("adam", "adamw"):
+        raise ValueError(f"optimizer must be one of {OPTIMIZERS}; got {name!r}.")
+    adam = torch.optim.Adam if name == "adam" else torch.optim.AdamW
+    optimizer = adam(params, lr=lr, weight_decay=weight_decay, foreach=True)
+    # Adam's step size is lr / (1 - beta1 ** t), largest at t = 1; the scheduler only
+    # lowers lr
+    correction = 1 - optimizer.defaults["betas"][0]
+    if lr / correction > _FLOAT32_MAX:
+        raise ValueError(ADAM_LR_OVERFLOW.format(lr=lr, name=name, step=lr / correction,
+                                                 limit=_FLOAT32_MAX,
+                                                 most=_FLOAT32_MAX * correction))
+    return optimizer
 
 
 def make_scheduler(name: str, optimizer: torch.optim.Optimizer, *, max_epochs: int) -> Any:

@@ -150,6 +150,19 @@ def test_divergence_under_a_strong_weight_decay_names_it(data):
         _clf(lr=0.01, weight_decay=1e3, lr_scheduler="constant").fit(X, y, groups=g)
 
 
+@pytest.mark.parametrize("optimizer", ["adam", "adamw"])
+@pytest.mark.parametrize("params", [{}, {"infer_groups": "jtt", "jtt_epochs": 1}])
+def test_an_adam_step_size_beyond_float32_is_named(data, optimizer, params):
+    # lr / (1 - beta1) overflowed inside torch's Adam ("value cannot be converted to type
+    # float without overflow"); a smaller lr that diverges is named as divergence
+    X, y, g = data
+    with pytest.raises(ValueError, match=rf"lr=5e\+37 is too large for optimizer='{optimizer}'"
+                       r".* Use lr <= 3\.403e\+37"):
+        _clf(lr=5e37, optimizer=optimizer, max_epochs=1, **params).fit(X, y, groups=g)
+    with pytest.raises(TrainingDivergedError, match=r"lr=3e\+37"):
+        _clf(lr=3e37, optimizer=optimizer, max_epochs=1, **params).fit(X, y, groups=g)
+
+
 def test_predictions_are_never_non_finite(data):
     X, y, _ = data
     clf = _clf(max_epochs=2).fit(X, y)
