@@ -155,6 +155,16 @@ def test_the_efficiency_report_of_a_text_fit_says_why_there_is_none(tiny):
     assert len(clf.sparsity_report()) == len(clf.masks_)
 
 
+def test_a_text_fit_predicts_through_its_exported_module(tiny):
+    # the documented recipe said the estimator was "fitted on numeric input"
+    import copy
+
+    clf = _clf(tiny, max_epochs=1).fit(TEXTS, LABELS)
+    fast = copy.copy(clf)
+    fast.module_ = clf.export_sparse(density_threshold=1.0)
+    np.testing.assert_allclose(fast.predict_proba(TEXTS), clf.predict_proba(TEXTS), atol=1e-5)
+
+
 def test_held_out_validation_split_of_text(tiny):
     texts, labels = TEXTS * 3, np.tile(LABELS, 3)
     clf = _clf(tiny, validation_fraction=0.3, max_epochs=2).fit(texts, labels,
