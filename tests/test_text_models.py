@@ -230,6 +230,42 @@ def test_unreachable_hub_name_fails_fast(monkeypatch):
     assert "http://127.0.0.1:9" in message
 
 
+@pytest.fixture
+def silent_hub(monkeypatch):
+    """HF_ENDPOINT at a server that accepts connections and never answers."""
+    import socket
+    import threading
+
+    server = socket.create_server(("127.0.0.1", 0))
+    accepted = []
+
+    def accept():
+        while True:
+            try:
+                accepted.append(server.accept()[0])
+            except OSError:  # the server socket is closed
+                return
+
+    threading.Thread(target=accept, daemon=True).start()
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.getsockname()[1]}")
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "https_proxy", "HTTPS_PROXY",
+                "http_proxy", "HTTP_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    yield
+    server.close()
+    for conn in accepted:
+        conn.close()
+
+
+def test_a_hub_that_never_answers_fails_fast(silent_hub):
+    # the probe only opened a TCP connection, and transformers then waited on the
+    # endpoint's answer without a timeout: forever
+    start = time.perf_counter()
+    with pytest.raises(OSError, match=r"no-such-model'.*cannot be reached"):
+        load_tokenizer("hf:rest-fair-tests/no-such-model")
+    assert time.perf_counter() - start < 30  # the probe waits 5 s
+
+
 def test_offline_mode_hub_name_fails_fast(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     start = time.perf_counter()
