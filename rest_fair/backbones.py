@@ -417,8 +417,9 @@ def build_torchvision(
 
     try:
         model = tv.models.get_model_builder(name)(weights=member, **kwargs)
-    except TypeError as exc:  # an option torchvision's model does not take
-        if "unexpected keyword argument" not in str(exc):
+    except TypeError as exc:  # an option torchvision's model does not take, or sets itself
+        if not any(why in str(exc) for why in ("unexpected keyword argument",
+                                                "multiple values for keyword argument")):
             raise
         raise ValueError(BAD_TORCHVISION_PARAMS.format(name=name, keys=sorted(kwargs),
                                                        error=exc)) from exc
