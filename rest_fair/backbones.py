@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import difflib
 import os
-import socket
+import ssl
+import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Mapping, Sequence
@@ -416,8 +417,9 @@ def build_torchvision(
 
     try:
         model = tv.models.get_model_builder(name)(weights=member, **kwargs)
-    except TypeError as exc:  # an option torchvision's model does not take
-        if "unexpected keyword argument" not in str(exc):
+    except TypeError as exc:  # an option torchvision's model does not take, or sets itself
+        if not any(why in str(exc) for why in ("unexpected keyword argument",
+                                                "multiple values for keyword argument")):
             raise
         raise ValueError(BAD_TORCHVISION_PARAMS.format(name=name, keys=sorted(kwargs),
                                                        error=exc)) from exc
@@ -467,15 +469,22 @@ def _offline_reason() -> str | None:
 
 
 def _probe(endpoint: str, timeout: float) -> None:
-    """Raise :class:`OSError` unless a TCP connection to the Hub (or its proxy) opens."""
-    parsed = urllib.parse.urlparse(endpoint)
-    proxy = urllib.request.getproxies().get(parsed.scheme or "https")
-    if proxy and not urllib.request.proxy_bypass(parsed.hostname or ""):
-        parsed = urllib.parse.urlparse(proxy if "://" in proxy else f"http://{proxy}")
-    host = parsed.hostname or ""
-    port = parsed.port or (443 if parsed.scheme == "https" else 80)
-    with socket.create_connection((host, port), timeout=timeout):
-        pass
+    """Raise :class:`OSError` unless the Hub (or its proxy) answers a request in ``timeout`` s.
+
+    An HTTP answer of any status counts, and so does a TLS handshake that fails on the
+    certificate (the library that downloads may trust other certificates). A connection
+    that opens but is never answered (a proxy or firewall that swallows requests) is an
+    error here: ``transformers`` would wait on it without a timeout.
+    """
+    request = urllib.request.Request(endpoint, method="HEAD")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout):
+            pass
+    except urllib.error.HTTPError as exc:  # an answer, whatever its status
+        exc.close()
+    except urllib.error.URLError as exc:
+        if not isinstance(exc.reason, ssl.SSLError):
+            raise
 
 
 def _from_pretrained(
@@ -669,9 +678,10 @@ def build_hf(
     name : str
         A local folder written by ``save_pretrained`` (used as is, never any network) or
         a Hub model name (``"distilbert-base-uncased"``): taken from the Hugging Face
-        cache, or downloaded after checking that the Hub can be reached (an unreachable
-        Hub, ``HF_HUB_OFFLINE=1`` or ``local_files_only=True`` with nothing cached is an
-        :class:`OSError` naming the model).
+        cache, or downloaded after checking that the Hub answers (a Hub that cannot be
+        reached or does not answer within 5 s, ``HF_HUB_OFFLINE=1`` or
+        ``local_files_only=True`` with nothing cached is an :class:`OSError` naming the
+        model).
     n_classes : int
         ``num_labels``; a head of another size in the checkpoint is replaced.
     max_length : int or None, default=None

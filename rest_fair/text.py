@@ -208,7 +208,8 @@ def check_text_input(X: Any, module: Any, module_params: dict | None = None, *,
     module, module_params
         The estimator's parameters.
     fitted : nn.Module, optional
-        The fitted module (``module_``), when predicting.
+        The fitted module (``module_``), when predicting: an :class:`HFTextClassifier`
+        or a module that holds one (:meth:`~rest_fair.RESTClassifier.export_sparse`'s).
 
     Returns
     -------
@@ -222,7 +223,9 @@ def check_text_input(X: Any, module: Any, module_params: dict | None = None, *,
         positions of the model.
     """
     if fitted is not None:
-        if not isinstance(fitted, HFTextClassifier):
+        # the text model itself, or inside a wrapper (export_sparse's module)
+        fitted = next((m for m in fitted.modules() if isinstance(m, HFTextClassifier)), None)
+        if fitted is None:
             raise ValueError(NOT_FITTED_ON_TEXT)
         if isinstance(X, TokenizedText):
             _check_tokens(X, fitted.source, *fitted.token_limits())

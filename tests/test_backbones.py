@@ -213,6 +213,8 @@ def test_other_torchvision_heads_are_replaced():
         ("resnet50", {"weights": 3}, ValueError, "must be None, a torchvision weights name"),
         ("resnet50", {"weigths": None}, ValueError,
          r"module_params \['weigths'\] of module='resnet50': torchvision's model refuses"),
+        ("vit_b_16", {"weights": None, "num_layers": 1}, ValueError,
+         r"module_params \['num_layers'\] of module='vit_b_16': torchvision's model refuses"),
     ],
 )
 def test_bad_names_are_clear_errors(module, params, error, match):

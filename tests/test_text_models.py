@@ -155,6 +155,16 @@ def test_the_efficiency_report_of_a_text_fit_says_why_there_is_none(tiny):
     assert len(clf.sparsity_report()) == len(clf.masks_)
 
 
+def test_a_text_fit_predicts_through_its_exported_module(tiny):
+    # the documented recipe said the estimator was "fitted on numeric input"
+    import copy
+
+    clf = _clf(tiny, max_epochs=1).fit(TEXTS, LABELS)
+    fast = copy.copy(clf)
+    fast.module_ = clf.export_sparse(density_threshold=1.0)
+    np.testing.assert_allclose(fast.predict_proba(TEXTS), clf.predict_proba(TEXTS), atol=1e-5)
+
+
 def test_held_out_validation_split_of_text(tiny):
     texts, labels = TEXTS * 3, np.tile(LABELS, 3)
     clf = _clf(tiny, validation_fraction=0.3, max_epochs=2).fit(texts, labels,
@@ -218,6 +228,42 @@ def test_unreachable_hub_name_fails_fast(monkeypatch):
     message = str(info.value)
     assert "'rest-fair-tests/no-such-model'" in message and "cannot be reached" in message
     assert "http://127.0.0.1:9" in message
+
+
+@pytest.fixture
+def silent_hub(monkeypatch):
+    """HF_ENDPOINT at a server that accepts connections and never answers."""
+    import socket
+    import threading
+
+    server = socket.create_server(("127.0.0.1", 0))
+    accepted = []
+
+    def accept():
+        while True:
+            try:
+                accepted.append(server.accept()[0])
+            except OSError:  # the server socket is closed
+                return
+
+    threading.Thread(target=accept, daemon=True).start()
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.getsockname()[1]}")
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "https_proxy", "HTTPS_PROXY",
+                "http_proxy", "HTTP_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    yield
+    server.close()
+    for conn in accepted:
+        conn.close()
+
+
+def test_a_hub_that_never_answers_fails_fast(silent_hub):
+    # the probe only opened a TCP connection, and transformers then waited on the
+    # endpoint's answer without a timeout: forever
+    start = time.perf_counter()
+    with pytest.raises(OSError, match=r"no-such-model'.*cannot be reached"):
+        load_tokenizer("hf:rest-fair-tests/no-such-model")
+    assert time.perf_counter() - start < 30  # the probe waits 5 s
 
 
 def test_offline_mode_hub_name_fails_fast(monkeypatch):

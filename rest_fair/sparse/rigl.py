@@ -12,7 +12,8 @@ A regrown weight that was inactive before the update starts at exactly zero, wit
 optimizer state (momentum, Adam moments) reset. A weight pruned and regrown in the same update
 was never switched off: it keeps its value and optimizer state, as in the REST authors' code
 and RigL's own (``reinit_when_same=False``). The active count of every layer is unchanged, so
-density stays at target.
+density stays at target. A frozen weight (``requires_grad=False``) is not trained, so it takes
+no part: it keeps the mask it started with.
 
 Ties (weights of equal magnitude, e.g. regrown zeros that never received a gradient, or
 equal gradients) go to the lowest flat index, on every device and for every way of
@@ -257,6 +258,10 @@ def update_topology(
 ) -> int:
     """Prune-and-regrow every masked layer with drop fraction ``fraction``.
 
+    A frozen weight (``requires_grad=False``, e.g. a pretrained backbone's layer that is
+    not fine-tuned) keeps its mask and its values: the optimizer never updates it, so a
+    weight regrown there would stay zero and the layer would only lose weights.
+
     Parameters
     ----------
     masks : MaskSet
@@ -285,6 +290,8 @@ def update_topology(
     layers = layers or {}
     decisions = {}
     for name in masks.names:
+        if not masks.params[name].requires_grad:
+            continue
         layer = layers.get(name)
         decision = (decide_layer(masks, name, fraction, regrow=regrow, generator=generator)
                     if layer is None else layer.decide(fraction, regrow=regrow,

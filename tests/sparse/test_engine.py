@@ -172,6 +172,43 @@ def test_a_weight_forward_never_uses_is_named_when_rigl_needs_its_gradient(spars
     assert "unused.weight" not in clf.masks_
 
 
+def _partly_frozen() -> nn.Module:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(8, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(),
+                        nn.Linear(64, 2))
+    for layer in net[:3]:
+        layer.requires_grad_(False)  # a pretrained backbone that is not fine-tuned
+    return net
+
+
+@pytest.mark.parametrize(("regrow", "sparse_compute"),
+                         [("gradient", "masked"), ("random", "masked"), ("gradient", "csr")])
+def test_frozen_weights_keep_their_mask_and_values(regrow, sparse_compute):
+    # RigL found no gradient on a frozen weight and failed naming it as unused; SET pruned
+    # its weights and regrew zeros that its optimizer never updates
+    from rest_fair import RESTClassifier
+
+    X = np.random.default_rng(0).random((200, 8), dtype=np.float32)
+    y = np.arange(200) % 2
+    net = _partly_frozen()
+    before = {name: p.detach().clone() for name, p in net.named_parameters()}
+    clf = RESTClassifier(module=net, sparsity=0.9, sparse_init="magnitude", regrow=regrow,
+                         sparse_compute=sparse_compute, max_epochs=3, batch_size=32,
+                         update_interval=2, random_state=0, device="cpu").fit(X, y)
+    assert clf.n_topology_updates_ > 0
+    after = dict(clf.module_.named_parameters())
+    for name in ("0.weight", "2.weight"):
+        start = MaskSet.from_module(_partly_frozen(), density=0.1,
+                                    sparse_init="magnitude").mask(name)
+        assert torch.equal(clf.masks_[name].cpu(), start.cpu()), name
+        assert torch.equal(after[name].detach(), before[name] * start), name
+        assert not after[name].requires_grad
+    for name in ("0.bias", "2.bias"):
+        assert torch.equal(after[name].detach(), before[name])
+    assert not torch.equal(clf.masks_["4.weight"], MaskSet.from_module(
+        _partly_frozen(), density=0.1, sparse_init="magnitude").mask("4.weight"))
+
+
 def test_update_topology_keeps_counts_zeroes_and_resets_optimizer_state():
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(20, 50), nn.ReLU(), nn.Linear(50, 4))
