@@ -49,6 +49,10 @@ BAD_GROUP_NDIM = (
     "groups must be 1-D (one label per sample) or 2-D (one column per attribute); got an "
     "array of shape {shape}."
 )
+NO_GROUP_COLUMNS = (
+    "{what} has no columns (shape {shape}): give one column per attribute, or groups=None "
+    "for one group."
+)
 BAD_SAMPLE_WEIGHT = "sample_weight must be finite and non-negative; {problem}."
 DICT_NOT_SPLIT = (
     " A dict of columns is passed whole by scikit-learn's cross-validation and searches, "
@@ -239,7 +243,8 @@ def _check_warm_start(classes_before: np.ndarray, classes: np.ndarray,
                       shape_before: tuple, shape: tuple) -> None:
     if not np.array_equal(np.asarray(classes_before), classes):
         raise ValueError(WARM_START_MISMATCH.format(
-            what="the classes", before=list(classes_before), after=list(classes)))
+            what="the classes", before=[_plain(c) for c in classes_before],
+            after=[_plain(c) for c in classes]))
     if tuple(shape_before) != tuple(shape):
         raise ValueError(WARM_START_MISMATCH.format(
             what="the input shape", before=tuple(shape_before), after=shape))
@@ -414,6 +419,8 @@ or dict of columns
         raise ValueError(BAD_GROUP_NDIM.format(shape=np.shape(groups)))
     if isinstance(groups, pd.DataFrame) or ndim == 2:  # a nested list as its columns too
         frame = pd.DataFrame(list(groups) if isinstance(groups, (list, tuple)) else groups)
+        if frame.shape[1] == 0:
+            raise ValueError(NO_GROUP_COLUMNS.format(what=what, shape=np.shape(groups)))
         if frame.shape[1] == 1:
             series = frame.iloc[:, 0]
         else:

@@ -66,8 +66,8 @@ _NON_FINITE_OUTPUT = (
 _CUSTOM_MODULE = (
     "cannot save a RESTClassifier whose module parameter is {value!r}: only the built-in "
     "names {names} can be rebuilt without running code from the file. Use pickle/joblib "
-    "for this estimator, or save (clf.module_, clf.masks_, metadata) and pass module= to "
-    "load()."
+    "for this estimator, or rest_fair.persistence.save((clf.module_, clf.masks_, metadata), "
+    "path) and pass module= to rest_fair.persistence.load()."
 )
 _NO_INPUT_SHAPE = (
     "efficiency_report counts FLOPs on one zero sample of the fitted input shape, and this "

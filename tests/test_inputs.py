@@ -326,3 +326,19 @@ def test_a_validation_x_that_cannot_be_read_is_named_as_such(small):
         with pytest.raises(ValueError, match=rf"^validation_data's X_val cannot be read: "
                                              rf"{problem}"):
             _clf().fit(X, y, validation_data=(X_val, y[:len(X_val)]))
+
+
+@pytest.mark.parametrize("groups", [np.empty((60, 0)), pd.DataFrame(index=range(60))],
+                         ids=["array", "DataFrame"])
+def test_groups_without_columns_are_refused(small, groups):
+    # an (n, 0) array was read as one group, the empty tuple, without a word
+    X, y = small
+    with pytest.raises(ValueError, match=r"groups has no columns \(shape \(60, 0\)\)"):
+        _clf().fit(X, y, groups=groups)
+
+
+def test_a_warm_start_with_other_classes_prints_them_as_python_values(small):
+    X, y = small
+    clf = _clf(warm_start=True).fit(X, y)
+    with pytest.raises(ValueError, match=r"it was \[0, 1\], now \[0, 2\]"):
+        clf.fit(X, np.where(y == 1, 2, 0))
