@@ -107,6 +107,8 @@ class RESTClassifier(ClassifierMixin, BaseEstimator):
         Fraction of the masked weights that are zero: those of conv, linear and embedding
         layers, attention input projections and recurrent layers (see
         :func:`rest_fair.sparse.maskable_parameters`). ``0`` trains a dense network.
+        Every masked layer keeps at least one active weight; a warning names the layers
+        where that makes a small network more than 10 % denser than asked.
     layer_density : {"erk", "uniform"}, default="erk"
         How the global density is split over layers: Erdős–Rényi–Kernel (denser small
         layers) or the same density everywhere.

@@ -3,6 +3,7 @@ projection and recurrent layer."""
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Iterable, Iterator, Mapping
 
@@ -54,8 +55,16 @@ _NOT_MASKED = (
     "computed by a parametrization (weight_norm, spectral_norm, torch.nn.utils.parametrize) "
     "are not masked."
 )
-# at most this many names in the _NOT_MASKED warning
+_AT_LEAST_ONE = (
+    "density {density:g} asks for {asked:.3g} of the {total} masked weights, but every masked "
+    "layer keeps at least one active weight and {names} would have none: {active} weights "
+    "are active, density {achieved:.3g}. Ask for a lower sparsity, use a larger network, or "
+    "keep those layers dense (dense_layers)."
+)
+# at most this many names in the _NOT_MASKED and _AT_LEAST_ONE warnings
 _NAMES_SHOWN = 6
+#: relative excess of active weights over the density asked for that _AT_LEAST_ONE reports
+_EXCESS_SHOWN = 0.1
 
 
 def _is_transformers_conv1d(module: nn.Module) -> bool:
@@ -256,14 +265,33 @@ def _warn_unmasked(module: nn.Module) -> None:
     unmasked = unmasked_weights(module)
     if not unmasked:
         return
-    names = [name for name, _ in unmasked]
-    shown = ", ".join(repr(n) for n in names[:_NAMES_SHOWN])
-    if len(names) > _NAMES_SHOWN:
-        shown += f" and {len(names) - _NAMES_SHOWN} more"
+    shown = _names([name for name, _ in unmasked])
     n_unmasked = sum(p.numel() for _, p in unmasked)
     total = sum(p.numel() for p in module.parameters() if p.dim() >= 2)
     warnings.warn(_NOT_MASKED.format(names=shown, n_weights=n_unmasked,
                                      share=n_unmasked / total), UserWarning, stacklevel=3)
+
+
+def _names(names: list[str]) -> str:
+    shown = ", ".join(repr(n) for n in names[:_NAMES_SHOWN])
+    if len(names) > _NAMES_SHOWN:
+        shown += f" and {len(names) - _NAMES_SHOWN} more"
+    return shown
+
+
+def _warn_at_least_one(shapes: Mapping[str, tuple], densities: Mapping[str, float],
+                       counts: Mapping[str, int], density: float) -> None:
+    """Warn where layers whose density rounds to no weight keep one each (the minimum of
+    :func:`active_counts`) and the network ends up more than :data:`_EXCESS_SHOWN` denser
+    than ``density``."""
+    raised = [name for name, shape in shapes.items()
+              if round(densities[name] * math.prod(shape)) < 1]
+    total = sum(math.prod(shape) for shape in shapes.values())
+    active = sum(counts.values())
+    if raised and active > (1 + _EXCESS_SHOWN) * density * total:
+        warnings.warn(_AT_LEAST_ONE.format(
+            density=density, asked=density * total, total=total, names=_names(raised),
+            active=active, achieved=active / total), UserWarning, stacklevel=3)
 
 
 def _magnitude_mask(weight: torch.Tensor, k: int) -> torch.Tensor:
@@ -382,6 +410,7 @@ class MaskSet:
         else:
             densities = uniform_densities(shapes, density)
         counts = active_counts(shapes, densities)
+        _warn_at_least_one(shapes, densities, counts, density)
         masks = {}
         for name, p in params.items():
             if init == "magnitude":

@@ -106,6 +106,28 @@ def test_random_masks_have_exact_counts_and_zero_weights(distribution):
     assert net[1].weight.abs().sum() > 0  # BatchNorm untouched
 
 
+def test_layers_kept_at_one_active_weight_are_named_when_the_network_gets_denser():
+    # a 4-8-2 MLP at density 0.01 asks for 0.48 weights; each layer keeps one, so the
+    # network ended up at density 0.042 without a word
+    net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    with pytest.warns(UserWarning, match=r"density 0.01 asks for 0.48 of the 48 masked "
+                      r"weights.*'0.weight', '2.weight' would have none: 2 weights are "
+                      r"active, density 0.0417"):
+        masks = MaskSet.from_module(net, density=0.01)
+    assert sum(masks.n_active().values()) == 2
+
+
+def test_no_word_where_the_minimum_of_one_weight_changes_little():
+    import warnings
+
+    net = nn.Sequential(nn.Linear(400, 200), nn.ReLU(), nn.Linear(200, 2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        # the output layer rounds to no weight at 0.001 and keeps one: 81 active for 80.4
+        MaskSet.from_module(net, density=0.001, layer_density="uniform")
+        MaskSet.from_module(net, density=0.5)
+
+
 def test_prune_removes_smallest_active_and_rigl_regrows_largest_gradient():
     weight = torch.tensor([5.0, -0.1, 3.0, 0.2, -4.0, 0.0, 0.0, 0.0])
     mask = torch.tensor([1, 1, 1, 1, 1, 0, 0, 0], dtype=torch.bool)
