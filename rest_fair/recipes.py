@@ -34,7 +34,16 @@ def authors_recipe(dataset: str = "colored_mnist", *, upweight: float = 80.0) ->
     Two things of their code are not reproduced: their initial masks are Bernoulli draws
     (per-layer counts vary by about 1.5 %; rest_fair's are exact), and their regrowth can
     land on already-active positions when few inactive ones have a gradient (a defect).
-    Regrown weights' momentum is reset here and was not there.
+    Regrown weights' momentum is reset here and was not there. Their model selection keeps
+    the epoch of the best validation worst-group accuracy unless that accuracy is 0, and
+    then compares average accuracy instead; rest_fair always compares the worst-group
+    accuracy over the groups the validation data holds (ties: average accuracy). Their
+    published sparse commands do not reweight; this recipe does (``upweight``), as REST
+    does.
+
+    With updates after the optimizer step, an update on the last step of an epoch is
+    followed at once by validation, so a model whose regrown weights are still zero can be
+    the one kept (as in their code; ``update_timing="mid_interval"`` avoids it).
 
     Parameters
     ----------
@@ -44,7 +53,8 @@ def authors_recipe(dataset: str = "colored_mnist", *, upweight: float = 80.0) ->
     upweight : float, default=80.0
         λ, how much more often bias-conflicting samples are drawn. Their code uses 80
         whatever its ``--lambda_upweight`` says; their README lists 10 / 30 / 50 / 80 for
-        0.5 / 1 / 2 / 5 % conflicting samples.
+        0.5 / 1 / 2 / 5 % conflicting samples (not chosen here by the data's ratio: pass
+        the one wanted).
 
     Returns
     -------
