@@ -400,3 +400,19 @@ def test_groupdro_fit_gives_no_weight_to_a_group_upweight_weighs_zero(reweight):
         X, y, groups=groups, sample_weight=np.where(groups == "ignored", 0.0, 1.0))
     assert by_weight.group_weight_history_[-1][0] == 0.0  # "ignored" sorts first
     assert by_upweight.group_weight_history_[-1][0] == 0.0
+
+
+
+@pytest.mark.parametrize("scale", [1e-3, 1e-13, 1e-30])
+def test_groupdro_group_loss_is_its_weighted_mean_at_any_weight_scale(scale):
+    # a group's weights summed to less than 1e-12 in a batch: its loss was divided by
+    # 1e-12 instead of their sum, so scaling the weights of a group changed its loss
+    logits = torch.tensor([[2.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.5, 0.0]])
+    y, g = torch.tensor([1, 0, 1, 0]), torch.tensor([0, 0, 1, 1])
+    unit = GroupDROObjective(2, eta=1.0, device=torch.device("cpu"))
+    scaled = GroupDROObjective(2, eta=1.0, device=torch.device("cpu"))
+    for _ in range(3):
+        a = unit(logits, y, torch.tensor([1.0, 1.0, 1.0, 3.0]), g)
+        b = scaled(logits, y, torch.tensor([1.0, 1.0, scale, 3 * scale]), g)
+        torch.testing.assert_close(scaled.q, unit.q)
+        torch.testing.assert_close(b, a)
