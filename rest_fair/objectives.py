@@ -180,7 +180,8 @@ class GroupDROObjective:
         loss_sum, count = self.group_sums(logits, y, w, g)
         total = self.all_reduce(torch.stack([loss_sum.detach(), count]))
         present = total[1] > 0
-        denominator = total[1].clamp_min(1e-12)
+        # a group's weights may sum to any positive value: its loss is their weighted mean
+        denominator = torch.where(present, total[1], 1.0)
         group_loss = torch.where(present, total[0] / denominator, 0.0)
         self.update(group_loss, present)
         value = (self.q * group_loss).sum()

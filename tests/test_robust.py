@@ -400,3 +400,90 @@ def test_groupdro_fit_gives_no_weight_to_a_group_upweight_weighs_zero(reweight):
         X, y, groups=groups, sample_weight=np.where(groups == "ignored", 0.0, 1.0))
     assert by_weight.group_weight_history_[-1][0] == 0.0  # "ignored" sorts first
     assert by_upweight.group_weight_history_[-1][0] == 0.0
+
+
+# ------------------------------------------------ GroupDRO against its published definition
+def _reference_groupdro(q, logits, y, w, g, *, eta, adjustment):
+    """One step of Sagawa et al.'s Algorithm 1 on a batch, in float64 and plain loops: the
+    (weighted) mean loss of every group present, ``q_g * exp(eta * (loss_g + adj_g))`` on
+    those groups, renormalised, and ``sum_g q_g * loss_g`` with the new ``q``."""
+    logits = logits.detach().double().requires_grad_(True)
+    per_sample = torch.nn.functional.cross_entropy(logits, y, reduction="none")
+    w = torch.ones_like(per_sample) if w is None else w.double()
+    losses = {}
+    for k in range(len(q)):
+        rows = (g == k) & (w > 0)
+        if rows.any():
+            losses[k] = (per_sample[rows] * w[rows]).sum() / w[rows].sum()
+    scaled = [q[k] * np.exp(eta * (float(losses[k].detach()) + adjustment[k])) if k in losses
+              else q[k] for k in range(len(q))]
+    q = [v / sum(scaled) for v in scaled]
+    value = sum(q[k] * loss for k, loss in losses.items())
+    return q, float(value.detach()), torch.autograd.grad(value, logits)[0]
+
+
+@pytest.mark.parametrize("adjustment", [0.0, 2.0])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_groupdro_steps_follow_the_published_algorithm(weighted, adjustment):
+    gen = torch.Generator().manual_seed(1)
+    sizes = torch.tensor([50, 10, 3, 200])
+    obj = GroupDROObjective(4, eta=0.7, device=torch.device("cpu"), adjustment=adjustment,
+                            group_sizes=sizes)
+    q = [0.25] * 4
+    for step in range(6):
+        g = torch.randint(0, 4, (16,), generator=gen)
+        if step in (1, 3):  # a group absent from the batch keeps its weight
+            g = torch.where(g == 2, 1, g)
+        logits = torch.randn(16, 3, generator=gen) * 2
+        y = torch.randint(0, 3, (16,), generator=gen)
+        w = torch.rand(16, generator=gen) * 2 if weighted else None
+        if weighted:
+            w[0] = 0.0
+        leaf = logits.clone().requires_grad_(True)
+        value = obj(leaf, y, w, g)
+        (grad,) = torch.autograd.grad(value, leaf)
+        q, expected, expected_grad = _reference_groupdro(
+            q, logits, y, w, g, eta=0.7,
+            adjustment=(adjustment / sizes.double().sqrt()).tolist())
+        np.testing.assert_allclose(obj.q.double().numpy(), q, rtol=0, atol=1e-6)
+        assert float(value.detach()) == pytest.approx(expected, rel=1e-6)
+        torch.testing.assert_close(grad.double(), expected_grad, rtol=0, atol=1e-6)
+
+
+def test_groupdro_matches_wilds_group_losses_and_update():
+    # WILDS' group-wise loss (absent groups: 0) and its GroupDRO update of the weights
+    loss_module = pytest.importorskip("wilds.common.metrics.loss")
+    wilds_loss = loss_module.ElementwiseLoss(
+        loss_fn=torch.nn.CrossEntropyLoss(reduction="none"))
+    gen = torch.Generator().manual_seed(2)
+    obj = GroupDROObjective(4, eta=0.01, device=torch.device("cpu"))
+    weights = torch.full((4,), 0.25)
+    for step in range(5):
+        g = torch.randint(0, 4 if step % 2 else 3, (16,), generator=gen)  # 3 absent at times
+        logits = torch.randn(16, 3, generator=gen)
+        y = torch.randint(0, 3, (16,), generator=gen)
+        ours, theirs = logits.clone().requires_grad_(True), logits.clone().requires_grad_(True)
+        value = obj(ours, y, None, g)
+        group_losses, _, _ = wilds_loss.compute_group_wise(theirs, y, g, 4, return_dict=False)
+        weights = weights * torch.exp(0.01 * group_losses.detach())
+        weights = weights / weights.sum()
+        reference = group_losses @ weights
+        torch.testing.assert_close(obj.q, weights)
+        torch.testing.assert_close(value, reference)
+        torch.testing.assert_close(torch.autograd.grad(value, ours)[0],
+                                   torch.autograd.grad(reference, theirs)[0])
+
+
+@pytest.mark.parametrize("scale", [1e-3, 1e-13, 1e-30])
+def test_groupdro_group_loss_is_its_weighted_mean_at_any_weight_scale(scale):
+    # a group's weights summed to less than 1e-12 in a batch: its loss was divided by
+    # 1e-12 instead of their sum, so scaling the weights of a group changed its loss
+    logits = torch.tensor([[2.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.5, 0.0]])
+    y, g = torch.tensor([1, 0, 1, 0]), torch.tensor([0, 0, 1, 1])
+    unit = GroupDROObjective(2, eta=1.0, device=torch.device("cpu"))
+    scaled = GroupDROObjective(2, eta=1.0, device=torch.device("cpu"))
+    for _ in range(3):
+        a = unit(logits, y, torch.tensor([1.0, 1.0, 1.0, 3.0]), g)
+        b = scaled(logits, y, torch.tensor([1.0, 1.0, scale, 3 * scale]), g)
+        torch.testing.assert_close(scaled.q, unit.q)
+        torch.testing.assert_close(b, a)

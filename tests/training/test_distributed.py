@@ -518,3 +518,29 @@ def test_dead_or_hung_rank_fails_the_others_within_the_timeout(tmp_path, how):
     else:  # nothing to see: the collective's timeout ends the wait
         assert 0.75 * timeout <= elapsed < 1.5 * timeout, (elapsed, timeout)
         assert "timed out" in error["message"].lower()
+
+
+def test_groupdro_through_ddp_on_two_gloo_ranks_is_the_one_process_run(tmp_path):
+    """Real collectives and DDP's gradient averaging: the group weights, the loss and the
+    applied gradients of every step are those of one process on the global batch, with and
+    without the group adjustment."""
+    script = WORKER.parent / "groupdro_ranks.py"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           "--nproc_per_node=2", str(script), str(tmp_path), "0.0", "3.0"]
+    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True,
+                          timeout=LAUNCH_TIMEOUT)
+    assert proc.returncode == 0, _tail(proc.stdout + proc.stderr)
+    spec = importlib.util.spec_from_file_location("groupdro_ranks", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    for adjustment in (0.0, 3.0):
+        one = module.run_steps(0, 1, adjustment)
+        ranks = [torch.load(tmp_path / f"{adjustment}-rank{r}.pt", weights_only=False)
+                 for r in range(2)]
+        for step, (q, loss, grads) in enumerate(one):
+            for r in range(2):
+                q_r, loss_r, grads_r = ranks[r][step]
+                torch.testing.assert_close(q_r, q, rtol=0, atol=1e-6)
+                assert loss_r == pytest.approx(loss, abs=1e-5), (adjustment, step, r)
+                for a, b in zip(grads_r, grads, strict=True):
+                    torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
