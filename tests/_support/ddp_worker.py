@@ -177,6 +177,21 @@ def scenario_jtt(log: DrawLog, out: Path, distributed) -> dict:
     return {**_summary(clf), "inferred": clf.inferred_groups_}
 
 
+def sample_weights(n: int) -> np.ndarray:
+    """Uneven sample weights, a fifth of them 0 (held-out rows keep theirs for validation)."""
+    rng = np.random.default_rng(5)
+    return rng.choice([0.0, 0.5, 1.0, 3.0], size=n, p=[0.2, 0.3, 0.3, 0.2])
+
+
+def scenario_weighted(log: DrawLog, out: Path, distributed) -> dict:
+    """Uneven sample weights: the held-out rows are validated with theirs."""
+    X, y, g = TRAIN
+    record = Record()
+    clf = RESTClassifier(**PARAMS, callbacks=[record], distributed=distributed).fit(
+        X, y, groups=g, sample_weight=sample_weights(len(y)))
+    return {**_summary(clf), "best_epoch": clf.best_epoch_, "updates": record.updates}
+
+
 class Preempt(Callback):
     """Stops the process (every rank) at the start of an epoch, as a preemption would."""
 
@@ -304,6 +319,7 @@ SCENARIOS = {
     "groupdro": scenario_groupdro,
     "groupdro_adjusted": scenario_groupdro_adjusted,
     "jtt": scenario_jtt,
+    "weighted": scenario_weighted,
     "resume": scenario_resume,
     "resume_other_world": scenario_resume_other_world,
     "diverge": scenario_diverge,
