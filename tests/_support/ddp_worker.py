@@ -14,6 +14,7 @@ import atexit
 import hashlib
 import json
 import os
+import shutil
 import signal
 import sys
 import time
@@ -215,6 +216,8 @@ def scenario_resume(log: DrawLog, out: Path, distributed) -> dict:
     ckpt.write_checkpoint = counting
     try:
         interrupted_fit(directory, distributed)
+        if rank() == 0:  # kept as written after epoch 2, for one process to resume
+            shutil.copytree(directory, out / "two-rank-checkpoint")
         clf = RESTClassifier(**PARAMS, callbacks=[Checkpoint(directory)],
                              distributed=distributed).fit(X, y, groups=g,
                                                           resume_from=directory)

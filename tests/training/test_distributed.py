@@ -273,6 +273,7 @@ def two_ranks(tmp_path_factory):
                          for r in range(2)]
     results["logs"] = per_rank
     results["single_checkpoint"] = single
+    results["two_rank_checkpoint"] = out / "two-rank-checkpoint"
     results["threads_at_exit"] = [
         json.loads((out / f"threads-rank{r}.json").read_text()) for r in range(2)]
     return results
@@ -432,6 +433,29 @@ def test_two_ranks_resume_a_one_process_checkpoint(two_ranks, one_process):
     assert len(saved) == 2 and len(rank0["history_list"]) == 4
     assert rank0["history_list"][:2] == saved  # continued, not restarted
     assert abs(rank0["wga"] - one_process["rest"]["wga"]) <= 0.05
+
+
+def test_one_process_resumes_a_two_rank_checkpoint(two_ranks, one_process):
+    """Written by rank 0 of two after epoch 2, continued in one process: the model that
+    the uninterrupted runs train, up to the order of floating-point sums."""
+    from rest_fair.persistence.checkpoint import read_checkpoint
+
+    worker = _worker_module()
+    X, y, g = worker.TRAIN
+    directory = two_ranks["two_rank_checkpoint"]
+    saved = read_checkpoint(directory)["train_state"]["history"]
+    clf = RESTClassifier(**worker.PARAMS, distributed=False).fit(X, y, groups=g,
+                                                                 resume_from=directory)
+    assert len(saved) == 2 and clf.history_[:2] == saved  # continued, not restarted
+    for uninterrupted in (one_process["rest"], two_ranks["rest"][0]):
+        history = json.loads(uninterrupted["history"])
+        assert [r["best"] for r in clf.history_] == [r["best"] for r in history]
+        for a, b in zip(clf.history_, history, strict=True):
+            for key in ("train_loss", "valid_loss", "valid_acc", "valid_worst_group_acc"):
+                assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-7), (a["epoch"], key)
+        assert clf.n_train_steps_ == uninterrupted["n_train_steps"]
+        assert {k: worker.digest(v) for k, v in clf.masks_.items()} == uninterrupted["masks"]
+        np.testing.assert_array_equal(clf.predict(worker.TEST[0]), uninterrupted["pred"])
 
 
 def test_ranks_given_different_data_are_refused(two_ranks):
