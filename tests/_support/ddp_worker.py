@@ -14,6 +14,7 @@ import atexit
 import hashlib
 import json
 import os
+import shutil
 import signal
 import sys
 import time
@@ -177,6 +178,21 @@ def scenario_jtt(log: DrawLog, out: Path, distributed) -> dict:
     return {**_summary(clf), "inferred": clf.inferred_groups_}
 
 
+def sample_weights(n: int) -> np.ndarray:
+    """Uneven sample weights, a fifth of them 0 (held-out rows keep theirs for validation)."""
+    rng = np.random.default_rng(5)
+    return rng.choice([0.0, 0.5, 1.0, 3.0], size=n, p=[0.2, 0.3, 0.3, 0.2])
+
+
+def scenario_weighted(log: DrawLog, out: Path, distributed) -> dict:
+    """Uneven sample weights: the held-out rows are validated with theirs."""
+    X, y, g = TRAIN
+    record = Record()
+    clf = RESTClassifier(**PARAMS, callbacks=[record], distributed=distributed).fit(
+        X, y, groups=g, sample_weight=sample_weights(len(y)))
+    return {**_summary(clf), "best_epoch": clf.best_epoch_, "updates": record.updates}
+
+
 class Preempt(Callback):
     """Stops the process (every rank) at the start of an epoch, as a preemption would."""
 
@@ -200,6 +216,8 @@ def scenario_resume(log: DrawLog, out: Path, distributed) -> dict:
     ckpt.write_checkpoint = counting
     try:
         interrupted_fit(directory, distributed)
+        if rank() == 0:  # kept as written after epoch 2, for one process to resume
+            shutil.copytree(directory, out / "two-rank-checkpoint")
         clf = RESTClassifier(**PARAMS, callbacks=[Checkpoint(directory)],
                              distributed=distributed).fit(X, y, groups=g,
                                                           resume_from=directory)
@@ -304,6 +322,7 @@ SCENARIOS = {
     "groupdro": scenario_groupdro,
     "groupdro_adjusted": scenario_groupdro_adjusted,
     "jtt": scenario_jtt,
+    "weighted": scenario_weighted,
     "resume": scenario_resume,
     "resume_other_world": scenario_resume_other_world,
     "diverge": scenario_diverge,

@@ -273,6 +273,7 @@ def two_ranks(tmp_path_factory):
                          for r in range(2)]
     results["logs"] = per_rank
     results["single_checkpoint"] = single
+    results["two_rank_checkpoint"] = out / "two-rank-checkpoint"
     results["threads_at_exit"] = [
         json.loads((out / f"threads-rank{r}.json").read_text()) for r in range(2)]
     return results
@@ -285,7 +286,7 @@ def one_process():
     log = worker.DrawLog()
     try:
         return {name: worker.SCENARIOS[name](log, None, False)
-                for name in ("rest", "groupdro", "groupdro_adjusted", "jtt")}
+                for name in ("rest", "groupdro", "groupdro_adjusted", "jtt", "weighted")}
     finally:
         log.restore()
 
@@ -308,7 +309,8 @@ def test_masks_identical_on_every_rank_after_every_topology_update(two_ranks, on
     assert rank0["n_train_steps"] == one_process["rest"]["n_train_steps"]
 
 
-@pytest.mark.parametrize("scenario", ["rest", "groupdro", "groupdro_adjusted", "jtt", "resume"])
+@pytest.mark.parametrize("scenario",
+                         ["rest", "groupdro", "groupdro_adjusted", "jtt", "weighted", "resume"])
 def test_fitted_state_identical_across_ranks(two_ranks, scenario):
     rank0, rank1 = two_ranks[scenario]
     np.testing.assert_array_equal(rank0["logits"], rank1["logits"])
@@ -323,6 +325,33 @@ def test_worst_group_accuracy_close_to_one_process(two_ranks, one_process, scena
     ddp, one = two_ranks[scenario][0]["wga"], one_process[scenario]["wga"]
     assert abs(ddp - one) <= 0.05, (ddp, one)
     assert ddp > 0.55  # learnt more than the shortcut (which gets ~0 on conflicting groups)
+
+
+def test_weighted_validation_over_ranks_is_the_one_process_validation(two_ranks, one_process):
+    """Held-out rows keep their sample_weight (zeros too); each rank scores its part.
+
+    Two ranks and one process train the same model up to the order of floating-point sums
+    (the all-reduce, the split of the validation sums), so the epoch records agree to float
+    tolerance, the same epoch is kept and the predictions are the same.
+    """
+    worker = _worker_module()
+    ddp, one = two_ranks["weighted"][0], one_process["weighted"]
+    assert [s for s, _ in ddp["updates"]] == [s for s, _ in one["updates"]]
+    history_ddp, history_one = json.loads(ddp["history"]), json.loads(one["history"])
+    assert len(history_ddp) == len(history_one) == worker.PARAMS["max_epochs"]
+    for a, b in zip(history_ddp, history_one, strict=True):
+        assert a.keys() == b.keys()
+        for key in ("train_loss", "valid_loss", "valid_acc", "valid_worst_group_acc"):
+            assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-7), (a["epoch"], key)
+        assert [a[k] for k in ("epoch", "best", "n_topology_updates")] == \
+            [b[k] for k in ("epoch", "best", "n_topology_updates")]
+    # the weights are in effect: accuracy is not a share of whole held-out samples
+    n_valid = round(0.1 * len(worker.TRAIN[1]))
+    assert any(abs(r["valid_acc"] * n_valid - round(r["valid_acc"] * n_valid)) > 1e-6
+               for r in history_one)
+    assert ddp["best_epoch"] == one["best_epoch"]
+    np.testing.assert_array_equal(ddp["pred"], one["pred"])
+    np.testing.assert_allclose(ddp["logits"], one["logits"], atol=1e-4)
 
 
 def test_groupdro_weights_identical_and_close_to_one_process(two_ranks, one_process):
@@ -404,6 +433,29 @@ def test_two_ranks_resume_a_one_process_checkpoint(two_ranks, one_process):
     assert len(saved) == 2 and len(rank0["history_list"]) == 4
     assert rank0["history_list"][:2] == saved  # continued, not restarted
     assert abs(rank0["wga"] - one_process["rest"]["wga"]) <= 0.05
+
+
+def test_one_process_resumes_a_two_rank_checkpoint(two_ranks, one_process):
+    """Written by rank 0 of two after epoch 2, continued in one process: the model that
+    the uninterrupted runs train, up to the order of floating-point sums."""
+    from rest_fair.persistence.checkpoint import read_checkpoint
+
+    worker = _worker_module()
+    X, y, g = worker.TRAIN
+    directory = two_ranks["two_rank_checkpoint"]
+    saved = read_checkpoint(directory)["train_state"]["history"]
+    clf = RESTClassifier(**worker.PARAMS, distributed=False).fit(X, y, groups=g,
+                                                                 resume_from=directory)
+    assert len(saved) == 2 and clf.history_[:2] == saved  # continued, not restarted
+    for uninterrupted in (one_process["rest"], two_ranks["rest"][0]):
+        history = json.loads(uninterrupted["history"])
+        assert [r["best"] for r in clf.history_] == [r["best"] for r in history]
+        for a, b in zip(clf.history_, history, strict=True):
+            for key in ("train_loss", "valid_loss", "valid_acc", "valid_worst_group_acc"):
+                assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-7), (a["epoch"], key)
+        assert clf.n_train_steps_ == uninterrupted["n_train_steps"]
+        assert {k: worker.digest(v) for k, v in clf.masks_.items()} == uninterrupted["masks"]
+        np.testing.assert_array_equal(clf.predict(worker.TEST[0]), uninterrupted["pred"])
 
 
 def test_ranks_given_different_data_are_refused(two_ranks):
