@@ -211,7 +211,7 @@ class RESTClassifier(ClassifierMixin, BaseEstimator):
         largest float32 (Adam's first step is ``lr / (1 - beta1)``, ``beta1 = 0.9``).
     optimizer : {"sgd", "adam", "adamw"}, default="sgd"
         SGD uses ``momentum``.
-    momentum : float, default=0.9
+    momentum : float in [0, 1), default=0.9
         SGD momentum.
     weight_decay : float, default=0.0
         L2 penalty.

@@ -169,7 +169,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--preset", choices=sorted(PRESETS), default="quick",
                         help="Named configuration; the flags below override its fields.")
     parser.add_argument("--quick", action="store_const", const="quick", dest="preset",
-                        help="Same as --preset quick (about 2 minutes on 2 CPU cores).")
+                        help="Same as --preset quick (about 50 s on 2 CPU cores).")
     parser.add_argument("--dataset", choices=tuple(DATASETS),
                         help="fashion_mnist: Colored Fashion-MNIST from the idx files of "
                              "Debian's dataset-fashion-mnist (or --data-root); dfa: a "

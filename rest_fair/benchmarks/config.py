@@ -338,7 +338,7 @@ def _float(value: Any) -> float | None:
 
 
 #: Named configurations, as the fields that differ from :class:`BenchConfig`'s defaults.
-#: ``quick`` is the README demo (about 2 minutes on 2 CPU cores); ``paper`` mirrors the REST
+#: ``quick`` is the README demo (about 50 s on 2 CPU cores); ``paper`` mirrors the REST
 #: paper's grid (hours on a CPU); ``medium`` is the larger run documented in
 #: docs/benchmarks.md; ``scale`` is full-size Colored Fashion-MNIST (54k / 6k / 10k) with an
 #: MLP 3x300 on the CPU (30 epochs: about 1.5 minutes a dense run on 2 cores), the setting
