@@ -179,7 +179,7 @@ class RESTClassifier(ClassifierMixin, BaseEstimator):
         weight (as in the REST paper) or by weighting their loss.
     objective : {"erm", "groupdro"}, default="erm"
         ``"groupdro"`` minimises the worst group's loss by online GroupDRO.
-    groupdro_eta : float, default=0.01
+    groupdro_eta : float > 0, default=0.01
         Step size of GroupDRO's group-weight update.
     groupdro_adjustment : float, default=0.0
         GroupDRO's group adjustment ``C >= 0`` (Sagawa et al. 2020, Section 3.3): each
@@ -204,7 +204,7 @@ class RESTClassifier(ClassifierMixin, BaseEstimator):
         Keyword arguments of the module, e.g. ``{"hidden_layer_sizes": (256, 256)}``.
     max_epochs : int, default=100
         Training epochs (an epoch draws as many samples as the training set has).
-    batch_size : int, default=256
+    batch_size : int >= 1, default=256
         Mini-batch size.
     lr : float, default=0.01
         Learning rate. With ``optimizer="adam"`` or ``"adamw"``, at most a tenth of the
@@ -213,7 +213,7 @@ class RESTClassifier(ClassifierMixin, BaseEstimator):
         SGD uses ``momentum``.
     momentum : float in [0, 1), default=0.9
         SGD momentum.
-    weight_decay : float, default=0.0
+    weight_decay : float >= 0, default=0.0
         L2 penalty.
     lr_scheduler : {"plateau", "cosine", "constant"}, default="plateau"
         ``"plateau"`` divides the learning rate by 10 once the validation loss (training
