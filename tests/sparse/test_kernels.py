@@ -251,6 +251,19 @@ def test_csr_layer_first_layer_eval_and_bf16(path):
     torch.testing.assert_close(out.float(), linear(x), rtol=2e-2, atol=2e-2)
 
 
+@pytest.mark.parametrize("shape", [(4, 2), (4, 140), (2, 2, 140), (140,), ()])
+def test_an_input_of_another_width_is_refused_as_nn_linear_refuses_it(path, shape):
+    # the kernels read the packed input at the pattern's columns: too few features read
+    # past its panels, too many are silently taken for other samples
+    linear, mask = _linear()
+    layer = CSRLinear(linear, mask, name="hidden")
+    x = torch.randn(shape)
+    with pytest.raises(RuntimeError, match=r"'hidden' takes inputs of shape \(\.\.\., 70\)"):
+        layer(x)
+    with torch.no_grad(), pytest.raises(RuntimeError, match="in_features=70"):
+        layer(x)
+
+
 def test_fit_with_set_equals_masked_fit(path):
     # SET regrows by the run's generator, so both runs keep the same topologies; in float64
     # their weights agree to rounding on either kernel path
