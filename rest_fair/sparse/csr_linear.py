@@ -72,8 +72,8 @@ _USED_TWICE = (
 )
 
 _BAD_INPUT = (
-    "sparse layer {name!r} takes inputs of shape (..., {n}) (in_features={n}), as the "
-    "nn.Linear it replaces; got a tensor of shape {shape}."
+    "{layer} takes inputs of shape (..., {n}) (in_features={n}), as the nn.Linear it "
+    "replaces; got a tensor of shape {shape}."
 )
 
 _BAD_SHAPE = "size mismatch for {key}: the checkpoint has shape {got}, the layer has {want}."
@@ -407,7 +407,8 @@ class CSRLinear(nn.Module):
             ``nn.Linear``): the products would read the input at the wrong places.
         """
         if x.dim() == 0 or x.shape[-1] != self.in_features:
-            raise RuntimeError(_BAD_INPUT.format(name=self.name, n=self.in_features,
+            layer = f"sparse layer {self.name!r}" if self.name else "the sparse layer"
+            raise RuntimeError(_BAD_INPUT.format(layer=layer, n=self.in_features,
                                                  shape=tuple(x.shape)))
         lead = x.shape[:-1]
         # a view of a 2-D input would only add a node to the autograd graph

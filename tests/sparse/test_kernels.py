@@ -262,6 +262,8 @@ def test_an_input_of_another_width_is_refused_as_nn_linear_refuses_it(path, shap
         layer(x)
     with torch.no_grad(), pytest.raises(RuntimeError, match="in_features=70"):
         layer(x)
+    with pytest.raises(RuntimeError, match=r"^the sparse layer takes"):
+        CSRLinear(linear, mask)(x)
 
 
 def test_fit_with_set_equals_masked_fit(path):
