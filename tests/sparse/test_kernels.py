@@ -266,6 +266,21 @@ def test_an_input_of_another_width_is_refused_as_nn_linear_refuses_it(path, shap
         CSRLinear(linear, mask)(x)
 
 
+@pytest.mark.parametrize("layout", ["strided", "broadcast"])
+def test_a_bias_of_any_strides_is_read_at_its_strides(path, layout):
+    # the kernels read the bias as a contiguous vector
+    linear, mask = _linear(n_out=50)
+    source = torch.randn(50, 3) if layout == "strided" else torch.randn(1).expand(50)
+    linear.bias = nn.Parameter(source[:, 1] if layout == "strided" else source)
+    assert not linear.bias.is_contiguous()
+    layer = CSRLinear(linear, mask)
+    x = torch.randn(20, 70)
+    out = layer(x)
+    torch.testing.assert_close(out, linear(x), rtol=1e-5, atol=1e-5)
+    out.sum().backward()
+    torch.testing.assert_close(layer.bias.grad, torch.full((50,), 20.0))
+
+
 def test_fit_with_set_equals_masked_fit(path):
     # SET regrows by the run's generator, so both runs keep the same topologies; in float64
     # their weights agree to rounding on either kernel path
