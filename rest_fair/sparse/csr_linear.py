@@ -71,6 +71,11 @@ _USED_TWICE = (
     "sparse_compute='masked'."
 )
 
+_BAD_INPUT = (
+    "{layer} takes inputs of shape (..., {n}) (in_features={n}), as the nn.Linear it "
+    "replaces; got a tensor of shape {shape}."
+)
+
 _BAD_SHAPE = "size mismatch for {key}: the checkpoint has shape {got}, the layer has {want}."
 
 # rows of the dense gradient scanned at once: about 2**18 entries (1 MiB in float32)
@@ -393,6 +398,18 @@ class CSRLinear(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x W^T + b`` (then ReLU where ``relu_output`` is set) of ``x`` ``(..., in_features)``.
+
+        Raises
+        ------
+        RuntimeError
+            If the last dimension of ``x`` is not ``in_features`` (the error type of
+            ``nn.Linear``): the products would read the input at the wrong places.
+        """
+        if x.dim() == 0 or x.shape[-1] != self.in_features:
+            layer = f"sparse layer {self.name!r}" if self.name else "the sparse layer"
+            raise RuntimeError(_BAD_INPUT.format(layer=layer, n=self.in_features,
+                                                 shape=tuple(x.shape)))
         lead = x.shape[:-1]
         # a view of a 2-D input would only add a node to the autograd graph
         x2d = x if x.dim() == 2 else x.reshape(-1, self.in_features)

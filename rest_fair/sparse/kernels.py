@@ -388,7 +388,10 @@ def csr_forward(panels: torch.Tensor, nv: int, batch: int, crow: torch.Tensor,
 
     ``out`` is ``(batch, n_out)`` with any strides, or the next layer's panels
     ``(n_panels, n_out, width)``; ``splits`` is :func:`balanced_splits` of ``crow``.
+    ``bias`` may have any strides (the kernel reads a contiguous copy).
     """
+    if bias is not None and not bias.is_contiguous():
+        bias = bias.contiguous()
     sq, si, sr = _out_strides(out, panels.shape[2])
     n, splits_ptr = _threads(splits, values.numel() * nv * panels.shape[0], crow.numel() - 1)
     _FUNCS[values.dtype][1](

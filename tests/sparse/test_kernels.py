@@ -251,6 +251,36 @@ def test_csr_layer_first_layer_eval_and_bf16(path):
     torch.testing.assert_close(out.float(), linear(x), rtol=2e-2, atol=2e-2)
 
 
+@pytest.mark.parametrize("shape", [(4, 2), (4, 140), (2, 2, 140), (140,), ()])
+def test_an_input_of_another_width_is_refused_as_nn_linear_refuses_it(path, shape):
+    # the kernels read the packed input at the pattern's columns: too few features read
+    # past its panels, too many are silently taken for other samples
+    linear, mask = _linear()
+    layer = CSRLinear(linear, mask, name="hidden")
+    x = torch.randn(shape)
+    with pytest.raises(RuntimeError, match=r"'hidden' takes inputs of shape \(\.\.\., 70\)"):
+        layer(x)
+    with torch.no_grad(), pytest.raises(RuntimeError, match="in_features=70"):
+        layer(x)
+    with pytest.raises(RuntimeError, match=r"^the sparse layer takes"):
+        CSRLinear(linear, mask)(x)
+
+
+@pytest.mark.parametrize("layout", ["strided", "broadcast"])
+def test_a_bias_of_any_strides_is_read_at_its_strides(path, layout):
+    # the kernels read the bias as a contiguous vector
+    linear, mask = _linear(n_out=50)
+    source = torch.randn(50, 3) if layout == "strided" else torch.randn(1).expand(50)
+    linear.bias = nn.Parameter(source[:, 1] if layout == "strided" else source)
+    assert not linear.bias.is_contiguous()
+    layer = CSRLinear(linear, mask)
+    x = torch.randn(20, 70)
+    out = layer(x)
+    torch.testing.assert_close(out, linear(x), rtol=1e-5, atol=1e-5)
+    out.sum().backward()
+    torch.testing.assert_close(layer.bias.grad, torch.full((50,), 20.0))
+
+
 def test_fit_with_set_equals_masked_fit(path):
     # SET regrows by the run's generator, so both runs keep the same topologies; in float64
     # their weights agree to rounding on either kernel path
@@ -365,6 +395,99 @@ def test_randperm_prefix_falls_back_to_torch(monkeypatch):
 def test_randperm_prefix_check_refuses_an_unknown_state_layout(monkeypatch):
     monkeypatch.setattr(kernels, "_STATE_BYTES", 4096)
     assert not kernels._check_prefix()
+
+
+def _random_mask(kind, n_out, n_in, gen):
+    rand = torch.rand(n_out, n_in, generator=gen)
+    if kind == "single":
+        mask = torch.zeros(n_out, n_in, dtype=torch.bool)
+        mask[n_out // 2, n_in - 1] = True
+    elif kind == "empty":
+        mask = torch.zeros(n_out, n_in, dtype=torch.bool)
+    elif kind == "one heavy row":
+        mask = rand < 0.01
+        mask[n_out // 3] = True
+    else:  # empty rows and columns, some full rows
+        mask = rand < 0.2
+        mask[torch.rand(n_out, generator=gen) < 0.3] = False
+        mask[:, torch.rand(n_in, generator=gen) < 0.3] = False
+        mask[torch.rand(n_out, generator=gen) < 0.1] = True
+    return mask
+
+
+def _random_input(layout, batch, n_in, dtype, gen):
+    if layout == "transposed":
+        return torch.randn(n_in, batch, generator=gen, dtype=dtype).t()
+    if layout == "sliced":
+        return torch.randn(batch + 3, n_in + 5, generator=gen, dtype=dtype)[2:-1, 3:-2]
+    if layout == "strided":
+        return torch.randn(2 * batch, 3 * n_in, generator=gen, dtype=dtype)[::2, ::3]
+    if layout == "broadcast":
+        return torch.randn(1, n_in, generator=gen, dtype=dtype).expand(batch, n_in)
+    return torch.randn(batch, n_in, generator=gen, dtype=dtype)
+
+
+def _outputs_and_gradients(module, x, g, *, x_grad, relu=False):
+    """Output, then gradients of the input, the weights and the bias (``None`` where not
+    computed) of ``module`` on ``x`` (then a ReLU where ``relu``) for the output gradient
+    ``g``."""
+    x = x.detach().requires_grad_(x_grad)
+    y = module(x)
+    if relu:
+        y = torch.relu(y)
+    if y.requires_grad:  # else nothing asks for a gradient
+        y.backward(g)
+    weight = module.values if isinstance(module, CSRLinear) else module.weight
+    bias = None if module.bias is None else module.bias.grad
+    return [y.detach(), x.grad, weight.grad, bias]
+
+
+@needs_kernels
+@pytest.mark.usefixtures("every_call_parallel")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_random_layers_equal_the_masked_dense_layer_at_every_thread_count(dtype):
+    # seeded random cases: odd sizes around the panel widths, degenerate patterns, input
+    # layouts, with and without bias, fused ReLU, feature-major output, input and weight
+    # gradients
+    batches = [1, 2, 7, 15, 16, 17, 31, 32, 33, 63, 64, 65, 70, 255, 257]
+    sizes = [1, 3, 15, 16, 17, 33, 64, 65, 129, 300]
+    mask_kinds = ["single", "empty", "one heavy row", "uneven"]
+    layouts = ["row-major", "transposed", "sliced", "strided", "broadcast"]
+    tol = {"rtol": 1e-10, "atol": 1e-10} if dtype == torch.float64 else {"rtol": 1e-4,
+                                                                            "atol": 1e-4}
+    previous = torch.get_num_threads()
+    for case in range(40):
+        gen = torch.Generator().manual_seed(case)
+        pick = [int(i) for i in torch.randint(0, 1000, (9,), generator=gen)]
+        batch, n_in, n_out = (batches[pick[0] % len(batches)], sizes[pick[1] % len(sizes)],
+                              sizes[pick[2] % len(sizes)])
+        has_bias, relu, x_grad, frozen = (bool(p % 2) for p in pick[3:7])
+        mask = _random_mask(mask_kinds[case % len(mask_kinds)], n_out, n_in, gen)
+        linear = nn.Linear(n_in, n_out, bias=has_bias).to(dtype)
+        with torch.no_grad():
+            linear.weight.mul_(mask)
+        linear.weight.requires_grad_(not frozen)
+        layer = CSRLinear(copy.deepcopy(linear), mask)
+        layer.relu_output = relu
+        layer.feature_major_output = bool(pick[8] % 2)
+        x = _random_input(layouts[pick[7] % len(layouts)], batch, n_in, dtype, gen)
+        g = torch.randn(batch, n_out, generator=gen, dtype=dtype)
+        want = _outputs_and_gradients(linear, x, g, x_grad=x_grad, relu=relu)
+        if not frozen:
+            want[2] = want[2][mask]
+        got = {}
+        for n_threads in (1, 2, 3):
+            torch.set_num_threads(n_threads)
+            layer.zero_grad(set_to_none=True)
+            got[n_threads] = _outputs_and_gradients(layer, x, g, x_grad=x_grad)
+        torch.set_num_threads(previous)
+        for ours, theirs in zip(got[1], want, strict=True):
+            assert (ours is None) == (theirs is None), case
+            if ours is not None:
+                torch.testing.assert_close(ours, theirs, **tol, msg=f"case {case}")
+        for n_threads in (2, 3):
+            assert all(a is b or torch.equal(a, b)
+                       for a, b in zip(got[1], got[n_threads], strict=True)), case
 
 
 @needs_kernels
