@@ -354,3 +354,15 @@ def test_scorer_told_not_to_weigh_scores_unweighted_where_a_search_passes_weight
                            params=params)
         with pytest.raises(ValueError, match="True, False or None"):
             make_worst_group_scorer(sample_weight="weights")
+
+
+@pytest.mark.parametrize("missing", [None, math.nan])
+def test_missing_values_in_one_of_several_group_columns_are_refused(missing):
+    # each row holding NaN used to become a group of its own: (0, nan) twice gave two groups
+    two_columns = np.array([[0, missing], [0, missing], [1, 1], [1, 1]], dtype=object)
+    with pytest.raises(ValueError, match=r"groups must not contain missing values .*found 2"):
+        group_accuracies([1, 0, 1, 0], [1, 1, 1, 0], two_columns)
+    frame = pd.DataFrame({"a": [0, 0, 1, 1], "b": [math.nan, math.nan, 1.0, 1.0]})
+    with pytest.raises(ValueError, match=r"groups must not contain missing values .*found 2"):
+        worst_group_accuracy([1, 0, 1, 0], [1, 1, 1, 0], frame)
+
