@@ -366,3 +366,11 @@ def test_missing_values_in_one_of_several_group_columns_are_refused(missing):
     with pytest.raises(ValueError, match=r"groups must not contain missing values .*found 2"):
         worst_group_accuracy([1, 0, 1, 0], [1, 1, 1, 0], frame)
 
+
+def test_pos_label_on_a_multiclass_task_is_refused():
+    y, p, g = np.array([0, 1, 2, 2, 1]), np.array([0, 2, 2, 1, 1]), np.array([0, 0, 1, 1, 1])
+    with pytest.raises(ValueError, match=r"pos_label=1 applies to binary tasks only.*\[0, 1, 2\]"):
+        fairness_report(y=y, y_pred=p, groups=g, pos_label=1)
+    with pytest.raises(ValueError, match=r"binary tasks only.*\[0, 1, 2\]"):
+        fairness_report(y=Y, y_pred=P, groups=G, pos_label=1, labels=[0, 1, 2])
+    assert fairness_report(y=y, y_pred=p, groups=g).pos_label is None
