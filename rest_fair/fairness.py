@@ -88,8 +88,10 @@ class FairnessReport:
 
     @property
     def by_group(self) -> pd.DataFrame:
-        """Per-group table (``frame.by_group``)."""
-        return self.frame.by_group
+        """Per-group table: ``frame.by_group`` without the rows of combinations of
+        sensitive values that no sample has (fairlearn lists them, all NaN)."""
+        by_group = self.frame.by_group
+        return by_group[by_group["count"].notna()]
 
     @property
     def overall(self) -> pd.Series:

@@ -374,3 +374,15 @@ def test_pos_label_on_a_multiclass_task_is_refused():
     with pytest.raises(ValueError, match=r"binary tasks only.*\[0, 1, 2\]"):
         fairness_report(y=Y, y_pred=P, groups=G, pos_label=1, labels=[0, 1, 2])
     assert fairness_report(y=y, y_pred=p, groups=g).pos_label is None
+
+
+def test_intersectional_report_leaves_out_combinations_no_sample_has():
+    # sex=m and label=1 never occur together: fairlearn lists that cell as a row of NaN
+    sex = np.array(list("ffffmm"))
+    label = np.array([0, 1, 1, 0, 0, 0])
+    y, p = np.array([1, 0, 1, 0, 1, 0]), np.array([1, 1, 1, 0, 0, 0])
+    report = fairness_report(y=y, y_pred=p, groups={"sex": sex, "label": label})
+    assert list(report.by_group.index) == [("f", 0), ("f", 1), ("m", 0)]
+    assert report.by_group["count"].tolist() == [2, 2, 2]
+    text = str(report)  # used to fail casting the NaN count of the absent cell to int
+    assert "Worst group (accuracy): sex=f, label=1 with accuracy 0.500" in text
