@@ -33,6 +33,10 @@ _ZERO_WEIGHT_GROUPS = (
 )
 _LENGTHS = "y, y_pred and groups must have the same number of samples; got {}."
 _BAD_POS_LABEL = "pos_label={!r} is not one of the labels {}."
+_POS_LABEL_MULTICLASS = (
+    "pos_label={pos_label!r} applies to binary tasks only, and this one has the labels "
+    "{labels} (its report has no selection rate, TPR or FPR); leave pos_label out."
+)
 _UNKNOWN_LABELS = "{where} holds labels {found} that are not among labels={labels}."
 _ONE_LABEL = (
     "y and the predictions hold one label, {label!r}, and neither `labels` nor an estimator "
@@ -84,8 +88,10 @@ class FairnessReport:
 
     @property
     def by_group(self) -> pd.DataFrame:
-        """Per-group table (``frame.by_group``)."""
-        return self.frame.by_group
+        """Per-group table: ``frame.by_group`` without the rows of combinations of
+        sensitive values that no sample has (fairlearn lists them, all NaN)."""
+        by_group = self.frame.by_group
+        return by_group[by_group["count"].notna()]
 
     @property
     def overall(self) -> pd.Series:
@@ -147,8 +153,9 @@ def fairness_report(
     y_pred : array-like of shape (n_samples,), optional
         Predicted labels, instead of ``estimator`` and ``X``.
     pos_label : label, optional
-        Positive class for selection rate, TPR and FPR on binary tasks. Default:
-        ``estimator.classes_[1]`` when available, else the larger of the two labels.
+        Positive class for selection rate, TPR and FPR on binary tasks (an error on a
+        task with more labels). Default: ``estimator.classes_[1]`` when available, else the
+        larger of the two labels.
     sample_weight : array-like of shape (n_samples,), optional
         Sample weights passed to every metric (``count`` stays a plain count).
     labels : array-like, optional
@@ -200,6 +207,9 @@ def fairness_report(
         if len(present) == 1 and pos_label is None:
             warnings.warn(_ONE_LABEL.format(label=present.tolist()[0]), UserWarning,
                           stacklevel=2)
+    if not binary and pos_label is not None:
+        raise ValueError(_POS_LABEL_MULTICLASS.format(pos_label=pos_label,
+                                                      labels=labels.tolist()))
     pos_label = _pos_label(pos_label, estimator, labels) if binary else None
     metrics = _metric_functions(pos_label)
     sample_params = None

@@ -226,9 +226,14 @@ def make_worst_group_scorer(*, sample_weight: bool | None = None) -> Any:
 def _factorize(values: np.ndarray) -> tuple[np.ndarray, list]:
     import pandas as pd
 
-    # several columns: a group is a tuple of their values (intersectional groups)
-    rows = [tuple(row) for row in values] if values.ndim > 1 else values
-    codes, uniques = pd.factorize(pd.Series(rows))
+    if values.ndim > 1:
+        # several columns: a group is a tuple of their values (intersectional groups); a
+        # missing value inside a tuple is not a missing key to factorize, so look for it here
+        missing = pd.isna(values.reshape(len(values), -1)).any(axis=1)
+        if missing.any():
+            raise ValueError(_MISSING_GROUPS.format(count=int(missing.sum())))
+        values = pd.Series([tuple(row) for row in values], dtype=object)
+    codes, uniques = pd.factorize(pd.Series(values))
     if (codes < 0).any():
         raise ValueError(_MISSING_GROUPS.format(count=int((codes < 0).sum())))
     return np.asarray(codes, dtype=np.intp), list(uniques)

@@ -354,3 +354,35 @@ def test_scorer_told_not_to_weigh_scores_unweighted_where_a_search_passes_weight
                            params=params)
         with pytest.raises(ValueError, match="True, False or None"):
             make_worst_group_scorer(sample_weight="weights")
+
+
+@pytest.mark.parametrize("missing", [None, math.nan])
+def test_missing_values_in_one_of_several_group_columns_are_refused(missing):
+    # each row holding NaN used to become a group of its own: (0, nan) twice gave two groups
+    two_columns = np.array([[0, missing], [0, missing], [1, 1], [1, 1]], dtype=object)
+    with pytest.raises(ValueError, match=r"groups must not contain missing values .*found 2"):
+        group_accuracies([1, 0, 1, 0], [1, 1, 1, 0], two_columns)
+    frame = pd.DataFrame({"a": [0, 0, 1, 1], "b": [math.nan, math.nan, 1.0, 1.0]})
+    with pytest.raises(ValueError, match=r"groups must not contain missing values .*found 2"):
+        worst_group_accuracy([1, 0, 1, 0], [1, 1, 1, 0], frame)
+
+
+def test_pos_label_on_a_multiclass_task_is_refused():
+    y, p, g = np.array([0, 1, 2, 2, 1]), np.array([0, 2, 2, 1, 1]), np.array([0, 0, 1, 1, 1])
+    with pytest.raises(ValueError, match=r"pos_label=1 applies to binary tasks only.*\[0, 1, 2\]"):
+        fairness_report(y=y, y_pred=p, groups=g, pos_label=1)
+    with pytest.raises(ValueError, match=r"binary tasks only.*\[0, 1, 2\]"):
+        fairness_report(y=Y, y_pred=P, groups=G, pos_label=1, labels=[0, 1, 2])
+    assert fairness_report(y=y, y_pred=p, groups=g).pos_label is None
+
+
+def test_intersectional_report_leaves_out_combinations_no_sample_has():
+    # sex=m and label=1 never occur together: fairlearn lists that cell as a row of NaN
+    sex = np.array(list("ffffmm"))
+    label = np.array([0, 1, 1, 0, 0, 0])
+    y, p = np.array([1, 0, 1, 0, 1, 0]), np.array([1, 1, 1, 0, 0, 0])
+    report = fairness_report(y=y, y_pred=p, groups={"sex": sex, "label": label})
+    assert list(report.by_group.index) == [("f", 0), ("f", 1), ("m", 0)]
+    assert report.by_group["count"].tolist() == [2, 2, 2]
+    text = str(report)  # used to fail casting the NaN count of the absent cell to int
+    assert "Worst group (accuracy): sex=f, label=1 with accuracy 0.500" in text
