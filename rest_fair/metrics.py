@@ -10,6 +10,7 @@ On top of them:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -77,9 +78,10 @@ def group_accuracies(y_true: ArrayLike, y_pred: ArrayLike, groups: ArrayLike, *,
     ----------
     y_true, y_pred : array-like of shape (n_samples,)
         True and predicted labels.
-    groups : array-like of shape (n_samples,) or (n_samples, n_columns)
+    groups : array-like of shape (n_samples,) or (n_samples, n_columns), or dict of columns
         Group label of each sample (any hashable values; no missing values); several
-        columns form intersectional groups, labelled by tuples.
+        columns (or a dict of them by name, as fairlearn's ``sensitive_features``) form
+        intersectional groups, labelled by tuples of their values in column order.
     sample_weight : array-like of shape (n_samples,), optional
         Finite, non-negative weight of each sample: a group's accuracy is then the
         weighted share of its samples predicted correctly (as
@@ -100,6 +102,10 @@ def group_accuracies(y_true: ArrayLike, y_pred: ArrayLike, groups: ArrayLike, *,
     text = [bool(a.size) and isinstance(a[0], str) for a in (y_true, y_pred)]
     if text[0] != text[1]:
         raise ValueError(_MIXED_LABELS.format(y_true.dtype, y_pred.dtype))
+    if isinstance(groups, Mapping):
+        import pandas as pd
+
+        groups = pd.DataFrame({name: np.asarray(col) for name, col in groups.items()})
     groups = np.asarray(groups)
     if not (len(y_true) == len(y_pred) == len(groups)):
         raise ValueError(_LENGTH_MISMATCH.format((len(y_true), len(y_pred), len(groups))))
@@ -129,8 +135,8 @@ def worst_group_accuracy(y_true: ArrayLike, y_pred: ArrayLike, groups: ArrayLike
     ----------
     y_true, y_pred : array-like of shape (n_samples,)
         True and predicted labels.
-    groups : array-like of shape (n_samples,)
-        Group label of each sample.
+    groups : array-like of shape (n_samples,) or (n_samples, n_columns), or dict of columns
+        Group label of each sample, as in :func:`group_accuracies`.
     sample_weight : array-like of shape (n_samples,), optional
         Weight of each sample, as in :func:`group_accuracies`.
 

@@ -386,3 +386,18 @@ def test_intersectional_report_leaves_out_combinations_no_sample_has():
     assert report.by_group["count"].tolist() == [2, 2, 2]
     text = str(report)  # used to fail casting the NaN count of the absent cell to int
     assert "Worst group (accuracy): sex=f, label=1 with accuracy 0.500" in text
+
+
+def test_a_dict_of_group_columns_is_read_as_the_frame_of_them():
+    # a dict (fairlearn's sensitive_features, also taken by fit and fairness_report) failed
+    # with "TypeError: len() of unsized object"
+    import pandas as pd
+
+    from rest_fair.metrics import group_accuracies, worst_group_accuracy
+
+    y_true, y_pred = [1, 0, 1, 0, 1, 1], [1, 1, 1, 0, 0, 1]
+    columns = {"sex": ["f", "f", "m", "m", "m", "f"], "age": [1, 2, 1, 2, 1, 1]}
+    expected = group_accuracies(y_true, y_pred, pd.DataFrame(columns))
+    assert group_accuracies(y_true, y_pred, columns) == expected
+    assert expected[("m", 1)] == 0.5
+    assert worst_group_accuracy(y_true, y_pred, columns) == min(expected.values())
