@@ -178,7 +178,8 @@ class Checkpoint(Callback):
     Parameters
     ----------
     dirname : str or path
-        Directory of the checkpoints (created if needed). A directory holding the checkpoint
+        Directory of the checkpoints (created if needed; a leading ``~`` is the home
+        folder, as for ``resume_from``). A directory holding the checkpoint
         of another run that has not finished (so could still be resumed) is refused when
         ``fit`` begins, before anything trains (``on_fit_begin``): a
         :class:`~rest_fair.exceptions.CheckpointError` names the differences.
@@ -204,7 +205,7 @@ class Checkpoint(Callback):
             raise ValueError(f"Checkpoint keep must be a positive int; got {self.keep!r}.")
         if not isinstance(self.dirname, (str, os.PathLike)) or not os.fspath(self.dirname):
             raise ValueError(f"Checkpoint dirname must name a folder; got {self.dirname!r}.")
-        if os.path.isfile(self.dirname):
+        if os.path.isfile(os.path.expanduser(self.dirname)):
             raise ValueError(f"Checkpoint dirname {os.fspath(self.dirname)!r} is a file; it "
                              "must name a folder (made if missing).")
         check_checkpoint(self.dirname)

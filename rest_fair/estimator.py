@@ -479,7 +479,8 @@ or dict of columns, default=None
             from its latest checkpoint (the same data and parameters are required; a
             checkpoint of another run, or a damaged one, is refused with
             :class:`~rest_fair.exceptions.CheckpointError`). A directory without a
-            checkpoint starts a new run, so a preemptible job can always pass it.
+            checkpoint starts a new run, so a preemptible job can always pass it. A
+            leading ``~`` is the home folder.
 
         Returns
         -------

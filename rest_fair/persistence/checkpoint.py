@@ -120,6 +120,12 @@ def _finished(manifest: dict[str, Any], fingerprint: dict[str, Any]) -> bool:
     return isinstance(max_epochs, int) and int(manifest.get("epoch", 0)) >= max_epochs
 
 
+def _folder(dirname: str | os.PathLike) -> Path:
+    """The checkpoint folder ``dirname`` names, a leading ``~`` expanded to the home folder
+    (a literal ``~`` folder in the working directory is never what a user means)."""
+    return Path(os.fspath(dirname)).expanduser()
+
+
 def has_checkpoint(dirname: str | os.PathLike) -> bool:
     """Whether ``dirname`` holds a checkpoint manifest (a missing folder holds none).
 
@@ -128,7 +134,7 @@ def has_checkpoint(dirname: str | os.PathLike) -> bool:
     CheckpointError
         If ``dirname`` is an existing file: a checkpoint is a folder.
     """
-    path = Path(os.fspath(dirname))
+    path = _folder(dirname)
     if path.is_file():
         raise CheckpointError(_NOT_A_FOLDER.format(path=path))
     return (path / MANIFEST).is_file()
@@ -201,7 +207,7 @@ def write_checkpoint(
         If ``dirname`` holds the checkpoint of an unfinished run with another fingerprint,
         which could still be resumed (nothing is written or deleted).
     """
-    directory = Path(dirname)
+    directory = _folder(dirname)
     # never replace a run that could still be resumed
     check_writable(directory, fingerprint, neutral=neutral)
     directory.mkdir(parents=True, exist_ok=True)
@@ -268,7 +274,7 @@ def check_writable(dirname: str | os.PathLike, fingerprint: dict[str, Any], *,
         If ``dirname`` is a file, or holds the checkpoint of an unfinished run with another
         fingerprint (the message names the differences), or a damaged manifest.
     """
-    directory = Path(dirname)
+    directory = _folder(dirname)
     if not has_checkpoint(directory):
         return
     manifest = _read_manifest(directory)
@@ -407,7 +413,7 @@ def saved_fingerprint(dirname: str | os.PathLike) -> dict[str, Any]:
     CheckpointError
         If the manifest is missing, damaged or of a newer format.
     """
-    return _fingerprint_of(_read_manifest(Path(dirname)))
+    return _fingerprint_of(_read_manifest(_folder(dirname)))
 
 
 def _fingerprint_of(manifest: dict[str, Any]) -> dict[str, Any]:
@@ -447,7 +453,7 @@ def read_checkpoint(
         If the manifest or state file is missing, damaged or modified, or the fingerprint
         differs.
     """
-    directory = Path(dirname)
+    directory = _folder(dirname)
     manifest = _read_manifest(directory)
     if fingerprint is not None:
         if not isinstance(manifest.get("fingerprint"), dict):

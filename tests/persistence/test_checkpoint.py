@@ -923,3 +923,20 @@ def test_a_checkpoint_recording_numpy_1_float_reprs_resumes(tmp_path, lr):
                              callbacks=[Checkpoint(tmp_path)]).fit(
         X, y, groups=g, resume_from=tmp_path)
     assert [h["epoch"] for h in resumed.history_] == [1, 2, 3]
+
+
+def test_a_folder_under_the_home_folder_may_be_written_with_a_tilde(tmp_path, monkeypatch):
+    # Checkpoint("~/run") made a folder named "~" in the working directory, and
+    # resume_from="~/run" looked there too
+    home, work = tmp_path / "home", tmp_path / "work"
+    home.mkdir(), work.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(work)
+    X, y, g = _data()
+    params = {**COMMON, "max_epochs": 2}
+    first = RESTClassifier(**params, callbacks=[Checkpoint("~/run")]).fit(X, y, groups=g)
+    assert (home / "run" / ckpt_format.MANIFEST).is_file() and not (work / "~").exists()
+    assert ckpt_format.has_checkpoint("~/run")
+    resumed = RESTClassifier(**params).fit(X, y, groups=g, resume_from="~/run")
+    assert [r["epoch"] for r in resumed.history_] == [1, 2]
+    np.testing.assert_array_equal(resumed.predict_proba(X), first.predict_proba(X))
