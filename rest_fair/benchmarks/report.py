@@ -23,7 +23,9 @@ __all__ = [
     "SELECTION_NOTE",
     "format_pct",
     "library_versions",
+    "metric_cell",
     "plot_results",
+    "seed_statistics",
     "standard_error",
     "summarize",
     "to_markdown",
@@ -92,6 +94,40 @@ def standard_error(std: Any, n: Any) -> Any:
     return math.nan if few else float(se)
 
 
+def seed_statistics(grouped: Any, metrics: Sequence[str]) -> dict[str, Any]:
+    """The number of seeds with a value and the standard error of each of ``metrics``.
+
+    Parameters
+    ----------
+    grouped : pandas.core.groupby.DataFrameGroupBy
+        Run rows grouped by cell; a metric a run lacks is NaN.
+    metrics : sequence of str
+        Columns of the grouped frame.
+
+    Returns
+    -------
+    dict
+        ``<metric>_n`` (runs with a value) and ``<metric>_se`` (:func:`standard_error` of
+        the sample std, ddof=1, over those runs) per metric: columns to add to the
+        summary, with its index.
+    """
+    out = {}
+    for metric in metrics:
+        count = grouped[metric].count()
+        out[f"{metric}_n"] = count
+        out[f"{metric}_se"] = standard_error(grouped[metric].std(), count)
+    return out
+
+
+def metric_cell(row: dict[str, Any], metric: str, n: int) -> str:
+    """``row``'s ``metric`` in % as :func:`format_pct` writes it, over the
+    ``<metric>_n`` seeds that have it, and followed by ``(n=k)`` when that is fewer than
+    the row's ``n``."""
+    k = int(row.get(f"{metric}_n", n))
+    text = format_pct(row[f"{metric}_mean"], row[f"{metric}_se"], k)
+    return text if k >= n or text == "–" else f"{text} (n={k})"
+
+
 def format_pct(mean: float | None, se: float | None, n: int) -> str:
     """An accuracy in %, as ``"mean ± SE"`` when ``n > 1`` and the SE is known.
 
@@ -118,7 +154,9 @@ def summarize(records: Sequence[dict[str, Any]], config: BenchConfig):
     -------
     pandas.DataFrame
         One row per cell with ``<metric>_mean``, ``<metric>_std`` (ddof=1; NaN for one
-        seed), ``<metric>_se`` (:func:`standard_error`) for the accuracies, ``n_seeds``,
+        seed), and for the accuracies ``<metric>_n`` (seeds with a value: fewer than
+        ``n_seeds`` where runs were recorded without it) and ``<metric>_se``
+        (:func:`standard_error` over those), ``n_seeds``,
         and, when recorded, ``density``, ``fit_seconds``, ``model_bytes`` and the
         efficiency fractions (``_mean``, ``_std``).
     """
@@ -134,16 +172,15 @@ def summarize(records: Sequence[dict[str, Any]], config: BenchConfig):
             if k in ("precision", "recall")}}
         for r in ok
     ])
-    value_columns = [c for c in frame.columns if c not in _LABELS and frame[c].notna().any()]
+    value_columns = [c for c in frame.columns if c not in _LABELS
+                     and (c in METRICS or frame[c].notna().any())]
     frame[value_columns] = frame[value_columns].astype(float)
     grouped = frame.groupby(["ratio", "method", "sparsity"], sort=False)
     summary = grouped[value_columns].agg(["mean", "std"])
     summary.columns = [f"{a}_{b}" for a, b in summary.columns]
     summary["n_seeds"] = grouped["seed"].nunique()
-    for metric in METRICS:
-        if f"{metric}_std" in summary.columns:
-            summary[f"{metric}_se"] = standard_error(summary[f"{metric}_std"],
-                                                     summary["n_seeds"])
+    for column, values in seed_statistics(grouped, list(METRICS)).items():
+        summary[column] = values
     summary["method_label"] = grouped["method_label"].first()
     summary["group_labels"] = grouped["group_labels"].first()
     summary = summary.reset_index()
@@ -198,7 +235,7 @@ def to_markdown(summary, config: BenchConfig) -> str:
             row["method_label"],
             f"{row['sparsity']:g}",
             row["group_labels"],
-            *(format_pct(row[f"{m}_mean"], row[f"{m}_se"], n) for m in METRICS),
+            *(metric_cell(row, m, n) for m in METRICS),
             *("–" if math.isnan(row[c]) else f"{row[c]:.3f}" for c in eff_cols),
             *(_cost_cell(c, row, dense) for c in costs),
             str(n),
@@ -209,7 +246,8 @@ def to_markdown(summary, config: BenchConfig) -> str:
         "",
         f"Data: {data_name}; unbiased test split (colour independent of the label). "
         "Accuracies in % on that test split, mean ± standard error (std / √n) over the "
-        f"*n* seeds of each row (of {', '.join(map(str, config.seeds))}).",
+        f"*n* seeds of each row (of {', '.join(map(str, config.seeds))}); a cell over "
+        "fewer seeds (runs recorded without that metric) names its own n.",
         SELECTION_NOTE,
         "*unbiased acc*: all test samples; *conflicting acc*: test samples whose bias "
         "attribute (the colour) is not the one their class carries in training; *aligned "

@@ -26,8 +26,8 @@ from .report import (
     _save,
     _write_config,
     _write_tables,
-    format_pct,
-    standard_error,
+    metric_cell,
+    seed_statistics,
 )
 from .study import SELECTION_RULES, STUDY_METHODS, RandomSearch
 
@@ -71,7 +71,8 @@ def summarize_configurations(records: Sequence[dict[str, Any]], search: RandomSe
         One row per (ratio, method, config) with ``n`` (seeds finished), ``n_failed`` (seeds
         whose training diverged), ``score_mean`` (the method's selection score),
         ``<key>_mean`` and ``<key>_std`` (ddof=1) for the validation and test accuracies and
-        the costs, ``<metric>_se`` for the test accuracies, the label, group-label use, rule,
+        the costs, ``<metric>_n`` (finished seeds with a value) and ``<metric>_se`` (over
+        those) for the test accuracies, the label, group-label use, rule,
         the drawn ``hyperparameters`` and ``hidden_layer_sizes``.
     """
     import pandas as pd
@@ -95,8 +96,8 @@ def summarize_configurations(records: Sequence[dict[str, Any]], search: RandomSe
     summary.columns = [f"{a}_{b}" for a, b in summary.columns]
     summary["n"] = grouped["ok"].sum().astype(int)
     summary["n_failed"] = grouped["failed"].sum().astype(int)
-    for metric in STUDY_METRICS:
-        summary[f"{metric}_se"] = standard_error(summary[f"{metric}_std"], summary["n"])
+    for column, values in seed_statistics(grouped, list(STUDY_METRICS)).items():
+        summary[column] = values
     summary = summary.reset_index()
     widths = {(r["ratio"], r["method"], r["config"]): r.get("hidden_layer_sizes")
               for r in kept if r["status"] == "ok"}
@@ -183,7 +184,7 @@ def study_markdown(chosen, search: RandomSearch, configurations=None) -> str:
             SELECTION_RULES[row["selection"]].words.replace("validation ", "val. "),
             f"{int(row['config'])} of {int(row['n_configs'])}",
             f"{100 * row['score_mean']:.1f}",
-            *(format_pct(row[f"{m}_mean"], row[f"{m}_se"], n) for m in STUDY_METRICS),
+            *(metric_cell(row, m, n) for m in STUDY_METRICS),
             str(n),
             f"{row['params_active_mean']:,.0f}",
             _flops(row["training_flops_mean"]),
@@ -211,7 +212,8 @@ def study_markdown(chosen, search: RandomSearch, configurations=None) -> str:
         "of aligned and conflicting accuracy; worst-class: the lowest accuracy over the "
         "classes (no bias label used).",
         "Test accuracies (%) of the chosen configuration: mean ± standard error (std / √n) "
-        "over its *n* seeds. *active weights*: parameters of the trained network "
+        "over its *n* seeds (a cell over fewer, whose other runs lack that metric, names "
+        "its own n). *active weights*: parameters of the trained network "
         "(biases included); *training FLOPs*: the whole run (rest_fair.efficiency, RigL's "
         "counting, JTT's identification model included); *fit s*: measured wall time of "
         "`fit`.",

@@ -242,7 +242,7 @@ def _report(args: argparse.Namespace, spec: DatasetSpec, experiment: WildsExperi
         value = {k: f"{res[k]:.4f}" + (f" ± {std[k]:.4f}" if several else "")
                  for k in (key, "acc_wg")}
         print(f"{spec.name} {split:5s}: {key} {value[key]}  acc_wg {value['acc_wg']}"
-              + (f" ({len(records)} seeds)" if several else ""))
+              + (f" (mean ± std, ddof=1, over {len(records)} seeds)" if several else ""))
     for path in outputs["files"]:
         print(f"wrote {path}")
     out_dir = Path(args.out_dir)

@@ -271,6 +271,19 @@ def test_selection_rules_choose_the_known_configuration():
             "(1 of 2 seeds)" in table)
 
 
+def test_study_standard_error_counts_only_the_seeds_that_have_the_metric():
+    search = tiny_search(budget=1, methods=("reweighting",), max_epochs=3)
+    records = [_record("reweighting", 0, seed, wg=0.5, wc=0.5, test=test)
+               for seed, test in enumerate((0.3, 0.4, 0.5))]
+    del records[2]["test_conflicting_acc"]
+    chosen = select(summarize_configurations(records, search)).iloc[0]
+    assert chosen["test_conflicting_acc_se"] == pytest.approx(
+        np.std([0.3, 0.4], ddof=1) / math.sqrt(2))
+    table = study_markdown(select(summarize_configurations(records, search)), search)
+    assert "| 40.0 ± 5.8 | 40.0 ± 5.8 | 35.0 ± 5.0 (n=2) | 100.0 ± 0.0 | 3 |" in table
+    assert chosen["n"] == 3 and chosen["test_conflicting_acc_n"] == 2
+
+
 # ------------------------------------------------------- the command (torch needed)
 def test_study_command_runs_and_resumes(tmp_path, monkeypatch, capsys):
     pytest.importorskip("torch")

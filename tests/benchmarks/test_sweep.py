@@ -194,6 +194,33 @@ def test_summary_mean_se_and_reference_column():
     assert "different protocol" in table and "DFA" in table
 
 
+def test_standard_error_counts_only_the_seeds_that_have_the_metric():
+    # a sweep resumed across versions: seed 2 was recorded without the conflicting accuracy
+    config = BenchConfig(ratios=(0.01,), sparsities=(0.0,), seeds=(0, 1, 2))
+    records = [_fake_record("erm", 0.01, 0.0, 0, 0.3), _fake_record("erm", 0.01, 0.0, 1, 0.4),
+               _fake_record("erm", 0.01, 0.0, 2, 0.5)]
+    del records[2]["test_conflicting_acc"]
+    row = summarize(records, config).iloc[0]
+    assert row["test_conflicting_acc_mean"] == pytest.approx(0.175)
+    assert row["test_conflicting_acc_se"] == pytest.approx(
+        np.std([0.15, 0.2], ddof=1) / np.sqrt(2))
+    assert row["test_unbiased_acc_se"] == pytest.approx(
+        np.std([0.3, 0.4, 0.5], ddof=1) / np.sqrt(3))
+    table = to_markdown(summarize(records, config), config)
+    assert "| 40.0 ± 5.8 | 20.0 ± 2.9 | 17.5 ± 2.5 (n=2) | 100.0 ± 0.0 |" in table
+    assert row["n_seeds"] == 3 and row["test_conflicting_acc_n"] == 2
+
+
+def test_a_metric_no_record_has_is_shown_as_missing():
+    config = BenchConfig(ratios=(0.01,), sparsities=(0.0,), seeds=(0, 1))
+    records = [{k: v for k, v in _fake_record("erm", 0.01, 0.0, seed, 0.3).items()
+                if k != "test_worst_cell_acc"} for seed in (0, 1)]
+    summary = summarize(records, config)
+    assert "| 30.0 ± 0.0 | 15.0 ± 0.0 | 15.0 ± 0.0 | 100.0 ± 0.0 | – |" in to_markdown(
+        summary, config)
+    assert summary.iloc[0]["test_worst_cell_acc_n"] == 0
+
+
 def test_cost_columns_show_measured_time_and_size_beside_dense():
     config = BenchConfig(ratios=(0.01,), sparsities=(0.0, 0.9), seeds=(0, 1))
     records = [

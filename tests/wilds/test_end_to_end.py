@@ -99,6 +99,23 @@ def test_cli_runs_through_rest_fair_entry_point(tmp_path, capsys):
     assert "acc_wg" in capsys.readouterr().out
 
 
+def test_cli_says_the_spread_over_seeds_is_a_standard_deviation(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert rest_fair_main([
+        "wilds", "--dataset", "waterbirds", "--root-dir", str(tmp_path / "data"),
+        "--out-dir", str(out), "--synthetic", "--max-epochs", "1", "--image-size", "8",
+        "--module", "mlp", "--batch-size", "32", "--seeds", "0", "1", "--device", "cpu",
+    ]) == 0
+    record = json.loads((out / "metrics.json").read_text())
+    wg = [run["metrics"]["test"]["acc_wg"] for run in record["runs"]]
+    assert record["metrics"]["test"]["acc_wg"] == pytest.approx(np.mean(wg))
+    assert record["metrics_std"]["test"]["acc_wg"] == pytest.approx(np.std(wg, ddof=1))
+    test_line = next(line for line in capsys.readouterr().out.splitlines()
+                     if line.startswith("waterbirds test"))
+    assert test_line.endswith("(mean ± std, ddof=1, over 2 seeds)")
+    assert "mean ± std (ddof=1) over seeds 0, 1" in (out / "comparison.md").read_text()
+
+
 def test_resume_refuses_the_seeds_of_another_dataset(tmp_path, capsys):
     # the same settings and seed on another dataset are another run: --resume into the
     # folder of a waterbirds run must not report its seed as celebA's
