@@ -238,11 +238,12 @@ def _report(args: argparse.Namespace, spec: DatasetSpec, experiment: WildsExperi
     key = "adj_acc_avg" if spec.name == "waterbirds" else "acc_avg"
     several = len(records) > 1
     for split, res in outputs["metrics"].items():
-        std = outputs["metrics_std"][split]
-        value = {k: f"{res[k]:.4f}" + (f" ± {std[k]:.4f}" if several else "")
+        std, se = outputs["metrics_std"][split], outputs["metrics_se"][split]
+        value = {k: f"{res[k]:.4f}" + (f" ± {std[k]:.4f} [SE {se[k]:.4f}]" if several else "")
                  for k in (key, "acc_wg")}
         print(f"{spec.name} {split:5s}: {key} {value[key]}  acc_wg {value['acc_wg']}"
-              + (f" (mean ± std, ddof=1, over {len(records)} seeds)" if several else ""))
+              + (f" (mean ± std, ddof=1 [standard error std/√n], over {len(records)} seeds)"
+                 if several else ""))
     for path in outputs["files"]:
         print(f"wrote {path}")
     out_dir = Path(args.out_dir)

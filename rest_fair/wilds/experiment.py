@@ -470,13 +470,14 @@ def write_outputs(
     Returns
     -------
     dict
-        ``metrics`` and ``metrics_std`` (split -> metric -> mean / std over seeds),
+        ``metrics``, ``metrics_std`` and ``metrics_se`` (split -> metric -> mean, std
+        (ddof=1) and standard error std/√n over the n seeds; None for one seed),
         ``markdown`` (the comparison) and ``files`` (every submission file).
     """
     settings, out_dir, name = experiment.settings, experiment.out_dir, experiment.spec.name
     synthetic = experiment.synthetic
-    metrics, metrics_std = _aggregate([r["metrics"] for r in records],
-                                      order=list(experiment.dataset.split_dict))
+    metrics, metrics_std, metrics_se = _aggregate([r["metrics"] for r in records],
+                                                  order=list(experiment.dataset.split_dict))
     protocol = _protocol(settings, records, synthetic)
     eval_split = "test" if "test" in metrics else sorted(metrics)[-1]
     uses = "val" if (settings["upweight"] is None and settings["objective"] == "erm") else "train"
@@ -487,7 +488,8 @@ def write_outputs(
     markdown = (
         f"# {name}: REST (rest_fair) vs published, {eval_split} split\n\n"
         + ("**" + _SYNTHETIC_NOTE + "; do not compare.**\n\n" if synthetic else "")
-        + f"Our row: mean ± std (ddof=1) over seeds {seeds_text}. "
+        + f"Our row: mean ± std (ddof=1, as WILDS reports it) over seeds {seeds_text}; "
+        "metrics.json also has the standard errors (std/√n, `metrics_se`). "
         "Accuracies in %. Published numbers are copied from the sources named; "
         "'cited' = read in a later paper's table. group_labels: how group labels are "
         "used (train / val / none).\n\n"
@@ -505,6 +507,7 @@ def write_outputs(
         "seeds": settings["seeds"],
         "metrics": metrics,
         "metrics_std": metrics_std,
+        "metrics_se": metrics_se,
         "runs": list(records),
         "fit_seconds": sum(r["fit_seconds"] for r in records),
         "best_epoch": records[0]["best_epoch"] if len(records) == 1 else None,
@@ -512,21 +515,25 @@ def write_outputs(
         "submission_files": [str(p) for p in files],
     }
     (out_dir / "metrics.json").write_text(json.dumps(summary, indent=2, default=str))
-    return {"metrics": metrics, "metrics_std": metrics_std, "markdown": markdown,
-            "files": files}
+    return {"metrics": metrics, "metrics_std": metrics_std, "metrics_se": metrics_se,
+            "markdown": markdown, "files": files}
 
 
-def _aggregate(per_seed: list[dict], order: list[str]) -> tuple[dict, dict]:
-    """Mean and sample std (ddof=1, as WILDS' evaluate.py) of every metric per split, the
-    splits in the dataset's ``order``."""
+def _aggregate(per_seed: list[dict], order: list[str]) -> tuple[dict, dict, dict]:
+    """Mean, sample std (ddof=1, as WILDS' evaluate.py) and standard error (std/√n) of
+    every metric per split over the n seeds, the splits in the dataset's ``order``."""
     means: dict = {}
     stds: dict = {}
+    errors: dict = {}
+    n = len(per_seed)
     for split in sorted(per_seed[0], key=order.index):
         values = {k: [r[split][k] for r in per_seed] for k in per_seed[0][split]}
         means[split] = {k: float(np.mean(v)) for k, v in values.items()}
-        stds[split] = {k: float(np.std(v, ddof=1)) if len(v) > 1 else None
+        stds[split] = {k: float(np.std(v, ddof=1)) if n > 1 else None
                        for k, v in values.items()}
-    return means, stds
+        errors[split] = {k: None if std is None else std / np.sqrt(n)
+                         for k, std in stds[split].items()}
+    return means, stds, errors
 
 
 def _protocol(settings: dict, runs: Sequence[dict], synthetic: bool) -> str:

@@ -110,10 +110,14 @@ def test_cli_says_the_spread_over_seeds_is_a_standard_deviation(tmp_path, capsys
     wg = [run["metrics"]["test"]["acc_wg"] for run in record["runs"]]
     assert record["metrics"]["test"]["acc_wg"] == pytest.approx(np.mean(wg))
     assert record["metrics_std"]["test"]["acc_wg"] == pytest.approx(np.std(wg, ddof=1))
+    se = np.std(wg, ddof=1) / np.sqrt(2)
+    assert record["metrics_se"]["test"]["acc_wg"] == pytest.approx(se)
     test_line = next(line for line in capsys.readouterr().out.splitlines()
                      if line.startswith("waterbirds test"))
-    assert test_line.endswith("(mean ± std, ddof=1, over 2 seeds)")
-    assert "mean ± std (ddof=1) over seeds 0, 1" in (out / "comparison.md").read_text()
+    assert f"[SE {se:.4f}]" in test_line
+    assert test_line.endswith("(mean ± std, ddof=1 [standard error std/√n], over 2 seeds)")
+    assert "mean ± std (ddof=1, as WILDS reports it) over seeds 0, 1" in (
+        out / "comparison.md").read_text()
 
 
 def test_resume_refuses_the_seeds_of_another_dataset(tmp_path, capsys):
