@@ -9,6 +9,7 @@ and parameter gradients of every step.
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 from collections.abc import Callable
@@ -61,7 +62,12 @@ def run_steps(rank: int, world_size: int, adjustment: float,
 
 
 def main(out: str, adjustments: list[float]) -> None:
+    # torch.distributed.nn.functional is imported before the group exists, as rest_fair's
+    # own fits do: imported later (DDP imports it on its first wrap) its functions bind the
+    # group as a default argument, so destroy_process_group cannot free it and a gloo
+    # thread alive at exit can abort the rank (SIGABRT)
     import torch.distributed as dist
+    import torch.distributed.nn.functional  # noqa: F401
     from torch.nn.parallel import DistributedDataParallel
 
     from rest_fair.training.distributed import DistributedContext
@@ -76,6 +82,7 @@ def main(out: str, adjustments: list[float]) -> None:
                               DistributedDataParallel)
             torch.save(steps, os.path.join(out, f"{adjustment}-rank{rank}.pt"))
     finally:
+        gc.collect()
         dist.destroy_process_group()
 
 
