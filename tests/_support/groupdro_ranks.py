@@ -67,7 +67,7 @@ def main(out: str, adjustments: list[float]) -> None:
     # group as a default argument, so destroy_process_group cannot free it and a gloo
     # thread alive at exit can abort the rank (SIGABRT)
     import torch.distributed as dist
-    import torch.distributed.nn.functional  # noqa: F401
+    import torch.distributed.nn.functional
     from torch.nn.parallel import DistributedDataParallel
 
     from rest_fair.training.distributed import DistributedContext
