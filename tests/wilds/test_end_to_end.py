@@ -243,6 +243,30 @@ def test_cli_writes_no_report_when_every_seed_diverged(tmp_path, monkeypatch, ca
     assert not (out / "metrics.json").exists() and not (out / "comparison.md").exists()
 
 
+def test_cli_waits_for_a_seed_to_retry_before_reporting(tmp_path, monkeypatch, capsys):
+    # a seed that failed with an error is retried by --resume: no report over fewer seeds,
+    # and exit status 1 (retry), not 3 (diverged, final)
+    from rest_fair.exceptions import TrainingDivergedError
+    from rest_fair.wilds.experiment import WildsExperiment
+
+    def failing(self, spec):
+        if spec.seed == 0:
+            raise MemoryError("out of memory")
+        raise TrainingDivergedError("loss is NaN at epoch 1")
+
+    monkeypatch.setattr(WildsExperiment, "training_data", failing)
+    out = tmp_path / "out"
+    assert rest_fair_main([
+        "wilds", "--dataset", "waterbirds", "--root-dir", str(tmp_path / "data"),
+        "--out-dir", str(out), "--synthetic", "--max-epochs", "1", "--image-size", "8",
+        "--module", "mlp", "--batch-size", "32", "--seeds", "0", "1", "--device", "cpu",
+    ]) == 1
+    err = capsys.readouterr().err
+    assert "seed 0 failed: MemoryError: out of memory" in err and "seed 1 diverged" in err
+    assert "--resume to retry" in err
+    assert not (out / "metrics.json").exists() and not (out / "comparison.md").exists()
+
+
 @pytest.mark.parametrize("name", ["waterbirds", "celebA", "civilcomments"])
 def test_synthetic_smoke_run_learns(tmp_path, name):
     # The command's own defaults (epochs, optimizer, lr, sparsity, reweighting), with a
