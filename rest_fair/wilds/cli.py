@@ -38,9 +38,19 @@ from .synthetic import SMOKE_GROUP_COUNTS, make_synthetic_layout
 if TYPE_CHECKING:
     from .experiment import WildsExperiment
 
-__all__ = ["add_parser", "build_parser", "main", "run"]
+__all__ = ["DIVERGED_STATUS", "add_parser", "build_parser", "main", "run"]
+
+#: Exit status of a command whose seeds all ran, some of them (or all) diverging: the report
+#: is over the others (none written when no seed finished); ``--resume`` cannot change it.
+DIVERGED_STATUS = 3
 
 _FAILED = "rest-fair wilds: seed {seed} failed: {error}"
+_DIVERGED = "rest-fair wilds: seed {seed} diverged: {error} (an outcome, not retried)"
+_PARTIAL = ("rest-fair wilds: the report is over {n} of the {total} seeds ({seeds}); the "
+            "training of the others diverged ({diverged}; exit status {status}).")
+_NONE_FINISHED = ("rest-fair wilds: no seed finished (every seed diverged); metrics.json and "
+                  "comparison.md were not written{earlier} (exit status {status}).")
+_EARLIER = ", those in {out_dir} are of an earlier command"
 _INTERRUPTED_SETUP = "rest-fair wilds: interrupted while loading the data; nothing was run."
 _RETRY = "Rerun with --resume to retry the failed seeds (tracebacks in {path})."
 _MODULE_ENTRY = (
@@ -168,9 +178,12 @@ def main(argv: list[str] | None = None) -> int:
 def run(args: argparse.Namespace) -> int:
     """Check and load the data, run every seed with the experiment runner, write the report.
 
-    Returns the exit status: 0, 1 when a seed failed (its record says why; ``--resume``
-    retries it), 2 when the command cannot start (another run holds ``--out-dir``, ...),
-    130 when interrupted (Ctrl-C).
+    Returns the exit status: 0; 1 when a seed failed with an error (its record says why;
+    ``--resume`` retries it; no report is written until it finishes); 2 when the command
+    cannot start (another run holds ``--out-dir``, ...); :data:`DIVERGED_STATUS` (3) when
+    every seed ran but the training of some diverged (recorded as an outcome, never
+    retried): the report is written over the seeds that finished, naming the others, or not
+    at all when none finished; 130 when interrupted (Ctrl-C).
     """
     from .experiment import (  # imports torch
         WildsExperiment,
@@ -218,38 +231,52 @@ def run(args: argparse.Namespace) -> int:
 
 def _report(args: argparse.Namespace, spec: DatasetSpec, experiment: WildsExperiment,
             records: list[dict[str, Any]]) -> int:
-    """Name the failed seeds, or write and print the report of the finished ones; returns
+    """Name the seeds that failed or diverged; unless a seed failed with an error (which
+    ``--resume`` retries), write and print the report of the seeds that finished. Returns
     the exit status."""
     from .experiment import write_outputs
 
-    failed = [r for r in records if r.get("status") != "ok"]
-    for record in failed:
-        final = " (an outcome, not retried)" if record.get("status") == "failed" else ""
-        print(_FAILED.format(seed=record["seed"], error=record.get("error")) + final,
+    errors = [r for r in records if r.get("status") == "error"]
+    diverged = [r for r in records if r.get("status") == "failed"]
+    finished = [r for r in records if r.get("status") == "ok"]
+    for record in errors:
+        print(_FAILED.format(seed=record["seed"], error=record.get("error")), file=sys.stderr)
+    for record in diverged:
+        print(_DIVERGED.format(seed=record["seed"], error=record.get("error")),
               file=sys.stderr)
-    if any(r.get("status") == "error" for r in failed):
+    if errors:
         print(_RETRY.format(path=Path(args.out_dir) / RESULTS_FILE), file=sys.stderr)
-    if failed:
         return 1
+    out_dir = Path(args.out_dir)
+    if not finished:
+        earlier = any((out_dir / name).exists() for name in ("metrics.json", "comparison.md"))
+        print(_NONE_FINISHED.format(earlier=_EARLIER.format(out_dir=out_dir) if earlier else "",
+                                    status=DIVERGED_STATUS), file=sys.stderr)
+        return DIVERGED_STATUS
     config = {k: v for k, v in vars(args).items() if k not in ("func", "argv")}
-    outputs = write_outputs(records, experiment, run_info={
+    outputs = write_outputs(finished, experiment, diverged=diverged, run_info={
         "protocol_name": args.protocol, "argv": getattr(args, "argv", None), "config": config,
     })
     key = "adj_acc_avg" if spec.name == "waterbirds" else "acc_avg"
-    several = len(records) > 1
+    several = len(finished) > 1
     for split, res in outputs["metrics"].items():
         std, se = outputs["metrics_std"][split], outputs["metrics_se"][split]
         value = {k: f"{res[k]:.4f}" + (f" ± {std[k]:.4f} [SE {se[k]:.4f}]" if several else "")
                  for k in (key, "acc_wg")}
         print(f"{spec.name} {split:5s}: {key} {value[key]}  acc_wg {value['acc_wg']}"
-              + (f" (mean ± std, ddof=1 [standard error std/√n], over {len(records)} seeds)"
+              + (f" (mean ± std, ddof=1 [standard error std/√n], over {len(finished)} seeds)"
                  if several else ""))
     for path in outputs["files"]:
         print(f"wrote {path}")
-    out_dir = Path(args.out_dir)
     print(f"wrote {out_dir / 'metrics.json'} and {out_dir / 'comparison.md'}")
     print()
     print(outputs["markdown"])
+    if diverged:
+        print(_PARTIAL.format(n=len(finished), total=len(records),
+                              seeds=", ".join(str(r["seed"]) for r in finished),
+                              diverged=", ".join(f"seed {r['seed']}" for r in diverged),
+                              status=DIVERGED_STATUS), file=sys.stderr)
+        return DIVERGED_STATUS
     return 0
 
 

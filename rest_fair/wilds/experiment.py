@@ -96,6 +96,7 @@ _OTHER_DATA = (
     "Resume with the data of that seed (--root-dir), drop --resume to start afresh (the "
     "earlier outputs are renamed, not deleted), or use another --out-dir."
 )
+_NOTHING_TO_REPORT = "no seed finished: there is nothing to report."
 _UNKNOWN_DATA = (
     "--resume: {out_dir} holds seeds {seeds} recorded by an earlier version without their "
     "data; they are reused as trained on {ours}."
@@ -462,10 +463,17 @@ def _with_dataset(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def write_outputs(
-    records: Sequence[dict[str, Any]], experiment: WildsExperiment, *, run_info: dict[str, Any]
+    records: Sequence[dict[str, Any]], experiment: WildsExperiment, *, run_info: dict[str, Any],
+    diverged: Sequence[dict[str, Any]] = (),
 ) -> dict[str, Any]:
     """Write ``metrics.json`` (with ``run_info``) and ``comparison.md`` from the records of
-    the seeds (``run_sweep(experiment, ...)``, all finished).
+    the seeds that finished (``run_sweep(experiment, ...)``, at least one).
+
+    The seeds whose training diverged (``diverged``, records of ``"status": "failed"``) are
+    not in the means; both files name them with their error, and say over how many of the
+    seeds asked for the means are: ``metrics.json`` has ``seeds`` and ``n_seeds`` (the
+    seeds of the means), the seeds asked for in ``settings``, and ``diverged`` (the
+    records of the diverged seeds).
 
     Returns
     -------
@@ -473,7 +481,14 @@ def write_outputs(
         ``metrics``, ``metrics_std`` and ``metrics_se`` (split -> metric -> mean, std
         (ddof=1) and standard error std/√n over the n seeds; None for one seed),
         ``markdown`` (the comparison) and ``files`` (every submission file).
+
+    Raises
+    ------
+    ValueError
+        When ``records`` is empty: there is nothing to report.
     """
+    if not records:
+        raise ValueError(_NOTHING_TO_REPORT)
     settings, out_dir, name = experiment.settings, experiment.out_dir, experiment.spec.name
     synthetic = experiment.synthetic
     metrics, metrics_std, metrics_se = _aggregate([r["metrics"] for r in records],
@@ -484,7 +499,11 @@ def write_outputs(
     seed_results = [r["metrics"][eval_split] for r in records]
     table = comparison_table(name, seed_results if len(records) > 1 else seed_results[0],
                              protocol=protocol, group_labels=uses)
-    seeds_text = ", ".join(str(s) for s in settings["seeds"])
+    seeds = [r["seed"] for r in records]
+    seeds_text = ", ".join(str(s) for s in seeds)
+    if diverged:
+        seeds_text += (f" (n = {len(seeds)} of the {len(seeds) + len(diverged)} seeds asked "
+                       "for: the others diverged, see below)")
     markdown = (
         f"# {name}: REST (rest_fair) vs published, {eval_split} split\n\n"
         + ("**" + _SYNTHETIC_NOTE + "; do not compare.**\n\n" if synthetic else "")
@@ -495,6 +514,7 @@ def write_outputs(
         "used (train / val / none).\n\n"
         + to_markdown(table)
         + "\n"
+        + (f"\n{_diverged_text(diverged)}\n" if diverged else "")
     )
     files = [locate(f, out_dir) for r in records for f in r["submission_files"]]
     (out_dir / "comparison.md").write_text(markdown)
@@ -504,7 +524,9 @@ def write_outputs(
         **run_info,
         "settings": jsonable(settings),
         "protocol": protocol,
-        "seeds": settings["seeds"],
+        "seeds": seeds,
+        "n_seeds": len(seeds),
+        "diverged": list(diverged),
         "metrics": metrics,
         "metrics_std": metrics_std,
         "metrics_se": metrics_se,
@@ -517,6 +539,12 @@ def write_outputs(
     (out_dir / "metrics.json").write_text(json.dumps(summary, indent=2, default=str))
     return {"metrics": metrics, "metrics_std": metrics_std, "metrics_se": metrics_se,
             "markdown": markdown, "files": files}
+
+
+def _diverged_text(diverged: Sequence[dict[str, Any]]) -> str:
+    """The sentence naming the seeds whose training diverged, with their errors."""
+    return "Diverged (recorded as an outcome, not retried, not in our row): " + "; ".join(
+        f"seed {r.get('seed')} ({r.get('error')})" for r in diverged) + "."
 
 
 def _aggregate(per_seed: list[dict], order: list[str]) -> tuple[dict, dict, dict]:
@@ -564,7 +592,7 @@ def _protocol(settings: dict, runs: Sequence[dict], synthetic: bool) -> str:
         f"{settings['optimizer']} lr {settings['lr']} wd {settings['weight_decay']} batch "
         f"{settings['batch_size']}, lr schedule {settings['lr_scheduler']}, "
         f"train fraction {settings['frac']}, "
-        f"seeds {', '.join(str(s) for s in settings['seeds'])}"
+        f"seeds {', '.join(str(r['seed']) for r in runs)}"
     )
     if settings["protocol"] == "wilds":
         recipe = settings["recipe"]

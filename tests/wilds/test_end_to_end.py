@@ -186,6 +186,87 @@ def test_resume_finds_the_seeds_from_another_working_directory(tmp_path, monkeyp
     assert len(files) == 2 and all((tmp_path / "runs" / f).exists() for f in files)
 
 
+def _diverge_for(monkeypatch, seeds):
+    """Make the training of ``seeds`` diverge, as a NaN loss would."""
+    from rest_fair.exceptions import TrainingDivergedError
+    from rest_fair.wilds.experiment import WildsExperiment
+
+    training_data = WildsExperiment.training_data
+
+    def diverging(self, spec):
+        if spec.seed in seeds:
+            raise TrainingDivergedError(f"loss is NaN at epoch 1 (seed {spec.seed})")
+        return training_data(self, spec)
+
+    monkeypatch.setattr(WildsExperiment, "training_data", diverging)
+
+
+def test_cli_reports_the_seeds_that_finished_when_one_diverged(tmp_path, monkeypatch, capsys):
+    # a diverged seed (an outcome, never retried) stopped the report: no metrics.json or
+    # comparison.md, exit status 1, and every --resume ended the same way
+    _diverge_for(monkeypatch, {1})
+    out = tmp_path / "out"
+    argv = ["wilds", "--dataset", "waterbirds", "--root-dir", str(tmp_path / "data"),
+            "--out-dir", str(out), "--synthetic", "--max-epochs", "1", "--image-size", "8",
+            "--module", "mlp", "--batch-size", "32", "--seeds", "0", "1", "--device", "cpu"]
+    for resume in ([], ["--resume"]):
+        status = rest_fair_main([*argv, *resume])
+        captured = capsys.readouterr()
+        error = "TrainingDivergedError: loss is NaN at epoch 1 (seed 1)"
+        record = json.loads((out / "metrics.json").read_text())
+        assert record["seeds"] == [0] and record["n_seeds"] == 1
+        assert record["settings"]["seeds"] == [0, 1]
+        assert [(r["seed"], r["error"]) for r in record["diverged"]] == [(1, error)]
+        assert [r["seed"] for r in record["runs"]] == [0]
+        assert record["metrics"]["test"] == record["runs"][0]["metrics"]["test"]
+        comparison = (out / "comparison.md").read_text()
+        assert "over seeds 0 (n = 1 of the 2 seeds asked for" in comparison
+        assert f"seed 1 ({error})" in comparison and "seeds 0 |" in comparison
+        assert comparison in captured.out
+        assert f"seed 1 diverged: {error}" in captured.err
+        assert "over 1 of the 2 seeds (0)" in captured.err
+        assert status == 3  # rest_fair.wilds.cli.DIVERGED_STATUS: not 1, which --resume retries
+    assert len((out / "results.jsonl").read_text().splitlines()) == 2
+
+
+def test_cli_writes_no_report_when_every_seed_diverged(tmp_path, monkeypatch, capsys):
+    _diverge_for(monkeypatch, {0, 1})
+    out = tmp_path / "out"
+    assert rest_fair_main([
+        "wilds", "--dataset", "waterbirds", "--root-dir", str(tmp_path / "data"),
+        "--out-dir", str(out), "--synthetic", "--max-epochs", "1", "--image-size", "8",
+        "--module", "mlp", "--batch-size", "32", "--seeds", "0", "1", "--device", "cpu",
+    ]) == 3
+    err = capsys.readouterr().err
+    assert "seed 0 diverged" in err and "seed 1 diverged" in err
+    assert "no seed finished" in err and "were not written (exit status 3)" in err
+    assert not (out / "metrics.json").exists() and not (out / "comparison.md").exists()
+
+
+def test_cli_waits_for_a_seed_to_retry_before_reporting(tmp_path, monkeypatch, capsys):
+    # a seed that failed with an error is retried by --resume: no report over fewer seeds,
+    # and exit status 1 (retry), not 3 (diverged, final)
+    from rest_fair.exceptions import TrainingDivergedError
+    from rest_fair.wilds.experiment import WildsExperiment
+
+    def failing(self, spec):
+        if spec.seed == 0:
+            raise MemoryError("out of memory")
+        raise TrainingDivergedError("loss is NaN at epoch 1")
+
+    monkeypatch.setattr(WildsExperiment, "training_data", failing)
+    out = tmp_path / "out"
+    assert rest_fair_main([
+        "wilds", "--dataset", "waterbirds", "--root-dir", str(tmp_path / "data"),
+        "--out-dir", str(out), "--synthetic", "--max-epochs", "1", "--image-size", "8",
+        "--module", "mlp", "--batch-size", "32", "--seeds", "0", "1", "--device", "cpu",
+    ]) == 1
+    err = capsys.readouterr().err
+    assert "seed 0 failed: MemoryError: out of memory" in err and "seed 1 diverged" in err
+    assert "--resume to retry" in err
+    assert not (out / "metrics.json").exists() and not (out / "comparison.md").exists()
+
+
 @pytest.mark.parametrize("name", ["waterbirds", "celebA", "civilcomments"])
 def test_synthetic_smoke_run_learns(tmp_path, name):
     # The command's own defaults (epochs, optimizer, lr, sparsity, reweighting), with a
