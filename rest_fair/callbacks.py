@@ -36,6 +36,11 @@ _NOT_A_CALLBACK = (
     "Callback and override its hooks."
 )
 _A_CLASS = "callbacks[{index}] is the class {name}; pass an instance: {name}(...)."
+_TWICE = (
+    "callbacks[{index}] is the same {name} instance as callbacks[{first}]: it would be called "
+    "twice per hook (an EarlyStopping would count each epoch twice); give it once, or pass "
+    "two separate instances."
+)
 _EPOCHS = Interval(Integral, 0, float("inf"))
 
 
@@ -89,16 +94,23 @@ def check_callbacks(callbacks: Any) -> list[Callback]:
     ------
     TypeError
         If ``callbacks`` is not a list (or tuple) of :class:`Callback` instances.
+    ValueError
+        If one instance is given more than once.
     """
     if callbacks is None:
         return []
     if not isinstance(callbacks, (list, tuple)):
         raise TypeError(_NOT_A_LIST.format(type=type(callbacks).__name__))
+    first: dict[int, int] = {}
     for i, cb in enumerate(callbacks):
         if isinstance(cb, type):
             raise TypeError(_A_CLASS.format(index=i, name=cb.__name__))
         if not isinstance(cb, Callback):
             raise TypeError(_NOT_A_CALLBACK.format(index=i, type=type(cb).__name__))
+        if id(cb) in first:
+            raise ValueError(_TWICE.format(index=i, first=first[id(cb)],
+                                           name=type(cb).__name__))
+        first[id(cb)] = i
     return list(callbacks)
 
 

@@ -250,11 +250,11 @@ class TrainingRun:
         TrainState
         """
         self._attach(net)
-        self.notify("on_train_begin")
-        if self._pending_callback_states is not None:
-            self._load_callback_states(self._pending_callback_states)
-        self.parts.forward_module.train()
-        try:
+        try:  # a hook that raises also gets the module back in its dense form
+            self.notify("on_train_begin")
+            if self._pending_callback_states is not None:
+                self._load_callback_states(self._pending_callback_states)
+            self.parts.forward_module.train()
             while self.state.epoch < self.parts.max_epochs and not self.state.stopped:
                 self.run_single_epoch()
         finally:
