@@ -563,6 +563,24 @@ def test_early_stopping_patience_is_checked(data, patience):
         _clf(callbacks=[EarlyStopping(patience=patience)]).fit(X, y)
 
 
+@pytest.mark.parametrize(("setting", "message"), [
+    ({"threshold": "0.1"}, "threshold must be a finite number >= 0"),
+    ({"threshold": float("nan")}, "threshold must be a finite number >= 0"),
+    ({"threshold": -0.5}, "threshold must be a finite number >= 0"),
+    ({"lower_is_better": "no"}, "lower_is_better must be True or False"),
+    ({"monitor": None}, "monitor must name a key of the history record"),
+])
+def test_early_stopping_settings_are_refused_before_training(data, setting, message):
+    X, y, _ = data
+
+    class Trained(Callback):
+        def on_train_begin(self, net, **kwargs):
+            raise AssertionError("training began")
+
+    with pytest.raises(ValueError, match=f"EarlyStopping {message}"):
+        _clf(callbacks=[Trained(), EarlyStopping(**setting)]).fit(X, y)
+
+
 def test_a_validation_fraction_that_leaves_no_validation_set_warns():
     X = np.random.default_rng(0).random((6, 3), dtype=np.float32)
     y = np.array([0, 1, 0, 1, 0, 1])
