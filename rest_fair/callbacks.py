@@ -8,8 +8,9 @@ epoch), and ``run``, the live :class:`~rest_fair.training.TrainingRun` (``run.pa
 ``run.state``, ``run.save_checkpoint``). Hooks should accept ``**kwargs`` so that later
 versions can pass more.
 
-``on_fit_begin`` comes first, before anything trains, with ``check_checkpoint``, the check
-that a checkpoint directory may take this run's checkpoints. ``on_epoch_end`` receives the
+``on_fit_begin`` comes first, before anything trains (and before the run exists, so
+without ``run``), with ``check_checkpoint``, the check that a checkpoint directory may take
+this run's checkpoints. ``on_epoch_end`` receives the
 epoch's history record; it may add keys to it (they appear in
 ``history_``) and may return ``True`` to stop training. Callbacks run in the order given,
 except that those with ``runs_last = True`` run after all others; at the end of an epoch
@@ -23,8 +24,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from numbers import Integral
+from numbers import Integral, Real
 from typing import Any, ClassVar
+
+import numpy as np
 
 from ._validation import Interval
 
@@ -36,7 +39,13 @@ _NOT_A_CALLBACK = (
     "Callback and override its hooks."
 )
 _A_CLASS = "callbacks[{index}] is the class {name}; pass an instance: {name}(...)."
+_TWICE = (
+    "callbacks[{index}] is the same {name} instance as callbacks[{first}]: it would be called "
+    "twice per hook (an EarlyStopping would count each epoch twice); give it once, or pass "
+    "two separate instances."
+)
 _EPOCHS = Interval(Integral, 0, float("inf"))
+_THRESHOLD = Interval(Real, 0, float("inf"))
 
 
 class Callback:
@@ -89,16 +98,23 @@ def check_callbacks(callbacks: Any) -> list[Callback]:
     ------
     TypeError
         If ``callbacks`` is not a list (or tuple) of :class:`Callback` instances.
+    ValueError
+        If one instance is given more than once.
     """
     if callbacks is None:
         return []
     if not isinstance(callbacks, (list, tuple)):
         raise TypeError(_NOT_A_LIST.format(type=type(callbacks).__name__))
+    first: dict[int, int] = {}
     for i, cb in enumerate(callbacks):
         if isinstance(cb, type):
             raise TypeError(_A_CLASS.format(index=i, name=cb.__name__))
         if not isinstance(cb, Callback):
             raise TypeError(_NOT_A_CALLBACK.format(index=i, type=type(cb).__name__))
+        if id(cb) in first:
+            raise ValueError(_TWICE.format(index=i, first=first[id(cb)],
+                                           name=type(cb).__name__))
+        first[id(cb)] = i
     return list(callbacks)
 
 
@@ -114,7 +130,10 @@ class EarlyStopping(Callback):
     lower_is_better : bool, default=False
         ``True`` for losses.
     threshold : float, default=0.0
-        Minimum change that counts as an improvement.
+        Minimum change that counts as an improvement (finite, >= 0).
+
+    Settings outside these are refused with a ``ValueError`` when ``fit`` begins
+    (``on_fit_begin``), before anything trains.
     """
 
     def __init__(
@@ -130,10 +149,25 @@ class EarlyStopping(Callback):
         self.lower_is_better = lower_is_better
         self.threshold = threshold
 
-    def on_train_begin(self, net: Any, **kwargs: Any) -> None:
+    def _check_settings(self) -> None:
+        if not isinstance(self.monitor, str) or not self.monitor:
+            raise ValueError(f"EarlyStopping monitor must name a key of the history record "
+                             f"(a str); got {self.monitor!r}.")
         if not _EPOCHS.accepts(self.patience):
             raise ValueError(f"EarlyStopping patience must be an int >= 0 (epochs); got "
                              f"{self.patience!r}.")
+        if not isinstance(self.lower_is_better, (bool, np.bool_)):
+            raise ValueError(f"EarlyStopping lower_is_better must be True or False; got "
+                             f"{self.lower_is_better!r}.")
+        if not _THRESHOLD.accepts(self.threshold):
+            raise ValueError(f"EarlyStopping threshold must be a finite number >= 0; got "
+                             f"{self.threshold!r}.")
+
+    def on_fit_begin(self, net: Any, **kwargs: Any) -> None:
+        self._check_settings()
+
+    def on_train_begin(self, net: Any, **kwargs: Any) -> None:
+        self._check_settings()
         self.best_ = None
         self.wait_ = 0
 

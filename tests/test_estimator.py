@@ -563,6 +563,24 @@ def test_early_stopping_patience_is_checked(data, patience):
         _clf(callbacks=[EarlyStopping(patience=patience)]).fit(X, y)
 
 
+@pytest.mark.parametrize(("setting", "message"), [
+    ({"threshold": "0.1"}, "threshold must be a finite number >= 0"),
+    ({"threshold": float("nan")}, "threshold must be a finite number >= 0"),
+    ({"threshold": -0.5}, "threshold must be a finite number >= 0"),
+    ({"lower_is_better": "no"}, "lower_is_better must be True or False"),
+    ({"monitor": None}, "monitor must name a key of the history record"),
+])
+def test_early_stopping_settings_are_refused_before_training(data, setting, message):
+    X, y, _ = data
+
+    class Trained(Callback):
+        def on_train_begin(self, net, **kwargs):
+            raise AssertionError("training began")
+
+    with pytest.raises(ValueError, match=f"EarlyStopping {message}"):
+        _clf(callbacks=[Trained(), EarlyStopping(**setting)]).fit(X, y)
+
+
 def test_a_validation_fraction_that_leaves_no_validation_set_warns():
     X = np.random.default_rng(0).random((6, 3), dtype=np.float32)
     y = np.array([0, 1, 0, 1, 0, 1])
@@ -716,6 +734,36 @@ def test_an_interrupted_warm_start_restores_the_network(data):
     assert np.array_equal(clf.predict_proba(X), proba)
     clf.set_params(callbacks=None).fit(X, y, groups=g)  # and it still continues
     assert len(clf.history_) == 4
+
+
+class _FailAtStart(Callback):
+    def on_train_begin(self, net, **kwargs):
+        raise RuntimeError("my own error")
+
+
+def test_a_warm_start_whose_first_hook_raises_keeps_the_dense_network(data):
+    X, y, g = data
+    clf = _clf(max_epochs=1, sparsity=0.95, sparse_compute="csr", warm_start=True,
+               module_params={"hidden_layer_sizes": (64, 64)}).fit(X, y, groups=g)
+    assert clf.sparse_compute_layers_  # the warm start trains them in CSR form
+    layers = [type(m) for m in clf.module_.modules()]
+    proba = clf.predict_proba(X)
+    with pytest.raises(RuntimeError, match="my own error"):
+        clf.set_params(callbacks=[_FailAtStart()]).fit(X, y, groups=g)
+    assert [type(m) for m in clf.module_.modules()] == layers
+    assert np.array_equal(clf.predict_proba(X), proba)
+    clf.set_params(callbacks=None).fit(X, y, groups=g)  # and it still continues
+    assert len(clf.history_) == 2
+
+
+def test_one_callback_instance_given_twice_is_refused(data):
+    X, y, _ = data
+    stop = EarlyStopping(monitor="valid_acc", patience=4)
+    with pytest.raises(ValueError, match=r"callbacks\[1\] is the same EarlyStopping instance "
+                                         r"as callbacks\[0\]"):
+        _clf(callbacks=(stop, stop)).fit(X, y)
+    assert not hasattr(stop, "wait_")  # refused before anything trains
+    _clf(max_epochs=1, callbacks=[stop, EarlyStopping()]).fit(X, y)  # two instances are fine
 
 
 def test_a_first_fit_that_raises_leaves_the_estimator_unfitted(data):

@@ -5,7 +5,8 @@ The loop is split like skorch's ``NeuralNet``: :meth:`TrainingRun.fit_loop` runs
 epoch is :meth:`~TrainingRun.train_step` over its batches, then
 :meth:`~TrainingRun.validate` and :meth:`~TrainingRun.select` (worst-group model
 selection). Every callback hook receives the estimator (``net``) and keyword arguments,
-among them ``run``, the live :class:`TrainingRun`; while the run is live the estimator
+among them ``run``, the live :class:`TrainingRun` (all but ``on_fit_begin``, called
+before the run is built); while the run is live the estimator
 carries ``module_``, ``optimizer_``, ``masks_`` and ``history_``.
 """
 
@@ -250,11 +251,11 @@ class TrainingRun:
         TrainState
         """
         self._attach(net)
-        self.notify("on_train_begin")
-        if self._pending_callback_states is not None:
-            self._load_callback_states(self._pending_callback_states)
-        self.parts.forward_module.train()
-        try:
+        try:  # a hook that raises also gets the module back in its dense form
+            self.notify("on_train_begin")
+            if self._pending_callback_states is not None:
+                self._load_callback_states(self._pending_callback_states)
+            self.parts.forward_module.train()
             while self.state.epoch < self.parts.max_epochs and not self.state.stopped:
                 self.run_single_epoch()
         finally:
