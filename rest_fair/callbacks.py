@@ -126,9 +126,12 @@ class EarlyStopping(Callback):
     monitor : str, default="valid_worst_group_acc"
         Key of the epoch record to watch.
     patience : int, default=10
-        Epochs without improvement before stopping.
-    lower_is_better : bool, default=False
-        ``True`` for losses.
+        Epochs without improvement before stopping (0 stops at the first such epoch,
+        as 1 does).
+    lower_is_better : bool or None, default=None
+        Whether a lower value is an improvement. ``None`` decides by the name: ``True``
+        for a key that ends in ``"loss"`` (``train_loss``, ``valid_loss``), ``False``
+        otherwise (accuracies).
     threshold : float, default=0.0
         Minimum change that counts as an improvement (finite, >= 0).
 
@@ -141,7 +144,7 @@ class EarlyStopping(Callback):
         *,
         monitor: str = "valid_worst_group_acc",
         patience: int = 10,
-        lower_is_better: bool = False,
+        lower_is_better: bool | None = None,
         threshold: float = 0.0,
     ) -> None:
         self.monitor = monitor
@@ -156,9 +159,10 @@ class EarlyStopping(Callback):
         if not _EPOCHS.accepts(self.patience):
             raise ValueError(f"EarlyStopping patience must be an int >= 0 (epochs); got "
                              f"{self.patience!r}.")
-        if not isinstance(self.lower_is_better, (bool, np.bool_)):
-            raise ValueError(f"EarlyStopping lower_is_better must be True or False; got "
-                             f"{self.lower_is_better!r}.")
+        if self.lower_is_better is not None \
+                and not isinstance(self.lower_is_better, (bool, np.bool_)):
+            raise ValueError(f"EarlyStopping lower_is_better must be True, False or None "
+                             f"(decided by the name of monitor); got {self.lower_is_better!r}.")
         if not _THRESHOLD.accepts(self.threshold):
             raise ValueError(f"EarlyStopping threshold must be a finite number >= 0; got "
                              f"{self.threshold!r}.")
@@ -178,7 +182,9 @@ class EarlyStopping(Callback):
                 f"EarlyStopping monitors {self.monitor!r}, which is not in the history "
                 f"record; available: {sorted(record)}."
             )
-        sign = -1.0 if self.lower_is_better else 1.0
+        lower = (self.monitor.endswith("loss") if self.lower_is_better is None
+                 else self.lower_is_better)
+        sign = -1.0 if lower else 1.0
         if self.best_ is None or sign * (value - self.best_) > self.threshold:
             self.best_ = value
             self.wait_ = 0

@@ -567,7 +567,7 @@ def test_early_stopping_patience_is_checked(data, patience):
     ({"threshold": "0.1"}, "threshold must be a finite number >= 0"),
     ({"threshold": float("nan")}, "threshold must be a finite number >= 0"),
     ({"threshold": -0.5}, "threshold must be a finite number >= 0"),
-    ({"lower_is_better": "no"}, "lower_is_better must be True or False"),
+    ({"lower_is_better": "no"}, "lower_is_better must be True, False or None"),
     ({"monitor": None}, "monitor must name a key of the history record"),
 ])
 def test_early_stopping_settings_are_refused_before_training(data, setting, message):
@@ -579,6 +579,22 @@ def test_early_stopping_settings_are_refused_before_training(data, setting, mess
 
     with pytest.raises(ValueError, match=f"EarlyStopping {message}"):
         _clf(callbacks=[Trained(), EarlyStopping(**setting)]).fit(X, y)
+
+
+@pytest.mark.parametrize("monitor", ["valid_loss", "train_loss"])
+def test_early_stopping_on_a_loss_watches_it_go_down_by_default(data, monitor):
+    # lower_is_better defaulted to False, so a falling loss never improved and training
+    # stopped after patience epochs without a word
+    X, y, _ = data
+
+    def fit(**direction):
+        stop = EarlyStopping(monitor=monitor, patience=2, **direction)
+        clf = _clf(max_epochs=8, lr_scheduler="constant", callbacks=[stop]).fit(X, y)
+        return [r[monitor] for r in clf.history_]
+
+    default, lower, higher = fit(), fit(lower_is_better=True), fit(lower_is_better=False)
+    assert default == lower
+    assert len(higher) == 3 < len(default)
 
 
 def test_a_validation_fraction_that_leaves_no_validation_set_warns():
