@@ -99,13 +99,16 @@ def test_cli_runs_through_rest_fair_entry_point(tmp_path, capsys):
     assert "acc_wg" in capsys.readouterr().out
 
 
+def _two_seeds(tmp_path, out) -> list[str]:
+    """A one-epoch synthetic Waterbirds run of seeds 0 and 1 into ``out``."""
+    return ["wilds", "--dataset", "waterbirds", "--root-dir", str(tmp_path / "data"),
+            "--out-dir", str(out), "--synthetic", "--max-epochs", "1", "--image-size", "8",
+            "--module", "mlp", "--batch-size", "32", "--seeds", "0", "1", "--device", "cpu"]
+
+
 def test_cli_says_the_spread_over_seeds_is_a_standard_deviation(tmp_path, capsys):
     out = tmp_path / "out"
-    assert rest_fair_main([
-        "wilds", "--dataset", "waterbirds", "--root-dir", str(tmp_path / "data"),
-        "--out-dir", str(out), "--synthetic", "--max-epochs", "1", "--image-size", "8",
-        "--module", "mlp", "--batch-size", "32", "--seeds", "0", "1", "--device", "cpu",
-    ]) == 0
+    assert rest_fair_main(_two_seeds(tmp_path, out)) == 0
     record = json.loads((out / "metrics.json").read_text())
     wg = [run["metrics"]["test"]["acc_wg"] for run in record["runs"]]
     assert record["metrics"]["test"]["acc_wg"] == pytest.approx(np.mean(wg))
@@ -206,9 +209,7 @@ def test_cli_reports_the_seeds_that_finished_when_one_diverged(tmp_path, monkeyp
     # comparison.md, exit status 1, and every --resume ended the same way
     _diverge_for(monkeypatch, {1})
     out = tmp_path / "out"
-    argv = ["wilds", "--dataset", "waterbirds", "--root-dir", str(tmp_path / "data"),
-            "--out-dir", str(out), "--synthetic", "--max-epochs", "1", "--image-size", "8",
-            "--module", "mlp", "--batch-size", "32", "--seeds", "0", "1", "--device", "cpu"]
+    argv = _two_seeds(tmp_path, out)
     for resume in ([], ["--resume"]):
         status = rest_fair_main([*argv, *resume])
         captured = capsys.readouterr()
@@ -232,11 +233,7 @@ def test_cli_reports_the_seeds_that_finished_when_one_diverged(tmp_path, monkeyp
 def test_cli_writes_no_report_when_every_seed_diverged(tmp_path, monkeypatch, capsys):
     _diverge_for(monkeypatch, {0, 1})
     out = tmp_path / "out"
-    assert rest_fair_main([
-        "wilds", "--dataset", "waterbirds", "--root-dir", str(tmp_path / "data"),
-        "--out-dir", str(out), "--synthetic", "--max-epochs", "1", "--image-size", "8",
-        "--module", "mlp", "--batch-size", "32", "--seeds", "0", "1", "--device", "cpu",
-    ]) == 3
+    assert rest_fair_main(_two_seeds(tmp_path, out)) == 3
     err = capsys.readouterr().err
     assert "seed 0 diverged" in err and "seed 1 diverged" in err
     assert "no seed finished" in err and "were not written (exit status 3)" in err
@@ -256,11 +253,7 @@ def test_cli_waits_for_a_seed_to_retry_before_reporting(tmp_path, monkeypatch, c
 
     monkeypatch.setattr(WildsExperiment, "training_data", failing)
     out = tmp_path / "out"
-    assert rest_fair_main([
-        "wilds", "--dataset", "waterbirds", "--root-dir", str(tmp_path / "data"),
-        "--out-dir", str(out), "--synthetic", "--max-epochs", "1", "--image-size", "8",
-        "--module", "mlp", "--batch-size", "32", "--seeds", "0", "1", "--device", "cpu",
-    ]) == 1
+    assert rest_fair_main(_two_seeds(tmp_path, out)) == 1
     err = capsys.readouterr().err
     assert "seed 0 failed: MemoryError: out of memory" in err and "seed 1 diverged" in err
     assert "--resume to retry" in err

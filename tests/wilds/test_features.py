@@ -191,6 +191,30 @@ def test_a_misspelt_backbone_with_a_weights_name_gets_the_close_matches(waterbir
                          cache_dir=tmp_path, device="cpu")
 
 
+def _before_second_batch(monkeypatch, action) -> None:
+    """Make ``_extract`` call ``action()`` before its second batch, once the first is in its
+    temporary file (the real extractor otherwise)."""
+    real_extractor = features_module._extractor
+
+    class Midway(torch.nn.Module):
+        def __init__(self, module):
+            super().__init__()
+            self.module, self.calls = module, 0
+
+        def forward(self, x):
+            self.calls += 1
+            if self.calls == 2:
+                monkeypatch.setattr(features_module, "_extractor", real_extractor)
+                action()
+            return self.module(x)
+
+    def extractor(*args, **kw):
+        module, tokenizer = real_extractor(*args, **kw)
+        return Midway(module), tokenizer
+
+    monkeypatch.setattr(features_module, "_extractor", extractor)
+
+
 def test_two_processes_filling_the_same_cache_entry_both_succeed(waterbirds, tmp_path,
                                                                    monkeypatch):
     # both wrote '<entry>.npy.partial.npy': the second truncated the first's file under its
@@ -199,26 +223,9 @@ def test_two_processes_filling_the_same_cache_entry_both_succeed(waterbirds, tmp
     val = parts["val"]
     kwargs = {"backbone": "resnet18", "weights": weights, "cache_dir": tmp_path,
               "batch_size": 10, "device": "cpu"}
-    real_extractor = features_module._extractor
     other: list = []
-
-    class SecondProcessMidway(torch.nn.Module):
-        def __init__(self, module):
-            super().__init__()
-            self.module, self.calls = module, 0
-
-        def forward(self, x):
-            self.calls += 1
-            if self.calls == 2:  # the first batch is in this process's partial file
-                monkeypatch.setattr(features_module, "_extractor", real_extractor)
-                other.append(np.array(extract_features(val, refresh=True, **kwargs)))
-            return self.module(x)
-
-    def first_process(*args, **kw):
-        module, tokenizer = real_extractor(*args, **kw)
-        return SecondProcessMidway(module), tokenizer
-
-    monkeypatch.setattr(features_module, "_extractor", first_process)
+    _before_second_batch(monkeypatch, lambda: other.append(
+        np.array(extract_features(val, refresh=True, **kwargs))))
     feats = extract_features(val, **kwargs)
     assert other and feats.shape == (len(val), 512)
     np.testing.assert_allclose(np.array(feats), other[0], rtol=1e-5, atol=1e-6)
@@ -227,24 +234,11 @@ def test_two_processes_filling_the_same_cache_entry_both_succeed(waterbirds, tmp
 
 def test_an_extraction_that_fails_midway_leaves_no_file(waterbirds, tmp_path, monkeypatch):
     _, parts, weights, _ = waterbirds
-    real_extractor = features_module._extractor
 
-    class FailsOnSecondBatch(torch.nn.Module):
-        def __init__(self, module):
-            super().__init__()
-            self.module, self.calls = module, 0
+    def interrupt():
+        raise KeyboardInterrupt
 
-        def forward(self, x):
-            self.calls += 1
-            if self.calls == 2:  # the first batch is already in the temporary file
-                raise KeyboardInterrupt
-            return self.module(x)
-
-    def failing(*args, **kw):
-        module, tokenizer = real_extractor(*args, **kw)
-        return FailsOnSecondBatch(module), tokenizer
-
-    monkeypatch.setattr(features_module, "_extractor", failing)
+    _before_second_batch(monkeypatch, interrupt)
     with pytest.raises(KeyboardInterrupt):
         extract_features(parts["val"], backbone="resnet18", weights=weights,
                          cache_dir=tmp_path, batch_size=10, device="cpu")
