@@ -74,7 +74,8 @@ def _configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--root-dir", required=True,
                         help="WILDS root folder containing <dataset>_v1.0/")
     parser.add_argument("--out-dir", default="wilds_results",
-                        help="where to write submission files, metrics.json, comparison.md")
+                        help="where to write submission files, metrics.json, comparison.md "
+                             "(default: %(default)s)")
     parser.add_argument("--protocol", choices=("custom", "wilds"), default="custom",
                         help="custom: settings from the command line; wilds: the WILDS "
                              "reference recipe of the dataset (options given override it)")
