@@ -154,12 +154,20 @@ def _hyperparameters(values: dict[str, Any]) -> str:
     return ", ".join(f"{_SHORT.get(name, name)}={text}" for name, text in texts.items())
 
 
+def _missing(value: float | None) -> bool:
+    return value is None or math.isnan(value)
+
+
 def _seconds(value: float) -> str:
-    return f"{value:.1f}" if value < 10 else f"{value:.0f}"
+    return "–" if _missing(value) else f"{value:.1f}" if value < 10 else f"{value:.0f}"
 
 
 def _flops(value: float) -> str:
-    return "–" if value is None or math.isnan(value) else f"{value:.2e}"
+    return "–" if _missing(value) else f"{value:.2e}"
+
+
+def _count(value: float) -> str:
+    return "–" if _missing(value) else f"{value:,.0f}"
 
 
 def study_markdown(chosen, search: RandomSearch, configurations=None) -> str:
@@ -186,7 +194,7 @@ def study_markdown(chosen, search: RandomSearch, configurations=None) -> str:
             f"{100 * row['score_mean']:.1f}",
             *(metric_cell(row, m, n) for m in STUDY_METRICS),
             str(n),
-            f"{row['params_active_mean']:,.0f}",
+            _count(row["params_active_mean"]),
             _flops(row["training_flops_mean"]),
             _seconds(row["fit_seconds_mean"]),
             _hyperparameters(hyper),

@@ -284,6 +284,19 @@ def test_study_standard_error_counts_only_the_seeds_that_have_the_metric():
     assert chosen["n"] == 3 and chosen["test_conflicting_acc_n"] == 2
 
 
+def test_study_costs_that_no_record_has_are_shown_as_missing():
+    # active weights and fit seconds printed "nan" (FLOPs already printed "–")
+    search = tiny_search(budget=1, methods=("reweighting",), max_epochs=3)
+    records = [_record("reweighting", 0, seed, wg=0.5, wc=0.5, test=0.4) for seed in range(2)]
+    for record in records:
+        for key in ("params_active", "training_flops", "fit_seconds"):
+            record.pop(key, None)
+    table = study_markdown(select(summarize_configurations(records, search)), search)
+    row = next(line for line in table.splitlines() if line.startswith("| ") and "| 2 |" in line)
+    cells = [cell.strip() for cell in row.strip("|").split("|")]
+    assert "nan" not in cells and cells[-4:-1] == ["–", "–", "–"]
+
+
 # ------------------------------------------------------- the command (torch needed)
 def test_study_command_runs_and_resumes(tmp_path, monkeypatch, capsys):
     pytest.importorskip("torch")
