@@ -38,8 +38,9 @@ def atomic_write(path: str | os.PathLike, data: bytes) -> None:
     The content goes to a hidden temporary file in the same folder, is flushed and
     fsynced, then renamed over ``path``; the temporary file is removed on any failure.
     As with ``open(path, "wb")``, a symbolic link at ``path`` is followed (the file it
-    names is replaced; the link stays), an existing file keeps its permission bits, and
-    a new file gets the permissions a new file gets in that folder.
+    names is replaced; the link stays), an existing file keeps its permission bits (one
+    this process may not write is refused, not replaced), and a new file gets the
+    permissions a new file gets in that folder.
 
     Raises
     ------
@@ -55,6 +56,8 @@ def atomic_write(path: str | os.PathLike, data: bytes) -> None:
         existing = None
     if existing is not None and stat.S_ISDIR(existing.st_mode):
         raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), given)
+    if existing is not None and not os.access(path, os.W_OK):  # a file made read-only
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), given)
     tmp = path.with_name(f".{path.name[:_NAME_CHARS]}.{secrets.token_hex(6)}.tmp")
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)

@@ -65,3 +65,17 @@ def test_a_name_open_takes_is_written_whatever_its_length(tmp_path, name):
     atomic_write(path, b"new")
     assert path.read_bytes() == b"new"
     assert [p.name for p in tmp_path.iterdir()] == [name]
+
+
+def test_a_file_this_process_may_not_write_is_refused_not_replaced(tmp_path, monkeypatch):
+    # open(path, "wb") refuses a read-only file; the rename replaced it. The check asks
+    # os.access, which is True for root whatever the bits, so the test plays a user.
+    path = tmp_path / "model.rest"
+    path.write_bytes(b"kept")
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, **kw: False if os.fspath(p) == str(path)
+                        else real_access(p, mode, **kw))
+    with pytest.raises(PermissionError, match=r"model\.rest"):
+        atomic_write(path, b"new")
+    assert path.read_bytes() == b"kept"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.rest"]
