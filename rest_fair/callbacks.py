@@ -170,8 +170,15 @@ class EarlyStopping(Callback):
     def on_fit_begin(self, net: Any, **kwargs: Any) -> None:
         self._check_settings()
 
-    def on_train_begin(self, net: Any, **kwargs: Any) -> None:
+    def on_train_begin(self, net: Any, *, run: Any = None, **kwargs: Any) -> None:
         self._check_settings()
+        if (self.monitor.startswith("valid_") and run is not None
+                and getattr(run.parts, "valid", True) is None):
+            raise ValueError(
+                f"EarlyStopping monitors {self.monitor!r}, but this fit holds out no "
+                "validation data (validation_fraction=0, or too few samples to hold out "
+                "any): monitor 'train_loss', or give validation_fraction or validation_data."
+            )
         self.best_ = None
         self.wait_ = 0
 
@@ -180,7 +187,8 @@ class EarlyStopping(Callback):
         if value is None:
             raise KeyError(
                 f"EarlyStopping monitors {self.monitor!r}, which is not in the history "
-                f"record; available: {sorted(record)}."
+                f"record; available: {sorted(record)} (a key another callback adds is "
+                "there only where that callback comes before EarlyStopping in callbacks)."
             )
         lower = (self.monitor.endswith("loss") if self.lower_is_better is None
                  else self.lower_is_better)

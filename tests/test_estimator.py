@@ -597,6 +597,17 @@ def test_early_stopping_on_a_loss_watches_it_go_down_by_default(data, monitor):
     assert len(higher) == 3 < len(default)
 
 
+def test_early_stopping_on_validation_scores_without_validation_data_is_refused(data):
+    # the default monitor failed with a KeyError after the first epoch had trained
+    X, y, _ = data
+    stop = EarlyStopping()  # monitors valid_worst_group_acc
+    with pytest.raises(ValueError, match=r"monitors 'valid_worst_group_acc', but this fit "
+                       r"holds out no validation data"):
+        _clf(validation_fraction=0.0, callbacks=[stop]).fit(X, y)
+    assert not hasattr(stop, "best_")
+    _clf(validation_fraction=0.0, callbacks=[EarlyStopping(monitor="train_loss")]).fit(X, y)
+
+
 def test_a_validation_fraction_that_leaves_no_validation_set_warns():
     X = np.random.default_rng(0).random((6, 3), dtype=np.float32)
     y = np.array([0, 1, 0, 1, 0, 1])
