@@ -13,6 +13,7 @@ import numpy as np
 
 from .._requirements import import_optional
 from .._version import __version__
+from ..experiments.run import standard_error
 from .config import BenchConfig
 from .data import DATASETS
 from .methods import get_method
@@ -77,21 +78,6 @@ def library_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             versions[key] = "not installed"
     return versions
-
-
-def standard_error(std: Any, n: Any) -> Any:
-    """Standard error of a mean, ``std / sqrt(n)`` (``std`` with ddof=1; NaN for n < 2).
-
-    Works on numbers and on pandas or numpy arrays alike.
-    """
-    with np.errstate(divide="ignore", invalid="ignore"):
-        se = std / np.sqrt(n)
-    few = np.asarray(n) < 2
-    if hasattr(se, "mask"):  # pandas: keeps the index
-        return se.mask(few)
-    if np.ndim(se):
-        return np.where(few, np.nan, se)
-    return math.nan if few else float(se)
 
 
 def seed_statistics(grouped: Any, metrics: Sequence[str]) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import tempfile
 import time
@@ -23,8 +24,10 @@ from numbers import Integral
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
+
 __all__ = ["Experiment", "available_cores", "check_run_params", "density", "digest",
-           "error_record", "jsonable", "run_one", "split_threads"]
+           "error_record", "jsonable", "run_one", "split_threads", "standard_error"]
 
 
 class Experiment(Protocol):
@@ -224,3 +227,18 @@ def error_record(spec: Any, exc: BaseException, *, final: bool = False) -> dict[
     record["traceback"] = "".join(traceback.format_exception(exc, limit=8))
     record["finished_at"] = _now()
     return record
+
+
+def standard_error(std: Any, n: Any) -> Any:
+    """Standard error of a mean, ``std / sqrt(n)`` (``std`` with ddof=1; NaN for n < 2).
+
+    Works on numbers and on pandas or numpy arrays alike.
+    """
+    with np.errstate(divide="ignore", invalid="ignore"):
+        se = std / np.sqrt(n)
+    few = np.asarray(n) < 2
+    if hasattr(se, "mask"):  # pandas: keeps the index
+        return se.mask(few)
+    if np.ndim(se):
+        return np.where(few, np.nan, se)
+    return math.nan if few else float(se)

@@ -30,7 +30,7 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from .._requirements import Requirement, check_requirements
 from .._validation import Interval
 from ..exceptions import TrainingDivergedError
-from ..experiments.run import digest, jsonable
+from ..experiments.run import digest, jsonable, standard_error
 from ..experiments.runner import RESULTS_FILE, append_record, locate, read_results
 from .adapter import split_wilds
 from .datasets import DatasetSpec, dataset_spec
@@ -559,7 +559,7 @@ def _aggregate(per_seed: list[dict], order: list[str]) -> tuple[dict, dict, dict
         means[split] = {k: float(np.mean(v)) for k, v in values.items()}
         stds[split] = {k: float(np.std(v, ddof=1)) if n > 1 else None
                        for k, v in values.items()}
-        errors[split] = {k: None if std is None else std / np.sqrt(n)
+        errors[split] = {k: None if std is None else standard_error(std, n)
                          for k, std in stds[split].items()}
     return means, stds, errors
 
