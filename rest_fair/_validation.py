@@ -15,9 +15,11 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "RANDOM_STATE",
     "Interval",
     "Options",
     "TypeOf",
+    "check_param",
     "check_params",
 ]
 
@@ -82,6 +84,30 @@ class TypeOf:
         return self.description
 
 
+#: The ``random_state`` forms of the estimator, as ``sklearn.utils.check_random_state``
+#: takes them (a RandomState's seed is an integer in [0, 2**32 - 1]).
+RANDOM_STATE = [TypeOf((type(None), np.random.RandomState), "None, a RandomState"),
+                Interval(Integral, 0, 2**32 - 1, "both")]
+
+
+def check_param(name: str, value: Any, allowed: list) -> None:
+    """Check that ``value`` has one of the ``allowed`` forms (constraint objects).
+
+    Raises
+    ------
+    ValueError
+        Naming the parameter ``name``, what is allowed and ``value``.
+    """
+    if any(c.accepts(value) for c in allowed):
+        return
+    options = tuple(v for c in allowed if isinstance(c, Options) for v in c.values)
+    if options and (isinstance(value, str) or len(allowed) == 1):
+        # a misspelt option: list the options rather than every allowed form
+        raise ValueError(BAD_OPTION.format(name=name, options=options, value=value))
+    rule = " or ".join(c.describe() for c in allowed)
+    raise ValueError(BAD_RANGE.format(name=name, rule=rule, value=value))
+
+
 def check_params(est: Any) -> None:
     """Validate the hyper-parameters of ``est`` against its ``_parameter_constraints``.
 
@@ -91,12 +117,4 @@ def check_params(est: Any) -> None:
         Naming the first parameter whose value is not allowed and what is allowed.
     """
     for name, allowed in est._parameter_constraints.items():
-        value = getattr(est, name)
-        if any(c.accepts(value) for c in allowed):
-            continue
-        options = tuple(v for c in allowed if isinstance(c, Options) for v in c.values)
-        if options and (isinstance(value, str) or len(allowed) == 1):
-            # a misspelt option: list the options rather than every allowed form
-            raise ValueError(BAD_OPTION.format(name=name, options=options, value=value))
-        rule = " or ".join(c.describe() for c in allowed)
-        raise ValueError(BAD_RANGE.format(name=name, rule=rule, value=value))
+        check_param(name, getattr(est, name), allowed)

@@ -1,6 +1,7 @@
 """Callbacks: hooks into the training loop of :class:`~rest_fair.RESTClassifier`.
 
-A callback subclasses :class:`Callback` and overrides any of its hooks. Every hook receives
+A callback subclasses :class:`Callback` and overrides any of its hooks (or sets one on an
+instance: ``cb.on_batch_end = fn`` is called as ``fn(net, **kwargs)``). Every hook receives
 the estimator being fitted (``net``) and keyword arguments, so a callback sees the live
 training: ``net.module_`` (the network), ``net.optimizer_``, ``net.masks_`` (the current
 masks, updated at every topology change) and ``net.history_`` (one record per finished

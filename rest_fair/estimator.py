@@ -22,7 +22,7 @@ from ._fit import (
     remember_network_params,
 )
 from ._inputs import _FLOAT32_MAX, check_x
-from ._validation import Interval, Options, TypeOf, check_params
+from ._validation import RANDOM_STATE, Interval, Options, TypeOf, check_params
 from .efficiency import efficiency_report, export_sparse
 from .exceptions import ModelFileError, TrainingDivergedError
 from .models import MODULE_NAMES
@@ -348,8 +348,7 @@ class RESTClassifier(ClassifierMixin, BaseEstimator):
         "device": [_DeviceName()],
         "precision": [Options(PRECISIONS)],
         "warm_start": [TypeOf((bool, np.bool_), "True or False")],
-        "random_state": [TypeOf((_NONE, np.random.RandomState), "None, a RandomState"),
-                         Interval(Integral, 0, 2**32 - 1, "both")],
+        "random_state": RANDOM_STATE,
         "verbose": [Interval(Integral, 0, _INF, "left"), TypeOf((bool,), "a bool")],
         "callbacks": [TypeOf((list, tuple, _NONE), "a list of Callback instances or None")],
         "num_workers": [Interval(Integral, 0, _INF, "left")],

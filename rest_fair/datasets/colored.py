@@ -28,7 +28,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from .._requirements import import_optional
-from .._validation import Interval
+from .._validation import RANDOM_STATE, Interval, TypeOf, check_param
 from .idx import _BAD_SPLIT
 
 if TYPE_CHECKING:  # the images of a split may be a torch Dataset (ColoredImages)
@@ -82,6 +82,9 @@ _SPLIT_TOO_SMALL = (
 )
 _COUNT = Interval(Integral, 0, float("inf"))
 _NON_NEGATIVE = Interval(Real, 0, float("inf"))
+# the seeds of the estimator's random_state, None, or a numpy Generator to draw from
+_RANDOM_STATE = [TypeOf((type(None), np.random.Generator), "None, a Generator"),
+                 *RANDOM_STATE[1:]]
 _BAD_COLOR_STD = "color_std must be a finite number >= 0; got {value!r}."
 _FEW_COLORS = (
     "palette has {n} colours but the labels go up to {top}: it needs one colour per class."
@@ -287,7 +290,8 @@ def colorize(
         Standard deviation of Gaussian noise added to each sample's colour (LfF style);
         0 keeps the exact palette colours.
     random_state : int, Generator or None
-        Seed.
+        Seed: an integer in [0, 2**32 - 1] (as for :class:`~rest_fair.RESTClassifier`),
+        or a generator to draw from.
 
     Returns
     -------
@@ -298,6 +302,7 @@ def colorize(
     conflict : ndarray of bool, shape (n,)
         ``bias != label``.
     """
+    check_param("random_state", random_state, _RANDOM_STATE)
     rng = np.random.default_rng(random_state)
     palette = _check_palette(palette)
     images = np.asarray(images)
@@ -397,7 +402,8 @@ def make_colored_mnist(
     palette : array-like of shape (10, 3) or None
         Stroke colours; default :data:`PALETTE`.
     random_state : int or None, default=0
-        Seed of the split and of every colour draw: the same seed gives identical arrays.
+        Seed of the split and of every colour draw: the same seed (an integer in
+        [0, 2**32 - 1], as for :class:`~rest_fair.RESTClassifier`) gives identical arrays.
 
     Returns
     -------
@@ -457,6 +463,7 @@ def _make(
     random_state: int | None,
 ) -> BiasedImageData:
     _check_ratio(conflict_ratio)
+    check_param("random_state", random_state, _RANDOM_STATE)
     palette = _check_palette(palette)
     n_train, n_valid, n_test = _resolve_sizes(split_sizes, len(labels))
     _check_split_sizes((n_train, n_valid, n_test), labels, split_sizes)

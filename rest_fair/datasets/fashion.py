@@ -21,7 +21,9 @@ import torch
 from numpy.typing import ArrayLike
 from torch.utils.data import Dataset
 
+from .._validation import check_param
 from .colored import (
+    _RANDOM_STATE,
     BiasedImageData,
     Split,
     _check_image_size,
@@ -245,7 +247,8 @@ def make_colored_fashion_mnist(
     palette : array-like of shape (10, 3) or None
         Stroke colours; default :data:`~rest_fair.datasets.PALETTE`.
     random_state : int or None, default=0
-        Seed of the splits and of every colour draw: the same seed gives identical data.
+        Seed of the splits and of every colour draw: the same seed (an integer in
+        [0, 2**32 - 1], as for :class:`~rest_fair.RESTClassifier`) gives identical data.
     root : str, path-like or None, default=None
         Folder of the idx files, as for :func:`~rest_fair.datasets.load_fashion_mnist`
         (None: the environment variable ``REST_FAIR_FASHION_MNIST``, else Debian's folder).
@@ -274,6 +277,7 @@ def make_colored_fashion_mnist(
     ((256, 3, 28, 28), dtype('float32'))
     """
     _check_ratio(conflict_ratio)
+    check_param("random_state", random_state, _RANDOM_STATE)
     palette = _check_palette(palette)
     _check_image_size(image_size)
     train_images, train_labels = load_fashion_mnist(root, split="train")

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-__all__ = ["check_masks"]
+__all__ = ["check_mask", "check_masks"]
 
 _BAD_MASK_KEY = (
     "masks has key {key!r}, which is not a parameter of the module "
@@ -15,6 +15,26 @@ _BAD_MASK_KEY = (
 )
 _BAD_MASK_SHAPE = "mask {key!r} has shape {mask}, but the parameter has shape {param}."
 _BAD_MASK_DTYPE = "mask {key!r} must be a bool torch.Tensor; got {what}."
+
+
+def check_mask(key: str, mask: object, shape: tuple[int, ...]) -> None:
+    """Check that ``mask`` is a bool tensor of ``shape`` (the weight named ``key``'s).
+
+    Raises
+    ------
+    TypeError
+        If ``mask`` is not a bool tensor (a float mask is not read as "non-zero").
+    ValueError
+        If its shape is not ``shape``.
+    """
+    if not torch.is_tensor(mask) or mask.dtype != torch.bool:
+        what = (f"dtype {mask.dtype}" if torch.is_tensor(mask)
+                else f"a {type(mask).__module__}.{type(mask).__name__} (dtype "
+                     f"{getattr(mask, 'dtype', None)}); use torch.as_tensor(mask)")
+        raise TypeError(_BAD_MASK_DTYPE.format(key=key, what=what))
+    if tuple(mask.shape) != tuple(shape):
+        raise ValueError(_BAD_MASK_SHAPE.format(key=key, mask=tuple(mask.shape),
+                                                param=tuple(shape)))
 
 
 def check_masks(module: nn.Module, masks: Mapping[str, torch.Tensor]) -> None:
@@ -34,14 +54,4 @@ def check_masks(module: nn.Module, masks: Mapping[str, torch.Tensor]) -> None:
     for key, mask in masks.items():
         if key not in params:
             raise KeyError(_BAD_MASK_KEY.format(key=key))
-        if not torch.is_tensor(mask) or mask.dtype != torch.bool:
-            what = (f"dtype {mask.dtype}" if torch.is_tensor(mask)
-                    else f"a {type(mask).__module__}.{type(mask).__name__} (dtype "
-                         f"{getattr(mask, 'dtype', None)}); use torch.as_tensor(mask)")
-            raise TypeError(_BAD_MASK_DTYPE.format(key=key, what=what))
-        if tuple(mask.shape) != tuple(params[key].shape):
-            raise ValueError(
-                _BAD_MASK_SHAPE.format(
-                    key=key, mask=tuple(mask.shape), param=tuple(params[key].shape)
-                )
-            )
+        check_mask(key, mask, tuple(params[key].shape))

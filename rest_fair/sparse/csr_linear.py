@@ -56,6 +56,7 @@ import torch
 from torch import nn
 
 from . import kernels
+from .checks import check_mask
 from .rigl import top_k_first
 
 __all__ = ["CSRLinear"]
@@ -294,6 +295,13 @@ class CSRLinear(nn.Module):
     name : str, default=""
         The layer's name in its network, for error messages.
 
+    Raises
+    ------
+    TypeError
+        If ``mask`` is not a bool tensor.
+    ValueError
+        If ``mask`` does not have the shape ``(out_features, in_features)``.
+
     Attributes
     ----------
     values : nn.Parameter of shape (nnz,)
@@ -336,10 +344,14 @@ class CSRLinear(nn.Module):
     def _set_pattern(self, mask: torch.Tensor, flat: torch.Tensor | None = None) -> torch.Tensor:
         """Build the index buffers of the bool ``mask``; returns its sorted flat indices.
 
-        ``flat``, when given, are those indices already (the mask is then not read).
+        ``flat``, when given, are those indices already (the mask is then not read);
+        otherwise ``mask`` must be a bool tensor of shape :attr:`shape` (TypeError,
+        ValueError).
         """
-        flat, *indices = (kernels.csr_pattern(mask.to(torch.bool).reshape(self.shape))
-                          if flat is None else kernels.csr_pattern_of_flat(flat, self.shape))
+        if flat is None:
+            check_mask(f"{self.name}.weight" if self.name else "weight", mask, self.shape)
+        flat, *indices = (kernels.csr_pattern(mask) if flat is None
+                          else kernels.csr_pattern_of_flat(flat, self.shape))
         names = ("crow_indices", "col_indices", "crow_indices_t", "col_indices_t", "perm_t")
         for key, value in zip(names, indices, strict=True):
             if key in self._buffers:
@@ -568,7 +580,15 @@ class CSRLinear(nn.Module):
 
     @torch.no_grad()
     def set_mask(self, mask: torch.Tensor) -> None:
-        """Replace the pattern by ``mask``; weights new to the pattern start at 0."""
+        """Replace the pattern by the bool ``mask``; weights new to the pattern start at 0.
+
+        Raises
+        ------
+        TypeError
+            If ``mask`` is not a bool tensor.
+        ValueError
+            If ``mask`` does not have the shape ``(out_features, in_features)``.
+        """
         dense = self.dense_weight()
         flat = self._set_pattern(mask.to(dense.device))
         self.values.data = dense.reshape(-1)[flat].clone()

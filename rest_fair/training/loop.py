@@ -158,7 +158,10 @@ def predict_logits(
 
 
 def _overrides(callback: Any, hook: str) -> bool:
-    return getattr(type(callback), hook, None) is not getattr(Callback, hook)
+    """Whether ``callback`` has a ``hook`` of its own: from its class, or set on the instance
+    (``cb.on_batch_end = fn``), as :meth:`TrainingRun.notify` would call it."""
+    method = getattr(callback, hook, None)
+    return getattr(method, "__func__", method) is not getattr(Callback, hook)
 
 
 class TrainingRun:

@@ -33,6 +33,10 @@ _BAD_TABLE = (
     "The WILDS {name} table {path} {problem}; wilds reads the columns {columns} from it.\n"
     "Expected layout under root_dir={root}:\n{layout}"
 )
+_UNALIGNED_TABLES = (
+    "The WILDS {name} tables must have one row per sample, in the same order, but {counts}.\n"
+    "Expected layout under root_dir={root}:\n{layout}"
+)
 _DOWNLOAD_TIMEOUT_S = 60.0
 
 
@@ -62,6 +66,8 @@ class DatasetSpec:
         Folder of the image files relative to the data directory (image datasets).
     columns : tuple of (str, tuple of str)
         The CSV tables of ``required`` and, for each, the columns that wilds reads from it.
+        Where there are several, wilds reads them row by row together (row ``i`` of each
+        is sample ``i``).
     """
 
     name: str
@@ -188,8 +194,9 @@ def load_wilds(name: str, root_dir: str | os.PathLike, *, download: bool = False
         When files are missing and ``download=False``; the message names every
         missing path and the full expected layout.
     DatasetFormatError
-        When a table is empty or lacks a column that wilds reads; the message names the
-        file and the columns.
+        When a table is empty or lacks a column that wilds reads, or when tables read row
+        by row together (CelebA's attributes and partition) have different numbers of
+        rows; the message names the files and the columns or row counts.
     ImportError
         When ``wilds`` (or the torchvision its dataset modules import) is missing.
     """
@@ -223,9 +230,12 @@ def load_wilds(name: str, root_dir: str | os.PathLike, *, download: bool = False
 
 def _check_tables(spec: DatasetSpec, root: Path) -> None:
     """Refuse a table of ``spec`` that is empty or lacks a column wilds reads (wilds itself
-    fails with pandas' ``EmptyDataError`` or a bare ``KeyError``, naming no file)."""
+    fails with pandas' ``EmptyDataError`` or a bare ``KeyError``, naming no file), and
+    tables read row by row together whose row counts differ (wilds fails with a torch
+    size mismatch naming no file)."""
     import pandas as pd
 
+    counts: dict[Path, int] = {}
     for rel, columns in spec.columns:
         path = root / spec.dirname / rel
         try:
@@ -235,11 +245,17 @@ def _check_tables(spec: DatasetSpec, root: Path) -> None:
         else:
             absent = [c for c in columns if c not in header]
             if not absent:
+                if len(spec.columns) > 1:
+                    counts[path] = len(pd.read_csv(path, usecols=[columns[0]]))
                 continue
             problem = f"has no column {', '.join(repr(c) for c in absent)}"
         raise DatasetFormatError(_BAD_TABLE.format(
             name=spec.name, path=path, problem=problem, columns=", ".join(columns), root=root,
             layout=spec.layout))
+    if len(set(counts.values())) > 1:
+        listed = " and ".join(f"{path} has {n} rows" for path, n in counts.items())
+        raise DatasetFormatError(_UNALIGNED_TABLES.format(
+            name=spec.name, counts=listed, root=root, layout=spec.layout))
 
 
 @contextlib.contextmanager

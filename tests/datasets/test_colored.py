@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from scipy.stats import chi2_contingency
@@ -170,6 +172,18 @@ def test_counts_that_leave_a_few_images_unused_are_drawn(split_sizes):
 def test_bad_input_is_named(kwargs, match):
     with pytest.raises(ValueError, match=match):
         make_colored_digits(**kwargs)
+
+
+@pytest.mark.parametrize("seed", [-1, 2**32, 1.5, "0", True, np.random.RandomState(0)])
+def test_a_seed_the_estimator_refuses_is_named_random_state(seed):
+    match = (r"random_state must be None, a Generator or an integer in \[0, 4294967295\]; "
+             rf"got {re.escape(repr(seed))}\.")
+    with pytest.raises(ValueError, match=match):
+        make_colored_digits(random_state=seed)
+    with pytest.raises(ValueError, match=match):
+        colorize(np.zeros((2, 4, 4)), [0, 1], conflict_ratio=None, random_state=seed)
+    colorize(np.zeros((2, 4, 4)), [0, 1], conflict_ratio=None,
+             random_state=np.random.default_rng(0))
 
 
 def test_split_name_checked(mnist):

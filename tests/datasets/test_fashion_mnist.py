@@ -171,6 +171,13 @@ def test_bad_split_is_named(tmp_path):
         load_mnist_idx(tmp_path, split=["train"])
 
 
+@pytest.mark.parametrize("seed", [-1, 1.5, "0"])
+def test_a_bad_seed_is_named_before_the_files_are_looked_for(tmp_path, seed):
+    with pytest.raises(ValueError, match=r"random_state must be None, a Generator or an "
+                                         r"integer in \[0, 4294967295\]"):
+        make_colored_fashion_mnist(random_state=seed, root=tmp_path / "nowhere")
+
+
 def test_a_tilde_in_a_folder_or_file_is_the_home_folder(tmp_path, monkeypatch):
     # a data_root from a bench config file, or REST_FAIR_FASHION_MNIST="~/...", reaches the
     # loader unexpanded by any shell

@@ -147,6 +147,28 @@ def test_layer_state_dict_has_the_form_of_nn_linear():
     assert torch.equal(layer.mask(), mask)
 
 
+@pytest.mark.parametrize(
+    ("mask", "error", "words"),
+    [
+        (torch.ones(40, 24, dtype=torch.bool), ValueError, "(40, 24)"),  # same size, transposed
+        (torch.ones(960, dtype=torch.bool), ValueError, "(960,)"),
+        (torch.ones(24, 40), TypeError, "torch.float32"),
+    ],
+)
+def test_a_mask_of_another_shape_or_dtype_is_refused(mask, error, words):
+    linear, good = _layer()
+    layer = CSRLinear(linear, good, name="hidden")
+    before = layer.dense_weight()
+    with pytest.raises(error, match=r"'hidden\.weight'") as info:
+        layer.set_mask(mask)
+    assert words in str(info.value)
+    if error is ValueError:
+        assert "(24, 40)" in str(info.value)
+    torch.testing.assert_close(layer.dense_weight(), before)
+    with pytest.raises(error, match=r"'weight'"):
+        CSRLinear(linear, mask)
+
+
 def test_top_k_breaks_ties_by_lowest_index():
     score = torch.tensor([3.0, 1.0, 2.0, 2.0, 5.0, 2.0, 0.0])
     assert sorted(top_k_first(score, 3).tolist()) == [0, 2, 4]

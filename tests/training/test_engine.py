@@ -108,6 +108,19 @@ def test_callbacks_see_the_live_network(data):
     assert set(clf.history_[0]["layer_density"]) == set(clf.masks_)
 
 
+def test_a_hook_set_on_a_callback_instance_is_called(data):
+    X, y, _ = data
+    steps, epochs = [], []
+    cb = Callback()
+    cb.on_batch_end = lambda net, *, step, loss, **kwargs: steps.append((step, loss))
+    cb.on_epoch_begin = lambda net, *, epoch, **kwargs: epochs.append(epoch)
+    _clf(max_epochs=2, callbacks=[cb]).fit(X, y)
+    assert epochs == [1, 2]
+    assert len(steps) >= 2
+    assert [step for step, _ in steps] == list(range(1, len(steps) + 1))
+    assert all(np.isfinite(loss) for _, loss in steps)
+
+
 def test_misused_callbacks_are_refused(data):
     X, y, _ = data
     with pytest.raises(TypeError, match=r"callbacks\[0\] is a str, not a rest_fair"):

@@ -278,6 +278,24 @@ def test_a_table_without_a_column_wilds_reads_is_named(tmp_path, name, table, dr
         load_wilds(name, tmp_path)
 
 
+@pytest.mark.parametrize("extra", [-3, 3])
+def test_celeba_tables_of_different_lengths_are_named_with_their_counts(tmp_path, extra):
+    # wilds failed with a torch size mismatch naming neither file
+    import pandas as pd
+
+    from rest_fair.exceptions import DatasetFormatError
+
+    data_dir = make_synthetic_layout("celebA", tmp_path, image_size=8)
+    attrs, partition = data_dir / "list_attr_celeba.csv", data_dir / "list_eval_partition.csv"
+    n = len(pd.read_csv(attrs))
+    rows = n + extra
+    frame = pd.read_csv(partition)
+    frame.iloc[np.arange(rows) % n].to_csv(partition, index=False)
+    with pytest.raises(DatasetFormatError) as info:
+        load_wilds("celebA", tmp_path)
+    assert f"{attrs} has {n} rows and {partition} has {rows} rows" in str(info.value)
+
+
 def test_a_root_dir_that_is_the_data_directory_gets_a_hint(tmp_path):
     data_dir = make_synthetic_layout("waterbirds", tmp_path, image_size=8)
     with pytest.raises(FileNotFoundError, match=r"root_dir is the data directory itself; pass "
