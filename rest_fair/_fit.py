@@ -142,6 +142,7 @@ _NEUTRAL = {
     "params.rescale_init": True,
     "params.update_timing": "mid_interval",
     "params.groupdro_adjustment": 0.0,
+    "weighted_counts": None,  # sample weights all equal
 }
 
 
@@ -377,6 +378,10 @@ def _fingerprint(params: dict, input_shape: tuple, data: FitData,
         "input_shape": list(input_shape),
         "classes": [str(c) for c in data.classes],
         "data_sha256": _digest(data.X, data.y, data.groups, data.sample_weight),
+        # True where sample weights differ: they count in the cell weights, and samples of
+        # weight 0 are never drawn
+        "weighted_counts": None if np.all(data.sample_weight == data.sample_weight[0])
+        else True,
         "n_valid": None if valid is None else len(valid.y),
         "validation_sha256": None if data.validation is None
         else _digest(*(part for part in data.validation if part is not None)),

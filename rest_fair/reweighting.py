@@ -85,7 +85,8 @@ def cell_weights(
             raise ValueError(_BAD_UPWEIGHT.format(upweight))
         group_size = np.bincount(groups, weights=sizes, minlength=len(group_labels))
         n_present = int((group_size > 0).sum())
-        return {(c, g): sizes.sum() / (n_present * group_size[g]) for c, g in cells}
+        total = group_size.sum()  # one group weighs exactly 1
+        return {(c, g): total / (n_present * group_size[g]) for c, g in cells}
     if isinstance(upweight, Mapping):
         missing = [group_labels[g] for g in sorted({g for _, g in cells})
                    if group_labels[g] not in upweight]
