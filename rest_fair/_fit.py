@@ -142,6 +142,7 @@ _NEUTRAL = {
     "params.rescale_init": True,
     "params.update_timing": "mid_interval",
     "params.groupdro_adjustment": 0.0,
+    "weighted_counts": None,  # sample weights all equal
 }
 
 
@@ -377,6 +378,10 @@ def _fingerprint(params: dict, input_shape: tuple, data: FitData,
         "input_shape": list(input_shape),
         "classes": [str(c) for c in data.classes],
         "data_sha256": _digest(data.X, data.y, data.groups, data.sample_weight),
+        # True where sample weights differ: they count in the cell weights, and samples of
+        # weight 0 are never drawn
+        "weighted_counts": None if np.all(data.sample_weight == data.sample_weight[0])
+        else True,
         "n_valid": None if valid is None else len(valid.y),
         "validation_sha256": None if data.validation is None
         else _digest(*(part for part in data.validation if part is not None)),
@@ -410,9 +415,10 @@ def _jtt_errors(est: Any, train: FitData, seed: int, saved: torch.Tensor | None,
     errors = identify_errors(est, train.X, train.classes[train.y], seed=seed,
                              sample_weight=train.sample_weight)
     errors = world.broadcast_(torch.as_tensor(errors, dtype=torch.uint8)).numpy() > 0
-    if world.is_main and (errors.all() or not errors.any()):
-        warnings.warn(UNIFORM_ERROR_SET.format(epochs=est.jtt_epochs, n=len(errors),
-                                               which="all" if errors.all() else "none"),
+    trained = errors[train.sample_weight > 0]  # those of weight 0 are absent from training
+    if world.is_main and (trained.all() or not trained.any()):
+        warnings.warn(UNIFORM_ERROR_SET.format(epochs=est.jtt_epochs, n=len(trained),
+                                               which="all" if trained.all() else "none"),
                       UserWarning, stacklevel=6)  # the caller of RESTClassifier.fit
     return errors
 
@@ -420,26 +426,39 @@ def _jtt_errors(est: Any, train: FitData, seed: int, saved: torch.Tensor | None,
 def _train_set(train: FitData, *, upweight: Any, reweight: str, batch_size: int,
                num_workers: int, generator: torch.Generator,
                world: LocalContext) -> tuple[TrainSet, dict]:
-    """The reweighted training set, and the weight of each (class, group) cell."""
+    """The reweighted training set, and the weight of each (class, group) cell.
+
+    A training sample of ``sample_weight`` 0 is absent from training, as if removed: the
+    cell weights count sample weights (:func:`~rest_fair.reweighting.cell_weights`), the
+    sampler never visits it, and the loss weights have mean 1 over the other samples, so
+    that an epoch and its expected loss are those of the training set without it.
+    """
     if isinstance(upweight, Mapping) and not train.has_groups:
         raise ValueError(DICT_WITHOUT_GROUPS.format(keys=", ".join(map(repr, upweight))))
-    weights = cell_weights(train.y, train.groups, train.group_labels, upweight)
-    per_sample = sample_weights_for(train.y, train.groups, weights)
-    counted = train.sample_weight * per_sample > 0  # drawn or weighted: in some loss
-    if not np.any(counted):
+    weights = cell_weights(train.y, train.groups, train.group_labels, upweight,
+                           sample_weight=train.sample_weight)
+    if not any(w > 0 for w in weights.values()):  # the cells of samples of positive weight
         raise ValueError(NO_TRAINING_WEIGHT)
+    per_sample = sample_weights_for(train.y, train.groups, weights)
+    present = train.sample_weight > 0
+    counted = present & (per_sample > 0)  # drawn or weighted: in some loss
+    rows = None if np.all(present) else np.flatnonzero(present)
     loss_w = train.sample_weight * (per_sample if reweight == "loss" else 1.0)
+    visited = loss_w if rows is None else loss_w[rows]  # mean 1 over the samples visited
+    uniform = bool(np.all(visited == visited[0]))
+    if not uniform:
+        loss_w = np.zeros_like(loss_w)
+        loss_w[present] = _unit_mean(visited)
     draw = per_sample if reweight == "sampler" and len(set(weights.values())) > 1 else None
     source = make_source(train.X, device=world.device, num_workers=num_workers)
     return TrainSet(
         source=source,
         y=torch.as_tensor(train.y, dtype=torch.long),
-        loss_weights=None if np.all(loss_w == loss_w[0])
-        else torch.as_tensor(_unit_mean(loss_w), dtype=torch.float32),
+        loss_weights=None if uniform else torch.as_tensor(loss_w, dtype=torch.float32),
         groups=torch.as_tensor(train.groups, dtype=torch.long),
         n_groups=len(train.group_labels),
         sampler=EpochSampler(source.n_samples, batch_size, draw, generator,
-                             rank=world.rank, world_size=world.world_size),
+                             rank=world.rank, world_size=world.world_size, rows=rows),
         # GroupDRO's n_g: the training samples of each group that some loss can count (a
         # group that upweight weighs 0 is never drawn nor weighted, like one held out)
         group_sizes=torch.as_tensor(np.bincount(train.groups[counted],

@@ -173,7 +173,10 @@ class RESTClassifier(ClassifierMixin, BaseEstimator):
         Minority reweighting. ``None``: none. ``"balanced"``: every group is drawn equally
         often. A float ``lambda``: within each class the most frequent group is the aligned
         one and every other group of that class is drawn ``lambda`` times as often. A dict
-        maps every group to its weight.
+        maps every group to its weight. Group sizes (``"balanced"``) and the most
+        frequent group (``lambda``) count the samples' ``sample_weight``, as scikit-learn's
+        ``compute_class_weight("balanced", sample_weight=...)``: a sample of weight 0 counts
+        as absent, one of weight ``k`` as ``k`` copies.
     reweight : {"sampler", "loss"}, default="sampler"
         Apply ``upweight`` by drawing samples with replacement in proportion to their
         weight (as in the REST paper) or by weighting their loss.
@@ -467,9 +470,11 @@ or dict of columns, default=None
             columns (or a dict of them by name, as fairlearn's ``sensitive_features``)
             form intersectional groups. ``None`` means one group.
         sample_weight : array-like of shape (n_samples,), default=None
-            Non-negative per-sample loss weights (used by fairlearn's reductions). The
-            samples held out by ``validation_fraction`` keep theirs in the validation loss
-            and accuracies that choose the epoch kept (``validation_data`` is unweighted).
+            Non-negative per-sample loss weights (used by fairlearn's reductions). A
+            training sample of weight 0 trains as if it were removed: it is never drawn,
+            and counts in no group's size for ``upweight``. The samples held out by
+            ``validation_fraction`` keep theirs in the validation loss and accuracies that
+            choose the epoch kept (``validation_data`` is unweighted).
         validation_data : tuple, default=None
             ``(X_val, y_val)`` or ``(X_val, y_val, groups_val)`` for model selection,
             instead of holding out ``validation_fraction`` of the training data.

@@ -39,8 +39,15 @@ def cell_weights(
     group_codes: np.ndarray,
     group_labels: Sequence[Hashable],
     upweight: str | float | Mapping[Hashable, float] | None,
+    sample_weight: np.ndarray | None = None,
 ) -> dict[tuple[int, int], float]:
     """Weight of every ``(class code, group code)`` cell present in the data.
+
+    With ``sample_weight``, a cell's size is the sum of its samples' weights, as
+    scikit-learn's ``compute_class_weight("balanced", sample_weight=...)`` counts classes:
+    a sample of weight 0 counts as absent and one of integer weight ``k`` as ``k`` copies
+    of it, in the group sizes of ``"balanced"`` and in the choice of each class's aligned
+    group for ``lambda``. A cell whose samples all weigh 0 is not present.
 
     Parameters
     ----------
@@ -56,21 +63,30 @@ def cell_weights(
         - float ``lambda``: within each class the most frequent group is the aligned one
           (weight 1); every other group of that class gets ``lambda``.
         - dict ``group label -> weight``: explicit weights per group.
+    sample_weight : ndarray of float, optional
+        Non-negative weight of each sample; ``None``: every sample weighs 1.
 
     Returns
     -------
     dict of (int, int) to float
     """
-    classes, groups, _, _ = _cells(y_codes, group_codes)
+    if sample_weight is not None:
+        with np.errstate(over="ignore"):
+            if not np.isfinite(np.sum(sample_weight)):  # the sizes' ratios are what counts
+                sample_weight = sample_weight / np.max(sample_weight)
+    classes, groups, sizes, _ = _cells(y_codes, group_codes, sample_weight)
+    present = sizes > 0
+    classes, groups, sizes = classes[present], groups[present], sizes[present]
     cells = [(int(c), int(g)) for c, g in zip(classes, groups, strict=True)]
     if upweight is None:
         return dict.fromkeys(cells, 1.0)
     if isinstance(upweight, str):
         if upweight != "balanced":
             raise ValueError(_BAD_UPWEIGHT.format(upweight))
-        group_count = np.bincount(group_codes, minlength=len(group_labels)).astype(np.float64)
-        n_present = int((group_count > 0).sum())
-        return {(c, g): len(group_codes) / (n_present * group_count[g]) for c, g in cells}
+        group_size = np.bincount(groups, weights=sizes, minlength=len(group_labels))
+        n_present = int((group_size > 0).sum())
+        total = group_size.sum()  # one group weighs exactly 1
+        return {(c, g): total / (n_present * group_size[g]) for c, g in cells}
     if isinstance(upweight, Mapping):
         missing = [group_labels[g] for g in sorted({g for _, g in cells})
                    if group_labels[g] not in upweight]
@@ -87,13 +103,13 @@ def cell_weights(
         lam = float(upweight)
         if not np.isfinite(lam) or lam <= 0:
             raise ValueError(_BAD_UPWEIGHT.format(upweight))
-        aligned = aligned_groups(y_codes, group_codes)
+        aligned = _aligned(classes, groups, sizes)
         return {(c, g): 1.0 if aligned[c] == g else lam for c, g in cells}
     raise ValueError(_BAD_UPWEIGHT.format(upweight))
 
 
-def _cells(y_codes: np.ndarray, group_codes: np.ndarray) -> tuple[np.ndarray, np.ndarray,
-                                                                    np.ndarray, np.ndarray]:
+def _cells(y_codes: np.ndarray, group_codes: np.ndarray, sample_weight: np.ndarray | None = None
+           ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The distinct ``(class, group)`` cells of the samples.
 
     Memory and time grow with the number of samples, not with the number of classes times
@@ -103,8 +119,8 @@ def _cells(y_codes: np.ndarray, group_codes: np.ndarray) -> tuple[np.ndarray, np
     -------
     classes, groups : ndarray of int64
         Class and group code of each cell, sorted by class, then group.
-    counts : ndarray of int64
-        Samples in each cell.
+    counts : ndarray of int64, or of float64 with ``sample_weight``
+        Samples in each cell, or the sum of their ``sample_weight``.
     inverse : ndarray of int64
         Cell of each sample (index into the arrays above).
     """
@@ -113,7 +129,10 @@ def _cells(y_codes: np.ndarray, group_codes: np.ndarray) -> tuple[np.ndarray, np
     width = int(group_codes.max()) + 1 if len(group_codes) else 1
     keys, inverse, counts = np.unique(y_codes * width + group_codes, return_inverse=True,
                                       return_counts=True)
-    return keys // width, keys % width, counts, inverse.ravel()
+    inverse = inverse.ravel()
+    if sample_weight is not None:
+        counts = np.bincount(inverse, weights=sample_weight, minlength=len(keys))
+    return keys // width, keys % width, counts, inverse
 
 
 def aligned_groups(y_codes: np.ndarray, group_codes: np.ndarray) -> dict[int, int]:

@@ -380,7 +380,7 @@ def test_lambda_reaches_the_training_loop(data, monkeypatch, lam):
                                       "balanced"])
 def test_epochs_draw_every_cell_in_proportion_to_its_weight(monkeypatch, upweight):
     # three classes; class 0 holds groups 0 and 1, class 1 groups 1 and 2, class 2 only
-    # group 2; sample weights (used by the loss) do not change how often a sample is drawn
+    # group 2
     rng = np.random.RandomState(0)
     y = rng.randint(0, 3, 600)
     g = np.where(y == 0, rng.rand(600) < 0.1, np.where(y == 1, 1 + (rng.rand(600) < 0.2), 2))
@@ -408,10 +408,47 @@ def test_epochs_draw_every_cell_in_proportion_to_its_weight(monkeypatch, upweigh
     if upweight == 5.0:  # the minority of a class is its less frequent group
         assert clf.group_weights_ == {(0, 0): 1.0, (0, 1): 5.0, (1, 1): 1.0, (1, 2): 5.0,
                                       (2, 2): 1.0}
-    first = orders[:]
+    # a sample of weight 0 is never drawn: an epoch draws as many as weigh more (in whole
+    # batches)
     orders.clear()
-    _clf(**params).fit(X, y, groups=g, sample_weight=rng.choice([0.0, 1.0, 3.0], 600))
-    assert all(np.array_equal(a, b) for a, b in zip(first, orders, strict=True))
+    weight = rng.choice([0.0, 1.0, 3.0], 600)
+    _clf(**params).fit(X, y, groups=g, sample_weight=weight)
+    drawn_per_epoch = training.n_batches(np.count_nonzero(weight), 200) * 200
+    assert [len(o) for o in orders] == [drawn_per_epoch] * 60
+    assert np.all(weight[np.concatenate(orders)] > 0)
+
+
+@pytest.mark.parametrize(("upweight", "reweight"), [(None, "sampler"), ("balanced", "sampler"),
+                                                    (5.0, "sampler"), ("balanced", "loss")])
+def test_a_sample_of_weight_zero_trains_as_if_removed(monkeypatch, upweight, reweight):
+    # half of group 0 (the majority of class 0) weighs 0, as a bagging ensemble's
+    # out-of-bag rows: the cell weights, the epochs' samples and the fitted network are
+    # those of the fit without these rows
+    rng = np.random.RandomState(1)
+    y = rng.randint(0, 2, 400)
+    g = (rng.rand(400) < np.where(y == 0, 0.4, 0.6)).astype(int)
+    X = (rng.randn(400, 5) + y[:, None]).astype(np.float32)
+    weight = rng.choice([1.0, 2.0], 400)
+    weight[(g == 0) & (y == 0) & (rng.rand(400) < 0.5)] = 0.0
+    kept = np.flatnonzero(weight)
+    orders = []
+    real = training.EpochSampler.global_order
+
+    def spy(self):
+        order = real(self)
+        orders.append(order.numpy().copy())
+        return order
+
+    monkeypatch.setattr(training.EpochSampler, "global_order", spy)
+    params = dict(upweight=upweight, reweight=reweight, validation_fraction=0.0,
+                  max_epochs=3, sparsity=0.5)
+    removed = _clf(**params).fit(X[kept], y[kept], groups=g[kept], sample_weight=weight[kept])
+    expected = [kept[o] for o in orders]
+    orders.clear()
+    clf = _clf(**params).fit(X, y, groups=g, sample_weight=weight)
+    assert clf.group_weights_ == removed.group_weights_
+    assert all(np.array_equal(a, b) for a, b in zip(orders, expected, strict=True))
+    np.testing.assert_array_equal(clf.predict_proba(X), removed.predict_proba(X))
 
 
 def test_loss_reweighting_uses_weights_not_sampler(data, monkeypatch):

@@ -70,3 +70,35 @@ def test_many_classes_and_groups_take_memory_of_the_samples_not_of_their_product
         tracemalloc.stop()
     assert peak < 20 * 2**20, f"peak {peak / 2**20:.0f} MiB"
     assert per_sample.shape == mask.shape == (n,)
+
+
+@pytest.mark.parametrize("upweight", [None, "balanced", 6.0, {0: 1.0, 1: 2.0, 2: 0.5}])
+def test_a_sample_of_weight_zero_counts_as_removed_and_weight_k_as_k_copies(upweight):
+    # class 0's most frequent group (0) is mostly of weight 0, so among the samples that
+    # count its aligned group is group 1; group 2 holds only samples of weight 0
+    y = np.r_[np.zeros(60, dtype=int), np.zeros(30, dtype=int), np.ones(40, dtype=int),
+              np.ones(10, dtype=int)]
+    g = np.r_[np.zeros(60, dtype=int), np.ones(30, dtype=int), np.zeros(40, dtype=int),
+              np.full(10, 2)]
+    rng = np.random.default_rng(0)
+    weight = rng.integers(1, 4, len(y)).astype(float)
+    weight[:50] = 0.0
+    weight[g == 2] = 0.0
+    kept = weight > 0
+    labels = [0, 1, 2]
+    absent = cell_weights(y[kept], g[kept], labels, upweight, sample_weight=weight[kept])
+    assert cell_weights(y, g, labels, upweight, sample_weight=weight) == absent
+    copies = np.repeat(np.arange(len(y)), weight.astype(int))
+    assert cell_weights(y, g, labels, upweight, sample_weight=weight) == pytest.approx(
+        cell_weights(y[copies], g[copies], labels, upweight))
+    # weights of 1 count as the samples themselves, bit for bit
+    assert (cell_weights(y, g, labels, upweight, sample_weight=np.ones(len(y)))
+            == cell_weights(y, g, labels, upweight))
+    if upweight == 6.0:
+        assert absent == {(0, 0): 6.0, (0, 1): 1.0, (1, 0): 1.0}
+
+
+def test_sample_weights_whose_sum_overflows_give_finite_cell_weights():
+    y, g = np.zeros(4, dtype=int), np.array([0, 0, 1, 1])
+    weights = cell_weights(y, g, [0, 1], "balanced", sample_weight=np.array([1e308] * 3 + [1.0]))
+    assert all(np.isfinite(w) and w > 0 for w in weights.values())

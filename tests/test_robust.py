@@ -220,6 +220,19 @@ def test_an_error_set_of_no_sample_is_named(monkeypatch):
         clf = RESTClassifier(infer_groups="jtt", jtt_epochs=1, upweight=20.0, max_epochs=1,
                              validation_fraction=0.0, **FAST).fit(X, y)
     assert not clf.inferred_groups_.any()
+
+
+def test_an_error_set_of_samples_of_weight_zero_is_named_empty(monkeypatch):
+    # the identification model's only mistakes are samples of weight 0, which are absent
+    # from training: the error set of the training that counts is empty, and not upweighted
+    X, y, _ = _spurious(n=300)
+    weight = np.r_[np.zeros(100), np.ones(200)]
+    monkeypatch.setattr("rest_fair._fit.identify_errors",
+                        lambda est, X_, y_, **kw: weight == 0)
+    with pytest.warns(UserWarning, match=r"misclassified none of the 200 training samples"):
+        clf = RESTClassifier(infer_groups="jtt", jtt_epochs=1, upweight=20.0, max_epochs=1,
+                             validation_fraction=0.0, **FAST).fit(X, y, sample_weight=weight)
+    assert {group for _, group in clf.group_weights_} == {False}
 # ------------------------------------------------------------ GroupDRO's group adjustment
 def _batches():
     """Three batches of (logits, y, w, g) over 3 groups; group 2 absent from the first."""

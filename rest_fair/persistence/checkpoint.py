@@ -323,7 +323,7 @@ def _differences(saved: dict[str, Any], current: dict[str, Any], neutral: Mappin
                 continue
             resumes = (_RESUMES_WITH.format(setting=path.removeprefix("params."),
                                             neutral=neutral[path])
-                       if path in neutral else "")
+                       if path in neutral and path.startswith("params.") else "")
             details.append(_PREDATES.format(path=path, after=after, resumes=resumes))
         elif key not in current:
             details.append(_UNKNOWN.format(path=path, before=saved[key]))

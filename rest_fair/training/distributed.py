@@ -78,7 +78,8 @@ INDIVISIBLE_BATCH = (
 )
 TOO_FEW_SAMPLES = (
     "{n_samples} training samples cannot be shared by {world_size} ranks: every rank "
-    "needs at least one sample of every batch."
+    "needs at least one sample of every batch (samples of sample_weight 0 are not trained "
+    "on, and not counted)."
 )
 RANK_FAILED = (
     "distributed fit failed on rank {rank} of {world_size}: a collective operation with "
@@ -581,7 +582,7 @@ class DistributedContext(LocalContext):
         """
         from torch.nn.parallel import DistributedDataParallel
 
-        check_world(parts.train.source.n_samples, parts.batch_size, self.world_size)
+        check_world(parts.train.sampler.n_samples, parts.batch_size, self.world_size)
         sparsity = parts.sparsity
         if sparsity is not None:
             masks = sparsity.masks

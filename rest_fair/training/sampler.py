@@ -4,7 +4,10 @@ With reweighting by sampler, an epoch draws as many samples as the training set 
 replacement, each in proportion to its weight (so a group of weight ``lambda`` is drawn
 ``lambda`` times as often as a group of weight 1); otherwise it is a random permutation.
 Either is cut to :func:`n_batches` batches: a trailing batch of one sample per rank is
-dropped. The order comes from one explicit CPU generator, so processes that share the
+dropped. Where only some samples may be visited (``rows``: those of positive sample weight),
+the epoch is that of the training set made of those samples alone, drawn from the same
+generator, so a sample of weight 0 is never drawn and the epoch is as long as the others
+make it. The order comes from one explicit CPU generator, so processes that share the
 seed draw the same order. In a data-parallel fit every rank draws the same global order
 and keeps its slice of every global batch (:func:`rest_fair.training.distributed.shard_order`),
 so the union of all ranks' draws is the order of one process, less at most
@@ -49,6 +52,10 @@ class EpochSampler:
     rank, world_size : int, default=0, 1
         This process's rank among ``world_size`` data-parallel ranks; ``batch_size`` is
         then the global batch, a multiple of ``world_size``.
+    rows : ndarray of int or None, default=None
+        The samples an epoch visits (increasing indices), or ``None`` for all of them;
+        ``weights`` are still given for all ``n_samples``, and the attribute ``n_samples``
+        (an epoch's length) is ``len(rows)``.
     """
 
     def __init__(
@@ -60,10 +67,12 @@ class EpochSampler:
         *,
         rank: int = 0,
         world_size: int = 1,
+        rows: np.ndarray | None = None,
     ) -> None:
-        self.n_samples = int(n_samples)
+        self.rows = None if rows is None else torch.as_tensor(rows, dtype=torch.long)
+        self.n_samples = int(n_samples) if rows is None else len(rows)
         self.batch_size = int(batch_size)
-        self.weights = weights
+        self.weights = weights if weights is None or rows is None else weights[rows]
         self.generator = generator
         self.rank = int(rank)
         self.world_size = int(world_size)
@@ -75,7 +84,8 @@ class EpochSampler:
             order = torch.randperm(self.n_samples, generator=self.generator)
         else:
             order = draw_indices(self.weights, self.n_samples, generator=self.generator)
-        return order[: self.steps_per_epoch * self.batch_size]
+        order = order[: self.steps_per_epoch * self.batch_size]
+        return order if self.rows is None else self.rows[order]
 
     def epoch_order(self) -> torch.Tensor:
         """Sample indices this process visits in the next epoch, batch after batch."""

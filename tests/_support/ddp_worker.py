@@ -75,6 +75,7 @@ class Record(Callback):
     def on_train_begin(self, net, *, run, **kwargs):
         self.forward_module = type(run.parts.forward_module).__name__
         self.train_groups = run.parts.train.groups.clone()
+        self.loss_weights = run.parts.train.loss_weights
 
     def on_topology_update(self, net, *, step, n_regrown, **kwargs):
         self.updates.append((step, {k: digest(v) for k, v in net.masks_.items()}))
@@ -188,9 +189,12 @@ def scenario_weighted(log: DrawLog, out: Path, distributed) -> dict:
     """Uneven sample weights: the held-out rows are validated with theirs."""
     X, y, g = TRAIN
     record = Record()
+    log.reset()
     clf = RESTClassifier(**PARAMS, callbacks=[record], distributed=distributed).fit(
         X, y, groups=g, sample_weight=sample_weights(len(y)))
-    return {**_summary(clf), "best_epoch": clf.best_epoch_, "updates": record.updates}
+    return {**_summary(clf), "best_epoch": clf.best_epoch_, "updates": record.updates,
+            "loss_weights": record.loss_weights, "local_orders": list(log.local),
+            "global_orders": list(log.glob)}
 
 
 class Preempt(Callback):

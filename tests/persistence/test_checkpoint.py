@@ -758,6 +758,29 @@ def test_a_checkpoint_from_before_a_parameter_is_refused_with_another_value(tmp_
     assert (tmp_path / ckpt_format.MANIFEST).read_text() == manifest
 
 
+def test_a_run_with_samples_of_weight_zero_resumes_bitwise_and_refuses_older_checkpoints(
+        tmp_path):
+    X, y, g = _data()
+    weight = np.where(np.arange(len(y)) % 3 == 0, 0.0, 1.0)
+    params = {**COMMON, "max_epochs": 3, "upweight": "balanced"}
+    with pytest.raises(KeyboardInterrupt):
+        RESTClassifier(**params, callbacks=[_StopAt(3), Checkpoint(tmp_path)]).fit(
+            X, y, groups=g, sample_weight=weight)
+    resumed = RESTClassifier(**params).fit(X, y, groups=g, sample_weight=weight,
+                                           resume_from=tmp_path)
+    whole = RESTClassifier(**params).fit(X, y, groups=g, sample_weight=weight)
+    assert resumed.n_train_steps_ == whole.n_train_steps_
+    assert np.array_equal(resumed.predict_proba(X), whole.predict_proba(X))
+    # an older release drew and weighed these samples otherwise: its checkpoint is refused
+    _edit_fingerprint(tmp_path, _without("weighted_counts"))
+    with pytest.raises(CheckpointError, match=r"different run.*weighted_counts was not "
+                                              r"recorded, now True: the checkpoint predates "
+                                              r"weighted_counts \(an older rest_fair wrote "
+                                              r"it\)\. Resume"):
+        RESTClassifier(**params).fit(X, y, groups=g, sample_weight=weight,
+                                     resume_from=tmp_path)
+
+
 def test_a_checkpoint_without_an_entry_that_has_no_neutral_value_is_refused(tmp_path):
     X, y, g = _interrupted(tmp_path)
     _edit_fingerprint(tmp_path, _without("params.lr"))

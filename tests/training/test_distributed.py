@@ -354,6 +354,18 @@ def test_weighted_validation_over_ranks_is_the_one_process_validation(two_ranks,
     np.testing.assert_allclose(ddp["logits"], one["logits"], atol=1e-4)
 
 
+def test_ranks_never_draw_a_training_sample_of_weight_zero(two_ranks, one_process):
+    """The ranks share the one-process order of the samples of positive weight."""
+    rank0, rank1 = two_ranks["weighted"]
+    weights = rank0["loss_weights"]
+    assert torch.equal(weights, one_process["weighted"]["loss_weights"])
+    assert (weights == 0).sum() > 50
+    for epoch, single in enumerate(one_process["weighted"]["global_orders"]):
+        union = torch.cat([rank0["local_orders"][epoch], rank1["local_orders"][epoch]])
+        assert sorted(union.tolist()) == sorted(single.tolist())
+        assert bool((weights[union] > 0).all())
+
+
 def test_groupdro_weights_identical_and_close_to_one_process(two_ranks, one_process):
     rank0, rank1 = two_ranks["groupdro"]
     np.testing.assert_array_equal(rank0["q"], rank1["q"])
