@@ -40,6 +40,7 @@ from .jtt import identify_errors, overlap_report
 from .models import build_module
 from .persistence.checkpoint import has_checkpoint, read_checkpoint, saved_fingerprint
 from .reweighting import cell_weights, minority_mask, sample_weights_for
+from .sparse.modules import set_submodule
 from .training import (
     EpochSampler,
     EvalSet,
@@ -664,9 +665,15 @@ def _is_fitted_attribute(name: str) -> bool:
 
 @contextlib.contextmanager
 def _restored_on_error(est: Any, warm: bool) -> Iterator[None]:
-    """Put back ``est``'s fitted attributes (and a warm start's weights) if the block raises."""
+    """Put back ``est``'s fitted attributes (and a warm start's network) if the block raises.
+
+    A warm start trains the fitted network in place, and sparse compute swaps some of its
+    layers for CSR ones while it trains: the layers and a copy of the weights are kept, so
+    that a run stopped anywhere, also between those swaps and its training loop, leaves
+    the network as it was.
+    """
     fitted = {k: v for k, v in vars(est).items() if _is_fitted_attribute(k)}
-    # a warm start trains the fitted network in place: keep a copy of its weights
+    layers = dict(est.module_.named_modules()) if warm else {}
     weights = ({k: v.detach().to("cpu", copy=True) for k, v in est.module_.state_dict().items()}
                if warm else None)
     try:
@@ -675,7 +682,14 @@ def _restored_on_error(est: Any, warm: bool) -> Iterator[None]:
         for key in [k for k in vars(est) if k not in fitted and _is_fitted_attribute(k)]:
             delattr(est, key)
         vars(est).update(fitted)
+        for name, layer in layers.items():  # parents first: a restored parent has its children
+            if name and est.module_.get_submodule(name) is not layer:
+                set_submodule(est.module_, name, layer)
         if weights is not None:
+            current = est.module_.state_dict(keep_vars=True)
+            for key, saved in weights.items():  # a swapped layer's dense weight was emptied
+                if current[key].shape != saved.shape:
+                    current[key].data = current[key].data.new_empty(saved.shape)
             est.module_.load_state_dict(weights)
             est.module_.eval()
         raise

@@ -820,6 +820,21 @@ def test_a_warm_start_whose_first_hook_raises_keeps_the_dense_network(data):
     assert len(clf.history_) == 2
 
 
+def test_a_refused_warm_start_keeps_the_dense_network(data):
+    X, y, g = data
+    clf = _clf(max_epochs=1, sparsity=0.95, sparse_compute="csr", warm_start=True,
+               module_params={"hidden_layer_sizes": (64, 64)}).fit(X, y, groups=g)
+    layers = [type(m) for m in clf.module_.modules()]
+    proba = clf.predict_proba(X)
+    # refused when the optimizer is made, after the layers were swapped for CSR ones
+    with pytest.raises(ValueError, match="too large for optimizer='adam'"):
+        clf.set_params(optimizer="adam", lr=1e38).fit(X, y, groups=g)
+    assert [type(m) for m in clf.module_.modules()] == layers
+    assert np.array_equal(clf.predict_proba(X), proba)
+    clf.set_params(optimizer="sgd", lr=0.05).fit(X, y, groups=g)  # and it still continues
+    assert len(clf.history_) == 2
+
+
 def test_one_callback_instance_given_twice_is_refused(data):
     X, y, _ = data
     stop = EarlyStopping(monitor="valid_acc", patience=4)
