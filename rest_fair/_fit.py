@@ -256,7 +256,6 @@ def _hold_out(data: FitData, fraction: float, seed: int, world: LocalContext,
 def _named(labels: list, counts: dict | None = None, most: int = 5) -> str:
     """The first ``most`` group labels (with their counts), and how many more there are."""
     def name(label: Any) -> str:
-        label = label.item() if isinstance(label, np.generic) else label
         return repr(label) if counts is None else f"{label!r} ({counts[label]})"
     more = f", and {len(labels) - most} more" if len(labels) > most else ""
     return ", ".join(name(label) for label in labels[:most]) + more

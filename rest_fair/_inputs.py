@@ -28,12 +28,11 @@ from .text import fit_text_input, text_input
 
 __all__ = ["FitData", "check_inputs", "check_sample_weight", "check_x", "encode_groups", "take"]
 
-BAD_GROUP_VALUES = "{what} must not contain missing values (NaN/None); found {count}."
+MISSING_VALUES = "{what} must not contain missing values (NaN/None); found {count}."
 BAD_GROUPS_TYPE = (
     "groups must hold one label per sample (an array, a list, a Series, a DataFrame or a "
     "dict of columns); got the string {value!r}."
 )
-BAD_LABEL_VALUES = "{what} must not contain missing values (NaN/None); found {count}."
 MIXED_LABELS = (
     "{what} mixes strings with labels of other types ({types}); the labels must be all "
     "strings or all numbers."
@@ -224,7 +223,7 @@ def _check_label_values(y: Any, what: str) -> None:
         return
     missing = pd.isna(labels)
     if missing.any():
-        raise ValueError(BAD_LABEL_VALUES.format(what=what, count=int(missing.sum())))
+        raise ValueError(MISSING_VALUES.format(what=what, count=int(missing.sum())))
     if labels.dtype == object:
         strings = np.fromiter((isinstance(v, str) for v in labels), bool, len(labels))
         if strings.any() and not strings.all():
@@ -426,13 +425,13 @@ or dict of columns
         else:
             if frame.isna().to_numpy().any():
                 count = int(frame.isna().sum().sum())
-                raise ValueError(BAD_GROUP_VALUES.format(what=what, count=count))
+                raise ValueError(MISSING_VALUES.format(what=what, count=count))
             series = pd.Series(list(frame.itertuples(index=False, name=None)))
     elif isinstance(groups, list) and groups and isinstance(groups[0], (list, tuple)):
         rows = [tuple(g) for g in groups]  # ragged: rows of different lengths
         missing = sum(bool(pd.isna(v)) for row in rows for v in row)
         if missing:
-            raise ValueError(BAD_GROUP_VALUES.format(what=what, count=missing))
+            raise ValueError(MISSING_VALUES.format(what=what, count=missing))
         series = pd.Series(rows)
     else:
         series = pd.Series(np.asarray(groups, dtype=object).ravel()
@@ -441,7 +440,7 @@ or dict of columns
         raise ValueError(BAD_LENGTH.format(what=what, got=len(series), n=n_samples))
     missing = int(series.isna().sum())
     if missing:
-        raise ValueError(BAD_GROUP_VALUES.format(what=what, count=missing))
+        raise ValueError(MISSING_VALUES.format(what=what, count=missing))
     uniques = list(pd.unique(series))
     try:
         uniques = sorted(uniques)

@@ -47,20 +47,8 @@ def _group_adjustment(n_groups: int, adjustment: float, group_sizes: torch.Tenso
                       *, device: torch.device) -> torch.Tensor:
     """``adjustment / sqrt(n_g)`` of every group (0 for an empty group), as float32.
 
-    Parameters
-    ----------
-    n_groups : int
-    adjustment : float
-        ``C``, finite and ``>= 0``.
-    group_sizes : Tensor of shape (n_groups,) or None
-        ``n_g``, finite and ``>= 0``; may be ``None`` when ``adjustment`` is 0.
-    device : torch.device
-
-    Raises
-    ------
-    ValueError
-        If ``adjustment`` is negative or not finite, or ``group_sizes`` is missing (with
-        ``adjustment > 0``), of another length than ``n_groups``, negative or not finite.
+    Refuses an ``adjustment`` that is negative or not finite, and ``group_sizes`` missing
+    (with ``adjustment > 0``) or other than ``n_groups`` finite counts ``>= 0``.
     """
     if not math.isfinite(adjustment) or adjustment < 0:
         raise ValueError(BAD_ADJUSTMENT.format(value=adjustment))

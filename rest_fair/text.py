@@ -180,9 +180,7 @@ def validate_text_xy(X: Any, y: Any, module: Any,
     -------
     (TokenizedText, ndarray)
     """
-    if not _is_hf(module):
-        raise ValueError(TEXT_NEEDS_HF.format(module=_module_name(module)))
-    tokens = check_text_input(X, module, module_params)
+    tokens = check_text_input(X, module, module_params)  # refuses a module not "hf:..."
     if len(tokens) == 0:
         raise ValueError(EMPTY_TEXT)
     y = column_or_1d(np.asarray(y), warn=True)
