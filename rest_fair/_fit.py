@@ -431,7 +431,8 @@ def _train_set(train: FitData, *, upweight: Any, reweight: str, batch_size: int,
     A training sample of ``sample_weight`` 0 is absent from training, as if removed: the
     cell weights count sample weights (:func:`~rest_fair.reweighting.cell_weights`), the
     sampler never visits it, and the loss weights have mean 1 over the other samples, so
-    that an epoch and its expected loss are those of the training set without it.
+    that an epoch and its expected loss are those of the training set without it. So is a
+    sample of a cell that ``upweight`` weighs 0, with either ``reweight``.
     """
     if isinstance(upweight, Mapping) and not train.has_groups:
         raise ValueError(DICT_WITHOUT_GROUPS.format(keys=", ".join(map(repr, upweight))))
@@ -440,15 +441,14 @@ def _train_set(train: FitData, *, upweight: Any, reweight: str, batch_size: int,
     if not any(w > 0 for w in weights.values()):  # the cells of samples of positive weight
         raise ValueError(NO_TRAINING_WEIGHT)
     per_sample = sample_weights_for(train.y, train.groups, weights)
-    present = train.sample_weight > 0
-    counted = present & (per_sample > 0)  # drawn or weighted: in some loss
-    rows = None if np.all(present) else np.flatnonzero(present)
+    counted = (train.sample_weight > 0) & (per_sample > 0)  # in some loss: visited
+    rows = None if np.all(counted) else np.flatnonzero(counted)
     loss_w = train.sample_weight * (per_sample if reweight == "loss" else 1.0)
     visited = loss_w if rows is None else loss_w[rows]  # mean 1 over the samples visited
     uniform = bool(np.all(visited == visited[0]))
     if not uniform:
         loss_w = np.zeros_like(loss_w)
-        loss_w[present] = _unit_mean(visited)
+        loss_w[counted] = _unit_mean(visited)
     draw = per_sample if reweight == "sampler" and len(set(weights.values())) > 1 else None
     source = make_source(train.X, device=world.device, num_workers=num_workers)
     return TrainSet(
@@ -460,7 +460,7 @@ def _train_set(train: FitData, *, upweight: Any, reweight: str, batch_size: int,
         sampler=EpochSampler(source.n_samples, batch_size, draw, generator,
                              rank=world.rank, world_size=world.world_size, rows=rows),
         # GroupDRO's n_g: the training samples of each group that some loss can count (a
-        # group that upweight weighs 0 is never drawn nor weighted, like one held out)
+        # group that upweight weighs 0 is never visited, like one held out)
         group_sizes=torch.as_tensor(np.bincount(train.groups[counted],
                                                 minlength=len(train.group_labels))),
     ), weights

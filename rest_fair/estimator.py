@@ -173,7 +173,8 @@ class RESTClassifier(ClassifierMixin, BaseEstimator):
         Minority reweighting. ``None``: none. ``"balanced"``: every group is drawn equally
         often. A float ``lambda``: within each class the most frequent group is the aligned
         one and every other group of that class is drawn ``lambda`` times as often. A dict
-        maps every group to its weight. Group sizes (``"balanced"``) and the most
+        maps every group to its weight; a group it weighs 0 is left out of training, as if
+        removed, with either ``reweight``. Group sizes (``"balanced"``) and the most
         frequent group (``lambda``) count the samples' ``sample_weight``, as scikit-learn's
         ``compute_class_weight("balanced", sample_weight=...)``: a sample of weight 0 counts
         as absent, one of weight ``k`` as ``k`` copies.

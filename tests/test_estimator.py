@@ -397,23 +397,27 @@ def test_epochs_draw_every_cell_in_proportion_to_its_weight(monkeypatch, upweigh
     params = dict(upweight=upweight, validation_fraction=0.0, max_epochs=60, batch_size=200,
                   sparsity=0.0, module_params={"hidden_layer_sizes": (4,)})
     clf = _clf(**params).fit(X, y, groups=g)
-    assert [len(o) for o in orders] == [600] * 60  # an epoch draws as many as there are
     cells = y * 3 + g
+    cell_weight = np.array([clf.group_weights_.get((c, k), 0.0)
+                            for c in range(3) for k in range(3)])
+    # an epoch draws as many as there are samples of a positive weight (a group weighed 0
+    # is left out)
+    assert [len(o) for o in orders] == [np.count_nonzero(cell_weight[cells])] * 60
     drawn = np.bincount(cells[np.concatenate(orders)], minlength=9)
-    weight = np.array([clf.group_weights_.get((c, k), 0.0) for c in range(3) for k in range(3)])
-    share = np.bincount(cells, minlength=9) * weight
+    share = np.bincount(cells, minlength=9) * cell_weight
     expected = share / share.sum() * drawn.sum()
     assert np.all(drawn[expected == 0] == 0)
     assert stats.chisquare(drawn[expected > 0], expected[expected > 0]).pvalue > 1e-3
     if upweight == 5.0:  # the minority of a class is its less frequent group
         assert clf.group_weights_ == {(0, 0): 1.0, (0, 1): 5.0, (1, 1): 1.0, (1, 2): 5.0,
                                       (2, 2): 1.0}
-    # a sample of weight 0 is never drawn: an epoch draws as many as weigh more (in whole
-    # batches)
+    # a sample of weight 0 is never drawn: an epoch draws as many as weigh more (less a
+    # trailing batch of one sample)
     orders.clear()
     weight = rng.choice([0.0, 1.0, 3.0], 600)
     _clf(**params).fit(X, y, groups=g, sample_weight=weight)
-    drawn_per_epoch = training.n_batches(np.count_nonzero(weight), 200) * 200
+    n_drawn = np.count_nonzero((weight > 0) & (cell_weight[cells] > 0))
+    drawn_per_epoch = min(n_drawn, training.n_batches(n_drawn, 200) * 200)
     assert [len(o) for o in orders] == [drawn_per_epoch] * 60
     assert np.all(weight[np.concatenate(orders)] > 0)
 
@@ -449,6 +453,36 @@ def test_a_sample_of_weight_zero_trains_as_if_removed(monkeypatch, upweight, rew
     assert clf.group_weights_ == removed.group_weights_
     assert all(np.array_equal(a, b) for a, b in zip(orders, expected, strict=True))
     np.testing.assert_array_equal(clf.predict_proba(X), removed.predict_proba(X))
+
+
+@pytest.mark.parametrize("reweight", ["loss", "sampler"])
+def test_a_group_that_upweight_weighs_zero_is_never_visited(monkeypatch, reweight):
+    # group 0 weighs 0: its samples are in no loss, so no epoch visits them; with loss
+    # weighting the fit is the one without them
+    rng = np.random.RandomState(2)
+    y = rng.randint(0, 2, 300)
+    g = rng.randint(0, 2, 300)
+    X = (rng.randn(300, 5) + y[:, None]).astype(np.float32)
+    kept = np.flatnonzero(g == 1)
+    orders = []
+    real = training.EpochSampler.global_order
+
+    def spy(self):
+        order = real(self)
+        orders.append(order.numpy().copy())
+        return order
+
+    monkeypatch.setattr(training.EpochSampler, "global_order", spy)
+    params = dict(reweight=reweight, validation_fraction=0.0, max_epochs=3, sparsity=0.5)
+    clf = _clf(upweight={0: 0.0, 1: 1.0}, **params).fit(X, y, groups=g)
+    assert [len(o) for o in orders] == [len(kept)] * 3
+    assert np.all(g[np.concatenate(orders)] == 1)
+    if reweight == "loss":
+        visited = [o.copy() for o in orders]
+        orders.clear()
+        removed = _clf(upweight={1: 1.0}, **params).fit(X[kept], y[kept], groups=g[kept])
+        assert all(np.array_equal(a, kept[b]) for a, b in zip(visited, orders, strict=True))
+        np.testing.assert_array_equal(clf.predict_proba(X), removed.predict_proba(X))
 
 
 def test_loss_reweighting_uses_weights_not_sampler(data, monkeypatch):
