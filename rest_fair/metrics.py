@@ -114,7 +114,10 @@ def group_accuracies(y_true: ArrayLike, y_pred: ArrayLike, groups: ArrayLike, *,
     if sample_weight is None:
         counts = np.bincount(codes, minlength=len(labels))
     else:
-        weights = _check_weights(sample_weight, len(y_true))
+        weights = np.asarray(sample_weight, dtype=np.float64)
+        if weights.shape != (len(y_true),) or not np.all(np.isfinite(weights)) \
+                or np.any(weights < 0):
+            raise ValueError(_BAD_WEIGHTS.format(n=len(y_true), shape=weights.shape))
         counts = np.bincount(codes, weights=weights, minlength=len(labels))
         if np.any(counts <= 0):
             raise ValueError(_ZERO_WEIGHT_GROUPS.format(
@@ -224,14 +227,6 @@ def make_worst_group_scorer(*, sample_weight: bool | None = None) -> Any:
         raise ValueError(_BAD_SCORER_WEIGHT.format(value=sample_weight))
     return make_scorer(worst_group_accuracy_score).set_score_request(
         groups=True, sample_weight=None if sample_weight is None else bool(sample_weight))
-
-
-def _check_weights(sample_weight: ArrayLike, n: int) -> np.ndarray:
-    """``sample_weight`` as float64, refused unless it is ``n`` finite, non-negative weights."""
-    weights = np.asarray(sample_weight, dtype=np.float64)
-    if weights.shape != (n,) or not np.all(np.isfinite(weights)) or np.any(weights < 0):
-        raise ValueError(_BAD_WEIGHTS.format(n=n, shape=weights.shape))
-    return weights
 
 
 def _factorize(values: np.ndarray) -> tuple[np.ndarray, list]:
