@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 from rest_fair import RESTClassifier
 from rest_fair.callbacks import Callback, Checkpoint
@@ -321,6 +322,47 @@ def scenario_callback_error(log: DrawLog, out: Path, distributed) -> dict:
     return {"error": None}
 
 
+#: each training forward's dropout mask of :class:`DropoutNet`, in this process
+DROPOUT_MASKS: list = []
+
+
+class DropoutNet(nn.Module):
+    """A hidden layer with dropout; records the positions each training forward kept."""
+
+    def __init__(self, input_shape, n_classes):
+        super().__init__()
+        self.hidden = nn.Linear(int(np.prod(input_shape)), 32)
+        self.drop = nn.Dropout(0.5)
+        self.out = nn.Linear(32, n_classes)
+
+    def forward(self, x):
+        h = self.drop(self.hidden(x))
+        if self.training:
+            DROPOUT_MASKS.append(h.detach() != 0)
+        return self.out(torch.relu(h))
+
+
+def scenario_dropout(log: DrawLog, out: Path, distributed) -> dict:
+    """A network with dropout: trained whole, and interrupted after epoch 2 and resumed."""
+    X, y, g = TRAIN
+    params = {**PARAMS, "module": DropoutNet, "module_params": None}
+    DROPOUT_MASKS.clear()
+    whole = RESTClassifier(**params, distributed=distributed).fit(X, y, groups=g)
+    drawn = list(DROPOUT_MASKS)
+    directory = out / "dropout-checkpoints"
+    try:
+        RESTClassifier(**params, callbacks=[Checkpoint(directory), Preempt()],
+                       distributed=distributed).fit(X, y, groups=g)
+    except KeyboardInterrupt:
+        pass
+    DROPOUT_MASKS.clear()
+    resumed = RESTClassifier(**params, callbacks=[Checkpoint(directory)],
+                             distributed=distributed).fit(X, y, groups=g,
+                                                          resume_from=directory)
+    return {**_summary(whole), "drawn": drawn, "resumed": _summary(resumed),
+            "resumed_drawn": list(DROPOUT_MASKS)}
+
+
 SCENARIOS = {
     "rest": scenario_rest,
     "groupdro": scenario_groupdro,
@@ -333,6 +375,7 @@ SCENARIOS = {
     "different_data": scenario_different_data,
     "different_validation": scenario_different_validation,
     "callback_error": scenario_callback_error,
+    "dropout": scenario_dropout,
 }
 
 
