@@ -231,11 +231,12 @@ def scenario_resume(log: DrawLog, out: Path, distributed) -> dict:
     return {**_summary(clf), "writes": writes}
 
 
-def interrupted_fit(directory: Path, distributed) -> None:
-    """A fit with checkpoints that is stopped at the start of epoch 3."""
+def interrupted_fit(directory: Path, distributed, **params) -> None:
+    """A fit (of :data:`PARAMS` updated by ``params``) with checkpoints that is stopped at
+    the start of epoch 3."""
     X, y, g = TRAIN
     try:
-        RESTClassifier(**PARAMS, callbacks=[Checkpoint(directory), Preempt()],
+        RESTClassifier(**{**PARAMS, **params}, callbacks=[Checkpoint(directory), Preempt()],
                        distributed=distributed).fit(X, y, groups=g)
     except KeyboardInterrupt:
         pass
@@ -342,25 +343,33 @@ class DropoutNet(nn.Module):
         return self.out(torch.relu(h))
 
 
+#: the parameters of the fits of :class:`DropoutNet`
+DROPOUT_PARAMS = {"module": DropoutNet, "module_params": None}
+
+
 def scenario_dropout(log: DrawLog, out: Path, distributed) -> dict:
-    """A network with dropout: trained whole, and interrupted after epoch 2 and resumed."""
+    """A network with dropout: trained whole; interrupted after epoch 2 and resumed; and
+    resumed from the checkpoint of one process."""
     X, y, g = TRAIN
-    params = {**PARAMS, "module": DropoutNet, "module_params": None}
+    params = {**PARAMS, **DROPOUT_PARAMS}
     DROPOUT_MASKS.clear()
     whole = RESTClassifier(**params, distributed=distributed).fit(X, y, groups=g)
-    drawn = list(DROPOUT_MASKS)
+    result = {**_summary(whole), "drawn": list(DROPOUT_MASKS)}
     directory = out / "dropout-checkpoints"
-    try:
-        RESTClassifier(**params, callbacks=[Checkpoint(directory), Preempt()],
-                       distributed=distributed).fit(X, y, groups=g)
-    except KeyboardInterrupt:
-        pass
+    interrupted_fit(directory, distributed, **DROPOUT_PARAMS)
     DROPOUT_MASKS.clear()
     resumed = RESTClassifier(**params, callbacks=[Checkpoint(directory)],
                              distributed=distributed).fit(X, y, groups=g,
                                                           resume_from=directory)
-    return {**_summary(whole), "drawn": drawn, "resumed": _summary(resumed),
-            "resumed_drawn": list(DROPOUT_MASKS)}
+    result.update(resumed=_summary(resumed), resumed_drawn=list(DROPOUT_MASKS))
+    single = out / "dropout-one-process-checkpoint"
+    if rank() == 0:  # written by one process, resumed by the two ranks
+        interrupted_fit(single, False, **DROPOUT_PARAMS)
+    torch.distributed.barrier()
+    DROPOUT_MASKS.clear()
+    RESTClassifier(**params, distributed=distributed).fit(X, y, groups=g, resume_from=single)
+    result["other_world_drawn"] = list(DROPOUT_MASKS)
+    return result
 
 
 SCENARIOS = {
