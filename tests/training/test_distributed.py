@@ -181,6 +181,24 @@ def test_one_process_is_a_world_of_one():
     world.check_masks(None, when="now")
 
 
+def test_each_rank_gets_its_own_stream_of_the_global_generator():
+    """Rank 0 (one process) keeps its stream; rank r > 0 gets one from the seed and r."""
+    def draws(rank: int, seed: int) -> torch.Tensor:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            LocalContext(rank=rank, world_size=4).seed_own_stream(seed)
+            return torch.rand(64)
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(7)
+        one_process = torch.rand(64)
+    assert torch.equal(draws(0, 7), one_process)
+    streams = [draws(rank, 7) for rank in range(4)]
+    assert torch.equal(streams[2], draws(2, 7))  # derived, not drawn
+    assert not torch.equal(streams[2], draws(2, 8))
+    assert len({tuple(s.tolist()) for s in streams}) == 4
+
+
 def test_global_groupdro_is_deprecated():
     obj = GroupDROObjective(2, eta=0.1, device=torch.device("cpu"))
     with pytest.warns(FutureWarning, match="GlobalGroupDRO is deprecated"):
