@@ -570,6 +570,7 @@ def _built_run(est: Any, data: FitData, config: TrainConfig, callbacks: list, *,
                 state=TrainState(history=list(est.history_), epoch_offset=len(est.history_))
                 if warm else None,
                 extra={} if errors is None else {"jtt_errors": torch.as_tensor(errors)})
+            world.seed_own_stream(seed)  # what draws while training draws per rank
             if checkpoint:
                 run.load_state_dict(checkpoint)
             yield _Built(run, train_idx, weights, errors)

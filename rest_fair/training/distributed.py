@@ -426,6 +426,24 @@ class LocalContext:
     def prepare(self, parts: Any) -> None:
         """Turn one process's :class:`TrainingParts` into this rank's."""
 
+    def seed_own_stream(self, seed: int) -> None:
+        """Give this rank a stream of torch's global generators of its own.
+
+        Called once everything the ranks share is built from the generators seeded with
+        ``seed``, so that what draws from them while training (dropout, a Dataset's random
+        transforms) draws independently on every rank. Rank 0, and so one process, keeps
+        the stream it has: the draws of one process are unchanged. Rank ``r > 0`` seeds
+        torch's CPU generator, and the CUDA generator of its device, from
+        ``numpy.random.SeedSequence(seed, spawn_key=(r,))``.
+        """
+        if self.rank == 0:
+            return
+        own = int(np.random.SeedSequence(seed, spawn_key=(self.rank,)).generate_state(
+            1, np.uint64)[0])
+        torch.default_generator.manual_seed(own)
+        if self.device.type == "cuda":
+            torch.cuda.default_generators[self.device.index or 0].manual_seed(own)
+
     # -- built on the collectives --------------------------------------------------------
     def any(self, flag: bool) -> bool:
         """Whether ``flag`` is true on any rank."""

@@ -454,8 +454,15 @@ class TrainingRun:
 
     # ----------------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to continue this run exactly (plain containers and tensors)."""
+        """Everything needed to continue this run exactly (plain containers and tensors).
+
+        Every rank's state of torch's global generators (its own stream, see
+        :meth:`~rest_fair.training.distributed.LocalContext.seed_own_stream`) is gathered
+        into ``"torch_rngs"`` (and ``"cuda_rngs"``), a row per rank; ``"torch_rng"`` and
+        ``"cuda_rng"`` are rank 0's. In a data-parallel fit every rank must call it.
+        """
         p = self.parts
+        torch_rngs = p.world.all_gather(torch.get_rng_state())
         state = {
             "train_state": self.state.state_dict(),
             "module": p.module.state_dict(),
@@ -468,16 +475,24 @@ class TrainingRun:
             "sparse_compute_layers": list(getattr(p.sparsity, "converted", ())),
             "precision": p.precision.state_dict(),
             "generator": self.generator.get_state(),
-            "torch_rng": torch.get_rng_state(),
+            "torch_rng": torch_rngs[0],
+            "torch_rngs": torch_rngs,
             "callbacks": self._callback_states(),
             "extra": self.extra,
         }
         if p.device.type == "cuda":
-            state["cuda_rng"] = torch.cuda.get_rng_state(p.device)
+            cuda_rngs = p.world.all_gather(torch.cuda.get_rng_state(p.device))
+            state["cuda_rng"], state["cuda_rngs"] = cuda_rngs[0], cuda_rngs
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict` (callback states are restored when the loop starts)."""
+        """Restore :meth:`state_dict` (callback states are restored when the loop starts).
+
+        Each rank takes its own row of the saved generator states. A rank that the saving
+        run did not have (it ran on fewer ranks), or any rank but 0 of a checkpoint written
+        before the states were kept per rank, keeps the stream it was given when the run was
+        built: a fresh one, derived from the seed and its rank.
+        """
         p = self.parts
         # masks first: a sparse-compute layer reads its weights at its current pattern
         if p.sparsity is not None:
@@ -490,9 +505,13 @@ class TrainingRun:
             p.objective.load_state_dict(state["objective"])
         p.precision.load_state_dict(state["precision"])
         self.generator.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
-        if "cuda_rng" in state and p.device.type == "cuda":
-            torch.cuda.set_rng_state(state["cuda_rng"], p.device)
+        rank = p.world.rank
+        own = _own_rng(state, "torch_rng", rank)
+        if own is not None:
+            torch.set_rng_state(own)
+        own = _own_rng(state, "cuda_rng", rank)
+        if own is not None and p.device.type == "cuda":
+            torch.cuda.set_rng_state(own, p.device)
         self.state = TrainState.from_state_dict(state["train_state"])
         # a checkpoint written at the best epoch holds the best weights and masks once, in
         # storage shared with the current ones, which become live: the best copy gets its own
@@ -507,15 +526,16 @@ class TrainingRun:
     def save_checkpoint(self, dirname: Any, *, keep: int = 2) -> None:
         """Write the run's state to ``dirname`` (see :mod:`rest_fair.persistence.checkpoint`).
 
-        In a data-parallel fit only rank 0 writes (every rank holds the same state). At the
-        best epoch the file holds the weights and masks once: the best ones are written as
-        the current ones where they are bitwise equal (:func:`torch.save` writes a storage
-        once), and :meth:`load_state_dict` gives them storage of their own again.
+        In a data-parallel fit every rank must call it, as the ``Checkpoint`` callback
+        does (:meth:`state_dict` gathers the ranks' random states), and rank 0 writes. At
+        the best epoch the file holds the weights and masks once: the best ones are written
+        as the current ones where they are bitwise equal (:func:`torch.save` writes a
+        storage once), and :meth:`load_state_dict` gives them storage of their own again.
         """
+        state = self.state_dict()
         if not self.parts.world.is_main:
             return
         s = self.state
-        state = self.state_dict()
         if s.best_epoch == s.epoch_offset + s.epoch:
             state = _best_as_current(state)
         write_checkpoint(dirname, state, epoch=s.epoch_offset + s.epoch,
@@ -547,6 +567,15 @@ class TrainingRun:
         left = sorted(set(states) - set(keys))
         if left:
             warnings.warn(CALLBACK_STATES_LEFT.format(keys=left), UserWarning, stacklevel=2)
+
+
+def _own_rng(state: Mapping[str, Any], key: str, rank: int) -> torch.Tensor | None:
+    """``rank``'s saved state of a global generator: its row of ``key + "s"``, or in a
+    checkpoint written before those rows, ``key`` for rank 0; None where there is none."""
+    rows = state.get(key + "s")
+    if rows is None:
+        return state.get(key) if rank == 0 else None
+    return rows[rank].clone() if rank < len(rows) else None
 
 
 def _best_as_current(state: dict[str, Any]) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 from rest_fair import RESTClassifier
 from rest_fair.callbacks import Callback, Checkpoint
@@ -230,11 +231,12 @@ def scenario_resume(log: DrawLog, out: Path, distributed) -> dict:
     return {**_summary(clf), "writes": writes}
 
 
-def interrupted_fit(directory: Path, distributed) -> None:
-    """A fit with checkpoints that is stopped at the start of epoch 3."""
+def interrupted_fit(directory: Path, distributed, **params) -> None:
+    """A fit (of :data:`PARAMS` updated by ``params``) with checkpoints that is stopped at
+    the start of epoch 3."""
     X, y, g = TRAIN
     try:
-        RESTClassifier(**PARAMS, callbacks=[Checkpoint(directory), Preempt()],
+        RESTClassifier(**{**PARAMS, **params}, callbacks=[Checkpoint(directory), Preempt()],
                        distributed=distributed).fit(X, y, groups=g)
     except KeyboardInterrupt:
         pass
@@ -321,6 +323,55 @@ def scenario_callback_error(log: DrawLog, out: Path, distributed) -> dict:
     return {"error": None}
 
 
+#: each training forward's dropout mask of :class:`DropoutNet`, in this process
+DROPOUT_MASKS: list = []
+
+
+class DropoutNet(nn.Module):
+    """A hidden layer with dropout; records the positions each training forward kept."""
+
+    def __init__(self, input_shape, n_classes):
+        super().__init__()
+        self.hidden = nn.Linear(int(np.prod(input_shape)), 32)
+        self.drop = nn.Dropout(0.5)
+        self.out = nn.Linear(32, n_classes)
+
+    def forward(self, x):
+        h = self.drop(self.hidden(x))
+        if self.training:
+            DROPOUT_MASKS.append(h.detach() != 0)
+        return self.out(torch.relu(h))
+
+
+#: the parameters of the fits of :class:`DropoutNet`
+DROPOUT_PARAMS = {"module": DropoutNet, "module_params": None}
+
+
+def scenario_dropout(log: DrawLog, out: Path, distributed) -> dict:
+    """A network with dropout: trained whole; interrupted after epoch 2 and resumed; and
+    resumed from the checkpoint of one process."""
+    X, y, g = TRAIN
+    params = {**PARAMS, **DROPOUT_PARAMS}
+    DROPOUT_MASKS.clear()
+    whole = RESTClassifier(**params, distributed=distributed).fit(X, y, groups=g)
+    result = {**_summary(whole), "drawn": list(DROPOUT_MASKS)}
+    directory = out / "dropout-checkpoints"
+    interrupted_fit(directory, distributed, **DROPOUT_PARAMS)
+    DROPOUT_MASKS.clear()
+    resumed = RESTClassifier(**params, callbacks=[Checkpoint(directory)],
+                             distributed=distributed).fit(X, y, groups=g,
+                                                          resume_from=directory)
+    result.update(resumed=_summary(resumed), resumed_drawn=list(DROPOUT_MASKS))
+    single = out / "dropout-one-process-checkpoint"
+    if rank() == 0:  # written by one process, resumed by the two ranks
+        interrupted_fit(single, False, **DROPOUT_PARAMS)
+    torch.distributed.barrier()
+    DROPOUT_MASKS.clear()
+    RESTClassifier(**params, distributed=distributed).fit(X, y, groups=g, resume_from=single)
+    result["other_world_drawn"] = list(DROPOUT_MASKS)
+    return result
+
+
 SCENARIOS = {
     "rest": scenario_rest,
     "groupdro": scenario_groupdro,
@@ -333,6 +384,7 @@ SCENARIOS = {
     "different_data": scenario_different_data,
     "different_validation": scenario_different_validation,
     "callback_error": scenario_callback_error,
+    "dropout": scenario_dropout,
 }
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
 import re
@@ -14,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from rest_fair import RESTClassifier
 from rest_fair import _fit as _fit_module
@@ -694,6 +697,48 @@ def _interrupted(tmp_path, **params):
                        callbacks=[_StopAt(3), Checkpoint(tmp_path)]).fit(X, y, groups=g)
     assert json.loads((tmp_path / ckpt_format.MANIFEST).read_text())["epoch"] == 2
     return X, y, g
+
+
+class _DropoutNet(nn.Module):
+    """A network that draws from torch's global generator while it trains."""
+
+    def __init__(self, input_shape, n_classes):
+        super().__init__()
+        self.layers = nn.Sequential(nn.Linear(input_shape[0], 32), nn.Dropout(0.5),
+                                    nn.ReLU(), nn.Linear(32, n_classes))
+
+    def forward(self, x):
+        return self.layers(x)
+
+
+def test_a_checkpoint_before_per_rank_random_states_resumes_bitwise(tmp_path):
+    """A checkpoint holds every rank's generator state, a row per rank ("torch_rngs"); one
+    written before holds rank 0's only ("torch_rng"), which one process resumes as before."""
+    params = {"module": _DropoutNet, "module_params": None, "validation_fraction": 0.0}
+    X, y, g = _data()
+    whole = RESTClassifier(**{**COMMON, "max_epochs": 3, **params}).fit(X, y, groups=g)
+    _interrupted(tmp_path, **params)
+    manifest_path = tmp_path / ckpt_format.MANIFEST
+    manifest = json.loads(manifest_path.read_text())
+    state = torch.load(tmp_path / manifest["file"], weights_only=True)
+    assert state["torch_rngs"].shape == (1, *state["torch_rng"].shape)
+    assert torch.equal(state["torch_rngs"][0], state["torch_rng"])
+    for edit in (False, True):
+        if edit:  # as an older release wrote it
+            del state["torch_rngs"]
+            payload = _saved(state)
+            (tmp_path / manifest["file"]).write_bytes(payload)
+            manifest.update(sha256=hashlib.sha256(payload).hexdigest(), bytes=len(payload))
+            manifest_path.write_text(json.dumps(manifest))
+        resumed = RESTClassifier(**{**COMMON, "max_epochs": 3, **params}).fit(
+            X, y, groups=g, resume_from=tmp_path)
+        assert np.array_equal(resumed.predict_proba(X), whole.predict_proba(X)), edit
+
+
+def _saved(state):
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return buffer.getvalue()
 
 
 @pytest.mark.parametrize("params", [{}, {"infer_groups": "jtt", "jtt_epochs": 2}])

@@ -181,6 +181,24 @@ def test_one_process_is_a_world_of_one():
     world.check_masks(None, when="now")
 
 
+def test_each_rank_gets_its_own_stream_of_the_global_generator():
+    """Rank 0 (one process) keeps its stream; rank r > 0 gets one from the seed and r."""
+    def draws(rank: int, seed: int) -> torch.Tensor:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            LocalContext(rank=rank, world_size=4).seed_own_stream(seed)
+            return torch.rand(64)
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(7)
+        one_process = torch.rand(64)
+    assert torch.equal(draws(0, 7), one_process)
+    streams = [draws(rank, 7) for rank in range(4)]
+    assert torch.equal(streams[2], draws(2, 7))  # derived, not drawn
+    assert not torch.equal(streams[2], draws(2, 8))
+    assert len({tuple(s.tolist()) for s in streams}) == 4
+
+
 def test_global_groupdro_is_deprecated():
     obj = GroupDROObjective(2, eta=0.1, device=torch.device("cpu"))
     with pytest.warns(FutureWarning, match="GlobalGroupDRO is deprecated"):
@@ -608,3 +626,30 @@ def test_groupdro_through_ddp_on_two_gloo_ranks_is_the_one_process_run(tmp_path)
                 assert loss_r == pytest.approx(loss, abs=1e-5), (adjustment, step, r)
                 for a, b in zip(grads_r, grads, strict=True):
                     torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+
+
+def test_every_rank_draws_its_own_dropout_and_resumes_its_own_stream(two_ranks):
+    """Dropout draws independently on the two ranks (one process draws it independently
+    across the whole batch), the network stays the same on both, and a resumed run
+    continues every rank's stream where it was."""
+    rank0, rank1 = two_ranks["dropout"]
+    for key in ("masks", "weights", "history"):
+        assert rank0[key] == rank1[key], key
+    drawn0, drawn1 = rank0["drawn"], rank1["drawn"]
+    assert len(drawn0) == len(drawn1) == 4 * 11  # 4 epochs of 11 steps
+    agree = np.mean([float((a == b).float().mean()) for a, b in zip(drawn0, drawn1,
+                                                                     strict=True)])
+    assert 0.45 < agree < 0.55, agree  # independent masks of p=0.5 agree on about half
+    for result in (rank0, rank1):
+        resumed = result["resumed_drawn"]
+        assert len(resumed) == 2 * 11  # epochs 3 and 4
+        assert all(torch.equal(a, b) for a, b in zip(resumed, result["drawn"][22:],
+                                                      strict=True))
+        assert result["resumed"]["weights"] == result["weights"]
+        np.testing.assert_array_equal(result["resumed"]["logits"], result["logits"])
+    # a one-process checkpoint holds no stream for rank 1, which takes a fresh one
+    other0, other1 = rank0["other_world_drawn"], rank1["other_world_drawn"]
+    assert len(other0) == len(other1) == 2 * 11
+    agree = np.mean([float((a == b).float().mean()) for a, b in zip(other0, other1,
+                                                                     strict=True)])
+    assert 0.45 < agree < 0.55, agree
