@@ -143,7 +143,7 @@ _NEUTRAL = {
     "params.rescale_init": True,
     "params.update_timing": "mid_interval",
     "params.groupdro_adjustment": 0.0,
-    "weighted_counts": None,  # sample weights all equal
+    "weighted_counts": None,  # sample weights all equal, no group weighed 0
 }
 
 
@@ -378,9 +378,10 @@ def _fingerprint(params: dict, input_shape: tuple, data: FitData,
         "input_shape": list(input_shape),
         "classes": [str(c) for c in data.classes],
         "data_sha256": _digest(data.X, data.y, data.groups, data.sample_weight),
-        # True where sample weights differ: they count in the cell weights, and samples of
-        # weight 0 are never drawn
+        # True where sample weights differ (they count in the cell weights) or an upweight
+        # dict weighs a group 0: samples of weight 0 by either are never visited
         "weighted_counts": None if np.all(data.sample_weight == data.sample_weight[0])
+        and not (isinstance(params["upweight"], Mapping) and 0 in params["upweight"].values())
         else True,
         "n_valid": None if valid is None else len(valid.y),
         "validation_sha256": None if data.validation is None
