@@ -614,8 +614,9 @@ def _fitted(built: _Built, data: FitData, previous: Any = None) -> dict[str, Any
     if previous is not None:  # the counters go on
         fitted["n_train_steps_"] += previous.n_train_steps_
         fitted["n_topology_updates_"] += previous.n_topology_updates_
-    if errors is not None:
-        train_idx = built.train_idx
+    if errors is not None:  # of the samples trained on: those of sample_weight 0 are not
+        trained = data.sample_weight[built.train_idx] > 0
+        train_idx, errors = built.train_idx[trained], errors[trained]
         fitted["inferred_groups_"] = np.zeros(len(data.y), dtype=bool)
         fitted["inferred_groups_"][train_idx] = errors
         if data.has_groups:
