@@ -450,7 +450,8 @@ def _train_set(train: FitData, *, upweight: Any, reweight: str, batch_size: int,
     if not uniform:
         loss_w = np.zeros_like(loss_w)
         loss_w[counted] = _unit_mean(visited)
-    draw = per_sample if reweight == "sampler" and len(set(weights.values())) > 1 else None
+    kinds = {w for w in weights.values() if w > 0}  # one weight visited: a plain shuffle
+    draw = per_sample if reweight == "sampler" and len(kinds) > 1 else None
     source = make_source(train.X, device=world.device, num_workers=num_workers)
     return TrainSet(
         source=source,
