@@ -102,3 +102,12 @@ def test_sample_weights_whose_sum_overflows_give_finite_cell_weights():
     y, g = np.zeros(4, dtype=int), np.array([0, 0, 1, 1])
     weights = cell_weights(y, g, [0, 1], "balanced", sample_weight=np.array([1e308] * 3 + [1.0]))
     assert all(np.isfinite(w) and w > 0 for w in weights.values())
+
+
+def test_group_sums_too_far_apart_to_balance_are_named():
+    # a balanced weight of 1e300 / 1e-300 overflows: named, not a NaN in the epoch's draws
+    y, g = np.zeros(4, dtype=int), np.array([0, 0, 1, 1])
+    with pytest.raises(ValueError, match=r"upweight='balanced' cannot weigh these groups: "
+                                         r"their summed sample_weight differ by a factor "
+                                         r"float64 cannot hold"):
+        cell_weights(y, g, [0, 1], "balanced", sample_weight=np.array([1e300] * 2 + [1e-300] * 2))
