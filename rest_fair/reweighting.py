@@ -81,6 +81,9 @@ def cell_weights(
         On an invalid ``upweight``, a dict without a weight for a present group, or
         ``"balanced"`` weights that overflow (group sizes too far apart for float64).
     """
+    if (sample_weight is not None and len(sample_weight)
+            and sample_weight.min() == sample_weight.max() > 0):
+        sample_weight = None  # equal weights count as the samples themselves, bit for bit
     if sample_weight is not None:
         with np.errstate(over="ignore"):
             if not np.isfinite(np.sum(sample_weight)):  # the sizes' ratios are what counts
