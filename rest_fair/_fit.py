@@ -143,7 +143,7 @@ _NEUTRAL = {
     "params.rescale_init": True,
     "params.update_timing": "mid_interval",
     "params.groupdro_adjustment": 0.0,
-    "weighted_counts": None,  # sample weights all equal
+    "weighted_counts": None,  # sample weights all equal, no group weighed 0
 }
 
 
@@ -378,9 +378,10 @@ def _fingerprint(params: dict, input_shape: tuple, data: FitData,
         "input_shape": list(input_shape),
         "classes": [str(c) for c in data.classes],
         "data_sha256": _digest(data.X, data.y, data.groups, data.sample_weight),
-        # True where sample weights differ: they count in the cell weights, and samples of
-        # weight 0 are never drawn
+        # True where sample weights differ (they count in the cell weights) or an upweight
+        # dict weighs a group 0: samples of weight 0 by either are never visited
         "weighted_counts": None if np.all(data.sample_weight == data.sample_weight[0])
+        and not (isinstance(params["upweight"], Mapping) and 0 in params["upweight"].values())
         else True,
         "n_valid": None if valid is None else len(valid.y),
         "validation_sha256": None if data.validation is None
@@ -449,7 +450,8 @@ def _train_set(train: FitData, *, upweight: Any, reweight: str, batch_size: int,
     if not uniform:
         loss_w = np.zeros_like(loss_w)
         loss_w[counted] = _unit_mean(visited)
-    draw = per_sample if reweight == "sampler" and len(set(weights.values())) > 1 else None
+    kinds = {w for w in weights.values() if w > 0}  # one weight visited: a plain shuffle
+    draw = per_sample if reweight == "sampler" and len(kinds) > 1 else None
     source = make_source(train.X, device=world.device, num_workers=num_workers)
     return TrainSet(
         source=source,
@@ -614,8 +616,9 @@ def _fitted(built: _Built, data: FitData, previous: Any = None) -> dict[str, Any
     if previous is not None:  # the counters go on
         fitted["n_train_steps_"] += previous.n_train_steps_
         fitted["n_topology_updates_"] += previous.n_topology_updates_
-    if errors is not None:
-        train_idx = built.train_idx
+    if errors is not None:  # of the samples trained on: those of sample_weight 0 are not
+        trained = data.sample_weight[built.train_idx] > 0
+        train_idx, errors = built.train_idx[trained], errors[trained]
         fitted["inferred_groups_"] = np.zeros(len(data.y), dtype=bool)
         fitted["inferred_groups_"][train_idx] = errors
         if data.has_groups:

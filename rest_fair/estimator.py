@@ -310,11 +310,12 @@ class RESTClassifier(ClassifierMixin, BaseEstimator):
         GroupDRO's group weights at the end of each epoch (``objective="groupdro"``).
     inferred_groups_ : ndarray of bool or None
         With ``infer_groups="jtt"``, which samples of ``X`` formed the error set (samples
-        held out for validation are ``False``).
+        held out for validation, and samples of ``sample_weight`` 0, are ``False``).
     inferred_groups_overlap_ : dict or None
         With ``infer_groups="jtt"`` and ``groups`` given (used then for validation only), how
         the error set overlaps the true minority (samples outside the most frequent group of
-        their class): ``precision``, ``recall``, ``base_rate``, counts.
+        their class) among the training samples of positive ``sample_weight``:
+        ``precision``, ``recall``, ``base_rate``, counts.
     """
 
     _parameter_constraints: ClassVar[dict[str, list]] = {

@@ -32,6 +32,11 @@ _BAD_UPWEIGHT = (
 )
 _MISSING_GROUPS = "upweight dict has no weight for groups {}; give one for every group."
 _ALL_ZERO = "upweight gives every training sample a weight of 0."
+_UNBALANCEABLE = (
+    "upweight='balanced' cannot weigh these groups: their summed sample_weight differ by a "
+    "factor float64 cannot hold, so the weight of the lightest overflows. Give sample_weight "
+    "a narrower range."
+)
 
 
 def cell_weights(
@@ -69,7 +74,16 @@ def cell_weights(
     Returns
     -------
     dict of (int, int) to float
+
+    Raises
+    ------
+    ValueError
+        On an invalid ``upweight``, a dict without a weight for a present group, or
+        ``"balanced"`` weights that overflow (group sizes too far apart for float64).
     """
+    if (sample_weight is not None and len(sample_weight)
+            and sample_weight.min() == sample_weight.max() > 0):
+        sample_weight = None  # equal weights count as the samples themselves, bit for bit
     if sample_weight is not None:
         with np.errstate(over="ignore"):
             if not np.isfinite(np.sum(sample_weight)):  # the sizes' ratios are what counts
@@ -86,7 +100,11 @@ def cell_weights(
         group_size = np.bincount(groups, weights=sizes, minlength=len(group_labels))
         n_present = int((group_size > 0).sum())
         total = group_size.sum()  # one group weighs exactly 1
-        return {(c, g): total / (n_present * group_size[g]) for c, g in cells}
+        with np.errstate(over="ignore"):
+            weights = {(c, g): total / (n_present * group_size[g]) for c, g in cells}
+        if not all(np.isfinite(w) for w in weights.values()):
+            raise ValueError(_UNBALANCEABLE)
+        return weights
     if isinstance(upweight, Mapping):
         missing = [group_labels[g] for g in sorted({g for _, g in cells})
                    if group_labels[g] not in upweight]

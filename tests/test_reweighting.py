@@ -91,9 +91,10 @@ def test_a_sample_of_weight_zero_counts_as_removed_and_weight_k_as_k_copies(upwe
     copies = np.repeat(np.arange(len(y)), weight.astype(int))
     assert cell_weights(y, g, labels, upweight, sample_weight=weight) == pytest.approx(
         cell_weights(y[copies], g[copies], labels, upweight))
-    # weights of 1 count as the samples themselves, bit for bit
-    assert (cell_weights(y, g, labels, upweight, sample_weight=np.ones(len(y)))
-            == cell_weights(y, g, labels, upweight))
+    # equal weights count as the samples themselves, bit for bit (0.1 sums inexactly)
+    for equal in (1.0, 0.1):
+        assert (cell_weights(y, g, labels, upweight, sample_weight=np.full(len(y), equal))
+                == cell_weights(y, g, labels, upweight))
     if upweight == 6.0:
         assert absent == {(0, 0): 6.0, (0, 1): 1.0, (1, 0): 1.0}
 
@@ -102,3 +103,12 @@ def test_sample_weights_whose_sum_overflows_give_finite_cell_weights():
     y, g = np.zeros(4, dtype=int), np.array([0, 0, 1, 1])
     weights = cell_weights(y, g, [0, 1], "balanced", sample_weight=np.array([1e308] * 3 + [1.0]))
     assert all(np.isfinite(w) and w > 0 for w in weights.values())
+
+
+def test_group_sums_too_far_apart_to_balance_are_named():
+    # a balanced weight of 1e300 / 1e-300 overflows: named, not a NaN in the epoch's draws
+    y, g = np.zeros(4, dtype=int), np.array([0, 0, 1, 1])
+    with pytest.raises(ValueError, match=r"upweight='balanced' cannot weigh these groups: "
+                                         r"their summed sample_weight differ by a factor "
+                                         r"float64 cannot hold"):
+        cell_weights(y, g, [0, 1], "balanced", sample_weight=np.array([1e300] * 2 + [1e-300] * 2))

@@ -233,6 +233,22 @@ def test_an_error_set_of_samples_of_weight_zero_is_named_empty(monkeypatch):
         clf = RESTClassifier(infer_groups="jtt", jtt_epochs=1, upweight=20.0, max_epochs=1,
                              validation_fraction=0.0, **FAST).fit(X, y, sample_weight=weight)
     assert {group for _, group in clf.group_weights_} == {False}
+    assert not clf.inferred_groups_.any()
+
+
+def test_the_error_set_and_its_overlap_leave_out_samples_of_weight_zero():
+    # a third of the samples weigh 0: the error set and its overlap with the true minority
+    # are those of the fit without them (they counted in both, though never trained on)
+    X, y, conflict = _spurious(n=600)
+    weight = np.where(np.arange(600) % 3 == 0, 0.0, 1.0)
+    kept = weight > 0
+    params = dict(infer_groups="jtt", jtt_epochs=1, upweight=10.0, max_epochs=1,
+                  validation_fraction=0.0, **FAST)
+    clf = RESTClassifier(**params).fit(X, y, groups=conflict, sample_weight=weight)
+    removed = RESTClassifier(**params).fit(X[kept], y[kept], groups=conflict[kept])
+    assert not clf.inferred_groups_[~kept].any()
+    assert np.array_equal(clf.inferred_groups_[kept], removed.inferred_groups_)
+    assert clf.inferred_groups_overlap_ == removed.inferred_groups_overlap_
 # ------------------------------------------------------------ GroupDRO's group adjustment
 def _batches():
     """Three batches of (logits, y, w, g) over 3 groups; group 2 absent from the first."""

@@ -78,8 +78,8 @@ INDIVISIBLE_BATCH = (
 )
 TOO_FEW_SAMPLES = (
     "{n_samples} training samples cannot be shared by {world_size} ranks: every rank "
-    "needs at least one sample of every batch (samples of sample_weight 0 are not trained "
-    "on, and not counted)."
+    "needs at least one sample of every batch (samples of sample_weight 0, and those of a "
+    "group an upweight dict weighs 0, are not trained on, and not counted)."
 )
 RANK_FAILED = (
     "distributed fit failed on rank {rank} of {world_size}: a collective operation with "

@@ -826,6 +826,20 @@ def test_a_run_with_samples_of_weight_zero_resumes_bitwise_and_refuses_older_che
                                      resume_from=tmp_path)
 
 
+@pytest.mark.parametrize("reweight", ["loss", "sampler"])
+def test_an_older_checkpoint_of_a_group_weighed_zero_is_refused(tmp_path, reweight):
+    # equal sample weights, but an older release visited the group weighed 0 (its epochs
+    # were as long as the whole training set): resuming its run would draw other epochs
+    X, y, g = _interrupted(tmp_path, upweight={"majority": 1.0, "minority": 0.0},
+                           reweight=reweight)
+    _edit_fingerprint(tmp_path, _without("weighted_counts"))
+    with pytest.raises(CheckpointError, match=r"different run.*weighted_counts was not "
+                                              r"recorded, now True"):
+        RESTClassifier(**{**COMMON, "max_epochs": 3, "reweight": reweight,
+                          "upweight": {"majority": 1.0, "minority": 0.0}}).fit(
+            X, y, groups=g, resume_from=tmp_path)
+
+
 def test_a_checkpoint_without_an_entry_that_has_no_neutral_value_is_refused(tmp_path):
     X, y, g = _interrupted(tmp_path)
     _edit_fingerprint(tmp_path, _without("params.lr"))
