@@ -376,15 +376,9 @@ def test_lambda_reaches_the_training_loop(data, monkeypatch, lam):
     assert {w for (_, grp), w in clf.group_weights_.items() if grp} == {lam}
 
 
-@pytest.mark.parametrize("upweight", [5.0, {0: 1.0, 1: 4.0, 2: 0.5}, {0: 0.0, 1: 4.0, 2: 1.0},
-                                      "balanced"])
-def test_epochs_draw_every_cell_in_proportion_to_its_weight(monkeypatch, upweight):
-    # three classes; class 0 holds groups 0 and 1, class 1 groups 1 and 2, class 2 only
-    # group 2
-    rng = np.random.RandomState(0)
-    y = rng.randint(0, 3, 600)
-    g = np.where(y == 0, rng.rand(600) < 0.1, np.where(y == 1, 1 + (rng.rand(600) < 0.2), 2))
-    X = rng.randn(600, 5).astype(np.float32)
+@pytest.fixture
+def epoch_orders(monkeypatch) -> list:
+    """The order of every epoch's samples that the fits of the test draw, as they draw them."""
     orders = []
     real = training.EpochSampler.global_order
 
@@ -394,6 +388,19 @@ def test_epochs_draw_every_cell_in_proportion_to_its_weight(monkeypatch, upweigh
         return order
 
     monkeypatch.setattr(training.EpochSampler, "global_order", spy)
+    return orders
+
+
+@pytest.mark.parametrize("upweight", [5.0, {0: 1.0, 1: 4.0, 2: 0.5}, {0: 0.0, 1: 4.0, 2: 1.0},
+                                      "balanced"])
+def test_epochs_draw_every_cell_in_proportion_to_its_weight(epoch_orders, upweight):
+    # three classes; class 0 holds groups 0 and 1, class 1 groups 1 and 2, class 2 only
+    # group 2
+    rng = np.random.RandomState(0)
+    y = rng.randint(0, 3, 600)
+    g = np.where(y == 0, rng.rand(600) < 0.1, np.where(y == 1, 1 + (rng.rand(600) < 0.2), 2))
+    X = rng.randn(600, 5).astype(np.float32)
+    orders = epoch_orders
     params = dict(upweight=upweight, validation_fraction=0.0, max_epochs=60, batch_size=200,
                   sparsity=0.0, module_params={"hidden_layer_sizes": (4,)})
     clf = _clf(**params).fit(X, y, groups=g)
@@ -424,7 +431,7 @@ def test_epochs_draw_every_cell_in_proportion_to_its_weight(monkeypatch, upweigh
 
 @pytest.mark.parametrize(("upweight", "reweight"), [(None, "sampler"), ("balanced", "sampler"),
                                                     (5.0, "sampler"), ("balanced", "loss")])
-def test_a_sample_of_weight_zero_trains_as_if_removed(monkeypatch, upweight, reweight):
+def test_a_sample_of_weight_zero_trains_as_if_removed(epoch_orders, upweight, reweight):
     # half of group 0 (the majority of class 0) weighs 0, as a bagging ensemble's
     # out-of-bag rows: the cell weights, the epochs' samples and the fitted network are
     # those of the fit without these rows
@@ -435,15 +442,7 @@ def test_a_sample_of_weight_zero_trains_as_if_removed(monkeypatch, upweight, rew
     weight = rng.choice([1.0, 2.0], 400)
     weight[(g == 0) & (y == 0) & (rng.rand(400) < 0.5)] = 0.0
     kept = np.flatnonzero(weight)
-    orders = []
-    real = training.EpochSampler.global_order
-
-    def spy(self):
-        order = real(self)
-        orders.append(order.numpy().copy())
-        return order
-
-    monkeypatch.setattr(training.EpochSampler, "global_order", spy)
+    orders = epoch_orders
     params = dict(upweight=upweight, reweight=reweight, validation_fraction=0.0,
                   max_epochs=3, sparsity=0.5)
     removed = _clf(**params).fit(X[kept], y[kept], groups=g[kept], sample_weight=weight[kept])
@@ -456,7 +455,7 @@ def test_a_sample_of_weight_zero_trains_as_if_removed(monkeypatch, upweight, rew
 
 
 @pytest.mark.parametrize("reweight", ["loss", "sampler"])
-def test_a_group_that_upweight_weighs_zero_is_never_visited(monkeypatch, reweight):
+def test_a_group_that_upweight_weighs_zero_is_never_visited(epoch_orders, reweight):
     # group 0 weighs 0: its samples are in no loss, so no epoch visits them, and the fit is
     # the one without them (with the sampler too: the epochs are shuffles, not draws)
     rng = np.random.RandomState(2)
@@ -464,15 +463,7 @@ def test_a_group_that_upweight_weighs_zero_is_never_visited(monkeypatch, reweigh
     g = rng.randint(0, 2, 300)
     X = (rng.randn(300, 5) + y[:, None]).astype(np.float32)
     kept = np.flatnonzero(g == 1)
-    orders = []
-    real = training.EpochSampler.global_order
-
-    def spy(self):
-        order = real(self)
-        orders.append(order.numpy().copy())
-        return order
-
-    monkeypatch.setattr(training.EpochSampler, "global_order", spy)
+    orders = epoch_orders
     params = dict(reweight=reweight, validation_fraction=0.0, max_epochs=3, sparsity=0.5)
     clf = _clf(upweight={0: 0.0, 1: 1.0}, **params).fit(X, y, groups=g)
     assert [len(o) for o in orders] == [len(kept)] * 3
