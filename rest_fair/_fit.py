@@ -75,10 +75,10 @@ NO_VALIDATION = (
     "least one sample held out, and a sample of every class left to train on): the model "
     "of the last epoch is kept. Pass validation_data, or more samples."
 )
-UNWEIGHTED_VALIDATION = (
-    "every one of the {n} samples held out for validation (validation_fraction={fraction:g}) "
-    "has sample_weight 0, so none of them can judge an epoch: the model of the last epoch is "
-    "kept. Pass validation_data, or give some of the samples positive weights."
+UNWEIGHTED_CLASSES = (
+    "{n} class(es) have no sample of positive sample_weight: {classes}. Such samples are "
+    "neither trained on nor held out, so the network never learns these classes, though "
+    "classes_ lists them. Give some of their samples a positive weight, or leave them out."
 )
 VALIDATION_WITHOUT_GROUPS = (
     "fit got groups but validation_data has none: the epoch kept is chosen by validation "
@@ -112,9 +112,8 @@ DICT_WITHOUT_GROUPS = (
 )
 NO_TRAINING_WEIGHT = (
     "every training sample has a weight of 0 once sample_weight and upweight are combined "
-    "(the samples with a positive sample_weight are held out for validation, or upweight "
-    "gives their groups 0): nothing would be learnt. Give some training samples a positive "
-    "weight in both."
+    "(upweight gives 0 to the groups of the samples with a positive sample_weight): nothing "
+    "would be learnt. Give some training samples a positive weight in both."
 )
 UNIFORM_ERROR_SET = (
     "JTT's identification model (jtt_epochs={epochs}) misclassified {which} of the {n} "
@@ -218,11 +217,20 @@ def _hold_out(data: FitData, fraction: float, seed: int, world: LocalContext,
               num_workers: int) -> tuple[np.ndarray, EvalSet | None]:
     """The training rows and the validation set: ``validation_data``, or a split.
 
-    The rows held out keep their ``sample_weight`` as validation weights (``None`` where
-    all are equal); ``validation_data`` is unweighted. Its warnings (no validation set,
-    groups it cannot judge) come from rank 0 only.
+    The split (the same on every rank: ``seed`` is broadcast) holds out rows of positive
+    ``sample_weight`` only, as :func:`_split` of the fit without the others would: a row
+    of weight 0 stays a training row, which trains as if removed. The rows held out keep
+    their ``sample_weight`` as validation weights (``None`` where all are equal);
+    ``validation_data`` is unweighted. Its warnings (classes without a sample of positive
+    weight, no validation set, groups it cannot judge) come from rank 0 only.
     """
     device = world.device
+    weighed = np.flatnonzero(data.sample_weight > 0)
+    unweighed = np.setdiff1d(np.arange(len(data.classes)), data.y[weighed])
+    if len(unweighed) and world.is_main:
+        warnings.warn(UNWEIGHTED_CLASSES.format(n=len(unweighed), classes=_named(
+            [data.classes[c].item() if hasattr(data.classes[c], "item") else data.classes[c]
+             for c in unweighed])), UserWarning, stacklevel=6)
     if data.validation is not None:
         X_val, y_val, g_val = data.validation
         train_idx = np.arange(len(data.y))
@@ -231,23 +239,19 @@ def _hold_out(data: FitData, fraction: float, seed: int, world: LocalContext,
                              advice=MORE_VALIDATION_DATA)
         return train_idx, EvalSet(
             make_source(X_val, device=device, num_workers=num_workers), y_val, g_val)
-    train_idx, val_idx = _split(data.y, data.groups, fraction, seed)
+    _, val_idx = _split(data.y[weighed], data.groups[weighed], fraction, seed)
     if val_idx is None:
         if fraction > 0 and world.is_main:
-            warnings.warn(NO_VALIDATION.format(fraction=fraction, n=len(data.y)), UserWarning,
+            warnings.warn(NO_VALIDATION.format(fraction=fraction, n=len(weighed)), UserWarning,
                           stacklevel=6)  # the caller of RESTClassifier.fit
-        return train_idx, None
+        return np.arange(len(data.y)), None
+    val_idx = weighed[val_idx]
+    train_idx = np.setdiff1d(np.arange(len(data.y)), val_idx)
     w_val = data.sample_weight[val_idx]
-    if not np.any(w_val > 0):  # the held-out rows weigh 0 in training too: none is lost
-        if world.is_main:
-            warnings.warn(UNWEIGHTED_VALIDATION.format(n=len(val_idx), fraction=fraction),
-                          UserWarning, stacklevel=6)
-        return train_idx, None
     w_val = None if np.all(w_val == w_val[0]) else w_val
     g_val = data.groups[val_idx] if data.has_groups else None
     if world.is_main:
-        _check_selection(data, train_idx, g_val, data.group_labels, advice=MORE_HELD_OUT,
-                         valid_weights=w_val)
+        _check_selection(data, train_idx, g_val, data.group_labels, advice=MORE_HELD_OUT)
     return train_idx, EvalSet(
         make_source(take(data.X, val_idx), device=device, num_workers=num_workers),
         data.y[val_idx], g_val, w_val)
@@ -262,13 +266,11 @@ def _named(labels: list, counts: dict | None = None, most: int = 5) -> str:
 
 
 def _check_selection(data: FitData, train_idx: np.ndarray, valid_codes: np.ndarray | None,
-                     valid_labels: list | None, *, advice: str,
-                     valid_weights: np.ndarray | None = None) -> None:
+                     valid_labels: list | None, *, advice: str) -> None:
     """Warn where worst-group selection on the validation groups is blind or noisy.
 
     ``train_idx`` are the training rows of ``data``; those of positive ``sample_weight``
-    count as a group's training samples, and validation samples count where
-    ``valid_weights`` (None: all) are positive. Named are: groups given to ``fit`` with
+    count as a group's training samples. Named are: groups given to ``fit`` with
     ``validation_data`` that has none; groups with such training samples and no validation
     sample; validation groups with fewer than :data:`SMALL_VALIDATION_GROUP` samples, also
     where ``fit`` got no groups (validation groups alone choose the epoch, as with
@@ -278,8 +280,6 @@ def _check_selection(data: FitData, train_idx: np.ndarray, valid_codes: np.ndarr
         if data.has_groups:
             warnings.warn(VALIDATION_WITHOUT_GROUPS, UserWarning, stacklevel=7)
         return
-    if valid_weights is not None:
-        valid_codes = valid_codes[valid_weights > 0]
     sizes = np.bincount(valid_codes, minlength=len(valid_labels))
     valid_sizes = {label: int(n) for label, n in zip(valid_labels, sizes, strict=True)
                    if n > 0}

@@ -223,10 +223,10 @@ class RESTClassifier(ClassifierMixin, BaseEstimator):
         ``"plateau"`` divides the learning rate by 10 once the validation loss (training
         loss without validation) has not improved for more than 5 epochs.
     validation_fraction : float in [0, 1), default=0.1
-        Share of the training data held out (stratified by class and group) for model
-        selection, unless ``validation_data`` is given to ``fit``; every class keeps a
-        training sample (a class of one sample is trained on, not held out). ``0`` keeps
-        the last epoch.
+        Share of the training data (of its samples of positive ``sample_weight``) held
+        out (stratified by class and group) for model selection, unless
+        ``validation_data`` is given to ``fit``; every class keeps a training sample (a
+        class of one sample is trained on, not held out). ``0`` keeps the last epoch.
         ``fit`` warns where a group with training samples has no validation sample, or a
         validation group has fewer than 10.
     device : str or torch.device, default="auto"
@@ -473,10 +473,11 @@ or dict of columns, default=None
             form intersectional groups. ``None`` means one group.
         sample_weight : array-like of shape (n_samples,), default=None
             Non-negative per-sample loss weights (used by fairlearn's reductions). A
-            training sample of weight 0 trains as if it were removed: it is never drawn,
-            and counts in no group's size for ``upweight``. The samples held out by
-            ``validation_fraction`` keep theirs in the validation loss and accuracies that
-            choose the epoch kept (``validation_data`` is unweighted).
+            sample of weight 0 trains as if it were removed: it is never drawn, never
+            held out by ``validation_fraction`` (the split is that of the other samples),
+            and counts in no group's size for ``upweight``. The samples held out keep
+            their weights in the validation loss and accuracies that choose the epoch kept
+            (``validation_data`` is unweighted).
         validation_data : tuple, default=None
             ``(X_val, y_val)`` or ``(X_val, y_val, groups_val)`` for model selection,
             instead of holding out ``validation_fraction`` of the training data.

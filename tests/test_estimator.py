@@ -429,12 +429,17 @@ def test_epochs_draw_every_cell_in_proportion_to_its_weight(epoch_orders, upweig
     assert np.all(weight[np.concatenate(orders)] > 0)
 
 
-@pytest.mark.parametrize(("upweight", "reweight"), [(None, "sampler"), ("balanced", "sampler"),
-                                                    (5.0, "sampler"), ("balanced", "loss")])
-def test_a_sample_of_weight_zero_trains_as_if_removed(epoch_orders, upweight, reweight):
+@pytest.mark.parametrize(("upweight", "reweight", "validation_fraction"),
+                         [(None, "sampler", 0.0), ("balanced", "sampler", 0.0),
+                          (5.0, "sampler", 0.0), ("balanced", "loss", 0.0),
+                          ("balanced", "sampler", 0.1), (5.0, "loss", 0.3)])
+def test_a_sample_of_weight_zero_trains_as_if_removed(epoch_orders, monkeypatch, upweight,
+                                                      reweight, validation_fraction):
+    import rest_fair._fit as fit_module
+
     # half of group 0 (the majority of class 0) weighs 0, as a bagging ensemble's
-    # out-of-bag rows: the cell weights, the epochs' samples and the fitted network are
-    # those of the fit without these rows
+    # out-of-bag rows: the cell weights, the epochs' samples, the validation split and the
+    # fitted network are those of the fit without these rows
     rng = np.random.RandomState(1)
     y = rng.randint(0, 2, 400)
     g = (rng.rand(400) < np.where(y == 0, 0.4, 0.6)).astype(int)
@@ -442,16 +447,28 @@ def test_a_sample_of_weight_zero_trains_as_if_removed(epoch_orders, upweight, re
     weight = rng.choice([1.0, 2.0], 400)
     weight[(g == 0) & (y == 0) & (rng.rand(400) < 0.5)] = 0.0
     kept = np.flatnonzero(weight)
-    orders = epoch_orders
-    params = dict(upweight=upweight, reweight=reweight, validation_fraction=0.0,
-                  max_epochs=3, sparsity=0.5)
+    orders, trained = epoch_orders, []  # the epochs draw from the training rows of a fit
+    real = fit_module._hold_out
+
+    def spy(*args, **kwargs):
+        train_idx, valid = real(*args, **kwargs)
+        trained.append(train_idx)
+        return train_idx, valid
+
+    monkeypatch.setattr(fit_module, "_hold_out", spy)
+    params = dict(upweight=upweight, reweight=reweight,
+                  validation_fraction=validation_fraction, max_epochs=3, sparsity=0.5)
     removed = _clf(**params).fit(X[kept], y[kept], groups=g[kept], sample_weight=weight[kept])
-    expected = [kept[o] for o in orders]
+    expected = [kept[trained[0][o]] for o in orders]
     orders.clear()
     clf = _clf(**params).fit(X, y, groups=g, sample_weight=weight)
     assert clf.group_weights_ == removed.group_weights_
-    assert all(np.array_equal(a, b) for a, b in zip(orders, expected, strict=True))
+    assert all(np.array_equal(trained[1][a], b) for a, b in zip(orders, expected, strict=True))
+    # no sample of weight 0 is held out: each is a training row, which no epoch draws
+    assert np.all(np.isin(np.flatnonzero(weight == 0), trained[1]))
     np.testing.assert_array_equal(clf.predict_proba(X), removed.predict_proba(X))
+    assert [{k: v for k, v in h.items() if k != "dur"} for h in clf.history_] == [
+        {k: v for k, v in h.items() if k != "dur"} for h in removed.history_]
 
 
 @pytest.mark.parametrize("reweight", ["loss", "sampler"])
@@ -502,24 +519,24 @@ def test_held_out_sample_weights_weigh_the_validation_scores():
     assert clf.score(X, y) > 0.9
 
 
-def test_held_out_rows_that_all_weigh_zero_judge_no_epoch(data, monkeypatch):
-    import rest_fair._fit as fit_module
-
+def test_no_sample_of_weight_zero_is_held_out(data):
     X, y, g = data
-    # the split holds out rows 500..599 (of both groups), and every one of them weighs 0
-    monkeypatch.setattr(fit_module, "_split",
-                        lambda *args: (np.arange(500), np.arange(500, 600)))
+    # the split holds out samples of positive weight only: a group whose samples all weigh
+    # 0 is neither trained on nor validated, and no warning names it
+    groups = np.where(np.arange(len(y)) < 500, g, "absent")
     weights = np.r_[np.ones(500), np.zeros(100)]
-    with pytest.warns(UserWarning, match="every one of the 100 samples held out .* has "
-                      "sample_weight 0") as seen:
-        clf = _clf(max_epochs=2).fit(X, y, groups=g, sample_weight=weights)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        clf = _clf(max_epochs=2).fit(X, y, groups=groups, sample_weight=weights)
+    assert not [w for w in seen if "absent" in str(w.message)]
+    assert "valid_acc" in clf.history_[-1]
+    # a class whose samples all weigh 0 is never learnt: a warning names it
+    weights = (y != y[0]).astype(float)
+    with pytest.warns(UserWarning, match=rf"1 class\(es\) have no sample of positive "
+                      rf"sample_weight: {int(y[0])}\.") as seen:
+        clf = _clf(max_epochs=1).fit(X, y, sample_weight=weights)
     assert seen[0].filename == __file__
-    assert "valid_acc" not in clf.history_[-1] and clf.best_epoch_ == 2
-    # a group whose held-out rows all weigh 0 has no validation sample for the selection
-    weights[500:][g[500:] == "minority"] = 0.0
-    weights[500:][g[500:] == "majority"] = 1.0
-    with pytest.warns(UserWarning, match=r"no validation samples: 'minority'"):
-        _clf(max_epochs=1).fit(X, y, groups=g, sample_weight=weights)
+    assert list(clf.classes_) == sorted(set(y))
 
 
 # --------------------------------------------------------------------- callbacks
@@ -899,17 +916,6 @@ def test_training_weights_that_combine_to_zero_are_refused(data, reweight):
     with pytest.raises(ValueError, match="every training sample has a weight of 0"):
         _clf(max_epochs=1, upweight={0: 0.0, 1: 1.0}, reweight=reweight).fit(
             X, y, groups=groups, sample_weight=(groups == 0).astype(float))
-    # only the held-out samples weigh something
-    clf = _clf(max_epochs=1, upweight=None, reweight=reweight, validation_fraction=0.5)
-    clf.fit(X, y)
-    from rest_fair._fit import _split  # the split the fit makes, to weigh only its rows
-
-    seed = int(np.random.RandomState(0).randint(0, 2**31 - 1))
-    _, valid = _split(y, np.zeros(len(y), dtype=np.int64), 0.5, seed)
-    weights = np.zeros(len(y))
-    weights[valid] = 1.0
-    with pytest.raises(ValueError, match="held out for validation"):
-        clf.fit(X, y, sample_weight=weights)
 
 
 def test_nested_list_groups_are_read_as_columns():
