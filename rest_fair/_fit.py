@@ -228,9 +228,9 @@ def _hold_out(data: FitData, fraction: float, seed: int, world: LocalContext,
     weighed = np.flatnonzero(data.sample_weight > 0)
     unweighed = np.setdiff1d(np.arange(len(data.classes)), data.y[weighed])
     if len(unweighed) and world.is_main:
-        warnings.warn(UNWEIGHTED_CLASSES.format(n=len(unweighed), classes=_named(
-            [data.classes[c].item() if hasattr(data.classes[c], "item") else data.classes[c]
-             for c in unweighed])), UserWarning, stacklevel=6)
+        warnings.warn(UNWEIGHTED_CLASSES.format(
+            n=len(unweighed), classes=_named(data.classes[unweighed].tolist())),
+            UserWarning, stacklevel=6)
     if data.validation is not None:
         X_val, y_val, g_val = data.validation
         train_idx = np.arange(len(data.y))

@@ -462,7 +462,7 @@ class TrainingRun:
         ``"cuda_rng"`` are rank 0's. In a data-parallel fit every rank must call it.
         """
         p = self.parts
-        torch_rngs = p.world.all_gather(torch.get_rng_state())
+        rngs = self._rng_states()
         state = {
             "train_state": self.state.state_dict(),
             "module": p.module.state_dict(),
@@ -475,15 +475,22 @@ class TrainingRun:
             "sparse_compute_layers": list(getattr(p.sparsity, "converted", ())),
             "precision": p.precision.state_dict(),
             "generator": self.generator.get_state(),
-            "torch_rng": torch_rngs[0],
-            "torch_rngs": torch_rngs,
+            "torch_rng": rngs["torch_rngs"][0],
             "callbacks": self._callback_states(),
             "extra": self.extra,
+            **rngs,
         }
-        if p.device.type == "cuda":
-            cuda_rngs = p.world.all_gather(torch.cuda.get_rng_state(p.device))
-            state["cuda_rng"], state["cuda_rngs"] = cuda_rngs[0], cuda_rngs
+        if "cuda_rngs" in rngs:
+            state["cuda_rng"] = rngs["cuda_rngs"][0]
         return state
+
+    def _rng_states(self) -> dict[str, torch.Tensor]:
+        """Every rank's state of torch's global generators, a row per rank (a collective)."""
+        p = self.parts
+        rngs = {"torch_rngs": p.world.all_gather(torch.get_rng_state())}
+        if p.device.type == "cuda":
+            rngs["cuda_rngs"] = p.world.all_gather(torch.cuda.get_rng_state(p.device))
+        return rngs
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict` (callback states are restored when the loop starts).
@@ -532,10 +539,11 @@ class TrainingRun:
         as the current ones where they are bitwise equal (:func:`torch.save` writes a
         storage once), and :meth:`load_state_dict` gives them storage of their own again.
         """
-        state = self.state_dict()
         if not self.parts.world.is_main:
+            self._rng_states()  # rank 0's state_dict gathers them
             return
         s = self.state
+        state = self.state_dict()
         if s.best_epoch == s.epoch_offset + s.epoch:
             state = _best_as_current(state)
         write_checkpoint(dirname, state, epoch=s.epoch_offset + s.epoch,
