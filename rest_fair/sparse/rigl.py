@@ -239,7 +239,7 @@ def apply_decision(
     old_mask = masks.mask(name)
     new = grown[~old_mask.reshape(-1)[grown]]
     masks.set_mask(name, new_mask)
-    param.view(-1)[new] = 0.0
+    param[torch.unravel_index(new, param.shape)] = 0.0
     if optimizer is not None:
         _reset_state(optimizer, param, new)
     return int(new.numel())
@@ -313,6 +313,9 @@ def _reset_state(
     optimizer: torch.optim.Optimizer, param: torch.Tensor, index: torch.Tensor
 ) -> None:
     state = optimizer.state.get(param, {})
+    # flat indices in row-major order, applied through the shape: the weight and its state
+    # may have other strides (a channels-last convolution)
+    where = torch.unravel_index(index, param.shape)
     for value in state.values():
         if torch.is_tensor(value) and value.shape == param.shape:
-            value.view(-1)[index] = 0
+            value[where] = 0
