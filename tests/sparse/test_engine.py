@@ -289,6 +289,36 @@ def test_a_channels_last_convolution_updates_as_a_contiguous_one(regrow):
     assert torch.equal(weight_cl == 0, weight == 0) and torch.equal(buf_cl == 0, buf == 0)
 
 
+@pytest.mark.parametrize("regrow", ["gradient", "random"])
+def test_an_embedding_with_sparse_gradients_updates_as_one_with_dense_ones(regrow):
+    # nn.EmbeddingBag(sparse=True): a sparse gradient, and SGD's momentum sparse too
+    runs = []
+    for sparse in (False, True):
+        torch.manual_seed(0)
+        emb = nn.EmbeddingBag(30, 4, sparse=sparse)
+        masks = MaskSet.from_module(emb, density=0.3, generator=torch.Generator().manual_seed(1))
+        masks.apply_()
+        opt = torch.optim.SGD(emb.parameters(), lr=0.1, momentum=0.9)
+        tokens = torch.randint(0, 30, (8, 5), generator=torch.Generator().manual_seed(2))
+        for _ in range(2):
+            opt.zero_grad()
+            emb(tokens).square().sum().backward()
+            opt.step()
+            masks.apply_()
+        before = masks.mask("weight").clone()
+        update_topology(masks, 0.5, regrow=regrow, optimizer=opt,
+                        generator=torch.Generator().manual_seed(3))
+        buf = opt.state[emb.weight]["momentum_buffer"]
+        runs.append((before, masks.mask("weight"), emb.weight.detach(),
+                     buf.to_dense() if sparse else buf))
+    (before, mask, weight, buf), (_, mask_sp, weight_sp, buf_sp) = runs
+    assert torch.equal(mask_sp, mask)
+    grown = mask & ~before
+    assert grown.any() and not weight_sp[grown].any() and not buf_sp[grown].any()
+    torch.testing.assert_close(weight_sp, weight)
+    torch.testing.assert_close(buf_sp, buf)
+
+
 def _pruned_and_regrown_case():
     """A 1x4 layer: w[0] is pruned (smallest |w|) and regrown (largest |grad|), w[3] grows."""
     linear = nn.Linear(4, 1, bias=False)
