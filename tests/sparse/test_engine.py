@@ -319,6 +319,20 @@ def test_an_embedding_with_sparse_gradients_updates_as_one_with_dense_ones(regro
     torch.testing.assert_close(buf_sp, buf)
 
 
+@pytest.mark.parametrize(("mask", "error", "words"), [
+    (torch.tensor([[0.5, 0.0, 1.0], [0.1, 0.0, 0.0]]), TypeError, "bool"),
+    (torch.ones(3, 2, dtype=torch.bool), ValueError, r"shape \(3, 2\).*\(2, 3\)"),
+])
+def test_a_mask_that_is_not_a_bool_tensor_of_the_weights_shape_is_refused(mask, error, words):
+    linear = nn.Linear(3, 2)
+    with pytest.raises(error, match=words):
+        MaskSet({"weight": linear.weight}, {"weight": mask})
+    masks = MaskSet({"weight": linear.weight}, {"weight": torch.ones(2, 3, dtype=torch.bool)})
+    with pytest.raises(error, match=words):
+        masks.set_mask("weight", mask)
+    assert masks.mask("weight").all()
+
+
 def _pruned_and_regrown_case():
     """A 1x4 layer: w[0] is pruned (smallest |w|) and regrown (largest |grad|), w[3] grows."""
     linear = nn.Linear(4, 1, bias=False)
