@@ -31,6 +31,8 @@ _BAD_UPWEIGHT = (
     "group to a non-negative weight; got {!r}."
 )
 _MISSING_GROUPS = "upweight dict has no weight for groups {}; give one for every group."
+#: The most categories :func:`torch.multinomial` draws from.
+_MULTINOMIAL_MAX = 2**24
 _ALL_ZERO = "upweight gives every training sample a weight of 0."
 _UNBALANCEABLE = (
     "upweight='balanced' cannot weigh these groups: their summed sample_weight differ by a "
@@ -231,6 +233,17 @@ def draw_indices(
     Returns
     -------
     LongTensor of shape (n,)
+
+    Notes
+    -----
+    Up to ``2**24`` samples the draw is :func:`torch.multinomial`'s; beyond, where
+    ``torch.multinomial`` refuses, each draw is a uniform number located in the cumulative
+    weights (the same distribution, other draws).
     """
     w = torch.as_tensor(np.asarray(weights, dtype=np.float64))
-    return torch.multinomial(w, n, replacement=True, generator=generator)
+    if len(w) <= _MULTINOMIAL_MAX:
+        return torch.multinomial(w, n, replacement=True, generator=generator)
+    cumulative = torch.cumsum(w, 0)
+    u = torch.rand(n, dtype=torch.float64, generator=generator) * cumulative[-1]
+    last = int(torch.nonzero(w > 0)[-1])  # where rounding puts u at the total
+    return torch.searchsorted(cumulative, u, right=True).clamp_(max=last)

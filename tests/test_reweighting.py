@@ -6,10 +6,13 @@ import tracemalloc
 
 import numpy as np
 import pytest
+import torch
+from scipy import stats
 
 from rest_fair.reweighting import (
     aligned_groups,
     cell_weights,
+    draw_indices,
     minority_mask,
     sample_weights_for,
 )
@@ -112,3 +115,13 @@ def test_group_sums_too_far_apart_to_balance_are_named():
                                          r"their summed sample_weight differ by a factor "
                                          r"float64 cannot hold"):
         cell_weights(y, g, [0, 1], "balanced", sample_weight=np.array([1e300] * 2 + [1e-300] * 2))
+
+
+def test_more_samples_than_torch_multinomial_takes_are_drawn_by_weight():
+    # torch.multinomial refuses more than 2**24 categories; the last sample weighs 0
+    weights = np.zeros(2**24 + 2)
+    weights[[0, 5, 2**24]] = [1.0, 3.0, 4.0]
+    draws = draw_indices(weights, 8000, generator=torch.Generator().manual_seed(0)).numpy()
+    assert set(np.unique(draws)) == {0, 5, 2**24}
+    observed = [int((draws == i).sum()) for i in (0, 5, 2**24)]
+    assert stats.chisquare(observed, [1000, 3000, 4000]).pvalue > 1e-3

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from .checks import check_mask
 from .densities import active_counts, erk_densities, uniform_densities
 from .kernels import randperm_prefix
 from .modules import mask_density, snapshot
@@ -323,6 +324,14 @@ class MaskSet:
         The masked weights, by parameter name.
     masks : mapping of str to bool tensor
         One mask per weight, same shape.
+
+    Raises
+    ------
+    ValueError
+        If ``params`` and ``masks`` name other weights, or a mask has another shape than
+        its weight.
+    TypeError
+        If a mask is not a bool tensor.
     """
 
     def __init__(
@@ -334,13 +343,7 @@ class MaskSet:
         self._bool: dict[str, torch.Tensor] = {}
         self._mult: dict[str, torch.Tensor] = {}
         for name in self.params:  # the masks in the order of the weights
-            mask = masks[name]
-            if mask.shape != self.params[name].shape:
-                raise ValueError(
-                    f"mask {name!r} has shape {tuple(mask.shape)}, "
-                    f"weight has {tuple(self.params[name].shape)}."
-                )
-            self.set_mask(name, mask)
+            self.set_mask(name, masks[name])
 
     @classmethod
     def from_module(
@@ -432,8 +435,17 @@ class MaskSet:
         return self._bool[name]
 
     def set_mask(self, name: str, mask: torch.Tensor) -> None:
-        """Replace the mask of weight ``name`` (does not touch the weight)."""
+        """Replace the mask of weight ``name`` (does not touch the weight).
+
+        Raises
+        ------
+        TypeError
+            If ``mask`` is not a bool tensor.
+        ValueError
+            If it does not have the weight's shape.
+        """
         param = self.params[name]
+        check_mask(name, mask, tuple(param.shape))
         mask = mask.to(device=param.device, dtype=torch.bool)
         self._bool[name] = mask
         self._mult[name] = mask.to(param.dtype)

@@ -149,7 +149,9 @@ def prune_and_regrow(
     regrow : {"gradient", "random"}
         RigL (largest ``|grad|``) or SET (uniformly random) regrowth.
     grad : Tensor, optional
-        Dense gradient of the weights; required for ``regrow="gradient"``.
+        Dense gradient of the weights (of any layout: a sparse one, as ``nn.Embedding(
+        sparse=True)`` gives, is read as the dense tensor it stands for); required for
+        ``regrow="gradient"``.
     generator : torch.Generator, optional
         CPU generator for ``regrow="random"``.
 
@@ -179,7 +181,10 @@ def prune_and_regrow(
     if regrow == "gradient":
         if grad is None:
             raise ValueError(_NO_GRADIENT.format(tuple(weight.shape)))
-        score = grad.detach().reshape(-1).abs().float()
+        grad = grad.detach()
+        if grad.layout != torch.strided:  # e.g. the gradient of nn.Embedding(sparse=True)
+            grad = grad.to_dense()
+        score = grad.reshape(-1).abs().float()
     else:
         score = torch.rand(flat_mask.numel(), generator=generator).to(mask.device)
     score = score.masked_fill(new_mask, -math.inf)
@@ -239,7 +244,7 @@ def apply_decision(
     old_mask = masks.mask(name)
     new = grown[~old_mask.reshape(-1)[grown]]
     masks.set_mask(name, new_mask)
-    param.view(-1)[new] = 0.0
+    param[torch.unravel_index(new, param.shape)] = 0.0
     if optimizer is not None:
         _reset_state(optimizer, param, new)
     return int(new.numel())
@@ -313,6 +318,15 @@ def _reset_state(
     optimizer: torch.optim.Optimizer, param: torch.Tensor, index: torch.Tensor
 ) -> None:
     state = optimizer.state.get(param, {})
-    for value in state.values():
-        if torch.is_tensor(value) and value.shape == param.shape:
-            value.view(-1)[index] = 0
+    # flat indices in row-major order, applied through the shape: the weight and its state
+    # may have other strides (a channels-last convolution)
+    where = torch.unravel_index(index, param.shape)
+    for key, value in state.items():
+        if not torch.is_tensor(value) or value.shape != param.shape:
+            continue
+        if value.layout == torch.strided:
+            value[where] = 0
+        else:  # the momentum of a sparse gradient is sparse too
+            keep = torch.ones(param.shape, dtype=value.dtype, device=value.device)
+            keep[where] = 0
+            state[key] = value.mul(keep)

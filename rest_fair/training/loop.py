@@ -370,7 +370,9 @@ class TrainingRun:
         if self.parts.precision.scaler is None:
             return True
         grads = [p.grad for p in self.parts.sparsity.masks.params.values() if p.grad is not None]
-        return all(bool(torch.isfinite(g).all()) for g in grads)
+        # a sparse gradient (nn.Embedding(sparse=True)) is finite where its values are
+        return all(bool(torch.isfinite(g.coalesce().values() if g.is_sparse else g).all())
+                   for g in grads)
 
     # ---------------------------------------------------------- validation, selection
     def validate(self, epoch: int) -> dict:

@@ -256,6 +256,83 @@ def test_update_topology_keeps_counts_zeroes_and_resets_optimizer_state():
         assert torch.all(opt.state[p]["momentum_buffer"][regrown] == 0)
 
 
+@pytest.mark.parametrize("regrow", ["gradient", "random"])
+def test_a_channels_last_convolution_updates_as_a_contiguous_one(regrow):
+    # the flat indices of an update are row-major; a channels-last weight and its
+    # momentum have other strides
+    runs = []
+    for channels_last in (False, True):
+        torch.manual_seed(0)
+        conv = nn.Conv2d(4, 8, 3)
+        if channels_last:
+            conv.to(memory_format=torch.channels_last)
+        masks = MaskSet.from_module(conv, density=0.3, generator=torch.Generator().manual_seed(2))
+        masks.apply_()
+        opt = torch.optim.SGD(conv.parameters(), lr=0.1, momentum=0.9)
+        x = torch.randn(2, 4, 6, 6, generator=torch.Generator().manual_seed(3))
+        for _ in range(2):
+            opt.zero_grad()
+            conv(x).square().sum().backward()
+            opt.step()
+            masks.apply_()
+        update_topology(masks, 0.5, regrow=regrow, optimizer=opt,
+                        generator=torch.Generator().manual_seed(4))
+        runs.append((masks.mask("weight"), conv.weight.detach(),
+                     opt.state[conv.weight]["momentum_buffer"]))
+    (mask, weight, buf), (mask_cl, weight_cl, buf_cl) = runs
+    assert weight_cl.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(mask_cl, mask)
+    # the same weights and momentum (up to the convolution's summation order), zeros
+    # where weights grew
+    torch.testing.assert_close(weight_cl, weight)
+    torch.testing.assert_close(buf_cl, buf)
+    assert torch.equal(weight_cl == 0, weight == 0) and torch.equal(buf_cl == 0, buf == 0)
+
+
+@pytest.mark.parametrize("regrow", ["gradient", "random"])
+def test_an_embedding_with_sparse_gradients_updates_as_one_with_dense_ones(regrow):
+    # nn.EmbeddingBag(sparse=True): a sparse gradient, and SGD's momentum sparse too
+    runs = []
+    for sparse in (False, True):
+        torch.manual_seed(0)
+        emb = nn.EmbeddingBag(30, 4, sparse=sparse)
+        masks = MaskSet.from_module(emb, density=0.3, generator=torch.Generator().manual_seed(1))
+        masks.apply_()
+        opt = torch.optim.SGD(emb.parameters(), lr=0.1, momentum=0.9)
+        tokens = torch.randint(0, 30, (8, 5), generator=torch.Generator().manual_seed(2))
+        for _ in range(2):
+            opt.zero_grad()
+            emb(tokens).square().sum().backward()
+            opt.step()
+            masks.apply_()
+        before = masks.mask("weight").clone()
+        update_topology(masks, 0.5, regrow=regrow, optimizer=opt,
+                        generator=torch.Generator().manual_seed(3))
+        buf = opt.state[emb.weight]["momentum_buffer"]
+        runs.append((before, masks.mask("weight"), emb.weight.detach(),
+                     buf.to_dense() if sparse else buf))
+    (before, mask, weight, buf), (_, mask_sp, weight_sp, buf_sp) = runs
+    assert torch.equal(mask_sp, mask)
+    grown = mask & ~before
+    assert grown.any() and not weight_sp[grown].any() and not buf_sp[grown].any()
+    torch.testing.assert_close(weight_sp, weight)
+    torch.testing.assert_close(buf_sp, buf)
+
+
+@pytest.mark.parametrize(("mask", "error", "words"), [
+    (torch.tensor([[0.5, 0.0, 1.0], [0.1, 0.0, 0.0]]), TypeError, "bool"),
+    (torch.ones(3, 2, dtype=torch.bool), ValueError, r"shape \(3, 2\).*\(2, 3\)"),
+])
+def test_a_mask_that_is_not_a_bool_tensor_of_the_weights_shape_is_refused(mask, error, words):
+    linear = nn.Linear(3, 2)
+    with pytest.raises(error, match=words):
+        MaskSet({"weight": linear.weight}, {"weight": mask})
+    masks = MaskSet({"weight": linear.weight}, {"weight": torch.ones(2, 3, dtype=torch.bool)})
+    with pytest.raises(error, match=words):
+        masks.set_mask("weight", mask)
+    assert masks.mask("weight").all()
+
+
 def _pruned_and_regrown_case():
     """A 1x4 layer: w[0] is pruned (smallest |w|) and regrown (largest |grad|), w[3] grows."""
     linear = nn.Linear(4, 1, bias=False)

@@ -224,6 +224,23 @@ def test_reduced_precision_on_cuda(data, precision):
     assert clf.score(X, y) > 0.6
 
 
+@pytest.mark.parametrize(("value", "finite"), [(1.0, True), (float("inf"), False),
+                                               (float("nan"), False)])
+def test_an_overflowed_sparse_gradient_chooses_no_topology(value, finite):
+    # with a gradient scaler (CUDA) a topology update reads only finite gradients; an
+    # embedding's gradient may be sparse (nn.Embedding(sparse=True))
+    from types import SimpleNamespace
+
+    weight = torch.nn.Parameter(torch.zeros(6, 2))
+    weight.grad = torch.sparse_coo_tensor(torch.tensor([[1, 3]]),
+                                          torch.tensor([[1.0, value], [1.0, 1.0]]), (6, 2),
+                                          check_invariants=True)
+    run = SimpleNamespace(parts=SimpleNamespace(
+        precision=SimpleNamespace(scaler=object()),
+        sparsity=SimpleNamespace(masks=SimpleNamespace(params={"weight": weight}))))
+    assert TrainingRun._gradients_finite(run) is finite
+
+
 # ------------------------------------------------------------------ warm start, data
 def test_warm_start_continues_the_fitted_network(data):
     X, y, g = data
