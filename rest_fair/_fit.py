@@ -465,6 +465,7 @@ def _train_set(train: FitData, *, upweight: Any, reweight: str, batch_size: int,
         # group that upweight weighs 0 is never visited, like one held out)
         group_sizes=torch.as_tensor(np.bincount(train.groups[counted],
                                                 minlength=len(train.group_labels))),
+        n_classes=len(train.classes),
     ), weights
 
 

@@ -155,6 +155,19 @@ def test_user_module_factory(data):
     assert set(clf.masks_) == {"0.weight", "2.weight"}
 
 
+@pytest.mark.parametrize("n_out", [1, 4])
+def test_a_user_module_without_one_logit_per_class_is_refused(data, n_out):
+    # 3 classes: one output failed inside cross-entropy ("Target 1 is out of bounds"), and
+    # four trained and gave predict_proba four columns beside three classes_
+    X, y, _ = data
+    net = torch.nn.Sequential(torch.nn.Linear(12, 8), torch.nn.ReLU(), torch.nn.Linear(8, n_out))
+    clf = _clf(module=net, module_params=None, max_epochs=1)
+    with pytest.raises(ValueError, match=rf"is of shape \(64, {n_out}\); it must be a tensor "
+                                         r"of shape \(64, 3\), one logit per class"):
+        clf.fit(X, y)
+    assert not hasattr(clf, "module_")
+
+
 # --------------------------------------------------------------------- errors
 @pytest.mark.parametrize(
     ("params", "match"),
