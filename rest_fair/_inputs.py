@@ -167,6 +167,8 @@ def _validate_xy(est: Any, X: Any, y: Any, *, reset: bool = True) -> tuple[Any, 
             raise ValueError(BAD_LENGTH.format(what="y", got=len(y), n=len(X)))
         est.n_features_in_ = int(shape[0]) if shape else 1
         est.input_shape_ = shape
+        if reset:  # a Dataset has no column names: a previous DataFrame's are gone
+            est.__dict__.pop("feature_names_in_", None)
         check_classification_targets(y)
         return X, y
     if y is not None and not isinstance(y, str) and hasattr(y, "__len__"):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -269,6 +271,17 @@ def test_an_array_for_an_estimator_fitted_with_feature_names_is_warned_about(sma
     renamed = pd.DataFrame(X, columns=list("abcdz"))
     assert _checked(clf, renamed)[0] == _sklearn_checked(clf, renamed)[0]
     assert "Feature names unseen at fit time" in _checked(clf, renamed)[0]
+
+
+def test_a_refit_on_a_dataset_forgets_the_column_names_of_a_dataframe_fit(small):
+    # they stayed, so arrays given to predict were warned about as lacking feature names
+    X, y = small
+    clf = _clf().fit(pd.DataFrame(X, columns=list("abcde")), y)
+    clf.fit(torch.utils.data.TensorDataset(torch.from_numpy(X)), y)
+    assert not hasattr(clf, "feature_names_in_")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        clf.predict(X)
 
 
 def test_a_dict_of_group_columns_that_cross_validation_passed_whole_is_explained():
