@@ -350,6 +350,19 @@ def test_groups_without_columns_are_refused(small, groups):
         _clf().fit(X, y, groups=groups)
 
 
+@pytest.mark.parametrize(("what", "bad"), [("dict", {"sex": "f"}), ("set", {1})])
+def test_unhashable_group_labels_are_named(small, what, bad):
+    # pandas' bare "TypeError: unhashable type: 'dict'" named no input
+    X, y = small
+    groups = [bad] * len(y)
+    for fit in (lambda: _clf().fit(X, y, groups=groups),
+                lambda: _clf().fit(X, y, groups=np.arange(60) % 2,
+                                   validation_data=(X, y, groups))):
+        with pytest.raises(ValueError, match=r"groups must hold hashable labels \(numbers, "
+                                             rf".*got unhashable type: '{what}'"):
+            fit()
+
+
 def test_a_warm_start_with_other_classes_prints_them_as_python_values(small):
     X, y = small
     clf = _clf(warm_start=True).fit(X, y)
