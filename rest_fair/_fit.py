@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import contextlib
-import copy
 import functools
 import hashlib
 import json
@@ -465,6 +464,7 @@ def _train_set(train: FitData, *, upweight: Any, reweight: str, batch_size: int,
         # group that upweight weighs 0 is never visited, like one held out)
         group_sizes=torch.as_tensor(np.bincount(train.groups[counted],
                                                 minlength=len(train.group_labels))),
+        n_classes=len(train.classes),
     ), weights
 
 
@@ -704,6 +704,15 @@ def remember_network_params(est: Any) -> None:
     Called at the end of ``fit`` and by ``RESTClassifier.load``.
     """
     params = est.get_params(deep=False)
-    # (a dict is copied: editing module_params in place is a change too)
-    est._warm_fixed_params = {name: copy.copy(params[name]) if isinstance(params[name], dict)
-                              else params[name] for name in _WARM_FIXED}
+    est._warm_fixed_params = {name: _containers_copied(params[name]) for name in _WARM_FIXED}
+
+
+def _containers_copied(value: Any) -> Any:
+    """``value`` with its dicts and lists copied at every depth, so that editing them in
+    place (``dense_layers.append``, ``module_params["hidden_layer_sizes"].append``) is a
+    change too; anything else is kept itself (compared by identity first, as before)."""
+    if isinstance(value, dict):
+        return {k: _containers_copied(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_containers_copied(v) for v in value]
+    return value

@@ -44,6 +44,10 @@ TYPES_DIFFER = (
     "{train!r}), and values of different types are different labels. Give both the same "
     "type, e.g. convert the validation {what} with .astype({train_type})."
 )
+UNHASHABLE_GROUPS = (
+    "{what} must hold hashable labels (numbers, strings, bools, or tuples of them for "
+    "several columns), one per sample; got {problem}."
+)
 BAD_GROUP_NDIM = (
     "groups must be 1-D (one label per sample) or 2-D (one column per attribute); got an "
     "array of shape {shape}."
@@ -167,6 +171,8 @@ def _validate_xy(est: Any, X: Any, y: Any, *, reset: bool = True) -> tuple[Any, 
             raise ValueError(BAD_LENGTH.format(what="y", got=len(y), n=len(X)))
         est.n_features_in_ = int(shape[0]) if shape else 1
         est.input_shape_ = shape
+        if reset:  # a Dataset has no column names: a previous DataFrame's are gone
+            est.__dict__.pop("feature_names_in_", None)
         check_classification_targets(y)
         return X, y
     if y is not None and not isinstance(y, str) and hasattr(y, "__len__"):
@@ -441,7 +447,10 @@ or dict of columns
     missing = int(series.isna().sum())
     if missing:
         raise ValueError(MISSING_VALUES.format(what=what, count=missing))
-    uniques = list(pd.unique(series))
+    try:
+        uniques = list(pd.unique(series))
+    except TypeError as exc:  # e.g. a dict or a set as a sample's label
+        raise ValueError(UNHASHABLE_GROUPS.format(what=what, problem=exc)) from None
     try:
         uniques = sorted(uniques)
     except TypeError:

@@ -8,6 +8,7 @@ can match them.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from numbers import Integral
 from typing import Any
@@ -25,6 +26,8 @@ __all__ = [
 
 BAD_OPTION = "{name} must be one of {options}; got {value!r}."
 BAD_RANGE = "{name} must be {rule}; got {value!r}."
+#: Integers go to numpy and torch as int64: an integer interval ends below this.
+_INT64_END = 2**63
 #: A per-sample input whose length differs from X's (checked by ``_inputs`` and ``text``).
 BAD_LENGTH = "{what} has {got} samples but X has {n}; they must have the same length."
 
@@ -40,7 +43,14 @@ class Interval:
     note: str = ""  # why the range is what it is, added to the description
 
     def accepts(self, value: Any) -> bool:
-        if isinstance(value, bool) or not isinstance(value, self.kind) or not np.isfinite(value):
+        if isinstance(value, bool) or not isinstance(value, self.kind):
+            return False
+        try:
+            if not math.isfinite(value):
+                return False
+        except OverflowError:  # an int beyond float's range
+            return False
+        if self.kind is Integral and not -_INT64_END <= value < _INT64_END:
             return False
         low_ok = value >= self.low if self.closed in ("both", "left") else value > self.low
         high_ok = value <= self.high if self.closed in ("both", "right") else value < self.high
@@ -51,6 +61,8 @@ class Interval:
         right = "]" if self.closed in ("both", "right") else ")"
         what = "an integer" if self.kind is Integral else "a number"
         high = "inf" if self.high == float("inf") else self.high
+        if self.kind is Integral and self.high >= _INT64_END:
+            high, right = "2**63", ")"
         note = f" ({self.note})" if self.note else ""
         return f"{what} in {left}{self.low}, {high}{right}{note}"
 

@@ -155,6 +155,19 @@ def test_user_module_factory(data):
     assert set(clf.masks_) == {"0.weight", "2.weight"}
 
 
+@pytest.mark.parametrize("n_out", [1, 4])
+def test_a_user_module_without_one_logit_per_class_is_refused(data, n_out):
+    # 3 classes: one output failed inside cross-entropy ("Target 1 is out of bounds"), and
+    # four trained and gave predict_proba four columns beside three classes_
+    X, y, _ = data
+    net = torch.nn.Sequential(torch.nn.Linear(12, 8), torch.nn.ReLU(), torch.nn.Linear(8, n_out))
+    clf = _clf(module=net, module_params=None, max_epochs=1)
+    with pytest.raises(ValueError, match=rf"is of shape \(64, {n_out}\); it must be a tensor "
+                                         r"of shape \(64, 3\), one logit per class"):
+        clf.fit(X, y)
+    assert not hasattr(clf, "module_")
+
+
 # --------------------------------------------------------------------- errors
 @pytest.mark.parametrize(
     ("params", "match"),
@@ -186,12 +199,25 @@ def test_user_module_factory(data):
                        r"float32"),
         ({"weight_decay": 1e40}, r"weight_decay must be a number in \[0, 3.40282"),
         ({"groupdro_eta": 1e300}, r"groupdro_eta must be a number in \(0, 3.40282"),
+        # integers beyond int64, and beyond float's range: numpy's "ufunc 'isfinite' not
+        # supported for the input types" named no parameter
+        ({"batch_size": 2**70}, r"batch_size must be an integer in \[1, 2\*\*63\); got 1180"),
+        ({"max_epochs": 2**70}, r"max_epochs must be an integer in \[1, 2\*\*63\)"),
+        ({"upweight": 10**400}, r"upweight must be None or a dict .* a number in \(0, inf\)"),
     ],
 )
 def test_bad_parameters_name_the_problem(data, params, match):
     X, y, _ = data
     with pytest.raises(ValueError, match=match):
         _clf(**params).fit(X, y)
+
+
+def test_integer_parameters_end_below_two_to_the_63():
+    # 2**63 passed numpy's isfinite, so max_epochs=2**63 was taken (a fit without end)
+    est = _clf(max_epochs=2**63)
+    with pytest.raises(ValueError, match=r"max_epochs must be an integer in \[1, 2\*\*63\)"):
+        est._validate_params()
+    _clf(max_epochs=2**63 - 1)._validate_params()
 
 
 def test_an_unknown_module_name_without_torchvision_names_both(data, monkeypatch):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -271,6 +273,17 @@ def test_an_array_for_an_estimator_fitted_with_feature_names_is_warned_about(sma
     assert "Feature names unseen at fit time" in _checked(clf, renamed)[0]
 
 
+def test_a_refit_on_a_dataset_forgets_the_column_names_of_a_dataframe_fit(small):
+    # they stayed, so arrays given to predict were warned about as lacking feature names
+    X, y = small
+    clf = _clf().fit(pd.DataFrame(X, columns=list("abcde")), y)
+    clf.fit(torch.utils.data.TensorDataset(torch.from_numpy(X)), y)
+    assert not hasattr(clf, "feature_names_in_")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        clf.predict(X)
+
+
 def test_a_dict_of_group_columns_that_cross_validation_passed_whole_is_explained():
     import sklearn
     from sklearn.model_selection import cross_validate
@@ -335,6 +348,19 @@ def test_groups_without_columns_are_refused(small, groups):
     X, y = small
     with pytest.raises(ValueError, match=r"groups has no columns \(shape \(60, 0\)\)"):
         _clf().fit(X, y, groups=groups)
+
+
+@pytest.mark.parametrize(("what", "bad"), [("dict", {"sex": "f"}), ("set", {1})])
+def test_unhashable_group_labels_are_named(small, what, bad):
+    # pandas' bare "TypeError: unhashable type: 'dict'" named no input
+    X, y = small
+    groups = [bad] * len(y)
+    for fit in (lambda: _clf().fit(X, y, groups=groups),
+                lambda: _clf().fit(X, y, groups=np.arange(60) % 2,
+                                   validation_data=(X, y, groups))):
+        with pytest.raises(ValueError, match=r"groups must hold hashable labels \(numbers, "
+                                             rf".*got unhashable type: '{what}'"):
+            fit()
 
 
 def test_a_warm_start_with_other_classes_prints_them_as_python_values(small):

@@ -47,6 +47,14 @@ STRONG_DECAY = (
     "lr * weight_decay = {product:g}): each step's decay term then overshoots the weights "
     "instead of shrinking them; keep lr * weight_decay well below 1."
 )
+#: A network whose output is not one logit per class (e.g. a module of the user's own
+#: with one output for two classes, which cross-entropy reads as a one-class task).
+BAD_OUTPUT = (
+    "the network's output for a batch of {n} samples is {got}; it must be a tensor of "
+    "shape ({n}, {n_classes}), one logit per class of the {n_classes} classes. A module of "
+    "your own must end in {n_classes} outputs (a class or callable given as module "
+    "receives n_classes= when its signature takes it)."
+)
 #: Warning of a resume whose checkpoint holds callback states no callback takes.
 CALLBACK_STATES_LEFT = (
     "the checkpoint holds the state of callbacks {keys} (class name: its place among the "
@@ -220,6 +228,7 @@ class TrainingRun:
         self._y = p.train.y.to(p.device)
         self._w = None if p.train.loss_weights is None else p.train.loss_weights.to(p.device)
         self._g = p.train.groups.to(p.device)
+        self._n_classes = p.train.n_classes
 
     @property
     def fingerprint(self) -> dict:
@@ -342,6 +351,7 @@ class TrainingRun:
             sparsity.prepare_step(step)
         with p.precision.autocast():
             logits = p.forward_module(x)
+            self._check_output(logits, len(idx))
             loss = p.objective(logits, self._y[idx],
                                None if self._w is None else self._w[idx], self._g[idx])
         p.optimizer.zero_grad(set_to_none=True)
@@ -359,6 +369,15 @@ class TrainingRun:
             self._update_topology(step)
         s.step = step
         return loss.detach()
+
+    def _check_output(self, logits: Any, n: int) -> None:
+        """Refuse an output other than ``n`` rows of one logit per class (:data:`BAD_OUTPUT`)."""
+        if self._n_classes is None or (torch.is_tensor(logits)
+                                       and logits.shape == (n, self._n_classes)):
+            return
+        got = (f"of shape {tuple(logits.shape)}" if torch.is_tensor(logits)
+               else f"a {type(logits).__name__}, not a tensor")
+        raise ValueError(BAD_OUTPUT.format(n=n, got=got, n_classes=self._n_classes))
 
     def _update_topology(self, step: int) -> None:
         regrown = self.parts.sparsity.before_step(step, self.parts.optimizer)

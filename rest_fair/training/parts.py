@@ -109,7 +109,8 @@ class TrainSet:
 
     ``group_sizes`` holds the number of training samples of every group (GroupDRO's
     ``n_g``), the whole training set's on every data-parallel rank; left out, every sample
-    of ``groups`` counts once.
+    of ``groups`` counts once. With ``n_classes``, the loop refuses a network whose output
+    for a batch is not one logit per class (``None``: not checked).
     """
 
     source: BatchSource
@@ -119,6 +120,7 @@ class TrainSet:
     n_groups: int
     sampler: EpochSampler
     group_sizes: torch.Tensor | None = None  # samples per group (long)
+    n_classes: int | None = None
 
     def __post_init__(self) -> None:
         if self.group_sizes is None:

@@ -270,6 +270,20 @@ def test_warm_start_continues_the_fitted_network(data):
     clf.fit(X, y, groups=g)  # back to the fitted values: the warm start goes on
 
 
+def test_a_warm_start_refuses_network_parameters_edited_in_place(data):
+    # a list (dense_layers) and a list inside module_params were kept as the same objects,
+    # so editing them in place went unseen and the old masks and network were continued
+    X, y, _ = data
+    for name, value, edit in (
+            ("dense_layers", ["first"], lambda v: v.append("head")),
+            ("module_params", {"hidden_layer_sizes": [8]},
+             lambda v: v["hidden_layer_sizes"].append(4))):
+        clf = _clf(max_epochs=1, warm_start=True, **{name: value}).fit(X, y)
+        edit(value)
+        with pytest.raises(ValueError, match=rf"warm_start=True continues .* but {name} changed"):
+            clf.fit(X, y)
+
+
 def test_one_dataloader_per_fit(data, monkeypatch):
     X, y, _ = data
     created = []

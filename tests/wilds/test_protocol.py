@@ -99,7 +99,7 @@ def test_weights_for_a_module_that_is_not_torchvision_are_refused(module):
 @pytest.mark.parametrize(("argv", "message"), [
     (("--frac", "2"), r"--frac must be a number in \(0, 1\]; got 2.0"),
     (("--frac", "0"), r"--frac must be a number in \(0, 1\]"),
-    (("--max-features", "0"), r"--max-features must be an integer in \[1, inf\]"),
+    (("--max-features", "0"), r"--max-features must be an integer in \[1, 2\*\*63\)"),
     (("--image-size", "-4"), "--image-size must be"),
     (("--max-length", "0"), "--max-length must be"),
     (("--seeds", "0", "0"), r"--seeds must be distinct non-negative ints; got \[0, 0\]"),
