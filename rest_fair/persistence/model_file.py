@@ -137,6 +137,10 @@ _NEED_MODULE = (
     "{path} holds the weights of a {cls} without a built-in architecture; pass "
     "load(path, module=<an instance of it>) to load them."
 )
+_PART_ARCHITECTURE = (
+    "{path} names the built-in network {name!r} but its metadata lacks {missing}, which "
+    "rebuilding it needs; pass load(path, module=<an instance of it>) to load the weights."
+)
 _BAD_DTYPE = "unsupported tensor dtype {dtype} in {path}."
 _BAD_METADATA = "metadata must be a dict of plain JSON-able values or None; got {type}."
 _LOAD_ESTIMATOR = (
@@ -660,8 +664,9 @@ def read_module(
     without pretrained ``module_params["weights"]`` (no download, no other file read: the
     file holds the weights); it is checked against the file on the meta device first, and
     every tensor's arrays against its entry, so that nothing is allocated for a network
-    the file does not hold. The network is returned in evaluation mode, on
-    the CPU (a copy of ``module`` stays on ``module``'s device). With ``max_parameters``,
+    the file does not hold. The network is returned in evaluation mode, on the CPU, its
+    floating-point tensors in the dtypes the file holds them in (a copy of ``module``
+    keeps ``module``'s device and dtypes). With ``max_parameters``,
     a file whose tensors hold more values in all (counted from its header, before anything
     is built) is refused: the one bound on what a very sparse layer stored as CSR may
     allocate.
@@ -705,6 +710,10 @@ def read_module(
             if mask is not None:
                 masks[entry["name"]] = mask
         net = build()
+        if module is None:  # a built-in network takes the floating dtypes the file holds
+            for key, tensor in net.state_dict(keep_vars=True).items():
+                if tensor.is_floating_point() and state[key].is_floating_point():
+                    tensor.data = tensor.data.to(state[key].dtype)
         net.load_state_dict(state, strict=True)
     return net.eval(), masks
 
@@ -754,8 +763,8 @@ def load(
     Returns
     -------
     tuple (module, masks, metadata) or RESTClassifier
-        What was saved; the module is in evaluation mode, on the CPU (or, with
-        ``module``, on its device).
+        What was saved; the module is in evaluation mode, on the CPU in the dtypes it was
+        saved in (or, with ``module``, on its device, in its dtypes).
 
     Raises
     ------
@@ -785,6 +794,10 @@ def load(
                         ("module", "input_shape", "n_classes", "module_params")]
         if module is None and architecture[0] not in MODULE_NAMES:
             raise ModelFileError(_NEED_MODULE.format(path=path, cls=header.get("class")))
+        missing = [k for k in ("input_shape", "n_classes") if metadata.get(k) is None]
+        if module is None and missing:
+            raise ModelFileError(_PART_ARCHITECTURE.format(path=path, name=architecture[0],
+                                                           missing=" and ".join(missing)))
     net, masks = read_module(path, header, arrays, module=module, architecture=architecture,
                              max_parameters=max_parameters)
     return net, masks, metadata

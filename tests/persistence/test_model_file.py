@@ -76,6 +76,34 @@ def test_unknown_architecture_needs_module(tmp_path):
         load(tmp_path / "m.rest")
 
 
+def test_metadata_naming_a_built_in_network_without_its_shape_says_so(tmp_path):
+    net, masks = _masked_mlp(0.1)
+    save((net, masks, {"module": "mlp", "n_classes": 3}), tmp_path / "m.rest")
+    with pytest.raises(ModelFileError, match="'mlp' but its metadata lacks input_shape"):
+        load(tmp_path / "m.rest")
+    loaded, _, _ = load(tmp_path / "m.rest", module=net)
+    assert _state_equal(loaded, net)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16], ids=str)
+def test_a_module_comes_back_in_the_dtype_it_was_saved_in(tmp_path, dtype):
+    net, masks = _masked_mlp(0.1)
+    net = net.to(dtype)
+    with torch.no_grad():  # values float32 cannot hold
+        for p in net.parameters():
+            p.mul_(1 + torch.finfo(dtype).eps)
+    save((net, masks, META), tmp_path / "m.rest")
+    loaded, _, _ = load(tmp_path / "m.rest")
+    assert {t.dtype for t in loaded.state_dict().values()} == {dtype}
+    assert _state_equal(loaded, net)
+    x = torch.randn(5, 20, dtype=dtype)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), net(x))
+    into, _, _ = load(tmp_path / "m.rest", module=build_module(
+        "mlp", input_shape=(20,), n_classes=3, module_params=META["module_params"]))
+    assert {t.dtype for t in into.state_dict().values()} == {torch.float32}  # module='s
+
+
 class _RunsCode:
     def __init__(self, marker):
         self.marker = marker
