@@ -66,7 +66,7 @@ from torch import nn
 
 from ..exceptions import ModelFileError
 from ..models import MODULE_NAMES, build_module
-from ..sparse.checks import check_masks
+from ..sparse.checks import check_mask
 from .files import atomic_write
 
 __all__ = [
@@ -140,6 +140,10 @@ _NEED_MODULE = (
 _PART_ARCHITECTURE = (
     "{path} names the built-in network {name!r} but its metadata lacks {missing}, which "
     "rebuilding it needs; pass load(path, module=<an instance of it>) to load the weights."
+)
+_BAD_MASK_KEY = (
+    "masks has key {key!r}, which is not a tensor of the module (expected names as in "
+    "module.state_dict())."
 )
 _BAD_DTYPE = "unsupported tensor dtype {dtype} in {path}."
 _BAD_METADATA = "metadata must be a dict of plain JSON-able values or None; got {type}."
@@ -435,24 +439,33 @@ def write(
     header: Mapping[str, Any],
     arrays: Mapping[str, np.ndarray] | None = None,
 ) -> int:
-    """Write ``module``'s state dict and ``masks`` (a dict of bool tensors by parameter
-    name, or None), the plain JSON values of ``header`` beside the format's own keys, and
+    """Write ``module``'s state dict and ``masks`` (a dict of bool tensors by state-dict
+    name, or None: a layer training in CSR form has its dense weight there, not among its
+    parameters), the plain JSON values of ``header`` beside the format's own keys, and
     further ``arrays`` by member name; returns the file size in bytes.
 
     Raises
     ------
     TypeError
-        If ``path`` is not a str or path-like (an int would name an open file descriptor).
+        If ``path`` is not a str or path-like (an int would name an open file descriptor),
+        or a mask is not a bool tensor.
+    KeyError
+        If a mask names no tensor of the state dict.
     ValueError
-        If the header's JSON is longer than :data:`MAX_HEADER_BYTES`.
+        If the header's JSON is longer than :data:`MAX_HEADER_BYTES`, or a mask's shape
+        is not its tensor's.
     """
     path = os.fspath(path)
     masks = dict(masks or {})
-    check_masks(module, masks)
+    state = module.state_dict()
+    for key, mask in masks.items():  # by state-dict name: a layer training as CSR has no
+        if key not in state:         # weight parameter, its state dict the dense weight
+            raise KeyError(_BAD_MASK_KEY.format(key=key))
+        check_mask(key, mask, tuple(state[key].shape))
     header = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, **header}
     arrays = dict(arrays or {})
     entries = []
-    for index, (name, tensor) in enumerate(module.state_dict().items()):
+    for index, (name, tensor) in enumerate(state.items()):
         entry, arrs = _encode(name, tensor, masks.get(name), index)
         entries.append(entry)
         arrays.update(arrs)

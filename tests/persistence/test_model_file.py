@@ -8,8 +8,10 @@ import zipfile
 import numpy as np
 import pytest
 import torch
+from sklearn.exceptions import NotFittedError
 
 from rest_fair import RESTClassifier
+from rest_fair.callbacks import Callback
 from rest_fair.efficiency import ModelFileError, load, save
 from rest_fair.models import build_module
 from rest_fair.persistence import register_estimator_class
@@ -401,3 +403,50 @@ def test_a_bytes_path_reads_what_it_wrote(tmp_path):
     (tmp_path / "cut.rest").write_bytes(open(path, "rb").read()[:200])
     with pytest.raises(ModelFileError, match=r"cut\.rest is corrupted or truncated"):
         RESTClassifier.load(os.fsencode(tmp_path / "cut.rest"))
+
+
+class _SaveEachEpoch(Callback):
+    def __init__(self, folder):
+        self.folder, self.saved = folder, []
+
+    def on_epoch_end(self, net, *, record, **kwargs):
+        path = self.folder / f"epoch{record['epoch']}.rest"
+        save((net.module_, dict(net.masks_), None), self.folder / "module.rest")
+        net.save(path)
+        state = {k: v.clone() for k, v in net.module_.state_dict().items()}
+        self.saved.append((path, state, {k: v.clone() for k, v in net.masks_.items()}))
+
+
+def test_a_network_training_csr_layers_saves_from_a_callback(tmp_path):
+    # a layer training as CSR has its dense weight in the state dict, not in its parameters
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(64, 8)).astype(np.float32)
+    y = (X[:, 0] > 0).astype(int)
+    clf = RESTClassifier(max_epochs=1, sparsity=0.9, layer_density="uniform",
+                         sparse_compute="csr", validation_fraction=0.0, random_state=0,
+                         module_params={"hidden_layer_sizes": (16,)}).fit(X, y)
+    spy = _SaveEachEpoch(tmp_path)
+    clf.set_params(warm_start=True, callbacks=[spy]).fit(X, y)
+    assert clf.sparse_compute_layers_
+    (path, state, masks), = spy.saved
+    loaded = RESTClassifier.load(path)
+    assert all(torch.equal(loaded.module_.state_dict()[k], v) for k, v in state.items())
+    assert loaded.masks_.keys() == masks.keys()
+    assert all(torch.equal(loaded.masks_[k], v) for k, v in masks.items())
+    net, module_masks, _ = load(tmp_path / "module.rest", module=loaded.module_)
+    assert _state_equal(net, loaded.module_) and module_masks.keys() == masks.keys()
+
+
+def test_saving_during_the_first_fit_is_refused_not_written(tmp_path):
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(40, 4)).astype(np.float32)
+    y = (X[:, 0] > 0).astype(int)
+
+    class SaveEstimator(Callback):
+        def on_epoch_end(self, net, **kwargs):
+            net.save(tmp_path / "model.rest")
+
+    with pytest.raises(NotFittedError, match="first fit: classes_ is set when fit ends"):
+        RESTClassifier(max_epochs=1, validation_fraction=0.0,
+                       callbacks=[SaveEstimator()]).fit(X, y)
+    assert list(tmp_path.iterdir()) == []
