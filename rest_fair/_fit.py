@@ -38,7 +38,12 @@ from ._inputs import FitData, check_inputs, take
 from .callbacks import check_callbacks
 from .jtt import identify_errors, overlap_report
 from .models import build_module
-from .persistence.checkpoint import has_checkpoint, read_checkpoint, saved_fingerprint
+from .persistence.checkpoint import (
+    DETAIL,
+    has_checkpoint,
+    read_checkpoint,
+    saved_fingerprint,
+)
 from .reweighting import cell_weights, minority_mask, sample_weights_for
 from .sparse.modules import set_submodule
 from .training import (
@@ -143,6 +148,7 @@ _NEUTRAL = {
     "params.update_timing": "mid_interval",
     "params.groupdro_adjustment": 0.0,
     "weighted_counts": None,  # sample weights all equal, no group weighed 0
+    "data_sha256_of": DETAIL,  # which of the inputs data_sha256 digests differs
 }
 
 
@@ -341,28 +347,39 @@ def _json_keys(value: Any) -> Any:
     return value
 
 
-def _digest(*arrays: Any) -> str:
-    h = hashlib.sha256()
-    for a in arrays:
-        if isinstance(a, TokenizedText):
-            h.update(b"tokens")
-            for part in (a.ids, a.offsets):
-                h.update(np.ascontiguousarray(part).data)
-        elif sp.issparse(a):
-            a = a.tocsr()
-            for part in (a.data, a.indices, a.indptr):
-                h.update(np.ascontiguousarray(part).tobytes())
-        elif isinstance(a, np.ndarray):
-            h.update(str((a.dtype, a.shape)).encode())
-            h.update(np.ascontiguousarray(a).data)
-        else:  # a torch Dataset is read lazily: its length and a sample of its items
-            h.update(f"dataset:{type(a).__qualname__}:{len(a)}".encode())
-            with fixed_global_rngs():
-                for i in sorted({0, len(a) // 2, len(a) - 1}):
-                    item = _first_element(a[i]).detach().cpu().contiguous()
-                    h.update(str((item.dtype, tuple(item.shape))).encode())
-                    h.update(item.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
+def _chunks(a: Any) -> Iterator[bytes]:
+    """The bytes a digest of the input ``a`` reads (a torch Dataset: its length and three
+    of its items, read with the global generators fixed)."""
+    if isinstance(a, TokenizedText):
+        yield b"tokens"
+        for part in (a.ids, a.offsets):
+            yield np.ascontiguousarray(part).data
+    elif sp.issparse(a):
+        a = a.tocsr()
+        for part in (a.data, a.indices, a.indptr):
+            yield np.ascontiguousarray(part).tobytes()
+    elif isinstance(a, np.ndarray):
+        yield str((a.dtype, a.shape)).encode()
+        yield np.ascontiguousarray(a).data
+    else:  # a torch Dataset is read lazily: its length and a sample of its items
+        yield f"dataset:{type(a).__qualname__}:{len(a)}".encode()
+        with fixed_global_rngs():
+            for i in sorted({0, len(a) // 2, len(a) - 1}):
+                item = _first_element(a[i]).detach().cpu().contiguous()
+                yield str((item.dtype, tuple(item.shape))).encode()
+                yield item.reshape(-1).view(torch.uint8).numpy().tobytes()
+
+
+def _digests(**arrays: Any) -> tuple[str, dict[str, str]]:
+    """The SHA-256 of ``arrays`` together, and of each by name, in one pass over them."""
+    whole, parts = hashlib.sha256(), {}
+    for name, a in arrays.items():
+        part = hashlib.sha256()
+        for chunk in _chunks(a):
+            whole.update(chunk)
+            part.update(chunk)
+        parts[name] = part.hexdigest()
+    return whole.hexdigest(), parts
 
 
 def _fingerprint(params: dict, input_shape: tuple, data: FitData,
@@ -372,12 +389,15 @@ def _fingerprint(params: dict, input_shape: tuple, data: FitData,
     (``seed``, None for an int ``random_state``)."""
     run_params = {k: _json_keys(_plain(v)) for k, v in params.items()
                   if k not in _RUN_INDEPENDENT}
+    data_sha256, by_part = _digests(X=data.X, y=data.y, groups=data.groups,
+                                    sample_weight=data.sample_weight)
     return {
         "seed": seed,
         "n_samples": len(data.y),
         "input_shape": list(input_shape),
         "classes": [str(c) for c in data.classes],
-        "data_sha256": _digest(data.X, data.y, data.groups, data.sample_weight),
+        "data_sha256": data_sha256,
+        "data_sha256_of": by_part,  # names which of them differs
         # True where sample weights differ (they count in the cell weights) or an upweight
         # dict weighs a group 0: samples of weight 0 by either are never visited
         "weighted_counts": None if np.all(data.sample_weight == data.sample_weight[0])
@@ -385,7 +405,8 @@ def _fingerprint(params: dict, input_shape: tuple, data: FitData,
         else True,
         "n_valid": None if valid is None else len(valid.y),
         "validation_sha256": None if data.validation is None
-        else _digest(*(part for part in data.validation if part is not None)),
+        else _digests(**{str(i): part for i, part in enumerate(data.validation)
+                         if part is not None})[0],
         "params": json.loads(json.dumps(run_params, default=_json_value, sort_keys=True)),
     }
 
