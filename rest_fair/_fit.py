@@ -590,7 +590,9 @@ def _built_run(est: Any, data: FitData, config: TrainConfig, callbacks: list, *,
                 sparse_layers=checkpoint.get("sparse_compute_layers"))
             run = TrainingRun(
                 parts, generator=generator, fingerprint=fingerprint, neutral=_NEUTRAL,
-                state=TrainState(history=list(est.history_), epoch_offset=len(est.history_))
+                state=TrainState(history=list(est.history_), epoch_offset=len(est.history_),
+                                 step_offset=est.n_train_steps_,
+                                 update_offset=est.n_topology_updates_)
                 if warm else None,
                 extra={} if errors is None else {"jtt_errors": torch.as_tensor(errors)})
             world.seed_own_stream(seed)  # what draws while training draws per rank
@@ -612,8 +614,8 @@ def _train(est: Any, run: TrainingRun) -> None:
 
 
 # ------------------------------------------------------------------ 4. fitted attributes
-def _fitted(built: _Built, data: FitData, previous: Any = None) -> dict[str, Any]:
-    """The fitted attributes of a finished run; ``previous`` is a warm start's estimator."""
+def _fitted(built: _Built, data: FitData) -> dict[str, Any]:
+    """The fitted attributes of a finished run (a warm start's counters go on)."""
     parts, state, classes, errors = built.run.parts, built.run.state, data.classes, built.errors
     labels = data.group_labels if errors is None else [False, True]
     fitted = {
@@ -622,8 +624,9 @@ def _fitted(built: _Built, data: FitData, previous: Any = None) -> dict[str, Any
         "masks_": state.best_masks,
         "history_": state.history,
         "best_epoch_": state.best_epoch,
-        "n_topology_updates_": parts.sparsity.n_updates if parts.sparsity is not None else 0,
-        "n_train_steps_": state.step,
+        "n_topology_updates_": state.update_offset
+        + (parts.sparsity.n_updates if parts.sparsity is not None else 0),
+        "n_train_steps_": state.step_offset + state.step,
         "sparse_compute_layers_": list(getattr(parts.sparsity, "converted", ())),
         "group_weight_history_": getattr(parts.objective, "history", None),
         "groups_": list(labels),
@@ -634,9 +637,6 @@ def _fitted(built: _Built, data: FitData, previous: Any = None) -> dict[str, Any
         "inferred_groups_": None,
         "inferred_groups_overlap_": None,
     }
-    if previous is not None:  # the counters go on
-        fitted["n_train_steps_"] += previous.n_train_steps_
-        fitted["n_topology_updates_"] += previous.n_topology_updates_
     if errors is not None:  # of the samples trained on: those of sample_weight 0 are not
         trained = data.sample_weight[built.train_idx] > 0
         train_idx, errors = built.train_idx[trained], errors[trained]
@@ -678,7 +678,7 @@ def fit_estimator(
         with _built_run(est, data, config, callbacks, warm=warm,
                         resume_from=resume_from) as built:
             _train(est, built.run)
-        vars(est).update(_fitted(built, data, previous=est if warm else None))
+        vars(est).update(_fitted(built, data))
         remember_network_params(est)
     return est
 

@@ -428,6 +428,22 @@ class _StopAt(Callback):
             raise KeyboardInterrupt
 
 
+def test_a_resumed_warm_start_counts_the_steps_of_the_fit_it_continued(tmp_path):
+    X, y, g = _data()
+    params = {**COMMON, "max_epochs": 2, "warm_start": True}
+    whole = RESTClassifier(**params).fit(X, y, groups=g).fit(X, y, groups=g)
+    first = RESTClassifier(**params, callbacks=[Checkpoint(tmp_path)]).fit(X, y, groups=g)
+    first.callbacks = [_StopAt(4), Checkpoint(tmp_path)]
+    with pytest.raises(KeyboardInterrupt):
+        first.fit(X, y, groups=g)
+    resumed = RESTClassifier(**{**params, "warm_start": False}).fit(
+        X, y, groups=g, resume_from=tmp_path)
+    assert np.array_equal(resumed.predict_proba(X), whole.predict_proba(X))
+    assert [h["epoch"] for h in resumed.history_] == [1, 2, 3, 4]
+    assert resumed.n_train_steps_ == whole.n_train_steps_ == 40
+    assert resumed.n_topology_updates_ == whole.n_topology_updates_ > 0
+
+
 @pytest.mark.parametrize("random_state", [None, "RandomState"])
 def test_an_unseeded_run_resumes_with_the_seed_it_drew(tmp_path, random_state):
     X, y, g = _data()
