@@ -37,7 +37,12 @@ from ._inputs import FitData, check_inputs, take
 from .callbacks import check_callbacks
 from .jtt import identify_errors, overlap_report
 from .models import build_module
-from .persistence.checkpoint import has_checkpoint, read_checkpoint, saved_fingerprint
+from .persistence.checkpoint import (
+    DETAIL,
+    has_checkpoint,
+    read_checkpoint,
+    saved_fingerprint,
+)
 from .reweighting import cell_weights, minority_mask, sample_weights_for
 from .sparse.modules import set_submodule
 from .training import (
@@ -142,6 +147,7 @@ _NEUTRAL = {
     "params.update_timing": "mid_interval",
     "params.groupdro_adjustment": 0.0,
     "weighted_counts": None,  # sample weights all equal, no group weighed 0
+    "data_sha256_of": DETAIL,  # which of the inputs data_sha256 digests differs
 }
 
 
@@ -340,28 +346,39 @@ def _json_keys(value: Any) -> Any:
     return value
 
 
-def _digest(*arrays: Any) -> str:
-    h = hashlib.sha256()
-    for a in arrays:
-        if isinstance(a, TokenizedText):
-            h.update(b"tokens")
-            for part in (a.ids, a.offsets):
-                h.update(np.ascontiguousarray(part).data)
-        elif sp.issparse(a):
-            a = a.tocsr()
-            for part in (a.data, a.indices, a.indptr):
-                h.update(np.ascontiguousarray(part).tobytes())
-        elif isinstance(a, np.ndarray):
-            h.update(str((a.dtype, a.shape)).encode())
-            h.update(np.ascontiguousarray(a).data)
-        else:  # a torch Dataset is read lazily: its length and a sample of its items
-            h.update(f"dataset:{type(a).__qualname__}:{len(a)}".encode())
-            with fixed_global_rngs():
-                for i in sorted({0, len(a) // 2, len(a) - 1}):
-                    item = _first_element(a[i]).detach().cpu().contiguous()
-                    h.update(str((item.dtype, tuple(item.shape))).encode())
-                    h.update(item.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
+def _chunks(a: Any) -> Iterator[bytes]:
+    """The bytes a digest of the input ``a`` reads (a torch Dataset: its length and three
+    of its items, read with the global generators fixed)."""
+    if isinstance(a, TokenizedText):
+        yield b"tokens"
+        for part in (a.ids, a.offsets):
+            yield np.ascontiguousarray(part).data
+    elif sp.issparse(a):
+        a = a.tocsr()
+        for part in (a.data, a.indices, a.indptr):
+            yield np.ascontiguousarray(part).tobytes()
+    elif isinstance(a, np.ndarray):
+        yield str((a.dtype, a.shape)).encode()
+        yield np.ascontiguousarray(a).data
+    else:  # a torch Dataset is read lazily: its length and a sample of its items
+        yield f"dataset:{type(a).__qualname__}:{len(a)}".encode()
+        with fixed_global_rngs():
+            for i in sorted({0, len(a) // 2, len(a) - 1}):
+                item = _first_element(a[i]).detach().cpu().contiguous()
+                yield str((item.dtype, tuple(item.shape))).encode()
+                yield item.reshape(-1).view(torch.uint8).numpy().tobytes()
+
+
+def _digests(**arrays: Any) -> tuple[str, dict[str, str]]:
+    """The SHA-256 of ``arrays`` together, and of each by name, in one pass over them."""
+    whole, parts = hashlib.sha256(), {}
+    for name, a in arrays.items():
+        part = hashlib.sha256()
+        for chunk in _chunks(a):
+            whole.update(chunk)
+            part.update(chunk)
+        parts[name] = part.hexdigest()
+    return whole.hexdigest(), parts
 
 
 def _fingerprint(params: dict, input_shape: tuple, data: FitData,
@@ -371,12 +388,15 @@ def _fingerprint(params: dict, input_shape: tuple, data: FitData,
     (``seed``, None for an int ``random_state``)."""
     run_params = {k: _json_keys(_plain(v)) for k, v in params.items()
                   if k not in _RUN_INDEPENDENT}
+    data_sha256, by_part = _digests(X=data.X, y=data.y, groups=data.groups,
+                                    sample_weight=data.sample_weight)
     return {
         "seed": seed,
         "n_samples": len(data.y),
         "input_shape": list(input_shape),
         "classes": [str(c) for c in data.classes],
-        "data_sha256": _digest(data.X, data.y, data.groups, data.sample_weight),
+        "data_sha256": data_sha256,
+        "data_sha256_of": by_part,  # names which of them differs
         # True where sample weights differ (they count in the cell weights) or an upweight
         # dict weighs a group 0: samples of weight 0 by either are never visited
         "weighted_counts": None if np.all(data.sample_weight == data.sample_weight[0])
@@ -384,7 +404,8 @@ def _fingerprint(params: dict, input_shape: tuple, data: FitData,
         else True,
         "n_valid": None if valid is None else len(valid.y),
         "validation_sha256": None if data.validation is None
-        else _digest(*(part for part in data.validation if part is not None)),
+        else _digests(**{str(i): part for i, part in enumerate(data.validation)
+                         if part is not None})[0],
         "params": json.loads(json.dumps(run_params, default=_json_value, sort_keys=True)),
     }
 
@@ -569,7 +590,9 @@ def _built_run(est: Any, data: FitData, config: TrainConfig, callbacks: list, *,
                 sparse_layers=checkpoint.get("sparse_compute_layers"))
             run = TrainingRun(
                 parts, generator=generator, fingerprint=fingerprint, neutral=_NEUTRAL,
-                state=TrainState(history=list(est.history_), epoch_offset=len(est.history_))
+                state=TrainState(history=list(est.history_), epoch_offset=len(est.history_),
+                                 step_offset=est.n_train_steps_,
+                                 update_offset=est.n_topology_updates_)
                 if warm else None,
                 extra={} if errors is None else {"jtt_errors": torch.as_tensor(errors)})
             world.seed_own_stream(seed)  # what draws while training draws per rank
@@ -591,8 +614,8 @@ def _train(est: Any, run: TrainingRun) -> None:
 
 
 # ------------------------------------------------------------------ 4. fitted attributes
-def _fitted(built: _Built, data: FitData, previous: Any = None) -> dict[str, Any]:
-    """The fitted attributes of a finished run; ``previous`` is a warm start's estimator."""
+def _fitted(built: _Built, data: FitData) -> dict[str, Any]:
+    """The fitted attributes of a finished run (a warm start's counters go on)."""
     parts, state, classes, errors = built.run.parts, built.run.state, data.classes, built.errors
     labels = data.group_labels if errors is None else [False, True]
     fitted = {
@@ -601,8 +624,9 @@ def _fitted(built: _Built, data: FitData, previous: Any = None) -> dict[str, Any
         "masks_": state.best_masks,
         "history_": state.history,
         "best_epoch_": state.best_epoch,
-        "n_topology_updates_": parts.sparsity.n_updates if parts.sparsity is not None else 0,
-        "n_train_steps_": state.step,
+        "n_topology_updates_": state.update_offset
+        + (parts.sparsity.n_updates if parts.sparsity is not None else 0),
+        "n_train_steps_": state.step_offset + state.step,
         "sparse_compute_layers_": list(getattr(parts.sparsity, "converted", ())),
         "group_weight_history_": getattr(parts.objective, "history", None),
         "groups_": list(labels),
@@ -613,9 +637,6 @@ def _fitted(built: _Built, data: FitData, previous: Any = None) -> dict[str, Any
         "inferred_groups_": None,
         "inferred_groups_overlap_": None,
     }
-    if previous is not None:  # the counters go on
-        fitted["n_train_steps_"] += previous.n_train_steps_
-        fitted["n_topology_updates_"] += previous.n_topology_updates_
     if errors is not None:  # of the samples trained on: those of sample_weight 0 are not
         trained = data.sample_weight[built.train_idx] > 0
         train_idx, errors = built.train_idx[trained], errors[trained]
@@ -657,7 +678,7 @@ def fit_estimator(
         with _built_run(est, data, config, callbacks, warm=warm,
                         resume_from=resume_from) as built:
             _train(est, built.run)
-        vars(est).update(_fitted(built, data, previous=est if warm else None))
+        vars(est).update(_fitted(built, data))
         remember_network_params(est)
     return est
 

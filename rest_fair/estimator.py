@@ -88,6 +88,12 @@ _NO_ATTRIBUTES = "{path} lacks the fitted attributes {names}."
 # the optimizer is not saved.
 _FILE_ATTRIBUTES = ("classes_", "n_features_in_", "input_shape_")
 _LIVE_ATTRIBUTES = ("module_", "masks_", "optimizer_")
+_SAVED_IN_FIRST_FIT = (
+    "This %(name)s is in its first fit: classes_ is set when fit ends, and a file without "
+    "it could not be loaded. To save the run to resume it, use rest_fair.callbacks."
+    "Checkpoint; to save the network being trained, rest_fair.persistence.save("
+    "(net.module_, dict(net.masks_), metadata), path)."
+)
 
 
 class RESTClassifier(ClassifierMixin, BaseEstimator):
@@ -698,9 +704,11 @@ or dict of columns, default=None
         The file holds the network and its masks (:mod:`rest_fair.persistence.model_file`),
         the parameters and the fitted attributes; ``module`` must be a built-in name.
         ``callbacks`` and a ``random_state`` that is a ``RandomState`` are objects, not
-        plain values: the file keeps ``None`` for them, with a warning.
+        plain values: the file keeps ``None`` for them, with a warning. During the first
+        ``fit`` (from a callback) it raises ``NotFittedError``: ``classes_`` is not set yet.
         """
         check_is_fitted(self, "module_")
+        check_is_fitted(self, _FILE_ATTRIBUTES, msg=_SAVED_IN_FIRST_FIT)
         params = self.get_params(deep=False)
         if params["module"] not in MODULE_NAMES:
             raise ValueError(_CUSTOM_MODULE.format(value=params["module"], names=MODULE_NAMES))

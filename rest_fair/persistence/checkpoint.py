@@ -41,6 +41,7 @@ from ..exceptions import CheckpointError
 from .files import atomic_write
 
 __all__ = [
+    "DETAIL",
     "FORMAT_NAME",
     "FORMAT_VERSION",
     "MANIFEST",
@@ -57,6 +58,16 @@ FORMAT_NAME = "rest_fair.checkpoint"
 FORMAT_VERSION = 1
 #: File name of the manifest naming the latest state file of a checkpoint directory.
 MANIFEST = "latest.json"
+
+
+class _Detail:
+    def __repr__(self) -> str:
+        return "DETAIL"
+
+
+#: The neutral value of a fingerprint entry that details another one, compared too (the
+#: digest of each input beside that of them all): a checkpoint without it resumes.
+DETAIL = _Detail()
 
 _NOT_A_FOLDER = (
     "{path} is a file; resume_from (and Checkpoint) take the folder the checkpoints are "
@@ -310,6 +321,8 @@ def _differences(saved: dict[str, Any], current: dict[str, Any], neutral: Mappin
 
     An entry that ``saved`` lacks matches where ``neutral`` holds its current value under
     its dotted path: the checkpoint predates the entry, and the run computes what it did.
+    A :data:`DETAIL` entry ``<name>_of`` that both hold names the inputs that differ
+    (``"other X than that run's"``) instead of entry ``<name>``.
     """
     seeding = None if prefix else _seed_difference(saved, current, neutral)
     details = [] if seeding is None else [seeding]
@@ -317,9 +330,17 @@ def _differences(saved: dict[str, Any], current: dict[str, Any], neutral: Mappin
         path = f"{prefix}{key}"
         if path in ("seed", "params.random_state"):  # phrased by _seed_difference
             continue
+        parts = [_detailed(f, f"{key}_of", f"{path}_of", neutral) for f in (saved, current)]
+        if None not in parts and parts[0] != parts[1]:  # named by the entry detailing it
+            continue
+        parts = [_detailed(f, key, path, neutral) for f in (saved, current)]
+        if None not in parts:
+            details.extend(f"other {name} than that run's" for name in sorted(parts[1])
+                           if parts[0].get(name) != parts[1][name])
+            continue
         if key not in saved:
             after = current[key]
-            if path in neutral and after == neutral[path]:
+            if path in neutral and (neutral[path] is DETAIL or after == neutral[path]):
                 continue
             resumes = (_RESUMES_WITH.format(setting=path.removeprefix("params."),
                                             neutral=neutral[path])
@@ -334,6 +355,14 @@ def _differences(saved: dict[str, Any], current: dict[str, Any], neutral: Mappin
         else:
             details.append(f"{path} was {before!r}, now {current[key]!r}")
     return details
+
+
+def _detailed(fingerprint: dict[str, Any], key: str, path: str,
+              neutral: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The entry ``key`` of ``fingerprint`` where it is a :data:`DETAIL` entry (a dict of
+    digests by input name), else None."""
+    value = fingerprint.get(key)
+    return value if neutral.get(path) is DETAIL and isinstance(value, dict) else None
 
 
 def _seed_difference(saved: dict[str, Any], current: dict[str, Any],

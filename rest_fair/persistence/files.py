@@ -40,7 +40,9 @@ def atomic_write(path: str | os.PathLike, data: bytes) -> None:
     As with ``open(path, "wb")``, a symbolic link at ``path`` is followed (the file it
     names is replaced; the link stays), an existing file keeps its permission bits (one
     this process may not write is refused, not replaced), and a new file gets the
-    permissions a new file gets in that folder.
+    permissions a new file gets in that folder. A device or pipe at ``path`` (such as
+    ``os.devnull``) is written to by ``open(path, "wb")`` itself: it holds no content to
+    keep, and a rename would replace it by a plain file.
 
     Raises
     ------
@@ -58,6 +60,10 @@ def atomic_write(path: str | os.PathLike, data: bytes) -> None:
         raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), given)
     if existing is not None and not os.access(path, os.W_OK):  # a file made read-only
         raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), given)
+    if existing is not None and not stat.S_ISREG(existing.st_mode):  # a device, a pipe
+        with open(given, "wb") as fh:
+            fh.write(data)
+        return
     tmp = path.with_name(f".{path.name[:_NAME_CHARS]}.{secrets.token_hex(6)}.tmp")
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
@@ -65,7 +71,7 @@ def atomic_write(path: str | os.PathLike, data: bytes) -> None:
         raise OSError(exc.errno, exc.strerror, given) from None
     try:
         with os.fdopen(fd, "wb") as fh:
-            if existing is not None and stat.S_ISREG(existing.st_mode):
+            if existing is not None:
                 os.chmod(tmp, stat.S_IMODE(existing.st_mode))
             fh.write(data)
             fh.flush()

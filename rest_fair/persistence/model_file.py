@@ -66,7 +66,7 @@ from torch import nn
 
 from ..exceptions import ModelFileError
 from ..models import MODULE_NAMES, build_module
-from ..sparse.checks import check_masks
+from ..sparse.checks import check_mask
 from .files import atomic_write
 
 __all__ = [
@@ -136,6 +136,14 @@ _NOT_JSON = "cannot save {what}: value of type {type} is not a plain JSON-able v
 _NEED_MODULE = (
     "{path} holds the weights of a {cls} without a built-in architecture; pass "
     "load(path, module=<an instance of it>) to load them."
+)
+_PART_ARCHITECTURE = (
+    "{path} names the built-in network {name!r} but its metadata lacks {missing}, which "
+    "rebuilding it needs; pass load(path, module=<an instance of it>) to load the weights."
+)
+_BAD_MASK_KEY = (
+    "masks has key {key!r}, which is not a tensor of the module (expected names as in "
+    "module.state_dict())."
 )
 _BAD_DTYPE = "unsupported tensor dtype {dtype} in {path}."
 _BAD_METADATA = "metadata must be a dict of plain JSON-able values or None; got {type}."
@@ -431,24 +439,33 @@ def write(
     header: Mapping[str, Any],
     arrays: Mapping[str, np.ndarray] | None = None,
 ) -> int:
-    """Write ``module``'s state dict and ``masks`` (a dict of bool tensors by parameter
-    name, or None), the plain JSON values of ``header`` beside the format's own keys, and
+    """Write ``module``'s state dict and ``masks`` (a dict of bool tensors by state-dict
+    name, or None: a layer training in CSR form has its dense weight there, not among its
+    parameters), the plain JSON values of ``header`` beside the format's own keys, and
     further ``arrays`` by member name; returns the file size in bytes.
 
     Raises
     ------
     TypeError
-        If ``path`` is not a str or path-like (an int would name an open file descriptor).
+        If ``path`` is not a str or path-like (an int would name an open file descriptor),
+        or a mask is not a bool tensor.
+    KeyError
+        If a mask names no tensor of the state dict.
     ValueError
-        If the header's JSON is longer than :data:`MAX_HEADER_BYTES`.
+        If the header's JSON is longer than :data:`MAX_HEADER_BYTES`, or a mask's shape
+        is not its tensor's.
     """
     path = os.fspath(path)
     masks = dict(masks or {})
-    check_masks(module, masks)
+    state = module.state_dict()
+    for key, mask in masks.items():  # by state-dict name: a layer training as CSR has no
+        if key not in state:         # weight parameter, its state dict the dense weight
+            raise KeyError(_BAD_MASK_KEY.format(key=key))
+        check_mask(key, mask, tuple(state[key].shape))
     header = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, **header}
     arrays = dict(arrays or {})
     entries = []
-    for index, (name, tensor) in enumerate(module.state_dict().items()):
+    for index, (name, tensor) in enumerate(state.items()):
         entry, arrs = _encode(name, tensor, masks.get(name), index)
         entries.append(entry)
         arrays.update(arrs)
@@ -660,8 +677,9 @@ def read_module(
     without pretrained ``module_params["weights"]`` (no download, no other file read: the
     file holds the weights); it is checked against the file on the meta device first, and
     every tensor's arrays against its entry, so that nothing is allocated for a network
-    the file does not hold. The network is returned in evaluation mode, on
-    the CPU (a copy of ``module`` stays on ``module``'s device). With ``max_parameters``,
+    the file does not hold. The network is returned in evaluation mode, on the CPU, its
+    floating-point tensors in the dtypes the file holds them in (a copy of ``module``
+    keeps ``module``'s device and dtypes). With ``max_parameters``,
     a file whose tensors hold more values in all (counted from its header, before anything
     is built) is refused: the one bound on what a very sparse layer stored as CSR may
     allocate.
@@ -705,6 +723,10 @@ def read_module(
             if mask is not None:
                 masks[entry["name"]] = mask
         net = build()
+        if module is None:  # a built-in network takes the floating dtypes the file holds
+            for key, tensor in net.state_dict(keep_vars=True).items():
+                if tensor.is_floating_point() and state[key].is_floating_point():
+                    tensor.data = tensor.data.to(state[key].dtype)
         net.load_state_dict(state, strict=True)
     return net.eval(), masks
 
@@ -754,8 +776,8 @@ def load(
     Returns
     -------
     tuple (module, masks, metadata) or RESTClassifier
-        What was saved; the module is in evaluation mode, on the CPU (or, with
-        ``module``, on its device).
+        What was saved; the module is in evaluation mode, on the CPU in the dtypes it was
+        saved in (or, with ``module``, on its device, in its dtypes).
 
     Raises
     ------
@@ -785,6 +807,10 @@ def load(
                         ("module", "input_shape", "n_classes", "module_params")]
         if module is None and architecture[0] not in MODULE_NAMES:
             raise ModelFileError(_NEED_MODULE.format(path=path, cls=header.get("class")))
+        missing = [k for k in ("input_shape", "n_classes") if metadata.get(k) is None]
+        if module is None and missing:
+            raise ModelFileError(_PART_ARCHITECTURE.format(path=path, name=architecture[0],
+                                                           missing=" and ".join(missing)))
     net, masks = read_module(path, header, arrays, module=module, architecture=architecture,
                              max_parameters=max_parameters)
     return net, masks, metadata

@@ -40,6 +40,9 @@ class TrainState:
         A callback asked to stop.
     epoch_offset : int
         Epochs of earlier fits continued by a warm start (history numbering goes on).
+    step_offset, update_offset : int
+        Optimizer steps and topology updates of those earlier fits (the fitted counters
+        go on, also when a checkpoint of the warm start is resumed).
     """
 
     epoch: int = 0
@@ -51,6 +54,8 @@ class TrainState:
     best_masks: dict[str, torch.Tensor] = field(default_factory=dict)
     stopped: bool = False
     epoch_offset: int = 0
+    step_offset: int = 0
+    update_offset: int = 0
 
     def state_dict(self) -> dict[str, Any]:
         """Plain containers and tensors (loadable with ``torch.load(weights_only=True)``)."""
@@ -61,7 +66,7 @@ class TrainState:
 
     @classmethod
     def from_state_dict(cls, state: dict[str, Any]) -> TrainState:
-        """Inverse of :meth:`state_dict` (a state without ``epoch_offset`` starts at 0)."""
+        """Inverse of :meth:`state_dict` (a state without an offset starts it at 0)."""
         key = state["best_key"]
         return cls(**{**state, "history": [dict(r) for r in state["history"]],
                       "best_key": tuple(key) if key is not None else None,

@@ -79,3 +79,18 @@ def test_a_file_this_process_may_not_write_is_refused_not_replaced(tmp_path, mon
         atomic_write(path, b"new")
     assert path.read_bytes() == b"kept"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.rest"]
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes")
+def test_a_pipe_or_device_is_written_to_not_replaced(tmp_path):
+    # save(os.devnull) must not replace /dev/null by a plain file: a pipe stands in for it
+    pipe = tmp_path / "model.rest"
+    os.mkfifo(pipe)
+    reader = os.open(pipe, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        atomic_write(pipe, b"model")
+        assert os.read(reader, 100) == b"model"
+    finally:
+        os.close(reader)
+    assert stat.S_ISFIFO(os.stat(pipe).st_mode)
+    assert [p.name for p in tmp_path.iterdir()] == ["model.rest"]

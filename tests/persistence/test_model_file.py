@@ -8,8 +8,10 @@ import zipfile
 import numpy as np
 import pytest
 import torch
+from sklearn.exceptions import NotFittedError
 
 from rest_fair import RESTClassifier
+from rest_fair.callbacks import Callback
 from rest_fair.efficiency import ModelFileError, load, save
 from rest_fair.models import build_module
 from rest_fair.persistence import register_estimator_class
@@ -74,6 +76,34 @@ def test_unknown_architecture_needs_module(tmp_path):
     save((net, masks, {"what": 1}), tmp_path / "m.rest")
     with pytest.raises(ModelFileError, match="pass load"):
         load(tmp_path / "m.rest")
+
+
+def test_metadata_naming_a_built_in_network_without_its_shape_says_so(tmp_path):
+    net, masks = _masked_mlp(0.1)
+    save((net, masks, {"module": "mlp", "n_classes": 3}), tmp_path / "m.rest")
+    with pytest.raises(ModelFileError, match="'mlp' but its metadata lacks input_shape"):
+        load(tmp_path / "m.rest")
+    loaded, _, _ = load(tmp_path / "m.rest", module=net)
+    assert _state_equal(loaded, net)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16], ids=str)
+def test_a_module_comes_back_in_the_dtype_it_was_saved_in(tmp_path, dtype):
+    net, masks = _masked_mlp(0.1)
+    net = net.to(dtype)
+    with torch.no_grad():  # values float32 cannot hold
+        for p in net.parameters():
+            p.mul_(1 + torch.finfo(dtype).eps)
+    save((net, masks, META), tmp_path / "m.rest")
+    loaded, _, _ = load(tmp_path / "m.rest")
+    assert {t.dtype for t in loaded.state_dict().values()} == {dtype}
+    assert _state_equal(loaded, net)
+    x = torch.randn(5, 20, dtype=dtype)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), net(x))
+    into, _, _ = load(tmp_path / "m.rest", module=build_module(
+        "mlp", input_shape=(20,), n_classes=3, module_params=META["module_params"]))
+    assert {t.dtype for t in into.state_dict().values()} == {torch.float32}  # module='s
 
 
 class _RunsCode:
@@ -373,3 +403,51 @@ def test_a_bytes_path_reads_what_it_wrote(tmp_path):
     (tmp_path / "cut.rest").write_bytes(open(path, "rb").read()[:200])
     with pytest.raises(ModelFileError, match=r"cut\.rest is corrupted or truncated"):
         RESTClassifier.load(os.fsencode(tmp_path / "cut.rest"))
+
+
+class _SaveEachEpoch(Callback):
+    def __init__(self, folder):
+        self.folder, self.saved = folder, []
+
+    def on_epoch_end(self, net, *, record, **kwargs):
+        path = self.folder / f"epoch{record['epoch']}.rest"
+        save((net.module_, dict(net.masks_), None), self.folder / "module.rest")
+        with pytest.warns(UserWarning, match="'callbacks'"):  # this one, kept as None
+            net.save(path)
+        state = {k: v.clone() for k, v in net.module_.state_dict().items()}
+        self.saved.append((path, state, {k: v.clone() for k, v in net.masks_.items()}))
+
+
+def test_a_network_training_csr_layers_saves_from_a_callback(tmp_path):
+    # a layer training as CSR has its dense weight in the state dict, not in its parameters
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(64, 8)).astype(np.float32)
+    y = (X[:, 0] > 0).astype(int)
+    clf = RESTClassifier(max_epochs=1, sparsity=0.9, layer_density="uniform",
+                         sparse_compute="csr", validation_fraction=0.0, random_state=0,
+                         module_params={"hidden_layer_sizes": (16,)}).fit(X, y)
+    spy = _SaveEachEpoch(tmp_path)
+    clf.set_params(warm_start=True, callbacks=[spy]).fit(X, y)
+    assert clf.sparse_compute_layers_
+    (path, state, masks), = spy.saved
+    loaded = RESTClassifier.load(path)
+    assert all(torch.equal(loaded.module_.state_dict()[k], v) for k, v in state.items())
+    assert loaded.masks_.keys() == masks.keys()
+    assert all(torch.equal(loaded.masks_[k], v) for k, v in masks.items())
+    net, module_masks, _ = load(tmp_path / "module.rest", module=loaded.module_)
+    assert _state_equal(net, loaded.module_) and module_masks.keys() == masks.keys()
+
+
+def test_saving_during_the_first_fit_is_refused_not_written(tmp_path):
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(40, 4)).astype(np.float32)
+    y = (X[:, 0] > 0).astype(int)
+
+    class SaveEstimator(Callback):
+        def on_epoch_end(self, net, **kwargs):
+            net.save(tmp_path / "model.rest")
+
+    with pytest.raises(NotFittedError, match="first fit: classes_ is set when fit ends"):
+        RESTClassifier(max_epochs=1, validation_fraction=0.0,
+                       callbacks=[SaveEstimator()]).fit(X, y)
+    assert list(tmp_path.iterdir()) == []
