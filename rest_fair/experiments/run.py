@@ -50,7 +50,8 @@ class Experiment(Protocol):
 
     def check_requirements(self) -> None:
         """Raise, before any run, when something the runs need is missing: ImportError
-        for a package, :class:`~rest_fair.exceptions.DatasetNotFoundError` for data files."""
+        for a package, :class:`~rest_fair.exceptions.DatasetNotFoundError` for data files,
+        ValueError for data settings the data cannot meet."""
 
     def estimator_params(self, spec: Any) -> dict[str, Any]:
         """The :class:`~rest_fair.RESTClassifier` parameters of a run."""

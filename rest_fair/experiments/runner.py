@@ -379,7 +379,8 @@ def run_sweep(
     DatasetNotFoundError
         Before any run, when data files the runs read are missing (likewise).
     ValueError
-        Before any run, for invalid estimator parameters of the first run (the settings
+        Before any run, for data settings the data set cannot meet (likewise), for
+        invalid estimator parameters of the first run (the settings
         all runs share, the network and its ``module_params`` included), a negative or
         infinite ``max_runs``, a negative ``time_limit``, a ``scheduler_timeout`` that is
         not positive and finite, or an ``out_dir`` that cannot be made a folder.
