@@ -112,15 +112,15 @@ def read_results(path: str | Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     records: dict[str, dict] = {}
-    with path.open(encoding="utf-8") as handle:
+    with path.open("rb") as handle:  # a line that is not UTF-8 is skipped like any other
         for number, line in enumerate(handle, start=1):
             line = line.strip()
             if not line:
                 continue
             try:
-                record = json.loads(line)
+                record = json.loads(line.decode("utf-8"))
                 records[record["run_id"]] = record
-            except (json.JSONDecodeError, KeyError, TypeError):
+            except (ValueError, KeyError, TypeError):  # ValueError: JSON, UTF-8
                 warnings.warn(_CORRUPT_LINE.format(line=number, path=path), stacklevel=2)
     return list(records.values())
 
