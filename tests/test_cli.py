@@ -339,3 +339,23 @@ def test_bench_records_a_diverged_run_as_final(tmp_path, capsys):
     assert (out / "results.jsonl").read_text().splitlines() == lines
     assert json.loads((out / "config.json").read_text())["n_runs_failed"] == 1
 
+
+def test_bench_fresh_says_to_continue_without_fresh(tmp_path, capsys, monkeypatch):
+    # rerunning "the same command" with --fresh set the finished runs aside again and
+    # started over, so a sweep in chunks never finished
+    from rest_fair.experiments import runner
+
+    out = tmp_path / "o"
+    argv = ["bench", "--preset", "tiny", "--out-dir", str(out), "--no-plots", "--no-progress",
+            "--fresh"]
+    assert cli.main([*argv, "--max-runs", "0"]) == 0
+    assert ("4 of 4 runs not finished yet; rerun the same command without --fresh to "
+            "resume.") in capsys.readouterr().err
+
+    def interrupted_run(spec, experiment, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "run_one", interrupted_run)
+    assert cli.main(argv) == 130
+    assert capsys.readouterr().err.splitlines()[-1].endswith(
+        "to continue, rerun the same command without --fresh.")
