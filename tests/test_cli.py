@@ -131,6 +131,9 @@ def test_bench_rejects_bad_flags(capsys):
      "module_params['hidden_layer_sizes'] must be a sequence of positive ints"),
     (["--image-size", "0"], "image_size must be a positive int or None"),
     (["--split-sizes", "1,2"], "split_sizes must be three positive numbers"),
+    # sizes the data set cannot give failed every run, and the command said to rerun it
+    (["--split-sizes", "100000,10,10"], "as counts summing to at most 1797"),
+    (["--split-sizes", "30,5,30"], "gives a valid split of 5 images, fewer than the 10 classes"),
     # options the run would not read, which would still change its id
     (["--dfa-name", "bffhq"], "dfa_name is not read by dataset='digits'"),
     (["--data-root", "/nonexistent"], "data_root is not read by dataset='digits'"),
@@ -244,6 +247,9 @@ def test_bench_on_a_dfa_folder(tmp_path, capsys):
     argv = ["bench", "--dataset", "dfa", "--data-root", str(root), "--dfa-name", "cmnist",
             "--ratios", "0.01", "--seeds", "0", "--epochs", "2", "--out-dir", str(out),
             "--no-plots", "--no-progress"]
+    # a share the release lacks failed each of its runs, which the command said to rerun
+    assert cli.main([*argv, "--ratios", "0.01,0.02"]) == 2
+    assert "2pct" in capsys.readouterr().err and not out.exists()
     assert cli.main(argv) == 0
     printed = capsys.readouterr().out
     assert "DFA-format cmnist release" in printed
@@ -332,3 +338,24 @@ def test_bench_records_a_diverged_run_as_final(tmp_path, capsys):
     assert cli.main(argv) == 0  # not trained again
     assert (out / "results.jsonl").read_text().splitlines() == lines
     assert json.loads((out / "config.json").read_text())["n_runs_failed"] == 1
+
+
+def test_bench_fresh_says_to_continue_without_fresh(tmp_path, capsys, monkeypatch):
+    # rerunning "the same command" with --fresh set the finished runs aside again and
+    # started over, so a sweep in chunks never finished
+    from rest_fair.experiments import runner
+
+    out = tmp_path / "o"
+    argv = ["bench", "--preset", "tiny", "--out-dir", str(out), "--no-plots", "--no-progress",
+            "--fresh"]
+    assert cli.main([*argv, "--max-runs", "0"]) == 0
+    assert ("4 of 4 runs not finished yet; rerun the same command without --fresh to "
+            "resume.") in capsys.readouterr().err
+
+    def interrupted_run(spec, experiment, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "run_one", interrupted_run)
+    assert cli.main(argv) == 130
+    assert capsys.readouterr().err.splitlines()[-1].endswith(
+        "to continue, rerun the same command without --fresh.")

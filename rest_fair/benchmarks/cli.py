@@ -312,6 +312,8 @@ def run(args: argparse.Namespace) -> int:
         "command": shlex.join(["rest-fair", *getattr(args, "argv", ["bench"])]),
     }
 
+    # --fresh again would set the finished runs aside and start over
+    rerun = "rerun the same command" + (" without --fresh" if args.fresh else "")
     held = contextlib.ExitStack()  # the output folder, from the sweep's start to the report's end
 
     def announce(where: dict[str, Any]) -> None:
@@ -338,13 +340,13 @@ def run(args: argparse.Namespace) -> int:
             print(_SETUP_FAILED.format(error=exc), file=sys.stderr)
             return 2
         except KeyboardInterrupt:
-            return interrupted("rest-fair bench", out_dir, "rerun the same command")
+            return interrupted("rest-fair bench", out_dir, rerun)
         info.update(started=started, sweep_seconds_this_call=round(time.perf_counter() - t0, 1))
         write = write_study_outputs if random else write_outputs
         try:
             outputs = write(records, experiment, out_dir, run_info=info, plots=not args.no_plots)
         except KeyboardInterrupt:
-            return interrupted("rest-fair bench", out_dir, "rerun the same command")
+            return interrupted("rest-fair bench", out_dir, rerun)
     errors = [r for r in records if r.get("status") == "error"]
     for record in errors:
         print(f"run {record['run_id']} failed: {record.get('error')}", file=sys.stderr)
@@ -356,7 +358,7 @@ def run(args: argparse.Namespace) -> int:
     if outputs["markdown"]:
         print(outputs["markdown"])
     if missing:
-        print(f"\n{missing} of {n_runs} runs not finished yet; rerun the same command to "
-              "resume.", file=sys.stderr)
+        print(f"\n{missing} of {n_runs} runs not finished yet; {rerun} to resume.",
+              file=sys.stderr)
     print(f"\nWrote {', '.join(str(p) for p in outputs['files'])}", file=sys.stderr)
     return 1 if errors else 0

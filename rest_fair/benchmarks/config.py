@@ -246,12 +246,19 @@ class BenchConfig:
         DatasetNotFoundError
             When the data set is read from files that are not there (the message names
             them and how to install them).
+        ValueError
+            When the data set cannot be built with these settings at one of the shares
+            (e.g. ``split_sizes`` larger than the data set, or too small to hold every
+            class); the data are built here as the runs build them, and kept for the runs
+            of this process.
         """
         check_requirements(self.requirements(plots=plots),
                            command=f"rest-fair bench (dataset {self.dataset!r})")
         check = DATASETS[self.dataset].check
         if check is not None:
             check(self)
+        for ratio in self.ratios:
+            load_data(self, ratio)
 
     def base_params(self, seed: int) -> dict[str, Any]:
         """The parameters every run of this benchmark shares (``extra_params`` included)."""

@@ -13,6 +13,7 @@ Importing this module does not import torch (the commands that use it start with
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -49,7 +50,8 @@ class Experiment(Protocol):
 
     def check_requirements(self) -> None:
         """Raise, before any run, when something the runs need is missing: ImportError
-        for a package, :class:`~rest_fair.exceptions.DatasetNotFoundError` for data files."""
+        for a package, :class:`~rest_fair.exceptions.DatasetNotFoundError` for data files,
+        ValueError for data settings the data cannot meet."""
 
     def estimator_params(self, spec: Any) -> dict[str, Any]:
         """The :class:`~rest_fair.RESTClassifier` parameters of a run."""
@@ -185,6 +187,7 @@ def _fit_and_score(
         torch.set_num_threads(int(n_threads))
     clf = RESTClassifier(**{"verbose": verbose, **experiment.estimator_params(spec)})
     X, y, fit_params = experiment.training_data(spec)
+    _warm_up()
     start = time.perf_counter()
     clf.fit(X, y, **fit_params)
     fit_seconds = time.perf_counter() - start
@@ -198,6 +201,17 @@ def _fit_and_score(
         "density": density(clf),
         "n_threads": int(torch.get_num_threads()),
     }
+
+
+@functools.cache
+def _warm_up() -> None:
+    """Pay, once per process and untimed, what only the first fit of a process pays: torch
+    imports its compiler stack (``torch._dynamo``, 1-2 s on a CPU) when the first optimizer
+    is built. :func:`run_one` calls it before it starts the clock, so that ``fit_seconds``
+    does not depend on which run of a process came first."""
+    import torch
+
+    torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
 
 
 def model_file_bytes(clf: Any) -> int | None:

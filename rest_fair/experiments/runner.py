@@ -112,15 +112,15 @@ def read_results(path: str | Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     records: dict[str, dict] = {}
-    with path.open(encoding="utf-8") as handle:
+    with path.open("rb") as handle:  # a line that is not UTF-8 is skipped like any other
         for number, line in enumerate(handle, start=1):
             line = line.strip()
             if not line:
                 continue
             try:
-                record = json.loads(line)
+                record = json.loads(line.decode("utf-8"))
                 records[record["run_id"]] = record
-            except (json.JSONDecodeError, KeyError, TypeError):
+            except (ValueError, KeyError, TypeError):  # ValueError: JSON, UTF-8
                 warnings.warn(_CORRUPT_LINE.format(line=number, path=path), stacklevel=2)
     return list(records.values())
 
@@ -379,7 +379,8 @@ def run_sweep(
     DatasetNotFoundError
         Before any run, when data files the runs read are missing (likewise).
     ValueError
-        Before any run, for invalid estimator parameters of the first run (the settings
+        Before any run, for data settings the data set cannot meet (likewise), for
+        invalid estimator parameters of the first run (the settings
         all runs share, the network and its ``module_params`` included), a negative or
         infinite ``max_runs``, a negative ``time_limit``, a ``scheduler_timeout`` that is
         not positive and finite, or an ``out_dir`` that cannot be made a folder.

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .._requirements import MissingDependencyError
+from ..experiments.run import check_run_params
 from ..experiments.runner import (
     RESULTS_FILE,
     interrupted,
@@ -202,14 +203,15 @@ def run(args: argparse.Namespace) -> int:
             make_synthetic_layout(spec.name, args.root_dir, seed=args.seed,
                                   group_counts=SMOKE_GROUP_COUNTS.get(spec.name))
         dataset = load_wilds(spec.name, args.root_dir, download=args.download)
-        settings = resolve_settings(args, spec)
+        experiment = WildsExperiment(dataset, resolve_settings(args, spec), Path(args.out_dir))
+        # settings every seed would fail on leave the folder's earlier outputs in place
+        check_run_params(experiment, experiment.runs()[0])
     except (MissingDependencyError, OSError, ValueError) as exc:
         print(f"rest-fair wilds: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(_INTERRUPTED_SETUP, file=sys.stderr)
         return 130
-    experiment = WildsExperiment(dataset, settings, Path(args.out_dir))
     with contextlib.ExitStack() as stack:
         try:
             stack.enter_context(lock_folder(args.out_dir))

@@ -158,6 +158,16 @@ def test_read_results_skips_truncated_line(tmp_path):
     assert records == [good]
 
 
+def test_read_results_skips_a_line_that_is_not_utf8(tmp_path):
+    # a torn write of other bytes made every resume of the folder fail on decoding
+    path = tmp_path / "results.jsonl"
+    good = [{"run_id": "a", "status": "ok", "note": "λ ±"}, {"run_id": "b", "status": "ok"}]
+    path.write_bytes(json.dumps(good[0], ensure_ascii=False).encode() + b"\n\xff\xfe\x00{\n"
+                     + json.dumps(good[1]).encode() + b"\n")
+    with pytest.warns(UserWarning, match="unreadable line 2"):
+        assert read_results(path) == good
+
+
 def _fake_record(method, ratio, sparsity, seed, acc):
     return {
         "run_id": f"{method}{sparsity}{seed}", "status": "ok", "method": method,

@@ -123,6 +123,21 @@ def test_cli_says_the_spread_over_seeds_is_a_standard_deviation(tmp_path, capsys
         out / "comparison.md").read_text()
 
 
+@pytest.mark.parametrize("bad", [["--max-epochs", "0"], ["--lr", "-1"], ["--device", "bogus"]])
+def test_settings_refused_before_the_earlier_outputs_are_renamed(tmp_path, capsys, bad):
+    # a command refused for its settings (exit 2) renamed the folder's earlier outputs
+    # aside first, so that a typo took the previous results out of place
+    out = tmp_path / "out"
+    out.mkdir()
+    earlier = {"results.jsonl": "{}\n", "metrics.json": "{}", "comparison.md": "# earlier"}
+    for name, text in earlier.items():
+        (out / name).write_text(text)
+    assert rest_fair_main([*_two_seeds(tmp_path, out), *bad]) == 2
+    assert bad[0][2:].replace("-", "_") in capsys.readouterr().err
+    assert {p.name: p.read_text() for p in out.iterdir() if p.is_file()
+            and not p.name.startswith(".")} == earlier
+
+
 def test_resume_refuses_the_seeds_of_another_dataset(tmp_path, capsys):
     # the same settings and seed on another dataset are another run: --resume into the
     # folder of a waterbirds run must not report its seed as celebA's
