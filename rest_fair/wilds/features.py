@@ -60,14 +60,6 @@ def default_cache_dir() -> Path:
     return Path(root).expanduser() / "features"
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _image_files(base: Any, indices: np.ndarray) -> list[Path] | None:
     """The image file of every sample, when the dataset keeps file names (WILDS does)."""
     names = getattr(base, "_input_array", None)
@@ -126,13 +118,13 @@ def _weights_id(backbone: str, weights: Any) -> Any:
             # every file: the tokenizer's (vocab.txt, merges.txt, *.model) as much as the weights
             files = sorted(p for p in path.iterdir() if p.is_file())
             return {"folder": str(path.resolve()),
-                    "sha256": {p.name: _sha256_file(p) for p in files}}
+                    "sha256": {p.name: backbones._sha256_file(p) for p in files}}
         return {"hub": backbone[3:], "revision": weights}
     if weights is None:
         return None
     path = Path(weights).expanduser()
     if path.is_file():
-        return {"file": str(path.resolve()), "sha256": _sha256_file(path)}
+        return {"file": str(path.resolve()), "sha256": backbones._sha256_file(path)}
     backbones.check_torchvision(backbone, None)  # the name first, with close matches
     tv = import_optional("torchvision", extra="wilds", caller=f"backbone={backbone!r}")
     enum = tv.models.get_model_weights(backbone)
