@@ -249,6 +249,20 @@ def test_an_interrupted_synthetic_layout_is_written_again(tmp_path, monkeypatch,
     load_wilds(name, tmp_path)  # complete
 
 
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({"image_size": 0}, "image_size must be an integer in"),
+    ({"image_size": 2.5}, "image_size must be an integer in"),
+    ({"seed": -1}, "seed must be an integer in"),
+    ({"group_counts": {"train": (4, 1.5, 1, 4)}}, "non-negative integer counts"),
+])
+def test_bad_synthetic_layout_arguments_are_named_before_writing(tmp_path, kwargs, match):
+    # they failed in PIL or numpy ("cannot write empty image", "expected non-negative
+    # integer"), or a count of 1.5 was written as 1
+    with pytest.raises(ValueError, match=match):
+        make_synthetic_layout("celebA", tmp_path, **kwargs)
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize(
     ("name", "table", "drop"),
     [
