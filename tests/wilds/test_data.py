@@ -292,6 +292,53 @@ def test_a_table_without_a_column_wilds_reads_is_named(tmp_path, name, table, dr
         load_wilds(name, tmp_path)
 
 
+@pytest.mark.parametrize(
+    ("name", "table", "column", "value", "allowed"),
+    [
+        ("waterbirds", "metadata.csv", "y", 2, "(0, 1)"),  # IndexError in the grouper
+        ("waterbirds", "metadata.csv", "y", "bird", "(0, 1)"),
+        ("waterbirds", "metadata.csv", "split", 5, "(0, 1, 2)"),  # dropped silently
+        ("waterbirds", "metadata.csv", "place", None, "(0, 1)"),  # a grouper error
+        ("celebA", "list_attr_celeba.csv", "Male", 0, "(-1, 1)"),  # read as -1 silently
+        ("celebA", "list_eval_partition.csv", "partition", "val", "(0, 1, 2)"),
+        ("civilcomments", "all_data_with_identities.csv", "split", "dev",
+         "('train', 'val', 'test')"),
+        ("civilcomments", "all_data_with_identities.csv", "black", "yes", "a number in [0, 1]"),
+        ("civilcomments", "all_data_with_identities.csv", "toxicity", 7.5, "a number in [0, 1]"),
+    ],
+)
+def test_a_table_value_wilds_cannot_read_is_named(tmp_path, name, table, column, value, allowed):
+    import pandas as pd
+
+    from rest_fair.exceptions import DatasetFormatError
+
+    data_dir = make_synthetic_layout(name, tmp_path, image_size=8)
+    path = data_dir / table
+    index = name == "civilcomments"  # its table's first column is the index
+    frame = pd.read_csv(path, index_col=0 if index else None)
+    frame[column] = frame[column].astype(object)
+    frame.loc[frame.index[3], column] = value
+    frame.to_csv(path, index=index)
+    with pytest.raises(DatasetFormatError) as info:
+        load_wilds(name, tmp_path)
+    message = str(info.value)
+    assert f"{path} holds {column!r} values other than {allowed} in 1 of its" in message
+    assert f"(the first: {'nan' if value is None else repr(value)} in data row 4)" in message
+
+
+def test_a_table_with_a_header_only_or_of_binary_bytes_is_named(tmp_path):
+    from rest_fair.exceptions import DatasetFormatError
+
+    data_dir = make_synthetic_layout("waterbirds", tmp_path, image_size=8)
+    path = data_dir / "metadata.csv"
+    path.write_text("img_filename,y,split,place\n")
+    with pytest.raises(DatasetFormatError, match="has a header but no rows"):
+        load_wilds("waterbirds", tmp_path)
+    path.write_bytes(b"\xff\xfe\x00\x01garbage")
+    with pytest.raises(DatasetFormatError, match="cannot be read as CSV"):
+        load_wilds("waterbirds", tmp_path)
+
+
 @pytest.mark.parametrize("extra", [-3, 3])
 def test_celeba_tables_of_different_lengths_are_named_with_their_counts(tmp_path, extra):
     # wilds failed with a torch size mismatch naming neither file
