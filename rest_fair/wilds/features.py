@@ -52,6 +52,10 @@ _IMAGE_BACKBONE = (
     "'resnet50'); got {backbone!r}."
 )
 _BAD_POOLING = "pooling must be 'cls' or 'mean'; got {!r}."
+_CACHE_NOT_A_FOLDER = (
+    "The feature cache {folder} is a file, not a folder; give cache_dir (or REST_FAIR_CACHE) "
+    "a folder."
+)
 
 
 def default_cache_dir() -> Path:
@@ -321,6 +325,8 @@ def extract_features(
                                 max_length=max_length, seed=seed)
     key = hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:16]
     folder = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(_CACHE_NOT_A_FOLDER.format(folder=folder))
     folder.mkdir(parents=True, exist_ok=True)
     stem = f"{_slug(split.dataset_name)}_{_slug(split.split)}_{_slug(backbone)}_{key}"
     path, meta = folder / f"{stem}.npy", folder / f"{stem}.json"

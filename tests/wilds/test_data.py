@@ -217,6 +217,15 @@ def test_split_wilds_subsamples_train_only(root):
         split_wilds(dataset, frac=0.0)
     with pytest.raises(ValueError, match="not in"):
         split_wilds(dataset, ["train", "id_test"])
+    # a string was read letter by letter ("Split 't' is not in ..."), frac="a" failed in
+    # float(), and an image_size of 0 only when the first image was read, in torchvision
+    with pytest.raises(ValueError, match=r"splits must be a sequence .* got the string 'train'"):
+        split_wilds(dataset, "train")
+    with pytest.raises(ValueError, match=r"frac must be a number in \(0, 1\]; got 'a'"):
+        split_wilds(dataset, frac="a")
+    for size in (0, 2.5):
+        with pytest.raises(ValueError, match="image_size must be an integer in"):
+            split_wilds(dataset, image_size=size)
 
 
 def test_bad_group_fields(root):
