@@ -74,6 +74,7 @@ UNKNOWN_WEIGHTS = (
     "its weights are {available}."
 )
 MISSING_WEIGHTS_FILE = "weights={weights!r} looks like a file path, but there is no such file."
+WEIGHTS_IS_A_FOLDER = "weights={weights!r} is a folder; give the path of a state-dict file in it."
 BAD_WEIGHTS = (
     "module_params['weights'] must be None, a torchvision weights name (e.g. 'DEFAULT', "
     "'IMAGENET1K_V2') or a path to a state-dict file; got {value!r}."
@@ -109,7 +110,7 @@ NEED_IMAGES = (
 )
 NO_HEAD = "Could not find the classification layer of {name} to replace it."
 NO_LOCAL_MODEL = (
-    "module={module!r}: {path} looks like a local folder but does not exist. A local "
+    "module={module!r}: {path} looks like a local folder but {problem}. A local "
     "model folder must hold what save_pretrained writes (config.json, the weights and the "
     "tokenizer files)."
 )
@@ -398,6 +399,8 @@ def check_torchvision(name: str, weights: Any = None) -> tuple[Path | None, Any]
         For a name torchvision does not know (with close matches) or unknown weights.
     FileNotFoundError
         For ``weights`` that look like a path to a file that does not exist.
+    IsADirectoryError
+        For ``weights`` that name a folder.
     MissingDependencyError
         Without torchvision.
     """
@@ -415,6 +418,8 @@ def check_torchvision(name: str, weights: Any = None) -> tuple[Path | None, Any]
     candidate = Path(weights).expanduser()
     if candidate.is_file():
         return candidate, None
+    if candidate.is_dir():
+        raise IsADirectoryError(WEIGHTS_IS_A_FOLDER.format(weights=str(weights)))
     if isinstance(weights, os.PathLike) or _looks_like_path(str(weights)):
         raise FileNotFoundError(MISSING_WEIGHTS_FILE.format(weights=str(weights)))
     enum = tv.models.get_model_weights(name)
@@ -557,7 +562,11 @@ def _from_pretrained(
         raise ValueError(HF_NO_NAME.format(module=module))
     path = Path(name).expanduser()
     if not path.is_dir() and _looks_like_folder(name):
-        raise FileNotFoundError(NO_LOCAL_MODEL.format(module=module, path=path))
+        if path.exists():
+            raise NotADirectoryError(NO_LOCAL_MODEL.format(module=module, path=path,
+                                                           problem="is a file"))
+        raise FileNotFoundError(NO_LOCAL_MODEL.format(module=module, path=path,
+                                                      problem="does not exist"))
     target = str(path) if path.is_dir() else name
     try:
         return cls.from_pretrained(target, local_files_only=True, **kwargs)

@@ -190,6 +190,12 @@ def test_an_unreadable_state_dict_file_is_named(resnet18_file, tmp_path, name, c
     assert str(path) in str(info.value) and "weights_only=False" not in str(info.value)
 
 
+def test_a_folder_as_weights_is_named(tmp_path):
+    # it was reported as "looks like a file path, but there is no such file"
+    with pytest.raises(IsADirectoryError, match="is a folder; give the path of a state-dict"):
+        build_torchvision("resnet18", n_classes=2, weights=tmp_path)
+
+
 def test_a_damaged_cached_weights_file_is_named(offline):
     member = tv.models.ResNet18_Weights.IMAGENET1K_V1
     cache = offline / "hub" / "checkpoints" / os.path.basename(member.url)

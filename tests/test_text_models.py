@@ -318,6 +318,13 @@ def test_a_model_folder_missing_a_file_is_named(tiny, tmp_path, missing):
         _clf(folder).fit(TEXTS, LABELS)
 
 
+def test_a_file_given_as_the_model_folder_is_named(tmp_path):
+    # it was reported as a folder that "does not exist"
+    (tmp_path / "model.bin").write_bytes(b"")
+    with pytest.raises(NotADirectoryError, match="looks like a local folder but is a file"):
+        build_hf(str(tmp_path / "model.bin"), n_classes=2)
+
+
 def test_an_empty_model_name_is_refused():
     with pytest.raises(ValueError, match="names no model"):
         RESTClassifier(module="hf:", max_epochs=1, device="cpu").fit(TEXTS, LABELS)
