@@ -25,6 +25,10 @@ _MISSING_DATA = (
     "If you unpacked the archive yourself, make sure the version file "
     "{release} exists (it may be empty)."
 )
+_DOWNLOAD_FAILED = (
+    "Downloading the WILDS {name} data into {data_dir} did not complete (wilds printed the "
+    "download error above). "
+)
 _INSIDE_DATA_DIR = (
     "\nroot_dir is the data directory itself; pass the folder that contains {dirname}, "
     "{parent}."
@@ -208,8 +212,8 @@ def load_wilds(name: str, root_dir: str | os.PathLike, *, download: bool = False
     Raises
     ------
     FileNotFoundError
-        When files are missing and ``download=False``; the message names every
-        missing path and the full expected layout.
+        When files are missing and ``download=False``, or the download did not bring them;
+        the message names every missing path and the full expected layout.
     DatasetFormatError
         When a table is empty, is not CSV, lacks a column that wilds reads or holds a value
         outside those of :attr:`DatasetSpec.values` (a label, spurious attribute or split
@@ -225,18 +229,7 @@ def load_wilds(name: str, root_dir: str | os.PathLike, *, download: bool = False
     paths = [data_dir / rel for rel in (spec.release_file, *spec.required)]
     missing = [path for path in paths if not path.exists()]
     if missing and not download:
-        inside = root.name == spec.dirname and not (root / spec.dirname).exists()
-        hint = _INSIDE_DATA_DIR.format(dirname=spec.dirname, parent=root.parent) if inside else ""
-        raise FileNotFoundError(
-            _MISSING_DATA.format(
-                name=spec.name,
-                missing=", ".join(str(p) for p in missing),
-                root=root,
-                layout=spec.layout,
-                release=data_dir / spec.release_file,
-            )
-            + hint
-        )
+        raise FileNotFoundError(_missing_data(spec, root, missing))
     if not missing:
         _check_tables(spec, root)
     dataset_class = getattr(import_wilds_module(spec.module), spec.class_name)
@@ -244,7 +237,23 @@ def load_wilds(name: str, root_dir: str | os.PathLike, *, download: bool = False
     with timeout, _pandas_compat(spec), warnings.catch_warnings():
         # wilds wraps read-only pandas arrays in tensors; harmless, but noisy
         warnings.filterwarnings("ignore", message=".*NumPy array is not writable.*")
-        return dataset_class(root_dir=str(root), download=bool(download and missing))
+        try:
+            return dataset_class(root_dir=str(root), download=bool(download and missing))
+        except OSError as exc:  # wilds prints a failed download and reads the files anyway
+            still = [path for path in paths if not path.exists()]
+            if not (missing and still):
+                raise
+            raise FileNotFoundError(_DOWNLOAD_FAILED.format(name=spec.name, data_dir=data_dir)
+                                    + _missing_data(spec, root, still)) from exc
+
+
+def _missing_data(spec: DatasetSpec, root: Path, missing: list[Path]) -> str:
+    """What :func:`load_wilds` says of ``missing`` files: the layout and where to get it."""
+    inside = root.name == spec.dirname and not (root / spec.dirname).exists()
+    hint = _INSIDE_DATA_DIR.format(dirname=spec.dirname, parent=root.parent) if inside else ""
+    return _MISSING_DATA.format(
+        name=spec.name, missing=", ".join(str(p) for p in missing), root=root,
+        layout=spec.layout, release=root / spec.dirname / spec.release_file) + hint
 
 
 def _check_tables(spec: DatasetSpec, root: Path) -> None:

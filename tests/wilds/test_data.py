@@ -126,6 +126,22 @@ def test_missing_data_names_layout_and_path(tmp_path):
         load_wilds("celeba", tmp_path)
 
 
+def test_a_download_that_fails_names_the_layout(tmp_path, monkeypatch):
+    # wilds prints the failed download and then fails reading metadata.csv: "[Errno 2] No
+    # such file or directory", with no word of the download or of where to put the data
+    for var in ("https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY"):
+        monkeypatch.setenv(var, "http://127.0.0.1:9")  # the discard port: refused
+    for var in ("no_proxy", "NO_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    with pytest.raises(FileNotFoundError) as info:
+        load_wilds("waterbirds", tmp_path, download=True)
+    message = str(info.value)
+    assert f"Downloading the WILDS waterbirds data into {tmp_path / 'waterbirds_v1.0'} did " \
+           "not complete" in message
+    assert "https://wilds.stanford.edu/downloads" in message
+    assert dataset_spec("waterbirds").layout in message
+
+
 def test_unknown_dataset_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="supported here"):
         load_wilds("imagenet", tmp_path)
