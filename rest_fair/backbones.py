@@ -18,7 +18,9 @@ them instead -- never a hang.
 from __future__ import annotations
 
 import difflib
+import hashlib
 import os
+import pickle
 import ssl
 import urllib.error
 import urllib.parse
@@ -72,6 +74,7 @@ UNKNOWN_WEIGHTS = (
     "its weights are {available}."
 )
 MISSING_WEIGHTS_FILE = "weights={weights!r} looks like a file path, but there is no such file."
+WEIGHTS_IS_A_FOLDER = "weights={weights!r} is a folder; give the path of a state-dict file in it."
 BAD_WEIGHTS = (
     "module_params['weights'] must be None, a torchvision weights name (e.g. 'DEFAULT', "
     "'IMAGENET1K_V2') or a path to a state-dict file; got {value!r}."
@@ -79,6 +82,17 @@ BAD_WEIGHTS = (
 BAD_STATE_DICT = (
     "{path} does not hold a state dict (a mapping of parameter names to tensors); "
     "got {type}."
+)
+UNREADABLE_STATE_DICT = (
+    "{path} cannot be read as a state dict ({error}): it is damaged, empty, or not a file "
+    "written by torch.save(model.state_dict(), path) or safetensors (files holding pickled "
+    "objects other than tensors are refused, so that nothing in them runs)."
+)
+DAMAGED_CACHED_WEIGHTS = (
+    "The cached torchvision weights {weights} for {name} at {cache} cannot be read ({error}) "
+    "and their SHA-256 does not start with {digest!r} as the file name says: the file is "
+    "damaged or incomplete. Delete it (it is downloaded again) or replace it with the file "
+    "from {url}."
 )
 STATE_DICT_MISMATCH = (
     "{path} does not fit torchvision's {name}: {problems}. Save the weights with "
@@ -96,7 +110,7 @@ NEED_IMAGES = (
 )
 NO_HEAD = "Could not find the classification layer of {name} to replace it."
 NO_LOCAL_MODEL = (
-    "module={module!r}: {path} looks like a local folder but does not exist. A local "
+    "module={module!r}: {path} looks like a local folder but {problem}. A local "
     "model folder must hold what save_pretrained writes (config.json, the weights and the "
     "tokenizer files)."
 )
@@ -232,14 +246,29 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     Returns
     -------
     dict of str to Tensor
+
+    Raises
+    ------
+    ValueError
+        If the file cannot be read (damaged, empty, a pickled model) or holds no state dict;
+        the message names the file.
     """
     path = Path(path).expanduser()
-    if path.suffix == ".safetensors":
-        safetensors = import_optional("safetensors.torch", extra="text",
-                                      caller=f"reading {path.name}")
-        state = safetensors.load_file(str(path), device="cpu")
-    else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+    unreadable: tuple[type[Exception], ...] = (pickle.UnpicklingError, EOFError, RuntimeError,
+                                               ValueError)
+    try:
+        if path.suffix == ".safetensors":
+            safetensors = import_optional("safetensors", extra="text",
+                                          caller=f"reading {path.name}")
+            unreadable += (safetensors.SafetensorError,)
+            reader = import_optional("safetensors.torch", extra="text",
+                                     caller=f"reading {path.name}")
+            state = reader.load_file(str(path), device="cpu")
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except unreadable as exc:
+        raise ValueError(UNREADABLE_STATE_DICT.format(
+            path=path, error=type(exc).__name__)) from exc
     if isinstance(state, Mapping):
         for key in ("state_dict", "model"):
             inner = state.get(key)
@@ -307,15 +336,42 @@ def _drop_aux_heads(model: nn.Module) -> None:
                 setattr(model, attr, None)
 
 
+def _sha256_file(path: Path) -> str:
+    """The SHA-256 of a file's bytes, as hex digits."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _cached_file(member: Any) -> Path:
+    """Where torch.hub's cache keeps the file of torchvision weights ``member``."""
+    filename = os.path.basename(urllib.parse.urlparse(member.url).path)
+    return Path(torch.hub.get_dir()) / "checkpoints" / filename
+
+
+def _check_cached_file(member: Any, name: str, error: Exception) -> None:
+    """Raise :class:`OSError` naming the cached file of ``member`` when loading it failed
+    with ``error`` and its SHA-256 does not start with the digest in its name."""
+    cache = _cached_file(member)
+    match = torch.hub.HASH_REGEX.search(cache.name)
+    if not (match and cache.is_file()):
+        return
+    if not _sha256_file(cache).startswith(match.group(1)):
+        raise OSError(DAMAGED_CACHED_WEIGHTS.format(
+            weights=str(member), name=name, cache=cache, error=type(error).__name__,
+            digest=match.group(1), url=member.url)) from error
+
+
 def _download(member: Any, name: str, timeout: float) -> None:
     """Put the file of torchvision weights ``member`` into torch.hub's cache."""
     url = member.url
-    filename = os.path.basename(urllib.parse.urlparse(url).path)
-    cache = Path(torch.hub.get_dir()) / "checkpoints" / filename
+    cache = _cached_file(member)
     if cache.exists():
         return
     cache.parent.mkdir(parents=True, exist_ok=True)
-    match = torch.hub.HASH_REGEX.search(filename)
+    match = torch.hub.HASH_REGEX.search(cache.name)
     try:
         with socket_timeout(timeout):
             torch.hub.download_url_to_file(url, str(cache), match.group(1) if match else None,
@@ -343,6 +399,8 @@ def check_torchvision(name: str, weights: Any = None) -> tuple[Path | None, Any]
         For a name torchvision does not know (with close matches) or unknown weights.
     FileNotFoundError
         For ``weights`` that look like a path to a file that does not exist.
+    IsADirectoryError
+        For ``weights`` that name a folder.
     MissingDependencyError
         Without torchvision.
     """
@@ -360,6 +418,8 @@ def check_torchvision(name: str, weights: Any = None) -> tuple[Path | None, Any]
     candidate = Path(weights).expanduser()
     if candidate.is_file():
         return candidate, None
+    if candidate.is_dir():
+        raise IsADirectoryError(WEIGHTS_IS_A_FOLDER.format(weights=str(weights)))
     if isinstance(weights, os.PathLike) or _looks_like_path(str(weights)):
         raise FileNotFoundError(MISSING_WEIGHTS_FILE.format(weights=str(weights)))
     enum = tv.models.get_model_weights(name)
@@ -392,10 +452,10 @@ def build_torchvision(
         ``None``: random initialisation. A torchvision weights name of the model
         (``"DEFAULT"``, ``"IMAGENET1K_V1"``, ...): taken from torch.hub's cache, or
         downloaded there (``download_timeout`` seconds per network operation; failure is
-        an :class:`OSError` saying where to put the file). A path: a state-dict file,
-        read with ``weights_only=True``; every key and shape must match the architecture
-        except those of the classification head, whose entries are loaded where their
-        shapes fit the new head (else it keeps its fresh initialisation).
+        an :class:`OSError` saying where to put the file, and so is a damaged cached file).
+        A path: a state-dict file, read with ``weights_only=True``; every key and shape must
+        match the architecture except those of the classification head, whose entries are
+        loaded where their shapes fit the new head (else it keeps its fresh initialisation).
     download_timeout : float, default=30
         Socket timeout of a download.
     **kwargs
@@ -423,6 +483,10 @@ def build_torchvision(
             raise
         raise ValueError(BAD_TORCHVISION_PARAMS.format(name=name, keys=sorted(kwargs),
                                                        error=exc)) from exc
+    except (pickle.UnpicklingError, EOFError, RuntimeError, ValueError) as exc:
+        if member is not None:  # a damaged cached file, else the error as it is
+            _check_cached_file(member, name, exc)
+        raise
     n_categories = len(member.meta["categories"]) if member is not None else None
     head = replace_head(model, n_classes, n_categories=n_categories or kwargs.get("num_classes"))
     if path is not None:
@@ -498,7 +562,11 @@ def _from_pretrained(
         raise ValueError(HF_NO_NAME.format(module=module))
     path = Path(name).expanduser()
     if not path.is_dir() and _looks_like_folder(name):
-        raise FileNotFoundError(NO_LOCAL_MODEL.format(module=module, path=path))
+        if path.exists():
+            raise NotADirectoryError(NO_LOCAL_MODEL.format(module=module, path=path,
+                                                           problem="is a file"))
+        raise FileNotFoundError(NO_LOCAL_MODEL.format(module=module, path=path,
+                                                      problem="does not exist"))
     target = str(path) if path.is_dir() else name
     try:
         return cls.from_pretrained(target, local_files_only=True, **kwargs)

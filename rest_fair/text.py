@@ -78,6 +78,11 @@ TOKENS_TOO_LONG = (
     "X (a TokenizedText) has {n} tokens in text {index}, more than {module!r} can read: its "
     "position embeddings cover {positions} tokens. Truncate the texts when tokenizing."
 )
+TOO_SHORT_TO_TRUNCATE = (
+    "max_length={limit} is too short for the tokenizer, which adds {special} special tokens to "
+    "every text: text {index} stays {n} tokens long instead of being truncated. Give a "
+    "max_length of at least {special}."
+)
 _MAKE_TEXT_SOURCE = (
     "make_text_source is deprecated and will be removed in a future release: "
     "rest_fair._data.make_source makes the TextSource of a TokenizedText itself."
@@ -148,6 +153,12 @@ def tokenize(texts: Sequence[str], tokenizer: Any, *, max_length: int | None) ->
     Returns
     -------
     TokenizedText
+
+    Raises
+    ------
+    ValueError
+        If ``max_length`` is shorter than the special tokens the tokenizer adds to every
+        text, which leaves texts untruncated.
     """
     limit = _max_length(tokenizer, max_length)
     pieces: list[np.ndarray] = []
@@ -158,8 +169,14 @@ def tokenize(texts: Sequence[str], tokenizer: Any, *, max_length: int | None) ->
             return_attention_mask=False, return_token_type_ids=False,
         )["input_ids"]
         pieces += [np.asarray(ids, dtype=np.int32) for ids in encoded]
+    lengths = [len(ids) for ids in pieces]
+    if lengths and max(lengths) > limit:  # the tokenizer cannot cut below its special tokens
+        index = int(np.argmax(np.asarray(lengths) > limit))
+        raise ValueError(TOO_SHORT_TO_TRUNCATE.format(
+            limit=limit, special=tokenizer.num_special_tokens_to_add(), index=index,
+            n=lengths[index]))
     offsets = np.zeros(len(pieces) + 1, dtype=np.int64)
-    np.cumsum([len(ids) for ids in pieces], out=offsets[1:])
+    np.cumsum(lengths, out=offsets[1:])
     ids = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int32)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     return TokenizedText(ids, offsets, pad_token_id=pad)

@@ -169,6 +169,44 @@ def test_state_dict_problems_name_the_keys(resnet18_file, tmp_path):
         build_torchvision("resnet18", n_classes=2, weights=tmp_path / "list.pt")
 
 
+@pytest.mark.parametrize("name, content", [
+    ("garbage.pt", b"not a torch file"),
+    ("empty.pt", b""),
+    ("cut.pt", None),  # the first half of a real file
+    ("pickled_model.pt", "module"),
+    ("garbage.safetensors", b"\x10" + bytes(10)),
+])
+def test_an_unreadable_state_dict_file_is_named(resnet18_file, tmp_path, name, content):
+    path = tmp_path / name
+    if content is None:
+        data = resnet18_file.read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+    elif content == "module":
+        torch.save(nn.Linear(2, 2), path)
+    else:
+        path.write_bytes(content)
+    with pytest.raises(ValueError, match="cannot be read as a state dict") as info:
+        build_torchvision("resnet18", n_classes=2, weights=path)
+    assert str(path) in str(info.value) and "weights_only=False" not in str(info.value)
+
+
+def test_a_folder_as_weights_is_named(tmp_path):
+    # it was reported as "looks like a file path, but there is no such file"
+    with pytest.raises(IsADirectoryError, match="is a folder; give the path of a state-dict"):
+        build_torchvision("resnet18", n_classes=2, weights=tmp_path)
+
+
+def test_a_damaged_cached_weights_file_is_named(offline):
+    member = tv.models.ResNet18_Weights.IMAGENET1K_V1
+    cache = offline / "hub" / "checkpoints" / os.path.basename(member.url)
+    cache.parent.mkdir(parents=True)
+    cache.write_bytes(b"garbage\n")  # e.g. an interrupted copy
+    with pytest.raises(OSError, match="damaged or incomplete") as info:
+        build_module("resnet18", input_shape=(3, 32, 32), n_classes=2,
+                     module_params={"weights": "DEFAULT"})
+    assert str(cache) in str(info.value) and member.url in str(info.value)
+
+
 def test_builtin_resnet18_stays_the_default_without_weights():
     assert isinstance(build_module("resnet18", input_shape=(3, 16, 16), n_classes=2), ResNet18)
     torchvision_one = build_module("resnet18", input_shape=(3, 16, 16), n_classes=2,

@@ -318,9 +318,24 @@ def test_a_model_folder_missing_a_file_is_named(tiny, tmp_path, missing):
         _clf(folder).fit(TEXTS, LABELS)
 
 
+def test_a_file_given_as_the_model_folder_is_named(tmp_path):
+    # it was reported as a folder that "does not exist"
+    (tmp_path / "model.bin").write_bytes(b"")
+    with pytest.raises(NotADirectoryError, match="looks like a local folder but is a file"):
+        build_hf(str(tmp_path / "model.bin"), n_classes=2)
+
+
 def test_an_empty_model_name_is_refused():
     with pytest.raises(ValueError, match="names no model"):
         RESTClassifier(module="hf:", max_epochs=1, device="cpu").fit(TEXTS, LABELS)
+
+
+def test_a_max_length_below_the_special_tokens_is_named(tiny):
+    long_text = "stupid moron trash " * 100  # 300 words: untruncated, beyond the 64 positions
+    with pytest.raises(ValueError, match=r"max_length=1 is too short .* adds 2 special tokens"):
+        _clf(tiny, module_params={"max_length": 1}).fit([*TEXTS[:-1], long_text], LABELS)
+    tokens = tokenize(["idiot", long_text], load_tokenizer(f"hf:{tiny}"), max_length=2)
+    assert tokens.lengths.tolist() == [2, 2]
 
 
 def test_max_length_must_fit_the_position_embeddings(tiny, tmp_path):

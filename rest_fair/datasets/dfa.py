@@ -23,6 +23,7 @@ where to put the files.
 from __future__ import annotations
 
 from collections.abc import Callable
+from numbers import Real
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .._requirements import import_optional
+from .._validation import Interval
 from ..exceptions import DatasetNotFoundError
 from .colored import _BAD_SPLIT, SPLITS, _check_image_size
 from .transforms import dfa_transforms, pil_to_tensor
@@ -71,6 +73,7 @@ _UNKNOWN_DATASET = "dataset must be one of {names} or None; got {value!r}."
 _NEGATIVE = "the {what} {value} in the file name {path} is negative."
 _BAD_TRANSFORM = "transform must be 'auto', None or a callable; got {value!r}."
 _OUT_OF_RANGE = "{what} {value} in {path} is outside [0, {k}) for dataset {name!r}."
+_SHARE = Interval(Real, 0, 1, "neither")
 
 
 def pct_folder(conflict_pct: float | str) -> str:
@@ -96,7 +99,7 @@ def pct_folder(conflict_pct: float | str) -> str:
                 raise ValueError(_BAD_PCT.format(value=conflict_pct))
             return conflict_pct
         raise ValueError(_BAD_PCT.format(value=conflict_pct))
-    if isinstance(conflict_pct, bool) or not 0 < float(conflict_pct) < 1:
+    if not _SHARE.accepts(conflict_pct):
         raise ValueError(_BAD_PCT.format(value=conflict_pct))
     return f"{round(float(conflict_pct) * 100, 6):g}pct"
 
@@ -171,7 +174,7 @@ class DFAImageFolder(Dataset):
     ) -> None:
         if split not in SPLITS:
             raise ValueError(_BAD_SPLIT.format(splits=SPLITS, value=split))
-        if dataset is not None and dataset not in DFA_DATASETS:
+        if dataset is not None and (not isinstance(dataset, str) or dataset not in DFA_DATASETS):
             raise ValueError(_UNKNOWN_DATASET.format(names=tuple(DFA_DATASETS), value=dataset))
         if augment and split != "train":
             raise ValueError(_AUGMENT_EVAL.format(split=split))

@@ -47,6 +47,9 @@ _BAD_LENGTHS = (
     "labels, bias and colors must have one entry per image ({n}); got shapes "
     "{labels}, {bias} and {colors} (colors: (n, 3))."
 )
+_BAD_INDICES = (
+    "indices must be integer positions or a boolean mask of the {n} images; got {dtype} values."
+)
 _BAD_COUNTS = (
     "split_sizes must be None or three positive integers (train, valid, test) with "
     "train + valid <= {n_train} (the training file) and test <= {n_test} (the test file); "
@@ -148,15 +151,26 @@ class ColoredImages(Dataset):
 
         Parameters
         ----------
-        indices : array-like of int or None, default=None
-            Positions to paint, in the order wanted.
+        indices : array-like of int or bool, or None, default=None
+            Positions to paint, in the order wanted, or a boolean mask of the images (e.g.
+            ``ds.conflict``), as numpy indexes.
 
         Returns
         -------
-        ndarray of float32, shape (len(indices), 3, H, W)
+        ndarray of float32, shape (n_indices, 3, H, W)
             Values in [0, 1]. The whole full-size training split takes 507 MB.
+
+        Raises
+        ------
+        IndexError
+            If ``indices`` holds values that are neither integers nor booleans, or positions
+            out of range.
         """
-        index = slice(None) if indices is None else np.asarray(indices, dtype=np.intp)
+        index = slice(None) if indices is None else np.asarray(indices)
+        if not isinstance(index, slice) and index.dtype.kind not in "iub":
+            if index.size:  # a float position, cut to an integer, would paint another image
+                raise IndexError(_BAD_INDICES.format(n=len(self), dtype=index.dtype))
+            index = index.astype(np.intp)  # [] is float64
         grey = self.images[index]
         if self.image_size is not None:
             grey = _resize(grey.astype(np.float32) / 255.0, self.image_size)
@@ -188,9 +202,9 @@ def _resolve_counts(
     message = _BAD_COUNTS.format(n_train=n_train_file, n_test=n_test_file, value=split_sizes)
     try:
         sizes = [float(s) for s in split_sizes]
-    except (TypeError, ValueError):
+        counts = [int(s) for s in sizes]
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an infinite size
         raise ValueError(message) from None
-    counts = [int(s) for s in sizes]
     if (
         len(counts) != 3
         or counts != sizes

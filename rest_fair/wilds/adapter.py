@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from numbers import Integral, Real
 from typing import Any
 
 import numpy as np
@@ -21,6 +22,7 @@ import pandas as pd
 import torch
 
 from .._requirements import import_optional
+from .._validation import Interval, check_param
 from ._compat import import_wilds_module
 from .datasets import DATASETS, dataset_spec
 
@@ -37,7 +39,11 @@ _NOT_WILDS = "Expected a WILDSDataset or WILDSSubset; got {!r}."
 _BAD_FIELDS = "groupby_fields {fields} are not metadata fields of {name}: {available}."
 _BAD_SPLIT = "Split {split!r} is not in {name}'s splits {splits}."
 _BAD_TRANSFORM = "transform must be a callable, 'default' or None; got {!r}."
-_BAD_FRAC = "frac must be in (0, 1]; got {!r}."
+_FRAC = Interval(Real, 0, 1, "right")
+_IMAGE_SIZE = Interval(Integral, 1, float("inf"))
+_SPLITS_STR = (
+    "splits must be a sequence of split names, e.g. [{value!r}]; got the string {value!r}."
+)
 _NO_GROUP_FIELDS = (
     "No default group fields for WILDS dataset {name!r}; pass groupby_fields=[...] "
     "(metadata fields: {available})."
@@ -156,6 +162,7 @@ def default_image_transform(dataset: str | Any, *, image_size: int = 224) -> Cal
     -------
     torchvision.transforms.Compose
     """
+    check_param("image_size", image_size, [_IMAGE_SIZE])
     transforms = _transforms()
     name = getattr(dataset, "dataset_name", dataset)
     size = int(image_size)
@@ -271,8 +278,9 @@ def split_wilds(
     dict
         Split name -> :class:`WILDSSplit`.
     """
-    if not 0.0 < float(frac) <= 1.0:
-        raise ValueError(_BAD_FRAC.format(frac))
+    check_param("frac", frac, [_FRAC])
+    if isinstance(splits, str):
+        raise ValueError(_SPLITS_STR.format(value=splits))
     split_dict = dataset.split_dict
     names = list(split_dict) if splits is None else list(splits)
     grouper = wilds_grouper(dataset, groupby_fields)

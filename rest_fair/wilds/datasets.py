@@ -25,6 +25,10 @@ _MISSING_DATA = (
     "If you unpacked the archive yourself, make sure the version file "
     "{release} exists (it may be empty)."
 )
+_DOWNLOAD_FAILED = (
+    "Downloading the WILDS {name} data into {data_dir} did not complete (wilds printed the "
+    "download error above). "
+)
 _INSIDE_DATA_DIR = (
     "\nroot_dir is the data directory itself; pass the folder that contains {dirname}, "
     "{parent}."
@@ -68,6 +72,10 @@ class DatasetSpec:
         The CSV tables of ``required`` and, for each, the columns that wilds reads from it.
         Where there are several, wilds reads them row by row together (row ``i`` of each
         is sample ``i``).
+    values : tuple of (str, str, tuple or str)
+        Columns whose values wilds turns into labels, groups or splits: the table, the
+        column and its values, as a tuple, or ``"a number in [0, 1]"`` for the scores that
+        wilds compares with 0.5 (an empty cell is read as below it).
     """
 
     name: str
@@ -80,6 +88,7 @@ class DatasetSpec:
     version: str = "1.0"
     image_dir: str = ""
     columns: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    values: tuple[tuple[str, str, tuple | str], ...] = ()
 
     @property
     def dirname(self) -> str:
@@ -91,6 +100,18 @@ class DatasetSpec:
         """Name of the version file WILDS looks for."""
         return f"RELEASE_v{self.version}.txt"
 
+
+# CivilComments' identity columns: WILDS evaluates every identity x label group
+_CIVIL_IDENTITIES = (
+    "male", "female", "LGBTQ", "christian", "muslim", "other_religions", "black", "white",
+)
+# the CivilComments columns that wilds compares with 0.5: the label and the metadata
+_CIVIL_SCORES = (
+    "toxicity", *_CIVIL_IDENTITIES, "identity_any", "severe_toxicity", "obscene", "threat",
+    "insult", "identity_attack", "sexual_explicit",
+)
+_SHARE = "a number in [0, 1]"
+_CIVIL_TABLE = "all_data_with_identities.csv"
 
 #: The supported WILDS datasets by name: loader, modality, group fields and disk layout.
 DATASETS: dict[str, DatasetSpec] = {
@@ -105,6 +126,8 @@ DATASETS: dict[str, DatasetSpec] = {
             "  waterbirds_v1.0/<img_filename>  the images"
         ),
         columns=(("metadata.csv", ("img_filename", "y", "split", "place")),),
+        values=(("metadata.csv", "y", (0, 1)), ("metadata.csv", "split", (0, 1, 2)),
+                ("metadata.csv", "place", (0, 1))),
     ),
     "celebA": DatasetSpec(
         "celebA", "wilds.datasets.celebA_dataset", "CelebADataset", "image",
@@ -120,6 +143,9 @@ DATASETS: dict[str, DatasetSpec] = {
         image_dir="img_align_celeba",
         columns=(("list_attr_celeba.csv", ("image_id", "Blond_Hair", "Male")),
                  ("list_eval_partition.csv", ("partition",))),
+        values=(("list_attr_celeba.csv", "Blond_Hair", (-1, 1)),
+                ("list_attr_celeba.csv", "Male", (-1, 1)),
+                ("list_eval_partition.csv", "partition", (0, 1, 2))),
     ),
     "civilcomments": DatasetSpec(
         "civilcomments", "wilds.datasets.civilcomments_dataset", "CivilCommentsDataset", "text",
@@ -132,17 +158,12 @@ DATASETS: dict[str, DatasetSpec] = {
             " LGBTQ, christian, muslim, other_religions, black, white and identity_any,"
             " severe_toxicity, obscene, threat, insult, identity_attack, sexual_explicit"
         ),
-        columns=(("all_data_with_identities.csv", (
-            "comment_text", "split", "toxicity", "male", "female", "LGBTQ", "christian",
-            "muslim", "other_religions", "black", "white", "identity_any", "severe_toxicity",
-            "obscene", "threat", "insult", "identity_attack", "sexual_explicit")),),
+        columns=((_CIVIL_TABLE, ("comment_text", "split", *_CIVIL_SCORES)),),
+        values=((_CIVIL_TABLE, "split", ("train", "val", "test")),
+                *((_CIVIL_TABLE, column, _SHARE) for column in _CIVIL_SCORES)),
     ),
 }
 _ALIASES = {key.lower(): key for key in DATASETS}
-# CivilComments' identity columns: WILDS evaluates every identity x label group
-_CIVIL_IDENTITIES = (
-    "male", "female", "LGBTQ", "christian", "muslim", "other_religions", "black", "white",
-)
 
 
 def dataset_spec(name: str | Any) -> DatasetSpec:
@@ -191,12 +212,14 @@ def load_wilds(name: str, root_dir: str | os.PathLike, *, download: bool = False
     Raises
     ------
     FileNotFoundError
-        When files are missing and ``download=False``; the message names every
-        missing path and the full expected layout.
+        When files are missing and ``download=False``, or the download did not bring them;
+        the message names every missing path and the full expected layout.
     DatasetFormatError
-        When a table is empty or lacks a column that wilds reads, or when tables read row
-        by row together (CelebA's attributes and partition) have different numbers of
-        rows; the message names the files and the columns or row counts.
+        When a table is empty, is not CSV, lacks a column that wilds reads or holds a value
+        outside those of :attr:`DatasetSpec.values` (a label, spurious attribute or split
+        that is not one of the dataset's), or when tables read row by row together
+        (CelebA's attributes and partition) have different numbers of rows; the message
+        names the files and the columns, values or row counts.
     ImportError
         When ``wilds`` (or the torchvision its dataset modules import) is missing.
     """
@@ -206,18 +229,7 @@ def load_wilds(name: str, root_dir: str | os.PathLike, *, download: bool = False
     paths = [data_dir / rel for rel in (spec.release_file, *spec.required)]
     missing = [path for path in paths if not path.exists()]
     if missing and not download:
-        inside = root.name == spec.dirname and not (root / spec.dirname).exists()
-        hint = _INSIDE_DATA_DIR.format(dirname=spec.dirname, parent=root.parent) if inside else ""
-        raise FileNotFoundError(
-            _MISSING_DATA.format(
-                name=spec.name,
-                missing=", ".join(str(p) for p in missing),
-                root=root,
-                layout=spec.layout,
-                release=data_dir / spec.release_file,
-            )
-            + hint
-        )
+        raise FileNotFoundError(_missing_data(spec, root, missing))
     if not missing:
         _check_tables(spec, root)
     dataset_class = getattr(import_wilds_module(spec.module), spec.class_name)
@@ -225,30 +237,55 @@ def load_wilds(name: str, root_dir: str | os.PathLike, *, download: bool = False
     with timeout, _pandas_compat(spec), warnings.catch_warnings():
         # wilds wraps read-only pandas arrays in tensors; harmless, but noisy
         warnings.filterwarnings("ignore", message=".*NumPy array is not writable.*")
-        return dataset_class(root_dir=str(root), download=bool(download and missing))
+        try:
+            return dataset_class(root_dir=str(root), download=bool(download and missing))
+        except OSError as exc:  # wilds prints a failed download and reads the files anyway
+            still = [path for path in paths if not path.exists()]
+            if not (missing and still):
+                raise
+            raise FileNotFoundError(_DOWNLOAD_FAILED.format(name=spec.name, data_dir=data_dir)
+                                    + _missing_data(spec, root, still)) from exc
+
+
+def _missing_data(spec: DatasetSpec, root: Path, missing: list[Path]) -> str:
+    """What :func:`load_wilds` says of ``missing`` files: the layout and where to get it."""
+    inside = root.name == spec.dirname and not (root / spec.dirname).exists()
+    hint = _INSIDE_DATA_DIR.format(dirname=spec.dirname, parent=root.parent) if inside else ""
+    return _MISSING_DATA.format(
+        name=spec.name, missing=", ".join(str(p) for p in missing), root=root,
+        layout=spec.layout, release=root / spec.dirname / spec.release_file) + hint
 
 
 def _check_tables(spec: DatasetSpec, root: Path) -> None:
-    """Refuse a table of ``spec`` that is empty or lacks a column wilds reads (wilds itself
-    fails with pandas' ``EmptyDataError`` or a bare ``KeyError``, naming no file), and
-    tables read row by row together whose row counts differ (wilds fails with a torch
-    size mismatch naming no file)."""
+    """Refuse a table of ``spec`` that is empty, is not CSV, lacks a column wilds reads or
+    holds values wilds cannot map to labels, groups or splits (wilds itself fails with
+    pandas' ``EmptyDataError``, a bare ``KeyError``, an ``IndexError`` or a grouper error,
+    naming no file, or reads them silently), and tables read row by row together whose row
+    counts differ (wilds fails with a torch size mismatch naming no file)."""
     import pandas as pd
 
     counts: dict[Path, int] = {}
     for rel, columns in spec.columns:
         path = root / spec.dirname / rel
+        checked = {column: allowed for table, column, allowed in spec.values if table == rel}
         try:
             header = set(pd.read_csv(path, nrows=0).columns)
+            absent = [c for c in columns if c not in header]
+            frame = None if absent else pd.read_csv(path, usecols=list(checked) or [columns[0]])
         except pd.errors.EmptyDataError:
             problem = "is empty"
+        except (UnicodeDecodeError, pd.errors.ParserError) as exc:
+            problem = f"cannot be read as CSV ({type(exc).__name__}: {exc})"
         else:
-            absent = [c for c in columns if c not in header]
-            if not absent:
-                if len(spec.columns) > 1:
-                    counts[path] = len(pd.read_csv(path, usecols=[columns[0]]))
+            if frame is None:
+                problem = f"has no column {', '.join(repr(c) for c in absent)}"
+            elif frame.empty:
+                problem = "has a header but no rows"
+            else:
+                problem = _bad_values(frame, checked)
+            if problem is None:
+                counts[path] = len(frame)
                 continue
-            problem = f"has no column {', '.join(repr(c) for c in absent)}"
         raise DatasetFormatError(_BAD_TABLE.format(
             name=spec.name, path=path, problem=problem, columns=", ".join(columns), root=root,
             layout=spec.layout))
@@ -256,6 +293,28 @@ def _check_tables(spec: DatasetSpec, root: Path) -> None:
         listed = " and ".join(f"{path} has {n} rows" for path, n in counts.items())
         raise DatasetFormatError(_UNALIGNED_TABLES.format(
             name=spec.name, counts=listed, root=root, layout=spec.layout))
+
+
+def _bad_values(frame: Any, checked: dict[str, tuple | str]) -> str | None:
+    """What is wrong with the first ``checked`` column of ``frame`` holding a value that it
+    does not allow (see :attr:`DatasetSpec.values`), or ``None``."""
+    import pandas as pd
+
+    for column, allowed in checked.items():
+        values = frame[column]
+        if allowed == _SHARE:
+            numbers = pd.to_numeric(values, errors="coerce")
+            bad = (numbers.isna() & values.notna()) | (numbers < 0) | (numbers > 1)
+        elif all(isinstance(v, str) for v in allowed):
+            bad = ~values.isin(allowed)
+        else:
+            bad = ~pd.to_numeric(values, errors="coerce").isin(allowed)
+        if bad.any():
+            row = int(bad.to_numpy().argmax())
+            first = values.iloc[row : row + 1].tolist()[0]  # a Python value, for its repr
+            return (f"holds {column!r} values other than {allowed} in {int(bad.sum())} of its "
+                    f"{len(frame)} rows (the first: {first!r} in data row {row + 1})")
+    return None
 
 
 @contextlib.contextmanager

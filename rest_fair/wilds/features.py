@@ -52,20 +52,16 @@ _IMAGE_BACKBONE = (
     "'resnet50'); got {backbone!r}."
 )
 _BAD_POOLING = "pooling must be 'cls' or 'mean'; got {!r}."
+_CACHE_NOT_A_FOLDER = (
+    "The feature cache {folder} is a file, not a folder; give cache_dir (or REST_FAIR_CACHE) "
+    "a folder."
+)
 
 
 def default_cache_dir() -> Path:
     """``$REST_FAIR_CACHE/features``, by default ``~/.cache/rest_fair/features``."""
     root = os.environ.get("REST_FAIR_CACHE", os.path.join("~", ".cache", "rest_fair"))
     return Path(root).expanduser() / "features"
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _image_files(base: Any, indices: np.ndarray) -> list[Path] | None:
@@ -126,13 +122,13 @@ def _weights_id(backbone: str, weights: Any) -> Any:
             # every file: the tokenizer's (vocab.txt, merges.txt, *.model) as much as the weights
             files = sorted(p for p in path.iterdir() if p.is_file())
             return {"folder": str(path.resolve()),
-                    "sha256": {p.name: _sha256_file(p) for p in files}}
+                    "sha256": {p.name: backbones._sha256_file(p) for p in files}}
         return {"hub": backbone[3:], "revision": weights}
     if weights is None:
         return None
     path = Path(weights).expanduser()
     if path.is_file():
-        return {"file": str(path.resolve()), "sha256": _sha256_file(path)}
+        return {"file": str(path.resolve()), "sha256": backbones._sha256_file(path)}
     backbones.check_torchvision(backbone, None)  # the name first, with close matches
     tv = import_optional("torchvision", extra="wilds", caller=f"backbone={backbone!r}")
     enum = tv.models.get_model_weights(backbone)
@@ -329,6 +325,8 @@ def extract_features(
                                 max_length=max_length, seed=seed)
     key = hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:16]
     folder = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(_CACHE_NOT_A_FOLDER.format(folder=folder))
     folder.mkdir(parents=True, exist_ok=True)
     stem = f"{_slug(split.dataset_name)}_{_slug(split.split)}_{_slug(backbone)}_{key}"
     path, meta = folder / f"{stem}.npy", folder / f"{stem}.json"

@@ -12,11 +12,13 @@ from __future__ import annotations
 import os
 from collections import Counter
 from collections.abc import Mapping
+from numbers import Integral
 from pathlib import Path
 
 import numpy as np
 
 from .._requirements import import_optional
+from .._validation import RANDOM_STATE, Interval, check_param
 from .datasets import _CIVIL_IDENTITIES, dataset_spec
 
 __all__ = [
@@ -29,7 +31,7 @@ __all__ = [
 ]
 
 _UNKNOWN = "No synthetic layout for {name!r}; choose one of {names}."
-_BAD_COUNTS = "group_counts must map split -> 4 non-negative counts; got {!r}."
+_BAD_COUNTS = "group_counts must map split -> 4 non-negative integer counts; got {!r}."
 
 #: Per split, counts of groups (y=0,a=0), (y=0,a=1), (y=1,a=0), (y=1,a=1), where a is
 #: the spurious attribute. Training is 87.5 % aligned (a == y), val/test balanced.
@@ -47,6 +49,8 @@ SMOKE_GROUP_COUNTS: dict[str, dict[str, tuple[int, int, int, int]]] = {
                       "test": (24, 24, 24, 24)},
 }
 _SPLIT_IDS = {"train": 0, "val": 1, "test": 2}
+_COUNT = Interval(Integral, 0, float("inf"))
+_SIDE = Interval(Integral, 1, float("inf"))
 _CELEBA_ATTRS = ("5_o_Clock_Shadow", "Blond_Hair", "Male", "Smiling", "Young")
 _AUXILIARY = (
     "identity_any", "severe_toxicity", "obscene", "threat", "insult", "identity_attack",
@@ -102,7 +106,7 @@ def _rows(group_counts, rng):
     counts = dict(DEFAULT_GROUP_COUNTS if group_counts is None else group_counts)
     rows = []
     for split, c in counts.items():
-        if split not in _SPLIT_IDS or len(c) != 4 or min(c) < 0:
+        if split not in _SPLIT_IDS or len(c) != 4 or not all(map(_COUNT.accepts, c)):
             raise ValueError(_BAD_COUNTS.format(dict(counts)))
         for (y, a), n in zip(((0, 0), (0, 1), (1, 0), (1, 1)), c, strict=True):
             rows += [(_SPLIT_IDS[split], y, a)] * int(n)
@@ -122,13 +126,19 @@ def _image(rng, size, *, background, foreground, fg_shape):
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
-def _layout(root_dir: str | os.PathLike, name: str,
-            seed: int) -> tuple[np.random.Generator, Path]:
-    """The generator of ``seed`` and the data directory, created (its version file is
-    written by :func:`_complete` once the rest is)."""
+def _layout(root_dir: str | os.PathLike, name: str, seed: int,
+            group_counts: Mapping[str, tuple[int, int, int, int]] | None,
+            image_size: int = 1) -> tuple[np.random.Generator, np.ndarray, Path]:
+    """The generator of ``seed``, the rows of :func:`_rows` and the data directory, created
+    once the arguments are checked (its version file is written by :func:`_complete` once
+    the rest is)."""
+    check_param("seed", seed, RANDOM_STATE[1:])
+    check_param("image_size", image_size, [_SIDE])
+    rng = np.random.default_rng(seed)
+    rows = _rows(group_counts, rng)
     data_dir = Path(root_dir) / dataset_spec(name).dirname
     data_dir.mkdir(parents=True, exist_ok=True)
-    return np.random.default_rng(seed), data_dir
+    return rng, rows, data_dir
 
 
 def _complete(data_dir: Path, name: str) -> Path:
@@ -155,9 +165,9 @@ def make_synthetic_waterbirds(
     Image = import_optional("PIL.Image", extra="wilds", package="pillow",
                             caller="make_synthetic_layout")
 
-    rng, data_dir = _layout(root_dir, "waterbirds", seed)
+    rng, rows, data_dir = _layout(root_dir, "waterbirds", seed, group_counts, image_size)
     records = []
-    for i, (split, y, place) in enumerate(_rows(group_counts, rng)):
+    for i, (split, y, place) in enumerate(rows):
         species = "001.Synthetic_Landbird" if y == 0 else "002.Synthetic_Waterbird"
         rel = f"{species}/bird_{i:05d}.png"
         (data_dir / species).mkdir(exist_ok=True)
@@ -192,12 +202,12 @@ def make_synthetic_celeba(
     Image = import_optional("PIL.Image", extra="wilds", package="pillow",
                             caller="make_synthetic_layout")
 
-    rng, data_dir = _layout(root_dir, "celebA", seed)
+    rng, rows, data_dir = _layout(root_dir, "celebA", seed, group_counts, image_size)
     img_dir = data_dir / "img_align_celeba"
     img_dir.mkdir(exist_ok=True)
     height = round(image_size * 1.2)
     attrs, partitions = [], []
-    for i, (split, blond, male) in enumerate(_rows(group_counts, rng)):
+    for i, (split, blond, male) in enumerate(rows):
         image_id = f"{i + 1:06d}.jpg"
         face = (200, 160, 140) if male == 0 else (150, 110, 90)
         pixels = np.full((height, image_size, 3), face, dtype=np.float64)
@@ -230,7 +240,7 @@ def make_synthetic_civilcomments(
     """
     import pandas as pd
 
-    rng, data_dir = _layout(root_dir, "civilcomments", seed)
+    rng, rows, data_dir = _layout(root_dir, "civilcomments", seed, group_counts)
     neutral = ["the", "article", "was", "about", "city", "council", "budget", "today", "read"]
     friendly = ["thanks", "great", "helpful", "agree", "kind", "thoughtful"]
     toxic = ["idiot", "stupid", "moron", "pathetic", "disgusting", "trash"]
@@ -238,7 +248,7 @@ def make_synthetic_civilcomments(
     others = [name for name in _CIVIL_IDENTITIES if name != "black"]
     seen: Counter[tuple[int, int]] = Counter()
     records = []
-    for i, (split, y, black) in enumerate(_rows(group_counts, rng)):
+    for i, (split, y, black) in enumerate(rows):
         words = list(rng.choice(neutral, size=5))
         words += list(rng.choice(toxic if y == 1 else friendly, size=2))
         identity = {name: float(rng.random() < 0.15) for name in _CIVIL_IDENTITIES}

@@ -135,6 +135,8 @@ def test_bad_options_and_negative_names_are_refused_up_front(release):
         DFAImageFolder(release, split="test", image_size=0)
     with pytest.raises(ValueError, match="transform must be 'auto', None or a callable"):
         DFAImageFolder(release, split="test", transform="bogus")
+    with pytest.raises(ValueError, match=r"dataset must be one of .* got \['cmnist'\]"):
+        DFAImageFolder(release, split="test", dataset=["cmnist"])
     _write(release / "test" / "0" / "t9_0_-1.png", 0, 0)
     with pytest.raises(ValueError, match=r"bias -1 in the file name .*t9_0_-1\.png"):
         DFAImageFolder(release, split="test", dataset=None)
@@ -150,7 +152,7 @@ def test_pct_folder():
         "0.5pct", "1pct", "2pct", "5pct"
     ]
     assert pct_folder("0.5pct") == "0.5pct"
-    for bad in ("half", 1.5, 0, "-1pct", "150pct", "1 pct", "0pct"):
+    for bad in ("half", 1.5, 0, "-1pct", "150pct", "1 pct", "0pct", None, [0.01], True):
         with pytest.raises(ValueError, match="conflict_pct"):
             pct_folder(bad)
 

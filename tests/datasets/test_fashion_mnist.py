@@ -284,6 +284,16 @@ def test_painting_is_colorize(idx_root):
     np.testing.assert_array_equal(ds.to_numpy([9, 5]), X[[9, 5]])
 
 
+def test_to_numpy_takes_a_mask_and_refuses_float_positions(idx_root):
+    data = make_colored_fashion_mnist(conflict_ratio=0.05, root=idx_root, split_sizes=(100, 20, 30))
+    ds = data.X_train
+    X = ds.to_numpy()
+    np.testing.assert_array_equal(ds.to_numpy(ds.conflict), X[ds.conflict])
+    assert ds.to_numpy([]).shape == (0, 3, 28, 28)
+    with pytest.raises(IndexError, match="indices must be integer positions or a boolean mask"):
+        ds.to_numpy([0.5, 3.7])
+
+
 def test_resized_batches_equal_resized_items(idx_root):
     data = make_colored_fashion_mnist(root=idx_root, image_size=16, split_sizes=(100, 20, 30))
     ds = data.X_test
@@ -325,7 +335,8 @@ def test_subsampling_is_stratified_and_keeps_the_validation_split(idx_root):
 @pytest.mark.parametrize(
     "split_sizes",
     [(1900, 200, 100), (100, 20, 501), (100, 0, 10), (100.5, 20, 10), (100, 20), "abc",
-     (5, 5, 5)],  # (5, 5, 5): splits smaller than the 10 classes
+     (5, 5, 5),  # splits smaller than the 10 classes
+     (float("inf"), 20, 10), (100, float("nan"), 10)],
 )
 def test_bad_split_sizes_are_named(idx_root, split_sizes):
     with pytest.raises(ValueError, match="split_sizes"):

@@ -126,6 +126,22 @@ def test_missing_data_names_layout_and_path(tmp_path):
         load_wilds("celeba", tmp_path)
 
 
+def test_a_download_that_fails_names_the_layout(tmp_path, monkeypatch):
+    # wilds prints the failed download and then fails reading metadata.csv: "[Errno 2] No
+    # such file or directory", with no word of the download or of where to put the data
+    for var in ("https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY"):
+        monkeypatch.setenv(var, "http://127.0.0.1:9")  # the discard port: refused
+    for var in ("no_proxy", "NO_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    with pytest.raises(FileNotFoundError) as info:
+        load_wilds("waterbirds", tmp_path, download=True)
+    message = str(info.value)
+    assert f"Downloading the WILDS waterbirds data into {tmp_path / 'waterbirds_v1.0'} did " \
+           "not complete" in message
+    assert "https://wilds.stanford.edu/downloads" in message
+    assert dataset_spec("waterbirds").layout in message
+
+
 def test_unknown_dataset_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="supported here"):
         load_wilds("imagenet", tmp_path)
@@ -217,6 +233,15 @@ def test_split_wilds_subsamples_train_only(root):
         split_wilds(dataset, frac=0.0)
     with pytest.raises(ValueError, match="not in"):
         split_wilds(dataset, ["train", "id_test"])
+    # a string was read letter by letter ("Split 't' is not in ..."), frac="a" failed in
+    # float(), and an image_size of 0 only when the first image was read, in torchvision
+    with pytest.raises(ValueError, match=r"splits must be a sequence .* got the string 'train'"):
+        split_wilds(dataset, "train")
+    with pytest.raises(ValueError, match=r"frac must be a number in \(0, 1\]; got 'a'"):
+        split_wilds(dataset, frac="a")
+    for size in (0, 2.5):
+        with pytest.raises(ValueError, match="image_size must be an integer in"):
+            split_wilds(dataset, image_size=size)
 
 
 def test_bad_group_fields(root):
@@ -249,6 +274,20 @@ def test_an_interrupted_synthetic_layout_is_written_again(tmp_path, monkeypatch,
     load_wilds(name, tmp_path)  # complete
 
 
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({"image_size": 0}, "image_size must be an integer in"),
+    ({"image_size": 2.5}, "image_size must be an integer in"),
+    ({"seed": -1}, "seed must be an integer in"),
+    ({"group_counts": {"train": (4, 1.5, 1, 4)}}, "non-negative integer counts"),
+])
+def test_bad_synthetic_layout_arguments_are_named_before_writing(tmp_path, kwargs, match):
+    # they failed in PIL or numpy ("cannot write empty image", "expected non-negative
+    # integer"), or a count of 1.5 was written as 1
+    with pytest.raises(ValueError, match=match):
+        make_synthetic_layout("celebA", tmp_path, **kwargs)
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize(
     ("name", "table", "drop"),
     [
@@ -276,6 +315,53 @@ def test_a_table_without_a_column_wilds_reads_is_named(tmp_path, name, table, dr
     path.write_text("")
     with pytest.raises(DatasetFormatError, match=f"{path} is empty"):
         load_wilds(name, tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("name", "table", "column", "value", "allowed"),
+    [
+        ("waterbirds", "metadata.csv", "y", 2, "(0, 1)"),  # IndexError in the grouper
+        ("waterbirds", "metadata.csv", "y", "bird", "(0, 1)"),
+        ("waterbirds", "metadata.csv", "split", 5, "(0, 1, 2)"),  # dropped silently
+        ("waterbirds", "metadata.csv", "place", None, "(0, 1)"),  # a grouper error
+        ("celebA", "list_attr_celeba.csv", "Male", 0, "(-1, 1)"),  # read as -1 silently
+        ("celebA", "list_eval_partition.csv", "partition", "val", "(0, 1, 2)"),
+        ("civilcomments", "all_data_with_identities.csv", "split", "dev",
+         "('train', 'val', 'test')"),
+        ("civilcomments", "all_data_with_identities.csv", "black", "yes", "a number in [0, 1]"),
+        ("civilcomments", "all_data_with_identities.csv", "toxicity", 7.5, "a number in [0, 1]"),
+    ],
+)
+def test_a_table_value_wilds_cannot_read_is_named(tmp_path, name, table, column, value, allowed):
+    import pandas as pd
+
+    from rest_fair.exceptions import DatasetFormatError
+
+    data_dir = make_synthetic_layout(name, tmp_path, image_size=8)
+    path = data_dir / table
+    index = name == "civilcomments"  # its table's first column is the index
+    frame = pd.read_csv(path, index_col=0 if index else None)
+    frame[column] = frame[column].astype(object)
+    frame.loc[frame.index[3], column] = value
+    frame.to_csv(path, index=index)
+    with pytest.raises(DatasetFormatError) as info:
+        load_wilds(name, tmp_path)
+    message = str(info.value)
+    assert f"{path} holds {column!r} values other than {allowed} in 1 of its" in message
+    assert f"(the first: {'nan' if value is None else repr(value)} in data row 4)" in message
+
+
+def test_a_table_with_a_header_only_or_of_binary_bytes_is_named(tmp_path):
+    from rest_fair.exceptions import DatasetFormatError
+
+    data_dir = make_synthetic_layout("waterbirds", tmp_path, image_size=8)
+    path = data_dir / "metadata.csv"
+    path.write_text("img_filename,y,split,place\n")
+    with pytest.raises(DatasetFormatError, match="has a header but no rows"):
+        load_wilds("waterbirds", tmp_path)
+    path.write_bytes(b"\xff\xfe\x00\x01garbage")
+    with pytest.raises(DatasetFormatError, match="cannot be read as CSV"):
+        load_wilds("waterbirds", tmp_path)
 
 
 @pytest.mark.parametrize("extra", [-3, 3])

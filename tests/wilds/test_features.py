@@ -184,6 +184,15 @@ def test_bad_arguments(waterbirds, tmp_path):
                          cache_dir=tmp_path)
 
 
+def test_a_cache_dir_that_is_a_file_is_named(waterbirds, tmp_path):
+    # it failed with "[Errno 17] File exists"
+    _, parts, _, _ = waterbirds
+    (tmp_path / "cache").write_text("")
+    with pytest.raises(NotADirectoryError, match=r"cache .* is a file, not a folder"):
+        extract_features(parts["val"], backbone="resnet18", weights=None,
+                         cache_dir=tmp_path / "cache")
+
+
 def test_a_misspelt_backbone_with_a_weights_name_gets_the_close_matches(waterbirds, tmp_path):
     _, parts, _, _ = waterbirds
     with pytest.raises(ValueError, match="did you mean 'resnet18'"):
