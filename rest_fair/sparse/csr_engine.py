@@ -117,13 +117,19 @@ def _fuse_relus(module: nn.Module) -> dict[str, nn.ReLU]:
 
 
 def _link_feature_major(module: nn.Module) -> None:
-    """Let CSR layers that feed another CSR layer of a Sequential skip the transpose."""
+    """Let CSR layers that feed another CSR layer of a Sequential skip the transpose.
+
+    Only element-wise modules without randomness may stand between them: a dropout draws
+    its mask in the memory order of its input, so a feature-major input would get other
+    draws than the masked path's row-major one.
+    """
     for seq in module.modules():
         if not isinstance(seq, nn.Sequential):
             continue
         pending: CSRLinear | None = None
         for sub in seq:
-            if type(sub) in ELEMENTWISE or type(sub) is _FusedReLU:
+            if (type(sub) in ELEMENTWISE and type(sub) is not nn.Dropout) \
+                    or type(sub) is _FusedReLU:
                 continue
             if pending is not None and isinstance(sub, CSRLinear):
                 pending.feature_major_output = True

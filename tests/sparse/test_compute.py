@@ -252,6 +252,33 @@ def test_csr_training_equals_masked_training_step_by_step(data, timing):
     assert _counts(masked.masks_) == _counts(csr.masks_)
 
 
+class DropoutMLP(DoubleMLP):
+    """:class:`DoubleMLP` with a dropout between its two sparse layers."""
+
+    def __init__(self, input_shape, n_classes):
+        super().__init__(input_shape, n_classes)
+        hidden = list(self.layers)
+        self.layers = nn.Sequential(*hidden[:2], nn.Dropout(0.3), *hidden[2:])
+
+
+def test_a_dropout_between_csr_layers_draws_as_in_the_masked_path(data):
+    # a dropout draws its mask in the memory order of its input: the CSR layer before it
+    # must hand it a row-major output, as the masked layer does
+    X, y = data
+    runs = {}
+    for mode in ("masked", "csr"):
+        rec = Recorder()
+        clf = _clf(sparse_compute=mode, module=DropoutMLP, max_epochs=1, callbacks=[rec])
+        runs[mode] = (clf.fit(X, y), rec)
+    (csr, rec_c), (_, rec_m) = runs["csr"], runs["masked"]
+    assert csr.sparse_compute_layers_ == ["layers.0", "layers.3"]
+    for wm, wc, mm, mc in zip(rec_m.weights, rec_c.weights, rec_m.masks, rec_c.masks,
+                              strict=True):
+        assert all(torch.equal(mm[k], mc[k]) for k in mm)
+        for key in wm:
+            torch.testing.assert_close(wc[key], wm[key], rtol=0, atol=1e-10)
+
+
 @pytest.mark.usefixtures("small_blocks")
 @pytest.mark.parametrize("timing", ["mid_interval", "after_step"])
 def test_set_regrowth_draws_the_same_topology(data, timing):
