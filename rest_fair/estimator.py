@@ -297,9 +297,11 @@ class RESTClassifier(ClassifierMixin, BaseEstimator):
     best_epoch_ : int
         Epoch of the kept checkpoint.
     groups_ : list
-        Group labels seen in training.
+        Group labels seen in training; with ``infer_groups="jtt"``, ``[False, True]``
+        (outside and inside the error set), the groups the final model was reweighted by.
     group_weights_ : dict
-        ``(class label, group label) -> weight`` used for reweighting.
+        ``(class label, group label) -> weight`` used for reweighting (group labels as in
+        ``groups_``).
     n_topology_updates_ : int
         Prune-and-regrow updates performed.
     n_train_steps_ : int

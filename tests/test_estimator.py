@@ -41,6 +41,8 @@ def test_fit_predict_and_fitted_attributes(data):
     assert proba.shape == (len(X), 3) and np.allclose(proba.sum(1), 1)
     assert list(clf.classes_) == [0, 1, 2] and clf.n_features_in_ == 12
     assert clf.groups_ == ["majority", "minority"]
+    # plain Python values, as the labels ("balanced" gave numpy floats)
+    assert {type(w) for w in clf.group_weights_.values()} == {float}
     assert len(clf.history_) == 8
     assert set(clf.history_[0]) >= {"epoch", "train_loss", "valid_loss", "valid_acc",
                                     "valid_worst_group_acc", "density", "lr", "dur",
