@@ -975,6 +975,9 @@ def test_more_input_forms_are_read_or_named(data):
     tensor = torch.from_numpy(X).requires_grad_()
     clf = _clf(max_epochs=1).fit(tensor, y)
     assert tensor.requires_grad and clf.predict(tensor).shape == (len(y),)
+    weights = torch.ones(len(y), requires_grad=True)  # e.g. a learnt weighting's output
+    _clf(max_epochs=1).fit(X, y, sample_weight=weights)
+    assert weights.requires_grad
     # groups as a dict of columns, as fairlearn's sensitive_features
     by_dict = _clf(max_epochs=1).fit(X, y, groups={"g": g, "h": y % 2})
     assert by_dict.groups_ == sorted({(a, b) for a, b in zip(g, y % 2, strict=True)})
