@@ -631,7 +631,7 @@ def _fitted(built: _Built, data: FitData) -> dict[str, Any]:
         "group_weight_history_": getattr(parts.objective, "history", None),
         "groups_": list(labels),
         "group_weights_": {
-            (classes[c].item() if hasattr(classes[c], "item") else classes[c], labels[g]): w
+            (classes[c].item() if hasattr(classes[c], "item") else classes[c], labels[g]): float(w)
             for (c, g), w in built.weights.items()
         },
         "inferred_groups_": None,

@@ -479,6 +479,8 @@ def check_sample_weight(sample_weight: Any, n_samples: int) -> np.ndarray:
     """
     if sample_weight is None:
         return np.ones(n_samples, dtype=np.float64)
+    if torch.is_tensor(sample_weight):  # one that requires grad reads as data too
+        sample_weight = sample_weight.detach()
     sw = np.asarray(sample_weight, dtype=np.float64)
     if sw.ndim == 0:
         sw = np.full(n_samples, float(sw))

@@ -209,7 +209,9 @@ class RESTClassifier(ClassifierMixin, BaseEstimator):
         Epochs of the JTT identification model.
     module : str, nn.Module class, callable or instance, default="auto"
         ``"auto"`` (MLP for flat samples, the paper's small CNN for images), ``"mlp"``,
-        ``"cnn"``, ``"resnet18"``, or a user module; see :func:`rest_fair.models.build_module`.
+        ``"cnn"``, ``"resnet18"``, or a user module, which must return one logit per class
+        (shape ``(batch, n_classes)``; checked at every training step); see
+        :func:`rest_fair.models.build_module`.
     module_params : dict, default=None
         Keyword arguments of the module, e.g. ``{"hidden_layer_sizes": (256, 256)}``.
     max_epochs : int, default=100
@@ -303,9 +305,11 @@ class RESTClassifier(ClassifierMixin, BaseEstimator):
     best_epoch_ : int
         Epoch of the kept checkpoint.
     groups_ : list
-        Group labels seen in training.
+        Group labels seen in training; with ``infer_groups="jtt"``, ``[False, True]``
+        (outside and inside the error set), the groups the final model was reweighted by.
     group_weights_ : dict
-        ``(class label, group label) -> weight`` used for reweighting.
+        ``(class label, group label) -> weight`` used for reweighting (group labels as in
+        ``groups_``).
     n_topology_updates_ : int
         Prune-and-regrow updates performed.
     n_train_steps_ : int
@@ -502,8 +506,8 @@ or dict of columns, default=None
         Raises
         ------
         ValueError
-            For an invalid parameter (named), invalid inputs, or a warm start whose network
-            or data no longer match.
+            For an invalid parameter (named), invalid inputs, a module whose output is not
+            one logit per class, or a warm start whose network or data no longer match.
         TypeError
             For ``callbacks`` that are not :class:`~rest_fair.callbacks.Callback` instances.
         CheckpointError

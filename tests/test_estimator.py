@@ -41,6 +41,8 @@ def test_fit_predict_and_fitted_attributes(data):
     assert proba.shape == (len(X), 3) and np.allclose(proba.sum(1), 1)
     assert list(clf.classes_) == [0, 1, 2] and clf.n_features_in_ == 12
     assert clf.groups_ == ["majority", "minority"]
+    # plain Python values, as the labels ("balanced" gave numpy floats)
+    assert {type(w) for w in clf.group_weights_.values()} == {float}
     assert len(clf.history_) == 8
     assert set(clf.history_[0]) >= {"epoch", "train_loss", "valid_loss", "valid_acc",
                                     "valid_worst_group_acc", "density", "lr", "dur",
@@ -973,6 +975,9 @@ def test_more_input_forms_are_read_or_named(data):
     tensor = torch.from_numpy(X).requires_grad_()
     clf = _clf(max_epochs=1).fit(tensor, y)
     assert tensor.requires_grad and clf.predict(tensor).shape == (len(y),)
+    weights = torch.ones(len(y), requires_grad=True)  # e.g. a learnt weighting's output
+    _clf(max_epochs=1).fit(X, y, sample_weight=weights)
+    assert weights.requires_grad
     # groups as a dict of columns, as fairlearn's sensitive_features
     by_dict = _clf(max_epochs=1).fit(X, y, groups={"g": g, "h": y % 2})
     assert by_dict.groups_ == sorted({(a, b) for a, b in zip(g, y % 2, strict=True)})
