@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from numbers import Integral
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,7 @@ import torch
 from numpy.typing import ArrayLike
 from torch.utils.data import Dataset
 
-from .._validation import check_param
+from .._validation import Interval, check_param
 from .colored import (
     _RANDOM_STATE,
     BiasedImageData,
@@ -47,6 +48,11 @@ _BAD_LENGTHS = (
     "labels, bias and colors must have one entry per image ({n}); got shapes "
     "{labels}, {bias} and {colors} (colors: (n, 3))."
 )
+_BAD_IDS = (
+    "{name} must be integers in [0, {top}) (groups are labels * n_bias + bias); got {got}."
+)
+_BAD_COLORS = "colors must be RGB values in [0, 1]; got values outside [0, 1] or NaN."
+_N_BIAS = Interval(Integral, 1, float("inf"))
 _BAD_INDICES = (
     "indices must be integer positions or a boolean mask of the {n} images; got {dtype} values."
 )
@@ -75,7 +81,7 @@ class ColoredImages(Dataset):
     colors : array-like of float, shape (n, 3)
         RGB stroke colour of each image, in [0, 1].
     n_bias : int
-        Number of colours (for :attr:`groups`).
+        Number of colours (for :attr:`groups`): every ``bias`` lies in ``[0, n_bias)``.
     image_size : int or None, default=None
         Resize the (square) images to this side (bilinear, as
         :func:`~rest_fair.datasets.make_colored_mnist` does) when they are painted.
@@ -111,8 +117,8 @@ class ColoredImages(Dataset):
                 )
             )
         _check_image_size(image_size)
-        labels = np.asarray(labels, dtype=np.int64)
-        bias = np.asarray(bias, dtype=np.int64)
+        check_param("n_bias", n_bias, [_N_BIAS])
+        labels, bias = np.asarray(labels), np.asarray(bias)
         colors = np.asarray(colors, dtype=np.float32)
         n = len(images)
         if labels.shape != (n,) or bias.shape != (n,) or colors.shape != (n, 3):
@@ -121,6 +127,17 @@ class ColoredImages(Dataset):
                     n=n, labels=labels.shape, bias=bias.shape, colors=colors.shape
                 )
             )
+        for name, values, top in (("labels", labels, float("inf")), ("bias", bias, n_bias)):
+            if not n:
+                continue
+            if not np.issubdtype(values.dtype, np.integer):
+                raise ValueError(_BAD_IDS.format(name=name, top=top, got=f"{values.dtype} values"))
+            if values.min() < 0 or values.max() >= top:  # groups would be negative or collide
+                raise ValueError(_BAD_IDS.format(
+                    name=name, top=top, got=f"values from {values.min()} to {values.max()}"))
+        if not np.all((colors >= 0) & (colors <= 1)):
+            raise ValueError(_BAD_COLORS)
+        labels, bias = labels.astype(np.int64), bias.astype(np.int64)
         self.images = images
         self.labels = labels
         self.bias = bias

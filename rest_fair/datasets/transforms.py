@@ -9,6 +9,7 @@ benchmarks; evaluation pipelines never contain random augmentation.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from numbers import Integral
 from typing import Any
 
 import numpy as np
@@ -41,6 +42,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 _BAD_TENSOR = "{name} expects a float tensor of shape (C, H, W); got {shape}."
 _UNKNOWN_DATASET = "Unknown DFA data set {name!r}; expected one of {names}."
+_BAD_SIZE = "{name} size must be a positive int or a pair (height, width) of them; got {size!r}."
+_BAD_PADDING = "RandomCrop padding must be an int >= 0; got {padding!r}."
 #: Image side and normalisation (mean, std) of each DFA data set; cmnist is not normalised.
 _DFA_DEFAULTS: dict[str, tuple[int, tuple | None]] = {
     "cmnist": (28, None),
@@ -58,6 +61,15 @@ def pil_to_tensor(image: Any) -> torch.Tensor:
     if tensor.dtype == torch.uint8:
         return tensor.float().div_(255.0)
     return tensor.float()
+
+
+def _size(name: str, size: Any) -> tuple[int, int]:
+    """``size`` (a positive int, numpy's too, or a pair of them) as ``(height, width)``."""
+    pair = (size, size) if isinstance(size, Integral) else tuple(np.atleast_1d(size).tolist())
+    if len(pair) != 2 or not all(isinstance(v, Integral) and not isinstance(v, bool) and v > 0
+                                 for v in pair):
+        raise ValueError(_BAD_SIZE.format(name=name, size=size))
+    return int(pair[0]), int(pair[1])
 
 
 def _check(name: str, x: torch.Tensor) -> None:
@@ -84,7 +96,7 @@ class Resize:
     """Bilinear (antialiased) resize to ``size`` = int (square) or ``(height, width)``."""
 
     def __init__(self, size: int | tuple[int, int]) -> None:
-        self.size = (size, size) if isinstance(size, int) else tuple(size)
+        self.size = _size("Resize", size)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         _check("Resize", x)
@@ -103,7 +115,9 @@ class RandomCrop:
     """Zero-pad by ``padding`` pixels, then crop a random ``size`` window (train only)."""
 
     def __init__(self, size: int | tuple[int, int], *, padding: int = 0) -> None:
-        self.size = (size, size) if isinstance(size, int) else tuple(size)
+        self.size = _size("RandomCrop", size)
+        if isinstance(padding, bool) or not isinstance(padding, Integral) or padding < 0:
+            raise ValueError(_BAD_PADDING.format(padding=padding))
         self.padding = int(padding)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -179,7 +193,7 @@ def dfa_transforms(name: str, *, image_size: int | None = None) -> dict[str, Com
     if name not in _DFA_DEFAULTS:
         raise ValueError(_UNKNOWN_DATASET.format(name=name, names=tuple(_DFA_DEFAULTS)))
     default_size, stats = _DFA_DEFAULTS[name]
-    size = image_size or default_size
+    size = default_size if image_size is None else image_size
     if stats is None:
         return {"train": Compose([Resize(size)]), "eval": Compose([Resize(size)])}
     norm = Normalize(*stats)

@@ -175,6 +175,23 @@ def test_plain_torch_transforms():
         Resize(4)(torch.rand(8, 8))
 
 
+def test_transform_sizes_take_numpy_integers_and_refuse_bad_values(release):
+    # a numpy integer was "not iterable", DFAImageFolder(image_size=np.int64(16)) included;
+    # a size of 0 failed only on the first image, in torch, and dfa_transforms took it for
+    # the default; a negative padding cropped the image
+    x = torch.rand(3, 8, 10)
+    assert Resize(np.int64(4))(x).shape == RandomCrop(np.int32(4))(x).shape == (3, 4, 4)
+    test = DFAImageFolder(release, split="test", dataset="cifar10c", image_size=np.int64(16))
+    assert test[0][0].shape == (3, 16, 16)
+    for size in (0, (4,), 2.5, True):
+        with pytest.raises(ValueError, match="Resize size must be a positive int or a pair"):
+            Resize(size)
+    with pytest.raises(ValueError, match="Resize size must be"):
+        dfa_transforms("cmnist", image_size=0)
+    with pytest.raises(ValueError, match="padding must be an int >= 0"):
+        RandomCrop(4, padding=-1)
+
+
 def test_inferred_counts_number_the_groups_alike_in_every_split(release):
     # the test split holds bias values 0 and 1 only: counted on its own it would number
     # (1, 0) as group 2, which is (0, 2) in the training split

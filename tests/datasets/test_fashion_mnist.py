@@ -294,6 +294,23 @@ def test_to_numpy_takes_a_mask_and_refuses_float_positions(idx_root):
         ds.to_numpy([0.5, 3.7])
 
 
+@pytest.mark.parametrize(("change", "match"), [
+    ({"bias": [0, 1, 2, 4]}, r"bias must be integers in \[0, 4\) .* from 0 to 4"),  # 16 = 4*4+0
+    ({"labels": [0, 1, 2, -1]}, r"labels must be integers in \[0, inf\) .* from -1 to 2"),
+    ({"labels": [0.5, 1, 2, 3]}, "labels must be integers .* got float64 values"),
+    ({"colors": np.full((4, 3), np.nan)}, r"colors must be RGB values in \[0, 1\]"),
+    ({"n_bias": 0}, "n_bias must be an integer"),
+])
+def test_colored_images_refuse_ids_that_make_wrong_groups(change, match):
+    # a bias of 4 of 4 colours made group 3 * 4 + 4 = 16, the group of (4, 0); a label of -1
+    # a negative group; 0.5 was cut to 0; NaN colours painted NaN images
+    args = {"labels": [0, 1, 2, 3], "bias": [0, 1, 2, 3], "colors": np.full((4, 3), 0.5),
+            "n_bias": 4, **change}
+    with pytest.raises(ValueError, match=match):
+        ColoredImages(np.zeros((4, 5, 5), np.uint8), args.pop("labels"), args.pop("bias"),
+                      args.pop("colors"), **args)
+
+
 def test_resized_batches_equal_resized_items(idx_root):
     data = make_colored_fashion_mnist(root=idx_root, image_size=16, split_sizes=(100, 20, 30))
     ds = data.X_test
