@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import math
 import os
@@ -51,7 +52,7 @@ from .run import Experiment, check_run_params, error_record, run_one, split_thre
 
 __all__ = ["BACKENDS", "LOCK_FILE", "LOG_INTERVAL", "PROGRESS_MODES", "RESULTS_FILE",
            "append_record", "finished", "interrupted", "locate", "lock_folder", "parse_upweight",
-           "pending", "read_results", "run_sweep"]
+           "pending", "read_results", "run_sweep", "set_aside"]
 
 #: Name of the results file in an experiment's output folder (one JSON record per line).
 RESULTS_FILE = "results.jsonl"
@@ -186,6 +187,23 @@ def lock_folder(folder: str | Path) -> Iterator[Path]:
         if hold[2] == 0:
             del _held[key]
             hold[1].close()
+
+
+def set_aside(paths: Sequence[Path]) -> list[Path]:
+    """Rename those of ``paths`` that exist with one date-time suffix that none of their
+    new names holds yet (``results.jsonl`` -> ``results.20260101-120000.jsonl``, or
+    ``results.20260101-120000-2.jsonl`` when a command of the same second took that name),
+    so that nothing set aside before is overwritten; returns the new paths."""
+    existing = [Path(p) for p in paths if Path(p).exists()]
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for k in itertools.count(1):
+        suffix = stamp if k == 1 else f"{stamp}-{k}"
+        targets = [p.with_name(f"{p.stem}.{suffix}{p.suffix}") for p in existing]
+        if not any(t.exists() or t.is_symlink() for t in targets):
+            break
+    for path, target in zip(existing, targets, strict=True):
+        path.rename(target)
+    return targets
 
 
 def interrupted(command: str, out_dir: str | Path, how: str) -> int:
@@ -424,8 +442,8 @@ def run_sweep(
             where = {"backend": backend, "n_jobs": jobs, "torch_threads_per_job": threads}
         if on_start is not None:
             on_start(where)
-        if not resume and path.exists():
-            path.rename(path.with_name(f"{path.stem}.{time.strftime('%Y%m%d-%H%M%S')}.jsonl"))
+        if not resume:
+            set_aside([path])
         specs = _unique(experiment.runs())
         todo = pending(specs, path)
         n_done = len(specs) - len(todo)

@@ -17,7 +17,6 @@ import argparse
 import dataclasses
 import json
 import math
-import time
 import warnings
 from collections.abc import Sequence
 from numbers import Integral, Real
@@ -31,7 +30,7 @@ from .._requirements import Requirement, check_requirements
 from .._validation import Interval
 from ..exceptions import TrainingDivergedError
 from ..experiments.run import digest, jsonable, standard_error
-from ..experiments.runner import RESULTS_FILE, append_record, locate, read_results
+from ..experiments.runner import RESULTS_FILE, append_record, locate, read_results, set_aside
 from .adapter import split_wilds
 from .datasets import DatasetSpec, dataset_spec
 from .leaderboard import comparison_table, to_markdown
@@ -402,16 +401,8 @@ def set_aside_outputs(out_dir: str | Path) -> list[Path]:
     folder, ``metrics.json``, ``comparison.md``) with one date-time suffix; returns the new
     paths. A new command without ``--resume`` starts from an empty folder this way, and
     nothing of the earlier one is lost."""
-    out_dir = Path(out_dir)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    moved = []
-    for name in (RESULTS_FILE, "submission", "metrics.json", "comparison.md"):
-        path = out_dir / name
-        if path.exists():
-            target = path.with_name(f"{path.stem}.{stamp}{path.suffix}")
-            path.rename(target)
-            moved.append(target)
-    return moved
+    return set_aside([Path(out_dir) / name for name in
+                      (RESULTS_FILE, "submission", "metrics.json", "comparison.md")])
 
 
 def adopt_seed_files(out_dir: str | Path) -> None:
