@@ -359,3 +359,17 @@ def test_bench_fresh_says_to_continue_without_fresh(tmp_path, capsys, monkeypatc
     assert cli.main(argv) == 130
     assert capsys.readouterr().err.splitlines()[-1].endswith(
         "to continue, rerun the same command without --fresh.")
+
+
+def test_bench_says_why_the_report_cannot_be_written(tmp_path, capsys):
+    pytest.importorskip("torch")
+    out = tmp_path / "o"
+    (out / "table.md").mkdir(parents=True)  # in the way, as a full disk would be
+    argv = ["bench", "--preset", "tiny", "--out-dir", str(out), "--no-plots", "--no-progress",
+            "--methods", "erm", "--sparsities", "0", "--epochs", "1"]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[-1] == (f"rest-fair bench: cannot write the report: [Errno 21] Is a directory: "
+                       f"'{out / 'table.md'}'; the finished runs are kept in "
+                       f"{out / 'results.jsonl'}; to write it, rerun the same command.")
+    assert len((out / "results.jsonl").read_text().splitlines()) == 1

@@ -27,6 +27,7 @@ from ..experiments.runner import (
     interrupted,
     lock_folder,
     parse_upweight,
+    report_failed,
     run_sweep,
 )
 from .config import PRESETS, BenchConfig, preset
@@ -347,6 +348,8 @@ def run(args: argparse.Namespace) -> int:
             outputs = write(records, experiment, out_dir, run_info=info, plots=not args.no_plots)
         except KeyboardInterrupt:
             return interrupted("rest-fair bench", out_dir, rerun)
+        except OSError as exc:
+            return report_failed("rest-fair bench", out_dir, exc, rerun)
     errors = [r for r in records if r.get("status") == "error"]
     for record in errors:
         print(f"run {record['run_id']} failed: {record.get('error')}", file=sys.stderr)

@@ -52,7 +52,7 @@ from .run import Experiment, check_run_params, error_record, run_one, split_thre
 
 __all__ = ["BACKENDS", "LOCK_FILE", "LOG_INTERVAL", "PROGRESS_MODES", "RESULTS_FILE",
            "append_record", "finished", "interrupted", "locate", "lock_folder", "parse_upweight",
-           "pending", "read_results", "run_sweep", "set_aside"]
+           "pending", "read_results", "report_failed", "run_sweep", "set_aside"]
 
 #: Name of the results file in an experiment's output folder (one JSON record per line).
 RESULTS_FILE = "results.jsonl"
@@ -79,6 +79,8 @@ _BAD_OUT_DIR = "cannot keep the results in {path}: {error}."
 _IN_USE = ("{folder} is in use by another rest-fair run (it holds {lock}); wait until that run "
            "ends or choose another output folder.")
 _INTERRUPTED = "{command}: interrupted; the finished runs are kept in {path}; to continue, {how}."
+_REPORT_FAILED = ("{command}: cannot write the report: {error}; the finished runs are kept in "
+                  "{path}; to write it, {how}.")
 _N_JOBS_IGNORED = (
     "n_jobs={n_jobs} is ignored with backend='dask': the cluster runs as many runs at once "
     "as it has worker processes."
@@ -204,6 +206,16 @@ def set_aside(paths: Sequence[Path]) -> list[Path]:
     for path, target in zip(existing, targets, strict=True):
         path.rename(target)
     return targets
+
+
+def report_failed(command: str, out_dir: str | Path, error: OSError, how: str) -> int:
+    """Say on stderr that ``command`` could not write its report (``error``: a full disk, a
+    folder in the way), that its finished runs are kept in the results file of ``out_dir``
+    and ``how`` to write it; returns the exit status 2."""
+    path = Path(out_dir) / RESULTS_FILE
+    print(_REPORT_FAILED.format(command=command, error=error, path=path, how=how),
+          file=sys.stderr)
+    return 2
 
 
 def interrupted(command: str, out_dir: str | Path, how: str) -> int:

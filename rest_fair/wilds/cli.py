@@ -31,6 +31,7 @@ from ..experiments.runner import (
     interrupted,
     lock_folder,
     parse_upweight,
+    report_failed,
     run_sweep,
 )
 from .datasets import DATASETS, DatasetSpec, dataset_spec, load_wilds
@@ -182,10 +183,11 @@ def run(args: argparse.Namespace) -> int:
 
     Returns the exit status: 0; 1 when a seed failed with an error (its record says why;
     ``--resume`` retries it; no report is written until it finishes); 2 when the command
-    cannot start (another run holds ``--out-dir``, ...); :data:`DIVERGED_STATUS` (3) when
-    every seed ran but the training of some diverged (recorded as an outcome, never
-    retried): the report is written over the seeds that finished, naming the others, or not
-    at all when none finished; 130 when interrupted (Ctrl-C).
+    cannot start (another run holds ``--out-dir``, ...) or cannot write its report;
+    :data:`DIVERGED_STATUS` (3) when every seed ran but the training of some diverged
+    (recorded as an outcome, never retried): the report is written over the seeds that
+    finished, naming the others, or not at all when none finished; 130 when interrupted
+    (Ctrl-C).
     """
     from .experiment import (  # imports torch
         WildsExperiment,
@@ -230,6 +232,8 @@ def run(args: argparse.Namespace) -> int:
             return _report(args, spec, experiment, records)
         except KeyboardInterrupt:
             return interrupted("rest-fair wilds", args.out_dir, "rerun it with --resume")
+        except OSError as exc:
+            return report_failed("rest-fair wilds", args.out_dir, exc, "rerun it with --resume")
 
 
 def _report(args: argparse.Namespace, spec: DatasetSpec, experiment: WildsExperiment,

@@ -138,6 +138,17 @@ def test_settings_refused_before_the_earlier_outputs_are_renamed(tmp_path, capsy
             and not p.name.startswith(".")} == earlier
 
 
+def test_cli_says_why_the_report_cannot_be_written(tmp_path, capsys):
+    out = tmp_path / "out"
+    (out / "comparison.md").mkdir(parents=True)  # in the way, as a full disk would be
+    assert rest_fair_main([*_two_seeds(tmp_path, out), "--resume"]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"rest-fair wilds: cannot write the report: [Errno 21] Is a directory: "
+        f"'{out / 'comparison.md'}'; the finished runs are kept in {out / 'results.jsonl'}; "
+        "to write it, rerun it with --resume.")
+    assert len((out / "results.jsonl").read_text().splitlines()) == 2
+
+
 def test_resume_refuses_the_seeds_of_another_dataset(tmp_path, capsys):
     # the same settings and seed on another dataset are another run: --resume into the
     # folder of a waterbirds run must not report its seed as celebA's
