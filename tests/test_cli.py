@@ -373,3 +373,14 @@ def test_bench_says_why_the_report_cannot_be_written(tmp_path, capsys):
                        f"'{out / 'table.md'}'; the finished runs are kept in "
                        f"{out / 'results.jsonl'}; to write it, rerun the same command.")
     assert len((out / "results.jsonl").read_text().splitlines()) == 1
+
+
+def test_bench_out_dir_after_an_equals_sign_is_in_the_home_folder(tmp_path, capsys,
+                                                                   monkeypatch):
+    # the shell leaves "--out-dir=~/x" as it is: the results went to a folder named "~"
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["bench", "--preset", "tiny", "--out-dir=~/o", "--no-plots",
+                     "--no-progress", "--max-runs", "0"]) == 0
+    assert (tmp_path / "home" / "o" / "config.json").exists()
+    assert not (tmp_path / "~").exists()

@@ -26,6 +26,7 @@ from ..experiments.runner import (
     finished,
     interrupted,
     lock_folder,
+    parse_path,
     parse_upweight,
     report_failed,
     run_sweep,
@@ -223,10 +224,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                         help="Override lambda (default 10/30/50/80 for 0.5/1/2/5 %%): a "
                              "number, 'balanced' or 'none' (no reweighting).")
     parser.add_argument("--device", help="auto, cpu, cuda, ...")
-    parser.add_argument("--out-dir", type=Path, action=_Renamed,
+    parser.add_argument("--out-dir", type=parse_path, action=_Renamed,
                         help="Output folder (default: rest_fair_results/bench-<preset>, "
                              "bench-<preset>-random with --search random).")
-    parser.add_argument("--out", type=Path, dest="out_dir", action=_Renamed, former=True,
+    parser.add_argument("--out", type=parse_path, dest="out_dir", action=_Renamed, former=True,
                         help=argparse.SUPPRESS)
     parser.add_argument("--n-jobs", type=int, default=1,
                         help="Parallel runs, at most one per core; torch threads are split so "

@@ -51,8 +51,9 @@ from .dask_backend import active_joblib_client, connect, dask_records
 from .run import Experiment, check_run_params, error_record, run_one, split_threads
 
 __all__ = ["BACKENDS", "LOCK_FILE", "LOG_INTERVAL", "PROGRESS_MODES", "RESULTS_FILE",
-           "append_record", "finished", "interrupted", "locate", "lock_folder", "parse_upweight",
-           "pending", "read_results", "report_failed", "run_sweep", "set_aside"]
+           "append_record", "finished", "interrupted", "locate", "lock_folder", "parse_path",
+           "parse_upweight", "pending", "read_results", "report_failed", "run_sweep",
+           "set_aside"]
 
 #: Name of the results file in an experiment's output folder (one JSON record per line).
 RESULTS_FILE = "results.jsonl"
@@ -104,6 +105,13 @@ def parse_upweight(value: str) -> float | str:
     if not (math.isfinite(number) and number > 0):
         raise argparse.ArgumentTypeError(_BAD_UPWEIGHT.format(value))
     return number
+
+
+def parse_path(value: str) -> Path:
+    """A path option of ``rest-fair bench`` and ``rest-fair wilds`` (``--out-dir``,
+    ``--root-dir``), a leading ``~`` read as the home folder: the shell expands it in
+    ``--out-dir ~/x`` but not in ``--out-dir=~/x``."""
+    return Path(value).expanduser()
 
 
 def read_results(path: str | Path) -> list[dict[str, Any]]:

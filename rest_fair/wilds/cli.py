@@ -30,6 +30,7 @@ from ..experiments.runner import (
     RESULTS_FILE,
     interrupted,
     lock_folder,
+    parse_path,
     parse_upweight,
     report_failed,
     run_sweep,
@@ -73,9 +74,9 @@ def _dataset(value: str) -> str:
 def _configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--dataset", type=_dataset, required=True,
                         help="waterbirds, celebA or civilcomments")
-    parser.add_argument("--root-dir", required=True,
+    parser.add_argument("--root-dir", type=parse_path, required=True,
                         help="WILDS root folder containing <dataset>_v1.0/")
-    parser.add_argument("--out-dir", default="wilds_results",
+    parser.add_argument("--out-dir", type=parse_path, default="wilds_results",
                         help="where to write submission files, metrics.json, comparison.md "
                              "(default: %(default)s)")
     parser.add_argument("--protocol", choices=("custom", "wilds"), default="custom",

@@ -149,6 +149,19 @@ def test_cli_says_why_the_report_cannot_be_written(tmp_path, capsys):
     assert len((out / "results.jsonl").read_text().splitlines()) == 2
 
 
+def test_cli_paths_after_an_equals_sign_are_in_the_home_folder(tmp_path, monkeypatch):
+    # the shell leaves "--root-dir=~/d" as it is: the synthetic data went to a folder named
+    # "~" and were then looked for in the home folder
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    assert rest_fair_main(["wilds", "--dataset", "waterbirds", "--root-dir=~/d",
+                           "--out-dir=~/out", "--synthetic", "--max-epochs", "1",
+                           "--image-size", "8", "--module", "mlp", "--device", "cpu"]) == 0
+    assert (tmp_path / "home" / "out" / "metrics.json").exists()
+    assert (tmp_path / "home" / "d" / "waterbirds_v1.0").is_dir()
+    assert not (tmp_path / "~").exists()
+
+
 def test_resume_refuses_the_seeds_of_another_dataset(tmp_path, capsys):
     # the same settings and seed on another dataset are another run: --resume into the
     # folder of a waterbirds run must not report its seed as celebA's
