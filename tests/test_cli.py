@@ -384,3 +384,23 @@ def test_bench_out_dir_after_an_equals_sign_is_in_the_home_folder(tmp_path, caps
                      "--no-progress", "--max-runs", "0"]) == 0
     assert (tmp_path / "home" / "o" / "config.json").exists()
     assert not (tmp_path / "~").exists()
+
+
+def test_bench_names_the_settings_that_differ_from_the_folders(tmp_path, capsys):
+    # other shared settings are other runs, started afresh: the command did so without a word
+    out = tmp_path / "o"
+    argv = ["bench", "--preset", "tiny", "--out-dir", str(out), "--no-plots", "--no-progress",
+            "--max-runs", "0"]
+    note = "rest-fair bench: the settings differ from those of"
+    for extra, expected in (([], None), (["--epochs", "2", "--device", "cpu"],
+                                         "(device: 'auto' -> 'cpu'; max_epochs: 3 -> 2); runs "
+                                         "recorded with those stay in the results file and "
+                                         "are not reused."),
+                            (["--epochs", "2", "--device", "cpu", "--seeds", "0,1"], None),
+                            (["--epochs", "2", "--device", "cpu", "--fresh"], None)):
+        assert cli.main([*argv, *extra]) == 0
+        err = capsys.readouterr().err
+        if expected is None:
+            assert note not in err
+        else:
+            assert f"{note} {out / 'config.json'} {expected}" in err
