@@ -202,11 +202,12 @@ def run(args: argparse.Namespace) -> int:
     try:
         check_wilds_requirements(args.dataset)
         spec = dataset_spec(args.dataset)
+        settings = resolve_settings(args, spec)
         if args.synthetic and not (Path(args.root_dir) / spec.dirname / spec.release_file).exists():
             make_synthetic_layout(spec.name, args.root_dir, seed=args.seed,
                                   group_counts=SMOKE_GROUP_COUNTS.get(spec.name))
         dataset = load_wilds(spec.name, args.root_dir, download=args.download)
-        experiment = WildsExperiment(dataset, resolve_settings(args, spec), Path(args.out_dir))
+        experiment = WildsExperiment(dataset, settings, Path(args.out_dir))
         # settings every seed would fail on leave the folder's earlier outputs in place
         check_run_params(experiment, experiment.runs()[0])
     except (MissingDependencyError, OSError, ValueError) as exc:

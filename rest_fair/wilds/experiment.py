@@ -132,8 +132,8 @@ def resolve_settings(args: argparse.Namespace, spec: DatasetSpec) -> dict[str, A
     ValueError
         ``--weights`` with a module that is not a torchvision model (``auto``, ``mlp``,
         ``cnn`` or a Hugging Face ``hf:`` name); a ``--frac`` outside (0, 1], a
-        ``--max-features``, ``--image-size`` or ``--max-length`` below 1, or repeated or
-        negative ``--seeds``.
+        ``--max-features``, ``--image-size`` or ``--max-length`` below 1, repeated or
+        negative ``--seeds``, or a negative ``--seed``.
     """
     given = {key: getattr(args, key) for key in CUSTOM_DEFAULTS}
     random_init = isinstance(given["weights"], str) and given["weights"].lower() == "none"
@@ -169,6 +169,9 @@ def resolve_settings(args: argparse.Namespace, spec: DatasetSpec) -> dict[str, A
         verbose=args.verbose,
     )
     settings.update(extra, module_params=_module_params(settings))
+    if args.seed < 0:  # also the seed of a --synthetic layout, whatever --seeds says
+        raise ValueError(_BAD_SETTING.format(flag="seed", rule="a non-negative int",
+                                             value=args.seed))
     _check_data_settings(settings)
     return settings
 

@@ -162,6 +162,15 @@ def test_cli_paths_after_an_equals_sign_are_in_the_home_folder(tmp_path, monkeyp
     assert not (tmp_path / "~").exists()
 
 
+def test_cli_refuses_a_negative_seed_before_writing_a_synthetic_layout(tmp_path, capsys):
+    # numpy's "expected non-negative integer" named no option, after a partial layout
+    assert rest_fair_main(["wilds", "--dataset", "waterbirds", "--root-dir",
+                           str(tmp_path / "data"), "--out-dir", str(tmp_path / "out"),
+                           "--synthetic", "--seed", "-1"]) == 2
+    assert "--seed must be a non-negative int; got -1" in capsys.readouterr().err
+    assert not (tmp_path / "data").exists() and not (tmp_path / "out").exists()
+
+
 def test_resume_refuses_the_seeds_of_another_dataset(tmp_path, capsys):
     # the same settings and seed on another dataset are another run: --resume into the
     # folder of a waterbirds run must not report its seed as celebA's
