@@ -359,3 +359,48 @@ def test_bench_fresh_says_to_continue_without_fresh(tmp_path, capsys, monkeypatc
     assert cli.main(argv) == 130
     assert capsys.readouterr().err.splitlines()[-1].endswith(
         "to continue, rerun the same command without --fresh.")
+
+
+def test_bench_says_why_the_report_cannot_be_written(tmp_path, capsys):
+    pytest.importorskip("torch")
+    out = tmp_path / "o"
+    (out / "table.md").mkdir(parents=True)  # in the way, as a full disk would be
+    argv = ["bench", "--preset", "tiny", "--out-dir", str(out), "--no-plots", "--no-progress",
+            "--methods", "erm", "--sparsities", "0", "--epochs", "1"]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[-1] == (f"rest-fair bench: cannot write the report: [Errno 21] Is a directory: "
+                       f"'{out / 'table.md'}'; the finished runs are kept in "
+                       f"{out / 'results.jsonl'}; to write it, rerun the same command.")
+    assert len((out / "results.jsonl").read_text().splitlines()) == 1
+
+
+def test_bench_out_dir_after_an_equals_sign_is_in_the_home_folder(tmp_path, capsys,
+                                                                   monkeypatch):
+    # the shell leaves "--out-dir=~/x" as it is: the results went to a folder named "~"
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["bench", "--preset", "tiny", "--out-dir=~/o", "--no-plots",
+                     "--no-progress", "--max-runs", "0"]) == 0
+    assert (tmp_path / "home" / "o" / "config.json").exists()
+    assert not (tmp_path / "~").exists()
+
+
+def test_bench_names_the_settings_that_differ_from_the_folders(tmp_path, capsys):
+    # other shared settings are other runs, started afresh: the command did so without a word
+    out = tmp_path / "o"
+    argv = ["bench", "--preset", "tiny", "--out-dir", str(out), "--no-plots", "--no-progress",
+            "--max-runs", "0"]
+    note = "rest-fair bench: the settings differ from those of"
+    for extra, expected in (([], None), (["--epochs", "2", "--device", "cpu"],
+                                         "(device: 'auto' -> 'cpu'; max_epochs: 3 -> 2); runs "
+                                         "recorded with those stay in the results file and "
+                                         "are not reused."),
+                            (["--epochs", "2", "--device", "cpu", "--seeds", "0,1"], None),
+                            (["--epochs", "2", "--device", "cpu", "--fresh"], None)):
+        assert cli.main([*argv, *extra]) == 0
+        err = capsys.readouterr().err
+        if expected is None:
+            assert note not in err
+        else:
+            assert f"{note} {out / 'config.json'} {expected}" in err

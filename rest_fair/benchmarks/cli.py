@@ -26,10 +26,12 @@ from ..experiments.runner import (
     finished,
     interrupted,
     lock_folder,
+    parse_path,
     parse_upweight,
+    report_failed,
     run_sweep,
 )
-from .config import PRESETS, BenchConfig, preset
+from .config import GRID_FIELDS, PRESETS, BenchConfig, preset
 from .data import DATASETS
 from .methods import METHODS
 from .report import write_outputs
@@ -54,6 +56,8 @@ _SEARCHED_FLAG = (
 _CONFIG_FIELDS = ("dataset", "ratios", "sparsities", "seeds", "max_epochs", "batch_size",
                   "lr", "module", "image_size", "split_sizes", "upweight", "device",
                   "data_root", "dfa_name", "extra_params")
+_OTHER_SETTINGS = ("rest-fair bench: the settings differ from those of {config} ({changed}); "
+                   "runs recorded with those stay in the results file and are not reused.")
 #: Options that the random search draws or fixes per method (refused with it).
 _SEARCHED_FLAGS = {"sparsities": "--sparsities", "lr": "--lr", "upweight": "--upweight"}
 
@@ -222,10 +226,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                         help="Override lambda (default 10/30/50/80 for 0.5/1/2/5 %%): a "
                              "number, 'balanced' or 'none' (no reweighting).")
     parser.add_argument("--device", help="auto, cpu, cuda, ...")
-    parser.add_argument("--out-dir", type=Path, action=_Renamed,
+    parser.add_argument("--out-dir", type=parse_path, action=_Renamed,
                         help="Output folder (default: rest_fair_results/bench-<preset>, "
                              "bench-<preset>-random with --search random).")
-    parser.add_argument("--out", type=Path, dest="out_dir", action=_Renamed, former=True,
+    parser.add_argument("--out", type=parse_path, dest="out_dir", action=_Renamed, former=True,
                         help=argparse.SUPPRESS)
     parser.add_argument("--n-jobs", type=int, default=1,
                         help="Parallel runs, at most one per core; torch threads are split so "
@@ -294,6 +298,23 @@ def _grid_words(experiment: BenchConfig | RandomSearch) -> str:
             f"{len(experiment.sparsities)} sparsities x {len(experiment.seeds)} seeds")
 
 
+def _changed_settings(experiment: BenchConfig | RandomSearch, out_dir: Path) -> str:
+    """The shared settings (not the grid) in which ``experiment`` differs from the one of
+    ``out_dir``'s ``config.json``, as ``"key: old -> new; ..."``; empty when the folder has
+    none or its runs are of the same settings (the same :meth:`~BenchConfig.common_hash`)."""
+    try:
+        before = json.loads((out_dir / "config.json").read_text())
+        if before["config_hash"] == experiment.common_hash():
+            return ""
+        old = before["config"].get("bench", before["config"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return ""
+    bench = experiment.bench if isinstance(experiment, RandomSearch) else experiment
+    new = bench.to_dict()
+    return "; ".join(f"{key}: {old.get(key)!r} -> {new[key]!r}" for key in sorted(new)
+                     if key not in GRID_FIELDS and old.get(key) != new[key])
+
+
 def run(args: argparse.Namespace) -> int:
     """Execute ``rest-fair bench`` with parsed arguments; returns the exit status."""
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
@@ -319,6 +340,10 @@ def run(args: argparse.Namespace) -> int:
     def announce(where: dict[str, Any]) -> None:
         held.enter_context(lock_folder(out_dir))
         info.update(where)
+        changed = "" if args.fresh else _changed_settings(experiment, out_dir)
+        if changed:
+            print(_OTHER_SETTINGS.format(config=out_dir / "config.json", changed=changed),
+                  file=sys.stderr)
         if where["backend"] == "dask":
             text = (f"dask scheduler {where['scheduler']} ({where['dask_workers']} workers, "
                     f"{where['dask_worker_threads']} threads)")
@@ -347,6 +372,8 @@ def run(args: argparse.Namespace) -> int:
             outputs = write(records, experiment, out_dir, run_info=info, plots=not args.no_plots)
         except KeyboardInterrupt:
             return interrupted("rest-fair bench", out_dir, rerun)
+        except OSError as exc:
+            return report_failed("rest-fair bench", out_dir, exc, rerun)
     errors = [r for r in records if r.get("status") == "error"]
     for record in errors:
         print(f"run {record['run_id']} failed: {record.get('error')}", file=sys.stderr)

@@ -34,6 +34,8 @@ _DECIDED = (
     "extra_params (--estimator-params) sets {key!r}, which {owner} decides for every run; "
     "set it there instead."
 )
+#: The fields of a :class:`BenchConfig` that make its grid: not in the hash its runs share.
+GRID_FIELDS = ("ratios", "sparsities", "seeds", "methods")
 # estimator parameters that a field of BenchConfig decides, and that field
 _FIELD_PARAMS = {"max_epochs": "max_epochs", "batch_size": "batch_size", "lr": "lr",
                  "module": "module", "module_params": "module_params", "device": "device",
@@ -218,8 +220,7 @@ class BenchConfig:
 
     def common_hash(self) -> str:
         """Hash of what every run shares (not the grid): changing it re-runs everything."""
-        grid = ("ratios", "sparsities", "seeds", "methods")
-        return digest({k: v for k, v in self.to_dict().items() if k not in grid})
+        return digest({k: v for k, v in self.to_dict().items() if k not in GRID_FIELDS})
 
     def runs(self) -> list[RunSpec]:
         """Every run of the sweep, in a stable order (ratio, method, sparsity, seed)."""

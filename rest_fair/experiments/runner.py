@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import math
 import os
@@ -50,8 +51,9 @@ from .dask_backend import active_joblib_client, connect, dask_records
 from .run import Experiment, check_run_params, error_record, run_one, split_threads
 
 __all__ = ["BACKENDS", "LOCK_FILE", "LOG_INTERVAL", "PROGRESS_MODES", "RESULTS_FILE",
-           "append_record", "finished", "interrupted", "locate", "lock_folder", "parse_upweight",
-           "pending", "read_results", "run_sweep"]
+           "append_record", "finished", "interrupted", "locate", "lock_folder", "parse_path",
+           "parse_upweight", "pending", "read_results", "report_failed", "run_sweep",
+           "set_aside"]
 
 #: Name of the results file in an experiment's output folder (one JSON record per line).
 RESULTS_FILE = "results.jsonl"
@@ -78,6 +80,8 @@ _BAD_OUT_DIR = "cannot keep the results in {path}: {error}."
 _IN_USE = ("{folder} is in use by another rest-fair run (it holds {lock}); wait until that run "
            "ends or choose another output folder.")
 _INTERRUPTED = "{command}: interrupted; the finished runs are kept in {path}; to continue, {how}."
+_REPORT_FAILED = ("{command}: cannot write the report: {error}; the finished runs are kept in "
+                  "{path}; to write it, {how}.")
 _N_JOBS_IGNORED = (
     "n_jobs={n_jobs} is ignored with backend='dask': the cluster runs as many runs at once "
     "as it has worker processes."
@@ -101,6 +105,13 @@ def parse_upweight(value: str) -> float | str:
     if not (math.isfinite(number) and number > 0):
         raise argparse.ArgumentTypeError(_BAD_UPWEIGHT.format(value))
     return number
+
+
+def parse_path(value: str) -> Path:
+    """A path option of ``rest-fair bench`` and ``rest-fair wilds`` (``--out-dir``,
+    ``--root-dir``), a leading ``~`` read as the home folder: the shell expands it in
+    ``--out-dir ~/x`` but not in ``--out-dir=~/x``."""
+    return Path(value).expanduser()
 
 
 def read_results(path: str | Path) -> list[dict[str, Any]]:
@@ -186,6 +197,33 @@ def lock_folder(folder: str | Path) -> Iterator[Path]:
         if hold[2] == 0:
             del _held[key]
             hold[1].close()
+
+
+def set_aside(paths: Sequence[Path]) -> list[Path]:
+    """Rename those of ``paths`` that exist with one date-time suffix that none of their
+    new names holds yet (``results.jsonl`` -> ``results.20260101-120000.jsonl``, or
+    ``results.20260101-120000-2.jsonl`` when a command of the same second took that name),
+    so that nothing set aside before is overwritten; returns the new paths."""
+    existing = [Path(p) for p in paths if Path(p).exists()]
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for k in itertools.count(1):
+        suffix = stamp if k == 1 else f"{stamp}-{k}"
+        targets = [p.with_name(f"{p.stem}.{suffix}{p.suffix}") for p in existing]
+        if not any(t.exists() or t.is_symlink() for t in targets):
+            break
+    for path, target in zip(existing, targets, strict=True):
+        path.rename(target)
+    return targets
+
+
+def report_failed(command: str, out_dir: str | Path, error: OSError, how: str) -> int:
+    """Say on stderr that ``command`` could not write its report (``error``: a full disk, a
+    folder in the way), that its finished runs are kept in the results file of ``out_dir``
+    and ``how`` to write it; returns the exit status 2."""
+    path = Path(out_dir) / RESULTS_FILE
+    print(_REPORT_FAILED.format(command=command, error=error, path=path, how=how),
+          file=sys.stderr)
+    return 2
 
 
 def interrupted(command: str, out_dir: str | Path, how: str) -> int:
@@ -424,8 +462,8 @@ def run_sweep(
             where = {"backend": backend, "n_jobs": jobs, "torch_threads_per_job": threads}
         if on_start is not None:
             on_start(where)
-        if not resume and path.exists():
-            path.rename(path.with_name(f"{path.stem}.{time.strftime('%Y%m%d-%H%M%S')}.jsonl"))
+        if not resume:
+            set_aside([path])
         specs = _unique(experiment.runs())
         todo = pending(specs, path)
         n_done = len(specs) - len(todo)

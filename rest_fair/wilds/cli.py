@@ -30,7 +30,9 @@ from ..experiments.runner import (
     RESULTS_FILE,
     interrupted,
     lock_folder,
+    parse_path,
     parse_upweight,
+    report_failed,
     run_sweep,
 )
 from .datasets import DATASETS, DatasetSpec, dataset_spec, load_wilds
@@ -72,9 +74,9 @@ def _dataset(value: str) -> str:
 def _configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--dataset", type=_dataset, required=True,
                         help="waterbirds, celebA or civilcomments")
-    parser.add_argument("--root-dir", required=True,
+    parser.add_argument("--root-dir", type=parse_path, required=True,
                         help="WILDS root folder containing <dataset>_v1.0/")
-    parser.add_argument("--out-dir", default="wilds_results",
+    parser.add_argument("--out-dir", type=parse_path, default="wilds_results",
                         help="where to write submission files, metrics.json, comparison.md "
                              "(default: %(default)s)")
     parser.add_argument("--protocol", choices=("custom", "wilds"), default="custom",
@@ -182,10 +184,11 @@ def run(args: argparse.Namespace) -> int:
 
     Returns the exit status: 0; 1 when a seed failed with an error (its record says why;
     ``--resume`` retries it; no report is written until it finishes); 2 when the command
-    cannot start (another run holds ``--out-dir``, ...); :data:`DIVERGED_STATUS` (3) when
-    every seed ran but the training of some diverged (recorded as an outcome, never
-    retried): the report is written over the seeds that finished, naming the others, or not
-    at all when none finished; 130 when interrupted (Ctrl-C).
+    cannot start (another run holds ``--out-dir``, ...) or cannot write its report;
+    :data:`DIVERGED_STATUS` (3) when every seed ran but the training of some diverged
+    (recorded as an outcome, never retried): the report is written over the seeds that
+    finished, naming the others, or not at all when none finished; 130 when interrupted
+    (Ctrl-C).
     """
     from .experiment import (  # imports torch
         WildsExperiment,
@@ -199,11 +202,12 @@ def run(args: argparse.Namespace) -> int:
     try:
         check_wilds_requirements(args.dataset)
         spec = dataset_spec(args.dataset)
+        settings = resolve_settings(args, spec)
         if args.synthetic and not (Path(args.root_dir) / spec.dirname / spec.release_file).exists():
             make_synthetic_layout(spec.name, args.root_dir, seed=args.seed,
                                   group_counts=SMOKE_GROUP_COUNTS.get(spec.name))
         dataset = load_wilds(spec.name, args.root_dir, download=args.download)
-        experiment = WildsExperiment(dataset, resolve_settings(args, spec), Path(args.out_dir))
+        experiment = WildsExperiment(dataset, settings, Path(args.out_dir))
         # settings every seed would fail on leave the folder's earlier outputs in place
         check_run_params(experiment, experiment.runs()[0])
     except (MissingDependencyError, OSError, ValueError) as exc:
@@ -230,6 +234,8 @@ def run(args: argparse.Namespace) -> int:
             return _report(args, spec, experiment, records)
         except KeyboardInterrupt:
             return interrupted("rest-fair wilds", args.out_dir, "rerun it with --resume")
+        except OSError as exc:
+            return report_failed("rest-fair wilds", args.out_dir, exc, "rerun it with --resume")
 
 
 def _report(args: argparse.Namespace, spec: DatasetSpec, experiment: WildsExperiment,

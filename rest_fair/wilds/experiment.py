@@ -17,7 +17,6 @@ import argparse
 import dataclasses
 import json
 import math
-import time
 import warnings
 from collections.abc import Sequence
 from numbers import Integral, Real
@@ -31,7 +30,7 @@ from .._requirements import Requirement, check_requirements
 from .._validation import Interval
 from ..exceptions import TrainingDivergedError
 from ..experiments.run import digest, jsonable, standard_error
-from ..experiments.runner import RESULTS_FILE, append_record, locate, read_results
+from ..experiments.runner import RESULTS_FILE, append_record, locate, read_results, set_aside
 from .adapter import split_wilds
 from .datasets import DatasetSpec, dataset_spec
 from .leaderboard import comparison_table, to_markdown
@@ -133,8 +132,8 @@ def resolve_settings(args: argparse.Namespace, spec: DatasetSpec) -> dict[str, A
     ValueError
         ``--weights`` with a module that is not a torchvision model (``auto``, ``mlp``,
         ``cnn`` or a Hugging Face ``hf:`` name); a ``--frac`` outside (0, 1], a
-        ``--max-features``, ``--image-size`` or ``--max-length`` below 1, or repeated or
-        negative ``--seeds``.
+        ``--max-features``, ``--image-size`` or ``--max-length`` below 1, repeated or
+        negative ``--seeds``, or a negative ``--seed``.
     """
     given = {key: getattr(args, key) for key in CUSTOM_DEFAULTS}
     random_init = isinstance(given["weights"], str) and given["weights"].lower() == "none"
@@ -170,6 +169,9 @@ def resolve_settings(args: argparse.Namespace, spec: DatasetSpec) -> dict[str, A
         verbose=args.verbose,
     )
     settings.update(extra, module_params=_module_params(settings))
+    if args.seed < 0:  # also the seed of a --synthetic layout, whatever --seeds says
+        raise ValueError(_BAD_SETTING.format(flag="seed", rule="a non-negative int",
+                                             value=args.seed))
     _check_data_settings(settings)
     return settings
 
@@ -402,16 +404,8 @@ def set_aside_outputs(out_dir: str | Path) -> list[Path]:
     folder, ``metrics.json``, ``comparison.md``) with one date-time suffix; returns the new
     paths. A new command without ``--resume`` starts from an empty folder this way, and
     nothing of the earlier one is lost."""
-    out_dir = Path(out_dir)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    moved = []
-    for name in (RESULTS_FILE, "submission", "metrics.json", "comparison.md"):
-        path = out_dir / name
-        if path.exists():
-            target = path.with_name(f"{path.stem}.{stamp}{path.suffix}")
-            path.rename(target)
-            moved.append(target)
-    return moved
+    return set_aside([Path(out_dir) / name for name in
+                      (RESULTS_FILE, "submission", "metrics.json", "comparison.md")])
 
 
 def adopt_seed_files(out_dir: str | Path) -> None:

@@ -105,6 +105,38 @@ def test_a_run_builds_the_first_optimizer_of_its_process_before_the_clock_starts
     assert events[:2] == ["optimizer", "fit"]
 
 
+def test_outputs_set_aside_in_the_same_second_are_all_kept(tmp_path, monkeypatch):
+    # the second command of a second renamed its results onto the first one's, which
+    # were lost
+    from rest_fair.wilds.experiment import set_aside_outputs
+
+    monkeypatch.setattr(runner.time, "strftime", lambda *args: "20260101-120000")
+    config = preset("tiny", methods=("erm",), sparsities=(0.0,))
+    monkeypatch.setattr(runner, "run_one", lambda spec, experiment, **kwargs: {
+        "run_id": spec.run_id, "status": "ok", "call": len(calls)})
+    calls = []
+    for _ in range(3):
+        runner.run_sweep(config, tmp_path / "bench", resume=False, progress=False)
+        calls.append(1)
+    kept = {p.name: json.loads(p.read_text())["call"]
+            for p in (tmp_path / "bench").glob("results*.jsonl")}
+    assert kept == {"results.20260101-120000.jsonl": 0, "results.20260101-120000-2.jsonl": 1,
+                    "results.jsonl": 2}
+
+    out = tmp_path / "wilds"
+    for call in range(2):
+        (out / "submission").mkdir(parents=True)
+        for name in ("results.jsonl", "metrics.json", "submission/pred.csv"):
+            (out / name).write_text(str(call))
+        set_aside_outputs(out)
+    assert {p.relative_to(out).as_posix(): p.read_text() for p in out.rglob("*.*")
+            if p.is_file()} == {
+        "results.20260101-120000.jsonl": "0", "metrics.20260101-120000.json": "0",
+        "submission.20260101-120000/pred.csv": "0",
+        "results.20260101-120000-2.jsonl": "1", "metrics.20260101-120000-2.json": "1",
+        "submission.20260101-120000-2/pred.csv": "1"}
+
+
 def test_bench_resumes_a_results_file_of_the_earlier_runner(tmp_path, monkeypatch):
     config = preset("tiny", max_epochs=2, methods=("erm",))
     (tmp_path / runner.RESULTS_FILE).write_text(OLD_BENCH_LINE + "\n")

@@ -138,6 +138,39 @@ def test_settings_refused_before_the_earlier_outputs_are_renamed(tmp_path, capsy
             and not p.name.startswith(".")} == earlier
 
 
+def test_cli_says_why_the_report_cannot_be_written(tmp_path, capsys):
+    out = tmp_path / "out"
+    (out / "comparison.md").mkdir(parents=True)  # in the way, as a full disk would be
+    assert rest_fair_main([*_two_seeds(tmp_path, out), "--resume"]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"rest-fair wilds: cannot write the report: [Errno 21] Is a directory: "
+        f"'{out / 'comparison.md'}'; the finished runs are kept in {out / 'results.jsonl'}; "
+        "to write it, rerun it with --resume.")
+    assert len((out / "results.jsonl").read_text().splitlines()) == 2
+
+
+def test_cli_paths_after_an_equals_sign_are_in_the_home_folder(tmp_path, monkeypatch):
+    # the shell leaves "--root-dir=~/d" as it is: the synthetic data went to a folder named
+    # "~" and were then looked for in the home folder
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    assert rest_fair_main(["wilds", "--dataset", "waterbirds", "--root-dir=~/d",
+                           "--out-dir=~/out", "--synthetic", "--max-epochs", "1",
+                           "--image-size", "8", "--module", "mlp", "--device", "cpu"]) == 0
+    assert (tmp_path / "home" / "out" / "metrics.json").exists()
+    assert (tmp_path / "home" / "d" / "waterbirds_v1.0").is_dir()
+    assert not (tmp_path / "~").exists()
+
+
+def test_cli_refuses_a_negative_seed_before_writing_a_synthetic_layout(tmp_path, capsys):
+    # numpy's "expected non-negative integer" named no option, after a partial layout
+    assert rest_fair_main(["wilds", "--dataset", "waterbirds", "--root-dir",
+                           str(tmp_path / "data"), "--out-dir", str(tmp_path / "out"),
+                           "--synthetic", "--seed", "-1"]) == 2
+    assert "--seed must be a non-negative int; got -1" in capsys.readouterr().err
+    assert not (tmp_path / "data").exists() and not (tmp_path / "out").exists()
+
+
 def test_resume_refuses_the_seeds_of_another_dataset(tmp_path, capsys):
     # the same settings and seed on another dataset are another run: --resume into the
     # folder of a waterbirds run must not report its seed as celebA's

@@ -104,6 +104,8 @@ def test_weights_for_a_module_that_is_not_torchvision_are_refused(module):
     (("--max-length", "0"), "--max-length must be"),
     (("--seeds", "0", "0"), r"--seeds must be distinct non-negative ints; got \[0, 0\]"),
     (("--seeds", "-1"), "--seeds must be distinct"),
+    (("--seed", "-1"), "--seed must be a non-negative int; got -1"),
+    (("--seed", "-1", "--protocol", "wilds"), "--seed must be a non-negative int"),
 ])
 def test_data_settings_are_refused_before_any_seed_runs(argv, message):
     # these used to fail each seed at its data loading, or run one seed twice
