@@ -178,7 +178,8 @@ def register_estimator_class(cls: type) -> type:
 
 # ----------------------------------------------------------------- plain JSON values
 def to_json(value: Any, what: str) -> Any:
-    """``value`` as plain JSON (tuples, devices, arrays and non-string keys tagged).
+    """``value`` as plain JSON (tuples, devices, arrays, dense tensors of the dtypes model
+    files hold, and non-string keys tagged: :func:`from_json` gives them back exactly).
 
     Raises
     ------
@@ -194,6 +195,10 @@ def to_json(value: Any, what: str) -> Any:
         return to_json(value.item(), what)
     if isinstance(value, torch.device):
         return {"__device__": str(value)}
+    if (isinstance(value, torch.Tensor) and value.layout == torch.strided
+            and str(value.dtype).removeprefix("torch.") in _DTYPES):  # a value in a record
+        return {"__tensor__": value.detach().cpu().tolist(),
+                "dtype": str(value.dtype).removeprefix("torch.")}
     if isinstance(value, tuple):
         return {"__tuple__": [to_json(v, what) for v in value]}
     if isinstance(value, list):
@@ -217,7 +222,7 @@ def from_json(value: Any) -> Any:
     Raises
     ------
     ValueError
-        If an encoded array names a dtype that :func:`to_json` does not write.
+        If an encoded array or tensor names a dtype that :func:`to_json` does not write.
     """
     if isinstance(value, list):
         return [from_json(v) for v in value]
@@ -229,6 +234,11 @@ def from_json(value: Any) -> Any:
         return {_hashable(from_json(k)): from_json(v) for k, v in value["__dict__"]}
     if "__device__" in value:
         return torch.device(value["__device__"])
+    if "__tensor__" in value:
+        dtype = _DTYPES.get(value.get("dtype"))
+        if dtype is None:
+            raise ValueError(f"{value.get('dtype')!r:.80} is not the dtype of a tensor")
+        return torch.tensor(value["__tensor__"], dtype=dtype)
     if "__ndarray__" in value:
         data = from_json(value["__ndarray__"])
         dtype = value.get("dtype", "object")

@@ -451,3 +451,38 @@ def test_saving_during_the_first_fit_is_refused_not_written(tmp_path):
         RESTClassifier(max_epochs=1, validation_fraction=0.0,
                        callbacks=[SaveEstimator()]).fit(X, y)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_tensors_a_callback_adds_to_the_history_are_saved_and_a_warm_start_goes_on(tmp_path):
+    # without them, history_ was left out of the file and a warm start of it failed
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(40, 4)).astype(np.float32)
+    y = (X[:, 0] > 0).astype(int)
+
+    class Norms(Callback):
+        def on_epoch_end(self, net, *, record, **kwargs):
+            weights = [p.detach() for p in net.module_.parameters()]
+            record["norm"] = torch.stack([w.norm() for w in weights]).sum()
+            record["norms"] = torch.stack([w.norm() for w in weights]).to(torch.bfloat16)
+
+    clf = RESTClassifier(max_epochs=1, validation_fraction=0.0, random_state=0,
+                         callbacks=[Norms()]).fit(X, y)
+    with pytest.warns(UserWarning, match="'callbacks'"):
+        clf.save(tmp_path / "m.rest")
+    loaded = RESTClassifier.load(tmp_path / "m.rest")
+    (record,), (saved,) = clf.history_, loaded.history_
+    for key in ("norm", "norms"):
+        assert saved[key].dtype == record[key].dtype and torch.equal(saved[key], record[key])
+    loaded.set_params(warm_start=True).fit(X, y)
+    assert [h["epoch"] for h in loaded.history_] == [1, 2]
+
+
+def test_a_forged_tensor_value_is_a_model_file_error(tmp_path):
+    net, masks = _masked_mlp(0.1)
+    save((net, masks, {"t": torch.arange(3)}), tmp_path / "m.rest")
+    assert torch.equal(load(tmp_path / "m.rest", module=net)[2]["t"], torch.arange(3))
+    for forged in ({"__tensor__": [1], "dtype": "object"}, {"__tensor__": "abc", "dtype": "int64"}):
+        _rewrite_header(tmp_path / "m.rest", tmp_path / "forged.rest",
+                        lambda h, forged=forged: h["metadata"].update(t=forged))
+        with pytest.raises(ModelFileError, match="no valid rest_fair header"):
+            load(tmp_path / "forged.rest", module=net)
