@@ -142,8 +142,8 @@ _PART_ARCHITECTURE = (
     "rebuilding it needs; pass load(path, module=<an instance of it>) to load the weights."
 )
 _BAD_MASK_KEY = (
-    "masks has key {key!r}, which is not a tensor of the module (expected names as in "
-    "module.state_dict())."
+    "masks has key {key!r}, which is not a weight of the module (expected names of "
+    "parameters as in module.state_dict(), not of buffers)."
 )
 _BAD_DTYPE = "unsupported tensor dtype {dtype} in {path}."
 _BAD_METADATA = "metadata must be a dict of plain JSON-able values or None; got {type}."
@@ -460,16 +460,16 @@ def write(
         If ``path`` is not a str or path-like (an int would name an open file descriptor),
         or a mask is not a bool tensor.
     KeyError
-        If a mask names no tensor of the state dict.
+        If a mask names no tensor of the state dict, or a buffer.
     ValueError
         If the header's JSON is longer than :data:`MAX_HEADER_BYTES`, or a mask's shape
         is not its tensor's.
     """
     path = os.fspath(path)
     masks = dict(masks or {})
-    state = module.state_dict()
+    state, buffers = module.state_dict(), dict(module.named_buffers())
     for key, mask in masks.items():  # by state-dict name: a layer training as CSR has no
-        if key not in state:         # weight parameter, its state dict the dense weight
+        if key not in state or key in buffers:  # weight parameter, its state dict has it
             raise KeyError(_BAD_MASK_KEY.format(key=key))
         check_mask(key, mask, tuple(state[key].shape))
     header = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, **header}

@@ -169,6 +169,13 @@ def test_bad_inputs(tmp_path):
     net, _ = _masked_mlp(0.5)
     with pytest.raises(TypeError, match="JSON"):
         save((net, None, {"f": object()}), tmp_path / "x.rest")
+    with pytest.raises(KeyError, match="'nope', which is not a weight"):
+        save((net, {"nope": torch.ones(1, dtype=torch.bool)}, None), tmp_path / "x.rest")
+    norm = torch.nn.BatchNorm1d(4)  # a buffer's values would be lost where its mask is off
+    with pytest.raises(KeyError, match="'running_mean', which is not a weight"):
+        save((norm, {"running_mean": torch.ones(4, dtype=torch.bool)}, None),
+             tmp_path / "x.rest")
+    assert not (tmp_path / "x.rest").exists()
 
 
 # ----------------------------------------------------------------- the estimator
