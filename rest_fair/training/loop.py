@@ -24,7 +24,7 @@ from torch import nn
 
 from .._data import BatchSource
 from ..callbacks import Callback
-from ..exceptions import TrainingDivergedError
+from ..exceptions import CheckpointError, TrainingDivergedError
 from ..persistence.checkpoint import check_writable, write_checkpoint
 from ..sparse.modules import snapshot
 from .distributed import shard_range
@@ -46,6 +46,13 @@ STRONG_DECAY = (
     " Here the weight decay is also strong for this learning rate (weight_decay={decay:g}, "
     "lr * weight_decay = {product:g}): each step's decay term then overshoots the weights "
     "instead of shrinking them; keep lr * weight_decay well below 1."
+)
+#: Error of a resume whose checkpoint holds a network of other tensors than the run's.
+OTHER_NETWORK = (
+    "the checkpoint holds another network than this run's ({details}): a module given as a "
+    "class or factory is recorded by its name, so its code changed since the checkpoint "
+    "was written? Resume with the network that wrote it, or start a new run in another "
+    "directory."
 )
 #: Warning of a resume whose checkpoint holds callback states no callback takes.
 CALLBACK_STATES_LEFT = (
@@ -501,6 +508,7 @@ class TrainingRun:
         built: a fresh one, derived from the seed and its rank.
         """
         p = self.parts
+        _check_same_network(state["module"], p.module.state_dict())
         # masks first: a sparse-compute layer reads its weights at its current pattern
         if p.sparsity is not None:
             p.sparsity.load_state_dict(state["sparsity"])
@@ -575,6 +583,21 @@ class TrainingRun:
         left = sorted(set(states) - set(keys))
         if left:
             warnings.warn(CALLBACK_STATES_LEFT.format(keys=left), UserWarning, stacklevel=2)
+
+
+def _check_same_network(saved: Mapping[str, torch.Tensor],
+                        current: Mapping[str, torch.Tensor]) -> None:
+    """Refuse a checkpoint's network state whose tensors are not ``current``'s (names and
+    shapes), naming the first differences."""
+    def shape(state: Mapping[str, torch.Tensor], key: str) -> Any:
+        return tuple(state[key].shape) if key in state else "missing"
+
+    keys = [*current, *(key for key in saved if key not in current)]
+    details = [f"{key} is {shape(saved, key)} in the checkpoint, {shape(current, key)} here"
+               for key in keys if shape(saved, key) != shape(current, key)]
+    if details:
+        raise CheckpointError(OTHER_NETWORK.format(details="; ".join(details[:3])
+                                                   + ("; ..." if len(details) > 3 else "")))
 
 
 def _own_rng(state: Mapping[str, Any], key: str, rank: int) -> torch.Tensor | None:
