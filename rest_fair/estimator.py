@@ -89,10 +89,11 @@ _NO_ATTRIBUTES = "{path} lacks the fitted attributes {names}."
 _FILE_ATTRIBUTES = ("classes_", "n_features_in_", "input_shape_")
 _LIVE_ATTRIBUTES = ("module_", "masks_", "optimizer_")
 _SAVED_IN_FIRST_FIT = (
-    "This %(name)s is in its first fit: classes_ is set when fit ends, and a file without "
-    "it could not be loaded. To save the run to resume it, use rest_fair.callbacks."
-    "Checkpoint; to save the network being trained, rest_fair.persistence.save("
-    "(net.module_, dict(net.masks_), metadata), path)."
+    "This %(name)s has a network but no classes_ yet, which fit sets when it ends (a "
+    "callback saving during the first fit comes before), and a file without it could not "
+    "be loaded. To save the run to resume it, use rest_fair.callbacks.Checkpoint; to save "
+    "the network being trained, rest_fair.persistence.save((net.module_, "
+    "dict(net.masks_), metadata), path)."
 )
 
 
