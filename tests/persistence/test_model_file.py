@@ -493,3 +493,15 @@ def test_a_forged_tensor_value_is_a_model_file_error(tmp_path):
                         lambda h, forged=forged: h["metadata"].update(t=forged))
         with pytest.raises(ModelFileError, match="no valid rest_fair header"):
             load(tmp_path / "forged.rest", module=net)
+
+
+@pytest.mark.parametrize("name", ["predict_proba", "module_", "_warm_fixed_params",
+                                  "inference_module_", "lr"])
+def test_a_file_naming_attributes_save_never_writes_is_refused(tmp_path, name):
+    # they would shadow a method or a parameter, or replace the network or private state
+    clf, _ = _fitted()
+    clf.save(tmp_path / "m.rest")
+    _rewrite_header(tmp_path / "m.rest", tmp_path / "forged.rest",
+                    lambda header: header["attributes"].update({name: "forged"}))
+    with pytest.raises(ModelFileError, match=rf"names attributes \['{name}'\] that save"):
+        RESTClassifier.load(tmp_path / "forged.rest")
