@@ -82,6 +82,7 @@ __all__ = [
     "read_module",
     "register_estimator_class",
     "save",
+    "shape_differences",
     "to_json",
     "write",
 ]
@@ -718,9 +719,11 @@ def read_module(
             reference = module if module is not None else build()
             expected = {k: tuple(v.shape) for k, v in reference.state_dict().items()}
         found = {e["name"]: tuple(int(d) for d in e["shape"]) for e in entries}
-        if found != expected:
+        details = shape_differences(found, expected, ("in the file", "in the network"))
+        if details:
             raise ModelFileError(_BAD_HEADER.format(
-                path=path, error="its tensors do not match the architecture it names"))
+                path=path, error="its tensors do not match the architecture it names: "
+                + details))
         for index, entry in enumerate(entries):  # every tensor's arrays before decoding any
             name, _, _, needed = _layout(entry, f"t{index}", path)
             _check_layout(name, needed, {k: (arrays[k].dtype, arrays[k].shape)
@@ -739,6 +742,20 @@ def read_module(
                     tensor.data = tensor.data.to(state[key].dtype)
         net.load_state_dict(state, strict=True)
     return net.eval(), masks
+
+
+def shape_differences(saved: Mapping[str, Sequence[int]], current: Mapping[str, Sequence[int]],
+                      where: tuple[str, str]) -> str:
+    """How the tensor shapes of ``saved`` and ``current`` (by name) differ, the first three
+    named (``"w is (16, 6) in the file, (32, 6) in the network"``); ``""`` where they match.
+    ``where`` names the two sides."""
+    def shape(shapes: Mapping[str, Sequence[int]], key: str) -> Any:
+        return tuple(shapes[key]) if key in shapes else "missing"
+
+    keys = [*current, *(key for key in saved if key not in current)]
+    details = [f"{key} is {shape(saved, key)} {where[0]}, {shape(current, key)} {where[1]}"
+               for key in keys if shape(saved, key) != shape(current, key)]
+    return "; ".join(details[:3]) + ("; ..." if len(details) > 3 else "")
 
 
 def check_max_parameters(value: Any) -> None:

@@ -26,6 +26,7 @@ from .._data import BatchSource
 from ..callbacks import Callback
 from ..exceptions import CheckpointError, TrainingDivergedError
 from ..persistence.checkpoint import check_writable, write_checkpoint
+from ..persistence.model_file import shape_differences
 from ..sparse.modules import snapshot
 from .distributed import shard_range
 from .parts import EvalSet, TrainingParts
@@ -508,7 +509,11 @@ class TrainingRun:
         built: a fresh one, derived from the seed and its rank.
         """
         p = self.parts
-        _check_same_network(state["module"], p.module.state_dict())
+        details = shape_differences({k: v.shape for k, v in state["module"].items()},
+                                    {k: v.shape for k, v in p.module.state_dict().items()},
+                                    ("in the checkpoint", "here"))
+        if details:
+            raise CheckpointError(OTHER_NETWORK.format(details=details))
         # masks first: a sparse-compute layer reads its weights at its current pattern
         if p.sparsity is not None:
             p.sparsity.load_state_dict(state["sparsity"])
@@ -583,21 +588,6 @@ class TrainingRun:
         left = sorted(set(states) - set(keys))
         if left:
             warnings.warn(CALLBACK_STATES_LEFT.format(keys=left), UserWarning, stacklevel=2)
-
-
-def _check_same_network(saved: Mapping[str, torch.Tensor],
-                        current: Mapping[str, torch.Tensor]) -> None:
-    """Refuse a checkpoint's network state whose tensors are not ``current``'s (names and
-    shapes), naming the first differences."""
-    def shape(state: Mapping[str, torch.Tensor], key: str) -> Any:
-        return tuple(state[key].shape) if key in state else "missing"
-
-    keys = [*current, *(key for key in saved if key not in current)]
-    details = [f"{key} is {shape(saved, key)} in the checkpoint, {shape(current, key)} here"
-               for key in keys if shape(saved, key) != shape(current, key)]
-    if details:
-        raise CheckpointError(OTHER_NETWORK.format(details="; ".join(details[:3])
-                                                   + ("; ..." if len(details) > 3 else "")))
 
 
 def _own_rng(state: Mapping[str, Any], key: str, rank: int) -> torch.Tensor | None:

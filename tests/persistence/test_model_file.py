@@ -303,7 +303,9 @@ def test_refuses_files_that_do_not_match_their_architecture(tmp_path):
         load(huge)
     wrong = build_module("mlp", input_shape=(20,), n_classes=3,
                          module_params={"hidden_layer_sizes": (8,)})
-    with pytest.raises(ModelFileError, match="do not match"):
+    with pytest.raises(ModelFileError, match=r"do not match the architecture it names: "
+                                             r"layers\.1\.weight is \(256, 20\) in the file, "
+                                             r"\(8, 20\) in the network; "):
         load(path, module=wrong)
     newer = tmp_path / "newer.rest"
     _rewrite_header(path, newer, lambda h: h.update(format_version=99))
