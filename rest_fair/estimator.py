@@ -84,16 +84,25 @@ _PARAMS_NOT_SAVED = (
 )
 _NOT_AN_ESTIMATOR = "{path} holds a {kind}, not a {cls}."
 _NO_ATTRIBUTES = "{path} lacks the fitted attributes {names}."
+_NOT_ATTRIBUTES = "{path} names attributes {names} that save() never writes; not loaded."
 # Fitted attributes a model file must hold; the network and its masks are its tensors, and
 # the optimizer is not saved.
 _FILE_ATTRIBUTES = ("classes_", "n_features_in_", "input_shape_")
 _LIVE_ATTRIBUTES = ("module_", "masks_", "optimizer_")
 _SAVED_IN_FIRST_FIT = (
-    "This %(name)s is in its first fit: classes_ is set when fit ends, and a file without "
-    "it could not be loaded. To save the run to resume it, use rest_fair.callbacks."
-    "Checkpoint; to save the network being trained, rest_fair.persistence.save("
-    "(net.module_, dict(net.masks_), metadata), path)."
+    "This %(name)s has a network but no classes_ yet, which fit sets when it ends (a "
+    "callback saving during the first fit comes before), and a file without it could not "
+    "be loaded. To save the run to resume it, use rest_fair.callbacks.Checkpoint; to save "
+    "the network being trained, rest_fair.persistence.save((net.module_, "
+    "dict(net.masks_), metadata), path)."
 )
+
+
+def _is_file_attribute(name: str) -> bool:
+    """Whether a model file holds the attribute ``name`` (a fitted attribute, not the
+    network, its masks and optimizer, nor ``inference_module_``, derived from them)."""
+    return (name.endswith("_") and not name.startswith("_")
+            and name not in (*_LIVE_ATTRIBUTES, "inference_module_"))
 
 
 class RESTClassifier(ClassifierMixin, BaseEstimator):
@@ -720,8 +729,7 @@ or dict of columns, default=None
         arrays: dict[str, np.ndarray] = {}
         skipped = []
         for name, value in vars(self).items():
-            if (not name.endswith("_") or name.startswith("_") or name in _LIVE_ATTRIBUTES
-                    or name == "inference_module_"):  # derived: use_sparse_inference() again
+            if not _is_file_attribute(name):
                 continue
             if isinstance(value, np.ndarray) and value.dtype != object:
                 attributes[name] = {"__array__": f"attr.{len(arrays)}"}
@@ -759,10 +767,11 @@ or dict of columns, default=None
         """Read an estimator written by :meth:`save` (no code from the file is run).
 
         It comes back fitted, on the CPU, its network in evaluation mode. Raises
-        :class:`~rest_fair.exceptions.ModelFileError` for a damaged or inconsistent file
-        (or, with ``max_parameters``, one whose network holds more values than that,
-        refused before it is allocated: for files from untrusted sources), ``TypeError``
-        for a file holding a module.
+        :class:`~rest_fair.exceptions.ModelFileError` for a damaged or inconsistent file:
+        also one naming attributes that :meth:`save` never writes (they would shadow a
+        method or a parameter, or replace private state), or, with ``max_parameters``, one
+        whose network holds more values than that, refused before it is allocated (for
+        files from untrusted sources); ``TypeError`` for a file holding a module.
         """
         path = os.fsdecode(path)
         model_file.check_max_parameters(max_parameters)
@@ -780,6 +789,9 @@ or dict of columns, default=None
                 if isinstance(value, dict) and "__array__" in value else model_file.from_json(value)
                 for name, value in header["attributes"].items()
             }
+            forged = sorted(name for name in attributes if not _is_file_attribute(name))
+            if forged:  # they would replace the network, a method or private state
+                raise ModelFileError(_NOT_ATTRIBUTES.format(path=path, names=forged[:5]))
             missing = [name for name in _FILE_ATTRIBUTES if name not in attributes]
             if missing:
                 raise ModelFileError(_NO_ATTRIBUTES.format(path=path, names=missing))

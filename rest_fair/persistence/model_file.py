@@ -82,6 +82,7 @@ __all__ = [
     "read_module",
     "register_estimator_class",
     "save",
+    "shape_differences",
     "to_json",
     "write",
 ]
@@ -142,8 +143,8 @@ _PART_ARCHITECTURE = (
     "rebuilding it needs; pass load(path, module=<an instance of it>) to load the weights."
 )
 _BAD_MASK_KEY = (
-    "masks has key {key!r}, which is not a tensor of the module (expected names as in "
-    "module.state_dict())."
+    "masks has key {key!r}, which is not a weight of the module (expected names of "
+    "parameters as in module.state_dict(), not of buffers)."
 )
 _BAD_DTYPE = "unsupported tensor dtype {dtype} in {path}."
 _BAD_METADATA = "metadata must be a dict of plain JSON-able values or None; got {type}."
@@ -178,7 +179,8 @@ def register_estimator_class(cls: type) -> type:
 
 # ----------------------------------------------------------------- plain JSON values
 def to_json(value: Any, what: str) -> Any:
-    """``value`` as plain JSON (tuples, devices, arrays and non-string keys tagged).
+    """``value`` as plain JSON (tuples, devices, arrays, dense tensors of the dtypes model
+    files hold, and non-string keys tagged: :func:`from_json` gives them back exactly).
 
     Raises
     ------
@@ -194,6 +196,10 @@ def to_json(value: Any, what: str) -> Any:
         return to_json(value.item(), what)
     if isinstance(value, torch.device):
         return {"__device__": str(value)}
+    if (isinstance(value, torch.Tensor) and value.layout == torch.strided
+            and str(value.dtype).removeprefix("torch.") in _DTYPES):  # a value in a record
+        return {"__tensor__": value.detach().cpu().tolist(),
+                "dtype": str(value.dtype).removeprefix("torch.")}
     if isinstance(value, tuple):
         return {"__tuple__": [to_json(v, what) for v in value]}
     if isinstance(value, list):
@@ -217,7 +223,7 @@ def from_json(value: Any) -> Any:
     Raises
     ------
     ValueError
-        If an encoded array names a dtype that :func:`to_json` does not write.
+        If an encoded array or tensor names a dtype that :func:`to_json` does not write.
     """
     if isinstance(value, list):
         return [from_json(v) for v in value]
@@ -229,6 +235,11 @@ def from_json(value: Any) -> Any:
         return {_hashable(from_json(k)): from_json(v) for k, v in value["__dict__"]}
     if "__device__" in value:
         return torch.device(value["__device__"])
+    if "__tensor__" in value:
+        dtype = _DTYPES.get(value.get("dtype"))
+        if dtype is None:
+            raise ValueError(f"{value.get('dtype')!r:.80} is not the dtype of a tensor")
+        return torch.tensor(value["__tensor__"], dtype=dtype)
     if "__ndarray__" in value:
         data = from_json(value["__ndarray__"])
         dtype = value.get("dtype", "object")
@@ -450,16 +461,16 @@ def write(
         If ``path`` is not a str or path-like (an int would name an open file descriptor),
         or a mask is not a bool tensor.
     KeyError
-        If a mask names no tensor of the state dict.
+        If a mask names no tensor of the state dict, or a buffer.
     ValueError
         If the header's JSON is longer than :data:`MAX_HEADER_BYTES`, or a mask's shape
         is not its tensor's.
     """
     path = os.fspath(path)
     masks = dict(masks or {})
-    state = module.state_dict()
+    state, buffers = module.state_dict(), dict(module.named_buffers())
     for key, mask in masks.items():  # by state-dict name: a layer training as CSR has no
-        if key not in state:         # weight parameter, its state dict the dense weight
+        if key not in state or key in buffers:  # weight parameter, its state dict has it
             raise KeyError(_BAD_MASK_KEY.format(key=key))
         check_mask(key, mask, tuple(state[key].shape))
     header = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, **header}
@@ -708,9 +719,11 @@ def read_module(
             reference = module if module is not None else build()
             expected = {k: tuple(v.shape) for k, v in reference.state_dict().items()}
         found = {e["name"]: tuple(int(d) for d in e["shape"]) for e in entries}
-        if found != expected:
+        details = shape_differences(found, expected, ("in the file", "in the network"))
+        if details:
             raise ModelFileError(_BAD_HEADER.format(
-                path=path, error="its tensors do not match the architecture it names"))
+                path=path, error="its tensors do not match the architecture it names: "
+                + details))
         for index, entry in enumerate(entries):  # every tensor's arrays before decoding any
             name, _, _, needed = _layout(entry, f"t{index}", path)
             _check_layout(name, needed, {k: (arrays[k].dtype, arrays[k].shape)
@@ -729,6 +742,20 @@ def read_module(
                     tensor.data = tensor.data.to(state[key].dtype)
         net.load_state_dict(state, strict=True)
     return net.eval(), masks
+
+
+def shape_differences(saved: Mapping[str, Sequence[int]], current: Mapping[str, Sequence[int]],
+                      where: tuple[str, str]) -> str:
+    """How the tensor shapes of ``saved`` and ``current`` (by name) differ, the first three
+    named (``"w is (16, 6) in the file, (32, 6) in the network"``); ``""`` where they match.
+    ``where`` names the two sides."""
+    def shape(shapes: Mapping[str, Sequence[int]], key: str) -> Any:
+        return tuple(shapes[key]) if key in shapes else "missing"
+
+    keys = [*current, *(key for key in saved if key not in current)]
+    details = [f"{key} is {shape(saved, key)} {where[0]}, {shape(current, key)} {where[1]}"
+               for key in keys if shape(saved, key) != shape(current, key)]
+    return "; ".join(details[:3]) + ("; ..." if len(details) > 3 else "")
 
 
 def check_max_parameters(value: Any) -> None:

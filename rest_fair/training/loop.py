@@ -24,8 +24,9 @@ from torch import nn
 
 from .._data import BatchSource
 from ..callbacks import Callback
-from ..exceptions import TrainingDivergedError
+from ..exceptions import CheckpointError, TrainingDivergedError
 from ..persistence.checkpoint import check_writable, write_checkpoint
+from ..persistence.model_file import shape_differences
 from ..sparse.modules import snapshot
 from .distributed import shard_range
 from .parts import EvalSet, TrainingParts
@@ -54,6 +55,13 @@ BAD_OUTPUT = (
     "shape ({n}, {n_classes}), one logit per class of the {n_classes} classes. A module of "
     "your own must end in {n_classes} outputs (a class or callable given as module "
     "receives n_classes= when its signature takes it)."
+)
+#: Error of a resume whose checkpoint holds a network of other tensors than the run's.
+OTHER_NETWORK = (
+    "the checkpoint holds another network than this run's ({details}): a module given as a "
+    "class or factory is recorded by its name only, so its code may have changed since "
+    "the checkpoint was written. Resume with the network that wrote it, or start a new run in another "
+    "directory."
 )
 #: Warning of a resume whose checkpoint holds callback states no callback takes.
 CALLBACK_STATES_LEFT = (
@@ -522,6 +530,11 @@ class TrainingRun:
         built: a fresh one, derived from the seed and its rank.
         """
         p = self.parts
+        details = shape_differences({k: v.shape for k, v in state["module"].items()},
+                                    {k: v.shape for k, v in p.module.state_dict().items()},
+                                    ("in the checkpoint", "here"))
+        if details:
+            raise CheckpointError(OTHER_NETWORK.format(details=details))
         # masks first: a sparse-compute layer reads its weights at its current pattern
         if p.sparsity is not None:
             p.sparsity.load_state_dict(state["sparsity"])

@@ -444,6 +444,34 @@ def test_a_resumed_warm_start_counts_the_steps_of_the_fit_it_continued(tmp_path)
     assert resumed.n_topology_updates_ == whole.n_topology_updates_ > 0
 
 
+class _WidthNet(nn.Module):
+    """A user's network class: the fingerprint records it by name, not by its code."""
+
+    width = 16
+
+    def __init__(self, input_shape, n_classes):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(input_shape[0], self.width), nn.ReLU(),
+                                  nn.Linear(self.width, n_classes))
+
+    def forward(self, x):
+        return self.body(x)
+
+
+def test_a_network_class_whose_code_changed_is_named_not_a_size_mismatch(tmp_path,
+                                                                          monkeypatch):
+    X, y, g = _data()
+    params = {**COMMON, "max_epochs": 3, "module": _WidthNet, "module_params": None}
+    with pytest.raises(KeyboardInterrupt):
+        RESTClassifier(**params, callbacks=[_StopAt(3), Checkpoint(tmp_path)]).fit(
+            X, y, groups=g)
+    monkeypatch.setattr(_WidthNet, "width", 32)
+    with pytest.raises(CheckpointError, match=r"another network than this run's \(body.0."
+                                              r"weight is \(16, 12\) in the checkpoint, "
+                                              r"\(32, 12\) here; "):
+        RESTClassifier(**params).fit(X, y, groups=g, resume_from=tmp_path)
+
+
 @pytest.mark.parametrize("random_state", [None, "RandomState"])
 def test_an_unseeded_run_resumes_with_the_seed_it_drew(tmp_path, random_state):
     X, y, g = _data()

@@ -169,6 +169,13 @@ def test_bad_inputs(tmp_path):
     net, _ = _masked_mlp(0.5)
     with pytest.raises(TypeError, match="JSON"):
         save((net, None, {"f": object()}), tmp_path / "x.rest")
+    with pytest.raises(KeyError, match="'nope', which is not a weight"):
+        save((net, {"nope": torch.ones(1, dtype=torch.bool)}, None), tmp_path / "x.rest")
+    norm = torch.nn.BatchNorm1d(4)  # a buffer's values would be lost where its mask is off
+    with pytest.raises(KeyError, match="'running_mean', which is not a weight"):
+        save((norm, {"running_mean": torch.ones(4, dtype=torch.bool)}, None),
+             tmp_path / "x.rest")
+    assert not (tmp_path / "x.rest").exists()
 
 
 # ----------------------------------------------------------------- the estimator
@@ -296,7 +303,9 @@ def test_refuses_files_that_do_not_match_their_architecture(tmp_path):
         load(huge)
     wrong = build_module("mlp", input_shape=(20,), n_classes=3,
                          module_params={"hidden_layer_sizes": (8,)})
-    with pytest.raises(ModelFileError, match="do not match"):
+    with pytest.raises(ModelFileError, match=r"do not match the architecture it names: "
+                                             r"layers\.1\.weight is \(256, 20\) in the file, "
+                                             r"\(8, 20\) in the network; "):
         load(path, module=wrong)
     newer = tmp_path / "newer.rest"
     _rewrite_header(path, newer, lambda h: h.update(format_version=99))
@@ -447,7 +456,54 @@ def test_saving_during_the_first_fit_is_refused_not_written(tmp_path):
         def on_epoch_end(self, net, **kwargs):
             net.save(tmp_path / "model.rest")
 
-    with pytest.raises(NotFittedError, match="first fit: classes_ is set when fit ends"):
+    with pytest.raises(NotFittedError, match="no classes_ yet, which fit sets when it ends"):
         RESTClassifier(max_epochs=1, validation_fraction=0.0,
                        callbacks=[SaveEstimator()]).fit(X, y)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_tensors_a_callback_adds_to_the_history_are_saved_and_a_warm_start_goes_on(tmp_path):
+    # without them, history_ was left out of the file and a warm start of it failed
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(40, 4)).astype(np.float32)
+    y = (X[:, 0] > 0).astype(int)
+
+    class Norms(Callback):
+        def on_epoch_end(self, net, *, record, **kwargs):
+            weights = [p.detach() for p in net.module_.parameters()]
+            record["norm"] = torch.stack([w.norm() for w in weights]).sum()
+            record["norms"] = torch.stack([w.norm() for w in weights]).to(torch.bfloat16)
+
+    clf = RESTClassifier(max_epochs=1, validation_fraction=0.0, random_state=0,
+                         callbacks=[Norms()]).fit(X, y)
+    with pytest.warns(UserWarning, match="'callbacks'"):
+        clf.save(tmp_path / "m.rest")
+    loaded = RESTClassifier.load(tmp_path / "m.rest")
+    (record,), (saved,) = clf.history_, loaded.history_
+    for key in ("norm", "norms"):
+        assert saved[key].dtype == record[key].dtype and torch.equal(saved[key], record[key])
+    loaded.set_params(warm_start=True).fit(X, y)
+    assert [h["epoch"] for h in loaded.history_] == [1, 2]
+
+
+def test_a_forged_tensor_value_is_a_model_file_error(tmp_path):
+    net, masks = _masked_mlp(0.1)
+    save((net, masks, {"t": torch.arange(3)}), tmp_path / "m.rest")
+    assert torch.equal(load(tmp_path / "m.rest", module=net)[2]["t"], torch.arange(3))
+    for forged in ({"__tensor__": [1], "dtype": "object"}, {"__tensor__": "abc", "dtype": "int64"}):
+        _rewrite_header(tmp_path / "m.rest", tmp_path / "forged.rest",
+                        lambda h, forged=forged: h["metadata"].update(t=forged))
+        with pytest.raises(ModelFileError, match="no valid rest_fair header"):
+            load(tmp_path / "forged.rest", module=net)
+
+
+@pytest.mark.parametrize("name", ["predict_proba", "module_", "_warm_fixed_params",
+                                  "inference_module_", "lr"])
+def test_a_file_naming_attributes_save_never_writes_is_refused(tmp_path, name):
+    # they would shadow a method or a parameter, or replace the network or private state
+    clf, _ = _fitted()
+    clf.save(tmp_path / "m.rest")
+    _rewrite_header(tmp_path / "m.rest", tmp_path / "forged.rest",
+                    lambda header: header["attributes"].update({name: "forged"}))
+    with pytest.raises(ModelFileError, match=rf"names attributes \['{name}'\] that save"):
+        RESTClassifier.load(tmp_path / "forged.rest")
