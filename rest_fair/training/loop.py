@@ -60,8 +60,8 @@ BAD_OUTPUT = (
 OTHER_NETWORK = (
     "the checkpoint holds another network than this run's ({details}): a module given as a "
     "class or factory is recorded by its name only, so its code may have changed since "
-    "the checkpoint was written. Resume with the network that wrote it, or start a new run in another "
-    "directory."
+    "the checkpoint was written. Resume with the network that wrote it, or start a new "
+    "run in another directory."
 )
 #: Warning of a resume whose checkpoint holds callback states no callback takes.
 CALLBACK_STATES_LEFT = (
