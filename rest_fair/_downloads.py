@@ -1,10 +1,23 @@
-"""Bounded network access for the code that downloads weights or data."""
+"""Bounded network access, and the cache folder, for the code that downloads or builds files."""
 
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 from collections.abc import Iterator
+from pathlib import Path
+
+#: The environment variable naming the folder of rest_fair's caches.
+CACHE_ENV = "REST_FAIR_CACHE"
+
+
+def cache_dir(name: str) -> Path:
+    """The cache folder ``name`` under ``$REST_FAIR_CACHE``, by default under
+    ``~/.cache/rest_fair``; an empty (or blank) ``REST_FAIR_CACHE`` counts as unset."""
+    root = os.environ.get(CACHE_ENV, "")
+    return Path(root if root.strip() else os.path.join("~", ".cache", "rest_fair"),
+                name).expanduser()
 
 
 @contextlib.contextmanager

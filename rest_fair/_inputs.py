@@ -56,6 +56,11 @@ NO_GROUP_COLUMNS = (
     "{what} has no columns (shape {shape}): give one column per attribute, or groups=None "
     "for one group."
 )
+GROUP_COLUMNS_DIFFER = (
+    "the groups of validation_data have {val} column(s) (shape {val_shape}) and the training "
+    "groups {train} (shape {train_shape}); a group is labelled by all its columns, so the "
+    "validation groups must have the training groups' columns, in the same order."
+)
 BAD_SAMPLE_WEIGHT = "sample_weight must be finite and non-negative; {problem}."
 DICT_NOT_SPLIT = (
     " A dict of columns is passed whole by scikit-learn's cross-validation and searches, "
@@ -147,7 +152,7 @@ def check_inputs(est: Any, X: Any, y: Any, groups: Any, sample_weight: Any,
     validation, validation_group_labels = (
         (None, None) if validation_data is None
         else _check_validation(est, validation_data, classes,
-                               None if groups is None else group_labels))
+                               None if groups is None else (groups, group_labels)))
     return FitData(
         X, y_codes, classes, group_codes, group_labels, groups is not None,
         check_sample_weight(sample_weight, len(y)), validation, validation_group_labels,
@@ -256,12 +261,13 @@ def _check_warm_start(classes_before: np.ndarray, classes: np.ndarray,
 
 
 def _check_validation(
-    est: Any, validation_data: Any, classes: np.ndarray, group_labels: list | None
+    est: Any, validation_data: Any, classes: np.ndarray, groups: tuple[Any, list] | None
 ) -> tuple[tuple[Any, np.ndarray, np.ndarray | None], list | None]:
     """``(X_val, class codes, group codes or None)`` and the labels of the group codes.
 
     The labels and groups of ``validation_data`` are checked against the training
-    ``classes`` and ``group_labels`` (None: ``fit`` got no groups) by :func:`_check_types`.
+    ``classes`` and ``groups`` (the training groups and their labels; None: ``fit`` got no
+    groups) by :func:`_check_types`, after groups of another number of columns are refused.
     """
     if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
         raise ValueError(BAD_VALIDATION_DATA.format(type(validation_data).__name__))
@@ -282,9 +288,28 @@ def _check_validation(
         raise ValueError(UNSEEN_LABELS.format(labels=unknown))
     g_codes, g_labels = (None, None) if groups_val is None else encode_groups(
         groups_val, n, what="validation groups")
-    if g_labels is not None and group_labels is not None:
-        _check_types(g_labels, group_labels, "groups")
+    if g_labels is not None and groups is not None:
+        columns = (_n_columns(g_labels), _n_columns(groups[1]))
+        if None not in columns and columns[0] != columns[1]:
+            raise ValueError(GROUP_COLUMNS_DIFFER.format(
+                val=columns[0], val_shape=_group_shape(groups_val), train=columns[1],
+                train_shape=_group_shape(groups[0])))
+        _check_types(g_labels, groups[1], "groups")
     return (X_val, np.searchsorted(classes, y_val), g_codes), g_labels
+
+
+def _n_columns(labels: list) -> int | None:
+    """The number of columns of the groups that :func:`encode_groups` gave ``labels``: a
+    tuple's length, 1 for other labels; None for rows of different lengths."""
+    widths = {len(label) if isinstance(label, tuple) else 1 for label in labels}
+    return widths.pop() if len(widths) == 1 else None
+
+
+def _group_shape(groups: Any) -> tuple:
+    """The shape of ``groups`` as given; a dict of columns's as a DataFrame's."""
+    if isinstance(groups, Mapping):
+        return (len(next(iter(groups.values()))), len(groups))
+    return tuple(np.shape(groups))
 
 
 def _check_types(values: list, known: list, what: str) -> None:

@@ -76,6 +76,9 @@ _NO_INPUT_SHAPE = (
     "active weights of every masked layer."
 )
 _NOT_SAVED = "fitted attributes not saved (not plain values): {names}"
+_ENTRIES_NOT_SAVED = (
+    "entries {keys} of {name} not saved (not plain values): the file keeps its other entries"
+)
 # parameters that may hold objects a file cannot: they do not change the fitted network
 _OBJECT_PARAMS = ("callbacks", "random_state")
 _PARAMS_NOT_SAVED = (
@@ -96,6 +99,25 @@ _SAVED_IN_FIRST_FIT = (
     "the network being trained, rest_fair.persistence.save((net.module_, "
     "dict(net.masks_), metadata), path)."
 )
+
+
+def _plain_records(value: Any) -> tuple[list[dict], list] | None:
+    """The records of ``value`` (a list of dicts, as ``history_``) without their entries that
+    are not plain values, and the keys of those left out; ``None`` for any other ``value``."""
+    if not isinstance(value, list) or not all(isinstance(r, Mapping) for r in value):
+        return None
+    records, left_out = [], []
+    for record in value:
+        kept = {}
+        for key, entry in record.items():
+            try:
+                model_file.to_json(entry, "")
+                kept[key] = entry
+            except TypeError:
+                if key not in left_out:
+                    left_out.append(key)
+        records.append(kept)
+    return records, left_out
 
 
 def _is_file_attribute(name: str) -> bool:
@@ -717,7 +739,9 @@ or dict of columns, default=None
         The file holds the network and its masks (:mod:`rest_fair.persistence.model_file`),
         the parameters and the fitted attributes; ``module`` must be a built-in name.
         ``callbacks`` and a ``random_state`` that is a ``RandomState`` are objects, not
-        plain values: the file keeps ``None`` for them, with a warning. During the first
+        plain values: the file keeps ``None`` for them, with a warning. Entries of
+        ``history_`` records that are not plain values (objects a callback added) are left
+        out, named in a warning; the file keeps the other entries. During the first
         ``fit`` (from a callback) it raises ``NotFittedError``: ``classes_`` is not set yet.
         """
         check_is_fitted(self, "module_")
@@ -740,7 +764,17 @@ or dict of columns, default=None
             except TypeError:
                 if name in _FILE_ATTRIBUTES:
                     raise
-                skipped.append(name)
+                kept = _plain_records(value)
+                try:
+                    encoded = None if kept is None else model_file.to_json(kept[0], "")
+                except TypeError:  # keys that are not plain values
+                    encoded = None
+                if encoded is None:
+                    skipped.append(name)
+                    continue
+                attributes[name] = encoded
+                warnings.warn(_ENTRIES_NOT_SAVED.format(keys=kept[1], name=name), UserWarning,
+                              stacklevel=2)
         if skipped:
             warnings.warn(_NOT_SAVED.format(names=sorted(skipped)), UserWarning, stacklevel=2)
         saved_params, dropped = {}, []

@@ -10,7 +10,17 @@ from typing import Any
 
 import numpy as np
 
+from .exceptions import TrainingDivergedError
+
 __all__ = ["identification_params", "identify_errors", "overlap_report"]
+
+#: Put before the error of a diverged identification model, which names no stage.
+IDENTIFICATION_DIVERGED = (
+    "JTT's identification model (infer_groups='jtt'), trained before the final model to find "
+    "the error set, diverged. It trains for jtt_epochs={epochs} epochs by plain ERM with the "
+    "estimator's optimizer={optimizer!r}, lr={lr:g} and weight_decay={decay:g}, at a constant "
+    "learning rate (lr_scheduler does not apply to it). Its error: "
+)
 
 
 def identification_params(est: Any, *, seed: int) -> dict:
@@ -57,12 +67,23 @@ def identify_errors(est: Any, X: Any, y: np.ndarray, *, seed: int,
     Returns
     -------
     ndarray of bool, shape (n_samples,)
+
+    Raises
+    ------
+    TrainingDivergedError
+        If the identification model diverges; the message says it was this model and which
+        parameters train it.
     """
     from sklearn.base import clone
 
     model = clone(est).set_params(**identification_params(est, seed=seed))
-    model.fit(X, y, sample_weight=sample_weight)
-    return np.asarray(model.predict(X) != y)
+    try:
+        model.fit(X, y, sample_weight=sample_weight)
+        return np.asarray(model.predict(X) != y)
+    except TrainingDivergedError as error:
+        raise TrainingDivergedError(IDENTIFICATION_DIVERGED.format(
+            epochs=est.jtt_epochs, optimizer=est.optimizer, lr=est.lr, decay=est.weight_decay,
+        ) + str(error)) from error
 
 
 def overlap_report(inferred: np.ndarray, minority: np.ndarray) -> dict:

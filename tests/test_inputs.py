@@ -162,6 +162,23 @@ def test_validation_groups_of_several_columns_of_another_type_are_named_as_such(
                    validation_data=(X[:10], y[:10], groups[:10]))
 
 
+def test_validation_groups_of_another_number_of_columns_are_refused_naming_both(small):
+    X, y = small
+    groups = pd.DataFrame({"a": y, "b": 1 - y})
+    with pytest.raises(ValueError, match=r"^the groups of validation_data have 1 column\(s\) "
+                                         r"\(shape \(10,\)\) and the training groups 2 "
+                                         r"\(shape \(60, 2\)\)"):
+        _clf().fit(X, y, groups=groups, validation_data=(X[:10], y[:10], y[:10]))
+    with pytest.raises(ValueError, match=r"have 3 column\(s\) \(shape \(10, 3\)\) and the "
+                                         r"training groups 2 \(shape \(60, 2\)\)"):
+        _clf().fit(X, y, groups={"a": y, "b": 1 - y},
+                   validation_data=(X[:10], y[:10], [(a, 1 - a, 0) for a in y[:10]]))
+    # one column, 1-D or 2-D, labels groups alike
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _clf().fit(X, y, groups=y[:, None], validation_data=(X, y, y))
+
+
 def test_a_single_class_is_named_as_a_plain_value(small):
     X, _ = small
     with pytest.raises(ValueError, match=r"at least 2 classes to fit; got 1 class \('a'\)\.$"):

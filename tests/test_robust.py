@@ -222,6 +222,17 @@ def test_an_error_set_of_no_sample_is_named(monkeypatch):
     assert not clf.inferred_groups_.any()
 
 
+def test_a_diverged_identification_model_is_named_with_the_parameters_training_it():
+    from rest_fair.exceptions import TrainingDivergedError
+
+    X, y, _ = _spurious(n=100)
+    clf = RESTClassifier(infer_groups="jtt", jtt_epochs=2, max_epochs=1,
+                         **{**FAST, "lr": 1e12})
+    with pytest.raises(TrainingDivergedError, match=r"^JTT's identification model .* "
+                       r"jtt_epochs=2 epochs .*optimizer='sgd', lr=1e\+12 .* Training diverged"):
+        clf.fit(X, y)
+
+
 def test_an_error_set_of_samples_of_weight_zero_is_named_empty(monkeypatch):
     # the identification model's only mistakes are samples of weight 0, which are absent
     # from training: the error set of the training that counts is empty, and not upweighted

@@ -3,11 +3,12 @@
 The C source ``_csr_kernels.c`` (next to this file) is compiled on first use with the
 host's C compiler (``$CC``, else Python's, ``cc``, ``gcc`` or ``clang``; ``-O3
 -march=native -fopenmp``, or ``-mcpu=native``, or neither, whichever compiles) into
-``$REST_FAIR_CACHE/kernels`` (default ``~/.cache/rest_fair/kernels``) and loaded with
-:mod:`ctypes`. The file name carries a digest of the source, the flags, the compiler
-and the CPU, so a shared home directory never loads a library built for another
-machine. Loaded after torch, the library uses torch's OpenMP runtime (same soname) and
-so its threads; each call runs on ``torch.get_num_threads()`` of them.
+``$REST_FAIR_CACHE/kernels`` (by default, also where it is empty,
+``~/.cache/rest_fair/kernels``) and loaded with :mod:`ctypes`. The file name carries a
+digest of the source, the flags, the compiler and the CPU, so a shared home directory
+never loads a library built for another machine. Loaded after torch, the library uses
+torch's OpenMP runtime (same soname) and so its threads; each call runs on
+``torch.get_num_threads()`` of them.
 
 What the kernels compute (float32 and float64, int32 CSR indices, CPU tensors):
 
@@ -49,6 +50,8 @@ import tempfile
 from pathlib import Path
 
 import torch
+
+from .._downloads import cache_dir
 
 __all__ = [
     "ENV_SWITCH",
@@ -105,11 +108,6 @@ _i64 = ctypes.c_int64
 _ptr = ctypes.c_void_p
 
 
-def _cache_dir() -> Path:
-    root = os.environ.get("REST_FAIR_CACHE", os.path.join("~", ".cache", "rest_fair"))
-    return Path(root).expanduser() / "kernels"
-
-
 def _cpu_signature() -> str:
     """What the CPU can run (``-march=native`` builds for exactly this)."""
     parts = [platform.machine(), platform.processor()]
@@ -137,7 +135,7 @@ def _compiler() -> str | None:
 def _build(compiler: str) -> Path:
     """Compile the source (or reuse a build of it for this CPU); the library's path."""
     source = _SOURCE.read_bytes()
-    folder = _cache_dir()
+    folder = cache_dir("kernels")
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError:

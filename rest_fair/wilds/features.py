@@ -27,6 +27,7 @@ from torch import nn
 
 from .. import backbones
 from .._data import make_source
+from .._downloads import cache_dir
 from .._fit import resolve_device
 from .._requirements import import_optional
 from ..sparse.modules import set_submodule
@@ -59,9 +60,9 @@ _CACHE_NOT_A_FOLDER = (
 
 
 def default_cache_dir() -> Path:
-    """``$REST_FAIR_CACHE/features``, by default ``~/.cache/rest_fair/features``."""
-    root = os.environ.get("REST_FAIR_CACHE", os.path.join("~", ".cache", "rest_fair"))
-    return Path(root).expanduser() / "features"
+    """``$REST_FAIR_CACHE/features``, by default (also where it is empty)
+    ``~/.cache/rest_fair/features``."""
+    return cache_dir("features")
 
 
 def _image_files(base: Any, indices: np.ndarray) -> list[Path] | None:

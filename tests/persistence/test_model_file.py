@@ -486,6 +486,27 @@ def test_tensors_a_callback_adds_to_the_history_are_saved_and_a_warm_start_goes_
     assert [h["epoch"] for h in loaded.history_] == [1, 2]
 
 
+def test_history_entries_a_file_cannot_hold_are_left_out_and_a_warm_start_goes_on(tmp_path):
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(40, 4)).astype(np.float32)
+    y = (X[:, 0] > 0).astype(int)
+
+    class Tags(Callback):
+        def on_epoch_end(self, net, *, record, **kwargs):
+            record["tag"] = object()
+            record["score"] = 0.5
+
+    clf = RESTClassifier(max_epochs=1, validation_fraction=0.0, random_state=0,
+                         callbacks=[Tags()]).fit(X, y)
+    with pytest.warns(UserWarning, match=r"entries \['tag'\] of history_ not saved"):
+        clf.save(tmp_path / "m.rest")
+    loaded = RESTClassifier.load(tmp_path / "m.rest")
+    (record,), (saved,) = clf.history_, loaded.history_
+    assert saved == {k: v for k, v in record.items() if k != "tag"} and saved["score"] == 0.5
+    loaded.set_params(warm_start=True, callbacks=None).fit(X, y)
+    assert [h["epoch"] for h in loaded.history_] == [1, 2]
+
+
 def test_a_forged_tensor_value_is_a_model_file_error(tmp_path):
     net, masks = _masked_mlp(0.1)
     save((net, masks, {"t": torch.arange(3)}), tmp_path / "m.rest")

@@ -352,6 +352,22 @@ def test_without_a_working_compiler_the_layer_uses_torch(fresh_loader, monkeypat
     assert "no C compiler" in kernels.unavailable_reason()
 
 
+def test_an_empty_cache_variable_builds_into_the_default_folder(fresh_loader, monkeypatch):
+    # REST_FAIR_CACHE= put the kernels into ./kernels of the current folder
+    home, work = fresh_loader / "home", fresh_loader / "work"
+    work.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("REST_FAIR_CACHE", "")
+    monkeypatch.chdir(work)
+    monkeypatch.setenv("CC", "false")  # a failing compiler: the folder is made, no build
+    monkeypatch.setattr(kernels, "_FLAG_SETS", (("-O2",),))
+    monkeypatch.setattr(kernels.shutil, "which",
+                        lambda name: "/bin/false" if name == "false" else None)
+    assert kernels.load() is None
+    assert (home / ".cache" / "rest_fair" / "kernels").is_dir()
+    assert list(work.iterdir()) == []
+
+
 def test_switched_off_by_the_environment(monkeypatch):
     monkeypatch.setenv(kernels.ENV_SWITCH, "0")
     assert kernels.load() is None

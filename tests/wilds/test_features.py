@@ -193,6 +193,16 @@ def test_a_cache_dir_that_is_a_file_is_named(waterbirds, tmp_path):
                          cache_dir=tmp_path / "cache")
 
 
+@pytest.mark.parametrize("value", ["", " "])
+def test_an_empty_cache_variable_means_the_default_folder(tmp_path, monkeypatch, value):
+    # REST_FAIR_CACHE= put the features into ./features of the current folder
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("REST_FAIR_CACHE", value)
+    assert features_module.default_cache_dir() == tmp_path / ".cache" / "rest_fair" / "features"
+    monkeypatch.setenv("REST_FAIR_CACHE", str(tmp_path / "c"))
+    assert features_module.default_cache_dir() == tmp_path / "c" / "features"
+
+
 def test_a_misspelt_backbone_with_a_weights_name_gets_the_close_matches(waterbirds, tmp_path):
     _, parts, _, _ = waterbirds
     with pytest.raises(ValueError, match="did you mean 'resnet18'"):
