@@ -149,6 +149,18 @@ class DynamicSparsity:
             )
         return due and step <= self.schedule.end_step and self.schedule(step) > 0.0
 
+    def first_due_step(self) -> int:
+        """The first optimizer step that ``update_interval`` and ``update_timing`` make due.
+
+        The topology changes there unless the step is past the schedule's ``end_step`` or
+        its drop fraction is 0; the drop fraction never grows again, so when
+        :meth:`is_update_step` is false there, no step of the run changes the topology.
+        """
+        if self.after_optimizer_step:
+            return self.update_interval
+        step = max(self.update_interval // 2, 1)
+        return step + self._epoch_end(step)  # moved to the next epoch's first step
+
     # -- the calls of a training step -----------------------------------------------------
     def prepare_step(self, step: int) -> None:
         """Get ready for optimizer step ``step``; call before its forward pass.

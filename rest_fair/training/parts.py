@@ -8,6 +8,7 @@ scheduler, objective, sparse engine, data, precision, callbacks and world -- fro
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -49,6 +50,17 @@ ADAM_LR_OVERFLOW = (
     "computes. Use lr <= {most:.4g}, or optimizer='sgd'."
 )
 _FLOAT32_MAX = float(torch.finfo(torch.float32).max)
+#: Dynamic sparse training asked for (a drop fraction above 0) in a fit too short for it.
+NO_TOPOLOGY_UPDATE = (
+    "update_interval={interval} with update_timing={timing!r} puts the first topology "
+    "update at optimizer step {first}, but this fit takes {total} steps "
+    "(max_epochs={epochs}, {per_epoch} per epoch) and stops updating the topology at step "
+    "{end} (update_end={update_end:g}): the masks will never change, so the network trains "
+    "with its initial masks (static sparse training) although drop_fraction={drop:g} asks "
+    "for dynamic sparse training. Use a smaller update_interval ('auto' updates once per "
+    "epoch), more max_epochs or a larger update_end; drop_fraction=0 trains a static mask "
+    "without this warning."
+)
 
 
 @dataclass(frozen=True)
@@ -263,7 +275,8 @@ def make_sparsity(
     largest weights of each layer as they are (pretrained weights). ``steps_per_epoch``
     and ``max_epochs`` place the updates (``update_interval="auto"``: once per epoch) and
     scale the drop schedule; ``generator`` draws masks and random regrowth; ``masks`` (a
-    warm start) replace new ones.
+    warm start) replace new ones. Warns (:data:`NO_TOPOLOGY_UPDATE`) where a drop fraction
+    above 0 and ``update_end`` above 0 ask for topology updates and none falls in the run.
     """
     if config.sparsity <= 0:
         return None
@@ -281,7 +294,7 @@ def make_sparsity(
         mask_set.rescale_init_()
     total_steps = steps_per_epoch * max_epochs
     interval = config.update_interval
-    return DynamicSparsity(
+    engine = DynamicSparsity(
         mask_set,
         schedule=DropSchedule(config.drop_fraction, int(config.update_end * total_steps),
                               config.drop_schedule),
@@ -291,6 +304,14 @@ def make_sparsity(
         steps_per_epoch=steps_per_epoch,
         update_timing=config.update_timing,
     )
+    first = engine.first_due_step()
+    if config.drop_fraction > 0 and config.update_end > 0 and not engine.is_update_step(first):
+        warnings.warn(NO_TOPOLOGY_UPDATE.format(
+            interval=f"'auto' (= {steps_per_epoch})" if interval == "auto" else interval,
+            timing=config.update_timing, first=first, total=total_steps, epochs=max_epochs,
+            per_epoch=steps_per_epoch, end=engine.schedule.end_step,
+            update_end=config.update_end, drop=config.drop_fraction), UserWarning, stacklevel=7)
+    return engine
 
 
 def _example_batch(data: TrainSet, batch_size: int,

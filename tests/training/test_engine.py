@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -88,6 +90,45 @@ def test_no_validated_epoch_directly_follows_an_update(data, interval):
     if interval == "auto":  # mid-epoch: half an epoch of training before validation
         assert min(log.steps_since) >= steps_per_epoch // 2
     assert "steps_since_update" in clf.history_[-1]  # callbacks may add keys
+
+
+def _topology_warnings(record) -> list[str]:
+    return [str(w.message) for w in record if "the masks will never change" in str(w.message)]
+
+
+@pytest.mark.parametrize("timing", ["after_step", "mid_interval"])
+def test_a_fit_too_short_for_its_update_interval_warns_once_at_the_start(data, timing):
+    # the authors' recipe updates every 1000 steps: a 540-sample fit of 2 epochs takes 18
+    from rest_fair.recipes import authors_recipe
+
+    X, y, g = data
+    recipe = {**authors_recipe(), "max_epochs": 2, "batch_size": 64, "update_timing": timing}
+    with pytest.warns(UserWarning, match="the masks will never change") as record:
+        clf = RESTClassifier(sparsity=0.9, random_state=0, **recipe).fit(X, y, groups=g)
+    [message] = _topology_warnings(record)
+    first = 1000 if timing == "after_step" else 500
+    assert clf.n_topology_updates_ == 0 and clf.n_train_steps_ == 18
+    assert f"update_interval=1000 with update_timing={timing!r} puts the first topology " \
+        f"update at optimizer step {first}, but this fit takes 18 steps (max_epochs=2, 9 " \
+        "per epoch)" in message
+    assert "Use a smaller update_interval ('auto' updates once per epoch)" in message
+    assert record[0].filename == __file__  # the caller of fit
+    # an interval short enough updates, and says nothing
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        clf = RESTClassifier(sparsity=0.9, random_state=0, **{**recipe, "update_interval": 16}
+                             ).fit(X, y, groups=g)
+    assert clf.n_topology_updates_ == 1 and _topology_warnings(record) == []
+
+
+@pytest.mark.parametrize("params", [{"drop_fraction": 0.0}, {"update_end": 0.0},
+                                    {"sparsity": 0.0}], ids=["no-drop", "no-end", "dense"])
+def test_static_masks_and_dense_fits_are_not_warned_about_topology_updates(data, params):
+    X, y, g = data
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        clf = _clf(max_epochs=1, update_interval=1000, **params).fit(X, y, groups=g)
+    assert clf.n_topology_updates_ == 0 and _topology_warnings(record) == []
 
 
 # ----------------------------------------------------------------- live callbacks
