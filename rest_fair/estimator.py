@@ -145,9 +145,13 @@ class RESTClassifier(ClassifierMixin, BaseEstimator):
         authors used 1000 steps on their (much larger) data sets.
     update_timing : {"mid_interval", "after_step"}, default="mid_interval"
         Where updates fall. ``"mid_interval"``: in the middle of each interval, between
-        ``backward()`` and the optimizer step (which then trains the regrown weights), and
-        never on the last step of an epoch, so every validated model has trained since its
-        last topology change. ``"after_step"``: at every ``update_interval``-th step, after
+        ``backward()`` and the optimizer step (which then trains the regrown weights). With
+        more than one step per epoch, an update due on an epoch's last step moves to the
+        next step, so every validated model has trained for at least one step after the
+        step of its last topology change. With one step per epoch (e.g. a training set of
+        at most ``batch_size`` samples) every step is an epoch's last and updates fall
+        there: the model validated next has trained its regrown weights by that step's
+        optimizer step only. ``"after_step"``: at every ``update_interval``-th step, after
         the optimizer step, wherever that falls (the REST authors' code): an update on an
         epoch's last step is followed by validation at once, so a model whose regrown weights
         are still zero can be the one selected (with ``update_interval="auto"``, every epoch's

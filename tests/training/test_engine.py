@@ -92,6 +92,19 @@ def test_no_validated_epoch_directly_follows_an_update(data, interval):
     assert "steps_since_update" in clf.history_[-1]  # callbacks may add keys
 
 
+def test_with_one_step_per_epoch_updates_fall_on_the_epochs_last_step_as_documented(data):
+    # every step ends an epoch: there is no other step to move an update to
+    X, y, g = data
+    log = _UpdateLog()
+    clf = _clf(batch_size=1024, max_epochs=4, callbacks=[log]).fit(X, y, groups=g)
+    assert clf.n_train_steps_ == 4 and clf.n_topology_updates_ == 2  # steps 1 and 2
+    assert log.steps_since[:2] == [1, 1]  # validated after the update's own step only
+    doc = " ".join(RESTClassifier.__doc__.split())
+    assert "With one step per epoch (e.g. a training set of at most ``batch_size`` " \
+        "samples) every step is an epoch's last and updates fall there" in doc
+    assert "and never on the last step of an epoch" not in doc
+
+
 def _topology_warnings(record) -> list[str]:
     return [str(w.message) for w in record if "the masks will never change" in str(w.message)]
 
