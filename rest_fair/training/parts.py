@@ -54,12 +54,12 @@ _FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 NO_TOPOLOGY_UPDATE = (
     "update_interval={interval} with update_timing={timing!r} puts the first topology "
     "update at optimizer step {first}, but this fit takes {total} steps "
-    "(max_epochs={epochs}, {per_epoch} per epoch) and stops updating the topology at step "
-    "{end} (update_end={update_end:g}): the masks will never change, so the network trains "
-    "with its initial masks (static sparse training) although drop_fraction={drop:g} asks "
-    "for dynamic sparse training. Use a smaller update_interval ('auto' updates once per "
-    "epoch), more max_epochs or a larger update_end; drop_fraction=0 trains a static mask "
-    "without this warning."
+    "(max_epochs={epochs}, {per_epoch} per epoch) and may change the topology up to step "
+    "{last} only (update_end={update_end:g}, drop_schedule={schedule!r}): the masks will "
+    "never change, so the network trains with its initial masks (static sparse training) "
+    "although drop_fraction={drop:g} asks for dynamic sparse training. Use a smaller "
+    "update_interval ('auto' updates once per epoch), more max_epochs or a larger "
+    "update_end; drop_fraction=0 trains a static mask without this warning."
 )
 
 
@@ -304,13 +304,14 @@ def make_sparsity(
         steps_per_epoch=steps_per_epoch,
         update_timing=config.update_timing,
     )
-    first = engine.first_due_step()
+    first, end = engine.first_due_step(), engine.schedule.end_step
     if config.drop_fraction > 0 and config.update_end > 0 and not engine.is_update_step(first):
         warnings.warn(NO_TOPOLOGY_UPDATE.format(
             interval=f"'auto' (= {steps_per_epoch})" if interval == "auto" else interval,
             timing=config.update_timing, first=first, total=total_steps, epochs=max_epochs,
-            per_epoch=steps_per_epoch, end=engine.schedule.end_step,
-            update_end=config.update_end, drop=config.drop_fraction), UserWarning, stacklevel=7)
+            per_epoch=steps_per_epoch, last=end if engine.schedule(end) > 0 else max(end - 1, 0),
+            update_end=config.update_end, schedule=config.drop_schedule,
+            drop=config.drop_fraction), UserWarning, stacklevel=7)
     return engine
 
 

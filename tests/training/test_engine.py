@@ -123,7 +123,8 @@ def test_a_fit_too_short_for_its_update_interval_warns_once_at_the_start(data, t
     assert clf.n_topology_updates_ == 0 and clf.n_train_steps_ == 18
     assert f"update_interval=1000 with update_timing={timing!r} puts the first topology " \
         f"update at optimizer step {first}, but this fit takes 18 steps (max_epochs=2, 9 " \
-        "per epoch)" in message
+        "per epoch) and may change the topology up to step 18 only (update_end=1, " \
+        "drop_schedule='cosine_floor')" in message
     assert "Use a smaller update_interval ('auto' updates once per epoch)" in message
     assert record[0].filename == __file__  # the caller of fit
     # an interval short enough updates, and says nothing
