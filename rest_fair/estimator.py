@@ -214,6 +214,8 @@ class RESTClassifier(ClassifierMixin, BaseEstimator):
     module : str, nn.Module class, callable or instance, default="auto"
         ``"auto"`` (MLP for flat samples, the paper's small CNN for images), ``"mlp"``,
         ``"cnn"``, ``"resnet18"``, or a user module; see :func:`rest_fair.models.build_module`.
+        Lazy layers (``nn.LazyLinear``, ...) get their parameters from one pass of the first
+        training sample, in evaluation mode, before masks and optimizer are built.
     module_params : dict, default=None
         Keyword arguments of the module, e.g. ``{"hidden_layer_sizes": (256, 256)}``.
     max_epochs : int, default=100

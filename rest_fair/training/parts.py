@@ -16,8 +16,9 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.modules.lazy import LazyModuleMixin
 
-from .._data import BatchSource, _DatasetSource
+from .._data import BatchSource, _collate_inputs, _DatasetSource, fixed_global_rngs
 from ..objectives import make_objective
 from ..sparse import DropSchedule, DynamicSparsity, MaskSet
 from ..sparse.compute import SparseComputeConfig, make_sparse_compute
@@ -336,6 +337,33 @@ def _example_batch(data: TrainSet, batch_size: int,
     return first, n / size
 
 
+def _materialise_lazy(module: nn.Module, source: BatchSource, device: torch.device) -> None:
+    """Give the lazy layers of ``module`` (``nn.LazyLinear``, ``nn.LazyConv2d``, ...) their
+    parameters: the first training sample goes through the network once.
+
+    The pass runs in evaluation mode and without gradients (no dropout draw, no
+    BatchNorm statistics), each submodule's mode is put back after it, and a torch
+    Dataset's item is read with the global generators fixed, as its shape is; the lazy
+    layers draw their initial weights from torch's global generator, as at their first
+    call. A network without such layers is not touched.
+    """
+    if not any(isinstance(sub, LazyModuleMixin) and sub.has_uninitialized_params()
+               for sub in module.modules()):
+        return
+    if isinstance(source, _DatasetSource):
+        with fixed_global_rngs():
+            x = _collate_inputs([source.dataset[0]]).to(device)
+    else:
+        x = next(iter(source.batches(torch.arange(1), 1, device)))[0]
+    modes = {sub: sub.training for sub in module.modules()}
+    try:
+        with torch.no_grad():
+            module.eval()(x)
+    finally:
+        for sub, training in modes.items():
+            sub.training = training
+
+
 def build_parts(
     config: TrainConfig,
     module: nn.Module,
@@ -353,9 +381,11 @@ def build_parts(
 
     ``module`` is on ``world.device``; ``generator`` draws masks and random regrowth;
     ``masks`` are a warm start's and ``sparse_layers`` the layers a resumed run trained in
-    CSR form (see :func:`~rest_fair.sparse.compute.make_sparse_compute`).
+    CSR form (see :func:`~rest_fair.sparse.compute.make_sparse_compute`). Lazy layers of
+    ``module`` get their parameters first, from the first training sample.
     """
     device, batch_size = world.device, config.batch_size
+    _materialise_lazy(module, train.source, device)
     sparsity = make_sparsity(module, config.sparse, steps_per_epoch=train.sampler.steps_per_epoch,
                              max_epochs=config.max_epochs, generator=generator, masks=masks)
     example, example_scale = _example_batch(train, batch_size, device)

@@ -145,6 +145,35 @@ def test_static_masks_and_dense_fits_are_not_warned_about_topology_updates(data,
     assert clf.n_topology_updates_ == 0 and _topology_warnings(record) == []
 
 
+# ------------------------------------------------------------------ lazy layers
+def _lazy_net(n_classes):
+    return torch.nn.Sequential(torch.nn.LazyLinear(32), torch.nn.LazyBatchNorm1d(),
+                               torch.nn.ReLU(), torch.nn.Dropout(0.2),
+                               torch.nn.LazyLinear(n_classes))
+
+
+def _eager_net(n_classes):
+    return torch.nn.Sequential(torch.nn.Linear(12, 32), torch.nn.BatchNorm1d(32),
+                               torch.nn.ReLU(), torch.nn.Dropout(0.2),
+                               torch.nn.Linear(32, n_classes))
+
+
+@pytest.mark.parametrize("as_dataset", [False, True], ids=["array", "dataset"])
+def test_lazy_layers_get_their_parameters_before_the_masks(data, as_dataset):
+    # masks were built on uninitialised parameters: torch's "uninitialized parameter"
+    # error. One sample materialises them, drawing nothing else: the lazy network trains
+    # exactly as the same network built with its sizes
+    X, y, g = data
+    X_in = torch.utils.data.TensorDataset(torch.from_numpy(X)) if as_dataset else X
+    lazy = _clf(module=_lazy_net, module_params=None, max_epochs=2).fit(X_in, y, groups=g)
+    eager = _clf(module=_eager_net, module_params=None, max_epochs=2).fit(X_in, y, groups=g)
+    assert sorted(lazy.masks_) == ["0.weight", "4.weight"] and lazy.n_topology_updates_ > 0
+    np.testing.assert_array_equal(lazy.predict_proba(X), eager.predict_proba(X))
+    given = torch.nn.Sequential(torch.nn.LazyLinear(8), torch.nn.ReLU(), torch.nn.LazyLinear(3))
+    _clf(module=given, module_params=None, max_epochs=1).fit(X_in, y)
+    assert given[0].has_uninitialized_params()  # the user's module is not trained in place
+
+
 # ----------------------------------------------------------------- live callbacks
 def test_callbacks_see_the_live_network(data):
     X, y, g = data
