@@ -105,8 +105,8 @@ def test_with_one_step_per_epoch_updates_fall_on_the_epochs_last_step_as_documen
     assert "and never on the last step of an epoch" not in doc
 
 
-def _topology_warnings(record) -> list[str]:
-    return [str(w.message) for w in record if "the masks will never change" in str(w.message)]
+def _topology_warnings(record) -> list:
+    return [w for w in record if "the masks will never change" in str(w.message)]
 
 
 @pytest.mark.parametrize("timing", ["after_step", "mid_interval"])
@@ -118,7 +118,8 @@ def test_a_fit_too_short_for_its_update_interval_warns_once_at_the_start(data, t
     recipe = {**authors_recipe(), "max_epochs": 2, "batch_size": 64, "update_timing": timing}
     with pytest.warns(UserWarning, match="the masks will never change") as record:
         clf = RESTClassifier(sparsity=0.9, random_state=0, **recipe).fit(X, y, groups=g)
-    [message] = _topology_warnings(record)
+    [warned] = _topology_warnings(record)
+    message = str(warned.message)
     first = 1000 if timing == "after_step" else 500
     assert clf.n_topology_updates_ == 0 and clf.n_train_steps_ == 18
     assert f"update_interval=1000 with update_timing={timing!r} puts the first topology " \
@@ -126,7 +127,7 @@ def test_a_fit_too_short_for_its_update_interval_warns_once_at_the_start(data, t
         "per epoch) and may change the topology up to step 18 only (update_end=1, " \
         "drop_schedule='cosine_floor')" in message
     assert "Use a smaller update_interval ('auto' updates once per epoch)" in message
-    assert record[0].filename == __file__  # the caller of fit
+    assert warned.filename == __file__  # the caller of fit
     # an interval short enough updates, and says nothing
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
