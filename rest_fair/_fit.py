@@ -125,6 +125,13 @@ UNIFORM_ERROR_SET = (
     "keeps the same weight and the final model is trained as plain ERM. Fewer jtt_epochs "
     "(or a smaller lr) leave the identification model mistakes to find."
 )
+UNUSED_ERROR_SET = (
+    "infer_groups='jtt' with upweight={upweight!r} and objective='erm': upweight gives JTT's "
+    "error set the weight of the other samples and ERM does not read groups, so the final "
+    "model trains as with infer_groups=None and the identification model (jtt_epochs="
+    "{epochs}) trains only to fill inferred_groups_. Pass upweight (a number other than 1, "
+    "or 'balanced') or objective='groupdro' to use the error set, or infer_groups=None."
+)
 WARM_AND_RESUME = (
     "warm_start=True continues this fitted estimator's network, resume_from continues the "
     "run of a checkpoint: pass one of them (set warm_start=False to resume, or leave out "
@@ -569,12 +576,18 @@ def _built_run(est: Any, data: FitData, config: TrainConfig, callbacks: list, *,
             generator = torch.Generator().manual_seed(seed)
             upweight = est.upweight
             if est.infer_groups == "jtt":
+                if isinstance(upweight, Real):  # λ for the error set, in every class
+                    upweight = {False: 1.0, True: upweight}
+                alike = upweight is None or (isinstance(upweight, Mapping)
+                                             and upweight.get(False) == upweight.get(True))
+                if alike and est.objective == "erm" and world.is_main:
+                    warnings.warn(UNUSED_ERROR_SET.format(upweight=est.upweight,
+                                                          epochs=est.jtt_epochs),
+                                  UserWarning, stacklevel=5)  # the caller of RESTClassifier.fit
                 saved = checkpoint.get("extra", {}).get("jtt_errors")
                 errors = _jtt_errors(est, train, seed, saved, world)
                 train = replace(train, groups=errors.astype(np.int64),
                                 group_labels=[False, True], has_groups=True)
-                if isinstance(upweight, Real):  # λ for the error set, in every class
-                    upweight = {False: 1.0, True: upweight}
             train_set, weights = _train_set(
                 train, upweight=upweight, reweight=est.reweight, batch_size=est.batch_size,
                 num_workers=est.num_workers, generator=generator, world=world)

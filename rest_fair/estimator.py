@@ -176,9 +176,13 @@ class RESTClassifier(ClassifierMixin, BaseEstimator):
         authors used 1000 steps on their (much larger) data sets.
     update_timing : {"mid_interval", "after_step"}, default="mid_interval"
         Where updates fall. ``"mid_interval"``: in the middle of each interval, between
-        ``backward()`` and the optimizer step (which then trains the regrown weights), and
-        never on the last step of an epoch, so every validated model has trained since its
-        last topology change. ``"after_step"``: at every ``update_interval``-th step, after
+        ``backward()`` and the optimizer step (which then trains the regrown weights). With
+        more than one step per epoch, an update due on an epoch's last step moves to the
+        next step, so every validated model has trained for at least one step after the
+        step of its last topology change. With one step per epoch (e.g. a training set of
+        at most ``batch_size`` samples) every step is an epoch's last and updates fall
+        there: the model validated next has trained its regrown weights by that step's
+        optimizer step only. ``"after_step"``: at every ``update_interval``-th step, after
         the optimizer step, wherever that falls (the REST authors' code): an update on an
         epoch's last step is followed by validation at once, so a model whose regrown weights
         are still zero can be the one selected (with ``update_interval="auto"``, every epoch's
@@ -236,13 +240,18 @@ class RESTClassifier(ClassifierMixin, BaseEstimator):
         training samples form the group to upweight (JTT, Liu et al. 2021), so no group
         labels are needed for training. ``groups``, if given, then serve only for model
         selection on the held-out validation split and for ``inferred_groups_overlap_``.
+        The error set acts through ``upweight`` or ``objective="groupdro"``: with
+        ``objective="erm"`` and an ``upweight`` that weighs it as the rest (``None``, ``1``)
+        the final model trains as without it, with a warning.
     jtt_epochs : int, default=5
         Epochs of the JTT identification model.
     module : str, nn.Module class, callable or instance, default="auto"
         ``"auto"`` (MLP for flat samples, the paper's small CNN for images), ``"mlp"``,
         ``"cnn"``, ``"resnet18"``, or a user module, which must return one logit per class
         (shape ``(batch, n_classes)``; checked at every training step); see
-        :func:`rest_fair.models.build_module`.
+        :func:`rest_fair.models.build_module`. Lazy layers (``nn.LazyLinear``, ...) get their
+        parameters from one pass of the first training sample, in evaluation mode, before
+        masks and optimizer are built.
     module_params : dict, default=None
         Keyword arguments of the module, e.g. ``{"hidden_layer_sizes": (256, 256)}``.
     max_epochs : int, default=100

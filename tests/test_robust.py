@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -231,6 +234,26 @@ def test_a_diverged_identification_model_is_named_with_the_parameters_training_i
     with pytest.raises(TrainingDivergedError, match=r"^JTT's identification model .* "
                        r"jtt_epochs=2 epochs .*optimizer='sgd', lr=1e\+12 .* Training diverged"):
         clf.fit(X, y)
+
+
+@pytest.mark.parametrize("upweight", [None, 1.0, {False: 2.0, True: 2.0}])
+def test_an_error_set_that_nothing_uses_is_named(upweight):
+    # ERM with the error set weighed as the rest trains as without JTT: the identification
+    # model was trained for inferred_groups_ alone, and nothing said so
+    X, y, _ = _spurious(n=300)
+    params = dict(jtt_epochs=1, max_epochs=1, **FAST)
+    with pytest.warns(UserWarning, match=rf"infer_groups='jtt' with upweight="
+                      rf"{re.escape(repr(upweight))} and objective='erm': upweight gives "
+                      r"JTT's error set the weight of the other samples .* identification "
+                      r"model \(jtt_epochs=1\) trains only to fill inferred_groups_"):
+        clf = RESTClassifier(infer_groups="jtt", upweight=upweight, **params).fit(X, y)
+    plain = RESTClassifier(upweight=None, **params).fit(X, y)
+    np.testing.assert_array_equal(clf.predict_proba(X), plain.predict_proba(X))
+    for used in (dict(upweight=5.0), dict(upweight=None, objective="groupdro")):
+        with warnings.catch_warnings(record=True) as record:
+            warnings.simplefilter("always")
+            RESTClassifier(infer_groups="jtt", **used, **params).fit(X, y)
+        assert not [w for w in record if "infer_groups='jtt' with" in str(w.message)]
 
 
 def test_an_error_set_of_samples_of_weight_zero_is_named_empty(monkeypatch):

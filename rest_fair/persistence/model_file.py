@@ -715,10 +715,12 @@ def read_module(
             return build_module(name, input_shape=tuple(input_shape), n_classes=int(n_classes),
                                 module_params=params)
 
+        found = {e["name"]: tuple(int(d) for d in e["shape"]) for e in entries}
         with contextlib.nullcontext() if module is not None else torch.device("meta"):
             reference = module if module is not None else build()
-            expected = {k: tuple(v.shape) for k, v in reference.state_dict().items()}
-        found = {e["name"]: tuple(int(d) for d in e["shape"]) for e in entries}
+            # a lazy layer's tensors take the file's shapes when loaded
+            expected = {k: found.get(k, ("uninitialised",)) if nn.parameter.is_lazy(v)
+                        else tuple(v.shape) for k, v in reference.state_dict().items()}
         details = shape_differences(found, expected, ("in the file", "in the network"))
         if details:
             raise ModelFileError(_BAD_HEADER.format(
@@ -790,7 +792,8 @@ def load(
         The file.
     module : nn.Module or None, default=None
         For a file holding a module whose architecture is not built-in: an instance to
-        receive the weights (a deep copy is loaded and returned).
+        receive the weights (a deep copy is loaded and returned). Its lazy layers
+        (``nn.LazyLinear``, ...) take the shapes of the file's tensors.
     estimator_class : type or None, default=None
         For a file holding an estimator: the class that reads it (``estimator_class.load``).
         Without it, :class:`~rest_fair.RESTClassifier` reads it, with a ``FutureWarning``

@@ -20,11 +20,14 @@ An update is *due* at optimizer step ``s`` (1-based) when ``s`` is on the update
 ``s % update_interval == update_interval // 2``: updates sit in the middle of their
 interval rather than at its end. Because validation (and so checkpoint selection) happens
 after the last step of an epoch, an update that would fall on an epoch's last step is moved
-to the first step of the next epoch. Together with the order inside a step (the topology
-changes *before* the optimizer step, so the batch that chose the regrown weights also
-trains them), no model is ever validated right after losing the fraction ``f_t`` of its
-weights to freshly regrown zeros: with ``update_interval="auto"`` (once per epoch), half
-an epoch of training separates each update from the next validation.
+to the first step of the next epoch, where an epoch has more than one step. Together with
+the order inside a step (the topology changes *before* the optimizer step, so the batch
+that chose the regrown weights also trains them), no model is validated right after losing
+the fraction ``f_t`` of its weights to freshly regrown zeros: with
+``update_interval="auto"`` (once per epoch), half an epoch of training separates each
+update from the next validation. With one step per epoch every step is an epoch's last, and
+an update stays on its step: the model validated after it has had that step's optimizer
+step only.
 """
 
 from __future__ import annotations
@@ -38,7 +41,8 @@ from .schedules import DropSchedule
 __all__ = ["UPDATE_TIMINGS", "DynamicSparsity"]
 
 #: Where topology updates fall (``update_timing``): in the middle of each interval before
-#: the optimizer step, never on an epoch's last step; or at every interval's end, after it.
+#: the optimizer step, not on the last step of an epoch of several steps; or at every
+#: interval's end, after it.
 UPDATE_TIMINGS = ("mid_interval", "after_step")
 _NO_PLAN = (
     "the topology update of step {step} was not prepared; call prepare_step(step) before "
@@ -148,6 +152,18 @@ class DynamicSparsity:
                 self._on_phase(step - 1) and self._epoch_end(step - 1)
             )
         return due and step <= self.schedule.end_step and self.schedule(step) > 0.0
+
+    def first_due_step(self) -> int:
+        """The first optimizer step that ``update_interval`` and ``update_timing`` make due.
+
+        The topology changes there unless the step is past the schedule's ``end_step`` or
+        its drop fraction is 0; the drop fraction never grows again, so when
+        :meth:`is_update_step` is false there, no step of the run changes the topology.
+        """
+        if self.after_optimizer_step:
+            return self.update_interval
+        step = max(self.update_interval // 2, 1)
+        return step + self._epoch_end(step)  # moved to the next epoch's first step
 
     # -- the calls of a training step -----------------------------------------------------
     def prepare_step(self, step: int) -> None:

@@ -8,6 +8,7 @@ scheduler, objective, sparse engine, data, precision, callbacks and world -- fro
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -15,8 +16,9 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.modules.lazy import LazyModuleMixin
 
-from .._data import BatchSource, _DatasetSource
+from .._data import BatchSource, _collate_inputs, _DatasetSource, fixed_global_rngs
 from ..objectives import make_objective
 from ..sparse import DropSchedule, DynamicSparsity, MaskSet
 from ..sparse.compute import SparseComputeConfig, make_sparse_compute
@@ -49,6 +51,17 @@ ADAM_LR_OVERFLOW = (
     "computes. Use lr <= {most:.4g}, or optimizer='sgd'."
 )
 _FLOAT32_MAX = float(torch.finfo(torch.float32).max)
+#: Dynamic sparse training asked for (a drop fraction above 0) in a fit too short for it.
+NO_TOPOLOGY_UPDATE = (
+    "update_interval={interval} with update_timing={timing!r} puts the first topology "
+    "update at optimizer step {first}, but this fit takes {total} steps "
+    "(max_epochs={epochs}, {per_epoch} per epoch) and may change the topology up to step "
+    "{last} only (update_end={update_end:g}, drop_schedule={schedule!r}): the masks will "
+    "never change, so the network trains with its initial masks (static sparse training) "
+    "although drop_fraction={drop:g} asks for dynamic sparse training. Use a smaller "
+    "update_interval ('auto' updates once per epoch), more max_epochs or a larger "
+    "update_end; drop_fraction=0 trains a static mask without this warning."
+)
 
 
 @dataclass(frozen=True)
@@ -263,7 +276,8 @@ def make_sparsity(
     largest weights of each layer as they are (pretrained weights). ``steps_per_epoch``
     and ``max_epochs`` place the updates (``update_interval="auto"``: once per epoch) and
     scale the drop schedule; ``generator`` draws masks and random regrowth; ``masks`` (a
-    warm start) replace new ones.
+    warm start) replace new ones. Warns (:data:`NO_TOPOLOGY_UPDATE`) where a drop fraction
+    above 0 and ``update_end`` above 0 ask for topology updates and none falls in the run.
     """
     if config.sparsity <= 0:
         return None
@@ -281,7 +295,7 @@ def make_sparsity(
         mask_set.rescale_init_()
     total_steps = steps_per_epoch * max_epochs
     interval = config.update_interval
-    return DynamicSparsity(
+    engine = DynamicSparsity(
         mask_set,
         schedule=DropSchedule(config.drop_fraction, int(config.update_end * total_steps),
                               config.drop_schedule),
@@ -291,6 +305,15 @@ def make_sparsity(
         steps_per_epoch=steps_per_epoch,
         update_timing=config.update_timing,
     )
+    first, end = engine.first_due_step(), engine.schedule.end_step
+    if config.drop_fraction > 0 and config.update_end > 0 and not engine.is_update_step(first):
+        warnings.warn(NO_TOPOLOGY_UPDATE.format(
+            interval=f"'auto' (= {steps_per_epoch})" if interval == "auto" else interval,
+            timing=config.update_timing, first=first, total=total_steps, epochs=max_epochs,
+            per_epoch=steps_per_epoch, last=end if engine.schedule(end) > 0 else max(end - 1, 0),
+            update_end=config.update_end, schedule=config.drop_schedule,
+            drop=config.drop_fraction), UserWarning, stacklevel=7)
+    return engine
 
 
 def _example_batch(data: TrainSet, batch_size: int,
@@ -314,6 +337,33 @@ def _example_batch(data: TrainSet, batch_size: int,
     return first, n / size
 
 
+def _materialise_lazy(module: nn.Module, source: BatchSource, device: torch.device) -> None:
+    """Give the lazy layers of ``module`` (``nn.LazyLinear``, ``nn.LazyConv2d``, ...) their
+    parameters: the first training sample goes through the network once.
+
+    The pass runs in evaluation mode and without gradients (no dropout draw, no
+    BatchNorm statistics), each submodule's mode is put back after it, and a torch
+    Dataset's item is read with the global generators fixed, as its shape is; the lazy
+    layers draw their initial weights from torch's global generator, as at their first
+    call. A network without such layers is not touched.
+    """
+    if not any(isinstance(sub, LazyModuleMixin) and sub.has_uninitialized_params()
+               for sub in module.modules()):
+        return
+    if isinstance(source, _DatasetSource):
+        with fixed_global_rngs():
+            x = _collate_inputs([source.dataset[0]]).to(device)
+    else:
+        x = next(iter(source.batches(torch.arange(1), 1, device)))[0]
+    modes = {sub: sub.training for sub in module.modules()}
+    try:
+        with torch.no_grad():
+            module.eval()(x)
+    finally:
+        for sub, training in modes.items():
+            sub.training = training
+
+
 def build_parts(
     config: TrainConfig,
     module: nn.Module,
@@ -331,9 +381,11 @@ def build_parts(
 
     ``module`` is on ``world.device``; ``generator`` draws masks and random regrowth;
     ``masks`` are a warm start's and ``sparse_layers`` the layers a resumed run trained in
-    CSR form (see :func:`~rest_fair.sparse.compute.make_sparse_compute`).
+    CSR form (see :func:`~rest_fair.sparse.compute.make_sparse_compute`). Lazy layers of
+    ``module`` get their parameters first, from the first training sample.
     """
     device, batch_size = world.device, config.batch_size
+    _materialise_lazy(module, train.source, device)
     sparsity = make_sparsity(module, config.sparse, steps_per_epoch=train.sampler.steps_per_epoch,
                              max_epochs=config.max_epochs, generator=generator, masks=masks)
     example, example_scale = _example_batch(train, batch_size, device)

@@ -87,6 +87,25 @@ def test_metadata_naming_a_built_in_network_without_its_shape_says_so(tmp_path):
     assert _state_equal(loaded, net)
 
 
+def test_a_module_with_lazy_layers_loads_the_files_shapes(tmp_path):
+    # the shape check read the lazy layers' uninitialised shapes and failed
+    def lazy():
+        return torch.nn.Sequential(torch.nn.LazyLinear(256), torch.nn.ReLU(),
+                                   torch.nn.LazyLinear(128), torch.nn.ReLU(),
+                                   torch.nn.LazyLinear(3))
+
+    net, masks = _masked_mlp(0.1)
+    flat = torch.nn.Sequential(*[layer for layer in net.modules()
+                                 if isinstance(layer, (torch.nn.Linear, torch.nn.ReLU))])
+    flat_masks = {f"{i}.weight": masks[name] for i, name in
+                  zip((0, 2, 4), [n for n in masks], strict=True)}
+    save((flat, flat_masks, {}), tmp_path / "m.rest")
+    loaded, loaded_masks, _ = load(tmp_path / "m.rest", module=lazy())
+    assert _state_equal(loaded, flat) and loaded_masks.keys() == flat_masks.keys()
+    with pytest.raises(ModelFileError, match="do not match the architecture"):
+        load(tmp_path / "m.rest", module=torch.nn.Sequential(*lazy(), torch.nn.LazyLinear(2)))
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16], ids=str)
 def test_a_module_comes_back_in_the_dtype_it_was_saved_in(tmp_path, dtype):
     net, masks = _masked_mlp(0.1)

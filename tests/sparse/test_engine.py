@@ -471,6 +471,19 @@ def test_updates_never_fall_on_the_last_step_of_an_epoch():
     assert all(engine.is_update_step(s) for s in range(1, 20))
 
 
+@pytest.mark.parametrize("timing", ["mid_interval", "after_step"])
+def test_the_first_due_step_is_the_first_update_and_none_follows_if_it_is_not(timing):
+    net = nn.Sequential(nn.Linear(8, 8))
+    masks = MaskSet.from_module(net, density=0.5, generator=torch.Generator().manual_seed(0))
+    for interval, spe in [(1, 1), (1, 5), (2, 4), (8, 4), (9, 4), (1000, 2), (30, 7)]:
+        for end in (10_000, 20, 3, 0):
+            engine = DynamicSparsity(masks, schedule=DropSchedule(0.3, end), update_timing=timing,
+                                     update_interval=interval, steps_per_epoch=spe)
+            due = [s for s in range(1, 2_001) if engine.is_update_step(s)]
+            first = engine.first_due_step()
+            assert (due[:1] == [first]) if engine.is_update_step(first) else due == []
+
+
 def test_a_tied_weight_regrows_by_the_gradient_of_all_its_uses():
     # one nn.Linear called twice and a second layer holding the same weight: one mask,
     # exact counts, and RigL reads the summed gradient of the three uses

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -88,6 +90,89 @@ def test_no_validated_epoch_directly_follows_an_update(data, interval):
     if interval == "auto":  # mid-epoch: half an epoch of training before validation
         assert min(log.steps_since) >= steps_per_epoch // 2
     assert "steps_since_update" in clf.history_[-1]  # callbacks may add keys
+
+
+def test_with_one_step_per_epoch_updates_fall_on_the_epochs_last_step_as_documented(data):
+    # every step ends an epoch: there is no other step to move an update to
+    X, y, g = data
+    log = _UpdateLog()
+    clf = _clf(batch_size=1024, max_epochs=4, callbacks=[log]).fit(X, y, groups=g)
+    assert clf.n_train_steps_ == 4 and clf.n_topology_updates_ == 2  # steps 1 and 2
+    assert log.steps_since[:2] == [1, 1]  # validated after the update's own step only
+    doc = " ".join(RESTClassifier.__doc__.split())
+    assert "With one step per epoch (e.g. a training set of at most ``batch_size`` " \
+        "samples) every step is an epoch's last and updates fall there" in doc
+    assert "and never on the last step of an epoch" not in doc
+
+
+def _topology_warnings(record) -> list:
+    return [w for w in record if "the masks will never change" in str(w.message)]
+
+
+@pytest.mark.parametrize("timing", ["after_step", "mid_interval"])
+def test_a_fit_too_short_for_its_update_interval_warns_once_at_the_start(data, timing):
+    # the authors' recipe updates every 1000 steps: a 540-sample fit of 2 epochs takes 18
+    from rest_fair.recipes import authors_recipe
+
+    X, y, g = data
+    recipe = {**authors_recipe(), "max_epochs": 2, "batch_size": 64, "update_timing": timing}
+    with pytest.warns(UserWarning, match="the masks will never change") as record:
+        clf = RESTClassifier(sparsity=0.9, random_state=0, **recipe).fit(X, y, groups=g)
+    [warned] = _topology_warnings(record)
+    message = str(warned.message)
+    first = 1000 if timing == "after_step" else 500
+    assert clf.n_topology_updates_ == 0 and clf.n_train_steps_ == 18
+    assert f"update_interval=1000 with update_timing={timing!r} puts the first topology " \
+        f"update at optimizer step {first}, but this fit takes 18 steps (max_epochs=2, 9 " \
+        "per epoch) and may change the topology up to step 18 only (update_end=1, " \
+        "drop_schedule='cosine_floor')" in message
+    assert "Use a smaller update_interval ('auto' updates once per epoch)" in message
+    assert warned.filename == __file__  # the caller of fit
+    # an interval short enough updates, and says nothing
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        clf = RESTClassifier(sparsity=0.9, random_state=0, **{**recipe, "update_interval": 16}
+                             ).fit(X, y, groups=g)
+    assert clf.n_topology_updates_ == 1 and _topology_warnings(record) == []
+
+
+@pytest.mark.parametrize("params", [{"drop_fraction": 0.0}, {"update_end": 0.0},
+                                    {"sparsity": 0.0}], ids=["no-drop", "no-end", "dense"])
+def test_static_masks_and_dense_fits_are_not_warned_about_topology_updates(data, params):
+    X, y, g = data
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        clf = _clf(max_epochs=1, update_interval=1000, **params).fit(X, y, groups=g)
+    assert clf.n_topology_updates_ == 0 and _topology_warnings(record) == []
+
+
+# ------------------------------------------------------------------ lazy layers
+def _lazy_net(n_classes):
+    return torch.nn.Sequential(torch.nn.LazyLinear(32), torch.nn.LazyBatchNorm1d(),
+                               torch.nn.ReLU(), torch.nn.Dropout(0.2),
+                               torch.nn.LazyLinear(n_classes))
+
+
+def _eager_net(n_classes):
+    return torch.nn.Sequential(torch.nn.Linear(12, 32), torch.nn.BatchNorm1d(32),
+                               torch.nn.ReLU(), torch.nn.Dropout(0.2),
+                               torch.nn.Linear(32, n_classes))
+
+
+@pytest.mark.parametrize("as_dataset", [False, True], ids=["array", "dataset"])
+def test_lazy_layers_get_their_parameters_before_the_masks(data, as_dataset):
+    # masks were built on uninitialised parameters: torch's "uninitialized parameter"
+    # error. One sample materialises them, drawing nothing else: the lazy network trains
+    # exactly as the same network built with its sizes
+    X, y, g = data
+    X_in = torch.utils.data.TensorDataset(torch.from_numpy(X)) if as_dataset else X
+    lazy = _clf(module=_lazy_net, module_params=None, max_epochs=2).fit(X_in, y, groups=g)
+    eager = _clf(module=_eager_net, module_params=None, max_epochs=2).fit(X_in, y, groups=g)
+    assert sorted(lazy.masks_) == ["0.weight", "4.weight"] and lazy.n_topology_updates_ > 0
+    np.testing.assert_array_equal(lazy.predict_proba(X), eager.predict_proba(X))
+    given = torch.nn.Sequential(torch.nn.LazyLinear(8), torch.nn.ReLU(), torch.nn.LazyLinear(3))
+    _clf(module=given, module_params=None, max_epochs=1).fit(X_in, y)
+    assert given[0].has_uninitialized_params()  # the user's module is not trained in place
 
 
 # ----------------------------------------------------------------- live callbacks
