@@ -270,6 +270,8 @@ class TrainingRun:
             self.parts.forward_module.train()
             while self.state.epoch < self.parts.max_epochs and not self.state.stopped:
                 self.run_single_epoch()
+            if self.parts.valid is None:
+                self._check_kept_output()
         finally:
             if self.parts.sparsity is not None:
                 # sparse-compute layers go back to dense nn.Linear (with their optimizer state)
@@ -435,6 +437,22 @@ class TrainingRun:
         acc = float(hits.sum()) / n
         wga = float((hits[present] / totals[present]).min()) if present.any() else acc
         return {"valid_loss": float(loss_sum) / n, "valid_acc": acc, "valid_worst_group_acc": wga}
+
+    def _check_kept_output(self) -> None:
+        """Without validation data the last epoch is kept, unseen since its last step:
+        raise :class:`~rest_fair.exceptions.TrainingDivergedError` on every rank if its
+        float32 output on one evaluation batch of training samples (shared by the ranks) is
+        not finite."""
+        p, s = self.parts, self.state
+        sampler = p.train.sampler
+        order = torch.arange(min(sampler.n_samples, p.eval_batch_size))
+        order = (order if sampler.rows is None else sampler.rows[order])[
+            shard_range(len(order), p.world.rank, p.world.world_size)]
+        logits = predict_logits(p.module, p.train.source, batch_size=p.eval_batch_size,
+                                device=p.device, order=order)
+        if p.world.any(not bool(torch.isfinite(logits).all())):
+            self._diverged(s.epoch_offset + s.epoch, "network output on the training data",
+                           "non-finite")
 
     def select(self, record: dict, epoch: int) -> bool:
         """Keep the weights of this epoch if it is the best so far; return whether it is.

@@ -26,7 +26,7 @@ from torch import nn
 
 from rest_fair import RESTClassifier
 from rest_fair.callbacks import Callback, Checkpoint
-from rest_fair.exceptions import DistributedError, MaskDivergenceError
+from rest_fair.exceptions import DistributedError, MaskDivergenceError, TrainingDivergedError
 from rest_fair.training import sampler as sampler_module
 
 LAMBDA = 5.0
@@ -280,6 +280,17 @@ def scenario_diverge(log: DrawLog, out: Path, distributed) -> dict:
     return {"error": None, "layer": tamper.layer}
 
 
+def scenario_diverge_unvalidated(log: DrawLog, out: Path, distributed) -> dict:
+    """No validation data, one step at lr 1e30: the kept weights' output overflows."""
+    X, y, g = TRAIN
+    try:
+        RESTClassifier(**{**PARAMS, "lr": 1e30, "max_epochs": 1, "batch_size": 1024},
+                       validation_fraction=0.0, distributed=distributed).fit(X, y, groups=g)
+    except TrainingDivergedError as exc:
+        return {"error": str(exc)}
+    return {"error": None}
+
+
 def scenario_different_data(log: DrawLog, out: Path, distributed) -> dict:
     """Rank 1 calls fit with one value changed: refused on every rank before training."""
     X, y, g = TRAIN
@@ -381,6 +392,7 @@ SCENARIOS = {
     "resume": scenario_resume,
     "resume_other_world": scenario_resume_other_world,
     "diverge": scenario_diverge,
+    "diverge_unvalidated": scenario_diverge_unvalidated,
     "different_data": scenario_different_data,
     "different_validation": scenario_different_validation,
     "callback_error": scenario_callback_error,

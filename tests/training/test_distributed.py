@@ -491,6 +491,12 @@ def test_one_process_resumes_a_two_rank_checkpoint(two_ranks, one_process):
         np.testing.assert_array_equal(clf.predict(worker.TEST[0]), uninterrupted["pred"])
 
 
+def test_a_kept_epoch_whose_output_overflows_fails_on_every_rank(two_ranks):
+    for result in two_ranks["diverge_unvalidated"]:
+        assert "epoch 1: the network output on the training data became non-finite" in (
+            result["error"] or "")
+
+
 def test_ranks_given_different_data_are_refused(two_ranks):
     for result in two_ranks["different_data"]:
         assert result["error"] is not None
