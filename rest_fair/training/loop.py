@@ -538,6 +538,11 @@ class TrainingRun:
         run did not have (it ran on fewer ranks), or any rank but 0 of a checkpoint written
         before the states were kept per rank, keeps the stream it was given when the run was
         built: a fresh one, derived from the seed and its rank.
+
+        The step counter resumes at the start of the epoch that follows, counted in this
+        run's steps per epoch, which a run on another number of ranks can differ from (its
+        trailing partial batch kept or dropped): the topology updates and the drop schedule
+        then follow this run's epochs; ``step_offset`` keeps the count of the steps taken.
         """
         p = self.parts
         # masks first: a sparse-compute layer reads its weights at its current pattern
@@ -559,6 +564,9 @@ class TrainingRun:
         if own is not None and p.device.type == "cuda":
             torch.cuda.set_rng_state(own, p.device)
         self.state = TrainState.from_state_dict(state["train_state"])
+        steps = self.state.epoch * p.train.sampler.steps_per_epoch
+        self.state.step_offset += self.state.step - steps
+        self.state.step = steps
         # a checkpoint written at the best epoch holds the best weights and masks once, in
         # storage shared with the current ones, which become live: the best copy gets its own
         loaded = [t for key, value in state.items() if key != "train_state"

@@ -253,6 +253,40 @@ def scenario_resume_other_world(log: DrawLog, out: Path, distributed) -> dict:
     return {**_summary(clf), "history_list": clf.history_}
 
 
+class Updates(Callback):
+    """The steps of the topology updates and of the epoch ends."""
+
+    def __init__(self) -> None:
+        self.updates: list = []
+        self.epoch_ends: list = []
+
+    def on_topology_update(self, net, *, step, **kwargs):
+        self.updates.append(step)
+
+    def on_epoch_end(self, net, *, run, **kwargs):
+        self.epoch_ends.append(run.state.step)
+
+
+def scenario_resume_fewer_steps(log: DrawLog, out: Path, distributed) -> dict:
+    """Two ranks resume a one-process checkpoint of 195 samples in batches of 64: one
+    process trains 4 steps an epoch, two ranks 3 (the trailing 3 samples, one a rank, are
+    dropped). Rank 0 writes the checkpoint (after epoch 2) while rank 1 waits."""
+    X, y, _ = make_data(195, 2, 0.1)
+    params = {**PARAMS, "update_interval": 2, "validation_fraction": 0.0}
+    directory = out / "fewer-steps-checkpoint"
+    if rank() == 0:
+        try:
+            RESTClassifier(**params, callbacks=[Checkpoint(directory), Preempt()],
+                           distributed=False).fit(X, y)
+        except KeyboardInterrupt:
+            pass
+    resumed, full = Updates(), Updates()
+    clf = RESTClassifier(**params, callbacks=[resumed], distributed=distributed).fit(
+        X, y, resume_from=directory)
+    RESTClassifier(**params, callbacks=[full], distributed=distributed).fit(X, y)
+    return {"resumed": vars(resumed), "full": vars(full), "n_train_steps": clf.n_train_steps_}
+
+
 class Tamper(Callback):
     """Changes one mask position on rank 1 only (what the divergence check must catch)."""
 
@@ -391,6 +425,7 @@ SCENARIOS = {
     "weighted": scenario_weighted,
     "resume": scenario_resume,
     "resume_other_world": scenario_resume_other_world,
+    "resume_fewer_steps": scenario_resume_fewer_steps,
     "diverge": scenario_diverge,
     "diverge_unvalidated": scenario_diverge_unvalidated,
     "different_data": scenario_different_data,

@@ -468,6 +468,17 @@ def test_two_ranks_resume_a_one_process_checkpoint(two_ranks, one_process):
     assert abs(rank0["wga"] - one_process["rest"]["wga"]) <= 0.05
 
 
+def test_a_checkpoint_of_more_steps_per_epoch_resumes_on_this_runs_epochs(two_ranks):
+    """The step counter went on from the one-process run's 8 steps, so the resumed epochs
+    ended at steps 11 and 14 and the drop schedule, whose end (step 9) is counted in the
+    two ranks' steps, had passed: no topology update followed."""
+    for result in two_ranks["resume_fewer_steps"]:
+        resumed, full = result["resumed"], result["full"]
+        assert resumed["epoch_ends"] == full["epoch_ends"][2:] == [9, 12]
+        assert resumed["updates"] == [s for s in full["updates"] if s > 6] != []
+        assert result["n_train_steps"] == 2 * 4 + 2 * 3  # the steps taken
+
+
 def test_one_process_resumes_a_two_rank_checkpoint(two_ranks, one_process):
     """Written by rank 0 of two after epoch 2, continued in one process: the model that
     the uninterrupted runs train, up to the order of floating-point sums."""
