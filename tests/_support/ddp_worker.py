@@ -368,6 +368,32 @@ def scenario_callback_error(log: DrawLog, out: Path, distributed) -> dict:
     return {"error": None}
 
 
+class LookupNet(nn.Module):
+    """A linear network whose third forward fails with an error of its own."""
+
+    def __init__(self, input_shape, n_classes):
+        super().__init__()
+        self.fc = nn.Linear(int(np.prod(input_shape)), n_classes)
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        if self.calls == 3:
+            raise RuntimeError("feature store lookup timed out")
+        return self.fc(x)
+
+
+def scenario_module_error(log: DrawLog, out: Path, distributed) -> dict:
+    """A module's own RuntimeError, whatever its words, reaches the user unchanged."""
+    X, y, g = TRAIN
+    try:
+        RESTClassifier(**{**PARAMS, "module": LookupNet, "module_params": None},
+                       distributed=distributed).fit(X, y, groups=g)
+    except Exception as exc:
+        return {"error": f"{type(exc).__name__}: {exc}"}
+    return {"error": None}
+
+
 #: each training forward's dropout mask of :class:`DropoutNet`, in this process
 DROPOUT_MASKS: list = []
 
@@ -431,6 +457,7 @@ SCENARIOS = {
     "different_data": scenario_different_data,
     "different_validation": scenario_different_validation,
     "callback_error": scenario_callback_error,
+    "module_error": scenario_module_error,
     "dropout": scenario_dropout,
 }
 

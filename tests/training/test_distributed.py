@@ -526,6 +526,11 @@ def test_a_callbacks_own_error_is_not_called_a_failed_collective(two_ranks):
                                    "by the tracking server")
 
 
+def test_a_modules_own_error_is_not_called_a_failed_collective(two_ranks):
+    for result in two_ranks["module_error"]:
+        assert result["error"] == "RuntimeError: feature store lookup timed out"
+
+
 def test_mask_divergence_is_detected_on_every_rank(two_ranks):
     for result in two_ranks["diverge"]:
         assert result["error"] is not None
