@@ -284,14 +284,18 @@ def resolve_distributed(
                               device=device, backend=backend, timeout=float(timeout))
 
 
-def _from_callback(exc: BaseException) -> bool:
-    """Whether ``exc`` was raised inside a callback (a user's error, whatever it says)."""
-    tb = exc.__traceback__
+def _from_user_code(exc: BaseException) -> bool:
+    """Whether ``exc`` is a user's error, whatever it says: raised inside a callback, or
+    raised by code outside torch and rest_fair (a module's ``forward``, a Dataset's item)."""
+    tb, raised_in = exc.__traceback__, None
     while tb is not None:
         if isinstance(tb.tb_frame.f_locals.get("self"), Callback):
             return True
+        raised_in = os.path.abspath(tb.tb_frame.f_code.co_filename)
         tb = tb.tb_next
-    return False
+    ours = (os.path.dirname(os.path.abspath(torch.__file__)),
+            os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    return raised_in is not None and not raised_in.startswith(tuple(p + os.sep for p in ours))
 
 
 @contextlib.contextmanager
@@ -299,10 +303,10 @@ def translate_failures(timeout: float) -> Iterator[None]:
     """Turn a failed collective into a :class:`DistributedError` that says what happened.
 
     Translated are communication errors (``torch.distributed.DistError``, or a
-    ``RuntimeError`` naming gloo, NCCL, c10d, a connection or a timeout that was not raised
-    by a callback) raised while a process group of more than one rank is initialised, and
-    the ``DistError`` of a failed rendezvous (rank and world size then read from the
-    environment); everything else passes through unchanged.
+    ``RuntimeError`` naming gloo, NCCL, c10d, a connection or a timeout that was raised
+    inside torch or rest_fair, not by a callback) raised while a process group of more
+    than one rank is initialised, and the ``DistError`` of a failed rendezvous (rank and
+    world size then read from the environment); everything else passes through unchanged.
     """
     try:
         yield
@@ -313,7 +317,7 @@ def translate_failures(timeout: float) -> Iterator[None]:
 
         dist_error = isinstance(exc, getattr(dist, "DistError", ()))  # torch >= 2.1
         comm_error = dist_error or (isinstance(exc, RuntimeError) and any(
-            m in str(exc).lower() for m in _COMM_ERROR_MARKERS) and not _from_callback(exc))
+            m in str(exc).lower() for m in _COMM_ERROR_MARKERS) and not _from_user_code(exc))
         if dist.is_available() and dist.is_initialized():
             if dist.get_world_size() < 2 or not comm_error:
                 raise

@@ -278,6 +278,8 @@ class TrainingRun:
             self.parts.forward_module.train()
             while self.state.epoch < self.parts.max_epochs and not self.state.stopped:
                 self.run_single_epoch()
+            if self.parts.valid is None:
+                self._check_kept_output()
         finally:
             if self.parts.sparsity is not None:
                 # sparse-compute layers go back to dense nn.Linear (with their optimizer state)
@@ -444,6 +446,22 @@ class TrainingRun:
         wga = float((hits[present] / totals[present]).min()) if present.any() else acc
         return {"valid_loss": float(loss_sum) / n, "valid_acc": acc, "valid_worst_group_acc": wga}
 
+    def _check_kept_output(self) -> None:
+        """Without validation data the last epoch is kept, unseen since its last step:
+        raise :class:`~rest_fair.exceptions.TrainingDivergedError` on every rank if its
+        float32 output on one evaluation batch of training samples (shared by the ranks) is
+        not finite."""
+        p, s = self.parts, self.state
+        sampler = p.train.sampler
+        order = torch.arange(min(sampler.n_samples, p.eval_batch_size))
+        order = (order if sampler.rows is None else sampler.rows[order])[
+            shard_range(len(order), p.world.rank, p.world.world_size)]
+        logits = predict_logits(p.module, p.train.source, batch_size=p.eval_batch_size,
+                                device=p.device, order=order)
+        if p.world.any(not bool(torch.isfinite(logits).all())):
+            self._diverged(s.epoch_offset + s.epoch, "network output on the training data",
+                           "non-finite")
+
     def select(self, record: dict, epoch: int) -> bool:
         """Keep the weights of this epoch if it is the best so far; return whether it is.
 
@@ -528,6 +546,11 @@ class TrainingRun:
         run did not have (it ran on fewer ranks), or any rank but 0 of a checkpoint written
         before the states were kept per rank, keeps the stream it was given when the run was
         built: a fresh one, derived from the seed and its rank.
+
+        The step counter resumes at the start of the epoch that follows, counted in this
+        run's steps per epoch, which a run on another number of ranks can differ from (its
+        trailing partial batch kept or dropped): the topology updates and the drop schedule
+        then follow this run's epochs; ``step_offset`` keeps the count of the steps taken.
         """
         p = self.parts
         details = shape_differences({k: v.shape for k, v in state["module"].items()},
@@ -554,6 +577,9 @@ class TrainingRun:
         if own is not None and p.device.type == "cuda":
             torch.cuda.set_rng_state(own, p.device)
         self.state = TrainState.from_state_dict(state["train_state"])
+        steps = self.state.epoch * p.train.sampler.steps_per_epoch
+        self.state.step_offset += self.state.step - steps
+        self.state.step = steps
         # a checkpoint written at the best epoch holds the best weights and masks once, in
         # storage shared with the current ones, which become live: the best copy gets its own
         loaded = [t for key, value in state.items() if key != "train_state"

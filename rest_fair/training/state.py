@@ -42,7 +42,8 @@ class TrainState:
         Epochs of earlier fits continued by a warm start (history numbering goes on).
     step_offset, update_offset : int
         Optimizer steps and topology updates of those earlier fits (the fitted counters
-        go on, also when a checkpoint of the warm start is resumed).
+        go on, also when a checkpoint of the warm start is resumed); ``step_offset`` also
+        holds the steps a resumed checkpoint took beyond this run's count of its epochs.
     """
 
     epoch: int = 0

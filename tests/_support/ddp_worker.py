@@ -26,7 +26,7 @@ from torch import nn
 
 from rest_fair import RESTClassifier
 from rest_fair.callbacks import Callback, Checkpoint
-from rest_fair.exceptions import DistributedError, MaskDivergenceError
+from rest_fair.exceptions import DistributedError, MaskDivergenceError, TrainingDivergedError
 from rest_fair.training import sampler as sampler_module
 
 LAMBDA = 5.0
@@ -253,6 +253,40 @@ def scenario_resume_other_world(log: DrawLog, out: Path, distributed) -> dict:
     return {**_summary(clf), "history_list": clf.history_}
 
 
+class Updates(Callback):
+    """The steps of the topology updates and of the epoch ends."""
+
+    def __init__(self) -> None:
+        self.updates: list = []
+        self.epoch_ends: list = []
+
+    def on_topology_update(self, net, *, step, **kwargs):
+        self.updates.append(step)
+
+    def on_epoch_end(self, net, *, run, **kwargs):
+        self.epoch_ends.append(run.state.step)
+
+
+def scenario_resume_fewer_steps(log: DrawLog, out: Path, distributed) -> dict:
+    """Two ranks resume a one-process checkpoint of 195 samples in batches of 64: one
+    process trains 4 steps an epoch, two ranks 3 (the trailing 3 samples, one a rank, are
+    dropped). Rank 0 writes the checkpoint (after epoch 2) while rank 1 waits."""
+    X, y, _ = make_data(195, 2, 0.1)
+    params = {**PARAMS, "update_interval": 2, "validation_fraction": 0.0}
+    directory = out / "fewer-steps-checkpoint"
+    if rank() == 0:
+        try:
+            RESTClassifier(**params, callbacks=[Checkpoint(directory), Preempt()],
+                           distributed=False).fit(X, y)
+        except KeyboardInterrupt:
+            pass
+    resumed, full = Updates(), Updates()
+    clf = RESTClassifier(**params, callbacks=[resumed], distributed=distributed).fit(
+        X, y, resume_from=directory)
+    RESTClassifier(**params, callbacks=[full], distributed=distributed).fit(X, y)
+    return {"resumed": vars(resumed), "full": vars(full), "n_train_steps": clf.n_train_steps_}
+
+
 class Tamper(Callback):
     """Changes one mask position on rank 1 only (what the divergence check must catch)."""
 
@@ -278,6 +312,17 @@ def scenario_diverge(log: DrawLog, out: Path, distributed) -> dict:
     except MaskDivergenceError as exc:
         return {"error": str(exc), "layer": tamper.layer}
     return {"error": None, "layer": tamper.layer}
+
+
+def scenario_diverge_unvalidated(log: DrawLog, out: Path, distributed) -> dict:
+    """No validation data, one step at lr 1e30: the kept weights' output overflows."""
+    X, y, g = TRAIN
+    try:
+        RESTClassifier(**{**PARAMS, "lr": 1e30, "max_epochs": 1, "batch_size": 1024},
+                       validation_fraction=0.0, distributed=distributed).fit(X, y, groups=g)
+    except TrainingDivergedError as exc:
+        return {"error": str(exc)}
+    return {"error": None}
 
 
 def scenario_different_data(log: DrawLog, out: Path, distributed) -> dict:
@@ -318,6 +363,32 @@ def scenario_callback_error(log: DrawLog, out: Path, distributed) -> dict:
     try:
         RESTClassifier(**PARAMS, callbacks=[_Upload()], distributed=distributed).fit(
             X, y, groups=g)
+    except Exception as exc:
+        return {"error": f"{type(exc).__name__}: {exc}"}
+    return {"error": None}
+
+
+class LookupNet(nn.Module):
+    """A linear network whose third forward fails with an error of its own."""
+
+    def __init__(self, input_shape, n_classes):
+        super().__init__()
+        self.fc = nn.Linear(int(np.prod(input_shape)), n_classes)
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        if self.calls == 3:
+            raise RuntimeError("feature store lookup timed out")
+        return self.fc(x)
+
+
+def scenario_module_error(log: DrawLog, out: Path, distributed) -> dict:
+    """A module's own RuntimeError, whatever its words, reaches the user unchanged."""
+    X, y, g = TRAIN
+    try:
+        RESTClassifier(**{**PARAMS, "module": LookupNet, "module_params": None},
+                       distributed=distributed).fit(X, y, groups=g)
     except Exception as exc:
         return {"error": f"{type(exc).__name__}: {exc}"}
     return {"error": None}
@@ -380,10 +451,13 @@ SCENARIOS = {
     "weighted": scenario_weighted,
     "resume": scenario_resume,
     "resume_other_world": scenario_resume_other_world,
+    "resume_fewer_steps": scenario_resume_fewer_steps,
     "diverge": scenario_diverge,
+    "diverge_unvalidated": scenario_diverge_unvalidated,
     "different_data": scenario_different_data,
     "different_validation": scenario_different_validation,
     "callback_error": scenario_callback_error,
+    "module_error": scenario_module_error,
     "dropout": scenario_dropout,
 }
 

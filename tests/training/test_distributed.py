@@ -468,6 +468,17 @@ def test_two_ranks_resume_a_one_process_checkpoint(two_ranks, one_process):
     assert abs(rank0["wga"] - one_process["rest"]["wga"]) <= 0.05
 
 
+def test_a_checkpoint_of_more_steps_per_epoch_resumes_on_this_runs_epochs(two_ranks):
+    """The step counter went on from the one-process run's 8 steps, so the resumed epochs
+    ended at steps 11 and 14 and the drop schedule, whose end (step 9) is counted in the
+    two ranks' steps, had passed: no topology update followed."""
+    for result in two_ranks["resume_fewer_steps"]:
+        resumed, full = result["resumed"], result["full"]
+        assert resumed["epoch_ends"] == full["epoch_ends"][2:] == [9, 12]
+        assert resumed["updates"] == [s for s in full["updates"] if s > 6] != []
+        assert result["n_train_steps"] == 2 * 4 + 2 * 3  # the steps taken
+
+
 def test_one_process_resumes_a_two_rank_checkpoint(two_ranks, one_process):
     """Written by rank 0 of two after epoch 2, continued in one process: the model that
     the uninterrupted runs train, up to the order of floating-point sums."""
@@ -491,6 +502,12 @@ def test_one_process_resumes_a_two_rank_checkpoint(two_ranks, one_process):
         np.testing.assert_array_equal(clf.predict(worker.TEST[0]), uninterrupted["pred"])
 
 
+def test_a_kept_epoch_whose_output_overflows_fails_on_every_rank(two_ranks):
+    for result in two_ranks["diverge_unvalidated"]:
+        assert "epoch 1: the network output on the training data became non-finite" in (
+            result["error"] or "")
+
+
 def test_ranks_given_different_data_are_refused(two_ranks):
     for result in two_ranks["different_data"]:
         assert result["error"] is not None
@@ -507,6 +524,11 @@ def test_a_callbacks_own_error_is_not_called_a_failed_collective(two_ranks):
     for result in two_ranks["callback_error"]:
         assert result["error"] == ("RuntimeError: metrics upload failed: connection refused "
                                    "by the tracking server")
+
+
+def test_a_modules_own_error_is_not_called_a_failed_collective(two_ranks):
+    for result in two_ranks["module_error"]:
+        assert result["error"] == "RuntimeError: feature store lookup timed out"
 
 
 def test_mask_divergence_is_detected_on_every_rank(two_ranks):

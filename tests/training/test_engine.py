@@ -261,6 +261,19 @@ def test_an_adam_step_size_beyond_float32_is_named(data, optimizer, params):
         _clf(lr=3e37, optimizer=optimizer, max_epochs=1, **params).fit(X, y, groups=g)
 
 
+@pytest.mark.parametrize("precision", ["32", "bf16"])
+def test_a_kept_last_epoch_whose_output_overflows_is_an_error(data, precision):
+    # without validation data the last epoch is kept; one step at lr 1e30 leaves finite
+    # weights whose output overflows, and fit returned them (only predict raised)
+    X, y, _ = data
+    clf = _clf(lr=1e30, validation_fraction=0.0, max_epochs=1, batch_size=len(X) + 1,
+               precision=precision)
+    with pytest.raises(TrainingDivergedError,
+                       match="epoch 1: the network output on the training data became"):
+        clf.fit(X[:64], y[:64])
+    assert not hasattr(clf, "module_")
+
+
 def test_predictions_are_never_non_finite(data):
     X, y, _ = data
     clf = _clf(max_epochs=2).fit(X, y)
