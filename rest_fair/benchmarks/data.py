@@ -7,6 +7,7 @@ requirement check and the report's wording all read the table.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 from collections.abc import Callable
@@ -172,7 +173,13 @@ def _load(dataset: str, ratio: float, **fields: Any) -> Any:
 
 
 def load_data(config: Any, ratio: float) -> Any:
-    """The (cached) data of a :class:`~rest_fair.benchmarks.BenchConfig` at one share."""
-    return _load(config.dataset, float(ratio), data_seed=config.data_seed,
+    """The data of a :class:`~rest_fair.benchmarks.BenchConfig` at one share.
+
+    The data are built once per process (the last 8 settings are kept); every call returns
+    a copy of its own, so that a caller who changes its arrays in place changes neither
+    the kept data nor what later calls (and the runs) receive.
+    """
+    data = _load(config.dataset, float(ratio), data_seed=config.data_seed,
                  image_size=config.image_size, split_sizes=config.split_sizes,
                  data_root=config.data_root, dfa_name=config.dfa_name)
+    return copy.deepcopy(data)
