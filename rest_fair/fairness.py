@@ -268,7 +268,7 @@ def _sensitive(groups: Any) -> Any:
         return groups.reset_index(drop=True)
     if isinstance(groups, Mapping):
         return pd.DataFrame({k: np.asarray(v) for k, v in groups.items()})
-    arr = np.asarray(groups)
+    arr = np.asarray(groups, dtype=object if isinstance(groups, (list, tuple)) else None)
     if arr.ndim == 2 and arr.shape[1] == 1:
         arr = arr[:, 0]
     if arr.ndim == 2:
