@@ -13,7 +13,8 @@ versions can pass more.
 without ``run``), with ``check_checkpoint``, the check that a checkpoint directory may take
 this run's checkpoints. ``on_epoch_end`` receives the
 epoch's history record; it may add keys to it (they appear in
-``history_``) and may return ``True`` to stop training. Callbacks run in the order given,
+``history_``) and may return ``True`` to stop training (``False`` or ``None`` go on; ``fit``
+refuses any other value). Callbacks run in the order given,
 except that those with ``runs_last = True`` run after all others; at the end of an epoch
 they see the others' stop decision in ``run.state.stopped``.
 
@@ -85,7 +86,11 @@ class Callback:
         """
 
     def on_epoch_end(self, net: Any, *, record: dict, **kwargs: Any) -> bool | None:
-        """Called after each epoch with its history record; return ``True`` to stop."""
+        """Called after each epoch with its history record; return ``True`` to stop.
+
+        ``False`` or ``None`` go on; another value (e.g. the record) makes ``fit`` raise a
+        ``TypeError`` naming the callback.
+        """
         return None
 
     def on_train_end(self, net: Any, **kwargs: Any) -> None:
