@@ -69,7 +69,7 @@ def _check_idx_files(config: Any) -> None:
 
 def _check_dfa_root(config: Any) -> None:
     """Raise DatasetNotFoundError when ``data_root`` is not a folder (before any run)."""
-    if config.data_root is not None and not Path(config.data_root).is_dir():
+    if config.data_root is not None and not Path(config.data_root).expanduser().is_dir():
         raise DatasetNotFoundError(_NO_DFA_ROOT.format(path=config.data_root))
 
 
