@@ -139,7 +139,8 @@ class EarlyStopping(Callback):
         for a key that ends in ``"loss"`` (``train_loss``, ``valid_loss``), ``False``
         otherwise (accuracies).
     threshold : float, default=0.0
-        Minimum change that counts as an improvement (finite, >= 0).
+        Minimum change that counts as an improvement (finite, >= 0). A NaN value is
+        never one (nor the best value).
 
     Settings outside these are refused with a ``ValueError`` when ``fit`` begins
     (``on_fit_begin``), before anything trains.
@@ -199,7 +200,8 @@ class EarlyStopping(Callback):
         lower = (self.monitor.endswith("loss") if self.lower_is_better is None
                  else self.lower_is_better)
         sign = -1.0 if lower else 1.0
-        if self.best_ is None or sign * (value - self.best_) > self.threshold:
+        if value == value and (self.best_ is None  # a NaN is no improvement, never the best
+                               or sign * (value - self.best_) > self.threshold):
             self.best_ = value
             self.wait_ = 0
             return False
