@@ -130,6 +130,8 @@ def test_sample_weight_is_passed_to_metrics():
          "one finite, non-negative weight per sample"),
         ({"y": Y, "y_pred": P, "groups": G, "sample_weight": -np.ones(len(Y))},
          "one finite, non-negative weight per sample"),
+        ({"y": np.array([0, "a"], dtype=object), "y_pred": np.array(["a", 0], dtype=object),
+          "groups": [0, 1]}, "labels of one kind"),  # numpy's TypeError from sorting
     ],
 )
 def test_report_bad_input(kwargs, match):
