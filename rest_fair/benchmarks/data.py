@@ -56,7 +56,7 @@ def _fashion(ratio: float, *, data_seed: int, image_size: Any, split_sizes: Any,
              data_root: str | None, **_: Any):
     return datasets.make_colored_fashion_mnist(
         conflict_ratio=ratio, random_state=data_seed, image_size=image_size,
-        split_sizes=None if split_sizes is None else tuple(int(s) for s in split_sizes),
+        split_sizes=split_sizes,
         root=data_root,
     )
 
