@@ -47,6 +47,7 @@ _TWICE = (
     "two separate instances."
 )
 _EPOCHS = Interval(Integral, 0, float("inf"))
+_COUNT = Interval(Integral, 1, float("inf"))
 _THRESHOLD = Interval(Real, 0, float("inf"))
 
 
@@ -255,9 +256,9 @@ class Checkpoint(Callback):
 
     def on_fit_begin(self, net: Any, *, check_checkpoint: Callable[[Any], None],
                      **kwargs: Any) -> None:
-        if isinstance(self.every, bool) or not isinstance(self.every, int) or self.every < 1:
+        if not _COUNT.accepts(self.every):
             raise ValueError(f"Checkpoint every must be a positive int; got {self.every!r}.")
-        if isinstance(self.keep, bool) or not isinstance(self.keep, int) or self.keep < 1:
+        if not _COUNT.accepts(self.keep):
             raise ValueError(f"Checkpoint keep must be a positive int; got {self.keep!r}.")
         if not isinstance(self.dirname, (str, os.PathLike)) or not os.fspath(self.dirname):
             raise ValueError(f"Checkpoint dirname must name a folder; got {self.dirname!r}.")
