@@ -13,7 +13,8 @@ versions can pass more.
 without ``run``), with ``check_checkpoint``, the check that a checkpoint directory may take
 this run's checkpoints. ``on_epoch_end`` receives the
 epoch's history record; it may add keys to it (they appear in
-``history_``) and may return ``True`` to stop training. Callbacks run in the order given,
+``history_``) and may return ``True`` to stop training (``False`` or ``None`` go on; ``fit``
+refuses any other value). Callbacks run in the order given,
 except that those with ``runs_last = True`` run after all others; at the end of an epoch
 they see the others' stop decision in ``run.state.stopped``.
 
@@ -46,6 +47,7 @@ _TWICE = (
     "two separate instances."
 )
 _EPOCHS = Interval(Integral, 0, float("inf"))
+_COUNT = Interval(Integral, 1, float("inf"))
 _THRESHOLD = Interval(Real, 0, float("inf"))
 
 
@@ -85,7 +87,11 @@ class Callback:
         """
 
     def on_epoch_end(self, net: Any, *, record: dict, **kwargs: Any) -> bool | None:
-        """Called after each epoch with its history record; return ``True`` to stop."""
+        """Called after each epoch with its history record; return ``True`` to stop.
+
+        ``False`` or ``None`` go on; another value (e.g. the record) makes ``fit`` raise a
+        ``TypeError`` naming the callback.
+        """
         return None
 
     def on_train_end(self, net: Any, **kwargs: Any) -> None:
@@ -134,7 +140,8 @@ class EarlyStopping(Callback):
         for a key that ends in ``"loss"`` (``train_loss``, ``valid_loss``), ``False``
         otherwise (accuracies).
     threshold : float, default=0.0
-        Minimum change that counts as an improvement (finite, >= 0).
+        Minimum change that counts as an improvement (finite, >= 0). A NaN value is
+        never one (nor the best value).
 
     Settings outside these are refused with a ``ValueError`` when ``fit`` begins
     (``on_fit_begin``), before anything trains.
@@ -194,7 +201,8 @@ class EarlyStopping(Callback):
         lower = (self.monitor.endswith("loss") if self.lower_is_better is None
                  else self.lower_is_better)
         sign = -1.0 if lower else 1.0
-        if self.best_ is None or sign * (value - self.best_) > self.threshold:
+        if value == value and (self.best_ is None  # a NaN is no improvement, never the best
+                               or sign * (value - self.best_) > self.threshold):
             self.best_ = value
             self.wait_ = 0
             return False
@@ -248,9 +256,9 @@ class Checkpoint(Callback):
 
     def on_fit_begin(self, net: Any, *, check_checkpoint: Callable[[Any], None],
                      **kwargs: Any) -> None:
-        if isinstance(self.every, bool) or not isinstance(self.every, int) or self.every < 1:
+        if not _COUNT.accepts(self.every):
             raise ValueError(f"Checkpoint every must be a positive int; got {self.every!r}.")
-        if isinstance(self.keep, bool) or not isinstance(self.keep, int) or self.keep < 1:
+        if not _COUNT.accepts(self.keep):
             raise ValueError(f"Checkpoint keep must be a positive int; got {self.keep!r}.")
         if not isinstance(self.dirname, (str, os.PathLike)) or not os.fspath(self.dirname):
             raise ValueError(f"Checkpoint dirname must name a folder; got {self.dirname!r}.")

@@ -37,6 +37,10 @@ _POS_LABEL_MULTICLASS = (
     "pos_label={pos_label!r} applies to binary tasks only, and this one has the labels "
     "{labels} (its report has no selection rate, TPR or FPR); leave pos_label out."
 )
+_UNORDERED_LABELS = (
+    "y and the predictions must hold labels of one kind (all strings or all numbers); got "
+    "labels of several kinds, which do not sort."
+)
 _UNKNOWN_LABELS = "{where} holds labels {found} that are not among labels={labels}."
 _ONE_LABEL = (
     "y and the predictions hold one label, {label!r}, and neither `labels` nor an estimator "
@@ -189,7 +193,10 @@ def fairness_report(
     if len(y_true) == 0:
         raise ValueError(_NO_SAMPLES)
 
-    present = np.unique(np.concatenate([y_true, y_hat]))
+    try:
+        present = np.unique(np.concatenate([y_true, y_hat]))
+    except TypeError:  # labels that do not compare, e.g. strings beside numbers
+        raise ValueError(_UNORDERED_LABELS) from None
     classes = getattr(estimator, "classes_", None)
     if labels is not None:
         labels = np.unique(np.asarray(labels).ravel())
@@ -268,7 +275,7 @@ def _sensitive(groups: Any) -> Any:
         return groups.reset_index(drop=True)
     if isinstance(groups, Mapping):
         return pd.DataFrame({k: np.asarray(v) for k, v in groups.items()})
-    arr = np.asarray(groups)
+    arr = np.asarray(groups, dtype=object if isinstance(groups, (list, tuple)) else None)
     if arr.ndim == 2 and arr.shape[1] == 1:
         arr = arr[:, 0]
     if arr.ndim == 2:

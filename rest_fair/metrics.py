@@ -81,7 +81,8 @@ def group_accuracies(y_true: ArrayLike, y_pred: ArrayLike, groups: ArrayLike, *,
     groups : array-like of shape (n_samples,) or (n_samples, n_columns), or dict of columns
         Group label of each sample (any hashable values; no missing values); several
         columns (or a dict of them by name, as fairlearn's ``sensitive_features``) form
-        intersectional groups, labelled by tuples of their values in column order.
+        intersectional groups, labelled by tuples of their values in column order (a
+        single column gives its values, as ``fit`` reads it).
     sample_weight : array-like of shape (n_samples,), optional
         Finite, non-negative weight of each sample: a group's accuracy is then the
         weighted share of its samples predicted correctly (as
@@ -106,7 +107,10 @@ def group_accuracies(y_true: ArrayLike, y_pred: ArrayLike, groups: ArrayLike, *,
         import pandas as pd
 
         groups = pd.DataFrame({name: np.asarray(col) for name, col in groups.items()})
-    groups = np.asarray(groups)
+    # rows of a list keep their values' types (numpy would turn ("a", 1) into ("a", "1"))
+    groups = np.asarray(groups, dtype=object if isinstance(groups, (list, tuple)) else None)
+    if groups.ndim == 2 and groups.shape[1] == 1:  # one column: its values, as fit reads it
+        groups = groups[:, 0]
     if not (len(y_true) == len(y_pred) == len(groups)):
         raise ValueError(_LENGTH_MISMATCH.format((len(y_true), len(y_pred), len(groups))))
     codes, labels = _factorize(groups)
@@ -235,7 +239,7 @@ def _factorize(values: np.ndarray) -> tuple[np.ndarray, list]:
     if values.ndim > 1:
         # several columns: a group is a tuple of their values (intersectional groups); a
         # missing value inside a tuple is not a missing key to factorize, so look for it here
-        missing = pd.isna(values.reshape(len(values), -1)).any(axis=1)
+        missing = pd.isna(values).any(axis=tuple(range(1, values.ndim)))
         if missing.any():
             raise ValueError(_MISSING_GROUPS.format(count=int(missing.sum())))
         values = pd.Series([tuple(row) for row in values], dtype=object)

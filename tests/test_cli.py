@@ -172,6 +172,16 @@ def test_bench_dfa_root_that_is_not_a_folder_is_refused_before_any_run(tmp_path,
     assert not (tmp_path / "o").exists()
 
 
+def test_bench_dfa_root_under_the_home_folder_is_checked_as_the_loader_reads_it(
+        tmp_path, monkeypatch):
+    from rest_fair.benchmarks import BenchConfig
+    from rest_fair.benchmarks.data import DATASETS
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "dfa").mkdir()
+    DATASETS["dfa"].check(BenchConfig(dataset="dfa", data_root="~/dfa"))  # the loader expands ~
+
+
 def test_bench_out_that_is_a_file_is_refused(tmp_path, capsys):
     taken = tmp_path / "file"
     taken.write_text("x")

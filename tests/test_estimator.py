@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import math
 import pickle
 import sys
 import warnings
@@ -701,6 +702,19 @@ def test_early_stopping_on_a_loss_watches_it_go_down_by_default(data, monitor):
     default, lower, higher = fit(), fit(lower_is_better=True), fit(lower_is_better=False)
     assert default == lower
     assert len(higher) == 3 < len(default)
+
+
+@pytest.mark.parametrize("lower", [False, True])
+def test_early_stopping_takes_a_nan_for_no_improvement(lower):
+    # a NaN first value (a metric undefined in epoch 1) became the best, which no later
+    # value beats: training stopped after patience epochs of steady improvement
+    stop = EarlyStopping(monitor="score", patience=2, lower_is_better=lower)
+    stop.on_train_begin(None)
+    values = [math.nan, *((-1 if lower else 1) * np.arange(1.0, 6.0))]
+    stops = [stop.on_epoch_end(None, record={"score": v}) for v in values]
+    assert not any(stops) and stop.best_ == values[-1]
+    assert [stop.on_epoch_end(None, record={"score": math.nan}) for _ in range(2)] == [
+        False, True]
 
 
 def test_early_stopping_on_validation_scores_without_validation_data_is_refused(data):

@@ -130,6 +130,8 @@ def test_sample_weight_is_passed_to_metrics():
          "one finite, non-negative weight per sample"),
         ({"y": Y, "y_pred": P, "groups": G, "sample_weight": -np.ones(len(Y))},
          "one finite, non-negative weight per sample"),
+        ({"y": np.array([0, "a"], dtype=object), "y_pred": np.array(["a", 0], dtype=object),
+          "groups": [0, 1]}, "labels of one kind"),  # numpy's TypeError from sorting
     ],
 )
 def test_report_bad_input(kwargs, match):
@@ -401,3 +403,19 @@ def test_a_dict_of_group_columns_is_read_as_the_frame_of_them():
     assert group_accuracies(y_true, y_pred, columns) == expected
     assert expected[("m", 1)] == 0.5
     assert worst_group_accuracy(y_true, y_pred, columns) == min(expected.values())
+
+
+def test_group_labels_are_those_fit_reads_for_rows_of_a_list_and_one_column():
+    from rest_fair._inputs import encode_groups
+
+    y_true, y_pred = [1, 0, 1, 0], [1, 1, 1, 0]
+    rows = [("f", 1), ("f", 1), ("m", 2), ("m", 2)]  # numpy would read ("f", "1")
+    accuracies = group_accuracies(y_true, y_pred, rows)
+    assert list(accuracies) == encode_groups(rows, 4)[1] == [("f", 1), ("m", 2)]
+    assert fairness_report(y=y_true, y_pred=y_pred, groups=rows).worst_group == ("f", 1)
+    column = np.array([["f"], ["f"], ["m"], ["m"]])  # one column: its values, not 1-tuples
+    assert group_accuracies(y_true, y_pred, column) == {"f": 0.5, "m": 1.0}
+    assert group_accuracies(y_true, y_pred, pd.DataFrame({"sex": column[:, 0]})) == {
+        "f": 0.5, "m": 1.0}
+    with pytest.raises(ValueError, match="at least one sample"):  # not numpy's reshape error
+        worst_group_accuracy([], [], np.zeros((0, 2)))

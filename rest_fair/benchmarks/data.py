@@ -7,6 +7,7 @@ requirement check and the report's wording all read the table.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 from collections.abc import Callable
@@ -55,7 +56,7 @@ def _fashion(ratio: float, *, data_seed: int, image_size: Any, split_sizes: Any,
              data_root: str | None, **_: Any):
     return datasets.make_colored_fashion_mnist(
         conflict_ratio=ratio, random_state=data_seed, image_size=image_size,
-        split_sizes=None if split_sizes is None else tuple(int(s) for s in split_sizes),
+        split_sizes=split_sizes,
         root=data_root,
     )
 
@@ -68,7 +69,7 @@ def _check_idx_files(config: Any) -> None:
 
 def _check_dfa_root(config: Any) -> None:
     """Raise DatasetNotFoundError when ``data_root`` is not a folder (before any run)."""
-    if config.data_root is not None and not Path(config.data_root).is_dir():
+    if config.data_root is not None and not Path(config.data_root).expanduser().is_dir():
         raise DatasetNotFoundError(_NO_DFA_ROOT.format(path=config.data_root))
 
 
@@ -172,7 +173,13 @@ def _load(dataset: str, ratio: float, **fields: Any) -> Any:
 
 
 def load_data(config: Any, ratio: float) -> Any:
-    """The (cached) data of a :class:`~rest_fair.benchmarks.BenchConfig` at one share."""
-    return _load(config.dataset, float(ratio), data_seed=config.data_seed,
+    """The data of a :class:`~rest_fair.benchmarks.BenchConfig` at one share.
+
+    The data are built once per process (the last 8 settings are kept); every call returns
+    a copy of its own, so that a caller who changes its arrays in place changes neither
+    the kept data nor what later calls (and the runs) receive.
+    """
+    data = _load(config.dataset, float(ratio), data_seed=config.data_seed,
                  image_size=config.image_size, split_sizes=config.split_sizes,
                  data_root=config.data_root, dfa_name=config.dfa_name)
+    return copy.deepcopy(data)

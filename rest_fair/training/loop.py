@@ -13,6 +13,7 @@ carries ``module_``, ``optimizer_``, ``masks_`` and ``history_``.
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -62,6 +63,11 @@ OTHER_NETWORK = (
     "class or factory is recorded by its name only, so its code may have changed since "
     "the checkpoint was written. Resume with the network that wrote it, or start a new "
     "run in another directory."
+)
+#: A callback's ``on_epoch_end`` returned something other than a stop decision.
+BAD_STOP = (
+    "{name}.on_epoch_end returned a value of type {type}; it must return True to stop "
+    "training, or False or None to go on (another value, e.g. the record, is no decision)."
 )
 #: Warning of a resume whose checkpoint holds callback states no callback takes.
 CALLBACK_STATES_LEFT = (
@@ -178,6 +184,18 @@ def _overrides(callback: Any, hook: str) -> bool:
     (``cb.on_batch_end = fn``), as :meth:`TrainingRun.notify` would call it."""
     method = getattr(callback, hook, None)
     return getattr(method, "__func__", method) is not getattr(Callback, hook)
+
+
+def _stop_requested(callback: Any, value: Any) -> bool:
+    """Whether a callback's ``on_epoch_end`` result ``value`` stops training: a bool, or a
+    bool array or tensor of one element; ``None`` goes on; any other value is refused."""
+    if value is None:
+        return False
+    kind = str(getattr(value, "dtype", type(value).__name__))
+    if kind not in ("bool", "torch.bool") or math.prod(getattr(value, "shape", ())) != 1:
+        raise TypeError(BAD_STOP.format(name=type(callback).__name__,
+                                        type=type(value).__name__))
+    return bool(value)
 
 
 class TrainingRun:
@@ -339,7 +357,8 @@ class TrainingRun:
             )
         for last in (False, True):  # the last ones see the others' stop decision
             for cb in self.callbacks:
-                if cb.runs_last == last and cb.on_epoch_end(self.net, run=self, record=record):
+                if cb.runs_last == last and _stop_requested(
+                        cb, cb.on_epoch_end(self.net, run=self, record=record)):
                     s.stopped = True
             s.stopped = p.world.any(s.stopped)  # one rank's stop stops all
         return record

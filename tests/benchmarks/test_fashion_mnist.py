@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -35,6 +36,15 @@ def test_bench_on_fashion_mnist_files(tmp_path, capsys):
     record = json.loads((out / "results.jsonl").read_text())
     assert record["status"] == "ok" and record["n_train"] == 100
     assert record["n_conflicting_train"] == 5
+
+
+@pytest.mark.parametrize("sizes", [(100.5, 40, 50), (0.7, 0.1, 0.2)])
+def test_split_sizes_that_are_not_counts_are_refused_as_given(tmp_path, sizes):
+    # 100.5 was cut to 100 images, and fractions read as (0, 0, 0) in the error
+    root = write_folder(tmp_path / "idx", 200, 100)
+    config = preset("tiny", dataset="fashion_mnist", data_root=str(root), split_sizes=sizes)
+    with pytest.raises(ValueError, match=rf"got {re.escape(repr(sizes))}"):
+        config.check_requirements()
 
 
 def test_missing_fashion_mnist_files_fail_before_any_run(tmp_path, capsys):

