@@ -339,7 +339,8 @@ class RESTClassifier(ClassifierMixin, BaseEstimator):
         Mask of every masked weight, by parameter name; empty when dense. During ``fit``:
         the current masks.
     history_ : list of dict
-        One record per epoch: ``epoch``, ``train_loss``, ``valid_loss``, ``valid_acc``,
+        One record per epoch: ``epoch``, ``train_loss``, ``n_train_samples`` (samples
+        trained in the epoch, summed over data-parallel ranks), ``valid_loss``, ``valid_acc``,
         ``valid_worst_group_acc``, ``density``, ``lr``, ``n_topology_updates``, ``best``,
         ``dur`` (seconds).
     best_epoch_ : int
@@ -685,7 +686,10 @@ or dict of columns, default=None
 
         Inference FLOPs per sample and training FLOPs counted the RigL way (sparse forward
         and backward, plus one dense gradient per topology update actually made); see
-        :func:`rest_fair.efficiency.efficiency_report`.
+        :func:`rest_fair.efficiency.efficiency_report`. The whole-run columns count the
+        samples actually trained, the sum of ``history_[i]["n_train_samples"]``; where an
+        epoch's record lacks it (a model file or checkpoint written before it was counted),
+        ``n_train_steps_ * batch_size``, which counts every batch as full.
 
         Returns
         -------
@@ -700,6 +704,7 @@ or dict of columns, default=None
         check_is_fitted(self, "module_")
         if not self.input_shape_:
             raise ValueError(_NO_INPUT_SHAPE)
+        counts = [record.get("n_train_samples") for record in self.history_]
         return efficiency_report(
             self.module_,
             self.masks_,
@@ -707,6 +712,7 @@ or dict of columns, default=None
             n_topology_updates=self.n_topology_updates_,
             n_train_steps=self.n_train_steps_,
             batch_size=self.batch_size,
+            n_train_samples=None if None in counts else sum(counts),
             regrow=self.regrow,
         )
 

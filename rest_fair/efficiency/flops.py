@@ -307,6 +307,7 @@ def efficiency_report(
     n_topology_updates: int | None = None,
     n_train_steps: int | None = None,
     batch_size: int | None = None,
+    n_train_samples: int | None = None,
     regrow: str = "gradient",
 ):
     """Parameters and FLOPs of a masked network, per layer and in total.
@@ -330,8 +331,13 @@ def efficiency_report(
     n_train_steps : int or None, default=None
         Number of optimizer steps of the run.
     batch_size : int or None, default=None
-        Samples per step. With ``n_train_steps`` it adds the columns
-        ``training_flops_run`` and ``training_flops_run_dense`` (whole run).
+        Samples per step. With ``n_train_steps`` and no ``n_train_samples`` it adds the
+        columns ``training_flops_run`` and ``training_flops_run_dense`` (whole run) for
+        ``n_train_steps * batch_size`` samples, which counts every step's batch as full.
+    n_train_samples : int or None, default=None
+        Samples trained in the whole run, every step's batch as it was (a data-parallel
+        fit's summed over the ranks; e.g. the sum of ``history_[i]["n_train_samples"]``).
+        Adds ``training_flops_run`` and ``training_flops_run_dense`` for that many samples.
     regrow : {"gradient", "random"}, default="gradient"
         ``"gradient"`` (RigL) pays one dense weight gradient per update, ``"random"``
         (SET) does not.
@@ -373,6 +379,7 @@ def efficiency_report(
         ("n_topology_updates", n_topology_updates, 0),
         ("n_train_steps", n_train_steps, 0),
         ("batch_size", batch_size, 0),
+        ("n_train_samples", n_train_samples, 0),
     ):
         bad = isinstance(value, bool) or not isinstance(value, int) or value < least
         if value is not None and bad:
@@ -408,11 +415,11 @@ def efficiency_report(
             r[f"{what}_fraction"] = r[what] / dense if dense else math.nan
     frame = pd.DataFrame(rows, columns=_COLUMNS).set_index("layer", drop=False)
     frame.index.name = None
-    if n_train_steps is not None and batch_size is not None:
-        frame["training_flops_run"] = frame["training_flops"] * n_train_steps * batch_size
-        frame["training_flops_run_dense"] = (
-            frame["training_flops_dense"] * n_train_steps * batch_size
-        )
+    if n_train_samples is None and n_train_steps is not None and batch_size is not None:
+        n_train_samples = n_train_steps * batch_size
+    if n_train_samples is not None:
+        frame["training_flops_run"] = frame["training_flops"] * n_train_samples
+        frame["training_flops_run_dense"] = frame["training_flops_dense"] * n_train_samples
     if not_called:
         warnings.warn(_NOT_CALLED.format(names=not_called), UserWarning, stacklevel=2)
     frame.attrs.update(

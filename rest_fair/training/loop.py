@@ -334,7 +334,8 @@ class TrainingRun:
         if not np.isfinite(train_loss):
             self._diverged(epoch, "training loss", train_loss)
 
-        record: dict[str, Any] = {"epoch": epoch, "train_loss": train_loss}
+        record: dict[str, Any] = {"epoch": epoch, "train_loss": train_loss,
+                                  "n_train_samples": seen}
         if p.valid is not None:
             record.update(self.validate(epoch))
         record["density"] = p.sparsity.masks.density() if p.sparsity is not None else 1.0

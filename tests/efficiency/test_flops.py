@@ -2,10 +2,13 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
+from rest_fair import RESTClassifier
+from rest_fair.callbacks import Callback, Checkpoint
 from rest_fair.efficiency import efficiency_report
 from rest_fair.models import build_module
 
@@ -67,6 +70,11 @@ def test_measured_updates_and_run_totals():
     assert total["training_flops_run"] == pytest.approx(437.8 * 30 * 8)
     assert total["training_flops_run_dense"] == 1476 * 30 * 8
     assert report.attrs["topology_update_rate"] == pytest.approx(0.1)
+    # the samples actually trained, where given, instead of full batches
+    report = efficiency_report(net, _tiny_masks(net), (1, 5, 5), n_topology_updates=3,
+                               n_train_steps=30, batch_size=8, n_train_samples=203)
+    assert report.loc["total", "training_flops_run"] == pytest.approx(437.8 * 203)
+    assert report.loc["total", "training_flops_run_dense"] == 1476 * 203
 
 
 def test_random_regrowth_needs_no_dense_gradient_and_no_updates():
@@ -108,6 +116,8 @@ def test_errors():
         efficiency_report(net, {}, (1, 5, 5), n_topology_updates=3)
     with pytest.raises(ValueError, match="regrow"):
         efficiency_report(net, {}, (1, 5, 5), regrow="magic")
+    with pytest.raises(ValueError, match="n_train_samples must be a non-negative int"):
+        efficiency_report(net, {}, (1, 5, 5), n_train_samples=-1)
     for bad in ((), (0, 5, 5), (-1,), 5, (1.5, 5, 5)):
         with pytest.raises(ValueError, match="input_shape must be a non-empty tuple"):
             efficiency_report(net, {}, bad)
@@ -281,3 +291,49 @@ def test_recurrent_layers_apply_every_weight_once_per_time_step():
     # the cell: weight_ih 15x3 and weight_hh 15x5, one row per call
     assert report.loc["cell", "inference_flops_dense"] == 2 * 120 * 2
     assert "(other)" not in report.index
+
+
+class _StopAt(Callback):
+    """Interrupts the fit as the given epoch begins."""
+
+    def __init__(self, epoch):
+        self.epoch = epoch
+
+    def on_epoch_begin(self, net, *, epoch, **kwargs):
+        if epoch == self.epoch:
+            raise KeyboardInterrupt
+
+
+def test_whole_run_flops_count_the_samples_trained_not_full_batches(tmp_path):
+    # 100 samples, 90 trained after the validation split, one partial batch of 256 per
+    # epoch: full batches counted 4 * 256 = 1024 samples
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(100, 4)).astype(np.float32)
+    y = (X[:, 0] > 0).astype(int)
+    params = dict(max_epochs=4, random_state=0, module_params={"hidden_layer_sizes": (8,)})
+
+    def samples(clf):
+        total = clf.efficiency_report().loc["total"]
+        assert total["training_flops_run_dense"] == (
+            total["training_flops_dense"] * total["training_flops_run"]
+            / total["training_flops"])
+        return total["training_flops_run"] / total["training_flops"]
+
+    clf = RESTClassifier(**params).fit(X, y)
+    assert [h["n_train_samples"] for h in clf.history_] == [90] * 4
+    assert samples(clf) == 4 * 90
+    # a warm start adds its epochs' samples
+    clf.set_params(warm_start=True).fit(X, y)
+    assert samples(clf) == 8 * 90
+    # a resumed checkpoint counts the epochs trained before the interruption once
+    with pytest.raises(KeyboardInterrupt):
+        RESTClassifier(**params, callbacks=[_StopAt(3), Checkpoint(tmp_path)]).fit(X, y)
+    resumed = RESTClassifier(**params).fit(X, y, resume_from=tmp_path)
+    assert samples(resumed) == 4 * 90
+    # a model file keeps the count
+    resumed.save(tmp_path / "m.rest")
+    assert samples(RESTClassifier.load(tmp_path / "m.rest")) == 4 * 90
+    # records without the count (older files) fall back to full batches
+    for record in resumed.history_:
+        del record["n_train_samples"]
+    assert samples(resumed) == resumed.n_train_steps_ * 256 == 1024

@@ -280,7 +280,7 @@ def test_estimator_methods_and_sparse_prediction(tmp_path):
         total["inference_flops_dense"] - total["inference_flops"])
     assert total["training_flops"] == pytest.approx(expected)
     assert total["training_flops_run"] == pytest.approx(
-        expected * clf.n_train_steps_ * clf.batch_size)
+        expected * sum(h["n_train_samples"] for h in clf.history_))
     net, masks = _masked_mlp(0.1)
     save((net, masks, META), tmp_path / "module.rest")
     with pytest.raises(TypeError, match="not a RESTClassifier"):
