@@ -8,9 +8,10 @@ import torch
 from torch import nn
 
 from rest_fair import RESTClassifier
-from rest_fair.callbacks import Callback, Checkpoint
+from rest_fair.callbacks import Checkpoint
 from rest_fair.efficiency import efficiency_report
 from rest_fair.models import build_module
+from tests._support.callbacks import StopAt
 
 
 class _Tiny(nn.Module):
@@ -293,16 +294,6 @@ def test_recurrent_layers_apply_every_weight_once_per_time_step():
     assert "(other)" not in report.index
 
 
-class _StopAt(Callback):
-    """Interrupts the fit as the given epoch begins."""
-
-    def __init__(self, epoch):
-        self.epoch = epoch
-
-    def on_epoch_begin(self, net, *, epoch, **kwargs):
-        if epoch == self.epoch:
-            raise KeyboardInterrupt
-
 
 def test_whole_run_flops_count_the_samples_trained_not_full_batches(tmp_path):
     # 100 samples, 90 trained after the validation split, one partial batch of 256 per
@@ -327,7 +318,7 @@ def test_whole_run_flops_count_the_samples_trained_not_full_batches(tmp_path):
     assert samples(clf) == 8 * 90
     # a resumed checkpoint counts the epochs trained before the interruption once
     with pytest.raises(KeyboardInterrupt):
-        RESTClassifier(**params, callbacks=[_StopAt(3), Checkpoint(tmp_path)]).fit(X, y)
+        RESTClassifier(**params, callbacks=[StopAt(3), Checkpoint(tmp_path)]).fit(X, y)
     resumed = RESTClassifier(**params).fit(X, y, resume_from=tmp_path)
     assert samples(resumed) == 4 * 90
     # a model file keeps the count

@@ -23,6 +23,7 @@ from rest_fair import _fit as _fit_module
 from rest_fair.callbacks import Callback, Checkpoint, EarlyStopping
 from rest_fair.exceptions import CheckpointError
 from rest_fair.persistence import checkpoint as ckpt_format
+from tests._support.callbacks import StopAt
 
 DATA = """
 import numpy as np
@@ -424,23 +425,13 @@ def test_a_deeply_nested_manifest_is_a_checkpoint_error(tmp_path):
     with pytest.raises(CheckpointError, match="not a valid rest_fair checkpoint manifest"):
         ckpt_format.read_checkpoint(tmp_path)
 
-class _StopAt(Callback):
-    """Interrupts the fit as the given epoch begins (a job killed between epochs)."""
-
-    def __init__(self, epoch):
-        self.epoch = epoch
-
-    def on_epoch_begin(self, net, *, epoch, **kwargs):
-        if epoch == self.epoch:
-            raise KeyboardInterrupt
-
 
 def test_a_resumed_warm_start_counts_the_steps_of_the_fit_it_continued(tmp_path):
     X, y, g = _data()
     params = {**COMMON, "max_epochs": 2, "warm_start": True}
     whole = RESTClassifier(**params).fit(X, y, groups=g).fit(X, y, groups=g)
     first = RESTClassifier(**params, callbacks=[Checkpoint(tmp_path)]).fit(X, y, groups=g)
-    first.callbacks = [_StopAt(4), Checkpoint(tmp_path)]
+    first.callbacks = [StopAt(4), Checkpoint(tmp_path)]
     with pytest.raises(KeyboardInterrupt):
         first.fit(X, y, groups=g)
     resumed = RESTClassifier(**{**params, "warm_start": False}).fit(
@@ -470,7 +461,7 @@ def test_a_network_class_whose_code_changed_is_named_not_a_size_mismatch(tmp_pat
     X, y, g = _data()
     params = {**COMMON, "max_epochs": 3, "module": _WidthNet, "module_params": None}
     with pytest.raises(KeyboardInterrupt):
-        RESTClassifier(**params, callbacks=[_StopAt(3), Checkpoint(tmp_path)]).fit(
+        RESTClassifier(**params, callbacks=[StopAt(3), Checkpoint(tmp_path)]).fit(
             X, y, groups=g)
     monkeypatch.setattr(_WidthNet, "width", 32)
     with pytest.raises(CheckpointError, match=r"another network than this run's \(body.0."
@@ -488,7 +479,7 @@ def test_an_unseeded_run_resumes_with_the_seed_it_drew(tmp_path, random_state):
         return {**COMMON, "max_epochs": 4, "random_state": rs}
 
     with pytest.raises(KeyboardInterrupt):
-        RESTClassifier(**params(), callbacks=[_StopAt(3), Checkpoint(tmp_path)]).fit(
+        RESTClassifier(**params(), callbacks=[StopAt(3), Checkpoint(tmp_path)]).fit(
             X, y, groups=g)
     seed = ckpt_format.saved_fingerprint(tmp_path)["seed"]
     assert isinstance(seed, int)
@@ -526,7 +517,7 @@ def test_resuming_with_another_random_state_says_which_to_pass(tmp_path, first, 
     X, y, g = _data()
     with pytest.raises(KeyboardInterrupt):
         RESTClassifier(**{**COMMON, "max_epochs": 3, "random_state": first},
-                       callbacks=[_StopAt(2), Checkpoint(tmp_path)]).fit(X, y, groups=g)
+                       callbacks=[StopAt(2), Checkpoint(tmp_path)]).fit(X, y, groups=g)
     # "seed was 123, now None" (the seed drawn for random_state=None) named no parameter
     with pytest.raises(CheckpointError, match=re.escape(
             f"cannot be resumed here: random_state differs: that run had random_state={first}, "
@@ -542,7 +533,7 @@ def test_a_new_unseeded_run_into_an_unseeded_runs_folder_names_the_seeds(tmp_pat
     X, y, g = _data()
     params = {**COMMON, "max_epochs": 3, "random_state": None}
     with pytest.raises(KeyboardInterrupt):
-        RESTClassifier(**params, callbacks=[_StopAt(2), Checkpoint(tmp_path)]).fit(
+        RESTClassifier(**params, callbacks=[StopAt(2), Checkpoint(tmp_path)]).fit(
             X, y, groups=g)
     with pytest.raises(CheckpointError, match=r"another run, not finished \(random_state=None "
                                               r"drew the seed \d+ for that run and \d+ for "
@@ -555,7 +546,7 @@ def test_a_seeded_checkpoint_without_a_seed_entry_resumes(tmp_path):
     X, y, g = _data()
     with pytest.raises(KeyboardInterrupt):
         RESTClassifier(**{**COMMON, "max_epochs": 3},
-                       callbacks=[_StopAt(2), Checkpoint(tmp_path)]).fit(X, y, groups=g)
+                       callbacks=[StopAt(2), Checkpoint(tmp_path)]).fit(X, y, groups=g)
     # as a seeded run wrote its fingerprint before every fingerprint had a seed entry
     manifest_path = tmp_path / ckpt_format.MANIFEST
     manifest = json.loads(manifest_path.read_text())
@@ -588,7 +579,7 @@ def test_numpy_scalars_in_a_checkpoint_are_read_back(tmp_path):
     X, y, g = _data()
     with pytest.raises(KeyboardInterrupt):
         RESTClassifier(**{**COMMON, "max_epochs": 3},
-                       callbacks=[_NumpyRecord(), _StopAt(3), Checkpoint(tmp_path)]).fit(
+                       callbacks=[_NumpyRecord(), StopAt(3), Checkpoint(tmp_path)]).fit(
             X, y, groups=g)
     counter = _NumpyRecord()
     clf = RESTClassifier(**{**COMMON, "max_epochs": 3}, callbacks=[counter]).fit(
@@ -609,7 +600,7 @@ def test_an_unfinished_run_of_another_kind_is_never_replaced(tmp_path):
     X, y, g = _data()
     with pytest.raises(KeyboardInterrupt):  # a run that could still be resumed
         RESTClassifier(**{**COMMON, "max_epochs": 3},
-                       callbacks=[_StopAt(2), Checkpoint(tmp_path)]).fit(X, y, groups=g)
+                       callbacks=[StopAt(2), Checkpoint(tmp_path)]).fit(X, y, groups=g)
     manifest = (tmp_path / ckpt_format.MANIFEST).read_text()
     files = sorted(p.name for p in tmp_path.iterdir())
     other = RESTClassifier(**{**COMMON, "max_epochs": 2, "lr": 0.1},
@@ -642,7 +633,7 @@ def test_another_unfinished_run_is_refused_before_the_first_step(tmp_path):
     X, y, g = _data()
     with pytest.raises(KeyboardInterrupt):
         RESTClassifier(**{**COMMON, "max_epochs": 3},
-                       callbacks=[_StopAt(2), Checkpoint(tmp_path)]).fit(X, y, groups=g)
+                       callbacks=[StopAt(2), Checkpoint(tmp_path)]).fit(X, y, groups=g)
     steps = _Steps()
     with pytest.raises(CheckpointError, match=r"params.lr was 0.05, now 0.1"):
         RESTClassifier(**{**COMMON, "max_epochs": 3, "lr": 0.1},
@@ -678,7 +669,7 @@ def test_a_dataset_with_a_random_transform_resumes_exactly(tmp_path):
         _Augmented(X), y, groups=g)
     assert np.array_equal(written.predict_proba(X), whole.predict_proba(X))
     with pytest.raises(KeyboardInterrupt):
-        RESTClassifier(**params, callbacks=[_StopAt(2), Checkpoint(tmp_path / "cut")]).fit(
+        RESTClassifier(**params, callbacks=[StopAt(2), Checkpoint(tmp_path / "cut")]).fit(
             _Augmented(X), y, groups=g)
     resumed = RESTClassifier(**params).fit(_Augmented(X), y, groups=g,
                                            resume_from=tmp_path / "cut")
@@ -693,7 +684,7 @@ def test_a_run_weighting_intersectional_groups_by_a_dict_resumes(tmp_path):
     params = {**COMMON, "max_epochs": 3, "upweight": upweight}
     whole = RESTClassifier(**params).fit(X, y, groups=groups)
     with pytest.raises(KeyboardInterrupt):
-        RESTClassifier(**params, callbacks=[_StopAt(2), Checkpoint(tmp_path)]).fit(
+        RESTClassifier(**params, callbacks=[StopAt(2), Checkpoint(tmp_path)]).fit(
             X, y, groups=groups)
     resumed = RESTClassifier(**params).fit(X, y, groups=groups, resume_from=tmp_path)
     assert np.array_equal(resumed.predict_proba(X), whole.predict_proba(X))
@@ -709,7 +700,7 @@ def test_other_validation_data_is_another_run(tmp_path):
     params = {**COMMON, "max_epochs": 3}
     validation = (X[:100], y[:100], g[:100])
     with pytest.raises(KeyboardInterrupt):
-        RESTClassifier(**params, callbacks=[_StopAt(2), Checkpoint(tmp_path)]).fit(
+        RESTClassifier(**params, callbacks=[StopAt(2), Checkpoint(tmp_path)]).fit(
             X[100:], y[100:], groups=g[100:], validation_data=validation)
     # the same number of validation samples, other ones: the epoch kept would differ
     with pytest.raises(CheckpointError, match=r"different run.*validation_sha256 was"):
@@ -740,7 +731,7 @@ def test_a_dataset_read_by_worker_processes_resumes_exactly(tmp_path, module):
               "module_params": COMMON["module_params"] if module == "auto" else None}
     whole = RESTClassifier(**params).fit(_Augmented(X), y, groups=g)
     with pytest.raises(KeyboardInterrupt):
-        RESTClassifier(**params, callbacks=[_StopAt(3), Checkpoint(tmp_path)]).fit(
+        RESTClassifier(**params, callbacks=[StopAt(3), Checkpoint(tmp_path)]).fit(
             _Augmented(X), y, groups=g)
     resumed = RESTClassifier(**params).fit(_Augmented(X), y, groups=g, resume_from=tmp_path)
     assert np.array_equal(resumed.predict_proba(X), whole.predict_proba(X))
@@ -772,7 +763,7 @@ def _interrupted(tmp_path, **params):
     X, y, g = _data()
     with pytest.raises(KeyboardInterrupt):
         RESTClassifier(**{**COMMON, "max_epochs": 3, **params},
-                       callbacks=[_StopAt(3), Checkpoint(tmp_path)]).fit(X, y, groups=g)
+                       callbacks=[StopAt(3), Checkpoint(tmp_path)]).fit(X, y, groups=g)
     assert json.loads((tmp_path / ckpt_format.MANIFEST).read_text())["epoch"] == 2
     return X, y, g
 
@@ -887,7 +878,7 @@ def test_a_run_with_samples_of_weight_zero_resumes_bitwise_and_refuses_older_che
     weight = np.where(np.arange(len(y)) % 3 == 0, 0.0, 1.0)
     params = {**COMMON, "max_epochs": 3, "upweight": "balanced"}
     with pytest.raises(KeyboardInterrupt):
-        RESTClassifier(**params, callbacks=[_StopAt(3), Checkpoint(tmp_path)]).fit(
+        RESTClassifier(**params, callbacks=[StopAt(3), Checkpoint(tmp_path)]).fit(
             X, y, groups=g, sample_weight=weight)
     resumed = RESTClassifier(**params).fit(X, y, groups=g, sample_weight=weight,
                                            resume_from=tmp_path)
