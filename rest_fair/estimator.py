@@ -171,7 +171,7 @@ class RESTClassifier(ClassifierMixin, BaseEstimator):
     drop_schedule : {"cosine", "cosine_floor", "constant"}, default="cosine"
         Decay of the drop fraction: RigL's ``f_t = f_0 / 2 * (1 + cos(pi t / T_end))``, or
         the REST authors' cosine annealing that ends at 0.005 instead of 0, or none.
-    update_interval : int or "auto", default="auto"
+    update_interval : int >= 1 or "auto", default="auto"
         Optimizer steps between topology updates; ``"auto"`` is once per epoch. The REST
         authors used 1000 steps on their (much larger) data sets.
     update_timing : {"mid_interval", "after_step"}, default="mid_interval"
@@ -212,9 +212,9 @@ class RESTClassifier(ClassifierMixin, BaseEstimator):
         (``"auto"``).
     upweight : None, "balanced", float or dict, default="balanced"
         Minority reweighting. ``None``: none. ``"balanced"``: every group is drawn equally
-        often. A float ``lambda``: within each class the most frequent group is the aligned
+        often. A float ``lambda > 0``: within each class the most frequent group is the aligned
         one and every other group of that class is drawn ``lambda`` times as often. A dict
-        maps every group to its weight; a group it weighs 0 is left out of training, as if
+        maps every group to its weight (>= 0); a group it weighs 0 is left out of training, as if
         removed, with either ``reweight``. Group sizes (``"balanced"``) and the most
         frequent group (``lambda``) count the samples' ``sample_weight``, as scikit-learn's
         ``compute_class_weight("balanced", sample_weight=...)``: a sample of weight 0 counts
@@ -226,7 +226,7 @@ class RESTClassifier(ClassifierMixin, BaseEstimator):
         ``"groupdro"`` minimises the worst group's loss by online GroupDRO.
     groupdro_eta : float > 0, default=0.01
         Step size of GroupDRO's group-weight update.
-    groupdro_adjustment : float, default=0.0
+    groupdro_adjustment : float >= 0, default=0.0
         GroupDRO's group adjustment ``C >= 0`` (Sagawa et al. 2020, Section 3.3): each
         group's batch loss is increased by ``C / sqrt(n_g)`` in the update of the group
         weights (not in the loss the network minimises), so groups with few training
@@ -243,7 +243,7 @@ class RESTClassifier(ClassifierMixin, BaseEstimator):
         The error set acts through ``upweight`` or ``objective="groupdro"``: with
         ``objective="erm"`` and an ``upweight`` that weighs it as the rest (``None``, ``1``)
         the final model trains as without it, with a warning.
-    jtt_epochs : int, default=5
+    jtt_epochs : int >= 1, default=5
         Epochs of the JTT identification model.
     module : str, nn.Module class, callable or instance, default="auto"
         ``"auto"`` (MLP for flat samples, the paper's small CNN for images), ``"mlp"``,
@@ -254,11 +254,11 @@ class RESTClassifier(ClassifierMixin, BaseEstimator):
         masks and optimizer are built.
     module_params : dict, default=None
         Keyword arguments of the module, e.g. ``{"hidden_layer_sizes": (256, 256)}``.
-    max_epochs : int, default=100
+    max_epochs : int >= 1, default=100
         Training epochs (an epoch draws as many samples as the training set has).
     batch_size : int >= 1, default=256
         Mini-batch size.
-    lr : float, default=0.01
+    lr : float > 0, default=0.01
         Learning rate. With ``optimizer="adam"`` or ``"adamw"``, at most a tenth of the
         largest float32 (Adam's first step is ``lr / (1 - beta1)``, ``beta1 = 0.9``).
     optimizer : {"sgd", "adam", "adamw"}, default="sgd"
@@ -289,17 +289,17 @@ class RESTClassifier(ClassifierMixin, BaseEstimator):
         and masks for ``max_epochs`` more epochs (``history_`` goes on), instead of
         starting anew. Classes and input shape must be the same, and so must ``module``,
         ``module_params``, ``sparsity``, ``layer_density`` and ``dense_layers``.
-    random_state : int, RandomState or None, default=None
+    random_state : int in [0, 2**32 - 1], RandomState or None, default=None
         Seeds weight initialisation, masks, sampling and the validation split. The global
         generators (torch's, CUDA's, numpy's and Python's) are left as they were. Results can
         depend on torch's thread count (convolutions; see the user guide's
         "Reproducibility and devices").
-    verbose : int, default=0
+    verbose : int >= 0, default=0
         ``> 0`` shows a progress bar over epochs.
     callbacks : list of Callback, default=None
         Training hooks, see :mod:`rest_fair.callbacks` (e.g. ``EarlyStopping``,
         ``Checkpoint``).
-    num_workers : int, default=0
+    num_workers : int >= 0, default=0
         DataLoader workers when ``X`` is a torch Dataset. Results do not depend on it:
         every item is read with its own seed (drawn from the run's random state) in the
         global generators of the process that reads it (torch's, numpy's and Python's), so
@@ -314,7 +314,7 @@ class RESTClassifier(ClassifierMixin, BaseEstimator):
         without a process group or torchrun environment. ``False``: never. ``batch_size``
         stays the global batch of one optimizer step (a multiple of the number of ranks)
         and an epoch one pass over the data by all ranks together.
-    distributed_timeout : float, default=1800.0
+    distributed_timeout : float > 0, default=1800.0
         Seconds a rank waits for the others in a collective operation before fit fails
         with :class:`~rest_fair.exceptions.DistributedError` (a dead or hung rank). Used
         when fit initialises the process group; a group initialised by the caller keeps
@@ -650,8 +650,9 @@ or dict of columns, default=None
         Returns
         -------
         pandas.DataFrame
-            One row per conv/linear weight: ``layer``, ``shape``, ``n_weights``, ``n_active``,
-            ``density``, ``n_nonzero`` (active weights that are not exactly 0).
+            One row per masked weight (those of ``masks_``): ``layer``, ``shape``,
+            ``n_weights``, ``n_active``, ``density``, ``n_nonzero`` (active weights that are
+            not exactly 0).
         """
         import pandas as pd
 

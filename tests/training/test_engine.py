@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -103,6 +104,9 @@ def test_with_one_step_per_epoch_updates_fall_on_the_epochs_last_step_as_documen
     assert "With one step per epoch (e.g. a training set of at most ``batch_size`` " \
         "samples) every step is an epoch's last and updates fall there" in doc
     assert "and never on the last step of an epoch" not in doc
+    guide = " ".join((Path(__file__).parents[2] / "docs" / "estimator.md").read_text(
+        encoding="utf-8").split())
+    assert "never on the last step of an epoch" not in guide
 
 
 def _topology_warnings(record) -> list:
