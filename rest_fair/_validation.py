@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "POSITIVE_INT",
     "RANDOM_STATE",
     "Interval",
     "Options",
@@ -95,6 +96,9 @@ class TypeOf:
     def describe(self) -> str:
         return self.description
 
+
+#: A count or size: an integer >= 1.
+POSITIVE_INT = Interval(Integral, 1, float("inf"))
 
 #: The ``random_state`` forms of the estimator, as ``sklearn.utils.check_random_state``
 #: takes them (a RandomState's seed is an integer in [0, 2**32 - 1]).

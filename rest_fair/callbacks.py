@@ -31,7 +31,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ._validation import Interval
+from ._validation import POSITIVE_INT, Interval
 
 __all__ = ["Callback", "Checkpoint", "EarlyStopping", "check_callbacks"]
 
@@ -47,7 +47,6 @@ _TWICE = (
     "two separate instances."
 )
 _EPOCHS = Interval(Integral, 0, float("inf"))
-_COUNT = Interval(Integral, 1, float("inf"))
 _THRESHOLD = Interval(Real, 0, float("inf"))
 
 
@@ -256,9 +255,9 @@ class Checkpoint(Callback):
 
     def on_fit_begin(self, net: Any, *, check_checkpoint: Callable[[Any], None],
                      **kwargs: Any) -> None:
-        if not _COUNT.accepts(self.every):
+        if not POSITIVE_INT.accepts(self.every):
             raise ValueError(f"Checkpoint every must be a positive int; got {self.every!r}.")
-        if not _COUNT.accepts(self.keep):
+        if not POSITIVE_INT.accepts(self.keep):
             raise ValueError(f"Checkpoint keep must be a positive int; got {self.keep!r}.")
         if not isinstance(self.dirname, (str, os.PathLike)) or not os.fspath(self.dirname):
             raise ValueError(f"Checkpoint dirname must name a folder; got {self.dirname!r}.")

@@ -14,13 +14,12 @@ import inspect
 import math
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from numbers import Integral
 from typing import Any
 
 import torch
 from torch import nn
 
-from ._validation import Interval
+from ._validation import POSITIVE_INT
 from .backbones import (
     HF_PREFIX,
     MODULE_NAMES,
@@ -44,7 +43,6 @@ _UNKNOWN_PARAMS = (
     "module_params {unknown} are not options of module={name!r}; it takes {accepted}."
 )
 _INSTANCE_PARAMS = "module_params cannot be used with an nn.Module instance."
-_WIDTH = Interval(Integral, 1, float("inf"))
 _BAD_HIDDEN = (
     "module_params['hidden_layer_sizes'] must be a sequence of positive ints (the width of "
     "each hidden layer), e.g. (100, 100); got {value!r}."
@@ -77,7 +75,7 @@ def _channels_last(name: str, shape: tuple[int, ...]) -> str | None:
 
 def _check_hidden(sizes: Any) -> None:
     if (isinstance(sizes, (str, bytes)) or not isinstance(sizes, Sequence)
-            or not all(_WIDTH.accepts(w) for w in sizes)):
+            or not all(POSITIVE_INT.accepts(w) for w in sizes)):
         raise ValueError(_BAD_HIDDEN.format(value=sizes))
 
 

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from numbers import Integral, Real
+from numbers import Real
 from typing import Any, ClassVar
 
 import numpy as np
 
 from .._requirements import Requirement, check_requirements
-from .._validation import Interval
+from .._validation import POSITIVE_INT, Interval
 from ..exceptions import TrainingDivergedError
 from ..experiments.run import digest, jsonable
 from ..jtt import overlap_report
@@ -28,7 +28,6 @@ __all__ = ["PRESETS", "BenchConfig", "RunSpec", "preset"]
 _MATPLOTLIB = Requirement("matplotlib", "matplotlib", "bench", "the plots (or pass --no-plots)")
 _UNKNOWN_PRESET = "Unknown preset {name!r}; available: {names}."
 _BAD_FIELD = "{field} {detail}; got {value!r}."
-_POSITIVE_INT = Interval(Integral, 1, float("inf"))
 _POSITIVE = Interval(Real, 0, float("inf"), "neither")
 _DECIDED = (
     "extra_params (--estimator-params) sets {key!r}, which {owner} decides for every run; "
@@ -188,7 +187,7 @@ class BenchConfig:
              "names a seed twice"),
             ("max_epochs", self.max_epochs, int(self.max_epochs) >= 1, "must be >= 1"),
             ("image_size", self.image_size,
-             self.image_size is None or _POSITIVE_INT.accepts(self.image_size),
+             self.image_size is None or POSITIVE_INT.accepts(self.image_size),
              "must be a positive int or None"),
             ("split_sizes", self.split_sizes, self.split_sizes is None or (
                 len(self.split_sizes) == 3 and all(_POSITIVE.accepts(v)

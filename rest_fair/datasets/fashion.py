@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from numbers import Integral
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +21,7 @@ import torch
 from numpy.typing import ArrayLike
 from torch.utils.data import Dataset
 
-from .._validation import Interval, check_param
+from .._validation import POSITIVE_INT, check_param
 from .colored import (
     _RANDOM_STATE,
     BiasedImageData,
@@ -52,7 +51,6 @@ _BAD_IDS = (
     "{name} must be integers in [0, {top}) (groups are labels * n_bias + bias); got {got}."
 )
 _BAD_COLORS = "colors must be RGB values in [0, 1]; got values outside [0, 1] or NaN."
-_N_BIAS = Interval(Integral, 1, float("inf"))
 _BAD_INDICES = (
     "indices must be integer positions or a boolean mask of the {n} images; got {dtype} values."
 )
@@ -117,7 +115,7 @@ class ColoredImages(Dataset):
                 )
             )
         _check_image_size(image_size)
-        check_param("n_bias", n_bias, [_N_BIAS])
+        check_param("n_bias", n_bias, [POSITIVE_INT])
         labels, bias = np.asarray(labels), np.asarray(bias)
         colors = np.asarray(colors, dtype=np.float32)
         n = len(images)

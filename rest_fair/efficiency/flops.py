@@ -43,7 +43,6 @@ import math
 import warnings
 from collections.abc import Mapping, Sequence
 from functools import partial
-from numbers import Integral
 
 import torch
 from torch import nn
@@ -51,7 +50,7 @@ from torch.nn.utils import parametrize
 from torch.nn.utils.rnn import PackedSequence
 
 from .._probe import evaluation, probe_pass
-from .._validation import Interval
+from .._validation import POSITIVE_INT
 from ..sparse.checks import check_masks
 from ..sparse.masks import layer_outputs, maskable_parameters
 
@@ -64,7 +63,6 @@ _NOT_CALLED = (
 _BAD_INT = "{name} must be a {kind} int or None; got {value!r}."
 _BAD_REGROW = "regrow must be 'gradient' or 'random'; got {value!r}."
 _NEED_STEPS = "n_topology_updates needs n_train_steps (the number of optimizer steps)."
-_SIZE = Interval(Integral, 1, math.inf)
 _BAD_SHAPE = "input_shape must be a non-empty tuple of positive ints (one sample); got {value!r}."
 _PROBE_FAILED = (
     "A zero sample of input_shape {shape} does not go through the network; is it the shape "
@@ -133,7 +131,7 @@ def _probe(module: nn.Module, input_shape: Sequence[int]
     """:func:`layer_shapes`, and the query, key and value tokens of every
     ``nn.MultiheadAttention`` (by module name) in one pass of a zero sample."""
     shape = tuple(input_shape) if isinstance(input_shape, Sequence) else None
-    if not shape or not all(_SIZE.accepts(s) for s in shape):
+    if not shape or not all(POSITIVE_INT.accepts(s) for s in shape):
         raise ValueError(_BAD_SHAPE.format(value=input_shape))
     positions: dict[str, int] = {}
     tokens: dict[str, tuple[int, int, int]] = {}

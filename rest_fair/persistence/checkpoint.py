@@ -29,14 +29,13 @@ import json
 import os
 import re
 from collections.abc import Mapping
-from numbers import Integral
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from .._validation import Interval
+from .._validation import POSITIVE_INT
 from ..exceptions import CheckpointError
 from .files import atomic_write
 
@@ -302,7 +301,7 @@ def _read_manifest(directory: Path) -> dict[str, Any]:
         if manifest.get("format") != FORMAT_NAME:
             raise ValueError(f"format is {manifest.get('format')!r}")
         version = manifest["version"]
-        if not Interval(Integral, 1, float("inf")).accepts(version):
+        if not POSITIVE_INT.accepts(version):
             raise ValueError(f"version is {version!r}")
         file, digest = str(manifest["file"]), str(manifest["sha256"])
     except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:

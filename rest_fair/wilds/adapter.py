@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from numbers import Integral, Real
+from numbers import Real
 from typing import Any
 
 import numpy as np
@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 
 from .._requirements import import_optional
-from .._validation import Interval, check_param
+from .._validation import POSITIVE_INT, Interval, check_param
 from ._compat import import_wilds_module
 from .datasets import DATASETS, dataset_spec
 
@@ -40,7 +40,6 @@ _BAD_FIELDS = "groupby_fields {fields} are not metadata fields of {name}: {avail
 _BAD_SPLIT = "Split {split!r} is not in {name}'s splits {splits}."
 _BAD_TRANSFORM = "transform must be a callable, 'default' or None; got {!r}."
 _FRAC = Interval(Real, 0, 1, "right")
-_IMAGE_SIZE = Interval(Integral, 1, float("inf"))
 _SPLITS_STR = (
     "splits must be a sequence of split names, e.g. [{value!r}]; got the string {value!r}."
 )
@@ -162,7 +161,7 @@ def default_image_transform(dataset: str | Any, *, image_size: int = 224) -> Cal
     -------
     torchvision.transforms.Compose
     """
-    check_param("image_size", image_size, [_IMAGE_SIZE])
+    check_param("image_size", image_size, [POSITIVE_INT])
     transforms = _transforms()
     name = getattr(dataset, "dataset_name", dataset)
     size = int(image_size)

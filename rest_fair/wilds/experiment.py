@@ -16,10 +16,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import warnings
 from collections.abc import Sequence
-from numbers import Integral, Real
+from numbers import Real
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -27,7 +26,7 @@ import numpy as np
 from sklearn.feature_extraction.text import TfidfVectorizer
 
 from .._requirements import Requirement, check_requirements
-from .._validation import Interval
+from .._validation import POSITIVE_INT, Interval
 from ..exceptions import TrainingDivergedError
 from ..experiments.run import digest, jsonable, standard_error
 from ..experiments.runner import RESULTS_FILE, append_record, locate, read_results, set_aside
@@ -179,9 +178,9 @@ def resolve_settings(args: argparse.Namespace, spec: DatasetSpec) -> dict[str, A
 # the data settings that no estimator check sees, each with its flag and allowed values
 _DATA_SETTINGS = (
     ("frac", "frac", Interval(Real, 0, 1, "right")),
-    ("max_features", "max-features", Interval(Integral, 1, math.inf)),
-    ("image_size", "image-size", Interval(Integral, 1, math.inf)),
-    ("max_length", "max-length", Interval(Integral, 1, math.inf)),
+    ("max_features", "max-features", POSITIVE_INT),
+    ("image_size", "image-size", POSITIVE_INT),
+    ("max_length", "max-length", POSITIVE_INT),
 )
 
 

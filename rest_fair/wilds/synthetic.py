@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from .._requirements import import_optional
-from .._validation import RANDOM_STATE, Interval, check_param
+from .._validation import POSITIVE_INT, RANDOM_STATE, Interval, check_param
 from .datasets import _CIVIL_IDENTITIES, dataset_spec
 
 __all__ = [
@@ -50,7 +50,6 @@ SMOKE_GROUP_COUNTS: dict[str, dict[str, tuple[int, int, int, int]]] = {
 }
 _SPLIT_IDS = {"train": 0, "val": 1, "test": 2}
 _COUNT = Interval(Integral, 0, float("inf"))
-_SIDE = Interval(Integral, 1, float("inf"))
 _CELEBA_ATTRS = ("5_o_Clock_Shadow", "Blond_Hair", "Male", "Smiling", "Young")
 _AUXILIARY = (
     "identity_any", "severe_toxicity", "obscene", "threat", "insult", "identity_attack",
@@ -133,7 +132,7 @@ def _layout(root_dir: str | os.PathLike, name: str, seed: int,
     once the arguments are checked (its version file is written by :func:`_complete` once
     the rest is)."""
     check_param("seed", seed, RANDOM_STATE[1:])
-    check_param("image_size", image_size, [_SIDE])
+    check_param("image_size", image_size, [POSITIVE_INT])
     rng = np.random.default_rng(seed)
     rows = _rows(group_counts, rng)
     data_dir = Path(root_dir) / dataset_spec(name).dirname
