@@ -66,7 +66,7 @@ from torch import nn
 
 from ..exceptions import ModelFileError
 from ..models import MODULE_NAMES, build_module
-from ..sparse.checks import check_mask
+from ..sparse.checks import check_masks
 from .files import atomic_write
 
 __all__ = [
@@ -141,10 +141,6 @@ _NEED_MODULE = (
 _PART_ARCHITECTURE = (
     "{path} names the built-in network {name!r} but its metadata lacks {missing}, which "
     "rebuilding it needs; pass load(path, module=<an instance of it>) to load the weights."
-)
-_BAD_MASK_KEY = (
-    "masks has key {key!r}, which is not a weight of the module (expected names of "
-    "parameters as in module.state_dict(), not of buffers)."
 )
 _BAD_DTYPE = "unsupported tensor dtype {dtype} in {path}."
 _BAD_METADATA = "metadata must be a dict of plain JSON-able values or None; got {type}."
@@ -469,10 +465,8 @@ def write(
     path = os.fspath(path)
     masks = dict(masks or {})
     state, buffers = module.state_dict(), dict(module.named_buffers())
-    for key, mask in masks.items():  # by state-dict name: a layer training as CSR has no
-        if key not in state or key in buffers:  # weight parameter, its state dict has it
-            raise KeyError(_BAD_MASK_KEY.format(key=key))
-        check_mask(key, mask, tuple(state[key].shape))
+    check_masks(module, masks,
+                weights={key: t for key, t in state.items() if key not in buffers})
     header = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, **header}
     arrays = dict(arrays or {})
     entries = []

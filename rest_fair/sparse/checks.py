@@ -10,8 +10,8 @@ from torch import nn
 __all__ = ["check_mask", "check_masks"]
 
 _BAD_MASK_KEY = (
-    "masks has key {key!r}, which is not a parameter of the module "
-    "(expected names as in module.named_parameters())."
+    "masks has key {key!r}, which is not a weight of the module: not a parameter "
+    "name as in module.named_parameters() (buffers take no mask)."
 )
 _BAD_MASK_SHAPE = "mask {key!r} has shape {mask}, but the parameter has shape {param}."
 _BAD_MASK_DTYPE = "mask {key!r} must be a bool torch.Tensor; got {what}."
@@ -37,9 +37,14 @@ def check_mask(key: str, mask: object, shape: tuple[int, ...]) -> None:
                                                 param=tuple(shape)))
 
 
-def check_masks(module: nn.Module, masks: Mapping[str, torch.Tensor]) -> None:
+def check_masks(module: nn.Module, masks: Mapping[str, torch.Tensor], *,
+                weights: Mapping[str, torch.Tensor] | None = None) -> None:
     """Check that every mask is a bool tensor that names a parameter of ``module`` and has
     its shape.
+
+    ``weights``, when given, are the tensors the masks may name instead of the
+    parameters (by state-dict name: a layer training in CSR form holds its dense weight
+    there, not among its parameters).
 
     Raises
     ------
@@ -50,7 +55,7 @@ def check_masks(module: nn.Module, masks: Mapping[str, torch.Tensor]) -> None:
     ValueError
         For a mask whose shape differs from its parameter's.
     """
-    params = dict(module.named_parameters())
+    params = dict(module.named_parameters()) if weights is None else weights
     for key, mask in masks.items():
         if key not in params:
             raise KeyError(_BAD_MASK_KEY.format(key=key))
