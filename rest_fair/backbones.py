@@ -88,6 +88,8 @@ UNREADABLE_STATE_DICT = (
     "written by torch.save(model.state_dict(), path) or safetensors (files holding pickled "
     "objects other than tensors are refused, so that nothing in them runs)."
 )
+#: What torch.load raises for a file that is damaged, empty or not a tensor file.
+_UNREADABLE = (pickle.UnpicklingError, EOFError, RuntimeError, ValueError)
 DAMAGED_CACHED_WEIGHTS = (
     "The cached torchvision weights {weights} for {name} at {cache} cannot be read ({error}) "
     "and their SHA-256 does not start with {digest!r} as the file name says: the file is "
@@ -254,8 +256,7 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         the message names the file.
     """
     path = Path(path).expanduser()
-    unreadable: tuple[type[Exception], ...] = (pickle.UnpicklingError, EOFError, RuntimeError,
-                                               ValueError)
+    unreadable: tuple[type[Exception], ...] = _UNREADABLE
     try:
         if path.suffix == ".safetensors":
             safetensors = import_optional("safetensors", extra="text",
@@ -483,7 +484,7 @@ def build_torchvision(
             raise
         raise ValueError(BAD_TORCHVISION_PARAMS.format(name=name, keys=sorted(kwargs),
                                                        error=exc)) from exc
-    except (pickle.UnpicklingError, EOFError, RuntimeError, ValueError) as exc:
+    except _UNREADABLE as exc:
         if member is not None:  # a damaged cached file, else the error as it is
             _check_cached_file(member, name, exc)
         raise

@@ -116,6 +116,11 @@ def _fuse_relus(module: nn.Module) -> dict[str, nn.ReLU]:
     return fused
 
 
+#: What may stand between two CSR layers linked feature-major: the element-wise modules
+#: without randomness (see :func:`_link_feature_major`).
+_LINKED_THROUGH = (*(m for m in ELEMENTWISE if m is not nn.Dropout), _FusedReLU)
+
+
 def _link_feature_major(module: nn.Module) -> None:
     """Let CSR layers that feed another CSR layer of a Sequential skip the transpose.
 
@@ -128,8 +133,7 @@ def _link_feature_major(module: nn.Module) -> None:
             continue
         pending: CSRLinear | None = None
         for sub in seq:
-            if (type(sub) in ELEMENTWISE and type(sub) is not nn.Dropout) \
-                    or type(sub) is _FusedReLU:
+            if type(sub) in _LINKED_THROUGH:
                 continue
             if pending is not None and isinstance(sub, CSRLinear):
                 pending.feature_major_output = True

@@ -446,7 +446,7 @@ class MaskSet:
         """
         param = self.params[name]
         check_mask(name, mask, tuple(param.shape))
-        mask = mask.to(device=param.device, dtype=torch.bool)
+        mask = mask.to(param.device)
         self._bool[name] = mask
         self._mult[name] = mask.to(param.dtype)
 
