@@ -55,7 +55,7 @@ from .training import (
     check_checkpoint,
 )
 from .training.distributed import LocalContext, resolve_distributed
-from .training.parts import TrainConfig, build_parts
+from .training.parts import EPOCHS_PARAMETER, TrainConfig, build_parts
 
 __all__ = ["fit_estimator", "is_device_name", "remember_network_params", "resolve_device"]
 
@@ -437,11 +437,19 @@ def _unit_mean(weights: np.ndarray) -> np.ndarray:
 
 def _jtt_errors(est: Any, train: FitData, seed: int, saved: torch.Tensor | None,
                 world: LocalContext) -> np.ndarray:
-    """JTT's error set of the training rows: a resumed run's, or rank 0's on every rank."""
+    """JTT's error set of the training rows: a resumed run's, or rank 0's on every rank.
+
+    The identification model's warnings name its epochs ``jtt_epochs``, the parameter that
+    sets them.
+    """
     if saved is not None:
         return saved.numpy().astype(bool)
-    errors = identify_errors(est, train.X, train.classes[train.y], seed=seed,
-                             sample_weight=train.sample_weight)
+    named = EPOCHS_PARAMETER.set("jtt_epochs")
+    try:
+        errors = identify_errors(est, train.X, train.classes[train.y], seed=seed,
+                                 sample_weight=train.sample_weight)
+    finally:
+        EPOCHS_PARAMETER.reset(named)
     errors = world.broadcast_(torch.as_tensor(errors, dtype=torch.uint8)).numpy() > 0
     trained = errors[train.sample_weight > 0]  # those of weight 0 are absent from training
     if world.is_main and (trained.all() or not trained.any()):

@@ -3,12 +3,15 @@
 Parameters are checked against a declarative table, ``RESTClassifier._parameter_constraints``
 (as scikit-learn's estimators do): each name maps to a list of allowed forms, built from the
 small constraint classes below. Error messages are module constants so that tests and users
-can match them.
+can match them. A second table, ``RESTClassifier._used_only_when``, names the parameters
+that one value of another parameter reads alone, for :func:`warn_unused_params`.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
+import warnings
 from dataclasses import dataclass
 from numbers import Integral
 from typing import Any
@@ -23,10 +26,15 @@ __all__ = [
     "TypeOf",
     "check_param",
     "check_params",
+    "warn_unused_params",
 ]
 
 BAD_OPTION = "{name} must be one of {options}; got {value!r}."
 BAD_RANGE = "{name} must be {rule}; got {value!r}."
+UNUSED_PARAM = (
+    "{name}={value!r} is only used when {setting} is {options}; with {setting}={current!r} "
+    "it is ignored (its default is {default!r})."
+)
 #: Integers go to numpy and torch as int64: an integer interval ends below this.
 _INT64_END = 2**63
 #: A per-sample input whose length differs from X's (checked by ``_inputs`` and ``text``).
@@ -134,3 +142,20 @@ def check_params(est: Any) -> None:
     """
     for name, allowed in est._parameter_constraints.items():
         check_param(name, getattr(est, name), allowed)
+
+
+def warn_unused_params(est: Any, *, stacklevel: int = 3) -> None:
+    """Warn of each parameter of ``est`` given a value other than its default that its
+    other parameters leave unused, as ``est._used_only_when`` declares them (a parameter
+    name -> the parameter and the values of it that read the first).
+
+    The defaults are those of ``est``'s ``__init__``, as ``get_params`` reads the names;
+    ``stacklevel`` 3 names the caller of the method that calls this one.
+    """
+    defaults = inspect.signature(type(est)).parameters
+    for name, (setting, values) in est._used_only_when.items():
+        value, current, default = getattr(est, name), getattr(est, setting), defaults[name].default
+        if current not in values and value != default:
+            warnings.warn(UNUSED_PARAM.format(
+                name=name, value=value, setting=setting, current=current, default=default,
+                options=" or ".join(map(repr, values))), UserWarning, stacklevel=stacklevel)

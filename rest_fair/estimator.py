@@ -22,7 +22,14 @@ from ._fit import (
     remember_network_params,
 )
 from ._inputs import _FLOAT32_MAX, check_x
-from ._validation import RANDOM_STATE, Interval, Options, TypeOf, check_params
+from ._validation import (
+    RANDOM_STATE,
+    Interval,
+    Options,
+    TypeOf,
+    check_params,
+    warn_unused_params,
+)
 from .efficiency import efficiency_report, export_sparse
 from .exceptions import ModelFileError, TrainingDivergedError
 from .models import MODULE_NAMES
@@ -225,7 +232,9 @@ class RESTClassifier(ClassifierMixin, BaseEstimator):
     objective : {"erm", "groupdro"}, default="erm"
         ``"groupdro"`` minimises the worst group's loss by online GroupDRO.
     groupdro_eta : float > 0, default=0.01
-        Step size of GroupDRO's group-weight update.
+        Step size of GroupDRO's group-weight update. Only used with
+        ``objective="groupdro"``: ``fit`` warns of a value other than the default otherwise,
+        as it does for ``groupdro_adjustment``, ``jtt_epochs`` and ``momentum``.
     groupdro_adjustment : float >= 0, default=0.0
         GroupDRO's group adjustment ``C >= 0`` (Sagawa et al. 2020, Section 3.3): each
         group's batch loss is increased by ``C / sqrt(n_g)`` in the update of the group
@@ -244,7 +253,7 @@ class RESTClassifier(ClassifierMixin, BaseEstimator):
         ``objective="erm"`` and an ``upweight`` that weighs it as the rest (``None``, ``1``)
         the final model trains as without it, with a warning.
     jtt_epochs : int >= 1, default=5
-        Epochs of the JTT identification model.
+        Epochs of the JTT identification model (``infer_groups="jtt"`` only).
     module : str, nn.Module class, callable or instance, default="auto"
         ``"auto"`` (MLP for flat samples, the paper's small CNN for images), ``"mlp"``,
         ``"cnn"``, ``"resnet18"``, or a user module, which must return one logit per class
@@ -264,7 +273,7 @@ class RESTClassifier(ClassifierMixin, BaseEstimator):
     optimizer : {"sgd", "adam", "adamw"}, default="sgd"
         SGD uses ``momentum``.
     momentum : float in [0, 1), default=0.9
-        SGD momentum.
+        SGD momentum (``optimizer="sgd"`` only).
     weight_decay : float >= 0, default=0.0
         L2 penalty.
     lr_scheduler : {"plateau", "cosine", "constant"}, default="plateau"
@@ -410,6 +419,14 @@ class RESTClassifier(ClassifierMixin, BaseEstimator):
         "num_workers": [Interval(Integral, 0, _INF, "left")],
         "distributed": [Options(("auto",)), TypeOf((bool, np.bool_), "True or False")],
         "distributed_timeout": [Interval(Real, 0, _INF, "neither")],
+    }
+    #: Parameters that one setting of another parameter reads alone: ``fit`` warns where one
+    #: differs from its default and is unused (as scikit-learn's ``l1_ratio``).
+    _used_only_when: ClassVar[dict[str, tuple[str, tuple]]] = {
+        "groupdro_eta": ("objective", ("groupdro",)),
+        "groupdro_adjustment": ("objective", ("groupdro",)),
+        "jtt_epochs": ("infer_groups", ("jtt",)),
+        "momentum": ("optimizer", ("sgd",)),
     }
 
     def __init__(
@@ -574,6 +591,7 @@ or dict of columns, default=None
         numbers it gives alone. Fits in separate processes run side by side.
         """
         self._validate_params()
+        warn_unused_params(self)
         with translate_failures(self.distributed_timeout):
             return fit_estimator(self, X, y, groups=groups, sample_weight=sample_weight,
                                  validation_data=validation_data, resume_from=resume_from)

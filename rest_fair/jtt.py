@@ -6,6 +6,7 @@ form the *error set*, which REST then upweights as if it were the minority group
 
 from __future__ import annotations
 
+from inspect import signature
 from typing import Any
 
 import numpy as np
@@ -28,9 +29,11 @@ def identification_params(est: Any, *, seed: int) -> dict:
 
     It keeps the architecture, sparsity and optimiser, but draws no reweighting, holds no
     validation split (the last epoch is used) and trains for ``jtt_epochs`` epochs at a
-    constant learning rate.
+    constant learning rate. The parameters it leaves unused (``est._used_only_when``:
+    GroupDRO's, ``jtt_epochs``, and ``momentum`` with an optimizer other than SGD) are at
+    their defaults, so that its fit does not warn of them (the estimator's fit does).
     """
-    return {
+    params = {
         "infer_groups": None,
         "upweight": None,
         "objective": "erm",
@@ -42,6 +45,10 @@ def identification_params(est: Any, *, seed: int) -> dict:
         "verbose": 0,
         "random_state": seed,
     }
+    given, defaults = {**est.get_params(deep=False), **params}, signature(type(est)).parameters
+    return {**params, **{name: defaults[name].default
+                         for name, (setting, values) in est._used_only_when.items()
+                         if given[setting] not in values}}
 
 
 def identify_errors(est: Any, X: Any, y: np.ndarray, *, seed: int,

@@ -241,6 +241,47 @@ def test_scikit_learns_parameter_hook_uses_our_constraints():
         RESTClassifier(sparsity=1.5)._validate_params()
 
 
+def _unused_warnings(record) -> list[str]:
+    return [str(w.message) for w in record if "is only used when" in str(w.message)]
+
+
+@pytest.mark.parametrize(("params", "message"), [
+    ({"groupdro_eta": 0.5}, "groupdro_eta=0.5 is only used when objective is 'groupdro'; "
+                            "with objective='erm' it is ignored (its default is 0.01)."),
+    ({"groupdro_adjustment": 1.0}, "groupdro_adjustment=1.0 is only used when objective is "
+                                   "'groupdro'; with objective='erm' it is ignored"),
+    ({"jtt_epochs": 2}, "jtt_epochs=2 is only used when infer_groups is 'jtt'; with "
+                        "infer_groups=None it is ignored (its default is 5)."),
+    ({"momentum": 0.5, "optimizer": "adam"}, "momentum=0.5 is only used when optimizer is "
+                                             "'sgd'; with optimizer='adam' it is ignored"),
+    # JTT's identification model (plain ERM) leaves GroupDRO's and its own unused: not
+    # warned about, and the final model's unused momentum once
+    ({"momentum": 0.5, "optimizer": "adam", "infer_groups": "jtt", "objective": "groupdro",
+      "groupdro_eta": 0.5, "jtt_epochs": 1}, "momentum=0.5 is only used when optimizer"),
+], ids=["eta", "adjustment", "jtt_epochs", "momentum", "jtt"])
+def test_a_parameter_its_method_leaves_unused_is_warned_about_once(data, params, message):
+    # as scikit-learn's "l1_ratio parameter is only used when penalty is 'elasticnet'"; it
+    # was ignored silently
+    X, y, g = data
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        _clf(max_epochs=1, **params).fit(X, y, groups=g)
+    [warned] = _unused_warnings(record)
+    assert message in warned
+    assert [w.filename for w in record if str(w.message) == warned] == [__file__]
+
+
+def test_parameters_at_their_defaults_or_used_are_not_warned_about(data):
+    X, y, g = data
+    for params in ({}, {"objective": "groupdro", "groupdro_eta": 0.5, "groupdro_adjustment": 1.0},
+                   {"infer_groups": "jtt", "jtt_epochs": 1, "upweight": 5},
+                   {"optimizer": "adamw"}, {"momentum": 0.5}):
+        with warnings.catch_warnings(record=True) as record:
+            warnings.simplefilter("always")
+            _clf(max_epochs=1, **params).fit(X, y, groups=g)
+        assert _unused_warnings(record) == [], params
+
+
 def test_bad_inputs_name_the_problem(data):
     X, y, g = data
     bad = X.copy()

@@ -84,7 +84,7 @@ TOO_FEW_SAMPLES = (
 RANK_FAILED = (
     "distributed fit failed on rank {rank} of {world_size}: a collective operation with "
     "the other ranks did not complete. Another rank probably died (see its log), hung for "
-    "longer than distributed_timeout={timeout:g} s, or stopped calling fit. The error from "
+    "longer than distributed_timeout={timeout} s, or stopped calling fit. The error from "
     "torch.distributed was: {error}"
 )
 MASKS_DIVERGED = (
@@ -307,6 +307,7 @@ def translate_failures(timeout: float) -> Iterator[None]:
     inside torch or rest_fair, not by a callback) raised while a process group of more
     than one rank is initialised, and the ``DistError`` of a failed rendezvous (rank and
     world size then read from the environment); everything else passes through unchanged.
+    The message quotes ``timeout`` (``distributed_timeout``) as given.
     """
     try:
         yield
@@ -328,7 +329,7 @@ def translate_failures(timeout: float) -> Iterator[None]:
         else:
             raise
         raise DistributedError(RANK_FAILED.format(
-            rank=rank, world_size=world_size, timeout=float(timeout),
+            rank=rank, world_size=world_size, timeout=timeout,
             error=str(exc).strip())) from exc
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -27,6 +28,7 @@ from .precision import Precision
 from .sampler import EpochSampler
 
 __all__ = [
+    "EPOCHS_PARAMETER",
     "LR_SCHEDULERS",
     "OPTIMIZERS",
     "EvalSet",
@@ -55,13 +57,17 @@ _FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 NO_TOPOLOGY_UPDATE = (
     "update_interval={interval} with update_timing={timing!r} puts the first topology "
     "update at optimizer step {first}, but this fit takes {total} steps "
-    "(max_epochs={epochs}, {per_epoch} per epoch) and may change the topology up to step "
+    "({epochs_name}={epochs}, {per_epoch} per epoch) and may change the topology up to step "
     "{last} only (update_end={update_end:g}, drop_schedule={schedule!r}): the masks will "
     "never change, so the network trains with its initial masks (static sparse training) "
     "although drop_fraction={drop:g} asks for dynamic sparse training. Use a smaller "
-    "update_interval ('auto' updates once per epoch), more max_epochs or a larger "
+    "update_interval ('auto' updates once per epoch), more {epochs_name} or a larger "
     "update_end; drop_fraction=0 trains a static mask without this warning."
 )
+#: The estimator parameter that sets the epochs of the run being built, as
+#: :data:`NO_TOPOLOGY_UPDATE` names it: ``"jtt_epochs"`` while JTT's identification model,
+#: a fit inside the fit, is built.
+EPOCHS_PARAMETER: ContextVar[str] = ContextVar("EPOCHS_PARAMETER", default="max_epochs")
 
 
 @dataclass(frozen=True)
@@ -268,6 +274,7 @@ def make_sparsity(
     max_epochs: int,
     generator: torch.Generator,
     masks: dict[str, torch.Tensor] | None = None,
+    warn: bool = True,
 ) -> DynamicSparsity | None:
     """The sparse engine of a run, with its initial masks applied (``None`` when dense).
 
@@ -276,8 +283,10 @@ def make_sparsity(
     largest weights of each layer as they are (pretrained weights). ``steps_per_epoch``
     and ``max_epochs`` place the updates (``update_interval="auto"``: once per epoch) and
     scale the drop schedule; ``generator`` draws masks and random regrowth; ``masks`` (a
-    warm start) replace new ones. Warns (:data:`NO_TOPOLOGY_UPDATE`) where a drop fraction
-    above 0 and ``update_end`` above 0 ask for topology updates and none falls in the run.
+    warm start) replace new ones. Warns (:data:`NO_TOPOLOGY_UPDATE`, naming the epochs by
+    :data:`EPOCHS_PARAMETER`) where a drop fraction above 0 and ``update_end`` above 0 ask
+    for topology updates and none falls in the run, unless ``warn`` is false (the ranks of
+    a data-parallel run other than rank 0).
     """
     if config.sparsity <= 0:
         return None
@@ -306,10 +315,12 @@ def make_sparsity(
         update_timing=config.update_timing,
     )
     first, end = engine.first_due_step(), engine.schedule.end_step
-    if config.drop_fraction > 0 and config.update_end > 0 and not engine.is_update_step(first):
+    if (warn and config.drop_fraction > 0 and config.update_end > 0
+            and not engine.is_update_step(first)):
         warnings.warn(NO_TOPOLOGY_UPDATE.format(
             interval=f"'auto' (= {steps_per_epoch})" if interval == "auto" else interval,
             timing=config.update_timing, first=first, total=total_steps, epochs=max_epochs,
+            epochs_name=EPOCHS_PARAMETER.get(),
             per_epoch=steps_per_epoch, last=end if engine.schedule(end) > 0 else max(end - 1, 0),
             update_end=config.update_end, schedule=config.drop_schedule,
             drop=config.drop_fraction), UserWarning, stacklevel=7)
@@ -387,7 +398,8 @@ def build_parts(
     device, batch_size = world.device, config.batch_size
     _materialise_lazy(module, train.source, device)
     sparsity = make_sparsity(module, config.sparse, steps_per_epoch=train.sampler.steps_per_epoch,
-                             max_epochs=config.max_epochs, generator=generator, masks=masks)
+                             max_epochs=config.max_epochs, generator=generator, masks=masks,
+                             warn=world.is_main)
     example, example_scale = _example_batch(train, batch_size, device)
     sparsity = make_sparse_compute(module, sparsity, SparseComputeConfig(
         mode=config.sparse_compute, threshold=config.sparse_compute_threshold,

@@ -33,6 +33,7 @@ from rest_fair.training.distributed import (
     resolve_distributed,
     shard_order,
     shard_range,
+    translate_failures,
 )
 from tests._support.golden_fits import DDP_SCENARIOS, assert_same_as_recorded
 
@@ -243,6 +244,15 @@ def test_distributed_true_needs_a_process_group(monkeypatch):
 def test_bad_distributed_parameters(params, match):
     with pytest.raises(ValueError, match=match):
         RESTClassifier(**params).fit(np.random.default_rng(0).random((20, 3)), np.arange(20) % 2)
+
+
+@pytest.mark.parametrize("timeout", [2592001.0, 1234567, 1e-05])
+def test_a_failed_rendezvous_quotes_distributed_timeout_as_given(timeout):
+    # it was formatted by ":g", to 6 digits: 2592001.0 read 2.592e+06
+    with pytest.raises(DistributedError, match="rendezvous failed") as caught:
+        with translate_failures(timeout):
+            raise dist.DistError("rendezvous failed")
+    assert f"longer than distributed_timeout={timeout} s," in str(caught.value)
 
 
 def test_one_rank_process_group_trains_through_ddp_exactly(tmp_path, monkeypatch):
@@ -614,7 +624,7 @@ def test_dead_or_hung_rank_fails_the_others_within_the_timeout(tmp_path, how):
     elapsed = error["time"] - failed_at
     assert error["type"] == "DistributedError"
     assert "distributed fit failed on rank 0 of 2" in error["message"]
-    assert f"distributed_timeout={timeout:g} s" in error["message"]
+    assert f"distributed_timeout={timeout} s" in error["message"]
     # the failed group is torn down at exit too: no gloo thread outlives the interpreter
     # (one that does can abort the process at exit, which then reports SIGABRT)
     names = json.loads((tmp_path / "threads-rank0.json").read_text())

@@ -140,6 +140,37 @@ def test_a_fit_too_short_for_its_update_interval_warns_once_at_the_start(data, t
     assert clf.n_topology_updates_ == 1 and _topology_warnings(record) == []
 
 
+def test_jtts_identification_model_too_short_for_its_update_interval_names_jtt_epochs(data):
+    # the identification model trains for jtt_epochs (1 epoch, 5 steps); its max_epochs is
+    # set by the estimator from jtt_epochs, not by the user, whose max_epochs is 3
+    X, y, _ = data
+    with pytest.warns(UserWarning, match="the masks will never change") as record:
+        _clf(infer_groups="jtt", upweight=5, jtt_epochs=1, max_epochs=3, batch_size=128,
+             update_interval=6).fit(X, y)
+    [warned] = _topology_warnings(record)
+    message = str(warned.message)
+    assert "this fit takes 5 steps (jtt_epochs=1, 5 per epoch)" in message
+    assert "more jtt_epochs or a larger update_end" in message
+    assert "max_epochs" not in message
+
+
+def test_only_rank_0_warns_of_a_fit_too_short_for_its_update_interval():
+    X, y, _ = _toy()
+    cpu = torch.device("cpu")
+    config = TrainConfig.from_params(_clf(max_epochs=1, update_interval=1000).get_params())
+    for rank, expected in [(0, 1), (1, 0)]:
+        generator = torch.Generator().manual_seed(0)
+        train = TrainSet(make_source(X, device=cpu), torch.as_tensor(y), None,
+                         torch.zeros(len(y), dtype=torch.long), 1,
+                         EpochSampler(len(y), config.batch_size, None, generator))
+        module = build_module("mlp", input_shape=(20,), n_classes=2, module_params=None)
+        with warnings.catch_warnings(record=True) as record:
+            warnings.simplefilter("always")
+            build_parts(config, module, train, None, world=LocalContext(rank=rank, world_size=2),
+                        precision=Precision("32", cpu), generator=generator, callbacks=[])
+        assert len(_topology_warnings(record)) == expected
+
+
 @pytest.mark.parametrize("params", [{"drop_fraction": 0.0}, {"update_end": 0.0},
                                     {"sparsity": 0.0}], ids=["no-drop", "no-end", "dense"])
 def test_static_masks_and_dense_fits_are_not_warned_about_topology_updates(data, params):
