@@ -691,7 +691,9 @@ or dict of columns, default=None
         return tags
 
     def __getstate__(self) -> dict:
-        state = super().__getstate__()
+        """The pickled state: a copy of ``vars(self)`` less ``inference_module_`` and
+        ``optimizer_``, a CUDA network copied to the CPU; the estimator is left as it was."""
+        state = dict(super().__getstate__())
         state.pop("inference_module_", None)  # derived from module_; rebuilt on demand
         state.pop("optimizer_", None)  # bound to the parameters of the training process
         module = state.get("module_")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import math
 import pickle
@@ -94,8 +95,10 @@ def test_clone_pickle_pipeline_gridsearch(data):
     clf = _clf()
     assert clone(clf).get_params() == clf.get_params()
     clf.fit(X, y, groups=g)
+    optimizer = clf.optimizer_
     restored = pickle.loads(pickle.dumps(clf))
     assert np.array_equal(restored.predict_proba(X), clf.predict_proba(X))
+    assert clf.optimizer_ is optimizer and "optimizer_" not in vars(restored)
     pipe = make_pipeline(StandardScaler(), _clf())
     pipe.fit(X, y, restclassifier__groups=g)
     assert pipe.named_steps["restclassifier"].groups_ == ["majority", "minority"]
@@ -647,6 +650,7 @@ def test_cuda_fit_matches_cpu_and_pickles_to_cpu(data):
     assert np.mean(gpu.predict(X) == cpu.predict(X)) > 0.9
     restored = pickle.loads(pickle.dumps(gpu))
     assert next(restored.module_.parameters()).device.type == "cpu"
+    assert next(gpu.module_.parameters()).is_cuda  # the pickled estimator stays on the GPU
     np.testing.assert_allclose(restored.predict_proba(X), gpu.predict_proba(X), atol=1e-4)
 
 
@@ -670,6 +674,8 @@ def test_predicting_through_the_sparse_export(data):
     assert any(name.endswith("crow_indices") for name, _ in clf.inference_module_.named_buffers())
     np.testing.assert_allclose(clf.predict_proba(X), reference, atol=1e-5)
     assert "inference_module_" not in pickle.loads(pickle.dumps(clf)).__dict__
+    assert "inference_module_" not in copy.copy(clf).__dict__
+    assert "inference_module_" in clf.__dict__  # the pickled estimator keeps it
     clf.fit(X, y, groups=g)
     assert "inference_module_" not in clf.__dict__
 
