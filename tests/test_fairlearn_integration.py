@@ -151,3 +151,17 @@ def test_threshold_optimizer_with_rest(data):
     assert set(np.unique(y_pred)) <= {0, 1}
     # the wrapped estimator really is a fitted RESTClassifier
     assert hasattr(postprocessor.estimator_, "module_")
+
+
+def test_threshold_optimizer_passes_groups_to_rest_fit(data):
+    """docs/fairness.md: ``ThresholdOptimizer.fit(..., groups=a)`` trains REST with the groups
+    (fairlearn passes its other keyword arguments to the estimator's fit)."""
+    X, y, groups = data
+    postprocessor = ThresholdOptimizer(
+        estimator=SpyREST(**TINY),
+        constraints="demographic_parity",
+        predict_method="predict_proba",
+    )
+    postprocessor.fit(X, y, sensitive_features=groups, groups=groups)
+    np.testing.assert_array_equal(SpyREST.calls[-1]["groups"], groups)
+    assert sorted(postprocessor.estimator_.groups_) == [0, 1]
