@@ -41,7 +41,16 @@ _UNALIGNED_TABLES = (
     "The WILDS {name} tables must have one row per sample, in the same order, but {counts}.\n"
     "Expected layout under root_dir={root}:\n{layout}"
 )
+_UNFINISHED_ARCHIVE = (
+    "The WILDS {name} data in {data_dir} are incomplete: {archive} is left from a download or "
+    "unpacking that did not finish (wilds deletes it once it has unpacked all of it, and "
+    "otherwise unpacks it again as if it were complete, without a check). Delete {data_dir} "
+    "and download again (load_wilds(..., download=True) with network access), or unpack the "
+    "archive from https://wilds.stanford.edu/downloads there yourself."
+)
 _DOWNLOAD_TIMEOUT_S = 60.0
+#: The file wilds downloads a dataset's archive into, in the data directory.
+_ARCHIVE = "archive.tar.gz"
 
 
 @dataclass(frozen=True)
@@ -213,7 +222,10 @@ def load_wilds(name: str, root_dir: str | os.PathLike, *, download: bool = False
     ------
     FileNotFoundError
         When files are missing and ``download=False``, or the download did not bring them;
-        the message names every missing path and the full expected layout.
+        the message names every missing path and the full expected layout. Also when the
+        data directory holds the archive of a download or unpacking that did not finish
+        (wilds deletes it once unpacked), before or after the call: wilds would take it as
+        complete.
     DatasetFormatError
         When a table is empty, is not CSV, lacks a column that wilds reads or holds a value
         outside those of :attr:`DatasetSpec.values` (a label, spurious attribute or split
@@ -227,6 +239,10 @@ def load_wilds(name: str, root_dir: str | os.PathLike, *, download: bool = False
     root = Path(root_dir).expanduser()
     data_dir = root / spec.dirname
     paths = [data_dir / rel for rel in (spec.release_file, *spec.required)]
+    archive = data_dir / _ARCHIVE
+    unfinished = _UNFINISHED_ARCHIVE.format(name=spec.name, data_dir=data_dir, archive=archive)
+    if archive.exists():
+        raise FileNotFoundError(unfinished)
     missing = [path for path in paths if not path.exists()]
     if missing and not download:
         raise FileNotFoundError(_missing_data(spec, root, missing))
@@ -238,13 +254,18 @@ def load_wilds(name: str, root_dir: str | os.PathLike, *, download: bool = False
         # wilds wraps read-only pandas arrays in tensors; harmless, but noisy
         warnings.filterwarnings("ignore", message=".*NumPy array is not writable.*")
         try:
-            return dataset_class(root_dir=str(root), download=bool(download and missing))
+            dataset = dataset_class(root_dir=str(root), download=bool(download and missing))
         except OSError as exc:  # wilds prints a failed download and reads the files anyway
+            if archive.exists():
+                raise FileNotFoundError(unfinished) from exc
             still = [path for path in paths if not path.exists()]
             if not (missing and still):
                 raise
             raise FileNotFoundError(_DOWNLOAD_FAILED.format(name=spec.name, data_dir=data_dir)
                                     + _missing_data(spec, root, still)) from exc
+    if archive.exists():  # wilds printed the failed unpacking and read what it had unpacked
+        raise FileNotFoundError(unfinished)
+    return dataset
 
 
 def _missing_data(spec: DatasetSpec, root: Path, missing: list[Path]) -> str:
