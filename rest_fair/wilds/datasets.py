@@ -46,7 +46,8 @@ _UNFINISHED_ARCHIVE = (
     "unpacking that did not finish (wilds deletes it once it has unpacked all of it, and "
     "otherwise unpacks it again as if it were complete, without a check). Delete {data_dir} "
     "and download again (load_wilds(..., download=True) with network access), or unpack the "
-    "archive from https://wilds.stanford.edu/downloads there yourself."
+    "archive from https://wilds.stanford.edu/downloads there yourself; if you have unpacked "
+    "a complete archive there, delete {archive}."
 )
 _DOWNLOAD_TIMEOUT_S = 60.0
 #: The file wilds downloads a dataset's archive into, in the data directory.
