@@ -86,6 +86,8 @@ class DatasetSpec:
         Columns whose values wilds turns into labels, groups or splits: the table, the
         column and its values, as a tuple, or ``"a number in [0, 1]"`` for the scores that
         wilds compares with 0.5 (an empty cell is read as below it).
+    indexed : bool
+        Whether wilds reads the first column of the tables as their index, not as data.
     """
 
     name: str
@@ -99,6 +101,7 @@ class DatasetSpec:
     image_dir: str = ""
     columns: tuple[tuple[str, tuple[str, ...]], ...] = ()
     values: tuple[tuple[str, str, tuple | str], ...] = ()
+    indexed: bool = False
 
     @property
     def dirname(self) -> str:
@@ -171,6 +174,7 @@ DATASETS: dict[str, DatasetSpec] = {
         columns=((_CIVIL_TABLE, ("comment_text", "split", *_CIVIL_SCORES)),),
         values=((_CIVIL_TABLE, "split", ("train", "val", "test")),
                 *((_CIVIL_TABLE, column, _SHARE) for column in _CIVIL_SCORES)),
+        indexed=True,
     ),
 }
 _ALIASES = {key.lower(): key for key in DATASETS}
@@ -291,8 +295,8 @@ def _check_tables(spec: DatasetSpec, root: Path) -> None:
         path = root / spec.dirname / rel
         checked = {column: allowed for table, column, allowed in spec.values if table == rel}
         try:
-            header = set(pd.read_csv(path, nrows=0).columns)
-            absent = [c for c in columns if c not in header]
+            names = list(pd.read_csv(path, nrows=0).columns)
+            absent = [c for c in columns if c not in (names[1:] if spec.indexed else names)]
             frame = None if absent else pd.read_csv(path, usecols=list(checked) or [columns[0]])
         except pd.errors.EmptyDataError:
             problem = "is empty"
@@ -301,6 +305,8 @@ def _check_tables(spec: DatasetSpec, root: Path) -> None:
         else:
             if frame is None:
                 problem = f"has no column {', '.join(repr(c) for c in absent)}"
+                if spec.indexed and names[0] in absent:
+                    problem += f" (wilds reads the first column, {names[0]!r}, as the index)"
             elif frame.empty:
                 problem = "has a header but no rows"
             else:

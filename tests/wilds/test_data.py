@@ -321,6 +321,21 @@ def test_a_table_without_a_column_wilds_reads_is_named(tmp_path, name, table, dr
         load_wilds(name, tmp_path)
 
 
+def test_a_civilcomments_table_without_its_index_column_is_named(tmp_path):
+    # wilds reads the first column as the index: a table written without it lost its first
+    # data column, and wilds failed with a bare KeyError('comment_text')
+    import pandas as pd
+
+    from rest_fair.exceptions import DatasetFormatError
+
+    path = make_synthetic_layout("civilcomments", tmp_path) / "all_data_with_identities.csv"
+    pd.read_csv(path, index_col=0).drop(columns="id").to_csv(path, index=False)
+    with pytest.raises(DatasetFormatError) as info:
+        load_wilds("civilcomments", tmp_path)
+    assert (f"{path} has no column 'comment_text' (wilds reads the first column, "
+            f"'comment_text', as the index)") in str(info.value)
+
+
 @pytest.mark.parametrize(
     ("name", "table", "column", "value", "allowed"),
     [
