@@ -9,12 +9,14 @@ Expected layout (the format of the DFA / LfF releases)::
 
 where ``<pct>`` is the share of bias-conflicting training samples (``0.5pct``, ``1pct``,
 ``2pct``, ``5pct``), and label and bias attribute are the last two ``_``-separated fields
-of the file name stem. Labels, bias attributes, conflict flags and groups are parsed from
-the names when the data set is created, so they can be passed to
-:meth:`rest_fair.RESTClassifier.fit` (``y=ds.labels, groups=ds.conflict``) without
-reading a single image; images are read (with PIL) one item at a time. Hidden files (names
-starting with ``.``, such as the ``._<name>.png`` companions macOS writes on exFAT drives)
-are not images of the release and are skipped.
+of the file name stem. BFFHQ's release has one share and keeps its validation images beside
+it, in ``<root>/valid/``, which is read where ``<root>/<pct>/valid/`` does not exist.
+Labels, bias attributes, conflict flags and groups are parsed from the names when the data
+set is created, so they can be passed to :meth:`rest_fair.RESTClassifier.fit`
+(``y=ds.labels, groups=ds.conflict``) without reading a single image; images are read
+(with PIL) one item at a time. Hidden files (names starting with ``.``, such as the
+``._<name>.png`` companions macOS writes on exFAT drives) are not images of the release
+and are skipped.
 
 Nothing here downloads: :func:`load_dfa` with ``download=True`` raises an error that says
 where to put the files.
@@ -136,7 +138,8 @@ class DFAImageFolder(Dataset):
         ``~`` is expanded.
     split : {"train", "valid", "test"}, default="train"
     conflict_pct : float or str, default="1pct"
-        Which training share to read (also selects ``<pct>pct/valid``); ignored for test.
+        Which training share to read (also selects ``<pct>pct/valid``, where it exists, else
+        ``valid/`` beside it, as in BFFHQ's release); ignored for test.
     dataset : {"cmnist", "cifar10c", "bffhq"} or None, default="cmnist"
         Selects the default transforms and the number of bias values; None infers the
         numbers from the file names and uses no normalisation.
@@ -202,7 +205,10 @@ class DFAImageFolder(Dataset):
             where = pct_dir
         elif split == "valid":
             where = pct_dir / "valid"
-            paths = _images_under(where, "<pct>pct/valid/**/*_<label>_<bias>.png")
+            if not where.is_dir() and (self.root / "valid").is_dir():
+                where = self.root / "valid"  # BFFHQ's one validation set, beside <pct>pct/
+            paths = _images_under(
+                where, "<pct>pct/valid/**/*_<label>_<bias>.png, or valid/ beside <pct>pct/")
         else:
             where = self.root / "test"
             paths = _images_under(where, "test/<class>/*_<label>_<bias>.png")

@@ -41,7 +41,17 @@ _UNALIGNED_TABLES = (
     "The WILDS {name} tables must have one row per sample, in the same order, but {counts}.\n"
     "Expected layout under root_dir={root}:\n{layout}"
 )
+_UNFINISHED_ARCHIVE = (
+    "The WILDS {name} data in {data_dir} are incomplete: {archive} is left from a download or "
+    "unpacking that did not finish (wilds deletes it once it has unpacked all of it, and "
+    "otherwise unpacks it again as if it were complete, without a check). Delete {data_dir} "
+    "and download again (load_wilds(..., download=True) with network access), or unpack the "
+    "archive from https://wilds.stanford.edu/downloads there yourself; if you have unpacked "
+    "a complete archive there, delete {archive}."
+)
 _DOWNLOAD_TIMEOUT_S = 60.0
+#: The file wilds downloads a dataset's archive into, in the data directory.
+_ARCHIVE = "archive.tar.gz"
 
 
 @dataclass(frozen=True)
@@ -76,6 +86,8 @@ class DatasetSpec:
         Columns whose values wilds turns into labels, groups or splits: the table, the
         column and its values, as a tuple, or ``"a number in [0, 1]"`` for the scores that
         wilds compares with 0.5 (an empty cell is read as below it).
+    indexed : bool
+        Whether wilds reads the first column of the tables as their index, not as data.
     """
 
     name: str
@@ -89,6 +101,7 @@ class DatasetSpec:
     image_dir: str = ""
     columns: tuple[tuple[str, tuple[str, ...]], ...] = ()
     values: tuple[tuple[str, str, tuple | str], ...] = ()
+    indexed: bool = False
 
     @property
     def dirname(self) -> str:
@@ -161,6 +174,7 @@ DATASETS: dict[str, DatasetSpec] = {
         columns=((_CIVIL_TABLE, ("comment_text", "split", *_CIVIL_SCORES)),),
         values=((_CIVIL_TABLE, "split", ("train", "val", "test")),
                 *((_CIVIL_TABLE, column, _SHARE) for column in _CIVIL_SCORES)),
+        indexed=True,
     ),
 }
 _ALIASES = {key.lower(): key for key in DATASETS}
@@ -213,7 +227,10 @@ def load_wilds(name: str, root_dir: str | os.PathLike, *, download: bool = False
     ------
     FileNotFoundError
         When files are missing and ``download=False``, or the download did not bring them;
-        the message names every missing path and the full expected layout.
+        the message names every missing path and the full expected layout. Also when the
+        data directory holds the archive of a download or unpacking that did not finish
+        (wilds deletes it once unpacked), before or after the call: wilds would take it as
+        complete.
     DatasetFormatError
         When a table is empty, is not CSV, lacks a column that wilds reads or holds a value
         outside those of :attr:`DatasetSpec.values` (a label, spurious attribute or split
@@ -227,6 +244,10 @@ def load_wilds(name: str, root_dir: str | os.PathLike, *, download: bool = False
     root = Path(root_dir).expanduser()
     data_dir = root / spec.dirname
     paths = [data_dir / rel for rel in (spec.release_file, *spec.required)]
+    archive = data_dir / _ARCHIVE
+    unfinished = _UNFINISHED_ARCHIVE.format(name=spec.name, data_dir=data_dir, archive=archive)
+    if archive.exists():
+        raise FileNotFoundError(unfinished)
     missing = [path for path in paths if not path.exists()]
     if missing and not download:
         raise FileNotFoundError(_missing_data(spec, root, missing))
@@ -238,13 +259,18 @@ def load_wilds(name: str, root_dir: str | os.PathLike, *, download: bool = False
         # wilds wraps read-only pandas arrays in tensors; harmless, but noisy
         warnings.filterwarnings("ignore", message=".*NumPy array is not writable.*")
         try:
-            return dataset_class(root_dir=str(root), download=bool(download and missing))
+            dataset = dataset_class(root_dir=str(root), download=bool(download and missing))
         except OSError as exc:  # wilds prints a failed download and reads the files anyway
+            if archive.exists():
+                raise FileNotFoundError(unfinished) from exc
             still = [path for path in paths if not path.exists()]
             if not (missing and still):
                 raise
             raise FileNotFoundError(_DOWNLOAD_FAILED.format(name=spec.name, data_dir=data_dir)
                                     + _missing_data(spec, root, still)) from exc
+    if archive.exists():  # wilds printed the failed unpacking and read what it had unpacked
+        raise FileNotFoundError(unfinished)
+    return dataset
 
 
 def _missing_data(spec: DatasetSpec, root: Path, missing: list[Path]) -> str:
@@ -269,8 +295,8 @@ def _check_tables(spec: DatasetSpec, root: Path) -> None:
         path = root / spec.dirname / rel
         checked = {column: allowed for table, column, allowed in spec.values if table == rel}
         try:
-            header = set(pd.read_csv(path, nrows=0).columns)
-            absent = [c for c in columns if c not in header]
+            names = list(pd.read_csv(path, nrows=0).columns)
+            absent = [c for c in columns if c not in (names[1:] if spec.indexed else names)]
             frame = None if absent else pd.read_csv(path, usecols=list(checked) or [columns[0]])
         except pd.errors.EmptyDataError:
             problem = "is empty"
@@ -279,6 +305,8 @@ def _check_tables(spec: DatasetSpec, root: Path) -> None:
         else:
             if frame is None:
                 problem = f"has no column {', '.join(repr(c) for c in absent)}"
+                if spec.indexed and names[0] in absent:
+                    problem += f" (wilds reads the first column, {names[0]!r}, as the index)"
             elif frame.empty:
                 problem = "has a header but no rows"
             else:

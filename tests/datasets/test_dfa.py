@@ -223,3 +223,19 @@ def test_hidden_companion_files_are_not_samples(release):
     assert all(not p.name.startswith(".") for p in test.paths)
     assert [test[i][0].shape for i in range(len(test))] == [(3, 12, 12)] * 6
     assert len(DFAImageFolder(release, split="valid", dataset=None)) == 5
+
+
+def test_bffhq_release_keeps_its_validation_set_beside_the_share(release):
+    # DFA's BFFHQ: <root>/0.5pct/{align,conflict}, <root>/valid, <root>/test
+    (release / "1pct" / "valid").rename(release / "valid")
+    valid = DFAImageFolder(release, split="valid", conflict_pct=0.01, dataset=None)
+    assert len(valid) == 5
+    assert all(p.parent == release / "valid" for p in valid.paths)
+    # a share's own validation folder comes first where there is one
+    _write(release / "1pct" / "valid" / "w_1_1.png", 1, 1)
+    assert len(DFAImageFolder(release, split="valid", conflict_pct=0.01, dataset=None)) == 1
+    (release / "1pct" / "valid" / "w_1_1.png").unlink()
+    (release / "1pct" / "valid").rmdir()
+    (release / "valid").rename(release / "other")
+    with pytest.raises(DatasetNotFoundError, match=r"1pct/valid .*or valid/ beside"):
+        DFAImageFolder(release, split="valid", conflict_pct=0.01)

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import io
 import subprocess
 import sys
+import tarfile
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from wilds.datasets import download_utils
 from wilds.datasets.wilds_dataset import WILDSDataset
 
 from rest_fair.wilds import (
@@ -317,6 +321,21 @@ def test_a_table_without_a_column_wilds_reads_is_named(tmp_path, name, table, dr
         load_wilds(name, tmp_path)
 
 
+def test_a_civilcomments_table_without_its_index_column_is_named(tmp_path):
+    # wilds reads the first column as the index: a table written without it lost its first
+    # data column, and wilds failed with a bare KeyError('comment_text')
+    import pandas as pd
+
+    from rest_fair.exceptions import DatasetFormatError
+
+    path = make_synthetic_layout("civilcomments", tmp_path) / "all_data_with_identities.csv"
+    pd.read_csv(path, index_col=0).drop(columns="id").to_csv(path, index=False)
+    with pytest.raises(DatasetFormatError) as info:
+        load_wilds("civilcomments", tmp_path)
+    assert (f"{path} has no column 'comment_text' (wilds reads the first column, "
+            f"'comment_text', as the index)") in str(info.value)
+
+
 @pytest.mark.parametrize(
     ("name", "table", "column", "value", "allowed"),
     [
@@ -390,3 +409,40 @@ def test_a_root_dir_that_is_the_data_directory_gets_a_hint(tmp_path):
     with pytest.raises(FileNotFoundError) as info:
         load_wilds("waterbirds", tmp_path / "elsewhere")
     assert "data directory itself" not in str(info.value)
+
+
+def _cut_archive(data_dir) -> bytes:
+    """The first half of a tar.gz of ``data_dir``, tables first: an interrupted download."""
+    buffer = io.BytesIO()
+    files = sorted((p for p in data_dir.rglob("*") if p.is_file()),
+                   key=lambda p: (p.suffix not in (".txt", ".csv"), str(p)))
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for path in files:
+            tar.add(path, arcname=str(path.relative_to(data_dir)))
+    return buffer.getvalue()[: len(buffer.getvalue()) // 2]
+
+
+def test_the_archive_of_an_unfinished_download_is_not_taken_as_complete(tmp_path, monkeypatch):
+    # wilds unpacks an archive.tar.gz it finds without a check, prints that unpacking it
+    # failed, and returns the samples whose files it had unpacked before the cut
+    source = make_synthetic_layout("waterbirds", tmp_path / "source", image_size=8)
+    cut = _cut_archive(source)
+    downloads = []
+
+    def interrupted(url, root, filename=None, md5=None, size=None):
+        downloads.append(url)
+        Path(root).mkdir(parents=True, exist_ok=True)
+        (Path(root) / filename).write_bytes(cut)
+
+    monkeypatch.setattr(download_utils, "download_url", interrupted)
+    with pytest.raises(FileNotFoundError, match=r"archive\.tar\.gz is left from a download or "
+                                                r"unpacking that did not finish"):
+        load_wilds("waterbirds", tmp_path / "data", download=True)
+    assert len(downloads) == 1
+    data_dir = tmp_path / "data" / "waterbirds_v1.0"
+    assert (data_dir / "metadata.csv").is_file()  # what the cut archive held
+    assert len(list(data_dir.rglob("*.png"))) < len(list(source.rglob("*.png")))
+    for download in (False, True):  # the next call, with or without download
+        with pytest.raises(FileNotFoundError, match=f"Delete {data_dir} and download again"):
+            load_wilds("waterbirds", tmp_path / "data", download=download)
+    assert len(downloads) == 1
