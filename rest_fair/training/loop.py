@@ -414,11 +414,12 @@ class TrainingRun:
         self.notify("on_topology_update", step=step, n_regrown=regrown)
 
     def _gradients_finite(self) -> bool:
-        # float16 steps whose gradients overflowed are skipped by the scaler; their
-        # gradients must not choose the topology either
+        # the scaler skips a float16 step where any gradient it unscaled overflowed (a
+        # dense bias's too); such a step's gradients must not choose the topology either
         if self.parts.precision.scaler is None:
             return True
-        grads = [p.grad for p in self.parts.sparsity.masks.params.values() if p.grad is not None]
+        grads = [p.grad for group in self.parts.optimizer.param_groups
+                 for p in group["params"] if p.grad is not None]
         # a sparse gradient (nn.Embedding(sparse=True)) is finite where its values are
         return all(bool(torch.isfinite(g.coalesce().values() if g.is_sparse else g).all())
                    for g in grads)

@@ -383,17 +383,22 @@ def test_reduced_precision_on_cuda(data, precision):
 
 @pytest.mark.parametrize(("value", "finite"), [(1.0, True), (float("inf"), False),
                                                (float("nan"), False)])
-def test_an_overflowed_sparse_gradient_chooses_no_topology(value, finite):
-    # with a gradient scaler (CUDA) a topology update reads only finite gradients; an
-    # embedding's gradient may be sparse (nn.Embedding(sparse=True))
+@pytest.mark.parametrize("where", ["weight", "bias"])
+def test_an_overflowed_gradient_chooses_no_topology(value, finite, where):
+    # with a gradient scaler (CUDA) a topology update reads only finite gradients: the
+    # scaler skips a step where any gradient overflowed, a dense bias's too (the masked
+    # weights' alone were read); an embedding's gradient may be sparse
     from types import SimpleNamespace
 
     weight = torch.nn.Parameter(torch.zeros(6, 2))
-    weight.grad = torch.sparse_coo_tensor(torch.tensor([[1, 3]]),
-                                          torch.tensor([[1.0, value], [1.0, 1.0]]), (6, 2),
-                                          check_invariants=True)
+    bias = torch.nn.Parameter(torch.zeros(2))
+    weight.grad = torch.sparse_coo_tensor(
+        torch.tensor([[1, 3]]), torch.tensor([[1.0, value if where == "weight" else 1.0],
+                                              [1.0, 1.0]]), (6, 2), check_invariants=True)
+    bias.grad = torch.tensor([1.0, value if where == "bias" else 1.0])
     run = SimpleNamespace(parts=SimpleNamespace(
         precision=SimpleNamespace(scaler=object()),
+        optimizer=torch.optim.SGD([weight, bias], lr=0.1),
         sparsity=SimpleNamespace(masks=SimpleNamespace(params={"weight": weight}))))
     assert TrainingRun._gradients_finite(run) is finite
 
