@@ -554,7 +554,8 @@ def _built_run(est: Any, data: FitData, config: TrainConfig, callbacks: list, *,
         seed = seed if saved is None else int(saved)
     seed = world.broadcast_object(seed)  # one split, one generator for all ranks
     precision = Precision(est.precision, world.device)
-    train_idx, valid = _hold_out(data, est.validation_fraction, seed, world, est.num_workers)
+    train_idx, valid = _hold_out(data, float(est.validation_fraction), seed, world,
+                                 est.num_workers)
     # hashing the data costs a pass over it: done only when a check or checkpoint asks
     fingerprint = functools.cache(functools.partial(
         _fingerprint, est.get_params(deep=False), est.input_shape_, data, valid,

@@ -109,21 +109,27 @@ _SAVED_IN_FIRST_FIT = (
 
 
 def _plain_records(value: Any) -> tuple[list[dict], list] | None:
-    """The records of ``value`` (a list of dicts, as ``history_``) without their entries that
-    are not plain values, and the keys of those left out; ``None`` for any other ``value``."""
+    """The plain JSON of the records of ``value`` (a list of dicts, as ``history_``) without
+    their entries that are not plain values, and the keys of those left out (each entry
+    encoded once); ``None`` for any other ``value``.
+
+    Raises
+    ------
+    TypeError
+        If a record has a key that is not a plain value.
+    """
     if not isinstance(value, list) or not all(isinstance(r, Mapping) for r in value):
         return None
     records, left_out = [], []
     for record in value:
-        kept = {}
+        kept = []
         for key, entry in record.items():
             try:
-                model_file.to_json(entry, "")
-                kept[key] = entry
+                kept.append((key, model_file.to_json(entry, "")))
             except TypeError:
                 if key not in left_out:
                     left_out.append(key)
-        records.append(kept)
+        records.append(model_file.mapping_to_json(kept, ""))
     return records, left_out
 
 
@@ -796,20 +802,18 @@ or dict of columns, default=None
                 arrays[f"attr.{len(arrays)}"] = value
                 continue
             try:
-                attributes[name] = model_file.to_json(value, f"fitted attribute {name!r}")
+                records = _plain_records(value)
+                if records is None:
+                    attributes[name] = model_file.to_json(value, f"fitted attribute {name!r}")
+                    continue
             except TypeError:
                 if name in _FILE_ATTRIBUTES:
                     raise
-                kept = _plain_records(value)
-                try:
-                    encoded = None if kept is None else model_file.to_json(kept[0], "")
-                except TypeError:  # keys that are not plain values
-                    encoded = None
-                if encoded is None:
-                    skipped.append(name)
-                    continue
-                attributes[name] = encoded
-                warnings.warn(_ENTRIES_NOT_SAVED.format(keys=kept[1], name=name), UserWarning,
+                skipped.append(name)
+                continue
+            attributes[name], left_out = records
+            if left_out:
+                warnings.warn(_ENTRIES_NOT_SAVED.format(keys=left_out, name=name), UserWarning,
                               stacklevel=2)
         if skipped:
             warnings.warn(_NOT_SAVED.format(names=sorted(skipped)), UserWarning, stacklevel=2)

@@ -89,7 +89,8 @@ def identify_errors(est: Any, X: Any, y: np.ndarray, *, seed: int,
         return np.asarray(model.predict(X) != y)
     except TrainingDivergedError as error:
         raise TrainingDivergedError(IDENTIFICATION_DIVERGED.format(
-            epochs=est.jtt_epochs, optimizer=est.optimizer, lr=est.lr, decay=est.weight_decay,
+            epochs=est.jtt_epochs, optimizer=est.optimizer, lr=float(est.lr),
+            decay=float(est.weight_decay),
         ) + str(error)) from error
 
 

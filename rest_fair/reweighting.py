@@ -14,6 +14,8 @@ from numbers import Real
 import numpy as np
 import torch
 
+from ._validation import Interval
+
 __all__ = [
     "REWEIGHT_MODES",
     "aligned_groups",
@@ -30,6 +32,8 @@ _BAD_UPWEIGHT = (
     "upweight must be None, 'balanced', a positive number (lambda) or a dict mapping every "
     "group to a non-negative weight; got {!r}."
 )
+#: A weight of an ``upweight`` dict: any real number (a ``fractions.Fraction`` too) >= 0.
+_DICT_WEIGHT = Interval(Real, 0, float("inf"), "left")
 _MISSING_GROUPS = "upweight dict has no weight for groups {}; give one for every group."
 #: The most categories :func:`torch.multinomial` draws from.
 _MULTINOMIAL_MAX = 2**24
@@ -115,7 +119,7 @@ def cell_weights(
         weights = {}
         for c, g in cells:
             w = upweight[group_labels[g]]
-            if not isinstance(w, Real) or not np.isfinite(w) or w < 0:
+            if not _DICT_WEIGHT.accepts(w):
                 raise ValueError(_BAD_UPWEIGHT.format(upweight))
             weights[(c, g)] = float(w)
         return weights

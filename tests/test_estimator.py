@@ -218,6 +218,30 @@ def test_bad_parameters_name_the_problem(data, params, match):
         _clf(**params).fit(X, y)
 
 
+def test_real_parameters_of_any_real_type_fit_as_their_floats(data):
+    # a Fraction passed validation (a numbers.Real) and then failed in torch's optimizer
+    # ("_foreach_add_() received an invalid combination of arguments") or in a message's
+    # ":g" format; update_interval=1000 warns, formatting drop_fraction and update_end
+    from fractions import Fraction as F
+
+    X, y, g = data
+    g = (g == "minority").astype(int)
+    floats = dict(lr=0.05, weight_decay=0.001, momentum=0.5, sparsity=0.75, drop_fraction=0.25,
+                  update_end=0.5, validation_fraction=0.25, sparse_compute_threshold=0.5,
+                  groupdro_eta=0.125, groupdro_adjustment=0.5, distributed_timeout=10.0)
+    fractions = {name: F(value).limit_denominator() for name, value in floats.items()}
+    fits = []
+    for params, upweight in ((floats, {0: 1.0, 1: 2.5}), (fractions, {0: F(1), 1: F(5, 2)})):
+        with pytest.warns(UserWarning, match="update_end=0.5, .* drop_fraction=0.25 asks"):
+            fits.append(_clf(max_epochs=2, objective="groupdro", update_interval=1000,
+                             upweight=upweight, **params).fit(X, y, groups=g))
+    np.testing.assert_array_equal(fits[0].predict_proba(X), fits[1].predict_proba(X))
+    assert fits[1].get_params()["lr"] == F(1, 20)  # the parameters are as given
+    assert isinstance(fits[1].lr, F) and fits[1].upweight == {0: F(1), 1: F(5, 2)}
+    fit = _clf(max_epochs=1, upweight=F(4)).fit(X, y, groups=g)
+    assert set(fit.group_weights_.values()) == {1.0, 4.0}
+
+
 def test_integer_parameters_end_below_two_to_the_63():
     # 2**63 passed numpy's isfinite, so max_epochs=2**63 was taken (a fit without end)
     est = _clf(max_epochs=2**63)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import warnings
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -225,12 +226,12 @@ def test_an_error_set_of_no_sample_is_named(monkeypatch):
     assert not clf.inferred_groups_.any()
 
 
-def test_a_diverged_identification_model_is_named_with_the_parameters_training_it():
+@pytest.mark.parametrize("lr", [1e12, Fraction(10**12)], ids=["float", "fraction"])
+def test_a_diverged_identification_model_is_named_with_the_parameters_training_it(lr):
     from rest_fair.exceptions import TrainingDivergedError
 
     X, y, _ = _spurious(n=100)
-    clf = RESTClassifier(infer_groups="jtt", jtt_epochs=2, max_epochs=1,
-                         **{**FAST, "lr": 1e12})
+    clf = RESTClassifier(infer_groups="jtt", jtt_epochs=2, max_epochs=1, **{**FAST, "lr": lr})
     with pytest.raises(TrainingDivergedError, match=r"^JTT's identification model .* "
                        r"jtt_epochs=2 epochs .*optimizer='sgd', lr=1e\+12 .* Training diverged"):
         clf.fit(X, y)

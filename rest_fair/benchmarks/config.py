@@ -20,7 +20,7 @@ from ..exceptions import TrainingDivergedError
 from ..experiments.run import digest, jsonable
 from ..jtt import overlap_report
 from ..metrics import group_accuracies, worst_group_accuracy
-from .data import DATASETS, load_data
+from .data import DATASETS, kept_data, load_data
 from .methods import estimator_params, get_method
 
 __all__ = ["PRESETS", "BenchConfig", "RunSpec", "preset"]
@@ -258,7 +258,7 @@ class BenchConfig:
         if check is not None:
             check(self)
         for ratio in self.ratios:
-            load_data(self, ratio)
+            kept_data(self, ratio)  # built and kept for the runs, not copied
 
     def base_params(self, seed: int) -> dict[str, Any]:
         """The parameters every run of this benchmark shares (``extra_params`` included)."""

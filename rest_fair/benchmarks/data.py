@@ -22,7 +22,7 @@ _NO_DFA_ROOT = (
     "--data-root {path} is not a folder: a DFA release is a folder holding <pct>pct/ and test/."
 )
 
-__all__ = ["DATASETS", "BenchDataset", "load_data"]
+__all__ = ["DATASETS", "BenchDataset", "kept_data", "load_data"]
 
 
 class _FolderData:
@@ -172,14 +172,22 @@ def _load(dataset: str, ratio: float, **fields: Any) -> Any:
     return DATASETS[dataset].load(ratio, **fields)
 
 
+def kept_data(config: Any, ratio: float) -> Any:
+    """The data of a :class:`~rest_fair.benchmarks.BenchConfig` at one share, as kept.
+
+    The data are built once per process (the last 8 settings are kept); this returns the
+    kept data themselves, which nobody may change: :func:`load_data` gives a copy.
+    """
+    return _load(config.dataset, float(ratio), data_seed=config.data_seed,
+                 image_size=config.image_size, split_sizes=config.split_sizes,
+                 data_root=config.data_root, dfa_name=config.dfa_name)
+
+
 def load_data(config: Any, ratio: float) -> Any:
     """The data of a :class:`~rest_fair.benchmarks.BenchConfig` at one share.
 
-    The data are built once per process (the last 8 settings are kept); every call returns
-    a copy of its own, so that a caller who changes its arrays in place changes neither
-    the kept data nor what later calls (and the runs) receive.
+    Every call returns a copy of its own of :func:`kept_data`, so that a caller who changes
+    its arrays in place changes neither the kept data nor what later calls (and the runs)
+    receive.
     """
-    data = _load(config.dataset, float(ratio), data_seed=config.data_seed,
-                 image_size=config.image_size, split_sizes=config.split_sizes,
-                 data_root=config.data_root, dfa_name=config.dfa_name)
-    return copy.deepcopy(data)
+    return copy.deepcopy(kept_data(config, ratio))

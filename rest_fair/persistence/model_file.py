@@ -78,6 +78,7 @@ __all__ = [
     "from_json",
     "load",
     "malformed",
+    "mapping_to_json",
     "read",
     "read_module",
     "register_estimator_class",
@@ -207,10 +208,23 @@ def to_json(value: Any, what: str) -> Any:
         return {"__ndarray__": data,
                 "dtype": value.dtype.str if value.dtype != object else "object"}
     if isinstance(value, Mapping):
-        if all(isinstance(k, str) and not k.startswith("__") for k in value):
-            return {k: to_json(v, what) for k, v in value.items()}
-        return {"__dict__": [[to_json(k, what), to_json(v, what)] for k, v in value.items()]}
+        return mapping_to_json([(k, to_json(v, what)) for k, v in value.items()], what)
     raise TypeError(_NOT_JSON.format(what=what, type=type(value).__name__))
+
+
+def mapping_to_json(items: list[tuple[Any, Any]], what: str) -> dict:
+    """The plain JSON of a mapping, as :func:`to_json` writes it, from its keys and the
+    :func:`to_json` forms of their values (``items``): keys that are not strings (or that
+    start with ``__``) are tagged.
+
+    Raises
+    ------
+    TypeError
+        If a key is not a plain value; the message names ``what``.
+    """
+    if all(isinstance(k, str) and not k.startswith("__") for k, _ in items):
+        return dict(items)
+    return {"__dict__": [[to_json(k, what), v] for k, v in items]}
 
 
 def from_json(value: Any) -> Any:

@@ -96,7 +96,8 @@ class TrainConfig:
     """What :func:`build_parts` builds a run from.
 
     The fields are the parameters of :class:`~rest_fair.RESTClassifier` of the same names;
-    ``sparse`` holds the sparse-training ones.
+    ``sparse`` holds the sparse-training ones. The float fields hold Python floats, whatever
+    real numbers the parameters are (a ``fractions.Fraction``, a numpy float).
     """
 
     sparse: SparsityConfig
@@ -115,9 +116,11 @@ class TrainConfig:
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> TrainConfig:
-        """The configuration in ``params`` (e.g. ``RESTClassifier.get_params()``), by name."""
+        """The configuration in ``params`` (e.g. ``RESTClassifier.get_params()``), by name;
+        the values of float fields converted by ``float``."""
         def pick(kind: type) -> dict:
-            return {f.name: params[f.name] for f in fields(kind) if f.name != "sparse"}
+            return {f.name: float(params[f.name]) if f.type == "float" else params[f.name]
+                    for f in fields(kind) if f.name != "sparse"}
 
         return cls(sparse=SparsityConfig(**pick(SparsityConfig)), **pick(cls))
 

@@ -21,7 +21,6 @@ import argparse
 import contextlib
 import sys
 import warnings
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .._requirements import MissingDependencyError
@@ -203,11 +202,11 @@ def run(args: argparse.Namespace) -> int:
         check_wilds_requirements(args.dataset)
         spec = dataset_spec(args.dataset)
         settings = resolve_settings(args, spec)
-        if args.synthetic and not (Path(args.root_dir) / spec.dirname / spec.release_file).exists():
+        if args.synthetic and not (args.root_dir / spec.dirname / spec.release_file).exists():
             make_synthetic_layout(spec.name, args.root_dir, seed=args.seed,
                                   group_counts=SMOKE_GROUP_COUNTS.get(spec.name))
         dataset = load_wilds(spec.name, args.root_dir, download=args.download)
-        experiment = WildsExperiment(dataset, settings, Path(args.out_dir))
+        experiment = WildsExperiment(dataset, settings, args.out_dir)
         # settings every seed would fail on leave the folder's earlier outputs in place
         check_run_params(experiment, experiment.runs()[0])
     except (MissingDependencyError, OSError, ValueError) as exc:
@@ -254,9 +253,9 @@ def _report(args: argparse.Namespace, spec: DatasetSpec, experiment: WildsExperi
         print(_DIVERGED.format(seed=record["seed"], error=record.get("error")),
               file=sys.stderr)
     if errors:
-        print(_RETRY.format(path=Path(args.out_dir) / RESULTS_FILE), file=sys.stderr)
+        print(_RETRY.format(path=args.out_dir / RESULTS_FILE), file=sys.stderr)
         return 1
-    out_dir = Path(args.out_dir)
+    out_dir = args.out_dir
     if not finished:
         earlier = any((out_dir / name).exists() for name in ("metrics.json", "comparison.md"))
         print(_NONE_FINISHED.format(earlier=_EARLIER.format(out_dir=out_dir) if earlier else "",

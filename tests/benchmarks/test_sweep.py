@@ -387,6 +387,24 @@ def test_changing_a_runs_training_data_in_place_leaves_later_runs_data_alone():
     np.testing.assert_array_equal(params2["validation_data"][0], expected[2])
 
 
+def test_checking_a_sweep_builds_its_data_without_copying_them(monkeypatch):
+    # check_requirements built the data of every share, then copied them for nobody
+    import copy
+    import types
+
+    import rest_fair.benchmarks.data as data_mod
+
+    copies = []
+    monkeypatch.setattr(data_mod, "copy", types.SimpleNamespace(
+        deepcopy=lambda data: copies.append(data) or copy.deepcopy(data)))
+    config = tiny_config(split_sizes=(60, 30, 30), ratios=(0.05, 0.1))
+    config.check_requirements()
+    assert copies == []
+    kept = data_mod.kept_data(config, 0.1)
+    X, _, _ = config.training_data(config.runs()[-1])  # the runs get a copy of the kept data
+    assert copies == [kept] and X is not kept.X_train
+
+
 def _fake_runs(monkeypatch, *, failing_seed=None):
     """Replace training by instant records; returns the ``verbose`` of every run."""
     seen = []

@@ -526,6 +526,32 @@ def test_history_entries_a_file_cannot_hold_are_left_out_and_a_warm_start_goes_o
     assert [h["epoch"] for h in loaded.history_] == [1, 2]
 
 
+def test_a_history_with_entries_left_out_is_encoded_once(tmp_path, monkeypatch):
+    # the fallback encoded the whole history, then every kept entry, then the kept records
+    from rest_fair.persistence import model_file
+
+    X = np.random.default_rng(0).normal(size=(40, 4)).astype(np.float32)
+    y = (X[:, 0] > 0).astype(int)
+    clf = RESTClassifier(max_epochs=3, validation_fraction=0.0, random_state=0).fit(X, y)
+    for record in clf.history_:
+        record["tag"], record["score"] = object(), [record["epoch"] + 0.5]
+    scores = [record["score"] for record in clf.history_]
+    encoded = []
+    to_json = model_file.to_json
+    monkeypatch.setattr(model_file, "to_json", lambda value, what: encoded.extend(
+        [i for i, score in enumerate(scores) if value is score]) or to_json(value, what))
+    with pytest.warns(UserWarning, match=r"entries \['tag'\] of history_ not saved"):
+        clf.save(tmp_path / "m.rest")
+    assert encoded == [0, 1, 2]
+    loaded = RESTClassifier.load(tmp_path / "m.rest")
+    assert loaded.history_ == [{k: v for k, v in r.items() if k != "tag"} for r in clf.history_]
+    # a record whose keys a file cannot hold: history_ is left out, as before
+    clf.history_[0][frozenset()] = 1.0
+    with pytest.warns(UserWarning, match=r"fitted attributes not saved .*\['history_'\]"):
+        clf.save(tmp_path / "n.rest")
+    assert not hasattr(RESTClassifier.load(tmp_path / "n.rest"), "history_")
+
+
 def test_a_forged_tensor_value_is_a_model_file_error(tmp_path):
     net, masks = _masked_mlp(0.1)
     save((net, masks, {"t": torch.arange(3)}), tmp_path / "m.rest")
