@@ -174,6 +174,8 @@ class RESTClassifier(ClassifierMixin, BaseEstimator):
     update_interval : int >= 1 or "auto", default="auto"
         Optimizer steps between topology updates; ``"auto"`` is once per epoch. The REST
         authors used 1000 steps on their (much larger) data sets.
+    update_end : float in [0, 1], default=0.75
+        Fraction of training after which the topology is frozen (``T_end``).
     update_timing : {"mid_interval", "after_step"}, default="mid_interval"
         Where updates fall. ``"mid_interval"``: in the middle of each interval, between
         ``backward()`` and the optimizer step (which then trains the regrown weights). With
@@ -187,8 +189,6 @@ class RESTClassifier(ClassifierMixin, BaseEstimator):
         epoch's last step is followed by validation at once, so a model whose regrown weights
         are still zero can be the one selected (with ``update_interval="auto"``, every epoch's
         model is such a one).
-    update_end : float in [0, 1], default=0.75
-        Fraction of training after which the topology is frozen (``T_end``).
     sparse_compute : {"auto", "masked", "csr"}, default="auto"
         How sparse layers are computed in training. ``"masked"`` keeps dense weights and
         re-applies the masks after every step (every step costs as much as a dense one).
@@ -595,6 +595,15 @@ or dict of columns, default=None
         global torch random state are left as they were (a prediction waits for fits running
         in other threads of the process, which draw from that state).
 
+        Parameters
+        ----------
+        X : array-like, scipy.sparse matrix, DataFrame or torch Dataset
+            Samples of the shape ``fit`` was given (checked as in ``fit``).
+
+        Returns
+        -------
+        ndarray of shape (n_samples, n_classes)
+
         Raises
         ------
         TrainingDivergedError
@@ -628,18 +637,48 @@ or dict of columns, default=None
         so each row sums to 1 within rounding of float64. Raises
         :class:`~rest_fair.exceptions.TrainingDivergedError` rather than return a
         non-finite probability.
+
+        Parameters
+        ----------
+        X : array-like, scipy.sparse matrix, DataFrame or torch Dataset
+            Samples of the shape ``fit`` was given (checked as in ``fit``).
+
+        Returns
+        -------
+        ndarray of shape (n_samples, n_classes)
         """
         logits = torch.from_numpy(self.predict_logits(X)).double()
         return torch.softmax(logits, dim=1).numpy()
 
     def predict_log_proba(self, X: Any) -> np.ndarray:
         """Logarithms of :meth:`predict_proba`, from the logits (finite where a probability
-        rounds to 0), float64."""
+        rounds to 0), float64.
+
+        Parameters
+        ----------
+        X : array-like, scipy.sparse matrix, DataFrame or torch Dataset
+            Samples of the shape ``fit`` was given (checked as in ``fit``).
+
+        Returns
+        -------
+        ndarray of shape (n_samples, n_classes)
+        """
         logits = torch.from_numpy(self.predict_logits(X)).double()
         return torch.log_softmax(logits, dim=1).numpy()
 
     def predict(self, X: Any) -> np.ndarray:
-        """Predicted class labels."""
+        """Predicted class labels: the class of the largest logit of each sample.
+
+        Parameters
+        ----------
+        X : array-like, scipy.sparse matrix, DataFrame or torch Dataset
+            Samples of the shape ``fit`` was given (checked as in ``fit``).
+
+        Returns
+        -------
+        ndarray of shape (n_samples,)
+            Labels from ``classes_``, of its dtype.
+        """
         check_is_fitted(self, "module_")
         return self.classes_[np.argmax(self.predict_logits(X), axis=1)]
 
