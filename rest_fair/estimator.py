@@ -93,11 +93,11 @@ _NOT_ATTRIBUTES = "{path} names attributes {names} that save() never writes; not
 _FILE_ATTRIBUTES = ("classes_", "n_features_in_", "input_shape_")
 _LIVE_ATTRIBUTES = ("module_", "masks_", "optimizer_")
 _SAVED_IN_FIRST_FIT = (
-    "This %(name)s has a network but no classes_ yet, which fit sets when it ends (a "
-    "callback saving during the first fit comes before), and a file without it could not "
-    "be loaded. To save the run to resume it, use rest_fair.callbacks.Checkpoint; to save "
-    "the network being trained, rest_fair.persistence.save((net.module_, "
-    "dict(net.masks_), metadata), path)."
+    "This %(name)s has a network but not yet the attributes fit sets when it ends "
+    "(n_train_steps_, best_epoch_, ...; a callback saving during the first fit comes "
+    "before), and a file without them could not be warm-started. To save the run to "
+    "resume it, use rest_fair.callbacks.Checkpoint; to save the network being trained, "
+    "rest_fair.persistence.save((net.module_, dict(net.masks_), metadata), path)."
 )
 
 
@@ -323,7 +323,8 @@ class RESTClassifier(ClassifierMixin, BaseEstimator):
     Attributes
     ----------
     classes_ : ndarray
-        Class labels, in the order of ``predict_proba``'s columns.
+        Class labels, in the order of ``predict_proba``'s columns. Set once ``fit`` has
+        checked the labels: a callback can ``predict`` during ``fit``.
     n_features_in_ : int
         Size of the second axis of ``X``.
     feature_names_in_ : ndarray of str
@@ -799,10 +800,11 @@ or dict of columns, default=None
         plain values: the file keeps ``None`` for them, with a warning. Entries of
         ``history_`` records that are not plain values (objects a callback added) are left
         out, named in a warning; the file keeps the other entries. During the first
-        ``fit`` (from a callback) it raises ``NotFittedError``: ``classes_`` is not set yet.
+        ``fit`` (from a callback) it raises ``NotFittedError``: the attributes ``fit`` sets
+        when it ends are not set yet.
         """
         check_is_fitted(self, "module_")
-        check_is_fitted(self, _FILE_ATTRIBUTES, msg=_SAVED_IN_FIRST_FIT)
+        check_is_fitted(self, (*_FILE_ATTRIBUTES, "n_train_steps_"), msg=_SAVED_IN_FIRST_FIT)
         params = self.get_params(deep=False)
         if params["module"] not in MODULE_NAMES:
             raise ValueError(_CUSTOM_MODULE.format(value=params["module"], names=MODULE_NAMES))
