@@ -637,11 +637,11 @@ def _train(est: Any, run: TrainingRun) -> None:
 
 # ------------------------------------------------------------------ 4. fitted attributes
 def _fitted(built: _Built, data: FitData) -> dict[str, Any]:
-    """The fitted attributes of a finished run (a warm start's counters go on)."""
+    """The fitted attributes of a finished run (a warm start's counters go on); ``classes_``
+    and those of the input are set by :func:`~rest_fair._inputs.check_inputs`."""
     parts, state, classes, errors = built.run.parts, built.run.state, data.classes, built.errors
     labels = data.group_labels if errors is None else [False, True]
     fitted = {
-        "classes_": classes,
         "module_": parts.module,
         "masks_": state.best_masks,
         "history_": state.history,

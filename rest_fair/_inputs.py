@@ -141,13 +141,15 @@ def check_inputs(est: Any, X: Any, y: Any, groups: Any, sample_weight: Any,
     """Check and encode ``fit``'s inputs; with ``warm``, against the previous fit's.
 
     Sets ``n_features_in_``, ``input_shape_`` (and ``feature_names_in_``) on ``est``, as
-    scikit-learn's ``validate_data`` does.
+    scikit-learn's ``validate_data`` does, and ``classes_``, as its MLP's checks do: a
+    callback can predict with the labels of the fit under way.
     """
     shape_before = getattr(est, "input_shape_", None)
     X, y = _validate_xy(est, X, y, reset=not warm)
     classes, y_codes = _encode_labels(y)
     if warm:
         _check_warm_start(est.classes_, classes, shape_before, est.input_shape_)
+    est.classes_ = classes
     group_codes, group_labels = encode_groups(groups, len(y))
     validation, validation_group_labels = (
         (None, None) if validation_data is None

@@ -100,11 +100,11 @@ _NOT_ATTRIBUTES = "{path} names attributes {names} that save() never writes; not
 _FILE_ATTRIBUTES = ("classes_", "n_features_in_", "input_shape_")
 _LIVE_ATTRIBUTES = ("module_", "masks_", "optimizer_")
 _SAVED_IN_FIRST_FIT = (
-    "This %(name)s has a network but no classes_ yet, which fit sets when it ends (a "
-    "callback saving during the first fit comes before), and a file without it could not "
-    "be loaded. To save the run to resume it, use rest_fair.callbacks.Checkpoint; to save "
-    "the network being trained, rest_fair.persistence.save((net.module_, "
-    "dict(net.masks_), metadata), path)."
+    "This %(name)s has a network but not yet the attributes fit sets when it ends "
+    "(n_train_steps_, best_epoch_, ...; a callback saving during the first fit comes "
+    "before), and a file without them could not be warm-started. To save the run to "
+    "resume it, use rest_fair.callbacks.Checkpoint; to save the network being trained, "
+    "rest_fair.persistence.save((net.module_, dict(net.masks_), metadata), path)."
 )
 
 
@@ -187,6 +187,8 @@ class RESTClassifier(ClassifierMixin, BaseEstimator):
     update_interval : int >= 1 or "auto", default="auto"
         Optimizer steps between topology updates; ``"auto"`` is once per epoch. The REST
         authors used 1000 steps on their (much larger) data sets.
+    update_end : float in [0, 1], default=0.75
+        Fraction of training after which the topology is frozen (``T_end``).
     update_timing : {"mid_interval", "after_step"}, default="mid_interval"
         Where updates fall. ``"mid_interval"``: in the middle of each interval, between
         ``backward()`` and the optimizer step (which then trains the regrown weights). With
@@ -200,8 +202,6 @@ class RESTClassifier(ClassifierMixin, BaseEstimator):
         epoch's last step is followed by validation at once, so a model whose regrown weights
         are still zero can be the one selected (with ``update_interval="auto"``, every epoch's
         model is such a one).
-    update_end : float in [0, 1], default=0.75
-        Fraction of training after which the topology is frozen (``T_end``).
     sparse_compute : {"auto", "masked", "csr"}, default="auto"
         How sparse layers are computed in training. ``"masked"`` keeps dense weights and
         re-applies the masks after every step (every step costs as much as a dense one).
@@ -338,7 +338,8 @@ class RESTClassifier(ClassifierMixin, BaseEstimator):
     Attributes
     ----------
     classes_ : ndarray
-        Class labels, in the order of ``predict_proba``'s columns.
+        Class labels, in the order of ``predict_proba``'s columns. Set once ``fit`` has
+        checked the labels: a callback can ``predict`` during ``fit``.
     n_features_in_ : int
         Size of the second axis of ``X``.
     feature_names_in_ : ndarray of str
@@ -619,6 +620,15 @@ or dict of columns, default=None
         global torch random state are left as they were (a prediction waits for fits running
         in other threads of the process, which draw from that state).
 
+        Parameters
+        ----------
+        X : array-like, scipy.sparse matrix, DataFrame or torch Dataset
+            Samples of the shape ``fit`` was given (checked as in ``fit``).
+
+        Returns
+        -------
+        ndarray of shape (n_samples, n_classes)
+
         Raises
         ------
         TrainingDivergedError
@@ -652,18 +662,48 @@ or dict of columns, default=None
         so each row sums to 1 within rounding of float64. Raises
         :class:`~rest_fair.exceptions.TrainingDivergedError` rather than return a
         non-finite probability.
+
+        Parameters
+        ----------
+        X : array-like, scipy.sparse matrix, DataFrame or torch Dataset
+            Samples of the shape ``fit`` was given (checked as in ``fit``).
+
+        Returns
+        -------
+        ndarray of shape (n_samples, n_classes)
         """
         logits = torch.from_numpy(self.predict_logits(X)).double()
         return torch.softmax(logits, dim=1).numpy()
 
     def predict_log_proba(self, X: Any) -> np.ndarray:
         """Logarithms of :meth:`predict_proba`, from the logits (finite where a probability
-        rounds to 0), float64."""
+        rounds to 0), float64.
+
+        Parameters
+        ----------
+        X : array-like, scipy.sparse matrix, DataFrame or torch Dataset
+            Samples of the shape ``fit`` was given (checked as in ``fit``).
+
+        Returns
+        -------
+        ndarray of shape (n_samples, n_classes)
+        """
         logits = torch.from_numpy(self.predict_logits(X)).double()
         return torch.log_softmax(logits, dim=1).numpy()
 
     def predict(self, X: Any) -> np.ndarray:
-        """Predicted class labels."""
+        """Predicted class labels: the class of the largest logit of each sample.
+
+        Parameters
+        ----------
+        X : array-like, scipy.sparse matrix, DataFrame or torch Dataset
+            Samples of the shape ``fit`` was given (checked as in ``fit``).
+
+        Returns
+        -------
+        ndarray of shape (n_samples,)
+            Labels from ``classes_``, of its dtype.
+        """
         check_is_fitted(self, "module_")
         return self.classes_[np.argmax(self.predict_logits(X), axis=1)]
 
@@ -784,10 +824,11 @@ or dict of columns, default=None
         plain values: the file keeps ``None`` for them, with a warning. Entries of
         ``history_`` records that are not plain values (objects a callback added) are left
         out, named in a warning; the file keeps the other entries. During the first
-        ``fit`` (from a callback) it raises ``NotFittedError``: ``classes_`` is not set yet.
+        ``fit`` (from a callback) it raises ``NotFittedError``: the attributes ``fit`` sets
+        when it ends are not set yet.
         """
         check_is_fitted(self, "module_")
-        check_is_fitted(self, _FILE_ATTRIBUTES, msg=_SAVED_IN_FIRST_FIT)
+        check_is_fitted(self, (*_FILE_ATTRIBUTES, "n_train_steps_"), msg=_SAVED_IN_FIRST_FIT)
         params = self.get_params(deep=False)
         if params["module"] not in MODULE_NAMES:
             raise ValueError(_CUSTOM_MODULE.format(value=params["module"], names=MODULE_NAMES))

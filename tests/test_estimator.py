@@ -654,6 +654,22 @@ def test_callbacks_and_early_stopping(data):
     assert counter.steps == 2 * len(range(0, 540, 64))
 
 
+def test_a_callback_predicts_with_the_labels_of_the_fit_under_way(data):
+    # predict and score failed in a first fit (no classes_), and a refit on other labels
+    # predicted the labels of the previous fit
+    X, y, _ = data
+
+    class Predict(Callback):
+        def on_epoch_end(self, net, **kw):
+            self.labels, self.score = set(net.predict(X[:50])), net.score(X, net.predict(X))
+
+    spy = Predict()
+    clf = _clf(max_epochs=1, callbacks=[spy]).fit(X, np.array(["a", "b", "c"])[y])
+    assert spy.labels <= {"a", "b", "c"} and spy.score == 1.0
+    clf.fit(X, y)
+    assert spy.labels <= {0, 1, 2}
+
+
 def test_verbose_shows_progress(data, capsys):
     X, y, _ = data
     _clf(max_epochs=2, verbose=1).fit(X, y)

@@ -6,6 +6,9 @@ starts passing fail the suite, so the list stays honest.
 
 from __future__ import annotations
 
+import inspect
+
+from sklearn.externals._numpydoc import docscrape
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from rest_fair import RESTClassifier
@@ -14,6 +17,8 @@ STOCHASTIC = (
     "mini-batch SGD: a sample with weight 2 and a duplicated sample land in different "
     "batches, so the two fits differ although both are correct"
 )
+PUBLIC_METHODS = ("fit", "predict", "predict_proba", "predict_log_proba", "predict_logits",
+                  "score")
 EXPECTED_FAILURES = {
     "check_sample_weight_equivalence_on_dense_data": STOCHASTIC,
     "check_sample_weight_equivalence_on_sparse_data": STOCHASTIC,
@@ -37,3 +42,11 @@ def _small(**params) -> RESTClassifier:
 )
 def test_sklearn_compatible(estimator, check):
     check(estimator)
+
+
+def test_docstrings_document_every_parameter_in_signature_order():
+    # as scikit-learn's own docstring test: numpydoc sections match the signatures
+    for obj in (RESTClassifier, *(getattr(RESTClassifier, name) for name in PUBLIC_METHODS)):
+        documented = [p.name for p in docscrape.NumpyDocString(inspect.getdoc(obj))["Parameters"]]
+        expected = [p for p in inspect.signature(obj).parameters if p != "self"]
+        assert documented == expected, obj.__name__

@@ -475,7 +475,7 @@ def test_saving_during_the_first_fit_is_refused_not_written(tmp_path):
         def on_epoch_end(self, net, **kwargs):
             net.save(tmp_path / "model.rest")
 
-    with pytest.raises(NotFittedError, match="no classes_ yet, which fit sets when it ends"):
+    with pytest.raises(NotFittedError, match="not yet the attributes fit sets when it ends"):
         RESTClassifier(max_epochs=1, validation_fraction=0.0,
                        callbacks=[SaveEstimator()]).fit(X, y)
     assert list(tmp_path.iterdir()) == []
