@@ -224,6 +224,9 @@ def fairness_report(
         w = np.asarray(sample_weight, dtype=float)
         if w.shape != (len(y_true),) or not np.all(np.isfinite(w)) or np.any(w < 0):
             raise ValueError(_BAD_WEIGHTS.format(n=len(y_true), shape=w.shape))
+        with np.errstate(over="ignore"):
+            if not np.isfinite(w.sum()):  # only their ratios count
+                w = w / w.max()
         keys = (list(sensitive.itertuples(index=False, name=None))
                 if isinstance(sensitive, pd.DataFrame) else list(sensitive))
         totals = pd.Series(w).groupby(pd.Series(keys, dtype=object), dropna=False).sum()

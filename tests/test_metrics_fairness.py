@@ -268,6 +268,16 @@ def test_weighted_group_accuracies_equal_repeated_and_dropped_samples():
     assert group_accuracies(Y, P, G, sample_weight=np.ones(len(Y))) == group_accuracies(Y, P, G)
 
 
+def test_weights_whose_sum_overflows_give_the_accuracies_of_their_ratios():
+    w = np.linspace(0.5, 1.5, len(Y))
+    huge = w * 1e308  # each finite, their sum is not
+    assert group_accuracies(Y, P, G, sample_weight=huge) == pytest.approx(
+        group_accuracies(Y, P, G, sample_weight=w))
+    pd.testing.assert_frame_equal(
+        fairness_report(y=Y, y_pred=P, groups=G, sample_weight=huge).by_group,
+        fairness_report(y=Y, y_pred=P, groups=G, sample_weight=w).by_group)
+
+
 def test_weighted_group_accuracies_refuse_bad_weights_and_weightless_groups():
     with pytest.raises(ValueError, match=r"one finite, non-negative weight per sample \(10\)"):
         group_accuracies(Y, P, G, sample_weight=np.ones(9))
