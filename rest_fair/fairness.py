@@ -224,6 +224,9 @@ def fairness_report(
         w = np.asarray(sample_weight, dtype=float)
         if w.shape != (len(y_true),) or not np.all(np.isfinite(w)) or np.any(w < 0):
             raise ValueError(_BAD_WEIGHTS.format(n=len(y_true), shape=w.shape))
+        with np.errstate(over="ignore"):
+            if not np.isfinite(w.sum()):  # only their ratios count
+                w = w / w.max()
         keys = (list(sensitive.itertuples(index=False, name=None))
                 if isinstance(sensitive, pd.DataFrame) else list(sensitive))
         totals = pd.Series(w).groupby(pd.Series(keys, dtype=object), dropna=False).sum()
@@ -271,10 +274,16 @@ def _predictions(
 
 
 def _sensitive(groups: Any) -> Any:
-    if isinstance(groups, (pd.Series, pd.DataFrame)):
-        return groups.reset_index(drop=True)
+    """``groups`` as fairlearn's sensitive features: a Series or DataFrame indexed by position,
+    named by strings (fairlearn refuses other names, e.g. those of ``pd.DataFrame(array)``)."""
     if isinstance(groups, Mapping):
-        return pd.DataFrame({k: np.asarray(v) for k, v in groups.items()})
+        groups = pd.DataFrame({k: np.asarray(v) for k, v in groups.items()})
+    if isinstance(groups, pd.DataFrame):
+        return groups.reset_index(drop=True).rename(columns=str)
+    if isinstance(groups, pd.Series):
+        series = groups.reset_index(drop=True)
+        series.name = None if groups.name is None else str(groups.name)
+        return series
     arr = np.asarray(groups, dtype=object if isinstance(groups, (list, tuple)) else None)
     if arr.ndim == 2 and arr.shape[1] == 1:
         arr = arr[:, 0]

@@ -122,6 +122,9 @@ def group_accuracies(y_true: ArrayLike, y_pred: ArrayLike, groups: ArrayLike, *,
         if weights.shape != (len(y_true),) or not np.all(np.isfinite(weights)) \
                 or np.any(weights < 0):
             raise ValueError(_BAD_WEIGHTS.format(n=len(y_true), shape=weights.shape))
+        with np.errstate(over="ignore"):
+            if not np.isfinite(weights.sum()):  # only their ratios count
+                weights = weights / weights.max()
         counts = np.bincount(codes, weights=weights, minlength=len(labels))
         if np.any(counts <= 0):
             raise ValueError(_ZERO_WEIGHT_GROUPS.format(

@@ -729,6 +729,16 @@ def test_huge_loss_weights_still_train(data):
     assert all(np.isfinite(h["train_loss"]) and h["train_loss"] > 0 for h in clf.history_)
 
 
+def test_held_out_weights_whose_sum_overflows_give_finite_validation_scores(data):
+    # every held-out sum overflowed float64: NaN scores, and the first epoch was kept
+    X, y, g = data
+    w = np.linspace(1.0, 2.0, len(y)) * 1e307
+    clf = _clf(max_epochs=2).fit(X, y, groups=g, sample_weight=w)
+    for h in clf.history_:
+        assert 0 < h["valid_worst_group_acc"] <= h["valid_acc"] <= 1
+        assert np.isfinite(h["valid_loss"])
+
+
 @pytest.mark.parametrize("device", ["meta", torch.device("meta")])
 def test_devices_other_than_cpu_and_cuda_are_refused(data, device):
     X, y, _ = data

@@ -268,6 +268,30 @@ def test_weighted_group_accuracies_equal_repeated_and_dropped_samples():
     assert group_accuracies(Y, P, G, sample_weight=np.ones(len(Y))) == group_accuracies(Y, P, G)
 
 
+def test_groups_named_by_other_than_strings_are_reported():
+    # fit takes them; fairlearn refused them ("column names must be strings")
+    columns = pd.DataFrame({0: G, 1: Y})  # as pd.DataFrame(array) names them
+    report = fairness_report(y=Y, y_pred=P, groups=columns)
+    assert report.worst_group_accuracy == pytest.approx(min(
+        group_accuracies(Y, P, columns).values()))
+    assert list(report.frame.sensitive_levels) == ["0", "1"]
+    assert list(columns.columns) == [0, 1]
+    series = pd.Series(G, name=0)
+    assert fairness_report(y=Y, y_pred=P, groups=series).worst_group == "a"
+    assert series.name == 0
+    assert fairness_report(y=Y, y_pred=P, groups={0: G, 1: Y}).worst_group == ("a", 0)
+
+
+def test_weights_whose_sum_overflows_give_the_accuracies_of_their_ratios():
+    w = np.linspace(0.5, 1.5, len(Y))
+    huge = w * 1e308  # each finite, their sum is not
+    assert group_accuracies(Y, P, G, sample_weight=huge) == pytest.approx(
+        group_accuracies(Y, P, G, sample_weight=w))
+    pd.testing.assert_frame_equal(
+        fairness_report(y=Y, y_pred=P, groups=G, sample_weight=huge).by_group,
+        fairness_report(y=Y, y_pred=P, groups=G, sample_weight=w).by_group)
+
+
 def test_weighted_group_accuracies_refuse_bad_weights_and_weightless_groups():
     with pytest.raises(ValueError, match=r"one finite, non-negative weight per sample \(10\)"):
         group_accuracies(Y, P, G, sample_weight=np.ones(9))

@@ -429,7 +429,8 @@ class TrainingRun:
         """Validation loss, accuracy and worst-group accuracy of the current weights.
 
         With the validation set's ``weights``, each sample counts as much as its weight in
-        all three (a group whose samples all weigh 0 is left out of the worst group). In a
+        all three (a group whose samples all weigh 0 is left out of the worst group; weights
+        whose sum overflows float64 are divided by their largest first). In a
         data-parallel fit each rank scores its part of the validation data and the loss sum
         and per-group counts are summed over the ranks.
         """
@@ -441,8 +442,12 @@ class TrainingRun:
         n_groups = int(groups.max()) + 1 if len(groups) else 1
         order = shard_range(len(y), world.rank, world.world_size)
         y, groups = y[order], groups[order]
-        weights = (None if valid.weights is None
-                   else torch.as_tensor(valid.weights, dtype=torch.float64)[order])
+        weights = None
+        if valid.weights is not None:
+            weights = torch.as_tensor(valid.weights, dtype=torch.float64)
+            if not bool(torch.isfinite(weights.sum())):  # only their ratios count
+                weights = weights / weights.max()
+            weights = weights[order]
         logits = predict_logits(self.parts.module, valid.source,
                                 batch_size=self.parts.eval_batch_size,
                                 device=self.parts.device,
