@@ -24,7 +24,9 @@ removed:
 
 Denser linear layers inside a chain are computed densely in the chain's layout;
 convolutions and every other layer stay as they are (their masks are applied to the
-weights). Predictions equal those of the masked network up to float rounding.
+weights). Sparse linear layers outside a plain ``nn.Sequential`` are replaced one by one,
+each by a chain that still gives its ``weight`` and ``bias`` to a parent that reads them.
+Predictions equal those of the masked network up to float rounding.
 """
 
 from __future__ import annotations
@@ -89,7 +91,8 @@ _NO_CPU_DTYPE = (
 
 
 class _Cached(nn.Module):
-    """A module whose derived attributes ``_CACHE`` are reset when it is moved, cast or pickled.
+    """A module whose derived attributes ``_CACHE`` are reset when it is moved, cast, pickled
+    or loaded from a state dict.
 
     ``torch.jit.script`` refuses it with a message that names what to script instead.
     """
@@ -99,6 +102,11 @@ class _Cached(nn.Module):
     def _apply(self, fn, recurse=True):
         self.__dict__.update(self._CACHE)
         return super()._apply(fn, recurse)
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        # load_state_dict(assign=True) replaces the tensors the cache points to
+        self.__dict__.update(self._CACHE)
+        super()._load_from_state_dict(*args, **kwargs)
 
     def __getstate__(self):
         return {**super().__getstate__(), **self._CACHE}
@@ -168,6 +176,26 @@ class SparseLinearChain(_Cached):
         self.in_features = linears[0].in_features
         self.out_features = linears[-1].out_features
         self._plan: list[tuple] | None = None
+
+    def _single(self) -> _FeatureMajorLinear:
+        """The layer of a chain that is one linear layer and nothing else."""
+        if len(self.steps) != 1:
+            raise AttributeError("a chain of several steps has no single weight or bias")
+        return self.steps[0]
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The dense weight (zeros outside the mask), built on each access, of a chain that
+        is one linear layer and nothing else (``AttributeError`` otherwise): such a chain
+        stands for an ``nn.Linear`` whose parent may read its weight, as the inference fast
+        path of ``nn.TransformerEncoderLayer`` does."""
+        return self._single().matrix().to_dense()
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        """The bias of a chain that is one linear layer and nothing else (as :attr:`weight`)."""
+        bias = self._single()._buffers["bias"]
+        return None if bias is None else bias.reshape(-1)
 
     def _flat_plan(self) -> list[tuple]:
         """The chain as one ``_CHAIN`` operation of a plan, built on first use."""
@@ -604,10 +632,11 @@ def export_sparse(
 
     converted: set[str] = set()
     for name, sub in list(exported.named_modules()):
-        if isinstance(sub, nn.Sequential):
+        # a subclass with a forward of its own may index its modules, which chains merge
+        if isinstance(sub, nn.Sequential) and type(sub).forward is nn.Sequential.forward:
             prefix = f"{name}." if name else ""
             converted |= _convert_sequential(sub, prefix, masks, sparse, remove_dead)
-    # Remaining sparse linears (outside any Sequential, or the module itself) one by one.
+    # Remaining sparse linears (outside a plain Sequential, or the module itself) one by one.
     for name, sub in sparse.items():
         if name not in converted:
             chain = _build_chain([sub], [], [], masks, [name], sparse, remove_dead)
