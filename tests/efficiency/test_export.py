@@ -357,6 +357,7 @@ def test_inputs_and_casts_the_sparse_products_cannot_take_are_named(chain_path):
                                    export(x), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.filterwarnings("ignore:The PyTorch API of nested tensors")
 @pytest.mark.parametrize("fast_path", [True, False])
 def test_a_transformer_layer_that_reads_its_linear_weights_runs(fast_path):
     # in evaluation mode nn.TransformerEncoderLayer reads linear1.weight and linear2.bias
@@ -373,11 +374,16 @@ def test_a_transformer_layer_that_reads_its_linear_weights_runs(fast_path):
         "layers.0.linear1.weight"])
     torch.testing.assert_close(layer.bias, net.layers[0].linear1.bias)
     x = torch.randn(3, 5, 16, generator=g)
+    padding = torch.zeros(3, 5, dtype=torch.bool)
+    padding[0, 3:] = True
     previous = torch.backends.mha.get_fastpath_enabled()
     torch.backends.mha.set_fastpath_enabled(fast_path)
     try:
         with torch.no_grad():
             torch.testing.assert_close(export(x), _masked_copy(net, masks)(x))
+            # further arguments reach the network
+            torch.testing.assert_close(export(x, src_key_padding_mask=padding),
+                                       _masked_copy(net, masks)(x, src_key_padding_mask=padding))
     finally:
         torch.backends.mha.set_fastpath_enabled(previous)
     chain = export_sparse(nn.Sequential(nn.Linear(10, 10), nn.ReLU()),
