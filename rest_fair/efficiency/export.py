@@ -24,7 +24,9 @@ removed:
 
 Denser linear layers inside a chain are computed densely in the chain's layout;
 convolutions and every other layer stay as they are (their masks are applied to the
-weights). Predictions equal those of the masked network up to float rounding.
+weights). Sparse linear layers outside a plain ``nn.Sequential`` are replaced one by one,
+each by a chain that still gives its ``weight`` and ``bias`` to a parent that reads them.
+Predictions equal those of the masked network up to float rounding.
 """
 
 from __future__ import annotations
@@ -89,7 +91,8 @@ _NO_CPU_DTYPE = (
 
 
 class _Cached(nn.Module):
-    """A module whose derived attributes ``_CACHE`` are reset when it is moved, cast or pickled.
+    """A module whose derived attributes ``_CACHE`` are reset when it is moved, cast, pickled
+    or loaded from a state dict.
 
     ``torch.jit.script`` refuses it with a message that names what to script instead.
     """
@@ -99,6 +102,11 @@ class _Cached(nn.Module):
     def _apply(self, fn, recurse=True):
         self.__dict__.update(self._CACHE)
         return super()._apply(fn, recurse)
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        # load_state_dict(assign=True) replaces the tensors the cache points to
+        self.__dict__.update(self._CACHE)
+        super()._load_from_state_dict(*args, **kwargs)
 
     def __getstate__(self):
         return {**super().__getstate__(), **self._CACHE}
@@ -168,6 +176,26 @@ class SparseLinearChain(_Cached):
         self.in_features = linears[0].in_features
         self.out_features = linears[-1].out_features
         self._plan: list[tuple] | None = None
+
+    def _single(self) -> _FeatureMajorLinear:
+        """The layer of a chain that is one linear layer and nothing else."""
+        if len(self.steps) != 1:
+            raise AttributeError("a chain of several steps has no single weight or bias")
+        return self.steps[0]
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The dense weight (zeros outside the mask), built on each access, of a chain that
+        is one linear layer and nothing else (``AttributeError`` otherwise): such a chain
+        stands for an ``nn.Linear`` whose parent may read its weight, as the inference fast
+        path of ``nn.TransformerEncoderLayer`` does."""
+        return self._single().matrix().to_dense()
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        """The bias of a chain that is one linear layer and nothing else (as :attr:`weight`)."""
+        bias = self._single()._buffers["bias"]
+        return None if bias is None else bias.reshape(-1)
 
     def _flat_plan(self) -> list[tuple]:
         """The chain as one ``_CHAIN`` operation of a plan, built on first use."""
@@ -372,7 +400,8 @@ class SparseExport(_Cached):
     (about 0.15 ms less Python per call than module-by-module, measured on the
     784-2048-2048-10 MLP); forward hooks registered on the inner modules are then not
     called (``export.module(x)`` runs the modules one by one). Moving or casting the
-    model rebuilds the list.
+    model rebuilds the list. ``forward`` passes further positional and keyword arguments
+    (a padding mask, ...) to the converted network.
 
     Parameters
     ----------
@@ -400,7 +429,8 @@ class SparseExport(_Cached):
         self._plan: list[tuple] | None = None
         self._planned = False
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: Any, *args: Any, **kwargs: Any) -> Any:
+        """The converted network's output for its arguments (any the network takes)."""
         if not self._planned:
             self._plan, self._planned = _build_plan(self.module), True
         n, previous = self.num_threads, torch.get_num_threads()
@@ -408,7 +438,9 @@ class SparseExport(_Cached):
         if switch:
             torch.set_num_threads(n)
         try:
-            return self.module(x) if self._plan is None else _run_plan(self._plan, x)
+            if self._plan is None or args or kwargs:
+                return self.module(x, *args, **kwargs)
+            return _run_plan(self._plan, x)
         finally:
             if switch:
                 torch.set_num_threads(previous)
@@ -604,10 +636,11 @@ def export_sparse(
 
     converted: set[str] = set()
     for name, sub in list(exported.named_modules()):
-        if isinstance(sub, nn.Sequential):
+        # a subclass with a forward of its own may index its modules, which chains merge
+        if isinstance(sub, nn.Sequential) and type(sub).forward is nn.Sequential.forward:
             prefix = f"{name}." if name else ""
             converted |= _convert_sequential(sub, prefix, masks, sparse, remove_dead)
-    # Remaining sparse linears (outside any Sequential, or the module itself) one by one.
+    # Remaining sparse linears (outside a plain Sequential, or the module itself) one by one.
     for name, sub in sparse.items():
         if name not in converted:
             chain = _build_chain([sub], [], [], masks, [name], sparse, remove_dead)

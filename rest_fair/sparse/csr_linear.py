@@ -306,6 +306,8 @@ class CSRLinear(nn.Module):
     ----------
     values : nn.Parameter of shape (nnz,)
         The active weights in row-major order of the pattern.
+    weight : Tensor of shape (out_features, in_features)
+        Those weights as a dense matrix, built at each access (for a parent that reads it).
     bias : nn.Parameter or None
     """
 
@@ -371,6 +373,14 @@ class CSRLinear(nn.Module):
     def mask(self) -> torch.Tensor:
         """The boolean pattern, dense."""
         return self.scatter(torch.ones(self.nnz, dtype=torch.bool, device=self.values.device))
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The weights as a dense matrix (zeros outside the pattern), built from ``values``
+        at each access, gradients included: for a parent module that reads its layer's
+        weight (``nn.TransformerEncoderLayer``'s inference fast path) instead of calling
+        the layer. The layer's own products never build it."""
+        return self.scatter(self.values)
 
     def dense_weight(self) -> torch.Tensor:
         """The weights as a dense matrix (zeros outside the pattern), detached."""

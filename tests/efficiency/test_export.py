@@ -355,3 +355,72 @@ def test_inputs_and_casts_the_sparse_products_cannot_take_are_named(chain_path):
     with torch.no_grad():  # the casts the message names work
         torch.testing.assert_close(copy.deepcopy(export).double()(x.double()).float(),
                                    export(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.filterwarnings("ignore:The PyTorch API of nested tensors")
+@pytest.mark.parametrize("fast_path", [True, False])
+def test_a_transformer_layer_that_reads_its_linear_weights_runs(fast_path):
+    # in evaluation mode nn.TransformerEncoderLayer reads linear1.weight and linear2.bias
+    # itself (its fast path): a layer replaced on its own keeps them, dense
+    torch.manual_seed(0)
+    net = nn.TransformerEncoder(nn.TransformerEncoderLayer(16, 2, 32, batch_first=True), 2)
+    g = torch.Generator().manual_seed(0)
+    masks = {n: torch.rand(p.shape, generator=g) < 0.1
+             for n, p in net.named_parameters() if ".linear" in n and n.endswith("weight")}
+    export = export_sparse(net, masks)
+    layer = export.module.layers[0].linear1
+    assert isinstance(layer, SparseLinearChain)
+    torch.testing.assert_close(layer.weight, net.layers[0].linear1.weight * masks[
+        "layers.0.linear1.weight"])
+    torch.testing.assert_close(layer.bias, net.layers[0].linear1.bias)
+    x = torch.randn(3, 5, 16, generator=g)
+    padding = torch.zeros(3, 5, dtype=torch.bool)
+    padding[0, 3:] = True
+    previous = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(fast_path)
+    try:
+        with torch.no_grad():
+            torch.testing.assert_close(export(x), _masked_copy(net, masks)(x))
+            # further arguments reach the network
+            torch.testing.assert_close(export(x, src_key_padding_mask=padding),
+                                       _masked_copy(net, masks)(x, src_key_padding_mask=padding))
+    finally:
+        torch.backends.mha.set_fastpath_enabled(previous)
+    chain = export_sparse(nn.Sequential(nn.Linear(10, 10), nn.ReLU()),
+                          {"0.weight": torch.eye(10, dtype=torch.bool)}).module[0]
+    with pytest.raises(AttributeError):
+        chain.weight  # noqa: B018 -- a chain of several steps stands for no one layer
+
+
+def test_a_sequential_subclass_with_its_own_forward_keeps_its_modules():
+    class Residual(nn.Sequential):
+        def forward(self, x):
+            return self[2](self[1](self[0](x))) + x
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(8, 8), nn.ReLU(),
+                        Residual(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 8)))
+    g = torch.Generator().manual_seed(0)
+    masks = {n: torch.rand(p.shape, generator=g) < 0.1
+             for n, p in net.named_parameters() if n.endswith("weight")}
+    export = export_sparse(net, masks)
+    residual = export.module[-1]
+    assert len(residual) == 3  # each sparse linear replaced on its own
+    assert isinstance(residual[0], SparseLinearChain)
+    x = torch.randn(9, 8, generator=g)
+    with torch.no_grad():
+        torch.testing.assert_close(export(x), _masked_copy(net, masks)(x))
+
+
+def test_a_state_dict_assigned_after_a_forward_is_used(chain_path):
+    net, masks, export = _small_export()
+    other = copy.deepcopy(net)
+    with torch.no_grad():
+        for p in other.parameters():
+            p.mul_(3.0)
+    want = export_sparse(other, masks)
+    for x in (torch.randn(16, 10), torch.randn(2, 10)):  # both paths of a chain
+        with torch.no_grad():
+            export(x)  # the plan is built and points to the buffers
+            export.load_state_dict(want.state_dict(), assign=True)
+            torch.testing.assert_close(export(x), want(x))

@@ -139,3 +139,24 @@ def test_a_network_that_is_one_linear_layer_is_converted():
     assert converted == [""] and isinstance(sparse, CSRLinear)
     x = torch.randn(8, 40)
     torch.testing.assert_close(sparse(x), layer(x), rtol=1e-5, atol=1e-6)
+
+
+def test_a_transformer_layer_that_reads_its_linear_weights_runs_in_eval():
+    # in evaluation mode nn.TransformerEncoderLayer reads linear1.weight itself (its fast path)
+    torch.manual_seed(0)
+    net = nn.TransformerEncoderLayer(16, 2, 32, batch_first=True)
+    masks = {n: torch.rand(p.shape) < 0.03 for n, p in net.named_parameters()
+             if n.startswith("linear") and n.endswith("weight")}
+    with torch.no_grad():
+        for n, p in net.named_parameters():
+            if n in masks:
+                p.mul_(masks[n])
+    sparse, converted = to_sparse_training(net, masks)
+    assert converted == ["linear1", "linear2"]
+    x = torch.randn(3, 5, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(sparse.eval()(x), net.eval()(x))
+    layer = sparse.linear1
+    torch.testing.assert_close(layer.weight, net.linear1.weight)
+    nn.functional.linear(x, layer.weight).sum().backward()  # gradients reach the values
+    assert layer.values.grad is not None and layer.values.grad.shape == layer.values.shape
