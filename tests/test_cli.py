@@ -137,6 +137,10 @@ def test_bench_rejects_bad_flags(capsys):
     # options the run would not read, which would still change its id
     (["--dfa-name", "bffhq"], "dfa_name is not read by dataset='digits'"),
     (["--data-root", "/nonexistent"], "data_root is not read by dataset='digits'"),
+    (["--dataset", "dfa", "--data-root", "/nonexistent", "--split-sizes", "10,10,10"],
+     "split_sizes is not read by dataset='dfa'"),
+    (["--methods", "erm,groupdro", "--upweight", "5"],
+     "upweight is not read by methods ('erm', 'groupdro') (only by those that reweight"),
     (["--budget", "0"], "--budget is only used with --search random"),
     (["--search-seed", "5"], "--search-seed is only used with --search random"),
 ])
