@@ -375,6 +375,21 @@ def test_bench_fresh_says_to_continue_without_fresh(tmp_path, capsys, monkeypatc
         "to continue, rerun the same command without --fresh.")
 
 
+def test_bench_interrupted_while_building_the_data_says_so_in_one_line(tmp_path, capsys,
+                                                                        monkeypatch):
+    from rest_fair.benchmarks import config
+
+    def interrupted_load(config, ratio):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(config, "load_data", interrupted_load)
+    out = tmp_path / "o"
+    assert cli.main(["bench", "--preset", "tiny", "--out-dir", str(out), "--no-plots"]) == 130
+    assert capsys.readouterr().err == (
+        "rest-fair bench: interrupted while building the data; nothing was run.\n")
+    assert not out.exists()
+
+
 def test_bench_says_why_the_report_cannot_be_written(tmp_path, capsys):
     pytest.importorskip("torch")
     out = tmp_path / "o"

@@ -46,6 +46,7 @@ _RENAMED = ("rest-fair bench {old} is deprecated and will be removed in the next
             "use {new}.")
 _TWO_NAMES = "{given}: one option under two names, given two values; give it once."
 _SETUP_FAILED = "rest-fair bench: error: {error}"
+_INTERRUPTED_SETUP = "rest-fair bench: interrupted while building the data; nothing was run."
 _WRONG_TABLE = "--methods with --search {search}: unknown {unknown}; available: {names}."
 _RANDOM_ONLY = "{flag} is only used with --search random."
 _SEARCHED_FLAG = (
@@ -325,6 +326,9 @@ def run(args: argparse.Namespace) -> int:
     except (MissingDependencyError, DatasetNotFoundError, ValueError) as exc:
         print(f"rest-fair bench: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # while the data of every share are built
+        print(_INTERRUPTED_SETUP, file=sys.stderr)
+        return 130
     random = isinstance(experiment, RandomSearch)
     default_out = f"bench-{args.preset}" + ("-random" if random else "")
     out_dir = args.out_dir or Path("rest_fair_results") / default_out
