@@ -137,6 +137,10 @@ def test_bench_rejects_bad_flags(capsys):
     # options the run would not read, which would still change its id
     (["--dfa-name", "bffhq"], "dfa_name is not read by dataset='digits'"),
     (["--data-root", "/nonexistent"], "data_root is not read by dataset='digits'"),
+    (["--dataset", "dfa", "--data-root", "/nonexistent", "--split-sizes", "10,10,10"],
+     "split_sizes is not read by dataset='dfa'"),
+    (["--methods", "erm,groupdro", "--upweight", "5"],
+     "upweight is not read by methods ('erm', 'groupdro') (only by those that reweight"),
     (["--budget", "0"], "--budget is only used with --search random"),
     (["--search-seed", "5"], "--search-seed is only used with --search random"),
 ])
@@ -369,6 +373,21 @@ def test_bench_fresh_says_to_continue_without_fresh(tmp_path, capsys, monkeypatc
     assert cli.main(argv) == 130
     assert capsys.readouterr().err.splitlines()[-1].endswith(
         "to continue, rerun the same command without --fresh.")
+
+
+def test_bench_interrupted_while_building_the_data_says_so_in_one_line(tmp_path, capsys,
+                                                                        monkeypatch):
+    from rest_fair.benchmarks import config
+
+    def interrupted_load(config, ratio):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(config, "load_data", interrupted_load)
+    out = tmp_path / "o"
+    assert cli.main(["bench", "--preset", "tiny", "--out-dir", str(out), "--no-plots"]) == 130
+    assert capsys.readouterr().err == (
+        "rest-fair bench: interrupted while building the data; nothing was run.\n")
+    assert not out.exists()
 
 
 def test_bench_says_why_the_report_cannot_be_written(tmp_path, capsys):

@@ -46,6 +46,7 @@ _RENAMED = ("rest-fair bench {old} is deprecated and will be removed in the next
             "use {new}.")
 _TWO_NAMES = "{given}: one option under two names, given two values; give it once."
 _SETUP_FAILED = "rest-fair bench: error: {error}"
+_INTERRUPTED_SETUP = "rest-fair bench: interrupted while building the data; nothing was run."
 _WRONG_TABLE = "--methods with --search {search}: unknown {unknown}; available: {names}."
 _RANDOM_ONLY = "{flag} is only used with --search random."
 _SEARCHED_FLAG = (
@@ -186,7 +187,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--split-sizes", type=_numbers("--split-sizes", "integers", int),
                         metavar="TRAIN,VALID,TEST",
                         help="Subsample the splits, e.g. 10000,6000,10000 (default: the "
-                             "data set's sizes).")
+                             "data set's sizes; not with --dataset dfa).")
     parser.add_argument("--dfa-name", choices=("cmnist", "cifar10c", "bffhq"))
     parser.add_argument("--ratios", type=_numbers("--ratios", "numbers", float),
                         help="Conflicting shares, e.g. 0.005,0.01,0.02,0.05.")
@@ -223,8 +224,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                              'the method sets (sparsity, lr, upweight, ...).')
     parser.add_argument("--image-size", type=int)
     parser.add_argument("--upweight", type=parse_upweight,
-                        help="Override lambda (default 10/30/50/80 for 0.5/1/2/5 %%): a "
-                             "number, 'balanced' or 'none' (no reweighting).")
+                        help="Override lambda of the methods that reweight (rest, jtt; "
+                             "default 10/30/50/80 for 0.5/1/2/5 %%): a number, 'balanced' or "
+                             "'none' (no reweighting).")
     parser.add_argument("--device", help="auto, cpu, cuda, ...")
     parser.add_argument("--out-dir", type=parse_path, action=_Renamed,
                         help="Output folder (default: rest_fair_results/bench-<preset>, "
@@ -324,6 +326,9 @@ def run(args: argparse.Namespace) -> int:
     except (MissingDependencyError, DatasetNotFoundError, ValueError) as exc:
         print(f"rest-fair bench: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # while the data of every share are built
+        print(_INTERRUPTED_SETUP, file=sys.stderr)
+        return 130
     random = isinstance(experiment, RandomSearch)
     default_out = f"bench-{args.preset}" + ("-random" if random else "")
     out_dir = args.out_dir or Path("rest_fair_results") / default_out

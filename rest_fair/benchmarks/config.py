@@ -21,7 +21,7 @@ from ..experiments.run import digest, jsonable
 from ..jtt import overlap_report
 from ..metrics import group_accuracies, worst_group_accuracy
 from .data import DATASETS, kept_data, load_data
-from .methods import estimator_params, get_method
+from .methods import LAMBDA, METHODS, estimator_params, get_method
 
 __all__ = ["PRESETS", "BenchConfig", "RunSpec", "preset"]
 
@@ -102,7 +102,8 @@ class BenchConfig:
     image_size : int or None
         Resize the images (None keeps 28 for MNIST, 8 for digits).
     split_sizes : three numbers or None
-        Train/valid/test sizes; None uses the data set's default.
+        Train/valid/test sizes; None uses the data set's default (the only value for
+        ``"dfa"``, whose release has its own splits).
     data_seed : int
         Seed of the data set construction (splits, colours).
     upweight : float, {"balanced", "none"} or None
@@ -166,6 +167,8 @@ class BenchConfig:
              f"is not read by dataset={self.dataset!r} (only by 'dfa' and 'fashion_mnist')"),
             ("dfa_name", self.dfa_name, self.dfa_name == "cmnist" or self.dataset == "dfa",
              f"is not read by dataset={self.dataset!r} (only by 'dfa')"),
+            ("split_sizes", self.split_sizes, self.split_sizes is None or self.dataset != "dfa",
+             "is not read by dataset='dfa' (a release has its own splits)"),
             *((field, value, value, "is empty") for field, value in (
                 ("ratios", self.ratios), ("sparsities", self.sparsities),
                 ("seeds", self.seeds), ("methods", self.methods))),
@@ -196,8 +199,13 @@ class BenchConfig:
         ):
             if not ok:
                 raise ValueError(_BAD_FIELD.format(field=field, detail=detail, value=value))
-        for name in self.methods:
-            get_method(name)
+        reweighting = [name for name in self.methods if LAMBDA in get_method(name).params.values()]
+        if self.upweight is not None and not reweighting:
+            raise ValueError(_BAD_FIELD.format(
+                field="upweight", value=self.upweight,
+                detail=f"is not read by methods {self.methods} (only by those that reweight: "
+                       + ", ".join(n for n, m in METHODS.items() if LAMBDA in m.params.values())
+                       + ")"))
         decided = self.decided_params()
         for key in self.extra_params:
             if key in decided:
