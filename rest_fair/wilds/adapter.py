@@ -60,7 +60,7 @@ class WILDSSplit:
     ----------
     X : torch.utils.data.Dataset or ndarray of str
         Inputs: a :class:`WILDSImageDataset` for images, an object array of strings
-        for text.
+        for text (``""`` for an empty text, which wilds reads from its table as NaN).
     y : ndarray of shape (n_samples,)
         Labels.
     groups : ndarray of shape (n_samples,)
@@ -328,7 +328,10 @@ def _inputs(base: Any, indices: np.ndarray, subset: Any, transform: Callable | s
     """The inputs of ``from_wilds``: an object array of texts, or a WILDSImageDataset."""
     sample = base.get_input(int(indices[0])) if len(indices) else None
     if isinstance(sample, str) or _modality(base) == "text":
-        return np.asarray([base.get_input(int(i)) for i in indices], dtype=object)
+        texts = [base.get_input(int(i)) for i in indices]
+        # pandas reads an empty text cell of a WILDS table as NaN: the text is ""
+        return np.asarray(["" if isinstance(t, float) and t != t else t for t in texts],
+                          dtype=object)
     if isinstance(transform, str):
         if transform != "default":
             raise ValueError(_BAD_TRANSFORM.format(transform))
