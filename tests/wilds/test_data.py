@@ -268,6 +268,12 @@ def test_bad_group_fields(root):
     dataset = load_wilds("waterbirds", root)
     with pytest.raises(ValueError, match="not metadata fields"):
         wilds_grouper(dataset, ["colour"])
+    # a string was read letter by letter: "y" passed as ["y"], "background" was refused as
+    # the fields ['b', 'a', 'c', ...]
+    for field in ("y", "background"):
+        with pytest.raises(ValueError, match=r"groupby_fields must be a sequence of metadata "
+                                             f"field names, e.g. \\['{field}'\\]; got the string"):
+            from_wilds(dataset, groupby_fields=field)
     with pytest.raises(TypeError, match="WILDSDataset"):
         from_wilds(np.zeros(3))
 
