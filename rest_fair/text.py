@@ -65,6 +65,11 @@ NOT_FITTED_ON_TEXT = (
 )
 BAD_BYTES = "X holds bytes that are not UTF-8 text at element {index} ({error})."
 BAD_TEXT = "X must be a list or 1-D array of strings; element {index} is {type}."
+NOT_UNICODE = (
+    "X holds a string that is not Unicode text at element {index} ({error}); the tokenizer "
+    "reads UTF-8, which has no lone surrogates (they come from bytes decoded with "
+    "errors='surrogateescape', or from JSON escapes such as \\udcff)."
+)
 EMPTY_TEXT = "X is an empty list of strings; there is no sample to fit or predict."
 TOKEN_BEYOND_VOCAB = (
     "X (a TokenizedText) holds token id {id} in text {index}, but {module!r} embeds ids 0 to "
@@ -158,16 +163,26 @@ def tokenize(texts: Sequence[str], tokenizer: Any, *, max_length: int | None) ->
     ------
     ValueError
         If ``max_length`` is shorter than the special tokens the tokenizer adds to every
-        text, which leaves texts untruncated.
+        text, which leaves texts untruncated, or if a text holds a lone surrogate (it has
+        no UTF-8 form).
     """
     limit = _max_length(tokenizer, max_length)
     pieces: list[np.ndarray] = []
     texts = list(texts)
     for start in range(0, len(texts), _CHUNK):
-        encoded = tokenizer(
-            texts[start : start + _CHUNK], truncation=True, max_length=limit, padding=False,
-            return_attention_mask=False, return_token_type_ids=False,
-        )["input_ids"]
+        chunk = texts[start : start + _CHUNK]
+        try:
+            encoded = tokenizer(
+                chunk, truncation=True, max_length=limit, padding=False,
+                return_attention_mask=False, return_token_type_ids=False,
+            )["input_ids"]
+        except TypeError:  # a fast tokenizer's answer to a text that is not UTF-8
+            for index, text in enumerate(chunk, start):
+                try:
+                    text.encode("utf-8")
+                except UnicodeEncodeError as exc:
+                    raise ValueError(NOT_UNICODE.format(index=index, error=exc)) from None
+            raise
         pieces += [np.asarray(ids, dtype=np.int32) for ids in encoded]
     lengths = [len(ids) for ids in pieces]
     if lengths and max(lengths) > limit:  # the tokenizer cannot cut below its special tokens

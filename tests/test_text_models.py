@@ -292,6 +292,9 @@ def test_sparse_compute_trains_a_transformer_like_the_masked_path(tiny):
     (np.array([*TEXTS[:-1], np.nan], dtype=object), "element 5 is float"),
     ([b"\xff\xfe", *(t.encode() for t in TEXTS[1:])],
      "bytes that are not UTF-8 text at element 0"),
+    # the fast tokenizer's "TextEncodeInput must be Union[...]" named no text
+    ([*TEXTS[:-2], b"caf\xe9".decode("utf-8", "surrogateescape"), TEXTS[-1]],
+     r"not Unicode text at element 4 \('utf-8' codec can't encode character '\\udce9'"),
     ([], "empty list of strings"),
 ])
 def test_bad_text_items_are_named(tiny, X, match):

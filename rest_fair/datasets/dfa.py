@@ -16,7 +16,7 @@ set is created, so they can be passed to :meth:`rest_fair.RESTClassifier.fit`
 (``y=ds.labels, groups=ds.conflict``) without reading a single image; images are read
 (with PIL) one item at a time. Hidden files (names starting with ``.``, such as the
 ``._<name>.png`` companions macOS writes on exFAT drives) are not images of the release
-and are skipped.
+and are skipped; folders that are symbolic links are read as folders.
 
 Nothing here downloads: :func:`load_dfa` with ``download=True`` raises an error that says
 where to put the files.
@@ -24,6 +24,7 @@ where to put the files.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from numbers import Real
 from pathlib import Path
@@ -117,12 +118,21 @@ def _parse(path: Path) -> tuple[int, int]:
 
 
 def _images_under(folder: Path, layout: str) -> list[Path]:
+    """The image files under ``folder``, sorted; folders that are symbolic links are
+    followed (each real folder once), as Path.rglob does not."""
     if not folder.is_dir():
         raise DatasetNotFoundError(_MISSING_DIR.format(path=folder, layout=layout))
-    return sorted(
-        p for p in folder.rglob("*")
-        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
-    )
+    images, seen = [], set()
+    for parent, folders, files in os.walk(folder, followlinks=True):
+        if os.path.realpath(parent) in seen:  # a link back up the tree, or a second link
+            folders.clear()
+            continue
+        seen.add(os.path.realpath(parent))
+        folders.sort()  # in name order: which of two links to one folder is read is fixed
+        images += [path for path in map(Path(parent).joinpath, files)
+                   if path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+                   and path.is_file()]
+    return sorted(images)
 
 
 class DFAImageFolder(Dataset):

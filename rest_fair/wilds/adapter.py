@@ -40,8 +40,8 @@ _BAD_FIELDS = "groupby_fields {fields} are not metadata fields of {name}: {avail
 _BAD_SPLIT = "Split {split!r} is not in {name}'s splits {splits}."
 _BAD_TRANSFORM = "transform must be a callable, 'default' or None; got {!r}."
 _FRAC = Interval(Real, 0, 1, "right")
-_SPLITS_STR = (
-    "splits must be a sequence of split names, e.g. [{value!r}]; got the string {value!r}."
+_A_STRING = (
+    "{name} must be a sequence of {what} names, e.g. [{value!r}]; got the string {value!r}."
 )
 _NO_GROUP_FIELDS = (
     "No default group fields for WILDS dataset {name!r}; pass groupby_fields=[...] "
@@ -60,7 +60,7 @@ class WILDSSplit:
     ----------
     X : torch.utils.data.Dataset or ndarray of str
         Inputs: a :class:`WILDSImageDataset` for images, an object array of strings
-        for text.
+        for text (``""`` for an empty text, which wilds reads from its table as NaN).
     y : ndarray of shape (n_samples,)
         Labels.
     groups : ndarray of shape (n_samples,)
@@ -279,7 +279,7 @@ def split_wilds(
     """
     check_param("frac", frac, [_FRAC])
     if isinstance(splits, str):
-        raise ValueError(_SPLITS_STR.format(value=splits))
+        raise ValueError(_A_STRING.format(name="splits", what="split", value=splits))
     split_dict = dataset.split_dict
     names = list(split_dict) if splits is None else list(splits)
     grouper = wilds_grouper(dataset, groupby_fields)
@@ -310,6 +310,9 @@ def _base_and_indices(subset: Any) -> tuple[Any, np.ndarray]:
 
 def _group_fields(base: Any, groupby_fields: Sequence[str] | None) -> list[str]:
     available = list(base.metadata_fields)
+    if isinstance(groupby_fields, str):  # read letter by letter, "y" would pass
+        raise ValueError(_A_STRING.format(name="groupby_fields", what="metadata field",
+                                          value=groupby_fields))
     if groupby_fields is None:
         if base.dataset_name.lower() not in {k.lower() for k in DATASETS}:
             raise ValueError(_NO_GROUP_FIELDS.format(name=base.dataset_name, available=available))
@@ -328,7 +331,10 @@ def _inputs(base: Any, indices: np.ndarray, subset: Any, transform: Callable | s
     """The inputs of ``from_wilds``: an object array of texts, or a WILDSImageDataset."""
     sample = base.get_input(int(indices[0])) if len(indices) else None
     if isinstance(sample, str) or _modality(base) == "text":
-        return np.asarray([base.get_input(int(i)) for i in indices], dtype=object)
+        texts = [base.get_input(int(i)) for i in indices]
+        # pandas reads an empty text cell of a WILDS table as NaN: the text is ""
+        return np.asarray(["" if isinstance(t, float) and t != t else t for t in texts],
+                          dtype=object)
     if isinstance(transform, str):
         if transform != "default":
             raise ValueError(_BAD_TRANSFORM.format(transform))

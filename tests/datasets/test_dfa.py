@@ -239,3 +239,17 @@ def test_bffhq_release_keeps_its_validation_set_beside_the_share(release):
     (release / "valid").rename(release / "other")
     with pytest.raises(DatasetNotFoundError, match=r"1pct/valid .*or valid/ beside"):
         DFAImageFolder(release, split="valid", conflict_pct=0.01)
+
+
+def test_folders_that_are_symbolic_links_are_read(release, tmp_path):
+    # Path.rglob does not follow linked folders: a class folder kept elsewhere and linked
+    # into the release was left out without a word (all of them: "contains no images")
+    shared = tmp_path / "shared"
+    (release / "test" / "1").rename(shared)
+    (release / "test" / "1").symlink_to(shared, target_is_directory=True)
+    (release / "test" / "again").symlink_to(shared, target_is_directory=True)  # read once
+    (release / "test" / "loop").symlink_to(release / "test", target_is_directory=True)
+    test = DFAImageFolder(release, split="test", dataset=None)
+    assert len(test) == 6
+    assert sorted(test.labels.tolist()) == [0, 0, 1, 1, 2, 2]
+    assert (release / "test" / "1" / "t_1_1_1.png") in test.paths

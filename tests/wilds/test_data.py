@@ -194,6 +194,22 @@ def test_civilcomments_text_and_groups(root):
     assert other.group_names[1] == "y:0_female:1"
 
 
+def test_an_empty_comment_is_an_empty_string(tmp_path):
+    # wilds reads an empty comment_text cell as NaN, which no text pipeline takes (TF-IDF:
+    # "np.nan is an invalid document"; a text model: "element 0 is float")
+    import pandas as pd
+
+    path = make_synthetic_layout("civilcomments", tmp_path) / "all_data_with_identities.csv"
+    table = pd.read_csv(path, index_col=0)
+    table.loc[table.index[0], "comment_text"] = ""
+    table.to_csv(path)
+    dataset = load_wilds("civilcomments", tmp_path)
+    assert not isinstance(dataset.get_input(0), str)
+    part = from_wilds(dataset)
+    assert part.X[0] == ""
+    assert all(isinstance(text, str) for text in part.X)
+
+
 def test_images_are_loaded_lazily_and_transformed(root, monkeypatch):
     dataset = load_wilds("waterbirds", root)
     opened = []
@@ -252,6 +268,12 @@ def test_bad_group_fields(root):
     dataset = load_wilds("waterbirds", root)
     with pytest.raises(ValueError, match="not metadata fields"):
         wilds_grouper(dataset, ["colour"])
+    # a string was read letter by letter: "y" passed as ["y"], "background" was refused as
+    # the fields ['b', 'a', 'c', ...]
+    for field in ("y", "background"):
+        with pytest.raises(ValueError, match=r"groupby_fields must be a sequence of metadata "
+                                             f"field names, e.g. \\['{field}'\\]; got the string"):
+            from_wilds(dataset, groupby_fields=field)
     with pytest.raises(TypeError, match="WILDSDataset"):
         from_wilds(np.zeros(3))
 
