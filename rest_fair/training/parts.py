@@ -8,6 +8,7 @@ scheduler, objective, sparse engine, data, precision, callbacks and world -- fro
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
@@ -294,11 +295,14 @@ def make_sparsity(
     if masks is None and config.sparse_init == "random" and config.rescale_init:
         mask_set.rescale_init_()
     total_steps = steps_per_epoch * max_epochs
+    # the product may fall a rounding error short of a whole step (0.29 * 100 is
+    # 28.999999999999996): that step is the last
+    end = config.update_end * total_steps
+    end = round(end) if math.isclose(end, round(end), rel_tol=1e-9) else math.floor(end)
     interval = config.update_interval
     engine = DynamicSparsity(
         mask_set,
-        schedule=DropSchedule(config.drop_fraction, int(config.update_end * total_steps),
-                              config.drop_schedule),
+        schedule=DropSchedule(config.drop_fraction, end, config.drop_schedule),
         update_interval=steps_per_epoch if interval == "auto" else int(interval),
         regrow=config.regrow,
         generator=generator,
