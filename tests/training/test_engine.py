@@ -168,6 +168,31 @@ def test_update_end_ends_on_its_whole_step_despite_float_rounding(update_end, to
     assert engine.is_update_step(end) and not engine.is_update_step(end + 1)
 
 
+class _BagOfWords(torch.nn.Module):
+    def __init__(self, n_classes, frozen=False):
+        super().__init__()
+        self.emb = torch.nn.Embedding(40, 8, sparse=True).requires_grad_(not frozen)
+        self.head = torch.nn.Linear(8, n_classes)
+
+    def forward(self, x):
+        return self.head(self.emb(x.long()).mean(1))
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "adamw"])
+def test_adam_is_refused_for_embeddings_with_sparse_gradients(optimizer):
+    # torch's Adam raised at the first optimizer step, pointing to SparseAdam, which fit
+    # does not offer
+    X = np.random.default_rng(0).integers(0, 40, size=(60, 5))
+    y = (X[:, 0] > 20).astype(int)
+    clf = _clf(module=_BagOfWords, module_params=None, optimizer=optimizer, max_epochs=1,
+               drop_fraction=0.0)
+    with pytest.raises(ValueError, match=rf"optimizer='{optimizer}' cannot train 'emb'.*"
+                                         r"Use optimizer='sgd'"):
+        clf.fit(X, y)
+    clf.set_params(module_params={"frozen": True}).fit(X, y)  # a frozen one has none
+    clf.set_params(module_params=None, optimizer="sgd").fit(X, y)
+
+
 # ------------------------------------------------------------------ lazy layers
 def _lazy_net(n_classes):
     return torch.nn.Sequential(torch.nn.LazyLinear(32), torch.nn.LazyBatchNorm1d(),
