@@ -281,10 +281,13 @@ class RESTClassifier(ClassifierMixin, BaseEstimator):
     momentum : float in [0, 1), default=0.9
         SGD momentum (``optimizer="sgd"`` only).
     weight_decay : float >= 0, default=0.0
-        L2 penalty.
+        L2 penalty added to the gradient (SGD, Adam); AdamW decays the weights directly
+        (decoupled weight decay), so with the default 0 it trains as Adam does.
     lr_scheduler : {"plateau", "cosine", "constant"}, default="plateau"
         ``"plateau"`` divides the learning rate by 10 once the validation loss (training
-        loss without validation) has not improved for more than 5 epochs.
+        loss without validation) has not improved for more than 5 epochs. ``"cosine"``
+        anneals it by a cosine over ``max_epochs`` epochs, epoch ``e`` (from 1) training at
+        ``lr * (1 + cos(pi * (e - 1) / max_epochs)) / 2``. ``"constant"`` keeps ``lr``.
     validation_fraction : float in [0, 1), default=0.1
         Share of the training data (of its samples of positive ``sample_weight``) held
         out (stratified by class and group) for model selection, unless

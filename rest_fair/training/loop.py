@@ -69,6 +69,13 @@ BAD_STOP = (
     "{name}.on_epoch_end returned a value of type {type}; it must return True to stop "
     "training, or False or None to go on (another value, e.g. the record, is no decision)."
 )
+#: A checkpoint asked for while an epoch's batches are being trained.
+MID_EPOCH_CHECKPOINT = (
+    "save_checkpoint was called in epoch {epoch} between its first and last batch; a "
+    "checkpoint holds the run between two epochs (a resumed run trains an epoch from its "
+    "beginning, so a checkpoint from inside one would train part of it twice). Call it "
+    "from on_epoch_end or on_epoch_begin."
+)
 #: Warning of a resume whose checkpoint holds callback states no callback takes.
 CALLBACK_STATES_LEFT = (
     "the checkpoint holds the state of callbacks {keys} (class name: its place among the "
@@ -250,6 +257,7 @@ class TrainingRun:
         self.callbacks = sorted(parts.callbacks, key=lambda cb: bool(cb.runs_last))
         self._batch_callbacks = [cb for cb in self.callbacks if _overrides(cb, "on_batch_end")]
         self._pending_callback_states: dict | None = None
+        self._in_epoch = False  # between an epoch's first and last batch
         p = parts
         self._y = p.train.y.to(p.device)
         self._w = None if p.train.loss_weights is None else p.train.loss_weights.to(p.device)
@@ -318,6 +326,7 @@ class TrainingRun:
         order = p.train.sampler.epoch_order()
         loss_sum = torch.zeros((), device=p.device)
         seen = 0
+        self._in_epoch = True
         for x, idx in p.train.source.batches(order, p.batch_size, p.device):
             idx = idx.to(p.device, non_blocking=True)
             loss = self.train_step(x, idx)
@@ -328,6 +337,7 @@ class TrainingRun:
                 value = float(loss)
                 for cb in self._batch_callbacks:
                     cb.on_batch_end(self.net, run=self, step=s.step, loss=value)
+        self._in_epoch = False
         loss_sum, seen = p.world.end_train_epoch(p.module, p.sparsity, loss_sum, seen,
                                                  epoch=epoch)
         train_loss = float(loss_sum) / max(seen, 1)
@@ -624,7 +634,16 @@ class TrainingRun:
         the best epoch the file holds the weights and masks once: the best ones are written
         as the current ones where they are bitwise equal (:func:`torch.save` writes a
         storage once), and :meth:`load_state_dict` gives them storage of their own again.
+
+        Raises
+        ------
+        RuntimeError
+            When called between an epoch's first and last batch (from ``on_batch_end`` or
+            ``on_topology_update``): a checkpoint holds the run between two epochs.
         """
+        if self._in_epoch:
+            s = self.state
+            raise RuntimeError(MID_EPOCH_CHECKPOINT.format(epoch=s.epoch_offset + s.epoch + 1))
         if not self.parts.world.is_main:
             self._rng_states()  # rank 0's state_dict gathers them
             return

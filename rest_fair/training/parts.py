@@ -8,6 +8,7 @@ scheduler, objective, sparse engine, data, precision, callbacks and world -- fro
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextvars import ContextVar
@@ -53,6 +54,12 @@ ADAM_LR_OVERFLOW = (
     "computes. Use lr <= {most:.4g}, or optimizer='sgd'."
 )
 _FLOAT32_MAX = float(torch.finfo(torch.float32).max)
+#: Adam or AdamW asked to train a layer whose gradient is sparse.
+SPARSE_GRADIENTS = (
+    "optimizer={name!r} cannot train {layers}: an nn.Embedding or nn.EmbeddingBag built "
+    "with sparse=True has sparse gradients, which torch's Adam and AdamW do not take. Use "
+    "optimizer='sgd', or build the layer with sparse=False."
+)
 #: Dynamic sparse training asked for (a drop fraction above 0) in a fit too short for it.
 NO_TOPOLOGY_UPDATE = (
     "update_interval={interval} with update_timing={timing!r} puts the first topology "
@@ -258,6 +265,16 @@ def make_optimizer(
     return optimizer
 
 
+def _check_sparse_gradients(name: str, module: nn.Module) -> None:
+    """Refuse Adam and AdamW for a module with trainable embeddings of sparse gradients
+    (:data:`SPARSE_GRADIENTS`); torch's own error came at the first optimizer step."""
+    sparse = [repr(n) for n, sub in module.named_modules()
+              if isinstance(sub, (nn.Embedding, nn.EmbeddingBag)) and sub.sparse
+              and sub.weight.requires_grad]
+    if sparse and name in ("adam", "adamw"):
+        raise ValueError(SPARSE_GRADIENTS.format(name=name, layers=", ".join(sparse)))
+
+
 def make_scheduler(name: str, optimizer: torch.optim.Optimizer, *, max_epochs: int) -> Any:
     """The per-epoch learning-rate scheduler named by ``lr_scheduler`` (or ``None``)."""
     if name == "plateau":
@@ -306,11 +323,14 @@ def make_sparsity(
     if masks is None and config.sparse_init == "random" and config.rescale_init:
         mask_set.rescale_init_()
     total_steps = steps_per_epoch * max_epochs
+    # the product may fall a rounding error short of a whole step (0.29 * 100 is
+    # 28.999999999999996): that step is the last
+    end = config.update_end * total_steps
+    end = round(end) if math.isclose(end, round(end), rel_tol=1e-9) else math.floor(end)
     interval = config.update_interval
     engine = DynamicSparsity(
         mask_set,
-        schedule=DropSchedule(config.drop_fraction, int(config.update_end * total_steps),
-                              config.drop_schedule),
+        schedule=DropSchedule(config.drop_fraction, end, config.drop_schedule),
         update_interval=steps_per_epoch if interval == "auto" else int(interval),
         regrow=config.regrow,
         generator=generator,
@@ -396,9 +416,11 @@ def build_parts(
     ``module`` is on ``world.device``; ``generator`` draws masks and random regrowth;
     ``masks`` are a warm start's and ``sparse_layers`` the layers a resumed run trained in
     CSR form (see :func:`~rest_fair.sparse.compute.make_sparse_compute`). Lazy layers of
-    ``module`` get their parameters first, from the first training sample.
+    ``module`` get their parameters first, from the first training sample. Adam and AdamW
+    are refused for embeddings with sparse gradients (:data:`SPARSE_GRADIENTS`).
     """
     device, batch_size = world.device, config.batch_size
+    _check_sparse_gradients(config.optimizer, module)
     _materialise_lazy(module, train.source, device)
     sparsity = make_sparsity(module, config.sparse, steps_per_epoch=train.sampler.steps_per_epoch,
                              max_epochs=config.max_epochs, generator=generator, masks=masks,

@@ -225,6 +225,44 @@ def test_a_callback_of_your_own_writes_checkpoints_after_the_stop_decision(tmp_p
     assert list(state["callbacks"]) == ["EarlyStopping:0"]  # the first of its class
 
 
+class SaveInside(Callback):
+    """A user's callback that writes a checkpoint from the hook ``hook`` (once)."""
+
+    def __init__(self, dirname, hook):
+        self.dirname, self.hook, self.saved = dirname, hook, False
+        setattr(self, hook, self._save)
+
+    def _save(self, net, *, run, epoch=None, **kwargs):
+        if not self.saved and epoch != 1:
+            self.saved = True
+            run.save_checkpoint(self.dirname)
+
+
+@pytest.mark.parametrize("hook", ["on_batch_end", "on_topology_update"])
+def test_a_checkpoint_from_inside_an_epoch_is_refused(tmp_path, hook):
+    # it resumed at the start of its epoch with the weights of the middle, training part
+    # of the epoch twice (other predictions, steps counted twice)
+    X, y, g = _data()
+    with pytest.raises(RuntimeError, match=r"epoch 1 between its first and last batch.*"
+                                           r"on_epoch_end or on_epoch_begin"):
+        RESTClassifier(**{**COMMON, "max_epochs": 2},
+                       callbacks=[SaveInside(tmp_path, hook)]).fit(X, y, groups=g)
+    assert not ckpt_format.has_checkpoint(tmp_path)
+
+
+def test_a_checkpoint_from_the_beginning_of_an_epoch_resumes_exactly(tmp_path):
+    X, y, g = _data()
+    params = {**COMMON, "max_epochs": 3}
+    whole = RESTClassifier(**params).fit(X, y, groups=g)
+    first = RESTClassifier(**params, callbacks=[SaveInside(tmp_path, "on_epoch_begin"),
+                                                StopAt(2)])
+    with pytest.raises(KeyboardInterrupt):
+        first.fit(X, y, groups=g)
+    resumed = RESTClassifier(**params).fit(X, y, groups=g, resume_from=tmp_path)
+    assert resumed.n_train_steps_ == whole.n_train_steps_
+    np.testing.assert_array_equal(resumed.predict_proba(X), whole.predict_proba(X))
+
+
 @pytest.mark.parametrize(
     ("change", "match"),
     [

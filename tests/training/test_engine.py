@@ -181,6 +181,49 @@ def test_static_masks_and_dense_fits_are_not_warned_about_topology_updates(data,
     assert clf.n_topology_updates_ == 0 and _topology_warnings(record) == []
 
 
+@pytest.mark.parametrize(("update_end", "total", "end"),
+                         [(0.29, 100, 29), (0.57, 100, 57), (0.75, 10, 7), (1.0, 9, 9),
+                          (0.5, 3, 1)])
+def test_update_end_ends_on_its_whole_step_despite_float_rounding(update_end, total, end):
+    # 0.29 * 100 is 28.999999999999996: the topology froze at step 28, and an update due
+    # at step 29 (update_interval=29) never came
+    from rest_fair.training.parts import SparsityConfig, make_sparsity
+
+    config = SparsityConfig(
+        sparsity=0.5, layer_density="erk", sparse_init="random", rescale_init=True,
+        dense_layers=None, regrow="gradient", drop_fraction=0.5, drop_schedule="constant",
+        update_interval=1, update_end=update_end, update_timing="after_step")
+    engine = make_sparsity(torch.nn.Linear(4, 4), config, steps_per_epoch=1,
+                           max_epochs=total, generator=torch.Generator().manual_seed(0))
+    assert engine.schedule.end_step == end
+    assert engine.is_update_step(end) and not engine.is_update_step(end + 1)
+
+
+class _BagOfWords(torch.nn.Module):
+    def __init__(self, n_classes, frozen=False):
+        super().__init__()
+        self.emb = torch.nn.Embedding(40, 8, sparse=True).requires_grad_(not frozen)
+        self.head = torch.nn.Linear(8, n_classes)
+
+    def forward(self, x):
+        return self.head(self.emb(x.long()).mean(1))
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "adamw"])
+def test_adam_is_refused_for_embeddings_with_sparse_gradients(optimizer):
+    # torch's Adam raised at the first optimizer step, pointing to SparseAdam, which fit
+    # does not offer
+    X = np.random.default_rng(0).integers(0, 40, size=(60, 5))
+    y = (X[:, 0] > 20).astype(int)
+    clf = _clf(module=_BagOfWords, module_params=None, optimizer=optimizer, max_epochs=1,
+               drop_fraction=0.0)
+    with pytest.raises(ValueError, match=rf"optimizer='{optimizer}' cannot train 'emb'.*"
+                                         r"Use optimizer='sgd'"):
+        clf.fit(X, y)
+    clf.set_params(module_params={"frozen": True}).fit(X, y)  # a frozen one has none
+    clf.set_params(module_params=None, optimizer="sgd").fit(X, y)
+
+
 # ------------------------------------------------------------------ lazy layers
 def _lazy_net(n_classes):
     return torch.nn.Sequential(torch.nn.LazyLinear(32), torch.nn.LazyBatchNorm1d(),
