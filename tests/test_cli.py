@@ -382,7 +382,7 @@ def test_bench_interrupted_while_building_the_data_says_so_in_one_line(tmp_path,
     def interrupted_load(config, ratio):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(config, "load_data", interrupted_load)
+    monkeypatch.setattr(config, "kept_data", interrupted_load)
     out = tmp_path / "o"
     assert cli.main(["bench", "--preset", "tiny", "--out-dir", str(out), "--no-plots"]) == 130
     assert capsys.readouterr().err == (
