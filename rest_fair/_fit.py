@@ -132,6 +132,14 @@ UNUSED_ERROR_SET = (
     "{epochs}) trains only to fill inferred_groups_. Pass upweight (a number other than 1, "
     "or 'balanced') or objective='groupdro' to use the error set, or infer_groups=None."
 )
+WARM_WITHOUT_HISTORY = (
+    "warm_start=True continues the fitted network and its history_, but this estimator has "
+    "no history_: it was loaded from a model file written by an earlier rest_fair, whose "
+    "save left history_ out where a callback had stored values that are not plain in it. "
+    "Set warm_start=False to fit anew, or set history_ = [] to continue the network with "
+    "an empty history (its epochs then count from 1, and efficiency_report() counts the "
+    "samples of those epochs only)."
+)
 WARM_AND_RESUME = (
     "warm_start=True continues this fitted estimator's network, resume_from continues the "
     "run of a checkpoint: pass one of them (set warm_start=False to resume, or leave out "
@@ -690,6 +698,8 @@ def fit_estimator(
     warm = bool(est.warm_start) and hasattr(est, "module_")
     if warm and resume_from is not None:
         raise ValueError(WARM_AND_RESUME)
+    if warm and not hasattr(est, "history_"):
+        raise ValueError(WARM_WITHOUT_HISTORY)
     params = est.get_params(deep=False)
     if warm:
         _check_warm_params(getattr(est, "_warm_fixed_params", None), params)

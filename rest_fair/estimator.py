@@ -306,7 +306,9 @@ class RESTClassifier(ClassifierMixin, BaseEstimator):
         When ``True``, ``fit`` on an already fitted estimator continues from its network
         and masks for ``max_epochs`` more epochs (``history_`` goes on), instead of
         starting anew. Classes and input shape must be the same, and so must ``module``,
-        ``module_params``, ``sparsity``, ``layer_density`` and ``dense_layers``.
+        ``module_params``, ``sparsity``, ``layer_density`` and ``dense_layers``. An
+        estimator without ``history_`` (loaded from a file an earlier ``save`` left it out
+        of) is refused, naming the ways on.
     random_state : int in [0, 2**32 - 1], RandomState or None, default=None
         Seeds weight initialisation, masks, sampling and the validation split. The global
         generators (torch's, CUDA's, numpy's and Python's) are left as they were. Results can
@@ -759,6 +761,7 @@ or dict of columns, default=None
         :func:`rest_fair.efficiency.efficiency_report`. The whole-run columns count the
         samples actually trained, the sum of ``history_[i]["n_train_samples"]``; where an
         epoch's record lacks it (a model file or checkpoint written before it was counted),
+        or ``history_`` is absent (a model file whose ``save`` left it out),
         ``n_train_steps_ * batch_size``, which counts every batch as full.
 
         Returns
@@ -774,7 +777,8 @@ or dict of columns, default=None
         check_is_fitted(self, "module_")
         if not self.input_shape_:
             raise ValueError(_NO_INPUT_SHAPE)
-        counts = [record.get("n_train_samples") for record in self.history_]
+        history = getattr(self, "history_", None)
+        counts = [None] if history is None else [r.get("n_train_samples") for r in history]
         return efficiency_report(
             self.module_,
             self.masks_,

@@ -552,6 +552,37 @@ def test_a_history_with_entries_left_out_is_encoded_once(tmp_path, monkeypatch):
     assert not hasattr(RESTClassifier.load(tmp_path / "n.rest"), "history_")
 
 
+def test_a_file_without_history_predicts_and_refuses_a_warm_start_by_name(tmp_path):
+    # earlier saves left history_ out where a callback stored objects in it: a warm start
+    # of such a file failed with "AttributeError: ... 'history_'", as did efficiency_report
+    X = np.random.default_rng(0).random((60, 5), dtype=np.float32)
+    y = np.arange(60) % 2
+    clf = RESTClassifier(sparsity=0.9, max_epochs=2, batch_size=16, random_state=0,
+                         module_params={"hidden_layer_sizes": (16,)}).fit(X, y)
+    clf.save(tmp_path / "m.rest")
+    _rewrite_header(tmp_path / "m.rest", tmp_path / "old.rest",
+                    lambda header: header["attributes"].pop("history_"))
+    old = RESTClassifier.load(tmp_path / "old.rest")
+    assert not hasattr(old, "history_")
+    np.testing.assert_array_equal(old.predict(X), clf.predict(X))
+    from rest_fair.efficiency import efficiency_report
+
+    full_batches = efficiency_report(  # n_train_steps_ * batch_size samples
+        old.module_, old.masks_, old.input_shape_, n_topology_updates=old.n_topology_updates_,
+        n_train_steps=old.n_train_steps_, batch_size=16, n_train_samples=None, regrow="gradient")
+    assert old.efficiency_report().loc["total", "training_flops_run"] == \
+        full_batches.loc["total", "training_flops_run"] != \
+        clf.efficiency_report().loc["total", "training_flops_run"]
+    with pytest.raises(ValueError, match=r"warm_start=True continues the fitted network and "
+                                         r"its history_, but this estimator has no history_"):
+        old.set_params(warm_start=True).fit(X, y)
+    np.testing.assert_array_equal(old.predict(X), clf.predict(X))  # untouched
+    old.history_ = []  # as the message says: the network goes on, its history anew
+    steps = old.n_train_steps_
+    old.fit(X, y)
+    assert [h["epoch"] for h in old.history_] == [1, 2] and old.n_train_steps_ > steps
+
+
 def test_a_forged_tensor_value_is_a_model_file_error(tmp_path):
     net, masks = _masked_mlp(0.1)
     save((net, masks, {"t": torch.arange(3)}), tmp_path / "m.rest")
