@@ -24,6 +24,7 @@ training checkpoints (:class:`Checkpoint`) and restored on resume.
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Callable
 from numbers import Integral, Real
@@ -57,6 +58,18 @@ class Callback:
     """
 
     runs_last: ClassVar[bool] = False
+
+    def __repr__(self) -> str:
+        """``Name(argument=value, ...)``: the constructor's arguments kept as attributes
+        of their own names whose values differ from the defaults (scikit-learn's form)."""
+        shown = []
+        for param in inspect.signature(type(self).__init__).parameters.values():
+            if param.name == "self" or not hasattr(self, param.name):
+                continue
+            value = getattr(self, param.name)
+            if param.default is param.empty or not _is_default(value, param.default):
+                shown.append(f"{param.name}={value!r}")
+        return f"{type(self).__name__}({', '.join(shown)})"
 
     def on_fit_begin(self, net: Any, *, check_checkpoint: Callable[[Any], None],
                      **kwargs: Any) -> None:
@@ -95,6 +108,15 @@ class Callback:
 
     def on_train_end(self, net: Any, **kwargs: Any) -> None:
         """Called once after training, before the best checkpoint is restored."""
+
+
+def _is_default(value: Any, default: Any) -> bool:
+    if value is default:
+        return True
+    try:
+        return type(value) is type(default) and bool(value == default)
+    except (TypeError, ValueError):  # an array, or a value without a truth value
+        return False
 
 
 def check_callbacks(callbacks: Any) -> list[Callback]:

@@ -294,6 +294,21 @@ def test_misused_callbacks_are_refused(data):
         _clf(callbacks=EarlyStopping()).fit(X, y)
 
 
+def test_callbacks_show_their_changed_arguments_in_the_estimators_repr():
+    from rest_fair.callbacks import Checkpoint
+
+    class Mine(Callback):
+        def __init__(self, scale, weights=None):
+            self.scale, self.weights = scale, weights
+
+    assert repr(EarlyStopping()) == "EarlyStopping()"
+    assert repr(Checkpoint("ckpt", keep=3)) == "Checkpoint(dirname='ckpt', keep=3)"
+    assert repr(Mine(2)) == "Mine(scale=2)"
+    assert repr(Mine(2, np.ones(2))) == "Mine(scale=2, weights=array([1., 1.]))"
+    assert "callbacks=[EarlyStopping(patience=3)]" in repr(
+        RESTClassifier(callbacks=[EarlyStopping(patience=3)]))
+
+
 class _Returns(Callback):
     def __init__(self, value):
         self.value = value
