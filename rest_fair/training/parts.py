@@ -56,9 +56,9 @@ ADAM_LR_OVERFLOW = (
 _FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 #: Adam or AdamW asked to train a layer whose gradient is sparse.
 SPARSE_GRADIENTS = (
-    "optimizer={name!r} cannot train {layers}: an nn.Embedding or nn.EmbeddingBag built "
-    "with sparse=True has sparse gradients, which torch's Adam and AdamW do not take. Use "
-    "optimizer='sgd', or build the layer with sparse=False."
+    "{setting} cannot train {layers}: an nn.Embedding or nn.EmbeddingBag built with "
+    "sparse=True has sparse gradients, {which}. Use {instead}, or build the layer with "
+    "sparse=False."
 )
 #: Dynamic sparse training asked for (a drop fraction above 0) in a fit too short for it.
 NO_TOPOLOGY_UPDATE = (
@@ -265,14 +265,21 @@ def make_optimizer(
     return optimizer
 
 
-def _check_sparse_gradients(name: str, module: nn.Module) -> None:
-    """Refuse Adam and AdamW for a module with trainable embeddings of sparse gradients
-    (:data:`SPARSE_GRADIENTS`); torch's own error came at the first optimizer step."""
-    sparse = [repr(n) for n, sub in module.named_modules()
-              if isinstance(sub, (nn.Embedding, nn.EmbeddingBag)) and sub.sparse
-              and sub.weight.requires_grad]
-    if sparse and name in ("adam", "adamw"):
-        raise ValueError(SPARSE_GRADIENTS.format(name=name, layers=", ".join(sparse)))
+def _check_sparse_gradients(config: TrainConfig, module: nn.Module) -> None:
+    """Refuse Adam, AdamW and weight decay for a module with trainable embeddings of sparse
+    gradients (:data:`SPARSE_GRADIENTS`); torch's own errors came at the first optimizer
+    step."""
+    sparse = ", ".join(repr(n) for n, sub in module.named_modules()
+                       if isinstance(sub, (nn.Embedding, nn.EmbeddingBag)) and sub.sparse
+                       and sub.weight.requires_grad)
+    if sparse and config.optimizer in ("adam", "adamw"):
+        raise ValueError(SPARSE_GRADIENTS.format(
+            setting=f"optimizer={config.optimizer!r}", layers=sparse, instead="optimizer='sgd'",
+            which="which torch's Adam and AdamW do not take"))
+    if sparse and config.weight_decay > 0:
+        raise ValueError(SPARSE_GRADIENTS.format(
+            setting=f"weight_decay={config.weight_decay:g}", layers=sparse,
+            which="to which torch's SGD cannot add weight decay", instead="weight_decay=0"))
 
 
 def make_scheduler(name: str, optimizer: torch.optim.Optimizer, *, max_epochs: int) -> Any:
@@ -417,10 +424,11 @@ def build_parts(
     ``masks`` are a warm start's and ``sparse_layers`` the layers a resumed run trained in
     CSR form (see :func:`~rest_fair.sparse.compute.make_sparse_compute`). Lazy layers of
     ``module`` get their parameters first, from the first training sample. Adam and AdamW
-    are refused for embeddings with sparse gradients (:data:`SPARSE_GRADIENTS`).
+    and weight decay are refused for embeddings with sparse gradients
+    (:data:`SPARSE_GRADIENTS`).
     """
     device, batch_size = world.device, config.batch_size
-    _check_sparse_gradients(config.optimizer, module)
+    _check_sparse_gradients(config, module)
     _materialise_lazy(module, train.source, device)
     sparsity = make_sparsity(module, config.sparse, steps_per_epoch=train.sampler.steps_per_epoch,
                              max_epochs=config.max_epochs, generator=generator, masks=masks,
