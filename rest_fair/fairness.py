@@ -251,7 +251,7 @@ def fairness_report(
         frame=frame,
         summary=_summary(frame),
         worst_group=worst,
-        worst_group_accuracy=float(accuracy.loc[worst]),
+        worst_group_accuracy=float(accuracy.min()),
         disparities=_disparities(frame) if binary else {},
         pos_label=pos_label,
     )

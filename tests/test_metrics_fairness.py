@@ -282,6 +282,16 @@ def test_groups_named_by_other_than_strings_are_reported():
     assert fairness_report(y=Y, y_pred=P, groups={0: G, 1: Y}).worst_group == ("a", 0)
 
 
+def test_a_column_of_tuple_labels_is_reported():
+    # the labels fit gives intersectional groups, in one column: .loc read the worst tuple
+    # as one key per axis ("Too many indexers")
+    labels = pd.Series(list(zip(G, Y, strict=True)))
+    report = fairness_report(y=Y, y_pred=P, groups=labels)
+    accuracies = group_accuracies(Y, P, labels)
+    assert report.worst_group_accuracy == min(accuracies.values())
+    assert accuracies[report.worst_group] == report.worst_group_accuracy
+
+
 def test_weights_whose_sum_overflows_give_the_accuracies_of_their_ratios():
     w = np.linspace(0.5, 1.5, len(Y))
     huge = w * 1e308  # each finite, their sum is not
