@@ -262,6 +262,13 @@ def test_split_wilds_subsamples_train_only(root):
     for size in (0, 2.5):
         with pytest.raises(ValueError, match="image_size must be an integer in"):
             split_wilds(dataset, image_size=size)
+    # numpy's "expected non-negative integer" named no argument; True was taken as 1
+    for seed in (-1, True, 1.5):
+        with pytest.raises(ValueError, match=r"random_state must be None, a Generator or an "
+                                             r"integer in \[0, 4294967295\]"):
+            split_wilds(dataset, frac=0.5, random_state=seed)
+    drawn = split_wilds(dataset, ["train"], frac=0.5, random_state=np.random.default_rng(1))
+    assert len(drawn["train"]) == 32
 
 
 def test_bad_group_fields(root):
