@@ -240,9 +240,10 @@ def load_wilds(name: str, root_dir: str | os.PathLike, *, download: bool = False
     DatasetFormatError
         When a table is empty, is not CSV, lacks a column that wilds reads or holds a value
         outside those of :attr:`DatasetSpec.values` (a label, spurious attribute or split
-        that is not one of the dataset's), or when tables read row by row together
-        (CelebA's attributes and partition) have different numbers of rows; the message
-        names the files and the columns, values or row counts.
+        that is not one of the dataset's) or a column of :attr:`DatasetSpec.numeric` that
+        does not hold numbers, or when tables read row by row together (CelebA's
+        attributes and partition) have different numbers of rows; the message names the
+        files and the columns, values or row counts.
     ImportError
         When ``wilds`` (or the torchvision its dataset modules import) is missing.
     """
