@@ -112,6 +112,10 @@ POSITIVE_INT = Interval(Integral, 1, float("inf"))
 #: takes them (a RandomState's seed is an integer in [0, 2**32 - 1]).
 RANDOM_STATE = [TypeOf((type(None), np.random.RandomState), "None, a RandomState"),
                 Interval(Integral, 0, 2**32 - 1, "both")]
+#: The seeds of ``RANDOM_STATE``, None, or a numpy Generator to draw from: what the data
+#: builders hand to ``numpy.random.default_rng``.
+GENERATOR_SEED = [TypeOf((type(None), np.random.Generator), "None, a Generator"),
+                  *RANDOM_STATE[1:]]
 
 
 def check_param(name: str, value: Any, allowed: list) -> None:

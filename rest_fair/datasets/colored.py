@@ -28,7 +28,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from .._requirements import import_optional
-from .._validation import RANDOM_STATE, Interval, TypeOf, check_param
+from .._validation import GENERATOR_SEED, Interval, check_param
 from .idx import _BAD_SPLIT
 
 if TYPE_CHECKING:  # the images of a split may be a torch Dataset (ColoredImages)
@@ -82,9 +82,6 @@ _SPLIT_TOO_SMALL = (
 )
 _COUNT = Interval(Integral, 0, float("inf"))
 _NON_NEGATIVE = Interval(Real, 0, float("inf"))
-# the seeds of the estimator's random_state, None, or a numpy Generator to draw from
-_RANDOM_STATE = [TypeOf((type(None), np.random.Generator), "None, a Generator"),
-                 *RANDOM_STATE[1:]]
 _BAD_COLOR_STD = "color_std must be a finite number >= 0; got {value!r}."
 _FEW_COLORS = (
     "palette has {n} colours but the labels go up to {top}: it needs one colour per class."
@@ -302,7 +299,7 @@ def colorize(
     conflict : ndarray of bool, shape (n,)
         ``bias != label``.
     """
-    check_param("random_state", random_state, _RANDOM_STATE)
+    check_param("random_state", random_state, GENERATOR_SEED)
     rng = np.random.default_rng(random_state)
     palette = _check_palette(palette)
     images = np.asarray(images)
@@ -463,7 +460,7 @@ def _make(
     random_state: int | None,
 ) -> BiasedImageData:
     _check_ratio(conflict_ratio)
-    check_param("random_state", random_state, _RANDOM_STATE)
+    check_param("random_state", random_state, GENERATOR_SEED)
     palette = _check_palette(palette)
     n_train, n_valid, n_test = _resolve_sizes(split_sizes, len(labels))
     _check_split_sizes((n_train, n_valid, n_test), labels, split_sizes)

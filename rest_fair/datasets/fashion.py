@@ -21,9 +21,8 @@ import torch
 from numpy.typing import ArrayLike
 from torch.utils.data import Dataset
 
-from .._validation import POSITIVE_INT, check_param
+from .._validation import GENERATOR_SEED, POSITIVE_INT, check_param
 from .colored import (
-    _RANDOM_STATE,
     BiasedImageData,
     Split,
     _check_image_size,
@@ -306,7 +305,7 @@ def make_colored_fashion_mnist(
     ((256, 3, 28, 28), dtype('float32'))
     """
     _check_ratio(conflict_ratio)
-    check_param("random_state", random_state, _RANDOM_STATE)
+    check_param("random_state", random_state, GENERATOR_SEED)
     palette = _check_palette(palette)
     _check_image_size(image_size)
     train_images, train_labels = load_fashion_mnist(root, split="train")

@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 
 from .._requirements import import_optional
-from .._validation import POSITIVE_INT, Interval, check_param
+from .._validation import GENERATOR_SEED, POSITIVE_INT, Interval, check_param
 from ._compat import import_wilds_module
 from .datasets import DATASETS, dataset_spec
 
@@ -269,8 +269,9 @@ def split_wilds(
     frac : float, default=1.0
         Keep this random fraction of the *training* split only (quick runs); the
         evaluation splits are always complete so their metrics stay official.
-    random_state : int or None, default=0
-        Seed of that subsampling.
+    random_state : int, Generator or None, default=0
+        Seed of that subsampling: an integer in [0, 2**32 - 1] (as for
+        :class:`~rest_fair.RESTClassifier`), or a generator to draw from.
 
     Returns
     -------
@@ -278,6 +279,7 @@ def split_wilds(
         Split name -> :class:`WILDSSplit`.
     """
     check_param("frac", frac, [_FRAC])
+    check_param("random_state", random_state, GENERATOR_SEED)
     if isinstance(splits, str):
         raise ValueError(_A_STRING.format(name="splits", what="split", value=splits))
     split_dict = dataset.split_dict

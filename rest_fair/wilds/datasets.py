@@ -88,6 +88,10 @@ class DatasetSpec:
         wilds compares with 0.5 (an empty cell is read as below it).
     indexed : bool
         Whether wilds reads the first column of the tables as their index, not as data.
+    numeric : tuple of (str, str)
+        Tables that wilds reads whole as one array of numbers, each with the column it
+        leaves out (CelebA's attributes, all but ``image_id``): every other column must
+        hold numbers (not text, not booleans, which make the array one of objects).
     """
 
     name: str
@@ -102,6 +106,7 @@ class DatasetSpec:
     columns: tuple[tuple[str, tuple[str, ...]], ...] = ()
     values: tuple[tuple[str, str, tuple | str], ...] = ()
     indexed: bool = False
+    numeric: tuple[tuple[str, str], ...] = ()
 
     @property
     def dirname(self) -> str:
@@ -159,6 +164,7 @@ DATASETS: dict[str, DatasetSpec] = {
         values=(("list_attr_celeba.csv", "Blond_Hair", (-1, 1)),
                 ("list_attr_celeba.csv", "Male", (-1, 1)),
                 ("list_eval_partition.csv", "partition", (0, 1, 2))),
+        numeric=(("list_attr_celeba.csv", "image_id"),),
     ),
     "civilcomments": DatasetSpec(
         "civilcomments", "wilds.datasets.civilcomments_dataset", "CivilCommentsDataset", "text",
@@ -234,9 +240,10 @@ def load_wilds(name: str, root_dir: str | os.PathLike, *, download: bool = False
     DatasetFormatError
         When a table is empty, is not CSV, lacks a column that wilds reads or holds a value
         outside those of :attr:`DatasetSpec.values` (a label, spurious attribute or split
-        that is not one of the dataset's), or when tables read row by row together
-        (CelebA's attributes and partition) have different numbers of rows; the message
-        names the files and the columns, values or row counts.
+        that is not one of the dataset's) or a column of :attr:`DatasetSpec.numeric` that
+        does not hold numbers, or when tables read row by row together (CelebA's
+        attributes and partition) have different numbers of rows; the message names the
+        files and the columns, values or row counts.
     ImportError
         When ``wilds`` (or the torchvision its dataset modules import) is missing.
     """
@@ -294,10 +301,12 @@ def _check_tables(spec: DatasetSpec, root: Path) -> None:
     for rel, columns in spec.columns:
         path = root / spec.dirname / rel
         checked = {column: allowed for table, column, allowed in spec.values if table == rel}
+        left_out = dict(spec.numeric).get(rel)
         try:
             names = list(pd.read_csv(path, nrows=0).columns)
             absent = [c for c in columns if c not in (names[1:] if spec.indexed else names)]
-            frame = None if absent else pd.read_csv(path, usecols=list(checked) or [columns[0]])
+            used = None if left_out else list(checked) or [columns[0]]  # None: every column
+            frame = None if absent else pd.read_csv(path, usecols=used)
         except pd.errors.EmptyDataError:
             problem = "is empty"
         except (UnicodeDecodeError, pd.errors.ParserError) as exc:
@@ -310,7 +319,7 @@ def _check_tables(spec: DatasetSpec, root: Path) -> None:
             elif frame.empty:
                 problem = "has a header but no rows"
             else:
-                problem = _bad_values(frame, checked)
+                problem = _bad_values(frame, checked) or _not_numbers(frame, left_out)
             if problem is None:
                 counts[path] = len(frame)
                 continue
@@ -343,6 +352,21 @@ def _bad_values(frame: Any, checked: dict[str, tuple | str]) -> str | None:
             return (f"holds {column!r} values other than {allowed} in {int(bad.sum())} of its "
                     f"{len(frame)} rows (the first: {first!r} in data row {row + 1})")
     return None
+
+
+def _not_numbers(frame: Any, left_out: str | None) -> str | None:
+    """What is wrong with the columns of ``frame`` but ``left_out`` that do not hold numbers
+    (see :attr:`DatasetSpec.numeric`), or ``None``; ``None`` also where ``left_out`` is."""
+    from pandas.api.types import is_bool_dtype, is_numeric_dtype
+
+    if left_out is None:
+        return None
+    other = [column for column, dtype in frame.dtypes.items() if column != left_out
+             and (is_bool_dtype(dtype) or not is_numeric_dtype(dtype))]
+    if not other:
+        return None
+    return (f"holds columns of values other than numbers ({', '.join(map(repr, other))}); "
+            f"wilds reads every column but {left_out!r} as one array of numbers")
 
 
 @contextlib.contextmanager

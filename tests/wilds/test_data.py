@@ -262,6 +262,13 @@ def test_split_wilds_subsamples_train_only(root):
     for size in (0, 2.5):
         with pytest.raises(ValueError, match="image_size must be an integer in"):
             split_wilds(dataset, image_size=size)
+    # numpy's "expected non-negative integer" named no argument; True was taken as 1
+    for seed in (-1, True, 1.5):
+        with pytest.raises(ValueError, match=r"random_state must be None, a Generator or an "
+                                             r"integer in \[0, 4294967295\]"):
+            split_wilds(dataset, frac=0.5, random_state=seed)
+    drawn = split_wilds(dataset, ["train"], frac=0.5, random_state=np.random.default_rng(1))
+    assert len(drawn["train"]) == 32
 
 
 def test_bad_group_fields(root):
@@ -341,6 +348,27 @@ def test_a_table_without_a_column_wilds_reads_is_named(tmp_path, name, table, dr
     path.write_text("")
     with pytest.raises(DatasetFormatError, match=f"{path} is empty"):
         load_wilds(name, tmp_path)
+
+
+@pytest.mark.parametrize(("extra", "values"), [("note", "x"), ("checked", True)])
+def test_a_celeba_attribute_table_with_a_column_of_other_values_is_named(tmp_path, extra,
+                                                                           values):
+    # wilds reads every attribute column as one array; a column of text or booleans made it
+    # an array of objects, which torch refused: "can't convert np.ndarray of type
+    # numpy.object_", naming no file or column
+    import pandas as pd
+
+    from rest_fair.exceptions import DatasetFormatError
+
+    path = make_synthetic_layout("celebA", tmp_path, image_size=8) / "list_attr_celeba.csv"
+    table = pd.read_csv(path)
+    table.assign(Smiling=table["Smiling"].astype(float)).to_csv(path, index=False)
+    assert load_wilds("celebA", tmp_path).y_array.shape == (112,)  # numbers of any dtype
+    table.assign(**{extra: values}).to_csv(path, index=False)
+    with pytest.raises(DatasetFormatError) as info:
+        load_wilds("celebA", tmp_path)
+    assert (f"{path} holds columns of values other than numbers ('{extra}'); wilds reads "
+            f"every column but 'image_id' as one array of numbers") in str(info.value)
 
 
 def test_a_civilcomments_table_without_its_index_column_is_named(tmp_path):
