@@ -561,6 +561,8 @@ or dict of columns, default=None
         validation_data : tuple, default=None
             ``(X_val, y_val)`` or ``(X_val, y_val, groups_val)`` for model selection,
             instead of holding out ``validation_fraction`` of the training data.
+            It is used as given: inside a ``Pipeline`` the earlier steps do not
+            transform it.
         resume_from : str or path, default=None
             Directory of a :class:`~rest_fair.callbacks.Checkpoint`: continue the run
             from its latest checkpoint (the same data and parameters are required; a
