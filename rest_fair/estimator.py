@@ -209,8 +209,10 @@ class RESTClassifier(ClassifierMixin, BaseEstimator):
         ``sparse_compute_threshold`` with sparse kernels (CSR forward, sparse input
         gradient, weight gradient only at the active weights, optimizer state only for
         them; the dense gradient is scanned only at RigL topology updates).
-        ``"auto"`` times each such layer once per process on the training device at
-        ``batch_size`` and uses the sparse kernels only where they are clearly faster
+        ``"auto"`` times each such layer once per process on the training device at the
+        rows it multiplies in a training batch (``batch_size``, times the sequence length
+        for a transformer's layers) and uses the sparse kernels only where they are at
+        least 10 % faster
         (a run resumed from a checkpoint converts the layers the checkpoint used, without
         timing again; two fresh processes may decide differently, so use ``"masked"`` or
         ``"csr"`` where runs must be bitwise reproducible).

@@ -1,5 +1,7 @@
 """Examples of the documentation run as printed: the landing page's ten lines on the embedded
-digits, the routing example of the fairness page, the callback example of the long-runs page."""
+digits, the routing example of the fairness page, the callback example of the long-runs page,
+and every other Python block of README.md and docs/*.md that runs on a tiny table; the blocks
+that need more (data on disk, a download, a cluster) are listed with the reason."""
 
 from __future__ import annotations
 
@@ -15,6 +17,92 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _python_blocks(page: Path) -> list[str]:
     return re.findall(r"```python\n(.*?)```", page.read_text(encoding="utf-8"), re.S)
+
+
+PAGES = ["README.md", *sorted(f"docs/{p.name}" for p in (ROOT / "docs").glob("*.md"))]
+
+# Blocks run below on a tiny table, by page and a line of theirs: the code the page shows
+# before the block (names it uses from an earlier block or from the reader's own data).
+TINY = {
+    ("README.md", "clf.sparsity_report()"): "",
+    ("docs/estimator.md", 'optimizer="adam", lr=1e-3'): "",
+    ("docs/estimator.md", 'authors_recipe("colored_mnist")'): "",
+    ("docs/estimator.md", "class PrintWGA"): "from rest_fair import RESTClassifier",
+    ("docs/efficiency.md", "clf.export_sparse()"): "",
+    ("docs/fairness.md", "report.by_group"): (
+        "from rest_fair import RESTClassifier\n"
+        "clf = RESTClassifier(max_epochs=2).fit(X, y, groups=g)\n"
+        "y_pred = clf.predict(X_test)"),
+    ("docs/fairness.md", "ExponentiatedGradient("): "from rest_fair import RESTClassifier",
+    ("docs/fairness.md", "ThresholdOptimizer("): (
+        "from rest_fair import RESTClassifier\nfrom rest_fair.metrics import fairness_report"),
+    ("docs/long_runs.md", 'Checkpoint("runs/waterbirds-s0"'): "",
+    ("docs/benchmarks.md", 'StudyMethod("rest_recipe_0.9"'): (
+        "from rest_fair.recipes import authors_recipe\n"
+        "def recipe():\n    return authors_recipe('colored_mnist')"),
+    ("docs/wilds.md", "hf:distilbert-base-uncased"): "from rest_fair import RESTClassifier",
+}
+# The other blocks, and why they are not run here.
+NOT_RUN = {
+    ("docs/index.md", "make_colored_mnist(conflict_ratio=0.05)"): "run by a test above",
+    ("docs/fairness.md", "set_fit_request"): "run by a test above",
+    ("docs/long_runs.md", "class LayerDensity"): "run by a test above",
+    ("docs/benchmarks.md", "make_colored_fashion_mnist("): "54,000 images, 100 epochs",
+    ("docs/benchmarks.md", "load_dfa("): "a DFA release on disk",
+    ("docs/benchmarks.md", 'run_sweep(config, "out/quick"'): "a 12-run sweep of 30 s",
+    ("docs/reproducing_wilds.md", "extract_features("): "Waterbirds and ImageNet weights",
+    ("docs/scaling.md", "load_my_data()"): "the reader's data, under torchrun",
+    ("docs/scaling.md", 'scheduler="tcp://SCHEDULER_HOST:8786"'): "a Dask cluster",
+    ("docs/scaling.md", 'backend="dask"'): "a Dask cluster",
+    ("docs/wilds.md", 'load_wilds("waterbirds", root_dir="data")'): "Waterbirds on disk",
+    ("docs/wilds.md", "TfidfVectorizer("): "CivilComments on disk",
+    ("docs/writing_docs.md", "Title of the example"): "the template of a gallery script",
+}
+
+
+def _block(page: str, line: str) -> str:
+    (block,) = [b for b in _python_blocks(ROOT / page) if line in b]
+    return block
+
+
+def test_every_python_block_of_the_docs_is_run_or_says_why_not():
+    listed = set(TINY) | set(NOT_RUN)
+    for page in PAGES:
+        for block in _python_blocks(ROOT / page):
+            keys = [key for key in listed if key[0] == page and key[1] in block]
+            assert len(keys) == 1, (f"a Python block of {page} is matched by {keys}: add it "
+                                    f"to TINY or NOT_RUN:\n{block}")
+    for page, line in listed:
+        _block(page, line)  # still there, once
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("page", "line"), sorted(TINY))
+def test_doc_example_runs_on_a_tiny_table(page, line, tmp_path, monkeypatch):
+    """The block as printed, on 200 rows of 4 features with a binary group (files it writes
+    go to a temporary folder)."""
+    import warnings
+
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+
+    def table(n):
+        g = rng.integers(0, 2, n)
+        X = rng.normal(size=(n, 4)).astype(np.float32)
+        X[:, 1] += g
+        return X, (X[:, 0] + 0.8 * g > 0.4).astype(int), g
+
+    (X, y, g), (X_test, y_test, g_test), (X_val, y_val, g_val) = table(200), table(200), table(100)
+    namespace = {"X": X, "y": y, "g": g, "groups": g, "a": g, "X_train": X, "y_train": y,
+                 "bias_attribute_train": g, "X_val": X_val, "y_val": y_val,
+                 "bias_attribute_val": g_val, "X_test": X_test, "y_test": y_test,
+                 "sex": g_test, "a_test": g_test}
+    monkeypatch.chdir(tmp_path)
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # small validation groups
+        exec(TINY[page, line], namespace)
+        exec(compile(_block(page, line), page, "exec"), namespace)
 
 
 @pytest.mark.slow
