@@ -1,7 +1,8 @@
 """Examples of the documentation run as printed: the landing page's ten lines on the embedded
 digits, the routing example of the fairness page, the callback example of the long-runs page,
 and every other Python block of README.md and docs/*.md that runs on a tiny table; the blocks
-that need more (data on disk, a download, a cluster) are listed with the reason."""
+that need more (data on disk, a download, a cluster) are listed with the reason. The ``>>>``
+examples of the package's docstrings run as doctests."""
 
 from __future__ import annotations
 
@@ -157,3 +158,18 @@ def test_long_runs_callback_example_adds_the_key_its_docstring_names():
         exec(compile(block, "docs/long_runs.md", "exec"), namespace)
     (named,) = re.findall(r'history_\[-1\]\["(density/[^"]+)"\]', block)
     assert named in namespace["clf"].history_[-1]
+
+
+DOCTEST_MODULES = sorted(
+    ".".join(path.relative_to(ROOT).with_suffix("").parts)
+    for path in (ROOT / "rest_fair").rglob("*.py") if ">>> " in path.read_text(encoding="utf-8"))
+
+
+@pytest.mark.parametrize("name", DOCTEST_MODULES)
+def test_docstring_examples_print_what_they_show(name):
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(name), report=True,
+                             optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    assert result.failed == 0
