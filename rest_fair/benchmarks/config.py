@@ -258,15 +258,22 @@ class BenchConfig:
             When the data set cannot be built with these settings at one of the shares
             (e.g. ``split_sizes`` larger than the data set, or too small to hold every
             class); the data are built here as the runs build them, and kept for the runs
-            of this process.
+            of this process. Also when the network cannot take the images (the CNN on
+            images that its convolutions shrink to nothing, a small ``image_size``): it is
+            built once here.
         """
+        from ..models import build_module  # imports torch: not at `rest-fair --help`
+
         check_requirements(self.requirements(plots=plots),
                            command=f"rest-fair bench (dataset {self.dataset!r})")
         check = DATASETS[self.dataset].check
         if check is not None:
             check(self)
         for ratio in self.ratios:
-            load_data(self, ratio)
+            data = load_data(self, ratio)
+        build_module(self.module, input_shape=data.image_shape,
+                     n_classes=len(np.unique(np.asarray(data.y_train))),
+                     module_params=self.module_params)
 
     def base_params(self, seed: int) -> dict[str, Any]:
         """The parameters every run of this benchmark shares (``extra_params`` included)."""
