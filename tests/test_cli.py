@@ -130,10 +130,16 @@ def test_bench_rejects_bad_flags(capsys):
     (["--module", "mlp", "--module-params", '{"hidden_layer_sizes": [-1]}'],
      "module_params['hidden_layer_sizes'] must be a sequence of positive ints"),
     (["--image-size", "0"], "image_size must be a positive int or None"),
+    # every run failed on it, and the command said to rerun it
+    (["--module", "cnn", "--image-size", "2"], "images of shape (3, 2, 2) are too small for "
+                                               "module='cnn'"),
     (["--split-sizes", "1,2"], "split_sizes must be three positive numbers"),
     # sizes the data set cannot give failed every run, and the command said to rerun it
     (["--split-sizes", "100000,10,10"], "as counts summing to at most 1797"),
     (["--split-sizes", "30,5,30"], "gives a valid split of 5 images, fewer than the 10 classes"),
+    # a share of no sample: reported as 0.01 % conflicting, trained on none
+    (["--ratios", "0.0001"], "ratios: 0.0001 gives no bias-conflicting training sample of the "
+                             "1258"),
     # options the run would not read, which would still change its id
     (["--dfa-name", "bffhq"], "dfa_name is not read by dataset='digits'"),
     (["--data-root", "/nonexistent"], "data_root is not read by dataset='digits'"),

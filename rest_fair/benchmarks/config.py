@@ -28,6 +28,10 @@ __all__ = ["PRESETS", "BenchConfig", "RunSpec", "preset"]
 _MATPLOTLIB = Requirement("matplotlib", "matplotlib", "bench", "the plots (or pass --no-plots)")
 _UNKNOWN_PRESET = "Unknown preset {name!r}; available: {names}."
 _BAD_FIELD = "{field} {detail}; got {value!r}."
+_NO_CONFLICT = (
+    "ratios: {ratio:g} gives no bias-conflicting training sample of the {n} (shares are "
+    "rounded to whole samples); use a larger share or more training samples."
+)
 _POSITIVE = Interval(Real, 0, float("inf"), "neither")
 _DECIDED = (
     "extra_params (--estimator-params) sets {key!r}, which {owner} decides for every run; "
@@ -257,16 +261,26 @@ class BenchConfig:
         ValueError
             When the data set cannot be built with these settings at one of the shares
             (e.g. ``split_sizes`` larger than the data set, or too small to hold every
-            class); the data are built here as the runs build them, and kept for the runs
-            of this process.
+            class, or a share that rounds to no bias-conflicting training sample); the
+            data are built here as the runs build them, and kept for the runs of this
+            process. Also when the network cannot take the images (the CNN on
+            images that its convolutions shrink to nothing, a small ``image_size``): it is
+            built once here.
         """
+        from ..models import build_module  # imports torch: not at `rest-fair --help`
+
         check_requirements(self.requirements(plots=plots),
                            command=f"rest-fair bench (dataset {self.dataset!r})")
         check = DATASETS[self.dataset].check
         if check is not None:
             check(self)
         for ratio in self.ratios:
-            kept_data(self, ratio)  # built and kept for the runs, not copied
+            data = kept_data(self, ratio)  # built and kept for the runs, not copied
+            if not np.any(data.conflict_train):  # the runs would train without a minority
+                raise ValueError(_NO_CONFLICT.format(ratio=ratio, n=len(data.y_train)))
+        build_module(self.module, input_shape=data.image_shape,
+                     n_classes=len(np.unique(np.asarray(data.y_train))),
+                     module_params=self.module_params)
 
     def base_params(self, seed: int) -> dict[str, Any]:
         """The parameters every run of this benchmark shares (``extra_params`` included)."""

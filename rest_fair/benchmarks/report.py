@@ -274,7 +274,10 @@ def _cost_cell(column: str, row: dict, dense: dict | None) -> str:
     value = row.get(f"{column}_mean", math.nan)
     if value is None or math.isnan(value):
         return "–"
-    text = f"{value:.1f} s" if column == "fit_seconds" else f"{value / 1024:,.0f} KiB"
+    if column == "fit_seconds":  # two significant digits below a second, not "0.0 s"
+        text = f"{value:.2g} s" if value < 1 else f"{value:.1f} s"
+    else:
+        text = f"{value / 1024:,.0f} KiB"
     reference = None if dense is None else dense.get(f"{column}_mean")
     if reference and not math.isnan(reference):
         text += f" ({value / reference:.2f}×)"

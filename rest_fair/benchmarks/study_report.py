@@ -159,7 +159,9 @@ def _missing(value: float | None) -> bool:
 
 
 def _seconds(value: float) -> str:
-    return "–" if _missing(value) else f"{value:.1f}" if value < 10 else f"{value:.0f}"
+    if _missing(value):
+        return "–"
+    return f"{value:.2g}" if value < 1 else f"{value:.1f}" if value < 10 else f"{value:.0f}"
 
 
 def _flops(value: float) -> str:

@@ -297,6 +297,15 @@ def test_study_costs_that_no_record_has_are_shown_as_missing():
     assert "nan" not in cells and cells[-4:-1] == ["–", "–", "–"]
 
 
+def test_study_fit_seconds_under_a_second_keep_two_digits():
+    search = tiny_search(budget=1, methods=("reweighting",), max_epochs=3)
+    records = [{**_record("reweighting", 0, seed, wg=0.5, wc=0.5, test=0.4), "fit_seconds": 0.04}
+               for seed in range(2)]
+    table = study_markdown(select(summarize_configurations(records, search)), search)
+    row = next(line for line in table.splitlines() if line.startswith("| ") and "| 2 |" in line)
+    assert [cell.strip() for cell in row.strip("|").split("|")][-2] == "0.04"  # was "0.0"
+
+
 # ------------------------------------------------------- the command (torch needed)
 def test_study_command_runs_and_resumes(tmp_path, monkeypatch, capsys):
     pytest.importorskip("torch")

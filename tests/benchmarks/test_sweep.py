@@ -246,6 +246,10 @@ def test_cost_columns_show_measured_time_and_size_beside_dense():
     old = [{k: v for k, v in r.items() if k != "model_bytes"} for r in records[2:]]
     table = to_markdown(summarize(old, config), config)
     assert "model file" not in table and "| 2.0 s | 1 |" in table
+    # runs under a second read "0.0 s" beside a ratio of 1.33x
+    short = [{**r, "fit_seconds": r["fit_seconds"] / 100} for r in records]
+    table = to_markdown(summarize(short, config), config)
+    assert "| 0.04 s (1.00×) |" in table and "| 0.02 s (0.50×) |" in table
 
 
 def test_mean_and_standard_error_format():
