@@ -81,8 +81,9 @@ _NOT_SCRIPTABLE = (
 )
 _BAD_DTYPE = (
     "the exported network's sparse layers compute in {dtype}; got a {got} input. Convert "
-    "the input (x.to({dtype})) or the network (.to({name}))."
+    "the input (x.to({dtype})){network}."
 )
+_CAST_NETWORK = " or the network (.to({dtype}))"
 _NO_CPU_DTYPE = (
     "the exported network's sparse layers compute on the CPU in float32 or float64 only "
     "(torch has no CPU sparse CSR product in {dtype}); call .float() or .double() on the "
@@ -329,7 +330,11 @@ def _check_torch_input(h: torch.Tensor, weight: torch.Tensor) -> None:
     another dtype than the weights', or a CPU dtype without a CSR product."""
     dtype = weight.dtype
     if h.dtype != dtype:
-        raise TypeError(_BAD_DTYPE.format(dtype=dtype, got=h.dtype, name=h.dtype))
+        # the network's cast is named only where its sparse layers could compute in it
+        castable = h.dtype.is_floating_point and (
+            weight.device.type != "cpu" or h.dtype in (torch.float32, torch.float64))
+        network = _CAST_NETWORK.format(dtype=h.dtype) if castable else ""
+        raise TypeError(_BAD_DTYPE.format(dtype=dtype, got=h.dtype, network=network))
     if weight.device.type == "cpu" and dtype not in (torch.float32, torch.float64):
         raise TypeError(_NO_CPU_DTYPE.format(dtype=dtype))
 

@@ -349,6 +349,10 @@ def test_inputs_and_casts_the_sparse_products_cannot_take_are_named(chain_path):
     with pytest.raises(TypeError, match=r"compute in torch\.float32; got a torch\.float64 "
                                         r"input.*\.to\(torch\.float64\)"):
         export(x.double())
+    for dtype in (torch.uint8, torch.bfloat16):  # no network cast that would compute them
+        with pytest.raises(TypeError, match=r"got a torch\.\w+ input\. Convert the input "
+                                            r"\(x\.to\(torch\.float32\)\)\.$"):
+            export(x.to(dtype))
     half = copy.deepcopy(export).half()
     with pytest.raises(TypeError, match=r"CPU in float32 or float64 only.*torch\.float16"):
         half(x.half())
