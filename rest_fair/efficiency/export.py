@@ -348,6 +348,22 @@ def _refuse_recording() -> None:
         raise RuntimeError(_NOT_RECORDABLE.format(tool="torch.export (and torch.onnx.export)"))
 
 
+def _run_chain(kernel_plan: list[tuple] | None, torch_plan: list[tuple],
+               x: torch.Tensor) -> torch.Tensor:
+    """A chain's output: on its kernel plan where the kernels take ``x``, else on its torch
+    plan. Under autocast the chain computes in its weights' dtype (a floating input is
+    cast to it), as :class:`~rest_fair.sparse.csr_linear.CSRLinear` does: torch's CSR
+    products have no reduced-precision CPU version."""
+    device = x.device.type
+    if torch.is_autocast_enabled(device):
+        with torch.autocast(device, enabled=False):
+            dtype = torch_plan[0][2].dtype  # the first layer's weights (_ENTER)
+            return _run_chain(kernel_plan, torch_plan,
+                              x.to(dtype) if x.is_floating_point() else x)
+    plan = kernel_plan if kernel_plan is not None and _kernel_input(kernel_plan, x) else torch_plan
+    return _run_plan(plan, x)
+
+
 def _run_plan(plan: list[tuple], x: torch.Tensor) -> torch.Tensor:
     h = x
     lead: torch.Size | None = None
@@ -391,7 +407,7 @@ def _run_plan(plan: list[tuple], x: torch.Tensor) -> torch.Tensor:
             h = torch.relu(h)
         elif op == _CHAIN:
             _refuse_recording()
-            h = _run_plan(a if a is not None and _kernel_input(a, h) else b, h)
+            h = _run_chain(a, b, h)
         else:
             h = a(h)
     return h
