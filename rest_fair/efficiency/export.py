@@ -81,8 +81,9 @@ _NOT_SCRIPTABLE = (
 )
 _BAD_DTYPE = (
     "the exported network's sparse layers compute in {dtype}; got a {got} input. Convert "
-    "the input (x.to({dtype})) or the network (.to({name}))."
+    "the input (x.to({dtype})){network}."
 )
+_CAST_NETWORK = " or the network (.to({dtype}))"
 _NO_CPU_DTYPE = (
     "the exported network's sparse layers compute on the CPU in float32 or float64 only "
     "(torch has no CPU sparse CSR product in {dtype}); call .float() or .double() on the "
@@ -329,7 +330,11 @@ def _check_torch_input(h: torch.Tensor, weight: torch.Tensor) -> None:
     another dtype than the weights', or a CPU dtype without a CSR product."""
     dtype = weight.dtype
     if h.dtype != dtype:
-        raise TypeError(_BAD_DTYPE.format(dtype=dtype, got=h.dtype, name=h.dtype))
+        # the network's cast is named only where its sparse layers could compute in it
+        castable = h.dtype.is_floating_point and (
+            weight.device.type != "cpu" or h.dtype in (torch.float32, torch.float64))
+        network = _CAST_NETWORK.format(dtype=h.dtype) if castable else ""
+        raise TypeError(_BAD_DTYPE.format(dtype=dtype, got=h.dtype, network=network))
     if weight.device.type == "cpu" and dtype not in (torch.float32, torch.float64):
         raise TypeError(_NO_CPU_DTYPE.format(dtype=dtype))
 
@@ -341,6 +346,22 @@ def _refuse_recording() -> None:
         raise RuntimeError(_NOT_RECORDABLE.format(tool="torch.jit.trace (and torch.onnx.export)"))
     if torch.compiler.is_exporting():
         raise RuntimeError(_NOT_RECORDABLE.format(tool="torch.export (and torch.onnx.export)"))
+
+
+def _run_chain(kernel_plan: list[tuple] | None, torch_plan: list[tuple],
+               x: torch.Tensor) -> torch.Tensor:
+    """A chain's output: on its kernel plan where the kernels take ``x``, else on its torch
+    plan. Under autocast the chain computes in its weights' dtype (a floating input is
+    cast to it), as :class:`~rest_fair.sparse.csr_linear.CSRLinear` does: torch's CSR
+    products have no reduced-precision CPU version."""
+    device = x.device.type
+    if torch.is_autocast_enabled(device):
+        with torch.autocast(device, enabled=False):
+            dtype = torch_plan[0][2].dtype  # the first layer's weights (_ENTER)
+            return _run_chain(kernel_plan, torch_plan,
+                              x.to(dtype) if x.is_floating_point() else x)
+    plan = kernel_plan if kernel_plan is not None and _kernel_input(kernel_plan, x) else torch_plan
+    return _run_plan(plan, x)
 
 
 def _run_plan(plan: list[tuple], x: torch.Tensor) -> torch.Tensor:
@@ -386,7 +407,7 @@ def _run_plan(plan: list[tuple], x: torch.Tensor) -> torch.Tensor:
             h = torch.relu(h)
         elif op == _CHAIN:
             _refuse_recording()
-            h = _run_plan(a if a is not None and _kernel_input(a, h) else b, h)
+            h = _run_chain(a, b, h)
         else:
             h = a(h)
     return h

@@ -349,6 +349,10 @@ def test_inputs_and_casts_the_sparse_products_cannot_take_are_named(chain_path):
     with pytest.raises(TypeError, match=r"compute in torch\.float32; got a torch\.float64 "
                                         r"input.*\.to\(torch\.float64\)"):
         export(x.double())
+    for dtype in (torch.uint8, torch.bfloat16):  # no network cast that would compute them
+        with pytest.raises(TypeError, match=r"got a torch\.\w+ input\. Convert the input "
+                                            r"\(x\.to\(torch\.float32\)\)\.$"):
+            export(x.to(dtype))
     half = copy.deepcopy(export).half()
     with pytest.raises(TypeError, match=r"CPU in float32 or float64 only.*torch\.float16"):
         half(x.half())
@@ -424,3 +428,26 @@ def test_a_state_dict_assigned_after_a_forward_is_used(chain_path):
             export(x)  # the plan is built and points to the buffers
             export.load_state_dict(want.state_dict(), assign=True)
             torch.testing.assert_close(export(x), want(x))
+
+
+def test_under_autocast_the_sparse_layers_compute_in_their_dtype(chain_path):
+    _, _, export = _small_export()
+    for batch in (3, 16):  # both paths of a chain
+        x = torch.randn(batch, 10)
+        with torch.no_grad():
+            want = export(x)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                got = export(x)
+        torch.testing.assert_close(got, want)
+    # the chain after a convolution that autocast computes in bfloat16 gets its output
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(2, 4, 3), nn.Flatten(), nn.Linear(16, 32), nn.ReLU(),
+                        nn.Linear(32, 3))
+    masks = {"2.weight": torch.rand(32, 16) < 0.1, "4.weight": torch.rand(3, 32) < 0.1}
+    export = export_sparse(net, masks)
+    assert isinstance(export.module[2], SparseLinearChain)
+    x = torch.randn(9, 2, 4, 4)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        got = export(x)
+    with torch.no_grad():
+        torch.testing.assert_close(got, _masked_copy(net, masks)(x), rtol=0.05, atol=0.05)
