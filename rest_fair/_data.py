@@ -174,12 +174,17 @@ class _SparseSource(BatchSource):
 
 
 def _first_element(item: Any) -> torch.Tensor:
-    x = item[0] if isinstance(item, (tuple, list)) else item
+    """The input of a torch Dataset's ``item``, as float32 data (detached: a tensor that
+    requires grad, computed by a module outside ``torch.no_grad()``, is read as data)."""
+    nested = isinstance(item, (tuple, list)) and len(item) > 0
+    x = item[0] if nested else item
     if isinstance(x, np.ndarray):
         x = _as_tensor(x)
     if not torch.is_tensor(x):
-        raise TypeError(BAD_DATASET_ITEM.format(type(item).__name__))
-    return x.float()
+        got = f"a {type(item).__name__}"
+        raise TypeError(BAD_DATASET_ITEM.format(
+            f"{got} whose first element is a {type(x).__name__}" if nested else got))
+    return x.detach().float()
 
 
 def _collate_inputs(items: list) -> torch.Tensor:

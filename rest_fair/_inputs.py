@@ -77,6 +77,11 @@ BAD_VALIDATION_DATA = (
 BAD_VALIDATION_X = "validation_data's X_val cannot be read: {problem}"
 EMPTY_DATASET = "X is an empty torch Dataset; fit needs at least one sample."
 EMPTY_DATASET_TO_PREDICT = "X is an empty torch Dataset; there is no sample to predict."
+NO_ITEM_FEATURES = (
+    "the items of a torch Dataset given as X must hold at least one feature: an input of at "
+    "least 1 dimension and no axis of size 0 (x.reshape(1) for a single feature); the first "
+    "item's input has shape {shape}."
+)
 DATASET_SHAPE_CHANGED = (
     "X is a torch Dataset of items of shape {shape}, but the estimator was fitted on items "
     "of shape {fitted}."
@@ -176,7 +181,7 @@ def _validate_xy(est: Any, X: Any, y: Any, *, reset: bool = True) -> tuple[Any, 
         y = column_or_1d(np.asarray(y), warn=True)
         if len(y) != len(X):
             raise ValueError(BAD_LENGTH.format(what="y", got=len(y), n=len(X)))
-        est.n_features_in_ = int(shape[0]) if shape else 1
+        est.n_features_in_ = int(shape[0])
         est.input_shape_ = shape
         if reset:  # a Dataset has no column names: a previous DataFrame's are gone
             est.__dict__.pop("feature_names_in_", None)
@@ -210,11 +215,15 @@ def _refuse_beyond_float32(X: Any) -> Any:
 
 def _item_shape(X: Any, empty: str) -> tuple:
     """The input shape of a torch Dataset's first item (read once, without drawing from the
-    caller's global generators); ``empty`` if it has none."""
+    caller's global generators); ``empty`` if it has none, :data:`NO_ITEM_FEATURES` if
+    that input holds no feature (0 dimensions, or an axis of size 0)."""
     if len(X) == 0:
         raise ValueError(empty)
     with fixed_global_rngs():
-        return tuple(_first_element(X[0]).shape)
+        shape = tuple(_first_element(X[0]).shape)
+    if not shape or 0 in shape:
+        raise ValueError(NO_ITEM_FEATURES.format(shape=shape))
+    return shape
 
 
 def _check_label_values(y: Any, what: str) -> None:

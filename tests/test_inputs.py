@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import warnings
 
 import numpy as np
@@ -385,3 +386,52 @@ def test_a_warm_start_with_other_classes_prints_them_as_python_values(small):
     clf = _clf(warm_start=True).fit(X, y)
     with pytest.raises(ValueError, match=r"it was \[0, 1\], now \[0, 2\]"):
         clf.fit(X, np.where(y == 1, 2, 0))
+
+
+class _Items(torch.utils.data.Dataset):
+    """60 items, each ``make(i)``."""
+
+    def __init__(self, make) -> None:
+        self.make = make
+
+    def __len__(self) -> int:
+        return 60
+
+    def __getitem__(self, i):
+        return self.make(i)
+
+
+@pytest.mark.parametrize("item", [torch.tensor(0.5), torch.zeros(0), torch.zeros(3, 0, 4)])
+def test_dataset_items_without_features_are_refused(small, item):
+    # a 0-d item stopped in the network's Flatten with "Dimension out of range"; an item
+    # with an axis of size 0 trained a network on no input at all
+    _, y = small
+    with pytest.raises(ValueError, match=r"must hold at least one feature.*the first item's "
+                                         rf"input has shape {re.escape(str(tuple(item.shape)))}"):
+        _clf().fit(_Items(lambda i: (item, 0)), y)
+
+
+def test_a_dataset_item_of_the_wrong_kind_is_named_by_its_first_element(small):
+    X, y = small
+    with pytest.raises(TypeError, match=r"; got a tuple whose first element is a list\.$"):
+        _clf().fit(_Items(lambda i: (X[i].tolist(), y[i])), y)
+    with pytest.raises(TypeError, match=r"; got a dict\.$"):
+        _clf().fit(_Items(lambda i: {"x": X[i]}), y)
+
+
+def test_dataset_items_that_require_grad_are_read_as_data(small):
+    # items computed by a module outside torch.no_grad(): without workers the fit
+    # backpropagated into the user's module (its .grad filled); a worker could not send
+    # the batch back ("Cowardly refusing to serialize non-leaf tensor") and the fit hung
+    from multiprocessing.reduction import ForkingPickler
+
+    from rest_fair._data import _collate_inputs
+
+    X, y = small
+    encoder = torch.nn.Linear(5, 5)
+    items = _Items(lambda i: encoder(torch.from_numpy(X[i])))
+    batch = _collate_inputs([items[0], items[1]])
+    assert not batch.requires_grad
+    ForkingPickler.dumps(batch)  # how a worker sends it (with torch.multiprocessing's reductions)
+    _clf().fit(items, y)
+    assert encoder.weight.grad is None
