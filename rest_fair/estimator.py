@@ -581,7 +581,8 @@ or dict of columns, default=None
         ------
         ValueError
             For an invalid parameter (named), invalid inputs, a module whose output is not
-            one logit per class, or a warm start whose network or data no longer match.
+            one logit per class (or, in a data-parallel fit, with a trainable parameter that
+            gets no gradient), or a warm start whose network or data no longer match.
         TypeError
             For ``callbacks`` that are not :class:`~rest_fair.callbacks.Callback` instances.
         CheckpointError

@@ -99,6 +99,12 @@ WEIGHTS_DIVERGED = (
     "not those of rank 0. DistributedDataParallel keeps them identical unless something "
     "edits them on some ranks only (a callback, a non-deterministic in-place operation)."
 )
+NO_GRADIENT = (
+    "parameter(s) {names} got no gradient in the first training step: the module's forward "
+    "does not use them, or nothing they compute reaches the loss. Data-parallel training "
+    "(DistributedDataParallel) needs every trainable parameter in the loss: use them in "
+    "forward, or freeze them with requires_grad_(False)."
+)
 DIFFERENT_RUN = (
     "rank {rank} was given different {what} than rank 0 (digest {ours} vs {theirs}). "
     "Every rank of a distributed fit must call fit with the same data and parameters; "
@@ -415,6 +421,16 @@ class LocalContext:
         if named:
             local = torch.stack([p.detach().double().sum() for p in named.values()])
             self._check_equal(local, list(named), WEIGHTS_DIVERGED, when)
+
+    def check_gradients(self, module: nn.Module) -> None:
+        """Raise ``ValueError`` if a trainable parameter of ``module`` has no gradient after
+        a backward pass: ``DistributedDataParallel`` all-reduces only parameters that get
+        one (checked in a data-parallel fit only; one process trains without them)."""
+        missing = [name for name, p in module.named_parameters()
+                   if p.requires_grad and p.grad is None] if self.data_parallel else []
+        if missing:
+            more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+            raise ValueError(NO_GRADIENT.format(names=", ".join(map(repr, missing[:5])) + more))
 
     def _check_equal(self, local: torch.Tensor, names: list[str], message: str,
                      when: str) -> None:

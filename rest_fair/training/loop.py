@@ -258,6 +258,7 @@ class TrainingRun:
         self._batch_callbacks = [cb for cb in self.callbacks if _overrides(cb, "on_batch_end")]
         self._pending_callback_states: dict | None = None
         self._in_epoch = False  # between an epoch's first and last batch
+        self._gradients_checked = False  # the first step's gradients checked for DDP
         p = parts
         self._y = p.train.y.to(p.device)
         self._w = None if p.train.loss_weights is None else p.train.loss_weights.to(p.device)
@@ -396,6 +397,9 @@ class TrainingRun:
                                None if self._w is None else self._w[idx], self._g[idx])
         p.optimizer.zero_grad(set_to_none=True)
         p.precision.backward(loss)
+        if not self._gradients_checked:
+            p.world.check_gradients(p.module)
+            self._gradients_checked = True
         update = sparsity is not None and sparsity.is_update_step(step)
         if update:
             p.precision.unscale_(p.optimizer)

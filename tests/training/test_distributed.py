@@ -688,3 +688,40 @@ def test_every_rank_draws_its_own_dropout_and_resumes_its_own_stream(two_ranks):
     agree = np.mean([float((a == b).float().mean()) for a, b in zip(other0, other1,
                                                                      strict=True)])
     assert 0.45 < agree < 0.55, agree
+
+
+class _PartlyUsed(torch.nn.Module):
+    """A network whose second layer's parameters never reach the output."""
+
+    def __init__(self, input_shape, n_classes):
+        super().__init__()
+        self.fc = torch.nn.Linear(int(np.prod(input_shape)), n_classes)
+        self.unused = torch.nn.Linear(4, 4)
+
+    def forward(self, x):
+        return self.fc(x)
+
+
+def test_a_parameter_without_gradient_is_named_under_ddp(tmp_path, monkeypatch):
+    """DDP needs every trainable parameter in the loss; its own error (at the next step)
+    advises a DistributedDataParallel argument that fit does not take. Refused at the first
+    step instead, naming the parameters and the remedy; frozen ones train as documented."""
+    _clear_torchrun_env(monkeypatch)
+    X, y = np.random.default_rng(0).random((64, 6), dtype=np.float32), np.arange(64) % 2
+    params = dict(module=_PartlyUsed, sparsity=0.0, max_epochs=1, batch_size=16,
+                  device="cpu", random_state=0, distributed=True)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0,
+                            world_size=1)
+    try:
+        with pytest.raises(ValueError, match=r"'unused\.weight', 'unused\.bias'.*"
+                                             r"requires_grad_\(False\)"):
+            RESTClassifier(**params).fit(X, y)
+
+        class Frozen(_PartlyUsed):
+            def __init__(self, input_shape, n_classes):
+                super().__init__(input_shape, n_classes)
+                self.unused.requires_grad_(False)
+
+        RESTClassifier(**{**params, "module": Frozen}).fit(X, y)
+    finally:
+        dist.destroy_process_group()
