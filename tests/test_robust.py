@@ -551,3 +551,28 @@ def test_groupdro_group_loss_is_its_weighted_mean_at_any_weight_scale(scale):
         b = scaled(logits, y, torch.tensor([1.0, 1.0, scale, 3 * scale]), g)
         torch.testing.assert_close(scaled.q, unit.q)
         torch.testing.assert_close(b, a)
+
+
+def test_an_upweight_dict_of_the_given_groups_is_refused_before_jtt_trains(monkeypatch):
+    # with JTT the dict weighs the error set (True) and the rest (False): a dict keyed by
+    # the groups given to fit warned that the error set was unused, trained the
+    # identification model, then failed naming groups [False, True] without saying why
+    X, y, conflict = _spurious(n=300)
+    groups = np.where(conflict, "b", "a")
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("the identification model was trained")
+
+    monkeypatch.setattr("rest_fair._fit.identify_errors", no_training)
+    params = dict(infer_groups="jtt", jtt_epochs=1, max_epochs=1, validation_fraction=0.0, **FAST)
+    clf = RESTClassifier(upweight={"a": 1.0, "b": 5.0}, **params)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        with pytest.raises(ValueError, match=r"upweight is a dict of weights by group \('a', "
+                           r"'b'\), but with infer_groups='jtt' .* error set \(True\) and the "
+                           r"other samples \(False\)"):
+            clf.fit(X, y, groups=groups)
+    assert not hasattr(clf, "module_")
+    monkeypatch.undo()
+    fitted = RESTClassifier(upweight={0: 1.0, 1: 5.0}, **params).fit(X, y, groups=groups)
+    assert {w for (_, g), w in fitted.group_weights_.items() if g} == {5.0}
