@@ -23,6 +23,11 @@ IDENTIFICATION_DIVERGED = (
     "learning rate (lr_scheduler does not apply to it). Its error: "
 )
 
+MISMATCHED_OVERLAP = (
+    "overlap_report needs inferred and minority as one flag per sample, one-dimensional of "
+    "the same length; got shapes {} and {}."
+)
+
 
 def identification_params(est: Any, *, seed: int) -> dict:
     """Parameters of the identification model: the estimator's, trained by short ERM.
@@ -108,9 +113,16 @@ def overlap_report(inferred: np.ndarray, minority: np.ndarray) -> dict:
         ``n_inferred``, ``n_minority``, ``precision`` (share of the error set that is
         minority), ``recall`` (share of the minority found) and ``base_rate`` (minority share
         overall: the precision of a random guess).
+
+    Raises
+    ------
+    ValueError
+        If ``inferred`` and ``minority`` are not one-dimensional of the same length.
     """
     inferred = np.asarray(inferred, dtype=bool)
     minority = np.asarray(minority, dtype=bool)
+    if inferred.ndim != 1 or inferred.shape != minority.shape:
+        raise ValueError(MISMATCHED_OVERLAP.format(inferred.shape, minority.shape))
     hits = int((inferred & minority).sum())
     return {
         "n_inferred": int(inferred.sum()),

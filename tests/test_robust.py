@@ -82,6 +82,16 @@ def test_overlap_report_by_hand():
     assert minority_mask(y, g).tolist() == [False, False, True, False, False, True]
 
 
+@pytest.mark.parametrize("inferred, minority", [
+    ([True], [True, False, False, True]),  # broadcast: precision 2.0
+    ([True, False], [True, False, False]),
+    ([[True, False], [False, True]], [[True, False], [True, True]]),
+])
+def test_overlap_report_refuses_flags_of_other_samples(inferred, minority):
+    with pytest.raises(ValueError, match=r"one-dimensional of the same length; got shapes"):
+        overlap_report(np.array(inferred), np.array(minority))
+
+
 def test_groupdro_moves_weight_to_the_worst_group():
     X, y, conflict = _spurious(minority=0.1)
     clf = RESTClassifier(objective="groupdro", groupdro_eta=0.05, upweight=None,
