@@ -6,6 +6,7 @@ form the *error set*, which REST then upweights as if it were the minority group
 
 from __future__ import annotations
 
+import warnings
 from inspect import signature
 from typing import Any
 
@@ -61,7 +62,9 @@ def identify_errors(est: Any, X: Any, y: np.ndarray, *, seed: int,
     """Boolean mask of the training samples the identification model misclassifies.
 
     The identification model is fitted on ``X``, ``y`` and ``sample_weight`` (a sample of
-    weight 0 does not train it), then predicts every sample of ``X``.
+    weight 0 does not train it), then predicts every sample of ``X``. Of the warnings of
+    its fit, only those naming ``jtt_epochs`` (of its own epochs) are given: the others are
+    of the data and network it shares with the final model, whose fit gives them too.
 
     Parameters
     ----------
@@ -88,15 +91,21 @@ def identify_errors(est: Any, X: Any, y: np.ndarray, *, seed: int,
     """
     from sklearn.base import clone
 
-    model = clone(est).set_params(**identification_params(est, seed=seed))
+    model, caught = clone(est).set_params(**identification_params(est, seed=seed)), []
     try:
-        model.fit(X, y, sample_weight=sample_weight)
+        with warnings.catch_warnings(record=True) as caught:
+            model.fit(X, y, sample_weight=sample_weight)
         return np.asarray(model.predict(X) != y)
     except TrainingDivergedError as error:
         raise TrainingDivergedError(IDENTIFICATION_DIVERGED.format(
             epochs=est.jtt_epochs, optimizer=est.optimizer, lr=float(est.lr),
             decay=float(est.weight_decay),
         ) + str(error)) from error
+    finally:
+        for warning in caught:
+            if "jtt_epochs" in str(warning.message):
+                warnings.warn_explicit(warning.message, warning.category, warning.filename,
+                                       warning.lineno, source=warning.source)
 
 
 def overlap_report(inferred: np.ndarray, minority: np.ndarray) -> dict:

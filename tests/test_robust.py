@@ -586,3 +586,20 @@ def test_an_upweight_dict_of_the_given_groups_is_refused_before_jtt_trains(monke
     monkeypatch.undo()
     fitted = RESTClassifier(upweight={0: 1.0, 1: 5.0}, **params).fit(X, y, groups=groups)
     assert {w for (_, g), w in fitted.group_weights_.items() if g} == {5.0}
+
+
+def test_the_identification_model_does_not_repeat_the_fits_warnings():
+    # a class of weight 0 and a layer kept denser than asked: the identification model's
+    # fit warned of both again
+    X, y, _ = _spurious(n=300)
+    y = np.where(np.arange(300) % 10 == 0, 2, y)
+    weight = np.where(y == 2, 0.0, 1.0)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        RESTClassifier(infer_groups="jtt", jtt_epochs=1, upweight=5.0, max_epochs=1,
+                       sparsity=0.999, validation_fraction=0.0, **FAST).fit(
+            X, y, sample_weight=weight)
+    messages = [str(w.message) for w in record]
+    for start in ("1 class(es) have no sample of positive sample_weight",
+                  "density 0.001 asks for"):
+        assert len([m for m in messages if m.startswith(start)]) == 1, messages
