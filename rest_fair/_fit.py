@@ -125,6 +125,11 @@ UNIFORM_ERROR_SET = (
     "keeps the same weight and the final model is trained as plain ERM. Fewer jtt_epochs "
     "(or a smaller lr) leave the identification model mistakes to find."
 )
+JTT_DICT_KEYS = (
+    "upweight is a dict of weights by group ({keys}), but with infer_groups='jtt' the groups "
+    "it weighs are JTT's error set (True) and the other samples (False), not the groups given "
+    "to fit: pass upweight={{False: 1.0, True: lambda}}, a number lambda or 'balanced'."
+)
 UNUSED_ERROR_SET = (
     "infer_groups='jtt' with upweight={upweight!r} and objective='erm': upweight gives JTT's "
     "error set the weight of the other samples and ERM does not read groups, so the final "
@@ -595,6 +600,8 @@ def _built_run(est: Any, data: FitData, config: TrainConfig, callbacks: list, *,
             if est.infer_groups == "jtt":
                 if isinstance(upweight, Real):  # λ for the error set, in every class
                     upweight = {False: 1.0, True: upweight}
+                elif isinstance(upweight, Mapping) and not {False, True} <= upweight.keys():
+                    raise ValueError(JTT_DICT_KEYS.format(keys=", ".join(map(repr, upweight))))
                 alike = upweight is None or (isinstance(upweight, Mapping)
                                              and upweight.get(False) == upweight.get(True))
                 if alike and est.objective == "erm" and world.is_main:

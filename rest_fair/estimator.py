@@ -257,7 +257,8 @@ class RESTClassifier(ClassifierMixin, BaseEstimator):
         training samples form the group to upweight (JTT, Liu et al. 2021), so no group
         labels are needed for training. ``groups``, if given, then serve only for model
         selection on the held-out validation split and for ``inferred_groups_overlap_``.
-        The error set acts through ``upweight`` or ``objective="groupdro"``: with
+        The error set acts through ``upweight`` (a dict weighs the groups ``True``, the
+        error set, and ``False``) or ``objective="groupdro"``: with
         ``objective="erm"`` and an ``upweight`` that weighs it as the rest (``None``, ``1``)
         the final model trains as without it, with a warning.
     jtt_epochs : int >= 1, default=5

@@ -6,6 +6,7 @@ form the *error set*, which REST then upweights as if it were the minority group
 
 from __future__ import annotations
 
+import warnings
 from inspect import signature
 from typing import Any
 
@@ -21,6 +22,11 @@ IDENTIFICATION_DIVERGED = (
     "the error set, diverged. It trains for jtt_epochs={epochs} epochs by plain ERM with the "
     "estimator's optimizer={optimizer!r}, lr={lr:g} and weight_decay={decay:g}, at a constant "
     "learning rate (lr_scheduler does not apply to it). Its error: "
+)
+
+MISMATCHED_OVERLAP = (
+    "overlap_report needs inferred and minority as one flag per sample, one-dimensional of "
+    "the same length; got shapes {} and {}."
 )
 
 
@@ -56,7 +62,9 @@ def identify_errors(est: Any, X: Any, y: np.ndarray, *, seed: int,
     """Boolean mask of the training samples the identification model misclassifies.
 
     The identification model is fitted on ``X``, ``y`` and ``sample_weight`` (a sample of
-    weight 0 does not train it), then predicts every sample of ``X``.
+    weight 0 does not train it), then predicts every sample of ``X``. Of the warnings of
+    its fit, only those naming ``jtt_epochs`` (of its own epochs) are given: the others are
+    of the data and network it shares with the final model, whose fit gives them too.
 
     Parameters
     ----------
@@ -83,15 +91,21 @@ def identify_errors(est: Any, X: Any, y: np.ndarray, *, seed: int,
     """
     from sklearn.base import clone
 
-    model = clone(est).set_params(**identification_params(est, seed=seed))
+    model, caught = clone(est).set_params(**identification_params(est, seed=seed)), []
     try:
-        model.fit(X, y, sample_weight=sample_weight)
+        with warnings.catch_warnings(record=True) as caught:
+            model.fit(X, y, sample_weight=sample_weight)
         return np.asarray(model.predict(X) != y)
     except TrainingDivergedError as error:
         raise TrainingDivergedError(IDENTIFICATION_DIVERGED.format(
             epochs=est.jtt_epochs, optimizer=est.optimizer, lr=float(est.lr),
             decay=float(est.weight_decay),
         ) + str(error)) from error
+    finally:
+        for warning in caught:
+            if "jtt_epochs" in str(warning.message):
+                warnings.warn_explicit(warning.message, warning.category, warning.filename,
+                                       warning.lineno, source=warning.source)
 
 
 def overlap_report(inferred: np.ndarray, minority: np.ndarray) -> dict:
@@ -108,9 +122,16 @@ def overlap_report(inferred: np.ndarray, minority: np.ndarray) -> dict:
         ``n_inferred``, ``n_minority``, ``precision`` (share of the error set that is
         minority), ``recall`` (share of the minority found) and ``base_rate`` (minority share
         overall: the precision of a random guess).
+
+    Raises
+    ------
+    ValueError
+        If ``inferred`` and ``minority`` are not one-dimensional of the same length.
     """
     inferred = np.asarray(inferred, dtype=bool)
     minority = np.asarray(minority, dtype=bool)
+    if inferred.ndim != 1 or inferred.shape != minority.shape:
+        raise ValueError(MISMATCHED_OVERLAP.format(inferred.shape, minority.shape))
     hits = int((inferred & minority).sum())
     return {
         "n_inferred": int(inferred.sum()),

@@ -82,6 +82,16 @@ def test_overlap_report_by_hand():
     assert minority_mask(y, g).tolist() == [False, False, True, False, False, True]
 
 
+@pytest.mark.parametrize("inferred, minority", [
+    ([True], [True, False, False, True]),  # broadcast: precision 2.0
+    ([True, False], [True, False, False]),
+    ([[True, False], [False, True]], [[True, False], [True, True]]),
+])
+def test_overlap_report_refuses_flags_of_other_samples(inferred, minority):
+    with pytest.raises(ValueError, match=r"one-dimensional of the same length; got shapes"):
+        overlap_report(np.array(inferred), np.array(minority))
+
+
 def test_groupdro_moves_weight_to_the_worst_group():
     X, y, conflict = _spurious(minority=0.1)
     clf = RESTClassifier(objective="groupdro", groupdro_eta=0.05, upweight=None,
@@ -551,3 +561,45 @@ def test_groupdro_group_loss_is_its_weighted_mean_at_any_weight_scale(scale):
         b = scaled(logits, y, torch.tensor([1.0, 1.0, scale, 3 * scale]), g)
         torch.testing.assert_close(scaled.q, unit.q)
         torch.testing.assert_close(b, a)
+
+
+def test_an_upweight_dict_of_the_given_groups_is_refused_before_jtt_trains(monkeypatch):
+    # with JTT the dict weighs the error set (True) and the rest (False): a dict keyed by
+    # the groups given to fit warned that the error set was unused, trained the
+    # identification model, then failed naming groups [False, True] without saying why
+    X, y, conflict = _spurious(n=300)
+    groups = np.where(conflict, "b", "a")
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("the identification model was trained")
+
+    monkeypatch.setattr("rest_fair._fit.identify_errors", no_training)
+    params = dict(infer_groups="jtt", jtt_epochs=1, max_epochs=1, validation_fraction=0.0, **FAST)
+    clf = RESTClassifier(upweight={"a": 1.0, "b": 5.0}, **params)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        with pytest.raises(ValueError, match=r"upweight is a dict of weights by group \('a', "
+                           r"'b'\), but with infer_groups='jtt' .* error set \(True\) and the "
+                           r"other samples \(False\)"):
+            clf.fit(X, y, groups=groups)
+    assert not hasattr(clf, "module_")
+    monkeypatch.undo()
+    fitted = RESTClassifier(upweight={0: 1.0, 1: 5.0}, **params).fit(X, y, groups=groups)
+    assert {w for (_, g), w in fitted.group_weights_.items() if g} == {5.0}
+
+
+def test_the_identification_model_does_not_repeat_the_fits_warnings():
+    # a class of weight 0 and a layer kept denser than asked: the identification model's
+    # fit warned of both again
+    X, y, _ = _spurious(n=300)
+    y = np.where(np.arange(300) % 10 == 0, 2, y)
+    weight = np.where(y == 2, 0.0, 1.0)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        RESTClassifier(infer_groups="jtt", jtt_epochs=1, upweight=5.0, max_epochs=1,
+                       sparsity=0.999, validation_fraction=0.0, **FAST).fit(
+            X, y, sample_weight=weight)
+    messages = [str(w.message) for w in record]
+    for start in ("1 class(es) have no sample of positive sample_weight",
+                  "density 0.001 asks for"):
+        assert len([m for m in messages if m.startswith(start)]) == 1, messages
