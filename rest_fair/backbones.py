@@ -128,7 +128,7 @@ HF_LOAD_FAILED = (
 )
 MAX_LENGTH_TOO_LONG = (
     "module_params['max_length']={max_length} is longer than {module!r} can read: its "
-    "position embeddings cover {positions} tokens."
+    "position embeddings take {positions} tokens."
 )
 NO_PAD_TOKEN = (
     "module={module!r}: its tokenizer has no padding token and no end-of-sequence token, so "
@@ -162,6 +162,14 @@ HF_NEEDS_TOKENS = (
 _HF_PARAMS = ("max_length", "revision", "local_files_only", "tokenizer_kwargs", "model_kwargs")
 _SET_BY_US = ("revision", "local_files_only")
 _SET_BY_US_MODEL = (*_SET_BY_US, "num_labels", "ignore_mismatched_sizes")
+#: Model types whose position ids count on from ``pad_token_id + 1`` (RoBERTa's scheme):
+#: they read ``max_position_embeddings - pad_token_id - 1`` tokens (512 of 514 for
+#: roberta-base).
+_POSITIONS_AFTER_PADDING = frozenset({
+    "camembert", "data2vec-text", "ibert", "layoutlmv3", "lilt", "longformer", "luke",
+    "markuplm", "mpnet", "roberta", "roberta-prelayernorm", "xlm-roberta", "xlm-roberta-xl",
+    "xmod",
+})
 
 
 # --------------------------------------------------------------------------- dispatch
@@ -672,7 +680,13 @@ def _config(module: str, transformers: Any, params: Mapping[str, Any]) -> Any:
 
 
 def _positions(config: Any) -> int | None:
+    """The longest text the model reads, in tokens: its position embeddings, less the
+    padding id and the one before the first position where positions start after it."""
     positions = getattr(config, "max_position_embeddings", None)
+    pad = getattr(config, "pad_token_id", None)
+    if (isinstance(positions, int) and isinstance(pad, int) and pad >= 0
+            and getattr(config, "model_type", None) in _POSITIONS_AFTER_PADDING):
+        positions -= pad + 1
     return positions if isinstance(positions, int) and positions > 0 else None
 
 
