@@ -776,7 +776,10 @@ def build_hf(
         Never download.
     tokenizer_kwargs, model_kwargs : dict, optional
         Extra arguments of ``AutoTokenizer.from_pretrained`` and
-        ``AutoModelForSequenceClassification.from_pretrained``.
+        ``AutoModelForSequenceClassification.from_pretrained``. The model is loaded in
+        float32, whatever dtype its checkpoint was saved in, unless ``model_kwargs`` names
+        a ``dtype`` (``"auto"``: the checkpoint's); ``precision=`` of the estimator then
+        trains in lower precision with float32 master weights.
 
     Returns
     -------
@@ -787,10 +790,16 @@ def build_hf(
     tokenizer = load_tokenizer(module, {"revision": revision, "local_files_only": local_files_only,
                                         "tokenizer_kwargs": tokenizer_kwargs})
     transformers = import_optional("transformers", extra="text", caller=f"module={module!r}")
+    model_kwargs = dict(model_kwargs or {})
+    if not {"dtype", "torch_dtype"} & set(model_kwargs):  # transformers 5 reads "auto"
+        from packaging.version import Version  # a dependency of transformers
+
+        renamed = Version(transformers.__version__) >= Version("4.56")  # torch_dtype before
+        model_kwargs["dtype" if renamed else "torch_dtype"] = torch.float32
     model = _from_pretrained(
         module, transformers.AutoModelForSequenceClassification, name, revision=revision,
         local_files_only=local_files_only, what="the model", num_labels=int(n_classes),
-        ignore_mismatched_sizes=True, **(model_kwargs or {}),
+        ignore_mismatched_sizes=True, **model_kwargs,
     )
     if tokenizer.pad_token_id is None:  # neither a padding nor an end-of-sequence token
         raise ValueError(NO_PAD_TOKEN.format(module=module))

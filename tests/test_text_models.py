@@ -372,6 +372,19 @@ def test_roberta_reads_its_positions_less_the_padding_offset(tmp_path):
     with pytest.raises(ValueError, match=r"33 tokens in text 1, more than .* take 32 tokens"):
         clf.predict(tokens)
 
+
+def test_a_half_precision_checkpoint_trains_in_float32(tiny, tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    folder = tmp_path / "bf16"
+    AutoModelForSequenceClassification.from_pretrained(tiny).to(torch.bfloat16).save_pretrained(
+        folder)
+    load_tokenizer(f"hf:{tiny}").save_pretrained(folder)
+    net = build_hf(str(folder), n_classes=2)
+    assert {p.dtype for p in net.parameters()} == {torch.float32}
+    kept = build_hf(str(folder), n_classes=2, model_kwargs={"dtype": "auto"})
+    assert {p.dtype for p in kept.parameters()} == {torch.bfloat16}
+
 def test_a_tokenizer_without_padding_or_end_token_is_named(tiny, monkeypatch):
     import rest_fair.backbones as backbones
 
