@@ -135,6 +135,11 @@ NO_PAD_TOKEN = (
     "batches of texts of different lengths cannot be padded; name one with "
     "module_params={{'tokenizer_kwargs': {{'pad_token': '<a token of its vocabulary>'}}}}."
 )
+TOKENS_NOT_EMBEDDED = (
+    "module={module!r}: its tokenizer has tokens {tokens} (added by tokenizer_kwargs, or by "
+    "the tokenizer files) whose ids the model does not embed: it embeds ids 0 to {last}. "
+    "Name tokens of its vocabulary instead (e.g. pad_token=its end-of-sequence token)."
+)
 HF_NO_NAME = "module={module!r} names no model: give 'hf:<name or folder>'."
 HF_OFFLINE_MISS = (
     "module={module!r}: {name!r} is not a local folder and not in the Hugging Face cache, "
@@ -809,4 +814,10 @@ def build_hf(
     if positions is not None and max_length is not None and max_length > positions:
         raise ValueError(MAX_LENGTH_TOO_LONG.format(module=module, max_length=max_length,
                                                     positions=positions))
-    return HFTextClassifier(model, tokenizer, source=module, max_length=max_length)
+    net = HFTextClassifier(model, tokenizer, source=module, max_length=max_length)
+    vocab = net.token_limits()[0]
+    beyond = sorted(token for token, index in tokenizer.get_added_vocab().items()
+                    if vocab is not None and index >= vocab)
+    if beyond:
+        raise ValueError(TOKENS_NOT_EMBEDDED.format(module=module, tokens=beyond, last=vocab - 1))
+    return net

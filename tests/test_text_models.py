@@ -400,6 +400,15 @@ def test_a_tokenizer_without_padding_or_end_token_is_named(tiny, monkeypatch):
         build_module(f"hf:{tiny}", input_shape=(), n_classes=2)
 
 
+
+def test_a_token_the_model_does_not_embed_is_named(tiny):
+    params = {"tokenizer_kwargs": {"pad_token": "<new-pad>"}}
+    with pytest.raises(ValueError, match=r"tokens \['<new-pad>'\] .* embeds ids 0 to 33"):
+        build_module(f"hf:{tiny}", input_shape=(), n_classes=2, module_params=params)
+    net = build_module(f"hf:{tiny}", input_shape=(), n_classes=2,
+                       module_params={"tokenizer_kwargs": {"pad_token": "[SEP]"}})
+    assert net.tokenizer.pad_token_id == 3
+
 @pytest.mark.parametrize("ids, offsets, match", [
     (np.array([1.5, 2.0]), np.array([0, 2]), "ids must be .* integers.*dtype float64"),
     (np.array([1, -2]), np.array([0, 2]), "ids must be .* range from -2 to 1"),
