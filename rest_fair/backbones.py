@@ -128,12 +128,17 @@ HF_LOAD_FAILED = (
 )
 MAX_LENGTH_TOO_LONG = (
     "module_params['max_length']={max_length} is longer than {module!r} can read: its "
-    "position embeddings cover {positions} tokens."
+    "position embeddings take {positions} tokens."
 )
 NO_PAD_TOKEN = (
     "module={module!r}: its tokenizer has no padding token and no end-of-sequence token, so "
     "batches of texts of different lengths cannot be padded; name one with "
     "module_params={{'tokenizer_kwargs': {{'pad_token': '<a token of its vocabulary>'}}}}."
+)
+TOKENS_NOT_EMBEDDED = (
+    "module={module!r}: its tokenizer has tokens {tokens} (added by tokenizer_kwargs, or by "
+    "the tokenizer files) whose ids the model does not embed: it embeds ids 0 to {last}. "
+    "Name tokens of its vocabulary instead (e.g. pad_token=its end-of-sequence token)."
 )
 HF_NO_NAME = "module={module!r} names no model: give 'hf:<name or folder>'."
 HF_OFFLINE_MISS = (
@@ -162,6 +167,14 @@ HF_NEEDS_TOKENS = (
 _HF_PARAMS = ("max_length", "revision", "local_files_only", "tokenizer_kwargs", "model_kwargs")
 _SET_BY_US = ("revision", "local_files_only")
 _SET_BY_US_MODEL = (*_SET_BY_US, "num_labels", "ignore_mismatched_sizes")
+#: Model types whose position ids count on from ``pad_token_id + 1`` (RoBERTa's scheme):
+#: they read ``max_position_embeddings - pad_token_id - 1`` tokens (512 of 514 for
+#: roberta-base).
+_POSITIONS_AFTER_PADDING = frozenset({
+    "camembert", "data2vec-text", "ibert", "layoutlmv3", "lilt", "longformer", "luke",
+    "markuplm", "mpnet", "roberta", "roberta-prelayernorm", "xlm-roberta", "xlm-roberta-xl",
+    "xmod",
+})
 
 
 # --------------------------------------------------------------------------- dispatch
@@ -672,7 +685,13 @@ def _config(module: str, transformers: Any, params: Mapping[str, Any]) -> Any:
 
 
 def _positions(config: Any) -> int | None:
+    """The longest text the model reads, in tokens: its position embeddings, less the
+    padding id and the one before the first position where positions start after it."""
     positions = getattr(config, "max_position_embeddings", None)
+    pad = getattr(config, "pad_token_id", None)
+    if (isinstance(positions, int) and isinstance(pad, int) and pad >= 0
+            and getattr(config, "model_type", None) in _POSITIONS_AFTER_PADDING):
+        positions -= pad + 1
     return positions if isinstance(positions, int) and positions > 0 else None
 
 
@@ -762,7 +781,10 @@ def build_hf(
         Never download.
     tokenizer_kwargs, model_kwargs : dict, optional
         Extra arguments of ``AutoTokenizer.from_pretrained`` and
-        ``AutoModelForSequenceClassification.from_pretrained``.
+        ``AutoModelForSequenceClassification.from_pretrained``. The model is loaded in
+        float32, whatever dtype its checkpoint was saved in, unless ``model_kwargs`` names
+        a ``dtype`` (``"auto"``: the checkpoint's); ``precision=`` of the estimator then
+        trains in lower precision with float32 master weights.
 
     Returns
     -------
@@ -773,10 +795,16 @@ def build_hf(
     tokenizer = load_tokenizer(module, {"revision": revision, "local_files_only": local_files_only,
                                         "tokenizer_kwargs": tokenizer_kwargs})
     transformers = import_optional("transformers", extra="text", caller=f"module={module!r}")
+    model_kwargs = dict(model_kwargs or {})
+    if not {"dtype", "torch_dtype"} & set(model_kwargs):  # transformers 5 reads "auto"
+        from packaging.version import Version  # a dependency of transformers
+
+        renamed = Version(transformers.__version__) >= Version("4.56")  # torch_dtype before
+        model_kwargs["dtype" if renamed else "torch_dtype"] = torch.float32
     model = _from_pretrained(
         module, transformers.AutoModelForSequenceClassification, name, revision=revision,
         local_files_only=local_files_only, what="the model", num_labels=int(n_classes),
-        ignore_mismatched_sizes=True, **(model_kwargs or {}),
+        ignore_mismatched_sizes=True, **model_kwargs,
     )
     if tokenizer.pad_token_id is None:  # neither a padding nor an end-of-sequence token
         raise ValueError(NO_PAD_TOKEN.format(module=module))
@@ -786,4 +814,10 @@ def build_hf(
     if positions is not None and max_length is not None and max_length > positions:
         raise ValueError(MAX_LENGTH_TOO_LONG.format(module=module, max_length=max_length,
                                                     positions=positions))
-    return HFTextClassifier(model, tokenizer, source=module, max_length=max_length)
+    net = HFTextClassifier(model, tokenizer, source=module, max_length=max_length)
+    vocab = net.token_limits()[0]
+    beyond = sorted(token for token, index in tokenizer.get_added_vocab().items()
+                    if vocab is not None and index >= vocab)
+    if beyond:
+        raise ValueError(TOKENS_NOT_EMBEDDED.format(module=module, tokens=beyond, last=vocab - 1))
+    return net

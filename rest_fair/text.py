@@ -81,7 +81,7 @@ PAD_BEYOND_VOCAB = (
 )
 TOKENS_TOO_LONG = (
     "X (a TokenizedText) has {n} tokens in text {index}, more than {module!r} can read: its "
-    "position embeddings cover {positions} tokens. Truncate the texts when tokenizing."
+    "position embeddings take {positions} tokens. Truncate the texts when tokenizing."
 )
 TOO_SHORT_TO_TRUNCATE = (
     "max_length={limit} is too short for the tokenizer, which adds {special} special tokens to "

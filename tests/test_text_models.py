@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests._support.backbones import save_tiny_distilbert
+from tests._support.backbones import save_tiny_distilbert, save_tiny_roberta
 
 pytest.importorskip("transformers", reason="text models need rest-fair[text]")
 
@@ -345,7 +345,7 @@ def test_max_length_must_fit_the_position_embeddings(tiny, tmp_path):
     import json
     import shutil
 
-    with pytest.raises(ValueError, match=r"longer than .* position embeddings cover 64"):
+    with pytest.raises(ValueError, match=r"longer than .* position embeddings take 64"):
         _clf(tiny, module_params={"max_length": 200}).fit(TEXTS, LABELS)
     # a tokenizer that does not say its length: the default is capped by the model's
     folder = tmp_path / "no_length"
@@ -357,6 +357,33 @@ def test_max_length_must_fit_the_position_embeddings(tiny, tmp_path):
     clf = _clf(folder, module_params={}, max_epochs=1).fit(long, LABELS)
     assert clf.predict(long).shape == (6,)
 
+
+
+def test_roberta_reads_its_positions_less_the_padding_offset(tmp_path):
+    folder = save_tiny_roberta(tmp_path / "roberta")  # 34 positions from id 2 on: 32 tokens
+    net = build_hf(str(folder), n_classes=2)
+    assert net.token_limits()[1] == 32 and net.tokenizer.model_max_length == 32
+    with pytest.raises(ValueError, match=r"longer than .* position embeddings take 32"):
+        build_hf(str(folder), n_classes=2, max_length=33)
+    long = [" ".join(["kind"] * 100), *TEXTS[1:]]  # the default length, 32, is read
+    clf = _clf(folder, module_params={}, max_epochs=1).fit(long, LABELS)
+    assert clf.predict(long).shape == (6,)
+    tokens = TokenizedText(np.full(34, 7), np.array([0, 1, 34]), pad_token_id=1)
+    with pytest.raises(ValueError, match=r"33 tokens in text 1, more than .* take 32 tokens"):
+        clf.predict(tokens)
+
+
+def test_a_half_precision_checkpoint_trains_in_float32(tiny, tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    folder = tmp_path / "bf16"
+    AutoModelForSequenceClassification.from_pretrained(tiny).to(torch.bfloat16).save_pretrained(
+        folder)
+    load_tokenizer(f"hf:{tiny}").save_pretrained(folder)
+    net = build_hf(str(folder), n_classes=2)
+    assert {p.dtype for p in net.parameters()} == {torch.float32}
+    kept = build_hf(str(folder), n_classes=2, model_kwargs={"dtype": "auto"})
+    assert {p.dtype for p in kept.parameters()} == {torch.bfloat16}
 
 def test_a_tokenizer_without_padding_or_end_token_is_named(tiny, monkeypatch):
     import rest_fair.backbones as backbones
@@ -372,6 +399,15 @@ def test_a_tokenizer_without_padding_or_end_token_is_named(tiny, monkeypatch):
     with pytest.raises(ValueError, match="no padding token and no end-of-sequence token"):
         build_module(f"hf:{tiny}", input_shape=(), n_classes=2)
 
+
+
+def test_a_token_the_model_does_not_embed_is_named(tiny):
+    params = {"tokenizer_kwargs": {"pad_token": "<new-pad>"}}
+    with pytest.raises(ValueError, match=r"tokens \['<new-pad>'\] .* embeds ids 0 to 33"):
+        build_module(f"hf:{tiny}", input_shape=(), n_classes=2, module_params=params)
+    net = build_module(f"hf:{tiny}", input_shape=(), n_classes=2,
+                       module_params={"tokenizer_kwargs": {"pad_token": "[SEP]"}})
+    assert net.tokenizer.pad_token_id == 3
 
 @pytest.mark.parametrize("ids, offsets, match", [
     (np.array([1.5, 2.0]), np.array([0, 2]), "ids must be .* integers.*dtype float64"),
@@ -406,7 +442,7 @@ def test_tokenized_text_must_fit_the_vocabulary_and_positions_of_the_model(tiny)
     with pytest.raises(ValueError, match="pads with token id 50"):
         clf.predict(TokenizedText(tokens.ids, tokens.offsets, pad_token_id=50))
     long = TokenizedText(np.full(71, 7), np.array([0, 1, 71]), pad_token_id=0)
-    with pytest.raises(ValueError, match=r"70 tokens in text 1, more than .* cover 64 tokens"):
+    with pytest.raises(ValueError, match=r"70 tokens in text 1, more than .* take 64 tokens"):
         clf.predict(long)
     with pytest.raises(ValueError, match=r"70 tokens in text 1"):
         _clf(tiny).fit(long, LABELS[:2])

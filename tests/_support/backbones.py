@@ -54,3 +54,34 @@ def save_tiny_distilbert(folder: Path, *, seed: int = 0) -> Path:
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+def save_tiny_roberta(folder: Path, *, seed: int = 0) -> Path:
+    """A 1-layer RoBERTa with 34 position embeddings and padding id 1, so that it reads 32
+    tokens (its positions count on from the padding id), and a word-level tokenizer that
+    does not say its maximum length; saved with ``save_pretrained``."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import (
+        PreTrainedTokenizerFast,
+        RobertaConfig,
+        RobertaForSequenceClassification,
+    )
+
+    specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+    vocab = {token: i for i, token in enumerate(specials + WORDS)}
+    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    core.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>", special_tokens=[("<s>", 0), ("</s>", 2)])
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=core, unk_token="<unk>", pad_token="<pad>", bos_token="<s>",
+        eos_token="</s>", cls_token="<s>", sep_token="</s>", mask_token="<mask>")
+    torch.manual_seed(seed)
+    config = RobertaConfig(vocab_size=len(vocab), hidden_size=16, num_hidden_layers=1,
+                           num_attention_heads=2, intermediate_size=32,
+                           max_position_embeddings=34, pad_token_id=1, num_labels=2)
+    model = RobertaForSequenceClassification(config)
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
