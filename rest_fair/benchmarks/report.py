@@ -408,10 +408,11 @@ def _write_config(
 
 
 def _write_tables(out_dir: Path, markdown: str, tables: dict[str, Any]) -> list[Path]:
-    """Write ``table.md`` and every frame of ``tables`` (file name -> DataFrame) as CSV."""
+    """Write ``table.md`` and every frame of ``tables`` (file name -> DataFrame) as CSV,
+    each number as its shortest exact form (a count above 10**6 keeps every digit)."""
     (out_dir / "table.md").write_text(markdown + "\n")
     for name, frame in tables.items():
-        frame.to_csv(out_dir / name, index=False, float_format="%.6g")
+        frame.to_csv(out_dir / name, index=False)
     return [out_dir / "table.md", *(out_dir / name for name in tables)]
 
 

@@ -473,3 +473,16 @@ def test_progress_can_be_silent(tmp_path, monkeypatch, capsys, progress):
 def test_bad_progress_value_is_named(tmp_path):
     with pytest.raises(ValueError, match="progress must be"):
         runner_mod.run_sweep(tiny_config(), tmp_path, progress="fancy")
+
+
+def test_table_csv_keeps_every_digit_of_large_counts(tmp_path):
+    import pandas as pd
+
+    from rest_fair.benchmarks.report import _write_tables
+
+    frame = pd.DataFrame({"params_active_mean": [11_176_512.0, 1_117_651.5],
+                          "test_worst_group_acc_mean": [0.85, 1 / 3]})
+    _write_tables(tmp_path, "| table |", {"table.csv": frame})
+    read = pd.read_csv(tmp_path / "table.csv")
+    assert read["params_active_mean"].tolist() == [11_176_512.0, 1_117_651.5]
+    assert read["test_worst_group_acc_mean"].tolist() == [0.85, 1 / 3]
