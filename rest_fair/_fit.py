@@ -122,9 +122,15 @@ NO_TRAINING_WEIGHT = (
 UNIFORM_ERROR_SET = (
     "JTT's identification model (jtt_epochs={epochs}) misclassified {which} of the {n} "
     "training samples, so the error set cannot be told apart from the rest: every sample "
-    "keeps the same weight and the final model is trained as plain ERM. Fewer jtt_epochs "
-    "(or a smaller lr) leave the identification model mistakes to find."
+    "keeps the same weight and the final model is trained as plain ERM. {advice}"
 )
+#: :data:`UNIFORM_ERROR_SET`'s advice when the identification model got every sample right,
+#: and when it got none right.
+UNIFORM_ADVICE = {
+    "none": "Fewer jtt_epochs (or a smaller lr) leave the identification model mistakes to find.",
+    "all": "The identification model learnt nothing: more jtt_epochs (or another lr) let it "
+           "learn the easy samples first.",
+}
 JTT_DICT_KEYS = (
     "upweight is a dict of weights by group ({keys}), but with infer_groups='jtt' the groups "
     "it weighs are JTT's error set (True) and the other samples (False), not the groups given "
@@ -466,8 +472,9 @@ def _jtt_errors(est: Any, train: FitData, seed: int, saved: torch.Tensor | None,
     errors = world.broadcast_(torch.as_tensor(errors, dtype=torch.uint8)).numpy() > 0
     trained = errors[train.sample_weight > 0]  # those of weight 0 are absent from training
     if world.is_main and (trained.all() or not trained.any()):
+        which = "all" if trained.all() else "none"
         warnings.warn(UNIFORM_ERROR_SET.format(epochs=est.jtt_epochs, n=len(trained),
-                                               which="all" if trained.all() else "none"),
+                                               which=which, advice=UNIFORM_ADVICE[which]),
                       UserWarning, stacklevel=6)  # the caller of RESTClassifier.fit
     return errors
 

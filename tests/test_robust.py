@@ -224,16 +224,20 @@ def test_groupdro_weights_stay_finite_where_the_exponential_overflows():
     assert torch.equal(obj.q, plain / plain.sum())
 
 
-def test_an_error_set_of_no_sample_is_named(monkeypatch):
-    # an identification model that gets every training sample right leaves nothing to
-    # upweight: the fit says so instead of quietly training plain ERM
+@pytest.mark.parametrize("which, advice", [("none", "Fewer jtt_epochs"),
+                                            ("all", "learnt nothing: more jtt_epochs")])
+def test_an_error_set_of_no_sample_or_of_every_sample_is_named(monkeypatch, which, advice):
+    # an identification model that gets every training sample right (or wrong) leaves no
+    # group to upweight: the fit says so, with the advice for that case, instead of
+    # quietly training plain ERM
     X, y, _ = _spurious(n=300)
     monkeypatch.setattr("rest_fair._fit.identify_errors",
-                        lambda est, X_, y_, **kw: np.zeros(len(y_), dtype=bool))
-    with pytest.warns(UserWarning, match=r"misclassified none of the 300 training samples"):
+                        lambda est, X_, y_, **kw: np.full(len(y_), which == "all"))
+    with pytest.warns(UserWarning, match=rf"misclassified {which} of the 300 training "
+                                         rf"samples.*{advice}"):
         clf = RESTClassifier(infer_groups="jtt", jtt_epochs=1, upweight=20.0, max_epochs=1,
                              validation_fraction=0.0, **FAST).fit(X, y)
-    assert not clf.inferred_groups_.any()
+    assert (clf.inferred_groups_ == (which == "all")).all()
 
 
 @pytest.mark.parametrize("lr", [1e12, Fraction(10**12)], ids=["float", "fraction"])
