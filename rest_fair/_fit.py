@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 
 from ._data import TokenizedText, _first_element, fixed_global_rngs, make_source
 from ._inputs import FitData, check_inputs, take
+from ._validation import summable_weights
 from .callbacks import check_callbacks
 from .jtt import identify_errors, overlap_report
 from .models import build_module
@@ -445,13 +446,9 @@ def _check_warm_params(before: dict | None, params: dict) -> None:
 
 
 def _unit_mean(weights: np.ndarray) -> np.ndarray:
-    """``weights`` scaled to mean 1 (scaled by their maximum first where the sum overflows)."""
-    with np.errstate(over="ignore"):
-        mean = weights.mean()
-    if not np.isfinite(mean):
-        weights = weights / weights.max()
-        mean = weights.mean()
-    return weights / mean
+    """``weights`` scaled to mean 1 (:func:`~rest_fair._validation.summable_weights` first)."""
+    weights = summable_weights(weights)
+    return weights / weights.mean()
 
 
 def _jtt_errors(est: Any, train: FitData, seed: int, saved: torch.Tensor | None,

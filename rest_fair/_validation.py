@@ -26,6 +26,8 @@ __all__ = [
     "TypeOf",
     "check_param",
     "check_params",
+    "checked_weights",
+    "summable_weights",
     "warn_unused_params",
 ]
 
@@ -34,6 +36,11 @@ BAD_RANGE = "{name} must be {rule}; got {value!r}."
 UNUSED_PARAM = (
     "{name}={value!r} is only used when {setting} is {options}; with {setting}={current!r} "
     "it is ignored (its default is {default!r})."
+)
+#: Sample weights that are not one finite, non-negative weight per sample.
+BAD_WEIGHTS = (
+    "sample_weight must hold one finite, non-negative weight per sample ({n}); got shape "
+    "{shape} or values that are NaN, infinite or negative."
 )
 #: Integers go to numpy and torch as int64: an integer interval ends below this.
 _INT64_END = 2**63
@@ -163,3 +170,24 @@ def warn_unused_params(est: Any, *, stacklevel: int = 3) -> None:
             warnings.warn(UNUSED_PARAM.format(
                 name=name, value=value, setting=setting, current=current, default=default,
                 options=" or ".join(map(repr, values))), UserWarning, stacklevel=stacklevel)
+
+
+def summable_weights(weights: np.ndarray) -> np.ndarray:
+    """Non-negative float64 ``weights`` as they are, or divided by their largest where their
+    sum overflows float64 (where only their ratios count: scores, a mean of 1)."""
+    with np.errstate(over="ignore"):
+        return weights if np.isfinite(weights.sum()) else weights / weights.max()
+
+
+def checked_weights(sample_weight: Any, n: int) -> np.ndarray:
+    """``sample_weight`` as float64 :func:`summable_weights` of ``n`` samples.
+
+    Raises
+    ------
+    ValueError
+        If it is not one finite, non-negative weight per sample (:data:`BAD_WEIGHTS`).
+    """
+    weights = np.asarray(sample_weight, dtype=np.float64)
+    if weights.shape != (n,) or not np.all(np.isfinite(weights)) or np.any(weights < 0):
+        raise ValueError(BAD_WEIGHTS.format(n=n, shape=weights.shape))
+    return summable_weights(weights)

@@ -16,6 +16,8 @@ import numpy as np
 import pandas as pd
 from numpy.typing import ArrayLike
 
+from ._validation import checked_weights
+
 __all__ = ["FairnessReport", "fairness_report"]
 
 _NEED_PRED = "Pass either a fitted `estimator` and `X`, or `y_pred`; got neither."
@@ -23,10 +25,6 @@ _BOTH_PRED = "Pass either `estimator` (with `X`) or `y_pred`, not both."
 _NEED_X = "`X` is required to predict with `estimator`."
 _NEED_Y = "`y` (the true labels) is required."
 _NO_SAMPLES = "fairness_report needs at least one sample; got none."
-_BAD_WEIGHTS = (
-    "sample_weight must hold one finite, non-negative weight per sample ({n}); got shape "
-    "{shape} or values that are NaN, infinite or negative."
-)
 _ZERO_WEIGHT_GROUPS = (
     "sample_weight is 0 for every sample of groups {groups}: their metrics would be "
     "undefined. Give them some weight, or leave their samples out."
@@ -221,12 +219,7 @@ def fairness_report(
     metrics = _metric_functions(pos_label)
     sample_params = None
     if sample_weight is not None:
-        w = np.asarray(sample_weight, dtype=float)
-        if w.shape != (len(y_true),) or not np.all(np.isfinite(w)) or np.any(w < 0):
-            raise ValueError(_BAD_WEIGHTS.format(n=len(y_true), shape=w.shape))
-        with np.errstate(over="ignore"):
-            if not np.isfinite(w.sum()):  # only their ratios count
-                w = w / w.max()
+        w = checked_weights(sample_weight, len(y_true))
         keys = (list(sensitive.itertuples(index=False, name=None))
                 if isinstance(sensitive, pd.DataFrame) else list(sensitive))
         totals = pd.Series(w).groupby(pd.Series(keys, dtype=object), dropna=False).sum()

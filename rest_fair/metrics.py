@@ -18,6 +18,7 @@ from numpy.typing import ArrayLike
 from sklearn.utils.validation import column_or_1d
 
 from ._lazy import lazy_attributes
+from ._validation import checked_weights
 
 if TYPE_CHECKING:  # imported lazily at run time (fairlearn, pandas)
     from .fairness import FairnessReport, fairness_report
@@ -37,10 +38,6 @@ _MIXED_LABELS = (
     "dtypes {} and {}."
 )
 _MISSING_GROUPS = "groups must not contain missing values (NaN/None); found {count}."
-_BAD_WEIGHTS = (
-    "sample_weight must hold one finite, non-negative weight per sample ({n}); got shape "
-    "{shape} or values that are NaN, infinite or negative."
-)
 _ZERO_WEIGHT_GROUPS = (
     "sample_weight is 0 for every sample of groups {groups}: their accuracy would be "
     "undefined. Give them some weight, or leave their samples out."
@@ -118,13 +115,7 @@ def group_accuracies(y_true: ArrayLike, y_pred: ArrayLike, groups: ArrayLike, *,
     if sample_weight is None:
         counts = np.bincount(codes, minlength=len(labels))
     else:
-        weights = np.asarray(sample_weight, dtype=np.float64)
-        if weights.shape != (len(y_true),) or not np.all(np.isfinite(weights)) \
-                or np.any(weights < 0):
-            raise ValueError(_BAD_WEIGHTS.format(n=len(y_true), shape=weights.shape))
-        with np.errstate(over="ignore"):
-            if not np.isfinite(weights.sum()):  # only their ratios count
-                weights = weights / weights.max()
+        weights = checked_weights(sample_weight, len(y_true))
         counts = np.bincount(codes, weights=weights, minlength=len(labels))
         if np.any(counts <= 0):
             raise ValueError(_ZERO_WEIGHT_GROUPS.format(

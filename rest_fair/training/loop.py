@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from .._data import BatchSource
+from .._validation import summable_weights
 from ..callbacks import Callback
 from ..exceptions import CheckpointError, TrainingDivergedError
 from ..persistence.checkpoint import check_writable, write_checkpoint
@@ -456,12 +457,8 @@ class TrainingRun:
         n_groups = int(groups.max()) + 1 if len(groups) else 1
         order = shard_range(len(y), world.rank, world.world_size)
         y, groups = y[order], groups[order]
-        weights = None
-        if valid.weights is not None:
-            weights = torch.as_tensor(valid.weights, dtype=torch.float64)
-            if not bool(torch.isfinite(weights.sum())):  # only their ratios count
-                weights = weights / weights.max()
-            weights = weights[order]
+        weights = (None if valid.weights is None else torch.as_tensor(
+            summable_weights(np.asarray(valid.weights, dtype=np.float64)))[order])
         logits = predict_logits(self.parts.module, valid.source,
                                 batch_size=self.parts.eval_batch_size,
                                 device=self.parts.device,
