@@ -12,6 +12,7 @@ from __future__ import annotations
 import inspect
 import math
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from numbers import Integral
 from typing import Any
@@ -28,6 +29,7 @@ __all__ = [
     "check_params",
     "checked_weights",
     "summable_weights",
+    "unused_params",
     "warn_unused_params",
 ]
 
@@ -155,21 +157,29 @@ def check_params(est: Any) -> None:
         check_param(name, getattr(est, name), allowed)
 
 
+def unused_params(kind: type, params: Mapping[str, Any]) -> dict[str, Any]:
+    """The parameters that the other ``params`` of an estimator of class ``kind`` leave
+    unused, as ``kind._used_only_when`` declares them (a parameter name -> the parameter and
+    the values of it that read the first), each with its default (of ``kind``'s
+    ``__init__``, as ``get_params`` reads the names)."""
+    defaults = inspect.signature(kind).parameters
+    return {name: defaults[name].default
+            for name, (setting, values) in kind._used_only_when.items()
+            if params[setting] not in values}
+
+
 def warn_unused_params(est: Any, *, stacklevel: int = 3) -> None:
     """Warn of each parameter of ``est`` given a value other than its default that its
-    other parameters leave unused, as ``est._used_only_when`` declares them (a parameter
-    name -> the parameter and the values of it that read the first).
-
-    The defaults are those of ``est``'s ``__init__``, as ``get_params`` reads the names;
-    ``stacklevel`` 3 names the caller of the method that calls this one.
-    """
-    defaults = inspect.signature(type(est)).parameters
-    for name, (setting, values) in est._used_only_when.items():
-        value, current, default = getattr(est, name), getattr(est, setting), defaults[name].default
-        if current not in values and value != default:
+    other parameters leave unused (:func:`unused_params`); ``stacklevel`` 3 names the
+    caller of the method that calls this one."""
+    params = est.get_params(deep=False)
+    for name, default in unused_params(type(est), params).items():
+        if params[name] != default:
+            setting, values = est._used_only_when[name]
             warnings.warn(UNUSED_PARAM.format(
-                name=name, value=value, setting=setting, current=current, default=default,
-                options=" or ".join(map(repr, values))), UserWarning, stacklevel=stacklevel)
+                name=name, value=params[name], setting=setting, current=params[setting],
+                default=default, options=" or ".join(map(repr, values))),
+                UserWarning, stacklevel=stacklevel)
 
 
 def summable_weights(weights: np.ndarray) -> np.ndarray:

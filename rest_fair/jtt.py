@@ -7,11 +7,11 @@ form the *error set*, which REST then upweights as if it were the minority group
 from __future__ import annotations
 
 import warnings
-from inspect import signature
 from typing import Any
 
 import numpy as np
 
+from ._validation import unused_params
 from .exceptions import TrainingDivergedError
 
 __all__ = ["identification_params", "identify_errors", "overlap_report"]
@@ -51,10 +51,7 @@ def identification_params(est: Any, *, seed: int) -> dict:
         "verbose": 0,
         "random_state": seed,
     }
-    given, defaults = {**est.get_params(deep=False), **params}, signature(type(est)).parameters
-    return {**params, **{name: defaults[name].default
-                         for name, (setting, values) in est._used_only_when.items()
-                         if given[setting] not in values}}
+    return {**params, **unused_params(type(est), {**est.get_params(deep=False), **params})}
 
 
 def identify_errors(est: Any, X: Any, y: np.ndarray, *, seed: int,
