@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "NON_NEGATIVE_INT",
     "POSITIVE_INT",
     "RANDOM_STATE",
     "Interval",
@@ -116,6 +117,8 @@ class TypeOf:
 
 #: A count or size: an integer >= 1.
 POSITIVE_INT = Interval(Integral, 1, float("inf"))
+#: A count that may be 0: an integer >= 0.
+NON_NEGATIVE_INT = Interval(Integral, 0, float("inf"))
 
 #: The ``random_state`` forms of the estimator, as ``sklearn.utils.check_random_state``
 #: takes them (a RandomState's seed is an integer in [0, 2**32 - 1]).

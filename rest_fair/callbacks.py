@@ -27,12 +27,12 @@ from __future__ import annotations
 import inspect
 import os
 from collections.abc import Callable
-from numbers import Integral, Real
+from numbers import Real
 from typing import Any, ClassVar
 
 import numpy as np
 
-from ._validation import POSITIVE_INT, Interval
+from ._validation import NON_NEGATIVE_INT, POSITIVE_INT, Interval
 
 __all__ = ["Callback", "Checkpoint", "EarlyStopping", "check_callbacks"]
 
@@ -47,7 +47,6 @@ _TWICE = (
     "twice per hook (an EarlyStopping would count each epoch twice); give it once, or pass "
     "two separate instances."
 )
-_EPOCHS = Interval(Integral, 0, float("inf"))
 _THRESHOLD = Interval(Real, 0, float("inf"))
 
 
@@ -185,7 +184,7 @@ class EarlyStopping(Callback):
         if not isinstance(self.monitor, str) or not self.monitor:
             raise ValueError(f"EarlyStopping monitor must name a key of the history record "
                              f"(a str); got {self.monitor!r}.")
-        if not _EPOCHS.accepts(self.patience):
+        if not NON_NEGATIVE_INT.accepts(self.patience):
             raise ValueError(f"EarlyStopping patience must be an int >= 0 (epochs); got "
                              f"{self.patience!r}.")
         if self.lower_is_better is not None \

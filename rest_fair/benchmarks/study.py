@@ -20,13 +20,12 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable, Mapping, Sequence
-from numbers import Integral
 from typing import Any, ClassVar
 
 import numpy as np
 
 from .._requirements import Requirement
-from .._validation import Interval
+from .._validation import NON_NEGATIVE_INT
 from ..exceptions import TrainingDivergedError
 from ..experiments.run import digest, jsonable
 from ..metrics import worst_group_accuracy
@@ -291,7 +290,7 @@ class RandomSearch:
                 or self.budget < 1):
             raise ValueError(_BAD_BUDGET.format(value=self.budget))
         self.budget = int(self.budget)
-        if not Interval(Integral, 0, float("inf")).accepts(self.search_seed):
+        if not NON_NEGATIVE_INT.accepts(self.search_seed):
             raise ValueError(_BAD_SEARCH_SEED.format(value=self.search_seed))
         self.search_seed = int(self.search_seed)
         if not self.methods:

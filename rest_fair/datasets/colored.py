@@ -20,7 +20,7 @@ import dataclasses
 import functools
 import math
 from collections.abc import Callable, Sequence
-from numbers import Integral, Real
+from numbers import Real
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -28,7 +28,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from .._requirements import import_optional
-from .._validation import GENERATOR_SEED, Interval, check_param
+from .._validation import GENERATOR_SEED, NON_NEGATIVE_INT, Interval, check_param
 from .idx import _BAD_SPLIT
 
 if TYPE_CHECKING:  # the images of a split may be a torch Dataset (ColoredImages)
@@ -80,7 +80,6 @@ _SPLIT_TOO_SMALL = (
     "split_sizes={value!r} gives a {split} split of {size} images, fewer than the {k} "
     "classes: every split needs at least one image of each class."
 )
-_COUNT = Interval(Integral, 0, float("inf"))
 _NON_NEGATIVE = Interval(Real, 0, float("inf"))
 _BAD_COLOR_STD = "color_std must be a finite number >= 0; got {value!r}."
 _FEW_COLORS = (
@@ -218,7 +217,7 @@ def n_conflicting(conflict_ratio: float, n_train: int) -> int:
     int
     """
     _check_ratio(conflict_ratio)
-    if not _COUNT.accepts(n_train):
+    if not NON_NEGATIVE_INT.accepts(n_train):
         raise ValueError(f"n_train must be an int >= 0; got {n_train!r}.")
     return math.floor(round(float(conflict_ratio) * n_train, 9) + 0.5)
 

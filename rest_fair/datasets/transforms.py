@@ -16,6 +16,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .._validation import NON_NEGATIVE_INT, POSITIVE_INT
+
 __all__ = [
     "CIFAR10_MEAN",
     "CIFAR10_STD",
@@ -66,8 +68,7 @@ def pil_to_tensor(image: Any) -> torch.Tensor:
 def _size(name: str, size: Any) -> tuple[int, int]:
     """``size`` (a positive int, numpy's too, or a pair of them) as ``(height, width)``."""
     pair = (size, size) if isinstance(size, Integral) else tuple(np.atleast_1d(size).tolist())
-    if len(pair) != 2 or not all(isinstance(v, Integral) and not isinstance(v, bool) and v > 0
-                                 for v in pair):
+    if len(pair) != 2 or not all(POSITIVE_INT.accepts(v) for v in pair):
         raise ValueError(_BAD_SIZE.format(name=name, size=size))
     return int(pair[0]), int(pair[1])
 
@@ -116,7 +117,7 @@ class RandomCrop:
 
     def __init__(self, size: int | tuple[int, int], *, padding: int = 0) -> None:
         self.size = _size("RandomCrop", size)
-        if isinstance(padding, bool) or not isinstance(padding, Integral) or padding < 0:
+        if not NON_NEGATIVE_INT.accepts(padding):
             raise ValueError(_BAD_PADDING.format(padding=padding))
         self.padding = int(padding)
 

@@ -12,13 +12,12 @@ from __future__ import annotations
 import os
 from collections import Counter
 from collections.abc import Mapping
-from numbers import Integral
 from pathlib import Path
 
 import numpy as np
 
 from .._requirements import import_optional
-from .._validation import POSITIVE_INT, RANDOM_STATE, Interval, check_param
+from .._validation import NON_NEGATIVE_INT, POSITIVE_INT, RANDOM_STATE, check_param
 from .datasets import _CIVIL_IDENTITIES, dataset_spec
 
 __all__ = [
@@ -49,7 +48,6 @@ SMOKE_GROUP_COUNTS: dict[str, dict[str, tuple[int, int, int, int]]] = {
                       "test": (24, 24, 24, 24)},
 }
 _SPLIT_IDS = {"train": 0, "val": 1, "test": 2}
-_COUNT = Interval(Integral, 0, float("inf"))
 _CELEBA_ATTRS = ("5_o_Clock_Shadow", "Blond_Hair", "Male", "Smiling", "Young")
 _AUXILIARY = (
     "identity_any", "severe_toxicity", "obscene", "threat", "insult", "identity_attack",
@@ -105,7 +103,7 @@ def _rows(group_counts, rng):
     counts = dict(DEFAULT_GROUP_COUNTS if group_counts is None else group_counts)
     rows = []
     for split, c in counts.items():
-        if split not in _SPLIT_IDS or len(c) != 4 or not all(map(_COUNT.accepts, c)):
+        if split not in _SPLIT_IDS or len(c) != 4 or not all(map(NON_NEGATIVE_INT.accepts, c)):
             raise ValueError(_BAD_COUNTS.format(dict(counts)))
         for (y, a), n in zip(((0, 0), (0, 1), (1, 0), (1, 1)), c, strict=True):
             rows += [(_SPLIT_IDS[split], y, a)] * int(n)
