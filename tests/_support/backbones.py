@@ -26,25 +26,30 @@ def save_torchvision_state_dict(name: str, path: Path, *, seed: int = 0,
     return path
 
 
+def _word_level_tokenizer(specials: list[str], *, first: str, last: str,
+                          **tokens: object) -> tuple[dict[str, int], object]:
+    """A whitespace, word-level fast tokenizer of ``specials`` then :data:`WORDS` that puts
+    ``first`` and ``last`` around every text; ``tokens`` name its special tokens."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {token: i for i, token in enumerate(specials + WORDS)}
+    core = Tokenizer(models.WordLevel(vocab, unk_token=tokens["unk_token"]))
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    core.post_processor = processors.TemplateProcessing(
+        single=f"{first} $A {last}", special_tokens=[(first, vocab[first]), (last, vocab[last])])
+    return vocab, PreTrainedTokenizerFast(tokenizer_object=core, **tokens)
+
+
 def save_tiny_distilbert(folder: Path, *, seed: int = 0) -> Path:
     """A 1-layer DistilBERT with random weights and a word-level tokenizer, saved with
     ``save_pretrained`` (what a downloaded Hub model folder holds)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import (
-        DistilBertConfig,
-        DistilBertForSequenceClassification,
-        PreTrainedTokenizerFast,
-    )
+    from transformers import DistilBertConfig, DistilBertForSequenceClassification
 
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    vocab = {token: i for i, token in enumerate(specials + WORDS)}
-    core = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    core.pre_tokenizer = pre_tokenizers.Whitespace()
-    core.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=core, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
-        sep_token="[SEP]", mask_token="[MASK]", model_max_length=64)
+    vocab, tokenizer = _word_level_tokenizer(
+        ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"], first="[CLS]", last="[SEP]",
+        unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]",
+        mask_token="[MASK]", model_max_length=64)
     torch.manual_seed(seed)
     config = DistilBertConfig(vocab_size=len(vocab), dim=16, n_layers=1, n_heads=2,
                               hidden_dim=32, max_position_embeddings=64, num_labels=2,
@@ -60,22 +65,12 @@ def save_tiny_roberta(folder: Path, *, seed: int = 0) -> Path:
     """A 1-layer RoBERTa with 34 position embeddings and padding id 1, so that it reads 32
     tokens (its positions count on from the padding id), and a word-level tokenizer that
     does not say its maximum length; saved with ``save_pretrained``."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import (
-        PreTrainedTokenizerFast,
-        RobertaConfig,
-        RobertaForSequenceClassification,
-    )
+    from transformers import RobertaConfig, RobertaForSequenceClassification
 
-    specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
-    vocab = {token: i for i, token in enumerate(specials + WORDS)}
-    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    core.pre_tokenizer = pre_tokenizers.Whitespace()
-    core.post_processor = processors.TemplateProcessing(
-        single="<s> $A </s>", special_tokens=[("<s>", 0), ("</s>", 2)])
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=core, unk_token="<unk>", pad_token="<pad>", bos_token="<s>",
-        eos_token="</s>", cls_token="<s>", sep_token="</s>", mask_token="<mask>")
+    vocab, tokenizer = _word_level_tokenizer(
+        ["<s>", "<pad>", "</s>", "<unk>", "<mask>"], first="<s>", last="</s>",
+        unk_token="<unk>", pad_token="<pad>", bos_token="<s>", eos_token="</s>",
+        cls_token="<s>", sep_token="</s>", mask_token="<mask>")
     torch.manual_seed(seed)
     config = RobertaConfig(vocab_size=len(vocab), hidden_size=16, num_hidden_layers=1,
                            num_attention_heads=2, intermediate_size=32,
