@@ -93,8 +93,10 @@ class Callback:
     def on_topology_update(self, net: Any, *, step: int, n_regrown: int, **kwargs: Any) -> None:
         """Called after each prune-and-regrow update.
 
-        The update, and so this call, comes before that step's optimizer step, or after it
-        with ``update_timing="after_step"``.
+        ``n_regrown`` counts the weights that the update made active (a weight pruned and
+        regrown in the same update stayed active and is not counted). The update, and so
+        this call, comes before that step's optimizer step, or after it with
+        ``update_timing="after_step"``.
         """
 
     def on_epoch_end(self, net: Any, *, record: dict, **kwargs: Any) -> bool | None:

@@ -154,9 +154,11 @@ class RESTClassifier(ClassifierMixin, BaseEstimator):
     Parameters
     ----------
     sparsity : float in [0, 1), default=0.9
-        Fraction of the masked weights that are zero: those of conv, linear and embedding
-        layers, attention input projections and recurrent layers (see
-        :func:`rest_fair.sparse.maskable_parameters`). ``0`` trains a dense network.
+        Fraction of the masked weights that are inactive, held at 0 by their mask (an
+        active weight can be 0 too: RigL regrows at 0). The masked weights are those of
+        conv, linear and embedding layers, attention input projections and recurrent
+        layers (see :func:`rest_fair.sparse.maskable_parameters`). ``0`` trains a dense
+        network.
         Every masked layer keeps at least one active weight; a warning names the layers
         where that makes a small network more than 10 % denser than asked.
     layer_density : {"erk", "uniform"}, default="erk"

@@ -6,8 +6,9 @@ in which some ``nn.Linear`` layers were replaced by
 in the engine's topology updates (:attr:`~rest_fair.sparse.DynamicSparsity.layers`): the
 masked path's updates, same semantics, same place in the step, same synchronisation. A
 CSR layer plans its pruning before the forward pass, decides with the gradient its
-backward pass scanned, moves the optimizer state of kept weights, starts regrown weights
-and their state at zero, and recomputes its gradient at the new pattern, so that the
+backward pass scanned, moves the optimizer state of kept weights (a weight pruned and
+regrown in the same update is kept), starts weights new to the pattern and their state at
+zero, and recomputes its gradient at the new pattern, so that the
 optimizer step that follows trains the regrown weights exactly as in the masked path.
 
 The training module's public form does not change: a CSR layer's ``state_dict`` holds the

@@ -35,7 +35,8 @@ The layer is the storage of its weights in a topology update
 pass of its step (:meth:`CSRLinear.plan`: the weights to prune depend only on the weights).
 With gradient regrowth (RigL) the backward pass of that one step then scans the dense
 weight gradient in blocks of rows and keeps only the ``k`` largest ``|gradient|`` among
-the positions that stay inactive, so the dense gradient is never stored whole; random
+the positions inactive after the prune (the pruned ones included), so the dense gradient
+is never stored whole; random
 regrowth (SET) draws its scores in the same blocks (:meth:`CSRLinear.decide`). An update
 that comes after the optimizer step (``update_timing="after_step"``) prunes the weights
 that step left: the scan then keeps the ``k`` best inactive positions, which

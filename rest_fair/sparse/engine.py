@@ -183,7 +183,7 @@ class DynamicSparsity:
         Returns
         -------
         int
-            Weights regrown (0 when no update was due).
+            Weights that changed from inactive to active (0 when no update was due).
 
         Raises
         ------

@@ -1,16 +1,21 @@
-"""ERK, prune-and-regrow and the drop schedules against plain restatements of the method."""
+"""ERK, prune-and-regrow, the drop schedules and the sparse training loop against plain
+restatements of the method."""
 
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
 import pytest
 import torch
 
+from rest_fair import RESTClassifier
+from rest_fair.callbacks import Callback
 from rest_fair.sparse.densities import erk_densities
 from rest_fair.sparse.rigl import prune_and_regrow
 from rest_fair.sparse.schedules import DropSchedule
+from rest_fair.training import sampler
 
 
 def _erk_one_layer_at_a_time(shapes, density):
@@ -86,3 +91,96 @@ def test_cosine_floor_follows_the_authors_cosine_annealing_step_by_step():
         stepper.step()
         annealing.step()
         assert schedule(step) == pytest.approx(stepper.param_groups[0]["lr"], abs=1e-12)
+
+
+class _Start(Callback):
+    """The network and masks a fit starts from (weights masked and rescaled)."""
+
+    def on_train_begin(self, net, *, run, **kwargs):
+        self.module = copy.deepcopy(run.parts.module)
+        masks = run.parts.sparsity.masks
+        self.masks = {name: masks.mask(name).clone() for name in masks.names}
+
+
+def _reference_fit(start, X, y, orders, *, optimizer, lr, batch_size, timing, interval,
+                   drop, end, floor):
+    """The method statement as a plain loop: step, re-mask; update every ``interval`` steps
+    (mid-interval before the optimizer step, moved off an epoch's last step, or after it at
+    the interval's end) with ``ceil(f_t * n_active)`` weights; weights new to a mask and
+    their optimizer state start at 0."""
+    net = copy.deepcopy(start.module)
+    params, masks = dict(net.named_parameters()), dict(start.masks)
+    opt = (torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9) if optimizer == "sgd"
+           else torch.optim.Adam(net.parameters(), lr=lr))
+    per_epoch = len(orders[0]) // batch_size
+
+    def fraction(t):
+        return floor + (drop - floor) / 2 * (1 + math.cos(math.pi * t / end)) if t <= end else 0
+
+    def phase(t):
+        return t % interval == interval // 2
+
+    def update(t):
+        for name, mask in masks.items():
+            weight = params[name]
+            k = math.ceil(fraction(t) * int(mask.sum()))
+            new = _reference_update(weight.detach(), mask, weight.grad.abs(), k).view_as(mask)
+            with torch.no_grad():
+                born = new & ~mask
+                for value in [weight, *opt.state[weight].values()]:
+                    if value.shape == weight.shape:
+                        value[born] = 0
+                weight.mul_(new)
+            masks[name] = new
+
+    step = 0
+    for order in orders:
+        for idx in order.split(batch_size):
+            step += 1
+            loss = torch.nn.functional.cross_entropy(net(X[idx]), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            if timing == "mid_interval" and fraction(step) > 0 and (
+                    (phase(step) and step % per_epoch) or (phase(step - 1)
+                                                           and (step - 1) % per_epoch == 0)):
+                update(step)
+            opt.step()
+            with torch.no_grad():
+                for name, mask in masks.items():
+                    params[name].mul_(mask)
+            if timing == "after_step" and step % interval == 0 and fraction(step) > 0:
+                update(step)
+    return net, masks
+
+
+@pytest.mark.parametrize("optimizer, timing, schedule, interval", [
+    ("sgd", "mid_interval", "cosine", 4),  # updates due on an epoch's last step move
+    ("adam", "after_step", "cosine_floor", 3),
+])
+def test_sparse_training_equals_the_method_statement(data, monkeypatch, optimizer, timing,
+                                                     schedule, interval):
+    # ERK masks with a dense layer (density 0.5), ties of regrown zeros, weights pruned and
+    # regrown in one update: the fit equals the plain loop step for step
+    X, y, _ = data
+    orders = []
+    draw = sampler.EpochSampler.epoch_order
+    monkeypatch.setattr(sampler.EpochSampler, "epoch_order",
+                        lambda self: orders.append(draw(self)) or orders[-1])
+    start, lr = _Start(), (0.1 if optimizer == "sgd" else 0.01)
+    clf = RESTClassifier(
+        sparsity=0.5, optimizer=optimizer, lr=lr, batch_size=60, max_epochs=4,
+        update_interval=interval, update_timing=timing, drop_schedule=schedule,
+        update_end=0.75, upweight=None, lr_scheduler="constant", validation_fraction=0.0,
+        sparse_compute="masked", module_params={"hidden_layer_sizes": (24, 24)},
+        random_state=0, device="cpu", callbacks=[start]).fit(X, y)
+    net, masks = _reference_fit(
+        start, torch.as_tensor(X), torch.as_tensor(y), orders, optimizer=optimizer, lr=lr,
+        batch_size=60, timing=timing, interval=interval, drop=0.5, end=30,
+        floor=0.005 if schedule == "cosine_floor" else 0.0)
+    assert clf.n_topology_updates_ >= 7 and min(m.float().mean() for m in masks.values()) < 1
+    assert any(bool(m.all()) for m in masks.values())  # ERK made a layer dense
+    fitted = dict(clf.module_.named_parameters())
+    for name, param in net.named_parameters():
+        if name in masks:
+            assert torch.equal(clf.masks_[name].cpu(), masks[name])
+        torch.testing.assert_close(fitted[name].detach(), param.detach(), rtol=0, atol=1e-6)
