@@ -84,11 +84,25 @@ _BAD_SHAPE = "size mismatch for {key}: the checkpoint has shape {got}, the layer
 _SCAN_ENTRIES = 1 << 18
 
 
+_beta_warning_silenced = False
+
+
 def _csr(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, size) -> torch.Tensor:
-    """A CSR tensor of int32 indices, without the checks and the "beta" warning."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
+    """A CSR tensor of int32 indices, without the checks and the "beta" warning.
+
+    torch gives that warning once per process, at the first CSR tensor: only the first
+    call here filters warnings (a filter is process-wide, so doing it at every call would
+    hide other threads' warnings meanwhile).
+    """
+    global _beta_warning_silenced
+    if _beta_warning_silenced:
         return torch.sparse_csr_tensor(crow, col, values, size=size, check_invariants=False)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta",
+                                category=UserWarning)
+        matrix = torch.sparse_csr_tensor(crow, col, values, size=size, check_invariants=False)
+    _beta_warning_silenced = True
+    return matrix
 
 
 @dataclass

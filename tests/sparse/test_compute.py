@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import pickle
+import warnings
 
 import numpy as np
 import pytest
@@ -704,3 +705,25 @@ def test_a_tied_layer_is_no_candidate_without_an_example():
     twice = nn.Sequential(nn.Linear(30, 64), nn.ReLU(), shared, nn.ReLU(), shared)
     engine = _engine(twice, sparsity=0.9)
     assert [name for name, _, _ in candidate_layers(twice, engine.masks, 1.0)] == ["0"]
+
+
+def test_csr_tensors_leave_other_warnings_alone(monkeypatch):
+    # a warning given while a CSR tensor is built (by another thread, here simulated by
+    # torch itself) is shown: only torch's one-time "beta" warning is filtered
+    from rest_fair.sparse import csr_linear
+
+    real = torch.sparse_csr_tensor
+
+    def noisy(*args, **kwargs):
+        warnings.warn("a warning of another thread", UserWarning, stacklevel=1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "sparse_csr_tensor", noisy)
+    crow = torch.tensor([0, 1], dtype=torch.int32)
+    col = torch.tensor([0], dtype=torch.int32)
+    for _ in range(2):  # the first call of the process and a later one
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            matrix = csr_linear._csr(crow, col, torch.ones(1), (1, 1))
+        assert matrix.to_dense().tolist() == [[1.0]]
+        assert [str(w.message) for w in caught] == ["a warning of another thread"]
