@@ -6,12 +6,11 @@ form the *error set*, which REST then upweights as if it were the minority group
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 import numpy as np
 
-from ._validation import unused_params
+from ._validation import IDENTIFYING, unused_params
 from .exceptions import TrainingDivergedError
 
 __all__ = ["identification_params", "identify_errors", "overlap_report"]
@@ -59,9 +58,10 @@ def identify_errors(est: Any, X: Any, y: np.ndarray, *, seed: int,
     """Boolean mask of the training samples the identification model misclassifies.
 
     The identification model is fitted on ``X``, ``y`` and ``sample_weight`` (a sample of
-    weight 0 does not train it), then predicts every sample of ``X``. Of the warnings of
-    its fit, only those naming ``jtt_epochs`` (of its own epochs) are given: the others are
-    of the data and network it shares with the final model, whose fit gives them too.
+    weight 0 does not train it), then predicts every sample of ``X``. Its fit runs with
+    :data:`~rest_fair._validation.IDENTIFYING` set, in this thread or task only: it gives
+    the warnings of its own epochs, naming them ``jtt_epochs``, and not those of the data
+    and network it shares with the final model, whose fit gives them.
 
     Parameters
     ----------
@@ -88,10 +88,10 @@ def identify_errors(est: Any, X: Any, y: np.ndarray, *, seed: int,
     """
     from sklearn.base import clone
 
-    model, caught = clone(est).set_params(**identification_params(est, seed=seed)), []
+    model = clone(est).set_params(**identification_params(est, seed=seed))
+    identifying = IDENTIFYING.set(True)
     try:
-        with warnings.catch_warnings(record=True) as caught:
-            model.fit(X, y, sample_weight=sample_weight)
+        model.fit(X, y, sample_weight=sample_weight)
         return np.asarray(model.predict(X) != y)
     except TrainingDivergedError as error:
         raise TrainingDivergedError(IDENTIFICATION_DIVERGED.format(
@@ -99,10 +99,7 @@ def identify_errors(est: Any, X: Any, y: np.ndarray, *, seed: int,
             decay=float(est.weight_decay),
         ) + str(error)) from error
     finally:
-        for warning in caught:
-            if "jtt_epochs" in str(warning.message):
-                warnings.warn_explicit(warning.message, warning.category, warning.filename,
-                                       warning.lineno, source=warning.source)
+        IDENTIFYING.reset(identifying)
 
 
 def overlap_report(inferred: np.ndarray, minority: np.ndarray) -> dict:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import threading
 import warnings
 from fractions import Fraction
 
@@ -593,17 +594,58 @@ def test_an_upweight_dict_of_the_given_groups_is_refused_before_jtt_trains(monke
 
 
 def test_the_identification_model_does_not_repeat_the_fits_warnings():
-    # a class of weight 0 and a layer kept denser than asked: the identification model's
-    # fit warned of both again
+    # a class of weight 0, a layer kept denser than asked and a deprecated sparse_init: the
+    # identification model's fit warned of each again
     X, y, _ = _spurious(n=300)
     y = np.where(np.arange(300) % 10 == 0, 2, y)
     weight = np.where(y == 2, 0.0, 1.0)
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
         RESTClassifier(infer_groups="jtt", jtt_epochs=1, upweight=5.0, max_epochs=1,
-                       sparsity=0.999, validation_fraction=0.0, **FAST).fit(
+                       sparsity=0.999, sparse_init="erk", validation_fraction=0.0, **FAST).fit(
             X, y, sample_weight=weight)
     messages = [str(w.message) for w in record]
     for start in ("1 class(es) have no sample of positive sample_weight",
-                  "density 0.001 asks for"):
+                  "density 0.001 asks for", "sparse_init='erk' is deprecated"):
         assert len([m for m in messages if m.startswith(start)]) == 1, messages
+
+
+_inside, _warned = threading.Event(), threading.Event()
+
+
+class _WaitingNet(torch.nn.Module):
+    """A linear network whose first forward pass (in JTT's identification fit) waits until
+    another thread has warned."""
+
+    def __init__(self, input_shape, n_classes):
+        super().__init__()
+        self.linear = torch.nn.Linear(input_shape[0], n_classes)
+
+    def forward(self, x):
+        if not _inside.is_set():
+            _inside.set()
+            _warned.wait(10)
+        return self.linear(x)
+
+
+def test_the_identification_fit_keeps_the_warnings_of_other_threads():
+    # the identification fit recorded all warnings of the process and gave back only those
+    # naming jtt_epochs: another thread's warning given meanwhile was lost
+    def other():
+        _inside.wait(10)
+        warnings.warn("another thread's warning", UserWarning, stacklevel=1)
+        _warned.set()
+
+    _inside.clear()
+    _warned.clear()
+    X, y, _ = _spurious(n=64)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        thread = threading.Thread(target=other)
+        thread.start()
+        RESTClassifier(module=_WaitingNet, infer_groups="jtt", jtt_epochs=1, upweight=5.0,
+                       max_epochs=1, sparsity=0.0, validation_fraction=0.0, batch_size=32,
+                       device="cpu", random_state=0).fit(X, y)
+        thread.join()
+    assert _inside.is_set() and _warned.is_set()
+    assert [str(w.message) for w in record].count("another thread's warning") == 1
