@@ -27,6 +27,13 @@ MISMATCHED_OVERLAP = (
     "overlap_report needs inferred and minority as one flag per sample, one-dimensional of "
     "the same length; got shapes {} and {}."
 )
+NOT_FLAGS = (
+    "overlap_report needs {name} as flags, one per sample: booleans, or 0 and 1; got "
+    "{value!r} among them. Group labels are not minority flags: "
+    "rest_fair.reweighting.minority_mask(y_codes, group_codes), of integer codes of the "
+    "labels and groups, flags the samples outside the largest group of their class, as "
+    "inferred_groups_overlap_ does."
+)
 
 
 def identification_params(est: Any, *, seed: int) -> dict:
@@ -108,7 +115,8 @@ def overlap_report(inferred: np.ndarray, minority: np.ndarray) -> dict:
     Parameters
     ----------
     inferred, minority : array-like of bool
-        Inferred error set and true minority membership of the same samples.
+        Inferred error set and true minority membership of the same samples, as booleans
+        or as 0 and 1.
 
     Returns
     -------
@@ -120,10 +128,10 @@ def overlap_report(inferred: np.ndarray, minority: np.ndarray) -> dict:
     Raises
     ------
     ValueError
-        If ``inferred`` and ``minority`` are not one-dimensional of the same length.
+        If ``inferred`` and ``minority`` are not one-dimensional of the same length, or hold
+        other values than booleans, 0 and 1 (group labels, say).
     """
-    inferred = np.asarray(inferred, dtype=bool)
-    minority = np.asarray(minority, dtype=bool)
+    inferred, minority = _flags(inferred, "inferred"), _flags(minority, "minority")
     if inferred.ndim != 1 or inferred.shape != minority.shape:
         raise ValueError(MISMATCHED_OVERLAP.format(inferred.shape, minority.shape))
     hits = int((inferred & minority).sum())
@@ -134,3 +142,13 @@ def overlap_report(inferred: np.ndarray, minority: np.ndarray) -> dict:
         "recall": hits / int(minority.sum()) if minority.any() else float("nan"),
         "base_rate": float(minority.mean()),
     }
+
+
+def _flags(values: Any, name: str) -> np.ndarray:
+    """``values`` as booleans; refused (naming ``name``) where one is not a boolean, 0 or 1."""
+    values = np.asarray(values)
+    if values.dtype != bool:
+        other = values[~np.isin(values, (0, 1))]
+        if other.size:
+            raise ValueError(NOT_FLAGS.format(name=name, value=other[:1].tolist()[0]))
+    return values.astype(bool)

@@ -93,6 +93,22 @@ def test_overlap_report_refuses_flags_of_other_samples(inferred, minority):
         overlap_report(np.array(inferred), np.array(minority))
 
 
+@pytest.mark.parametrize("groups, shown", [
+    ([0, 1, 2, 2], "got 2 among them"),  # read as "not group 0"
+    (["a", "b", "a", "b"], "got 'a' among them"),  # read as all minority: base rate 1.0
+    ([0.5, 0.0, 1.0, 1.0], "got 0.5 among them"),
+])
+def test_overlap_report_refuses_group_labels_for_flags(groups, shown):
+    inferred = [True, False, False, True]
+    with pytest.raises(ValueError, match=rf"needs minority as flags, .* {shown}\. Group "
+                       r"labels are not minority flags: rest_fair\.reweighting\.minority_mask"):
+        overlap_report(inferred, groups)
+    with pytest.raises(ValueError, match=r"needs inferred as flags"):
+        overlap_report(groups, inferred)
+    flags = overlap_report(np.array(inferred, dtype=int), [1.0, 0.0, 1.0, 0.0])
+    assert flags == overlap_report(inferred, [True, False, True, False])
+
+
 def test_groupdro_moves_weight_to_the_worst_group():
     X, y, conflict = _spurious(minority=0.1)
     clf = RESTClassifier(objective="groupdro", groupdro_eta=0.05, upweight=None,
