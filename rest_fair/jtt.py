@@ -76,7 +76,7 @@ def identify_errors(est: Any, X: Any, y: np.ndarray, *, seed: int,
         The estimator being fitted (its parameters are copied).
     X : array-like, sparse matrix or torch Dataset
         Training inputs.
-    y : ndarray
+    y : array-like, shape (n_samples,) or (n_samples, 1)
         Training labels (original values).
     seed : int
         Seed of the identification model.
@@ -99,7 +99,7 @@ def identify_errors(est: Any, X: Any, y: np.ndarray, *, seed: int,
     identifying = IDENTIFYING.set(True)
     try:
         model.fit(X, y, sample_weight=sample_weight)
-        return np.asarray(model.predict(X) != y)
+        return np.asarray(model.predict(X) != np.ravel(y))
     except TrainingDivergedError as error:
         raise TrainingDivergedError(IDENTIFICATION_DIVERGED.format(
             epochs=est.jtt_epochs, optimizer=est.optimizer, lr=float(est.lr),

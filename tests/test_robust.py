@@ -72,6 +72,18 @@ def test_error_set_is_enriched_in_the_true_minority():
     assert report["recall"] > 0.5
 
 
+def test_identify_errors_flags_each_sample_of_a_column_of_labels():
+    # fit takes y of shape (n, 1), with sklearn's DataConversionWarning; the predictions
+    # were compared with it by broadcasting, an (n, n) mask
+    X, y, _ = _spurious(n=100)
+    est = RESTClassifier(jtt_epochs=1, sparsity=0.0, **FAST)
+    errors = jtt.identify_errors(est, X, y, seed=0)
+    with pytest.warns(Warning, match="column-vector y"):
+        column = jtt.identify_errors(est, X, y.reshape(-1, 1), seed=0)
+    assert column.shape == (100,)
+    assert np.array_equal(column, errors)
+
+
 def test_overlap_report_by_hand():
     inferred = np.array([1, 1, 0, 0, 1, 0], dtype=bool)
     truth = np.array([1, 0, 0, 1, 1, 0], dtype=bool)
