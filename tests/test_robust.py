@@ -636,6 +636,14 @@ def test_the_identification_model_does_not_repeat_the_fits_warnings():
     for start in ("1 class(es) have no sample of positive sample_weight",
                   "density 0.001 asks for", "sparse_init='erk' is deprecated"):
         assert len([m for m in messages if m.startswith(start)]) == 1, messages
+    images = np.random.default_rng(0).normal(size=(32, 8, 8, 3)).astype(np.float32)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        RESTClassifier(module="resnet18", module_params={"width": 4}, infer_groups="jtt",
+                       jtt_epochs=1, upweight=5.0, max_epochs=1, sparsity=0.0,
+                       validation_fraction=0.0, batch_size=16, random_state=0,
+                       device="cpu").fit(images, y[:32])
+    assert len([w for w in record if "look channels-last" in str(w.message)]) == 1
 
 
 _inside, _warned = threading.Event(), threading.Event()
