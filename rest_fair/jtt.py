@@ -65,10 +65,10 @@ def identify_errors(est: Any, X: Any, y: np.ndarray, *, seed: int,
     """Boolean mask of the training samples the identification model misclassifies.
 
     The identification model is fitted on ``X``, ``y`` and ``sample_weight`` (a sample of
-    weight 0 does not train it), then predicts every sample of ``X``. Its fit runs with
-    :data:`~rest_fair._validation.IDENTIFYING` set, in this thread or task only: it gives
-    the warnings of its own epochs, naming them ``jtt_epochs``, and not those of the data
-    and network it shares with the final model, whose fit gives them.
+    weight 0 does not train it), then predicts every sample of ``X``. Its fit knows itself
+    as JTT's identification fit, in this thread (or asyncio task) only: it gives the
+    warnings of its own epochs, naming them ``jtt_epochs``, and not those of the data and
+    network it shares with the final model, whose fit gives them.
 
     Parameters
     ----------

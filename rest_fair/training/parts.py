@@ -306,12 +306,11 @@ def make_sparsity(
     and ``max_epochs`` place the updates (``update_interval="auto"``: once per epoch) and
     scale the drop schedule; ``generator`` draws masks and random regrowth; ``masks`` (a
     warm start) replace new ones. Warns (:data:`NO_TOPOLOGY_UPDATE`, naming the epochs
-    ``jtt_epochs`` in JTT's identification fit, :data:`~rest_fair._validation.IDENTIFYING`)
-    where a drop fraction above 0 and ``update_end`` above 0 ask for topology updates and
-    none falls in the run, unless ``warn`` is false (the ranks of a data-parallel run other
-    than rank 0). The warnings of :meth:`MaskSet.from_module` (weights no mask reaches,
-    layers kept denser than asked) are not given in the identification fit, whose final
-    fit gives them.
+    ``jtt_epochs`` in JTT's identification fit) where a drop fraction above 0 and
+    ``update_end`` above 0 ask for topology updates and none falls in the run, unless
+    ``warn`` is false (the ranks of a data-parallel run other than rank 0). The warnings of
+    :meth:`MaskSet.from_module` (weights no mask reaches, layers kept denser than asked)
+    are not given in the identification fit, whose final fit gives them.
     """
     if config.sparsity <= 0:
         return None
