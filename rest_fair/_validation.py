@@ -5,6 +5,8 @@ Parameters are checked against a declarative table, ``RESTClassifier._parameter_
 small constraint classes below. Error messages are module constants so that tests and users
 can match them. A second table, ``RESTClassifier._used_only_when``, names the parameters
 that one value of another parameter reads alone, for :func:`warn_unused_params`.
+:data:`IDENTIFYING` marks JTT's identification fit, whose parameters :func:`unused_params`
+also serves, for the warnings that only its final fit gives.
 """
 
 from __future__ import annotations
