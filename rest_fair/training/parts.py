@@ -307,10 +307,10 @@ def make_sparsity(
     scale the drop schedule; ``generator`` draws masks and random regrowth; ``masks`` (a
     warm start) replace new ones. Warns (:data:`NO_TOPOLOGY_UPDATE`, naming the epochs
     ``jtt_epochs`` in JTT's identification fit) where a drop fraction above 0 and
-    ``update_end`` above 0 ask for topology updates and none falls in the run, unless
-    ``warn`` is false (the ranks of a data-parallel run other than rank 0). The warnings of
-    :meth:`MaskSet.from_module` (weights no mask reaches, layers kept denser than asked)
-    are not given in the identification fit, whose final fit gives them.
+    ``update_end`` above 0 ask for topology updates and none falls in the run, and of the
+    weights no mask reaches and layers kept denser than asked (:meth:`MaskSet.from_module`;
+    not in the identification fit, whose final fit warns of them); not at all where
+    ``warn`` is false (the ranks of a data-parallel run other than rank 0).
     """
     if config.sparsity <= 0:
         return None
@@ -321,7 +321,7 @@ def make_sparsity(
         mask_set = MaskSet.from_module(
             module, density=1.0 - config.sparsity, layer_density=config.layer_density,
             sparse_init=config.sparse_init, dense_layers=tuple(config.dense_layers or ()),
-            generator=generator, warn=not IDENTIFYING.get(),
+            generator=generator, warn=warn and not IDENTIFYING.get(),
         )
     mask_set.apply_()
     if masks is None and config.sparse_init == "random" and config.rescale_init:
