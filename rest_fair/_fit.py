@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from ._data import TokenizedText, _first_element, fixed_global_rngs, make_source
 from ._inputs import FitData, check_inputs, take
-from ._validation import summable_weights
+from ._validation import IDENTIFYING, summable_weights
 from .callbacks import check_callbacks
 from .jtt import identify_errors, overlap_report
 from .models import build_module
@@ -56,7 +56,7 @@ from .training import (
     check_checkpoint,
 )
 from .training.distributed import LocalContext, resolve_distributed
-from .training.parts import EPOCHS_PARAMETER, TrainConfig, build_parts
+from .training.parts import TrainConfig, build_parts
 
 __all__ = ["fit_estimator", "is_device_name", "remember_network_params", "resolve_device"]
 
@@ -204,10 +204,12 @@ def resolve_device(device: Any) -> torch.device:
 
 
 def _train_config(params: dict) -> TrainConfig:
-    """:class:`TrainConfig` of the parameters, reading the deprecated ``sparse_init='erk'``."""
+    """:class:`TrainConfig` of the parameters, reading the deprecated ``sparse_init='erk'``
+    (with a warning, except in JTT's identification fit: :data:`IDENTIFYING`)."""
     if params["sparse_init"] in ("erk", "uniform"):
         value = params["sparse_init"]
-        warnings.warn(SPARSE_INIT_RENAMED.format(value=value), FutureWarning, stacklevel=4)
+        if not IDENTIFYING.get():
+            warnings.warn(SPARSE_INIT_RENAMED.format(value=value), FutureWarning, stacklevel=4)
         params = {**params, "layer_density": value, "sparse_init": "random"}
     return TrainConfig.from_params(params)
 
@@ -254,12 +256,13 @@ def _hold_out(data: FitData, fraction: float, seed: int, world: LocalContext,
     of weight 0 stays a training row, which trains as if removed. The rows held out keep
     their ``sample_weight`` as validation weights (``None`` where all are equal);
     ``validation_data`` is unweighted. Its warnings (classes without a sample of positive
-    weight, no validation set, groups it cannot judge) come from rank 0 only.
+    weight, no validation set, groups it cannot judge) come from rank 0 only, and not from
+    JTT's identification fit (:data:`IDENTIFYING`), whose final fit gives them.
     """
     device = world.device
     weighed = np.flatnonzero(data.sample_weight > 0)
     unweighed = np.setdiff1d(np.arange(len(data.classes)), data.y[weighed])
-    if len(unweighed) and world.is_main:
+    if len(unweighed) and world.is_main and not IDENTIFYING.get():
         warnings.warn(UNWEIGHTED_CLASSES.format(
             n=len(unweighed), classes=_named(data.classes[unweighed].tolist())),
             UserWarning, stacklevel=6)
@@ -453,19 +456,11 @@ def _unit_mean(weights: np.ndarray) -> np.ndarray:
 
 def _jtt_errors(est: Any, train: FitData, seed: int, saved: torch.Tensor | None,
                 world: LocalContext) -> np.ndarray:
-    """JTT's error set of the training rows: a resumed run's, or rank 0's on every rank.
-
-    The identification model's warnings name its epochs ``jtt_epochs``, the parameter that
-    sets them.
-    """
+    """JTT's error set of the training rows: a resumed run's, or rank 0's on every rank."""
     if saved is not None:
         return saved.numpy().astype(bool)
-    named = EPOCHS_PARAMETER.set("jtt_epochs")
-    try:
-        errors = identify_errors(est, train.X, train.classes[train.y], seed=seed,
-                                 sample_weight=train.sample_weight)
-    finally:
-        EPOCHS_PARAMETER.reset(named)
+    errors = identify_errors(est, train.X, train.classes[train.y], seed=seed,
+                             sample_weight=train.sample_weight)
     errors = world.broadcast_(torch.as_tensor(errors, dtype=torch.uint8)).numpy() > 0
     trained = errors[train.sample_weight > 0]  # those of weight 0 are absent from training
     if world.is_main and (trained.all() or not trained.any()):

@@ -5,6 +5,8 @@ Parameters are checked against a declarative table, ``RESTClassifier._parameter_
 small constraint classes below. Error messages are module constants so that tests and users
 can match them. A second table, ``RESTClassifier._used_only_when``, names the parameters
 that one value of another parameter reads alone, for :func:`warn_unused_params`.
+:data:`IDENTIFYING` marks JTT's identification fit, whose parameters :func:`unused_params`
+also serves, for the warnings that only its final fit gives.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import inspect
 import math
 import warnings
 from collections.abc import Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass
 from numbers import Integral
 from typing import Any
@@ -20,6 +23,7 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "IDENTIFYING",
     "NON_NEGATIVE_INT",
     "POSITIVE_INT",
     "RANDOM_STATE",
@@ -33,6 +37,11 @@ __all__ = [
     "unused_params",
     "warn_unused_params",
 ]
+
+#: True while JTT's identification model, a fit inside the fit, is fitted (in this thread or
+#: task): it does not warn of the data and network it shares with the final fit, which
+#: warns of them, and its warnings name its epochs ``jtt_epochs``.
+IDENTIFYING: ContextVar[bool] = ContextVar("IDENTIFYING", default=False)
 
 BAD_OPTION = "{name} must be one of {options}; got {value!r}."
 BAD_RANGE = "{name} must be {rule}; got {value!r}."

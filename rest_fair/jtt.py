@@ -6,12 +6,11 @@ form the *error set*, which REST then upweights as if it were the minority group
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 import numpy as np
 
-from ._validation import unused_params
+from ._validation import IDENTIFYING, unused_params
 from .exceptions import TrainingDivergedError
 
 __all__ = ["identification_params", "identify_errors", "overlap_report"]
@@ -27,6 +26,13 @@ IDENTIFICATION_DIVERGED = (
 MISMATCHED_OVERLAP = (
     "overlap_report needs inferred and minority as one flag per sample, one-dimensional of "
     "the same length; got shapes {} and {}."
+)
+NOT_FLAGS = (
+    "overlap_report needs {name} as flags, one per sample: booleans, or 0 and 1; got "
+    "{value!r} among them. Group labels are not minority flags: "
+    "rest_fair.reweighting.minority_mask(y_codes, group_codes), of integer codes of the "
+    "labels and groups, flags the samples outside the largest group of their class, as "
+    "inferred_groups_overlap_ does."
 )
 
 
@@ -59,9 +65,10 @@ def identify_errors(est: Any, X: Any, y: np.ndarray, *, seed: int,
     """Boolean mask of the training samples the identification model misclassifies.
 
     The identification model is fitted on ``X``, ``y`` and ``sample_weight`` (a sample of
-    weight 0 does not train it), then predicts every sample of ``X``. Of the warnings of
-    its fit, only those naming ``jtt_epochs`` (of its own epochs) are given: the others are
-    of the data and network it shares with the final model, whose fit gives them too.
+    weight 0 does not train it), then predicts every sample of ``X``. Its fit knows itself
+    as JTT's identification fit, in this thread (or asyncio task) only: it gives the
+    warnings of its own epochs, naming them ``jtt_epochs``, and not those of the data and
+    network it shares with the final model, whose fit gives them.
 
     Parameters
     ----------
@@ -69,7 +76,7 @@ def identify_errors(est: Any, X: Any, y: np.ndarray, *, seed: int,
         The estimator being fitted (its parameters are copied).
     X : array-like, sparse matrix or torch Dataset
         Training inputs.
-    y : ndarray
+    y : array-like, shape (n_samples,) or (n_samples, 1)
         Training labels (original values).
     seed : int
         Seed of the identification model.
@@ -88,21 +95,18 @@ def identify_errors(est: Any, X: Any, y: np.ndarray, *, seed: int,
     """
     from sklearn.base import clone
 
-    model, caught = clone(est).set_params(**identification_params(est, seed=seed)), []
+    model = clone(est).set_params(**identification_params(est, seed=seed))
+    identifying = IDENTIFYING.set(True)
     try:
-        with warnings.catch_warnings(record=True) as caught:
-            model.fit(X, y, sample_weight=sample_weight)
-        return np.asarray(model.predict(X) != y)
+        model.fit(X, y, sample_weight=sample_weight)
+        return np.asarray(model.predict(X) != np.ravel(y))
     except TrainingDivergedError as error:
         raise TrainingDivergedError(IDENTIFICATION_DIVERGED.format(
             epochs=est.jtt_epochs, optimizer=est.optimizer, lr=float(est.lr),
             decay=float(est.weight_decay),
         ) + str(error)) from error
     finally:
-        for warning in caught:
-            if "jtt_epochs" in str(warning.message):
-                warnings.warn_explicit(warning.message, warning.category, warning.filename,
-                                       warning.lineno, source=warning.source)
+        IDENTIFYING.reset(identifying)
 
 
 def overlap_report(inferred: np.ndarray, minority: np.ndarray) -> dict:
@@ -111,7 +115,8 @@ def overlap_report(inferred: np.ndarray, minority: np.ndarray) -> dict:
     Parameters
     ----------
     inferred, minority : array-like of bool
-        Inferred error set and true minority membership of the same samples.
+        Inferred error set and true minority membership of the same samples, as booleans
+        or as 0 and 1.
 
     Returns
     -------
@@ -123,10 +128,10 @@ def overlap_report(inferred: np.ndarray, minority: np.ndarray) -> dict:
     Raises
     ------
     ValueError
-        If ``inferred`` and ``minority`` are not one-dimensional of the same length.
+        If ``inferred`` and ``minority`` are not one-dimensional of the same length, or hold
+        other values than booleans, 0 and 1 (group labels, say).
     """
-    inferred = np.asarray(inferred, dtype=bool)
-    minority = np.asarray(minority, dtype=bool)
+    inferred, minority = _flags(inferred, "inferred"), _flags(minority, "minority")
     if inferred.ndim != 1 or inferred.shape != minority.shape:
         raise ValueError(MISMATCHED_OVERLAP.format(inferred.shape, minority.shape))
     hits = int((inferred & minority).sum())
@@ -137,3 +142,13 @@ def overlap_report(inferred: np.ndarray, minority: np.ndarray) -> dict:
         "recall": hits / int(minority.sum()) if minority.any() else float("nan"),
         "base_rate": float(minority.mean()),
     }
+
+
+def _flags(values: Any, name: str) -> np.ndarray:
+    """``values`` as booleans; refused (naming ``name``) where one is not a boolean, 0 or 1."""
+    values = np.asarray(values)
+    if values.dtype != bool:
+        other = values[~np.isin(values, (0, 1))]
+        if other.size:
+            raise ValueError(NOT_FLAGS.format(name=name, value=other[:1].tolist()[0]))
+    return values.astype(bool)

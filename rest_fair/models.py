@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._validation import POSITIVE_INT
+from ._validation import IDENTIFYING, POSITIVE_INT
 from .backbones import (
     HF_PREFIX,
     MODULE_NAMES,
@@ -204,7 +204,7 @@ class ResNet18(nn.Module):
     -----
     UserWarning
         When ``input_shape`` looks channels-last, e.g. ``(32, 32, 3)``: it is read as 32
-        channels of 32x3 pixels.
+        channels of 32x3 pixels (not in JTT's identification fit, whose final fit warns).
     """
 
     def __init__(
@@ -219,7 +219,8 @@ class ResNet18(nn.Module):
         if len(input_shape) != 3:
             raise ValueError(_IMAGE_SHAPE.format(name="resnet18", shape=tuple(input_shape)))
         channels, height, width_px = input_shape
-        if (layout := _channels_last("resnet18", tuple(int(s) for s in input_shape))):
+        layout = _channels_last("resnet18", tuple(int(s) for s in input_shape))
+        if layout and not IDENTIFYING.get():
             warnings.warn(layout, UserWarning, stacklevel=2)
         if stem == "auto":
             stem = "cifar" if max(height, width_px) <= 64 else "imagenet"

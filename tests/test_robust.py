@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import threading
 import warnings
 from fractions import Fraction
 
@@ -71,6 +72,18 @@ def test_error_set_is_enriched_in_the_true_minority():
     assert report["recall"] > 0.5
 
 
+def test_identify_errors_flags_each_sample_of_a_column_of_labels():
+    # fit takes y of shape (n, 1), with sklearn's DataConversionWarning; the predictions
+    # were compared with it by broadcasting, an (n, n) mask
+    X, y, _ = _spurious(n=100)
+    est = RESTClassifier(jtt_epochs=1, sparsity=0.0, **FAST)
+    errors = jtt.identify_errors(est, X, y, seed=0)
+    with pytest.warns(Warning, match="column-vector y"):
+        column = jtt.identify_errors(est, X, y.reshape(-1, 1), seed=0)
+    assert column.shape == (100,)
+    assert np.array_equal(column, errors)
+
+
 def test_overlap_report_by_hand():
     inferred = np.array([1, 1, 0, 0, 1, 0], dtype=bool)
     truth = np.array([1, 0, 0, 1, 1, 0], dtype=bool)
@@ -90,6 +103,22 @@ def test_overlap_report_by_hand():
 def test_overlap_report_refuses_flags_of_other_samples(inferred, minority):
     with pytest.raises(ValueError, match=r"one-dimensional of the same length; got shapes"):
         overlap_report(np.array(inferred), np.array(minority))
+
+
+@pytest.mark.parametrize("groups, shown", [
+    ([0, 1, 2, 2], "got 2 among them"),  # read as "not group 0"
+    (["a", "b", "a", "b"], "got 'a' among them"),  # read as all minority: base rate 1.0
+    ([0.5, 0.0, 1.0, 1.0], "got 0.5 among them"),
+])
+def test_overlap_report_refuses_group_labels_for_flags(groups, shown):
+    inferred = [True, False, False, True]
+    with pytest.raises(ValueError, match=rf"needs minority as flags, .* {shown}\. Group "
+                       r"labels are not minority flags: rest_fair\.reweighting\.minority_mask"):
+        overlap_report(inferred, groups)
+    with pytest.raises(ValueError, match=r"needs inferred as flags"):
+        overlap_report(groups, inferred)
+    flags = overlap_report(np.array(inferred, dtype=int), [1.0, 0.0, 1.0, 0.0])
+    assert flags == overlap_report(inferred, [True, False, True, False])
 
 
 def test_groupdro_moves_weight_to_the_worst_group():
@@ -593,17 +622,68 @@ def test_an_upweight_dict_of_the_given_groups_is_refused_before_jtt_trains(monke
 
 
 def test_the_identification_model_does_not_repeat_the_fits_warnings():
-    # a class of weight 0 and a layer kept denser than asked: the identification model's
-    # fit warned of both again
+    # a class of weight 0, a layer kept denser than asked and a deprecated sparse_init: the
+    # identification model's fit warned of each again
     X, y, _ = _spurious(n=300)
     y = np.where(np.arange(300) % 10 == 0, 2, y)
     weight = np.where(y == 2, 0.0, 1.0)
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
         RESTClassifier(infer_groups="jtt", jtt_epochs=1, upweight=5.0, max_epochs=1,
-                       sparsity=0.999, validation_fraction=0.0, **FAST).fit(
+                       sparsity=0.999, sparse_init="erk", validation_fraction=0.0, **FAST).fit(
             X, y, sample_weight=weight)
     messages = [str(w.message) for w in record]
     for start in ("1 class(es) have no sample of positive sample_weight",
-                  "density 0.001 asks for"):
+                  "density 0.001 asks for", "sparse_init='erk' is deprecated"):
         assert len([m for m in messages if m.startswith(start)]) == 1, messages
+    images = np.random.default_rng(0).normal(size=(32, 8, 8, 3)).astype(np.float32)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        RESTClassifier(module="resnet18", module_params={"width": 4}, infer_groups="jtt",
+                       jtt_epochs=1, upweight=5.0, max_epochs=1, sparsity=0.0,
+                       validation_fraction=0.0, batch_size=16, random_state=0,
+                       device="cpu").fit(images, y[:32])
+    assert len([w for w in record if "look channels-last" in str(w.message)]) == 1
+
+
+_inside, _warned = threading.Event(), threading.Event()
+
+
+class _WaitingNet(torch.nn.Module):
+    """A linear network whose first forward pass (in JTT's identification fit) waits until
+    another thread has warned."""
+
+    def __init__(self, input_shape, n_classes):
+        super().__init__()
+        self.linear = torch.nn.Linear(input_shape[0], n_classes)
+
+    def forward(self, x):
+        if not _inside.is_set():
+            _inside.set()
+            _warned.wait(60)
+        return self.linear(x)
+
+
+def test_the_identification_fit_keeps_the_warnings_of_other_threads():
+    # the identification fit recorded all warnings of the process and gave back only those
+    # naming jtt_epochs: another thread's warning given meanwhile was lost
+    entered = []
+
+    def other():
+        entered.append(_inside.wait(60))
+        warnings.warn("another thread's warning", UserWarning, stacklevel=1)
+        _warned.set()
+
+    _inside.clear()
+    _warned.clear()
+    X, y, _ = _spurious(n=64)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        thread = threading.Thread(target=other, daemon=True)
+        thread.start()
+        RESTClassifier(module=_WaitingNet, infer_groups="jtt", jtt_epochs=1, upweight=5.0,
+                       max_epochs=1, sparsity=0.0, validation_fraction=0.0, batch_size=32,
+                       device="cpu", random_state=0).fit(X, y)
+        thread.join()
+    assert entered == [True]  # it warned while the identification model trained
+    assert [str(w.message) for w in record].count("another thread's warning") == 1

@@ -357,6 +357,7 @@ class MaskSet:
         generator: torch.Generator | None = None,
         distribution: str | None = None,
         init: str | None = None,
+        warn: bool = True,
     ) -> MaskSet:
         """Masks for every maskable weight of ``module``.
 
@@ -383,6 +384,9 @@ class MaskSet:
         distribution, init : str, optional
             Deprecated spellings of ``layer_density`` and ``sparse_init`` (a
             ``FutureWarning``).
+        warn : bool, default=True
+            Whether to warn of the weights no mask reaches and of layers kept denser than
+            ``density`` (one weight each at least).
 
         Returns
         -------
@@ -404,7 +408,8 @@ class MaskSet:
                                                       value=distribution))
         dense = set(resolve_dense_layers(module, dense_layers))
         params = {name: p for name, p in maskable_parameters(module) if name not in dense}
-        _warn_unmasked(module)
+        if warn:
+            _warn_unmasked(module)
         shapes = {name: tuple(p.shape) for name, p in params.items()}
         if not shapes:
             return cls({}, {})
@@ -413,7 +418,8 @@ class MaskSet:
         else:
             densities = uniform_densities(shapes, density)
         counts = active_counts(shapes, densities)
-        _warn_at_least_one(shapes, densities, counts, density)
+        if warn:
+            _warn_at_least_one(shapes, densities, counts, density)
         masks = {}
         for name, p in params.items():
             if init == "magnitude":

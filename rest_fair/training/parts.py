@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from contextvars import ContextVar
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -21,6 +20,7 @@ from torch import nn
 from torch.nn.modules.lazy import LazyModuleMixin
 
 from .._data import BatchSource, _collate_inputs, _DatasetSource, fixed_global_rngs
+from .._validation import IDENTIFYING
 from ..objectives import make_objective
 from ..sparse import DropSchedule, DynamicSparsity, MaskSet
 from ..sparse.compute import SparseComputeConfig, make_sparse_compute
@@ -29,7 +29,6 @@ from .precision import Precision
 from .sampler import EpochSampler
 
 __all__ = [
-    "EPOCHS_PARAMETER",
     "LR_SCHEDULERS",
     "OPTIMIZERS",
     "EvalSet",
@@ -71,10 +70,6 @@ NO_TOPOLOGY_UPDATE = (
     "update_interval ('auto' updates once per epoch), more {epochs_name} or a larger "
     "update_end; drop_fraction=0 trains a static mask without this warning."
 )
-#: The estimator parameter that sets the epochs of the run being built, as
-#: :data:`NO_TOPOLOGY_UPDATE` names it: ``"jtt_epochs"`` while JTT's identification model,
-#: a fit inside the fit, is built.
-EPOCHS_PARAMETER: ContextVar[str] = ContextVar("EPOCHS_PARAMETER", default="max_epochs")
 
 
 @dataclass(frozen=True)
@@ -310,10 +305,12 @@ def make_sparsity(
     largest weights of each layer as they are (pretrained weights). ``steps_per_epoch``
     and ``max_epochs`` place the updates (``update_interval="auto"``: once per epoch) and
     scale the drop schedule; ``generator`` draws masks and random regrowth; ``masks`` (a
-    warm start) replace new ones. Warns (:data:`NO_TOPOLOGY_UPDATE`, naming the epochs by
-    :data:`EPOCHS_PARAMETER`) where a drop fraction above 0 and ``update_end`` above 0 ask
-    for topology updates and none falls in the run, unless ``warn`` is false (the ranks of
-    a data-parallel run other than rank 0).
+    warm start) replace new ones. Warns (:data:`NO_TOPOLOGY_UPDATE`, naming the epochs
+    ``jtt_epochs`` in JTT's identification fit) where a drop fraction above 0 and
+    ``update_end`` above 0 ask for topology updates and none falls in the run, and of the
+    weights no mask reaches and layers kept denser than asked (:meth:`MaskSet.from_module`;
+    not in the identification fit, whose final fit warns of them); not at all where
+    ``warn`` is false (the ranks of a data-parallel run other than rank 0).
     """
     if config.sparsity <= 0:
         return None
@@ -324,7 +321,7 @@ def make_sparsity(
         mask_set = MaskSet.from_module(
             module, density=1.0 - config.sparsity, layer_density=config.layer_density,
             sparse_init=config.sparse_init, dense_layers=tuple(config.dense_layers or ()),
-            generator=generator,
+            generator=generator, warn=warn and not IDENTIFYING.get(),
         )
     mask_set.apply_()
     if masks is None and config.sparse_init == "random" and config.rescale_init:
@@ -350,7 +347,7 @@ def make_sparsity(
         warnings.warn(NO_TOPOLOGY_UPDATE.format(
             interval=f"'auto' (= {steps_per_epoch})" if interval == "auto" else interval,
             timing=config.update_timing, first=first, total=total_steps, epochs=max_epochs,
-            epochs_name=EPOCHS_PARAMETER.get(),
+            epochs_name="jtt_epochs" if IDENTIFYING.get() else "max_epochs",
             per_epoch=steps_per_epoch, last=end if engine.schedule(end) > 0 else max(end - 1, 0),
             update_end=config.update_end, schedule=config.drop_schedule,
             drop=config.drop_fraction), UserWarning, stacklevel=7)
