@@ -60,6 +60,9 @@ HF_PREFIX = "hf:"
 #: other name is a backbone.
 MODULE_NAMES = ("auto", "mlp", "cnn", "resnet18")
 _DOWNLOAD_TIMEOUT_S = 30.0
+#: Prefixes that a wrapped model's state dict puts before every key: DataParallel's and
+#: DistributedDataParallel's ``module.``, ``torch.compile``'s ``_orig_mod.``.
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 _PROBE_TIMEOUT_S = 5.0
 
 TORCHVISION_CALLER = "module={name!r} (not a built-in network {builtin}: a torchvision model)"
@@ -470,6 +473,8 @@ def build_torchvision(
         A path: a state-dict file, read with ``weights_only=True``; every key and shape must
         match the architecture except those of the classification head, whose entries are
         loaded where their shapes fit the new head (else it keeps its fresh initialisation).
+        A prefix that every key has, ``module.`` (a model saved inside ``DataParallel`` or
+        ``DistributedDataParallel``) or ``_orig_mod.`` (``torch.compile``), is removed.
     download_timeout : float, default=30
         Socket timeout of a download.
     **kwargs
@@ -509,11 +514,29 @@ def build_torchvision(
     return model
 
 
+def _without_wrapper_prefix(
+    state: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor]
+) -> tuple[Mapping[str, torch.Tensor], str]:
+    """``state`` without the prefixes of :data:`_WRAPPER_PREFIXES` that every one of its
+    keys carries and not every key of the model (``expected``) does, and those prefixes."""
+    removed = ""
+    while state:
+        prefix = next((p for p in _WRAPPER_PREFIXES
+                       if all(k.startswith(p) for k in state)
+                       and not all(k.startswith(p) for k in expected)), None)
+        if prefix is None:
+            break
+        state = {k[len(prefix):]: v for k, v in state.items()}
+        removed += prefix
+    return state, removed
+
+
 def _load_checked(
     model: nn.Module, state: Mapping[str, torch.Tensor], *, head: str, name: str, path: Path
 ) -> None:
     """Load ``state`` into ``model``; the head's entries may be absent or of another shape."""
     expected = model.state_dict()
+    state, removed = _without_wrapper_prefix(state, expected)
     head_keys = {k for k in expected if k == head or k.startswith(head + ".")}
     missing = sorted(k for k in expected if k not in state and k not in head_keys)
     unexpected = sorted(k for k in state if k not in expected)
@@ -529,6 +552,8 @@ def _load_checked(
             shown = ", ".join(keys[:8]) + (f", ... ({len(keys)} in all)" if len(keys) > 8 else "")
             problems.append(f"{label}: {shown}")
     if problems:
+        if removed:
+            problems[-1] += f" (keys read without the prefix {removed!r} every key has)"
         raise ValueError(STATE_DICT_MISMATCH.format(path=path, name=name,
                                                     problems="; ".join(problems)))
     usable = {

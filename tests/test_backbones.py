@@ -169,6 +169,27 @@ def test_state_dict_problems_name_the_keys(resnet18_file, tmp_path):
         build_torchvision("resnet18", n_classes=2, weights=tmp_path / "list.pt")
 
 
+def test_a_state_dict_of_a_wrapped_model_is_read_without_its_prefix(resnet18_file, tmp_path):
+    state = torch.load(resnet18_file, weights_only=True)
+    for prefix in ("module.", "_orig_mod.", "module._orig_mod."):  # DDP, torch.compile
+        path = tmp_path / f"{prefix}pt"
+        torch.save({prefix + key: value for key, value in state.items()}, path)
+        model = build_torchvision("resnet18", n_classes=2, weights=path)
+        assert torch.equal(model.layer4[1].conv2.weight, state["layer4.1.conv2.weight"])
+    partly = {("module." + key if key.startswith("layer1.") else key): value
+              for key, value in state.items()}
+    torch.save(partly, tmp_path / "partly.pt")
+    with pytest.raises(ValueError, match=r"missing keys: layer1\.0\.bn1\.bias.*unexpected "
+                       r"keys: module\.layer1\.0\.bn1\.bias") as info:
+        build_torchvision("resnet18", n_classes=2, weights=tmp_path / "partly.pt")
+    assert "prefix" not in str(info.value)
+    del state["conv1.weight"]
+    torch.save({"module." + key: value for key, value in state.items()}, tmp_path / "bad.pt")
+    with pytest.raises(ValueError, match=r"missing keys: conv1\.weight \(keys read without "
+                       r"the prefix 'module\.' every key has\)"):
+        build_torchvision("resnet18", n_classes=2, weights=tmp_path / "bad.pt")
+
+
 @pytest.mark.parametrize("name, content", [
     ("garbage.pt", b"not a torch file"),
     ("empty.pt", b""),
