@@ -76,11 +76,16 @@ UNKNOWN_WEIGHTS = (
     "weights={weights!r} is neither a file nor a weights name of torchvision's {name}; "
     "its weights are {available}."
 )
+OTHER_MODELS_WEIGHTS = (
+    "weights={weights} are not weights of torchvision's {name}: its weights are {available} "
+    "(give a member of torchvision.models.get_model_weights({name!r}), or its name)."
+)
 MISSING_WEIGHTS_FILE = "weights={weights!r} looks like a file path, but there is no such file."
 WEIGHTS_IS_A_FOLDER = "weights={weights!r} is a folder; give the path of a state-dict file in it."
 BAD_WEIGHTS = (
     "module_params['weights'] must be None, a torchvision weights name (e.g. 'DEFAULT', "
-    "'IMAGENET1K_V2') or a path to a state-dict file; got {value!r}."
+    "'IMAGENET1K_V2') or member (torchvision.models.ResNet50_Weights.IMAGENET1K_V2) or a "
+    "path to a state-dict file; got {value!r}."
 )
 BAD_STATE_DICT = (
     "{path} does not hold a state dict (a mapping of parameter names to tensors); "
@@ -430,6 +435,12 @@ def check_torchvision(name: str, weights: Any = None) -> tuple[Path | None, Any]
         raise ValueError(UNKNOWN_TORCHVISION.format(builtin=MODULE_NAMES, name=name, hint=hint))
     if weights is None:
         return None, None
+    enum = tv.models.get_model_weights(name)
+    if isinstance(weights, tv.models.WeightsEnum):
+        if not isinstance(weights, enum):
+            raise ValueError(OTHER_MODELS_WEIGHTS.format(weights=weights, name=name,
+                                                         available=list(enum.__members__)))
+        return None, weights
     if not isinstance(weights, (str, os.PathLike)):
         raise ValueError(BAD_WEIGHTS.format(value=weights))
     candidate = Path(weights).expanduser()
@@ -439,11 +450,11 @@ def check_torchvision(name: str, weights: Any = None) -> tuple[Path | None, Any]
         raise IsADirectoryError(WEIGHTS_IS_A_FOLDER.format(weights=str(weights)))
     if isinstance(weights, os.PathLike) or _looks_like_path(str(weights)):
         raise FileNotFoundError(MISSING_WEIGHTS_FILE.format(weights=str(weights)))
-    enum = tv.models.get_model_weights(name)
-    if str(weights) not in enum.__members__:
+    member = str(weights).removeprefix(enum.__name__ + ".")  # as str(member) writes it
+    if member not in enum.__members__:
         raise ValueError(UNKNOWN_WEIGHTS.format(weights=weights, name=name,
                                                 available=list(enum.__members__)))
-    return None, enum[str(weights)]
+    return None, enum[member]
 
 
 def build_torchvision(
@@ -465,11 +476,13 @@ def build_torchvision(
         Shape of one sample; must be ``(3, height, width)``.
     n_classes : int
         Outputs of the new classification layer.
-    weights : None, str or path, default=None
+    weights : None, str, WeightsEnum member or path, default=None
         ``None``: random initialisation. A torchvision weights name of the model
-        (``"DEFAULT"``, ``"IMAGENET1K_V1"``, ...): taken from torch.hub's cache, or
-        downloaded there (``download_timeout`` seconds per network operation; failure is
-        an :class:`OSError` saying where to put the file, and so is a damaged cached file).
+        (``"DEFAULT"``, ``"IMAGENET1K_V1"``, ``"ResNet50_Weights.IMAGENET1K_V1"``, ...) or
+        member of its weights enum (``ResNet50_Weights.IMAGENET1K_V1``): taken from
+        torch.hub's cache, or downloaded there (``download_timeout`` seconds per network
+        operation; failure is an :class:`OSError` saying where to put the file, and so is a
+        damaged cached file).
         A path: a state-dict file, read with ``weights_only=True``; every key and shape must
         match the architecture except those of the classification head, whose entries are
         loaded where their shapes fit the new head (else it keeps its fresh initialisation).

@@ -18,7 +18,7 @@ tv = pytest.importorskip("torchvision", reason="torchvision backbones need rest-
 
 from rest_fair import RESTClassifier  # noqa: E402
 from rest_fair.backbones import build_torchvision, load_state_dict_file  # noqa: E402
-from rest_fair.models import ResNet18, build_module  # noqa: E402
+from rest_fair.models import ResNet18, build_module, check_module  # noqa: E402
 from rest_fair.sparse import (  # noqa: E402
     MaskSet,
     active_counts,
@@ -319,6 +319,31 @@ def test_cached_torchvision_weights_load_without_network(offline, resnet18_file)
     saved = torch.load(resnet18_file, weights_only=True)
     assert torch.equal(model.conv1.weight, saved["conv1.weight"])
     assert isinstance(model.fc, nn.Linear) and model.fc.out_features == 2
+
+
+@pytest.mark.parametrize("weights", [
+    tv.models.ResNet18_Weights.IMAGENET1K_V1, tv.models.ResNet18_Weights.DEFAULT,
+    "ResNet18_Weights.IMAGENET1K_V1",  # as str(member) writes it
+])
+def test_a_torchvision_weights_member_loads_as_its_name(offline, resnet18_file, weights):
+    member = tv.models.ResNet18_Weights.IMAGENET1K_V1
+    cache = offline / "hub" / "checkpoints" / os.path.basename(member.url)
+    cache.parent.mkdir(parents=True)
+    cache.write_bytes(resnet18_file.read_bytes())
+    check_module("resnet18", {"weights": weights})
+    model = build_module("resnet18", input_shape=(3, 32, 32), n_classes=2,
+                         module_params={"weights": weights})
+    saved = torch.load(resnet18_file, weights_only=True)
+    assert torch.equal(model.conv1.weight, saved["conv1.weight"])
+
+
+def test_weights_of_another_model_are_refused():
+    with pytest.raises(ValueError, match=r"weights=ResNet50_Weights.IMAGENET1K_V1 are not "
+                       r"weights of torchvision's resnet18: its weights are \['IMAGENET1K_V1', "
+                       r"'DEFAULT'\]"):
+        check_module("resnet18", {"weights": tv.models.ResNet50_Weights.IMAGENET1K_V1})
+    with pytest.raises(ValueError, match="IMAGENET1K_V1"):
+        check_module("resnet18", {"weights": "ResNet50_Weights.IMAGENET1K_V1"})
 
 
 def test_core_and_backbone_modules_import_neither_torchvision_nor_transformers():

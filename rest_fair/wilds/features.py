@@ -127,13 +127,10 @@ def _weights_id(backbone: str, weights: Any) -> Any:
         return {"hub": backbone[3:], "revision": weights}
     if weights is None:
         return None
-    path = Path(weights).expanduser()
-    if path.is_file():
+    path, member = backbones.check_torchvision(backbone, weights)
+    if path is not None:
         return {"file": str(path.resolve()), "sha256": backbones._sha256_file(path)}
-    backbones.check_torchvision(backbone, None)  # the name first, with close matches
-    tv = import_optional("torchvision", extra="wilds", caller=f"backbone={backbone!r}")
-    enum = tv.models.get_model_weights(backbone)
-    return str(enum[str(weights)]) if str(weights) in enum.__members__ else str(weights)
+    return str(member)
 
 
 def feature_provenance(
@@ -291,8 +288,8 @@ def extract_features(
         classification layer (2048 values for ResNet-50). Text: ``"hf:<name or folder>"``;
         the features are the last hidden state of the first token (``pooling="cls"``)
         or its mean over the text's tokens (``"mean"``).
-    weights : str, path or None, default="DEFAULT"
-        Images: a torchvision weights name or a state-dict file (see
+    weights : str, WeightsEnum member, path or None, default="DEFAULT"
+        Images: a torchvision weights name or member, or a state-dict file (see
         :func:`rest_fair.backbones.build_torchvision`); ``None`` is a random network
         seeded by ``seed`` (a pipeline check, not a useful feature). Text: the Hub
         revision (``None`` or ``"DEFAULT"`` for the default one).
