@@ -118,6 +118,11 @@ NEED_IMAGES = (
     "torchvision's {name} takes RGB images of shape (n_samples, 3, height, width); got "
     "samples of shape {shape}."
 )
+WRONG_IMAGE_SIZE = (
+    "torchvision's {name} takes images of {size}x{size} pixels (its image_size); got samples "
+    "of shape {shape}. Resize the images to {size}x{size} (e.g. with "
+    "torchvision.transforms.Resize){other}."
+)
 NO_HEAD = "Could not find the classification layer of {name} to replace it."
 NO_LOCAL_MODEL = (
     "module={module!r}: {path} looks like a local folder but {problem}. A local "
@@ -473,7 +478,8 @@ def build_torchvision(
     name : str
         Model name in ``torchvision.models``, e.g. ``"resnet50"``.
     input_shape : tuple of int, optional
-        Shape of one sample; must be ``(3, height, width)``.
+        Shape of one sample; must be ``(3, height, width)``, and for a vision transformer
+        ``(3, image_size, image_size)``, the size it is built for.
     n_classes : int
         Outputs of the new classification layer.
     weights : None, str, WeightsEnum member or path, default=None
@@ -519,12 +525,31 @@ def build_torchvision(
         if member is not None:  # a damaged cached file, else the error as it is
             _check_cached_file(member, name, exc)
         raise
+    if input_shape is not None:
+        _check_image_size(model, name, shape, pretrained=path is not None or member is not None)
     n_categories = len(member.meta["categories"]) if member is not None else None
     head = replace_head(model, n_classes, n_categories=n_categories or kwargs.get("num_classes"))
     if path is not None:
         _load_checked(model, load_state_dict_file(path), head=head, name=name, path=path)
     _drop_aux_heads(model)
     return model
+
+
+def _check_image_size(model: nn.Module, name: str, shape: tuple[int, ...], *,
+                      pretrained: bool) -> None:
+    """Refuse samples of ``shape`` for a vision transformer built for another image size."""
+    size, patch = getattr(model, "image_size", None), getattr(model, "patch_size", None)
+    if not isinstance(size, int) or shape[1:] == (size, size):
+        return
+    side = shape[1]
+    if pretrained:
+        other = "; its pretrained position embeddings are those of this size"
+    elif shape[2] == side and isinstance(patch, int) and side % patch == 0:
+        other = f", or build it for them with module_params={{'image_size': {side}}}"
+    else:
+        other = (f", or to a size that is a multiple of its patch size {patch} and build it "
+                 "for that size with module_params={'image_size': <size>}")
+    raise ValueError(WRONG_IMAGE_SIZE.format(name=name, size=size, shape=shape, other=other))
 
 
 def _without_wrapper_prefix(

@@ -16,7 +16,7 @@ from tests._support.backbones import save_torchvision_state_dict
 
 tv = pytest.importorskip("torchvision", reason="torchvision backbones need rest-fair[vision]")
 
-from rest_fair import RESTClassifier  # noqa: E402
+from rest_fair import RESTClassifier, backbones  # noqa: E402
 from rest_fair.backbones import build_torchvision, load_state_dict_file  # noqa: E402
 from rest_fair.models import ResNet18, build_module, check_module  # noqa: E402
 from rest_fair.sparse import (  # noqa: E402
@@ -259,6 +259,25 @@ def test_other_torchvision_heads_are_replaced():
     inception = build_torchvision("googlenet", n_classes=2, init_weights=False)
     inception.train()
     assert inception(torch.zeros(2, 3, 64, 64)).shape == (2, 2)  # no auxiliary outputs
+
+
+def test_a_vision_transformer_refuses_images_of_another_size_when_built():
+    X, y = np.zeros((4, 3, 32, 32), dtype=np.float32), np.array([0, 1, 0, 1])
+    clf = RESTClassifier(module="vit_b_32", module_params={"weights": None}, max_epochs=1,
+                         device="cpu", validation_fraction=0)
+    with pytest.raises(ValueError, match=r"vit_b_32 takes images of 224x224 pixels \(its "
+                       r"image_size\); got samples of shape \(3, 32, 32\)\. Resize the images "
+                       r"to 224x224 .*, or build it for them with module_params="
+                       r"\{'image_size': 32\}"):
+        clf.fit(X, y)  # torch's "Wrong image height!" came at the first forward pass
+    with pytest.raises(ValueError, match=r"multiple of its patch size 32"):
+        build_module("vit_b_32", input_shape=(3, 48, 48), n_classes=2,
+                     module_params={"image_size": 32})
+    vit = tv.models.VisionTransformer(image_size=8, patch_size=4, num_layers=1, num_heads=1,
+                                      hidden_dim=4, mlp_dim=4)
+    with pytest.raises(ValueError, match="pretrained position embeddings are those of this"):
+        backbones._check_image_size(vit, "vit", (3, 4, 4), pretrained=True)
+    backbones._check_image_size(vit, "vit", (3, 8, 8), pretrained=True)
 
 
 @pytest.mark.parametrize(
