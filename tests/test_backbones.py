@@ -356,6 +356,25 @@ def test_a_torchvision_weights_member_loads_as_its_name(offline, resnet18_file, 
     assert torch.equal(model.conv1.weight, saved["conv1.weight"])
 
 
+def test_an_estimator_with_weights_given_as_a_path_or_member_is_saved(offline, resnet18_file,
+                                                                      tmp_path):
+    member = tv.models.ResNet18_Weights.IMAGENET1K_V1
+    cache = offline / "hub" / "checkpoints" / os.path.basename(member.url)
+    cache.parent.mkdir(parents=True)
+    cache.write_bytes(resnet18_file.read_bytes())
+    X, y = np.random.default_rng(0).random((4, 3, 16, 16), dtype=np.float32), [0, 1, 0, 1]
+    for weights, name in ((resnet18_file, str(resnet18_file)), (member, str(member))):
+        clf = RESTClassifier(module="resnet18", module_params={"weights": weights},
+                             max_epochs=1, drop_fraction=0, device="cpu",
+                             validation_fraction=0, random_state=0).fit(X, y)
+        clf.save(tmp_path / "clf.zip")  # TypeError: ... type PosixPath is not a plain JSON
+        loaded = RESTClassifier.load(tmp_path / "clf.zip")
+        assert clf.module_params == {"weights": weights}
+        assert loaded.module_params == {"weights": name}
+        np.testing.assert_array_equal(loaded.predict_proba(X), clf.predict_proba(X))
+        check_module("resnet18", loaded.module_params)
+
+
 def test_weights_of_another_model_are_refused():
     with pytest.raises(ValueError, match=r"weights=ResNet50_Weights.IMAGENET1K_V1 are not "
                        r"weights of torchvision's resnet18: its weights are \['IMAGENET1K_V1', "
