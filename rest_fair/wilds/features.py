@@ -240,6 +240,9 @@ def _extract(split: Any, path: Path, *, backbone: str, weights: Any, pooling: st
     if tokenizer is not None:
         X = tokenize([str(t) for t in X], tokenizer, max_length=max_length)
     source = make_source(X, device=device, num_workers=num_workers)
+    if tokenizer is None and source.n_samples:  # a vision transformer's image size
+        backbones._check_image_size(module, backbone, tuple(source.sample_shape),
+                                    pretrained=weights is not None)
     order = torch.arange(source.n_samples)
     out = None
     tmp = _partial(path)
