@@ -493,7 +493,9 @@ def build_torchvision(
         match the architecture except those of the classification head, whose entries are
         loaded where their shapes fit the new head (else it keeps its fresh initialisation).
         A prefix that every key has, ``module.`` (a model saved inside ``DataParallel`` or
-        ``DistributedDataParallel``) or ``_orig_mod.`` (``torch.compile``), is removed.
+        ``DistributedDataParallel``) or ``_orig_mod.`` (``torch.compile``), is removed; the
+        batch-norm counters ``num_batches_tracked``, which files written before PyTorch 0.4.1
+        lack, may be absent (as ``load_state_dict`` allows).
     download_timeout : float, default=30
         Socket timeout of a download.
     **kwargs
@@ -576,7 +578,8 @@ def _load_checked(
     expected = model.state_dict()
     state, removed = _without_wrapper_prefix(state, expected)
     head_keys = {k for k in expected if k == head or k.startswith(head + ".")}
-    missing = sorted(k for k in expected if k not in state and k not in head_keys)
+    missing = sorted(k for k in expected if k not in state and k not in head_keys
+                     and not k.endswith(".num_batches_tracked"))  # older files: torch sets it
     unexpected = sorted(k for k in state if k not in expected)
     wrong = sorted(
         f"{k} {tuple(state[k].shape)} != {tuple(expected[k].shape)}"

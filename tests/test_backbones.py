@@ -169,6 +169,16 @@ def test_state_dict_problems_name_the_keys(resnet18_file, tmp_path):
         build_torchvision("resnet18", n_classes=2, weights=tmp_path / "list.pt")
 
 
+def test_a_state_dict_without_batch_norm_counters_is_read(resnet18_file, tmp_path):
+    # as files saved before batch norm counted its batches (PyTorch 0.4.1) are
+    state = {key: value for key, value in torch.load(resnet18_file, weights_only=True).items()
+             if not key.endswith("num_batches_tracked")}
+    torch.save(state, tmp_path / "old.pt")
+    model = build_torchvision("resnet18", n_classes=2, weights=tmp_path / "old.pt")
+    assert torch.equal(model.bn1.running_var, state["bn1.running_var"])
+    assert model.bn1.num_batches_tracked == 0
+
+
 def test_a_state_dict_of_a_wrapped_model_is_read_without_its_prefix(resnet18_file, tmp_path):
     state = torch.load(resnet18_file, weights_only=True)
     for prefix in ("module.", "_orig_mod.", "module._orig_mod."):  # DDP, torch.compile
