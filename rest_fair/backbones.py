@@ -446,7 +446,7 @@ def check_torchvision(name: str, weights: Any = None) -> tuple[Path | None, Any]
             raise ValueError(OTHER_MODELS_WEIGHTS.format(weights=weights, name=name,
                                                          available=list(enum.__members__)))
         return None, weights
-    if not isinstance(weights, (str, os.PathLike)):
+    if not isinstance(weights, (str, os.PathLike)) or not os.fspath(weights).strip():
         raise ValueError(BAD_WEIGHTS.format(value=weights))
     candidate = Path(weights).expanduser()
     if candidate.is_file():

@@ -299,6 +299,7 @@ def test_a_vision_transformer_refuses_images_of_another_size_when_built():
          r"IMAGENET9K.*weights are \['IMAGENET1K_V1', 'DEFAULT'\]"),
         ("resnet50", {"weights": "./no/such/file.pt"}, FileNotFoundError, "no such file"),
         ("resnet50", {"weights": 3}, ValueError, "must be None, a torchvision weights name"),
+        ("resnet50", {"weights": ""}, ValueError, "must be None, a torchvision weights name"),
         ("resnet50", {"weigths": None}, ValueError,
          r"module_params \['weigths'\] of module='resnet50': torchvision's model refuses"),
         ("vit_b_16", {"weights": None, "num_layers": 1}, ValueError,
