@@ -88,9 +88,12 @@ BAD_WEIGHTS = (
     "path to a state-dict file; got {value!r}."
 )
 BAD_STATE_DICT = (
-    "{path} does not hold a state dict (a mapping of parameter names to tensors); "
-    "got {type}."
+    "{path} does not hold a state dict (a mapping of parameter names to tensors, or a "
+    "checkpoint holding one under a key of {keys}); got {type}."
 )
+#: Keys under which training checkpoints hold the model's state dict: those of PyTorch's
+#: "saving a general checkpoint" tutorial, and of most training scripts.
+_CHECKPOINT_KEYS = ("state_dict", "model", "model_state_dict")
 UNREADABLE_STATE_DICT = (
     "{path} cannot be read as a state dict ({error}): it is damaged, empty, or not a file "
     "written by torch.save(model.state_dict(), path) or safetensors (files holding pickled "
@@ -262,8 +265,9 @@ def _looks_like_folder(value: str) -> bool:
 def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Read a state dict safely: ``torch.load(weights_only=True)`` or safetensors.
 
-    A file holding ``{"state_dict": {...}}`` or ``{"model": {...}}`` (common training
-    checkpoints, whatever else they hold: optimizer state, epoch, ...) is unwrapped.
+    A file holding ``{"state_dict": {...}}``, ``{"model": {...}}`` or
+    ``{"model_state_dict": {...}}`` (common training checkpoints, whatever else they hold:
+    optimizer state, epoch, ...) is unwrapped.
 
     Parameters
     ----------
@@ -297,7 +301,7 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise ValueError(UNREADABLE_STATE_DICT.format(
             path=path, error=type(exc).__name__)) from exc
     if isinstance(state, Mapping):
-        for key in ("state_dict", "model"):
+        for key in _CHECKPOINT_KEYS:
             inner = state.get(key)
             if isinstance(inner, Mapping):  # a state dict's own values are tensors
                 state = inner
@@ -305,7 +309,12 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if not isinstance(state, Mapping) or not all(
         isinstance(k, str) and torch.is_tensor(v) for k, v in state.items()
     ):
-        raise ValueError(BAD_STATE_DICT.format(path=path, type=type(state).__name__))
+        what = type(state).__name__
+        if isinstance(state, Mapping):
+            keys = [str(k) for k in list(state)[:8]]
+            what += f" with keys {keys}" + (f" ... ({len(state)} in all)" if len(state) > 8
+                                             else "")
+        raise ValueError(BAD_STATE_DICT.format(path=path, type=what, keys=list(_CHECKPOINT_KEYS)))
     return dict(state)
 
 

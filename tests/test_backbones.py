@@ -143,6 +143,13 @@ def test_wrapped_checkpoints_and_safetensors_are_read(resnet18_file, tmp_path):
     torch.save({"model": state, "optimizer": optimizer_state, "epoch": 3, "best": 0.5},
                tmp_path / "full.pth")  # a training checkpoint with four entries
     assert set(load_state_dict_file(tmp_path / "full.pth")) == set(state)
+    torch.save({"epoch": 3, "model_state_dict": state, "optimizer_state_dict": optimizer_state,
+                "loss": 0.5}, tmp_path / "tutorial.pth")  # PyTorch's tutorial's checkpoint
+    assert set(load_state_dict_file(tmp_path / "tutorial.pth")) == set(state)
+    torch.save({"epoch": 3, "net": state}, tmp_path / "other.pth")
+    with pytest.raises(ValueError, match=r"other.pth does not hold a state dict .* got dict "
+                       r"with keys \['epoch', 'net'\]"):
+        load_state_dict_file(tmp_path / "other.pth")
     from safetensors.torch import save_file
 
     save_file(state, str(tmp_path / "w.safetensors"))
