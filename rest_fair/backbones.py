@@ -550,7 +550,7 @@ def _check_image_size(model: nn.Module, name: str, shape: tuple[int, ...], *,
                       pretrained: bool) -> None:
     """Refuse samples of ``shape`` for a vision transformer built for another image size."""
     size, patch = getattr(model, "image_size", None), getattr(model, "patch_size", None)
-    if not isinstance(size, int) or shape[1:] == (size, size):
+    if not isinstance(size, int) or len(shape) != 3 or shape[1:] == (size, size):
         return
     side = shape[1]
     if pretrained:
