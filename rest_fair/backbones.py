@@ -64,6 +64,8 @@ _DOWNLOAD_TIMEOUT_S = 30.0
 #: DistributedDataParallel's ``module.``, ``torch.compile``'s ``_orig_mod.``.
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 _PROBE_TIMEOUT_S = 5.0
+#: The auxiliary classifiers of Inception v3 and GoogLeNet, which the built model drops.
+_AUX_HEADS = ("AuxLogits", "aux1", "aux2")
 
 TORCHVISION_CALLER = "module={name!r} (not a built-in network {builtin}: a torchvision model)"
 UNKNOWN_TORCHVISION = (
@@ -367,7 +369,7 @@ def _drop_aux_heads(model: nn.Module) -> None:
     # training loop wants logits only, so their auxiliary classifiers are removed.
     if getattr(model, "aux_logits", False):
         model.aux_logits = False
-        for attr in ("AuxLogits", "aux1", "aux2"):
+        for attr in _AUX_HEADS:
             if hasattr(model, attr):
                 setattr(model, attr, None)
 
@@ -504,7 +506,8 @@ def build_torchvision(
         A prefix that every key has, ``module.`` (a model saved inside ``DataParallel`` or
         ``DistributedDataParallel``) or ``_orig_mod.`` (``torch.compile``), is removed; the
         batch-norm counters ``num_batches_tracked``, which files written before PyTorch 0.4.1
-        lack, may be absent (as ``load_state_dict`` allows).
+        lack, may be absent (as ``load_state_dict`` allows), and so may the auxiliary
+        classifiers of Inception v3 and GoogLeNet, which the returned model does not have.
     download_timeout : float, default=30
         Socket timeout of a download.
     **kwargs
@@ -588,6 +591,7 @@ def _load_checked(
     state, removed = _without_wrapper_prefix(state, expected)
     head_keys = {k for k in expected if k == head or k.startswith(head + ".")}
     missing = sorted(k for k in expected if k not in state and k not in head_keys
+                     and k.split(".", 1)[0] not in _AUX_HEADS  # dropped after loading
                      and not k.endswith(".num_batches_tracked"))  # older files: torch sets it
     unexpected = sorted(k for k in state if k not in expected)
     wrong = sorted(

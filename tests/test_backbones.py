@@ -186,6 +186,15 @@ def test_a_state_dict_without_batch_norm_counters_is_read(resnet18_file, tmp_pat
     assert model.bn1.num_batches_tracked == 0
 
 
+def test_a_state_dict_without_auxiliary_classifiers_is_read(tmp_path):
+    first = build_torchvision("googlenet", n_classes=2, init_weights=False)
+    assert first.aux1 is None  # dropped: a fitted GoogLeNet's state dict has no aux1.*
+    torch.save(first.state_dict(), tmp_path / "fitted.pt")
+    again = build_torchvision("googlenet", n_classes=2, init_weights=False,
+                              weights=tmp_path / "fitted.pt")
+    assert torch.equal(again.fc.weight, first.fc.weight) and again.aux1 is None
+
+
 def test_a_state_dict_of_a_wrapped_model_is_read_without_its_prefix(resnet18_file, tmp_path):
     state = torch.load(resnet18_file, weights_only=True)
     for prefix in ("module.", "_orig_mod.", "module._orig_mod."):  # DDP, torch.compile
