@@ -87,7 +87,11 @@ WEIGHTS_IS_A_FOLDER = "weights={weights!r} is a folder; give the path of a state
 BAD_WEIGHTS = (
     "module_params['weights'] must be None, a torchvision weights name (e.g. 'DEFAULT', "
     "'IMAGENET1K_V2') or member (torchvision.models.ResNet50_Weights.IMAGENET1K_V2) or a "
-    "path to a state-dict file; got {value!r}."
+    "path to a state-dict file; got {value}."
+)
+WEIGHTS_IN_MEMORY = (
+    "a {type} of {n} entries: write a state dict to a file with torch.save(state_dict, path) "
+    "and give its path"
 )
 BAD_STATE_DICT = (
     "{path} does not hold a state dict (a mapping of parameter names to tensors, or a "
@@ -457,8 +461,11 @@ def check_torchvision(name: str, weights: Any = None) -> tuple[Path | None, Any]
             raise ValueError(OTHER_MODELS_WEIGHTS.format(weights=weights, name=name,
                                                          available=list(enum.__members__)))
         return None, weights
+    if isinstance(weights, Mapping):
+        raise ValueError(BAD_WEIGHTS.format(value=WEIGHTS_IN_MEMORY.format(
+            type=type(weights).__name__, n=len(weights))))
     if not isinstance(weights, (str, os.PathLike)) or not os.fspath(weights).strip():
-        raise ValueError(BAD_WEIGHTS.format(value=weights))
+        raise ValueError(BAD_WEIGHTS.format(value=repr(weights)[:80]))
     candidate = Path(weights).expanduser()
     if candidate.is_file():
         return candidate, None

@@ -316,6 +316,9 @@ def test_a_vision_transformer_refuses_images_of_another_size_when_built():
         ("resnet50", {"weights": "./no/such/file.pt"}, FileNotFoundError, "no such file"),
         ("resnet50", {"weights": 3}, ValueError, "must be None, a torchvision weights name"),
         ("resnet50", {"weights": ""}, ValueError, "must be None, a torchvision weights name"),
+        ("resnet50", {"weights": {"conv1.weight": torch.zeros(64, 3, 7, 7)}}, ValueError,
+         r"path to a state-dict file; got a dict of 1 entries: write a state dict to a file "
+         r"with torch.save\(state_dict, path\) and give its path\.$"),  # not the tensors
         ("resnet50", {"weigths": None}, ValueError,
          r"module_params \['weigths'\] of module='resnet50': torchvision's model refuses"),
         ("vit_b_16", {"weights": None, "num_layers": 1}, ValueError,
