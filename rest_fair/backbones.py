@@ -513,8 +513,9 @@ def build_torchvision(
         A prefix that every key has, ``module.`` (a model saved inside ``DataParallel`` or
         ``DistributedDataParallel``) or ``_orig_mod.`` (``torch.compile``), is removed; the
         batch-norm counters ``num_batches_tracked``, which files written before PyTorch 0.4.1
-        lack, may be absent (as ``load_state_dict`` allows), and so may the auxiliary
-        classifiers of Inception v3 and GoogLeNet, which the returned model does not have.
+        lack, may be absent (as ``load_state_dict`` allows); the auxiliary classifiers of
+        Inception v3 and GoogLeNet, which the returned model does not have, may be absent
+        or present.
     download_timeout : float, default=30
         Socket timeout of a download.
     **kwargs
@@ -600,7 +601,8 @@ def _load_checked(
     missing = sorted(k for k in expected if k not in state and k not in head_keys
                      and k.split(".", 1)[0] not in _AUX_HEADS  # dropped after loading
                      and not k.endswith(".num_batches_tracked"))  # older files: torch sets it
-    unexpected = sorted(k for k in state if k not in expected)
+    unexpected = sorted(k for k in state if k not in expected
+                        and k.split(".", 1)[0] not in _AUX_HEADS)
     wrong = sorted(
         f"{k} {tuple(state[k].shape)} != {tuple(expected[k].shape)}"
         for k in expected

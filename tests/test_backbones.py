@@ -186,13 +186,17 @@ def test_a_state_dict_without_batch_norm_counters_is_read(resnet18_file, tmp_pat
     assert model.bn1.num_batches_tracked == 0
 
 
-def test_a_state_dict_without_auxiliary_classifiers_is_read(tmp_path):
+def test_auxiliary_classifiers_may_be_absent_from_a_state_dict_or_present(tmp_path):
     first = build_torchvision("googlenet", n_classes=2, init_weights=False)
     assert first.aux1 is None  # dropped: a fitted GoogLeNet's state dict has no aux1.*
     torch.save(first.state_dict(), tmp_path / "fitted.pt")
     again = build_torchvision("googlenet", n_classes=2, init_weights=False,
                               weights=tmp_path / "fitted.pt")
     assert torch.equal(again.fc.weight, first.fc.weight) and again.aux1 is None
+    torch.save(tv.models.googlenet(init_weights=False).state_dict(), tmp_path / "aux.pt")
+    without = build_torchvision("googlenet", n_classes=2, init_weights=False,
+                                aux_logits=False, weights=tmp_path / "aux.pt")
+    assert without.aux1 is None  # the file's aux1.* and aux2.* were not "unexpected keys"
 
 
 def test_a_state_dict_of_a_wrapped_model_is_read_without_its_prefix(resnet18_file, tmp_path):
