@@ -60,7 +60,12 @@ HF_PREFIX = "hf:"
 #: other name is a backbone.
 MODULE_NAMES = ("auto", "mlp", "cnn", "resnet18")
 _DOWNLOAD_TIMEOUT_S = 30.0
+#: Prefixes that a wrapped model's state dict puts before every key: DataParallel's and
+#: DistributedDataParallel's ``module.``, ``torch.compile``'s ``_orig_mod.``.
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 _PROBE_TIMEOUT_S = 5.0
+#: The auxiliary classifiers of Inception v3 and GoogLeNet, which the built model drops.
+_AUX_HEADS = ("AuxLogits", "aux1", "aux2")
 
 TORCHVISION_CALLER = "module={name!r} (not a built-in network {builtin}: a torchvision model)"
 UNKNOWN_TORCHVISION = (
@@ -73,16 +78,28 @@ UNKNOWN_WEIGHTS = (
     "weights={weights!r} is neither a file nor a weights name of torchvision's {name}; "
     "its weights are {available}."
 )
+OTHER_MODELS_WEIGHTS = (
+    "weights={weights} are not weights of torchvision's {name}: its weights are {available} "
+    "(give a member of torchvision.models.get_model_weights({name!r}), or its name)."
+)
 MISSING_WEIGHTS_FILE = "weights={weights!r} looks like a file path, but there is no such file."
 WEIGHTS_IS_A_FOLDER = "weights={weights!r} is a folder; give the path of a state-dict file in it."
 BAD_WEIGHTS = (
     "module_params['weights'] must be None, a torchvision weights name (e.g. 'DEFAULT', "
-    "'IMAGENET1K_V2') or a path to a state-dict file; got {value!r}."
+    "'IMAGENET1K_V2') or member (torchvision.models.ResNet50_Weights.IMAGENET1K_V2) or a "
+    "path to a state-dict file; got {value}."
+)
+WEIGHTS_IN_MEMORY = (
+    "a {type} of {n} entries: write a state dict to a file with torch.save(state_dict, path) "
+    "and give its path"
 )
 BAD_STATE_DICT = (
-    "{path} does not hold a state dict (a mapping of parameter names to tensors); "
-    "got {type}."
+    "{path} does not hold a state dict (a mapping of parameter names to tensors, or a "
+    "checkpoint holding one under a key of {keys}); got {type}."
 )
+#: Keys under which training checkpoints hold the model's state dict: those of PyTorch's
+#: "saving a general checkpoint" tutorial, and of most training scripts.
+_CHECKPOINT_KEYS = ("state_dict", "model", "model_state_dict")
 UNREADABLE_STATE_DICT = (
     "{path} cannot be read as a state dict ({error}): it is damaged, empty, or not a file "
     "written by torch.save(model.state_dict(), path) or safetensors (files holding pickled "
@@ -109,6 +126,11 @@ DOWNLOAD_FAILED = (
 NEED_IMAGES = (
     "torchvision's {name} takes RGB images of shape (n_samples, 3, height, width); got "
     "samples of shape {shape}."
+)
+WRONG_IMAGE_SIZE = (
+    "torchvision's {name} takes images of {size}x{size} pixels (its image_size); got samples "
+    "of shape {shape}. Resize the images to {size}x{size} (e.g. with "
+    "torchvision.transforms.Resize){other}."
 )
 NO_HEAD = "Could not find the classification layer of {name} to replace it."
 NO_LOCAL_MODEL = (
@@ -249,8 +271,9 @@ def _looks_like_folder(value: str) -> bool:
 def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Read a state dict safely: ``torch.load(weights_only=True)`` or safetensors.
 
-    A file holding ``{"state_dict": {...}}`` or ``{"model": {...}}`` (common training
-    checkpoints, whatever else they hold: optimizer state, epoch, ...) is unwrapped.
+    A file holding ``{"state_dict": {...}}``, ``{"model": {...}}`` or
+    ``{"model_state_dict": {...}}`` (common training checkpoints, whatever else they hold:
+    optimizer state, epoch, ...) is unwrapped.
 
     Parameters
     ----------
@@ -284,7 +307,7 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise ValueError(UNREADABLE_STATE_DICT.format(
             path=path, error=type(exc).__name__)) from exc
     if isinstance(state, Mapping):
-        for key in ("state_dict", "model"):
+        for key in _CHECKPOINT_KEYS:
             inner = state.get(key)
             if isinstance(inner, Mapping):  # a state dict's own values are tensors
                 state = inner
@@ -292,7 +315,12 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if not isinstance(state, Mapping) or not all(
         isinstance(k, str) and torch.is_tensor(v) for k, v in state.items()
     ):
-        raise ValueError(BAD_STATE_DICT.format(path=path, type=type(state).__name__))
+        what = type(state).__name__
+        if isinstance(state, Mapping):
+            keys = [str(k) for k in list(state)[:8]]
+            what += f" with keys {keys}" + (f" ... ({len(state)} in all)" if len(state) > 8
+                                             else "")
+        raise ValueError(BAD_STATE_DICT.format(path=path, type=what, keys=list(_CHECKPOINT_KEYS)))
     return dict(state)
 
 
@@ -345,7 +373,7 @@ def _drop_aux_heads(model: nn.Module) -> None:
     # training loop wants logits only, so their auxiliary classifiers are removed.
     if getattr(model, "aux_logits", False):
         model.aux_logits = False
-        for attr in ("AuxLogits", "aux1", "aux2"):
+        for attr in _AUX_HEADS:
             if hasattr(model, attr):
                 setattr(model, attr, None)
 
@@ -427,8 +455,17 @@ def check_torchvision(name: str, weights: Any = None) -> tuple[Path | None, Any]
         raise ValueError(UNKNOWN_TORCHVISION.format(builtin=MODULE_NAMES, name=name, hint=hint))
     if weights is None:
         return None, None
-    if not isinstance(weights, (str, os.PathLike)):
-        raise ValueError(BAD_WEIGHTS.format(value=weights))
+    enum = tv.models.get_model_weights(name)
+    if isinstance(weights, tv.models.WeightsEnum):
+        if not isinstance(weights, enum):
+            raise ValueError(OTHER_MODELS_WEIGHTS.format(weights=weights, name=name,
+                                                         available=list(enum.__members__)))
+        return None, weights
+    if isinstance(weights, Mapping):
+        raise ValueError(BAD_WEIGHTS.format(value=WEIGHTS_IN_MEMORY.format(
+            type=type(weights).__name__, n=len(weights))))
+    if not isinstance(weights, (str, os.PathLike)) or not os.fspath(weights).strip():
+        raise ValueError(BAD_WEIGHTS.format(value=repr(weights)[:80]))
     candidate = Path(weights).expanduser()
     if candidate.is_file():
         return candidate, None
@@ -436,11 +473,11 @@ def check_torchvision(name: str, weights: Any = None) -> tuple[Path | None, Any]
         raise IsADirectoryError(WEIGHTS_IS_A_FOLDER.format(weights=str(weights)))
     if isinstance(weights, os.PathLike) or _looks_like_path(str(weights)):
         raise FileNotFoundError(MISSING_WEIGHTS_FILE.format(weights=str(weights)))
-    enum = tv.models.get_model_weights(name)
-    if str(weights) not in enum.__members__:
+    member = str(weights).removeprefix(enum.__name__ + ".")  # as str(member) writes it
+    if member not in enum.__members__:
         raise ValueError(UNKNOWN_WEIGHTS.format(weights=weights, name=name,
                                                 available=list(enum.__members__)))
-    return None, enum[str(weights)]
+    return None, enum[member]
 
 
 def build_torchvision(
@@ -459,17 +496,26 @@ def build_torchvision(
     name : str
         Model name in ``torchvision.models``, e.g. ``"resnet50"``.
     input_shape : tuple of int, optional
-        Shape of one sample; must be ``(3, height, width)``.
+        Shape of one sample; must be ``(3, height, width)``, and for a vision transformer
+        ``(3, image_size, image_size)``, the size it is built for.
     n_classes : int
         Outputs of the new classification layer.
-    weights : None, str or path, default=None
+    weights : None, str, WeightsEnum member or path, default=None
         ``None``: random initialisation. A torchvision weights name of the model
-        (``"DEFAULT"``, ``"IMAGENET1K_V1"``, ...): taken from torch.hub's cache, or
-        downloaded there (``download_timeout`` seconds per network operation; failure is
-        an :class:`OSError` saying where to put the file, and so is a damaged cached file).
+        (``"DEFAULT"``, ``"IMAGENET1K_V1"``, ``"ResNet50_Weights.IMAGENET1K_V1"``, ...) or
+        member of its weights enum (``ResNet50_Weights.IMAGENET1K_V1``): taken from
+        torch.hub's cache, or downloaded there (``download_timeout`` seconds per network
+        operation; failure is an :class:`OSError` saying where to put the file, and so is a
+        damaged cached file).
         A path: a state-dict file, read with ``weights_only=True``; every key and shape must
         match the architecture except those of the classification head, whose entries are
         loaded where their shapes fit the new head (else it keeps its fresh initialisation).
+        A prefix that every key has, ``module.`` (a model saved inside ``DataParallel`` or
+        ``DistributedDataParallel``) or ``_orig_mod.`` (``torch.compile``), is removed; the
+        batch-norm counters ``num_batches_tracked``, which files written before PyTorch 0.4.1
+        lack, may be absent (as ``load_state_dict`` allows); the auxiliary classifiers of
+        Inception v3 and GoogLeNet, which the returned model does not have, may be absent
+        or present.
     download_timeout : float, default=30
         Socket timeout of a download.
     **kwargs
@@ -501,6 +547,8 @@ def build_torchvision(
         if member is not None:  # a damaged cached file, else the error as it is
             _check_cached_file(member, name, exc)
         raise
+    if input_shape is not None:
+        _check_image_size(model, name, shape, pretrained=path is not None or member is not None)
     n_categories = len(member.meta["categories"]) if member is not None else None
     head = replace_head(model, n_classes, n_categories=n_categories or kwargs.get("num_classes"))
     if path is not None:
@@ -509,14 +557,52 @@ def build_torchvision(
     return model
 
 
+def _check_image_size(model: nn.Module, name: str, shape: tuple[int, ...], *,
+                      pretrained: bool) -> None:
+    """Refuse samples of ``shape`` for a vision transformer built for another image size."""
+    size, patch = getattr(model, "image_size", None), getattr(model, "patch_size", None)
+    if not isinstance(size, int) or len(shape) != 3 or shape[1:] == (size, size):
+        return
+    side = shape[1]
+    if pretrained:
+        other = "; its pretrained position embeddings are those of this size"
+    elif shape[2] == side and isinstance(patch, int) and side % patch == 0:
+        other = f", or build it for them with module_params={{'image_size': {side}}}"
+    else:
+        other = (f", or to a size that is a multiple of its patch size {patch} and build it "
+                 "for that size with module_params={'image_size': <size>}")
+    raise ValueError(WRONG_IMAGE_SIZE.format(name=name, size=size, shape=shape, other=other))
+
+
+def _without_wrapper_prefix(
+    state: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor]
+) -> tuple[Mapping[str, torch.Tensor], str]:
+    """``state`` without the prefixes of :data:`_WRAPPER_PREFIXES` that every one of its
+    keys carries and not every key of the model (``expected``) does, and those prefixes."""
+    removed = ""
+    while state:
+        prefix = next((p for p in _WRAPPER_PREFIXES
+                       if all(k.startswith(p) for k in state)
+                       and not all(k.startswith(p) for k in expected)), None)
+        if prefix is None:
+            break
+        state = {k[len(prefix):]: v for k, v in state.items()}
+        removed += prefix
+    return state, removed
+
+
 def _load_checked(
     model: nn.Module, state: Mapping[str, torch.Tensor], *, head: str, name: str, path: Path
 ) -> None:
     """Load ``state`` into ``model``; the head's entries may be absent or of another shape."""
     expected = model.state_dict()
+    state, removed = _without_wrapper_prefix(state, expected)
     head_keys = {k for k in expected if k == head or k.startswith(head + ".")}
-    missing = sorted(k for k in expected if k not in state and k not in head_keys)
-    unexpected = sorted(k for k in state if k not in expected)
+    missing = sorted(k for k in expected if k not in state and k not in head_keys
+                     and k.split(".", 1)[0] not in _AUX_HEADS  # dropped after loading
+                     and not k.endswith(".num_batches_tracked"))  # older files: torch sets it
+    unexpected = sorted(k for k in state if k not in expected
+                        and k.split(".", 1)[0] not in _AUX_HEADS)
     wrong = sorted(
         f"{k} {tuple(state[k].shape)} != {tuple(expected[k].shape)}"
         for k in expected
@@ -529,6 +615,8 @@ def _load_checked(
             shown = ", ".join(keys[:8]) + (f", ... ({len(keys)} in all)" if len(keys) > 8 else "")
             problems.append(f"{label}: {shown}")
     if problems:
+        if removed:
+            problems[-1] += f" (keys read without the prefix {removed!r} every key has)"
         raise ValueError(STATE_DICT_MISMATCH.format(path=path, name=name,
                                                     problems="; ".join(problems)))
     usable = {

@@ -835,6 +835,8 @@ or dict of columns, default=None
 
         The file holds the network and its masks (:mod:`rest_fair.persistence.model_file`),
         the parameters and the fitted attributes; ``module`` must be a built-in name.
+        Pretrained ``module_params["weights"]`` given as a path or a torchvision weights
+        member are kept as their string (a loaded estimator reads them only when fitted).
         ``callbacks`` and a ``random_state`` that is a ``RandomState`` are objects, not
         plain values: the file keeps ``None`` for them, with a warning. Entries of
         ``history_`` records that are not plain values (objects a callback added) are left
@@ -847,6 +849,9 @@ or dict of columns, default=None
         params = self.get_params(deep=False)
         if params["module"] not in MODULE_NAMES:
             raise ValueError(_CUSTOM_MODULE.format(value=params["module"], names=MODULE_NAMES))
+        weights = (params["module_params"] or {}).get("weights")
+        if weights is not None and not isinstance(weights, str):  # a path, a weights member
+            params["module_params"] = {**params["module_params"], "weights": str(weights)}
         attributes: dict[str, Any] = {}
         arrays: dict[str, np.ndarray] = {}
         skipped = []

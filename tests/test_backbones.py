@@ -16,9 +16,9 @@ from tests._support.backbones import save_torchvision_state_dict
 
 tv = pytest.importorskip("torchvision", reason="torchvision backbones need rest-fair[vision]")
 
-from rest_fair import RESTClassifier  # noqa: E402
+from rest_fair import RESTClassifier, backbones  # noqa: E402
 from rest_fair.backbones import build_torchvision, load_state_dict_file  # noqa: E402
-from rest_fair.models import ResNet18, build_module  # noqa: E402
+from rest_fair.models import ResNet18, build_module, check_module  # noqa: E402
 from rest_fair.sparse import (  # noqa: E402
     MaskSet,
     active_counts,
@@ -143,6 +143,13 @@ def test_wrapped_checkpoints_and_safetensors_are_read(resnet18_file, tmp_path):
     torch.save({"model": state, "optimizer": optimizer_state, "epoch": 3, "best": 0.5},
                tmp_path / "full.pth")  # a training checkpoint with four entries
     assert set(load_state_dict_file(tmp_path / "full.pth")) == set(state)
+    torch.save({"epoch": 3, "model_state_dict": state, "optimizer_state_dict": optimizer_state,
+                "loss": 0.5}, tmp_path / "tutorial.pth")  # PyTorch's tutorial's checkpoint
+    assert set(load_state_dict_file(tmp_path / "tutorial.pth")) == set(state)
+    torch.save({"epoch": 3, "net": state}, tmp_path / "other.pth")
+    with pytest.raises(ValueError, match=r"other.pth does not hold a state dict .* got dict "
+                       r"with keys \['epoch', 'net'\]"):
+        load_state_dict_file(tmp_path / "other.pth")
     from safetensors.torch import save_file
 
     save_file(state, str(tmp_path / "w.safetensors"))
@@ -167,6 +174,50 @@ def test_state_dict_problems_name_the_keys(resnet18_file, tmp_path):
     torch.save([1, 2], tmp_path / "list.pt")
     with pytest.raises(ValueError, match="does not hold a state dict"):
         build_torchvision("resnet18", n_classes=2, weights=tmp_path / "list.pt")
+
+
+def test_a_state_dict_without_batch_norm_counters_is_read(resnet18_file, tmp_path):
+    # as files saved before batch norm counted its batches (PyTorch 0.4.1) are
+    state = {key: value for key, value in torch.load(resnet18_file, weights_only=True).items()
+             if not key.endswith("num_batches_tracked")}
+    torch.save(state, tmp_path / "old.pt")
+    model = build_torchvision("resnet18", n_classes=2, weights=tmp_path / "old.pt")
+    assert torch.equal(model.bn1.running_var, state["bn1.running_var"])
+    assert model.bn1.num_batches_tracked == 0
+
+
+def test_auxiliary_classifiers_may_be_absent_from_a_state_dict_or_present(tmp_path):
+    first = build_torchvision("googlenet", n_classes=2, init_weights=False)
+    assert first.aux1 is None  # dropped: a fitted GoogLeNet's state dict has no aux1.*
+    torch.save(first.state_dict(), tmp_path / "fitted.pt")
+    again = build_torchvision("googlenet", n_classes=2, init_weights=False,
+                              weights=tmp_path / "fitted.pt")
+    assert torch.equal(again.fc.weight, first.fc.weight) and again.aux1 is None
+    torch.save(tv.models.googlenet(init_weights=False).state_dict(), tmp_path / "aux.pt")
+    without = build_torchvision("googlenet", n_classes=2, init_weights=False,
+                                aux_logits=False, weights=tmp_path / "aux.pt")
+    assert without.aux1 is None  # the file's aux1.* and aux2.* were not "unexpected keys"
+
+
+def test_a_state_dict_of_a_wrapped_model_is_read_without_its_prefix(resnet18_file, tmp_path):
+    state = torch.load(resnet18_file, weights_only=True)
+    for prefix in ("module.", "_orig_mod.", "module._orig_mod."):  # DDP, torch.compile
+        path = tmp_path / f"{prefix}pt"
+        torch.save({prefix + key: value for key, value in state.items()}, path)
+        model = build_torchvision("resnet18", n_classes=2, weights=path)
+        assert torch.equal(model.layer4[1].conv2.weight, state["layer4.1.conv2.weight"])
+    partly = {("module." + key if key.startswith("layer1.") else key): value
+              for key, value in state.items()}
+    torch.save(partly, tmp_path / "partly.pt")
+    with pytest.raises(ValueError, match=r"missing keys: layer1\.0\.bn1\.bias.*unexpected "
+                       r"keys: module\.layer1\.0\.bn1\.bias") as info:
+        build_torchvision("resnet18", n_classes=2, weights=tmp_path / "partly.pt")
+    assert "prefix" not in str(info.value)
+    del state["conv1.weight"]
+    torch.save({"module." + key: value for key, value in state.items()}, tmp_path / "bad.pt")
+    with pytest.raises(ValueError, match=r"missing keys: conv1\.weight \(keys read without "
+                       r"the prefix 'module\.' every key has\)"):
+        build_torchvision("resnet18", n_classes=2, weights=tmp_path / "bad.pt")
 
 
 @pytest.mark.parametrize("name, content", [
@@ -240,6 +291,25 @@ def test_other_torchvision_heads_are_replaced():
     assert inception(torch.zeros(2, 3, 64, 64)).shape == (2, 2)  # no auxiliary outputs
 
 
+def test_a_vision_transformer_refuses_images_of_another_size_when_built():
+    X, y = np.zeros((4, 3, 32, 32), dtype=np.float32), np.array([0, 1, 0, 1])
+    clf = RESTClassifier(module="vit_b_32", module_params={"weights": None}, max_epochs=1,
+                         device="cpu", validation_fraction=0)
+    with pytest.raises(ValueError, match=r"vit_b_32 takes images of 224x224 pixels \(its "
+                       r"image_size\); got samples of shape \(3, 32, 32\)\. Resize the images "
+                       r"to 224x224 .*, or build it for them with module_params="
+                       r"\{'image_size': 32\}"):
+        clf.fit(X, y)  # torch's "Wrong image height!" came at the first forward pass
+    with pytest.raises(ValueError, match=r"multiple of its patch size 32"):
+        build_module("vit_b_32", input_shape=(3, 48, 48), n_classes=2,
+                     module_params={"image_size": 32})
+    vit = tv.models.VisionTransformer(image_size=8, patch_size=4, num_layers=1, num_heads=1,
+                                      hidden_dim=4, mlp_dim=4)
+    with pytest.raises(ValueError, match="pretrained position embeddings are those of this"):
+        backbones._check_image_size(vit, "vit", (3, 4, 4), pretrained=True)
+    backbones._check_image_size(vit, "vit", (3, 8, 8), pretrained=True)
+
+
 @pytest.mark.parametrize(
     ("module", "params", "error", "match"),
     [
@@ -249,6 +319,10 @@ def test_other_torchvision_heads_are_replaced():
          r"IMAGENET9K.*weights are \['IMAGENET1K_V1', 'DEFAULT'\]"),
         ("resnet50", {"weights": "./no/such/file.pt"}, FileNotFoundError, "no such file"),
         ("resnet50", {"weights": 3}, ValueError, "must be None, a torchvision weights name"),
+        ("resnet50", {"weights": ""}, ValueError, "must be None, a torchvision weights name"),
+        ("resnet50", {"weights": {"conv1.weight": torch.zeros(64, 3, 7, 7)}}, ValueError,
+         r"path to a state-dict file; got a dict of 1 entries: write a state dict to a file "
+         r"with torch.save\(state_dict, path\) and give its path\.$"),  # not the tensors
         ("resnet50", {"weigths": None}, ValueError,
          r"module_params \['weigths'\] of module='resnet50': torchvision's model refuses"),
         ("vit_b_16", {"weights": None, "num_layers": 1}, ValueError,
@@ -298,6 +372,50 @@ def test_cached_torchvision_weights_load_without_network(offline, resnet18_file)
     saved = torch.load(resnet18_file, weights_only=True)
     assert torch.equal(model.conv1.weight, saved["conv1.weight"])
     assert isinstance(model.fc, nn.Linear) and model.fc.out_features == 2
+
+
+@pytest.mark.parametrize("weights", [
+    tv.models.ResNet18_Weights.IMAGENET1K_V1, tv.models.ResNet18_Weights.DEFAULT,
+    "ResNet18_Weights.IMAGENET1K_V1",  # as str(member) writes it
+])
+def test_a_torchvision_weights_member_loads_as_its_name(offline, resnet18_file, weights):
+    member = tv.models.ResNet18_Weights.IMAGENET1K_V1
+    cache = offline / "hub" / "checkpoints" / os.path.basename(member.url)
+    cache.parent.mkdir(parents=True)
+    cache.write_bytes(resnet18_file.read_bytes())
+    check_module("resnet18", {"weights": weights})
+    model = build_module("resnet18", input_shape=(3, 32, 32), n_classes=2,
+                         module_params={"weights": weights})
+    saved = torch.load(resnet18_file, weights_only=True)
+    assert torch.equal(model.conv1.weight, saved["conv1.weight"])
+
+
+def test_an_estimator_with_weights_given_as_a_path_or_member_is_saved(offline, resnet18_file,
+                                                                      tmp_path):
+    member = tv.models.ResNet18_Weights.IMAGENET1K_V1
+    cache = offline / "hub" / "checkpoints" / os.path.basename(member.url)
+    cache.parent.mkdir(parents=True)
+    cache.write_bytes(resnet18_file.read_bytes())
+    X, y = np.random.default_rng(0).random((4, 3, 16, 16), dtype=np.float32), [0, 1, 0, 1]
+    for weights, name in ((resnet18_file, str(resnet18_file)), (member, str(member))):
+        clf = RESTClassifier(module="resnet18", module_params={"weights": weights},
+                             max_epochs=1, drop_fraction=0, device="cpu",
+                             validation_fraction=0, random_state=0).fit(X, y)
+        clf.save(tmp_path / "clf.zip")  # TypeError: ... type PosixPath is not a plain JSON
+        loaded = RESTClassifier.load(tmp_path / "clf.zip")
+        assert clf.module_params == {"weights": weights}
+        assert loaded.module_params == {"weights": name}
+        np.testing.assert_array_equal(loaded.predict_proba(X), clf.predict_proba(X))
+        check_module("resnet18", loaded.module_params)
+
+
+def test_weights_of_another_model_are_refused():
+    with pytest.raises(ValueError, match=r"weights=ResNet50_Weights.IMAGENET1K_V1 are not "
+                       r"weights of torchvision's resnet18: its weights are \['IMAGENET1K_V1', "
+                       r"'DEFAULT'\]"):
+        check_module("resnet18", {"weights": tv.models.ResNet50_Weights.IMAGENET1K_V1})
+    with pytest.raises(ValueError, match="IMAGENET1K_V1"):
+        check_module("resnet18", {"weights": "ResNet50_Weights.IMAGENET1K_V1"})
 
 
 def test_core_and_backbone_modules_import_neither_torchvision_nor_transformers():

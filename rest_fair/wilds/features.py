@@ -127,13 +127,10 @@ def _weights_id(backbone: str, weights: Any) -> Any:
         return {"hub": backbone[3:], "revision": weights}
     if weights is None:
         return None
-    path = Path(weights).expanduser()
-    if path.is_file():
+    path, member = backbones.check_torchvision(backbone, weights)
+    if path is not None:
         return {"file": str(path.resolve()), "sha256": backbones._sha256_file(path)}
-    backbones.check_torchvision(backbone, None)  # the name first, with close matches
-    tv = import_optional("torchvision", extra="wilds", caller=f"backbone={backbone!r}")
-    enum = tv.models.get_model_weights(backbone)
-    return str(enum[str(weights)]) if str(weights) in enum.__members__ else str(weights)
+    return str(member)
 
 
 def feature_provenance(
@@ -243,6 +240,9 @@ def _extract(split: Any, path: Path, *, backbone: str, weights: Any, pooling: st
     if tokenizer is not None:
         X = tokenize([str(t) for t in X], tokenizer, max_length=max_length)
     source = make_source(X, device=device, num_workers=num_workers)
+    if tokenizer is None and source.n_samples:  # a vision transformer's image size
+        backbones._check_image_size(module, backbone, tuple(source.sample_shape),
+                                    pretrained=weights is not None)
     order = torch.arange(source.n_samples)
     out = None
     tmp = _partial(path)
@@ -291,8 +291,8 @@ def extract_features(
         classification layer (2048 values for ResNet-50). Text: ``"hf:<name or folder>"``;
         the features are the last hidden state of the first token (``pooling="cls"``)
         or its mean over the text's tokens (``"mean"``).
-    weights : str, path or None, default="DEFAULT"
-        Images: a torchvision weights name or a state-dict file (see
+    weights : str, WeightsEnum member, path or None, default="DEFAULT"
+        Images: a torchvision weights name or member, or a state-dict file (see
         :func:`rest_fair.backbones.build_torchvision`); ``None`` is a random network
         seeded by ``seed`` (a pipeline check, not a useful feature). Text: the Hub
         revision (``None`` or ``"DEFAULT"`` for the default one).

@@ -203,6 +203,25 @@ def test_an_empty_cache_variable_means_the_default_folder(tmp_path, monkeypatch,
     assert features_module.default_cache_dir() == tmp_path / "c" / "features"
 
 
+def test_a_weights_member_has_the_provenance_of_its_name(waterbirds):
+    tv = pytest.importorskip("torchvision")
+    _, parts, _, _ = waterbirds
+    records = [features_module.feature_provenance(parts["val"], backbone="resnet18",
+                                                  weights=weights)
+               for weights in ("DEFAULT", tv.models.ResNet18_Weights.IMAGENET1K_V1)]
+    assert records[0] == records[1]
+    assert records[0]["weights"] == "ResNet18_Weights.IMAGENET1K_V1"
+
+
+def test_a_vision_transformer_of_another_image_size_is_refused(waterbirds, tmp_path):
+    _, parts, _, _ = waterbirds
+    with pytest.raises(ValueError, match=r"vit_b_32 takes images of 224x224 pixels .* got "
+                       r"samples of shape \(3, 32, 32\)"):
+        extract_features(parts["val"], backbone="vit_b_32", weights=None, cache_dir=tmp_path,
+                         device="cpu")  # torch's "Wrong image height!" at the first batch
+    assert not list(tmp_path.rglob("*.npy*"))
+
+
 def test_a_misspelt_backbone_with_a_weights_name_gets_the_close_matches(waterbirds, tmp_path):
     _, parts, _, _ = waterbirds
     with pytest.raises(ValueError, match="did you mean 'resnet18'"):
