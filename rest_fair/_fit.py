@@ -18,6 +18,7 @@ import contextlib
 import functools
 import hashlib
 import json
+import os
 import threading
 import warnings
 from collections.abc import Iterator, Mapping
@@ -345,7 +346,10 @@ def _plain(value: Any) -> Any:
 
 def _json_value(value: Any) -> Any:
     """The JSON form of a value JSON has none for: a numpy scalar's Python number (the
-    value of the same parameter passed as a Python number), else its ``repr``."""
+    value of the same parameter passed as a Python number), a path's string (the same
+    path passed as a string), else its ``repr``."""
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
     if isinstance(value, np.bool_):
         return bool(value)
     if isinstance(value, np.integer):

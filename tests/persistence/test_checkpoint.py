@@ -1129,3 +1129,15 @@ def test_a_folder_under_the_home_folder_may_be_written_with_a_tilde(tmp_path, mo
     resumed = RESTClassifier(**params).fit(X, y, groups=g, resume_from="~/run")
     assert [r["epoch"] for r in resumed.history_] == [1, 2]
     np.testing.assert_array_equal(resumed.predict_proba(X), first.predict_proba(X))
+
+
+def test_a_path_parameter_fingerprints_as_its_string():
+    # resuming with module_params={"weights": Path(...)} where the run was given the path's
+    # string (or the reverse) is the same run
+    from pathlib import Path
+
+    from rest_fair._fit import _json_value
+
+    as_json = [json.dumps({"module_params": {"weights": w}}, default=_json_value)
+               for w in ("runs/w.pt", Path("runs/w.pt"))]
+    assert as_json[0] == as_json[1]
