@@ -95,45 +95,41 @@ def _shareable(array: np.ndarray) -> bool:
     return array.flags.writeable and min(array.strides, default=0) >= 0
 
 
-def _as_tensor(array: np.ndarray) -> torch.Tensor:
-    """``array`` as a CPU tensor of its strides' axis order, to be read only.
+def _as_tensor(array: np.ndarray, *, only_read: bool = False) -> torch.Tensor:
+    """``array`` as a CPU tensor of its strides' axis order.
 
     A :func:`_shareable` array shares its memory. Torch takes no array with a negative
     stride (``X[::-1]``, ``np.flip``) and only warns of a read-only one; these are copied
     (as ``np.array(order="K")`` lays them out), so the tensor never writes to memory the
-    caller gave as read-only.
+    caller gave as read-only. With ``only_read`` (nothing will write to the tensor), a
+    read-only array without negative strides (a memory map, ``writeable=False``) is shared
+    too, taken through DLPack, without ``from_numpy``'s warning.
     """
+    if only_read and min(array.strides, default=0) >= 0 and not array.flags.writeable:
+        return torch.from_dlpack(array)
     if not _shareable(array):
         array = np.array(array, order="K", copy=True)
     return torch.from_numpy(array)
 
 
-def _float32_tensor(X: Any) -> torch.Tensor:
-    """``X`` as a float32 CPU tensor of ``X``'s strides (see :func:`_as_tensor`).
-
-    An array that is already float32 (e.g. the rows ``fit`` indexed for training) is not
-    copied again unless it is read-only or has a negative stride.
-    """
-    return _as_tensor(np.asarray(X, dtype=np.float32))
-
-
 class _TensorSource(BatchSource):
     """Rows of an array, as float32 batches.
 
-    A float32 array is shared, not copied (see :func:`_as_tensor`). On the CPU, an array of
-    another dtype (float64) that torch can share is read in place and each batch is
-    converted to float32 when it is taken, so a pass over it (``predict``) never holds a
-    float32 copy of the whole array.
+    A float32 array is shared, not copied, also a read-only one (a memory map): batches are
+    gathered into new memory, and nothing writes to it. On the CPU, an array of another
+    dtype (float64) without negative strides is read in place and each batch is converted
+    to float32 when it is taken, so a pass over it (``predict``) never holds a float32 copy
+    of the whole array.
     """
 
     uniform_samples = True
 
     def __init__(self, X: np.ndarray, device: torch.device) -> None:
         array = np.asarray(X)
-        if device.type == "cpu" and array.dtype != np.float32 and _shareable(array):
-            data = torch.from_numpy(array)
-        else:
-            data = _float32_tensor(array)
+        if array.dtype != np.float32 and (device.type != "cpu"
+                                          or min(array.strides, default=0) < 0):
+            array = array.astype(np.float32)  # one conversion of the whole array
+        data = _as_tensor(array, only_read=True)
         if device.type != "cpu":
             data = data.to(device) if data.nbytes <= _MAX_DEVICE_BYTES else data.pin_memory()
         self.data = data
