@@ -9,6 +9,7 @@ directly, no per-item collation), lazily loaded datasets (through a
 from __future__ import annotations
 
 import contextlib
+import functools
 import random
 from collections.abc import Iterator
 from numbers import Integral
@@ -25,6 +26,7 @@ __all__ = [
     "is_torch_dataset",
     "kept_global_rngs",
     "make_source",
+    "reads_ids",
 ]
 
 _MAX_DEVICE_BYTES = 512 * 2**20
@@ -65,6 +67,10 @@ class BatchSource:
     """
 
     uniform_samples: bool = False
+    ids: bool = False
+    """Whether the samples of an integer array or integer Dataset items come as int64 token
+    ids (for a network that :func:`reads_ids`) instead of float32; set before the first
+    batch."""
 
     n_samples: int
     sample_shape: tuple[int, ...]
@@ -90,6 +96,13 @@ class BatchSource:
         """Release what the source holds (worker processes); it may be used again."""
 
 
+def reads_ids(module: torch.nn.Module) -> bool:
+    """Whether ``module``'s first layer, the first module without children in registration
+    order, is an ``nn.Embedding`` or ``nn.EmbeddingBag``: it reads integer token ids."""
+    first = next((m for m in module.modules() if next(m.children(), None) is None), None)
+    return isinstance(first, (torch.nn.Embedding, torch.nn.EmbeddingBag))
+
+
 def _shareable(array: np.ndarray) -> bool:
     """Whether torch may share ``array``'s memory: writeable, with no negative stride."""
     return array.flags.writeable and min(array.strides, default=0) >= 0
@@ -113,21 +126,26 @@ def _as_tensor(array: np.ndarray, *, only_read: bool = False) -> torch.Tensor:
 
 
 class _TensorSource(BatchSource):
-    """Rows of an array, as float32 batches.
+    """Rows of an array, as float32 batches (an integer array's as int64 with :attr:`ids`).
 
     A float32 array is shared, not copied, also a read-only one (a memory map): batches are
     gathered into new memory, and nothing writes to it. On the CPU, an array of another
     dtype (float64) without negative strides is read in place and each batch is converted
     to float32 when it is taken, so a pass over it (``predict``) never holds a float32 copy
-    of the whole array.
+    of the whole array. An integer array keeps its dtype, and is converted batch by batch
+    on every device (unsigned ones of more than 8 bits, which torch supports in few
+    operations, are held as int64 off the CPU).
     """
 
     uniform_samples = True
 
     def __init__(self, X: np.ndarray, device: torch.device) -> None:
         array = np.asarray(X)
-        if array.dtype != np.float32 and (device.type != "cpu"
-                                          or min(array.strides, default=0) < 0):
+        if array.dtype.kind in "iu":
+            if device.type != "cpu" and array.dtype.kind == "u" and array.itemsize > 1:
+                array = array.astype(np.int64)
+        elif array.dtype != np.float32 and (device.type != "cpu"
+                                            or min(array.strides, default=0) < 0):
             array = array.astype(np.float32)  # one conversion of the whole array
         data = _as_tensor(array, only_read=True)
         if device.type != "cpu":
@@ -148,7 +166,8 @@ class _TensorSource(BatchSource):
             batch = torch.index_select(data, 0, rows)
         else:
             batch = data[rows]
-        return batch.to(device, dtype=torch.float32, non_blocking=True)
+        dtype = torch.int64 if self.ids and not data.is_floating_point() else torch.float32
+        return batch.to(device, dtype=dtype, non_blocking=True)
 
 
 class _SparseSource(BatchSource):
@@ -169,9 +188,10 @@ class _SparseSource(BatchSource):
         return torch.from_numpy(dense).to(device, non_blocking=True)
 
 
-def _first_element(item: Any) -> torch.Tensor:
+def _first_element(item: Any, *, ids: bool = False) -> torch.Tensor:
     """The input of a torch Dataset's ``item``, as float32 data (detached: a tensor that
-    requires grad, computed by a module outside ``torch.no_grad()``, is read as data)."""
+    requires grad, computed by a module outside ``torch.no_grad()``, is read as data); with
+    ``ids``, an integer input as int64."""
     nested = isinstance(item, (tuple, list)) and len(item) > 0
     x = item[0] if nested else item
     if isinstance(x, np.ndarray):
@@ -180,11 +200,12 @@ def _first_element(item: Any) -> torch.Tensor:
         got = f"a {type(item).__name__}"
         raise TypeError(BAD_DATASET_ITEM.format(
             f"{got} whose first element is a {type(x).__name__}" if nested else got))
-    return x.detach().float()
+    integer = not (x.is_floating_point() or x.is_complex() or x.dtype == torch.bool)
+    return x.detach().long() if ids and integer else x.detach().float()
 
 
-def _collate_inputs(items: list) -> torch.Tensor:
-    inputs = [_first_element(item) for item in items]
+def _collate_inputs(items: list, *, ids: bool = False) -> torch.Tensor:
+    inputs = [_first_element(item, ids=ids) for item in items]
     try:
         return torch.stack(inputs)
     except RuntimeError:  # the shapes are looked at only when stacking fails
@@ -302,7 +323,7 @@ class _DatasetSource(BatchSource):
                 batch_size=batch_size,
                 sampler=sampler,
                 num_workers=self.num_workers,
-                collate_fn=_collate_inputs,
+                collate_fn=functools.partial(_collate_inputs, ids=self.ids),
                 pin_memory=self.pin_memory,
                 persistent_workers=workers,
                 # the loader's own seed, drawn for each iterator, is not drawn from the

@@ -99,8 +99,10 @@ BEYOND_FLOAT32 = (
     "network computes in float32, where they would be infinite. Rescale the features, "
     "e.g. with sklearn's StandardScaler."
 )
-# what validate_data accepts as X
-_ARRAYS = {"accept_sparse": "csr", "allow_nd": True, "dtype": (np.float32, np.float64)}
+# what validate_data accepts as X: floats, and integers in their dtype (token ids)
+_INTEGERS = (np.int64, np.int32, np.int16, np.int8, np.uint64, np.uint32, np.uint16, np.uint8)
+_ARRAYS = {"accept_sparse": "csr", "allow_nd": True,
+           "dtype": (np.float32, np.float64, *_INTEGERS)}
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))  # native byte order
 
@@ -108,14 +110,15 @@ _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))  # native byte order
 def take(X: Any, idx: np.ndarray) -> Any:
     """Rows ``idx`` of an array, sparse matrix or torch Dataset.
 
-    The rows of an array or sparse matrix come in float32, the dtype the network reads:
-    the rows a fit trains and validates on are held in that form only, not also as a
-    float64 copy.
+    The rows of a float array or sparse matrix come in float32, the dtype the network
+    reads: the rows a fit trains and validates on are held in that form only, not also as
+    a float64 copy. Integer rows keep their dtype (token ids for an embedding).
     """
     if is_torch_dataset(X):
         return torch.utils.data.Subset(X, idx.tolist())
     rows = X[idx]
-    if (isinstance(rows, np.ndarray) or sp.issparse(rows)) and rows.dtype != np.float32:
+    if ((isinstance(rows, np.ndarray) or sp.issparse(rows)) and rows.dtype.kind == "f"
+            and rows.dtype != np.float32):
         return rows.astype(np.float32)
     return rows
 
@@ -205,7 +208,7 @@ def _refuse_beyond_float32(X: Any) -> Any:
     """``X`` (a validated array or sparse matrix), unless it holds finite values that are
     infinite in float32, the dtype the network reads (validation refused NaN and inf)."""
     values = X.data if sp.issparse(X) else X
-    if values.dtype == np.float32 or values.size == 0:
+    if values.dtype.kind != "f" or values.dtype == np.float32 or values.size == 0:
         return X
     if values.max() > _FLOAT32_MAX or values.min() < -_FLOAT32_MAX:
         count = int(np.count_nonzero(np.abs(values) > _FLOAT32_MAX))

@@ -435,3 +435,43 @@ def test_dataset_items_that_require_grad_are_read_as_data(small):
     ForkingPickler.dumps(batch)  # how a worker sends it (with torch.multiprocessing's reductions)
     _clf().fit(items, y)
     assert encoder.weight.grad is None
+
+
+class _TokenBag(torch.nn.Module):
+    """Mean of the embeddings of a sample's token ids, then a linear head."""
+
+    def __init__(self, input_shape=None, n_classes=2):
+        super().__init__()
+        self.embed = torch.nn.Embedding(300, 4)
+        self.head = torch.nn.Linear(4, n_classes)
+
+    def forward(self, x):
+        return self.head(self.embed(x).mean(1))
+
+
+def test_integer_token_ids_reach_a_network_that_starts_with_an_embedding_as_int64():
+    # integer X reached the network as float32, and torch's embedding refused it
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, 300, size=(48, 5))
+    y = (ids[:, 0] > 150).astype(int)
+    given = ids.copy()
+    clf = _clf(module=_TokenBag, module_params=None, max_epochs=2, sparsity=0.5)
+    clf.fit(ids.astype(np.uint16), y, validation_data=(ids.astype(np.int32), y))
+    logits = clf.predict_logits(ids)
+    for dtype in (np.int16, np.uint16, np.int32):
+        np.testing.assert_array_equal(clf.predict_logits(ids.astype(dtype)), logits)
+    assert "head" in clf.efficiency_report().index  # its zero sample holds token id 0
+    items = torch.utils.data.TensorDataset(torch.from_numpy(ids))
+    np.testing.assert_array_equal(clf.predict_logits(items), logits)
+    _clf(module=_TokenBag, module_params=None, validation_fraction=0.25).fit(items, y)
+    _clf(module=_TokenBag, module_params=None, validation_fraction=0.25).fit(ids, y)
+    np.testing.assert_array_equal(ids, given)
+
+
+def test_integer_features_of_other_networks_are_read_as_float32(small):
+    X, y = small
+    counts = np.rint(X * 10).astype(np.int64)
+    clf = _clf().fit(counts, y)
+    as_float = _clf().fit(counts.astype(np.float32), y)
+    np.testing.assert_array_equal(clf.predict_logits(counts),
+                                  as_float.predict_logits(counts.astype(np.float32)))
