@@ -170,7 +170,7 @@ def check_inputs(est: Any, X: Any, y: Any, groups: Any, sample_weight: Any,
 
 
 def _validate_xy(est: Any, X: Any, y: Any, *, reset: bool = True) -> tuple[Any, np.ndarray]:
-    X = X.detach() if torch.is_tensor(X) else X  # a tensor that requires grad reads as data
+    X = _from_tensor(X)
     if y is not None:
         _check_label_values(y, "y")  # before scikit-learn's checks, which fail on None
     if (text := fit_text_input(X, y, est.module, est.module_params)) is not None:
@@ -197,11 +197,28 @@ def _validate_xy(est: Any, X: Any, y: Any, *, reset: bool = True) -> tuple[Any, 
             n_x = None
         if n_x is not None and len(y) != n_x:
             raise ValueError(BAD_LENGTH.format(what="y", got=len(y), n=n_x))
-    X, y = validate_data(est, X, y, reset=reset, **_ARRAYS)
+    X, y = validate_data(est, _from_list(X), y, reset=reset, **_ARRAYS)
     _refuse_beyond_float32(X)
     check_classification_targets(y)
     est.input_shape_ = tuple(int(s) for s in X.shape[1:])
     return X, y
+
+
+def _from_tensor(X: Any) -> Any:
+    """A torch tensor ``X`` as a numpy array on the CPU, which scikit-learn's checks read
+    in its integer dtype (they read a tensor's by float32); detached, so that one that
+    requires grad is read as data, and bfloat16, which numpy lacks, as float32. Other
+    inputs are returned as they are."""
+    if not torch.is_tensor(X):
+        return X
+    X = X.detach().cpu()
+    return (X.float() if X.dtype == torch.bfloat16 else X).numpy()
+
+
+def _from_list(X: Any) -> Any:
+    """A list or tuple ``X`` as the numpy array it makes, which scikit-learn's checks read
+    in its integer dtype (they read a list's by float32); other inputs as they are."""
+    return np.asarray(X) if isinstance(X, (list, tuple)) else X
 
 
 def _refuse_beyond_float32(X: Any) -> Any:
@@ -375,13 +392,13 @@ def check_x(est: Any, X: Any, *, fitted: Any = None) -> Any:
     given, as scikit-learn's ``validate_data`` does, and must hold samples of the shape
     ``fit`` was given.
     """
-    X = X.detach() if torch.is_tensor(X) else X
+    X = _from_tensor(X)
     if (tokens := text_input(X, est.module, est.module_params, fitted=fitted)) is not None:
         return tokens
     if _passes_validation(est, X):
         return _refuse_beyond_float32(X)
     if not is_torch_dataset(X):
-        X = validate_data(est, X, reset=False, **_ARRAYS)
+        X = validate_data(est, _from_list(X), reset=False, **_ARRAYS)
         _check_sample_shape(tuple(X.shape[1:]), est.input_shape_, SAMPLE_SHAPE_CHANGED)
         return _refuse_beyond_float32(X)
     _check_sample_shape(_item_shape(X, EMPTY_DATASET_TO_PREDICT), est.input_shape_,

@@ -460,6 +460,8 @@ def test_integer_token_ids_reach_a_network_that_starts_with_an_embedding_as_int6
     logits = clf.predict_logits(ids)
     for dtype in (np.int16, np.uint16, np.int32):
         np.testing.assert_array_equal(clf.predict_logits(ids.astype(dtype)), logits)
+    for given_as in (ids.tolist(), torch.from_numpy(ids), pd.DataFrame(ids)):
+        np.testing.assert_array_equal(clf.predict_logits(given_as), logits)
     assert "head" in clf.efficiency_report().index  # its zero sample holds token id 0
     items = torch.utils.data.TensorDataset(torch.from_numpy(ids))
     np.testing.assert_array_equal(clf.predict_logits(items), logits)
@@ -475,3 +477,13 @@ def test_integer_features_of_other_networks_are_read_as_float32(small):
     as_float = _clf().fit(counts.astype(np.float32), y)
     np.testing.assert_array_equal(clf.predict_logits(counts),
                                   as_float.predict_logits(counts.astype(np.float32)))
+
+
+def test_tensors_of_any_dtype_are_read_as_their_arrays(small):
+    # a bfloat16 tensor failed in numpy with "Got unsupported ScalarType BFloat16"
+    X, y = small
+    clf = _clf().fit(torch.from_numpy(X).bfloat16(), y)
+    rounded = torch.from_numpy(X).bfloat16().float().numpy()
+    np.testing.assert_array_equal(clf.predict_logits(torch.from_numpy(rounded).bfloat16()),
+                                  clf.predict_logits(rounded))
+    assert clf.score(torch.from_numpy(X).double(), y) == clf.score(X, y)
