@@ -116,8 +116,12 @@ def _as_tensor(array: np.ndarray, *, only_read: bool = False) -> torch.Tensor:
     (as ``np.array(order="K")`` lays them out), so the tensor never writes to memory the
     caller gave as read-only. With ``only_read`` (nothing will write to the tensor), a
     read-only array without negative strides (a memory map, ``writeable=False``) is shared
-    too, taken through DLPack, without ``from_numpy``'s warning.
+    too, taken through DLPack, without ``from_numpy``'s warning. An array of the other
+    byte order (``">f4"`` on a little-endian machine), which torch takes not, is copied to
+    the native one.
     """
+    if not array.dtype.isnative:
+        array = array.astype(array.dtype.newbyteorder("="))
     if only_read and min(array.strides, default=0) >= 0 and not array.flags.writeable:
         return torch.from_dlpack(array)
     if not _shareable(array):

@@ -487,3 +487,12 @@ def test_tensors_of_any_dtype_are_read_as_their_arrays(small):
     np.testing.assert_array_equal(clf.predict_logits(torch.from_numpy(rounded).bfloat16()),
                                   clf.predict_logits(rounded))
     assert clf.score(torch.from_numpy(X).double(), y) == clf.score(X, y)
+
+
+def test_dataset_items_of_the_other_byte_order_are_read_as_native_ones(small):
+    # torch refused them: "given numpy array has byte order different from the native"
+    X, y = small
+    swapped = X.astype(X.dtype.newbyteorder())
+    clf = _clf().fit(_Items(lambda i: swapped[i]), y)
+    np.testing.assert_array_equal(clf.predict_logits(_Items(lambda i: swapped[i])),
+                                  clf.predict_logits(X))
