@@ -99,6 +99,10 @@ BEYOND_FLOAT32 = (
     "network computes in float32, where they would be infinite. Rescale the features, "
     "e.g. with sklearn's StandardScaler."
 )
+MASKED_VALUES = (
+    "X is a masked array with {count} masked value(s), which would be read as the values "
+    "under the mask; fill them (X.filled(value)), or give X.data to train on those values."
+)
 # what validate_data accepts as X: floats, and integers in their dtype (token ids)
 _INTEGERS = (np.int64, np.int32, np.int16, np.int8, np.uint64, np.uint32, np.uint16, np.uint8)
 _ARRAYS = {"accept_sparse": "csr", "allow_nd": True,
@@ -197,7 +201,7 @@ def _validate_xy(est: Any, X: Any, y: Any, *, reset: bool = True) -> tuple[Any, 
             n_x = None
         if n_x is not None and len(y) != n_x:
             raise ValueError(BAD_LENGTH.format(what="y", got=len(y), n=n_x))
-    X, y = validate_data(est, _from_list(X), y, reset=reset, **_ARRAYS)
+    X, y = validate_data(est, _array_input(X), y, reset=reset, **_ARRAYS)
     _refuse_beyond_float32(X)
     check_classification_targets(y)
     est.input_shape_ = tuple(int(s) for s in X.shape[1:])
@@ -215,9 +219,18 @@ def _from_tensor(X: Any) -> Any:
     return (X.float() if X.dtype == torch.bfloat16 else X).numpy()
 
 
-def _from_list(X: Any) -> Any:
+def _array_input(X: Any) -> Any:
     """A list or tuple ``X`` as the numpy array it makes, which scikit-learn's checks read
-    in its integer dtype (they read a list's by float32); other inputs as they are."""
+    in its integer dtype (they read a list's by float32); other inputs as they are.
+
+    Raises
+    ------
+    ValueError
+        For a masked array with masked values (:data:`MASKED_VALUES`): the checks read the
+        values under the mask as data.
+    """
+    if np.ma.isMaskedArray(X) and (count := int(np.count_nonzero(np.ma.getmaskarray(X)))):
+        raise ValueError(MASKED_VALUES.format(count=count))
     return np.asarray(X) if isinstance(X, (list, tuple)) else X
 
 
@@ -398,7 +411,7 @@ def check_x(est: Any, X: Any, *, fitted: Any = None) -> Any:
     if _passes_validation(est, X):
         return _refuse_beyond_float32(X)
     if not is_torch_dataset(X):
-        X = validate_data(est, _from_list(X), reset=False, **_ARRAYS)
+        X = validate_data(est, _array_input(X), reset=False, **_ARRAYS)
         _check_sample_shape(tuple(X.shape[1:]), est.input_shape_, SAMPLE_SHAPE_CHANGED)
         return _refuse_beyond_float32(X)
     _check_sample_shape(_item_shape(X, EMPTY_DATASET_TO_PREDICT), est.input_shape_,

@@ -496,3 +496,18 @@ def test_dataset_items_of_the_other_byte_order_are_read_as_native_ones(small):
     clf = _clf().fit(_Items(lambda i: swapped[i]), y)
     np.testing.assert_array_equal(clf.predict_logits(_Items(lambda i: swapped[i])),
                                   clf.predict_logits(X))
+
+
+def test_masked_values_of_a_masked_array_are_refused(small):
+    # scikit-learn's checks read the values under the mask as data, silently
+    X, y = small
+    masked = np.ma.masked_greater(X, 1.5)
+    count = int(masked.mask.sum())
+    message = rf"^X is a masked array with {count} masked value\(s\)"
+    with pytest.raises(ValueError, match=message):
+        _clf().fit(masked, y)
+    clf = _clf().fit(np.ma.masked_array(X), y)  # nothing masked: its data
+    with pytest.raises(ValueError, match=message):
+        clf.predict(masked)
+    with pytest.raises(ValueError, match="validation_data's X_val cannot be read: X is a masked"):
+        _clf().fit(X, y, validation_data=(masked, y))
