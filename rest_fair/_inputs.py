@@ -103,6 +103,11 @@ MASKED_VALUES = (
     "X is a masked array with {count} masked value(s), which would be read as the values "
     "under the mask; fill them (X.filled(value)), or give X.data to train on those values."
 )
+NON_NUMERIC_COLUMNS = (
+    "X must hold numbers (or booleans); its column(s) {columns} cannot be read as numbers. "
+    "Encode them first, e.g. with scikit-learn's OneHotEncoder or OrdinalEncoder in a "
+    "ColumnTransformer (a Pipeline keeps it with the estimator)."
+)
 # what validate_data accepts as X: floats, and integers in their dtype (token ids)
 _INTEGERS = (np.int64, np.int32, np.int16, np.int8, np.uint64, np.uint32, np.uint16, np.uint8)
 _ARRAYS = {"accept_sparse": "csr", "allow_nd": True,
@@ -201,7 +206,7 @@ def _validate_xy(est: Any, X: Any, y: Any, *, reset: bool = True) -> tuple[Any, 
             n_x = None
         if n_x is not None and len(y) != n_x:
             raise ValueError(BAD_LENGTH.format(what="y", got=len(y), n=n_x))
-    X, y = validate_data(est, _array_input(X), y, reset=reset, **_ARRAYS)
+    X, y = _validate_data(est, X, y, reset=reset)
     _refuse_beyond_float32(X)
     check_classification_targets(y)
     est.input_shape_ = tuple(int(s) for s in X.shape[1:])
@@ -217,6 +222,36 @@ def _from_tensor(X: Any) -> Any:
         return X
     X = X.detach().cpu()
     return (X.float() if X.dtype == torch.bfloat16 else X).numpy()
+
+
+def _validate_data(est: Any, X: Any, *args: Any, reset: bool) -> Any:
+    """scikit-learn's ``validate_data(est, X, *args)`` of :func:`_array_input` ``(X)``; a
+    DataFrame it cannot read for columns that are no numbers raises
+    :data:`NON_NUMERIC_COLUMNS`, which names them (scikit-learn's error names a value)."""
+    try:
+        return validate_data(est, _array_input(X), *args, reset=reset, **_ARRAYS)
+    except (TypeError, ValueError) as exc:
+        if not hasattr(X, "iloc") or getattr(X, "ndim", 0) != 2:
+            raise
+        columns = [f"{name!r} ({X.dtypes.iloc[i]})" for i, name in enumerate(X.columns)
+                   if not _numbers(X.iloc[:, i])]
+        if not columns:
+            raise
+        more = f", and {len(columns) - 5} more" if len(columns) > 5 else ""
+        raise ValueError(NON_NUMERIC_COLUMNS.format(
+            columns=", ".join(columns[:5]) + more)) from exc
+
+
+def _numbers(column: Any) -> bool:
+    """Whether a DataFrame's ``column`` reads as numbers: not dates or durations (which
+    numpy would cast), and each value a number or a number's text."""
+    if getattr(column.dtype, "kind", None) in ("m", "M"):
+        return False
+    try:
+        np.asarray(column, dtype=np.float64)
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 def _array_input(X: Any) -> Any:
@@ -411,7 +446,7 @@ def check_x(est: Any, X: Any, *, fitted: Any = None) -> Any:
     if _passes_validation(est, X):
         return _refuse_beyond_float32(X)
     if not is_torch_dataset(X):
-        X = validate_data(est, _array_input(X), reset=False, **_ARRAYS)
+        X = _validate_data(est, X, reset=False)
         _check_sample_shape(tuple(X.shape[1:]), est.input_shape_, SAMPLE_SHAPE_CHANGED)
         return _refuse_beyond_float32(X)
     _check_sample_shape(_item_shape(X, EMPTY_DATASET_TO_PREDICT), est.input_shape_,

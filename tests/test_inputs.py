@@ -511,3 +511,21 @@ def test_masked_values_of_a_masked_array_are_refused(small):
         clf.predict(masked)
     with pytest.raises(ValueError, match="validation_data's X_val cannot be read: X is a masked"):
         _clf().fit(X, y, validation_data=(masked, y))
+
+
+def test_dataframe_columns_that_are_no_numbers_are_named(small):
+    # scikit-learn's error named a value ("could not convert string to float: 'x'") or
+    # numpy's dtypes (a datetime column), not the column
+    X, y = small
+    frame = pd.DataFrame(X, columns=list("abcde"))
+    odd = frame.assign(colour=pd.Categorical(np.where(y, "red", "blue")),
+                       day=pd.date_range("2024-01-01", periods=len(y)))
+    message = (r"^X must hold numbers \(or booleans\); its column\(s\) 'colour' \(category\), "
+               r"'day' \(datetime64\[\w+\]\) cannot be read as numbers\. Encode them")
+    with pytest.raises(ValueError, match=message):
+        _clf().fit(odd, y)
+    clf = _clf().fit(frame.assign(colour=np.where(y, "1", "2"), day=1.0), y)  # numbers' text
+    with pytest.raises(ValueError, match=message):
+        clf.predict(odd)
+    with pytest.raises(ValueError, match="Input X contains NaN"):  # scikit-learn's own
+        clf.predict(frame.assign(colour=np.nan, day=1.0))
