@@ -136,14 +136,16 @@ class _TensorSource(BatchSource):
     gathered into new memory, and nothing writes to it. On the CPU, an array of another
     dtype (float64) without negative strides is read in place and each batch is converted
     to float32 when it is taken, so a pass over it (``predict``) never holds a float32 copy
-    of the whole array. An integer array keeps its dtype, and is converted batch by batch
-    on every device (unsigned ones of more than 8 bits, which torch supports in few
-    operations, are held as int64 off the CPU).
+    of the whole array. With ``rows``, the source holds those rows of the array, read in
+    place (sample ``i`` is row ``rows[i]``). An integer array keeps its dtype, and is
+    converted batch by batch on every device (unsigned ones of more than 8 bits, which
+    torch supports in few operations, are held as int64 off the CPU).
     """
 
     uniform_samples = True
 
-    def __init__(self, X: np.ndarray, device: torch.device) -> None:
+    def __init__(self, X: np.ndarray, device: torch.device,
+                 rows: np.ndarray | None = None) -> None:
         array = np.asarray(X)
         if array.dtype.kind in "iu":
             if device.type != "cpu" and array.dtype.kind == "u" and array.itemsize > 1:
@@ -155,11 +157,13 @@ class _TensorSource(BatchSource):
         if device.type != "cpu":
             data = data.to(device) if data.nbytes <= _MAX_DEVICE_BYTES else data.pin_memory()
         self.data = data
-        self.n_samples = len(data)
+        self.rows = None if rows is None else torch.as_tensor(rows).to(data.device)
+        self.n_samples = len(data) if rows is None else len(rows)
         self.sample_shape = tuple(data.shape[1:])
 
     def keys(self, order):
-        return order.to(self.data.device)
+        order = order.to(self.data.device)
+        return order if self.rows is None else self.rows[order]
 
     def take(self, rows, device):
         # index_select gathers the rows of a matrix several times faster than advanced
@@ -482,7 +486,8 @@ class TextSource(BatchSource):
                 "attention_mask": torch.from_numpy(mask).to(device, non_blocking=True)}
 
 
-def make_source(X: Any, *, device: torch.device, num_workers: int = 0) -> BatchSource:
+def make_source(X: Any, *, device: torch.device, num_workers: int = 0,
+                rows: np.ndarray | None = None) -> BatchSource:
     """Wrap validated inputs in a :class:`BatchSource`.
 
     Parameters
@@ -493,6 +498,8 @@ def make_source(X: Any, *, device: torch.device, num_workers: int = 0) -> BatchS
         Where batches go.
     num_workers : int
         Worker processes for torch Datasets.
+    rows : ndarray of int or None
+        For a dense array ``X``, the rows the source holds, read in place (None: all).
     """
     import scipy.sparse as sp
 
@@ -502,4 +509,4 @@ def make_source(X: Any, *, device: torch.device, num_workers: int = 0) -> BatchS
         return _DatasetSource(X, num_workers, device)
     if sp.issparse(X):
         return _SparseSource(X)
-    return _TensorSource(X, device)
+    return _TensorSource(X, device, rows)

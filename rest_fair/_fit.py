@@ -462,7 +462,7 @@ def _jtt_errors(est: Any, train: FitData, seed: int, saved: torch.Tensor | None,
         return saved.numpy().astype(bool)
     named = EPOCHS_PARAMETER.set("jtt_epochs")
     try:
-        errors = identify_errors(est, train.X, train.classes[train.y], seed=seed,
+        errors = identify_errors(est, train.inputs(), train.classes[train.y], seed=seed,
                                  sample_weight=train.sample_weight)
     finally:
         EPOCHS_PARAMETER.reset(named)
@@ -504,7 +504,8 @@ def _train_set(train: FitData, *, upweight: Any, reweight: str, batch_size: int,
         loss_w[counted] = _unit_mean(visited)
     kinds = {w for w in weights.values() if w > 0}  # one weight visited: a plain shuffle
     draw = per_sample if reweight == "sampler" and len(kinds) > 1 else None
-    source = make_source(train.X, device=world.device, num_workers=num_workers)
+    source = make_source(train.X, device=world.device, num_workers=num_workers,
+                         rows=train.X_rows)
     return TrainSet(
         source=source,
         y=torch.as_tensor(train.y, dtype=torch.long),

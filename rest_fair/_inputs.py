@@ -145,12 +145,28 @@ class FitData:
     sample_weight: np.ndarray
     validation: tuple | None  # validation_data: (X_val, class codes, group codes or None)
     validation_group_labels: list | None = None  # the labels of validation_data's group codes
+    X_rows: np.ndarray | None = None  # the rows of a dense X this data holds (None: all)
 
     def rows(self, idx: np.ndarray) -> FitData:
-        """The data of the rows ``idx`` (sorted; ``X`` is only indexed for fewer rows)."""
-        X = take(self.X, idx) if len(idx) < len(self.y) else self.X
-        return replace(self, X=X, y=self.y[idx], groups=self.groups[idx],
+        """The data of the rows ``idx`` (sorted).
+
+        A dense array ``X`` is not indexed: ``X_rows`` names its rows, which a batch source
+        reads in place (see :func:`~rest_fair._data.make_source`), so a fit does not copy
+        its training rows; :meth:`inputs` indexes them. Other inputs are indexed for fewer
+        rows.
+        """
+        X, X_rows = self.X, self.X_rows
+        if len(idx) < len(self.y):
+            if isinstance(X, np.ndarray):
+                X_rows = idx if X_rows is None else X_rows[idx]
+            else:
+                X = take(X, idx)
+        return replace(self, X=X, X_rows=X_rows, y=self.y[idx], groups=self.groups[idx],
                        sample_weight=self.sample_weight[idx])
+
+    def inputs(self) -> Any:
+        """``X`` of this data's rows (the rows :func:`take` gives of a dense array)."""
+        return self.X if self.X_rows is None else take(self.X, self.X_rows)
 
 
 def check_inputs(est: Any, X: Any, y: Any, groups: Any, sample_weight: Any,

@@ -68,6 +68,16 @@ def test_read_only_and_memory_mapped_float32_arrays_are_trained_and_predicted_un
         assert all(np.shares_memory(s.data.numpy(), array) for s in sources)
         np.testing.assert_array_equal(array, X)
         np.testing.assert_array_equal(proba, clf.predict_proba(X))
+        # with rows held out for validation, the training rows are read in place too
+        sources.clear()
+        split = RESTClassifier(max_epochs=2, random_state=0, batch_size=16,
+                               validation_fraction=0.25).fit(array, y)
+        train = sources[-1]
+        assert np.shares_memory(train.data.numpy(), array) and train.n_samples == 36
+        copied = RESTClassifier(max_epochs=2, random_state=0, batch_size=16,
+                                validation_fraction=0.25).fit(X.copy(), y)
+        np.testing.assert_array_equal(split.predict_proba(X), copied.predict_proba(X))
+        np.testing.assert_array_equal(array, X)
 
 
 def test_predictions_on_float64_equal_those_on_float32():
