@@ -38,6 +38,10 @@ DATASET_SHAPES = (
     "the items of a torch Dataset given as X must all have one shape; a batch holds items "
     "of shapes {}."
 )
+IDS_OUT_OF_RANGE = (
+    "X holds integers outside [0, {n}), the token ids that the network's first layer, an "
+    "nn.{layer} of {n} embeddings, reads: {count} value(s), e.g. {value}."
+)
 BAD_DATASET_ITEM = (
     "items of a torch Dataset given as X must be a tensor/array or a tuple whose first "
     "element is one; got {}."
@@ -69,8 +73,8 @@ class BatchSource:
     uniform_samples: bool = False
     ids: bool = False
     """Whether the samples of an integer array or integer Dataset items come as int64 token
-    ids (for a network that :func:`reads_ids`) instead of float32; set before the first
-    batch."""
+    ids (for a network that :func:`reads_ids`) instead of float32; set by :meth:`read_ids`
+    before the first batch."""
 
     n_samples: int
     sample_shape: tuple[int, ...]
@@ -95,12 +99,21 @@ class BatchSource:
     def close(self) -> None:
         """Release what the source holds (worker processes); it may be used again."""
 
+    def read_ids(self, module: torch.nn.Module) -> None:
+        """Give integer inputs as token ids where ``module`` :func:`reads_ids`, else as
+        float32 (sets :attr:`ids`)."""
+        self.ids = reads_ids(module)
+
+
+def _first_layer(module: torch.nn.Module) -> torch.nn.Module | None:
+    """``module``'s first module without children, in registration order."""
+    return next((m for m in module.modules() if next(m.children(), None) is None), None)
+
 
 def reads_ids(module: torch.nn.Module) -> bool:
-    """Whether ``module``'s first layer, the first module without children in registration
-    order, is an ``nn.Embedding`` or ``nn.EmbeddingBag``: it reads integer token ids."""
-    first = next((m for m in module.modules() if next(m.children(), None) is None), None)
-    return isinstance(first, (torch.nn.Embedding, torch.nn.EmbeddingBag))
+    """Whether ``module``'s first layer (the first module without children, in registration
+    order) is an ``nn.Embedding`` or ``nn.EmbeddingBag``: it reads integer token ids."""
+    return isinstance(_first_layer(module), (torch.nn.Embedding, torch.nn.EmbeddingBag))
 
 
 def _shareable(array: np.ndarray) -> bool:
@@ -160,6 +173,22 @@ class _TensorSource(BatchSource):
         self.rows = None if rows is None else torch.as_tensor(rows).to(data.device)
         self.n_samples = len(data) if rows is None else len(rows)
         self.sample_shape = tuple(data.shape[1:])
+
+    def read_ids(self, module: torch.nn.Module) -> None:
+        """As :meth:`BatchSource.read_ids`; integer ids outside the first layer's
+        ``[0, num_embeddings)`` raise :data:`IDS_OUT_OF_RANGE` (torch names no input, and
+        on a GPU stops the process's CUDA context)."""
+        super().read_ids(module)
+        if not self.ids or self.data.is_floating_point() or not self.data.numel():
+            return
+        n = _first_layer(module).num_embeddings
+        # numpy: torch has no min or max of its wider unsigned types on the CPU
+        values = self.data.numpy() if self.data.device.type == "cpu" else self.data
+        if int(values.min()) < 0 or int(values.max()) >= n:
+            outside = (values < 0) | (values >= n)
+            raise ValueError(IDS_OUT_OF_RANGE.format(
+                n=n, layer=type(_first_layer(module)).__name__,
+                count=int(outside.sum()), value=int(values[outside][0])))
 
     def keys(self, order):
         order = order.to(self.data.device)

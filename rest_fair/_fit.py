@@ -32,7 +32,7 @@ from sklearn.model_selection import train_test_split
 from sklearn.utils import check_random_state
 from tqdm.auto import tqdm
 
-from ._data import TokenizedText, _first_element, fixed_global_rngs, make_source, reads_ids
+from ._data import TokenizedText, _first_element, fixed_global_rngs, make_source
 from ._inputs import FitData, check_inputs, take
 from ._validation import summable_weights
 from .callbacks import check_callbacks
@@ -626,7 +626,7 @@ def _built_run(est: Any, data: FitData, config: TrainConfig, callbacks: list, *,
                 n_classes=len(data.classes), module_params=est.module_params,
             ).to(world.device)
             for source in sources:  # token ids for an embedding, float32 for other layers
-                source.ids = reads_ids(module)
+                source.read_ids(module)
             parts = build_parts(
                 config, module, train_set, valid, world=world, precision=precision,
                 generator=generator, callbacks=callbacks,

@@ -14,7 +14,7 @@ import torch
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted
 
-from ._data import make_source, reads_ids
+from ._data import make_source
 from ._fit import (
     GLOBAL_RANDOM_STATE,
     fit_estimator,
@@ -657,7 +657,7 @@ or dict of columns, default=None
         # with fits in other threads, whose draws the restored copy would otherwise rewind
         with GLOBAL_RANDOM_STATE, torch.random.fork_rng(devices=[]):
             source = make_source(X, device=device, num_workers=self.num_workers)
-            source.ids = reads_ids(self.module_)
+            source.read_ids(self.module_)
             try:
                 logits = predict_logits(module, source, batch_size=max(self.batch_size, 512),
                                         device=device)

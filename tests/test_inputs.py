@@ -470,6 +470,22 @@ def test_integer_token_ids_reach_a_network_that_starts_with_an_embedding_as_int6
     np.testing.assert_array_equal(ids, given)
 
 
+def test_token_ids_outside_the_embedding_are_named():
+    # torch failed with "index out of range in self" (on a GPU, a device-side assert)
+    ids = np.random.default_rng(0).integers(0, 300, size=(48, 5))
+    y = (ids[:, 0] > 150).astype(int)
+    message = (r"^X holds integers outside \[0, 300\), the token ids that the network's "
+               r"first layer, an nn.Embedding of 300 embeddings, reads: {} value\(s\), "
+               r"e.g. {}\.$")
+    beyond = ids.copy()
+    beyond[3, 1:3] = 300
+    with pytest.raises(ValueError, match=message.format(2, 300)):
+        _clf(module=_TokenBag, module_params=None).fit(beyond, y)
+    clf = _clf(module=_TokenBag, module_params=None).fit(ids, y)
+    with pytest.raises(ValueError, match=message.format(1, -1)):
+        clf.predict(np.r_[ids[:3], [[1, 2, -1, 4, 5]]])
+
+
 def test_integer_features_of_other_networks_are_read_as_float32(small):
     X, y = small
     counts = np.rint(X * 10).astype(np.int64)
