@@ -9,6 +9,7 @@ directly, no per-item collation), lazily loaded datasets (through a
 from __future__ import annotations
 
 import contextlib
+import functools
 import random
 from collections.abc import Iterator
 from numbers import Integral
@@ -25,6 +26,7 @@ __all__ = [
     "is_torch_dataset",
     "kept_global_rngs",
     "make_source",
+    "reads_ids",
 ]
 
 _MAX_DEVICE_BYTES = 512 * 2**20
@@ -35,6 +37,10 @@ ITERABLE_DATASET = (
 DATASET_SHAPES = (
     "the items of a torch Dataset given as X must all have one shape; a batch holds items "
     "of shapes {}."
+)
+IDS_OUT_OF_RANGE = (
+    "X holds integers outside [0, {n}), the token ids that the network's first layer, an "
+    "nn.{layer} of {n} embeddings, reads: {count} value(s), e.g. {value}."
 )
 BAD_DATASET_ITEM = (
     "items of a torch Dataset given as X must be a tensor/array or a tuple whose first "
@@ -65,6 +71,10 @@ class BatchSource:
     """
 
     uniform_samples: bool = False
+    ids: bool = False
+    """Whether the samples of an integer array or integer Dataset items come as int64 token
+    ids (for a network that :func:`reads_ids`) instead of float32; set by :meth:`read_ids`
+    before the first batch."""
 
     n_samples: int
     sample_shape: tuple[int, ...]
@@ -89,59 +99,100 @@ class BatchSource:
     def close(self) -> None:
         """Release what the source holds (worker processes); it may be used again."""
 
+    def read_ids(self, module: torch.nn.Module) -> None:
+        """Give integer inputs as token ids where ``module`` :func:`reads_ids`, else as
+        float32 (sets :attr:`ids`)."""
+        self.ids = reads_ids(module)
+
+
+def _first_layer(module: torch.nn.Module) -> torch.nn.Module | None:
+    """``module``'s first module without children, in registration order."""
+    return next((m for m in module.modules() if next(m.children(), None) is None), None)
+
+
+def reads_ids(module: torch.nn.Module) -> bool:
+    """Whether ``module``'s first layer (the first module without children, in registration
+    order) is an ``nn.Embedding`` or ``nn.EmbeddingBag``: it reads integer token ids."""
+    return isinstance(_first_layer(module), (torch.nn.Embedding, torch.nn.EmbeddingBag))
+
 
 def _shareable(array: np.ndarray) -> bool:
     """Whether torch may share ``array``'s memory: writeable, with no negative stride."""
     return array.flags.writeable and min(array.strides, default=0) >= 0
 
 
-def _as_tensor(array: np.ndarray) -> torch.Tensor:
-    """``array`` as a CPU tensor of its strides' axis order, to be read only.
+def _as_tensor(array: np.ndarray, *, only_read: bool = False) -> torch.Tensor:
+    """``array`` as a CPU tensor of its strides' axis order.
 
     A :func:`_shareable` array shares its memory. Torch takes no array with a negative
     stride (``X[::-1]``, ``np.flip``) and only warns of a read-only one; these are copied
     (as ``np.array(order="K")`` lays them out), so the tensor never writes to memory the
-    caller gave as read-only.
+    caller gave as read-only. With ``only_read`` (nothing will write to the tensor), a
+    read-only array without negative strides (a memory map, ``writeable=False``) is shared
+    too, taken through DLPack, without ``from_numpy``'s warning. An array of the other
+    byte order (``">f4"`` on a little-endian machine), which torch takes not, is copied to
+    the native one.
     """
+    if not array.dtype.isnative:
+        array = array.astype(array.dtype.newbyteorder("="))
+    if only_read and min(array.strides, default=0) >= 0 and not array.flags.writeable:
+        return torch.from_dlpack(array)
     if not _shareable(array):
         array = np.array(array, order="K", copy=True)
     return torch.from_numpy(array)
 
 
-def _float32_tensor(X: Any) -> torch.Tensor:
-    """``X`` as a float32 CPU tensor of ``X``'s strides (see :func:`_as_tensor`).
-
-    An array that is already float32 (e.g. the rows ``fit`` indexed for training) is not
-    copied again unless it is read-only or has a negative stride.
-    """
-    return _as_tensor(np.asarray(X, dtype=np.float32))
-
-
 class _TensorSource(BatchSource):
-    """Rows of an array, as float32 batches.
+    """Rows of an array, as float32 batches (an integer array's as int64 with :attr:`ids`).
 
-    A float32 array is shared, not copied (see :func:`_as_tensor`). On the CPU, an array of
-    another dtype (float64) that torch can share is read in place and each batch is
-    converted to float32 when it is taken, so a pass over it (``predict``) never holds a
-    float32 copy of the whole array.
+    A float32 array is shared, not copied, also a read-only one (a memory map): batches are
+    gathered into new memory, and nothing writes to it. On the CPU, an array of another
+    dtype (float64) without negative strides is read in place and each batch is converted
+    to float32 when it is taken, so a pass over it (``predict``) never holds a float32 copy
+    of the whole array. With ``rows``, the source holds those rows of the array, read in
+    place (sample ``i`` is row ``rows[i]``). An integer array keeps its dtype, and is
+    converted batch by batch on every device (unsigned ones of more than 8 bits, which
+    torch supports in few operations, are held as int64 off the CPU).
     """
 
     uniform_samples = True
 
-    def __init__(self, X: np.ndarray, device: torch.device) -> None:
+    def __init__(self, X: np.ndarray, device: torch.device,
+                 rows: np.ndarray | None = None) -> None:
         array = np.asarray(X)
-        if device.type == "cpu" and array.dtype != np.float32 and _shareable(array):
-            data = torch.from_numpy(array)
-        else:
-            data = _float32_tensor(array)
+        if array.dtype.kind in "iu":
+            if device.type != "cpu" and array.dtype.kind == "u" and array.itemsize > 1:
+                array = array.astype(np.int64)
+        elif array.dtype != np.float32 and (device.type != "cpu"
+                                            or min(array.strides, default=0) < 0):
+            array = array.astype(np.float32)  # one conversion of the whole array
+        data = _as_tensor(array, only_read=True)
         if device.type != "cpu":
             data = data.to(device) if data.nbytes <= _MAX_DEVICE_BYTES else data.pin_memory()
         self.data = data
-        self.n_samples = len(data)
+        self.rows = None if rows is None else torch.as_tensor(rows).to(data.device)
+        self.n_samples = len(data) if rows is None else len(rows)
         self.sample_shape = tuple(data.shape[1:])
 
+    def read_ids(self, module: torch.nn.Module) -> None:
+        """As :meth:`BatchSource.read_ids`; integer ids outside the first layer's
+        ``[0, num_embeddings)`` raise :data:`IDS_OUT_OF_RANGE` (torch names no input, and
+        on a GPU stops the process's CUDA context)."""
+        super().read_ids(module)
+        if not self.ids or self.data.is_floating_point() or not self.data.numel():
+            return
+        n = _first_layer(module).num_embeddings
+        # numpy: torch has no min or max of its wider unsigned types on the CPU
+        values = self.data.numpy() if self.data.device.type == "cpu" else self.data
+        if int(values.min()) < 0 or int(values.max()) >= n:
+            outside = (values < 0) | (values >= n)
+            raise ValueError(IDS_OUT_OF_RANGE.format(
+                n=n, layer=type(_first_layer(module)).__name__,
+                count=int(outside.sum()), value=int(values[outside][0])))
+
     def keys(self, order):
-        return order.to(self.data.device)
+        order = order.to(self.data.device)
+        return order if self.rows is None else self.rows[order]
 
     def take(self, rows, device):
         # index_select gathers the rows of a matrix several times faster than advanced
@@ -152,7 +203,8 @@ class _TensorSource(BatchSource):
             batch = torch.index_select(data, 0, rows)
         else:
             batch = data[rows]
-        return batch.to(device, dtype=torch.float32, non_blocking=True)
+        dtype = torch.int64 if self.ids and not data.is_floating_point() else torch.float32
+        return batch.to(device, dtype=dtype, non_blocking=True)
 
 
 class _SparseSource(BatchSource):
@@ -173,9 +225,10 @@ class _SparseSource(BatchSource):
         return torch.from_numpy(dense).to(device, non_blocking=True)
 
 
-def _first_element(item: Any) -> torch.Tensor:
+def _first_element(item: Any, *, ids: bool = False) -> torch.Tensor:
     """The input of a torch Dataset's ``item``, as float32 data (detached: a tensor that
-    requires grad, computed by a module outside ``torch.no_grad()``, is read as data)."""
+    requires grad, computed by a module outside ``torch.no_grad()``, is read as data); with
+    ``ids``, an integer input as int64."""
     nested = isinstance(item, (tuple, list)) and len(item) > 0
     x = item[0] if nested else item
     if isinstance(x, np.ndarray):
@@ -184,11 +237,12 @@ def _first_element(item: Any) -> torch.Tensor:
         got = f"a {type(item).__name__}"
         raise TypeError(BAD_DATASET_ITEM.format(
             f"{got} whose first element is a {type(x).__name__}" if nested else got))
-    return x.detach().float()
+    integer = not (x.is_floating_point() or x.is_complex() or x.dtype == torch.bool)
+    return x.detach().long() if ids and integer else x.detach().float()
 
 
-def _collate_inputs(items: list) -> torch.Tensor:
-    inputs = [_first_element(item) for item in items]
+def _collate_inputs(items: list, *, ids: bool = False) -> torch.Tensor:
+    inputs = [_first_element(item, ids=ids) for item in items]
     try:
         return torch.stack(inputs)
     except RuntimeError:  # the shapes are looked at only when stacking fails
@@ -306,7 +360,7 @@ class _DatasetSource(BatchSource):
                 batch_size=batch_size,
                 sampler=sampler,
                 num_workers=self.num_workers,
-                collate_fn=_collate_inputs,
+                collate_fn=functools.partial(_collate_inputs, ids=self.ids),
                 pin_memory=self.pin_memory,
                 persistent_workers=workers,
                 # the loader's own seed, drawn for each iterator, is not drawn from the
@@ -461,7 +515,8 @@ class TextSource(BatchSource):
                 "attention_mask": torch.from_numpy(mask).to(device, non_blocking=True)}
 
 
-def make_source(X: Any, *, device: torch.device, num_workers: int = 0) -> BatchSource:
+def make_source(X: Any, *, device: torch.device, num_workers: int = 0,
+                rows: np.ndarray | None = None) -> BatchSource:
     """Wrap validated inputs in a :class:`BatchSource`.
 
     Parameters
@@ -472,6 +527,8 @@ def make_source(X: Any, *, device: torch.device, num_workers: int = 0) -> BatchS
         Where batches go.
     num_workers : int
         Worker processes for torch Datasets.
+    rows : ndarray of int or None
+        For a dense array ``X``, the rows the source holds, read in place (None: all).
     """
     import scipy.sparse as sp
 
@@ -481,4 +538,4 @@ def make_source(X: Any, *, device: torch.device, num_workers: int = 0) -> BatchS
         return _DatasetSource(X, num_workers, device)
     if sp.issparse(X):
         return _SparseSource(X)
-    return _TensorSource(X, device)
+    return _TensorSource(X, device, rows)

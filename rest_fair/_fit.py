@@ -463,7 +463,7 @@ def _jtt_errors(est: Any, train: FitData, seed: int, saved: torch.Tensor | None,
     """JTT's error set of the training rows: a resumed run's, or rank 0's on every rank."""
     if saved is not None:
         return saved.numpy().astype(bool)
-    errors = identify_errors(est, train.X, train.classes[train.y], seed=seed,
+    errors = identify_errors(est, train.inputs(), train.classes[train.y], seed=seed,
                              sample_weight=train.sample_weight)
     errors = world.broadcast_(torch.as_tensor(errors, dtype=torch.uint8)).numpy() > 0
     trained = errors[train.sample_weight > 0]  # those of weight 0 are absent from training
@@ -503,7 +503,8 @@ def _train_set(train: FitData, *, upweight: Any, reweight: str, batch_size: int,
         loss_w[counted] = _unit_mean(visited)
     kinds = {w for w in weights.values() if w > 0}  # one weight visited: a plain shuffle
     draw = per_sample if reweight == "sampler" and len(kinds) > 1 else None
-    source = make_source(train.X, device=world.device, num_workers=num_workers)
+    source = make_source(train.X, device=world.device, num_workers=num_workers,
+                         rows=train.X_rows)
     return TrainSet(
         source=source,
         y=torch.as_tensor(train.y, dtype=torch.long),
@@ -623,6 +624,8 @@ def _built_run(est: Any, data: FitData, config: TrainConfig, callbacks: list, *,
                 est.module, input_shape=train_set.source.sample_shape,
                 n_classes=len(data.classes), module_params=est.module_params,
             ).to(world.device)
+            for source in sources:  # token ids for an embedding, float32 for other layers
+                source.read_ids(module)
             parts = build_parts(
                 config, module, train_set, valid, world=world, precision=precision,
                 generator=generator, callbacks=callbacks,

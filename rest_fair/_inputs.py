@@ -99,8 +99,19 @@ BEYOND_FLOAT32 = (
     "network computes in float32, where they would be infinite. Rescale the features, "
     "e.g. with sklearn's StandardScaler."
 )
-# what validate_data accepts as X
-_ARRAYS = {"accept_sparse": "csr", "allow_nd": True, "dtype": (np.float32, np.float64)}
+MASKED_VALUES = (
+    "X is a masked array with {count} masked value(s), which would be read as the values "
+    "under the mask; fill them (X.filled(value)), or give X.data to train on those values."
+)
+NON_NUMERIC_COLUMNS = (
+    "X must hold numbers (or booleans); its column(s) {columns} cannot be read as numbers. "
+    "Encode them first, e.g. with scikit-learn's OneHotEncoder or OrdinalEncoder in a "
+    "ColumnTransformer (a Pipeline keeps it with the estimator)."
+)
+# what validate_data accepts as X: floats, and integers in their dtype (token ids)
+_INTEGERS = (np.int64, np.int32, np.int16, np.int8, np.uint64, np.uint32, np.uint16, np.uint8)
+_ARRAYS = {"accept_sparse": "csr", "allow_nd": True,
+           "dtype": (np.float32, np.float64, *_INTEGERS)}
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))  # native byte order
 
@@ -108,14 +119,15 @@ _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))  # native byte order
 def take(X: Any, idx: np.ndarray) -> Any:
     """Rows ``idx`` of an array, sparse matrix or torch Dataset.
 
-    The rows of an array or sparse matrix come in float32, the dtype the network reads:
-    the rows a fit trains and validates on are held in that form only, not also as a
-    float64 copy.
+    The rows of a float array or sparse matrix come in float32, the dtype the network
+    reads: the rows a fit trains and validates on are held in that form only, not also as
+    a float64 copy. Integer rows keep their dtype (token ids for an embedding).
     """
     if is_torch_dataset(X):
         return torch.utils.data.Subset(X, idx.tolist())
     rows = X[idx]
-    if (isinstance(rows, np.ndarray) or sp.issparse(rows)) and rows.dtype != np.float32:
+    if ((isinstance(rows, np.ndarray) or sp.issparse(rows)) and rows.dtype.kind == "f"
+            and rows.dtype != np.float32):
         return rows.astype(np.float32)
     return rows
 
@@ -133,12 +145,28 @@ class FitData:
     sample_weight: np.ndarray
     validation: tuple | None  # validation_data: (X_val, class codes, group codes or None)
     validation_group_labels: list | None = None  # the labels of validation_data's group codes
+    X_rows: np.ndarray | None = None  # the rows of a dense X this data holds (None: all)
 
     def rows(self, idx: np.ndarray) -> FitData:
-        """The data of the rows ``idx`` (sorted; ``X`` is only indexed for fewer rows)."""
-        X = take(self.X, idx) if len(idx) < len(self.y) else self.X
-        return replace(self, X=X, y=self.y[idx], groups=self.groups[idx],
+        """The data of the rows ``idx`` (sorted).
+
+        A dense array ``X`` is not indexed: ``X_rows`` names its rows, which a batch source
+        reads in place (see :func:`~rest_fair._data.make_source`), so a fit does not copy
+        its training rows; :meth:`inputs` indexes them. Other inputs are indexed for fewer
+        rows.
+        """
+        X, X_rows = self.X, self.X_rows
+        if len(idx) < len(self.y):
+            if isinstance(X, np.ndarray):
+                X_rows = idx if X_rows is None else X_rows[idx]
+            else:
+                X = take(X, idx)
+        return replace(self, X=X, X_rows=X_rows, y=self.y[idx], groups=self.groups[idx],
                        sample_weight=self.sample_weight[idx])
+
+    def inputs(self) -> Any:
+        """``X`` of this data's rows (the rows :func:`take` gives of a dense array)."""
+        return self.X if self.X_rows is None else take(self.X, self.X_rows)
 
 
 def check_inputs(est: Any, X: Any, y: Any, groups: Any, sample_weight: Any,
@@ -167,7 +195,7 @@ def check_inputs(est: Any, X: Any, y: Any, groups: Any, sample_weight: Any,
 
 
 def _validate_xy(est: Any, X: Any, y: Any, *, reset: bool = True) -> tuple[Any, np.ndarray]:
-    X = X.detach() if torch.is_tensor(X) else X  # a tensor that requires grad reads as data
+    X = _from_tensor(X)
     if y is not None:
         _check_label_values(y, "y")  # before scikit-learn's checks, which fail on None
     if (text := fit_text_input(X, y, est.module, est.module_params)) is not None:
@@ -194,18 +222,74 @@ def _validate_xy(est: Any, X: Any, y: Any, *, reset: bool = True) -> tuple[Any, 
             n_x = None
         if n_x is not None and len(y) != n_x:
             raise ValueError(BAD_LENGTH.format(what="y", got=len(y), n=n_x))
-    X, y = validate_data(est, X, y, reset=reset, **_ARRAYS)
+    X, y = _validate_data(est, X, y, reset=reset)
     _refuse_beyond_float32(X)
     check_classification_targets(y)
     est.input_shape_ = tuple(int(s) for s in X.shape[1:])
     return X, y
 
 
+def _from_tensor(X: Any) -> Any:
+    """A torch tensor ``X`` as a numpy array on the CPU, which scikit-learn's checks read
+    in its integer dtype (they read a tensor's by float32); detached, so that one that
+    requires grad is read as data, and bfloat16, which numpy lacks, as float32. Other
+    inputs are returned as they are."""
+    if not torch.is_tensor(X):
+        return X
+    X = X.detach().cpu()
+    return (X.float() if X.dtype == torch.bfloat16 else X).numpy()
+
+
+def _validate_data(est: Any, X: Any, *args: Any, reset: bool) -> Any:
+    """scikit-learn's ``validate_data(est, X, *args)`` of :func:`_array_input` ``(X)``; a
+    DataFrame it cannot read for columns that are no numbers raises
+    :data:`NON_NUMERIC_COLUMNS`, which names them (scikit-learn's error names a value)."""
+    try:
+        return validate_data(est, _array_input(X), *args, reset=reset, **_ARRAYS)
+    except (TypeError, ValueError) as exc:
+        if not hasattr(X, "iloc") or getattr(X, "ndim", 0) != 2:
+            raise
+        columns = [f"{name!r} ({X.dtypes.iloc[i]})" for i, name in enumerate(X.columns)
+                   if not _numbers(X.iloc[:, i])]
+        if not columns:
+            raise
+        more = f", and {len(columns) - 5} more" if len(columns) > 5 else ""
+        raise ValueError(NON_NUMERIC_COLUMNS.format(
+            columns=", ".join(columns[:5]) + more)) from exc
+
+
+def _numbers(column: Any) -> bool:
+    """Whether a DataFrame's ``column`` reads as numbers: not dates or durations (which
+    numpy would cast), and each value a number or a number's text."""
+    if getattr(column.dtype, "kind", None) in ("m", "M"):
+        return False
+    try:
+        np.asarray(column, dtype=np.float64)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def _array_input(X: Any) -> Any:
+    """A list or tuple ``X`` as the numpy array it makes, which scikit-learn's checks read
+    in its integer dtype (they read a list's by float32); other inputs as they are.
+
+    Raises
+    ------
+    ValueError
+        For a masked array with masked values (:data:`MASKED_VALUES`): the checks read the
+        values under the mask as data.
+    """
+    if np.ma.isMaskedArray(X) and (count := int(np.count_nonzero(np.ma.getmaskarray(X)))):
+        raise ValueError(MASKED_VALUES.format(count=count))
+    return np.asarray(X) if isinstance(X, (list, tuple)) else X
+
+
 def _refuse_beyond_float32(X: Any) -> Any:
     """``X`` (a validated array or sparse matrix), unless it holds finite values that are
     infinite in float32, the dtype the network reads (validation refused NaN and inf)."""
     values = X.data if sp.issparse(X) else X
-    if values.dtype == np.float32 or values.size == 0:
+    if values.dtype.kind != "f" or values.dtype == np.float32 or values.size == 0:
         return X
     if values.max() > _FLOAT32_MAX or values.min() < -_FLOAT32_MAX:
         count = int(np.count_nonzero(np.abs(values) > _FLOAT32_MAX))
@@ -372,13 +456,13 @@ def check_x(est: Any, X: Any, *, fitted: Any = None) -> Any:
     given, as scikit-learn's ``validate_data`` does, and must hold samples of the shape
     ``fit`` was given.
     """
-    X = X.detach() if torch.is_tensor(X) else X
+    X = _from_tensor(X)
     if (tokens := text_input(X, est.module, est.module_params, fitted=fitted)) is not None:
         return tokens
     if _passes_validation(est, X):
         return _refuse_beyond_float32(X)
     if not is_torch_dataset(X):
-        X = validate_data(est, X, reset=False, **_ARRAYS)
+        X = _validate_data(est, X, reset=False)
         _check_sample_shape(tuple(X.shape[1:]), est.input_shape_, SAMPLE_SHAPE_CHANGED)
         return _refuse_beyond_float32(X)
     _check_sample_shape(_item_shape(X, EMPTY_DATASET_TO_PREDICT), est.input_shape_,

@@ -546,7 +546,9 @@ class RESTClassifier(ClassifierMixin, BaseEstimator):
         ----------
         X : array-like of shape (n_samples, n_features) or (n_samples, C, H, W), \
 scipy.sparse matrix, DataFrame, or torch Dataset
-            Inputs, of any numeric or boolean dtype; the network reads them as float32.
+            Inputs, of any numeric or boolean dtype; the network reads them as float32,
+            except integer inputs of a network whose first layer is an ``nn.Embedding``
+            or ``nn.EmbeddingBag``, which it reads as int64 token ids.
             A torch Dataset is read lazily; its items are a tensor or a tuple whose
             first element is the input (labels then come from ``y``).
         y : array-like of shape (n_samples,)
@@ -657,6 +659,7 @@ or dict of columns, default=None
         # with fits in other threads, whose draws the restored copy would otherwise rewind
         with GLOBAL_RANDOM_STATE, torch.random.fork_rng(devices=[]):
             source = make_source(X, device=device, num_workers=self.num_workers)
+            source.read_ids(self.module_)
             try:
                 logits = predict_logits(module, source, batch_size=max(self.batch_size, 512),
                                         device=device)

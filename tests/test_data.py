@@ -1,5 +1,7 @@
 """Batch sources (rest_fair._data): what they hold and the batches they yield."""
 
+import warnings
+
 import numpy as np
 import torch
 
@@ -27,11 +29,55 @@ def test_a_float64_array_is_converted_batch_by_batch_not_copied_whole():
     batch = _batches(make_source(images, device=CPU), 9)[0]
     np.testing.assert_array_equal(batch.numpy(), images.astype(np.float32))
     assert batch.is_contiguous(memory_format=torch.channels_last)
-    # a read-only array is never shared (torch would write to it): one float32 copy
+    # a read-only array is read in place too: batches are gathered into new memory
     X.flags.writeable = False
-    source = make_source(X, device=CPU)
-    assert source.data.dtype == torch.float32
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch's from_numpy warns of a read-only array
+        source = make_source(X, device=CPU)
+    assert source.data.data_ptr() == X.__array_interface__["data"][0]
     np.testing.assert_array_equal(torch.cat(_batches(source)).numpy(), X.astype(np.float32))
+
+
+def test_read_only_and_memory_mapped_float32_arrays_are_trained_and_predicted_uncopied(
+        tmp_path, monkeypatch):
+    import rest_fair._fit
+    import rest_fair.estimator
+
+    sources = []
+
+    def kept(X, **kwargs):
+        sources.append(make_source(X, **kwargs))
+        return sources[-1]
+
+    monkeypatch.setattr(rest_fair._fit, "make_source", kept)
+    monkeypatch.setattr(rest_fair.estimator, "make_source", kept)
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((48, 4)).astype(np.float32)
+    y = (X[:, 0] > 0).astype(int)
+    np.save(tmp_path / "X.npy", X)
+    frozen = X.copy()
+    frozen.flags.writeable = False
+    for array in (np.load(tmp_path / "X.npy", mmap_mode="r"), frozen):
+        sources.clear()
+        clf = RESTClassifier(max_epochs=2, random_state=0, batch_size=16)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("error", message=".*not writable")
+            clf.fit(array, y, validation_data=(array, y))
+            proba = clf.predict_proba(array)
+        assert len(sources) == 3  # training, validation, prediction
+        assert all(np.shares_memory(s.data.numpy(), array) for s in sources)
+        np.testing.assert_array_equal(array, X)
+        np.testing.assert_array_equal(proba, clf.predict_proba(X))
+        # with rows held out for validation, the training rows are read in place too
+        sources.clear()
+        split = RESTClassifier(max_epochs=2, random_state=0, batch_size=16,
+                               validation_fraction=0.25).fit(array, y)
+        train = sources[-1]
+        assert np.shares_memory(train.data.numpy(), array) and train.n_samples == 36
+        copied = RESTClassifier(max_epochs=2, random_state=0, batch_size=16,
+                                validation_fraction=0.25).fit(X.copy(), y)
+        np.testing.assert_array_equal(split.predict_proba(X), copied.predict_proba(X))
+        np.testing.assert_array_equal(array, X)
 
 
 def test_predictions_on_float64_equal_those_on_float32():

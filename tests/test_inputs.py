@@ -435,3 +435,113 @@ def test_dataset_items_that_require_grad_are_read_as_data(small):
     ForkingPickler.dumps(batch)  # how a worker sends it (with torch.multiprocessing's reductions)
     _clf().fit(items, y)
     assert encoder.weight.grad is None
+
+
+class _TokenBag(torch.nn.Module):
+    """Mean of the embeddings of a sample's token ids, then a linear head."""
+
+    def __init__(self, input_shape=None, n_classes=2):
+        super().__init__()
+        self.embed = torch.nn.Embedding(300, 4)
+        self.head = torch.nn.Linear(4, n_classes)
+
+    def forward(self, x):
+        return self.head(self.embed(x).mean(1))
+
+
+def test_integer_token_ids_reach_a_network_that_starts_with_an_embedding_as_int64():
+    # integer X reached the network as float32, and torch's embedding refused it
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, 300, size=(48, 5))
+    y = (ids[:, 0] > 150).astype(int)
+    given = ids.copy()
+    clf = _clf(module=_TokenBag, module_params=None, max_epochs=2, sparsity=0.5)
+    clf.fit(ids.astype(np.uint16), y, validation_data=(ids.astype(np.int32), y))
+    logits = clf.predict_logits(ids)
+    for dtype in (np.int16, np.uint16, np.int32):
+        np.testing.assert_array_equal(clf.predict_logits(ids.astype(dtype)), logits)
+    for given_as in (ids.tolist(), torch.from_numpy(ids), pd.DataFrame(ids)):
+        np.testing.assert_array_equal(clf.predict_logits(given_as), logits)
+    assert "head" in clf.efficiency_report().index  # its zero sample holds token id 0
+    items = torch.utils.data.TensorDataset(torch.from_numpy(ids))
+    np.testing.assert_array_equal(clf.predict_logits(items), logits)
+    _clf(module=_TokenBag, module_params=None, validation_fraction=0.25).fit(items, y)
+    _clf(module=_TokenBag, module_params=None, validation_fraction=0.25).fit(ids, y)
+    np.testing.assert_array_equal(ids, given)
+
+
+def test_token_ids_outside_the_embedding_are_named():
+    # torch failed with "index out of range in self" (on a GPU, a device-side assert)
+    ids = np.random.default_rng(0).integers(0, 300, size=(48, 5))
+    y = (ids[:, 0] > 150).astype(int)
+    message = (r"^X holds integers outside \[0, 300\), the token ids that the network's "
+               r"first layer, an nn.Embedding of 300 embeddings, reads: {} value\(s\), "
+               r"e.g. {}\.$")
+    beyond = ids.copy()
+    beyond[3, 1:3] = 300
+    with pytest.raises(ValueError, match=message.format(2, 300)):
+        _clf(module=_TokenBag, module_params=None).fit(beyond, y)
+    clf = _clf(module=_TokenBag, module_params=None).fit(ids, y)
+    with pytest.raises(ValueError, match=message.format(1, -1)):
+        clf.predict(np.r_[ids[:3], [[1, 2, -1, 4, 5]]])
+
+
+def test_integer_features_of_other_networks_are_read_as_float32(small):
+    X, y = small
+    counts = np.rint(X * 10).astype(np.int64)
+    clf = _clf().fit(counts, y)
+    as_float = _clf().fit(counts.astype(np.float32), y)
+    np.testing.assert_array_equal(clf.predict_logits(counts),
+                                  as_float.predict_logits(counts.astype(np.float32)))
+
+
+def test_tensors_of_any_dtype_are_read_as_their_arrays(small):
+    # a bfloat16 tensor failed in numpy with "Got unsupported ScalarType BFloat16"
+    X, y = small
+    clf = _clf().fit(torch.from_numpy(X).bfloat16(), y)
+    rounded = torch.from_numpy(X).bfloat16().float().numpy()
+    np.testing.assert_array_equal(clf.predict_logits(torch.from_numpy(rounded).bfloat16()),
+                                  clf.predict_logits(rounded))
+    assert clf.score(torch.from_numpy(X).double(), y) == clf.score(X, y)
+
+
+def test_dataset_items_of_the_other_byte_order_are_read_as_native_ones(small):
+    # torch refused them: "given numpy array has byte order different from the native"
+    X, y = small
+    swapped = X.astype(X.dtype.newbyteorder())
+    clf = _clf().fit(_Items(lambda i: swapped[i]), y)
+    np.testing.assert_array_equal(clf.predict_logits(_Items(lambda i: swapped[i])),
+                                  clf.predict_logits(X))
+
+
+def test_masked_values_of_a_masked_array_are_refused(small):
+    # scikit-learn's checks read the values under the mask as data, silently
+    X, y = small
+    masked = np.ma.masked_greater(X, 1.5)
+    count = int(masked.mask.sum())
+    message = rf"^X is a masked array with {count} masked value\(s\)"
+    with pytest.raises(ValueError, match=message):
+        _clf().fit(masked, y)
+    clf = _clf().fit(np.ma.masked_array(X), y)  # nothing masked: its data
+    with pytest.raises(ValueError, match=message):
+        clf.predict(masked)
+    with pytest.raises(ValueError, match="validation_data's X_val cannot be read: X is a masked"):
+        _clf().fit(X, y, validation_data=(masked, y))
+
+
+def test_dataframe_columns_that_are_no_numbers_are_named(small):
+    # scikit-learn's error named a value ("could not convert string to float: 'x'") or
+    # numpy's dtypes (a datetime column), not the column
+    X, y = small
+    frame = pd.DataFrame(X, columns=list("abcde"))
+    odd = frame.assign(colour=pd.Categorical(np.where(y, "red", "blue")),
+                       day=pd.date_range("2024-01-01", periods=len(y)))
+    message = (r"^X must hold numbers \(or booleans\); its column\(s\) 'colour' \(category\), "
+               r"'day' \(datetime64\[\w+\]\) cannot be read as numbers\. Encode them")
+    with pytest.raises(ValueError, match=message):
+        _clf().fit(odd, y)
+    clf = _clf().fit(frame.assign(colour=np.where(y, "1", "2"), day=1.0), y)  # numbers' text
+    with pytest.raises(ValueError, match=message):
+        clf.predict(odd)
+    with pytest.raises(ValueError, match="Input X contains NaN"):  # scikit-learn's own
+        clf.predict(frame.assign(colour=np.nan, day=1.0))

@@ -49,6 +49,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 from torch.nn.utils.rnn import PackedSequence
 
+from .._data import reads_ids
 from .._probe import evaluation, probe_pass
 from .._validation import POSITIVE_INT
 from ..sparse.checks import check_masks
@@ -100,8 +101,9 @@ def layer_shapes(module: nn.Module, input_shape: Sequence[int]) -> dict[str, int
     Parameters
     ----------
     module : nn.Module
-        The network; it is run once in evaluation mode on a zero sample and its
-        training mode is restored afterwards.
+        The network; it is run once in evaluation mode on a zero sample (of token id 0
+        where its first layer is an embedding) and its training mode is restored
+        afterwards.
     input_shape : tuple of int
         Shape of one sample (without the batch dimension).
 
@@ -174,6 +176,7 @@ def _probe(module: nn.Module, input_shape: Sequence[int]
     first = next(iter(module.parameters()), None)
     device = first.device if first is not None else torch.device("cpu")
     dtype = first.dtype if first is not None and first.is_floating_point() else torch.float32
+    dtype = torch.int64 if reads_ids(module) else dtype
     try:
         probe_pass(module, torch.zeros((1, *(int(s) for s in shape)), device=device,
                                        dtype=dtype), handles)
