@@ -9,10 +9,11 @@ that one value of another parameter reads alone, for :func:`warn_unused_params`.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from numbers import Integral
 from typing import Any
@@ -32,6 +33,7 @@ __all__ = [
     "summable_weights",
     "unused_params",
     "warn_unused_params",
+    "warnings_if",
 ]
 
 BAD_OPTION = "{name} must be one of {options}; got {value!r}."
@@ -183,6 +185,16 @@ def warn_unused_params(est: Any, *, stacklevel: int = 3) -> None:
                 name=name, value=params[name], setting=setting, current=params[setting],
                 default=default, options=" or ".join(map(repr, values))),
                 UserWarning, stacklevel=stacklevel)
+
+
+@contextlib.contextmanager
+def warnings_if(warn: bool) -> Iterator[None]:
+    """The block's warnings where ``warn`` is true, none otherwise: a data-parallel fit's
+    ranks other than rank 0 build what rank 0 builds, whose warnings say it once."""
+    with warnings.catch_warnings():
+        if not warn:
+            warnings.simplefilter("ignore")
+        yield
 
 
 def summable_weights(weights: np.ndarray) -> np.ndarray:

@@ -28,7 +28,6 @@ from ._validation import (
     Options,
     TypeOf,
     check_params,
-    warn_unused_params,
 )
 from .efficiency import efficiency_report, export_sparse
 from .exceptions import ModelFileError, TrainingDivergedError
@@ -609,7 +608,6 @@ or dict of columns, default=None
         numbers it gives alone. Fits in separate processes run side by side.
         """
         self._validate_params()
-        warn_unused_params(self)
         with translate_failures(self.distributed_timeout):
             return fit_estimator(self, X, y, groups=groups, sample_weight=sample_weight,
                                  validation_data=validation_data, resume_from=resume_from)

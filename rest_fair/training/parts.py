@@ -21,6 +21,7 @@ from torch import nn
 from torch.nn.modules.lazy import LazyModuleMixin
 
 from .._data import BatchSource, _collate_inputs, _DatasetSource, fixed_global_rngs
+from .._validation import warnings_if
 from ..objectives import make_objective
 from ..sparse import DropSchedule, DynamicSparsity, MaskSet
 from ..sparse.compute import SparseComputeConfig, make_sparse_compute
@@ -321,11 +322,12 @@ def make_sparsity(
         params = dict(module.named_parameters())
         mask_set = MaskSet({name: params[name] for name in masks}, masks)
     else:
-        mask_set = MaskSet.from_module(
-            module, density=1.0 - config.sparsity, layer_density=config.layer_density,
-            sparse_init=config.sparse_init, dense_layers=tuple(config.dense_layers or ()),
-            generator=generator,
-        )
+        with warnings_if(warn):
+            mask_set = MaskSet.from_module(
+                module, density=1.0 - config.sparsity, layer_density=config.layer_density,
+                sparse_init=config.sparse_init, dense_layers=tuple(config.dense_layers or ()),
+                generator=generator,
+            )
     mask_set.apply_()
     if masks is None and config.sparse_init == "random" and config.rescale_init:
         mask_set.rescale_init_()

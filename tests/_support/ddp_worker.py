@@ -18,6 +18,7 @@ import shutil
 import signal
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -443,6 +444,22 @@ def scenario_dropout(log: DrawLog, out: Path, distributed) -> dict:
     return result
 
 
+def scenario_warnings(log: DrawLog, out: Path, distributed) -> dict:
+    """Fits warned about (a parameter the method leaves unused, the deprecated
+    ``sparse_init="erk"``, a layer kept at one weight, channels-last images): every
+    warning each rank gave."""
+    X, y, _ = TRAIN
+    images = np.zeros((32, 8, 8, 3), dtype=np.float32)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        RESTClassifier(**{**PARAMS, "max_epochs": 1, "sparsity": 0.999}, groupdro_eta=0.5,
+                       sparse_init="erk", distributed=distributed).fit(X, y)
+        RESTClassifier(**{**PARAMS, "max_epochs": 1, "batch_size": 16, "module": "resnet18",
+                          "module_params": {"width": 2}}, validation_fraction=0.0,
+                       distributed=distributed).fit(images, np.arange(32) % 2)
+    return {"warnings": [f"{w.category.__name__}: {w.message}" for w in caught]}
+
+
 SCENARIOS = {
     "rest": scenario_rest,
     "groupdro": scenario_groupdro,
@@ -459,6 +476,7 @@ SCENARIOS = {
     "callback_error": scenario_callback_error,
     "module_error": scenario_module_error,
     "dropout": scenario_dropout,
+    "warnings": scenario_warnings,
 }
 
 

@@ -555,6 +555,17 @@ def test_only_rank_0_shows_progress(two_ranks):
     assert "REST" not in logs[1]  # ... and only there
 
 
+def test_warnings_of_the_parameters_data_and_network_come_from_rank_0_only(two_ranks):
+    """A job of N ranks showed every such warning N times."""
+    rank0, rank1 = (result["warnings"] for result in two_ranks["warnings"])
+    for expected in ("groupdro_eta=0.5 is only used when objective is 'groupdro'",
+                     "FutureWarning: sparse_init='erk' is deprecated",
+                     "every masked layer keeps at least one active weight",
+                     "module='resnet18' reads samples of shape (8, 8, 3)"):
+        assert sum(expected in message for message in rank0) == 1, (expected, rank0)
+    assert rank1 == []
+
+
 def test_no_gloo_thread_outlives_the_exit_handler(two_ranks):
     """The process group rest_fair initialised is torn down before Python shuts down.
 
