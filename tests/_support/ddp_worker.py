@@ -4,13 +4,15 @@ compare).
 Run as ``torchrun --standalone --nproc_per_node=2 tests/_support/ddp_worker.py OUT_DIR
 [scenario]``; every rank writes ``OUT_DIR/<scenario>-rank<r>.pt`` with what the tests compare
 across ranks. ``scenario`` ``"all"`` (default) runs the fits of :data:`SCENARIOS`; ``"kill"``
-and ``"hang"`` make rank 1 die or hang mid-training (launched without torchrun's agent,
-see the test).
+and ``"hang"`` make rank 1 die or hang mid-training, and ``"kill_in_own_group"`` die in a
+fit on a process group initialised before it (launched without torchrun's agent, see the
+tests).
 """
 
 from __future__ import annotations
 
 import atexit
+import datetime
 import hashlib
 import json
 import os
@@ -513,9 +515,21 @@ def start_signal(out: Path) -> float:
     return float(go.read_text())
 
 
+#: The timeout of the process group that ``"kill_in_own_group"`` initialises before fit
+OWN_GROUP_TIMEOUT = 300.0
+
+
 def failure(how: str, out: Path) -> None:
+    """A fit in which rank 1 dies or hangs; ``"kill_in_own_group"`` kills it in a fit on a
+    process group initialised before fit, with a timeout other than distributed_timeout."""
     X, y, g = TRAIN
-    timeout = start_signal(out)
+    if how == "kill_in_own_group":
+        torch.distributed.init_process_group(
+            "gloo", timeout=datetime.timedelta(seconds=OWN_GROUP_TIMEOUT))
+        atexit.register(torch.distributed.destroy_process_group)
+        how, timeout = "kill", 7.0
+    else:
+        timeout = start_signal(out)
     try:
         RESTClassifier(**{**PARAMS, "max_epochs": 50}, callbacks=[Fail(how, out)],
                        distributed_timeout=timeout).fit(X, y, groups=g)
@@ -556,7 +570,7 @@ def main(argv: list[str]) -> None:
     out = Path(argv[1])
     which = argv[2] if len(argv) > 2 else "all"
     record_threads_at_exit(out)
-    if which in ("kill", "hang"):
+    if which in ("kill", "hang", "kill_in_own_group"):
         failure(which, out)
         return
     log = DrawLog()
