@@ -203,13 +203,11 @@ def resolve_device(device: Any) -> torch.device:
     return dev
 
 
-def _train_config(params: dict, *, warn: bool) -> TrainConfig:
-    """:class:`TrainConfig` of the parameters, reading the deprecated ``sparse_init='erk'``
-    (with a warning where ``warn``: on rank 0 of a data-parallel fit only)."""
+def _train_config(params: dict) -> TrainConfig:
+    """:class:`TrainConfig` of the parameters, reading the deprecated ``sparse_init='erk'``."""
     if params["sparse_init"] in ("erk", "uniform"):
         value = params["sparse_init"]
-        if warn:
-            warnings.warn(SPARSE_INIT_RENAMED.format(value=value), FutureWarning, stacklevel=4)
+        warnings.warn(SPARSE_INIT_RENAMED.format(value=value), FutureWarning, stacklevel=4)
         params = {**params, "layer_density": value, "sparse_init": "random"}
     return TrainConfig.from_params(params)
 
@@ -718,12 +716,12 @@ def fit_estimator(
         _check_warm_params(getattr(est, "_warm_fixed_params", None), params)
     with _restored_on_error(est, warm):
         est.__dict__.pop("inference_module_", None)  # belongs to the previous fit
-        data = check_inputs(est, X, y, groups, sample_weight, validation_data, warm=warm)
         world = resolve_distributed(est.distributed, resolve_device(est.device),
                                     timeout=est.distributed_timeout)
-        if world.is_main:  # every rank has the same parameters
+        with warnings_if(world.is_main):  # every rank has the same inputs and parameters
+            data = check_inputs(est, X, y, groups, sample_weight, validation_data, warm=warm)
             warn_unused_params(est, stacklevel=4)  # the caller of RESTClassifier.fit
-        config = _train_config(params, warn=world.is_main)
+            config = _train_config(params)
         with _built_run(est, data, config, callbacks, world=world, warm=warm,
                         resume_from=resume_from) as built:
             _train(est, built.run)

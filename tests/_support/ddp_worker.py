@@ -447,15 +447,15 @@ def scenario_dropout(log: DrawLog, out: Path, distributed) -> dict:
 
 
 def scenario_warnings(log: DrawLog, out: Path, distributed) -> dict:
-    """Fits warned about (a parameter the method leaves unused, the deprecated
-    ``sparse_init="erk"``, a layer kept at one weight, channels-last images): every
-    warning each rank gave."""
+    """Fits warned about (labels as a column, a parameter the method leaves unused, the
+    deprecated ``sparse_init="erk"``, a layer kept at one weight, channels-last images):
+    every warning each rank gave."""
     X, y, _ = TRAIN
     images = np.zeros((32, 8, 8, 3), dtype=np.float32)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         RESTClassifier(**{**PARAMS, "max_epochs": 1, "sparsity": 0.999}, groupdro_eta=0.5,
-                       sparse_init="erk", distributed=distributed).fit(X, y)
+                       sparse_init="erk", distributed=distributed).fit(X, y[:, None])
         RESTClassifier(**{**PARAMS, "max_epochs": 1, "batch_size": 16, "module": "resnet18",
                           "module_params": {"width": 2}}, validation_fraction=0.0,
                        distributed=distributed).fit(images, np.arange(32) % 2)

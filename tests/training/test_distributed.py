@@ -558,7 +558,8 @@ def test_only_rank_0_shows_progress(two_ranks):
 def test_warnings_of_the_parameters_data_and_network_come_from_rank_0_only(two_ranks):
     """A job of N ranks showed every such warning N times."""
     rank0, rank1 = (result["warnings"] for result in two_ranks["warnings"])
-    for expected in ("groupdro_eta=0.5 is only used when objective is 'groupdro'",
+    for expected in ("DataConversionWarning: A column-vector y was passed",
+                     "groupdro_eta=0.5 is only used when objective is 'groupdro'",
                      "FutureWarning: sparse_init='erk' is deprecated",
                      "every masked layer keeps at least one active weight",
                      "module='resnet18' reads samples of shape (8, 8, 3)"):
