@@ -731,11 +731,11 @@ or dict of columns, default=None
         import pandas as pd
 
         check_is_fitted(self, "module_")
-        params = dict(self.module_.named_parameters())
+        weights = self.module_.state_dict()  # dense also for a fit's CSR layers
         return pd.DataFrame([
             {"layer": name, "shape": tuple(mask.shape), "n_weights": mask.numel(),
              "n_active": int(mask.sum()), "density": float(mask.float().mean()),
-             "n_nonzero": int((params[name].detach().cpu() != 0).sum())}
+             "n_nonzero": int((weights[name].cpu() != 0).sum())}
             for name, mask in self.masks_.items()
         ], columns=["layer", "shape", "n_weights", "n_active", "density", "n_nonzero"])
 

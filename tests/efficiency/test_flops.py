@@ -345,12 +345,14 @@ class _Reports(Callback):
 
     def on_epoch_end(self, net, **kwargs):
         self.ends.append((net.efficiency_report(), net.n_train_steps_, net.n_topology_updates_))
+        self.sparsity = net.sparsity_report()
 
 
 @pytest.mark.parametrize("sparse_compute", ["masked", "csr"])
 def test_a_callback_reads_the_efficiency_of_the_run_so_far(sparse_compute):
-    # it failed during a first fit (no n_topology_updates_ yet), and a warm start's
-    # callbacks read the counts of the fit before it
+    # it failed during a first fit (no n_topology_updates_ yet) and, as the sparsity
+    # report, on layers training in CSR form; a warm start's callbacks read the counts of
+    # the fit before it
     rng = np.random.default_rng(0)
     X, y = rng.normal(size=(64, 6)).astype(np.float32), np.arange(64) % 2
     reports = _Reports()
@@ -367,6 +369,7 @@ def test_a_callback_reads_the_efficiency_of_the_run_so_far(sparse_compute):
         assert total["training_flops_run"] == total["training_flops"] * 64 * epoch
         assert report.attrs["topology_update_rate"] == updates / steps
     pd.testing.assert_frame_equal(reports.ends[-1][0], clf.efficiency_report())
+    pd.testing.assert_frame_equal(reports.sparsity, clf.sparsity_report())
     before = clf.n_topology_updates_
     reports.__init__()
     clf.set_params(warm_start=True, max_epochs=1).fit(X, y)
