@@ -808,7 +808,7 @@ or dict of columns, default=None
         """
         check_is_fitted(self, "module_")
         return export_sparse(
-            self.module_, self.masks_, density_threshold=density_threshold,
+            dense_copy(self.module_), self.masks_, density_threshold=density_threshold,
             num_threads=num_threads,
         )
 

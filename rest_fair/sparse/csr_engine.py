@@ -251,15 +251,18 @@ class CSRDynamicSparsity(DynamicSparsity):
 
 def dense_copy(module: nn.Module) -> nn.Module:
     """``module`` itself, or where it holds :class:`CSRLinear` layers (a run training in CSR
-    form) a copy of it in which each is the ``nn.Linear`` it trains: the dense weight
-    (zeros outside the pattern) and the bias."""
-    names = [name for name, sub in module.named_modules() if isinstance(sub, CSRLinear)]
+    form) a copy of it in which each is the ``nn.Linear`` it trains (the dense weight, zeros
+    outside the pattern, and the bias) and the ``nn.ReLU`` it applies is back in place."""
+    names = {name: sub for name, sub in module.named_modules()
+             if isinstance(sub, (CSRLinear, _FusedReLU))}
     if not names:
         return module
     module = copy.deepcopy(module)
-    for name in names:
-        layer = module.get_submodule(name)
-        linear = nn.Linear(layer.in_features, layer.out_features, bias=False, device="meta")
-        linear.weight, linear.bias = nn.Parameter(layer.dense_weight()), layer.bias
-        set_submodule(module, name, linear)
+    for name, sub in names.items():
+        layer = nn.ReLU()
+        if isinstance(sub, CSRLinear):
+            layer = nn.Linear(sub.in_features, sub.out_features, bias=False, device="meta")
+            layer.weight = nn.Parameter(sub.dense_weight())
+            layer.bias = module.get_submodule(name).bias
+        set_submodule(module, name, layer)
     return module

@@ -345,14 +345,14 @@ class _Reports(Callback):
 
     def on_epoch_end(self, net, **kwargs):
         self.ends.append((net.efficiency_report(), net.n_train_steps_, net.n_topology_updates_))
-        self.sparsity = net.sparsity_report()
+        self.sparsity, self.exported = net.sparsity_report(), net.export_sparse()
 
 
 @pytest.mark.parametrize("sparse_compute", ["masked", "csr"])
 def test_a_callback_reads_the_efficiency_of_the_run_so_far(sparse_compute):
     # it failed during a first fit (no n_topology_updates_ yet) and, as the sparsity
-    # report, on layers training in CSR form; a warm start's callbacks read the counts of
-    # the fit before it
+    # report and the export did, on layers training in CSR form; a warm start's callbacks
+    # read the counts of the fit before it
     rng = np.random.default_rng(0)
     X, y = rng.normal(size=(64, 6)).astype(np.float32), np.arange(64) % 2
     reports = _Reports()
@@ -370,6 +370,8 @@ def test_a_callback_reads_the_efficiency_of_the_run_so_far(sparse_compute):
         assert report.attrs["topology_update_rate"] == updates / steps
     pd.testing.assert_frame_equal(reports.ends[-1][0], clf.efficiency_report())
     pd.testing.assert_frame_equal(reports.sparsity, clf.sparsity_report())
+    inputs = torch.from_numpy(X)
+    torch.testing.assert_close(reports.exported(inputs), clf.export_sparse()(inputs))
     before = clf.n_topology_updates_
     reports.__init__()
     clf.set_params(warm_start=True, max_epochs=1).fit(X, y)
