@@ -255,6 +255,28 @@ def test_a_failed_rendezvous_quotes_distributed_timeout_as_given(timeout):
     assert f"longer than distributed_timeout={timeout} s," in str(caught.value)
 
 
+def test_the_timeout_quoted_is_the_process_groups(tmp_path, monkeypatch):
+    import datetime
+
+    from rest_fair.training import distributed
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0,
+                            world_size=1, timeout=datetime.timedelta(seconds=90))
+    try:
+        assert distributed._timeout_named(90) == "distributed_timeout=90 s"
+        assert distributed._timeout_named(1800.0) == (
+            "the process group's timeout, 90.0 s (distributed_timeout=1800.0 s sets it only "
+            "when fit initialises the group)")
+        # a torch that does not tell a group's timeout
+        monkeypatch.delattr(dist.ProcessGroup, "_get_backend")
+        assert distributed._timeout_named(1800.0) == (
+            "the process group's timeout (distributed_timeout=1800.0 s when fit initialised "
+            "the group)")
+    finally:
+        monkeypatch.undo()
+        dist.destroy_process_group()
+
+
 def test_one_rank_process_group_trains_through_ddp_exactly(tmp_path, monkeypatch):
     """distributed=True on a 1-rank gloo group: DDP wraps the module, results unchanged."""
     _clear_torchrun_env(monkeypatch)
