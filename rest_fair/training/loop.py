@@ -690,7 +690,7 @@ class TrainingRun:
             if key in states and hasattr(cb, "load_state_dict"):
                 cb.load_state_dict(states[key])
         left = sorted(set(states) - set(keys))
-        if left:
+        if left and self.parts.world.is_main:  # every rank resumes the same states
             warnings.warn(CALLBACK_STATES_LEFT.format(keys=left), UserWarning, stacklevel=2)
 
 

@@ -446,14 +446,32 @@ def scenario_dropout(log: DrawLog, out: Path, distributed) -> dict:
     return result
 
 
+class Stateful(Callback):
+    """A callback whose state checkpoints hold."""
+
+    def state_dict(self) -> dict:
+        return {"calls": 1}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
 def scenario_warnings(log: DrawLog, out: Path, distributed) -> dict:
     """Fits warned about (labels as a column, a parameter the method leaves unused, the
-    deprecated ``sparse_init="erk"``, a layer kept at one weight, channels-last images):
-    every warning each rank gave."""
+    deprecated ``sparse_init="erk"``, a layer kept at one weight, channels-last images, a
+    resumed checkpoint holding the state of a callback the fit has not): every warning each
+    rank gave."""
     X, y, _ = TRAIN
     images = np.zeros((32, 8, 8, 3), dtype=np.float32)
+    directory = out / "stateful-checkpoint"
+    try:
+        RESTClassifier(**PARAMS, callbacks=[Checkpoint(directory), Stateful(), Preempt()],
+                       distributed=distributed).fit(X, y)
+    except KeyboardInterrupt:
+        pass
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
+        RESTClassifier(**PARAMS, distributed=distributed).fit(X, y, resume_from=directory)
         RESTClassifier(**{**PARAMS, "max_epochs": 1, "sparsity": 0.999}, groupdro_eta=0.5,
                        sparse_init="erk", distributed=distributed).fit(X, y[:, None])
         RESTClassifier(**{**PARAMS, "max_epochs": 1, "batch_size": 16, "module": "resnet18",

@@ -577,14 +577,15 @@ def test_only_rank_0_shows_progress(two_ranks):
     assert "REST" not in logs[1]  # ... and only there
 
 
-def test_warnings_of_the_parameters_data_and_network_come_from_rank_0_only(two_ranks):
+def test_warnings_of_the_parameters_data_network_and_resume_come_from_rank_0_only(two_ranks):
     """A job of N ranks showed every such warning N times."""
     rank0, rank1 = (result["warnings"] for result in two_ranks["warnings"])
     for expected in ("DataConversionWarning: A column-vector y was passed",
                      "groupdro_eta=0.5 is only used when objective is 'groupdro'",
                      "FutureWarning: sparse_init='erk' is deprecated",
                      "every masked layer keeps at least one active weight",
-                     "module='resnet18' reads samples of shape (8, 8, 3)"):
+                     "module='resnet18' reads samples of shape (8, 8, 3)",
+                     "the checkpoint holds the state of callbacks ['Stateful:0']"):
         assert sum(expected in message for message in rank0) == 1, (expected, rank0)
     assert rank1 == []
 
