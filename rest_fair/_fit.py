@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 
 from ._data import TokenizedText, _first_element, fixed_global_rngs, make_source
 from ._inputs import FitData, check_inputs, take
-from ._validation import IDENTIFYING, summable_weights
+from ._validation import IDENTIFYING, summable_weights, warn_unused_params, warnings_if
 from .callbacks import check_callbacks
 from .jtt import identify_errors, overlap_report
 from .models import build_module
@@ -555,13 +555,12 @@ def _training_modes(device: torch.device) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _built_run(est: Any, data: FitData, config: TrainConfig, callbacks: list, *, warm: bool,
-               resume_from: Any) -> Iterator[_Built]:
-    """The run of ``fit``, open: the random state forked (and held against fits in other
-    threads), its batch sources closed after."""
+def _built_run(est: Any, data: FitData, config: TrainConfig, callbacks: list, *,
+               world: LocalContext, warm: bool, resume_from: Any) -> Iterator[_Built]:
+    """The run of ``fit`` in ``world``, open: the random state forked (and held against
+    fits in other threads), its batch sources closed after. Building the network warns on
+    rank 0 only: every rank builds the same."""
     seed = int(check_random_state(est.random_state).randint(0, 2**31 - 1))
-    world = resolve_distributed(est.distributed, resolve_device(est.device),
-                                timeout=est.distributed_timeout)
     # a run seeded by None or a RandomState draws its seed: resuming it takes the seed its
     # checkpoint recorded, so that the validation split and the generators are the same
     drawn = not isinstance(est.random_state, Integral)
@@ -620,10 +619,11 @@ def _built_run(est: Any, data: FitData, config: TrainConfig, callbacks: list, *,
                 train, upweight=upweight, reweight=est.reweight, batch_size=est.batch_size,
                 num_workers=est.num_workers, generator=generator, world=world)
             sources.append(train_set.source)
-            module = est.module_.to(world.device).train() if warm else build_module(
-                est.module, input_shape=train_set.source.sample_shape,
-                n_classes=len(data.classes), module_params=est.module_params,
-            ).to(world.device)
+            with warnings_if(world.is_main):
+                module = est.module_.to(world.device).train() if warm else build_module(
+                    est.module, input_shape=train_set.source.sample_shape,
+                    n_classes=len(data.classes), module_params=est.module_params,
+                ).to(world.device)
             for source in sources:  # token ids for an embedding, float32 for other layers
                 source.read_ids(module)
             parts = build_parts(
@@ -718,9 +718,13 @@ def fit_estimator(
         _check_warm_params(getattr(est, "_warm_fixed_params", None), params)
     with _restored_on_error(est, warm):
         est.__dict__.pop("inference_module_", None)  # belongs to the previous fit
-        data = check_inputs(est, X, y, groups, sample_weight, validation_data, warm=warm)
-        config = _train_config(params)
-        with _built_run(est, data, config, callbacks, warm=warm,
+        world = resolve_distributed(est.distributed, resolve_device(est.device),
+                                    timeout=est.distributed_timeout)
+        with warnings_if(world.is_main):  # every rank has the same inputs and parameters
+            data = check_inputs(est, X, y, groups, sample_weight, validation_data, warm=warm)
+            warn_unused_params(est, stacklevel=4)  # the caller of RESTClassifier.fit
+            config = _train_config(params)
+        with _built_run(est, data, config, callbacks, world=world, warm=warm,
                         resume_from=resume_from) as built:
             _train(est, built.run)
         vars(est).update(_fitted(built, data))

@@ -11,10 +11,11 @@ also serves, for the warnings that only its final fit gives.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
 from numbers import Integral
@@ -36,6 +37,7 @@ __all__ = [
     "summable_weights",
     "unused_params",
     "warn_unused_params",
+    "warnings_if",
 ]
 
 #: True while JTT's identification model, a fit inside the fit, is fitted (in this thread or
@@ -192,6 +194,22 @@ def warn_unused_params(est: Any, *, stacklevel: int = 3) -> None:
                 name=name, value=params[name], setting=setting, current=params[setting],
                 default=default, options=" or ".join(map(repr, values))),
                 UserWarning, stacklevel=stacklevel)
+
+
+@contextlib.contextmanager
+def warnings_if(warn: bool) -> Iterator[None]:
+    """The block's warnings where ``warn`` is true, none otherwise: a data-parallel fit's
+    ranks other than rank 0 build what rank 0 builds, whose warnings say it once.
+
+    Only a silenced block sets a filter (process-wide, as every warnings filter): a fit
+    on rank 0 or in a single process leaves other threads' warnings alone.
+    """
+    if warn:
+        yield
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
 
 
 def summable_weights(weights: np.ndarray) -> np.ndarray:

@@ -4,10 +4,12 @@ A callback subclasses :class:`Callback` and overrides any of its hooks (or sets 
 instance: ``cb.on_batch_end = fn`` is called as ``fn(net, **kwargs)``). Every hook receives
 the estimator being fitted (``net``) and keyword arguments, so a callback sees the live
 training: ``net.module_`` (the network), ``net.optimizer_``, ``net.masks_`` (the current
-masks, updated at every topology change) and ``net.history_`` (one record per finished
-epoch), and ``run``, the live :class:`~rest_fair.training.TrainingRun` (``run.parts``,
-``run.state``, ``run.save_checkpoint``). Hooks should accept ``**kwargs`` so that later
-versions can pass more.
+masks, updated at every topology change), ``net.history_`` (one record per finished
+epoch), ``net.n_train_steps_`` and ``net.n_topology_updates_`` (so
+``net.efficiency_report()`` reports the run so far), and ``run``, the live
+:class:`~rest_fair.training.TrainingRun` (``run.parts``, ``run.state``,
+``run.save_checkpoint``). Hooks should accept ``**kwargs`` so that later versions can pass
+more.
 
 ``on_fit_begin`` comes first, before anything trains (and before the run exists, so
 without ``run``), with ``check_checkpoint``, the check that a checkpoint directory may take

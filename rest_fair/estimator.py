@@ -28,7 +28,6 @@ from ._validation import (
     Options,
     TypeOf,
     check_params,
-    warn_unused_params,
 )
 from .efficiency import efficiency_report, export_sparse
 from .exceptions import ModelFileError, TrainingDivergedError
@@ -44,6 +43,7 @@ from .sparse import (
     UPDATE_TIMINGS,
 )
 from .sparse.compute import SPARSE_COMPUTE_MODES
+from .sparse.csr_engine import dense_copy
 from .training import LR_SCHEDULERS, OPTIMIZERS, PRECISIONS, predict_logits
 from .training.distributed import translate_failures
 
@@ -101,7 +101,7 @@ _FILE_ATTRIBUTES = ("classes_", "n_features_in_", "input_shape_")
 _LIVE_ATTRIBUTES = ("module_", "masks_", "optimizer_")
 _SAVED_IN_FIRST_FIT = (
     "This %(name)s has a network but not yet the attributes fit sets when it ends "
-    "(n_train_steps_, best_epoch_, ...; a callback saving during the first fit comes "
+    "(best_epoch_, groups_, ...; a callback saving during the first fit comes "
     "before), and a file without them could not be warm-started. To save the run to "
     "resume it, use rest_fair.callbacks.Checkpoint; to save the network being trained, "
     "rest_fair.persistence.save((net.module_, dict(net.masks_), metadata), path)."
@@ -613,7 +613,6 @@ or dict of columns, default=None
         numbers it gives alone. Fits in separate processes run side by side.
         """
         self._validate_params()
-        warn_unused_params(self)
         with translate_failures(self.distributed_timeout):
             return fit_estimator(self, X, y, groups=groups, sample_weight=sample_weight,
                                  validation_data=validation_data, resume_from=resume_from)
@@ -737,11 +736,11 @@ or dict of columns, default=None
         import pandas as pd
 
         check_is_fitted(self, "module_")
-        params = dict(self.module_.named_parameters())
+        weights = self.module_.state_dict()  # dense also for a fit's CSR layers
         return pd.DataFrame([
             {"layer": name, "shape": tuple(mask.shape), "n_weights": mask.numel(),
              "n_active": int(mask.sum()), "density": float(mask.float().mean()),
-             "n_nonzero": int((params[name].detach().cpu() != 0).sum())}
+             "n_nonzero": int((weights[name].cpu() != 0).sum())}
             for name, mask in self.masks_.items()
         ], columns=["layer", "shape", "n_weights", "n_active", "density", "n_nonzero"])
 
@@ -773,7 +772,9 @@ or dict of columns, default=None
         samples actually trained, the sum of ``history_[i]["n_train_samples"]``; where an
         epoch's record lacks it (a model file or checkpoint written before it was counted),
         or ``history_`` is absent (a model file whose ``save`` left it out),
-        ``n_train_steps_ * batch_size``, which counts every batch as full.
+        ``n_train_steps_ * batch_size``, which counts every batch as full. Called by a
+        callback during ``fit``, it reports the run so far: the network and masks as they
+        are, the steps and topology updates made, the samples of the epochs finished.
 
         Returns
         -------
@@ -791,10 +792,11 @@ or dict of columns, default=None
         history = getattr(self, "history_", None)
         counts = [None] if history is None else [r.get("n_train_samples") for r in history]
         return efficiency_report(
-            self.module_,
+            dense_copy(self.module_),  # a fit's CSR layers (sparse_compute) as they train
             self.masks_,
             self.input_shape_,
-            n_topology_updates=self.n_topology_updates_,
+            # no step yet (a callback's on_train_begin): no update rate
+            n_topology_updates=self.n_topology_updates_ if self.n_train_steps_ else None,
             n_train_steps=self.n_train_steps_,
             batch_size=self.batch_size,
             n_train_samples=None if None in counts else sum(counts),
@@ -811,7 +813,7 @@ or dict of columns, default=None
         """
         check_is_fitted(self, "module_")
         return export_sparse(
-            self.module_, self.masks_, density_threshold=density_threshold,
+            dense_copy(self.module_), self.masks_, density_threshold=density_threshold,
             num_threads=num_threads,
         )
 
@@ -848,7 +850,7 @@ or dict of columns, default=None
         when it ends are not set yet.
         """
         check_is_fitted(self, "module_")
-        check_is_fitted(self, (*_FILE_ATTRIBUTES, "n_train_steps_"), msg=_SAVED_IN_FIRST_FIT)
+        check_is_fitted(self, (*_FILE_ATTRIBUTES, "best_epoch_"), msg=_SAVED_IN_FIRST_FIT)
         params = self.get_params(deep=False)
         if params["module"] not in MODULE_NAMES:
             raise ValueError(_CUSTOM_MODULE.format(value=params["module"], names=MODULE_NAMES))

@@ -24,6 +24,7 @@ not read and written once more for the ReLU; results are bitwise those of the Re
 
 from __future__ import annotations
 
+import copy
 import itertools
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -36,7 +37,7 @@ from .engine import DynamicSparsity
 from .masks import MaskSet
 from .modules import ELEMENTWISE, set_submodule
 
-__all__ = ["CSRDynamicSparsity"]
+__all__ = ["CSRDynamicSparsity", "dense_copy"]
 
 
 class _CSRMaskSet(MaskSet):
@@ -247,3 +248,22 @@ class CSRDynamicSparsity(DynamicSparsity):
                     optimizer.state[linear.weight] = _layer_state(
                         layer, optimizer.state.pop(layer.values), dense=True)
             self.masks.restore_dense(weight_name, linear.weight, layer.mask())
+
+
+def dense_copy(module: nn.Module) -> nn.Module:
+    """``module`` itself, or where it holds :class:`CSRLinear` layers (a run training in CSR
+    form) a copy of it in which each is the ``nn.Linear`` it trains (the dense weight, zeros
+    outside the pattern, and the bias) and the ``nn.ReLU`` it applies is back in place."""
+    names = {name: sub for name, sub in module.named_modules()
+             if isinstance(sub, (CSRLinear, _FusedReLU))}
+    if not names:
+        return module
+    module = copy.deepcopy(module)
+    for name, sub in names.items():
+        layer = nn.ReLU()
+        if isinstance(sub, CSRLinear):
+            layer = nn.Linear(sub.in_features, sub.out_features, bias=False, device="meta")
+            layer.weight = nn.Parameter(sub.dense_weight())
+            layer.bias = module.get_submodule(name).bias
+        set_submodule(module, name, layer)
+    return module

@@ -84,8 +84,19 @@ TOO_FEW_SAMPLES = (
 RANK_FAILED = (
     "distributed fit failed on rank {rank} of {world_size}: a collective operation with "
     "the other ranks did not complete. Another rank probably died (see its log), hung for "
-    "longer than distributed_timeout={timeout} s, or stopped calling fit. The error from "
-    "torch.distributed was: {error}"
+    "longer than {timeout}, or stopped calling fit. The error from torch.distributed was: "
+    "{error}"
+)
+#: :data:`RANK_FAILED`'s timeout where the process group's is not ``distributed_timeout``
+#: (a group the caller initialised, or an earlier fit with another ``distributed_timeout``),
+#: and where torch does not tell it.
+GROUP_TIMEOUT = (
+    "the process group's timeout, {group} s (distributed_timeout={timeout} s sets it only "
+    "when fit initialises the group)"
+)
+UNKNOWN_GROUP_TIMEOUT = (
+    "the process group's timeout (distributed_timeout={timeout} s when fit initialised the "
+    "group)"
 )
 MASKS_DIVERGED = (
     "the sparse masks differ across ranks {when}: layer(s) {layers} hold a different "
@@ -313,7 +324,8 @@ def translate_failures(timeout: float) -> Iterator[None]:
     inside torch or rest_fair, not by a callback) raised while a process group of more
     than one rank is initialised, and the ``DistError`` of a failed rendezvous (rank and
     world size then read from the environment); everything else passes through unchanged.
-    The message quotes ``timeout`` (``distributed_timeout``) as given.
+    The message quotes ``timeout`` (``distributed_timeout``) as given, or the process
+    group's own timeout where that is another (a group initialised before ``fit``).
     """
     try:
         yield
@@ -335,8 +347,28 @@ def translate_failures(timeout: float) -> Iterator[None]:
         else:
             raise
         raise DistributedError(RANK_FAILED.format(
-            rank=rank, world_size=world_size, timeout=timeout,
+            rank=rank, world_size=world_size, timeout=_timeout_named(timeout),
             error=str(exc).strip())) from exc
+
+
+def _timeout_named(timeout: float) -> str:
+    """The timeout a failed collective waited for: ``distributed_timeout`` as given where
+    it is the initialised process group's (or none is initialised: its rendezvous failed),
+    else the group's own, where torch tells it."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        return f"distributed_timeout={timeout} s"
+    try:  # the options of the group's backend: no public accessor
+        backend = str(dist.get_backend())
+        device = torch.device("cuda" if "nccl" in backend else "cpu")
+        group = dist.distributed_c10d._get_default_group()._get_backend(device)
+        seconds = group.options._timeout.total_seconds()
+    except (AttributeError, RuntimeError, TypeError, ValueError):
+        return UNKNOWN_GROUP_TIMEOUT.format(timeout=timeout)
+    if abs(seconds - float(timeout)) < 1e-3:  # kept in whole milliseconds
+        return f"distributed_timeout={timeout} s"
+    return GROUP_TIMEOUT.format(group=seconds, timeout=timeout)
 
 
 # ------------------------------------------------------------------------ the context

@@ -284,6 +284,15 @@ class TrainingRun:
         net.optimizer_ = self.parts.optimizer
         net.history_ = self.state.history
         net.masks_ = LiveMasks(self.parts.sparsity)
+        self._count(self.state.step)
+
+    def _count(self, step: int) -> None:
+        """Keep ``net.n_train_steps_`` and ``net.n_topology_updates_`` at the run's counts
+        up to ``step`` (a warm start's and a resumed run's counted on), for callbacks."""
+        s, sparsity = self.state, self.parts.sparsity
+        self.net.n_train_steps_ = s.step_offset + step
+        self.net.n_topology_updates_ = s.update_offset + (
+            sparsity.n_updates if sparsity is not None else 0)
 
     # ------------------------------------------------------------------- training
     def fit_loop(self, net: Any) -> TrainState:
@@ -413,6 +422,7 @@ class TrainingRun:
         if update and sparsity.after_optimizer_step:
             self._update_topology(step)
         s.step = step
+        self._count(step)
         return loss.detach()
 
     def _check_output(self, logits: Any, n: int) -> None:
@@ -426,6 +436,7 @@ class TrainingRun:
 
     def _update_topology(self, step: int) -> None:
         regrown = self.parts.sparsity.before_step(step, self.parts.optimizer)
+        self._count(step)
         self.notify("on_topology_update", step=step, n_regrown=regrown)
 
     def _gradients_finite(self) -> bool:
@@ -679,7 +690,7 @@ class TrainingRun:
             if key in states and hasattr(cb, "load_state_dict"):
                 cb.load_state_dict(states[key])
         left = sorted(set(states) - set(keys))
-        if left:
+        if left and self.parts.world.is_main:  # every rank resumes the same states
             warnings.warn(CALLBACK_STATES_LEFT.format(keys=left), UserWarning, stacklevel=2)
 
 

@@ -4,13 +4,15 @@ compare).
 Run as ``torchrun --standalone --nproc_per_node=2 tests/_support/ddp_worker.py OUT_DIR
 [scenario]``; every rank writes ``OUT_DIR/<scenario>-rank<r>.pt`` with what the tests compare
 across ranks. ``scenario`` ``"all"`` (default) runs the fits of :data:`SCENARIOS`; ``"kill"``
-and ``"hang"`` make rank 1 die or hang mid-training (launched without torchrun's agent,
-see the test).
+and ``"hang"`` make rank 1 die or hang mid-training, and ``"kill_in_own_group"`` die in a
+fit on a process group initialised before it (launched without torchrun's agent, see the
+tests).
 """
 
 from __future__ import annotations
 
 import atexit
+import datetime
 import hashlib
 import json
 import os
@@ -18,6 +20,7 @@ import shutil
 import signal
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -443,6 +446,40 @@ def scenario_dropout(log: DrawLog, out: Path, distributed) -> dict:
     return result
 
 
+class Stateful(Callback):
+    """A callback whose state checkpoints hold."""
+
+    def state_dict(self) -> dict:
+        return {"calls": 1}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+def scenario_warnings(log: DrawLog, out: Path, distributed) -> dict:
+    """Fits warned about (labels as a column, a parameter the method leaves unused, the
+    deprecated ``sparse_init="erk"``, a layer kept at one weight, channels-last images, a
+    resumed checkpoint holding the state of a callback the fit has not): every warning each
+    rank gave."""
+    X, y, _ = TRAIN
+    images = np.zeros((32, 8, 8, 3), dtype=np.float32)
+    directory = out / "stateful-checkpoint"
+    try:
+        RESTClassifier(**PARAMS, callbacks=[Checkpoint(directory), Stateful(), Preempt()],
+                       distributed=distributed).fit(X, y)
+    except KeyboardInterrupt:
+        pass
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        RESTClassifier(**PARAMS, distributed=distributed).fit(X, y, resume_from=directory)
+        RESTClassifier(**{**PARAMS, "max_epochs": 1, "sparsity": 0.999}, groupdro_eta=0.5,
+                       sparse_init="erk", distributed=distributed).fit(X, y[:, None])
+        RESTClassifier(**{**PARAMS, "max_epochs": 1, "batch_size": 16, "module": "resnet18",
+                          "module_params": {"width": 2}}, validation_fraction=0.0,
+                       distributed=distributed).fit(images, np.arange(32) % 2)
+    return {"warnings": [f"{w.category.__name__}: {w.message}" for w in caught]}
+
+
 SCENARIOS = {
     "rest": scenario_rest,
     "groupdro": scenario_groupdro,
@@ -459,6 +496,7 @@ SCENARIOS = {
     "callback_error": scenario_callback_error,
     "module_error": scenario_module_error,
     "dropout": scenario_dropout,
+    "warnings": scenario_warnings,
 }
 
 
@@ -495,9 +533,21 @@ def start_signal(out: Path) -> float:
     return float(go.read_text())
 
 
+#: The timeout of the process group that ``"kill_in_own_group"`` initialises before fit
+OWN_GROUP_TIMEOUT = 300.0
+
+
 def failure(how: str, out: Path) -> None:
+    """A fit in which rank 1 dies or hangs; ``"kill_in_own_group"`` kills it in a fit on a
+    process group initialised before fit, with a timeout other than distributed_timeout."""
     X, y, g = TRAIN
-    timeout = start_signal(out)
+    if how == "kill_in_own_group":
+        torch.distributed.init_process_group(
+            "gloo", timeout=datetime.timedelta(seconds=OWN_GROUP_TIMEOUT))
+        atexit.register(torch.distributed.destroy_process_group)
+        how, timeout = "kill", 7.0
+    else:
+        timeout = start_signal(out)
     try:
         RESTClassifier(**{**PARAMS, "max_epochs": 50}, callbacks=[Fail(how, out)],
                        distributed_timeout=timeout).fit(X, y, groups=g)
@@ -538,7 +588,7 @@ def main(argv: list[str]) -> None:
     out = Path(argv[1])
     which = argv[2] if len(argv) > 2 else "all"
     record_threads_at_exit(out)
-    if which in ("kill", "hang"):
+    if which in ("kill", "hang", "kill_in_own_group"):
         failure(which, out)
         return
     log = DrawLog()

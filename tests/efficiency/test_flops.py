@@ -3,12 +3,13 @@
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from torch import nn
 
 from rest_fair import RESTClassifier
-from rest_fair.callbacks import Checkpoint
+from rest_fair.callbacks import Callback, Checkpoint
 from rest_fair.efficiency import efficiency_report
 from rest_fair.models import build_module
 from tests._support.callbacks import StopAt
@@ -328,3 +329,54 @@ def test_whole_run_flops_count_the_samples_trained_not_full_batches(tmp_path):
     for record in resumed.history_:
         del record["n_train_samples"]
     assert samples(resumed) == resumed.n_train_steps_ * 256 == 1024
+
+
+class _Reports(Callback):
+    """The estimator's efficiency report as callbacks read it while it trains."""
+
+    def __init__(self):
+        self.begin, self.ends, self.updates = None, [], []
+
+    def on_train_begin(self, net, **kwargs):
+        self.begin = net.efficiency_report()
+
+    def on_topology_update(self, net, *, step, **kwargs):
+        self.updates.append((step, net.n_train_steps_, net.n_topology_updates_))
+
+    def on_epoch_end(self, net, **kwargs):
+        self.ends.append((net.efficiency_report(), net.n_train_steps_, net.n_topology_updates_))
+        self.sparsity, self.exported = net.sparsity_report(), net.export_sparse()
+
+
+@pytest.mark.parametrize("sparse_compute", ["masked", "csr"])
+def test_a_callback_reads_the_efficiency_of_the_run_so_far(sparse_compute):
+    # it failed during a first fit (no n_topology_updates_ yet) and, as the sparsity
+    # report and the export did, on layers training in CSR form; a warm start's callbacks
+    # read the counts of the fit before it
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(64, 6)).astype(np.float32), np.arange(64) % 2
+    reports = _Reports()
+    clf = RESTClassifier(max_epochs=2, batch_size=16, update_interval=2, validation_fraction=0.0,
+                         sparse_compute=sparse_compute, random_state=0,
+                         callbacks=[reports]).fit(X, y)
+    assert bool(clf.sparse_compute_layers_) == (sparse_compute == "csr")
+    assert reports.begin.loc["total", "training_flops_run"] == 0
+    assert [u[1:] for u in reports.updates] == [(step, n + 1) for n, (step, _, _)
+                                                in enumerate(reports.updates)]
+    for epoch, (report, steps, updates) in enumerate(reports.ends, start=1):
+        total = report.loc["total"]
+        assert steps == 4 * epoch
+        assert total["training_flops_run"] == total["training_flops"] * 64 * epoch
+        assert report.attrs["topology_update_rate"] == updates / steps
+    pd.testing.assert_frame_equal(reports.ends[-1][0], clf.efficiency_report())
+    pd.testing.assert_frame_equal(reports.sparsity, clf.sparsity_report())
+    inputs = torch.from_numpy(X)
+    torch.testing.assert_close(reports.exported(inputs), clf.export_sparse()(inputs))
+    before = clf.n_topology_updates_
+    reports.__init__()
+    clf.set_params(warm_start=True, max_epochs=1).fit(X, y)
+    report, steps, updates = reports.ends[0]
+    assert (steps, updates) == (clf.n_train_steps_, clf.n_topology_updates_)
+    assert steps == 12 and updates > before
+    assert report.loc["total", "training_flops_run"] == report.loc[
+        "total", "training_flops"] * 64 * 3

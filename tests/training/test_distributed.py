@@ -255,6 +255,28 @@ def test_a_failed_rendezvous_quotes_distributed_timeout_as_given(timeout):
     assert f"longer than distributed_timeout={timeout} s," in str(caught.value)
 
 
+def test_the_timeout_quoted_is_the_process_groups(tmp_path, monkeypatch):
+    import datetime
+
+    from rest_fair.training import distributed
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0,
+                            world_size=1, timeout=datetime.timedelta(seconds=90))
+    try:
+        assert distributed._timeout_named(90) == "distributed_timeout=90 s"
+        assert distributed._timeout_named(1800.0) == (
+            "the process group's timeout, 90.0 s (distributed_timeout=1800.0 s sets it only "
+            "when fit initialises the group)")
+        # a torch that does not tell a group's timeout
+        monkeypatch.delattr(dist.ProcessGroup, "_get_backend")
+        assert distributed._timeout_named(1800.0) == (
+            "the process group's timeout (distributed_timeout=1800.0 s when fit initialised "
+            "the group)")
+    finally:
+        monkeypatch.undo()
+        dist.destroy_process_group()
+
+
 def test_one_rank_process_group_trains_through_ddp_exactly(tmp_path, monkeypatch):
     """distributed=True on a 1-rank gloo group: DDP wraps the module, results unchanged."""
     _clear_torchrun_env(monkeypatch)
@@ -555,6 +577,19 @@ def test_only_rank_0_shows_progress(two_ranks):
     assert "REST" not in logs[1]  # ... and only there
 
 
+def test_warnings_of_the_parameters_data_network_and_resume_come_from_rank_0_only(two_ranks):
+    """A job of N ranks showed every such warning N times."""
+    rank0, rank1 = (result["warnings"] for result in two_ranks["warnings"])
+    for expected in ("DataConversionWarning: A column-vector y was passed",
+                     "groupdro_eta=0.5 is only used when objective is 'groupdro'",
+                     "FutureWarning: sparse_init='erk' is deprecated",
+                     "every masked layer keeps at least one active weight",
+                     "module='resnet18' reads samples of shape (8, 8, 3)",
+                     "the checkpoint holds the state of callbacks ['Stateful:0']"):
+        assert sum(expected in message for message in rank0) == 1, (expected, rank0)
+    assert rank1 == []
+
+
 def test_no_gloo_thread_outlives_the_exit_handler(two_ranks):
     """The process group rest_fair initialised is torn down before Python shuts down.
 
@@ -576,6 +611,30 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _start_ranks(out: Path, how: str) -> tuple[list[subprocess.Popen], list[Path]]:
+    """Two ranks of ddp_worker.py ``how`` (writing to ``out``), started like torchrun's
+    workers but without its agent (as under srun), which would stop rank 0 when rank 1
+    fails; their processes and logs."""
+    port = str(_free_port())
+    procs, logs = [], []
+    for rank in range(2):
+        env = _env(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2",
+                   MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
+        logs.append(out / f"rank{rank}.log")
+        with logs[-1].open("w") as log:
+            procs.append(subprocess.Popen([sys.executable, str(WORKER), str(out), how],
+                                          env=env, stdout=log, stderr=subprocess.STDOUT))
+    return procs, logs
+
+
+def _stop(procs: list[subprocess.Popen]) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+    for p in procs:
+        p.wait()
+
+
 @pytest.mark.parametrize("how", ["kill", "hang"])
 def test_dead_or_hung_rank_fails_the_others_within_the_timeout(tmp_path, how):
     """Two ranks started like torchrun's workers, but without its agent (as under srun).
@@ -588,16 +647,8 @@ def test_dead_or_hung_rank_fails_the_others_within_the_timeout(tmp_path, how):
     (``start_signal`` in tests/_support/ddp_worker.py), so their start-up skew does not count.
     The bounds on ``elapsed`` are fractions of that timeout.
     """
-    port = str(_free_port())
     launched = time.time()
-    procs, logs = [], []
-    for rank in range(2):
-        env = _env(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2",
-                   MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
-        logs.append(tmp_path / f"rank{rank}.log")
-        with logs[-1].open("w") as log:
-            procs.append(subprocess.Popen([sys.executable, str(WORKER), str(tmp_path), how],
-                                          env=env, stdout=log, stderr=subprocess.STDOUT))
+    procs, logs = _start_ranks(tmp_path, how)
     try:
         ready = [tmp_path / f"ready-rank{rank}" for rank in range(2)]
         while not all(r.is_file() for r in ready):
@@ -613,11 +664,7 @@ def test_dead_or_hung_rank_fails_the_others_within_the_timeout(tmp_path, how):
         # only a guard against a test that hangs: the verdict does not depend on it
         procs[0].wait(timeout=LAUNCH_TIMEOUT)
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-        for p in procs:
-            p.wait()
+        _stop(procs)
     assert procs[0].returncode == 3, _tail(logs[0].read_text())
     error = json.loads((tmp_path / "error-rank0.json").read_text())
     failed_at = float((tmp_path / "failed_at").read_text())
@@ -635,6 +682,21 @@ def test_dead_or_hung_rank_fails_the_others_within_the_timeout(tmp_path, how):
     else:  # nothing to see: the collective's timeout ends the wait
         assert 0.75 * timeout <= elapsed < 1.5 * timeout, (elapsed, timeout)
         assert "timed out" in error["message"].lower()
+
+
+def test_a_failure_in_a_process_group_of_the_callers_quotes_the_groups_timeout(tmp_path):
+    """The group the caller initialised keeps its own timeout, which distributed_timeout does
+    not change: the message quoted distributed_timeout as the time waited for."""
+    procs, logs = _start_ranks(tmp_path, "kill_in_own_group")
+    try:
+        procs[0].wait(timeout=LAUNCH_TIMEOUT)
+    finally:
+        _stop(procs)
+    assert procs[0].returncode == 3, _tail(logs[0].read_text())
+    message = json.loads((tmp_path / "error-rank0.json").read_text())["message"]
+    assert "distributed fit failed on rank 0 of 2" in message
+    assert ("hung for longer than the process group's timeout, 300.0 s "
+            "(distributed_timeout=7.0 s sets it only when fit initialises the group)") in message
 
 
 def test_groupdro_through_ddp_on_two_gloo_ranks_is_the_one_process_run(tmp_path):
