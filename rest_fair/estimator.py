@@ -95,6 +95,15 @@ _PARAMS_NOT_SAVED = (
 _NOT_AN_ESTIMATOR = "{path} holds a {kind}, not a {cls}."
 _NO_ATTRIBUTES = "{path} lacks the fitted attributes {names}."
 _NOT_ATTRIBUTES = "{path} names attributes {names} that save() never writes; not loaded."
+_UNKNOWN_PARAMS = (
+    "{path} sets parameters {names} that this {cls} does not have: a newer rest_fair or "
+    "another class ({saved!r:.80}) wrote it. Not loaded; load it with that release or class."
+)
+_UNKNOWN_MODULE = (
+    "{path} holds a network of module={value!r:.80}, which this rest_fair cannot rebuild (its "
+    "built-in names are {names}): a newer rest_fair wrote it. Not loaded; load it with that "
+    "release."
+)
 # Fitted attributes a model file must hold; the network and its masks are its tensors, and
 # the optimizer is not saved.
 _FILE_ATTRIBUTES = ("classes_", "n_features_in_", "input_shape_")
@@ -909,9 +918,13 @@ or dict of columns, default=None
                                                      cls=cls.__name__))
         with model_file.malformed(path):
             params = {k: model_file.from_json(v) for k, v in header["params"].items()}
+            unknown = sorted(set(params) - set(cls._get_param_names()))
+            if unknown:
+                raise ModelFileError(_UNKNOWN_PARAMS.format(
+                    path=path, names=unknown[:5], cls=cls.__name__, saved=header.get("class")))
             if params.get("module") not in MODULE_NAMES:
-                raise ModelFileError(_CUSTOM_MODULE.format(value=params.get("module"),
-                                                           names=MODULE_NAMES))
+                raise ModelFileError(_UNKNOWN_MODULE.format(
+                    path=path, value=params.get("module"), names=MODULE_NAMES))
             attributes = {
                 name: arrays[value["__array__"]]
                 if isinstance(value, dict) and "__array__" in value else model_file.from_json(value)

@@ -64,6 +64,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._validation import POSITIVE_INT
 from ..exceptions import ModelFileError
 from ..models import MODULE_NAMES, build_module
 from ..sparse.checks import check_masks
@@ -540,10 +541,11 @@ def save(obj: Any, path: str | os.PathLike) -> int:
 
 # ------------------------------------------------------------------------ loading
 def _members(
-    archive: zipfile.ZipFile, path: str
+    archive: zipfile.ZipFile, path: str, infos: Sequence[zipfile.ZipInfo] | None = None
 ) -> dict[str, tuple[zipfile.ZipInfo, np.dtype, tuple[int, ...]]]:
-    """Every array of ``archive`` by name, with its zip entry, dtype and shape, from the zip
-    directory and the ``.npy`` headers alone (no array is read).
+    """Every array of ``archive`` (or of its members ``infos``) by name, with its zip entry,
+    dtype and shape, from the zip directory and the ``.npy`` headers alone (no array is
+    read).
 
     Raises
     ------
@@ -558,7 +560,7 @@ def _members(
 
     file_size = os.path.getsize(path)
     members: dict[str, tuple[zipfile.ZipInfo, np.dtype, tuple[int, ...]]] = {}
-    for info in archive.infolist():
+    for info in archive.infolist() if infos is None else infos:
         name = info.filename
         if not _MEMBER_NAME.fullmatch(name):
             raise bad(f"member {name!r:.80} is not an array of a model file")
@@ -625,16 +627,17 @@ def read(
         raise ModelFileError(_NOT_OURS.format(path=path))
     try:
         with zipfile.ZipFile(path) as archive:
-            if "__header__.npy" not in archive.namelist():
+            # the header first: a newer format version is named as such, whatever else
+            # the file holds
+            members = _members(archive, path, [info for info in archive.infolist()
+                                               if info.filename == "__header__.npy"])
+            if not members:
                 raise ModelFileError(_BAD_HEADER.format(path=path, error="no __header__"))
-            members = _members(archive, path)
-            for name, size in (("__header__", MAX_HEADER_BYTES), ("__sha256__", 64)):
-                _, dtype, shape = members.get(name, (None, np.dtype(np.uint8), ()))
-                if dtype != np.uint8 or len(shape) != 1 or shape[0] > size:
-                    raise ModelFileError(_BAD_HEADER.format(
-                        path=path, error=f"{name} is not at most {size} bytes"))
+            _check_header_member(members, "__header__", MAX_HEADER_BYTES, path)
             header_bytes = _read_array(archive, members["__header__"][0]).tobytes()
             header = _parse_header(header_bytes, path)
+            members = _members(archive, path)
+            _check_header_member(members, "__sha256__", 64, path)
             found = {k: (dtype, shape) for k, (_, dtype, shape) in members.items()}
             with malformed(path):
                 for index, entry in enumerate(header["tensors"]):
@@ -655,6 +658,15 @@ def read(
     return header, arrays
 
 
+def _check_header_member(members: Mapping[str, tuple[Any, np.dtype, tuple[int, ...]]],
+                         name: str, size: int, path: str) -> None:
+    """Refuse a member ``name`` (of :func:`_members`) that is not at most ``size`` bytes."""
+    _, dtype, shape = members.get(name, (None, np.dtype(np.uint8), ()))
+    if dtype != np.uint8 or len(shape) != 1 or shape[0] > size:
+        raise ModelFileError(_BAD_HEADER.format(
+            path=path, error=f"{name} is not at most {size} bytes"))
+
+
 def _parse_header(header_bytes: bytes, path: str) -> dict:
     """The JSON header of a file, with its format name and a version this release reads."""
     try:
@@ -664,7 +676,10 @@ def _parse_header(header_bytes: bytes, path: str) -> dict:
     if not isinstance(header, dict) or header.get("format") != FORMAT_NAME:
         raise ModelFileError(_BAD_HEADER.format(path=path, error="wrong format name"))
     version = header.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
+    if not POSITIVE_INT.accepts(version):
+        raise ModelFileError(_BAD_HEADER.format(
+            path=path, error=f"format_version {version!r:.40} is not a positive int"))
+    if version > FORMAT_VERSION:
         raise ModelFileError(_NEWER.format(path=path, version=version, ours=FORMAT_VERSION))
     return header
 

@@ -332,6 +332,50 @@ def test_refuses_files_that_do_not_match_their_architecture(tmp_path):
         load(newer)
 
 
+def test_a_newer_format_version_is_named_before_the_arrays_are_checked(tmp_path):
+    net, masks = _masked_mlp(0.1)
+    path = tmp_path / "m.rest"
+    save((net, masks, META), path)
+    with np.load(path, allow_pickle=False) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    arrays["t0.scales"] = np.zeros(2, dtype=[("a", "<f4")])  # a kind of array version 1 lacks
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    newer = tmp_path / "newer.rest"
+    newer.write_bytes(buffer.getvalue())
+    _rewrite_header(newer, newer, lambda h: h.update(format_version=2))
+    with pytest.raises(ModelFileError, match="format version 2; this rest_fair reads"):
+        load(newer)
+    _rewrite_header(newer, newer, lambda h: h.update(format_version=1))
+    with pytest.raises(ModelFileError, match=r"damaged.*t0\.scales"):  # in version 1: damaged
+        load(newer)
+
+
+@pytest.mark.parametrize("version", ["1", 0, True, None])
+def test_a_format_version_that_is_not_a_positive_int_is_a_bad_header(tmp_path, version):
+    net, masks = _masked_mlp(0.1)
+    save((net, masks, META), tmp_path / "m.rest")
+    _rewrite_header(tmp_path / "m.rest", tmp_path / "m.rest",
+                    lambda h: h.update(format_version=version))
+    with pytest.raises(ModelFileError, match=f"no valid.*format_version {version!r} is not a"):
+        load(tmp_path / "m.rest")
+
+
+@pytest.mark.parametrize(
+    ("edit", "match"),
+    [(lambda h: h["params"].update(future=1),
+      r"sets parameters \['future'\] that this RESTClassifier does not have: a newer"),
+     (lambda h: h["params"].update(module="transformer"),
+      r"module='transformer', which this rest_fair cannot rebuild .*a newer rest_fair")],
+)
+def test_an_estimator_file_of_a_newer_release_is_named_so(tmp_path, edit, match):
+    clf, _ = _fitted()
+    clf.save(tmp_path / "clf.rest")
+    _rewrite_header(tmp_path / "clf.rest", tmp_path / "newer.rest", edit)
+    with pytest.raises(ModelFileError, match=match):
+        RESTClassifier.load(tmp_path / "newer.rest")
+
+
 def test_a_path_must_be_a_path_not_a_file_descriptor(tmp_path):
     net, masks = _masked_mlp(0.1)
     victim = tmp_path / "victim.txt"
