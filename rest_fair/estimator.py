@@ -841,7 +841,10 @@ or dict of columns, default=None
         """Write the fitted estimator to a compressed, pickle-free file; returns its size.
 
         The file holds the network and its masks (:mod:`rest_fair.persistence.model_file`),
-        the parameters and the fitted attributes; ``module`` must be a built-in name.
+        the parameters, those that defined the network when it was fitted (``module``,
+        ``module_params``, ``sparsity``, ``layer_density``, ``dense_layers``, which
+        ``set_params`` may have changed since: the loaded estimator's warm start checks
+        them) and the fitted attributes; ``module`` must be a built-in name.
         ``callbacks`` and a ``random_state`` that is a ``RandomState`` are objects, not
         plain values: the file keeps ``None`` for them, with a warning. Entries of
         ``history_`` records that are not plain values (objects a callback added) are left
@@ -852,8 +855,12 @@ or dict of columns, default=None
         check_is_fitted(self, "module_")
         check_is_fitted(self, (*_FILE_ATTRIBUTES, "n_train_steps_"), msg=_SAVED_IN_FIRST_FIT)
         params = self.get_params(deep=False)
-        if params["module"] not in MODULE_NAMES:
-            raise ValueError(_CUSTOM_MODULE.format(value=params["module"], names=MODULE_NAMES))
+        # the parameters that defined the network when it was fitted (set_params may have
+        # changed them since): load builds the network from them, a warm start checks them
+        network = getattr(self, "_warm_fixed_params", None) or {}
+        for value in (params["module"], network.get("module", params["module"])):
+            if value not in MODULE_NAMES:
+                raise ValueError(_CUSTOM_MODULE.format(value=value, names=MODULE_NAMES))
         attributes: dict[str, Any] = {}
         arrays: dict[str, np.ndarray] = {}
         skipped = []
@@ -895,6 +902,7 @@ or dict of columns, default=None
             "kind": "estimator",
             "class": type(self).__name__,
             "params": saved_params,
+            "network_params": model_file.to_json(network, "the fitted network's parameters"),
             "attributes": attributes,
         }
         return model_file.write(path, self.module_, self.masks_, header, arrays)
@@ -922,9 +930,13 @@ or dict of columns, default=None
             if unknown:
                 raise ModelFileError(_UNKNOWN_PARAMS.format(
                     path=path, names=unknown[:5], cls=cls.__name__, saved=header.get("class")))
-            if params.get("module") not in MODULE_NAMES:
-                raise ModelFileError(_UNKNOWN_MODULE.format(
-                    path=path, value=params.get("module"), names=MODULE_NAMES))
+            # files written before network_params: the network is that of the parameters
+            network = model_file.from_json(header.get("network_params")) or {
+                name: params.get(name) for name in ("module", "module_params")}
+            for value in (params.get("module"), network["module"]):
+                if value not in MODULE_NAMES:
+                    raise ModelFileError(_UNKNOWN_MODULE.format(path=path, value=value,
+                                                                names=MODULE_NAMES))
             attributes = {
                 name: arrays[value["__array__"]]
                 if isinstance(value, dict) and "__array__" in value else model_file.from_json(value)
@@ -936,12 +948,13 @@ or dict of columns, default=None
             missing = [name for name in _FILE_ATTRIBUTES if name not in attributes]
             if missing:
                 raise ModelFileError(_NO_ATTRIBUTES.format(path=path, names=missing))
-            architecture = (params["module"], attributes["input_shape_"],
-                            len(attributes["classes_"]), params.get("module_params"))
+            architecture = (network["module"], attributes["input_shape_"],
+                            len(attributes["classes_"]), network["module_params"])
             module, masks = model_file.read_module(path, header, arrays,
                                                    architecture=architecture,
                                                    max_parameters=max_parameters)
             est = cls(**params)
         vars(est).update(attributes, module_=module, masks_=masks)
-        remember_network_params(est)  # a warm start from the file checks them too
+        # a warm start from the file checks them too
+        remember_network_params(est, {**est.get_params(deep=False), **network})
         return est

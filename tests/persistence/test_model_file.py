@@ -376,6 +376,31 @@ def test_an_estimator_file_of_a_newer_release_is_named_so(tmp_path, edit, match)
         RESTClassifier.load(tmp_path / "newer.rest")
 
 
+@pytest.mark.parametrize("change", [{"module_params": {"hidden_layer_sizes": (16,)}},
+                                    {"sparsity": 0.5}])
+def test_parameters_set_after_fit_keep_the_fitted_network_in_the_file(tmp_path, change):
+    clf, X = _fitted()
+    clf.set_params(**change)
+    clf.save(tmp_path / "clf.rest")
+    loaded = RESTClassifier.load(tmp_path / "clf.rest")  # the network fitted, not of change
+    assert loaded.get_params() == clf.get_params()
+    np.testing.assert_array_equal(loaded.predict_proba(X), clf.predict_proba(X))
+    for est in (clf, loaded):  # a warm start refuses the change, as before the save
+        with pytest.raises(ValueError, match=f"{next(iter(change))} changed"):
+            est.set_params(warm_start=True).fit(X, clf.predict(X))
+
+
+def test_a_file_written_before_network_params_loads_the_network_of_its_parameters(tmp_path):
+    clf, X = _fitted()
+    clf.save(tmp_path / "clf.rest")
+    _rewrite_header(tmp_path / "clf.rest", tmp_path / "old.rest",
+                    lambda h: h.pop("network_params"))
+    loaded = RESTClassifier.load(tmp_path / "old.rest")
+    np.testing.assert_array_equal(loaded.predict_proba(X), clf.predict_proba(X))
+    with pytest.raises(ValueError, match="sparsity changed"):
+        loaded.set_params(warm_start=True, sparsity=0.5).fit(X, clf.predict(X))
+
+
 def test_a_path_must_be_a_path_not_a_file_descriptor(tmp_path):
     net, masks = _masked_mlp(0.1)
     victim = tmp_path / "victim.txt"
