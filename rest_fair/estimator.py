@@ -30,7 +30,7 @@ from ._validation import (
     check_params,
     warn_unused_params,
 )
-from .efficiency import efficiency_report, export_sparse
+from .efficiency import SparseExport, efficiency_report, export_sparse
 from .exceptions import ModelFileError, TrainingDivergedError
 from .models import MODULE_NAMES
 from .objectives import OBJECTIVES
@@ -91,6 +91,11 @@ _OBJECT_PARAMS = ("callbacks", "random_state")
 _PARAMS_NOT_SAVED = (
     "parameters {names} hold objects, not plain values: the file keeps None for them, and "
     "the loaded estimator has {names} = None (set them again to refit the same way)."
+)
+_EXPORTED = (
+    "cannot save a RESTClassifier whose module_ is a compressed export (export_sparse): the "
+    "file holds the fitted network and its masks. Save the estimator export_sparse was "
+    "called on; use_sparse_inference() predicts through an export and keeps module_."
 )
 _NOT_AN_ESTIMATOR = "{path} holds a {kind}, not a {cls}."
 _NO_ATTRIBUTES = "{path} lacks the fitted attributes {names}."
@@ -810,8 +815,9 @@ or dict of columns, default=None
     ) -> torch.nn.Module:
         """The fitted network with its sparse linear layers compressed for inference.
 
-        See :func:`rest_fair.efficiency.export_sparse`. To predict through it, use a copy:
-        ``fast = copy.copy(clf); fast.module_ = clf.export_sparse()``.
+        See :func:`rest_fair.efficiency.export_sparse`. To predict through it, call
+        :meth:`use_sparse_inference`, which keeps ``module_`` (so :meth:`save` and
+        :meth:`efficiency_report` still work).
         """
         check_is_fitted(self, "module_")
         return export_sparse(
@@ -854,6 +860,8 @@ or dict of columns, default=None
         """
         check_is_fitted(self, "module_")
         check_is_fitted(self, (*_FILE_ATTRIBUTES, "n_train_steps_"), msg=_SAVED_IN_FIRST_FIT)
+        if isinstance(self.module_, SparseExport):
+            raise ValueError(_EXPORTED)
         params = self.get_params(deep=False)
         # the parameters that defined the network when it was fitted (set_params may have
         # changed them since): load builds the network from them, a warm start checks them

@@ -267,6 +267,13 @@ def test_estimator_methods_and_sparse_prediction(tmp_path):
     fast.module_ = clf.export_sparse(density_threshold=0.5)
     np.testing.assert_allclose(fast.predict_proba(X), clf.predict_proba(X), atol=1e-5)
     np.testing.assert_array_equal(fast.predict(X), clf.predict(X))
+    with pytest.raises(ValueError, match=r"compressed export.*use_sparse_inference"):
+        fast.save(tmp_path / "fast.rest")  # the file holds the fitted network and masks
+    assert not (tmp_path / "fast.rest").exists()
+    clf.use_sparse_inference(density_threshold=0.5)
+    clf.save(tmp_path / "fast.rest")
+    np.testing.assert_array_equal(RESTClassifier.load(tmp_path / "fast.rest").predict(X),
+                                  clf.predict(X))
     report = clf.efficiency_report()
     weights = sum(m.numel() for m in clf.masks_.values())
     active = sum(int(m.sum()) for m in clf.masks_.values())
