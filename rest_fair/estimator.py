@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import os
 import warnings
 from collections.abc import Hashable, Mapping
 from numbers import Integral, Real
@@ -850,7 +849,9 @@ or dict of columns, default=None
         the parameters, those that defined the network when it was fitted (``module``,
         ``module_params``, ``sparsity``, ``layer_density``, ``dense_layers``, which
         ``set_params`` may have changed since: the loaded estimator's warm start checks
-        them) and the fitted attributes; ``module`` must be a built-in name.
+        them) and the fitted attributes; ``module`` must be a built-in name. ``path`` names
+        the file (replaced only once the new content is complete) or is a file object
+        opened for binary writing (``io.BytesIO()``), written to from its position.
         ``callbacks`` and a ``random_state`` that is a ``RandomState`` are objects, not
         plain values: the file keeps ``None`` for them, with a warning. Entries of
         ``history_`` records that are not plain values (objects a callback added) are left
@@ -917,7 +918,9 @@ or dict of columns, default=None
 
     @classmethod
     def load(cls, path: Any, *, max_parameters: int | None = None) -> RESTClassifier:
-        """Read an estimator written by :meth:`save` (no code from the file is run).
+        """Read an estimator written by :meth:`save` (no code from the file is run) from
+        the file ``path`` names, or from a binary file object (``open(name, "rb")``,
+        ``io.BytesIO(data)``) from its position.
 
         It comes back fitted, on the CPU, its network in evaluation mode. Raises
         :class:`~rest_fair.exceptions.ModelFileError` for a damaged or inconsistent file:
@@ -926,9 +929,9 @@ or dict of columns, default=None
         whose network holds more values than that, refused before it is allocated (for
         files from untrusted sources); ``TypeError`` for a file holding a module.
         """
-        path = os.fsdecode(path)
+        path, source = model_file.opened(path)
         model_file.check_max_parameters(max_parameters)
-        header, arrays = model_file.read(path)
+        header, arrays = model_file.read(source)
         if header.get("kind") != "estimator":
             raise TypeError(_NOT_AN_ESTIMATOR.format(path=path, kind=header.get("kind"),
                                                      cls=cls.__name__))

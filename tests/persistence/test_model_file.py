@@ -408,6 +408,33 @@ def test_a_file_written_before_network_params_loads_the_network_of_its_parameter
         loaded.set_params(warm_start=True, sparsity=0.5).fit(X, clf.predict(X))
 
 
+def test_binary_file_objects_are_written_and_read(tmp_path):
+    clf, X = _fitted()
+    buffer = io.BytesIO()
+    size = clf.save(buffer)
+    assert size == len(buffer.getvalue())
+    loaded = RESTClassifier.load(io.BytesIO(buffer.getvalue()))
+    np.testing.assert_array_equal(loaded.predict_proba(X), clf.predict_proba(X))
+    with open(tmp_path / "clf.rest", "wb") as fh:
+        clf.save(fh)
+    with open(tmp_path / "clf.rest", "rb") as fh:
+        assert load(fh, estimator_class=RESTClassifier).get_params() == clf.get_params()
+    net, masks = _masked_mlp(0.1)
+    buffer = io.BytesIO()
+    save((net, masks, META), buffer)
+    assert _state_equal(load(io.BytesIO(buffer.getvalue()))[0], net)
+    with open(tmp_path / "cut.rest", "wb") as fh:
+        fh.write(buffer.getvalue()[:-40])
+    with open(tmp_path / "cut.rest", "rb") as fh, \
+            pytest.raises(ModelFileError, match=r"cut\.rest is corrupted or truncated"):
+        load(fh)
+    with pytest.raises(ModelFileError, match="<BytesIO> is corrupted or truncated"):
+        load(io.BytesIO(buffer.getvalue()[:-40]))
+    with open(tmp_path / "cut.rest", encoding="latin-1") as fh, \
+            pytest.raises(TypeError, match=r"text mode.*open\(path, 'rb'\)"):
+        load(fh)
+
+
 def test_a_path_must_be_a_path_not_a_file_descriptor(tmp_path):
     net, masks = _masked_mlp(0.1)
     victim = tmp_path / "victim.txt"
