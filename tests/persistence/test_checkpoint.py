@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import collections
+import datetime
+import enum
 import hashlib
 import io
 import json
@@ -62,6 +65,10 @@ class KillAt(Callback):
 params = {params!r}
 RESTClassifier(**params, callbacks=[KillAt(), Checkpoint({dirname!r})]).fit(X, y, groups=g)
 """
+
+
+class _Mode(str, enum.Enum):
+    A = "a"
 
 
 def _data():
@@ -631,6 +638,35 @@ def test_a_numpy_array_in_a_checkpoint_is_refused_when_written(tmp_path):
         RESTClassifier(**{**COMMON, "max_epochs": 1},
                        callbacks=[_NumpyRecord(array=True), Checkpoint(tmp_path)]).fit(
             X, y, groups=g)
+    assert not (tmp_path / ckpt_format.MANIFEST).exists()
+
+
+class _Keeps(Callback):
+    """Keeps a value of its own in the history or its state, as user callbacks may."""
+
+    def __init__(self, where, value):
+        self.where, self.value = where, value
+
+    def on_epoch_end(self, net, *, record, **kwargs):
+        if self.where == "record":
+            record["when"] = self.value
+
+    def state_dict(self):
+        return {"kept": self.value} if self.where == "state" else {}
+
+
+@pytest.mark.parametrize(("where", "value", "match"), [
+    ("record", datetime.date(2026, 12, 6), r"\['history'\]\[0\]\['when'\] is a date"),
+    ("state", collections.deque([1, 2]), r"\['_Keeps:0'\]\['kept'\] is a deque"),
+    ("state", collections.defaultdict(int), r"\['kept'\] is a defaultdict"),
+    ("state", {_Mode.A: 1}, r"a key of \['callbacks'\]\['_Keeps:0'\]\['kept'\] is a _Mode"),
+])
+def test_a_value_a_checkpoint_cannot_read_back_is_refused_when_written(tmp_path, where, value,
+                                                                        match):
+    X, y, g = _data()
+    with pytest.raises(TypeError, match=match + ".*could not be resumed"):
+        RESTClassifier(**{**COMMON, "max_epochs": 1},
+                       callbacks=[_Keeps(where, value), Checkpoint(tmp_path)]).fit(X, y, groups=g)
     assert not (tmp_path / ckpt_format.MANIFEST).exists()
 
 
