@@ -114,6 +114,10 @@ _SEED_NOT_RECORDED = (
     "that run drew its seed from {random_state}, and its checkpoint (an older rest_fair "
     "wrote it) does not record that seed: no random_state continues that run"
 )
+_MORE_EPOCHS = (
+    " (to train that run further, resume it with max_epochs={before!r}, then fit again with "
+    "warm_start=True and max_epochs the number of epochs to add)"
+)
 _UNKNOWN = (
     "{path} was {before!r}, which this rest_fair does not know: the checkpoint is from a "
     "newer release"
@@ -383,7 +387,8 @@ def _differences(saved: dict[str, Any], current: dict[str, Any], neutral: Mappin
         elif isinstance(before, dict) and isinstance(current[key], dict):
             details.extend(_differences(before, current[key], neutral, f"{path}."))
         else:
-            details.append(f"{path} was {before!r}, now {current[key]!r}")
+            details.append(f"{path} was {before!r}, now {current[key]!r}" + (
+                _MORE_EPOCHS.format(before=before) if path == "params.max_epochs" else ""))
     return details
 
 

@@ -274,6 +274,9 @@ def test_a_checkpoint_from_the_beginning_of_an_epoch_resumes_exactly(tmp_path):
     ("change", "match"),
     [
         (dict(params={"lr": 0.1}), "params.lr was 0.05, now 0.1"),
+        (dict(params={"max_epochs": 5}), r"params.max_epochs was 3, now 5 \(to train that run "
+                                         r"further, resume it with max_epochs=3, then fit again "
+                                         r"with warm_start=True"),
         (dict(params={"groupdro_adjustment": 2.0}), "params.groupdro_adjustment was 0.0, now 2.0"),
         (dict(y_shift=True), "other y than that run's"),
         (dict(rows=600), "n_samples was 700, now 600"),
