@@ -1066,7 +1066,8 @@ def test_a_checkpoint_recording_numpy_scalars_by_repr_names_them_as_numbers(tmp_
     other = RESTClassifier(**{**COMMON, "max_epochs": 4, "random_state": 4})
     with pytest.raises(CheckpointError, match=re.escape(
             "random_state differs: that run had random_state=3, this one has random_state=4; "
-            "pass random_state=3 to continue that run; params.max_epochs was 3, now 4. ")):
+            "pass random_state=3 to continue that run; params.max_epochs was 3, now 4 (to "
+            "train that run further, resume it with max_epochs=3, ")):
         other.fit(X, y, groups=g, resume_from=tmp_path)
 
 
