@@ -768,12 +768,13 @@ def _restored_on_error(est: Any, warm: bool) -> Iterator[None]:
         raise
 
 
-def remember_network_params(est: Any) -> None:
-    """Keep the parameters that define ``est``'s fitted network, for a later warm start.
+def remember_network_params(est: Any, params: Mapping[str, Any] | None = None) -> None:
+    """Keep the parameters that define ``est``'s fitted network, for a later warm start:
+    those of ``params``, by default ``est``'s own.
 
     Called at the end of ``fit`` and by ``RESTClassifier.load``.
     """
-    params = est.get_params(deep=False)
+    params = est.get_params(deep=False) if params is None else params
     est._warm_fixed_params = {name: _containers_copied(params[name]) for name in _WARM_FIXED}
 
 

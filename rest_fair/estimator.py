@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import os
 import warnings
 from collections.abc import Hashable, Mapping
 from numbers import Integral, Real
@@ -29,7 +28,7 @@ from ._validation import (
     TypeOf,
     check_params,
 )
-from .efficiency import efficiency_report, export_sparse
+from .efficiency import SparseExport, efficiency_report, export_sparse
 from .exceptions import ModelFileError, TrainingDivergedError
 from .models import MODULE_NAMES
 from .objectives import OBJECTIVES
@@ -92,9 +91,23 @@ _PARAMS_NOT_SAVED = (
     "parameters {names} hold objects, not plain values: the file keeps None for them, and "
     "the loaded estimator has {names} = None (set them again to refit the same way)."
 )
+_EXPORTED = (
+    "cannot save a RESTClassifier whose module_ is a compressed export (export_sparse): the "
+    "file holds the fitted network and its masks. Save the estimator export_sparse was "
+    "called on; use_sparse_inference() predicts through an export and keeps module_."
+)
 _NOT_AN_ESTIMATOR = "{path} holds a {kind}, not a {cls}."
 _NO_ATTRIBUTES = "{path} lacks the fitted attributes {names}."
 _NOT_ATTRIBUTES = "{path} names attributes {names} that save() never writes; not loaded."
+_UNKNOWN_PARAMS = (
+    "{path} sets parameters {names} that this {cls} does not have: a newer rest_fair or "
+    "another class ({saved!r:.80}) wrote it. Not loaded; load it with that release or class."
+)
+_UNKNOWN_MODULE = (
+    "{path} holds a network of module={value!r:.80}, which this rest_fair cannot rebuild (its "
+    "built-in names are {names}): a newer rest_fair wrote it. Not loaded; load it with that "
+    "release."
+)
 # Fitted attributes a model file must hold; the network and its masks are its tensors, and
 # the optimizer is not saved.
 _FILE_ATTRIBUTES = ("classes_", "n_features_in_", "input_shape_")
@@ -138,6 +151,15 @@ def _is_file_attribute(name: str) -> bool:
     network, its masks and optimizer, nor ``inference_module_``, derived from them)."""
     return (name.endswith("_") and not name.startswith("_")
             and name not in (*_LIVE_ATTRIBUTES, "inference_module_"))
+
+
+def _weights_as_string(params: dict) -> dict:
+    """``params`` with pretrained ``module_params["weights"]`` given as a path or a
+    torchvision weights member replaced by its string, which a model file can hold."""
+    weights = (params.get("module_params") or {}).get("weights")
+    if weights is None or isinstance(weights, str):
+        return params
+    return {**params, "module_params": {**params["module_params"], "weights": str(weights)}}
 
 
 class RESTClassifier(ClassifierMixin, BaseEstimator):
@@ -808,8 +830,9 @@ or dict of columns, default=None
     ) -> torch.nn.Module:
         """The fitted network with its sparse linear layers compressed for inference.
 
-        See :func:`rest_fair.efficiency.export_sparse`. To predict through it, use a copy:
-        ``fast = copy.copy(clf); fast.module_ = clf.export_sparse()``.
+        See :func:`rest_fair.efficiency.export_sparse`. To predict through it, call
+        :meth:`use_sparse_inference`, which keeps ``module_`` (so :meth:`save` and
+        :meth:`efficiency_report` still work).
         """
         check_is_fitted(self, "module_")
         return export_sparse(
@@ -839,9 +862,14 @@ or dict of columns, default=None
         """Write the fitted estimator to a compressed, pickle-free file; returns its size.
 
         The file holds the network and its masks (:mod:`rest_fair.persistence.model_file`),
-        the parameters and the fitted attributes; ``module`` must be a built-in name.
-        Pretrained ``module_params["weights"]`` given as a path or a torchvision weights
-        member are kept as their string (a loaded estimator reads them only when fitted).
+        the parameters, those that defined the network when it was fitted (``module``,
+        ``module_params``, ``sparsity``, ``layer_density``, ``dense_layers``, which
+        ``set_params`` may have changed since: the loaded estimator's warm start checks
+        them) and the fitted attributes; ``module`` must be a built-in name. Pretrained
+        ``module_params["weights"]`` given as a path or a torchvision weights member are
+        kept as their string (a loaded estimator reads them only when fitted). ``path``
+        names the file (replaced only once the new content is complete) or is a file object
+        opened for binary writing (``io.BytesIO()``), written to from its position.
         ``callbacks`` and a ``random_state`` that is a ``RandomState`` are objects, not
         plain values: the file keeps ``None`` for them, with a warning. Entries of
         ``history_`` records that are not plain values (objects a callback added) are left
@@ -851,12 +879,15 @@ or dict of columns, default=None
         """
         check_is_fitted(self, "module_")
         check_is_fitted(self, (*_FILE_ATTRIBUTES, "best_epoch_"), msg=_SAVED_IN_FIRST_FIT)
-        params = self.get_params(deep=False)
-        if params["module"] not in MODULE_NAMES:
-            raise ValueError(_CUSTOM_MODULE.format(value=params["module"], names=MODULE_NAMES))
-        weights = (params["module_params"] or {}).get("weights")
-        if weights is not None and not isinstance(weights, str):  # a path, a weights member
-            params["module_params"] = {**params["module_params"], "weights": str(weights)}
+        if isinstance(self.module_, SparseExport):
+            raise ValueError(_EXPORTED)
+        params = _weights_as_string(self.get_params(deep=False))
+        # the parameters that defined the network when it was fitted (set_params may have
+        # changed them since): load builds the network from them, a warm start checks them
+        network = _weights_as_string(getattr(self, "_warm_fixed_params", None) or {})
+        for value in (params["module"], network.get("module", params["module"])):
+            if value not in MODULE_NAMES:
+                raise ValueError(_CUSTOM_MODULE.format(value=value, names=MODULE_NAMES))
         attributes: dict[str, Any] = {}
         arrays: dict[str, np.ndarray] = {}
         skipped = []
@@ -898,13 +929,16 @@ or dict of columns, default=None
             "kind": "estimator",
             "class": type(self).__name__,
             "params": saved_params,
+            "network_params": model_file.to_json(network, "the fitted network's parameters"),
             "attributes": attributes,
         }
         return model_file.write(path, self.module_, self.masks_, header, arrays)
 
     @classmethod
     def load(cls, path: Any, *, max_parameters: int | None = None) -> RESTClassifier:
-        """Read an estimator written by :meth:`save` (no code from the file is run).
+        """Read an estimator written by :meth:`save` (no code from the file is run) from
+        the file ``path`` names, or from a binary file object (``open(name, "rb")``,
+        ``io.BytesIO(data)``) from its position.
 
         It comes back fitted, on the CPU, its network in evaluation mode. Raises
         :class:`~rest_fair.exceptions.ModelFileError` for a damaged or inconsistent file:
@@ -913,17 +947,25 @@ or dict of columns, default=None
         whose network holds more values than that, refused before it is allocated (for
         files from untrusted sources); ``TypeError`` for a file holding a module.
         """
-        path = os.fsdecode(path)
+        path, source = model_file.opened(path)
         model_file.check_max_parameters(max_parameters)
-        header, arrays = model_file.read(path)
+        header, arrays = model_file.read(source)
         if header.get("kind") != "estimator":
             raise TypeError(_NOT_AN_ESTIMATOR.format(path=path, kind=header.get("kind"),
                                                      cls=cls.__name__))
         with model_file.malformed(path):
             params = {k: model_file.from_json(v) for k, v in header["params"].items()}
-            if params.get("module") not in MODULE_NAMES:
-                raise ModelFileError(_CUSTOM_MODULE.format(value=params.get("module"),
-                                                           names=MODULE_NAMES))
+            unknown = sorted(set(params) - set(cls._get_param_names()))
+            if unknown:
+                raise ModelFileError(_UNKNOWN_PARAMS.format(
+                    path=path, names=unknown[:5], cls=cls.__name__, saved=header.get("class")))
+            # files written before network_params: the network is that of the parameters
+            network = model_file.from_json(header.get("network_params")) or {
+                name: params.get(name) for name in ("module", "module_params")}
+            for value in (params.get("module"), network["module"]):
+                if value not in MODULE_NAMES:
+                    raise ModelFileError(_UNKNOWN_MODULE.format(path=path, value=value,
+                                                                names=MODULE_NAMES))
             attributes = {
                 name: arrays[value["__array__"]]
                 if isinstance(value, dict) and "__array__" in value else model_file.from_json(value)
@@ -935,12 +977,13 @@ or dict of columns, default=None
             missing = [name for name in _FILE_ATTRIBUTES if name not in attributes]
             if missing:
                 raise ModelFileError(_NO_ATTRIBUTES.format(path=path, names=missing))
-            architecture = (params["module"], attributes["input_shape_"],
-                            len(attributes["classes_"]), params.get("module_params"))
+            architecture = (network["module"], attributes["input_shape_"],
+                            len(attributes["classes_"]), network["module_params"])
             module, masks = model_file.read_module(path, header, arrays,
                                                    architecture=architecture,
                                                    max_parameters=max_parameters)
             est = cls(**params)
         vars(est).update(attributes, module_=module, masks_=masks)
-        remember_network_params(est)  # a warm start from the file checks them too
+        # a warm start from the file checks them too
+        remember_network_params(est, {**est.get_params(deep=False), **network})
         return est

@@ -87,6 +87,14 @@ _NUMPY_ARRAY = (
     "checkpoint state {where} is a numpy array, which a checkpoint cannot read back safely "
     "(torch.load(weights_only=True)); keep it as a torch tensor or a list."
 )
+_NOT_READ_BACK = (
+    "checkpoint state {where} is a {type}, which a checkpoint cannot read back safely "
+    "(torch.load(weights_only=True) refuses it), so the run could not be resumed; keep "
+    "numbers, strings, lists, dicts and tensors there."
+)
+#: Types whose values ``torch.load(weights_only=True)`` reads back (not their subclasses,
+#: such as an ``enum.IntEnum``, pickled by their class).
+_PLAIN = (str, bytes, int, float, complex, bool, type(None))
 _UNREADABLE = "checkpoint state file {path} cannot be read safely ({error})."
 _NEWER = "{path} uses checkpoint format version {version}; this rest_fair reads <= {ours}."
 _PREDATES = (
@@ -105,6 +113,10 @@ _SEED_DRAWN = (
 _SEED_NOT_RECORDED = (
     "that run drew its seed from {random_state}, and its checkpoint (an older rest_fair "
     "wrote it) does not record that seed: no random_state continues that run"
+)
+_MORE_EPOCHS = (
+    " (to train that run further, resume it with max_epochs={before!r}, then fit again with "
+    "warm_start=True and max_epochs the number of epochs to add)"
 )
 _UNKNOWN = (
     "{path} was {before!r}, which this rest_fair does not know: the checkpoint is from a "
@@ -151,23 +163,45 @@ def has_checkpoint(dirname: str | os.PathLike) -> bool:
 
 
 def _loadable(value: Any, where: str) -> Any:
-    """``value`` with numpy scalars as Python numbers; refuses numpy arrays, naming ``where``.
+    """``value`` with numpy scalars as Python numbers; refuses numpy arrays and any other
+    value that ``torch.load(weights_only=True)`` does not read back, naming ``where``.
 
-    ``torch.load(weights_only=True)`` reads neither, so a state holding them (a history
-    record or a callback's ``state_dict`` computed with numpy) would be written and then
-    refused on resume.
+    Such a value (a date or a ``deque`` in a history record or a callback's
+    ``state_dict``, a numpy array) would be written and then refused on resume.
     """
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, np.ndarray):
         raise TypeError(_NUMPY_ARRAY.format(where=where or "state"))
+    if type(value) in _PLAIN or isinstance(value, torch.Tensor):
+        return value
     if isinstance(value, dict):
+        if type(value) is not dict:  # its type and keys, without its values
+            probe = copy.copy(value)
+            for key in probe:
+                dict.__setitem__(probe, key, None)
+            _check_read_back(probe, where)
+        for key in value:
+            if type(key) not in _PLAIN:
+                _check_read_back(key, f"a key of {where or 'the state'}")
         out = copy.copy(value)  # a shallow copy keeps a dict subclass and its settings
         out.update((k, _loadable(v, f"{where}[{k!r}]")) for k, v in value.items())
         return out
-    if isinstance(value, (list, tuple)) and not hasattr(value, "_fields"):
+    if type(value) in (list, tuple):
         return type(value)(_loadable(v, f"{where}[{i}]") for i, v in enumerate(value))
+    _check_read_back(value, where)
     return value
+
+
+def _check_read_back(value: Any, where: str) -> None:
+    """Refuse ``value`` (at ``where`` in a state) unless it reads back as it is written."""
+    buffer = io.BytesIO()
+    try:
+        torch.save(value, buffer)
+        torch.load(io.BytesIO(buffer.getvalue()), weights_only=True)
+    except Exception as exc:
+        raise TypeError(_NOT_READ_BACK.format(where=where or "state",
+                                              type=type(value).__name__)) from exc
 
 
 def write_checkpoint(
@@ -212,7 +246,8 @@ def write_checkpoint(
     Raises
     ------
     TypeError
-        If ``state`` holds a numpy array (named by its keys), which could not be read back.
+        If ``state`` holds a value that could not be read back (a numpy array, a date, a
+        ``deque``, ...; named by its keys): nothing is written.
     CheckpointError
         If ``dirname`` holds the checkpoint of an unfinished run with another fingerprint,
         which could still be resumed (nothing is written or deleted).
@@ -352,7 +387,8 @@ def _differences(saved: dict[str, Any], current: dict[str, Any], neutral: Mappin
         elif isinstance(before, dict) and isinstance(current[key], dict):
             details.extend(_differences(before, current[key], neutral, f"{path}."))
         else:
-            details.append(f"{path} was {before!r}, now {current[key]!r}")
+            details.append(f"{path} was {before!r}, now {current[key]!r}" + (
+                _MORE_EPOCHS.format(before=before) if path == "params.max_epochs" else ""))
     return details
 
 

@@ -64,6 +64,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._validation import POSITIVE_INT
 from ..exceptions import ModelFileError
 from ..models import MODULE_NAMES, build_module
 from ..sparse.checks import check_masks
@@ -79,6 +80,7 @@ __all__ = [
     "load",
     "malformed",
     "mapping_to_json",
+    "opened",
     "read",
     "read_module",
     "register_estimator_class",
@@ -454,7 +456,7 @@ def _digest(header_bytes: bytes, arrays: Mapping[str, np.ndarray]) -> str:
 
 # ------------------------------------------------------------------------- saving
 def write(
-    path: str | os.PathLike,
+    path: Any,
     module: nn.Module,
     masks: Mapping[str, torch.Tensor] | None,
     header: Mapping[str, Any],
@@ -465,18 +467,23 @@ def write(
     parameters), the plain JSON values of ``header`` beside the format's own keys, and
     further ``arrays`` by member name; returns the file size in bytes.
 
+    ``path`` names the file, replaced atomically (:func:`~.files.atomic_write`), or is a
+    binary file object, written to from its current position.
+
     Raises
     ------
     TypeError
-        If ``path`` is not a str or path-like (an int would name an open file descriptor),
-        or a mask is not a bool tensor.
+        If ``path`` is neither (an int would name an open file descriptor), or a mask is
+        not a bool tensor.
     KeyError
         If a mask names no tensor of the state dict, or a buffer.
     ValueError
         If the header's JSON is longer than :data:`MAX_HEADER_BYTES`, or a mask's shape
         is not its tensor's.
     """
-    path = os.fspath(path)
+    to_file = isinstance(path, (str, bytes, os.PathLike)) or not hasattr(path, "write")
+    if to_file:
+        path = os.fspath(path)
     masks = dict(masks or {})
     state, buffers = module.state_dict(), dict(module.named_buffers())
     check_masks(module, masks,
@@ -499,11 +506,14 @@ def write(
     buffer = io.BytesIO()
     np.savez_compressed(buffer, **arrays)
     data = buffer.getvalue()
-    atomic_write(path, data)
+    if to_file:
+        atomic_write(path, data)
+    else:
+        path.write(data)
     return len(data)
 
 
-def save(obj: Any, path: str | os.PathLike) -> int:
+def save(obj: Any, path: Any) -> int:
     """Write a module with its masks, or a fitted estimator, to a compressed file.
 
     Parameters
@@ -515,8 +525,10 @@ def save(obj: Any, path: str | os.PathLike) -> int:
         optionally ``"module_params"``, :func:`load` rebuilds the module by itself. An
         estimator (an object with ``get_params`` and ``save``) writes itself:
         ``save(clf, path)`` is ``clf.save(path)``.
-    path : str, bytes or path-like
-        Destination file (conventionally ``*.rest``).
+    path : str, bytes, path-like or binary file object
+        Destination file (conventionally ``*.rest``), replaced only once the new content is
+        complete; or a file object opened for binary writing (``open(name, "wb")``,
+        ``io.BytesIO()``), written to from its current position.
 
     Returns
     -------
@@ -540,10 +552,12 @@ def save(obj: Any, path: str | os.PathLike) -> int:
 
 # ------------------------------------------------------------------------ loading
 def _members(
-    archive: zipfile.ZipFile, path: str
+    archive: zipfile.ZipFile, path: str, file_size: int,
+    infos: Sequence[zipfile.ZipInfo] | None = None,
 ) -> dict[str, tuple[zipfile.ZipInfo, np.dtype, tuple[int, ...]]]:
-    """Every array of ``archive`` by name, with its zip entry, dtype and shape, from the zip
-    directory and the ``.npy`` headers alone (no array is read).
+    """Every array of ``archive`` (``file_size`` bytes; or of its members ``infos``) by
+    name, with its zip entry, dtype and shape, from the zip directory and the ``.npy``
+    headers alone (no array is read).
 
     Raises
     ------
@@ -556,9 +570,8 @@ def _members(
     def bad(error: str) -> ModelFileError:
         return ModelFileError(_BAD_ARCHIVE.format(path=path, error=error))
 
-    file_size = os.path.getsize(path)
     members: dict[str, tuple[zipfile.ZipInfo, np.dtype, tuple[int, ...]]] = {}
-    for info in archive.infolist():
+    for info in archive.infolist() if infos is None else infos:
         name = info.filename
         if not _MEMBER_NAME.fullmatch(name):
             raise bad(f"member {name!r:.80} is not an array of a model file")
@@ -600,10 +613,44 @@ def _read_array(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> np.ndarray:
         return np.lib.format.read_array(fh, allow_pickle=False)
 
 
+class _InMemory(io.BytesIO):
+    """The bytes of a file object given to :func:`opened`, with the name to call them by."""
+
+    def __init__(self, data: bytes, name: str) -> None:
+        super().__init__(data)
+        self.name = name
+
+
+def opened(path: Any) -> tuple[str, str | io.BytesIO]:
+    """The name of the file ``path`` for messages, and what :func:`read` reads: the file
+    name of a str, bytes or path-like ``path``; of a binary file object (``open(name,
+    "rb")``, ``io.BytesIO``), its bytes from its current position, read into memory once.
+
+    Raises
+    ------
+    TypeError
+        If ``path`` is neither (an int would name an open file descriptor), or is a file
+        opened in text mode.
+    """
+    if isinstance(path, _InMemory):
+        return path.name, path
+    if isinstance(path, (str, bytes, os.PathLike)) or not hasattr(path, "read"):
+        name = os.fsdecode(path)
+        return name, name
+    given = getattr(path, "name", None)
+    name = os.fsdecode(given) if isinstance(given, (str, bytes)) else f"<{type(path).__name__}>"
+    data = path.read()
+    if not isinstance(data, bytes):
+        raise TypeError(f"{name} is open in text mode; a model file is read from a binary "
+                        "file (open(path, 'rb')).")
+    return name, _InMemory(data, name)
+
+
 def read(
-    path: str | os.PathLike, *, payload: bool = True
+    path: Any, *, payload: bool = True
 ) -> tuple[dict, dict[str, np.ndarray]]:
-    """The header and the arrays of a file, after checking its format and checksum.
+    """The header and the arrays of a file (a name or a binary file object, as
+    :func:`opened` takes them), after checking its format and checksum.
 
     Before any array is read, the zip directory and every ``.npy`` header are checked
     against each other (no member declares more than deflate can inflate its compressed
@@ -618,23 +665,27 @@ def read(
         If the file is not a rest_fair model file, is truncated or inconsistent, fails its
         checksum, or has a newer format version.
     """
-    path = os.fsdecode(path)
-    with open(path, "rb") as fh:
-        start = fh.read(4)
+    path, source = opened(path)
+    if isinstance(source, io.BytesIO):
+        start, file_size = source.getvalue()[:4], len(source.getbuffer())
+    else:
+        with open(source, "rb") as fh:
+            start, file_size = fh.read(4), os.fstat(fh.fileno()).st_size
     if start != _ZIP_MAGIC:
         raise ModelFileError(_NOT_OURS.format(path=path))
     try:
-        with zipfile.ZipFile(path) as archive:
-            if "__header__.npy" not in archive.namelist():
+        with zipfile.ZipFile(source) as archive:
+            # the header first: a newer format version is named as such, whatever else
+            # the file holds
+            members = _members(archive, path, file_size, [
+                info for info in archive.infolist() if info.filename == "__header__.npy"])
+            if not members:
                 raise ModelFileError(_BAD_HEADER.format(path=path, error="no __header__"))
-            members = _members(archive, path)
-            for name, size in (("__header__", MAX_HEADER_BYTES), ("__sha256__", 64)):
-                _, dtype, shape = members.get(name, (None, np.dtype(np.uint8), ()))
-                if dtype != np.uint8 or len(shape) != 1 or shape[0] > size:
-                    raise ModelFileError(_BAD_HEADER.format(
-                        path=path, error=f"{name} is not at most {size} bytes"))
+            _check_header_member(members, "__header__", MAX_HEADER_BYTES, path)
             header_bytes = _read_array(archive, members["__header__"][0]).tobytes()
             header = _parse_header(header_bytes, path)
+            members = _members(archive, path, file_size)
+            _check_header_member(members, "__sha256__", 64, path)
             found = {k: (dtype, shape) for k, (_, dtype, shape) in members.items()}
             with malformed(path):
                 for index, entry in enumerate(header["tensors"]):
@@ -655,6 +706,15 @@ def read(
     return header, arrays
 
 
+def _check_header_member(members: Mapping[str, tuple[Any, np.dtype, tuple[int, ...]]],
+                         name: str, size: int, path: str) -> None:
+    """Refuse a member ``name`` (of :func:`_members`) that is not at most ``size`` bytes."""
+    _, dtype, shape = members.get(name, (None, np.dtype(np.uint8), ()))
+    if dtype != np.uint8 or len(shape) != 1 or shape[0] > size:
+        raise ModelFileError(_BAD_HEADER.format(
+            path=path, error=f"{name} is not at most {size} bytes"))
+
+
 def _parse_header(header_bytes: bytes, path: str) -> dict:
     """The JSON header of a file, with its format name and a version this release reads."""
     try:
@@ -664,7 +724,10 @@ def _parse_header(header_bytes: bytes, path: str) -> dict:
     if not isinstance(header, dict) or header.get("format") != FORMAT_NAME:
         raise ModelFileError(_BAD_HEADER.format(path=path, error="wrong format name"))
     version = header.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
+    if not POSITIVE_INT.accepts(version):
+        raise ModelFileError(_BAD_HEADER.format(
+            path=path, error=f"format_version {version!r:.40} is not a positive int"))
+    if version > FORMAT_VERSION:
         raise ModelFileError(_NEWER.format(path=path, version=version, ours=FORMAT_VERSION))
     return header
 
@@ -783,7 +846,7 @@ def check_max_parameters(value: Any) -> None:
 
 
 def load(
-    path: str | os.PathLike,
+    path: Any,
     *,
     module: nn.Module | None = None,
     estimator_class: type | None = None,
@@ -796,8 +859,9 @@ def load(
 
     Parameters
     ----------
-    path : str, bytes or path-like
-        The file.
+    path : str, bytes, path-like or binary file object
+        The file, or a file object opened for binary reading (``open(name, "rb")``,
+        ``io.BytesIO(data)``), read from its current position.
     module : nn.Module or None, default=None
         For a file holding a module whose architecture is not built-in: an instance to
         receive the weights (a deep copy is loaded and returned). Its lazy layers
@@ -823,9 +887,9 @@ def load(
         If the file is not a rest_fair model file, is truncated, fails its checksum, or
         is inconsistent.
     """
-    path = os.fsdecode(path)
+    path, source = opened(path)
     check_max_parameters(max_parameters)
-    header, _ = read(path, payload=False)
+    header, _ = read(source, payload=False)
     if header.get("kind") == "estimator":  # the class reads the file, once
         if estimator_class is None:
             warnings.warn(_LOAD_ESTIMATOR, FutureWarning, stacklevel=2)
@@ -833,9 +897,9 @@ def load(
 
             estimator_class = RESTClassifier
         if max_parameters is None:
-            return estimator_class.load(path)
-        return estimator_class.load(path, max_parameters=max_parameters)
-    header, arrays = read(path)
+            return estimator_class.load(source)
+        return estimator_class.load(source, max_parameters=max_parameters)
+    header, arrays = read(source)
     with malformed(path):
         kind = header["kind"]
         if kind != "module":

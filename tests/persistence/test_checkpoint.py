@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import collections
+import datetime
+import enum
 import hashlib
 import io
 import json
@@ -62,6 +65,10 @@ class KillAt(Callback):
 params = {params!r}
 RESTClassifier(**params, callbacks=[KillAt(), Checkpoint({dirname!r})]).fit(X, y, groups=g)
 """
+
+
+class _Mode(str, enum.Enum):
+    A = "a"
 
 
 def _data():
@@ -267,6 +274,9 @@ def test_a_checkpoint_from_the_beginning_of_an_epoch_resumes_exactly(tmp_path):
     ("change", "match"),
     [
         (dict(params={"lr": 0.1}), "params.lr was 0.05, now 0.1"),
+        (dict(params={"max_epochs": 5}), r"params.max_epochs was 3, now 5 \(to train that run "
+                                         r"further, resume it with max_epochs=3, then fit again "
+                                         r"with warm_start=True"),
         (dict(params={"groupdro_adjustment": 2.0}), "params.groupdro_adjustment was 0.0, now 2.0"),
         (dict(y_shift=True), "other y than that run's"),
         (dict(rows=600), "n_samples was 700, now 600"),
@@ -631,6 +641,35 @@ def test_a_numpy_array_in_a_checkpoint_is_refused_when_written(tmp_path):
         RESTClassifier(**{**COMMON, "max_epochs": 1},
                        callbacks=[_NumpyRecord(array=True), Checkpoint(tmp_path)]).fit(
             X, y, groups=g)
+    assert not (tmp_path / ckpt_format.MANIFEST).exists()
+
+
+class _Keeps(Callback):
+    """Keeps a value of its own in the history or its state, as user callbacks may."""
+
+    def __init__(self, where, value):
+        self.where, self.value = where, value
+
+    def on_epoch_end(self, net, *, record, **kwargs):
+        if self.where == "record":
+            record["when"] = self.value
+
+    def state_dict(self):
+        return {"kept": self.value} if self.where == "state" else {}
+
+
+@pytest.mark.parametrize(("where", "value", "match"), [
+    ("record", datetime.date(2026, 12, 6), r"\['history'\]\[0\]\['when'\] is a date"),
+    ("state", collections.deque([1, 2]), r"\['_Keeps:0'\]\['kept'\] is a deque"),
+    ("state", collections.defaultdict(int), r"\['kept'\] is a defaultdict"),
+    ("state", {_Mode.A: 1}, r"a key of \['callbacks'\]\['_Keeps:0'\]\['kept'\] is a _Mode"),
+])
+def test_a_value_a_checkpoint_cannot_read_back_is_refused_when_written(tmp_path, where, value,
+                                                                        match):
+    X, y, g = _data()
+    with pytest.raises(TypeError, match=match + ".*could not be resumed"):
+        RESTClassifier(**{**COMMON, "max_epochs": 1},
+                       callbacks=[_Keeps(where, value), Checkpoint(tmp_path)]).fit(X, y, groups=g)
     assert not (tmp_path / ckpt_format.MANIFEST).exists()
 
 
@@ -1027,7 +1066,8 @@ def test_a_checkpoint_recording_numpy_scalars_by_repr_names_them_as_numbers(tmp_
     other = RESTClassifier(**{**COMMON, "max_epochs": 4, "random_state": 4})
     with pytest.raises(CheckpointError, match=re.escape(
             "random_state differs: that run had random_state=3, this one has random_state=4; "
-            "pass random_state=3 to continue that run; params.max_epochs was 3, now 4. ")):
+            "pass random_state=3 to continue that run; params.max_epochs was 3, now 4 (to "
+            "train that run further, resume it with max_epochs=3, ")):
         other.fit(X, y, groups=g, resume_from=tmp_path)
 
 

@@ -267,6 +267,13 @@ def test_estimator_methods_and_sparse_prediction(tmp_path):
     fast.module_ = clf.export_sparse(density_threshold=0.5)
     np.testing.assert_allclose(fast.predict_proba(X), clf.predict_proba(X), atol=1e-5)
     np.testing.assert_array_equal(fast.predict(X), clf.predict(X))
+    with pytest.raises(ValueError, match=r"compressed export.*use_sparse_inference"):
+        fast.save(tmp_path / "fast.rest")  # the file holds the fitted network and masks
+    assert not (tmp_path / "fast.rest").exists()
+    clf.use_sparse_inference(density_threshold=0.5)
+    clf.save(tmp_path / "fast.rest")
+    np.testing.assert_array_equal(RESTClassifier.load(tmp_path / "fast.rest").predict(X),
+                                  clf.predict(X))
     report = clf.efficiency_report()
     weights = sum(m.numel() for m in clf.masks_.values())
     active = sum(int(m.sum()) for m in clf.masks_.values())
@@ -330,6 +337,102 @@ def test_refuses_files_that_do_not_match_their_architecture(tmp_path):
     _rewrite_header(path, newer, lambda h: h.update(format_version=99))
     with pytest.raises(ModelFileError, match="format version 99"):
         load(newer)
+
+
+def test_a_newer_format_version_is_named_before_the_arrays_are_checked(tmp_path):
+    net, masks = _masked_mlp(0.1)
+    path = tmp_path / "m.rest"
+    save((net, masks, META), path)
+    with np.load(path, allow_pickle=False) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    arrays["t0.scales"] = np.zeros(2, dtype=[("a", "<f4")])  # a kind of array version 1 lacks
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    newer = tmp_path / "newer.rest"
+    newer.write_bytes(buffer.getvalue())
+    _rewrite_header(newer, newer, lambda h: h.update(format_version=2))
+    with pytest.raises(ModelFileError, match="format version 2; this rest_fair reads"):
+        load(newer)
+    _rewrite_header(newer, newer, lambda h: h.update(format_version=1))
+    with pytest.raises(ModelFileError, match=r"damaged.*t0\.scales"):  # in version 1: damaged
+        load(newer)
+
+
+@pytest.mark.parametrize("version", ["1", 0, True, None])
+def test_a_format_version_that_is_not_a_positive_int_is_a_bad_header(tmp_path, version):
+    net, masks = _masked_mlp(0.1)
+    save((net, masks, META), tmp_path / "m.rest")
+    _rewrite_header(tmp_path / "m.rest", tmp_path / "m.rest",
+                    lambda h: h.update(format_version=version))
+    with pytest.raises(ModelFileError, match=f"no valid.*format_version {version!r} is not a"):
+        load(tmp_path / "m.rest")
+
+
+@pytest.mark.parametrize(
+    ("edit", "match"),
+    [(lambda h: h["params"].update(future=1),
+      r"sets parameters \['future'\] that this RESTClassifier does not have: a newer"),
+     (lambda h: h["params"].update(module="transformer"),
+      r"module='transformer', which this rest_fair cannot rebuild .*a newer rest_fair")],
+)
+def test_an_estimator_file_of_a_newer_release_is_named_so(tmp_path, edit, match):
+    clf, _ = _fitted()
+    clf.save(tmp_path / "clf.rest")
+    _rewrite_header(tmp_path / "clf.rest", tmp_path / "newer.rest", edit)
+    with pytest.raises(ModelFileError, match=match):
+        RESTClassifier.load(tmp_path / "newer.rest")
+
+
+@pytest.mark.parametrize("change", [{"module_params": {"hidden_layer_sizes": (16,)}},
+                                    {"sparsity": 0.5}])
+def test_parameters_set_after_fit_keep_the_fitted_network_in_the_file(tmp_path, change):
+    clf, X = _fitted()
+    clf.set_params(**change)
+    clf.save(tmp_path / "clf.rest")
+    loaded = RESTClassifier.load(tmp_path / "clf.rest")  # the network fitted, not of change
+    assert loaded.get_params() == clf.get_params()
+    np.testing.assert_array_equal(loaded.predict_proba(X), clf.predict_proba(X))
+    for est in (clf, loaded):  # a warm start refuses the change, as before the save
+        with pytest.raises(ValueError, match=f"{next(iter(change))} changed"):
+            est.set_params(warm_start=True).fit(X, clf.predict(X))
+
+
+def test_a_file_written_before_network_params_loads_the_network_of_its_parameters(tmp_path):
+    clf, X = _fitted()
+    clf.save(tmp_path / "clf.rest")
+    _rewrite_header(tmp_path / "clf.rest", tmp_path / "old.rest",
+                    lambda h: h.pop("network_params"))
+    loaded = RESTClassifier.load(tmp_path / "old.rest")
+    np.testing.assert_array_equal(loaded.predict_proba(X), clf.predict_proba(X))
+    with pytest.raises(ValueError, match="sparsity changed"):
+        loaded.set_params(warm_start=True, sparsity=0.5).fit(X, clf.predict(X))
+
+
+def test_binary_file_objects_are_written_and_read(tmp_path):
+    clf, X = _fitted()
+    buffer = io.BytesIO()
+    size = clf.save(buffer)
+    assert size == len(buffer.getvalue())
+    loaded = RESTClassifier.load(io.BytesIO(buffer.getvalue()))
+    np.testing.assert_array_equal(loaded.predict_proba(X), clf.predict_proba(X))
+    with open(tmp_path / "clf.rest", "wb") as fh:
+        clf.save(fh)
+    with open(tmp_path / "clf.rest", "rb") as fh:
+        assert load(fh, estimator_class=RESTClassifier).get_params() == clf.get_params()
+    net, masks = _masked_mlp(0.1)
+    buffer = io.BytesIO()
+    save((net, masks, META), buffer)
+    assert _state_equal(load(io.BytesIO(buffer.getvalue()))[0], net)
+    with open(tmp_path / "cut.rest", "wb") as fh:
+        fh.write(buffer.getvalue()[:-40])
+    with open(tmp_path / "cut.rest", "rb") as fh, \
+            pytest.raises(ModelFileError, match=r"cut\.rest is corrupted or truncated"):
+        load(fh)
+    with pytest.raises(ModelFileError, match="<BytesIO> is corrupted or truncated"):
+        load(io.BytesIO(buffer.getvalue()[:-40]))
+    with open(tmp_path / "cut.rest", encoding="latin-1") as fh, \
+            pytest.raises(TypeError, match=r"text mode.*open\(path, 'rb'\)"):
+        load(fh)
 
 
 def test_a_path_must_be_a_path_not_a_file_descriptor(tmp_path):
