@@ -117,36 +117,37 @@ def test_bench_rejects_bad_flags(capsys):
 
 
 @pytest.mark.parametrize(("flags", "message"), [
-    (["--max-runs", "-1"], "max_runs must be a number >= 0"),
-    (["--time-limit", "-5"], "time_limit must be a number >= 0"),
-    (["--scheduler-timeout", "-1"], "scheduler_timeout must be a number > 0"),
-    (["--batch-size", "0"], "batch_size must be"),
-    (["--lr", "0"], "lr must be"),
-    (["--scheduler-timeout", "inf"], "scheduler_timeout must be a number > 0 and finite"),
-    (["--device", "bogus"], "device must be 'auto', 'cpu'"),
-    (["--seeds", "4294967296"], "random_state must be None, a RandomState or an integer"),
-    (["--module-params", '{"foo": 1}'], "module_params ['foo'] are not options of "
+    (["--max-runs", "-1"], "--max-runs must be a number >= 0"),
+    (["--time-limit", "-5"], "--time-limit must be a number >= 0"),
+    (["--scheduler-timeout", "-1"], "--scheduler-timeout must be a number > 0"),
+    (["--batch-size", "0"], "--batch-size must be"),
+    (["--lr", "0"], "--lr must be"),
+    (["--scheduler-timeout", "inf"], "--scheduler-timeout must be a number > 0 and finite"),
+    (["--device", "bogus"], "--device must be 'auto', 'cpu'"),
+    (["--seeds", "4294967296"], "--seeds must be an integer in [0, 4294967295]"),
+    (["--epochs", "0"], "--epochs must be >= 1; got 0."),
+    (["--module-params", '{"foo": 1}'], "--module-params ['foo'] are not options of "
                                         "module='mlp'; it takes ['hidden_layer_sizes']"),
     (["--module", "mlp", "--module-params", '{"hidden_layer_sizes": [-1]}'],
-     "module_params['hidden_layer_sizes'] must be a sequence of positive ints"),
-    (["--image-size", "0"], "image_size must be a positive int or None"),
+     "--module-params['hidden_layer_sizes'] must be a sequence of positive ints"),
+    (["--image-size", "0"], "--image-size must be a positive int or None"),
     # every run failed on it, and the command said to rerun it
     (["--module", "cnn", "--image-size", "2"], "images of shape (3, 2, 2) are too small for "
                                                "module='cnn'"),
-    (["--split-sizes", "1,2"], "split_sizes must be three positive numbers"),
+    (["--split-sizes", "1,2"], "--split-sizes must be three positive numbers"),
     # sizes the data set cannot give failed every run, and the command said to rerun it
     (["--split-sizes", "100000,10,10"], "as counts summing to at most 1797"),
     (["--split-sizes", "30,5,30"], "gives a valid split of 5 images, fewer than the 10 classes"),
     # a share of no sample: reported as 0.01 % conflicting, trained on none
-    (["--ratios", "0.0001"], "ratios: 0.0001 gives no bias-conflicting training sample of the "
-                             "1258"),
+    (["--ratios", "0.0001"], "--ratios: 0.0001 gives no bias-conflicting training sample of "
+                             "the 1258"),
     # options the run would not read, which would still change its id
-    (["--dfa-name", "bffhq"], "dfa_name is not read by dataset='digits'"),
-    (["--data-root", "/nonexistent"], "data_root is not read by dataset='digits'"),
+    (["--dfa-name", "bffhq"], "--dfa-name is not read by dataset='digits'"),
+    (["--data-root", "/nonexistent"], "--data-root is not read by dataset='digits'"),
     (["--dataset", "dfa", "--data-root", "/nonexistent", "--split-sizes", "10,10,10"],
-     "split_sizes is not read by dataset='dfa'"),
+     "--split-sizes is not read by dataset='dfa'"),
     (["--methods", "erm,groupdro", "--upweight", "5"],
-     "upweight is not read by methods ('erm', 'groupdro') (only by those that reweight"),
+     "--upweight is not read by methods ('erm', 'groupdro') (only by those that reweight"),
     (["--budget", "0"], "--budget is only used with --search random"),
     (["--search-seed", "5"], "--search-seed is only used with --search random"),
 ])
@@ -157,7 +158,7 @@ def test_bench_refuses_bad_limits_before_any_run(tmp_path, capsys, flags, messag
 
 
 @pytest.mark.parametrize(("flags", "message"), [
-    (["--search-seed", "-1"], "search_seed must be an int >= 0"),
+    (["--search-seed", "-1"], "--search-seed must be an int >= 0"),
     (["--methods", "rest_0.9,rest_0.9"], "names a method twice"),
 ])
 def test_bench_random_search_refuses_bad_flags(tmp_path, capsys, flags, message):

@@ -26,12 +26,14 @@ from ..experiments.runner import (
     finished,
     interrupted,
     lock_folder,
+    named_by_flag,
+    option_flags,
     parse_path,
     parse_upweight,
     report_failed,
     run_sweep,
 )
-from .config import GRID_FIELDS, PRESETS, BenchConfig, preset
+from .config import _FIELD_PARAMS, GRID_FIELDS, PRESETS, BenchConfig, preset
 from .data import DATASETS
 from .methods import METHODS
 from .report import write_outputs
@@ -263,6 +265,13 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     return parser
 
 
+def _flags() -> dict[str, str]:
+    """The flag of each setting of ``rest-fair bench`` (:func:`option_flags`), also under
+    the name of the estimator parameter it sets (``random_state``: ``--seeds``)."""
+    flags = option_flags(add_parser(argparse.ArgumentParser().add_subparsers()))
+    return {**{param: flags[field] for param, field in _FIELD_PARAMS.items()}, **flags}
+
+
 def _experiment(args: argparse.Namespace) -> BenchConfig | RandomSearch:
     """The sweep's experiment from the command line: a grid or the random search."""
     module_params = args.module_params
@@ -324,7 +333,7 @@ def run(args: argparse.Namespace) -> int:
         experiment = _experiment(args)
         experiment.check_requirements(plots=not args.no_plots)
     except (MissingDependencyError, DatasetNotFoundError, ValueError) as exc:
-        print(f"rest-fair bench: {exc}", file=sys.stderr)
+        print(f"rest-fair bench: {named_by_flag(exc, _flags())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # while the data of every share are built
         print(_INTERRUPTED_SETUP, file=sys.stderr)
@@ -367,7 +376,7 @@ def run(args: argparse.Namespace) -> int:
                 scheduler_timeout=args.scheduler_timeout, on_start=announce,
             )
         except (ImportError, OSError, ValueError) as exc:  # OSError: a connection, a weights file
-            print(_SETUP_FAILED.format(error=exc), file=sys.stderr)
+            print(_SETUP_FAILED.format(error=named_by_flag(exc, _flags())), file=sys.stderr)
             return 2
         except KeyboardInterrupt:
             return interrupted("rest-fair bench", out_dir, rerun)

@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from .._requirements import Requirement, check_requirements
-from .._validation import POSITIVE_INT, Interval
+from .._validation import POSITIVE_INT, RANDOM_STATE, Interval
 from ..exceptions import TrainingDivergedError
 from ..experiments.run import digest, jsonable
 from ..jtt import overlap_report
@@ -34,7 +34,7 @@ _NO_CONFLICT = (
 )
 _POSITIVE = Interval(Real, 0, float("inf"), "neither")
 _DECIDED = (
-    "extra_params (--estimator-params) sets {key!r}, which {owner} decides for every run; "
+    "extra_params sets {key!r}, which {owner} decides for every run; "
     "set it there instead."
 )
 #: The fields of a :class:`BenchConfig` that make its grid: not in the hash its runs share.
@@ -180,7 +180,8 @@ class BenchConfig:
              "must be shares in (0, 1)"),
             ("sparsities", self.sparsities, all(0 <= s < 1 for s in self.sparsities),
              "must be in [0, 1)"),
-            ("seeds", self.seeds, all(s >= 0 for s in self.seeds), "must be non-negative"),
+            ("seeds", self.seeds, all(RANDOM_STATE[1].accepts(s) for s in self.seeds),
+             f"must be {RANDOM_STATE[1].describe()}"),
             ("methods", self.methods, len(set(self.methods)) == len(self.methods),
              "names a method twice"),
             # a repeated value would be one run (same run id) described as two; the run

@@ -29,6 +29,8 @@ from ..experiments.runner import (
     RESULTS_FILE,
     interrupted,
     lock_folder,
+    named_by_flag,
+    option_flags,
     parse_path,
     parse_upweight,
     report_failed,
@@ -210,7 +212,8 @@ def run(args: argparse.Namespace) -> int:
         # settings every seed would fail on leave the folder's earlier outputs in place
         check_run_params(experiment, experiment.runs()[0])
     except (MissingDependencyError, OSError, ValueError) as exc:
-        print(f"rest-fair wilds: {exc}", file=sys.stderr)
+        flags = option_flags(_configure(argparse.ArgumentParser()))
+        print(f"rest-fair wilds: {named_by_flag(exc, flags)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(_INTERRUPTED_SETUP, file=sys.stderr)

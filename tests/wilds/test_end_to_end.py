@@ -133,7 +133,7 @@ def test_settings_refused_before_the_earlier_outputs_are_renamed(tmp_path, capsy
     for name, text in earlier.items():
         (out / name).write_text(text)
     assert rest_fair_main([*_two_seeds(tmp_path, out), *bad]) == 2
-    assert bad[0][2:].replace("-", "_") in capsys.readouterr().err
+    assert f"rest-fair wilds: {bad[0]} must be" in capsys.readouterr().err  # the flag typed
     assert {p.name: p.read_text() for p in out.iterdir() if p.is_file()
             and not p.name.startswith(".")} == earlier
 
