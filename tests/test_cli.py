@@ -429,9 +429,10 @@ def test_bench_names_the_settings_that_differ_from_the_folders(tmp_path, capsys)
             "--max-runs", "0"]
     note = "rest-fair bench: the settings differ from those of"
     for extra, expected in (([], None), (["--epochs", "2", "--device", "cpu"],
-                                         "(device: 'auto' -> 'cpu'; max_epochs: 3 -> 2); runs "
-                                         "recorded with those stay in the results file and "
-                                         "are not reused."),
+                                         "(device: 'auto' -> 'cpu'; max_epochs: 3 -> 2); the "
+                                         "runs of a method that reads a changed setting run "
+                                         "again (those recorded before stay in the results "
+                                         "file)."),
                             (["--epochs", "2", "--device", "cpu", "--seeds", "0,1"], None),
                             (["--epochs", "2", "--device", "cpu", "--fresh"], None)):
         assert cli.main([*argv, *extra]) == 0
@@ -440,3 +441,17 @@ def test_bench_names_the_settings_that_differ_from_the_folders(tmp_path, capsys)
             assert note not in err
         else:
             assert f"{note} {out / 'config.json'} {expected}" in err
+
+
+def test_bench_a_new_upweight_reruns_the_methods_that_reweight_alone(tmp_path, capsys):
+    pytest.importorskip("torch")
+    out = tmp_path / "o"
+    argv = ["bench", "--preset", "tiny", "--out-dir", str(out), "--no-plots",
+            "--progress", "log", "--sparsities", "0", "--epochs", "1"]
+    assert cli.main(argv) == 0
+    capsys.readouterr()
+    assert cli.main([*argv, "--upweight", "5"]) == 0
+    assert "1 runs to do, 1 of 2 already done" in capsys.readouterr().err
+    records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert [r["method"] for r in records] == ["erm", "rest", "rest"]
+    assert records[-1]["upweight"] == 5.0

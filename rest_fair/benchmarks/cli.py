@@ -60,7 +60,8 @@ _CONFIG_FIELDS = ("dataset", "ratios", "sparsities", "seeds", "max_epochs", "bat
                   "lr", "module", "image_size", "split_sizes", "upweight", "device",
                   "data_root", "dfa_name", "extra_params")
 _OTHER_SETTINGS = ("rest-fair bench: the settings differ from those of {config} ({changed}); "
-                   "runs recorded with those stay in the results file and are not reused.")
+                   "the runs of a method that reads a changed setting run again (those "
+                   "recorded before stay in the results file).")
 #: Options that the random search draws or fixes per method (refused with it).
 _SEARCHED_FLAGS = {"sparsities": "--sparsities", "lr": "--lr", "upweight": "--upweight"}
 

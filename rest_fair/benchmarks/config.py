@@ -21,7 +21,7 @@ from ..experiments.run import digest, jsonable
 from ..jtt import overlap_report
 from ..metrics import group_accuracies, worst_group_accuracy
 from .data import DATASETS, kept_data, load_data
-from .methods import LAMBDA, METHODS, estimator_params, get_method
+from .methods import METHODS, estimator_params, get_method
 
 __all__ = ["PRESETS", "BenchConfig", "RunSpec", "preset"]
 
@@ -204,12 +204,12 @@ class BenchConfig:
         ):
             if not ok:
                 raise ValueError(_BAD_FIELD.format(field=field, detail=detail, value=value))
-        reweighting = [name for name in self.methods if LAMBDA in get_method(name).params.values()]
+        reweighting = [name for name in self.methods if get_method(name).reweights]
         if self.upweight is not None and not reweighting:
             raise ValueError(_BAD_FIELD.format(
                 field="upweight", value=self.upweight,
                 detail=f"is not read by methods {self.methods} (only by those that reweight: "
-                       + ", ".join(n for n, m in METHODS.items() if LAMBDA in m.params.values())
+                       + ", ".join(n for n, m in METHODS.items() if m.reweights)
                        + ")"))
         decided = self.decided_params()
         for key in self.extra_params:
@@ -230,15 +230,23 @@ class BenchConfig:
         """JSON-ready dictionary of the configuration."""
         return jsonable(dataclasses.asdict(self))
 
-    def common_hash(self) -> str:
-        """Hash of what every run shares (not the grid): changing it re-runs everything."""
-        return digest({k: v for k, v in self.to_dict().items() if k not in GRID_FIELDS})
+    def common_hash(self, method: str | None = None) -> str:
+        """Hash of the settings the runs share (not the grid): changing it re-runs every run.
+
+        With ``method``, the hash of the settings that the runs of that method read, their
+        ``config_hash``: ``upweight`` is left at its default (None) for a method that does
+        not reweight, so that changing it re-runs the methods that reweight alone, and the
+        others keep the ids they have with the default."""
+        settings = {k: v for k, v in self.to_dict().items() if k not in GRID_FIELDS}
+        if method is not None and not get_method(method).reweights:
+            settings["upweight"] = None
+        return digest(settings)
 
     def runs(self) -> list[RunSpec]:
         """Every run of the sweep, in a stable order (ratio, method, sparsity, seed)."""
-        shared = self.common_hash()
+        shared = {method: self.common_hash(method) for method in self.methods}
         return [
-            RunSpec(method, ratio, sparsity, seed, shared)
+            RunSpec(method, ratio, sparsity, seed, shared[method])
             for ratio in self.ratios
             for method in self.methods
             for sparsity in self.sparsities

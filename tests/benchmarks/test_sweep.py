@@ -486,3 +486,16 @@ def test_table_csv_keeps_every_digit_of_large_counts(tmp_path):
     read = pd.read_csv(tmp_path / "table.csv")
     assert read["params_active_mean"].tolist() == [11_176_512.0, 1_117_651.5]
     assert read["test_worst_group_acc_mean"].tolist() == [0.85, 1 / 3]
+
+
+def test_upweight_enters_the_ids_of_the_methods_that_reweight_alone():
+    # a new --upweight re-ran ERM and GroupDRO, which do not read it
+    methods = ("erm", "rest", "jtt", "groupdro")
+    default = {s.run_id for s in preset("tiny", methods=methods).runs()}
+    weighted = {s.run_id for s in preset("tiny", methods=methods, upweight=5.0).runs()}
+    assert {run_id.split("|")[0] for run_id in default & weighted} == {"erm", "groupdro"}
+    assert {run_id.split("|")[0] for run_id in weighted - default} == {"rest", "jtt"}
+    # the ids of earlier versions where upweight is left alone, and of the reweighting
+    # methods with it set
+    assert "erm|ratio=0.05|sparsity=0|seed=0|5779150a88" in default
+    assert "rest|ratio=0.05|sparsity=0|seed=0|06344d3d9b" in weighted
