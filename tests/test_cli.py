@@ -231,14 +231,21 @@ def test_bench_end_to_end_tiny(tmp_path, capsys):
     assert "| REST |" in capsys.readouterr().out
 
     # another configuration with no run finished yet: no table or plot of the old one
-    # stays beside its config.json; what the command did not write stays
+    # stays beside its config.json; the old report is kept under a date-time suffix (it
+    # was deleted), and what the command did not write stays
     (out / "notes.txt").write_text("mine")
+    before = {name: (out / name).read_bytes() for name in info["outputs"] + ["config.json"]}
     assert cli.main([*argv, "--epochs", "3", "--max-runs", "0"]) == 0
+    assert "the earlier report is kept as" in capsys.readouterr().err
     info = json.loads((out / "config.json").read_text())
     assert info["config"]["max_epochs"] == 3 and info["outputs"] == ["references.md"]
     assert sorted(p.name for p in out.iterdir()
-                  if not p.name.startswith(("results", ".rest-fair.lock"))) == [
+                  if not p.name.startswith(("results", ".rest-fair.lock"))
+                  and p.suffixes[:1] == p.suffixes[-1:]) == [
         "config.json", "notes.txt", "references.md"]
+    kept = {p.name.split(".")[0] + p.suffix: p.read_bytes() for p in out.iterdir()
+            if len(p.suffixes) == 2 and not p.name.startswith("results")}
+    assert kept == before
 
 
 def test_bench_on_a_dfa_folder(tmp_path, capsys):
@@ -432,7 +439,8 @@ def test_bench_names_the_settings_that_differ_from_the_folders(tmp_path, capsys)
                                          "(device: 'auto' -> 'cpu'; max_epochs: 3 -> 2); the "
                                          "runs of a method that reads a changed setting run "
                                          "again (those recorded before stay in the results "
-                                         "file)."),
+                                         "file); the earlier report is kept as "
+                                         f"{out / 'config.'}"),
                             (["--epochs", "2", "--device", "cpu", "--seeds", "0,1"], None),
                             (["--epochs", "2", "--device", "cpu", "--fresh"], None)):
         assert cli.main([*argv, *extra]) == 0
@@ -455,3 +463,40 @@ def test_bench_a_new_upweight_reruns_the_methods_that_reweight_alone(tmp_path, c
     records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert [r["method"] for r in records] == ["erm", "rest", "rest"]
     assert records[-1]["upweight"] == 5.0
+
+
+@pytest.mark.parametrize("text", ['{"name": "my project", "outputs": ["data.csv"]}',
+                                  "not json", "[1, 2]"])
+def test_bench_refuses_a_config_json_it_did_not_write(tmp_path, capsys, text):
+    # it was overwritten, and the files it listed under "outputs" were deleted
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "config.json").write_text(text)
+    (out / "data.csv").write_text("a,b\n")
+    argv = ["bench", "--preset", "tiny", "--out-dir", str(out), "--no-plots", "--no-progress",
+            "--sparsities", "0", "--epochs", "1"]
+    assert cli.main(argv) == 2
+    assert (f"rest-fair bench: error: {out / 'config.json'} was not written by rest-fair bench"
+            in capsys.readouterr().err)
+    assert (out / "config.json").read_text() == text
+    assert (out / "data.csv").read_text() == "a,b\n"
+    assert sorted(p.name for p in out.iterdir()) == [".rest-fair.lock", "config.json",
+                                                      "data.csv"]  # no run, no report
+
+
+def test_bench_fresh_keeps_the_earlier_report_with_the_earlier_results(tmp_path, capsys):
+    # --fresh renamed the results file but overwrote the report of those results
+    out = tmp_path / "o"
+    argv = ["bench", "--preset", "tiny", "--out-dir", str(out), "--no-plots", "--no-progress",
+            "--sparsities", "0", "--methods", "erm", "--epochs", "1"]
+    assert cli.main(argv) == 0
+    before = {name: (out / name).read_bytes() for name in ("config.json", "results.jsonl",
+                                                           "table.md")}
+    capsys.readouterr()
+    assert cli.main([*argv, "--fresh"]) == 0
+    assert "rest-fair bench: --fresh: the earlier results and report are kept as " in (
+        capsys.readouterr().err)
+    kept = {p.name.split(".")[0] + p.suffix: p.read_bytes() for p in out.iterdir()
+            if len(p.suffixes) == 2}
+    assert {name: kept[name] for name in before} == before
+    assert len({p.suffixes[0] for p in out.iterdir() if len(p.suffixes) == 2}) == 1

@@ -36,7 +36,7 @@ from ..experiments.runner import (
 from .config import _FIELD_PARAMS, GRID_FIELDS, PRESETS, BenchConfig, preset
 from .data import DATASETS
 from .methods import METHODS
-from .report import write_outputs
+from .report import read_config, set_aside_report, write_outputs
 from .study import STUDY_METHODS, RandomSearch
 from .study_report import write_study_outputs
 
@@ -61,7 +61,9 @@ _CONFIG_FIELDS = ("dataset", "ratios", "sparsities", "seeds", "max_epochs", "bat
                   "data_root", "dfa_name", "extra_params")
 _OTHER_SETTINGS = ("rest-fair bench: the settings differ from those of {config} ({changed}); "
                    "the runs of a method that reads a changed setting run again (those "
-                   "recorded before stay in the results file).")
+                   "recorded before stay in the results file); the earlier report is kept "
+                   "as {kept}.")
+_FRESH = "rest-fair bench: --fresh: the earlier results and report are kept as {kept}."
 #: Options that the random search draws or fixes per method (refused with it).
 _SEARCHED_FLAGS = {"sparsities": "--sparsities", "lr": "--lr", "upweight": "--upweight"}
 
@@ -255,7 +257,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--time-limit", type=float,
                         help="Start no new run after this many seconds (rerun to continue).")
     parser.add_argument("--fresh", action="store_true",
-                        help="Ignore (move aside) earlier results instead of resuming.")
+                        help="Start afresh instead of resuming: the earlier results and "
+                             "report are renamed with a date-time suffix.")
     parser.add_argument("--no-plots", action="store_true")
     parser.add_argument("--progress", choices=PROGRESS_MODES, default="auto",
                         help="bar: progress bars over runs and epochs; log: plain lines, "
@@ -310,21 +313,18 @@ def _grid_words(experiment: BenchConfig | RandomSearch) -> str:
             f"{len(experiment.sparsities)} sparsities x {len(experiment.seeds)} seeds")
 
 
-def _changed_settings(experiment: BenchConfig | RandomSearch, out_dir: Path) -> str:
+def _changed_settings(experiment: BenchConfig | RandomSearch, before: dict[str, Any]) -> str:
     """The shared settings (not the grid) in which ``experiment`` differs from the one of
-    ``out_dir``'s ``config.json``, as ``"key: old -> new; ..."``; empty when the folder has
-    none or its runs are of the same settings (the same :meth:`~BenchConfig.common_hash`)."""
-    try:
-        before = json.loads((out_dir / "config.json").read_text())
-        if before["config_hash"] == experiment.common_hash():
-            return ""
-        old = before["config"].get("bench", before["config"])
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return ""
+    the ``config.json`` read as ``before``, as ``"key: old -> new; ..."``."""
+    old = before["config"].get("bench", before["config"])
     bench = experiment.bench if isinstance(experiment, RandomSearch) else experiment
     new = bench.to_dict()
-    return "; ".join(f"{key}: {old.get(key)!r} -> {new[key]!r}" for key in sorted(new)
-                     if key not in GRID_FIELDS and old.get(key) != new[key])
+    changed = [f"{key}: {old.get(key)!r} -> {new[key]!r}" for key in sorted(new)
+               if key not in GRID_FIELDS and old.get(key) != new[key]]
+    kinds = [config.get("search", "grid") for config in (before["config"], experiment.to_dict())]
+    if kinds[0] != kinds[1]:
+        changed.insert(0, f"search: {kinds[0]!r} -> {kinds[1]!r}")
+    return "; ".join(changed)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -355,9 +355,13 @@ def run(args: argparse.Namespace) -> int:
     def announce(where: dict[str, Any]) -> None:
         held.enter_context(lock_folder(out_dir))
         info.update(where)
-        changed = "" if args.fresh else _changed_settings(experiment, out_dir)
-        if changed:
-            print(_OTHER_SETTINGS.format(config=out_dir / "config.json", changed=changed),
+        before = read_config(out_dir)  # refused before any run when it is not ours
+        kept = ", ".join(map(str, set_aside_report(out_dir, experiment, fresh=args.fresh)))
+        if kept and args.fresh:
+            print(_FRESH.format(kept=kept), file=sys.stderr)
+        elif kept:
+            print(_OTHER_SETTINGS.format(config=out_dir / "config.json", kept=kept,
+                                         changed=_changed_settings(experiment, before)),
                   file=sys.stderr)
         if where["backend"] == "dask":
             text = (f"dask scheduler {where['scheduler']} ({where['dask_workers']} workers, "

@@ -499,3 +499,28 @@ def test_upweight_enters_the_ids_of_the_methods_that_reweight_alone():
     # methods with it set
     assert "erm|ratio=0.05|sparsity=0|seed=0|5779150a88" in default
     assert "rest|ratio=0.05|sparsity=0|seed=0|06344d3d9b" in weighted
+
+
+def test_write_outputs_refuses_a_config_json_of_another_origin(tmp_path):
+    from rest_fair.benchmarks import write_outputs
+
+    (tmp_path / "config.json").write_text('{"outputs": ["data.csv"]}')
+    (tmp_path / "data.csv").write_text("mine")
+    with pytest.raises(FileExistsError, match=r"config\.json was not written by rest-fair bench"):
+        write_outputs([], preset("tiny"), tmp_path, plots=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "data.csv"]
+    assert (tmp_path / "config.json").read_text() == '{"outputs": ["data.csv"]}'
+
+
+def test_write_outputs_keeps_the_report_of_other_settings(tmp_path):
+    from rest_fair.benchmarks import write_outputs
+
+    write_outputs([], preset("tiny"), tmp_path, plots=False)
+    first = (tmp_path / "config.json").read_text()
+    write_outputs([], preset("tiny"), tmp_path, plots=False)  # the same settings: replaced
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "references.md"]
+    write_outputs([], preset("tiny", max_epochs=1), tmp_path, plots=False)
+    kept = [p for p in tmp_path.iterdir() if p.name.startswith("config.")
+            and p.name != "config.json"]
+    assert len(kept) == 1 and json.loads(kept[0].read_text())["config"]["max_epochs"] == 3
+    assert json.loads(first)["config_hash"] == json.loads(kept[0].read_text())["config_hash"]
