@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from .._requirements import Requirement, check_requirements
-from .._validation import POSITIVE_INT, RANDOM_STATE, Interval
+from .._validation import POSITIVE_INT, RANDOM_STATE, Interval, unused_params
 from ..exceptions import TrainingDivergedError
 from ..experiments.run import digest, jsonable
 from ..jtt import overlap_report
@@ -235,12 +235,28 @@ class BenchConfig:
 
         With ``method``, the hash of the settings that the runs of that method read, their
         ``config_hash``: ``upweight`` is left at its default (None) for a method that does
-        not reweight, so that changing it re-runs the methods that reweight alone, and the
-        others keep the ids they have with the default."""
+        not reweight, and ``extra_params`` holds only those the method reads, so that
+        changing a setting re-runs the methods that read it alone, and the others keep the
+        ids they have with the default."""
         settings = {k: v for k, v in self.to_dict().items() if k not in GRID_FIELDS}
-        if method is not None and not get_method(method).reweights:
-            settings["upweight"] = None
+        if method is not None:
+            settings["extra_params"] = jsonable(self._read_extra(method))
+            if not get_method(method).reweights:
+                settings["upweight"] = None
         return digest(settings)
+
+    def _read_extra(self, method: str) -> dict[str, Any]:
+        """The ``extra_params`` that the runs of ``method`` read: not those that its other
+        parameters leave unused (``RESTClassifier._used_only_when``: ``jtt_epochs``
+        without JTT, GroupDRO's without its objective, ...)."""
+        if not self.extra_params:
+            return {}
+        from ..estimator import RESTClassifier  # imports torch: only with extra_params
+
+        params = {**RESTClassifier().get_params(deep=False), **self.base_params(0),
+                  **get_method(method).params}
+        unused = unused_params(RESTClassifier, params)
+        return {k: v for k, v in self.extra_params.items() if k not in unused}
 
     def runs(self) -> list[RunSpec]:
         """Every run of the sweep, in a stable order (ratio, method, sparsity, seed)."""
@@ -305,8 +321,10 @@ class BenchConfig:
         }
 
     def estimator_params(self, spec: RunSpec) -> dict[str, Any]:
-        """The :class:`~rest_fair.RESTClassifier` parameters of one run."""
-        return {**self.base_params(spec.seed),
+        """The :class:`~rest_fair.RESTClassifier` parameters of one run (not the
+        ``extra_params`` its method leaves unused)."""
+        unread = self.extra_params.keys() - self._read_extra(spec.method).keys()
+        return {**{k: v for k, v in self.base_params(spec.seed).items() if k not in unread},
                 **estimator_params(get_method(spec.method), sparsity=spec.sparsity,
                                    ratio=spec.ratio, upweight=self.upweight)}
 

@@ -524,3 +524,17 @@ def test_write_outputs_keeps_the_report_of_other_settings(tmp_path):
             and p.name != "config.json"]
     assert len(kept) == 1 and json.loads(kept[0].read_text())["config"]["max_epochs"] == 3
     assert json.loads(first)["config_hash"] == json.loads(kept[0].read_text())["config_hash"]
+
+
+def test_extra_params_a_method_leaves_unused_are_not_among_its_settings():
+    # jtt_epochs reached ERM's runs (a warning each) and entered their ids (re-run)
+    pytest.importorskip("torch")
+    methods = ("erm", "jtt")
+    config = preset("tiny", methods=methods, extra_params={"jtt_epochs": 2})
+    default = {s.run_id for s in preset("tiny", methods=methods).runs()}
+    for spec in config.runs():
+        params = config.estimator_params(spec)
+        if spec.method == "erm":
+            assert "jtt_epochs" not in params and spec.run_id in default
+        else:
+            assert params["jtt_epochs"] == 2 and spec.run_id not in default
