@@ -167,7 +167,7 @@ def test_cli_refuses_a_negative_seed_before_writing_a_synthetic_layout(tmp_path,
     assert rest_fair_main(["wilds", "--dataset", "waterbirds", "--root-dir",
                            str(tmp_path / "data"), "--out-dir", str(tmp_path / "out"),
                            "--synthetic", "--seed", "-1"]) == 2
-    assert "--seed must be a non-negative int; got -1" in capsys.readouterr().err
+    assert "--seed must be an integer in [0, 4294967295]; got -1" in capsys.readouterr().err
     assert not (tmp_path / "data").exists() and not (tmp_path / "out").exists()
 
 
