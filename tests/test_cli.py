@@ -38,6 +38,9 @@ def test_bench_help_shows_real_defaults_only(capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert "(default: None)" not in text  # those options take the preset's value
     assert "configurations per method (default 8)." in text
+    # the names of the settings behind the flags were shown as their values
+    for shown in ("--epochs EPOCHS", "--module-params JSON", "--estimator-params JSON"):
+        assert shown in text
 
 
 def test_bench_out_is_the_former_name_of_out_dir(tmp_path, capsys):

@@ -214,16 +214,17 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--search-seed", type=int,
                         help="With --search random: seed of the configurations (default "
                              f"{RandomSearch.search_seed}).")
-    parser.add_argument("--epochs", type=int, dest="max_epochs",
+    parser.add_argument("--epochs", type=int, dest="max_epochs", metavar="EPOCHS",
                         help="Epochs per run; with --search random the epoch budget E "
                              "(configurations train E/3, 2E/3 or E epochs).")
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--lr", type=float)
     parser.add_argument("--module", choices=("cnn", "mlp", "resnet18"))
-    parser.add_argument("--module-params", type=_json_object("--module-params"),
+    parser.add_argument("--module-params", type=_json_object("--module-params"), metavar="JSON",
                         help='JSON keyword arguments of the module, e.g. \'{"widths": [32, 64, '
                              '128]}\' for a thinner CNN.')
     parser.add_argument("--estimator-params", type=_estimator_params, dest="extra_params",
+                        metavar="JSON",
                         help='Further RESTClassifier parameters as JSON, e.g. '
                              '\'{"update_interval": 100}\'; not those another option or '
                              'the method sets (sparsity, lr, upweight, ...).')
