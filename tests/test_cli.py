@@ -503,3 +503,17 @@ def test_bench_fresh_keeps_the_earlier_report_with_the_earlier_results(tmp_path,
             if len(p.suffixes) == 2}
     assert {name: kept[name] for name in before} == before
     assert len({p.suffixes[0] for p in out.iterdir() if len(p.suffixes) == 2}) == 1
+
+
+def test_bench_random_search_keeps_the_report_of_a_grid_of_the_same_settings(tmp_path, capsys):
+    # the two share their settings' hash: the grid's config.json was overwritten silently
+    out = tmp_path / "o"
+    argv = ["bench", "--preset", "tiny", "--out-dir", str(out), "--no-plots", "--no-progress",
+            "--max-runs", "0"]
+    assert cli.main(argv) == 0
+    grid = (out / "config.json").read_text()
+    capsys.readouterr()
+    assert cli.main([*argv, "--search", "random", "--methods", "erm"]) == 0
+    assert "(search: 'grid' -> 'random');" in capsys.readouterr().err
+    (kept,) = out.glob("config.*.json")
+    assert kept.read_text() == grid
