@@ -43,6 +43,13 @@ def test_bench_help_shows_real_defaults_only(capsys):
         assert shown in text
 
 
+def test_wilds_help_shows_no_markup(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["wilds", "--help"])
+    text = capsys.readouterr().out
+    assert "rest-fair wilds: train REST on a WILDS dataset" in text and "``" not in text
+
+
 def test_bench_out_is_the_former_name_of_out_dir(tmp_path, capsys):
     with pytest.warns(FutureWarning, match="rest-fair bench --out is deprecated and will be "
                                            "removed in the next release; use --out-dir"):

@@ -158,7 +158,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "wilds",
         help="train REST on a WILDS dataset (waterbirds, celebA, civilcomments)",
-        description=__doc__.split("\n\n")[0],
+        description=__doc__.split("\n\n")[0].replace("``", ""),  # no reST markup
     )
     _configure(parser)
     parser.set_defaults(func=run)
