@@ -524,3 +524,16 @@ def test_bench_random_search_keeps_the_report_of_a_grid_of_the_same_settings(tmp
     assert "(search: 'grid' -> 'random');" in capsys.readouterr().err
     (kept,) = out.glob("config.*.json")
     assert kept.read_text() == grid
+
+
+def test_bench_refuses_a_cuda_device_this_machine_lacks_before_any_run(tmp_path, capsys,
+                                                                      monkeypatch):
+    # every run failed with the same error (exit 1), and the command said to rerun it
+    torch = pytest.importorskip("torch")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    out = tmp_path / "o"
+    assert cli.main(["bench", "--preset", "tiny", "--out-dir", str(out), "--no-plots",
+                     "--no-progress", "--device", "cuda"]) == 2
+    assert ("rest-fair bench: error: --device='cuda' was requested but CUDA is not available"
+            in capsys.readouterr().err)
+    assert not out.exists()

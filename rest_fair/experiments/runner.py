@@ -447,7 +447,8 @@ def run_sweep(
         invalid estimator parameters of the first run (the settings
         all runs share, the network and its ``module_params`` included), a negative or
         infinite ``max_runs``, a negative ``time_limit``, a ``scheduler_timeout`` that is
-        not positive and finite, or an ``out_dir`` that cannot be made a folder.
+        not positive and finite, or an ``out_dir`` that cannot be made a folder; with the
+        local backend, for a CUDA ``device`` on a machine without CUDA.
     BlockingIOError
         Before any run, when another run holds ``out_dir``.
     FileNotFoundError
@@ -466,10 +467,10 @@ def run_sweep(
     split_threads(n_jobs)  # an n_jobs of another type is refused before any work
     mode = _progress_mode(progress, sys.stderr)
     experiment.check_requirements()
+    backend = _resolve_backend(backend, scheduler)
     first = next(iter(experiment.runs()), None)
     if first is not None:  # the settings every run shares: wrong ones fail here, not per run
-        check_run_params(experiment, first)
-    backend = _resolve_backend(backend, scheduler)
+        check_run_params(experiment, first, here=backend == "local")
     if backend == "dask" and n_jobs not in (1, None):
         warnings.warn(_N_JOBS_IGNORED.format(n_jobs=n_jobs), UserWarning, stacklevel=2)
     with contextlib.ExitStack() as stack:

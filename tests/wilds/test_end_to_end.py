@@ -138,6 +138,20 @@ def test_settings_refused_before_the_earlier_outputs_are_renamed(tmp_path, capsy
             and not p.name.startswith(".")} == earlier
 
 
+def test_a_cuda_device_this_machine_lacks_is_refused_before_the_outputs_move(
+        tmp_path, capsys, monkeypatch):
+    # every seed failed with the same error, after the earlier outputs were renamed
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "metrics.json").write_text("{}")
+    assert rest_fair_main([*_two_seeds(tmp_path, out)[:-1], "cuda"]) == 2  # --device cuda
+    assert "rest-fair wilds: --device='cuda' was requested" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["metrics.json"]
+
+
 def test_cli_says_why_the_report_cannot_be_written(tmp_path, capsys):
     out = tmp_path / "out"
     (out / "comparison.md").mkdir(parents=True)  # in the way, as a full disk would be
