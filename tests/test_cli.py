@@ -38,6 +38,16 @@ def test_bench_help_shows_real_defaults_only(capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert "(default: None)" not in text  # those options take the preset's value
     assert "configurations per method (default 8)." in text
+    # the names of the settings behind the flags were shown as their values
+    for shown in ("--epochs EPOCHS", "--module-params JSON", "--estimator-params JSON"):
+        assert shown in text
+
+
+def test_wilds_help_shows_no_markup(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["wilds", "--help"])
+    text = capsys.readouterr().out
+    assert "rest-fair wilds: train REST on a WILDS dataset" in text and "``" not in text
 
 
 def test_bench_out_is_the_former_name_of_out_dir(tmp_path, capsys):
@@ -117,36 +127,37 @@ def test_bench_rejects_bad_flags(capsys):
 
 
 @pytest.mark.parametrize(("flags", "message"), [
-    (["--max-runs", "-1"], "max_runs must be a number >= 0"),
-    (["--time-limit", "-5"], "time_limit must be a number >= 0"),
-    (["--scheduler-timeout", "-1"], "scheduler_timeout must be a number > 0"),
-    (["--batch-size", "0"], "batch_size must be"),
-    (["--lr", "0"], "lr must be"),
-    (["--scheduler-timeout", "inf"], "scheduler_timeout must be a number > 0 and finite"),
-    (["--device", "bogus"], "device must be 'auto', 'cpu'"),
-    (["--seeds", "4294967296"], "random_state must be None, a RandomState or an integer"),
-    (["--module-params", '{"foo": 1}'], "module_params ['foo'] are not options of "
+    (["--max-runs", "-1"], "--max-runs must be a number >= 0"),
+    (["--time-limit", "-5"], "--time-limit must be a number >= 0"),
+    (["--scheduler-timeout", "-1"], "--scheduler-timeout must be a number > 0"),
+    (["--batch-size", "0"], "--batch-size must be"),
+    (["--lr", "0"], "--lr must be"),
+    (["--scheduler-timeout", "inf"], "--scheduler-timeout must be a number > 0 and finite"),
+    (["--device", "bogus"], "--device must be 'auto', 'cpu'"),
+    (["--seeds", "4294967296"], "--seeds must be an integer in [0, 4294967295]"),
+    (["--epochs", "0"], "--epochs must be >= 1; got 0."),
+    (["--module-params", '{"foo": 1}'], "--module-params ['foo'] are not options of "
                                         "module='mlp'; it takes ['hidden_layer_sizes']"),
     (["--module", "mlp", "--module-params", '{"hidden_layer_sizes": [-1]}'],
-     "module_params['hidden_layer_sizes'] must be a sequence of positive ints"),
-    (["--image-size", "0"], "image_size must be a positive int or None"),
+     "--module-params['hidden_layer_sizes'] must be a sequence of positive ints"),
+    (["--image-size", "0"], "--image-size must be a positive int or None"),
     # every run failed on it, and the command said to rerun it
     (["--module", "cnn", "--image-size", "2"], "images of shape (3, 2, 2) are too small for "
                                                "module='cnn'"),
-    (["--split-sizes", "1,2"], "split_sizes must be three positive numbers"),
+    (["--split-sizes", "1,2"], "--split-sizes must be three positive numbers"),
     # sizes the data set cannot give failed every run, and the command said to rerun it
     (["--split-sizes", "100000,10,10"], "as counts summing to at most 1797"),
     (["--split-sizes", "30,5,30"], "gives a valid split of 5 images, fewer than the 10 classes"),
     # a share of no sample: reported as 0.01 % conflicting, trained on none
-    (["--ratios", "0.0001"], "ratios: 0.0001 gives no bias-conflicting training sample of the "
-                             "1258"),
+    (["--ratios", "0.0001"], "--ratios: 0.0001 gives no bias-conflicting training sample of "
+                             "the 1258"),
     # options the run would not read, which would still change its id
-    (["--dfa-name", "bffhq"], "dfa_name is not read by dataset='digits'"),
-    (["--data-root", "/nonexistent"], "data_root is not read by dataset='digits'"),
+    (["--dfa-name", "bffhq"], "--dfa-name is not read by dataset='digits'"),
+    (["--data-root", "/nonexistent"], "--data-root is not read by dataset='digits'"),
     (["--dataset", "dfa", "--data-root", "/nonexistent", "--split-sizes", "10,10,10"],
-     "split_sizes is not read by dataset='dfa'"),
+     "--split-sizes is not read by dataset='dfa'"),
     (["--methods", "erm,groupdro", "--upweight", "5"],
-     "upweight is not read by methods ('erm', 'groupdro') (only by those that reweight"),
+     "--upweight is not read by methods ('erm', 'groupdro') (only by those that reweight"),
     (["--budget", "0"], "--budget is only used with --search random"),
     (["--search-seed", "5"], "--search-seed is only used with --search random"),
 ])
@@ -157,7 +168,7 @@ def test_bench_refuses_bad_limits_before_any_run(tmp_path, capsys, flags, messag
 
 
 @pytest.mark.parametrize(("flags", "message"), [
-    (["--search-seed", "-1"], "search_seed must be an int >= 0"),
+    (["--search-seed", "-1"], "--search-seed must be an int >= 0"),
     (["--methods", "rest_0.9,rest_0.9"], "names a method twice"),
 ])
 def test_bench_random_search_refuses_bad_flags(tmp_path, capsys, flags, message):
@@ -230,14 +241,21 @@ def test_bench_end_to_end_tiny(tmp_path, capsys):
     assert "| REST |" in capsys.readouterr().out
 
     # another configuration with no run finished yet: no table or plot of the old one
-    # stays beside its config.json; what the command did not write stays
+    # stays beside its config.json; the old report is kept under a date-time suffix (it
+    # was deleted), and what the command did not write stays
     (out / "notes.txt").write_text("mine")
+    before = {name: (out / name).read_bytes() for name in info["outputs"] + ["config.json"]}
     assert cli.main([*argv, "--epochs", "3", "--max-runs", "0"]) == 0
+    assert "the earlier report is kept as" in capsys.readouterr().err
     info = json.loads((out / "config.json").read_text())
     assert info["config"]["max_epochs"] == 3 and info["outputs"] == ["references.md"]
     assert sorted(p.name for p in out.iterdir()
-                  if not p.name.startswith(("results", ".rest-fair.lock"))) == [
+                  if not p.name.startswith(("results", ".rest-fair.lock"))
+                  and p.suffixes[:1] == p.suffixes[-1:]) == [
         "config.json", "notes.txt", "references.md"]
+    kept = {p.name.split(".")[0] + p.suffix: p.read_bytes() for p in out.iterdir()
+            if len(p.suffixes) == 2 and not p.name.startswith("results")}
+    assert kept == before
 
 
 def test_bench_on_a_dfa_folder(tmp_path, capsys):
@@ -428,9 +446,11 @@ def test_bench_names_the_settings_that_differ_from_the_folders(tmp_path, capsys)
             "--max-runs", "0"]
     note = "rest-fair bench: the settings differ from those of"
     for extra, expected in (([], None), (["--epochs", "2", "--device", "cpu"],
-                                         "(device: 'auto' -> 'cpu'; max_epochs: 3 -> 2); runs "
-                                         "recorded with those stay in the results file and "
-                                         "are not reused."),
+                                         "(device: 'auto' -> 'cpu'; max_epochs: 3 -> 2); the "
+                                         "runs of a method that reads a changed setting run "
+                                         "again (those recorded before stay in the results "
+                                         "file); the earlier report is kept as "
+                                         f"{out / 'config.'}"),
                             (["--epochs", "2", "--device", "cpu", "--seeds", "0,1"], None),
                             (["--epochs", "2", "--device", "cpu", "--fresh"], None)):
         assert cli.main([*argv, *extra]) == 0
@@ -439,3 +459,81 @@ def test_bench_names_the_settings_that_differ_from_the_folders(tmp_path, capsys)
             assert note not in err
         else:
             assert f"{note} {out / 'config.json'} {expected}" in err
+
+
+def test_bench_a_new_upweight_reruns_the_methods_that_reweight_alone(tmp_path, capsys):
+    pytest.importorskip("torch")
+    out = tmp_path / "o"
+    argv = ["bench", "--preset", "tiny", "--out-dir", str(out), "--no-plots",
+            "--progress", "log", "--sparsities", "0", "--epochs", "1"]
+    assert cli.main(argv) == 0
+    capsys.readouterr()
+    assert cli.main([*argv, "--upweight", "5"]) == 0
+    assert "1 runs to do, 1 of 2 already done" in capsys.readouterr().err
+    records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert [r["method"] for r in records] == ["erm", "rest", "rest"]
+    assert records[-1]["upweight"] == 5.0
+
+
+@pytest.mark.parametrize("text", ['{"name": "my project", "outputs": ["data.csv"]}',
+                                  "not json", "[1, 2]"])
+def test_bench_refuses_a_config_json_it_did_not_write(tmp_path, capsys, text):
+    # it was overwritten, and the files it listed under "outputs" were deleted
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "config.json").write_text(text)
+    (out / "data.csv").write_text("a,b\n")
+    argv = ["bench", "--preset", "tiny", "--out-dir", str(out), "--no-plots", "--no-progress",
+            "--sparsities", "0", "--epochs", "1"]
+    assert cli.main(argv) == 2
+    assert (f"rest-fair bench: error: {out / 'config.json'} was not written by rest-fair bench"
+            in capsys.readouterr().err)
+    assert (out / "config.json").read_text() == text
+    assert (out / "data.csv").read_text() == "a,b\n"
+    assert sorted(p.name for p in out.iterdir()) == [".rest-fair.lock", "config.json",
+                                                      "data.csv"]  # no run, no report
+
+
+def test_bench_fresh_keeps_the_earlier_report_with_the_earlier_results(tmp_path, capsys):
+    # --fresh renamed the results file but overwrote the report of those results
+    out = tmp_path / "o"
+    argv = ["bench", "--preset", "tiny", "--out-dir", str(out), "--no-plots", "--no-progress",
+            "--sparsities", "0", "--methods", "erm", "--epochs", "1"]
+    assert cli.main(argv) == 0
+    before = {name: (out / name).read_bytes() for name in ("config.json", "results.jsonl",
+                                                           "table.md")}
+    capsys.readouterr()
+    assert cli.main([*argv, "--fresh"]) == 0
+    assert "rest-fair bench: --fresh: the earlier results and report are kept as " in (
+        capsys.readouterr().err)
+    kept = {p.name.split(".")[0] + p.suffix: p.read_bytes() for p in out.iterdir()
+            if len(p.suffixes) == 2}
+    assert {name: kept[name] for name in before} == before
+    assert len({p.suffixes[0] for p in out.iterdir() if len(p.suffixes) == 2}) == 1
+
+
+def test_bench_random_search_keeps_the_report_of_a_grid_of_the_same_settings(tmp_path, capsys):
+    # the two share their settings' hash: the grid's config.json was overwritten silently
+    out = tmp_path / "o"
+    argv = ["bench", "--preset", "tiny", "--out-dir", str(out), "--no-plots", "--no-progress",
+            "--max-runs", "0"]
+    assert cli.main(argv) == 0
+    grid = (out / "config.json").read_text()
+    capsys.readouterr()
+    assert cli.main([*argv, "--search", "random", "--methods", "erm"]) == 0
+    assert "(search: 'grid' -> 'random');" in capsys.readouterr().err
+    (kept,) = out.glob("config.*.json")
+    assert kept.read_text() == grid
+
+
+def test_bench_refuses_a_cuda_device_this_machine_lacks_before_any_run(tmp_path, capsys,
+                                                                      monkeypatch):
+    # every run failed with the same error (exit 1), and the command said to rerun it
+    torch = pytest.importorskip("torch")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    out = tmp_path / "o"
+    assert cli.main(["bench", "--preset", "tiny", "--out-dir", str(out), "--no-plots",
+                     "--no-progress", "--device", "cuda"]) == 2
+    assert ("rest-fair bench: error: --device='cuda' was requested but CUDA is not available"
+            in capsys.readouterr().err)
+    assert not out.exists()

@@ -26,15 +26,17 @@ from ..experiments.runner import (
     finished,
     interrupted,
     lock_folder,
+    named_by_flag,
+    option_flags,
     parse_path,
     parse_upweight,
     report_failed,
     run_sweep,
 )
-from .config import GRID_FIELDS, PRESETS, BenchConfig, preset
+from .config import _FIELD_PARAMS, GRID_FIELDS, PRESETS, BenchConfig, preset
 from .data import DATASETS
 from .methods import METHODS
-from .report import write_outputs
+from .report import read_config, set_aside_report, write_outputs
 from .study import STUDY_METHODS, RandomSearch
 from .study_report import write_study_outputs
 
@@ -58,7 +60,10 @@ _CONFIG_FIELDS = ("dataset", "ratios", "sparsities", "seeds", "max_epochs", "bat
                   "lr", "module", "image_size", "split_sizes", "upweight", "device",
                   "data_root", "dfa_name", "extra_params")
 _OTHER_SETTINGS = ("rest-fair bench: the settings differ from those of {config} ({changed}); "
-                   "runs recorded with those stay in the results file and are not reused.")
+                   "the runs of a method that reads a changed setting run again (those "
+                   "recorded before stay in the results file); the earlier report is kept "
+                   "as {kept}.")
+_FRESH = "rest-fair bench: --fresh: the earlier results and report are kept as {kept}."
 #: Options that the random search draws or fixes per method (refused with it).
 _SEARCHED_FLAGS = {"sparsities": "--sparsities", "lr": "--lr", "upweight": "--upweight"}
 
@@ -209,16 +214,17 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--search-seed", type=int,
                         help="With --search random: seed of the configurations (default "
                              f"{RandomSearch.search_seed}).")
-    parser.add_argument("--epochs", type=int, dest="max_epochs",
+    parser.add_argument("--epochs", type=int, dest="max_epochs", metavar="EPOCHS",
                         help="Epochs per run; with --search random the epoch budget E "
                              "(configurations train E/3, 2E/3 or E epochs).")
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--lr", type=float)
     parser.add_argument("--module", choices=("cnn", "mlp", "resnet18"))
-    parser.add_argument("--module-params", type=_json_object("--module-params"),
+    parser.add_argument("--module-params", type=_json_object("--module-params"), metavar="JSON",
                         help='JSON keyword arguments of the module, e.g. \'{"widths": [32, 64, '
                              '128]}\' for a thinner CNN.')
     parser.add_argument("--estimator-params", type=_estimator_params, dest="extra_params",
+                        metavar="JSON",
                         help='Further RESTClassifier parameters as JSON, e.g. '
                              '\'{"update_interval": 100}\'; not those another option or '
                              'the method sets (sparsity, lr, upweight, ...).')
@@ -252,7 +258,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--time-limit", type=float,
                         help="Start no new run after this many seconds (rerun to continue).")
     parser.add_argument("--fresh", action="store_true",
-                        help="Ignore (move aside) earlier results instead of resuming.")
+                        help="Start afresh instead of resuming: the earlier results and "
+                             "report are renamed with a date-time suffix.")
     parser.add_argument("--no-plots", action="store_true")
     parser.add_argument("--progress", choices=PROGRESS_MODES, default="auto",
                         help="bar: progress bars over runs and epochs; log: plain lines, "
@@ -261,6 +268,13 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                         help="Same as --progress none.")
     parser.set_defaults(func=run)
     return parser
+
+
+def _flags() -> dict[str, str]:
+    """The flag of each setting of ``rest-fair bench`` (:func:`option_flags`), also under
+    the name of the estimator parameter it sets (``random_state``: ``--seeds``)."""
+    flags = option_flags(add_parser(argparse.ArgumentParser().add_subparsers()))
+    return {**{param: flags[field] for param, field in _FIELD_PARAMS.items()}, **flags}
 
 
 def _experiment(args: argparse.Namespace) -> BenchConfig | RandomSearch:
@@ -300,21 +314,18 @@ def _grid_words(experiment: BenchConfig | RandomSearch) -> str:
             f"{len(experiment.sparsities)} sparsities x {len(experiment.seeds)} seeds")
 
 
-def _changed_settings(experiment: BenchConfig | RandomSearch, out_dir: Path) -> str:
+def _changed_settings(experiment: BenchConfig | RandomSearch, before: dict[str, Any]) -> str:
     """The shared settings (not the grid) in which ``experiment`` differs from the one of
-    ``out_dir``'s ``config.json``, as ``"key: old -> new; ..."``; empty when the folder has
-    none or its runs are of the same settings (the same :meth:`~BenchConfig.common_hash`)."""
-    try:
-        before = json.loads((out_dir / "config.json").read_text())
-        if before["config_hash"] == experiment.common_hash():
-            return ""
-        old = before["config"].get("bench", before["config"])
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return ""
+    the ``config.json`` read as ``before``, as ``"key: old -> new; ..."``."""
+    old = before["config"].get("bench", before["config"])
     bench = experiment.bench if isinstance(experiment, RandomSearch) else experiment
     new = bench.to_dict()
-    return "; ".join(f"{key}: {old.get(key)!r} -> {new[key]!r}" for key in sorted(new)
-                     if key not in GRID_FIELDS and old.get(key) != new[key])
+    changed = [f"{key}: {old.get(key)!r} -> {new[key]!r}" for key in sorted(new)
+               if key not in GRID_FIELDS and old.get(key) != new[key]]
+    kinds = [config.get("search", "grid") for config in (before["config"], experiment.to_dict())]
+    if kinds[0] != kinds[1]:
+        changed.insert(0, f"search: {kinds[0]!r} -> {kinds[1]!r}")
+    return "; ".join(changed)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -324,7 +335,7 @@ def run(args: argparse.Namespace) -> int:
         experiment = _experiment(args)
         experiment.check_requirements(plots=not args.no_plots)
     except (MissingDependencyError, DatasetNotFoundError, ValueError) as exc:
-        print(f"rest-fair bench: {exc}", file=sys.stderr)
+        print(f"rest-fair bench: {named_by_flag(exc, _flags())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # while the data of every share are built
         print(_INTERRUPTED_SETUP, file=sys.stderr)
@@ -345,9 +356,13 @@ def run(args: argparse.Namespace) -> int:
     def announce(where: dict[str, Any]) -> None:
         held.enter_context(lock_folder(out_dir))
         info.update(where)
-        changed = "" if args.fresh else _changed_settings(experiment, out_dir)
-        if changed:
-            print(_OTHER_SETTINGS.format(config=out_dir / "config.json", changed=changed),
+        before = read_config(out_dir)  # refused before any run when it is not ours
+        kept = ", ".join(map(str, set_aside_report(out_dir, experiment, fresh=args.fresh)))
+        if kept and args.fresh:
+            print(_FRESH.format(kept=kept), file=sys.stderr)
+        elif kept:
+            print(_OTHER_SETTINGS.format(config=out_dir / "config.json", kept=kept,
+                                         changed=_changed_settings(experiment, before)),
                   file=sys.stderr)
         if where["backend"] == "dask":
             text = (f"dask scheduler {where['scheduler']} ({where['dask_workers']} workers, "
@@ -367,7 +382,7 @@ def run(args: argparse.Namespace) -> int:
                 scheduler_timeout=args.scheduler_timeout, on_start=announce,
             )
         except (ImportError, OSError, ValueError) as exc:  # OSError: a connection, a weights file
-            print(_SETUP_FAILED.format(error=exc), file=sys.stderr)
+            print(_SETUP_FAILED.format(error=named_by_flag(exc, _flags())), file=sys.stderr)
             return 2
         except KeyboardInterrupt:
             return interrupted("rest-fair bench", out_dir, rerun)

@@ -15,13 +15,13 @@ from typing import Any, ClassVar
 import numpy as np
 
 from .._requirements import Requirement, check_requirements
-from .._validation import POSITIVE_INT, Interval
+from .._validation import POSITIVE_INT, RANDOM_STATE, Interval, unused_params
 from ..exceptions import TrainingDivergedError
 from ..experiments.run import digest, jsonable
 from ..jtt import overlap_report
 from ..metrics import group_accuracies, worst_group_accuracy
 from .data import DATASETS, kept_data, load_data
-from .methods import LAMBDA, METHODS, estimator_params, get_method
+from .methods import METHODS, estimator_params, get_method
 
 __all__ = ["PRESETS", "BenchConfig", "RunSpec", "preset"]
 
@@ -34,7 +34,7 @@ _NO_CONFLICT = (
 )
 _POSITIVE = Interval(Real, 0, float("inf"), "neither")
 _DECIDED = (
-    "extra_params (--estimator-params) sets {key!r}, which {owner} decides for every run; "
+    "extra_params sets {key!r}, which {owner} decides for every run; "
     "set it there instead."
 )
 #: The fields of a :class:`BenchConfig` that make its grid: not in the hash its runs share.
@@ -180,7 +180,8 @@ class BenchConfig:
              "must be shares in (0, 1)"),
             ("sparsities", self.sparsities, all(0 <= s < 1 for s in self.sparsities),
              "must be in [0, 1)"),
-            ("seeds", self.seeds, all(s >= 0 for s in self.seeds), "must be non-negative"),
+            ("seeds", self.seeds, all(RANDOM_STATE[1].accepts(s) for s in self.seeds),
+             f"must be {RANDOM_STATE[1].describe()}"),
             ("methods", self.methods, len(set(self.methods)) == len(self.methods),
              "names a method twice"),
             # a repeated value would be one run (same run id) described as two; the run
@@ -203,12 +204,12 @@ class BenchConfig:
         ):
             if not ok:
                 raise ValueError(_BAD_FIELD.format(field=field, detail=detail, value=value))
-        reweighting = [name for name in self.methods if LAMBDA in get_method(name).params.values()]
+        reweighting = [name for name in self.methods if get_method(name).reweights]
         if self.upweight is not None and not reweighting:
             raise ValueError(_BAD_FIELD.format(
                 field="upweight", value=self.upweight,
                 detail=f"is not read by methods {self.methods} (only by those that reweight: "
-                       + ", ".join(n for n, m in METHODS.items() if LAMBDA in m.params.values())
+                       + ", ".join(n for n, m in METHODS.items() if m.reweights)
                        + ")"))
         decided = self.decided_params()
         for key in self.extra_params:
@@ -229,15 +230,39 @@ class BenchConfig:
         """JSON-ready dictionary of the configuration."""
         return jsonable(dataclasses.asdict(self))
 
-    def common_hash(self) -> str:
-        """Hash of what every run shares (not the grid): changing it re-runs everything."""
-        return digest({k: v for k, v in self.to_dict().items() if k not in GRID_FIELDS})
+    def common_hash(self, method: str | None = None) -> str:
+        """Hash of the settings the runs share (not the grid): changing it re-runs every run.
+
+        With ``method``, the hash of the settings that the runs of that method read, their
+        ``config_hash``: ``upweight`` is left at its default (None) for a method that does
+        not reweight, and ``extra_params`` holds only those the method reads, so that
+        changing a setting re-runs the methods that read it alone, and the others keep the
+        ids they have with the default."""
+        settings = {k: v for k, v in self.to_dict().items() if k not in GRID_FIELDS}
+        if method is not None:
+            settings["extra_params"] = jsonable(self._read_extra(method))
+            if not get_method(method).reweights:
+                settings["upweight"] = None
+        return digest(settings)
+
+    def _read_extra(self, method: str) -> dict[str, Any]:
+        """The ``extra_params`` that the runs of ``method`` read: not those that its other
+        parameters leave unused (``RESTClassifier._used_only_when``: ``jtt_epochs``
+        without JTT, GroupDRO's without its objective, ...)."""
+        if not self.extra_params:
+            return {}
+        from ..estimator import RESTClassifier  # imports torch: only with extra_params
+
+        params = {**RESTClassifier().get_params(deep=False), **self.base_params(0),
+                  **get_method(method).params}
+        unused = unused_params(RESTClassifier, params)
+        return {k: v for k, v in self.extra_params.items() if k not in unused}
 
     def runs(self) -> list[RunSpec]:
         """Every run of the sweep, in a stable order (ratio, method, sparsity, seed)."""
-        shared = self.common_hash()
+        shared = {method: self.common_hash(method) for method in self.methods}
         return [
-            RunSpec(method, ratio, sparsity, seed, shared)
+            RunSpec(method, ratio, sparsity, seed, shared[method])
             for ratio in self.ratios
             for method in self.methods
             for sparsity in self.sparsities
@@ -296,8 +321,10 @@ class BenchConfig:
         }
 
     def estimator_params(self, spec: RunSpec) -> dict[str, Any]:
-        """The :class:`~rest_fair.RESTClassifier` parameters of one run."""
-        return {**self.base_params(spec.seed),
+        """The :class:`~rest_fair.RESTClassifier` parameters of one run (not the
+        ``extra_params`` its method leaves unused)."""
+        unread = self.extra_params.keys() - self._read_extra(spec.method).keys()
+        return {**{k: v for k, v in self.base_params(spec.seed).items() if k not in unread},
                 **estimator_params(get_method(spec.method), sparsity=spec.sparsity,
                                    ratio=spec.ratio, upweight=self.upweight)}
 

@@ -71,6 +71,12 @@ class Method:
         return self.sparse_label if sparsity > 0 else self.dense_label
 
     @property
+    def reweights(self) -> bool:
+        """Whether the method reads the upweighting factor (its ``params`` hold
+        :data:`LAMBDA`), and with it the benchmark's ``upweight``."""
+        return LAMBDA in self.params.values()
+
+    @property
     def train_groups(self) -> bool:
         """Whether ``fit`` receives the training group labels."""
         return self.group_labels == "train"

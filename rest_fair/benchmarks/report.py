@@ -14,6 +14,7 @@ import numpy as np
 from .._requirements import import_optional
 from .._version import __version__
 from ..experiments.run import standard_error
+from ..experiments.runner import RESULTS_FILE, set_aside
 from .config import BenchConfig
 from .data import DATASETS
 from .methods import get_method
@@ -26,7 +27,9 @@ __all__ = [
     "library_versions",
     "metric_cell",
     "plot_results",
+    "read_config",
     "seed_statistics",
+    "set_aside_report",
     "standard_error",
     "summarize",
     "to_markdown",
@@ -370,6 +373,72 @@ def plot_results(summary, records: Sequence[dict], config: BenchConfig, out_dir:
     return [*paths, _save(fig, out_dir / "group_bars.png")]
 
 
+#: The keys of every ``config.json`` that :func:`write_outputs` writes.
+_OWN_KEYS = ("config", "config_hash", "outputs", "versions")
+_NOT_OURS = (
+    "{path} was not written by rest-fair bench (it is not a JSON object with the keys "
+    "{keys}); the report would overwrite it, so nothing was written: move it away or "
+    "choose another output folder."
+)
+
+
+def read_config(out_dir: str | Path) -> dict[str, Any] | None:
+    """The ``config.json`` of ``out_dir`` as :func:`write_outputs` wrote it; None when the
+    folder has none.
+
+    Raises
+    ------
+    FileExistsError
+        Naming a ``config.json`` that is not one of ours (unreadable, not JSON, without our
+        keys): the report never overwrites it.
+    """
+    path = Path(out_dir) / "config.json"
+    if not (path.exists() or path.is_symlink()):
+        return None
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, ValueError):
+        info = None
+    if not (isinstance(info, dict) and all(key in info for key in _OWN_KEYS)
+            and isinstance(info["outputs"], list) and isinstance(info["config"], dict)):
+        raise FileExistsError(_NOT_OURS.format(path=path, keys=", ".join(_OWN_KEYS)))
+    return info
+
+
+def _listed(out_dir: Path, info: dict[str, Any]) -> list[Path]:
+    """The outputs in ``out_dir`` that the ``config.json`` read as ``info`` lists (names of
+    files of the folder itself, never the results file)."""
+    return [out_dir / name for name in info["outputs"]
+            if isinstance(name, str) and Path(name).name == name
+            and name not in ("config.json", RESULTS_FILE) and (out_dir / name).exists()]
+
+
+def set_aside_report(out_dir: str | Path, experiment: Any, *, fresh: bool = False) -> list[Path]:
+    """Keep the report in ``out_dir`` of settings other than ``experiment``'s out of the way
+    of its own: its ``config.json`` and the outputs that lists are renamed with one
+    date-time suffix (:func:`~rest_fair.experiments.runner.set_aside`); with ``fresh``,
+    the report of any settings and the results file are. Returns the new paths (none when
+    there is nothing to rename).
+
+    Settings are the same when the hash their runs share (``common_hash``) and the kind of
+    sweep (grid or ``"search"``) are.
+
+    Raises
+    ------
+    FileExistsError
+        For a ``config.json`` not written by :func:`write_outputs` (:func:`read_config`).
+    """
+    out_dir = Path(out_dir)
+    info = read_config(out_dir)
+    report = [] if info is None else [out_dir / "config.json", *_listed(out_dir, info)]
+    if fresh:
+        return set_aside([out_dir / RESULTS_FILE, *report])
+    if info is None or (info["config_hash"] == experiment.common_hash()
+                        and info["config"].get("search") == experiment.to_dict().get("search")):
+        return []
+    return set_aside(report)
+
+
 def _write_config(
     out_dir: Path, experiment: Any, records: Sequence[dict[str, Any]],
     run_info: dict[str, Any] | None, outputs: Sequence[Path],
@@ -379,20 +448,18 @@ def _write_config(
     runs in total and with each of ``statuses``, ``run_info``, and the names of the other
     ``outputs`` written this time; returns its path.
 
-    Outputs that the previous ``config.json`` of the folder lists and this call did not
-    write again (tables of a summary that is now empty, plots now switched off) are
-    removed, so that the folder never shows results beside a configuration they do not
-    come from. Other files are left alone.
+    Outputs that the previous ``config.json`` of the folder (of the same settings:
+    :func:`set_aside_report` has renamed one of others) lists and this call did not write
+    again (tables of a summary that is now empty, plots now switched off) are removed, so
+    that the folder never shows results beside a configuration they do not come from.
+    Other files are left alone.
     """
     path = out_dir / "config.json"
     names = sorted(p.name for p in outputs)
-    try:
-        before = json.loads(path.read_text()).get("outputs", [])
-    except (OSError, ValueError, AttributeError):
-        before = []
-    for name in before if isinstance(before, list) else []:
-        if isinstance(name, str) and name not in names and Path(name).name == name:
-            (out_dir / name).unlink(missing_ok=True)
+    before = read_config(out_dir)
+    for stale in [] if before is None else _listed(out_dir, before):
+        if stale.name not in names:
+            stale.unlink()
     info = {
         "config": experiment.to_dict(),
         "config_hash": experiment.common_hash(),
@@ -426,6 +493,8 @@ def write_outputs(
 ) -> dict[str, Any]:
     """Write ``table.md``, ``table.csv``, ``references.md``, the PNG plots and ``config.json``.
 
+    A report in ``out_dir`` of other settings is kept, renamed (:func:`set_aside_report`).
+
     Returns
     -------
     dict
@@ -433,6 +502,7 @@ def write_outputs(
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    set_aside_report(out_dir, config)
     files = [out_dir / "references.md"]
     files[0].write_text(reference_markdown() + "\n")
     summary = summarize(records, config)

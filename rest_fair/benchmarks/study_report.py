@@ -28,6 +28,7 @@ from .report import (
     _write_tables,
     metric_cell,
     seed_statistics,
+    set_aside_report,
 )
 from .study import SELECTION_RULES, STUDY_METHODS, RandomSearch
 
@@ -362,7 +363,8 @@ def write_study_outputs(
     plots: bool = True,
 ) -> dict[str, Any]:
     """Write ``table.md`` and ``table.csv`` (the chosen configurations),
-    ``configurations.csv`` (every configuration), ``config.json`` and the two plots.
+    ``configurations.csv`` (every configuration), ``config.json`` and the two plots; a
+    report in ``out_dir`` of other settings is kept, renamed (:func:`set_aside_report`).
 
     Returns
     -------
@@ -372,6 +374,7 @@ def write_study_outputs(
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    set_aside_report(out_dir, search)
     configurations = summarize_configurations(records, search)
     chosen = select(configurations)
     markdown = "" if chosen.empty else study_markdown(chosen, search, configurations)

@@ -155,18 +155,21 @@ def run_one(
     return record
 
 
-def check_run_params(experiment: Experiment, spec: Any) -> None:
+def check_run_params(experiment: Experiment, spec: Any, *, here: bool = True) -> None:
     """Check the estimator parameters of run ``spec`` as ``fit`` would, before any run:
-    their values, and the network they name with its ``module_params``
-    (:func:`~rest_fair.models.check_module`).
+    their values, the network they name with its ``module_params``
+    (:func:`~rest_fair.models.check_module`), and with ``here`` (the runs execute on this
+    machine) that its ``device`` is one this machine has.
 
     Raises
     ------
     ValueError
-        Naming the first invalid parameter (a setting the command line gave, say).
+        Naming the first invalid parameter (a setting the command line gave, say), or a
+        CUDA device on a machine without CUDA.
     FileNotFoundError
         For pretrained weights named by a path that does not exist.
     """
+    from .._fit import resolve_device
     from .._validation import check_params
     from ..estimator import RESTClassifier  # imports torch: not at `rest-fair --help`
     from ..models import check_module
@@ -174,6 +177,8 @@ def check_run_params(experiment: Experiment, spec: Any) -> None:
     clf = RESTClassifier(**experiment.estimator_params(spec))
     check_params(clf)
     check_module(clf.module, clf.module_params)
+    if here:
+        resolve_device(clf.device)
 
 
 def _fit_and_score(

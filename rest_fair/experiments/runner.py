@@ -28,6 +28,7 @@ import itertools
 import json
 import math
 import os
+import re
 import signal
 import sys
 import threading
@@ -51,7 +52,8 @@ from .dask_backend import active_joblib_client, connect, dask_records
 from .run import Experiment, check_run_params, error_record, run_one, split_threads
 
 __all__ = ["BACKENDS", "LOCK_FILE", "LOG_INTERVAL", "PROGRESS_MODES", "RESULTS_FILE",
-           "append_record", "finished", "interrupted", "locate", "lock_folder", "parse_path",
+           "append_record", "finished", "interrupted", "locate", "lock_folder", "named_by_flag",
+           "option_flags", "parse_path",
            "parse_upweight", "pending", "read_results", "report_failed", "run_sweep",
            "set_aside"]
 
@@ -73,7 +75,8 @@ _BAD_UPWEIGHT = "--upweight: expected 'balanced', 'none' or a positive number; g
 _CORRUPT_LINE = "Ignoring an unreadable line {line} of {path} (an interrupted write?)."
 _BAD_BACKEND = "backend must be one of {backends} or None; got {backend!r}."
 _SCHEDULER_NEEDS_DASK = (
-    "scheduler={scheduler!r} is only used by backend='dask'; got backend={backend!r}."
+    "scheduler is only used by backend='dask'; got scheduler={scheduler!r} with "
+    "backend={backend!r}."
 )
 _BAD_LIMIT = "{name} must be a number {rule} or None; got {value!r}."
 _BAD_OUT_DIR = "cannot keep the results in {path}: {error}."
@@ -112,6 +115,29 @@ def parse_path(value: str) -> Path:
     ``--root-dir``), a leading ``~`` read as the home folder: the shell expands it in
     ``--out-dir ~/x`` but not in ``--out-dir=~/x``."""
     return Path(value).expanduser()
+
+
+def option_flags(parser: argparse.ArgumentParser) -> dict[str, str]:
+    """The flag of each setting of ``parser``'s command line: the destination of an option
+    (``max_epochs``) -> its flag (``--epochs``; the last name of an option with several),
+    of the first option where several set one destination."""
+    flags: dict[str, str] = {}
+    for action in parser._actions:
+        if action.option_strings and action.dest != "help":
+            flags.setdefault(action.dest, action.option_strings[-1])
+    return flags
+
+
+def named_by_flag(error: BaseException, flags: dict[str, str]) -> str:
+    """The message of ``error`` with the setting it opens with (``"max_epochs must be >=
+    1; ..."``, as the configuration, the estimator and the runner name them) named by the
+    flag that sets it on the command line (``"--epochs must be >= 1; ..."``, ``flags`` from
+    :func:`option_flags`); other messages as they are."""
+    message = str(error)
+    match = re.match(r"[a-z_]+\b", message)
+    if match is None or match.group() not in flags:
+        return message
+    return flags[match.group()] + message[match.end():]
 
 
 def read_results(path: str | Path) -> list[dict[str, Any]]:
@@ -421,7 +447,8 @@ def run_sweep(
         invalid estimator parameters of the first run (the settings
         all runs share, the network and its ``module_params`` included), a negative or
         infinite ``max_runs``, a negative ``time_limit``, a ``scheduler_timeout`` that is
-        not positive and finite, or an ``out_dir`` that cannot be made a folder.
+        not positive and finite, or an ``out_dir`` that cannot be made a folder; with the
+        local backend, for a CUDA ``device`` on a machine without CUDA.
     BlockingIOError
         Before any run, when another run holds ``out_dir``.
     FileNotFoundError
@@ -440,10 +467,10 @@ def run_sweep(
     split_threads(n_jobs)  # an n_jobs of another type is refused before any work
     mode = _progress_mode(progress, sys.stderr)
     experiment.check_requirements()
+    backend = _resolve_backend(backend, scheduler)
     first = next(iter(experiment.runs()), None)
     if first is not None:  # the settings every run shares: wrong ones fail here, not per run
-        check_run_params(experiment, first)
-    backend = _resolve_backend(backend, scheduler)
+        check_run_params(experiment, first, here=backend == "local")
     if backend == "dask" and n_jobs not in (1, None):
         warnings.warn(_N_JOBS_IGNORED.format(n_jobs=n_jobs), UserWarning, stacklevel=2)
     with contextlib.ExitStack() as stack:

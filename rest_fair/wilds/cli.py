@@ -29,6 +29,8 @@ from ..experiments.runner import (
     RESULTS_FILE,
     interrupted,
     lock_folder,
+    named_by_flag,
+    option_flags,
     parse_path,
     parse_upweight,
     report_failed,
@@ -156,7 +158,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "wilds",
         help="train REST on a WILDS dataset (waterbirds, celebA, civilcomments)",
-        description=__doc__.split("\n\n")[0],
+        description=__doc__.split("\n\n")[0].replace("``", ""),  # no reST markup
     )
     _configure(parser)
     parser.set_defaults(func=run)
@@ -210,7 +212,8 @@ def run(args: argparse.Namespace) -> int:
         # settings every seed would fail on leave the folder's earlier outputs in place
         check_run_params(experiment, experiment.runs()[0])
     except (MissingDependencyError, OSError, ValueError) as exc:
-        print(f"rest-fair wilds: {exc}", file=sys.stderr)
+        flags = option_flags(_configure(argparse.ArgumentParser()))
+        print(f"rest-fair wilds: {named_by_flag(exc, flags)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(_INTERRUPTED_SETUP, file=sys.stderr)

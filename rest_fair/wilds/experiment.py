@@ -26,7 +26,7 @@ import numpy as np
 from sklearn.feature_extraction.text import TfidfVectorizer
 
 from .._requirements import Requirement, check_requirements
-from .._validation import POSITIVE_INT, Interval
+from .._validation import POSITIVE_INT, RANDOM_STATE, Interval
 from ..exceptions import TrainingDivergedError
 from ..experiments.run import digest, jsonable, standard_error
 from ..experiments.runner import RESULTS_FILE, append_record, locate, read_results, set_aside
@@ -82,7 +82,7 @@ _ESTIMATOR_SETTINGS = ("sparsity", "sparse_init", "layer_density", "dense_layers
 #: ``--protocol custom``'s learning rate when ``--lr`` is not given, by optimizer.
 _DEFAULT_LR = {"sgd": 0.01, "adam": 1e-3, "adamw": 1e-5}
 _BAD_SETTING = "--{flag} must be {rule}; got {value!r}."
-_BAD_SEEDS = "--seeds must be distinct non-negative ints; got {seeds}."
+_BAD_SEEDS = "--seeds must be distinct integers in [0, 4294967295]; got {seeds}."
 _OTHER_SETTINGS = (
     "--resume: {out_dir} holds seed {seed} run with other settings ({changed}); its "
     "submission files would be overwritten by this configuration's. Resume with the same "
@@ -168,13 +168,15 @@ def resolve_settings(args: argparse.Namespace, spec: DatasetSpec) -> dict[str, A
         verbose=args.verbose,
     )
     settings.update(extra, module_params=_module_params(settings))
-    if args.seed < 0:  # also the seed of a --synthetic layout, whatever --seeds says
-        raise ValueError(_BAD_SETTING.format(flag="seed", rule="a non-negative int",
+    if not _SEED.accepts(args.seed):  # also a --synthetic layout's, whatever --seeds says
+        raise ValueError(_BAD_SETTING.format(flag="seed", rule=_SEED.describe(),
                                              value=args.seed))
     _check_data_settings(settings)
     return settings
 
 
+#: A seed: the estimator's ``random_state`` (an integer in [0, 2**32 - 1]).
+_SEED = RANDOM_STATE[1]
 # the data settings that no estimator check sees, each with its flag and allowed values
 _DATA_SETTINGS = (
     ("frac", "frac", Interval(Real, 0, 1, "right")),
@@ -192,7 +194,7 @@ def _check_data_settings(settings: dict[str, Any]) -> None:
             raise ValueError(_BAD_SETTING.format(flag=flag, rule=allowed.describe(),
                                                  value=value))
     seeds = settings["seeds"]
-    if len(set(seeds)) < len(seeds) or any(s < 0 for s in seeds):
+    if len(set(seeds)) < len(seeds) or not all(_SEED.accepts(s) for s in seeds):
         raise ValueError(_BAD_SEEDS.format(seeds=seeds))
 
 

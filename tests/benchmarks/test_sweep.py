@@ -486,3 +486,55 @@ def test_table_csv_keeps_every_digit_of_large_counts(tmp_path):
     read = pd.read_csv(tmp_path / "table.csv")
     assert read["params_active_mean"].tolist() == [11_176_512.0, 1_117_651.5]
     assert read["test_worst_group_acc_mean"].tolist() == [0.85, 1 / 3]
+
+
+def test_upweight_enters_the_ids_of_the_methods_that_reweight_alone():
+    # a new --upweight re-ran ERM and GroupDRO, which do not read it
+    methods = ("erm", "rest", "jtt", "groupdro")
+    default = {s.run_id for s in preset("tiny", methods=methods).runs()}
+    weighted = {s.run_id for s in preset("tiny", methods=methods, upweight=5.0).runs()}
+    assert {run_id.split("|")[0] for run_id in default & weighted} == {"erm", "groupdro"}
+    assert {run_id.split("|")[0] for run_id in weighted - default} == {"rest", "jtt"}
+    # the ids of earlier versions where upweight is left alone, and of the reweighting
+    # methods with it set
+    assert "erm|ratio=0.05|sparsity=0|seed=0|5779150a88" in default
+    assert "rest|ratio=0.05|sparsity=0|seed=0|06344d3d9b" in weighted
+
+
+def test_write_outputs_refuses_a_config_json_of_another_origin(tmp_path):
+    from rest_fair.benchmarks import write_outputs
+
+    (tmp_path / "config.json").write_text('{"outputs": ["data.csv"]}')
+    (tmp_path / "data.csv").write_text("mine")
+    with pytest.raises(FileExistsError, match=r"config\.json was not written by rest-fair bench"):
+        write_outputs([], preset("tiny"), tmp_path, plots=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "data.csv"]
+    assert (tmp_path / "config.json").read_text() == '{"outputs": ["data.csv"]}'
+
+
+def test_write_outputs_keeps_the_report_of_other_settings(tmp_path):
+    from rest_fair.benchmarks import write_outputs
+
+    write_outputs([], preset("tiny"), tmp_path, plots=False)
+    first = (tmp_path / "config.json").read_text()
+    write_outputs([], preset("tiny"), tmp_path, plots=False)  # the same settings: replaced
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "references.md"]
+    write_outputs([], preset("tiny", max_epochs=1), tmp_path, plots=False)
+    kept = [p for p in tmp_path.iterdir() if p.name.startswith("config.")
+            and p.name != "config.json"]
+    assert len(kept) == 1 and json.loads(kept[0].read_text())["config"]["max_epochs"] == 3
+    assert json.loads(first)["config_hash"] == json.loads(kept[0].read_text())["config_hash"]
+
+
+def test_extra_params_a_method_leaves_unused_are_not_among_its_settings():
+    # jtt_epochs reached ERM's runs (a warning each) and entered their ids (re-run)
+    pytest.importorskip("torch")
+    methods = ("erm", "jtt")
+    config = preset("tiny", methods=methods, extra_params={"jtt_epochs": 2})
+    default = {s.run_id for s in preset("tiny", methods=methods).runs()}
+    for spec in config.runs():
+        params = config.estimator_params(spec)
+        if spec.method == "erm":
+            assert "jtt_epochs" not in params and spec.run_id in default
+        else:
+            assert params["jtt_epochs"] == 2 and spec.run_id not in default

@@ -133,9 +133,23 @@ def test_settings_refused_before_the_earlier_outputs_are_renamed(tmp_path, capsy
     for name, text in earlier.items():
         (out / name).write_text(text)
     assert rest_fair_main([*_two_seeds(tmp_path, out), *bad]) == 2
-    assert bad[0][2:].replace("-", "_") in capsys.readouterr().err
+    assert f"rest-fair wilds: {bad[0]} must be" in capsys.readouterr().err  # the flag typed
     assert {p.name: p.read_text() for p in out.iterdir() if p.is_file()
             and not p.name.startswith(".")} == earlier
+
+
+def test_a_cuda_device_this_machine_lacks_is_refused_before_the_outputs_move(
+        tmp_path, capsys, monkeypatch):
+    # every seed failed with the same error, after the earlier outputs were renamed
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "metrics.json").write_text("{}")
+    assert rest_fair_main([*_two_seeds(tmp_path, out)[:-1], "cuda"]) == 2  # --device cuda
+    assert "rest-fair wilds: --device='cuda' was requested" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["metrics.json"]
 
 
 def test_cli_says_why_the_report_cannot_be_written(tmp_path, capsys):
@@ -167,7 +181,7 @@ def test_cli_refuses_a_negative_seed_before_writing_a_synthetic_layout(tmp_path,
     assert rest_fair_main(["wilds", "--dataset", "waterbirds", "--root-dir",
                            str(tmp_path / "data"), "--out-dir", str(tmp_path / "out"),
                            "--synthetic", "--seed", "-1"]) == 2
-    assert "--seed must be a non-negative int; got -1" in capsys.readouterr().err
+    assert "--seed must be an integer in [0, 4294967295]; got -1" in capsys.readouterr().err
     assert not (tmp_path / "data").exists() and not (tmp_path / "out").exists()
 
 

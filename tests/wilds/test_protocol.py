@@ -102,10 +102,14 @@ def test_weights_for_a_module_that_is_not_torchvision_are_refused(module):
     (("--max-features", "0"), r"--max-features must be an integer in \[1, 2\*\*63\)"),
     (("--image-size", "-4"), "--image-size must be"),
     (("--max-length", "0"), "--max-length must be"),
-    (("--seeds", "0", "0"), r"--seeds must be distinct non-negative ints; got \[0, 0\]"),
+    (("--seeds", "0", "0"), r"--seeds must be distinct integers in \[0, 4294967295\]; "
+                            r"got \[0, 0\]"),
     (("--seeds", "-1"), "--seeds must be distinct"),
-    (("--seed", "-1"), "--seed must be a non-negative int; got -1"),
-    (("--seed", "-1", "--protocol", "wilds"), "--seed must be a non-negative int"),
+    # the estimator's random_state named no option
+    (("--seeds", "4294967296"), "--seeds must be distinct integers in"),
+    (("--seed", "4294967296"), r"--seed must be an integer in \[0, 4294967295\]"),
+    (("--seed", "-1"), r"--seed must be an integer in \[0, 4294967295\]; got -1"),
+    (("--seed", "-1", "--protocol", "wilds"), "--seed must be an integer in"),
 ])
 def test_data_settings_are_refused_before_any_seed_runs(argv, message):
     # these used to fail each seed at its data loading, or run one seed twice
