@@ -154,10 +154,14 @@ def test_jtts_identification_model_too_short_for_its_update_interval_names_jtt_e
     assert "max_epochs" not in message
 
 
-def test_only_rank_0_warns_of_a_fit_too_short_for_its_update_interval():
+@pytest.mark.parametrize("params, warning", [
+    ({"update_interval": 1000}, "masks will never change"),  # a fit too short for it
+    ({"sparsity": 0.9999}, "would have none"),  # layers kept denser than asked
+])
+def test_only_rank_0_warns_of_the_sparsity_it_builds(params, warning):
     X, y, _ = _toy()
     cpu = torch.device("cpu")
-    config = TrainConfig.from_params(_clf(max_epochs=1, update_interval=1000).get_params())
+    config = TrainConfig.from_params(_clf(max_epochs=1, **params).get_params())
     for rank, expected in [(0, 1), (1, 0)]:
         generator = torch.Generator().manual_seed(0)
         train = TrainSet(make_source(X, device=cpu), torch.as_tensor(y), None,
@@ -168,24 +172,7 @@ def test_only_rank_0_warns_of_a_fit_too_short_for_its_update_interval():
             warnings.simplefilter("always")
             build_parts(config, module, train, None, world=LocalContext(rank=rank, world_size=2),
                         precision=Precision("32", cpu), generator=generator, callbacks=[])
-        assert len(_topology_warnings(record)) == expected
-
-
-def test_only_rank_0_warns_of_layers_kept_denser_than_asked():
-    X, y, _ = _toy()
-    cpu = torch.device("cpu")
-    config = TrainConfig.from_params(_clf(max_epochs=1, sparsity=0.9999).get_params())
-    for rank, expected in [(0, 1), (1, 0)]:
-        generator = torch.Generator().manual_seed(0)
-        train = TrainSet(make_source(X, device=cpu), torch.as_tensor(y), None,
-                         torch.zeros(len(y), dtype=torch.long), 1,
-                         EpochSampler(len(y), config.batch_size, None, generator))
-        module = build_module("mlp", input_shape=(20,), n_classes=2, module_params=None)
-        with warnings.catch_warnings(record=True) as record:
-            warnings.simplefilter("always")
-            build_parts(config, module, train, None, world=LocalContext(rank=rank, world_size=2),
-                        precision=Precision("32", cpu), generator=generator, callbacks=[])
-        assert len([w for w in record if "would have none" in str(w.message)]) == expected
+        assert len([w for w in record if warning in str(w.message)]) == expected
 
 
 @pytest.mark.parametrize("params", [{"drop_fraction": 0.0}, {"update_end": 0.0},
