@@ -12,6 +12,7 @@ carries ``module_``, ``optimizer_``, ``masks_`` and ``history_``.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import time
@@ -167,7 +168,8 @@ def predict_logits(
     autocast on ``device`` is turned off.
     """
     if autocast is None:
-        autocast = functools.partial(torch.autocast, device.type, enabled=False)
+        autocast = (functools.partial(torch.autocast, device.type, enabled=False)
+                    if torch.is_autocast_enabled(device.type) else contextlib.nullcontext)
     was_training = module.training
     modes = [(m, m.training) for m in module.modules()]
     switch = any(training for _, training in modes)
