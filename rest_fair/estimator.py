@@ -847,8 +847,9 @@ or dict of columns, default=None
         """Predict through a compressed copy of the network from now on.
 
         Stores :meth:`export_sparse`'s module as ``inference_module_``; ``predict``,
-        ``predict_proba`` and ``predict_logits`` then use it. It is derived state: it is not
-        pickled (call this again after loading) and a new ``fit`` removes it.
+        ``predict_proba``, ``predict_log_proba``, ``predict_logits`` and ``score`` then use
+        it. It is derived state: it is not pickled (call this again after loading) and a new
+        ``fit`` removes it.
 
         Returns
         -------
