@@ -651,10 +651,11 @@ or dict of columns, default=None
     def predict_logits(self, X: Any) -> np.ndarray:
         """Raw network outputs (logits), float32 of shape (n_samples, n_classes).
 
-        The network computes in float32 whatever ``precision`` it was trained with, in
-        evaluation mode, without gradients; the module's mode, torch's gradient mode and the
-        global torch random state are left as they were (a prediction waits for fits running
-        in other threads of the process, which draw from that state).
+        The network computes in float32 whatever ``precision`` it was trained with (also
+        inside the caller's ``torch.autocast``), in evaluation mode, without gradients; the
+        module's mode, torch's gradient mode and the global torch random state are left as
+        they were (a prediction waits for fits running in other threads of the process,
+        which draw from that state).
 
         Parameters
         ----------
@@ -846,8 +847,9 @@ or dict of columns, default=None
         """Predict through a compressed copy of the network from now on.
 
         Stores :meth:`export_sparse`'s module as ``inference_module_``; ``predict``,
-        ``predict_proba`` and ``predict_logits`` then use it. It is derived state: it is not
-        pickled (call this again after loading) and a new ``fit`` removes it.
+        ``predict_proba``, ``predict_log_proba``, ``predict_logits`` and ``score`` then use
+        it. It is derived state: it is not pickled (call this again after loading) and a new
+        ``fit`` removes it.
 
         Returns
         -------

@@ -167,3 +167,13 @@ def test_bf16_inside_the_callers_autocast_trains_as_outside(data):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         clf = _clf(precision="bf16").fit(X, y, groups=g)
     assert np.array_equal(clf.predict_proba(X), expected)
+
+
+def test_predicting_inside_the_callers_autocast_computes_in_float32(data):
+    # the caller's bfloat16 autocast reached the network: logits off by about 1e-3
+    X, y, g = data
+    clf = _clf(sparsity=0.9).fit(X, y, groups=g)
+    expected = clf.predict_logits(X)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert np.array_equal(clf.predict_logits(X), expected)
+        assert torch.is_autocast_enabled("cpu")

@@ -13,6 +13,7 @@ carries ``module_``, ``optimizer_``, ``masks_`` and ``history_``.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import time
 import warnings
@@ -163,8 +164,12 @@ def predict_logits(
     ``train`` runs, then any submodule whose flag still differs, e.g. a dropout the user put
     in training mode inside a module in evaluation mode). A module whose submodules are all
     in evaluation mode already (a fitted one) is left alone: no ``eval()`` and ``train()``
-    walk over it.
+    walk over it. Without ``autocast`` the module computes in its own dtypes: a caller's
+    autocast on ``device`` is turned off.
     """
+    if autocast is None:
+        autocast = (functools.partial(torch.autocast, device.type, enabled=False)
+                    if torch.is_autocast_enabled(device.type) else contextlib.nullcontext)
     was_training = module.training
     modes = [(m, m.training) for m in module.modules()]
     switch = any(training for _, training in modes)
@@ -175,7 +180,7 @@ def predict_logits(
     out = []
     try:
         for x, _ in source.batches(order, batch_size, device):
-            with (autocast or contextlib.nullcontext)():
+            with autocast():
                 out.append(module(x).float().cpu())
     finally:
         if switch:
