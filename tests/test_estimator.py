@@ -825,6 +825,20 @@ def test_early_stopping_on_validation_scores_without_validation_data_is_refused(
     _clf(validation_fraction=0.0, callbacks=[EarlyStopping(monitor="train_loss")]).fit(X, y)
 
 
+def test_early_stopping_without_validation_data_is_refused_before_jtt_trains(data, monkeypatch):
+    # the refusal came in on_train_begin, after JTT's identification model had trained
+    import rest_fair._fit as fit_module
+
+    def identification(*args, **kwargs):
+        raise AssertionError("the identification model trained")
+
+    monkeypatch.setattr(fit_module, "_jtt_errors", identification)
+    X, y, _ = data
+    with pytest.raises(ValueError, match=r"holds out no validation data"):
+        _clf(validation_fraction=0.0, infer_groups="jtt", jtt_epochs=1,
+             callbacks=[EarlyStopping()]).fit(X, y)
+
+
 def test_a_validation_fraction_that_leaves_no_validation_set_warns():
     X = np.random.default_rng(0).random((6, 3), dtype=np.float32)
     y = np.array([0, 1, 0, 1, 0, 1])
