@@ -1039,6 +1039,20 @@ def test_one_callback_instance_given_twice_is_refused(data):
     _clf(max_epochs=1, callbacks=[stop, EarlyStopping()]).fit(X, y)  # two instances are fine
 
 
+@pytest.mark.parametrize("runs_last", [None, 1])
+def test_on_epoch_end_is_called_whatever_truth_value_runs_last_has(data, runs_last):
+    # runs_last = None matched neither pass of the epoch end: the hook was never called
+    class Mark(Callback):
+        def on_epoch_end(self, net, *, record, **kwargs):
+            record["marked"] = True
+
+    X, y, _ = data
+    mark = Mark()
+    mark.runs_last = runs_last
+    clf = _clf(max_epochs=2, callbacks=[mark]).fit(X, y)
+    assert [record.get("marked") for record in clf.history_] == [True, True]
+
+
 def test_a_first_fit_that_raises_leaves_the_estimator_unfitted(data):
     from sklearn.exceptions import NotFittedError
 
