@@ -93,7 +93,12 @@ class Callback:
         """Called before each epoch (``epoch`` counts from 1)."""
 
     def on_batch_end(self, net: Any, *, step: int, loss: float, **kwargs: Any) -> None:
-        """Called after each optimizer step (``step`` counts from 1) with the batch loss."""
+        """Called after each optimizer step with the batch loss.
+
+        ``step`` counts this fit's steps from 1 (a resumed run's count goes on; a warm
+        start counts anew, where ``net.n_train_steps_`` goes on), as in
+        :meth:`on_topology_update`.
+        """
 
     def on_topology_update(self, net: Any, *, step: int, n_regrown: int, **kwargs: Any) -> None:
         """Called after each prune-and-regrow update.
