@@ -262,7 +262,8 @@ class Checkpoint(Callback):
     :mod:`rest_fair.persistence.checkpoint`.
 
     Checkpoint callbacks run last (``runs_last``), so the state they write includes the
-    other callbacks' decisions (e.g. early stopping).
+    other callbacks' decisions (e.g. early stopping); of another callback with
+    ``runs_last = True``, only where it comes before the ``Checkpoint`` in ``callbacks``.
 
     Parameters
     ----------
