@@ -585,7 +585,7 @@ def _built_run(est: Any, data: FitData, config: TrainConfig, callbacks: list, *,
     check = functools.partial(check_checkpoint, fingerprint=fingerprint, world=world,
                               neutral=_NEUTRAL)
     for callback in callbacks:
-        callback.on_fit_begin(est, check_checkpoint=check)
+        callback.on_fit_begin(est, check_checkpoint=check, has_validation=valid is not None)
     train, errors = data.rows(train_idx), None
     sources = [] if valid is None else [valid.source]
     try:

@@ -13,8 +13,8 @@ more.
 
 ``on_fit_begin`` comes first, before anything trains (and before the run exists, so
 without ``run``), with ``check_checkpoint``, the check that a checkpoint directory may take
-this run's checkpoints. ``on_epoch_end`` receives the
-epoch's history record; it may add keys to it (they appear in
+this run's checkpoints, and ``has_validation``, whether the fit holds out validation data.
+``on_epoch_end`` receives the epoch's history record; it may add keys to it (they appear in
 ``history_``) and may return ``True`` to stop training (``False`` or ``None`` go on; ``fit``
 refuses any other value). Callbacks run in the order given,
 except that those with ``runs_last = True`` run after all others; at the end of an epoch
@@ -73,7 +73,7 @@ class Callback:
         return f"{type(self).__name__}({', '.join(shown)})"
 
     def on_fit_begin(self, net: Any, *, check_checkpoint: Callable[[Any], None],
-                     **kwargs: Any) -> None:
+                     has_validation: bool = True, **kwargs: Any) -> None:
         """Called once when ``fit`` begins, before anything trains (also before the
         identification model of ``infer_groups="jtt"``): a callback refuses its settings
         here, so that a refusal wastes no training.
@@ -81,6 +81,9 @@ class Callback:
         ``check_checkpoint(dirname)`` raises a
         :class:`~rest_fair.exceptions.CheckpointError` if this run may not write its
         checkpoints to ``dirname`` (a file, or the checkpoint of another unfinished run).
+        ``has_validation`` says whether the epoch records will hold validation scores
+        (``valid_loss``, ``valid_acc``, ...): ``False`` where the fit holds out no
+        validation data.
         """
 
     def on_train_begin(self, net: Any, **kwargs: Any) -> None:
@@ -90,7 +93,12 @@ class Callback:
         """Called before each epoch (``epoch`` counts from 1)."""
 
     def on_batch_end(self, net: Any, *, step: int, loss: float, **kwargs: Any) -> None:
-        """Called after each optimizer step (``step`` counts from 1) with the batch loss."""
+        """Called after each optimizer step with the batch loss.
+
+        ``step`` counts this fit's steps from 1 (a resumed run's count goes on; a warm
+        start counts anew, where ``net.n_train_steps_`` goes on), as in
+        :meth:`on_topology_update`.
+        """
 
     def on_topology_update(self, net: Any, *, step: int, n_regrown: int, **kwargs: Any) -> None:
         """Called after each prune-and-regrow update.
@@ -167,8 +175,9 @@ class EarlyStopping(Callback):
         Minimum change that counts as an improvement (finite, >= 0). A NaN value is
         never one (nor the best value).
 
-    Settings outside these are refused with a ``ValueError`` when ``fit`` begins
-    (``on_fit_begin``), before anything trains.
+    Settings outside these, and a ``monitor`` of a validation score (``"valid_..."``) in
+    a fit that holds out no validation data, are refused with a ``ValueError`` when ``fit``
+    begins (``on_fit_begin``), before anything trains.
     """
 
     def __init__(
@@ -184,7 +193,7 @@ class EarlyStopping(Callback):
         self.lower_is_better = lower_is_better
         self.threshold = threshold
 
-    def _check_settings(self) -> None:
+    def _check_settings(self, has_validation: bool) -> None:
         if not isinstance(self.monitor, str) or not self.monitor:
             raise ValueError(f"EarlyStopping monitor must name a key of the history record "
                              f"(a str); got {self.monitor!r}.")
@@ -198,19 +207,18 @@ class EarlyStopping(Callback):
         if not _THRESHOLD.accepts(self.threshold):
             raise ValueError(f"EarlyStopping threshold must be a finite number >= 0; got "
                              f"{self.threshold!r}.")
-
-    def on_fit_begin(self, net: Any, **kwargs: Any) -> None:
-        self._check_settings()
-
-    def on_train_begin(self, net: Any, *, run: Any = None, **kwargs: Any) -> None:
-        self._check_settings()
-        if (self.monitor.startswith("valid_") and run is not None
-                and getattr(run.parts, "valid", True) is None):
+        if self.monitor.startswith("valid_") and not has_validation:
             raise ValueError(
                 f"EarlyStopping monitors {self.monitor!r}, but this fit holds out no "
                 "validation data (validation_fraction=0, or too few samples to hold out "
                 "any): monitor 'train_loss', or give validation_fraction or validation_data."
             )
+
+    def on_fit_begin(self, net: Any, *, has_validation: bool = True, **kwargs: Any) -> None:
+        self._check_settings(has_validation)
+
+    def on_train_begin(self, net: Any, *, run: Any = None, **kwargs: Any) -> None:
+        self._check_settings(run is None or getattr(run.parts, "valid", True) is not None)
         self.best_ = None
         self.wait_ = 0
 
@@ -254,7 +262,8 @@ class Checkpoint(Callback):
     :mod:`rest_fair.persistence.checkpoint`.
 
     Checkpoint callbacks run last (``runs_last``), so the state they write includes the
-    other callbacks' decisions (e.g. early stopping).
+    other callbacks' decisions (e.g. early stopping); of another callback with
+    ``runs_last = True``, only where it comes before the ``Checkpoint`` in ``callbacks``.
 
     Parameters
     ----------

@@ -388,9 +388,11 @@ class RESTClassifier(ClassifierMixin, BaseEstimator):
         the current masks.
     history_ : list of dict
         One record per epoch: ``epoch``, ``train_loss``, ``n_train_samples`` (samples
-        trained in the epoch, summed over data-parallel ranks), ``valid_loss``, ``valid_acc``,
-        ``valid_worst_group_acc``, ``density``, ``lr``, ``n_topology_updates``, ``best``,
-        ``dur`` (seconds).
+        trained in the epoch, summed over data-parallel ranks), ``valid_loss``, ``valid_acc``
+        and ``valid_worst_group_acc`` (only where the fit holds out validation data),
+        ``density``, ``lr`` (the learning rate the epoch trained at), ``n_topology_updates``,
+        ``best`` (whether the epoch is the best so far) and ``dur`` (seconds), with any keys
+        callbacks add.
     best_epoch_ : int
         Epoch of the kept checkpoint.
     groups_ : list

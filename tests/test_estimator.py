@@ -825,6 +825,20 @@ def test_early_stopping_on_validation_scores_without_validation_data_is_refused(
     _clf(validation_fraction=0.0, callbacks=[EarlyStopping(monitor="train_loss")]).fit(X, y)
 
 
+def test_early_stopping_without_validation_data_is_refused_before_jtt_trains(data, monkeypatch):
+    # the refusal came in on_train_begin, after JTT's identification model had trained
+    import rest_fair._fit as fit_module
+
+    def identification(*args, **kwargs):
+        raise AssertionError("the identification model trained")
+
+    monkeypatch.setattr(fit_module, "_jtt_errors", identification)
+    X, y, _ = data
+    with pytest.raises(ValueError, match=r"holds out no validation data"):
+        _clf(validation_fraction=0.0, infer_groups="jtt", jtt_epochs=1,
+             callbacks=[EarlyStopping()]).fit(X, y)
+
+
 def test_a_validation_fraction_that_leaves_no_validation_set_warns():
     X = np.random.default_rng(0).random((6, 3), dtype=np.float32)
     y = np.array([0, 1, 0, 1, 0, 1])
@@ -1023,6 +1037,20 @@ def test_one_callback_instance_given_twice_is_refused(data):
         _clf(callbacks=(stop, stop)).fit(X, y)
     assert not hasattr(stop, "wait_")  # refused before anything trains
     _clf(max_epochs=1, callbacks=[stop, EarlyStopping()]).fit(X, y)  # two instances are fine
+
+
+@pytest.mark.parametrize("runs_last", [None, 1])
+def test_on_epoch_end_is_called_whatever_truth_value_runs_last_has(data, runs_last):
+    # runs_last = None matched neither pass of the epoch end: the hook was never called
+    class Mark(Callback):
+        def on_epoch_end(self, net, *, record, **kwargs):
+            record["marked"] = True
+
+    X, y, _ = data
+    mark = Mark()
+    mark.runs_last = runs_last
+    clf = _clf(max_epochs=2, callbacks=[mark]).fit(X, y)
+    assert [record.get("marked") for record in clf.history_] == [True, True]
 
 
 def test_a_first_fit_that_raises_leaves_the_estimator_unfitted(data):

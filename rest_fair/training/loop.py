@@ -384,7 +384,7 @@ class TrainingRun:
             )
         for last in (False, True):  # the last ones see the others' stop decision
             for cb in self.callbacks:
-                if cb.runs_last == last and _stop_requested(
+                if bool(cb.runs_last) == last and _stop_requested(
                         cb, cb.on_epoch_end(self.net, run=self, record=record)):
                     s.stopped = True
             s.stopped = p.world.any(s.stopped)  # one rank's stop stops all
