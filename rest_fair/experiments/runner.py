@@ -473,8 +473,9 @@ def run_sweep(
         Before any run, when data files the runs read are missing (likewise).
     ValueError
         Before any run, for data settings the data set cannot meet (likewise), for
-        invalid estimator parameters of the first run (the settings
-        all runs share, the network and its ``module_params`` included), a negative or
+        invalid estimator parameters of the first run of each method (a run's ``method``,
+        if it has one: the settings its runs share, those that one method alone reads, the
+        network and its ``module_params`` included), a negative or
         infinite ``max_runs``, a negative ``time_limit``, a ``scheduler_timeout`` that is
         not positive and finite, or an ``out_dir`` that cannot be made a folder; with the
         local backend, for a CUDA ``device`` on a machine without CUDA.
@@ -497,9 +498,11 @@ def run_sweep(
     mode = _progress_mode(progress, sys.stderr)
     experiment.check_requirements()
     backend = _resolve_backend(backend, scheduler)
-    first = next(iter(experiment.runs()), None)
-    if first is not None:  # the settings every run shares: wrong ones fail here, not per run
-        check_run_params(experiment, first, here=backend == "local")
+    firsts: dict[Any, Any] = {}  # the first run of each method (a run without one: of all)
+    for spec in experiment.runs():
+        firsts.setdefault(getattr(spec, "method", None), spec)
+    for spec in firsts.values():  # the settings its runs share fail here, not per run
+        check_run_params(experiment, spec, here=backend == "local")
     if backend == "dask" and n_jobs not in (1, None):
         warnings.warn(_N_JOBS_IGNORED.format(n_jobs=n_jobs), UserWarning, stacklevel=2)
     with contextlib.ExitStack() as stack:
