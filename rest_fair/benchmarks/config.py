@@ -8,7 +8,7 @@ each run's estimator parameters and data, and the scores of a fitted run.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from numbers import Real
 from typing import Any, ClassVar
 
@@ -43,6 +43,15 @@ GRID_FIELDS = ("ratios", "sparsities", "seeds", "methods")
 _FIELD_PARAMS = {"max_epochs": "max_epochs", "batch_size": "batch_size", "lr": "lr",
                  "module": "module", "module_params": "module_params", "device": "device",
                  "random_state": "seeds", "sparsity": "sparsities"}
+
+
+def check_sequence(field: str, value: Any) -> None:
+    """Refuse a ``value`` of ``field`` that is not a collection of values (a tuple, a list,
+    an array, ...), a string included (``methods="erm"`` would be the methods ``"e"``,
+    ``"r"``, ``"m"``)."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
+        raise ValueError(_BAD_FIELD.format(field=field, value=value,
+                                           detail="must be a tuple or a list of values"))
 
 
 class _Keyed:
@@ -152,6 +161,8 @@ class BenchConfig:
     dfa_name: str = "cmnist"
 
     def __post_init__(self) -> None:
+        for field in GRID_FIELDS:
+            check_sequence(field, getattr(self, field))
         self.ratios = tuple(float(r) for r in self.ratios)
         self.sparsities = tuple(float(s) for s in self.sparsities)
         self.seeds = tuple(int(s) for s in self.seeds)

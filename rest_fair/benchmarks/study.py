@@ -30,7 +30,7 @@ from ..exceptions import TrainingDivergedError
 from ..experiments.run import digest, jsonable
 from ..metrics import worst_group_accuracy
 from ..recipes import authors_recipe
-from .config import BenchConfig, RunSpec, _Keyed
+from .config import BenchConfig, RunSpec, _Keyed, check_sequence
 from .data import load_data
 from .methods import estimator_params, get_method
 from .search import SEARCH_SPACES, equal_cost_width, hyperparameters, sample
@@ -285,6 +285,7 @@ class RandomSearch:
     search_seed: int = 0
 
     def __post_init__(self) -> None:
+        check_sequence("methods", self.methods)
         self.methods = tuple(self.methods)
         if (isinstance(self.budget, bool) or not isinstance(self.budget, (int, np.integer))
                 or self.budget < 1):

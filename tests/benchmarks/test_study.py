@@ -394,3 +394,14 @@ def test_extra_params_a_trial_leaves_unused_neither_reach_it_nor_enter_its_id():
             assert "groupdro_adjustment" not in params and spec.run_id in default
         else:
             assert params["groupdro_adjustment"] == 1.0 and spec.run_id not in default
+
+
+def test_a_name_where_names_are_expected_is_refused():
+    # methods="erm" was read as the methods "e", "r", "m" ("Unknown study method 'e'")
+    with pytest.raises(ValueError, match="methods must be a tuple or a list of values; got 'erm'"):
+        tiny_search(methods="erm")
+    with pytest.raises(ValueError, match="methods must be a tuple or a list of values"):
+        preset("tiny", methods="erm")
+    with pytest.raises(ValueError, match=r"ratios must be a tuple or a list of values; got 0\.05"):
+        preset("tiny", ratios=0.05)
+    assert preset("tiny", seeds=np.arange(2), sparsities=np.array([0.5])).seeds == (0, 1)
