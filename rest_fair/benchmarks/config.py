@@ -8,7 +8,7 @@ each run's estimator parameters and data, and the scores of a fitted run.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from numbers import Real
 from typing import Any, ClassVar
 
@@ -43,6 +43,15 @@ GRID_FIELDS = ("ratios", "sparsities", "seeds", "methods")
 _FIELD_PARAMS = {"max_epochs": "max_epochs", "batch_size": "batch_size", "lr": "lr",
                  "module": "module", "module_params": "module_params", "device": "device",
                  "random_state": "seeds", "sparsity": "sparsities"}
+
+
+def check_sequence(field: str, value: Any) -> None:
+    """Refuse a ``value`` of ``field`` that is not a collection of values (a tuple, a list,
+    an array, ...), a string included (``methods="erm"`` would be the methods ``"e"``,
+    ``"r"``, ``"m"``)."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
+        raise ValueError(_BAD_FIELD.format(field=field, value=value,
+                                           detail="must be a tuple or a list of values"))
 
 
 class _Keyed:
@@ -152,6 +161,8 @@ class BenchConfig:
     dfa_name: str = "cmnist"
 
     def __post_init__(self) -> None:
+        for field in GRID_FIELDS:
+            check_sequence(field, getattr(self, field))
         self.ratios = tuple(float(r) for r in self.ratios)
         self.sparsities = tuple(float(s) for s in self.sparsities)
         self.seeds = tuple(int(s) for s in self.seeds)
@@ -230,31 +241,35 @@ class BenchConfig:
         """JSON-ready dictionary of the configuration."""
         return jsonable(dataclasses.asdict(self))
 
-    def common_hash(self, method: str | None = None) -> str:
+    def common_hash(self, method: str | None = None, params: Mapping[str, Any] | None = None
+                    ) -> str:
         """Hash of the settings the runs share (not the grid): changing it re-runs every run.
 
         With ``method``, the hash of the settings that the runs of that method read, their
         ``config_hash``: ``upweight`` is left at its default (None) for a method that does
-        not reweight, and ``extra_params`` holds only those the method reads, so that
+        not reweight, and ``extra_params`` holds only those the method reads (with the
+        further estimator parameters ``params`` of its runs, :meth:`read_extra`), so that
         changing a setting re-runs the methods that read it alone, and the others keep the
         ids they have with the default."""
         settings = {k: v for k, v in self.to_dict().items() if k not in GRID_FIELDS}
         if method is not None:
-            settings["extra_params"] = jsonable(self._read_extra(method))
+            settings["extra_params"] = jsonable(self.read_extra(method, params))
             if not get_method(method).reweights:
                 settings["upweight"] = None
         return digest(settings)
 
-    def _read_extra(self, method: str) -> dict[str, Any]:
+    def read_extra(self, method: str, params: Mapping[str, Any] | None = None
+                   ) -> dict[str, Any]:
         """The ``extra_params`` that the runs of ``method`` read: not those that its other
-        parameters leave unused (``RESTClassifier._used_only_when``: ``jtt_epochs``
-        without JTT, GroupDRO's without its objective, ...)."""
+        parameters (and ``params``, further ones its runs set) leave unused
+        (``RESTClassifier._used_only_when``: ``jtt_epochs`` without JTT, GroupDRO's without
+        its objective, ...)."""
         if not self.extra_params:
             return {}
         from ..estimator import RESTClassifier  # imports torch: only with extra_params
 
         params = {**RESTClassifier().get_params(deep=False), **self.base_params(0),
-                  **get_method(method).params}
+                  **get_method(method).params, **(params or {})}
         unused = unused_params(RESTClassifier, params)
         return {k: v for k, v in self.extra_params.items() if k not in unused}
 
@@ -323,7 +338,7 @@ class BenchConfig:
     def estimator_params(self, spec: RunSpec) -> dict[str, Any]:
         """The :class:`~rest_fair.RESTClassifier` parameters of one run (not the
         ``extra_params`` its method leaves unused)."""
-        unread = self.extra_params.keys() - self._read_extra(spec.method).keys()
+        unread = self.extra_params.keys() - self.read_extra(spec.method).keys()
         return {**{k: v for k, v in self.base_params(spec.seed).items() if k not in unread},
                 **estimator_params(get_method(spec.method), sparsity=spec.sparsity,
                                    ratio=spec.ratio, upweight=self.upweight)}

@@ -14,7 +14,7 @@ import numpy as np
 from .._requirements import import_optional
 from .._version import __version__
 from ..experiments.run import standard_error
-from ..experiments.runner import RESULTS_FILE, set_aside
+from ..experiments.runner import RESULTS_FILE, read_own_json, set_aside
 from .config import BenchConfig
 from .data import DATASETS
 from .methods import get_method
@@ -373,13 +373,8 @@ def plot_results(summary, records: Sequence[dict], config: BenchConfig, out_dir:
     return [*paths, _save(fig, out_dir / "group_bars.png")]
 
 
-#: The keys of every ``config.json`` that :func:`write_outputs` writes.
-_OWN_KEYS = ("config", "config_hash", "outputs", "versions")
-_NOT_OURS = (
-    "{path} was not written by rest-fair bench (it is not a JSON object with the keys "
-    "{keys}); the report would overwrite it, so nothing was written: move it away or "
-    "choose another output folder."
-)
+#: The keys of every ``config.json`` that :func:`write_outputs` writes, and their types.
+_OWN_KEYS = {"config": dict, "config_hash": object, "outputs": list, "versions": object}
 
 
 def read_config(out_dir: str | Path) -> dict[str, Any] | None:
@@ -390,19 +385,10 @@ def read_config(out_dir: str | Path) -> dict[str, Any] | None:
     ------
     FileExistsError
         Naming a ``config.json`` that is not one of ours (unreadable, not JSON, without our
-        keys): the report never overwrites it.
+        keys): the report never overwrites it
+        (:func:`~rest_fair.experiments.runner.read_own_json`).
     """
-    path = Path(out_dir) / "config.json"
-    if not (path.exists() or path.is_symlink()):
-        return None
-    try:
-        info = json.loads(path.read_text())
-    except (OSError, ValueError):
-        info = None
-    if not (isinstance(info, dict) and all(key in info for key in _OWN_KEYS)
-            and isinstance(info["outputs"], list) and isinstance(info["config"], dict)):
-        raise FileExistsError(_NOT_OURS.format(path=path, keys=", ".join(_OWN_KEYS)))
-    return info
+    return read_own_json(Path(out_dir) / "config.json", _OWN_KEYS, "rest-fair bench")
 
 
 def _listed(out_dir: Path, info: dict[str, Any]) -> list[Path]:

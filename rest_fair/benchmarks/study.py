@@ -30,7 +30,7 @@ from ..exceptions import TrainingDivergedError
 from ..experiments.run import digest, jsonable
 from ..metrics import worst_group_accuracy
 from ..recipes import authors_recipe
-from .config import BenchConfig, RunSpec, _Keyed
+from .config import BenchConfig, RunSpec, _Keyed, check_sequence
 from .data import load_data
 from .methods import estimator_params, get_method
 from .search import SEARCH_SPACES, equal_cost_width, hyperparameters, sample
@@ -285,6 +285,7 @@ class RandomSearch:
     search_seed: int = 0
 
     def __post_init__(self) -> None:
+        check_sequence("methods", self.methods)
         self.methods = tuple(self.methods)
         if (isinstance(self.budget, bool) or not isinstance(self.budget, (int, np.integer))
                 or self.budget < 1):
@@ -346,17 +347,19 @@ class RandomSearch:
     def runs(self) -> list[TrialSpec]:
         """Every run, configuration-major: configuration 0 of every method (every share,
         every seed), then configuration 1, ...; a study stopped after its k-th configuration
-        is thus the complete study at budget k, and a larger budget extends it."""
-        shared = self.common_hash()
+        is thus the complete study at budget k, and a larger budget extends it. A run's id
+        holds the ``extra_params`` it reads alone, as :meth:`estimator_params` gives them."""
         specs = []
         for config in range(self.budget):
             for ratio in self.bench.ratios:
                 for name in self.methods:
                     m = STUDY_METHODS[name]
+                    searched = self.searched_params(name, config, ratio)
                     trial = digest({
-                        "common": shared, "family": m.family, "sparsity": m.sparsity,
+                        "common": self.bench.common_hash(m.family, searched),
+                        "family": m.family, "sparsity": m.sparsity,
                         "selection": m.selection, "cost_of": m.cost_of,
-                        "params": jsonable(self.searched_params(name, config, ratio)),
+                        "params": jsonable(searched),
                     })
                     specs.extend(TrialSpec(name, ratio, config, seed, trial)
                                  for seed in self.bench.seeds)
@@ -372,13 +375,18 @@ class RandomSearch:
         self.bench.check_requirements(plots=plots)
 
     def estimator_params(self, spec: TrialSpec) -> dict[str, Any]:
-        """The :class:`~rest_fair.RESTClassifier` parameters of one run: the benchmark's,
-        the family's, the drawn ones, the equal-cost width and the fixed ones."""
+        """The :class:`~rest_fair.RESTClassifier` parameters of one run: the benchmark's
+        (not the ``extra_params`` that the run's other parameters leave unused), the
+        family's, the drawn ones, the equal-cost width and the fixed ones."""
         m = get_study_method(spec.method)
-        params = self.bench.base_params(spec.seed)
+        searched = self.searched_params(spec.method, spec.config, spec.ratio)
+        unread = (self.bench.extra_params.keys()
+                  - self.bench.read_extra(m.family, searched).keys())
+        params = {k: v for k, v in self.bench.base_params(spec.seed).items()
+                  if k not in unread}
         params.update(estimator_params(get_method(m.family), sparsity=m.sparsity,
                                        ratio=spec.ratio))
-        params.update(self.searched_params(spec.method, spec.config, spec.ratio))
+        params.update(searched)
         if m.cost_of is not None:
             params["module_params"] = {**(params["module_params"] or {}),
                                        "hidden_layer_sizes": self.hidden_layer_sizes(m, spec)}

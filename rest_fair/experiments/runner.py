@@ -34,7 +34,7 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures.process import BrokenProcessPool
 from numbers import Real
 from pathlib import Path
@@ -53,9 +53,8 @@ from .run import Experiment, check_run_params, error_record, run_one, split_thre
 
 __all__ = ["BACKENDS", "LOCK_FILE", "LOG_INTERVAL", "PROGRESS_MODES", "RESULTS_FILE",
            "append_record", "finished", "interrupted", "locate", "lock_folder", "named_by_flag",
-           "option_flags", "parse_path",
-           "parse_upweight", "pending", "read_results", "report_failed", "run_sweep",
-           "set_aside"]
+           "option_flags", "parse_path", "parse_upweight", "pending", "read_own_json",
+           "read_results", "report_failed", "run_sweep", "set_aside"]
 
 #: Name of the results file in an experiment's output folder (one JSON record per line).
 RESULTS_FILE = "results.jsonl"
@@ -85,6 +84,11 @@ _IN_USE = ("{folder} is in use by another rest-fair run (it holds {lock}); wait 
 _INTERRUPTED = "{command}: interrupted; the finished runs are kept in {path}; to continue, {how}."
 _REPORT_FAILED = ("{command}: cannot write the report: {error}; the finished runs are kept in "
                   "{path}; to write it, {how}.")
+_NOT_OURS = (
+    "{path} was not written by {command} (it is not a JSON object with the keys "
+    "{keys}); the report would overwrite it, so nothing was written: move it away or "
+    "choose another output folder."
+)
 _N_JOBS_IGNORED = (
     "n_jobs={n_jobs} is ignored with backend='dask': the cluster runs as many runs at once "
     "as it has worker processes."
@@ -240,6 +244,31 @@ def set_aside(paths: Sequence[Path]) -> list[Path]:
     for path, target in zip(existing, targets, strict=True):
         path.rename(target)
     return targets
+
+
+def read_own_json(path: str | Path, keys: Mapping[str, type], command: str
+                  ) -> dict[str, Any] | None:
+    """The JSON object in ``path`` as ``command`` wrote it: an object with each of ``keys``
+    holding a value of its type (``object``: any); None when there is no ``path``.
+
+    Raises
+    ------
+    FileExistsError
+        Naming ``path`` when it is not one of ``command``'s (unreadable, not JSON, without
+        those keys): its report never overwrites it.
+    """
+    path = Path(path)
+    if not (path.exists() or path.is_symlink()):
+        return None
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, ValueError):
+        info = None
+    if not (isinstance(info, dict)
+            and all(key in info and isinstance(info[key], kind) for key, kind in keys.items())):
+        raise FileExistsError(_NOT_OURS.format(path=path, command=command,
+                                               keys=", ".join(keys)))
+    return info
 
 
 def report_failed(command: str, out_dir: str | Path, error: OSError, how: str) -> int:
@@ -444,8 +473,9 @@ def run_sweep(
         Before any run, when data files the runs read are missing (likewise).
     ValueError
         Before any run, for data settings the data set cannot meet (likewise), for
-        invalid estimator parameters of the first run (the settings
-        all runs share, the network and its ``module_params`` included), a negative or
+        invalid estimator parameters of the first run of each method (a run's ``method``,
+        if it has one: the settings its runs share, those that one method alone reads, the
+        network and its ``module_params`` included), a negative or
         infinite ``max_runs``, a negative ``time_limit``, a ``scheduler_timeout`` that is
         not positive and finite, or an ``out_dir`` that cannot be made a folder; with the
         local backend, for a CUDA ``device`` on a machine without CUDA.
@@ -468,9 +498,11 @@ def run_sweep(
     mode = _progress_mode(progress, sys.stderr)
     experiment.check_requirements()
     backend = _resolve_backend(backend, scheduler)
-    first = next(iter(experiment.runs()), None)
-    if first is not None:  # the settings every run shares: wrong ones fail here, not per run
-        check_run_params(experiment, first, here=backend == "local")
+    firsts: dict[Any, Any] = {}  # the first run of each method (a run without one: of all)
+    for spec in experiment.runs():
+        firsts.setdefault(getattr(spec, "method", None), spec)
+    for spec in firsts.values():  # the settings its runs share fail here, not per run
+        check_run_params(experiment, spec, here=backend == "local")
     if backend == "dask" and n_jobs not in (1, None):
         warnings.warn(_N_JOBS_IGNORED.format(n_jobs=n_jobs), UserWarning, stacklevel=2)
     with contextlib.ExitStack() as stack:

@@ -6,9 +6,9 @@ names several; ``--protocol wilds``: the dataset's recipe from the WILDS referen
 the leaderboard's seeds, options given overriding it), which the experiment runner
 (:func:`~rest_fair.experiments.runner.run_sweep`) runs seed by seed into ``--out-dir``:
 ``results.jsonl`` (``--resume`` reuses the seeds done with the same settings and refuses a
-folder holding seeds of other settings or data; without it the folder's earlier outputs are
-renamed with a date-time suffix), the submission files of every seed, ``metrics.json``
-and ``comparison.md`` (also printed).
+folder holding seeds of other settings or data, or a ``metrics.json`` it did not write;
+without it the folder's earlier outputs are renamed with a date-time suffix), the
+submission files of every seed, ``metrics.json`` and ``comparison.md`` (also printed).
 
 Registered by :mod:`rest_fair.cli`; importing this module is cheap (torch, wilds and
 torchvision are imported only when the command runs). ``python -m rest_fair.wilds.cli`` still
@@ -96,7 +96,8 @@ def _configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="skip the seeds that results.jsonl records as done with the "
                              "same settings (folders of earlier versions, with "
                              "runs/seed_<k>.json, resume too); a folder with seeds of other "
-                             "settings or data is refused. Without it, the earlier outputs of "
+                             "settings or data, or a metrics.json not written by this "
+                             "command, is refused. Without it, the earlier outputs of "
                              "--out-dir are renamed with a date-time suffix")
     parser.add_argument("--sparsity", type=float, default=0.9)
     parser.add_argument("--sparse-init", choices=("random", "magnitude"),
@@ -194,6 +195,7 @@ def run(args: argparse.Namespace) -> int:
     from .experiment import (  # imports torch
         WildsExperiment,
         adopt_seed_files,
+        check_metrics_file,
         check_resumable,
         check_wilds_requirements,
         resolve_settings,
@@ -221,7 +223,8 @@ def run(args: argparse.Namespace) -> int:
     with contextlib.ExitStack() as stack:
         try:
             stack.enter_context(lock_folder(args.out_dir))
-            if args.resume:
+            if args.resume:  # a metrics.json not ours is refused before any seed runs
+                check_metrics_file(args.out_dir)
                 adopt_seed_files(args.out_dir)
                 check_resumable(experiment)
             else:  # a new start: the folder's earlier outputs are renamed, all together

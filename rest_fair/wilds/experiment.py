@@ -29,7 +29,14 @@ from .._requirements import Requirement, check_requirements
 from .._validation import POSITIVE_INT, RANDOM_STATE, Interval
 from ..exceptions import TrainingDivergedError
 from ..experiments.run import digest, jsonable, standard_error
-from ..experiments.runner import RESULTS_FILE, append_record, locate, read_results, set_aside
+from ..experiments.runner import (
+    RESULTS_FILE,
+    append_record,
+    locate,
+    read_own_json,
+    read_results,
+    set_aside,
+)
 from .adapter import split_wilds
 from .datasets import DatasetSpec, dataset_spec
 from .leaderboard import comparison_table, to_markdown
@@ -38,8 +45,8 @@ from .protocol import recipe_for
 from .submission import write_submission
 
 __all__ = ["CUSTOM_DEFAULTS", "RUN_SETTINGS", "SeedRun", "WildsExperiment", "adopt_seed_files",
-           "check_resumable", "check_wilds_requirements", "resolve_settings",
-           "set_aside_outputs", "write_outputs"]
+           "check_metrics_file", "check_resumable", "check_wilds_requirements",
+           "resolve_settings", "set_aside_outputs", "write_outputs"]
 
 _REQUIREMENTS = (
     Requirement("wilds", "wilds==2.0.0", "wilds", "the WILDS dataset loaders and metrics"),
@@ -400,6 +407,20 @@ def _describe(data: dict[str, Any]) -> str:
     return f"{data.get('data_dir')} ({kind})"
 
 
+def check_metrics_file(out_dir: str | Path) -> None:
+    """Refuse a ``metrics.json`` in ``out_dir`` that :func:`write_outputs` did not write
+    (not a JSON object with the keys ``dataset``, ``metrics`` and ``submission_files``,
+    which every version wrote): the report would overwrite it.
+
+    Raises
+    ------
+    FileExistsError
+        Naming the file (:func:`~rest_fair.experiments.runner.read_own_json`).
+    """
+    read_own_json(Path(out_dir) / "metrics.json",
+                  {"dataset": str, "metrics": dict, "submission_files": list}, "rest-fair wilds")
+
+
 def set_aside_outputs(out_dir: str | Path) -> list[Path]:
     """Rename the outputs of an earlier command in ``out_dir`` (results file, submission
     folder, ``metrics.json``, ``comparison.md``) with one date-time suffix; returns the new
@@ -481,9 +502,13 @@ def write_outputs(
     ------
     ValueError
         When ``records`` is empty: there is nothing to report.
+    FileExistsError
+        For a ``metrics.json`` in the output folder that this function did not write
+        (:func:`check_metrics_file`); nothing is written then.
     """
     if not records:
         raise ValueError(_NOTHING_TO_REPORT)
+    check_metrics_file(experiment.out_dir)
     settings, out_dir, name = experiment.settings, experiment.out_dir, experiment.spec.name
     synthetic = experiment.synthetic
     metrics, metrics_std, metrics_se = _aggregate([r["metrics"] for r in records],

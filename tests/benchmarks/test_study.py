@@ -378,3 +378,30 @@ def test_study_with_missing_files_fails_before_any_run(tmp_path, capsys):
     assert cli.main(argv) == 2
     assert "apt-get install dataset-fashion-mnist" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_extra_params_a_trial_leaves_unused_neither_reach_it_nor_enter_its_id():
+    # groupdro_adjustment reached ERM's runs (a warning each) and changed their ids
+    pytest.importorskip("torch")
+    methods = ("erm", "groupdro")
+    search = tiny_search(methods=methods, max_epochs=2)
+    bench = preset("tiny", max_epochs=2, extra_params={"groupdro_adjustment": 1.0})
+    default = {s.run_id for s in search.runs()}
+    given = RandomSearch(bench, budget=2, methods=methods)
+    for spec in given.runs():
+        params = given.estimator_params(spec)
+        if spec.method == "erm":
+            assert "groupdro_adjustment" not in params and spec.run_id in default
+        else:
+            assert params["groupdro_adjustment"] == 1.0 and spec.run_id not in default
+
+
+def test_a_name_where_names_are_expected_is_refused():
+    # methods="erm" was read as the methods "e", "r", "m" ("Unknown study method 'e'")
+    with pytest.raises(ValueError, match="methods must be a tuple or a list of values; got 'erm'"):
+        tiny_search(methods="erm")
+    with pytest.raises(ValueError, match="methods must be a tuple or a list of values"):
+        preset("tiny", methods="erm")
+    with pytest.raises(ValueError, match=r"ratios must be a tuple or a list of values; got 0\.05"):
+        preset("tiny", ratios=0.05)
+    assert preset("tiny", seeds=np.arange(2), sparsities=np.array([0.5])).seeds == (0, 1)

@@ -538,3 +538,18 @@ def test_extra_params_a_method_leaves_unused_are_not_among_its_settings():
             assert "jtt_epochs" not in params and spec.run_id in default
         else:
             assert params["jtt_epochs"] == 2 and spec.run_id not in default
+
+
+@pytest.mark.parametrize("study", [False, True])
+def test_a_bad_extra_param_that_a_later_method_alone_reads_is_refused_before_any_run(
+        tmp_path, study):
+    # only the first run's parameters were checked: ERM does not read groupdro_adjustment,
+    # so every GroupDRO run failed with it, and each rerun again
+    from rest_fair.benchmarks import RandomSearch, run_sweep
+
+    config = preset("tiny", methods=("erm", "groupdro"), sparsities=(0.0,),
+                    extra_params={"groupdro_adjustment": -1.0})
+    experiment = RandomSearch(config, budget=1, methods=("erm", "groupdro")) if study else config
+    with pytest.raises(ValueError, match="groupdro_adjustment must be"):
+        run_sweep(experiment, tmp_path, progress="none")
+    assert not (tmp_path / "results.jsonl").exists()

@@ -349,3 +349,21 @@ def test_cli_missing_data_exits_with_message(tmp_path, capsys):
     assert status == 2
     err = capsys.readouterr().err
     assert "list_attr_celeba.csv" in err and str(tmp_path) in err
+
+
+def test_resume_refuses_a_metrics_json_of_another_origin(tmp_path, capsys):
+    # --resume trained the seed and wrote its report over a metrics.json it had not written
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "metrics.json").write_text('{"mine": 1}')
+    argv = ["wilds", "--dataset", "waterbirds", "--root-dir", str(tmp_path / "data"),
+            "--synthetic", "--max-epochs", "1", "--image-size", "8", "--module", "mlp",
+            "--batch-size", "32", "--seed", "3", "--device", "cpu", "--out-dir", str(out)]
+    assert rest_fair_main([*argv, "--resume"]) == 2
+    assert f"{out / 'metrics.json'} was not written by rest-fair wilds" in capsys.readouterr().err
+    assert not (out / "results.jsonl").exists() and not (out / "submission").exists()
+    assert (out / "metrics.json").read_text() == '{"mine": 1}'
+    # one of ours, from a first command, is resumed
+    (out / "metrics.json").unlink()
+    assert rest_fair_main(argv) == 0
+    assert rest_fair_main([*argv, "--resume"]) == 0
