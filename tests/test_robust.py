@@ -162,6 +162,25 @@ def test_groupdro_update_without_overflow_is_the_plain_formula():
     assert torch.equal(dro.q, expected / expected.sum())
 
 
+def test_groupdro_weight_that_rounds_to_zero_comes_back_when_its_group_is_worst():
+    # q_1 = e^-150 rounds to 0 in float32; then 0 * exp(eta * loss) kept it 0 for good,
+    # though the published update gives group 1 all the weight once its loss is the largest
+    dro = GroupDROObjective(2, eta=1.0, device=torch.device("cpu"))
+    present = torch.tensor([True, True])
+    for _ in range(30):
+        dro.update(torch.tensor([5.0, 0.0]), present)
+    assert dro.q.tolist() == [1.0, 0.0]
+    for _ in range(60):
+        dro.update(torch.tensor([0.0, 5.0]), present)
+    assert dro.q.tolist() == pytest.approx([0.0, 1.0], abs=1e-30)
+    # a resumed run goes on from the same log weights
+    resumed = GroupDROObjective(2, eta=1.0, device=torch.device("cpu"))
+    resumed.load_state_dict(dro.state_dict())
+    for objective in (dro, resumed):
+        objective.update(torch.tensor([5.0, 0.0]), present)
+    assert torch.equal(resumed.q, dro.q)
+
+
 def test_groupdro_with_a_large_step_size_fits():
     X, y, conflict = _spurious(n=600)
     clf = RESTClassifier(objective="groupdro", groupdro_eta=100.0, upweight=None,
