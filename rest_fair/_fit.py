@@ -86,6 +86,12 @@ UNWEIGHTED_CLASSES = (
     "neither trained on nor held out, so the network never learns these classes, though "
     "classes_ lists them. Give some of their samples a positive weight, or leave them out."
 )
+UNDRAWN_CLASSES = (
+    "{n} class(es) have no training sample that upweight={upweight!r} weighs above 0: "
+    "{classes}. upweight gives 0 to every group of their samples, so the network never "
+    "learns these classes, though classes_ lists them. Give one of their groups a positive "
+    "weight, or leave them out."
+)
 VALIDATION_WITHOUT_GROUPS = (
     "fit got groups but validation_data has none: the epoch kept is chosen by validation "
     "accuracy, not by worst-group accuracy. Pass validation_data=(X_val, y_val, groups_val) "
@@ -494,6 +500,11 @@ def _train_set(train: FitData, *, upweight: Any, reweight: str, batch_size: int,
         raise ValueError(NO_TRAINING_WEIGHT)
     per_sample = sample_weights_for(train.y, train.groups, weights)
     counted = (train.sample_weight > 0) & (per_sample > 0)  # in some loss: visited
+    undrawn = np.setdiff1d(train.y[train.sample_weight > 0], train.y[counted])
+    if len(undrawn) and world.is_main and not IDENTIFYING.get():
+        warnings.warn(UNDRAWN_CLASSES.format(
+            n=len(undrawn), upweight=upweight, classes=_named(train.classes[undrawn].tolist())),
+            UserWarning, stacklevel=6)  # the caller of RESTClassifier.fit
     rows = None if np.all(counted) else np.flatnonzero(counted)
     loss_w = train.sample_weight * (per_sample if reweight == "loss" else 1.0)
     visited = loss_w if rows is None else loss_w[rows]  # mean 1 over the samples visited

@@ -640,6 +640,24 @@ def test_an_upweight_dict_of_the_given_groups_is_refused_before_jtt_trains(monke
     assert {w for (_, g), w in fitted.group_weights_.items() if g} == {5.0}
 
 
+@pytest.mark.parametrize("reweight", ["sampler", "loss"])
+def test_an_upweight_dict_that_leaves_a_class_untrained_warns(reweight):
+    # every group of class 1's samples weighs 0: the class was never learnt, silently,
+    # where a class whose sample_weight are all 0 is named in a warning
+    X, y, conflict = _spurious(n=200)
+    groups = np.where(y == 1, "a", np.where(conflict, "b", "a"))
+    with pytest.warns(UserWarning, match=r"1 class\(es\) have no training sample that "
+                      r"upweight=\{'a': 0.0, 'b': 1.0\} weighs above 0: 1\.") as record:
+        RESTClassifier(upweight={"a": 0.0, "b": 1.0}, reweight=reweight, max_epochs=1,
+                       sparsity=0.0, validation_fraction=0.0, **FAST).fit(X, y, groups=groups)
+    assert [w.filename for w in record if "weighs above 0" in str(w.message)] == [__file__]
+    with warnings.catch_warnings():  # a class left some weight trains without it
+        warnings.simplefilter("error", UserWarning)
+        RESTClassifier(upweight={"a": 0.0, "b": 1.0}, max_epochs=1, sparsity=0.0,
+                       validation_fraction=0.0, **FAST).fit(
+            X, y, groups=np.where(conflict, "b", "a"))
+
+
 def test_the_identification_model_does_not_repeat_the_fits_warnings():
     # a class of weight 0, a layer kept denser than asked and a deprecated sparse_init: the
     # identification model's fit warned of each again
