@@ -407,7 +407,9 @@ class RESTClassifier(ClassifierMixin, BaseEstimator):
     sparse_compute_layers_ : list of str
         Layers trained with sparse kernels in the last fit (see ``sparse_compute``).
     group_weight_history_ : list of list of float or None
-        GroupDRO's group weights at the end of each epoch (``objective="groupdro"``).
+        GroupDRO's group weights at the end of each epoch of the last fit
+        (``objective="groupdro"``): every fit, a warm start's too, starts them uniform, so
+        after a warm start this has fewer rows than ``history_``, its last ones.
     inferred_groups_ : ndarray of bool or None
         With ``infer_groups="jtt"``, which samples of ``X`` formed the error set (samples
         held out for validation, and samples of ``sample_weight`` 0, are ``False``).

@@ -181,6 +181,14 @@ def test_groupdro_weight_that_rounds_to_zero_comes_back_when_its_group_is_worst(
     assert torch.equal(resumed.q, dro.q)
 
 
+def test_groupdro_weight_history_of_a_warm_start_has_its_own_epochs_as_documented():
+    X, y, conflict = _spurious(n=300)
+    clf = RESTClassifier(objective="groupdro", groupdro_eta=1.0, upweight=None, sparsity=0.0,
+                         max_epochs=2, warm_start=True, validation_fraction=0.0, **FAST)
+    clf.fit(X, y, groups=conflict).set_params(max_epochs=1).fit(X, y, groups=conflict)
+    assert len(clf.history_) == 3 and len(clf.group_weight_history_) == 1
+
+
 def test_groupdro_with_a_large_step_size_fits():
     X, y, conflict = _spurious(n=600)
     clf = RESTClassifier(objective="groupdro", groupdro_eta=100.0, upweight=None,
