@@ -666,6 +666,24 @@ def test_an_upweight_dict_that_leaves_a_class_untrained_warns(reweight):
             X, y, groups=np.where(conflict, "b", "a"))
 
 
+@pytest.mark.parametrize("with_groups", [False, True])
+def test_an_upweight_lambda_that_weighs_nothing_warns(with_groups):
+    # without groups, or with groups that never vary within a class, lambda drew every
+    # sample alike: plain ERM, silently
+    X, y, conflict = _spurious(n=200)
+    groups = y.copy() if with_groups else None
+    why = "each class are all in one group" if with_groups else "fit got no groups"
+    with pytest.warns(UserWarning, match=rf"upweight=30.0 draws .* but .*{why}") as record:
+        RESTClassifier(upweight=30.0, max_epochs=1, sparsity=0.0, validation_fraction=0.0,
+                       **FAST).fit(X, y, groups=groups)
+    assert [w.filename for w in record if "draws the samples" in str(w.message)] == [__file__]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        for upweight, g in ((30.0, conflict), (1.0, None), ("balanced", None)):
+            RESTClassifier(upweight=upweight, max_epochs=1, sparsity=0.0,
+                           validation_fraction=0.0, **FAST).fit(X, y, groups=g)
+
+
 def test_the_identification_model_does_not_repeat_the_fits_warnings():
     # a class of weight 0, a layer kept denser than asked and a deprecated sparse_init: the
     # identification model's fit warned of each again
