@@ -86,6 +86,24 @@ UNWEIGHTED_CLASSES = (
     "neither trained on nor held out, so the network never learns these classes, though "
     "classes_ lists them. Give some of their samples a positive weight, or leave them out."
 )
+UNDRAWN_CLASSES = (
+    "{n} class(es) have no training sample that upweight={upweight!r} weighs above 0: "
+    "{classes}. upweight gives 0 to every group of their samples, so the network never "
+    "learns these classes, though classes_ lists them. Give one of their groups a positive "
+    "weight, or leave them out."
+)
+UNUSED_LAMBDA = (
+    "upweight={upweight!r} draws the samples outside the most frequent group of their class "
+    "more often, but {why}: every training sample weighs 1, as with upweight=None. {advice}"
+)
+#: Why ``upweight=lambda`` weighs nothing, and the advice, by whether ``fit`` got groups.
+UNUSED_LAMBDA_CASES = {
+    False: ("fit got no groups", "Pass groups= (e.g. the bias attribute, or whether a "
+            "sample conflicts with it), or upweight=None for plain training."),
+    True: ("the training samples of each class are all in one group",
+           "Pass groups that vary within a class (e.g. whether a sample conflicts with the "
+           "bias), or upweight='balanced' to draw every group equally often."),
+}
 VALIDATION_WITHOUT_GROUPS = (
     "fit got groups but validation_data has none: the epoch kept is chosen by validation "
     "accuracy, not by worst-group accuracy. Pass validation_data=(X_val, y_val, groups_val) "
@@ -492,8 +510,18 @@ def _train_set(train: FitData, *, upweight: Any, reweight: str, batch_size: int,
                            sample_weight=train.sample_weight)
     if not any(w > 0 for w in weights.values()):  # the cells of samples of positive weight
         raise ValueError(NO_TRAINING_WEIGHT)
+    if (isinstance(upweight, Real) and upweight != 1 and world.is_main
+            and all(w == 1 for w in weights.values())):
+        why, advice = UNUSED_LAMBDA_CASES[train.has_groups]
+        warnings.warn(UNUSED_LAMBDA.format(upweight=upweight, why=why, advice=advice),
+                      UserWarning, stacklevel=6)  # the caller of RESTClassifier.fit
     per_sample = sample_weights_for(train.y, train.groups, weights)
     counted = (train.sample_weight > 0) & (per_sample > 0)  # in some loss: visited
+    undrawn = np.setdiff1d(train.y[train.sample_weight > 0], train.y[counted])
+    if len(undrawn) and world.is_main and not IDENTIFYING.get():
+        warnings.warn(UNDRAWN_CLASSES.format(
+            n=len(undrawn), upweight=upweight, classes=_named(train.classes[undrawn].tolist())),
+            UserWarning, stacklevel=6)  # the caller of RESTClassifier.fit
     rows = None if np.all(counted) else np.flatnonzero(counted)
     loss_w = train.sample_weight * (per_sample if reweight == "loss" else 1.0)
     visited = loss_w if rows is None else loss_w[rows]  # mean 1 over the samples visited

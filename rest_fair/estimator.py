@@ -254,8 +254,9 @@ class RESTClassifier(ClassifierMixin, BaseEstimator):
         often. A float ``lambda > 0``: within each class the most frequent group is the aligned
         one and every other group of that class is drawn ``lambda`` times as often. A dict
         maps every group to its weight (>= 0); a group it weighs 0 is left out of training, as if
-        removed, with either ``reweight``. Group sizes (``"balanced"``) and the most
-        frequent group (``lambda``) count the samples' ``sample_weight``, as scikit-learn's
+        removed, with either ``reweight`` (a class left without a training sample is named in
+        a warning). Group sizes (``"balanced"``) and the most frequent group (``lambda``)
+        count the samples' ``sample_weight``, as scikit-learn's
         ``compute_class_weight("balanced", sample_weight=...)``: a sample of weight 0 counts
         as absent, one of weight ``k`` as ``k`` copies.
     reweight : {"sampler", "loss"}, default="sampler"
@@ -408,7 +409,9 @@ class RESTClassifier(ClassifierMixin, BaseEstimator):
     sparse_compute_layers_ : list of str
         Layers trained with sparse kernels in the last fit (see ``sparse_compute``).
     group_weight_history_ : list of list of float or None
-        GroupDRO's group weights at the end of each epoch (``objective="groupdro"``).
+        GroupDRO's group weights at the end of each epoch of the last fit
+        (``objective="groupdro"``): every fit, a warm start's too, starts them uniform, so
+        after a warm start this has fewer rows than ``history_``, its last ones.
     inferred_groups_ : ndarray of bool or None
         With ``infer_groups="jtt"``, which samples of ``X`` formed the error set (samples
         held out for validation, and samples of ``sample_weight`` 0, are ``False``).

@@ -88,7 +88,7 @@ def group_accuracies(y_true: ArrayLike, y_pred: ArrayLike, groups: ArrayLike, *,
     Returns
     -------
     dict
-        Group label -> accuracy, for every group with at least one sample.
+        Group label -> accuracy (a Python float), for every group with at least one sample.
 
     Raises
     ------
@@ -122,7 +122,7 @@ def group_accuracies(y_true: ArrayLike, y_pred: ArrayLike, groups: ArrayLike, *,
                 groups=[labels[i] for i in np.flatnonzero(counts <= 0)]))
         correct *= weights
     hits = np.bincount(codes, weights=correct, minlength=len(labels))
-    return {label: hits[i] / counts[i] for i, label in enumerate(labels) if counts[i] > 0}
+    return {label: float(hits[i] / counts[i]) for i, label in enumerate(labels) if counts[i] > 0}
 
 
 def worst_group_accuracy(y_true: ArrayLike, y_pred: ArrayLike, groups: ArrayLike, *,

@@ -131,6 +131,16 @@ class GroupDROObjective:
         self.all_reduce = all_reduce
         self.world_size = int(world_size)
 
+    @property
+    def q(self) -> torch.Tensor:
+        """The current group weights (float32)."""
+        return self._q
+
+    @q.setter
+    def q(self, value: torch.Tensor) -> None:
+        self._q = value
+        self._log_q = torch.log(value.detach().double())  # float64: a weight never underflows
+
     def group_sums(
         self, logits: torch.Tensor, y: torch.Tensor, w: torch.Tensor | None, g: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -149,18 +159,22 @@ class GroupDROObjective:
         """Exponentiated-gradient step of ``q`` on the groups present in the batch.
 
         ``group_loss`` holds the batch's mean loss of every group; the step uses
-        ``loss_g + C / sqrt(n_g)`` (the adjusted loss; ``loss_g`` when ``C = 0``). Where
-        ``q_g * exp(eta * loss_g)`` or their sum overflows float32 (a large ``eta``, or a
-        group whose weight has underflowed to 0 meeting a large loss), ``q`` is the same
-        update computed in log space and float64, ``softmax(log q + eta * loss)``: the weight
-        goes to the groups of the largest loss instead of becoming NaN.
+        ``loss_g + C / sqrt(n_g)`` (the adjusted loss; ``loss_g`` when ``C = 0``). The
+        weights are also kept in log space and float64, ``log q <- log_softmax(log q + eta *
+        loss)``, where no weight that was ever positive becomes 0. Where ``q_g * exp(eta *
+        loss_g)`` or their sum overflows float32 (a large ``eta``), or a weight rounds to 0 in
+        float32 although it is positive, ``q`` is that log-space update: the weight goes to
+        the groups of the largest loss instead of becoming NaN, and a group whose weight has
+        become tiny regains it when its loss is the largest, as in exact arithmetic.
         """
         loss = group_loss.detach() + self.group_adjustment
-        scaled = self.q * torch.exp(self.eta * loss * present)
+        scaled = self._q * torch.exp(self.eta * loss * present)
         total = scaled.sum()
-        in_log_space = torch.softmax(
-            torch.log(self.q.double()) + self.eta * loss.double() * present, dim=0)
-        self.q = torch.where(torch.isfinite(total), scaled / total, in_log_space.to(scaled.dtype))
+        self._log_q = torch.log_softmax(self._log_q + self.eta * loss.double() * present, dim=0)
+        plain = scaled / total
+        underflowed = ((plain == 0) & torch.isfinite(self._log_q)).any()
+        self._q = torch.where(torch.isfinite(total) & ~underflowed, plain,
+                              self._log_q.exp().to(scaled.dtype))
 
     def __call__(
         self, logits: torch.Tensor, y: torch.Tensor, w: torch.Tensor | None, g: torch.Tensor
@@ -182,9 +196,11 @@ class GroupDROObjective:
         self.history.append(self.q.detach().cpu().tolist())
 
     def state_dict(self) -> dict:
-        """Group weights and their history (a tensor of one row per epoch), to resume exactly."""
+        """Group weights (also in log space) and their history (a tensor of one row per
+        epoch), to resume exactly."""
         history = torch.tensor(self.history, dtype=self.q.dtype).reshape(-1, len(self.q))
-        return {"q": self.q.detach().cpu().clone(), "history": history}
+        return {"q": self.q.detach().cpu().clone(), "log_q": self._log_q.detach().cpu().clone(),
+                "history": history}
 
     def load_state_dict(self, state: dict) -> None:
         """Restore :meth:`state_dict`."""
@@ -192,6 +208,8 @@ class GroupDROObjective:
             raise ValueError(f"saved GroupDRO weights are for {len(state['q'])} groups, "
                              f"this run has {len(self.q)}.")
         self.q = state["q"].to(self.q.device)
+        if "log_q" in state:  # not in checkpoints of earlier releases
+            self._log_q = state["log_q"].to(self.q.device)
         history = state["history"]  # a list of rows in checkpoints of earlier releases
         self.history = (history.tolist() if isinstance(history, torch.Tensor)
                         else [list(r) for r in history])

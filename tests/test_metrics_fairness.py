@@ -139,6 +139,13 @@ def test_report_bad_input(kwargs, match):
         fairness_report(**kwargs)
 
 
+def test_group_accuracies_are_python_floats():
+    # numpy floats printed as {'a': np.float64(0.5)}, unlike worst_group_accuracy's float
+    for weights in (None, [1.0, 2.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]):
+        accs = group_accuracies(Y, P, G, sample_weight=weights)
+        assert {type(a) for a in accs.values()} == {float}
+
+
 def test_group_accuracies_unchanged():
     assert group_accuracies(Y, P, G) == pytest.approx({"a": 0.5, "b": 4 / 6})
 

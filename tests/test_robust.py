@@ -162,6 +162,33 @@ def test_groupdro_update_without_overflow_is_the_plain_formula():
     assert torch.equal(dro.q, expected / expected.sum())
 
 
+def test_groupdro_weight_that_rounds_to_zero_comes_back_when_its_group_is_worst():
+    # q_1 = e^-150 rounds to 0 in float32; then 0 * exp(eta * loss) kept it 0 for good,
+    # though the published update gives group 1 all the weight once its loss is the largest
+    dro = GroupDROObjective(2, eta=1.0, device=torch.device("cpu"))
+    present = torch.tensor([True, True])
+    for _ in range(30):
+        dro.update(torch.tensor([5.0, 0.0]), present)
+    assert dro.q.tolist() == [1.0, 0.0]
+    for _ in range(60):
+        dro.update(torch.tensor([0.0, 5.0]), present)
+    assert dro.q.tolist() == pytest.approx([0.0, 1.0], abs=1e-30)
+    # a resumed run goes on from the same log weights
+    resumed = GroupDROObjective(2, eta=1.0, device=torch.device("cpu"))
+    resumed.load_state_dict(dro.state_dict())
+    for objective in (dro, resumed):
+        objective.update(torch.tensor([5.0, 0.0]), present)
+    assert torch.equal(resumed.q, dro.q)
+
+
+def test_groupdro_weight_history_of_a_warm_start_has_its_own_epochs_as_documented():
+    X, y, conflict = _spurious(n=300)
+    clf = RESTClassifier(objective="groupdro", groupdro_eta=1.0, upweight=None, sparsity=0.0,
+                         max_epochs=2, warm_start=True, validation_fraction=0.0, **FAST)
+    clf.fit(X, y, groups=conflict).set_params(max_epochs=1).fit(X, y, groups=conflict)
+    assert len(clf.history_) == 3 and len(clf.group_weight_history_) == 1
+
+
 def test_groupdro_with_a_large_step_size_fits():
     X, y, conflict = _spurious(n=600)
     clf = RESTClassifier(objective="groupdro", groupdro_eta=100.0, upweight=None,
@@ -619,6 +646,42 @@ def test_an_upweight_dict_of_the_given_groups_is_refused_before_jtt_trains(monke
     monkeypatch.undo()
     fitted = RESTClassifier(upweight={0: 1.0, 1: 5.0}, **params).fit(X, y, groups=groups)
     assert {w for (_, g), w in fitted.group_weights_.items() if g} == {5.0}
+
+
+@pytest.mark.parametrize("reweight", ["sampler", "loss"])
+def test_an_upweight_dict_that_leaves_a_class_untrained_warns(reweight):
+    # every group of class 1's samples weighs 0: the class was never learnt, silently,
+    # where a class whose sample_weight are all 0 is named in a warning
+    X, y, conflict = _spurious(n=200)
+    groups = np.where(y == 1, "a", np.where(conflict, "b", "a"))
+    with pytest.warns(UserWarning, match=r"1 class\(es\) have no training sample that "
+                      r"upweight=\{'a': 0.0, 'b': 1.0\} weighs above 0: 1\.") as record:
+        RESTClassifier(upweight={"a": 0.0, "b": 1.0}, reweight=reweight, max_epochs=1,
+                       sparsity=0.0, validation_fraction=0.0, **FAST).fit(X, y, groups=groups)
+    assert [w.filename for w in record if "weighs above 0" in str(w.message)] == [__file__]
+    with warnings.catch_warnings():  # a class left some weight trains without it
+        warnings.simplefilter("error", UserWarning)
+        RESTClassifier(upweight={"a": 0.0, "b": 1.0}, max_epochs=1, sparsity=0.0,
+                       validation_fraction=0.0, **FAST).fit(
+            X, y, groups=np.where(conflict, "b", "a"))
+
+
+@pytest.mark.parametrize("with_groups", [False, True])
+def test_an_upweight_lambda_that_weighs_nothing_warns(with_groups):
+    # without groups, or with groups that never vary within a class, lambda drew every
+    # sample alike: plain ERM, silently
+    X, y, conflict = _spurious(n=200)
+    groups = y.copy() if with_groups else None
+    why = "each class are all in one group" if with_groups else "fit got no groups"
+    with pytest.warns(UserWarning, match=rf"upweight=30.0 draws .* but .*{why}") as record:
+        RESTClassifier(upweight=30.0, max_epochs=1, sparsity=0.0, validation_fraction=0.0,
+                       **FAST).fit(X, y, groups=groups)
+    assert [w.filename for w in record if "draws the samples" in str(w.message)] == [__file__]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        for upweight, g in ((30.0, conflict), (1.0, None), ("balanced", None)):
+            RESTClassifier(upweight=upweight, max_epochs=1, sparsity=0.0,
+                           validation_fraction=0.0, **FAST).fit(X, y, groups=g)
 
 
 def test_the_identification_model_does_not_repeat_the_fits_warnings():
