@@ -175,6 +175,23 @@ static inline vec_f64 hsums_f64(const vec_f64 *v) {
            SHUFFLE(mask_f64, f[0], f[1], 1, 3, 5, 7, 9, 11, 13, 15);
 }
 
+/* dst[d] = src[index[d]] for d < count (elements of 4 or 8 bytes), on up to n threads, each
+   writing one contiguous range of dst: the weight gradient, computed in the order of the
+   transposed pattern, goes to the order of the values without two threads writing the same
+   cache line (a scatter by thread would make every line of dst travel between the cores). */
+static void gather_by_index(int n, void *dst, const void *src, const int32_t *index,
+                            int64_t count, size_t size) {
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(n) schedule(static) if (n > 1)
+#endif
+    for (int64_t d = 0; d < count; ++d) {
+        if (size == 4)
+            ((uint32_t *)dst)[d] = ((const uint32_t *)src)[index[d]];
+        else
+            ((uint64_t *)dst)[d] = ((const uint64_t *)src)[index[d]];
+    }
+}
+
 /* The gradient v behind a ReLU whose output is g: 0 where g <= 0, else v (also where g is
    NaN), as torch's threshold_backward(v, g, 0) computes it. */
 #define GATED(g, v) ((g) <= 0 ? (__typeof__(v))0 : (v))
@@ -420,8 +437,6 @@ static inline vec_f64 hsums_f64(const vec_f64 *v) {
             }                                                                                  \
             for (int t = 0; t < n_dots; ++t) gw_t[j0 + t] += hsum_##SUFFIX(dots[t]);          \
         }                                                                                      \
-        if (want_gw)                                                                           \
-            for (int64_t j = ccol[c0]; j < ccol[c1]; ++j) p->gw[perm[j]] = gw_t[j];            \
     }
 
 /* Argument blocks, the three widths and the entry points of one scalar type. */
@@ -506,19 +521,21 @@ static inline vec_f64 hsums_f64(const vec_f64 *v) {
             run_parts(n, splits, fn, &p);                                                      \
     }                                                                                          \
                                                                                                \
-    /* Over the CSR of W^T (ccol, row; perm[j] = position of entry j in W's CSR order):        \
-       gx(b, c) = sum_j val[perm[j]] * g[b, row[j]] at gx[q * sq + i * si + c * sr]            \
-       (skipped when gx is NULL), gw[perm[j]] = sum_b g[b, row[j]] * x[b, c] (skipped when     \
-       gw is NULL; gw_t is scratch of nnz entries). */                                         \
+    /* Over the CSR of W^T (ccol, row; perm[j] = position of entry j in W's CSR order, and     \
+       inv[perm[j]] = j): gx(b, c) = sum_j val[perm[j]] * g[b, row[j]] at                      \
+       gx[q * sq + i * si + c * sr] (skipped when gx is NULL), gw[perm[j]] =                   \
+       sum_b g[b, row[j]] * x[b, c] (skipped when gw is NULL; computed into gw_t, scratch of   \
+       nnz entries, then gathered through inv). */                                             \
     void csr_backward_##SUFFIX(int n, const int64_t *splits, int nv, const int32_t *ccol,      \
-                               const int32_t *row, const int32_t *perm, const scalar *val,     \
-                               const scalar *gp, const scalar *xp, int64_t batch,              \
-                               int64_t n_out, int64_t n_in, scalar *gx, int64_t sq,            \
-                               int64_t si, int64_t sr, scalar *gw, scalar *gw_t) {             \
+                               const int32_t *row, const int32_t *perm, const int32_t *inv,    \
+                               const scalar *val, const scalar *gp, const scalar *xp,          \
+                               int64_t batch, int64_t n_out, int64_t n_in, scalar *gx,         \
+                               int64_t sq, int64_t si, int64_t sr, scalar *gw, scalar *gw_t) { \
         bwd_args_##SUFFIX p = {ccol, row, perm, val, gp, xp, batch, n_out, n_in,               \
                                gx, sq, si, sr, gw, gw_t};                                      \
         run_parts(n, splits, by_width_##SUFFIX(nv, backward_part_##SUFFIX##_1,                 \
                   backward_part_##SUFFIX##_2, backward_part_##SUFFIX##_4), &p);                \
+        if (gw) gather_by_index(n, gw, gw_t, inv, ccol[n_in], sizeof(scalar));                 \
     }
 
 DEFINE_KERNELS(float, f32, 16)

@@ -272,7 +272,7 @@ class _CSRFunction(torch.autograd.Function):
                 grad_values = torch.empty_like(values)
             kernels.csr_backward(grad_panels, x_panels, ctx.nv, x.shape[0], layer.crow_indices_t,
                                  layer.col_indices_t, layer.perm_t, values, ctx.splits.cols,
-                                 grad_x, grad_values)
+                                 grad_x, grad_values, inverse_perm_t=layer.inverse_perm_t)
         else:
             x_t, values, out = ctx.saved_tensors
             if ctx.relu:
@@ -369,7 +369,9 @@ class CSRLinear(nn.Module):
             check_mask(f"{self.name}.weight" if self.name else "weight", mask, self.shape)
         flat, *indices = (kernels.csr_pattern(mask) if flat is None
                           else kernels.csr_pattern_of_flat(flat, self.shape))
-        names = ("crow_indices", "col_indices", "crow_indices_t", "col_indices_t", "perm_t")
+        names = ("crow_indices", "col_indices", "crow_indices_t", "col_indices_t", "perm_t",
+                 "inverse_perm_t")
+        indices.append(kernels.inverse_permutation(indices[-1]))
         for key, value in zip(names, indices, strict=True):
             if key in self._buffers:
                 self._buffers[key] = value

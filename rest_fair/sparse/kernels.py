@@ -65,6 +65,7 @@ __all__ = [
     "csr_pattern",
     "csr_pattern_of_flat",
     "even_splits",
+    "inverse_permutation",
     "load",
     "pack",
     "panel_width",
@@ -176,8 +177,8 @@ def _declare(lib: ctypes.CDLL) -> None:
         forward.argtypes = [c_int, _ptr, c_int, _ptr, _ptr, _ptr, _ptr, _i64, _i64, _ptr, c_int,
                             _ptr, _i64, _i64, _i64]
         backward = getattr(lib, f"csr_backward_{suffix}")
-        backward.argtypes = [c_int, _ptr, c_int, _ptr, _ptr, _ptr, _ptr, _ptr, _ptr, _i64, _i64,
-                             _i64, _ptr, _i64, _i64, _i64, _ptr, _ptr]
+        backward.argtypes = [c_int, _ptr, c_int, _ptr, _ptr, _ptr, _ptr, _ptr, _ptr, _ptr, _i64,
+                             _i64, _i64, _ptr, _i64, _i64, _i64, _ptr, _ptr]
         for fn in (pack_fn, forward, backward):
             fn.restype = None
         getattr(lib, f"lanes_{suffix}").restype = c_int
@@ -402,24 +403,38 @@ def csr_forward(panels: torch.Tensor, nv: int, batch: int, crow: torch.Tensor,
 def csr_backward(grad_panels: torch.Tensor, x_panels: torch.Tensor, nv: int, batch: int,
                  crow_t: torch.Tensor, row_t: torch.Tensor, perm_t: torch.Tensor,
                  values: torch.Tensor, splits: torch.Tensor, grad_x: torch.Tensor | None,
-                 grad_values: torch.Tensor | None) -> None:
+                 grad_values: torch.Tensor | None, *,
+                 inverse_perm_t: torch.Tensor | None = None) -> None:
     """Fill ``grad_x`` (``G W``, any strides) and ``grad_values`` (``G^T X`` at the pattern).
 
     Either may be ``None`` (not computed). The pattern is given by its transpose:
     ``crow_t``, ``row_t`` and ``perm_t`` (position of each entry in ``values``);
-    ``splits`` is :func:`balanced_splits` of ``crow_t``.
+    ``splits`` is :func:`balanced_splits` of ``crow_t``. The weight gradient is computed in
+    the transposed order and then gathered into the order of ``values`` through
+    ``inverse_perm_t`` (:func:`inverse_permutation` of ``perm_t``, computed here when not
+    given), each thread writing one range of ``grad_values``.
     """
     if grad_x is None and grad_values is None:
         return
-    scratch = None if grad_values is None else torch.empty_like(grad_values)
+    scratch = inverse = None
+    if grad_values is not None:
+        scratch = torch.empty_like(grad_values)
+        inverse = inverse_permutation(perm_t) if inverse_perm_t is None else inverse_perm_t
     sq, si, sr = (0, 0, 0) if grad_x is None else _out_strides(grad_x, x_panels.shape[2])
     n, splits_ptr = _threads(splits, 2 * values.numel() * nv * x_panels.shape[0],
                              crow_t.numel() - 1)
     _FUNCS[values.dtype][2](
         n, splits_ptr, nv, crow_t.data_ptr(), row_t.data_ptr(), perm_t.data_ptr(),
-        values.data_ptr(), grad_panels.data_ptr(), x_panels.data_ptr(), batch,
+        _p(inverse), values.data_ptr(), grad_panels.data_ptr(), x_panels.data_ptr(), batch,
         grad_panels.shape[1], x_panels.shape[1], _p(grad_x), sq, si, sr, _p(grad_values),
         _p(scratch))
+
+
+def inverse_permutation(perm: torch.Tensor) -> torch.Tensor:
+    """``inverse[perm[j]] = j``, in the dtype of the permutation ``perm``."""
+    inverse = torch.empty_like(perm)
+    inverse[perm.long()] = torch.arange(perm.numel(), dtype=perm.dtype, device=perm.device)
+    return inverse
 
 
 class TopKScan:
