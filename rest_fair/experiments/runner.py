@@ -620,13 +620,16 @@ def _deaf_to_ctrl_c() -> Iterator[None]:
     """Start worker processes in the block that ignore SIGINT for good.
 
     In the main thread SIGINT is ignored (which the processes started meanwhile inherit)
-    and blocked (so that one which comes meanwhile is delivered when the block ends, unless
-    another thread that does not block it takes it: that one is ignored) until the block
-    ends; SIGINT's handler and the thread's signal mask are then as they were, also when a
-    Ctrl-C raises as they are changed or restored. A Ctrl-C in a terminal, sent to the
-    whole process group, then reaches this process alone, whose ``KeyboardInterrupt`` ends
-    the workers (joblib terminates them). Elsewhere (another thread, a system without
-    ``pthread_sigmask``, a SIGINT handler not set from Python) the block runs as it is.
+    and blocked until the block ends: a Ctrl-C that comes meanwhile (milliseconds) is
+    delivered when the block ends, unless a thread that does not block it takes it, and is
+    lost then (torch's threads; this one once multiprocessing's resource tracker, which
+    unblocks SIGINT as it starts, was started). SIGINT's handler and the thread's signal
+    mask are then as they were, also when a Ctrl-C raises as they are changed or restored.
+    A Ctrl-C in a terminal, sent to the whole process group, then reaches this process
+    alone, whose ``KeyboardInterrupt`` ends the workers (joblib terminates them). An ignored
+    SIGINT (a command started with ``nohup`` or in the background) stays ignored. Elsewhere
+    (another thread, a system without ``pthread_sigmask``, a SIGINT handler not set from
+    Python) the block runs as it is.
     """
     if (threading.current_thread() is not threading.main_thread()
             or not hasattr(signal, "pthread_sigmask") or signal.getsignal(signal.SIGINT) is None):

@@ -429,6 +429,7 @@ def test_ctrl_c_while_wilds_loads_its_data_ends_cleanly(tmp_path, monkeypatch, c
         "rest-fair wilds: interrupted while loading the data; nothing was run."]
 
 
+@pytest.mark.usefixtures("ctrl_c_raises")
 @pytest.mark.parametrize("raised_by", ["blocking", "unblocking", "restoring the handler"])
 def test_a_ctrl_c_as_workers_start_leaves_sigint_as_it_was(monkeypatch, raised_by):
     # the Python handler of a Ctrl-C caught meanwhile runs as pthread_sigmask or signal is
