@@ -90,6 +90,8 @@ _SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
 _LANES = {torch.float32: 16, torch.float64: 8}
 # a row of a product costs about as much as this many active weights (set-up, store)
 _ROW_COST = 8
+# threads' row ranges start at multiples of this many rows (64 bytes of float32)
+_ALIGN = 16
 
 # below this many vector multiply-adds (or packed values) a call runs on one thread: the
 # work takes about as long as waking the others. Measured on 2 threads: the forward product
@@ -284,7 +286,12 @@ def panel_width(dtype: torch.dtype, batch: int, n_threads: int | None = None,
 def balanced_splits(crow: torch.Tensor, n_threads: int) -> torch.Tensor:
     """Row ranges of a CSR pattern for ``n_threads`` threads with about equal work.
 
-    A row costs its active weights plus a fixed amount (loop set-up and its store).
+    A row costs its active weights plus a fixed amount (loop set-up and its store). Each
+    range starts at a multiple of 16 rows (the nearest to the balanced split), so that two
+    threads writing a sample-major output (a row of the pattern is a column there) never
+    share a 64-byte line of it: measured on 2 threads, the backward product of a 784 x 300
+    layer at batch 128 with a sample-major input gradient took 18 us with aligned ranges
+    and 32 us with a split at column 394.
 
     Returns
     -------
@@ -293,7 +300,8 @@ def balanced_splits(crow: torch.Tensor, n_threads: int) -> torch.Tensor:
     n_rows = crow.numel() - 1
     cost = crow.long() + _ROW_COST * torch.arange(n_rows + 1)
     targets = torch.linspace(0, float(cost[-1]), n_threads + 1)
-    splits = torch.searchsorted(cost, targets).clamp_(0, n_rows)
+    splits = torch.searchsorted(cost, targets)
+    splits = ((splits + _ALIGN // 2) // _ALIGN * _ALIGN).clamp_(0, n_rows)
     splits[0], splits[-1] = 0, n_rows
     return splits.contiguous()
 
