@@ -112,6 +112,13 @@ _UNKNOWN_MODULE = (
 # the optimizer is not saved.
 _FILE_ATTRIBUTES = ("classes_", "n_features_in_", "input_shape_")
 _LIVE_ATTRIBUTES = ("module_", "masks_", "optimizer_")
+# Fitted attributes a file holds or save refuses: their keys are the groups fit was given
+_GROUP_ATTRIBUTES = ("groups_", "group_weights_")
+_GROUPS_NOT_SAVED = (
+    "It holds the group labels given to fit; a model file holds labels that are strings, "
+    "numbers, bools, None, dates, times or durations (datetime, numpy, pandas), and tuples "
+    "of them: fit with such labels to save the estimator."
+)
 _SAVED_IN_FIRST_FIT = (
     "This %(name)s has a network but not yet the attributes fit sets when it ends "
     "(best_epoch_, groups_, ...; a callback saving during the first fit comes "
@@ -880,9 +887,12 @@ or dict of columns, default=None
         ``callbacks`` and a ``random_state`` that is a ``RandomState`` are objects, not
         plain values: the file keeps ``None`` for them, with a warning. Entries of
         ``history_`` records that are not plain values (objects a callback added) are left
-        out, named in a warning; the file keeps the other entries. During the first
-        ``fit`` (from a callback) it raises ``NotFittedError``: the attributes ``fit`` sets
-        when it ends are not set yet.
+        out, named in a warning; the file keeps the other entries. ``groups_`` and
+        ``group_weights_`` come back with the group labels of their types (strings, numbers,
+        dates, times and durations of :mod:`datetime`, numpy and pandas, tuples of them);
+        labels of other types raise ``TypeError``. During the first ``fit`` (from a
+        callback) it raises ``NotFittedError``: the attributes ``fit`` sets when it ends are
+        not set yet.
         """
         check_is_fitted(self, "module_")
         check_is_fitted(self, (*_FILE_ATTRIBUTES, "best_epoch_"), msg=_SAVED_IN_FIRST_FIT)
@@ -910,9 +920,11 @@ or dict of columns, default=None
                 if records is None:
                     attributes[name] = model_file.to_json(value, f"fitted attribute {name!r}")
                     continue
-            except TypeError:
+            except TypeError as exc:
                 if name in _FILE_ATTRIBUTES:
                     raise
+                if name in _GROUP_ATTRIBUTES:
+                    raise TypeError(f"{exc} {_GROUPS_NOT_SAVED}") from None
                 skipped.append(name)
                 continue
             attributes[name], left_out = records

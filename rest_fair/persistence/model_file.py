@@ -47,16 +47,18 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import datetime
 import hashlib
 import io
 import json
 import math
 import os
 import re
+import sys
 import warnings
 import zipfile
 import zlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from numbers import Integral
 from typing import Any
 
@@ -179,18 +181,24 @@ def register_estimator_class(cls: type) -> type:
 # ----------------------------------------------------------------- plain JSON values
 def to_json(value: Any, what: str) -> Any:
     """``value`` as plain JSON (tuples, devices, arrays, dense tensors of the dtypes model
-    files hold, and non-string keys tagged: :func:`from_json` gives them back exactly).
+    files hold, dates, times and durations of :mod:`datetime`, numpy and pandas, and
+    non-string keys tagged: :func:`from_json` gives them back exactly, of the same types).
 
     Raises
     ------
     TypeError
-        If ``value`` holds anything else; the message names ``what``.
+        If ``value`` holds anything else, or a date whose time zone would not read back as
+        itself (one other than a fixed offset, for a :mod:`datetime` value); the message
+        names ``what``.
     ValueError
         If ``value`` holds an array of a dtype that :func:`from_json` refuses (structured,
         sub-array or void dtypes).
     """
     if value is None or isinstance(value, (bool, str, int, float)):
         return value
+    encoded = _time_to_json(value, what)
+    if encoded is not None:
+        return encoded
     if isinstance(value, np.generic):
         return to_json(value.item(), what)
     if isinstance(value, torch.device):
@@ -256,7 +264,79 @@ def from_json(value: Any) -> Any:
         data = from_json(value["__ndarray__"])
         dtype = value.get("dtype", "object")
         return np.array(data, dtype=object if dtype == "object" else _json_dtype(dtype, data))
+    tag = next((tag for tag in _TIME_CODECS if tag in value), None)
+    if tag is not None:
+        try:
+            return _TIME_CODECS[tag][3](value[tag])
+        except (TypeError, ValueError, OverflowError, IndexError, KeyError) as exc:
+            raise ValueError(f"{value[tag]!r:.80} is not a {tag} value ({exc})") from None
     return {k: from_json(v) for k, v in value.items()}
+
+
+def _pandas() -> Any:
+    import pandas as pd  # imported only to read a file holding a pandas value
+
+    return pd
+
+
+def _timestamp(value: list) -> Any:
+    stamp = _pandas().Timestamp(value[0]).as_unit(value[1])
+    return stamp if value[2] is None else stamp.tz_convert(value[2])
+
+
+def _datetime64(value: list) -> np.generic:
+    dtype = np.dtype(value[1])
+    if dtype.kind not in "Mm":
+        raise ValueError(f"{dtype} is not a numpy date or duration dtype")
+    return np.array(value[0], dtype=np.int64).view(dtype)[()]
+
+
+def _as_int64(value: np.generic) -> list:
+    return [int(value.view(np.int64)), value.dtype.str]
+
+
+#: Dates, times and durations by tag: (module, type, encode, decode). :func:`to_json` writes
+#: values of exactly these types (a subclass is not one).
+_TIME_CODECS: dict[str, tuple[str, str, Callable, Callable]] = {
+    "__date__": ("datetime", "date", datetime.date.isoformat, datetime.date.fromisoformat),
+    "__datetime__": ("datetime", "datetime", datetime.datetime.isoformat,
+                     datetime.datetime.fromisoformat),
+    "__time__": ("datetime", "time", datetime.time.isoformat, datetime.time.fromisoformat),
+    "__timedelta__": ("datetime", "timedelta", lambda v: [v.days, v.seconds, v.microseconds],
+                      lambda v: datetime.timedelta(*v)),
+    "__datetime64__": ("numpy", "datetime64", _as_int64, _datetime64),
+    "__timedelta64__": ("numpy", "timedelta64", _as_int64, _datetime64),
+    "__timestamp__": ("pandas", "Timestamp",
+                      lambda v: [v.isoformat(), v.unit, None if v.tz is None else str(v.tz)],
+                      _timestamp),
+    "__pd_timedelta__": ("pandas", "Timedelta", lambda v: [v.isoformat(), v.unit],
+                         lambda v: _pandas().Timedelta(v[0]).as_unit(v[1])),
+    "__period__": ("pandas", "Period", lambda v: [str(v), v.freqstr],
+                   lambda v: _pandas().Period(v[0], freq=v[1])),
+}
+
+
+def _time_to_json(value: Any, what: str) -> dict | None:
+    """``value`` tagged as :data:`_TIME_CODECS` writes it, or None for a value of another type.
+
+    Raises
+    ------
+    TypeError
+        If the value would not read back as itself (its type, time zone and every digit).
+    """
+    for tag, (module, name, encode, _) in _TIME_CODECS.items():
+        if type(value) is getattr(sys.modules.get(module), name, None):
+            encoded = {tag: encode(value)}
+            try:
+                back = from_json(encoded)
+            except ValueError:
+                back = None
+            if (type(back) is not type(value) or encode(back) != encoded[tag]
+                    or str(getattr(back, "tzinfo", None)) != str(getattr(value, "tzinfo", None))):
+                raise TypeError(f"cannot save {what}: {value!r:.80} would not read back as "
+                                "itself (a time zone other than a fixed offset?).")
+            return encoded
+    return None
 
 
 def _json_dtype(spec: Any, data: Any) -> np.dtype:

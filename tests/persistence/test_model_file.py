@@ -707,3 +707,97 @@ def test_a_file_naming_attributes_save_never_writes_is_refused(tmp_path, name):
                     lambda header: header["attributes"].update({name: "forged"}))
     with pytest.raises(ModelFileError, match=rf"names attributes \['{name}'\] that save"):
         RESTClassifier.load(tmp_path / "forged.rest")
+
+
+def _dated_groups(n):
+    import datetime
+
+    import pandas as pd
+
+    half = np.arange(n) // (n // 2)
+    stamps = pd.to_datetime(["2020-01-01 00:00:00.000000001",
+                             "2021-06-01 00:00:00.000000002"])[half]
+    return {
+        "datetime64": np.array(["2020-01-01", "2021-06-01"], dtype="M8[D]")[half],
+        "dates": [[datetime.date(2020, 1, 1), datetime.date(2021, 6, 1)][h] for h in half],
+        "aware": pd.Series(stamps).dt.tz_localize("Europe/Paris"),
+        "stamp_and_int": pd.DataFrame({"when": stamps, "site": np.arange(n) % 2}),
+        "durations": pd.Series(pd.to_timedelta(half + 1, unit="s")),
+        "periods": pd.Series(pd.period_range("2020-01", periods=2, freq="M")[half]),
+    }
+
+
+@pytest.mark.parametrize("kind", list(_dated_groups(2)))
+def test_dated_group_labels_come_back_of_their_types(tmp_path, kind):
+    # such groups_ and group_weights_ were left out of the file, with a warning
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(40, 4)).astype(np.float32)
+    y = np.arange(40) % 2
+    clf = RESTClassifier(module="mlp", module_params={"hidden_layer_sizes": (8,)},
+                         max_epochs=1, validation_fraction=0.0, drop_fraction=0.0,
+                         random_state=0).fit(X, y, groups=_dated_groups(40)[kind])
+    clf.save(tmp_path / "m.rest")
+    loaded = RESTClassifier.load(tmp_path / "m.rest")
+
+    def typed(value):
+        return (type(value).__name__, repr(value), getattr(value, "tzinfo", None) and
+                str(value.tzinfo), tuple(typed(v) for v in value)
+                if isinstance(value, tuple) else ())
+
+    assert loaded.groups_ == clf.groups_
+    assert [typed(g) for g in loaded.groups_] == [typed(g) for g in clf.groups_]
+    assert loaded.group_weights_ == clf.group_weights_
+    assert [typed(k) for k in loaded.group_weights_] == [typed(k) for k in clf.group_weights_]
+
+
+def test_group_labels_a_file_cannot_hold_are_refused_when_saved(tmp_path):
+    import datetime
+    import enum
+
+    class Site(enum.Enum):
+        NORTH = 1
+        SOUTH = 2
+
+    X = np.random.default_rng(0).normal(size=(40, 4)).astype(np.float32)
+    y = np.arange(40) % 2
+    params = {"module": "mlp", "module_params": {"hidden_layer_sizes": (8,)}, "max_epochs": 1,
+              "validation_fraction": 0.0, "drop_fraction": 0.0, "random_state": 0}
+    paris = datetime.timezone(datetime.timedelta(hours=1), "Paris")  # not a fixed offset's name
+    for groups, match in (([Site.NORTH, Site.SOUTH] * 20, "value of type Site"),
+                          ([datetime.datetime(2020, 1, 1, tzinfo=paris)] * 40,
+                           "would not read back as itself")):
+        clf = RESTClassifier(**params).fit(X, y, groups=groups)
+        with pytest.raises(TypeError, match=rf"fitted attribute 'groups_'.*{match}.*group "
+                                            r"labels given to fit"):
+            clf.save(tmp_path / "m.rest")
+        assert not (tmp_path / "m.rest").exists()
+
+
+def test_numpy_dates_and_durations_keep_their_unit_and_type(tmp_path):
+    # a nanosecond datetime64 in metadata was written as an int, and read back as one
+    import pandas as pd
+
+    net, masks = _masked_mlp(0.1)
+    metadata = {"at": np.datetime64("2020-01-01T00:00:00.000000001"),
+                "none": np.datetime64("NaT", "D"), "took": np.timedelta64(5, "ms"),
+                "day": pd.Timestamp("2020-01-01").date(), "stamp": pd.Timestamp("2020-01-01"),
+                "times": np.array(["2020-01-01T01", "NaT"], dtype="M8[h]")}
+    save((net, masks, metadata), tmp_path / "m.rest")
+    back = load(tmp_path / "m.rest", module=net)[2]
+    for key in ("at", "took", "day", "stamp"):
+        assert type(back[key]) is type(metadata[key]) and back[key] == metadata[key], key
+    assert back["at"].dtype == metadata["at"].dtype and np.isnat(back["none"])
+    assert back["none"].dtype == np.dtype("M8[D]")
+    np.testing.assert_array_equal(back["times"], metadata["times"])
+    assert back["times"].dtype == metadata["times"].dtype
+
+
+def test_a_forged_date_is_a_model_file_error(tmp_path):
+    net, masks = _masked_mlp(0.1)
+    save((net, masks, {"t": np.datetime64("2020-01-01")}), tmp_path / "m.rest")
+    for forged in ({"__date__": 5}, {"__datetime64__": [1, "<f8"]}, {"__timedelta__": [1e300]},
+                   {"__timestamp__": ["noon", "ns", None]}, {"__period__": []}):
+        _rewrite_header(tmp_path / "m.rest", tmp_path / "forged.rest",
+                        lambda h, forged=forged: h["metadata"].update(t=forged))
+        with pytest.raises(ModelFileError, match="no valid rest_fair header"):
+            load(tmp_path / "forged.rest", module=net)
