@@ -604,13 +604,13 @@ or dict of columns, default=None
             instead of holding out ``validation_fraction`` of the training data.
             It is used as given: inside a ``Pipeline`` the earlier steps do not
             transform it.
-        resume_from : str or path, default=None
+        resume_from : str, bytes or path-like, default=None
             Directory of a :class:`~rest_fair.callbacks.Checkpoint`: continue the run
             from its latest checkpoint (the same data and parameters are required; a
             checkpoint of another run, or a damaged one, is refused with
             :class:`~rest_fair.exceptions.CheckpointError`). A directory without a
             checkpoint starts a new run, so a preemptible job can always pass it. A
-            leading ``~`` is the home folder.
+            leading ``~`` is the home folder; an empty name is refused (``ValueError``).
 
         Returns
         -------
