@@ -957,7 +957,7 @@ or dict of columns, default=None
     def load(cls, path: Any, *, max_parameters: int | None = None) -> RESTClassifier:
         """Read an estimator written by :meth:`save` (no code from the file is run) from
         the file ``path`` names, or from a binary file object (``open(name, "rb")``,
-        ``io.BytesIO(data)``) from its position.
+        ``io.BytesIO(data)``) from its position to its end, which hold one model file.
 
         It comes back fitted, on the CPU, its network in evaluation mode. Raises
         :class:`~rest_fair.exceptions.ModelFileError` for a damaged or inconsistent file:

@@ -123,6 +123,10 @@ _BAD_CHECKSUM = (
 )
 _BAD_HEADER = "{path} has no valid rest_fair header ({error})."
 _BAD_ARCHIVE = "{path} is damaged or was not written by rest_fair, and was not loaded: {error}."
+_CONCATENATED = (
+    "its archive is not at its start: other bytes come first, such as another model file "
+    "written to the same stream before it (each file is read from its position to its end)"
+)
 _LARGE_HEADER = (
     "cannot save a header of {size} bytes; a model file's header holds at most "
     "MAX_HEADER_BYTES = {limit} bytes (large arrays belong in the file's arrays)."
@@ -148,6 +152,9 @@ _PART_ARCHITECTURE = (
     "rebuilding it needs; pass load(path, module=<an instance of it>) to load the weights."
 )
 _BAD_DTYPE = "unsupported tensor dtype {dtype} in {path}."
+_TEXT_MODE = (
+    "{name} is open in text mode; a model file is {done} a binary file (open(path, '{mode}'))."
+)
 _BAD_METADATA = "metadata must be a dict of plain JSON-able values or None; got {type}."
 _LOAD_ESTIMATOR = (
     "load(path) of a file holding a fitted estimator is deprecated and will stop working in "
@@ -268,7 +275,7 @@ def from_json(value: Any) -> Any:
     if tag is not None:
         try:
             return _TIME_CODECS[tag][3](value[tag])
-        except (TypeError, ValueError, OverflowError, IndexError, KeyError) as exc:
+        except (TypeError, ValueError, OverflowError, LookupError, AttributeError) as exc:
             raise ValueError(f"{value[tag]!r:.80} is not a {tag} value ({exc})") from None
     return {k: from_json(v) for k, v in value.items()}
 
@@ -553,8 +560,8 @@ def write(
     Raises
     ------
     TypeError
-        If ``path`` is neither (an int would name an open file descriptor), or a mask is
-        not a bool tensor.
+        If ``path`` is neither (an int would name an open file descriptor) or is open in
+        text mode, or a mask is not a bool tensor.
     KeyError
         If a mask names no tensor of the state dict, or a buffer.
     ValueError
@@ -564,6 +571,11 @@ def write(
     to_file = isinstance(path, (str, bytes, os.PathLike)) or not hasattr(path, "write")
     if to_file:
         path = os.fspath(path)
+    elif isinstance(path, io.TextIOBase):
+        name = getattr(path, "name", None)
+        raise TypeError(_TEXT_MODE.format(
+            name=os.fsdecode(name) if isinstance(name, (str, bytes)) else "<file object>",
+            done="written to", mode="wb"))
     masks = dict(masks or {})
     state, buffers = module.state_dict(), dict(module.named_buffers())
     check_masks(module, masks,
@@ -577,7 +589,7 @@ def write(
         arrays.update(arrs)
     header["tensors"] = entries
     header["masks"] = sorted(masks)
-    header_bytes = json.dumps(header, sort_keys=True, allow_nan=True).encode("utf-8")
+    header_bytes = json.dumps(header, allow_nan=True).encode("utf-8")  # keys in their order
     if len(header_bytes) > MAX_HEADER_BYTES:
         raise ValueError(_LARGE_HEADER.format(size=len(header_bytes), limit=MAX_HEADER_BYTES))
     digest = _digest(header_bytes, arrays)
@@ -719,10 +731,9 @@ def opened(path: Any) -> tuple[str, str | io.BytesIO]:
         return name, name
     given = getattr(path, "name", None)
     name = os.fsdecode(given) if isinstance(given, (str, bytes)) else f"<{type(path).__name__}>"
-    data = path.read()
+    data = None if isinstance(path, io.TextIOBase) else path.read()  # text fails decoding
     if not isinstance(data, bytes):
-        raise TypeError(f"{name} is open in text mode; a model file is read from a binary "
-                        "file (open(path, 'rb')).")
+        raise TypeError(_TEXT_MODE.format(name=name, done="read from", mode="rb"))
     return name, _InMemory(data, name)
 
 
@@ -755,6 +766,10 @@ def read(
         raise ModelFileError(_NOT_OURS.format(path=path))
     try:
         with zipfile.ZipFile(source) as archive:
+            # zipfile reads the last archive of the bytes: two files written one after the
+            # other to a stream would read as the second
+            if min((info.header_offset for info in archive.infolist()), default=0):
+                raise ModelFileError(_BAD_ARCHIVE.format(path=path, error=_CONCATENATED))
             # the header first: a newer format version is named as such, whatever else
             # the file holds
             members = _members(archive, path, file_size, [
@@ -941,7 +956,8 @@ def load(
     ----------
     path : str, bytes, path-like or binary file object
         The file, or a file object opened for binary reading (``open(name, "rb")``,
-        ``io.BytesIO(data)``), read from its current position.
+        ``io.BytesIO(data)``), read from its current position to its end: one model file
+        (a stream holding more is refused).
     module : nn.Module or None, default=None
         For a file holding a module whose architecture is not built-in: an instance to
         receive the weights (a deep copy is loaded and returned). Its lazy layers

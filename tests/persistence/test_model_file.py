@@ -801,3 +801,51 @@ def test_a_forged_date_is_a_model_file_error(tmp_path):
                         lambda h, forged=forged: h["metadata"].update(t=forged))
         with pytest.raises(ModelFileError, match="no valid rest_fair header"):
             load(tmp_path / "forged.rest", module=net)
+
+
+def test_a_file_open_in_text_mode_is_refused_naming_the_mode(tmp_path):
+    # open(path) read the bytes as UTF-8 and failed with a UnicodeDecodeError; a file
+    # opened with open(path, "w") failed with "write() argument must be str, not bytes"
+    net, masks = _masked_mlp(0.1)
+    save((net, masks, META), tmp_path / "m.rest")
+    with open(tmp_path / "m.rest", encoding="utf-8") as fh, \
+            pytest.raises(TypeError, match=r"m\.rest is open in text mode.*open\(path, 'rb'\)"):
+        RESTClassifier.load(fh)
+    with open(tmp_path / "t.rest", "w", encoding="utf-8") as fh, \
+            pytest.raises(TypeError, match=r"t\.rest is open in text mode; a model file is "
+                                           r"written to a binary file \(open\(path, 'wb'\)\)"):
+        save((net, masks, META), fh)
+    assert (tmp_path / "t.rest").read_bytes() == b""
+    with pytest.raises(TypeError, match=r"<file object> is open in text mode"):
+        save((net, masks, META), io.StringIO())
+
+
+def test_dicts_come_back_with_their_keys_in_order(tmp_path):
+    # the header's keys were sorted: pd.DataFrame(loaded.history_) had its columns sorted
+    clf, _ = _fitted(infer_groups="jtt", jtt_epochs=1, upweight=3.0)
+    clf.save(tmp_path / "m.rest")
+    loaded = RESTClassifier.load(tmp_path / "m.rest")
+    assert [list(r) for r in loaded.history_] == [list(r) for r in clf.history_]
+    assert next(iter(loaded.history_[0])) == "epoch"
+    assert list(loaded.inferred_groups_overlap_) == list(clf.inferred_groups_overlap_)
+    assert list(loaded.group_weights_) == list(clf.group_weights_)
+    net, masks = _masked_mlp(0.1)
+    save((net, masks, {"z": 1, "a": {"y": 2, "b": 3}}), tmp_path / "n.rest")
+    metadata = load(tmp_path / "n.rest", module=net)[2]
+    assert list(metadata) == ["z", "a"] and list(metadata["a"]) == ["y", "b"]
+
+
+def test_a_stream_holding_two_model_files_is_refused_not_read_as_the_second(tmp_path):
+    # zipfile reads the last archive of its bytes: the first load gave the second network
+    first, masks = _masked_mlp(0.1, seed=0)
+    second, _ = _masked_mlp(0.1, seed=1)
+    stream = io.BytesIO()
+    save((first, masks, META), stream)
+    save((second, masks, META), stream)
+    stream.seek(0)
+    with pytest.raises(ModelFileError, match=r"<BytesIO> is damaged .* its archive is not at "
+                                             r"its start: other bytes come first"):
+        load(stream)
+    (tmp_path / "two.rest").write_bytes(stream.getvalue())
+    with pytest.raises(ModelFileError, match=r"two\.rest is damaged .* not at its start"):
+        RESTClassifier.load(tmp_path / "two.rest")
