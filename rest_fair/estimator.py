@@ -882,8 +882,9 @@ or dict of columns, default=None
         them) and the fitted attributes; ``module`` must be a built-in name. Pretrained
         ``module_params["weights"]`` given as a path or a torchvision weights member are
         kept as their string (a loaded estimator reads them only when fitted). ``path``
-        names the file (replaced only once the new content is complete) or is a file object
-        opened for binary writing (``io.BytesIO()``), written to from its position.
+        names the file (replaced only once the new content is complete; a leading ``~`` is
+        the home folder) or is a file object opened for binary writing (``io.BytesIO()``),
+        written to from its position.
         ``callbacks`` and a ``random_state`` that is a ``RandomState`` are objects, not
         plain values: the file keeps ``None`` for them, with a warning. Entries of
         ``history_`` records that are not plain values (objects a callback added) are left
@@ -956,8 +957,9 @@ or dict of columns, default=None
     @classmethod
     def load(cls, path: Any, *, max_parameters: int | None = None) -> RESTClassifier:
         """Read an estimator written by :meth:`save` (no code from the file is run) from
-        the file ``path`` names, or from a binary file object (``open(name, "rb")``,
-        ``io.BytesIO(data)``) from its position to its end, which hold one model file.
+        the file ``path`` names (a leading ``~`` is the home folder), or from a binary
+        file object (``open(name, "rb")``, ``io.BytesIO(data)``) from its position to its
+        end, which hold one model file.
 
         It comes back fitted, on the CPU, its network in evaluation mode. Raises
         :class:`~rest_fair.exceptions.ModelFileError` for a damaged or inconsistent file:

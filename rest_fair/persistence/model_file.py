@@ -554,8 +554,9 @@ def write(
     parameters), the plain JSON values of ``header`` beside the format's own keys, and
     further ``arrays`` by member name; returns the file size in bytes.
 
-    ``path`` names the file, replaced atomically (:func:`~.files.atomic_write`), or is a
-    binary file object, written to from its current position.
+    ``path`` names the file (a leading ``~`` is the home folder), replaced atomically
+    (:func:`~.files.atomic_write`), or is a binary file object, written to from its current
+    position.
 
     Raises
     ------
@@ -570,7 +571,7 @@ def write(
     """
     to_file = isinstance(path, (str, bytes, os.PathLike)) or not hasattr(path, "write")
     if to_file:
-        path = os.fspath(path)
+        path = os.path.expanduser(os.fspath(path))
     elif isinstance(path, io.TextIOBase):
         name = getattr(path, "name", None)
         raise TypeError(_TEXT_MODE.format(
@@ -618,9 +619,10 @@ def save(obj: Any, path: Any) -> int:
         estimator (an object with ``get_params`` and ``save``) writes itself:
         ``save(clf, path)`` is ``clf.save(path)``.
     path : str, bytes, path-like or binary file object
-        Destination file (conventionally ``*.rest``), replaced only once the new content is
-        complete; or a file object opened for binary writing (``open(name, "wb")``,
-        ``io.BytesIO()``), written to from its current position.
+        Destination file (conventionally ``*.rest``; a leading ``~`` is the home folder),
+        replaced only once the new content is complete; or a file object opened for binary
+        writing (``open(name, "wb")``, ``io.BytesIO()``), written to from its current
+        position.
 
     Returns
     -------
@@ -715,7 +717,8 @@ class _InMemory(io.BytesIO):
 
 def opened(path: Any) -> tuple[str, str | io.BytesIO]:
     """The name of the file ``path`` for messages, and what :func:`read` reads: the file
-    name of a str, bytes or path-like ``path``; of a binary file object (``open(name,
+    name of a str, bytes or path-like ``path`` (a leading ``~`` is the home folder, as for
+    checkpoints); of a binary file object (``open(name,
     "rb")``, ``io.BytesIO``), its bytes from its current position, read into memory once.
 
     Raises
@@ -727,7 +730,7 @@ def opened(path: Any) -> tuple[str, str | io.BytesIO]:
     if isinstance(path, _InMemory):
         return path.name, path
     if isinstance(path, (str, bytes, os.PathLike)) or not hasattr(path, "read"):
-        name = os.fsdecode(path)
+        name = os.path.expanduser(os.fsdecode(path))
         return name, name
     given = getattr(path, "name", None)
     name = os.fsdecode(given) if isinstance(given, (str, bytes)) else f"<{type(path).__name__}>"
@@ -955,9 +958,9 @@ def load(
     Parameters
     ----------
     path : str, bytes, path-like or binary file object
-        The file, or a file object opened for binary reading (``open(name, "rb")``,
-        ``io.BytesIO(data)``), read from its current position to its end: one model file
-        (a stream holding more is refused).
+        The file (a leading ``~`` is the home folder), or a file object opened for binary
+        reading (``open(name, "rb")``, ``io.BytesIO(data)``), read from its current
+        position to its end: one model file (a stream holding more is refused).
     module : nn.Module or None, default=None
         For a file holding a module whose architecture is not built-in: an instance to
         receive the weights (a deep copy is loaded and returned). Its lazy layers

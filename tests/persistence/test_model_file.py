@@ -4,6 +4,7 @@ import io
 import os
 import pickle
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -849,3 +850,20 @@ def test_a_stream_holding_two_model_files_is_refused_not_read_as_the_second(tmp_
     (tmp_path / "two.rest").write_bytes(stream.getvalue())
     with pytest.raises(ModelFileError, match=r"two\.rest is damaged .* not at its start"):
         RESTClassifier.load(tmp_path / "two.rest")
+
+
+def test_a_leading_tilde_is_the_home_folder_as_for_checkpoints(tmp_path, monkeypatch):
+    # save("~/m.rest") failed for want of a folder "~" in the working directory, or wrote
+    # into one
+    home, work = tmp_path / "home", tmp_path / "work"
+    home.mkdir()
+    (work / "~").mkdir(parents=True)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(work)
+    clf, X = _fitted()
+    clf.save("~/m.rest")
+    assert (home / "m.rest").is_file() and not any((work / "~").iterdir())
+    np.testing.assert_array_equal(RESTClassifier.load(b"~/m.rest").predict(X), clf.predict(X))
+    net, masks = _masked_mlp(0.1)
+    save((net, masks, META), Path("~/n.rest"))
+    assert _state_equal(load("~/n.rest")[0], net) and not any((work / "~").iterdir())
