@@ -116,7 +116,7 @@ _LIVE_ATTRIBUTES = ("module_", "masks_", "optimizer_")
 _GROUP_ATTRIBUTES = ("groups_", "group_weights_")
 _GROUPS_NOT_SAVED = (
     "It holds the group labels given to fit; a model file holds labels that are strings, "
-    "numbers, bools, None, dates, times or durations (datetime, numpy, pandas), and tuples "
+    "bytes, numbers, bools, None, dates, times or durations (datetime, numpy, pandas), tuples "
     "of them: fit with such labels to save the estimator."
 )
 _SAVED_IN_FIRST_FIT = (
@@ -889,9 +889,9 @@ or dict of columns, default=None
         plain values: the file keeps ``None`` for them, with a warning. Entries of
         ``history_`` records that are not plain values (objects a callback added) are left
         out, named in a warning; the file keeps the other entries. ``groups_`` and
-        ``group_weights_`` come back with the group labels of their types (strings, numbers,
-        dates, times and durations of :mod:`datetime`, numpy and pandas, tuples of them);
-        labels of other types raise ``TypeError``. During the first ``fit`` (from a
+        ``group_weights_`` come back with the group labels of their types (strings, bytes,
+        numbers, dates, times and durations of :mod:`datetime`, numpy and pandas, tuples of
+        them); labels of other types raise ``TypeError``. During the first ``fit`` (from a
         callback) it raises ``NotFittedError``: the attributes ``fit`` sets when it ends are
         not set yet.
         """

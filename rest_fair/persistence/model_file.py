@@ -188,7 +188,7 @@ def register_estimator_class(cls: type) -> type:
 # ----------------------------------------------------------------- plain JSON values
 def to_json(value: Any, what: str) -> Any:
     """``value`` as plain JSON (tuples, devices, arrays, dense tensors of the dtypes model
-    files hold, dates, times and durations of :mod:`datetime`, numpy and pandas, and
+    files hold, bytes, dates, times and durations of :mod:`datetime`, numpy and pandas, and
     non-string keys tagged: :func:`from_json` gives them back exactly, of the same types).
 
     Raises
@@ -203,7 +203,7 @@ def to_json(value: Any, what: str) -> Any:
     """
     if value is None or isinstance(value, (bool, str, int, float)):
         return value
-    encoded = _time_to_json(value, what)
+    encoded = _tagged(value, what)
     if encoded is not None:
         return encoded
     if isinstance(value, np.generic):
@@ -271,10 +271,10 @@ def from_json(value: Any) -> Any:
         data = from_json(value["__ndarray__"])
         dtype = value.get("dtype", "object")
         return np.array(data, dtype=object if dtype == "object" else _json_dtype(dtype, data))
-    tag = next((tag for tag in _TIME_CODECS if tag in value), None)
+    tag = next((tag for tag in _TAGGED if tag in value), None)
     if tag is not None:
         try:
-            return _TIME_CODECS[tag][3](value[tag])
+            return _TAGGED[tag][3](value[tag])
         except (TypeError, ValueError, OverflowError, LookupError, AttributeError) as exc:
             raise ValueError(f"{value[tag]!r:.80} is not a {tag} value ({exc})") from None
     return {k: from_json(v) for k, v in value.items()}
@@ -302,9 +302,11 @@ def _as_int64(value: np.generic) -> list:
     return [int(value.view(np.int64)), value.dtype.str]
 
 
-#: Dates, times and durations by tag: (module, type, encode, decode). :func:`to_json` writes
-#: values of exactly these types (a subclass is not one).
-_TIME_CODECS: dict[str, tuple[str, str, Callable, Callable]] = {
+#: Values JSON cannot hold (bytes, dates, times, durations) by tag: (module, type, encode,
+#: decode). :func:`to_json` writes values of exactly these types (a subclass is not one).
+_TAGGED: dict[str, tuple[str, str, Callable, Callable]] = {
+    "__bytes__": ("builtins", "bytes", lambda v: v.decode("latin-1"),
+                  lambda v: v.encode("latin-1")),
     "__date__": ("datetime", "date", datetime.date.isoformat, datetime.date.fromisoformat),
     "__datetime__": ("datetime", "datetime", datetime.datetime.isoformat,
                      datetime.datetime.fromisoformat),
@@ -323,15 +325,15 @@ _TIME_CODECS: dict[str, tuple[str, str, Callable, Callable]] = {
 }
 
 
-def _time_to_json(value: Any, what: str) -> dict | None:
-    """``value`` tagged as :data:`_TIME_CODECS` writes it, or None for a value of another type.
+def _tagged(value: Any, what: str) -> dict | None:
+    """``value`` tagged as :data:`_TAGGED` writes it, or None for a value of another type.
 
     Raises
     ------
     TypeError
         If the value would not read back as itself (its type, time zone and every digit).
     """
-    for tag, (module, name, encode, _) in _TIME_CODECS.items():
+    for tag, (module, name, encode, _) in _TAGGED.items():
         if type(value) is getattr(sys.modules.get(module), name, None):
             encoded = {tag: encode(value)}
             try:

@@ -725,12 +725,13 @@ def _dated_groups(n):
         "stamp_and_int": pd.DataFrame({"when": stamps, "site": np.arange(n) % 2}),
         "durations": pd.Series(pd.to_timedelta(half + 1, unit="s")),
         "periods": pd.Series(pd.period_range("2020-01", periods=2, freq="M")[half]),
+        "bytes": np.array([b"a\xff", b"b"], dtype="S2")[half],
     }
 
 
 @pytest.mark.parametrize("kind", list(_dated_groups(2)))
 def test_dated_group_labels_come_back_of_their_types(tmp_path, kind):
-    # such groups_ and group_weights_ were left out of the file, with a warning
+    # such groups_ and group_weights_ (and bytes) were left out of the file, with a warning
     rng = np.random.default_rng(0)
     X = rng.normal(size=(40, 4)).astype(np.float32)
     y = np.arange(40) % 2
