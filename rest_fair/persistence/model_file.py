@@ -574,11 +574,6 @@ def write(
     to_file = isinstance(path, (str, bytes, os.PathLike)) or not hasattr(path, "write")
     if to_file:
         path = os.path.expanduser(os.fspath(path))
-    elif isinstance(path, io.TextIOBase):
-        name = getattr(path, "name", None)
-        raise TypeError(_TEXT_MODE.format(
-            name=os.fsdecode(name) if isinstance(name, (str, bytes)) else "<file object>",
-            done="written to", mode="wb"))
     masks = dict(masks or {})
     state, buffers = module.state_dict(), dict(module.named_buffers())
     check_masks(module, masks,
@@ -603,8 +598,14 @@ def write(
     data = buffer.getvalue()
     if to_file:
         atomic_write(path, data)
-    else:
+        return len(data)
+    try:
         path.write(data)
+    except TypeError as exc:  # a text-mode file takes str, and wrote nothing
+        name = getattr(path, "name", None)
+        raise TypeError(_TEXT_MODE.format(
+            name=os.fsdecode(name) if isinstance(name, (str, bytes)) else "<file object>",
+            done="written to", mode="wb")) from exc
     return len(data)
 
 
@@ -736,7 +737,10 @@ def opened(path: Any) -> tuple[str, str | io.BytesIO]:
         return name, name
     given = getattr(path, "name", None)
     name = os.fsdecode(given) if isinstance(given, (str, bytes)) else f"<{type(path).__name__}>"
-    data = None if isinstance(path, io.TextIOBase) else path.read()  # text fails decoding
+    try:
+        data = path.read()
+    except UnicodeDecodeError:  # a text-mode file (NamedTemporaryFile too, not a TextIOBase)
+        data = None
     if not isinstance(data, bytes):
         raise TypeError(_TEXT_MODE.format(name=name, done="read from", mode="rb"))
     return name, _InMemory(data, name)

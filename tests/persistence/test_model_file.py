@@ -3,6 +3,7 @@
 import io
 import os
 import pickle
+import tempfile
 import zipfile
 from pathlib import Path
 
@@ -820,6 +821,14 @@ def test_a_file_open_in_text_mode_is_refused_naming_the_mode(tmp_path):
     assert (tmp_path / "t.rest").read_bytes() == b""
     with pytest.raises(TypeError, match=r"<file object> is open in text mode"):
         save((net, masks, META), io.StringIO())
+    with tempfile.NamedTemporaryFile("w+", encoding="utf-8", dir=tmp_path) as fh, \
+            pytest.raises(TypeError, match="is open in text mode; a model file is written"):
+        save((net, masks, META), fh)
+    with tempfile.NamedTemporaryFile("r", encoding="utf-8", dir=tmp_path) as fh:
+        with open(fh.name, "wb") as out:
+            save((net, masks, META), out)
+        with pytest.raises(TypeError, match="is open in text mode; a model file is read"):
+            load(fh)
 
 
 def test_dicts_come_back_with_their_keys_in_order(tmp_path):
