@@ -234,7 +234,7 @@ def write_checkpoint(
 
     Parameters
     ----------
-    dirname : str or path
+    dirname : str, bytes or path-like
         Checkpoint directory (created if needed).
     state : dict
         Training state: tensors and plain containers only (numpy scalars are written as
@@ -319,7 +319,7 @@ def check_writable(dirname: str | os.PathLike, fingerprint: dict[str, Any], *,
 
     Parameters
     ----------
-    dirname : str or path
+    dirname : str, bytes or path-like
         Checkpoint directory.
     fingerprint : dict of JSON values
         Identifies the run that would write there.
@@ -514,7 +514,7 @@ def read_checkpoint(
 
     Parameters
     ----------
-    dirname : str or path
+    dirname : str, bytes or path-like
         Checkpoint directory written by :func:`write_checkpoint`.
     fingerprint : dict, optional
         The resuming run's fingerprint; any difference is refused, naming it.
