@@ -761,12 +761,19 @@ def test_group_labels_a_file_cannot_hold_are_refused_when_saved(tmp_path):
         NORTH = 1
         SOUTH = 2
 
+    class Level(enum.IntEnum):  # an int, which a file would give back as a plain one
+        LOW = 1
+        HIGH = 2
+
     X = np.random.default_rng(0).normal(size=(40, 4)).astype(np.float32)
     y = np.arange(40) % 2
     params = {"module": "mlp", "module_params": {"hidden_layer_sizes": (8,)}, "max_epochs": 1,
               "validation_fraction": 0.0, "drop_fraction": 0.0, "random_state": 0}
     paris = datetime.timezone(datetime.timedelta(hours=1), "Paris")  # not a fixed offset's name
     for groups, match in (([Site.NORTH, Site.SOUTH] * 20, "value of type Site"),
+                          ([Level.LOW, Level.HIGH] * 20,
+                           "label <Level.LOW: 1> is an enum member, which a file would hold "
+                           "as 1, of another type"),
                           ([datetime.datetime(2020, 1, 1, tzinfo=paris)] * 40,
                            "would not read back as itself")):
         clf = RESTClassifier(**params).fit(X, y, groups=groups)
