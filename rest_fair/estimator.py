@@ -901,7 +901,7 @@ or dict of columns, default=None
         ``history_`` records that are not plain values (objects a callback added) are left
         out, named in a warning; the file keeps the other entries. ``groups_`` and
         ``group_weights_`` come back with the group labels of their types (strings, bytes,
-        numbers, dates, times and durations of :mod:`datetime`, numpy and pandas, tuples of
+        numbers, dates, times and durations of ``datetime``, numpy and pandas, tuples of
         them); labels of other types raise ``TypeError``. During the first ``fit`` (from a
         callback) it raises ``NotFittedError``: the attributes ``fit`` sets when it ends are
         not set yet.

@@ -188,14 +188,14 @@ def register_estimator_class(cls: type) -> type:
 # ----------------------------------------------------------------- plain JSON values
 def to_json(value: Any, what: str) -> Any:
     """``value`` as plain JSON (tuples, devices, arrays, dense tensors of the dtypes model
-    files hold, bytes, dates, times and durations of :mod:`datetime`, numpy and pandas, and
+    files hold, bytes, dates, times and durations of ``datetime``, numpy and pandas, and
     non-string keys tagged: :func:`from_json` gives them back exactly, of the same types).
 
     Raises
     ------
     TypeError
         If ``value`` holds anything else, or a date whose time zone would not read back as
-        itself (one other than a fixed offset, for a :mod:`datetime` value); the message
+        itself (one other than a fixed offset, for a ``datetime`` value); the message
         names ``what``.
     ValueError
         If ``value`` holds an array of a dtype that :func:`from_json` refuses (structured,
