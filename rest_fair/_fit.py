@@ -41,6 +41,7 @@ from .jtt import identify_errors, overlap_report
 from .models import build_module
 from .persistence.checkpoint import (
     DETAIL,
+    folder,
     has_checkpoint,
     read_checkpoint,
     saved_fingerprint,
@@ -739,6 +740,8 @@ def fit_estimator(
     warm = bool(est.warm_start) and hasattr(est, "module_")
     if warm and resume_from is not None:
         raise ValueError(WARM_AND_RESUME)
+    if resume_from is not None:
+        folder(resume_from, "resume_from")  # a path, before the inputs are checked
     if warm and not hasattr(est, "history_"):
         raise ValueError(WARM_WITHOUT_HISTORY)
     params = est.get_params(deep=False)

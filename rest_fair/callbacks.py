@@ -267,7 +267,7 @@ class Checkpoint(Callback):
 
     Parameters
     ----------
-    dirname : str or path
+    dirname : str, bytes or path-like
         Directory of the checkpoints (created if needed; a leading ``~`` is the home
         folder, as for ``resume_from``). A directory holding the checkpoint
         of another run that has not finished (so could still be resumed) is refused when
@@ -293,7 +293,7 @@ class Checkpoint(Callback):
             raise ValueError(f"Checkpoint every must be a positive int; got {self.every!r}.")
         if not POSITIVE_INT.accepts(self.keep):
             raise ValueError(f"Checkpoint keep must be a positive int; got {self.keep!r}.")
-        if not isinstance(self.dirname, (str, os.PathLike)) or not os.fspath(self.dirname):
+        if not isinstance(self.dirname, (str, bytes, os.PathLike)) or not os.fspath(self.dirname):
             raise ValueError(f"Checkpoint dirname must name a folder; got {self.dirname!r}.")
         if os.path.isfile(os.path.expanduser(self.dirname)):
             raise ValueError(f"Checkpoint dirname {os.fspath(self.dirname)!r} is a file; it "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import enum
 import warnings
 from collections.abc import Hashable, Mapping
 from numbers import Integral, Real
@@ -112,6 +113,13 @@ _UNKNOWN_MODULE = (
 # the optimizer is not saved.
 _FILE_ATTRIBUTES = ("classes_", "n_features_in_", "input_shape_")
 _LIVE_ATTRIBUTES = ("module_", "masks_", "optimizer_")
+# Fitted attributes a file holds or save refuses: their keys are the groups fit was given
+_GROUP_ATTRIBUTES = ("groups_", "group_weights_")
+_GROUPS_NOT_SAVED = (
+    "It holds the group labels given to fit; a model file holds labels that are strings, "
+    "bytes, numbers, bools, None, dates, times or durations (datetime, numpy, pandas), tuples "
+    "of them: fit with such labels to save the estimator."
+)
 _SAVED_IN_FIRST_FIT = (
     "This %(name)s has a network but not yet the attributes fit sets when it ends "
     "(best_epoch_, groups_, ...; a callback saving during the first fit comes "
@@ -151,6 +159,16 @@ def _is_file_attribute(name: str) -> bool:
     network, its masks and optimizer, nor ``inference_module_``, derived from them)."""
     return (name.endswith("_") and not name.startswith("_")
             and name not in (*_LIVE_ATTRIBUTES, "inference_module_"))
+
+
+def _enum_label(value: Any) -> Any:
+    """The first enum member that is also a number or string (an ``IntEnum``) among the
+    group labels ``value`` holds (in a list, in tuples, as keys), or None."""
+    if isinstance(value, enum.Enum) and isinstance(value, (int, float, str)):
+        return value
+    if isinstance(value, (list, tuple, Mapping)):
+        return next((m for m in map(_enum_label, value) if m is not None), None)
+    return None
 
 
 def _weights_as_string(params: dict) -> dict:
@@ -597,13 +615,13 @@ or dict of columns, default=None
             instead of holding out ``validation_fraction`` of the training data.
             It is used as given: inside a ``Pipeline`` the earlier steps do not
             transform it.
-        resume_from : str or path, default=None
+        resume_from : str, bytes or path-like, default=None
             Directory of a :class:`~rest_fair.callbacks.Checkpoint`: continue the run
             from its latest checkpoint (the same data and parameters are required; a
             checkpoint of another run, or a damaged one, is refused with
             :class:`~rest_fair.exceptions.CheckpointError`). A directory without a
             checkpoint starts a new run, so a preemptible job can always pass it. A
-            leading ``~`` is the home folder.
+            leading ``~`` is the home folder; an empty name is refused (``ValueError``).
 
         Returns
         -------
@@ -875,14 +893,18 @@ or dict of columns, default=None
         them) and the fitted attributes; ``module`` must be a built-in name. Pretrained
         ``module_params["weights"]`` given as a path or a torchvision weights member are
         kept as their string (a loaded estimator reads them only when fitted). ``path``
-        names the file (replaced only once the new content is complete) or is a file object
-        opened for binary writing (``io.BytesIO()``), written to from its position.
+        names the file (replaced only once the new content is complete; a leading ``~`` is
+        the home folder) or is a file object opened for binary writing (``io.BytesIO()``),
+        written to from its position.
         ``callbacks`` and a ``random_state`` that is a ``RandomState`` are objects, not
         plain values: the file keeps ``None`` for them, with a warning. Entries of
         ``history_`` records that are not plain values (objects a callback added) are left
-        out, named in a warning; the file keeps the other entries. During the first
-        ``fit`` (from a callback) it raises ``NotFittedError``: the attributes ``fit`` sets
-        when it ends are not set yet.
+        out, named in a warning; the file keeps the other entries. ``groups_`` and
+        ``group_weights_`` come back with the group labels of their types (strings, bytes,
+        numbers, dates, times and durations of ``datetime``, numpy and pandas, tuples of
+        them); labels of other types raise ``TypeError``. During the first ``fit`` (from a
+        callback) it raises ``NotFittedError``: the attributes ``fit`` sets when it ends are
+        not set yet.
         """
         check_is_fitted(self, "module_")
         check_is_fitted(self, (*_FILE_ATTRIBUTES, "best_epoch_"), msg=_SAVED_IN_FIRST_FIT)
@@ -906,13 +928,20 @@ or dict of columns, default=None
                 arrays[f"attr.{len(arrays)}"] = value
                 continue
             try:
+                member = _enum_label(value) if name in _GROUP_ATTRIBUTES else None
+                if member is not None:  # an IntEnum is an int: it would read back as one
+                    raise TypeError(f"cannot save fitted attribute {name!r}: its label "
+                                    f"{member!r} is an enum member, which a file would hold "
+                                    f"as {member.value!r}, of another type.")
                 records = _plain_records(value)
                 if records is None:
                     attributes[name] = model_file.to_json(value, f"fitted attribute {name!r}")
                     continue
-            except TypeError:
+            except TypeError as exc:
                 if name in _FILE_ATTRIBUTES:
                     raise
+                if name in _GROUP_ATTRIBUTES:
+                    raise TypeError(f"{exc} {_GROUPS_NOT_SAVED}") from None
                 skipped.append(name)
                 continue
             attributes[name], left_out = records
@@ -944,8 +973,9 @@ or dict of columns, default=None
     @classmethod
     def load(cls, path: Any, *, max_parameters: int | None = None) -> RESTClassifier:
         """Read an estimator written by :meth:`save` (no code from the file is run) from
-        the file ``path`` names, or from a binary file object (``open(name, "rb")``,
-        ``io.BytesIO(data)``) from its position.
+        the file ``path`` names (a leading ``~`` is the home folder), or from a binary
+        file object (``open(name, "rb")``, ``io.BytesIO(data)``) from its position to its
+        end, which hold one model file.
 
         It comes back fitted, on the CPU, its network in evaluation mode. Raises
         :class:`~rest_fair.exceptions.ModelFileError` for a damaged or inconsistent file:

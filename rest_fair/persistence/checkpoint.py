@@ -45,6 +45,7 @@ __all__ = [
     "FORMAT_VERSION",
     "MANIFEST",
     "check_writable",
+    "folder",
     "has_checkpoint",
     "read_checkpoint",
     "saved_fingerprint",
@@ -142,10 +143,25 @@ def _finished(manifest: dict[str, Any], fingerprint: dict[str, Any]) -> bool:
     return isinstance(max_epochs, int) and int(manifest.get("epoch", 0)) >= max_epochs
 
 
-def _folder(dirname: str | os.PathLike) -> Path:
-    """The checkpoint folder ``dirname`` names, a leading ``~`` expanded to the home folder
-    (a literal ``~`` folder in the working directory is never what a user means)."""
-    return Path(os.fspath(dirname)).expanduser()
+def folder(dirname: Any, what: str = "dirname") -> Path:
+    """The checkpoint folder ``dirname`` (a str, bytes or path-like) names, a leading ``~``
+    expanded to the home folder (a literal ``~`` folder in the working directory is never
+    what a user means).
+
+    Raises
+    ------
+    TypeError
+        If ``dirname`` is not a path (the message names ``what``, the argument it was).
+    ValueError
+        If it is empty (the working directory, which no one means) or holds a NUL.
+    """
+    if not isinstance(dirname, (str, bytes, os.PathLike)):
+        raise TypeError(f"{what} must be a str, bytes or path-like naming a folder; got "
+                        f"{type(dirname).__name__} {dirname!r:.80}.")
+    name = os.fsdecode(dirname)
+    if not name or "\0" in name:
+        raise ValueError(f"{what} must name a folder; got {dirname!r:.80}.")
+    return Path(name).expanduser()
 
 
 def has_checkpoint(dirname: str | os.PathLike) -> bool:
@@ -156,7 +172,7 @@ def has_checkpoint(dirname: str | os.PathLike) -> bool:
     CheckpointError
         If ``dirname`` is an existing file: a checkpoint is a folder.
     """
-    path = _folder(dirname)
+    path = folder(dirname)
     if path.is_file():
         raise CheckpointError(_NOT_A_FOLDER.format(path=path))
     return (path / MANIFEST).is_file()
@@ -218,7 +234,7 @@ def write_checkpoint(
 
     Parameters
     ----------
-    dirname : str or path
+    dirname : str, bytes or path-like
         Checkpoint directory (created if needed).
     state : dict
         Training state: tensors and plain containers only (numpy scalars are written as
@@ -252,7 +268,7 @@ def write_checkpoint(
         If ``dirname`` holds the checkpoint of an unfinished run with another fingerprint,
         which could still be resumed (nothing is written or deleted).
     """
-    directory = _folder(dirname)
+    directory = folder(dirname)
     # never replace a run that could still be resumed
     check_writable(directory, fingerprint, neutral=neutral)
     directory.mkdir(parents=True, exist_ok=True)
@@ -303,7 +319,7 @@ def check_writable(dirname: str | os.PathLike, fingerprint: dict[str, Any], *,
 
     Parameters
     ----------
-    dirname : str or path
+    dirname : str, bytes or path-like
         Checkpoint directory.
     fingerprint : dict of JSON values
         Identifies the run that would write there.
@@ -319,7 +335,7 @@ def check_writable(dirname: str | os.PathLike, fingerprint: dict[str, Any], *,
         If ``dirname`` is a file, or holds the checkpoint of an unfinished run with another
         fingerprint (the message names the differences), or a damaged manifest.
     """
-    directory = _folder(dirname)
+    directory = folder(dirname)
     if not has_checkpoint(directory):
         return
     manifest = _read_manifest(directory)
@@ -477,7 +493,7 @@ def saved_fingerprint(dirname: str | os.PathLike) -> dict[str, Any]:
     CheckpointError
         If the manifest is missing, damaged or of a newer format.
     """
-    return _fingerprint_of(_read_manifest(_folder(dirname)))
+    return _fingerprint_of(_read_manifest(folder(dirname)))
 
 
 def _fingerprint_of(manifest: dict[str, Any]) -> dict[str, Any]:
@@ -498,7 +514,7 @@ def read_checkpoint(
 
     Parameters
     ----------
-    dirname : str or path
+    dirname : str, bytes or path-like
         Checkpoint directory written by :func:`write_checkpoint`.
     fingerprint : dict, optional
         The resuming run's fingerprint; any difference is refused, naming it.
@@ -517,7 +533,7 @@ def read_checkpoint(
         If the manifest or state file is missing, damaged or modified, or the fingerprint
         differs.
     """
-    directory = _folder(dirname)
+    directory = folder(dirname)
     manifest = _read_manifest(directory)
     if fingerprint is not None:
         if not isinstance(manifest.get("fingerprint"), dict):

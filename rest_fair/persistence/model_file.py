@@ -47,16 +47,18 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import datetime
 import hashlib
 import io
 import json
 import math
 import os
 import re
+import sys
 import warnings
 import zipfile
 import zlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from numbers import Integral
 from typing import Any
 
@@ -121,6 +123,10 @@ _BAD_CHECKSUM = (
 )
 _BAD_HEADER = "{path} has no valid rest_fair header ({error})."
 _BAD_ARCHIVE = "{path} is damaged or was not written by rest_fair, and was not loaded: {error}."
+_CONCATENATED = (
+    "its archive is not at its start: other bytes come first, such as another model file "
+    "written to the same stream before it (each file is read from its position to its end)"
+)
 _LARGE_HEADER = (
     "cannot save a header of {size} bytes; a model file's header holds at most "
     "MAX_HEADER_BYTES = {limit} bytes (large arrays belong in the file's arrays)."
@@ -146,6 +152,9 @@ _PART_ARCHITECTURE = (
     "rebuilding it needs; pass load(path, module=<an instance of it>) to load the weights."
 )
 _BAD_DTYPE = "unsupported tensor dtype {dtype} in {path}."
+_TEXT_MODE = (
+    "{name} is open in text mode; a model file is {done} a binary file (open(path, '{mode}'))."
+)
 _BAD_METADATA = "metadata must be a dict of plain JSON-able values or None; got {type}."
 _LOAD_ESTIMATOR = (
     "load(path) of a file holding a fitted estimator is deprecated and will stop working in "
@@ -179,18 +188,24 @@ def register_estimator_class(cls: type) -> type:
 # ----------------------------------------------------------------- plain JSON values
 def to_json(value: Any, what: str) -> Any:
     """``value`` as plain JSON (tuples, devices, arrays, dense tensors of the dtypes model
-    files hold, and non-string keys tagged: :func:`from_json` gives them back exactly).
+    files hold, bytes, dates, times and durations of ``datetime``, numpy and pandas, and
+    non-string keys tagged: :func:`from_json` gives them back exactly, of the same types).
 
     Raises
     ------
     TypeError
-        If ``value`` holds anything else; the message names ``what``.
+        If ``value`` holds anything else, or a date whose time zone would not read back as
+        itself (one other than a fixed offset, for a ``datetime`` value); the message
+        names ``what``.
     ValueError
         If ``value`` holds an array of a dtype that :func:`from_json` refuses (structured,
         sub-array or void dtypes).
     """
     if value is None or isinstance(value, (bool, str, int, float)):
         return value
+    encoded = _tagged(value, what)
+    if encoded is not None:
+        return encoded
     if isinstance(value, np.generic):
         return to_json(value.item(), what)
     if isinstance(value, torch.device):
@@ -256,7 +271,81 @@ def from_json(value: Any) -> Any:
         data = from_json(value["__ndarray__"])
         dtype = value.get("dtype", "object")
         return np.array(data, dtype=object if dtype == "object" else _json_dtype(dtype, data))
+    tag = next((tag for tag in _TAGGED if tag in value), None)
+    if tag is not None:
+        try:
+            return _TAGGED[tag][3](value[tag])
+        except (TypeError, ValueError, OverflowError, LookupError, AttributeError) as exc:
+            raise ValueError(f"{value[tag]!r:.80} is not a {tag} value ({exc})") from None
     return {k: from_json(v) for k, v in value.items()}
+
+
+def _pandas() -> Any:
+    import pandas as pd  # imported only to read a file holding a pandas value
+
+    return pd
+
+
+def _timestamp(value: list) -> Any:
+    stamp = _pandas().Timestamp(value[0]).as_unit(value[1])
+    return stamp if value[2] is None else stamp.tz_convert(value[2])
+
+
+def _datetime64(value: list) -> np.generic:
+    dtype = np.dtype(value[1])
+    if dtype.kind not in "Mm":
+        raise ValueError(f"{dtype} is not a numpy date or duration dtype")
+    return np.array(value[0], dtype=np.int64).view(dtype)[()]
+
+
+def _as_int64(value: np.generic) -> list:
+    return [int(value.view(np.int64)), value.dtype.str]
+
+
+#: Values JSON cannot hold (bytes, dates, times, durations) by tag: (module, type, encode,
+#: decode). :func:`to_json` writes values of exactly these types (a subclass is not one).
+_TAGGED: dict[str, tuple[str, str, Callable, Callable]] = {
+    "__bytes__": ("builtins", "bytes", lambda v: v.decode("latin-1"),
+                  lambda v: v.encode("latin-1")),
+    "__date__": ("datetime", "date", datetime.date.isoformat, datetime.date.fromisoformat),
+    "__datetime__": ("datetime", "datetime", datetime.datetime.isoformat,
+                     datetime.datetime.fromisoformat),
+    "__time__": ("datetime", "time", datetime.time.isoformat, datetime.time.fromisoformat),
+    "__timedelta__": ("datetime", "timedelta", lambda v: [v.days, v.seconds, v.microseconds],
+                      lambda v: datetime.timedelta(*v)),
+    "__datetime64__": ("numpy", "datetime64", _as_int64, _datetime64),
+    "__timedelta64__": ("numpy", "timedelta64", _as_int64, _datetime64),
+    "__timestamp__": ("pandas", "Timestamp",
+                      lambda v: [v.isoformat(), v.unit, None if v.tz is None else str(v.tz)],
+                      _timestamp),
+    "__pd_timedelta__": ("pandas", "Timedelta", lambda v: [v.isoformat(), v.unit],
+                         lambda v: _pandas().Timedelta(v[0]).as_unit(v[1])),
+    "__period__": ("pandas", "Period", lambda v: [str(v), v.freqstr],
+                   lambda v: _pandas().Period(v[0], freq=v[1])),
+}
+
+
+def _tagged(value: Any, what: str) -> dict | None:
+    """``value`` tagged as :data:`_TAGGED` writes it, or None for a value of another type.
+
+    Raises
+    ------
+    TypeError
+        If the value would not read back as itself (its type, time zone and every digit).
+    """
+    for tag, (module, name, encode, _) in _TAGGED.items():
+        if type(value) is getattr(sys.modules.get(module), name, None):
+            encoded = {tag: encode(value)}
+            try:
+                back = from_json(encoded)
+            except ValueError:
+                back = None
+            if (type(back) is not type(value) or encode(back) != encoded[tag]
+                    or str(getattr(back, "tzinfo", None)) != str(getattr(value, "tzinfo", None))):
+                raise TypeError(f"cannot save {what}: {value!r:.80} would not read back as "
+                                "itself (a time zone other than a fixed offset?).")
+            return encoded
+    return None
 
 
 def _json_dtype(spec: Any, data: Any) -> np.dtype:
@@ -467,14 +556,15 @@ def write(
     parameters), the plain JSON values of ``header`` beside the format's own keys, and
     further ``arrays`` by member name; returns the file size in bytes.
 
-    ``path`` names the file, replaced atomically (:func:`~.files.atomic_write`), or is a
-    binary file object, written to from its current position.
+    ``path`` names the file (a leading ``~`` is the home folder), replaced atomically
+    (:func:`~.files.atomic_write`), or is a binary file object, written to from its current
+    position.
 
     Raises
     ------
     TypeError
-        If ``path`` is neither (an int would name an open file descriptor), or a mask is
-        not a bool tensor.
+        If ``path`` is neither (an int would name an open file descriptor) or is open in
+        text mode, or a mask is not a bool tensor.
     KeyError
         If a mask names no tensor of the state dict, or a buffer.
     ValueError
@@ -483,7 +573,7 @@ def write(
     """
     to_file = isinstance(path, (str, bytes, os.PathLike)) or not hasattr(path, "write")
     if to_file:
-        path = os.fspath(path)
+        path = os.path.expanduser(os.fspath(path))
     masks = dict(masks or {})
     state, buffers = module.state_dict(), dict(module.named_buffers())
     check_masks(module, masks,
@@ -497,7 +587,7 @@ def write(
         arrays.update(arrs)
     header["tensors"] = entries
     header["masks"] = sorted(masks)
-    header_bytes = json.dumps(header, sort_keys=True, allow_nan=True).encode("utf-8")
+    header_bytes = json.dumps(header, allow_nan=True).encode("utf-8")  # keys in their order
     if len(header_bytes) > MAX_HEADER_BYTES:
         raise ValueError(_LARGE_HEADER.format(size=len(header_bytes), limit=MAX_HEADER_BYTES))
     digest = _digest(header_bytes, arrays)
@@ -508,8 +598,14 @@ def write(
     data = buffer.getvalue()
     if to_file:
         atomic_write(path, data)
-    else:
+        return len(data)
+    try:
         path.write(data)
+    except TypeError as exc:  # a text-mode file takes str, and wrote nothing
+        name = getattr(path, "name", None)
+        raise TypeError(_TEXT_MODE.format(
+            name=os.fsdecode(name) if isinstance(name, (str, bytes)) else "<file object>",
+            done="written to", mode="wb")) from exc
     return len(data)
 
 
@@ -526,9 +622,10 @@ def save(obj: Any, path: Any) -> int:
         estimator (an object with ``get_params`` and ``save``) writes itself:
         ``save(clf, path)`` is ``clf.save(path)``.
     path : str, bytes, path-like or binary file object
-        Destination file (conventionally ``*.rest``), replaced only once the new content is
-        complete; or a file object opened for binary writing (``open(name, "wb")``,
-        ``io.BytesIO()``), written to from its current position.
+        Destination file (conventionally ``*.rest``; a leading ``~`` is the home folder),
+        replaced only once the new content is complete; or a file object opened for binary
+        writing (``open(name, "wb")``, ``io.BytesIO()``), written to from its current
+        position.
 
     Returns
     -------
@@ -623,7 +720,8 @@ class _InMemory(io.BytesIO):
 
 def opened(path: Any) -> tuple[str, str | io.BytesIO]:
     """The name of the file ``path`` for messages, and what :func:`read` reads: the file
-    name of a str, bytes or path-like ``path``; of a binary file object (``open(name,
+    name of a str, bytes or path-like ``path`` (a leading ``~`` is the home folder, as for
+    checkpoints); of a binary file object (``open(name,
     "rb")``, ``io.BytesIO``), its bytes from its current position, read into memory once.
 
     Raises
@@ -635,14 +733,16 @@ def opened(path: Any) -> tuple[str, str | io.BytesIO]:
     if isinstance(path, _InMemory):
         return path.name, path
     if isinstance(path, (str, bytes, os.PathLike)) or not hasattr(path, "read"):
-        name = os.fsdecode(path)
+        name = os.path.expanduser(os.fsdecode(path))
         return name, name
     given = getattr(path, "name", None)
     name = os.fsdecode(given) if isinstance(given, (str, bytes)) else f"<{type(path).__name__}>"
-    data = path.read()
+    try:
+        data = path.read()
+    except UnicodeDecodeError:  # a text-mode file (NamedTemporaryFile too, not a TextIOBase)
+        data = None
     if not isinstance(data, bytes):
-        raise TypeError(f"{name} is open in text mode; a model file is read from a binary "
-                        "file (open(path, 'rb')).")
+        raise TypeError(_TEXT_MODE.format(name=name, done="read from", mode="rb"))
     return name, _InMemory(data, name)
 
 
@@ -675,6 +775,10 @@ def read(
         raise ModelFileError(_NOT_OURS.format(path=path))
     try:
         with zipfile.ZipFile(source) as archive:
+            # zipfile reads the last archive of the bytes: two files written one after the
+            # other to a stream would read as the second
+            if min((info.header_offset for info in archive.infolist()), default=0):
+                raise ModelFileError(_BAD_ARCHIVE.format(path=path, error=_CONCATENATED))
             # the header first: a newer format version is named as such, whatever else
             # the file holds
             members = _members(archive, path, file_size, [
@@ -860,8 +964,9 @@ def load(
     Parameters
     ----------
     path : str, bytes, path-like or binary file object
-        The file, or a file object opened for binary reading (``open(name, "rb")``,
-        ``io.BytesIO(data)``), read from its current position.
+        The file (a leading ``~`` is the home folder), or a file object opened for binary
+        reading (``open(name, "rb")``, ``io.BytesIO(data)``), read from its current
+        position to its end: one model file (a stream holding more is refused).
     module : nn.Module or None, default=None
         For a file holding a module whose architecture is not built-in: an instance to
         receive the weights (a deep copy is loaded and returned). Its lazy layers

@@ -440,6 +440,35 @@ def test_a_dataset_with_other_content_is_another_run(tmp_path):
             Items(X * 100 + 5), y, groups=g, resume_from=tmp_path)
 
 
+def test_a_bytes_folder_is_written_and_resumed(tmp_path):
+    # resume_from=b"..." failed inside pathlib with a TypeError that named no argument
+    dirname = os.fsencode(tmp_path / "run")
+    X, y, g = _data()
+    with pytest.raises(KeyboardInterrupt):
+        RESTClassifier(**{**COMMON, "max_epochs": 3},
+                       callbacks=[StopAt(3), Checkpoint(dirname)]).fit(X, y, groups=g)
+    resumed = RESTClassifier(**{**COMMON, "max_epochs": 3}).fit(X, y, groups=g,
+                                                                resume_from=dirname)
+    whole = RESTClassifier(**{**COMMON, "max_epochs": 3}).fit(X, y, groups=g)
+    assert [h["epoch"] for h in resumed.history_] == [1, 2, 3]
+    assert np.array_equal(resumed.predict_proba(X), whole.predict_proba(X))
+
+
+@pytest.mark.parametrize(("resume_from", "error", "match"), [
+    ("", ValueError, "must name a folder"), (b"", ValueError, "must name a folder"),
+    ("run\0", ValueError, "must name a folder"), (3, TypeError, "got int 3"),
+    (["run"], TypeError, "got list"),
+])
+def test_resume_from_that_names_no_folder_is_refused_by_name(tmp_path, monkeypatch,
+                                                             resume_from, error, match):
+    # "" resumed the working directory's checkpoint or started a new run; a NUL started one
+    monkeypatch.chdir(tmp_path)
+    X, y, g = _data()
+    with pytest.raises(error, match=rf"^resume_from .*{match}"):
+        RESTClassifier(**{**COMMON, "max_epochs": 1}).fit(X, y, groups=g,
+                                                          resume_from=resume_from)
+
+
 @pytest.mark.parametrize("dirname", ["", None, "file"])
 def test_a_checkpoint_folder_must_be_a_folder(tmp_path, dirname):
     X, y, g = _data()

@@ -3,7 +3,9 @@
 import io
 import os
 import pickle
+import tempfile
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -707,3 +709,178 @@ def test_a_file_naming_attributes_save_never_writes_is_refused(tmp_path, name):
                     lambda header: header["attributes"].update({name: "forged"}))
     with pytest.raises(ModelFileError, match=rf"names attributes \['{name}'\] that save"):
         RESTClassifier.load(tmp_path / "forged.rest")
+
+
+def _dated_groups(n):
+    import datetime
+
+    import pandas as pd
+
+    half = np.arange(n) // (n // 2)
+    stamps = pd.to_datetime(["2020-01-01 00:00:00.000000001",
+                             "2021-06-01 00:00:00.000000002"])[half]
+    return {
+        "datetime64": np.array(["2020-01-01", "2021-06-01"], dtype="M8[D]")[half],
+        "dates": [[datetime.date(2020, 1, 1), datetime.date(2021, 6, 1)][h] for h in half],
+        "aware": pd.Series(stamps).dt.tz_localize("Europe/Paris"),
+        "stamp_and_int": pd.DataFrame({"when": stamps, "site": np.arange(n) % 2}),
+        "durations": pd.Series(pd.to_timedelta(half + 1, unit="s")),
+        "periods": pd.Series(pd.period_range("2020-01", periods=2, freq="M")[half]),
+        "bytes": np.array([b"a\xff", b"b"], dtype="S2")[half],
+    }
+
+
+@pytest.mark.parametrize("kind", list(_dated_groups(2)))
+def test_dated_group_labels_come_back_of_their_types(tmp_path, kind):
+    # such groups_ and group_weights_ (and bytes) were left out of the file, with a warning
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(40, 4)).astype(np.float32)
+    y = np.arange(40) % 2
+    clf = RESTClassifier(module="mlp", module_params={"hidden_layer_sizes": (8,)},
+                         max_epochs=1, validation_fraction=0.0, drop_fraction=0.0,
+                         random_state=0).fit(X, y, groups=_dated_groups(40)[kind])
+    clf.save(tmp_path / "m.rest")
+    loaded = RESTClassifier.load(tmp_path / "m.rest")
+
+    def typed(value):
+        return (type(value).__name__, repr(value), getattr(value, "tzinfo", None) and
+                str(value.tzinfo), tuple(typed(v) for v in value)
+                if isinstance(value, tuple) else ())
+
+    assert loaded.groups_ == clf.groups_
+    assert [typed(g) for g in loaded.groups_] == [typed(g) for g in clf.groups_]
+    assert loaded.group_weights_ == clf.group_weights_
+    assert [typed(k) for k in loaded.group_weights_] == [typed(k) for k in clf.group_weights_]
+
+
+def test_group_labels_a_file_cannot_hold_are_refused_when_saved(tmp_path):
+    import datetime
+    import enum
+
+    class Site(enum.Enum):
+        NORTH = 1
+        SOUTH = 2
+
+    class Level(enum.IntEnum):  # an int, which a file would give back as a plain one
+        LOW = 1
+        HIGH = 2
+
+    X = np.random.default_rng(0).normal(size=(40, 4)).astype(np.float32)
+    y = np.arange(40) % 2
+    params = {"module": "mlp", "module_params": {"hidden_layer_sizes": (8,)}, "max_epochs": 1,
+              "validation_fraction": 0.0, "drop_fraction": 0.0, "random_state": 0}
+    paris = datetime.timezone(datetime.timedelta(hours=1), "Paris")  # not a fixed offset's name
+    for groups, match in (([Site.NORTH, Site.SOUTH] * 20, "value of type Site"),
+                          ([Level.LOW, Level.HIGH] * 20,
+                           "label <Level.LOW: 1> is an enum member, which a file would hold "
+                           "as 1, of another type"),
+                          ([datetime.datetime(2020, 1, 1, tzinfo=paris)] * 40,
+                           "would not read back as itself")):
+        clf = RESTClassifier(**params).fit(X, y, groups=groups)
+        with pytest.raises(TypeError, match=rf"fitted attribute 'groups_'.*{match}.*group "
+                                            r"labels given to fit"):
+            clf.save(tmp_path / "m.rest")
+        assert not (tmp_path / "m.rest").exists()
+
+
+def test_numpy_dates_and_durations_keep_their_unit_and_type(tmp_path):
+    # a nanosecond datetime64 in metadata was written as an int, and read back as one
+    import pandas as pd
+
+    net, masks = _masked_mlp(0.1)
+    metadata = {"at": np.datetime64("2020-01-01T00:00:00.000000001"),
+                "none": np.datetime64("NaT", "D"), "took": np.timedelta64(5, "ms"),
+                "day": pd.Timestamp("2020-01-01").date(), "stamp": pd.Timestamp("2020-01-01"),
+                "times": np.array(["2020-01-01T01", "NaT"], dtype="M8[h]")}
+    save((net, masks, metadata), tmp_path / "m.rest")
+    back = load(tmp_path / "m.rest", module=net)[2]
+    for key in ("at", "took", "day", "stamp"):
+        assert type(back[key]) is type(metadata[key]) and back[key] == metadata[key], key
+    assert back["at"].dtype == metadata["at"].dtype and np.isnat(back["none"])
+    assert back["none"].dtype == np.dtype("M8[D]")
+    np.testing.assert_array_equal(back["times"], metadata["times"])
+    assert back["times"].dtype == metadata["times"].dtype
+
+
+def test_a_forged_date_is_a_model_file_error(tmp_path):
+    net, masks = _masked_mlp(0.1)
+    save((net, masks, {"t": np.datetime64("2020-01-01")}), tmp_path / "m.rest")
+    for forged in ({"__date__": 5}, {"__datetime64__": [1, "<f8"]}, {"__timedelta__": [1e300]},
+                   {"__timestamp__": ["noon", "ns", None]}, {"__period__": []}):
+        _rewrite_header(tmp_path / "m.rest", tmp_path / "forged.rest",
+                        lambda h, forged=forged: h["metadata"].update(t=forged))
+        with pytest.raises(ModelFileError, match="no valid rest_fair header"):
+            load(tmp_path / "forged.rest", module=net)
+
+
+def test_a_file_open_in_text_mode_is_refused_naming_the_mode(tmp_path):
+    # open(path) read the bytes as UTF-8 and failed with a UnicodeDecodeError; a file
+    # opened with open(path, "w") failed with "write() argument must be str, not bytes"
+    net, masks = _masked_mlp(0.1)
+    save((net, masks, META), tmp_path / "m.rest")
+    with open(tmp_path / "m.rest", encoding="utf-8") as fh, \
+            pytest.raises(TypeError, match=r"m\.rest is open in text mode.*open\(path, 'rb'\)"):
+        RESTClassifier.load(fh)
+    with open(tmp_path / "t.rest", "w", encoding="utf-8") as fh, \
+            pytest.raises(TypeError, match=r"t\.rest is open in text mode; a model file is "
+                                           r"written to a binary file \(open\(path, 'wb'\)\)"):
+        save((net, masks, META), fh)
+    assert (tmp_path / "t.rest").read_bytes() == b""
+    with pytest.raises(TypeError, match=r"<file object> is open in text mode"):
+        save((net, masks, META), io.StringIO())
+    with tempfile.NamedTemporaryFile("w+", encoding="utf-8", dir=tmp_path) as fh, \
+            pytest.raises(TypeError, match="is open in text mode; a model file is written"):
+        save((net, masks, META), fh)
+    with tempfile.NamedTemporaryFile("r", encoding="utf-8", dir=tmp_path) as fh:
+        with open(fh.name, "wb") as out:
+            save((net, masks, META), out)
+        with pytest.raises(TypeError, match="is open in text mode; a model file is read"):
+            load(fh)
+
+
+def test_dicts_come_back_with_their_keys_in_order(tmp_path):
+    # the header's keys were sorted: pd.DataFrame(loaded.history_) had its columns sorted
+    clf, _ = _fitted(infer_groups="jtt", jtt_epochs=1, upweight=3.0)
+    clf.save(tmp_path / "m.rest")
+    loaded = RESTClassifier.load(tmp_path / "m.rest")
+    assert [list(r) for r in loaded.history_] == [list(r) for r in clf.history_]
+    assert next(iter(loaded.history_[0])) == "epoch"
+    assert list(loaded.inferred_groups_overlap_) == list(clf.inferred_groups_overlap_)
+    assert list(loaded.group_weights_) == list(clf.group_weights_)
+    net, masks = _masked_mlp(0.1)
+    save((net, masks, {"z": 1, "a": {"y": 2, "b": 3}}), tmp_path / "n.rest")
+    metadata = load(tmp_path / "n.rest", module=net)[2]
+    assert list(metadata) == ["z", "a"] and list(metadata["a"]) == ["y", "b"]
+
+
+def test_a_stream_holding_two_model_files_is_refused_not_read_as_the_second(tmp_path):
+    # zipfile reads the last archive of its bytes: the first load gave the second network
+    first, masks = _masked_mlp(0.1, seed=0)
+    second, _ = _masked_mlp(0.1, seed=1)
+    stream = io.BytesIO()
+    save((first, masks, META), stream)
+    save((second, masks, META), stream)
+    stream.seek(0)
+    with pytest.raises(ModelFileError, match=r"<BytesIO> is damaged .* its archive is not at "
+                                             r"its start: other bytes come first"):
+        load(stream)
+    (tmp_path / "two.rest").write_bytes(stream.getvalue())
+    with pytest.raises(ModelFileError, match=r"two\.rest is damaged .* not at its start"):
+        RESTClassifier.load(tmp_path / "two.rest")
+
+
+def test_a_leading_tilde_is_the_home_folder_as_for_checkpoints(tmp_path, monkeypatch):
+    # save("~/m.rest") failed for want of a folder "~" in the working directory, or wrote
+    # into one
+    home, work = tmp_path / "home", tmp_path / "work"
+    home.mkdir()
+    (work / "~").mkdir(parents=True)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(work)
+    clf, X = _fitted()
+    clf.save("~/m.rest")
+    assert (home / "m.rest").is_file() and not any((work / "~").iterdir())
+    np.testing.assert_array_equal(RESTClassifier.load(b"~/m.rest").predict(X), clf.predict(X))
+    net, masks = _masked_mlp(0.1)
+    save((net, masks, META), Path("~/n.rest"))
+    assert _state_equal(load("~/n.rest")[0], net) and not any((work / "~").iterdir())
