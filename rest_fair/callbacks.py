@@ -17,8 +17,9 @@ this run's checkpoints, and ``has_validation``, whether the fit holds out valida
 ``on_epoch_end`` receives the epoch's history record; it may add keys to it (they appear in
 ``history_``) and may return ``True`` to stop training (``False`` or ``None`` go on; ``fit``
 refuses any other value). Callbacks run in the order given,
-except that those with ``runs_last = True`` run after all others; at the end of an epoch
-they see the others' stop decision in ``run.state.stopped``.
+except that those with ``runs_last = True`` run after all others, and :class:`Checkpoint`
+callbacks after those; at the end of an epoch they see the others' stop decision in
+``run.state.stopped``.
 
 A callback with ``state_dict()`` / ``load_state_dict()`` methods has its state saved in
 training checkpoints (:class:`Checkpoint`) and restored on resume.
@@ -55,7 +56,8 @@ _THRESHOLD = Interval(Real, 0, float("inf"))
 class Callback:
     """Base class of training callbacks; every hook does nothing by default.
 
-    A subclass that sets ``runs_last = True`` runs after every callback that does not.
+    A subclass that sets ``runs_last = True`` runs after every callback that does not, and
+    before every :class:`Checkpoint`.
     """
 
     runs_last: ClassVar[bool] = False
@@ -261,9 +263,11 @@ class Checkpoint(Callback):
     crash while writing leaves the previous checkpoint intact. The format is described in
     :mod:`rest_fair.persistence.checkpoint`.
 
-    Checkpoint callbacks run last (``runs_last``), so the state they write includes the
-    other callbacks' decisions (e.g. early stopping); of another callback with
-    ``runs_last = True``, only where it comes before the ``Checkpoint`` in ``callbacks``.
+    Checkpoint callbacks run after every other callback, those with ``runs_last = True``
+    too, wherever they are listed (among themselves, in the order given), so the state they
+    write includes every other callback's decisions (e.g. early stopping). To act on the
+    files a checkpoint wrote at the end of an epoch, subclass ``Checkpoint`` and act after
+    ``super().on_epoch_end(...)``.
 
     Parameters
     ----------
