@@ -659,6 +659,9 @@ def _built_run(est: Any, data: FitData, config: TrainConfig, callbacks: list, *,
                 generator=generator, callbacks=callbacks,
                 masks=dict(est.masks_) if warm and est.masks_ else None,
                 sparse_layers=checkpoint.get("sparse_compute_layers"))
+            fitted_q = _fitted_group_weights(est, train.group_labels) if warm else None
+            if fitted_q is not None and hasattr(parts.objective, "continue_from"):
+                parts.objective.continue_from(fitted_q)
             run = TrainingRun(
                 parts, generator=generator, fingerprint=fingerprint, neutral=_NEUTRAL,
                 state=TrainState(history=list(est.history_), epoch_offset=len(est.history_),
@@ -673,6 +676,16 @@ def _built_run(est: Any, data: FitData, config: TrainConfig, callbacks: list, *,
     finally:
         for source in sources:
             source.close()
+
+
+def _fitted_group_weights(est: Any, labels: list) -> list[float] | None:
+    """GroupDRO's group weights at ``est``'s kept epoch, which a warm start over the same
+    groups continues; ``None`` where its last fit had no GroupDRO or other groups."""
+    rows = getattr(est, "group_weight_history_", None)
+    if not rows or list(getattr(est, "groups_", ())) != list(labels):
+        return None
+    row = est.best_epoch_ - 1 - (len(est.history_) - len(rows))  # rows: the last fit's
+    return rows[row] if 0 <= row < len(rows) else None
 
 
 # --------------------------------------------------------------------------- 3. the loop

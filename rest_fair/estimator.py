@@ -333,8 +333,10 @@ class RESTClassifier(ClassifierMixin, BaseEstimator):
     warm_start : bool, default=False
         When ``True``, ``fit`` on an already fitted estimator continues from its network
         and masks for ``max_epochs`` more epochs (``history_`` goes on), instead of
-        starting anew. Classes and input shape must be the same, and so must ``module``,
-        ``module_params``, ``sparsity``, ``layer_density`` and ``dense_layers``. An
+        starting anew (with ``objective="groupdro"`` also from the group weights of the
+        kept epoch, where the groups are the same). Classes and input shape must be the
+        same, and so must ``module``, ``module_params``, ``sparsity``, ``layer_density``
+        and ``dense_layers``. An
         estimator without ``history_`` (loaded from a file an earlier ``save`` left it out
         of) is refused, naming the ways on.
     random_state : int in [0, 2**32 - 1], RandomState or None, default=None
@@ -410,8 +412,10 @@ class RESTClassifier(ClassifierMixin, BaseEstimator):
         Layers trained with sparse kernels in the last fit (see ``sparse_compute``).
     group_weight_history_ : list of list of float or None
         GroupDRO's group weights at the end of each epoch of the last fit
-        (``objective="groupdro"``): every fit, a warm start's too, starts them uniform, so
-        after a warm start this has fewer rows than ``history_``, its last ones.
+        (``objective="groupdro"``), the last fit's epochs only: after a warm start it has
+        fewer rows than ``history_``, its last ones. A warm start over the same groups
+        (``groups_``) continues the weights of the kept epoch (``best_epoch_``), as it
+        continues its network; another fit starts them uniform.
     inferred_groups_ : ndarray of bool or None
         With ``infer_groups="jtt"``, which samples of ``X`` formed the error set (samples
         held out for validation, and samples of ``sample_weight`` 0, are ``False``).

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import re
 import threading
 import warnings
@@ -187,6 +188,61 @@ def test_groupdro_weight_history_of_a_warm_start_has_its_own_epochs_as_documente
                          max_epochs=2, warm_start=True, validation_fraction=0.0, **FAST)
     clf.fit(X, y, groups=conflict).set_params(max_epochs=1).fit(X, y, groups=conflict)
     assert len(clf.history_) == 3 and len(clf.group_weight_history_) == 1
+
+
+class _StartingGroupWeights(Callback):
+    """Records GroupDRO's group weights as each fit's training begins."""
+
+    def __init__(self):
+        self.q = []
+
+    def on_train_begin(self, net, *, run, **kwargs):
+        self.q.append(run.parts.objective.q.tolist())
+
+
+@pytest.mark.parametrize("validation_fraction", [0.0, 0.3])
+def test_groupdro_warm_start_continues_the_group_weights_of_the_kept_epoch(
+        validation_fraction):
+    # every warm start began at uniform weights: the group the fit had learnt to weigh
+    # most lost its weight, and the next epochs trained closer to ERM
+    X, y, conflict = _spurious(n=300, minority=0.3)
+    starts = _StartingGroupWeights()
+    clf = RESTClassifier(objective="groupdro", groupdro_eta=1.0, upweight=None, sparsity=0.0,
+                         max_epochs=3, warm_start=True, callbacks=[starts],
+                         validation_fraction=validation_fraction, **FAST)
+    first = clf.fit(X, y, groups=conflict).group_weight_history_
+    kept = first[clf.best_epoch_ - 1]
+    assert kept != [0.5, 0.5]
+    clf.set_params(max_epochs=1).fit(X, y, groups=conflict)
+    assert starts.q == [[0.5, 0.5], pytest.approx(kept, rel=1e-6)]
+    # from a model file too, and anew where the groups are others
+    starts = _StartingGroupWeights()
+    loaded = RESTClassifier.load(_saved(clf.set_params(callbacks=None)))
+    loaded.set_params(callbacks=[starts])
+    loaded.fit(X, y, groups=conflict)
+    assert starts.q == [pytest.approx(clf.group_weight_history_[-1], rel=1e-6)]
+    loaded.fit(X, y, groups=np.where(conflict, "b", "a"))
+    assert starts.q[-1] == [0.5, 0.5]
+
+
+def test_groupdro_continued_weights_keep_untrained_groups_out_and_zeros_alive():
+    dro = GroupDROObjective(3, eta=1.0, device=torch.device("cpu"),
+                            group_sizes=torch.tensor([5, 5, 0]))
+    dro.continue_from([0.0, 0.25, 0.75])  # group 2 has no training sample in this run
+    assert dro.q.tolist() == pytest.approx([0.0, 1.0, 0.0], abs=1e-30)
+    assert float(dro.q[0]) > 0 and float(dro.q[2]) == 0.0
+    for _ in range(100):  # group 0, at weight 0 in q, gains it once its loss is the largest
+        dro.update(torch.tensor([5.0, 0.0, 0.0]), torch.tensor([True, True, False]))
+    assert dro.q.tolist() == pytest.approx([1.0, 0.0, 0.0], abs=1e-6)
+    with pytest.raises(ValueError, match="for 2 groups, this run has 3"):
+        dro.continue_from([0.5, 0.5])
+
+
+def _saved(clf):
+    buffer = io.BytesIO()
+    clf.save(buffer)
+    buffer.seek(0)
+    return buffer
 
 
 def test_groupdro_with_a_large_step_size_fits():
