@@ -255,10 +255,12 @@ class RESTClassifier(ClassifierMixin, BaseEstimator):
         one and every other group of that class is drawn ``lambda`` times as often. A dict
         maps every group to its weight (>= 0); a group it weighs 0 is left out of training, as if
         removed, with either ``reweight`` (a class left without a training sample is named in
-        a warning). Group sizes (``"balanced"``) and the most frequent group (``lambda``)
-        count the samples' ``sample_weight``, as scikit-learn's
-        ``compute_class_weight("balanced", sample_weight=...)``: a sample of weight 0 counts
-        as absent, one of weight ``k`` as ``k`` copies.
+        a warning), and of model selection: ``validation_fraction`` holds none of its samples
+        out, and those in ``validation_data`` count in no validation score (a fit whose
+        ``validation_data`` holds no other sample is refused). Group sizes (``"balanced"``)
+        and the most frequent group (``lambda``) count the samples' ``sample_weight``, as
+        scikit-learn's ``compute_class_weight("balanced", sample_weight=...)``: a sample of
+        weight 0 counts as absent, one of weight ``k`` as ``k`` copies.
     reweight : {"sampler", "loss"}, default="sampler"
         Apply ``upweight`` by drawing samples with replacement in proportion to their
         weight (as in the REST paper) or by weighting their loss.

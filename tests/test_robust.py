@@ -592,6 +592,54 @@ def test_groupdro_fit_gives_no_weight_to_a_group_upweight_weighs_zero(reweight):
     assert by_upweight.group_weight_history_[-1][0] == 0.0
 
 
+def _with_ignored_group(n=600):
+    """Groups with an "ignored" group of flipped labels, which no fit learns."""
+    X, y, conflict = _spurious(n=n, minority=0.2)
+    groups = np.where(conflict, "minority", "majority").astype(object)
+    groups[:100] = "ignored"
+    y = y.copy()
+    y[:100] = 1 - y[:100]
+    return X, y, groups
+
+
+@pytest.mark.parametrize("objective", ["erm", "groupdro"])
+def test_a_group_upweight_weighs_zero_takes_no_part_in_model_selection(objective):
+    # it was held out and chose the epoch kept: the worst validation group was the one
+    # the fit never trains on, as if removed; now the fit is that with sample_weight 0
+    X, y, groups = _with_ignored_group()
+    params = dict(objective=objective, sparsity=0.0, max_epochs=3, validation_fraction=0.3,
+                  **FAST)
+    by_upweight = RESTClassifier(
+        upweight={"majority": 1.0, "minority": 3.0, "ignored": 0.0}, **params,
+    ).fit(X, y, groups=groups)
+    by_weight = RESTClassifier(
+        upweight={"majority": 1.0, "minority": 3.0, "ignored": 1.0}, **params,
+    ).fit(X, y, groups=groups, sample_weight=np.where(groups == "ignored", 0.0, 1.0))
+    keys = ("valid_loss", "valid_acc", "valid_worst_group_acc", "train_loss", "best")
+    assert [[r[k] for k in keys] for r in by_upweight.history_] == [
+        [r[k] for k in keys] for r in by_weight.history_]
+    assert np.array_equal(by_upweight.predict_proba(X), by_weight.predict_proba(X))
+
+
+def test_validation_data_of_a_group_upweight_weighs_zero_is_left_out_of_its_scores():
+    X, y, groups = _with_ignored_group()
+    upweight = {"majority": 1.0, "minority": 3.0, "ignored": 0.0}
+    params = dict(sparsity=0.0, max_epochs=2, upweight=upweight, **FAST)
+    kept = groups != "ignored"
+    clf = RESTClassifier(**params).fit(X, y, groups=groups,
+                                       validation_data=(X, y, groups))
+    without = RESTClassifier(**params).fit(X, y, groups=groups,
+                                           validation_data=(X[kept], y[kept], groups[kept]))
+    for mine, theirs in zip(clf.history_, without.history_, strict=True):
+        assert mine["valid_acc"] == theirs["valid_acc"]
+        assert mine["valid_worst_group_acc"] == theirs["valid_worst_group_acc"]
+        assert mine["valid_loss"] == pytest.approx(theirs["valid_loss"], rel=1e-6)
+    with pytest.raises(ValueError, match="validation_data holds only samples of groups "
+                                         r"that upweight weighs 0: \['ignored'\]"):
+        RESTClassifier(**params).fit(X, y, groups=groups,
+                                     validation_data=(X[~kept], y[~kept], groups[~kept]))
+
+
 # ------------------------------------------------ GroupDRO against its published definition
 def _reference_groupdro(q, logits, y, w, g, *, eta, adjustment):
     """One step of Sagawa et al.'s Algorithm 1 on a batch, in float64 and plain loops: the
