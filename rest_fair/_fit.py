@@ -131,6 +131,11 @@ ONLY_UNWEIGHTED_VALIDATION = (
 )
 #: Validation groups with fewer samples than this are named in a warning by ``fit``.
 SMALL_VALIDATION_GROUP = 10
+ERM_GROUPDRO = (
+    "objective='groupdro' minimises the loss of the worst group, but {why}: its one weight "
+    "is 1 throughout, so it trains as ERM. Pass groups= (e.g. the bias attribute), or "
+    "objective='erm'."
+)
 WARM_START_CHANGED = (
     "warm_start=True continues the fitted network and its masks, but {name} changed: it was "
     "{before!r}, now {after!r}. Set warm_start=False (or the previous value) to fit anew."
@@ -678,6 +683,12 @@ def _built_run(est: Any, data: FitData, config: TrainConfig, callbacks: list, *,
                 train, upweight=upweight, reweight=est.reweight, batch_size=est.batch_size,
                 num_workers=est.num_workers, generator=generator, world=world)
             sources.append(train_set.source)
+            trained = np.flatnonzero(train_set.group_sizes.numpy() > 0)
+            if est.objective == "groupdro" and len(trained) < 2 and world.is_main:
+                why = (f"only the group {train.group_labels[trained[0]]!r} has training "
+                       "samples" if train.has_groups else "fit got no groups")
+                warnings.warn(ERM_GROUPDRO.format(why=why), UserWarning,
+                              stacklevel=5)  # the caller of RESTClassifier.fit
             with warnings_if(world.is_main):
                 module = est.module_.to(world.device).train() if warm else build_module(
                     est.module, input_shape=train_set.source.sample_shape,

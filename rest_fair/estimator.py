@@ -265,7 +265,9 @@ class RESTClassifier(ClassifierMixin, BaseEstimator):
         Apply ``upweight`` by drawing samples with replacement in proportion to their
         weight (as in the REST paper) or by weighting their loss.
     objective : {"erm", "groupdro"}, default="erm"
-        ``"groupdro"`` minimises the worst group's loss by online GroupDRO.
+        ``"groupdro"`` minimises the worst group's loss by online GroupDRO; ``fit`` warns
+        where only one group has training samples (no ``groups``, or the others weighed
+        0), over which it trains as ERM.
     groupdro_eta : float > 0, default=0.01
         Step size of GroupDRO's group-weight update. Only used with
         ``objective="groupdro"``: ``fit`` warns of a value other than the default otherwise,

@@ -788,6 +788,25 @@ def test_an_upweight_lambda_that_weighs_nothing_warns(with_groups):
                            validation_fraction=0.0, **FAST).fit(X, y, groups=g)
 
 
+@pytest.mark.parametrize("case", ["no groups", "one trained"])
+def test_groupdro_over_one_group_warns_that_it_trains_as_erm(case):
+    # without groups (forgotten), or with every other group weighed 0, GroupDRO's one
+    # weight is 1 throughout: plain ERM, silently
+    X, y, conflict = _spurious(n=200)
+    groups, upweight, why = None, None, "fit got no groups"
+    if case == "one trained":
+        groups, upweight = conflict, {False: 1.0, True: 0.0}
+        why = r"only the group False has training samples"
+    params = dict(objective="groupdro", max_epochs=1, sparsity=0.0, validation_fraction=0.0,
+                  **FAST)
+    with pytest.warns(UserWarning, match=rf"objective='groupdro' .*{why}.*as ERM") as record:
+        RESTClassifier(upweight=upweight, **params).fit(X, y, groups=groups)
+    assert [w.filename for w in record if "groupdro" in str(w.message)] == [__file__]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        RESTClassifier(upweight=None, **params).fit(X, y, groups=conflict)
+
+
 def test_the_identification_model_does_not_repeat_the_fits_warnings():
     # a class of weight 0, a layer kept denser than asked and a deprecated sparse_init: the
     # identification model's fit warned of each again
