@@ -37,7 +37,7 @@ import numpy as np
 
 from ._validation import NON_NEGATIVE_INT, POSITIVE_INT, Interval
 
-__all__ = ["Callback", "Checkpoint", "EarlyStopping", "check_callbacks"]
+__all__ = ["Callback", "Checkpoint", "EarlyStopping", "check_callbacks", "run_order"]
 
 _NOT_A_LIST = "callbacks must be a list of Callback instances or None; got {type}."
 _NOT_A_CALLBACK = (
@@ -132,8 +132,15 @@ def _is_default(value: Any, default: Any) -> bool:
         return False
 
 
+def run_order(callbacks: list[Callback]) -> list[Callback]:
+    """``callbacks`` in the order their hooks are called: as given, except that those with
+    ``runs_last = True`` come after the others, and :class:`Checkpoint` callbacks after
+    those."""
+    return sorted(callbacks, key=lambda cb: (bool(cb.runs_last), isinstance(cb, Checkpoint)))
+
+
 def check_callbacks(callbacks: Any) -> list[Callback]:
-    """The ``callbacks`` parameter as a list, or a clear error.
+    """The ``callbacks`` parameter as a list in :func:`run_order`, or a clear error.
 
     Raises
     ------
@@ -156,7 +163,7 @@ def check_callbacks(callbacks: Any) -> list[Callback]:
             raise ValueError(_TWICE.format(index=i, first=first[id(cb)],
                                            name=type(cb).__name__))
         first[id(cb)] = i
-    return list(callbacks)
+    return run_order(list(callbacks))
 
 
 class EarlyStopping(Callback):
