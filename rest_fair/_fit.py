@@ -133,8 +133,8 @@ ONLY_UNWEIGHTED_VALIDATION = (
 SMALL_VALIDATION_GROUP = 10
 ERM_GROUPDRO = (
     "objective='groupdro' minimises the loss of the worst group, but {why}: its one weight "
-    "is 1 throughout, so it trains as ERM. Pass groups= (e.g. the bias attribute), or "
-    "objective='erm'."
+    "is 1 throughout, so it trains as ERM. Pass groups that split the training samples "
+    "(e.g. the bias attribute), or objective='erm'."
 )
 WARM_START_CHANGED = (
     "warm_start=True continues the fitted network and its masks, but {name} changed: it was "
@@ -307,8 +307,9 @@ def _hold_out(data: FitData, fraction: float, seed: int, world: LocalContext,
         warnings.warn(UNWEIGHTED_CLASSES.format(
             n=len(unweighed), classes=_named(data.classes[unweighed].tolist())),
             UserWarning, stacklevel=6)
-    weighed = weighed[~np.isin(data.groups[weighed],
-                               _weighed_zero(upweight, data.group_labels))]
+    if data.has_groups:
+        weighed = weighed[~np.isin(data.groups[weighed],
+                                   _weighed_zero(upweight, data.group_labels))]
     if data.validation is not None:
         X_val, y_val, g_val = data.validation
         w_val = None
