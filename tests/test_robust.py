@@ -619,6 +619,10 @@ def test_a_group_upweight_weighs_zero_takes_no_part_in_model_selection(objective
     assert [[r[k] for k in keys] for r in by_upweight.history_] == [
         [r[k] for k in keys] for r in by_weight.history_]
     assert np.array_equal(by_upweight.predict_proba(X), by_weight.predict_proba(X))
+    kept = groups != "ignored"  # and the fit without the group's samples
+    removed = RESTClassifier(upweight={"majority": 1.0, "minority": 3.0}, **params).fit(
+        X[kept], y[kept], groups=groups[kept])
+    assert np.array_equal(by_upweight.predict_proba(X), removed.predict_proba(X))
 
 
 def test_validation_data_of_a_group_upweight_weighs_zero_is_left_out_of_its_scores():
