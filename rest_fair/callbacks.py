@@ -184,6 +184,11 @@ class EarlyStopping(Callback):
         Minimum change that counts as an improvement (finite, >= 0). A NaN value is
         never one (nor the best value).
 
+    A bool value improves where it is ``True`` (``lower_is_better`` and ``threshold`` do
+    not apply): ``monitor="best"`` stops once ``patience`` epochs pass without an epoch
+    that model selection keeps, so it follows the selection's key (worst-group accuracy,
+    then accuracy), where ``"valid_worst_group_acc"`` sees no gain in accuracy alone.
+
     Settings outside these, and a ``monitor`` of a validation score (``"valid_..."``) in
     a fit that holds out no validation data, are refused with a ``ValueError`` when ``fit``
     begins (``on_fit_begin``), before anything trains.
@@ -242,8 +247,9 @@ class EarlyStopping(Callback):
         lower = (self.monitor.endswith("loss") if self.lower_is_better is None
                  else self.lower_is_better)
         sign = -1.0 if lower else 1.0
-        if value == value and (self.best_ is None  # a NaN is no improvement, never the best
-                               or sign * (value - self.best_) > self.threshold):
+        if (bool(value) if isinstance(value, (bool, np.bool_))  # e.g. "best"
+                else value == value and (self.best_ is None  # a NaN is never the best
+                                         or sign * (value - self.best_) > self.threshold)):
             self.best_ = value
             self.wait_ = 0
             return False

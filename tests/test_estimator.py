@@ -814,6 +814,16 @@ def test_early_stopping_takes_a_nan_for_no_improvement(lower):
         False, True]
 
 
+def test_early_stopping_on_best_waits_for_a_new_kept_epoch():
+    # "best" (whether model selection kept the epoch) is a bool: a new kept epoch (True
+    # after True) was no improvement, so it stopped after patience epochs of new bests
+    stop = EarlyStopping(monitor="best", patience=2)
+    stop.on_train_begin(None)
+    stops = [stop.on_epoch_end(None, record={"best": b})
+             for b in (True, True, False, True, False, False)]
+    assert stops == [False, False, False, False, False, True]
+
+
 def test_early_stopping_on_validation_scores_without_validation_data_is_refused(data):
     # the default monitor failed with a KeyError after the first epoch had trained
     X, y, _ = data
