@@ -321,10 +321,11 @@ class RESTClassifier(ClassifierMixin, BaseEstimator):
         anneals it by a cosine over ``max_epochs`` epochs, epoch ``e`` (from 1) training at
         ``lr * (1 + cos(pi * (e - 1) / max_epochs)) / 2``. ``"constant"`` keeps ``lr``.
     validation_fraction : float in [0, 1), default=0.1
-        Share of the training data (of its samples of positive ``sample_weight``) held
-        out (stratified by class and group) for model selection, unless
-        ``validation_data`` is given to ``fit``; every class keeps a training sample (a
-        class of one sample is trained on, not held out). ``0`` keeps the last epoch.
+        Share of the training data (of its samples of positive ``sample_weight``, outside
+        the groups an ``upweight`` dict weighs 0) held out (stratified by class and group)
+        for model selection, unless ``validation_data`` is given to ``fit``; every class
+        keeps a training sample (a class of one sample is trained on, not held out). ``0``
+        keeps the last epoch.
         ``fit`` warns where a group with training samples has no validation sample, or a
         validation group has fewer than 10.
     device : str or torch.device, default="auto"
@@ -599,7 +600,8 @@ or dict of columns, default=None
             held out by ``validation_fraction`` (the split is that of the other samples),
             and counts in no group's size for ``upweight``. The samples held out keep
             their weights in the validation loss and accuracies that choose the epoch kept
-            (``validation_data`` is unweighted).
+            (``validation_data`` is unweighted, but for the groups an ``upweight`` dict
+            weighs 0, whose samples weigh 0 there).
         validation_data : tuple, default=None
             ``(X_val, y_val)`` or ``(X_val, y_val, groups_val)`` for model selection,
             instead of holding out ``validation_fraction`` of the training data.
