@@ -125,8 +125,18 @@ MORE_HELD_OUT = (
     "Hold out more (validation_fraction), or pass validation_data with more samples of "
     "these groups."
 )
+ONLY_UNWEIGHTED_VALIDATION = (
+    "validation_data holds only samples of groups that upweight weighs 0: {groups}. The fit "
+    "leaves these groups out, of training and of model selection, so nothing is left to "
+    "choose the epoch kept. Give validation_data samples of the groups trained on."
+)
 #: Validation groups with fewer samples than this are named in a warning by ``fit``.
 SMALL_VALIDATION_GROUP = 10
+ERM_GROUPDRO = (
+    "objective='groupdro' minimises the loss of the worst group, but {why}: its one weight "
+    "is 1 throughout, so it trains as ERM. Pass groups that split the training samples "
+    "(e.g. the bias attribute), or objective='erm'."
+)
 WARM_START_CHANGED = (
     "warm_start=True continues the fitted network and its masks, but {name} changed: it was "
     "{before!r}, now {after!r}. Set warm_start=False (or the previous value) to fit anew."
@@ -267,17 +277,29 @@ def _split(
     return idx, None
 
 
+def _weighed_zero(upweight: Any, labels: list | None) -> np.ndarray:
+    """The codes of the groups ``labels`` that an ``upweight`` dict weighs 0."""
+    if not isinstance(upweight, Mapping) or labels is None:
+        return np.zeros(0, dtype=np.int64)
+    return np.array([code for code, label in enumerate(labels)
+                     if isinstance(upweight.get(label), Real) and upweight[label] == 0],
+                    dtype=np.int64)
+
+
 def _hold_out(data: FitData, fraction: float, seed: int, world: LocalContext,
-              num_workers: int) -> tuple[np.ndarray, EvalSet | None]:
+              num_workers: int, upweight: Any = None) -> tuple[np.ndarray, EvalSet | None]:
     """The training rows and the validation set: ``validation_data``, or a split.
 
     The split (the same on every rank: ``seed`` is broadcast) holds out rows of positive
-    ``sample_weight`` only, as :func:`_split` of the fit without the others would: a row
-    of weight 0 stays a training row, which trains as if removed. The rows held out keep
-    their ``sample_weight`` as validation weights (``None`` where all are equal);
-    ``validation_data`` is unweighted. Its warnings (classes without a sample of positive
-    weight, no validation set, groups it cannot judge) come from rank 0 only, and not from
-    JTT's identification fit (:data:`IDENTIFYING`), whose final fit gives them.
+    ``sample_weight`` only, outside the groups an ``upweight`` dict weighs 0, as
+    :func:`_split` of the fit without the others would: such a row stays a training row,
+    which trains as if removed. The rows held out keep their ``sample_weight`` as
+    validation weights (``None`` where all are equal); ``validation_data`` is unweighted,
+    but for its samples of groups that ``upweight`` weighs 0, which weigh 0 (left out of
+    the scores; ``ValueError`` where that leaves none). Its warnings (classes without a
+    sample of positive weight, no validation set, groups it cannot judge) come from rank 0
+    only, and not from JTT's identification fit (:data:`IDENTIFYING`), whose final fit
+    gives them.
     """
     device = world.device
     weighed = np.flatnonzero(data.sample_weight > 0)
@@ -286,14 +308,24 @@ def _hold_out(data: FitData, fraction: float, seed: int, world: LocalContext,
         warnings.warn(UNWEIGHTED_CLASSES.format(
             n=len(unweighed), classes=_named(data.classes[unweighed].tolist())),
             UserWarning, stacklevel=6)
+    if data.has_groups:
+        weighed = weighed[~np.isin(data.groups[weighed],
+                                   _weighed_zero(upweight, data.group_labels))]
     if data.validation is not None:
         X_val, y_val, g_val = data.validation
-        train_idx = np.arange(len(data.y))
+        w_val = None
+        left_out = (np.zeros(0, dtype=np.int64) if g_val is None
+                    else _weighed_zero(upweight, data.validation_group_labels))
+        if len(left_out) and np.isin(g_val, left_out).any():
+            w_val = np.where(np.isin(g_val, left_out), 0.0, 1.0)
+            if not w_val.any():
+                raise ValueError(ONLY_UNWEIGHTED_VALIDATION.format(groups=[
+                    data.validation_group_labels[code] for code in np.unique(g_val)]))
         if world.is_main:
-            _check_selection(data, train_idx, g_val, data.validation_group_labels,
-                             advice=MORE_VALIDATION_DATA)
-        return train_idx, EvalSet(
-            make_source(X_val, device=device, num_workers=num_workers), y_val, g_val)
+            _check_selection(data, weighed, g_val if w_val is None else g_val[w_val > 0],
+                             data.validation_group_labels, advice=MORE_VALIDATION_DATA)
+        return np.arange(len(data.y)), EvalSet(
+            make_source(X_val, device=device, num_workers=num_workers), y_val, g_val, w_val)
     _, val_idx = _split(data.y[weighed], data.groups[weighed], fraction, seed)
     if val_idx is None:
         if fraction > 0 and world.is_main:
@@ -306,7 +338,8 @@ def _hold_out(data: FitData, fraction: float, seed: int, world: LocalContext,
     w_val = None if np.all(w_val == w_val[0]) else w_val
     g_val = data.groups[val_idx] if data.has_groups else None
     if world.is_main:
-        _check_selection(data, train_idx, g_val, data.group_labels, advice=MORE_HELD_OUT)
+        _check_selection(data, np.setdiff1d(weighed, val_idx), g_val, data.group_labels,
+                         advice=MORE_HELD_OUT)
     return train_idx, EvalSet(
         make_source(take(data.X, val_idx), device=device, num_workers=num_workers),
         data.y[val_idx], g_val, w_val)
@@ -320,12 +353,14 @@ def _named(labels: list, counts: dict | None = None, most: int = 5) -> str:
     return ", ".join(name(label) for label in labels[:most]) + more
 
 
-def _check_selection(data: FitData, train_idx: np.ndarray, valid_codes: np.ndarray | None,
+def _check_selection(data: FitData, trained_rows: np.ndarray, valid_codes: np.ndarray | None,
                      valid_labels: list | None, *, advice: str) -> None:
     """Warn where worst-group selection on the validation groups is blind or noisy.
 
-    ``train_idx`` are the training rows of ``data``; those of positive ``sample_weight``
-    count as a group's training samples. Named are: groups given to ``fit`` with
+    ``trained_rows`` are the training rows of ``data`` that count as a group's training
+    samples (of positive ``sample_weight``, outside the groups an ``upweight`` dict weighs
+    0), ``valid_codes`` the groups of the validation samples that count. Named are: groups
+    given to ``fit`` with
     ``validation_data`` that has none; groups with such training samples and no validation
     sample; validation groups with fewer than :data:`SMALL_VALIDATION_GROUP` samples, also
     where ``fit`` got no groups (validation groups alone choose the epoch, as with
@@ -339,7 +374,6 @@ def _check_selection(data: FitData, train_idx: np.ndarray, valid_codes: np.ndarr
     valid_sizes = {label: int(n) for label, n in zip(valid_labels, sizes, strict=True)
                    if n > 0}
     if data.has_groups:
-        trained_rows = train_idx[data.sample_weight[train_idx] > 0]
         trained = [data.group_labels[code] for code in np.unique(data.groups[trained_rows])]
         unseen = [label for label in trained if label not in valid_sizes]
         if unseen:
@@ -599,8 +633,11 @@ def _built_run(est: Any, data: FitData, config: TrainConfig, callbacks: list, *,
         seed = seed if saved is None else int(saved)
     seed = world.broadcast_object(seed)  # one split, one generator for all ranks
     precision = Precision(est.precision, world.device)
+    # a group an upweight dict weighs 0 takes no part in the fit (JTT's dict weighs the
+    # error set, not these groups)
     train_idx, valid = _hold_out(data, float(est.validation_fraction), seed, world,
-                                 est.num_workers)
+                                 est.num_workers,
+                                 upweight=None if est.infer_groups == "jtt" else est.upweight)
     # hashing the data costs a pass over it: done only when a check or checkpoint asks
     fingerprint = functools.cache(functools.partial(
         _fingerprint, est.get_params(deep=False), est.input_shape_, data, valid,
@@ -648,6 +685,12 @@ def _built_run(est: Any, data: FitData, config: TrainConfig, callbacks: list, *,
                 train, upweight=upweight, reweight=est.reweight, batch_size=est.batch_size,
                 num_workers=est.num_workers, generator=generator, world=world)
             sources.append(train_set.source)
+            trained = np.flatnonzero(train_set.group_sizes.numpy() > 0)
+            if est.objective == "groupdro" and len(trained) < 2 and world.is_main:
+                why = (f"only the group {train.group_labels[trained[0]]!r} has training "
+                       "samples" if train.has_groups else "fit got no groups")
+                warnings.warn(ERM_GROUPDRO.format(why=why), UserWarning,
+                              stacklevel=5)  # the caller of RESTClassifier.fit
             with warnings_if(world.is_main):
                 module = est.module_.to(world.device).train() if warm else build_module(
                     est.module, input_shape=train_set.source.sample_shape,
@@ -660,6 +703,9 @@ def _built_run(est: Any, data: FitData, config: TrainConfig, callbacks: list, *,
                 generator=generator, callbacks=callbacks,
                 masks=dict(est.masks_) if warm and est.masks_ else None,
                 sparse_layers=checkpoint.get("sparse_compute_layers"))
+            fitted_q = _fitted_group_weights(est, train.group_labels) if warm else None
+            if fitted_q is not None and hasattr(parts.objective, "continue_from"):
+                parts.objective.continue_from(fitted_q)
             run = TrainingRun(
                 parts, generator=generator, fingerprint=fingerprint, neutral=_NEUTRAL,
                 state=TrainState(history=list(est.history_), epoch_offset=len(est.history_),
@@ -674,6 +720,16 @@ def _built_run(est: Any, data: FitData, config: TrainConfig, callbacks: list, *,
     finally:
         for source in sources:
             source.close()
+
+
+def _fitted_group_weights(est: Any, labels: list) -> list[float] | None:
+    """GroupDRO's group weights at ``est``'s kept epoch, which a warm start over the same
+    groups continues; ``None`` where its last fit had no GroupDRO or other groups."""
+    rows = getattr(est, "group_weight_history_", None)
+    if not rows or list(getattr(est, "groups_", ())) != list(labels):
+        return None
+    row = est.best_epoch_ - 1 - (len(est.history_) - len(rows))  # rows: the last fit's
+    return rows[row] if 0 <= row < len(rows) else None
 
 
 # --------------------------------------------------------------------------- 3. the loop

@@ -17,8 +17,9 @@ this run's checkpoints, and ``has_validation``, whether the fit holds out valida
 ``on_epoch_end`` receives the epoch's history record; it may add keys to it (they appear in
 ``history_``) and may return ``True`` to stop training (``False`` or ``None`` go on; ``fit``
 refuses any other value). Callbacks run in the order given,
-except that those with ``runs_last = True`` run after all others; at the end of an epoch
-they see the others' stop decision in ``run.state.stopped``.
+except that those with ``runs_last = True`` run after all others, and :class:`Checkpoint`
+callbacks after those; at the end of an epoch they see the others' stop decision in
+``run.state.stopped``.
 
 A callback with ``state_dict()`` / ``load_state_dict()`` methods has its state saved in
 training checkpoints (:class:`Checkpoint`) and restored on resume.
@@ -36,7 +37,7 @@ import numpy as np
 
 from ._validation import NON_NEGATIVE_INT, POSITIVE_INT, Interval
 
-__all__ = ["Callback", "Checkpoint", "EarlyStopping", "check_callbacks"]
+__all__ = ["Callback", "Checkpoint", "EarlyStopping", "check_callbacks", "run_order"]
 
 _NOT_A_LIST = "callbacks must be a list of Callback instances or None; got {type}."
 _NOT_A_CALLBACK = (
@@ -55,7 +56,8 @@ _THRESHOLD = Interval(Real, 0, float("inf"))
 class Callback:
     """Base class of training callbacks; every hook does nothing by default.
 
-    A subclass that sets ``runs_last = True`` runs after every callback that does not.
+    A subclass that sets ``runs_last = True`` runs after every callback that does not, and
+    before every :class:`Checkpoint`.
     """
 
     runs_last: ClassVar[bool] = False
@@ -130,8 +132,15 @@ def _is_default(value: Any, default: Any) -> bool:
         return False
 
 
+def run_order(callbacks: list[Callback]) -> list[Callback]:
+    """``callbacks`` in the order their hooks are called: as given, except that those with
+    ``runs_last = True`` come after the others, and :class:`Checkpoint` callbacks after
+    those."""
+    return sorted(callbacks, key=lambda cb: (bool(cb.runs_last), isinstance(cb, Checkpoint)))
+
+
 def check_callbacks(callbacks: Any) -> list[Callback]:
-    """The ``callbacks`` parameter as a list, or a clear error.
+    """The ``callbacks`` parameter as a list in :func:`run_order`, or a clear error.
 
     Raises
     ------
@@ -154,7 +163,7 @@ def check_callbacks(callbacks: Any) -> list[Callback]:
             raise ValueError(_TWICE.format(index=i, first=first[id(cb)],
                                            name=type(cb).__name__))
         first[id(cb)] = i
-    return list(callbacks)
+    return run_order(list(callbacks))
 
 
 class EarlyStopping(Callback):
@@ -174,6 +183,11 @@ class EarlyStopping(Callback):
     threshold : float, default=0.0
         Minimum change that counts as an improvement (finite, >= 0). A NaN value is
         never one (nor the best value).
+
+    A bool value improves where it is ``True`` (``lower_is_better`` and ``threshold`` do
+    not apply): ``monitor="best"`` stops once ``patience`` epochs pass without an epoch
+    that model selection keeps, so it follows the selection's key (worst-group accuracy,
+    then accuracy), where ``"valid_worst_group_acc"`` sees no gain in accuracy alone.
 
     Settings outside these, and a ``monitor`` of a validation score (``"valid_..."``) in
     a fit that holds out no validation data, are refused with a ``ValueError`` when ``fit``
@@ -233,8 +247,9 @@ class EarlyStopping(Callback):
         lower = (self.monitor.endswith("loss") if self.lower_is_better is None
                  else self.lower_is_better)
         sign = -1.0 if lower else 1.0
-        if value == value and (self.best_ is None  # a NaN is no improvement, never the best
-                               or sign * (value - self.best_) > self.threshold):
+        if (bool(value) if isinstance(value, (bool, np.bool_))  # e.g. "best"
+                else value == value and (self.best_ is None  # a NaN is never the best
+                                         or sign * (value - self.best_) > self.threshold)):
             self.best_ = value
             self.wait_ = 0
             return False
@@ -261,9 +276,11 @@ class Checkpoint(Callback):
     crash while writing leaves the previous checkpoint intact. The format is described in
     :mod:`rest_fair.persistence.checkpoint`.
 
-    Checkpoint callbacks run last (``runs_last``), so the state they write includes the
-    other callbacks' decisions (e.g. early stopping); of another callback with
-    ``runs_last = True``, only where it comes before the ``Checkpoint`` in ``callbacks``.
+    Checkpoint callbacks run after every other callback, those with ``runs_last = True``
+    too, wherever they are listed (among themselves, in the order given), so the state they
+    write includes every other callback's decisions (e.g. early stopping). To act on the
+    files a checkpoint wrote at the end of an epoch, subclass ``Checkpoint`` and act after
+    ``super().on_epoch_end(...)``.
 
     Parameters
     ----------

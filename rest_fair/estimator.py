@@ -273,15 +273,19 @@ class RESTClassifier(ClassifierMixin, BaseEstimator):
         one and every other group of that class is drawn ``lambda`` times as often. A dict
         maps every group to its weight (>= 0); a group it weighs 0 is left out of training, as if
         removed, with either ``reweight`` (a class left without a training sample is named in
-        a warning). Group sizes (``"balanced"``) and the most frequent group (``lambda``)
-        count the samples' ``sample_weight``, as scikit-learn's
-        ``compute_class_weight("balanced", sample_weight=...)``: a sample of weight 0 counts
-        as absent, one of weight ``k`` as ``k`` copies.
+        a warning), and of model selection: ``validation_fraction`` holds none of its samples
+        out, and those in ``validation_data`` count in no validation score (a fit whose
+        ``validation_data`` holds no other sample is refused). Group sizes (``"balanced"``)
+        and the most frequent group (``lambda``) count the samples' ``sample_weight``, as
+        scikit-learn's ``compute_class_weight("balanced", sample_weight=...)``: a sample of
+        weight 0 counts as absent, one of weight ``k`` as ``k`` copies.
     reweight : {"sampler", "loss"}, default="sampler"
         Apply ``upweight`` by drawing samples with replacement in proportion to their
         weight (as in the REST paper) or by weighting their loss.
     objective : {"erm", "groupdro"}, default="erm"
-        ``"groupdro"`` minimises the worst group's loss by online GroupDRO.
+        ``"groupdro"`` minimises the worst group's loss by online GroupDRO; ``fit`` warns
+        where only one group has training samples (no ``groups``, or the others weighed
+        0), over which it trains as ERM.
     groupdro_eta : float > 0, default=0.01
         Step size of GroupDRO's group-weight update. Only used with
         ``objective="groupdro"``: ``fit`` warns of a value other than the default otherwise,
@@ -335,10 +339,11 @@ class RESTClassifier(ClassifierMixin, BaseEstimator):
         anneals it by a cosine over ``max_epochs`` epochs, epoch ``e`` (from 1) training at
         ``lr * (1 + cos(pi * (e - 1) / max_epochs)) / 2``. ``"constant"`` keeps ``lr``.
     validation_fraction : float in [0, 1), default=0.1
-        Share of the training data (of its samples of positive ``sample_weight``) held
-        out (stratified by class and group) for model selection, unless
-        ``validation_data`` is given to ``fit``; every class keeps a training sample (a
-        class of one sample is trained on, not held out). ``0`` keeps the last epoch.
+        Share of the training data (of its samples of positive ``sample_weight``, outside
+        the groups an ``upweight`` dict weighs 0) held out (stratified by class and group)
+        for model selection, unless ``validation_data`` is given to ``fit``; every class
+        keeps a training sample (a class of one sample is trained on, not held out). ``0``
+        keeps the last epoch.
         ``fit`` warns where a group with training samples has no validation sample, or a
         validation group has fewer than 10.
     device : str or torch.device, default="auto"
@@ -351,8 +356,10 @@ class RESTClassifier(ClassifierMixin, BaseEstimator):
     warm_start : bool, default=False
         When ``True``, ``fit`` on an already fitted estimator continues from its network
         and masks for ``max_epochs`` more epochs (``history_`` goes on), instead of
-        starting anew. Classes and input shape must be the same, and so must ``module``,
-        ``module_params``, ``sparsity``, ``layer_density`` and ``dense_layers``. An
+        starting anew (with ``objective="groupdro"`` also from the group weights of the
+        kept epoch, where the groups are the same). Classes and input shape must be the
+        same, and so must ``module``, ``module_params``, ``sparsity``, ``layer_density``
+        and ``dense_layers``. An
         estimator without ``history_`` (loaded from a file an earlier ``save`` left it out
         of) is refused, naming the ways on.
     random_state : int in [0, 2**32 - 1], RandomState or None, default=None
@@ -428,8 +435,10 @@ class RESTClassifier(ClassifierMixin, BaseEstimator):
         Layers trained with sparse kernels in the last fit (see ``sparse_compute``).
     group_weight_history_ : list of list of float or None
         GroupDRO's group weights at the end of each epoch of the last fit
-        (``objective="groupdro"``): every fit, a warm start's too, starts them uniform, so
-        after a warm start this has fewer rows than ``history_``, its last ones.
+        (``objective="groupdro"``), the last fit's epochs only: after a warm start it has
+        fewer rows than ``history_``, its last ones. A warm start over the same groups
+        (``groups_``) continues the weights of the kept epoch (``best_epoch_``), as it
+        continues its network; another fit starts them uniform.
     inferred_groups_ : ndarray of bool or None
         With ``infer_groups="jtt"``, which samples of ``X`` formed the error set (samples
         held out for validation, and samples of ``sample_weight`` 0, are ``False``).
@@ -609,7 +618,8 @@ or dict of columns, default=None
             held out by ``validation_fraction`` (the split is that of the other samples),
             and counts in no group's size for ``upweight``. The samples held out keep
             their weights in the validation loss and accuracies that choose the epoch kept
-            (``validation_data`` is unweighted).
+            (``validation_data`` is unweighted, but for the groups an ``upweight`` dict
+            weighs 0, whose samples weigh 0 there).
         validation_data : tuple, default=None
             ``(X_val, y_val)`` or ``(X_val, y_val, groups_val)`` for model selection,
             instead of holding out ``validation_fraction`` of the training data.

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -140,6 +140,22 @@ class GroupDROObjective:
     def q(self, value: torch.Tensor) -> None:
         self._q = value
         self._log_q = torch.log(value.detach().double())  # float64: a weight never underflows
+
+    def continue_from(self, q: Sequence[float]) -> None:
+        """Start from the group weights ``q`` of an earlier fit (a warm start).
+
+        The groups without training samples keep weight 0 and the others share the
+        weight in ``q``'s proportions; a weight that is 0 in ``q`` (one that rounded to 0 in
+        float32, or a group untrained then) starts at the smallest normal float32 value,
+        so that it grows again once its group's loss is the largest.
+        """
+        given = torch.as_tensor(q, dtype=torch.float64).cpu()
+        if given.shape != self.q.shape:
+            raise ValueError(f"GroupDRO weights of an earlier fit are for {len(given)} "
+                             f"groups, this run has {len(self.q)}.")
+        given = given.clamp_min(torch.finfo(torch.float32).tiny)
+        given = torch.where(self.q.cpu() > 0, given, 0.0)
+        self.q = (given / given.sum()).to(device=self.q.device, dtype=self.q.dtype)
 
     def group_sums(
         self, logits: torch.Tensor, y: torch.Tensor, w: torch.Tensor | None, g: torch.Tensor

@@ -22,7 +22,7 @@ from sklearn.preprocessing import StandardScaler
 
 import rest_fair.training.sampler as training
 from rest_fair import RESTClassifier
-from rest_fair.callbacks import Callback, EarlyStopping
+from rest_fair.callbacks import Callback, Checkpoint, EarlyStopping
 from rest_fair.exceptions import MissingDependencyError
 from rest_fair.reweighting import cell_weights, draw_indices, sample_weights_for
 
@@ -814,6 +814,16 @@ def test_early_stopping_takes_a_nan_for_no_improvement(lower):
         False, True]
 
 
+def test_early_stopping_on_best_waits_for_a_new_kept_epoch():
+    # "best" (whether model selection kept the epoch) is a bool: a new kept epoch (True
+    # after True) was no improvement, so it stopped after patience epochs of new bests
+    stop = EarlyStopping(monitor="best", patience=2)
+    stop.on_train_begin(None)
+    stops = [stop.on_epoch_end(None, record={"best": b})
+             for b in (True, True, False, True, False, False)]
+    assert stops == [False, False, False, False, False, True]
+
+
 def test_early_stopping_on_validation_scores_without_validation_data_is_refused(data):
     # the default monitor failed with a KeyError after the first epoch had trained
     X, y, _ = data
@@ -1051,6 +1061,39 @@ def test_on_epoch_end_is_called_whatever_truth_value_runs_last_has(data, runs_la
     mark.runs_last = runs_last
     clf = _clf(max_epochs=2, callbacks=[mark]).fit(X, y)
     assert [record.get("marked") for record in clf.history_] == [True, True]
+
+
+def test_every_hook_calls_the_callbacks_in_one_order(data, tmp_path):
+    # on_fit_begin called them as listed, the other hooks runs_last ones (and Checkpoints)
+    # after the others
+    calls = []
+
+    class Log(Callback):
+        def __init__(self, name):
+            self.name = name
+
+        def on_fit_begin(self, net, **kwargs):
+            calls.append(("fit", self.name))
+
+        def on_train_begin(self, net, **kwargs):
+            calls.append(("train", self.name))
+
+    class LogLast(Log):
+        runs_last = True
+
+    class LogCheckpoint(Checkpoint):
+        def on_fit_begin(self, net, **kwargs):
+            super().on_fit_begin(net, **kwargs)
+            calls.append(("fit", "checkpoint"))
+
+        def on_train_begin(self, net, **kwargs):
+            calls.append(("train", "checkpoint"))
+
+    X, y, _ = data
+    _clf(max_epochs=1, callbacks=[LogCheckpoint(tmp_path), LogLast("last"), Log("first")]
+         ).fit(X, y)
+    order = ["first", "last", "checkpoint"]
+    assert calls == [("fit", name) for name in order] + [("train", name) for name in order]
 
 
 def test_a_first_fit_that_raises_leaves_the_estimator_unfitted(data):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import re
 import threading
 import warnings
@@ -187,6 +188,61 @@ def test_groupdro_weight_history_of_a_warm_start_has_its_own_epochs_as_documente
                          max_epochs=2, warm_start=True, validation_fraction=0.0, **FAST)
     clf.fit(X, y, groups=conflict).set_params(max_epochs=1).fit(X, y, groups=conflict)
     assert len(clf.history_) == 3 and len(clf.group_weight_history_) == 1
+
+
+class _StartingGroupWeights(Callback):
+    """Records GroupDRO's group weights as each fit's training begins."""
+
+    def __init__(self):
+        self.q = []
+
+    def on_train_begin(self, net, *, run, **kwargs):
+        self.q.append(run.parts.objective.q.tolist())
+
+
+@pytest.mark.parametrize("validation_fraction", [0.0, 0.3])
+def test_groupdro_warm_start_continues_the_group_weights_of_the_kept_epoch(
+        validation_fraction):
+    # every warm start began at uniform weights: the group the fit had learnt to weigh
+    # most lost its weight, and the next epochs trained closer to ERM
+    X, y, conflict = _spurious(n=300, minority=0.3)
+    starts = _StartingGroupWeights()
+    clf = RESTClassifier(objective="groupdro", groupdro_eta=1.0, upweight=None, sparsity=0.0,
+                         max_epochs=3, warm_start=True, callbacks=[starts],
+                         validation_fraction=validation_fraction, **FAST)
+    first = clf.fit(X, y, groups=conflict).group_weight_history_
+    kept = first[clf.best_epoch_ - 1]
+    assert kept != [0.5, 0.5]
+    clf.set_params(max_epochs=1).fit(X, y, groups=conflict)
+    assert starts.q == [[0.5, 0.5], pytest.approx(kept, rel=1e-6)]
+    # from a model file too, and anew where the groups are others
+    starts = _StartingGroupWeights()
+    loaded = RESTClassifier.load(_saved(clf.set_params(callbacks=None)))
+    loaded.set_params(callbacks=[starts])
+    loaded.fit(X, y, groups=conflict)
+    assert starts.q == [pytest.approx(clf.group_weight_history_[-1], rel=1e-6)]
+    loaded.fit(X, y, groups=np.where(conflict, "b", "a"))
+    assert starts.q[-1] == [0.5, 0.5]
+
+
+def test_groupdro_continued_weights_keep_untrained_groups_out_and_zeros_alive():
+    dro = GroupDROObjective(3, eta=1.0, device=torch.device("cpu"),
+                            group_sizes=torch.tensor([5, 5, 0]))
+    dro.continue_from([0.0, 0.25, 0.75])  # group 2 has no training sample in this run
+    assert dro.q.tolist() == pytest.approx([0.0, 1.0, 0.0], abs=1e-30)
+    assert float(dro.q[0]) > 0 and float(dro.q[2]) == 0.0
+    for _ in range(100):  # group 0, at weight 0 in q, gains it once its loss is the largest
+        dro.update(torch.tensor([5.0, 0.0, 0.0]), torch.tensor([True, True, False]))
+    assert dro.q.tolist() == pytest.approx([1.0, 0.0, 0.0], abs=1e-6)
+    with pytest.raises(ValueError, match="for 2 groups, this run has 3"):
+        dro.continue_from([0.5, 0.5])
+
+
+def _saved(clf):
+    buffer = io.BytesIO()
+    clf.save(buffer)
+    buffer.seek(0)
+    return buffer
 
 
 def test_groupdro_with_a_large_step_size_fits():
@@ -536,6 +592,58 @@ def test_groupdro_fit_gives_no_weight_to_a_group_upweight_weighs_zero(reweight):
     assert by_upweight.group_weight_history_[-1][0] == 0.0
 
 
+def _with_ignored_group(n=600):
+    """Groups with an "ignored" group of flipped labels, which no fit learns."""
+    X, y, conflict = _spurious(n=n, minority=0.2)
+    groups = np.where(conflict, "minority", "majority").astype(object)
+    groups[:100] = "ignored"
+    y = y.copy()
+    y[:100] = 1 - y[:100]
+    return X, y, groups
+
+
+@pytest.mark.parametrize("objective", ["erm", "groupdro"])
+def test_a_group_upweight_weighs_zero_takes_no_part_in_model_selection(objective):
+    # it was held out and chose the epoch kept: the worst validation group was the one
+    # the fit never trains on, as if removed; now the fit is that with sample_weight 0
+    X, y, groups = _with_ignored_group()
+    params = dict(objective=objective, sparsity=0.0, max_epochs=3, validation_fraction=0.3,
+                  **FAST)
+    by_upweight = RESTClassifier(
+        upweight={"majority": 1.0, "minority": 3.0, "ignored": 0.0}, **params,
+    ).fit(X, y, groups=groups)
+    by_weight = RESTClassifier(
+        upweight={"majority": 1.0, "minority": 3.0, "ignored": 1.0}, **params,
+    ).fit(X, y, groups=groups, sample_weight=np.where(groups == "ignored", 0.0, 1.0))
+    keys = ("valid_loss", "valid_acc", "valid_worst_group_acc", "train_loss", "best")
+    assert [[r[k] for k in keys] for r in by_upweight.history_] == [
+        [r[k] for k in keys] for r in by_weight.history_]
+    assert np.array_equal(by_upweight.predict_proba(X), by_weight.predict_proba(X))
+    kept = groups != "ignored"  # and the fit without the group's samples
+    removed = RESTClassifier(upweight={"majority": 1.0, "minority": 3.0}, **params).fit(
+        X[kept], y[kept], groups=groups[kept])
+    assert np.array_equal(by_upweight.predict_proba(X), removed.predict_proba(X))
+
+
+def test_validation_data_of_a_group_upweight_weighs_zero_is_left_out_of_its_scores():
+    X, y, groups = _with_ignored_group()
+    upweight = {"majority": 1.0, "minority": 3.0, "ignored": 0.0}
+    params = dict(sparsity=0.0, max_epochs=2, upweight=upweight, **FAST)
+    kept = groups != "ignored"
+    clf = RESTClassifier(**params).fit(X, y, groups=groups,
+                                       validation_data=(X, y, groups))
+    without = RESTClassifier(**params).fit(X, y, groups=groups,
+                                           validation_data=(X[kept], y[kept], groups[kept]))
+    for mine, theirs in zip(clf.history_, without.history_, strict=True):
+        assert mine["valid_acc"] == theirs["valid_acc"]
+        assert mine["valid_worst_group_acc"] == theirs["valid_worst_group_acc"]
+        assert mine["valid_loss"] == pytest.approx(theirs["valid_loss"], rel=1e-6)
+    with pytest.raises(ValueError, match="validation_data holds only samples of groups "
+                                         r"that upweight weighs 0: \['ignored'\]"):
+        RESTClassifier(**params).fit(X, y, groups=groups,
+                                     validation_data=(X[~kept], y[~kept], groups[~kept]))
+
+
 # ------------------------------------------------ GroupDRO against its published definition
 def _reference_groupdro(q, logits, y, w, g, *, eta, adjustment):
     """One step of Sagawa et al.'s Algorithm 1 on a batch, in float64 and plain loops: the
@@ -682,6 +790,25 @@ def test_an_upweight_lambda_that_weighs_nothing_warns(with_groups):
         for upweight, g in ((30.0, conflict), (1.0, None), ("balanced", None)):
             RESTClassifier(upweight=upweight, max_epochs=1, sparsity=0.0,
                            validation_fraction=0.0, **FAST).fit(X, y, groups=g)
+
+
+@pytest.mark.parametrize("case", ["no groups", "one trained"])
+def test_groupdro_over_one_group_warns_that_it_trains_as_erm(case):
+    # without groups (forgotten), or with every other group weighed 0, GroupDRO's one
+    # weight is 1 throughout: plain ERM, silently
+    X, y, conflict = _spurious(n=200)
+    groups, upweight, why = None, None, "fit got no groups"
+    if case == "one trained":
+        groups, upweight = conflict, {False: 1.0, True: 0.0}
+        why = r"only the group False has training samples"
+    params = dict(objective="groupdro", max_epochs=1, sparsity=0.0, validation_fraction=0.0,
+                  **FAST)
+    with pytest.warns(UserWarning, match=rf"objective='groupdro' .*{why}.*as ERM") as record:
+        RESTClassifier(upweight=upweight, **params).fit(X, y, groups=groups)
+    assert [w.filename for w in record if "groupdro" in str(w.message)] == [__file__]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        RESTClassifier(upweight=None, **params).fit(X, y, groups=conflict)
 
 
 def test_the_identification_model_does_not_repeat_the_fits_warnings():

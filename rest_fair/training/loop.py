@@ -26,7 +26,7 @@ from torch import nn
 
 from .._data import BatchSource
 from .._validation import summable_weights
-from ..callbacks import Callback
+from ..callbacks import Callback, run_order
 from ..exceptions import CheckpointError, TrainingDivergedError
 from ..persistence.checkpoint import check_writable, write_checkpoint
 from ..persistence.model_file import shape_differences
@@ -259,8 +259,9 @@ class TrainingRun:
         self.neutral = dict(neutral or {})
         self.extra = dict(extra or {})
         self.net: Any = None
-        # callbacks that run last see every other callback's effect (e.g. a stop)
-        self.callbacks = sorted(parts.callbacks, key=lambda cb: bool(cb.runs_last))
+        # callbacks that run last see every other callback's effect (e.g. a stop), and a
+        # Checkpoint comes after them all, so that it writes every stop decision
+        self.callbacks = run_order(parts.callbacks)
         self._batch_callbacks = [cb for cb in self.callbacks if _overrides(cb, "on_batch_end")]
         self._pending_callback_states: dict | None = None
         self._in_epoch = False  # between an epoch's first and last batch

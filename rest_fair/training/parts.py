@@ -156,8 +156,9 @@ class EvalSet:
     """Validation data.
 
     ``weights`` are the samples' weights in the validation loss and accuracies (the
-    ``sample_weight`` of the rows held out from ``fit``'s data); ``None``: each sample
-    counts once.
+    ``sample_weight`` of the rows held out from ``fit``'s data; for ``validation_data``, 0
+    for the samples of groups an ``upweight`` dict weighs 0 and 1 for the others);
+    ``None``: each sample counts once.
     """
 
     source: BatchSource

@@ -232,6 +232,30 @@ def test_a_callback_of_your_own_writes_checkpoints_after_the_stop_decision(tmp_p
     assert list(state["callbacks"]) == ["EarlyStopping:0"]  # the first of its class
 
 
+class StopLastAt(Callback):
+    """A user's callback that runs last and stops the run after epoch ``epoch``."""
+
+    runs_last = True
+
+    def __init__(self, epoch):
+        self.epoch = epoch
+
+    def on_epoch_end(self, net, *, record, **kwargs):
+        return record["epoch"] >= self.epoch
+
+
+def test_checkpoint_writes_the_stop_of_a_runs_last_callback_listed_after_it(tmp_path):
+    # listed after the Checkpoint, the stop came after its write: with every=5 the run
+    # stopped at epoch 2 unwritten (and with every=1 its checkpoint said "not finished")
+    X, y, g = _data()
+    callbacks = [Checkpoint(tmp_path, every=5), StopLastAt(2)]
+    clf = RESTClassifier(**COMMON, callbacks=callbacks).fit(X, y, groups=g)
+    assert len(clf.history_) == 2
+    manifest = json.loads((tmp_path / ckpt_format.MANIFEST).read_text())
+    assert manifest["epoch"] == 2 and manifest["finished"]
+    assert [type(cb).__name__ for cb in clf.callbacks] == ["Checkpoint", "StopLastAt"]
+
+
 class SaveInside(Callback):
     """A user's callback that writes a checkpoint from the hook ``hook`` (once)."""
 
