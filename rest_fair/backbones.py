@@ -61,7 +61,8 @@ HF_PREFIX = "hf:"
 MODULE_NAMES = ("auto", "mlp", "cnn", "resnet18")
 _DOWNLOAD_TIMEOUT_S = 30.0
 #: Prefixes that a wrapped model's state dict puts before every key: DataParallel's and
-#: DistributedDataParallel's ``module.``, ``torch.compile``'s ``_orig_mod.``.
+#: DistributedDataParallel's ``module.``, ``torch.compile``'s ``_orig_mod.`` (removed even
+#: where the keys then do not fit, so that the error names the keys without them).
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 _PROBE_TIMEOUT_S = 5.0
 #: The auxiliary classifiers of Inception v3 and GoogLeNet, which the built model drops.
@@ -511,7 +512,9 @@ def build_torchvision(
         match the architecture except those of the classification head, whose entries are
         loaded where their shapes fit the new head (else it keeps its fresh initialisation).
         A prefix that every key has, ``module.`` (a model saved inside ``DataParallel`` or
-        ``DistributedDataParallel``) or ``_orig_mod.`` (``torch.compile``), is removed; the
+        ``DistributedDataParallel``) or ``_orig_mod.`` (``torch.compile``), is removed, and
+        so is any other one (``model.`` in the checkpoint of a PyTorch Lightning module
+        holding the model as ``self.model``) where more keys fit the model without it; the
         batch-norm counters ``num_batches_tracked``, which files written before PyTorch 0.4.1
         lack, may be absent (as ``load_state_dict`` allows); the auxiliary classifiers of
         Inception v3 and GoogLeNet, which the returned model does not have, may be absent
@@ -577,18 +580,23 @@ def _check_image_size(model: nn.Module, name: str, shape: tuple[int, ...], *,
 def _without_wrapper_prefix(
     state: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor]
 ) -> tuple[Mapping[str, torch.Tensor], str]:
-    """``state`` without the prefixes of :data:`_WRAPPER_PREFIXES` that every one of its
-    keys carries and not every key of the model (``expected``) does, and those prefixes."""
-    removed = ""
-    while state:
-        prefix = next((p for p in _WRAPPER_PREFIXES
-                       if all(k.startswith(p) for k in state)
-                       and not all(k.startswith(p) for k in expected)), None)
-        if prefix is None:
-            break
-        state = {k[len(prefix):]: v for k, v in state.items()}
-        removed += prefix
-    return state, removed
+    """``state`` without the prefixes that every one of its keys carries and not every key
+    of the model (``expected``) does, and those prefixes.
+
+    The prefixes of :data:`_WRAPPER_PREFIXES` are removed; any other one (the attribute
+    holding the model in a PyTorch Lightning module, as in ``model.layer1.0.conv1.weight``)
+    only where more of the keys without it are keys of the model.
+    """
+    prefix = next(iter(state), "").split(".", 1)[0] + "."
+    if (not state or not all(k.startswith(prefix) for k in state)
+            or all(k.startswith(prefix) for k in expected)):
+        return state, ""
+    inner, removed = _without_wrapper_prefix({k[len(prefix):]: v for k, v in state.items()},
+                                             expected)
+    if prefix in _WRAPPER_PREFIXES or (len(inner.keys() & expected.keys())
+                                       > len(state.keys() & expected.keys())):
+        return inner, prefix + removed
+    return state, ""
 
 
 def _load_checked(

@@ -220,6 +220,30 @@ def test_a_state_dict_of_a_wrapped_model_is_read_without_its_prefix(resnet18_fil
         build_torchvision("resnet18", n_classes=2, weights=tmp_path / "bad.pt")
 
 
+def test_a_lightning_checkpoint_is_read_without_its_attribute_prefix(resnet18_file, tmp_path):
+    state = torch.load(resnet18_file, weights_only=True)
+    for prefix in ("model.", "net.", "model._orig_mod."):  # a LightningModule's self.model
+        path = tmp_path / f"{prefix}ckpt"
+        torch.save({"epoch": 2, "global_step": 10, "pytorch-lightning_version": "2.4.0",
+                    "state_dict": {prefix + key: value for key, value in state.items()}}, path)
+        model = build_torchvision("resnet18", n_classes=2, weights=path)
+        assert torch.equal(model.layer4[1].conv2.weight, state["layer4.1.conv2.weight"])
+    resnet34 = torch.load(save_torchvision_state_dict("resnet34", tmp_path / "r34.pt"),
+                          weights_only=True)
+    torch.save({"state_dict": {"model." + key: value for key, value in resnet34.items()}},
+               tmp_path / "r34.ckpt")  # another architecture: its keys named without prefix
+    with pytest.raises(ValueError, match=r"unexpected keys: layer1\.2\.bn1\.bias.*\(keys read "
+                       r"without the prefix 'model\.' every key has\)"):
+        build_torchvision("resnet18", n_classes=2, weights=tmp_path / "r34.ckpt")
+    other = {"model." + key: value for key, value in
+             tv.models.squeezenet1_1().state_dict().items()}
+    torch.save({"state_dict": other}, tmp_path / "squeeze.ckpt")  # no key fits either way
+    with pytest.raises(ValueError, match=r"missing keys: bn1\.bias.*unexpected keys: "
+                       r"model\.classifier\.1\.bias") as info:
+        build_torchvision("resnet18", n_classes=2, weights=tmp_path / "squeeze.ckpt")
+    assert "prefix" not in str(info.value)
+
+
 @pytest.mark.parametrize("name, content", [
     ("garbage.pt", b"not a torch file"),
     ("empty.pt", b""),
