@@ -25,7 +25,8 @@ import ssl
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Mapping, Sequence
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 from numbers import Integral
 from pathlib import Path
 from typing import Any
@@ -129,10 +130,17 @@ NEED_IMAGES = (
     "samples of shape {shape}."
 )
 WRONG_IMAGE_SIZE = (
-    "torchvision's {name} takes images of {size}x{size} pixels (its image_size); got samples "
-    "of shape {shape}. Resize the images to {size}x{size} (e.g. with "
-    "torchvision.transforms.Resize){other}."
+    "torchvision's {name} takes images of {size} pixels (its {param}); got samples of shape "
+    "{shape}. Resize the images to {size} (e.g. with torchvision.transforms.Resize){other}."
 )
+IMAGES_TOO_SMALL = (
+    "torchvision's {name} takes images of at least {size} pixels; got samples of shape "
+    "{shape}, on which its forward pass fails ({error}). Resize the images to at least "
+    "{size} (e.g. with torchvision.transforms.Resize)."
+)
+#: The builder arguments of torchvision's models that are built for one image size, by
+#: class; torchvision sets them to the ``min_size`` of the pretrained weights.
+_IMAGE_SIZE_PARAMS = {"VisionTransformer": "image_size", "MaxVit": "input_size"}
 NO_HEAD = "Could not find the classification layer of {name} to replace it."
 NO_LOCAL_MODEL = (
     "module={module!r}: {path} looks like a local folder but {problem}. A local "
@@ -497,8 +505,12 @@ def build_torchvision(
     name : str
         Model name in ``torchvision.models``, e.g. ``"resnet50"``.
     input_shape : tuple of int, optional
-        Shape of one sample; must be ``(3, height, width)``, and for a vision transformer
-        ``(3, image_size, image_size)``, the size it is built for.
+        Shape of one sample; must be ``(3, height, width)`` of a size the model takes: for
+        a vision transformer ``(3, image_size, image_size)`` and for MaxViT its
+        ``input_size``, the size each is built for; for models that take images of some
+        size or larger (Inception v3 75x75, AlexNet 63x63, ...) that size or larger. This
+        and the keyword arguments are checked on the model built on the meta device, before
+        any weights are downloaded or read.
     n_classes : int
         Outputs of the new classification layer.
     weights : None, str, WeightsEnum member or path, default=None
@@ -522,7 +534,8 @@ def build_torchvision(
     download_timeout : float, default=30
         Socket timeout of a download.
     **kwargs
-        Passed to the torchvision model builder.
+        Passed to the torchvision model builder; with weights, those that torchvision sets
+        from them (``num_classes``, a vision transformer's ``image_size``) must be theirs.
 
     Returns
     -------
@@ -531,10 +544,14 @@ def build_torchvision(
     tv = import_optional("torchvision", extra="vision",
                          caller=TORCHVISION_CALLER.format(name=name, builtin=MODULE_NAMES))
     path, member = check_torchvision(name, weights)
+    probe, sizes = _meta_model(tv, name, member, kwargs)  # before any download
     if input_shape is not None:
         shape = tuple(int(s) for s in input_shape)
         if len(shape) != 3 or shape[0] != 3:
             raise ValueError(NEED_IMAGES.format(name=name, shape=shape))
+        if probe is not None:
+            _check_image_size(probe, name, shape, pretrained=path is not None or member is not None,
+                              **sizes)
     if member is not None:
         _download(member, name, download_timeout)
 
@@ -550,8 +567,6 @@ def build_torchvision(
         if member is not None:  # a damaged cached file, else the error as it is
             _check_cached_file(member, name, exc)
         raise
-    if input_shape is not None:
-        _check_image_size(model, name, shape, pretrained=path is not None or member is not None)
     n_categories = len(member.meta["categories"]) if member is not None else None
     head = replace_head(model, n_classes, n_categories=n_categories or kwargs.get("num_classes"))
     if path is not None:
@@ -560,21 +575,137 @@ def build_torchvision(
     return model
 
 
+def _meta_model(
+    tv: Any, name: str, member: Any, kwargs: Mapping[str, Any]
+) -> tuple[nn.Module | None, dict[str, Any]]:
+    """torchvision's ``name`` built with ``kwargs`` on the meta device (no memory, no
+    weights, no download) as the weights ``member`` build it, and the image sizes of
+    :func:`_check_image_size`: ``input_size``, the one size a MaxViT is built for (a vision
+    transformer has its ``image_size``), and ``min_size``, the smallest of ``member``'s or,
+    without it, of any of the model's weights.
+
+    ``kwargs`` that torchvision refuses, or that differ from those ``member`` sets, are
+    refused with a ``ValueError`` naming them. The model is ``None`` where it cannot be
+    built on the meta device (RegNet computes its widths from tensors).
+    """
+    builder = tv.models.get_model_builder(name)
+    candidates = [member] if member is not None else list(tv.models.get_model_weights(name))
+    sizes: dict[str, Any] = {"min_size": min((tuple(w.meta["min_size"]) for w in candidates
+                                              if "min_size" in w.meta), default=None)}
+
+    def build(**options: Any) -> nn.Module:
+        with warnings.catch_warnings(), torch.device("meta"):
+            warnings.simplefilter("ignore")  # Inception v3's and GoogLeNet's init_weights
+            return builder(weights=None, **options)
+
+    try:
+        model = build(**kwargs)
+    except NotImplementedError:  # "Cannot copy out of meta tensor"
+        return None, sizes
+    except (TypeError, ValueError, AssertionError, RuntimeError) as exc:
+        if not kwargs:
+            raise
+        raise ValueError(BAD_TORCHVISION_PARAMS.format(name=name, keys=sorted(kwargs),
+                                                       error=exc)) from exc
+    param = _IMAGE_SIZE_PARAMS.get(type(model).__name__)
+    size: Any = None
+    if param is not None:  # torchvision builds for its weights' size, and by default
+        size = tuple((member or tv.models.get_model_weights(name).DEFAULT).meta["min_size"])
+        size = size if param == "input_size" else size[0]
+    if member is not None:  # the arguments torchvision sets from the weights
+        forced = {"num_classes": len(member.meta["categories"]), **({param: size} if param else {})}
+        clash = sorted(k for k in forced if k in kwargs and kwargs[k] != forced[k])
+        if clash:
+            error = ", ".join(f"{k}={forced[k]!r}, not {kwargs[k]!r}" for k in clash)
+            raise ValueError(BAD_TORCHVISION_PARAMS.format(
+                name=name, keys=sorted(kwargs), error=f"its weights {member} set {error}"))
+        if param is not None and param not in kwargs:
+            model = build(**kwargs, **{param: size})
+    if param == "input_size":
+        sizes["input_size"] = tuple(kwargs.get(param, size))
+        sizes["builds_for"] = lambda hw: _builds_for(build, {**kwargs, param: hw}, hw)
+    return model, sizes
+
+
+def _builds_for(build: Callable[..., nn.Module], options: dict[str, Any],
+                size: tuple[int, ...]) -> bool:
+    """Whether ``build(**options)`` builds a model that takes images of ``size``."""
+    try:
+        return _forward_error(build(**options), (3, *size)) is None
+    except (ValueError, RuntimeError, AssertionError):
+        return False
+
+
+def _forward_error(model: nn.Module, shape: tuple[int, ...]) -> Exception | None:
+    """The error of ``model``'s forward pass (on the meta device) on a sample of ``shape``."""
+    try:
+        with torch.no_grad():
+            model.eval()(torch.empty((1, *shape), device="meta"))
+    except NotImplementedError:  # an operation without a meta kernel: no answer
+        return None
+    except (RuntimeError, ValueError, AssertionError, IndexError) as exc:
+        return exc
+    return None
+
+
 def _check_image_size(model: nn.Module, name: str, shape: tuple[int, ...], *,
-                      pretrained: bool) -> None:
-    """Refuse samples of ``shape`` for a vision transformer built for another image size."""
+                      pretrained: bool, input_size: tuple[int, int] | None = None,
+                      min_size: Sequence[int] | None = None,
+                      builds_for: Callable[[tuple[int, ...]], bool] | None = None) -> None:
+    """Refuse samples of ``shape`` that ``model`` cannot take.
+
+    A vision transformer takes its ``image_size`` only. A model on the meta device (from
+    :func:`_meta_model`) is run on a sample of ``shape``; where that fails and does not
+    fail on a sample of ``input_size`` (the one size of MaxViT), the error names that
+    size; where it does not fail on a square of the largest side of ``min_size`` (the
+    smallest size of its weights, 75x75 for Inception v3), the error names the smallest
+    square it takes (found by bisection: such models take any larger image).
+    ``builds_for(size)`` says whether a model without pretrained weights can be built for
+    images of ``size`` instead (MaxViT's ``input_size``).
+    """
     size, patch = getattr(model, "image_size", None), getattr(model, "patch_size", None)
-    if not isinstance(size, int) or len(shape) != 3 or shape[1:] == (size, size):
+    if len(shape) != 3:
         return
-    side = shape[1]
-    if pretrained:
-        other = "; its pretrained position embeddings are those of this size"
-    elif shape[2] == side and isinstance(patch, int) and side % patch == 0:
-        other = f", or build it for them with module_params={{'image_size': {side}}}"
-    else:
-        other = (f", or to a size that is a multiple of its patch size {patch} and build it "
-                 "for that size with module_params={'image_size': <size>}")
-    raise ValueError(WRONG_IMAGE_SIZE.format(name=name, size=size, shape=shape, other=other))
+    if isinstance(size, int):
+        if shape[1:] == (size, size):
+            return
+        side = shape[1]
+        if pretrained:
+            other = "; its pretrained position embeddings are those of this size"
+        elif shape[2] == side and isinstance(patch, int) and side % patch == 0:
+            other = f", or build it for them with module_params={{'image_size': {side}}}"
+        else:
+            other = (f", or to a size that is a multiple of its patch size {patch} and build "
+                     "it for that size with module_params={'image_size': <size>}")
+        raise ValueError(WRONG_IMAGE_SIZE.format(name=name, size=f"{size}x{size}",
+                                                 param="image_size", shape=shape, other=other))
+    if not next(model.parameters(), torch.empty(0)).is_meta:
+        return
+    error = _forward_error(model, shape)
+    if error is None:
+        return
+    if input_size is not None and _forward_error(model, (3, *input_size)) is None:
+        if pretrained:
+            other = "; torchvision builds it for this size with its pretrained weights"
+        elif builds_for is not None and builds_for(shape[1:]):
+            other = f", or build it for them with module_params={{'input_size': {shape[1:]}}}"
+        else:
+            other = (", or to a size it can be built for (its partition size "
+                     f"{getattr(model, 'partition_size', '?')} dividing every block's input) "
+                     "and build it for that size with module_params={'input_size': (h, w)}")
+        raise ValueError(WRONG_IMAGE_SIZE.format(
+            name=name, size="{}x{}".format(*input_size), param="input_size", shape=shape,
+            other=other))
+    side = max(min_size or (0,))  # a size it takes, then the smallest by bisection
+    if min(shape[1:]) >= side or _forward_error(model, (3, side, side)) is not None:
+        return
+    low = min(shape[1:])
+    while side - low > 1:
+        middle = (low + side) // 2
+        low, side = (low, middle) if _forward_error(model, (3, middle, middle)) is None else (
+            middle, side)
+    raise ValueError(IMAGES_TOO_SMALL.format(name=name, size=f"{side}x{side}", shape=shape,
+                                             error=error))
 
 
 def _without_wrapper_prefix(

@@ -334,6 +334,59 @@ def test_a_vision_transformer_refuses_images_of_another_size_when_built():
     backbones._check_image_size(vit, "vit", (3, 8, 8), pretrained=True)
 
 
+@pytest.mark.parametrize(("module", "params", "side", "match"), [
+    ("maxvit_t", {}, 64, r"maxvit_t takes images of 224x224 pixels \(its input_size\); got "
+     r"samples of shape \(3, 64, 64\)\. Resize the images to 224x224 .*, or to a size it can "
+     r"be built for \(its partition size 7 dividing"),
+    ("maxvit_t", {}, 448, r"Resize the images to 224x224 .*, or build it for them with "
+     r"module_params=\{'input_size': \(448, 448\)\}\.$"),
+    ("maxvit_t", {"input_size": (448, 448)}, 224, r"takes images of 448x448 pixels"),
+    ("inception_v3", {"init_weights": False}, 64, r"inception_v3 takes images of at least "
+     r"75x75 pixels; got samples of shape \(3, 64, 64\), on which its forward pass fails "
+     r"\(.*Kernel size can't be greater than actual input size\)\. Resize the images to at "
+     r"least 75x75"),
+    ("alexnet", {}, 32, r"alexnet takes images of at least 63x63 pixels"),
+    ("swin_t", {}, 2, r"swin_t takes images of at least 4x4 pixels"),  # not its weights' 224
+])
+def test_images_a_model_cannot_take_are_refused_when_built(module, params, side, match):
+    with pytest.raises(ValueError, match=match):  # torch's errors came at the forward pass
+        build_module(module, input_shape=(3, side, side), n_classes=2,
+                     module_params={"weights": None, **params})
+
+
+def test_images_of_the_size_a_model_takes_are_not_refused():
+    model = build_torchvision("inception_v3", input_shape=(3, 75, 90), n_classes=2,
+                              init_weights=False)
+    assert model.eval()(torch.zeros(1, 3, 75, 90)).shape == (1, 2)
+    build_torchvision("maxvit_t", input_shape=(3, 222, 222), n_classes=2)  # 221 to 224 fit
+
+
+def test_arguments_are_checked_before_weights_are_downloaded(monkeypatch):
+    def download(member, name, timeout):
+        raise AssertionError(f"{member} downloaded before the arguments were checked")
+
+    monkeypatch.setattr(backbones, "_download", download)
+    for name, params, shape, match in [
+        ("resnet18", {"bogus": 1}, (3, 32, 32), r"module_params \['bogus'\] of "
+         r"module='resnet18': torchvision's model refuses one \(.*unexpected keyword"),
+        ("resnet18", {"num_classes": 5}, (3, 32, 32), r"module_params \['num_classes'\] .*"
+         r"its weights ResNet18_Weights\.IMAGENET1K_V1 set num_classes=1000, not 5"),
+        ("vit_b_16", {"image_size": 32}, (3, 32, 32), r"ViT_B_16_Weights\.IMAGENET1K_V1 set "
+         r"image_size=224, not 32"),
+        ("vit_b_16", {}, (3, 32, 32), r"vit_b_16 takes images of 224x224 pixels .* its "
+         r"pretrained position embeddings"),
+        ("inception_v3", {}, (3, 64, 64), r"inception_v3 takes images of at least 75x75"),
+        ("maxvit_t", {}, (3, 448, 448), r"maxvit_t takes images of 224x224 pixels .* "
+         r"torchvision builds it for this size with its pretrained weights"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            build_module(name, input_shape=shape, n_classes=2,
+                         module_params={"weights": "DEFAULT", **params})
+    swag = tv.models.ViT_B_16_Weights.IMAGENET1K_SWAG_E2E_V1  # built for 384x384 images
+    with pytest.raises(ValueError, match=r"vit_b_16 takes images of 384x384 pixels"):
+        build_torchvision("vit_b_16", input_shape=(3, 224, 224), n_classes=2, weights=swag)
+
+
 @pytest.mark.parametrize(
     ("module", "params", "error", "match"),
     [
