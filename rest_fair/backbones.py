@@ -27,7 +27,7 @@ import urllib.parse
 import urllib.request
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from numbers import Integral
+from numbers import Integral, Real
 from pathlib import Path
 from typing import Any
 
@@ -191,6 +191,10 @@ HF_KWARGS_CLASH = (
     "local_files_only as module_params of their own; num_labels comes from the classes."
 )
 BAD_MAX_LENGTH = "module_params['max_length'] must be a positive integer or None; got {!r}."
+BAD_DOWNLOAD_TIMEOUT = (
+    "module_params['download_timeout'] (of a torchvision model) must be a positive, finite "
+    "number of seconds; got {!r}."
+)
 HF_NEEDS_TOKENS = (
     "{cls} takes a dict of token tensors (input_ids, attention_mask) as produced from a "
     "list of strings by RESTClassifier; got {type}."
@@ -532,7 +536,7 @@ def build_torchvision(
         Inception v3 and GoogLeNet, which the returned model does not have, may be absent
         or present.
     download_timeout : float, default=30
-        Socket timeout of a download.
+        Socket timeout of a download, in seconds (positive and finite).
     **kwargs
         Passed to the torchvision model builder; with weights, those that torchvision sets
         from them (``num_classes``, a vision transformer's ``image_size``) must be theirs.
@@ -544,6 +548,9 @@ def build_torchvision(
     tv = import_optional("torchvision", extra="vision",
                          caller=TORCHVISION_CALLER.format(name=name, builtin=MODULE_NAMES))
     path, member = check_torchvision(name, weights)
+    if (isinstance(download_timeout, bool) or not isinstance(download_timeout, Real)
+            or not 0 < download_timeout < float("inf")):
+        raise ValueError(BAD_DOWNLOAD_TIMEOUT.format(download_timeout))
     probe, sizes = _meta_model(tv, name, member, kwargs)  # before any download
     if input_shape is not None:
         shape = tuple(int(s) for s in input_shape)

@@ -382,6 +382,11 @@ def test_arguments_are_checked_before_weights_are_downloaded(monkeypatch):
         with pytest.raises(ValueError, match=match):
             build_module(name, input_shape=shape, n_classes=2,
                          module_params={"weights": "DEFAULT", **params})
+    for timeout in (-1, 0, float("nan"), float("inf"), "5", True):  # -1 was a network error
+        with pytest.raises(ValueError, match=r"module_params\['download_timeout'\] \(of a "
+                           r"torchvision model\) must be a positive, finite number of seconds"):
+            build_module("resnet18", input_shape=(3, 32, 32), n_classes=2,
+                         module_params={"weights": "DEFAULT", "download_timeout": timeout})
     swag = tv.models.ViT_B_16_Weights.IMAGENET1K_SWAG_E2E_V1  # built for 384x384 images
     with pytest.raises(ValueError, match=r"vit_b_16 takes images of 384x384 pixels"):
         build_torchvision("vit_b_16", input_shape=(3, 224, 224), n_classes=2, weights=swag)
