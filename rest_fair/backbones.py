@@ -21,6 +21,7 @@ import difflib
 import hashlib
 import os
 import pickle
+import re
 import ssl
 import urllib.error
 import urllib.parse
@@ -106,6 +107,12 @@ UNREADABLE_STATE_DICT = (
     "{path} cannot be read as a state dict ({error}): it is damaged, empty, or not a file "
     "written by torch.save(model.state_dict(), path) or safetensors (files holding pickled "
     "objects other than tensors are refused, so that nothing in them runs)."
+)
+UNSAFE_STATE_DICT = (
+    "{path} cannot be read as a state dict: it holds a pickled {type} (a whole model, or a "
+    "training checkpoint's hyper-parameters), and objects other than tensors are refused so "
+    "that nothing in the file runs. Save the model's state dict alone, with "
+    "torch.save(model.state_dict(), path)."
 )
 #: What torch.load raises for a file that is damaged, empty or not a tensor file.
 _UNREADABLE = (pickle.UnpicklingError, EOFError, RuntimeError, ValueError)
@@ -302,7 +309,7 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     ------
     ValueError
         If the file cannot be read (damaged, empty, a pickled model) or holds no state dict;
-        the message names the file.
+        the message names the file, and the type of a pickled object it holds.
     """
     path = Path(path).expanduser()
     unreadable: tuple[type[Exception], ...] = _UNREADABLE
@@ -317,6 +324,9 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except unreadable as exc:
+        refused = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
+        if refused:
+            raise ValueError(UNSAFE_STATE_DICT.format(path=path, type=refused[1])) from exc
         raise ValueError(UNREADABLE_STATE_DICT.format(
             path=path, error=type(exc).__name__)) from exc
     if isinstance(state, Mapping):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -263,6 +264,16 @@ def test_an_unreadable_state_dict_file_is_named(resnet18_file, tmp_path, name, c
     with pytest.raises(ValueError, match="cannot be read as a state dict") as info:
         build_torchvision("resnet18", n_classes=2, weights=path)
     assert str(path) in str(info.value) and "weights_only=False" not in str(info.value)
+
+
+def test_a_checkpoint_holding_other_objects_names_their_type(resnet18_file, tmp_path):
+    state = torch.load(resnet18_file, weights_only=True)
+    torch.save({"state_dict": {"model." + key: value for key, value in state.items()},
+                "hyper_parameters": {"data_dir": Path("/data")}}, tmp_path / "hp.ckpt")
+    with pytest.raises(ValueError, match=r"hp\.ckpt cannot be read as a state dict: it holds a "
+                       r"pickled pathlib\.\w*Path .* Save the model's state dict alone") as info:
+        build_torchvision("resnet18", n_classes=2, weights=tmp_path / "hp.ckpt")
+    assert "weights_only=False" not in str(info.value)
 
 
 def test_a_folder_as_weights_is_named(tmp_path):
