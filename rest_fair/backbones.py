@@ -46,6 +46,7 @@ __all__ = [
     "build_backbone",
     "build_hf",
     "build_torchvision",
+    "check_backbone",
     "check_hf_params",
     "check_torchvision",
     "hf_token_limits",
@@ -258,7 +259,29 @@ def build_backbone(
     if name.startswith(HF_PREFIX):
         return build_hf(name[len(HF_PREFIX):], n_classes=n_classes,
                         **check_hf_params(name, params))
-    return build_torchvision(name, input_shape=input_shape, n_classes=n_classes, **params)
+    return build_torchvision(name, input_shape=input_shape, n_classes=n_classes,
+                             **_torchvision_params(name, params))
+
+
+def check_backbone(name: str, module_params: Mapping[str, Any] | None = None) -> None:
+    """Check ``module=name`` and its ``module_params`` as :func:`build_backbone` reads them,
+    without building the model or downloading anything (see :func:`check_hf_params` and
+    :func:`check_torchvision`)."""
+    params = dict(module_params or {})
+    if name.startswith(HF_PREFIX):
+        check_hf_params(name, params)
+    else:
+        check_torchvision(name, **_torchvision_params(name, params))
+
+
+def _torchvision_params(name: str, params: dict[str, Any]) -> dict[str, Any]:
+    """``params`` of a torchvision model, refused where they name an argument that
+    :func:`build_backbone` sets from the data."""
+    taken = sorted({"n_classes", "input_shape"} & set(params))
+    if taken:
+        raise ValueError(BAD_TORCHVISION_PARAMS.format(
+            name=name, keys=taken, error="rest_fair sets them from the data"))
+    return params
 
 
 # ------------------------------------------------------------------------ torchvision
@@ -448,8 +471,18 @@ def _download(member: Any, name: str, timeout: float) -> None:
         ) from exc
 
 
-def check_torchvision(name: str, weights: Any = None) -> tuple[Path | None, Any]:
-    """Check a torchvision model name and its ``weights``, without downloading anything.
+def check_torchvision(
+    name: str,
+    weights: Any = None,
+    *,
+    input_shape: Sequence[int] | None = None,
+    download_timeout: float = _DOWNLOAD_TIMEOUT_S,
+    **kwargs: Any,
+) -> tuple[Path | None, Any]:
+    """Check the arguments of :func:`build_torchvision` without downloading or reading
+    weights: the model name, its ``weights`` and ``download_timeout`` and, where given, the
+    other keyword arguments and the sample shape ``input_shape`` on the model built on the
+    meta device (no memory, no weights).
 
     Returns
     -------
@@ -461,7 +494,9 @@ def check_torchvision(name: str, weights: Any = None) -> tuple[Path | None, Any]
     Raises
     ------
     ValueError
-        For a name torchvision does not know (with close matches) or unknown weights.
+        For a name torchvision does not know (with close matches), unknown weights, keyword
+        arguments the model refuses (or that differ from those its weights set), and
+        samples it cannot take.
     FileNotFoundError
         For ``weights`` that look like a path to a file that does not exist.
     IsADirectoryError
@@ -476,6 +511,25 @@ def check_torchvision(name: str, weights: Any = None) -> tuple[Path | None, Any]
         close = difflib.get_close_matches(name, names, n=3)
         hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
         raise ValueError(UNKNOWN_TORCHVISION.format(builtin=MODULE_NAMES, name=name, hint=hint))
+    path, member = _check_weights(tv, name, weights)
+    if (isinstance(download_timeout, bool) or not isinstance(download_timeout, Real)
+            or not 0 < download_timeout < float("inf")):
+        raise ValueError(BAD_DOWNLOAD_TIMEOUT.format(download_timeout))
+    if input_shape is None and not kwargs:
+        return path, member
+    probe, sizes = _meta_model(tv, name, member, kwargs)
+    if input_shape is not None:
+        shape = tuple(int(s) for s in input_shape)
+        if len(shape) != 3 or shape[0] != 3:
+            raise ValueError(NEED_IMAGES.format(name=name, shape=shape))
+        if probe is not None:
+            _check_image_size(probe, name, shape, pretrained=path is not None or member is not None,
+                              **sizes)
+    return path, member
+
+
+def _check_weights(tv: Any, name: str, weights: Any) -> tuple[Path | None, Any]:
+    """The state-dict file and the torchvision weights member that ``weights`` names."""
     if weights is None:
         return None, None
     enum = tv.models.get_model_weights(name)
@@ -557,18 +611,8 @@ def build_torchvision(
     """
     tv = import_optional("torchvision", extra="vision",
                          caller=TORCHVISION_CALLER.format(name=name, builtin=MODULE_NAMES))
-    path, member = check_torchvision(name, weights)
-    if (isinstance(download_timeout, bool) or not isinstance(download_timeout, Real)
-            or not 0 < download_timeout < float("inf")):
-        raise ValueError(BAD_DOWNLOAD_TIMEOUT.format(download_timeout))
-    probe, sizes = _meta_model(tv, name, member, kwargs)  # before any download
-    if input_shape is not None:
-        shape = tuple(int(s) for s in input_shape)
-        if len(shape) != 3 or shape[0] != 3:
-            raise ValueError(NEED_IMAGES.format(name=name, shape=shape))
-        if probe is not None:
-            _check_image_size(probe, name, shape, pretrained=path is not None or member is not None,
-                              **sizes)
+    path, member = check_torchvision(name, weights, input_shape=input_shape,  # no download
+                                     download_timeout=download_timeout, **kwargs)
     if member is not None:
         _download(member, name, download_timeout)
 

@@ -398,6 +398,16 @@ def test_arguments_are_checked_before_weights_are_downloaded(monkeypatch):
                            r"torchvision model\) must be a positive, finite number of seconds"):
             build_module("resnet18", input_shape=(3, 32, 32), n_classes=2,
                          module_params={"weights": "DEFAULT", "download_timeout": timeout})
+    for params, match in [({"bogus": 1}, r"\['bogus'\] .*unexpected keyword"),
+                          ({"num_classes": 5}, r"set num_classes=1000, not 5"),
+                          ({"download_timeout": -1}, r"download_timeout"),
+                          ({"n_classes": 3}, r"\['n_classes'\] .*rest_fair sets them from"),
+                          ({"input_shape": (3, 8, 8)}, r"\['input_shape'\] .*rest_fair sets")]:
+        with pytest.raises(ValueError, match=match):  # before any data, as a sweep does
+            check_module("resnet18", {"weights": "DEFAULT", **params})
+        with pytest.raises(ValueError, match=match):  # "n_classes" was a bare TypeError
+            build_module("resnet18", input_shape=(3, 32, 32), n_classes=2,
+                         module_params={"weights": "DEFAULT", **params})
     swag = tv.models.ViT_B_16_Weights.IMAGENET1K_SWAG_E2E_V1  # built for 384x384 images
     with pytest.raises(ValueError, match=r"vit_b_16 takes images of 384x384 pixels"):
         build_torchvision("vit_b_16", input_shape=(3, 224, 224), n_classes=2, weights=swag)
