@@ -87,6 +87,11 @@ OTHER_MODELS_WEIGHTS = (
     "(give a member of torchvision.models.get_model_weights({name!r}), or its name)."
 )
 MISSING_WEIGHTS_FILE = "weights={weights!r} looks like a file path, but there is no such file."
+WEIGHTS_URL = (
+    "weights={weights!r} is a URL: weights are not downloaded from URLs; give a torchvision "
+    "weights name of {name} (they are {available}; torchvision knows their URLs) or the path "
+    "of a state-dict file downloaded from it."
+)
 WEIGHTS_IS_A_FOLDER = "weights={weights!r} is a folder; give the path of a state-dict file in it."
 BAD_WEIGHTS = (
     "module_params['weights'] must be None, a torchvision weights name (e.g. 'DEFAULT', "
@@ -549,6 +554,9 @@ def _check_weights(tv: Any, name: str, weights: Any) -> tuple[Path | None, Any]:
     if candidate.is_dir():
         raise IsADirectoryError(WEIGHTS_IS_A_FOLDER.format(weights=str(weights)))
     if isinstance(weights, os.PathLike) or _looks_like_path(str(weights)):
+        if re.match(r"[a-z][a-z0-9+.-]*://", str(weights), re.IGNORECASE):
+            raise ValueError(WEIGHTS_URL.format(weights=str(weights), name=name,
+                                                available=list(enum.__members__)))
         raise FileNotFoundError(MISSING_WEIGHTS_FILE.format(weights=str(weights)))
     member = str(weights).removeprefix(enum.__name__ + ".")  # as str(member) writes it
     if member not in enum.__members__:
@@ -666,8 +674,10 @@ def _meta_model(
     except (TypeError, ValueError, AssertionError, RuntimeError) as exc:
         if not kwargs:
             raise
+        error = str(exc) + ("; pretrained weights are module_params={'weights': 'DEFAULT'}"
+                            if "pretrained" in kwargs else "")  # torchvision's before 0.13
         raise ValueError(BAD_TORCHVISION_PARAMS.format(name=name, keys=sorted(kwargs),
-                                                       error=exc)) from exc
+                                                       error=error)) from exc
     param = _IMAGE_SIZE_PARAMS.get(type(model).__name__)
     size: Any = None
     if param is not None:  # torchvision builds for its weights' size, and by default

@@ -426,6 +426,11 @@ def test_arguments_are_checked_before_weights_are_downloaded(monkeypatch):
         ("resnet50", {"weights": {"conv1.weight": torch.zeros(64, 3, 7, 7)}}, ValueError,
          r"path to a state-dict file; got a dict of 1 entries: write a state dict to a file "
          r"with torch.save\(state_dict, path\) and give its path\.$"),  # not the tensors
+        ("resnet18", {"weights": "https://download.pytorch.org/models/resnet18-f37072fd.pth"},
+         ValueError, r"is a URL: weights are not downloaded from URLs; give a torchvision "
+         r"weights name of resnet18 \(they are \['IMAGENET1K_V1', 'DEFAULT'\]"),
+        ("resnet50", {"pretrained": True}, ValueError, r"\['pretrained'\] .*unexpected keyword "
+         r"argument 'pretrained'; pretrained weights are module_params=\{'weights': 'DEFAULT'\}"),
         ("resnet50", {"weigths": None}, ValueError,
          r"module_params \['weigths'\] of module='resnet50': torchvision's model refuses"),
         ("vit_b_16", {"weights": None, "num_layers": 1}, ValueError,
