@@ -26,7 +26,6 @@ import ssl
 import urllib.error
 import urllib.parse
 import urllib.request
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from numbers import Integral, Real
 from pathlib import Path
@@ -151,6 +150,9 @@ IMAGES_TOO_SMALL = (
     "{shape}, on which its forward pass fails ({error}). Resize the images to at least "
     "{size} (e.g. with torchvision.transforms.Resize)."
 )
+#: Arguments that build these models on the meta device without warning that their default
+#: initialisation will change (the meta model's values are never used).
+_QUIET_BUILD = {"googlenet": {"init_weights": False}, "inception_v3": {"init_weights": False}}
 #: The builder arguments of torchvision's models that are built for one image size, by
 #: class; torchvision sets them to the ``min_size`` of the pretrained weights.
 _IMAGE_SIZE_PARAMS = {"VisionTransformer": "image_size", "MaxVit": "input_size"}
@@ -663,9 +665,8 @@ def _meta_model(
                                               if "min_size" in w.meta), default=None)}
 
     def build(**options: Any) -> nn.Module:
-        with warnings.catch_warnings(), torch.device("meta"):
-            warnings.simplefilter("ignore")  # Inception v3's and GoogLeNet's init_weights
-            return builder(weights=None, **options)
+        with torch.device("meta"):
+            return builder(weights=None, **{**_QUIET_BUILD.get(name, {}), **options})
 
     try:
         model = build(**kwargs)

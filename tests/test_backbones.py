@@ -372,6 +372,12 @@ def test_images_of_the_size_a_model_takes_are_not_refused():
     build_torchvision("maxvit_t", input_shape=(3, 222, 222), n_classes=2)  # 221 to 224 fit
 
 
+@pytest.mark.parametrize("name", ["googlenet", "inception_v3"])
+def test_checking_pretrained_weights_gives_no_initialisation_warning(name, recwarn):
+    backbones.check_torchvision(name, "DEFAULT", input_shape=(3, 96, 96), aux_logits=True)
+    assert not [w for w in recwarn if issubclass(w.category, FutureWarning)]
+
+
 def test_arguments_are_checked_before_weights_are_downloaded(monkeypatch):
     def download(member, name, timeout):
         raise AssertionError(f"{member} downloaded before the arguments were checked")
