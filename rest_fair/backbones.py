@@ -200,6 +200,15 @@ BAD_HF_PARAMS = (
     "module={module!r} takes module_params {allowed}; got unknown {unknown}."
 )
 BAD_LOCAL_ONLY = "module_params['local_files_only'] must be True, False or None; got {value!r}."
+BAD_REVISION = (
+    "module_params['revision'] must be None or a Hub revision (a branch, tag or commit "
+    "name); got {value!r}."
+)
+HF_MODEL_REFUSES = (
+    "module_params['model_kwargs'] {keys} of module={module!r}: the model refuses one "
+    "({error}); they are passed to AutoModelForSequenceClassification.from_pretrained and "
+    "the model's configuration."
+)
 BAD_HF_KWARGS = "module_params[{key!r}] must be a dict of keyword arguments; got {value!r}."
 HF_KWARGS_CLASH = (
     "module_params[{key!r}] sets {clash}, which rest_fair sets itself: give revision and "
@@ -926,6 +935,9 @@ def check_hf_params(module: str, params: Mapping[str, Any]) -> dict[str, Any]:
                                               unknown=unknown))
     if params.get("local_files_only") not in (None, True, False):
         raise ValueError(BAD_LOCAL_ONLY.format(value=params["local_files_only"]))
+    revision = params.get("revision")
+    if revision is not None and not (isinstance(revision, str) and revision.strip()):
+        raise ValueError(BAD_REVISION.format(value=revision))
     for key, taken in (("tokenizer_kwargs", _SET_BY_US), ("model_kwargs", _SET_BY_US_MODEL)):
         value = params.get(key)
         if value is not None and not isinstance(value, Mapping):
@@ -1094,17 +1106,23 @@ def build_hf(
     tokenizer = load_tokenizer(module, {"revision": revision, "local_files_only": local_files_only,
                                         "tokenizer_kwargs": tokenizer_kwargs})
     transformers = import_optional("transformers", extra="text", caller=f"module={module!r}")
-    model_kwargs = dict(model_kwargs or {})
-    if not {"dtype", "torch_dtype"} & set(model_kwargs):  # transformers 5 reads "auto"
+    options = dict(model_kwargs or {})
+    if not {"dtype", "torch_dtype"} & set(options):  # transformers 5 reads "auto"
         from packaging.version import Version  # a dependency of transformers
 
         renamed = Version(transformers.__version__) >= Version("4.56")  # torch_dtype before
-        model_kwargs["dtype" if renamed else "torch_dtype"] = torch.float32
-    model = _from_pretrained(
-        module, transformers.AutoModelForSequenceClassification, name, revision=revision,
-        local_files_only=local_files_only, what="the model", num_labels=int(n_classes),
-        ignore_mismatched_sizes=True, **model_kwargs,
-    )
+        options["dtype" if renamed else "torch_dtype"] = torch.float32
+    try:
+        model = _from_pretrained(
+            module, transformers.AutoModelForSequenceClassification, name, revision=revision,
+            local_files_only=local_files_only, what="the model", num_labels=int(n_classes),
+            ignore_mismatched_sizes=True, **options,
+        )
+    except TypeError as exc:  # an argument the model's __init__ does not take
+        if "unexpected keyword argument" not in str(exc):
+            raise
+        raise ValueError(HF_MODEL_REFUSES.format(keys=sorted(model_kwargs or {}), module=module,
+                                                 error=exc)) from exc
     if tokenizer.pad_token_id is None:  # neither a padding nor an end-of-sequence token
         raise ValueError(NO_PAD_TOKEN.format(module=module))
     if getattr(model.config, "pad_token_id", None) is None:
