@@ -691,7 +691,8 @@ def _meta_model(
     param = _IMAGE_SIZE_PARAMS.get(type(model).__name__)
     size: Any = None
     if param is not None:  # torchvision builds for its weights' size, and by default
-        size = tuple((member or tv.models.get_model_weights(name).DEFAULT).meta["min_size"])
+        weights = member if member is not None else tv.models.get_model_weights(name).DEFAULT
+        size = tuple(weights.meta["min_size"])
         size = size if param == "input_size" else size[0]
     if member is not None:  # the arguments torchvision sets from the weights
         forced = {"num_classes": len(member.meta["categories"]), **({param: size} if param else {})}
