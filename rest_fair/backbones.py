@@ -139,7 +139,7 @@ DOWNLOAD_FAILED = (
 )
 NEED_IMAGES = (
     "torchvision's {name} takes RGB images of shape (n_samples, 3, height, width); got "
-    "samples of shape {shape}."
+    "samples of shape {shape}{layout}."
 )
 WRONG_IMAGE_SIZE = (
     "torchvision's {name} takes images of {size} pixels (its {param}); got samples of shape "
@@ -537,7 +537,9 @@ def check_torchvision(
     if input_shape is not None:
         shape = tuple(int(s) for s in input_shape)
         if len(shape) != 3 or shape[0] != 3:
-            raise ValueError(NEED_IMAGES.format(name=name, shape=shape))
+            layout = (", which look channels-last (height, width, channels): pass "
+                      "X.transpose(0, 3, 1, 2)" if len(shape) == 3 and shape[2] == 3 else "")
+            raise ValueError(NEED_IMAGES.format(name=name, shape=shape, layout=layout))
         if probe is not None:
             _check_image_size(probe, name, shape, pretrained=path is not None or member is not None,
                               **sizes)

@@ -458,8 +458,12 @@ def test_missing_optional_package_names_the_install_command(monkeypatch):
 
 
 def test_images_must_have_three_channels():
-    with pytest.raises(ValueError, match=r"RGB images .* got samples of shape \(1, 28, 28\)"):
+    with pytest.raises(ValueError, match=r"RGB images .* got samples of shape \(1, 28, 28\)\.$"):
         build_module("resnet50", input_shape=(1, 28, 28), n_classes=2,
+                     module_params={"weights": None})
+    with pytest.raises(ValueError, match=r"shape \(32, 32, 3\), which look channels-last "
+                       r"\(height, width, channels\): pass X\.transpose\(0, 3, 1, 2\)\.$"):
+        build_module("resnet50", input_shape=(32, 32, 3), n_classes=2,
                      module_params={"weights": None})
 
 
