@@ -21,12 +21,13 @@ import difflib
 import hashlib
 import os
 import pickle
+import re
 import ssl
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Mapping, Sequence
-from numbers import Integral
+from collections.abc import Callable, Mapping, Sequence
+from numbers import Integral, Real
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,7 @@ __all__ = [
     "build_backbone",
     "build_hf",
     "build_torchvision",
+    "check_backbone",
     "check_hf_params",
     "check_torchvision",
     "hf_token_limits",
@@ -61,7 +63,8 @@ HF_PREFIX = "hf:"
 MODULE_NAMES = ("auto", "mlp", "cnn", "resnet18")
 _DOWNLOAD_TIMEOUT_S = 30.0
 #: Prefixes that a wrapped model's state dict puts before every key: DataParallel's and
-#: DistributedDataParallel's ``module.``, ``torch.compile``'s ``_orig_mod.``.
+#: DistributedDataParallel's ``module.``, ``torch.compile``'s ``_orig_mod.`` (removed even
+#: where the keys then do not fit, so that the error names the keys without them).
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 _PROBE_TIMEOUT_S = 5.0
 #: The auxiliary classifiers of Inception v3 and GoogLeNet, which the built model drops.
@@ -83,6 +86,11 @@ OTHER_MODELS_WEIGHTS = (
     "(give a member of torchvision.models.get_model_weights({name!r}), or its name)."
 )
 MISSING_WEIGHTS_FILE = "weights={weights!r} looks like a file path, but there is no such file."
+WEIGHTS_URL = (
+    "weights={weights!r} is a URL: weights are not downloaded from URLs; give a torchvision "
+    "weights name of {name} (they are {available}; torchvision knows their URLs) or the path "
+    "of a state-dict file downloaded from it."
+)
 WEIGHTS_IS_A_FOLDER = "weights={weights!r} is a folder; give the path of a state-dict file in it."
 BAD_WEIGHTS = (
     "module_params['weights'] must be None, a torchvision weights name (e.g. 'DEFAULT', "
@@ -105,6 +113,12 @@ UNREADABLE_STATE_DICT = (
     "written by torch.save(model.state_dict(), path) or safetensors (files holding pickled "
     "objects other than tensors are refused, so that nothing in them runs)."
 )
+UNSAFE_STATE_DICT = (
+    "{path} cannot be read as a state dict: it holds a pickled {type} (a whole model, or a "
+    "training checkpoint's hyper-parameters), and objects other than tensors are refused so "
+    "that nothing in the file runs. Save the model's state dict alone, with "
+    "torch.save(model.state_dict(), path)."
+)
 #: What torch.load raises for a file that is damaged, empty or not a tensor file.
 _UNREADABLE = (pickle.UnpicklingError, EOFError, RuntimeError, ValueError)
 DAMAGED_CACHED_WEIGHTS = (
@@ -125,13 +139,23 @@ DOWNLOAD_FAILED = (
 )
 NEED_IMAGES = (
     "torchvision's {name} takes RGB images of shape (n_samples, 3, height, width); got "
-    "samples of shape {shape}."
+    "samples of shape {shape}{layout}."
 )
 WRONG_IMAGE_SIZE = (
-    "torchvision's {name} takes images of {size}x{size} pixels (its image_size); got samples "
-    "of shape {shape}. Resize the images to {size}x{size} (e.g. with "
-    "torchvision.transforms.Resize){other}."
+    "torchvision's {name} takes images of {size} pixels (its {param}); got samples of shape "
+    "{shape}. Resize the images to {size} (e.g. with torchvision.transforms.Resize){other}."
 )
+IMAGES_TOO_SMALL = (
+    "torchvision's {name} takes images of at least {size} pixels; got samples of shape "
+    "{shape}, on which its forward pass fails ({error}). Resize the images to at least "
+    "{size} (e.g. with torchvision.transforms.Resize)."
+)
+#: Arguments that build these models on the meta device without warning that their default
+#: initialisation will change (the meta model's values are never used).
+_QUIET_BUILD = {"googlenet": {"init_weights": False}, "inception_v3": {"init_weights": False}}
+#: The builder arguments of torchvision's models that are built for one image size, by
+#: class; torchvision sets them to the ``min_size`` of the pretrained weights.
+_IMAGE_SIZE_PARAMS = {"VisionTransformer": "image_size", "MaxVit": "input_size"}
 NO_HEAD = "Could not find the classification layer of {name} to replace it."
 NO_LOCAL_MODEL = (
     "module={module!r}: {path} looks like a local folder but {problem}. A local "
@@ -176,12 +200,25 @@ BAD_HF_PARAMS = (
     "module={module!r} takes module_params {allowed}; got unknown {unknown}."
 )
 BAD_LOCAL_ONLY = "module_params['local_files_only'] must be True, False or None; got {value!r}."
+BAD_REVISION = (
+    "module_params['revision'] must be None or a Hub revision (a branch, tag or commit "
+    "name); got {value!r}."
+)
+HF_MODEL_REFUSES = (
+    "module_params['model_kwargs'] {keys} of module={module!r}: the model refuses one "
+    "({error}); they are passed to AutoModelForSequenceClassification.from_pretrained and "
+    "the model's configuration."
+)
 BAD_HF_KWARGS = "module_params[{key!r}] must be a dict of keyword arguments; got {value!r}."
 HF_KWARGS_CLASH = (
     "module_params[{key!r}] sets {clash}, which rest_fair sets itself: give revision and "
     "local_files_only as module_params of their own; num_labels comes from the classes."
 )
 BAD_MAX_LENGTH = "module_params['max_length'] must be a positive integer or None; got {!r}."
+BAD_DOWNLOAD_TIMEOUT = (
+    "module_params['download_timeout'] (of a torchvision model) must be a positive, finite "
+    "number of seconds; got {!r}."
+)
 HF_NEEDS_TOKENS = (
     "{cls} takes a dict of token tensors (input_ids, attention_mask) as produced from a "
     "list of strings by RESTClassifier; got {type}."
@@ -238,7 +275,29 @@ def build_backbone(
     if name.startswith(HF_PREFIX):
         return build_hf(name[len(HF_PREFIX):], n_classes=n_classes,
                         **check_hf_params(name, params))
-    return build_torchvision(name, input_shape=input_shape, n_classes=n_classes, **params)
+    return build_torchvision(name, input_shape=input_shape, n_classes=n_classes,
+                             **_torchvision_params(name, params))
+
+
+def check_backbone(name: str, module_params: Mapping[str, Any] | None = None) -> None:
+    """Check ``module=name`` and its ``module_params`` as :func:`build_backbone` reads them,
+    without building the model or downloading anything (see :func:`check_hf_params` and
+    :func:`check_torchvision`)."""
+    params = dict(module_params or {})
+    if name.startswith(HF_PREFIX):
+        check_hf_params(name, params)
+    else:
+        check_torchvision(name, **_torchvision_params(name, params))
+
+
+def _torchvision_params(name: str, params: dict[str, Any]) -> dict[str, Any]:
+    """``params`` of a torchvision model, refused where they name an argument that
+    :func:`build_backbone` sets from the data."""
+    taken = sorted({"n_classes", "input_shape"} & set(params))
+    if taken:
+        raise ValueError(BAD_TORCHVISION_PARAMS.format(
+            name=name, keys=taken, error="rest_fair sets them from the data"))
+    return params
 
 
 # ------------------------------------------------------------------------ torchvision
@@ -289,7 +348,7 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     ------
     ValueError
         If the file cannot be read (damaged, empty, a pickled model) or holds no state dict;
-        the message names the file.
+        the message names the file, and the type of a pickled object it holds.
     """
     path = Path(path).expanduser()
     unreadable: tuple[type[Exception], ...] = _UNREADABLE
@@ -304,6 +363,9 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except unreadable as exc:
+        refused = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
+        if refused:
+            raise ValueError(UNSAFE_STATE_DICT.format(path=path, type=refused[1])) from exc
         raise ValueError(UNREADABLE_STATE_DICT.format(
             path=path, error=type(exc).__name__)) from exc
     if isinstance(state, Mapping):
@@ -425,8 +487,18 @@ def _download(member: Any, name: str, timeout: float) -> None:
         ) from exc
 
 
-def check_torchvision(name: str, weights: Any = None) -> tuple[Path | None, Any]:
-    """Check a torchvision model name and its ``weights``, without downloading anything.
+def check_torchvision(
+    name: str,
+    weights: Any = None,
+    *,
+    input_shape: Sequence[int] | None = None,
+    download_timeout: float = _DOWNLOAD_TIMEOUT_S,
+    **kwargs: Any,
+) -> tuple[Path | None, Any]:
+    """Check the arguments of :func:`build_torchvision` without downloading or reading
+    weights: the model name, its ``weights`` and ``download_timeout`` and, where given, the
+    other keyword arguments and the sample shape ``input_shape`` on the model built on the
+    meta device (no memory, no weights).
 
     Returns
     -------
@@ -438,7 +510,9 @@ def check_torchvision(name: str, weights: Any = None) -> tuple[Path | None, Any]
     Raises
     ------
     ValueError
-        For a name torchvision does not know (with close matches) or unknown weights.
+        For a name torchvision does not know (with close matches), unknown weights, keyword
+        arguments the model refuses (or that differ from those its weights set), and
+        samples it cannot take.
     FileNotFoundError
         For ``weights`` that look like a path to a file that does not exist.
     IsADirectoryError
@@ -453,6 +527,27 @@ def check_torchvision(name: str, weights: Any = None) -> tuple[Path | None, Any]
         close = difflib.get_close_matches(name, names, n=3)
         hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
         raise ValueError(UNKNOWN_TORCHVISION.format(builtin=MODULE_NAMES, name=name, hint=hint))
+    path, member = _check_weights(tv, name, weights)
+    if (isinstance(download_timeout, bool) or not isinstance(download_timeout, Real)
+            or not 0 < download_timeout < float("inf")):
+        raise ValueError(BAD_DOWNLOAD_TIMEOUT.format(download_timeout))
+    if input_shape is None and not kwargs:
+        return path, member
+    probe, sizes = _meta_model(tv, name, member, kwargs)
+    if input_shape is not None:
+        shape = tuple(int(s) for s in input_shape)
+        if len(shape) != 3 or shape[0] != 3:
+            layout = (", which look channels-last (height, width, channels): pass "
+                      "X.transpose(0, 3, 1, 2)" if len(shape) == 3 and shape[2] == 3 else "")
+            raise ValueError(NEED_IMAGES.format(name=name, shape=shape, layout=layout))
+        if probe is not None:
+            _check_image_size(probe, name, shape, pretrained=path is not None or member is not None,
+                              **sizes)
+    return path, member
+
+
+def _check_weights(tv: Any, name: str, weights: Any) -> tuple[Path | None, Any]:
+    """The state-dict file and the torchvision weights member that ``weights`` names."""
     if weights is None:
         return None, None
     enum = tv.models.get_model_weights(name)
@@ -472,6 +567,9 @@ def check_torchvision(name: str, weights: Any = None) -> tuple[Path | None, Any]
     if candidate.is_dir():
         raise IsADirectoryError(WEIGHTS_IS_A_FOLDER.format(weights=str(weights)))
     if isinstance(weights, os.PathLike) or _looks_like_path(str(weights)):
+        if re.match(r"[a-z][a-z0-9+.-]*://", str(weights), re.IGNORECASE):
+            raise ValueError(WEIGHTS_URL.format(weights=str(weights), name=name,
+                                                available=list(enum.__members__)))
         raise FileNotFoundError(MISSING_WEIGHTS_FILE.format(weights=str(weights)))
     member = str(weights).removeprefix(enum.__name__ + ".")  # as str(member) writes it
     if member not in enum.__members__:
@@ -496,8 +594,12 @@ def build_torchvision(
     name : str
         Model name in ``torchvision.models``, e.g. ``"resnet50"``.
     input_shape : tuple of int, optional
-        Shape of one sample; must be ``(3, height, width)``, and for a vision transformer
-        ``(3, image_size, image_size)``, the size it is built for.
+        Shape of one sample; must be ``(3, height, width)`` of a size the model takes: for
+        a vision transformer ``(3, image_size, image_size)`` and for MaxViT its
+        ``input_size``, the size each is built for; for models that take images of some
+        size or larger (Inception v3 75x75, AlexNet 63x63, ...) that size or larger. This
+        and the keyword arguments are checked on the model built on the meta device, before
+        any weights are downloaded or read.
     n_classes : int
         Outputs of the new classification layer.
     weights : None, str, WeightsEnum member or path, default=None
@@ -511,15 +613,18 @@ def build_torchvision(
         match the architecture except those of the classification head, whose entries are
         loaded where their shapes fit the new head (else it keeps its fresh initialisation).
         A prefix that every key has, ``module.`` (a model saved inside ``DataParallel`` or
-        ``DistributedDataParallel``) or ``_orig_mod.`` (``torch.compile``), is removed; the
+        ``DistributedDataParallel``) or ``_orig_mod.`` (``torch.compile``), is removed, and
+        so is any other one (``model.`` in the checkpoint of a PyTorch Lightning module
+        holding the model as ``self.model``) where more keys fit the model without it; the
         batch-norm counters ``num_batches_tracked``, which files written before PyTorch 0.4.1
         lack, may be absent (as ``load_state_dict`` allows); the auxiliary classifiers of
         Inception v3 and GoogLeNet, which the returned model does not have, may be absent
         or present.
     download_timeout : float, default=30
-        Socket timeout of a download.
+        Socket timeout of a download, in seconds (positive and finite).
     **kwargs
-        Passed to the torchvision model builder.
+        Passed to the torchvision model builder; with weights, those that torchvision sets
+        from them (``num_classes``, a vision transformer's ``image_size``) must be theirs.
 
     Returns
     -------
@@ -527,11 +632,8 @@ def build_torchvision(
     """
     tv = import_optional("torchvision", extra="vision",
                          caller=TORCHVISION_CALLER.format(name=name, builtin=MODULE_NAMES))
-    path, member = check_torchvision(name, weights)
-    if input_shape is not None:
-        shape = tuple(int(s) for s in input_shape)
-        if len(shape) != 3 or shape[0] != 3:
-            raise ValueError(NEED_IMAGES.format(name=name, shape=shape))
+    path, member = check_torchvision(name, weights, input_shape=input_shape,  # no download
+                                     download_timeout=download_timeout, **kwargs)
     if member is not None:
         _download(member, name, download_timeout)
 
@@ -547,8 +649,6 @@ def build_torchvision(
         if member is not None:  # a damaged cached file, else the error as it is
             _check_cached_file(member, name, exc)
         raise
-    if input_shape is not None:
-        _check_image_size(model, name, shape, pretrained=path is not None or member is not None)
     n_categories = len(member.meta["categories"]) if member is not None else None
     head = replace_head(model, n_classes, n_categories=n_categories or kwargs.get("num_classes"))
     if path is not None:
@@ -557,38 +657,161 @@ def build_torchvision(
     return model
 
 
+def _meta_model(
+    tv: Any, name: str, member: Any, kwargs: Mapping[str, Any]
+) -> tuple[nn.Module | None, dict[str, Any]]:
+    """torchvision's ``name`` built with ``kwargs`` on the meta device (no memory, no
+    weights, no download) as the weights ``member`` build it, and the image sizes of
+    :func:`_check_image_size`: ``input_size``, the one size a MaxViT is built for (a vision
+    transformer has its ``image_size``), and ``min_size``, the smallest of ``member``'s or,
+    without it, of any of the model's weights.
+
+    ``kwargs`` that torchvision refuses, or that differ from those ``member`` sets, are
+    refused with a ``ValueError`` naming them. The model is ``None`` where it cannot be
+    built on the meta device (RegNet computes its widths from tensors).
+    """
+    builder = tv.models.get_model_builder(name)
+    candidates = [member] if member is not None else list(tv.models.get_model_weights(name))
+    sizes: dict[str, Any] = {"min_size": min((tuple(w.meta["min_size"]) for w in candidates
+                                              if "min_size" in w.meta), default=None)}
+
+    def build(**options: Any) -> nn.Module:
+        with torch.device("meta"):
+            return builder(weights=None, **{**_QUIET_BUILD.get(name, {}), **options})
+
+    try:
+        model = build(**kwargs)
+    except NotImplementedError:  # "Cannot copy out of meta tensor"
+        return None, sizes
+    except (TypeError, ValueError, AssertionError, RuntimeError) as exc:
+        if not kwargs:
+            raise
+        error = str(exc) + ("; pretrained weights are module_params={'weights': 'DEFAULT'}"
+                            if "pretrained" in kwargs else "")  # torchvision's before 0.13
+        raise ValueError(BAD_TORCHVISION_PARAMS.format(name=name, keys=sorted(kwargs),
+                                                       error=error)) from exc
+    param = _IMAGE_SIZE_PARAMS.get(type(model).__name__)
+    size: Any = None
+    if param is not None:  # torchvision builds for its weights' size, and by default
+        weights = member if member is not None else tv.models.get_model_weights(name).DEFAULT
+        size = tuple(weights.meta["min_size"])
+        size = size if param == "input_size" else size[0]
+    if member is not None:  # the arguments torchvision sets from the weights
+        forced = {"num_classes": len(member.meta["categories"]), **({param: size} if param else {})}
+        clash = sorted(k for k in forced if k in kwargs and kwargs[k] != forced[k])
+        if clash:
+            error = ", ".join(f"{k}={forced[k]!r}, not {kwargs[k]!r}" for k in clash)
+            raise ValueError(BAD_TORCHVISION_PARAMS.format(
+                name=name, keys=sorted(kwargs), error=f"its weights {member} set {error}"))
+        if param is not None and param not in kwargs:
+            model = build(**kwargs, **{param: size})
+    if param == "input_size":
+        sizes["input_size"] = tuple(kwargs.get(param, size))
+        sizes["builds_for"] = lambda hw: _builds_for(build, {**kwargs, param: hw}, hw)
+    return model, sizes
+
+
+def _builds_for(build: Callable[..., nn.Module], options: dict[str, Any],
+                size: tuple[int, ...]) -> bool:
+    """Whether ``build(**options)`` builds a model that takes images of ``size``."""
+    try:
+        return _forward_error(build(**options), (3, *size)) is None
+    except (ValueError, RuntimeError, AssertionError):
+        return False
+
+
+def _forward_error(model: nn.Module, shape: tuple[int, ...]) -> Exception | None:
+    """The error of ``model``'s forward pass (on the meta device) on a sample of ``shape``."""
+    try:
+        with torch.no_grad():
+            model.eval()(torch.empty((1, *shape), device="meta"))
+    except NotImplementedError:  # an operation without a meta kernel: no answer
+        return None
+    except (RuntimeError, ValueError, AssertionError, IndexError) as exc:
+        return exc
+    return None
+
+
 def _check_image_size(model: nn.Module, name: str, shape: tuple[int, ...], *,
-                      pretrained: bool) -> None:
-    """Refuse samples of ``shape`` for a vision transformer built for another image size."""
+                      pretrained: bool, input_size: tuple[int, int] | None = None,
+                      min_size: Sequence[int] | None = None,
+                      builds_for: Callable[[tuple[int, ...]], bool] | None = None) -> None:
+    """Refuse samples of ``shape`` that ``model`` cannot take.
+
+    A vision transformer takes its ``image_size`` only. A model on the meta device (from
+    :func:`_meta_model`) is run on a sample of ``shape``; where that fails and does not
+    fail on a sample of ``input_size`` (the one size of MaxViT), the error names that
+    size; where it does not fail on a square of the largest side of ``min_size`` (the
+    smallest size of its weights, 75x75 for Inception v3), the error names the smallest
+    square it takes (found by bisection: such models take any larger image).
+    ``builds_for(size)`` says whether a model without pretrained weights can be built for
+    images of ``size`` instead (MaxViT's ``input_size``).
+    """
     size, patch = getattr(model, "image_size", None), getattr(model, "patch_size", None)
-    if not isinstance(size, int) or len(shape) != 3 or shape[1:] == (size, size):
+    if len(shape) != 3:
         return
-    side = shape[1]
-    if pretrained:
-        other = "; its pretrained position embeddings are those of this size"
-    elif shape[2] == side and isinstance(patch, int) and side % patch == 0:
-        other = f", or build it for them with module_params={{'image_size': {side}}}"
-    else:
-        other = (f", or to a size that is a multiple of its patch size {patch} and build it "
-                 "for that size with module_params={'image_size': <size>}")
-    raise ValueError(WRONG_IMAGE_SIZE.format(name=name, size=size, shape=shape, other=other))
+    if isinstance(size, int):
+        if shape[1:] == (size, size):
+            return
+        side = shape[1]
+        if pretrained:
+            other = "; its pretrained position embeddings are those of this size"
+        elif shape[2] == side and isinstance(patch, int) and side % patch == 0:
+            other = f", or build it for them with module_params={{'image_size': {side}}}"
+        else:
+            other = (f", or to a size that is a multiple of its patch size {patch} and build "
+                     "it for that size with module_params={'image_size': <size>}")
+        raise ValueError(WRONG_IMAGE_SIZE.format(name=name, size=f"{size}x{size}",
+                                                 param="image_size", shape=shape, other=other))
+    if not next(model.parameters(), torch.empty(0)).is_meta:
+        return
+    error = _forward_error(model, shape)
+    if error is None:
+        return
+    if input_size is not None and _forward_error(model, (3, *input_size)) is None:
+        if pretrained:
+            other = "; torchvision builds it for this size with its pretrained weights"
+        elif builds_for is not None and builds_for(shape[1:]):
+            other = f", or build it for them with module_params={{'input_size': {shape[1:]}}}"
+        else:
+            other = (", or to a size it can be built for (its partition size "
+                     f"{getattr(model, 'partition_size', '?')} dividing every block's input) "
+                     "and build it for that size with module_params={'input_size': (h, w)}")
+        raise ValueError(WRONG_IMAGE_SIZE.format(
+            name=name, size="{}x{}".format(*input_size), param="input_size", shape=shape,
+            other=other))
+    side = max(min_size or (0,))  # a size it takes, then the smallest by bisection
+    if min(shape[1:]) >= side or _forward_error(model, (3, side, side)) is not None:
+        return
+    low = min(shape[1:])
+    while side - low > 1:
+        middle = (low + side) // 2
+        low, side = (low, middle) if _forward_error(model, (3, middle, middle)) is None else (
+            middle, side)
+    raise ValueError(IMAGES_TOO_SMALL.format(name=name, size=f"{side}x{side}", shape=shape,
+                                             error=error))
 
 
 def _without_wrapper_prefix(
     state: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor]
 ) -> tuple[Mapping[str, torch.Tensor], str]:
-    """``state`` without the prefixes of :data:`_WRAPPER_PREFIXES` that every one of its
-    keys carries and not every key of the model (``expected``) does, and those prefixes."""
-    removed = ""
-    while state:
-        prefix = next((p for p in _WRAPPER_PREFIXES
-                       if all(k.startswith(p) for k in state)
-                       and not all(k.startswith(p) for k in expected)), None)
-        if prefix is None:
-            break
-        state = {k[len(prefix):]: v for k, v in state.items()}
-        removed += prefix
-    return state, removed
+    """``state`` without the prefixes that every one of its keys carries and not every key
+    of the model (``expected``) does, and those prefixes.
+
+    The prefixes of :data:`_WRAPPER_PREFIXES` are removed; any other one (the attribute
+    holding the model in a PyTorch Lightning module, as in ``model.layer1.0.conv1.weight``)
+    only where more of the keys without it are keys of the model.
+    """
+    prefix = next(iter(state), "").split(".", 1)[0] + "."
+    if (not state or not all(k.startswith(prefix) for k in state)
+            or all(k.startswith(prefix) for k in expected)):
+        return state, ""
+    inner, removed = _without_wrapper_prefix({k[len(prefix):]: v for k, v in state.items()},
+                                             expected)
+    if prefix in _WRAPPER_PREFIXES or (len(inner.keys() & expected.keys())
+                                       > len(state.keys() & expected.keys())):
+        return inner, prefix + removed
+    return state, ""
 
 
 def _load_checked(
@@ -715,6 +938,9 @@ def check_hf_params(module: str, params: Mapping[str, Any]) -> dict[str, Any]:
                                               unknown=unknown))
     if params.get("local_files_only") not in (None, True, False):
         raise ValueError(BAD_LOCAL_ONLY.format(value=params["local_files_only"]))
+    revision = params.get("revision")
+    if revision is not None and not (isinstance(revision, str) and revision.strip()):
+        raise ValueError(BAD_REVISION.format(value=revision))
     for key, taken in (("tokenizer_kwargs", _SET_BY_US), ("model_kwargs", _SET_BY_US_MODEL)):
         value = params.get(key)
         if value is not None and not isinstance(value, Mapping):
@@ -883,17 +1109,23 @@ def build_hf(
     tokenizer = load_tokenizer(module, {"revision": revision, "local_files_only": local_files_only,
                                         "tokenizer_kwargs": tokenizer_kwargs})
     transformers = import_optional("transformers", extra="text", caller=f"module={module!r}")
-    model_kwargs = dict(model_kwargs or {})
-    if not {"dtype", "torch_dtype"} & set(model_kwargs):  # transformers 5 reads "auto"
+    options = dict(model_kwargs or {})
+    if not {"dtype", "torch_dtype"} & set(options):  # transformers 5 reads "auto"
         from packaging.version import Version  # a dependency of transformers
 
         renamed = Version(transformers.__version__) >= Version("4.56")  # torch_dtype before
-        model_kwargs["dtype" if renamed else "torch_dtype"] = torch.float32
-    model = _from_pretrained(
-        module, transformers.AutoModelForSequenceClassification, name, revision=revision,
-        local_files_only=local_files_only, what="the model", num_labels=int(n_classes),
-        ignore_mismatched_sizes=True, **model_kwargs,
-    )
+        options["dtype" if renamed else "torch_dtype"] = torch.float32
+    try:
+        model = _from_pretrained(
+            module, transformers.AutoModelForSequenceClassification, name, revision=revision,
+            local_files_only=local_files_only, what="the model", num_labels=int(n_classes),
+            ignore_mismatched_sizes=True, **options,
+        )
+    except TypeError as exc:  # an argument the model's __init__ does not take
+        if "unexpected keyword argument" not in str(exc):
+            raise
+        raise ValueError(HF_MODEL_REFUSES.format(keys=sorted(model_kwargs or {}), module=module,
+                                                 error=exc)) from exc
     if tokenizer.pad_token_id is None:  # neither a padding nor an end-of-sequence token
         raise ValueError(NO_PAD_TOKEN.format(module=module))
     if getattr(model.config, "pad_token_id", None) is None:

@@ -20,14 +20,7 @@ import torch
 from torch import nn
 
 from ._validation import IDENTIFYING, POSITIVE_INT
-from .backbones import (
-    HF_PREFIX,
-    MODULE_NAMES,
-    build_backbone,
-    check_hf_params,
-    check_torchvision,
-    is_backbone,
-)
+from .backbones import MODULE_NAMES, build_backbone, check_backbone, is_backbone
 
 __all__ = ["MLP", "MODULE_NAMES", "ResNet18", "SmallCNN", "build_module", "check_module"]
 
@@ -339,8 +332,9 @@ def check_module(module: Any, module_params: Mapping[str, Any] | None) -> None:
     """Check ``RESTClassifier(module=..., module_params=...)`` before any data is seen.
 
     A built-in name gets its ``module_params`` checked (names, and the hidden layer sizes
-    of the MLP); a torchvision name its spelling and ``weights``; a Hugging Face name
-    (``"hf:..."``) its options. Classes, callables and instances are checked when ``fit``
+    of the MLP); a torchvision name its spelling, ``weights`` and the other options (on the
+    model built on the meta device, downloading nothing); a Hugging Face name (``"hf:..."``)
+    its options. Classes, callables and instances are checked when ``fit``
     builds them.
 
     Raises
@@ -359,7 +353,5 @@ def check_module(module: Any, module_params: Mapping[str, Any] | None) -> None:
         return
     if not is_backbone(module, params):
         _check_builtin_params(module, params)
-    elif module.startswith(HF_PREFIX):
-        check_hf_params(module, params)
     else:
-        check_torchvision(module, params.get("weights"))
+        check_backbone(module, params)

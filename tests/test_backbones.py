@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -220,6 +221,30 @@ def test_a_state_dict_of_a_wrapped_model_is_read_without_its_prefix(resnet18_fil
         build_torchvision("resnet18", n_classes=2, weights=tmp_path / "bad.pt")
 
 
+def test_a_lightning_checkpoint_is_read_without_its_attribute_prefix(resnet18_file, tmp_path):
+    state = torch.load(resnet18_file, weights_only=True)
+    for prefix in ("model.", "net.", "model._orig_mod."):  # a LightningModule's self.model
+        path = tmp_path / f"{prefix}ckpt"
+        torch.save({"epoch": 2, "global_step": 10, "pytorch-lightning_version": "2.4.0",
+                    "state_dict": {prefix + key: value for key, value in state.items()}}, path)
+        model = build_torchvision("resnet18", n_classes=2, weights=path)
+        assert torch.equal(model.layer4[1].conv2.weight, state["layer4.1.conv2.weight"])
+    resnet34 = torch.load(save_torchvision_state_dict("resnet34", tmp_path / "r34.pt"),
+                          weights_only=True)
+    torch.save({"state_dict": {"model." + key: value for key, value in resnet34.items()}},
+               tmp_path / "r34.ckpt")  # another architecture: its keys named without prefix
+    with pytest.raises(ValueError, match=r"unexpected keys: layer1\.2\.bn1\.bias.*\(keys read "
+                       r"without the prefix 'model\.' every key has\)"):
+        build_torchvision("resnet18", n_classes=2, weights=tmp_path / "r34.ckpt")
+    other = {"model." + key: value for key, value in
+             tv.models.squeezenet1_1().state_dict().items()}
+    torch.save({"state_dict": other}, tmp_path / "squeeze.ckpt")  # no key fits either way
+    with pytest.raises(ValueError, match=r"missing keys: bn1\.bias.*unexpected keys: "
+                       r"model\.classifier\.1\.bias") as info:
+        build_torchvision("resnet18", n_classes=2, weights=tmp_path / "squeeze.ckpt")
+    assert "prefix" not in str(info.value)
+
+
 @pytest.mark.parametrize("name, content", [
     ("garbage.pt", b"not a torch file"),
     ("empty.pt", b""),
@@ -239,6 +264,16 @@ def test_an_unreadable_state_dict_file_is_named(resnet18_file, tmp_path, name, c
     with pytest.raises(ValueError, match="cannot be read as a state dict") as info:
         build_torchvision("resnet18", n_classes=2, weights=path)
     assert str(path) in str(info.value) and "weights_only=False" not in str(info.value)
+
+
+def test_a_checkpoint_holding_other_objects_names_their_type(resnet18_file, tmp_path):
+    state = torch.load(resnet18_file, weights_only=True)
+    torch.save({"state_dict": {"model." + key: value for key, value in state.items()},
+                "hyper_parameters": {"data_dir": Path("/data")}}, tmp_path / "hp.ckpt")
+    with pytest.raises(ValueError, match=r"hp\.ckpt cannot be read as a state dict: it holds a "
+                       r"pickled pathlib\.\w*Path .* Save the model's state dict alone") as info:
+        build_torchvision("resnet18", n_classes=2, weights=tmp_path / "hp.ckpt")
+    assert "weights_only=False" not in str(info.value)
 
 
 def test_a_folder_as_weights_is_named(tmp_path):
@@ -310,6 +345,80 @@ def test_a_vision_transformer_refuses_images_of_another_size_when_built():
     backbones._check_image_size(vit, "vit", (3, 8, 8), pretrained=True)
 
 
+@pytest.mark.parametrize(("module", "params", "side", "match"), [
+    ("maxvit_t", {}, 64, r"maxvit_t takes images of 224x224 pixels \(its input_size\); got "
+     r"samples of shape \(3, 64, 64\)\. Resize the images to 224x224 .*, or to a size it can "
+     r"be built for \(its partition size 7 dividing"),
+    ("maxvit_t", {}, 448, r"Resize the images to 224x224 .*, or build it for them with "
+     r"module_params=\{'input_size': \(448, 448\)\}\.$"),
+    ("maxvit_t", {"input_size": (448, 448)}, 224, r"takes images of 448x448 pixels"),
+    ("inception_v3", {"init_weights": False}, 64, r"inception_v3 takes images of at least "
+     r"75x75 pixels; got samples of shape \(3, 64, 64\), on which its forward pass fails "
+     r"\(.*Kernel size can't be greater than actual input size\)\. Resize the images to at "
+     r"least 75x75"),
+    ("alexnet", {}, 32, r"alexnet takes images of at least 63x63 pixels"),
+    ("swin_t", {}, 2, r"swin_t takes images of at least 4x4 pixels"),  # not its weights' 224
+])
+def test_images_a_model_cannot_take_are_refused_when_built(module, params, side, match):
+    with pytest.raises(ValueError, match=match):  # torch's errors came at the forward pass
+        build_module(module, input_shape=(3, side, side), n_classes=2,
+                     module_params={"weights": None, **params})
+
+
+def test_images_of_the_size_a_model_takes_are_not_refused():
+    model = build_torchvision("inception_v3", input_shape=(3, 75, 90), n_classes=2,
+                              init_weights=False)
+    assert model.eval()(torch.zeros(1, 3, 75, 90)).shape == (1, 2)
+    build_torchvision("maxvit_t", input_shape=(3, 222, 222), n_classes=2)  # 221 to 224 fit
+
+
+@pytest.mark.parametrize("name", ["googlenet", "inception_v3"])
+def test_checking_pretrained_weights_gives_no_initialisation_warning(name, recwarn):
+    backbones.check_torchvision(name, "DEFAULT", input_shape=(3, 96, 96), aux_logits=True)
+    assert not [w for w in recwarn if issubclass(w.category, FutureWarning)]
+
+
+def test_arguments_are_checked_before_weights_are_downloaded(monkeypatch):
+    def download(member, name, timeout):
+        raise AssertionError(f"{member} downloaded before the arguments were checked")
+
+    monkeypatch.setattr(backbones, "_download", download)
+    for name, params, shape, match in [
+        ("resnet18", {"bogus": 1}, (3, 32, 32), r"module_params \['bogus'\] of "
+         r"module='resnet18': torchvision's model refuses one \(.*unexpected keyword"),
+        ("resnet18", {"num_classes": 5}, (3, 32, 32), r"module_params \['num_classes'\] .*"
+         r"its weights ResNet18_Weights\.IMAGENET1K_V1 set num_classes=1000, not 5"),
+        ("vit_b_16", {"image_size": 32}, (3, 32, 32), r"ViT_B_16_Weights\.IMAGENET1K_V1 set "
+         r"image_size=224, not 32"),
+        ("vit_b_16", {}, (3, 32, 32), r"vit_b_16 takes images of 224x224 pixels .* its "
+         r"pretrained position embeddings"),
+        ("inception_v3", {}, (3, 64, 64), r"inception_v3 takes images of at least 75x75"),
+        ("maxvit_t", {}, (3, 448, 448), r"maxvit_t takes images of 224x224 pixels .* "
+         r"torchvision builds it for this size with its pretrained weights"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            build_module(name, input_shape=shape, n_classes=2,
+                         module_params={"weights": "DEFAULT", **params})
+    for timeout in (-1, 0, float("nan"), float("inf"), "5", True):  # -1 was a network error
+        with pytest.raises(ValueError, match=r"module_params\['download_timeout'\] \(of a "
+                           r"torchvision model\) must be a positive, finite number of seconds"):
+            build_module("resnet18", input_shape=(3, 32, 32), n_classes=2,
+                         module_params={"weights": "DEFAULT", "download_timeout": timeout})
+    for params, match in [({"bogus": 1}, r"\['bogus'\] .*unexpected keyword"),
+                          ({"num_classes": 5}, r"set num_classes=1000, not 5"),
+                          ({"download_timeout": -1}, r"download_timeout"),
+                          ({"n_classes": 3}, r"\['n_classes'\] .*rest_fair sets them from"),
+                          ({"input_shape": (3, 8, 8)}, r"\['input_shape'\] .*rest_fair sets")]:
+        with pytest.raises(ValueError, match=match):  # before any data, as a sweep does
+            check_module("resnet18", {"weights": "DEFAULT", **params})
+        with pytest.raises(ValueError, match=match):  # "n_classes" was a bare TypeError
+            build_module("resnet18", input_shape=(3, 32, 32), n_classes=2,
+                         module_params={"weights": "DEFAULT", **params})
+    swag = tv.models.ViT_B_16_Weights.IMAGENET1K_SWAG_E2E_V1  # built for 384x384 images
+    with pytest.raises(ValueError, match=r"vit_b_16 takes images of 384x384 pixels"):
+        build_torchvision("vit_b_16", input_shape=(3, 224, 224), n_classes=2, weights=swag)
+
+
 @pytest.mark.parametrize(
     ("module", "params", "error", "match"),
     [
@@ -323,6 +432,11 @@ def test_a_vision_transformer_refuses_images_of_another_size_when_built():
         ("resnet50", {"weights": {"conv1.weight": torch.zeros(64, 3, 7, 7)}}, ValueError,
          r"path to a state-dict file; got a dict of 1 entries: write a state dict to a file "
          r"with torch.save\(state_dict, path\) and give its path\.$"),  # not the tensors
+        ("resnet18", {"weights": "https://download.pytorch.org/models/resnet18-f37072fd.pth"},
+         ValueError, r"is a URL: weights are not downloaded from URLs; give a torchvision "
+         r"weights name of resnet18 \(they are \['IMAGENET1K_V1', 'DEFAULT'\]"),
+        ("resnet50", {"pretrained": True}, ValueError, r"\['pretrained'\] .*unexpected keyword "
+         r"argument 'pretrained'; pretrained weights are module_params=\{'weights': 'DEFAULT'\}"),
         ("resnet50", {"weigths": None}, ValueError,
          r"module_params \['weigths'\] of module='resnet50': torchvision's model refuses"),
         ("vit_b_16", {"weights": None, "num_layers": 1}, ValueError,
@@ -344,8 +458,12 @@ def test_missing_optional_package_names_the_install_command(monkeypatch):
 
 
 def test_images_must_have_three_channels():
-    with pytest.raises(ValueError, match=r"RGB images .* got samples of shape \(1, 28, 28\)"):
+    with pytest.raises(ValueError, match=r"RGB images .* got samples of shape \(1, 28, 28\)\.$"):
         build_module("resnet50", input_shape=(1, 28, 28), n_classes=2,
+                     module_params={"weights": None})
+    with pytest.raises(ValueError, match=r"shape \(32, 32, 3\), which look channels-last "
+                       r"\(height, width, channels\): pass X\.transpose\(0, 3, 1, 2\)\.$"):
+        build_module("resnet50", input_shape=(32, 32, 3), n_classes=2,
                      module_params={"weights": None})
 
 

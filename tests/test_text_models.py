@@ -195,7 +195,11 @@ def test_text_needs_an_hf_module_and_vice_versa(tiny):
      ({"model_kwargs": {"num_labels": 5}}, r"sets \['num_labels'\], which rest_fair sets"),
      ({"tokenizer_kwargs": {"local_files_only": True}}, r"sets \['local_files_only'\]"),
      ({"tokenizer_kwargs": ["x"]}, r"must be a dict of keyword arguments"),
-     ({"local_files_only": "no"}, r"local_files_only'\] must be True, False or None")],
+     ({"local_files_only": "no"}, r"local_files_only'\] must be True, False or None"),
+     ({"revision": 3}, r"module_params\['revision'\] must be None or a Hub revision .*got 3"),
+     ({"revision": " "}, r"module_params\['revision'\] must be None"),  # both were ignored
+     ({"model_kwargs": {"bogus": 1}}, r"module_params\['model_kwargs'\] \['bogus'\] of "
+      r"module='hf:.*': the model refuses one \(.*unexpected keyword argument 'bogus'\)")],
 )
 def test_bad_module_params(tiny, params, match):
     with pytest.raises(ValueError, match=match):

@@ -205,8 +205,9 @@ class _Pooled(nn.Module):
 
 
 def _extractor(backbone: str, weights: Any, pooling: str, max_length: int | None,
-               seed: int) -> tuple[nn.Module, Any]:
-    """The frozen feature network and, for text, its tokenizer."""
+               seed: int, input_shape: tuple[int, ...] | None = None) -> tuple[nn.Module, Any]:
+    """The frozen feature network and, for text, its tokenizer; an image network is refused
+    for images of ``input_shape`` it cannot take before its weights are downloaded."""
     if backbone.startswith("hf:"):
         tokenizer = backbones.load_tokenizer(backbone, {"max_length": max_length,
                                                         "revision": weights})
@@ -219,7 +220,8 @@ def _extractor(backbone: str, weights: Any, pooling: str, max_length: int | None
         return _Pooled(model, pooling), tokenizer
     with torch.random.fork_rng(devices=[]):  # the network is built on the CPU
         torch.default_generator.manual_seed(seed)
-        model = backbones.build_torchvision(backbone, n_classes=1, weights=weights)
+        model = backbones.build_torchvision(backbone, n_classes=1, weights=weights,
+                                            input_shape=input_shape)
     set_submodule(model, backbones._find_head(model, None)[0], nn.Identity())
     return model, None
 
@@ -234,15 +236,16 @@ def _partial(path: Path) -> Path:
 def _extract(split: Any, path: Path, *, backbone: str, weights: Any, pooling: str,
              max_length: int | None, seed: int, batch_size: int, device: torch.device,
              num_workers: int) -> np.ndarray:
-    module, tokenizer = _extractor(backbone, weights, pooling, max_length, seed)
+    input_shape = None
+    if not backbone.startswith("hf:"):
+        source = make_source(split.X, device=device, num_workers=num_workers)
+        input_shape = tuple(source.sample_shape) if source.n_samples else None
+    module, tokenizer = _extractor(backbone, weights, pooling, max_length, seed, input_shape)
     module = module.to(device).eval().requires_grad_(False)
-    X = split.X
     if tokenizer is not None:
-        X = tokenize([str(t) for t in X], tokenizer, max_length=max_length)
-    source = make_source(X, device=device, num_workers=num_workers)
-    if tokenizer is None and source.n_samples:  # a vision transformer's image size
-        backbones._check_image_size(module, backbone, tuple(source.sample_shape),
-                                    pretrained=weights is not None)
+        source = make_source(tokenize([str(t) for t in split.X], tokenizer,
+                                      max_length=max_length),
+                             device=device, num_workers=num_workers)
     order = torch.arange(source.n_samples)
     out = None
     tmp = _partial(path)

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import rest_fair.wilds.features as features_module
-from rest_fair import RESTClassifier
+from rest_fair import RESTClassifier, backbones
 from rest_fair.backbones import build_torchvision
 from rest_fair.wilds import (
     extract_features,
@@ -219,6 +219,21 @@ def test_a_vision_transformer_of_another_image_size_is_refused(waterbirds, tmp_p
                        r"samples of shape \(3, 32, 32\)"):
         extract_features(parts["val"], backbone="vit_b_32", weights=None, cache_dir=tmp_path,
                          device="cpu")  # torch's "Wrong image height!" at the first batch
+    assert not list(tmp_path.rglob("*.npy*"))
+
+
+def test_images_a_backbone_cannot_take_are_refused_before_its_weights_download(
+        waterbirds, tmp_path, monkeypatch):
+    def download(member, name, timeout):
+        raise AssertionError(f"{member} downloaded before the image size was checked")
+
+    monkeypatch.setattr(backbones, "_download", download)
+    _, parts, _, _ = waterbirds
+    for backbone, match in [("vit_b_32", r"vit_b_32 takes images of 224x224 pixels"),
+                            ("inception_v3", r"inception_v3 takes images of at least 75x75")]:
+        with pytest.raises(ValueError, match=match):
+            extract_features(parts["val"], backbone=backbone, weights="DEFAULT",
+                             cache_dir=tmp_path, device="cpu")
     assert not list(tmp_path.rglob("*.npy*"))
 
 
