@@ -108,6 +108,16 @@ NON_NUMERIC_COLUMNS = (
     "Encode them first, e.g. with scikit-learn's OneHotEncoder or OrdinalEncoder in a "
     "ColumnTransformer (a Pipeline keeps it with the estimator)."
 )
+DATES = (
+    "X must hold numbers (or booleans); it holds {what} ({dtype}), which would be read as "
+    "counts of their time unit. Convert them to the numbers the network should read "
+    "first, e.g. days since a start date: (X - start) / np.timedelta64(1, 'D')."
+)
+MISSING_IN_COLUMNS = (
+    "X must not contain missing values (NaN, None or pd.NA); its column(s) {columns} hold "
+    "{count}. Fill them first (e.g. with scikit-learn's SimpleImputer in a Pipeline), or "
+    "drop those rows."
+)
 # what validate_data accepts as X: floats, and integers in their dtype (token ids)
 _INTEGERS = (np.int64, np.int32, np.int16, np.int8, np.uint64, np.uint32, np.uint16, np.uint8)
 _ARRAYS = {"accept_sparse": "csr", "allow_nd": True,
@@ -247,21 +257,28 @@ def _validate_data(est: Any, X: Any, *args: Any, reset: bool) -> Any:
     try:
         return validate_data(est, _array_input(X), *args, reset=reset, **_ARRAYS)
     except (TypeError, ValueError) as exc:
-        if not hasattr(X, "iloc") or getattr(X, "ndim", 0) != 2:
+        if not _is_frame(X) or not (columns := [i for i in range(X.shape[1])
+                                                if not _numbers(X.iloc[:, i])]):
             raise
-        columns = [f"{name!r} ({X.dtypes.iloc[i]})" for i, name in enumerate(X.columns)
-                   if not _numbers(X.iloc[:, i])]
-        if not columns:
-            raise
-        more = f", and {len(columns) - 5} more" if len(columns) > 5 else ""
-        raise ValueError(NON_NUMERIC_COLUMNS.format(
-            columns=", ".join(columns[:5]) + more)) from exc
+        raise ValueError(NON_NUMERIC_COLUMNS.format(columns=_name_columns(X, columns))) from exc
+
+
+def _is_frame(X: Any) -> bool:
+    """Whether ``X`` is a DataFrame (2-D and indexed by position with ``iloc``)."""
+    return hasattr(X, "iloc") and getattr(X, "ndim", 0) == 2
+
+
+def _name_columns(frame: Any, columns: list[int]) -> str:
+    """The names and dtypes of a DataFrame's ``columns`` (positions), the first 5 of them."""
+    names = [f"{frame.columns[i]!r} ({frame.dtypes.iloc[i]})" for i in columns[:5]]
+    more = f", and {len(columns) - 5} more" if len(columns) > 5 else ""
+    return ", ".join(names) + more
 
 
 def _numbers(column: Any) -> bool:
     """Whether a DataFrame's ``column`` reads as numbers: not dates or durations (which
     numpy would cast), and each value a number or a number's text."""
-    if getattr(column.dtype, "kind", None) in ("m", "M"):
+    if _dates(column.dtype):
         return False
     try:
         np.asarray(column, dtype=np.float64)
@@ -270,19 +287,65 @@ def _numbers(column: Any) -> bool:
     return True
 
 
+def _dates(dtype: Any) -> bool:
+    """Whether ``dtype`` (numpy's or pandas') holds dates or durations."""
+    return getattr(dtype, "kind", None) in ("m", "M")
+
+
 def _array_input(X: Any) -> Any:
-    """A list or tuple ``X`` as the numpy array it makes, which scikit-learn's checks read
-    in its integer dtype (they read a list's by float32); other inputs as they are.
+    """``X`` as scikit-learn's checks are to read it: a list or tuple as the numpy array it
+    makes (they read a list's integers as float32, an array's in their dtype), a DataFrame
+    as :func:`_frame_input` gives it, other inputs as they are.
 
     Raises
     ------
     ValueError
         For a masked array with masked values (:data:`MASKED_VALUES`): the checks read the
-        values under the mask as data.
+        values under the mask as data. For dates or durations (:data:`DATES`), which they
+        read as counts of nanoseconds (or of their unit).
     """
     if np.ma.isMaskedArray(X) and (count := int(np.count_nonzero(np.ma.getmaskarray(X)))):
         raise ValueError(MASKED_VALUES.format(count=count))
-    return np.asarray(X) if isinstance(X, (list, tuple)) else X
+    if isinstance(X, (list, tuple)):
+        X = np.asarray(X)
+    if isinstance(X, np.ndarray) and _dates(X.dtype):
+        raise ValueError(DATES.format(
+            what="durations" if X.dtype.kind == "m" else "dates", dtype=X.dtype))
+    return _frame_input(X) if _is_frame(X) else X
+
+
+def _frame_input(frame: Any) -> Any:
+    """A DataFrame of numbers with its nullable columns (pandas' ``Int64``, ``Float32``,
+    ``boolean``, ...) as numpy columns of their dtype, so that integers stay integers
+    (token ids; scikit-learn's checks read them as float32); a DataFrame without them as
+    it is. A shallow copy is changed, never ``frame``.
+
+    Raises
+    ------
+    ValueError
+        Naming the columns of dates or durations (:data:`NON_NUMERIC_COLUMNS`) and the
+        numeric columns with missing values (:data:`MISSING_IN_COLUMNS`).
+    """
+    from pandas.api.types import is_bool_dtype, is_extension_array_dtype, is_numeric_dtype
+
+    dtypes = list(frame.dtypes)
+    if any(_dates(dtype) for dtype in dtypes):  # scikit-learn's checks would read them
+        columns = [i for i in range(len(dtypes)) if not _numbers(frame.iloc[:, i])]
+        raise ValueError(NON_NUMERIC_COLUMNS.format(columns=_name_columns(frame, columns)))
+    numeric = [i for i, dtype in enumerate(dtypes)
+               if is_numeric_dtype(dtype) or is_bool_dtype(dtype)]
+    counts = np.asarray(frame.isna().sum())[numeric] if numeric else np.zeros(0, int)
+    if missing := [i for i, count in zip(numeric, counts, strict=True) if count]:
+        raise ValueError(MISSING_IN_COLUMNS.format(
+            columns=_name_columns(frame, missing), count=int(counts.sum())))
+    nullable = [i for i in numeric if is_extension_array_dtype(dtypes[i])
+                and isinstance(getattr(dtypes[i], "numpy_dtype", None), np.dtype)]
+    if not nullable:
+        return frame
+    frame = frame.copy(deep=False)
+    for i in nullable:
+        frame.isetitem(i, frame.iloc[:, i].to_numpy(dtype=dtypes[i].numpy_dtype))
+    return frame
 
 
 def _refuse_beyond_float32(X: Any) -> Any:

@@ -543,5 +543,63 @@ def test_dataframe_columns_that_are_no_numbers_are_named(small):
     clf = _clf().fit(frame.assign(colour=np.where(y, "1", "2"), day=1.0), y)  # numbers' text
     with pytest.raises(ValueError, match=message):
         clf.predict(odd)
-    with pytest.raises(ValueError, match="Input X contains NaN"):  # scikit-learn's own
+    with pytest.raises(ValueError, match=r"its column\(s\) 'colour' \(float64\) hold 60\. "):
         clf.predict(frame.assign(colour=np.nan, day=1.0))
+
+
+@pytest.mark.parametrize("dtype", ["Int64", "Int32", "UInt16"])
+def test_nullable_integer_columns_reach_an_embedding_as_token_ids(dtype):
+    # scikit-learn's checks read them as float32, which torch's embedding refused
+    ids = np.random.default_rng(0).integers(0, 300, size=(48, 5))
+    y = (ids[:, 0] > 150).astype(int)
+    frame = pd.DataFrame(ids, columns=list("abcde")).astype(dtype)
+    clf = _clf(module=_TokenBag, module_params=None).fit(frame, y, validation_data=(frame, y))
+    plain = _clf(module=_TokenBag, module_params=None).fit(ids, y, validation_data=(ids, y))
+    np.testing.assert_array_equal(clf.predict_logits(frame), plain.predict_logits(ids))
+    assert list(clf.feature_names_in_) == list("abcde")
+    assert (frame.dtypes == dtype).all()  # the caller's DataFrame is left as it was
+
+
+def test_missing_values_of_nullable_columns_are_named():
+    # the error was scikit-learn's "Input X contains NaN", naming no column
+    ids = np.random.default_rng(0).integers(0, 300, size=(48, 3))
+    y = (ids[:, 0] > 150).astype(int)
+    frame = pd.DataFrame(ids, columns=["a", "b", "c"]).astype("Int64")
+    frame.iloc[[2, 5], 1] = pd.NA
+    message = (r"^X must not contain missing values \(NaN, None or pd.NA\); its column\(s\) "
+               r"'b' \(Int64\) hold 2\. Fill them")
+    with pytest.raises(ValueError, match=message):
+        _clf(module=_TokenBag, module_params=None).fit(frame, y)
+    with pytest.raises(ValueError, match=message):
+        _clf().fit(frame, y)
+    clf = _clf().fit(frame.fillna(0), y)
+    with pytest.raises(ValueError, match=message):
+        clf.predict(frame)
+
+
+@pytest.mark.parametrize("values", [
+    np.arange(120).astype("datetime64[s]").reshape(60, 2),
+    np.arange(120).astype("timedelta64[D]").reshape(60, 2),
+    [[np.datetime64("2024-01-01") + i] for i in range(60)],
+])
+def test_dates_and_durations_are_refused(small, values):
+    # they were read as counts of their unit (nanoseconds), and trained on silently
+    y = small[1]
+    with pytest.raises(ValueError, match=r"^X must hold numbers \(or booleans\); it holds "
+                                         r"(dates|durations) \((datetime|timedelta)64"):
+        _clf().fit(values, y)
+    clf = _clf().fit(np.zeros((60, np.shape(values)[1])), y)
+    with pytest.raises(ValueError, match="it holds"):
+        clf.predict(values)
+
+
+@pytest.mark.parametrize("column", [pd.date_range("2024-01-01", periods=60),
+                                    pd.to_timedelta(np.arange(60), "s")])
+def test_dataframes_of_dates_or_durations_only_are_refused_naming_them(small, column):
+    # scikit-learn's checks read such a DataFrame as nanoseconds (the fit diverged, or
+    # trained on them)
+    y = small[1]
+    frame = pd.DataFrame({"start": column, "end": column})
+    with pytest.raises(ValueError, match=r"column\(s\) 'start' \((datetime|timedelta)64\[\w+\]\), "
+                                         r"'end' \(.+\) cannot be read as numbers"):
+        _clf().fit(frame, y)
