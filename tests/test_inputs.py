@@ -603,3 +603,27 @@ def test_dataframes_of_dates_or_durations_only_are_refused_naming_them(small, co
     with pytest.raises(ValueError, match=r"column\(s\) 'start' \((datetime|timedelta)64\[\w+\]\), "
                                          r"'end' \(.+\) cannot be read as numbers"):
         _clf().fit(frame, y)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_a_network_of_another_float_dtype_gets_inputs_in_its_dtype(small, dtype):
+    # inputs came as float32, and torch failed in the forward pass ("mat1 and mat2 must
+    # have the same dtype, but got Float and Double")
+    import scipy.sparse as sp
+
+    X, y = small
+    X64 = X.astype(np.float64) + 1e-9  # values float32 cannot hold
+    net = torch.nn.Sequential(torch.nn.Linear(5, 8), torch.nn.ReLU(),
+                              torch.nn.Linear(8, 2)).to(dtype)
+    clf = _clf(module=net, module_params=None, sparsity=0.5).fit(
+        X64, y, validation_data=(X64, y))
+    assert next(clf.module_.parameters()).dtype == dtype
+    assert next(net.parameters()).dtype == dtype  # the caller's module is not converted
+    with torch.no_grad():
+        expected = clf.module_(torch.from_numpy(X64).to(dtype)).float().numpy()
+    np.testing.assert_array_equal(clf.predict_logits(X64), expected)
+    np.testing.assert_array_equal(clf.predict_logits(sp.csr_matrix(X64)), expected)
+    items = torch.utils.data.TensorDataset(torch.from_numpy(X64))
+    np.testing.assert_array_equal(clf.predict_logits(items), expected)
+    _clf(module=net, module_params=None).fit(items, y)
+    _clf(module=net, module_params=None).fit(sp.csr_matrix(X64), y)
