@@ -113,6 +113,10 @@ DATES = (
     "counts of their time unit. Convert them to the numbers the network should read "
     "first, e.g. days since a start date: (X - start) / np.timedelta64(1, 'D')."
 )
+RAGGED = (
+    "X must hold samples of one shape (a row of as many features for each); numpy cannot "
+    "make an array of this list: {problem}"
+)
 MISSING_IN_COLUMNS = (
     "X must not contain missing values (NaN, None or pd.NA); its column(s) {columns} hold "
     "{count}. Fill them first (e.g. with scikit-learn's SimpleImputer in a Pipeline), or "
@@ -242,12 +246,22 @@ def _validate_xy(est: Any, X: Any, y: Any, *, reset: bool = True) -> tuple[Any, 
 def _from_tensor(X: Any) -> Any:
     """A torch tensor ``X`` as a numpy array on the CPU, which scikit-learn's checks read
     in its integer dtype (they read a tensor's by float32); detached, so that one that
-    requires grad is read as data, and bfloat16, which numpy lacks, as float32. Other
-    inputs are returned as they are."""
+    requires grad is read as data, and bfloat16, which numpy lacks, as float32. A sparse
+    tensor of 2 dimensions (any sparse layout) is the scipy.sparse matrix of its entries,
+    made dense one batch at a time as such a matrix is; one of other dimensions is made
+    dense. Other inputs are returned as they are."""
     if not torch.is_tensor(X):
         return X
     X = X.detach().cpu()
-    return (X.float() if X.dtype == torch.bfloat16 else X).numpy()
+    if X.dtype == torch.bfloat16:
+        X = X.float()
+    if X.layout == torch.strided:
+        return X.numpy()
+    coo = X.to_sparse_coo().coalesce()
+    if X.dim() != 2 or coo.values().dim() != 1:
+        return X.to_dense().numpy()
+    rows, cols = coo.indices().numpy()
+    return sp.csr_matrix((coo.values().numpy(), (rows, cols)), shape=tuple(X.shape))
 
 
 def _validate_data(est: Any, X: Any, *args: Any, reset: bool) -> Any:
@@ -302,12 +316,16 @@ def _array_input(X: Any) -> Any:
     ValueError
         For a masked array with masked values (:data:`MASKED_VALUES`): the checks read the
         values under the mask as data. For dates or durations (:data:`DATES`), which they
-        read as counts of nanoseconds (or of their unit).
+        read as counts of nanoseconds (or of their unit), and for a list of samples of
+        different shapes (:data:`RAGGED`).
     """
     if np.ma.isMaskedArray(X) and (count := int(np.count_nonzero(np.ma.getmaskarray(X)))):
         raise ValueError(MASKED_VALUES.format(count=count))
     if isinstance(X, (list, tuple)):
-        X = np.asarray(X)
+        try:
+            X = np.asarray(X)
+        except ValueError as exc:  # numpy's message names no input
+            raise ValueError(RAGGED.format(problem=exc)) from None
     if isinstance(X, np.ndarray) and _dates(X.dtype):
         raise ValueError(DATES.format(
             what="durations" if X.dtype.kind == "m" else "dates", dtype=X.dtype))

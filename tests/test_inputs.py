@@ -627,3 +627,28 @@ def test_a_network_of_another_float_dtype_gets_inputs_in_its_dtype(small, dtype)
     np.testing.assert_array_equal(clf.predict_logits(items), expected)
     _clf(module=net, module_params=None).fit(items, y)
     _clf(module=net, module_params=None).fit(sp.csr_matrix(X64), y)
+
+
+def test_sparse_tensors_are_read_as_their_entries(small):
+    # numpy refused them: "can't convert Sparse layout tensor to numpy"
+    X, y = small
+    dense = _clf().fit(X, y)
+    expected = dense.predict_logits(X)
+    rows, cols = np.nonzero(X)
+    doubled = torch.sparse_coo_tensor(  # every entry given twice as its halves: summed
+        np.stack([np.r_[rows, rows], np.r_[cols, cols]]),
+        np.r_[X[rows, cols], X[rows, cols]] / 2, X.shape, dtype=torch.float32)
+    tensor = torch.from_numpy(X)
+    for sparse in (tensor.to_sparse(), tensor.to_sparse_csr(), doubled):
+        np.testing.assert_allclose(dense.predict_logits(sparse), expected, rtol=1e-6)
+        np.testing.assert_array_equal(_clf().fit(sparse, y).predict_logits(X), expected)
+    assert not doubled.is_coalesced()  # the caller's tensor is left as it was
+    images = torch.from_numpy(X.reshape(60, 1, 1, 5))
+    clf = _clf(module="mlp").fit(images.to_sparse(), y)
+    np.testing.assert_array_equal(clf.predict_logits(images), expected)
+
+
+def test_a_list_of_samples_of_different_lengths_is_named():
+    # numpy's "setting an array element with a sequence" named no input
+    with pytest.raises(ValueError, match=r"^X must hold samples of one shape .*: setting an"):
+        _clf().fit([[1.0, 2.0], [3.0, 4.0], [5.0]], [0, 1, 0])
