@@ -212,6 +212,7 @@ def _validate_xy(est: Any, X: Any, y: Any, *, reset: bool = True) -> tuple[Any, 
     X = _from_tensor(X)
     if y is not None:
         _check_label_values(y, "y")  # before scikit-learn's checks, which fail on None
+        y = _numpy_labels(y)
     if (text := fit_text_input(X, y, est.module, est.module_params)) is not None:
         est.n_features_in_, est.input_shape_ = 1, ()  # one text per sample
         est.__dict__.pop("feature_names_in_", None)
@@ -344,7 +345,7 @@ def _frame_input(frame: Any) -> Any:
         Naming the columns of dates or durations (:data:`NON_NUMERIC_COLUMNS`) and the
         numeric columns with missing values (:data:`MISSING_IN_COLUMNS`).
     """
-    from pandas.api.types import is_bool_dtype, is_extension_array_dtype, is_numeric_dtype
+    from pandas.api.types import is_bool_dtype, is_numeric_dtype
 
     dtypes = list(frame.dtypes)
     if any(_dates(dtype) for dtype in dtypes):  # scikit-learn's checks would read them
@@ -356,14 +357,28 @@ def _frame_input(frame: Any) -> Any:
     if missing := [i for i, count in zip(numeric, counts, strict=True) if count]:
         raise ValueError(MISSING_IN_COLUMNS.format(
             columns=_name_columns(frame, missing), count=int(counts.sum())))
-    nullable = [i for i in numeric if is_extension_array_dtype(dtypes[i])
-                and isinstance(getattr(dtypes[i], "numpy_dtype", None), np.dtype)]
+    nullable = [i for i in numeric if _numpy_dtype(dtypes[i]) is not None]
     if not nullable:
         return frame
     frame = frame.copy(deep=False)
     for i in nullable:
-        frame.isetitem(i, frame.iloc[:, i].to_numpy(dtype=dtypes[i].numpy_dtype))
+        frame.isetitem(i, frame.iloc[:, i].to_numpy(dtype=_numpy_dtype(dtypes[i])))
     return frame
+
+
+def _numpy_dtype(dtype: Any) -> np.dtype | None:
+    """The numpy dtype of a pandas nullable dtype of numbers or booleans (``Int64``:
+    int64, ``boolean``: bool); None for any other dtype."""
+    numpy_dtype = getattr(dtype, "numpy_dtype", None)
+    return numpy_dtype if getattr(numpy_dtype, "kind", "") in tuple("biuf") else None
+
+
+def _numpy_labels(y: Any) -> Any:
+    """``y`` (without missing values), a Series of a nullable dtype as the numpy array of
+    its dtype: scikit-learn's checks read it as float64 (classes ``0.0`` and ``1.0`` for
+    ``Int64`` or ``boolean`` labels)."""
+    dtype = _numpy_dtype(getattr(y, "dtype", None))
+    return y if dtype is None else y.to_numpy(dtype=dtype)
 
 
 def _refuse_beyond_float32(X: Any) -> Any:
@@ -455,7 +470,7 @@ def _check_validation(
     groups_val = validation_data[2] if len(validation_data) == 3 else None
     n = len(X_val) if is_torch_dataset(X_val) else _num_samples(X_val)
     _check_label_values(y_val, "validation y")
-    y_val = column_or_1d(np.asarray(y_val), warn=True)
+    y_val = column_or_1d(np.asarray(_numpy_labels(y_val)), warn=True)
     if len(y_val) != n:
         raise ValueError(BAD_LENGTH.format(what="validation y", got=len(y_val), n=n))
     unknown = sorted(_plain(v) for v in set(np.unique(y_val)) - set(classes))

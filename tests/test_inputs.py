@@ -652,3 +652,18 @@ def test_a_list_of_samples_of_different_lengths_is_named():
     # numpy's "setting an array element with a sequence" named no input
     with pytest.raises(ValueError, match=r"^X must hold samples of one shape .*: setting an"):
         _clf().fit([[1.0, 2.0], [3.0, 4.0], [5.0]], [0, 1, 0])
+
+
+@pytest.mark.parametrize(("dtype", "numpy_dtype"), [("Int64", np.int64), ("UInt8", np.uint8),
+                                                     ("boolean", np.bool_)])
+def test_labels_of_a_nullable_dtype_keep_their_type(small, dtype, numpy_dtype):
+    # scikit-learn's checks read them as float64: classes_ were 0.0 and 1.0, and predict
+    # gave floats for boolean labels
+    X, y = small
+    labels = pd.Series(y, index=np.arange(60)[::-1]).astype(dtype)
+    clf = _clf().fit(X, labels, validation_data=(X, labels))
+    assert clf.classes_.dtype == numpy_dtype
+    assert clf.predict(X).dtype == numpy_dtype
+    items = torch.utils.data.TensorDataset(torch.from_numpy(X))
+    assert _clf().fit(items, labels).classes_.dtype == numpy_dtype
+    assert labels.dtype == dtype
