@@ -691,13 +691,19 @@ def check_sample_weight(sample_weight: Any, n_samples: int) -> np.ndarray:
     Raises
     ------
     ValueError
-        On a length mismatch, NaN/inf, negative values or all zeros.
+        On values that are no real numbers (complex numbers, text, dates or durations),
+        a length mismatch, NaN/inf, negative values or all zeros.
     """
     if sample_weight is None:
         return np.ones(n_samples, dtype=np.float64)
-    if torch.is_tensor(sample_weight):  # one that requires grad reads as data too
-        sample_weight = sample_weight.detach()
-    sw = np.asarray(sample_weight, dtype=np.float64)
+    given = np.asarray(_from_tensor(sample_weight))  # a tensor's on the CPU, as data
+    try:
+        if given.dtype.kind in "cmM":  # numpy would drop the imaginary part, or count units
+            raise TypeError(f"dtype {given.dtype}")
+        sw = given.astype(np.float64, copy=False)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(BAD_SAMPLE_WEIGHT.format(
+            problem=f"it holds values that are no real numbers ({exc})")) from None
     if sw.ndim == 0:
         sw = np.full(n_samples, float(sw))
     if sw.ndim != 1:

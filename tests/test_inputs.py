@@ -667,3 +667,23 @@ def test_labels_of_a_nullable_dtype_keep_their_type(small, dtype, numpy_dtype):
     items = torch.utils.data.TensorDataset(torch.from_numpy(X))
     assert _clf().fit(items, labels).classes_.dtype == numpy_dtype
     assert labels.dtype == dtype
+
+
+@pytest.mark.parametrize("weights", [np.ones(60) + 1j, np.arange(60).astype("timedelta64[s]"),
+                                     np.array(["1"] * 59 + ["heavy"])])
+def test_sample_weights_that_are_no_real_numbers_are_refused(small, weights):
+    # numpy dropped the imaginary part (with a ComplexWarning) and counted seconds, and a
+    # text's error named no input
+    X, y = small
+    with pytest.raises(ValueError, match=r"^sample_weight must be finite and non-negative; "
+                                         r"it holds values that are no real numbers \("):
+        _clf().fit(X, y, sample_weight=weights)
+
+
+def test_sample_weights_of_a_bfloat16_tensor_are_read(small):
+    # numpy failed with "Got unsupported ScalarType BFloat16"
+    X, y = small
+    weights = torch.rand(60, generator=torch.Generator().manual_seed(0)).bfloat16()
+    np.testing.assert_array_equal(
+        _clf().fit(X, y, sample_weight=weights.clone().requires_grad_()).predict_logits(X),
+        _clf().fit(X, y, sample_weight=weights.float().numpy()).predict_logits(X))
