@@ -267,15 +267,32 @@ def _from_tensor(X: Any) -> Any:
 
 def _validate_data(est: Any, X: Any, *args: Any, reset: bool) -> Any:
     """scikit-learn's ``validate_data(est, X, *args)`` of :func:`_array_input` ``(X)``; a
-    DataFrame it cannot read for columns that are no numbers raises
-    :data:`NON_NUMERIC_COLUMNS`, which names them (scikit-learn's error names a value)."""
+    DataFrame it cannot read for missing values or columns that are no numbers raises
+    :func:`_frame_problem`'s error, which names the columns (scikit-learn's names a value,
+    or none)."""
+    array = _array_input(X)
     try:
-        return validate_data(est, _array_input(X), *args, reset=reset, **_ARRAYS)
+        return validate_data(est, array, *args, reset=reset, **_ARRAYS)
     except (TypeError, ValueError) as exc:
-        if not _is_frame(X) or not (columns := [i for i in range(X.shape[1])
-                                                if not _numbers(X.iloc[:, i])]):
+        if not _is_frame(X) or (problem := _frame_problem(X)) is None:
             raise
-        raise ValueError(NON_NUMERIC_COLUMNS.format(columns=_name_columns(X, columns))) from exc
+        raise ValueError(problem) from exc
+
+
+def _frame_problem(frame: Any) -> str | None:
+    """What keeps a DataFrame from being read as numbers: its columns of numbers with
+    missing values (:data:`MISSING_IN_COLUMNS`), else its columns that are no numbers
+    (:data:`NON_NUMERIC_COLUMNS`), named; None if neither."""
+    from pandas.api.types import is_numeric_dtype
+
+    counts = np.asarray(frame.isna().sum())
+    if missing := [i for i, dtype in enumerate(frame.dtypes) if counts[i] and (
+            is_numeric_dtype(dtype) or _numbers(frame.iloc[:, i]))]:
+        return MISSING_IN_COLUMNS.format(columns=_name_columns(frame, missing),
+                                         count=int(counts[missing].sum()))
+    if columns := [i for i in range(frame.shape[1]) if not _numbers(frame.iloc[:, i])]:
+        return NON_NUMERIC_COLUMNS.format(columns=_name_columns(frame, columns))
+    return None
 
 
 def _is_frame(X: Any) -> bool:
@@ -342,22 +359,14 @@ def _frame_input(frame: Any) -> Any:
     Raises
     ------
     ValueError
-        Naming the columns of dates or durations (:data:`NON_NUMERIC_COLUMNS`) and the
-        numeric columns with missing values (:data:`MISSING_IN_COLUMNS`).
+        :func:`_frame_problem`'s, for columns of dates or durations (which scikit-learn's
+        checks would read as nanoseconds) or nullable columns with missing values.
     """
-    from pandas.api.types import is_bool_dtype, is_numeric_dtype
-
     dtypes = list(frame.dtypes)
-    if any(_dates(dtype) for dtype in dtypes):  # scikit-learn's checks would read them
-        columns = [i for i in range(len(dtypes)) if not _numbers(frame.iloc[:, i])]
-        raise ValueError(NON_NUMERIC_COLUMNS.format(columns=_name_columns(frame, columns)))
-    numeric = [i for i, dtype in enumerate(dtypes)
-               if is_numeric_dtype(dtype) or is_bool_dtype(dtype)]
-    counts = np.asarray(frame.isna().sum())[numeric] if numeric else np.zeros(0, int)
-    if missing := [i for i, count in zip(numeric, counts, strict=True) if count]:
-        raise ValueError(MISSING_IN_COLUMNS.format(
-            columns=_name_columns(frame, missing), count=int(counts.sum())))
-    nullable = [i for i in numeric if _numpy_dtype(dtypes[i]) is not None]
+    nullable = [i for i, dtype in enumerate(dtypes) if _numpy_dtype(dtype) is not None]
+    if (any(_dates(dtype) for dtype in dtypes)
+            or any(frame.iloc[:, i].hasnans for i in nullable)):
+        raise ValueError(_frame_problem(frame))
     if not nullable:
         return frame
     frame = frame.copy(deep=False)

@@ -575,6 +575,9 @@ def test_missing_values_of_nullable_columns_are_named():
     clf = _clf().fit(frame.fillna(0), y)
     with pytest.raises(ValueError, match=message):
         clf.predict(frame)
+    numbers = frame.fillna(0).assign(b=np.array([None] + [1.0] * 47, dtype=object))
+    with pytest.raises(ValueError, match=r"column\(s\) 'b' \(object\) hold 1\. "):
+        clf.predict(numbers)
 
 
 @pytest.mark.parametrize("values", [
