@@ -12,6 +12,7 @@ import torch
 from sklearn.exceptions import DataConversionWarning
 
 from rest_fair import RESTClassifier
+from rest_fair.sparse.compute import measure_layer
 
 ONE_EPOCH = dict(max_epochs=1, batch_size=32, lr=0.05, random_state=0, device="cpu",
                  validation_fraction=0.0, module_params={"hidden_layer_sizes": (8,)})
@@ -630,6 +631,22 @@ def test_a_network_of_another_float_dtype_gets_inputs_in_its_dtype(small, dtype)
     np.testing.assert_array_equal(clf.predict_logits(items), expected)
     _clf(module=net, module_params=None).fit(items, y)
     _clf(module=net, module_params=None).fit(sp.csr_matrix(X64), y)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_auto_sparse_compute_keeps_layers_of_a_dtype_without_csr_kernels_masked(
+        small, dtype, monkeypatch):
+    # measuring the CSR pass failed with "addmm_out_sparse_csr_impl_mkl" not implemented
+    # for 'BFloat16' (torch has no CPU CSR product in half precision)
+    from rest_fair.sparse import compute
+
+    assert measure_layer((16, 24), 40, 8, dtype=dtype).csr == float("inf")
+    X, y = small
+    net = torch.nn.Sequential(torch.nn.Linear(5, 64), torch.nn.ReLU(), torch.nn.Linear(64, 64),
+                              torch.nn.ReLU(), torch.nn.Linear(64, 2)).to(dtype)
+    monkeypatch.setattr(compute, "measure_layer", measure_layer)  # not the tests' tie
+    clf = _clf(module=net, module_params=None, sparsity=0.9, sparse_compute_threshold=1.0)
+    assert clf.fit(X, y).sparse_compute_layers_ == []
 
 
 def test_sparse_tensors_are_read_as_their_entries(small):
