@@ -209,7 +209,7 @@ def check_inputs(est: Any, X: Any, y: Any, groups: Any, sample_weight: Any,
 
 
 def _validate_xy(est: Any, X: Any, y: Any, *, reset: bool = True) -> tuple[Any, np.ndarray]:
-    X = _from_tensor(X)
+    X, y = _from_tensor(X), _from_tensor(y)
     if y is not None:
         _check_label_values(y, "y")  # before scikit-learn's checks, which fail on None
         y = _numpy_labels(y)
@@ -245,12 +245,12 @@ def _validate_xy(est: Any, X: Any, y: Any, *, reset: bool = True) -> tuple[Any, 
 
 
 def _from_tensor(X: Any) -> Any:
-    """A torch tensor ``X`` as a numpy array on the CPU, which scikit-learn's checks read
-    in its integer dtype (they read a tensor's by float32); detached, so that one that
-    requires grad is read as data, and bfloat16, which numpy lacks, as float32. A sparse
-    tensor of 2 dimensions (any sparse layout) is the scipy.sparse matrix of its entries,
-    made dense one batch at a time as such a matrix is; one of other dimensions is made
-    dense. Other inputs are returned as they are."""
+    """A torch tensor ``X`` (or labels, groups, weights) as a numpy array on the CPU, which
+    scikit-learn's checks read in its integer dtype (they read a tensor's by float32);
+    detached, so that one that requires grad is read as data, and bfloat16, which numpy
+    lacks, as float32. A sparse tensor of 2 dimensions (any sparse layout) is the
+    scipy.sparse matrix of its entries, made dense one batch at a time as such a matrix
+    is; one of other dimensions is made dense. Other inputs are returned as they are."""
     if not torch.is_tensor(X):
         return X
     X = X.detach().cpu()
@@ -475,7 +475,7 @@ def _check_validation(
         X_val = check_x(est, validation_data[0])
     except ValueError as exc:  # its messages call it X, as predict's
         raise ValueError(BAD_VALIDATION_X.format(problem=exc)) from exc
-    y_val = validation_data[1]
+    y_val = _from_tensor(validation_data[1])
     groups_val = validation_data[2] if len(validation_data) == 3 else None
     n = len(X_val) if is_torch_dataset(X_val) else _num_samples(X_val)
     _check_label_values(y_val, "validation y")
@@ -630,6 +630,8 @@ or dict of columns
     if groups is None:
         return np.zeros(n_samples, dtype=np.int64), [0]
     import pandas as pd
+
+    groups = _from_tensor(groups)  # numpy reads no GPU or bfloat16 tensor
 
     if isinstance(groups, (str, bytes)):
         raise ValueError(BAD_GROUPS_TYPE.format(value=groups))

@@ -707,3 +707,17 @@ def test_sample_weights_of_a_bfloat16_tensor_are_read(small):
     np.testing.assert_array_equal(
         _clf().fit(X, y, sample_weight=weights.clone().requires_grad_()).predict_logits(X),
         _clf().fit(X, y, sample_weight=weights.float().numpy()).predict_logits(X))
+
+
+def test_labels_and_groups_of_tensors_numpy_cannot_read_are_read(small):
+    # numpy failed with "Got unsupported ScalarType BFloat16" (and a GPU tensor with "can't
+    # convert cuda:0 device type tensor to numpy")
+    X, y = small
+    groups = (X[:, 1] > 0).astype(int)
+    as_tensor = torch.from_numpy(y).bfloat16(), torch.from_numpy(groups).bfloat16()
+    clf = _clf().fit(X, *as_tensor, validation_data=(X, *as_tensor))
+    plain = _clf().fit(X, y.astype(np.float32), groups.astype(np.float32),
+                       validation_data=(X, y, groups))
+    assert clf.groups_ == plain.groups_ == [0.0, 1.0]
+    np.testing.assert_array_equal(clf.classes_, plain.classes_)
+    np.testing.assert_array_equal(clf.predict_logits(X), plain.predict_logits(X))
