@@ -23,6 +23,7 @@ __all__ = [
     "TextSource",
     "TokenizedText",
     "fixed_global_rngs",
+    "input_dtype",
     "is_torch_dataset",
     "kept_global_rngs",
     "make_source",
@@ -73,8 +74,11 @@ class BatchSource:
     uniform_samples: bool = False
     ids: bool = False
     """Whether the samples of an integer array or integer Dataset items come as int64 token
-    ids (for a network that :func:`reads_ids`) instead of float32; set by :meth:`read_ids`
-    before the first batch."""
+    ids (for a network that :func:`reads_ids`) instead of :attr:`dtype`; set by
+    :meth:`read_ids` before the first batch."""
+    dtype: torch.dtype = torch.float32
+    """The dtype of the samples other than token ids: the network's :func:`input_dtype`;
+    set by :meth:`read_ids` before the first batch."""
 
     n_samples: int
     sample_shape: tuple[int, ...]
@@ -100,9 +104,10 @@ class BatchSource:
         """Release what the source holds (worker processes); it may be used again."""
 
     def read_ids(self, module: torch.nn.Module) -> None:
-        """Give integer inputs as token ids where ``module`` :func:`reads_ids`, else as
-        float32 (sets :attr:`ids`)."""
+        """Give integer inputs as token ids where ``module`` :func:`reads_ids`, and other
+        inputs in its :func:`input_dtype` (sets :attr:`ids` and :attr:`dtype`)."""
         self.ids = reads_ids(module)
+        self.dtype = input_dtype(module)
 
 
 def _first_layer(module: torch.nn.Module) -> torch.nn.Module | None:
@@ -114,6 +119,14 @@ def reads_ids(module: torch.nn.Module) -> bool:
     """Whether ``module``'s first layer (the first module without children, in registration
     order) is an ``nn.Embedding`` or ``nn.EmbeddingBag``: it reads integer token ids."""
     return isinstance(_first_layer(module), (torch.nn.Embedding, torch.nn.EmbeddingBag))
+
+
+def input_dtype(module: torch.nn.Module) -> torch.dtype:
+    """The dtype ``module`` reads inputs in: its first parameter's where that is a floating
+    dtype (a network converted with ``.double()`` or ``.bfloat16()`` computes in it), else
+    float32."""
+    first = next(module.parameters(), None)
+    return first.dtype if first is not None and first.is_floating_point() else torch.float32
 
 
 def _shareable(array: np.ndarray) -> bool:
@@ -143,13 +156,14 @@ def _as_tensor(array: np.ndarray, *, only_read: bool = False) -> torch.Tensor:
 
 
 class _TensorSource(BatchSource):
-    """Rows of an array, as float32 batches (an integer array's as int64 with :attr:`ids`).
+    """Rows of an array, as batches of :attr:`dtype` (an integer array's as int64 with
+    :attr:`ids`).
 
     A float32 array is shared, not copied, also a read-only one (a memory map): batches are
     gathered into new memory, and nothing writes to it. On the CPU, an array of another
     dtype (float64) without negative strides is read in place and each batch is converted
-    to float32 when it is taken, so a pass over it (``predict``) never holds a float32 copy
-    of the whole array. With ``rows``, the source holds those rows of the array, read in
+    to :attr:`dtype` when it is taken, so a pass over it (``predict``) never holds a float32
+    copy of the whole array. With ``rows``, the source holds those rows of the array, read in
     place (sample ``i`` is row ``rows[i]``). An integer array keeps its dtype, and is
     converted batch by batch on every device (unsigned ones of more than 8 bits, which
     torch supports in few operations, are held as int64 off the CPU).
@@ -203,7 +217,7 @@ class _TensorSource(BatchSource):
             batch = torch.index_select(data, 0, rows)
         else:
             batch = data[rows]
-        dtype = torch.int64 if self.ids and not data.is_floating_point() else torch.float32
+        dtype = torch.int64 if self.ids and not data.is_floating_point() else self.dtype
         return batch.to(device, dtype=dtype, non_blocking=True)
 
 
@@ -219,16 +233,18 @@ class _SparseSource(BatchSource):
         return order.numpy()
 
     def take(self, rows, device):
-        block = self.data[rows].astype(np.float32, copy=False)  # the batch's entries only
-        dense = np.zeros(block.shape, dtype=np.float32)
+        wide = np.float64 if self.dtype == torch.float64 else np.float32
+        block = self.data[rows].astype(wide, copy=False)  # the batch's entries only
+        dense = np.zeros(block.shape, dtype=wide)
         block.toarray(out=dense)
-        return torch.from_numpy(dense).to(device, non_blocking=True)
+        return torch.from_numpy(dense).to(device, dtype=self.dtype, non_blocking=True)
 
 
-def _first_element(item: Any, *, ids: bool = False) -> torch.Tensor:
-    """The input of a torch Dataset's ``item``, as float32 data (detached: a tensor that
-    requires grad, computed by a module outside ``torch.no_grad()``, is read as data); with
-    ``ids``, an integer input as int64."""
+def _first_element(item: Any, *, ids: bool = False,
+                   dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The input of a torch Dataset's ``item``, as data of ``dtype`` (detached: a tensor
+    that requires grad, computed by a module outside ``torch.no_grad()``, is read as data);
+    with ``ids``, an integer input as int64."""
     nested = isinstance(item, (tuple, list)) and len(item) > 0
     x = item[0] if nested else item
     if isinstance(x, np.ndarray):
@@ -238,11 +254,12 @@ def _first_element(item: Any, *, ids: bool = False) -> torch.Tensor:
         raise TypeError(BAD_DATASET_ITEM.format(
             f"{got} whose first element is a {type(x).__name__}" if nested else got))
     integer = not (x.is_floating_point() or x.is_complex() or x.dtype == torch.bool)
-    return x.detach().long() if ids and integer else x.detach().float()
+    return x.detach().long() if ids and integer else x.detach().to(dtype)
 
 
-def _collate_inputs(items: list, *, ids: bool = False) -> torch.Tensor:
-    inputs = [_first_element(item, ids=ids) for item in items]
+def _collate_inputs(items: list, *, ids: bool = False,
+                    dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    inputs = [_first_element(item, ids=ids, dtype=dtype) for item in items]
     try:
         return torch.stack(inputs)
     except RuntimeError:  # the shapes are looked at only when stacking fails
@@ -360,7 +377,7 @@ class _DatasetSource(BatchSource):
                 batch_size=batch_size,
                 sampler=sampler,
                 num_workers=self.num_workers,
-                collate_fn=functools.partial(_collate_inputs, ids=self.ids),
+                collate_fn=functools.partial(_collate_inputs, ids=self.ids, dtype=self.dtype),
                 pin_memory=self.pin_memory,
                 persistent_workers=workers,
                 # the loader's own seed, drawn for each iterator, is not drawn from the

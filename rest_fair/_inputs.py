@@ -108,6 +108,20 @@ NON_NUMERIC_COLUMNS = (
     "Encode them first, e.g. with scikit-learn's OneHotEncoder or OrdinalEncoder in a "
     "ColumnTransformer (a Pipeline keeps it with the estimator)."
 )
+DATES = (
+    "X must hold numbers (or booleans); it holds {what} ({dtype}), which would be read as "
+    "counts of their time unit. Convert them to the numbers the network should read "
+    "first, e.g. days since a start date: (X - start) / np.timedelta64(1, 'D')."
+)
+RAGGED = (
+    "X must hold samples of one shape (a row of as many features for each); numpy cannot "
+    "make an array of this list: {problem}"
+)
+MISSING_IN_COLUMNS = (
+    "X must not contain missing values (NaN, None or pd.NA); its column(s) {columns} hold "
+    "{count}. Fill them first (e.g. with scikit-learn's SimpleImputer in a Pipeline), or "
+    "drop those rows."
+)
 # what validate_data accepts as X: floats, and integers in their dtype (token ids)
 _INTEGERS = (np.int64, np.int32, np.int16, np.int8, np.uint64, np.uint32, np.uint16, np.uint8)
 _ARRAYS = {"accept_sparse": "csr", "allow_nd": True,
@@ -195,9 +209,10 @@ def check_inputs(est: Any, X: Any, y: Any, groups: Any, sample_weight: Any,
 
 
 def _validate_xy(est: Any, X: Any, y: Any, *, reset: bool = True) -> tuple[Any, np.ndarray]:
-    X = _from_tensor(X)
+    X, y = _from_tensor(X), _from_tensor(y)
     if y is not None:
         _check_label_values(y, "y")  # before scikit-learn's checks, which fail on None
+        y = _numpy_labels(y)
     if (text := fit_text_input(X, y, est.module, est.module_params)) is not None:
         est.n_features_in_, est.input_shape_ = 1, ()  # one text per sample
         est.__dict__.pop("feature_names_in_", None)
@@ -230,38 +245,72 @@ def _validate_xy(est: Any, X: Any, y: Any, *, reset: bool = True) -> tuple[Any, 
 
 
 def _from_tensor(X: Any) -> Any:
-    """A torch tensor ``X`` as a numpy array on the CPU, which scikit-learn's checks read
-    in its integer dtype (they read a tensor's by float32); detached, so that one that
-    requires grad is read as data, and bfloat16, which numpy lacks, as float32. Other
-    inputs are returned as they are."""
+    """A torch tensor ``X`` (or labels, groups, weights) as a numpy array on the CPU, which
+    scikit-learn's checks read in its integer dtype (they read a tensor's by float32);
+    detached, so that one that requires grad is read as data, and bfloat16, which numpy
+    lacks, as float32. A sparse tensor of 2 dimensions (any sparse layout) is the
+    scipy.sparse matrix of its entries, made dense one batch at a time as such a matrix
+    is; one of other dimensions is made dense. Other inputs are returned as they are."""
     if not torch.is_tensor(X):
         return X
     X = X.detach().cpu()
-    return (X.float() if X.dtype == torch.bfloat16 else X).numpy()
+    if X.dtype == torch.bfloat16:
+        X = X.float()
+    if X.layout == torch.strided:
+        return X.numpy()
+    coo = X.to_sparse_coo().coalesce()
+    if X.dim() != 2 or coo.values().dim() != 1:
+        return X.to_dense().numpy()
+    rows, cols = coo.indices().numpy()
+    return sp.csr_matrix((coo.values().numpy(), (rows, cols)), shape=tuple(X.shape))
 
 
 def _validate_data(est: Any, X: Any, *args: Any, reset: bool) -> Any:
     """scikit-learn's ``validate_data(est, X, *args)`` of :func:`_array_input` ``(X)``; a
-    DataFrame it cannot read for columns that are no numbers raises
-    :data:`NON_NUMERIC_COLUMNS`, which names them (scikit-learn's error names a value)."""
+    DataFrame it cannot read for missing values or columns that are no numbers raises
+    :func:`_frame_problem`'s error, which names the columns (scikit-learn's names a value,
+    or none)."""
+    array = _array_input(X)
     try:
-        return validate_data(est, _array_input(X), *args, reset=reset, **_ARRAYS)
+        return validate_data(est, array, *args, reset=reset, **_ARRAYS)
     except (TypeError, ValueError) as exc:
-        if not hasattr(X, "iloc") or getattr(X, "ndim", 0) != 2:
+        if not _is_frame(X) or (problem := _frame_problem(X)) is None:
             raise
-        columns = [f"{name!r} ({X.dtypes.iloc[i]})" for i, name in enumerate(X.columns)
-                   if not _numbers(X.iloc[:, i])]
-        if not columns:
-            raise
-        more = f", and {len(columns) - 5} more" if len(columns) > 5 else ""
-        raise ValueError(NON_NUMERIC_COLUMNS.format(
-            columns=", ".join(columns[:5]) + more)) from exc
+        raise ValueError(problem) from exc
+
+
+def _frame_problem(frame: Any) -> str | None:
+    """What keeps a DataFrame from being read as numbers: its columns of numbers with
+    missing values (:data:`MISSING_IN_COLUMNS`), else its columns that are no numbers
+    (:data:`NON_NUMERIC_COLUMNS`), named; None if neither."""
+    from pandas.api.types import is_numeric_dtype
+
+    counts = np.asarray(frame.isna().sum())
+    if missing := [i for i, dtype in enumerate(frame.dtypes) if counts[i] and (
+            is_numeric_dtype(dtype) or _numbers(frame.iloc[:, i]))]:
+        return MISSING_IN_COLUMNS.format(columns=_name_columns(frame, missing),
+                                         count=int(counts[missing].sum()))
+    if columns := [i for i in range(frame.shape[1]) if not _numbers(frame.iloc[:, i])]:
+        return NON_NUMERIC_COLUMNS.format(columns=_name_columns(frame, columns))
+    return None
+
+
+def _is_frame(X: Any) -> bool:
+    """Whether ``X`` is a DataFrame (2-D and indexed by position with ``iloc``)."""
+    return hasattr(X, "iloc") and getattr(X, "ndim", 0) == 2
+
+
+def _name_columns(frame: Any, columns: list[int]) -> str:
+    """The names and dtypes of a DataFrame's ``columns`` (positions), the first 5 of them."""
+    names = [f"{frame.columns[i]!r} ({frame.dtypes.iloc[i]})" for i in columns[:5]]
+    more = f", and {len(columns) - 5} more" if len(columns) > 5 else ""
+    return ", ".join(names) + more
 
 
 def _numbers(column: Any) -> bool:
     """Whether a DataFrame's ``column`` reads as numbers: not dates or durations (which
     numpy would cast), and each value a number or a number's text."""
-    if getattr(column.dtype, "kind", None) in ("m", "M"):
+    if _dates(column.dtype):
         return False
     try:
         np.asarray(column, dtype=np.float64)
@@ -270,19 +319,75 @@ def _numbers(column: Any) -> bool:
     return True
 
 
+def _dates(dtype: Any) -> bool:
+    """Whether ``dtype`` (numpy's or pandas') holds dates or durations."""
+    return getattr(dtype, "kind", None) in ("m", "M")
+
+
 def _array_input(X: Any) -> Any:
-    """A list or tuple ``X`` as the numpy array it makes, which scikit-learn's checks read
-    in its integer dtype (they read a list's by float32); other inputs as they are.
+    """``X`` as scikit-learn's checks are to read it: a list or tuple as the numpy array it
+    makes (they read a list's integers as float32, an array's in their dtype), a DataFrame
+    as :func:`_frame_input` gives it, other inputs as they are.
 
     Raises
     ------
     ValueError
         For a masked array with masked values (:data:`MASKED_VALUES`): the checks read the
-        values under the mask as data.
+        values under the mask as data. For dates or durations (:data:`DATES`), which they
+        read as counts of nanoseconds (or of their unit), and for a list of samples of
+        different shapes (:data:`RAGGED`).
     """
     if np.ma.isMaskedArray(X) and (count := int(np.count_nonzero(np.ma.getmaskarray(X)))):
         raise ValueError(MASKED_VALUES.format(count=count))
-    return np.asarray(X) if isinstance(X, (list, tuple)) else X
+    if isinstance(X, (list, tuple)):
+        try:
+            X = np.asarray(X)
+        except ValueError as exc:  # numpy's message names no input
+            raise ValueError(RAGGED.format(problem=exc)) from None
+    if isinstance(X, np.ndarray) and _dates(X.dtype):
+        raise ValueError(DATES.format(
+            what="durations" if X.dtype.kind == "m" else "dates", dtype=X.dtype))
+    return _frame_input(X) if _is_frame(X) else X
+
+
+def _frame_input(frame: Any) -> Any:
+    """A DataFrame of numbers with its nullable columns (pandas' ``Int64``, ``Float32``,
+    ``boolean``, ...) as numpy columns of their dtype, so that integers stay integers
+    (token ids; scikit-learn's checks read them as float32); a DataFrame without them as
+    it is. A shallow copy is changed, never ``frame``.
+
+    Raises
+    ------
+    ValueError
+        :func:`_frame_problem`'s, for columns of dates or durations (which scikit-learn's
+        checks would read as nanoseconds) or nullable columns with missing values.
+    """
+    dtypes = list(frame.dtypes)
+    nullable = [i for i, dtype in enumerate(dtypes) if _numpy_dtype(dtype) is not None]
+    if (any(_dates(dtype) for dtype in dtypes)
+            or any(frame.iloc[:, i].hasnans for i in nullable)):
+        raise ValueError(_frame_problem(frame))
+    if not nullable:
+        return frame
+    frame = frame.copy(deep=False)
+    for i in nullable:
+        frame.isetitem(i, frame.iloc[:, i].to_numpy(dtype=_numpy_dtype(dtypes[i])))
+    return frame
+
+
+def _numpy_dtype(dtype: Any) -> np.dtype | None:
+    """The numpy dtype of a pandas nullable dtype of numbers or booleans (``Int64``:
+    int64, ``boolean``: bool); None for any other dtype."""
+    numpy_dtype = getattr(dtype, "numpy_dtype", None)
+    return numpy_dtype if getattr(numpy_dtype, "kind", "") in tuple("biuf") else None
+
+
+def _numpy_labels(y: Any) -> Any:
+    """``y`` (without missing values), a Series of a nullable dtype as the numpy array of
+    its dtype: scikit-learn's checks read it as float64 (classes ``0.0`` and ``1.0`` for
+    ``Int64`` or ``boolean`` labels)."""
+    dtype = _numpy_dtype(getattr(y, "dtype", None))
+    return y if dtype is None else y.to_numpy(dtype=dtype)
 
 
 def _refuse_beyond_float32(X: Any) -> Any:
@@ -370,11 +475,11 @@ def _check_validation(
         X_val = check_x(est, validation_data[0])
     except ValueError as exc:  # its messages call it X, as predict's
         raise ValueError(BAD_VALIDATION_X.format(problem=exc)) from exc
-    y_val = validation_data[1]
+    y_val = _from_tensor(validation_data[1])
     groups_val = validation_data[2] if len(validation_data) == 3 else None
     n = len(X_val) if is_torch_dataset(X_val) else _num_samples(X_val)
     _check_label_values(y_val, "validation y")
-    y_val = column_or_1d(np.asarray(y_val), warn=True)
+    y_val = column_or_1d(np.asarray(_numpy_labels(y_val)), warn=True)
     if len(y_val) != n:
         raise ValueError(BAD_LENGTH.format(what="validation y", got=len(y_val), n=n))
     unknown = sorted(_plain(v) for v in set(np.unique(y_val)) - set(classes))
@@ -526,6 +631,8 @@ or dict of columns
         return np.zeros(n_samples, dtype=np.int64), [0]
     import pandas as pd
 
+    groups = _from_tensor(groups)  # numpy reads no GPU or bfloat16 tensor
+
     if isinstance(groups, (str, bytes)):
         raise ValueError(BAD_GROUPS_TYPE.format(value=groups))
     if isinstance(groups, Mapping):  # sensitive features by name, as fairlearn takes them
@@ -595,13 +702,19 @@ def check_sample_weight(sample_weight: Any, n_samples: int) -> np.ndarray:
     Raises
     ------
     ValueError
-        On a length mismatch, NaN/inf, negative values or all zeros.
+        On values that are no real numbers (complex numbers, text, dates or durations),
+        a length mismatch, NaN/inf, negative values or all zeros.
     """
     if sample_weight is None:
         return np.ones(n_samples, dtype=np.float64)
-    if torch.is_tensor(sample_weight):  # one that requires grad reads as data too
-        sample_weight = sample_weight.detach()
-    sw = np.asarray(sample_weight, dtype=np.float64)
+    given = np.asarray(_from_tensor(sample_weight))  # a tensor's on the CPU, as data
+    try:
+        if given.dtype.kind in "cmM":  # numpy would drop the imaginary part, or count units
+            raise TypeError(f"dtype {given.dtype}")
+        sw = given.astype(np.float64, copy=False)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(BAD_SAMPLE_WEIGHT.format(
+            problem=f"it holds values that are no real numbers ({exc})")) from None
     if sw.ndim == 0:
         sw = np.full(n_samples, float(sw))
     if sw.ndim != 1:

@@ -12,6 +12,7 @@ import torch
 from sklearn.exceptions import DataConversionWarning
 
 from rest_fair import RESTClassifier
+from rest_fair.sparse.compute import measure_layer
 
 ONE_EPOCH = dict(max_epochs=1, batch_size=32, lr=0.05, random_state=0, device="cpu",
                  validation_fraction=0.0, module_params={"hidden_layer_sizes": (8,)})
@@ -543,5 +544,180 @@ def test_dataframe_columns_that_are_no_numbers_are_named(small):
     clf = _clf().fit(frame.assign(colour=np.where(y, "1", "2"), day=1.0), y)  # numbers' text
     with pytest.raises(ValueError, match=message):
         clf.predict(odd)
-    with pytest.raises(ValueError, match="Input X contains NaN"):  # scikit-learn's own
+    with pytest.raises(ValueError, match=r"its column\(s\) 'colour' \(float64\) hold 60\. "):
         clf.predict(frame.assign(colour=np.nan, day=1.0))
+
+
+@pytest.mark.parametrize("dtype", ["Int64", "Int32", "UInt16"])
+def test_nullable_integer_columns_reach_an_embedding_as_token_ids(dtype):
+    # scikit-learn's checks read them as float32, which torch's embedding refused
+    ids = np.random.default_rng(0).integers(0, 300, size=(48, 5))
+    y = (ids[:, 0] > 150).astype(int)
+    frame = pd.DataFrame(ids, columns=list("abcde")).astype(dtype)
+    clf = _clf(module=_TokenBag, module_params=None).fit(frame, y, validation_data=(frame, y))
+    plain = _clf(module=_TokenBag, module_params=None).fit(ids, y, validation_data=(ids, y))
+    np.testing.assert_array_equal(clf.predict_logits(frame), plain.predict_logits(ids))
+    assert list(clf.feature_names_in_) == list("abcde")
+    assert (frame.dtypes == dtype).all()  # the caller's DataFrame is left as it was
+
+
+def test_missing_values_of_nullable_columns_are_named():
+    # the error was scikit-learn's "Input X contains NaN", naming no column
+    ids = np.random.default_rng(0).integers(0, 300, size=(48, 3))
+    y = (ids[:, 0] > 150).astype(int)
+    frame = pd.DataFrame(ids, columns=["a", "b", "c"]).astype("Int64")
+    frame.iloc[[2, 5], 1] = pd.NA
+    message = (r"^X must not contain missing values \(NaN, None or pd.NA\); its column\(s\) "
+               r"'b' \(Int64\) hold 2\. Fill them")
+    with pytest.raises(ValueError, match=message):
+        _clf(module=_TokenBag, module_params=None).fit(frame, y)
+    with pytest.raises(ValueError, match=message):
+        _clf().fit(frame, y)
+    clf = _clf().fit(frame.fillna(0), y)
+    with pytest.raises(ValueError, match=message):
+        clf.predict(frame)
+    numbers = frame.fillna(0).assign(b=np.array([None] + [1.0] * 47, dtype=object))
+    with pytest.raises(ValueError, match=r"column\(s\) 'b' \(object\) hold 1\. "):
+        clf.predict(numbers)
+
+
+@pytest.mark.parametrize("values", [
+    np.arange(120).astype("datetime64[s]").reshape(60, 2),
+    np.arange(120).astype("timedelta64[D]").reshape(60, 2),
+    [[np.datetime64("2024-01-01") + i] for i in range(60)],
+])
+def test_dates_and_durations_are_refused(small, values):
+    # they were read as counts of their unit (nanoseconds), and trained on silently
+    y = small[1]
+    with pytest.raises(ValueError, match=r"^X must hold numbers \(or booleans\); it holds "
+                                         r"(dates|durations) \((datetime|timedelta)64"):
+        _clf().fit(values, y)
+    clf = _clf().fit(np.zeros((60, np.shape(values)[1])), y)
+    with pytest.raises(ValueError, match="it holds"):
+        clf.predict(values)
+
+
+@pytest.mark.parametrize("column", [pd.date_range("2024-01-01", periods=60),
+                                    pd.to_timedelta(np.arange(60), "s")])
+def test_dataframes_of_dates_or_durations_only_are_refused_naming_them(small, column):
+    # scikit-learn's checks read such a DataFrame as nanoseconds (the fit diverged, or
+    # trained on them)
+    y = small[1]
+    frame = pd.DataFrame({"start": column, "end": column})
+    with pytest.raises(ValueError, match=r"column\(s\) 'start' \((datetime|timedelta)64\[\w+\]\), "
+                                         r"'end' \(.+\) cannot be read as numbers"):
+        _clf().fit(frame, y)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_a_network_of_another_float_dtype_gets_inputs_in_its_dtype(small, dtype):
+    # inputs came as float32, and torch failed in the forward pass ("mat1 and mat2 must
+    # have the same dtype, but got Float and Double")
+    import scipy.sparse as sp
+
+    X, y = small
+    X64 = X.astype(np.float64) + 1e-9  # values float32 cannot hold
+    net = torch.nn.Sequential(torch.nn.Linear(5, 8), torch.nn.ReLU(),
+                              torch.nn.Linear(8, 2)).to(dtype)
+    clf = _clf(module=net, module_params=None, sparsity=0.5).fit(
+        X64, y, validation_data=(X64, y))
+    assert next(clf.module_.parameters()).dtype == dtype
+    assert next(net.parameters()).dtype == dtype  # the caller's module is not converted
+    with torch.no_grad():
+        expected = clf.module_(torch.from_numpy(X64).to(dtype)).float().numpy()
+    np.testing.assert_array_equal(clf.predict_logits(X64), expected)
+    np.testing.assert_array_equal(clf.predict_logits(sp.csr_matrix(X64)), expected)
+    items = torch.utils.data.TensorDataset(torch.from_numpy(X64))
+    np.testing.assert_array_equal(clf.predict_logits(items), expected)
+    _clf(module=net, module_params=None).fit(items, y)
+    _clf(module=net, module_params=None).fit(sp.csr_matrix(X64), y)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_auto_sparse_compute_keeps_layers_of_a_dtype_without_csr_kernels_masked(
+        small, dtype, monkeypatch):
+    # measuring the CSR pass failed with "addmm_out_sparse_csr_impl_mkl" not implemented
+    # for 'BFloat16' (torch has no CPU CSR product in half precision)
+    from rest_fair.sparse import compute
+
+    assert measure_layer((16, 24), 40, 8, dtype=dtype).csr == float("inf")
+    X, y = small
+    net = torch.nn.Sequential(torch.nn.Linear(5, 64), torch.nn.ReLU(), torch.nn.Linear(64, 64),
+                              torch.nn.ReLU(), torch.nn.Linear(64, 2)).to(dtype)
+    monkeypatch.setattr(compute, "measure_layer", measure_layer)  # not the tests' tie
+    clf = _clf(module=net, module_params=None, sparsity=0.9, sparse_compute_threshold=1.0)
+    assert clf.fit(X, y).sparse_compute_layers_ == []
+
+
+def test_sparse_tensors_are_read_as_their_entries(small):
+    # numpy refused them: "can't convert Sparse layout tensor to numpy"
+    X, y = small
+    dense = _clf().fit(X, y)
+    expected = dense.predict_logits(X)
+    rows, cols = np.nonzero(X)
+    doubled = torch.sparse_coo_tensor(  # every entry given twice as its halves: summed
+        np.stack([np.r_[rows, rows], np.r_[cols, cols]]),
+        np.r_[X[rows, cols], X[rows, cols]] / 2, X.shape, dtype=torch.float32)
+    tensor = torch.from_numpy(X)
+    for sparse in (tensor.to_sparse(), tensor.to_sparse_csr(), doubled):
+        np.testing.assert_allclose(dense.predict_logits(sparse), expected, rtol=1e-6)
+        np.testing.assert_array_equal(_clf().fit(sparse, y).predict_logits(X), expected)
+    assert not doubled.is_coalesced()  # the caller's tensor is left as it was
+    images = torch.from_numpy(X.reshape(60, 1, 1, 5))
+    clf = _clf(module="mlp").fit(images.to_sparse(), y)
+    np.testing.assert_array_equal(clf.predict_logits(images), expected)
+
+
+def test_a_list_of_samples_of_different_lengths_is_named():
+    # numpy's "setting an array element with a sequence" named no input
+    with pytest.raises(ValueError, match=r"^X must hold samples of one shape .*: setting an"):
+        _clf().fit([[1.0, 2.0], [3.0, 4.0], [5.0]], [0, 1, 0])
+
+
+@pytest.mark.parametrize(("dtype", "numpy_dtype"), [("Int64", np.int64), ("UInt8", np.uint8),
+                                                     ("boolean", np.bool_)])
+def test_labels_of_a_nullable_dtype_keep_their_type(small, dtype, numpy_dtype):
+    # scikit-learn's checks read them as float64: classes_ were 0.0 and 1.0, and predict
+    # gave floats for boolean labels
+    X, y = small
+    labels = pd.Series(y, index=np.arange(60)[::-1]).astype(dtype)
+    clf = _clf().fit(X, labels, validation_data=(X, labels))
+    assert clf.classes_.dtype == numpy_dtype
+    assert clf.predict(X).dtype == numpy_dtype
+    items = torch.utils.data.TensorDataset(torch.from_numpy(X))
+    assert _clf().fit(items, labels).classes_.dtype == numpy_dtype
+    assert labels.dtype == dtype
+
+
+@pytest.mark.parametrize("weights", [np.ones(60) + 1j, np.arange(60).astype("timedelta64[s]"),
+                                     np.array(["1"] * 59 + ["heavy"])])
+def test_sample_weights_that_are_no_real_numbers_are_refused(small, weights):
+    # numpy dropped the imaginary part (with a ComplexWarning) and counted seconds, and a
+    # text's error named no input
+    X, y = small
+    with pytest.raises(ValueError, match=r"^sample_weight must be finite and non-negative; "
+                                         r"it holds values that are no real numbers \("):
+        _clf().fit(X, y, sample_weight=weights)
+
+
+def test_sample_weights_of_a_bfloat16_tensor_are_read(small):
+    # numpy failed with "Got unsupported ScalarType BFloat16"
+    X, y = small
+    weights = torch.rand(60, generator=torch.Generator().manual_seed(0)).bfloat16()
+    np.testing.assert_array_equal(
+        _clf().fit(X, y, sample_weight=weights.clone().requires_grad_()).predict_logits(X),
+        _clf().fit(X, y, sample_weight=weights.float().numpy()).predict_logits(X))
+
+
+def test_labels_and_groups_of_tensors_numpy_cannot_read_are_read(small):
+    # numpy failed with "Got unsupported ScalarType BFloat16" (and a GPU tensor with "can't
+    # convert cuda:0 device type tensor to numpy")
+    X, y = small
+    groups = (X[:, 1] > 0).astype(int)
+    as_tensor = torch.from_numpy(y).bfloat16(), torch.from_numpy(groups).bfloat16()
+    clf = _clf().fit(X, *as_tensor, validation_data=(X, *as_tensor))
+    plain = _clf().fit(X, y.astype(np.float32), groups.astype(np.float32),
+                       validation_data=(X, y, groups))
+    assert clf.groups_ == plain.groups_ == [0.0, 1.0]
+    np.testing.assert_array_equal(clf.classes_, plain.classes_)
+    np.testing.assert_array_equal(clf.predict_logits(X), plain.predict_logits(X))

@@ -13,6 +13,8 @@ faster. Convolutions always keep the masked path, and so do runs with gradient s
 data-parallel runs. So does a linear layer that a CSR layer cannot stand in for: one whose
 weight another module shares (tied weights), and, where an example batch shows it, one that
 a forward pass calls more than once or not at all (its parent reads the weight directly).
+A layer whose dtype torch has no CSR product for on the device (float16 or bfloat16 weights
+on the CPU) is measured as infinitely slow in CSR form, so ``"auto"`` keeps it masked.
 """
 
 from __future__ import annotations
@@ -178,6 +180,7 @@ def measure_layer(
     Returns
     -------
     LayerTiming
+        With ``csr`` infinite where torch has no CSR product in ``dtype`` on ``device``.
     """
     device = torch.device(device)
     key = (tuple(shape), int(nnz), int(batch_size), bool(input_grad), str(device), dtype,
@@ -221,7 +224,11 @@ def measure_layer(
         return time.perf_counter() - start
 
     masked_pass()  # warm-up (allocations, kernel selection)
-    csr_pass()
+    try:
+        csr_pass()
+    except NotImplementedError:  # torch has no CSR product in this dtype here (CPU float16)
+        timing = _TIMINGS[key] = LayerTiming(timed(masked_pass), math.inf)
+        return timing
     t_masked: list[float] = []
     t_csr: list[float] = []
     for i in range(max(1, int(repeats))):

@@ -391,7 +391,8 @@ def _materialise_lazy(module: nn.Module, source: BatchSource, device: torch.devi
         return
     if isinstance(source, _DatasetSource):
         with fixed_global_rngs():
-            x = _collate_inputs([source.dataset[0]], ids=source.ids).to(device)
+            x = _collate_inputs([source.dataset[0]], ids=source.ids,
+                                dtype=source.dtype).to(device)
     else:
         x = next(iter(source.batches(torch.arange(1), 1, device)))[0]
     modes = {sub: sub.training for sub in module.modules()}
