@@ -65,6 +65,16 @@ _CSR_NO_SCALER = (
     "scaling); use precision='32' or 'bf16', or sparse_compute='masked'."
 )
 
+# torch's CPU sparse products, and the compiled kernels, compute in these dtypes only
+_CPU_CSR_DTYPES = (torch.float32, torch.float64)
+
+_CSR_CPU_DTYPE = (
+    "sparse_compute='csr' trains linear layers of float32 or float64 weights on the CPU; "
+    "layer(s) {layers} hold another dtype. Use sparse_compute='masked' (or 'auto', which "
+    "keeps such layers masked), or a float32 network (precision='bf16' trains a float32 "
+    "network under bfloat16 autocast)."
+)
+
 _CSR_NO_DDP = (
     "sparse_compute='csr' does not support data-parallel training: a RigL update reads "
     "the dense gradient of the global batch, which DistributedDataParallel all-reduces only "
@@ -403,6 +413,10 @@ def make_sparse_compute(
                 chosen.append(name)
     else:
         chosen = [name for name, _, _ in candidates]
+        unsupported = [f"{name!r} ({layer.weight.dtype})" for name, layer, _ in candidates
+                       if device.type == "cpu" and layer.weight.dtype not in _CPU_CSR_DTYPES]
+        if unsupported:
+            raise ValueError(_CSR_CPU_DTYPE.format(layers=", ".join(unsupported)))
     if not chosen:
         return sparsity
     return CSRDynamicSparsity(sparsity, module, chosen)

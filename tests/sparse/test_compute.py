@@ -444,6 +444,17 @@ def test_masked_mode_convolutions_and_errors():
         RESTClassifier(sparse_compute="sparse").fit(np.zeros((4, 2)), [0, 1, 0, 1])
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_csr_refuses_cpu_layers_of_a_dtype_without_sparse_products(dtype):
+    net = build_module("mlp", input_shape=(30,), n_classes=3,
+                       module_params={"hidden_layer_sizes": (64, 48)})
+    engine = _engine(net)
+    net.to(dtype)
+    with pytest.raises(ValueError, match=rf"'layers\.1' \({dtype}\).*sparse_compute='masked'"):
+        make_sparse_compute(net, engine, mode="csr", threshold=0.3)
+    assert make_sparse_compute(net, engine, mode="masked") is engine
+
+
 def test_an_update_step_without_its_plan_is_refused():
     net = build_module("mlp", input_shape=(30,), n_classes=3,
                        module_params={"hidden_layer_sizes": (64, 48)})
