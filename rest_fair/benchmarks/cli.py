@@ -318,8 +318,8 @@ def _changed_settings(experiment: BenchConfig | RandomSearch, before: dict[str, 
     """The shared settings (not the grid) in which ``experiment`` differs from the one of
     the ``config.json`` read as ``before``, as ``"key: old -> new; ..."``."""
     old = before["config"].get("bench", before["config"])
-    bench = experiment.bench if isinstance(experiment, RandomSearch) else experiment
-    new = bench.to_dict()
+    new = experiment.to_dict()
+    new = new.get("bench", new)
     changed = [f"{key}: {old.get(key)!r} -> {new[key]!r}" for key in sorted(new)
                if key not in GRID_FIELDS and old.get(key) != new[key]]
     kinds = [config.get("search", "grid") for config in (before["config"], experiment.to_dict())]

@@ -241,8 +241,8 @@ class BenchConfig:
         """JSON-ready dictionary of the configuration."""
         return jsonable(dataclasses.asdict(self))
 
-    def common_hash(self, method: str | None = None, params: Mapping[str, Any] | None = None
-                    ) -> str:
+    def common_hash(self, method: str | None = None, params: Mapping[str, Any] | None = None,
+                    *, leave_out: Sequence[str] = ()) -> str:
         """Hash of the settings the runs share (not the grid): changing it re-runs every run.
 
         With ``method``, the hash of the settings that the runs of that method read, their
@@ -250,8 +250,10 @@ class BenchConfig:
         not reweight, and ``extra_params`` holds only those the method reads (with the
         further estimator parameters ``params`` of its runs, :meth:`read_extra`), so that
         changing a setting re-runs the methods that read it alone, and the others keep the
-        ids they have with the default."""
-        settings = {k: v for k, v in self.to_dict().items() if k not in GRID_FIELDS}
+        ids they have with the default. The fields ``leave_out`` (those an experiment built
+        on this configuration does not read) are not in the hash."""
+        settings = {k: v for k, v in self.to_dict().items()
+                    if k not in GRID_FIELDS and k not in leave_out}
         if method is not None:
             settings["extra_params"] = jsonable(self.read_extra(method, params))
             if not get_method(method).reweights:
