@@ -46,7 +46,8 @@ from .submission import write_submission
 
 __all__ = ["CUSTOM_DEFAULTS", "RUN_SETTINGS", "SeedRun", "WildsExperiment", "adopt_seed_files",
            "check_metrics_file", "check_resumable", "check_wilds_requirements",
-           "resolve_settings", "set_aside_outputs", "write_outputs"]
+           "resolve_settings", "run_settings", "set_aside_outputs", "set_aside_report",
+           "write_outputs"]
 
 _REQUIREMENTS = (
     Requirement("wilds", "wilds==2.0.0", "wilds", "the WILDS dataset loaders and metrics"),
@@ -81,6 +82,8 @@ CUSTOM_DEFAULTS = {
 #: The settings a seed's results depend on: a finished seed is reused only with the same.
 RUN_SETTINGS = (*CUSTOM_DEFAULTS, "dataset", "sparsity", "upweight", "objective", "frac",
                 "max_features", "protocol")
+#: The settings of the masks, which a dense run (``sparsity`` 0) does not read.
+_MASK_SETTINGS = ("sparse_init", "layer_density", "dense_layers")
 #: Settings passed to :class:`~rest_fair.RESTClassifier` as they are.
 _ESTIMATOR_SETTINGS = ("sparsity", "sparse_init", "layer_density", "dense_layers", "upweight",
                        "objective", "module", "module_params", "max_epochs", "batch_size", "lr",
@@ -106,6 +109,7 @@ _UNKNOWN_DATA = (
     "--resume: {out_dir} holds seeds {seeds} recorded by an earlier version without their "
     "data; they are reused as trained on {ours}."
 )
+_REPORT = ("metrics.json", "comparison.md")
 
 
 def check_wilds_requirements(dataset: str) -> None:
@@ -301,9 +305,45 @@ class WildsExperiment:
                 "synthetic": self.synthetic}
 
     def runs(self) -> list[SeedRun]:
-        """A run per seed, in the order of ``settings["seeds"]``."""
-        settings = jsonable({k: self.settings[k] for k in RUN_SETTINGS})
+        """A run per seed, in the order of ``settings["seeds"]``, with the settings of
+        :func:`run_settings`."""
+        settings = run_settings(self.settings)
         return [SeedRun(seed, settings, self.data) for seed in self.settings["seeds"]]
+
+    def check_network(self) -> None:
+        """Build the seeds' network once, on the meta device (no memory, no pretrained
+        weights read), and, for a sparse run, select its ``dense_layers``, so that a network
+        that cannot take the inputs or a name of no weight fails before any seed runs.
+        A Hugging Face module (``hf:``) is left to ``fit``: building one reads the
+        pretrained model.
+
+        Raises
+        ------
+        ValueError
+            Naming ``dense_layers`` (a name of no maskable weight) or the network and the
+            inputs it cannot take.
+        """
+        import torch
+
+        from ..models import build_module
+        from ..sparse import resolve_dense_layers
+
+        settings = self.settings
+        if settings["module"].startswith("hf:"):
+            return
+        params = dict(settings["module_params"] or {})
+        if "weights" in params:  # the weights change no name: a random start builds it
+            params["weights"] = None
+        side = settings["image_size"]
+        shape = (settings["max_features"],) if self.spec.modality == "text" else (3, side, side)
+        try:
+            with torch.device("meta"):
+                net = build_module(settings["module"], input_shape=shape,
+                                   n_classes=int(self.dataset.n_classes), module_params=params)
+        except NotImplementedError:  # an operation without a meta kernel: fit builds it
+            return
+        if settings["sparsity"] > 0:
+            resolve_dense_layers(net, settings["dense_layers"])
 
     def check_requirements(self) -> None:
         """Fail once when the WILDS extra is not installed."""
@@ -378,7 +418,7 @@ def check_resumable(experiment: WildsExperiment) -> None:
     our_data = experiment.data
     unknown = []
     for record in read_results(experiment.out_dir / RESULTS_FILE):
-        theirs, status = _with_dataset(record).get("settings"), record.get("status")
+        theirs, status = _upgraded(record).get("settings"), record.get("status")
         if status not in ("ok", "failed") or not isinstance(theirs, dict):
             continue
         seed = record.get("seed")
@@ -407,18 +447,49 @@ def _describe(data: dict[str, Any]) -> str:
     return f"{data.get('data_dir')} ({kind})"
 
 
-def check_metrics_file(out_dir: str | Path) -> None:
-    """Refuse a ``metrics.json`` in ``out_dir`` that :func:`write_outputs` did not write
-    (not a JSON object with the keys ``dataset``, ``metrics`` and ``submission_files``,
-    which every version wrote): the report would overwrite it.
+def check_metrics_file(out_dir: str | Path) -> dict[str, Any] | None:
+    """The ``metrics.json`` of ``out_dir`` (None when there is none), refused when
+    :func:`write_outputs` did not write it (not a JSON object with the keys ``dataset``,
+    ``metrics`` and ``submission_files``, which every version wrote): the report would
+    overwrite it.
 
     Raises
     ------
     FileExistsError
         Naming the file (:func:`~rest_fair.experiments.runner.read_own_json`).
     """
-    read_own_json(Path(out_dir) / "metrics.json",
-                  {"dataset": str, "metrics": dict, "submission_files": list}, "rest-fair wilds")
+    return read_own_json(Path(out_dir) / "metrics.json",
+                         {"dataset": str, "metrics": dict, "submission_files": list},
+                         "rest-fair wilds")
+
+
+def set_aside_report(experiment: WildsExperiment) -> list[Path]:
+    """Keep the report in the output folder that ``experiment``'s settings did not write
+    out of the way of its own: a ``metrics.json`` of other settings (:func:`run_settings`)
+    or of seeds trained on other data, and the ``comparison.md`` beside it, are renamed
+    with one date-time suffix (:func:`~rest_fair.experiments.runner.set_aside`), as is a
+    ``comparison.md`` file without a ``metrics.json`` (nothing says whose it is). Returns
+    the new paths (none when there is nothing to rename).
+
+    Raises
+    ------
+    FileExistsError
+        For a ``metrics.json`` that :func:`write_outputs` did not write
+        (:func:`check_metrics_file`); nothing is renamed then.
+    """
+    out_dir = experiment.out_dir
+    info = check_metrics_file(out_dir)
+    if info is None:
+        comparison = out_dir / "comparison.md"
+        return set_aside([comparison]) if comparison.is_file() else []
+    runs = experiment.runs()
+    settings = info.get("settings")
+    settings = run_settings(settings) if isinstance(settings, dict) else None
+    theirs = _upgraded({**info, "settings": settings}).get("settings")
+    data = [r.get("data") for r in info.get("runs") or () if isinstance(r, dict)]
+    if runs and theirs == runs[0].settings and all(d in (None, experiment.data) for d in data):
+        return []
+    return set_aside([out_dir / name for name in _REPORT])
 
 
 def set_aside_outputs(out_dir: str | Path) -> list[Path]:
@@ -450,7 +521,7 @@ def adopt_seed_files(out_dir: str | Path) -> None:
         except (OSError, ValueError, TypeError):
             continue
     for record in records:
-        record = _with_dataset(record)
+        record = _upgraded(record)
         try:
             run_id = SeedRun(record["seed"], record["settings"]).run_id
         except (KeyError, TypeError, ValueError):
@@ -460,22 +531,38 @@ def adopt_seed_files(out_dir: str | Path) -> None:
             append_record(path, {**record, "run_id": run_id})
 
 
-def _with_dataset(record: dict[str, Any]) -> dict[str, Any]:
-    """``record`` with ``"dataset"`` in its settings: a record of an earlier version lacks
-    it and gets the dataset that names all its submission files (``<dataset>_split:...``);
-    returned unchanged when its dataset cannot be told that way."""
+def run_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    """The JSON-ready values of :data:`RUN_SETTINGS` in ``settings`` (a new dict; keys it
+    lacks stay out): a seed's id and what ``--resume`` compares. A dense run (``sparsity``
+    0) has the settings of the masks, which it does not read, at :data:`CUSTOM_DEFAULTS`,
+    so that dense runs that differ in them alone are one run."""
+    return _as_read(jsonable({k: settings[k] for k in RUN_SETTINGS if k in settings}))
+
+
+def _as_read(values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` (JSON-ready run settings) with the mask settings of a dense run at their
+    defaults (a new dict)."""
+    if values.get("sparsity") != 0:
+        return values
+    return {**values, **jsonable({k: CUSTOM_DEFAULTS[k] for k in _MASK_SETTINGS})}
+
+
+def _upgraded(record: dict[str, Any]) -> dict[str, Any]:
+    """``record`` with its settings as this version records them: a dense run's mask
+    settings at their defaults (:func:`run_settings`), and ``"dataset"``, which a record of
+    an earlier version lacks, from the dataset that names all its submission files
+    (``<dataset>_split:...``; left out when its dataset cannot be told that way)."""
     settings = record.get("settings")
-    if not isinstance(settings, dict) or "dataset" in settings:
+    if not isinstance(settings, dict):
         return record
     names = {Path(str(f)).name.partition("_split:")[0]
              for f in record.get("submission_files") or ()}
-    if len(names) != 1:
-        return record
-    try:
-        dataset = dataset_spec(names.pop()).name
-    except ValueError:
-        return record
-    return {**record, "settings": {**settings, "dataset": dataset}}
+    if "dataset" not in settings and len(names) == 1:
+        try:
+            settings = {**settings, "dataset": dataset_spec(names.pop()).name}
+        except ValueError:
+            pass
+    return {**record, "settings": _as_read(settings)}
 
 
 def write_outputs(
@@ -504,11 +591,12 @@ def write_outputs(
         When ``records`` is empty: there is nothing to report.
     FileExistsError
         For a ``metrics.json`` in the output folder that this function did not write
-        (:func:`check_metrics_file`); nothing is written then.
+        (:func:`check_metrics_file`); nothing is written then. A report of other settings
+        or data is kept, renamed (:func:`set_aside_report`).
     """
     if not records:
         raise ValueError(_NOTHING_TO_REPORT)
-    check_metrics_file(experiment.out_dir)
+    set_aside_report(experiment)
     settings, out_dir, name = experiment.settings, experiment.out_dir, experiment.spec.name
     synthetic = experiment.synthetic
     metrics, metrics_std, metrics_se = _aggregate([r["metrics"] for r in records],
@@ -537,7 +625,6 @@ def write_outputs(
         + (f"\n{_diverged_text(diverged)}\n" if diverged else "")
     )
     files = [locate(f, out_dir) for r in records for f in r["submission_files"]]
-    (out_dir / "comparison.md").write_text(markdown)
     summary = {
         "dataset": name,
         "synthetic_data": synthetic,
@@ -556,7 +643,9 @@ def write_outputs(
         "history": records[0]["history"] if len(records) == 1 else None,
         "submission_files": [str(p) for p in files],
     }
+    # metrics.json, which says whose the report is, first
     (out_dir / "metrics.json").write_text(json.dumps(summary, indent=2, default=str))
+    (out_dir / "comparison.md").write_text(markdown)
     return {"metrics": metrics, "metrics_std": metrics_std, "metrics_se": metrics_se,
             "markdown": markdown, "files": files}
 

@@ -27,7 +27,12 @@ from rest_fair.wilds import (
     submission_filename,
     wilds_eval,
 )
-from rest_fair.wilds.experiment import WildsExperiment, resolve_settings
+from rest_fair.wilds.experiment import (
+    WildsExperiment,
+    check_resumable,
+    resolve_settings,
+    run_settings,
+)
 from rest_fair.wilds.protocol import WILDS_RECIPES, recipe_for
 
 HAS_TORCH_SCATTER = importlib.util.find_spec("torch_scatter") is not None
@@ -115,6 +120,27 @@ def test_data_settings_are_refused_before_any_seed_runs(argv, message):
     # these used to fail each seed at its data loading, or run one seed twice
     with pytest.raises(ValueError, match=message):
         _settings(*argv)
+
+
+def test_a_dense_run_is_one_run_whatever_its_mask_settings(tmp_path):
+    # --sparsity 0 kept the mask settings, which a dense run does not read, in its run id:
+    # equal dense runs had other ids, and --resume refused the folder as other settings
+    plain = run_settings(_settings("--sparsity", "0"))
+    masks = ("--sparse-init", "magnitude", "--layer-density", "uniform", "--dense-layers",
+             "head")
+    assert run_settings(_settings("--sparsity", "0", *masks)) == plain
+    assert run_settings(_settings("--sparsity", "0.5", *masks)) != run_settings(
+        _settings("--sparsity", "0.5"))
+    assert plain["sparse_init"] == "random" and plain["dense_layers"] == []
+    # a dense seed recorded with its mask settings (an earlier version) is resumed
+    settings = _settings("--sparsity", "0")
+    dataset = argparse.Namespace(dataset_name="waterbirds", data_dir=tmp_path)
+    experiment = WildsExperiment(dataset, settings, tmp_path)
+    (tmp_path / "results.jsonl").write_text(json.dumps({
+        "run_id": "seed=0|earlier", "seed": 0, "status": "ok",
+        "settings": {**plain, "sparse_init": "magnitude", "dense_layers": ["head"]}}) + "\n")
+    with pytest.warns(UserWarning, match="recorded by an earlier version without their data"):
+        check_resumable(experiment)
 
 
 def test_waterbirds_protocol_writes_every_seed_and_mean_std(tmp_path, capsys):
