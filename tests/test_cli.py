@@ -144,6 +144,8 @@ def test_bench_rejects_bad_flags(capsys):
     # every run failed on it, and the command said to rerun it
     (["--module", "cnn", "--image-size", "2"], "images of shape (3, 2, 2) are too small for "
                                                "module='cnn'"),
+    (["--estimator-params", '{"dense_layers": ["head", "bogus"]}'],
+     "--estimator-params: dense_layers names 'bogus', which is not"),
     (["--split-sizes", "1,2"], "--split-sizes must be three positive numbers"),
     # sizes the data set cannot give failed every run, and the command said to rerun it
     (["--split-sizes", "100000,10,10"], "as counts summing to at most 1797"),

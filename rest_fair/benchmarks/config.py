@@ -306,10 +306,12 @@ class BenchConfig:
             class, or a share that rounds to no bias-conflicting training sample); the
             data are built here as the runs build them, and kept for the runs of this
             process. Also when the network cannot take the images (the CNN on
-            images that its convolutions shrink to nothing, a small ``image_size``): it is
-            built once here.
+            images that its convolutions shrink to nothing, a small ``image_size``) or has
+            no weight that a name of ``extra_params["dense_layers"]`` selects: it is built
+            once here.
         """
         from ..models import build_module  # imports torch: not at `rest-fair --help`
+        from ..sparse import resolve_dense_layers
 
         check_requirements(self.requirements(plots=plots),
                            command=f"rest-fair bench (dataset {self.dataset!r})")
@@ -320,9 +322,13 @@ class BenchConfig:
             data = kept_data(self, ratio)  # built and kept for the runs, not copied
             if not np.any(data.conflict_train):  # the runs would train without a minority
                 raise ValueError(_NO_CONFLICT.format(ratio=ratio, n=len(data.y_train)))
-        build_module(self.module, input_shape=data.image_shape,
-                     n_classes=len(np.unique(np.asarray(data.y_train))),
-                     module_params=self.module_params)
+        net = build_module(self.module, input_shape=data.image_shape,
+                           n_classes=len(np.unique(np.asarray(data.y_train))),
+                           module_params=self.module_params)
+        try:
+            resolve_dense_layers(net, self.extra_params.get("dense_layers"))
+        except ValueError as exc:
+            raise ValueError(f"extra_params: {exc}") from None
 
     def base_params(self, seed: int) -> dict[str, Any]:
         """The parameters every run of this benchmark shares (``extra_params`` included)."""
