@@ -505,12 +505,13 @@ def adopt_seed_files(out_dir: str | Path) -> None:
     """Add the finished seeds of earlier versions to the results file of ``out_dir``.
 
     ``rest-fair wilds`` kept a seed's record in a ``runs/seed_<k>.json`` file before it used
-    the experiment runner's ``results.jsonl``, and recorded seeds without the dataset in
-    their settings before the dataset was one of :data:`RUN_SETTINGS`. Such a seed is
-    appended to the results file with the dataset its submission files name (the earlier
-    lines stay), and is then reused by ``--resume`` like any finished run (same settings,
-    submission files present). Unreadable files, and seeds whose dataset cannot be told,
-    are skipped.
+    the experiment runner's ``results.jsonl``, recorded seeds without the dataset in their
+    settings before the dataset was one of :data:`RUN_SETTINGS`, and recorded the settings
+    a run does not read with their values. Such a seed is appended to the results file
+    with its settings as this version records them (:func:`run_settings`, with the dataset
+    its submission files name; the earlier lines stay), and is then reused by ``--resume``
+    like any finished run (same settings, submission files present). Unreadable files, and
+    seeds whose dataset cannot be told, are skipped.
     """
     path = Path(out_dir) / RESULTS_FILE
     records = read_results(path)
@@ -533,25 +534,42 @@ def adopt_seed_files(out_dir: str | Path) -> None:
 
 def run_settings(settings: dict[str, Any]) -> dict[str, Any]:
     """The JSON-ready values of :data:`RUN_SETTINGS` in ``settings`` (a new dict; keys it
-    lacks stay out): a seed's id and what ``--resume`` compares. A dense run (``sparsity``
-    0) has the settings of the masks, which it does not read, at :data:`CUSTOM_DEFAULTS`,
-    so that dense runs that differ in them alone are one run."""
+    lacks stay out): a seed's id and what ``--resume`` compares. A setting that the run does
+    not read is None there, so that runs that differ in such settings alone are one run:
+    the mask settings of a dense run (``sparsity`` 0), ``momentum`` without SGD, the text
+    settings of an image dataset (``max_features``, ``max_length``), ``image_size`` of a
+    text dataset, and ``max_length`` of TF-IDF inputs or ``max_features`` of a Hugging Face
+    module (``hf:``)."""
     return _as_read(jsonable({k: settings[k] for k in RUN_SETTINGS if k in settings}))
 
 
 def _as_read(values: dict[str, Any]) -> dict[str, Any]:
-    """``values`` (JSON-ready run settings) with the mask settings of a dense run at their
-    defaults (a new dict)."""
-    if values.get("sparsity") != 0:
-        return values
-    return {**values, **jsonable({k: CUSTOM_DEFAULTS[k] for k in _MASK_SETTINGS})}
+    """``values`` (JSON-ready run settings) with the settings that the run does not read
+    at None (a new dict; see :func:`run_settings`)."""
+    from .._validation import unused_params
+    from ..estimator import RESTClassifier
+
+    unread = list(_MASK_SETTINGS) if values.get("sparsity") == 0 else []
+    params = {**RESTClassifier().get_params(deep=False),
+              **{k: values[k] for k in ("objective", "optimizer") if k in values}}
+    unread += unused_params(RESTClassifier, params)
+    try:
+        modality = dataset_spec(values.get("dataset")).modality
+    except ValueError:  # a record of an earlier version, without its dataset
+        modality = None
+    if modality == "image":
+        unread += ["max_features", "max_length"]
+    elif modality == "text":
+        hf = str(values.get("module")).startswith("hf:")
+        unread += ["image_size", "max_features" if hf else "max_length"]
+    return {**values, **{k: None for k in unread if k in values}}
 
 
 def _upgraded(record: dict[str, Any]) -> dict[str, Any]:
-    """``record`` with its settings as this version records them: a dense run's mask
-    settings at their defaults (:func:`run_settings`), and ``"dataset"``, which a record of
-    an earlier version lacks, from the dataset that names all its submission files
-    (``<dataset>_split:...``; left out when its dataset cannot be told that way)."""
+    """``record`` with its settings as this version records them: ``"dataset"``, which a
+    record of an earlier version lacks, from the dataset that names all its submission
+    files (``<dataset>_split:...``; left out when its dataset cannot be told that way), and
+    the settings its run does not read at None (:func:`run_settings`)."""
     settings = record.get("settings")
     if not isinstance(settings, dict):
         return record
