@@ -15,9 +15,9 @@ from typing import Any, ClassVar
 import numpy as np
 
 from .._requirements import Requirement, check_requirements
-from .._validation import POSITIVE_INT, RANDOM_STATE, Interval, unused_params
+from .._validation import POSITIVE_INT, RANDOM_STATE, Interval
 from ..exceptions import TrainingDivergedError
-from ..experiments.run import digest, jsonable
+from ..experiments.run import digest, jsonable, unread_params
 from ..jtt import overlap_report
 from ..metrics import group_accuracies, worst_group_accuracy
 from .data import DATASETS, kept_data, load_data
@@ -248,9 +248,10 @@ class BenchConfig:
         With ``method``, the hash of the settings that the runs of that method read, their
         ``config_hash``: ``upweight`` is left at its default (None) for a method that does
         not reweight, and ``extra_params`` holds only those the method reads (with the
-        further estimator parameters ``params`` of its runs, :meth:`read_extra`), so that
-        changing a setting re-runs the methods that read it alone, and the others keep the
-        ids they have with the default. The fields ``leave_out`` (those an experiment built
+        further estimator parameters ``params`` of its runs, their ``sparsity`` among them,
+        :meth:`read_extra`), so that changing a setting re-runs the runs that read it alone
+        (a setting of sparse training: the sparse runs), and the others keep the ids they
+        have with the default. The fields ``leave_out`` (those an experiment built
         on this configuration does not read) are not in the hash."""
         settings = {k: v for k, v in self.to_dict().items()
                     if k not in GRID_FIELDS and k not in leave_out}
@@ -263,23 +264,25 @@ class BenchConfig:
     def read_extra(self, method: str, params: Mapping[str, Any] | None = None
                    ) -> dict[str, Any]:
         """The ``extra_params`` that the runs of ``method`` read: not those that its other
-        parameters (and ``params``, further ones its runs set) leave unused
-        (``RESTClassifier._used_only_when``: ``jtt_epochs`` without JTT, GroupDRO's without
-        its objective, ...)."""
+        parameters (and ``params``, further ones its runs set, their ``sparsity`` among
+        them) leave unused (:func:`~rest_fair.experiments.run.unread_params`: ``jtt_epochs``
+        without JTT, GroupDRO's without its objective, those of sparse training in a dense
+        run, ...)."""
         if not self.extra_params:
             return {}
         from ..estimator import RESTClassifier  # imports torch: only with extra_params
 
         params = {**RESTClassifier().get_params(deep=False), **self.base_params(0),
                   **get_method(method).params, **(params or {})}
-        unused = unused_params(RESTClassifier, params)
+        unused = unread_params(params)
         return {k: v for k, v in self.extra_params.items() if k not in unused}
 
     def runs(self) -> list[RunSpec]:
         """Every run of the sweep, in a stable order (ratio, method, sparsity, seed)."""
-        shared = {method: self.common_hash(method) for method in self.methods}
+        shared = {(method, sparsity): self.common_hash(method, {"sparsity": sparsity})
+                  for method in self.methods for sparsity in self.sparsities}
         return [
-            RunSpec(method, ratio, sparsity, seed, shared[method])
+            RunSpec(method, ratio, sparsity, seed, shared[method, sparsity])
             for ratio in self.ratios
             for method in self.methods
             for sparsity in self.sparsities
@@ -346,7 +349,8 @@ class BenchConfig:
     def estimator_params(self, spec: RunSpec) -> dict[str, Any]:
         """The :class:`~rest_fair.RESTClassifier` parameters of one run (not the
         ``extra_params`` its method leaves unused)."""
-        unread = self.extra_params.keys() - self.read_extra(spec.method).keys()
+        unread = (self.extra_params.keys()
+                  - self.read_extra(spec.method, {"sparsity": spec.sparsity}).keys())
         return {**{k: v for k, v in self.base_params(spec.seed).items() if k not in unread},
                 **estimator_params(get_method(spec.method), sparsity=spec.sparsity,
                                    ratio=spec.ratio, upweight=self.upweight)}

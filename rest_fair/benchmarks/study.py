@@ -360,8 +360,9 @@ class RandomSearch:
                 for name in self.methods:
                     m = STUDY_METHODS[name]
                     searched = self.searched_params(name, config, ratio)
+                    read = {**searched, "sparsity": m.sparsity}
                     trial = digest({
-                        "common": self.bench.common_hash(m.family, searched,
+                        "common": self.bench.common_hash(m.family, read,
                                                          leave_out=self.unread_fields),
                         "family": m.family, "sparsity": m.sparsity,
                         "selection": m.selection, "cost_of": m.cost_of,
@@ -387,7 +388,7 @@ class RandomSearch:
         m = get_study_method(spec.method)
         searched = self.searched_params(spec.method, spec.config, spec.ratio)
         unread = (self.bench.extra_params.keys()
-                  - self.bench.read_extra(m.family, searched).keys())
+                  - self.bench.read_extra(m.family, {**searched, "sparsity": m.sparsity}).keys())
         params = {k: v for k, v in self.bench.base_params(spec.seed).items()
                   if k not in unread}
         params.update(estimator_params(get_method(m.family), sparsity=m.sparsity,

@@ -28,7 +28,7 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from .._requirements import Requirement, check_requirements
 from .._validation import POSITIVE_INT, RANDOM_STATE, Interval
 from ..exceptions import TrainingDivergedError
-from ..experiments.run import digest, jsonable, standard_error
+from ..experiments.run import digest, jsonable, standard_error, unread_params
 from ..experiments.runner import (
     RESULTS_FILE,
     append_record,
@@ -82,8 +82,6 @@ CUSTOM_DEFAULTS = {
 #: The settings a seed's results depend on: a finished seed is reused only with the same.
 RUN_SETTINGS = (*CUSTOM_DEFAULTS, "dataset", "sparsity", "upweight", "objective", "frac",
                 "max_features", "protocol")
-#: The settings of the masks, which a dense run (``sparsity`` 0) does not read.
-_MASK_SETTINGS = ("sparse_init", "layer_density", "dense_layers")
 #: Settings passed to :class:`~rest_fair.RESTClassifier` as they are.
 _ESTIMATOR_SETTINGS = ("sparsity", "sparse_init", "layer_density", "dense_layers", "upweight",
                        "objective", "module", "module_params", "max_epochs", "batch_size", "lr",
@@ -546,13 +544,11 @@ def run_settings(settings: dict[str, Any]) -> dict[str, Any]:
 def _as_read(values: dict[str, Any]) -> dict[str, Any]:
     """``values`` (JSON-ready run settings) with the settings that the run does not read
     at None (a new dict; see :func:`run_settings`)."""
-    from .._validation import unused_params
     from ..estimator import RESTClassifier
 
-    unread = list(_MASK_SETTINGS) if values.get("sparsity") == 0 else []
     params = {**RESTClassifier().get_params(deep=False),
-              **{k: values[k] for k in ("objective", "optimizer") if k in values}}
-    unread += unused_params(RESTClassifier, params)
+              **{k: values[k] for k in ("objective", "optimizer", "sparsity") if k in values}}
+    unread = unread_params(params)
     try:
         modality = dataset_spec(values.get("dataset")).modality
     except ValueError:  # a record of an earlier version, without its dataset
