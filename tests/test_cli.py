@@ -463,6 +463,27 @@ def test_bench_names_the_settings_that_differ_from_the_folders(tmp_path, capsys)
             assert f"{note} {out / 'config.json'} {expected}" in err
 
 
+def test_bench_keeps_report_files_without_a_config_json_aside(tmp_path, capsys):
+    # the report was written over a table.md and references.md of a folder without the
+    # config.json that says whose they are
+    out = tmp_path / "o"
+    out.mkdir()
+    mine = {"table.md": "my table\n", "references.md": "my references\n"}
+    for name, text in mine.items():
+        (out / name).write_text(text)
+    argv = ["bench", "--preset", "tiny", "--out-dir", str(out), "--no-plots", "--no-progress",
+            "--max-runs", "0"]
+    assert cli.main(argv) == 0
+    err = capsys.readouterr().err
+    stamp = next(out.glob("table.2*.md")).name.split(".")[1]
+    assert {name: (out / name.replace(".", f".{stamp}.")).read_text() for name in mine} == mine
+    assert (f"rest-fair bench: {out} holds report files without the config.json that says "
+            f"whose they are; they are kept as {out / f'references.{stamp}.md'}, "
+            f"{out / f'table.{stamp}.md'}.") in err
+    assert cli.main(argv) == 0  # now the folder's report is this command's
+    assert "kept as" not in capsys.readouterr().err
+
+
 def test_bench_a_new_upweight_reruns_the_methods_that_reweight_alone(tmp_path, capsys):
     pytest.importorskip("torch")
     out = tmp_path / "o"

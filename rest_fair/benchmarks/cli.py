@@ -64,6 +64,8 @@ _OTHER_SETTINGS = ("rest-fair bench: the settings differ from those of {config} 
                    "recorded before stay in the results file); the earlier report is kept "
                    "as {kept}.")
 _FRESH = "rest-fair bench: --fresh: the earlier results and report are kept as {kept}."
+_UNOWNED = ("rest-fair bench: {out_dir} holds report files without the config.json that says "
+            "whose they are; they are kept as {kept}.")
 #: Options that the random search draws or fixes per method (refused with it).
 _SEARCHED_FLAGS = {"sparsities": "--sparsities", "lr": "--lr", "upweight": "--upweight"}
 
@@ -360,6 +362,8 @@ def run(args: argparse.Namespace) -> int:
         kept = ", ".join(map(str, set_aside_report(out_dir, experiment, fresh=args.fresh)))
         if kept and args.fresh:
             print(_FRESH.format(kept=kept), file=sys.stderr)
+        elif kept and before is None:
+            print(_UNOWNED.format(out_dir=out_dir, kept=kept), file=sys.stderr)
         elif kept:
             print(_OTHER_SETTINGS.format(config=out_dir / "config.json", kept=kept,
                                          changed=_changed_settings(experiment, before)),
