@@ -108,6 +108,8 @@ _UNKNOWN_DATA = (
     "data; they are reused as trained on {ours}."
 )
 _REPORT = ("metrics.json", "comparison.md")
+_NOT_A_FOLDER = ("--resume: {path} is not a folder; the seeds write their submission files "
+                 "there: move it away or choose another --out-dir.")
 
 
 def check_wilds_requirements(dataset: str) -> None:
@@ -409,8 +411,13 @@ def check_resumable(experiment: WildsExperiment) -> None:
     Raises
     ------
     ValueError
-        Naming the settings that differ, or the data of the seed and of this command.
+        Naming the settings that differ, or the data of the seed and of this command; or
+        the folder's ``submission`` when it is not a folder (every seed would fail to
+        write its files there).
     """
+    submission = experiment.out_dir / "submission"
+    if submission.exists() and not submission.is_dir():
+        raise ValueError(_NOT_A_FOLDER.format(path=submission))
     runs = experiment.runs()
     ours = runs[0].settings if runs else {}
     our_data = experiment.data

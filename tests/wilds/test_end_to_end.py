@@ -206,6 +206,17 @@ def test_resume_keeps_a_report_it_did_not_write_aside(tmp_path, capsys):
     assert len(list(out.glob("metrics.*.json"))) == 1
 
 
+def test_resume_refuses_a_submission_that_is_not_a_folder(tmp_path, capsys):
+    # every seed failed on it (FileExistsError), and the command said to rerun it
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "submission").write_text("mine")
+    assert rest_fair_main([*_two_seeds(tmp_path, out), "--resume"]) == 2
+    assert (f"rest-fair wilds: --resume: {out / 'submission'} is not a folder; the seeds write "
+            "their submission files there") in capsys.readouterr().err
+    assert not (out / "results.jsonl").exists()
+
+
 def test_cli_paths_after_an_equals_sign_are_in_the_home_folder(tmp_path, monkeypatch):
     # the shell leaves "--root-dir=~/d" as it is: the synthetic data went to a folder named
     # "~" and were then looked for in the home folder
