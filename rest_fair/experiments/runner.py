@@ -473,10 +473,10 @@ def run_sweep(
         Before any run, when data files the runs read are missing (likewise).
     ValueError
         Before any run, for data settings the data set cannot meet (likewise), for
-        invalid estimator parameters of the first run of each method and ``config_hash``
-        (a run's, if it has them: the settings its runs share, those that one method or its
-        sparse runs alone read, the network and its ``module_params`` included), a
-        negative or
+        invalid estimator parameters of the first run of each method and sparsity (a
+        run's ``method`` and ``sparsity``, if it has them: the settings its runs share,
+        those that one method or its sparse runs alone read, the network and its
+        ``module_params`` included), a negative or
         infinite ``max_runs``, a negative ``time_limit``, a ``scheduler_timeout`` that is
         not positive and finite, or an ``out_dir`` that cannot be made a folder; with the
         local backend, for a CUDA ``device`` on a machine without CUDA.
@@ -499,11 +499,11 @@ def run_sweep(
     mode = _progress_mode(progress, sys.stderr)
     experiment.check_requirements()
     backend = _resolve_backend(backend, scheduler)
-    # the first run of each method and shared settings (config_hash: a method's dense runs
-    # may read fewer estimator parameters than its sparse ones); a run without them: of all
+    # the first run of each method and sparsity (a method's dense runs read fewer estimator
+    # parameters than its sparse ones); a run without them: of all
     firsts: dict[Any, Any] = {}
     for spec in experiment.runs():
-        firsts.setdefault((getattr(spec, "method", None), getattr(spec, "config_hash", None)),
+        firsts.setdefault((getattr(spec, "method", None), getattr(spec, "sparsity", None)),
                           spec)
     for spec in firsts.values():  # the settings its runs share fail here, not per run
         check_run_params(experiment, spec, here=backend == "local")
