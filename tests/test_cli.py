@@ -205,6 +205,19 @@ def test_bench_dfa_root_under_the_home_folder_is_checked_as_the_loader_reads_it(
     DATASETS["dfa"].check(BenchConfig(dataset="dfa", data_root="~/dfa"))  # the loader expands ~
 
 
+def test_bench_data_root_is_one_folder_whatever_its_spelling(tmp_path, monkeypatch):
+    # "~/fm", the expanded path and a path relative to the working directory named one
+    # folder with three run ids; and a relative one named another folder from elsewhere
+    from rest_fair.benchmarks import BenchConfig
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    configs = [BenchConfig(dataset="fashion_mnist", data_root=root)
+               for root in ("~/fm", str(tmp_path / "fm"), "fm", tmp_path / "x" / ".." / "fm")]
+    assert {c.data_root for c in configs} == {str(tmp_path / "fm")}
+    assert len({c.runs()[0].run_id for c in configs}) == 1
+
+
 def test_bench_out_that_is_a_file_is_refused(tmp_path, capsys):
     taken = tmp_path / "file"
     taken.write_text("x")

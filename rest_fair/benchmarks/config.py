@@ -8,6 +8,7 @@ each run's estimator parameters and data, and the scores of a fitted run.
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from numbers import Real
 from typing import Any, ClassVar
@@ -127,10 +128,12 @@ class BenchConfig:
         those another field or a method sets (:meth:`decided_params`, refused).
     device : str
         Passed to the estimator.
-    data_root : str or None
+    data_root : str, path or None
         Folder of the DFA release (``dataset="dfa"``), holding ``<pct>pct/`` and ``test/``;
         or of the four idx files (``dataset="fashion_mnist"``; None: the folder in
-        ``REST_FAIR_FASHION_MNIST``, else ``/usr/share/datasets/fashion-mnist``).
+        ``REST_FAIR_FASHION_MNIST``, else ``/usr/share/datasets/fashion-mnist``). Kept as
+        an absolute path (``~`` read as the home folder), the same for every way of
+        writing it and every working directory.
     dfa_name : {"cmnist", "cifar10c", "bffhq"}
         Which DFA release (selects transforms and the number of bias values).
     """
@@ -169,8 +172,8 @@ class BenchConfig:
         self.methods = tuple(self.methods)
         if self.split_sizes is not None:
             self.split_sizes = tuple(self.split_sizes)
-        if self.data_root is not None:
-            self.data_root = str(self.data_root)
+        if self.data_root is not None:  # one folder, one name: it enters the run ids
+            self.data_root = os.path.abspath(os.path.expanduser(self.data_root))
         for field, value, ok, detail in (
             ("dataset", self.dataset, self.dataset in DATASETS,
              f"must be one of {tuple(DATASETS)}"),
