@@ -144,6 +144,8 @@ def test_bench_rejects_bad_flags(capsys):
     # every run failed on it, and the command said to rerun it
     (["--module", "cnn", "--image-size", "2"], "images of shape (3, 2, 2) are too small for "
                                                "module='cnn'"),
+    (["--estimator-params", '{"dense_layers": ["head", "bogus"]}'],
+     "--estimator-params: dense_layers names 'bogus', which is not"),
     (["--split-sizes", "1,2"], "--split-sizes must be three positive numbers"),
     # sizes the data set cannot give failed every run, and the command said to rerun it
     (["--split-sizes", "100000,10,10"], "as counts summing to at most 1797"),
@@ -201,6 +203,19 @@ def test_bench_dfa_root_under_the_home_folder_is_checked_as_the_loader_reads_it(
     monkeypatch.setenv("HOME", str(tmp_path))
     (tmp_path / "dfa").mkdir()
     DATASETS["dfa"].check(BenchConfig(dataset="dfa", data_root="~/dfa"))  # the loader expands ~
+
+
+def test_bench_data_root_is_one_folder_whatever_its_spelling(tmp_path, monkeypatch):
+    # "~/fm", the expanded path and a path relative to the working directory named one
+    # folder with three run ids; and a relative one named another folder from elsewhere
+    from rest_fair.benchmarks import BenchConfig
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    configs = [BenchConfig(dataset="fashion_mnist", data_root=root)
+               for root in ("~/fm", str(tmp_path / "fm"), "fm", tmp_path / "x" / ".." / "fm")]
+    assert {c.data_root for c in configs} == {str(tmp_path / "fm")}
+    assert len({c.runs()[0].run_id for c in configs}) == 1
 
 
 def test_bench_out_that_is_a_file_is_refused(tmp_path, capsys):
@@ -459,6 +474,27 @@ def test_bench_names_the_settings_that_differ_from_the_folders(tmp_path, capsys)
             assert note not in err
         else:
             assert f"{note} {out / 'config.json'} {expected}" in err
+
+
+def test_bench_keeps_report_files_without_a_config_json_aside(tmp_path, capsys):
+    # the report was written over a table.md and references.md of a folder without the
+    # config.json that says whose they are
+    out = tmp_path / "o"
+    out.mkdir()
+    mine = {"table.md": "my table\n", "references.md": "my references\n"}
+    for name, text in mine.items():
+        (out / name).write_text(text)
+    argv = ["bench", "--preset", "tiny", "--out-dir", str(out), "--no-plots", "--no-progress",
+            "--max-runs", "0"]
+    assert cli.main(argv) == 0
+    err = capsys.readouterr().err
+    stamp = next(out.glob("table.2*.md")).name.split(".")[1]
+    assert {name: (out / name.replace(".", f".{stamp}.")).read_text() for name in mine} == mine
+    assert (f"rest-fair bench: {out} holds report files without the config.json that says "
+            f"whose they are; they are kept as {out / f'references.{stamp}.md'}, "
+            f"{out / f'table.{stamp}.md'}.") in err
+    assert cli.main(argv) == 0  # now the folder's report is this command's
+    assert "kept as" not in capsys.readouterr().err
 
 
 def test_bench_a_new_upweight_reruns_the_methods_that_reweight_alone(tmp_path, capsys):

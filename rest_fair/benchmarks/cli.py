@@ -64,6 +64,8 @@ _OTHER_SETTINGS = ("rest-fair bench: the settings differ from those of {config} 
                    "recorded before stay in the results file); the earlier report is kept "
                    "as {kept}.")
 _FRESH = "rest-fair bench: --fresh: the earlier results and report are kept as {kept}."
+_UNOWNED = ("rest-fair bench: {out_dir} holds report files without the config.json that says "
+            "whose they are; they are kept as {kept}.")
 #: Options that the random search draws or fixes per method (refused with it).
 _SEARCHED_FLAGS = {"sparsities": "--sparsities", "lr": "--lr", "upweight": "--upweight"}
 
@@ -318,8 +320,8 @@ def _changed_settings(experiment: BenchConfig | RandomSearch, before: dict[str, 
     """The shared settings (not the grid) in which ``experiment`` differs from the one of
     the ``config.json`` read as ``before``, as ``"key: old -> new; ..."``."""
     old = before["config"].get("bench", before["config"])
-    bench = experiment.bench if isinstance(experiment, RandomSearch) else experiment
-    new = bench.to_dict()
+    new = experiment.to_dict()
+    new = new.get("bench", new)
     changed = [f"{key}: {old.get(key)!r} -> {new[key]!r}" for key in sorted(new)
                if key not in GRID_FIELDS and old.get(key) != new[key]]
     kinds = [config.get("search", "grid") for config in (before["config"], experiment.to_dict())]
@@ -360,6 +362,8 @@ def run(args: argparse.Namespace) -> int:
         kept = ", ".join(map(str, set_aside_report(out_dir, experiment, fresh=args.fresh)))
         if kept and args.fresh:
             print(_FRESH.format(kept=kept), file=sys.stderr)
+        elif kept and before is None:
+            print(_UNOWNED.format(out_dir=out_dir, kept=kept), file=sys.stderr)
         elif kept:
             print(_OTHER_SETTINGS.format(config=out_dir / "config.json", kept=kept,
                                          changed=_changed_settings(experiment, before)),

@@ -8,6 +8,7 @@ each run's estimator parameters and data, and the scores of a fitted run.
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from numbers import Real
 from typing import Any, ClassVar
@@ -15,9 +16,9 @@ from typing import Any, ClassVar
 import numpy as np
 
 from .._requirements import Requirement, check_requirements
-from .._validation import POSITIVE_INT, RANDOM_STATE, Interval, unused_params
+from .._validation import POSITIVE_INT, RANDOM_STATE, Interval
 from ..exceptions import TrainingDivergedError
-from ..experiments.run import digest, jsonable
+from ..experiments.run import digest, jsonable, unread_params
 from ..jtt import overlap_report
 from ..metrics import group_accuracies, worst_group_accuracy
 from .data import DATASETS, kept_data, load_data
@@ -127,10 +128,12 @@ class BenchConfig:
         those another field or a method sets (:meth:`decided_params`, refused).
     device : str
         Passed to the estimator.
-    data_root : str or None
+    data_root : str, path or None
         Folder of the DFA release (``dataset="dfa"``), holding ``<pct>pct/`` and ``test/``;
         or of the four idx files (``dataset="fashion_mnist"``; None: the folder in
-        ``REST_FAIR_FASHION_MNIST``, else ``/usr/share/datasets/fashion-mnist``).
+        ``REST_FAIR_FASHION_MNIST``, else ``/usr/share/datasets/fashion-mnist``). Kept as
+        an absolute path (``~`` read as the home folder), the same for every way of
+        writing it and every working directory.
     dfa_name : {"cmnist", "cifar10c", "bffhq"}
         Which DFA release (selects transforms and the number of bias values).
     """
@@ -169,8 +172,8 @@ class BenchConfig:
         self.methods = tuple(self.methods)
         if self.split_sizes is not None:
             self.split_sizes = tuple(self.split_sizes)
-        if self.data_root is not None:
-            self.data_root = str(self.data_root)
+        if self.data_root is not None:  # one folder, one name: it enters the run ids
+            self.data_root = os.path.abspath(os.path.expanduser(self.data_root))
         for field, value, ok, detail in (
             ("dataset", self.dataset, self.dataset in DATASETS,
              f"must be one of {tuple(DATASETS)}"),
@@ -241,17 +244,20 @@ class BenchConfig:
         """JSON-ready dictionary of the configuration."""
         return jsonable(dataclasses.asdict(self))
 
-    def common_hash(self, method: str | None = None, params: Mapping[str, Any] | None = None
-                    ) -> str:
+    def common_hash(self, method: str | None = None, params: Mapping[str, Any] | None = None,
+                    *, leave_out: Sequence[str] = ()) -> str:
         """Hash of the settings the runs share (not the grid): changing it re-runs every run.
 
         With ``method``, the hash of the settings that the runs of that method read, their
         ``config_hash``: ``upweight`` is left at its default (None) for a method that does
         not reweight, and ``extra_params`` holds only those the method reads (with the
-        further estimator parameters ``params`` of its runs, :meth:`read_extra`), so that
-        changing a setting re-runs the methods that read it alone, and the others keep the
-        ids they have with the default."""
-        settings = {k: v for k, v in self.to_dict().items() if k not in GRID_FIELDS}
+        further estimator parameters ``params`` of its runs, their ``sparsity`` among them,
+        :meth:`read_extra`), so that changing a setting re-runs the runs that read it alone
+        (a setting of sparse training: the sparse runs), and the others keep the ids they
+        have with the default. The fields ``leave_out`` (those an experiment built
+        on this configuration does not read) are not in the hash."""
+        settings = {k: v for k, v in self.to_dict().items()
+                    if k not in GRID_FIELDS and k not in leave_out}
         if method is not None:
             settings["extra_params"] = jsonable(self.read_extra(method, params))
             if not get_method(method).reweights:
@@ -261,23 +267,25 @@ class BenchConfig:
     def read_extra(self, method: str, params: Mapping[str, Any] | None = None
                    ) -> dict[str, Any]:
         """The ``extra_params`` that the runs of ``method`` read: not those that its other
-        parameters (and ``params``, further ones its runs set) leave unused
-        (``RESTClassifier._used_only_when``: ``jtt_epochs`` without JTT, GroupDRO's without
-        its objective, ...)."""
+        parameters (and ``params``, further ones its runs set, their ``sparsity`` among
+        them) leave unused (:func:`~rest_fair.experiments.run.unread_params`: ``jtt_epochs``
+        without JTT, GroupDRO's without its objective, those of sparse training in a dense
+        run, ...)."""
         if not self.extra_params:
             return {}
         from ..estimator import RESTClassifier  # imports torch: only with extra_params
 
         params = {**RESTClassifier().get_params(deep=False), **self.base_params(0),
                   **get_method(method).params, **(params or {})}
-        unused = unused_params(RESTClassifier, params)
+        unused = unread_params(params)
         return {k: v for k, v in self.extra_params.items() if k not in unused}
 
     def runs(self) -> list[RunSpec]:
         """Every run of the sweep, in a stable order (ratio, method, sparsity, seed)."""
-        shared = {method: self.common_hash(method) for method in self.methods}
+        shared = {(method, sparsity): self.common_hash(method, {"sparsity": sparsity})
+                  for method in self.methods for sparsity in self.sparsities}
         return [
-            RunSpec(method, ratio, sparsity, seed, shared[method])
+            RunSpec(method, ratio, sparsity, seed, shared[method, sparsity])
             for ratio in self.ratios
             for method in self.methods
             for sparsity in self.sparsities
@@ -304,10 +312,12 @@ class BenchConfig:
             class, or a share that rounds to no bias-conflicting training sample); the
             data are built here as the runs build them, and kept for the runs of this
             process. Also when the network cannot take the images (the CNN on
-            images that its convolutions shrink to nothing, a small ``image_size``): it is
-            built once here.
+            images that its convolutions shrink to nothing, a small ``image_size``) or has
+            no weight that a name of ``extra_params["dense_layers"]`` selects: it is built
+            once here.
         """
         from ..models import build_module  # imports torch: not at `rest-fair --help`
+        from ..sparse import resolve_dense_layers
 
         check_requirements(self.requirements(plots=plots),
                            command=f"rest-fair bench (dataset {self.dataset!r})")
@@ -318,9 +328,13 @@ class BenchConfig:
             data = kept_data(self, ratio)  # built and kept for the runs, not copied
             if not np.any(data.conflict_train):  # the runs would train without a minority
                 raise ValueError(_NO_CONFLICT.format(ratio=ratio, n=len(data.y_train)))
-        build_module(self.module, input_shape=data.image_shape,
-                     n_classes=len(np.unique(np.asarray(data.y_train))),
-                     module_params=self.module_params)
+        net = build_module(self.module, input_shape=data.image_shape,
+                           n_classes=len(np.unique(np.asarray(data.y_train))),
+                           module_params=self.module_params)
+        try:
+            resolve_dense_layers(net, self.extra_params.get("dense_layers"))
+        except ValueError as exc:
+            raise ValueError(f"extra_params: {exc}") from None
 
     def base_params(self, seed: int) -> dict[str, Any]:
         """The parameters every run of this benchmark shares (``extra_params`` included)."""
@@ -338,7 +352,8 @@ class BenchConfig:
     def estimator_params(self, spec: RunSpec) -> dict[str, Any]:
         """The :class:`~rest_fair.RESTClassifier` parameters of one run (not the
         ``extra_params`` its method leaves unused)."""
-        unread = self.extra_params.keys() - self.read_extra(spec.method).keys()
+        unread = (self.extra_params.keys()
+                  - self.read_extra(spec.method, {"sparsity": spec.sparsity}).keys())
         return {**{k: v for k, v in self.base_params(spec.seed).items() if k not in unread},
                 **estimator_params(get_method(spec.method), sparsity=spec.sparsity,
                                    ratio=spec.ratio, upweight=self.upweight)}

@@ -22,6 +22,7 @@ from .references import COLORED_MNIST_REFERENCE, REFERENCE_NOTE, reference_markd
 
 __all__ = [
     "METRICS",
+    "REPORT_FILES",
     "SELECTION_NOTE",
     "format_pct",
     "library_versions",
@@ -375,6 +376,10 @@ def plot_results(summary, records: Sequence[dict], config: BenchConfig, out_dir:
 
 #: The keys of every ``config.json`` that :func:`write_outputs` writes, and their types.
 _OWN_KEYS = {"config": dict, "config_hash": object, "outputs": list, "versions": object}
+#: The names of the files of a report besides ``config.json`` (a grid's or a study's).
+REPORT_FILES = ("references.md", "table.md", "table.csv", "configurations.csv",
+                "accuracy_vs_sparsity.png", "group_bars.png", "worst_group_vs_sparsity.png",
+                "worst_group_vs_cost.png")
 
 
 def read_config(out_dir: str | Path) -> dict[str, Any] | None:
@@ -402,9 +407,10 @@ def _listed(out_dir: Path, info: dict[str, Any]) -> list[Path]:
 def set_aside_report(out_dir: str | Path, experiment: Any, *, fresh: bool = False) -> list[Path]:
     """Keep the report in ``out_dir`` of settings other than ``experiment``'s out of the way
     of its own: its ``config.json`` and the outputs that lists are renamed with one
-    date-time suffix (:func:`~rest_fair.experiments.runner.set_aside`); with ``fresh``,
-    the report of any settings and the results file are. Returns the new paths (none when
-    there is nothing to rename).
+    date-time suffix (:func:`~rest_fair.experiments.runner.set_aside`), as are the files of
+    :data:`REPORT_FILES` in a folder without a ``config.json`` (nothing says whose they
+    are); with ``fresh``, the report of any settings and the results file are. Returns the
+    new paths (none when there is nothing to rename).
 
     Settings are the same when the hash their runs share (``common_hash``) and the kind of
     sweep (grid or ``"search"``) are.
@@ -416,11 +422,15 @@ def set_aside_report(out_dir: str | Path, experiment: Any, *, fresh: bool = Fals
     """
     out_dir = Path(out_dir)
     info = read_config(out_dir)
-    report = [] if info is None else [out_dir / "config.json", *_listed(out_dir, info)]
+    if info is None:
+        report = [path for path in (out_dir / name for name in REPORT_FILES) if path.is_file()]
+    else:
+        report = [out_dir / "config.json", *_listed(out_dir, info)]
     if fresh:
         return set_aside([out_dir / RESULTS_FILE, *report])
-    if info is None or (info["config_hash"] == experiment.common_hash()
-                        and info["config"].get("search") == experiment.to_dict().get("search")):
+    if info is not None and (info["config_hash"] == experiment.common_hash()
+                             and info["config"].get("search")
+                             == experiment.to_dict().get("search")):
         return []
     return set_aside(report)
 

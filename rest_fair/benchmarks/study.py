@@ -263,8 +263,8 @@ class RandomSearch:
         ``module_params``), ``batch_size``, the epoch budget ``max_epochs`` (configurations
         train for a third, two thirds or all of it), ``ratios``, ``seeds``, ``device`` and
         ``extra_params``. Its ``methods``, ``sparsities`` and ``lr`` are not used (the
-        study's methods fix their sparsity, the search draws the learning rate); its
-        ``upweight`` must be None (λ is drawn).
+        study's methods fix their sparsity, the search draws the learning rate) and enter
+        no run id; its ``upweight`` must be None (λ is drawn).
     budget : int, default=8
         Configurations per method (the same for every method).
     methods : sequence of str, default=all of :data:`STUDY_METHODS`
@@ -278,6 +278,9 @@ class RandomSearch:
     #: diverges again): its run is recorded as failed, not retried, and the configuration
     #: is not chosen.
     final_errors: ClassVar[tuple[type[Exception], ...]] = (TrainingDivergedError,)
+    #: The fields of ``bench`` besides its grid that no run reads (the search draws the
+    #: learning rate): neither in the run ids nor in ``config.json``.
+    unread_fields: ClassVar[tuple[str, ...]] = ("lr",)
 
     bench: BenchConfig
     budget: int = 8
@@ -330,6 +333,7 @@ class RandomSearch:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready description: the configuration, the methods and their search spaces."""
         rows = {name: STUDY_METHODS[name] for name in self.methods}
+        bench = {k: v for k, v in self.bench.to_dict().items() if k not in self.unread_fields}
         methods = {name: {"label": m.label, "family": m.family, "sparsity": m.sparsity,
                           "space": m.space, "selection": m.rule.words,
                           "group_labels": m.group_labels, "cost_of": m.cost_of,
@@ -337,12 +341,13 @@ class RandomSearch:
         spaces = {name: {c: d.describe() for c, d in sorted(SEARCH_SPACES[name].items())}
                   for name in sorted({m.space for m in rows.values()})}
         return jsonable({"search": "random", "budget": self.budget,
-                         "search_seed": self.search_seed, "bench": self.bench.to_dict(),
+                         "search_seed": self.search_seed, "bench": bench,
                          "methods": methods, "search_spaces": spaces})
 
     def common_hash(self) -> str:
-        """Hash of what every run shares: the benchmark configuration but its grid."""
-        return self.bench.common_hash()
+        """Hash of what every run shares: the benchmark configuration but its grid and the
+        fields no run reads (:attr:`unread_fields`)."""
+        return self.bench.common_hash(leave_out=self.unread_fields)
 
     def runs(self) -> list[TrialSpec]:
         """Every run, configuration-major: configuration 0 of every method (every share,
@@ -355,8 +360,10 @@ class RandomSearch:
                 for name in self.methods:
                     m = STUDY_METHODS[name]
                     searched = self.searched_params(name, config, ratio)
+                    read = {**searched, "sparsity": m.sparsity}
                     trial = digest({
-                        "common": self.bench.common_hash(m.family, searched),
+                        "common": self.bench.common_hash(m.family, read,
+                                                         leave_out=self.unread_fields),
                         "family": m.family, "sparsity": m.sparsity,
                         "selection": m.selection, "cost_of": m.cost_of,
                         "params": jsonable(searched),
@@ -381,7 +388,7 @@ class RandomSearch:
         m = get_study_method(spec.method)
         searched = self.searched_params(spec.method, spec.config, spec.ratio)
         unread = (self.bench.extra_params.keys()
-                  - self.bench.read_extra(m.family, searched).keys())
+                  - self.bench.read_extra(m.family, {**searched, "sparsity": m.sparsity}).keys())
         params = {k: v for k, v in self.bench.base_params(spec.seed).items()
                   if k not in unread}
         params.update(estimator_params(get_method(m.family), sparsity=m.sparsity,

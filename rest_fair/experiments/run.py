@@ -21,6 +21,7 @@ import os
 import tempfile
 import time
 import traceback
+from collections.abc import Mapping
 from numbers import Integral
 from pathlib import Path
 from typing import Any, Protocol
@@ -28,7 +29,8 @@ from typing import Any, Protocol
 import numpy as np
 
 __all__ = ["Experiment", "available_cores", "check_run_params", "density", "digest",
-           "error_record", "jsonable", "run_one", "split_threads", "standard_error"]
+           "error_record", "jsonable", "run_one", "split_threads", "standard_error",
+           "unread_params"]
 
 
 class Experiment(Protocol):
@@ -179,6 +181,24 @@ def check_run_params(experiment: Experiment, spec: Any, *, here: bool = True) ->
     check_module(clf.module, clf.module_params)
     if here:
         resolve_device(clf.device)
+
+
+def unread_params(params: Mapping[str, Any]) -> list[str]:
+    """The :class:`~rest_fair.RESTClassifier` parameters that a fit with ``params`` (every
+    parameter, as ``get_params`` gives them) does not read: those that the others leave
+    unused as the estimator declares it (``_used_only_when``: ``momentum`` without SGD,
+    ...), and in a dense fit (``sparsity`` 0) those of sparse training (the fields of
+    :class:`~rest_fair.training.parts.SparsityConfig` but ``sparsity``,
+    ``sparse_compute`` and ``sparse_compute_threshold``). A run's id holds none of them."""
+    from .._validation import unused_params
+    from ..estimator import RESTClassifier
+    from ..training.parts import SparsityConfig
+
+    unread = list(unused_params(RESTClassifier, params))
+    if params["sparsity"] == 0:
+        unread += [f.name for f in dataclasses.fields(SparsityConfig) if f.name != "sparsity"]
+        unread += ["sparse_compute", "sparse_compute_threshold"]
+    return unread
 
 
 def _fit_and_score(

@@ -473,9 +473,10 @@ def run_sweep(
         Before any run, when data files the runs read are missing (likewise).
     ValueError
         Before any run, for data settings the data set cannot meet (likewise), for
-        invalid estimator parameters of the first run of each method (a run's ``method``,
-        if it has one: the settings its runs share, those that one method alone reads, the
-        network and its ``module_params`` included), a negative or
+        invalid estimator parameters of the first run of each method and sparsity (a
+        run's ``method`` and ``sparsity``, if it has them: the settings its runs share,
+        those that one method or its sparse runs alone read, the network and its
+        ``module_params`` included), a negative or
         infinite ``max_runs``, a negative ``time_limit``, a ``scheduler_timeout`` that is
         not positive and finite, or an ``out_dir`` that cannot be made a folder; with the
         local backend, for a CUDA ``device`` on a machine without CUDA.
@@ -498,9 +499,12 @@ def run_sweep(
     mode = _progress_mode(progress, sys.stderr)
     experiment.check_requirements()
     backend = _resolve_backend(backend, scheduler)
-    firsts: dict[Any, Any] = {}  # the first run of each method (a run without one: of all)
+    # the first run of each method and sparsity (a method's dense runs read fewer estimator
+    # parameters than its sparse ones); a run without them: of all
+    firsts: dict[Any, Any] = {}
     for spec in experiment.runs():
-        firsts.setdefault(getattr(spec, "method", None), spec)
+        firsts.setdefault((getattr(spec, "method", None), getattr(spec, "sparsity", None)),
+                          spec)
     for spec in firsts.values():  # the settings its runs share fail here, not per run
         check_run_params(experiment, spec, here=backend == "local")
     if backend == "dask" and n_jobs not in (1, None):

@@ -6,8 +6,9 @@ names several; ``--protocol wilds``: the dataset's recipe from the WILDS referen
 the leaderboard's seeds, options given overriding it), which the experiment runner
 (:func:`~rest_fair.experiments.runner.run_sweep`) runs seed by seed into ``--out-dir``:
 ``results.jsonl`` (``--resume`` reuses the seeds done with the same settings and refuses a
-folder holding seeds of other settings or data, or a ``metrics.json`` it did not write;
-without it the folder's earlier outputs are renamed with a date-time suffix), the
+folder holding seeds of other settings or data, or a ``metrics.json`` it did not write,
+and renames a report of other settings with a date-time suffix; without it the folder's
+earlier outputs are renamed so), the
 submission files of every seed, ``metrics.json`` and ``comparison.md`` (also printed).
 
 Registered by :mod:`rest_fair.cli`; importing this module is cheap (torch, wilds and
@@ -56,6 +57,8 @@ _NONE_FINISHED = ("rest-fair wilds: no seed finished (every seed diverged); metr
                   "comparison.md were not written{earlier} (exit status {status}).")
 _EARLIER = ", those in {out_dir} are of an earlier command"
 _INTERRUPTED_SETUP = "rest-fair wilds: interrupted while loading the data; nothing was run."
+_REPORT_KEPT = ("rest-fair wilds: --resume: the report in {out_dir} is not of these settings "
+                "or data; it is kept as {kept}.")
 _RETRY = "Rerun with --resume to retry the failed seeds (tracebacks in {path})."
 _MODULE_ENTRY = (
     "python -m rest_fair.wilds.cli (rest_fair.wilds.cli.main, build_parser) is deprecated and "
@@ -97,8 +100,9 @@ def _configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                              "same settings (folders of earlier versions, with "
                              "runs/seed_<k>.json, resume too); a folder with seeds of other "
                              "settings or data, or a metrics.json not written by this "
-                             "command, is refused. Without it, the earlier outputs of "
-                             "--out-dir are renamed with a date-time suffix")
+                             "command, is refused; a report of other settings is kept, "
+                             "renamed with a date-time suffix. Without it, the earlier "
+                             "outputs of --out-dir are all renamed that way")
     parser.add_argument("--sparsity", type=float, default=0.9)
     parser.add_argument("--sparse-init", choices=("random", "magnitude"),
                         help="initial masks (wilds protocol: magnitude; custom: random)")
@@ -200,6 +204,7 @@ def run(args: argparse.Namespace) -> int:
         check_wilds_requirements,
         resolve_settings,
         set_aside_outputs,
+        set_aside_report,
     )
 
     try:
@@ -213,6 +218,7 @@ def run(args: argparse.Namespace) -> int:
         experiment = WildsExperiment(dataset, settings, args.out_dir)
         # settings every seed would fail on leave the folder's earlier outputs in place
         check_run_params(experiment, experiment.runs()[0])
+        experiment.check_network()
     except (MissingDependencyError, OSError, ValueError) as exc:
         flags = option_flags(_configure(argparse.ArgumentParser()))
         print(f"rest-fair wilds: {named_by_flag(exc, flags)}", file=sys.stderr)
@@ -227,6 +233,9 @@ def run(args: argparse.Namespace) -> int:
                 check_metrics_file(args.out_dir)
                 adopt_seed_files(args.out_dir)
                 check_resumable(experiment)
+                kept = ", ".join(map(str, set_aside_report(experiment)))
+                if kept:
+                    print(_REPORT_KEPT.format(out_dir=args.out_dir, kept=kept), file=sys.stderr)
             else:  # a new start: the folder's earlier outputs are renamed, all together
                 set_aside_outputs(args.out_dir)
             records = run_sweep(experiment, args.out_dir, resume=args.resume, progress="none")

@@ -28,7 +28,7 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from .._requirements import Requirement, check_requirements
 from .._validation import POSITIVE_INT, RANDOM_STATE, Interval
 from ..exceptions import TrainingDivergedError
-from ..experiments.run import digest, jsonable, standard_error
+from ..experiments.run import digest, jsonable, standard_error, unread_params
 from ..experiments.runner import (
     RESULTS_FILE,
     append_record,
@@ -46,7 +46,8 @@ from .submission import write_submission
 
 __all__ = ["CUSTOM_DEFAULTS", "RUN_SETTINGS", "SeedRun", "WildsExperiment", "adopt_seed_files",
            "check_metrics_file", "check_resumable", "check_wilds_requirements",
-           "resolve_settings", "set_aside_outputs", "write_outputs"]
+           "resolve_settings", "run_settings", "set_aside_outputs", "set_aside_report",
+           "write_outputs"]
 
 _REQUIREMENTS = (
     Requirement("wilds", "wilds==2.0.0", "wilds", "the WILDS dataset loaders and metrics"),
@@ -106,6 +107,9 @@ _UNKNOWN_DATA = (
     "--resume: {out_dir} holds seeds {seeds} recorded by an earlier version without their "
     "data; they are reused as trained on {ours}."
 )
+_REPORT = ("metrics.json", "comparison.md")
+_NOT_A_FOLDER = ("--resume: {path} is not a folder; the seeds write their submission files "
+                 "there: move it away or choose another --out-dir.")
 
 
 def check_wilds_requirements(dataset: str) -> None:
@@ -301,9 +305,45 @@ class WildsExperiment:
                 "synthetic": self.synthetic}
 
     def runs(self) -> list[SeedRun]:
-        """A run per seed, in the order of ``settings["seeds"]``."""
-        settings = jsonable({k: self.settings[k] for k in RUN_SETTINGS})
+        """A run per seed, in the order of ``settings["seeds"]``, with the settings of
+        :func:`run_settings`."""
+        settings = run_settings(self.settings)
         return [SeedRun(seed, settings, self.data) for seed in self.settings["seeds"]]
+
+    def check_network(self) -> None:
+        """Build the seeds' network once, on the meta device (no memory, no pretrained
+        weights read), and, for a sparse run, select its ``dense_layers``, so that a network
+        that cannot take the inputs or a name of no weight fails before any seed runs.
+        A Hugging Face module (``hf:``) is left to ``fit``: building one reads the
+        pretrained model.
+
+        Raises
+        ------
+        ValueError
+            Naming ``dense_layers`` (a name of no maskable weight) or the network and the
+            inputs it cannot take.
+        """
+        import torch
+
+        from ..models import build_module
+        from ..sparse import resolve_dense_layers
+
+        settings = self.settings
+        if settings["module"].startswith("hf:"):
+            return
+        params = dict(settings["module_params"] or {})
+        if "weights" in params:  # the weights change no name: a random start builds it
+            params["weights"] = None
+        side = settings["image_size"]
+        shape = (settings["max_features"],) if self.spec.modality == "text" else (3, side, side)
+        try:
+            with torch.device("meta"):
+                net = build_module(settings["module"], input_shape=shape,
+                                   n_classes=int(self.dataset.n_classes), module_params=params)
+        except NotImplementedError:  # an operation without a meta kernel: fit builds it
+            return
+        if settings["sparsity"] > 0:
+            resolve_dense_layers(net, settings["dense_layers"])
 
     def check_requirements(self) -> None:
         """Fail once when the WILDS extra is not installed."""
@@ -371,14 +411,19 @@ def check_resumable(experiment: WildsExperiment) -> None:
     Raises
     ------
     ValueError
-        Naming the settings that differ, or the data of the seed and of this command.
+        Naming the settings that differ, or the data of the seed and of this command; or
+        the folder's ``submission`` when it is not a folder (every seed would fail to
+        write its files there).
     """
+    submission = experiment.out_dir / "submission"
+    if submission.exists() and not submission.is_dir():
+        raise ValueError(_NOT_A_FOLDER.format(path=submission))
     runs = experiment.runs()
     ours = runs[0].settings if runs else {}
     our_data = experiment.data
     unknown = []
     for record in read_results(experiment.out_dir / RESULTS_FILE):
-        theirs, status = _with_dataset(record).get("settings"), record.get("status")
+        theirs, status = _upgraded(record).get("settings"), record.get("status")
         if status not in ("ok", "failed") or not isinstance(theirs, dict):
             continue
         seed = record.get("seed")
@@ -407,18 +452,49 @@ def _describe(data: dict[str, Any]) -> str:
     return f"{data.get('data_dir')} ({kind})"
 
 
-def check_metrics_file(out_dir: str | Path) -> None:
-    """Refuse a ``metrics.json`` in ``out_dir`` that :func:`write_outputs` did not write
-    (not a JSON object with the keys ``dataset``, ``metrics`` and ``submission_files``,
-    which every version wrote): the report would overwrite it.
+def check_metrics_file(out_dir: str | Path) -> dict[str, Any] | None:
+    """The ``metrics.json`` of ``out_dir`` (None when there is none), refused when
+    :func:`write_outputs` did not write it (not a JSON object with the keys ``dataset``,
+    ``metrics`` and ``submission_files``, which every version wrote): the report would
+    overwrite it.
 
     Raises
     ------
     FileExistsError
         Naming the file (:func:`~rest_fair.experiments.runner.read_own_json`).
     """
-    read_own_json(Path(out_dir) / "metrics.json",
-                  {"dataset": str, "metrics": dict, "submission_files": list}, "rest-fair wilds")
+    return read_own_json(Path(out_dir) / "metrics.json",
+                         {"dataset": str, "metrics": dict, "submission_files": list},
+                         "rest-fair wilds")
+
+
+def set_aside_report(experiment: WildsExperiment) -> list[Path]:
+    """Keep the report in the output folder that ``experiment``'s settings did not write
+    out of the way of its own: a ``metrics.json`` of other settings (:func:`run_settings`)
+    or of seeds trained on other data, and the ``comparison.md`` beside it, are renamed
+    with one date-time suffix (:func:`~rest_fair.experiments.runner.set_aside`), as is a
+    ``comparison.md`` file without a ``metrics.json`` (nothing says whose it is). Returns
+    the new paths (none when there is nothing to rename).
+
+    Raises
+    ------
+    FileExistsError
+        For a ``metrics.json`` that :func:`write_outputs` did not write
+        (:func:`check_metrics_file`); nothing is renamed then.
+    """
+    out_dir = experiment.out_dir
+    info = check_metrics_file(out_dir)
+    if info is None:
+        comparison = out_dir / "comparison.md"
+        return set_aside([comparison]) if comparison.is_file() else []
+    runs = experiment.runs()
+    settings = info.get("settings")
+    settings = run_settings(settings) if isinstance(settings, dict) else None
+    theirs = _upgraded({**info, "settings": settings}).get("settings")
+    data = [r.get("data") for r in info.get("runs") or () if isinstance(r, dict)]
+    if runs and theirs == runs[0].settings and all(d in (None, experiment.data) for d in data):
+        return []
+    return set_aside([out_dir / name for name in _REPORT])
 
 
 def set_aside_outputs(out_dir: str | Path) -> list[Path]:
@@ -434,12 +510,13 @@ def adopt_seed_files(out_dir: str | Path) -> None:
     """Add the finished seeds of earlier versions to the results file of ``out_dir``.
 
     ``rest-fair wilds`` kept a seed's record in a ``runs/seed_<k>.json`` file before it used
-    the experiment runner's ``results.jsonl``, and recorded seeds without the dataset in
-    their settings before the dataset was one of :data:`RUN_SETTINGS`. Such a seed is
-    appended to the results file with the dataset its submission files name (the earlier
-    lines stay), and is then reused by ``--resume`` like any finished run (same settings,
-    submission files present). Unreadable files, and seeds whose dataset cannot be told,
-    are skipped.
+    the experiment runner's ``results.jsonl``, recorded seeds without the dataset in their
+    settings before the dataset was one of :data:`RUN_SETTINGS`, and recorded the settings
+    a run does not read with their values. Such a seed is appended to the results file
+    with its settings as this version records them (:func:`run_settings`, with the dataset
+    its submission files name; the earlier lines stay), and is then reused by ``--resume``
+    like any finished run (same settings, submission files present). Unreadable files, and
+    seeds whose dataset cannot be told, are skipped.
     """
     path = Path(out_dir) / RESULTS_FILE
     records = read_results(path)
@@ -450,7 +527,7 @@ def adopt_seed_files(out_dir: str | Path) -> None:
         except (OSError, ValueError, TypeError):
             continue
     for record in records:
-        record = _with_dataset(record)
+        record = _upgraded(record)
         try:
             run_id = SeedRun(record["seed"], record["settings"]).run_id
         except (KeyError, TypeError, ValueError):
@@ -460,22 +537,53 @@ def adopt_seed_files(out_dir: str | Path) -> None:
             append_record(path, {**record, "run_id": run_id})
 
 
-def _with_dataset(record: dict[str, Any]) -> dict[str, Any]:
-    """``record`` with ``"dataset"`` in its settings: a record of an earlier version lacks
-    it and gets the dataset that names all its submission files (``<dataset>_split:...``);
-    returned unchanged when its dataset cannot be told that way."""
+def run_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    """The JSON-ready values of :data:`RUN_SETTINGS` in ``settings`` (a new dict; keys it
+    lacks stay out): a seed's id and what ``--resume`` compares. A setting that the run does
+    not read is None there, so that runs that differ in such settings alone are one run:
+    the mask settings of a dense run (``sparsity`` 0), ``momentum`` without SGD, the text
+    settings of an image dataset (``max_features``, ``max_length``), ``image_size`` of a
+    text dataset, and ``max_length`` of TF-IDF inputs or ``max_features`` of a Hugging Face
+    module (``hf:``)."""
+    return _as_read(jsonable({k: settings[k] for k in RUN_SETTINGS if k in settings}))
+
+
+def _as_read(values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` (JSON-ready run settings) with the settings that the run does not read
+    at None (a new dict; see :func:`run_settings`)."""
+    from ..estimator import RESTClassifier
+
+    params = {**RESTClassifier().get_params(deep=False),
+              **{k: values[k] for k in ("objective", "optimizer", "sparsity") if k in values}}
+    unread = unread_params(params)
+    try:
+        modality = dataset_spec(values.get("dataset")).modality
+    except ValueError:  # a record of an earlier version, without its dataset
+        modality = None
+    if modality == "image":
+        unread += ["max_features", "max_length"]
+    elif modality == "text":
+        hf = str(values.get("module")).startswith("hf:")
+        unread += ["image_size", "max_features" if hf else "max_length"]
+    return {**values, **{k: None for k in unread if k in values}}
+
+
+def _upgraded(record: dict[str, Any]) -> dict[str, Any]:
+    """``record`` with its settings as this version records them: ``"dataset"``, which a
+    record of an earlier version lacks, from the dataset that names all its submission
+    files (``<dataset>_split:...``; left out when its dataset cannot be told that way), and
+    the settings its run does not read at None (:func:`run_settings`)."""
     settings = record.get("settings")
-    if not isinstance(settings, dict) or "dataset" in settings:
+    if not isinstance(settings, dict):
         return record
     names = {Path(str(f)).name.partition("_split:")[0]
              for f in record.get("submission_files") or ()}
-    if len(names) != 1:
-        return record
-    try:
-        dataset = dataset_spec(names.pop()).name
-    except ValueError:
-        return record
-    return {**record, "settings": {**settings, "dataset": dataset}}
+    if "dataset" not in settings and len(names) == 1:
+        try:
+            settings = {**settings, "dataset": dataset_spec(names.pop()).name}
+        except ValueError:
+            pass
+    return {**record, "settings": _as_read(settings)}
 
 
 def write_outputs(
@@ -504,11 +612,12 @@ def write_outputs(
         When ``records`` is empty: there is nothing to report.
     FileExistsError
         For a ``metrics.json`` in the output folder that this function did not write
-        (:func:`check_metrics_file`); nothing is written then.
+        (:func:`check_metrics_file`); nothing is written then. A report of other settings
+        or data is kept, renamed (:func:`set_aside_report`).
     """
     if not records:
         raise ValueError(_NOTHING_TO_REPORT)
-    check_metrics_file(experiment.out_dir)
+    set_aside_report(experiment)
     settings, out_dir, name = experiment.settings, experiment.out_dir, experiment.spec.name
     synthetic = experiment.synthetic
     metrics, metrics_std, metrics_se = _aggregate([r["metrics"] for r in records],
@@ -537,7 +646,6 @@ def write_outputs(
         + (f"\n{_diverged_text(diverged)}\n" if diverged else "")
     )
     files = [locate(f, out_dir) for r in records for f in r["submission_files"]]
-    (out_dir / "comparison.md").write_text(markdown)
     summary = {
         "dataset": name,
         "synthetic_data": synthetic,
@@ -556,7 +664,9 @@ def write_outputs(
         "history": records[0]["history"] if len(records) == 1 else None,
         "submission_files": [str(p) for p in files],
     }
+    # metrics.json, which says whose the report is, first
     (out_dir / "metrics.json").write_text(json.dumps(summary, indent=2, default=str))
+    (out_dir / "comparison.md").write_text(markdown)
     return {"metrics": metrics, "metrics_std": metrics_std, "metrics_se": metrics_se,
             "markdown": markdown, "files": files}
 

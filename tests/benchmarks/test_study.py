@@ -405,3 +405,15 @@ def test_a_name_where_names_are_expected_is_refused():
     with pytest.raises(ValueError, match=r"ratios must be a tuple or a list of values; got 0\.05"):
         preset("tiny", ratios=0.05)
     assert preset("tiny", seeds=np.arange(2), sparsities=np.array([0.5])).seeds == (0, 1)
+
+
+def test_the_learning_rate_of_the_configuration_enters_no_trial_id():
+    # the search draws lr: the configuration's own lr (a preset's 0.05 or the default 0.01)
+    # changed every id and the report's hash, so the same trials ran again
+    pytest.importorskip("torch")
+    ours, other = tiny_search(), RandomSearch(preset("tiny", max_epochs=3, lr=0.02), budget=2)
+    assert [s.run_id for s in ours.runs()] == [s.run_id for s in other.runs()]
+    assert ours.common_hash() == other.common_hash()
+    assert "lr" not in ours.to_dict()["bench"]
+    spec = ours.runs()[0]
+    assert ours.estimator_params(spec) == other.estimator_params(spec)

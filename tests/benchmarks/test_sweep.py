@@ -553,3 +553,40 @@ def test_a_bad_extra_param_that_a_later_method_alone_reads_is_refused_before_any
     with pytest.raises(ValueError, match="groupdro_adjustment must be"):
         run_sweep(experiment, tmp_path, progress="none")
     assert not (tmp_path / "results.jsonl").exists()
+
+
+def test_sparse_training_params_enter_no_id_of_a_dense_run():
+    # update_end reached the dense runs (sparsity 0), which do not read it, and changed
+    # their ids: a new value re-ran them
+    pytest.importorskip("torch")
+    from rest_fair.benchmarks import RandomSearch
+
+    extra = {"update_end": 0.5, "regrow": "random"}
+    config = preset("tiny", sparsities=(0.0, 0.9), extra_params=extra)
+    default = {s.run_id for s in preset("tiny", sparsities=(0.0, 0.9)).runs()}
+    for spec in config.runs():
+        params = config.estimator_params(spec)
+        if spec.sparsity == 0:
+            assert extra.keys().isdisjoint(params) and spec.run_id in default
+        else:
+            assert params["regrow"] == "random" and spec.run_id not in default
+    # the study likewise: its dense rows keep their trial ids
+    methods = ("erm", "rest_0.9")
+    trials = {s.method: s.run_id for s in RandomSearch(preset("tiny"), budget=1,
+                                                       methods=methods).runs()}
+    search = RandomSearch(preset("tiny", extra_params=extra), budget=1, methods=methods)
+    for spec in search.runs():
+        assert (spec.run_id == trials[spec.method]) == (spec.method == "erm")
+        assert ("regrow" in search.estimator_params(spec)) == (spec.method != "erm")
+
+
+@pytest.mark.parametrize("study", [False, True])
+def test_a_bad_sparse_training_param_is_refused_when_the_first_run_is_dense(tmp_path, study):
+    # the dense first run of a method does not read it: the sparse runs failed on it, each
+    from rest_fair.benchmarks import RandomSearch, run_sweep
+
+    config = preset("tiny", sparsities=(0.0, 0.9), extra_params={"update_end": -1.0})
+    experiment = RandomSearch(config, budget=1, methods=("erm", "rest_0.9")) if study else config
+    with pytest.raises(ValueError, match="update_end must be"):
+        run_sweep(experiment, tmp_path, progress="none")
+    assert not (tmp_path / "results.jsonl").exists()

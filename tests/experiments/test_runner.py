@@ -241,7 +241,9 @@ def test_wilds_resumes_the_seed_files_of_the_earlier_runner(old_wilds_run, capsy
     assert "celebA test : acc_avg 0.7500  acc_wg 0.5000" in capsys.readouterr().out
     (records,) = [json.loads(line) for line in (out / runner.RESULTS_FILE).open()]
     assert records["status"] == "ok"
-    assert records["settings"] == {**OLD_WILDS_SETTINGS, "dataset": "celebA"}
+    # with the dataset, and the text settings an image dataset does not read as None
+    assert records["settings"] == {**OLD_WILDS_SETTINGS, "dataset": "celebA",
+                                   "max_features": None}
     # without the seed's submission files, or with other settings, it trains again
     (out / "submission" / "celebA_split:test_seed:0_epoch:best_pred.csv").unlink()
     assert cli.main([*argv, "--resume"]) == 1
@@ -263,7 +265,8 @@ def test_wilds_resumes_a_results_file_without_the_dataset_in_its_settings(old_wi
     assert "celebA test : acc_avg 0.7500  acc_wg 0.5000" in capsys.readouterr().out
     lines = [json.loads(text) for text in (out / runner.RESULTS_FILE).open()]
     assert lines[0] == line  # kept as it was
-    assert lines[-1]["settings"] == {**OLD_WILDS_SETTINGS, "dataset": "celebA"}
+    assert lines[-1]["settings"] == {**OLD_WILDS_SETTINGS, "dataset": "celebA",
+                                     "max_features": None}
     # the seed of another dataset's folder is not this dataset's
     waterbirds = [*argv, "--resume"]
     waterbirds[waterbirds.index("celebA")] = "waterbirds"

@@ -138,6 +138,23 @@ def test_settings_refused_before_the_earlier_outputs_are_renamed(tmp_path, capsy
             and not p.name.startswith(".")} == earlier
 
 
+@pytest.mark.parametrize(("bad", "message"), [
+    (["--dense-layers", "head", "bogus"], "--dense-layers names 'bogus', which is not"),
+    (["--module", "cnn", "--image-size", "2"], "too small for module='cnn'"),
+])
+def test_a_network_every_seed_would_fail_on_is_refused_once_up_front(tmp_path, capsys, bad,
+                                                                     message):
+    # each seed failed on it in turn (exit 1, "rerun with --resume"), after the folder's
+    # earlier outputs were renamed aside
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "metrics.json").write_text("{}")
+    assert rest_fair_main([*_two_seeds(tmp_path, out), *bad]) == 2
+    err = capsys.readouterr().err
+    assert err.count(message) == 1 and err.startswith("rest-fair wilds: ")
+    assert sorted(p.name for p in out.iterdir()) == ["metrics.json"]
+
+
 def test_a_cuda_device_this_machine_lacks_is_refused_before_the_outputs_move(
         tmp_path, capsys, monkeypatch):
     # every seed failed with the same error, after the earlier outputs were renamed
@@ -161,6 +178,43 @@ def test_cli_says_why_the_report_cannot_be_written(tmp_path, capsys):
         f"'{out / 'comparison.md'}'; the finished runs are kept in {out / 'results.jsonl'}; "
         "to write it, rerun it with --resume.")
     assert len((out / "results.jsonl").read_text().splitlines()) == 2
+
+
+def test_resume_keeps_a_report_it_did_not_write_aside(tmp_path, capsys):
+    # --resume wrote its report over a comparison.md without the metrics.json that says
+    # whose it is, and over the report of other settings whose seeds the results file no
+    # longer held
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "comparison.md").write_text("# my notes\n")
+    argv = [*_two_seeds(tmp_path, out)[:-5], "--seed", "3", "--device", "cpu", "--resume"]
+    assert rest_fair_main(argv) == 0
+    kept = next(out.glob("comparison.2*.md"))
+    assert kept.read_text() == "# my notes\n"
+    note = f"rest-fair wilds: --resume: the report in {out} is not of these settings or data"
+    assert f"{note}; it is kept as {kept}." in capsys.readouterr().err
+    report = {name: (out / name).read_text() for name in ("metrics.json", "comparison.md")}
+    (out / "results.jsonl").unlink()
+    assert rest_fair_main([*argv, "--lr", "0.05"]) == 0
+    stamp = next(out.glob("metrics.2*.json")).name.split(".")[1]
+    assert {name: (out / name.replace(".", f".{stamp}.")).read_text()
+            for name in report} == report
+    assert note in capsys.readouterr().err
+    # a report of these settings is this command's: replaced, not kept
+    assert rest_fair_main([*argv, "--lr", "0.05"]) == 0
+    assert note not in capsys.readouterr().err
+    assert len(list(out.glob("metrics.*.json"))) == 1
+
+
+def test_resume_refuses_a_submission_that_is_not_a_folder(tmp_path, capsys):
+    # every seed failed on it (FileExistsError), and the command said to rerun it
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "submission").write_text("mine")
+    assert rest_fair_main([*_two_seeds(tmp_path, out), "--resume"]) == 2
+    assert (f"rest-fair wilds: --resume: {out / 'submission'} is not a folder; the seeds write "
+            "their submission files there") in capsys.readouterr().err
+    assert not (out / "results.jsonl").exists()
 
 
 def test_cli_paths_after_an_equals_sign_are_in_the_home_folder(tmp_path, monkeypatch):

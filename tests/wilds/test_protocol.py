@@ -20,6 +20,7 @@ pytest.importorskip("transformers", reason="needs rest-fair[text]")
 
 from rest_fair.cli import build_parser
 from rest_fair.cli import main as rest_fair_main
+from rest_fair.experiments.run import jsonable
 from rest_fair.wilds import (
     dataset_spec,
     load_wilds,
@@ -27,7 +28,14 @@ from rest_fair.wilds import (
     submission_filename,
     wilds_eval,
 )
-from rest_fair.wilds.experiment import WildsExperiment, resolve_settings
+from rest_fair.wilds.experiment import (
+    RUN_SETTINGS,
+    WildsExperiment,
+    adopt_seed_files,
+    check_resumable,
+    resolve_settings,
+    run_settings,
+)
 from rest_fair.wilds.protocol import WILDS_RECIPES, recipe_for
 
 HAS_TORCH_SCATTER = importlib.util.find_spec("torch_scatter") is not None
@@ -65,10 +73,9 @@ def test_recipes_are_the_wilds_reference_settings():
         recipe_for("fmow")
 
 
-def _settings(*argv):
-    args = build_parser().parse_args(["wilds", "--dataset", "waterbirds", "--root-dir", "x",
-                                      *argv])
-    return resolve_settings(args, dataset_spec("waterbirds"))
+def _settings(*argv, name="waterbirds"):
+    args = build_parser().parse_args(["wilds", "--dataset", name, "--root-dir", "x", *argv])
+    return resolve_settings(args, dataset_spec(name))
 
 
 def test_command_line_overrides_the_recipe():
@@ -115,6 +122,35 @@ def test_data_settings_are_refused_before_any_seed_runs(argv, message):
     # these used to fail each seed at its data loading, or run one seed twice
     with pytest.raises(ValueError, match=message):
         _settings(*argv)
+
+
+@pytest.mark.parametrize(("name", "base", "extra"), [
+    # --sparsity 0 kept the mask settings, which a dense run does not read, in its run id
+    ("waterbirds", ["--sparsity", "0"],
+     {"sparse-init": "magnitude", "layer-density": "uniform", "dense-layers": "head"}),
+    ("waterbirds", [], {"max-features": "5", "max-length": "7"}),
+    ("civilcomments", [], {"image-size": "5", "max-length": "7", "momentum": "0.5"}),
+    ("civilcomments", ["--module", "hf:x"], {"max-features": "5"}),
+])
+def test_settings_a_run_does_not_read_enter_no_run_id(tmp_path, name, base, extra):
+    # equal runs had other ids, and --resume refused the folder as one of other settings
+    flags = [w for k, v in extra.items() for w in (f"--{k}", v)]
+    settings = _settings(*base, *flags, name=name)
+    given = run_settings(settings)
+    assert given == run_settings(_settings(*base, name=name))
+    assert all(given[k.replace("-", "_")] is None for k in extra)
+    if base == ["--sparsity", "0"]:  # a sparse run reads them
+        assert run_settings(_settings(*flags)) != run_settings(_settings())
+    # a seed that an earlier version recorded with their values is resumed, re-keyed
+    dataset = argparse.Namespace(dataset_name=name, data_dir=tmp_path)
+    experiment = WildsExperiment(dataset, settings, tmp_path)
+    earlier = jsonable({k: v for k, v in settings.items() if k in RUN_SETTINGS})
+    (tmp_path / "results.jsonl").write_text(json.dumps({
+        "run_id": "seed=0|earlier", "seed": 0, "status": "ok", "settings": earlier}) + "\n")
+    adopt_seed_files(tmp_path)
+    with pytest.warns(UserWarning, match="recorded by an earlier version without their data"):
+        check_resumable(experiment)
+    assert experiment.runs()[0].run_id in (tmp_path / "results.jsonl").read_text()
 
 
 def test_waterbirds_protocol_writes_every_seed_and_mean_std(tmp_path, capsys):
