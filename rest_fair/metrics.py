@@ -38,9 +38,9 @@ _MIXED_LABELS = (
     "dtypes {} and {}."
 )
 _MISSING_GROUPS = "groups must not contain missing values (NaN/None); found {count}."
-_ZERO_WEIGHT_GROUPS = (
-    "sample_weight is 0 for every sample of groups {groups}: their accuracy would be "
-    "undefined. Give them some weight, or leave their samples out."
+_NO_WEIGHT = (
+    "sample_weight is 0 for all {n} samples: no group has an accuracy. Give some samples "
+    "a positive weight."
 )
 _GROUPS_NOT_ROUTED = (
     "The worst-group accuracy scorer received no `groups`. Enable metadata routing with "
@@ -83,18 +83,20 @@ def group_accuracies(y_true: ArrayLike, y_pred: ArrayLike, groups: ArrayLike, *,
     sample_weight : array-like of shape (n_samples,), optional
         Finite, non-negative weight of each sample: a group's accuracy is then the
         weighted share of its samples predicted correctly (as
-        :func:`sklearn.metrics.accuracy_score` weighs them).
+        :func:`sklearn.metrics.accuracy_score` weighs them), and a group whose samples all
+        weigh 0 has none and is left out, as model selection in ``fit`` leaves it out.
 
     Returns
     -------
     dict
-        Group label -> accuracy (a Python float), for every group with at least one sample.
+        Group label -> accuracy (a Python float), for every group with at least one sample
+        (of positive weight, with ``sample_weight``).
 
     Raises
     ------
     ValueError
         On a length mismatch, missing group labels, labels of two kinds, invalid weights,
-        or a group whose samples all weigh 0 (its accuracy is undefined).
+        or weights that are 0 for every sample (no group has an accuracy).
     """
     y_true, y_pred = column_or_1d(y_true, warn=True), column_or_1d(y_pred, warn=True)
     text = [bool(a.size) and isinstance(a[0], str) for a in (y_true, y_pred)]
@@ -117,9 +119,8 @@ def group_accuracies(y_true: ArrayLike, y_pred: ArrayLike, groups: ArrayLike, *,
     else:
         weights = checked_weights(sample_weight, len(y_true))
         counts = np.bincount(codes, weights=weights, minlength=len(labels))
-        if np.any(counts <= 0):
-            raise ValueError(_ZERO_WEIGHT_GROUPS.format(
-                groups=[labels[i] for i in np.flatnonzero(counts <= 0)]))
+        if len(weights) and not np.any(counts > 0):
+            raise ValueError(_NO_WEIGHT.format(n=len(weights)))
         correct *= weights
     hits = np.bincount(codes, weights=correct, minlength=len(labels))
     return {label: float(hits[i] / counts[i]) for i, label in enumerate(labels) if counts[i] > 0}
@@ -136,11 +137,18 @@ def worst_group_accuracy(y_true: ArrayLike, y_pred: ArrayLike, groups: ArrayLike
     groups : array-like of shape (n_samples,) or (n_samples, n_columns), or dict of columns
         Group label of each sample, as in :func:`group_accuracies`.
     sample_weight : array-like of shape (n_samples,), optional
-        Weight of each sample, as in :func:`group_accuracies`.
+        Weight of each sample, as in :func:`group_accuracies`: a group whose samples all
+        weigh 0 takes no part, as in the worst-group accuracy by which ``fit`` chooses
+        its epoch.
 
     Returns
     -------
     float
+
+    Raises
+    ------
+    ValueError
+        As :func:`group_accuracies`, and without samples.
     """
     accs = group_accuracies(y_true, y_pred, groups, sample_weight=sample_weight)
     if not accs:

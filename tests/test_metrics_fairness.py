@@ -309,13 +309,22 @@ def test_weights_whose_sum_overflows_give_the_accuracies_of_their_ratios():
         fairness_report(y=Y, y_pred=P, groups=G, sample_weight=w).by_group)
 
 
-def test_weighted_group_accuracies_refuse_bad_weights_and_weightless_groups():
+def test_weighted_group_accuracies_refuse_bad_weights():
     with pytest.raises(ValueError, match=r"one finite, non-negative weight per sample \(10\)"):
         group_accuracies(Y, P, G, sample_weight=np.ones(9))
     with pytest.raises(ValueError, match="non-negative"):
         group_accuracies(Y, P, G, sample_weight=np.where(G == "a", -1.0, 1.0))
-    with pytest.raises(ValueError, match=r"sample_weight is 0 for every sample of groups \['b'\]"):
-        worst_group_accuracy(Y, P, G, sample_weight=(G == "a").astype(float))
+    with pytest.raises(ValueError, match="sample_weight is 0 for all 10 samples"):
+        worst_group_accuracy(Y, P, G, sample_weight=np.zeros(len(Y)))
+
+
+def test_a_group_whose_samples_all_weigh_zero_is_left_out_as_fit_leaves_it_out():
+    # fit's model selection skips such a group (an upweight dict weighing it 0)
+    only_a = (G == "a").astype(float)
+    assert group_accuracies(Y, P, G, sample_weight=only_a) == {"a": 0.5}
+    assert worst_group_accuracy(Y, P, G, sample_weight=only_a) == 0.5
+    assert worst_group_accuracy_score(Y, P, groups=G, sample_weight=2 * only_a) == 0.5
+    assert worst_group_accuracy(Y, P, G, sample_weight=1 - only_a) == pytest.approx(4 / 6)
 
 
 def test_scorer_takes_sample_weight_when_requested():
