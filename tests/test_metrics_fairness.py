@@ -189,13 +189,20 @@ def test_scorer_value_equals_worst_group_accuracy():
         assert scorer(Fixed(), X, Y, groups=G) == pytest.approx(0.5)
 
 
-def test_a_group_without_weight_is_named():
-    rng = np.random.RandomState(0)
-    y, g = rng.randint(0, 2, 50), rng.randint(0, 2, 50)
-    with pytest.raises(ValueError, match=r"sample_weight is 0 for every sample of groups \[1\]"):
-        fairness_report(y=y, y_pred=y, groups=g, sample_weight=(g == 0).astype(float))
-    report = fairness_report(y=y, y_pred=y, groups=g, sample_weight=(g == 0) + 0.5)
-    assert report.worst_group_accuracy == 1.0
+def test_a_group_without_weight_has_no_metrics_and_is_not_the_worst():
+    # as worst_group_accuracy and fit's model selection leave it out
+    w = np.where(G == "a", 0.0, 1.0)
+    report = fairness_report(y=Y, y_pred=P, groups=G, sample_weight=w)
+    assert report.by_group.loc["a"].drop("count").isna().all()
+    assert report.by_group.loc["a", "count"] == 4
+    assert report.worst_group == "b"
+    assert report.worst_group_accuracy == worst_group_accuracy(Y, P, G, sample_weight=w)
+    only_b = fairness_report(y=Y[G == "b"], y_pred=P[G == "b"], groups=G[G == "b"])
+    pd.testing.assert_frame_equal(report.summary, only_b.summary)
+    assert report.disparities == only_b.disparities
+    assert "b" in str(report)
+    with pytest.raises(ValueError, match="sample_weight is 0 for all 10 samples"):
+        fairness_report(y=Y, y_pred=P, groups=G, sample_weight=np.zeros(len(Y)))
 
 
 def test_string_labels_take_the_larger_as_positive_without_an_estimator():
