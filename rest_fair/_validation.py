@@ -34,6 +34,7 @@ __all__ = [
     "check_param",
     "check_params",
     "checked_weights",
+    "refuse_missing",
     "summable_weights",
     "unused_params",
     "warn_unused_params",
@@ -56,6 +57,8 @@ BAD_WEIGHTS = (
     "sample_weight must hold one finite, non-negative weight per sample ({n}); got shape "
     "{shape} or values that are NaN, infinite or negative."
 )
+#: Labels or groups holding NaN, None or pandas.NA.
+MISSING_VALUES = "{what} must not contain missing values (NaN/None); found {count}."
 #: Integers go to numpy and torch as int64: an integer interval ends below this.
 _INT64_END = 2**63
 #: A per-sample input whose length differs from X's (checked by ``_inputs`` and ``text``).
@@ -231,3 +234,12 @@ def checked_weights(sample_weight: Any, n: int) -> np.ndarray:
     if weights.shape != (n,) or not np.all(np.isfinite(weights)) or np.any(weights < 0):
         raise ValueError(BAD_WEIGHTS.format(n=n, shape=weights.shape))
     return summable_weights(weights)
+
+
+def refuse_missing(values: np.ndarray, what: str) -> None:
+    """Raise :data:`MISSING_VALUES` naming ``what`` if ``values`` hold NaN, None or pandas.NA."""
+    import pandas as pd
+
+    count = int(np.count_nonzero(pd.isna(values)))
+    if count:
+        raise ValueError(MISSING_VALUES.format(what=what, count=count))

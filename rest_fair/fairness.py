@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 from numpy.typing import ArrayLike
 
-from ._validation import checked_weights
+from ._validation import checked_weights, refuse_missing
 
 __all__ = ["FairnessReport", "fairness_report"]
 
@@ -263,7 +263,10 @@ def _predictions(
         if X is None:
             raise ValueError(_NEED_X)
         y_pred = estimator.predict(X)
-    return np.asarray(y).ravel(), np.asarray(y_pred).ravel()
+    y_true, y_hat = np.asarray(y).ravel(), np.asarray(y_pred).ravel()
+    refuse_missing(y_true, "y")
+    refuse_missing(y_hat, "y_pred")
+    return y_true, y_hat
 
 
 def _sensitive(groups: Any) -> Any:

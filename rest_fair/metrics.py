@@ -18,7 +18,7 @@ from numpy.typing import ArrayLike
 from sklearn.utils.validation import column_or_1d
 
 from ._lazy import lazy_attributes
-from ._validation import checked_weights
+from ._validation import MISSING_VALUES, checked_weights, refuse_missing
 
 if TYPE_CHECKING:  # imported lazily at run time (fairlearn, pandas)
     from .fairness import FairnessReport, fairness_report
@@ -37,7 +37,6 @@ _MIXED_LABELS = (
     "y_true and y_pred must hold labels of one kind (both strings or both numbers); got "
     "dtypes {} and {}."
 )
-_MISSING_GROUPS = "groups must not contain missing values (NaN/None); found {count}."
 _NO_WEIGHT = (
     "sample_weight is 0 for all {n} samples: no group has an accuracy. Give some samples "
     "a positive weight."
@@ -95,10 +94,13 @@ def group_accuracies(y_true: ArrayLike, y_pred: ArrayLike, groups: ArrayLike, *,
     Raises
     ------
     ValueError
-        On a length mismatch, missing group labels, labels of two kinds, invalid weights,
-        or weights that are 0 for every sample (no group has an accuracy).
+        On a length mismatch, missing values (NaN/None) in the labels or groups, labels of
+        two kinds, invalid weights, or weights that are 0 for every sample (no group has an
+        accuracy).
     """
     y_true, y_pred = column_or_1d(y_true, warn=True), column_or_1d(y_pred, warn=True)
+    refuse_missing(y_true, "y_true")
+    refuse_missing(y_pred, "y_pred")
     text = [bool(a.size) and isinstance(a[0], str) for a in (y_true, y_pred)]
     if text[0] != text[1]:
         raise ValueError(_MIXED_LABELS.format(y_true.dtype, y_pred.dtype))
@@ -243,9 +245,9 @@ def _factorize(values: np.ndarray) -> tuple[np.ndarray, list]:
         # missing value inside a tuple is not a missing key to factorize, so look for it here
         missing = pd.isna(values).any(axis=tuple(range(1, values.ndim)))
         if missing.any():
-            raise ValueError(_MISSING_GROUPS.format(count=int(missing.sum())))
+            raise ValueError(MISSING_VALUES.format(what="groups", count=int(missing.sum())))
         values = pd.Series([tuple(row) for row in values], dtype=object)
     codes, uniques = pd.factorize(pd.Series(values))
     if (codes < 0).any():
-        raise ValueError(_MISSING_GROUPS.format(count=int((codes < 0).sum())))
+        raise ValueError(MISSING_VALUES.format(what="groups", count=int((codes < 0).sum())))
     return np.asarray(codes, dtype=np.intp), list(uniques)

@@ -476,3 +476,22 @@ def test_group_labels_are_those_fit_reads_for_rows_of_a_list_and_one_column():
         "f": 0.5, "m": 1.0}
     with pytest.raises(ValueError, match="at least one sample"):  # not numpy's reshape error
         worst_group_accuracy([], [], np.zeros((0, 2)))
+
+
+@pytest.mark.parametrize("missing", [np.nan, None, pd.NA])
+def test_a_missing_label_or_prediction_is_refused_naming_it(missing):
+    # it was scored as a wrong prediction (worst_group_accuracy), or failed in scikit-learn
+    # naming neither argument (fairness_report: "several kinds" for None)
+    for labels, name in ((Y, "y_true"), (P, "y_pred")):
+        holed = labels.astype(object)
+        holed[4] = missing
+        given = {"y_true": Y, "y_pred": P, name: holed}
+        with pytest.raises(ValueError, match=rf"^{name} must not contain missing values"):
+            worst_group_accuracy(given["y_true"], given["y_pred"], G)
+        report_name = "y" if name == "y_true" else name
+        with pytest.raises(ValueError, match=rf"^{report_name} must not contain missing"):
+            fairness_report(y=given["y_true"], y_pred=given["y_pred"], groups=G)
+    nullable = pd.array(Y, dtype="Int64")
+    nullable[0] = pd.NA
+    with pytest.raises(ValueError, match=r"y_true must not contain missing values .* found 1"):
+        group_accuracies(nullable, P, G)
