@@ -194,6 +194,8 @@ def fairness_report(
     if len(y_true) == 0:
         raise ValueError(_NO_SAMPLES)
 
+    if isinstance(y_true[0], str) != isinstance(y_hat[0], str):  # numpy would cast to str
+        raise ValueError(_UNORDERED_LABELS)
     try:
         present = np.unique(np.concatenate([y_true, y_hat]))
     except TypeError:  # labels that do not compare, e.g. strings beside numbers
