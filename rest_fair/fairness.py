@@ -189,6 +189,7 @@ def fairness_report(
 
     y_true, y_hat = _predictions(estimator, X, y, y_pred)
     sensitive = _sensitive(groups)
+    refuse_missing(sensitive, "groups")
     if not (len(y_true) == len(y_hat) == len(sensitive)):
         raise ValueError(_LENGTHS.format((len(y_true), len(y_hat), len(sensitive))))
     if len(y_true) == 0:

@@ -166,6 +166,9 @@ def test_group_metrics_refuse_mixed_label_kinds_and_read_intersections():
 def test_missing_group_labels_are_refused_by_name(missing):
     with pytest.raises(ValueError, match=r"groups must not contain missing values .*found 1"):
         group_accuracies([0, 1, 1], [0, 1, 0], [missing, 1, 1])
+    for groups in ([missing, 1, 1], {"sex": ["f", "m", "m"], "age": [missing, 1, 1]}):
+        with pytest.raises(ValueError, match=r"groups must not contain missing values .*found 1"):
+            fairness_report(y=[0, 1, 1], y_pred=[0, 1, 0], groups=groups)
 
 
 def test_scorer_needs_routing_and_groups():
