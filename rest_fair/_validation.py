@@ -57,6 +57,10 @@ BAD_WEIGHTS = (
     "sample_weight must hold one finite, non-negative weight per sample ({n}); got shape "
     "{shape} or values that are NaN, infinite or negative."
 )
+#: Groups that are neither one label per sample nor one column per attribute.
+BAD_GROUPS_SHAPE = (
+    "groups must be 1-D (one label per sample) or 2-D (one column per attribute); got {value}."
+)
 #: Labels or groups holding NaN, None or pandas.NA.
 MISSING_VALUES = "{what} must not contain missing values (NaN/None); found {count}."
 #: Integers go to numpy and torch as int64: an integer interval ends below this.

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 from numpy.typing import ArrayLike
 
-from ._validation import checked_weights, refuse_missing
+from ._validation import BAD_GROUPS_SHAPE, checked_weights, refuse_missing
 
 __all__ = ["FairnessReport", "fairness_report"]
 
@@ -286,6 +286,8 @@ def _sensitive(groups: Any) -> Any:
     arr = np.asarray(groups, dtype=object if isinstance(groups, (list, tuple)) else None)
     if arr.ndim == 2 and arr.shape[1] == 1:
         arr = arr[:, 0]
+    if arr.ndim not in (1, 2):
+        raise ValueError(BAD_GROUPS_SHAPE.format(value=f"shape {arr.shape}"))
     if arr.ndim == 2:
         return pd.DataFrame(arr, columns=[f"sensitive_feature_{i}" for i in range(arr.shape[1])])
     return pd.Series(arr, name="group")

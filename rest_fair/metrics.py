@@ -18,7 +18,7 @@ from numpy.typing import ArrayLike
 from sklearn.utils.validation import column_or_1d
 
 from ._lazy import lazy_attributes
-from ._validation import MISSING_VALUES, checked_weights, refuse_missing
+from ._validation import BAD_GROUPS_SHAPE, MISSING_VALUES, checked_weights, refuse_missing
 
 if TYPE_CHECKING:  # imported lazily at run time (fairlearn, pandas)
     from .fairness import FairnessReport, fairness_report
@@ -112,6 +112,8 @@ def group_accuracies(y_true: ArrayLike, y_pred: ArrayLike, groups: ArrayLike, *,
     groups = np.asarray(groups, dtype=object if isinstance(groups, (list, tuple)) else None)
     if groups.ndim == 2 and groups.shape[1] == 1:  # one column: its values, as fit reads it
         groups = groups[:, 0]
+    if groups.ndim not in (1, 2):  # a string, None, or an image per sample
+        raise ValueError(BAD_GROUPS_SHAPE.format(value=f"shape {groups.shape}"))
     if not (len(y_true) == len(y_pred) == len(groups)):
         raise ValueError(_LENGTH_MISMATCH.format((len(y_true), len(y_pred), len(groups))))
     codes, labels = _factorize(groups)

@@ -171,6 +171,14 @@ def test_missing_group_labels_are_refused_by_name(missing):
             fairness_report(y=[0, 1, 1], y_pred=[0, 1, 0], groups=groups)
 
 
+@pytest.mark.parametrize("groups", ["aaaaabbbbb", None, np.zeros((10, 1, 2))])
+def test_groups_neither_1d_nor_2d_are_refused_naming_their_shape(groups):
+    with pytest.raises(ValueError, match=r"groups must be 1-D .* or 2-D .*; got shape \("):
+        worst_group_accuracy(Y, P, groups)
+    with pytest.raises(ValueError, match=r"groups must be 1-D .* or 2-D .*; got shape \("):
+        fairness_report(y=Y, y_pred=P, groups=groups)
+
+
 def test_scorer_needs_routing_and_groups():
     with pytest.raises(RuntimeError, match="enable_metadata_routing"):
         make_worst_group_scorer()
