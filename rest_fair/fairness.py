@@ -242,7 +242,7 @@ def fairness_report(
             sample_params=sample_params,
         )
     accuracy = frame.by_group["accuracy"]
-    worst = accuracy.idxmin()
+    worst = accuracy.index.tolist()[accuracy.argmin()]  # Python scalars, not numpy's
     return FairnessReport(
         frame=frame,
         summary=_summary(frame),

@@ -508,3 +508,12 @@ def test_a_missing_label_or_prediction_is_refused_naming_it(missing):
     nullable[0] = pd.NA
     with pytest.raises(ValueError, match=r"y_true must not contain missing values .* found 1"):
         group_accuracies(nullable, P, G)
+
+
+def test_the_worst_group_holds_python_values_as_group_accuracies_keys_do():
+    g = (G == "b").astype(np.int64)
+    for groups, worst in ((g, 0), ({"s": G, "g": g}, ("a", 0)), ([("a", 0)] * 4 + [("b", 1)] * 6,
+                                                              ("a", 0))):
+        report = fairness_report(y=Y, y_pred=P, groups=groups)
+        assert repr(report.worst_group) == repr(worst)
+        assert worst in group_accuracies(Y, P, groups)
