@@ -33,6 +33,7 @@ __all__ = [
     "TypeOf",
     "check_param",
     "check_params",
+    "checked_labels",
     "checked_weights",
     "refuse_missing",
     "summable_weights",
@@ -60,6 +61,11 @@ BAD_WEIGHTS = (
 #: Groups that are neither one label per sample nor one column per attribute.
 BAD_GROUPS_SHAPE = (
     "groups must be 1-D (one label per sample) or 2-D (one column per attribute); got {value}."
+)
+#: Labels that are not one per sample.
+BAD_LABELS_SHAPE = (
+    "{what} must hold one label per sample (shape (n_samples,) or (n_samples, 1)); got shape "
+    "{shape}. Class probabilities or one-hot rows? Pass the labels, e.g. estimator.predict(X)."
 )
 #: Labels or groups holding NaN, None or pandas.NA.
 MISSING_VALUES = "{what} must not contain missing values (NaN/None); found {count}."
@@ -247,3 +253,13 @@ def refuse_missing(values: np.ndarray, what: str) -> None:
     count = int(np.count_nonzero(pd.isna(values)))
     if count:
         raise ValueError(MISSING_VALUES.format(what=what, count=count))
+
+
+def checked_labels(labels: Any, what: str) -> np.ndarray:
+    """``labels`` as an array, refused naming ``what`` if it holds more than one column
+    (:data:`BAD_LABELS_SHAPE`) or a missing value (:func:`refuse_missing`)."""
+    array = np.asarray(labels)
+    if array.ndim > 2 or (array.ndim == 2 and array.shape[1] != 1):
+        raise ValueError(BAD_LABELS_SHAPE.format(what=what, shape=array.shape))
+    refuse_missing(array, what)
+    return array

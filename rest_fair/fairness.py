@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 from numpy.typing import ArrayLike
 
-from ._validation import BAD_GROUPS_SHAPE, checked_weights, refuse_missing
+from ._validation import BAD_GROUPS_SHAPE, checked_labels, checked_weights, refuse_missing
 
 __all__ = ["FairnessReport", "fairness_report"]
 
@@ -266,10 +266,7 @@ def _predictions(
         if X is None:
             raise ValueError(_NEED_X)
         y_pred = estimator.predict(X)
-    y_true, y_hat = np.asarray(y).ravel(), np.asarray(y_pred).ravel()
-    refuse_missing(y_true, "y")
-    refuse_missing(y_hat, "y_pred")
-    return y_true, y_hat
+    return checked_labels(y, "y").ravel(), checked_labels(y_pred, "y_pred").ravel()
 
 
 def _sensitive(groups: Any) -> Any:

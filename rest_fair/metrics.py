@@ -18,7 +18,12 @@ from numpy.typing import ArrayLike
 from sklearn.utils.validation import column_or_1d
 
 from ._lazy import lazy_attributes
-from ._validation import BAD_GROUPS_SHAPE, MISSING_VALUES, checked_weights, refuse_missing
+from ._validation import (
+    BAD_GROUPS_SHAPE,
+    MISSING_VALUES,
+    checked_labels,
+    checked_weights,
+)
 
 if TYPE_CHECKING:  # imported lazily at run time (fairlearn, pandas)
     from .fairness import FairnessReport, fairness_report
@@ -94,13 +99,12 @@ def group_accuracies(y_true: ArrayLike, y_pred: ArrayLike, groups: ArrayLike, *,
     Raises
     ------
     ValueError
-        On a length mismatch, missing values (NaN/None) in the labels or groups, labels of
-        two kinds, invalid weights, or weights that are 0 for every sample (no group has an
-        accuracy).
+        On a length mismatch, labels of more than one column, missing values (NaN/None) in
+        the labels or groups, labels of two kinds, invalid weights, or weights that are 0 for
+        every sample (no group has an accuracy).
     """
-    y_true, y_pred = column_or_1d(y_true, warn=True), column_or_1d(y_pred, warn=True)
-    refuse_missing(y_true, "y_true")
-    refuse_missing(y_pred, "y_pred")
+    y_true = column_or_1d(checked_labels(y_true, "y_true"), warn=True)
+    y_pred = column_or_1d(checked_labels(y_pred, "y_pred"), warn=True)
     text = [bool(a.size) and isinstance(a[0], str) for a in (y_true, y_pred)]
     if text[0] != text[1]:
         raise ValueError(_MIXED_LABELS.format(y_true.dtype, y_pred.dtype))

@@ -517,3 +517,15 @@ def test_the_worst_group_holds_python_values_as_group_accuracies_keys_do():
         report = fairness_report(y=Y, y_pred=P, groups=groups)
         assert repr(report.worst_group) == repr(worst)
         assert worst in group_accuracies(Y, P, groups)
+
+
+def test_labels_of_several_columns_are_refused_naming_them():
+    # fairness_report read class probabilities as twice the samples ("same number of samples")
+    proba = np.eye(2)[P]
+    with pytest.raises(ValueError, match=r"^y_pred must hold one label per sample .* \(10, 2\)"):
+        worst_group_accuracy(Y, proba, G)
+    with pytest.raises(ValueError, match=r"^y_pred must hold one label per sample .* \(10, 2\)"):
+        fairness_report(y=Y, y_pred=proba, groups=G)
+    with pytest.raises(ValueError, match=r"^y must hold one label per sample .* \(5, 2\)"):
+        fairness_report(y=np.eye(2)[Y[:5]], y_pred=P, groups=G)
+    assert fairness_report(y=Y[:, None], y_pred=P[:, None], groups=G).worst_group_accuracy == 0.5
