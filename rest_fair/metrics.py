@@ -38,6 +38,10 @@ __all__ = [
 ]
 
 _LENGTH_MISMATCH = "y_true, y_pred and groups must have the same length; got {}."
+_DICT_NOT_SPLIT = (
+    " A dict of columns is passed whole by scikit-learn's cross-validation and searches, "
+    "which split only arrays and DataFrames: pass pandas.DataFrame(groups) there."
+)
 _MIXED_LABELS = (
     "y_true and y_pred must hold labels of one kind (both strings or both numbers); got "
     "dtypes {} and {}."
@@ -108,7 +112,8 @@ def group_accuracies(y_true: ArrayLike, y_pred: ArrayLike, groups: ArrayLike, *,
     text = [bool(a.size) and isinstance(a[0], str) for a in (y_true, y_pred)]
     if text[0] != text[1]:
         raise ValueError(_MIXED_LABELS.format(y_true.dtype, y_pred.dtype))
-    if isinstance(groups, Mapping):
+    columns = isinstance(groups, Mapping)
+    if columns:
         import pandas as pd
 
         groups = pd.DataFrame({name: np.asarray(col) for name, col in groups.items()})
@@ -119,7 +124,8 @@ def group_accuracies(y_true: ArrayLike, y_pred: ArrayLike, groups: ArrayLike, *,
     if groups.ndim not in (1, 2):  # a string, None, or an image per sample
         raise ValueError(BAD_GROUPS_SHAPE.format(value=f"shape {groups.shape}"))
     if not (len(y_true) == len(y_pred) == len(groups)):
-        raise ValueError(_LENGTH_MISMATCH.format((len(y_true), len(y_pred), len(groups))))
+        raise ValueError(_LENGTH_MISMATCH.format((len(y_true), len(y_pred), len(groups)))
+                         + (_DICT_NOT_SPLIT if columns else ""))
     codes, labels = _factorize(groups)
     correct = (y_true == y_pred).astype(np.float64)
     if sample_weight is None:

@@ -404,6 +404,22 @@ def test_weighted_scorer_gets_groups_and_weights_in_cross_validate():
                            params={"groups": g, "sample_weight": w})
 
 
+def test_scorer_given_a_whole_dict_of_group_columns_says_to_pass_a_dataframe():
+    # scikit-learn slices arrays and DataFrames per fold, not a dict of columns
+    from sklearn.model_selection import KFold, cross_validate
+
+    X, y, g, _ = _routed_data()
+    columns = {"g": g, "h": y}
+    with sklearn.config_context(enable_metadata_routing=True):
+        est = _Fixed().set_fit_request(groups=False)
+        with pytest.raises(ValueError, match=r"pass pandas\.DataFrame\(groups\) there"):
+            cross_validate(est, X, y, cv=KFold(2), scoring=make_worst_group_scorer(),
+                           params={"groups": columns}, error_score="raise")
+        scores = cross_validate(est, X, y, cv=KFold(2), scoring=make_worst_group_scorer(),
+                                params={"groups": pd.DataFrame(columns)})["test_score"]
+    assert np.all(np.isfinite(scores))
+
+
 def test_scorer_told_not_to_weigh_scores_unweighted_where_a_search_passes_weights():
     from sklearn.exceptions import UnsetMetadataPassedError
     from sklearn.model_selection import KFold, cross_validate
