@@ -60,7 +60,8 @@ BAD_WEIGHTS = (
 )
 #: Groups that are neither one label per sample nor one column per attribute.
 BAD_GROUPS_SHAPE = (
-    "groups must be 1-D (one label per sample) or 2-D (one column per attribute); got {value}."
+    "groups must be 1-D (one label per sample) or 2-D (one column per attribute, at least "
+    "one); got shape {shape}."
 )
 #: Labels that are not one per sample.
 BAD_LABELS_SHAPE = (

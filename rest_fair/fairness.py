@@ -275,6 +275,8 @@ def _sensitive(groups: Any) -> Any:
     if isinstance(groups, Mapping):
         groups = pd.DataFrame({k: np.asarray(v) for k, v in groups.items()})
     if isinstance(groups, pd.DataFrame):
+        if groups.shape[1] == 0:
+            raise ValueError(BAD_GROUPS_SHAPE.format(shape=groups.shape))
         return groups.reset_index(drop=True).rename(columns=str)
     if isinstance(groups, pd.Series):
         series = groups.reset_index(drop=True)
@@ -283,8 +285,8 @@ def _sensitive(groups: Any) -> Any:
     arr = np.asarray(groups, dtype=object if isinstance(groups, (list, tuple)) else None)
     if arr.ndim == 2 and arr.shape[1] == 1:
         arr = arr[:, 0]
-    if arr.ndim not in (1, 2):
-        raise ValueError(BAD_GROUPS_SHAPE.format(value=f"shape {arr.shape}"))
+    if arr.ndim not in (1, 2) or arr.shape[1:] == (0,):
+        raise ValueError(BAD_GROUPS_SHAPE.format(shape=arr.shape))
     if arr.ndim == 2:
         return pd.DataFrame(arr, columns=[f"sensitive_feature_{i}" for i in range(arr.shape[1])])
     return pd.Series(arr, name="group")

@@ -121,8 +121,8 @@ def group_accuracies(y_true: ArrayLike, y_pred: ArrayLike, groups: ArrayLike, *,
     groups = np.asarray(groups, dtype=object if isinstance(groups, (list, tuple)) else None)
     if groups.ndim == 2 and groups.shape[1] == 1:  # one column: its values, as fit reads it
         groups = groups[:, 0]
-    if groups.ndim not in (1, 2):  # a string, None, or an image per sample
-        raise ValueError(BAD_GROUPS_SHAPE.format(value=f"shape {groups.shape}"))
+    if groups.ndim not in (1, 2) or groups.shape[1:] == (0,):  # a string, no column, ...
+        raise ValueError(BAD_GROUPS_SHAPE.format(shape=groups.shape))
     if not (len(y_true) == len(y_pred) == len(groups)):
         raise ValueError(_LENGTH_MISMATCH.format((len(y_true), len(y_pred), len(groups)))
                          + (_DICT_NOT_SPLIT if columns else ""))

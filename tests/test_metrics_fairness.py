@@ -171,7 +171,8 @@ def test_missing_group_labels_are_refused_by_name(missing):
             fairness_report(y=[0, 1, 1], y_pred=[0, 1, 0], groups=groups)
 
 
-@pytest.mark.parametrize("groups", ["aaaaabbbbb", None, np.zeros((10, 1, 2))])
+@pytest.mark.parametrize("groups", ["aaaaabbbbb", None, np.zeros((10, 1, 2)), np.zeros((10, 0)),
+                                    pd.DataFrame(index=range(10)), {}])
 def test_groups_neither_1d_nor_2d_are_refused_naming_their_shape(groups):
     with pytest.raises(ValueError, match=r"groups must be 1-D .* or 2-D .*; got shape \("):
         worst_group_accuracy(Y, P, groups)
