@@ -33,7 +33,9 @@ __all__ = [
     "TypeOf",
     "check_param",
     "check_params",
+    "checked_labels",
     "checked_weights",
+    "refuse_missing",
     "summable_weights",
     "unused_params",
     "warn_unused_params",
@@ -56,6 +58,18 @@ BAD_WEIGHTS = (
     "sample_weight must hold one finite, non-negative weight per sample ({n}); got shape "
     "{shape} or values that are NaN, infinite or negative."
 )
+#: Groups that are neither one label per sample nor one column per attribute.
+BAD_GROUPS_SHAPE = (
+    "groups must be 1-D (one label per sample) or 2-D (one column per attribute, at least "
+    "one); got shape {shape}."
+)
+#: Labels that are not one per sample.
+BAD_LABELS_SHAPE = (
+    "{what} must hold one label per sample (shape (n_samples,) or (n_samples, 1)); got shape "
+    "{shape}. Class probabilities or one-hot rows? Pass the labels, e.g. estimator.predict(X)."
+)
+#: Labels or groups holding NaN, None or pandas.NA.
+MISSING_VALUES = "{what} must not contain missing values (NaN/None); found {count}."
 #: Integers go to numpy and torch as int64: an integer interval ends below this.
 _INT64_END = 2**63
 #: A per-sample input whose length differs from X's (checked by ``_inputs`` and ``text``).
@@ -231,3 +245,22 @@ def checked_weights(sample_weight: Any, n: int) -> np.ndarray:
     if weights.shape != (n,) or not np.all(np.isfinite(weights)) or np.any(weights < 0):
         raise ValueError(BAD_WEIGHTS.format(n=n, shape=weights.shape))
     return summable_weights(weights)
+
+
+def refuse_missing(values: np.ndarray, what: str) -> None:
+    """Raise :data:`MISSING_VALUES` naming ``what`` if ``values`` hold NaN, None or pandas.NA."""
+    import pandas as pd
+
+    count = int(np.count_nonzero(pd.isna(values)))
+    if count:
+        raise ValueError(MISSING_VALUES.format(what=what, count=count))
+
+
+def checked_labels(labels: Any, what: str) -> np.ndarray:
+    """``labels`` as an array, refused naming ``what`` if it holds more than one column
+    (:data:`BAD_LABELS_SHAPE`) or a missing value (:func:`refuse_missing`)."""
+    array = np.asarray(labels)
+    if array.ndim > 2 or (array.ndim == 2 and array.shape[1] != 1):
+        raise ValueError(BAD_LABELS_SHAPE.format(what=what, shape=array.shape))
+    refuse_missing(array, what)
+    return array

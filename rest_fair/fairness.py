@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 from numpy.typing import ArrayLike
 
-from ._validation import checked_weights
+from ._validation import BAD_GROUPS_SHAPE, checked_labels, checked_weights, refuse_missing
 
 __all__ = ["FairnessReport", "fairness_report"]
 
@@ -25,9 +25,9 @@ _BOTH_PRED = "Pass either `estimator` (with `X`) or `y_pred`, not both."
 _NEED_X = "`X` is required to predict with `estimator`."
 _NEED_Y = "`y` (the true labels) is required."
 _NO_SAMPLES = "fairness_report needs at least one sample; got none."
-_ZERO_WEIGHT_GROUPS = (
-    "sample_weight is 0 for every sample of groups {groups}: their metrics would be "
-    "undefined. Give them some weight, or leave their samples out."
+_NO_WEIGHT = (
+    "sample_weight is 0 for all {n} samples: no group has a metric. Give some samples a "
+    "positive weight."
 )
 _LENGTHS = "y, y_pred and groups must have the same number of samples; got {}."
 _BAD_POS_LABEL = "pos_label={!r} is not one of the labels {}."
@@ -159,7 +159,10 @@ def fairness_report(
         task with more labels). Default: ``estimator.classes_[1]`` when available, else the
         larger of the two labels.
     sample_weight : array-like of shape (n_samples,), optional
-        Sample weights passed to every metric (``count`` stays a plain count).
+        Sample weights passed to every metric (``count`` stays a plain count). A group whose
+        samples all weigh 0 has NaN metrics and takes no part in the worst group and the
+        gaps, as :func:`~rest_fair.metrics.worst_group_accuracy` and ``fit``'s model
+        selection leave it out; weights 0 for every sample are an error.
     labels : array-like, optional
         Every class of the problem, as ``labels`` of :mod:`sklearn.metrics` (e.g. a
         classifier's ``classes_``). It decides whether the task is binary, also when the
@@ -186,11 +189,14 @@ def fairness_report(
 
     y_true, y_hat = _predictions(estimator, X, y, y_pred)
     sensitive = _sensitive(groups)
+    refuse_missing(sensitive, "groups")
     if not (len(y_true) == len(y_hat) == len(sensitive)):
         raise ValueError(_LENGTHS.format((len(y_true), len(y_hat), len(sensitive))))
     if len(y_true) == 0:
         raise ValueError(_NO_SAMPLES)
 
+    if isinstance(y_true[0], str) != isinstance(y_hat[0], str):  # numpy would cast to str
+        raise ValueError(_UNORDERED_LABELS)
     try:
         present = np.unique(np.concatenate([y_true, y_hat]))
     except TypeError:  # labels that do not compare, e.g. strings beside numbers
@@ -220,11 +226,8 @@ def fairness_report(
     sample_params = None
     if sample_weight is not None:
         w = checked_weights(sample_weight, len(y_true))
-        keys = (list(sensitive.itertuples(index=False, name=None))
-                if isinstance(sensitive, pd.DataFrame) else list(sensitive))
-        totals = pd.Series(w).groupby(pd.Series(keys, dtype=object), dropna=False).sum()
-        if (totals <= 0).any():
-            raise ValueError(_ZERO_WEIGHT_GROUPS.format(groups=list(totals.index[totals <= 0])))
+        if not np.any(w > 0):
+            raise ValueError(_NO_WEIGHT.format(n=len(w)))
         sample_params = {name: {"sample_weight": w} for name in metrics if name != "count"}
 
     with warnings.catch_warnings():
@@ -239,7 +242,7 @@ def fairness_report(
             sample_params=sample_params,
         )
     accuracy = frame.by_group["accuracy"]
-    worst = accuracy.idxmin()
+    worst = accuracy.index.tolist()[accuracy.argmin()]  # Python scalars, not numpy's
     return FairnessReport(
         frame=frame,
         summary=_summary(frame),
@@ -263,7 +266,7 @@ def _predictions(
         if X is None:
             raise ValueError(_NEED_X)
         y_pred = estimator.predict(X)
-    return np.asarray(y).ravel(), np.asarray(y_pred).ravel()
+    return checked_labels(y, "y").ravel(), checked_labels(y_pred, "y_pred").ravel()
 
 
 def _sensitive(groups: Any) -> Any:
@@ -272,6 +275,8 @@ def _sensitive(groups: Any) -> Any:
     if isinstance(groups, Mapping):
         groups = pd.DataFrame({k: np.asarray(v) for k, v in groups.items()})
     if isinstance(groups, pd.DataFrame):
+        if groups.shape[1] == 0:
+            raise ValueError(BAD_GROUPS_SHAPE.format(shape=groups.shape))
         return groups.reset_index(drop=True).rename(columns=str)
     if isinstance(groups, pd.Series):
         series = groups.reset_index(drop=True)
@@ -280,6 +285,8 @@ def _sensitive(groups: Any) -> Any:
     arr = np.asarray(groups, dtype=object if isinstance(groups, (list, tuple)) else None)
     if arr.ndim == 2 and arr.shape[1] == 1:
         arr = arr[:, 0]
+    if arr.ndim not in (1, 2) or arr.shape[1:] == (0,):
+        raise ValueError(BAD_GROUPS_SHAPE.format(shape=arr.shape))
     if arr.ndim == 2:
         return pd.DataFrame(arr, columns=[f"sensitive_feature_{i}" for i in range(arr.shape[1])])
     return pd.Series(arr, name="group")
@@ -306,12 +313,12 @@ def _metric_functions(pos_label: Any) -> dict[str, Callable]:
     from sklearn.metrics import accuracy_score, balanced_accuracy_score
 
     metrics: dict[str, Callable] = {
-        "accuracy": accuracy_score,
-        "balanced_accuracy": balanced_accuracy_score,
+        "accuracy": _rate(accuracy_score, None, undefined=_empty),
+        "balanced_accuracy": _rate(balanced_accuracy_score, None, undefined=_empty),
     }
     if pos_label is not None:
         metrics.update({
-            "selection_rate": _rate(selection_rate, pos_label, undefined=lambda positive: False),
+            "selection_rate": _rate(selection_rate, pos_label, undefined=_empty),
             "true_positive_rate": _rate(true_positive_rate, pos_label,
                                         undefined=lambda positive: not positive.any()),
             "false_positive_rate": _rate(false_positive_rate, pos_label, undefined=np.all),
@@ -323,8 +330,9 @@ def _metric_functions(pos_label: Any) -> dict[str, Callable]:
 def _rate(
     metric: Callable, pos_label: Any, *, undefined: Callable[[np.ndarray], bool]
 ) -> Callable:
-    """``metric`` at ``pos_label``; NaN for a group where ``undefined(y_true == pos_label)``
-    (samples of weight 0 left out: a group whose positives all weigh 0 has no TPR either)."""
+    """``metric`` at ``pos_label`` (``None``: a metric without one); NaN for a group where
+    ``undefined(y_true == pos_label)``, samples of weight 0 left out: a group whose samples
+    all weigh 0 has no metric, and one whose positives all weigh 0 has no TPR either."""
 
     def rate(y_true: ArrayLike, y_pred: ArrayLike, sample_weight: ArrayLike | None = None) -> float:
         positive = np.asarray(y_true) == pos_label
@@ -332,9 +340,14 @@ def _rate(
             positive = positive[np.asarray(sample_weight) > 0]
         if undefined(positive):
             return np.nan
-        return metric(y_true, y_pred, pos_label=pos_label, sample_weight=sample_weight)
+        at = {} if pos_label is None else {"pos_label": pos_label}
+        return metric(y_true, y_pred, sample_weight=sample_weight, **at)
 
     return rate
+
+
+def _empty(positive: np.ndarray) -> bool:
+    return not positive.size
 
 
 def _summary(frame: Any) -> pd.DataFrame:

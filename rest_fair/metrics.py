@@ -18,7 +18,12 @@ from numpy.typing import ArrayLike
 from sklearn.utils.validation import column_or_1d
 
 from ._lazy import lazy_attributes
-from ._validation import checked_weights
+from ._validation import (
+    BAD_GROUPS_SHAPE,
+    MISSING_VALUES,
+    checked_labels,
+    checked_weights,
+)
 
 if TYPE_CHECKING:  # imported lazily at run time (fairlearn, pandas)
     from .fairness import FairnessReport, fairness_report
@@ -33,14 +38,17 @@ __all__ = [
 ]
 
 _LENGTH_MISMATCH = "y_true, y_pred and groups must have the same length; got {}."
+_DICT_NOT_SPLIT = (
+    " A dict of columns is passed whole by scikit-learn's cross-validation and searches, "
+    "which split only arrays and DataFrames: pass pandas.DataFrame(groups) there."
+)
 _MIXED_LABELS = (
     "y_true and y_pred must hold labels of one kind (both strings or both numbers); got "
     "dtypes {} and {}."
 )
-_MISSING_GROUPS = "groups must not contain missing values (NaN/None); found {count}."
-_ZERO_WEIGHT_GROUPS = (
-    "sample_weight is 0 for every sample of groups {groups}: their accuracy would be "
-    "undefined. Give them some weight, or leave their samples out."
+_NO_WEIGHT = (
+    "sample_weight is 0 for all {n} samples: no group has an accuracy. Give some samples "
+    "a positive weight."
 )
 _GROUPS_NOT_ROUTED = (
     "The worst-group accuracy scorer received no `groups`. Enable metadata routing with "
@@ -83,24 +91,29 @@ def group_accuracies(y_true: ArrayLike, y_pred: ArrayLike, groups: ArrayLike, *,
     sample_weight : array-like of shape (n_samples,), optional
         Finite, non-negative weight of each sample: a group's accuracy is then the
         weighted share of its samples predicted correctly (as
-        :func:`sklearn.metrics.accuracy_score` weighs them).
+        :func:`sklearn.metrics.accuracy_score` weighs them), and a group whose samples all
+        weigh 0 has none and is left out, as model selection in ``fit`` leaves it out.
 
     Returns
     -------
     dict
-        Group label -> accuracy (a Python float), for every group with at least one sample.
+        Group label -> accuracy (a Python float), for every group with at least one sample
+        (of positive weight, with ``sample_weight``).
 
     Raises
     ------
     ValueError
-        On a length mismatch, missing group labels, labels of two kinds, invalid weights,
-        or a group whose samples all weigh 0 (its accuracy is undefined).
+        On a length mismatch, labels of more than one column, missing values (NaN/None) in
+        the labels or groups, labels of two kinds, invalid weights, or weights that are 0 for
+        every sample (no group has an accuracy).
     """
-    y_true, y_pred = column_or_1d(y_true, warn=True), column_or_1d(y_pred, warn=True)
+    y_true = column_or_1d(checked_labels(y_true, "y_true"), warn=True)
+    y_pred = column_or_1d(checked_labels(y_pred, "y_pred"), warn=True)
     text = [bool(a.size) and isinstance(a[0], str) for a in (y_true, y_pred)]
     if text[0] != text[1]:
         raise ValueError(_MIXED_LABELS.format(y_true.dtype, y_pred.dtype))
-    if isinstance(groups, Mapping):
+    columns = isinstance(groups, Mapping)
+    if columns:
         import pandas as pd
 
         groups = pd.DataFrame({name: np.asarray(col) for name, col in groups.items()})
@@ -108,8 +121,11 @@ def group_accuracies(y_true: ArrayLike, y_pred: ArrayLike, groups: ArrayLike, *,
     groups = np.asarray(groups, dtype=object if isinstance(groups, (list, tuple)) else None)
     if groups.ndim == 2 and groups.shape[1] == 1:  # one column: its values, as fit reads it
         groups = groups[:, 0]
+    if groups.ndim not in (1, 2) or groups.shape[1:] == (0,):  # a string, no column, ...
+        raise ValueError(BAD_GROUPS_SHAPE.format(shape=groups.shape))
     if not (len(y_true) == len(y_pred) == len(groups)):
-        raise ValueError(_LENGTH_MISMATCH.format((len(y_true), len(y_pred), len(groups))))
+        raise ValueError(_LENGTH_MISMATCH.format((len(y_true), len(y_pred), len(groups)))
+                         + (_DICT_NOT_SPLIT if columns else ""))
     codes, labels = _factorize(groups)
     correct = (y_true == y_pred).astype(np.float64)
     if sample_weight is None:
@@ -117,9 +133,8 @@ def group_accuracies(y_true: ArrayLike, y_pred: ArrayLike, groups: ArrayLike, *,
     else:
         weights = checked_weights(sample_weight, len(y_true))
         counts = np.bincount(codes, weights=weights, minlength=len(labels))
-        if np.any(counts <= 0):
-            raise ValueError(_ZERO_WEIGHT_GROUPS.format(
-                groups=[labels[i] for i in np.flatnonzero(counts <= 0)]))
+        if len(weights) and not np.any(counts > 0):
+            raise ValueError(_NO_WEIGHT.format(n=len(weights)))
         correct *= weights
     hits = np.bincount(codes, weights=correct, minlength=len(labels))
     return {label: float(hits[i] / counts[i]) for i, label in enumerate(labels) if counts[i] > 0}
@@ -136,11 +151,18 @@ def worst_group_accuracy(y_true: ArrayLike, y_pred: ArrayLike, groups: ArrayLike
     groups : array-like of shape (n_samples,) or (n_samples, n_columns), or dict of columns
         Group label of each sample, as in :func:`group_accuracies`.
     sample_weight : array-like of shape (n_samples,), optional
-        Weight of each sample, as in :func:`group_accuracies`.
+        Weight of each sample, as in :func:`group_accuracies`: a group whose samples all
+        weigh 0 takes no part, as in the worst-group accuracy by which ``fit`` chooses
+        its epoch.
 
     Returns
     -------
     float
+
+    Raises
+    ------
+    ValueError
+        As :func:`group_accuracies`, and without samples.
     """
     accs = group_accuracies(y_true, y_pred, groups, sample_weight=sample_weight)
     if not accs:
@@ -235,9 +257,9 @@ def _factorize(values: np.ndarray) -> tuple[np.ndarray, list]:
         # missing value inside a tuple is not a missing key to factorize, so look for it here
         missing = pd.isna(values).any(axis=tuple(range(1, values.ndim)))
         if missing.any():
-            raise ValueError(_MISSING_GROUPS.format(count=int(missing.sum())))
+            raise ValueError(MISSING_VALUES.format(what="groups", count=int(missing.sum())))
         values = pd.Series([tuple(row) for row in values], dtype=object)
     codes, uniques = pd.factorize(pd.Series(values))
     if (codes < 0).any():
-        raise ValueError(_MISSING_GROUPS.format(count=int((codes < 0).sum())))
+        raise ValueError(MISSING_VALUES.format(what="groups", count=int((codes < 0).sum())))
     return np.asarray(codes, dtype=np.intp), list(uniques)

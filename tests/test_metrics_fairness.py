@@ -153,6 +153,8 @@ def test_group_accuracies_unchanged():
 def test_group_metrics_refuse_mixed_label_kinds_and_read_intersections():
     with pytest.raises(ValueError, match="labels of one kind"):
         group_accuracies(np.array(["0", "1"]), np.array([0, 1]), [0, 0])
+    with pytest.raises(ValueError, match="labels of one kind"):  # not scikit-learn's error
+        fairness_report(y=np.array([0, 1]), y_pred=np.array(["0", "1"]), groups=[0, 0])
     two_columns = np.array([[0, "a"], [0, "b"], [0, "b"], [1, "a"]], dtype=object)
     assert group_accuracies([1, 1, 0, 1], [1, 0, 0, 1], two_columns) == {
         (0, "a"): 1.0, (0, "b"): 0.5, (1, "a"): 1.0}
@@ -164,6 +166,18 @@ def test_group_metrics_refuse_mixed_label_kinds_and_read_intersections():
 def test_missing_group_labels_are_refused_by_name(missing):
     with pytest.raises(ValueError, match=r"groups must not contain missing values .*found 1"):
         group_accuracies([0, 1, 1], [0, 1, 0], [missing, 1, 1])
+    for groups in ([missing, 1, 1], {"sex": ["f", "m", "m"], "age": [missing, 1, 1]}):
+        with pytest.raises(ValueError, match=r"groups must not contain missing values .*found 1"):
+            fairness_report(y=[0, 1, 1], y_pred=[0, 1, 0], groups=groups)
+
+
+@pytest.mark.parametrize("groups", ["aaaaabbbbb", None, np.zeros((10, 1, 2)), np.zeros((10, 0)),
+                                    pd.DataFrame(index=range(10)), {}])
+def test_groups_neither_1d_nor_2d_are_refused_naming_their_shape(groups):
+    with pytest.raises(ValueError, match=r"groups must be 1-D .* or 2-D .*; got shape \("):
+        worst_group_accuracy(Y, P, groups)
+    with pytest.raises(ValueError, match=r"groups must be 1-D .* or 2-D .*; got shape \("):
+        fairness_report(y=Y, y_pred=P, groups=groups)
 
 
 def test_scorer_needs_routing_and_groups():
@@ -189,13 +203,20 @@ def test_scorer_value_equals_worst_group_accuracy():
         assert scorer(Fixed(), X, Y, groups=G) == pytest.approx(0.5)
 
 
-def test_a_group_without_weight_is_named():
-    rng = np.random.RandomState(0)
-    y, g = rng.randint(0, 2, 50), rng.randint(0, 2, 50)
-    with pytest.raises(ValueError, match=r"sample_weight is 0 for every sample of groups \[1\]"):
-        fairness_report(y=y, y_pred=y, groups=g, sample_weight=(g == 0).astype(float))
-    report = fairness_report(y=y, y_pred=y, groups=g, sample_weight=(g == 0) + 0.5)
-    assert report.worst_group_accuracy == 1.0
+def test_a_group_without_weight_has_no_metrics_and_is_not_the_worst():
+    # as worst_group_accuracy and fit's model selection leave it out
+    w = np.where(G == "a", 0.0, 1.0)
+    report = fairness_report(y=Y, y_pred=P, groups=G, sample_weight=w)
+    assert report.by_group.loc["a"].drop("count").isna().all()
+    assert report.by_group.loc["a", "count"] == 4
+    assert report.worst_group == "b"
+    assert report.worst_group_accuracy == worst_group_accuracy(Y, P, G, sample_weight=w)
+    only_b = fairness_report(y=Y[G == "b"], y_pred=P[G == "b"], groups=G[G == "b"])
+    pd.testing.assert_frame_equal(report.summary, only_b.summary)
+    assert report.disparities == only_b.disparities
+    assert "b" in str(report)
+    with pytest.raises(ValueError, match="sample_weight is 0 for all 10 samples"):
+        fairness_report(y=Y, y_pred=P, groups=G, sample_weight=np.zeros(len(Y)))
 
 
 def test_string_labels_take_the_larger_as_positive_without_an_estimator():
@@ -309,13 +330,22 @@ def test_weights_whose_sum_overflows_give_the_accuracies_of_their_ratios():
         fairness_report(y=Y, y_pred=P, groups=G, sample_weight=w).by_group)
 
 
-def test_weighted_group_accuracies_refuse_bad_weights_and_weightless_groups():
+def test_weighted_group_accuracies_refuse_bad_weights():
     with pytest.raises(ValueError, match=r"one finite, non-negative weight per sample \(10\)"):
         group_accuracies(Y, P, G, sample_weight=np.ones(9))
     with pytest.raises(ValueError, match="non-negative"):
         group_accuracies(Y, P, G, sample_weight=np.where(G == "a", -1.0, 1.0))
-    with pytest.raises(ValueError, match=r"sample_weight is 0 for every sample of groups \['b'\]"):
-        worst_group_accuracy(Y, P, G, sample_weight=(G == "a").astype(float))
+    with pytest.raises(ValueError, match="sample_weight is 0 for all 10 samples"):
+        worst_group_accuracy(Y, P, G, sample_weight=np.zeros(len(Y)))
+
+
+def test_a_group_whose_samples_all_weigh_zero_is_left_out_as_fit_leaves_it_out():
+    # fit's model selection skips such a group (an upweight dict weighing it 0)
+    only_a = (G == "a").astype(float)
+    assert group_accuracies(Y, P, G, sample_weight=only_a) == {"a": 0.5}
+    assert worst_group_accuracy(Y, P, G, sample_weight=only_a) == 0.5
+    assert worst_group_accuracy_score(Y, P, groups=G, sample_weight=2 * only_a) == 0.5
+    assert worst_group_accuracy(Y, P, G, sample_weight=1 - only_a) == pytest.approx(4 / 6)
 
 
 def test_scorer_takes_sample_weight_when_requested():
@@ -373,6 +403,22 @@ def test_weighted_scorer_gets_groups_and_weights_in_cross_validate():
         with pytest.raises(ValueError, match=r"make_worst_group_scorer\(sample_weight=True\)"):
             cross_validate(est, X, y, scoring=replaced, cv=cv, error_score="raise",
                            params={"groups": g, "sample_weight": w})
+
+
+def test_scorer_given_a_whole_dict_of_group_columns_says_to_pass_a_dataframe():
+    # scikit-learn slices arrays and DataFrames per fold, not a dict of columns
+    from sklearn.model_selection import KFold, cross_validate
+
+    X, y, g, _ = _routed_data()
+    columns = {"g": g, "h": y}
+    with sklearn.config_context(enable_metadata_routing=True):
+        est = _Fixed().set_fit_request(groups=False)
+        with pytest.raises(ValueError, match=r"pass pandas\.DataFrame\(groups\) there"):
+            cross_validate(est, X, y, cv=KFold(2), scoring=make_worst_group_scorer(),
+                           params={"groups": columns}, error_score="raise")
+        scores = cross_validate(est, X, y, cv=KFold(2), scoring=make_worst_group_scorer(),
+                                params={"groups": pd.DataFrame(columns)})["test_score"]
+    assert np.all(np.isfinite(scores))
 
 
 def test_scorer_told_not_to_weigh_scores_unweighted_where_a_search_passes_weights():
@@ -460,3 +506,43 @@ def test_group_labels_are_those_fit_reads_for_rows_of_a_list_and_one_column():
         "f": 0.5, "m": 1.0}
     with pytest.raises(ValueError, match="at least one sample"):  # not numpy's reshape error
         worst_group_accuracy([], [], np.zeros((0, 2)))
+
+
+@pytest.mark.parametrize("missing", [np.nan, None, pd.NA])
+def test_a_missing_label_or_prediction_is_refused_naming_it(missing):
+    # it was scored as a wrong prediction (worst_group_accuracy), or failed in scikit-learn
+    # naming neither argument (fairness_report: "several kinds" for None)
+    for labels, name in ((Y, "y_true"), (P, "y_pred")):
+        holed = labels.astype(object)
+        holed[4] = missing
+        given = {"y_true": Y, "y_pred": P, name: holed}
+        with pytest.raises(ValueError, match=rf"^{name} must not contain missing values"):
+            worst_group_accuracy(given["y_true"], given["y_pred"], G)
+        report_name = "y" if name == "y_true" else name
+        with pytest.raises(ValueError, match=rf"^{report_name} must not contain missing"):
+            fairness_report(y=given["y_true"], y_pred=given["y_pred"], groups=G)
+    nullable = pd.array(Y, dtype="Int64")
+    nullable[0] = pd.NA
+    with pytest.raises(ValueError, match=r"y_true must not contain missing values .* found 1"):
+        group_accuracies(nullable, P, G)
+
+
+def test_the_worst_group_holds_python_values_as_group_accuracies_keys_do():
+    g = (G == "b").astype(np.int64)
+    for groups, worst in ((g, 0), ({"s": G, "g": g}, ("a", 0)), ([("a", 0)] * 4 + [("b", 1)] * 6,
+                                                              ("a", 0))):
+        report = fairness_report(y=Y, y_pred=P, groups=groups)
+        assert repr(report.worst_group) == repr(worst)
+        assert worst in group_accuracies(Y, P, groups)
+
+
+def test_labels_of_several_columns_are_refused_naming_them():
+    # fairness_report read class probabilities as twice the samples ("same number of samples")
+    proba = np.eye(2)[P]
+    with pytest.raises(ValueError, match=r"^y_pred must hold one label per sample .* \(10, 2\)"):
+        worst_group_accuracy(Y, proba, G)
+    with pytest.raises(ValueError, match=r"^y_pred must hold one label per sample .* \(10, 2\)"):
+        fairness_report(y=Y, y_pred=proba, groups=G)
+    with pytest.raises(ValueError, match=r"^y must hold one label per sample .* \(5, 2\)"):
+        fairness_report(y=np.eye(2)[Y[:5]], y_pred=P, groups=G)
+    assert fairness_report(y=Y[:, None], y_pred=P[:, None], groups=G).worst_group_accuracy == 0.5
