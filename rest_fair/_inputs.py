@@ -24,6 +24,7 @@ from sklearn.utils.validation import _num_samples, column_or_1d, validate_data
 
 from ._data import _first_element, fixed_global_rngs, is_torch_dataset
 from ._validation import BAD_LENGTH
+from .reweighting import group_key
 from .text import fit_text_input, text_input
 
 __all__ = ["FitData", "check_inputs", "check_sample_weight", "check_x", "encode_groups", "take"]
@@ -495,6 +496,8 @@ def _check_validation(
                 val=columns[0], val_shape=_group_shape(groups_val), train=columns[1],
                 train_shape=_group_shape(groups[0])))
         _check_types(g_labels, groups[1], "groups")
+        known = set(groups[1])  # a label equal to a training one of another type is that one
+        g_labels = [v if (key := group_key(known, v)) is None else key for v in g_labels]
     return (X_val, np.searchsorted(classes, y_val), g_codes), g_labels
 
 

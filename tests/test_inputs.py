@@ -787,3 +787,16 @@ def test_numpy_and_pandas_scalars_are_labelled_by_their_python_values(given, lab
     assert [type(v) for g in got if isinstance(g, tuple) for v in g] == [int] * 4 * (
         np.ndim(given) == 2)
     assert codes.tolist() == [1, 0]
+
+
+def test_validation_groups_of_pandas_dates_are_the_training_groups_of_numpy_dates(small):
+    # a nanosecond date hashes otherwise as np.datetime64 and as pandas.Timestamp: the
+    # validation groups were named as groups without validation samples
+    X, y = small
+    stamps = _STAMPS[np.arange(len(y)) % 2]
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*no validation samples")
+        clf = _clf(upweight={pd.Timestamp(_STAMPS[0]): 2.0, pd.Timestamp(_STAMPS[1]): 0.5}).fit(
+            X, y, groups=stamps, validation_data=(X, y, pd.Series(stamps)))
+    assert [type(g) for g in clf.groups_] == [np.datetime64] * 2
+    assert sorted(clf.group_weights_.values()) == [0.5, 0.5, 2.0, 2.0]
