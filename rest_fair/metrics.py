@@ -100,6 +100,8 @@ def group_accuracies(y_true: ArrayLike, y_pred: ArrayLike, groups: ArrayLike, *,
     text = [bool(a.size) and isinstance(a[0], str) for a in (y_true, y_pred)]
     if text[0] != text[1]:
         raise ValueError(_MIXED_LABELS.format(y_true.dtype, y_pred.dtype))
+    # numpy's dates stay numpy's, of their unit, as fit labels them (pandas' are Timestamps)
+    numpy_dates = isinstance(groups, np.ndarray) and groups.dtype.kind in "mM"
     if isinstance(groups, Mapping):
         import pandas as pd
 
@@ -110,7 +112,7 @@ def group_accuracies(y_true: ArrayLike, y_pred: ArrayLike, groups: ArrayLike, *,
         groups = groups[:, 0]
     if not (len(y_true) == len(y_pred) == len(groups)):
         raise ValueError(_LENGTH_MISMATCH.format((len(y_true), len(y_pred), len(groups))))
-    codes, labels = _factorize(groups)
+    codes, labels = _factorize(groups, numpy_dates=numpy_dates)
     correct = (y_true == y_pred).astype(np.float64)
     if sample_weight is None:
         counts = np.bincount(codes, minlength=len(labels))
@@ -227,7 +229,7 @@ def make_worst_group_scorer(*, sample_weight: bool | None = None) -> Any:
         groups=True, sample_weight=None if sample_weight is None else bool(sample_weight))
 
 
-def _factorize(values: np.ndarray) -> tuple[np.ndarray, list]:
+def _factorize(values: np.ndarray, *, numpy_dates: bool = False) -> tuple[np.ndarray, list]:
     import pandas as pd
 
     if values.ndim > 1:
@@ -237,7 +239,8 @@ def _factorize(values: np.ndarray) -> tuple[np.ndarray, list]:
         if missing.any():
             raise ValueError(_MISSING_GROUPS.format(count=int(missing.sum())))
         values = pd.Series([tuple(row) for row in values], dtype=object)
-    codes, uniques = pd.factorize(pd.Series(values))
+    codes, uniques = pd.factorize(values if numpy_dates and values.ndim == 1
+                                  else pd.Series(values))
     if (codes < 0).any():
         raise ValueError(_MISSING_GROUPS.format(count=int((codes < 0).sum())))
     return np.asarray(codes, dtype=np.intp), list(uniques)
