@@ -46,7 +46,7 @@ from .persistence.checkpoint import (
     read_checkpoint,
     saved_fingerprint,
 )
-from .reweighting import cell_weights, minority_mask, sample_weights_for
+from .reweighting import cell_weights, group_key, minority_mask, sample_weights_for
 from .sparse.modules import set_submodule
 from .training import (
     EpochSampler,
@@ -281,8 +281,9 @@ def _weighed_zero(upweight: Any, labels: list | None) -> np.ndarray:
     """The codes of the groups ``labels`` that an ``upweight`` dict weighs 0."""
     if not isinstance(upweight, Mapping) or labels is None:
         return np.zeros(0, dtype=np.int64)
-    return np.array([code for code, label in enumerate(labels)
-                     if isinstance(upweight.get(label), Real) and upweight[label] == 0],
+    weights = [None if (key := group_key(upweight, label)) is None else upweight[key]
+               for label in labels]
+    return np.array([code for code, w in enumerate(weights) if isinstance(w, Real) and w == 0],
                     dtype=np.int64)
 
 

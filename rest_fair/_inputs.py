@@ -24,6 +24,7 @@ from sklearn.utils.validation import _num_samples, column_or_1d, validate_data
 
 from ._data import _first_element, fixed_global_rngs, is_torch_dataset
 from ._validation import BAD_LENGTH
+from .reweighting import group_key
 from .text import fit_text_input, text_input
 
 __all__ = ["FitData", "check_inputs", "check_sample_weight", "check_x", "encode_groups", "take"]
@@ -495,6 +496,8 @@ def _check_validation(
                 val=columns[0], val_shape=_group_shape(groups_val), train=columns[1],
                 train_shape=_group_shape(groups[0])))
         _check_types(g_labels, groups[1], "groups")
+        known = set(groups[1])  # a label equal to a training one of another type is that one
+        g_labels = [v if (key := group_key(known, v)) is None else key for v in g_labels]
     return (X_val, np.searchsorted(classes, y_val), g_codes), g_labels
 
 
@@ -508,7 +511,7 @@ def _n_columns(labels: list) -> int | None:
 def _group_shape(groups: Any) -> tuple:
     """The shape of ``groups`` as given; a dict of columns's as a DataFrame's."""
     if isinstance(groups, Mapping):
-        return (len(next(iter(groups.values()))), len(groups))
+        return (len(next(iter(groups.values()), ())), len(groups))
     return tuple(np.shape(groups))
 
 
@@ -625,7 +628,9 @@ or dict of columns
     codes : ndarray of int64
         Index into ``labels`` of each sample's group.
     labels : list
-        The distinct group labels, sorted where they can be compared.
+        The distinct group labels, sorted where they can be compared, as given (numpy
+        scalars as Python's, but numpy's dates and durations of their unit, pandas' as
+        ``Timestamp`` / ``Timedelta``; see ``RESTClassifier.groups_``).
     """
     if groups is None:
         return np.zeros(n_samples, dtype=np.int64), [0]
@@ -635,10 +640,12 @@ or dict of columns
 
     if isinstance(groups, (str, bytes)):
         raise ValueError(BAD_GROUPS_TYPE.format(value=groups))
+    columns = None
     if isinstance(groups, Mapping):  # sensitive features by name, as fairlearn takes them
-        groups = pd.DataFrame({k: np.asarray(v) for k, v in groups.items()})
-        if len(groups) != n_samples:  # e.g. a whole data set's, given to one fold's fit
-            raise ValueError(BAD_LENGTH.format(what=what, got=len(groups), n=n_samples)
+        columns = [_column(v) for v in groups.values()]
+        if lengths := [len(c) for c in columns if len(c) != n_samples]:
+            # e.g. a whole data set's, given to one fold's fit
+            raise ValueError(BAD_LENGTH.format(what=what, got=lengths[0], n=n_samples)
                              + DICT_NOT_SPLIT)
 
     ndim = getattr(groups, "ndim", None)
@@ -649,47 +656,68 @@ or dict of columns
             ndim = None
     if ndim is not None and ndim > 2:
         raise ValueError(BAD_GROUP_NDIM.format(shape=np.shape(groups)))
-    if isinstance(groups, pd.DataFrame) or ndim == 2:  # a nested list as its columns too
-        frame = pd.DataFrame(list(groups) if isinstance(groups, (list, tuple)) else groups)
-        if frame.shape[1] == 0:
-            raise ValueError(NO_GROUP_COLUMNS.format(what=what, shape=np.shape(groups)))
-        if frame.shape[1] == 1:
-            series = frame.iloc[:, 0]
+    if columns is not None or isinstance(groups, pd.DataFrame) or ndim == 2:
+        if columns is None:  # a nested list as its columns too
+            columns = ([groups.iloc[:, i] for i in range(groups.shape[1])]
+                       if isinstance(groups, pd.DataFrame) else list(_numpy_groups(groups).T))
+        if not columns:
+            raise ValueError(NO_GROUP_COLUMNS.format(what=what, shape=_group_shape(groups)))
+        if len(columns) == 1:
+            values = columns[0]
         else:
-            if frame.isna().to_numpy().any():
-                count = int(frame.isna().sum().sum())
-                raise ValueError(MISSING_VALUES.format(what=what, count=count))
-            series = pd.Series(list(frame.itertuples(index=False, name=None)))
+            if missing := sum(int(pd.isna(column).sum()) for column in columns):
+                raise ValueError(MISSING_VALUES.format(what=what, count=missing))
+            values = pd.Series(list(zip(*columns, strict=True)), dtype=object)
     elif isinstance(groups, list) and groups and isinstance(groups[0], (list, tuple)):
         rows = [tuple(g) for g in groups]  # ragged: rows of different lengths
         missing = sum(bool(pd.isna(v)) for row in rows for v in row)
         if missing:
             raise ValueError(MISSING_VALUES.format(what=what, count=missing))
-        series = pd.Series(rows)
+        values = pd.Series(rows, dtype=object)
     else:
-        series = pd.Series(np.asarray(groups, dtype=object).ravel()
-                           if not isinstance(groups, pd.Series) else groups.to_numpy())
-    if len(series) != n_samples:
-        raise ValueError(BAD_LENGTH.format(what=what, got=len(series), n=n_samples))
-    missing = int(series.isna().sum())
+        values = _column(groups)
+    if len(values) != n_samples:
+        raise ValueError(BAD_LENGTH.format(what=what, got=len(values), n=n_samples))
+    missing = int(pd.isna(values).sum())
     if missing:
         raise ValueError(MISSING_VALUES.format(what=what, count=missing))
     try:
-        uniques = list(pd.unique(series))
+        codes, uniques = pd.factorize(values)
     except TypeError as exc:  # e.g. a dict or a set as a sample's label
         raise ValueError(UNHASHABLE_GROUPS.format(what=what, problem=exc)) from None
+    uniques = list(uniques)
     try:
-        uniques = sorted(uniques)
-    except TypeError:
-        pass
-    index = pd.Index(uniques, dtype=object, tupleize_cols=False)
-    codes = index.get_indexer(series.to_numpy(dtype=object)).astype(np.int64)
-    return codes, [_plain(u) for u in uniques]
+        order = np.array(sorted(range(len(uniques)), key=uniques.__getitem__), dtype=np.int64)
+    except TypeError:  # labels that cannot be compared keep the order they came in
+        order = np.arange(len(uniques))
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    return rank[codes], [_plain(uniques[i]) for i in order]
+
+
+def _column(groups: Any) -> Any:
+    """One column of group labels: pandas' as a Series (its dates are pandas' Timestamps),
+    anything else as a 1-D numpy array (:func:`_numpy_groups`)."""
+    import pandas as pd
+
+    if isinstance(groups, (pd.Series, pd.Index, pd.api.extensions.ExtensionArray)):
+        return pd.Series(groups)
+    return _numpy_groups(groups).ravel()
+
+
+def _numpy_groups(groups: Any) -> np.ndarray:
+    """``groups`` as a numpy array: an array in its dtype of native byte order (numpy's
+    dates and durations keep their unit), anything else as an array of its objects, which
+    numpy does not convert."""
+    if not isinstance(groups, np.ndarray):
+        return np.asarray(groups, dtype=object)
+    return groups.astype(groups.dtype.newbyteorder("="), copy=False)
 
 
 def _plain(value: Any) -> Hashable:
-    """numpy scalars -> Python scalars, so labels print and compare naturally."""
-    if isinstance(value, np.generic):
+    """numpy scalars -> Python scalars, so labels print and compare naturally; numpy's
+    dates and durations stay numpy's, which hold any unit (Python's stop at microseconds)."""
+    if isinstance(value, np.generic) and not isinstance(value, (np.datetime64, np.timedelta64)):
         return value.item()
     if isinstance(value, tuple):
         return tuple(_plain(v) for v in value)

@@ -422,8 +422,15 @@ class RESTClassifier(ClassifierMixin, BaseEstimator):
     best_epoch_ : int
         Epoch of the kept checkpoint.
     groups_ : list
-        Group labels seen in training; with ``infer_groups="jtt"``, ``[False, True]``
-        (outside and inside the error set), the groups the final model was reweighted by.
+        Group labels seen in training, sorted where they compare; with
+        ``infer_groups="jtt"``, ``[False, True]`` (outside and inside the error set), the
+        groups the final model was reweighted by. Each label is the value given, in one
+        type per input form: numpy's numbers, strings and bytes as their Python values
+        (``np.int8(1)`` as ``1``, equal and of the same hash), numpy's dates and durations
+        as ``np.datetime64`` / ``np.timedelta64`` of their unit, pandas' (a Series, Index,
+        DataFrame column, or a categorical of them) as ``pandas.Timestamp`` /
+        ``pandas.Timedelta``, with their time zone and nanoseconds; a dict of columns
+        labels each column as it would alone, and several columns by tuples of them.
     group_weights_ : dict
         ``(class label, group label) -> weight`` used for reweighting (group labels as in
         ``groups_``).

@@ -112,6 +112,8 @@ def group_accuracies(y_true: ArrayLike, y_pred: ArrayLike, groups: ArrayLike, *,
     text = [bool(a.size) and isinstance(a[0], str) for a in (y_true, y_pred)]
     if text[0] != text[1]:
         raise ValueError(_MIXED_LABELS.format(y_true.dtype, y_pred.dtype))
+    # numpy's dates stay numpy's, of their unit, as fit labels them (pandas' are Timestamps)
+    numpy_dates = isinstance(groups, np.ndarray) and groups.dtype.kind in "mM"
     columns = isinstance(groups, Mapping)
     if columns:
         import pandas as pd
@@ -126,7 +128,7 @@ def group_accuracies(y_true: ArrayLike, y_pred: ArrayLike, groups: ArrayLike, *,
     if not (len(y_true) == len(y_pred) == len(groups)):
         raise ValueError(_LENGTH_MISMATCH.format((len(y_true), len(y_pred), len(groups)))
                          + (_DICT_NOT_SPLIT if columns else ""))
-    codes, labels = _factorize(groups)
+    codes, labels = _factorize(groups, numpy_dates=numpy_dates)
     correct = (y_true == y_pred).astype(np.float64)
     if sample_weight is None:
         counts = np.bincount(codes, minlength=len(labels))
@@ -249,7 +251,7 @@ def make_worst_group_scorer(*, sample_weight: bool | None = None) -> Any:
         groups=True, sample_weight=None if sample_weight is None else bool(sample_weight))
 
 
-def _factorize(values: np.ndarray) -> tuple[np.ndarray, list]:
+def _factorize(values: np.ndarray, *, numpy_dates: bool = False) -> tuple[np.ndarray, list]:
     import pandas as pd
 
     if values.ndim > 1:
@@ -259,7 +261,8 @@ def _factorize(values: np.ndarray) -> tuple[np.ndarray, list]:
         if missing.any():
             raise ValueError(MISSING_VALUES.format(what="groups", count=int(missing.sum())))
         values = pd.Series([tuple(row) for row in values], dtype=object)
-    codes, uniques = pd.factorize(pd.Series(values))
+    codes, uniques = pd.factorize(values if numpy_dates and values.ndim == 1
+                                  else pd.Series(values))
     if (codes < 0).any():
         raise ValueError(MISSING_VALUES.format(what="groups", count=int((codes < 0).sum())))
     return np.asarray(codes, dtype=np.intp), list(uniques)

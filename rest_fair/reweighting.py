@@ -8,7 +8,7 @@ REST draws bias-conflicting samples ``lambda`` times more often than bias-aligne
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from numbers import Real
 
 import numpy as np
@@ -21,6 +21,7 @@ __all__ = [
     "aligned_groups",
     "cell_weights",
     "draw_indices",
+    "group_key",
     "minority_mask",
     "sample_weights_for",
 ]
@@ -43,6 +44,23 @@ _UNBALANCEABLE = (
     "factor float64 cannot hold, so the weight of the lightest overflows. Give sample_weight "
     "a narrower range."
 )
+
+
+def group_key(keys: Iterable[Hashable], label: Hashable) -> Hashable | None:
+    """The key of ``keys`` (a dict's or a set's) that names the group ``label``:
+    ``label`` itself, else a key equal to it of a type that hashes it otherwise (a
+    ``pandas.Timestamp`` of nanoseconds for the ``np.datetime64`` one); None without one.
+    """
+    if label in keys:
+        return label
+
+    def equal(key: Hashable) -> bool:
+        try:
+            return bool(key == label)
+        except (TypeError, ValueError):  # a comparison the types refuse
+            return False
+
+    return next((key for key in keys if equal(key)), None)
 
 
 def cell_weights(
@@ -112,13 +130,12 @@ def cell_weights(
             raise ValueError(_UNBALANCEABLE)
         return weights
     if isinstance(upweight, Mapping):
-        missing = [group_labels[g] for g in sorted({g for _, g in cells})
-                   if group_labels[g] not in upweight]
-        if missing:
+        keys = {g: group_key(upweight, group_labels[g]) for g in sorted({g for _, g in cells})}
+        if missing := [group_labels[g] for g, key in keys.items() if key is None]:
             raise ValueError(_MISSING_GROUPS.format(missing))
         weights = {}
         for c, g in cells:
-            w = upweight[group_labels[g]]
+            w = upweight[keys[g]]
             if not _DICT_WEIGHT.accepts(w):
                 raise ValueError(_BAD_UPWEIGHT.format(upweight))
             weights[(c, g)] = float(w)

@@ -721,3 +721,82 @@ def test_labels_and_groups_of_tensors_numpy_cannot_read_are_read(small):
     assert clf.groups_ == plain.groups_ == [0.0, 1.0]
     np.testing.assert_array_equal(clf.classes_, plain.classes_)
     np.testing.assert_array_equal(clf.predict_logits(X), plain.predict_logits(X))
+
+
+_STAMPS = np.array(["2020-01-01T00:00:00.000000001", "2021-06-01"], dtype="M8[ns]")
+
+
+@pytest.mark.parametrize("form, kind", [
+    (lambda d: d, np.datetime64),
+    (lambda d: d.astype("M8[D]"), np.datetime64),
+    (lambda d: list(d), np.datetime64),
+    (lambda d: d - d[0], np.timedelta64),
+    (pd.Series, pd.Timestamp),
+    (pd.DatetimeIndex, pd.Timestamp),
+    (lambda d: pd.DataFrame({"when": d}), pd.Timestamp),
+    (lambda d: {"when": d}, np.datetime64),
+    (lambda d: {"when": pd.Series(d)}, pd.Timestamp),
+    (lambda d: pd.Series(d, dtype="category"), pd.Timestamp),
+    (lambda d: pd.Series(d).dt.tz_localize("UTC"), pd.Timestamp),
+    (lambda d: pd.Series(d - d[0]), pd.Timedelta),
+])
+def test_dated_group_labels_keep_their_values_and_type(form, kind):
+    # numpy's nanosecond dates were ints, pandas' ones matched no label (code -1: the last
+    # group) and a DataFrame column's were of another type than a Series'
+    from rest_fair._inputs import encode_groups
+
+    given = form(_STAMPS[[1, 0, 1, 1, 0]])
+    values = list(given["when"] if isinstance(given, (dict, pd.DataFrame)) else given)
+    codes, labels = encode_groups(given, 5)
+    assert [labels[c] for c in codes] == values
+    assert all(type(label) is kind for label in labels)
+    assert [type(labels[c]) for c in codes] == [type(v) for v in values]
+    assert labels == sorted(set(values)) and len(labels) == 2
+    if kind is np.datetime64:  # the unit given, nothing rounded
+        assert all(label.dtype == np.asarray(values).dtype for label in labels)
+
+
+def test_groups_of_numpy_dates_fit_and_weigh_by_the_dates_given(small):
+    X, y = small
+    stamps = _STAMPS[np.arange(len(y)) % 2]
+    rows = np.stack([stamps, stamps[::-1]], axis=1)
+    for groups, keys in ((stamps, list(_STAMPS)), (pd.Series(stamps), list(pd.Series(_STAMPS))),
+                         (rows, [tuple(r) for r in rows[:2]])):
+        clf = _clf(upweight=dict.fromkeys(keys, 2.0)).fit(X, y, groups=groups)
+        assert clf.groups_ == sorted(keys)
+        assert [type(g) for g in clf.groups_] == [type(k) for k in sorted(keys)]
+        assert sorted(clf.group_weights_.values()) == [2.0] * len(clf.group_weights_)
+
+
+@pytest.mark.parametrize("given, labels", [
+    (np.array(["b", "a"]), ["a", "b"]),
+    (np.array([b"b", b"a"]), [b"a", b"b"]),
+    (np.array([True, False]), [False, True]),
+    (np.array([2, 1], dtype=np.int8), [1, 2]),
+    (np.array([2, 1], dtype=">i4"), [1, 2]),
+    (np.array([2**64 - 1, 1], dtype=np.uint64), [1, 2**64 - 1]),
+    (pd.Series(["b", "a"], dtype="category"), ["a", "b"]),
+    (pd.Series([2, 1], dtype="Int64"), [1, 2]),
+    (np.array([[2, 1], [1, 2]], dtype=np.int16), [(1, 2), (2, 1)]),
+])
+def test_numpy_and_pandas_scalars_are_labelled_by_their_python_values(given, labels):
+    from rest_fair._inputs import encode_groups
+
+    codes, got = encode_groups(given, 2)
+    assert got == labels and [type(g) for g in got] == [type(v) for v in labels]
+    assert [type(v) for g in got if isinstance(g, tuple) for v in g] == [int] * 4 * (
+        np.ndim(given) == 2)
+    assert codes.tolist() == [1, 0]
+
+
+def test_validation_groups_of_pandas_dates_are_the_training_groups_of_numpy_dates(small):
+    # a nanosecond date hashes otherwise as np.datetime64 and as pandas.Timestamp: the
+    # validation groups were named as groups without validation samples
+    X, y = small
+    stamps = _STAMPS[np.arange(len(y)) % 2]
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*no validation samples")
+        clf = _clf(upweight={pd.Timestamp(_STAMPS[0]): 2.0, pd.Timestamp(_STAMPS[1]): 0.5}).fit(
+            X, y, groups=stamps, validation_data=(X, y, pd.Series(stamps)))
+    assert [type(g) for g in clf.groups_] == [np.datetime64] * 2
+    assert sorted(clf.group_weights_.values()) == [0.5, 0.5, 2.0, 2.0]

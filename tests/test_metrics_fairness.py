@@ -546,3 +546,17 @@ def test_labels_of_several_columns_are_refused_naming_them():
     with pytest.raises(ValueError, match=r"^y must hold one label per sample .* \(5, 2\)"):
         fairness_report(y=np.eye(2)[Y[:5]], y_pred=P, groups=G)
     assert fairness_report(y=Y[:, None], y_pred=P[:, None], groups=G).worst_group_accuracy == 0.5
+
+
+@pytest.mark.parametrize("form", [lambda d: d, lambda d: d.astype("M8[D]"), pd.Series,
+                                  lambda d: d - d[0]], ids=["ns", "days", "Series", "durations"])
+def test_group_accuracies_are_keyed_by_the_dates_fit_labels_groups_by(form):
+    # numpy's dates were keyed by pandas' Timestamps, fit's groups_ by np.datetime64
+    from rest_fair._inputs import encode_groups
+
+    given = form(np.array(["2020-01-01T00:00:00.000000001", "2021-06-01"], dtype="M8[ns]")[
+        np.arange(len(Y)) % 2])
+    accuracies = group_accuracies(Y, P, given)
+    labels = encode_groups(given, len(Y))[1]
+    assert sorted(accuracies) == labels
+    assert [type(k) for k in sorted(accuracies)] == [type(label) for label in labels]

@@ -13,6 +13,7 @@ from rest_fair.reweighting import (
     aligned_groups,
     cell_weights,
     draw_indices,
+    group_key,
     minority_mask,
     sample_weights_for,
 )
@@ -125,3 +126,18 @@ def test_more_samples_than_torch_multinomial_takes_are_drawn_by_weight():
     assert set(np.unique(draws)) == {0, 5, 2**24}
     observed = [int((draws == i).sum()) for i in (0, 5, 2**24)]
     assert stats.chisquare(observed, [1000, 3000, 4000]).pvalue > 1e-3
+
+
+def test_an_upweight_dict_keyed_by_pandas_timestamps_weighs_numpy_nanosecond_dates():
+    # equal, but hashed otherwise: the dict had "no weight" for the group
+    import pandas as pd
+
+    labels = list(np.array(["2020-01-01T00:00:00.000000001", "2021-06-01"], dtype="M8[ns]"))
+    stamps = [pd.Timestamp(label) for label in labels]
+    y, groups = np.array([0, 0, 1, 1]), np.array([0, 1, 0, 1])
+    weights = cell_weights(y, groups, labels, {stamps[0]: 3.0, stamps[1]: 1.0})
+    assert weights == {(0, 0): 3.0, (0, 1): 1.0, (1, 0): 3.0, (1, 1): 1.0}
+    assert group_key({stamps[0]: 3.0}, labels[0]) is stamps[0]
+    assert group_key({stamps[0], "a"}, labels[1]) is None
+    with pytest.raises(ValueError, match=r"no weight for groups \[np\.datetime64\('2021"):
+        cell_weights(y, groups, labels, {stamps[0]: 3.0})

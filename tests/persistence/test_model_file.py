@@ -721,6 +721,9 @@ def _dated_groups(n):
                              "2021-06-01 00:00:00.000000002"])[half]
     return {
         "datetime64": np.array(["2020-01-01", "2021-06-01"], dtype="M8[D]")[half],
+        "datetime64_ns": np.asarray(stamps, dtype="M8[ns]"),
+        "timedelta64": np.array([5, 7], dtype="m8[ms]")[half],
+        "datetime64_pairs": np.stack([np.asarray(stamps), np.asarray(stamps)[::-1]], axis=1),
         "dates": [[datetime.date(2020, 1, 1), datetime.date(2021, 6, 1)][h] for h in half],
         "aware": pd.Series(stamps).dt.tz_localize("Europe/Paris"),
         "stamp_and_int": pd.DataFrame({"when": stamps, "site": np.arange(n) % 2}),
