@@ -61,6 +61,23 @@ def test_bench_out_is_the_former_name_of_out_dir(tmp_path, capsys):
     assert "--out-dir OUT_DIR" in text and "--out OUT" not in text
 
 
+@pytest.mark.parametrize(("flags", "given"), [
+    (["--quick", "--preset", "scale"], "--quick and --preset scale"),
+    (["--preset", "scale", "--quick"], "--preset scale and --quick"),
+    (["--progress", "bar", "--no-progress"], "--progress bar and --no-progress"),
+])
+def test_bench_a_shortcut_and_its_option_with_two_values_are_refused(flags, given, capsys):
+    # the one given last was used silently
+    with pytest.raises(SystemExit) as exit_info:
+        cli.build_parser().parse_args(["bench", *flags])
+    assert exit_info.value.code == 2
+    assert (f"rest-fair bench: error: {given}: two flags of one setting, given two values; "
+            "give one of them.") in capsys.readouterr().err
+    args = cli.build_parser().parse_args(["bench", "--quick", "--preset", "quick",
+                                          "--no-progress", "--progress", "none"])
+    assert (args.preset, args.progress) == ("quick", "none")  # the same value: as one
+
+
 @pytest.mark.parametrize("order", [1, -1])
 def test_bench_out_and_out_dir_with_two_folders_are_refused(order, tmp_path, capsys):
     # the last one given was used silently
