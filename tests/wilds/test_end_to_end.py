@@ -217,6 +217,19 @@ def test_resume_refuses_a_submission_that_is_not_a_folder(tmp_path, capsys):
     assert not (out / "results.jsonl").exists()
 
 
+def test_resume_refuses_a_results_file_that_is_a_folder(tmp_path, capsys):
+    # it said only "[Errno 21] Is a directory"
+    out = tmp_path / "out"
+    (out / "results.jsonl").mkdir(parents=True)
+    assert rest_fair_main([*_two_seeds(tmp_path, out), "--resume"]) == 2
+    assert capsys.readouterr().err == (
+        f"rest-fair wilds: cannot keep the results in {out}: {out / 'results.jsonl'} is not a "
+        "file (the results file, one JSON line per finished run); move it away or choose "
+        "another output folder.\n")
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [
+        "results.jsonl"]
+
+
 def test_cli_paths_after_an_equals_sign_are_in_the_home_folder(tmp_path, monkeypatch):
     # the shell leaves "--root-dir=~/d" as it is: the synthetic data went to a folder named
     # "~" and were then looked for in the home folder
