@@ -32,6 +32,7 @@ from ..experiments.run import digest, jsonable, standard_error, unread_params
 from ..experiments.runner import (
     RESULTS_FILE,
     append_record,
+    finished,
     locate,
     read_own_json,
     read_results,
@@ -444,6 +445,23 @@ def check_resumable(experiment: WildsExperiment) -> None:
     if unknown:
         warnings.warn(_UNKNOWN_DATA.format(out_dir=experiment.out_dir, seeds=unknown,
                                            ours=_describe(our_data)), stacklevel=2)
+
+
+def earlier_seeds(experiment: WildsExperiment, records: Sequence[dict[str, Any]]
+                  ) -> list[dict[str, Any]]:
+    """The seeds that earlier commands finished into the output folder with the settings
+    and data of ``experiment`` and that ``records`` (this command's) lack, by seed: their
+    records in the results file, each a success whose submission files are in place or a
+    seed whose training diverged. ``--resume`` reports over them too: the submission folder
+    holds their files."""
+    runs = experiment.runs()
+    ours, have = (runs[0].settings if runs else {}), {r.get("seed") for r in records}
+    found = [r for r in read_results(experiment.out_dir / RESULTS_FILE)
+             if isinstance(r.get("seed"), int) and r["seed"] not in have
+             and r.get("run_id") == SeedRun(r["seed"], ours).run_id
+             and r.get("data") in (None, experiment.data)
+             and finished(r, experiment.out_dir)]
+    return sorted(found, key=lambda r: r["seed"])
 
 
 def _describe(data: dict[str, Any]) -> str:

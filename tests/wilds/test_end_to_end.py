@@ -123,6 +123,26 @@ def test_cli_says_the_spread_over_seeds_is_a_standard_deviation(tmp_path, capsys
         out / "comparison.md").read_text()
 
 
+def test_resume_with_fewer_seeds_reports_every_finished_seed(tmp_path, capsys):
+    # the report of seed 1 alone replaced that of seeds 0 and 1, whose submission files and
+    # results stayed in the folder
+    out = tmp_path / "out"
+    assert rest_fair_main(_two_seeds(tmp_path, out)) == 0
+    first = json.loads((out / "metrics.json").read_text())
+    capsys.readouterr()
+    assert rest_fair_main([*_two_seeds(tmp_path, out)[:-5], "--seeds", "1", "--device", "cpu",
+                           "--resume"]) == 0
+    assert (f"rest-fair wilds: --resume: the report covers seeds 0, 1, of which 0 finished "
+            f"into {out} by an earlier command with these settings and data."
+            ) in capsys.readouterr().err
+    record = json.loads((out / "metrics.json").read_text())
+    assert (record["seeds"], record["earlier_seeds"]) == ([0, 1], [0])
+    assert record["metrics"] == first["metrics"]
+    assert record["submission_files"] == first["submission_files"]
+    assert "over seeds 0, 1" in (out / "comparison.md").read_text()
+    assert len((out / "results.jsonl").read_text().splitlines()) == 2  # nothing ran again
+
+
 @pytest.mark.parametrize("bad", [["--max-epochs", "0"], ["--lr", "-1"], ["--device", "bogus"]])
 def test_settings_refused_before_the_earlier_outputs_are_renamed(tmp_path, capsys, bad):
     # a command refused for its settings (exit 2) renamed the folder's earlier outputs
