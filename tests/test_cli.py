@@ -252,6 +252,7 @@ def test_bench_end_to_end_tiny(tmp_path, capsys):
     printed = capsys.readouterr()
     for label in ("ERM (dense)", "ERM (sparse, RigL)", "Reweighting (dense)", "REST"):
         assert f"| {label} |" in printed.out
+    assert "over the *n* seeds of each row (of seed 0);" in printed.out  # not "(of 0)"
     for name in ("results.jsonl", "table.md", "table.csv", "config.json", "references.md",
                  "accuracy_vs_sparsity.png", "group_bars.png"):
         assert (out / name).stat().st_size > 0, name
