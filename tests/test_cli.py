@@ -239,7 +239,11 @@ def test_bench_out_that_is_a_file_is_refused(tmp_path, capsys):
     taken = tmp_path / "file"
     taken.write_text("x")
     assert cli.main(["bench", "--preset", "tiny", "--out-dir", str(taken)]) == 2
-    assert f"cannot keep the results in {taken}" in capsys.readouterr().err
+    assert (f"cannot keep the results in {taken}: {taken} is a file, not a folder."
+            in capsys.readouterr().err)  # not "[Errno 17] File exists"
+    assert cli.main(["bench", "--preset", "tiny", "--out-dir", str(taken / "sub")]) == 2
+    assert (f"cannot keep the results in {taken / 'sub'}: {taken} is a file, not a folder."
+            in capsys.readouterr().err)  # not "[Errno 20] Not a directory"
     assert taken.read_text() == "x"
 
 

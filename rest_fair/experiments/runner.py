@@ -218,7 +218,9 @@ def lock_folder(folder: str | Path) -> Iterator[Path]:
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise ValueError(_BAD_OUT_DIR.format(path=folder, error=exc)) from exc
+        file = next((p for p in (folder, *folder.parents) if p.is_file()), None)
+        error = exc if file is None else f"{file} is a file, not a folder"
+        raise ValueError(_BAD_OUT_DIR.format(path=folder, error=error)) from exc
     key, me = folder.resolve(), threading.get_ident()
     hold = _held.get(key)
     if hold is None or hold[0] != me:

@@ -56,6 +56,8 @@ _PARTIAL = ("rest-fair wilds: the report is over {n} of the {total} seeds ({seed
 _NONE_FINISHED = ("rest-fair wilds: no seed finished (every seed diverged); metrics.json and "
                   "comparison.md were not written{earlier} (exit status {status}).")
 _EARLIER = ", those in {out_dir} are of an earlier command"
+_ROOT_A_FILE = ("--root-dir: {path} is a file; expected the WILDS root folder holding "
+                "{dirname}/ (with --synthetic or --download, a folder to write it into).")
 _INTERRUPTED_SETUP = "rest-fair wilds: interrupted while loading the data; nothing was run."
 _REPORT_KEPT = ("rest-fair wilds: --resume: the report in {out_dir} is not of these settings "
                 "or data; it is kept as {kept}.")
@@ -214,6 +216,8 @@ def run(args: argparse.Namespace) -> int:
         check_wilds_requirements(args.dataset)
         spec = dataset_spec(args.dataset)
         settings = resolve_settings(args, spec)
+        if args.root_dir.is_file():
+            raise ValueError(_ROOT_A_FILE.format(path=args.root_dir, dirname=spec.dirname))
         if args.synthetic and not (args.root_dir / spec.dirname / spec.release_file).exists():
             make_synthetic_layout(spec.name, args.root_dir, seed=args.seed,
                                   group_counts=SMOKE_GROUP_COUNTS.get(spec.name))

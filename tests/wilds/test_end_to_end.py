@@ -250,6 +250,18 @@ def test_resume_refuses_a_results_file_that_is_a_folder(tmp_path, capsys):
         "results.jsonl"]
 
 
+def test_cli_refuses_a_root_dir_that_is_a_file(tmp_path, capsys):
+    # --synthetic said only "[Errno 20] Not a directory: '.../waterbirds_v1.0'"
+    root = tmp_path / "data"
+    root.write_text("x")
+    argv = _two_seeds(tmp_path, tmp_path / "out")
+    assert rest_fair_main(argv) == 2
+    assert capsys.readouterr().err == (
+        f"rest-fair wilds: --root-dir: {root} is a file; expected the WILDS root folder holding "
+        "waterbirds_v1.0/ (with --synthetic or --download, a folder to write it into).\n")
+    assert not (tmp_path / "out").exists()
+
+
 def test_cli_paths_after_an_equals_sign_are_in_the_home_folder(tmp_path, monkeypatch):
     # the shell leaves "--root-dir=~/d" as it is: the synthetic data went to a folder named
     # "~" and were then looked for in the home folder
