@@ -238,7 +238,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                         help='Further RESTClassifier parameters as JSON, e.g. '
                              '\'{"update_interval": 100}\'; not those another option or '
                              'the method sets (sparsity, lr, upweight, ...).')
-    parser.add_argument("--image-size", type=int)
+    parser.add_argument("--image-size", type=int,
+                        help="Resize the images to this side (default: the data set's own, "
+                             "28 for MNIST and Fashion-MNIST, 8 for digits; giving that "
+                             "value is the same run).")
     parser.add_argument("--upweight", type=parse_upweight,
                         help="Override lambda of the methods that reweight (rest, jtt; "
                              "default 10/30/50/80 for 0.5/1/2/5 %%): a number, 'balanced' or "
