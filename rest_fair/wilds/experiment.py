@@ -314,18 +314,22 @@ class WildsExperiment:
     def check_network(self) -> None:
         """Build the seeds' network once, on the meta device (no memory, no pretrained
         weights read), and, for a sparse run, select its ``dense_layers``, so that a network
-        that cannot take the inputs or a name of no weight fails before any seed runs.
-        A Hugging Face module (``hf:``) is left to ``fit``: building one reads the
-        pretrained model.
+        that cannot take the inputs or a name of no weight fails before any seed runs; the
+        torchvision weights a torchvision module names are downloaded into torch.hub's
+        cache (when not there), once for all seeds. A Hugging Face module (``hf:``) is left
+        to ``fit``: building one reads the pretrained model.
 
         Raises
         ------
         ValueError
             Naming ``dense_layers`` (a name of no maskable weight) or the network and the
             inputs it cannot take.
+        OSError
+            When the torchvision weights cannot be downloaded, naming where to put them.
         """
         import torch
 
+        from ..backbones import _DOWNLOAD_TIMEOUT_S, _download, check_torchvision, is_backbone
         from ..models import build_module
         from ..sparse import resolve_dense_layers
 
@@ -333,6 +337,12 @@ class WildsExperiment:
         if settings["module"].startswith("hf:"):
             return
         params = dict(settings["module_params"] or {})
+        if params.get("weights") is not None and is_backbone(settings["module"], params):
+            # every seed would fail to download them: fetched into torch.hub's cache once
+            member = check_torchvision(settings["module"], params["weights"])[1]
+            if member is not None:
+                _download(member, settings["module"],
+                          params.get("download_timeout", _DOWNLOAD_TIMEOUT_S))
         if "weights" in params:  # the weights change no name: a random start builds it
             params["weights"] = None
         side = settings["image_size"]

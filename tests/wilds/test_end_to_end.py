@@ -175,6 +175,30 @@ def test_a_network_every_seed_would_fail_on_is_refused_once_up_front(tmp_path, c
     assert sorted(p.name for p in out.iterdir()) == ["metrics.json"]
 
 
+def test_weights_that_cannot_be_downloaded_are_refused_before_the_outputs_move(
+        tmp_path, capsys, monkeypatch):
+    # every seed failed on the download in turn (exit 1, "rerun with --resume"), after the
+    # folder's earlier outputs were renamed aside
+    import urllib.error
+
+    import torch
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "metrics.json").write_text("{}")
+    argv = [*_two_seeds(tmp_path, out), "--module", "resnet18", "--weights", "DEFAULT"]
+    assert rest_fair_main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("rest-fair wilds: Could not download the torchvision weights ")
+    assert err.count("Could not download") == 1
+    assert sorted(p.name for p in out.iterdir()) == ["metrics.json"]
+
+
 def test_a_cuda_device_this_machine_lacks_is_refused_before_the_outputs_move(
         tmp_path, capsys, monkeypatch):
     # every seed failed with the same error, after the earlier outputs were renamed
