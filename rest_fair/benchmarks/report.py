@@ -236,7 +236,8 @@ def to_markdown(summary, config: BenchConfig) -> str:
         "",
         f"Data: {data_name}; unbiased test split (colour independent of the label). "
         "Accuracies in % on that test split, mean ± standard error (std / √n) over the "
-        f"*n* seeds of each row (of {', '.join(map(str, config.seeds))}); a cell over "
+        f"*n* seeds of each row (of seed{'s' * (len(config.seeds) > 1)} "
+        f"{', '.join(map(str, config.seeds))}); a cell over "
         "fewer seeds (runs recorded without that metric) names its own n.",
         SELECTION_NOTE,
         "*unbiased acc*: all test samples; *conflicting acc*: test samples whose bias "

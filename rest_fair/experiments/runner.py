@@ -71,6 +71,9 @@ PROGRESS_MODES = ("auto", "bar", "log", "none")
 LOG_INTERVAL = 10.0
 
 _BAD_UPWEIGHT = "--upweight: expected 'balanced', 'none' or a positive number; got {!r}."
+_NOT_A_FILE = ("cannot keep the results in {folder}: {path} is not a file (the results file, "
+               "one JSON line per finished run); move it away or choose another output "
+               "folder.")
 _CORRUPT_LINE = "Ignoring an unreadable line {line} of {path} (an interrupted write?)."
 _BAD_BACKEND = "backend must be one of {backends} or None; got {backend!r}."
 _SCHEDULER_NEEDS_DASK = (
@@ -148,10 +151,17 @@ def read_results(path: str | Path) -> list[dict[str, Any]]:
     """Records of a results file, skipping unreadable (e.g. half-written) lines.
 
     For a run id present several times (an error, then a success) the last record wins.
+
+    Raises
+    ------
+    ValueError
+        When ``path`` exists and is not a file (a folder), naming it.
     """
     path = Path(path)
     if not path.exists():
         return []
+    if not path.is_file():
+        raise ValueError(_NOT_A_FILE.format(folder=path.parent, path=path))
     records: dict[str, dict] = {}
     with path.open("rb") as handle:  # a line that is not UTF-8 is skipped like any other
         for number, line in enumerate(handle, start=1):
@@ -208,7 +218,9 @@ def lock_folder(folder: str | Path) -> Iterator[Path]:
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise ValueError(_BAD_OUT_DIR.format(path=folder, error=exc)) from exc
+        file = next((p for p in (folder, *folder.parents) if p.is_file()), None)
+        error = exc if file is None else f"{file} is a file, not a folder"
+        raise ValueError(_BAD_OUT_DIR.format(path=folder, error=error)) from exc
     key, me = folder.resolve(), threading.get_ident()
     hold = _held.get(key)
     if hold is None or hold[0] != me:
@@ -513,7 +525,7 @@ def run_sweep(
         out_dir = stack.enter_context(lock_folder(out_dir))
         path = out_dir / RESULTS_FILE
         if path.exists() and not path.is_file():
-            raise ValueError(_BAD_OUT_DIR.format(path=out_dir, error=f"{path} is not a file"))
+            raise ValueError(_NOT_A_FILE.format(folder=out_dir, path=path))
         client = None
         if backend == "dask":
             client = stack.enter_context(connect(scheduler, timeout=scheduler_timeout))

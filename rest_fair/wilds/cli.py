@@ -56,9 +56,14 @@ _PARTIAL = ("rest-fair wilds: the report is over {n} of the {total} seeds ({seed
 _NONE_FINISHED = ("rest-fair wilds: no seed finished (every seed diverged); metrics.json and "
                   "comparison.md were not written{earlier} (exit status {status}).")
 _EARLIER = ", those in {out_dir} are of an earlier command"
+_ROOT_A_FILE = ("--root-dir: {path} is a file; expected the WILDS root folder holding "
+                "{dirname}/ (with --synthetic or --download, a folder to write it into).")
 _INTERRUPTED_SETUP = "rest-fair wilds: interrupted while loading the data; nothing was run."
 _REPORT_KEPT = ("rest-fair wilds: --resume: the report in {out_dir} is not of these settings "
                 "or data; it is kept as {kept}.")
+_EARLIER_SEEDS = ("rest-fair wilds: --resume: the report covers seeds {seeds}, of which "
+                  "{earlier} finished into {out_dir} by an earlier command with these "
+                  "settings and data.")
 _RETRY = "Rerun with --resume to retry the failed seeds (tracebacks in {path})."
 _MODULE_ENTRY = (
     "python -m rest_fair.wilds.cli (rest_fair.wilds.cli.main, build_parser) is deprecated and "
@@ -211,6 +216,8 @@ def run(args: argparse.Namespace) -> int:
         check_wilds_requirements(args.dataset)
         spec = dataset_spec(args.dataset)
         settings = resolve_settings(args, spec)
+        if args.root_dir.is_file():
+            raise ValueError(_ROOT_A_FILE.format(path=args.root_dir, dirname=spec.dirname))
         if args.synthetic and not (args.root_dir / spec.dirname / spec.release_file).exists():
             make_synthetic_layout(spec.name, args.root_dir, seed=args.seed,
                                   group_counts=SMOKE_GROUP_COUNTS.get(spec.name))
@@ -255,10 +262,14 @@ def run(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace, spec: DatasetSpec, experiment: WildsExperiment,
             records: list[dict[str, Any]]) -> int:
     """Name the seeds that failed or diverged; unless a seed failed with an error (which
-    ``--resume`` retries), write and print the report of the seeds that finished. Returns
-    the exit status."""
-    from .experiment import write_outputs
+    ``--resume`` retries), write and print the report of the seeds that finished: with
+    ``--resume``, also of those an earlier command finished into the folder with the same
+    settings and data (:func:`~rest_fair.wilds.experiment.earlier_seeds`, named on stderr).
+    Returns the exit status."""
+    from .experiment import earlier_seeds, write_outputs
 
+    before = earlier_seeds(experiment, records) if args.resume else []
+    records = sorted([*records, *before], key=lambda r: r["seed"])
     errors = [r for r in records if r.get("status") == "error"]
     diverged = [r for r in records if r.get("status") == "failed"]
     finished = [r for r in records if r.get("status") == "ok"]
@@ -271,6 +282,10 @@ def _report(args: argparse.Namespace, spec: DatasetSpec, experiment: WildsExperi
         print(_RETRY.format(path=args.out_dir / RESULTS_FILE), file=sys.stderr)
         return 1
     out_dir = args.out_dir
+    if before:
+        print(_EARLIER_SEEDS.format(
+            seeds=", ".join(str(r["seed"]) for r in records), out_dir=out_dir,
+            earlier=", ".join(str(r["seed"]) for r in before)), file=sys.stderr)
     if not finished:
         earlier = any((out_dir / name).exists() for name in ("metrics.json", "comparison.md"))
         print(_NONE_FINISHED.format(earlier=_EARLIER.format(out_dir=out_dir) if earlier else "",
@@ -279,6 +294,7 @@ def _report(args: argparse.Namespace, spec: DatasetSpec, experiment: WildsExperi
     config = {k: v for k, v in vars(args).items() if k not in ("func", "argv")}
     outputs = write_outputs(finished, experiment, diverged=diverged, run_info={
         "protocol_name": args.protocol, "argv": getattr(args, "argv", None), "config": config,
+        "earlier_seeds": [r["seed"] for r in before],
     })
     key = "adj_acc_avg" if spec.name == "waterbirds" else "acc_avg"
     several = len(finished) > 1

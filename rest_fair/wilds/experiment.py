@@ -32,6 +32,7 @@ from ..experiments.run import digest, jsonable, standard_error, unread_params
 from ..experiments.runner import (
     RESULTS_FILE,
     append_record,
+    finished,
     locate,
     read_own_json,
     read_results,
@@ -313,18 +314,22 @@ class WildsExperiment:
     def check_network(self) -> None:
         """Build the seeds' network once, on the meta device (no memory, no pretrained
         weights read), and, for a sparse run, select its ``dense_layers``, so that a network
-        that cannot take the inputs or a name of no weight fails before any seed runs.
-        A Hugging Face module (``hf:``) is left to ``fit``: building one reads the
-        pretrained model.
+        that cannot take the inputs or a name of no weight fails before any seed runs; the
+        torchvision weights a torchvision module names are downloaded into torch.hub's
+        cache (when not there), once for all seeds. A Hugging Face module (``hf:``) is left
+        to ``fit``: building one reads the pretrained model.
 
         Raises
         ------
         ValueError
             Naming ``dense_layers`` (a name of no maskable weight) or the network and the
             inputs it cannot take.
+        OSError
+            When the torchvision weights cannot be downloaded, naming where to put them.
         """
         import torch
 
+        from ..backbones import _DOWNLOAD_TIMEOUT_S, _download, check_torchvision, is_backbone
         from ..models import build_module
         from ..sparse import resolve_dense_layers
 
@@ -332,6 +337,12 @@ class WildsExperiment:
         if settings["module"].startswith("hf:"):
             return
         params = dict(settings["module_params"] or {})
+        if params.get("weights") is not None and is_backbone(settings["module"], params):
+            # every seed would fail to download them: fetched into torch.hub's cache once
+            member = check_torchvision(settings["module"], params["weights"])[1]
+            if member is not None:
+                _download(member, settings["module"],
+                          params.get("download_timeout", _DOWNLOAD_TIMEOUT_S))
         if "weights" in params:  # the weights change no name: a random start builds it
             params["weights"] = None
         side = settings["image_size"]
@@ -444,6 +455,23 @@ def check_resumable(experiment: WildsExperiment) -> None:
     if unknown:
         warnings.warn(_UNKNOWN_DATA.format(out_dir=experiment.out_dir, seeds=unknown,
                                            ours=_describe(our_data)), stacklevel=2)
+
+
+def earlier_seeds(experiment: WildsExperiment, records: Sequence[dict[str, Any]]
+                  ) -> list[dict[str, Any]]:
+    """The seeds that earlier commands finished into the output folder with the settings
+    and data of ``experiment`` and that ``records`` (this command's) lack, by seed: their
+    records in the results file, each a success whose submission files are in place or a
+    seed whose training diverged. ``--resume`` reports over them too: the submission folder
+    holds their files."""
+    runs = experiment.runs()
+    ours, have = (runs[0].settings if runs else {}), {r.get("seed") for r in records}
+    found = [r for r in read_results(experiment.out_dir / RESULTS_FILE)
+             if isinstance(r.get("seed"), int) and r["seed"] not in have
+             and r.get("run_id") == SeedRun(r["seed"], ours).run_id
+             and r.get("data") in (None, experiment.data)
+             and finished(r, experiment.out_dir)]
+    return sorted(found, key=lambda r: r["seed"])
 
 
 def _describe(data: dict[str, Any]) -> str:

@@ -79,6 +79,21 @@ def test_run_ids_are_unique_and_config_sensitive():
     assert set(ids) <= {s.run_id for s in grown.runs()}
 
 
+@pytest.mark.parametrize(("dataset", "native", "extra"), [
+    ("digits", 8, {}), ("mnist_5k", 28, {}), ("fashion_mnist", 28, {}),
+    ("dfa", 32, {"dfa_name": "cifar10c", "data_root": "dfa"}),
+])
+def test_the_data_sets_own_image_size_is_the_default_run(dataset, native, extra):
+    # --image-size 8 on the 8x8 digits gave the same runs a second set of run ids
+    default = preset("tiny", dataset=dataset, **extra)
+    same = preset("tiny", dataset=dataset, image_size=native, **extra)
+    assert same.image_size is None
+    assert [s.run_id for s in same.runs()] == [s.run_id for s in default.runs()]
+    resized = preset("tiny", dataset=dataset, image_size=native // 2, **extra)
+    assert resized.image_size == native // 2
+    assert resized.runs()[0].run_id != default.runs()[0].run_id
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [

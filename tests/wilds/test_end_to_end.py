@@ -123,6 +123,26 @@ def test_cli_says_the_spread_over_seeds_is_a_standard_deviation(tmp_path, capsys
         out / "comparison.md").read_text()
 
 
+def test_resume_with_fewer_seeds_reports_every_finished_seed(tmp_path, capsys):
+    # the report of seed 1 alone replaced that of seeds 0 and 1, whose submission files and
+    # results stayed in the folder
+    out = tmp_path / "out"
+    assert rest_fair_main(_two_seeds(tmp_path, out)) == 0
+    first = json.loads((out / "metrics.json").read_text())
+    capsys.readouterr()
+    assert rest_fair_main([*_two_seeds(tmp_path, out)[:-5], "--seeds", "1", "--device", "cpu",
+                           "--resume"]) == 0
+    assert (f"rest-fair wilds: --resume: the report covers seeds 0, 1, of which 0 finished "
+            f"into {out} by an earlier command with these settings and data."
+            ) in capsys.readouterr().err
+    record = json.loads((out / "metrics.json").read_text())
+    assert (record["seeds"], record["earlier_seeds"]) == ([0, 1], [0])
+    assert record["metrics"] == first["metrics"]
+    assert record["submission_files"] == first["submission_files"]
+    assert "over seeds 0, 1" in (out / "comparison.md").read_text()
+    assert len((out / "results.jsonl").read_text().splitlines()) == 2  # nothing ran again
+
+
 @pytest.mark.parametrize("bad", [["--max-epochs", "0"], ["--lr", "-1"], ["--device", "bogus"]])
 def test_settings_refused_before_the_earlier_outputs_are_renamed(tmp_path, capsys, bad):
     # a command refused for its settings (exit 2) renamed the folder's earlier outputs
@@ -152,6 +172,30 @@ def test_a_network_every_seed_would_fail_on_is_refused_once_up_front(tmp_path, c
     assert rest_fair_main([*_two_seeds(tmp_path, out), *bad]) == 2
     err = capsys.readouterr().err
     assert err.count(message) == 1 and err.startswith("rest-fair wilds: ")
+    assert sorted(p.name for p in out.iterdir()) == ["metrics.json"]
+
+
+def test_weights_that_cannot_be_downloaded_are_refused_before_the_outputs_move(
+        tmp_path, capsys, monkeypatch):
+    # every seed failed on the download in turn (exit 1, "rerun with --resume"), after the
+    # folder's earlier outputs were renamed aside
+    import urllib.error
+
+    import torch
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "metrics.json").write_text("{}")
+    argv = [*_two_seeds(tmp_path, out), "--module", "resnet18", "--weights", "DEFAULT"]
+    assert rest_fair_main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("rest-fair wilds: Could not download the torchvision weights ")
+    assert err.count("Could not download") == 1
     assert sorted(p.name for p in out.iterdir()) == ["metrics.json"]
 
 
@@ -215,6 +259,31 @@ def test_resume_refuses_a_submission_that_is_not_a_folder(tmp_path, capsys):
     assert (f"rest-fair wilds: --resume: {out / 'submission'} is not a folder; the seeds write "
             "their submission files there") in capsys.readouterr().err
     assert not (out / "results.jsonl").exists()
+
+
+def test_resume_refuses_a_results_file_that_is_a_folder(tmp_path, capsys):
+    # it said only "[Errno 21] Is a directory"
+    out = tmp_path / "out"
+    (out / "results.jsonl").mkdir(parents=True)
+    assert rest_fair_main([*_two_seeds(tmp_path, out), "--resume"]) == 2
+    assert capsys.readouterr().err == (
+        f"rest-fair wilds: cannot keep the results in {out}: {out / 'results.jsonl'} is not a "
+        "file (the results file, one JSON line per finished run); move it away or choose "
+        "another output folder.\n")
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [
+        "results.jsonl"]
+
+
+def test_cli_refuses_a_root_dir_that_is_a_file(tmp_path, capsys):
+    # --synthetic said only "[Errno 20] Not a directory: '.../waterbirds_v1.0'"
+    root = tmp_path / "data"
+    root.write_text("x")
+    argv = _two_seeds(tmp_path, tmp_path / "out")
+    assert rest_fair_main(argv) == 2
+    assert capsys.readouterr().err == (
+        f"rest-fair wilds: --root-dir: {root} is a file; expected the WILDS root folder holding "
+        "waterbirds_v1.0/ (with --synthetic or --download, a folder to write it into).\n")
+    assert not (tmp_path / "out").exists()
 
 
 def test_cli_paths_after_an_equals_sign_are_in_the_home_folder(tmp_path, monkeypatch):
