@@ -315,10 +315,10 @@ def _hold_out(data: FitData, fraction: float, seed: int, world: LocalContext,
     if data.validation is not None:
         X_val, y_val, g_val = data.validation
         w_val = None
-        left_out = (np.zeros(0, dtype=np.int64) if g_val is None
-                    else _weighed_zero(upweight, data.validation_group_labels))
-        if len(left_out) and np.isin(g_val, left_out).any():
-            w_val = np.where(np.isin(g_val, left_out), 0.0, 1.0)
+        left_out = (np.zeros(0, dtype=bool) if g_val is None
+                    else np.isin(g_val, _weighed_zero(upweight, data.validation_group_labels)))
+        if left_out.any():
+            w_val = np.where(left_out, 0.0, 1.0)
             if not w_val.any():
                 raise ValueError(ONLY_UNWEIGHTED_VALIDATION.format(groups=[
                     data.validation_group_labels[code] for code in np.unique(g_val)]))
