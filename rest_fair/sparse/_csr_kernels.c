@@ -243,10 +243,10 @@ static void gather_by_index(int n, void *dst, const void *src, const int32_t *in
             scalar *P = p->panels + q * K * T;                                                 \
             const int64_t b0 = q * T, nb = B - b0 < T ? B - b0 : T;                            \
             if (s0 == 1) { /* columns of A are contiguous: copy (or gate) them. The sums       \
-                              run over 8 columns at once, each in sample order. */             \
-                for (int64_t kb = k0; kb < k1; kb += 8) {                                      \
-                    const int64_t kn = k1 - kb < 8 ? k1 - kb : 8;                              \
-                    scalar s[8];                                                               \
+                              run over VL columns at once, each in sample order: VL x VL       \
+                              blocks of the panel, transposed, add one sample at a time. */    \
+                for (int64_t kb = k0; kb < k1; kb += VL) {                                     \
+                    const int64_t kn = k1 - kb < VL ? k1 - kb : VL;                            \
                     for (int64_t j = 0; j < kn; ++j) {                                         \
                         const int64_t k = kb + j;                                              \
                         const scalar *src = p->a + k * s1 + b0;                                \
@@ -259,17 +259,24 @@ static void gather_by_index(int n, void *dst, const void *src, const int32_t *in
                             memcpy(P + k * T, src, (size_t)nb * sizeof(scalar));               \
                         }                                                                      \
                         memset(P + k * T + nb, 0, (size_t)(T - nb) * sizeof(scalar));          \
-                        s[j] = colsum ? colsum[k] : 0;                                         \
                     }                                                                          \
                     if (!colsum) continue;                                                     \
-                    if (kn == 8) {                                                             \
-                        for (int64_t i = 0; i < nb; ++i)                                       \
-                            for (int j = 0; j < 8; ++j) s[j] += P[(kb + j) * T + i];           \
-                    } else {                                                                   \
-                        for (int64_t i = 0; i < nb; ++i)                                       \
-                            for (int64_t j = 0; j < kn; ++j) s[j] += P[(kb + j) * T + i];      \
+                    if (kn < VL) {                                                             \
+                        for (int64_t j = 0; j < kn; ++j)                                       \
+                            for (int64_t i = 0; i < nb; ++i)                                   \
+                                colsum[kb + j] += P[(kb + j) * T + i];                         \
+                        continue;                                                              \
                     }                                                                          \
-                    for (int64_t j = 0; j < kn; ++j) colsum[kb + j] = s[j];                    \
+                    vec_##SUFFIX cs = *(const uvec_##SUFFIX *)(colsum + kb);                   \
+                    for (int64_t i0 = 0; i0 < nb; i0 += VL) {                                  \
+                        vec_##SUFFIX v[VL];                                                    \
+                        for (int r = 0; r < VL; ++r)                                           \
+                            v[r] = *(const uvec_##SUFFIX *)(P + (kb + r) * T + i0);            \
+                        transpose_##SUFFIX(v);                                                 \
+                        const int64_t m = nb - i0 < VL ? nb - i0 : VL;                         \
+                        for (int64_t i = 0; i < m; ++i) cs += v[i];                            \
+                    }                                                                          \
+                    *(uvec_##SUFFIX *)(colsum + kb) = cs;                                      \
                 }                                                                              \
                 continue;                                                                      \
             }                                                                                  \

@@ -533,6 +533,34 @@ def test_gated_pack_is_bitwise_the_pack_of_the_relu_gradient(dtype, layout, batc
                      else out.t().contiguous().t())
 
 
+@needs_kernels
+@pytest.mark.usefixtures("every_call_parallel")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("layout", ["row-major", "feature-major", "strided"])
+@pytest.mark.parametrize(("batch", "k"), [(200, 37), (70, 48), (16, 35), (5, 3)])
+def test_column_sums_add_the_samples_in_a_fixed_order(dtype, layout, batch, k):
+    gen = torch.Generator().manual_seed(batch * k)
+    # magnitudes far apart make every order of the additions round differently
+    a = torch.randn(batch, k, generator=gen, dtype=dtype) * 10.0 ** torch.randint(
+        -6, 7, (batch, k), generator=gen)
+    gate = torch.relu(torch.randn(batch, k, generator=gen, dtype=dtype))
+    if layout == "feature-major":
+        a, gate = a.t().contiguous().t(), gate.t().contiguous().t()
+    elif layout == "strided":
+        a, gate = torch.cat([a, a], 1)[:, ::2], torch.cat([gate, gate], 1)[:, ::2]
+    nv, width = kernels.panel_width(dtype, batch)
+    for g in (None, gate):
+        values = (a if g is None else torch.ops.aten.threshold_backward(a, g, 0)).numpy()
+        if layout == "feature-major":  # one running sum over all samples
+            want = np.add.accumulate(values, axis=0)[-1]
+        else:  # a running sum per panel of samples, the panels' sums added in order
+            want = np.zeros(k, dtype=values.dtype)
+            for b0 in range(0, batch, width):
+                want = want + np.add.accumulate(values[b0:b0 + width], axis=0)[-1]
+        _, sums = kernels.pack(a, kernels.even_splits(k, 2), nv, column_sums=True, gate=g)
+        assert np.array_equal(sums.numpy(), want)
+
+
 def test_the_pattern_of_flat_indices_is_the_pattern_of_the_mask():
     mask = torch.rand(13, 29, generator=torch.Generator().manual_seed(4)) < 0.2
     flat = mask.reshape(-1).nonzero().squeeze(1)
