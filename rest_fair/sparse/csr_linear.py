@@ -137,7 +137,7 @@ def _contenders(score: torch.Tensor, best: torch.Tensor | None, k: int) -> torch
     bound = best.min()
     if bool(torch.isnan(bound)) or bool(torch.isnan(score).any()):
         return None
-    return (score > bound).nonzero().squeeze(1)
+    return kernels.flat_nonzero(score > bound)
 
 
 def _chunked_topk(

@@ -36,6 +36,7 @@ from typing import Protocol
 
 import torch
 
+from .kernels import flat_nonzero
 from .masks import MaskSet
 
 __all__ = [
@@ -117,8 +118,8 @@ def top_k_first(
     top = torch.topk(score, k, largest=largest, sorted=False)
     bound = top.values.min() if largest else top.values.max()
     beyond = score > bound if largest else score < bound
-    chosen = beyond.nonzero().squeeze(1)
-    ties = (score == bound).nonzero().squeeze(1)
+    chosen = flat_nonzero(beyond)
+    ties = flat_nonzero(score == bound)
     if chosen.numel() + ties.numel() < k:  # NaN scores compare unequal: keep topk's choice
         return top.indices
     if order is not None:
