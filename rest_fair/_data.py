@@ -75,10 +75,10 @@ class BatchSource:
     ids: bool = False
     """Whether the samples of an integer array or integer Dataset items come as int64 token
     ids (for a network that :func:`reads_ids`) instead of :attr:`dtype`; set by
-    :meth:`read_ids` before the first batch."""
+    :meth:`set_input_dtypes` before the first batch."""
     dtype: torch.dtype = torch.float32
     """The dtype of the samples other than token ids: the network's :func:`input_dtype`;
-    set by :meth:`read_ids` before the first batch."""
+    set by :meth:`set_input_dtypes` before the first batch."""
 
     n_samples: int
     sample_shape: tuple[int, ...]
@@ -103,7 +103,7 @@ class BatchSource:
     def close(self) -> None:
         """Release what the source holds (worker processes); it may be used again."""
 
-    def read_ids(self, module: torch.nn.Module) -> None:
+    def set_input_dtypes(self, module: torch.nn.Module) -> None:
         """Give integer inputs as token ids where ``module`` :func:`reads_ids`, and other
         inputs in its :func:`input_dtype` (sets :attr:`ids` and :attr:`dtype`)."""
         self.ids = reads_ids(module)
@@ -191,11 +191,11 @@ class _TensorSource(BatchSource):
         self.n_samples = len(data) if rows is None else len(rows)
         self.sample_shape = tuple(data.shape[1:])
 
-    def read_ids(self, module: torch.nn.Module) -> None:
-        """As :meth:`BatchSource.read_ids`; integer ids outside the first layer's
+    def set_input_dtypes(self, module: torch.nn.Module) -> None:
+        """As :meth:`BatchSource.set_input_dtypes`; integer ids outside the first layer's
         ``[0, num_embeddings)`` raise :data:`IDS_OUT_OF_RANGE` (torch names no input, and
         on a GPU stops the process's CUDA context)."""
-        super().read_ids(module)
+        super().set_input_dtypes(module)
         if not self.ids or self.data.is_floating_point() or not self.data.numel():
             return
         n = _first_layer(module).num_embeddings

@@ -698,8 +698,8 @@ def _built_run(est: Any, data: FitData, config: TrainConfig, callbacks: list, *,
                     est.module, input_shape=train_set.source.sample_shape,
                     n_classes=len(data.classes), module_params=est.module_params,
                 ).to(world.device)
-            for source in sources:  # token ids for an embedding, float32 for other layers
-                source.read_ids(module)
+            for source in sources:  # token ids for an embedding, else the input dtype
+                source.set_input_dtypes(module)
             parts = build_parts(
                 config, module, train_set, valid, world=world, precision=precision,
                 generator=generator, callbacks=callbacks,

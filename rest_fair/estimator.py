@@ -721,7 +721,7 @@ or dict of columns, default=None
         # with fits in other threads, whose draws the restored copy would otherwise rewind
         with GLOBAL_RANDOM_STATE, torch.random.fork_rng(devices=[]):
             source = make_source(X, device=device, num_workers=self.num_workers)
-            source.read_ids(self.module_)
+            source.set_input_dtypes(self.module_)
             try:
                 logits = predict_logits(module, source, batch_size=max(self.batch_size, 512),
                                         device=device)
