@@ -75,10 +75,10 @@ class BatchSource:
     ids: bool = False
     """Whether the samples of an integer array or integer Dataset items come as int64 token
     ids (for a network that :func:`reads_ids`) instead of :attr:`dtype`; set by
-    :meth:`read_ids` before the first batch."""
+    :meth:`set_input_dtypes` before the first batch."""
     dtype: torch.dtype = torch.float32
     """The dtype of the samples other than token ids: the network's :func:`input_dtype`;
-    set by :meth:`read_ids` before the first batch."""
+    set by :meth:`set_input_dtypes` before the first batch."""
 
     n_samples: int
     sample_shape: tuple[int, ...]
@@ -103,7 +103,7 @@ class BatchSource:
     def close(self) -> None:
         """Release what the source holds (worker processes); it may be used again."""
 
-    def read_ids(self, module: torch.nn.Module) -> None:
+    def set_input_dtypes(self, module: torch.nn.Module) -> None:
         """Give integer inputs as token ids where ``module`` :func:`reads_ids`, and other
         inputs in its :func:`input_dtype` (sets :attr:`ids` and :attr:`dtype`)."""
         self.ids = reads_ids(module)
@@ -164,7 +164,8 @@ class _TensorSource(BatchSource):
     dtype (float64) without negative strides is read in place and each batch is converted
     to :attr:`dtype` when it is taken, so a pass over it (``predict``) never holds a float32
     copy of the whole array. With ``rows``, the source holds those rows of the array, read in
-    place (sample ``i`` is row ``rows[i]``). An integer array keeps its dtype, and is
+    place on the CPU (sample ``i`` is row ``rows[i]``); on another device, it copies those
+    rows only. An integer array keeps its dtype, and is
     converted batch by batch on every device (unsigned ones of more than 8 bits, which
     torch supports in few operations, are held as int64 off the CPU).
     """
@@ -174,6 +175,8 @@ class _TensorSource(BatchSource):
     def __init__(self, X: np.ndarray, device: torch.device,
                  rows: np.ndarray | None = None) -> None:
         array = np.asarray(X)
+        if rows is not None and device.type != "cpu":
+            array, rows = array[rows], None
         if array.dtype.kind in "iu":
             if device.type != "cpu" and array.dtype.kind == "u" and array.itemsize > 1:
                 array = array.astype(np.int64)
@@ -188,11 +191,11 @@ class _TensorSource(BatchSource):
         self.n_samples = len(data) if rows is None else len(rows)
         self.sample_shape = tuple(data.shape[1:])
 
-    def read_ids(self, module: torch.nn.Module) -> None:
-        """As :meth:`BatchSource.read_ids`; integer ids outside the first layer's
+    def set_input_dtypes(self, module: torch.nn.Module) -> None:
+        """As :meth:`BatchSource.set_input_dtypes`; integer ids outside the first layer's
         ``[0, num_embeddings)`` raise :data:`IDS_OUT_OF_RANGE` (torch names no input, and
         on a GPU stops the process's CUDA context)."""
-        super().read_ids(module)
+        super().set_input_dtypes(module)
         if not self.ids or self.data.is_floating_point() or not self.data.numel():
             return
         n = _first_layer(module).num_embeddings
@@ -222,15 +225,19 @@ class _TensorSource(BatchSource):
 
 
 class _SparseSource(BatchSource):
+    """Rows of a sparse matrix (with ``rows``, those rows, read in place), as dense batches
+    of :attr:`dtype`."""
+
     uniform_samples = True
 
-    def __init__(self, X: Any) -> None:
+    def __init__(self, X: Any, rows: np.ndarray | None = None) -> None:
         self.data = X.tocsr()
-        self.n_samples = self.data.shape[0]
+        self.rows = rows
+        self.n_samples = self.data.shape[0] if rows is None else len(rows)
         self.sample_shape = (self.data.shape[1],)
 
     def keys(self, order):
-        return order.numpy()
+        return order.numpy() if self.rows is None else self.rows[order.numpy()]
 
     def take(self, rows, device):
         wide = np.float64 if self.dtype == torch.float64 else np.float32
@@ -545,7 +552,7 @@ def make_source(X: Any, *, device: torch.device, num_workers: int = 0,
     num_workers : int
         Worker processes for torch Datasets.
     rows : ndarray of int or None
-        For a dense array ``X``, the rows the source holds, read in place (None: all).
+        For a dense or sparse array ``X``, the rows the source holds (None: all).
     """
     import scipy.sparse as sp
 
@@ -554,5 +561,5 @@ def make_source(X: Any, *, device: torch.device, num_workers: int = 0,
     if is_torch_dataset(X):
         return _DatasetSource(X, num_workers, device)
     if sp.issparse(X):
-        return _SparseSource(X)
+        return _SparseSource(X, rows)
     return _TensorSource(X, device, rows)

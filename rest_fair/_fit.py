@@ -34,7 +34,7 @@ from sklearn.utils import check_random_state
 from tqdm.auto import tqdm
 
 from ._data import TokenizedText, _first_element, fixed_global_rngs, make_source
-from ._inputs import FitData, check_inputs, take
+from ._inputs import FitData, check_inputs
 from ._validation import IDENTIFYING, summable_weights, warn_unused_params, warnings_if
 from .callbacks import check_callbacks
 from .jtt import identify_errors, overlap_report
@@ -341,9 +341,10 @@ def _hold_out(data: FitData, fraction: float, seed: int, world: LocalContext,
     if world.is_main:
         _check_selection(data, np.setdiff1d(weighed, val_idx), g_val, data.group_labels,
                          advice=MORE_HELD_OUT)
+    held = data.rows(val_idx)  # a dense X's rows read in place, as the training rows
     return train_idx, EvalSet(
-        make_source(take(data.X, val_idx), device=device, num_workers=num_workers),
-        data.y[val_idx], g_val, w_val)
+        make_source(held.X, device=device, num_workers=num_workers, rows=held.X_rows),
+        held.y, g_val, w_val)
 
 
 def _named(labels: list, counts: dict | None = None, most: int = 5) -> str:
@@ -697,8 +698,8 @@ def _built_run(est: Any, data: FitData, config: TrainConfig, callbacks: list, *,
                     est.module, input_shape=train_set.source.sample_shape,
                     n_classes=len(data.classes), module_params=est.module_params,
                 ).to(world.device)
-            for source in sources:  # token ids for an embedding, float32 for other layers
-                source.read_ids(module)
+            for source in sources:  # token ids for an embedding, else the input dtype
+                source.set_input_dtypes(module)
             parts = build_parts(
                 config, module, train_set, valid, world=world, precision=precision,
                 generator=generator, callbacks=callbacks,

@@ -132,19 +132,11 @@ _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))  # native byte order
 
 
 def take(X: Any, idx: np.ndarray) -> Any:
-    """Rows ``idx`` of an array, sparse matrix or torch Dataset.
-
-    The rows of a float array or sparse matrix come in float32, the dtype the network
-    reads: the rows a fit trains and validates on are held in that form only, not also as
-    a float64 copy. Integer rows keep their dtype (token ids for an embedding).
-    """
+    """Rows ``idx`` of an array, sparse matrix or torch Dataset, in ``X``'s dtype (a batch
+    source converts each batch to the dtype the network reads)."""
     if is_torch_dataset(X):
         return torch.utils.data.Subset(X, idx.tolist())
-    rows = X[idx]
-    if ((isinstance(rows, np.ndarray) or sp.issparse(rows)) and rows.dtype.kind == "f"
-            and rows.dtype != np.float32):
-        return rows.astype(np.float32)
-    return rows
+    return X[idx]
 
 
 @dataclass
@@ -160,19 +152,19 @@ class FitData:
     sample_weight: np.ndarray
     validation: tuple | None  # validation_data: (X_val, class codes, group codes or None)
     validation_group_labels: list | None = None  # the labels of validation_data's group codes
-    X_rows: np.ndarray | None = None  # the rows of a dense X this data holds (None: all)
+    X_rows: np.ndarray | None = None  # the rows of an array X this data holds (None: all)
 
     def rows(self, idx: np.ndarray) -> FitData:
         """The data of the rows ``idx`` (sorted).
 
-        A dense array ``X`` is not indexed: ``X_rows`` names its rows, which a batch source
-        reads in place (see :func:`~rest_fair._data.make_source`), so a fit does not copy
-        its training rows; :meth:`inputs` indexes them. Other inputs are indexed for fewer
-        rows.
+        A dense or sparse array ``X`` is not indexed: ``X_rows`` names its rows, which a
+        batch source reads in place (see :func:`~rest_fair._data.make_source`), so a fit
+        copies neither its training nor its validation rows; :meth:`inputs` indexes them.
+        Other inputs are indexed for fewer rows.
         """
         X, X_rows = self.X, self.X_rows
         if len(idx) < len(self.y):
-            if isinstance(X, np.ndarray):
+            if isinstance(X, np.ndarray) or sp.issparse(X):
                 X_rows = idx if X_rows is None else X_rows[idx]
             else:
                 X = take(X, idx)
@@ -180,7 +172,7 @@ class FitData:
                        sample_weight=self.sample_weight[idx])
 
     def inputs(self) -> Any:
-        """``X`` of this data's rows (the rows :func:`take` gives of a dense array)."""
+        """``X`` of this data's rows (the rows :func:`take` gives of an array)."""
         return self.X if self.X_rows is None else take(self.X, self.X_rows)
 
 

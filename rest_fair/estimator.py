@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import enum
 import warnings
 from collections.abc import Hashable, Mapping
 from numbers import Integral, Real
@@ -159,16 +158,6 @@ def _is_file_attribute(name: str) -> bool:
     network, its masks and optimizer, nor ``inference_module_``, derived from them)."""
     return (name.endswith("_") and not name.startswith("_")
             and name not in (*_LIVE_ATTRIBUTES, "inference_module_"))
-
-
-def _enum_label(value: Any) -> Any:
-    """The first enum member that is also a number or string (an ``IntEnum``) among the
-    group labels ``value`` holds (in a list, in tuples, as keys), or None."""
-    if isinstance(value, enum.Enum) and isinstance(value, (int, float, str)):
-        return value
-    if isinstance(value, (list, tuple, Mapping)):
-        return next((m for m in map(_enum_label, value) if m is not None), None)
-    return None
 
 
 def _weights_as_string(params: dict) -> dict:
@@ -721,7 +710,7 @@ or dict of columns, default=None
         # with fits in other threads, whose draws the restored copy would otherwise rewind
         with GLOBAL_RANDOM_STATE, torch.random.fork_rng(devices=[]):
             source = make_source(X, device=device, num_workers=self.num_workers)
-            source.read_ids(self.module_)
+            source.set_input_dtypes(self.module_)
             try:
                 logits = predict_logits(module, source, batch_size=max(self.batch_size, 512),
                                         device=device)
@@ -945,11 +934,6 @@ or dict of columns, default=None
                 arrays[f"attr.{len(arrays)}"] = value
                 continue
             try:
-                member = _enum_label(value) if name in _GROUP_ATTRIBUTES else None
-                if member is not None:  # an IntEnum is an int: it would read back as one
-                    raise TypeError(f"cannot save fitted attribute {name!r}: its label "
-                                    f"{member!r} is an enum member, which a file would hold "
-                                    f"as {member.value!r}, of another type.")
                 records = _plain_records(value)
                 if records is None:
                     attributes[name] = model_file.to_json(value, f"fitted attribute {name!r}")

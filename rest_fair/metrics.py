@@ -43,7 +43,7 @@ _DICT_NOT_SPLIT = (
     "which split only arrays and DataFrames: pass pandas.DataFrame(groups) there."
 )
 _MIXED_LABELS = (
-    "y_true and y_pred must hold labels of one kind (both strings or both numbers); got "
+    "y_true and y_pred must hold labels of one kind (all strings or all numbers); got "
     "dtypes {} and {}."
 )
 _NO_WEIGHT = (
@@ -104,13 +104,16 @@ def group_accuracies(y_true: ArrayLike, y_pred: ArrayLike, groups: ArrayLike, *,
     ------
     ValueError
         On a length mismatch, labels of more than one column, missing values (NaN/None) in
-        the labels or groups, labels of two kinds, invalid weights, or weights that are 0 for
-        every sample (no group has an accuracy).
+        the labels or groups, labels of two kinds (strings and others, in either or across
+        both), invalid weights, or weights that are 0 for every sample (no group has an
+        accuracy).
     """
     y_true = column_or_1d(checked_labels(y_true, "y_true"), warn=True)
     y_pred = column_or_1d(checked_labels(y_pred, "y_pred"), warn=True)
-    text = [bool(a.size) and isinstance(a[0], str) for a in (y_true, y_pred)]
-    if text[0] != text[1]:
+    # every value of an object array; an array of another dtype holds values of one kind
+    text = {isinstance(v, str) for a in (y_true, y_pred)
+            for v in (a if a.dtype == object else a[:1])}
+    if len(text) > 1:
         raise ValueError(_MIXED_LABELS.format(y_true.dtype, y_pred.dtype))
     # numpy's dates stay numpy's, of their unit, as fit labels them (pandas' are Timestamps)
     numpy_dates = isinstance(groups, np.ndarray) and groups.dtype.kind in "mM"

@@ -101,3 +101,11 @@ def test_sparse_batches_are_the_float32_rows_in_every_format_and_dtype():
             want = X.toarray().astype(np.float32)[order.numpy()]
             np.testing.assert_array_equal(torch.cat(batches).numpy(), want)
             assert X.dtype == dtype and X.format == fmt  # the caller's matrix is unchanged
+
+
+def test_a_source_of_some_rows_copies_only_those_off_the_cpu():
+    # the held-out rows are read in place on the CPU; a source on a GPU, which copies its
+    # array there, would otherwise copy the whole array for a few validation rows
+    X = np.random.default_rng(0).standard_normal((40, 6))
+    source = make_source(X, device=torch.device("meta"), rows=np.array([5, 2, 9]))
+    assert source.n_samples == 3 and source.data.shape == (3, 6)

@@ -8,6 +8,7 @@ import warnings
 import numpy as np
 import pandas as pd
 import pytest
+import scipy.sparse as sp
 import torch
 from sklearn.exceptions import DataConversionWarning
 
@@ -613,8 +614,6 @@ def test_dataframes_of_dates_or_durations_only_are_refused_naming_them(small, co
 def test_a_network_of_another_float_dtype_gets_inputs_in_its_dtype(small, dtype):
     # inputs came as float32, and torch failed in the forward pass ("mat1 and mat2 must
     # have the same dtype, but got Float and Double")
-    import scipy.sparse as sp
-
     X, y = small
     X64 = X.astype(np.float64) + 1e-9  # values float32 cannot hold
     net = torch.nn.Sequential(torch.nn.Linear(5, 8), torch.nn.ReLU(),
@@ -632,6 +631,26 @@ def test_a_network_of_another_float_dtype_gets_inputs_in_its_dtype(small, dtype)
     _clf(module=net, module_params=None).fit(items, y)
     _clf(module=net, module_params=None).fit(sp.csr_matrix(X64), y)
 
+
+
+@pytest.mark.parametrize("to_input", [np.asarray, sp.csr_matrix], ids=["dense", "sparse"])
+def test_a_float64_network_trains_and_validates_on_the_float64_rows(small, to_input):
+    # the rows held out by validation_fraction (and a sparse X's training rows) were
+    # rounded to float32, while a dense X's training rows reached the network in float64
+    X64 = small[0].astype(np.float64) + 1e-9  # values float32 cannot hold
+    seen = {True: [], False: []}
+
+    class Recorder(torch.nn.Linear):
+        def forward(self, x):
+            seen[self.training].append(x.detach())
+            return super().forward(x)
+
+    _clf(module=Recorder(5, 2).double(), module_params=None, sparsity=0.0,
+         validation_fraction=0.3).fit(to_input(X64), small[1])
+    for training in (True, False):
+        rows = torch.cat(seen[training]).numpy()
+        assert rows.dtype == np.float64
+        assert np.isin(rows[:, 0], X64[:, 0]).all()
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_auto_sparse_compute_keeps_layers_of_a_dtype_without_csr_kernels_masked(

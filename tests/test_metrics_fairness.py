@@ -153,6 +153,8 @@ def test_group_accuracies_unchanged():
 def test_group_metrics_refuse_mixed_label_kinds_and_read_intersections():
     with pytest.raises(ValueError, match="labels of one kind"):
         group_accuracies(np.array(["0", "1"]), np.array([0, 1]), [0, 0])
+    with pytest.raises(ValueError, match="labels of one kind"):  # "2" was scored wrong beside 2
+        group_accuracies(np.array(["1", 2], dtype=object), np.array(["1", "2"]), [0, 0])
     with pytest.raises(ValueError, match="labels of one kind"):  # not scikit-learn's error
         fairness_report(y=np.array([0, 1]), y_pred=np.array(["0", "1"]), groups=[0, 0])
     two_columns = np.array([[0, "a"], [0, "b"], [0, "b"], [1, "a"]], dtype=object)

@@ -143,6 +143,10 @@ _BAD_OBJECT = (
     "got {type}."
 )
 _NOT_JSON = "cannot save {what}: value of type {type} is not a plain JSON-able value."
+_PLAIN_SUBCLASS = (
+    "cannot save {what}: {value!r}, of type {type}, would be written, and read back, as "
+    "the {base} {plain!r} (loading imports no class that a file names); use {plain!r}."
+)
 _NEED_MODULE = (
     "{path} holds the weights of a {cls} without a built-in architecture; pass "
     "load(path, module=<an instance of it>) to load them."
@@ -194,14 +198,15 @@ def to_json(value: Any, what: str) -> Any:
     Raises
     ------
     TypeError
-        If ``value`` holds anything else, or a date whose time zone would not read back as
-        itself (one other than a fixed offset, for a ``datetime`` value); the message
-        names ``what``.
+        If ``value`` holds anything else (also a subclass of ``int``, ``float`` or ``str``
+        other than numpy's, such as an ``IntEnum`` member), or a date whose time zone would
+        not read back as itself (one other than a fixed offset, for a ``datetime`` value);
+        the message names ``what``.
     ValueError
         If ``value`` holds an array of a dtype that :func:`from_json` refuses (structured,
         sub-array or void dtypes).
     """
-    if value is None or isinstance(value, (bool, str, int, float)):
+    if value is None or type(value) in (bool, str, int, float):
         return value
     encoded = _tagged(value, what)
     if encoded is not None:
@@ -226,6 +231,11 @@ def to_json(value: Any, what: str) -> Any:
                 "dtype": value.dtype.str if value.dtype != object else "object"}
     if isinstance(value, Mapping):
         return mapping_to_json([(k, to_json(v, what)) for k, v in value.items()], what)
+    base = next((t for t in (int, float, str) if isinstance(value, t)), None)
+    if base is not None:
+        raise TypeError(_PLAIN_SUBCLASS.format(what=what, value=value, type=type(value).__name__,
+                                               base=base.__name__,
+                                               plain=json.loads(json.dumps(value))))
     raise TypeError(_NOT_JSON.format(what=what, type=type(value).__name__))
 
 

@@ -775,8 +775,8 @@ def test_group_labels_a_file_cannot_hold_are_refused_when_saved(tmp_path):
     paris = datetime.timezone(datetime.timedelta(hours=1), "Paris")  # not a fixed offset's name
     for groups, match in (([Site.NORTH, Site.SOUTH] * 20, "value of type Site"),
                           ([Level.LOW, Level.HIGH] * 20,
-                           "label <Level.LOW: 1> is an enum member, which a file would hold "
-                           "as 1, of another type"),
+                           "<Level.LOW: 1>, of type Level, would be written, and read back, "
+                           "as the int 1"),
                           ([datetime.datetime(2020, 1, 1, tzinfo=paris)] * 40,
                            "would not read back as itself")):
         clf = RESTClassifier(**params).fit(X, y, groups=groups)
@@ -784,6 +784,32 @@ def test_group_labels_a_file_cannot_hold_are_refused_when_saved(tmp_path):
                                             r"labels given to fit"):
             clf.save(tmp_path / "m.rest")
         assert not (tmp_path / "m.rest").exists()
+
+
+def test_parameters_and_metadata_of_a_subclass_of_int_float_or_str_are_refused(tmp_path):
+    # an IntEnum parameter was written as a plain int and came back as one, so get_params()
+    # after load differed from before save
+    import enum
+
+    class Width(enum.IntEnum):
+        SMALL = 8
+
+    class Ratio(float):
+        pass
+
+    X = np.random.default_rng(0).normal(size=(40, 4)).astype(np.float32)
+    clf = RESTClassifier(module="mlp", module_params={"hidden_layer_sizes": (Width.SMALL,)},
+                         max_epochs=Width.SMALL, validation_fraction=0.0,
+                         random_state=0).fit(X, np.arange(40) % 2)
+    with pytest.raises(TypeError, match=r"parameter 'max_epochs': <Width.SMALL: 8>, of type "
+                                        r"Width, would be written, and read back, as the int 8"):
+        clf.save(tmp_path / "m.rest")
+    assert not (tmp_path / "m.rest").exists()
+    net, masks = _masked_mlp(0.1)
+    with pytest.raises(TypeError, match=r"metadata: 0.5, of type Ratio, .* as the float 0.5"):
+        save((net, masks, {"ratio": Ratio(0.5)}), tmp_path / "m.rest")
+    save((net, masks, {"ratio": np.float64(0.5), "name": np.str_("a")}), tmp_path / "m.rest")
+    assert load(tmp_path / "m.rest", module=net)[2] == {"ratio": 0.5, "name": "a"}
 
 
 def test_numpy_dates_and_durations_keep_their_unit_and_type(tmp_path):
