@@ -366,9 +366,9 @@ def test_inputs_are_not_modified(data):
 
 
 @pytest.mark.parametrize("to_input", [np.asarray, sp.csr_matrix], ids=["dense", "sparse"])
-def test_a_float64_input_is_held_in_float32_only(to_input):
-    # the training and validation rows were taken from a float64 X as float64 copies and
-    # converted to float32 for the network: the float64 copy stayed alive through the fit
+def test_a_float64_input_holds_no_more_memory_than_a_float32_one_during_fit(to_input):
+    # the training and validation rows of a float64 X are read in place and each batch is
+    # converted for the float32 network: no float64 copy stays alive through the fit
     import tracemalloc
 
     X = np.random.default_rng(0).standard_normal((20_000, 50))
