@@ -498,7 +498,8 @@ def check_torchvision(
     """Check the arguments of :func:`build_torchvision` without downloading or reading
     weights: the model name, its ``weights`` and ``download_timeout`` and, where given, the
     other keyword arguments and the sample shape ``input_shape`` on the model built on the
-    meta device (no memory, no weights).
+    meta device (no memory, no weights; a RegNet's keyword arguments on the model built on
+    the CPU).
 
     Returns
     -------
@@ -667,8 +668,9 @@ def _meta_model(
     without it, of any of the model's weights.
 
     ``kwargs`` that torchvision refuses, or that differ from those ``member`` sets, are
-    refused with a ``ValueError`` naming them. The model is ``None`` where it cannot be
-    built on the meta device (RegNet computes its widths from tensors).
+    refused with a ``ValueError`` naming them. Where the model cannot be built on the meta
+    device (RegNet computes its widths from tensors), it is built on the CPU to check
+    ``kwargs``, and is ``None`` without them.
     """
     builder = tv.models.get_model_builder(name)
     candidates = [member] if member is not None else list(tv.models.get_model_weights(name))
@@ -680,9 +682,10 @@ def _meta_model(
             return builder(weights=None, **{**_QUIET_BUILD.get(name, {}), **options})
 
     try:
-        model = build(**kwargs)
-    except NotImplementedError:  # "Cannot copy out of meta tensor"
-        return None, sizes
+        try:
+            model: nn.Module | None = build(**kwargs)
+        except NotImplementedError:  # "Cannot copy out of meta tensor": kwargs checked on the CPU
+            model = builder(weights=None, **kwargs) if kwargs else None
     except (TypeError, ValueError, AssertionError, RuntimeError) as exc:
         if not kwargs:
             raise

@@ -393,6 +393,10 @@ def test_arguments_are_checked_before_weights_are_downloaded(monkeypatch):
         ("vit_b_16", {}, (3, 32, 32), r"vit_b_16 takes images of 224x224 pixels .* its "
          r"pretrained position embeddings"),
         ("inception_v3", {}, (3, 64, 64), r"inception_v3 takes images of at least 75x75"),
+        ("regnet_y_400mf", {"bogus": 1}, (3, 32, 32), r"module_params \['bogus'\] of "
+         r"module='regnet_y_400mf': torchvision's model refuses one \(.*unexpected keyword"),
+        ("regnet_y_400mf", {"num_classes": 5}, (3, 32, 32), r"RegNet_Y_400MF_Weights\."
+         r"IMAGENET1K_V2 set num_classes=1000, not 5"),
         ("maxvit_t", {}, (3, 448, 448), r"maxvit_t takes images of 224x224 pixels .* "
          r"torchvision builds it for this size with its pretrained weights"),
     ]:
