@@ -153,6 +153,9 @@ IMAGES_TOO_SMALL = (
 #: Arguments that build these models on the meta device without warning that their default
 #: initialisation will change (the meta model's values are never used).
 _QUIET_BUILD = {"googlenet": {"init_weights": False}, "inception_v3": {"init_weights": False}}
+#: The arguments that torchvision sets from any pretrained weights of these models, besides
+#: ``num_classes``.
+_SET_BY_WEIGHTS = {name: {"aux_logits": True, "init_weights": False} for name in _QUIET_BUILD}
 #: The builder arguments of torchvision's models that are built for one image size, by
 #: class; torchvision sets them to the ``min_size`` of the pretrained weights.
 _IMAGE_SIZE_PARAMS = {"VisionTransformer": "image_size", "MaxVit": "input_size"}
@@ -625,7 +628,8 @@ def build_torchvision(
         Socket timeout of a download, in seconds (positive and finite).
     **kwargs
         Passed to the torchvision model builder; with weights, those that torchvision sets
-        from them (``num_classes``, a vision transformer's ``image_size``) must be theirs.
+        from them (``num_classes``, a vision transformer's ``image_size``, GoogLeNet's and
+        Inception v3's ``aux_logits=True`` and ``init_weights=False``) must be theirs.
 
     Returns
     -------
@@ -700,10 +704,13 @@ def _meta_model(
         size = tuple(weights.meta["min_size"])
         size = size if param == "input_size" else size[0]
     if member is not None:  # the arguments torchvision sets from the weights
-        forced = {"num_classes": len(member.meta["categories"]), **({param: size} if param else {})}
+        forced = {"num_classes": len(member.meta["categories"]), **({param: size} if param else {}),
+                  **_SET_BY_WEIGHTS.get(name, {})}
         clash = sorted(k for k in forced if k in kwargs and kwargs[k] != forced[k])
         if clash:
-            error = ", ".join(f"{k}={forced[k]!r}, not {kwargs[k]!r}" for k in clash)
+            error = ", ".join(f"{k}={forced[k]!r}, not {kwargs[k]!r}" for k in clash) + (
+                "; the model built drops the auxiliary classifiers all the same"
+                if "aux_logits" in clash else "")
             raise ValueError(BAD_TORCHVISION_PARAMS.format(
                 name=name, keys=sorted(kwargs), error=f"its weights {member} set {error}"))
         if param is not None and param not in kwargs:

@@ -397,12 +397,20 @@ def test_arguments_are_checked_before_weights_are_downloaded(monkeypatch):
          r"module='regnet_y_400mf': torchvision's model refuses one \(.*unexpected keyword"),
         ("regnet_y_400mf", {"num_classes": 5}, (3, 32, 32), r"RegNet_Y_400MF_Weights\."
          r"IMAGENET1K_V2 set num_classes=1000, not 5"),
+        ("googlenet", {"aux_logits": False}, (3, 96, 96), r"GoogLeNet_Weights\.IMAGENET1K_V1 "
+         r"set aux_logits=True, not False; the model built drops the auxiliary classifiers"),
+        ("inception_v3", {"init_weights": True}, (3, 96, 96), r"module_params "
+         r"\['init_weights'\] .*Inception_V3_Weights\.IMAGENET1K_V1 set init_weights=False, "
+         r"not True\)"),
         ("maxvit_t", {}, (3, 448, 448), r"maxvit_t takes images of 224x224 pixels .* "
          r"torchvision builds it for this size with its pretrained weights"),
     ]:
         with pytest.raises(ValueError, match=match):
             build_module(name, input_shape=shape, n_classes=2,
                          module_params={"weights": "DEFAULT", **params})
+    for name in ("googlenet", "inception_v3"):  # the weights' own values, and any transform
+        backbones.check_torchvision(name, "DEFAULT", aux_logits=True, init_weights=False,
+                                    transform_input=False)
     for timeout in (-1, 0, float("nan"), float("inf"), "5", True):  # -1 was a network error
         with pytest.raises(ValueError, match=r"module_params\['download_timeout'\] \(of a "
                            r"torchvision model\) must be a positive, finite number of seconds"):
