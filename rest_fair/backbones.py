@@ -134,8 +134,7 @@ STATE_DICT_MISMATCH = (
 DOWNLOAD_FAILED = (
     "Could not download the torchvision weights {weights} for {name} from {url} ({error}). "
     "Without network access, download the file on another machine and put it at {cache} "
-    "(torch.hub's cache, TORCH_HOME), or pass module_params={{'weights': <path to a "
-    "state-dict file>}}."
+    "(torch.hub's cache, TORCH_HOME), or anywhere and give its path as the weights."
 )
 NEED_IMAGES = (
     "torchvision's {name} takes RGB images of shape (n_samples, 3, height, width); got "
@@ -693,8 +692,9 @@ def _meta_model(
     except (TypeError, ValueError, AssertionError, RuntimeError) as exc:
         if not kwargs:
             raise
-        error = str(exc) + ("; pretrained weights are module_params={'weights': 'DEFAULT'}"
-                            if "pretrained" in kwargs else "")  # torchvision's before 0.13
+        error = str(exc) + ("; pretrained weights are chosen by 'weights' ('DEFAULT' or a "
+                            "weights name), not 'pretrained'" if "pretrained" in kwargs
+                            else "")  # torchvision's before 0.13
         raise ValueError(BAD_TORCHVISION_PARAMS.format(name=name, keys=sorted(kwargs),
                                                        error=error)) from exc
     param = _IMAGE_SIZE_PARAMS.get(type(model).__name__)

@@ -196,6 +196,7 @@ def test_weights_that_cannot_be_downloaded_are_refused_before_the_outputs_move(
     err = capsys.readouterr().err
     assert err.startswith("rest-fair wilds: Could not download the torchvision weights ")
     assert err.count("Could not download") == 1
+    assert "module_params" not in err and "give its path as the weights" in err  # --weights
     assert sorted(p.name for p in out.iterdir()) == ["metrics.json"]
 
 
