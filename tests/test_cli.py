@@ -595,3 +595,23 @@ def test_bench_refuses_a_cuda_device_this_machine_lacks_before_any_run(tmp_path,
     assert ("rest-fair bench: error: --device='cuda' was requested but CUDA is not available"
             in capsys.readouterr().err)
     assert not out.exists()
+
+
+def test_bench_weights_that_cannot_be_downloaded_are_an_error_not_a_traceback(
+        tmp_path, capsys, monkeypatch):
+    import urllib.error
+
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("torchvision")
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    out = tmp_path / "o"
+    assert cli.main(["bench", "--preset", "tiny", "--out-dir", str(out), "--module", "resnet18",
+                     "--module-params", '{"weights": "DEFAULT"}']) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("rest-fair bench: Could not download the torchvision weights ")
+    assert "give its path as the weights" in err and not out.exists()
