@@ -300,6 +300,11 @@ def test_builtin_resnet18_stays_the_default_without_weights():
     assert isinstance(torchvision_one, tv.models.ResNet)
     with pytest.raises(ValueError, match="built-in network without pretrained weights"):
         build_module("mlp", input_shape=(4,), n_classes=2, module_params={"weights": "x.pt"})
+    with pytest.raises(ValueError, match=r"\['pretrained'\] are not options of "
+                       r"module='resnet18'; it takes \['stem', 'width'\] \(a 'weights' entry "
+                       r"selects torchvision's ResNet-18 instead, with its own options: "
+                       r"'DEFAULT' for its pretrained weights, None for a random start\)\.$"):
+        check_module("resnet18", {"pretrained": True})
 
 
 def test_every_weight_of_a_vit_is_masked():

@@ -155,6 +155,8 @@ def test_bench_rejects_bad_flags(capsys):
     (["--epochs", "0"], "--epochs must be >= 1; got 0."),
     (["--module-params", '{"foo": 1}'], "--module-params ['foo'] are not options of "
                                         "module='mlp'; it takes ['hidden_layer_sizes']"),
+    (["--module", "resnet18", "--module-params", '{"pretrained": true}'],
+     "it takes ['stem', 'width'] (a 'weights' entry selects torchvision's ResNet-18 instead"),
     (["--module", "mlp", "--module-params", '{"hidden_layer_sizes": [-1]}'],
      "--module-params['hidden_layer_sizes'] must be a sequence of positive ints"),
     (["--image-size", "0"], "--image-size must be a positive int or None"),
