@@ -622,7 +622,9 @@ def build_torchvision(
         batch-norm counters ``num_batches_tracked``, which files written before PyTorch 0.4.1
         lack, may be absent (as ``load_state_dict`` allows); the auxiliary classifiers of
         Inception v3 and GoogLeNet, which the returned model does not have, may be absent
-        or present.
+        or present. The model is built as without weights: Inception v3 and GoogLeNet with
+        ``transform_input=False`` unless given, which their torchvision weights names set to
+        ``True`` (give it with a file of those weights to build the same model).
     download_timeout : float, default=30
         Socket timeout of a download, in seconds (positive and finite).
     **kwargs
