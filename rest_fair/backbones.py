@@ -690,7 +690,8 @@ def _meta_model(
         try:
             model: nn.Module | None = build(**kwargs)
         except NotImplementedError:  # "Cannot copy out of meta tensor": kwargs checked on the CPU
-            model = builder(weights=None, **kwargs) if kwargs else None
+            with torch.random.fork_rng(devices=[]):  # the caller's random numbers stay as they are
+                model = builder(weights=None, **kwargs) if kwargs else None
     except (TypeError, ValueError, AssertionError, RuntimeError) as exc:
         if not kwargs:
             raise

@@ -413,6 +413,10 @@ def test_arguments_are_checked_before_weights_are_downloaded(monkeypatch):
         with pytest.raises(ValueError, match=match):
             build_module(name, input_shape=shape, n_classes=2,
                          module_params={"weights": "DEFAULT", **params})
+    torch.manual_seed(0)
+    state = torch.get_rng_state()
+    backbones.check_torchvision("regnet_y_400mf", "DEFAULT", stem_width=16)  # built on the CPU
+    assert torch.equal(torch.get_rng_state(), state)
     for name in ("googlenet", "inception_v3"):  # the weights' own values, and any transform
         backbones.check_torchvision(name, "DEFAULT", aux_logits=True, init_weights=False,
                                     transform_input=False)
