@@ -155,6 +155,11 @@ def test_bench_rejects_bad_flags(capsys):
     (["--epochs", "0"], "--epochs must be >= 1; got 0."),
     (["--module-params", '{"foo": 1}'], "--module-params ['foo'] are not options of "
                                         "module='mlp'; it takes ['hidden_layer_sizes']"),
+    # tracebacks: FileNotFoundError, IsADirectoryError
+    (["--module", "resnet18", "--module-params", '{"weights": "./no/such.pt"}'],
+     "weights='./no/such.pt' looks like a file path, but there is no such file."),
+    (["--module", "resnet18", "--module-params", '{"weights": "/"}'],
+     "weights='/' is a folder; give the path of a state-dict file in it."),
     (["--module", "resnet18", "--module-params", '{"pretrained": true}'],
      "it takes ['stem', 'width'] (a 'weights' entry selects torchvision's ResNet-18 instead"),
     (["--module", "mlp", "--module-params", '{"hidden_layer_sizes": [-1]}'],
