@@ -134,8 +134,7 @@ STATE_DICT_MISMATCH = (
 DOWNLOAD_FAILED = (
     "Could not download the torchvision weights {weights} for {name} from {url} ({error}). "
     "Without network access, download the file on another machine and put it at {cache} "
-    "(torch.hub's cache, TORCH_HOME), or pass module_params={{'weights': <path to a "
-    "state-dict file>}}."
+    "(torch.hub's cache, TORCH_HOME), or anywhere and give its path as the weights."
 )
 NEED_IMAGES = (
     "torchvision's {name} takes RGB images of shape (n_samples, 3, height, width); got "
@@ -153,6 +152,9 @@ IMAGES_TOO_SMALL = (
 #: Arguments that build these models on the meta device without warning that their default
 #: initialisation will change (the meta model's values are never used).
 _QUIET_BUILD = {"googlenet": {"init_weights": False}, "inception_v3": {"init_weights": False}}
+#: The arguments that torchvision sets from any pretrained weights of these models, besides
+#: ``num_classes``.
+_SET_BY_WEIGHTS = {name: {"aux_logits": True, "init_weights": False} for name in _QUIET_BUILD}
 #: The builder arguments of torchvision's models that are built for one image size, by
 #: class; torchvision sets them to the ``min_size`` of the pretrained weights.
 _IMAGE_SIZE_PARAMS = {"VisionTransformer": "image_size", "MaxVit": "input_size"}
@@ -498,7 +500,8 @@ def check_torchvision(
     """Check the arguments of :func:`build_torchvision` without downloading or reading
     weights: the model name, its ``weights`` and ``download_timeout`` and, where given, the
     other keyword arguments and the sample shape ``input_shape`` on the model built on the
-    meta device (no memory, no weights).
+    meta device (no memory, no weights; a RegNet's keyword arguments on the model built on
+    the CPU).
 
     Returns
     -------
@@ -619,12 +622,15 @@ def build_torchvision(
         batch-norm counters ``num_batches_tracked``, which files written before PyTorch 0.4.1
         lack, may be absent (as ``load_state_dict`` allows); the auxiliary classifiers of
         Inception v3 and GoogLeNet, which the returned model does not have, may be absent
-        or present.
+        or present. The model is built as without weights: Inception v3 and GoogLeNet with
+        ``transform_input=False`` unless given, which their torchvision weights names set to
+        ``True`` (give it with a file of those weights to build the same model).
     download_timeout : float, default=30
         Socket timeout of a download, in seconds (positive and finite).
     **kwargs
         Passed to the torchvision model builder; with weights, those that torchvision sets
-        from them (``num_classes``, a vision transformer's ``image_size``) must be theirs.
+        from them (``num_classes``, a vision transformer's ``image_size``, GoogLeNet's and
+        Inception v3's ``aux_logits=True`` and ``init_weights=False``) must be theirs.
 
     Returns
     -------
@@ -667,8 +673,9 @@ def _meta_model(
     without it, of any of the model's weights.
 
     ``kwargs`` that torchvision refuses, or that differ from those ``member`` sets, are
-    refused with a ``ValueError`` naming them. The model is ``None`` where it cannot be
-    built on the meta device (RegNet computes its widths from tensors).
+    refused with a ``ValueError`` naming them. Where the model cannot be built on the meta
+    device (RegNet computes its widths from tensors), it is built on the CPU to check
+    ``kwargs``, and is ``None`` without them.
     """
     builder = tv.models.get_model_builder(name)
     candidates = [member] if member is not None else list(tv.models.get_model_weights(name))
@@ -680,14 +687,17 @@ def _meta_model(
             return builder(weights=None, **{**_QUIET_BUILD.get(name, {}), **options})
 
     try:
-        model = build(**kwargs)
-    except NotImplementedError:  # "Cannot copy out of meta tensor"
-        return None, sizes
+        try:
+            model: nn.Module | None = build(**kwargs)
+        except NotImplementedError:  # "Cannot copy out of meta tensor": kwargs checked on the CPU
+            with torch.random.fork_rng(devices=[]):  # the caller's random numbers stay as they are
+                model = builder(weights=None, **kwargs) if kwargs else None
     except (TypeError, ValueError, AssertionError, RuntimeError) as exc:
         if not kwargs:
             raise
-        error = str(exc) + ("; pretrained weights are module_params={'weights': 'DEFAULT'}"
-                            if "pretrained" in kwargs else "")  # torchvision's before 0.13
+        error = str(exc) + ("; pretrained weights are chosen by 'weights' ('DEFAULT' or a "
+                            "weights name), not 'pretrained'" if "pretrained" in kwargs
+                            else "")  # torchvision's before 0.13
         raise ValueError(BAD_TORCHVISION_PARAMS.format(name=name, keys=sorted(kwargs),
                                                        error=error)) from exc
     param = _IMAGE_SIZE_PARAMS.get(type(model).__name__)
@@ -697,10 +707,13 @@ def _meta_model(
         size = tuple(weights.meta["min_size"])
         size = size if param == "input_size" else size[0]
     if member is not None:  # the arguments torchvision sets from the weights
-        forced = {"num_classes": len(member.meta["categories"]), **({param: size} if param else {})}
+        forced = {"num_classes": len(member.meta["categories"]), **({param: size} if param else {}),
+                  **_SET_BY_WEIGHTS.get(name, {})}
         clash = sorted(k for k in forced if k in kwargs and kwargs[k] != forced[k])
         if clash:
-            error = ", ".join(f"{k}={forced[k]!r}, not {kwargs[k]!r}" for k in clash)
+            error = ", ".join(f"{k}={forced[k]!r}, not {kwargs[k]!r}" for k in clash) + (
+                "; the model built drops the auxiliary classifiers all the same"
+                if "aux_logits" in clash else "")
             raise ValueError(BAD_TORCHVISION_PARAMS.format(
                 name=name, keys=sorted(kwargs), error=f"its weights {member} set {error}"))
         if param is not None and param not in kwargs:

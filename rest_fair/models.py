@@ -33,7 +33,11 @@ _NO_PRETRAINED = (
     "module_params['weights'] applies to torchvision models (e.g. module='resnet50')."
 )
 _UNKNOWN_PARAMS = (
-    "module_params {unknown} are not options of module={name!r}; it takes {accepted}."
+    "module_params {unknown} are not options of module={name!r}; it takes {accepted}{other}."
+)
+_TORCHVISION_RESNET18 = (
+    " (a 'weights' entry selects torchvision's ResNet-18 instead, with its own options: "
+    "'DEFAULT' for its pretrained weights, None for a random start)"
 )
 _INSTANCE_PARAMS = "module_params cannot be used with an nn.Module instance."
 _BAD_HIDDEN = (
@@ -323,7 +327,9 @@ def _check_builtin_params(name: str, params: Mapping[str, Any]) -> None:
                        if p.kind is p.KEYWORD_ONLY})
     unknown = sorted(set(params) - set(accepted))
     if unknown:
-        raise ValueError(_UNKNOWN_PARAMS.format(unknown=unknown, name=name, accepted=accepted))
+        raise ValueError(_UNKNOWN_PARAMS.format(
+            unknown=unknown, name=name, accepted=accepted,
+            other=_TORCHVISION_RESNET18 if name == "resnet18" else ""))
     if "hidden_layer_sizes" in params:
         _check_hidden(params["hidden_layer_sizes"])
 

@@ -300,6 +300,11 @@ def test_builtin_resnet18_stays_the_default_without_weights():
     assert isinstance(torchvision_one, tv.models.ResNet)
     with pytest.raises(ValueError, match="built-in network without pretrained weights"):
         build_module("mlp", input_shape=(4,), n_classes=2, module_params={"weights": "x.pt"})
+    with pytest.raises(ValueError, match=r"\['pretrained'\] are not options of "
+                       r"module='resnet18'; it takes \['stem', 'width'\] \(a 'weights' entry "
+                       r"selects torchvision's ResNet-18 instead, with its own options: "
+                       r"'DEFAULT' for its pretrained weights, None for a random start\)\.$"):
+        check_module("resnet18", {"pretrained": True})
 
 
 def test_every_weight_of_a_vit_is_masked():
@@ -393,12 +398,28 @@ def test_arguments_are_checked_before_weights_are_downloaded(monkeypatch):
         ("vit_b_16", {}, (3, 32, 32), r"vit_b_16 takes images of 224x224 pixels .* its "
          r"pretrained position embeddings"),
         ("inception_v3", {}, (3, 64, 64), r"inception_v3 takes images of at least 75x75"),
+        ("regnet_y_400mf", {"bogus": 1}, (3, 32, 32), r"module_params \['bogus'\] of "
+         r"module='regnet_y_400mf': torchvision's model refuses one \(.*unexpected keyword"),
+        ("regnet_y_400mf", {"num_classes": 5}, (3, 32, 32), r"RegNet_Y_400MF_Weights\."
+         r"IMAGENET1K_V2 set num_classes=1000, not 5"),
+        ("googlenet", {"aux_logits": False}, (3, 96, 96), r"GoogLeNet_Weights\.IMAGENET1K_V1 "
+         r"set aux_logits=True, not False; the model built drops the auxiliary classifiers"),
+        ("inception_v3", {"init_weights": True}, (3, 96, 96), r"module_params "
+         r"\['init_weights'\] .*Inception_V3_Weights\.IMAGENET1K_V1 set init_weights=False, "
+         r"not True\)"),
         ("maxvit_t", {}, (3, 448, 448), r"maxvit_t takes images of 224x224 pixels .* "
          r"torchvision builds it for this size with its pretrained weights"),
     ]:
         with pytest.raises(ValueError, match=match):
             build_module(name, input_shape=shape, n_classes=2,
                          module_params={"weights": "DEFAULT", **params})
+    torch.manual_seed(0)
+    state = torch.get_rng_state()
+    backbones.check_torchvision("regnet_y_400mf", "DEFAULT", stem_width=16)  # built on the CPU
+    assert torch.equal(torch.get_rng_state(), state)
+    for name in ("googlenet", "inception_v3"):  # the weights' own values, and any transform
+        backbones.check_torchvision(name, "DEFAULT", aux_logits=True, init_weights=False,
+                                    transform_input=False)
     for timeout in (-1, 0, float("nan"), float("inf"), "5", True):  # -1 was a network error
         with pytest.raises(ValueError, match=r"module_params\['download_timeout'\] \(of a "
                            r"torchvision model\) must be a positive, finite number of seconds"):
@@ -436,7 +457,8 @@ def test_arguments_are_checked_before_weights_are_downloaded(monkeypatch):
          ValueError, r"is a URL: weights are not downloaded from URLs; give a torchvision "
          r"weights name of resnet18 \(they are \['IMAGENET1K_V1', 'DEFAULT'\]"),
         ("resnet50", {"pretrained": True}, ValueError, r"\['pretrained'\] .*unexpected keyword "
-         r"argument 'pretrained'; pretrained weights are module_params=\{'weights': 'DEFAULT'\}"),
+         r"argument 'pretrained'; pretrained weights are chosen by 'weights' \('DEFAULT' or a "
+         r"weights name\), not 'pretrained'\)"),  # as module_params and --module-params name it
         ("resnet50", {"weigths": None}, ValueError,
          r"module_params \['weigths'\] of module='resnet50': torchvision's model refuses"),
         ("vit_b_16", {"weights": None, "num_layers": 1}, ValueError,
@@ -477,7 +499,9 @@ def test_unreachable_weights_fail_fast_offline(offline):
     assert time.perf_counter() - start < 10
     message = str(info.value)
     assert "ResNet18_Weights.IMAGENET1K_V1" in message and "resnet18-f37072fd.pth" in message
-    assert str(offline) in message and "state-dict file" in message
+    assert str(offline) in message
+    # module_params of Python, --module-params of rest-fair bench, --weights of rest-fair wilds
+    assert message.endswith("or anywhere and give its path as the weights.")
 
 
 def test_cached_torchvision_weights_load_without_network(offline, resnet18_file):

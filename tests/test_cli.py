@@ -155,6 +155,13 @@ def test_bench_rejects_bad_flags(capsys):
     (["--epochs", "0"], "--epochs must be >= 1; got 0."),
     (["--module-params", '{"foo": 1}'], "--module-params ['foo'] are not options of "
                                         "module='mlp'; it takes ['hidden_layer_sizes']"),
+    # tracebacks: FileNotFoundError, IsADirectoryError
+    (["--module", "resnet18", "--module-params", '{"weights": "./no/such.pt"}'],
+     "weights='./no/such.pt' looks like a file path, but there is no such file."),
+    (["--module", "resnet18", "--module-params", '{"weights": "/"}'],
+     "weights='/' is a folder; give the path of a state-dict file in it."),
+    (["--module", "resnet18", "--module-params", '{"pretrained": true}'],
+     "it takes ['stem', 'width'] (a 'weights' entry selects torchvision's ResNet-18 instead"),
     (["--module", "mlp", "--module-params", '{"hidden_layer_sizes": [-1]}'],
      "--module-params['hidden_layer_sizes'] must be a sequence of positive ints"),
     (["--image-size", "0"], "--image-size must be a positive int or None"),
@@ -595,3 +602,23 @@ def test_bench_refuses_a_cuda_device_this_machine_lacks_before_any_run(tmp_path,
     assert ("rest-fair bench: error: --device='cuda' was requested but CUDA is not available"
             in capsys.readouterr().err)
     assert not out.exists()
+
+
+def test_bench_weights_that_cannot_be_downloaded_are_an_error_not_a_traceback(
+        tmp_path, capsys, monkeypatch):
+    import urllib.error
+
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("torchvision")
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    out = tmp_path / "o"
+    assert cli.main(["bench", "--preset", "tiny", "--out-dir", str(out), "--module", "resnet18",
+                     "--module-params", '{"weights": "DEFAULT"}']) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("rest-fair bench: Could not download the torchvision weights ")
+    assert "give its path as the weights" in err and not out.exists()

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 from .._requirements import MissingDependencyError
-from ..exceptions import DatasetNotFoundError
 from ..experiments.runner import (
     BACKENDS,
     PROGRESS_MODES,
@@ -349,7 +348,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         experiment = _experiment(args)
         experiment.check_requirements(plots=not args.no_plots)
-    except (MissingDependencyError, DatasetNotFoundError, ValueError) as exc:
+    except (MissingDependencyError, OSError, ValueError) as exc:  # OSError: no data, no weights
         print(f"rest-fair bench: {named_by_flag(exc, _flags())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # while the data of every share are built

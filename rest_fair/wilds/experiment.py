@@ -316,7 +316,8 @@ class WildsExperiment:
         weights read), and, for a sparse run, select its ``dense_layers``, so that a network
         that cannot take the inputs or a name of no weight fails before any seed runs; the
         torchvision weights a torchvision module names are downloaded into torch.hub's
-        cache (when not there), once for all seeds. A Hugging Face module (``hf:``) is left
+        cache (when not there), once for all seeds, after the images are checked against the
+        model they build. A Hugging Face module (``hf:``) is left
         to ``fit``: building one reads the pretrained model.
 
         Raises
@@ -337,16 +338,18 @@ class WildsExperiment:
         if settings["module"].startswith("hf:"):
             return
         params = dict(settings["module_params"] or {})
+        side = settings["image_size"]
+        shape = (settings["max_features"],) if self.spec.modality == "text" else (3, side, side)
         if params.get("weights") is not None and is_backbone(settings["module"], params):
-            # every seed would fail to download them: fetched into torch.hub's cache once
-            member = check_torchvision(settings["module"], params["weights"])[1]
+            # every seed would fail to download them: fetched into torch.hub's cache once,
+            # after the images are checked against the model these weights build
+            member = check_torchvision(settings["module"], params["weights"],
+                                       input_shape=shape)[1]
             if member is not None:
                 _download(member, settings["module"],
                           params.get("download_timeout", _DOWNLOAD_TIMEOUT_S))
         if "weights" in params:  # the weights change no name: a random start builds it
             params["weights"] = None
-        side = settings["image_size"]
-        shape = (settings["max_features"],) if self.spec.modality == "text" else (3, side, side)
         try:
             with torch.device("meta"):
                 net = build_module(settings["module"], input_shape=shape,

@@ -196,7 +196,27 @@ def test_weights_that_cannot_be_downloaded_are_refused_before_the_outputs_move(
     err = capsys.readouterr().err
     assert err.startswith("rest-fair wilds: Could not download the torchvision weights ")
     assert err.count("Could not download") == 1
+    assert "module_params" not in err and "give its path as the weights" in err  # --weights
     assert sorted(p.name for p in out.iterdir()) == ["metrics.json"]
+
+
+def test_images_that_pretrained_weights_cannot_take_are_refused_before_the_download(
+        tmp_path, capsys, monkeypatch):
+    # the check built the model without its weights, after downloading them, and said to
+    # build it for the images with module_params={'image_size': 8}, which the weights forbid
+    from rest_fair import backbones
+
+    def download(member, name, timeout):
+        raise AssertionError(f"{member} downloaded before the images were checked")
+
+    monkeypatch.setattr(backbones, "_download", download)
+    out = tmp_path / "out"
+    argv = [*_two_seeds(tmp_path, out), "--module", "vit_b_16", "--weights", "DEFAULT"]
+    assert rest_fair_main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("rest-fair wilds: torchvision's vit_b_16 takes images of 224x224 ")
+    assert "its pretrained position embeddings are those of this size" in err
+    assert "module_params" not in err
 
 
 def test_a_cuda_device_this_machine_lacks_is_refused_before_the_outputs_move(
