@@ -1,0 +1,123 @@
+"""Where does a sparse ``fit`` spend its time? Wall time per phase, in ms per fit.
+
+Fits ``RESTClassifier`` (MLP, ``sparse_compute="auto"``, reweighting off, RigL once per
+epoch) on synthetic data, as ``bench_sparse_training.py`` does, after two warm-up fits,
+and times the library's own functions from the outside: each is wrapped in a timer for the
+measured fits only. Times are inclusive (a phase contains the phases it calls: the
+training steps contain the kernels and the topology updates, an update contains its
+scans), so the rows do not add up; the wrappers add about a microsecond per call.
+
+With ``--compare-dense`` the same fits run dense (``sparsity=0``) in turns with the sparse
+ones, and the ratio of the median fit times is printed, as the whole-fit goal counts it.
+Run it alone on the machine, e.g.::
+
+    flock /tmp/torch.lock python benchmarks/bench_fit_phases.py --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import functools
+import statistics
+import time
+
+import torch
+from _args import positive_int, sparsity_arg
+from bench_sparse_training import N_FEATURES, _data
+
+from rest_fair import RESTClassifier
+from rest_fair import _fit as fit_module
+from rest_fair.sparse import csr_engine, csr_linear, kernels
+from rest_fair.training import loop, parts
+
+#: (label, owner, attribute): what is timed, in the order printed.
+PHASES = [
+    ("fit", RESTClassifier, "fit"),
+    ("  building the network (dense init)", fit_module, "build_module"),
+    ("  masks (ERK, random)", parts, "make_sparsity"),
+    ("  CSR layers built", parts, "make_sparse_compute"),
+    ("  training loop", loop.TrainingRun, "fit_loop"),
+    ("    training steps", loop.TrainingRun, "train_step"),
+    ("      kernels: packing", kernels, "pack"),
+    ("      kernels: forward products", kernels, "csr_forward"),
+    ("      kernels: backward products", kernels, "csr_backward"),
+    ("      dense-gradient scans (RigL)", csr_linear.CSRLinear, "_scan_dense_gradient"),
+    ("      topology updates", loop.TrainingRun, "_update_topology"),
+    ("    validation", loop.TrainingRun, "validate"),
+    ("    keeping the best epoch", loop.TrainingRun, "select"),
+    ("    dense layers back", csr_engine.CSRDynamicSparsity, "finish"),
+]
+
+
+def _timed(raw, label: str, seconds: dict, calls: collections.Counter):
+    @functools.wraps(raw)
+    def wrapper(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return raw(*args, **kwargs)
+        finally:
+            seconds[label] += time.perf_counter() - start
+            calls[label] += 1
+
+    return wrapper
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=positive_int, default=2)
+    parser.add_argument("--hidden", type=positive_int, nargs="+", default=[2048, 2048])
+    parser.add_argument("--sparsity", type=sparsity_arg, default=0.99)
+    parser.add_argument("--samples", type=positive_int, default=6144)
+    parser.add_argument("--epochs", type=positive_int, default=3)
+    parser.add_argument("--batch", type=positive_int, default=256)
+    parser.add_argument("--fits", type=positive_int, default=5)
+    parser.add_argument("--compare-dense", action="store_true")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    X, y = _data(args.samples, seed=0)
+
+    def estimator(sparsity: float) -> RESTClassifier:
+        return RESTClassifier(sparsity=sparsity, module="mlp", max_epochs=args.epochs,
+                              module_params={"hidden_layer_sizes": tuple(args.hidden)},
+                              batch_size=args.batch, lr=0.05, lr_scheduler="constant",
+                              upweight=None, random_state=0)
+
+    for sparsity in (args.sparsity, 0.0) if args.compare_dense else (args.sparsity,):
+        estimator(sparsity).fit(X, y)
+    seconds: dict[str, float] = collections.defaultdict(float)
+    calls: collections.Counter = collections.Counter()
+    originals = [(owner, name, owner.__dict__[name]) for _, owner, name in PHASES]
+    for (label, owner, name), (_, _, raw) in zip(PHASES, originals, strict=True):
+        setattr(owner, name, _timed(raw, label, seconds, calls))
+    try:
+        for _ in range(args.fits):
+            estimator(args.sparsity).fit(X, y)
+    finally:
+        for owner, name, raw in originals:
+            setattr(owner, name, raw)
+    print(f"# bench_fit_phases: MLP {N_FEATURES}-{'-'.join(map(str, args.hidden))}-10 at "
+          f"sparsity {args.sparsity}, {args.samples} samples, {args.epochs} epochs, batch "
+          f"{args.batch}, torch {torch.__version__}, threads={args.threads}; ms per fit, "
+          f"mean of {args.fits} fits, inclusive\n")
+    print("| phase | ms per fit | calls per fit | % of fit |\n|---|---|---|---|")
+    total = seconds["fit"]
+    for label, _, _ in PHASES:
+        depth = (len(label) - len(label.lstrip())) // 2
+        print(f"| {'· ' * depth}{label.strip()} "
+              f"| {1e3 * seconds[label] / args.fits:.1f} | {calls[label] / args.fits:g} "
+              f"| {100 * seconds[label] / total:.1f} |")
+    if args.compare_dense:
+        times: dict[float, list[float]] = {args.sparsity: [], 0.0: []}
+        for _ in range(args.fits):
+            for sparsity in times:
+                start = time.perf_counter()
+                estimator(sparsity).fit(X, y)
+                times[sparsity].append(time.perf_counter() - start)
+        dense, sparse = (statistics.median(times[s]) for s in (0.0, args.sparsity))
+        print(f"\nwhole fit, medians of {args.fits} in turns: dense {dense:.2f} s, sparse "
+              f"{1e3 * sparse:.0f} ms, {dense / sparse:.1f}x dense")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,28 @@
+"""benchmarks/bench_fit_phases.py times a small fit's phases and puts the library back."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from tests._support.scripts import load_benchmark
+
+pytest.importorskip("torch")
+
+
+def test_fit_phases_benchmark_counts_the_steps_and_restores_what_it_timed(capsys):
+    from rest_fair import RESTClassifier
+    from rest_fair.sparse import kernels
+
+    fit, pack = RESTClassifier.fit, kernels.pack
+    bench = load_benchmark("bench_fit_phases")
+    bench.main(["--hidden", "32", "--samples", "640", "--epochs", "2", "--batch", "64",
+                "--fits", "1", "--threads", "1", "--compare-dense"])
+    printed = capsys.readouterr().out
+    assert re.search(r"^\| fit \| \d+\.\d \| 1 \| 100\.0 \|$", printed, re.M)
+    # 576 training rows (10 % held out) in batches of 64, two epochs
+    assert re.search(r"^\| · · training steps \| \d+\.\d \| 18 \| ", printed, re.M)
+    assert re.search(r"^\| · · validation \| \d+\.\d \| 2 \| ", printed, re.M)
+    assert re.search(r"sparse \d+ ms, \d+\.\dx dense$", printed, re.M)
+    assert RESTClassifier.fit is fit and kernels.pack is pack
