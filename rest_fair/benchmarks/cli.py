@@ -23,6 +23,7 @@ from ..exceptions import DatasetNotFoundError
 from ..experiments.runner import (
     BACKENDS,
     PROGRESS_MODES,
+    OneValue,
     finished,
     interrupted,
     lock_folder,
@@ -47,7 +48,6 @@ _EMPTY_LIST = "{flag}: {value!r} names no value; expected a comma-separated list
 _RENAMED = ("rest-fair bench {old} is deprecated and will be removed in the next release; "
             "use {new}.")
 _TWO_NAMES = "{given}: one option under two names, given two values; give it once."
-_TWO_FLAGS = "{given}: two flags of one setting, given two values; give one of them."
 _SETUP_FAILED = "rest-fair bench: error: {error}"
 _INTERRUPTED_SETUP = "rest-fair bench: interrupted while building the data; nothing was run."
 _WRONG_TABLE = "--methods with --search {search}: unknown {unknown}; available: {names}."
@@ -126,37 +126,20 @@ def _estimator_params(value: str) -> dict:
     return parsed
 
 
-class _OneSetting(argparse.Action):
-    """A setting that several flags give: an option and its former name (the one with
-    ``former=True``, a ``FutureWarning`` that points at the call of ``parse_args``), or an
-    option and its shortcut (a flag of ``nargs=0`` that gives ``const``, as ``--quick`` is
-    ``--preset quick``). Two of them given with different values are refused naming both
-    (``message``). The action's own ``deprecated`` stays False: argparse (Python >= 3.13)
-    would print a warning of its own for it."""
-
-    def __init__(self, *args: Any, former: bool = False, message: str = _TWO_FLAGS,
-                 **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.former, self.message = former, message
+class _FormerName(OneValue):
+    """An option's former name: it sets the option (refused when both are given two
+    values, :class:`~rest_fair.experiments.runner.OneValue`) with a ``FutureWarning`` that
+    points at the call of ``parse_args``. The action's own ``deprecated`` stays False:
+    argparse (Python >= 3.13) would print a warning of its own for it."""
 
     def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
                  values: Any, option_string: str | None = None) -> None:
-        new = "--" + self.dest.replace("_", "-")
-        if self.former:
-            frame, level = sys._getframe(1), 2
-            while frame is not None and frame.f_globals.get("__name__") == "argparse":
-                frame, level = frame.f_back, level + 1
-            warnings.warn(_RENAMED.format(old=option_string, new=new), FutureWarning,
-                          stacklevel=level)
-        if self.nargs == 0:
-            values = self.const
-        given = vars(namespace).setdefault("_given_" + self.dest, {})
-        given[option_string] = (values, self.nargs == 0)
-        if len({str(v) for v, _ in given.values()}) > 1:
-            parser.error(self.message.format(given=" and ".join(
-                flag if shortcut else f"{flag} {value}"
-                for flag, (value, shortcut) in given.items())))
-        setattr(namespace, self.dest, values)
+        frame, level = sys._getframe(1), 2
+        while frame is not None and frame.f_globals.get("__name__") == "argparse":
+            frame, level = frame.f_back, level + 1
+        warnings.warn(_RENAMED.format(old=option_string, new="--" + self.dest.replace("_", "-")),
+                      FutureWarning, stacklevel=level)
+        super().__call__(parser, namespace, values, option_string)
 
 
 class _PresetDefaultsHelp(argparse.ArgumentDefaultsHelpFormatter):
@@ -185,10 +168,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         ),
         formatter_class=_PresetDefaultsHelp,
     )
+    parser.register("action", None, OneValue)  # a flag given two values is refused
     parser.add_argument("--preset", choices=sorted(PRESETS), default="quick",
-                        action=_OneSetting,
                         help="Named configuration; the flags below override its fields.")
-    parser.add_argument("--quick", action=_OneSetting, nargs=0, const="quick", dest="preset",
+    parser.add_argument("--quick", nargs=0, const="quick", dest="preset",
                         help="Same as --preset quick (about 50 s on 2 CPU cores).")
     parser.add_argument("--dataset", choices=tuple(DATASETS),
                         help="fashion_mnist: Colored Fashion-MNIST from the idx files of "
@@ -247,11 +230,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                              "default 10/30/50/80 for 0.5/1/2/5 %%): a number, 'balanced' or "
                              "'none' (no reweighting).")
     parser.add_argument("--device", help="auto, cpu, cuda, ...")
-    parser.add_argument("--out-dir", type=parse_path, action=_OneSetting, message=_TWO_NAMES,
+    parser.add_argument("--out-dir", type=parse_path, message=_TWO_NAMES,
                         help="Output folder (default: rest_fair_results/bench-<preset>, "
                              "bench-<preset>-random with --search random).")
-    parser.add_argument("--out", type=parse_path, dest="out_dir", action=_OneSetting,
-                        former=True, message=_TWO_NAMES,
+    parser.add_argument("--out", type=parse_path, dest="out_dir", action=_FormerName,
+                        message=_TWO_NAMES,
                         help=argparse.SUPPRESS)
     parser.add_argument("--n-jobs", type=int, default=1,
                         help="Parallel runs, at most one per core; torch threads are split so "
@@ -276,10 +259,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                              "report are renamed with a date-time suffix.")
     parser.add_argument("--no-plots", action="store_true")
     parser.add_argument("--progress", choices=PROGRESS_MODES, default="auto",
-                        action=_OneSetting,
                         help="bar: progress bars over runs and epochs; log: plain lines, "
                              "readable in CI logs; auto: bars on a terminal, else lines.")
-    parser.add_argument("--no-progress", action=_OneSetting, nargs=0, const="none",
+    parser.add_argument("--no-progress", nargs=0, const="none",
                         dest="progress", help="Same as --progress none.")
     parser.set_defaults(func=run)
     return parser

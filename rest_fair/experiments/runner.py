@@ -52,9 +52,9 @@ from .dask_backend import active_joblib_client, connect, dask_records
 from .run import Experiment, check_run_params, error_record, run_one, split_threads
 
 __all__ = ["BACKENDS", "LOCK_FILE", "LOG_INTERVAL", "PROGRESS_MODES", "RESULTS_FILE",
-           "append_record", "finished", "interrupted", "locate", "lock_folder", "named_by_flag",
-           "option_flags", "parse_path", "parse_upweight", "pending", "read_own_json",
-           "read_results", "report_failed", "run_sweep", "set_aside"]
+           "OneValue", "append_record", "finished", "interrupted", "locate", "lock_folder",
+           "named_by_flag", "option_flags", "parse_path", "parse_upweight", "pending",
+           "read_own_json", "read_results", "report_failed", "run_sweep", "set_aside"]
 
 #: Name of the results file in an experiment's output folder (one JSON record per line).
 RESULTS_FILE = "results.jsonl"
@@ -97,6 +97,8 @@ _N_JOBS_IGNORED = (
     "as it has worker processes."
 )
 _BAD_PROGRESS = "progress must be True, False, 'auto', 'bar', 'log' or 'none'; got {!r}."
+_GIVEN_TWICE = "{given}: one flag given two values; give it once."
+_TWO_FLAGS = "{given}: two flags of one setting, given two values; give one of them."
 
 
 def parse_upweight(value: str) -> float | str:
@@ -122,6 +124,34 @@ def parse_path(value: str) -> Path:
     ``--root-dir``), a leading ``~`` read as the home folder: the shell expands it in
     ``--out-dir ~/x`` but not in ``--out-dir=~/x``."""
     return Path(value).expanduser()
+
+
+class OneValue(argparse.Action):
+    """The ``store`` action of ``rest-fair bench`` and ``rest-fair wilds`` (registered as their
+    default), which refuses a setting given two values, naming both: a flag given twice
+    (``--lr 0.1 --lr 0.2``; argparse keeps the last one silently), or two flags of one
+    destination (``message``), such as an option and its shortcut (a flag of ``nargs=0``
+    that gives ``const``, as ``--quick`` is ``--preset quick``). The same value given twice
+    is taken once. A flag of several values (``nargs="+"`` or ``"*"``) is stored as argparse
+    stores it."""
+
+    def __init__(self, *args: Any, message: str = _TWO_FLAGS, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.message = message
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        if self.nargs == 0:
+            values = self.const
+        given = vars(namespace).setdefault("_given_" + self.dest, [])
+        given.append((self, option_string, values))
+        if self.nargs not in ("+", "*") and len({str(v) for _, _, v in given}) > 1:
+            message = _GIVEN_TWICE if len({a for a, _, _ in given}) == 1 else self.message
+            parser.error(message.format(given=" and ".join(
+                flag if action.nargs == 0
+                else f"{flag} {','.join(map(str, v)) if isinstance(v, tuple) else v}"
+                for action, flag, v in given)))
+        setattr(namespace, self.dest, values)
 
 
 def option_flags(parser: argparse.ArgumentParser) -> dict[str, str]:
