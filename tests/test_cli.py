@@ -317,6 +317,29 @@ def test_bench_end_to_end_tiny(tmp_path, capsys):
     assert kept == before
 
 
+def test_bench_no_plots_keeps_the_plots_of_the_earlier_report(tmp_path, capsys):
+    # --no-plots deleted the plots of the folder's report of the same settings
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "bench"
+    argv = ["bench", "--preset", "tiny", "--epochs", "1", "--out-dir", str(out),
+            "--no-progress", "--max-runs", "2"]
+    assert cli.main(argv) == 0
+    plots = {name: (out / name).read_bytes()
+             for name in ("accuracy_vs_sparsity.png", "group_bars.png")}
+    capsys.readouterr()
+    assert cli.main([*argv, "--no-plots"]) == 0  # two more runs, a new table
+    err = capsys.readouterr().err
+    kept = {p.name.split(".")[0] + p.suffix: p for p in out.glob("*.*.png")}
+    assert {name: path.read_bytes() for name, path in kept.items()} == plots
+    said = err.split("(plots, with --no-plots) are kept as ")[1].split(".\n")[0]
+    assert sorted(said.split(", ")) == sorted(map(str, kept.values()))
+    assert not [name for name in plots if (out / name).exists()]
+    info = json.loads((out / "config.json").read_text())
+    assert info["n_runs_ok"] == 4 and not [n for n in info["outputs"] if n.endswith(".png")]
+    assert cli.main([*argv, "--no-plots"]) == 0  # nothing more to keep
+    assert "are kept as" not in capsys.readouterr().err
+
+
 def test_bench_on_a_dfa_folder(tmp_path, capsys):
     pytest.importorskip("torch")
     image = pytest.importorskip("PIL.Image")

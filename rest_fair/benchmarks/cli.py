@@ -65,6 +65,8 @@ _OTHER_SETTINGS = ("rest-fair bench: the settings differ from those of {config} 
                    "recorded before stay in the results file); the earlier report is kept "
                    "as {kept}.")
 _FRESH = "rest-fair bench: --fresh: the earlier results and report are kept as {kept}."
+_NOT_WRITTEN = ("rest-fair bench: the earlier report's files that this one does not write "
+                "(plots, with --no-plots) are kept as {kept}.")
 _UNOWNED = ("rest-fair bench: {out_dir} holds report files without the config.json that says "
             "whose they are; they are kept as {kept}.")
 #: Options that the random search draws or fixes per method (refused with it).
@@ -257,7 +259,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--fresh", action="store_true",
                         help="Start afresh instead of resuming: the earlier results and "
                              "report are renamed with a date-time suffix.")
-    parser.add_argument("--no-plots", action="store_true")
+    parser.add_argument("--no-plots", action="store_true",
+                        help="Write no plots; those of an earlier report in the output "
+                             "folder are kept, renamed with a date-time suffix (they may "
+                             "not show every run of the new table).")
     parser.add_argument("--progress", choices=PROGRESS_MODES, default="auto",
                         help="bar: progress bars over runs and epochs; log: plain lines, "
                              "readable in CI logs; auto: bars on a terminal, else lines.")
@@ -406,5 +411,7 @@ def run(args: argparse.Namespace) -> int:
     if missing:
         print(f"\n{missing} of {n_runs} runs not finished yet; {rerun} to resume.",
               file=sys.stderr)
+    if outputs["kept"]:
+        print(_NOT_WRITTEN.format(kept=", ".join(map(str, outputs["kept"]))), file=sys.stderr)
     print(f"\nWrote {', '.join(str(p) for p in outputs['files'])}", file=sys.stderr)
     return 1 if errors else 0
