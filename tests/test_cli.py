@@ -198,6 +198,12 @@ def test_bench_rejects_bad_flags(capsys):
      "--split-sizes is not read by dataset='dfa'"),
     (["--methods", "erm,groupdro", "--upweight", "5"],
      "--upweight is not read by methods ('erm', 'groupdro') (only by those that reweight"),
+    # estimator parameters no run reads, accepted without a word
+    (["--sparsities", "0", "--estimator-params", '{"update_interval": 5, "jtt_epochs": 2}'],
+     "--estimator-params sets ['jtt_epochs', 'update_interval'], which no run of methods "
+     "erm, rest at sparsities 0 reads"),
+    (["--methods", "erm,rest,jtt", "--estimator-params", '{"groupdro_eta": 0.1}'],
+     "sets ['groupdro_eta'], which no run of methods erm, rest, jtt at sparsities 0, 0.9 reads"),
     (["--budget", "0"], "--budget is only used with --search random"),
     (["--search-seed", "5"], "--search-seed is only used with --search random"),
 ])
@@ -210,6 +216,9 @@ def test_bench_refuses_bad_limits_before_any_run(tmp_path, capsys, flags, messag
 @pytest.mark.parametrize(("flags", "message"), [
     (["--search-seed", "-1"], "--search-seed must be an int >= 0"),
     (["--methods", "rest_0.9,rest_0.9"], "names a method twice"),
+    (["--methods", "erm,groupdro", "--estimator-params", '{"update_interval": 5}'],
+     "--estimator-params sets ['update_interval'], which no run of methods erm, groupdro at "
+     "sparsities 0 reads"),
 ])
 def test_bench_random_search_refuses_bad_flags(tmp_path, capsys, flags, message):
     argv = ["bench", "--preset", "tiny", "--search", "random", "--out-dir", str(tmp_path / "o")]
@@ -224,6 +233,14 @@ def test_bench_random_search_refuses_an_empty_methods_list_when_parsing(tmp_path
     assert exited.value.code == 2
     assert "--methods: '' names no value" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_bench_names_the_estimator_parameters_it_takes(capsys):
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["bench", "--estimator-params", '{"jtt_epoch": 2}'])
+    err = " ".join(capsys.readouterr().err.split())
+    assert ("['jtt_epoch'] are not RESTClassifier parameters; it takes callbacks, dense_layers, "
+            "distributed,") in err and "jtt_epochs, layer_density" in err
 
 
 def test_bench_dfa_root_that_is_not_a_folder_is_refused_before_any_run(tmp_path, capsys):

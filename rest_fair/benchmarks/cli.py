@@ -120,10 +120,12 @@ def _estimator_params(value: str) -> dict:
     from ..estimator import RESTClassifier  # imports torch: only when the flag is given
 
     parsed = _json_object("--estimator-params")(value)
-    unknown = sorted(set(parsed) - set(RESTClassifier().get_params()))
+    known = RESTClassifier().get_params()
+    unknown = sorted(set(parsed) - set(known))
     if unknown:
         raise argparse.ArgumentTypeError(
-            f"--estimator-params: {unknown} are not RESTClassifier parameters."
+            f"--estimator-params: {unknown} are not RESTClassifier parameters; it takes "
+            + ", ".join(sorted(set(known) - set(_FIELD_PARAMS))) + " (not those a method sets)."
         )
     return parsed
 
