@@ -145,8 +145,9 @@ def _configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                              "WILDS uses 224)")
     parser.add_argument("--max-length", type=int,
                         help="tokens per text for an hf: module (wilds protocol: 300)")
-    parser.add_argument("--max-features", type=int, default=20000,
-                        help="TF-IDF vocabulary size for text datasets without an hf: module")
+    parser.add_argument("--max-features", type=int,
+                        help="TF-IDF vocabulary size for text datasets without an hf: module "
+                             "(default 20000)")
     parser.add_argument("--frac", type=float, default=1.0,
                         help="random fraction of the training split (eval splits stay whole)")
     parser.add_argument("--device", default="auto")
