@@ -251,9 +251,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--scheduler", metavar="ADDRESS",
                         help="Dask scheduler address, e.g. tcp://HOST:8786 (with --backend "
                              "dask and no --scheduler: $DASK_SCHEDULER_ADDRESS).")
-    parser.add_argument("--scheduler-timeout", type=float, default=10.0, metavar="SECONDS",
-                        help="Give up when the scheduler does not answer or has no worker "
-                             "within this time.")
+    parser.add_argument("--scheduler-timeout", type=float, metavar="SECONDS",
+                        help="With the dask backend: give up when the scheduler does not "
+                             "answer or has no worker within this time (default 10).")
     parser.add_argument("--max-runs", type=int,
                         help="Stop after this many new runs (rerun to continue).")
     parser.add_argument("--time-limit", type=float,

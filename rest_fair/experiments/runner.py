@@ -76,10 +76,8 @@ _NOT_A_FILE = ("cannot keep the results in {folder}: {path} is not a file (the r
                "folder.")
 _CORRUPT_LINE = "Ignoring an unreadable line {line} of {path} (an interrupted write?)."
 _BAD_BACKEND = "backend must be one of {backends} or None; got {backend!r}."
-_SCHEDULER_NEEDS_DASK = (
-    "scheduler is only used by backend='dask'; got scheduler={scheduler!r} with "
-    "backend={backend!r}."
-)
+_NEEDS_DASK = ("{name} is only used by backend='dask'; got {name}={value!r} with "
+               "backend={backend!r}.")
 _BAD_LIMIT = "{name} must be a number {rule} or None; got {value!r}."
 _BAD_OUT_DIR = "cannot keep the results in {path}: {error}."
 _IN_USE = ("{folder} is in use by another rest-fair run (it holds {lock}); wait until that run "
@@ -444,7 +442,7 @@ def run_sweep(
     on_result: Callable[[dict[str, Any], int], None] | None = None,
     backend: str | None = None,
     scheduler: Any = None,
-    scheduler_timeout: float = 10.0,
+    scheduler_timeout: float | None = None,
     on_start: Callable[[dict[str, Any]], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Run every unfinished run of ``experiment`` and return the records of all its runs.
@@ -487,9 +485,9 @@ def run_sweep(
         With the dask backend: the scheduler address (e.g. ``"tcp://host:8786"``) or a
         Client. None uses the Client of an enclosing ``joblib.parallel_config``, else the
         default Client, else dask's ``scheduler-address`` setting.
-    scheduler_timeout : float, default=10.0
-        Seconds to wait for the scheduler to answer and for a first worker, before a
-        ConnectionError.
+    scheduler_timeout : float or None, default=None
+        With the dask backend: seconds to wait for the scheduler to answer and for a first
+        worker, before a ConnectionError (None: 10).
     on_start : callable or None
         ``on_start(where)`` before the first run, with ``out_dir`` held (a block of
         :func:`lock_folder` entered here keeps it held after the sweep), with where the
@@ -521,7 +519,8 @@ def run_sweep(
         ``module_params`` included), a negative or
         infinite ``max_runs``, a negative ``time_limit``, a ``scheduler_timeout`` that is
         not positive and finite, or an ``out_dir`` that cannot be made a folder; with the
-        local backend, for a CUDA ``device`` on a machine without CUDA.
+        local backend, for a CUDA ``device`` on a machine without CUDA, and for a
+        ``scheduler`` or ``scheduler_timeout``, which it does not read.
     BlockingIOError
         Before any run, when another run holds ``out_dir``.
     FileNotFoundError
@@ -540,7 +539,7 @@ def run_sweep(
     split_threads(n_jobs)  # an n_jobs of another type is refused before any work
     mode = _progress_mode(progress, sys.stderr)
     experiment.check_requirements()
-    backend = _resolve_backend(backend, scheduler)
+    backend = _resolve_backend(backend, scheduler, scheduler_timeout)
     # the first run of each method and sparsity (a method's dense runs read fewer estimator
     # parameters than its sparse ones); a run without them: of all
     firsts: dict[Any, Any] = {}
@@ -558,7 +557,8 @@ def run_sweep(
             raise ValueError(_NOT_A_FILE.format(folder=out_dir, path=path))
         client = None
         if backend == "dask":
-            client = stack.enter_context(connect(scheduler, timeout=scheduler_timeout))
+            timeout = {} if scheduler_timeout is None else {"timeout": scheduler_timeout}
+            client = stack.enter_context(connect(scheduler, **timeout))
             workers = client.nthreads()
             where = {"backend": backend, "scheduler": client.scheduler.address,
                      "dask_workers": len(workers), "dask_worker_threads": sum(workers.values())}
@@ -597,13 +597,14 @@ def run_sweep(
     return [found[s.run_id] for s in specs if s.run_id in found]
 
 
-def _resolve_backend(backend: str | None, scheduler: Any) -> str:
+def _resolve_backend(backend: str | None, scheduler: Any, scheduler_timeout: Any) -> str:
     if backend is not None and backend not in BACKENDS:
         raise ValueError(_BAD_BACKEND.format(backends=BACKENDS, backend=backend))
     if backend is None:
         backend = "dask" if scheduler is not None or active_joblib_client() else "local"
-    if scheduler is not None and backend != "dask":
-        raise ValueError(_SCHEDULER_NEEDS_DASK.format(scheduler=scheduler, backend=backend))
+    for name, value in (("scheduler", scheduler), ("scheduler_timeout", scheduler_timeout)):
+        if value is not None and backend != "dask":
+            raise ValueError(_NEEDS_DASK.format(name=name, value=value, backend=backend))
     return backend
 
 
