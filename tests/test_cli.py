@@ -99,6 +99,20 @@ def test_a_flag_given_twice_with_two_values_is_refused(argv, given, capsys):
     assert args.lr == 0.1  # the same value: as one
 
 
+@pytest.mark.parametrize(("argv", "flag", "value"), [
+    (["bench", "--out-dir", ""], "--out-dir", ""),
+    (["bench", "--out-dir= "], "--out-dir", " "),
+    (["wilds", "--dataset", "waterbirds", "--root-dir", ""], "--root-dir", ""),
+])
+def test_an_empty_folder_is_refused(argv, flag, value, capsys):
+    # it was the working directory, which received the results and the report
+    with pytest.raises(SystemExit) as exit_info:
+        cli.build_parser().parse_args(argv)
+    assert exit_info.value.code == 2
+    assert (f"error: argument {flag}: expected a folder, got {value!r}; give '.' for the "
+            "working directory.") in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("order", [1, -1])
 def test_bench_out_and_out_dir_with_two_folders_are_refused(order, tmp_path, capsys):
     # the last one given was used silently

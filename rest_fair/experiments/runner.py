@@ -70,6 +70,7 @@ PROGRESS_MODES = ("auto", "bar", "log", "none")
 #: run and the last run are always reported).
 LOG_INTERVAL = 10.0
 
+_EMPTY_PATH = "expected a folder, got {!r}; give '.' for the working directory."
 _BAD_UPWEIGHT = "--upweight: expected 'balanced', 'none' or a positive number; got {!r}."
 _NOT_A_FILE = ("cannot keep the results in {folder}: {path} is not a file (the results file, "
                "one JSON line per finished run); move it away or choose another output "
@@ -120,7 +121,10 @@ def parse_upweight(value: str) -> float | str:
 def parse_path(value: str) -> Path:
     """A path option of ``rest-fair bench`` and ``rest-fair wilds`` (``--out-dir``,
     ``--root-dir``), a leading ``~`` read as the home folder: the shell expands it in
-    ``--out-dir ~/x`` but not in ``--out-dir=~/x``."""
+    ``--out-dir ~/x`` but not in ``--out-dir=~/x``. An empty one (``--out-dir "$UNSET"``),
+    which would be the working directory, raises :class:`argparse.ArgumentTypeError`."""
+    if not value.strip():
+        raise argparse.ArgumentTypeError(_EMPTY_PATH.format(value))
     return Path(value).expanduser()
 
 
