@@ -78,6 +78,41 @@ def test_bench_a_shortcut_and_its_option_with_two_values_are_refused(flags, give
     assert (args.preset, args.progress) == ("quick", "none")  # the same value: as one
 
 
+@pytest.mark.parametrize(("argv", "given"), [
+    (["bench", "--lr", "0.1", "--lr", "0.2"], "--lr 0.1 and --lr 0.2"),
+    (["bench", "--preset", "tiny", "--preset", "quick"], "--preset tiny and --preset quick"),
+    (["bench", "--sparsities", "0.9", "--sparsities=0.99"],
+     "--sparsities 0.9 and --sparsities 0.99"),
+    (["bench", "--spars", "0,0.9", "--sparsities", "0,0.99"],
+     "--sparsities 0.0,0.9 and --sparsities 0.0,0.99"),
+    (["wilds", "--dataset", "waterbirds", "--root-dir", "d", "--sparsity", "0.9",
+      "--sparsity", "0.99"], "--sparsity 0.9 and --sparsity 0.99"),
+])
+def test_a_flag_given_twice_with_two_values_is_refused(argv, given, capsys):
+    # argparse kept the last value silently
+    with pytest.raises(SystemExit) as exit_info:
+        cli.build_parser().parse_args(argv)
+    assert exit_info.value.code == 2
+    assert (f"rest-fair {argv[0]}: error: {given}: one flag given two values; give it "
+            "once.") in capsys.readouterr().err
+    args = cli.build_parser().parse_args(["bench", "--lr", "0.1", "--lr", "0.1"])
+    assert args.lr == 0.1  # the same value: as one
+
+
+@pytest.mark.parametrize(("argv", "flag", "value"), [
+    (["bench", "--out-dir", ""], "--out-dir", ""),
+    (["bench", "--out-dir= "], "--out-dir", " "),
+    (["wilds", "--dataset", "waterbirds", "--root-dir", ""], "--root-dir", ""),
+])
+def test_an_empty_folder_is_refused(argv, flag, value, capsys):
+    # it was the working directory, which received the results and the report
+    with pytest.raises(SystemExit) as exit_info:
+        cli.build_parser().parse_args(argv)
+    assert exit_info.value.code == 2
+    assert (f"error: argument {flag}: expected a folder, got {value!r}; give '.' for the "
+            "working directory.") in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("order", [1, -1])
 def test_bench_out_and_out_dir_with_two_folders_are_refused(order, tmp_path, capsys):
     # the last one given was used silently
@@ -184,6 +219,12 @@ def test_bench_rejects_bad_flags(capsys):
      "--split-sizes is not read by dataset='dfa'"),
     (["--methods", "erm,groupdro", "--upweight", "5"],
      "--upweight is not read by methods ('erm', 'groupdro') (only by those that reweight"),
+    # estimator parameters no run reads, accepted without a word
+    (["--sparsities", "0", "--estimator-params", '{"update_interval": 5, "jtt_epochs": 2}'],
+     "--estimator-params sets ['jtt_epochs', 'update_interval'], which no run of methods "
+     "erm, rest at sparsities 0 reads"),
+    (["--methods", "erm,rest,jtt", "--estimator-params", '{"groupdro_eta": 0.1}'],
+     "sets ['groupdro_eta'], which no run of methods erm, rest, jtt at sparsities 0, 0.9 reads"),
     (["--budget", "0"], "--budget is only used with --search random"),
     (["--search-seed", "5"], "--search-seed is only used with --search random"),
 ])
@@ -196,6 +237,9 @@ def test_bench_refuses_bad_limits_before_any_run(tmp_path, capsys, flags, messag
 @pytest.mark.parametrize(("flags", "message"), [
     (["--search-seed", "-1"], "--search-seed must be an int >= 0"),
     (["--methods", "rest_0.9,rest_0.9"], "names a method twice"),
+    (["--methods", "erm,groupdro", "--estimator-params", '{"update_interval": 5}'],
+     "--estimator-params sets ['update_interval'], which no run of methods erm, groupdro at "
+     "sparsities 0 reads"),
 ])
 def test_bench_random_search_refuses_bad_flags(tmp_path, capsys, flags, message):
     argv = ["bench", "--preset", "tiny", "--search", "random", "--out-dir", str(tmp_path / "o")]
@@ -210,6 +254,14 @@ def test_bench_random_search_refuses_an_empty_methods_list_when_parsing(tmp_path
     assert exited.value.code == 2
     assert "--methods: '' names no value" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_bench_names_the_estimator_parameters_it_takes(capsys):
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["bench", "--estimator-params", '{"jtt_epoch": 2}'])
+    err = " ".join(capsys.readouterr().err.split())
+    assert ("['jtt_epoch'] are not RESTClassifier parameters; it takes callbacks, dense_layers, "
+            "distributed,") in err and "jtt_epochs, layer_density" in err
 
 
 def test_bench_dfa_root_that_is_not_a_folder_is_refused_before_any_run(tmp_path, capsys):
@@ -258,7 +310,8 @@ def test_bench_end_to_end_tiny(tmp_path, capsys):
     pytest.importorskip("torch")
     pytest.importorskip("matplotlib")
     out = tmp_path / "bench"
-    argv = ["bench", "--preset", "tiny", "--epochs", "2", "--out-dir", str(out), "--no-progress"]
+    common = ["bench", "--preset", "tiny", "--out-dir", str(out), "--no-progress"]
+    argv = [*common, "--epochs", "2"]
     assert cli.main(argv) == 0
     printed = capsys.readouterr()
     for label in ("ERM (dense)", "ERM (sparse, RigL)", "Reweighting (dense)", "REST"):
@@ -289,7 +342,7 @@ def test_bench_end_to_end_tiny(tmp_path, capsys):
     # was deleted), and what the command did not write stays
     (out / "notes.txt").write_text("mine")
     before = {name: (out / name).read_bytes() for name in info["outputs"] + ["config.json"]}
-    assert cli.main([*argv, "--epochs", "3", "--max-runs", "0"]) == 0
+    assert cli.main([*common, "--epochs", "3", "--max-runs", "0"]) == 0
     assert "the earlier report is kept as" in capsys.readouterr().err
     info = json.loads((out / "config.json").read_text())
     assert info["config"]["max_epochs"] == 3 and info["outputs"] == ["references.md"]
@@ -300,6 +353,29 @@ def test_bench_end_to_end_tiny(tmp_path, capsys):
     kept = {p.name.split(".")[0] + p.suffix: p.read_bytes() for p in out.iterdir()
             if len(p.suffixes) == 2 and not p.name.startswith("results")}
     assert kept == before
+
+
+def test_bench_no_plots_keeps_the_plots_of_the_earlier_report(tmp_path, capsys):
+    # --no-plots deleted the plots of the folder's report of the same settings
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "bench"
+    argv = ["bench", "--preset", "tiny", "--epochs", "1", "--out-dir", str(out),
+            "--no-progress", "--max-runs", "2"]
+    assert cli.main(argv) == 0
+    plots = {name: (out / name).read_bytes()
+             for name in ("accuracy_vs_sparsity.png", "group_bars.png")}
+    capsys.readouterr()
+    assert cli.main([*argv, "--no-plots"]) == 0  # two more runs, a new table
+    err = capsys.readouterr().err
+    kept = {p.name.split(".")[0] + p.suffix: p for p in out.glob("*.*.png")}
+    assert {name: path.read_bytes() for name, path in kept.items()} == plots
+    said = err.split("(plots, with --no-plots) are kept as ")[1].split(".\n")[0]
+    assert sorted(said.split(", ")) == sorted(map(str, kept.values()))
+    assert not [name for name in plots if (out / name).exists()]
+    info = json.loads((out / "config.json").read_text())
+    assert info["n_runs_ok"] == 4 and not [n for n in info["outputs"] if n.endswith(".png")]
+    assert cli.main([*argv, "--no-plots"]) == 0  # nothing more to keep
+    assert "are kept as" not in capsys.readouterr().err
 
 
 def test_bench_on_a_dfa_folder(tmp_path, capsys):
@@ -327,12 +403,11 @@ def test_bench_on_a_dfa_folder(tmp_path, capsys):
             write(root / "test" / str(label) / f"t{label}{bias}_{label}_{bias}.png", label, bias)
     out = tmp_path / "out"
     argv = ["bench", "--dataset", "dfa", "--data-root", str(root), "--dfa-name", "cmnist",
-            "--ratios", "0.01", "--seeds", "0", "--epochs", "2", "--out-dir", str(out),
-            "--no-plots", "--no-progress"]
+            "--seeds", "0", "--epochs", "2", "--out-dir", str(out), "--no-plots", "--no-progress"]
     # a share the release lacks failed each of its runs, which the command said to rerun
     assert cli.main([*argv, "--ratios", "0.01,0.02"]) == 2
     assert "2pct" in capsys.readouterr().err and not out.exists()
-    assert cli.main(argv) == 0
+    assert cli.main([*argv, "--ratios", "0.01"]) == 0
     printed = capsys.readouterr().out
     assert "DFA-format cmnist release" in printed
     rows = [line for line in printed.splitlines() if line.startswith("| 1 | ")]

@@ -22,6 +22,7 @@ from .._requirements import MissingDependencyError
 from ..experiments.runner import (
     BACKENDS,
     PROGRESS_MODES,
+    OneValue,
     finished,
     interrupted,
     lock_folder,
@@ -46,7 +47,6 @@ _EMPTY_LIST = "{flag}: {value!r} names no value; expected a comma-separated list
 _RENAMED = ("rest-fair bench {old} is deprecated and will be removed in the next release; "
             "use {new}.")
 _TWO_NAMES = "{given}: one option under two names, given two values; give it once."
-_TWO_FLAGS = "{given}: two flags of one setting, given two values; give one of them."
 _SETUP_FAILED = "rest-fair bench: error: {error}"
 _INTERRUPTED_SETUP = "rest-fair bench: interrupted while building the data; nothing was run."
 _WRONG_TABLE = "--methods with --search {search}: unknown {unknown}; available: {names}."
@@ -64,6 +64,8 @@ _OTHER_SETTINGS = ("rest-fair bench: the settings differ from those of {config} 
                    "recorded before stay in the results file); the earlier report is kept "
                    "as {kept}.")
 _FRESH = "rest-fair bench: --fresh: the earlier results and report are kept as {kept}."
+_NOT_WRITTEN = ("rest-fair bench: the earlier report's files that this one does not write "
+                "(plots, with --no-plots) are kept as {kept}.")
 _UNOWNED = ("rest-fair bench: {out_dir} holds report files without the config.json that says "
             "whose they are; they are kept as {kept}.")
 #: Options that the random search draws or fixes per method (refused with it).
@@ -117,45 +119,30 @@ def _estimator_params(value: str) -> dict:
     from ..estimator import RESTClassifier  # imports torch: only when the flag is given
 
     parsed = _json_object("--estimator-params")(value)
-    unknown = sorted(set(parsed) - set(RESTClassifier().get_params()))
+    known = RESTClassifier().get_params()
+    unknown = sorted(set(parsed) - set(known))
     if unknown:
         raise argparse.ArgumentTypeError(
-            f"--estimator-params: {unknown} are not RESTClassifier parameters."
+            f"--estimator-params: {unknown} are not RESTClassifier parameters; it takes "
+            + ", ".join(sorted(set(known) - set(_FIELD_PARAMS))) + " (not those a method sets)."
         )
     return parsed
 
 
-class _OneSetting(argparse.Action):
-    """A setting that several flags give: an option and its former name (the one with
-    ``former=True``, a ``FutureWarning`` that points at the call of ``parse_args``), or an
-    option and its shortcut (a flag of ``nargs=0`` that gives ``const``, as ``--quick`` is
-    ``--preset quick``). Two of them given with different values are refused naming both
-    (``message``). The action's own ``deprecated`` stays False: argparse (Python >= 3.13)
-    would print a warning of its own for it."""
-
-    def __init__(self, *args: Any, former: bool = False, message: str = _TWO_FLAGS,
-                 **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.former, self.message = former, message
+class _FormerName(OneValue):
+    """An option's former name: it sets the option (refused when both are given two
+    values, :class:`~rest_fair.experiments.runner.OneValue`) with a ``FutureWarning`` that
+    points at the call of ``parse_args``. The action's own ``deprecated`` stays False:
+    argparse (Python >= 3.13) would print a warning of its own for it."""
 
     def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
                  values: Any, option_string: str | None = None) -> None:
-        new = "--" + self.dest.replace("_", "-")
-        if self.former:
-            frame, level = sys._getframe(1), 2
-            while frame is not None and frame.f_globals.get("__name__") == "argparse":
-                frame, level = frame.f_back, level + 1
-            warnings.warn(_RENAMED.format(old=option_string, new=new), FutureWarning,
-                          stacklevel=level)
-        if self.nargs == 0:
-            values = self.const
-        given = vars(namespace).setdefault("_given_" + self.dest, {})
-        given[option_string] = (values, self.nargs == 0)
-        if len({str(v) for v, _ in given.values()}) > 1:
-            parser.error(self.message.format(given=" and ".join(
-                flag if shortcut else f"{flag} {value}"
-                for flag, (value, shortcut) in given.items())))
-        setattr(namespace, self.dest, values)
+        frame, level = sys._getframe(1), 2
+        while frame is not None and frame.f_globals.get("__name__") == "argparse":
+            frame, level = frame.f_back, level + 1
+        warnings.warn(_RENAMED.format(old=option_string, new="--" + self.dest.replace("_", "-")),
+                      FutureWarning, stacklevel=level)
+        super().__call__(parser, namespace, values, option_string)
 
 
 class _PresetDefaultsHelp(argparse.ArgumentDefaultsHelpFormatter):
@@ -184,10 +171,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         ),
         formatter_class=_PresetDefaultsHelp,
     )
+    parser.register("action", None, OneValue)  # a flag given two values is refused
     parser.add_argument("--preset", choices=sorted(PRESETS), default="quick",
-                        action=_OneSetting,
                         help="Named configuration; the flags below override its fields.")
-    parser.add_argument("--quick", action=_OneSetting, nargs=0, const="quick", dest="preset",
+    parser.add_argument("--quick", nargs=0, const="quick", dest="preset",
                         help="Same as --preset quick (about 50 s on 2 CPU cores).")
     parser.add_argument("--dataset", choices=tuple(DATASETS),
                         help="fashion_mnist: Colored Fashion-MNIST from the idx files of "
@@ -246,11 +233,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                              "default 10/30/50/80 for 0.5/1/2/5 %%): a number, 'balanced' or "
                              "'none' (no reweighting).")
     parser.add_argument("--device", help="auto, cpu, cuda, ...")
-    parser.add_argument("--out-dir", type=parse_path, action=_OneSetting, message=_TWO_NAMES,
+    parser.add_argument("--out-dir", type=parse_path, message=_TWO_NAMES,
                         help="Output folder (default: rest_fair_results/bench-<preset>, "
                              "bench-<preset>-random with --search random).")
-    parser.add_argument("--out", type=parse_path, dest="out_dir", action=_OneSetting,
-                        former=True, message=_TWO_NAMES,
+    parser.add_argument("--out", type=parse_path, dest="out_dir", action=_FormerName,
+                        message=_TWO_NAMES,
                         help=argparse.SUPPRESS)
     parser.add_argument("--n-jobs", type=int, default=1,
                         help="Parallel runs, at most one per core; torch threads are split so "
@@ -263,9 +250,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--scheduler", metavar="ADDRESS",
                         help="Dask scheduler address, e.g. tcp://HOST:8786 (with --backend "
                              "dask and no --scheduler: $DASK_SCHEDULER_ADDRESS).")
-    parser.add_argument("--scheduler-timeout", type=float, default=10.0, metavar="SECONDS",
-                        help="Give up when the scheduler does not answer or has no worker "
-                             "within this time.")
+    parser.add_argument("--scheduler-timeout", type=float, metavar="SECONDS",
+                        help="With the dask backend: give up when the scheduler does not "
+                             "answer or has no worker within this time (default 10).")
     parser.add_argument("--max-runs", type=int,
                         help="Stop after this many new runs (rerun to continue).")
     parser.add_argument("--time-limit", type=float,
@@ -273,12 +260,14 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--fresh", action="store_true",
                         help="Start afresh instead of resuming: the earlier results and "
                              "report are renamed with a date-time suffix.")
-    parser.add_argument("--no-plots", action="store_true")
+    parser.add_argument("--no-plots", action="store_true",
+                        help="Write no plots; those of an earlier report in the output "
+                             "folder are kept, renamed with a date-time suffix (they may "
+                             "not show every run of the new table).")
     parser.add_argument("--progress", choices=PROGRESS_MODES, default="auto",
-                        action=_OneSetting,
                         help="bar: progress bars over runs and epochs; log: plain lines, "
                              "readable in CI logs; auto: bars on a terminal, else lines.")
-    parser.add_argument("--no-progress", action=_OneSetting, nargs=0, const="none",
+    parser.add_argument("--no-progress", nargs=0, const="none",
                         dest="progress", help="Same as --progress none.")
     parser.set_defaults(func=run)
     return parser
@@ -423,5 +412,7 @@ def run(args: argparse.Namespace) -> int:
     if missing:
         print(f"\n{missing} of {n_runs} runs not finished yet; {rerun} to resume.",
               file=sys.stderr)
+    if outputs["kept"]:
+        print(_NOT_WRITTEN.format(kept=", ".join(map(str, outputs["kept"]))), file=sys.stderr)
     print(f"\nWrote {', '.join(str(p) for p in outputs['files'])}", file=sys.stderr)
     return 1 if errors else 0

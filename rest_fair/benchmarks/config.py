@@ -38,6 +38,12 @@ _DECIDED = (
     "extra_params sets {key!r}, which {owner} decides for every run; "
     "set it there instead."
 )
+_UNREAD_EXTRA = (
+    "extra_params sets {keys}, which no run of methods {methods} at sparsities {sparsities} "
+    "reads (their other parameters leave them unused, as jtt_epochs without JTT, GroupDRO's "
+    "without GroupDRO, momentum without SGD and those of sparse training at sparsity 0); "
+    "drop them, or add a method or sparsity that reads them."
+)
 #: The fields of a :class:`BenchConfig` that make its grid: not in the hash its runs share.
 GRID_FIELDS = ("ratios", "sparsities", "seeds", "methods")
 # estimator parameters that a field of BenchConfig decides, and that field
@@ -300,8 +306,13 @@ class BenchConfig:
         """Optional packages the sweep needs: its data set's, and matplotlib for ``plots``."""
         return [*DATASETS[self.dataset].requirements, *([_MATPLOTLIB] if plots else [])]
 
-    def check_requirements(self, *, plots: bool = False) -> None:
-        """Raise, before any run, when something the sweep needs is missing.
+    def check_requirements(self, *, plots: bool = False,
+                           reads: Sequence[tuple[str, Mapping[str, Any]]] | None = None
+                           ) -> None:
+        """Raise, before any run, when something the sweep needs is missing, or when
+        ``extra_params`` sets a parameter that no run reads: none of ``reads``, each a method
+        and further parameters of its runs as :meth:`read_extra` takes them (default: every
+        method of the grid at every sparsity).
 
         Raises
         ------
@@ -318,13 +329,20 @@ class BenchConfig:
             process. Also when the network cannot take the images (the CNN on
             images that its convolutions shrink to nothing, a small ``image_size``) or has
             no weight that a name of ``extra_params["dense_layers"]`` selects: it is built
-            once here.
+            once here. Also naming the keys of ``extra_params`` that no run reads.
         """
         from ..models import build_module  # imports torch: not at `rest-fair --help`
         from ..sparse import resolve_dense_layers
 
         check_requirements(self.requirements(plots=plots),
                            command=f"rest-fair bench (dataset {self.dataset!r})")
+        if reads is None:
+            reads = [(m, {"sparsity": s}) for m in self.methods for s in self.sparsities]
+        unread = set(self.extra_params).difference(*(self.read_extra(m, p) for m, p in reads))
+        if unread:
+            raise ValueError(_UNREAD_EXTRA.format(
+                keys=sorted(unread), methods=", ".join(dict.fromkeys(m for m, _ in reads)),
+                sparsities=", ".join(sorted({f"{p['sparsity']:g}" for _, p in reads}))))
         check = DATASETS[self.dataset].check
         if check is not None:
             check(self)

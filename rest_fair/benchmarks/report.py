@@ -440,23 +440,23 @@ def _write_config(
     out_dir: Path, experiment: Any, records: Sequence[dict[str, Any]],
     run_info: dict[str, Any] | None, outputs: Sequence[Path],
     statuses: Sequence[str] = ("ok", "error"),
-) -> Path:
+) -> tuple[Path, list[Path]]:
     """Write ``config.json``: the experiment, its hash, the library versions, the number of
     runs in total and with each of ``statuses``, ``run_info``, and the names of the other
-    ``outputs`` written this time; returns its path.
+    ``outputs`` written this time; returns its path and the earlier outputs kept aside.
 
     Outputs that the previous ``config.json`` of the folder (of the same settings:
     :func:`set_aside_report` has renamed one of others) lists and this call did not write
-    again (tables of a summary that is now empty, plots now switched off) are removed, so
-    that the folder never shows results beside a configuration they do not come from.
-    Other files are left alone.
+    again (plots now switched off, tables of a summary that is now empty) are kept, renamed
+    with a date-time suffix (:func:`~rest_fair.experiments.runner.set_aside`), so that the
+    folder never shows results under the names of the report beside a configuration or
+    runs they do not come from. Other files are left alone.
     """
     path = out_dir / "config.json"
     names = sorted(p.name for p in outputs)
     before = read_config(out_dir)
-    for stale in [] if before is None else _listed(out_dir, before):
-        if stale.name not in names:
-            stale.unlink()
+    kept = set_aside([p for p in ([] if before is None else _listed(out_dir, before))
+                      if p.name not in names])
     info = {
         "config": experiment.to_dict(),
         "config_hash": experiment.common_hash(),
@@ -468,7 +468,7 @@ def _write_config(
         **(run_info or {}),
     }
     path.write_text(json.dumps(info, indent=2, sort_keys=True, default=str))
-    return path
+    return path, kept
 
 
 def _write_tables(out_dir: Path, markdown: str, tables: dict[str, Any]) -> list[Path]:
@@ -490,12 +490,15 @@ def write_outputs(
 ) -> dict[str, Any]:
     """Write ``table.md``, ``table.csv``, ``references.md``, the PNG plots and ``config.json``.
 
-    A report in ``out_dir`` of other settings is kept, renamed (:func:`set_aside_report`).
+    A report in ``out_dir`` of other settings is kept, renamed (:func:`set_aside_report`),
+    and so are the outputs of its report of these settings that this one does not write
+    (the plots, with ``plots=False``).
 
     Returns
     -------
     dict
-        ``{"summary": DataFrame, "markdown": str, "files": [paths]}``.
+        ``{"summary": DataFrame, "markdown": str, "files": [paths], "kept": [paths]}``
+        (``kept``: the new names of the outputs kept aside).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -513,6 +516,6 @@ def write_outputs(
         files += _write_tables(out_dir, markdown, {"table.csv": summary})
         if plots:
             files += plot_results(summary, records, config, out_dir)
-    files.insert(0, _write_config(out_dir, config, records, run_info, files,
-                                  ("ok", "error", "failed")))
-    return {"summary": summary, "markdown": markdown, "files": files}
+    path, kept = _write_config(out_dir, config, records, run_info, files,
+                               ("ok", "error", "failed"))
+    return {"summary": summary, "markdown": markdown, "files": [path, *files], "kept": kept}

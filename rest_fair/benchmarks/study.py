@@ -378,8 +378,12 @@ class RandomSearch:
         return self.bench.requirements(plots=plots)
 
     def check_requirements(self, *, plots: bool = False) -> None:
-        """Raise, before any run, when a package or a data file is missing."""
-        self.bench.check_requirements(plots=plots)
+        """Raise, before any run, when a package or a data file is missing, or when
+        ``extra_params`` sets a parameter that no method of the study reads."""
+        self.bench.check_requirements(plots=plots, reads=[
+            (STUDY_METHODS[name].family, {**self.searched_params(name, 0, self.bench.ratios[0]),
+                                          "sparsity": STUDY_METHODS[name].sparsity})
+            for name in self.methods])
 
     def estimator_params(self, spec: TrialSpec) -> dict[str, Any]:
         """The :class:`~rest_fair.RESTClassifier` parameters of one run: the benchmark's

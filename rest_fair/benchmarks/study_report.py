@@ -364,13 +364,16 @@ def write_study_outputs(
 ) -> dict[str, Any]:
     """Write ``table.md`` and ``table.csv`` (the chosen configurations),
     ``configurations.csv`` (every configuration), ``config.json`` and the two plots; a
-    report in ``out_dir`` of other settings is kept, renamed (:func:`set_aside_report`).
+    report in ``out_dir`` of other settings is kept, renamed (:func:`set_aside_report`),
+    and so are the outputs of its report of these settings that this one does not write
+    (the plots, with ``plots=False``).
 
     Returns
     -------
     dict
         ``{"summary": chosen DataFrame, "configurations": DataFrame, "markdown": str,
-        "files": [paths]}``.
+        "files": [paths], "kept": [paths]}`` (``kept``: the new names of the outputs kept
+        aside).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -386,7 +389,7 @@ def write_study_outputs(
         })
         if plots:
             files += plot_study(chosen, search, out_dir)
-    files.insert(0, _write_config(out_dir, search, records, run_info, files,
-                                  ("ok", "error", "failed")))
+    path, kept = _write_config(out_dir, search, records, run_info, files,
+                               ("ok", "error", "failed"))
     return {"summary": chosen, "configurations": configurations, "markdown": markdown,
-            "files": files}
+            "files": [path, *files], "kept": kept}

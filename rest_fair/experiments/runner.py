@@ -52,9 +52,9 @@ from .dask_backend import active_joblib_client, connect, dask_records
 from .run import Experiment, check_run_params, error_record, run_one, split_threads
 
 __all__ = ["BACKENDS", "LOCK_FILE", "LOG_INTERVAL", "PROGRESS_MODES", "RESULTS_FILE",
-           "append_record", "finished", "interrupted", "locate", "lock_folder", "named_by_flag",
-           "option_flags", "parse_path", "parse_upweight", "pending", "read_own_json",
-           "read_results", "report_failed", "run_sweep", "set_aside"]
+           "OneValue", "append_record", "finished", "interrupted", "locate", "lock_folder",
+           "named_by_flag", "option_flags", "parse_path", "parse_upweight", "pending",
+           "read_own_json", "read_results", "report_failed", "run_sweep", "set_aside"]
 
 #: Name of the results file in an experiment's output folder (one JSON record per line).
 RESULTS_FILE = "results.jsonl"
@@ -70,16 +70,15 @@ PROGRESS_MODES = ("auto", "bar", "log", "none")
 #: run and the last run are always reported).
 LOG_INTERVAL = 10.0
 
+_EMPTY_PATH = "expected a folder, got {!r}; give '.' for the working directory."
 _BAD_UPWEIGHT = "--upweight: expected 'balanced', 'none' or a positive number; got {!r}."
 _NOT_A_FILE = ("cannot keep the results in {folder}: {path} is not a file (the results file, "
                "one JSON line per finished run); move it away or choose another output "
                "folder.")
 _CORRUPT_LINE = "Ignoring an unreadable line {line} of {path} (an interrupted write?)."
 _BAD_BACKEND = "backend must be one of {backends} or None; got {backend!r}."
-_SCHEDULER_NEEDS_DASK = (
-    "scheduler is only used by backend='dask'; got scheduler={scheduler!r} with "
-    "backend={backend!r}."
-)
+_NEEDS_DASK = ("{name} is only used by backend='dask'; got {name}={value!r} with "
+               "backend={backend!r}.")
 _BAD_LIMIT = "{name} must be a number {rule} or None; got {value!r}."
 _BAD_OUT_DIR = "cannot keep the results in {path}: {error}."
 _IN_USE = ("{folder} is in use by another rest-fair run (it holds {lock}); wait until that run "
@@ -97,6 +96,8 @@ _N_JOBS_IGNORED = (
     "as it has worker processes."
 )
 _BAD_PROGRESS = "progress must be True, False, 'auto', 'bar', 'log' or 'none'; got {!r}."
+_GIVEN_TWICE = "{given}: one flag given two values; give it once."
+_TWO_FLAGS = "{given}: two flags of one setting, given two values; give one of them."
 
 
 def parse_upweight(value: str) -> float | str:
@@ -120,8 +121,39 @@ def parse_upweight(value: str) -> float | str:
 def parse_path(value: str) -> Path:
     """A path option of ``rest-fair bench`` and ``rest-fair wilds`` (``--out-dir``,
     ``--root-dir``), a leading ``~`` read as the home folder: the shell expands it in
-    ``--out-dir ~/x`` but not in ``--out-dir=~/x``."""
+    ``--out-dir ~/x`` but not in ``--out-dir=~/x``. An empty one (``--out-dir "$UNSET"``),
+    which would be the working directory, raises :class:`argparse.ArgumentTypeError`."""
+    if not value.strip():
+        raise argparse.ArgumentTypeError(_EMPTY_PATH.format(value))
     return Path(value).expanduser()
+
+
+class OneValue(argparse.Action):
+    """The ``store`` action of ``rest-fair bench`` and ``rest-fair wilds`` (registered as their
+    default), which refuses a setting given two values, naming both: a flag given twice
+    (``--lr 0.1 --lr 0.2``; argparse keeps the last one silently), or two flags of one
+    destination (``message``), such as an option and its shortcut (a flag of ``nargs=0``
+    that gives ``const``, as ``--quick`` is ``--preset quick``). The same value given twice
+    is taken once. A flag of several values (``nargs="+"`` or ``"*"``) is stored as argparse
+    stores it."""
+
+    def __init__(self, *args: Any, message: str = _TWO_FLAGS, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.message = message
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        if self.nargs == 0:
+            values = self.const
+        given = vars(namespace).setdefault("_given_" + self.dest, [])
+        given.append((self, option_string, values))
+        if self.nargs not in ("+", "*") and len({str(v) for _, _, v in given}) > 1:
+            message = _GIVEN_TWICE if len({a for a, _, _ in given}) == 1 else self.message
+            parser.error(message.format(given=" and ".join(
+                flag if action.nargs == 0
+                else f"{flag} {','.join(map(str, v)) if isinstance(v, tuple) else v}"
+                for action, flag, v in given)))
+        setattr(namespace, self.dest, values)
 
 
 def option_flags(parser: argparse.ArgumentParser) -> dict[str, str]:
@@ -414,7 +446,7 @@ def run_sweep(
     on_result: Callable[[dict[str, Any], int], None] | None = None,
     backend: str | None = None,
     scheduler: Any = None,
-    scheduler_timeout: float = 10.0,
+    scheduler_timeout: float | None = None,
     on_start: Callable[[dict[str, Any]], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Run every unfinished run of ``experiment`` and return the records of all its runs.
@@ -457,9 +489,9 @@ def run_sweep(
         With the dask backend: the scheduler address (e.g. ``"tcp://host:8786"``) or a
         Client. None uses the Client of an enclosing ``joblib.parallel_config``, else the
         default Client, else dask's ``scheduler-address`` setting.
-    scheduler_timeout : float, default=10.0
-        Seconds to wait for the scheduler to answer and for a first worker, before a
-        ConnectionError.
+    scheduler_timeout : float or None, default=None
+        With the dask backend: seconds to wait for the scheduler to answer and for a first
+        worker, before a ConnectionError (None: 10).
     on_start : callable or None
         ``on_start(where)`` before the first run, with ``out_dir`` held (a block of
         :func:`lock_folder` entered here keeps it held after the sweep), with where the
@@ -491,7 +523,8 @@ def run_sweep(
         ``module_params`` included), a negative or
         infinite ``max_runs``, a negative ``time_limit``, a ``scheduler_timeout`` that is
         not positive and finite, or an ``out_dir`` that cannot be made a folder; with the
-        local backend, for a CUDA ``device`` on a machine without CUDA.
+        local backend, for a CUDA ``device`` on a machine without CUDA, and for a
+        ``scheduler`` or ``scheduler_timeout``, which it does not read.
     BlockingIOError
         Before any run, when another run holds ``out_dir``.
     FileNotFoundError
@@ -510,7 +543,7 @@ def run_sweep(
     split_threads(n_jobs)  # an n_jobs of another type is refused before any work
     mode = _progress_mode(progress, sys.stderr)
     experiment.check_requirements()
-    backend = _resolve_backend(backend, scheduler)
+    backend = _resolve_backend(backend, scheduler, scheduler_timeout)
     # the first run of each method and sparsity (a method's dense runs read fewer estimator
     # parameters than its sparse ones); a run without them: of all
     firsts: dict[Any, Any] = {}
@@ -528,7 +561,8 @@ def run_sweep(
             raise ValueError(_NOT_A_FILE.format(folder=out_dir, path=path))
         client = None
         if backend == "dask":
-            client = stack.enter_context(connect(scheduler, timeout=scheduler_timeout))
+            timeout = {} if scheduler_timeout is None else {"timeout": scheduler_timeout}
+            client = stack.enter_context(connect(scheduler, **timeout))
             workers = client.nthreads()
             where = {"backend": backend, "scheduler": client.scheduler.address,
                      "dask_workers": len(workers), "dask_worker_threads": sum(workers.values())}
@@ -567,13 +601,14 @@ def run_sweep(
     return [found[s.run_id] for s in specs if s.run_id in found]
 
 
-def _resolve_backend(backend: str | None, scheduler: Any) -> str:
+def _resolve_backend(backend: str | None, scheduler: Any, scheduler_timeout: Any) -> str:
     if backend is not None and backend not in BACKENDS:
         raise ValueError(_BAD_BACKEND.format(backends=BACKENDS, backend=backend))
     if backend is None:
         backend = "dask" if scheduler is not None or active_joblib_client() else "local"
-    if scheduler is not None and backend != "dask":
-        raise ValueError(_SCHEDULER_NEEDS_DASK.format(scheduler=scheduler, backend=backend))
+    for name, value in (("scheduler", scheduler), ("scheduler_timeout", scheduler_timeout)):
+        if value is not None and backend != "dask":
+            raise ValueError(_NEEDS_DASK.format(name=name, value=value, backend=backend))
     return backend
 
 

@@ -28,6 +28,7 @@ from .._requirements import MissingDependencyError
 from ..experiments.run import check_run_params
 from ..experiments.runner import (
     RESULTS_FILE,
+    OneValue,
     interrupted,
     lock_folder,
     named_by_flag,
@@ -81,6 +82,7 @@ def _dataset(value: str) -> str:
 
 
 def _configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.register("action", None, OneValue)  # a flag given two values is refused
     parser.add_argument("--dataset", type=_dataset, required=True,
                         help="waterbirds, celebA or civilcomments")
     parser.add_argument("--root-dir", type=parse_path, required=True,
@@ -143,8 +145,9 @@ def _configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                              "WILDS uses 224)")
     parser.add_argument("--max-length", type=int,
                         help="tokens per text for an hf: module (wilds protocol: 300)")
-    parser.add_argument("--max-features", type=int, default=20000,
-                        help="TF-IDF vocabulary size for text datasets without an hf: module")
+    parser.add_argument("--max-features", type=int,
+                        help="TF-IDF vocabulary size for text datasets without an hf: module "
+                             "(default 20000)")
     parser.add_argument("--frac", type=float, default=1.0,
                         help="random fraction of the training split (eval splits stay whole)")
     parser.add_argument("--device", default="auto")
@@ -291,7 +294,8 @@ def _report(args: argparse.Namespace, spec: DatasetSpec, experiment: WildsExperi
         print(_NONE_FINISHED.format(earlier=_EARLIER.format(out_dir=out_dir) if earlier else "",
                                     status=DIVERGED_STATUS), file=sys.stderr)
         return DIVERGED_STATUS
-    config = {k: v for k, v in vars(args).items() if k not in ("func", "argv")}
+    config = {k: v for k, v in vars(args).items()
+              if k not in ("func", "argv") and not k.startswith("_given_")}
     outputs = write_outputs(finished, experiment, diverged=diverged, run_info={
         "protocol_name": args.protocol, "argv": getattr(args, "argv", None), "config": config,
         "earlier_seeds": [r["seed"] for r in before],

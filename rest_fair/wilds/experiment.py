@@ -109,6 +109,14 @@ _UNKNOWN_DATA = (
     "data; they are reused as trained on {ours}."
 )
 _REPORT = ("metrics.json", "comparison.md")
+_UNREAD_FLAGS = (
+    "{flags}: not read by the runs of these settings, so changing nothing (recorded as None): "
+    "the mask settings with --sparsity 0, --momentum without SGD, --max-features and "
+    "--max-length with an image dataset, --image-size with a text one, --max-length without "
+    "an hf: --module and --max-features with one."
+)
+#: ``--max-features`` when not given: the TF-IDF vocabulary of a text dataset.
+_MAX_FEATURES = 20000
 _NOT_A_FOLDER = ("--resume: {path} is not a folder; the seeds write their submission files "
                  "there: move it away or choose another --out-dir.")
 
@@ -145,6 +153,12 @@ def resolve_settings(args: argparse.Namespace, spec: DatasetSpec) -> dict[str, A
         ``cnn`` or a Hugging Face ``hf:`` name); a ``--frac`` outside (0, 1], a
         ``--max-features``, ``--image-size`` or ``--max-length`` below 1, repeated or
         negative ``--seeds``, or a negative ``--seed``.
+
+    Warns
+    -----
+    UserWarning
+        Naming the options given that the runs of these settings do not read
+        (:func:`run_settings`): they change nothing.
     """
     given = {key: getattr(args, key) for key in CUSTOM_DEFAULTS}
     random_init = isinstance(given["weights"], str) and given["weights"].lower() == "none"
@@ -175,15 +189,21 @@ def resolve_settings(args: argparse.Namespace, spec: DatasetSpec) -> dict[str, A
     settings.update(
         dataset=spec.name, sparsity=args.sparsity,
         upweight=None if args.upweight == "none" else args.upweight,
-        objective=args.objective, frac=args.frac, max_features=args.max_features,
-        protocol=args.protocol, device=args.device, num_workers=args.num_workers,
-        verbose=args.verbose,
+        objective=args.objective, frac=args.frac, protocol=args.protocol, device=args.device,
+        num_workers=args.num_workers, verbose=args.verbose,
+        max_features=_MAX_FEATURES if args.max_features is None else args.max_features,
     )
     settings.update(extra, module_params=_module_params(settings))
     if not _SEED.accepts(args.seed):  # also a --synthetic layout's, whatever --seeds says
         raise ValueError(_BAD_SETTING.format(flag="seed", rule=_SEED.describe(),
                                              value=args.seed))
     _check_data_settings(settings)
+    read = run_settings(settings)
+    unread = [k for k, v in {**given, "max_features": args.max_features}.items()
+              if v is not None and settings[k] is not None and read[k] is None]
+    if unread:
+        warnings.warn(_UNREAD_FLAGS.format(flags=", ".join(
+            "--" + k.replace("_", "-") for k in unread)), UserWarning, stacklevel=2)
     return settings
 
 

@@ -245,6 +245,13 @@ def test_backend_arguments_are_checked(tmp_path, capsys):
     assert "only used by backend='dask'" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         cli.main(["bench", "--backend", "spark"])
+    # a timeout the local backend does not read was accepted without a word
+    with pytest.raises(ValueError, match="scheduler_timeout is only used by backend='dask'"):
+        run_sweep(tiny_config(), tmp_path, scheduler_timeout=5)
+    assert cli.main(["bench", "--preset", "tiny", "--scheduler-timeout", "5", "--out-dir",
+                     str(tmp_path)]) == 2
+    assert ("rest-fair bench: error: --scheduler-timeout is only used by backend='dask'; got "
+            "scheduler_timeout=5.0 with backend='local'.") in capsys.readouterr().err
 
 
 def test_thread_plan_splits_each_host_between_its_worker_processes():

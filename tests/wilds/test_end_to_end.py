@@ -92,6 +92,7 @@ def test_cli_runs_through_rest_fair_entry_point(tmp_path, capsys):
     assert not list((out / "submission").glob("*split:train*"))
     record = json.loads((out / "metrics.json").read_text())
     assert record["synthetic_data"] is True
+    assert record["config"]["seed"] == 3 and "_given_seed" not in record["config"]
     assert set(record["metrics"]) == {"train", "val", "test"}
     assert "adj_acc_avg" in record["metrics"]["test"]
     comparison = (out / "comparison.md").read_text()
@@ -104,6 +105,13 @@ def _two_seeds(tmp_path, out) -> list[str]:
     return ["wilds", "--dataset", "waterbirds", "--root-dir", str(tmp_path / "data"),
             "--out-dir", str(out), "--synthetic", "--max-epochs", "1", "--image-size", "8",
             "--module", "mlp", "--batch-size", "32", "--seeds", "0", "1", "--device", "cpu"]
+
+
+def _with(argv: list[str], *changes: str) -> list[str]:
+    """``argv`` with the flags of ``changes`` in place of its own (flags of one value)."""
+    given = [i for i, arg in enumerate(argv) if arg.startswith("--") and arg in changes]
+    drop = {*given, *(i + 1 for i in given)}
+    return [arg for i, arg in enumerate(argv) if i not in drop] + list(changes)
 
 
 def test_cli_says_the_spread_over_seeds_is_a_standard_deviation(tmp_path, capsys):
@@ -152,7 +160,7 @@ def test_settings_refused_before_the_earlier_outputs_are_renamed(tmp_path, capsy
     earlier = {"results.jsonl": "{}\n", "metrics.json": "{}", "comparison.md": "# earlier"}
     for name, text in earlier.items():
         (out / name).write_text(text)
-    assert rest_fair_main([*_two_seeds(tmp_path, out), *bad]) == 2
+    assert rest_fair_main(_with(_two_seeds(tmp_path, out), *bad)) == 2
     assert f"rest-fair wilds: {bad[0]} must be" in capsys.readouterr().err  # the flag typed
     assert {p.name: p.read_text() for p in out.iterdir() if p.is_file()
             and not p.name.startswith(".")} == earlier
@@ -169,7 +177,7 @@ def test_a_network_every_seed_would_fail_on_is_refused_once_up_front(tmp_path, c
     out = tmp_path / "out"
     out.mkdir()
     (out / "metrics.json").write_text("{}")
-    assert rest_fair_main([*_two_seeds(tmp_path, out), *bad]) == 2
+    assert rest_fair_main(_with(_two_seeds(tmp_path, out), *bad)) == 2
     err = capsys.readouterr().err
     assert err.count(message) == 1 and err.startswith("rest-fair wilds: ")
     assert sorted(p.name for p in out.iterdir()) == ["metrics.json"]
@@ -191,7 +199,7 @@ def test_weights_that_cannot_be_downloaded_are_refused_before_the_outputs_move(
     out = tmp_path / "out"
     out.mkdir()
     (out / "metrics.json").write_text("{}")
-    argv = [*_two_seeds(tmp_path, out), "--module", "resnet18", "--weights", "DEFAULT"]
+    argv = _with(_two_seeds(tmp_path, out), "--module", "resnet18", "--weights", "DEFAULT")
     assert rest_fair_main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("rest-fair wilds: Could not download the torchvision weights ")

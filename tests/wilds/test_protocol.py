@@ -135,12 +135,17 @@ def test_data_settings_are_refused_before_any_seed_runs(argv, message):
 def test_settings_a_run_does_not_read_enter_no_run_id(tmp_path, name, base, extra):
     # equal runs had other ids, and --resume refused the folder as one of other settings
     flags = [w for k, v in extra.items() for w in (f"--{k}", v)]
-    settings = _settings(*base, *flags, name=name)
+    with pytest.warns(UserWarning) as seen:  # they were accepted without a word
+        settings = _settings(*base, *flags, name=name)
+    named = [str(w.message).split(": not read by the runs")[0].split(", ") for w in seen]
+    assert len(named) == 1 and sorted(named[0]) == sorted(f"--{k}" for k in extra)
     given = run_settings(settings)
     assert given == run_settings(_settings(*base, name=name))
     assert all(given[k.replace("-", "_")] is None for k in extra)
     if base == ["--sparsity", "0"]:  # a sparse run reads them
-        assert run_settings(_settings(*flags)) != run_settings(_settings())
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert run_settings(_settings(*flags)) != run_settings(_settings())
     # a seed that an earlier version recorded with their values is resumed, re-keyed
     dataset = argparse.Namespace(dataset_name=name, data_dir=tmp_path)
     experiment = WildsExperiment(dataset, settings, tmp_path)
