@@ -219,7 +219,7 @@ def test_images_that_pretrained_weights_cannot_take_are_refused_before_the_downl
 
     monkeypatch.setattr(backbones, "_download", download)
     out = tmp_path / "out"
-    argv = [*_two_seeds(tmp_path, out), "--module", "vit_b_16", "--weights", "DEFAULT"]
+    argv = _with(_two_seeds(tmp_path, out), "--module", "vit_b_16", "--weights", "DEFAULT")
     assert rest_fair_main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("rest-fair wilds: torchvision's vit_b_16 takes images of 224x224 ")
