@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import re
 import sys
 import warnings
 from typing import TYPE_CHECKING, Any
@@ -66,6 +67,16 @@ _EARLIER_SEEDS = ("rest-fair wilds: --resume: the report covers seeds {seeds}, o
                   "{earlier} finished into {out_dir} by an earlier command with these "
                   "settings and data.")
 _RETRY = "Rerun with --resume to retry the failed seeds (tracebacks in {path})."
+#: The library's advice to pass ``module_params`` that the command cannot pass, as a pattern
+#: and what a user of the command does instead (:func:`_in_flags`).
+_ADVICE_IN_FLAGS = (
+    (r"to (at least )?(\d+)x\2 \(e\.g\. with torchvision\.transforms\.Resize\)"
+     r"(, or .*? module_params=\{[^}]*\})?", r"to \1\2x\2 with --image-size \2"),
+    (r"name one with module_params=\{'tokenizer_kwargs'.*?\}\}",
+     "set one in a model folder of your own and give --module hf:<folder> (tokenizer.pad_token "
+     "= '<a token of its vocabulary>', then tokenizer.save_pretrained(folder) and "
+     "model.save_pretrained(folder))"),
+)
 _MODULE_ENTRY = (
     "python -m rest_fair.wilds.cli (rest_fair.wilds.cli.main, build_parser) is deprecated and "
     "will be removed in the next release; use the `rest-fair wilds` command."
@@ -193,6 +204,18 @@ def main(argv: list[str] | None = None) -> int:
     return run(build_parser().parse_args(argv))
 
 
+def _in_flags(error: BaseException | str) -> str:
+    """The message of ``error`` in the words of the command: the setting it opens with
+    (:func:`named_by_flag`) and each ``module_params['<setting>']`` named by its flag, and
+    the advice to pass ``module_params`` that the flags cannot set by what to do instead."""
+    flags = option_flags(_configure(argparse.ArgumentParser()))
+    message = re.sub(r"module_params\['([a-z_]+)'\]", lambda m: flags.get(m[1], m[0]),
+                     named_by_flag(error, flags))
+    for pattern, advice in _ADVICE_IN_FLAGS:
+        message = re.sub(pattern, advice, message)
+    return message
+
+
 def run(args: argparse.Namespace) -> int:
     """Check and load the data, run every seed with the experiment runner, write the report.
 
@@ -230,8 +253,7 @@ def run(args: argparse.Namespace) -> int:
         check_run_params(experiment, experiment.runs()[0])
         experiment.check_network()
     except (MissingDependencyError, OSError, ValueError) as exc:
-        flags = option_flags(_configure(argparse.ArgumentParser()))
-        print(f"rest-fair wilds: {named_by_flag(exc, flags)}", file=sys.stderr)
+        print(f"rest-fair wilds: {_in_flags(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(_INTERRUPTED_SETUP, file=sys.stderr)
@@ -277,7 +299,8 @@ def _report(args: argparse.Namespace, spec: DatasetSpec, experiment: WildsExperi
     diverged = [r for r in records if r.get("status") == "failed"]
     finished = [r for r in records if r.get("status") == "ok"]
     for record in errors:
-        print(_FAILED.format(seed=record["seed"], error=record.get("error")), file=sys.stderr)
+        print(_FAILED.format(seed=record["seed"], error=_in_flags(str(record.get("error")))),
+              file=sys.stderr)
     for record in diverged:
         print(_DIVERGED.format(seed=record["seed"], error=record.get("error")),
               file=sys.stderr)
