@@ -108,11 +108,13 @@ def _configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="let WILDS download the data if missing (needs network)")
     parser.add_argument("--synthetic", action="store_true",
                         help="write a tiny synthetic layout into --root-dir first (smoke test)")
-    parser.add_argument("--seed", type=int, default=0,
-                        help="seed of a custom run; also the k of seed:k")
+    parser.add_argument("--seed", type=int,
+                        help="the seed to run (default 0; with --protocol wilds, in place of "
+                             "the recipe's seeds) and of the --synthetic layout; beside "
+                             "--seeds, of the layout only")
     parser.add_argument("--seeds", type=int, nargs="+",
-                        help="several seeds (default: --seed; with --protocol wilds 0-4 for "
-                             "civilcomments, 0-2 otherwise)")
+                        help="several seeds (default: --seed; with --protocol wilds and no "
+                             "--seed 0-4 for civilcomments, 0-2 otherwise)")
     parser.add_argument("--resume", action="store_true",
                         help="skip the seeds that results.jsonl records as done with the "
                              "same settings (folders of earlier versions, with "
@@ -245,7 +247,7 @@ def run(args: argparse.Namespace) -> int:
         if args.root_dir.is_file():
             raise ValueError(_ROOT_A_FILE.format(path=args.root_dir, dirname=spec.dirname))
         if args.synthetic and not (args.root_dir / spec.dirname / spec.release_file).exists():
-            make_synthetic_layout(spec.name, args.root_dir, seed=args.seed,
+            make_synthetic_layout(spec.name, args.root_dir, seed=args.seed or 0,
                                   group_counts=SMOKE_GROUP_COUNTS.get(spec.name))
         dataset = load_wilds(spec.name, args.root_dir, download=args.download)
         experiment = WildsExperiment(dataset, settings, args.out_dir)
