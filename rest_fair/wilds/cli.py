@@ -114,7 +114,7 @@ def _configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                              "--seeds, of the layout only")
     parser.add_argument("--seeds", type=int, nargs="+",
                         help="several seeds (default: --seed; with --protocol wilds and no "
-                             "--seed 0-4 for civilcomments, 0-2 otherwise)")
+                             "--seed, 0-4 for civilcomments, 0-2 otherwise)")
     parser.add_argument("--resume", action="store_true",
                         help="skip the seeds that results.jsonl records as done with the "
                              "same settings (folders of earlier versions, with "
