@@ -167,7 +167,7 @@ def option_flags(parser: argparse.ArgumentParser) -> dict[str, str]:
     return flags
 
 
-def named_by_flag(error: BaseException, flags: dict[str, str]) -> str:
+def named_by_flag(error: BaseException | str, flags: dict[str, str]) -> str:
     """The message of ``error`` with the setting it opens with (``"max_epochs must be >=
     1; ..."``, as the configuration, the estimator and the runner name them) named by the
     flag that sets it on the command line (``"--epochs must be >= 1; ..."``, ``flags`` from

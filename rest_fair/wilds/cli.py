@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import re
 import sys
 import warnings
 from typing import TYPE_CHECKING, Any
@@ -66,6 +67,16 @@ _EARLIER_SEEDS = ("rest-fair wilds: --resume: the report covers seeds {seeds}, o
                   "{earlier} finished into {out_dir} by an earlier command with these "
                   "settings and data.")
 _RETRY = "Rerun with --resume to retry the failed seeds (tracebacks in {path})."
+#: The library's advice to pass ``module_params`` that the command cannot pass, as a pattern
+#: and what a user of the command does instead (:func:`_in_flags`).
+_ADVICE_IN_FLAGS = (
+    (r"to (at least )?(\d+)x\2 \(e\.g\. with torchvision\.transforms\.Resize\)"
+     r"(, or .*? module_params=\{[^}]*\})?", r"to \1\2x\2 with --image-size \2"),
+    (r"name one with module_params=\{'tokenizer_kwargs'.*?\}\}",
+     "set one in a model folder of your own and give --module hf:<folder> (tokenizer.pad_token "
+     "= '<a token of its vocabulary>', then tokenizer.save_pretrained(folder) and "
+     "model.save_pretrained(folder))"),
+)
 _MODULE_ENTRY = (
     "python -m rest_fair.wilds.cli (rest_fair.wilds.cli.main, build_parser) is deprecated and "
     "will be removed in the next release; use the `rest-fair wilds` command."
@@ -97,11 +108,13 @@ def _configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="let WILDS download the data if missing (needs network)")
     parser.add_argument("--synthetic", action="store_true",
                         help="write a tiny synthetic layout into --root-dir first (smoke test)")
-    parser.add_argument("--seed", type=int, default=0,
-                        help="seed of a custom run; also the k of seed:k")
+    parser.add_argument("--seed", type=int,
+                        help="the seed to run (default 0; with --protocol wilds, in place of "
+                             "the recipe's seeds) and of the --synthetic layout; beside "
+                             "--seeds, of the layout only")
     parser.add_argument("--seeds", type=int, nargs="+",
-                        help="several seeds (default: --seed; with --protocol wilds 0-4 for "
-                             "civilcomments, 0-2 otherwise)")
+                        help="several seeds (default: --seed; with --protocol wilds and no "
+                             "--seed, 0-4 for civilcomments, 0-2 otherwise)")
     parser.add_argument("--resume", action="store_true",
                         help="skip the seeds that results.jsonl records as done with the "
                              "same settings (folders of earlier versions, with "
@@ -193,6 +206,18 @@ def main(argv: list[str] | None = None) -> int:
     return run(build_parser().parse_args(argv))
 
 
+def _in_flags(error: BaseException | str) -> str:
+    """The message of ``error`` in the words of the command: the setting it opens with
+    (:func:`named_by_flag`) and each ``module_params['<setting>']`` named by its flag, and
+    the advice to pass ``module_params`` that the flags cannot set by what to do instead."""
+    flags = option_flags(_configure(argparse.ArgumentParser()))
+    message = re.sub(r"module_params\['([a-z_]+)'\]", lambda m: flags.get(m[1], m[0]),
+                     named_by_flag(error, flags))
+    for pattern, advice in _ADVICE_IN_FLAGS:
+        message = re.sub(pattern, advice, message)
+    return message
+
+
 def run(args: argparse.Namespace) -> int:
     """Check and load the data, run every seed with the experiment runner, write the report.
 
@@ -222,7 +247,7 @@ def run(args: argparse.Namespace) -> int:
         if args.root_dir.is_file():
             raise ValueError(_ROOT_A_FILE.format(path=args.root_dir, dirname=spec.dirname))
         if args.synthetic and not (args.root_dir / spec.dirname / spec.release_file).exists():
-            make_synthetic_layout(spec.name, args.root_dir, seed=args.seed,
+            make_synthetic_layout(spec.name, args.root_dir, seed=args.seed or 0,
                                   group_counts=SMOKE_GROUP_COUNTS.get(spec.name))
         dataset = load_wilds(spec.name, args.root_dir, download=args.download)
         experiment = WildsExperiment(dataset, settings, args.out_dir)
@@ -230,8 +255,7 @@ def run(args: argparse.Namespace) -> int:
         check_run_params(experiment, experiment.runs()[0])
         experiment.check_network()
     except (MissingDependencyError, OSError, ValueError) as exc:
-        flags = option_flags(_configure(argparse.ArgumentParser()))
-        print(f"rest-fair wilds: {named_by_flag(exc, flags)}", file=sys.stderr)
+        print(f"rest-fair wilds: {_in_flags(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(_INTERRUPTED_SETUP, file=sys.stderr)
@@ -277,7 +301,8 @@ def _report(args: argparse.Namespace, spec: DatasetSpec, experiment: WildsExperi
     diverged = [r for r in records if r.get("status") == "failed"]
     finished = [r for r in records if r.get("status") == "ok"]
     for record in errors:
-        print(_FAILED.format(seed=record["seed"], error=record.get("error")), file=sys.stderr)
+        print(_FAILED.format(seed=record["seed"], error=_in_flags(str(record.get("error")))),
+              file=sys.stderr)
     for record in diverged:
         print(_DIVERGED.format(seed=record["seed"], error=record.get("error")),
               file=sys.stderr)

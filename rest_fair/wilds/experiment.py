@@ -117,6 +117,8 @@ _UNREAD_FLAGS = (
 )
 #: ``--max-features`` when not given: the TF-IDF vocabulary of a text dataset.
 _MAX_FEATURES = 20000
+_SEED_NOT_RUN = ("--seed {seed} is not run: --seeds names the seeds that run ({seeds}); "
+                 "beside --seeds, --seed seeds only a --synthetic layout.")
 _NOT_A_FOLDER = ("--resume: {path} is not a folder; the seeds write their submission files "
                  "there: move it away or choose another --out-dir.")
 
@@ -142,9 +144,9 @@ def resolve_settings(args: argparse.Namespace, spec: DatasetSpec) -> dict[str, A
         The keys of :data:`CUSTOM_DEFAULTS` and the other options of the runs
         (``dataset``, ``sparsity``, ``upweight`` (None for ``--upweight none``),
         ``objective``, ``frac``, ``max_features``, ``protocol``, ``device``,
-        ``num_workers``, ``verbose``), ``module_params``, ``"seeds"`` and, for
-        ``--protocol wilds``, ``"recipe"`` (the recipe's values) and ``"overridden"``
-        (settings the command line changed).
+        ``num_workers``, ``verbose``), ``module_params``, ``"seeds"`` (``--seeds``, else
+        ``--seed``, else the recipe's or 0) and, for ``--protocol wilds``, ``"recipe"`` (the
+        recipe's values) and ``"overridden"`` (settings the command line changed).
 
     Raises
     ------
@@ -158,7 +160,8 @@ def resolve_settings(args: argparse.Namespace, spec: DatasetSpec) -> dict[str, A
     -----
     UserWarning
         Naming the options given that the runs of these settings do not read
-        (:func:`run_settings`): they change nothing.
+        (:func:`run_settings`): they change nothing; and ``--seed`` beside ``--seeds``
+        without ``--synthetic``, which is not run (``--seeds`` names the seeds).
     """
     given = {key: getattr(args, key) for key in CUSTOM_DEFAULTS}
     random_init = isinstance(given["weights"], str) and given["weights"].lower() == "none"
@@ -171,10 +174,10 @@ def resolve_settings(args: argparse.Namespace, spec: DatasetSpec) -> dict[str, A
         overridden = sorted(k for k, v in given.items()
                             if v is not None and jsonable(v) != jsonable(base[k]))
         extra = {"recipe": dataclasses.asdict(recipe), "overridden": overridden}
-        default_seeds = recipe.seeds
+        default_seeds = recipe.seeds if args.seed is None else [args.seed]
     else:
         base = dict(CUSTOM_DEFAULTS)
-        default_seeds = [args.seed]
+        default_seeds = [0 if args.seed is None else args.seed]
     settings = {**base, **{k: v for k, v in given.items() if v is not None}}
     if given["module"] not in (None, base["module"]) and given["weights"] is None:
         settings["weights"] = None  # the recipe's weights belong to the recipe's backbone
@@ -194,10 +197,13 @@ def resolve_settings(args: argparse.Namespace, spec: DatasetSpec) -> dict[str, A
         max_features=_MAX_FEATURES if args.max_features is None else args.max_features,
     )
     settings.update(extra, module_params=_module_params(settings))
-    if not _SEED.accepts(args.seed):  # also a --synthetic layout's, whatever --seeds says
+    if args.seed is not None and not _SEED.accepts(args.seed):  # also a --synthetic layout's
         raise ValueError(_BAD_SETTING.format(flag="seed", rule=_SEED.describe(),
                                              value=args.seed))
     _check_data_settings(settings)
+    if args.seeds and args.seed is not None and not args.synthetic:
+        warnings.warn(_SEED_NOT_RUN.format(seed=args.seed, seeds=", ".join(map(str, args.seeds))),
+                      UserWarning, stacklevel=2)
     read = run_settings(settings)
     unread = [k for k, v in {**given, "max_features": args.max_features}.items()
               if v is not None and settings[k] is not None and read[k] is None]

@@ -227,6 +227,39 @@ def test_images_that_pretrained_weights_cannot_take_are_refused_before_the_downl
     assert "module_params" not in err
 
 
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--module", "vit_b_16"], "Resize the images to 224x224 with --image-size 224."),
+    (["--module", "maxvit_t"], "Resize the images to 224x224 with --image-size 224."),
+    (["--module", "resnet18", "--weights", ""], "--weights must be None, a torchvision"),
+])
+def test_errors_name_the_flags_instead_of_module_params(tmp_path, capsys, argv, message):
+    # they said to pass module_params={'image_size': 8}, {'input_size': ...} or
+    # module_params['weights'], which the command cannot pass
+    assert rest_fair_main(_with(_two_seeds(tmp_path, tmp_path / "out"), *argv)) == 2
+    err = capsys.readouterr().err
+    assert message in err and "module_params" not in err
+
+
+def test_a_tokenizer_without_padding_token_is_answered_with_what_the_command_takes(
+        tmp_path, capsys):
+    # it said to pass module_params={'tokenizer_kwargs': ...}, which the command cannot pass
+    from transformers import AutoTokenizer
+
+    from tests._support.backbones import save_tiny_distilbert
+
+    model = save_tiny_distilbert(tmp_path / "model")
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    tokenizer.pad_token = None
+    tokenizer.save_pretrained(model)
+    argv = ["wilds", "--dataset", "civilcomments", "--root-dir", str(tmp_path / "data"),
+            "--out-dir", str(tmp_path / "out"), "--synthetic", "--module", f"hf:{model}",
+            "--max-epochs", "1", "--device", "cpu"]
+    assert rest_fair_main(argv) == 1
+    err = capsys.readouterr().err
+    assert "no padding token" in err and "module_params" not in err
+    assert "give --module hf:<folder> (tokenizer.pad_token = " in err
+
+
 def test_a_cuda_device_this_machine_lacks_is_refused_before_the_outputs_move(
         tmp_path, capsys, monkeypatch):
     # every seed failed with the same error, after the earlier outputs were renamed

@@ -97,6 +97,19 @@ def test_command_line_overrides_the_recipe():
     assert custom["sparse_init"] == "random" and "recipe" not in custom
 
 
+def test_seed_is_run_or_named_as_not_run():
+    # --protocol wilds ran the recipe's seeds 0, 1, 2, and --seeds left --seed 5 unread,
+    # without a word
+    assert _settings("--protocol", "wilds", "--seed", "5")["seeds"] == [5]
+    assert _settings("--protocol", "wilds")["seeds"] == [0, 1, 2]
+    with pytest.warns(UserWarning, match=r"--seed 5 is not run: --seeds names the seeds "
+                                         r"that run \(1, 2\)"):
+        assert _settings("--seeds", "1", "2", "--seed", "5")["seeds"] == [1, 2]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the seed of the layout
+        assert _settings("--seeds", "1", "--seed", "5", "--synthetic")["seeds"] == [1]
+
+
 @pytest.mark.parametrize("module", ["mlp", "hf:distilbert-base-uncased"])
 def test_weights_for_a_module_that_is_not_torchvision_are_refused(module):
     with pytest.raises(ValueError, match="--weights needs a torchvision --module"):
