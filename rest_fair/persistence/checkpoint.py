@@ -76,8 +76,9 @@ _NOT_A_FOLDER = (
 _BAD_MANIFEST = "{path} is not a valid rest_fair checkpoint manifest ({error})."
 _MISSING_STATE = "checkpoint {path} is missing its state file {file}."
 _BAD_DIGEST = (
-    "checkpoint state file {path} does not match the digest in its manifest: it was "
-    "truncated or modified after it was written. Nothing was loaded or deleted."
+    "checkpoint state file {path} does not match the digest its manifest {manifest} "
+    "records: one of them was truncated or modified after it was written. Nothing was "
+    "loaded or deleted."
 )
 _OTHER_RUN = (
     "{dirname} holds the checkpoint of another run, not finished ({details}); writing this "
@@ -165,7 +166,8 @@ def folder(dirname: Any, what: str = "dirname") -> Path:
 
 
 def has_checkpoint(dirname: str | os.PathLike) -> bool:
-    """Whether ``dirname`` holds a checkpoint manifest (a missing folder holds none).
+    """Whether ``dirname`` holds a checkpoint manifest (a missing folder holds none); a
+    folder or other non-file at the manifest's name counts, for reading to refuse it.
 
     Raises
     ------
@@ -175,7 +177,7 @@ def has_checkpoint(dirname: str | os.PathLike) -> bool:
     path = folder(dirname)
     if path.is_file():
         raise CheckpointError(_NOT_A_FOLDER.format(path=path))
-    return (path / MANIFEST).is_file()
+    return (path / MANIFEST).exists()
 
 
 def _loadable(value: Any, where: str) -> Any:
@@ -354,14 +356,16 @@ def _read_manifest(directory: Path) -> dict[str, Any]:
         version = manifest["version"]
         if not POSITIVE_INT.accepts(version):
             raise ValueError(f"version is {version!r}")
-        file, digest = str(manifest["file"]), str(manifest["sha256"])
+        file, digest = str(manifest["file"]), manifest["sha256"]
     except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
         raise CheckpointError(_BAD_MANIFEST.format(path=path, error=exc)) from exc
     if version > FORMAT_VERSION:
         raise CheckpointError(_NEWER.format(path=path, version=version, ours=FORMAT_VERSION))
     if Path(file).name != file or file in ("", ".", ".."):
         raise CheckpointError(_BAD_MANIFEST.format(path=path, error=f"bad file name {file!r}"))
-    manifest["file"], manifest["sha256"] = file, digest
+    if not (isinstance(digest, str) and re.fullmatch("[0-9a-f]{64}", digest)):
+        raise CheckpointError(_BAD_MANIFEST.format(path=path, error=f"sha256 is {digest!r:.80}"))
+    manifest["file"] = file
     return manifest
 
 
@@ -551,7 +555,7 @@ def read_checkpoint(
         raise CheckpointError(_MISSING_STATE.format(path=directory,
                                                     file=manifest["file"])) from exc
     if hashlib.sha256(payload).hexdigest() != manifest["sha256"]:
-        raise CheckpointError(_BAD_DIGEST.format(path=path))
+        raise CheckpointError(_BAD_DIGEST.format(path=path, manifest=directory / MANIFEST))
     try:
         return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
     except Exception as exc:  # any unpickling refusal or corruption

@@ -510,6 +510,7 @@ def test_a_checkpoint_folder_must_be_a_folder(tmp_path, dirname):
     ({"version": -1}, "version is -1"),
     ({"version": 1.9}, "version is 1.9"),
     ({"file": "sub"}, "missing its state file"),  # a folder where the state file should be
+    ({"sha256": None}, "sha256 is None"),  # was compared as the text 'None'
 ])
 def test_a_damaged_manifest_is_a_checkpoint_error(tmp_path, edit, match):
     _fit(tmp_path)
@@ -519,6 +520,26 @@ def test_a_damaged_manifest_is_a_checkpoint_error(tmp_path, edit, match):
     manifest_path.write_text(json.dumps({**manifest, **edit}))
     with pytest.raises(CheckpointError, match=match):
         ckpt_format.read_checkpoint(tmp_path)
+
+
+def test_an_edited_digest_names_the_manifest_too(tmp_path):
+    _fit(tmp_path)
+    manifest_path = tmp_path / ckpt_format.MANIFEST
+    manifest = json.loads(manifest_path.read_text())
+    manifest_path.write_text(json.dumps({**manifest, "sha256": "0" * 64}))
+    with pytest.raises(CheckpointError, match=f"its manifest {re.escape(str(manifest_path))}"):
+        ckpt_format.read_checkpoint(tmp_path)
+
+
+def test_a_folder_at_the_manifest_is_refused_before_training(tmp_path):
+    # it read as no checkpoint: the fit started anew and failed writing after an epoch
+    X, y, g = _data()
+    (tmp_path / "epoch-000002.pt").write_bytes(b"state")
+    (tmp_path / ckpt_format.MANIFEST).mkdir()
+    clf = RESTClassifier(**COMMON, callbacks=[Checkpoint(tmp_path)])
+    with pytest.raises(CheckpointError, match=r"latest\.json is not a valid .*Is a directory"):
+        clf.fit(X, y, groups=g, resume_from=tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch-000002.pt", "latest.json"]
 
 
 def test_a_deeply_nested_manifest_is_a_checkpoint_error(tmp_path):
