@@ -104,6 +104,7 @@ _PREDATES = (
     "rest_fair wrote it){resumes}"
 )
 _RESUMES_WITH = ", so pass {setting}={neutral!r} to continue that run"
+_NO_SETTING = ", and no setting of this rest_fair continues that run"
 _RANDOM_STATE = (
     "random_state differs: that run had {before}, this one has {after}; pass {before} to "
     "continue that run"
@@ -398,7 +399,7 @@ def _differences(saved: dict[str, Any], current: dict[str, Any], neutral: Mappin
                 continue
             resumes = (_RESUMES_WITH.format(setting=path.removeprefix("params."),
                                             neutral=neutral[path])
-                       if path in neutral and path.startswith("params.") else "")
+                       if path in neutral and path.startswith("params.") else _NO_SETTING)
             details.append(_PREDATES.format(path=path, after=after, resumes=resumes))
         elif key not in current:
             details.append(_UNKNOWN.format(path=path, before=saved[key]))

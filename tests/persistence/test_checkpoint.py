@@ -1041,7 +1041,8 @@ def test_a_run_with_samples_of_weight_zero_resumes_bitwise_and_refuses_older_che
     with pytest.raises(CheckpointError, match=r"different run.*weighted_counts was not "
                                               r"recorded, now True: the checkpoint predates "
                                               r"weighted_counts \(an older rest_fair wrote "
-                                              r"it\)\. Resume"):
+                                              r"it\), and no setting of this rest_fair "
+                                              r"continues that run\. Resume"):
         RESTClassifier(**params).fit(X, y, groups=g, sample_weight=weight,
                                      resume_from=tmp_path)
 
@@ -1060,13 +1061,36 @@ def test_an_older_checkpoint_of_a_group_weighed_zero_is_refused(tmp_path, reweig
             X, y, groups=g, resume_from=tmp_path)
 
 
+@pytest.mark.parametrize("validation", ["fraction", "data"])
+def test_an_older_checkpoint_of_a_group_left_out_of_selection_is_refused(tmp_path, validation):
+    # an older release chose the epoch kept with the group weighed 0 (and held out its
+    # samples): resuming went on under this release's rule, or was refused as n_valid only
+    X, y, g = _data()
+    g = np.where(X[:, 1] > 1.0, "third", g)
+    given = {} if validation == "fraction" else {"validation_data": (X[:90], y[:90], g[:90])}
+    params = {**COMMON, "max_epochs": 3, "objective": "groupdro",
+              "upweight": {"majority": 1.0, "minority": 1.0, "third": 0.0}}
+    with pytest.raises(KeyboardInterrupt):
+        RESTClassifier(**params, callbacks=[StopAt(3), Checkpoint(tmp_path)]).fit(
+            X, y, groups=g, **given)
+    resumed = RESTClassifier(**params).fit(X, y, groups=g, resume_from=tmp_path, **given)
+    assert [h["epoch"] for h in resumed.history_] == [1, 2, 3]
+    _edit_fingerprint(tmp_path, lambda fingerprint: fingerprint.pop("left_out_of_selection", 0))
+    with pytest.raises(CheckpointError, match=r"different run.*left_out_of_selection was not "
+                                              r"recorded, now \['third'\].*no setting of this "
+                                              r"rest_fair continues that run"):
+        RESTClassifier(**params).fit(X, y, groups=g, resume_from=tmp_path, **given)
+
+
 def test_a_checkpoint_without_an_entry_that_has_no_neutral_value_is_refused(tmp_path):
     X, y, g = _interrupted(tmp_path)
     _edit_fingerprint(tmp_path, _without("params.lr"))
     clf = RESTClassifier(**{**COMMON, "max_epochs": 3})
     with pytest.raises(CheckpointError, match=r"different run.*params.lr was not recorded, now "
                                               r"0.05: the checkpoint predates params.lr \(an "
-                                              r"older rest_fair wrote it\)\. Resume"):
+                                              r"older rest_fair wrote it\), and no setting "
+                                              r"of this rest_fair continues that run\. "
+                                              r"Resume"):
         clf.fit(X, y, groups=g, resume_from=tmp_path)
 
 
