@@ -23,6 +23,7 @@ computed before the entry existed), and a run with that value resumes such a che
 from __future__ import annotations
 
 import copy
+import errno
 import hashlib
 import io
 import json
@@ -74,6 +75,7 @@ _NOT_A_FOLDER = (
     "written to."
 )
 _BAD_MANIFEST = "{path} is not a valid rest_fair checkpoint manifest ({error})."
+_NOT_WRITABLE = "no checkpoint can be written in this folder (no write permission, or read-only)"
 _MISSING_STATE = "checkpoint {path} is missing its state file {file}."
 _BAD_DIGEST = (
     "checkpoint state file {path} does not match the digest its manifest {manifest} "
@@ -337,8 +339,14 @@ def check_writable(dirname: str | os.PathLike, fingerprint: dict[str, Any], *,
     CheckpointError
         If ``dirname`` is a file, or holds the checkpoint of an unfinished run with another
         fingerprint (the message names the differences), or a damaged manifest.
+    PermissionError
+        If this process cannot write in ``dirname``, or make it in its nearest existing
+        parent (a read-only file system, no permission), naming that folder.
     """
     directory = folder(dirname)
+    nearest = next(path for path in (directory, *directory.parents) if path.exists())
+    if nearest.is_dir() and not os.access(nearest, os.W_OK | os.X_OK):
+        raise PermissionError(errno.EACCES, _NOT_WRITABLE, str(nearest))
     if not has_checkpoint(directory):
         return
     manifest = _read_manifest(directory)

@@ -542,6 +542,21 @@ def test_a_folder_at_the_manifest_is_refused_before_training(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch-000002.pt", "latest.json"]
 
 
+def test_a_folder_that_cannot_be_written_is_refused_before_training(tmp_path, monkeypatch):
+    # it failed writing after the first `every` epochs; os.access stands in for a read-only
+    # file system (mode bits do not stop root)
+    X, y, g = _data()
+    access = os.access
+    monkeypatch.setattr(ckpt_format.os, "access",
+                        lambda path, mode: Path(path) != tmp_path and access(path, mode))
+    monkeypatch.setattr("rest_fair.training.TrainingRun.run_single_epoch",
+                        lambda run: pytest.fail("an epoch trained"))
+    clf = RESTClassifier(**COMMON, callbacks=[Checkpoint(tmp_path / "run")])
+    with pytest.raises(PermissionError, match=f"no checkpoint can be written.*{tmp_path}'"):
+        clf.fit(X, y, groups=g)
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_deeply_nested_manifest_is_a_checkpoint_error(tmp_path):
     (tmp_path / ckpt_format.MANIFEST).write_text("[" * 100_000 + "]" * 100_000)
     with pytest.raises(CheckpointError, match="not a valid rest_fair checkpoint manifest"):
