@@ -290,7 +290,8 @@ class Checkpoint(Callback):
         of another run that has not finished (so could still be resumed) is refused when
         ``fit`` begins, before anything trains (``on_fit_begin``): a
         :class:`~rest_fair.exceptions.CheckpointError` names the differences. So is one
-        this process cannot write (a ``PermissionError``: read-only, or not its own).
+        this process cannot write (a ``PermissionError``: read-only, or not its own), and
+        one under a file (a ``NotADirectoryError``).
     every : int, default=1
         Epochs between checkpoints; the last epoch of a run is always written.
     keep : int, default=2

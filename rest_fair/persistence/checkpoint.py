@@ -342,9 +342,13 @@ def check_writable(dirname: str | os.PathLike, fingerprint: dict[str, Any], *,
     PermissionError
         If this process cannot write in ``dirname``, or make it in its nearest existing
         parent (a read-only file system, no permission), naming that folder.
+    NotADirectoryError
+        If a file stands where a parent folder of ``dirname`` goes, naming it.
     """
     directory = folder(dirname)
     nearest = next(path for path in (directory, *directory.parents) if path.exists())
+    if nearest != directory and not nearest.is_dir():  # a file where a parent folder goes
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(nearest))
     if nearest.is_dir() and not os.access(nearest, os.W_OK | os.X_OK):
         raise PermissionError(errno.EACCES, _NOT_WRITABLE, str(nearest))
     if not has_checkpoint(directory):

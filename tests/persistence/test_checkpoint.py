@@ -557,6 +557,16 @@ def test_a_folder_that_cannot_be_written_is_refused_before_training(tmp_path, mo
     assert not (tmp_path / "run").exists()
 
 
+def test_a_folder_under_a_file_is_refused_before_training(tmp_path, monkeypatch):
+    X, y, g = _data()
+    (tmp_path / "notes").write_text("x")
+    monkeypatch.setattr("rest_fair.training.TrainingRun.run_single_epoch",
+                        lambda run: pytest.fail("an epoch trained"))
+    clf = RESTClassifier(**COMMON, callbacks=[Checkpoint(tmp_path / "notes" / "run")])
+    with pytest.raises(NotADirectoryError, match=f"{tmp_path / 'notes'}'"):
+        clf.fit(X, y, groups=g)
+
+
 def test_a_deeply_nested_manifest_is_a_checkpoint_error(tmp_path):
     (tmp_path / ckpt_format.MANIFEST).write_text("[" * 100_000 + "]" * 100_000)
     with pytest.raises(CheckpointError, match="not a valid rest_fair checkpoint manifest"):
