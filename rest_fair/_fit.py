@@ -204,6 +204,7 @@ _NEUTRAL = {
     "params.update_timing": "mid_interval",
     "params.groupdro_adjustment": 0.0,
     "weighted_counts": None,  # sample weights all equal, no group weighed 0
+    "left_out_of_selection": None,  # no validation groups, or no group an upweight dict weighs 0
     "data_sha256_of": DETAIL,  # which of the inputs data_sha256 digests differs
 }
 
@@ -492,6 +493,11 @@ def _fingerprint(params: dict, input_shape: tuple, data: FitData,
         and not (isinstance(params["upweight"], Mapping) and 0 in params["upweight"].values())
         else True,
         "n_valid": None if valid is None else len(valid.y),
+        # the groups an upweight dict weighs 0 take no part in model selection (JTT's weighs
+        # its error set, not these groups)
+        "left_out_of_selection": None if valid is None or valid.groups is None
+        or params["infer_groups"] == "jtt" or not isinstance(params["upweight"], Mapping)
+        else [str(k) for k, v in params["upweight"].items() if v == 0] or None,
         "validation_sha256": None if data.validation is None
         else _digests(**{str(i): part for i, part in enumerate(data.validation)
                          if part is not None})[0],

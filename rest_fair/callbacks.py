@@ -289,7 +289,9 @@ class Checkpoint(Callback):
         folder, as for ``resume_from``). A directory holding the checkpoint
         of another run that has not finished (so could still be resumed) is refused when
         ``fit`` begins, before anything trains (``on_fit_begin``): a
-        :class:`~rest_fair.exceptions.CheckpointError` names the differences.
+        :class:`~rest_fair.exceptions.CheckpointError` names the differences. So is one
+        this process cannot write (a ``PermissionError``: read-only, or not its own), and
+        one under a file (a ``NotADirectoryError``).
     every : int, default=1
         Epochs between checkpoints; the last epoch of a run is always written.
     keep : int, default=2

@@ -23,6 +23,7 @@ computed before the entry existed), and a run with that value resumes such a che
 from __future__ import annotations
 
 import copy
+import errno
 import hashlib
 import io
 import json
@@ -74,10 +75,12 @@ _NOT_A_FOLDER = (
     "written to."
 )
 _BAD_MANIFEST = "{path} is not a valid rest_fair checkpoint manifest ({error})."
+_NOT_WRITABLE = "no checkpoint can be written in this folder (no write permission, or read-only)"
 _MISSING_STATE = "checkpoint {path} is missing its state file {file}."
 _BAD_DIGEST = (
-    "checkpoint state file {path} does not match the digest in its manifest: it was "
-    "truncated or modified after it was written. Nothing was loaded or deleted."
+    "checkpoint state file {path} does not match the digest its manifest {manifest} "
+    "records: one of them was truncated or modified after it was written. Nothing was "
+    "loaded or deleted."
 )
 _OTHER_RUN = (
     "{dirname} holds the checkpoint of another run, not finished ({details}); writing this "
@@ -103,6 +106,7 @@ _PREDATES = (
     "rest_fair wrote it){resumes}"
 )
 _RESUMES_WITH = ", so pass {setting}={neutral!r} to continue that run"
+_NO_SETTING = ", and no setting of this rest_fair continues that run"
 _RANDOM_STATE = (
     "random_state differs: that run had {before}, this one has {after}; pass {before} to "
     "continue that run"
@@ -165,7 +169,8 @@ def folder(dirname: Any, what: str = "dirname") -> Path:
 
 
 def has_checkpoint(dirname: str | os.PathLike) -> bool:
-    """Whether ``dirname`` holds a checkpoint manifest (a missing folder holds none).
+    """Whether ``dirname`` holds a checkpoint manifest (a missing folder holds none); a
+    folder or other non-file at the manifest's name counts, for reading to refuse it.
 
     Raises
     ------
@@ -175,7 +180,7 @@ def has_checkpoint(dirname: str | os.PathLike) -> bool:
     path = folder(dirname)
     if path.is_file():
         raise CheckpointError(_NOT_A_FOLDER.format(path=path))
-    return (path / MANIFEST).is_file()
+    return (path / MANIFEST).exists()
 
 
 def _loadable(value: Any, where: str) -> Any:
@@ -334,8 +339,18 @@ def check_writable(dirname: str | os.PathLike, fingerprint: dict[str, Any], *,
     CheckpointError
         If ``dirname`` is a file, or holds the checkpoint of an unfinished run with another
         fingerprint (the message names the differences), or a damaged manifest.
+    PermissionError
+        If this process cannot write in ``dirname``, or make it in its nearest existing
+        parent (a read-only file system, no permission), naming that folder.
+    NotADirectoryError
+        If a file stands where a parent folder of ``dirname`` goes, naming it.
     """
     directory = folder(dirname)
+    nearest = next(path for path in (directory, *directory.parents) if path.exists())
+    if nearest != directory and not nearest.is_dir():  # a file where a parent folder goes
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(nearest))
+    if nearest.is_dir() and not os.access(nearest, os.W_OK | os.X_OK):
+        raise PermissionError(errno.EACCES, _NOT_WRITABLE, str(nearest))
     if not has_checkpoint(directory):
         return
     manifest = _read_manifest(directory)
@@ -354,14 +369,16 @@ def _read_manifest(directory: Path) -> dict[str, Any]:
         version = manifest["version"]
         if not POSITIVE_INT.accepts(version):
             raise ValueError(f"version is {version!r}")
-        file, digest = str(manifest["file"]), str(manifest["sha256"])
+        file, digest = str(manifest["file"]), manifest["sha256"]
     except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
         raise CheckpointError(_BAD_MANIFEST.format(path=path, error=exc)) from exc
     if version > FORMAT_VERSION:
         raise CheckpointError(_NEWER.format(path=path, version=version, ours=FORMAT_VERSION))
     if Path(file).name != file or file in ("", ".", ".."):
         raise CheckpointError(_BAD_MANIFEST.format(path=path, error=f"bad file name {file!r}"))
-    manifest["file"], manifest["sha256"] = file, digest
+    if not (isinstance(digest, str) and re.fullmatch("[0-9a-f]{64}", digest)):
+        raise CheckpointError(_BAD_MANIFEST.format(path=path, error=f"sha256 is {digest!r:.80}"))
+    manifest["file"] = file
     return manifest
 
 
@@ -394,7 +411,7 @@ def _differences(saved: dict[str, Any], current: dict[str, Any], neutral: Mappin
                 continue
             resumes = (_RESUMES_WITH.format(setting=path.removeprefix("params."),
                                             neutral=neutral[path])
-                       if path in neutral and path.startswith("params.") else "")
+                       if path in neutral and path.startswith("params.") else _NO_SETTING)
             details.append(_PREDATES.format(path=path, after=after, resumes=resumes))
         elif key not in current:
             details.append(_UNKNOWN.format(path=path, before=saved[key]))
@@ -551,7 +568,7 @@ def read_checkpoint(
         raise CheckpointError(_MISSING_STATE.format(path=directory,
                                                     file=manifest["file"])) from exc
     if hashlib.sha256(payload).hexdigest() != manifest["sha256"]:
-        raise CheckpointError(_BAD_DIGEST.format(path=path))
+        raise CheckpointError(_BAD_DIGEST.format(path=path, manifest=directory / MANIFEST))
     try:
         return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
     except Exception as exc:  # any unpickling refusal or corruption

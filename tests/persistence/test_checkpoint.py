@@ -510,6 +510,7 @@ def test_a_checkpoint_folder_must_be_a_folder(tmp_path, dirname):
     ({"version": -1}, "version is -1"),
     ({"version": 1.9}, "version is 1.9"),
     ({"file": "sub"}, "missing its state file"),  # a folder where the state file should be
+    ({"sha256": None}, "sha256 is None"),  # was compared as the text 'None'
 ])
 def test_a_damaged_manifest_is_a_checkpoint_error(tmp_path, edit, match):
     _fit(tmp_path)
@@ -519,6 +520,51 @@ def test_a_damaged_manifest_is_a_checkpoint_error(tmp_path, edit, match):
     manifest_path.write_text(json.dumps({**manifest, **edit}))
     with pytest.raises(CheckpointError, match=match):
         ckpt_format.read_checkpoint(tmp_path)
+
+
+def test_an_edited_digest_names_the_manifest_too(tmp_path):
+    _fit(tmp_path)
+    manifest_path = tmp_path / ckpt_format.MANIFEST
+    manifest = json.loads(manifest_path.read_text())
+    manifest_path.write_text(json.dumps({**manifest, "sha256": "0" * 64}))
+    with pytest.raises(CheckpointError, match=f"its manifest {re.escape(str(manifest_path))}"):
+        ckpt_format.read_checkpoint(tmp_path)
+
+
+def test_a_folder_at_the_manifest_is_refused_before_training(tmp_path):
+    # it read as no checkpoint: the fit started anew and failed writing after an epoch
+    X, y, g = _data()
+    (tmp_path / "epoch-000002.pt").write_bytes(b"state")
+    (tmp_path / ckpt_format.MANIFEST).mkdir()
+    clf = RESTClassifier(**COMMON, callbacks=[Checkpoint(tmp_path)])
+    with pytest.raises(CheckpointError, match=r"latest\.json is not a valid .*Is a directory"):
+        clf.fit(X, y, groups=g, resume_from=tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch-000002.pt", "latest.json"]
+
+
+def test_a_folder_that_cannot_be_written_is_refused_before_training(tmp_path, monkeypatch):
+    # it failed writing after the first `every` epochs; os.access stands in for a read-only
+    # file system (mode bits do not stop root)
+    X, y, g = _data()
+    access = os.access
+    monkeypatch.setattr(ckpt_format.os, "access",
+                        lambda path, mode: Path(path) != tmp_path and access(path, mode))
+    monkeypatch.setattr("rest_fair.training.TrainingRun.run_single_epoch",
+                        lambda run: pytest.fail("an epoch trained"))
+    clf = RESTClassifier(**COMMON, callbacks=[Checkpoint(tmp_path / "run")])
+    with pytest.raises(PermissionError, match=f"no checkpoint can be written.*{tmp_path}'"):
+        clf.fit(X, y, groups=g)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_folder_under_a_file_is_refused_before_training(tmp_path, monkeypatch):
+    X, y, g = _data()
+    (tmp_path / "notes").write_text("x")
+    monkeypatch.setattr("rest_fair.training.TrainingRun.run_single_epoch",
+                        lambda run: pytest.fail("an epoch trained"))
+    clf = RESTClassifier(**COMMON, callbacks=[Checkpoint(tmp_path / "notes" / "run")])
+    with pytest.raises(NotADirectoryError, match=f"{tmp_path / 'notes'}'"):
+        clf.fit(X, y, groups=g)
 
 
 def test_a_deeply_nested_manifest_is_a_checkpoint_error(tmp_path):
@@ -1020,7 +1066,8 @@ def test_a_run_with_samples_of_weight_zero_resumes_bitwise_and_refuses_older_che
     with pytest.raises(CheckpointError, match=r"different run.*weighted_counts was not "
                                               r"recorded, now True: the checkpoint predates "
                                               r"weighted_counts \(an older rest_fair wrote "
-                                              r"it\)\. Resume"):
+                                              r"it\), and no setting of this rest_fair "
+                                              r"continues that run\. Resume"):
         RESTClassifier(**params).fit(X, y, groups=g, sample_weight=weight,
                                      resume_from=tmp_path)
 
@@ -1039,13 +1086,36 @@ def test_an_older_checkpoint_of_a_group_weighed_zero_is_refused(tmp_path, reweig
             X, y, groups=g, resume_from=tmp_path)
 
 
+@pytest.mark.parametrize("validation", ["fraction", "data"])
+def test_an_older_checkpoint_of_a_group_left_out_of_selection_is_refused(tmp_path, validation):
+    # an older release chose the epoch kept with the group weighed 0 (and held out its
+    # samples): resuming went on under this release's rule, or was refused as n_valid only
+    X, y, g = _data()
+    g = np.where(X[:, 1] > 1.0, "third", g)
+    given = {} if validation == "fraction" else {"validation_data": (X[:90], y[:90], g[:90])}
+    params = {**COMMON, "max_epochs": 3, "objective": "groupdro",
+              "upweight": {"majority": 1.0, "minority": 1.0, "third": 0.0}}
+    with pytest.raises(KeyboardInterrupt):
+        RESTClassifier(**params, callbacks=[StopAt(3), Checkpoint(tmp_path)]).fit(
+            X, y, groups=g, **given)
+    resumed = RESTClassifier(**params).fit(X, y, groups=g, resume_from=tmp_path, **given)
+    assert [h["epoch"] for h in resumed.history_] == [1, 2, 3]
+    _edit_fingerprint(tmp_path, lambda fingerprint: fingerprint.pop("left_out_of_selection", 0))
+    with pytest.raises(CheckpointError, match=r"different run.*left_out_of_selection was not "
+                                              r"recorded, now \['third'\].*no setting of this "
+                                              r"rest_fair continues that run"):
+        RESTClassifier(**params).fit(X, y, groups=g, resume_from=tmp_path, **given)
+
+
 def test_a_checkpoint_without_an_entry_that_has_no_neutral_value_is_refused(tmp_path):
     X, y, g = _interrupted(tmp_path)
     _edit_fingerprint(tmp_path, _without("params.lr"))
     clf = RESTClassifier(**{**COMMON, "max_epochs": 3})
     with pytest.raises(CheckpointError, match=r"different run.*params.lr was not recorded, now "
                                               r"0.05: the checkpoint predates params.lr \(an "
-                                              r"older rest_fair wrote it\)\. Resume"):
+                                              r"older rest_fair wrote it\), and no setting "
+                                              r"of this rest_fair continues that run\. "
+                                              r"Resume"):
         clf.fit(X, y, groups=g, resume_from=tmp_path)
 
 
