@@ -14,6 +14,7 @@
  *                 (over the CSR of W^T, columns of W split between threads)
  *
  * randperm_prefix: the first k entries of torch's CPU randperm(n) from its raw draws
+ * csr_pattern_arrays: the index arrays of a pattern and of its transpose, from flat indices
  * topk_scan_f32:   the k largest |gradient| outside the pattern, one block at a time
  *
  * Each output entry is computed by exactly one thread in a fixed order, so results do not
@@ -676,6 +677,36 @@ static float topk_compact(topk_cand *c, int64_t *count, int64_t k) {
     float worst = c[0].s;
     for (int64_t t = 1; t < k; ++t) worst = c[t].s < worst ? c[t].s : worst;
     return worst;
+}
+
+/* The index arrays of the pattern of an n_out x n_in matrix whose active positions are the
+   sorted, distinct flat indices flat[0, nnz): row pointers crow (n_out + 1) and columns col;
+   the transposed pattern's column pointers crow_t (n_in + 1) and, for position j of the
+   column-major order (rows increasing within a column, the order of an argsort of
+   col * n_out + row), its row row_t[j] and its entry perm[j]; and inv[perm[j]] = j. One
+   counting pass and one placing pass (a counting sort by column); next holds n_in int32. */
+void csr_pattern_arrays(int64_t nnz, const int64_t *flat, int64_t n_out, int64_t n_in,
+                        int32_t *crow, int32_t *col, int32_t *crow_t, int32_t *row_t,
+                        int32_t *perm, int32_t *inv, int32_t *next) {
+    memset(crow, 0, (size_t)(n_out + 1) * sizeof(int32_t));
+    memset(crow_t, 0, (size_t)(n_in + 1) * sizeof(int32_t));
+    for (int64_t e = 0; e < nnz; ++e) {
+        const int64_t r = flat[e] / n_in, c = flat[e] - r * n_in;
+        col[e] = (int32_t)c;
+        ++crow[r + 1];
+        ++crow_t[c + 1];
+    }
+    for (int64_t r = 0; r < n_out; ++r) crow[r + 1] += crow[r];
+    for (int64_t c = 0; c < n_in; ++c) {
+        next[c] = crow_t[c];
+        crow_t[c + 1] += crow_t[c];
+    }
+    for (int64_t e = 0; e < nnz; ++e) {
+        const int32_t j = next[col[e]]++;
+        row_t[j] = (int32_t)(flat[e] / n_in);
+        perm[j] = (int32_t)e;
+        inv[e] = j;
+    }
 }
 
 /* Rank v[0, n) (flat indices offset on) into the buffer c (2k entries, *count used, *bound

@@ -367,11 +367,10 @@ class CSRLinear(nn.Module):
         """
         if flat is None:
             check_mask(f"{self.name}.weight" if self.name else "weight", mask, self.shape)
-        flat, *indices = (kernels.csr_pattern(mask) if flat is None
-                          else kernels.csr_pattern_of_flat(flat, self.shape))
+        flat, *indices = (kernels.csr_pattern(mask, inverse=True) if flat is None
+                          else kernels.csr_pattern_of_flat(flat, self.shape, inverse=True))
         names = ("crow_indices", "col_indices", "crow_indices_t", "col_indices_t", "perm_t",
                  "inverse_perm_t")
-        indices.append(kernels.inverse_permutation(indices[-1]))
         for key, value in zip(names, indices, strict=True):
             if key in self._buffers:
                 self._buffers[key] = value

@@ -192,6 +192,9 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.topk_scan_f32.restype = c_int
     lib.topk_finish.argtypes = [_ptr, _i64, _i64]
     lib.topk_finish.restype = _i64
+    lib.csr_pattern_arrays.argtypes = [_i64, _ptr, _i64, _i64, _ptr, _ptr, _ptr, _ptr, _ptr,
+                                       _ptr, _ptr]
+    lib.csr_pattern_arrays.restype = None
 
 
 def _threads(splits: torch.Tensor, work: int, end: int) -> tuple[int, int]:
@@ -542,7 +545,7 @@ class CSRProduct:
         return out
 
 
-def csr_pattern(mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
+def csr_pattern(mask: torch.Tensor, *, inverse: bool = False) -> tuple[torch.Tensor, ...]:
     """The index arrays the kernels take for the pattern of a 2-D bool ``mask`` (on its device).
 
     Returns
@@ -554,8 +557,11 @@ def csr_pattern(mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
     crow_t, row_t, perm : IntTensor
         The transposed pattern: row pointers over input features, the output row of each
         entry, and each entry's position in ``values``.
+    inverse : IntTensor
+        With ``inverse=True`` only: :func:`inverse_permutation` of ``perm``, the position of
+        each entry of ``values`` in the transposed pattern.
     """
-    return csr_pattern_of_flat(flat_nonzero(mask), mask.shape)
+    return csr_pattern_of_flat(flat_nonzero(mask), mask.shape, inverse=inverse)
 
 
 def flat_nonzero(mask: torch.Tensor) -> torch.Tensor:
@@ -569,9 +575,27 @@ def flat_nonzero(mask: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(np.flatnonzero(mask.numpy()))
 
 
-def csr_pattern_of_flat(flat: torch.Tensor, shape: tuple[int, int]) -> tuple[torch.Tensor, ...]:
-    """:func:`csr_pattern` of the pattern given by its sorted, distinct flat indices."""
+def csr_pattern_of_flat(flat: torch.Tensor, shape: tuple[int, int], *, inverse: bool = False,
+                        ) -> tuple[torch.Tensor, ...]:
+    """:func:`csr_pattern` of the pattern given by its sorted, distinct flat indices.
+
+    With ``inverse``, a seventh array follows: :func:`inverse_permutation` of ``perm``. On
+    the CPU the compiled kernels build all of them in two passes over ``flat`` (a counting
+    sort by column); elsewhere torch's sort gives the same arrays.
+    """
     n_out, n_in = shape
+    if flat.device.type == "cpu" and load() is not None:
+        flat = flat.to(torch.int64).contiguous()
+        crow = torch.empty(n_out + 1, dtype=torch.int32)
+        crow_t = torch.empty(n_in + 1, dtype=torch.int32)
+        col, row_t, perm, inv = (torch.empty(flat.numel(), dtype=torch.int32)
+                                 for _ in range(4))
+        scratch = torch.empty(n_in, dtype=torch.int32)
+        _lib.csr_pattern_arrays(flat.numel(), flat.data_ptr(), n_out, n_in, crow.data_ptr(),
+                                col.data_ptr(), crow_t.data_ptr(), row_t.data_ptr(),
+                                perm.data_ptr(), inv.data_ptr(), scratch.data_ptr())
+        arrays = (flat, crow, col, crow_t, row_t, perm)
+        return (*arrays, inv) if inverse else arrays
     rows, cols = flat // n_in, flat % n_in
     device = flat.device
     crow = torch.zeros(n_out + 1, dtype=torch.int32, device=device)
@@ -579,8 +603,9 @@ def csr_pattern_of_flat(flat: torch.Tensor, shape: tuple[int, int]) -> tuple[tor
     order = torch.argsort(cols * n_out + rows)
     crow_t = torch.zeros(n_in + 1, dtype=torch.int32, device=device)
     crow_t[1:] = torch.cumsum(torch.bincount(cols, minlength=n_in), 0)
-    return (flat, crow, cols.to(torch.int32), crow_t, rows[order].to(torch.int32),
-            order.to(torch.int32))
+    perm = order.to(torch.int32)
+    arrays = (flat, crow, cols.to(torch.int32), crow_t, rows[order].to(torch.int32), perm)
+    return (*arrays, inverse_permutation(perm)) if inverse else arrays
 
 
 # torch's CPU randperm draws one 32-bit number per position below this size (it uses

@@ -567,3 +567,21 @@ def test_the_pattern_of_flat_indices_is_the_pattern_of_the_mask():
     for got, want in zip(kernels.csr_pattern_of_flat(flat, (13, 29)), kernels.csr_pattern(mask),
                          strict=True):
         assert torch.equal(got, want) and got.dtype == want.dtype
+
+
+@needs_kernels
+@pytest.mark.parametrize(("shape", "density"), [((13, 29), 0.2), ((40, 7), 0.5), ((1, 50), 0.3),
+                                                ((50, 1), 0.3), ((6, 9), 0.0), ((6, 9), 1.0)])
+def test_the_compiled_pattern_arrays_are_torchs(monkeypatch, shape, density):
+    gen = torch.Generator().manual_seed(shape[0])
+    mask = torch.rand(shape, generator=gen) < density
+    mask[:, 0] = False  # an empty column, and below an empty row
+    mask[-1] = False
+    got = kernels.csr_pattern(mask, inverse=True)
+    monkeypatch.setenv(kernels.ENV_SWITCH, "0")  # torch's sort builds them
+    want = kernels.csr_pattern(mask, inverse=True)
+    assert len(got) == len(want) == 7
+    for ours, theirs in zip(got, want, strict=True):
+        assert torch.equal(ours, theirs) and ours.dtype == theirs.dtype
+    flat, *_, perm, inverse = got
+    assert torch.equal(inverse[perm.long()], torch.arange(flat.numel(), dtype=torch.int32))
