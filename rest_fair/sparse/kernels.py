@@ -572,7 +572,7 @@ def flat_nonzero(mask: torch.Tensor) -> torch.Tensor:
     """
     if mask.device.type != "cpu":
         return mask.reshape(-1).nonzero().squeeze(1)
-    return torch.from_numpy(np.flatnonzero(mask.numpy()))
+    return torch.from_numpy(np.flatnonzero(mask.numpy()).astype(np.int64, copy=False))
 
 
 def csr_pattern_of_flat(flat: torch.Tensor, shape: tuple[int, int], *, inverse: bool = False,
@@ -584,6 +584,9 @@ def csr_pattern_of_flat(flat: torch.Tensor, shape: tuple[int, int], *, inverse: 
     sort by column); elsewhere torch's sort gives the same arrays.
     """
     n_out, n_in = shape
+    if flat.numel() and (int(flat.min()) < 0 or int(flat.max()) >= n_out * n_in):
+        raise ValueError(f"flat indices must lie in [0, {n_out * n_in}) for the shape "
+                         f"{(n_out, n_in)}; got {int(flat.min())} to {int(flat.max())}.")
     if flat.device.type == "cpu" and load() is not None:
         flat = flat.to(torch.int64).contiguous()
         crow = torch.empty(n_out + 1, dtype=torch.int32)

@@ -585,3 +585,9 @@ def test_the_compiled_pattern_arrays_are_torchs(monkeypatch, shape, density):
         assert torch.equal(ours, theirs) and ours.dtype == theirs.dtype
     flat, *_, perm, inverse = got
     assert torch.equal(inverse[perm.long()], torch.arange(flat.numel(), dtype=torch.int32))
+
+
+@pytest.mark.parametrize("flat", [[-1, 3], [0, 54]])
+def test_flat_indices_outside_the_shape_are_refused(flat):
+    with pytest.raises(ValueError, match=r"flat indices must lie in \[0, 54\)"):
+        kernels.csr_pattern_of_flat(torch.tensor(flat), (6, 9))
