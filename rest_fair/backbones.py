@@ -1150,8 +1150,8 @@ def build_hf(
 def check_hf(module: str, module_params: Mapping[str, Any] | None = None) -> None:
     """Check that ``module="hf:<name or path>"`` with ``module_params`` builds a model
     that can train, as :func:`build_hf` checks it, from the tokenizer and the model's
-    configuration alone (the weights are not read; a Hub model not in the cache has them
-    downloaded).
+    configuration alone: the weights are not read (a Hub model not in the cache has its
+    tokenizer and configuration downloaded).
 
     Raises
     ------
