@@ -179,6 +179,11 @@ MAX_LENGTH_TOO_LONG = (
     "module_params['max_length']={max_length} is longer than {module!r} can read: its "
     "position embeddings take {positions} tokens."
 )
+MAX_LENGTH_TOO_SHORT = (
+    "module_params['max_length']={max_length} is shorter than the {special} special tokens "
+    "that the tokenizer of {module!r} adds to every text, so no text can be truncated to it; "
+    "give at least {special}."
+)
 NO_PAD_TOKEN = (
     "module={module!r}: its tokenizer has no padding token and no end-of-sequence token, so "
     "batches of texts of different lengths cannot be padded; name one with "
@@ -1158,7 +1163,8 @@ def check_hf(module: str, module_params: Mapping[str, Any] | None = None) -> Non
     ValueError
         For a tokenizer without a padding (or end-of-sequence) token, a
         ``module_params['max_length']`` longer than the model's position embeddings, or
-        tokens of the tokenizer whose ids the model does not embed; for invalid
+        tokens of the tokenizer whose ids the model does not embed; for a ``max_length``
+        shorter than the special tokens the tokenizer adds to every text; for invalid
         ``module_params`` (:func:`check_hf_params`).
     OSError
         When the tokenizer or the configuration cannot be loaded, naming the model.
@@ -1173,6 +1179,10 @@ def check_hf(module: str, module_params: Mapping[str, Any] | None = None) -> Non
     if getattr(config, "pad_token_id", None) is None:
         config.pad_token_id = tokenizer.pad_token_id
     _check_fits(module, tokenizer, params["max_length"], _vocab_size(config), _positions(config))
+    special = tokenizer.num_special_tokens_to_add()
+    if params["max_length"] is not None and params["max_length"] < special:
+        raise ValueError(MAX_LENGTH_TOO_SHORT.format(max_length=params["max_length"],
+                                                     special=special, module=module))
 
 
 def _check_fits(module: str, tokenizer: Any, max_length: int | None, vocab: int | None,

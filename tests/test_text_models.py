@@ -476,6 +476,9 @@ def test_check_hf_refuses_what_build_hf_refuses_without_reading_the_weights(
         check_hf(f"hf:{tiny}", {"max_length": 65})
     with pytest.raises(ValueError, match=r"tokens \['<new-pad>'\] .* embeds ids 0 to 33"):
         check_hf(f"hf:{tiny}", {"tokenizer_kwargs": {"pad_token": "<new-pad>"}})
+    check_hf(f"hf:{tiny}", {"max_length": 2})  # [CLS] [SEP]
+    with pytest.raises(ValueError, match=r"max_length'\]=1 is shorter than the 2 special"):
+        check_hf(f"hf:{tiny}", {"max_length": 1})
     with pytest.raises(ValueError, match=r"longer than .* position embeddings take 32"):
         check_hf(f"hf:{save_tiny_roberta(tmp_path / 'roberta')}", {"max_length": 33})
     folder = tmp_path / "no_pad"

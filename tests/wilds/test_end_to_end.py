@@ -243,6 +243,7 @@ def test_errors_name_the_flags_instead_of_module_params(tmp_path, capsys, argv, 
 @pytest.mark.parametrize(("argv", "message"), [
     ([], "no padding token"),
     (["--max-length", "100"], "--max-length=100 is longer than"),
+    (["--max-length", "1"], "--max-length=1 is shorter than the 2 special tokens"),
 ])
 def test_an_hf_model_that_cannot_train_is_refused_before_any_seed(tmp_path, capsys, argv,
                                                                   message):
