@@ -46,6 +46,7 @@ __all__ = [
     "build_hf",
     "build_torchvision",
     "check_backbone",
+    "check_hf",
     "check_hf_params",
     "check_torchvision",
     "hf_token_limits",
@@ -177,6 +178,11 @@ HF_LOAD_FAILED = (
 MAX_LENGTH_TOO_LONG = (
     "module_params['max_length']={max_length} is longer than {module!r} can read: its "
     "position embeddings take {positions} tokens."
+)
+MAX_LENGTH_TOO_SHORT = (
+    "module_params['max_length']={max_length} is shorter than the {special} special tokens "
+    "that the tokenizer of {module!r} adds to every text, so no text can be truncated to it; "
+    "give at least {special}."
 )
 NO_PAD_TOKEN = (
     "module={module!r}: its tokenizer has no padding token and no end-of-sequence token, so "
@@ -1139,18 +1145,56 @@ def build_hf(
             raise
         raise ValueError(HF_MODEL_REFUSES.format(keys=sorted(model_kwargs or {}), module=module,
                                                  error=exc)) from exc
-    if tokenizer.pad_token_id is None:  # neither a padding nor an end-of-sequence token
-        raise ValueError(NO_PAD_TOKEN.format(module=module))
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = tokenizer.pad_token_id
-    positions = _positions(model.config)
+    net = HFTextClassifier(model, tokenizer, source=module, max_length=max_length)
+    _check_fits(module, tokenizer, max_length, *net.token_limits())
+    return net
+
+
+def check_hf(module: str, module_params: Mapping[str, Any] | None = None) -> None:
+    """Check that ``module="hf:<name or path>"`` with ``module_params`` builds a model
+    that can train, as :func:`build_hf` checks it, from the tokenizer and the model's
+    configuration alone: the weights are not read (a Hub model not in the cache has its
+    tokenizer and configuration downloaded).
+
+    Raises
+    ------
+    ValueError
+        For a tokenizer without a padding (or end-of-sequence) token, a
+        ``module_params['max_length']`` longer than the model's position embeddings, or
+        tokens of the tokenizer whose ids the model does not embed; for a ``max_length``
+        shorter than the special tokens the tokenizer adds to every text; for invalid
+        ``module_params`` (:func:`check_hf_params`).
+    OSError
+        When the tokenizer or the configuration cannot be loaded, naming the model.
+    """
+    params = check_hf_params(module, dict(module_params or {}))
+    tokenizer = load_tokenizer(module, params)
+    transformers = import_optional("transformers", extra="text", caller=f"module={module!r}")
+    config = _from_pretrained(module, transformers.AutoConfig, module.removeprefix(HF_PREFIX),
+                              revision=params.get("revision"),
+                              local_files_only=params.get("local_files_only"),
+                              what="the model's configuration")
+    if getattr(config, "pad_token_id", None) is None:
+        config.pad_token_id = tokenizer.pad_token_id
+    _check_fits(module, tokenizer, params["max_length"], _vocab_size(config), _positions(config))
+    special = tokenizer.num_special_tokens_to_add()
+    if params["max_length"] is not None and params["max_length"] < special:
+        raise ValueError(MAX_LENGTH_TOO_SHORT.format(max_length=params["max_length"],
+                                                     special=special, module=module))
+
+
+def _check_fits(module: str, tokenizer: Any, max_length: int | None, vocab: int | None,
+                positions: int | None) -> None:
+    """Raise unless ``tokenizer`` pads, ``max_length`` fits the model's ``positions`` and
+    the model embeds the ids (``vocab``) of every token the tokenizer added."""
+    if tokenizer.pad_token_id is None:  # neither a padding nor an end-of-sequence token
+        raise ValueError(NO_PAD_TOKEN.format(module=module))
     if positions is not None and max_length is not None and max_length > positions:
         raise ValueError(MAX_LENGTH_TOO_LONG.format(module=module, max_length=max_length,
                                                     positions=positions))
-    net = HFTextClassifier(model, tokenizer, source=module, max_length=max_length)
-    vocab = net.token_limits()[0]
     beyond = sorted(token for token, index in tokenizer.get_added_vocab().items()
                     if vocab is not None and index >= vocab)
     if beyond:
         raise ValueError(TOKENS_NOT_EMBEDDED.format(module=module, tokens=beyond, last=vocab - 1))
-    return net

@@ -459,3 +459,34 @@ def test_an_estimator_fitted_on_numbers_refuses_tokenized_text(tiny):
     tokens = tokenize(TEXTS, load_tokenizer(f"hf:{tiny}"), max_length=16)
     with pytest.raises(ValueError, match="fitted on numeric input; it cannot predict from text"):
         clf.predict(tokens)
+
+
+def test_check_hf_refuses_what_build_hf_refuses_without_reading_the_weights(
+        tiny, tmp_path, monkeypatch):
+    from transformers import AutoModelForSequenceClassification
+
+    from rest_fair.backbones import check_hf
+
+    def unread(*args, **kwargs):
+        raise AssertionError("the weights were read")
+
+    monkeypatch.setattr(AutoModelForSequenceClassification, "from_pretrained", unread)
+    check_hf(f"hf:{tiny}", {"max_length": 64})
+    with pytest.raises(ValueError, match=r"max_length'\]=65 is longer .* take 64 tokens"):
+        check_hf(f"hf:{tiny}", {"max_length": 65})
+    with pytest.raises(ValueError, match=r"tokens \['<new-pad>'\] .* embeds ids 0 to 33"):
+        check_hf(f"hf:{tiny}", {"tokenizer_kwargs": {"pad_token": "<new-pad>"}})
+    check_hf(f"hf:{tiny}", {"max_length": 2})  # [CLS] [SEP]
+    with pytest.raises(ValueError, match=r"max_length'\]=1 is shorter than the 2 special"):
+        check_hf(f"hf:{tiny}", {"max_length": 1})
+    with pytest.raises(ValueError, match=r"longer than .* position embeddings take 32"):
+        check_hf(f"hf:{save_tiny_roberta(tmp_path / 'roberta')}", {"max_length": 33})
+    folder = tmp_path / "no_pad"
+    tokenizer = load_tokenizer(f"hf:{tiny}")
+    tokenizer.pad_token = None
+    tokenizer.save_pretrained(folder)
+    with pytest.raises(OSError, match="could not load the model's configuration"):
+        check_hf(f"hf:{folder}")
+    (folder / "config.json").write_bytes((tiny / "config.json").read_bytes())
+    with pytest.raises(ValueError, match="no padding token and no end-of-sequence token"):
+        check_hf(f"hf:{folder}")

@@ -161,18 +161,25 @@ def check_run_params(experiment: Experiment, spec: Any, *, here: bool = True) ->
     """Check the estimator parameters of run ``spec`` as ``fit`` would, before any run:
     their values, the network they name with its ``module_params``
     (:func:`~rest_fair.models.check_module`), and with ``here`` (the runs execute on this
-    machine) that its ``device`` is one this machine has.
+    machine) that its ``device`` is one this machine has and that a Hugging Face
+    ``module`` (``"hf:..."``) builds a model that can train with its ``module_params``
+    (:func:`~rest_fair.backbones.check_hf`: its tokenizer and configuration are loaded,
+    not its weights).
 
     Raises
     ------
     ValueError
-        Naming the first invalid parameter (a setting the command line gave, say), or a
-        CUDA device on a machine without CUDA.
+        Naming the first invalid parameter (a setting the command line gave, say), a
+        CUDA device on a machine without CUDA, or what a Hugging Face model cannot do
+        (pad, read ``module_params['max_length']`` tokens).
     FileNotFoundError
         For pretrained weights named by a path that does not exist.
+    OSError
+        When a Hugging Face model's tokenizer or configuration cannot be loaded.
     """
     from .._fit import resolve_device
     from .._validation import check_params
+    from ..backbones import HF_PREFIX, check_hf
     from ..estimator import RESTClassifier  # imports torch: not at `rest-fair --help`
     from ..models import check_module
 
@@ -181,6 +188,8 @@ def check_run_params(experiment: Experiment, spec: Any, *, here: bool = True) ->
     check_module(clf.module, clf.module_params)
     if here:
         resolve_device(clf.device)
+        if isinstance(clf.module, str) and clf.module.startswith(HF_PREFIX):
+            check_hf(clf.module, clf.module_params)
 
 
 def unread_params(params: Mapping[str, Any]) -> list[str]:

@@ -343,8 +343,9 @@ class WildsExperiment:
         that cannot take the inputs or a name of no weight fails before any seed runs; the
         torchvision weights a torchvision module names are downloaded into torch.hub's
         cache (when not there), once for all seeds, after the images are checked against the
-        model they build. A Hugging Face module (``hf:``) is left
-        to ``fit``: building one reads the pretrained model.
+        model they build. A Hugging Face module (``hf:``) is not built here (building one
+        reads the pretrained model): :func:`~rest_fair.experiments.run.check_run_params`
+        checks its tokenizer and configuration.
 
         Raises
         ------

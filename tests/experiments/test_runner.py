@@ -469,3 +469,37 @@ def test_a_ctrl_c_as_workers_start_leaves_sigint_as_it_was(monkeypatch, raised_b
     assert not pending
     assert real_mask(signal.SIG_BLOCK, ()) == mask
     assert signal.getsignal(signal.SIGINT) is handler
+
+
+def test_a_sweep_refuses_an_hf_model_that_cannot_train_before_any_run(tmp_path):
+    # each run loaded the model and failed with the same error, recorded as one to retry
+    import dataclasses
+
+    pytest.importorskip("transformers")
+    from tests._support.backbones import save_tiny_distilbert
+
+    @dataclasses.dataclass(frozen=True)
+    class Spec:
+        run_id: str
+        label: str = "run"
+
+    class TooLong:
+        name = "test"
+
+        def runs(self):
+            return [Spec("a"), Spec("b")]
+
+        def check_requirements(self):
+            pass
+
+        def estimator_params(self, spec):
+            return {"module": f"hf:{model}", "module_params": {"max_length": 100},
+                    "device": "cpu"}
+
+        def training_data(self, spec):
+            raise AssertionError("a run started")
+
+    model = save_tiny_distilbert(tmp_path / "model")
+    with pytest.raises(ValueError, match=r"max_length'\]=100 is longer than .* take 64 tokens"):
+        runner.run_sweep(TooLong(), tmp_path / "out", progress="none")
+    assert not (tmp_path / "out").exists()

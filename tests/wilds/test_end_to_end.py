@@ -240,24 +240,36 @@ def test_errors_name_the_flags_instead_of_module_params(tmp_path, capsys, argv, 
     assert message in err and "module_params" not in err
 
 
-def test_a_tokenizer_without_padding_token_is_answered_with_what_the_command_takes(
-        tmp_path, capsys):
-    # it said to pass module_params={'tokenizer_kwargs': ...}, which the command cannot pass
+@pytest.mark.parametrize(("argv", "message"), [
+    ([], "no padding token"),
+    (["--max-length", "100"], "--max-length=100 is longer than"),
+    (["--max-length", "1"], "--max-length=1 is shorter than the 2 special tokens"),
+])
+def test_an_hf_model_that_cannot_train_is_refused_before_any_seed(tmp_path, capsys, argv,
+                                                                  message):
+    # every seed failed with the same error, and the command said to rerun with --resume;
+    # the advice for a missing padding token names what the command takes, not module_params
     from transformers import AutoTokenizer
 
     from tests._support.backbones import save_tiny_distilbert
 
     model = save_tiny_distilbert(tmp_path / "model")
-    tokenizer = AutoTokenizer.from_pretrained(model)
-    tokenizer.pad_token = None
-    tokenizer.save_pretrained(model)
-    argv = ["wilds", "--dataset", "civilcomments", "--root-dir", str(tmp_path / "data"),
-            "--out-dir", str(tmp_path / "out"), "--synthetic", "--module", f"hf:{model}",
-            "--max-epochs", "1", "--device", "cpu"]
-    assert rest_fair_main(argv) == 1
+    if not argv:
+        tokenizer = AutoTokenizer.from_pretrained(model)
+        tokenizer.pad_token = None
+        tokenizer.save_pretrained(model)
+    capsys.readouterr()  # transformers' progress bars
+    out = tmp_path / "out"
+    assert rest_fair_main(["wilds", "--dataset", "civilcomments", "--root-dir",
+                           str(tmp_path / "data"), "--out-dir", str(out), "--synthetic",
+                           "--module", f"hf:{model}", "--seeds", "0", "1", "--max-epochs", "1",
+                           "--device", "cpu", *argv]) == 2
     err = capsys.readouterr().err
-    assert "no padding token" in err and "module_params" not in err
-    assert "give --module hf:<folder> (tokenizer.pad_token = " in err
+    assert err.startswith("rest-fair wilds: ") and message in err
+    assert "seed 0 failed" not in err and "--resume" not in err and "module_params" not in err
+    if not argv:
+        assert "give --module hf:<folder> (tokenizer.pad_token = " in err
+    assert not (out / "results.jsonl").exists()
 
 
 def test_a_cuda_device_this_machine_lacks_is_refused_before_the_outputs_move(
