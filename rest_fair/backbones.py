@@ -1007,14 +1007,22 @@ def _max_positions(module: str, transformers: Any, params: Mapping[str, Any]) ->
 
 
 def _config(module: str, transformers: Any, params: Mapping[str, Any]) -> Any:
-    """The model's configuration, or ``None`` where it cannot be loaded."""
+    """The model's configuration, with the settings ``params['model_kwargs']`` overrides
+    (:func:`_load_config`), or ``None`` where it cannot be loaded."""
     try:
-        return _from_pretrained(module, transformers.AutoConfig, module.removeprefix(HF_PREFIX),
-                                revision=params.get("revision"),
-                                local_files_only=params.get("local_files_only"),
-                                what="the model's configuration")
+        return _load_config(module, transformers, params)
     except (OSError, ValueError):  # the model load that follows says what is wrong
         return None
+
+
+def _load_config(module: str, transformers: Any, params: Mapping[str, Any]) -> Any:
+    """The model's configuration as the model loads it: ``params['model_kwargs']`` that
+    name settings of the configuration (``max_position_embeddings``, ``vocab_size``, ...)
+    override them, the others are ignored."""
+    return _from_pretrained(module, transformers.AutoConfig, module.removeprefix(HF_PREFIX),
+                            revision=params.get("revision"),
+                            local_files_only=params.get("local_files_only"),
+                            what="the model's configuration", **(params.get("model_kwargs") or {}))
 
 
 def _positions(config: Any) -> int | None:
@@ -1034,8 +1042,9 @@ def _vocab_size(config: Any) -> int | None:
 
 
 def hf_token_limits(module: str, params: Mapping[str, Any]) -> tuple[int | None, int | None]:
-    """``(vocabulary size, positions)`` that ``module``'s configuration gives, each ``None``
-    where it does not say (or cannot be loaded: building the model then says why)."""
+    """``(vocabulary size, positions)`` that ``module``'s configuration gives (with the
+    settings ``params['model_kwargs']`` override), each ``None`` where it does not say (or
+    cannot be loaded: building the model then says why)."""
     transformers = import_optional("transformers", extra="text", caller=f"module={module!r}")
     config = _config(module, transformers, params)
     return (None, None) if config is None else (_vocab_size(config), _positions(config))
@@ -1126,7 +1135,8 @@ def build_hf(
     module = HF_PREFIX + name
     max_length = _check_max_length(max_length)
     tokenizer = load_tokenizer(module, {"revision": revision, "local_files_only": local_files_only,
-                                        "tokenizer_kwargs": tokenizer_kwargs})
+                                        "tokenizer_kwargs": tokenizer_kwargs,
+                                        "model_kwargs": model_kwargs})
     transformers = import_optional("transformers", extra="text", caller=f"module={module!r}")
     options = dict(model_kwargs or {})
     if not {"dtype", "torch_dtype"} & set(options):  # transformers 5 reads "auto"
@@ -1155,8 +1165,9 @@ def build_hf(
 def check_hf(module: str, module_params: Mapping[str, Any] | None = None) -> None:
     """Check that ``module="hf:<name or path>"`` with ``module_params`` builds a model
     that can train, as :func:`build_hf` checks it, from the tokenizer and the model's
-    configuration alone: the weights are not read (a Hub model not in the cache has its
-    tokenizer and configuration downloaded).
+    configuration alone, with the settings ``model_kwargs`` override in it
+    (``max_position_embeddings``, ``vocab_size``, ...): the weights are not read (a Hub
+    model not in the cache has its tokenizer and configuration downloaded).
 
     Raises
     ------
@@ -1172,10 +1183,7 @@ def check_hf(module: str, module_params: Mapping[str, Any] | None = None) -> Non
     params = check_hf_params(module, dict(module_params or {}))
     tokenizer = load_tokenizer(module, params)
     transformers = import_optional("transformers", extra="text", caller=f"module={module!r}")
-    config = _from_pretrained(module, transformers.AutoConfig, module.removeprefix(HF_PREFIX),
-                              revision=params.get("revision"),
-                              local_files_only=params.get("local_files_only"),
-                              what="the model's configuration")
+    config = _load_config(module, transformers, params)
     if getattr(config, "pad_token_id", None) is None:
         config.pad_token_id = tokenizer.pad_token_id
     _check_fits(module, tokenizer, params["max_length"], _vocab_size(config), _positions(config))

@@ -87,9 +87,13 @@ def test_bench_a_shortcut_and_its_option_with_two_values_are_refused(flags, give
      "--sparsities 0.0,0.9 and --sparsities 0.0,0.99"),
     (["wilds", "--dataset", "waterbirds", "--root-dir", "d", "--sparsity", "0.9",
       "--sparsity", "0.99"], "--sparsity 0.9 and --sparsity 0.99"),
+    (["wilds", "--dataset", "waterbirds", "--root-dir", "d", "--seeds", "0", "1", "--seeds",
+      "2"], "--seeds 0 1 and --seeds 2"),
+    (["wilds", "--dataset", "waterbirds", "--root-dir", "d", "--dense-layers", "first",
+      "--dense-layers"], "--dense-layers first and --dense-layers"),
 ])
 def test_a_flag_given_twice_with_two_values_is_refused(argv, given, capsys):
-    # argparse kept the last value silently
+    # argparse kept the last value (or list) silently
     with pytest.raises(SystemExit) as exit_info:
         cli.build_parser().parse_args(argv)
     assert exit_info.value.code == 2
@@ -97,6 +101,9 @@ def test_a_flag_given_twice_with_two_values_is_refused(argv, given, capsys):
             "once.") in capsys.readouterr().err
     args = cli.build_parser().parse_args(["bench", "--lr", "0.1", "--lr", "0.1"])
     assert args.lr == 0.1  # the same value: as one
+    args = cli.build_parser().parse_args(["wilds", "--dataset", "waterbirds", "--root-dir",
+                                          "d", "--seeds", "0", "1", "--seeds", "0", "1"])
+    assert args.seeds == [0, 1]  # the same list: as one
 
 
 @pytest.mark.parametrize(("argv", "flag", "value"), [

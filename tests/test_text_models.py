@@ -490,3 +490,25 @@ def test_check_hf_refuses_what_build_hf_refuses_without_reading_the_weights(
     (folder / "config.json").write_bytes((tiny / "config.json").read_bytes())
     with pytest.raises(ValueError, match="no padding token and no end-of-sequence token"):
         check_hf(f"hf:{folder}")
+
+
+def test_check_hf_reads_the_configuration_with_the_settings_model_kwargs_override(tiny):
+    # it read the saved configuration: a longer model was refused and a shorter one passed
+    from rest_fair.backbones import check_hf
+
+    check_hf(f"hf:{tiny}", {"max_length": 100,
+                            "model_kwargs": {"max_position_embeddings": 128}})
+    with pytest.raises(ValueError, match=r"max_length'\]=32 is longer .* take 16 tokens"):
+        check_hf(f"hf:{tiny}", {"max_length": 32,
+                                "model_kwargs": {"max_position_embeddings": 16}})
+    check_hf(f"hf:{tiny}", {"tokenizer_kwargs": {"pad_token": "<new-pad>"},
+                            "model_kwargs": {"vocab_size": 35}})  # embeds the new id 34
+
+
+def test_the_default_length_fits_the_positions_model_kwargs_give(tiny):
+    # texts were cut to the saved configuration's 64 positions, not the model's 16
+    texts = ["the article was kind " * 6, "idiot " * 20, *TEXTS[2:]]
+    clf = RESTClassifier(module=f"hf:{tiny}", max_epochs=1, device="cpu", random_state=0,
+                         validation_fraction=0.0,
+                         module_params={"model_kwargs": {"max_position_embeddings": 16}})
+    assert clf.fit(texts, LABELS).predict(texts).shape == (6,)

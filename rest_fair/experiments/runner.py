@@ -133,9 +133,9 @@ class OneValue(argparse.Action):
     default), which refuses a setting given two values, naming both: a flag given twice
     (``--lr 0.1 --lr 0.2``; argparse keeps the last one silently), or two flags of one
     destination (``message``), such as an option and its shortcut (a flag of ``nargs=0``
-    that gives ``const``, as ``--quick`` is ``--preset quick``). The same value given twice
-    is taken once. A flag of several values (``nargs="+"`` or ``"*"``) is stored as argparse
-    stores it."""
+    that gives ``const``, as ``--quick`` is ``--preset quick``), and a flag of several
+    values (``nargs="+"`` or ``"*"``) given two lists (``--seeds 0 1 --seeds 2``). The same
+    value (or list) given twice is taken once."""
 
     def __init__(self, *args: Any, message: str = _TWO_FLAGS, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -147,10 +147,11 @@ class OneValue(argparse.Action):
             values = self.const
         given = vars(namespace).setdefault("_given_" + self.dest, [])
         given.append((self, option_string, values))
-        if self.nargs not in ("+", "*") and len({str(v) for _, _, v in given}) > 1:
+        if len({str(v) for _, _, v in given}) > 1:
             message = _GIVEN_TWICE if len({a for a, _, _ in given}) == 1 else self.message
             parser.error(message.format(given=" and ".join(
                 flag if action.nargs == 0
+                else " ".join([flag, *map(str, v)]) if isinstance(v, list)
                 else f"{flag} {','.join(map(str, v)) if isinstance(v, tuple) else v}"
                 for action, flag, v in given)))
         setattr(namespace, self.dest, values)

@@ -67,9 +67,12 @@ _EARLIER_SEEDS = ("rest-fair wilds: --resume: the report covers seeds {seeds}, o
                   "{earlier} finished into {out_dir} by an earlier command with these "
                   "settings and data.")
 _RETRY = "Rerun with --resume to retry the failed seeds (tracebacks in {path})."
-#: The library's advice to pass ``module_params`` that the command cannot pass, as a pattern
-#: and what a user of the command does instead (:func:`_in_flags`).
+#: The library's advice to pass ``module_params`` that the command cannot pass, and its words
+#: for Python values the command cannot take, as a pattern and what a user of the command
+#: gives instead (:func:`_in_flags`).
 _ADVICE_IN_FLAGS = (
+    (r"--weights must be None, (.*?) or member \(torchvision\.models\.\w+\.\w+\)",
+     r"--weights must be 'none' (random init), \1"),
     (r"to (at least )?(\d+)x\2 \(e\.g\. with torchvision\.transforms\.Resize\)"
      r"(, or .*? module_params=\{[^}]*\})?", r"to \1\2x\2 with --image-size \2"),
     (r"name one with module_params=\{'tokenizer_kwargs'.*?\}\}",

@@ -230,11 +230,14 @@ def test_images_that_pretrained_weights_cannot_take_are_refused_before_the_downl
 @pytest.mark.parametrize(("argv", "message"), [
     (["--module", "vit_b_16"], "Resize the images to 224x224 with --image-size 224."),
     (["--module", "maxvit_t"], "Resize the images to 224x224 with --image-size 224."),
-    (["--module", "resnet18", "--weights", ""], "--weights must be None, a torchvision"),
+    (["--module", "resnet18", "--weights", ""], "--weights must be 'none' (random init), a "
+     "torchvision weights name (e.g. 'DEFAULT', 'IMAGENET1K_V2') or a path to a state-dict "
+     "file; got ''."),
 ])
 def test_errors_name_the_flags_instead_of_module_params(tmp_path, capsys, argv, message):
     # they said to pass module_params={'image_size': 8}, {'input_size': ...} or
-    # module_params['weights'], which the command cannot pass
+    # module_params['weights'], which the command cannot pass, and --weights None or a
+    # torchvision weights member, which it cannot take
     assert rest_fair_main(_with(_two_seeds(tmp_path, tmp_path / "out"), *argv)) == 2
     err = capsys.readouterr().err
     assert message in err and "module_params" not in err
