@@ -278,6 +278,13 @@ def _split(
     return idx, None
 
 
+def _leaving_out(upweight: Any, infer_groups: Any) -> Mapping | None:
+    """The ``upweight`` dict whose groups of weight 0 take no part in the fit, of training
+    and of model selection; None where there is none (JTT's dict weighs its error set, not
+    these groups)."""
+    return upweight if isinstance(upweight, Mapping) and infer_groups != "jtt" else None
+
+
 def _weighed_zero(upweight: Any, labels: list | None) -> np.ndarray:
     """The codes of the groups ``labels`` that an ``upweight`` dict weighs 0."""
     if not isinstance(upweight, Mapping) or labels is None:
@@ -493,11 +500,9 @@ def _fingerprint(params: dict, input_shape: tuple, data: FitData,
         and not (isinstance(params["upweight"], Mapping) and 0 in params["upweight"].values())
         else True,
         "n_valid": None if valid is None else len(valid.y),
-        # the groups an upweight dict weighs 0 take no part in model selection (JTT's weighs
-        # its error set, not these groups)
         "left_out_of_selection": None if valid is None or valid.groups is None
-        or params["infer_groups"] == "jtt" or not isinstance(params["upweight"], Mapping)
-        else [str(k) for k, v in params["upweight"].items() if v == 0] or None,
+        or (left := _leaving_out(params["upweight"], params["infer_groups"])) is None
+        else [str(k) for k, v in left.items() if v == 0] or None,
         "validation_sha256": None if data.validation is None
         else _digests(**{str(i): part for i, part in enumerate(data.validation)
                          if part is not None})[0],
@@ -641,11 +646,9 @@ def _built_run(est: Any, data: FitData, config: TrainConfig, callbacks: list, *,
         seed = seed if saved is None else int(saved)
     seed = world.broadcast_object(seed)  # one split, one generator for all ranks
     precision = Precision(est.precision, world.device)
-    # a group an upweight dict weighs 0 takes no part in the fit (JTT's dict weighs the
-    # error set, not these groups)
     train_idx, valid = _hold_out(data, float(est.validation_fraction), seed, world,
                                  est.num_workers,
-                                 upweight=None if est.infer_groups == "jtt" else est.upweight)
+                                 upweight=_leaving_out(est.upweight, est.infer_groups))
     # hashing the data costs a pass over it: done only when a check or checkpoint asks
     fingerprint = functools.cache(functools.partial(
         _fingerprint, est.get_params(deep=False), est.input_shape_, data, valid,

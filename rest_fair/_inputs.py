@@ -23,13 +23,12 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import _num_samples, column_or_1d, validate_data
 
 from ._data import _first_element, fixed_global_rngs, is_torch_dataset
-from ._validation import BAD_LENGTH
+from ._validation import BAD_LENGTH, MISSING_VALUES, refuse_missing
 from .reweighting import group_key
 from .text import fit_text_input, text_input
 
 __all__ = ["FitData", "check_inputs", "check_sample_weight", "check_x", "encode_groups", "take"]
 
-MISSING_VALUES = "{what} must not contain missing values (NaN/None); found {count}."
 BAD_GROUPS_TYPE = (
     "groups must hold one label per sample (an array, a list, a Series, a DataFrame or a "
     "dict of columns); got the string {value!r}."
@@ -415,8 +414,6 @@ def _check_label_values(y: Any, what: str) -> None:
     checks. scikit-learn names a NaN label, but a None one, or an int among strings, fails
     in its sort with a ``TypeError`` that names no input.
     """
-    import pandas as pd
-
     try:
         labels = np.asarray(y)
     except ValueError:  # ragged: left to the shape checks
@@ -425,9 +422,7 @@ def _check_label_values(y: Any, what: str) -> None:
         labels = labels[:, 0]
     if labels.ndim != 1 or labels.dtype.kind not in "fcO":
         return
-    missing = pd.isna(labels)
-    if missing.any():
-        raise ValueError(MISSING_VALUES.format(what=what, count=int(missing.sum())))
+    refuse_missing(labels, what)
     if labels.dtype == object:
         strings = np.fromiter((isinstance(v, str) for v in labels), bool, len(labels))
         if strings.any() and not strings.all():
@@ -670,9 +665,7 @@ or dict of columns
         values = _column(groups)
     if len(values) != n_samples:
         raise ValueError(BAD_LENGTH.format(what=what, got=len(values), n=n_samples))
-    missing = int(pd.isna(values).sum())
-    if missing:
-        raise ValueError(MISSING_VALUES.format(what=what, count=missing))
+    refuse_missing(values, what)
     try:
         codes, uniques = pd.factorize(values)
     except TypeError as exc:  # e.g. a dict or a set as a sample's label

@@ -33,6 +33,7 @@ __all__ = [
     "TypeOf",
     "check_param",
     "check_params",
+    "checked_groups",
     "checked_labels",
     "checked_weights",
     "refuse_missing",
@@ -263,4 +264,16 @@ def checked_labels(labels: Any, what: str) -> np.ndarray:
     if array.ndim > 2 or (array.ndim == 2 and array.shape[1] != 1):
         raise ValueError(BAD_LABELS_SHAPE.format(what=what, shape=array.shape))
     refuse_missing(array, what)
+    return array
+
+
+def checked_groups(groups: Any) -> np.ndarray:
+    """``groups`` (not a dict or DataFrame) as an array: a list's or tuple's of its objects
+    (numpy would turn a row ``("a", 1)`` into ``("a", "1")``), one column as its values;
+    refused unless 1-D or 2-D with a column (:data:`BAD_GROUPS_SHAPE`)."""
+    array = np.asarray(groups, dtype=object if isinstance(groups, (list, tuple)) else None)
+    if array.ndim == 2 and array.shape[1] == 1:  # one column: its values, as fit reads it
+        array = array[:, 0]
+    if array.ndim not in (1, 2) or array.shape[1:] == (0,):  # a string, no column, ...
+        raise ValueError(BAD_GROUPS_SHAPE.format(shape=array.shape))
     return array

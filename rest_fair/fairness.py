@@ -16,7 +16,13 @@ import numpy as np
 import pandas as pd
 from numpy.typing import ArrayLike
 
-from ._validation import BAD_GROUPS_SHAPE, checked_labels, checked_weights, refuse_missing
+from ._validation import (
+    BAD_GROUPS_SHAPE,
+    checked_groups,
+    checked_labels,
+    checked_weights,
+    refuse_missing,
+)
 
 __all__ = ["FairnessReport", "fairness_report"]
 
@@ -282,11 +288,7 @@ def _sensitive(groups: Any) -> Any:
         series = groups.reset_index(drop=True)
         series.name = None if groups.name is None else str(groups.name)
         return series
-    arr = np.asarray(groups, dtype=object if isinstance(groups, (list, tuple)) else None)
-    if arr.ndim == 2 and arr.shape[1] == 1:
-        arr = arr[:, 0]
-    if arr.ndim not in (1, 2) or arr.shape[1:] == (0,):
-        raise ValueError(BAD_GROUPS_SHAPE.format(shape=arr.shape))
+    arr = checked_groups(groups)
     if arr.ndim == 2:
         return pd.DataFrame(arr, columns=[f"sensitive_feature_{i}" for i in range(arr.shape[1])])
     return pd.Series(arr, name="group")

@@ -18,12 +18,7 @@ from numpy.typing import ArrayLike
 from sklearn.utils.validation import column_or_1d
 
 from ._lazy import lazy_attributes
-from ._validation import (
-    BAD_GROUPS_SHAPE,
-    MISSING_VALUES,
-    checked_labels,
-    checked_weights,
-)
+from ._validation import MISSING_VALUES, checked_groups, checked_labels, checked_weights
 
 if TYPE_CHECKING:  # imported lazily at run time (fairlearn, pandas)
     from .fairness import FairnessReport, fairness_report
@@ -122,12 +117,7 @@ def group_accuracies(y_true: ArrayLike, y_pred: ArrayLike, groups: ArrayLike, *,
         import pandas as pd
 
         groups = pd.DataFrame({name: np.asarray(col) for name, col in groups.items()})
-    # rows of a list keep their values' types (numpy would turn ("a", 1) into ("a", "1"))
-    groups = np.asarray(groups, dtype=object if isinstance(groups, (list, tuple)) else None)
-    if groups.ndim == 2 and groups.shape[1] == 1:  # one column: its values, as fit reads it
-        groups = groups[:, 0]
-    if groups.ndim not in (1, 2) or groups.shape[1:] == (0,):  # a string, no column, ...
-        raise ValueError(BAD_GROUPS_SHAPE.format(shape=groups.shape))
+    groups = checked_groups(groups)
     if not (len(y_true) == len(y_pred) == len(groups)):
         raise ValueError(_LENGTH_MISMATCH.format((len(y_true), len(y_pred), len(groups)))
                          + (_DICT_NOT_SPLIT if columns else ""))
