@@ -49,6 +49,7 @@ __all__ = [
     "check_hf",
     "check_hf_params",
     "check_torchvision",
+    "fetch_torchvision",
     "hf_token_limits",
     "is_backbone",
     "load_state_dict_file",
@@ -555,6 +556,31 @@ def check_torchvision(
     return path, member
 
 
+def fetch_torchvision(
+    name: str,
+    weights: Any = None,
+    *,
+    input_shape: Sequence[int] | None = None,
+    download_timeout: float = _DOWNLOAD_TIMEOUT_S,
+    **kwargs: Any,
+) -> tuple[Path | None, Any]:
+    """:func:`check_torchvision`, then the torchvision weights it names downloaded into
+    torch.hub's cache where they are not there yet (nothing is downloaded when a check
+    fails); returns what :func:`check_torchvision` returns.
+
+    Raises
+    ------
+    OSError
+        As :func:`check_torchvision`, and when the download fails, naming where to put the
+        file by hand.
+    """
+    path, member = check_torchvision(name, weights, input_shape=input_shape,
+                                     download_timeout=download_timeout, **kwargs)
+    if member is not None:
+        _download(member, name, download_timeout)
+    return path, member
+
+
 def _check_weights(tv: Any, name: str, weights: Any) -> tuple[Path | None, Any]:
     """The state-dict file and the torchvision weights member that ``weights`` names."""
     if weights is None:
@@ -644,10 +670,8 @@ def build_torchvision(
     """
     tv = import_optional("torchvision", extra="vision",
                          caller=TORCHVISION_CALLER.format(name=name, builtin=MODULE_NAMES))
-    path, member = check_torchvision(name, weights, input_shape=input_shape,  # no download
+    path, member = fetch_torchvision(name, weights, input_shape=input_shape,
                                      download_timeout=download_timeout, **kwargs)
-    if member is not None:
-        _download(member, name, download_timeout)
 
     try:
         model = tv.models.get_model_builder(name)(weights=member, **kwargs)

@@ -357,7 +357,7 @@ class WildsExperiment:
         """
         import torch
 
-        from ..backbones import _DOWNLOAD_TIMEOUT_S, _download, check_torchvision, is_backbone
+        from ..backbones import fetch_torchvision, is_backbone
         from ..models import build_module
         from ..sparse import resolve_dense_layers
 
@@ -370,11 +370,10 @@ class WildsExperiment:
         if params.get("weights") is not None and is_backbone(settings["module"], params):
             # every seed would fail to download them: fetched into torch.hub's cache once,
             # after the images are checked against the model these weights build
-            member = check_torchvision(settings["module"], params["weights"],
-                                       input_shape=shape)[1]
-            if member is not None:
-                _download(member, settings["module"],
-                          params.get("download_timeout", _DOWNLOAD_TIMEOUT_S))
+            timeout = ({"download_timeout": params["download_timeout"]}
+                       if "download_timeout" in params else {})
+            fetch_torchvision(settings["module"], params["weights"], input_shape=shape,
+                              **timeout)
         if "weights" in params:  # the weights change no name: a random start builds it
             params["weights"] = None
         try:
