@@ -236,6 +236,7 @@ static void gather_by_index(int n, void *dst, const void *src, const int32_t *in
     static void pack_part_##SUFFIX##_##NV(const void *p_, int64_t k0, int64_t k1) {            \
         const pack_args_##SUFFIX *p = (const pack_args_##SUFFIX *)p_;                          \
         const int64_t T = T_##SUFFIX##_##NV, B = p->batch, K = p->k, s0 = p->s0, s1 = p->s1;   \
+        const int64_t sq = p->sq;                                                              \
         const scalar *gate = p->gate;                                                          \
         scalar *colsum = p->colsum;                                                            \
         if (colsum)                                                                            \
@@ -243,21 +244,26 @@ static void gather_by_index(int n, void *dst, const void *src, const int32_t *in
         for (int64_t q = p->q0; q < p->q1; ++q) {                                              \
             scalar *P = p->panels + q * K * T;                                                 \
             const int64_t b0 = q * T, nb = B - b0 < T ? B - b0 : T;                            \
-            if (s0 == 1) { /* columns of A are contiguous: copy (or gate) them. The sums       \
-                              run over VL columns at once, each in sample order: VL x VL       \
-                              blocks of the panel, transposed, add one sample at a time. */    \
+            if (s0 == 1) { /* columns of A are contiguous: copy (or gate) them, in place when  \
+                              A is these panels. The sums run over VL columns at once, each   \
+                              in sample order: VL x VL blocks of the panel, transposed, add   \
+                              one sample at a time. */                                         \
                 for (int64_t kb = k0; kb < k1; kb += VL) {                                     \
                     const int64_t kn = k1 - kb < VL ? k1 - kb : VL;                            \
                     for (int64_t j = 0; j < kn; ++j) {                                         \
                         const int64_t k = kb + j;                                              \
-                        const scalar *src = p->a + k * s1 + b0;                                \
-                        if (gate) {                                                            \
-                            const scalar *__restrict g = gate + k * s1 + b0;                   \
+                        const scalar *src = p->a + q * sq + k * s1;                            \
+                        scalar *dst = P + k * T;                                               \
+                        if (gate && src == dst) {                                              \
+                            const scalar *g = gate + q * sq + k * s1;                          \
+                            for (int64_t i = 0; i < nb; ++i) dst[i] = GATED(g[i], dst[i]);     \
+                        } else if (gate) {                                                     \
+                            const scalar *__restrict g = gate + q * sq + k * s1;               \
                             const scalar *__restrict x = src;                                  \
-                            scalar *__restrict d = P + k * T;                                  \
+                            scalar *__restrict d = dst;                                        \
                             for (int64_t i = 0; i < nb; ++i) d[i] = GATED(g[i], x[i]);         \
-                        } else {                                                               \
-                            memcpy(P + k * T, src, (size_t)nb * sizeof(scalar));               \
+                        } else if (src != dst) {                                               \
+                            memcpy(dst, src, (size_t)nb * sizeof(scalar));                     \
                         }                                                                      \
                         memset(P + k * T + nb, 0, (size_t)(T - nb) * sizeof(scalar));          \
                     }                                                                          \
@@ -466,7 +472,7 @@ static void gather_by_index(int n, void *dst, const void *src, const int32_t *in
                                                                                                \
     typedef struct {                                                                           \
         const scalar *a, *gate;                                                                \
-        int64_t s0, s1, batch, k;                                                              \
+        int64_t s0, s1, sq, batch, k;                                                          \
         scalar *panels, *colsum;                                                               \
         int64_t q0, q1; /* the panels computed */                                              \
     } pack_args_##SUFFIX;                                                                      \
@@ -499,12 +505,14 @@ static void gather_by_index(int n, void *dst, const void *src, const int32_t *in
     }                                                                                          \
                                                                                                \
     /* panels (ceil(B/T) x K x T, T = nv * VL) <- a[b * s0 + k * s1];                          \
-       colsum[k] = sum_b a[b, k] when colsum is not NULL. */                                   \
+       colsum[k] = sum_b a[b, k] when colsum is not NULL. With s0 == 1, sample b = q * T + i   \
+       is read at a[q * sq + i + k * s1] (sq = T for a matrix; a may be panels, even these     \
+       panels). */                                                                             \
     void pack_##SUFFIX(int n, const int64_t *splits, int nv, const scalar *a, int64_t s0,      \
-                       int64_t s1, int64_t batch, int64_t k, scalar *panels, scalar *colsum,   \
-                       const scalar *gate) {                                                   \
+                       int64_t s1, int64_t sq, int64_t batch, int64_t k, scalar *panels,       \
+                       scalar *colsum, const scalar *gate) {                                   \
         const int64_t np = (batch + nv * VL - 1) / (nv * VL);                                  \
-        pack_args_##SUFFIX p = {a, gate, s0, s1, batch, k, panels, colsum, 0, np};             \
+        pack_args_##SUFFIX p = {a, gate, s0, s1, sq, batch, k, panels, colsum, 0, np};         \
         part_fn fn = by_width_##SUFFIX(nv, pack_part_##SUFFIX##_1, pack_part_##SUFFIX##_2,     \
                                        pack_part_##SUFFIX##_4);                                \
         if (n > 1 && !colsum && np % n == 0) /* each thread packs whole panels */              \

@@ -20,18 +20,22 @@ masked format and can be resumed by either path. While converted, a CSR layer al
 applies the ``nn.ReLU`` that follows it in an ``nn.Sequential`` (the ReLU's place holds an
 identity until :meth:`~CSRDynamicSparsity.finish` puts it back), so the activations are
 not read and written once more for the ReLU; results are bitwise those of the ReLU module.
+Consecutive CSR layers joined only by such ReLUs (the hidden layers of an MLP) then train
+as one autograd node (:mod:`rest_fair.sparse.csr_chain`), also until ``finish``.
 """
 
 from __future__ import annotations
 
 import copy
 import itertools
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
+from .csr_chain import FusedReLU, LinkedSequential, hooked, link_chains, unlink_chains
 from .csr_linear import CSRLinear
 from .engine import DynamicSparsity
 from .masks import MaskSet
@@ -89,19 +93,11 @@ class _CSRMaskSet(MaskSet):
         super().set_mask(name, mask)
 
 
-class _FusedReLU(nn.Identity):
-    """Stands in for an ``nn.ReLU`` that the CSR layer before it applies."""
-
-
-def _hooked(sub: nn.Module) -> bool:
-    return any(getattr(sub, name) for name in (
-        "_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks"))
-
 
 def _fuse_relus(module: nn.Module) -> dict[str, nn.ReLU]:
     """Let each CSR layer apply the ``nn.ReLU`` that follows it in a Sequential.
 
-    The ReLU (when no hook is registered on it) is replaced by a :class:`_FusedReLU`;
+    The ReLU (when no hook is registered on it) is replaced by a :class:`FusedReLU`;
     returns the replaced modules by name, to be put back.
     """
     fused: dict[str, nn.ReLU] = {}
@@ -110,17 +106,17 @@ def _fuse_relus(module: nn.Module) -> dict[str, nn.ReLU]:
             continue
         subs = list(seq.named_children())
         for (_, sub), (key, after) in itertools.pairwise(subs):
-            if isinstance(sub, CSRLinear) and type(after) is nn.ReLU and not _hooked(after):
+            if isinstance(sub, CSRLinear) and type(after) is nn.ReLU and not hooked(after):
                 sub.relu_output = True
                 name = f"{prefix}.{key}" if prefix else key
                 fused[name] = after
-                set_submodule(module, name, _FusedReLU())
+                set_submodule(module, name, FusedReLU())
     return fused
 
 
 #: What may stand between two CSR layers linked feature-major: the element-wise modules
 #: without randomness (see :func:`_link_feature_major`).
-_LINKED_THROUGH = (*(m for m in ELEMENTWISE if m is not nn.Dropout), _FusedReLU)
+_LINKED_THROUGH = (*(m for m in ELEMENTWISE if m is not nn.Dropout), FusedReLU)
 
 
 def _link_feature_major(module: nn.Module) -> None:
@@ -196,6 +192,7 @@ class CSRDynamicSparsity(DynamicSparsity):
         self.layers = self.masks.layers  # weight name -> CSRLinear, while converted
         self._relus = _fuse_relus(module)
         _link_feature_major(module)
+        self._chains = link_chains(module)
 
     # -- optimizer state in dense form --------------------------------------------------
     def bind_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
@@ -231,6 +228,7 @@ class CSRDynamicSparsity(DynamicSparsity):
         for handle in self._hooks:
             handle.remove()
         self._hooks.clear()
+        unlink_chains(self.module, self._chains)
         for name, relu in self._relus.items():
             set_submodule(self.module, name, relu)
         self._relus.clear()
@@ -255,13 +253,15 @@ def dense_copy(module: nn.Module) -> nn.Module:
     form) a copy of it in which each is the ``nn.Linear`` it trains (the dense weight, zeros
     outside the pattern, and the bias) and the ``nn.ReLU`` it applies is back in place."""
     names = {name: sub for name, sub in module.named_modules()
-             if isinstance(sub, (CSRLinear, _FusedReLU))}
+             if isinstance(sub, (CSRLinear, FusedReLU, LinkedSequential))}
     if not names:
         return module
     module = copy.deepcopy(module)
-    for name, sub in names.items():
+    for name, sub in names.items():  # a parent before its children
         layer = nn.ReLU()
-        if isinstance(sub, CSRLinear):
+        if isinstance(sub, LinkedSequential):
+            layer = nn.Sequential(OrderedDict(module.get_submodule(name).named_children()))
+        elif isinstance(sub, CSRLinear):
             layer = nn.Linear(sub.in_features, sub.out_features, bias=False, device="meta")
             layer.weight = nn.Parameter(sub.dense_weight())
             layer.bias = module.get_submodule(name).bias

@@ -175,7 +175,8 @@ def _declare(lib: ctypes.CDLL) -> None:
     c_int = ctypes.c_int
     for dtype, suffix in _SUFFIX.items():
         pack_fn = getattr(lib, f"pack_{suffix}")
-        pack_fn.argtypes = [c_int, _ptr, c_int, _ptr, _i64, _i64, _i64, _i64, _ptr, _ptr, _ptr]
+        pack_fn.argtypes = [c_int, _ptr, c_int, _ptr, _i64, _i64, _i64, _i64, _i64, _ptr, _ptr,
+                            _ptr]
         forward = getattr(lib, f"csr_forward_{suffix}")
         forward.argtypes = [c_int, _ptr, c_int, _ptr, _ptr, _ptr, _ptr, _i64, _i64, _ptr, c_int,
                             _ptr, _i64, _i64, _i64]
@@ -356,37 +357,55 @@ def _out_strides(out: torch.Tensor, width: int) -> tuple[int, int, int]:
 
 
 def pack(a: torch.Tensor, splits: torch.Tensor, nv: int, *, column_sums: bool = False,
-         gate: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Panels of the 2-D CPU tensor ``a`` ``(batch, k)``, and its column sums if asked.
+         gate: torch.Tensor | None = None, batch: int | None = None,
+         out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Panels of the CPU tensor ``a``, and its column sums if asked.
 
-    With ``gate`` (a ReLU's output, of ``a``'s shape and strides) the panels hold the
-    gradient behind that ReLU instead: 0 where ``gate <= 0``, else ``a``, bitwise what
+    ``a`` is a matrix ``(batch, k)`` with any strides, or panels ``(n_panels, k, width)`` of
+    ``batch`` samples (as this function or :func:`csr_forward` writes them). With ``gate``
+    (a ReLU's output, of ``a``'s shape and strides) the panels hold the gradient behind that
+    ReLU instead: 0 where ``gate <= 0``, else ``a``, bitwise what
     ``torch.ops.aten.threshold_backward(a, gate, 0)`` gives, and the column sums are
-    those of this gradient.
+    those of this gradient. Padding samples of the last panel are 0.
 
     Parameters
     ----------
-    a : Tensor of shape (batch, k), any strides
+    a : Tensor of shape (batch, k) or (n_panels, k, width)
     splits : int64 Tensor
         :func:`even_splits` of ``k``.
     nv : int
-        Vectors per panel row (:func:`panel_width`).
+        Vectors per panel row (:func:`panel_width`); for panels, their width's.
     column_sums : bool, default=False
+        The sums add each column's samples in order where the columns of ``a`` are
+        contiguous (a feature-major matrix, or panels).
     gate : Tensor, optional
+    batch : int, optional
+        The samples of panels ``a`` (required for them).
+    out : Tensor, optional
+        The panels to write (new ones when not given); may be panels ``a`` itself.
 
     Returns
     -------
     panels : Tensor of shape (ceil(batch / width), k, width)
     sums : Tensor of shape (k,) or None
     """
-    batch, k = a.shape
     width = nv * _LANES[a.dtype]
-    panels = a.new_empty((-(-batch // width), k, width))
+    if a.dim() == 3:
+        if batch is None or a.shape[2] != width or a.stride(2) != 1:
+            raise ValueError("pack: panels need their batch and contiguous panel rows of "
+                             "the width nv gives")
+        k = a.shape[1]
+        s0, s1, sq = 1, a.stride(1), a.stride(0)
+    else:
+        batch, k = a.shape
+        s0, s1 = a.stride(0), a.stride(1)
+        sq = width * s0
+    panels = a.new_empty((-(-batch // width), k, width)) if out is None else out
     sums = a.new_empty(k) if column_sums else None
     n, splits_ptr = _threads(splits, batch * k // 4, k)
     if gate is not None and (gate.shape != a.shape or gate.stride() != a.stride()):
         raise ValueError("pack: the gate must have the shape and strides of the input")
-    _FUNCS[a.dtype][0](n, splits_ptr, nv, a.data_ptr(), a.stride(0), a.stride(1), batch, k,
+    _FUNCS[a.dtype][0](n, splits_ptr, nv, a.data_ptr(), s0, s1, sq, batch, k,
                        panels.data_ptr(), _p(sums), _p(gate))
     return panels, sums
 

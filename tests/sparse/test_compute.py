@@ -640,7 +640,7 @@ def test_a_relu_fused_into_its_csr_layer_trains_bitwise_as_the_relu_module(
     assert fused.sparse_compute_layers_ == ["layers.1", "layers.3"]
     # the fused run trained with the ReLUs inside the CSR layers, the other with nn.ReLU
     assert rec_f.live.relu_output == [True, True] and rec_p.live.relu_output == [False, False]
-    assert rec_f.live.types.count("_FusedReLU") == 2 and "_FusedReLU" not in rec_p.live.types
+    assert rec_f.live.types.count("FusedReLU") == 2 and "FusedReLU" not in rec_p.live.types
     assert rec_f.updates == rec_p.updates and rec_f.updates
     for wf, wp in zip(rec_f.weights, rec_p.weights, strict=True):
         for key in wf:
@@ -649,6 +649,93 @@ def test_a_relu_fused_into_its_csr_layer_trains_bitwise_as_the_relu_module(
     # the fitted module holds its own ReLU modules again
     assert [type(m) for m in fused.module_.layers] == [type(m) for m in plain.module_.layers]
     assert sum(type(m) is nn.ReLU for m in fused.module_.layers) == 2
+
+
+class ChainCalls(Callback):
+    """The live container of the layers, and the chain's autograd nodes in the first step."""
+
+    def on_epoch_begin(self, net, *, run, **kwargs):
+        self.container = type(run.parts.module.layers).__name__
+
+    def on_batch_end(self, net, *, run, step, **kwargs):
+        if step == 1:
+            out = run.parts.module(torch.zeros(3, 30))
+            self.nodes = _node_names(out.grad_fn)
+
+
+def _node_names(node, seen=None):
+    seen = set() if seen is None else seen
+    if node is None or node in seen:
+        return []
+    seen.add(node)
+    return [type(node).__name__] + [name for parent, _ in node.next_functions
+                                    for name in _node_names(parent, seen)]
+
+
+@pytest.mark.parametrize(("module", "regrow", "timing", "dtype"), [
+    (DoubleMLP, "gradient", "mid_interval", "float64"),
+    (DoubleMLP, "random", "after_step", "float64"),
+    ("mlp", "gradient", "mid_interval", "float32"),
+])
+def test_a_chain_of_csr_layers_trains_bitwise_as_the_layers_one_by_one(
+        data, monkeypatch, module, regrow, timing, dtype):
+    # three sparse hidden layers run as one autograd node (panels passed between them);
+    # batches of 24 leave 8 padding samples in a panel of 32 float32 or 16 float64 lanes
+    if not kernels.available():
+        pytest.skip(f"no compiled kernels: {kernels.unavailable_reason()}")
+    X, y = data
+    hidden = (64, 48, 32)
+    params = dict(module=module, sparse_compute="csr", update_interval=5, regrow=regrow,
+                  update_timing=timing, batch_size=24,
+                  module_params={"hidden" if module is DoubleMLP else
+                                 "hidden_layer_sizes": hidden})
+    runs = {}
+    for linked in (True, False):
+        with monkeypatch.context() as patch:
+            if not linked:
+                patch.setattr(csr_engine, "link_chains", lambda module: {})
+            rec, calls = Recorder(), ChainCalls()
+            clf = _clf(callbacks=[rec, calls], **params).fit(X, y)
+            runs[linked] = (clf, rec, calls)
+    (chained, rec_c, calls_c), (plain, rec_p, calls_p) = runs[True], runs[False]
+    first = 0 if module is DoubleMLP else 1  # the estimator's MLP starts with a Flatten
+    assert chained.sparse_compute_layers_ == [f"layers.{first + i}" for i in (0, 2, 4)]
+    assert calls_c.container == "LinkedSequential" and calls_p.container == "Sequential"
+    assert calls_c.nodes.count("_ChainFunctionBackward") == 1
+    assert "_CSRFunctionBackward" not in calls_c.nodes
+    assert calls_p.nodes.count("_CSRFunctionBackward") == 3
+    assert rec_c.updates == rec_p.updates and rec_c.updates
+    assert chained.module_.layers[first].weight.dtype == getattr(torch, dtype)
+    for wc, wp in zip(rec_c.weights, rec_p.weights, strict=True):
+        for key in wc:
+            assert torch.equal(wc[key], wp[key]), key
+    for mc, mp in zip(rec_c.masks, rec_p.masks, strict=True):
+        for key in mc:
+            assert torch.equal(mc[key], mp[key]), key
+    assert np.array_equal(chained.predict_proba(X), plain.predict_proba(X))
+    # the fitted module holds its own nn.Sequential again
+    assert type(chained.module_.layers) is nn.Sequential
+
+
+class HookOnLiveLayer(ChainCalls):
+    """Hooks the middle CSR layer of the live network when training begins."""
+
+    def on_train_begin(self, net, *, run, **kwargs):
+        self.seen = []
+        layer = run.parts.module.layers[2]
+        assert isinstance(layer, CSRLinear)
+        layer.register_forward_hook(lambda mod, inputs, out: self.seen.append(1))
+
+
+def test_a_chain_whose_layer_has_a_hook_runs_layer_by_layer(data):
+    X, y = data
+    calls = HookOnLiveLayer()
+    _clf(module=DoubleMLP, module_params={"hidden": (64, 48, 32)}, sparse_compute="csr",
+         max_epochs=1, callbacks=[calls]).fit(X, y)
+    assert calls.container == "LinkedSequential"
+    assert len(calls.seen) >= 400 // 32  # the hooked layer ran in every training step
+    assert "_ChainFunctionBackward" not in calls.nodes
+    assert calls.nodes.count("_CSRFunctionBackward") == 3
 
 
 def test_a_relu_with_a_hook_is_not_fused(data):
