@@ -9,7 +9,9 @@ scans), so the rows do not add up; the wrappers add about a microsecond per call
 
 With ``--compare-dense`` the same fits run dense (``sparsity=0``) in turns with the sparse
 ones, and the ratio of the median fit times is printed, as the whole-fit goal counts it.
-Run it alone on the machine, e.g.::
+With ``--compare-layer-by-layer`` the sparse fits also run in turns with fits whose chains
+of CSR layers run layer by layer (:func:`rest_fair.sparse.csr_chain.link_chains` left
+out), to measure what the chains save. Run it alone on the machine, e.g.::
 
     flock /tmp/torch.lock python benchmarks/bench_fit_phases.py --threads 2
 """
@@ -73,6 +75,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch", type=positive_int, default=256)
     parser.add_argument("--fits", type=positive_int, default=5)
     parser.add_argument("--compare-dense", action="store_true")
+    parser.add_argument("--compare-layer-by-layer", action="store_true")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     X, y = _data(args.samples, seed=0)
@@ -117,6 +120,28 @@ def main(argv: list[str] | None = None) -> None:
         dense, sparse = (statistics.median(times[s]) for s in (0.0, args.sparsity))
         print(f"\nwhole fit, medians of {args.fits} in turns: dense {dense:.2f} s, sparse "
               f"{1e3 * sparse:.0f} ms, {dense / sparse:.1f}x dense")
+    if args.compare_layer_by_layer:
+        chained, unchained = _chains_against_layers(lambda: estimator(args.sparsity).fit(X, y),
+                                                    args.fits)
+        print(f"\nsparse fit, medians of {args.fits} in turns: chains of CSR layers "
+              f"{1e3 * chained:.0f} ms, layer by layer {1e3 * unchained:.0f} ms, "
+              f"{chained / unchained:.3f}x")
+
+
+def _chains_against_layers(fit, n: int) -> tuple[float, float]:
+    """Median seconds of ``fit()`` with chains of CSR layers and layer by layer, in turns."""
+    link = csr_engine.link_chains
+    times: dict[bool, list[float]] = {True: [], False: []}
+    for _ in range(n):
+        for chained in times:
+            csr_engine.link_chains = link if chained else (lambda module: {})
+            try:
+                start = time.perf_counter()
+                fit()
+                times[chained].append(time.perf_counter() - start)
+            finally:
+                csr_engine.link_chains = link
+    return statistics.median(times[True]), statistics.median(times[False])
 
 
 if __name__ == "__main__":
