@@ -28,10 +28,11 @@ import torch
 from _args import positive_int, sparsity_arg
 from bench_sparse_training import N_FEATURES, _data
 
-from rest_fair import RESTClassifier
+from rest_fair import RESTClassifier, models, objectives
+from rest_fair import _data as data_module
 from rest_fair import _fit as fit_module
 from rest_fair.sparse import csr_engine, csr_linear, kernels
-from rest_fair.training import loop, parts
+from rest_fair.training import loop, parts, precision
 
 #: (label, owner, attribute): what is timed, in the order printed.
 PHASES = [
@@ -40,7 +41,13 @@ PHASES = [
     ("  masks (ERK, random)", parts, "make_sparsity"),
     ("  CSR layers built", parts, "make_sparse_compute"),
     ("  training loop", loop.TrainingRun, "fit_loop"),
+    ("    gathering the batches (training and validation)", data_module._TensorSource,
+     "take"),
     ("    training steps", loop.TrainingRun, "train_step"),
+    ("      forward passes (training and validation)", models.MLP, "forward"),
+    ("      loss", objectives.ERMObjective, "__call__"),
+    ("      backward passes", precision.Precision, "backward"),
+    ("      optimizer steps", precision.Precision, "step"),
     ("      kernels: packing", kernels, "pack"),
     ("      kernels: forward products", kernels, "csr_forward"),
     ("      kernels: backward products", kernels, "csr_backward"),

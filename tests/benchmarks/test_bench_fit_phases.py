@@ -24,6 +24,13 @@ def test_fit_phases_benchmark_counts_the_steps_and_restores_what_it_timed(capsys
     # 576 training rows (10 % held out) in batches of 64, two epochs
     assert re.search(r"^\| · · training steps \| \d+\.\d \| 18 \| ", printed, re.M)
     assert re.search(r"^\| · · validation \| \d+\.\d \| 2 \| ", printed, re.M)
+    for label in ("loss", "backward passes", "optimizer steps"):
+        assert re.search(rf"^\| · · · {label} \| \d+\.\d \| 18 \| ", printed, re.M), label
+    # the 18 training batches and the validation batches
+    for label in ("· · gathering the batches", "· · · forward passes"):
+        found = re.search(rf"^\| {label} \(training and validation\) \| \d+\.\d \| (\d+) \| ",
+                          printed, re.M)
+        assert found and int(found[1]) > 18, label
     assert re.search(r"sparse \d+ ms, \d+\.\dx dense$", printed, re.M)
     assert re.search(r"chains of CSR layers \d+ ms, layer by layer \d+ ms, \d\.\d{3}x$",
                      printed, re.M)
