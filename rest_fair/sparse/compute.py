@@ -9,7 +9,10 @@ store and train only their active weights, and returns the
 topology with the masked path's semantics.
 
 ``mode="auto"`` converts only the layers whose CSR pass :func:`measure_layer` finds clearly
-faster. Convolutions always keep the masked path, and so do runs with gradient scaling and
+faster, and on the CPU also a layer that would end a chain of CSR layers
+(:mod:`~rest_fair.sparse.csr_chain`: it follows a converted layer through a plain ReLU)
+where :func:`measure_chain_link` finds the chained pair at least as fast (the output layer
+of an MLP, slower alone in CSR form than masked, is faster as part of the chain). Convolutions always keep the masked path, and so do runs with gradient scaling and
 data-parallel runs. So does a linear layer that a CSR layer cannot stand in for: one whose
 weight another module shares (tied weights), and, where an example batch shows it, one that
 a forward pass calls more than once or not at all (its parent reads the weight directly).
@@ -32,6 +35,7 @@ from torch import nn
 
 from .._probe import probe_pass
 from . import kernels
+from .csr_chain import FusedReLU, hooked, link_chains
 from .csr_engine import CSRDynamicSparsity
 from .csr_linear import CSRLinear
 from .engine import DynamicSparsity
@@ -47,6 +51,7 @@ __all__ = [
     "candidate_layers",
     "layer_rows",
     "make_sparse_compute",
+    "measure_chain_link",
     "measure_layer",
 ]
 
@@ -252,6 +257,109 @@ def measure_layer(
     return timing
 
 
+def _masked_linear(shape: tuple[int, int], nnz: int, gen: torch.Generator,
+                   dtype: torch.dtype) -> tuple[nn.Linear, torch.Tensor]:
+    """A CPU ``nn.Linear`` of random weights with ``nnz`` of them active, and its mask."""
+    n_out, n_in = (int(s) for s in shape)
+    linear = nn.Linear(n_in, n_out, device="meta")
+    linear.weight = nn.Parameter(torch.randn(n_out, n_in, generator=gen, dtype=dtype)
+                                 .div_(math.sqrt(n_in)))
+    linear.bias = nn.Parameter(torch.zeros(n_out, dtype=dtype))
+    mask = torch.zeros(n_out * n_in, dtype=torch.bool)
+    mask[kernels.randperm_prefix(n_out * n_in, nnz, gen)] = True
+    mask = mask.view(n_out, n_in)
+    with torch.no_grad():
+        linear.weight.mul_(mask)
+    return linear, mask
+
+
+def measure_chain_link(
+    before: tuple[tuple[int, int], int],
+    shape: tuple[int, int],
+    nnz: int,
+    batch_size: int,
+    *,
+    input_grad: bool = True,
+    dtype: torch.dtype = torch.float32,
+    repeats: int = 5,
+) -> LayerTiming:
+    """Time a layer after a CSR layer and its ReLU: masked, or in CSR form chained to it.
+
+    ``before`` is the shape and active count of the CSR layer; the layer timed has
+    ``shape`` and ``nnz`` active weights. Both sides run the two layers (one forward and
+    backward pass of the pair), on the CPU with the compiled kernels: ``masked`` with
+    the second layer a masked ``nn.Linear`` whose mask is re-applied after the pass (as
+    the masked path does after each optimizer step), ``csr`` with both as one chain of CSR
+    layers (:mod:`~rest_fair.sparse.csr_chain`), which a layer timed alone does not show.
+    Private random state; cached as :func:`measure_layer` caches.
+
+    Returns
+    -------
+    LayerTiming
+    """
+    key = ("chain", tuple(before[0]), int(before[1]), tuple(shape), int(nnz),
+           int(batch_size), bool(input_grad), dtype, torch.get_num_threads())
+    cached = _TIMINGS.get(key)
+    if cached is not None:
+        return cached
+    gen = torch.Generator().manual_seed(0)
+    first, first_mask = _masked_linear(before[0], before[1], gen, dtype)
+    second, second_mask = _masked_linear(shape, nnz, gen, dtype)
+    pairs = {}
+    for chained in (False, True):
+        lead = CSRLinear(first, first_mask)
+        lead.relu_output = True
+        tail = CSRLinear(second, second_mask) if chained else second
+        holder = nn.Module()
+        holder.seq = nn.Sequential(lead, FusedReLU(), tail)
+        if chained:
+            link_chains(holder)
+        pairs[chained] = (holder.seq, [lead.values, tail.bias,
+                                       tail.values if chained else tail.weight])
+    x = torch.randn(batch_size, first.in_features, generator=gen, dtype=dtype)
+    x.requires_grad_(input_grad)
+    grad = torch.randn(batch_size, second.out_features, generator=gen, dtype=dtype)
+
+    def run(chained: bool) -> float:
+        seq, params = pairs[chained]
+        for param in params:
+            param.grad = None
+        x.grad = None
+        start = time.perf_counter()
+        seq(x).backward(grad)
+        if not chained:
+            with torch.no_grad():
+                second.weight.mul_(second_mask)
+        return time.perf_counter() - start
+
+    run(False)  # warm-up
+    run(True)
+    times: dict[bool, list[float]] = {False: [], True: []}
+    for i in range(max(1, int(repeats))):
+        for chained in (False, True) if i % 2 == 0 else (True, False):
+            times[chained].append(run(chained))
+    timing = LayerTiming(statistics.median(times[False]), statistics.median(times[True]))
+    _TIMINGS[key] = timing
+    return timing
+
+
+def _chain_ends(module: nn.Module, names: Sequence[str]) -> dict[str, str]:
+    """``{layer: the layer before it}`` for each of ``names`` that follows another layer
+    through one plain ``nn.ReLU`` without hooks in an ``nn.Sequential``: where that layer
+    trains in CSR form, the two would form a chain (:mod:`~rest_fair.sparse.csr_chain`)."""
+    out = {}
+    for prefix, seq in module.named_modules():
+        if not isinstance(seq, nn.Sequential):
+            continue
+        children = [(f"{prefix}.{key}" if prefix else key, sub)
+                    for key, sub in seq.named_children()]
+        for (before, _), (_, relu), (name, _) in zip(children, children[1:], children[2:],
+                                                     strict=False):
+            if name in names and type(relu) is nn.ReLU and not hooked(relu):
+                out[name] = before
+    return out
+
+
 def _shared_weights(module: nn.Module) -> set[int]:
     """``id`` of every parameter held by more than one submodule, or by one submodule
     registered under several names."""
@@ -411,6 +519,26 @@ def make_sparse_compute(
                 timings[name] = timing
             if timing.csr_faster:
                 chosen.append(name)
+        if device.type == "cpu" and kernels.available():
+            # A layer slower alone in CSR form may still pay as the end of a chain: it is
+            # converted when the chained pair is at least as fast, since the pair's timing
+            # leaves out per-step work that only the masked layer does (its dense
+            # gradient's optimizer update).
+            by_name = {name: (layer, nnz) for name, layer, nnz in candidates}
+            for name, before in _chain_ends(module, [n for n in by_name
+                                                     if n not in chosen]).items():
+                if before not in chosen:
+                    continue
+                (lead, lead_nnz), (layer, nnz) = by_name[before], by_name[name]
+                timing = measure_chain_link(
+                    (tuple(lead.weight.shape), lead_nnz), tuple(layer.weight.shape), nnz,
+                    rows.get(name, config.batch_size), input_grad=before != first,
+                    dtype=layer.weight.dtype)
+                if timings is not None:
+                    timings[name] = timing
+                if timing.csr <= timing.masked and layer.weight.dtype == lead.weight.dtype:
+                    chosen.append(name)
+            chosen = [name for name in by_name if name in chosen]
     else:
         chosen = [name for name, _, _ in candidates]
         unsupported = [f"{name!r} ({layer.weight.dtype})" for name, layer, _ in candidates

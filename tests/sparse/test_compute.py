@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 import pickle
 import warnings
 
@@ -31,6 +32,7 @@ from rest_fair.sparse.compute import (
     LayerTiming,
     candidate_layers,
     make_sparse_compute,
+    measure_chain_link,
     measure_layer,
 )
 from rest_fair.sparse.rigl import top_k_first
@@ -411,6 +413,59 @@ def test_auto_converts_only_the_layers_measured_faster(monkeypatch):
     assert type(net.layers[3]) is CSRLinear and type(net.layers[1]) is nn.Linear
     out.finish()
     assert type(net.layers[3]) is nn.Linear
+
+
+@pytest.mark.parametrize("chained_time", [0.9, 1.1])
+def test_auto_converts_a_layer_that_ends_a_chain_when_the_chained_pair_is_faster(
+        monkeypatch, chained_time):
+    # the last layer is slower alone in CSR form; behind a CSR layer and its ReLU it would
+    # join that layer's chain, so the pair is timed both ways
+    if not kernels.available():
+        pytest.skip(f"no compiled kernels: {kernels.unavailable_reason()}")
+    net = build_module("mlp", input_shape=(30,), n_classes=3,
+                       module_params={"hidden_layer_sizes": (64, 48)})
+    engine = _engine(net)
+    pairs = []
+
+    def alone(shape, nnz, batch_size, **kwargs):
+        return LayerTiming(masked=1.0, csr=0.5 if shape == (64, 30) else 2.0)
+
+    def chained(before, shape, nnz, batch_size, **kwargs):
+        pairs.append((before[0], shape, batch_size))
+        return LayerTiming(masked=1.0, csr=chained_time)
+
+    monkeypatch.setattr(compute, "measure_layer", alone)
+    monkeypatch.setattr(compute, "measure_chain_link", chained)
+    timings = {}
+    out = make_sparse_compute(net, engine, mode="auto", threshold=0.3, batch_size=16,
+                              timings=timings)
+    assert pairs == [((64, 30), (48, 64), 16)]  # layers.3 behind layers.1
+    assert out.converted == (("layers.1", "layers.3") if chained_time < 1 else ("layers.1",))
+    assert timings["layers.3"] == LayerTiming(1.0, chained_time)
+    out.finish()
+
+
+def test_a_layer_behind_a_hooked_relu_ends_no_chain(monkeypatch):
+    net = build_module("mlp", input_shape=(30,), n_classes=3,
+                       module_params={"hidden_layer_sizes": (64, 48)})
+    net.layers[2].register_forward_hook(lambda *args: None)
+    engine = _engine(net)
+    monkeypatch.setattr(compute, "measure_layer", lambda shape, *args, **kwargs: LayerTiming(
+        masked=1.0, csr=0.5 if shape == (64, 30) else 2.0))
+    monkeypatch.setattr(compute, "measure_chain_link", lambda *args, **kwargs: pytest.fail())
+    out = make_sparse_compute(net, engine, mode="auto", threshold=0.3)
+    assert out.converted == ("layers.1",)
+    out.finish()
+
+
+def test_measure_chain_link_times_both_pairs_and_is_cached():
+    if not kernels.available():
+        pytest.skip(f"no compiled kernels: {kernels.unavailable_reason()}")
+    state = torch.get_rng_state()
+    timing = measure_chain_link(((32, 40), 64), (8, 32), 40, 24, repeats=2)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert 0 < timing.masked < math.inf and 0 < timing.csr < math.inf
+    assert measure_chain_link(((32, 40), 64), (8, 32), 40, 24, repeats=2) is timing
 
 
 def test_measure_layer_is_cached_and_leaves_the_global_rng_alone():
