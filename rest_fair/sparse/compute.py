@@ -12,11 +12,12 @@ topology with the masked path's semantics.
 faster, and on the CPU also a layer that would end a chain of CSR layers
 (:mod:`~rest_fair.sparse.csr_chain`: it follows a converted layer through a plain ReLU)
 where :func:`measure_chain_link` finds the chained pair at least as fast (the output layer
-of an MLP, slower alone in CSR form than masked, is faster as part of the chain). Convolutions always keep the masked path, and so do runs with gradient scaling and
+of an MLP, slower alone in CSR form than masked, is faster as part of the chain).
+Convolutions always keep the masked path, and so do runs with gradient scaling and
 data-parallel runs. So does a linear layer that a CSR layer cannot stand in for: one whose
 weight another module shares (tied weights), and, where an example batch shows it, one that
-a forward pass calls more than once or not at all (its parent reads the weight directly).
-A layer whose dtype torch has no CSR product for on the device (float16 or bfloat16 weights
+a forward pass calls more than once or not at all (its parent reads the weight directly). A
+layer whose dtype torch has no CSR product for on the device (float16 or bfloat16 weights
 on the CPU) is measured as infinitely slow in CSR form, so ``"auto"`` keeps it masked.
 """
 

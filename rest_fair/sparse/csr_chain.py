@@ -173,8 +173,12 @@ def _chain_ready(layers: Sequence[CSRLinear], x: torch.Tensor) -> bool:
     if x.dim() != 2 or x.shape[1] != first.in_features or not first._use_kernels(x):
         return False
     dtype = first.values.dtype
-    return all(layer.values.dtype == dtype and layer.values.device == first.values.device
-               and (layer.bias is None or layer.bias.dtype == dtype) for layer in layers[1:])
+    for layer in layers[1:]:
+        values, bias = layer.values, layer.bias
+        if values.dtype != dtype or not values.is_cpu or (
+                bias is not None and bias.dtype != dtype):
+            return False
+    return True
 
 
 def run_chain(layers: Sequence[CSRLinear], x: torch.Tensor) -> torch.Tensor:

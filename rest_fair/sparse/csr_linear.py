@@ -80,6 +80,9 @@ _BAD_INPUT = (
 
 _BAD_SHAPE = "size mismatch for {key}: the checkpoint has shape {got}, the layer has {want}."
 
+# the dtypes of the compiled kernels
+_KERNEL_DTYPES = (torch.float32, torch.float64)
+
 # rows of the dense gradient scanned at once: about 2**18 entries (1 MiB in float32)
 _SCAN_ENTRIES = 1 << 18
 
@@ -425,13 +428,13 @@ class CSRLinear(nn.Module):
         return cached[3]
 
     def _use_kernels(self, x: torch.Tensor) -> bool:
-        values = self.values
+        values, bias = self.values, self.bias
         return (
-            x.device.type == "cpu"
-            and values.device.type == "cpu"
-            and values.dtype in (torch.float32, torch.float64)
+            x.is_cpu
+            and values.is_cpu
+            and values.dtype in _KERNEL_DTYPES
             and x.shape[0] > 0
-            and (self.bias is None or self.bias.dtype == values.dtype)
+            and (bias is None or bias.dtype == values.dtype)
             and kernels.load() is not None
         )
 
