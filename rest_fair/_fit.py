@@ -268,7 +268,7 @@ def _split(
         except ValueError:
             continue
         val_idx = np.sort(val_idx)
-        untrained = np.setdiff1d(y_codes[val_idx], y_codes[train_idx])
+        untrained = _missing_codes(y_codes[val_idx], y_codes[train_idx])
         if len(untrained):
             _, first = np.unique(y_codes[val_idx], return_index=True)
             back = val_idx[first[np.isin(y_codes[val_idx][first], untrained)]]
@@ -276,6 +276,14 @@ def _split(
         if len(val_idx):
             return np.sort(train_idx), val_idx
     return idx, None
+
+
+def _missing_codes(codes: np.ndarray, present: np.ndarray) -> np.ndarray:
+    """The sorted distinct values of ``codes`` (integers >= 0) that ``present`` lacks, as
+    ``np.setdiff1d`` gives them, counted instead of sorted."""
+    size = int(max(codes.max(initial=-1), present.max(initial=-1))) + 1
+    return np.flatnonzero((np.bincount(codes, minlength=size) > 0)
+                          & (np.bincount(present, minlength=size) == 0))
 
 
 def _leaving_out(upweight: Any, infer_groups: Any) -> Mapping | None:
@@ -312,7 +320,7 @@ def _hold_out(data: FitData, fraction: float, seed: int, world: LocalContext,
     """
     device = world.device
     weighed = np.flatnonzero(data.sample_weight > 0)
-    unweighed = np.setdiff1d(np.arange(len(data.classes)), data.y[weighed])
+    unweighed = _missing_codes(np.arange(len(data.classes)), data.y[weighed])
     if len(unweighed) and world.is_main and not IDENTIFYING.get():
         warnings.warn(UNWEIGHTED_CLASSES.format(
             n=len(unweighed), classes=_named(data.classes[unweighed].tolist())),
@@ -342,12 +350,14 @@ def _hold_out(data: FitData, fraction: float, seed: int, world: LocalContext,
                           stacklevel=6)  # the caller of RESTClassifier.fit
         return np.arange(len(data.y)), None
     val_idx = weighed[val_idx]
-    train_idx = np.setdiff1d(np.arange(len(data.y)), val_idx)
+    held = np.zeros(len(data.y), dtype=bool)
+    held[val_idx] = True
+    train_idx = np.flatnonzero(~held)
     w_val = data.sample_weight[val_idx]
     w_val = None if np.all(w_val == w_val[0]) else w_val
     g_val = data.groups[val_idx] if data.has_groups else None
     if world.is_main:
-        _check_selection(data, np.setdiff1d(weighed, val_idx), g_val, data.group_labels,
+        _check_selection(data, weighed[~held[weighed]], g_val, data.group_labels,
                          advice=MORE_HELD_OUT)
     held = data.rows(val_idx)  # a dense X's rows read in place, as the training rows
     return train_idx, EvalSet(
@@ -565,7 +575,7 @@ def _train_set(train: FitData, *, upweight: Any, reweight: str, batch_size: int,
                       UserWarning, stacklevel=6)  # the caller of RESTClassifier.fit
     per_sample = sample_weights_for(train.y, train.groups, weights)
     counted = (train.sample_weight > 0) & (per_sample > 0)  # in some loss: visited
-    undrawn = np.setdiff1d(train.y[train.sample_weight > 0], train.y[counted])
+    undrawn = _missing_codes(train.y[train.sample_weight > 0], train.y[counted])
     if len(undrawn) and world.is_main and not IDENTIFYING.get():
         warnings.warn(UNDRAWN_CLASSES.format(
             n=len(undrawn), upweight=upweight, classes=_named(train.classes[undrawn].tolist())),
