@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -167,30 +168,32 @@ class _ChainFunction(torch.autograd.Function):
         return grad_x, None, *grads
 
 
-def _chain_ready(layers: Sequence[CSRLinear], x: torch.Tensor) -> bool:
-    """Whether ``layers`` can run as one chain on input ``x``."""
+def _chain_params(layers: Sequence[CSRLinear], x) -> list[torch.Tensor | None] | None:
+    """The ``values`` and ``bias`` of each of ``layers``, in order, where they can run as one
+    chain on input ``x`` (a CPU matrix with the first layer's features, weights of one
+    kernel dtype); ``None`` where they cannot."""
     first = layers[0]
-    if x.dim() != 2 or x.shape[1] != first.in_features or not first._use_kernels(x):
-        return False
-    dtype = first.values.dtype
-    for layer in layers[1:]:
-        values, bias = layer.values, layer.bias
-        if values.dtype != dtype or not values.is_cpu or (
-                bias is not None and bias.dtype != dtype):
-            return False
-    return True
+    if (not torch.is_tensor(x) or x.dim() != 2 or x.shape[1] != first.in_features
+            or not first._use_kernels(x)):
+        return None
+    params = [t for layer in layers for t in (layer.values, layer.bias)]
+    dtype = params[0].dtype
+    for param in params[2:]:
+        if param is not None and (param.dtype != dtype or not param.is_cpu):
+            return None
+    return params
 
 
-def run_chain(layers: Sequence[CSRLinear], x: torch.Tensor) -> torch.Tensor:
+def run_chain(layers: Sequence[CSRLinear], x: torch.Tensor,
+              params: Sequence[torch.Tensor | None]) -> torch.Tensor:
     """The output of CSR layers applied one after the other to ``x``, as one autograd node.
 
     The layers must form a chain (every layer but the last with ``relu_output``, each one's
-    ``out_features`` the next one's ``in_features``) and ``x`` must be a matrix the compiled
-    kernels take (see :func:`_chain_ready`).
+    ``out_features`` the next one's ``in_features``); ``params`` are their parameters as
+    :func:`_chain_params` gives them for ``x``.
     """
-    if x.dtype != layers[0].values.dtype:
-        x = x.to(layers[0].values.dtype)
-    params = [t for layer in layers for t in (layer.values, layer.bias)]
+    if x.dtype != params[0].dtype:
+        x = x.to(params[0].dtype)
     # the products run in the weights' dtype; the output re-enters autocast
     with (torch.autocast("cpu", enabled=False) if torch.is_autocast_enabled("cpu")
           else contextlib.nullcontext()):
@@ -200,11 +203,21 @@ def run_chain(layers: Sequence[CSRLinear], x: torch.Tensor) -> torch.Tensor:
     return out
 
 
+class _Chain(NamedTuple):
+    """A chain among the children of a :class:`LinkedSequential`."""
+
+    start: int  # position of its first layer among the children
+    modules: tuple[nn.Module, ...]  # its layers and the FusedReLU between them
+    layers: tuple[CSRLinear, ...]
+    hooks: tuple[dict, ...]  # the hook dictionaries of its modules, checked at each call
+
+
 class LinkedSequential(nn.Sequential):
     """An ``nn.Sequential`` that runs its chains of CSR layers as one node each.
 
     Built by :func:`link_chains` over an ``nn.Sequential``, whose children it shares (the
-    same dictionary: a child replaced in one is replaced in both).
+    same dictionary: a child replaced in one is replaced in both; a chain whose modules
+    were replaced runs no more).
 
     Parameters
     ----------
@@ -218,31 +231,35 @@ class LinkedSequential(nn.Sequential):
         super().__init__()
         self._modules = original._modules
         self.training = original.training
-        self.chains = {start: layers for start, layers in chains}
+        children = list(original.children())
+        self.chains: dict[int, _Chain] = {}
+        for start, layers in chains:
+            modules = tuple(children[start:start + 2 * len(layers) - 1])
+            hooks = tuple(getattr(m, name) for m in modules for name in _HOOKS)
+            self.chains[start] = _Chain(start, modules, layers, hooks)
 
     def forward(self, x):
         children = list(self._modules.values())
         i = 0
         while i < len(children):
-            layers = self.chains.get(i)
-            if layers is not None and self._ready(children, i, layers, x):
-                x = run_chain(layers, x)
-                i += 2 * len(layers) - 1
+            chain = self.chains.get(i)
+            params = None if chain is None else self._params(children, chain, x)
+            if params is not None:
+                x = run_chain(chain.layers, x, params)
+                i += len(chain.modules)
             else:
                 x = children[i](x)
                 i += 1
         return x
 
     @staticmethod
-    def _ready(children: list[nn.Module], start: int,
-               layers: tuple[CSRLinear, ...], x) -> bool:
-        run = children[start:start + 2 * len(layers) - 1]
-        if len(run) != 2 * len(layers) - 1:
-            return False
-        return (torch.is_tensor(x) and all(a is b for a, b in zip(run[::2], layers, strict=True))
-                and all(type(m) is FusedReLU for m in run[1::2])
-                and not any(hooked(m) for m in run) and not _global_hooks()
-                and _chain_ready(layers, x))
+    def _params(children: list[nn.Module], chain: _Chain, x) -> list | None:
+        """The chain's parameters where it runs as one on ``x`` (its modules in place and
+        without hooks, see :func:`_chain_params`), else ``None``."""
+        if (tuple(children[chain.start:chain.start + len(chain.modules)]) != chain.modules
+                or any(chain.hooks) or _global_hooks()):
+            return None
+        return _chain_params(chain.layers, x)
 
 
 def _chains(seq: nn.Sequential) -> list[tuple[int, tuple[CSRLinear, ...]]]:
