@@ -3,10 +3,11 @@
 While a run trains its very sparse linear layers as
 :class:`~rest_fair.sparse.csr_linear.CSRLinear` layers, each of them applies the ``nn.ReLU``
 that follows it in an ``nn.Sequential`` (the ReLU's place holds a :class:`FusedReLU`).
-A chain is a run of such layers with nothing else between them, as the hidden layers of an
-MLP: :func:`link_chains` puts a :class:`LinkedSequential` in the place of their
-``nn.Sequential`` (the same children, so names, ``state_dict`` keys and parameters do not
-change), which runs each chain as one call of the compiled kernels' layers:
+A chain is a run of such layers with nothing else between them (the last one may apply no
+ReLU), as the hidden and output layers of an MLP: :func:`link_chains` puts a
+:class:`LinkedSequential` in the place of their ``nn.Sequential`` (the same children, so
+names, ``state_dict`` keys and parameters do not change), which runs each chain as one call
+of the compiled kernels' layers:
 
 - forward: the input is packed into panels once; each layer writes its output directly
   as the next layer's panels (:func:`~rest_fair.sparse.kernels.csr_forward` into panels);
