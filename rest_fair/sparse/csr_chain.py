@@ -33,7 +33,7 @@ from torch import nn
 from torch.nn.modules import module as _module_hooks
 
 from . import kernels
-from .csr_linear import _USED_TWICE, CSRLinear
+from .csr_linear import CSRLinear, _input_gradient, _matrix_output, _output_gradient
 from .modules import set_submodule
 
 __all__ = ["FusedReLU", "LinkedSequential", "hooked", "link_chains", "unlink_chains"]
@@ -83,11 +83,7 @@ class _ChainFunction(torch.autograd.Function):
         last = layers[-1]
         for i, layer in enumerate(layers):
             if layer is last:
-                if last.feature_major_output:
-                    out = x.new_empty((last.out_features, batch))
-                    target = out.t()
-                else:
-                    out = target = x.new_empty((batch, last.out_features))
+                out, target = _matrix_output(x, last.out_features, last.feature_major_output)
             else:
                 out = target = x.new_empty((n_panels, layer.out_features, width))
             kernels.csr_forward(panels[i], nv, batch, layer.crow_indices, layer.col_indices,
@@ -115,54 +111,36 @@ class _ChainFunction(torch.autograd.Function):
             below.append(below[-1] or needs[2 * i] or needs[2 * i + 1])
         last = layers[-1]
         grads: list[torch.Tensor | None] = [None] * (2 * n)
-        grad_x = None
-        grad_panels = grad_bias = None
+        grad_x = grad_panels = None
         for i in reversed(range(n)):
             layer = layers[i]
-            plan = layer._plan
-            if plan is not None and plan.saved is not None:
-                raise RuntimeError(_USED_TWICE.format(name=layer.name, step=plan.step))
             values, bias = params[2 * i], params[2 * i + 1]
             want_values = needs[2 * i + 2]
             want_bias = bias is not None and needs[2 * i + 3]
-            scan = plan is not None and plan.scan_gradient and want_values
-            grad_t = x_t = None
-            if layer is last:  # as _CSRFunction: the output gradient comes as a matrix
-                grad = grad.t() if last.feature_major_output else grad
-                gate = None
-                if last.relu_output:
-                    gate = out.t() if last.feature_major_output else out
-                    if plan is not None or gate.stride() != grad.stride():
-                        grad, gate = torch.ops.aten.threshold_backward(grad, gate, 0), None
-                if plan is not None:
-                    grad_t = grad.t().contiguous()
-                grad_panels, grad_bias = kernels.pack(grad, splits[i].out_features, nv,
-                                                      column_sums=want_bias, gate=gate)
+            plan, scan = layer._backward_plan(want_values)
+            if layer is last:  # the output gradient comes as a matrix
+                grad_panels, grad_bias, grad_t = _output_gradient(
+                    grad, out, splits[i], nv, feature_major=last.feature_major_output,
+                    planned=plan is not None, want_bias=want_bias)
             else:  # the panels of the next layer's input gradient, behind this ReLU
                 grad_panels, grad_bias = kernels.pack(
                     grad_panels, splits[i].out_features, nv, column_sums=want_bias,
                     gate=panels[i + 1], batch=batch, out=grad_panels)
-                if plan is not None:
-                    grad_t = _unpack(grad_panels, batch)
+                grad_t = None if plan is None else _unpack(grad_panels, batch)
+            x_t = None
             if plan is not None:
                 x_t = x.t().contiguous() if i == 0 else _unpack(panels[i], batch)
             target = None
-            if below[i]:
-                if i > 0:
-                    target = x.new_empty((panels[i].shape[0], layer.in_features, ctx.width))
-                elif x.stride(0) == 1 and x.stride(1) != 1:  # the input's own layout
-                    target = grad_x = x.new_empty((layer.in_features, batch)).t()
-                else:
-                    target = grad_x = x.new_empty((batch, layer.in_features))
+            if below[i] and i > 0:
+                target = x.new_empty((panels[i].shape[0], layer.in_features, ctx.width))
+            elif below[i]:
+                target = grad_x = _input_gradient(x, layer.in_features)
             grad_values = torch.empty_like(values) if want_values and not scan else None
             kernels.csr_backward(grad_panels, panels[i], nv, batch, layer.crow_indices_t,
                                  layer.col_indices_t, layer.perm_t, values, splits[i].cols,
                                  target, grad_values, inverse_perm_t=layer.inverse_perm_t)
-            if plan is not None:
-                plan.saved = (grad_t, x_t)
-            if scan:
-                grad_values = layer._scan_dense_gradient(grad_t, x_t, plan)
-            grads[2 * i], grads[2 * i + 1] = grad_values, grad_bias
+            grads[2 * i] = layer._planned_gradient(grad_t, x_t, grad_values, scan)
+            grads[2 * i + 1] = grad_bias
             if i > 0 and target is None:
                 break  # nothing below needs a gradient
             grad_panels = target

@@ -199,6 +199,47 @@ def _chunked_topk(
     return best_score, best_index
 
 
+def _matrix_output(x: torch.Tensor, n_out: int, feature_major: bool,
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """A new output of ``n_out`` features for the batch ``x``, and the ``(batch, n_out)``
+    view the kernels write: ``(out_features, batch)`` row-major when ``feature_major``."""
+    if feature_major:
+        out = x.new_empty((n_out, x.shape[0]))
+        return out, out.t()
+    out = x.new_empty((x.shape[0], n_out))
+    return out, out
+
+
+def _input_gradient(x: torch.Tensor, n_in: int) -> torch.Tensor:
+    """A new gradient of the input ``x`` in its own layout: a feature-major input gets a
+    feature-major gradient."""
+    if x.stride(0) == 1 and x.stride(1) != 1:
+        return x.new_empty((n_in, x.shape[0])).t()
+    return x.new_empty((x.shape[0], n_in))
+
+
+def _output_gradient(
+    grad: torch.Tensor, out: torch.Tensor | None, splits: kernels.Splits, nv: int, *,
+    feature_major: bool, planned: bool, want_bias: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Panels of a layer's output gradient, the bias gradient and, where an update is
+    ``planned``, the gradient as a contiguous ``(out_features, batch)`` matrix.
+
+    ``grad`` and ``out`` (the ReLU's output, ``None`` without a ReLU) have the layer's
+    output layout. The ReLU's gradient is applied inside the packing where the layouts
+    allow, else first (bitwise ``threshold_backward`` either way).
+    """
+    grad = grad.t() if feature_major else grad  # (batch, out_features)
+    gate = None
+    if out is not None:
+        gate = out.t() if feature_major else out
+        if planned or gate.stride() != grad.stride():
+            grad, gate = torch.ops.aten.threshold_backward(grad, gate, 0), None
+    grad_t = grad.t().contiguous() if planned else None
+    panels, sums = kernels.pack(grad, splits.out_features, nv, column_sums=want_bias, gate=gate)
+    return panels, sums, grad_t
+
+
 class _CSRFunction(torch.autograd.Function):
     """``Y = X W^T + b`` of :class:`CSRLinear` on the kernels or torch's products (``use_kernels``).
 
@@ -230,11 +271,7 @@ class _CSRFunction(torch.autograd.Function):
         batch = x.shape[0]
         nv, _ = kernels.panel_width(values.dtype, batch)
         x_panels, _ = kernels.pack(x, splits.in_features, nv)
-        if feature_major:
-            out = x.new_empty((layer.out_features, batch))
-            target = out.t()
-        else:
-            out = target = x.new_empty((batch, layer.out_features))
+        out, target = _matrix_output(x, layer.out_features, feature_major)
         kernels.csr_forward(x_panels, nv, batch, layer.crow_indices, layer.col_indices, values,
                             bias, splits.rows, target, relu=relu)
         ctx.save_for_backward(x, x_panels, values, out if relu else None)
@@ -244,33 +281,19 @@ class _CSRFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
         layer: CSRLinear = ctx.layer
-        plan = layer._plan
-        if plan is not None and plan.saved is not None:
-            raise RuntimeError(_USED_TWICE.format(name=layer.name, step=plan.step))
         want_x, want_values = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         want_bias = ctx.has_bias and ctx.needs_input_grad[2]
-        scan = plan is not None and plan.scan_gradient and want_values
+        plan, scan = layer._backward_plan(want_values)
         grad_x = grad_values = grad_bias = None
         if ctx.use_kernels:
             x, x_panels, values, out = ctx.saved_tensors
-            grad = grad.t() if ctx.feature_major else grad  # (batch, out_features)
-            gate = None
-            if ctx.relu:
-                gate = out.t() if ctx.feature_major else out
-                if plan is not None or gate.stride() != grad.stride():
-                    grad, gate = torch.ops.aten.threshold_backward(grad, gate, 0), None
-            grad_t = x_t = None
-            if plan is not None:
-                grad_t, x_t = grad.t().contiguous(), x.t().contiguous()
             # backward runs only when one of x, values and bias needs a gradient
-            grad_panels, grad_bias = kernels.pack(grad, ctx.splits.out_features, ctx.nv,
-                                                  column_sums=want_bias, gate=gate)
+            grad_panels, grad_bias, grad_t = _output_gradient(
+                grad, out, ctx.splits, ctx.nv, feature_major=ctx.feature_major,
+                planned=plan is not None, want_bias=want_bias)
+            x_t = None if plan is None else x.t().contiguous()
             if want_x:
-                # the input's own layout: a feature-major input gets a feature-major gradient
-                if x.stride(0) == 1 and x.stride(1) != 1:
-                    grad_x = x.new_empty((layer.in_features, x.shape[0])).t()
-                else:
-                    grad_x = x.new_empty((x.shape[0], layer.in_features))
+                grad_x = _input_gradient(x, layer.in_features)
             if want_values and not scan:
                 grad_values = torch.empty_like(values)
             kernels.csr_backward(grad_panels, x_panels, ctx.nv, x.shape[0], layer.crow_indices_t,
@@ -290,10 +313,7 @@ class _CSRFunction(torch.autograd.Function):
                 grad_values = layer._sampled_gradient(grad_t, x_t)
             if want_bias:
                 grad_bias = grad_t.sum(dim=1)
-        if plan is not None:
-            plan.saved = (grad_t, x_t)
-        if scan:
-            grad_values = layer._scan_dense_gradient(grad_t, x_t, plan)
+        grad_values = layer._planned_gradient(grad_t, x_t, grad_values, scan)
         return grad_x, grad_values, grad_bias, None, None, None, None
 
 
@@ -476,6 +496,30 @@ class CSRLinear(nn.Module):
         pattern = _csr(self.crow_indices, self.col_indices, self.values.detach(), self.shape)
         # beta=0 ignores the pattern's values (NaN and inf included)
         return torch.sparse.sampled_addmm(pattern, grad_t, x_t.t(), beta=0.0).values()
+
+    def _backward_plan(self, want_values: bool) -> tuple[_UpdatePlan | None, bool]:
+        """The update planned for this step's backward pass, and whether that pass scans
+        the dense gradient (RigL, with ``values`` needing a gradient).
+
+        Raises
+        ------
+        RuntimeError
+            If a backward pass of this step already ran (the layer was used twice).
+        """
+        plan = self._plan
+        if plan is not None and plan.saved is not None:
+            raise RuntimeError(_USED_TWICE.format(name=self.name, step=plan.step))
+        return plan, plan is not None and plan.scan_gradient and want_values
+
+    def _planned_gradient(self, grad_t: torch.Tensor | None, x_t: torch.Tensor | None,
+                          grad_values: torch.Tensor | None, scan: bool) -> torch.Tensor | None:
+        """The gradient of ``values``, after the backward pass of a planned update kept the
+        feature-major output gradient ``grad_t`` and input ``x_t`` (and, with ``scan``,
+        computed the gradient while scanning the dense one)."""
+        plan = self._plan
+        if plan is not None:
+            plan.saved = (grad_t, x_t)
+        return self._scan_dense_gradient(grad_t, x_t, plan) if scan else grad_values
 
     def _scan_dense_gradient(
         self, grad_t: torch.Tensor, x_t: torch.Tensor, plan: _UpdatePlan
