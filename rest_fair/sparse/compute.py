@@ -204,22 +204,13 @@ def measure_layer(
     cached = _TIMINGS.get(key)
     if cached is not None:
         return cached
-    n_out, n_in = (int(s) for s in shape)
     gen = torch.Generator().manual_seed(0)
-    linear = nn.Linear(n_in, n_out, device="meta")
-    linear.weight = nn.Parameter(torch.randn(n_out, n_in, generator=gen, dtype=dtype)
-                                 .div_(math.sqrt(n_in)).to(device))
-    linear.bias = nn.Parameter(torch.zeros(n_out, dtype=dtype, device=device))
-    flat = kernels.randperm_prefix(n_out * n_in, nnz, gen)
-    mask = torch.zeros(n_out * n_in, dtype=torch.bool)
-    mask[flat] = True
-    mask = mask.view(n_out, n_in).to(device)
-    with torch.no_grad():
-        linear.weight.mul_(mask)
+    linear, mask = _masked_linear(shape, nnz, gen, dtype)
+    linear, mask = linear.to(device), mask.to(device)
     csr = CSRLinear(linear, mask)
-    x = torch.randn(batch_size, n_in, generator=gen, dtype=dtype).to(device)
+    x = torch.randn(batch_size, linear.in_features, generator=gen, dtype=dtype).to(device)
     x.requires_grad_(input_grad)
-    grad = torch.randn(batch_size, n_out, generator=gen, dtype=dtype).to(device)
+    grad = torch.randn(batch_size, linear.out_features, generator=gen, dtype=dtype).to(device)
 
     def masked_pass() -> None:
         linear.weight.grad = linear.bias.grad = x.grad = None
@@ -232,30 +223,38 @@ def measure_layer(
         csr.values.grad = linear.bias.grad = x.grad = None
         csr(x).backward(grad)
 
-    def timed(fn: Callable[[], None]) -> float:
-        _sync(device)
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        return time.perf_counter() - start
-
     masked_pass()  # warm-up (allocations, kernel selection)
     try:
         csr_pass()
     except NotImplementedError:  # torch has no CSR product in this dtype here (CPU float16)
-        timing = _TIMINGS[key] = LayerTiming(timed(masked_pass), math.inf)
+        timing = _TIMINGS[key] = LayerTiming(_timed(masked_pass, device), math.inf)
         return timing
+    timing = _TIMINGS[key] = _alternating(masked_pass, csr_pass, repeats, device)
+    return timing
+
+
+def _timed(fn: Callable[[], None], device: torch.device) -> float:
+    """Seconds of one call of ``fn``, the device's queued work included."""
+    _sync(device)
+    start = time.perf_counter()
+    fn()
+    _sync(device)
+    return time.perf_counter() - start
+
+
+def _alternating(masked_pass: Callable[[], None], csr_pass: Callable[[], None], repeats: int,
+                 device: torch.device) -> LayerTiming:
+    """Median times of the two passes, called in turns (the order swapped every round) for
+    ``repeats`` rounds at most: fewer once one is more than twice as fast as the other."""
     t_masked: list[float] = []
     t_csr: list[float] = []
     for i in range(max(1, int(repeats))):
         pair = ((masked_pass, t_masked), (csr_pass, t_csr))
         for fn, store in pair if i % 2 == 0 else pair[::-1]:
-            store.append(timed(fn))
+            store.append(_timed(fn, device))
         if i >= 1 and (max(t_csr) < 0.5 * min(t_masked) or min(t_csr) > 2 * max(t_masked)):
             break  # clear either way
-    timing = LayerTiming(statistics.median(t_masked), statistics.median(t_csr))
-    _TIMINGS[key] = timing
-    return timing
+    return LayerTiming(statistics.median(t_masked), statistics.median(t_csr))
 
 
 def _masked_linear(shape: tuple[int, int], nnz: int, gen: torch.Generator,
@@ -315,32 +314,26 @@ def measure_chain_link(
         holder.seq = nn.Sequential(lead, FusedReLU(), tail)
         if chained:
             link_chains(holder)
-        pairs[chained] = (holder.seq, [lead.values, tail.bias,
+        pairs[chained] = (holder.seq, [lead.values, lead.bias, tail.bias,
                                        tail.values if chained else tail.weight])
     x = torch.randn(batch_size, first.in_features, generator=gen, dtype=dtype)
     x.requires_grad_(input_grad)
     grad = torch.randn(batch_size, second.out_features, generator=gen, dtype=dtype)
 
-    def run(chained: bool) -> float:
+    def run(chained: bool) -> None:
         seq, params = pairs[chained]
         for param in params:
             param.grad = None
         x.grad = None
-        start = time.perf_counter()
         seq(x).backward(grad)
         if not chained:
             with torch.no_grad():
                 second.weight.mul_(second_mask)
-        return time.perf_counter() - start
 
     run(False)  # warm-up
     run(True)
-    times: dict[bool, list[float]] = {False: [], True: []}
-    for i in range(max(1, int(repeats))):
-        for chained in (False, True) if i % 2 == 0 else (True, False):
-            times[chained].append(run(chained))
-    timing = LayerTiming(statistics.median(times[False]), statistics.median(times[True]))
-    _TIMINGS[key] = timing
+    cpu = torch.device("cpu")
+    timing = _TIMINGS[key] = _alternating(lambda: run(False), lambda: run(True), repeats, cpu)
     return timing
 
 
