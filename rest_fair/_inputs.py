@@ -23,7 +23,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import _num_samples, column_or_1d, validate_data
 
 from ._data import _first_element, fixed_global_rngs, is_torch_dataset
-from ._validation import BAD_LENGTH, MISSING_VALUES, refuse_missing
+from ._validation import BAD_LENGTH, DICT_NOT_SPLIT, MISSING_VALUES, refuse_missing
 from .reweighting import group_key
 from .text import fit_text_input, text_input
 
@@ -62,11 +62,6 @@ GROUP_COLUMNS_DIFFER = (
     "validation groups must have the training groups' columns, in the same order."
 )
 BAD_SAMPLE_WEIGHT = "sample_weight must be finite and non-negative; {problem}."
-DICT_NOT_SPLIT = (
-    " A dict of columns is passed whole by scikit-learn's cross-validation and searches, "
-    "which split only arrays and DataFrames of one row per sample: pass "
-    "pandas.DataFrame(groups) there."
-)
 ONE_CLASS = (
     "RESTClassifier needs samples of at least 2 classes to fit; got 1 class ({label!r})."
 )

@@ -69,6 +69,12 @@ BAD_LABELS_SHAPE = (
     "{what} must hold one label per sample (shape (n_samples,) or (n_samples, 1)); got shape "
     "{shape}. Class probabilities or one-hot rows? Pass the labels, e.g. estimator.predict(X)."
 )
+#: Added to a length error of groups given as a dict of columns.
+DICT_NOT_SPLIT = (
+    " A dict of columns is passed whole by scikit-learn's cross-validation and searches, "
+    "which split only arrays and DataFrames of one row per sample: pass "
+    "pandas.DataFrame(groups) there."
+)
 #: Labels or groups holding NaN, None or pandas.NA.
 MISSING_VALUES = "{what} must not contain missing values (NaN/None); found {count}."
 #: Integers go to numpy and torch as int64: an integer interval ends below this.

@@ -18,7 +18,13 @@ from numpy.typing import ArrayLike
 from sklearn.utils.validation import column_or_1d
 
 from ._lazy import lazy_attributes
-from ._validation import MISSING_VALUES, checked_groups, checked_labels, checked_weights
+from ._validation import (
+    DICT_NOT_SPLIT,
+    MISSING_VALUES,
+    checked_groups,
+    checked_labels,
+    checked_weights,
+)
 
 if TYPE_CHECKING:  # imported lazily at run time (fairlearn, pandas)
     from .fairness import FairnessReport, fairness_report
@@ -33,10 +39,6 @@ __all__ = [
 ]
 
 _LENGTH_MISMATCH = "y_true, y_pred and groups must have the same length; got {}."
-_DICT_NOT_SPLIT = (
-    " A dict of columns is passed whole by scikit-learn's cross-validation and searches, "
-    "which split only arrays and DataFrames: pass pandas.DataFrame(groups) there."
-)
 _MIXED_LABELS = (
     "y_true and y_pred must hold labels of one kind (all strings or all numbers); got "
     "dtypes {} and {}."
@@ -120,7 +122,7 @@ def group_accuracies(y_true: ArrayLike, y_pred: ArrayLike, groups: ArrayLike, *,
     groups = checked_groups(groups)
     if not (len(y_true) == len(y_pred) == len(groups)):
         raise ValueError(_LENGTH_MISMATCH.format((len(y_true), len(y_pred), len(groups)))
-                         + (_DICT_NOT_SPLIT if columns else ""))
+                         + (DICT_NOT_SPLIT if columns else ""))
     codes, labels = _factorize(groups, numpy_dates=numpy_dates)
     correct = (y_true == y_pred).astype(np.float64)
     if sample_weight is None:

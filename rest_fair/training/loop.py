@@ -49,6 +49,7 @@ def _clear_gradients(optimizer: torch.optim.Optimizer) -> None:
         for param in group["params"]:
             param.grad = None
 
+
 #: Message of :class:`~rest_fair.exceptions.TrainingDivergedError` raised by the loop.
 DIVERGED = (
     "Training diverged in epoch {epoch}: the {what} became {value}. Likely causes: a "
