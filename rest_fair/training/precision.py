@@ -12,6 +12,8 @@ from typing import Any
 
 import torch
 
+from .optimizer_step import optimizer_step
+
 __all__ = ["PRECISIONS", "Precision"]
 
 #: Values of ``RESTClassifier(precision=...)``.
@@ -71,9 +73,10 @@ class Precision:
             self.scaler.unscale_(optimizer)
 
     def step(self, optimizer: torch.optim.Optimizer) -> None:
-        """``optimizer.step()``; with a scaler, skipped when gradients overflowed."""
+        """``optimizer.step()`` (through :func:`optimizer_step`); with a scaler, skipped
+        when gradients overflowed."""
         if self.scaler is None:
-            optimizer.step()
+            optimizer_step(optimizer)
         else:
             self.scaler.step(optimizer)
             self.scaler.update()
