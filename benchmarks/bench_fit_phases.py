@@ -11,7 +11,9 @@ With ``--compare-dense`` the same fits run dense (``sparsity=0``) in turns with 
 ones, and the ratio of the median fit times is printed, as the whole-fit goal counts it.
 With ``--compare-layer-by-layer`` the sparse fits also run in turns with fits whose chains
 of CSR layers run layer by layer (:func:`rest_fair.sparse.csr_chain.link_chains` left
-out), to measure what the chains save. Run it alone on the machine, e.g.::
+out), to measure what the chains save; with ``--compare-torch-step``, in turns with fits
+whose optimizer steps all go through ``optimizer.step()`` instead of
+:func:`rest_fair.training.optimizer_step.optimizer_step`. Run it alone on the machine, e.g.::
 
     flock /tmp/torch.lock python benchmarks/bench_fit_phases.py --threads 2
 """
@@ -83,6 +85,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--fits", type=positive_int, default=5)
     parser.add_argument("--compare-dense", action="store_true")
     parser.add_argument("--compare-layer-by-layer", action="store_true")
+    parser.add_argument("--compare-torch-step", action="store_true")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     X, y = _data(args.samples, seed=0)
@@ -128,26 +131,34 @@ def main(argv: list[str] | None = None) -> None:
         print(f"\nwhole fit, medians of {args.fits} in turns: dense {dense:.2f} s, sparse "
               f"{1e3 * sparse:.0f} ms, {dense / sparse:.1f}x dense")
     if args.compare_layer_by_layer:
-        chained, unchained = _chains_against_layers(lambda: estimator(args.sparsity).fit(X, y),
-                                                    args.fits)
+        chained, unchained = _with_and_without(lambda: estimator(args.sparsity).fit(X, y),
+                                               args.fits, csr_engine, "link_chains",
+                                               lambda module: {})
         print(f"\nsparse fit, medians of {args.fits} in turns: chains of CSR layers "
               f"{1e3 * chained:.0f} ms, layer by layer {1e3 * unchained:.0f} ms, "
               f"{chained / unchained:.3f}x")
+    if args.compare_torch_step:
+        ours, torchs = _with_and_without(lambda: estimator(args.sparsity).fit(X, y),
+                                         args.fits, precision, "optimizer_step",
+                                         lambda optimizer: optimizer.step())
+        print(f"\nsparse fit, medians of {args.fits} in turns: the loop's SGD step "
+              f"{1e3 * ours:.0f} ms, optimizer.step() {1e3 * torchs:.0f} ms, "
+              f"{ours / torchs:.3f}x")
 
 
-def _chains_against_layers(fit, n: int) -> tuple[float, float]:
-    """Median seconds of ``fit()`` with chains of CSR layers and layer by layer, in turns."""
-    link = csr_engine.link_chains
+def _with_and_without(fit, n: int, owner, name: str, replacement) -> tuple[float, float]:
+    """Median seconds of ``fit()`` as it is and with ``owner.name`` replaced, in turns."""
+    original = getattr(owner, name)
     times: dict[bool, list[float]] = {True: [], False: []}
     for _ in range(n):
-        for chained in times:
-            csr_engine.link_chains = link if chained else (lambda module: {})
+        for as_is in times:
+            setattr(owner, name, original if as_is else replacement)
             try:
                 start = time.perf_counter()
                 fit()
-                times[chained].append(time.perf_counter() - start)
+                times[as_is].append(time.perf_counter() - start)
             finally:
-                csr_engine.link_chains = link
+                setattr(owner, name, original)
     return statistics.median(times[True]), statistics.median(times[False])
 
 

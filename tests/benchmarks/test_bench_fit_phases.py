@@ -14,11 +14,14 @@ pytest.importorskip("torch")
 def test_fit_phases_benchmark_counts_the_steps_and_restores_what_it_timed(capsys):
     from rest_fair import RESTClassifier
     from rest_fair.sparse import csr_engine, kernels
+    from rest_fair.training import precision
 
     fit, pack, link = RESTClassifier.fit, kernels.pack, csr_engine.link_chains
+    step = precision.optimizer_step
     bench = load_benchmark("bench_fit_phases")
     bench.main(["--hidden", "32", "32", "--samples", "640", "--epochs", "2", "--batch", "64",
-                "--fits", "1", "--threads", "1", "--compare-dense", "--compare-layer-by-layer"])
+                "--fits", "1", "--threads", "1", "--compare-dense", "--compare-layer-by-layer",
+                "--compare-torch-step"])
     printed = capsys.readouterr().out
     assert re.search(r"^\| fit \| \d+\.\d \| 1 \| 100\.0 \|$", printed, re.M)
     # 576 training rows (10 % held out) in batches of 64, two epochs
@@ -34,5 +37,7 @@ def test_fit_phases_benchmark_counts_the_steps_and_restores_what_it_timed(capsys
     assert re.search(r"sparse \d+ ms, \d+\.\dx dense$", printed, re.M)
     assert re.search(r"chains of CSR layers \d+ ms, layer by layer \d+ ms, \d\.\d{3}x$",
                      printed, re.M)
+    assert re.search(r"the loop's SGD step \d+ ms, optimizer.step\(\) \d+ ms, \d\.\d{3}x$",
+                     printed, re.M)
     assert RESTClassifier.fit is fit and kernels.pack is pack
-    assert csr_engine.link_chains is link
+    assert csr_engine.link_chains is link and precision.optimizer_step is step
