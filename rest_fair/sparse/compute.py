@@ -119,7 +119,9 @@ class SparseComputeConfig:
         ``nn.Linear``, density at or below ``threshold``) is converted. ``"auto"``: the
         candidates whose CSR pass :func:`measure_layer` finds faster on ``device``.
     threshold : float in [0, 1], default=0.2
-        Highest layer density considered.
+        Highest layer density considered: converted (``"csr"``) or timed alone
+        (``"auto"``). Under ``"auto"`` a layer that would end a chain of converted layers
+        is timed in that chain at any density.
     batch_size : int, default=256
         Batch size of the training run (for the measurement).
     device : torch.device or str, default="cpu"
@@ -489,7 +491,9 @@ def make_sparse_compute(
         raise ValueError(_CSR_NO_SCALER if config.grad_scaling else _CSR_NO_DDP)
     if refused:
         return sparsity
-    candidates = candidate_layers(module, sparsity.masks, config.threshold)
+    # under "auto" a layer denser than the threshold may still end a chain (timed below)
+    candidates = candidate_layers(module, sparsity.masks,
+                                  1.0 if mode == "auto" else config.threshold)
     rows = {}
     if candidates and example is not None and not (mode == "auto" and layers is not None):
         names = [name for name, _, _ in candidates]
@@ -503,8 +507,12 @@ def make_sparse_compute(
         chosen = [name for name, _, _ in candidates if name in wanted]
     elif mode == "auto":
         first = _first_layer(module)
+        alone = {name for name, _, _ in candidate_layers(module, sparsity.masks,
+                                                         config.threshold)}
         chosen = []
         for name, layer, nnz in candidates:
+            if name not in alone:
+                continue
             timing = measure_layer(tuple(layer.weight.shape), nnz,
                                    rows.get(name, config.batch_size), input_grad=name != first,
                                    device=device, dtype=layer.weight.dtype,
@@ -514,10 +522,10 @@ def make_sparse_compute(
             if timing.csr_faster:
                 chosen.append(name)
         if device.type == "cpu" and kernels.available():
-            # A layer slower alone in CSR form may still pay as the end of a chain: it is
-            # converted when the chained pair is at least as fast, since the pair's timing
-            # leaves out per-step work that only the masked layer does (its dense
-            # gradient's optimizer update).
+            # A layer slower alone in CSR form, or denser than the threshold, may still
+            # pay as the end of a chain: it is converted when the chained pair is at least
+            # as fast, since the pair's timing leaves out per-step work that only the
+            # masked layer does (its dense gradient's optimizer update).
             by_name = {name: (layer, nnz) for name, layer, nnz in candidates}
             for name, before in _chain_ends(module, [n for n in by_name
                                                      if n not in chosen]).items():

@@ -405,11 +405,15 @@ def test_auto_converts_only_the_layers_measured_faster(monkeypatch):
         return LayerTiming(masked=1.0, csr=0.5 if shape == (48, 64) else 0.95)
 
     monkeypatch.setattr(compute, "measure_layer", fake)
+    # the output layer, behind layers.3, is timed as the end of its chain: slower here
+    monkeypatch.setattr(compute, "measure_chain_link",
+                        lambda *args, **kwargs: LayerTiming(masked=1.0, csr=2.0))
     timings = {}
     out = make_sparse_compute(net, engine, mode="auto", threshold=0.3, timings=timings)
     assert isinstance(out, CSRDynamicSparsity)
     assert out.converted == ("layers.3",)  # 0.95 of the masked time is within the margin
-    assert set(timings) == {"layers.1", "layers.3"}
+    assert set(timings) == {"layers.1", "layers.3"} | (
+        {"layers.5"} if kernels.available() else set())
     assert type(net.layers[3]) is CSRLinear and type(net.layers[1]) is nn.Linear
     out.finish()
     assert type(net.layers[3]) is nn.Linear
@@ -418,8 +422,9 @@ def test_auto_converts_only_the_layers_measured_faster(monkeypatch):
 @pytest.mark.parametrize("chained_time", [0.9, 1.1])
 def test_auto_converts_a_layer_that_ends_a_chain_when_the_chained_pair_is_faster(
         monkeypatch, chained_time):
-    # the last layer is slower alone in CSR form; behind a CSR layer and its ReLU it would
-    # join that layer's chain, so the pair is timed both ways
+    # the second layer is slower alone in CSR form; behind a CSR layer and its ReLU it
+    # would join that layer's chain, so the pair is timed both ways; the output layer,
+    # denser than the threshold (never timed alone), is timed in the chain behind it
     if not kernels.available():
         pytest.skip(f"no compiled kernels: {kernels.unavailable_reason()}")
     net = build_module("mlp", input_shape=(30,), n_classes=3,
@@ -439,9 +444,22 @@ def test_auto_converts_a_layer_that_ends_a_chain_when_the_chained_pair_is_faster
     timings = {}
     out = make_sparse_compute(net, engine, mode="auto", threshold=0.3, batch_size=16,
                               timings=timings)
-    assert pairs == [((64, 30), (48, 64), 16)]  # layers.3 behind layers.1
-    assert out.converted == (("layers.1", "layers.3") if chained_time < 1 else ("layers.1",))
+    head_density = float(engine.masks.mask("layers.5.weight").float().mean())
+    assert 0.3 < head_density < 1
+    if chained_time < 1:  # layers.3 behind layers.1, then layers.5 behind layers.3
+        assert pairs == [((64, 30), (48, 64), 16), ((48, 64), (3, 48), 16)]
+        assert out.converted == ("layers.1", "layers.3", "layers.5")
+        assert timings["layers.5"] == LayerTiming(1.0, chained_time)
+    else:
+        assert pairs == [((64, 30), (48, 64), 16)]
+        assert out.converted == ("layers.1",)
+    assert set(timings) == {"layers.1", "layers.3"} | (
+        {"layers.5"} if chained_time < 1 else set())
     assert timings["layers.3"] == LayerTiming(1.0, chained_time)
+    out.finish()
+    # "csr" converts by the threshold alone
+    out = make_sparse_compute(net, engine, mode="csr", threshold=0.3)
+    assert out.converted == ("layers.1", "layers.3")
     out.finish()
 
 
