@@ -342,7 +342,7 @@ class MaskSet:
         self.params = dict(params)
         self._bool: dict[str, torch.Tensor] = {}
         self._mult: dict[str, torch.Tensor] = {}
-        for name in self.params:  # the masks in the order of the weights
+        for name in self.params:
             self.set_mask(name, masks[name])
 
     @classmethod
@@ -452,9 +452,18 @@ class MaskSet:
         """
         param = self.params[name]
         check_mask(name, mask, tuple(param.shape))
-        mask = mask.to(param.device)
-        self._bool[name] = mask
-        self._mult[name] = mask.to(param.dtype)
+        self._bool[name] = mask.to(param.device)
+        self._mult.pop(name, None)  # built again when apply_ needs it
+
+    def _multiplier(self, name: str) -> torch.Tensor:
+        """The mask of weight ``name`` in the weight's dtype (what :meth:`apply_` multiplies
+        by), built on first use: a layer that trains in CSR form never needs it."""
+        mult = self._mult.get(name)
+        param = self.params[name]
+        if mult is None or mult.dtype != param.dtype or mult.device != param.device:
+            mult = self._mult[name] = self._bool[name].to(device=param.device,
+                                                          dtype=param.dtype)
+        return mult
 
     def n_active(self) -> dict[str, int]:
         """Active weights per layer."""
@@ -503,5 +512,5 @@ class MaskSet:
     def apply_(self) -> None:
         """Zero every inactive weight (one fused multiply over all layers)."""
         if self.params:
-            # _mult is kept in the order of params (see __init__)
-            torch._foreach_mul_(list(self.params.values()), list(self._mult.values()))
+            torch._foreach_mul_(list(self.params.values()),
+                                [self._multiplier(name) for name in self.params])

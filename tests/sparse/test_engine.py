@@ -106,6 +106,26 @@ def test_random_masks_have_exact_counts_and_zero_weights(distribution):
     assert net[1].weight.abs().sum() > 0  # BatchNorm untouched
 
 
+def test_apply_multiplies_by_the_current_mask_in_the_weights_current_dtype():
+    net = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3))
+    masks = MaskSet.from_module(net, density=0.5, generator=torch.Generator().manual_seed(0))
+    before = {name: p.detach().clone() for name, p in masks.params.items()}
+    new = torch.zeros(5, 6, dtype=torch.bool)
+    new[:, 0] = True
+    masks.set_mask("0.weight", new)  # before any apply_: this mask is the one applied
+    masks.apply_()
+    assert torch.equal(net[0].weight, before["0.weight"] * new)
+    assert torch.equal(net[2].weight, before["2.weight"] * masks.mask("2.weight"))
+    net.double()  # the weights change dtype after the masks were set
+    masks.params = dict(maskable_parameters(net))
+    masks.set_mask("0.weight", torch.ones(5, 6, dtype=torch.bool))
+    masks.apply_()
+    assert net[0].weight.dtype == torch.float64
+    assert torch.equal(net[0].weight, (before["0.weight"] * new).double())
+    assert torch.equal(net[2].weight,
+                       (before["2.weight"] * masks.mask("2.weight")).double())
+
+
 def test_layers_kept_at_one_active_weight_are_named_when_the_network_gets_denser():
     # a 4-8-2 MLP at density 0.01 asks for 0.48 weights; each layer keeps one, so the
     # network ended up at density 0.042 without a word
