@@ -48,7 +48,7 @@ def _plain(optimizer: torch.optim.Optimizer) -> bool:
     return not (optimizer._optimizer_step_pre_hooks or optimizer._optimizer_step_post_hooks
                 or _torch_optimizer._global_optimizer_pre_hooks
                 or _torch_optimizer._global_optimizer_post_hooks
-                or torch.autograd.profiler._is_profiler_enabled
+                or getattr(torch.autograd.profiler, "_is_profiler_enabled", True)
                 or getattr(optimizer, "grad_scale", None) is not None
                 or getattr(optimizer, "found_inf", None) is not None)
 
@@ -57,8 +57,8 @@ def _sgd_tensors(group: dict, state: dict,
                  ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]] | None:
     """The weights with a gradient, their gradients and momentum buffers, as torch's SGD
     collects them; ``None`` where the group is one this module leaves to torch."""
-    if (not group["foreach"] or group["fused"] or group["differentiable"] or group["maximize"]
-            or isinstance(group["lr"], torch.Tensor)):
+    if (not group.get("foreach") or group.get("fused") or group.get("differentiable", True)
+            or group.get("maximize", True) or isinstance(group["lr"], torch.Tensor)):
         return None
     params = [p for p in group["params"] if p.grad is not None]
     grads = [p.grad for p in params]
