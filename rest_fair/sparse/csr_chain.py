@@ -86,8 +86,8 @@ class _ChainFunction(torch.autograd.Function):
                 out, target = _matrix_output(x, last.out_features, last.feature_major_output)
             else:
                 out = target = x.new_empty((n_panels, layer.out_features, width))
-            kernels.csr_forward(panels[i], nv, batch, layer.crow_indices, layer.col_indices,
-                                params[2 * i], params[2 * i + 1], splits[i].rows, target,
+            kernels.csr_forward(panels[i], nv, batch, *layer._pattern(), params[2 * i],
+                                params[2 * i + 1], splits[i].rows, target,
                                 relu=layer.relu_output)
             if layer is not last:
                 if pad:  # the padding samples of panels are 0, as packing leaves them
@@ -136,9 +136,10 @@ class _ChainFunction(torch.autograd.Function):
             elif below[i]:
                 target = grad_x = _input_gradient(x, layer.in_features)
             grad_values = torch.empty_like(values) if want_values and not scan else None
-            kernels.csr_backward(grad_panels, panels[i], nv, batch, layer.crow_indices_t,
-                                 layer.col_indices_t, layer.perm_t, values, splits[i].cols,
-                                 target, grad_values, inverse_perm_t=layer.inverse_perm_t)
+            crow_t, col_t, perm_t, inverse = layer._pattern_t()
+            kernels.csr_backward(grad_panels, panels[i], nv, batch, crow_t, col_t, perm_t,
+                                 values, splits[i].cols, target, grad_values,
+                                 inverse_perm_t=inverse)
             grads[2 * i] = layer._planned_gradient(grad_t, x_t, grad_values, scan)
             grads[2 * i + 1] = grad_bias
             if i > 0 and target is None:
@@ -155,7 +156,7 @@ def _chain_params(layers: Sequence[CSRLinear], x) -> list[torch.Tensor | None] |
     if (not torch.is_tensor(x) or x.dim() != 2 or x.shape[1] != first.in_features
             or not first._use_kernels(x)):
         return None
-    params = [t for layer in layers for t in (layer.values, layer.bias)]
+    params = [t for layer in layers for t in layer._weights()]
     dtype = params[0].dtype
     for param in params[2:]:
         if param is not None and (param.dtype != dtype or not param.is_cpu):

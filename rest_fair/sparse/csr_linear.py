@@ -272,7 +272,7 @@ class _CSRFunction(torch.autograd.Function):
         nv, _ = kernels.panel_width(values.dtype, batch)
         x_panels, _ = kernels.pack(x, splits.in_features, nv)
         out, target = _matrix_output(x, layer.out_features, feature_major)
-        kernels.csr_forward(x_panels, nv, batch, layer.crow_indices, layer.col_indices, values,
+        kernels.csr_forward(x_panels, nv, batch, *layer._pattern(), values,
                             bias, splits.rows, target, relu=relu)
         ctx.save_for_backward(x, x_panels, values, out if relu else None)
         ctx.nv = nv
@@ -296,9 +296,10 @@ class _CSRFunction(torch.autograd.Function):
                 grad_x = _input_gradient(x, layer.in_features)
             if want_values and not scan:
                 grad_values = torch.empty_like(values)
-            kernels.csr_backward(grad_panels, x_panels, ctx.nv, x.shape[0], layer.crow_indices_t,
-                                 layer.col_indices_t, layer.perm_t, values, ctx.splits.cols,
-                                 grad_x, grad_values, inverse_perm_t=layer.inverse_perm_t)
+            crow_t, col_t, perm_t, inverse = layer._pattern_t()
+            kernels.csr_backward(grad_panels, x_panels, ctx.nv, x.shape[0], crow_t, col_t,
+                                 perm_t, values, ctx.splits.cols, grad_x, grad_values,
+                                 inverse_perm_t=inverse)
         else:
             x_t, values, out = ctx.saved_tensors
             if ctx.relu:
@@ -381,6 +382,25 @@ class CSRLinear(nn.Module):
         """Number of active weights."""
         return int(self.values.numel())
 
+    # The products read these at every step: from the module's dictionaries directly,
+    # since nn.Module.__getattr__ takes about 0.7 us a read (some 40 reads a step of a
+    # chain of four layers).
+    def _pattern(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(crow_indices, col_indices)``."""
+        buffers = self._buffers
+        return buffers["crow_indices"], buffers["col_indices"]
+
+    def _pattern_t(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(crow_indices_t, col_indices_t, perm_t, inverse_perm_t)``."""
+        buffers = self._buffers
+        return (buffers["crow_indices_t"], buffers["col_indices_t"], buffers["perm_t"],
+                buffers["inverse_perm_t"])
+
+    def _weights(self) -> tuple[nn.Parameter, nn.Parameter | None]:
+        """``(values, bias)``."""
+        params = self._parameters
+        return params["values"], params["bias"]
+
     def _set_pattern(self, mask: torch.Tensor, flat: torch.Tensor | None = None) -> torch.Tensor:
         """Build the index buffers of the bool ``mask``; returns its sorted flat indices.
 
@@ -438,7 +458,8 @@ class CSRLinear(nn.Module):
     # -- forward ------------------------------------------------------------------------
     def _kernel_splits(self) -> kernels.Splits:
         """The compiled kernels' division of this pattern between torch's threads."""
-        crow, crow_t = self.crow_indices, self.crow_indices_t
+        buffers = self._buffers
+        crow, crow_t = buffers["crow_indices"], buffers["crow_indices_t"]
         state = (crow._version, crow_t._version, torch.get_num_threads())
         cached = self.__dict__.get("_splits")
         if cached is None or cached[0] is not crow or cached[1] is not crow_t \
@@ -448,7 +469,7 @@ class CSRLinear(nn.Module):
         return cached[3]
 
     def _use_kernels(self, x: torch.Tensor) -> bool:
-        values, bias = self.values, self.bias
+        values, bias = self._weights()
         return (
             x.is_cpu
             and values.is_cpu
