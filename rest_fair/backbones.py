@@ -17,6 +17,7 @@ them instead -- never a hang.
 
 from __future__ import annotations
 
+import copy
 import difflib
 import hashlib
 import os
@@ -1042,11 +1043,45 @@ def _config(module: str, transformers: Any, params: Mapping[str, Any]) -> Any:
 def _load_config(module: str, transformers: Any, params: Mapping[str, Any]) -> Any:
     """The model's configuration as the model loads it: ``params['model_kwargs']`` that
     name settings of the configuration (``max_position_embeddings``, ``vocab_size``, ...)
-    override them, the others are ignored."""
-    return _from_pretrained(module, transformers.AutoConfig, module.removeprefix(HF_PREFIX),
+    override them, the others are ignored. A ``config`` among them is the configuration
+    read instead of the model's: a configuration object (copied, :func:`_own_config`) or
+    the name or folder of one."""
+    options = dict(params.get("model_kwargs") or {})
+    config = options.pop("config", None)
+    if config is not None and not isinstance(config, (str, os.PathLike)):
+        return _own_config(config, options)[0]
+    source = module.removeprefix(HF_PREFIX) if config is None else os.fspath(config)
+    return _from_pretrained(module, transformers.AutoConfig, source,
                             revision=params.get("revision"),
                             local_files_only=params.get("local_files_only"),
-                            what="the model's configuration", **(params.get("model_kwargs") or {}))
+                            what="the model's configuration", **options)
+
+
+#: Arguments of ``from_pretrained`` that also name a setting of a configuration object:
+#: they stay arguments of the loading.
+_LOADING_ARGS = ("dtype", "torch_dtype", "attn_implementation")
+
+
+def _own_config(config: Any, options: Mapping[str, Any], **settings: Any,
+                ) -> tuple[Any, dict[str, Any]]:
+    """A copy of the configuration object ``config`` with ``settings`` and the ``options``
+    that name its settings set on it, and the other options.
+
+    transformers passes every other argument of ``from_pretrained`` to the model's
+    ``__init__`` when it is given a configuration object (``num_labels`` included, which
+    no model takes), where it reads them into a configuration it loads by name; the copy
+    gives both the same meaning and leaves the caller's object as it was.
+    """
+    config = copy.deepcopy(config)
+    rest = {}
+    for key, value in options.items():
+        if hasattr(config, key) and key not in _LOADING_ARGS:
+            setattr(config, key, value)
+        else:
+            rest[key] = value
+    for key, value in settings.items():
+        setattr(config, key, value)
+    return config, rest
 
 
 def _positions(config: Any) -> int | None:
@@ -1150,7 +1185,10 @@ def build_hf(
         ``AutoModelForSequenceClassification.from_pretrained``. The model is loaded in
         float32, whatever dtype its checkpoint was saved in, unless ``model_kwargs`` names
         a ``dtype`` (``"auto"``: the checkpoint's); ``precision=`` of the estimator then
-        trains in lower precision with float32 master weights.
+        trains in lower precision with float32 master weights. A configuration object
+        as ``model_kwargs['config']`` is copied (the caller's is not changed), and the
+        number of labels and the other ``model_kwargs`` that name its settings are set on
+        the copy, as ``from_pretrained`` sets them on a configuration it loads itself.
 
     Returns
     -------
@@ -1163,6 +1201,13 @@ def build_hf(
                                         "model_kwargs": model_kwargs})
     transformers = import_optional("transformers", extra="text", caller=f"module={module!r}")
     options = dict(model_kwargs or {})
+    settings: dict[str, Any] = {"num_labels": int(n_classes)}
+    config = options.pop("config", None)
+    if config is not None and not isinstance(config, (str, os.PathLike)):
+        config, options = _own_config(config, options, **settings)
+        settings = {}
+    if config is not None:
+        options["config"] = config
     if not {"dtype", "torch_dtype"} & set(options):  # transformers 5 reads "auto"
         from packaging.version import Version  # a dependency of transformers
 
@@ -1171,8 +1216,8 @@ def build_hf(
     try:
         model = _from_pretrained(
             module, transformers.AutoModelForSequenceClassification, name, revision=revision,
-            local_files_only=local_files_only, what="the model", num_labels=int(n_classes),
-            ignore_mismatched_sizes=True, **options,
+            local_files_only=local_files_only, what="the model", ignore_mismatched_sizes=True,
+            **settings, **options,
         )
     except TypeError as exc:  # an argument the model's __init__ does not take
         if "unexpected keyword argument" not in str(exc):

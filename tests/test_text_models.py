@@ -505,6 +505,35 @@ def test_check_hf_reads_the_configuration_with_the_settings_model_kwargs_overrid
                             "model_kwargs": {"vocab_size": 35}})  # embeds the new id 34
 
 
+def test_a_configuration_object_in_model_kwargs_is_read_as_given_and_left_as_it_was(
+        tiny, tmp_path):
+    # transformers passed our num_labels to the model's __init__ (refused) when
+    # model_kwargs held a configuration object, and check_hf read the model's own
+    # configuration instead of it
+    import transformers
+
+    from rest_fair.backbones import check_hf
+
+    config = transformers.AutoConfig.from_pretrained(tiny)
+    config.max_position_embeddings = 16
+    before = config.to_dict()
+    with pytest.raises(ValueError, match=r"max_length'\]=32 is longer .* take 16 tokens"):
+        check_hf(f"hf:{tiny}", {"max_length": 32, "model_kwargs": {"config": config}})
+    clf = RESTClassifier(module=f"hf:{tiny}", max_epochs=1, device="cpu", random_state=0,
+                         validation_fraction=0.0,
+                         module_params={"model_kwargs": {"config": config, "hidden_dim": 24}})
+    clf.fit(TEXTS, LABELS)
+    built = clf.module_.model.config
+    assert built is not config
+    assert (built.max_position_embeddings, built.num_labels, built.hidden_dim) == (16, 2, 24)
+    assert config.to_dict() == before  # the caller's object, unchanged
+    # a configuration named by its folder is read from there
+    config.save_pretrained(tmp_path / "short")
+    with pytest.raises(ValueError, match=r"max_length'\]=32 is longer .* take 16 tokens"):
+        check_hf(f"hf:{tiny}", {"max_length": 32,
+                                "model_kwargs": {"config": str(tmp_path / "short")}})
+
+
 def test_the_default_length_fits_the_positions_model_kwargs_give(tiny):
     # texts were cut to the saved configuration's 64 positions, not the model's 16
     texts = ["the article was kind " * 6, "idiot " * 20, *TEXTS[2:]]
