@@ -1047,9 +1047,9 @@ def _load_config(module: str, transformers: Any, params: Mapping[str, Any]) -> A
     read instead of the model's: a configuration object (copied, :func:`_own_config`) or
     the name or folder of one."""
     options = dict(params.get("model_kwargs") or {})
+    if _config_object(options) is not None:
+        return _own_config(options)["config"]
     config = options.pop("config", None)
-    if config is not None and not isinstance(config, (str, os.PathLike)):
-        return _own_config(config, options)[0]
     source = module.removeprefix(HF_PREFIX) if config is None else os.fspath(config)
     return _from_pretrained(module, transformers.AutoConfig, source,
                             revision=params.get("revision"),
@@ -1062,26 +1062,35 @@ def _load_config(module: str, transformers: Any, params: Mapping[str, Any]) -> A
 _LOADING_ARGS = ("dtype", "torch_dtype", "attn_implementation")
 
 
-def _own_config(config: Any, options: Mapping[str, Any], **settings: Any,
-                ) -> tuple[Any, dict[str, Any]]:
-    """A copy of the configuration object ``config`` with ``settings`` and the ``options``
-    that name its settings set on it, and the other options.
+def _config_object(options: Mapping[str, Any]) -> Any:
+    """The configuration object ``options['config']``; ``None`` where there is none (or
+    it names one by its model name or folder)."""
+    config = options.get("config")
+    return None if isinstance(config, (str, os.PathLike)) else config
+
+
+def _own_config(options: Mapping[str, Any], **settings: Any) -> dict[str, Any]:
+    """``options`` (``model_kwargs`` holding a configuration object as ``config``) with a
+    copy of that object as ``config``, on which ``settings`` and the options that name its
+    settings are set, and the other options.
 
     transformers passes every other argument of ``from_pretrained`` to the model's
     ``__init__`` when it is given a configuration object (``num_labels`` included, which
     no model takes), where it reads them into a configuration it loads by name; the copy
     gives both the same meaning and leaves the caller's object as it was.
     """
-    config = copy.deepcopy(config)
+    config = copy.deepcopy(options["config"])
     rest = {}
     for key, value in options.items():
+        if key == "config":
+            continue
         if hasattr(config, key) and key not in _LOADING_ARGS:
             setattr(config, key, value)
         else:
             rest[key] = value
     for key, value in settings.items():
         setattr(config, key, value)
-    return config, rest
+    return {**rest, "config": config}
 
 
 def _positions(config: Any) -> int | None:
@@ -1201,13 +1210,9 @@ def build_hf(
                                         "model_kwargs": model_kwargs})
     transformers = import_optional("transformers", extra="text", caller=f"module={module!r}")
     options = dict(model_kwargs or {})
-    settings: dict[str, Any] = {"num_labels": int(n_classes)}
-    config = options.pop("config", None)
-    if config is not None and not isinstance(config, (str, os.PathLike)):
-        config, options = _own_config(config, options, **settings)
-        settings = {}
-    if config is not None:
-        options["config"] = config
+    labels: dict[str, Any] = {"num_labels": int(n_classes)}
+    if _config_object(options) is not None:  # the labels go into its copy
+        options, labels = _own_config(options, **labels), {}
     if not {"dtype", "torch_dtype"} & set(options):  # transformers 5 reads "auto"
         from packaging.version import Version  # a dependency of transformers
 
@@ -1217,7 +1222,7 @@ def build_hf(
         model = _from_pretrained(
             module, transformers.AutoModelForSequenceClassification, name, revision=revision,
             local_files_only=local_files_only, what="the model", ignore_mismatched_sizes=True,
-            **settings, **options,
+            **labels, **options,
         )
     except TypeError as exc:  # an argument the model's __init__ does not take
         if "unexpected keyword argument" not in str(exc):

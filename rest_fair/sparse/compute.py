@@ -41,7 +41,7 @@ from .csr_engine import CSRDynamicSparsity
 from .csr_linear import CSRLinear
 from .engine import DynamicSparsity
 from .masks import MaskSet
-from .modules import check_threshold, sparse_linear_layers
+from .modules import check_threshold, sparse_linear_layers, within_threshold
 
 __all__ = [
     "SPARSE_COMPUTE_MODES",
@@ -507,12 +507,10 @@ def make_sparse_compute(
         chosen = [name for name, _, _ in candidates if name in wanted]
     elif mode == "auto":
         first = _first_layer(module)
-        alone = {name for name, _, _ in candidate_layers(module, sparsity.masks,
-                                                         config.threshold)}
         chosen = []
         for name, layer, nnz in candidates:
-            if name not in alone:
-                continue
+            if not within_threshold(nnz / layer.weight.numel(), config.threshold):
+                continue  # timed only as the end of a chain, below
             timing = measure_layer(tuple(layer.weight.shape), nnz,
                                    rows.get(name, config.batch_size), input_grad=name != first,
                                    device=device, dtype=layer.weight.dtype,
@@ -532,13 +530,15 @@ def make_sparse_compute(
                 if before not in chosen:
                     continue
                 (lead, lead_nnz), (layer, nnz) = by_name[before], by_name[name]
+                if layer.weight.dtype != lead.weight.dtype:
+                    continue
                 timing = measure_chain_link(
                     (tuple(lead.weight.shape), lead_nnz), tuple(layer.weight.shape), nnz,
                     rows.get(name, config.batch_size), input_grad=before != first,
                     dtype=layer.weight.dtype)
                 if timings is not None:
                     timings[name] = timing
-                if timing.csr <= timing.masked and layer.weight.dtype == lead.weight.dtype:
+                if timing.csr <= timing.masked:
                     chosen.append(name)
             chosen = [name for name in by_name if name in chosen]
     else:

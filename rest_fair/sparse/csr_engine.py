@@ -58,6 +58,7 @@ class _CSRMaskSet(MaskSet):
         dense = [name for name in base.names if name not in self.layers]
         self._bool = {name: base._bool[name] for name in dense}
         self._mult = {name: base._mult[name] for name in dense if name in base._mult}
+        self._applied = None
 
     def mask(self, name: str) -> torch.Tensor:
         layer = self.layers.get(name)
@@ -80,12 +81,8 @@ class _CSRMaskSet(MaskSet):
         else:
             layer.set_mask(mask)
 
-    @torch.no_grad()
-    def apply_(self) -> None:
-        names = [name for name in self.params if name not in self.layers]
-        if names:
-            torch._foreach_mul_([self.params[n] for n in names],
-                                [self._multiplier(n) for n in names])
+    def _masked_names(self) -> list[str]:
+        return [name for name in self.params if name not in self.layers]
 
     def restore_dense(self, name: str, weight: nn.Parameter, mask: torch.Tensor) -> None:
         """Hold layer ``name`` as a dense weight and mask again."""

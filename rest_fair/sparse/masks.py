@@ -342,6 +342,7 @@ class MaskSet:
         self.params = dict(params)
         self._bool: dict[str, torch.Tensor] = {}
         self._mult: dict[str, torch.Tensor] = {}
+        self._applied: tuple[list, list] | None = None  # apply_'s operands, until set_mask
         for name in self.params:
             self.set_mask(name, masks[name])
 
@@ -454,6 +455,7 @@ class MaskSet:
         check_mask(name, mask, tuple(param.shape))
         self._bool[name] = mask.to(param.device)
         self._mult.pop(name, None)  # built again when apply_ needs it
+        self._applied = None
 
     def _multiplier(self, name: str) -> torch.Tensor:
         """The mask of weight ``name`` in the weight's dtype (what :meth:`apply_` multiplies
@@ -508,9 +510,17 @@ class MaskSet:
             if 0.0 < density < 1.0:
                 param.mul_(density**-0.5)
 
+    def _masked_names(self) -> list[str]:
+        """The weights :meth:`apply_` multiplies by their masks."""
+        return list(self.params)
+
     @torch.no_grad()
     def apply_(self) -> None:
         """Zero every inactive weight (one fused multiply over all layers)."""
-        if self.params:
-            torch._foreach_mul_(list(self.params.values()),
-                                [self._multiplier(name) for name in self.params])
+        if self._applied is None:  # the weights and multipliers, kept until a mask changes
+            names = self._masked_names()
+            self._applied = ([self.params[n] for n in names],
+                             [self._multiplier(n) for n in names])
+        params, multipliers = self._applied
+        if params:
+            torch._foreach_mul_(params, multipliers)

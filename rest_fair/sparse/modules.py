@@ -2,7 +2,8 @@
 
 - :func:`mask_density`: the density of one layer's mask;
 - :func:`sparse_linear_layers`: the linear layers at or below a density threshold
-  (:func:`check_threshold` checks one), those
+  (:func:`check_threshold` checks one, :func:`within_threshold` compares a density to it),
+  those
   that sparse kernels compute (``sparse_compute`` in ``fit``,
   :func:`~rest_fair.efficiency.to_sparse_training` and
   :func:`~rest_fair.efficiency.export_sparse`);
@@ -27,6 +28,7 @@ __all__ = [
     "set_submodule",
     "snapshot",
     "sparse_linear_layers",
+    "within_threshold",
 ]
 
 #: Modules that act element-wise (and identically on any layout) in evaluation mode.
@@ -56,6 +58,12 @@ ELEMENTWISE = (
 DENSITY_TOLERANCE = 1e-6
 
 _BAD_THRESHOLD = "{name} must be a float in [0, 1]; got {value!r}."
+
+
+def within_threshold(density: float, threshold: float) -> bool:
+    """Whether a layer of ``density`` counts as at or below ``threshold``, up to
+    :data:`DENSITY_TOLERANCE`."""
+    return density <= threshold + DENSITY_TOLERANCE
 
 
 def check_threshold(value: Any, name: str) -> float:
@@ -126,6 +134,6 @@ def sparse_linear_layers(
     for name, sub in module.named_modules():
         mask = masks.get(f"{name}.weight" if name else "weight")
         density = 1.0 if mask is None else mask_density(mask)
-        if type(sub) is nn.Linear and density <= threshold + DENSITY_TOLERANCE:
+        if type(sub) is nn.Linear and within_threshold(density, threshold):
             out[name] = sub
     return out
