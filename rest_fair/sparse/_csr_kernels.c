@@ -717,6 +717,43 @@ void csr_pattern_arrays(int64_t nnz, const int64_t *flat, int64_t n_out, int64_t
     }
 }
 
+/* A lower bound for the k-th best |v| of a first block, so that its scan keeps few more
+   than k candidates instead of every entry until the buffer first fills: the lower edge of
+   the histogram bin (the top TOPK_BIN_BITS bits of |v|'s bit pattern, which orders
+   non-negative floats as it orders their values) that holds the k-th best entry not in
+   excl. At least k entries that may be chosen lie at or above it, so no entry below it is
+   among the k best. Returns -1 (no bound) when the block has fewer than k such entries. */
+#define TOPK_BIN_BITS 11
+#define TOPK_BIN_SHIFT (31 - TOPK_BIN_BITS)
+static float topk_first_bound(const float *v, int64_t n, int64_t offset, const int64_t *excl,
+                              int64_t n_excl, int64_t k) {
+    if (n - n_excl < k) return -1.0f;
+    int64_t count[1 << TOPK_BIN_BITS];
+    memset(count, 0, sizeof count);
+    for (int64_t i = 0; i < n; ++i) {
+        uint32_t bits;
+        memcpy(&bits, v + i, sizeof bits);
+        ++count[(bits & 0x7fffffffu) >> TOPK_BIN_SHIFT];
+    }
+    for (int64_t e = 0; e < n_excl; ++e) {
+        uint32_t bits;
+        memcpy(&bits, v + (excl[e] - offset), sizeof bits);
+        --count[(bits & 0x7fffffffu) >> TOPK_BIN_SHIFT];
+    }
+    int64_t seen = 0, bin = (1 << TOPK_BIN_BITS) - 1;
+    for (; bin > 0; --bin) {
+        seen += count[bin];
+        if (seen >= k) break;
+    }
+    if (bin == 0) return -1.0f;
+    /* the largest float below the bin's lower edge: entries "above" it are those in the
+       bin and the bins above */
+    const uint32_t edge = ((uint32_t)bin << TOPK_BIN_SHIFT) - 1u;
+    float bound;
+    memcpy(&bound, &edge, sizeof bound);
+    return bound;
+}
+
 /* Rank v[0, n) (flat indices offset on) into the buffer c (2k entries, *count used, *bound
    the worst kept score, -1 before the first selection); excl (sorted, n_excl) lists flat
    indices of this block that may not be chosen. Returns 1, changing nothing, when the
@@ -736,26 +773,32 @@ int topk_scan_f32(const float *v, int64_t n, int64_t offset, const int64_t *excl
         if (v[i] != v[i]) return 1;
     if (k <= 0) return 0;
     const mask_f32 magnitude = (mask_f32){0} + 0x7fffffff;
+    const mask_f32 lane_bit = {1 << 0, 1 << 1, 1 << 2, 1 << 3, 1 << 4, 1 << 5, 1 << 6,
+                               1 << 7, 1 << 8, 1 << 9, 1 << 10, 1 << 11, 1 << 12, 1 << 13,
+                               1 << 14, 1 << 15};
     float b = *bound;
+    if (*count == 0 && b < 0) b = topk_first_bound(v, n, offset, excl, n_excl, k);
     vec_f32 vb = (vec_f32){0} + b;
     int64_t e = 0;
-    i = 0;
-    while (i < n) {
-        const int64_t end = i + 16 <= n ? i + 16 : n;
-        if (end - i == 16) { /* most runs of 16 hold no entry above the bound */
+    for (i = 0; i < n; i += 16) {
+        uint32_t lanes;
+        if (i + 16 <= n) { /* most runs of 16 hold no entry above the bound */
             const mask_f32 x = (mask_f32)(vec_f32)(*(const uvec_f32 *)(v + i));
-            const mask_f32 above = (vec_f32)(x & magnitude) > vb;
+            const mask_f32 above = ((vec_f32)(x & magnitude) > vb) & lane_bit;
             union { mask_f32 m; uint64_t u[8]; } any = {above};
             if (!(any.u[0] | any.u[1] | any.u[2] | any.u[3] | any.u[4] | any.u[5] |
-                  any.u[6] | any.u[7])) {
-                i = end;
+                  any.u[6] | any.u[7]))
                 continue;
-            }
+            lanes = 0;
+            for (int j = 0; j < 16; ++j) lanes |= (uint32_t)above[j];
+        } else {
+            lanes = (1u << (n - i)) - 1u;
         }
-        for (; i < end; ++i) {
-            const float s = __builtin_fabsf(v[i]);
-            if (!(s > b)) continue;
-            const int64_t id = offset + i;
+        for (; lanes; lanes &= lanes - 1) { /* the lanes above the bound, in order */
+            const int64_t at = i + __builtin_ctz(lanes);
+            const float s = __builtin_fabsf(v[at]);
+            if (!(s > b)) continue; /* the bound rose within this run */
+            const int64_t id = offset + at;
             while (e < n_excl && excl[e] < id) ++e;
             if (e < n_excl && excl[e] == id) continue;
             c[*count].s = s;

@@ -312,6 +312,24 @@ def _magnitude_mask(weight: torch.Tensor, k: int) -> torch.Tensor:
     return mask.view(weight.shape)
 
 
+# float32 holds every integer up to 2**24 exactly, so a count up to it sums without rounding
+_EXACT_FLOAT32_COUNT = 1 << 24
+
+
+def _float32_mean(mask: torch.Tensor) -> float:
+    """``float(mask.float().mean())`` of a boolean mask, without the float copy.
+
+    Summing 0/1 in float32 is exact while the count is at most ``2**24``; torch's CPU
+    ``mean`` is that sum divided by the number of entries, so a count divided the same way
+    gives the same float32. Larger counts, and other devices, take the float copy.
+    """
+    if mask.device.type == "cpu":
+        count = int(torch.count_nonzero(mask))
+        if count <= _EXACT_FLOAT32_COUNT:
+            return float(torch.tensor(float(count), dtype=torch.float32).div_(mask.numel()))
+    return float(mask.float().mean())
+
+
 class MaskSet:
     """The masks of a network and the weights they apply to.
 
@@ -506,7 +524,7 @@ class MaskSet:
         Neural Networks and How Lottery Tickets Win").
         """
         for name, param in self.params.items():
-            density = float(self.mask(name).float().mean())
+            density = _float32_mean(self.mask(name))
             if 0.0 < density < 1.0:
                 param.mul_(density**-0.5)
 

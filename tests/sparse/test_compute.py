@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 import pickle
 import warnings
@@ -204,6 +205,57 @@ def test_chunked_top_k_equals_the_full_top_k(monkeypatch, levels, kernels_on):
         assert got.numel() == 60
         assert set(got.tolist()) == expected
         assert torch.equal(got_scores, scores.abs()[got])  # each with its magnitude
+
+
+@pytest.mark.parametrize("case", range(12))
+def test_the_kernels_scan_keeps_the_top_k_of_long_blocks(case):
+    # blocks long enough for the first one's histogram bound, of lengths no multiple of 16,
+    # with ties (also at the bound), infinities, signed zeros and excluded entries
+    if not kernels.available():
+        pytest.skip(f"compiled kernels unavailable: {kernels.unavailable_reason()}")
+    g = torch.Generator().manual_seed(case)
+    n = int(torch.randint(2_000, 40_000, (1,), generator=g))
+    scores = torch.randn(n, generator=g) * 10 ** float(torch.randint(-3, 4, (1,), generator=g))
+    if case % 3 == 1:
+        scores = (scores * 4).round() / 4  # a few levels: many ties
+    if case % 3 == 2:
+        scores[torch.randint(0, n, (50,), generator=g)] = float("inf")
+        scores[torch.randint(0, n, (50,), generator=g)] = -0.0
+    exclude = torch.randperm(n, generator=g)[: n // 7].sort().values
+    k = int(torch.randint(1, n // 3, (1,), generator=g))
+    full = scores.abs()
+    full[exclude] = -float("inf")
+    expected = set(top_k_first(full, k).tolist())
+    edges = sorted({0, n, *torch.randint(1, n, (3,), generator=g).tolist()})
+    scan = kernels.TopKScan(k)
+    for a, b in itertools.pairwise(edges):
+        inside = exclude[(exclude >= a) & (exclude < b)]
+        assert scan.add(scores[a:b].clone(), a, inside)
+    got_scores, got = scan.result()
+    assert set(got.tolist()) == expected
+    assert torch.equal(got_scores, scores.abs()[got])
+
+
+@pytest.mark.parametrize("case", ["excluded at the top", "ties at a bin edge"])
+def test_the_kernels_first_block_bound_keeps_what_may_be_chosen(case):
+    # the first block's bound counts only entries that may be chosen, and keeps the entries
+    # equal to the lower edge of its histogram bin (1.0 and 1.5 are such edges)
+    if not kernels.available():
+        pytest.skip(f"compiled kernels unavailable: {kernels.unavailable_reason()}")
+    n = 4096
+    if case == "excluded at the top":
+        scores = 1 + torch.arange(n, dtype=torch.float32) / n  # 1 <= s < 2: eight bins
+        exclude, k = torch.arange(n - 1000, n), 500  # the top bin's 512 all excluded
+    else:
+        scores = torch.full((n,), 0.5)
+        scores[torch.arange(100) * 40] = 1.0
+        scores[torch.arange(50) * 40 + 7] = -1.5
+        exclude, k = torch.arange(0), 120
+    full = scores.abs()
+    full[exclude] = -float("inf")
+    scan = kernels.TopKScan(k)
+    assert scan.add(scores, 0, exclude)
+    assert set(scan.result()[1].tolist()) == set(top_k_first(full, k).tolist())
 
 
 def test_chunked_top_k_hands_over_to_torch_at_a_nan(monkeypatch):

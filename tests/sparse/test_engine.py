@@ -464,6 +464,32 @@ def test_rescale_init_preserves_signal():
     assert rescaled_std == pytest.approx(dense_std, rel=0.3)
 
 
+@given(n=st.integers(1, 6000), fraction=st.floats(0, 1), seed=st.integers(0, 2**31))
+@settings(max_examples=200, deadline=None)
+def test_the_counted_density_is_the_float32_mean_of_the_mask(n, fraction, seed):
+    # rescale_init_ divides by the square root of this density: one rounding apart would
+    # change every sparse initialisation
+    from rest_fair.sparse.masks import _float32_mean
+
+    generator = torch.Generator().manual_seed(seed)
+    mask = torch.zeros(n, dtype=torch.bool)
+    mask[torch.randperm(n, generator=generator)[: round(fraction * n)]] = True
+    assert _float32_mean(mask) == float(mask.float().mean())
+
+
+@pytest.mark.parametrize("count", [1, 12345, 2**24 - 1, 2**24, 2**24 + 1, 2**24 + 3])
+def test_the_counted_density_of_a_large_mask_is_the_float32_mean(count):
+    # past 2**24 entries the number of weights is no float32; past a count of 2**24 the
+    # float32 sum may round, and the float copy is taken
+    from rest_fair.sparse.masks import _float32_mean
+
+    mask = torch.zeros(4099 * 4099, dtype=torch.bool)  # 16,801,801 > 2**24
+    mask[torch.randperm(mask.numel(), generator=torch.Generator().manual_seed(count))[:count]] \
+        = True
+    assert _float32_mean(mask) == float(mask.float().mean())
+    assert _float32_mean(mask.view(4099, 4099)) == float(mask.float().mean())
+
+
 def test_random_masks_are_reproducible_and_seed_dependent():
     def masks(seed):
         net = nn.Sequential(nn.Linear(50, 50))
