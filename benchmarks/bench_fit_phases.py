@@ -5,7 +5,9 @@ epoch) on synthetic data, as ``bench_sparse_training.py`` does, after two warm-u
 and times the library's own functions from the outside: each is wrapped in a timer for the
 measured fits only. Times are inclusive (a phase contains the phases it calls: the
 training steps contain the kernels and the topology updates, an update contains its
-scans), so the rows do not add up; the wrappers add about a microsecond per call.
+scans), so the rows do not add up; the wrappers add a few microseconds per call. The last column
+counts the minor page faults of each phase (the first touch of freshly mapped memory, which
+costs about 1.5 µs a page on a virtual machine where it was measured).
 
 With ``--compare-dense`` the same fits run dense (``sparsity=0``) in turns with the sparse
 ones, and the ratio of the median fit times is printed, as the whole-fit goal counts it.
@@ -25,6 +27,11 @@ import collections
 import functools
 import statistics
 import time
+
+try:
+    import resource
+except ImportError:  # not on Windows
+    resource = None
 
 import torch
 from _args import positive_int, sparsity_arg
@@ -61,14 +68,22 @@ PHASES = [
 ]
 
 
-def _timed(raw, label: str, seconds: dict, calls: collections.Counter):
+def _minor_faults() -> int:
+    """Page faults of this process so far that found their page in memory: the first
+    touch of freshly mapped memory (0 where the platform does not count them)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt if resource else 0
+
+
+def _timed(raw, label: str, seconds: dict, calls: collections.Counter,
+           faults: collections.Counter):
     @functools.wraps(raw)
     def wrapper(*args, **kwargs):
-        start = time.perf_counter()
+        start, faulted = time.perf_counter(), _minor_faults()
         try:
             return raw(*args, **kwargs)
         finally:
             seconds[label] += time.perf_counter() - start
+            faults[label] += _minor_faults() - faulted
             calls[label] += 1
 
     return wrapper
@@ -100,9 +115,10 @@ def main(argv: list[str] | None = None) -> None:
         estimator(sparsity).fit(X, y)
     seconds: dict[str, float] = collections.defaultdict(float)
     calls: collections.Counter = collections.Counter()
+    faults: collections.Counter = collections.Counter()
     originals = [(owner, name, owner.__dict__[name]) for _, owner, name in PHASES]
     for (label, owner, name), (_, _, raw) in zip(PHASES, originals, strict=True):
-        setattr(owner, name, _timed(raw, label, seconds, calls))
+        setattr(owner, name, _timed(raw, label, seconds, calls, faults))
     try:
         for _ in range(args.fits):
             estimator(args.sparsity).fit(X, y)
@@ -113,13 +129,14 @@ def main(argv: list[str] | None = None) -> None:
           f"sparsity {args.sparsity}, {args.samples} samples, {args.epochs} epochs, batch "
           f"{args.batch}, torch {torch.__version__}, threads={args.threads}; ms per fit, "
           f"mean of {args.fits} fits, inclusive\n")
-    print("| phase | ms per fit | calls per fit | % of fit |\n|---|---|---|---|")
+    print("| phase | ms per fit | calls per fit | % of fit | page faults per fit |\n"
+          "|---|---|---|---|---|")
     total = seconds["fit"]
     for label, _, _ in PHASES:
         depth = (len(label) - len(label.lstrip())) // 2
         print(f"| {'· ' * depth}{label.strip()} "
               f"| {1e3 * seconds[label] / args.fits:.1f} | {calls[label] / args.fits:g} "
-              f"| {100 * seconds[label] / total:.1f} |")
+              f"| {100 * seconds[label] / total:.1f} | {faults[label] / args.fits:.0f} |")
     if args.compare_dense:
         times: dict[float, list[float]] = {args.sparsity: [], 0.0: []}
         for _ in range(args.fits):

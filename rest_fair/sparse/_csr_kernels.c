@@ -601,15 +601,57 @@ static void mt_skip(mt_state *s, int64_t m) {
     }
 }
 
-/* The first k (< n) entries of torch's CPU randperm(n) from the generator state `bytes`,
-   which is advanced as randperm advances it. randperm shuffles with one draw per position
-   i < n - 1, swapping i with i + draw % (n - i), so position i is final after step i: the
-   prefix needs the first k steps, and the other n - 1 - k draws are skipped. `moved` keeps
-   value + 1 of the positions already swapped (0: the position still holds its index).
+/* Where randperm's shuffle has moved values: value + 1 of each position already swapped
+   (0: the position still holds its own index). The first k positions are all swapped and
+   sit in an array; the at most k others that a step swaps with sit in a hash table
+   (linear probing, keys below 2**27), so memory is O(k), not O(n): a first touch of a page
+   of a fresh allocation costs microseconds on some hosts. */
+typedef struct {
+    int32_t *low;   /* positions [0, k) */
+    uint32_t *key;  /* the others; EMPTY_KEY where free */
+    int32_t *value;
+    uint32_t mask;  /* capacity - 1 */
+    int64_t k;
+} moved_map;
+#define EMPTY_KEY 0xffffffffu
+
+static inline uint32_t moved_slot(const moved_map *m, uint32_t p) {
+    uint32_t h = (p * 0x9e3779b1u) & m->mask;
+    while (m->key[h] != p && m->key[h] != EMPTY_KEY) h = (h + 1) & m->mask;
+    return h;
+}
+
+static inline int64_t moved_get(const moved_map *m, int64_t p) {
+    if (p < m->k) return m->low[p];
+    const uint32_t h = moved_slot(m, (uint32_t)p);
+    return m->key[h] == EMPTY_KEY ? 0 : m->value[h];
+}
+
+static inline void moved_set(moved_map *m, int64_t p, int64_t v) {
+    if (p < m->k) { m->low[p] = (int32_t)v; return; }
+    const uint32_t h = moved_slot(m, (uint32_t)p);
+    m->key[h] = (uint32_t)p;
+    m->value[h] = (int32_t)v;
+}
+
+/* The first k (< n < 2**27) entries of torch's CPU randperm(n) from the generator state
+   `bytes`, which is advanced as randperm advances it. randperm shuffles with one draw per
+   position i < n - 1, swapping i with i + draw % (n - i), so position i is final after step
+   i: the prefix needs the first k steps, and the other n - 1 - k draws are skipped.
    Returns -1 when out of memory. */
 int randperm_prefix(int64_t n, int64_t k, unsigned char *bytes, int64_t *out) {
-    int32_t *moved = calloc((size_t)n, sizeof(int32_t));
-    if (moved == NULL) return -1;
+    uint32_t capacity = 16;
+    while (capacity < 2 * (uint64_t)k) capacity <<= 1;  /* at most half full */
+    moved_map m = {calloc((size_t)(k > 0 ? k : 1), sizeof(int32_t)),
+                   malloc((size_t)capacity * sizeof(uint32_t)),
+                   malloc((size_t)capacity * sizeof(int32_t)), capacity - 1, k};
+    if (m.low == NULL || m.key == NULL || m.value == NULL) {
+        free(m.low);
+        free(m.key);
+        free(m.value);
+        return -1;
+    }
+    memset(m.key, 0xff, (size_t)capacity * sizeof(uint32_t));
     mt_state s;
     int32_t left;
     uint64_t next, word;
@@ -622,14 +664,17 @@ int randperm_prefix(int64_t n, int64_t k, unsigned char *bytes, int64_t *out) {
     s.left = left;
     s.next = (int64_t)next;
     for (int64_t i = 0; i < k; ++i) {
-        int64_t z = i + (int64_t)(mt_draw(&s) % (uint64_t)(n - i));
-        int64_t a = moved[i] ? moved[i] - 1 : i;
-        int64_t b = moved[z] ? moved[z] - 1 : z;
-        moved[z] = (int32_t)(a + 1);
-        moved[i] = (int32_t)(b + 1);
+        const int64_t z = i + (int64_t)(mt_draw(&s) % (uint64_t)(n - i));
+        const int64_t at_i = m.low[i], at_z = moved_get(&m, z);
+        const int64_t a = at_i ? at_i - 1 : i;
+        const int64_t b = at_z ? at_z - 1 : z;
+        moved_set(&m, z, a + 1);
+        m.low[i] = (int32_t)(b + 1);
         out[i] = b;
     }
-    free(moved);
+    free(m.low);
+    free(m.key);
+    free(m.value);
     mt_skip(&s, n - 1 - k);
     left = (int32_t)s.left;
     next = (uint64_t)s.next;

@@ -312,6 +312,10 @@ def _magnitude_mask(weight: torch.Tensor, k: int) -> torch.Tensor:
     return mask.view(weight.shape)
 
 
+# entries of a weight that zero_inactive_ multiplies by its boolean mask at once (the float
+# copy of a block of the mask is 1 MiB in float32)
+_ZERO_BLOCK = 1 << 18
+
 # float32 holds every integer up to 2**24 exactly, so a count up to it sums without rounding
 _EXACT_FLOAT32_COUNT = 1 << 24
 
@@ -527,6 +531,27 @@ class MaskSet:
             density = _float32_mean(self.mask(name))
             if 0.0 < density < 1.0:
                 param.mul_(density**-0.5)
+
+    @torch.no_grad()
+    def zero_inactive_(self) -> None:
+        """Zero every inactive weight, as :meth:`apply_` does, without building the float
+        multipliers :meth:`apply_` keeps.
+
+        A CPU weight is multiplied by its boolean mask a block of :data:`_ZERO_BLOCK`
+        entries at a time (the same products as :meth:`apply_`'s), so only a block-sized
+        float copy of the mask exists at once: the masks of a fit are applied once before
+        its layers are chosen for CSR training, and a layer trained in CSR form never needs
+        its multiplier. Weights on other devices take :meth:`apply_`'s multipliers.
+        """
+        for name, param in self.params.items():
+            mask = self._bool[name]
+            if param.device.type != "cpu" or mask.device != param.device \
+                    or not param.is_contiguous():
+                param.mul_(self._multiplier(name))
+                continue
+            flat, flat_mask = param.view(-1), mask.reshape(-1)
+            for start in range(0, flat.numel(), _ZERO_BLOCK):
+                flat[start : start + _ZERO_BLOCK].mul_(flat_mask[start : start + _ZERO_BLOCK])
 
     def _masked_names(self) -> list[str]:
         """The weights :meth:`apply_` multiplies by their masks."""

@@ -324,7 +324,7 @@ def make_sparsity(
             sparse_init=config.sparse_init, dense_layers=tuple(config.dense_layers or ()),
             generator=generator, warn=warn and not IDENTIFYING.get(),
         )
-    mask_set.apply_()
+    mask_set.zero_inactive_()
     if masks is None and config.sparse_init == "random" and config.rescale_init:
         mask_set.rescale_init_()
     total_steps = steps_per_epoch * max_epochs

@@ -23,6 +23,7 @@ from rest_fair.sparse import (
     uniform_densities,
     update_topology,
 )
+from rest_fair.sparse import masks as masks_module
 
 SHAPES = {
     "conv1": (64, 3, 4, 4),
@@ -488,6 +489,33 @@ def test_the_counted_density_of_a_large_mask_is_the_float32_mean(count):
         = True
     assert _float32_mean(mask) == float(mask.float().mean())
     assert _float32_mean(mask.view(4099, 4099)) == float(mask.float().mean())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_zero_inactive_is_apply_without_the_multipliers(monkeypatch, dtype):
+    # blocks smaller than a layer, a layer not a multiple of them; signed zeros, NaN and inf
+    # come out of the products as apply_'s
+    monkeypatch.setattr(masks_module, "_ZERO_BLOCK", 1000)
+    torch.manual_seed(0)
+    nets = [nn.Sequential(nn.Linear(60, 70), nn.Linear(70, 5)).to(dtype) for _ in range(2)]
+    nets[1].load_state_dict(nets[0].state_dict())
+    for net in nets:
+        with torch.no_grad():
+            net[0].weight[0, :4] = torch.tensor([float("nan"), float("inf"), -0.0, -1.0])
+    sets = [MaskSet.from_module(net, density=0.3, generator=torch.Generator().manual_seed(1))
+            for net in nets]
+    sets[0].apply_()
+    sets[1].zero_inactive_()
+    assert sets[1]._mult == {}
+    weight = nets[1][0].weight
+    assert bool(((weight == 0) & torch.signbit(weight)).any())  # negative zeros among them
+    for a, b in zip(nets[0].parameters(), nets[1].parameters(), strict=True):
+        assert _same_bits(a, b)
+
+
+def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    ints = {torch.float32: torch.int32, torch.float64: torch.int64, torch.bfloat16: torch.int16}
+    return torch.equal(a.detach().view(ints[a.dtype]), b.detach().view(ints[b.dtype]))
 
 
 def test_random_masks_are_reproducible_and_seed_dependent():

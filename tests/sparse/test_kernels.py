@@ -381,6 +381,8 @@ def test_switched_off_by_the_environment(monkeypatch):
     (5000, 4998, 623),    # k = n - 2: every step but the last
     (200_000, 2_000, 1),  # hundreds of regenerations skipped
     (624, 1, 622),        # the skip ends exactly on a regeneration
+    (300_000, 150_000, 5),  # half the positions: a full table of moved positions
+    (2048 * 2048, 41_943, 2),  # a 2048 x 2048 layer at 1 %
     (2, 0, 7),
 ])
 def test_randperm_prefix_equals_torch_randperm_and_its_generator_state(n, k, draws_before):
