@@ -799,12 +799,8 @@ static float topk_first_bound(const float *v, int64_t n, int64_t offset, const i
     return bound;
 }
 
-/* Rank v[0, n) (flat indices offset on) into the buffer c (2k entries, *count used, *bound
-   the worst kept score, -1 before the first selection); excl (sorted, n_excl) lists flat
-   indices of this block that may not be chosen. Returns 1, changing nothing, when the
-   block holds a NaN (the caller ranks it otherwise); else 0. */
-int topk_scan_f32(const float *v, int64_t n, int64_t offset, const int64_t *excl,
-                  int64_t n_excl, int64_t k, topk_cand *c, int64_t *count, float *bound) {
+/* Whether v[0, n) holds a NaN. */
+static int has_nan_f32(const float *v, int64_t n) {
     int64_t i = 0;
     for (; i + 16 <= n; i += 16) {
         const vec_f32 x = *(const uvec_f32 *)(v + i);
@@ -816,7 +812,15 @@ int topk_scan_f32(const float *v, int64_t n, int64_t offset, const int64_t *excl
     }
     for (; i < n; ++i)
         if (v[i] != v[i]) return 1;
-    if (k <= 0) return 0;
+    return 0;
+}
+
+/* Rank v[0, n) (no NaN; flat indices offset on) into the buffer c (2k entries, *count
+   used, *bound the worst kept score, -1 before the first selection); excl (sorted, n_excl)
+   lists flat indices of this range that may not be chosen. */
+static void topk_scan_range(const float *v, int64_t n, int64_t offset, const int64_t *excl,
+                            int64_t n_excl, int64_t k, topk_cand *c, int64_t *count,
+                            float *bound) {
     const mask_f32 magnitude = (mask_f32){0} + 0x7fffffff;
     const mask_f32 lane_bit = {1 << 0, 1 << 1, 1 << 2, 1 << 3, 1 << 4, 1 << 5, 1 << 6,
                                1 << 7, 1 << 8, 1 << 9, 1 << 10, 1 << 11, 1 << 12, 1 << 13,
@@ -825,7 +829,7 @@ int topk_scan_f32(const float *v, int64_t n, int64_t offset, const int64_t *excl
     if (*count == 0 && b < 0) b = topk_first_bound(v, n, offset, excl, n_excl, k);
     vec_f32 vb = (vec_f32){0} + b;
     int64_t e = 0;
-    for (i = 0; i < n; i += 16) {
+    for (int64_t i = 0; i < n; i += 16) {
         uint32_t lanes;
         if (i + 16 <= n) { /* most runs of 16 hold no entry above the bound */
             const mask_f32 x = (mask_f32)(vec_f32)(*(const uvec_f32 *)(v + i));
@@ -855,6 +859,46 @@ int topk_scan_f32(const float *v, int64_t n, int64_t offset, const int64_t *excl
         }
     }
     *bound = b;
+}
+
+/* Blocks shorter than this are ranked by one thread. */
+#define TOPK_SPLIT_MIN 16384
+
+/* Rank v[0, n) (flat indices offset on) into nt buffers: buffer t (2k entries at c + 2kt,
+   count[t] used, bound[t] its worst kept score, -1 before its first selection) takes the
+   t-th of nt consecutive ranges of the block, on up to nt OpenMP threads. Each buffer thus
+   sees its entries in increasing flat order, and any entry it skips is beaten by k that it
+   kept, so the best k of all the buffers together are the block stream's best k whatever
+   nt is. excl (sorted, n_excl) lists flat indices of this block that may not be chosen.
+   Returns 1, changing nothing, when the block holds a NaN (the caller ranks it otherwise);
+   else 0. */
+int topk_scan_f32(const float *v, int64_t n, int64_t offset, const int64_t *excl,
+                  int64_t n_excl, int64_t k, int nt, topk_cand *c, int64_t *count,
+                  float *bound) {
+    if (n < TOPK_SPLIT_MIN * (int64_t)nt) nt = n < TOPK_SPLIT_MIN ? 1 : (int)(n / TOPK_SPLIT_MIN);
+    if (nt < 1) nt = 1;
+    int64_t start[65];
+    if (nt > 64) nt = 64;
+    for (int t = 0; t <= nt; ++t) start[t] = (n * t / nt) & ~(int64_t)15;
+    start[nt] = n;
+    int nan = 0;
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(nt) reduction(| : nan) if (nt > 1)
+#endif
+    for (int t = 0; t < nt; ++t) nan |= has_nan_f32(v + start[t], start[t + 1] - start[t]);
+    if (nan) return 1;
+    if (k <= 0) return 0;
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(nt) if (nt > 1)
+#endif
+    for (int t = 0; t < nt; ++t) {
+        int64_t e0 = 0, e1 = 0;  /* the exclusions of range t */
+        while (e0 < n_excl && excl[e0] < offset + start[t]) ++e0;
+        e1 = e0;
+        while (e1 < n_excl && excl[e1] < offset + start[t + 1]) ++e1;
+        topk_scan_range(v + start[t], start[t + 1] - start[t], offset + start[t], excl + e0,
+                        e1 - e0, k, c + 2 * k * t, count + t, bound + t);
+    }
     return 0;
 }
 

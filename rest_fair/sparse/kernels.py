@@ -189,7 +189,8 @@ def _declare(lib: ctypes.CDLL) -> None:
         _FUNCS[dtype] = (pack_fn, forward, backward)
     lib.randperm_prefix.argtypes = [_i64, _i64, _ptr, _ptr]
     lib.randperm_prefix.restype = c_int
-    lib.topk_scan_f32.argtypes = [_ptr, _i64, _i64, _ptr, _i64, _i64, _ptr, _ptr, _ptr]
+    lib.topk_scan_f32.argtypes = [_ptr, _i64, _i64, _ptr, _i64, _i64, c_int, _ptr, _ptr,
+                                  _ptr]
     lib.topk_scan_f32.restype = c_int
     lib.topk_finish.argtypes = [_ptr, _i64, _i64]
     lib.topk_finish.restype = _i64
@@ -473,9 +474,12 @@ class TopKScan:
 
     Blocks must come in increasing order of their flat offsets. Of equal magnitudes the
     lowest flat index is kept, as :func:`~rest_fair.sparse.rigl.top_k_first` keeps it over
-    the whole vector. Candidates above the worst kept magnitude collect in a buffer of
-    ``2k`` entries, which a selection cuts back to the best ``k`` when it is full, so a
-    block costs about one vectorised pass over its entries.
+    the whole vector. Each of torch's threads ranks one range of every long block into its
+    own buffer of ``2k`` candidates: candidates above the buffer's worst kept magnitude
+    collect there, and a selection cuts it back to the best ``k`` when it is full, so a
+    block costs about one vectorised pass over its entries. The first block of a buffer
+    starts from a lower bound that a histogram of its entries gives. :meth:`result` merges
+    the buffers; the entries kept do not depend on the number of threads.
 
     Parameters
     ----------
@@ -487,10 +491,12 @@ class TopKScan:
         if load() is None:
             raise RuntimeError(f"the compiled kernels are not available: {unavailable_reason()}")
         self.k = int(k)
-        # 2k candidates as the kernels' struct: float32 score at byte 0, int64 index at 8
-        self._buffer = torch.empty((max(2 * self.k, 1), 16), dtype=torch.uint8)
-        self._count = ctypes.c_int64(0)
-        self._bound = ctypes.c_float(-1.0)
+        self._threads = max(1, min(torch.get_num_threads(), 64))
+        # per thread, 2k candidates as the kernels' struct: float32 score at byte 0, int64
+        # index at 8
+        self._buffer = torch.empty((self._threads, max(2 * self.k, 1), 16), dtype=torch.uint8)
+        self._count = torch.zeros(self._threads, dtype=torch.int64)
+        self._bound = torch.full((self._threads,), -1.0, dtype=torch.float32)
 
     def add(self, block: torch.Tensor, offset: int, exclude: torch.Tensor) -> bool:
         """Rank the entries of ``block`` (flat indices ``offset`` on), except ``exclude``.
@@ -505,15 +511,15 @@ class TopKScan:
         exclude = exclude.to(torch.int64).contiguous()
         status = _lib.topk_scan_f32(
             block.data_ptr(), block.numel(), int(offset), exclude.data_ptr(), exclude.numel(),
-            self.k, self._buffer.data_ptr(), ctypes.byref(self._count),
-            ctypes.byref(self._bound))
+            self.k, self._threads, self._buffer.data_ptr(), self._count.data_ptr(),
+            self._bound.data_ptr())
         return status == 0
 
     def result(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(scores, flat indices)`` of the ``k`` best entries so far, in no particular order."""
-        n = _lib.topk_finish(self._buffer.data_ptr(), self._count.value, self.k)
-        self._count.value = n
-        kept = self._buffer[:n]
+        kept = torch.cat([self._buffer[t, :n] for t, n in enumerate(self._count.tolist())])
+        n = _lib.topk_finish(kept.data_ptr(), kept.shape[0], self.k)
+        kept = kept[:n]
         scores = kept[:, :4].contiguous().view(torch.float32).reshape(-1)
         return scores, kept[:, 8:].contiguous().view(torch.int64).reshape(-1)
 

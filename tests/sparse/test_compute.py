@@ -236,6 +236,37 @@ def test_the_kernels_scan_keeps_the_top_k_of_long_blocks(case):
     assert torch.equal(got_scores, scores.abs()[got])
 
 
+@pytest.mark.parametrize("levels", [None, 9])
+def test_the_kernels_scan_keeps_the_same_top_k_on_any_number_of_threads(levels):
+    # each thread ranks one range of a long block into its own buffer; ties between the
+    # ranges of two threads go to the lowest flat index as on one thread
+    if not kernels.available():
+        pytest.skip(f"compiled kernels unavailable: {kernels.unavailable_reason()}")
+    g = torch.Generator().manual_seed(7)
+    n = 300_000
+    scores = torch.randn(n, generator=g)
+    if levels:
+        scores = (scores * levels).round()
+    exclude = torch.randperm(n, generator=g)[: n // 50].sort().values
+    full = scores.abs()
+    full[exclude] = -float("inf")
+    threads = torch.get_num_threads()
+    for k in (1, 500, 20_000):
+        expected = set(top_k_first(full, k).tolist())
+        for n_threads in (1, 2, 3, 5):
+            torch.set_num_threads(n_threads)
+            try:
+                scan = kernels.TopKScan(k)
+                for a in range(0, n, 70_000):
+                    b = min(n, a + 70_000)
+                    assert scan.add(scores[a:b], a, exclude[(exclude >= a) & (exclude < b)])
+                got_scores, got = scan.result()
+            finally:
+                torch.set_num_threads(threads)
+            assert set(got.tolist()) == expected, (k, n_threads)
+            assert torch.equal(got_scores, scores.abs()[got])
+
+
 @pytest.mark.parametrize("case", ["excluded at the top", "ties at a bin edge"])
 def test_the_kernels_first_block_bound_keeps_what_may_be_chosen(case):
     # the first block's bound counts only entries that may be chosen, and keeps the entries
