@@ -36,10 +36,10 @@ import torch
 from torch import nn
 
 from .csr_chain import FusedReLU, LinkedSequential, hooked, link_chains, unlink_chains
-from .csr_linear import CSRLinear
-from .engine import DynamicSparsity
+from .csr_linear import CSRLinear, packed_state_dict, unpacked
+from .engine import BestCopy, DynamicSparsity
 from .masks import MaskSet
-from .modules import ELEMENTWISE, set_submodule
+from .modules import ELEMENTWISE, set_submodule, snapshot
 
 __all__ = ["CSRDynamicSparsity", "dense_copy"]
 
@@ -215,6 +215,25 @@ class CSRDynamicSparsity(DynamicSparsity):
 
         self._hooks.append(optimizer.register_state_dict_post_hook(hook(dense=True)))
         self._hooks.append(optimizer.register_load_state_dict_pre_hook(hook(dense=False)))
+
+    # -- the best epoch -----------------------------------------------------------------
+    def best_copy(self, module: nn.Module) -> BestCopy:
+        """:meth:`DynamicSparsity.best_copy`, with the weights and masks of the CSR layers
+        copied packed (their active values and flat indices) and densified only when the
+        copy is called: an epoch that becomes the best costs a copy of the active weights,
+        not of the dense matrices."""
+        state = snapshot(packed_state_dict(module),
+                         [*module.parameters(), *module.buffers()])
+        names = list(self.masks.params)
+        dense = snapshot({name: self.masks.mask(name).cpu() for name in names
+                          if name not in self.layers}, self.masks._bool.values())
+
+        def unpack() -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+            masks = {name: dense[name] if name in dense else state[name].mask()
+                     for name in names}
+            return unpacked(state), masks
+
+        return unpack
 
     # -- the end of training ------------------------------------------------------------
     @torch.no_grad()

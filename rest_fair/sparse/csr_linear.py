@@ -48,9 +48,10 @@ flat index, as in :mod:`rest_fair.sparse.rigl`.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -60,7 +61,7 @@ from . import kernels
 from .checks import check_mask
 from .rigl import top_k_first
 
-__all__ = ["CSRLinear"]
+__all__ = ["CSRLinear", "PackedWeight", "packed_state_dict", "unpacked"]
 
 _NOT_USED = (
     "sparse layer {name!r} was not used in the forward pass of update step {step}, so its "
@@ -79,6 +80,9 @@ _BAD_INPUT = (
 )
 
 _BAD_SHAPE = "size mismatch for {key}: the checkpoint has shape {got}, the layer has {want}."
+
+# set while packed_state_dict runs: CSR layers then save their weight as a PackedWeight
+_PACKED = contextvars.ContextVar("rest_fair_packed_state", default=False)
 
 # the dtypes of the compiled kernels
 _KERNEL_DTYPES = (torch.float32, torch.float64)
@@ -691,7 +695,9 @@ class CSRLinear(nn.Module):
 
     # -- state dict in nn.Linear's form -------------------------------------------------
     def _save_to_state_dict(self, destination, prefix, keep_vars):
-        destination[prefix + "weight"] = self.dense_weight()
+        destination[prefix + "weight"] = (
+            PackedWeight(self.values.detach().clone(), self.flat_indices(), self.shape)
+            if _PACKED.get() else self.dense_weight())
         if self.bias is not None:
             destination[prefix + "bias"] = self.bias if keep_vars else self.bias.detach()
 
@@ -724,3 +730,49 @@ class CSRLinear(nn.Module):
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
                 f"nnz={self.nnz}, bias={self.bias is not None}")
+
+
+@dataclass(frozen=True)
+class PackedWeight:
+    """A copy of a CSR layer's weights that :func:`packed_state_dict` keeps in place of its
+    dense ``weight``: the active ``values`` at the sorted flat ``indices`` of a matrix of
+    ``shape``, to be densified only when needed (:meth:`dense`)."""
+
+    values: torch.Tensor
+    indices: torch.Tensor
+    shape: tuple[int, int]
+
+    def dense(self) -> torch.Tensor:
+        """The dense weight: ``values`` at ``indices``, zeros elsewhere."""
+        out = self.values.new_zeros(self.shape[0] * self.shape[1])
+        out[self.indices] = self.values
+        return out.view(self.shape)
+
+    def mask(self) -> torch.Tensor:
+        """The boolean pattern, dense, on the CPU."""
+        out = torch.zeros(self.shape[0] * self.shape[1], dtype=torch.bool)
+        out[self.indices.cpu()] = True
+        return out.view(self.shape)
+
+
+@contextlib.contextmanager
+def _packing() -> Iterator[None]:
+    token = _PACKED.set(True)
+    try:
+        yield
+    finally:
+        _PACKED.reset(token)
+
+
+def packed_state_dict(module: nn.Module) -> dict[str, torch.Tensor | PackedWeight]:
+    """``module.state_dict()`` with a copy of each :class:`CSRLinear` weight as a
+    :class:`PackedWeight` instead of a dense tensor (``bias`` and every other entry as
+    ``state_dict`` gives them: not copied); :func:`unpacked` gives the dense state."""
+    with _packing():
+        return module.state_dict()
+
+
+def unpacked(state: Mapping[str, torch.Tensor | PackedWeight]) -> dict[str, torch.Tensor]:
+    """``state`` with each :class:`PackedWeight` densified (other entries as they are)."""
+    return {key: value.dense() if isinstance(value, PackedWeight) else value
+            for key, value in state.items()}

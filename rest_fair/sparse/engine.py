@@ -32,11 +32,18 @@ step only.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
+from torch import nn
 
 from .masks import MaskSet
+from .modules import snapshot
 from .rigl import REGROW_MODES, LayerStorage, update_topology
 from .schedules import DropSchedule
+
+#: A copy of a module's state and masks, built on call: ``() -> (state_dict, masks)``.
+BestCopy = Callable[[], tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]]
 
 __all__ = ["UPDATE_TIMINGS", "DynamicSparsity"]
 
@@ -227,6 +234,14 @@ class DynamicSparsity:
         """
 
     # -- state --------------------------------------------------------------------------
+    def best_copy(self, module: nn.Module) -> BestCopy:
+        """A copy of ``module``'s state and of the masks as they are now, for the best
+        epoch so far: a function that returns ``(state_dict, masks)``. Masked training
+        copies both now."""
+        state = snapshot(module.state_dict(), [*module.parameters(), *module.buffers()])
+        masks = self.masks.to_dict()
+        return lambda: (state, masks)
+
     def state_dict(self) -> dict:
         """Masks and counters, to resume training exactly."""
         return {

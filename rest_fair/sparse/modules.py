@@ -93,11 +93,16 @@ def snapshot(tensors: Mapping[str, torch.Tensor],
 
     A snapshot must not change with the tensors that training keeps updating (``live``);
     a tensor built afresh for the snapshot (a CSR layer's dense weight or mask) is already
-    its own and is not copied again.
+    its own and is not copied again. Entries that are not tensors (a
+    :class:`~rest_fair.sparse.csr_linear.PackedWeight`, its own copy already) are kept as
+    they are.
     """
     addresses = {t.untyped_storage().data_ptr() for t in live}
     out = {}
     for key, tensor in tensors.items():
+        if not isinstance(tensor, torch.Tensor):
+            out[key] = tensor
+            continue
         tensor = tensor.detach()
         shared = tensor.untyped_storage().data_ptr() in addresses
         out[key] = tensor.clone() if shared else tensor

@@ -542,13 +542,12 @@ class TrainingRun:
                if "valid_worst_group_acc" in record else (epoch,))
         if s.best_key is not None and not key > s.best_key:
             return False
-        s.best_key = key
-        s.best_epoch = epoch
-        module = self.parts.module
-        s.best_module_state = snapshot(module.state_dict(),
-                                       [*module.parameters(), *module.buffers()])
-        sparsity = self.parts.sparsity
-        s.best_masks = sparsity.masks.to_dict() if sparsity is not None else {}
+        module, sparsity = self.parts.module, self.parts.sparsity
+        if sparsity is not None:
+            s.keep_best(key, epoch, sparsity.best_copy(module))
+        else:
+            state = snapshot(module.state_dict(), [*module.parameters(), *module.buffers()])
+            s.keep_best(key, epoch, lambda: (state, {}))
         return True
 
     def _step_scheduler(self, record: dict) -> None:

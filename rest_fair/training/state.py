@@ -7,12 +7,38 @@ continue a run exactly where it stopped (see :mod:`rest_fair.persistence.checkpo
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 import torch
 
 __all__ = ["TrainState"]
+
+#: Builds ``(best_module_state, best_masks)`` from copies kept in a packed form.
+Unpack = Callable[[], tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]]
+
+
+class _BestCopy:
+    """A best-epoch copy of a :class:`TrainState` (a dataclass field): the value set, or
+    the one that the packed copies of :meth:`TrainState.keep_best` give, built when either
+    copy is first read or set."""
+
+    def __init__(self, empty: Callable[[], Any]) -> None:
+        self.empty = empty  # what None stands for
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, state: TrainState | None, owner: type | None = None) -> Any:
+        if state is None:
+            return None  # the field's default
+        state._unpack_best()
+        return state.__dict__[self.name]
+
+    def __set__(self, state: TrainState, value: Any) -> None:
+        state._unpack_best()  # the other copy of a packed pair stays as it was
+        state.__dict__[self.name] = self.empty() if value is None else value
 
 
 @dataclass
@@ -35,7 +61,7 @@ class TrainState:
     best_module_state : dict or None
         Copy of the module's ``state_dict()`` at ``best_epoch``.
     best_masks : dict
-        Masks at ``best_epoch``.
+        Masks at ``best_epoch`` (``None`` given stands for none).
     stopped : bool
         A callback asked to stop.
     epoch_offset : int
@@ -51,12 +77,25 @@ class TrainState:
     history: list[dict] = field(default_factory=list)
     best_key: tuple | None = None
     best_epoch: int = 0
-    best_module_state: dict[str, torch.Tensor] | None = None
-    best_masks: dict[str, torch.Tensor] = field(default_factory=dict)
+    best_module_state: dict[str, torch.Tensor] | None = _BestCopy(lambda: None)  # type: ignore[assignment]
+    best_masks: dict[str, torch.Tensor] = _BestCopy(dict)  # type: ignore[assignment]
     stopped: bool = False
     epoch_offset: int = 0
     step_offset: int = 0
     update_offset: int = 0
+
+    def keep_best(self, key: tuple, epoch: int, unpack: Unpack) -> None:
+        """Make ``epoch`` (selection key ``key``) the best one, its weights and masks held
+        in a packed form until :attr:`best_module_state` or :attr:`best_masks` is read:
+        ``unpack()`` builds both (a sparse run's CSR layers are densified only then, not
+        at every epoch that becomes the best)."""
+        self.best_key, self.best_epoch = key, epoch
+        self.__dict__.update(best_module_state=None, best_masks={}, _unpack=unpack)
+
+    def _unpack_best(self) -> None:
+        unpack = self.__dict__.pop("_unpack", None)
+        if unpack is not None:
+            self.__dict__["best_module_state"], self.__dict__["best_masks"] = unpack()
 
     def state_dict(self) -> dict[str, Any]:
         """Plain containers and tensors (loadable with ``torch.load(weights_only=True)``)."""

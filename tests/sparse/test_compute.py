@@ -411,6 +411,37 @@ def test_fitted_state_is_the_masked_state(data, tmp_path):
     assert (report["n_active"] == [int(m.sum()) for m in masked.masks_.values()]).all()
 
 
+class BestCopies(Callback):
+    """At each epoch that becomes the best: whether its copies were still packed, and the
+    copies against the live network's state and masks."""
+
+    def on_train_begin(self, net, **kwargs):
+        self.seen = []
+
+    def on_epoch_end(self, net, *, record, run=None, **kwargs):
+        if not record["best"]:
+            return
+        packed = "_unpack" in vars(run.state)
+        state, masks = run.state.best_module_state, run.state.best_masks
+        live = net.module_.state_dict()
+        same = list(state) == list(live) and all(
+            torch.equal(state[k], live[k]) for k in live)
+        live_masks = run.parts.sparsity.masks
+        same_masks = list(masks) == list(live_masks.params) and all(
+            torch.equal(masks[k], live_masks.mask(k)) for k in masks)
+        self.seen.append((packed, same, same_masks))
+
+
+@pytest.mark.parametrize("mode", ["masked", "csr"])
+def test_the_best_epoch_copies_equal_the_network_and_a_csr_run_keeps_them_packed(data, mode):
+    X, y = data
+    copies = BestCopies()
+    clf = _clf(sparse_compute=mode, validation_fraction=0.25, callbacks=[copies]).fit(X, y)
+    assert copies.seen and all(same and same_masks for _, same, same_masks in copies.seen)
+    assert all(packed for packed, _, _ in copies.seen)
+    assert clf.best_epoch_ == len(copies.seen)  # the validation accuracy only rose
+
+
 class StopAt(Callback):
     def __init__(self, epoch):
         self.epoch = epoch
