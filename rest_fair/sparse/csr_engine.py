@@ -36,12 +36,15 @@ import torch
 from torch import nn
 
 from .csr_chain import FusedReLU, LinkedSequential, hooked, link_chains, unlink_chains
-from .csr_linear import CSRLinear, packed_state_dict, unpacked
-from .engine import BestCopy, DynamicSparsity
+from .csr_linear import CSRLinear, PackedWeight, packed_state_dict, unpacked
+from .engine import DynamicSparsity
 from .masks import MaskSet
 from .modules import ELEMENTWISE, set_submodule, snapshot
 
 __all__ = ["CSRDynamicSparsity", "dense_copy"]
+
+_COPY_MISMATCH = ("the best epoch's copy does not fit the network: it lacks {missing} and "
+                  "the copy has {unexpected} that the network lacks.")
 
 
 class _CSRMaskSet(MaskSet):
@@ -90,6 +93,50 @@ class _CSRMaskSet(MaskSet):
         self.params[name] = weight
         super().set_mask(name, mask)
 
+
+
+class _PackedState:
+    """The module state and masks of a CSR run at its best epoch so far, its CSR layers'
+    weights as :class:`~rest_fair.sparse.csr_linear.PackedWeight` (see
+    :class:`~rest_fair.training.state.BestCopy`)."""
+
+    def __init__(self, engine: CSRDynamicSparsity, module: nn.Module) -> None:
+        self._state = snapshot(packed_state_dict(module),
+                               [*module.parameters(), *module.buffers()])
+        masks = engine.masks
+        self._names = list(masks.params)
+        self._dense_masks = snapshot({name: masks.mask(name).cpu() for name in self._names
+                                      if name not in engine.layers}, masks._bool.values())
+
+    def module_state(self) -> dict[str, torch.Tensor]:
+        """The dense ``state_dict()`` (each packed weight densified)."""
+        return unpacked(self._state)
+
+    def masks(self) -> dict[str, torch.Tensor]:
+        """The boolean masks, the CSR layers' built from their flat indices."""
+        return {name: self._dense_masks[name] if name in self._dense_masks
+                else self._state[name].mask() for name in self._names}
+
+    def load_into(self, module: nn.Module) -> None:
+        """Load the copy into ``module`` (its CSR layers back in dense form), the packed
+        weights written into the dense ones in place.
+
+        Raises
+        ------
+        RuntimeError
+            If ``module`` lacks an entry of the copy or has one the copy lacks.
+        """
+        packed = {key: value for key, value in self._state.items()
+                  if isinstance(value, PackedWeight)}
+        result = module.load_state_dict(
+            {key: value for key, value in self._state.items() if key not in packed},
+            strict=False)
+        missing = [key for key in result.missing_keys if key not in packed]
+        if missing or result.unexpected_keys:
+            raise RuntimeError(_COPY_MISMATCH.format(missing=missing,
+                                                     unexpected=result.unexpected_keys))
+        for key, weight in packed.items():
+            weight.write_into(module.get_parameter(key))
 
 
 def _fuse_relus(module: nn.Module) -> dict[str, nn.ReLU]:
@@ -217,23 +264,12 @@ class CSRDynamicSparsity(DynamicSparsity):
         self._hooks.append(optimizer.register_load_state_dict_pre_hook(hook(dense=False)))
 
     # -- the best epoch -----------------------------------------------------------------
-    def best_copy(self, module: nn.Module) -> BestCopy:
+    def best_copy(self, module: nn.Module) -> _PackedState:
         """:meth:`DynamicSparsity.best_copy`, with the weights and masks of the CSR layers
-        copied packed (their active values and flat indices) and densified only when the
-        copy is called: an epoch that becomes the best costs a copy of the active weights,
-        not of the dense matrices."""
-        state = snapshot(packed_state_dict(module),
-                         [*module.parameters(), *module.buffers()])
-        names = list(self.masks.params)
-        dense = snapshot({name: self.masks.mask(name).cpu() for name in names
-                          if name not in self.layers}, self.masks._bool.values())
-
-        def unpack() -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-            masks = {name: dense[name] if name in dense else state[name].mask()
-                     for name in names}
-            return unpacked(state), masks
-
-        return unpack
+        copied packed (their active values and flat indices): an epoch that becomes the
+        best costs a copy of the active weights, not of the dense matrices, which are
+        built only when the copy is read."""
+        return _PackedState(self, module)
 
     # -- the end of training ------------------------------------------------------------
     @torch.no_grad()

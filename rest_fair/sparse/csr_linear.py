@@ -748,6 +748,17 @@ class PackedWeight:
         out[self.indices] = self.values
         return out.view(self.shape)
 
+    @torch.no_grad()
+    def write_into(self, weight: torch.Tensor) -> None:
+        """``weight.copy_(self.dense())`` without building the dense copy: ``weight``
+        zeroed and ``values`` written at ``indices`` (in ``weight``'s dtype)."""
+        if tuple(weight.shape) != tuple(self.shape) or not weight.is_contiguous():
+            weight.copy_(self.dense())
+            return
+        flat = weight.view(-1)
+        flat.zero_()
+        flat[self.indices.to(weight.device)] = self.values.to(weight)
+
     def mask(self) -> torch.Tensor:
         """The boolean pattern, dense, on the CPU."""
         out = torch.zeros(self.shape[0] * self.shape[1], dtype=torch.bool)

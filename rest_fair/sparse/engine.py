@@ -32,8 +32,6 @@ step only.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 from torch import nn
 
@@ -42,8 +40,27 @@ from .modules import snapshot
 from .rigl import REGROW_MODES, LayerStorage, update_topology
 from .schedules import DropSchedule
 
-#: A copy of a module's state and masks, built on call: ``() -> (state_dict, masks)``.
-BestCopy = Callable[[], tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]]
+
+class CopiedState:
+    """A copy of ``module``'s state made now, with ``masks`` (copies already): the best
+    epoch's copy of a dense or masked run (see
+    :class:`~rest_fair.training.state.BestCopy`)."""
+
+    def __init__(self, module: nn.Module, masks: dict[str, torch.Tensor]) -> None:
+        self._state = snapshot(module.state_dict(), [*module.parameters(), *module.buffers()])
+        self._masks = masks
+
+    def module_state(self) -> dict[str, torch.Tensor]:
+        """The module's ``state_dict()`` as it was copied."""
+        return self._state
+
+    def masks(self) -> dict[str, torch.Tensor]:
+        """The masks given."""
+        return self._masks
+
+    def load_into(self, module: nn.Module) -> None:
+        """``module.load_state_dict`` of the copy."""
+        module.load_state_dict(self._state)
 
 __all__ = ["UPDATE_TIMINGS", "DynamicSparsity"]
 
@@ -234,13 +251,11 @@ class DynamicSparsity:
         """
 
     # -- state --------------------------------------------------------------------------
-    def best_copy(self, module: nn.Module) -> BestCopy:
+    def best_copy(self, module: nn.Module) -> CopiedState:
         """A copy of ``module``'s state and of the masks as they are now, for the best
-        epoch so far: a function that returns ``(state_dict, masks)``. Masked training
+        epoch so far (a :class:`~rest_fair.training.state.BestCopy`). Masked training
         copies both now."""
-        state = snapshot(module.state_dict(), [*module.parameters(), *module.buffers()])
-        masks = self.masks.to_dict()
-        return lambda: (state, masks)
+        return CopiedState(module, self.masks.to_dict())
 
     def state_dict(self) -> dict:
         """Masks and counters, to resume training exactly."""

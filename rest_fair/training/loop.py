@@ -30,6 +30,7 @@ from ..callbacks import Callback, run_order
 from ..exceptions import CheckpointError, TrainingDivergedError
 from ..persistence.checkpoint import check_writable, write_checkpoint
 from ..persistence.model_file import shape_differences
+from ..sparse.engine import CopiedState
 from ..sparse.modules import snapshot
 from .distributed import shard_range
 from .parts import EvalSet, TrainingParts
@@ -341,8 +342,7 @@ class TrainingRun:
                 # sparse-compute layers go back to dense nn.Linear (with their optimizer state)
                 self.parts.sparsity.finish(self.parts.optimizer)
         self.notify("on_train_end")
-        if self.state.best_module_state is not None:
-            self.parts.module.load_state_dict(self.state.best_module_state)
+        self.state.load_best(self.parts.module)
         self.parts.module.eval()
         return self.state
 
@@ -543,11 +543,8 @@ class TrainingRun:
         if s.best_key is not None and not key > s.best_key:
             return False
         module, sparsity = self.parts.module, self.parts.sparsity
-        if sparsity is not None:
-            s.keep_best(key, epoch, sparsity.best_copy(module))
-        else:
-            state = snapshot(module.state_dict(), [*module.parameters(), *module.buffers()])
-            s.keep_best(key, epoch, lambda: (state, {}))
+        s.keep_best(key, epoch, sparsity.best_copy(module) if sparsity is not None
+                    else CopiedState(module, {}))
         return True
 
     def _step_scheduler(self, record: dict) -> None:

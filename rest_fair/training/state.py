@@ -9,23 +9,36 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, Protocol
 
 import torch
+from torch import nn
 
-__all__ = ["TrainState"]
+__all__ = ["BestCopy", "TrainState"]
 
-#: Builds ``(best_module_state, best_masks)`` from copies kept in a packed form.
-Unpack = Callable[[], tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]]
+class BestCopy(Protocol):
+    """A copy of a run's module state and masks, kept in whatever form is cheapest until
+    they are needed (:meth:`rest_fair.sparse.DynamicSparsity.best_copy` makes them)."""
+
+    def module_state(self) -> dict[str, torch.Tensor]:
+        """The module's ``state_dict()`` as it was copied."""
+
+    def masks(self) -> dict[str, torch.Tensor]:
+        """The masks (CPU, boolean) as they were copied."""
+
+    def load_into(self, module: nn.Module) -> None:
+        """``module.load_state_dict(self.module_state())``, without building it where the
+        copy can be written into the module's tensors in place."""
 
 
-class _BestCopy:
+class _Best:
     """A best-epoch copy of a :class:`TrainState` (a dataclass field): the value set, or
-    the one that the packed copies of :meth:`TrainState.keep_best` give, built when either
-    copy is first read or set."""
+    the one that the :class:`BestCopy` given to :meth:`TrainState.keep_best` builds when
+    this field is first read."""
 
-    def __init__(self, empty: Callable[[], Any]) -> None:
+    def __init__(self, empty: Callable[[], Any], build: str) -> None:
         self.empty = empty  # what None stands for
+        self.build = build  # the BestCopy method that builds it
 
     def __set_name__(self, owner: type, name: str) -> None:
         self.name = name
@@ -33,12 +46,25 @@ class _BestCopy:
     def __get__(self, state: TrainState | None, owner: type | None = None) -> Any:
         if state is None:
             return None  # the field's default
-        state._unpack_best()
+        pending = state.__dict__.get("_pending")
+        if pending is not None and self.name in pending["fields"]:
+            state.__dict__[self.name] = getattr(pending["copy"], self.build)()
+            _built(state, self.name)
         return state.__dict__[self.name]
 
     def __set__(self, state: TrainState, value: Any) -> None:
-        state._unpack_best()  # the other copy of a packed pair stays as it was
+        _built(state, self.name)
         state.__dict__[self.name] = self.empty() if value is None else value
+
+
+def _built(state: TrainState, name: str) -> None:
+    """Field ``name`` of ``state`` no longer comes from its pending copy (which is
+    dropped once no field does)."""
+    pending = state.__dict__.get("_pending")
+    if pending is not None:
+        pending["fields"].discard(name)
+        if not pending["fields"]:
+            del state.__dict__["_pending"]
 
 
 @dataclass
@@ -77,25 +103,31 @@ class TrainState:
     history: list[dict] = field(default_factory=list)
     best_key: tuple | None = None
     best_epoch: int = 0
-    best_module_state: dict[str, torch.Tensor] | None = _BestCopy(lambda: None)  # type: ignore[assignment]
-    best_masks: dict[str, torch.Tensor] = _BestCopy(dict)  # type: ignore[assignment]
+    best_module_state: dict[str, torch.Tensor] | None = _Best(  # type: ignore[assignment]
+        lambda: None, "module_state")
+    best_masks: dict[str, torch.Tensor] = _Best(dict, "masks")  # type: ignore[assignment]
     stopped: bool = False
     epoch_offset: int = 0
     step_offset: int = 0
     update_offset: int = 0
 
-    def keep_best(self, key: tuple, epoch: int, unpack: Unpack) -> None:
+    def keep_best(self, key: tuple, epoch: int, copy: BestCopy) -> None:
         """Make ``epoch`` (selection key ``key``) the best one, its weights and masks held
-        in a packed form until :attr:`best_module_state` or :attr:`best_masks` is read:
-        ``unpack()`` builds both (a sparse run's CSR layers are densified only then, not
-        at every epoch that becomes the best)."""
+        by ``copy`` until :attr:`best_module_state` or :attr:`best_masks` is first read (a
+        sparse run's CSR layers are densified only then, not at every epoch that becomes
+        the best) or :meth:`load_best` writes them into the module."""
         self.best_key, self.best_epoch = key, epoch
-        self.__dict__.update(best_module_state=None, best_masks={}, _unpack=unpack)
+        self.__dict__.update(best_module_state=None, best_masks={}, _pending={
+            "copy": copy, "fields": {"best_module_state", "best_masks"}})
 
-    def _unpack_best(self) -> None:
-        unpack = self.__dict__.pop("_unpack", None)
-        if unpack is not None:
-            self.__dict__["best_module_state"], self.__dict__["best_masks"] = unpack()
+    def load_best(self, module: nn.Module) -> None:
+        """Load the best epoch's weights into ``module`` (nothing before a best epoch);
+        weights still held by :meth:`keep_best`'s copy are written in place."""
+        pending = self.__dict__.get("_pending")
+        if pending is not None and "best_module_state" in pending["fields"]:
+            pending["copy"].load_into(module)
+        elif self.best_module_state is not None:
+            module.load_state_dict(self.best_module_state)
 
     def state_dict(self) -> dict[str, Any]:
         """Plain containers and tensors (loadable with ``torch.load(weights_only=True)``)."""

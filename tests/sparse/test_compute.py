@@ -421,7 +421,7 @@ class BestCopies(Callback):
     def on_epoch_end(self, net, *, record, run=None, **kwargs):
         if not record["best"]:
             return
-        packed = "_unpack" in vars(run.state)
+        packed = "_pending" in vars(run.state)
         state, masks = run.state.best_module_state, run.state.best_masks
         live = net.module_.state_dict()
         same = list(state) == list(live) and all(
@@ -440,6 +440,35 @@ def test_the_best_epoch_copies_equal_the_network_and_a_csr_run_keeps_them_packed
     assert copies.seen and all(same and same_masks for _, same, same_masks in copies.seen)
     assert all(packed for packed, _, _ in copies.seen)
     assert clf.best_epoch_ == len(copies.seen)  # the validation accuracy only rose
+
+
+def test_a_packed_best_copy_loads_into_the_dense_network_as_its_dense_state():
+    # the copy is taken, the CSR layers then change pattern and weights and go back to
+    # dense layers; loading the copy in place gives what loading its dense state gives
+    net = build_module("mlp", input_shape=(30,), n_classes=3,
+                       module_params={"hidden_layer_sizes": (64, 48)})
+    engine = make_sparse_compute(net, _engine(net), mode="csr", threshold=0.3)
+    assert engine.layers
+    best = engine.best_copy(net)
+    state_then, masks_then = copy.deepcopy(net.state_dict()), engine.masks.to_dict()
+    step = next(s for s in range(1, 50) if engine.is_update_step(s))
+    engine.prepare_step(step)
+    nn.functional.cross_entropy(net(torch.randn(8, 30)), torch.randint(0, 3, (8,))).backward()
+    assert engine.before_step(step) > 0
+    with torch.no_grad():
+        for layer in engine.layers.values():
+            layer.values.mul_(3.0)
+    engine.finish()
+    assert not all(torch.equal(net.state_dict()[k], v) for k, v in state_then.items())
+    twin = copy.deepcopy(net)
+    best.load_into(net)
+    twin.load_state_dict(best.module_state())
+    for key, value in state_then.items():
+        assert torch.equal(net.state_dict()[key], value)
+        assert torch.equal(twin.state_dict()[key], value)
+    assert all(torch.equal(best.masks()[k], m) for k, m in masks_then.items())
+    with pytest.raises(RuntimeError, match="does not fit the network"):
+        best.load_into(nn.Sequential(nn.Linear(30, 64)))
 
 
 class StopAt(Callback):
