@@ -636,7 +636,7 @@ class CSRLinear(nn.Module):
                 return torch.rand((r1 - r0) * n_in, generator=generator).to(device)
 
             grown = _chunked_topk(self.out_features, n_in, block, kept_flat, plan.k)[1]
-        new_flat = torch.cat([kept_flat, grown.to(kept_flat.device)]).sort().values
+        new_flat = kernels.sorted_values(torch.cat([kept_flat, grown.to(kept_flat.device)]))
         new_mask = torch.zeros(self.out_features * n_in, dtype=torch.bool,
                                device=self.values.device)
         new_mask[new_flat] = True

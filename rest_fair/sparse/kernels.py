@@ -600,6 +600,17 @@ def flat_nonzero(mask: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(np.flatnonzero(mask.numpy()).astype(np.int64, copy=False))
 
 
+def sorted_values(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor.sort().values`` of a 1-D integer tensor.
+
+    On the CPU numpy sorts (its vectorised sort: 0.24 against 0.83 ms for 42k int64 on 2
+    threads); sorted integers are the same whichever sort orders them.
+    """
+    if tensor.device.type != "cpu" or tensor.dtype.is_floating_point:
+        return tensor.sort().values
+    return torch.from_numpy(np.sort(tensor.numpy()))
+
+
 def csr_pattern_of_flat(flat: torch.Tensor, shape: tuple[int, int], *, inverse: bool = False,
                         ) -> tuple[torch.Tensor, ...]:
     """:func:`csr_pattern` of the pattern given by its sorted, distinct flat indices.

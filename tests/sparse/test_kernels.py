@@ -593,3 +593,14 @@ def test_the_compiled_pattern_arrays_are_torchs(monkeypatch, shape, density):
 def test_flat_indices_outside_the_shape_are_refused(flat):
     with pytest.raises(ValueError, match=r"flat indices must lie in \[0, 54\)"):
         kernels.csr_pattern_of_flat(torch.tensor(flat), (6, 9))
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32])
+def test_sorted_values_sorts_as_torch(dtype):
+    g = torch.Generator().manual_seed(0)
+    for n in (0, 1, 17, 50_000):
+        values = torch.randint(-10**6, 10**6, (n,), generator=g, dtype=torch.int64).to(dtype)
+        got = kernels.sorted_values(values)
+        assert got.dtype == dtype and torch.equal(got, values.sort().values)
+    floats = torch.randn(100, generator=g)
+    assert torch.equal(kernels.sorted_values(floats), floats.sort().values)
