@@ -6,8 +6,10 @@ import warnings
 
 import numpy as np
 import pytest
+import torch
+from torch import nn
 
-from rest_fair import RESTClassifier
+from rest_fair import RESTClassifier, models
 from rest_fair.models import ResNet18, SmallCNN
 
 
@@ -29,3 +31,23 @@ def test_channels_last_images_are_named_as_such():
         ResNet18((3, 32, 32), 2), ResNet18((4, 4, 3), 2), SmallCNN((1, 12, 12), 2)
     with pytest.raises(ValueError, match="too small for module='cnn'"):
         SmallCNN((3, 4, 4), 2)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_mlp_layers_are_initialised_as_nn_linear_initialises_itself(dtype):
+    # the built-in MLP draws its layers through the compiled kernels: the same numbers from
+    # the same global generator, which ends where nn.Linear leaves it
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        for n_in, n_out, seed in [(1, 1, 0), (784, 300, 1), (300, 10, 2), (2048, 623, 3)]:
+            torch.manual_seed(seed)
+            ours, after = models._linear(n_in, n_out), torch.rand(2)
+            torch.manual_seed(seed)
+            theirs = nn.Linear(n_in, n_out)
+            assert torch.equal(after, torch.rand(2))
+            assert ours.weight.dtype == dtype and ours.weight.requires_grad
+            assert torch.equal(ours.weight, theirs.weight)
+            assert torch.equal(ours.bias, theirs.bias)
+    finally:
+        torch.set_default_dtype(previous)

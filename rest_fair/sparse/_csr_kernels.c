@@ -14,6 +14,7 @@
  *                 (over the CSR of W^T, columns of W split between threads)
  *
  * randperm_prefix: the first k entries of torch's CPU randperm(n) from its raw draws
+ * uniform_f32:     torch's CPU uniform_ of a float32 tensor, from the same draws
  * csr_pattern_arrays: the index arrays of a pattern and of its transpose, from flat indices
  * topk_scan_f32:   the k largest |gradient| outside the pattern, one block at a time
  *
@@ -590,6 +591,31 @@ static inline uint32_t mt_draw(mt_state *s) {
     return y ^ (y >> 18);
 }
 
+/* The generator state `bytes` (Generator.get_state()) in and out of an mt_state. */
+static void mt_load(mt_state *s, const unsigned char *bytes) {
+    int32_t left;
+    uint64_t next, word;
+    memcpy(&left, bytes + 8, sizeof left);
+    memcpy(&next, bytes + 16, sizeof next);
+    for (int i = 0; i < MT_N; ++i) {
+        memcpy(&word, bytes + 24 + 8 * i, sizeof word);
+        s->w[i] = (uint32_t)word;
+    }
+    s->left = left;
+    s->next = (int64_t)next;
+}
+
+static void mt_store(const mt_state *s, unsigned char *bytes) {
+    const int32_t left = (int32_t)s->left;
+    const uint64_t next = (uint64_t)s->next;
+    memcpy(bytes + 8, &left, sizeof left);
+    memcpy(bytes + 16, &next, sizeof next);
+    for (int i = 0; i < MT_N; ++i) {
+        const uint64_t word = s->w[i];
+        memcpy(bytes + 24 + 8 * i, &word, sizeof word);
+    }
+}
+
 /* m draws whose values are not needed: only the regenerations are computed. */
 static void mt_skip(mt_state *s, int64_t m) {
     while (m > 0) {
@@ -653,16 +679,7 @@ int randperm_prefix(int64_t n, int64_t k, unsigned char *bytes, int64_t *out) {
     }
     memset(m.key, 0xff, (size_t)capacity * sizeof(uint32_t));
     mt_state s;
-    int32_t left;
-    uint64_t next, word;
-    memcpy(&left, bytes + 8, sizeof left);
-    memcpy(&next, bytes + 16, sizeof next);
-    for (int i = 0; i < MT_N; ++i) {
-        memcpy(&word, bytes + 24 + 8 * i, sizeof word);
-        s.w[i] = (uint32_t)word;
-    }
-    s.left = left;
-    s.next = (int64_t)next;
+    mt_load(&s, bytes);
     for (int64_t i = 0; i < k; ++i) {
         const int64_t z = i + (int64_t)(mt_draw(&s) % (uint64_t)(n - i));
         const int64_t at_i = m.low[i], at_z = moved_get(&m, z);
@@ -676,15 +693,44 @@ int randperm_prefix(int64_t n, int64_t k, unsigned char *bytes, int64_t *out) {
     free(m.key);
     free(m.value);
     mt_skip(&s, n - 1 - k);
-    left = (int32_t)s.left;
-    next = (uint64_t)s.next;
-    memcpy(bytes + 8, &left, sizeof left);
-    memcpy(bytes + 16, &next, sizeof next);
-    for (int i = 0; i < MT_N; ++i) {
-        word = s.w[i];
-        memcpy(bytes + 24 + 8 * i, &word, sizeof word);
-    }
+    mt_store(&s, bytes);
     return 0;
+}
+
+/* out[0, n) as torch's CPU uniform_(from, to) of a float32 tensor fills it from the
+   generator state `bytes` (advanced as uniform_ advances it): one 32-bit draw per entry,
+   its low 24 bits times 2**-24 as x, then x * (to - from) + from as one fused
+   multiply-add (the caller checks that torch rounds so). Draws are taken a run of words at
+   a time, so the tempering and the arithmetic vectorise. */
+void uniform_f32(int64_t n, float from, float to, unsigned char *bytes, float *out) {
+    mt_state s;
+    mt_load(&s, bytes);
+    const float span = to - from;
+    const float scale = 1.0f / 16777216.0f;
+    int64_t done = 0;
+    while (done < n) {
+        if (s.left == 1) { /* the next draw regenerates the words and reads word 0 */
+            mt_regenerate(s.w);
+            s.left = MT_N + 1;
+            s.next = 0;
+        }
+        int64_t run = s.left - 1; /* draws before the next regeneration */
+        if (run > n - done) run = n - done;
+        const uint32_t *w = s.w + s.next;
+        float *o = out + done;
+        for (int64_t i = 0; i < run; ++i) {
+            uint32_t y = w[i];
+            y ^= y >> 11;
+            y ^= (y << 7) & 0x9d2c5680u;
+            y ^= (y << 15) & 0xefc60000u;
+            y ^= y >> 18;
+            o[i] = __builtin_fmaf((float)(y & 0xffffffu) * scale, span, from);
+        }
+        s.left -= run;
+        s.next += run;
+        done += run;
+    }
+    mt_store(&s, bytes);
 }
 
 /* The k largest |v| of a dense gradient, scanned block by block in flat order (RigL's

@@ -24,6 +24,8 @@ What the kernels compute (float32 and float64, int32 CSR indices, CPU tensors):
 :func:`randperm_prefix` gives the first ``k`` entries of ``torch.randperm(n)`` on a CPU
 generator, bitwise, and leaves the generator where ``torch.randperm`` leaves it, at a
 fraction of the cost when ``k`` is small (the random masks of sparse layers).
+:func:`uniform_` draws what ``Tensor.uniform_`` draws from a CPU generator, bitwise,
+a run of draws at a time (the initialisation of the built-in networks' linear layers).
 :class:`TopKScan` keeps the ``k`` largest magnitudes of a dense gradient scanned block by
 block (RigL's regrowth) in one pass per block.
 
@@ -72,6 +74,7 @@ __all__ = [
     "panel_width",
     "randperm_prefix",
     "unavailable_reason",
+    "uniform_",
 ]
 
 #: Environment variable that switches the compiled kernels off when set to ``0``
@@ -189,6 +192,8 @@ def _declare(lib: ctypes.CDLL) -> None:
         _FUNCS[dtype] = (pack_fn, forward, backward)
     lib.randperm_prefix.argtypes = [_i64, _i64, _ptr, _ptr]
     lib.randperm_prefix.restype = c_int
+    lib.uniform_f32.argtypes = [_i64, ctypes.c_float, ctypes.c_float, _ptr, _ptr]
+    lib.uniform_f32.restype = None
     lib.topk_scan_f32.argtypes = [_ptr, _i64, _i64, _ptr, _i64, _i64, c_int, _ptr, _ptr,
                                   _ptr]
     lib.topk_scan_f32.restype = c_int
@@ -681,6 +686,67 @@ def _check_prefix() -> bool:
         if not (torch.equal(got, want) and torch.equal(ours.get_state(), theirs.get_state())):
             return False
     return True
+
+
+_uniform_ok: bool | None = None
+_FLOAT32_MAX = float(torch.finfo(torch.float32).max)
+
+
+def _check_uniform() -> bool:
+    """Whether the kernels' uniform draws equal this torch's ``uniform_``, values and
+    generator state (torch's CPU build rounds ``x * (to - from) + from`` once)."""
+    for seed, n, low, high, before in ((0, 1000, -0.1, 0.1, 0), (1, 5000, -0.02, 0.03, 3),
+                                       (2, 623, 0.0, 1.0, 622), (3, 1500, -3.7, 11.3, 1)):
+        ours, theirs = torch.Generator(), torch.Generator()
+        for gen in (ours, theirs):
+            gen.manual_seed(seed)
+            torch.rand(before, generator=gen)
+        state = ours.get_state()
+        if state.numel() != _STATE_BYTES:
+            return False
+        got = torch.empty(n)
+        _lib.uniform_f32(n, low, high, state.data_ptr(), got.data_ptr())
+        try:
+            ours.set_state(state)
+        except RuntimeError:  # another layout
+            return False
+        want = torch.empty(n).uniform_(low, high, generator=theirs)
+        if not (torch.equal(got, want) and torch.equal(ours.get_state(), theirs.get_state())):
+            return False
+    return True
+
+
+def uniform_(tensor: torch.Tensor, low: float = 0.0, high: float = 1.0, *,
+             generator: torch.Generator | None = None) -> torch.Tensor:
+    """``tensor.uniform_(low, high, generator=generator)``, bitwise, faster on the CPU.
+
+    For a contiguous float32 CPU tensor and a CPU generator the compiled kernels draw the
+    same numbers from the generator's state and leave it where ``uniform_`` leaves it, a
+    run of draws at a time (about 15 times as fast as torch's one-at-a-time loop for the 4
+    million weights of a 2048 x 2048 layer: 0.8 against 13 ms). A check against torch
+    runs once per process; without the kernels, when it fails, and for other tensors or
+    generators this calls ``tensor.uniform_``. Like it, it refuses a tensor that requires
+    a gradient while gradients are recorded.
+    """
+    global _uniform_ok
+    gen = torch.default_generator if generator is None else generator
+    low, high = float(low), float(high)
+    if (not (-_FLOAT32_MAX <= low <= high <= _FLOAT32_MAX
+             and high - low <= _FLOAT32_MAX)  # torch's messages for what it refuses
+            or tensor.dtype != torch.float32 or tensor.device.type != "cpu"
+            or not tensor.is_contiguous() or gen.device.type != "cpu"
+            or (tensor.requires_grad and torch.is_grad_enabled()) or load() is None):
+        return tensor.uniform_(low, high, generator=generator)
+    if _uniform_ok is None:
+        _uniform_ok = _check_uniform()
+    if not _uniform_ok:
+        return tensor.uniform_(low, high, generator=generator)
+    state = gen.get_state()
+    _lib.uniform_f32(tensor.numel(), low, high, state.data_ptr(),
+                     tensor.data_ptr())
+    gen.set_state(state)
+    torch.autograd.graph.increment_version(tensor)  # written as an in-place op would
+    return tensor
 
 
 def randperm_prefix(n: int, k: int, generator: torch.Generator | None = None) -> torch.Tensor:

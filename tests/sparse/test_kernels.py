@@ -604,3 +604,68 @@ def test_sorted_values_sorts_as_torch(dtype):
         assert got.dtype == dtype and torch.equal(got, values.sort().values)
     floats = torch.randn(100, generator=g)
     assert torch.equal(kernels.sorted_values(floats), floats.sort().values)
+
+
+@needs_kernels
+@pytest.mark.parametrize(("n", "low", "high", "draws_before"), [
+    (0, 0.0, 1.0, 5),
+    (1, -1.0, 1.0, 0),        # a fresh generator: the first draw regenerates the words
+    (623, 0.0, 1.0, 1),       # ends exactly on a regeneration
+    (5000, -0.02, 0.02, 622),
+    (2048 * 64, -0.0220970869120796, 0.0220970869120796, 3),
+])
+def test_uniform_draws_what_torch_draws(n, low, high, draws_before):
+    ours, theirs = torch.Generator(), torch.Generator()
+    for gen in (ours, theirs):
+        gen.manual_seed(n + draws_before)
+        torch.rand(draws_before, generator=gen)
+    got = kernels.uniform_(torch.empty(n), low, high, generator=ours)
+    want = torch.empty(n).uniform_(low, high, generator=theirs)
+    assert kernels._uniform_ok
+    assert torch.equal(got, want)
+    assert torch.equal(ours.get_state(), theirs.get_state())
+
+
+@needs_kernels
+def test_uniform_on_the_global_generator_bumps_the_version_and_refuses_as_torch():
+    torch.manual_seed(3)
+    weight = nn.Parameter(torch.empty(40, 30))
+    version = weight._version
+    with torch.no_grad():
+        kernels.uniform_(weight, -0.5, 0.5)
+    after = torch.rand(3)
+    torch.manual_seed(3)
+    want = torch.empty(40, 30).uniform_(-0.5, 0.5)
+    assert torch.equal(weight.detach(), want) and torch.equal(after, torch.rand(3))
+    assert weight._version > version
+    with pytest.raises(RuntimeError, match="leaf Variable"):
+        kernels.uniform_(weight, 0.0, 1.0)
+
+
+@pytest.mark.parametrize(("low", "high"), [(5.5, -2.25), (0.0, float("inf")),
+                                           (-3e38, 3e38), (-3.5e38, -3.4e38),
+                                           (float("nan"), 1.0)])
+def test_uniform_refuses_bounds_as_torch(low, high):
+    with pytest.raises(RuntimeError) as ours:
+        kernels.uniform_(torch.empty(5), low, high)
+    with pytest.raises(RuntimeError) as theirs:
+        torch.empty(5).uniform_(low, high)
+    assert str(ours.value) == str(theirs.value)
+
+
+@pytest.mark.parametrize("case", ["float64", "strided", "check failed", "no kernels"])
+def test_uniform_falls_back_to_torch(monkeypatch, case):
+    tensor = torch.empty(30, 20, dtype=torch.float64 if case == "float64" else torch.float32)
+    if case == "strided":
+        tensor = tensor.t()
+    if case == "check failed":
+        monkeypatch.setattr(kernels, "_uniform_ok", False)
+    if case == "no kernels":
+        monkeypatch.setenv(kernels.ENV_SWITCH, "0")
+    calls = []
+    original = torch.Tensor.uniform_
+    monkeypatch.setattr(torch.Tensor, "uniform_",
+                        lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
+    want = original(tensor.clone(), -1.0, 2.0, generator=torch.Generator().manual_seed(0))
+    got = kernels.uniform_(tensor, -1.0, 2.0, generator=torch.Generator().manual_seed(0))
+    assert calls == [1] and torch.equal(got, want)
