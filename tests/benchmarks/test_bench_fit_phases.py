@@ -23,7 +23,7 @@ def test_fit_phases_benchmark_counts_the_steps_and_restores_what_it_timed(capsys
                 "--fits", "1", "--threads", "1", "--compare-dense", "--compare-layer-by-layer",
                 "--compare-torch-step"])
     printed = capsys.readouterr().out
-    assert re.search(r"^\| fit \| \d+\.\d \| 1 \| 100\.0 \|$", printed, re.M)
+    assert re.search(r"^\| fit \| \d+\.\d \| 1 \| 100\.0 \| \d+ \|$", printed, re.M)
     # 576 training rows (10 % held out) in batches of 64, two epochs
     assert re.search(r"^\| · · training steps \| \d+\.\d \| 18 \| ", printed, re.M)
     assert re.search(r"^\| · · validation \| \d+\.\d \| 2 \| ", printed, re.M)
