@@ -51,3 +51,10 @@ def test_the_mlp_layers_are_initialised_as_nn_linear_initialises_itself(dtype):
             assert torch.equal(ours.bias, theirs.bias)
     finally:
         torch.set_default_dtype(previous)
+
+
+def test_an_mlp_built_on_the_meta_device_allocates_nothing():
+    # a model file's header is checked against a network built on the meta device
+    with torch.device("meta"):
+        net = models.MLP((10**6,), 3, hidden_layer_sizes=(10**6,))
+    assert all(p.device.type == "meta" for p in net.parameters())
