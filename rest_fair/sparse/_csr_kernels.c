@@ -573,9 +573,23 @@ static inline uint32_t mt_mix(uint32_t u, uint32_t v) {
     return (((u & 0x80000000u) | (v & 0x7fffffffu)) >> 1) ^ ((v & 1u) ? 0x9908b0dfu : 0u);
 }
 
+typedef uint32_t vec_u32 __attribute__((vector_size(64)));
+typedef uint32_t uvec_u32 __attribute__((vector_size(64), aligned(4)));
+
+/* 16 words of a regeneration at once: word i reads the old words i and i + 1 and word
+   i + off, which the loop has already replaced where off < 0 (by at least 16). */
+static inline void mt_mix16(uint32_t *w, int i, int off) {
+    const vec_u32 u = *(const uvec_u32 *)(w + i), v = *(const uvec_u32 *)(w + i + 1);
+    const vec_u32 y = ((u & 0x80000000u) | (v & 0x7fffffffu)) >> 1;
+    const vec_u32 odd = (vec_u32){0} - (v & 1u);
+    *(uvec_u32 *)(w + i) = *(const uvec_u32 *)(w + i + off) ^ y ^ (odd & 0x9908b0dfu);
+}
+
 static void mt_regenerate(uint32_t *w) {
     int i = 0;
+    for (; i + 16 <= MT_N - MT_M; i += 16) mt_mix16(w, i, MT_M);
     for (; i < MT_N - MT_M; ++i) w[i] = w[i + MT_M] ^ mt_mix(w[i], w[i + 1]);
+    for (; i + 16 <= MT_N - 1; i += 16) mt_mix16(w, i, MT_M - MT_N);
     for (; i < MT_N - 1; ++i) w[i] = w[i + MT_M - MT_N] ^ mt_mix(w[i], w[i + 1]);
     w[MT_N - 1] = w[MT_M - 1] ^ mt_mix(w[MT_N - 1], w[0]);
 }
