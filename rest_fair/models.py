@@ -94,7 +94,7 @@ def _linear(in_features: int, out_features: int) -> nn.Linear:
     gain = nn.init.calculate_gain("leaky_relu", math.sqrt(5))
     bound = math.sqrt(3.0) * (gain / math.sqrt(in_features))
     with torch.no_grad():
-        kernels.uniform_(layer.weight, -bound, bound)
+        kernels.uniform_(kernels.huge_pages(layer.weight), -bound, bound)
         bound = 1 / math.sqrt(in_features)
         kernels.uniform_(layer.bias, -bound, bound)
     return layer

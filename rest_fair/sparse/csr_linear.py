@@ -451,7 +451,7 @@ class CSRLinear(nn.Module):
 
     def scatter(self, tensor: torch.Tensor) -> torch.Tensor:
         """A per-active-weight tensor of shape ``(nnz,)`` as a dense matrix (0 elsewhere)."""
-        out = tensor.new_zeros(self.out_features * self.in_features)
+        out = kernels.new_zeros(tensor, self.out_features * self.in_features)
         out[self.flat_indices()] = tensor
         return out.view(self.shape)
 
@@ -744,7 +744,7 @@ class PackedWeight:
 
     def dense(self) -> torch.Tensor:
         """The dense weight: ``values`` at ``indices``, zeros elsewhere."""
-        out = self.values.new_zeros(self.shape[0] * self.shape[1])
+        out = kernels.new_zeros(self.values, self.shape[0] * self.shape[1])
         out[self.indices] = self.values
         return out.view(self.shape)
 

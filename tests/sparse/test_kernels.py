@@ -669,3 +669,20 @@ def test_uniform_falls_back_to_torch(monkeypatch, case):
     want = original(tensor.clone(), -1.0, 2.0, generator=torch.Generator().manual_seed(0))
     got = kernels.uniform_(tensor, -1.0, 2.0, generator=torch.Generator().manual_seed(0))
     assert calls == [1] and torch.equal(got, want)
+
+
+def test_new_zeros_asks_for_huge_pages_for_large_cpu_buffers_only(monkeypatch):
+    calls = []
+    monkeypatch.setattr(kernels, "_madvise", lambda start, length, advice: calls.append(
+        (start, length, advice)) or 0)
+    like = torch.ones(3, dtype=torch.float64)
+    small = kernels.new_zeros(like, 1000)
+    assert small.dtype == torch.float64 and not small.any() and calls == []
+    big = kernels.new_zeros(like, 3 * 2**20)  # 24 MiB
+    assert big.shape == (3 * 2**20,) and big.dtype == torch.float64 and not big.any()
+    (start, length, advice), = calls
+    assert advice == kernels._MADV_HUGEPAGE
+    assert start % 2**21 == 0 and length % 2**21 == 0 and length >= 2**21 * 10
+    assert big.data_ptr() <= start and start + length <= big.data_ptr() + 24 * 2**20
+    monkeypatch.setattr(kernels, "_madvise", False)  # not Linux
+    assert not kernels.new_zeros(like, 3 * 2**20).any()
