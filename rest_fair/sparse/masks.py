@@ -528,30 +528,44 @@ class MaskSet:
         Neural Networks and How Lottery Tickets Win").
         """
         for name, param in self.params.items():
-            density = _float32_mean(self.mask(name))
-            if 0.0 < density < 1.0:
-                param.mul_(density**-0.5)
+            scale = self._rescale(name)
+            if scale is not None:
+                param.mul_(scale)
+
+    def _rescale(self, name: str) -> float | None:
+        """:meth:`rescale_init_`'s factor for weight ``name`` (``None``: left as it is)."""
+        density = _float32_mean(self.mask(name))
+        return density**-0.5 if 0.0 < density < 1.0 else None
 
     @torch.no_grad()
-    def zero_inactive_(self) -> None:
+    def zero_inactive_(self, *, rescale: bool = False) -> None:
         """Zero every inactive weight, as :meth:`apply_` does, without building the float
-        multipliers :meth:`apply_` keeps.
+        multipliers :meth:`apply_` keeps; with ``rescale``, then scale the weights as
+        :meth:`rescale_init_` does.
 
-        A CPU weight is multiplied by its boolean mask a block of :data:`_ZERO_BLOCK`
-        entries at a time (the same products as :meth:`apply_`'s), so only a block-sized
-        float copy of the mask exists at once: the masks of a fit are applied once before
-        its layers are chosen for CSR training, and a layer trained in CSR form never needs
-        its multiplier. Weights on other devices take :meth:`apply_`'s multipliers.
+        A CPU weight is multiplied by its boolean mask (and its scale) a block of
+        :data:`_ZERO_BLOCK` entries at a time, the same products in the same order as
+        :meth:`apply_` and :meth:`rescale_init_`, so only a block-sized float copy of the
+        mask exists at once and the weights are read from memory once: the masks of a fit
+        are applied once before its layers are chosen for CSR training, and a layer
+        trained in CSR form never needs its multiplier. Weights on other devices take
+        :meth:`apply_`'s multipliers.
         """
         for name, param in self.params.items():
             mask = self._bool[name]
+            scale = self._rescale(name) if rescale else None
             if param.device.type != "cpu" or mask.device != param.device \
                     or not param.is_contiguous():
                 param.mul_(self._multiplier(name))
+                if scale is not None:
+                    param.mul_(scale)
                 continue
             flat, flat_mask = param.view(-1), mask.reshape(-1)
             for start in range(0, flat.numel(), _ZERO_BLOCK):
-                flat[start : start + _ZERO_BLOCK].mul_(flat_mask[start : start + _ZERO_BLOCK])
+                block = flat[start : start + _ZERO_BLOCK].mul_(
+                    flat_mask[start : start + _ZERO_BLOCK])
+                if scale is not None:
+                    block.mul_(scale)
 
     def _masked_names(self) -> list[str]:
         """The weights :meth:`apply_` multiplies by their masks."""

@@ -324,9 +324,8 @@ def make_sparsity(
             sparse_init=config.sparse_init, dense_layers=tuple(config.dense_layers or ()),
             generator=generator, warn=warn and not IDENTIFYING.get(),
         )
-    mask_set.zero_inactive_()
-    if masks is None and config.sparse_init == "random" and config.rescale_init:
-        mask_set.rescale_init_()
+    mask_set.zero_inactive_(rescale=masks is None and config.sparse_init == "random"
+                            and config.rescale_init)
     total_steps = steps_per_epoch * max_epochs
     # the product may fall a rounding error short of a whole step (0.29 * 100 is
     # 28.999999999999996): that step is the last

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import itertools
 import math
 
@@ -502,11 +503,19 @@ def test_zero_inactive_is_apply_without_the_multipliers(monkeypatch, dtype):
     for net in nets:
         with torch.no_grad():
             net[0].weight[0, :4] = torch.tensor([float("nan"), float("inf"), -0.0, -1.0])
+    twins = [copy.deepcopy(net) for net in nets]
     sets = [MaskSet.from_module(net, density=0.3, generator=torch.Generator().manual_seed(1))
             for net in nets]
     sets[0].apply_()
     sets[1].zero_inactive_()
     assert sets[1]._mult == {}
+    twin_sets = [MaskSet.from_module(net, density=0.3, generator=torch.Generator().manual_seed(1))
+                 for net in twins]
+    twin_sets[0].apply_()
+    twin_sets[0].rescale_init_()
+    twin_sets[1].zero_inactive_(rescale=True)
+    for a, b in zip(twins[0].parameters(), twins[1].parameters(), strict=True):
+        assert _same_bits(a, b)
     weight = nets[1][0].weight
     assert bool(((weight == 0) & torch.signbit(weight)).any())  # negative zeros among them
     for a, b in zip(nets[0].parameters(), nets[1].parameters(), strict=True):
