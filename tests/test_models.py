@@ -40,11 +40,14 @@ def test_the_mlp_layers_are_initialised_as_nn_linear_initialises_itself(dtype):
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:
-        for n_in, n_out, seed in [(1, 1, 0), (784, 300, 1), (300, 10, 2), (2048, 623, 3)]:
+        for n_in, n_out, seed in [(1, 1, 0), (784, 300, 1), (300, 10, 2), (2048, 623, 3),
+                                  (0, 4, 4), (5, 0, 5)]:
             torch.manual_seed(seed)
-            ours, after = models._linear(n_in, n_out), torch.rand(2)
-            torch.manual_seed(seed)
-            theirs = nn.Linear(n_in, n_out)
+            with warnings.catch_warnings():  # torch's: a layer without weights is not drawn
+                warnings.simplefilter("ignore", UserWarning)
+                ours, after = models._linear(n_in, n_out), torch.rand(2)
+                torch.manual_seed(seed)
+                theirs = nn.Linear(n_in, n_out)
             assert torch.equal(after, torch.rand(2))
             assert ours.weight.dtype == dtype and ours.weight.requires_grad
             assert torch.equal(ours.weight, theirs.weight)
