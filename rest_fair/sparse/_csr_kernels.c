@@ -15,6 +15,7 @@
  *
  * randperm_prefix: the first k entries of torch's CPU randperm(n) from its raw draws
  * uniform_f32:     torch's CPU uniform_ of a float32 tensor, from the same draws
+ * mask_scale_f32:  a weight times its boolean mask (and a scale), in place
  * csr_pattern_arrays: the index arrays of a pattern and of its transpose, from flat indices
  * topk_scan_f32:   the k largest |gradient| outside the pattern, one block at a time
  *
@@ -745,6 +746,20 @@ void uniform_f32(int64_t n, float from, float to, unsigned char *bytes, float *o
         done += run;
     }
     mt_store(&s, bytes);
+}
+
+/* w[i] *= mask[i] (0 or 1), then, with scaled, w[i] *= scale: the products torch's
+   w.mul_(mask).mul_(scale) computes on a float32 tensor, each rounded once, without the
+   float copy of the mask. */
+void mask_scale_f32(float *w, const uint8_t *mask, int64_t n, float scale, int scaled) {
+    if (scaled) {
+        for (int64_t i = 0; i < n; ++i) {
+            const float masked = w[i] * (float)mask[i];
+            w[i] = masked * scale;
+        }
+    } else {
+        for (int64_t i = 0; i < n; ++i) w[i] = w[i] * (float)mask[i];
+    }
 }
 
 /* The k largest |v| of a dense gradient, scanned block by block in flat order (RigL's

@@ -71,6 +71,7 @@ __all__ = [
     "even_splits",
     "inverse_permutation",
     "load",
+    "mask_scale_",
     "pack",
     "panel_width",
     "randperm_prefix",
@@ -195,6 +196,8 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.randperm_prefix.restype = c_int
     lib.uniform_f32.argtypes = [_i64, ctypes.c_float, ctypes.c_float, _ptr, _ptr]
     lib.uniform_f32.restype = None
+    lib.mask_scale_f32.argtypes = [_ptr, _ptr, _i64, ctypes.c_float, c_int]
+    lib.mask_scale_f32.restype = None
     lib.topk_scan_f32.argtypes = [_ptr, _i64, _i64, _ptr, _i64, _i64, c_int, _ptr, _ptr,
                                   _ptr]
     lib.topk_scan_f32.restype = c_int
@@ -796,6 +799,26 @@ def uniform_(tensor: torch.Tensor, low: float = 0.0, high: float = 1.0, *,
     gen.set_state(state)
     torch.autograd.graph.increment_version(tensor)  # written as an in-place op would
     return tensor
+
+
+def mask_scale_(weight: torch.Tensor, mask: torch.Tensor, scale: float | None = None) -> bool:
+    """``weight.mul_(mask)``, then ``weight.mul_(scale)`` unless ``scale`` is ``None``, in
+    one pass of the compiled kernels without a float copy of the boolean ``mask``.
+
+    The products are torch's, each rounded once in float32 (zeros keep the weight's sign,
+    NaN and infinities give NaN). Returns ``False``, changing nothing, where the kernels
+    do not apply: no kernels, a weight that is not a contiguous float32 CPU tensor, or a
+    mask of another shape or not a contiguous bool CPU tensor.
+    """
+    if (load() is None or weight.dtype != torch.float32 or weight.device.type != "cpu"
+            or not weight.is_contiguous() or mask.dtype != torch.bool
+            or mask.device.type != "cpu" or not mask.is_contiguous()
+            or mask.shape != weight.shape):
+        return False
+    _lib.mask_scale_f32(weight.data_ptr(), mask.data_ptr(), weight.numel(),
+                        1.0 if scale is None else float(scale), int(scale is not None))
+    torch.autograd.graph.increment_version(weight)
+    return True
 
 
 def randperm_prefix(n: int, k: int, generator: torch.Generator | None = None) -> torch.Tensor:

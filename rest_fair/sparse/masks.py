@@ -11,6 +11,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from . import kernels
 from .checks import check_mask
 from .densities import active_counts, erk_densities, uniform_densities
 from .kernels import randperm_prefix
@@ -543,10 +544,11 @@ class MaskSet:
         multipliers :meth:`apply_` keeps; with ``rescale``, then scale the weights as
         :meth:`rescale_init_` does.
 
-        A CPU weight is multiplied by its boolean mask (and its scale) a block of
-        :data:`_ZERO_BLOCK` entries at a time, the same products in the same order as
-        :meth:`apply_` and :meth:`rescale_init_`, so only a block-sized float copy of the
-        mask exists at once and the weights are read from memory once: the masks of a fit
+        A float32 CPU weight is multiplied by its boolean mask (and its scale) in one pass
+        of the compiled kernels (:func:`~rest_fair.sparse.kernels.mask_scale_`); another
+        CPU weight a block of :data:`_ZERO_BLOCK` entries at a time. Both compute the same
+        products in the same order as :meth:`apply_` and :meth:`rescale_init_`, with at
+        most a block-sized float copy of the mask, reading the weights once: the masks of a fit
         are applied once before its layers are chosen for CSR training, and a layer
         trained in CSR form never needs its multiplier. Weights on other devices take
         :meth:`apply_`'s multipliers.
@@ -554,6 +556,8 @@ class MaskSet:
         for name, param in self.params.items():
             mask = self._bool[name]
             scale = self._rescale(name) if rescale else None
+            if kernels.mask_scale_(param.data, mask, scale):
+                continue
             if param.device.type != "cpu" or mask.device != param.device \
                     or not param.is_contiguous():
                 param.mul_(self._multiplier(name))

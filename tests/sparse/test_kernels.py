@@ -686,3 +686,32 @@ def test_new_zeros_asks_for_huge_pages_for_large_cpu_buffers_only(monkeypatch):
     assert big.data_ptr() <= start and start + length <= big.data_ptr() + 24 * 2**20
     monkeypatch.setattr(kernels, "_madvise", False)  # not Linux
     assert not kernels.new_zeros(like, 3 * 2**20).any()
+
+
+@needs_kernels
+@pytest.mark.parametrize("seed", range(4))
+def test_mask_scale_computes_torchs_products(seed):
+    g = torch.Generator().manual_seed(seed)
+    weight = torch.randn(301, 77, generator=g) * 10 ** float(torch.randint(-30, 30, (1,),
+                                                                             generator=g))
+    weight.view(-1)[:6] = torch.tensor([float("nan"), float("inf"), -float("inf"), -0.0,
+                                        -1e-45, 3e38])
+    mask = torch.rand(301, 77, generator=g) < 0.3
+    scale = float(torch.rand(1, generator=g)) * 40
+    for s in (None, scale):
+        want = weight.clone().mul_(mask)
+        if s is not None:
+            want.mul_(s)
+        got = weight.clone()
+        assert kernels.mask_scale_(got, mask, s)
+        assert torch.equal(got.view(torch.int32), want.view(torch.int32))
+
+
+def test_mask_scale_leaves_what_it_cannot_take_to_the_caller():
+    mask = torch.ones(4, 3, dtype=torch.bool)
+    for weight, m in [(torch.ones(4, 3, dtype=torch.float64), mask),
+                      (torch.ones(3, 4).t(), mask), (torch.ones(4, 3), mask.t().t()[:, :2]),
+                      (torch.ones(4, 3), mask.float())]:
+        before = weight.clone()
+        assert not kernels.mask_scale_(weight, m, 2.0)
+        assert torch.equal(weight, before)
