@@ -16,6 +16,7 @@
  * randperm_prefix: the first k entries of torch's CPU randperm(n) from its raw draws
  * uniform_f32:     torch's CPU uniform_ of a float32 tensor, from the same draws
  * mask_scale_f32:  a weight times its boolean mask (and a scale), in place
+ * sorted_positions: searchsorted of sorted values in a sorted array, by merging
  * csr_pattern_arrays: the index arrays of a pattern and of its transpose, from flat indices
  * topk_scan_f32:   the k largest |gradient| outside the pattern, one block at a time
  *
@@ -759,6 +760,17 @@ void mask_scale_f32(float *w, const uint8_t *mask, int64_t n, float scale, int s
         }
     } else {
         for (int64_t i = 0; i < n; ++i) w[i] = w[i] * (float)mask[i];
+    }
+}
+
+/* out[j] = the number of a[0, n) below b[j], for sorted a and sorted b (searchsorted,
+   left), in one merge pass. */
+void sorted_positions(const int64_t *a, int64_t n, const int64_t *b, int64_t m,
+                      int64_t *out) {
+    int64_t i = 0;
+    for (int64_t j = 0; j < m; ++j) {
+        while (i < n && a[i] < b[j]) ++i;
+        out[j] = i;
     }
 }
 

@@ -661,7 +661,7 @@ class CSRLinear(nn.Module):
         known = (plan.decided[1] if plan is not None and plan.decided is not None
                  and plan.decided[0] is new_mask else None)
         new_flat = self._set_pattern(new_mask.to(flat.device), known)
-        pos = torch.searchsorted(flat, new_flat).clamp_(max=flat.numel() - 1)
+        pos = kernels.searchsorted_sorted(flat, new_flat).clamp_(max=flat.numel() - 1)
         new = flat[pos] != new_flat  # positions new to the pattern
 
         def remap(tensor: torch.Tensor) -> torch.Tensor:

@@ -198,6 +198,8 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.uniform_f32.restype = None
     lib.mask_scale_f32.argtypes = [_ptr, _ptr, _i64, ctypes.c_float, c_int]
     lib.mask_scale_f32.restype = None
+    lib.sorted_positions.argtypes = [_ptr, _i64, _ptr, _i64, _ptr]
+    lib.sorted_positions.restype = None
     lib.topk_scan_f32.argtypes = [_ptr, _i64, _i64, _ptr, _i64, _i64, c_int, _ptr, _ptr,
                                   _ptr]
     lib.topk_scan_f32.restype = c_int
@@ -655,6 +657,25 @@ def huge_pages(tensor: torch.Tensor) -> torch.Tensor:
 def new_zeros(like: torch.Tensor, n: int) -> torch.Tensor:
     """``like.new_zeros(n)``, in :func:`huge_pages` memory."""
     return huge_pages(like.new_empty(n)).zero_()
+
+
+def searchsorted_sorted(sorted_sequence: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """``torch.searchsorted(sorted_sequence, values)`` of sorted int64 ``values``.
+
+    On the CPU with the compiled kernels, one merge pass over both (the positions of a new
+    pattern's flat indices in the old one: 1 ms to a few dozen µs for 42k of them);
+    elsewhere torch's binary searches, which give the same positions.
+    """
+    if (load() is None or sorted_sequence.device.type != "cpu"
+            or values.device.type != "cpu" or sorted_sequence.dtype != torch.int64
+            or values.dtype != torch.int64 or sorted_sequence.dim() != 1
+            or values.dim() != 1):
+        return torch.searchsorted(sorted_sequence, values)
+    sorted_sequence, values = sorted_sequence.contiguous(), values.contiguous()
+    out = torch.empty_like(values)
+    _lib.sorted_positions(sorted_sequence.data_ptr(), sorted_sequence.numel(),
+                          values.data_ptr(), values.numel(), out.data_ptr())
+    return out
 
 
 def sorted_values(tensor: torch.Tensor) -> torch.Tensor:

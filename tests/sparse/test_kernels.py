@@ -715,3 +715,16 @@ def test_mask_scale_leaves_what_it_cannot_take_to_the_caller():
         before = weight.clone()
         assert not kernels.mask_scale_(weight, m, 2.0)
         assert torch.equal(weight, before)
+
+
+@pytest.mark.parametrize("case", range(5))
+def test_searchsorted_of_sorted_values_is_torchs(case):
+    g = torch.Generator().manual_seed(case)
+    n, m = [(0, 5), (5, 0), (1000, 3000), (40_000, 40_000), (3, 1)][case]
+    a = torch.randint(-50, 10**6, (n,), generator=g).sort().values  # with repeats
+    b = torch.randint(-100, 10**6 + 100, (m,), generator=g).sort().values
+    if m > 2:
+        b[: m // 3] = a[torch.randint(0, max(n, 1), (m // 3,), generator=g)].sort().values \
+            if n else b[: m // 3]
+        b = b.sort().values
+    assert torch.equal(kernels.searchsorted_sorted(a, b), torch.searchsorted(a, b))
