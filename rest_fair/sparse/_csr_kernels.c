@@ -810,12 +810,51 @@ static void topk_select(topk_cand *c, int64_t n, int64_t k) {
     }
 }
 
-/* Keep the k best of the buffer; returns the worst kept score. */
+static inline void topk_swap(topk_cand *a, topk_cand *b) {
+    const topk_cand t = *a;
+    *a = *b;
+    *b = t;
+}
+
+/* Keep the k best of the buffer (more than k entries) at its front; returns the worst kept
+   score. The k-th best score is found 11, 11 and 10 bits at a time from histograms of
+   the scores' bit patterns (scores are >= 0, so their bits order them as their values);
+   the entries above it are kept, and of those equal to it the ones of lowest index. */
 static float topk_compact(topk_cand *c, int64_t *count, int64_t k) {
-    topk_select(c, *count, k);
+    static const int shift[3] = {21, 10, 0}, width[3] = {11, 11, 10};
+    const int64_t n = *count;
+    uint32_t prefix = 0, known = 0; /* the bits of the k-th best score found so far */
+    int64_t above = 0;              /* entries whose score is above any with that prefix */
+    int64_t hist[1 << 11];
+    for (int p = 0; p < 3; ++p) {
+        const uint32_t bins = (1u << width[p]) - 1u;
+        memset(hist, 0, sizeof(int64_t) << width[p]);
+        for (int64_t i = 0; i < n; ++i) { /* branch-free: the prefix test is a coin toss */
+            uint32_t bits;
+            memcpy(&bits, &c[i].s, sizeof bits);
+            hist[(bits >> shift[p]) & bins] += (bits & known) == prefix;
+        }
+        uint32_t b = bins;
+        for (; b > 0 && above + hist[b] < k; --b) above += hist[b];
+        prefix |= b << shift[p];
+        known |= bins << shift[p];
+    }
+    float worst;
+    memcpy(&worst, &prefix, sizeof worst);
+    int64_t kept = 0; /* branch-free partitions: swap always, advance when it belongs */
+    for (int64_t i = 0; i < n; ++i) {
+        const int64_t in = c[i].s > worst;
+        topk_swap(&c[kept], &c[i]);
+        kept += in;
+    }
+    int64_t ties = kept;
+    for (int64_t i = kept; i < n; ++i) {
+        const int64_t in = c[i].s == worst;
+        topk_swap(&c[ties], &c[i]);
+        ties += in;
+    }
+    if (ties - kept > k - kept) topk_select(c + kept, ties - kept, k - kept);
     *count = k;
-    float worst = c[0].s;
-    for (int64_t t = 1; t < k; ++t) worst = c[t].s < worst ? c[t].s : worst;
     return worst;
 }
 
