@@ -16,6 +16,7 @@ from torch import nn
 
 __all__ = ["BestCopy", "TrainState"]
 
+
 class BestCopy(Protocol):
     """A copy of a run's module state and masks, kept in whatever form is cheapest until
     they are needed (:meth:`rest_fair.sparse.DynamicSparsity.best_copy` makes them)."""
