@@ -385,9 +385,11 @@ def candidate_layers(
     out = []
     for name, sub in sparse_linear_layers(module, by_name, threshold).items():
         mask = by_name.get(f"{name}.weight")
-        if (name and mask is not None and not bool(mask.all())
-                and id(sub.weight) not in shared):
-            out.append((name, sub, int(torch.count_nonzero(mask))))
+        if not name or mask is None or id(sub.weight) in shared:
+            continue
+        nnz = int(torch.count_nonzero(mask))
+        if nnz < mask.numel():
+            out.append((name, sub, nnz))
     return out
 
 
