@@ -62,7 +62,7 @@ class CopiedState:
         """``module.load_state_dict`` of the copy."""
         module.load_state_dict(self._state)
 
-__all__ = ["UPDATE_TIMINGS", "DynamicSparsity"]
+__all__ = ["UPDATE_TIMINGS", "CopiedState", "DynamicSparsity"]
 
 #: Where topology updates fall (``update_timing``): in the middle of each interval before
 #: the optimizer step, not on the last step of an epoch of several steps; or at every
