@@ -94,7 +94,6 @@ class _CSRMaskSet(MaskSet):
         super().set_mask(name, mask)
 
 
-
 class _PackedState:
     """The module state and masks of a CSR run at its best epoch so far, its CSR layers'
     weights as :class:`~rest_fair.sparse.csr_linear.PackedWeight` (see

@@ -40,6 +40,8 @@ from .modules import snapshot
 from .rigl import REGROW_MODES, LayerStorage, update_topology
 from .schedules import DropSchedule
 
+__all__ = ["UPDATE_TIMINGS", "CopiedState", "DynamicSparsity"]
+
 
 class CopiedState:
     """A copy of ``module``'s state made now, with ``masks`` (copies already): the best
@@ -62,7 +64,6 @@ class CopiedState:
         """``module.load_state_dict`` of the copy."""
         module.load_state_dict(self._state)
 
-__all__ = ["UPDATE_TIMINGS", "CopiedState", "DynamicSparsity"]
 
 #: Where topology updates fall (``update_timing``): in the middle of each interval before
 #: the optimizer step, not on the last step of an epoch of several steps; or at every
