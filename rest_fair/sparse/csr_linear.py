@@ -732,7 +732,7 @@ class CSRLinear(nn.Module):
                 f"nnz={self.nnz}, bias={self.bias is not None}")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # tensors have no single truth value to compare
 class PackedWeight:
     """A copy of a CSR layer's weights that :func:`packed_state_dict` keeps in place of its
     dense ``weight``: the active ``values`` at the sorted flat ``indices`` of a matrix of
