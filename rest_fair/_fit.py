@@ -350,14 +350,14 @@ def _hold_out(data: FitData, fraction: float, seed: int, world: LocalContext,
                           stacklevel=6)  # the caller of RESTClassifier.fit
         return np.arange(len(data.y)), None
     val_idx = weighed[val_idx]
-    held = np.zeros(len(data.y), dtype=bool)
-    held[val_idx] = True
-    train_idx = np.flatnonzero(~held)
+    in_valid = np.zeros(len(data.y), dtype=bool)
+    in_valid[val_idx] = True
+    train_idx = np.flatnonzero(~in_valid)
     w_val = data.sample_weight[val_idx]
     w_val = None if np.all(w_val == w_val[0]) else w_val
     g_val = data.groups[val_idx] if data.has_groups else None
     if world.is_main:
-        _check_selection(data, weighed[~held[weighed]], g_val, data.group_labels,
+        _check_selection(data, weighed[~in_valid[weighed]], g_val, data.group_labels,
                          advice=MORE_HELD_OUT)
     held = data.rows(val_idx)  # a dense X's rows read in place, as the training rows
     return train_idx, EvalSet(

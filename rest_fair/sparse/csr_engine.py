@@ -102,10 +102,9 @@ class _PackedState:
     def __init__(self, engine: CSRDynamicSparsity, module: nn.Module) -> None:
         self._state = snapshot(packed_state_dict(module),
                                [*module.parameters(), *module.buffers()])
-        masks = engine.masks
-        self._names = list(masks.params)
-        self._dense_masks = snapshot({name: masks.mask(name).cpu() for name in self._names
-                                      if name not in engine.layers}, masks._bool.values())
+        self._names = list(engine.masks.params)
+        self._dense_masks = engine.masks.to_dict(
+            name for name in self._names if name not in engine.layers)
 
     def module_state(self) -> dict[str, torch.Tensor]:
         """The dense ``state_dict()`` (each packed weight densified)."""

@@ -49,6 +49,7 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -737,30 +738,52 @@ _STATE_BYTES = 5056
 _prefix_ok: bool | None = None
 
 
-def _draw_prefix(n: int, k: int, generator: torch.Generator) -> torch.Tensor:
+def _advanced(generator: torch.Generator, draw: Callable[[int], Any]) -> Any:
+    """``draw(address)`` of a copy of ``generator``'s state, which the kernels advance as
+    torch's draws would; the state is then set back into ``generator``."""
     state = generator.get_state()
-    out = torch.empty(k, dtype=torch.int64)
-    if _lib.randperm_prefix(n, k, state.data_ptr(), out.data_ptr()) != 0:
-        raise MemoryError(f"randperm_prefix: no memory for {n} positions")
+    result = draw(state.data_ptr())
     generator.set_state(state)
+    return result
+
+
+def _twins(seed: int, before: int) -> tuple[torch.Generator, torch.Generator] | None:
+    """Two CPU generators seeded with ``seed`` that drew ``before`` numbers each, for a
+    check of the kernels against torch; ``None`` where the state layout is not the one
+    the kernels read."""
+    twins = torch.Generator(), torch.Generator()
+    for gen in twins:
+        gen.manual_seed(seed)
+        torch.rand(before, generator=gen)
+    return twins if twins[0].get_state().numel() == _STATE_BYTES else None
+
+
+def _same_draws(got: torch.Tensor, want: torch.Tensor, ours: torch.Generator,
+                theirs: torch.Generator) -> bool:
+    return torch.equal(got, want) and torch.equal(ours.get_state(), theirs.get_state())
+
+
+def _draw_prefix(n: int, k: int, generator: torch.Generator) -> torch.Tensor:
+    out = torch.empty(k, dtype=torch.int64)
+    if _advanced(generator, lambda state: _lib.randperm_prefix(n, k, state,
+                                                               out.data_ptr())) != 0:
+        raise MemoryError(f"randperm_prefix: no memory for {n} positions")
     return out
 
 
 def _check_prefix() -> bool:
     """Whether :func:`_draw_prefix` equals this torch's randperm, generator state included."""
     for seed, n, k in ((0, 1000, 17), (1, 3000, 2998), (2, 5, 0)):
-        ours, theirs = torch.Generator(), torch.Generator()
-        for gen in (ours, theirs):
-            gen.manual_seed(seed)
-            torch.rand(3, generator=gen)
-        if ours.get_state().numel() != _STATE_BYTES:
+        twins = _twins(seed, 3)
+        if twins is None:
             return False
+        ours, theirs = twins
         want = torch.randperm(n, generator=theirs)[:k]
         try:
             got = _draw_prefix(n, k, ours)
         except RuntimeError:  # set_state refused the state: another layout
             return False
-        if not (torch.equal(got, want) and torch.equal(ours.get_state(), theirs.get_state())):
+        if not _same_draws(got, want, ours, theirs):
             return False
     return True
 
@@ -769,26 +792,28 @@ _uniform_ok: bool | None = None
 _FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 
 
+def _uniform_f32(tensor: torch.Tensor, low: float, high: float,
+                 generator: torch.Generator) -> None:
+    _advanced(generator, lambda state: _lib.uniform_f32(tensor.numel(), low, high, state,
+                                                        tensor.data_ptr()))
+
+
 def _check_uniform() -> bool:
     """Whether the kernels' uniform draws equal this torch's ``uniform_``, values and
     generator state (torch's CPU build rounds ``x * (to - from) + from`` once)."""
     for seed, n, low, high, before in ((0, 1000, -0.1, 0.1, 0), (1, 5000, -0.02, 0.03, 3),
                                        (2, 623, 0.0, 1.0, 622), (3, 1500, -3.7, 11.3, 1)):
-        ours, theirs = torch.Generator(), torch.Generator()
-        for gen in (ours, theirs):
-            gen.manual_seed(seed)
-            torch.rand(before, generator=gen)
-        state = ours.get_state()
-        if state.numel() != _STATE_BYTES:
+        twins = _twins(seed, before)
+        if twins is None:
             return False
+        ours, theirs = twins
         got = torch.empty(n)
-        _lib.uniform_f32(n, low, high, state.data_ptr(), got.data_ptr())
         try:
-            ours.set_state(state)
-        except RuntimeError:  # another layout
+            _uniform_f32(got, low, high, ours)
+        except RuntimeError:  # set_state refused the state: another layout
             return False
-        want = torch.empty(n).uniform_(low, high, generator=theirs)
-        if not (torch.equal(got, want) and torch.equal(ours.get_state(), theirs.get_state())):
+        if not _same_draws(got, torch.empty(n).uniform_(low, high, generator=theirs),
+                           ours, theirs):
             return False
     return True
 
@@ -818,10 +843,7 @@ def uniform_(tensor: torch.Tensor, low: float = 0.0, high: float = 1.0, *,
         _uniform_ok = _check_uniform()
     if not _uniform_ok:
         return tensor.uniform_(low, high, generator=generator)
-    state = gen.get_state()
-    _lib.uniform_f32(tensor.numel(), low, high, state.data_ptr(),
-                     tensor.data_ptr())
-    gen.set_state(state)
+    _uniform_f32(tensor, low, high, gen)
     torch.autograd.graph.increment_version(tensor)  # written as an in-place op would
     return tensor
 

@@ -503,9 +503,11 @@ class MaskSet:
         total = sum(self.n_weights(name) for name in self.params)
         return sum(self.n_active().values()) / total if total else 1.0
 
-    def to_dict(self) -> dict[str, torch.Tensor]:
-        """Copies of the boolean masks on the CPU (a mask built on request is not copied again)."""
-        return snapshot({name: self.mask(name).cpu() for name in self.params},
+    def to_dict(self, names: Iterable[str] | None = None) -> dict[str, torch.Tensor]:
+        """Copies of the boolean masks on the CPU (a mask built on request is not copied
+        again); of the weights ``names`` only, in that order, where given."""
+        return snapshot({name: self.mask(name).cpu()
+                         for name in (self.params if names is None else names)},
                         self._bool.values())
 
     def report(self) -> list[dict]:

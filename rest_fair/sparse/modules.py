@@ -3,8 +3,7 @@
 - :func:`mask_density`: the density of one layer's mask;
 - :func:`sparse_linear_layers`: the linear layers at or below a density threshold
   (:func:`check_threshold` checks one, :func:`within_threshold` compares a density to it),
-  those
-  that sparse kernels compute (``sparse_compute`` in ``fit``,
+  those that sparse kernels compute (``sparse_compute`` in ``fit``,
   :func:`~rest_fair.efficiency.to_sparse_training` and
   :func:`~rest_fair.efficiency.export_sparse`);
 - :func:`set_submodule`: replace a submodule given by its dotted name;
