@@ -104,8 +104,7 @@ def comparison_table(
         added (empty for the published rows).
     protocol : str
         How our number was obtained (backbone, pretraining, epochs, input size,
-        sparsity): printed beside it, and the differences to the published
-        protocol are what the ``protocol`` column lets a reader see.
+        sparsity), shown in the ``protocol`` column beside the published protocols.
     method : str, default="REST (rest_fair)"
         Name of our row.
     group_labels : str, default="train"

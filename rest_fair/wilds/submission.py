@@ -113,9 +113,7 @@ def read_predictions(path: str | os.PathLike) -> np.ndarray:
 
 
 def _label(value: Any) -> str:
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return str(value)
+    return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
 
 
 def _split_size(dataset: Any, split: str) -> int | None:
