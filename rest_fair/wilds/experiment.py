@@ -359,10 +359,8 @@ class WildsExperiment:
         side = settings["image_size"]
         shape = (settings["max_features"],) if self.spec.modality == "text" else (3, side, side)
         if params.get("weights") is not None and is_backbone(settings["module"], params):
-            timeout = ({"download_timeout": params["download_timeout"]}
-                       if "download_timeout" in params else {})
             fetch_torchvision(settings["module"], params["weights"], input_shape=shape,
-                              **timeout)
+                              **{k: v for k, v in params.items() if k == "download_timeout"})
         if "weights" in params:  # the weights change no name: a random start builds it
             params["weights"] = None
         try:
@@ -545,8 +543,7 @@ def set_aside_outputs(out_dir: str | Path) -> list[Path]:
     folder, ``metrics.json``, ``comparison.md``) with one date-time suffix; returns the new
     paths. A new command without ``--resume`` starts from an empty folder this way, and
     nothing of the earlier one is lost."""
-    return set_aside([Path(out_dir) / name for name in
-                      (RESULTS_FILE, "submission", "metrics.json", "comparison.md")])
+    return set_aside([Path(out_dir) / name for name in (RESULTS_FILE, "submission", *_REPORT)])
 
 
 def adopt_seed_files(out_dir: str | Path) -> None:
