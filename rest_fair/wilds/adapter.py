@@ -314,9 +314,8 @@ def _group_fields(base: Any, groupby_fields: Sequence[str] | None) -> list[str]:
     fields = [str(f) for f in groupby_fields]
     unknown = [f for f in fields if f not in available]
     if unknown:
-        raise ValueError(
-            _BAD_FIELDS.format(fields=unknown, name=base.dataset_name, available=available)
-        )
+        raise ValueError(_BAD_FIELDS.format(fields=unknown, name=base.dataset_name,
+                                            available=available))
     return sorted(set(fields), key=available.index)
 
 

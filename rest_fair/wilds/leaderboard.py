@@ -127,16 +127,9 @@ def comparison_table(
         raise ValueError(_NO_RUNS)
     worst = [_percent(r.get("acc_wg")) for r in runs]
     average = [_percent(r.get("adj_acc_avg", r.get("acc_avg"))) for r in runs]
-    ours = PublishedResult(
-        dataset=published[0].dataset,
-        method=method,
-        group_labels=group_labels,
-        worst_group_acc=_mean(worst),
-        average_acc=_mean(average),
-        source="this run (rest_fair.wilds.wilds_eval)",
-        verified="measured",
-        protocol=protocol,
-    )
+    ours = PublishedResult(published[0].dataset, method, group_labels, _mean(worst),
+                           _mean(average), "this run (rest_fair.wilds.wilds_eval)", "measured",
+                           protocol)
     frame = pd.DataFrame([asdict(r) for r in [ours, *published]]).drop(columns="dataset")
     if isinstance(results, Mapping):
         return frame

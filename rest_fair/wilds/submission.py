@@ -97,9 +97,8 @@ def write_submission(
             raise ValueError(_NOT_1D.format(split=split, shape=labels.shape))
         expected = _split_size(dataset, split)
         if expected is not None and expected != len(labels):
-            raise ValueError(
-                _SIZE.format(split=split, n=len(labels), dataset=name, expected=expected)
-            )
+            raise ValueError(_SIZE.format(split=split, n=len(labels), dataset=name,
+                                          expected=expected))
         path = out / submission_filename(name, split, seed)
         path.write_text("".join(f"{_label(v)}\n" for v in labels.tolist()))
         written.append(path)
