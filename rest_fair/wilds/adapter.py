@@ -24,7 +24,7 @@ import torch
 from .._requirements import import_optional
 from .._validation import GENERATOR_SEED, POSITIVE_INT, Interval, check_param
 from ._compat import import_wilds_module
-from .datasets import DATASETS, dataset_spec
+from .datasets import DATASETS, _check_split, dataset_spec
 
 __all__ = [
     "WILDSImageDataset",
@@ -37,7 +37,6 @@ __all__ = [
 
 _NOT_WILDS = "Expected a WILDSDataset or WILDSSubset; got {!r}."
 _BAD_FIELDS = "groupby_fields {fields} are not metadata fields of {name}: {available}."
-_BAD_SPLIT = "Split {split!r} is not in {name}'s splits {splits}."
 _BAD_TRANSFORM = "transform must be a callable, 'default' or None; got {!r}."
 _FRAC = Interval(Real, 0, 1, "right")
 _A_STRING = (
@@ -163,18 +162,17 @@ def default_image_transform(dataset: str | Any, *, image_size: int = 224) -> Cal
     """
     check_param("image_size", image_size, [POSITIVE_INT])
     transforms = _transforms()
-    name = getattr(dataset, "dataset_name", dataset)
+    name = str(getattr(dataset, "dataset_name", dataset)).lower()
     size = int(image_size)
-    steps: list = []
-    if str(name).lower() == "waterbirds":
+    if name == "waterbirds":
         resized = round(size * 256 / 224)
-        steps += [transforms.Resize((resized, resized)), transforms.CenterCrop(size)]
-    elif str(name).lower() == "celeba":
-        steps += [_SquareCenterCrop(), transforms.Resize((size, size))]
+        steps: list = [transforms.Resize((resized, resized)), transforms.CenterCrop(size)]
+    elif name == "celeba":
+        steps = [_SquareCenterCrop(), transforms.Resize((size, size))]
     else:
-        steps += [transforms.Resize((size, size))]
-    steps += [transforms.ToTensor(), transforms.Normalize(_IMAGENET_MEAN, _IMAGENET_STD)]
-    return transforms.Compose(steps)
+        steps = [transforms.Resize((size, size))]
+    return transforms.Compose([*steps, transforms.ToTensor(),
+                               transforms.Normalize(_IMAGENET_MEAN, _IMAGENET_STD)])
 
 
 def wilds_grouper(dataset: Any, groupby_fields: Sequence[str] | None = None) -> Any:
@@ -282,23 +280,17 @@ def split_wilds(
     check_param("random_state", random_state, GENERATOR_SEED)
     if isinstance(splits, str):
         raise ValueError(_A_STRING.format(name="splits", what="split", value=splits))
-    split_dict = dataset.split_dict
-    names = list(split_dict) if splits is None else list(splits)
+    names = list(dataset.split_dict) if splits is None else list(splits)
     grouper = wilds_grouper(dataset, groupby_fields)
     out = {}
     for split in names:
-        if split not in split_dict:
-            raise ValueError(
-                _BAD_SPLIT.format(split=split, name=dataset.dataset_name, splits=list(split_dict))
-            )
+        _check_split(dataset, split)
         subset = dataset.get_subset(split)
         if split == "train" and frac < 1.0:
             rng = np.random.default_rng(random_state)
             keep = max(1, round(len(subset.indices) * frac))
             subset.indices = np.sort(rng.choice(subset.indices, size=keep, replace=False))
-        out[split] = from_wilds(
-            subset, transform=transform, image_size=image_size, grouper=grouper
-        )
+        out[split] = from_wilds(subset, transform=transform, image_size=image_size, grouper=grouper)
     return out
 
 
@@ -322,9 +314,8 @@ def _group_fields(base: Any, groupby_fields: Sequence[str] | None) -> list[str]:
     fields = [str(f) for f in groupby_fields]
     unknown = [f for f in fields if f not in available]
     if unknown:
-        raise ValueError(
-            _BAD_FIELDS.format(fields=unknown, name=base.dataset_name, available=available)
-        )
+        raise ValueError(_BAD_FIELDS.format(fields=unknown, name=base.dataset_name,
+                                            available=available))
     return sorted(set(fields), key=available.index)
 
 

@@ -5,11 +5,8 @@ The command line becomes the settings of a :class:`~rest_fair.wilds.experiment.W
 names several; ``--protocol wilds``: the dataset's recipe from the WILDS reference code and
 the leaderboard's seeds, options given overriding it), which the experiment runner
 (:func:`~rest_fair.experiments.runner.run_sweep`) runs seed by seed into ``--out-dir``:
-``results.jsonl`` (``--resume`` reuses the seeds done with the same settings and refuses a
-folder holding seeds of other settings or data, or a ``metrics.json`` it did not write,
-and renames a report of other settings with a date-time suffix; without it the folder's
-earlier outputs are renamed so), the
-submission files of every seed, ``metrics.json`` and ``comparison.md`` (also printed).
+``results.jsonl``, the submission files of every seed, ``metrics.json`` and
+``comparison.md`` (also printed); ``--resume`` says what happens to earlier outputs there.
 
 Registered by :mod:`rest_fair.cli`; importing this module is cheap (torch, wilds and
 torchvision are imported only when the command runs). ``python -m rest_fair.wilds.cli`` still
@@ -90,9 +87,8 @@ def _dataset(value: str) -> str:
     try:
         return dataset_spec(value).name
     except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"--dataset: choose one of {', '.join(DATASETS)}."
-        ) from None
+        message = f"--dataset: choose one of {', '.join(DATASETS)}."
+        raise argparse.ArgumentTypeError(message) from None
 
 
 def _configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:

@@ -17,6 +17,7 @@ from ._compat import import_wilds_module
 __all__ = ["DATASETS", "DatasetSpec", "dataset_spec", "expected_layout", "load_wilds"]
 
 _UNKNOWN = "Unknown WILDS dataset {name!r}; supported here: {names}."
+_UNKNOWN_SPLIT = "Split {split!r} is not in {name}'s splits {splits}."
 _MISSING_DATA = (
     "The WILDS {name} data was not found (missing: {missing}).\n"
     "Expected layout under root_dir={root}:\n{layout}\n"
@@ -123,11 +124,13 @@ class DatasetSpec:
 _CIVIL_IDENTITIES = (
     "male", "female", "LGBTQ", "christian", "muslim", "other_religions", "black", "white",
 )
-# the CivilComments columns that wilds compares with 0.5: the label and the metadata
-_CIVIL_SCORES = (
-    "toxicity", *_CIVIL_IDENTITIES, "identity_any", "severe_toxicity", "obscene", "threat",
-    "insult", "identity_attack", "sexual_explicit",
+# CivilComments' other metadata columns
+_CIVIL_AUXILIARY = (
+    "identity_any", "severe_toxicity", "obscene", "threat", "insult", "identity_attack",
+    "sexual_explicit",
 )
+# the CivilComments columns that wilds compares with 0.5: the label and the metadata
+_CIVIL_SCORES = ("toxicity", *_CIVIL_IDENTITIES, *_CIVIL_AUXILIARY)
 _SHARE = "a number in [0, 1]"
 _CIVIL_TABLE = "all_data_with_identities.csv"
 
@@ -203,6 +206,13 @@ def dataset_spec(name: str | Any) -> DatasetSpec:
     if not isinstance(key, str) or key.lower() not in _ALIASES:
         raise ValueError(_UNKNOWN.format(name=key, names=sorted(DATASETS)))
     return DATASETS[_ALIASES[key.lower()]]
+
+
+def _check_split(dataset: Any, split: str) -> None:
+    """Refuse a ``split`` that is not one of ``dataset.split_dict``."""
+    if split not in dataset.split_dict:
+        raise ValueError(_UNKNOWN_SPLIT.format(split=split, name=dataset.dataset_name,
+                                               splits=list(dataset.split_dict)))
 
 
 def expected_layout(name: str, root_dir: str | os.PathLike) -> str:
@@ -290,11 +300,9 @@ def _missing_data(spec: DatasetSpec, root: Path, missing: list[Path]) -> str:
 
 
 def _check_tables(spec: DatasetSpec, root: Path) -> None:
-    """Refuse a table of ``spec`` that is empty, is not CSV, lacks a column wilds reads or
-    holds values wilds cannot map to labels, groups or splits (wilds itself fails with
-    pandas' ``EmptyDataError``, a bare ``KeyError``, an ``IndexError`` or a grouper error,
-    naming no file, or reads them silently), and tables read row by row together whose row
-    counts differ (wilds fails with a torch size mismatch naming no file)."""
+    """Raise the :class:`DatasetFormatError` of :func:`load_wilds` for the tables of ``spec``:
+    wilds reads such tables silently or fails naming no file (pandas' ``EmptyDataError``, a
+    bare ``KeyError``, an ``IndexError``, a grouper error or a torch size mismatch)."""
     import pandas as pd
 
     counts: dict[Path, int] = {}

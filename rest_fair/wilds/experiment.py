@@ -1,14 +1,6 @@
-"""The experiment of ``rest-fair wilds``: its settings, a run per seed, and its report.
-
-- :func:`resolve_settings`: every setting of a command: the command line, else the dataset's
-  WILDS recipe (``--protocol wilds``, :mod:`rest_fair.wilds.protocol`), else
-  :data:`CUSTOM_DEFAULTS`;
-- :class:`WildsExperiment`: the seeds as runs of the experiment runner
-  (:func:`~rest_fair.experiments.runner.run_sweep`, which records them in ``results.jsonl``
-  and resumes them): a run fits on the training split, scores every evaluated split with the
-  official metrics and writes its leaderboard submission files;
-- :func:`write_outputs`: ``metrics.json`` (official metrics per split, mean and standard
-  deviation over seeds) and ``comparison.md`` (our row beside the published ones).
+"""The experiment of ``rest-fair wilds``: its settings (:func:`resolve_settings`), a run per
+seed (:class:`WildsExperiment`, run by :func:`~rest_fair.experiments.runner.run_sweep`, which
+records the runs in ``results.jsonl`` and resumes them) and its report (:func:`write_outputs`).
 """
 
 from __future__ import annotations
@@ -340,12 +332,11 @@ class WildsExperiment:
     def check_network(self) -> None:
         """Build the seeds' network once, on the meta device (no memory, no pretrained
         weights read), and, for a sparse run, select its ``dense_layers``, so that a network
-        that cannot take the inputs or a name of no weight fails before any seed runs; the
-        torchvision weights a torchvision module names are downloaded into torch.hub's
-        cache (when not there), once for all seeds, after the images are checked against the
-        model they build. A Hugging Face module (``hf:``) is not built here (building one
-        reads the pretrained model): :func:`~rest_fair.experiments.run.check_run_params`
-        checks its tokenizer and configuration.
+        that cannot take the inputs or a name of no weight fails before any seed runs. The
+        torchvision weights the module names are downloaded into torch.hub's cache once for
+        all seeds, after the images are checked against the model they build. A Hugging Face
+        module (``hf:``) is not built here (:func:`~rest_fair.experiments.run.check_run_params`
+        checks its tokenizer and configuration).
 
         Raises
         ------
@@ -368,12 +359,8 @@ class WildsExperiment:
         side = settings["image_size"]
         shape = (settings["max_features"],) if self.spec.modality == "text" else (3, side, side)
         if params.get("weights") is not None and is_backbone(settings["module"], params):
-            # every seed would fail to download them: fetched into torch.hub's cache once,
-            # after the images are checked against the model these weights build
-            timeout = ({"download_timeout": params["download_timeout"]}
-                       if "download_timeout" in params else {})
             fetch_torchvision(settings["module"], params["weights"], input_shape=shape,
-                              **timeout)
+                              **{k: v for k, v in params.items() if k == "download_timeout"})
         if "weights" in params:  # the weights change no name: a random start builds it
             params["weights"] = None
         try:
@@ -441,12 +428,9 @@ class WildsExperiment:
 def check_resumable(experiment: WildsExperiment) -> None:
     """Refuse to resume into a folder whose finished seeds were run with other settings or
     on other data (another folder, or synthetic data where this command reads real data or
-    the reverse).
-
-    Their submission files have the names this command's seeds would write, so the folder
-    would end up holding predictions of two configurations, and the report would mix two
-    data sources. Seeds recorded without their data (by earlier versions) are reused, with
-    a warning naming them.
+    the reverse): this command's seeds would overwrite their submission files, and the
+    report would mix two data sources. Seeds recorded without their data (by earlier
+    versions) are reused, with a warning naming them.
 
     Raises
     ------
@@ -559,21 +543,19 @@ def set_aside_outputs(out_dir: str | Path) -> list[Path]:
     folder, ``metrics.json``, ``comparison.md``) with one date-time suffix; returns the new
     paths. A new command without ``--resume`` starts from an empty folder this way, and
     nothing of the earlier one is lost."""
-    return set_aside([Path(out_dir) / name for name in
-                      (RESULTS_FILE, "submission", "metrics.json", "comparison.md")])
+    return set_aside([Path(out_dir) / name for name in (RESULTS_FILE, "submission", *_REPORT)])
 
 
 def adopt_seed_files(out_dir: str | Path) -> None:
     """Add the finished seeds of earlier versions to the results file of ``out_dir``.
 
-    ``rest-fair wilds`` kept a seed's record in a ``runs/seed_<k>.json`` file before it used
-    the experiment runner's ``results.jsonl``, recorded seeds without the dataset in their
-    settings before the dataset was one of :data:`RUN_SETTINGS`, and recorded the settings
-    a run does not read with their values. Such a seed is appended to the results file
-    with its settings as this version records them (:func:`run_settings`, with the dataset
-    its submission files name; the earlier lines stay), and is then reused by ``--resume``
-    like any finished run (same settings, submission files present). Unreadable files, and
-    seeds whose dataset cannot be told, are skipped.
+    Earlier versions kept a seed's record in ``runs/seed_<k>.json``, recorded seeds without
+    the dataset in their settings, and recorded the settings a run does not read with their
+    values. Such a seed is appended to the results file with its settings as this version
+    records them (:func:`run_settings`, with the dataset its submission files name; the
+    earlier lines stay) and is then reused by ``--resume`` like any finished run (same
+    settings, submission files present). Unreadable files, and seeds whose dataset cannot
+    be told, are skipped.
     """
     path = Path(out_dir) / RESULTS_FILE
     records = read_results(path)

@@ -1,13 +1,11 @@
 """Embedding mode: features of a frozen pretrained backbone, computed once and cached.
 
-:func:`extract_features` runs a frozen backbone over one split of a WILDS dataset and
-stores the features on disk as a ``.npy`` file, returned memory-mapped, next to a JSON
-file recording where they come from (backbone, weights, input transform, dataset,
-split, number of samples, SHA-256 of the inputs). A later call with the same
-provenance reads the file instead of recomputing it. Fitting
-:class:`~rest_fair.RESTClassifier` (a sparse MLP head) on these features is the
-"last layers on frozen features" recipe (DFR, Kirichenko et al., ICLR 2023), which makes
-a Waterbirds run take minutes on a CPU once the features exist.
+:func:`extract_features` stores them as a ``.npy`` file beside a JSON record of their
+provenance (backbone, weights, input transform, dataset, split, number of samples, SHA-256
+of the inputs) and reads the file back for the same provenance. Fitting
+:class:`~rest_fair.RESTClassifier` (a sparse MLP head) on these features is the "last
+layers on frozen features" recipe (DFR, Kirichenko et al., ICLR 2023): a Waterbirds run
+takes minutes on a CPU once the features exist.
 """
 
 from __future__ import annotations

@@ -104,8 +104,7 @@ def comparison_table(
         added (empty for the published rows).
     protocol : str
         How our number was obtained (backbone, pretraining, epochs, input size,
-        sparsity): printed beside it, and the differences to the published
-        protocol are what the ``protocol`` column lets a reader see.
+        sparsity), shown in the ``protocol`` column beside the published protocols.
     method : str, default="REST (rest_fair)"
         Name of our row.
     group_labels : str, default="train"
@@ -128,16 +127,9 @@ def comparison_table(
         raise ValueError(_NO_RUNS)
     worst = [_percent(r.get("acc_wg")) for r in runs]
     average = [_percent(r.get("adj_acc_avg", r.get("acc_avg"))) for r in runs]
-    ours = PublishedResult(
-        dataset=published[0].dataset,
-        method=method,
-        group_labels=group_labels,
-        worst_group_acc=_mean(worst),
-        average_acc=_mean(average),
-        source="this run (rest_fair.wilds.wilds_eval)",
-        verified="measured",
-        protocol=protocol,
-    )
+    ours = PublishedResult(published[0].dataset, method, group_labels, _mean(worst),
+                           _mean(average), "this run (rest_fair.wilds.wilds_eval)", "measured",
+                           protocol)
     frame = pd.DataFrame([asdict(r) for r in [ours, *published]]).drop(columns="dataset")
     if isinstance(results, Mapping):
         return frame

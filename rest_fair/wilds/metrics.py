@@ -77,8 +77,7 @@ def wilds_eval(
         raise ValueError(_LENGTHS.format(len(y_pred), len(y_true)))
     correct = (y_pred == y_true).astype(np.float64)
     name = base.dataset_name.lower()
-    grouper_module = import_wilds_module("wilds.common.grouper")
-    Grouper = grouper_module.CombinatorialGrouper
+    Grouper = import_wilds_module("wilds.common.grouper").CombinatorialGrouper
 
     if name in _STANDARD:
         grouper = Grouper(dataset=base, groupby_fields=list(_STANDARD[name]))

@@ -2,10 +2,9 @@
 
 Each :class:`Recipe` copies one dataset's defaults from the WILDS repository
 (``examples/configs/datasets.py``, ``model.py`` and ``scheduler.py`` of
-github.com/p-lambda/wilds, release 2.0): backbone and pretraining, input transform,
-optimizer, learning rate, weight decay, batch size, epochs and the validation metric
-used to pick the checkpoint. The number of seeds is what WILDS' ``examples/evaluate.py``
-reads (``seed:0``-``seed:4`` for CivilComments, ``seed:0``-``seed:2`` otherwise).
+github.com/p-lambda/wilds, release 2.0), the validation metric that picks the checkpoint
+included, and the number of seeds that WILDS' ``examples/evaluate.py`` reads
+(``seed:0``-``seed:4`` for CivilComments, ``seed:0``-``seed:2`` otherwise).
 
 What REST adds on top (sparsity, magnitude masks from the pretrained weights, group
 reweighting) and where our engine differs from the WILDS trainer are listed in

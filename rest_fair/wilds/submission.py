@@ -16,12 +16,13 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
+from .datasets import _check_split
+
 __all__ = ["read_predictions", "submission_filename", "write_submission"]
 
 _TRAIN = "The training split is not part of a WILDS submission; drop predictions['train']."
 _EMPTY = "predictions is empty; give at least one evaluation split (e.g. 'val', 'test')."
 _BAD_NAME = "{what} must be a non-empty string without '/' or ':'; got {value!r}."
-_UNKNOWN_SPLIT = "Split {split!r} is not in {name}'s splits {splits}."
 _SIZE = "predictions[{split!r}] has {n} labels but {dataset}'s {split} split has {expected}."
 _NOT_1D = "predictions[{split!r}] must be one label per sample (1-D); got shape {shape}."
 _SEED = "seed must be a non-negative integer; got {!r}."
@@ -96,9 +97,8 @@ def write_submission(
             raise ValueError(_NOT_1D.format(split=split, shape=labels.shape))
         expected = _split_size(dataset, split)
         if expected is not None and expected != len(labels):
-            raise ValueError(
-                _SIZE.format(split=split, n=len(labels), dataset=name, expected=expected)
-            )
+            raise ValueError(_SIZE.format(split=split, n=len(labels), dataset=name,
+                                          expected=expected))
         path = out / submission_filename(name, split, seed)
         path.write_text("".join(f"{_label(v)}\n" for v in labels.tolist()))
         written.append(path)
@@ -112,19 +112,14 @@ def read_predictions(path: str | os.PathLike) -> np.ndarray:
 
 
 def _label(value: Any) -> str:
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return str(value)
+    return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
 
 
 def _split_size(dataset: Any, split: str) -> int | None:
     split_dict = getattr(dataset, "split_dict", None)
     if split_dict is None:
         return None
-    if split not in split_dict:
-        raise ValueError(
-            _UNKNOWN_SPLIT.format(split=split, name=dataset.dataset_name, splits=list(split_dict))
-        )
+    _check_split(dataset, split)
     return int(np.sum(np.asarray(dataset.split_array) == split_dict[split]))
 
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from .._requirements import import_optional
 from .._validation import NON_NEGATIVE_INT, POSITIVE_INT, RANDOM_STATE, check_param
-from .datasets import _CIVIL_IDENTITIES, dataset_spec
+from .datasets import _CIVIL_AUXILIARY, _CIVIL_IDENTITIES, dataset_spec
 
 __all__ = [
     "DEFAULT_GROUP_COUNTS",
@@ -49,10 +49,6 @@ SMOKE_GROUP_COUNTS: dict[str, dict[str, tuple[int, int, int, int]]] = {
 }
 _SPLIT_IDS = {"train": 0, "val": 1, "test": 2}
 _CELEBA_ATTRS = ("5_o_Clock_Shadow", "Blond_Hair", "Male", "Smiling", "Young")
-_AUXILIARY = (
-    "identity_any", "severe_toxicity", "obscene", "threat", "insult", "identity_attack",
-    "sexual_explicit",
-)
 
 
 def make_synthetic_layout(
@@ -264,7 +260,7 @@ def make_synthetic_civilcomments(
             "toxicity": float(rng.uniform(0.55, 1.0) if y == 1 else rng.uniform(0.0, 0.45)),
         }
         row.update(identity)
-        row.update({name: float(rng.random() < 0.1) for name in _AUXILIARY})
+        row.update({name: float(rng.random() < 0.1) for name in _CIVIL_AUXILIARY})
         row["identity_any"] = float(any(v >= 0.5 for v in identity.values()))
         records.append(row)
     frame = pd.DataFrame.from_records(records)
