@@ -15,9 +15,8 @@ The layers' products (float32 and float64, int32 CSR indices, CPU tensors) are
 :func:`uniform_` draw what torch draws, bitwise and faster (random masks, initial
 weights); :class:`TopKScan` ranks RigL's regrowth. Each output entry is computed by one
 thread in a fixed order, so results do not depend on the thread count. A quick check
-against torch runs once after loading. When no compiler is found, the build fails, the
-check fails, or ``REST_FAIR_NATIVE_KERNELS=0``, :func:`load` returns ``None`` (the reason
-is in :func:`unavailable_reason`) and the layers use torch's sparse products.
+against torch runs once after loading. Where the kernels are unavailable (:func:`load`)
+the layers use torch's sparse products.
 """
 
 from __future__ import annotations
