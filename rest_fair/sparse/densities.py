@@ -97,8 +97,5 @@ def active_counts(
     -------
     dict of str to int
     """
-    counts = {}
-    for name, shape in shapes.items():
-        n = math.prod(shape)
-        counts[name] = min(n, max(1, round(densities[name] * n)))
-    return counts
+    numel = {name: math.prod(shape) for name, shape in shapes.items()}
+    return {name: min(n, max(1, round(densities[name] * n))) for name, n in numel.items()}

@@ -123,10 +123,8 @@ def _cpu_signature() -> str:
 def _compiler() -> str | None:
     names = [os.environ.get("CC", ""), (sysconfig.get_config_var("CC") or "").split(" ")[0],
              "cc", "gcc", "clang"]
-    for name in names:
-        if name and shutil.which(name):
-            return shutil.which(name)
-    return None
+    found = (shutil.which(name) for name in names if name)
+    return next((path for path in found if path), None)
 
 
 def _build(compiler: str) -> Path:
