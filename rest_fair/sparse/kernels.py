@@ -469,11 +469,9 @@ class TopKScan:
     Blocks must come in increasing order of their flat offsets. Of equal magnitudes the
     lowest flat index is kept, as :func:`~rest_fair.sparse.rigl.top_k_first` keeps it over
     the whole vector. Each of torch's threads ranks one range of every long block into its
-    own buffer of ``2k`` candidates: candidates above the buffer's worst kept magnitude
-    collect there, and a selection cuts it back to the best ``k`` when it is full, so a
-    block costs about one vectorised pass over its entries. The first block of a buffer
-    starts from a lower bound that a histogram of its entries gives. :meth:`result` merges
-    the buffers; the entries kept do not depend on the number of threads.
+    own buffer of ``2k`` candidates, about one vectorised pass over its entries (see
+    ``_csr_kernels.c``); :meth:`result` merges the buffers. The entries kept do not depend
+    on the number of threads.
 
     Parameters
     ----------
@@ -845,19 +843,8 @@ def randperm_prefix(n: int, k: int, generator: torch.Generator | None = None) ->
     ``torch.randperm`` (a check against it runs once per process): the kernel carries out
     only the first ``k`` steps of its shuffle and skips the other draws. Without the
     compiled kernels, when the check fails, for a non-CPU generator or for
-    ``n >= 2**27`` this calls ``torch.randperm``.
-
-    Parameters
-    ----------
-    n : int
-    k : int
-        Entries wanted, at most ``n``.
-    generator : torch.Generator, optional
-        Default: torch's global CPU generator.
-
-    Returns
-    -------
-    LongTensor of shape (k,)
+    ``n >= 2**27`` this calls ``torch.randperm``. ``k`` is at most ``n``; ``generator``
+    defaults to torch's global CPU generator.
     """
     global _prefix_ok
     generator = torch.default_generator if generator is None else generator
