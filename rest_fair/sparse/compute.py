@@ -23,6 +23,7 @@ import contextlib
 import math
 import statistics
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -355,10 +356,8 @@ def _chain_ends(module: nn.Module, names: Sequence[str]) -> dict[str, str]:
 def _shared_weights(module: nn.Module) -> set[int]:
     """``id`` of every parameter held by more than one submodule, or by one submodule
     registered under several names."""
-    holders: dict[int, int] = {}
-    for _, sub in module.named_modules(remove_duplicate=False):
-        for param in sub.parameters(recurse=False):
-            holders[id(param)] = holders.get(id(param), 0) + 1
+    holders = Counter(id(param) for _, sub in module.named_modules(remove_duplicate=False)
+                      for param in sub.parameters(recurse=False))
     return {key for key, n in holders.items() if n > 1}
 
 
