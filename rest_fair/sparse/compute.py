@@ -10,15 +10,11 @@ topology with the masked path's semantics.
 
 ``mode="auto"`` converts only the layers whose CSR pass :func:`measure_layer` finds clearly
 faster, and on the CPU also a layer that would end a chain of CSR layers
-(:mod:`~rest_fair.sparse.csr_chain`: it follows a converted layer through a plain ReLU)
-where :func:`measure_chain_link` finds the chained pair at least as fast (the output layer
-of an MLP, slower alone in CSR form than masked, is faster as part of the chain).
-Convolutions always keep the masked path, and so do runs with gradient scaling and
-data-parallel runs. So does a linear layer that a CSR layer cannot stand in for: one whose
-weight another module shares (tied weights), and, where an example batch shows it, one that
-a forward pass calls more than once or not at all (its parent reads the weight directly). A
-layer whose dtype torch has no CSR product for on the device (float16 or bfloat16 weights
-on the CPU) is measured as infinitely slow in CSR form, so ``"auto"`` keeps it masked.
+(:mod:`~rest_fair.sparse.csr_chain`) where :func:`measure_chain_link` finds the chained
+pair at least as fast (the output layer of an MLP, slower alone in CSR form than masked,
+is faster as part of the chain). Convolutions always keep the masked path, and so do runs
+with gradient scaling, data-parallel runs and the linear layers a CSR layer cannot stand
+in for (:func:`candidate_layers`, ``example`` in :func:`make_sparse_compute`).
 """
 
 from __future__ import annotations
@@ -27,6 +23,7 @@ import contextlib
 import math
 import statistics
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -229,10 +226,10 @@ def measure_layer(
     try:
         csr_pass()
     except NotImplementedError:  # torch has no CSR product in this dtype here (CPU float16)
-        timing = _TIMINGS[key] = LayerTiming(_timed(masked_pass, device), math.inf)
-        return timing
-    timing = _TIMINGS[key] = _alternating(masked_pass, csr_pass, repeats, device)
-    return timing
+        _TIMINGS[key] = LayerTiming(_timed(masked_pass, device), math.inf)
+    else:
+        _TIMINGS[key] = _alternating(masked_pass, csr_pass, repeats, device)
+    return _TIMINGS[key]
 
 
 def _timed(fn: Callable[[], None], device: torch.device) -> float:
@@ -359,10 +356,8 @@ def _chain_ends(module: nn.Module, names: Sequence[str]) -> dict[str, str]:
 def _shared_weights(module: nn.Module) -> set[int]:
     """``id`` of every parameter held by more than one submodule, or by one submodule
     registered under several names."""
-    holders: dict[int, int] = {}
-    for _, sub in module.named_modules(remove_duplicate=False):
-        for param in sub.parameters(recurse=False):
-            holders[id(param)] = holders.get(id(param), 0) + 1
+    holders = Counter(id(param) for _, sub in module.named_modules(remove_duplicate=False)
+                      for param in sub.parameters(recurse=False))
     return {key for key, n in holders.items() if n > 1}
 
 

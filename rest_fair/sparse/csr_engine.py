@@ -2,26 +2,21 @@
 
 :class:`CSRDynamicSparsity` is a :class:`~rest_fair.sparse.DynamicSparsity` over a module
 in which some ``nn.Linear`` layers were replaced by
-:class:`~rest_fair.sparse.csr_linear.CSRLinear`. Each of them is the storage of its layer
-in the engine's topology updates (:attr:`~rest_fair.sparse.DynamicSparsity.layers`): the
-masked path's updates, same semantics, same place in the step, same synchronisation. A
-CSR layer plans its pruning before the forward pass, decides with the gradient its
-backward pass scanned, moves the optimizer state of kept weights (a weight pruned and
-regrown in the same update is kept), starts weights new to the pattern and their state at
-zero, and recomputes its gradient at the new pattern, so that the
-optimizer step that follows trains the regrown weights exactly as in the masked path.
+:class:`~rest_fair.sparse.csr_linear.CSRLinear`, each the storage of its layer in the
+engine's topology updates (:attr:`~rest_fair.sparse.DynamicSparsity.layers`): the masked
+path's updates, with the same semantics, place in the step and synchronisation, so the
+optimizer step after an update trains the regrown weights exactly as in the masked path.
 
 The training module's public form does not change: a CSR layer's ``state_dict`` holds the
 dense ``weight``/``bias`` of an ``nn.Linear``, the optimizer's ``state_dict`` holds
 dense-shaped state (:meth:`CSRDynamicSparsity.bind_optimizer`), and
 :meth:`CSRDynamicSparsity.finish` puts the original ``nn.Linear`` modules back with their
 trained weights at the end of ``fit``. Checkpoints written during such a run are in the
-masked format and can be resumed by either path. While converted, a CSR layer also
-applies the ``nn.ReLU`` that follows it in an ``nn.Sequential`` (the ReLU's place holds an
-identity until :meth:`~CSRDynamicSparsity.finish` puts it back), so the activations are
-not read and written once more for the ReLU; results are bitwise those of the ReLU module.
-Consecutive CSR layers joined only by such ReLUs (the hidden layers of an MLP) then train
-as one autograd node (:mod:`rest_fair.sparse.csr_chain`), also until ``finish``.
+masked format and can be resumed by either path. Until ``finish``, a CSR layer also
+applies the ``nn.ReLU`` that follows it in an ``nn.Sequential`` (bitwise as the ReLU
+module, without reading and writing the activations once more), and consecutive CSR
+layers joined only by such ReLUs (the hidden layers of an MLP) train as one autograd node
+(:mod:`rest_fair.sparse.csr_chain`).
 """
 
 from __future__ import annotations

@@ -1,48 +1,33 @@
 """CSR linear layers that train only their active weights.
 
 :class:`CSRLinear` replaces a masked ``nn.Linear`` during training. It stores the active
-weights as one parameter ``values`` on a compressed-sparse-row pattern (int32 indices) and
-computes
-
-- forward: ``Y = X W^T + b``;
-- gradient of the input: ``G W`` (the transposed pattern is kept with a permutation of
-  ``values``);
-- gradient of ``values``: ``G^T X`` sampled at the pattern only, never the dense weight
-  gradient.
+weights as one parameter ``values`` on a compressed-sparse-row pattern (int32 indices), so
+an optimizer built over the layer holds state (momentum, Adam moments) for them only, and
+computes ``Y = X W^T + b``, the input gradient ``G W`` (on the transposed pattern, kept
+with a permutation of ``values``) and the gradient of ``values``: ``G^T X`` sampled at the
+pattern only, never the dense weight gradient.
 
 On CPU in float32 or float64 the products run in the compiled kernels of
-:mod:`rest_fair.sparse.kernels`: the activations are packed once per pass into panels of a
-few dozen samples, the forward product reads the panels at the pattern's columns, and one
-backward pass over the transposed pattern gives both the input gradient and the weight
-gradient; outputs are written directly in the layout the next layer reads. Elsewhere
-(CUDA, other dtypes, no C compiler, or ``REST_FAIR_NATIVE_KERNELS=0``) the same autograd
-function uses torch's sparse CSR products on feature-major activations (``X_t`` is
-features x samples):
+:mod:`rest_fair.sparse.kernels`: the activations are packed once per pass into panels, and
+one backward pass over the transposed pattern gives both gradients. Elsewhere (CUDA, other
+dtypes, no C compiler, or ``REST_FAIR_NATIVE_KERNELS=0``) the same autograd function uses
+torch's sparse CSR products on feature-major activations (``X_t`` is features x samples):
 ``Y_t = W_csr @ X_t + b``, ``W_csr^T @ G_t`` and ``torch.sparse.sampled_addmm``. A layer
 that feeds another CSR layer (through element-wise activations) passes its output
-feature-major in both paths, so consecutive sparse layers exchange activations without
-transposes. A layer whose ``relu_output`` is set (by
+feature-major, so consecutive sparse layers exchange activations without transposes. A
+layer whose ``relu_output`` is set (by
 :class:`~rest_fair.sparse.csr_engine.CSRDynamicSparsity`, for the ``nn.ReLU`` after it)
-returns ``relu(Y)``; its backward pass applies the ReLU's gradient first, inside the packing
-of the output gradient on the kernels.
-
-An optimizer built over the layer sees ``values``, so its state (momentum, Adam moments)
-exists only for the active weights.
+returns ``relu(Y)`` and applies the ReLU's gradient inside the packing of the output
+gradient.
 
 The layer is the storage of its weights in a topology update
 (:class:`~rest_fair.sparse.rigl.LayerStorage`, driven by
-:class:`~rest_fair.sparse.DynamicSparsity`). The update is planned before the forward
-pass of its step (:meth:`CSRLinear.plan`: the weights to prune depend only on the weights).
-With gradient regrowth (RigL) the backward pass of that one step then scans the dense
-weight gradient in blocks of rows and keeps only the ``k`` largest ``|gradient|`` among
-the positions inactive after the prune (the pruned ones included), so the dense gradient
-is never stored whole; random
-regrowth (SET) draws its scores in the same blocks (:meth:`CSRLinear.decide`). An update
-that comes after the optimizer step (``update_timing="after_step"``) prunes the weights
-that step left: the scan then keeps the ``k`` best inactive positions, which
-:meth:`CSRLinear.decide` ranks together with the weights it prunes.
-:meth:`CSRLinear.apply` rebuilds the pattern from the decision. Ties go to the lowest
-flat index, as in :mod:`rest_fair.sparse.rigl`.
+:class:`~rest_fair.sparse.DynamicSparsity`): :meth:`CSRLinear.plan` chooses the weights to
+prune before the forward pass of the update step; with gradient regrowth (RigL) that step's
+backward pass scans the dense weight gradient in blocks of rows and keeps only the ``k``
+largest ``|gradient|`` among the positions inactive after the prune, so the dense gradient
+is never stored whole; :meth:`CSRLinear.decide` and :meth:`CSRLinear.apply` complete the
+update. Ties go to the lowest flat index, as in :mod:`rest_fair.sparse.rigl`.
 """
 
 from __future__ import annotations
@@ -51,7 +36,7 @@ import contextlib
 import contextvars
 import math
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -766,21 +751,15 @@ class PackedWeight:
         return out.view(self.shape)
 
 
-@contextlib.contextmanager
-def _packing() -> Iterator[None]:
-    token = _PACKED.set(True)
-    try:
-        yield
-    finally:
-        _PACKED.reset(token)
-
-
 def packed_state_dict(module: nn.Module) -> dict[str, torch.Tensor | PackedWeight]:
     """``module.state_dict()`` with a copy of each :class:`CSRLinear` weight as a
     :class:`PackedWeight` instead of a dense tensor (``bias`` and every other entry as
     ``state_dict`` gives them: not copied); :func:`unpacked` gives the dense state."""
-    with _packing():
+    token = _PACKED.set(True)
+    try:
         return module.state_dict()
+    finally:
+        _PACKED.reset(token)
 
 
 def unpacked(state: Mapping[str, torch.Tensor | PackedWeight]) -> dict[str, torch.Tensor]:

@@ -1,18 +1,13 @@
 """Dynamic sparse training: keep masks applied and update the topology on schedule.
 
-The engine follows the prepare / step / update-mask rhythm of ``torch.ao.pruning``: a
-training step calls :meth:`DynamicSparsity.prepare_step` before the forward pass,
+A training step calls :meth:`DynamicSparsity.prepare_step` before the forward pass,
 :meth:`DynamicSparsity.before_step` between ``backward()`` and ``optimizer.step()`` (where
 the dense gradient of the batch is available) and :meth:`DynamicSparsity.after_step` after
-it.
-
-Every layer takes part in an update through its storage: a dense weight and its mask in
-the :class:`MaskSet` (masked training, nothing to prepare), or a
-:class:`~rest_fair.sparse.rigl.LayerStorage` in :attr:`DynamicSparsity.layers` (the CSR
-layers of :mod:`rest_fair.sparse.csr_engine`, which plan before the forward pass so that
-the backward pass of an update step produces what the update needs). One
-:func:`~rest_fair.sparse.rigl.update_topology` decides for every layer, lets the
-data-parallel synchronisation replace the decisions by rank 0's, and applies them.
+it, the prepare / step / update-mask rhythm of ``torch.ao.pruning``. One
+:func:`~rest_fair.sparse.rigl.update_topology` decides for every layer (a dense weight and
+its mask in the :class:`MaskSet`, or a :class:`~rest_fair.sparse.rigl.LayerStorage` in
+:attr:`DynamicSparsity.layers`), lets the data-parallel synchronisation replace the
+decisions by rank 0's, and applies them.
 
 Where updates fall
 ------------------

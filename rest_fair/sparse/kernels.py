@@ -10,32 +10,13 @@ never loads a library built for another machine. Loaded after torch, the library
 torch's OpenMP runtime (same soname) and so its threads; each call runs on
 ``torch.get_num_threads()`` of them.
 
-What the kernels compute (float32 and float64, int32 CSR indices, CPU tensors):
-
-- :func:`pack`: activations ``(batch, k)`` (any strides) into panels of ``width``
-  samples, ``P[p, j, i] = A[p * width + i, j]`` (zero-padded), and optionally the column
-  sums of ``A`` (the bias gradient); :func:`panel_width` chooses the width (16, 32 or 64
-  floats) from the batch size;
-- :func:`csr_forward`: ``Y = X W^T + b`` (optionally ReLU) from the packed ``X``, written
-  sample-major, feature-major or as the next layer's panels;
-- :func:`csr_backward`: ``G W`` (input gradient) and ``G^T X`` at the pattern (weight
-  gradient) in one pass over the transposed pattern.
-
-:func:`randperm_prefix` gives the first ``k`` entries of ``torch.randperm(n)`` on a CPU
-generator, bitwise, and leaves the generator where ``torch.randperm`` leaves it, at a
-fraction of the cost when ``k`` is small (the random masks of sparse layers).
-:func:`uniform_` draws what ``Tensor.uniform_`` draws from a CPU generator, bitwise,
-a run of draws at a time (the initialisation of the built-in networks' linear layers).
-:class:`TopKScan` keeps the ``k`` largest magnitudes of a dense gradient scanned block by
-block (RigL's regrowth) in one pass per block.
-
-Each output entry is computed by one thread in a fixed order, so results do not depend
-on the thread count; where the panels divide evenly among the threads, the forward product
-and the packing of activations give each thread whole panels, which keeps a thread's reads
-in its own caches. A quick check against torch runs once after loading. When no
-compiler is found, the build fails, the check fails, or ``REST_FAIR_NATIVE_KERNELS=0``,
-:func:`load` returns ``None`` (the reason is in :func:`unavailable_reason`) and the layers
-use torch's sparse products.
+The layers' products (float32 and float64, int32 CSR indices, CPU tensors) are
+:func:`pack`, :func:`csr_forward` and :func:`csr_backward`. :func:`randperm_prefix` and
+:func:`uniform_` draw what torch draws, bitwise and faster (random masks, initial
+weights); :class:`TopKScan` ranks RigL's regrowth. Each output entry is computed by one
+thread in a fixed order, so results do not depend on the thread count. A quick check
+against torch runs once after loading. Where the kernels are unavailable (:func:`load`)
+the layers use torch's sparse products.
 """
 
 from __future__ import annotations
@@ -120,6 +101,8 @@ _ONE_THREAD: dict[int, torch.Tensor] = {}
 
 _i64 = ctypes.c_int64
 _ptr = ctypes.c_void_p
+_c_int = ctypes.c_int
+_c_float = ctypes.c_float
 
 
 def _cpu_signature() -> str:
@@ -140,10 +123,8 @@ def _cpu_signature() -> str:
 def _compiler() -> str | None:
     names = [os.environ.get("CC", ""), (sysconfig.get_config_var("CC") or "").split(" ")[0],
              "cc", "gcc", "clang"]
-    for name in names:
-        if name and shutil.which(name):
-            return shutil.which(name)
-    return None
+    found = (shutil.which(name) for name in names if name)
+    return next((path for path in found if path), None)
 
 
 def _build(compiler: str) -> Path:
@@ -181,38 +162,34 @@ def _build(compiler: str) -> Path:
     raise RuntimeError("; ".join(errors))
 
 
+# argument and return types of the entry points; "{}" stands for each dtype's suffix
+_SIGNATURES = {
+    "pack_{}": ([_c_int, _ptr, _c_int, _ptr, _i64, _i64, _i64, _i64, _i64, _ptr, _ptr, _ptr],
+                None),
+    "csr_forward_{}": ([_c_int, _ptr, _c_int, _ptr, _ptr, _ptr, _ptr, _i64, _i64, _ptr,
+                        _c_int, _ptr, _i64, _i64, _i64], None),
+    "csr_backward_{}": ([_c_int, _ptr, _c_int, _ptr, _ptr, _ptr, _ptr, _ptr, _ptr, _ptr,
+                         _i64, _i64, _i64, _ptr, _i64, _i64, _i64, _ptr, _ptr], None),
+    "lanes_{}": ([], _c_int),
+    "randperm_prefix": ([_i64, _i64, _ptr, _ptr], _c_int),
+    "uniform_f32": ([_i64, _c_float, _c_float, _ptr, _ptr], None),
+    "mask_scale_f32": ([_ptr, _ptr, _i64, _c_float, _c_int], None),
+    "sorted_positions": ([_ptr, _i64, _ptr, _i64, _ptr], None),
+    "topk_scan_f32": ([_ptr, _i64, _i64, _ptr, _i64, _i64, _c_int, _ptr, _ptr, _ptr], _c_int),
+    "topk_finish": ([_ptr, _i64, _i64], _i64),
+    "csr_pattern_arrays": ([_i64, _ptr, _i64, _i64, _ptr, _ptr, _ptr, _ptr, _ptr, _ptr, _ptr],
+                           None),
+}
+
+
 def _declare(lib: ctypes.CDLL) -> None:
-    c_int = ctypes.c_int
+    for name, (argtypes, restype) in _SIGNATURES.items():
+        for suffix in _SUFFIX.values() if "{}" in name else ("",):
+            fn = getattr(lib, name.format(suffix))
+            fn.argtypes, fn.restype = argtypes, restype
     for dtype, suffix in _SUFFIX.items():
-        pack_fn = getattr(lib, f"pack_{suffix}")
-        pack_fn.argtypes = [c_int, _ptr, c_int, _ptr, _i64, _i64, _i64, _i64, _i64, _ptr, _ptr,
-                            _ptr]
-        forward = getattr(lib, f"csr_forward_{suffix}")
-        forward.argtypes = [c_int, _ptr, c_int, _ptr, _ptr, _ptr, _ptr, _i64, _i64, _ptr, c_int,
-                            _ptr, _i64, _i64, _i64]
-        backward = getattr(lib, f"csr_backward_{suffix}")
-        backward.argtypes = [c_int, _ptr, c_int, _ptr, _ptr, _ptr, _ptr, _ptr, _ptr, _ptr, _i64,
-                             _i64, _i64, _ptr, _i64, _i64, _i64, _ptr, _ptr]
-        for fn in (pack_fn, forward, backward):
-            fn.restype = None
-        getattr(lib, f"lanes_{suffix}").restype = c_int
-        _FUNCS[dtype] = (pack_fn, forward, backward)
-    lib.randperm_prefix.argtypes = [_i64, _i64, _ptr, _ptr]
-    lib.randperm_prefix.restype = c_int
-    lib.uniform_f32.argtypes = [_i64, ctypes.c_float, ctypes.c_float, _ptr, _ptr]
-    lib.uniform_f32.restype = None
-    lib.mask_scale_f32.argtypes = [_ptr, _ptr, _i64, ctypes.c_float, c_int]
-    lib.mask_scale_f32.restype = None
-    lib.sorted_positions.argtypes = [_ptr, _i64, _ptr, _i64, _ptr]
-    lib.sorted_positions.restype = None
-    lib.topk_scan_f32.argtypes = [_ptr, _i64, _i64, _ptr, _i64, _i64, c_int, _ptr, _ptr,
-                                  _ptr]
-    lib.topk_scan_f32.restype = c_int
-    lib.topk_finish.argtypes = [_ptr, _i64, _i64]
-    lib.topk_finish.restype = _i64
-    lib.csr_pattern_arrays.argtypes = [_i64, _ptr, _i64, _i64, _ptr, _ptr, _ptr, _ptr, _ptr,
-                                       _ptr, _ptr]
-    lib.csr_pattern_arrays.restype = None
+        _FUNCS[dtype] = tuple(getattr(lib, f"{kind}_{suffix}")
+                              for kind in ("pack", "csr_forward", "csr_backward"))
 
 
 def _threads(splits: torch.Tensor, work: int, end: int) -> tuple[int, int]:
@@ -376,14 +353,15 @@ def _out_strides(out: torch.Tensor, width: int) -> tuple[int, int, int]:
 def pack(a: torch.Tensor, splits: torch.Tensor, nv: int, *, column_sums: bool = False,
          gate: torch.Tensor | None = None, batch: int | None = None,
          out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Panels of the CPU tensor ``a``, and its column sums if asked.
+    """Panels ``P[p, j, i] = A[p * width + i, j]`` (zero-padded) of the CPU tensor ``a``,
+    and its column sums if asked.
 
     ``a`` is a matrix ``(batch, k)`` with any strides, or panels ``(n_panels, k, width)`` of
     ``batch`` samples (as this function or :func:`csr_forward` writes them). With ``gate``
     (a ReLU's output, of ``a``'s shape and strides) the panels hold the gradient behind that
     ReLU instead: 0 where ``gate <= 0``, else ``a``, bitwise what
     ``torch.ops.aten.threshold_backward(a, gate, 0)`` gives, and the column sums are
-    those of this gradient. Padding samples of the last panel are 0.
+    those of this gradient.
 
     Parameters
     ----------
@@ -491,11 +469,9 @@ class TopKScan:
     Blocks must come in increasing order of their flat offsets. Of equal magnitudes the
     lowest flat index is kept, as :func:`~rest_fair.sparse.rigl.top_k_first` keeps it over
     the whole vector. Each of torch's threads ranks one range of every long block into its
-    own buffer of ``2k`` candidates: candidates above the buffer's worst kept magnitude
-    collect there, and a selection cuts it back to the best ``k`` when it is full, so a
-    block costs about one vectorised pass over its entries. The first block of a buffer
-    starts from a lower bound that a histogram of its entries gives. :meth:`result` merges
-    the buffers; the entries kept do not depend on the number of threads.
+    own buffer of ``2k`` candidates, about one vectorised pass over its entries (see
+    ``_csr_kernels.c``); :meth:`result` merges the buffers. The entries kept do not depend
+    on the number of threads.
 
     Parameters
     ----------
@@ -747,20 +723,27 @@ def _advanced(generator: torch.Generator, draw: Callable[[int], Any]) -> Any:
     return result
 
 
-def _twins(seed: int, before: int) -> tuple[torch.Generator, torch.Generator] | None:
-    """Two CPU generators seeded with ``seed`` that drew ``before`` numbers each, for a
-    check of the kernels against torch; ``None`` where the state layout is not the one
-    the kernels read."""
-    twins = torch.Generator(), torch.Generator()
-    for gen in twins:
-        gen.manual_seed(seed)
-        torch.rand(before, generator=gen)
-    return twins if twins[0].get_state().numel() == _STATE_BYTES else None
-
-
-def _same_draws(got: torch.Tensor, want: torch.Tensor, ours: torch.Generator,
-                theirs: torch.Generator) -> bool:
-    return torch.equal(got, want) and torch.equal(ours.get_state(), theirs.get_state())
+def _same_as_torch(cases: tuple[tuple[int, int, tuple], ...], ours: Callable[..., Any],
+                   theirs: Callable[..., Any]) -> bool:
+    """Whether ``ours(generator, *args)`` equals ``theirs(generator, *args)``, generator
+    state included, for each ``(seed, before, args)`` of ``cases``: twin CPU generators
+    seeded with ``seed`` that drew ``before`` numbers each. ``False`` where the state
+    layout is not the one the kernels read."""
+    for seed, before, args in cases:
+        twins = torch.Generator(), torch.Generator()
+        for gen in twins:
+            gen.manual_seed(seed)
+            torch.rand(before, generator=gen)
+        if twins[0].get_state().numel() != _STATE_BYTES:
+            return False
+        try:
+            got = ours(twins[0], *args)
+        except RuntimeError:  # set_state refused the state: another layout
+            return False
+        if not (torch.equal(got, theirs(twins[1], *args))
+                and torch.equal(twins[0].get_state(), twins[1].get_state())):
+            return False
+    return True
 
 
 def _draw_prefix(n: int, k: int, generator: torch.Generator) -> torch.Tensor:
@@ -773,19 +756,9 @@ def _draw_prefix(n: int, k: int, generator: torch.Generator) -> torch.Tensor:
 
 def _check_prefix() -> bool:
     """Whether :func:`_draw_prefix` equals this torch's randperm, generator state included."""
-    for seed, n, k in ((0, 1000, 17), (1, 3000, 2998), (2, 5, 0)):
-        twins = _twins(seed, 3)
-        if twins is None:
-            return False
-        ours, theirs = twins
-        want = torch.randperm(n, generator=theirs)[:k]
-        try:
-            got = _draw_prefix(n, k, ours)
-        except RuntimeError:  # set_state refused the state: another layout
-            return False
-        if not _same_draws(got, want, ours, theirs):
-            return False
-    return True
+    return _same_as_torch(((0, 3, (1000, 17)), (1, 3, (3000, 2998)), (2, 3, (5, 0))),
+                          lambda gen, n, k: _draw_prefix(n, k, gen),
+                          lambda gen, n, k: torch.randperm(n, generator=gen)[:k])
 
 
 _uniform_ok: bool | None = None
@@ -801,21 +774,16 @@ def _uniform_f32(tensor: torch.Tensor, low: float, high: float,
 def _check_uniform() -> bool:
     """Whether the kernels' uniform draws equal this torch's ``uniform_``, values and
     generator state (torch's CPU build rounds ``x * (to - from) + from`` once)."""
-    for seed, n, low, high, before in ((0, 1000, -0.1, 0.1, 0), (1, 5000, -0.02, 0.03, 3),
-                                       (2, 623, 0.0, 1.0, 622), (3, 1500, -3.7, 11.3, 1)):
-        twins = _twins(seed, before)
-        if twins is None:
-            return False
-        ours, theirs = twins
-        got = torch.empty(n)
-        try:
-            _uniform_f32(got, low, high, ours)
-        except RuntimeError:  # set_state refused the state: another layout
-            return False
-        if not _same_draws(got, torch.empty(n).uniform_(low, high, generator=theirs),
-                           ours, theirs):
-            return False
-    return True
+
+    def ours(gen: torch.Generator, n: int, low: float, high: float) -> torch.Tensor:
+        out = torch.empty(n)
+        _uniform_f32(out, low, high, gen)
+        return out
+
+    return _same_as_torch(
+        ((0, 0, (1000, -0.1, 0.1)), (1, 3, (5000, -0.02, 0.03)), (2, 622, (623, 0.0, 1.0)),
+         (3, 1, (1500, -3.7, 11.3))),
+        ours, lambda gen, n, low, high: torch.empty(n).uniform_(low, high, generator=gen))
 
 
 def uniform_(tensor: torch.Tensor, low: float = 0.0, high: float = 1.0, *,
@@ -875,19 +843,8 @@ def randperm_prefix(n: int, k: int, generator: torch.Generator | None = None) ->
     ``torch.randperm`` (a check against it runs once per process): the kernel carries out
     only the first ``k`` steps of its shuffle and skips the other draws. Without the
     compiled kernels, when the check fails, for a non-CPU generator or for
-    ``n >= 2**27`` this calls ``torch.randperm``.
-
-    Parameters
-    ----------
-    n : int
-    k : int
-        Entries wanted, at most ``n``.
-    generator : torch.Generator, optional
-        Default: torch's global CPU generator.
-
-    Returns
-    -------
-    LongTensor of shape (k,)
+    ``n >= 2**27`` this calls ``torch.randperm``. ``k`` is at most ``n``; ``generator``
+    defaults to torch's global CPU generator.
     """
     global _prefix_ok
     generator = torch.default_generator if generator is None else generator

@@ -141,8 +141,7 @@ def maskable_parameters(module: nn.Module) -> Iterator[tuple[str, nn.Parameter]]
     The weight parameter of every ``nn.Linear`` (subclasses included), convolution
     (``nn.Conv1d/2d/3d``, transposed, grouped and depthwise ones included: the mask covers
     the weight tensor in its own layout), transformers' ``Conv1D``, ``nn.Embedding`` and
-    ``nn.EmbeddingBag`` (e.g. the token and position embeddings of a text model, masked
-    like linear layers); the input projection of every ``nn.MultiheadAttention``
+    ``nn.EmbeddingBag``; the input projection of every ``nn.MultiheadAttention``
     (``in_proj_weight`` of shape ``(3E, E)``, one mask for the query, key and value rows
     together, or ``q_proj_weight``, ``k_proj_weight`` and ``v_proj_weight`` when ``kdim``
     or ``vdim`` differ from ``embed_dim``; its ``out_proj`` is an ``nn.Linear``); the
@@ -150,16 +149,14 @@ def maskable_parameters(module: nn.Module) -> Iterator[tuple[str, nn.Parameter]]
     ``weight_hh_l{k}`` and, with ``proj_size``, ``weight_hr_l{k}``, each direction's
     separately; ``nn.LSTMCell``, ``nn.GRUCell``, ``nn.RNNCell``: ``weight_ih``,
     ``weight_hh``), each a 2-D ``(n_out, n_in)`` weight with all gates in one mask. A
-    weight shared by several layers is listed once, under its first name, and gets one
-    mask.
+    weight shared by several layers is listed once, under its first name.
 
-    Not masked (they stay dense): biases and normalisation parameters (BatchNorm,
-    LayerNorm, ...); the weights of ``nn.Bilinear``; a
-    layer's weight that is not a parameter but computed, by a parametrization
+    Not masked (they stay dense): biases and normalisation parameters; the weights of
+    ``nn.Bilinear``; a weight computed by a parametrization
     (``torch.nn.utils.parametrizations.weight_norm``, ``spectral_norm``, any
     ``torch.nn.utils.parametrize``) or a forward pre-hook (``torch.nn.utils.weight_norm``);
-    and parameters of any other module. :meth:`MaskSet.from_module` warns about such
-    weights (:func:`unmasked_weights`).
+    parameters of any other module. :meth:`MaskSet.from_module` warns about such weights
+    (:func:`unmasked_weights`).
 
     Parameters
     ----------
@@ -424,12 +421,11 @@ class MaskSet:
             warnings.warn(_RENAMED.format(old="init", new="sparse_init"), FutureWarning,
                           stacklevel=2)
             sparse_init = init
-        init, distribution = sparse_init, layer_density
-        if init not in SPARSE_INITS:
-            raise ValueError(_BAD_INIT.format(options=SPARSE_INITS, value=init))
-        if distribution not in LAYER_DENSITIES:
+        if sparse_init not in SPARSE_INITS:
+            raise ValueError(_BAD_INIT.format(options=SPARSE_INITS, value=sparse_init))
+        if layer_density not in LAYER_DENSITIES:
             raise ValueError(_BAD_DISTRIBUTION.format(options=LAYER_DENSITIES,
-                                                      value=distribution))
+                                                      value=layer_density))
         dense = set(resolve_dense_layers(module, dense_layers))
         params = {name: p for name, p in maskable_parameters(module) if name not in dense}
         if warn:
@@ -437,16 +433,14 @@ class MaskSet:
         shapes = {name: tuple(p.shape) for name, p in params.items()}
         if not shapes:
             return cls({}, {})
-        if distribution == "erk":
-            densities = erk_densities(shapes, density)
-        else:
-            densities = uniform_densities(shapes, density)
+        split = erk_densities if layer_density == "erk" else uniform_densities
+        densities = split(shapes, density)
         counts = active_counts(shapes, densities)
         if warn:
             _warn_at_least_one(shapes, densities, counts, density)
         masks = {}
         for name, p in params.items():
-            if init == "magnitude":
+            if sparse_init == "magnitude":
                 mask = _magnitude_mask(p, counts[name])
             else:
                 mask = torch.zeros(p.numel(), dtype=torch.bool)
@@ -543,17 +537,15 @@ class MaskSet:
     @torch.no_grad()
     def zero_inactive_(self, *, rescale: bool = False) -> None:
         """Zero every inactive weight, as :meth:`apply_` does, without building the float
-        multipliers :meth:`apply_` keeps; with ``rescale``, then scale the weights as
-        :meth:`rescale_init_` does.
+        multipliers :meth:`apply_` keeps (a layer trained in CSR form never needs its
+        multiplier); with ``rescale``, then scale the weights as :meth:`rescale_init_` does.
 
         A float32 CPU weight is multiplied by its boolean mask (and its scale) in one pass
         of the compiled kernels (:func:`~rest_fair.sparse.kernels.mask_scale_`); another
-        CPU weight a block of :data:`_ZERO_BLOCK` entries at a time. Both compute the same
-        products in the same order as :meth:`apply_` and :meth:`rescale_init_`, with at
-        most a block-sized float copy of the mask, reading the weights once: the masks of a fit
-        are applied once before its layers are chosen for CSR training, and a layer
-        trained in CSR form never needs its multiplier. Weights on other devices take
-        :meth:`apply_`'s multipliers.
+        CPU weight a block of :data:`_ZERO_BLOCK` entries at a time, with a block-sized
+        float copy of the mask; weights on other devices by :meth:`apply_`'s multipliers.
+        All compute the products of :meth:`apply_` and :meth:`rescale_init_`, in their
+        order.
         """
         for name, param in self.params.items():
             mask = self._bool[name]

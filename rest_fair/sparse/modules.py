@@ -1,13 +1,8 @@
-"""What the sparse code needs to know about a network's modules.
-
-- :func:`mask_density`: the density of one layer's mask;
-- :func:`sparse_linear_layers`: the linear layers at or below a density threshold
-  (:func:`check_threshold` checks one, :func:`within_threshold` compares a density to it),
-  those that sparse kernels compute (``sparse_compute`` in ``fit``,
-  :func:`~rest_fair.efficiency.to_sparse_training` and
-  :func:`~rest_fair.efficiency.export_sparse`);
-- :func:`set_submodule`: replace a submodule given by its dotted name;
-- :data:`ELEMENTWISE`: modules that act element-wise.
+"""What the sparse code needs to know about a network's modules: a mask's density, the
+linear layers at or below a density threshold (:func:`sparse_linear_layers`, those that
+sparse kernels compute: ``sparse_compute`` in ``fit``,
+:func:`~rest_fair.efficiency.to_sparse_training` and
+:func:`~rest_fair.efficiency.export_sparse`), replacing a submodule, element-wise modules.
 """
 
 from __future__ import annotations

@@ -12,8 +12,7 @@ A regrown weight that was inactive before the update starts at exactly zero, wit
 optimizer state (momentum, Adam moments) reset. A weight pruned and regrown in the same update
 was never switched off: it keeps its value and optimizer state, as in the REST authors' code
 and RigL's own (``reinit_when_same=False``). The active count of every layer is unchanged, so
-density stays at target. A frozen weight (``requires_grad=False``) is not trained, so it takes
-no part: it keeps the mask it started with.
+density stays at target.
 
 Ties (weights of equal magnitude, e.g. regrown zeros that never received a gradient, or
 equal gradients) go to the lowest flat index, on every device and for every way of
@@ -21,11 +20,10 @@ computing the update (:mod:`rest_fair.sparse.csr_linear` scans the same choice b
 block).
 
 An update decides every layer's change first and applies the decisions afterwards, so that
-data-parallel training can apply rank 0's decision on every rank. A layer held as a dense
-weight and its mask in a :class:`MaskSet` decides with :func:`decide_layer` and applies
-with :func:`apply_decision`; a layer stored otherwise (a
-:class:`~rest_fair.sparse.csr_linear.CSRLinear`) is a :class:`LayerStorage` that does both
-itself, with the same decisions.
+data-parallel training can apply rank 0's decision on every rank: :func:`decide_layer` and
+:func:`apply_decision` for a dense weight and its mask in a :class:`MaskSet`, a
+:class:`LayerStorage` (a :class:`~rest_fair.sparse.csr_linear.CSRLinear`) for a layer
+stored otherwise.
 """
 
 from __future__ import annotations
