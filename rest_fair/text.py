@@ -56,8 +56,7 @@ TEXT_NEEDS_HF = (
     "the text into numbers first (e.g. sklearn's TfidfVectorizer in a Pipeline)."
 )
 HF_NEEDS_TEXT = (
-    "module={module!r} is a text model and takes X as a list or 1-D array of strings; got "
-    "{what}."
+    "module={module!r} is a text model and takes X as a list or 1-D array of strings; got {what}."
 )
 NOT_FITTED_ON_TEXT = (
     "This RESTClassifier was fitted on numeric input; it cannot predict from text (strings or "
