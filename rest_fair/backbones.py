@@ -307,17 +307,23 @@ def torchvision_model_names() -> list[str]:
 
 
 def _looks_like_path(value: str) -> bool:
-    return (os.sep in value or (os.altsep is not None and os.altsep in value)
-            or value.startswith((".", "~"))
-            or value.endswith((".pt", ".pth", ".bin", ".safetensors", ".ckpt")))
+    return (
+        os.sep in value
+        or (os.altsep is not None and os.altsep in value)
+        or value.startswith((".", "~"))
+        or value.endswith((".pt", ".pth", ".bin", ".safetensors", ".ckpt"))
+    )
 
 
 def _looks_like_folder(value: str) -> bool:
     """Whether an ``hf:`` name is meant as a local folder (a Hub id is ``name`` or
     ``owner/name``)."""
-    return (value.startswith((".", "~", "/")) or value.count("/") > 1
-            or (os.sep != "/" and os.sep in value)
-            or (os.altsep is not None and os.altsep in value))
+    return (
+        value.startswith((".", "~", "/"))
+        or value.count("/") > 1
+        or (os.sep != "/" and os.sep in value)
+        or (os.altsep is not None and os.altsep in value)
+    )
 
 
 def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -364,24 +370,28 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if isinstance(state, Mapping):  # a checkpoint: a state dict's own values are tensors
         state = next((state[key] for key in _CHECKPOINT_KEYS
                       if isinstance(state.get(key), Mapping)), state)
-    if not (isinstance(state, Mapping)
-            and all(isinstance(k, str) and torch.is_tensor(v) for k, v in state.items())):
+    if not isinstance(state, Mapping) or not all(
+        isinstance(k, str) and torch.is_tensor(v) for k, v in state.items()
+    ):
         what = type(state).__name__
         if isinstance(state, Mapping):
-            more = f" ... ({len(state)} in all)" if len(state) > 8 else ""
-            what += f" with keys {[str(k) for k in list(state)[:8]]}{more}"
+            keys = [str(k) for k in list(state)[:8]]
+            what += f" with keys {keys}" + (f" ... ({len(state)} in all)" if len(state) > 8
+                                             else "")
         raise ValueError(BAD_STATE_DICT.format(path=path, type=what, keys=list(_CHECKPOINT_KEYS)))
     return dict(state)
 
 
 def _find_head(model: nn.Module, n_categories: int | None) -> tuple[str, nn.Module]:
     """The classification layer: the last Linear, else the last conv with one output per class."""
-    heads = ([(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
-             or [(n, m) for n, m in model.named_modules()
-                 if isinstance(m, nn.Conv2d) and n_categories in (None, m.out_channels)])
-    if not heads:
-        raise ValueError(NO_HEAD.format(name=type(model).__name__))
-    return heads[-1]
+    linear = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if linear:
+        return linear[-1]
+    convs = [(n, m) for n, m in model.named_modules()
+             if isinstance(m, nn.Conv2d) and n_categories in (None, m.out_channels)]
+    if convs:
+        return convs[-1]
+    raise ValueError(NO_HEAD.format(name=type(model).__name__))
 
 
 def replace_head(model: nn.Module, n_classes: int, *, n_categories: int | None = None) -> str:
@@ -833,9 +843,11 @@ def _load_checked(
                      and not k.endswith(".num_batches_tracked"))  # older files: torch sets it
     unexpected = sorted(k for k in state if k not in expected
                         and k.split(".", 1)[0] not in _AUX_HEADS)
-    wrong = sorted(f"{k} {tuple(state[k].shape)} != {tuple(expected[k].shape)}" for k in expected
-                   if k in state and k not in head_keys
-                   and tuple(state[k].shape) != tuple(expected[k].shape))
+    wrong = sorted(
+        f"{k} {tuple(state[k].shape)} != {tuple(expected[k].shape)}"
+        for k in expected
+        if k in state and k not in head_keys and tuple(state[k].shape) != tuple(expected[k].shape)
+    )
     problems = []
     for label, keys in (("missing keys", missing), ("unexpected keys", unexpected),
                         ("wrong shapes", wrong)):
@@ -847,8 +859,11 @@ def _load_checked(
             problems[-1] += f" (keys read without the prefix {removed!r} every key has)"
         raise ValueError(STATE_DICT_MISMATCH.format(path=path, name=name,
                                                     problems="; ".join(problems)))
-    model.load_state_dict({k: v for k, v in state.items() if k not in head_keys
-                           or tuple(v.shape) == tuple(expected[k].shape)}, strict=False)
+    usable = {
+        k: v for k, v in state.items()
+        if k not in head_keys or tuple(v.shape) == tuple(expected[k].shape)
+    }
+    model.load_state_dict(usable, strict=False)
 
 
 # ------------------------------------------------------------------------ transformers
