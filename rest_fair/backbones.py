@@ -1,18 +1,11 @@
 """Pretrained backbones: torchvision image classifiers and Hugging Face text classifiers.
 
-:func:`rest_fair.models.build_module` hands ``module`` names to this module when they
-are not built-in networks:
-
-- a torchvision classification model name (``"resnet50"``, ``"resnet18"`` with a
-  ``"weights"`` entry, ``"vit_b_16"``, ...), see :func:`build_torchvision`;
-- ``"hf:<model name or local folder>"``, a Hugging Face ``transformers`` sequence
-  classifier, see :func:`build_hf`.
-
-Neither torchvision nor transformers is a dependency of the core package: they are
-imported here on first use, with an error that says what to install. Weights are
-looked for on disk first; a download happens only when they are not there, with a
-timeout, and an unreachable network is an error naming the weights and where to put
-them instead -- never a hang.
+:func:`rest_fair.models.build_module` hands ``module`` names that are not built-in networks
+to :func:`build_backbone`: torchvision classification model names (:func:`build_torchvision`)
+and ``"hf:<model name or local folder>"`` (:func:`build_hf`). torchvision and transformers
+are imported on first use, with an error that says what to install. Weights are looked for
+on disk first; a download has a timeout, and an unreachable network is an error naming the
+weights and where to put them instead -- never a hang.
 """
 
 from __future__ import annotations
@@ -125,10 +118,9 @@ UNSAFE_STATE_DICT = (
 #: What torch.load raises for a file that is damaged, empty or not a tensor file.
 _UNREADABLE = (pickle.UnpicklingError, EOFError, RuntimeError, ValueError)
 DAMAGED_CACHED_WEIGHTS = (
-    "The cached torchvision weights {weights} for {name} at {cache} cannot be read ({error}) "
-    "and their SHA-256 does not start with {digest!r} as the file name says: the file is "
-    "damaged or incomplete. Delete it (it is downloaded again) or replace it with the file "
-    "from {url}."
+    "The cached torchvision weights {weights} for {name} at {cache} cannot be read ({error}) and "
+    "their SHA-256 does not start with {digest!r} as the file name says: the file is damaged or "
+    "incomplete. Delete it (it is downloaded again) or replace it with the file from {url}."
 )
 STATE_DICT_MISMATCH = (
     "{path} does not fit torchvision's {name}: {problems}. Save the weights with "
@@ -163,9 +155,8 @@ _SET_BY_WEIGHTS = {name: {"aux_logits": True, "init_weights": False} for name in
 _IMAGE_SIZE_PARAMS = {"VisionTransformer": "image_size", "MaxVit": "input_size"}
 NO_HEAD = "Could not find the classification layer of {name} to replace it."
 NO_LOCAL_MODEL = (
-    "module={module!r}: {path} looks like a local folder but {problem}. A local "
-    "model folder must hold what save_pretrained writes (config.json, the weights and the "
-    "tokenizer files)."
+    "module={module!r}: {path} looks like a local folder but {problem}. A local model folder must "
+    "hold what save_pretrained writes (config.json, the weights and the tokenizer files)."
 )
 HUB_UNREACHABLE = (
     "module={module!r}: {name!r} is not a local folder and not in the Hugging Face cache, "
@@ -206,9 +197,7 @@ BAD_TORCHVISION_PARAMS = (
     "module_params {keys} of module={name!r}: torchvision's model refuses one ({error}); "
     "besides 'weights' they are passed to torchvision.models.{name}."
 )
-BAD_HF_PARAMS = (
-    "module={module!r} takes module_params {allowed}; got unknown {unknown}."
-)
+BAD_HF_PARAMS = "module={module!r} takes module_params {allowed}; got unknown {unknown}."
 BAD_LOCAL_ONLY = "module_params['local_files_only'] must be True, False or None; got {value!r}."
 BAD_REVISION = (
     "module_params['revision'] must be None or a Hub revision (a branch, tag or commit "
@@ -378,12 +367,9 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             raise ValueError(UNSAFE_STATE_DICT.format(path=path, type=refused[1])) from exc
         raise ValueError(UNREADABLE_STATE_DICT.format(
             path=path, error=type(exc).__name__)) from exc
-    if isinstance(state, Mapping):
-        for key in _CHECKPOINT_KEYS:
-            inner = state.get(key)
-            if isinstance(inner, Mapping):  # a state dict's own values are tensors
-                state = inner
-                break
+    if isinstance(state, Mapping):  # a checkpoint: a state dict's own values are tensors
+        state = next((state[key] for key in _CHECKPOINT_KEYS
+                      if isinstance(state.get(key), Mapping)), state)
     if not isinstance(state, Mapping) or not all(
         isinstance(k, str) and torch.is_tensor(v) for k, v in state.items()
     ):
@@ -401,11 +387,8 @@ def _find_head(model: nn.Module, n_categories: int | None) -> tuple[str, nn.Modu
     linear = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
     if linear:
         return linear[-1]
-    convs = [
-        (n, m)
-        for n, m in model.named_modules()
-        if isinstance(m, nn.Conv2d) and (n_categories is None or m.out_channels == n_categories)
-    ]
+    convs = [(n, m) for n, m in model.named_modules()
+             if isinstance(m, nn.Conv2d) and n_categories in (None, m.out_channels)]
     if convs:
         return convs[-1]
     raise ValueError(NO_HEAD.format(name=type(model).__name__))
@@ -459,42 +442,36 @@ def _sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _cached_file(member: Any) -> Path:
-    """Where torch.hub's cache keeps the file of torchvision weights ``member``."""
+def _cached_file(member: Any) -> tuple[Path, str | None]:
+    """Where torch.hub's cache keeps the file of torchvision weights ``member``, and the
+    start of its SHA-256 that the file name holds (``None`` where it holds none)."""
     filename = os.path.basename(urllib.parse.urlparse(member.url).path)
-    return Path(torch.hub.get_dir()) / "checkpoints" / filename
+    match = torch.hub.HASH_REGEX.search(filename)
+    return Path(torch.hub.get_dir()) / "checkpoints" / filename, match and match.group(1)
 
 
 def _check_cached_file(member: Any, name: str, error: Exception) -> None:
     """Raise :class:`OSError` naming the cached file of ``member`` when loading it failed
     with ``error`` and its SHA-256 does not start with the digest in its name."""
-    cache = _cached_file(member)
-    match = torch.hub.HASH_REGEX.search(cache.name)
-    if not (match and cache.is_file()):
-        return
-    if not _sha256_file(cache).startswith(match.group(1)):
+    cache, digest = _cached_file(member)
+    if digest and cache.is_file() and not _sha256_file(cache).startswith(digest):
         raise OSError(DAMAGED_CACHED_WEIGHTS.format(
             weights=str(member), name=name, cache=cache, error=type(error).__name__,
-            digest=match.group(1), url=member.url)) from error
+            digest=digest, url=member.url)) from error
 
 
 def _download(member: Any, name: str, timeout: float) -> None:
     """Put the file of torchvision weights ``member`` into torch.hub's cache."""
-    url = member.url
-    cache = _cached_file(member)
+    cache, digest = _cached_file(member)
     if cache.exists():
         return
     cache.parent.mkdir(parents=True, exist_ok=True)
-    match = torch.hub.HASH_REGEX.search(cache.name)
     try:
         with socket_timeout(timeout):
-            torch.hub.download_url_to_file(url, str(cache), match.group(1) if match else None,
-                                           progress=False)
+            torch.hub.download_url_to_file(member.url, str(cache), digest, progress=False)
     except (OSError, RuntimeError, ValueError) as exc:  # URLError and timeouts are OSErrors
-        raise OSError(
-            DOWNLOAD_FAILED.format(weights=str(member), name=name, url=url, error=exc,
-                                   cache=cache)
-        ) from exc
+        raise OSError(DOWNLOAD_FAILED.format(weights=str(member), name=name, url=member.url,
+                                             error=exc, cache=cache)) from exc
 
 
 def check_torchvision(
@@ -630,12 +607,11 @@ def build_torchvision(
     name : str
         Model name in ``torchvision.models``, e.g. ``"resnet50"``.
     input_shape : tuple of int, optional
-        Shape of one sample; must be ``(3, height, width)`` of a size the model takes: for
-        a vision transformer ``(3, image_size, image_size)`` and for MaxViT its
-        ``input_size``, the size each is built for; for models that take images of some
-        size or larger (Inception v3 75x75, AlexNet 63x63, ...) that size or larger. This
-        and the keyword arguments are checked on the model built on the meta device, before
-        any weights are downloaded or read.
+        Shape of one sample, ``(3, height, width)`` of a size the model takes: the size a
+        vision transformer (``image_size``) or MaxViT (``input_size``) is built for, or at
+        least the smallest size of models such as Inception v3 (75x75) and AlexNet (63x63).
+        It and ``kwargs`` are checked on the model built on the meta device, before any
+        weights are downloaded or read.
     n_classes : int
         Outputs of the new classification layer.
     weights : None, str, WeightsEnum member or path, default=None
@@ -643,21 +619,19 @@ def build_torchvision(
         (``"DEFAULT"``, ``"IMAGENET1K_V1"``, ``"ResNet50_Weights.IMAGENET1K_V1"``, ...) or
         member of its weights enum (``ResNet50_Weights.IMAGENET1K_V1``): taken from
         torch.hub's cache, or downloaded there (``download_timeout`` seconds per network
-        operation; failure is an :class:`OSError` saying where to put the file, and so is a
-        damaged cached file).
+        operation; a failed download or a damaged cached file is an :class:`OSError` saying
+        where to put the file).
         A path: a state-dict file, read with ``weights_only=True``; every key and shape must
-        match the architecture except those of the classification head, whose entries are
-        loaded where their shapes fit the new head (else it keeps its fresh initialisation).
-        A prefix that every key has, ``module.`` (a model saved inside ``DataParallel`` or
-        ``DistributedDataParallel``) or ``_orig_mod.`` (``torch.compile``), is removed, and
-        so is any other one (``model.`` in the checkpoint of a PyTorch Lightning module
-        holding the model as ``self.model``) where more keys fit the model without it; the
-        batch-norm counters ``num_batches_tracked``, which files written before PyTorch 0.4.1
-        lack, may be absent (as ``load_state_dict`` allows); the auxiliary classifiers of
-        Inception v3 and GoogLeNet, which the returned model does not have, may be absent
-        or present. The model is built as without weights: Inception v3 and GoogLeNet with
-        ``transform_input=False`` unless given, which their torchvision weights names set to
-        ``True`` (give it with a file of those weights to build the same model).
+        match the architecture except the classification head's, loaded where their shapes
+        fit the new head (else it keeps its fresh initialisation). A prefix every key has
+        is removed where it is ``module.`` (``DataParallel``, ``DistributedDataParallel``)
+        or ``_orig_mod.`` (``torch.compile``), or where more keys fit the model without it
+        (``model.`` of a PyTorch Lightning module holding it as ``self.model``). The
+        batch-norm counters ``num_batches_tracked`` may be absent (files of PyTorch before
+        0.4.1), and the auxiliary classifiers of Inception v3 and GoogLeNet, which the
+        returned model drops, absent or present. The model is built as without weights:
+        Inception v3 and GoogLeNet with ``transform_input=False`` unless given, which their
+        torchvision weights set to ``True`` (give it with a file of those weights).
     download_timeout : float, default=30
         Socket timeout of a download, in seconds (positive and finite).
     **kwargs
@@ -783,13 +757,12 @@ def _check_image_size(model: nn.Module, name: str, shape: tuple[int, ...], *,
     """Refuse samples of ``shape`` that ``model`` cannot take.
 
     A vision transformer takes its ``image_size`` only. A model on the meta device (from
-    :func:`_meta_model`) is run on a sample of ``shape``; where that fails and does not
-    fail on a sample of ``input_size`` (the one size of MaxViT), the error names that
-    size; where it does not fail on a square of the largest side of ``min_size`` (the
-    smallest size of its weights, 75x75 for Inception v3), the error names the smallest
-    square it takes (found by bisection: such models take any larger image).
-    ``builds_for(size)`` says whether a model without pretrained weights can be built for
-    images of ``size`` instead (MaxViT's ``input_size``).
+    :func:`_meta_model`) is run on a sample of ``shape``; where that fails, the error names
+    ``input_size`` (MaxViT's one size) where a sample of it passes, else the smallest square
+    the model takes where a square of the largest side of ``min_size`` (the smallest size of
+    its weights, 75x75 for Inception v3) passes (found by bisection: such models take any
+    larger image). ``builds_for(size)`` says whether a model without pretrained weights can
+    be built for images of ``size`` instead (MaxViT's ``input_size``).
     """
     size, patch = getattr(model, "image_size", None), getattr(model, "patch_size", None)
     if len(shape) != 3:
@@ -931,11 +904,9 @@ def _from_pretrained(
         raise ValueError(HF_NO_NAME.format(module=module))
     path = Path(name).expanduser()
     if not path.is_dir() and _looks_like_folder(name):
-        if path.exists():
-            raise NotADirectoryError(NO_LOCAL_MODEL.format(module=module, path=path,
-                                                           problem="is a file"))
-        raise FileNotFoundError(NO_LOCAL_MODEL.format(module=module, path=path,
-                                                      problem="does not exist"))
+        error, problem = ((NotADirectoryError, "is a file") if path.exists()
+                          else (FileNotFoundError, "does not exist"))
+        raise error(NO_LOCAL_MODEL.format(module=module, path=path, problem=problem))
     target = str(path) if path.is_dir() else name
     try:
         return cls.from_pretrained(target, local_files_only=True, **kwargs)
@@ -1018,17 +989,12 @@ def load_tokenizer(module: str, module_params: Mapping[str, Any] | None = None) 
     if tokenizer.pad_token_id is None and tokenizer.eos_token is not None:
         tokenizer.pad_token = tokenizer.eos_token  # e.g. GPT-2 has no padding token
     # the default length (the tokenizer's, at most 512) must fit the model's positions too
-    positions = _max_positions(module, transformers, params)
+    config = _config(module, transformers, params)
+    positions = None if config is None else _positions(config)
     current = getattr(tokenizer, "model_max_length", None)
     if positions is not None and not (isinstance(current, int) and 0 < current <= positions):
         tokenizer.model_max_length = positions
     return tokenizer
-
-
-def _max_positions(module: str, transformers: Any, params: Mapping[str, Any]) -> int | None:
-    """The number of positions the model's configuration embeds, if it says."""
-    config = _config(module, transformers, params)
-    return None if config is None else _positions(config)
 
 
 def _config(module: str, transformers: Any, params: Mapping[str, Any]) -> Any:

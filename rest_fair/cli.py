@@ -1,12 +1,11 @@
 """The ``rest-fair`` command line: a registry of subcommands.
 
-Each subcommand lives in its own module that exposes ``add_parser(subparsers)``; that
-function adds one parser to the argparse subparsers and calls
-``parser.set_defaults(func=...)`` with a function taking the parsed namespace and
-returning an exit status. To add a subcommand, add its module to :data:`SUBCOMMANDS`.
-Modules must be cheap to import (no torch, wilds or matplotlib at import time), because
-every listed module is imported to build ``rest-fair --help``. A listed module that is not
-present (e.g. an optional part not yet installed) is skipped.
+Each module of :data:`SUBCOMMANDS` exposes ``add_parser(subparsers)``, which adds one
+parser to the argparse subparsers and calls ``parser.set_defaults(func=...)`` with a
+function taking the parsed namespace and returning an exit status. Every listed module is
+imported to build ``rest-fair --help``, so it must be cheap to import (no torch, wilds or
+matplotlib at import time); one that is not present (e.g. an optional part not yet
+installed) is skipped.
 """
 
 from __future__ import annotations
@@ -31,8 +30,7 @@ def _load(module_name: str):
     try:
         return importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
-        # Skip only when the subcommand module itself is missing, never hide a broken import
-        # inside it.
+        # skip only a missing subcommand module, never hide a broken import inside it
         if exc.name and (module_name == exc.name or module_name.startswith(exc.name + ".")):
             return None
         raise

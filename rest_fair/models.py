@@ -1,10 +1,9 @@
 """Network architectures used by :class:`rest_fair.RESTClassifier`.
 
-The built-in models are plain :mod:`torch.nn` code (no torchvision), so the core package
-works without it. Every model takes ``input_shape`` (the shape of one sample) and
-``n_classes`` and returns logits. Pretrained backbones (torchvision image models, Hugging
-Face text models) are built by :mod:`rest_fair.backbones`, which imports those packages
-only when asked for one.
+The built-in models are plain :mod:`torch.nn` code (no torchvision): each takes
+``input_shape`` (the shape of one sample) and ``n_classes`` and returns logits. Pretrained
+backbones (torchvision image models, Hugging Face text models) are built by
+:mod:`rest_fair.backbones`, which imports those packages only when asked for one.
 """
 
 from __future__ import annotations
@@ -78,15 +77,12 @@ def _check_hidden(sizes: Any) -> None:
 
 
 def _linear(in_features: int, out_features: int) -> nn.Linear:
-    """``nn.Linear(in_features, out_features)`` with its own default initialisation, drawn
-    by :func:`rest_fair.sparse.kernels.uniform_`.
-
-    The weights are kaiming-uniform (``a = sqrt(5)``) and the bias uniform within
-    ``1 / sqrt(in_features)``, as ``nn.Linear.reset_parameters`` draws them, from the same
-    generator in the same order: the same numbers, bitwise, about 15 times as fast for a
-    2048 x 2048 layer in float32 on the CPU (torch draws one number at a time). Where
-    tensors are made elsewhere by default (``torch.device("meta")`` blocks included), and
-    for a layer without weights, this is ``nn.Linear`` itself.
+    """``nn.Linear(in_features, out_features)`` initialised as ``nn.Linear.reset_parameters``
+    does, drawn by :func:`rest_fair.sparse.kernels.uniform_` from the same generator in the
+    same order: the same numbers, bitwise, about 15 times as fast for a 2048 x 2048 layer in
+    float32 on the CPU (torch draws one number at a time). Where tensors are made elsewhere
+    by default (``torch.device("meta")`` blocks included), and for a layer without weights,
+    this is ``nn.Linear`` itself.
     """
     if torch.get_default_device().type != "cpu" or not in_features or not out_features:
         return nn.Linear(in_features, out_features)
@@ -195,9 +191,8 @@ class _BasicBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(n_out)
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or n_in != n_out:
-            self.shortcut = nn.Sequential(
-                nn.Conv2d(n_in, n_out, 1, stride=stride, bias=False), nn.BatchNorm2d(n_out)
-            )
+            self.shortcut = nn.Sequential(nn.Conv2d(n_in, n_out, 1, stride=stride, bias=False),
+                                          nn.BatchNorm2d(n_out))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = torch.relu(self.bn1(self.conv1(x)))
@@ -258,11 +253,9 @@ class ResNet18(nn.Module):
         blocks: list[nn.Module] = []
         n_in = width
         for stage, mult in enumerate((1, 2, 4, 8)):
-            n_out = width * mult
-            for block in range(2):
-                stride = 2 if (stage > 0 and block == 0) else 1
-                blocks.append(_BasicBlock(n_in, n_out, stride))
-                n_in = n_out
+            for block in range(2):  # the first block of a later stage halves the resolution
+                blocks.append(_BasicBlock(n_in, width * mult, 2 if stage and not block else 1))
+                n_in = width * mult
         self.blocks = nn.Sequential(*blocks)
         self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.fc = nn.Linear(n_in, n_classes)
@@ -310,9 +303,7 @@ def build_module(
     params = dict(module_params or {})
     input_shape = tuple(int(s) for s in input_shape)
     if isinstance(module, str):
-        name = module
-        if name == "auto":
-            name = "cnn" if len(input_shape) == 3 else "mlp"
+        name = ("cnn" if len(input_shape) == 3 else "mlp") if module == "auto" else module
         if is_backbone(name, params):
             return build_backbone(name, input_shape=input_shape, n_classes=n_classes,
                                   module_params=params)
@@ -333,9 +324,8 @@ def build_module(
                 params.setdefault(key, value)
         built = module(**params)
         if not isinstance(built, nn.Module):
-            raise TypeError(
-                f"module factory {module!r} returned {type(built).__name__}, not an nn.Module."
-            )
+            raise TypeError(f"module factory {module!r} returned {type(built).__name__}, "
+                            "not an nn.Module.")
         return built
     raise ValueError(_UNKNOWN_MODULE.format(names=MODULE_NAMES, value=module))
 
@@ -364,8 +354,7 @@ def check_module(module: Any, module_params: Mapping[str, Any] | None) -> None:
     A built-in name gets its ``module_params`` checked (names, and the hidden layer sizes
     of the MLP); a torchvision name its spelling, ``weights`` and the other options (on the
     model built on the meta device, downloading nothing); a Hugging Face name (``"hf:..."``)
-    its options. Classes, callables and instances are checked when ``fit``
-    builds them.
+    its options. Classes, callables and instances are checked when ``fit`` builds them.
 
     Raises
     ------
@@ -381,7 +370,7 @@ def check_module(module: Any, module_params: Mapping[str, Any] | None) -> None:
         if isinstance(module, nn.Module) and params:
             raise ValueError(_INSTANCE_PARAMS)
         return
-    if not is_backbone(module, params):
-        _check_builtin_params(module, params)
-    else:
+    if is_backbone(module, params):
         check_backbone(module, params)
+    else:
+        _check_builtin_params(module, params)

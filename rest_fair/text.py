@@ -1,21 +1,15 @@
 """Strings as ``X``: tokenize once, pad each batch to its own longest text.
 
 With ``module="hf:<name or path>"`` :class:`~rest_fair.RESTClassifier` accepts a list or
-1-D array of strings. The hooks below keep the training engine unaware of text:
-
-- :func:`fit_text_input` replaces the array checks of ``fit`` for text: it tokenizes
-  every text once (truncated to ``module_params["max_length"]``, no padding) into a
-  :class:`TokenizedText`, which ``fit`` can index like an array (validation split,
-  JTT subsets);
-- :func:`text_input` does the same for ``validation_data`` and for ``predict`` (with the
-  fitted model's own tokenizer);
-- :func:`rest_fair._data.make_source` turns a :class:`TokenizedText` into a
-  :class:`TextSource`, the batch source that yields, per batch, a dict of ``input_ids``
-  and ``attention_mask`` padded to the longest text *of that batch* (both classes live in
-  :mod:`rest_fair._data` with the other batch sources).
-
-Texts are single segments (no sentence pairs), so no ``token_type_ids`` are produced;
-BERT-style models then use segment 0 for every token, as for a single sentence.
+1-D array of strings. Two hooks keep the training engine unaware of text:
+:func:`fit_text_input` (``fit``) and :func:`text_input` (``validation_data``, and
+``predict`` with the fitted model's own tokenizer) tokenize every text once, truncated to
+``module_params["max_length"]`` and unpadded, into a :class:`TokenizedText`, which ``fit``
+indexes like an array (validation split, JTT subsets). :func:`rest_fair._data.make_source`
+turns it into a :class:`TextSource`, which yields per batch a dict of ``input_ids`` and
+``attention_mask`` padded to the longest text *of that batch* (both classes live in
+:mod:`rest_fair._data`). Texts are single segments, so no ``token_type_ids`` are produced:
+BERT-style models use segment 0 for every token.
 """
 
 from __future__ import annotations
@@ -56,8 +50,7 @@ TEXT_NEEDS_HF = (
     "the text into numbers first (e.g. sklearn's TfidfVectorizer in a Pipeline)."
 )
 HF_NEEDS_TEXT = (
-    "module={module!r} is a text model and takes X as a list or 1-D array of strings; got "
-    "{what}."
+    "module={module!r} is a text model and takes X as a list or 1-D array of strings; got {what}."
 )
 NOT_FITTED_ON_TEXT = (
     "This RESTClassifier was fitted on numeric input; it cannot predict from text (strings or "
@@ -96,10 +89,6 @@ _DEFAULT_MAX_LENGTH = 512
 _CHUNK = 4096
 
 
-def _module_name(module: Any) -> str:
-    return module if isinstance(module, str) else repr(module)
-
-
 def _is_hf(module: Any) -> bool:
     return isinstance(module, str) and module.startswith(HF_PREFIX)
 
@@ -108,9 +97,7 @@ def is_text_input(X: Any) -> bool:
     """Whether ``X`` is text: a :class:`TokenizedText` or a 1-D sequence of strings."""
     if isinstance(X, TokenizedText):
         return True
-    if isinstance(X, str):
-        return False
-    if not isinstance(X, (list, tuple)):
+    if not isinstance(X, (list, tuple)):  # a str has no ndim: not text
         dtype = getattr(X, "dtype", None)
         if getattr(X, "ndim", None) != 1 or dtype is None:
             return False
@@ -263,7 +250,8 @@ def check_text_input(X: Any, module: Any, module_params: dict | None = None, *,
         tokenizer, max_length = fitted.tokenizer, fitted.max_length
     else:
         if not _is_hf(module):
-            raise ValueError(TEXT_NEEDS_HF.format(module=_module_name(module)))
+            raise ValueError(TEXT_NEEDS_HF.format(
+                module=module if isinstance(module, str) else repr(module)))
         params = check_hf_params(module, dict(module_params or {}))
         if isinstance(X, TokenizedText):
             _check_tokens(X, module, *hf_token_limits(module, params))
