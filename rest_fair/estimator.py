@@ -50,8 +50,7 @@ __all__ = ["RESTClassifier"]
 
 _INF = float("inf")
 _NONE = type(None)
-# the optimizer computes in float32: a larger step size or penalty than _FLOAT32_MAX
-# overflows there
+# the optimizer computes in float32: a larger step size or penalty overflows there
 _FLOAT32_NOTE = "the largest float32: the weights and their updates are float32"
 
 
@@ -63,6 +62,8 @@ class _DeviceName:
 
     def describe(self) -> str:
         return "'auto', 'cpu', 'cuda', 'cuda:<i>' or a torch.device"
+
+
 # "erk" and "uniform" are the deprecated spellings of layer_density (see _fit.py)
 _SPARSE_INITS = (*SPARSE_INITS, *LAYER_DENSITIES)
 _NON_FINITE_OUTPUT = (
@@ -129,9 +130,9 @@ _SAVED_IN_FIRST_FIT = (
 
 
 def _plain_records(value: Any) -> tuple[list[dict], list] | None:
-    """The plain JSON of the records of ``value`` (a list of dicts, as ``history_``) without
-    their entries that are not plain values, and the keys of those left out (each entry
-    encoded once); ``None`` for any other ``value``.
+    """The plain JSON of the records of ``value`` (a list of dicts, as ``history_``) less
+    their entries that are not plain values, and the keys left out; ``None`` for any other
+    ``value``.
 
     Raises
     ------
@@ -218,35 +219,31 @@ class RESTClassifier(ClassifierMixin, BaseEstimator):
     update_end : float in [0, 1], default=0.75
         Fraction of training after which the topology is frozen (``T_end``).
     update_timing : {"mid_interval", "after_step"}, default="mid_interval"
-        ``"mid_interval"``: in the middle of each interval, between ``backward()`` and the
-        optimizer step (which then trains the regrown weights); with several steps per
-        epoch, an update due on an epoch's last step moves to the next step, so every
-        validated model has trained at least one step past its last topology change (with
-        one step per epoch, e.g. at most ``batch_size`` training samples, updates stay on
-        it and only its optimizer step trains the regrown weights before validation).
-        ``"after_step"`` (the REST authors' code): at every ``update_interval``-th step,
-        after the optimizer step, so an update on an epoch's last step is validated at once
-        and a model whose regrown weights are still zero can be selected (with
-        ``update_interval="auto"``, every epoch's model is one).
+        ``"mid_interval"``: mid-interval, between ``backward()`` and the optimizer step,
+        which trains the regrown weights; an update due on an epoch's last step moves to the
+        next, so every validated model trained a step past its last topology change (with
+        one step per epoch, e.g. at most ``batch_size`` samples, it stays: only that step
+        trained them). ``"after_step"`` (the REST authors' code): after the optimizer step
+        of every ``update_interval``-th step, so an update on an epoch's last step is
+        validated at once and a model whose regrown weights are still zero can be selected
+        (every epoch's, with ``update_interval="auto"``).
     sparse_compute : {"auto", "masked", "csr"}, default="auto"
         How sparse layers train. ``"masked"``: dense weights, masks re-applied after every
-        step (each step costs a dense one). ``"csr"``: every plain linear layer of density
-        at most ``sparse_compute_threshold`` trains with sparse kernels (CSR forward, sparse
+        step (each step costs a dense one). ``"csr"``: plain linear layers of density at
+        most ``sparse_compute_threshold`` train with sparse kernels (CSR forward, sparse
         input gradient, weight gradient and optimizer state only at the active weights; the
-        dense gradient is scanned only at RigL topology updates). ``"auto"`` times each such
-        layer once per process on the training device, at the rows it multiplies in a
-        training batch (``batch_size``, times the sequence length in a transformer), and
-        converts it where the kernels are at least 10 % faster; on the CPU a layer that
-        follows a converted layer through a plain ``nn.ReLU`` (an MLP's next or output
-        layer) is converted at any density where the two chained on the compiled kernels
-        are at least as fast. A run resumed from a checkpoint converts the layers it used
-        without timing; two fresh processes may decide differently, so use ``"masked"`` or
-        ``"csr"`` where runs must be bitwise reproducible. Convolutions,
-        ``precision="16-mixed"`` and data-parallel runs always use the masked path
-        (``"csr"`` refuses the latter two); under ``precision="bf16"`` the sparse kernels
-        compute in float32 (autocast applies to the masked layers). Results equal the masked
-        path's up to rounding; ``module_``, ``masks_``, checkpoints and saved files are the
-        same in every mode. See ``docs/efficiency.md`` for measured times.
+        dense gradient is scanned only at RigL updates). ``"auto"`` times each such layer
+        once per process on the training device at a training batch's rows (``batch_size``,
+        times the sequence length in a transformer) and converts it where the kernels are
+        at least 10 % faster; on the CPU, also a layer fed by a converted one through a
+        plain ``nn.ReLU`` (an MLP's next or output layer), at any density, where the two
+        chained on the compiled kernels are at least as fast. A resumed run converts its
+        checkpoint's layers untimed; fresh processes may decide differently, so use
+        ``"masked"`` or ``"csr"`` for bitwise reproducible runs. Convolutions,
+        ``precision="16-mixed"`` and data-parallel runs use the masked path (``"csr"``
+        refuses the latter two); under ``precision="bf16"`` the kernels compute in float32.
+        Results equal the masked path's up to rounding; ``module_``, ``masks_``, checkpoints
+        and saved files are the same in every mode (``docs/efficiency.md`` has timings).
     sparse_compute_threshold : float in [0, 1], default=0.2
         Highest layer density trained with sparse kernels (``"csr"``) or timed alone
         (``"auto"``, which times a layer ending a chain of converted layers at any density).
@@ -292,11 +289,10 @@ class RESTClassifier(ClassifierMixin, BaseEstimator):
         Epochs of the JTT identification model (``infer_groups="jtt"`` only).
     module : str, nn.Module class, callable or instance, default="auto"
         ``"auto"`` (MLP for flat samples, the paper's small CNN for images), ``"mlp"``,
-        ``"cnn"``, ``"resnet18"``, or a user module, which must return one logit per class
-        (shape ``(batch, n_classes)``; checked at every training step); see
+        ``"cnn"``, ``"resnet18"``, or a user module returning one logit per class (shape
+        ``(batch, n_classes)``, checked at every training step); see
         :func:`rest_fair.models.build_module`. Lazy layers (``nn.LazyLinear``, ...) get their
-        parameters from one pass of the first training sample, in evaluation mode, before
-        masks and optimizer are built.
+        parameters from one pass of the first training sample, in evaluation mode.
     module_params : dict, default=None
         Keyword arguments of the module, e.g. ``{"hidden_layer_sizes": (256, 256)}``.
     max_epochs : int >= 1, default=100
@@ -328,28 +324,25 @@ class RESTClassifier(ClassifierMixin, BaseEstimator):
     device : str or torch.device, default="auto"
         ``"auto"`` uses CUDA when available.
     precision : {"32", "bf16", "16-mixed"}, default="32"
-        Numerical precision of the forward pass in training and validation: float32,
-        bfloat16 autocast (CPU and CUDA), or float16 autocast with gradient scaling (CUDA
-        only; refused on the CPU). Weights, masks and topology updates always stay in
-        float32, and ``predict`` computes in float32.
+        Precision of the forward pass in training and validation: float32, bfloat16
+        autocast (CPU and CUDA), or float16 autocast with gradient scaling (CUDA only;
+        refused on the CPU). Weights, masks, topology updates and ``predict`` stay float32.
     warm_start : bool, default=False
         ``True``: ``fit`` on a fitted estimator continues its network and masks for
-        ``max_epochs`` more epochs (``history_`` goes on; with ``objective="groupdro"``
-        also the group weights of the kept epoch, for the same groups) instead of starting
-        anew. Classes, input shape, ``module``, ``module_params``, ``sparsity``,
-        ``layer_density`` and ``dense_layers`` must be unchanged. An estimator without
-        ``history_`` (loaded from a file an earlier ``save`` left it out of) is refused,
-        naming the ways on.
+        ``max_epochs`` more epochs (``history_`` goes on; GroupDRO's weights too, over the
+        same groups) instead of starting anew, with the same classes, input shape,
+        ``module``, ``module_params``, ``sparsity``, ``layer_density`` and
+        ``dense_layers``. An estimator without ``history_`` (loaded from a file an earlier
+        ``save`` left it out of) is refused, naming the ways on.
     random_state : int in [0, 2**32 - 1], RandomState or None, default=None
-        Seeds weight initialisation, masks, sampling and the validation split. The global
-        generators (torch's, CUDA's, numpy's and Python's) are left as they were. Results can
+        Seeds weight initialisation, masks, sampling and the validation split, leaving the
+        global generators (torch's, CUDA's, numpy's, Python's) as they were. Results can
         depend on torch's thread count (convolutions; see the user guide's
         "Reproducibility and devices").
     verbose : int >= 0, default=0
         ``> 0`` shows a progress bar over epochs.
     callbacks : list of Callback, default=None
-        Training hooks, see :mod:`rest_fair.callbacks` (e.g. ``EarlyStopping``,
-        ``Checkpoint``).
+        Training hooks, see :mod:`rest_fair.callbacks` (e.g. ``EarlyStopping``, ``Checkpoint``).
     num_workers : int >= 0, default=0
         DataLoader workers when ``X`` is a torch Dataset. Results do not depend on it:
         every item is read with its own seed (from the run's random state) in the global
@@ -357,13 +350,12 @@ class RESTClassifier(ClassifierMixin, BaseEstimator):
         the same with or without workers; the caller's generators are left as they were.
     distributed : "auto" or bool, default="auto"
         Data-parallel training with ``DistributedDataParallel`` (see the "Scaling out"
-        guide). ``"auto"``: when a ``torch.distributed`` process group of more than one
-        rank is initialised, or the script runs under torchrun with ``WORLD_SIZE > 1``
-        (fit then initialises the group: NCCL on CUDA, gloo on the CPU; CUDA rank ``i``
-        trains on ``cuda:LOCAL_RANK``). ``True``: always, even with one rank; an error
-        without a process group or torchrun environment. ``False``: never. ``batch_size``
-        stays the global batch of one optimizer step (a multiple of the number of ranks)
-        and an epoch one pass over the data by all ranks together.
+        guide). ``"auto"``: where a ``torch.distributed`` process group of several ranks is
+        initialised, or under torchrun with ``WORLD_SIZE > 1`` (fit then initialises the
+        group: NCCL on CUDA, gloo on the CPU; CUDA rank ``i`` trains on ``cuda:LOCAL_RANK``).
+        ``True``: always, even with one rank (an error without a process group or torchrun
+        environment). ``False``: never. ``batch_size`` stays the global batch of one
+        optimizer step (a multiple of the number of ranks), an epoch one pass by all ranks.
     distributed_timeout : float > 0, default=1800.0
         Seconds a rank waits for the others in a collective before fit fails with
         :class:`~rest_fair.exceptions.DistributedError` (a dead or hung rank); applies
@@ -422,10 +414,9 @@ class RESTClassifier(ClassifierMixin, BaseEstimator):
         With ``infer_groups="jtt"``, which samples of ``X`` formed the error set (samples
         held out for validation, and samples of ``sample_weight`` 0, are ``False``).
     inferred_groups_overlap_ : dict or None
-        With ``infer_groups="jtt"`` and ``groups`` given (used then for validation only), how
-        the error set overlaps the true minority (samples outside the most frequent group of
-        their class) among the training samples of positive ``sample_weight``:
-        ``precision``, ``recall``, ``base_rate``, counts.
+        With ``infer_groups="jtt"`` and ``groups`` given, how the error set overlaps the true
+        minority (samples outside their class's most frequent group) among the training
+        samples of positive ``sample_weight``: ``precision``, ``recall``, ``base_rate``, counts.
     """
 
     _parameter_constraints: ClassVar[dict[str, list]] = {
