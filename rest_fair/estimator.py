@@ -221,12 +221,13 @@ class RESTClassifier(ClassifierMixin, BaseEstimator):
     update_timing : {"mid_interval", "after_step"}, default="mid_interval"
         ``"mid_interval"``: mid-interval, between ``backward()`` and the optimizer step,
         which trains the regrown weights; an update due on an epoch's last step moves to the
-        next, so every validated model trained a step past its last topology change (with
-        one step per epoch, e.g. at most ``batch_size`` samples, it stays: only that step
-        trained them). ``"after_step"`` (the REST authors' code): after the optimizer step
-        of every ``update_interval``-th step, so an update on an epoch's last step is
-        validated at once and a model whose regrown weights are still zero can be selected
-        (every epoch's, with ``update_interval="auto"``).
+        next, so every validated model trained a step past its last topology change. With
+        one step per epoch (e.g. a training set of at most ``batch_size`` samples) every
+        step is an epoch's last and updates fall there: only that step trains them.
+        ``"after_step"`` (the REST authors' code): after the optimizer step of every
+        ``update_interval``-th step, so an update on an epoch's last step is validated at
+        once and a model whose regrown weights are still zero can be selected (every
+        epoch's, with ``update_interval="auto"``).
     sparse_compute : {"auto", "masked", "csr"}, default="auto"
         How sparse layers train. ``"masked"``: dense weights, masks re-applied after every
         step (each step costs a dense one). ``"csr"``: plain linear layers of density at
@@ -609,11 +610,10 @@ or dict of columns, default=None
     def predict_logits(self, X: Any) -> np.ndarray:
         """Raw network outputs (logits), float32 of shape (n_samples, n_classes).
 
-        The network computes in float32 whatever ``precision`` it was trained with (also
-        inside the caller's ``torch.autocast``), in evaluation mode, without gradients; the
-        module's mode, torch's gradient mode and the global torch random state are left as
-        they were (a prediction waits for fits running in other threads of the process,
-        which draw from that state).
+        Computed in float32 whatever the training ``precision`` (also inside the caller's
+        ``torch.autocast``), in evaluation mode, without gradients, leaving the module's
+        mode, torch's gradient mode and the global torch random state as they were (so it
+        waits for fits in other threads of the process, which draw from that state).
 
         Parameters
         ----------
@@ -746,14 +746,12 @@ or dict of columns, default=None
         """Parameters and FLOPs of the fitted network vs. its dense version.
 
         Inference FLOPs per sample and training FLOPs counted the RigL way (sparse forward
-        and backward, plus one dense gradient per topology update actually made); see
+        and backward, plus one dense gradient per topology update made); see
         :func:`rest_fair.efficiency.efficiency_report`. The whole-run columns count the
-        samples actually trained, the sum of ``history_[i]["n_train_samples"]``; where an
-        epoch's record lacks it (a model file or checkpoint written before it was counted),
-        or ``history_`` is absent (a model file whose ``save`` left it out),
-        ``n_train_steps_ * batch_size``, which counts every batch as full. Called by a
-        callback during ``fit``, it reports the run so far: the network and masks as they
-        are, the steps and topology updates made, the samples of the epochs finished.
+        samples trained: the sum of ``history_[i]["n_train_samples"]``, or where a record
+        lacks it (older files and checkpoints) or ``history_`` is absent,
+        ``n_train_steps_ * batch_size``, counting every batch as full. Called by a callback
+        during ``fit``, it reports the run so far (the epochs finished).
 
         Returns
         -------
