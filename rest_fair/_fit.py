@@ -247,8 +247,7 @@ def _split(
     """Hold out ``fraction`` of the samples, stratified by (class, group) where possible.
 
     Every class keeps a training sample: where the split would hold out all of a class (a
-    class of one sample, which cannot be stratified), its first held-out sample is trained
-    on instead: the network cannot learn a class it never trains on.
+    class of one sample, which cannot be stratified), its first held-out sample is trained on.
     """
     n = len(y_codes)
     idx = np.arange(n)
@@ -538,11 +537,10 @@ def _train_set(train: FitData, *, upweight: Any, reweight: str, batch_size: int,
                world: LocalContext) -> tuple[TrainSet, dict]:
     """The reweighted training set, and the weight of each (class, group) cell.
 
-    A training sample of ``sample_weight`` 0 is absent from training, as if removed: the
-    cell weights count sample weights (:func:`~rest_fair.reweighting.cell_weights`), the
-    sampler never visits it, and the loss weights have mean 1 over the other samples, so
-    that an epoch and its expected loss are those of the training set without it. So is a
-    sample of a cell that ``upweight`` weighs 0, with either ``reweight``.
+    A training sample of ``sample_weight`` 0, or of a cell ``upweight`` weighs 0, is absent
+    from training, as if removed: the cell weights count sample weights
+    (:func:`~rest_fair.reweighting.cell_weights`), the sampler never visits it, and the loss
+    weights have mean 1 over the other samples.
     """
     if isinstance(upweight, Mapping) and not train.has_groups:
         raise ValueError(DICT_WITHOUT_GROUPS.format(keys=", ".join(map(repr, upweight))))
@@ -789,11 +787,8 @@ def fit_estimator(
     validation_data: Any = None,
     resume_from: Any = None,
 ) -> Any:
-    """Check the inputs, build the run, train it and set the fitted attributes of ``est``.
-
-    A fit that raises (invalid input, divergence, an interruption) leaves ``est`` as it
-    was before: the previous fit's attributes and network, or not fitted.
-    """
+    """Check the inputs, build the run, train it and set the fitted attributes of ``est``
+    (left as it was if anything raises)."""
     callbacks = check_callbacks(est.callbacks)
     warm = bool(est.warm_start) and hasattr(est, "module_")
     if warm and resume_from is not None:
