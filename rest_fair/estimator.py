@@ -185,7 +185,7 @@ class RESTClassifier(ClassifierMixin, BaseEstimator):
     ----------
     sparsity : float in [0, 1), default=0.9
         Fraction of the masked weights held at 0 by their mask (an active weight can be 0
-        too: RigL regrows at 0). Masked are the weights of conv, linear and embedding
+        too: RigL regrows at 0). The masked weights are those of conv, linear and embedding
         layers, attention input projections and recurrent layers (see
         :func:`rest_fair.sparse.maskable_parameters`); ``0`` trains a dense network. Every
         masked layer keeps an active weight; a warning names the layers where that makes a
@@ -276,8 +276,8 @@ class RESTClassifier(ClassifierMixin, BaseEstimator):
         loss the network minimises), so small groups gain weight faster. ``n_g`` counts the
         training samples of group ``g`` (after the validation split; with
         ``infer_groups="jtt"`` the error set and the rest) of positive ``sample_weight`` and
-        ``upweight``, each once. The paper tunes ``C`` in ``{0, 1, 2, 3, 4, 5}``; ``0`` is
-        plain GroupDRO.
+        ``upweight``, each once. The paper tunes ``C`` in ``{0, 1, ..., 5}``; ``0`` is plain
+        GroupDRO.
     infer_groups : None or "jtt", default=None
         ``"jtt"`` first trains a short identification model whose misclassified training
         samples form the group to upweight (JTT, Liu et al. 2021): no group labels are
