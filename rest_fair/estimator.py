@@ -532,6 +532,8 @@ class RESTClassifier(ClassifierMixin, BaseEstimator):
 
         Parameters
         ----------
+        X : array-like of shape (n_samples, n_features) or (n_samples, C, H, W), \
+scipy.sparse matrix, DataFrame, or torch Dataset
             Inputs, of any numeric or boolean dtype, read as float32 (integer inputs of a
             network whose first layer is an ``nn.Embedding`` or ``nn.EmbeddingBag``: as
             int64 token ids). A torch Dataset is read lazily; its items are a tensor or a
