@@ -602,10 +602,10 @@ class _Built:
 def _training_modes(device: torch.device) -> Iterator[None]:
     """Torch's modes as training needs them, whatever the caller set; restored after.
 
-    Gradients on (also inside the caller's ``torch.no_grad()`` or ``inference_mode()``),
+    Gradients on (also inside the caller's ``torch.no_grad()`` or ``torch.inference_mode()``),
     autocast off except where :meth:`~rest_fair.training.Precision.autocast` turns it on
     (the caller's would reach the validation loss and topology updates too), and float32
-    as the default dtype (float32 weights also after ``torch.set_default_dtype(float64)``).
+    as the default dtype (float32 weights also after ``torch.set_default_dtype(torch.float64)``).
     """
     dtype = torch.get_default_dtype()
     torch.set_default_dtype(torch.float32)
