@@ -601,11 +601,8 @@ or dict of columns, default=None
                                  validation_data=validation_data, resume_from=resume_from)
 
     def _validate_params(self) -> None:
-        """Check the hyper-parameters (scikit-learn's hook, on this estimator's constraints).
-
-        scikit-learn's own version reads ``_parameter_constraints`` as its own constraint
-        objects and fails on ours; tools that call the hook get :func:`check_params`.
-        """
+        """Check the hyper-parameters: scikit-learn's hook, by :func:`check_params` (its own
+        version reads ``_parameter_constraints`` as its constraint objects and fails on ours)."""
         check_params(self)
 
     # ---------------------------------------------------------------- predicting
