@@ -514,8 +514,45 @@ class RESTClassifier(ClassifierMixin, BaseEstimator):
         distributed: bool | str = "auto",
         distributed_timeout: float = 1800.0,
     ) -> None:
-        # scikit-learn's convention: every parameter is kept as given, under its own name
-        vars(self).update({name: value for name, value in locals().items() if name != "self"})
+        self.sparsity = sparsity
+        self.layer_density = layer_density
+        self.sparse_init = sparse_init
+        self.rescale_init = rescale_init
+        self.dense_layers = dense_layers
+        self.regrow = regrow
+        self.drop_fraction = drop_fraction
+        self.drop_schedule = drop_schedule
+        self.update_interval = update_interval
+        self.update_end = update_end
+        self.update_timing = update_timing
+        self.sparse_compute = sparse_compute
+        self.sparse_compute_threshold = sparse_compute_threshold
+        self.upweight = upweight
+        self.reweight = reweight
+        self.objective = objective
+        self.groupdro_eta = groupdro_eta
+        self.groupdro_adjustment = groupdro_adjustment
+        self.infer_groups = infer_groups
+        self.jtt_epochs = jtt_epochs
+        self.module = module
+        self.module_params = module_params
+        self.max_epochs = max_epochs
+        self.batch_size = batch_size
+        self.lr = lr
+        self.optimizer = optimizer
+        self.momentum = momentum
+        self.weight_decay = weight_decay
+        self.lr_scheduler = lr_scheduler
+        self.validation_fraction = validation_fraction
+        self.device = device
+        self.precision = precision
+        self.warm_start = warm_start
+        self.random_state = random_state
+        self.verbose = verbose
+        self.callbacks = callbacks
+        self.num_workers = num_workers
+        self.distributed = distributed
+        self.distributed_timeout = distributed_timeout
 
     # ------------------------------------------------------------------ fitting
     def fit(
