@@ -1,13 +1,9 @@
 """What :meth:`RESTClassifier.fit` does, in four stages.
 
-1. The input checks and encoding, :func:`rest_fair._inputs.check_inputs`: ``X`` (an
-   array, sparse matrix, torch Dataset or text), labels, groups, sample weights and
-   ``validation_data``.
+1. The input checks and encoding, :func:`rest_fair._inputs.check_inputs`.
 2. Building the run: the world (one process, or a data-parallel rank), the validation
    split, a checkpoint to resume from, JTT's error set, the reweighted training set and
-   the module, which :func:`~rest_fair.training.parts.build_parts` assembles with
-   optimizer, sparse engine and objective into :class:`~rest_fair.training.TrainingParts`,
-   trained by a :class:`~rest_fair.training.TrainingRun`.
+   the module, assembled by :func:`~rest_fair.training.parts.build_parts`.
 3. The training loop, :meth:`~rest_fair.training.TrainingRun.fit_loop`.
 4. Storing the fitted attributes.
 """
@@ -63,10 +59,9 @@ from .training.parts import TrainConfig, build_parts
 __all__ = ["fit_estimator", "is_device_name", "remember_network_params", "resolve_device"]
 
 #: Held by a fit while it seeds and draws from the process's global torch random state
-#: (the module's initialisation, dropout), and by a prediction while it keeps a copy of that
-#: state to restore: fits and predictions in threads of one process take turns, so that each
-#: fit draws what it would alone. Re-entrant, for the fit JTT runs inside a fit and for a
-#: prediction made during a fit (a callback's).
+#: (initialisation, dropout), and by a prediction while it keeps a copy of that state to
+#: restore: fits and predictions in threads of one process take turns, each fit drawing what
+#: it would alone. Re-entrant, for JTT's fit inside a fit and a callback's prediction.
 GLOBAL_RANDOM_STATE = threading.RLock()
 
 NO_CUDA = "device={!r} was requested but CUDA is not available on this machine."
@@ -194,9 +189,9 @@ _RUN_INDEPENDENT = ("verbose", "callbacks", "device", "num_workers", "warm_start
                     "distributed", "distributed_timeout", "sparse_compute",
                     "sparse_compute_threshold")
 # the fingerprint's entries added after checkpoints began recording one, by dotted path,
-# each with its neutral value: the one with which a run computes bitwise what it computed
-# before the entry existed. A checkpoint without the entry resumes a run holding that value;
-# an added entry not listed here (one without such a value) refuses every older checkpoint.
+# each with the value under which a run computes bitwise what it did before the entry: a
+# checkpoint without the entry resumes a run holding it; an added entry not listed here
+# refuses every older checkpoint.
 _NEUTRAL = {
     "seed": None,  # an int random_state (the seed a run drew is recorded since it began)
     "validation_sha256": None,  # no validation_data (n_valid, recorded before, is compared)
@@ -252,8 +247,7 @@ def _split(
     """Hold out ``fraction`` of the samples, stratified by (class, group) where possible.
 
     Every class keeps a training sample: where the split would hold out all of a class (a
-    class of one sample, which cannot be stratified), its first held-out sample is trained
-    on instead: the network cannot learn a class it never trains on.
+    class of one sample, which cannot be stratified), its first held-out sample is trained on.
     """
     n = len(y_codes)
     idx = np.arange(n)
@@ -307,16 +301,14 @@ def _hold_out(data: FitData, fraction: float, seed: int, world: LocalContext,
               num_workers: int, upweight: Any = None) -> tuple[np.ndarray, EvalSet | None]:
     """The training rows and the validation set: ``validation_data``, or a split.
 
-    The split (the same on every rank: ``seed`` is broadcast) holds out rows of positive
-    ``sample_weight`` only, outside the groups an ``upweight`` dict weighs 0, as
-    :func:`_split` of the fit without the others would: such a row stays a training row,
-    which trains as if removed. The rows held out keep their ``sample_weight`` as
-    validation weights (``None`` where all are equal); ``validation_data`` is unweighted,
-    but for its samples of groups that ``upweight`` weighs 0, which weigh 0 (left out of
-    the scores; ``ValueError`` where that leaves none). Its warnings (classes without a
-    sample of positive weight, no validation set, groups it cannot judge) come from rank 0
-    only, and not from JTT's identification fit (:data:`IDENTIFYING`), whose final fit
-    gives them.
+    The split (the same on every rank: ``seed`` is broadcast) holds out only rows of
+    positive ``sample_weight`` outside the groups an ``upweight`` dict weighs 0, as
+    :func:`_split` of the fit without the others would; the others stay training rows,
+    which train as if removed. Held-out rows keep their ``sample_weight`` as validation
+    weights (``None`` where all are equal); ``validation_data`` is unweighted, but for its
+    samples of groups ``upweight`` weighs 0, which weigh 0 (``ValueError`` where that leaves
+    none). Its warnings come from rank 0 only, and not from JTT's identification fit
+    (:data:`IDENTIFYING`), whose final fit gives them.
     """
     device = world.device
     weighed = np.flatnonzero(data.sample_weight > 0)
@@ -377,13 +369,11 @@ def _check_selection(data: FitData, trained_rows: np.ndarray, valid_codes: np.nd
                      valid_labels: list | None, *, advice: str) -> None:
     """Warn where worst-group selection on the validation groups is blind or noisy.
 
-    ``trained_rows`` are the training rows of ``data`` that count as a group's training
-    samples (of positive ``sample_weight``, outside the groups an ``upweight`` dict weighs
-    0), ``valid_codes`` the groups of the validation samples that count. Named are: groups
-    given to ``fit`` with
-    ``validation_data`` that has none; groups with such training samples and no validation
-    sample; validation groups with fewer than :data:`SMALL_VALIDATION_GROUP` samples, also
-    where ``fit`` got no groups (validation groups alone choose the epoch, as with
+    ``trained_rows`` are the rows of ``data`` that count as a group's training samples,
+    ``valid_codes`` the groups of the validation samples that count. Named are: groups
+    given to ``fit`` with ``validation_data`` that has none; groups with training samples
+    and no validation sample; validation groups of fewer than
+    :data:`SMALL_VALIDATION_GROUP` samples, also where ``fit`` got no groups (as with
     ``infer_groups="jtt"``). ``advice`` ends the last two.
     """
     if valid_codes is None:
@@ -423,12 +413,9 @@ def _json_value(value: Any) -> Any:
     path passed as a string), else its ``repr``."""
     if isinstance(value, os.PathLike):
         return os.fspath(value)
-    if isinstance(value, np.bool_):
-        return bool(value)
-    if isinstance(value, np.integer):
-        return int(value)
-    if isinstance(value, np.floating):
-        return float(value)
+    for numpy_type, python_type in ((np.bool_, bool), (np.integer, int), (np.floating, float)):
+        if isinstance(value, numpy_type):
+            return python_type(value)
     return repr(value)
 
 
@@ -528,12 +515,6 @@ def _check_warm_params(before: dict | None, params: dict) -> None:
                                                        after=params[name]))
 
 
-def _unit_mean(weights: np.ndarray) -> np.ndarray:
-    """``weights`` scaled to mean 1 (:func:`~rest_fair._validation.summable_weights` first)."""
-    weights = summable_weights(weights)
-    return weights / weights.mean()
-
-
 def _jtt_errors(est: Any, train: FitData, seed: int, saved: torch.Tensor | None,
                 world: LocalContext) -> np.ndarray:
     """JTT's error set of the training rows: a resumed run's, or rank 0's on every rank."""
@@ -556,11 +537,10 @@ def _train_set(train: FitData, *, upweight: Any, reweight: str, batch_size: int,
                world: LocalContext) -> tuple[TrainSet, dict]:
     """The reweighted training set, and the weight of each (class, group) cell.
 
-    A training sample of ``sample_weight`` 0 is absent from training, as if removed: the
-    cell weights count sample weights (:func:`~rest_fair.reweighting.cell_weights`), the
-    sampler never visits it, and the loss weights have mean 1 over the other samples, so
-    that an epoch and its expected loss are those of the training set without it. So is a
-    sample of a cell that ``upweight`` weighs 0, with either ``reweight``.
+    A training sample of ``sample_weight`` 0, or of a cell ``upweight`` weighs 0, is absent
+    from training, as if removed: the cell weights count sample weights
+    (:func:`~rest_fair.reweighting.cell_weights`), the sampler never visits it, and the loss
+    weights have mean 1 over the other samples.
     """
     if isinstance(upweight, Mapping) and not train.has_groups:
         raise ValueError(DICT_WITHOUT_GROUPS.format(keys=", ".join(map(repr, upweight))))
@@ -586,7 +566,8 @@ def _train_set(train: FitData, *, upweight: Any, reweight: str, batch_size: int,
     uniform = bool(np.all(visited == visited[0]))
     if not uniform:
         loss_w = np.zeros_like(loss_w)
-        loss_w[counted] = _unit_mean(visited)
+        visited = summable_weights(visited)
+        loss_w[counted] = visited / visited.mean()
     kinds = {w for w in weights.values() if w > 0}  # one weight visited: a plain shuffle
     draw = per_sample if reweight == "sampler" and len(kinds) > 1 else None
     source = make_source(train.X, device=world.device, num_workers=num_workers,
@@ -621,12 +602,10 @@ class _Built:
 def _training_modes(device: torch.device) -> Iterator[None]:
     """Torch's modes as training needs them, whatever the caller set; restored after.
 
-    Gradients on (also inside the caller's ``torch.no_grad()`` or
-    ``torch.inference_mode()``), autocast off except where
-    :meth:`~rest_fair.training.Precision.autocast` turns it on (the caller's autocast would
-    also reach the validation loss and the topology updates), and float32 as the default
-    dtype (the network's weights are float32 also after
-    ``torch.set_default_dtype(torch.float64)``).
+    Gradients on (also inside the caller's ``torch.no_grad()`` or ``torch.inference_mode()``),
+    autocast off except where :meth:`~rest_fair.training.Precision.autocast` turns it on
+    (the caller's would reach the validation loss and topology updates too), and float32
+    as the default dtype (float32 weights also after ``torch.set_default_dtype(torch.float64)``).
     """
     dtype = torch.get_default_dtype()
     torch.set_default_dtype(torch.float32)
@@ -808,11 +787,8 @@ def fit_estimator(
     validation_data: Any = None,
     resume_from: Any = None,
 ) -> Any:
-    """Check the inputs, build the run, train it and set the fitted attributes of ``est``.
-
-    A fit that raises (invalid input, divergence, an interruption) leaves ``est`` as it
-    was before: the previous fit's attributes and network, or not fitted.
-    """
+    """Check the inputs, build the run, train it and set the fitted attributes of ``est``
+    (left as it was if anything raises)."""
     callbacks = check_callbacks(est.callbacks)
     warm = bool(est.warm_start) and hasattr(est, "module_")
     if warm and resume_from is not None:
@@ -848,10 +824,9 @@ def _is_fitted_attribute(name: str) -> bool:
 def _restored_on_error(est: Any, warm: bool) -> Iterator[None]:
     """Put back ``est``'s fitted attributes (and a warm start's network) if the block raises.
 
-    A warm start trains the fitted network in place, and sparse compute swaps some of its
-    layers for CSR ones while it trains: the layers and a copy of the weights are kept, so
-    that a run stopped anywhere, also between those swaps and its training loop, leaves
-    the network as it was.
+    A warm start trains the fitted network in place, sparse compute swapping some of its
+    layers for CSR ones: the layers and a copy of the weights are kept, so that a run
+    stopped anywhere leaves the network as it was.
     """
     fitted = {k: v for k, v in vars(est).items() if _is_fitted_attribute(k)}
     layers = dict(est.module_.named_modules()) if warm else {}
@@ -877,11 +852,8 @@ def _restored_on_error(est: Any, warm: bool) -> Iterator[None]:
 
 
 def remember_network_params(est: Any, params: Mapping[str, Any] | None = None) -> None:
-    """Keep the parameters that define ``est``'s fitted network, for a later warm start:
-    those of ``params``, by default ``est``'s own.
-
-    Called at the end of ``fit`` and by ``RESTClassifier.load``.
-    """
+    """Keep the parameters that define ``est``'s fitted network (those of ``params``, by
+    default ``est``'s own) for a later warm start; ``fit`` and ``RESTClassifier.load`` call it."""
     params = est.get_params(deep=False) if params is None else params
     est._warm_fixed_params = {name: _containers_copied(params[name]) for name in _WARM_FIXED}
 

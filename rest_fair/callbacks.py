@@ -3,26 +3,19 @@
 A callback subclasses :class:`Callback` and overrides any of its hooks (or sets one on an
 instance: ``cb.on_batch_end = fn`` is called as ``fn(net, **kwargs)``). Every hook receives
 the estimator being fitted (``net``) and keyword arguments, so a callback sees the live
-training: ``net.module_`` (the network), ``net.optimizer_``, ``net.masks_`` (the current
-masks, updated at every topology change), ``net.history_`` (one record per finished
-epoch), ``net.n_train_steps_`` and ``net.n_topology_updates_`` (so
-``net.efficiency_report()`` reports the run so far), and ``run``, the live
-:class:`~rest_fair.training.TrainingRun` (``run.parts``, ``run.state``,
-``run.save_checkpoint``). Hooks should accept ``**kwargs`` so that later versions can pass
-more.
+training: ``net.module_``, ``net.optimizer_``, ``net.masks_`` (updated at every topology
+change), ``net.history_`` (one record per finished epoch), ``net.n_train_steps_`` and
+``net.n_topology_updates_`` (so ``net.efficiency_report()`` reports the run so far), and
+``run``, the live :class:`~rest_fair.training.TrainingRun` (``run.parts``, ``run.state``,
+``run.save_checkpoint``; not given to ``on_fit_begin``, which comes before the run exists).
+Hooks should accept ``**kwargs`` so that later versions can pass more.
 
-``on_fit_begin`` comes first, before anything trains (and before the run exists, so
-without ``run``), with ``check_checkpoint``, the check that a checkpoint directory may take
-this run's checkpoints, and ``has_validation``, whether the fit holds out validation data.
-``on_epoch_end`` receives the epoch's history record; it may add keys to it (they appear in
-``history_``) and may return ``True`` to stop training (``False`` or ``None`` go on; ``fit``
-refuses any other value). Callbacks run in the order given,
-except that those with ``runs_last = True`` run after all others, and :class:`Checkpoint`
-callbacks after those; at the end of an epoch they see the others' stop decision in
-``run.state.stopped``.
-
-A callback with ``state_dict()`` / ``load_state_dict()`` methods has its state saved in
-training checkpoints (:class:`Checkpoint`) and restored on resume.
+``on_epoch_end`` may add keys to the epoch's record (they appear in ``history_``) and return
+``True`` to stop training. Callbacks run in the order given, except that those with
+``runs_last = True`` run after all others, and :class:`Checkpoint` callbacks after those; at
+the end of an epoch they see the others' stop decision in ``run.state.stopped``. A callback
+with ``state_dict()`` / ``load_state_dict()`` methods has its state saved in training
+checkpoints (:class:`Checkpoint`) and restored on resume.
 """
 
 from __future__ import annotations
@@ -76,16 +69,14 @@ class Callback:
 
     def on_fit_begin(self, net: Any, *, check_checkpoint: Callable[[Any], None],
                      has_validation: bool = True, **kwargs: Any) -> None:
-        """Called once when ``fit`` begins, before anything trains (also before the
-        identification model of ``infer_groups="jtt"``): a callback refuses its settings
-        here, so that a refusal wastes no training.
+        """Called once when ``fit`` begins, before anything trains (also JTT's identification
+        model): a callback refuses its settings here, so that a refusal wastes no training.
 
         ``check_checkpoint(dirname)`` raises a
         :class:`~rest_fair.exceptions.CheckpointError` if this run may not write its
         checkpoints to ``dirname`` (a file, or the checkpoint of another unfinished run).
         ``has_validation`` says whether the epoch records will hold validation scores
-        (``valid_loss``, ``valid_acc``, ...): ``False`` where the fit holds out no
-        validation data.
+        (``valid_loss``, ``valid_acc``, ...).
         """
 
     def on_train_begin(self, net: Any, **kwargs: Any) -> None:
@@ -97,18 +88,16 @@ class Callback:
     def on_batch_end(self, net: Any, *, step: int, loss: float, **kwargs: Any) -> None:
         """Called after each optimizer step with the batch loss.
 
-        ``step`` counts this fit's steps from 1 (a resumed run's count goes on; a warm
-        start counts anew, where ``net.n_train_steps_`` goes on), as in
-        :meth:`on_topology_update`.
+        ``step`` counts this fit's steps from 1, as in :meth:`on_topology_update` (a resumed
+        run's count goes on; a warm start's starts anew, ``net.n_train_steps_`` going on).
         """
 
     def on_topology_update(self, net: Any, *, step: int, n_regrown: int, **kwargs: Any) -> None:
         """Called after each prune-and-regrow update.
 
-        ``n_regrown`` counts the weights that the update made active (a weight pruned and
-        regrown in the same update stayed active and is not counted). The update, and so
-        this call, comes before that step's optimizer step, or after it with
-        ``update_timing="after_step"``.
+        ``n_regrown`` counts the weights the update made active (not one pruned and regrown
+        in the same update). The update, and this call, come before that step's optimizer
+        step, or after it with ``update_timing="after_step"``.
         """
 
     def on_epoch_end(self, net: Any, *, record: dict, **kwargs: Any) -> bool | None:
@@ -185,13 +174,11 @@ class EarlyStopping(Callback):
         never one (nor the best value).
 
     A bool value improves where it is ``True`` (``lower_is_better`` and ``threshold`` do
-    not apply): ``monitor="best"`` stops once ``patience`` epochs pass without an epoch
-    that model selection keeps, so it follows the selection's key (worst-group accuracy,
-    then accuracy), where ``"valid_worst_group_acc"`` sees no gain in accuracy alone.
-
-    Settings outside these, and a ``monitor`` of a validation score (``"valid_..."``) in
-    a fit that holds out no validation data, are refused with a ``ValueError`` when ``fit``
-    begins (``on_fit_begin``), before anything trains.
+    not apply): ``monitor="best"`` stops after ``patience`` epochs without one that model
+    selection keeps, following its key (worst-group accuracy, then accuracy), where
+    ``"valid_worst_group_acc"`` sees no gain in accuracy alone. Invalid settings, and a
+    ``monitor`` of a validation score (``"valid_..."``) in a fit that holds out no
+    validation data, raise ``ValueError`` when ``fit`` begins, before anything trains.
     """
 
     def __init__(
@@ -271,32 +258,30 @@ class Checkpoint(Callback):
 
     A checkpoint holds everything needed to continue: weights, masks, optimizer and
     learning-rate scheduler state, GroupDRO weights, the random generators, epoch and step
-    counters, the history, the best-so-far weights and the state of the other callbacks.
-    Continue a run with ``fit(X, y, groups=g, resume_from=dirname)``. Writes are atomic: a
-    crash while writing leaves the previous checkpoint intact. The format is described in
+    counters, the history, the best-so-far weights and the other callbacks' state. Continue
+    a run with ``fit(X, y, groups=g, resume_from=dirname)``. Writes are atomic: a crash
+    while writing leaves the previous checkpoint intact. The format is described in
     :mod:`rest_fair.persistence.checkpoint`.
 
-    Checkpoint callbacks run after every other callback, those with ``runs_last = True``
-    too, wherever they are listed (among themselves, in the order given), so the state they
-    write includes every other callback's decisions (e.g. early stopping). To act on the
-    files a checkpoint wrote at the end of an epoch, subclass ``Checkpoint`` and act after
-    ``super().on_epoch_end(...)``.
+    Checkpoint callbacks run after every other callback, wherever listed (among themselves,
+    in the order given), so what they write includes the others' decisions (e.g. early
+    stopping). To act on the files written at the end of an epoch, subclass ``Checkpoint``
+    and act after ``super().on_epoch_end(...)``.
 
     Parameters
     ----------
     dirname : str, bytes or path-like
         Directory of the checkpoints (created if needed; a leading ``~`` is the home
-        folder, as for ``resume_from``). A directory holding the checkpoint
-        of another run that has not finished (so could still be resumed) is refused when
-        ``fit`` begins, before anything trains (``on_fit_begin``): a
-        :class:`~rest_fair.exceptions.CheckpointError` names the differences. So is one
-        this process cannot write (a ``PermissionError``: read-only, or not its own), and
-        one under a file (a ``NotADirectoryError``).
+        folder). Refused when ``fit`` begins, before anything trains: a directory holding
+        the checkpoint of another unfinished run (a
+        :class:`~rest_fair.exceptions.CheckpointError` names the differences), one this
+        process cannot write (``PermissionError``: read-only, or not its own), and one under
+        a file (``NotADirectoryError``).
     every : int, default=1
         Epochs between checkpoints; the last epoch of a run is always written.
     keep : int, default=2
-        Checkpoint files kept (older ones are deleted after a successful write, and so are
-        the files of an earlier, finished run in ``dirname``).
+        Checkpoint files kept (older ones, and an earlier finished run's, are deleted after a
+        successful write).
     """
 
     runs_last = True

@@ -50,8 +50,7 @@ __all__ = ["RESTClassifier"]
 
 _INF = float("inf")
 _NONE = type(None)
-# the optimizer computes in float32: a larger step size or penalty than _FLOAT32_MAX
-# overflows there
+# the optimizer computes in float32: a larger step size or penalty overflows there
 _FLOAT32_NOTE = "the largest float32: the weights and their updates are float32"
 
 
@@ -63,6 +62,8 @@ class _DeviceName:
 
     def describe(self) -> str:
         return "'auto', 'cpu', 'cuda', 'cuda:<i>' or a torch.device"
+
+
 # "erk" and "uniform" are the deprecated spellings of layer_density (see _fit.py)
 _SPARSE_INITS = (*SPARSE_INITS, *LAYER_DENSITIES)
 _NON_FINITE_OUTPUT = (
@@ -129,9 +130,9 @@ _SAVED_IN_FIRST_FIT = (
 
 
 def _plain_records(value: Any) -> tuple[list[dict], list] | None:
-    """The plain JSON of the records of ``value`` (a list of dicts, as ``history_``) without
-    their entries that are not plain values, and the keys of those left out (each entry
-    encoded once); ``None`` for any other ``value``.
+    """The plain JSON of the records of ``value`` (a list of dicts, as ``history_``) less
+    their entries that are not plain values, and the keys left out; ``None`` for any other
+    ``value``.
 
     Raises
     ------
@@ -183,30 +184,27 @@ class RESTClassifier(ClassifierMixin, BaseEstimator):
     Parameters
     ----------
     sparsity : float in [0, 1), default=0.9
-        Fraction of the masked weights that are inactive, held at 0 by their mask (an
-        active weight can be 0 too: RigL regrows at 0). The masked weights are those of
-        conv, linear and embedding layers, attention input projections and recurrent
-        layers (see :func:`rest_fair.sparse.maskable_parameters`). ``0`` trains a dense
-        network.
-        Every masked layer keeps at least one active weight; a warning names the layers
-        where that makes a small network more than 10 % denser than asked.
+        Fraction of the masked weights held at 0 by their mask (an active weight can be 0
+        too: RigL regrows at 0). The masked weights are those of conv, linear and embedding
+        layers, attention input projections and recurrent layers (see
+        :func:`rest_fair.sparse.maskable_parameters`); ``0`` trains a dense network. Every
+        masked layer keeps an active weight; a warning names the layers where that makes a
+        small network more than 10 % denser than asked.
     layer_density : {"erk", "uniform"}, default="erk"
         How the global density is split over layers: Erdős–Rényi–Kernel (denser small
         layers) or the same density everywhere.
     sparse_init : {"random", "magnitude"}, default="random"
-        How the initial masks are chosen: uniformly at random (training from scratch) or,
-        for pretrained weights, each layer's largest-magnitude weights at its density.
-        The values ``"erk"`` and ``"uniform"`` are deprecated spellings of
-        ``layer_density``.
+        Initial masks: uniformly random (training from scratch) or, for pretrained weights,
+        each layer's largest-magnitude weights. ``"erk"`` and ``"uniform"`` are deprecated
+        spellings of ``layer_density``.
     rescale_init : bool, default=True
-        With random masks, multiply each masked layer's initial weights by
-        ``1/sqrt(density)`` so that its outputs keep the dense network's scale (without
-        it a 90 %-sparse MLP hardly trains from scratch). The REST authors do not rescale:
-        ``False`` reproduces them.
+        With random masks, scale each masked layer's initial weights by ``1/sqrt(density)``
+        to keep the dense network's output scale (without it a 90 %-sparse MLP hardly
+        trains from scratch). ``False`` reproduces the REST authors, who do not rescale.
     dense_layers : list of str, default=None
-        Layers left dense: ``"first"`` (the first conv/linear layer), ``"head"`` (the
-        last linear layer), ``"embeddings"`` and/or weight names as in
-        ``module.named_parameters()``; see :func:`rest_fair.sparse.resolve_dense_layers`.
+        Layers left dense: ``"first"`` (the first conv/linear layer), ``"head"`` (the last
+        linear layer), ``"embeddings"`` and/or weight names of ``module.named_parameters()``;
+        see :func:`rest_fair.sparse.resolve_dense_layers`.
     regrow : {"gradient", "random"}, default="gradient"
         ``"gradient"`` regrows the inactive weights with the largest gradient magnitude
         (RigL); ``"random"`` regrows uniformly at random (SET).
@@ -221,94 +219,81 @@ class RESTClassifier(ClassifierMixin, BaseEstimator):
     update_end : float in [0, 1], default=0.75
         Fraction of training after which the topology is frozen (``T_end``).
     update_timing : {"mid_interval", "after_step"}, default="mid_interval"
-        Where updates fall. ``"mid_interval"``: in the middle of each interval, between
-        ``backward()`` and the optimizer step (which then trains the regrown weights). With
-        more than one step per epoch, an update due on an epoch's last step moves to the
-        next step, so every validated model has trained for at least one step after the
-        step of its last topology change. With one step per epoch (e.g. a training set of
-        at most ``batch_size`` samples) every step is an epoch's last and updates fall
-        there: the model validated next has trained its regrown weights by that step's
-        optimizer step only. ``"after_step"``: at every ``update_interval``-th step, after
-        the optimizer step, wherever that falls (the REST authors' code): an update on an
-        epoch's last step is followed by validation at once, so a model whose regrown weights
-        are still zero can be the one selected (with ``update_interval="auto"``, every epoch's
-        model is such a one).
+        ``"mid_interval"``: mid-interval, between ``backward()`` and the optimizer step,
+        which trains the regrown weights; an update due on an epoch's last step moves to the
+        next, so every validated model trained a step past its last topology change. With
+        one step per epoch (e.g. a training set of at most ``batch_size`` samples) every
+        step is an epoch's last and updates fall there: only that step trains them.
+        ``"after_step"`` (the REST authors' code): after the optimizer step of every
+        ``update_interval``-th step, so an update on an epoch's last step is validated at
+        once and a model whose regrown weights are still zero can be selected (every
+        epoch's, with ``update_interval="auto"``).
     sparse_compute : {"auto", "masked", "csr"}, default="auto"
-        How sparse layers are computed in training. ``"masked"`` keeps dense weights and
-        re-applies the masks after every step (every step costs as much as a dense one).
-        ``"csr"`` trains every plain linear layer whose density is at or below
-        ``sparse_compute_threshold`` with sparse kernels (CSR forward, sparse input
-        gradient, weight gradient only at the active weights, optimizer state only for
-        them; the dense gradient is scanned only at RigL topology updates).
-        ``"auto"`` times each such layer once per process on the training device at the
-        rows it multiplies in a training batch (``batch_size``, times the sequence length
-        for a transformer's layers) and uses the sparse kernels only where they are at
-        least 10 % faster; on the CPU a layer that follows a converted layer through a
-        plain ``nn.ReLU`` (an MLP's next or output layer), at any density, is converted
-        where the two are at least as fast chained on the compiled kernels
-        (a run resumed from a checkpoint converts the layers the checkpoint used, without
-        timing again; two fresh processes may decide differently, so use ``"masked"`` or
-        ``"csr"`` where runs must be bitwise reproducible).
-        Convolutions always use the masked path, and so do runs with
-        ``precision="16-mixed"`` and data-parallel runs (``"csr"`` refuses both). Under
-        ``precision="bf16"`` the sparse kernels compute in float32 (autocast applies to
-        the masked layers). Results equal the masked path's up to floating-point
-        rounding; ``module_``, ``masks_``, checkpoints and saved files are the same in
-        every mode. See ``docs/efficiency.md`` for measured times.
+        How sparse layers train. ``"masked"``: dense weights, masks re-applied after every
+        step (each step costs a dense one). ``"csr"``: plain linear layers of density at
+        most ``sparse_compute_threshold`` train with sparse kernels (CSR forward, sparse
+        input gradient, weight gradient and optimizer state only at the active weights; the
+        dense gradient is scanned only at RigL updates). ``"auto"`` times each such layer
+        once per process on the training device at a training batch's rows (``batch_size``,
+        times the sequence length in a transformer) and converts it where the kernels are
+        at least 10 % faster; on the CPU, also a layer fed by a converted one through a
+        plain ``nn.ReLU`` (an MLP's next or output layer), at any density, where the two
+        chained on the compiled kernels are at least as fast. A resumed run converts its
+        checkpoint's layers untimed; fresh processes may decide differently, so use
+        ``"masked"`` or ``"csr"`` for bitwise reproducible runs. Convolutions,
+        ``precision="16-mixed"`` and data-parallel runs use the masked path (``"csr"``
+        refuses the latter two); under ``precision="bf16"`` the kernels compute in float32.
+        Results equal the masked path's up to rounding; ``module_``, ``masks_``, checkpoints
+        and saved files are the same in every mode (``docs/efficiency.md`` has timings).
     sparse_compute_threshold : float in [0, 1], default=0.2
         Highest layer density trained with sparse kernels (``"csr"``) or timed alone
-        (``"auto"``, which times a layer that would end a chain of converted layers at any
-        density).
+        (``"auto"``, which times a layer ending a chain of converted layers at any density).
     upweight : None, "balanced", float or dict, default="balanced"
         Minority reweighting. ``None``: none. ``"balanced"``: every group is drawn equally
-        often. A float ``lambda > 0``: within each class the most frequent group is the aligned
-        one and every other group of that class is drawn ``lambda`` times as often. A dict
-        maps every group to its weight (>= 0); a group it weighs 0 is left out of training, as if
-        removed, with either ``reweight`` (a class left without a training sample is named in
-        a warning), and of model selection: ``validation_fraction`` holds none of its samples
-        out, and those in ``validation_data`` count in no validation score (a fit whose
-        ``validation_data`` holds no other sample is refused). Group sizes (``"balanced"``)
-        and the most frequent group (``lambda``) count the samples' ``sample_weight``, as
-        scikit-learn's ``compute_class_weight("balanced", sample_weight=...)``: a sample of
-        weight 0 counts as absent, one of weight ``k`` as ``k`` copies.
+        often. A float ``lambda > 0``: the most frequent group of each class is the aligned
+        one, every other group of that class is drawn ``lambda`` times as often. A dict maps
+        every group to its weight (>= 0); a group weighed 0 is left out, as if removed, of
+        training with either ``reweight`` (a class left without a training sample is named
+        in a warning) and of model selection: ``validation_fraction`` holds none of it out,
+        and its samples in ``validation_data`` count in no score (a ``validation_data`` with
+        no other sample is refused). Group sizes and the most frequent group count
+        ``sample_weight``, as scikit-learn's ``compute_class_weight("balanced",
+        sample_weight=...)``: a sample of weight ``k`` counts as ``k`` copies (0: absent).
     reweight : {"sampler", "loss"}, default="sampler"
         Apply ``upweight`` by drawing samples with replacement in proportion to their
         weight (as in the REST paper) or by weighting their loss.
     objective : {"erm", "groupdro"}, default="erm"
-        ``"groupdro"`` minimises the worst group's loss by online GroupDRO; ``fit`` warns
-        where only one group has training samples (no ``groups``, or the others weighed
-        0), over which it trains as ERM.
+        ``"groupdro"`` minimises the worst group's loss by online GroupDRO; with one group
+        of training samples (no ``groups``, or the others weighed 0) it trains as ERM, and
+        ``fit`` warns.
     groupdro_eta : float > 0, default=0.01
-        Step size of GroupDRO's group-weight update. Only used with
-        ``objective="groupdro"``: ``fit`` warns of a value other than the default otherwise,
-        as it does for ``groupdro_adjustment``, ``jtt_epochs`` and ``momentum``.
+        Step size of GroupDRO's group-weight update (``objective="groupdro"`` only: ``fit``
+        warns of a value other than the default otherwise, as for ``groupdro_adjustment``,
+        ``jtt_epochs`` and ``momentum``).
     groupdro_adjustment : float >= 0, default=0.0
-        GroupDRO's group adjustment ``C >= 0`` (Sagawa et al. 2020, Section 3.3): each
-        group's batch loss is increased by ``C / sqrt(n_g)`` in the update of the group
-        weights (not in the loss the network minimises), so groups with few training
-        samples gain weight faster. ``n_g`` counts the training samples of group ``g``
-        (after the validation split; with ``infer_groups="jtt"`` the error set and the
-        rest) that have a positive ``sample_weight`` and a positive ``upweight`` (a group
-        a dict weighs 0 has none), each once, however large their weights. The paper tunes ``C`` in
-        ``{0, 1, 2, 3, 4, 5}``; ``0`` is plain GroupDRO.
+        GroupDRO's group adjustment ``C`` (Sagawa et al. 2020, Section 3.3): each group's
+        batch loss is increased by ``C / sqrt(n_g)`` in the group-weight update (not in the
+        loss the network minimises), so small groups gain weight faster. ``n_g`` counts the
+        training samples of group ``g`` (after the validation split; with
+        ``infer_groups="jtt"`` the error set and the rest) of positive ``sample_weight`` and
+        ``upweight``, each once. The paper tunes ``C`` in ``{0, 1, ..., 5}``; ``0`` is plain
+        GroupDRO.
     infer_groups : None or "jtt", default=None
-        With ``"jtt"``, a short identification model is trained first and its misclassified
-        training samples form the group to upweight (JTT, Liu et al. 2021), so no group
-        labels are needed for training. ``groups``, if given, then serve only for model
-        selection on the held-out validation split and for ``inferred_groups_overlap_``.
-        The error set acts through ``upweight`` (a dict weighs the groups ``True``, the
-        error set, and ``False``) or ``objective="groupdro"``: with
-        ``objective="erm"`` and an ``upweight`` that weighs it as the rest (``None``, ``1``)
-        the final model trains as without it, with a warning.
+        ``"jtt"`` first trains a short identification model whose misclassified training
+        samples form the group to upweight (JTT, Liu et al. 2021): no group labels are
+        needed for training, and ``groups``, if given, serve only for model selection on
+        the held-out split and for ``inferred_groups_overlap_``. The error set acts through
+        ``upweight`` (a dict weighs the groups ``True``, the error set, and ``False``) or
+        ``objective="groupdro"``; with ``objective="erm"`` and an ``upweight`` weighing it
+        as the rest (``None``, ``1``) the final model trains as without it, with a warning.
     jtt_epochs : int >= 1, default=5
         Epochs of the JTT identification model (``infer_groups="jtt"`` only).
     module : str, nn.Module class, callable or instance, default="auto"
         ``"auto"`` (MLP for flat samples, the paper's small CNN for images), ``"mlp"``,
-        ``"cnn"``, ``"resnet18"``, or a user module, which must return one logit per class
-        (shape ``(batch, n_classes)``; checked at every training step); see
+        ``"cnn"``, ``"resnet18"``, or a user module returning one logit per class (shape
+        ``(batch, n_classes)``, checked at every training step); see
         :func:`rest_fair.models.build_module`. Lazy layers (``nn.LazyLinear``, ...) get their
-        parameters from one pass of the first training sample, in evaluation mode, before
-        masks and optimizer are built.
+        parameters from one pass of the first training sample, in evaluation mode.
     module_params : dict, default=None
         Keyword arguments of the module, e.g. ``{"hidden_layer_sizes": (256, 256)}``.
     max_epochs : int >= 1, default=100
@@ -331,59 +316,51 @@ class RESTClassifier(ClassifierMixin, BaseEstimator):
         anneals it by a cosine over ``max_epochs`` epochs, epoch ``e`` (from 1) training at
         ``lr * (1 + cos(pi * (e - 1) / max_epochs)) / 2``. ``"constant"`` keeps ``lr``.
     validation_fraction : float in [0, 1), default=0.1
-        Share of the training data (of its samples of positive ``sample_weight``, outside
-        the groups an ``upweight`` dict weighs 0) held out (stratified by class and group)
-        for model selection, unless ``validation_data`` is given to ``fit``; every class
-        keeps a training sample (a class of one sample is trained on, not held out). ``0``
-        keeps the last epoch.
-        ``fit`` warns where a group with training samples has no validation sample, or a
-        validation group has fewer than 10.
+        Share of the training data held out, stratified by class and group, for model
+        selection unless ``fit`` gets ``validation_data``: of the samples of positive
+        ``sample_weight`` outside the groups an ``upweight`` dict weighs 0, every class
+        keeping a training sample (a class of one sample is not held out). ``0`` keeps the
+        last epoch. ``fit`` warns where a group with training samples has no validation
+        sample, or a validation group has fewer than 10.
     device : str or torch.device, default="auto"
         ``"auto"`` uses CUDA when available.
     precision : {"32", "bf16", "16-mixed"}, default="32"
-        Numerical precision of the forward pass in training and validation: float32,
-        bfloat16 autocast (CPU and CUDA), or float16 autocast with gradient scaling (CUDA
-        only; refused on the CPU). Weights, masks and topology updates always stay in
-        float32, and ``predict`` computes in float32.
+        Precision of the forward pass in training and validation: float32, bfloat16
+        autocast (CPU and CUDA), or float16 autocast with gradient scaling (CUDA only;
+        refused on the CPU). Weights, masks, topology updates and ``predict`` stay float32.
     warm_start : bool, default=False
-        When ``True``, ``fit`` on an already fitted estimator continues from its network
-        and masks for ``max_epochs`` more epochs (``history_`` goes on), instead of
-        starting anew (with ``objective="groupdro"`` also from the group weights of the
-        kept epoch, where the groups are the same). Classes and input shape must be the
-        same, and so must ``module``, ``module_params``, ``sparsity``, ``layer_density``
-        and ``dense_layers``. An
-        estimator without ``history_`` (loaded from a file an earlier ``save`` left it out
-        of) is refused, naming the ways on.
+        ``True``: ``fit`` on a fitted estimator continues its network and masks for
+        ``max_epochs`` more epochs (``history_`` goes on; GroupDRO's weights too, over the
+        same groups) instead of starting anew, with the same classes, input shape,
+        ``module``, ``module_params``, ``sparsity``, ``layer_density`` and
+        ``dense_layers``. An estimator without ``history_`` (loaded from a file an earlier
+        ``save`` left it out of) is refused, naming the ways on.
     random_state : int in [0, 2**32 - 1], RandomState or None, default=None
-        Seeds weight initialisation, masks, sampling and the validation split. The global
-        generators (torch's, CUDA's, numpy's and Python's) are left as they were. Results can
+        Seeds weight initialisation, masks, sampling and the validation split, leaving the
+        global generators (torch's, CUDA's, numpy's, Python's) as they were. Results can
         depend on torch's thread count (convolutions; see the user guide's
         "Reproducibility and devices").
     verbose : int >= 0, default=0
         ``> 0`` shows a progress bar over epochs.
     callbacks : list of Callback, default=None
-        Training hooks, see :mod:`rest_fair.callbacks` (e.g. ``EarlyStopping``,
-        ``Checkpoint``).
+        Training hooks, see :mod:`rest_fair.callbacks` (e.g. ``EarlyStopping``, ``Checkpoint``).
     num_workers : int >= 0, default=0
         DataLoader workers when ``X`` is a torch Dataset. Results do not depend on it:
-        every item is read with its own seed (drawn from the run's random state) in the
-        global generators of the process that reads it (torch's, numpy's and Python's), so
-        a random transform draws the same with or without workers, and the caller's
-        generators are left as they were.
+        every item is read with its own seed (from the run's random state) in the global
+        generators of its process (torch's, numpy's, Python's), so a random transform draws
+        the same with or without workers; the caller's generators are left as they were.
     distributed : "auto" or bool, default="auto"
         Data-parallel training with ``DistributedDataParallel`` (see the "Scaling out"
-        guide). ``"auto"``: when a ``torch.distributed`` process group of more than one
-        rank is initialised, or the script runs under torchrun with ``WORLD_SIZE > 1``
-        (fit then initialises the group: NCCL on CUDA, gloo on the CPU; CUDA rank ``i``
-        trains on ``cuda:LOCAL_RANK``). ``True``: always, even with one rank; an error
-        without a process group or torchrun environment. ``False``: never. ``batch_size``
-        stays the global batch of one optimizer step (a multiple of the number of ranks)
-        and an epoch one pass over the data by all ranks together.
+        guide). ``"auto"``: where a ``torch.distributed`` process group of several ranks is
+        initialised, or under torchrun with ``WORLD_SIZE > 1`` (fit then initialises the
+        group: NCCL on CUDA, gloo on the CPU; CUDA rank ``i`` trains on ``cuda:LOCAL_RANK``).
+        ``True``: always, even with one rank (an error without a process group or torchrun
+        environment). ``False``: never. ``batch_size`` stays the global batch of one
+        optimizer step (a multiple of the number of ranks), an epoch one pass by all ranks.
     distributed_timeout : float > 0, default=1800.0
-        Seconds a rank waits for the others in a collective operation before fit fails
-        with :class:`~rest_fair.exceptions.DistributedError` (a dead or hung rank). Used
-        when fit initialises the process group; a group initialised by the caller keeps
-        its own timeout.
+        Seconds a rank waits for the others in a collective before fit fails with
+        :class:`~rest_fair.exceptions.DistributedError` (a dead or hung rank); applies
+        where fit initialises the process group (a caller's group keeps its own timeout).
 
     Attributes
     ----------
@@ -397,32 +374,29 @@ class RESTClassifier(ClassifierMixin, BaseEstimator):
     input_shape_ : tuple of int
         Shape of one sample.
     module_ : torch.nn.Module
-        The trained network (selected checkpoint). During ``fit`` (for callbacks): the
-        network being trained.
+        The trained network (selected checkpoint); during ``fit``, the network being trained.
     optimizer_ : torch.optim.Optimizer
         The optimizer of the last fit (not pickled).
     masks_ : dict of str to bool Tensor
-        Mask of every masked weight, by parameter name; empty when dense. During ``fit``:
+        Mask of every masked weight by parameter name (empty when dense); during ``fit``,
         the current masks.
     history_ : list of dict
-        One record per epoch: ``epoch``, ``train_loss``, ``n_train_samples`` (samples
-        trained in the epoch, summed over data-parallel ranks), ``valid_loss``, ``valid_acc``
-        and ``valid_worst_group_acc`` (only where the fit holds out validation data),
-        ``density``, ``lr`` (the learning rate the epoch trained at), ``n_topology_updates``,
-        ``best`` (whether the epoch is the best so far) and ``dur`` (seconds), with any keys
-        callbacks add.
+        One record per epoch: ``epoch``, ``train_loss``, ``n_train_samples`` (trained in the
+        epoch, summed over ranks), ``valid_loss``, ``valid_acc`` and ``valid_worst_group_acc``
+        (where the fit holds out validation data), ``density``, ``lr`` (the epoch's learning
+        rate), ``n_topology_updates``, ``best`` (best epoch so far), ``dur`` (seconds), and
+        any keys callbacks add.
     best_epoch_ : int
         Epoch of the kept checkpoint.
     groups_ : list
         Group labels seen in training, sorted where they compare; with
-        ``infer_groups="jtt"``, ``[False, True]`` (outside and inside the error set), the
-        groups the final model was reweighted by. Each label is the value given, in one
-        type per input form: numpy's numbers, strings and bytes as their Python values
-        (``np.int8(1)`` as ``1``, equal and of the same hash), numpy's dates and durations
-        as ``np.datetime64`` / ``np.timedelta64`` of their unit, pandas' (a Series, Index,
-        DataFrame column, or a categorical of them) as ``pandas.Timestamp`` /
-        ``pandas.Timedelta``, with their time zone and nanoseconds; a dict of columns
-        labels each column as it would alone, and several columns by tuples of them.
+        ``infer_groups="jtt"``, ``[False, True]`` (outside and inside the error set). Each
+        label is the value given, one type per input form: numpy's numbers, strings and
+        bytes as Python values (``np.int8(1)`` as ``1``), numpy's dates and durations as
+        ``np.datetime64`` / ``np.timedelta64`` of their unit, pandas' (Series, Index,
+        DataFrame column, or categoricals of them) as ``pandas.Timestamp`` /
+        ``pandas.Timedelta`` with time zone and nanoseconds; a dict of columns labels each
+        column as it would alone, several columns by tuples of them.
     group_weights_ : dict
         ``(class label, group label) -> weight`` used for reweighting (group labels as in
         ``groups_``).
@@ -434,18 +408,16 @@ class RESTClassifier(ClassifierMixin, BaseEstimator):
         Layers trained with sparse kernels in the last fit (see ``sparse_compute``).
     group_weight_history_ : list of list of float or None
         GroupDRO's group weights at the end of each epoch of the last fit
-        (``objective="groupdro"``), the last fit's epochs only: after a warm start it has
-        fewer rows than ``history_``, its last ones. A warm start over the same groups
-        (``groups_``) continues the weights of the kept epoch (``best_epoch_``), as it
-        continues its network; another fit starts them uniform.
+        (``objective="groupdro"``): after a warm start, fewer rows than ``history_`` (its
+        last ones). A warm start over the same ``groups_`` continues the weights of
+        ``best_epoch_``, as it continues its network; another fit starts them uniform.
     inferred_groups_ : ndarray of bool or None
         With ``infer_groups="jtt"``, which samples of ``X`` formed the error set (samples
         held out for validation, and samples of ``sample_weight`` 0, are ``False``).
     inferred_groups_overlap_ : dict or None
-        With ``infer_groups="jtt"`` and ``groups`` given (used then for validation only), how
-        the error set overlaps the true minority (samples outside the most frequent group of
-        their class) among the training samples of positive ``sample_weight``:
-        ``precision``, ``recall``, ``base_rate``, counts.
+        With ``infer_groups="jtt"`` and ``groups`` given, how the error set overlaps the true
+        minority (samples outside their class's most frequent group) among the training
+        samples of positive ``sample_weight``: ``precision``, ``recall``, ``base_rate``, counts.
     """
 
     _parameter_constraints: ClassVar[dict[str, list]] = {
@@ -599,37 +571,32 @@ class RESTClassifier(ClassifierMixin, BaseEstimator):
         ----------
         X : array-like of shape (n_samples, n_features) or (n_samples, C, H, W), \
 scipy.sparse matrix, DataFrame, or torch Dataset
-            Inputs, of any numeric or boolean dtype; the network reads them as float32,
-            except integer inputs of a network whose first layer is an ``nn.Embedding``
-            or ``nn.EmbeddingBag``, which it reads as int64 token ids.
-            A torch Dataset is read lazily; its items are a tensor or a tuple whose
-            first element is the input (labels then come from ``y``).
+            Inputs, of any numeric or boolean dtype, read as float32 (integer inputs of a
+            network whose first layer is an ``nn.Embedding`` or ``nn.EmbeddingBag``: as
+            int64 token ids). A torch Dataset is read lazily; its items are a tensor or a
+            tuple whose first element is the input (labels then come from ``y``).
         y : array-like of shape (n_samples,)
             Class labels (any dtype).
         groups : array-like of shape (n_samples,) or (n_samples, n_columns), DataFrame \
 or dict of columns, default=None
-            Group of each sample (e.g. a sensitive attribute or bias attribute); several
-            columns (or a dict of them by name, as fairlearn's ``sensitive_features``)
-            form intersectional groups. ``None`` means one group.
+            Group of each sample (e.g. a sensitive or bias attribute); several columns (or
+            a dict of them by name, as fairlearn's ``sensitive_features``) form
+            intersectional groups. ``None`` means one group.
         sample_weight : array-like of shape (n_samples,), default=None
             Non-negative per-sample loss weights (used by fairlearn's reductions). A
-            sample of weight 0 trains as if it were removed: it is never drawn, never
-            held out by ``validation_fraction`` (the split is that of the other samples),
-            and counts in no group's size for ``upweight``. The samples held out keep
-            their weights in the validation loss and accuracies that choose the epoch kept
+            sample of weight 0 trains as if removed: never drawn, never held out by
+            ``validation_fraction``, in no group's size for ``upweight``. Held-out samples
+            keep their weights in the validation scores that choose the epoch kept
             (``validation_data`` is unweighted, but for the groups an ``upweight`` dict
             weighs 0, whose samples weigh 0 there).
         validation_data : tuple, default=None
-            ``(X_val, y_val)`` or ``(X_val, y_val, groups_val)`` for model selection,
-            instead of holding out ``validation_fraction`` of the training data.
-            It is used as given: inside a ``Pipeline`` the earlier steps do not
-            transform it.
+            ``(X_val, y_val)`` or ``(X_val, y_val, groups_val)`` for model selection instead
+            of holding out ``validation_fraction``; used as given (inside a ``Pipeline`` the
+            earlier steps do not transform it).
         resume_from : str, bytes or path-like, default=None
-            Directory of a :class:`~rest_fair.callbacks.Checkpoint`: continue the run
-            from its latest checkpoint (the same data and parameters are required; a
-            checkpoint of another run, or a damaged one, is refused with
-            :class:`~rest_fair.exceptions.CheckpointError`). A directory without a
-            checkpoint starts a new run, so a preemptible job can always pass it. A
+            Directory of a :class:`~rest_fair.callbacks.Checkpoint`: continue the run from
+            its latest checkpoint (same data and parameters required). A directory without
+            a checkpoint starts a new run, so a preemptible job can always pass it. A
             leading ``~`` is the home folder; an empty name is refused (``ValueError``).
 
         Returns
@@ -657,14 +624,13 @@ or dict of columns, default=None
         Notes
         -----
         A fit that raises (invalid input, divergence, ``KeyboardInterrupt``) leaves the
-        estimator as it was: the previous fit's model and attributes (a warm start's
-        weights included), or not fitted. To keep the progress of an interrupted run, train
-        with a :class:`~rest_fair.callbacks.Checkpoint` and resume from it.
-
-        ``fit`` seeds and draws from the process's global torch random state (the
-        network's initialisation, dropout), so fits in threads of one process (a threaded
-        joblib backend, a Dask worker with several threads) take turns: each gives the
-        numbers it gives alone. Fits in separate processes run side by side.
+        estimator as it was (the previous fit's model and attributes, a warm start's weights
+        included, or not fitted); to keep an interrupted run's progress, train with a
+        :class:`~rest_fair.callbacks.Checkpoint` and resume from it. ``fit`` seeds and draws
+        from the process's global torch random state (initialisation, dropout), so fits in
+        threads of one process (a threaded joblib backend, a multi-threaded Dask worker)
+        take turns, each giving the numbers it gives alone; separate processes run side by
+        side.
         """
         self._validate_params()
         with translate_failures(self.distributed_timeout):
@@ -672,22 +638,18 @@ or dict of columns, default=None
                                  validation_data=validation_data, resume_from=resume_from)
 
     def _validate_params(self) -> None:
-        """Check the hyper-parameters (scikit-learn's hook, on this estimator's constraints).
-
-        scikit-learn's own version reads ``_parameter_constraints`` as its own constraint
-        objects and fails on ours; tools that call the hook get :func:`check_params`.
-        """
+        """Check the hyper-parameters: scikit-learn's hook, by :func:`check_params` (its own
+        version reads ``_parameter_constraints`` as its constraint objects and fails on ours)."""
         check_params(self)
 
     # ---------------------------------------------------------------- predicting
     def predict_logits(self, X: Any) -> np.ndarray:
         """Raw network outputs (logits), float32 of shape (n_samples, n_classes).
 
-        The network computes in float32 whatever ``precision`` it was trained with (also
-        inside the caller's ``torch.autocast``), in evaluation mode, without gradients; the
-        module's mode, torch's gradient mode and the global torch random state are left as
-        they were (a prediction waits for fits running in other threads of the process,
-        which draw from that state).
+        Computed in float32 whatever the training ``precision`` (also inside the caller's
+        ``torch.autocast``), in evaluation mode, without gradients, leaving the module's
+        mode, torch's gradient mode and the global torch random state as they were (so it
+        waits for fits in other threads of the process, which draw from that state).
 
         Parameters
         ----------
@@ -707,10 +669,9 @@ or dict of columns, default=None
         X = check_x(self, X, fitted=self.module_)
         device = next(self.module_.parameters()).device
         module = getattr(self, "inference_module_", None) or self.module_
-        # a torch Dataset's loader draws its seed from torch's global generator: from a
-        # copy, so that predicting leaves the caller's draws as they were (its items are
-        # read with numpy's and Python's generators kept too, by the source); taking turns
-        # with fits in other threads, whose draws the restored copy would otherwise rewind
+        # a torch Dataset's loader seeds from torch's global generator: a forked copy, so
+        # the caller's draws stay as they were (the source keeps numpy's and Python's), under
+        # the lock, so that restoring it rewinds no fit running in another thread
         with GLOBAL_RANDOM_STATE, torch.random.fork_rng(devices=[]):
             source = make_source(X, device=device, num_workers=self.num_workers)
             source.set_input_dtypes(self.module_)
@@ -728,10 +689,9 @@ or dict of columns, default=None
     def predict_proba(self, X: Any) -> np.ndarray:
         """Class probabilities, shape (n_samples, n_classes), columns as ``classes_``.
 
-        float64: the softmax of :meth:`predict_logits`' float32 logits, computed in float64,
-        so each row sums to 1 within rounding of float64. Raises
-        :class:`~rest_fair.exceptions.TrainingDivergedError` rather than return a
-        non-finite probability.
+        float64: the softmax of :meth:`predict_logits`, computed in float64 (rows sum to 1
+        within its rounding); raises :class:`~rest_fair.exceptions.TrainingDivergedError`
+        rather than return a non-finite probability.
 
         Parameters
         ----------
@@ -822,14 +782,12 @@ or dict of columns, default=None
         """Parameters and FLOPs of the fitted network vs. its dense version.
 
         Inference FLOPs per sample and training FLOPs counted the RigL way (sparse forward
-        and backward, plus one dense gradient per topology update actually made); see
+        and backward, plus one dense gradient per topology update made); see
         :func:`rest_fair.efficiency.efficiency_report`. The whole-run columns count the
-        samples actually trained, the sum of ``history_[i]["n_train_samples"]``; where an
-        epoch's record lacks it (a model file or checkpoint written before it was counted),
-        or ``history_`` is absent (a model file whose ``save`` left it out),
-        ``n_train_steps_ * batch_size``, which counts every batch as full. Called by a
-        callback during ``fit``, it reports the run so far: the network and masks as they
-        are, the steps and topology updates made, the samples of the epochs finished.
+        samples trained: the sum of ``history_[i]["n_train_samples"]``, or where a record
+        lacks it (older files and checkpoints) or ``history_`` is absent,
+        ``n_train_steps_ * batch_size``, counting every batch as full. Called by a callback
+        during ``fit``, it reports the run so far (the epochs finished).
 
         Returns
         -------
@@ -897,23 +855,19 @@ or dict of columns, default=None
 
         The file holds the network and its masks (:mod:`rest_fair.persistence.model_file`),
         the parameters, those that defined the network when it was fitted (``module``,
-        ``module_params``, ``sparsity``, ``layer_density``, ``dense_layers``, which
-        ``set_params`` may have changed since: the loaded estimator's warm start checks
-        them) and the fitted attributes; ``module`` must be a built-in name. Pretrained
-        ``module_params["weights"]`` given as a path or a torchvision weights member are
-        kept as their string (a loaded estimator reads them only when fitted). ``path``
-        names the file (replaced only once the new content is complete; a leading ``~`` is
-        the home folder) or is a file object opened for binary writing (``io.BytesIO()``),
-        written to from its position.
-        ``callbacks`` and a ``random_state`` that is a ``RandomState`` are objects, not
-        plain values: the file keeps ``None`` for them, with a warning. Entries of
-        ``history_`` records that are not plain values (objects a callback added) are left
-        out, named in a warning; the file keeps the other entries. ``groups_`` and
-        ``group_weights_`` come back with the group labels of their types (strings, bytes,
-        numbers, dates, times and durations of ``datetime``, numpy and pandas, tuples of
-        them); labels of other types raise ``TypeError``. During the first ``fit`` (from a
-        callback) it raises ``NotFittedError``: the attributes ``fit`` sets when it ends are
-        not set yet.
+        ``module_params``, ``sparsity``, ``layer_density``, ``dense_layers``: a warm start
+        of the loaded estimator checks them) and the fitted attributes; ``module`` must be a
+        built-in name. Pretrained ``module_params["weights"]`` given as a path or torchvision
+        weights member are kept as their string (read only when refitted). ``path`` names
+        the file (replaced only once the new content is complete; a leading ``~`` is the
+        home folder) or is a binary file object (``io.BytesIO()``), written from its
+        position. ``callbacks`` and a ``RandomState`` ``random_state`` are saved as
+        ``None``, and entries of ``history_`` records that are not plain values (objects a
+        callback added) left out, with a warning. ``groups_`` and ``group_weights_`` come
+        back with labels of their types (strings, bytes, numbers, dates, times and
+        durations of ``datetime``, numpy and pandas, tuples of them); other labels raise
+        ``TypeError``. During the first ``fit`` (from a callback) it raises
+        ``NotFittedError``: the attributes ``fit`` sets when it ends are not set yet.
         """
         check_is_fitted(self, "module_")
         check_is_fitted(self, (*_FILE_ATTRIBUTES, "best_epoch_"), msg=_SAVED_IN_FIRST_FIT)
@@ -976,17 +930,16 @@ or dict of columns, default=None
 
     @classmethod
     def load(cls, path: Any, *, max_parameters: int | None = None) -> RESTClassifier:
-        """Read an estimator written by :meth:`save` (no code from the file is run) from
-        the file ``path`` names (a leading ``~`` is the home folder), or from a binary
-        file object (``open(name, "rb")``, ``io.BytesIO(data)``) from its position to its
-        end, which hold one model file.
+        """Read an estimator written by :meth:`save` (running no code from the file).
 
-        It comes back fitted, on the CPU, its network in evaluation mode. Raises
-        :class:`~rest_fair.exceptions.ModelFileError` for a damaged or inconsistent file:
-        also one naming attributes that :meth:`save` never writes (they would shadow a
-        method or a parameter, or replace private state), or, with ``max_parameters``, one
-        whose network holds more values than that, refused before it is allocated (for
-        files from untrusted sources); ``TypeError`` for a file holding a module.
+        ``path`` names the file (a leading ``~`` is the home folder) or is a binary file
+        object (``open(name, "rb")``, ``io.BytesIO(data)``) holding one model file from its
+        position to its end. The estimator comes back fitted, on the CPU, its network in
+        evaluation mode. Raises :class:`~rest_fair.exceptions.ModelFileError` for a damaged
+        or inconsistent file, also one naming attributes that :meth:`save` never writes
+        (they would shadow a method or a parameter, or replace private state), or, with
+        ``max_parameters``, one whose network holds more values than that (refused before
+        allocating, for untrusted files); ``TypeError`` for a file holding a module.
         """
         path, source = model_file.opened(path)
         model_file.check_max_parameters(max_parameters)

@@ -1,7 +1,7 @@
 """Group-label-free minority inference: Just Train Twice (Liu et al., ICML 2021).
 
 A short identification model is trained by plain ERM; the training samples it gets wrong
-form the *error set*, which REST then upweights as if it were the minority group.
+form the *error set*, which REST upweights as the minority group.
 """
 
 from __future__ import annotations
@@ -41,9 +41,8 @@ def identification_params(est: Any, *, seed: int) -> dict:
 
     It keeps the architecture, sparsity and optimiser, but draws no reweighting, holds no
     validation split (the last epoch is used) and trains for ``jtt_epochs`` epochs at a
-    constant learning rate. The parameters it leaves unused (``est._used_only_when``:
-    GroupDRO's, ``jtt_epochs``, and ``momentum`` with an optimizer other than SGD) are at
-    their defaults, so that its fit does not warn of them (the estimator's fit does).
+    constant learning rate. The parameters it leaves unused (``est._used_only_when``) are
+    at their defaults, so that its fit does not warn of them (the estimator's fit does).
     """
     params = {
         "infer_groups": None,
@@ -64,11 +63,10 @@ def identify_errors(est: Any, X: Any, y: np.ndarray, *, seed: int,
                     sample_weight: np.ndarray | None = None) -> np.ndarray:
     """Boolean mask of the training samples the identification model misclassifies.
 
-    The identification model is fitted on ``X``, ``y`` and ``sample_weight`` (a sample of
-    weight 0 does not train it), then predicts every sample of ``X``. Its fit knows itself
-    as JTT's identification fit, in this thread (or asyncio task) only: it gives the
-    warnings of its own epochs, naming them ``jtt_epochs``, and not those of the data and
-    network it shares with the final model, whose fit gives them.
+    The identification model is fitted on ``X``, ``y`` and ``sample_weight``, then
+    predicts every sample of ``X``. Its fit knows itself as JTT's identification fit (in
+    this thread or asyncio task only): it warns of its own epochs, naming ``jtt_epochs``,
+    not of the data and network it shares with the final model, whose fit warns of them.
 
     Parameters
     ----------
@@ -90,8 +88,7 @@ def identify_errors(est: Any, X: Any, y: np.ndarray, *, seed: int,
     Raises
     ------
     TrainingDivergedError
-        If the identification model diverges; the message says it was this model and which
-        parameters train it.
+        If the identification model diverges, naming it and the parameters that train it.
     """
     from sklearn.base import clone
 
