@@ -4,20 +4,16 @@ A checkpoint directory holds
 
 - ``epoch-NNNNNN.pt``: the full training state after epoch ``NNNNNN`` (weights, masks,
   optimizer, scheduler, objective, precision, random generators, counters, history, best
-  weights so far, callback states), written with :func:`torch.save` and read back with
-  ``torch.load(weights_only=True)``: only tensors and plain containers, so loading runs no
-  code from the file;
+  weights, callback states), read back with ``torch.load(weights_only=True)``: only
+  tensors and plain containers, so loading runs no code from the file;
 - ``latest.json``: the manifest, naming the newest state file with its SHA-256 digest, the
   epoch, and the *fingerprint* of the run (data shapes and digests, classes, parameters).
 
-Every file is written atomically (a temporary file in the same directory, ``fsync``,
-rename, ``fsync`` of the directory). The manifest is replaced only after its state file is
-complete, so a crash at any moment leaves the previous checkpoint intact and named.
-Reading refuses a checkpoint whose state file does not match its digest (truncated or
-edited), or whose fingerprint differs from the run being resumed; nothing is deleted then.
-A fingerprint written before a release added an entry to it lacks that entry; the caller
-names each added entry's *neutral* value (the one with which the run computes what it
-computed before the entry existed), and a run with that value resumes such a checkpoint.
+Every file is written atomically (:func:`~.files.atomic_write`), the manifest only after
+its state file, so a crash at any moment leaves the previous checkpoint intact and named.
+Reading refuses a state file that does not match its digest, or a fingerprint that differs
+from the resuming run's (nothing is deleted then); an entry that an older release did not
+record matches where the run holds the entry's *neutral* value (see :func:`check_writable`).
 """
 
 from __future__ import annotations
@@ -185,11 +181,8 @@ def has_checkpoint(dirname: str | os.PathLike) -> bool:
 
 def _loadable(value: Any, where: str) -> Any:
     """``value`` with numpy scalars as Python numbers; refuses numpy arrays and any other
-    value that ``torch.load(weights_only=True)`` does not read back, naming ``where``.
-
-    Such a value (a date or a ``deque`` in a history record or a callback's
-    ``state_dict``, a numpy array) would be written and then refused on resume.
-    """
+    value that ``torch.load(weights_only=True)`` does not read back (a date or a ``deque``
+    in a history record or a callback's ``state_dict``), naming ``where``."""
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, np.ndarray):
@@ -250,8 +243,7 @@ def write_checkpoint(
         Identifies the run (compared by :func:`read_checkpoint`).
     keep : int, default=2
         State files kept; older ones are removed after the manifest is replaced, and so
-        are those of a later epoch than ``epoch`` (left by an earlier, finished run in
-        ``dirname``).
+        are those of a later epoch (left by an earlier, finished run in ``dirname``).
     finished : bool, default=False
         The run is over (its last epoch, or a callback stopped it): recorded in the
         manifest, so that another run may later take the directory.
@@ -299,12 +291,9 @@ def write_checkpoint(
 
 
 def _superseded(directory: Path, epoch: int, keep: int) -> list[Path]:
-    """State files to delete once the state of ``epoch`` is the latest checkpoint.
-
-    Those of a later epoch (an earlier run's, finished, in the directory this run took
-    over: no manifest leads to them any more), and all but the ``keep`` newest of the
-    others, by epoch number. The file of ``epoch`` is never among them.
-    """
+    """State files to delete once the state of ``epoch`` is the latest checkpoint: those
+    of a later epoch (a finished earlier run's, no longer named by the manifest) and all but
+    the ``keep`` newest of the others (never the file of ``epoch``)."""
     epochs = {}
     for path in directory.glob("epoch-*.pt"):
         number = path.name[len("epoch-"):-len(".pt")]
@@ -495,8 +484,6 @@ def _as_recorded(saved: Any, current: Any) -> Any:
 
 def _passed(random_state: Any) -> str:
     """How to pass a ``random_state`` as a fingerprint records it."""
-    if random_state is None or isinstance(random_state, int):
-        return f"random_state={random_state!r}"
     if isinstance(random_state, str) and random_state.startswith("instance of "):
         return f"random_state=<a {random_state.rpartition('.')[2]}>"  # drawn from, not saved
     return f"random_state={random_state!r}"

@@ -324,13 +324,8 @@ _TAGGED: dict[str, tuple[str, str, Callable, Callable]] = {
 
 
 def _tagged(value: Any, what: str) -> dict | None:
-    """``value`` tagged as :data:`_TAGGED` writes it, or None for a value of another type.
-
-    Raises
-    ------
-    TypeError
-        If the value would not read back as itself (its type, time zone and every digit).
-    """
+    """``value`` tagged as :data:`_TAGGED` writes it, or None for a value of another type;
+    a TypeError if it would not read back as itself (its type, time zone and every digit)."""
     for tag, (module, name, encode, _) in _TAGGED.items():
         if type(value) is getattr(sys.modules.get(module), name, None):
             encoded = {tag: encode(value)}
@@ -349,14 +344,9 @@ def _tagged(value: Any, what: str) -> dict | None:
 def _json_dtype(spec: Any, data: Any) -> np.dtype:
     """The dtype to decode an encoded array of dtype ``spec`` holding ``data`` with.
 
-    ``spec`` itself, except for a string dtype of more than 64 bytes per value that is
-    wider than ``data`` needs: its values are decoded in the width they need (equal values,
-    a narrower dtype), so that a header cannot make an array much larger than itself.
-
-    Raises
-    ------
-    ValueError
-        If ``spec`` is not a plain dtype (numbers, bools, fixed-size strings, dates).
+    ``spec`` itself (a ValueError unless it is :func:`_plain`), except for a string dtype
+    of more than 64 bytes per value that is wider than ``data`` needs: then the width they
+    need, so that a header cannot make an array much larger than itself.
     """
     dtype = np.dtype(spec) if isinstance(spec, str) else None
     if dtype is None or not _plain(dtype):
@@ -426,15 +416,9 @@ def _storage_dtype(dtype: torch.dtype) -> np.dtype:
 def _layout(
     entry: Any, key: str, path: str
 ) -> tuple[str, torch.dtype, tuple[int, ...], dict[str, tuple[np.dtype | None, tuple[int, ...]]]]:
-    """The name, dtype and shape of a tensor entry of the header, and the arrays that hold it.
-
-    The arrays are given by member name with the dtype (``None``: any integer dtype) and
-    the shape that :func:`_encode` writes for such an entry.
-
-    Raises
-    ------
-    ModelFileError
-        If the entry is not one that :func:`_encode` writes.
+    """The name, dtype and shape of a tensor entry of the header, and the arrays that hold it
+    by member name, with the dtype (``None``: any integer dtype) and shape that
+    :func:`_encode` writes for such an entry; a ModelFileError for an entry it does not write.
     """
     if not isinstance(entry, Mapping) or not isinstance(entry.get("name"), str):
         raise ModelFileError(_BAD_HEADER.format(path=path, error=f"tensor entry {key} has no name"))
@@ -653,15 +637,8 @@ def _members(
 ) -> dict[str, tuple[zipfile.ZipInfo, np.dtype, tuple[int, ...]]]:
     """Every array of ``archive`` (``file_size`` bytes; or of its members ``infos``) by
     name, with its zip entry, dtype and shape, from the zip directory and the ``.npy``
-    headers alone (no array is read).
-
-    Raises
-    ------
-    ModelFileError
-        If a member is not a plain ``.npy`` file name, is named twice, is encrypted or
-        compressed other than by deflate, declares more bytes than its compressed bytes can
-        inflate to, holds objects (a pickle), or its ``.npy`` header declares another number
-        of bytes than the member holds.
+    headers alone (no array is read); a ModelFileError for any member that breaks the
+    format's rules (see the module's description).
     """
     def bad(error: str) -> ModelFileError:
         return ModelFileError(_BAD_ARCHIVE.format(path=path, error=error))
@@ -744,18 +721,14 @@ def opened(path: Any) -> tuple[str, str | io.BytesIO]:
     return name, _InMemory(data, name)
 
 
-def read(
-    path: Any, *, payload: bool = True
-) -> tuple[dict, dict[str, np.ndarray]]:
+def read(path: Any, *, payload: bool = True) -> tuple[dict, dict[str, np.ndarray]]:
     """The header and the arrays of a file (a name or a binary file object, as
     :func:`opened` takes them), after checking its format and checksum.
 
     Before any array is read, the zip directory and every ``.npy`` header are checked
-    against each other (no member declares more than deflate can inflate its compressed
-    bytes to, nor an array of another size than the member holds), the header is parsed,
-    and every tensor it lists is checked against the dtypes and shapes of its arrays; then
-    the arrays are read and the SHA-256 checked. With ``payload=False``, the header so
-    checked and no arrays (``{}``): neither read nor checksummed.
+    against each other, the header is parsed, and every tensor it lists is checked against
+    the dtypes and shapes of its arrays; then the arrays are read and the SHA-256 checked.
+    With ``payload=False``, the header so checked and no arrays (``{}``).
 
     Raises
     ------
@@ -773,12 +746,10 @@ def read(
         raise ModelFileError(_NOT_OURS.format(path=path))
     try:
         with zipfile.ZipFile(source) as archive:
-            # zipfile reads the last archive of the bytes: two files written one after the
-            # other to a stream would read as the second
+            # zipfile reads the last archive of the bytes: two files in a stream read as one
             if min((info.header_offset for info in archive.infolist()), default=0):
                 raise ModelFileError(_BAD_ARCHIVE.format(path=path, error=_CONCATENATED))
-            # the header first: a newer format version is named as such, whatever else
-            # the file holds
+            # the header first: a newer format version is named as such
             members = _members(archive, path, file_size, [
                 info for info in archive.infolist() if info.filename == "__header__.npy"])
             if not members:
