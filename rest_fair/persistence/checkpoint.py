@@ -262,8 +262,7 @@ def write_checkpoint(
         If ``state`` holds a value that could not be read back (a numpy array, a date, a
         ``deque``, ...; named by its keys): nothing is written.
     CheckpointError
-        If ``dirname`` holds the checkpoint of an unfinished run with another fingerprint,
-        which could still be resumed (nothing is written or deleted).
+        As :func:`check_writable` (nothing is written or deleted).
     """
     directory = folder(dirname)
     # never replace a run that could still be resumed
@@ -294,22 +293,16 @@ def _superseded(directory: Path, epoch: int, keep: int) -> list[Path]:
     """State files to delete once the state of ``epoch`` is the latest checkpoint: those
     of a later epoch (a finished earlier run's, no longer named by the manifest) and all but
     the ``keep`` newest of the others (never the file of ``epoch``)."""
-    epochs = {}
-    for path in directory.glob("epoch-*.pt"):
-        number = path.name[len("epoch-"):-len(".pt")]
-        if number.isdigit():
-            epochs[path] = int(number)
+    numbers = {path: path.stem.removeprefix("epoch-") for path in directory.glob("epoch-*.pt")}
+    epochs = {path: int(number) for path, number in numbers.items() if number.isdigit()}
     earlier = sorted((path for path, e in epochs.items() if e <= epoch), key=epochs.__getitem__)
     return [path for path, e in epochs.items() if e > epoch] + earlier[:-keep]
 
 
 def check_writable(dirname: str | os.PathLike, fingerprint: dict[str, Any], *,
                    neutral: Mapping[str, Any] | None = None) -> None:
-    """Refuse a directory that :func:`write_checkpoint` would refuse for ``fingerprint``.
-
-    A missing directory, one without a checkpoint, the checkpoint of the same run (same
-    fingerprint, up to the entries it predates that hold their neutral values) and that of
-    a finished run may all be written to.
+    """Refuse a directory that :func:`write_checkpoint` would refuse for ``fingerprint``:
+    one holding the checkpoint of another run that is not finished.
 
     Parameters
     ----------
@@ -318,10 +311,9 @@ def check_writable(dirname: str | os.PathLike, fingerprint: dict[str, Any], *,
     fingerprint : dict of JSON values
         Identifies the run that would write there.
     neutral : mapping, optional
-        For fingerprint entries added after checkpoints began recording fingerprints, by
-        dotted path (``"params.<name>"``): the value with which the run computes what it
-        computed before the entry existed. A saved fingerprint without such an entry
-        matches a current one that holds its neutral value.
+        For fingerprint entries that older checkpoints lack, by dotted path
+        (``"params.<name>"``): the value with which the run computes what it computed
+        before the entry existed; a saved fingerprint without the entry matches it.
 
     Raises
     ------
