@@ -284,7 +284,7 @@ def load_dfa(
     Parameters
     ----------
     root, conflict_pct, image_size
-        As for :class:`DFAImageFolder`.
+        As for :class:`~rest_fair.datasets.DFAImageFolder`.
     dataset : {"cmnist", "cifar10c", "bffhq"} or None, default="cmnist"
         None infers the numbers of classes and bias values from the file names of the
         three splits together, so that a group number names the same (label, bias) cell
