@@ -78,15 +78,12 @@ class ColoredImages(Dataset):
 
     Attributes
     ----------
-    images : ndarray of uint8, shape (n, H, W)
-    labels, bias : ndarray of int64, shape (n,)
-    colors : ndarray of float32, shape (n, 3)
+    images, labels, bias, colors, n_bias, image_size
+        The parameters, ``labels`` and ``bias`` as int64, ``colors`` as float32.
     conflict : ndarray of bool, shape (n,)
         ``bias != labels``.
     groups : ndarray of int64, shape (n,)
         ``labels * n_bias + bias``.
-    n_bias : int
-    image_size : int or None
     """
 
     def __init__(
