@@ -170,9 +170,13 @@ class BiasedImageData:
 
     def summary(self) -> dict:
         """Sizes and conflicting counts of every split (plain Python values)."""
-        return {name: {"n": len(self.split(name).y),
-                       "n_conflicting": int(self.split(name).conflict.sum())}
-                for name in SPLITS}
+        return {
+            name: {
+                "n": len(self.split(name).y),
+                "n_conflicting": int(self.split(name).conflict.sum()),
+            }
+            for name in SPLITS
+        }
 
     def __repr__(self) -> str:
         sizes = "/".join(str(len(self.split(s).y)) for s in SPLITS)
@@ -293,13 +297,18 @@ def colorize(
         raise ValueError(_BAD_LEVELS.format(dtype=images.dtype))
     labels = np.asarray(labels)
     n_colors = len(palette)
-    if (labels.shape != (len(images),) or not np.issubdtype(labels.dtype, np.integer)
-            or (labels.size and (labels.min() < 0 or labels.max() >= n_colors))):
-        raise ValueError(_BAD_LABELS.format(
-            k=n_colors, detail=f"shape {labels.shape}, dtype {labels.dtype}"))
+    if (
+        labels.shape != (len(images),)
+        or not np.issubdtype(labels.dtype, np.integer)
+        or (labels.size and (labels.min() < 0 or labels.max() >= n_colors))
+    ):
+        raise ValueError(
+            _BAD_LABELS.format(k=n_colors, detail=f"shape {labels.shape}, dtype {labels.dtype}")
+        )
     labels = labels.astype(np.int64)
-    bias, colors = _draw_colors(labels, conflict_ratio=conflict_ratio, palette=palette,
-                                color_std=color_std, rng=rng)
+    bias, colors = _draw_colors(
+        labels, conflict_ratio=conflict_ratio, palette=palette, color_std=color_std, rng=rng
+    )
     return _paint(images, colors), bias, bias != labels
 
 
@@ -339,8 +348,10 @@ def _draw_colors(
 def _paint(images: np.ndarray, colors: np.ndarray) -> np.ndarray:
     """Grey images ``(n, H, W)`` (uint8 levels or floats in [0, 1]) times one RGB colour
     each ``(n, 3)``: float32 images ``(n, 3, H, W)``."""
-    grey = images.astype(np.float32) / 255.0 if images.dtype == np.uint8 else np.asarray(
-        images, dtype=np.float32)
+    if images.dtype == np.uint8:
+        grey = images.astype(np.float32) / 255.0
+    else:
+        grey = np.asarray(images, dtype=np.float32)
     return grey[:, None, :, :] * np.asarray(colors, dtype=np.float32)[:, :, None, None]
 
 
@@ -442,8 +453,9 @@ def _make(
     if image_size is not None:
         images = _resize(images, image_size)
     seeds = np.random.default_rng(random_state).integers(0, 2**31 - 1, size=6)
-    rest, test_idx = _stratified_split(np.arange(len(labels)), len(labels) - n_test, labels,
-                                       int(seeds[0]))
+    rest, test_idx = _stratified_split(
+        np.arange(len(labels)), len(labels) - n_test, labels, int(seeds[0])
+    )
     if n_train + n_valid < len(rest):
         rest, _ = _stratified_split(rest, n_train + n_valid, labels, int(seeds[1]))
     train_idx, valid_idx = _stratified_split(rest, n_train, labels, int(seeds[2]))
@@ -472,15 +484,19 @@ def _colored_splits(
     and test coloured as :func:`colorize` does (split ``i`` with ``seeds[i]``), each made a
     :class:`Split` by ``to_split(images, labels, bias, colors)``."""
     arrays: dict[str, Any] = {}
-    ratios = (conflict_ratio, None, None)
-    for name, (images, y), ratio, seed in zip(SPLITS, parts, ratios, seeds, strict=True):
-        bias, colors = _draw_colors(y, conflict_ratio=ratio, palette=palette,
-                                    color_std=color_std, rng=np.random.default_rng(int(seed)))
+    for name, (images, y), ratio, seed in zip(
+        SPLITS, parts, (conflict_ratio, None, None), seeds, strict=True
+    ):
+        rng = np.random.default_rng(int(seed))
+        bias, colors = _draw_colors(
+            y, conflict_ratio=ratio, palette=palette, color_std=color_std, rng=rng
+        )
         split = to_split(images, y, bias, colors)
         arrays.update({f"{field}_{name}": value for field, value in split._asdict().items()})
-    return BiasedImageData(**arrays, palette=palette, n_bias=len(palette),
-                           conflict_ratio=float(conflict_ratio), source=source,
-                           random_state=random_state)
+    return BiasedImageData(
+        **arrays, palette=palette, n_bias=len(palette), conflict_ratio=float(conflict_ratio),
+        source=source, random_state=random_state,
+    )
 
 
 def _stratified_split(
@@ -502,7 +518,8 @@ def _stratified_split(
     counts = np.unique(y, return_counts=True)[1]
     n_other = len(index) - size
     if 0 < size and 0 < n_other and min(size, n_other) >= len(counts) and counts.min() >= 2:
-        return tuple(train_test_split(index, train_size=size, stratify=y, random_state=seed))
+        first, second = train_test_split(index, train_size=size, stratify=y, random_state=seed)
+        return first, second
     rng = np.random.default_rng(seed)
     classes, inverse = np.unique(y, return_inverse=True)
     share = counts * (size / max(len(index), 1))
@@ -527,9 +544,11 @@ def _check_split_sizes(sizes: Sequence[int], labels: np.ndarray, split_sizes: An
 
 
 def _check_ratio(conflict_ratio: float) -> None:
-    if (isinstance(conflict_ratio, bool)
-            or not isinstance(conflict_ratio, (int, float, np.floating, np.integer))
-            or not 0.0 <= float(conflict_ratio) < 1.0):
+    if (
+        isinstance(conflict_ratio, bool)
+        or not isinstance(conflict_ratio, (int, float, np.floating, np.integer))
+        or not 0.0 <= float(conflict_ratio) < 1.0
+    ):
         raise ValueError(_BAD_RATIO.format(value=conflict_ratio))
 
 
@@ -564,9 +583,11 @@ def _resolve_sizes(split_sizes: Sequence[float], n: int) -> tuple[int, int, int]
 
 
 def _check_image_size(image_size: int | None) -> None:
-    if image_size is not None and (isinstance(image_size, bool)
-                                   or not isinstance(image_size, (int, np.integer))
-                                   or image_size <= 0):
+    if image_size is not None and (
+        isinstance(image_size, bool)
+        or not isinstance(image_size, (int, np.integer))
+        or image_size <= 0
+    ):
         raise ValueError(_BAD_IMAGE_SIZE.format(value=image_size))
 
 

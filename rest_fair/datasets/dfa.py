@@ -88,18 +88,18 @@ def pct_folder(conflict_pct: float | str) -> str:
     str
     """
     if isinstance(conflict_pct, str):
-        number = conflict_pct[:-3]
-        try:
-            ok = (conflict_pct.endswith("pct") and number == number.strip()
-                  and 0 < float(number) < 100)
-        except ValueError:
-            ok = False
-    else:
-        ok = _SHARE.accepts(conflict_pct)
-    if not ok:
+        if conflict_pct.endswith("pct"):
+            number = conflict_pct[:-3]
+            try:
+                pct = float(number)
+            except ValueError:
+                raise ValueError(_BAD_PCT.format(value=conflict_pct)) from None
+            if number != number.strip() or not 0 < pct < 100:
+                raise ValueError(_BAD_PCT.format(value=conflict_pct))
+            return conflict_pct
         raise ValueError(_BAD_PCT.format(value=conflict_pct))
-    if isinstance(conflict_pct, str):
-        return conflict_pct
+    if not _SHARE.accepts(conflict_pct):
+        raise ValueError(_BAD_PCT.format(value=conflict_pct))
     return f"{round(float(conflict_pct) * 100, 6):g}pct"
 
 
@@ -196,14 +196,16 @@ class DFAImageFolder(Dataset):
         self.conflict_pct = pct_folder(conflict_pct)
         self.augment = bool(augment)
         if not self.root.is_dir():
-            raise DatasetNotFoundError(_MISSING_DIR.format(
-                path=self.root, layout="<root>/<pct>pct/..., <root>/test/"))
+            raise DatasetNotFoundError(
+                _MISSING_DIR.format(path=self.root, layout="<root>/<pct>pct/..., <root>/test/")
+            )
         pct_dir = self.root / self.conflict_pct
         flags: np.ndarray | None = None  # train: conflict flags from the folders
         if split == "train":
-            align, conflict = (_images_under(pct_dir / part,
-                                             f"<pct>pct/{part}/<class>/*_<label>_<bias>.png")
-                               for part in ("align", "conflict"))
+            align = _images_under(pct_dir / "align", "<pct>pct/align/<class>/*_<label>_<bias>.png")
+            conflict = _images_under(
+                pct_dir / "conflict", "<pct>pct/conflict/<class>/*_<label>_<bias>.png"
+            )
             paths = align + conflict
             flags = np.r_[np.zeros(len(align), bool), np.ones(len(conflict), bool)]
             where = pct_dir
@@ -233,16 +235,22 @@ class DFAImageFolder(Dataset):
         else:
             self.n_classes = DFA_DATASETS[dataset]["n_classes"]
             self.n_bias = DFA_DATASETS[dataset]["n_bias"]
-            for what, values, k in (("label", self.labels, self.n_classes),
-                                    ("bias", self.bias, self.n_bias)):
+            for what, values, k in (
+                ("label", self.labels, self.n_classes),
+                ("bias", self.bias, self.n_bias),
+            ):
                 bad = np.flatnonzero((values < 0) | (values >= k))
                 if bad.size:
-                    raise ValueError(_OUT_OF_RANGE.format(
-                        what=what, value=values[bad[0]], path=paths[bad[0]], k=k, name=dataset))
+                    raise ValueError(
+                        _OUT_OF_RANGE.format(
+                            what=what, value=values[bad[0]], path=paths[bad[0]], k=k, name=dataset
+                        )
+                    )
         self.groups = self.labels * self.n_bias + self.bias
         if transform == "auto" and dataset is not None:
-            pipelines = dfa_transforms(dataset, image_size=image_size)
-            transform = pipelines["train" if self.augment else "eval"]
+            transform = dfa_transforms(dataset, image_size=image_size)[
+                "train" if self.augment else "eval"
+            ]
         self.transform = None if transform == "auto" else transform
 
     def __len__(self) -> int:
@@ -265,9 +273,11 @@ class DFAImageFolder(Dataset):
         return np.stack([self[i][0].numpy() for i in range(len(self))]).astype(np.float32)
 
     def __repr__(self) -> str:
-        return (f"DFAImageFolder(root={str(self.root)!r}, split={self.split!r}, "
-                f"conflict_pct={self.conflict_pct!r}, n={len(self)}, "
-                f"n_conflicting={int(self.conflict.sum())})")
+        return (
+            f"DFAImageFolder(root={str(self.root)!r}, split={self.split!r}, "
+            f"conflict_pct={self.conflict_pct!r}, n={len(self)}, "
+            f"n_conflicting={int(self.conflict.sum())})"
+        )
 
 
 def load_dfa(
@@ -311,10 +321,17 @@ def load_dfa(
     if download:
         raise DatasetNotFoundError(
             _NO_DOWNLOAD.format(name=dataset, root=Path(root).expanduser()))
-    splits = {split: DFAImageFolder(root, split=split, conflict_pct=conflict_pct,
-                                    dataset=dataset, augment=augment_train and split == "train",
-                                    image_size=image_size)
-              for split in SPLITS}
+    splits = {
+        split: DFAImageFolder(
+            root,
+            split=split,
+            conflict_pct=conflict_pct,
+            dataset=dataset,
+            augment=augment_train and split == "train",
+            image_size=image_size,
+        )
+        for split in SPLITS
+    }
     if dataset is None:  # counted over the three splits: one group numbering for all
         n_classes = max(part.n_classes for part in splits.values())
         n_bias = max(part.n_bias for part in splits.values())

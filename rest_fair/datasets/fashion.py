@@ -41,7 +41,9 @@ _BAD_LENGTHS = (
     "labels, bias and colors must have one entry per image ({n}); got shapes "
     "{labels}, {bias} and {colors} (colors: (n, 3))."
 )
-_BAD_IDS = "{name} must be integers in [0, {top}) (groups are labels * n_bias + bias); got {got}."
+_BAD_IDS = (
+    "{name} must be integers in [0, {top}) (groups are labels * n_bias + bias); got {got}."
+)
 _BAD_COLORS = "colors must be RGB values in [0, 1]; got values outside [0, 1] or NaN."
 _BAD_INDICES = (
     "indices must be integer positions or a boolean mask of the {n} images; got {dtype} values."
@@ -97,17 +99,23 @@ class ColoredImages(Dataset):
         image_size: int | None = None,
     ) -> None:
         if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 3:
-            raise ValueError(_BAD_IMAGES.format(
-                dtype=getattr(images, "dtype", type(images).__name__),
-                shape=getattr(images, "shape", None)))
+            raise ValueError(
+                _BAD_IMAGES.format(
+                    dtype=getattr(images, "dtype", type(images).__name__),
+                    shape=getattr(images, "shape", None),
+                )
+            )
         _check_image_size(image_size)
         check_param("n_bias", n_bias, [POSITIVE_INT])
         labels, bias = np.asarray(labels), np.asarray(bias)
         colors = np.asarray(colors, dtype=np.float32)
         n = len(images)
         if labels.shape != (n,) or bias.shape != (n,) or colors.shape != (n, 3):
-            raise ValueError(_BAD_LENGTHS.format(n=n, labels=labels.shape, bias=bias.shape,
-                                                 colors=colors.shape))
+            raise ValueError(
+                _BAD_LENGTHS.format(
+                    n=n, labels=labels.shape, bias=bias.shape, colors=colors.shape
+                )
+            )
         for name, values, top in (("labels", labels, float("inf")), ("bias", bias, n_bias)):
             if not n:
                 continue
@@ -118,11 +126,15 @@ class ColoredImages(Dataset):
                     name=name, top=top, got=f"values from {values.min()} to {values.max()}"))
         if not np.all((colors >= 0) & (colors <= 1)):
             raise ValueError(_BAD_COLORS)
-        self.images, self.colors, self.image_size = images, colors, image_size
-        self.labels, self.bias = labels.astype(np.int64), bias.astype(np.int64)
-        self.conflict = self.bias != self.labels
+        labels, bias = labels.astype(np.int64), bias.astype(np.int64)
+        self.images = images
+        self.labels = labels
+        self.bias = bias
+        self.colors = colors
+        self.conflict = bias != labels
+        self.groups = labels * int(n_bias) + bias
         self.n_bias = int(n_bias)
-        self.groups = self.labels * self.n_bias + self.bias
+        self.image_size = image_size
 
     def __len__(self) -> int:
         return len(self.images)
@@ -176,11 +188,15 @@ class ColoredImages(Dataset):
     def __getitems__(self, indices: Sequence[int]) -> list[tuple[torch.Tensor, int, int]]:
         """A batch of items, painted together (the DataLoader's batched fetch)."""
         X = torch.from_numpy(self.to_numpy(indices))
-        return [(X[i], int(self.labels[j]), int(self.bias[j])) for i, j in enumerate(indices)]
+        return [
+            (X[i], int(self.labels[j]), int(self.bias[j])) for i, j in enumerate(indices)
+        ]
 
     def __repr__(self) -> str:
-        return (f"ColoredImages(n={len(self)}, image_shape={self.image_shape}, "
-                f"n_conflicting={int(self.conflict.sum())}, nbytes={self.nbytes})")
+        return (
+            f"ColoredImages(n={len(self)}, image_shape={self.image_shape}, "
+            f"n_conflicting={int(self.conflict.sum())}, nbytes={self.nbytes})"
+        )
 
 
 def _resolve_counts(
@@ -195,9 +211,14 @@ def _resolve_counts(
         counts = [int(s) for s in sizes]
     except (TypeError, ValueError, OverflowError):  # OverflowError: an infinite size
         raise ValueError(message) from None
-    if (len(counts) != 3 or counts != sizes or min(counts) <= 0
-            or any(isinstance(s, bool) for s in split_sizes)
-            or counts[0] + counts[1] > n_train_file or counts[2] > n_test_file):
+    if (
+        len(counts) != 3
+        or counts != sizes
+        or min(counts) <= 0
+        or any(isinstance(s, bool) for s in split_sizes)
+        or counts[0] + counts[1] > n_train_file
+        or counts[2] > n_test_file
+    ):
         raise ValueError(message)
     return counts[0], counts[1], counts[2]
 

@@ -49,13 +49,26 @@ FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_ENV = "REST_FAIR_FASHION_MNIST"
 #: The ten Fashion-MNIST classes, by label.
 FASHION_MNIST_CLASSES: tuple[str, ...] = (
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
     "Ankle boot",
 )
 
-#: The dtype of each idx type code.
-_DTYPES = {code: np.dtype(spec) for code, spec in (
-    (0x08, ">u1"), (0x09, ">i1"), (0x0B, ">i2"), (0x0C, ">i4"), (0x0D, ">f4"), (0x0E, ">f8"))}
+_DTYPES = {
+    0x08: np.dtype(">u1"),
+    0x09: np.dtype(">i1"),
+    0x0B: np.dtype(">i2"),
+    0x0C: np.dtype(">i4"),
+    0x0D: np.dtype(">f4"),
+    0x0E: np.dtype(">f8"),
+}
 _GZIP_MAGIC = b"\x1f\x8b"
 
 _BAD_MAGIC = (
@@ -77,7 +90,9 @@ _NOT_A_FOLDER = (
     "{what}: root {root} is a file, not a folder; point root at the folder holding the "
     "four idx files."
 )
-_MISSING_FILES = "{what}: missing {names} in {root} (each file may also end in '.gz'). {hint}"
+_MISSING_FILES = (
+    "{what}: missing {names} in {root} (each file may also end in '.gz'). {hint}"
+)
 _MNIST_HINT = (
     "Point root at a folder holding the four idx files of MNIST or Fashion-MNIST "
     "(rest_fair never downloads)."
@@ -142,13 +157,17 @@ def _read_stream(stream: BinaryIO, path: Path) -> np.ndarray:
     if len(magic) < 4:
         raise DatasetFormatError(_SHORT_HEADER.format(path=path, got=len(magic), want=4))
     if magic[0] != 0 or magic[1] != 0 or magic[2] not in _DTYPES:
-        raise DatasetFormatError(_BAD_MAGIC.format(path=path, magic=magic.hex(" "),
-                                                   codes=[hex(c) for c in _DTYPES]))
+        raise DatasetFormatError(
+            _BAD_MAGIC.format(
+                path=path, magic=magic.hex(" "), codes=[hex(c) for c in _DTYPES]
+            )
+        )
     dtype, ndim = _DTYPES[magic[2]], magic[3]
     header = stream.read(4 * ndim)
     if len(header) < 4 * ndim:
-        raise DatasetFormatError(_SHORT_HEADER.format(path=path, got=4 + len(header),
-                                                      want=4 + 4 * ndim))
+        raise DatasetFormatError(
+            _SHORT_HEADER.format(path=path, got=4 + len(header), want=4 + 4 * ndim)
+        )
     dims = tuple(int(d) for d in np.frombuffer(header, dtype=">u4"))
     want = math.prod(dims) * dtype.itemsize
     try:
@@ -184,14 +203,23 @@ def _load(root: Path, split: str, *, what: str, hint: str, image_shape: tuple | 
     missing = [name for name, path in zip(names, found, strict=True) if path is None]
     if missing:
         raise DatasetNotFoundError(
-            _MISSING_FILES.format(what=what, names=", ".join(missing), root=root, hint=hint))
+            _MISSING_FILES.format(what=what, names=", ".join(missing), root=root, hint=hint)
+        )
     images_path, labels_path = found
     images, labels = read_idx(images_path), read_idx(labels_path)
-    if (images.dtype != np.uint8 or labels.dtype != np.uint8 or images.ndim != 3
-            or labels.ndim != 1 or len(images) != len(labels)):
-        raise DatasetFormatError(_MISMATCH.format(
-            images=images_path, labels=labels_path, ishape=images.shape, idtype=images.dtype,
-            lshape=labels.shape, ldtype=labels.dtype))
+    if (
+        images.dtype != np.uint8
+        or labels.dtype != np.uint8
+        or images.ndim != 3
+        or labels.ndim != 1
+        or len(images) != len(labels)
+    ):
+        raise DatasetFormatError(
+            _MISMATCH.format(
+                images=images_path, labels=labels_path, ishape=images.shape,
+                idtype=images.dtype, lshape=labels.shape, ldtype=labels.dtype,
+            )
+        )
     if image_shape is not None and images.shape[1:] != image_shape:
         raise DatasetFormatError(_BAD_IMAGE_SHAPE.format(
             path=images_path, got=images.shape[1:], what=what, want=image_shape))
@@ -280,4 +308,5 @@ def load_fashion_mnist(
         root = os.environ.get(FASHION_MNIST_ENV) or FASHION_MNIST_DIR
     hint = _FASHION_HINT.format(default=FASHION_MNIST_DIR, env=FASHION_MNIST_ENV)
     return _load(Path(root).expanduser(), split, what="Fashion-MNIST", hint=hint,
-                 image_shape=(28, 28), n_classes=len(FASHION_MNIST_CLASSES))
+                 image_shape=(28, 28),
+                 n_classes=len(FASHION_MNIST_CLASSES))

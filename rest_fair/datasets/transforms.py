@@ -31,6 +31,7 @@ __all__ = [
     "pil_to_tensor",
 ]
 
+# Normalisation constants used by the DFA code for Corrupted CIFAR-10 and BFFHQ.
 #: Per-channel mean used to normalise Corrupted CIFAR-10 (RGB, pixels in [0, 1]).
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 #: Per-channel standard deviation used to normalise Corrupted CIFAR-10.
@@ -58,7 +59,9 @@ def pil_to_tensor(image: Any) -> torch.Tensor:
     if array.ndim == 2:
         array = array[:, :, None]
     tensor = torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1)
-    return tensor.float().div_(255.0) if tensor.dtype == torch.uint8 else tensor.float()
+    if tensor.dtype == torch.uint8:
+        return tensor.float().div_(255.0)
+    return tensor.float()
 
 
 def _size(name: str, size: Any) -> tuple[int, int]:
@@ -99,8 +102,10 @@ class Resize:
         _check("Resize", x)
         if tuple(x.shape[-2:]) == self.size:
             return x
-        return F.interpolate(x[None], size=self.size, mode="bilinear", align_corners=False,
-                             antialias=True)[0]
+        out = F.interpolate(
+            x[None], size=self.size, mode="bilinear", align_corners=False, antialias=True
+        )
+        return out[0]
 
     def __repr__(self) -> str:
         return f"Resize({self.size})"
@@ -139,7 +144,9 @@ class RandomHorizontalFlip:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         _check("RandomHorizontalFlip", x)
-        return x.flip(-1) if float(torch.rand(())) < self.p else x
+        if float(torch.rand(())) < self.p:
+            return x.flip(-1)
+        return x
 
     def __repr__(self) -> str:
         return f"RandomHorizontalFlip(p={self.p})"
@@ -190,6 +197,7 @@ def dfa_transforms(name: str, *, image_size: int | None = None) -> dict[str, Com
     if stats is None:
         return {"train": Compose([Resize(size)]), "eval": Compose([Resize(size)])}
     norm = Normalize(*stats)
-    return {"train": Compose([Resize(size), RandomCrop(size, padding=4), RandomHorizontalFlip(),
-                              norm]),
-            "eval": Compose([Resize(size), norm])}
+    return {
+        "train": Compose([Resize(size), RandomCrop(size, padding=4), RandomHorizontalFlip(), norm]),
+        "eval": Compose([Resize(size), norm]),
+    }
