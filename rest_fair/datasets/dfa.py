@@ -9,17 +9,13 @@ Expected layout (the format of the DFA / LfF releases)::
 
 where ``<pct>`` is the share of bias-conflicting training samples (``0.5pct``, ``1pct``,
 ``2pct``, ``5pct``), and label and bias attribute are the last two ``_``-separated fields
-of the file name stem. BFFHQ's release has one share and keeps its validation images beside
-it, in ``<root>/valid/``, which is read where ``<root>/<pct>/valid/`` does not exist.
-Labels, bias attributes, conflict flags and groups are parsed from the names when the data
-set is created, so they can be passed to :meth:`rest_fair.RESTClassifier.fit`
-(``y=ds.labels, groups=ds.conflict``) without reading a single image; images are read
-(with PIL) one item at a time. Hidden files (names starting with ``.``, such as the
-``._<name>.png`` companions macOS writes on exFAT drives) are not images of the release
-and are skipped; folders that are symbolic links are read as folders.
-
-Nothing here downloads: :func:`load_dfa` with ``download=True`` raises an error that says
-where to put the files.
+of the file name stem. BFFHQ's release keeps its validation images in ``<root>/valid/``,
+read where ``<root>/<pct>/valid/`` does not exist. Labels, bias attributes, conflict flags
+and groups come from the names, so they can be passed to
+:meth:`rest_fair.RESTClassifier.fit` (``y=ds.labels, groups=ds.conflict``) without reading
+an image; images are read (with PIL) one item at a time. Hidden files (such as the
+``._<name>.png`` companions macOS writes on exFAT drives) are skipped; folders that are
+symbolic links are read as folders. Nothing here downloads.
 """
 
 from __future__ import annotations
@@ -297,18 +293,15 @@ def load_dfa(
 
     Parameters
     ----------
-    root : str or Path
-        Folder of one release (holding ``<pct>pct/`` and ``test/``).
+    root, conflict_pct, image_size
+        As for :class:`~rest_fair.datasets.DFAImageFolder`.
     dataset : {"cmnist", "cifar10c", "bffhq"} or None, default="cmnist"
         None infers the numbers of classes and bias values from the file names of the
         three splits together, so that a group number names the same (label, bias) cell
         in each split.
-    conflict_pct : float or str, default="1pct"
     augment_train : bool, default=False
         Random augmentation for the training split only (valid/test always use the
         evaluation transform).
-    image_size : int or None
-        Override the image side of the automatic transforms.
     download : bool, default=False
         Must stay False: rest_fair does not download. True raises
         :class:`DatasetNotFoundError` explaining where to place the files.

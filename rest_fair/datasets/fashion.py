@@ -1,13 +1,8 @@
 """Colored Fashion-MNIST: the Colored MNIST protocol on 70,000 real images, painted on access.
 
-The garments of Fashion-MNIST (read by :func:`~rest_fair.datasets.load_fashion_mnist`) are
-painted with the colours of :func:`~rest_fair.datasets.colorize`: the training split is
-biased (class ``k`` in colour ``k`` except for an exact share of bias-conflicting samples),
-the validation and test splits are unbiased. The full data set is 54,000 / 6,000 / 10,000
-images (the 60,000 training images split stratified by class into train and valid, and the
-10,000 test images); painted float32 it would take 660 MB, so each split is kept as a
-:class:`ColoredImages` -- uint8 grey images plus one colour per sample, about 56 MB in
-all -- that paints only the items and arrays asked for.
+Painted float32, the full 54,000 / 6,000 / 10,000 images would take 660 MB; each split is
+kept as a :class:`ColoredImages` instead -- uint8 grey images plus one colour per sample,
+about 56 MB in all -- that paints only the items and arrays asked for.
 """
 
 from __future__ import annotations
@@ -85,15 +80,12 @@ class ColoredImages(Dataset):
 
     Attributes
     ----------
-    images : ndarray of uint8, shape (n, H, W)
-    labels, bias : ndarray of int64, shape (n,)
-    colors : ndarray of float32, shape (n, 3)
+    images, labels, bias, colors, n_bias, image_size
+        The parameters, ``labels`` and ``bias`` as int64, ``colors`` as float32.
     conflict : ndarray of bool, shape (n,)
         ``bias != labels``.
     groups : ndarray of int64, shape (n,)
         ``labels * n_bias + bias``.
-    n_bias : int
-    image_size : int or None
     """
 
     def __init__(
@@ -263,20 +255,13 @@ def make_colored_fashion_mnist(
 
     Parameters
     ----------
-    conflict_ratio : float, default=0.01
-        Share of bias-conflicting training samples (the paper's grid: 0.005, 0.01, 0.02, 0.05).
+    conflict_ratio, color_std, palette, random_state
+        As for :func:`~rest_fair.datasets.make_colored_mnist`.
     split_sizes : three ints or None, default=None
         Train, valid and test sizes. None: 90 % / 10 % of the training file and the whole
         test file (54,000 / 6,000 / 10,000).
     image_size : int or None, default=None
         Resize the images to this side when they are painted; None keeps 28.
-    color_std : float, default=0.0
-        Per-sample colour noise, see :func:`~rest_fair.datasets.colorize`.
-    palette : array-like of shape (10, 3) or None
-        Stroke colours; default :data:`~rest_fair.datasets.PALETTE`.
-    random_state : int or None, default=0
-        Seed of the splits and of every colour draw: the same seed (an integer in
-        [0, 2**32 - 1], as for :class:`~rest_fair.RESTClassifier`) gives identical data.
     root : str, path-like or None, default=None
         Folder of the idx files, as for :func:`~rest_fair.datasets.load_fashion_mnist`
         (None: the environment variable ``REST_FAIR_FASHION_MNIST``, else Debian's folder).

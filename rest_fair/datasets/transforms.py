@@ -1,9 +1,8 @@
 """Small image transforms in plain PyTorch (no torchvision).
 
-Each transform is a callable on a float tensor of shape ``(C, H, W)``; :class:`Compose`
-chains them. :func:`pil_to_tensor` turns a PIL image into such a tensor in [0, 1].
-:func:`dfa_transforms` returns the train and evaluation pipelines of the DFA/LfF
-benchmarks; evaluation pipelines never contain random augmentation.
+Each transform is a callable on a float tensor of shape ``(C, H, W)`` (as
+:func:`pil_to_tensor` makes them); :class:`Compose` chains them, as in the DFA/LfF
+pipelines of :func:`dfa_transforms`.
 """
 
 from __future__ import annotations

@@ -4,20 +4,16 @@ A checkpoint directory holds
 
 - ``epoch-NNNNNN.pt``: the full training state after epoch ``NNNNNN`` (weights, masks,
   optimizer, scheduler, objective, precision, random generators, counters, history, best
-  weights so far, callback states), written with :func:`torch.save` and read back with
-  ``torch.load(weights_only=True)``: only tensors and plain containers, so loading runs no
-  code from the file;
+  weights, callback states), read back with ``torch.load(weights_only=True)``: only
+  tensors and plain containers, so loading runs no code from the file;
 - ``latest.json``: the manifest, naming the newest state file with its SHA-256 digest, the
   epoch, and the *fingerprint* of the run (data shapes and digests, classes, parameters).
 
-Every file is written atomically (a temporary file in the same directory, ``fsync``,
-rename, ``fsync`` of the directory). The manifest is replaced only after its state file is
-complete, so a crash at any moment leaves the previous checkpoint intact and named.
-Reading refuses a checkpoint whose state file does not match its digest (truncated or
-edited), or whose fingerprint differs from the run being resumed; nothing is deleted then.
-A fingerprint written before a release added an entry to it lacks that entry; the caller
-names each added entry's *neutral* value (the one with which the run computes what it
-computed before the entry existed), and a run with that value resumes such a checkpoint.
+Every file is written atomically (:func:`~.files.atomic_write`), the manifest only after
+its state file, so a crash at any moment leaves the previous checkpoint intact and named.
+Reading refuses a state file that does not match its digest, or a fingerprint that differs
+from the resuming run's (nothing is deleted then); an entry that an older release did not
+record matches where the run holds the entry's *neutral* value (see :func:`check_writable`).
 """
 
 from __future__ import annotations
@@ -185,11 +181,8 @@ def has_checkpoint(dirname: str | os.PathLike) -> bool:
 
 def _loadable(value: Any, where: str) -> Any:
     """``value`` with numpy scalars as Python numbers; refuses numpy arrays and any other
-    value that ``torch.load(weights_only=True)`` does not read back, naming ``where``.
-
-    Such a value (a date or a ``deque`` in a history record or a callback's
-    ``state_dict``, a numpy array) would be written and then refused on resume.
-    """
+    value that ``torch.load(weights_only=True)`` does not read back (a date or a ``deque``
+    in a history record or a callback's ``state_dict``), naming ``where``."""
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, np.ndarray):
@@ -250,8 +243,7 @@ def write_checkpoint(
         Identifies the run (compared by :func:`read_checkpoint`).
     keep : int, default=2
         State files kept; older ones are removed after the manifest is replaced, and so
-        are those of a later epoch than ``epoch`` (left by an earlier, finished run in
-        ``dirname``).
+        are those of a later epoch (left by an earlier, finished run in ``dirname``).
     finished : bool, default=False
         The run is over (its last epoch, or a callback stopped it): recorded in the
         manifest, so that another run may later take the directory.
@@ -270,8 +262,7 @@ def write_checkpoint(
         If ``state`` holds a value that could not be read back (a numpy array, a date, a
         ``deque``, ...; named by its keys): nothing is written.
     CheckpointError
-        If ``dirname`` holds the checkpoint of an unfinished run with another fingerprint,
-        which could still be resumed (nothing is written or deleted).
+        As :func:`check_writable` (nothing is written or deleted).
     """
     directory = folder(dirname)
     # never replace a run that could still be resumed
@@ -299,28 +290,19 @@ def write_checkpoint(
 
 
 def _superseded(directory: Path, epoch: int, keep: int) -> list[Path]:
-    """State files to delete once the state of ``epoch`` is the latest checkpoint.
-
-    Those of a later epoch (an earlier run's, finished, in the directory this run took
-    over: no manifest leads to them any more), and all but the ``keep`` newest of the
-    others, by epoch number. The file of ``epoch`` is never among them.
-    """
-    epochs = {}
-    for path in directory.glob("epoch-*.pt"):
-        number = path.name[len("epoch-"):-len(".pt")]
-        if number.isdigit():
-            epochs[path] = int(number)
+    """State files to delete once the state of ``epoch`` is the latest checkpoint: those
+    of a later epoch (a finished earlier run's, no longer named by the manifest) and all but
+    the ``keep`` newest of the others (never the file of ``epoch``)."""
+    numbers = {path: path.stem.removeprefix("epoch-") for path in directory.glob("epoch-*.pt")}
+    epochs = {path: int(number) for path, number in numbers.items() if number.isdigit()}
     earlier = sorted((path for path, e in epochs.items() if e <= epoch), key=epochs.__getitem__)
     return [path for path, e in epochs.items() if e > epoch] + earlier[:-keep]
 
 
 def check_writable(dirname: str | os.PathLike, fingerprint: dict[str, Any], *,
                    neutral: Mapping[str, Any] | None = None) -> None:
-    """Refuse a directory that :func:`write_checkpoint` would refuse for ``fingerprint``.
-
-    A missing directory, one without a checkpoint, the checkpoint of the same run (same
-    fingerprint, up to the entries it predates that hold their neutral values) and that of
-    a finished run may all be written to.
+    """Refuse a directory that :func:`write_checkpoint` would refuse for ``fingerprint``:
+    one holding the checkpoint of another run that is not finished.
 
     Parameters
     ----------
@@ -329,10 +311,9 @@ def check_writable(dirname: str | os.PathLike, fingerprint: dict[str, Any], *,
     fingerprint : dict of JSON values
         Identifies the run that would write there.
     neutral : mapping, optional
-        For fingerprint entries added after checkpoints began recording fingerprints, by
-        dotted path (``"params.<name>"``): the value with which the run computes what it
-        computed before the entry existed. A saved fingerprint without such an entry
-        matches a current one that holds its neutral value.
+        For fingerprint entries that older checkpoints lack, by dotted path
+        (``"params.<name>"``): the value with which the run computes what it computed
+        before the entry existed; a saved fingerprint without the entry matches it.
 
     Raises
     ------
@@ -495,8 +476,6 @@ def _as_recorded(saved: Any, current: Any) -> Any:
 
 def _passed(random_state: Any) -> str:
     """How to pass a ``random_state`` as a fingerprint records it."""
-    if random_state is None or isinstance(random_state, int):
-        return f"random_state={random_state!r}"
     if isinstance(random_state, str) and random_state.startswith("instance of "):
         return f"random_state=<a {random_state.rpartition('.')[2]}>"  # drawn from, not saved
     return f"random_state={random_state!r}"

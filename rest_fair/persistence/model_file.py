@@ -1,46 +1,42 @@
 """Compressed, pickle-free model files.
 
 A file is a zip archive of ``.npy`` arrays (numpy's ``.npz`` layout, deflate-compressed)
-read with ``allow_pickle=False``: loading never executes code from the file. It holds
+read with ``allow_pickle=False``. It holds
 
 - ``__header__``: UTF-8 JSON with the format name and version, how each tensor is
-  encoded, and what the writer adds: ``"kind": "module"`` with metadata for
-  :func:`save` ``((module, masks, metadata), path)``, or ``"kind": "estimator"`` with the
-  state that :meth:`RESTClassifier.save <rest_fair.RESTClassifier.save>` supplies (this
-  module knows nothing of the estimator: it writes and reads a network, its masks, a
-  header and extra arrays, with :func:`write` and :func:`read`, :func:`read_module`);
-- one or more arrays per tensor: masked weights store only their **active** values plus
-  the mask, as a packed bitmap (``np.packbits``, 1 bit per weight) or, when smaller at
-  very low density, as CSR indices (uint16 columns where they fit); other tensors are
-  stored as they are;
-- ``__sha256__``: SHA-256 of the header and every array (name, dtype, shape, bytes), so
-  a truncated, corrupted or edited file is refused with :class:`ModelFileError`.
+  encoded, and what the writer adds: ``"kind": "module"`` with the metadata of
+  :func:`save`, or ``"kind": "estimator"`` with the state that
+  :meth:`RESTClassifier.save <rest_fair.RESTClassifier.save>` supplies (this module only
+  writes and reads a network, its masks, a header and extra arrays: :func:`write`,
+  :func:`read`, :func:`read_module`);
+- one or more arrays per tensor: a masked weight stores its **active** values plus its
+  mask, as a packed bitmap (1 bit per weight) or, when smaller at very low density, as CSR
+  indices (uint16 columns where they fit); other tensors are stored as they are;
+- ``__sha256__``: SHA-256 of the header and every array (name, dtype, shape, bytes).
 
-The checksum detects corruption and careless edits, not a forger who recomputes it. What
-loading an untrusted file guarantees comes from the format and from checks made before
-anything is allocated; a file that breaks any of them is refused with
-:class:`ModelFileError`, naming the problem:
+The checksum catches corruption and careless edits, not a forger who recomputes it. An
+untrusted file is safe to load because of the format and of checks made before anything
+is allocated; a file that breaks any of them is refused with :class:`ModelFileError`,
+naming the problem:
 
 - no code from the file runs: no pickle (object arrays are refused), no imports named by
-  the file; only the built-in networks of :mod:`rest_fair.models` are rebuilt, from
-  scratch (pretrained ``module_params["weights"]`` are neither downloaded nor read: the
-  file holds the weights);
+  the file; only the built-in networks of :mod:`rest_fair.models` are rebuilt, without
+  pretrained ``module_params["weights"]`` (neither downloaded nor read);
 - every member is a plain ``<name>.npy`` named once, stored or deflated, unencrypted, of
-  a plain dtype (numbers, bools, fixed-size strings, dates); its uncompressed size is at
-  most deflate's 1032-fold of its compressed size, and its ``.npy`` header declares
-  exactly that many bytes: reading allocates no more than the members hold;
+  a plain dtype (numbers, bools, fixed-size strings, dates), declaring at most deflate's
+  1032-fold of its compressed size, and exactly the bytes its ``.npy`` header declares;
 - the JSON header is at most :data:`MAX_HEADER_BYTES`; arrays encoded in it have plain
   dtypes, and a string array wider than 64 bytes a value and than its values need is read
-  in the width they need (the same values, a narrower dtype);
+  in the width they need;
 - every tensor's arrays have exactly the dtypes and shapes of its header entry (checked
   from the ``.npy`` headers before they are read), its CSR indices are in range and in
   order, its mask holds as many weights as its values; the network the header names is
   built on the meta device and must have exactly the header's tensors before any is
   decoded.
 
-What remains is the size of the network itself: decoding allocates the dense tensors of the
-network the file names, which for a very sparse layer stored as CSR may be far larger than
-the file; ``load(path, max_parameters=...)`` bounds it.
+Decoding still allocates the dense tensors of the network the file names, which for a
+very sparse layer stored as CSR may be far larger than the file;
+``load(path, max_parameters=...)`` bounds it.
 """
 
 from __future__ import annotations
@@ -169,18 +165,10 @@ _REGISTER_ESTIMATOR = (
     "its own files (RESTClassifier.load(path)). It will be removed in a future release."
 )
 
-_DTYPES = {
-    "float16": torch.float16,
-    "bfloat16": torch.bfloat16,
-    "float32": torch.float32,
-    "float64": torch.float64,
-    "int8": torch.int8,
-    "uint8": torch.uint8,
-    "int16": torch.int16,
-    "int32": torch.int32,
-    "int64": torch.int64,
-    "bool": torch.bool,
-}
+#: The tensor dtypes a model file holds, by name.
+_DTYPES = {name: getattr(torch, name) for name in (
+    "float16", "bfloat16", "float32", "float64", "int8", "uint8", "int16", "int32", "int64",
+    "bool")}
 
 
 def register_estimator_class(cls: type) -> type:
@@ -224,11 +212,11 @@ def to_json(value: Any, what: str) -> Any:
     if isinstance(value, list):
         return [to_json(v, what) for v in value]
     if isinstance(value, np.ndarray):
+        dtype = "object" if value.dtype == object else value.dtype.str
         data = [to_json(v, what) for v in value.tolist()]
-        if value.dtype != object:
-            _json_dtype(value.dtype.str, data)
-        return {"__ndarray__": data,
-                "dtype": value.dtype.str if value.dtype != object else "object"}
+        if dtype != "object":
+            _json_dtype(dtype, data)
+        return {"__ndarray__": data, "dtype": dtype}
     if isinstance(value, Mapping):
         return mapping_to_json([(k, to_json(v, what)) for k, v in value.items()], what)
     base = next((t for t in (int, float, str) if isinstance(value, t)), None)
@@ -336,13 +324,8 @@ _TAGGED: dict[str, tuple[str, str, Callable, Callable]] = {
 
 
 def _tagged(value: Any, what: str) -> dict | None:
-    """``value`` tagged as :data:`_TAGGED` writes it, or None for a value of another type.
-
-    Raises
-    ------
-    TypeError
-        If the value would not read back as itself (its type, time zone and every digit).
-    """
+    """``value`` tagged as :data:`_TAGGED` writes it, or None for a value of another type;
+    a TypeError if it would not read back as itself (its type, time zone and every digit)."""
     for tag, (module, name, encode, _) in _TAGGED.items():
         if type(value) is getattr(sys.modules.get(module), name, None):
             encoded = {tag: encode(value)}
@@ -361,24 +344,23 @@ def _tagged(value: Any, what: str) -> dict | None:
 def _json_dtype(spec: Any, data: Any) -> np.dtype:
     """The dtype to decode an encoded array of dtype ``spec`` holding ``data`` with.
 
-    ``spec`` itself, except for a string dtype of more than 64 bytes per value that is
-    wider than ``data`` needs: its values are decoded in the width they need (equal values,
-    a narrower dtype), so that a header cannot make an array much larger than itself.
-
-    Raises
-    ------
-    ValueError
-        If ``spec`` is not a plain dtype (numbers, bools, fixed-size strings, dates).
+    ``spec`` itself (a ValueError unless it is :func:`_plain`), except for a string dtype
+    of more than 64 bytes per value that is wider than ``data`` needs: then the width they
+    need, so that a header cannot make an array much larger than itself.
     """
     dtype = np.dtype(spec) if isinstance(spec, str) else None
-    if (dtype is None or dtype.kind not in _ARRAY_KINDS or dtype.fields is not None
-            or dtype.subdtype is not None):
+    if dtype is None or not _plain(dtype):
         raise ValueError(f"{spec!r:.80} is not the dtype of an array of plain values")
     if dtype.kind in "US" and dtype.itemsize > 64:
         needed = np.array(data, dtype=dtype.kind).dtype
         if dtype.itemsize > needed.itemsize:
             return needed.newbyteorder(dtype.byteorder)
     return dtype
+
+
+def _plain(dtype: np.dtype) -> bool:
+    """Whether ``dtype`` is one of plain values (not structured, sub-array or void)."""
+    return dtype.kind in _ARRAY_KINDS and dtype.fields is None and dtype.subdtype is None
 
 
 def _hashable(key: Any) -> Any:
@@ -428,38 +410,27 @@ def _encode(
 
 def _storage_dtype(dtype: torch.dtype) -> np.dtype:
     """The numpy dtype that :func:`_to_numpy` gives a tensor of ``dtype``."""
-    if dtype == torch.bfloat16:
-        return np.dtype(np.int16)
-    return torch.empty(0, dtype=dtype).numpy().dtype
+    return _to_numpy(torch.empty(0, dtype=dtype)).dtype
 
 
 def _layout(
     entry: Any, key: str, path: str
 ) -> tuple[str, torch.dtype, tuple[int, ...], dict[str, tuple[np.dtype | None, tuple[int, ...]]]]:
-    """The name, dtype and shape of a tensor entry of the header, and the arrays that hold it.
-
-    The arrays are given by member name with the dtype (``None``: any integer dtype) and
-    the shape that :func:`_encode` writes for such an entry.
-
-    Raises
-    ------
-    ModelFileError
-        If the entry is not one that :func:`_encode` writes.
+    """The name, dtype and shape of a tensor entry of the header, and the arrays that hold it
+    by member name, with the dtype (``None``: any integer dtype) and shape that
+    :func:`_encode` writes for such an entry; a ModelFileError for an entry it does not write.
     """
     if not isinstance(entry, Mapping) or not isinstance(entry.get("name"), str):
         raise ModelFileError(_BAD_HEADER.format(path=path, error=f"tensor entry {key} has no name"))
     name = entry["name"]
-
-    def fail(error: str) -> ModelFileError:
-        return ModelFileError(_BAD_PAYLOAD.format(path=path, name=name, error=error))
-
     spec = entry.get("dtype")
     dtype = _DTYPES.get(spec) if isinstance(spec, str) else None
     if dtype is None:
         raise ModelFileError(_BAD_DTYPE.format(dtype=spec, path=path))
     shape = entry.get("shape")
     if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
-        raise fail(f"shape {shape!r:.80} is not a list of non-negative integers")
+        raise _bad_payload(path, name, f"shape {shape!r:.80} is not a list of non-negative "
+                           "integers")
     shape = tuple(shape)
     n = math.prod(shape)
     storage = _storage_dtype(dtype)
@@ -468,7 +439,7 @@ def _layout(
         return name, dtype, shape, {f"{key}.data": (storage, shape)}
     nnz = entry.get("nnz")
     if type(nnz) is not int or not 0 <= nnz <= n:
-        raise fail(f"nnz {nnz!r:.40} is not a count of at most {n} values")
+        raise _bad_payload(path, name, f"nnz {nnz!r:.40} is not a count of at most {n} values")
     arrays: dict[str, tuple[np.dtype | None, tuple[int, ...]]] = {
         f"{key}.values": (storage, (nnz,))}
     if encoding == "bitmap":
@@ -477,7 +448,7 @@ def _layout(
         arrays[f"{key}.crow"] = (None, ((shape[0] if shape else 1) + 1,))
         arrays[f"{key}.col"] = (None, (nnz,))
     else:
-        raise fail(f"unknown encoding {encoding!r:.40}")
+        raise _bad_payload(path, name, f"unknown encoding {encoding!r:.40}")
     return name, dtype, shape, arrays
 
 
@@ -498,7 +469,11 @@ def _check_layout(
                 continue
             error = (f"its array {member!r} is {have_dtype.str} of shape {tuple(have_shape)}, "
                      f"not {'integers' if dtype is None else dtype.str} of shape {shape}")
-        raise ModelFileError(_BAD_PAYLOAD.format(path=path, name=name, error=error))
+        raise _bad_payload(path, name, error)
+
+
+def _bad_payload(path: str, name: str, error: str) -> ModelFileError:
+    return ModelFileError(_BAD_PAYLOAD.format(path=path, name=name, error=error))
 
 
 def _decode(
@@ -511,9 +486,6 @@ def _decode(
         t = torch.from_numpy(np.array(arr, copy=True))
         return t.view(torch.bfloat16) if dtype == torch.bfloat16 else t
 
-    def fail(error: str) -> ModelFileError:
-        return ModelFileError(_BAD_PAYLOAD.format(path=path, name=name, error=error))
-
     if entry["encoding"] == "dense":
         return tensor_of(arrays[f"{key}.data"]), None
     values = arrays[f"{key}.values"]
@@ -525,16 +497,17 @@ def _decode(
         rows = shape[0] if shape else 1
         cols = n // rows if rows else 0
         if crow[0] != 0 or crow[-1] != col.size or np.any(np.diff(crow) < 0):
-            raise fail("invalid CSR row pointers")
+            raise _bad_payload(path, name, "invalid CSR row pointers")
         if col.size and (col.min() < 0 or col.max() >= cols):
-            raise fail(f"a CSR column index is outside [0, {cols})")
+            raise _bad_payload(path, name, f"a CSR column index is outside [0, {cols})")
         flat = np.repeat(np.arange(rows, dtype=np.int64), np.diff(crow)) * cols + col
         if np.any(np.diff(flat) <= 0):  # the values follow the mask in row-major order
-            raise fail("CSR column indices not strictly increasing within a row")
+            raise _bad_payload(path, name,
+                               "CSR column indices not strictly increasing within a row")
         mask = np.zeros(n, dtype=bool)
         mask[flat] = True
     if int(mask.sum()) != values.size:
-        raise fail("mask and values disagree")
+        raise _bad_payload(path, name, "mask and values disagree")
     mask_t = torch.from_numpy(mask)
     full = torch.zeros(n, dtype=dtype)
     full[mask_t] = tensor_of(values)
@@ -608,14 +581,14 @@ def write(
     data = buffer.getvalue()
     if to_file:
         atomic_write(path, data)
-        return len(data)
-    try:
-        path.write(data)
-    except TypeError as exc:  # a text-mode file takes str, and wrote nothing
-        name = getattr(path, "name", None)
-        raise TypeError(_TEXT_MODE.format(
-            name=os.fsdecode(name) if isinstance(name, (str, bytes)) else "<file object>",
-            done="written to", mode="wb")) from exc
+    else:
+        try:
+            path.write(data)
+        except TypeError as exc:  # a text-mode file takes str, and wrote nothing
+            name = getattr(path, "name", None)
+            raise TypeError(_TEXT_MODE.format(
+                name=os.fsdecode(name) if isinstance(name, (str, bytes)) else "<file object>",
+                done="written to", mode="wb")) from exc
     return len(data)
 
 
@@ -664,15 +637,8 @@ def _members(
 ) -> dict[str, tuple[zipfile.ZipInfo, np.dtype, tuple[int, ...]]]:
     """Every array of ``archive`` (``file_size`` bytes; or of its members ``infos``) by
     name, with its zip entry, dtype and shape, from the zip directory and the ``.npy``
-    headers alone (no array is read).
-
-    Raises
-    ------
-    ModelFileError
-        If a member is not a plain ``.npy`` file name, is named twice, is encrypted or
-        compressed other than by deflate, declares more bytes than its compressed bytes can
-        inflate to, holds objects (a pickle), or its ``.npy`` header declares another number
-        of bytes than the member holds.
+    headers alone (no array is read); a ModelFileError for any member that breaks the
+    format's rules (see the module's description).
     """
     def bad(error: str) -> ModelFileError:
         return ModelFileError(_BAD_ARCHIVE.format(path=path, error=error))
@@ -703,8 +669,7 @@ def _members(
             offset = fh.tell()
         if dtype.hasobject:
             raise ModelFileError(_PICKLED.format(path=path))
-        if (dtype.kind not in _ARRAY_KINDS or dtype.fields is not None
-                or dtype.subdtype is not None or fortran_order):
+        if not _plain(dtype) or fortran_order:
             raise bad(f"array {name!r} has dtype {dtype.str}"
                       f"{' in Fortran order' if fortran_order else ''}")
         if offset + math.prod(shape) * dtype.itemsize != info.file_size:
@@ -730,9 +695,9 @@ class _InMemory(io.BytesIO):
 
 def opened(path: Any) -> tuple[str, str | io.BytesIO]:
     """The name of the file ``path`` for messages, and what :func:`read` reads: the file
-    name of a str, bytes or path-like ``path`` (a leading ``~`` is the home folder, as for
-    checkpoints); of a binary file object (``open(name,
-    "rb")``, ``io.BytesIO``), its bytes from its current position, read into memory once.
+    name of a str, bytes or path-like ``path`` (a leading ``~`` is the home folder); of a
+    binary file object (``open(name, "rb")``, ``io.BytesIO``), its bytes from its current
+    position, read into memory once.
 
     Raises
     ------
@@ -756,18 +721,14 @@ def opened(path: Any) -> tuple[str, str | io.BytesIO]:
     return name, _InMemory(data, name)
 
 
-def read(
-    path: Any, *, payload: bool = True
-) -> tuple[dict, dict[str, np.ndarray]]:
+def read(path: Any, *, payload: bool = True) -> tuple[dict, dict[str, np.ndarray]]:
     """The header and the arrays of a file (a name or a binary file object, as
     :func:`opened` takes them), after checking its format and checksum.
 
     Before any array is read, the zip directory and every ``.npy`` header are checked
-    against each other (no member declares more than deflate can inflate its compressed
-    bytes to, nor an array of another size than the member holds), the header is parsed,
-    and every tensor it lists is checked against the dtypes and shapes of its arrays; then
-    the arrays are read and the SHA-256 checked. With ``payload=False``, the header so
-    checked and no arrays (``{}``): neither read nor checksummed.
+    against each other, the header is parsed, and every tensor it lists is checked against
+    the dtypes and shapes of its arrays; then the arrays are read and the SHA-256 checked.
+    With ``payload=False``, the header so checked and no arrays (``{}``).
 
     Raises
     ------
@@ -785,12 +746,10 @@ def read(
         raise ModelFileError(_NOT_OURS.format(path=path))
     try:
         with zipfile.ZipFile(source) as archive:
-            # zipfile reads the last archive of the bytes: two files written one after the
-            # other to a stream would read as the second
+            # zipfile reads the last archive of the bytes: two files in a stream read as one
             if min((info.header_offset for info in archive.infolist()), default=0):
                 raise ModelFileError(_BAD_ARCHIVE.format(path=path, error=_CONCATENATED))
-            # the header first: a newer format version is named as such, whatever else
-            # the file holds
+            # the header first: a newer format version is named as such
             members = _members(archive, path, file_size, [
                 info for info in archive.infolist() if info.filename == "__header__.npy"])
             if not members:
@@ -870,15 +829,12 @@ def read_module(
 
     The weights go into a deep copy of ``module``, or else into the built-in network that
     ``architecture`` names, ``(name, input_shape, n_classes, module_params)``, built
-    without pretrained ``module_params["weights"]`` (no download, no other file read: the
-    file holds the weights); it is checked against the file on the meta device first, and
-    every tensor's arrays against its entry, so that nothing is allocated for a network
-    the file does not hold. The network is returned in evaluation mode, on the CPU, its
-    floating-point tensors in the dtypes the file holds them in (a copy of ``module``
-    keeps ``module``'s device and dtypes). With ``max_parameters``,
-    a file whose tensors hold more values in all (counted from its header, before anything
-    is built) is refused: the one bound on what a very sparse layer stored as CSR may
-    allocate.
+    without pretrained ``module_params["weights"]``. The network is first checked against
+    the file on the meta device, and every tensor's arrays against its entry, so that
+    nothing is allocated for a network the file does not hold. It is returned in evaluation
+    mode, on the CPU in the dtypes the file holds (a copy of ``module`` keeps its device
+    and dtypes). With ``max_parameters``, a file whose tensors hold more values in all
+    (counted from its header, before anything is built) is refused.
     """
     path = os.fsdecode(path)
     check_max_parameters(max_parameters)
