@@ -1,8 +1,7 @@
 """Fairness reports: a fairlearn ``MetricFrame`` per group plus a readable summary.
 
-All per-group numbers are computed by :class:`fairlearn.metrics.MetricFrame` with
-scikit-learn / fairlearn metric functions; this module only chooses the metrics a
-fairness reviewer expects and lays the result out.
+fairlearn and scikit-learn compute the numbers; this module chooses the metrics and lays
+the result out.
 """
 
 from __future__ import annotations
@@ -53,10 +52,9 @@ _ONE_LABEL = (
     "which task it is."
 )
 
-#: Metrics where a larger value is better (the worst group is the minimum).
-_HIGHER_IS_BETTER = {"accuracy", "balanced_accuracy", "true_positive_rate"}
-#: Metrics where a larger value is worse (the worst group is the maximum).
-_LOWER_IS_BETTER = {"false_positive_rate"}
+#: How the worst group of a metric is found: the minimum where a larger value is better.
+_WORST = {"accuracy": "idxmin", "balanced_accuracy": "idxmin", "true_positive_rate": "idxmin",
+          "false_positive_rate": "idxmax"}
 
 
 @dataclass
@@ -306,12 +304,7 @@ def _pos_label(pos_label: Any, estimator: Any, labels: np.ndarray) -> Any:
 
 
 def _metric_functions(pos_label: Any) -> dict[str, Callable]:
-    from fairlearn.metrics import (
-        count,
-        false_positive_rate,
-        selection_rate,
-        true_positive_rate,
-    )
+    from fairlearn.metrics import count, false_positive_rate, selection_rate, true_positive_rate
     from sklearn.metrics import accuracy_score, balanced_accuracy_score
 
     metrics: dict[str, Callable] = {
@@ -360,14 +353,9 @@ def _summary(frame: Any) -> pd.DataFrame:
     worst = {}
     for name in table.index:
         column = frame.by_group[name].dropna()
-        if column.empty:
-            worst[name] = None
-        elif name in _HIGHER_IS_BETTER:
-            worst[name] = _group_name(column.idxmin(), frame)
-        elif name in _LOWER_IS_BETTER:
-            worst[name] = _group_name(column.idxmax(), frame)
-        else:
-            worst[name] = ""
+        pick = _WORST.get(name)
+        worst[name] = (None if column.empty else "" if pick is None
+                       else _group_name(getattr(column, pick)(), frame))
     table["worst_group"] = pd.Series(worst)
     return table
 
