@@ -1,11 +1,6 @@
-"""Group metrics: worst-group accuracy and per-group accuracies, on numpy arrays.
+"""Group metrics: per-group and worst-group accuracy, and a scikit-learn scorer of them.
 
-On top of them:
-
-- :func:`make_worst_group_scorer` -- a scikit-learn scorer for ``GridSearchCV`` /
-  ``cross_validate`` that receives ``groups`` through metadata routing;
-- :func:`fairness_report` -- a fairlearn ``MetricFrame`` with a readable summary
-  (defined in :mod:`rest_fair.fairness`, re-exported here, imported lazily).
+:func:`fairness_report` is :mod:`rest_fair.fairness`'s, imported on first use.
 """
 
 from __future__ import annotations
@@ -171,10 +166,8 @@ def worst_group_accuracy_score(
     y_true: ArrayLike, y_pred: ArrayLike, *, groups: ArrayLike | None = None,
     sample_weight: ArrayLike | None = None,
 ) -> float:
-    """Worst-group accuracy with ``groups`` as a keyword, for use as a scorer's metric.
-
-    Same value as :func:`worst_group_accuracy`, but raises a clear error when
-    ``groups`` is missing, which is what happens when scikit-learn does not route it.
+    """:func:`worst_group_accuracy` with ``groups`` as a keyword, for a scorer: a clear
+    error when ``groups`` is missing (scikit-learn did not route it).
 
     Parameters
     ----------
@@ -198,25 +191,22 @@ def worst_group_accuracy_score(
 def make_worst_group_scorer(*, sample_weight: bool | None = None) -> Any:
     """Scikit-learn scorer for worst-group accuracy that requests ``groups``.
 
-    Use it in :class:`~sklearn.model_selection.GridSearchCV`,
-    :func:`~sklearn.model_selection.cross_validate` and friends. Metadata routing must
-    be enabled; the groups passed to the search are then sliced per fold and sent to
-    this scorer. To make the *estimator* see them as well, request them on it:
-    ``RESTClassifier(...).set_fit_request(groups=True)``. Without routing,
-    ``GridSearchCV(...).fit(X, y, groups=g)`` sends ``g`` only to the CV splitter and
-    fits a group-blind model. Like scikit-learn's own scorers, it does not ask for
-    ``sample_weight`` unless told to, and a search given ``sample_weight`` then raises
-    :class:`~sklearn.exceptions.UnsetMetadataPassedError` until it is told.
+    For :class:`~sklearn.model_selection.GridSearchCV`,
+    :func:`~sklearn.model_selection.cross_validate` and friends, with metadata routing
+    enabled: the groups passed to the search are sliced per fold and sent to this scorer
+    (and to the estimator, with ``RESTClassifier(...).set_fit_request(groups=True)``).
+    Without routing, ``GridSearchCV(...).fit(X, y, groups=g)`` sends ``g`` only to the CV
+    splitter.
 
     Parameters
     ----------
     sample_weight : bool or None, default=None
         ``True``: also request ``sample_weight``, for a weighted worst-group accuracy (see
         :func:`group_accuracies`). ``False``: do not, and score unweighted when a search
-        passes it (to the estimator's fit). ``None``: scikit-learn's default, an error when
-        a search passes it. scikit-learn's ``set_score_request`` replaces a scorer's
-        requests rather than adding to them: on this scorer, call it with ``groups=True``
-        as well.
+        passes it (to the estimator's fit). ``None``: scikit-learn's default, as its own
+        scorers: a search given ``sample_weight`` raises
+        :class:`~sklearn.exceptions.UnsetMetadataPassedError`. ``set_score_request``
+        replaces a scorer's requests: on this scorer, call it with ``groups=True`` too.
 
     Returns
     -------
