@@ -14,7 +14,7 @@ from numbers import Real
 import numpy as np
 import torch
 
-from ._validation import Interval
+from ._validation import Interval, summable_weights
 
 __all__ = [
     "REWEIGHT_MODES",
@@ -108,10 +108,8 @@ def cell_weights(
     if (sample_weight is not None and len(sample_weight)
             and sample_weight.min() == sample_weight.max() > 0):
         sample_weight = None  # equal weights count as the samples themselves, bit for bit
-    if sample_weight is not None:
-        with np.errstate(over="ignore"):
-            if not np.isfinite(np.sum(sample_weight)):  # the sizes' ratios are what counts
-                sample_weight = sample_weight / np.max(sample_weight)
+    if sample_weight is not None:  # the sizes' ratios are what counts
+        sample_weight = summable_weights(sample_weight)
     classes, groups, sizes, _ = _cells(y_codes, group_codes, sample_weight)
     present = sizes > 0
     classes, groups, sizes = classes[present], groups[present], sizes[present]
