@@ -30,13 +30,8 @@ def evaluation(module: nn.Module) -> Iterator[None]:
 
 
 def probe_pass(module: nn.Module, example: Any, handles: Iterable[Any]) -> None:
-    """Run ``module(example)`` once to let hooks observe it, then remove the hooks.
-
-    The pass runs under :func:`evaluation` (batch-norm statistics and dropout are
-    untouched, every submodule's training mode is restored) and every handle in
-    ``handles`` (returned by ``register_forward_hook`` and the like) is removed, also when
-    the pass fails.
-    """
+    """Run ``module(example)`` once under :func:`evaluation`, to let hooks observe it, then
+    remove the ``handles`` (of ``register_forward_hook`` and the like), also if it fails."""
     try:
         with evaluation(module):
             module(example)
