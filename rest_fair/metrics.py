@@ -76,15 +76,13 @@ def group_accuracies(y_true: ArrayLike, y_pred: ArrayLike, groups: ArrayLike, *,
     y_true, y_pred : array-like of shape (n_samples,)
         True and predicted labels.
     groups : array-like of shape (n_samples,) or (n_samples, n_columns), or dict of columns
-        Group label of each sample (any hashable values; no missing values); several
-        columns (or a dict of them by name, as fairlearn's ``sensitive_features``) form
-        intersectional groups, labelled by tuples of their values in column order (a
-        single column gives its values, as ``fit`` reads it).
+        Group label of each sample (hashable, not missing); several columns (or a dict of
+        them by name, as fairlearn's ``sensitive_features``) form intersectional groups,
+        labelled by tuples of their values in column order.
     sample_weight : array-like of shape (n_samples,), optional
         Finite, non-negative weight of each sample: a group's accuracy is then the
-        weighted share of its samples predicted correctly (as
-        :func:`sklearn.metrics.accuracy_score` weighs them), and a group whose samples all
-        weigh 0 has none and is left out, as model selection in ``fit`` leaves it out.
+        weighted share of its samples predicted correctly, and a group whose samples all
+        weigh 0 is left out, as model selection in ``fit`` leaves it out.
 
     Returns
     -------
@@ -95,10 +93,9 @@ def group_accuracies(y_true: ArrayLike, y_pred: ArrayLike, groups: ArrayLike, *,
     Raises
     ------
     ValueError
-        On a length mismatch, labels of more than one column, missing values (NaN/None) in
-        the labels or groups, labels of two kinds (strings and others, in either or across
-        both), invalid weights, or weights that are 0 for every sample (no group has an
-        accuracy).
+        On a length mismatch, labels of more than one column, missing values in the labels
+        or groups, labels of two kinds (strings and others), invalid weights, or weights
+        that are 0 for every sample.
     """
     y_true = column_or_1d(checked_labels(y_true, "y_true"), warn=True)
     y_pred = column_or_1d(checked_labels(y_pred, "y_pred"), warn=True)
@@ -138,14 +135,8 @@ def worst_group_accuracy(y_true: ArrayLike, y_pred: ArrayLike, groups: ArrayLike
 
     Parameters
     ----------
-    y_true, y_pred : array-like of shape (n_samples,)
-        True and predicted labels.
-    groups : array-like of shape (n_samples,) or (n_samples, n_columns), or dict of columns
-        Group label of each sample, as in :func:`group_accuracies`.
-    sample_weight : array-like of shape (n_samples,), optional
-        Weight of each sample, as in :func:`group_accuracies`: a group whose samples all
-        weigh 0 takes no part, as in the worst-group accuracy by which ``fit`` chooses
-        its epoch.
+    y_true, y_pred, groups, sample_weight
+        As in :func:`group_accuracies` (a group whose samples all weigh 0 takes no part).
 
     Returns
     -------
@@ -171,12 +162,8 @@ def worst_group_accuracy_score(
 
     Parameters
     ----------
-    y_true, y_pred : array-like of shape (n_samples,)
-        True and predicted labels.
-    groups : array-like of shape (n_samples,)
-        Group label of each sample. Required.
-    sample_weight : array-like of shape (n_samples,), optional
-        Weight of each sample, as in :func:`group_accuracies`.
+    y_true, y_pred, groups, sample_weight
+        As in :func:`group_accuracies`; ``groups`` is required.
 
     Returns
     -------
