@@ -1,9 +1,8 @@
 """Minority reweighting: how often each training sample is drawn.
 
-REST draws bias-conflicting samples ``lambda`` times more often than bias-aligned ones.
-:func:`cell_weights` turns the user's ``upweight`` option into one weight per
-``(class, group)`` cell, :func:`sample_weights_for` spreads them over samples, and
-:func:`draw_indices` draws an epoch with replacement in proportion to them.
+:func:`cell_weights` turns ``upweight`` into one weight per ``(class, group)`` cell,
+:func:`sample_weights_for` spreads them over samples, and :func:`draw_indices` draws an
+epoch with replacement in proportion to them.
 """
 
 from __future__ import annotations
@@ -72,12 +71,6 @@ def cell_weights(
 ) -> dict[tuple[int, int], float]:
     """Weight of every ``(class code, group code)`` cell present in the data.
 
-    With ``sample_weight``, a cell's size is the sum of its samples' weights, as
-    scikit-learn's ``compute_class_weight("balanced", sample_weight=...)`` counts classes:
-    a sample of weight 0 counts as absent and one of integer weight ``k`` as ``k`` copies
-    of it, in the group sizes of ``"balanced"`` and in the choice of each class's aligned
-    group for ``lambda``. A cell whose samples all weigh 0 is not present.
-
     Parameters
     ----------
     y_codes : ndarray of int
@@ -93,7 +86,9 @@ def cell_weights(
           (weight 1); every other group of that class gets ``lambda``.
         - dict ``group label -> weight``: explicit weights per group.
     sample_weight : ndarray of float, optional
-        Non-negative weight of each sample; ``None``: every sample weighs 1.
+        Non-negative weight of each sample (``None``: 1). A cell's size is then the sum of
+        its samples' weights, as ``compute_class_weight("balanced", sample_weight=...)``
+        counts classes: a sample of weight ``k`` counts as ``k`` copies (0: absent).
 
     Returns
     -------
@@ -149,10 +144,8 @@ def cell_weights(
 
 def _cells(y_codes: np.ndarray, group_codes: np.ndarray, sample_weight: np.ndarray | None = None
            ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """The distinct ``(class, group)`` cells of the samples.
-
-    Memory and time grow with the number of samples, not with the number of classes times
-    the number of groups (most cells of many classes and many groups are empty).
+    """The distinct ``(class, group)`` cells of the samples, in memory and time that grow
+    with the number of samples only.
 
     Returns
     -------
@@ -161,7 +154,7 @@ def _cells(y_codes: np.ndarray, group_codes: np.ndarray, sample_weight: np.ndarr
     counts : ndarray of int64, or of float64 with ``sample_weight``
         Samples in each cell, or the sum of their ``sample_weight``.
     inverse : ndarray of int64
-        Cell of each sample (index into the arrays above).
+        Cell of each sample.
     """
     y_codes = np.asarray(y_codes, dtype=np.int64).ravel()
     group_codes = np.asarray(group_codes, dtype=np.int64).ravel()
