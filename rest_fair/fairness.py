@@ -64,23 +64,20 @@ class FairnessReport:
     Attributes
     ----------
     frame : fairlearn.metrics.MetricFrame
-        The fairlearn object: ``frame.overall``, ``frame.by_group``,
-        ``frame.difference()``, ``frame.ratio()`` etc.
+        ``frame.overall``, ``frame.by_group``, ``frame.difference()``, ``frame.ratio()``...
     summary : pandas.DataFrame
         One row per rate metric: ``overall``, ``group_min``, ``group_max``,
         ``difference`` (max - min over groups), ``ratio`` (min / max) and
         ``worst_group`` (the group with the worst value: minimum for accuracies and
         TPR, maximum for FPR, empty for selection rate).
     worst_group : object
-        Group with the lowest accuracy (a tuple when there are several sensitive
-        columns).
+        Group with the lowest accuracy (a tuple for several sensitive columns).
     worst_group_accuracy : float
         Its accuracy.
     disparities : dict
-        Standard fairness gaps derived from ``frame`` (binary tasks only):
-        ``demographic_parity_difference``, ``demographic_parity_ratio``,
-        ``equalized_odds_difference``, ``equal_opportunity_difference``,
-        ``accuracy_difference``.
+        Fairness gaps (binary tasks only): ``demographic_parity_difference``,
+        ``demographic_parity_ratio``, ``equalized_odds_difference``,
+        ``equal_opportunity_difference``, ``accuracy_difference``.
     pos_label : object or None
         Positive label for the rate metrics; ``None`` for multiclass tasks.
     """
@@ -163,17 +160,15 @@ def fairness_report(
         task with more labels). Default: ``estimator.classes_[1]`` when available, else the
         larger of the two labels.
     sample_weight : array-like of shape (n_samples,), optional
-        Sample weights passed to every metric (``count`` stays a plain count). A group whose
-        samples all weigh 0 has NaN metrics and takes no part in the worst group and the
-        gaps, as :func:`~rest_fair.metrics.worst_group_accuracy` and ``fit``'s model
-        selection leave it out; weights 0 for every sample are an error.
+        Weights of every metric but ``count``. A group whose samples all weigh 0 has NaN
+        metrics and takes no part in the worst group and the gaps; weights 0 for every
+        sample are an error.
     labels : array-like, optional
         Every class of the problem, as ``labels`` of :mod:`sklearn.metrics` (e.g. a
-        classifier's ``classes_``). It decides whether the task is binary, also when the
-        samples show fewer classes (a test slice without positives, or two classes of
-        three); a label of ``y`` or the predictions outside it is an error. Default:
-        ``estimator.classes_`` (with any label of ``y`` it never saw) when the estimator
-        has it, else the labels that ``y`` and the predictions hold.
+        classifier's ``classes_``): it decides whether the task is binary, also when the
+        samples show fewer classes; a label of ``y`` or the predictions outside it is an
+        error. Default: ``estimator.classes_`` (with any label of ``y`` it never saw) when
+        the estimator has it, else the labels that ``y`` and the predictions hold.
 
     Returns
     -------
@@ -184,10 +179,9 @@ def fairness_report(
     Notes
     -----
     Metrics: ``accuracy``, ``balanced_accuracy`` and ``count`` always; for binary tasks
-    (two ``labels``; without them, at most two labels in ``y`` and the predictions) also
-    ``selection_rate``, ``true_positive_rate`` and ``false_positive_rate``. A
-    group without positives (negatives) has an undefined TPR (FPR), reported as NaN
-    instead of fairlearn's 0 so that groups defined by the label do not show fake gaps.
+    also ``selection_rate``, ``true_positive_rate`` and ``false_positive_rate``. A group
+    without positives (negatives) has an undefined TPR (FPR), reported as NaN instead of
+    fairlearn's 0 so that groups defined by the label do not show fake gaps.
     """
     from fairlearn.metrics import MetricFrame
 
