@@ -12,13 +12,8 @@ from torch import nn
 
 @contextmanager
 def evaluation(module: nn.Module) -> Iterator[None]:
-    """Evaluation mode and no gradients for the block, then every submodule's mode back.
-
-    Whatever runs inside reads the network without training it: batch-norm statistics,
-    dropout and the power iteration of a spectral-norm parametrization (which runs each
-    time a training-mode layer's weight is read) are untouched. A submodule frozen in
-    evaluation mode stays so.
-    """
+    """Evaluation mode and no gradients for the block, then every submodule's mode back:
+    batch-norm statistics, dropout and a spectral norm's power iteration are untouched."""
     modes = [(m, m.training) for m in module.modules()]
     try:
         module.eval()

@@ -25,11 +25,8 @@ BAD_GROUP_SIZES = (
 
 
 class ERMObjective:
-    """Mean of per-sample cross-entropies, each multiplied by its weight.
-
-    Weights are normalised by the caller so that they average to 1 over the training set;
-    ``w=None`` (all weights 1) is plain cross-entropy.
-    """
+    """Mean of per-sample cross-entropies times their weights (which the caller scales to
+    average 1 over the training set; ``w=None`` is plain cross-entropy)."""
 
     def __call__(
         self, logits: torch.Tensor, y: torch.Tensor, w: torch.Tensor | None, g: torch.Tensor
