@@ -216,9 +216,7 @@ class _SparseSource(BatchSource):
 
     def take(self, rows, device):
         wide = np.float64 if self.dtype == torch.float64 else np.float32
-        block = self.data[rows].astype(wide, copy=False)  # the batch's entries only
-        dense = np.zeros(block.shape, dtype=wide)
-        block.toarray(out=dense)
+        dense = self.data[rows].astype(wide, copy=False).toarray()  # the batch's entries only
         return torch.from_numpy(dense).to(device, dtype=self.dtype, non_blocking=True)
 
 
