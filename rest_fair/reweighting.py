@@ -7,6 +7,7 @@ epoch with replacement in proportion to them.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from numbers import Real
 
@@ -52,14 +53,11 @@ def group_key(keys: Iterable[Hashable], label: Hashable) -> Hashable | None:
     """
     if label in keys:
         return label
-
-    def equal(key: Hashable) -> bool:
-        try:
-            return bool(key == label)
-        except (TypeError, ValueError):  # a comparison the types refuse
-            return False
-
-    return next((key for key in keys if equal(key)), None)
+    for key in keys:
+        with contextlib.suppress(TypeError, ValueError):  # a comparison the types refuse
+            if key == label:
+                return key
+    return None
 
 
 def cell_weights(
