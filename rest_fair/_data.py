@@ -48,8 +48,13 @@ BAD_DATASET_ITEM = (
 
 
 def is_torch_dataset(X: Any) -> bool:
-    """Whether ``X`` is a torch Dataset (and not an array); a ``TypeError`` for an
-    ``IterableDataset``, which cannot serve batches drawn by index."""
+    """Whether ``X`` is a torch Dataset (and not an array).
+
+    Raises
+    ------
+    TypeError
+        For an ``IterableDataset``, which cannot serve batches drawn by index.
+    """
     if isinstance(X, torch.utils.data.IterableDataset):
         raise TypeError(ITERABLE_DATASET.format(type(X).__name__))
     return isinstance(X, torch.utils.data.Dataset) and not torch.is_tensor(X)
@@ -466,7 +471,12 @@ class TokenizedText:
 
 
 class TextSource(BatchSource):
-    """Batches of token dicts of a :class:`TokenizedText`, each padded to its longest."""
+    """Batches of token dicts, each padded to the longest text in the batch.
+
+    Parameters
+    ----------
+    tokens : TokenizedText
+    """
 
     def __init__(self, tokens: TokenizedText) -> None:
         self.tokens = tokens
@@ -485,9 +495,18 @@ class TextSource(BatchSource):
 
 def make_source(X: Any, *, device: torch.device, num_workers: int = 0,
                 rows: np.ndarray | None = None) -> BatchSource:
-    """A :class:`BatchSource` of validated ``X`` (an array, sparse matrix, torch Dataset or
-    :class:`TokenizedText`) with batches on ``device``; ``num_workers`` processes read a
-    Dataset, and ``rows`` are the rows of an array that the source holds (None: all)."""
+    """Wrap validated inputs in a :class:`BatchSource`.
+
+    Parameters
+    ----------
+    X : ndarray, scipy.sparse matrix, torch Dataset or TokenizedText
+    device : torch.device
+        Where batches go.
+    num_workers : int
+        Worker processes for torch Datasets.
+    rows : ndarray of int or None
+        For a dense or sparse array ``X``, the rows the source holds (None: all).
+    """
     import scipy.sparse as sp
 
     if isinstance(X, TokenizedText):

@@ -298,9 +298,14 @@ def _dates(dtype: Any) -> bool:
 
 def _array_input(X: Any) -> Any:
     """``X`` as scikit-learn's checks are to read it: a list or tuple as a numpy array (so
-    that integers keep their dtype), a DataFrame as :func:`_frame_input` gives it. Refuses
-    masked values (:data:`MASKED_VALUES`), dates or durations (:data:`DATES`) and a list
-    of samples of different shapes (:data:`RAGGED`)."""
+    that integers keep their dtype), a DataFrame as :func:`_frame_input` gives it.
+
+    Raises
+    ------
+    ValueError
+        For masked values (:data:`MASKED_VALUES`), dates or durations (:data:`DATES`) and a
+        list of samples of different shapes (:data:`RAGGED`).
+    """
     if np.ma.isMaskedArray(X) and (count := int(np.count_nonzero(np.ma.getmaskarray(X)))):
         raise ValueError(MASKED_VALUES.format(count=count))
     if isinstance(X, (list, tuple)):
@@ -316,8 +321,13 @@ def _array_input(X: Any) -> Any:
 
 def _frame_input(frame: Any) -> Any:
     """``frame`` with its nullable columns (``Int64``, ``boolean``, ...) as numpy columns of
-    their dtype (in a shallow copy), so that integers stay integers; refused with
-    :func:`_frame_problem`'s error for dates or durations or missing nullable values."""
+    their dtype (in a shallow copy), so that integers stay integers.
+
+    Raises
+    ------
+    ValueError
+        :func:`_frame_problem`'s, for dates or durations or missing nullable values.
+    """
     dtypes = list(frame.dtypes)
     nullable = [i for i, dtype in enumerate(dtypes) if _numpy_dtype(dtype) is not None]
     if (any(_dates(dtype) for dtype in dtypes)
@@ -637,8 +647,14 @@ def _plain(value: Any) -> Hashable:
 
 
 def check_sample_weight(sample_weight: Any, n_samples: int) -> np.ndarray:
-    """Validated float64 sample weights (ones when ``None``): refuses values that are no
-    real numbers, a length mismatch, NaN/inf, negative values or all zeros."""
+    """Validated float64 sample weights (ones when ``None``).
+
+    Raises
+    ------
+    ValueError
+        On values that are no real numbers, a length mismatch, NaN/inf, negative values or
+        all zeros.
+    """
     if sample_weight is None:
         return np.ones(n_samples, dtype=np.float64)
     given = np.asarray(_from_tensor(sample_weight))  # a tensor's on the CPU, as data

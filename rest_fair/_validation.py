@@ -154,8 +154,13 @@ GENERATOR_SEED = [TypeOf((type(None), np.random.Generator), "None, a Generator")
 
 
 def check_param(name: str, value: Any, allowed: list) -> None:
-    """Refuse a ``value`` of none of the ``allowed`` forms (constraint objects) with a
-    ``ValueError`` that names ``name``, what is allowed and ``value``."""
+    """Check that ``value`` has one of the ``allowed`` forms (constraint objects).
+
+    Raises
+    ------
+    ValueError
+        Naming the parameter ``name``, what is allowed and ``value``.
+    """
     if any(c.accepts(value) for c in allowed):
         return
     options = tuple(v for c in allowed if isinstance(c, Options) for v in c.values)
@@ -167,8 +172,13 @@ def check_param(name: str, value: Any, allowed: list) -> None:
 
 
 def check_params(est: Any) -> None:
-    """:func:`check_param` each hyper-parameter of ``est`` against its
-    ``_parameter_constraints``."""
+    """Validate the hyper-parameters of ``est`` against its ``_parameter_constraints``.
+
+    Raises
+    ------
+    ValueError
+        As :func:`check_param`, for the first parameter whose value is not allowed.
+    """
     for name, allowed in est._parameter_constraints.items():
         check_param(name, getattr(est, name), allowed)
 
@@ -217,8 +227,13 @@ def summable_weights(weights: np.ndarray) -> np.ndarray:
 
 
 def checked_weights(sample_weight: Any, n: int) -> np.ndarray:
-    """``sample_weight`` as float64 :func:`summable_weights` of ``n`` samples; refused
-    unless one finite, non-negative weight per sample (:data:`BAD_WEIGHTS`)."""
+    """``sample_weight`` as float64 :func:`summable_weights` of ``n`` samples.
+
+    Raises
+    ------
+    ValueError
+        If it is not one finite, non-negative weight per sample (:data:`BAD_WEIGHTS`).
+    """
     weights = np.asarray(sample_weight, dtype=np.float64)
     if weights.shape != (n,) or not np.all(np.isfinite(weights)) or np.any(weights < 0):
         raise ValueError(BAD_WEIGHTS.format(n=n, shape=weights.shape))
