@@ -57,9 +57,7 @@ GROUP_COLUMNS_DIFFER = (
     "validation groups must have the training groups' columns, in the same order."
 )
 BAD_SAMPLE_WEIGHT = "sample_weight must be finite and non-negative; {problem}."
-ONE_CLASS = (
-    "RESTClassifier needs samples of at least 2 classes to fit; got 1 class ({label!r})."
-)
+ONE_CLASS = "RESTClassifier needs samples of at least 2 classes to fit; got 1 class ({label!r})."
 DATASET_NEEDS_Y = "when X is a torch Dataset, y must be an array of its labels; got None."
 BAD_VALIDATION_DATA = (
     "validation_data must be a tuple (X_val, y_val) or (X_val, y_val, groups_val); got {!r}."
@@ -599,8 +597,7 @@ or dict of columns
             values = pd.Series(list(zip(*columns, strict=True)), dtype=object)
     elif isinstance(groups, list) and groups and isinstance(groups[0], (list, tuple)):
         rows = [tuple(g) for g in groups]  # ragged: rows of different lengths
-        missing = sum(bool(pd.isna(v)) for row in rows for v in row)
-        if missing:
+        if missing := sum(bool(pd.isna(v)) for row in rows for v in row):
             raise ValueError(MISSING_VALUES.format(what=what, count=missing))
         values = pd.Series(rows, dtype=object)
     else:
