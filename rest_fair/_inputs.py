@@ -168,7 +168,10 @@ def check_inputs(est: Any, X: Any, y: Any, groups: Any, sample_weight: Any,
     """
     shape_before = getattr(est, "input_shape_", None)
     X, y = _validate_xy(est, X, y, reset=not warm)
-    classes, y_codes = _encode_labels(y)
+    encoder = LabelEncoder().fit(y)
+    classes, y_codes = encoder.classes_, encoder.transform(y)
+    if len(classes) < 2:
+        raise ValueError(ONE_CLASS.format(label=_plain(classes[0])))
     if warm:
         _check_warm_start(est.classes_, classes, shape_before, est.input_shape_)
     est.classes_ = classes
@@ -394,13 +397,6 @@ def _check_label_values(y: Any, what: str) -> None:
         if strings.any() and not strings.all():
             types = sorted({type(v).__name__ for v in labels[~strings]} | {"str"})
             raise ValueError(MIXED_LABELS.format(what=what, types=", ".join(types)))
-
-
-def _encode_labels(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    encoder = LabelEncoder().fit(y)
-    if len(encoder.classes_) < 2:
-        raise ValueError(ONE_CLASS.format(label=_plain(encoder.classes_[0])))
-    return encoder.classes_, encoder.transform(y)
 
 
 def _check_warm_start(classes_before: np.ndarray, classes: np.ndarray,
