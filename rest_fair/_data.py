@@ -1,9 +1,7 @@
 """Sources of input batches: dense arrays, scipy.sparse matrices, torch Datasets and text.
 
-Every source yields the batches of a given ordering of sample indices (float tensors; for
-text, dicts of token tensors), so the training loop treats in-memory arrays (indexed
-directly, no per-item collation), lazily loaded datasets (through a
-:class:`torch.utils.data.DataLoader`) and tokenized text the same way.
+Every source yields the batches of a given ordering of sample indices, so the training loop
+treats them all the same way.
 """
 
 from __future__ import annotations
@@ -55,7 +53,7 @@ def is_torch_dataset(X: Any) -> bool:
     Raises
     ------
     TypeError
-        For an ``IterableDataset``: batches are drawn by index, which it cannot serve.
+        For an ``IterableDataset``, which cannot serve batches drawn by index.
     """
     if isinstance(X, torch.utils.data.IterableDataset):
         raise TypeError(ITERABLE_DATASET.format(type(X).__name__))
@@ -66,19 +64,17 @@ class BatchSource:
     """Base class: yields input batches for an ordering of sample indices.
 
     A subclass implements :meth:`batches`, or :meth:`take`, which builds one batch from
-    its slice of :meth:`keys` (the order converted once per pass, not once per batch).
-    :attr:`uniform_samples` is true where every sample has the same shape, so that what a
-    batch costs grows with its number of samples only.
+    its slice of :meth:`keys`. :attr:`uniform_samples` is true where every sample has the
+    same shape, so that a batch costs in proportion to its number of samples.
     """
 
     uniform_samples: bool = False
     ids: bool = False
-    """Whether the samples of an integer array or integer Dataset items come as int64 token
-    ids (for a network that :func:`reads_ids`) instead of :attr:`dtype`; set by
-    :meth:`set_input_dtypes` before the first batch."""
+    """Whether integer samples come as int64 token ids (for a network that
+    :func:`reads_ids`); set by :meth:`set_input_dtypes`."""
     dtype: torch.dtype = torch.float32
-    """The dtype of the samples other than token ids: the network's :func:`input_dtype`;
-    set by :meth:`set_input_dtypes` before the first batch."""
+    """The dtype of other samples, the network's :func:`input_dtype`; set by
+    :meth:`set_input_dtypes`."""
 
     n_samples: int
     sample_shape: tuple[int, ...]
@@ -104,8 +100,7 @@ class BatchSource:
         """Release what the source holds (worker processes); it may be used again."""
 
     def set_input_dtypes(self, module: torch.nn.Module) -> None:
-        """Give integer inputs as token ids where ``module`` :func:`reads_ids`, and other
-        inputs in its :func:`input_dtype` (sets :attr:`ids` and :attr:`dtype`)."""
+        """Set :attr:`ids` and :attr:`dtype` for ``module``."""
         self.ids = reads_ids(module)
         self.dtype = input_dtype(module)
 
@@ -116,41 +111,31 @@ def _first_layer(module: torch.nn.Module) -> torch.nn.Module | None:
 
 
 def reads_ids(module: torch.nn.Module) -> bool:
-    """Whether ``module``'s first layer (the first module without children, in registration
-    order) is an ``nn.Embedding`` or ``nn.EmbeddingBag``: it reads integer token ids."""
+    """Whether ``module``'s first layer is an ``nn.Embedding`` or ``nn.EmbeddingBag``, which
+    reads integer token ids."""
     return isinstance(_first_layer(module), (torch.nn.Embedding, torch.nn.EmbeddingBag))
 
 
 def input_dtype(module: torch.nn.Module) -> torch.dtype:
     """The dtype ``module`` reads inputs in: its first parameter's where that is a floating
-    dtype (a network converted with ``.double()`` or ``.bfloat16()`` computes in it), else
-    float32."""
+    dtype (``.double()``, ``.bfloat16()``), else float32."""
     first = next(module.parameters(), None)
     return first.dtype if first is not None and first.is_floating_point() else torch.float32
 
 
-def _shareable(array: np.ndarray) -> bool:
-    """Whether torch may share ``array``'s memory: writeable, with no negative stride."""
-    return array.flags.writeable and min(array.strides, default=0) >= 0
-
-
 def _as_tensor(array: np.ndarray, *, only_read: bool = False) -> torch.Tensor:
-    """``array`` as a CPU tensor of its strides' axis order.
-
-    A :func:`_shareable` array shares its memory. Torch takes no array with a negative
-    stride (``X[::-1]``, ``np.flip``) and only warns of a read-only one; these are copied
-    (as ``np.array(order="K")`` lays them out), so the tensor never writes to memory the
-    caller gave as read-only. With ``only_read`` (nothing will write to the tensor), a
-    read-only array without negative strides (a memory map, ``writeable=False``) is shared
-    too, taken through DLPack, without ``from_numpy``'s warning. An array of the other
-    byte order (``">f4"`` on a little-endian machine), which torch takes not, is copied to
-    the native one.
+    """``array`` as a CPU tensor of its strides' axis order, sharing its memory if it is
+    writeable and has no negative stride, else a copy (torch takes no negative stride and
+    would write to read-only memory). With ``only_read`` (nothing writes to the tensor), a
+    read-only array (a memory map) is shared too, through DLPack. An array of the other
+    byte order is copied to the native one.
     """
     if not array.dtype.isnative:
         array = array.astype(array.dtype.newbyteorder("="))
-    if only_read and min(array.strides, default=0) >= 0 and not array.flags.writeable:
+    forward = min(array.strides, default=0) >= 0
+    if only_read and forward and not array.flags.writeable:
         return torch.from_dlpack(array)
-    if not _shareable(array):
+    if not (forward and array.flags.writeable):
         array = np.array(array, order="K", copy=True)
     return torch.from_numpy(array)
 
@@ -159,15 +144,11 @@ class _TensorSource(BatchSource):
     """Rows of an array, as batches of :attr:`dtype` (an integer array's as int64 with
     :attr:`ids`).
 
-    A float32 array is shared, not copied, also a read-only one (a memory map): batches are
-    gathered into new memory, and nothing writes to it. On the CPU, an array of another
-    dtype (float64) without negative strides is read in place and each batch is converted
-    to :attr:`dtype` when it is taken, so a pass over it (``predict``) never holds a float32
-    copy of the whole array. With ``rows``, the source holds those rows of the array, read in
-    place on the CPU (sample ``i`` is row ``rows[i]``); on another device, it copies those
-    rows only. An integer array keeps its dtype, and is
-    converted batch by batch on every device (unsigned ones of more than 8 bits, which
-    torch supports in few operations, are held as int64 off the CPU).
+    A float32 array, also a read-only one, is shared, not copied. On the CPU, an array of
+    another dtype without negative strides is read in place and converted batch by batch,
+    never as a whole. With ``rows``, the source holds those rows (sample ``i`` is row
+    ``rows[i]``), read in place on the CPU and copied on another device. An integer array
+    keeps its dtype (off the CPU, unsigned ones of more than 8 bits are held as int64).
     """
 
     uniform_samples = True
@@ -192,9 +173,9 @@ class _TensorSource(BatchSource):
         self.sample_shape = tuple(data.shape[1:])
 
     def set_input_dtypes(self, module: torch.nn.Module) -> None:
-        """As :meth:`BatchSource.set_input_dtypes`; integer ids outside the first layer's
-        ``[0, num_embeddings)`` raise :data:`IDS_OUT_OF_RANGE` (torch names no input, and
-        on a GPU stops the process's CUDA context)."""
+        """As :meth:`BatchSource.set_input_dtypes`; ids outside the first layer's
+        ``[0, num_embeddings)`` raise :data:`IDS_OUT_OF_RANGE` (on a GPU, torch would stop
+        the process's CUDA context)."""
         super().set_input_dtypes(module)
         if not self.ids or self.data.is_floating_point() or not self.data.numel():
             return
@@ -212,9 +193,8 @@ class _TensorSource(BatchSource):
         return order if self.rows is None else self.rows[order]
 
     def take(self, rows, device):
-        # index_select gathers the rows of a matrix several times faster than advanced
-        # indexing; images keep advanced indexing, whose result keeps the array's strides
-        # (the memory format a convolution chooses its algorithm by)
+        # index_select gathers a matrix's rows several times faster than indexing, which
+        # keeps images' strides (the memory format a convolution's algorithm depends on)
         data = self.data
         if data.dim() == 2 and data.is_contiguous():
             batch = torch.index_select(data, 0, rows)
@@ -241,17 +221,14 @@ class _SparseSource(BatchSource):
 
     def take(self, rows, device):
         wide = np.float64 if self.dtype == torch.float64 else np.float32
-        block = self.data[rows].astype(wide, copy=False)  # the batch's entries only
-        dense = np.zeros(block.shape, dtype=wide)
-        block.toarray(out=dense)
+        dense = self.data[rows].astype(wide, copy=False).toarray()  # the batch's entries only
         return torch.from_numpy(dense).to(device, dtype=self.dtype, non_blocking=True)
 
 
 def _first_element(item: Any, *, ids: bool = False,
                    dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """The input of a torch Dataset's ``item``, as data of ``dtype`` (detached: a tensor
-    that requires grad, computed by a module outside ``torch.no_grad()``, is read as data);
-    with ``ids``, an integer input as int64."""
+    """The input of a torch Dataset's ``item``, detached, as ``dtype`` (with ``ids``, an
+    integer input as int64)."""
     nested = isinstance(item, (tuple, list)) and len(item) > 0
     x = item[0] if nested else item
     if isinstance(x, np.ndarray):
@@ -299,31 +276,22 @@ def kept_global_rngs() -> Iterator[None]:
 
 @contextlib.contextmanager
 def fixed_global_rngs(seed: int = 0) -> Iterator[None]:
-    """Seed torch's CPU, numpy's and Python's global generators with ``seed`` for the
-    block (:func:`seed_global_rngs`), and put them back as they were after it.
-
-    A Dataset whose items pass through a random transform (a random crop, a flip) then
-    gives the same items on every read, and reading them draws nothing from the caller's
-    generators.
-    """
+    """Seed the global generators with ``seed`` for the block (:func:`seed_global_rngs`),
+    then put them back: a Dataset with a random transform gives the same items on every
+    read, and reading them draws nothing from the caller's generators."""
     with kept_global_rngs():
         seed_global_rngs(seed)
         yield
 
 
 class _SeededItems(torch.utils.data.Dataset):
-    """``dataset`` read by ``(index, seed)`` keys: before each item, the global generators
-    of the reading process (torch's CPU one, numpy's and Python's) are seeded with ``seed``.
-
-    A random transform then draws what its key says, whichever process reads it (a worker,
-    or the main process without workers) and however many items it read before (also in an
-    earlier fit whose run this one resumes).
-    """
+    """``dataset`` read by ``(index, seed)`` keys, the reading process's global generators
+    seeded with ``seed`` before each item: a random transform draws what its key says,
+    whichever process reads it and whatever it read before."""
 
     def __init__(self, dataset: torch.utils.data.Dataset) -> None:
         self.dataset = dataset
-        # a TensorDataset's items are rows of its tensors: reading one draws nothing, so the
-        # seeding (about 8 us an item, more than the read) is skipped
+        # reading a TensorDataset draws nothing: skip the seeding (about 8 us an item)
         self.draws = type(dataset) is not torch.utils.data.TensorDataset
 
     def __len__(self) -> int:
@@ -352,15 +320,11 @@ def _each_in_kept_rngs(batches: Iterator[Any]) -> Iterator[Any]:
 class _DatasetSource(BatchSource):
     """A torch Dataset read through one DataLoader per batch size, kept for the whole fit.
 
-    The loader's sampler, a list, is refilled with each epoch's order, so worker processes
-    (``persistent_workers``) are started once rather than at every epoch and validation.
-    Items are read by ``(index, seed)`` (:class:`_SeededItems`): each pass draws one number
-    from torch's global generator, in the main process, and the item at position ``k`` of
-    the pass is read with that number plus ``k`` as its seed. The draws of a run are then
-    those of its generators' states, which a checkpoint holds, and the same for every
-    ``num_workers``; the workers' own generators draw nothing that counts. Without workers
-    the main process reads the items, and its global generators are put back after each
-    batch, so reading draws nothing from them either.
+    The loader's sampler, a list, is refilled with each pass's order, so persistent workers
+    start once. Each pass draws one number from torch's global generator and reads the
+    item at position ``k`` with that number plus ``k`` as its seed (:class:`_SeededItems`):
+    the draws are those of the generators' states, which a checkpoint holds, for every
+    ``num_workers``. Without workers, the global generators are put back after each batch.
     """
 
     def __init__(self, dataset: torch.utils.data.Dataset, num_workers: int,
@@ -378,18 +342,12 @@ class _DatasetSource(BatchSource):
     def _loader(self, batch_size: int) -> tuple[torch.utils.data.DataLoader, list]:
         if batch_size not in self._loaders:
             sampler: list[tuple[int, int]] = []
-            workers = self.num_workers > 0
             loader = torch.utils.data.DataLoader(
-                self.items,
-                batch_size=batch_size,
-                sampler=sampler,
-                num_workers=self.num_workers,
+                self.items, batch_size=batch_size, sampler=sampler,
+                num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
                 collate_fn=functools.partial(_collate_inputs, ids=self.ids, dtype=self.dtype),
                 pin_memory=self.pin_memory,
-                persistent_workers=workers,
-                # the loader's own seed, drawn for each iterator, is not drawn from the
-                # global generator
-                generator=torch.Generator(),
+                generator=torch.Generator(),  # its seeds are not the global generator's
             )
             self._loaders[batch_size] = (loader, sampler)
         return self._loaders[batch_size]
@@ -404,11 +362,8 @@ class _DatasetSource(BatchSource):
             yield x.to(device, non_blocking=True), order[start : start + batch_size]
 
     def close(self) -> None:
-        """Stop the loaders' worker processes now.
-
-        Dropping the loaders would leave it to the garbage collector, which a failed fit
-        delays: its traceback still holds the batch iterator, and with it the workers.
-        """
+        """Stop the loaders' worker processes now, not when the garbage collector gets to
+        them (a failed fit's traceback holds the batch iterator)."""
         for loader, _ in self._loaders.values():
             # the persistent iterator's shutdown, which torch's own __del__ calls
             shutdown = getattr(getattr(loader, "_iterator", None), "_shutdown_workers", None)
@@ -487,8 +442,7 @@ class TokenizedText:
 
     def __getitem__(self, index: Any) -> TokenizedText:
         """The texts at ``index`` (an integer array, a boolean mask or a slice), in order."""
-        rows = np.arange(len(self))[index]
-        rows = np.atleast_1d(rows).astype(np.int64)
+        rows = np.atleast_1d(np.arange(len(self))[index]).astype(np.int64)
         starts = self.offsets[rows]
         lengths = self.offsets[rows + 1] - starts
         offsets = np.zeros(len(rows) + 1, dtype=np.int64)
@@ -546,7 +500,6 @@ def make_source(X: Any, *, device: torch.device, num_workers: int = 0,
     Parameters
     ----------
     X : ndarray, scipy.sparse matrix, torch Dataset or TokenizedText
-        Inputs, already validated.
     device : torch.device
         Where batches go.
     num_workers : int

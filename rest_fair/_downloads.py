@@ -22,10 +22,8 @@ def cache_dir(name: str) -> Path:
 
 @contextlib.contextmanager
 def socket_timeout(seconds: float) -> Iterator[None]:
-    """Bound every socket operation inside the block, so an offline machine fails fast.
-
-    The process-wide default timeout is restored on exit.
-    """
+    """Bound every socket operation inside the block, so an offline machine fails fast;
+    the process-wide default timeout is restored on exit."""
     previous = socket.getdefaulttimeout()
     socket.setdefaulttimeout(seconds)
     try:

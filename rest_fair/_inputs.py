@@ -1,16 +1,11 @@
-"""The input checks of ``fit`` and ``predict``, and the encoding of what they accept.
-
-:func:`check_inputs` checks ``X`` (an array, sparse matrix, torch Dataset or text), the
-labels, ``groups`` (:func:`encode_groups`), ``sample_weight`` (:func:`check_sample_weight`)
-and ``validation_data`` against each other, encodes labels and groups as integer codes and
-returns them as :class:`FitData`; :func:`check_x` checks the ``X`` of ``validation_data``
-and of ``predict`` against what ``fit`` was given. Parameters are checked separately, by
-:func:`rest_fair._validation.check_params`. Error messages are module constants so that
-tests and users can match them.
+"""The input checks of ``fit`` (:func:`check_inputs`) and ``predict`` (:func:`check_x`),
+and the encoding of labels and groups as integer codes. Error messages are module constants
+so that tests and users can match them.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
@@ -62,9 +57,7 @@ GROUP_COLUMNS_DIFFER = (
     "validation groups must have the training groups' columns, in the same order."
 )
 BAD_SAMPLE_WEIGHT = "sample_weight must be finite and non-negative; {problem}."
-ONE_CLASS = (
-    "RESTClassifier needs samples of at least 2 classes to fit; got 1 class ({label!r})."
-)
+ONE_CLASS = "RESTClassifier needs samples of at least 2 classes to fit; got 1 class ({label!r})."
 DATASET_NEEDS_Y = "when X is a torch Dataset, y must be an array of its labels; got None."
 BAD_VALIDATION_DATA = (
     "validation_data must be a tuple (X_val, y_val) or (X_val, y_val, groups_val); got {!r}."
@@ -149,13 +142,9 @@ class FitData:
     X_rows: np.ndarray | None = None  # the rows of an array X this data holds (None: all)
 
     def rows(self, idx: np.ndarray) -> FitData:
-        """The data of the rows ``idx`` (sorted).
-
-        A dense or sparse array ``X`` is not indexed: ``X_rows`` names its rows, which a
-        batch source reads in place (see :func:`~rest_fair._data.make_source`), so a fit
-        copies neither its training nor its validation rows; :meth:`inputs` indexes them.
-        Other inputs are indexed for fewer rows.
-        """
+        """The data of the rows ``idx`` (sorted). A dense or sparse ``X`` is not copied:
+        ``X_rows`` names its rows, which a batch source reads in place and :meth:`inputs`
+        indexes; other inputs are indexed."""
         X, X_rows = self.X, self.X_rows
         if len(idx) < len(self.y):
             if isinstance(X, np.ndarray) or sp.issparse(X):
@@ -175,12 +164,14 @@ def check_inputs(est: Any, X: Any, y: Any, groups: Any, sample_weight: Any,
     """Check and encode ``fit``'s inputs; with ``warm``, against the previous fit's.
 
     Sets ``n_features_in_``, ``input_shape_`` (and ``feature_names_in_``) on ``est``, as
-    scikit-learn's ``validate_data`` does, and ``classes_``, as its MLP's checks do: a
-    callback can predict with the labels of the fit under way.
+    ``validate_data`` does, and ``classes_``, so that a callback can predict.
     """
     shape_before = getattr(est, "input_shape_", None)
     X, y = _validate_xy(est, X, y, reset=not warm)
-    classes, y_codes = _encode_labels(y)
+    encoder = LabelEncoder().fit(y)
+    classes, y_codes = encoder.classes_, encoder.transform(y)
+    if len(classes) < 2:
+        raise ValueError(ONE_CLASS.format(label=_plain(classes[0])))
     if warm:
         _check_warm_start(est.classes_, classes, shape_before, est.input_shape_)
     est.classes_ = classes
@@ -232,12 +223,9 @@ def _validate_xy(est: Any, X: Any, y: Any, *, reset: bool = True) -> tuple[Any, 
 
 
 def _from_tensor(X: Any) -> Any:
-    """A torch tensor ``X`` (or labels, groups, weights) as a numpy array on the CPU, which
-    scikit-learn's checks read in its integer dtype (they read a tensor's by float32);
-    detached, so that one that requires grad is read as data, and bfloat16, which numpy
-    lacks, as float32. A sparse tensor of 2 dimensions (any sparse layout) is the
-    scipy.sparse matrix of its entries, made dense one batch at a time as such a matrix
-    is; one of other dimensions is made dense. Other inputs are returned as they are."""
+    """A torch tensor as a detached numpy array on the CPU (whose integers scikit-learn's
+    checks keep; a tensor's they read as float32), bfloat16 as float32; a sparse 2-D tensor
+    as a CSR matrix, other sparse ones dense. Other inputs are returned as they are."""
     if not torch.is_tensor(X):
         return X
     X = X.detach().cpu()
@@ -253,10 +241,8 @@ def _from_tensor(X: Any) -> Any:
 
 
 def _validate_data(est: Any, X: Any, *args: Any, reset: bool) -> Any:
-    """scikit-learn's ``validate_data(est, X, *args)`` of :func:`_array_input` ``(X)``; a
-    DataFrame it cannot read for missing values or columns that are no numbers raises
-    :func:`_frame_problem`'s error, which names the columns (scikit-learn's names a value,
-    or none)."""
+    """``validate_data(est, _array_input(X), *args)``; for a DataFrame it refuses, the error
+    of :func:`_frame_problem`, which names the columns."""
     array = _array_input(X)
     try:
         return validate_data(est, array, *args, reset=reset, **_ARRAYS)
@@ -267,9 +253,9 @@ def _validate_data(est: Any, X: Any, *args: Any, reset: bool) -> Any:
 
 
 def _frame_problem(frame: Any) -> str | None:
-    """What keeps a DataFrame from being read as numbers: its columns of numbers with
-    missing values (:data:`MISSING_IN_COLUMNS`), else its columns that are no numbers
-    (:data:`NON_NUMERIC_COLUMNS`), named; None if neither."""
+    """The columns that keep a DataFrame from being read as numbers: those with missing
+    values (:data:`MISSING_IN_COLUMNS`), else those of no numbers
+    (:data:`NON_NUMERIC_COLUMNS`); None if neither."""
     from pandas.api.types import is_numeric_dtype
 
     counts = np.asarray(frame.isna().sum())
@@ -312,17 +298,14 @@ def _dates(dtype: Any) -> bool:
 
 
 def _array_input(X: Any) -> Any:
-    """``X`` as scikit-learn's checks are to read it: a list or tuple as the numpy array it
-    makes (they read a list's integers as float32, an array's in their dtype), a DataFrame
-    as :func:`_frame_input` gives it, other inputs as they are.
+    """``X`` as scikit-learn's checks are to read it: a list or tuple as a numpy array (so
+    that integers keep their dtype), a DataFrame as :func:`_frame_input` gives it.
 
     Raises
     ------
     ValueError
-        For a masked array with masked values (:data:`MASKED_VALUES`): the checks read the
-        values under the mask as data. For dates or durations (:data:`DATES`), which they
-        read as counts of nanoseconds (or of their unit), and for a list of samples of
-        different shapes (:data:`RAGGED`).
+        For masked values (:data:`MASKED_VALUES`), dates or durations (:data:`DATES`) and a
+        list of samples of different shapes (:data:`RAGGED`).
     """
     if np.ma.isMaskedArray(X) and (count := int(np.count_nonzero(np.ma.getmaskarray(X)))):
         raise ValueError(MASKED_VALUES.format(count=count))
@@ -338,16 +321,13 @@ def _array_input(X: Any) -> Any:
 
 
 def _frame_input(frame: Any) -> Any:
-    """A DataFrame of numbers with its nullable columns (pandas' ``Int64``, ``Float32``,
-    ``boolean``, ...) as numpy columns of their dtype, so that integers stay integers
-    (token ids; scikit-learn's checks read them as float32); a DataFrame without them as
-    it is. A shallow copy is changed, never ``frame``.
+    """``frame`` with its nullable columns (``Int64``, ``boolean``, ...) as numpy columns of
+    their dtype (in a shallow copy), so that integers stay integers.
 
     Raises
     ------
     ValueError
-        :func:`_frame_problem`'s, for columns of dates or durations (which scikit-learn's
-        checks would read as nanoseconds) or nullable columns with missing values.
+        :func:`_frame_problem`'s, for dates or durations or missing nullable values.
     """
     dtypes = list(frame.dtypes)
     nullable = [i for i, dtype in enumerate(dtypes) if _numpy_dtype(dtype) is not None]
@@ -370,16 +350,14 @@ def _numpy_dtype(dtype: Any) -> np.dtype | None:
 
 
 def _numpy_labels(y: Any) -> Any:
-    """``y`` (without missing values), a Series of a nullable dtype as the numpy array of
-    its dtype: scikit-learn's checks read it as float64 (classes ``0.0`` and ``1.0`` for
-    ``Int64`` or ``boolean`` labels)."""
+    """``y``, a Series of a nullable dtype as the numpy array of its dtype (scikit-learn's
+    checks would read ``Int64`` or ``boolean`` labels as floats)."""
     dtype = _numpy_dtype(getattr(y, "dtype", None))
     return y if dtype is None else y.to_numpy(dtype=dtype)
 
 
 def _refuse_beyond_float32(X: Any) -> Any:
-    """``X`` (a validated array or sparse matrix), unless it holds finite values that are
-    infinite in float32, the dtype the network reads (validation refused NaN and inf)."""
+    """``X`` (validated), unless it holds values that are infinite in float32."""
     values = X.data if sp.issparse(X) else X
     if values.dtype.kind != "f" or values.dtype == np.float32 or values.size == 0:
         return X
@@ -390,9 +368,8 @@ def _refuse_beyond_float32(X: Any) -> Any:
 
 
 def _item_shape(X: Any, empty: str) -> tuple:
-    """The input shape of a torch Dataset's first item (read once, without drawing from the
-    caller's global generators); ``empty`` if it has none, :data:`NO_ITEM_FEATURES` if
-    that input holds no feature (0 dimensions, or an axis of size 0)."""
+    """The input shape of a torch Dataset's first item (read with fixed generators); raises
+    ``empty`` without items, :data:`NO_ITEM_FEATURES` for an input without a feature."""
     if len(X) == 0:
         raise ValueError(empty)
     with fixed_global_rngs():
@@ -403,12 +380,9 @@ def _item_shape(X: Any, empty: str) -> tuple:
 
 
 def _check_label_values(y: Any, what: str) -> None:
-    """Refuse missing labels and labels that mix strings with other types, naming them.
-
-    ``y`` is read as an array; a 2-D ``y`` other than one column is left to the shape
-    checks. scikit-learn names a NaN label, but a None one, or an int among strings, fails
-    in its sort with a ``TypeError`` that names no input.
-    """
+    """Refuse missing labels and labels that mix strings with other types, naming ``what``
+    (scikit-learn's sort fails on them naming no input); other shapes are left to its
+    checks."""
     try:
         labels = np.asarray(y)
     except ValueError:  # ragged: left to the shape checks
@@ -425,13 +399,6 @@ def _check_label_values(y: Any, what: str) -> None:
             raise ValueError(MIXED_LABELS.format(what=what, types=", ".join(types)))
 
 
-def _encode_labels(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    encoder = LabelEncoder().fit(y)
-    if len(encoder.classes_) < 2:
-        raise ValueError(ONE_CLASS.format(label=_plain(encoder.classes_[0])))
-    return encoder.classes_, encoder.transform(y)
-
-
 def _check_warm_start(classes_before: np.ndarray, classes: np.ndarray,
                       shape_before: tuple, shape: tuple) -> None:
     if not np.array_equal(np.asarray(classes_before), classes):
@@ -446,12 +413,9 @@ def _check_warm_start(classes_before: np.ndarray, classes: np.ndarray,
 def _check_validation(
     est: Any, validation_data: Any, classes: np.ndarray, groups: tuple[Any, list] | None
 ) -> tuple[tuple[Any, np.ndarray, np.ndarray | None], list | None]:
-    """``(X_val, class codes, group codes or None)`` and the labels of the group codes.
-
-    The labels and groups of ``validation_data`` are checked against the training
-    ``classes`` and ``groups`` (the training groups and their labels; None: ``fit`` got no
-    groups) by :func:`_check_types`, after groups of another number of columns are refused.
-    """
+    """``(X_val, class codes, group codes or None)`` and the labels of the group codes,
+    checked against the training ``classes`` and ``groups`` (the groups and their labels;
+    None without groups)."""
     if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
         raise ValueError(BAD_VALIDATION_DATA.format(type(validation_data).__name__))
     try:
@@ -484,8 +448,7 @@ def _check_validation(
 
 
 def _n_columns(labels: list) -> int | None:
-    """The number of columns of the groups that :func:`encode_groups` gave ``labels``: a
-    tuple's length, 1 for other labels; None for rows of different lengths."""
+    """The number of group columns of :func:`encode_groups`'s ``labels``; None if ragged."""
     widths = {len(label) if isinstance(label, tuple) else 1 for label in labels}
     return widths.pop() if len(widths) == 1 else None
 
@@ -498,14 +461,9 @@ def _group_shape(groups: Any) -> tuple:
 
 
 def _check_types(values: list, known: list, what: str) -> None:
-    """Refuse validation ``values`` that are training ``known`` ones in another type.
-
-    A value that is not among ``known`` but reads as one of them (``'1'`` where training
-    has ``1``, ``1.0`` where it has ``'1'``; for groups of several columns, column by
-    column: ``('1', 'a')`` where training has ``(1, 'a')``) makes a :data:`TYPES_DIFFER`
-    error, which names both types (of the first column that differs) and an example of
-    each; other unseen values are left to the caller.
-    """
+    """Refuse validation ``values`` that read as training ``known`` ones of another type
+    (``'1'`` for ``1``, ``1.0`` for ``'1'``, column by column for tuples) with
+    :data:`TYPES_DIFFER`; other unseen values are left to the caller."""
     as_text: dict = {}
     for k in known:
         for text in _as_texts(k):
@@ -527,9 +485,8 @@ def _check_types(values: list, known: list, what: str) -> None:
 
 
 def _as_texts(value: Any) -> list[Hashable]:
-    """A label as text, then with an integer-valued float as its integer's text (``1.0``
-    reads as ``'1.0'`` and as ``'1'``); the label of several group columns as the text of
-    each column."""
+    """A label's texts: as given, and with integer-valued floats as integers (``1.0``:
+    ``'1.0'``, ``'1'``); a tuple's column by column."""
     def text(v: Any, whole: bool) -> str:
         return str(int(v)) if whole and isinstance(v, float) and v.is_integer() else str(v)
 
@@ -539,47 +496,33 @@ def _as_texts(value: Any) -> list[Hashable]:
 
 
 def check_x(est: Any, X: Any, *, fitted: Any = None) -> Any:
-    """``X`` of ``validation_data`` or (with ``fitted``, the fitted module) of ``predict``.
-
-    Text is tokenized, a torch Dataset must hold items of the shape ``fit`` was given (its
-    first item is read), and anything else is checked against the inputs ``fit`` was
-    given, as scikit-learn's ``validate_data`` does, and must hold samples of the shape
-    ``fit`` was given.
-    """
+    """``X`` of ``validation_data`` or (with ``fitted``, the fitted module) of ``predict``:
+    text tokenized, anything else checked against ``fit``'s inputs and sample shape."""
     X = _from_tensor(X)
     if (tokens := text_input(X, est.module, est.module_params, fitted=fitted)) is not None:
         return tokens
-    if _passes_validation(est, X):
-        return _refuse_beyond_float32(X)
-    if not is_torch_dataset(X):
+    if is_torch_dataset(X):
+        _check_sample_shape(_item_shape(X, EMPTY_DATASET_TO_PREDICT), est.input_shape_,
+                            DATASET_SHAPE_CHANGED)
+        return X
+    if not _passes_validation(est, X):
         X = _validate_data(est, X, reset=False)
         _check_sample_shape(tuple(X.shape[1:]), est.input_shape_, SAMPLE_SHAPE_CHANGED)
-        return _refuse_beyond_float32(X)
-    _check_sample_shape(_item_shape(X, EMPTY_DATASET_TO_PREDICT), est.input_shape_,
-                        DATASET_SHAPE_CHANGED)
-    return X
+    return _refuse_beyond_float32(X)
 
 
 def _check_sample_shape(shape: tuple, fitted: Any, message: str) -> None:
-    """Refuse samples of another ``shape`` than the ``fitted`` one (``message`` names both).
-
-    The number of features (the size of the second axis) alone does not tell: images of
-    another height, or an extra axis, have as many.
-    """
+    """Refuse samples of another ``shape`` than the ``fitted`` one (not only the number of
+    features: images of another height have as many)."""
     if shape != tuple(fitted):
         raise ValueError(message.format(shape=shape, fitted=tuple(fitted)))
 
 
 def _passes_validation(est: Any, X: Any) -> bool:
     """Whether ``validate_data(est, X, reset=False, **_ARRAYS)`` would return ``X`` itself
-    without a warning, known without calling it: for a non-empty float32 or float64 ndarray
-    of at least 2 dimensions and ``est``'s sample shape, all finite, given to an
-    estimator fitted without feature names.
-
-    ``check_x`` then skips scikit-learn's checks (most of a small batch's prediction time);
-    any other ``X``, or one that fails a check, goes through them, which give their own
-    errors and warnings.
-    """
+    without a warning: a non-empty, finite float ndarray of ``est``'s sample shape, for an
+    estimator fitted without feature names. Skipping the checks then saves most of a
+    small batch's prediction time."""
     if (type(X) is not np.ndarray or X.dtype not in _FLOATS or X.ndim < 2 or X.size == 0
             or X.shape[1] != getattr(est, "n_features_in_", None)
             or X.shape[1:] != tuple(getattr(est, "input_shape_", ()))
@@ -632,10 +575,8 @@ or dict of columns
 
     ndim = getattr(groups, "ndim", None)
     if ndim is None and isinstance(groups, (list, tuple)):
-        try:
+        with contextlib.suppress(ValueError):  # ragged nested lists
             ndim = np.ndim(np.asarray(groups, dtype=object))
-        except ValueError:  # ragged nested lists
-            ndim = None
     if ndim is not None and ndim > 2:
         raise ValueError(BAD_GROUP_NDIM.format(shape=np.shape(groups)))
     if columns is not None or isinstance(groups, pd.DataFrame) or ndim == 2:
@@ -652,8 +593,7 @@ or dict of columns
             values = pd.Series(list(zip(*columns, strict=True)), dtype=object)
     elif isinstance(groups, list) and groups and isinstance(groups[0], (list, tuple)):
         rows = [tuple(g) for g in groups]  # ragged: rows of different lengths
-        missing = sum(bool(pd.isna(v)) for row in rows for v in row)
-        if missing:
+        if missing := sum(bool(pd.isna(v)) for row in rows for v in row):
             raise ValueError(MISSING_VALUES.format(what=what, count=missing))
         values = pd.Series(rows, dtype=object)
     else:
@@ -670,14 +610,11 @@ or dict of columns
         order = np.array(sorted(range(len(uniques)), key=uniques.__getitem__), dtype=np.int64)
     except TypeError:  # labels that cannot be compared keep the order they came in
         order = np.arange(len(uniques))
-    rank = np.empty_like(order)
-    rank[order] = np.arange(len(order))
-    return rank[codes], [_plain(uniques[i]) for i in order]
+    return np.argsort(order)[codes], [_plain(uniques[i]) for i in order]
 
 
 def _column(groups: Any) -> Any:
-    """One column of group labels: pandas' as a Series (its dates are pandas' Timestamps),
-    anything else as a 1-D numpy array (:func:`_numpy_groups`)."""
+    """One column of group labels: pandas' as a Series, anything else as a 1-D array."""
     import pandas as pd
 
     if isinstance(groups, (pd.Series, pd.Index, pd.api.extensions.ExtensionArray)):
@@ -686,17 +623,15 @@ def _column(groups: Any) -> Any:
 
 
 def _numpy_groups(groups: Any) -> np.ndarray:
-    """``groups`` as a numpy array: an array in its dtype of native byte order (numpy's
-    dates and durations keep their unit), anything else as an array of its objects, which
-    numpy does not convert."""
+    """``groups`` as a numpy array: an array in its dtype of native byte order, anything
+    else as an array of its objects (unconverted)."""
     if not isinstance(groups, np.ndarray):
         return np.asarray(groups, dtype=object)
     return groups.astype(groups.dtype.newbyteorder("="), copy=False)
 
 
 def _plain(value: Any) -> Hashable:
-    """numpy scalars -> Python scalars, so labels print and compare naturally; numpy's
-    dates and durations stay numpy's, which hold any unit (Python's stop at microseconds)."""
+    """numpy scalars as Python's, but numpy's dates and durations (of any unit) as they are."""
     if isinstance(value, np.generic) and not isinstance(value, (np.datetime64, np.timedelta64)):
         return value.item()
     if isinstance(value, tuple):
@@ -710,8 +645,8 @@ def check_sample_weight(sample_weight: Any, n_samples: int) -> np.ndarray:
     Raises
     ------
     ValueError
-        On values that are no real numbers (complex numbers, text, dates or durations),
-        a length mismatch, NaN/inf, negative values or all zeros.
+        On values that are no real numbers, a length mismatch, NaN/inf, negative values or
+        all zeros.
     """
     if sample_weight is None:
         return np.ones(n_samples, dtype=np.float64)

@@ -13,11 +13,8 @@ __all__ = ["lazy_attributes"]
 def lazy_attributes(
     module: str, names: Mapping[str, Iterable[str]]
 ) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
-    """``__getattr__`` and ``__dir__`` for module ``module`` (its ``__name__``).
-
-    ``names`` maps each defining module, relative to ``module``'s package (e.g.
-    ``".estimator"``), to the names it defines; the first access of a name imports it.
-    """
+    """``__getattr__`` and ``__dir__`` for module ``module`` (its ``__name__``); ``names``
+    maps each defining module, relative to its package (``".estimator"``), to its names."""
     where = {name: source for source, defined in names.items() for name in defined}
 
     def __getattr__(name: str) -> Any:

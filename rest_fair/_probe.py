@@ -12,13 +12,8 @@ from torch import nn
 
 @contextmanager
 def evaluation(module: nn.Module) -> Iterator[None]:
-    """Evaluation mode and no gradients for the block, then every submodule's mode back.
-
-    Whatever runs inside reads the network without training it: batch-norm statistics,
-    dropout and the power iteration of a spectral-norm parametrization (which runs each
-    time a training-mode layer's weight is read) are untouched. A submodule frozen in
-    evaluation mode stays so.
-    """
+    """Evaluation mode and no gradients for the block, then every submodule's mode back:
+    batch-norm statistics, dropout and a spectral norm's power iteration are untouched."""
     modes = [(m, m.training) for m in module.modules()]
     try:
         module.eval()
@@ -30,13 +25,8 @@ def evaluation(module: nn.Module) -> Iterator[None]:
 
 
 def probe_pass(module: nn.Module, example: Any, handles: Iterable[Any]) -> None:
-    """Run ``module(example)`` once to let hooks observe it, then remove the hooks.
-
-    The pass runs under :func:`evaluation` (batch-norm statistics and dropout are
-    untouched, every submodule's training mode is restored) and every handle in
-    ``handles`` (returned by ``register_forward_hook`` and the like) is removed, also when
-    the pass fails.
-    """
+    """Run ``module(example)`` once under :func:`evaluation`, to let hooks observe it, then
+    remove the ``handles`` (of ``register_forward_hook`` and the like), also if it fails."""
     try:
         with evaluation(module):
             module(example)

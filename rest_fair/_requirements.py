@@ -1,10 +1,6 @@
-"""Optional dependencies: importing one, and checking several before a command starts.
-
-:func:`import_optional` imports an optional package where it is used; its error names the
-``pip install`` command. A command that trains many runs should not discover a missing
-package in every run: it asks :func:`check_requirements` first, which fails once with the
-install command. Packages are looked up there with :func:`importlib.util.find_spec`,
-without importing them.
+"""Optional dependencies: importing one where it is used (:func:`import_optional`), and
+checking several at once, without importing them, before a command starts
+(:func:`check_requirements`); the errors name the ``pip install`` command.
 """
 
 from __future__ import annotations
@@ -62,12 +58,10 @@ class Requirement:
 def import_optional(
     module: str, *, extra: str, caller: str, package: str | None = None
 ) -> ModuleType:
-    """Import ``module`` of an optional package, or raise :class:`MissingDependencyError`.
-
-    The error names ``caller`` (what needs it), the original error and the install
-    command of the ``rest-fair`` ``extra``; ``package`` is the name to ``pip install``
-    (default: the top-level import name). A package that is installed but fails to import
-    (e.g. a build that does not match torch) counts as missing.
+    """Import ``module`` of an optional package, or raise :class:`MissingDependencyError`
+    naming ``caller``, the original error and the install command of the ``rest-fair``
+    ``extra`` (``package``: the name to ``pip install``, by default the top-level import
+    name). A package that fails to import (a build that does not match torch) is missing.
     """
     try:
         return importlib.import_module(module)

@@ -1,12 +1,8 @@
-"""Checks of estimator parameters.
+"""Checks of estimator parameters, and of the labels, groups and weights of the metrics.
 
-Parameters are checked against a declarative table, ``RESTClassifier._parameter_constraints``
-(as scikit-learn's estimators do): each name maps to a list of allowed forms, built from the
-small constraint classes below. Error messages are module constants so that tests and users
-can match them. A second table, ``RESTClassifier._used_only_when``, names the parameters
-that one value of another parameter reads alone, for :func:`warn_unused_params`.
-:data:`IDENTIFYING` marks JTT's identification fit, whose parameters :func:`unused_params`
-also serves, for the warnings that only its final fit gives.
+Parameters are checked against ``RESTClassifier._parameter_constraints``, which maps each
+name to its allowed forms (the constraint classes below), as scikit-learn's estimators do.
+Error messages are module constants so that tests and users can match them.
 """
 
 from __future__ import annotations
@@ -44,8 +40,8 @@ __all__ = [
 ]
 
 #: True while JTT's identification model, a fit inside the fit, is fitted (in this thread or
-#: task): it does not warn of the data and network it shares with the final fit, which
-#: warns of them, and its warnings name its epochs ``jtt_epochs``.
+#: task): it leaves the warnings of the data and network to the final fit, and its warnings
+#: name its epochs ``jtt_epochs``.
 IDENTIFYING: ContextVar[bool] = ContextVar("IDENTIFYING", default=False)
 
 BAD_OPTION = "{name} must be one of {options}; got {value!r}."
@@ -54,17 +50,14 @@ UNUSED_PARAM = (
     "{name}={value!r} is only used when {setting} is {options}; with {setting}={current!r} "
     "it is ignored (its default is {default!r})."
 )
-#: Sample weights that are not one finite, non-negative weight per sample.
 BAD_WEIGHTS = (
     "sample_weight must hold one finite, non-negative weight per sample ({n}); got shape "
     "{shape} or values that are NaN, infinite or negative."
 )
-#: Groups that are neither one label per sample nor one column per attribute.
 BAD_GROUPS_SHAPE = (
     "groups must be 1-D (one label per sample) or 2-D (one column per attribute, at least "
     "one); got shape {shape}."
 )
-#: Labels that are not one per sample.
 BAD_LABELS_SHAPE = (
     "{what} must hold one label per sample (shape (n_samples,) or (n_samples, 1)); got shape "
     "{shape}. Class probabilities or one-hot rows? Pass the labels, e.g. estimator.predict(X)."
@@ -75,11 +68,9 @@ DICT_NOT_SPLIT = (
     "which split only arrays and DataFrames of one row per sample: pass "
     "pandas.DataFrame(groups) there."
 )
-#: Labels or groups holding NaN, None or pandas.NA.
 MISSING_VALUES = "{what} must not contain missing values (NaN/None); found {count}."
 #: Integers go to numpy and torch as int64: an integer interval ends below this.
 _INT64_END = 2**63
-#: A per-sample input whose length differs from X's (checked by ``_inputs`` and ``text``).
 BAD_LENGTH = "{what} has {got} samples but X has {n}; they must have the same length."
 
 
@@ -186,17 +177,16 @@ def check_params(est: Any) -> None:
     Raises
     ------
     ValueError
-        Naming the first parameter whose value is not allowed and what is allowed.
+        As :func:`check_param`, for the first parameter whose value is not allowed.
     """
     for name, allowed in est._parameter_constraints.items():
         check_param(name, getattr(est, name), allowed)
 
 
 def unused_params(kind: type, params: Mapping[str, Any]) -> dict[str, Any]:
-    """The parameters that the other ``params`` of an estimator of class ``kind`` leave
-    unused, as ``kind._used_only_when`` declares them (a parameter name -> the parameter and
-    the values of it that read the first), each with its default (of ``kind``'s
-    ``__init__``, as ``get_params`` reads the names)."""
+    """The parameters, with their defaults, that the other ``params`` of an estimator of
+    class ``kind`` leave unused, as ``kind._used_only_when`` declares them (a parameter
+    name -> the parameter and its values that read the first)."""
     defaults = inspect.signature(kind).parameters
     return {name: defaults[name].default
             for name, (setting, values) in kind._used_only_when.items()
@@ -219,12 +209,8 @@ def warn_unused_params(est: Any, *, stacklevel: int = 3) -> None:
 
 @contextlib.contextmanager
 def warnings_if(warn: bool) -> Iterator[None]:
-    """The block's warnings where ``warn`` is true, none otherwise: a data-parallel fit's
-    ranks other than rank 0 build what rank 0 builds, whose warnings say it once.
-
-    Only a silenced block sets a filter (process-wide, as every warnings filter): a fit
-    on rank 0 or in a single process leaves other threads' warnings alone.
-    """
+    """The block's warnings where ``warn`` is true (rank 0 of a data-parallel fit), none
+    otherwise; only a silenced block sets a (process-wide) filter."""
     if warn:
         yield
         return
@@ -274,9 +260,8 @@ def checked_labels(labels: Any, what: str) -> np.ndarray:
 
 
 def checked_groups(groups: Any) -> np.ndarray:
-    """``groups`` (not a dict or DataFrame) as an array: a list's or tuple's of its objects
-    (numpy would turn a row ``("a", 1)`` into ``("a", "1")``), one column as its values;
-    refused unless 1-D or 2-D with a column (:data:`BAD_GROUPS_SHAPE`)."""
+    """``groups`` (not a dict or DataFrame) as an array (a list's of its objects, one column
+    as its values), refused unless 1-D or 2-D with a column (:data:`BAD_GROUPS_SHAPE`)."""
     array = np.asarray(groups, dtype=object if isinstance(groups, (list, tuple)) else None)
     if array.ndim == 2 and array.shape[1] == 1:  # one column: its values, as fit reads it
         array = array[:, 0]

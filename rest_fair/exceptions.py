@@ -15,11 +15,8 @@ __all__ = [
 
 
 class TrainingDivergedError(FloatingPointError):
-    """Training produced a non-finite loss or network output.
-
-    Raised instead of returning a model that predicts NaN or a constant; the message names
-    the epoch and the likely causes.
-    """
+    """Training produced a non-finite loss or network output (instead of a model that
+    predicts NaN or a constant); the message names the epoch and the likely causes."""
 
 
 class CheckpointError(ValueError):
@@ -35,30 +32,22 @@ class MissingDependencyError(ImportError):
 
 
 class DistributedError(RuntimeError):
-    """A data-parallel fit cannot go on: no process group, or the ranks lost each other.
-
-    Raised when ``distributed=True`` finds no process group, when the ranks were given
-    different data, and when a collective operation fails or times out because another
-    rank died or hung (the message names this rank and the timeout).
+    """A data-parallel fit cannot go on: ``distributed=True`` finds no process group, the
+    ranks were given different data, or a collective operation fails or times out because
+    another rank died or hung (the message names this rank and the timeout).
     """
 
 
 class MaskDivergenceError(DistributedError):
-    """The ranks of a data-parallel fit hold different masks or weights.
-
-    The message names the layers and ranks that differ and when the difference was found.
-    """
+    """The ranks of a data-parallel fit hold different masks or weights; the message names
+    the layers and ranks that differ and when the difference was found."""
 
 
 class DatasetNotFoundError(FileNotFoundError):
-    """A data set is not on disk and will not be downloaded.
-
-    The message names what is missing, where it was looked for, and how to get it.
-    """
+    """A data set is not on disk and will not be downloaded; the message names what is
+    missing, where it was looked for, and how to get it."""
 
 
 class DatasetFormatError(ValueError):
-    """A data set file is damaged, truncated or not in its documented format.
-
-    The message names the file and what is wrong with it.
-    """
+    """A data set file is damaged, truncated or not in its documented format; the message
+    names the file and what is wrong with it."""

@@ -1,8 +1,7 @@
 """Fairness reports: a fairlearn ``MetricFrame`` per group plus a readable summary.
 
-All per-group numbers are computed by :class:`fairlearn.metrics.MetricFrame` with
-scikit-learn / fairlearn metric functions; this module only chooses the metrics a
-fairness reviewer expects and lays the result out.
+fairlearn and scikit-learn compute the numbers; this module chooses the metrics and lays
+the result out.
 """
 
 from __future__ import annotations
@@ -53,10 +52,9 @@ _ONE_LABEL = (
     "which task it is."
 )
 
-#: Metrics where a larger value is better (the worst group is the minimum).
-_HIGHER_IS_BETTER = {"accuracy", "balanced_accuracy", "true_positive_rate"}
-#: Metrics where a larger value is worse (the worst group is the maximum).
-_LOWER_IS_BETTER = {"false_positive_rate"}
+#: How the worst group of a metric is found: the minimum where a larger value is better.
+_WORST = {"accuracy": "idxmin", "balanced_accuracy": "idxmin", "true_positive_rate": "idxmin",
+          "false_positive_rate": "idxmax"}
 
 
 @dataclass
@@ -66,23 +64,20 @@ class FairnessReport:
     Attributes
     ----------
     frame : fairlearn.metrics.MetricFrame
-        The fairlearn object: ``frame.overall``, ``frame.by_group``,
-        ``frame.difference()``, ``frame.ratio()`` etc.
+        ``frame.overall``, ``frame.by_group``, ``frame.difference()``, ``frame.ratio()``...
     summary : pandas.DataFrame
         One row per rate metric: ``overall``, ``group_min``, ``group_max``,
         ``difference`` (max - min over groups), ``ratio`` (min / max) and
         ``worst_group`` (the group with the worst value: minimum for accuracies and
         TPR, maximum for FPR, empty for selection rate).
     worst_group : object
-        Group with the lowest accuracy (a tuple when there are several sensitive
-        columns).
+        Group with the lowest accuracy (a tuple for several sensitive columns).
     worst_group_accuracy : float
         Its accuracy.
     disparities : dict
-        Standard fairness gaps derived from ``frame`` (binary tasks only):
-        ``demographic_parity_difference``, ``demographic_parity_ratio``,
-        ``equalized_odds_difference``, ``equal_opportunity_difference``,
-        ``accuracy_difference``.
+        Fairness gaps (binary tasks only): ``demographic_parity_difference``,
+        ``demographic_parity_ratio``, ``equalized_odds_difference``,
+        ``equal_opportunity_difference``, ``accuracy_difference``.
     pos_label : object or None
         Positive label for the rate metrics; ``None`` for multiclass tasks.
     """
@@ -165,17 +160,15 @@ def fairness_report(
         task with more labels). Default: ``estimator.classes_[1]`` when available, else the
         larger of the two labels.
     sample_weight : array-like of shape (n_samples,), optional
-        Sample weights passed to every metric (``count`` stays a plain count). A group whose
-        samples all weigh 0 has NaN metrics and takes no part in the worst group and the
-        gaps, as :func:`~rest_fair.metrics.worst_group_accuracy` and ``fit``'s model
-        selection leave it out; weights 0 for every sample are an error.
+        Weights of every metric but ``count``. A group whose samples all weigh 0 has NaN
+        metrics and takes no part in the worst group and the gaps; weights 0 for every
+        sample are an error.
     labels : array-like, optional
         Every class of the problem, as ``labels`` of :mod:`sklearn.metrics` (e.g. a
-        classifier's ``classes_``). It decides whether the task is binary, also when the
-        samples show fewer classes (a test slice without positives, or two classes of
-        three); a label of ``y`` or the predictions outside it is an error. Default:
-        ``estimator.classes_`` (with any label of ``y`` it never saw) when the estimator
-        has it, else the labels that ``y`` and the predictions hold.
+        classifier's ``classes_``): it decides whether the task is binary, also when the
+        samples show fewer classes; a label of ``y`` or the predictions outside it is an
+        error. Default: ``estimator.classes_`` (with any label of ``y`` it never saw) when
+        the estimator has it, else the labels that ``y`` and the predictions hold.
 
     Returns
     -------
@@ -186,10 +179,9 @@ def fairness_report(
     Notes
     -----
     Metrics: ``accuracy``, ``balanced_accuracy`` and ``count`` always; for binary tasks
-    (two ``labels``; without them, at most two labels in ``y`` and the predictions) also
-    ``selection_rate``, ``true_positive_rate`` and ``false_positive_rate``. A
-    group without positives (negatives) has an undefined TPR (FPR), reported as NaN
-    instead of fairlearn's 0 so that groups defined by the label do not show fake gaps.
+    also ``selection_rate``, ``true_positive_rate`` and ``false_positive_rate``. A group
+    without positives (negatives) has an undefined TPR (FPR), reported as NaN instead of
+    fairlearn's 0 so that groups defined by the label do not show fake gaps.
     """
     from fairlearn.metrics import MetricFrame
 
@@ -306,12 +298,7 @@ def _pos_label(pos_label: Any, estimator: Any, labels: np.ndarray) -> Any:
 
 
 def _metric_functions(pos_label: Any) -> dict[str, Callable]:
-    from fairlearn.metrics import (
-        count,
-        false_positive_rate,
-        selection_rate,
-        true_positive_rate,
-    )
+    from fairlearn.metrics import count, false_positive_rate, selection_rate, true_positive_rate
     from sklearn.metrics import accuracy_score, balanced_accuracy_score
 
     metrics: dict[str, Callable] = {
@@ -360,14 +347,9 @@ def _summary(frame: Any) -> pd.DataFrame:
     worst = {}
     for name in table.index:
         column = frame.by_group[name].dropna()
-        if column.empty:
-            worst[name] = None
-        elif name in _HIGHER_IS_BETTER:
-            worst[name] = _group_name(column.idxmin(), frame)
-        elif name in _LOWER_IS_BETTER:
-            worst[name] = _group_name(column.idxmax(), frame)
-        else:
-            worst[name] = ""
+        pick = _WORST.get(name)
+        worst[name] = (None if column.empty else "" if pick is None
+                       else _group_name(getattr(column, pick)(), frame))
     table["worst_group"] = pd.Series(worst)
     return table
 

@@ -1,11 +1,6 @@
-"""Group metrics: worst-group accuracy and per-group accuracies, on numpy arrays.
+"""Group metrics: per-group and worst-group accuracy, and a scikit-learn scorer of them.
 
-On top of them:
-
-- :func:`make_worst_group_scorer` -- a scikit-learn scorer for ``GridSearchCV`` /
-  ``cross_validate`` that receives ``groups`` through metadata routing;
-- :func:`fairness_report` -- a fairlearn ``MetricFrame`` with a readable summary
-  (defined in :mod:`rest_fair.fairness`, re-exported here, imported lazily).
+:func:`fairness_report` is :mod:`rest_fair.fairness`'s, imported on first use.
 """
 
 from __future__ import annotations
@@ -81,15 +76,13 @@ def group_accuracies(y_true: ArrayLike, y_pred: ArrayLike, groups: ArrayLike, *,
     y_true, y_pred : array-like of shape (n_samples,)
         True and predicted labels.
     groups : array-like of shape (n_samples,) or (n_samples, n_columns), or dict of columns
-        Group label of each sample (any hashable values; no missing values); several
-        columns (or a dict of them by name, as fairlearn's ``sensitive_features``) form
-        intersectional groups, labelled by tuples of their values in column order (a
-        single column gives its values, as ``fit`` reads it).
+        Group label of each sample (hashable, not missing); several columns (or a dict of
+        them by name, as fairlearn's ``sensitive_features``) form intersectional groups,
+        labelled by tuples of their values in column order.
     sample_weight : array-like of shape (n_samples,), optional
         Finite, non-negative weight of each sample: a group's accuracy is then the
-        weighted share of its samples predicted correctly (as
-        :func:`sklearn.metrics.accuracy_score` weighs them), and a group whose samples all
-        weigh 0 has none and is left out, as model selection in ``fit`` leaves it out.
+        weighted share of its samples predicted correctly, and a group whose samples all
+        weigh 0 is left out, as model selection in ``fit`` leaves it out.
 
     Returns
     -------
@@ -100,10 +93,9 @@ def group_accuracies(y_true: ArrayLike, y_pred: ArrayLike, groups: ArrayLike, *,
     Raises
     ------
     ValueError
-        On a length mismatch, labels of more than one column, missing values (NaN/None) in
-        the labels or groups, labels of two kinds (strings and others, in either or across
-        both), invalid weights, or weights that are 0 for every sample (no group has an
-        accuracy).
+        On a length mismatch, labels of more than one column, missing values in the labels
+        or groups, labels of two kinds (strings and others), invalid weights, or weights
+        that are 0 for every sample.
     """
     y_true = column_or_1d(checked_labels(y_true, "y_true"), warn=True)
     y_pred = column_or_1d(checked_labels(y_pred, "y_pred"), warn=True)
@@ -143,14 +135,8 @@ def worst_group_accuracy(y_true: ArrayLike, y_pred: ArrayLike, groups: ArrayLike
 
     Parameters
     ----------
-    y_true, y_pred : array-like of shape (n_samples,)
-        True and predicted labels.
-    groups : array-like of shape (n_samples,) or (n_samples, n_columns), or dict of columns
-        Group label of each sample, as in :func:`group_accuracies`.
-    sample_weight : array-like of shape (n_samples,), optional
-        Weight of each sample, as in :func:`group_accuracies`: a group whose samples all
-        weigh 0 takes no part, as in the worst-group accuracy by which ``fit`` chooses
-        its epoch.
+    y_true, y_pred, groups, sample_weight
+        As in :func:`group_accuracies` (a group whose samples all weigh 0 takes no part).
 
     Returns
     -------
@@ -171,19 +157,13 @@ def worst_group_accuracy_score(
     y_true: ArrayLike, y_pred: ArrayLike, *, groups: ArrayLike | None = None,
     sample_weight: ArrayLike | None = None,
 ) -> float:
-    """Worst-group accuracy with ``groups`` as a keyword, for use as a scorer's metric.
-
-    Same value as :func:`worst_group_accuracy`, but raises a clear error when
-    ``groups`` is missing, which is what happens when scikit-learn does not route it.
+    """:func:`worst_group_accuracy` with ``groups`` as a keyword, for a scorer: a clear
+    error when ``groups`` is missing (scikit-learn did not route it).
 
     Parameters
     ----------
-    y_true, y_pred : array-like of shape (n_samples,)
-        True and predicted labels.
-    groups : array-like of shape (n_samples,)
-        Group label of each sample. Required.
-    sample_weight : array-like of shape (n_samples,), optional
-        Weight of each sample, as in :func:`group_accuracies`.
+    y_true, y_pred, groups, sample_weight
+        As in :func:`group_accuracies`; ``groups`` is required.
 
     Returns
     -------
@@ -198,25 +178,22 @@ def worst_group_accuracy_score(
 def make_worst_group_scorer(*, sample_weight: bool | None = None) -> Any:
     """Scikit-learn scorer for worst-group accuracy that requests ``groups``.
 
-    Use it in :class:`~sklearn.model_selection.GridSearchCV`,
-    :func:`~sklearn.model_selection.cross_validate` and friends. Metadata routing must
-    be enabled; the groups passed to the search are then sliced per fold and sent to
-    this scorer. To make the *estimator* see them as well, request them on it:
-    ``RESTClassifier(...).set_fit_request(groups=True)``. Without routing,
-    ``GridSearchCV(...).fit(X, y, groups=g)`` sends ``g`` only to the CV splitter and
-    fits a group-blind model. Like scikit-learn's own scorers, it does not ask for
-    ``sample_weight`` unless told to, and a search given ``sample_weight`` then raises
-    :class:`~sklearn.exceptions.UnsetMetadataPassedError` until it is told.
+    For :class:`~sklearn.model_selection.GridSearchCV`,
+    :func:`~sklearn.model_selection.cross_validate` and friends, with metadata routing
+    enabled: the groups passed to the search are sliced per fold and sent to this scorer
+    (and to the estimator, with ``RESTClassifier(...).set_fit_request(groups=True)``).
+    Without routing, ``GridSearchCV(...).fit(X, y, groups=g)`` sends ``g`` only to the CV
+    splitter.
 
     Parameters
     ----------
     sample_weight : bool or None, default=None
         ``True``: also request ``sample_weight``, for a weighted worst-group accuracy (see
         :func:`group_accuracies`). ``False``: do not, and score unweighted when a search
-        passes it (to the estimator's fit). ``None``: scikit-learn's default, an error when
-        a search passes it. scikit-learn's ``set_score_request`` replaces a scorer's
-        requests rather than adding to them: on this scorer, call it with ``groups=True``
-        as well.
+        passes it (to the estimator's fit). ``None``: scikit-learn's default, as its own
+        scorers: a search given ``sample_weight`` raises
+        :class:`~sklearn.exceptions.UnsetMetadataPassedError`. ``set_score_request``
+        replaces a scorer's requests: on this scorer, call it with ``groups=True`` too.
 
     Returns
     -------

@@ -25,11 +25,8 @@ BAD_GROUP_SIZES = (
 
 
 class ERMObjective:
-    """Mean of per-sample cross-entropies, each multiplied by its weight.
-
-    Weights are normalised by the caller so that they average to 1 over the training set;
-    ``w=None`` (all weights 1) is plain cross-entropy.
-    """
+    """Mean of per-sample cross-entropies times their weights (which the caller scales to
+    average 1 over the training set; ``w=None`` is plain cross-entropy)."""
 
     def __call__(
         self, logits: torch.Tensor, y: torch.Tensor, w: torch.Tensor | None, g: torch.Tensor
@@ -45,11 +42,8 @@ def _one_process(tensor: torch.Tensor) -> torch.Tensor:
 
 def _group_adjustment(n_groups: int, adjustment: float, group_sizes: torch.Tensor | None,
                       *, device: torch.device) -> torch.Tensor:
-    """``adjustment / sqrt(n_g)`` of every group (0 for an empty group), as float32.
-
-    Refuses an ``adjustment`` that is negative or not finite, and ``group_sizes`` missing
-    (with ``adjustment > 0``) or other than ``n_groups`` finite counts ``>= 0``.
-    """
+    """``adjustment / sqrt(n_g)`` of every group (0 for an empty group), as float32;
+    refuses a bad ``adjustment`` or ``group_sizes``."""
     if not math.isfinite(adjustment) or adjustment < 0:
         raise ValueError(BAD_ADJUSTMENT.format(value=adjustment))
     if group_sizes is None:
@@ -67,24 +61,19 @@ class GroupDROObjective:
     """Online GroupDRO (Sagawa et al., ICLR 2020, Algorithm 1), with group adjustments.
 
     Keeps a distribution ``q`` over groups. Each batch computes the (weighted) mean loss of
-    every group present, updates ``q_g <- q_g * exp(eta * (loss_g + C / sqrt(n_g)))`` and
-    renormalises, and returns ``sum_g q_g * loss_g``, so the groups with the highest loss
-    get the most weight. ``C / sqrt(n_g)`` is the paper's group adjustment (its Section 3.3):
-    a group with few training samples (``n_g``) is expected to generalise worse than its
-    training loss shows, so its weight grows faster. It enters the update of ``q`` only;
-    the returned value and its gradient are those of ``sum_g q_g * loss_g``. ``C = 0``
-    (the default) is Algorithm 1 as published. Groups absent from a batch keep their
-    weight before the renormalisation, with or without the adjustment. ``q`` starts
-    uniform over the groups that have training samples (``n_g > 0`` when ``group_sizes``
-    is given, as WILDS' GroupDRO starts it); a group without any, e.g. one whose samples
-    were all held out for validation, has weight 0 throughout instead of holding mass that
-    no loss can ever use.
+    every group present, updates ``q_g <- q_g * exp(eta * (loss_g + C / sqrt(n_g)))``,
+    renormalises, and returns ``sum_g q_g * loss_g``. The group adjustment ``C / sqrt(n_g)``
+    (the paper's Section 3.3) makes the weight of a group with few training samples grow
+    faster; it enters the update of ``q`` only, and ``C = 0`` (the default) is Algorithm 1
+    as published. Groups absent from a batch keep their weight before the renormalisation.
+    ``q`` starts uniform over the groups with training samples (``n_g > 0``, as in WILDS'
+    GroupDRO); a group without any (all held out for validation) keeps weight 0.
 
-    Over data-parallel ranks, each with a slice of the batch, ``all_reduce`` sums the
-    per-group sums of losses and weights, so group losses, ``q`` and the value are those of
-    the global batch; the gradient is that of ``world_size * sum_g q_g * S_g / C_g``
-    (``S_g``: this rank's loss sum of group ``g``, ``C_g``: its global weight), whose
-    average over the ranks (what DDP applies) is the global objective's.
+    Over data-parallel ranks, ``all_reduce`` sums the per-group sums of losses and weights,
+    so group losses, ``q`` and the value are those of the global batch; the gradient is
+    that of ``world_size * sum_g q_g * S_g / C_g`` (``S_g``: this rank's loss sum of group
+    ``g``, ``C_g``: its global weight), whose average over the ranks (what DDP applies) is
+    the global objective's.
 
     Parameters
     ----------
@@ -100,10 +89,9 @@ class GroupDROObjective:
     adjustment : float, default=0.0
         The constant ``C >= 0`` of the group adjustment ``C / sqrt(n_g)``.
     group_sizes : Tensor of shape (n_groups,), optional
-        ``n_g``: the number of training samples of every group, the same on every rank
-        (the whole training set's counts, not a rank's share). Needed when
-        ``adjustment > 0``; a group of size 0 gets no adjustment and no weight (it is
-        never in a batch). Without it, ``q`` starts uniform over all ``n_groups``.
+        ``n_g``: the whole training set's number of samples of every group, the same on
+        every rank. Needed when ``adjustment > 0``; a group of size 0 gets no adjustment and
+        no weight. Without it, ``q`` starts uniform over all ``n_groups``.
 
     Attributes
     ----------
@@ -144,10 +132,9 @@ class GroupDROObjective:
     def continue_from(self, q: Sequence[float]) -> None:
         """Start from the group weights ``q`` of an earlier fit (a warm start).
 
-        The groups without training samples keep weight 0 and the others share the
-        weight in ``q``'s proportions; a weight that is 0 in ``q`` (one that rounded to 0 in
-        float32, or a group untrained then) starts at the smallest normal float32 value,
-        so that it grows again once its group's loss is the largest.
+        The groups with training samples share the weight in ``q``'s proportions, a weight 0
+        in ``q`` raised to the smallest normal float32 so that it can grow again; the others
+        keep weight 0.
         """
         given = torch.as_tensor(q, dtype=torch.float64).cpu()
         if given.shape != self.q.shape:
@@ -174,14 +161,12 @@ class GroupDROObjective:
     def update(self, group_loss: torch.Tensor, present: torch.Tensor) -> None:
         """Exponentiated-gradient step of ``q`` on the groups present in the batch.
 
-        ``group_loss`` holds the batch's mean loss of every group; the step uses
-        ``loss_g + C / sqrt(n_g)`` (the adjusted loss; ``loss_g`` when ``C = 0``). The
-        weights are also kept in log space and float64, ``log q <- log_softmax(log q + eta *
-        loss)``, where no weight that was ever positive becomes 0. Where ``q_g * exp(eta *
-        loss_g)`` or their sum overflows float32 (a large ``eta``), or a weight rounds to 0 in
-        float32 although it is positive, ``q`` is that log-space update: the weight goes to
-        the groups of the largest loss instead of becoming NaN, and a group whose weight has
-        become tiny regains it when its loss is the largest, as in exact arithmetic.
+        ``group_loss`` holds the batch's mean loss of every group; the step uses the
+        adjusted ``loss_g + C / sqrt(n_g)``. The weights are also kept in log space and
+        float64, ``log q <- log_softmax(log q + eta * loss)``. Where the float32 update
+        overflows (a large ``eta``) or rounds a positive weight to 0, ``q`` is the log-space
+        one: the weight goes to the groups of the largest loss instead of becoming NaN, and
+        a tiny weight grows again when its group's loss is the largest.
         """
         loss = group_loss.detach() + self.group_adjustment
         scaled = self._q * torch.exp(self.eta * loss * present)

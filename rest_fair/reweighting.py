@@ -1,20 +1,20 @@
 """Minority reweighting: how often each training sample is drawn.
 
-REST draws bias-conflicting samples ``lambda`` times more often than bias-aligned ones.
-:func:`cell_weights` turns the user's ``upweight`` option into one weight per
-``(class, group)`` cell, :func:`sample_weights_for` spreads them over samples, and
-:func:`draw_indices` draws an epoch with replacement in proportion to them.
+:func:`cell_weights` turns ``upweight`` into one weight per ``(class, group)`` cell,
+:func:`sample_weights_for` spreads them over samples, and :func:`draw_indices` draws an
+epoch with replacement in proportion to them.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from numbers import Real
 
 import numpy as np
 import torch
 
-from ._validation import Interval
+from ._validation import Interval, summable_weights
 
 __all__ = [
     "REWEIGHT_MODES",
@@ -53,14 +53,11 @@ def group_key(keys: Iterable[Hashable], label: Hashable) -> Hashable | None:
     """
     if label in keys:
         return label
-
-    def equal(key: Hashable) -> bool:
-        try:
-            return bool(key == label)
-        except (TypeError, ValueError):  # a comparison the types refuse
-            return False
-
-    return next((key for key in keys if equal(key)), None)
+    for key in keys:
+        with contextlib.suppress(TypeError, ValueError):  # a comparison the types refuse
+            if key == label:
+                return key
+    return None
 
 
 def cell_weights(
@@ -71,12 +68,6 @@ def cell_weights(
     sample_weight: np.ndarray | None = None,
 ) -> dict[tuple[int, int], float]:
     """Weight of every ``(class code, group code)`` cell present in the data.
-
-    With ``sample_weight``, a cell's size is the sum of its samples' weights, as
-    scikit-learn's ``compute_class_weight("balanced", sample_weight=...)`` counts classes:
-    a sample of weight 0 counts as absent and one of integer weight ``k`` as ``k`` copies
-    of it, in the group sizes of ``"balanced"`` and in the choice of each class's aligned
-    group for ``lambda``. A cell whose samples all weigh 0 is not present.
 
     Parameters
     ----------
@@ -93,7 +84,9 @@ def cell_weights(
           (weight 1); every other group of that class gets ``lambda``.
         - dict ``group label -> weight``: explicit weights per group.
     sample_weight : ndarray of float, optional
-        Non-negative weight of each sample; ``None``: every sample weighs 1.
+        Non-negative weight of each sample (``None``: 1). A cell's size is then the sum of
+        its samples' weights, as ``compute_class_weight("balanced", sample_weight=...)``
+        counts classes: a sample of weight ``k`` counts as ``k`` copies (0: absent).
 
     Returns
     -------
@@ -108,10 +101,8 @@ def cell_weights(
     if (sample_weight is not None and len(sample_weight)
             and sample_weight.min() == sample_weight.max() > 0):
         sample_weight = None  # equal weights count as the samples themselves, bit for bit
-    if sample_weight is not None:
-        with np.errstate(over="ignore"):
-            if not np.isfinite(np.sum(sample_weight)):  # the sizes' ratios are what counts
-                sample_weight = sample_weight / np.max(sample_weight)
+    if sample_weight is not None:  # the sizes' ratios are what counts
+        sample_weight = summable_weights(sample_weight)
     classes, groups, sizes, _ = _cells(y_codes, group_codes, sample_weight)
     present = sizes > 0
     classes, groups, sizes = classes[present], groups[present], sizes[present]
@@ -151,10 +142,8 @@ def cell_weights(
 
 def _cells(y_codes: np.ndarray, group_codes: np.ndarray, sample_weight: np.ndarray | None = None
            ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """The distinct ``(class, group)`` cells of the samples.
-
-    Memory and time grow with the number of samples, not with the number of classes times
-    the number of groups (most cells of many classes and many groups are empty).
+    """The distinct ``(class, group)`` cells of the samples, in memory and time that grow
+    with the number of samples only.
 
     Returns
     -------
@@ -163,7 +152,7 @@ def _cells(y_codes: np.ndarray, group_codes: np.ndarray, sample_weight: np.ndarr
     counts : ndarray of int64, or of float64 with ``sample_weight``
         Samples in each cell, or the sum of their ``sample_weight``.
     inverse : ndarray of int64
-        Cell of each sample (index into the arrays above).
+        Cell of each sample.
     """
     y_codes = np.asarray(y_codes, dtype=np.int64).ravel()
     group_codes = np.asarray(group_codes, dtype=np.int64).ravel()
