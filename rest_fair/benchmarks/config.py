@@ -256,16 +256,14 @@ class BenchConfig:
 
     def common_hash(self, method: str | None = None, params: Mapping[str, Any] | None = None,
                     *, leave_out: Sequence[str] = ()) -> str:
-        """Hash of the settings the runs share (not the grid): changing it re-runs every run.
+        """Hash of the settings the runs share (not the grid, nor the fields ``leave_out``):
+        changing it re-runs every run.
 
-        With ``method``, the hash of the settings that the runs of that method read, their
-        ``config_hash``: ``upweight`` is left at its default (None) for a method that does
-        not reweight, and ``extra_params`` holds only those the method reads (with the
-        further estimator parameters ``params`` of its runs, their ``sparsity`` among them,
-        :meth:`read_extra`), so that changing a setting re-runs the runs that read it alone
-        (a setting of sparse training: the sparse runs), and the others keep the ids they
-        have with the default. The fields ``leave_out`` (those an experiment built
-        on this configuration does not read) are not in the hash."""
+        With ``method``, the ``config_hash`` of that method's runs (with the further
+        parameters ``params``, their ``sparsity`` among them): ``upweight`` is left at None
+        for a method that does not reweight and ``extra_params`` holds only those the runs
+        read (:meth:`read_extra`), so that changing a setting re-runs only the runs that
+        read it."""
         settings = {k: v for k, v in self.to_dict().items()
                     if k not in GRID_FIELDS and k not in leave_out}
         if method is not None:
@@ -276,11 +274,9 @@ class BenchConfig:
 
     def read_extra(self, method: str, params: Mapping[str, Any] | None = None
                    ) -> dict[str, Any]:
-        """The ``extra_params`` that the runs of ``method`` read: not those that its other
-        parameters (and ``params``, further ones its runs set, their ``sparsity`` among
-        them) leave unused (:func:`~rest_fair.experiments.run.unread_params`: ``jtt_epochs``
-        without JTT, GroupDRO's without its objective, those of sparse training in a dense
-        run, ...)."""
+        """The ``extra_params`` that the runs of ``method`` (with the further parameters
+        ``params``) read: not those the others leave unused
+        (:func:`~rest_fair.experiments.run.unread_params`)."""
         if not self.extra_params:
             return {}
         from ..estimator import RESTClassifier  # imports torch: only with extra_params
@@ -323,13 +319,11 @@ class BenchConfig:
             them and how to install them).
         ValueError
             When the data set cannot be built with these settings at one of the shares
-            (e.g. ``split_sizes`` larger than the data set, or too small to hold every
-            class, or a share that rounds to no bias-conflicting training sample); the
-            data are built here as the runs build them, and kept for the runs of this
-            process. Also when the network cannot take the images (the CNN on
-            images that its convolutions shrink to nothing, a small ``image_size``) or has
-            no weight that a name of ``extra_params["dense_layers"]`` selects: it is built
-            once here. Also naming the keys of ``extra_params`` that no run reads.
+            (``split_sizes`` too large or too small to hold every class, a share that
+            rounds to no bias-conflicting training sample; the data are built and kept for
+            the runs of this process), when the network cannot take the images (a small
+            ``image_size``) or has no weight that a name of ``extra_params["dense_layers"]``
+            selects, or naming the keys of ``extra_params`` that no run reads.
         """
         from ..models import build_module  # imports torch: not at `rest-fair --help`
         from ..sparse import resolve_dense_layers
@@ -358,9 +352,14 @@ class BenchConfig:
         except ValueError as exc:
             raise ValueError(f"extra_params: {exc}") from None
 
-    def base_params(self, seed: int) -> dict[str, Any]:
-        """The parameters every run of this benchmark shares (``extra_params`` included)."""
-        return {
+    def base_params(self, seed: int, method: str | None = None,
+                    params: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """The parameters every run of this benchmark shares (``extra_params`` included);
+        with ``method``, without the ``extra_params`` its runs (with the further parameters
+        ``params``) leave unread (:meth:`read_extra`)."""
+        unread = () if method is None else (self.extra_params.keys()
+                                            - self.read_extra(method, params).keys())
+        shared = {
             "max_epochs": int(self.max_epochs),
             "batch_size": int(self.batch_size),
             "lr": float(self.lr),
@@ -370,13 +369,12 @@ class BenchConfig:
             "random_state": seed,
             **self.extra_params,
         }
+        return {k: v for k, v in shared.items() if k not in unread}
 
     def estimator_params(self, spec: RunSpec) -> dict[str, Any]:
         """The :class:`~rest_fair.RESTClassifier` parameters of one run (not the
         ``extra_params`` its method leaves unused)."""
-        unread = (self.extra_params.keys()
-                  - self.read_extra(spec.method, {"sparsity": spec.sparsity}).keys())
-        return {**{k: v for k, v in self.base_params(spec.seed).items() if k not in unread},
+        return {**self.base_params(spec.seed, spec.method, {"sparsity": spec.sparsity}),
                 **estimator_params(get_method(spec.method), sparsity=spec.sparsity,
                                    ratio=spec.ratio, upweight=self.upweight)}
 
@@ -427,14 +425,19 @@ class BenchConfig:
             out["jtt_overlap"] = {
                 k: _float(v) for k, v in overlap_report(inferred, data.conflict_train).items()
             }
-        # FLOPs fractions of dense, from the run's actual optimizer steps and topology
-        # updates (training FLOPs include RigL's dense gradient at every update)
-        report = clf.efficiency_report()
-        total = report[report["layer"].astype(str) == "total"].iloc[-1]
+        # FLOPs fractions of dense, from the run's optimizer steps and topology updates
+        # (training FLOPs include RigL's dense gradient at every update)
+        total = efficiency_total(clf)
         out["efficiency"] = {
             c: float(total[c]) for c in ("inference_flops_fraction", "training_flops_fraction")
         }
         return out
+
+
+def efficiency_total(clf: Any) -> Any:
+    """The ``"total"`` row of a fitted estimator's ``efficiency_report()``."""
+    report = clf.efficiency_report()
+    return report[report["layer"].astype(str) == "total"].iloc[-1]
 
 
 def _float(value: Any) -> float | None:

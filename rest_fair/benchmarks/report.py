@@ -436,21 +436,27 @@ def set_aside_report(out_dir: str | Path, experiment: Any, *, fresh: bool = Fals
     return set_aside(report)
 
 
+def _report_folder(out_dir: str | Path, experiment: Any) -> Path:
+    """``out_dir``, created, with a report of settings other than ``experiment``'s set
+    aside (:func:`set_aside_report`)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    set_aside_report(out_dir, experiment)
+    return out_dir
+
+
 def _write_config(
     out_dir: Path, experiment: Any, records: Sequence[dict[str, Any]],
     run_info: dict[str, Any] | None, outputs: Sequence[Path],
-    statuses: Sequence[str] = ("ok", "error"),
-) -> tuple[Path, list[Path]]:
+) -> dict[str, list[Path]]:
     """Write ``config.json``: the experiment, its hash, the library versions, the number of
-    runs in total and with each of ``statuses``, ``run_info``, and the names of the other
-    ``outputs`` written this time; returns its path and the earlier outputs kept aside.
+    runs in total and by status, ``run_info``, and the names of the other ``outputs``
+    written this time. Returns ``{"files": [its path, *outputs], "kept": [paths]}``.
 
-    Outputs that the previous ``config.json`` of the folder (of the same settings:
-    :func:`set_aside_report` has renamed one of others) lists and this call did not write
-    again (plots now switched off, tables of a summary that is now empty) are kept, renamed
-    with a date-time suffix (:func:`~rest_fair.experiments.runner.set_aside`), so that the
-    folder never shows results under the names of the report beside a configuration or
-    runs they do not come from. Other files are left alone.
+    Outputs that the previous ``config.json`` (of the same settings) lists and this call
+    did not write again (plots now switched off, tables of a summary now empty) are kept,
+    renamed with a date-time suffix (``kept``), so that the folder never shows results
+    beside a configuration or runs they do not come from. Other files are left alone.
     """
     path = out_dir / "config.json"
     names = sorted(p.name for p in outputs)
@@ -463,12 +469,12 @@ def _write_config(
         "versions": library_versions(),
         "n_runs_in_grid": len(experiment.runs()),
         **{f"n_runs_{status}": sum(r.get("status") == status for r in records)
-           for status in statuses},
+           for status in ("ok", "error", "failed")},
         "outputs": names,
         **(run_info or {}),
     }
     path.write_text(json.dumps(info, indent=2, sort_keys=True, default=str))
-    return path, kept
+    return {"files": [path, *outputs], "kept": kept}
 
 
 def _write_tables(out_dir: Path, markdown: str, tables: dict[str, Any]) -> list[Path]:
@@ -500,9 +506,7 @@ def write_outputs(
         ``{"summary": DataFrame, "markdown": str, "files": [paths], "kept": [paths]}``
         (``kept``: the new names of the outputs kept aside).
     """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    set_aside_report(out_dir, config)
+    out_dir = _report_folder(out_dir, config)
     files = [out_dir / "references.md"]
     files[0].write_text(reference_markdown() + "\n")
     summary = summarize(records, config)
@@ -516,6 +520,5 @@ def write_outputs(
         files += _write_tables(out_dir, markdown, {"table.csv": summary})
         if plots:
             files += plot_results(summary, records, config, out_dir)
-    path, kept = _write_config(out_dir, config, records, run_info, files,
-                               ("ok", "error", "failed"))
-    return {"summary": summary, "markdown": markdown, "files": [path, *files], "kept": kept}
+    return {"summary": summary, "markdown": markdown,
+            **_write_config(out_dir, config, records, run_info, files)}

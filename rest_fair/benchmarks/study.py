@@ -7,12 +7,9 @@ conflicting samples, the configuration with the best mean validation score over 
 chosen by the method's selection rule (:data:`SELECTION_RULES`), and its test accuracies
 are reported (:mod:`~rest_fair.benchmarks.study_report`).
 
-A :class:`RandomSearch` is an :class:`~rest_fair.experiments.run.Experiment` built on a
-:class:`~rest_fair.benchmarks.BenchConfig`, which gives the data, the model, the batch size,
-the epoch budget, the shares and the seeds; the experiment runner
-(:func:`~rest_fair.experiments.runner.run_sweep`) runs it with the same results file, resume,
-chunks and Dask backend as any sweep. ``rest-fair bench --search random --budget K`` is the
-command.
+The experiment is a :class:`RandomSearch`, run by
+:func:`~rest_fair.experiments.runner.run_sweep` like any sweep; the command is
+``rest-fair bench --search random --budget K``.
 """
 
 from __future__ import annotations
@@ -30,7 +27,7 @@ from ..exceptions import TrainingDivergedError
 from ..experiments.run import digest, jsonable
 from ..metrics import worst_group_accuracy
 from ..recipes import authors_recipe
-from .config import BenchConfig, RunSpec, _Keyed, check_sequence
+from .config import BenchConfig, RunSpec, _Keyed, check_sequence, efficiency_total
 from .data import load_data
 from .methods import estimator_params, get_method
 from .search import SEARCH_SPACES, equal_cost_width, hyperparameters, sample
@@ -306,8 +303,7 @@ class RandomSearch:
         if self.bench.upweight is not None:
             raise ValueError(_SEARCHED.format(what="upweight (λ)", value=self.bench.upweight))
         for name in self.methods:
-            decided = {*self.searched_params(name, 0, self.bench.ratios[0]),
-                       *get_method(STUDY_METHODS[name].family).params}
+            decided = {*self._reads(name), *get_method(STUDY_METHODS[name].family).params}
             clash = sorted(decided & set(self.bench.extra_params))
             if clash:
                 raise ValueError(_SEARCHED_OR_FIXED.format(
@@ -329,6 +325,14 @@ class RandomSearch:
         drawn = hyperparameters(self.point(method, config), ratio=ratio,
                                 max_epochs=int(self.bench.max_epochs))
         return {**drawn, **get_study_method(method).fixed()}
+
+    def _reads(self, method: str, config: int = 0, ratio: float | None = None
+               ) -> dict[str, Any]:
+        """:meth:`searched_params` (default: of configuration 0 at the first share) and the
+        ``sparsity`` of ``method``: what its runs set over their family's parameters."""
+        ratio = self.bench.ratios[0] if ratio is None else ratio
+        return {**self.searched_params(method, config, ratio),
+                "sparsity": get_study_method(method).sparsity}
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready description: the configuration, the methods and their search spaces."""
@@ -359,14 +363,13 @@ class RandomSearch:
             for ratio in self.bench.ratios:
                 for name in self.methods:
                     m = STUDY_METHODS[name]
-                    searched = self.searched_params(name, config, ratio)
-                    read = {**searched, "sparsity": m.sparsity}
                     trial = digest({
-                        "common": self.bench.common_hash(m.family, read,
+                        "common": self.bench.common_hash(m.family,
+                                                         self._reads(name, config, ratio),
                                                          leave_out=self.unread_fields),
                         "family": m.family, "sparsity": m.sparsity,
                         "selection": m.selection, "cost_of": m.cost_of,
-                        "params": jsonable(searched),
+                        "params": jsonable(self.searched_params(name, config, ratio)),
                     })
                     specs.extend(TrialSpec(name, ratio, config, seed, trial)
                                  for seed in self.bench.seeds)
@@ -381,23 +384,18 @@ class RandomSearch:
         """Raise, before any run, when a package or a data file is missing, or when
         ``extra_params`` sets a parameter that no method of the study reads."""
         self.bench.check_requirements(plots=plots, reads=[
-            (STUDY_METHODS[name].family, {**self.searched_params(name, 0, self.bench.ratios[0]),
-                                          "sparsity": STUDY_METHODS[name].sparsity})
-            for name in self.methods])
+            (STUDY_METHODS[name].family, self._reads(name)) for name in self.methods])
 
     def estimator_params(self, spec: TrialSpec) -> dict[str, Any]:
         """The :class:`~rest_fair.RESTClassifier` parameters of one run: the benchmark's
         (not the ``extra_params`` that the run's other parameters leave unused), the
         family's, the drawn ones, the equal-cost width and the fixed ones."""
         m = get_study_method(spec.method)
-        searched = self.searched_params(spec.method, spec.config, spec.ratio)
-        unread = (self.bench.extra_params.keys()
-                  - self.bench.read_extra(m.family, {**searched, "sparsity": m.sparsity}).keys())
-        params = {k: v for k, v in self.bench.base_params(spec.seed).items()
-                  if k not in unread}
+        params = self.bench.base_params(spec.seed, m.family,
+                                        self._reads(spec.method, spec.config, spec.ratio))
         params.update(estimator_params(get_method(m.family), sparsity=m.sparsity,
                                        ratio=spec.ratio))
-        params.update(searched)
+        params.update(self.searched_params(spec.method, spec.config, spec.ratio))
         if m.cost_of is not None:
             params["module_params"] = {**(params["module_params"] or {}),
                                        "hidden_layer_sizes": self.hidden_layer_sizes(m, spec)}
@@ -459,8 +457,7 @@ def _cost(clf: Any, n_train: int) -> dict[str, Any]:
     ``efficiency_report()``'s ``training_flops_run``, plus with ``infer_groups="jtt"`` the
     identification model's ``jtt_epochs`` passes over the ``n_train`` training samples at
     three times the inference FLOPs per sample."""
-    report = clf.efficiency_report()
-    total = report[report["layer"].astype(str) == "total"].iloc[-1]
+    total = efficiency_total(clf)
     training = float(total.get("training_flops_run", math.nan))
     identification = 0.0
     if getattr(clf, "infer_groups", None) == "jtt":

@@ -1,12 +1,4 @@
-"""The equal-budget study's selection, tables and robustness–cost plots.
-
-:func:`summarize_configurations` averages every configuration of every method over its
-seeds; :func:`select` keeps, per method and share of conflicting samples, the configuration
-with the best mean validation score under the method's rule
-(:data:`~rest_fair.benchmarks.study.SELECTION_RULES`); :func:`write_study_outputs` writes
-the table of the chosen configurations, every configuration's averages, the plots of
-worst-group accuracy against sparsity and against training cost, and ``config.json``.
-"""
+"""The equal-budget study's selection, tables and robustness–cost plots."""
 
 from __future__ import annotations
 
@@ -23,12 +15,12 @@ from .report import (
     _clipped_err,
     _markdown_table,
     _pyplot,
+    _report_folder,
     _save,
     _write_config,
     _write_tables,
     metric_cell,
     seed_statistics,
-    set_aside_report,
 )
 from .study import SELECTION_RULES, STUDY_METHODS, RandomSearch
 
@@ -155,22 +147,14 @@ def _hyperparameters(values: dict[str, Any]) -> str:
     return ", ".join(f"{_SHORT.get(name, name)}={text}" for name, text in texts.items())
 
 
-def _missing(value: float | None) -> bool:
-    return value is None or math.isnan(value)
-
-
-def _seconds(value: float) -> str:
-    if _missing(value):
+def _number(value: float | None, spec: str) -> str:
+    """``value`` in the format ``spec`` (``"s"``: seconds to two significant digits); "–"
+    when missing."""
+    if value is None or math.isnan(value):
         return "–"
-    return f"{value:.2g}" if value < 1 else f"{value:.1f}" if value < 10 else f"{value:.0f}"
-
-
-def _flops(value: float) -> str:
-    return "–" if _missing(value) else f"{value:.2e}"
-
-
-def _count(value: float) -> str:
-    return "–" if _missing(value) else f"{value:,.0f}"
+    if spec == "s":
+        spec = ".2g" if value < 1 else ".1f" if value < 10 else ".0f"
+    return format(value, spec)
 
 
 def study_markdown(chosen, search: RandomSearch, configurations=None) -> str:
@@ -197,9 +181,9 @@ def study_markdown(chosen, search: RandomSearch, configurations=None) -> str:
             f"{100 * row['score_mean']:.1f}",
             *(metric_cell(row, m, n) for m in STUDY_METRICS),
             str(n),
-            _count(row["params_active_mean"]),
-            _flops(row["training_flops_mean"]),
-            _seconds(row["fit_seconds_mean"]),
+            _number(row["params_active_mean"], ",.0f"),
+            _number(row["training_flops_mean"], ".2e"),
+            _number(row["fit_seconds_mean"], "s"),
             _hyperparameters(hyper),
         ])
     bench = search.bench
@@ -375,9 +359,7 @@ def write_study_outputs(
         "files": [paths], "kept": [paths]}`` (``kept``: the new names of the outputs kept
         aside).
     """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    set_aside_report(out_dir, search)
+    out_dir = _report_folder(out_dir, search)
     configurations = summarize_configurations(records, search)
     chosen = select(configurations)
     markdown = "" if chosen.empty else study_markdown(chosen, search, configurations)
@@ -389,7 +371,5 @@ def write_study_outputs(
         })
         if plots:
             files += plot_study(chosen, search, out_dir)
-    path, kept = _write_config(out_dir, search, records, run_info, files,
-                               ("ok", "error", "failed"))
     return {"summary": chosen, "configurations": configurations, "markdown": markdown,
-            "files": [path, *files], "kept": kept}
+            **_write_config(out_dir, search, records, run_info, files)}

@@ -129,13 +129,11 @@ def parse_path(value: str) -> Path:
 
 
 class OneValue(argparse.Action):
-    """The ``store`` action of ``rest-fair bench`` and ``rest-fair wilds`` (registered as their
-    default), which refuses a setting given two values, naming both: a flag given twice
-    (``--lr 0.1 --lr 0.2``; argparse keeps the last one silently), or two flags of one
-    destination (``message``), such as an option and its shortcut (a flag of ``nargs=0``
-    that gives ``const``, as ``--quick`` is ``--preset quick``), and a flag of several
-    values (``nargs="+"`` or ``"*"``) given two lists (``--seeds 0 1 --seeds 2``). The same
-    value (or list) given twice is taken once."""
+    """The default ``store`` action of ``rest-fair bench`` and ``rest-fair wilds``: it
+    refuses a setting given two values, naming both, whether by one flag given twice
+    (``--lr 0.1 --lr 0.2``, ``--seeds 0 1 --seeds 2``) or by two flags of one destination
+    (``message``; e.g. ``--quick``, a flag of ``nargs=0`` giving ``const``, and
+    ``--preset``). The same value given twice is taken once."""
 
     def __init__(self, *args: Any, message: str = _TWO_FLAGS, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -235,10 +233,9 @@ def lock_folder(folder: str | Path) -> Iterator[Path]:
     """Create the output folder ``folder`` and hold it while the block runs.
 
     The hold is an exclusive advisory lock (``fcntl.flock``; none on systems without it)
-    on the folder's :data:`LOCK_FILE`, released when the last block holding it ends however
-    it ends (and by the system when the process ends). The thread holding a folder may
-    enter the block again, and the blocks may end in any order; the worker processes of a
-    sweep do not take it.
+    on the folder's :data:`LOCK_FILE`, released when the last block holding it ends (or the
+    process does). The holding thread may enter the block again, the blocks ending in any
+    order; the worker processes of a sweep do not take it.
 
     Raises
     ------
@@ -277,8 +274,8 @@ def lock_folder(folder: str | Path) -> Iterator[Path]:
 def set_aside(paths: Sequence[Path]) -> list[Path]:
     """Rename those of ``paths`` that exist with one date-time suffix that none of their
     new names holds yet (``results.jsonl`` -> ``results.20260101-120000.jsonl``, or
-    ``results.20260101-120000-2.jsonl`` when a command of the same second took that name),
-    so that nothing set aside before is overwritten; returns the new paths."""
+    ``results.20260101-120000-2.jsonl``), so that nothing is overwritten; returns the new
+    paths."""
     existing = [Path(p) for p in paths if Path(p).exists()]
     stamp = time.strftime("%Y%m%d-%H%M%S")
     for k in itertools.count(1):
@@ -320,27 +317,25 @@ def report_failed(command: str, out_dir: str | Path, error: OSError, how: str) -
     """Say on stderr that ``command`` could not write its report (``error``: a full disk, a
     folder in the way), that its finished runs are kept in the results file of ``out_dir``
     and ``how`` to write it; returns the exit status 2."""
-    path = Path(out_dir) / RESULTS_FILE
-    print(_REPORT_FAILED.format(command=command, error=error, path=path, how=how),
-          file=sys.stderr)
-    return 2
+    return _kept_runs(_REPORT_FAILED, 2, out_dir, command=command, error=error, how=how)
 
 
 def interrupted(command: str, out_dir: str | Path, how: str) -> int:
     """Say on stderr that ``command`` was interrupted, that its finished runs are kept in
     the results file of ``out_dir`` and ``how`` to continue; returns the exit status 130."""
-    path = Path(out_dir) / RESULTS_FILE
-    print(_INTERRUPTED.format(command=command, path=path, how=how), file=sys.stderr)
-    return 130
+    return _kept_runs(_INTERRUPTED, 130, out_dir, command=command, how=how)
+
+
+def _kept_runs(message: str, status: int, out_dir: str | Path, **fields: Any) -> int:
+    print(message.format(path=Path(out_dir) / RESULTS_FILE, **fields), file=sys.stderr)
+    return status
 
 
 def finished(record: dict[str, Any], folder: str | Path | None = None) -> bool:
     """Whether resuming keeps ``record``: it succeeded and the files it lists still exist,
     or it failed for good (``"status": "failed"``).
 
-    A relative path of ``"submission_files"`` is looked up in ``folder`` (the output
-    folder, where the experiment records them from), then from the working directory
-    (where earlier versions recorded them from).
+    A relative path of ``"submission_files"`` is looked up as :func:`locate` does.
     """
     if record.get("status") == "failed":
         return True
@@ -460,20 +455,18 @@ def run_sweep(
         Folder of the results file :data:`RESULTS_FILE` (created), held for the sweep
         (:func:`lock_folder`). Only this process writes it, whatever the backend.
     n_jobs : int, default=1
-        Parallel runs (joblib processes), at most one per core; torch threads per run are
-        split so that ``n_jobs * threads <= cores``. Negative values count back from the
-        cores as in joblib: ``-1`` one run per core, ``-2`` all cores but one (``cores + 1 +
-        n_jobs``, at least 1); ``0`` or None: 1. Not used by the dask backend, whose
-        parallelism is the cluster's worker processes.
+        Parallel runs (joblib processes) and torch threads per run as
+        :func:`~rest_fair.experiments.run.split_threads` gives them (``-1``: one run per
+        core). Not used by the dask backend, whose parallelism is the cluster's worker
+        processes.
     resume : bool, default=True
         Skip the runs already finished (:func:`pending`); False moves the old results file
         aside (``results.<date>-<time>.jsonl``) and runs everything.
     progress : bool or {"auto", "bar", "log", "none"}, default=True
         ``"bar"``: a tqdm bar over runs and, with ``n_jobs=1``, the estimator's bar over
-        epochs. ``"log"``: plain lines on stderr (at most one every
-        :data:`LOG_INTERVAL` seconds, plus every failure and the last run), readable in CI
-        logs. ``"auto"`` (or ``True``): bars when stderr is a terminal, else lines.
-        ``"none"`` (or ``False``): silent.
+        epochs. ``"log"``: plain lines on stderr (at most one every :data:`LOG_INTERVAL`
+        seconds, plus every failure and the last run). ``"auto"`` (``True``): bars when
+        stderr is a terminal, else lines. ``"none"`` (``False``): silent.
     max_runs : int or None
         Stop after this many new runs (chunks of a long sweep; rerun to continue).
     time_limit : float or None
@@ -496,18 +489,16 @@ def run_sweep(
     on_start : callable or None
         ``on_start(where)`` before the first run, with ``out_dir`` held (a block of
         :func:`lock_folder` entered here keeps it held after the sweep), with where the
-        runs execute:
-        ``{"backend": "local", "n_jobs": ..., "torch_threads_per_job": ...}`` or
+        runs execute: ``{"backend": "local", "n_jobs": ..., "torch_threads_per_job": ...}`` or
         ``{"backend": "dask", "scheduler": address, "dask_workers": ...,
         "dask_worker_threads": ...}``.
 
     Returns
     -------
     list of dict
-        The records of the experiment's runs found in the results file, in the order of
-        ``experiment.runs()``, one per run id (a run listed twice runs once; see
-        :func:`~rest_fair.experiments.run.run_one`). With the
-        dask backend each new record also names the ``worker`` that ran it.
+        The records of the experiment's runs found in the results file
+        (:func:`~rest_fair.experiments.run.run_one`), in the order of ``experiment.runs()``,
+        one per run id. With the dask backend each new record also names its ``worker``.
 
     Raises
     ------
@@ -517,15 +508,14 @@ def run_sweep(
     DatasetNotFoundError
         Before any run, when data files the runs read are missing (likewise).
     ValueError
-        Before any run, for data settings the data set cannot meet (likewise), for
-        invalid estimator parameters of the first run of each method and sparsity (a
-        run's ``method`` and ``sparsity``, if it has them: the settings its runs share,
-        those that one method or its sparse runs alone read, the network and its
-        ``module_params`` included), a negative or
-        infinite ``max_runs``, a negative ``time_limit``, a ``scheduler_timeout`` that is
-        not positive and finite, or an ``out_dir`` that cannot be made a folder; with the
-        local backend, for a CUDA ``device`` on a machine without CUDA, and for a
-        ``scheduler`` or ``scheduler_timeout``, which it does not read.
+        Before any run: for data settings the data set cannot meet (likewise); for invalid
+        estimator parameters of the first run of each ``method`` and ``sparsity`` (if the
+        runs have them), the network and its ``module_params`` included
+        (:func:`~rest_fair.experiments.run.check_run_params`); for a negative or infinite
+        ``max_runs``, a negative ``time_limit``, a ``scheduler_timeout`` that is not
+        positive and finite, or an ``out_dir`` that cannot be made a folder; with the local
+        backend, for a CUDA ``device`` on a machine without CUDA, and for a ``scheduler``
+        or ``scheduler_timeout``.
     BlockingIOError
         Before any run, when another run holds ``out_dir``.
     FileNotFoundError
@@ -671,16 +661,13 @@ def _run_in_own_process(spec: Any, experiment: Experiment, threads: int) -> dict
 def _deaf_to_ctrl_c() -> Iterator[None]:
     """Start worker processes in the block that ignore SIGINT for good.
 
-    In the main thread SIGINT is ignored (which the processes started meanwhile inherit)
-    and blocked until the block ends: a Ctrl-C that comes meanwhile (milliseconds) is
-    delivered when the block ends, unless a thread that does not block it takes it, and is
-    lost then (torch's threads; this one once multiprocessing's resource tracker, which
-    unblocks SIGINT as it starts, was started). SIGINT's handler and the thread's signal
-    mask are then as they were, also when a Ctrl-C raises as they are changed or restored.
-    A Ctrl-C in a terminal, sent to the whole process group, then reaches this process
-    alone, whose ``KeyboardInterrupt`` ends the workers (joblib terminates them). An ignored
-    SIGINT (a command started with ``nohup`` or in the background) stays ignored. Elsewhere
-    (another thread, a system without ``pthread_sigmask``, a SIGINT handler not set from
+    In the main thread SIGINT is ignored (the processes started meanwhile inherit that) and
+    blocked until the block ends, then SIGINT's handler and the signal mask are restored,
+    also when a Ctrl-C raises meanwhile; a Ctrl-C of the block's milliseconds is delivered
+    then (or lost, when a thread that does not block it, such as torch's, takes it). A
+    Ctrl-C in a terminal then reaches this process alone, whose ``KeyboardInterrupt`` ends
+    the workers (joblib terminates them). An ignored SIGINT (``nohup``) stays ignored.
+    Elsewhere (another thread, no ``pthread_sigmask``, a SIGINT handler not set from
     Python) the block runs as it is.
     """
     if (threading.current_thread() is not threading.main_thread()
