@@ -103,9 +103,8 @@ class BenchConfig:
     ----------
     dataset : {"mnist_5k", "digits", "fashion_mnist", "dfa"}
         A key of :data:`~rest_fair.benchmarks.data.DATASETS`: Colored MNIST from the 5k
-        bundled digits, Colored Digits (8x8, for tests), Colored Fashion-MNIST from the
-        idx files of Debian's ``dataset-fashion-mnist`` (or ``data_root``), or a
-        DFA-format release on disk (``data_root``, ``dfa_name``), read lazily.
+        bundled digits, Colored Digits (8x8, for tests), Colored Fashion-MNIST, or a
+        DFA-format release on disk, read lazily.
     ratios : sequence of float
         Shares of bias-conflicting training samples.
     sparsities : sequence of float
@@ -120,8 +119,8 @@ class BenchConfig:
     module_params : dict or None
         E.g. ``{"widths": [32, 64, 128]}`` for a thinner CNN.
     image_size : int or None
-        Resize the images (None keeps 28 for MNIST, 8 for digits); the data set's own size
-        is kept as None (the same data, the same run ids).
+        Resize the images (None, as the data set's own size, keeps 28 for MNIST, 8 for
+        digits).
     split_sizes : three numbers or None
         Train/valid/test sizes; None uses the data set's default (the only value for
         ``"dfa"``, whose release has its own splits).
@@ -132,23 +131,22 @@ class BenchConfig:
         ``"none"``: no reweighting).
     extra_params : dict
         Any further :class:`RESTClassifier` parameters (e.g. ``{"jtt_epochs": 2}``); not
-        those another field or a method sets (:meth:`decided_params`, refused).
+        those another field or a method sets (:meth:`decided_params`).
     device : str
         Passed to the estimator.
     data_root : str, path or None
         Folder of the DFA release (``dataset="dfa"``), holding ``<pct>pct/`` and ``test/``;
         or of the four idx files (``dataset="fashion_mnist"``; None: the folder in
         ``REST_FAIR_FASHION_MNIST``, else ``/usr/share/datasets/fashion-mnist``). Kept as
-        an absolute path (``~`` read as the home folder), the same for every way of
-        writing it and every working directory.
+        an absolute path (``~`` read as the home folder).
     dfa_name : {"cmnist", "cifar10c", "bffhq"}
         Which DFA release (selects transforms and the number of bias values).
     """
 
     #: Who runs it, for progress lines.
     name: ClassVar[str] = "rest-fair bench"
-    #: A run whose training diverges diverges again with the same seed: it is recorded as
-    #: failed (an outcome), not retried by the next command.
+    #: A diverged training diverges again with the same seed: recorded as failed, not
+    #: retried.
     final_errors: ClassVar[tuple[type[Exception], ...]] = (TrainingDivergedError,)
 
     dataset: str = "mnist_5k"
@@ -242,7 +240,7 @@ class BenchConfig:
 
     def decided_params(self) -> dict[str, str]:
         """The estimator parameters that the fields and the methods set, each with who sets
-        it (``extra_params`` may not set them too: which one won would be a guess)."""
+        it (``extra_params`` may not set them too)."""
         decided = {key: f"the field {field!r}" for key, field in _FIELD_PARAMS.items()}
         for name in self.methods:
             for key in get_method(name).params:
@@ -306,9 +304,9 @@ class BenchConfig:
                            reads: Sequence[tuple[str, Mapping[str, Any]]] | None = None
                            ) -> None:
         """Raise, before any run, when something the sweep needs is missing, or when
-        ``extra_params`` sets a parameter that no run reads: none of ``reads``, each a method
-        and further parameters of its runs as :meth:`read_extra` takes them (default: every
-        method of the grid at every sparsity).
+        ``extra_params`` sets a parameter that none of ``reads`` reads (each a method and
+        further parameters as :meth:`read_extra` takes them; default: every method of the
+        grid at every sparsity).
 
         Raises
         ------
@@ -390,10 +388,9 @@ class BenchConfig:
 
     def score(self, spec: RunSpec, clf: Any) -> dict[str, Any]:
         """Test accuracies (unbiased, aligned, conflicting, worst group, per and worst
-        (label, colour) cell), validation accuracy and worst-group accuracy (aligned vs
-        conflicting, whether or not the method saw those groups) of the kept model, training
-        sizes, the JTT error set's overlap with the conflicting samples, FLOPs fractions of
-        dense."""
+        (label, colour) cell), validation accuracy and worst-group accuracy of the kept
+        model, training sizes, the JTT error set's overlap with the conflicting samples and
+        FLOPs fractions of dense."""
         method = get_method(spec.method)
         data = load_data(self, spec.ratio)
         pred = np.asarray(clf.predict(data.X_test))
@@ -448,12 +445,11 @@ def _float(value: Any) -> float | None:
     return None if np.isnan(value) else value
 
 
-#: Named configurations, as the fields that differ from :class:`BenchConfig`'s defaults.
-#: ``quick`` is the README demo (about 50 s on 2 CPU cores); ``paper`` mirrors the REST
-#: paper's grid (hours on a CPU); ``medium`` is the larger run documented in
-#: docs/benchmarks.md; ``scale`` is full-size Colored Fashion-MNIST (54k / 6k / 10k) with an
-#: MLP 3x300 on the CPU (30 epochs: about 1.5 minutes a dense run on 2 cores), the setting
-#: of the equal-budget study (``--search random``); ``tiny`` is a seconds-long smoke run.
+#: Named configurations, as the fields that differ from :class:`BenchConfig`'s defaults:
+#: ``quick``, the README demo (about 50 s on 2 CPU cores); ``paper``, the REST paper's grid
+#: (hours on a CPU); ``medium``, the larger run of docs/benchmarks.md; ``scale``, full-size
+#: Colored Fashion-MNIST with an MLP 3x300 (about 1.5 minutes a dense run on 2 cores), the
+#: equal-budget study's setting; ``tiny``, a seconds-long smoke run.
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": {"dataset": "digits", "ratios": (0.05,), "max_epochs": 3, "batch_size": 128,
              "lr": 0.05, "module": "mlp", "module_params": {"hidden_layer_sizes": [64, 64]}},

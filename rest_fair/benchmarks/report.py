@@ -97,9 +97,8 @@ def seed_statistics(grouped: Any, metrics: Sequence[str]) -> dict[str, Any]:
     Returns
     -------
     dict
-        ``<metric>_n`` (runs with a value) and ``<metric>_se`` (:func:`standard_error` of
-        the sample std, ddof=1, over those runs) per metric: columns to add to the
-        summary, with its index.
+        Summary columns (with its index): ``<metric>_n`` (runs with a value) and
+        ``<metric>_se`` (:func:`standard_error` of the std, ddof=1, over those runs).
     """
     out = {}
     for metric in metrics:
@@ -144,11 +143,9 @@ def summarize(records: Sequence[dict[str, Any]], config: BenchConfig):
     -------
     pandas.DataFrame
         One row per cell with ``<metric>_mean``, ``<metric>_std`` (ddof=1; NaN for one
-        seed), and for the accuracies ``<metric>_n`` (seeds with a value: fewer than
-        ``n_seeds`` where runs were recorded without it) and ``<metric>_se``
-        (:func:`standard_error` over those), ``n_seeds``,
-        and, when recorded, ``density``, ``fit_seconds``, ``model_bytes`` and the
-        efficiency fractions (``_mean``, ``_std``).
+        seed), for the accuracies ``<metric>_n`` and ``<metric>_se``
+        (:func:`seed_statistics`), ``n_seeds``, and, when recorded, ``density``,
+        ``fit_seconds``, ``model_bytes`` and the efficiency fractions (``_mean``, ``_std``).
     """
     import pandas as pd
 
@@ -390,8 +387,7 @@ def read_config(out_dir: str | Path) -> dict[str, Any] | None:
     Raises
     ------
     FileExistsError
-        Naming a ``config.json`` that is not one of ours (unreadable, not JSON, without our
-        keys): the report never overwrites it
+        Naming a ``config.json`` that is not one of ours
         (:func:`~rest_fair.experiments.runner.read_own_json`).
     """
     return read_own_json(Path(out_dir) / "config.json", _OWN_KEYS, "rest-fair bench")
@@ -406,15 +402,11 @@ def _listed(out_dir: Path, info: dict[str, Any]) -> list[Path]:
 
 
 def set_aside_report(out_dir: str | Path, experiment: Any, *, fresh: bool = False) -> list[Path]:
-    """Keep the report in ``out_dir`` of settings other than ``experiment``'s out of the way
-    of its own: its ``config.json`` and the outputs that lists are renamed with one
-    date-time suffix (:func:`~rest_fair.experiments.runner.set_aside`), as are the files of
-    :data:`REPORT_FILES` in a folder without a ``config.json`` (nothing says whose they
-    are); with ``fresh``, the report of any settings and the results file are. Returns the
-    new paths (none when there is nothing to rename).
-
-    Settings are the same when the hash their runs share (``common_hash``) and the kind of
-    sweep (grid or ``"search"``) are.
+    """Rename with one date-time suffix (:func:`~rest_fair.experiments.runner.set_aside`)
+    the report in ``out_dir`` of settings other than ``experiment``'s (other
+    ``common_hash`` or kind of sweep): its ``config.json`` and the outputs that lists, or
+    in a folder without a ``config.json`` the files of :data:`REPORT_FILES`; with
+    ``fresh``, the report of any settings and the results file. Returns the new paths.
 
     Raises
     ------
@@ -497,8 +489,8 @@ def write_outputs(
     """Write ``table.md``, ``table.csv``, ``references.md``, the PNG plots and ``config.json``.
 
     A report in ``out_dir`` of other settings is kept, renamed (:func:`set_aside_report`),
-    and so are the outputs of its report of these settings that this one does not write
-    (the plots, with ``plots=False``).
+    as are the outputs of one of these settings that this one does not write (the plots,
+    with ``plots=False``).
 
     Returns
     -------

@@ -74,14 +74,12 @@ class SelectionRule:
     ----------
     key : str
         Record key of the validation score: the run keeps the checkpoint of the epoch with
-        the best score (the estimator's selection, given validation data grouped so that
-        its worst-group accuracy is this score), and the search keeps the configuration
-        with the best mean score over seeds.
+        the best score, the search the configuration with the best mean score over seeds.
     words : str
         The rule in the table's notes.
     validation_groups : {"conflict", "class"}
-        The groups of the validation data: conflict flags (aligned vs. conflicting, so
-        bias labels are used) or the class labels (no bias label used).
+        The groups of the validation data (their worst-group accuracy is the score): the
+        conflict flags (bias labels used) or the class labels (no bias label used).
     """
 
     key: str
@@ -92,12 +90,10 @@ class SelectionRule:
 #: Selection rules by name: with bias labels on the validation split (``worst_group``) or
 #: without any bias label (``worst_class``, for label-free methods).
 SELECTION_RULES: dict[str, SelectionRule] = {
-    "worst_group": SelectionRule(
-        "valid_worst_group_acc", "validation worst-group accuracy", "conflict"
-    ),
-    "worst_class": SelectionRule(
-        "valid_worst_class_acc", "validation worst-class accuracy", "class"
-    ),
+    "worst_group": SelectionRule("valid_worst_group_acc", "validation worst-group accuracy",
+                                 "conflict"),
+    "worst_class": SelectionRule("valid_worst_class_acc", "validation worst-class accuracy",
+                                 "class"),
 }
 
 
@@ -121,17 +117,15 @@ class StudyMethod:
     selection : str
         Key of :data:`SELECTION_RULES`.
     cost_of : float or None
-        Equal-cost dense baseline: the hidden width is set so that the dense network has
-        as many weights as the configured MLP has active weights at this sparsity
+        Equal-cost dense baseline: the hidden width that gives the dense network as many
+        weights as the configured MLP has active at this sparsity
         (:func:`~rest_fair.benchmarks.search.equal_cost_width`). None keeps the width.
     fixed_params : mapping, callable returning a mapping, or None
-        :class:`~rest_fair.RESTClassifier` parameters that every configuration of the row
-        uses, applied last (over the drawn ones). A function returning a recipe's
-        parameters makes the recipe one row (with a space that does not search what the
-        recipe fixes).
+        :class:`~rest_fair.RESTClassifier` parameters of every configuration of the row,
+        applied over the drawn ones (a function returning a recipe's parameters makes the
+        recipe a row).
     series : str
-        The line the row belongs to in the plots against sparsity (rows of one series
-        differ by sparsity, or by ``cost_of``); empty for a row drawn on its own.
+        The row's line in the plots against sparsity; empty for a row drawn on its own.
     """
 
     name: str
@@ -200,12 +194,10 @@ def _equal_cost(sparsity: float) -> StudyMethod:
 
 
 #: The study's methods by name, in table order. Methods trained with bias labels are chosen
-#: by validation worst-group accuracy; ERM and JTT use no bias label at all and are chosen
-#: by validation worst-class accuracy. Adding a method is adding a row, e.g. a recipe:
-#: ``StudyMethod("rest_recipe_0.9", "REST, recipe (90 %)", "rest", 0.9, "reweighting",
-#: "worst_group", fixed_params=recipe, series="REST, recipe")`` with ``recipe()`` returning
-#: the estimator parameters it fixes. The authors' recipe rows fix its sparse-training
-#: choices (:data:`AUTHORS_SPARSE_TRAINING`) and search the rest like reweighting's.
+#: by validation worst-group accuracy, ERM and JTT (no bias label at all) by validation
+#: worst-class accuracy. Adding a method is adding a row. The authors' recipe rows fix its
+#: sparse-training choices (:data:`AUTHORS_SPARSE_TRAINING`) and search the rest like
+#: reweighting's.
 STUDY_METHODS: dict[str, StudyMethod] = {
     m.name: m
     for m in (
@@ -256,12 +248,11 @@ class RandomSearch:
     Parameters
     ----------
     bench : BenchConfig
-        Data set (``dataset``, ``split_sizes``, ``data_seed``, ...), model (``module``,
-        ``module_params``), ``batch_size``, the epoch budget ``max_epochs`` (configurations
+        Data set, model, ``batch_size``, the epoch budget ``max_epochs`` (configurations
         train for a third, two thirds or all of it), ``ratios``, ``seeds``, ``device`` and
         ``extra_params``. Its ``methods``, ``sparsities`` and ``lr`` are not used (the
-        study's methods fix their sparsity, the search draws the learning rate) and enter
-        no run id; its ``upweight`` must be None (λ is drawn).
+        methods fix their sparsity, the search draws the learning rate) and enter no run
+        id; its ``upweight`` must be None (λ is drawn).
     budget : int, default=8
         Configurations per method (the same for every method).
     methods : sequence of str, default=all of :data:`STUDY_METHODS`
@@ -271,9 +262,8 @@ class RandomSearch:
 
     #: Who runs it, for progress lines.
     name: ClassVar[str] = "rest-fair bench"
-    #: A configuration whose training diverges is an outcome of the search (the same seed
-    #: diverges again): its run is recorded as failed, not retried, and the configuration
-    #: is not chosen.
+    #: A diverged training is an outcome (the same seed diverges again): recorded as
+    #: failed, not retried, and its configuration is not chosen.
     final_errors: ClassVar[tuple[type[Exception], ...]] = (TrainingDivergedError,)
     #: The fields of ``bench`` besides its grid that no run reads (the search draws the
     #: learning rate): neither in the run ids nor in ``config.json``.
@@ -356,8 +346,8 @@ class RandomSearch:
     def runs(self) -> list[TrialSpec]:
         """Every run, configuration-major: configuration 0 of every method (every share,
         every seed), then configuration 1, ...; a study stopped after its k-th configuration
-        is thus the complete study at budget k, and a larger budget extends it. A run's id
-        holds the ``extra_params`` it reads alone, as :meth:`estimator_params` gives them."""
+        is the complete study at budget k. A run's id holds only the ``extra_params`` it
+        reads."""
         specs = []
         for config in range(self.budget):
             for ratio in self.bench.ratios:

@@ -64,9 +64,9 @@ def summarize_configurations(records: Sequence[dict[str, Any]], search: RandomSe
         One row per (ratio, method, config) with ``n`` (seeds finished), ``n_failed`` (seeds
         whose training diverged), ``score_mean`` (the method's selection score),
         ``<key>_mean`` and ``<key>_std`` (ddof=1) for the validation and test accuracies and
-        the costs, ``<metric>_n`` (finished seeds with a value) and ``<metric>_se`` (over
-        those) for the test accuracies, the label, group-label use, rule,
-        the drawn ``hyperparameters`` and ``hidden_layer_sizes``.
+        the costs, ``<metric>_n`` and ``<metric>_se`` for the test accuracies
+        (:func:`~rest_fair.benchmarks.report.seed_statistics`), the label, group-label use,
+        rule, the drawn ``hyperparameters`` and ``hidden_layer_sizes``.
     """
     import pandas as pd
 
@@ -109,10 +109,9 @@ def select(configurations):
     """The chosen configuration per (ratio, method).
 
     A configuration with a diverged run (``n_failed > 0``) is not eligible. Among the
-    other configurations with the most finished seeds (all of them once the study is
-    complete), the one with the highest mean selection score is chosen; ties go to the
-    lowest configuration index. A method none of whose configurations is eligible has no
-    row.
+    others with the most finished seeds, the one with the highest mean selection score is
+    chosen, ties going to the lowest index. A method without an eligible configuration has
+    no row.
 
     Parameters
     ----------
@@ -250,11 +249,10 @@ def plot_study(chosen, search: RandomSearch, out_dir: str | Path) -> list[Path]:
     training cost (FLOPs and fit wall time); returns the PNG paths.
 
     ``worst_group_vs_sparsity.png``: each series of :data:`STUDY_METHODS` as a line (the
-    equal-cost dense rows at the sparsity whose cost they match), starting from dense
-    reweighting at sparsity 0 when it was run; rows on their own as horizontal lines.
-    ``worst_group_vs_cost.png``: every chosen row against training FLOPs and against fit
-    seconds (log scales), with the frontier of the rows no cheaper row beats. Bars are ±
-    one standard error.
+    equal-cost rows at the sparsity whose cost they match), from dense reweighting at
+    sparsity 0 when it was run; rows on their own as horizontal lines.
+    ``worst_group_vs_cost.png``: every chosen row against training FLOPs and fit seconds
+    (log scales), with the frontier of the rows no cheaper row beats. Bars: ± one SE.
     """
     plt = _pyplot()
     from matplotlib import ticker
@@ -347,10 +345,8 @@ def write_study_outputs(
     plots: bool = True,
 ) -> dict[str, Any]:
     """Write ``table.md`` and ``table.csv`` (the chosen configurations),
-    ``configurations.csv`` (every configuration), ``config.json`` and the two plots; a
-    report in ``out_dir`` of other settings is kept, renamed (:func:`set_aside_report`),
-    and so are the outputs of its report of these settings that this one does not write
-    (the plots, with ``plots=False``).
+    ``configurations.csv`` (every configuration), ``config.json`` and the two plots, as
+    :func:`~rest_fair.benchmarks.report.write_outputs` does.
 
     Returns
     -------
