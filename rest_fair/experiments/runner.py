@@ -5,19 +5,14 @@ train and measure is their :class:`~rest_fair.experiments.run.Experiment`.
 
 The results file (:data:`RESULTS_FILE` in the output folder) holds one JSON record per line,
 each written (flushed and fsynced) as soon as its run finishes, keyed by the run's
-``run_id``; for an id written twice (an error, then a success) the last line counts. A run
-is *finished* when its record says ``"status": "ok"`` and every file it lists under
-``"submission_files"`` still exists (a relative path is looked up in the output folder,
-then in the working directory), or ``"status": "failed"`` (an error its experiment
-declares final). Running the same experiment again runs only the runs that are not
-finished (:func:`pending`), so an interrupted sweep resumes without repeating or losing
-runs; a run that ended in an ``"error"`` is retried.
+``run_id``; for an id written twice (an error, then a success) the last line counts.
+Running the same experiment again runs only the runs that are not :func:`finished`, so an
+interrupted sweep resumes without repeating or losing runs; a run that ended in an
+``"error"`` is retried.
 
 Runs execute in this process, in local joblib processes (``n_jobs``), or on a
-``dask.distributed`` cluster (``backend="dask"``,
-:mod:`~rest_fair.experiments.dask_backend`); in every case the records come back to this
-process, which alone writes the results file. A sweep holds its output folder
-(:func:`lock_folder`): a second sweep into it is refused while the first runs.
+``dask.distributed`` cluster (:mod:`~rest_fair.experiments.dask_backend`); this process
+alone writes the results file. A sweep holds its output folder (:func:`lock_folder`).
 """
 
 from __future__ import annotations
@@ -120,9 +115,9 @@ def parse_upweight(value: str) -> float | str:
 
 def parse_path(value: str) -> Path:
     """A path option of ``rest-fair bench`` and ``rest-fair wilds`` (``--out-dir``,
-    ``--root-dir``), a leading ``~`` read as the home folder: the shell expands it in
-    ``--out-dir ~/x`` but not in ``--out-dir=~/x``. An empty one (``--out-dir "$UNSET"``),
-    which would be the working directory, raises :class:`argparse.ArgumentTypeError`."""
+    ``--root-dir``), a leading ``~`` read as the home folder (the shell leaves it in
+    ``--out-dir=~/x``). An empty one (``--out-dir "$UNSET"``) raises
+    :class:`argparse.ArgumentTypeError`."""
     if not value.strip():
         raise argparse.ArgumentTypeError(_EMPTY_PATH.format(value))
     return Path(value).expanduser()
@@ -168,9 +163,8 @@ def option_flags(parser: argparse.ArgumentParser) -> dict[str, str]:
 
 def named_by_flag(error: BaseException | str, flags: dict[str, str]) -> str:
     """The message of ``error`` with the setting it opens with (``"max_epochs must be >=
-    1; ..."``, as the configuration, the estimator and the runner name them) named by the
-    flag that sets it on the command line (``"--epochs must be >= 1; ..."``, ``flags`` from
-    :func:`option_flags`); other messages as they are."""
+    1; ..."``) named by the flag that sets it (``"--epochs must be >= 1; ..."``, ``flags``
+    from :func:`option_flags`); other messages as they are."""
     message = str(error)
     match = re.match(r"[a-z_]+\b", message)
     if match is None or match.group() not in flags:
@@ -179,9 +173,8 @@ def named_by_flag(error: BaseException | str, flags: dict[str, str]) -> str:
 
 
 def read_results(path: str | Path) -> list[dict[str, Any]]:
-    """Records of a results file, skipping unreadable (e.g. half-written) lines.
-
-    For a run id present several times (an error, then a success) the last record wins.
+    """Records of a results file, skipping unreadable (e.g. half-written) lines; for a run
+    id present several times the last record wins.
 
     Raises
     ------
@@ -297,7 +290,7 @@ def read_own_json(path: str | Path, keys: Mapping[str, type], command: str
     ------
     FileExistsError
         Naming ``path`` when it is not one of ``command``'s (unreadable, not JSON, without
-        those keys): its report never overwrites it.
+        those keys), which its report never overwrites.
     """
     path = Path(path)
     if not (path.exists() or path.is_symlink()):
@@ -610,10 +603,8 @@ def _local_records(
     """Records of ``todo``, run in this process or in batches of ``n_jobs`` processes.
 
     A run that ends its worker process (killed for memory, a crash in native code) breaks
-    the whole batch, and which run did it is not known: the runs of the batch without a
-    record are then run again one at a time, each in a process of its own, so that the
-    one that ends its process again gets an error record naming its configuration and
-    the others keep their results.
+    the whole batch: the runs of the batch without a record then run again one at a time,
+    each in a process of its own, so that only the culprit gets an error record.
     """
     from joblib import Parallel, delayed
 
