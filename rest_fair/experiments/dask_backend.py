@@ -80,10 +80,9 @@ def connect(scheduler: Any = None, *, timeout: float = 10.0) -> Iterator[Any]:
     Parameters
     ----------
     scheduler : str, distributed.Client or None
-        Scheduler address (``tcp://host:8786``), a connected Client, or None to use the
-        Client of an enclosing ``joblib.parallel_config(backend="dask")``, else the current
-        default Client, else the address of dask's ``scheduler-address`` setting (the
-        ``DASK_SCHEDULER_ADDRESS`` environment variable).
+        Scheduler address (``tcp://host:8786``), a connected Client, or None: the Client of
+        an enclosing ``joblib.parallel_config(backend="dask")``, else the default Client,
+        else dask's ``scheduler-address`` setting (``DASK_SCHEDULER_ADDRESS``).
     timeout : float, default=10.0
         Seconds to wait for the scheduler to answer and for a first worker to join.
 

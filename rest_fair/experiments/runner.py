@@ -223,12 +223,11 @@ _held: dict[Path, list] = {}
 
 @contextlib.contextmanager
 def lock_folder(folder: str | Path) -> Iterator[Path]:
-    """Create the output folder ``folder`` and hold it while the block runs.
-
-    The hold is an exclusive advisory lock (``fcntl.flock``; none on systems without it)
-    on the folder's :data:`LOCK_FILE`, released when the last block holding it ends (or the
-    process does). The holding thread may enter the block again, the blocks ending in any
-    order; the worker processes of a sweep do not take it.
+    """Create the output folder ``folder`` and hold it while the block runs: an exclusive
+    advisory lock (``fcntl.flock``; none on systems without it) on its :data:`LOCK_FILE`,
+    released when the last block holding it ends (or the process does). The holding thread
+    may enter the block again, the blocks ending in any order; the worker processes of a
+    sweep do not take it.
 
     Raises
     ------
@@ -446,7 +445,7 @@ def run_sweep(
         E.g. a :class:`~rest_fair.benchmarks.BenchConfig`.
     out_dir : str or Path
         Folder of the results file :data:`RESULTS_FILE` (created), held for the sweep
-        (:func:`lock_folder`). Only this process writes it, whatever the backend.
+        (:func:`lock_folder`).
     n_jobs : int, default=1
         Parallel runs (joblib processes) and torch threads per run as
         :func:`~rest_fair.experiments.run.split_threads` gives them (``-1``: one run per
@@ -461,29 +460,27 @@ def run_sweep(
         seconds, plus every failure and the last run). ``"auto"`` (``True``): bars when
         stderr is a terminal, else lines. ``"none"`` (``False``): silent.
     max_runs : int or None
-        Stop after this many new runs (chunks of a long sweep; rerun to continue).
+        Stop after this many new runs (rerun to continue).
     time_limit : float or None
         Start no new run (batch) after this many seconds.
     on_result : callable or None
-        ``on_result(record, k)`` after the ``k``-th new record is saved (a hook for
-        tests and logging; an exception it raises interrupts the sweep).
+        ``on_result(record, k)`` after the ``k``-th new record is saved (an exception it
+        raises interrupts the sweep).
     backend : {"local", "dask"} or None, default=None
         Where runs execute: ``"local"`` (this process or joblib processes) or ``"dask"``
-        (a ``dask.distributed`` cluster, see ``scheduler``). None picks ``"dask"`` when
-        ``scheduler`` is given or when called inside
-        ``joblib.parallel_config(backend="dask")``, else ``"local"``.
+        (a ``dask.distributed`` cluster). None picks ``"dask"`` when ``scheduler`` is given
+        or inside ``joblib.parallel_config(backend="dask")``, else ``"local"``.
     scheduler : str, distributed.Client or None
-        With the dask backend: the scheduler address (e.g. ``"tcp://host:8786"``) or a
-        Client. None uses the Client of an enclosing ``joblib.parallel_config``, else the
-        default Client, else dask's ``scheduler-address`` setting.
+        With the dask backend: as :func:`~rest_fair.experiments.dask_backend.connect`
+        takes it (e.g. ``"tcp://host:8786"``).
     scheduler_timeout : float or None, default=None
-        With the dask backend: seconds to wait for the scheduler to answer and for a first
-        worker, before a ConnectionError (None: 10).
+        With the dask backend: the ``timeout`` of
+        :func:`~rest_fair.experiments.dask_backend.connect` (None: 10).
     on_start : callable or None
         ``on_start(where)`` before the first run, with ``out_dir`` held (a block of
         :func:`lock_folder` entered here keeps it held after the sweep), with where the
-        runs execute: ``{"backend": "local", "n_jobs": ..., "torch_threads_per_job": ...}`` or
-        ``{"backend": "dask", "scheduler": address, "dask_workers": ...,
+        runs execute: ``{"backend": "local", "n_jobs": ..., "torch_threads_per_job": ...}``
+        or ``{"backend": "dask", "scheduler": ..., "dask_workers": ...,
         "dask_worker_threads": ...}``.
 
     Returns
