@@ -293,7 +293,8 @@ class RandomSearch:
         if self.bench.upweight is not None:
             raise ValueError(_SEARCHED.format(what="upweight (λ)", value=self.bench.upweight))
         for name in self.methods:
-            decided = {*self._reads(name), *get_method(STUDY_METHODS[name].family).params}
+            decided = {*self.searched_params(name, 0, self.bench.ratios[0]),
+                       *get_method(STUDY_METHODS[name].family).params}
             clash = sorted(decided & set(self.bench.extra_params))
             if clash:
                 raise ValueError(_SEARCHED_OR_FIXED.format(
