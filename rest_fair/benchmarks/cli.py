@@ -300,11 +300,9 @@ def _experiment(args: argparse.Namespace) -> BenchConfig | RandomSearch:
                 raise ValueError(_RANDOM_ONLY.format(flag=flag))
         return preset(args.preset, module_params=module_params, methods=args.methods,
                       **overrides)
-    config = preset(args.preset, module_params=module_params, **overrides)
-    methods = tuple(STUDY_METHODS) if args.methods is None else args.methods
-    given = {k: v for k, v in (("budget", args.budget), ("search_seed", args.search_seed))
-             if v is not None}
-    return RandomSearch(config, methods=methods, **given)
+    given = {k: v for k, v in (("methods", args.methods), ("budget", args.budget),
+                               ("search_seed", args.search_seed)) if v is not None}
+    return RandomSearch(preset(args.preset, module_params=module_params, **overrides), **given)
 
 
 def _grid_words(experiment: BenchConfig | RandomSearch) -> str:

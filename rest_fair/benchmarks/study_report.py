@@ -53,8 +53,8 @@ def summarize_configurations(records: Sequence[dict[str, Any]], search: RandomSe
     Parameters
     ----------
     records : sequence of dict
-        Run records of the study: ``status == "ok"`` runs give the numbers, ``"failed"``
-        runs (training diverged) are counted.
+        Run records of the study: the ``"ok"`` runs give the numbers, the ``"failed"``
+        ones (training diverged) are counted.
     search : RandomSearch
         Gives the order of the methods and their drawn parameters.
 

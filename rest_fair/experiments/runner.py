@@ -96,12 +96,10 @@ _TWO_FLAGS = "{given}: two flags of one setting, given two values; give one of t
 
 
 def parse_upweight(value: str) -> float | str:
-    """``--upweight`` of ``rest-fair bench`` and ``rest-fair wilds``.
-
-    ``"balanced"`` (every group drawn equally often), ``"none"`` (no reweighting) or a
-    positive number λ (the factor of the minority samples), returned as a float. Anything
-    else raises :class:`argparse.ArgumentTypeError` naming what is accepted.
-    """
+    """``--upweight`` of ``rest-fair bench`` and ``rest-fair wilds``: ``"balanced"`` (every
+    group drawn equally often), ``"none"`` (no reweighting) or a positive number λ (the
+    factor of the minority samples), returned as a float; anything else raises
+    :class:`argparse.ArgumentTypeError`."""
     if value in ("balanced", "none"):
         return value
     try:
