@@ -1,23 +1,20 @@
 """Debiasing benchmarks: ERM, reweighting, REST and friends on Colored MNIST.
 
-The command ``rest-fair bench`` (see :mod:`rest_fair.benchmarks.cli`) runs a sweep; the
-same is available from Python::
+``rest-fair bench`` (:mod:`rest_fair.benchmarks.cli`) runs a sweep; from Python::
 
     from rest_fair.benchmarks import preset, run_sweep, write_outputs
     config = preset("quick", seeds=(0, 1))
     records = run_sweep(config, "out/quick")
     write_outputs(records, config, "out/quick")
 
-``run_sweep`` is the experiment runner (:mod:`rest_fair.experiments.runner`), with the
-:class:`BenchConfig` as its experiment; ``run_sweep(config, out, scheduler="tcp://host:8786")``
-runs the same sweep on a ``dask.distributed`` cluster (the ``dask`` extra).
-
-Every method is a row of :data:`METHODS`, i.e. a configuration of
-:class:`rest_fair.RESTClassifier`; every data set a row of
+``run_sweep`` is the experiment runner (:mod:`rest_fair.experiments.runner`);
+``run_sweep(config, out, scheduler="tcp://host:8786")`` runs on a ``dask.distributed``
+cluster (the ``dask`` extra). Every method is a row of :data:`METHODS` (a configuration of
+:class:`rest_fair.RESTClassifier`), every data set a row of
 :data:`~rest_fair.benchmarks.data.DATASETS`.
 
 The equal-budget study (``rest-fair bench --search random --budget K``) is a
-:class:`RandomSearch` over the rows of :data:`STUDY_METHODS`, run by the same runner::
+:class:`RandomSearch` over the rows of :data:`STUDY_METHODS`::
 
     from rest_fair.benchmarks import RandomSearch, preset, run_sweep, write_study_outputs
     search = RandomSearch(preset("scale"), budget=8)

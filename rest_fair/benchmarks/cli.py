@@ -1,9 +1,8 @@
 """``rest-fair bench``: run a debiasing benchmark sweep and write its tables and plots.
 
-This module reads the command line into a :class:`~rest_fair.benchmarks.BenchConfig` and
-hands it to the experiment runner (:func:`~rest_fair.experiments.runner.run_sweep`). It is
-registered by :mod:`rest_fair.cli`; importing it is cheap (torch is only imported when the
-command runs).
+The command line becomes a :class:`~rest_fair.benchmarks.BenchConfig` (or a
+:class:`~rest_fair.benchmarks.RandomSearch`) for :func:`~rest_fair.experiments.runner.run_sweep`.
+Importing this module does not import torch.
 """
 
 from __future__ import annotations
@@ -130,10 +129,10 @@ def _estimator_params(value: str) -> dict:
 
 
 class _FormerName(OneValue):
-    """An option's former name: it sets the option (refused when both are given two
-    values, :class:`~rest_fair.experiments.runner.OneValue`) with a ``FutureWarning`` that
-    points at the call of ``parse_args``. The action's own ``deprecated`` stays False:
-    argparse (Python >= 3.13) would print a warning of its own for it."""
+    """An option's former name: it sets the option
+    (:class:`~rest_fair.experiments.runner.OneValue`) with a ``FutureWarning`` that points
+    at the call of ``parse_args`` (not argparse's ``deprecated``, which would print its
+    own warning)."""
 
     def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
                  values: Any, option_string: str | None = None) -> None:
@@ -301,11 +300,9 @@ def _experiment(args: argparse.Namespace) -> BenchConfig | RandomSearch:
                 raise ValueError(_RANDOM_ONLY.format(flag=flag))
         return preset(args.preset, module_params=module_params, methods=args.methods,
                       **overrides)
-    config = preset(args.preset, module_params=module_params, **overrides)
-    methods = tuple(STUDY_METHODS) if args.methods is None else args.methods
-    given = {k: v for k, v in (("budget", args.budget), ("search_seed", args.search_seed))
-             if v is not None}
-    return RandomSearch(config, methods=methods, **given)
+    given = {k: v for k, v in (("methods", args.methods), ("budget", args.budget),
+                               ("search_seed", args.search_seed)) if v is not None}
+    return RandomSearch(preset(args.preset, module_params=module_params, **overrides), **given)
 
 
 def _grid_words(experiment: BenchConfig | RandomSearch) -> str:

@@ -103,9 +103,8 @@ class BenchConfig:
     ----------
     dataset : {"mnist_5k", "digits", "fashion_mnist", "dfa"}
         A key of :data:`~rest_fair.benchmarks.data.DATASETS`: Colored MNIST from the 5k
-        bundled digits, Colored Digits (8x8, for tests), Colored Fashion-MNIST from the
-        idx files of Debian's ``dataset-fashion-mnist`` (or ``data_root``), or a
-        DFA-format release on disk (``data_root``, ``dfa_name``), read lazily.
+        bundled digits, Colored Digits (8x8, for tests), Colored Fashion-MNIST, or a
+        DFA-format release on disk, read lazily.
     ratios : sequence of float
         Shares of bias-conflicting training samples.
     sparsities : sequence of float
@@ -120,8 +119,8 @@ class BenchConfig:
     module_params : dict or None
         E.g. ``{"widths": [32, 64, 128]}`` for a thinner CNN.
     image_size : int or None
-        Resize the images (None keeps 28 for MNIST, 8 for digits); the data set's own size
-        is kept as None (the same data, the same run ids).
+        Resize the images (None, as the data set's own size, keeps 28 for MNIST, 8 for
+        digits).
     split_sizes : three numbers or None
         Train/valid/test sizes; None uses the data set's default (the only value for
         ``"dfa"``, whose release has its own splits).
@@ -132,23 +131,22 @@ class BenchConfig:
         ``"none"``: no reweighting).
     extra_params : dict
         Any further :class:`RESTClassifier` parameters (e.g. ``{"jtt_epochs": 2}``); not
-        those another field or a method sets (:meth:`decided_params`, refused).
+        those another field or a method sets (:meth:`decided_params`).
     device : str
         Passed to the estimator.
     data_root : str, path or None
         Folder of the DFA release (``dataset="dfa"``), holding ``<pct>pct/`` and ``test/``;
         or of the four idx files (``dataset="fashion_mnist"``; None: the folder in
         ``REST_FAIR_FASHION_MNIST``, else ``/usr/share/datasets/fashion-mnist``). Kept as
-        an absolute path (``~`` read as the home folder), the same for every way of
-        writing it and every working directory.
+        an absolute path (``~`` read as the home folder).
     dfa_name : {"cmnist", "cifar10c", "bffhq"}
         Which DFA release (selects transforms and the number of bias values).
     """
 
     #: Who runs it, for progress lines.
     name: ClassVar[str] = "rest-fair bench"
-    #: A run whose training diverges diverges again with the same seed: it is recorded as
-    #: failed (an outcome), not retried by the next command.
+    #: A diverged training diverges again with the same seed: recorded as failed, not
+    #: retried.
     final_errors: ClassVar[tuple[type[Exception], ...]] = (TrainingDivergedError,)
 
     dataset: str = "mnist_5k"
@@ -242,7 +240,7 @@ class BenchConfig:
 
     def decided_params(self) -> dict[str, str]:
         """The estimator parameters that the fields and the methods set, each with who sets
-        it (``extra_params`` may not set them too: which one won would be a guess)."""
+        it (``extra_params`` may not set them too)."""
         decided = {key: f"the field {field!r}" for key, field in _FIELD_PARAMS.items()}
         for name in self.methods:
             for key in get_method(name).params:
@@ -256,16 +254,14 @@ class BenchConfig:
 
     def common_hash(self, method: str | None = None, params: Mapping[str, Any] | None = None,
                     *, leave_out: Sequence[str] = ()) -> str:
-        """Hash of the settings the runs share (not the grid): changing it re-runs every run.
+        """Hash of the settings the runs share (not the grid, nor the fields ``leave_out``):
+        changing it re-runs every run.
 
-        With ``method``, the hash of the settings that the runs of that method read, their
-        ``config_hash``: ``upweight`` is left at its default (None) for a method that does
-        not reweight, and ``extra_params`` holds only those the method reads (with the
-        further estimator parameters ``params`` of its runs, their ``sparsity`` among them,
-        :meth:`read_extra`), so that changing a setting re-runs the runs that read it alone
-        (a setting of sparse training: the sparse runs), and the others keep the ids they
-        have with the default. The fields ``leave_out`` (those an experiment built
-        on this configuration does not read) are not in the hash."""
+        With ``method``, the ``config_hash`` of that method's runs (with the further
+        parameters ``params``, their ``sparsity`` among them): ``upweight`` is left at None
+        for a method that does not reweight and ``extra_params`` holds only those the runs
+        read (:meth:`read_extra`), so that changing a setting re-runs only the runs that
+        read it."""
         settings = {k: v for k, v in self.to_dict().items()
                     if k not in GRID_FIELDS and k not in leave_out}
         if method is not None:
@@ -276,11 +272,9 @@ class BenchConfig:
 
     def read_extra(self, method: str, params: Mapping[str, Any] | None = None
                    ) -> dict[str, Any]:
-        """The ``extra_params`` that the runs of ``method`` read: not those that its other
-        parameters (and ``params``, further ones its runs set, their ``sparsity`` among
-        them) leave unused (:func:`~rest_fair.experiments.run.unread_params`: ``jtt_epochs``
-        without JTT, GroupDRO's without its objective, those of sparse training in a dense
-        run, ...)."""
+        """The ``extra_params`` that the runs of ``method`` (with the further parameters
+        ``params``) read: not those the others leave unused
+        (:func:`~rest_fair.experiments.run.unread_params`)."""
         if not self.extra_params:
             return {}
         from ..estimator import RESTClassifier  # imports torch: only with extra_params
@@ -310,9 +304,9 @@ class BenchConfig:
                            reads: Sequence[tuple[str, Mapping[str, Any]]] | None = None
                            ) -> None:
         """Raise, before any run, when something the sweep needs is missing, or when
-        ``extra_params`` sets a parameter that no run reads: none of ``reads``, each a method
-        and further parameters of its runs as :meth:`read_extra` takes them (default: every
-        method of the grid at every sparsity).
+        ``extra_params`` sets a parameter that none of ``reads`` reads (each a method and
+        further parameters as :meth:`read_extra` takes them; default: every method of the
+        grid at every sparsity).
 
         Raises
         ------
@@ -323,13 +317,11 @@ class BenchConfig:
             them and how to install them).
         ValueError
             When the data set cannot be built with these settings at one of the shares
-            (e.g. ``split_sizes`` larger than the data set, or too small to hold every
-            class, or a share that rounds to no bias-conflicting training sample); the
-            data are built here as the runs build them, and kept for the runs of this
-            process. Also when the network cannot take the images (the CNN on
-            images that its convolutions shrink to nothing, a small ``image_size``) or has
-            no weight that a name of ``extra_params["dense_layers"]`` selects: it is built
-            once here. Also naming the keys of ``extra_params`` that no run reads.
+            (``split_sizes`` too large or too small to hold every class, a share that
+            rounds to no bias-conflicting training sample; the data are built and kept for
+            the runs of this process), when the network cannot take the images (a small
+            ``image_size``) or has no weight that a name of ``extra_params["dense_layers"]``
+            selects, or naming the keys of ``extra_params`` that no run reads.
         """
         from ..models import build_module  # imports torch: not at `rest-fair --help`
         from ..sparse import resolve_dense_layers
@@ -358,9 +350,14 @@ class BenchConfig:
         except ValueError as exc:
             raise ValueError(f"extra_params: {exc}") from None
 
-    def base_params(self, seed: int) -> dict[str, Any]:
-        """The parameters every run of this benchmark shares (``extra_params`` included)."""
-        return {
+    def base_params(self, seed: int, method: str | None = None,
+                    params: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """The parameters every run of this benchmark shares (``extra_params`` included);
+        with ``method``, without the ``extra_params`` its runs (with the further parameters
+        ``params``) leave unread (:meth:`read_extra`)."""
+        unread = () if method is None else (self.extra_params.keys()
+                                            - self.read_extra(method, params).keys())
+        shared = {
             "max_epochs": int(self.max_epochs),
             "batch_size": int(self.batch_size),
             "lr": float(self.lr),
@@ -370,13 +367,12 @@ class BenchConfig:
             "random_state": seed,
             **self.extra_params,
         }
+        return {k: v for k, v in shared.items() if k not in unread}
 
     def estimator_params(self, spec: RunSpec) -> dict[str, Any]:
         """The :class:`~rest_fair.RESTClassifier` parameters of one run (not the
         ``extra_params`` its method leaves unused)."""
-        unread = (self.extra_params.keys()
-                  - self.read_extra(spec.method, {"sparsity": spec.sparsity}).keys())
-        return {**{k: v for k, v in self.base_params(spec.seed).items() if k not in unread},
+        return {**self.base_params(spec.seed, spec.method, {"sparsity": spec.sparsity}),
                 **estimator_params(get_method(spec.method), sparsity=spec.sparsity,
                                    ratio=spec.ratio, upweight=self.upweight)}
 
@@ -392,10 +388,9 @@ class BenchConfig:
 
     def score(self, spec: RunSpec, clf: Any) -> dict[str, Any]:
         """Test accuracies (unbiased, aligned, conflicting, worst group, per and worst
-        (label, colour) cell), validation accuracy and worst-group accuracy (aligned vs
-        conflicting, whether or not the method saw those groups) of the kept model, training
-        sizes, the JTT error set's overlap with the conflicting samples, FLOPs fractions of
-        dense."""
+        (label, colour) cell), validation accuracy and worst-group accuracy of the kept
+        model, training sizes, the JTT error set's overlap with the conflicting samples and
+        FLOPs fractions of dense."""
         method = get_method(spec.method)
         data = load_data(self, spec.ratio)
         pred = np.asarray(clf.predict(data.X_test))
@@ -427,14 +422,19 @@ class BenchConfig:
             out["jtt_overlap"] = {
                 k: _float(v) for k, v in overlap_report(inferred, data.conflict_train).items()
             }
-        # FLOPs fractions of dense, from the run's actual optimizer steps and topology
-        # updates (training FLOPs include RigL's dense gradient at every update)
-        report = clf.efficiency_report()
-        total = report[report["layer"].astype(str) == "total"].iloc[-1]
+        # FLOPs fractions of dense, from the run's optimizer steps and topology updates
+        # (training FLOPs include RigL's dense gradient at every update)
+        total = efficiency_total(clf)
         out["efficiency"] = {
             c: float(total[c]) for c in ("inference_flops_fraction", "training_flops_fraction")
         }
         return out
+
+
+def efficiency_total(clf: Any) -> Any:
+    """The ``"total"`` row of a fitted estimator's ``efficiency_report()``."""
+    report = clf.efficiency_report()
+    return report[report["layer"].astype(str) == "total"].iloc[-1]
 
 
 def _float(value: Any) -> float | None:
@@ -445,12 +445,11 @@ def _float(value: Any) -> float | None:
     return None if np.isnan(value) else value
 
 
-#: Named configurations, as the fields that differ from :class:`BenchConfig`'s defaults.
-#: ``quick`` is the README demo (about 50 s on 2 CPU cores); ``paper`` mirrors the REST
-#: paper's grid (hours on a CPU); ``medium`` is the larger run documented in
-#: docs/benchmarks.md; ``scale`` is full-size Colored Fashion-MNIST (54k / 6k / 10k) with an
-#: MLP 3x300 on the CPU (30 epochs: about 1.5 minutes a dense run on 2 cores), the setting
-#: of the equal-budget study (``--search random``); ``tiny`` is a seconds-long smoke run.
+#: Named configurations, as the fields that differ from :class:`BenchConfig`'s defaults:
+#: ``quick``, the README demo (about 50 s on 2 CPU cores); ``paper``, the REST paper's grid
+#: (hours on a CPU); ``medium``, the larger run of docs/benchmarks.md; ``scale``, full-size
+#: Colored Fashion-MNIST with an MLP 3x300 (about 1.5 minutes a dense run on 2 cores), the
+#: equal-budget study's setting; ``tiny``, a seconds-long smoke run.
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": {"dataset": "digits", "ratios": (0.05,), "max_epochs": 3, "batch_size": 128,
              "lr": 0.05, "module": "mlp", "module_params": {"hidden_layer_sizes": [64, 64]}},

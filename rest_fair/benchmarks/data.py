@@ -1,8 +1,7 @@
 """The data sets ``rest-fair bench`` sweeps over, as a table: a row of :data:`DATASETS` each.
 
-Adding a data set is adding a row: a loader, its names in the report, and the optional
-packages it needs. The command's ``--dataset`` choices, the configuration check, the
-requirement check and the report's wording all read the table.
+Adding a data set is adding a row: the command's ``--dataset`` choices, the configuration
+and requirement checks and the report's wording all read the table.
 """
 
 from __future__ import annotations
@@ -56,9 +55,7 @@ def _fashion(ratio: float, *, data_seed: int, image_size: Any, split_sizes: Any,
              data_root: str | None, **_: Any):
     return datasets.make_colored_fashion_mnist(
         conflict_ratio=ratio, random_state=data_seed, image_size=image_size,
-        split_sizes=split_sizes,
-        root=data_root,
-    )
+        split_sizes=split_sizes, root=data_root)
 
 
 def _check_idx_files(config: Any) -> None:
@@ -103,23 +100,21 @@ class BenchDataset:
     load : callable
         ``load(ratio, *, data_seed, image_size, split_sizes, data_root, dfa_name)``: the data
         at a conflicting share, with the attributes of
-        :class:`~rest_fair.datasets.BiasedImageData` (``X_train``, ``conflict_valid``, ...).
+        :class:`~rest_fair.datasets.BiasedImageData`.
     title : str
-        Short name (plots); ``{dfa_name}`` and ``{data_root}`` are filled in from the
-        configuration.
+        Short name (plots), with fields of the configuration (``{dfa_name}``) filled in.
     description : str or callable
-        What the data are (the table's notes): a string filled in like ``title``, or
+        What the data are (the table's notes): filled in like ``title``, or
         ``description(config)``.
     requirements : tuple of Requirement
         Optional packages it needs.
     reference : callable
         ``reference(config)``: whether the published Colored MNIST numbers apply.
     check : callable or None
-        ``check(config)``: raise :class:`~rest_fair.exceptions.DatasetNotFoundError`, before
-        any run, when files the data set is read from are missing.
+        ``check(config)``: raise :class:`~rest_fair.exceptions.DatasetNotFoundError` when
+        files the data set is read from are missing.
     native_size : callable
-        ``native_size(config)``: the image side that ``image_size=None`` gives (None when
-        not known).
+        ``native_size(config)``: the image side of ``image_size=None`` (None: not known).
     """
 
     load: Callable[..., Any]
@@ -188,21 +183,15 @@ def _load(dataset: str, ratio: float, **fields: Any) -> Any:
 
 
 def kept_data(config: Any, ratio: float) -> Any:
-    """The data of a :class:`~rest_fair.benchmarks.BenchConfig` at one share, as kept.
-
-    The data are built once per process (the last 8 settings are kept); this returns the
-    kept data themselves, which nobody may change: :func:`load_data` gives a copy.
-    """
+    """The data of a :class:`~rest_fair.benchmarks.BenchConfig` at one share, built once
+    per process (the last 8 settings are kept): the kept data themselves, which nobody may
+    change (:func:`load_data` gives a copy)."""
     return _load(config.dataset, float(ratio), data_seed=config.data_seed,
                  image_size=config.image_size, split_sizes=config.split_sizes,
                  data_root=config.data_root, dfa_name=config.dfa_name)
 
 
 def load_data(config: Any, ratio: float) -> Any:
-    """The data of a :class:`~rest_fair.benchmarks.BenchConfig` at one share.
-
-    Every call returns a copy of its own of :func:`kept_data`, so that a caller who changes
-    its arrays in place changes neither the kept data nor what later calls (and the runs)
-    receive.
-    """
+    """The data of a :class:`~rest_fair.benchmarks.BenchConfig` at one share: a copy of
+    its own of :func:`kept_data` at every call, which its caller may change."""
     return copy.deepcopy(kept_data(config, ratio))

@@ -4,9 +4,6 @@ A *method family* fixes everything but the sparsity; the sweep crosses it with t
 sparsity grid, so ``"rest"`` at sparsity 0 is dense reweighting and at 0.9 is REST, and
 ``"erm"`` at 0 is dense ERM and at 0.9 sparse ERM (RigL). Adding a row to
 :data:`METHODS` adds a method to ``rest-fair bench``; there is no per-method code path.
-
-The value :data:`LAMBDA` in ``params`` is replaced by the upweighting factor of the run's
-conflicting share (:func:`lambda_for_ratio`).
 """
 
 from __future__ import annotations
@@ -48,12 +45,12 @@ class Method:
     dense_label, sparse_label : str
         Display names at sparsity 0 and above 0.
     params : mapping
-        :class:`RESTClassifier` parameters (``LAMBDA`` is substituted).
+        :class:`RESTClassifier` parameters; :data:`LAMBDA` is replaced by the upweighting
+        factor of the run's conflicting share (:func:`estimator_params`).
     group_labels : {"none", "train", "val"}
-        Where the method uses bias/group labels: ``"train"`` passes the conflict flags as
-        ``groups`` to ``fit`` (and selects the checkpoint by validation worst-group
-        accuracy); ``"val"`` only gives them with the validation data (selection);
-        ``"none"`` uses none (selection by validation average accuracy).
+        Where the method uses bias/group labels: ``"train"``, as ``groups`` of ``fit`` and
+        with the validation data (selection by worst-group accuracy); ``"val"``, with the
+        validation data only; ``"none"``, nowhere (selection by validation accuracy).
     """
 
     name: str
@@ -104,10 +101,8 @@ METHODS: dict[str, Method] = {
 
 
 def lambda_for_ratio(ratio: float) -> float:
-    """Upweighting factor for a conflicting share.
-
-    The four shares of the paper use :data:`LAMBDA_BY_RATIO`; other shares interpolate
-    linearly in ``log(ratio)`` between them (clamped at the ends).
+    """Upweighting factor for a conflicting share: :data:`LAMBDA_BY_RATIO`, interpolated
+    linearly in ``log(ratio)`` between its shares (clamped at the ends).
 
     Parameters
     ----------

@@ -97,9 +97,8 @@ def seed_statistics(grouped: Any, metrics: Sequence[str]) -> dict[str, Any]:
     Returns
     -------
     dict
-        ``<metric>_n`` (runs with a value) and ``<metric>_se`` (:func:`standard_error` of
-        the sample std, ddof=1, over those runs) per metric: columns to add to the
-        summary, with its index.
+        Summary columns (with its index): ``<metric>_n`` (runs with a value) and
+        ``<metric>_se`` (:func:`standard_error` of the std, ddof=1, over those runs).
     """
     out = {}
     for metric in metrics:
@@ -144,11 +143,9 @@ def summarize(records: Sequence[dict[str, Any]], config: BenchConfig):
     -------
     pandas.DataFrame
         One row per cell with ``<metric>_mean``, ``<metric>_std`` (ddof=1; NaN for one
-        seed), and for the accuracies ``<metric>_n`` (seeds with a value: fewer than
-        ``n_seeds`` where runs were recorded without it) and ``<metric>_se``
-        (:func:`standard_error` over those), ``n_seeds``,
-        and, when recorded, ``density``, ``fit_seconds``, ``model_bytes`` and the
-        efficiency fractions (``_mean``, ``_std``).
+        seed), for the accuracies ``<metric>_n`` and ``<metric>_se``
+        (:func:`seed_statistics`), ``n_seeds``, and, when recorded, ``density``,
+        ``fit_seconds``, ``model_bytes`` and the efficiency fractions (``_mean``, ``_std``).
     """
     import pandas as pd
 
@@ -390,8 +387,7 @@ def read_config(out_dir: str | Path) -> dict[str, Any] | None:
     Raises
     ------
     FileExistsError
-        Naming a ``config.json`` that is not one of ours (unreadable, not JSON, without our
-        keys): the report never overwrites it
+        Naming a ``config.json`` that is not one of ours
         (:func:`~rest_fair.experiments.runner.read_own_json`).
     """
     return read_own_json(Path(out_dir) / "config.json", _OWN_KEYS, "rest-fair bench")
@@ -406,15 +402,11 @@ def _listed(out_dir: Path, info: dict[str, Any]) -> list[Path]:
 
 
 def set_aside_report(out_dir: str | Path, experiment: Any, *, fresh: bool = False) -> list[Path]:
-    """Keep the report in ``out_dir`` of settings other than ``experiment``'s out of the way
-    of its own: its ``config.json`` and the outputs that lists are renamed with one
-    date-time suffix (:func:`~rest_fair.experiments.runner.set_aside`), as are the files of
-    :data:`REPORT_FILES` in a folder without a ``config.json`` (nothing says whose they
-    are); with ``fresh``, the report of any settings and the results file are. Returns the
-    new paths (none when there is nothing to rename).
-
-    Settings are the same when the hash their runs share (``common_hash``) and the kind of
-    sweep (grid or ``"search"``) are.
+    """Rename with one date-time suffix (:func:`~rest_fair.experiments.runner.set_aside`)
+    the report in ``out_dir`` of settings other than ``experiment``'s (other
+    ``common_hash`` or kind of sweep): its ``config.json`` and the outputs that lists, or
+    in a folder without a ``config.json`` the files of :data:`REPORT_FILES`; with
+    ``fresh``, the report of any settings and the results file. Returns the new paths.
 
     Raises
     ------
@@ -436,21 +428,27 @@ def set_aside_report(out_dir: str | Path, experiment: Any, *, fresh: bool = Fals
     return set_aside(report)
 
 
+def _report_folder(out_dir: str | Path, experiment: Any) -> Path:
+    """``out_dir``, created, with a report of settings other than ``experiment``'s set
+    aside (:func:`set_aside_report`)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    set_aside_report(out_dir, experiment)
+    return out_dir
+
+
 def _write_config(
     out_dir: Path, experiment: Any, records: Sequence[dict[str, Any]],
     run_info: dict[str, Any] | None, outputs: Sequence[Path],
-    statuses: Sequence[str] = ("ok", "error"),
-) -> tuple[Path, list[Path]]:
+) -> dict[str, list[Path]]:
     """Write ``config.json``: the experiment, its hash, the library versions, the number of
-    runs in total and with each of ``statuses``, ``run_info``, and the names of the other
-    ``outputs`` written this time; returns its path and the earlier outputs kept aside.
+    runs in total and by status, ``run_info``, and the names of the other ``outputs``
+    written this time. Returns ``{"files": [its path, *outputs], "kept": [paths]}``.
 
-    Outputs that the previous ``config.json`` of the folder (of the same settings:
-    :func:`set_aside_report` has renamed one of others) lists and this call did not write
-    again (plots now switched off, tables of a summary that is now empty) are kept, renamed
-    with a date-time suffix (:func:`~rest_fair.experiments.runner.set_aside`), so that the
-    folder never shows results under the names of the report beside a configuration or
-    runs they do not come from. Other files are left alone.
+    Outputs that the previous ``config.json`` (of the same settings) lists and this call
+    did not write again (plots now switched off, tables of a summary now empty) are kept,
+    renamed with a date-time suffix (``kept``), so that the folder never shows results
+    beside a configuration or runs they do not come from. Other files are left alone.
     """
     path = out_dir / "config.json"
     names = sorted(p.name for p in outputs)
@@ -463,12 +461,12 @@ def _write_config(
         "versions": library_versions(),
         "n_runs_in_grid": len(experiment.runs()),
         **{f"n_runs_{status}": sum(r.get("status") == status for r in records)
-           for status in statuses},
+           for status in ("ok", "error", "failed")},
         "outputs": names,
         **(run_info or {}),
     }
     path.write_text(json.dumps(info, indent=2, sort_keys=True, default=str))
-    return path, kept
+    return {"files": [path, *outputs], "kept": kept}
 
 
 def _write_tables(out_dir: Path, markdown: str, tables: dict[str, Any]) -> list[Path]:
@@ -491,8 +489,8 @@ def write_outputs(
     """Write ``table.md``, ``table.csv``, ``references.md``, the PNG plots and ``config.json``.
 
     A report in ``out_dir`` of other settings is kept, renamed (:func:`set_aside_report`),
-    and so are the outputs of its report of these settings that this one does not write
-    (the plots, with ``plots=False``).
+    as are the outputs of one of these settings that this one does not write (the plots,
+    with ``plots=False``).
 
     Returns
     -------
@@ -500,9 +498,7 @@ def write_outputs(
         ``{"summary": DataFrame, "markdown": str, "files": [paths], "kept": [paths]}``
         (``kept``: the new names of the outputs kept aside).
     """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    set_aside_report(out_dir, config)
+    out_dir = _report_folder(out_dir, config)
     files = [out_dir / "references.md"]
     files[0].write_text(reference_markdown() + "\n")
     summary = summarize(records, config)
@@ -516,6 +512,5 @@ def write_outputs(
         files += _write_tables(out_dir, markdown, {"table.csv": summary})
         if plots:
             files += plot_results(summary, records, config, out_dir)
-    path, kept = _write_config(out_dir, config, records, run_info, files,
-                               ("ok", "error", "failed"))
-    return {"summary": summary, "markdown": markdown, "files": [path, *files], "kept": kept}
+    return {"summary": summary, "markdown": markdown,
+            **_write_config(out_dir, config, records, run_info, files)}

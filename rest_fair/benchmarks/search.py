@@ -1,11 +1,10 @@
 """Random hyperparameter search for the equal-budget study: search spaces and sampling.
 
 Every method of the study gets the same number of configurations, each drawn from the
-method's search space (:data:`SEARCH_SPACES`) by a random generator seeded by
-``(search_seed, method name, configuration index)`` alone: the same index always gives the
-same configuration, whatever else the study contains, so growing the budget keeps the
-configurations (and results) already drawn. A search space is a table of *coordinates*, each
-with its distribution; :func:`hyperparameters` turns a drawn point into
+method's search space (:data:`SEARCH_SPACES`) by a generator seeded by ``(search_seed,
+method name, configuration index)`` alone (:func:`sample_seed`), so growing the budget keeps
+the configurations already drawn. A search space is a table of *coordinates*, each with its
+distribution; :func:`hyperparameters` turns a drawn point into
 :class:`~rest_fair.RESTClassifier` parameters:
 
 ==========================  ======================================================
@@ -25,11 +24,8 @@ coordinate                  estimator parameter
 ``jtt_epoch_fraction``      ``jtt_epochs = max(1, round(fraction * E))``
 ==========================  ======================================================
 
-Values drawn from continuous distributions are rounded to three significant digits, so
-that they read well in tables and run ids; ``log_int`` draws integers and ``choice``
-returns its values as given.
-
-This module imports neither torch nor the estimator.
+Values drawn from continuous distributions are rounded to three significant digits (they
+read well in tables and run ids). This module imports neither torch nor the estimator.
 """
 
 from __future__ import annotations
@@ -79,14 +75,11 @@ _KINDS = {"log_uniform": "log-uniform", "uniform": "uniform", "log_int": "log-un
 class Distribution:
     """A one-dimensional distribution of a search coordinate.
 
-    Build it with :func:`log_uniform`, :func:`uniform`, :func:`log_int` or :func:`choice`.
-
     Attributes
     ----------
     kind : {"log_uniform", "uniform", "log_int", "choice"}
-        ``log_uniform``: ``exp(U(log low, log high))``; ``uniform``: ``U(low, high)``;
-        ``log_int``: ``round(exp(U(log low, log high)))``; ``choice``: one of ``values``,
-        each equally likely.
+        As built by :func:`log_uniform`, :func:`uniform`, :func:`log_int` or
+        :func:`choice`, whose docstrings say what they draw.
     low, high : float
         Bounds (not used by ``choice``).
     values : tuple
@@ -171,6 +164,8 @@ _SHARED: dict[str, Distribution] = {
     "weight_decay": log_uniform(1e-6, 1e-3),
     "epoch_fraction": choice(1 / 3, 2 / 3, 1.0),
 }
+#: The coordinates that are a fraction of the epoch budget, and the parameter they set.
+_EPOCH_FRACTIONS = {"epoch_fraction": "max_epochs", "jtt_epoch_fraction": "jtt_epochs"}
 _REWEIGHTING: dict[str, Distribution] = {**_SHARED, "upweight_balance": log_uniform(0.125, 2.0)}
 
 #: The search spaces by name: coordinate -> distribution. Methods that share a
@@ -204,8 +199,7 @@ def sample(space: str | Mapping[str, Distribution], method: str, index: int, *,
     space : str or mapping
         A key of :data:`SEARCH_SPACES`, or a coordinate -> :class:`Distribution` mapping.
     method : str
-        The method's name; with ``index`` and ``search_seed`` it seeds the draw
-        (:func:`sample_seed`).
+        The method's name, which seeds the draw (:func:`sample_seed`).
     index : int
         Configuration number, from 0.
     search_seed : int, default=0
@@ -247,10 +241,8 @@ def hyperparameters(point: Mapping[str, Any], *, ratio: float, max_epochs: int
     """
     params: dict[str, Any] = {}
     for name, value in point.items():
-        if name == "epoch_fraction":
-            params["max_epochs"] = max(1, round(value * max_epochs))
-        elif name == "jtt_epoch_fraction":
-            params["jtt_epochs"] = max(1, round(value * max_epochs))
+        if name in _EPOCH_FRACTIONS:
+            params[_EPOCH_FRACTIONS[name]] = max(1, round(value * max_epochs))
         elif name == "upweight_balance":
             params["upweight"] = _round(value * (1.0 - ratio) / ratio)
         elif name in COORDINATES:

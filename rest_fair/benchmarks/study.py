@@ -7,12 +7,9 @@ conflicting samples, the configuration with the best mean validation score over 
 chosen by the method's selection rule (:data:`SELECTION_RULES`), and its test accuracies
 are reported (:mod:`~rest_fair.benchmarks.study_report`).
 
-A :class:`RandomSearch` is an :class:`~rest_fair.experiments.run.Experiment` built on a
-:class:`~rest_fair.benchmarks.BenchConfig`, which gives the data, the model, the batch size,
-the epoch budget, the shares and the seeds; the experiment runner
-(:func:`~rest_fair.experiments.runner.run_sweep`) runs it with the same results file, resume,
-chunks and Dask backend as any sweep. ``rest-fair bench --search random --budget K`` is the
-command.
+The experiment is a :class:`RandomSearch`, run by
+:func:`~rest_fair.experiments.runner.run_sweep` like any sweep; the command is
+``rest-fair bench --search random --budget K``.
 """
 
 from __future__ import annotations
@@ -30,7 +27,7 @@ from ..exceptions import TrainingDivergedError
 from ..experiments.run import digest, jsonable
 from ..metrics import worst_group_accuracy
 from ..recipes import authors_recipe
-from .config import BenchConfig, RunSpec, _Keyed, check_sequence
+from .config import BenchConfig, RunSpec, _Keyed, check_sequence, efficiency_total
 from .data import load_data
 from .methods import estimator_params, get_method
 from .search import SEARCH_SPACES, equal_cost_width, hyperparameters, sample
@@ -77,14 +74,12 @@ class SelectionRule:
     ----------
     key : str
         Record key of the validation score: the run keeps the checkpoint of the epoch with
-        the best score (the estimator's selection, given validation data grouped so that
-        its worst-group accuracy is this score), and the search keeps the configuration
-        with the best mean score over seeds.
+        the best score, the search the configuration with the best mean score over seeds.
     words : str
         The rule in the table's notes.
     validation_groups : {"conflict", "class"}
-        The groups of the validation data: conflict flags (aligned vs. conflicting, so
-        bias labels are used) or the class labels (no bias label used).
+        The groups of the validation data (their worst-group accuracy is the score): the
+        conflict flags (bias labels used) or the class labels (no bias label used).
     """
 
     key: str
@@ -95,12 +90,10 @@ class SelectionRule:
 #: Selection rules by name: with bias labels on the validation split (``worst_group``) or
 #: without any bias label (``worst_class``, for label-free methods).
 SELECTION_RULES: dict[str, SelectionRule] = {
-    "worst_group": SelectionRule(
-        "valid_worst_group_acc", "validation worst-group accuracy", "conflict"
-    ),
-    "worst_class": SelectionRule(
-        "valid_worst_class_acc", "validation worst-class accuracy", "class"
-    ),
+    "worst_group": SelectionRule("valid_worst_group_acc", "validation worst-group accuracy",
+                                 "conflict"),
+    "worst_class": SelectionRule("valid_worst_class_acc", "validation worst-class accuracy",
+                                 "class"),
 }
 
 
@@ -124,17 +117,15 @@ class StudyMethod:
     selection : str
         Key of :data:`SELECTION_RULES`.
     cost_of : float or None
-        Equal-cost dense baseline: the hidden width is set so that the dense network has
-        as many weights as the configured MLP has active weights at this sparsity
+        Equal-cost dense baseline: the hidden width that gives the dense network as many
+        weights as the configured MLP has active at this sparsity
         (:func:`~rest_fair.benchmarks.search.equal_cost_width`). None keeps the width.
     fixed_params : mapping, callable returning a mapping, or None
-        :class:`~rest_fair.RESTClassifier` parameters that every configuration of the row
-        uses, applied last (over the drawn ones). A function returning a recipe's
-        parameters makes the recipe one row (with a space that does not search what the
-        recipe fixes).
+        :class:`~rest_fair.RESTClassifier` parameters of every configuration of the row,
+        applied over the drawn ones (a function returning a recipe's parameters makes the
+        recipe a row).
     series : str
-        The line the row belongs to in the plots against sparsity (rows of one series
-        differ by sparsity, or by ``cost_of``); empty for a row drawn on its own.
+        The row's line in the plots against sparsity; empty for a row drawn on its own.
     """
 
     name: str
@@ -203,12 +194,10 @@ def _equal_cost(sparsity: float) -> StudyMethod:
 
 
 #: The study's methods by name, in table order. Methods trained with bias labels are chosen
-#: by validation worst-group accuracy; ERM and JTT use no bias label at all and are chosen
-#: by validation worst-class accuracy. Adding a method is adding a row, e.g. a recipe:
-#: ``StudyMethod("rest_recipe_0.9", "REST, recipe (90 %)", "rest", 0.9, "reweighting",
-#: "worst_group", fixed_params=recipe, series="REST, recipe")`` with ``recipe()`` returning
-#: the estimator parameters it fixes. The authors' recipe rows fix its sparse-training
-#: choices (:data:`AUTHORS_SPARSE_TRAINING`) and search the rest like reweighting's.
+#: by validation worst-group accuracy, ERM and JTT (no bias label at all) by validation
+#: worst-class accuracy. Adding a method is adding a row. The authors' recipe rows fix its
+#: sparse-training choices (:data:`AUTHORS_SPARSE_TRAINING`) and search the rest like
+#: reweighting's.
 STUDY_METHODS: dict[str, StudyMethod] = {
     m.name: m
     for m in (
@@ -259,12 +248,11 @@ class RandomSearch:
     Parameters
     ----------
     bench : BenchConfig
-        Data set (``dataset``, ``split_sizes``, ``data_seed``, ...), model (``module``,
-        ``module_params``), ``batch_size``, the epoch budget ``max_epochs`` (configurations
+        Data set, model, ``batch_size``, the epoch budget ``max_epochs`` (configurations
         train for a third, two thirds or all of it), ``ratios``, ``seeds``, ``device`` and
         ``extra_params``. Its ``methods``, ``sparsities`` and ``lr`` are not used (the
-        study's methods fix their sparsity, the search draws the learning rate) and enter
-        no run id; its ``upweight`` must be None (λ is drawn).
+        methods fix their sparsity, the search draws the learning rate) and enter no run
+        id; its ``upweight`` must be None (λ is drawn).
     budget : int, default=8
         Configurations per method (the same for every method).
     methods : sequence of str, default=all of :data:`STUDY_METHODS`
@@ -274,9 +262,8 @@ class RandomSearch:
 
     #: Who runs it, for progress lines.
     name: ClassVar[str] = "rest-fair bench"
-    #: A configuration whose training diverges is an outcome of the search (the same seed
-    #: diverges again): its run is recorded as failed, not retried, and the configuration
-    #: is not chosen.
+    #: A diverged training is an outcome (the same seed diverges again): recorded as
+    #: failed, not retried, and its configuration is not chosen.
     final_errors: ClassVar[tuple[type[Exception], ...]] = (TrainingDivergedError,)
     #: The fields of ``bench`` besides its grid that no run reads (the search draws the
     #: learning rate): neither in the run ids nor in ``config.json``.
@@ -330,6 +317,14 @@ class RandomSearch:
                                 max_epochs=int(self.bench.max_epochs))
         return {**drawn, **get_study_method(method).fixed()}
 
+    def _reads(self, method: str, config: int = 0, ratio: float | None = None
+               ) -> dict[str, Any]:
+        """:meth:`searched_params` (default: of configuration 0 at the first share) and the
+        ``sparsity`` of ``method``: what its runs set over their family's parameters."""
+        ratio = self.bench.ratios[0] if ratio is None else ratio
+        return {**self.searched_params(method, config, ratio),
+                "sparsity": get_study_method(method).sparsity}
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready description: the configuration, the methods and their search spaces."""
         rows = {name: STUDY_METHODS[name] for name in self.methods}
@@ -352,21 +347,20 @@ class RandomSearch:
     def runs(self) -> list[TrialSpec]:
         """Every run, configuration-major: configuration 0 of every method (every share,
         every seed), then configuration 1, ...; a study stopped after its k-th configuration
-        is thus the complete study at budget k, and a larger budget extends it. A run's id
-        holds the ``extra_params`` it reads alone, as :meth:`estimator_params` gives them."""
+        is the complete study at budget k. A run's id holds only the ``extra_params`` it
+        reads."""
         specs = []
         for config in range(self.budget):
             for ratio in self.bench.ratios:
                 for name in self.methods:
                     m = STUDY_METHODS[name]
-                    searched = self.searched_params(name, config, ratio)
-                    read = {**searched, "sparsity": m.sparsity}
                     trial = digest({
-                        "common": self.bench.common_hash(m.family, read,
+                        "common": self.bench.common_hash(m.family,
+                                                         self._reads(name, config, ratio),
                                                          leave_out=self.unread_fields),
                         "family": m.family, "sparsity": m.sparsity,
                         "selection": m.selection, "cost_of": m.cost_of,
-                        "params": jsonable(searched),
+                        "params": jsonable(self.searched_params(name, config, ratio)),
                     })
                     specs.extend(TrialSpec(name, ratio, config, seed, trial)
                                  for seed in self.bench.seeds)
@@ -381,23 +375,18 @@ class RandomSearch:
         """Raise, before any run, when a package or a data file is missing, or when
         ``extra_params`` sets a parameter that no method of the study reads."""
         self.bench.check_requirements(plots=plots, reads=[
-            (STUDY_METHODS[name].family, {**self.searched_params(name, 0, self.bench.ratios[0]),
-                                          "sparsity": STUDY_METHODS[name].sparsity})
-            for name in self.methods])
+            (STUDY_METHODS[name].family, self._reads(name)) for name in self.methods])
 
     def estimator_params(self, spec: TrialSpec) -> dict[str, Any]:
         """The :class:`~rest_fair.RESTClassifier` parameters of one run: the benchmark's
         (not the ``extra_params`` that the run's other parameters leave unused), the
         family's, the drawn ones, the equal-cost width and the fixed ones."""
         m = get_study_method(spec.method)
-        searched = self.searched_params(spec.method, spec.config, spec.ratio)
-        unread = (self.bench.extra_params.keys()
-                  - self.bench.read_extra(m.family, {**searched, "sparsity": m.sparsity}).keys())
-        params = {k: v for k, v in self.bench.base_params(spec.seed).items()
-                  if k not in unread}
+        params = self.bench.base_params(spec.seed, m.family,
+                                        self._reads(spec.method, spec.config, spec.ratio))
         params.update(estimator_params(get_method(m.family), sparsity=m.sparsity,
                                        ratio=spec.ratio))
-        params.update(searched)
+        params.update(self.searched_params(spec.method, spec.config, spec.ratio))
         if m.cost_of is not None:
             params["module_params"] = {**(params["module_params"] or {}),
                                        "hidden_layer_sizes": self.hidden_layer_sizes(m, spec)}
@@ -459,8 +448,7 @@ def _cost(clf: Any, n_train: int) -> dict[str, Any]:
     ``efficiency_report()``'s ``training_flops_run``, plus with ``infer_groups="jtt"`` the
     identification model's ``jtt_epochs`` passes over the ``n_train`` training samples at
     three times the inference FLOPs per sample."""
-    report = clf.efficiency_report()
-    total = report[report["layer"].astype(str) == "total"].iloc[-1]
+    total = efficiency_total(clf)
     training = float(total.get("training_flops_run", math.nan))
     identification = 0.0
     if getattr(clf, "infer_groups", None) == "jtt":

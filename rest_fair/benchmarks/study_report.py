@@ -1,12 +1,4 @@
-"""The equal-budget study's selection, tables and robustness–cost plots.
-
-:func:`summarize_configurations` averages every configuration of every method over its
-seeds; :func:`select` keeps, per method and share of conflicting samples, the configuration
-with the best mean validation score under the method's rule
-(:data:`~rest_fair.benchmarks.study.SELECTION_RULES`); :func:`write_study_outputs` writes
-the table of the chosen configurations, every configuration's averages, the plots of
-worst-group accuracy against sparsity and against training cost, and ``config.json``.
-"""
+"""The equal-budget study's selection, tables and robustness–cost plots."""
 
 from __future__ import annotations
 
@@ -23,12 +15,12 @@ from .report import (
     _clipped_err,
     _markdown_table,
     _pyplot,
+    _report_folder,
     _save,
     _write_config,
     _write_tables,
     metric_cell,
     seed_statistics,
-    set_aside_report,
 )
 from .study import SELECTION_RULES, STUDY_METHODS, RandomSearch
 
@@ -61,8 +53,8 @@ def summarize_configurations(records: Sequence[dict[str, Any]], search: RandomSe
     Parameters
     ----------
     records : sequence of dict
-        Run records of the study: ``status == "ok"`` runs give the numbers, ``"failed"``
-        runs (training diverged) are counted.
+        Run records of the study: the ``"ok"`` runs give the numbers, the ``"failed"``
+        ones (training diverged) are counted.
     search : RandomSearch
         Gives the order of the methods and their drawn parameters.
 
@@ -72,9 +64,9 @@ def summarize_configurations(records: Sequence[dict[str, Any]], search: RandomSe
         One row per (ratio, method, config) with ``n`` (seeds finished), ``n_failed`` (seeds
         whose training diverged), ``score_mean`` (the method's selection score),
         ``<key>_mean`` and ``<key>_std`` (ddof=1) for the validation and test accuracies and
-        the costs, ``<metric>_n`` (finished seeds with a value) and ``<metric>_se`` (over
-        those) for the test accuracies, the label, group-label use, rule,
-        the drawn ``hyperparameters`` and ``hidden_layer_sizes``.
+        the costs, ``<metric>_n`` and ``<metric>_se`` for the test accuracies
+        (:func:`~rest_fair.benchmarks.report.seed_statistics`), the label, group-label use,
+        rule, the drawn ``hyperparameters`` and ``hidden_layer_sizes``.
     """
     import pandas as pd
 
@@ -117,10 +109,9 @@ def select(configurations):
     """The chosen configuration per (ratio, method).
 
     A configuration with a diverged run (``n_failed > 0``) is not eligible. Among the
-    other configurations with the most finished seeds (all of them once the study is
-    complete), the one with the highest mean selection score is chosen; ties go to the
-    lowest configuration index. A method none of whose configurations is eligible has no
-    row.
+    others with the most finished seeds, the one with the highest mean selection score is
+    chosen, ties going to the lowest index. A method without an eligible configuration has
+    no row.
 
     Parameters
     ----------
@@ -155,22 +146,14 @@ def _hyperparameters(values: dict[str, Any]) -> str:
     return ", ".join(f"{_SHORT.get(name, name)}={text}" for name, text in texts.items())
 
 
-def _missing(value: float | None) -> bool:
-    return value is None or math.isnan(value)
-
-
-def _seconds(value: float) -> str:
-    if _missing(value):
+def _number(value: float | None, spec: str) -> str:
+    """``value`` in the format ``spec`` (``"s"``: seconds to two significant digits); "–"
+    when missing."""
+    if value is None or math.isnan(value):
         return "–"
-    return f"{value:.2g}" if value < 1 else f"{value:.1f}" if value < 10 else f"{value:.0f}"
-
-
-def _flops(value: float) -> str:
-    return "–" if _missing(value) else f"{value:.2e}"
-
-
-def _count(value: float) -> str:
-    return "–" if _missing(value) else f"{value:,.0f}"
+    if spec == "s":
+        spec = ".2g" if value < 1 else ".1f" if value < 10 else ".0f"
+    return format(value, spec)
 
 
 def study_markdown(chosen, search: RandomSearch, configurations=None) -> str:
@@ -197,9 +180,9 @@ def study_markdown(chosen, search: RandomSearch, configurations=None) -> str:
             f"{100 * row['score_mean']:.1f}",
             *(metric_cell(row, m, n) for m in STUDY_METRICS),
             str(n),
-            _count(row["params_active_mean"]),
-            _flops(row["training_flops_mean"]),
-            _seconds(row["fit_seconds_mean"]),
+            _number(row["params_active_mean"], ",.0f"),
+            _number(row["training_flops_mean"], ".2e"),
+            _number(row["fit_seconds_mean"], "s"),
             _hyperparameters(hyper),
         ])
     bench = search.bench
@@ -266,11 +249,10 @@ def plot_study(chosen, search: RandomSearch, out_dir: str | Path) -> list[Path]:
     training cost (FLOPs and fit wall time); returns the PNG paths.
 
     ``worst_group_vs_sparsity.png``: each series of :data:`STUDY_METHODS` as a line (the
-    equal-cost dense rows at the sparsity whose cost they match), starting from dense
-    reweighting at sparsity 0 when it was run; rows on their own as horizontal lines.
-    ``worst_group_vs_cost.png``: every chosen row against training FLOPs and against fit
-    seconds (log scales), with the frontier of the rows no cheaper row beats. Bars are ±
-    one standard error.
+    equal-cost rows at the sparsity whose cost they match), from dense reweighting at
+    sparsity 0 when it was run; rows on their own as horizontal lines.
+    ``worst_group_vs_cost.png``: every chosen row against training FLOPs and fit seconds
+    (log scales), with the frontier of the rows no cheaper row beats. Bars: ± one SE.
     """
     plt = _pyplot()
     from matplotlib import ticker
@@ -363,10 +345,8 @@ def write_study_outputs(
     plots: bool = True,
 ) -> dict[str, Any]:
     """Write ``table.md`` and ``table.csv`` (the chosen configurations),
-    ``configurations.csv`` (every configuration), ``config.json`` and the two plots; a
-    report in ``out_dir`` of other settings is kept, renamed (:func:`set_aside_report`),
-    and so are the outputs of its report of these settings that this one does not write
-    (the plots, with ``plots=False``).
+    ``configurations.csv`` (every configuration), ``config.json`` and the two plots, as
+    :func:`~rest_fair.benchmarks.report.write_outputs` does.
 
     Returns
     -------
@@ -375,9 +355,7 @@ def write_study_outputs(
         "files": [paths], "kept": [paths]}`` (``kept``: the new names of the outputs kept
         aside).
     """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    set_aside_report(out_dir, search)
+    out_dir = _report_folder(out_dir, search)
     configurations = summarize_configurations(records, search)
     chosen = select(configurations)
     markdown = "" if chosen.empty else study_markdown(chosen, search, configurations)
@@ -389,7 +367,5 @@ def write_study_outputs(
         })
         if plots:
             files += plot_study(chosen, search, out_dir)
-    path, kept = _write_config(out_dir, search, records, run_info, files,
-                               ("ok", "error", "failed"))
     return {"summary": chosen, "configurations": configurations, "markdown": markdown,
-            "files": [path, *files], "kept": kept}
+            **_write_config(out_dir, search, records, run_info, files)}

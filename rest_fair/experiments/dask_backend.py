@@ -1,11 +1,10 @@
 """Running the runs of a sweep on a ``dask.distributed`` cluster.
 
 The driver (the process calling :func:`~rest_fair.experiments.runner.run_sweep`) keeps as
-many runs in flight as the cluster has worker processes, gathers each record as it completes
-and is the only process that writes the results file: workers receive a run's spec and its
-experiment, never a path, and call :func:`~rest_fair.experiments.run.run_one`. Each run sets
-its torch threads so that the runs sharing a machine do not oversubscribe its cores, by the
-same rule as local parallel runs (:func:`~rest_fair.experiments.run.split_threads`).
+many runs in flight as the cluster has worker processes and alone writes the results file:
+workers receive a run's spec and its experiment, never a path, and call
+:func:`~rest_fair.experiments.run.run_one`, with torch threads set so that the runs sharing
+a machine do not oversubscribe its cores (:func:`thread_plan`).
 
 ``distributed`` is imported only when this backend is used.
 """
@@ -60,10 +59,9 @@ def active_joblib_client() -> Any:
 def _probe(address: str, timeout: float) -> None:
     """Open and close one connection to ``address``, retrying until ``timeout``.
 
-    A failed ``distributed.Client`` constructor leaves an object whose finalizer blocks
-    for twice the timeout and prints errors; probing first keeps a wrong address to one
-    clear exception. The probe runs its own event loop in a thread, so it also works when
-    the caller already runs one (e.g. Jupyter).
+    A failed ``distributed.Client`` leaves a finalizer that blocks for twice the timeout
+    and prints errors; probing first makes a wrong address one clear exception. The probe
+    runs its own event loop in a thread, so it works under a running one (Jupyter).
     """
     from distributed.comm import connect as comm_connect
 
@@ -82,10 +80,9 @@ def connect(scheduler: Any = None, *, timeout: float = 10.0) -> Iterator[Any]:
     Parameters
     ----------
     scheduler : str, distributed.Client or None
-        Scheduler address (``tcp://host:8786``), a connected Client, or None to use the
-        Client of an enclosing ``joblib.parallel_config(backend="dask")``, else the current
-        default Client, else the address of dask's ``scheduler-address`` setting (the
-        ``DASK_SCHEDULER_ADDRESS`` environment variable).
+        Scheduler address (``tcp://host:8786``), a connected Client, or None: the Client of
+        an enclosing ``joblib.parallel_config(backend="dask")``, else the default Client,
+        else dask's ``scheduler-address`` setting (``DASK_SCHEDULER_ADDRESS``).
     timeout : float, default=10.0
         Seconds to wait for the scheduler to answer and for a first worker to join.
 
@@ -166,10 +163,10 @@ def _processes_per_host(processes: Mapping[str, tuple[str, int, int]]) -> Counte
 def thread_plan(processes: Mapping[str, tuple[str, int, int]]) -> dict[str, int]:
     """Torch threads per run for every worker: the host's cores over its worker processes.
 
-    Fits in threads of one process take turns (they share the process's torch random
-    state, see :meth:`rest_fair.RESTClassifier.fit`), so a host runs as many runs at once
-    as it has worker processes, whatever their ``--nthreads``; each run gets
-    ``split_threads(processes_on_host, cores_of_worker)`` threads.
+    Fits in threads of one process take turns (they share its torch random state, see
+    :meth:`rest_fair.RESTClassifier.fit`), so a host runs as many runs at once as it has
+    worker processes; each gets ``split_threads(processes_on_host, cores_of_worker)``
+    threads.
 
     Parameters
     ----------
@@ -207,11 +204,10 @@ def dask_records(
 ) -> Iterator[dict[str, Any]]:
     """Records of ``todo`` run on the cluster, in completion order.
 
-    As many runs as the cluster has worker processes are in flight (checked again after
-    each result, so workers that join later are used); no new run is submitted once
-    ``stop()`` is true. A run lost to the cluster (e.g. a worker that died) comes back as
-    an error record, which the next sweep retries. Closing the generator cancels the
-    runs still in flight.
+    As many runs as the cluster has worker processes are in flight (counted again after each
+    result, for workers that join later); none is submitted once ``stop()`` is true. A run
+    lost to the cluster (a worker that died) comes back as an error record. Closing the
+    generator cancels the runs in flight.
     """
     distributed = import_distributed()
     queue = iter(todo)

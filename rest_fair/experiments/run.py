@@ -1,13 +1,8 @@
 """One run of an experiment: build the estimator, fit it, score it, one JSON-ready record.
 
 An :class:`Experiment` says what its runs are, what each trains on and how it is scored;
-:func:`run_one` does the rest in the same way for every experiment, whether it runs in this
-process, in a joblib worker or on a Dask worker. A run that raises becomes a record with
-``"status": "error"`` (retried by the next sweep) instead of stopping the others, or with
-``"status": "failed"`` (final, not retried) when the experiment lists the error's type in
-its ``final_errors``.
-
-Importing this module does not import torch (the commands that use it start without it).
+:func:`run_one` does the rest, in this process, a joblib worker or a Dask worker alike.
+Importing this module does not import torch.
 """
 
 from __future__ import annotations
@@ -39,9 +34,8 @@ class Experiment(Protocol):
     ``runs()`` are frozen dataclasses with a ``run_id`` (their key in the results file) and
     a ``label`` (for progress lines); their fields open a run's record. ``name`` says who
     runs it (``"rest-fair bench"``). An experiment whose runs execute in other processes
-    (joblib, Dask) must pickle. An experiment may also have ``final_errors``, a tuple of
-    exception types that are an outcome of the run rather than an accident (a training
-    that diverges diverges again with the same seed): such a run is recorded as
+    (joblib, Dask) must pickle. It may also have ``final_errors``, exception types that
+    are an outcome of the run (a diverged training): such a run is recorded as
     ``"failed"`` and not retried.
     """
 
@@ -79,9 +73,9 @@ def split_threads(n_jobs: int, cores: int | None = None) -> tuple[int, int]:
     Parameters
     ----------
     n_jobs : int or None
-        Requested parallel runs, at most ``cores``. Negative values count back from the
-        cores as in joblib: ``-1`` one per core, ``-2`` all but one (``cores + 1 + n_jobs``,
-        at least 1); ``0`` or None: 1.
+        Requested parallel runs, at most ``cores``; negative values count back as in joblib
+        (``-1`` one per core, ``-2`` all but one: ``cores + 1 + n_jobs``, at least 1); ``0``
+        or None: 1.
     cores : int or None
         Available cores (default: :func:`available_cores`).
 
@@ -140,11 +134,11 @@ def run_one(
     Returns
     -------
     dict
-        ``run_id`` and the run's fields, ``experiment.score(spec, clf)``, and what every
-        run records: ``fit_seconds``, ``model_bytes`` (:func:`model_file_bytes`),
-        ``best_epoch``, ``epochs_run``, ``density`` (:func:`density`), ``n_threads``,
-        ``status`` (``"ok"``, or ``"error"`` or ``"failed"`` with ``error`` and
-        ``traceback``, see :func:`error_record`) and ``finished_at``.
+        ``run_id`` and the run's fields, ``experiment.score(spec, clf)``, ``fit_seconds``,
+        ``model_bytes`` (:func:`model_file_bytes`), ``best_epoch``, ``epochs_run``,
+        ``density`` (:func:`density`), ``n_threads``, ``status`` and ``finished_at``. A run
+        that raises gets the record of :func:`error_record` instead, ``"failed"`` when the
+        error's type is one of the experiment's ``final_errors``, else ``"error"``.
     """
     record = _identity(spec)
     try:
@@ -161,10 +155,9 @@ def check_run_params(experiment: Experiment, spec: Any, *, here: bool = True) ->
     """Check the estimator parameters of run ``spec`` as ``fit`` would, before any run:
     their values, the network they name with its ``module_params``
     (:func:`~rest_fair.models.check_module`), and with ``here`` (the runs execute on this
-    machine) that its ``device`` is one this machine has and that a Hugging Face
-    ``module`` (``"hf:..."``) builds a model that can train with its ``module_params``
-    (:func:`~rest_fair.backbones.check_hf`: its tokenizer and configuration are loaded,
-    not its weights).
+    machine) that this machine has its ``device`` and that a Hugging Face ``module``
+    (``"hf:..."``) can train with its ``module_params`` (:func:`~rest_fair.backbones.check_hf`
+    loads its tokenizer and configuration, not its weights).
 
     Raises
     ------
@@ -194,11 +187,10 @@ def check_run_params(experiment: Experiment, spec: Any, *, here: bool = True) ->
 
 def unread_params(params: Mapping[str, Any]) -> list[str]:
     """The :class:`~rest_fair.RESTClassifier` parameters that a fit with ``params`` (every
-    parameter, as ``get_params`` gives them) does not read: those that the others leave
-    unused as the estimator declares it (``_used_only_when``: ``momentum`` without SGD,
-    ...), and in a dense fit (``sparsity`` 0) those of sparse training (the fields of
-    :class:`~rest_fair.training.parts.SparsityConfig` but ``sparsity``,
-    ``sparse_compute`` and ``sparse_compute_threshold``). A run's id holds none of them."""
+    parameter, as ``get_params`` gives them) does not read: those the others leave unused
+    (``_used_only_when``: ``momentum`` without SGD, ...), and in a dense fit (``sparsity``
+    0) those of sparse training (of :class:`~rest_fair.training.parts.SparsityConfig` but
+    ``sparsity``, and ``sparse_compute``, ``sparse_compute_threshold``)."""
     from .._validation import unused_params
     from ..estimator import RESTClassifier
     from ..training.parts import SparsityConfig
@@ -239,10 +231,9 @@ def _fit_and_score(
 
 @functools.cache
 def _warm_up() -> None:
-    """Pay, once per process and untimed, what only the first fit of a process pays: torch
-    imports its compiler stack (``torch._dynamo``, 1-2 s on a CPU) when the first optimizer
-    is built. :func:`run_one` calls it before it starts the clock, so that ``fit_seconds``
-    does not depend on which run of a process came first."""
+    """Pay, once per process and before the clock starts, what only a process's first fit
+    pays (torch imports ``torch._dynamo``, 1-2 s on a CPU, at the first optimizer), so
+    that ``fit_seconds`` does not depend on which run of a process came first."""
     import torch
 
     torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
@@ -278,10 +269,8 @@ def error_record(spec: Any, exc: BaseException, *, final: bool = False) -> dict[
 
 
 def standard_error(std: Any, n: Any) -> Any:
-    """Standard error of a mean, ``std / sqrt(n)`` (``std`` with ddof=1; NaN for n < 2).
-
-    Works on numbers and on pandas or numpy arrays alike.
-    """
+    """Standard error of a mean, ``std / sqrt(n)`` (``std`` with ddof=1; NaN for n < 2),
+    of numbers or of pandas or numpy arrays."""
     with np.errstate(divide="ignore", invalid="ignore"):
         se = std / np.sqrt(n)
     few = np.asarray(n) < 2

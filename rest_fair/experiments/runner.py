@@ -5,19 +5,14 @@ train and measure is their :class:`~rest_fair.experiments.run.Experiment`.
 
 The results file (:data:`RESULTS_FILE` in the output folder) holds one JSON record per line,
 each written (flushed and fsynced) as soon as its run finishes, keyed by the run's
-``run_id``; for an id written twice (an error, then a success) the last line counts. A run
-is *finished* when its record says ``"status": "ok"`` and every file it lists under
-``"submission_files"`` still exists (a relative path is looked up in the output folder,
-then in the working directory), or ``"status": "failed"`` (an error its experiment
-declares final). Running the same experiment again runs only the runs that are not
-finished (:func:`pending`), so an interrupted sweep resumes without repeating or losing
-runs; a run that ended in an ``"error"`` is retried.
+``run_id``; for an id written twice (an error, then a success) the last line counts.
+Running the same experiment again runs only the runs that are not :func:`finished`, so an
+interrupted sweep resumes without repeating or losing runs; a run that ended in an
+``"error"`` is retried.
 
 Runs execute in this process, in local joblib processes (``n_jobs``), or on a
-``dask.distributed`` cluster (``backend="dask"``,
-:mod:`~rest_fair.experiments.dask_backend`); in every case the records come back to this
-process, which alone writes the results file. A sweep holds its output folder
-(:func:`lock_folder`): a second sweep into it is refused while the first runs.
+``dask.distributed`` cluster (:mod:`~rest_fair.experiments.dask_backend`); this process
+alone writes the results file. A sweep holds its output folder (:func:`lock_folder`).
 """
 
 from __future__ import annotations
@@ -101,12 +96,10 @@ _TWO_FLAGS = "{given}: two flags of one setting, given two values; give one of t
 
 
 def parse_upweight(value: str) -> float | str:
-    """``--upweight`` of ``rest-fair bench`` and ``rest-fair wilds``.
-
-    ``"balanced"`` (every group drawn equally often), ``"none"`` (no reweighting) or a
-    positive number λ (the factor of the minority samples), returned as a float. Anything
-    else raises :class:`argparse.ArgumentTypeError` naming what is accepted.
-    """
+    """``--upweight`` of ``rest-fair bench`` and ``rest-fair wilds``: ``"balanced"`` (every
+    group drawn equally often), ``"none"`` (no reweighting) or a positive number λ (the
+    factor of the minority samples), returned as a float; anything else raises
+    :class:`argparse.ArgumentTypeError`."""
     if value in ("balanced", "none"):
         return value
     try:
@@ -120,22 +113,20 @@ def parse_upweight(value: str) -> float | str:
 
 def parse_path(value: str) -> Path:
     """A path option of ``rest-fair bench`` and ``rest-fair wilds`` (``--out-dir``,
-    ``--root-dir``), a leading ``~`` read as the home folder: the shell expands it in
-    ``--out-dir ~/x`` but not in ``--out-dir=~/x``. An empty one (``--out-dir "$UNSET"``),
-    which would be the working directory, raises :class:`argparse.ArgumentTypeError`."""
+    ``--root-dir``), a leading ``~`` read as the home folder (the shell leaves it in
+    ``--out-dir=~/x``). An empty one (``--out-dir "$UNSET"``) raises
+    :class:`argparse.ArgumentTypeError`."""
     if not value.strip():
         raise argparse.ArgumentTypeError(_EMPTY_PATH.format(value))
     return Path(value).expanduser()
 
 
 class OneValue(argparse.Action):
-    """The ``store`` action of ``rest-fair bench`` and ``rest-fair wilds`` (registered as their
-    default), which refuses a setting given two values, naming both: a flag given twice
-    (``--lr 0.1 --lr 0.2``; argparse keeps the last one silently), or two flags of one
-    destination (``message``), such as an option and its shortcut (a flag of ``nargs=0``
-    that gives ``const``, as ``--quick`` is ``--preset quick``), and a flag of several
-    values (``nargs="+"`` or ``"*"``) given two lists (``--seeds 0 1 --seeds 2``). The same
-    value (or list) given twice is taken once."""
+    """The default ``store`` action of ``rest-fair bench`` and ``rest-fair wilds``: it
+    refuses a setting given two values, naming both, whether by one flag given twice
+    (``--lr 0.1 --lr 0.2``, ``--seeds 0 1 --seeds 2``) or by two flags of one destination
+    (``message``; e.g. ``--quick``, a flag of ``nargs=0`` giving ``const``, and
+    ``--preset``). The same value given twice is taken once."""
 
     def __init__(self, *args: Any, message: str = _TWO_FLAGS, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -170,9 +161,8 @@ def option_flags(parser: argparse.ArgumentParser) -> dict[str, str]:
 
 def named_by_flag(error: BaseException | str, flags: dict[str, str]) -> str:
     """The message of ``error`` with the setting it opens with (``"max_epochs must be >=
-    1; ..."``, as the configuration, the estimator and the runner name them) named by the
-    flag that sets it on the command line (``"--epochs must be >= 1; ..."``, ``flags`` from
-    :func:`option_flags`); other messages as they are."""
+    1; ..."``) named by the flag that sets it (``"--epochs must be >= 1; ..."``, ``flags``
+    from :func:`option_flags`); other messages as they are."""
     message = str(error)
     match = re.match(r"[a-z_]+\b", message)
     if match is None or match.group() not in flags:
@@ -181,9 +171,8 @@ def named_by_flag(error: BaseException | str, flags: dict[str, str]) -> str:
 
 
 def read_results(path: str | Path) -> list[dict[str, Any]]:
-    """Records of a results file, skipping unreadable (e.g. half-written) lines.
-
-    For a run id present several times (an error, then a success) the last record wins.
+    """Records of a results file, skipping unreadable (e.g. half-written) lines; for a run
+    id present several times the last record wins.
 
     Raises
     ------
@@ -232,12 +221,10 @@ _held: dict[Path, list] = {}
 
 @contextlib.contextmanager
 def lock_folder(folder: str | Path) -> Iterator[Path]:
-    """Create the output folder ``folder`` and hold it while the block runs.
-
-    The hold is an exclusive advisory lock (``fcntl.flock``; none on systems without it)
-    on the folder's :data:`LOCK_FILE`, released when the last block holding it ends however
-    it ends (and by the system when the process ends). The thread holding a folder may
-    enter the block again, and the blocks may end in any order; the worker processes of a
+    """Create the output folder ``folder`` and hold it while the block runs: an exclusive
+    advisory lock (``fcntl.flock``; none on systems without it) on its :data:`LOCK_FILE`,
+    released when the last block holding it ends (or the process does). The holding thread
+    may enter the block again, the blocks ending in any order; the worker processes of a
     sweep do not take it.
 
     Raises
@@ -277,8 +264,8 @@ def lock_folder(folder: str | Path) -> Iterator[Path]:
 def set_aside(paths: Sequence[Path]) -> list[Path]:
     """Rename those of ``paths`` that exist with one date-time suffix that none of their
     new names holds yet (``results.jsonl`` -> ``results.20260101-120000.jsonl``, or
-    ``results.20260101-120000-2.jsonl`` when a command of the same second took that name),
-    so that nothing set aside before is overwritten; returns the new paths."""
+    ``results.20260101-120000-2.jsonl``), so that nothing is overwritten; returns the new
+    paths."""
     existing = [Path(p) for p in paths if Path(p).exists()]
     stamp = time.strftime("%Y%m%d-%H%M%S")
     for k in itertools.count(1):
@@ -300,7 +287,7 @@ def read_own_json(path: str | Path, keys: Mapping[str, type], command: str
     ------
     FileExistsError
         Naming ``path`` when it is not one of ``command``'s (unreadable, not JSON, without
-        those keys): its report never overwrites it.
+        those keys), which its report never overwrites.
     """
     path = Path(path)
     if not (path.exists() or path.is_symlink()):
@@ -320,27 +307,25 @@ def report_failed(command: str, out_dir: str | Path, error: OSError, how: str) -
     """Say on stderr that ``command`` could not write its report (``error``: a full disk, a
     folder in the way), that its finished runs are kept in the results file of ``out_dir``
     and ``how`` to write it; returns the exit status 2."""
-    path = Path(out_dir) / RESULTS_FILE
-    print(_REPORT_FAILED.format(command=command, error=error, path=path, how=how),
-          file=sys.stderr)
-    return 2
+    return _kept_runs(_REPORT_FAILED, 2, out_dir, command=command, error=error, how=how)
 
 
 def interrupted(command: str, out_dir: str | Path, how: str) -> int:
     """Say on stderr that ``command`` was interrupted, that its finished runs are kept in
     the results file of ``out_dir`` and ``how`` to continue; returns the exit status 130."""
-    path = Path(out_dir) / RESULTS_FILE
-    print(_INTERRUPTED.format(command=command, path=path, how=how), file=sys.stderr)
-    return 130
+    return _kept_runs(_INTERRUPTED, 130, out_dir, command=command, how=how)
+
+
+def _kept_runs(message: str, status: int, out_dir: str | Path, **fields: Any) -> int:
+    print(message.format(path=Path(out_dir) / RESULTS_FILE, **fields), file=sys.stderr)
+    return status
 
 
 def finished(record: dict[str, Any], folder: str | Path | None = None) -> bool:
     """Whether resuming keeps ``record``: it succeeded and the files it lists still exist,
     or it failed for good (``"status": "failed"``).
 
-    A relative path of ``"submission_files"`` is looked up in ``folder`` (the output
-    folder, where the experiment records them from), then from the working directory
-    (where earlier versions recorded them from).
+    A relative path of ``"submission_files"`` is looked up as :func:`locate` does.
     """
     if record.get("status") == "failed":
         return True
@@ -458,56 +443,50 @@ def run_sweep(
         E.g. a :class:`~rest_fair.benchmarks.BenchConfig`.
     out_dir : str or Path
         Folder of the results file :data:`RESULTS_FILE` (created), held for the sweep
-        (:func:`lock_folder`). Only this process writes it, whatever the backend.
+        (:func:`lock_folder`).
     n_jobs : int, default=1
-        Parallel runs (joblib processes), at most one per core; torch threads per run are
-        split so that ``n_jobs * threads <= cores``. Negative values count back from the
-        cores as in joblib: ``-1`` one run per core, ``-2`` all cores but one (``cores + 1 +
-        n_jobs``, at least 1); ``0`` or None: 1. Not used by the dask backend, whose
-        parallelism is the cluster's worker processes.
+        Parallel runs (joblib processes) and torch threads per run as
+        :func:`~rest_fair.experiments.run.split_threads` gives them (``-1``: one run per
+        core). Not used by the dask backend, whose parallelism is the cluster's worker
+        processes.
     resume : bool, default=True
         Skip the runs already finished (:func:`pending`); False moves the old results file
         aside (``results.<date>-<time>.jsonl``) and runs everything.
     progress : bool or {"auto", "bar", "log", "none"}, default=True
         ``"bar"``: a tqdm bar over runs and, with ``n_jobs=1``, the estimator's bar over
-        epochs. ``"log"``: plain lines on stderr (at most one every
-        :data:`LOG_INTERVAL` seconds, plus every failure and the last run), readable in CI
-        logs. ``"auto"`` (or ``True``): bars when stderr is a terminal, else lines.
-        ``"none"`` (or ``False``): silent.
+        epochs. ``"log"``: plain lines on stderr (at most one every :data:`LOG_INTERVAL`
+        seconds, plus every failure and the last run). ``"auto"`` (``True``): bars when
+        stderr is a terminal, else lines. ``"none"`` (``False``): silent.
     max_runs : int or None
-        Stop after this many new runs (chunks of a long sweep; rerun to continue).
+        Stop after this many new runs (rerun to continue).
     time_limit : float or None
         Start no new run (batch) after this many seconds.
     on_result : callable or None
-        ``on_result(record, k)`` after the ``k``-th new record is saved (a hook for
-        tests and logging; an exception it raises interrupts the sweep).
+        ``on_result(record, k)`` after the ``k``-th new record is saved (an exception it
+        raises interrupts the sweep).
     backend : {"local", "dask"} or None, default=None
         Where runs execute: ``"local"`` (this process or joblib processes) or ``"dask"``
-        (a ``dask.distributed`` cluster, see ``scheduler``). None picks ``"dask"`` when
-        ``scheduler`` is given or when called inside
-        ``joblib.parallel_config(backend="dask")``, else ``"local"``.
+        (a ``dask.distributed`` cluster). None picks ``"dask"`` when ``scheduler`` is given
+        or inside ``joblib.parallel_config(backend="dask")``, else ``"local"``.
     scheduler : str, distributed.Client or None
-        With the dask backend: the scheduler address (e.g. ``"tcp://host:8786"``) or a
-        Client. None uses the Client of an enclosing ``joblib.parallel_config``, else the
-        default Client, else dask's ``scheduler-address`` setting.
+        With the dask backend: as :func:`~rest_fair.experiments.dask_backend.connect`
+        takes it (e.g. ``"tcp://host:8786"``).
     scheduler_timeout : float or None, default=None
-        With the dask backend: seconds to wait for the scheduler to answer and for a first
-        worker, before a ConnectionError (None: 10).
+        With the dask backend: the ``timeout`` of
+        :func:`~rest_fair.experiments.dask_backend.connect` (None: 10).
     on_start : callable or None
         ``on_start(where)`` before the first run, with ``out_dir`` held (a block of
         :func:`lock_folder` entered here keeps it held after the sweep), with where the
-        runs execute:
-        ``{"backend": "local", "n_jobs": ..., "torch_threads_per_job": ...}`` or
-        ``{"backend": "dask", "scheduler": address, "dask_workers": ...,
+        runs execute: ``{"backend": "local", "n_jobs": ..., "torch_threads_per_job": ...}``
+        or ``{"backend": "dask", "scheduler": ..., "dask_workers": ...,
         "dask_worker_threads": ...}``.
 
     Returns
     -------
     list of dict
-        The records of the experiment's runs found in the results file, in the order of
-        ``experiment.runs()``, one per run id (a run listed twice runs once; see
-        :func:`~rest_fair.experiments.run.run_one`). With the
-        dask backend each new record also names the ``worker`` that ran it.
+        The records of the experiment's runs found in the results file
+        (:func:`~rest_fair.experiments.run.run_one`), in the order of ``experiment.runs()``,
+        one per run id. With the dask backend each new record also names its ``worker``.
 
     Raises
     ------
@@ -517,15 +496,14 @@ def run_sweep(
     DatasetNotFoundError
         Before any run, when data files the runs read are missing (likewise).
     ValueError
-        Before any run, for data settings the data set cannot meet (likewise), for
-        invalid estimator parameters of the first run of each method and sparsity (a
-        run's ``method`` and ``sparsity``, if it has them: the settings its runs share,
-        those that one method or its sparse runs alone read, the network and its
-        ``module_params`` included), a negative or
-        infinite ``max_runs``, a negative ``time_limit``, a ``scheduler_timeout`` that is
-        not positive and finite, or an ``out_dir`` that cannot be made a folder; with the
-        local backend, for a CUDA ``device`` on a machine without CUDA, and for a
-        ``scheduler`` or ``scheduler_timeout``, which it does not read.
+        Before any run: for data settings the data set cannot meet (likewise); for invalid
+        estimator parameters of the first run of each ``method`` and ``sparsity`` (if the
+        runs have them), the network and its ``module_params`` included
+        (:func:`~rest_fair.experiments.run.check_run_params`); for a negative or infinite
+        ``max_runs``, a negative ``time_limit``, a ``scheduler_timeout`` that is not
+        positive and finite, or an ``out_dir`` that cannot be made a folder; with the local
+        backend, for a CUDA ``device`` on a machine without CUDA, and for a ``scheduler``
+        or ``scheduler_timeout``.
     BlockingIOError
         Before any run, when another run holds ``out_dir``.
     FileNotFoundError
@@ -620,10 +598,8 @@ def _local_records(
     """Records of ``todo``, run in this process or in batches of ``n_jobs`` processes.
 
     A run that ends its worker process (killed for memory, a crash in native code) breaks
-    the whole batch, and which run did it is not known: the runs of the batch without a
-    record are then run again one at a time, each in a process of its own, so that the
-    one that ends its process again gets an error record naming its configuration and
-    the others keep their results.
+    the whole batch: the runs of the batch without a record then run again one at a time,
+    each in a process of its own, so that only the culprit gets an error record.
     """
     from joblib import Parallel, delayed
 
@@ -671,16 +647,13 @@ def _run_in_own_process(spec: Any, experiment: Experiment, threads: int) -> dict
 def _deaf_to_ctrl_c() -> Iterator[None]:
     """Start worker processes in the block that ignore SIGINT for good.
 
-    In the main thread SIGINT is ignored (which the processes started meanwhile inherit)
-    and blocked until the block ends: a Ctrl-C that comes meanwhile (milliseconds) is
-    delivered when the block ends, unless a thread that does not block it takes it, and is
-    lost then (torch's threads; this one once multiprocessing's resource tracker, which
-    unblocks SIGINT as it starts, was started). SIGINT's handler and the thread's signal
-    mask are then as they were, also when a Ctrl-C raises as they are changed or restored.
-    A Ctrl-C in a terminal, sent to the whole process group, then reaches this process
-    alone, whose ``KeyboardInterrupt`` ends the workers (joblib terminates them). An ignored
-    SIGINT (a command started with ``nohup`` or in the background) stays ignored. Elsewhere
-    (another thread, a system without ``pthread_sigmask``, a SIGINT handler not set from
+    In the main thread SIGINT is ignored (the processes started meanwhile inherit that) and
+    blocked until the block ends, then SIGINT's handler and the signal mask are restored,
+    also when a Ctrl-C raises meanwhile; a Ctrl-C of the block's milliseconds is delivered
+    then (or lost, when a thread that does not block it, such as torch's, takes it). A
+    Ctrl-C in a terminal then reaches this process alone, whose ``KeyboardInterrupt`` ends
+    the workers (joblib terminates them). An ignored SIGINT (``nohup``) stays ignored.
+    Elsewhere (another thread, no ``pthread_sigmask``, a SIGINT handler not set from
     Python) the block runs as it is.
     """
     if (threading.current_thread() is not threading.main_thread()
