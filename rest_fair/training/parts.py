@@ -18,6 +18,7 @@ from torch import nn
 from torch.nn.modules.lazy import LazyModuleMixin
 
 from .._data import BatchSource, _collate_inputs, _DatasetSource, fixed_global_rngs
+from .._probe import evaluation
 from .._validation import IDENTIFYING
 from ..objectives import make_objective
 from ..sparse import DropSchedule, DynamicSparsity, MaskSet
@@ -367,7 +368,7 @@ def _materialise_lazy(module: nn.Module, source: BatchSource, device: torch.devi
     """Give the lazy layers of ``module`` (``nn.LazyLinear``, ...) their parameters: the
     first training sample goes through the network once.
 
-    The pass runs in evaluation mode (modes restored) without gradients; a torch Dataset's
+    The pass runs in evaluation mode without gradients (modes restored); a torch Dataset's
     item is read with the global generators fixed. The lazy layers draw their weights from
     torch's global generator, as at their first call. Other networks are not touched.
     """
@@ -380,13 +381,8 @@ def _materialise_lazy(module: nn.Module, source: BatchSource, device: torch.devi
                                 dtype=source.dtype).to(device)
     else:
         x = next(iter(source.batches(torch.arange(1), 1, device)))[0]
-    modes = {sub: sub.training for sub in module.modules()}
-    try:
-        with torch.no_grad():
-            module.eval()(x)
-    finally:
-        for sub, training in modes.items():
-            sub.training = training
+    with evaluation(module):
+        module(x)
 
 
 def build_parts(
