@@ -81,9 +81,8 @@ RANK_FAILED = (
     "longer than {timeout}, or stopped calling fit. The error from torch.distributed was: "
     "{error}"
 )
-#: :data:`RANK_FAILED`'s timeout where the process group's is not ``distributed_timeout``
-#: (a group the caller initialised, or an earlier fit with another ``distributed_timeout``),
-#: and where torch does not tell it.
+#: :data:`RANK_FAILED`'s timeout where the group's is another than ``distributed_timeout``
+#: (initialised by the caller or an earlier fit), and where torch does not tell it.
 GROUP_TIMEOUT = (
     "the process group's timeout, {group} s (distributed_timeout={timeout} s sets it only "
     "when fit initialises the group)"
