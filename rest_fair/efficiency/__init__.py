@@ -1,12 +1,10 @@
 """Make sparsity pay: FLOPs accounting, real sparse inference and compressed model files.
 
-- :func:`efficiency_report` counts parameters and inference/training FLOPs of a masked
-  network, per layer and in total, also as fractions of the dense network.
-- :func:`export_sparse` turns a masked network into one whose sparse linear layers are
-  compressed (CSR) and computed with sparse matrix products.
-- :func:`save` / :func:`load` (from :mod:`rest_fair.persistence`) write and read
-  compressed, pickle-free model files.
-- :func:`to_sparse_training` trains very sparse linear layers as CSR (optional path).
+- :func:`efficiency_report`: parameters and inference/training FLOPs of a masked network;
+- :func:`export_sparse`: a copy whose sparse linear layers compute in CSR form;
+- :func:`save` / :func:`load` (from :mod:`rest_fair.persistence`): compressed, pickle-free
+  model files;
+- :func:`to_sparse_training`: very sparse linear layers trained as CSR (optional path).
 """
 
 from __future__ import annotations

@@ -2,31 +2,25 @@
 
 :func:`export_sparse` copies a network and replaces each sparse ``nn.Linear`` (density at
 or below a threshold) by a compressed-sparse-row (CSR) matrix with int32 indices, built
-from the **mask** (active weights that happen to be exactly zero, as RigL regrows them,
-are kept as stored zeros). Inside an ``nn.Sequential``, consecutive linear layers with
-element-wise activations between them form one *chain*. On CPU in float32 or float64 a
-chain runs on the compiled kernels of :mod:`rest_fair.sparse.kernels`: the input is
-packed once into panels of up to 64 samples, each CSR layer reads its input panels at the
-pattern's columns and writes its output as the next layer's panels (a ReLU that follows
-it is applied before the store), each thread computes whole panels where they divide
-evenly among the threads (else rows are divided between threads by their active
-weights), and the result is unpacked once on exit. Elsewhere (CUDA, other dtypes, no C
-compiler, ``REST_FAIR_NATIVE_KERNELS=0``, a batch of fewer than 8 samples, or an input
-that requires a gradient) a chain computes ``torch.addmm(bias, W_csr, X_t)`` on
-feature-major activations ``X_t`` (one row per feature, one column per sample),
-transposed once on entry and once on exit. Dead neurons between two layers of a chain are
-removed:
+from the **mask** (active weights that are exactly zero, as RigL regrows them, are kept
+as stored zeros). Inside an ``nn.Sequential``, consecutive linear layers with element-wise
+activations between them form one *chain*. On CPU in float32 or float64 a chain runs on
+the compiled kernels of :mod:`rest_fair.sparse.kernels`: the input is packed once into
+panels of up to 64 samples, each CSR layer writes its output as the next layer's panels
+(a ReLU that follows it applied before the store), and the result is unpacked once.
+Elsewhere (CUDA, other dtypes, no C compiler, ``REST_FAIR_NATIVE_KERNELS=0``, a batch of
+fewer than 8 samples, or an input that requires a gradient) a chain computes
+``torch.addmm(bias, W_csr, X_t)`` on feature-major activations ``X_t`` (one row per
+feature), transposed once on entry and once on exit. Between two layers of a chain, a
+neuron whose incoming row is empty outputs the constant ``act(bias)``, which is folded
+into the next layer's bias, and a neuron whose outgoing column is empty is never read:
+both are dropped.
 
-- a neuron whose incoming row is empty outputs the constant ``act(bias)``; its
-  contribution is folded into the next layer's bias and the neuron is dropped;
-- a neuron whose outgoing column in the next layer is empty is never read, so it is
-  dropped.
-
-Denser linear layers inside a chain are computed densely in the chain's layout;
-convolutions and every other layer stay as they are (their masks are applied to the
-weights). Sparse linear layers outside a plain ``nn.Sequential`` are replaced one by one,
-each by a chain that still gives its ``weight`` and ``bias`` to a parent that reads them.
-Predictions equal those of the masked network up to float rounding.
+Denser linear layers inside a chain are computed densely in the chain's layout; other
+layers stay as they are (their masks applied to the weights). Sparse linear layers outside
+a plain ``nn.Sequential`` are replaced one by one, each by a chain that still gives its
+``weight`` and ``bias`` to a parent that reads them. Predictions equal those of the
+masked network up to float rounding.
 """
 
 from __future__ import annotations
@@ -158,9 +152,8 @@ class SparseLinearChain(_Cached):
     """Linear layers and element-wise activations computed on feature-major activations.
 
     The input ``(..., in_features)`` is transposed once to ``(in_features, n)``, every
-    step works on that layout, and the result is transposed back to
-    ``(..., out_features)``. On CPU the chain runs on the compiled kernels when they
-    apply (see the module's description).
+    step works on that layout, and the result is transposed back (on CPU the compiled
+    kernels' panels replace this layout where they apply; see the module's description).
 
     Parameters
     ----------
@@ -418,11 +411,10 @@ class SparseExport(_Cached):
 
     When the converted network is a pipeline (an ``nn.Sequential`` or the estimator's
     MLP), ``forward`` runs it as a flat list of tensor operations built on the first call
-    (about 0.15 ms less Python per call than module-by-module, measured on the
-    784-2048-2048-10 MLP); forward hooks registered on the inner modules are then not
-    called (``export.module(x)`` runs the modules one by one). Moving or casting the
-    model rebuilds the list. ``forward`` passes further positional and keyword arguments
-    (a padding mask, ...) to the converted network.
+    (about 0.15 ms less Python per call, measured on the 784-2048-2048-10 MLP), rebuilt
+    when the model is moved or cast; forward hooks on the inner modules are then not
+    called (``export.module(x)`` runs the modules one by one). Further arguments (a
+    padding mask, ...) go to the converted network.
 
     Parameters
     ----------
@@ -439,9 +431,8 @@ class SparseExport(_Cached):
         super().__init__()
         self.module = module
         self.num_threads = num_threads
-        # Compressed layers hold buffers only; an empty parameter lets code that finds a
-        # model's device with ``next(model.parameters())`` (as RESTClassifier.predict
-        # does) work on the exported model too.
+        # compressed layers hold buffers only: an empty parameter serves code that finds
+        # the device with ``next(model.parameters())`` (as RESTClassifier.predict does)
         first = next(iter([*module.parameters(), *module.buffers()]), None)
         self.device_anchor = nn.Parameter(
             torch.empty(0, device=first.device if first is not None else None),
@@ -628,11 +619,9 @@ def export_sparse(
 
     Notes
     -----
-    The CSR patterns use int32 indices. On CPU (float32, float64) the chains run on the
-    compiled kernels of :mod:`rest_fair.sparse.kernels` when they are available and the
-    batch has at least 8 samples; otherwise on ``torch.sparse_csr_tensor`` products
-    (``torch.mm``/``torch.addmm`` accept int32 indices on CPU with torch 2.14; ``F.linear``
-    with a CSR weight and COO tensors are avoided: both are several times slower).
+    Without the kernels, chains compute ``torch.mm``/``torch.addmm`` on
+    ``torch.sparse_csr_tensor`` (int32 indices); ``F.linear`` with a CSR weight and COO
+    tensors are avoided: both are several times slower.
     """
     threshold = check_threshold(density_threshold, "density_threshold")
     if num_threads is not None and not _THREADS.accepts(num_threads):

@@ -4,37 +4,28 @@ Conventions
 -----------
 - One multiply-add counts as **2 FLOPs**. Only the weight products of linear,
   convolution, attention and recurrent layers are counted; bias additions,
-  normalisation, activations, pooling and residual additions are ignored (they grow with
-  the activations, not the weights, and are below 1 % of the total for the models of
-  :mod:`rest_fair.models`).
-- A linear layer costs ``2 * active_weights`` per output position (one position for a
-  flat input, more when the input has extra leading dimensions); a convolution costs
-  ``2 * active_weights * H_out * W_out`` (grouped and 1-D/3-D convolutions likewise, with
-  the number of output positions). A transposed convolution applies each of its weights
-  once per *input* position: ``2 * active_weights * H_in * W_in``. Positions come from one
-  forward pass of a dummy sample of ``input_shape`` through the network in evaluation mode.
-- ``nn.MultiheadAttention`` applies its weights itself, not through module calls: its
-  input projection costs ``2 * active weights`` of the query (key, value) projection per
-  query (key, value) token, and its ``out_proj`` ``2 * active weights`` per query token,
-  the tokens counted from the inputs of its call. The attention products (queries x keys,
-  weights x values) multiply activations, not weights, and are not counted, as in any
-  other attention (e.g. a transformers model's).
-- A recurrent layer (``nn.LSTM``, ``nn.GRU``, ``nn.RNN``) applies each of its weights
-  (every layer and direction, all gates) once per time step: ``2 * active weights`` per
-  time step of its input; a recurrent cell (``nn.LSTMCell``, ...) ``2 * active weights``
-  per input row of each call. Gate non-linearities and element-wise products are not
-  counted.
+  normalisation, activations, pooling and residual additions grow with the activations,
+  not the weights, and are ignored (below 1 % for the models of :mod:`rest_fair.models`).
+- A layer costs ``2 * active_weights`` per position at which it applies its weights: per
+  output position for a linear layer (more than one when the input has extra leading
+  dimensions) or a convolution (``H_out * W_out``, any dimensions and groups), per
+  *input* position for a transposed convolution (``H_in * W_in``), per time step for a
+  recurrent layer (``nn.LSTM``, ``nn.GRU``, ``nn.RNN``: every layer, direction and gate)
+  and per input row of each call for a recurrent cell (``nn.LSTMCell``, ...). Positions
+  come from one forward pass of a dummy sample of ``input_shape`` in evaluation mode.
+- ``nn.MultiheadAttention`` applies its weights itself: its input projection costs
+  ``2 * active weights`` of the query (key, value) projection per query (key, value)
+  token of its calls, its ``out_proj`` ``2 * active weights`` per query token. The
+  attention products multiply activations, not weights, and are not counted.
 - Training follows RigL (Evci et al., 2020, appendix H): a sparse training step costs
   about 3x the sparse forward pass (forward, gradient of the activations, gradient of the
-  weights). A topology update with gradient regrowth computes the weight gradient
-  densely once: its step costs ``2 f_S + f_D`` instead of ``3 f_S``. Amortized over the
-  updates this gives, per sample,
+  weights). A topology update with gradient regrowth computes the weight gradient densely
+  once: ``2 f_S + f_D`` instead of ``3 f_S``. Amortized, per sample:
   ``3 f_S + (f_D - f_S) * n_topology_updates / n_train_steps`` (or ``/ update_interval``).
   Random regrowth (SET) needs no dense gradient. The dense baseline costs ``3 f_D``.
-  The 3x counts the gradient of every layer's input, the first layer's (the data needs
-  none) and a recurrent layer's zero initial state included; a count of the products
-  autograd actually runs (``torch.utils.flop_counter.FlopCounterMode``) is lower by
-  those, by 30 % for a dense MLP on images, whose first layer holds most weights.
+  The 3x counts every layer's input gradient (the first layer's and a recurrent layer's
+  zero initial state's included): ``torch.utils.flop_counter.FlopCounterMode`` counts 30 %
+  less for a dense MLP on images, whose first layer holds most weights.
 """
 
 from __future__ import annotations
@@ -70,20 +61,9 @@ _PROBE_FAILED = (
     "of one sample, without the batch dimension? ({error})"
 )
 
-_COLUMNS = [
-    "layer",
-    "kind",
-    "shape",
-    "params_dense",
-    "params_active",
-    "density",
-    "inference_flops_dense",
-    "inference_flops",
-    "inference_flops_fraction",
-    "training_flops_dense",
-    "training_flops",
-    "training_flops_fraction",
-]
+_COLUMNS = ["layer", "kind", "shape", "params_dense", "params_active", "density",
+            "inference_flops_dense", "inference_flops", "inference_flops_fraction",
+            "training_flops_dense", "training_flops", "training_flops_fraction"]
 # the columns summed into the "total" row
 _SUMMED = ("params_dense", "params_active", "inference_flops_dense", "inference_flops",
            "training_flops_dense", "training_flops")
@@ -92,11 +72,6 @@ _RECURRENT = (nn.RNNBase, nn.RNNCellBase)
 
 def layer_shapes(module: nn.Module, input_shape: Sequence[int]) -> dict[str, int]:
     """Number of output positions of every linear and convolution layer for one sample.
-
-    The ``out_proj`` of an ``nn.MultiheadAttention``, which attention applies without
-    calling it, has one position per query token of the attention's calls. A recurrent
-    layer has one position per time step of its input (a recurrent cell one per input row
-    of each call).
 
     Parameters
     ----------
@@ -111,9 +86,8 @@ def layer_shapes(module: nn.Module, input_shape: Sequence[int]) -> dict[str, int
     -------
     dict
         Module name -> number of positions per sample at which the layer applies its
-        weights: output positions (``H_out * W_out`` for a 2-D convolution, the product of
-        the extra leading dimensions for a linear layer), input positions (``H_in * W_in``)
-        for a transposed convolution, time steps for a recurrent layer.
+        weights, as the module's conventions count them (also for the ``out_proj`` of an
+        ``nn.MultiheadAttention`` and for recurrent layers and cells).
 
     Raises
     ------
@@ -139,23 +113,21 @@ def _probe(module: nn.Module, input_shape: Sequence[int]
     tokens: dict[str, tuple[int, int, int]] = {}
     handles = []
 
-    def hook(name: str, n_out: int, _mod: nn.Module, _inp: tuple, out: torch.Tensor) -> None:
-        positions[name] = positions.get(name, 0) + out.numel() // n_out
-
-    def input_hook(name: str, n_in: int, _mod: nn.Module, inp: tuple, _out: object) -> None:
+    def hook(name: str, n: int, of_input: bool, _mod: nn.Module, inp: tuple,
+             out: torch.Tensor) -> None:
         # a recurrent layer's input may be packed: its data holds every time step once
-        data = inp[0].data if isinstance(inp[0], PackedSequence) else inp[0]
-        positions[name] = positions.get(name, 0) + data.numel() // n_in
+        data = inp[0] if of_input else out
+        data = data.data if isinstance(data, PackedSequence) else data
+        positions[name] = positions.get(name, 0) + data.numel() // n
 
     def attention_hook(name: str, _mod: nn.Module, args: tuple, kwargs: dict,
                        _out: object) -> None:
         inputs = [args[i] if len(args) > i else kwargs[key]
                   for i, key in enumerate(("query", "key", "value"))]
-        # one token per vector of the last dimension, whatever the layout (batch first
-        # or not, batched or not)
+        # one token per vector of the last dimension, whatever the layout
         counts = [t.numel() // t.shape[-1] for t in inputs]
-        before = tokens.get(name, (0, 0, 0))
-        tokens[name] = (before[0] + counts[0], before[1] + counts[1], before[2] + counts[2])
+        tokens[name] = tuple(a + b for a, b in zip(tokens.get(name, (0, 0, 0)), counts,
+                                                   strict=True))
         out_proj = _child(name, "out_proj")
         positions[out_proj] = positions.get(out_proj, 0) + counts[0]
 
@@ -163,13 +135,13 @@ def _probe(module: nn.Module, input_shape: Sequence[int]
         n_out = layer_outputs(sub)
         if isinstance(sub, nn.modules.conv._ConvTransposeNd):
             # every weight is applied once per input position (its outputs overlap)
-            handles.append(sub.register_forward_hook(partial(input_hook, name,
-                                                             sub.in_channels)))
+            handles.append(sub.register_forward_hook(partial(hook, name, sub.in_channels,
+                                                             True)))
         elif n_out is not None:
-            handles.append(sub.register_forward_hook(partial(hook, name, n_out)))
+            handles.append(sub.register_forward_hook(partial(hook, name, n_out, False)))
         elif isinstance(sub, _RECURRENT):
-            handles.append(sub.register_forward_hook(partial(input_hook, name,
-                                                             sub.input_size)))
+            handles.append(sub.register_forward_hook(partial(hook, name, sub.input_size,
+                                                             True)))
         elif isinstance(sub, nn.MultiheadAttention):
             handles.append(sub.register_forward_hook(partial(attention_hook, name),
                                                      with_kwargs=True))
@@ -204,23 +176,22 @@ def _attention_row(name: str, attention: nn.MultiheadAttention, masks: Mapping,
     biases = {_child(name, b): getattr(attention, b)
               for b in ("in_proj_bias", "bias_k", "bias_v") if getattr(attention, b) is not None}
     counted.update(weights, biases)
-    n_dense = n_active = f_dense = f_sparse = 0
-    for (weight_name, weight, rows), n_tokens in zip(projections, tokens, strict=True):
+
+    def active(weight_name: str, weight: torch.Tensor, rows: slice = slice(None)) -> int:
         mask = masks.get(weight_name)
-        dense = weight[rows].numel()
-        active = int(mask[rows].sum()) if mask is not None else dense
-        f_dense += 2 * dense * n_tokens
-        f_sparse += 2 * active * n_tokens
-    for weight_name, weight in weights.items():
-        n_dense += weight.numel()
-        mask = masks.get(weight_name)
-        n_active += int(mask.sum()) if mask is not None else weight.numel()
+        return int(mask[rows].sum()) if mask is not None else weight[rows].numel()
+
+    uses = list(zip(projections, tokens, strict=True))
     n_bias = sum(b.numel() for b in biases.values())
     shapes = [tuple(w.shape) for w in weights.values()]
     return {"layer": name, "kind": type(attention).__name__,
             "shape": shapes[0] if len(shapes) == 1 else tuple(shapes),
-            "params_dense": n_dense + n_bias, "params_active": n_active + n_bias,
-            "inference_flops_dense": f_dense, "inference_flops": f_sparse}
+            "params_dense": sum(w.numel() for w in weights.values()) + n_bias,
+            "params_active": sum(active(n, w) for n, w in weights.items()) + n_bias,
+            "inference_flops_dense": sum(2 * w[rows].numel() * n_tokens
+                                         for (_, w, rows), n_tokens in uses),
+            "inference_flops": sum(2 * active(n, w, rows) * n_tokens
+                                   for (n, w, rows), n_tokens in uses)}
 
 
 def _layer_parameters(layer: nn.Module) -> list[nn.Parameter]:
@@ -243,59 +214,46 @@ def _layer_rows(module: nn.Module, masks: Mapping[str, torch.Tensor],
     first_name = {id(p): n for n, p in module.named_parameters()}
     mask_of = {id(p): masks[n] for n, p in (*module.named_parameters(),
                                             *maskable_parameters(module)) if n in masks}
+
+    def n_active(params: list[torch.Tensor]) -> int:
+        return sum(int(mask_of[id(p)].sum()) if id(p) in mask_of else p.numel()
+                   for p in params)
+
     rows = []
     counted: set[str] = set()
     seen: set[int] = set()
     not_called = []
     for name, sub in module.named_modules():
+        recurrent = isinstance(sub, _RECURRENT)
         if isinstance(sub, nn.MultiheadAttention):
             if name not in tokens:
                 not_called.append(name)
             row = _attention_row(name, sub, masks, tokens.get(name, (0, 0, 0)), counted)
-            f_dense, f_sparse = row["inference_flops_dense"], row["inference_flops"]
-            rows.append({**row, "training_flops_dense": 3 * f_dense,
-                         "training_flops": 3 * f_sparse + (f_dense - f_sparse)
-                         * update_rate_dense})
+        elif layer_outputs(sub) is None and not recurrent:
             continue
-        recurrent = isinstance(sub, _RECURRENT)
-        if layer_outputs(sub) is None and not recurrent:
-            continue
-        if recurrent:  # every weight of every layer and direction, once per time step
-            weights = [p for attr, p in sub.named_parameters(recurse=False)
-                       if attr.startswith("weight_")]
-            shape = tuple(tuple(w.shape) for w in weights)
         else:
-            weights = [sub.weight]  # computed anew on each access when parametrized
-            shape = tuple(weights[0].shape)
-        n_weight = sum(w.numel() for w in weights)
-        n_active = sum(int(mask_of[id(w)].sum()) if id(w) in mask_of else w.numel()
-                       for w in weights)
-        # the layer's own parameters (those behind a parametrized weight included), each
-        # counted in the first row that holds it
-        own = [p for p in _layer_parameters(sub) if id(p) not in seen]
-        seen.update(id(p) for p in own)
-        counted.update(first_name[id(p)] for p in own)
-        n_params = sum(p.numel() for p in own)
-        n_params_active = sum(int(mask_of[id(p)].sum()) if id(p) in mask_of else p.numel()
-                              for p in own)
-        if name not in positions:
-            not_called.append(name)
-        pos = positions.get(name, 0)
-        f_dense = 2 * n_weight * pos
-        f_sparse = 2 * n_active * pos
-        rows.append(
-            {
-                "layer": name,
-                "kind": type(sub).__name__,
-                "shape": shape,
-                "params_dense": n_params,
-                "params_active": n_params_active,
-                "inference_flops_dense": f_dense,
-                "inference_flops": f_sparse,
-                "training_flops_dense": 3 * f_dense,
-                "training_flops": 3 * f_sparse + (f_dense - f_sparse) * update_rate_dense,
-            }
-        )
+            if recurrent:  # every weight of every layer and direction, once per time step
+                weights = [p for attr, p in sub.named_parameters(recurse=False)
+                           if attr.startswith("weight_")]
+                shape = tuple(tuple(w.shape) for w in weights)
+            else:
+                weights = [sub.weight]  # computed anew on each access when parametrized
+                shape = tuple(weights[0].shape)
+            # the layer's own parameters (those behind a parametrized weight included),
+            # each counted in the first row that holds it
+            own = [p for p in _layer_parameters(sub) if id(p) not in seen]
+            seen.update(id(p) for p in own)
+            counted.update(first_name[id(p)] for p in own)
+            if name not in positions:
+                not_called.append(name)
+            pos = positions.get(name, 0)
+            row = {"layer": name, "kind": type(sub).__name__, "shape": shape,
+                   "params_dense": sum(p.numel() for p in own), "params_active": n_active(own),
+                   "inference_flops_dense": 2 * sum(w.numel() for w in weights) * pos,
+                   "inference_flops": 2 * n_active(weights) * pos}
+        f_dense, f_sparse = row["inference_flops_dense"], row["inference_flops"]
+        rows.append({**row, "training_flops_dense": 3 * f_dense,
+                     "training_flops": 3 * f_sparse + (f_dense - f_sparse) * update_rate_dense})
     return rows, counted, not_called
 
 
@@ -323,9 +281,8 @@ def efficiency_report(
     input_shape : tuple of int
         Shape of one sample.
     update_interval : int or None, default=None
-        Steps between topology updates, used to amortize their dense gradient when
-        ``n_topology_updates`` is not given. ``None`` and no ``n_topology_updates``
-        means no topology update is counted.
+        Steps between topology updates, to amortize their dense gradient when
+        ``n_topology_updates`` is not given (neither: no update is counted).
     n_topology_updates : int or None, default=None
         Number of topology updates actually made (e.g. the sum of
         ``history_[i]["n_topology_updates"]``); needs ``n_train_steps``.
@@ -346,20 +303,17 @@ def efficiency_report(
     Returns
     -------
     pandas.DataFrame
-        One row per linear/convolution layer (transformers' ``Conv1D`` included), one row
-        per ``nn.MultiheadAttention`` for its input projection (its weights and biases;
-        its ``out_proj`` has its own row), one row per recurrent layer or cell (all its
-        weights and biases; ``shape`` the tuple of its weights' shapes), one row
-        ``"(other)"`` for remaining parameters
-        (normalisation etc., dense, no FLOPs counted) when there are any, and a final row
-        ``"total"``. A weight shared by several layers is read with the mask of its first
-        name and its parameters are counted in its first row only; its products are
-        counted at every use. A layer whose weight a parametrization computes
+        One row per linear/convolution layer (transformers' ``Conv1D`` included), per
+        ``nn.MultiheadAttention`` for its input projection (weights and biases; its
+        ``out_proj`` has its own row) and per recurrent layer or cell (all its weights and
+        biases; ``shape`` the tuple of their shapes); a row ``"(other)"`` for any remaining
+        parameters (dense, no FLOPs), and a final row ``"total"``. A weight shared by
+        several layers is read with the mask of its first name and counted in its first
+        row only; its products at every use. A parametrized weight
         (``torch.nn.utils.parametrize``) counts the parameters it is computed from, dense.
-        A layer (or attention) the forward pass does not call as a module counts 0 FLOPs,
-        with a warning naming it (``df.attrs["layers_not_called"]``). FLOPs are per sample
-        (multiply-add = 2 FLOPs); ``*_fraction`` columns are sparse / dense.
-        ``df.attrs`` holds the conventions and the amortized update rate.
+        A layer the forward pass does not call as a module counts 0 FLOPs, with a warning
+        (``df.attrs["layers_not_called"]``). FLOPs are per sample; ``*_fraction`` columns
+        are sparse / dense. ``df.attrs`` holds the conventions and the update rate.
 
     Examples
     --------
@@ -424,14 +378,12 @@ def efficiency_report(
     if not_called:
         warnings.warn(_NOT_CALLED.format(names=not_called), UserWarning, stacklevel=2)
     frame.attrs.update(
-        {
-            "layers_not_called": not_called,
-            "flops_convention": ("multiply-add = 2 FLOPs; weight products of Linear/Conv, "
-                                 "attention projections and recurrent layers only"),
-            "training_convention": "RigL: 3 f_S per sample + (f_D - f_S) per dense-gradient update",
-            "topology_update_rate": update_rate,
-            "regrow": regrow,
-            "input_shape": tuple(int(s) for s in input_shape),
-        }
+        layers_not_called=not_called,
+        flops_convention=("multiply-add = 2 FLOPs; weight products of Linear/Conv, "
+                          "attention projections and recurrent layers only"),
+        training_convention="RigL: 3 f_S per sample + (f_D - f_S) per dense-gradient update",
+        topology_update_rate=update_rate,
+        regrow=regrow,
+        input_shape=tuple(int(s) for s in input_shape),
     )
     return frame

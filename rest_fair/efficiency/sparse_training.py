@@ -1,12 +1,10 @@
-"""Truly sparse training of very sparse linear layers, outside ``fit``.
+"""Truly sparse training of very sparse linear layers on a *fixed* pattern, outside ``fit``.
 
-``RESTClassifier(sparse_compute=...)`` trains sparse linear layers with CSR kernels inside
-``fit``, topology updates included (see :mod:`rest_fair.sparse.compute`). This module
-keeps the stand-alone form: :func:`to_sparse_training` copies a masked network with its
-very sparse ``nn.Linear`` layers replaced by
-:class:`~rest_fair.sparse.csr_linear.CSRLinear` layers (CSR forward and input gradient,
-the weight gradient sampled at the pattern) on a *fixed* pattern, and
-:func:`load_dense_weights` writes the trained weights back into the dense architecture.
+:func:`to_sparse_training` copies a masked network with
+:class:`~rest_fair.sparse.csr_linear.CSRLinear` layers for its very sparse ``nn.Linear``
+ones; :func:`load_dense_weights` writes the trained weights back. Inside ``fit``,
+``RESTClassifier(sparse_compute=...)`` does this with topology updates
+(:mod:`rest_fair.sparse.compute`).
 """
 
 from __future__ import annotations

@@ -1,23 +1,16 @@
 """Data-parallel training with PyTorch's ``DistributedDataParallel``, launched by torchrun.
 
-Everything a data-parallel fit synchronises lives here. A script that calls
-``RESTClassifier(...).fit(X, y, groups=g)`` runs unchanged under
+A script that calls ``RESTClassifier(...).fit(X, y, groups=g)`` runs unchanged under
 ``torchrun --nproc_per_node=N script.py``: :func:`resolve_distributed` finds (or
-initialises, from the torchrun environment) the process group, and
-:meth:`DistributedContext.prepare` turns the training parts of one process into those of
-one rank. A fit in one process gets a :class:`LocalContext` instead: the same interface,
-with collectives that return their input, so ``fit`` and the training loop have one code
-path.
+initialises) the process group and :meth:`DistributedContext.prepare` makes the training
+parts one rank's. A fit in one process gets a :class:`LocalContext`: the same interface,
+with collectives that return their input, so ``fit`` and the loop have one code path.
 
-What every rank computes, what rank 0 decides and broadcasts, and which checks compare
-the ranks (data, masks, weights) is tabulated in the "Scaling out" guide
-(``docs/scaling.md``, "What is synchronised, and why the masks cannot diverge"). Masks
-or weights that differ raise :class:`~rest_fair.exceptions.MaskDivergenceError`; data or
-parameters that differ raise :class:`~rest_fair.exceptions.DistributedError`.
-
-A rank that dies or hangs makes the others fail with
-:class:`~rest_fair.exceptions.DistributedError` within ``distributed_timeout`` seconds
-(the process group's timeout), instead of waiting forever.
+What is synchronised and which checks compare the ranks is tabulated in
+``docs/scaling.md`` ("What is synchronised, and why the masks cannot diverge"). Masks or
+weights that differ raise :class:`~rest_fair.exceptions.MaskDivergenceError`; data or
+parameters that differ raise :class:`~rest_fair.exceptions.DistributedError`, as does, on
+the other ranks, a rank that dies or hangs for ``distributed_timeout`` seconds.
 """
 
 from __future__ import annotations
@@ -35,6 +28,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
+from torch import distributed as dist
 from torch import nn
 
 from ..callbacks import Callback
@@ -87,9 +81,8 @@ RANK_FAILED = (
     "longer than {timeout}, or stopped calling fit. The error from torch.distributed was: "
     "{error}"
 )
-#: :data:`RANK_FAILED`'s timeout where the process group's is not ``distributed_timeout``
-#: (a group the caller initialised, or an earlier fit with another ``distributed_timeout``),
-#: and where torch does not tell it.
+#: :data:`RANK_FAILED`'s timeout where the group's is another than ``distributed_timeout``
+#: (initialised by the caller or an earlier fit), and where torch does not tell it.
 GROUP_TIMEOUT = (
     "the process group's timeout, {group} s (distributed_timeout={timeout} s sets it only "
     "when fit initialises the group)"
@@ -137,12 +130,11 @@ _CHECKSUM_PRIME = 1_000_000_007
 def shard_order(order: torch.Tensor, batch_size: int, rank: int, world_size: int) -> torch.Tensor:
     """This rank's share of a global epoch order.
 
-    The order is read as consecutive global batches of ``batch_size`` samples; rank ``r``
-    takes positions ``[r * b, (r + 1) * b)`` of every batch, ``b = batch_size //
-    world_size``. A trailing partial batch is cut into ``world_size`` equal slices (the
-    remainder of its length by ``world_size``, at most ``world_size - 1`` samples, is not
-    drawn), so all ranks' slices of a step have the same size and the average of their
-    mean losses is the mean loss of the global batch.
+    Rank ``r`` takes positions ``[r * b, (r + 1) * b)`` of every global batch of
+    ``batch_size`` samples, ``b = batch_size // world_size``. A trailing partial batch is
+    cut into ``world_size`` equal slices (its remainder, at most ``world_size - 1``
+    samples, is not drawn), so the average of the ranks' mean losses is the mean loss of
+    the global batch.
 
     Parameters
     ----------
@@ -200,29 +192,19 @@ def check_world(n_samples: int, batch_size: int, world_size: int) -> None:
 
 # ---------------------------------------------------------------- process-group discovery
 def _bind_world_defaults_to_none() -> None:
-    # torch.distributed.nn.functional binds ``group.WORLD`` as the default argument of
-    # its functions when it is first imported, and DistributedDataParallel imports it
-    # (through torch._dynamo) the first time it wraps a module. Imported after the group
-    # is initialised, those defaults hold the group forever: destroy_process_group then
-    # cannot free it, gloo's worker threads outlive the interpreter, and one that drops a
-    # finished collective's tensors after Python began shutting down dies taking the GIL
-    # (SIGABRT, "terminate called without an active exception"). Imported before the
-    # group exists, the defaults are None (the default group, looked up at call time).
+    # torch.distributed.nn.functional binds ``group.WORLD`` as its functions' default
+    # when first imported (DistributedDataParallel imports it on its first wrap). After
+    # the group is initialised that default holds the group forever: gloo's threads then
+    # outlive the interpreter and die taking the GIL (SIGABRT, "terminate called without
+    # an active exception"). Imported before, the default is None (looked up per call).
     import torch.distributed.nn.functional  # noqa: F401
 
 
 def _destroy_at_exit() -> None:
-    # Runs before the interpreter shuts down: destroying the group here joins gloo's
-    # worker threads while they can still take the GIL to release their last tensors.
-    # That needs the group's last reference gone, so first collect the garbage cycles
-    # that may still reach a DistributedDataParallel wrapper (an estimator whose fit was
-    # interrupted keeps its training run, and the run its wrapper, in such a cycle).
-    # After a failed collective too: the failed work has ended (with the error or the
-    # timeout), so nothing is waited on, and a group left alive would let its threads
-    # outlive the interpreter (seen: a rank whose peer was killed exiting with SIGABRT,
-    # "terminate called without an active exception", instead of its own exit status).
-    import torch.distributed as dist
-
+    # Joins gloo's threads while they can still take the GIL to release their tensors
+    # (else SIGABRT at exit, also after a failed collective, whose work has ended). The
+    # group's last reference must go first: collect the cycles that may still reach a
+    # DistributedDataParallel wrapper (an interrupted fit's run holds one).
     if dist.is_initialized():
         gc.collect()
         with contextlib.suppress(Exception):
@@ -260,11 +242,9 @@ def resolve_distributed(
         torch build without ``torch.distributed``; an NCCL process group for a fit that
         does not run on CUDA.
     """
-    if distributed is False or (not isinstance(distributed, str) and not distributed):
-        return LocalContext(device=device)
-    import torch.distributed as dist
-
     auto = isinstance(distributed, str)
+    if not auto and not distributed:
+        return LocalContext(device=device)
     if not dist.is_available():
         if auto:
             return LocalContext(device=device)
@@ -320,20 +300,17 @@ def translate_failures(timeout: float) -> Iterator[None]:
     """Turn a failed collective into a :class:`DistributedError` that says what happened.
 
     Translated are communication errors (``torch.distributed.DistError``, or a
-    ``RuntimeError`` naming gloo, NCCL, c10d, a connection or a timeout that was raised
-    inside torch or rest_fair, not by a callback) raised while a process group of more
-    than one rank is initialised, and the ``DistError`` of a failed rendezvous (rank and
-    world size then read from the environment); everything else passes through unchanged.
-    The message quotes ``timeout`` (``distributed_timeout``) as given, or the process
-    group's own timeout where that is another (a group initialised before ``fit``).
+    ``RuntimeError`` naming gloo, NCCL, c10d, a connection or a timeout, raised inside
+    torch or rest_fair, not by a callback) while a group of more than one rank is
+    initialised, and the ``DistError`` of a failed rendezvous (rank and world size then
+    from the environment); everything else passes through. The message quotes ``timeout``
+    (``distributed_timeout``) as given, or the group's own where that is another.
     """
     try:
         yield
     except DistributedError:
         raise
     except Exception as exc:
-        import torch.distributed as dist
-
         dist_error = isinstance(exc, getattr(dist, "DistError", ()))  # torch >= 2.1
         comm_error = dist_error or (isinstance(exc, RuntimeError) and any(
             m in str(exc).lower() for m in _COMM_ERROR_MARKERS) and not _from_user_code(exc))
@@ -352,11 +329,8 @@ def translate_failures(timeout: float) -> Iterator[None]:
 
 
 def _timeout_named(timeout: float) -> str:
-    """The timeout a failed collective waited for: ``distributed_timeout`` as given where
-    it is the initialised process group's (or none is initialised: its rendezvous failed),
-    else the group's own, where torch tells it."""
-    import torch.distributed as dist
-
+    """The timeout a failed collective waited for: ``distributed_timeout`` as given where it
+    is the group's (or no group is initialised), else the group's own where torch tells it."""
     if not dist.is_initialized():
         return f"distributed_timeout={timeout} s"
     try:  # the options of the group's backend: no public accessor
@@ -373,8 +347,7 @@ def _timeout_named(timeout: float) -> str:
 
 # ------------------------------------------------------------------------ the context
 def _mask_checksum(mask: torch.Tensor) -> torch.Tensor:
-    # count, sum and a second moment of the active positions: cheap, and any change of
-    # the topology changes it (a swap of two positions changes both sums)
+    # count, sum and a second moment of the active positions: a swap changes both sums
     idx = mask.reshape(-1).nonzero().squeeze(1)
     return torch.stack([
         torch.tensor(len(idx), device=idx.device), idx.sum(),
@@ -390,10 +363,9 @@ def _digest(value: Any) -> str:
 class LocalContext:
     """A fit in one process: rank 0 of a world of one, on ``device``.
 
-    It has the interface of :class:`DistributedContext`, so that ``fit`` and the training
-    loop have one code path: here the collectives return their input, the checks pass and
-    :meth:`prepare` leaves the training parts as they are; what is built on the
-    collectives (:meth:`any`, :meth:`end_train_epoch`, ...) is the same for both.
+    The interface of :class:`DistributedContext`, whose collectives here return their
+    input, whose checks pass and whose :meth:`prepare` leaves the parts as they are; what is
+    built on the collectives (:meth:`any`, :meth:`end_train_epoch`, ...) is shared.
     ``data_parallel`` says whether the module trains through ``DistributedDataParallel``
     (the mask and weight checks compare the ranks only then).
     """
@@ -482,12 +454,10 @@ class LocalContext:
     def seed_own_stream(self, seed: int) -> None:
         """Give this rank a stream of torch's global generators of its own.
 
-        Called once everything the ranks share is built from the generators seeded with
-        ``seed``, so that what draws from them while training (dropout, a Dataset's random
-        transforms) draws independently on every rank. Rank 0, and so one process, keeps
-        the stream it has: the draws of one process are unchanged. Rank ``r > 0`` seeds
-        torch's CPU generator, and the CUDA generator of its device, from
-        ``numpy.random.SeedSequence(seed, spawn_key=(r,))``.
+        Called once everything the ranks share is built, so that dropout or a Dataset's
+        random transforms draw independently on every rank. Rank 0 (so one process) keeps
+        its stream; rank ``r > 0`` seeds torch's CPU generator, and the CUDA generator of
+        its device, from ``numpy.random.SeedSequence(seed, spawn_key=(r,))``.
         """
         if self.rank == 0:
             return
@@ -532,9 +502,8 @@ class LocalContext:
     ) -> tuple[torch.Tensor, int]:
         """Synchronise buffers, check masks and weights, and sum the epoch's training loss.
 
-        Rank 0's buffers (BatchNorm statistics) go to every rank: DDP broadcasts them at
-        the start of each forward, but the last forward of an epoch updated them from
-        each rank's own slice.
+        Rank 0's buffers (BatchNorm statistics) go to every rank: the last forward of an
+        epoch updated them from each rank's own slice.
 
         Returns
         -------
@@ -556,11 +525,9 @@ class DistributedContext(LocalContext):
     """This process's place in a data-parallel fit and the collectives it takes part in.
 
     It differs from :class:`LocalContext` only in its collectives, :meth:`check_same` and
-    :meth:`prepare`. ``rank``, ``world_size`` and ``local_rank`` (from ``LOCAL_RANK``) are
-    the process group's, ``device`` is where this rank trains (on CUDA, the device the user
-    named, else ``cuda:LOCAL_RANK``), ``backend`` is ``"nccl"`` or ``"gloo"`` (or the
-    backend of a group initialised by the user) and ``timeout`` is ``distributed_timeout``
-    in seconds, for error messages.
+    :meth:`prepare`. ``device`` is where this rank trains (on CUDA, the device the user
+    named, else ``cuda:LOCAL_RANK``), ``backend`` the group's and ``timeout``
+    ``distributed_timeout`` in seconds, for error messages.
     """
 
     backend: str
@@ -575,35 +542,24 @@ class DistributedContext(LocalContext):
 
     def all_reduce(self, tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
         """Reduced copy of ``tensor`` (``op`` ``"sum"`` or ``"max"``), on its own device."""
-        import torch.distributed as dist
-
         buf = tensor.detach().to(self._comm_device()).clone()
         dist.all_reduce(buf, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX)
         return buf.to(tensor.device)
 
     def all_gather(self, tensor: torch.Tensor) -> torch.Tensor:
-        import torch.distributed as dist
-
         buf = tensor.detach().to(self._comm_device()).contiguous()
         out = [torch.empty_like(buf) for _ in range(self.world_size)]
         dist.all_gather(out, buf)
         return torch.stack([t.cpu() for t in out])
 
     def broadcast_(self, tensor: torch.Tensor) -> torch.Tensor:
-        import torch.distributed as dist
-
-        comm = self._comm_device()
-        if tensor.device == comm:
-            dist.broadcast(tensor, src=0)
-            return tensor
-        buf = tensor.to(comm)
+        buf = tensor.to(self._comm_device())
         dist.broadcast(buf, src=0)
-        tensor.copy_(buf)
+        if buf is not tensor:
+            tensor.copy_(buf)
         return tensor
 
     def broadcast_object(self, value: Any) -> Any:
-        import torch.distributed as dist
-
         box = [value if self.is_main else None]
         dist.broadcast_object_list(box, src=0, device=self._comm_device())
         return box[0]
@@ -631,8 +587,6 @@ class DistributedContext(LocalContext):
 
     # -- checks ----------------------------------------------------------------------
     def check_same(self, what: str, value: Any) -> None:
-        import torch.distributed as dist
-
         digests: list[Any] = [None] * self.world_size
         dist.all_gather_object(digests, _digest(value() if callable(value) else value))
         for rank, theirs in enumerate(digests):
@@ -644,12 +598,10 @@ class DistributedContext(LocalContext):
     def prepare(self, parts: Any) -> None:
         """Turn one process's :class:`TrainingParts` into this rank's.
 
-        Checks that the training data and ``batch_size`` can be shared
-        (:func:`check_world`), broadcasts rank 0's masks (and applies them), wraps the
-        module in ``DistributedDataParallel`` (which broadcasts rank 0's weights and
-        buffers) as ``parts.forward_module`` while ``parts.module`` stays the plain module,
-        sets the per-rank batch size, and routes topology decisions and mask checks through
-        this context.
+        Checks the data and ``batch_size`` (:func:`check_world`), applies rank 0's masks,
+        wraps the module in ``DistributedDataParallel`` (which broadcasts rank 0's weights
+        and buffers) as ``parts.forward_module`` (``parts.module`` stays the plain one),
+        sets the per-rank batch size and routes topology decisions and mask checks here.
         """
         from torch.nn.parallel import DistributedDataParallel
 
@@ -663,12 +615,10 @@ class DistributedContext(LocalContext):
             masks.apply_()
             sparsity.sync = self
         device_ids = [self.device.index] if self.device.type == "cuda" else None
-        # every weight, masked or not, gets its dense gradient (masks zero weights, they
-        # do not cut the graph), so no parameter is unused and RigL reads the all-reduced
-        # dense gradient
+        # masks zero weights without cutting the graph: every weight gets its dense
+        # gradient, all-reduced, which RigL reads
         parts.forward_module = DistributedDataParallel(
-            parts.module, device_ids=device_ids,
-            find_unused_parameters=False)
+            parts.module, device_ids=device_ids, find_unused_parameters=False)
         parts.batch_size = parts.batch_size // self.world_size
 
 

@@ -1,19 +1,14 @@
 """The optimizer step of the training loop.
 
-:func:`optimizer_step` is ``optimizer.step()``. For torch's SGD in its multi-tensor form
-(what :func:`~rest_fair.training.parts.make_optimizer` builds), once every weight has its
-momentum buffer, it runs the same ``torch._foreach_*`` operations in the same order
-itself, without the Python around them in :meth:`torch.optim.SGD.step` (the profiler
-range, the step hooks, the per-group bookkeeping and the grouping of tensors by device and
-dtype). The weights and buffers it writes are therefore bitwise those of
-``optimizer.step()``. On a network of eight small tensors that Python took half of the
-step's time: about 75 of 155 microseconds in a 99 % sparse fit of a 784-300-300-300-10
-MLP.
+:func:`optimizer_step` is ``optimizer.step()``. For torch's multi-tensor SGD (what
+:func:`~rest_fair.training.parts.make_optimizer` builds), once every weight has its
+momentum buffer, it runs the same ``torch._foreach_*`` operations in the same order,
+bitwise, without the Python around them in :meth:`torch.optim.SGD.step`: about 75 of 155
+microseconds per step in a 99 % sparse fit of a 784-300-300-300-10 MLP.
 
-Anything this shortcut does not cover goes through ``optimizer.step()``: other optimizers,
-the first step (it creates the buffers), hooks, a running profiler, a step replaced by
-anything but a learning-rate scheduler's wrapper, ``maximize``, a tensor ``lr``, sparse
-gradients, and weights of several devices or dtypes.
+Everything else goes through ``optimizer.step()``: other optimizers, the first step,
+hooks, a running profiler, a replaced step (but a scheduler's wrapper), ``maximize``, a
+tensor ``lr``, sparse gradients, and weights of several devices or dtypes.
 """
 
 from __future__ import annotations

@@ -1,9 +1,7 @@
-"""The parts a training run is built from, and the function that builds them.
+"""The parts a training run is built from, and :func:`build_parts`, which builds them.
 
-:func:`build_parts` assembles a :class:`TrainingParts` -- module, optimizer, learning-rate
-scheduler, objective, sparse engine, data, precision, callbacks and world -- from a
-:class:`TrainConfig`, and the world makes them this process's (a data-parallel rank's).
-:class:`~rest_fair.training.TrainingRun` trains them and reads nothing else.
+:class:`~rest_fair.training.TrainingRun` trains a :class:`TrainingParts` and reads
+nothing else.
 """
 
 from __future__ import annotations
@@ -20,6 +18,7 @@ from torch import nn
 from torch.nn.modules.lazy import LazyModuleMixin
 
 from .._data import BatchSource, _collate_inputs, _DatasetSource, fixed_global_rngs
+from .._probe import evaluation
 from .._validation import IDENTIFYING
 from ..objectives import make_objective
 from ..sparse import DropSchedule, DynamicSparsity, MaskSet
@@ -97,9 +96,8 @@ class SparsityConfig:
 class TrainConfig:
     """What :func:`build_parts` builds a run from.
 
-    The fields are the parameters of :class:`~rest_fair.RESTClassifier` of the same names;
-    ``sparse`` holds the sparse-training ones. The float fields hold Python floats, whatever
-    real numbers the parameters are (a ``fractions.Fraction``, a numpy float).
+    The fields are the parameters of :class:`~rest_fair.RESTClassifier` of the same names
+    (as Python floats where float); ``sparse`` holds the sparse-training ones.
     """
 
     sparse: SparsityConfig
@@ -118,8 +116,7 @@ class TrainConfig:
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> TrainConfig:
-        """The configuration in ``params`` (e.g. ``RESTClassifier.get_params()``), by name;
-        the values of float fields converted by ``float``."""
+        """The configuration in ``params`` (e.g. ``RESTClassifier.get_params()``), by name."""
         def pick(kind: type) -> dict:
             return {f.name: float(params[f.name]) if f.type == "float" else params[f.name]
                     for f in fields(kind) if f.name != "sparse"}
@@ -131,10 +128,9 @@ class TrainConfig:
 class TrainSet:
     """Training data in the form the loop needs.
 
-    ``group_sizes`` holds the number of training samples of every group (GroupDRO's
-    ``n_g``), the whole training set's on every data-parallel rank; left out, every sample
-    of ``groups`` counts once. With ``n_classes``, the loop refuses a network whose output
-    for a batch is not one logit per class (``None``: not checked).
+    ``group_sizes`` holds the training samples of every group (GroupDRO's ``n_g``, the
+    whole training set's on every rank; default: counted from ``groups``). With
+    ``n_classes``, the loop refuses an output that is not one logit per class.
     """
 
     source: BatchSource
@@ -155,10 +151,9 @@ class TrainSet:
 class EvalSet:
     """Validation data.
 
-    ``weights`` are the samples' weights in the validation loss and accuracies (the
-    ``sample_weight`` of the rows held out from ``fit``'s data; for ``validation_data``, 0
-    for the samples of groups an ``upweight`` dict weighs 0 and 1 for the others);
-    ``None``: each sample counts once.
+    ``weights`` are the samples' weights in the validation loss and accuracies (the held-out
+    rows' ``sample_weight``; for ``validation_data``, 0 for the groups an ``upweight`` dict
+    weighs 0, else 1); ``None``: each sample counts once.
     """
 
     source: BatchSource
@@ -234,8 +229,8 @@ def make_optimizer(
 ) -> torch.optim.Optimizer:
     """The optimizer named by ``RESTClassifier(optimizer=...)``.
 
-    Its multi-tensor implementation (``foreach=True``) is used on every device: on the CPU
-    it gives bitwise the results of the per-tensor loop, with less overhead per step.
+    Its multi-tensor implementation (``foreach=True``), on every device: on the CPU bitwise
+    the per-tensor loop's results, with less overhead per step.
 
     Raises
     ------
@@ -251,8 +246,7 @@ def make_optimizer(
         raise ValueError(f"optimizer must be one of {OPTIMIZERS}; got {name!r}.")
     adam = torch.optim.Adam if name == "adam" else torch.optim.AdamW
     optimizer = adam(params, lr=lr, weight_decay=weight_decay, foreach=True)
-    # Adam's step size is lr / (1 - beta1 ** t), largest at t = 1; the scheduler only
-    # lowers lr
+    # Adam's step size lr / (1 - beta1 ** t) is largest at t = 1 (schedulers only lower lr)
     correction = 1 - optimizer.defaults["betas"][0]
     if lr / correction > _FLOAT32_MAX:
         raise ValueError(ADAM_LR_OVERFLOW.format(lr=lr, name=name, step=lr / correction,
@@ -263,8 +257,7 @@ def make_optimizer(
 
 def _check_sparse_gradients(config: TrainConfig, module: nn.Module) -> None:
     """Refuse Adam, AdamW and weight decay for a module with trainable embeddings of sparse
-    gradients (:data:`SPARSE_GRADIENTS`); torch's own errors came at the first optimizer
-    step."""
+    gradients (:data:`SPARSE_GRADIENTS`) before torch does, at the first step."""
     sparse = ", ".join(repr(n) for n, sub in module.named_modules()
                        if isinstance(sub, (nn.Embedding, nn.EmbeddingBag)) and sub.sparse
                        and sub.weight.requires_grad)
@@ -301,17 +294,14 @@ def make_sparsity(
 ) -> DynamicSparsity | None:
     """The sparse engine of a run, with its initial masks applied (``None`` when dense).
 
-    Random masks (``sparse_init="random"``, training from scratch) rescale the weights by
-    ``1/sqrt(density)`` unless ``config.rescale_init`` is false; ``"magnitude"`` keeps the
-    largest weights of each layer as they are (pretrained weights). ``steps_per_epoch``
-    and ``max_epochs`` place the updates (``update_interval="auto"``: once per epoch) and
-    scale the drop schedule; ``generator`` draws masks and random regrowth; ``masks`` (a
-    warm start) replace new ones. Warns (:data:`NO_TOPOLOGY_UPDATE`, naming the epochs
-    ``jtt_epochs`` in JTT's identification fit) where a drop fraction above 0 and
-    ``update_end`` above 0 ask for topology updates and none falls in the run, and of the
-    weights no mask reaches and layers kept denser than asked (:meth:`MaskSet.from_module`;
-    not in the identification fit, whose final fit warns of them); not at all where
-    ``warn`` is false (the ranks of a data-parallel run other than rank 0).
+    Random masks rescale the weights by ``1/sqrt(density)`` unless
+    ``config.rescale_init`` is false; ``"magnitude"`` keeps each layer's largest weights as
+    they are. ``steps_per_epoch`` and ``max_epochs`` place the updates and scale the drop
+    schedule; ``generator`` draws masks and random regrowth; ``masks`` (a warm start)
+    replace new ones. Warns (:data:`NO_TOPOLOGY_UPDATE`) where topology updates are asked
+    for and none falls in the run, and of weights no mask reaches and layers kept denser
+    than asked (:meth:`MaskSet.from_module`, not in JTT's identification fit); not at all
+    where ``warn`` is false (data-parallel ranks other than 0).
     """
     if config.sparsity <= 0:
         return None
@@ -327,8 +317,8 @@ def make_sparsity(
     mask_set.zero_inactive_(rescale=masks is None and config.sparse_init == "random"
                             and config.rescale_init)
     total_steps = steps_per_epoch * max_epochs
-    # the product may fall a rounding error short of a whole step (0.29 * 100 is
-    # 28.999999999999996): that step is the last
+    # a product a rounding error short of a whole step (0.29 * 100 = 28.999999999999996)
+    # ends at that step
     end = config.update_end * total_steps
     end = round(end) if math.isclose(end, round(end), rel_tol=1e-9) else math.floor(end)
     interval = config.update_interval
@@ -358,10 +348,9 @@ def _example_batch(data: TrainSet, batch_size: int,
                    device: torch.device) -> tuple[Callable[[], Any] | None, float]:
     """An example batch, on demand, for timing layers at their real row counts.
 
-    Returns the callable and how many times larger a training batch is: where all
-    samples have the same shape the example is the first two samples (a forward pass of
-    a whole batch would cost a third of a dense step), else the first training batch.
-    ``None`` for a torch Dataset, whose loader would start its workers just for this.
+    Returns the callable (the first two samples where all have one shape, else the first
+    batch; ``None`` for a torch Dataset, whose loader would start its workers) and how many
+    times larger a training batch is.
     """
     source = data.source
     if isinstance(source, _DatasetSource):
@@ -376,14 +365,12 @@ def _example_batch(data: TrainSet, batch_size: int,
 
 
 def _materialise_lazy(module: nn.Module, source: BatchSource, device: torch.device) -> None:
-    """Give the lazy layers of ``module`` (``nn.LazyLinear``, ``nn.LazyConv2d``, ...) their
-    parameters: the first training sample goes through the network once.
+    """Give the lazy layers of ``module`` (``nn.LazyLinear``, ...) their parameters: the
+    first training sample goes through the network once.
 
-    The pass runs in evaluation mode and without gradients (no dropout draw, no
-    BatchNorm statistics), each submodule's mode is put back after it, and a torch
-    Dataset's item is read with the global generators fixed, as its shape is; the lazy
-    layers draw their initial weights from torch's global generator, as at their first
-    call. A network without such layers is not touched.
+    The pass runs in evaluation mode without gradients (modes restored); a torch Dataset's
+    item is read with the global generators fixed. The lazy layers draw their weights from
+    torch's global generator, as at their first call. Other networks are not touched.
     """
     if not any(isinstance(sub, LazyModuleMixin) and sub.has_uninitialized_params()
                for sub in module.modules()):
@@ -394,13 +381,8 @@ def _materialise_lazy(module: nn.Module, source: BatchSource, device: torch.devi
                                 dtype=source.dtype).to(device)
     else:
         x = next(iter(source.batches(torch.arange(1), 1, device)))[0]
-    modes = {sub: sub.training for sub in module.modules()}
-    try:
-        with torch.no_grad():
-            module.eval()(x)
-    finally:
-        for sub, training in modes.items():
-            sub.training = training
+    with evaluation(module):
+        module(x)
 
 
 def build_parts(
@@ -420,10 +402,8 @@ def build_parts(
 
     ``module`` is on ``world.device``; ``generator`` draws masks and random regrowth;
     ``masks`` are a warm start's and ``sparse_layers`` the layers a resumed run trained in
-    CSR form (see :func:`~rest_fair.sparse.compute.make_sparse_compute`). Lazy layers of
-    ``module`` get their parameters first, from the first training sample. Adam and AdamW
-    and weight decay are refused for embeddings with sparse gradients
-    (:data:`SPARSE_GRADIENTS`).
+    CSR form (see :func:`~rest_fair.sparse.compute.make_sparse_compute`). Lazy layers get
+    their parameters first; sparse-gradient embeddings refuse Adam, AdamW and weight decay.
     """
     device, batch_size = world.device, config.batch_size
     _check_sparse_gradients(config, module)

@@ -1,8 +1,7 @@
 """Numerical precision of training: float32, bfloat16 autocast, float16 with loss scaling.
 
-Weights are always kept in float32 ("master weights"); reduced precision only changes the
-dtype of the forward computation. Masks therefore stay exact (inactive weights are exactly
-0 in float32) and topology updates see full-precision magnitudes and gradients.
+Weights stay float32; reduced precision only changes the forward computation's dtype, so
+masks stay exact and topology updates see full-precision magnitudes and gradients.
 """
 
 from __future__ import annotations
@@ -49,12 +48,10 @@ class Precision:
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """Context of the forward pass and the loss: autocast to ``dtype``, or nothing for
-        ``"32"`` (``fit`` turns a caller's autocast off around the whole run, so the step
-        adds no context of its own).
+        ``"32"`` (``fit`` turns a caller's autocast off around the whole run).
 
-        Autocast's cache of cast weights is not used: torch empties it only when the
-        outermost autocast exits, so inside a caller's autocast it would serve the weights
-        of the first step to every later one.
+        Autocast's weight cache is off: torch empties it only when the outermost autocast
+        exits, so inside a caller's autocast it would serve the first step's weights.
         """
         if self.dtype is None:
             return contextlib.nullcontext()

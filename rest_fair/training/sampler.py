@@ -1,17 +1,12 @@
 """The order in which an epoch visits the training samples.
 
-With reweighting by sampler, an epoch draws as many samples as the training set has, with
-replacement, each in proportion to its weight (so a group of weight ``lambda`` is drawn
-``lambda`` times as often as a group of weight 1); otherwise it is a random permutation.
-Either is cut to :func:`n_batches` batches: a trailing batch of one sample per rank is
-dropped. Where only some samples may be visited (``rows``: those of positive sample weight),
-the epoch is that of the training set made of those samples alone, drawn from the same
-generator, so a sample of weight 0 is never drawn and the epoch is as long as the others
-make it. The order comes from one explicit CPU generator, so processes that share the
-seed draw the same order. In a data-parallel fit every rank draws the same global order
-and keeps its slice of every global batch (:func:`rest_fair.training.distributed.shard_order`),
-so the union of all ranks' draws is the order of one process, less at most
-``world_size - 1`` samples of a trailing partial batch.
+With reweighting by sampler, an epoch draws as many samples as it visits, with
+replacement, each in proportion to its weight; otherwise it is a random permutation,
+cut to :func:`n_batches` batches. Where only some samples may be visited (``rows``: those
+of positive sample weight), the epoch is that of the training set made of those alone.
+The order comes from one explicit CPU generator; in a data-parallel fit every rank draws
+the same global order and keeps its slice of every global batch
+(:func:`rest_fair.training.distributed.shard_order`).
 """
 
 from __future__ import annotations
@@ -53,9 +48,9 @@ class EpochSampler:
         This process's rank among ``world_size`` data-parallel ranks; ``batch_size`` is
         then the global batch, a multiple of ``world_size``.
     rows : ndarray of int or None, default=None
-        The samples an epoch visits (increasing indices), or ``None`` for all of them;
-        ``weights`` are still given for all ``n_samples``, and the attribute ``n_samples``
-        (an epoch's length) is ``len(rows)``.
+        The samples an epoch visits (increasing indices), or ``None`` for all;
+        ``weights`` are still given for all ``n_samples``; the attribute ``n_samples`` is
+        then ``len(rows)``.
     """
 
     def __init__(

@@ -1,8 +1,7 @@
 """The mutable state of a training run: counters, history and the best checkpoint so far.
 
-Together with the state of the parts (weights, masks, optimizer, scheduler, objective,
-precision) and of the random generators, :class:`TrainState` is everything needed to
-continue a run exactly where it stopped (see :mod:`rest_fair.persistence.checkpoint`).
+With the state of the parts and of the random generators, :class:`TrainState` continues a
+run exactly where it stopped (see :mod:`rest_fair.persistence.checkpoint`).
 """
 
 from __future__ import annotations
@@ -33,9 +32,8 @@ class BestCopy(Protocol):
 
 
 class _Best:
-    """A best-epoch copy of a :class:`TrainState` (a dataclass field): the value set, or
-    the one that the :class:`BestCopy` given to :meth:`TrainState.keep_best` builds when
-    this field is first read."""
+    """A best-epoch field of :class:`TrainState`: the value set, or the one that the
+    :class:`BestCopy` given to :meth:`TrainState.keep_best` builds when first read."""
 
     def __init__(self, empty: Callable[[], Any], build: str) -> None:
         self.empty = empty  # what None stands for
@@ -59,8 +57,8 @@ class _Best:
 
 
 def _built(state: TrainState, name: str) -> None:
-    """Field ``name`` of ``state`` no longer comes from its pending copy (which is
-    dropped once no field does)."""
+    """Field ``name`` of ``state`` no longer comes from its pending copy (dropped once no
+    field does)."""
     pending = state.__dict__.get("_pending")
     if pending is not None:
         pending["fields"].discard(name)
@@ -94,9 +92,9 @@ class TrainState:
     epoch_offset : int
         Epochs of earlier fits continued by a warm start (history numbering goes on).
     step_offset, update_offset : int
-        Optimizer steps and topology updates of those earlier fits (the fitted counters
-        go on, also when a checkpoint of the warm start is resumed); ``step_offset`` also
-        holds the steps a resumed checkpoint took beyond this run's count of its epochs.
+        Optimizer steps and topology updates of those earlier fits (the fitted counters go
+        on); ``step_offset`` also holds the steps a resumed checkpoint took beyond this
+        run's count of its epochs.
     """
 
     epoch: int = 0
@@ -114,9 +112,8 @@ class TrainState:
 
     def keep_best(self, key: tuple, epoch: int, copy: BestCopy) -> None:
         """Make ``epoch`` (selection key ``key``) the best one, its weights and masks held
-        by ``copy`` until :attr:`best_module_state` or :attr:`best_masks` is first read (a
-        sparse run's CSR layers are densified only then, not at every epoch that becomes
-        the best) or :meth:`load_best` writes them into the module."""
+        by ``copy`` until :attr:`best_module_state` or :attr:`best_masks` is first read (CSR
+        layers are densified only then) or :meth:`load_best` writes them into the module."""
         self.best_key, self.best_epoch = key, epoch
         self.__dict__.update(best_module_state=None, best_masks={}, _pending={
             "copy": copy, "fields": {"best_module_state", "best_masks"}})
