@@ -292,9 +292,12 @@ def write_checkpoint(
 def _superseded(directory: Path, epoch: int, keep: int) -> list[Path]:
     """State files to delete once the state of ``epoch`` is the latest checkpoint: those
     of a later epoch (a finished earlier run's, no longer named by the manifest) and all but
-    the ``keep`` newest of the others (never the file of ``epoch``)."""
+    the ``keep`` newest of the others (never the file of ``epoch``). Only names of ASCII
+    digits are state files: ``str.isdigit`` also takes ``"²"``, which ``int`` refuses, and
+    other scripts' digits, which it reads."""
     numbers = {path: path.stem.removeprefix("epoch-") for path in directory.glob("epoch-*.pt")}
-    epochs = {path: int(number) for path, number in numbers.items() if number.isdigit()}
+    epochs = {path: int(number) for path, number in numbers.items()
+              if number.isascii() and number.isdigit()}
     earlier = sorted((path for path, e in epochs.items() if e <= epoch), key=epochs.__getitem__)
     return [path for path, e in epochs.items() if e > epoch] + earlier[:-keep]
 

@@ -152,6 +152,18 @@ def test_state_files_are_kept_by_epoch_number(tmp_path):
     assert files == ["epoch-1000000.pt", "epoch-1000001.pt"]
 
 
+def test_only_ascii_epoch_numbers_name_state_files(tmp_path):
+    # "²" passes str.isdigit but not int(); "٣" (Arabic-Indic three) int() reads as 3
+    others = ["epoch-\u00b2.pt", "epoch-\u0663.pt", "epoch-1\u00b2.pt"]
+    for name in others:
+        (tmp_path / name).write_bytes(b"not ours")
+    for epoch in (1, 2, 3, 4):
+        ckpt_format.write_checkpoint(tmp_path, {"x": torch.zeros(1)}, epoch=epoch,
+                                     fingerprint={"run": 1})
+    files = sorted(p.name for p in tmp_path.glob("epoch-*.pt"))
+    assert files == sorted(["epoch-000003.pt", "epoch-000004.pt", *others])
+
+
 def test_resume_of_a_finished_run_trains_no_more(tmp_path):
     done, (X, y, g) = _fit(tmp_path)
     again = RESTClassifier(**{**COMMON, "max_epochs": 3}).fit(X, y, groups=g,
