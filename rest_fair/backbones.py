@@ -317,12 +317,11 @@ def _looks_like_path(value: str) -> bool:
 
 def _looks_like_folder(value: str) -> bool:
     """Whether an ``hf:`` name is meant as a local folder (a Hub id is ``name`` or
-    ``owner/name``)."""
+    ``owner/name``, also on Windows, whose ``os.altsep`` is ``/``)."""
     return (
         value.startswith((".", "~", "/"))
         or value.count("/") > 1
-        or (os.sep != "/" and os.sep in value)
-        or (os.altsep is not None and os.altsep in value)
+        or any(sep not in (None, "/") and sep in value for sep in (os.sep, os.altsep))
     )
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+import types
 from pathlib import Path
 
 import numpy as np
@@ -580,3 +581,15 @@ def test_core_and_backbone_modules_import_neither_torchvision_nor_transformers()
                             timeout=120)
     assert result.returncode == 0, result.stderr
     assert "LOADED []" in result.stdout
+
+
+@pytest.mark.parametrize(("sep", "altsep"), [("/", None), ("\\", "/")])
+def test_a_hub_id_is_no_local_folder_on_any_os(monkeypatch, sep, altsep):
+    # on Windows (sep "\\", altsep "/") every owner/name id was taken for a missing folder
+    monkeypatch.setattr(backbones, "os", types.SimpleNamespace(sep=sep, altsep=altsep))
+    assert not backbones._looks_like_folder("bert-base-uncased")
+    assert not backbones._looks_like_folder("google/bert_uncased_L-2_H-128_A-2")
+    assert backbones._looks_like_folder("models/google/bert")
+    assert backbones._looks_like_folder("./bert")
+    assert backbones._looks_like_folder("~/bert")
+    assert backbones._looks_like_folder("models\\bert") is (sep == "\\")
