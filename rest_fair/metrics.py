@@ -204,6 +204,8 @@ def make_worst_group_scorer(*, sample_weight: bool | None = None) -> Any:
     ------
     RuntimeError
         If metadata routing is not enabled.
+    ValueError
+        If ``sample_weight`` is not True, False or None.
 
     Examples
     --------

@@ -216,6 +216,11 @@ def sample_weights_for(
     Returns
     -------
     ndarray of float64
+
+    Raises
+    ------
+    ValueError
+        If every sample gets a weight of 0.
     """
     classes, groups, _, inverse = _cells(y_codes, group_codes)
     per_cell = np.array([weights.get((int(c), int(g)), 0.0) for c, g in

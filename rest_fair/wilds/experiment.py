@@ -39,7 +39,7 @@ from .submission import write_submission
 
 __all__ = ["CUSTOM_DEFAULTS", "RUN_SETTINGS", "SeedRun", "WildsExperiment", "adopt_seed_files",
            "check_metrics_file", "check_resumable", "check_wilds_requirements",
-           "resolve_settings", "run_settings", "set_aside_outputs", "set_aside_report",
+           "earlier_seeds", "resolve_settings", "run_settings", "set_aside_outputs", "set_aside_report",
            "write_outputs"]
 
 _REQUIREMENTS = (
