@@ -388,9 +388,10 @@ class BenchConfig:
 
     def score(self, spec: RunSpec, clf: Any) -> dict[str, Any]:
         """Test accuracies (unbiased, aligned, conflicting, worst group, per and worst
-        (label, colour) cell), validation accuracy and worst-group accuracy of the kept
-        model, training sizes, the JTT error set's overlap with the conflicting samples and
-        FLOPs fractions of dense."""
+        (label, colour) cell), validation accuracy and worst-group accuracy (aligned vs
+        conflicting, whether or not the method saw those groups) of the kept model, training
+        sizes, the JTT error set's overlap with the conflicting samples and FLOPs fractions
+        of dense."""
         method = get_method(spec.method)
         data = load_data(self, spec.ratio)
         pred = np.asarray(clf.predict(data.X_test))

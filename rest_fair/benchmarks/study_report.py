@@ -147,8 +147,8 @@ def _hyperparameters(values: dict[str, Any]) -> str:
 
 
 def _number(value: float | None, spec: str) -> str:
-    """``value`` in the format ``spec`` (``"s"``: seconds to two significant digits); "–"
-    when missing."""
+    """``value`` in the format ``spec`` (``"s"``: seconds, ``.2g`` below 1, ``.1f`` below
+    10, else ``.0f``); "–" when missing."""
     if value is None or math.isnan(value):
         return "–"
     if spec == "s":

@@ -114,7 +114,7 @@ def parse_upweight(value: str) -> float | str:
 def parse_path(value: str) -> Path:
     """A path option of ``rest-fair bench`` and ``rest-fair wilds`` (``--out-dir``,
     ``--root-dir``), a leading ``~`` read as the home folder (the shell leaves it in
-    ``--out-dir=~/x``). An empty one (``--out-dir "$UNSET"``) raises
+    ``--out-dir=~/x``). An empty one (``--out-dir "$UNSET"``, the working directory) raises
     :class:`argparse.ArgumentTypeError`."""
     if not value.strip():
         raise argparse.ArgumentTypeError(_EMPTY_PATH.format(value))
@@ -650,7 +650,8 @@ def _deaf_to_ctrl_c() -> Iterator[None]:
     In the main thread SIGINT is ignored (the processes started meanwhile inherit that) and
     blocked until the block ends, then SIGINT's handler and the signal mask are restored,
     also when a Ctrl-C raises meanwhile; a Ctrl-C of the block's milliseconds is delivered
-    then (or lost, when a thread that does not block it, such as torch's, takes it). A
+    then (or lost, when a thread that does not block it takes it: torch's, or this one once
+    multiprocessing's resource tracker, which unblocks SIGINT as it starts, was started). A
     Ctrl-C in a terminal then reaches this process alone, whose ``KeyboardInterrupt`` ends
     the workers (joblib terminates them). An ignored SIGINT (``nohup``) stays ignored.
     Elsewhere (another thread, no ``pthread_sigmask``, a SIGINT handler not set from
