@@ -728,7 +728,8 @@ def read(path: Any, *, payload: bool = True) -> tuple[dict, dict[str, np.ndarray
     Before any array is read, the zip directory and every ``.npy`` header are checked
     against each other, the header is parsed, and every tensor it lists is checked against
     the dtypes and shapes of its arrays; then the arrays are read and the SHA-256 checked.
-    With ``payload=False``, the header so checked and no arrays (``{}``).
+    With ``payload=False``, the header so checked and no arrays (``{}``), without the
+    checksum.
 
     Raises
     ------
