@@ -39,8 +39,8 @@ from .submission import write_submission
 
 __all__ = ["CUSTOM_DEFAULTS", "RUN_SETTINGS", "SeedRun", "WildsExperiment", "adopt_seed_files",
            "check_metrics_file", "check_resumable", "check_wilds_requirements",
-           "earlier_seeds", "resolve_settings", "run_settings", "set_aside_outputs", "set_aside_report",
-           "write_outputs"]
+           "earlier_seeds", "resolve_settings", "run_settings", "set_aside_outputs",
+           "set_aside_report", "write_outputs"]
 
 _REQUIREMENTS = (
     Requirement("wilds", "wilds==2.0.0", "wilds", "the WILDS dataset loaders and metrics"),
