@@ -1,8 +1,8 @@
 """Colored MNIST and Colored Digits, built offline, following the LfF/DFA protocol.
 
 The strokes of grey-scale digits are painted with one of ten colours (the *bias
-attribute*, see :func:`colorize`): by label in the training split, up to an exact share of
-bias-conflicting samples; independently of the label in the validation and test splits,
+attribute*, see :func:`colorize`): by label in the training split, except for an exact share
+of bias-conflicting samples; independently of the label in the validation and test splits,
 whose accuracy is the "unbiased accuracy" of the debiasing literature. Two sources ship
 with installed packages, so nothing is ever downloaded:
 

@@ -13,9 +13,9 @@ of the file name stem. BFFHQ's release keeps its validation images in ``<root>/v
 read where ``<root>/<pct>/valid/`` does not exist. Labels, bias attributes, conflict flags
 and groups come from the names, so they can be passed to
 :meth:`rest_fair.RESTClassifier.fit` (``y=ds.labels, groups=ds.conflict``) without reading
-an image; images are read (with PIL) one item at a time. Hidden files (such as the
-``._<name>.png`` companions macOS writes on exFAT drives) are skipped; folders that are
-symbolic links are read as folders. Nothing here downloads.
+an image; images are read (with PIL) one item at a time. Hidden files (names starting
+with ``.``, such as the ``._<name>.png`` companions macOS writes on exFAT drives) are
+skipped; folders that are symbolic links are read as folders. Nothing here downloads.
 """
 
 from __future__ import annotations

@@ -728,7 +728,8 @@ def read(path: Any, *, payload: bool = True) -> tuple[dict, dict[str, np.ndarray
     Before any array is read, the zip directory and every ``.npy`` header are checked
     against each other, the header is parsed, and every tensor it lists is checked against
     the dtypes and shapes of its arrays; then the arrays are read and the SHA-256 checked.
-    With ``payload=False``, the header so checked and no arrays (``{}``).
+    With ``payload=False``, the header so checked and no arrays (``{}``), without the
+    checksum.
 
     Raises
     ------
@@ -746,7 +747,8 @@ def read(path: Any, *, payload: bool = True) -> tuple[dict, dict[str, np.ndarray
         raise ModelFileError(_NOT_OURS.format(path=path))
     try:
         with zipfile.ZipFile(source) as archive:
-            # zipfile reads the last archive of the bytes: two files in a stream read as one
+            # zipfile reads the last archive of the bytes: two files in a stream read as the
+            # second
             if min((info.header_offset for info in archive.infolist()), default=0):
                 raise ModelFileError(_BAD_ARCHIVE.format(path=path, error=_CONCATENATED))
             # the header first: a newer format version is named as such
@@ -832,9 +834,9 @@ def read_module(
     without pretrained ``module_params["weights"]``. The network is first checked against
     the file on the meta device, and every tensor's arrays against its entry, so that
     nothing is allocated for a network the file does not hold. It is returned in evaluation
-    mode, on the CPU in the dtypes the file holds (a copy of ``module`` keeps its device
-    and dtypes). With ``max_parameters``, a file whose tensors hold more values in all
-    (counted from its header, before anything is built) is refused.
+    mode, on the CPU, its floating-point tensors in the dtypes the file holds (a copy of
+    ``module`` keeps its device and dtypes). With ``max_parameters``, a file whose tensors
+    hold more values in all (counted from its header, before anything is built) is refused.
     """
     path = os.fsdecode(path)
     check_max_parameters(max_parameters)

@@ -280,7 +280,8 @@ def split_wilds(
     check_param("random_state", random_state, GENERATOR_SEED)
     if isinstance(splits, str):
         raise ValueError(_A_STRING.format(name="splits", what="split", value=splits))
-    names = list(dataset.split_dict) if splits is None else list(splits)
+    split_dict = dataset.split_dict  # an object without splits fails here, before the grouper
+    names = list(split_dict) if splits is None else list(splits)
     grouper = wilds_grouper(dataset, groupby_fields)
     out = {}
     for split in names:

@@ -333,10 +333,11 @@ class WildsExperiment:
         """Build the seeds' network once, on the meta device (no memory, no pretrained
         weights read), and, for a sparse run, select its ``dense_layers``, so that a network
         that cannot take the inputs or a name of no weight fails before any seed runs. The
-        torchvision weights the module names are downloaded into torch.hub's cache once for
-        all seeds, after the images are checked against the model they build. A Hugging Face
-        module (``hf:``) is not built here (:func:`~rest_fair.experiments.run.check_run_params`
-        checks its tokenizer and configuration).
+        torchvision weights the module names are downloaded into torch.hub's cache (when not
+        there) once for all seeds, after the images are checked against the model they
+        build. A Hugging Face module (``hf:``) is not built here
+        (:func:`~rest_fair.experiments.run.check_run_params` checks its tokenizer and
+        configuration).
 
         Raises
         ------
