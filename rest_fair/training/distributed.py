@@ -363,8 +363,8 @@ def _digest(value: Any) -> str:
 class LocalContext:
     """A fit in one process: rank 0 of a world of one, on ``device``.
 
-    The interface of :class:`DistributedContext`, whose collectives here return their
-    input, whose checks pass and whose :meth:`prepare` leaves the parts as they are; what is
+    The interface of :class:`DistributedContext`; here the collectives return their
+    input, the checks pass and :meth:`prepare` leaves the parts as they are; what is
     built on the collectives (:meth:`any`, :meth:`end_train_epoch`, ...) is shared.
     ``data_parallel`` says whether the module trains through ``DistributedDataParallel``
     (the mask and weight checks compare the ranks only then).
