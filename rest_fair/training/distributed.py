@@ -525,9 +525,11 @@ class DistributedContext(LocalContext):
     """This process's place in a data-parallel fit and the collectives it takes part in.
 
     It differs from :class:`LocalContext` only in its collectives, :meth:`check_same` and
-    :meth:`prepare`. ``device`` is where this rank trains (on CUDA, the device the user
-    named, else ``cuda:LOCAL_RANK``), ``backend`` the group's and ``timeout``
-    ``distributed_timeout`` in seconds, for error messages.
+    :meth:`prepare`. ``rank``, ``world_size`` and ``local_rank`` (from ``LOCAL_RANK``) are
+    the process group's, ``device`` is where this rank trains (on CUDA, the device the user
+    named, else ``cuda:LOCAL_RANK``), ``backend`` the group's (``"nccl"`` or ``"gloo"``
+    where ``fit`` initialised it) and ``timeout`` ``distributed_timeout`` in seconds, for
+    error messages.
     """
 
     backend: str
