@@ -620,8 +620,9 @@ def export_sparse(
     Notes
     -----
     Without the kernels, chains compute ``torch.mm``/``torch.addmm`` on
-    ``torch.sparse_csr_tensor`` (int32 indices); ``F.linear`` with a CSR weight and COO
-    tensors are avoided: both are several times slower.
+    ``torch.sparse_csr_tensor`` (int32 indices, which they accept on CPU with torch 2.14);
+    ``F.linear`` with a CSR weight and COO tensors are avoided: both are several times
+    slower.
     """
     threshold = check_threshold(density_threshold, "density_threshold")
     if num_threads is not None and not _THREADS.accepts(num_threads):

@@ -86,8 +86,9 @@ def layer_shapes(module: nn.Module, input_shape: Sequence[int]) -> dict[str, int
     -------
     dict
         Module name -> number of positions per sample at which the layer applies its
-        weights, as the module's conventions count them (also for the ``out_proj`` of an
-        ``nn.MultiheadAttention`` and for recurrent layers and cells).
+        weights, as the Conventions of :mod:`rest_fair.efficiency.flops` count them (also
+        for the ``out_proj`` of an ``nn.MultiheadAttention`` and for recurrent layers and
+        cells).
 
     Raises
     ------

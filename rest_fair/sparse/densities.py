@@ -64,7 +64,19 @@ def erk_densities(shapes: Mapping[str, Sequence[int]], density: float) -> dict[s
 
 
 def uniform_densities(shapes: Mapping[str, Sequence[int]], density: float) -> dict[str, float]:
-    """``density`` (in (0, 1]) for every layer of ``shapes`` (as in :func:`erk_densities`)."""
+    """The same density for every layer.
+
+    Parameters
+    ----------
+    shapes : mapping of str to tuple of int
+        Weight shape of each masked layer.
+    density : float in (0, 1]
+        Density of every layer.
+
+    Returns
+    -------
+    dict of str to float
+    """
     _check_density(density)
     return dict.fromkeys(shapes, float(density))
 
@@ -72,7 +84,18 @@ def uniform_densities(shapes: Mapping[str, Sequence[int]], density: float) -> di
 def active_counts(
     shapes: Mapping[str, Sequence[int]], densities: Mapping[str, float]
 ) -> dict[str, int]:
-    """Number of active weights of each layer of ``shapes`` (as in :func:`erk_densities`)
-    at the density ``densities[name]``, at least one per layer."""
+    """Number of active weights of each layer, at least one per layer.
+
+    Parameters
+    ----------
+    shapes : mapping of str to tuple of int
+        Weight shape of each masked layer.
+    densities : mapping of str to float
+        Density of each layer.
+
+    Returns
+    -------
+    dict of str to int
+    """
     numel = {name: math.prod(shape) for name, shape in shapes.items()}
     return {name: min(n, max(1, round(densities[name] * n))) for name, n in numel.items()}

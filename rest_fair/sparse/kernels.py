@@ -843,8 +843,19 @@ def randperm_prefix(n: int, k: int, generator: torch.Generator | None = None) ->
     ``torch.randperm`` (a check against it runs once per process): the kernel carries out
     only the first ``k`` steps of its shuffle and skips the other draws. Without the
     compiled kernels, when the check fails, for a non-CPU generator or for
-    ``n >= 2**27`` this calls ``torch.randperm``. ``k`` is at most ``n``; ``generator``
-    defaults to torch's global CPU generator.
+    ``n >= 2**27`` this calls ``torch.randperm``.
+
+    Parameters
+    ----------
+    n : int
+    k : int
+        Entries wanted, at most ``n``.
+    generator : torch.Generator, optional
+        Default: torch's global CPU generator.
+
+    Returns
+    -------
+    LongTensor of shape (k,)
     """
     global _prefix_ok
     generator = torch.default_generator if generator is None else generator

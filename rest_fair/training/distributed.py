@@ -363,8 +363,8 @@ def _digest(value: Any) -> str:
 class LocalContext:
     """A fit in one process: rank 0 of a world of one, on ``device``.
 
-    The interface of :class:`DistributedContext`, whose collectives here return their
-    input, whose checks pass and whose :meth:`prepare` leaves the parts as they are; what is
+    The interface of :class:`DistributedContext`; here the collectives return their
+    input, the checks pass and :meth:`prepare` leaves the parts as they are; what is
     built on the collectives (:meth:`any`, :meth:`end_train_epoch`, ...) is shared.
     ``data_parallel`` says whether the module trains through ``DistributedDataParallel``
     (the mask and weight checks compare the ranks only then).
@@ -525,9 +525,11 @@ class DistributedContext(LocalContext):
     """This process's place in a data-parallel fit and the collectives it takes part in.
 
     It differs from :class:`LocalContext` only in its collectives, :meth:`check_same` and
-    :meth:`prepare`. ``device`` is where this rank trains (on CUDA, the device the user
-    named, else ``cuda:LOCAL_RANK``), ``backend`` the group's and ``timeout``
-    ``distributed_timeout`` in seconds, for error messages.
+    :meth:`prepare`. ``rank``, ``world_size`` and ``local_rank`` (from ``LOCAL_RANK``) are
+    the process group's, ``device`` is where this rank trains (on CUDA, the device the user
+    named, else ``cuda:LOCAL_RANK``), ``backend`` the group's (``"nccl"`` or ``"gloo"``
+    where ``fit`` initialised it) and ``timeout`` ``distributed_timeout`` in seconds, for
+    error messages.
     """
 
     backend: str

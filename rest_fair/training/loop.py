@@ -4,9 +4,9 @@ Split like skorch's ``NeuralNet``: :meth:`TrainingRun.fit_loop` runs
 :meth:`~TrainingRun.run_single_epoch` until ``max_epochs`` or a callback stops it; an
 epoch is :meth:`~TrainingRun.train_step` over its batches, then
 :meth:`~TrainingRun.validate` and :meth:`~TrainingRun.select` (worst-group model
-selection). Every callback hook but ``on_fit_begin`` receives the estimator (``net``)
-and ``run``, the live :class:`TrainingRun`; while it is live the estimator carries
-``module_``, ``optimizer_``, ``masks_`` and ``history_``.
+selection). Every callback hook receives the estimator (``net``) and keyword arguments,
+among them (all but ``on_fit_begin``) ``run``, the live :class:`TrainingRun`; while it is
+live the estimator carries ``module_``, ``optimizer_``, ``masks_`` and ``history_``.
 """
 
 from __future__ import annotations

@@ -1,11 +1,11 @@
 """The order in which an epoch visits the training samples.
 
-With reweighting by sampler, an epoch draws as many samples as it visits, with
-replacement, each in proportion to its weight; otherwise it is a random permutation,
-cut to :func:`n_batches` batches. Where only some samples may be visited (``rows``: those
-of positive sample weight), the epoch is that of the training set made of those alone.
-The order comes from one explicit CPU generator; in a data-parallel fit every rank draws
-the same global order and keeps its slice of every global batch
+With reweighting by sampler, an epoch draws as many samples as the training set has,
+with replacement, each in proportion to its weight; otherwise it is a random permutation.
+Either is cut to :func:`n_batches` batches. Where only some samples may be visited
+(``rows``: those of positive sample weight), the epoch is that of the training set made of
+those alone. The order comes from one explicit CPU generator; in a data-parallel fit every
+rank draws the same global order and keeps its slice of every global batch
 (:func:`rest_fair.training.distributed.shard_order`).
 """
 
