@@ -50,7 +50,7 @@ __all__ = ["RESTClassifier"]
 
 _INF = float("inf")
 _NONE = type(None)
-# the optimizer computes in float32: a larger step size or penalty overflows there
+# the optimizer computes in float32: a step size or penalty above _FLOAT32_MAX overflows there
 _FLOAT32_NOTE = "the largest float32: the weights and their updates are float32"
 
 
