@@ -260,8 +260,9 @@ def checked_labels(labels: Any, what: str) -> np.ndarray:
 
 
 def checked_groups(groups: Any) -> np.ndarray:
-    """``groups`` (not a dict or DataFrame) as an array (a list's of its objects, one column
-    as its values), refused unless 1-D or 2-D with a column (:data:`BAD_GROUPS_SHAPE`)."""
+    """``groups`` (not a dict or DataFrame) as an array (a list's or tuple's of its objects,
+    lest numpy turn a row ``("a", 1)`` into ``("a", "1")``; one column as its values),
+    refused unless 1-D or 2-D with a column (:data:`BAD_GROUPS_SHAPE`)."""
     array = np.asarray(groups, dtype=object if isinstance(groups, (list, tuple)) else None)
     if array.ndim == 2 and array.shape[1] == 1:  # one column: its values, as fit reads it
         array = array[:, 0]

@@ -50,7 +50,7 @@ __all__ = ["RESTClassifier"]
 
 _INF = float("inf")
 _NONE = type(None)
-# the optimizer computes in float32: a larger step size or penalty overflows there
+# the optimizer computes in float32: a step size or penalty above _FLOAT32_MAX overflows there
 _FLOAT32_NOTE = "the largest float32: the weights and their updates are float32"
 
 
@@ -220,10 +220,11 @@ class RESTClassifier(ClassifierMixin, BaseEstimator):
         Fraction of training after which the topology is frozen (``T_end``).
     update_timing : {"mid_interval", "after_step"}, default="mid_interval"
         ``"mid_interval"``: mid-interval, between ``backward()`` and the optimizer step,
-        which trains the regrown weights; an update due on an epoch's last step moves to the
-        next, so every validated model trained a step past its last topology change. With
-        one step per epoch (e.g. a training set of at most ``batch_size`` samples) every
-        step is an epoch's last and updates fall there: only that step trains them.
+        which trains the regrown weights; with more than one step per epoch, an update due
+        on an epoch's last step moves to the next, so every validated model trained a step
+        past its last topology change. With one step per epoch (e.g. a training set of at
+        most ``batch_size`` samples) every step is an epoch's last and updates fall there:
+        only that step trains them.
         ``"after_step"`` (the REST authors' code): after the optimizer step of every
         ``update_interval``-th step, so an update on an epoch's last step is validated at
         once and a model whose regrown weights are still zero can be selected (every
@@ -331,9 +332,9 @@ class RESTClassifier(ClassifierMixin, BaseEstimator):
     warm_start : bool, default=False
         ``True``: ``fit`` on a fitted estimator continues its network and masks for
         ``max_epochs`` more epochs (``history_`` goes on; GroupDRO's weights too, over the
-        same groups) instead of starting anew, with the same classes, input shape,
-        ``module``, ``module_params``, ``sparsity``, ``layer_density`` and
-        ``dense_layers``. An estimator without ``history_`` (loaded from a file an earlier
+        same groups) instead of starting anew. Classes, input shape, ``module``,
+        ``module_params``, ``sparsity``, ``layer_density`` and ``dense_layers`` must be the
+        same. An estimator without ``history_`` (loaded from a file an earlier
         ``save`` left it out of) is refused, naming the ways on.
     random_state : int in [0, 2**32 - 1], RandomState or None, default=None
         Seeds weight initialisation, masks, sampling and the validation split, leaving the

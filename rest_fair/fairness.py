@@ -179,7 +179,8 @@ def fairness_report(
     Notes
     -----
     Metrics: ``accuracy``, ``balanced_accuracy`` and ``count`` always; for binary tasks
-    also ``selection_rate``, ``true_positive_rate`` and ``false_positive_rate``. A group
+    (two ``labels``; without them, at most two labels in ``y`` and the predictions) also
+    ``selection_rate``, ``true_positive_rate`` and ``false_positive_rate``. A group
     without positives (negatives) has an undefined TPR (FPR), reported as NaN instead of
     fairlearn's 0 so that groups defined by the label do not show fake gaps.
     """

@@ -78,7 +78,7 @@ def group_accuracies(y_true: ArrayLike, y_pred: ArrayLike, groups: ArrayLike, *,
     groups : array-like of shape (n_samples,) or (n_samples, n_columns), or dict of columns
         Group label of each sample (hashable, not missing); several columns (or a dict of
         them by name, as fairlearn's ``sensitive_features``) form intersectional groups,
-        labelled by tuples of their values in column order.
+        labelled by tuples of their values in column order (one column by its values).
     sample_weight : array-like of shape (n_samples,), optional
         Finite, non-negative weight of each sample: a group's accuracy is then the
         weighted share of its samples predicted correctly, and a group whose samples all

@@ -67,7 +67,7 @@ class GroupDROObjective:
     faster; it enters the update of ``q`` only, and ``C = 0`` (the default) is Algorithm 1
     as published. Groups absent from a batch keep their weight before the renormalisation.
     ``q`` starts uniform over the groups with training samples (``n_g > 0``, as in WILDS'
-    GroupDRO); a group without any (all held out for validation) keeps weight 0.
+    GroupDRO); a group without any (e.g. all held out for validation) keeps weight 0.
 
     Over data-parallel ranks, ``all_reduce`` sums the per-group sums of losses and weights,
     so group losses, ``q`` and the value are those of the global batch; the gradient is
