@@ -619,21 +619,37 @@ def _training_modes(device: torch.device) -> Iterator[None]:
         torch.set_default_dtype(dtype)
 
 
+def _run_seed(random_state: Any, world: LocalContext, resume_from: Any) -> tuple[int, bool]:
+    """The run's seed, rank 0's on every rank (one split, one generator), and whether it was
+    drawn: a run seeded by None or a RandomState draws it, and resuming such a run takes the
+    seed its checkpoint recorded, so that the validation split and the generators are the
+    same."""
+    seed = int(check_random_state(random_state).randint(0, 2**31 - 1))
+    drawn = not isinstance(random_state, Integral)
+    if drawn and resume_from is not None:
+        saved = world.run_on_main(lambda: saved_fingerprint(resume_from).get("seed")
+                                  if has_checkpoint(resume_from) else None)
+        seed = seed if saved is None else int(saved)
+    return world.broadcast_object(seed), drawn
+
+
+def _error_set_upweight(upweight: Any) -> Any:
+    """JTT's ``upweight`` of its two groups, the error set (True) and the rest (False): a
+    number is λ for the error set, in every class; a dict must name both groups."""
+    if isinstance(upweight, Real):
+        return {False: 1.0, True: upweight}
+    if isinstance(upweight, Mapping) and not {False, True} <= upweight.keys():
+        raise ValueError(JTT_DICT_KEYS.format(keys=", ".join(map(repr, upweight))))
+    return upweight
+
+
 @contextlib.contextmanager
 def _built_run(est: Any, data: FitData, config: TrainConfig, callbacks: list, *,
                world: LocalContext, warm: bool, resume_from: Any) -> Iterator[_Built]:
     """The run of ``fit`` in ``world``, open: the random state forked (and held against
     fits in other threads), its batch sources closed after. Building the network warns on
     rank 0 only: every rank builds the same."""
-    seed = int(check_random_state(est.random_state).randint(0, 2**31 - 1))
-    # a run seeded by None or a RandomState draws its seed: resuming it takes the seed its
-    # checkpoint recorded, so that the validation split and the generators are the same
-    drawn = not isinstance(est.random_state, Integral)
-    if drawn and resume_from is not None:
-        saved = world.run_on_main(lambda: saved_fingerprint(resume_from).get("seed")
-                                  if has_checkpoint(resume_from) else None)
-        seed = seed if saved is None else int(saved)
-    seed = world.broadcast_object(seed)  # one split, one generator for all ranks
+    seed, drawn = _run_seed(est.random_state, world, resume_from)
     precision = Precision(est.precision, world.device)
     train_idx, valid = _hold_out(data, float(est.validation_fraction), seed, world,
                                  est.num_workers,
@@ -667,10 +683,7 @@ def _built_run(est: Any, data: FitData, config: TrainConfig, callbacks: list, *,
             generator = torch.Generator().manual_seed(seed)
             upweight = est.upweight
             if est.infer_groups == "jtt":
-                if isinstance(upweight, Real):  # λ for the error set, in every class
-                    upweight = {False: 1.0, True: upweight}
-                elif isinstance(upweight, Mapping) and not {False, True} <= upweight.keys():
-                    raise ValueError(JTT_DICT_KEYS.format(keys=", ".join(map(repr, upweight))))
+                upweight = _error_set_upweight(upweight)
                 alike = upweight is None or (isinstance(upweight, Mapping)
                                              and upweight.get(False) == upweight.get(True))
                 if alike and est.objective == "erm" and world.is_main:
