@@ -363,6 +363,21 @@ def test_a_diverged_identification_model_is_named_with_the_parameters_training_i
         clf.fit(X, y)
 
 
+def test_a_dict_upweight_must_name_jtts_two_groups():
+    X, y, _ = _spurious(n=300)
+    clf = RESTClassifier(infer_groups="jtt", upweight={"majority": 1.0, "minority": 5.0},
+                         jtt_epochs=1, max_epochs=1, **FAST)
+    with pytest.raises(ValueError, match=r"upweight is a dict of weights by group \('majority', "
+                       r"'minority'\), but with infer_groups='jtt' the groups it weighs are "
+                       r"JTT's error set \(True\)"):
+        clf.fit(X, y)
+    assert not hasattr(clf, "inferred_groups_")
+    partial = RESTClassifier(infer_groups="jtt", upweight={True: 5.0}, jtt_epochs=1,
+                             max_epochs=1, **FAST)
+    with pytest.raises(ValueError, match=r"pass upweight=\{False: 1.0, True: lambda\}"):
+        partial.fit(X, y)
+
+
 @pytest.mark.parametrize("upweight", [None, 1.0, {False: 2.0, True: 2.0}])
 def test_an_error_set_that_nothing_uses_is_named(upweight):
     # ERM with the error set weighed as the rest trains as without JTT: the identification
