@@ -572,10 +572,12 @@ class MaskSet:
     @torch.no_grad()
     def apply_(self) -> None:
         """Zero every inactive weight (one fused multiply over all layers)."""
-        if self._applied is None:  # the weights and multipliers, kept until a mask changes
+        applied = self._applied  # the weights and multipliers, kept until a mask changes
+        if applied is None or any(p.dtype != m.dtype or p.device != m.device
+                                  for p, m in zip(*applied, strict=True)):  # or a weight moved
             names = self._masked_names()
-            self._applied = ([self.params[n] for n in names],
-                             [self._multiplier(n) for n in names])
-        params, multipliers = self._applied
+            applied = self._applied = ([self.params[n] for n in names],
+                                       [self._multiplier(n) for n in names])
+        params, multipliers = applied
         if params:
             torch._foreach_mul_(params, multipliers)

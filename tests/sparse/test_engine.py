@@ -108,6 +108,22 @@ def test_random_masks_have_exact_counts_and_zero_weights(distribution):
     assert net[1].weight.abs().sum() > 0  # BatchNorm untouched
 
 
+@pytest.mark.cuda
+def test_apply_follows_weights_moved_to_the_gpu_after_it_ran():
+    # apply_ keeps its multipliers between calls: they must follow the weights to the
+    # GPU (a multiplier left on the CPU cannot multiply a CUDA weight)
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    net = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3))
+    masks = MaskSet.from_module(net, density=0.5, generator=torch.Generator().manual_seed(0))
+    masks.apply_()
+    net.cuda()
+    with torch.no_grad():
+        net[0].weight.fill_(1.0)
+    masks.apply_()
+    assert torch.equal(net[0].weight.cpu(), masks.mask("0.weight").float())
+
+
 def test_apply_multiplies_by_the_current_mask_in_the_weights_current_dtype():
     net = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3))
     masks = MaskSet.from_module(net, density=0.5, generator=torch.Generator().manual_seed(0))
