@@ -172,7 +172,8 @@ def step_tests(args: argparse.Namespace, out: Path) -> dict:
     """The CUDA-marked tests; on a CPU they are collected and skip."""
     cmd = [sys.executable, "-m", "pytest", "-q", "-rs", "-m", "cuda", "-p", "no:cacheprovider",
            str(ROOT / "tests" / "test_estimator.py"),
-           str(ROOT / "tests" / "training" / "test_engine.py")]
+           str(ROOT / "tests" / "training" / "test_engine.py"),
+           str(ROOT / "tests" / "sparse" / "test_engine.py")]
     output = _run_child(cmd, args.limit("tests"))
     return {"summary": output.strip().splitlines()[-1]}
 
