@@ -436,9 +436,7 @@ class CSRLinear(nn.Module):
 
     def scatter(self, tensor: torch.Tensor) -> torch.Tensor:
         """A per-active-weight tensor of shape ``(nnz,)`` as a dense matrix (0 elsewhere)."""
-        out = kernels.new_zeros(tensor, self.out_features * self.in_features)
-        out[self.flat_indices()] = tensor
-        return out.view(self.shape)
+        return _scattered(tensor, self.flat_indices(), self.shape)
 
     def gather(self, dense: torch.Tensor) -> torch.Tensor:
         """The entries of a dense ``(out_features, in_features)`` tensor at the pattern."""
@@ -729,9 +727,7 @@ class PackedWeight:
 
     def dense(self) -> torch.Tensor:
         """The dense weight: ``values`` at ``indices``, zeros elsewhere."""
-        out = kernels.new_zeros(self.values, self.shape[0] * self.shape[1])
-        out[self.indices] = self.values
-        return out.view(self.shape)
+        return _scattered(self.values, self.indices, self.shape)
 
     @torch.no_grad()
     def write_into(self, weight: torch.Tensor) -> None:
@@ -746,9 +742,16 @@ class PackedWeight:
 
     def mask(self) -> torch.Tensor:
         """The boolean pattern, dense, on the CPU."""
-        out = torch.zeros(self.shape[0] * self.shape[1], dtype=torch.bool)
-        out[self.indices.cpu()] = True
-        return out.view(self.shape)
+        indices = self.indices.cpu()
+        return _scattered(torch.ones(indices.numel(), dtype=torch.bool), indices, self.shape)
+
+
+def _scattered(tensor: torch.Tensor, indices: torch.Tensor,
+               shape: tuple[int, int]) -> torch.Tensor:
+    """A matrix of ``shape`` holding ``tensor`` at the flat ``indices`` and 0 elsewhere."""
+    out = kernels.new_zeros(tensor, shape[0] * shape[1])
+    out[indices] = tensor
+    return out.view(shape)
 
 
 def packed_state_dict(module: nn.Module) -> dict[str, torch.Tensor | PackedWeight]:
