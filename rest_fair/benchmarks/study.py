@@ -317,13 +317,11 @@ class RandomSearch:
                                 max_epochs=int(self.bench.max_epochs))
         return {**drawn, **get_study_method(method).fixed()}
 
-    def _reads(self, method: str, config: int = 0, ratio: float | None = None
-               ) -> dict[str, Any]:
-        """:meth:`searched_params` (default: of configuration 0 at the first share) and the
-        ``sparsity`` of ``method``: what its runs set over their family's parameters."""
-        ratio = self.bench.ratios[0] if ratio is None else ratio
-        return {**self.searched_params(method, config, ratio),
-                "sparsity": get_study_method(method).sparsity}
+    @staticmethod
+    def _reads(method: str, searched: dict[str, Any]) -> dict[str, Any]:
+        """What the runs of ``method`` set over their family's parameters: ``searched``
+        (:meth:`searched_params` of a configuration) and the method's ``sparsity``."""
+        return {**searched, "sparsity": get_study_method(method).sparsity}
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready description: the configuration, the methods and their search spaces."""
@@ -354,13 +352,13 @@ class RandomSearch:
             for ratio in self.bench.ratios:
                 for name in self.methods:
                     m = STUDY_METHODS[name]
+                    searched = self.searched_params(name, config, ratio)
                     trial = digest({
-                        "common": self.bench.common_hash(m.family,
-                                                         self._reads(name, config, ratio),
+                        "common": self.bench.common_hash(m.family, self._reads(name, searched),
                                                          leave_out=self.unread_fields),
                         "family": m.family, "sparsity": m.sparsity,
                         "selection": m.selection, "cost_of": m.cost_of,
-                        "params": jsonable(self.searched_params(name, config, ratio)),
+                        "params": jsonable(searched),
                     })
                     specs.extend(TrialSpec(name, ratio, config, seed, trial)
                                  for seed in self.bench.seeds)
@@ -375,18 +373,20 @@ class RandomSearch:
         """Raise, before any run, when a package or a data file is missing, or when
         ``extra_params`` sets a parameter that no method of the study reads."""
         self.bench.check_requirements(plots=plots, reads=[
-            (STUDY_METHODS[name].family, self._reads(name)) for name in self.methods])
+            (STUDY_METHODS[name].family,
+             self._reads(name, self.searched_params(name, 0, self.bench.ratios[0])))
+            for name in self.methods])
 
     def estimator_params(self, spec: TrialSpec) -> dict[str, Any]:
         """The :class:`~rest_fair.RESTClassifier` parameters of one run: the benchmark's
         (not the ``extra_params`` that the run's other parameters leave unused), the
         family's, the drawn ones, the equal-cost width and the fixed ones."""
         m = get_study_method(spec.method)
-        params = self.bench.base_params(spec.seed, m.family,
-                                        self._reads(spec.method, spec.config, spec.ratio))
+        searched = self.searched_params(spec.method, spec.config, spec.ratio)
+        params = self.bench.base_params(spec.seed, m.family, self._reads(spec.method, searched))
         params.update(estimator_params(get_method(m.family), sparsity=m.sparsity,
                                        ratio=spec.ratio))
-        params.update(self.searched_params(spec.method, spec.config, spec.ratio))
+        params.update(searched)
         if m.cost_of is not None:
             params["module_params"] = {**(params["module_params"] or {}),
                                        "hidden_layer_sizes": self.hidden_layer_sizes(m, spec)}
