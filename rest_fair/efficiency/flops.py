@@ -169,6 +169,12 @@ def _in_projections(name: str, attention: nn.MultiheadAttention
              slice(None)) for part in ("q", "k", "v")]
 
 
+def _n_active(weight: torch.Tensor, mask: torch.Tensor | None,
+              rows: slice = slice(None)) -> int:
+    """Active entries of ``weight[rows]``: those of its ``mask``, all without one."""
+    return int(mask[rows].sum()) if mask is not None else weight[rows].numel()
+
+
 def _attention_row(name: str, attention: nn.MultiheadAttention, masks: Mapping,
                    tokens: tuple[int, int, int], counted: set[str]) -> dict:
     """The row of an attention's input projection: its weights, biases and products."""
@@ -177,21 +183,17 @@ def _attention_row(name: str, attention: nn.MultiheadAttention, masks: Mapping,
     biases = {_child(name, b): getattr(attention, b)
               for b in ("in_proj_bias", "bias_k", "bias_v") if getattr(attention, b) is not None}
     counted.update(weights, biases)
-
-    def active(weight_name: str, weight: torch.Tensor, rows: slice = slice(None)) -> int:
-        mask = masks.get(weight_name)
-        return int(mask[rows].sum()) if mask is not None else weight[rows].numel()
-
     uses = list(zip(projections, tokens, strict=True))
     n_bias = sum(b.numel() for b in biases.values())
     shapes = [tuple(w.shape) for w in weights.values()]
     return {"layer": name, "kind": type(attention).__name__,
             "shape": shapes[0] if len(shapes) == 1 else tuple(shapes),
             "params_dense": sum(w.numel() for w in weights.values()) + n_bias,
-            "params_active": sum(active(n, w) for n, w in weights.items()) + n_bias,
+            "params_active": sum(_n_active(w, masks.get(n)) for n, w in weights.items())
+            + n_bias,
             "inference_flops_dense": sum(2 * w[rows].numel() * n_tokens
                                          for (_, w, rows), n_tokens in uses),
-            "inference_flops": sum(2 * active(n, w, rows) * n_tokens
+            "inference_flops": sum(2 * _n_active(w, masks.get(n), rows) * n_tokens
                                    for (n, w, rows), n_tokens in uses)}
 
 
@@ -217,8 +219,7 @@ def _layer_rows(module: nn.Module, masks: Mapping[str, torch.Tensor],
                                             *maskable_parameters(module)) if n in masks}
 
     def n_active(params: list[torch.Tensor]) -> int:
-        return sum(int(mask_of[id(p)].sum()) if id(p) in mask_of else p.numel()
-                   for p in params)
+        return sum(_n_active(p, mask_of.get(id(p))) for p in params)
 
     rows = []
     counted: set[str] = set()
