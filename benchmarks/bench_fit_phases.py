@@ -78,7 +78,7 @@ def _timed(raw, label: str, seconds: dict, calls: collections.Counter,
            faults: collections.Counter):
     @functools.wraps(raw)
     def wrapper(*args, **kwargs):
-        start, faulted = time.perf_counter(), _minor_faults()
+        faulted, start = _minor_faults(), time.perf_counter()
         try:
             return raw(*args, **kwargs)
         finally:
