@@ -361,7 +361,8 @@ class WildsExperiment:
         shape = (settings["max_features"],) if self.spec.modality == "text" else (3, side, side)
         if params.get("weights") is not None and is_backbone(settings["module"], params):
             fetch_torchvision(settings["module"], params["weights"], input_shape=shape,
-                              **{k: v for k, v in params.items() if k == "download_timeout"})
+                              **({"download_timeout": params["download_timeout"]}
+                                 if "download_timeout" in params else {}))
         if "weights" in params:  # the weights change no name: a random start builds it
             params["weights"] = None
         try:
