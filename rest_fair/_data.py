@@ -125,10 +125,11 @@ def input_dtype(module: torch.nn.Module) -> torch.dtype:
 
 def _as_tensor(array: np.ndarray, *, only_read: bool = False) -> torch.Tensor:
     """``array`` as a CPU tensor of its strides' axis order, sharing its memory if it is
-    writeable and has no negative stride, else a copy (torch takes no negative stride and
-    would write to read-only memory). With ``only_read`` (nothing writes to the tensor), a
-    read-only array (a memory map) is shared too, through DLPack. An array of the other
-    byte order is copied to the native one.
+    writeable and has no negative stride, else a copy (torch takes no negative stride, and
+    the tensor must not write to memory given read-only). With ``only_read`` (nothing
+    writes to the tensor), a read-only array without negative strides (a memory map) is
+    shared too, through DLPack. An array of the other byte order is copied to the native
+    one.
     """
     if not array.dtype.isnative:
         array = array.astype(array.dtype.newbyteorder("="))

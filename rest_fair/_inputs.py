@@ -520,9 +520,9 @@ def _check_sample_shape(shape: tuple, fitted: Any, message: str) -> None:
 
 def _passes_validation(est: Any, X: Any) -> bool:
     """Whether ``validate_data(est, X, reset=False, **_ARRAYS)`` would return ``X`` itself
-    without a warning: a non-empty, finite float ndarray of ``est``'s sample shape, for an
-    estimator fitted without feature names. Skipping the checks then saves most of a
-    small batch's prediction time."""
+    without a warning: a non-empty, finite float32 or float64 ndarray of ``est``'s sample
+    shape, for an estimator fitted without feature names. Skipping the checks then saves
+    most of a small batch's prediction time."""
     if (type(X) is not np.ndarray or X.dtype not in _FLOATS or X.ndim < 2 or X.size == 0
             or X.shape[1] != getattr(est, "n_features_in_", None)
             or X.shape[1:] != tuple(getattr(est, "input_shape_", ()))

@@ -317,11 +317,12 @@ class BenchConfig:
             them and how to install them).
         ValueError
             When the data set cannot be built with these settings at one of the shares
-            (``split_sizes`` too large or too small to hold every class, a share that
-            rounds to no bias-conflicting training sample; the data are built and kept for
-            the runs of this process), when the network cannot take the images (a small
-            ``image_size``) or has no weight that a name of ``extra_params["dense_layers"]``
-            selects, or naming the keys of ``extra_params`` that no run reads.
+            (``split_sizes`` larger than the data set or too small to hold every class, a
+            share that rounds to no bias-conflicting training sample; the data are built
+            and kept for the runs of this process), when the network cannot take the images
+            (a small ``image_size``) or has no weight that a name of
+            ``extra_params["dense_layers"]`` selects, or naming the keys of
+            ``extra_params`` that no run reads.
         """
         from ..models import build_module  # imports torch: not at `rest-fair --help`
         from ..sparse import resolve_dense_layers

@@ -345,8 +345,8 @@ def write_study_outputs(
     plots: bool = True,
 ) -> dict[str, Any]:
     """Write ``table.md`` and ``table.csv`` (the chosen configurations),
-    ``configurations.csv`` (every configuration), ``config.json`` and the two plots, as
-    :func:`~rest_fair.benchmarks.report.write_outputs` does.
+    ``configurations.csv`` (every configuration), ``config.json`` and the two plots; a
+    report kept aside as :func:`~rest_fair.benchmarks.report.write_outputs` keeps one.
 
     Returns
     -------

@@ -300,9 +300,11 @@ def _missing_data(spec: DatasetSpec, root: Path, missing: list[Path]) -> str:
 
 
 def _check_tables(spec: DatasetSpec, root: Path) -> None:
-    """Raise the :class:`DatasetFormatError` of :func:`load_wilds` for the tables of ``spec``:
-    wilds reads such tables silently or fails naming no file (pandas' ``EmptyDataError``, a
-    bare ``KeyError``, an ``IndexError``, a grouper error or a torch size mismatch)."""
+    """Raise the :class:`DatasetFormatError` of :func:`load_wilds` for a table of ``spec``
+    that is empty, is not CSV, lacks a column wilds reads or holds values wilds cannot map,
+    and for tables read row by row together whose row counts differ: wilds reads such
+    tables silently or fails naming no file (pandas' ``EmptyDataError``, a bare
+    ``KeyError``, an ``IndexError``, a grouper error or a torch size mismatch)."""
     import pandas as pd
 
     counts: dict[Path, int] = {}
